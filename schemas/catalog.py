@@ -1,0 +1,105 @@
+"""The topic catalog: every Kafka topic and ClickHouse table of hpcinsight, as data.
+
+Like a Vector topology, the flow of data is something you can print
+(``hpcinsight topics``): which schema each topic carries, how it is keyed and
+partitioned, how long Kafka keeps it, and which table the sink stores it in.
+Agents, streams and sinks never import one another; they meet here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.codec import Codec
+from schemas.derive import clickhouse_columns
+from schemas.events import Anomaly, DeadLetter, Event, GpuQuantiles, GpuSample
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+# Columns the sink adds to every table: where each row came from in Kafka. They make the
+# sink exactly-once: after a crash it resumes past the highest offset ClickHouse holds.
+SINK_COLUMNS = ("`_partition` UInt32", "`_offset` UInt64 CODEC(Delta, ZSTD(1))")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A ClickHouse table fed from one topic.
+
+    ``order_by`` is also the deduplication key (ReplacingMergeTree): a record replayed by an
+    at-least-once upstream stage collapses into one row.
+    """
+
+    name: str
+    order_by: tuple[str, ...]
+    time_column: str
+    ttl_days: int = 30
+
+    def create_sql(self, event: type[Event], database: str | None = None) -> str:
+        qualified = f"`{database}`.`{self.name}`" if database else f"`{self.name}`"
+        columns = ",\n  ".join([*clickhouse_columns(event), *SINK_COLUMNS])
+        return (
+            f"CREATE TABLE IF NOT EXISTS {qualified} (\n  {columns},\n"
+            "  INDEX _offset_minmax _offset TYPE minmax GRANULARITY 1\n)\n"
+            f"ENGINE = ReplacingMergeTree\n"
+            f"PARTITION BY toYYYYMMDD({self.time_column})\n"
+            f"ORDER BY ({', '.join(self.order_by)})\n"
+            f"TTL toDateTime({self.time_column}) + INTERVAL {self.ttl_days} DAY\n"
+            "SETTINGS non_replicated_deduplication_window = 1000"
+        )
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One Kafka topic: its schema, key, partitioning and retention, and its table if stored."""
+
+    name: str
+    event: type[Event]
+    key: str
+    partitions: int
+    retention_ms: int
+    doc: str
+    table: Table | None = None
+    codec: Codec = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "codec", Codec(self.event))
+
+    def full_name(self, prefix: str) -> str:
+        return f"{prefix}{self.name}"
+
+
+GPU_SAMPLES_RAW = Topic(
+    "gpu.samples.raw", GpuSample, key="node", partitions=6, retention_ms=DAY_MS,
+    doc="What agents read from NVML, one message per node per tick; not yet validated.",
+)
+GPU_SAMPLES = Topic(
+    "gpu.samples", GpuSample, key="node", partitions=6, retention_ms=DAY_MS,
+    doc="Validated GPU samples (later also attributed to jobs), as stored.",
+    table=Table("gpu_samples", order_by=("node", "gpu_index", "ts"), time_column="ts"),
+)
+GPU_QUANTILES = Topic(
+    "gpu.quantiles", GpuQuantiles, key="gpu_uuid", partitions=6, retention_ms=7 * DAY_MS,
+    doc="p25/p50/p95 of GPU metrics per sliding window.",
+    table=Table("gpu_quantiles", order_by=("node", "gpu_index", "metric", "window", "window_end"), time_column="window_end", ttl_days=365),
+)
+ANOMALIES = Topic(
+    "anomalies", Anomaly, key="subject", partitions=3, retention_ms=30 * DAY_MS,
+    doc="Flags raised by detectors, firing then resolved, with a stable id.",
+    table=Table("anomalies", order_by=("kind", "subject", "id", "state"), time_column="ts", ttl_days=365),
+)
+DEAD_LETTERS = Topic(
+    "dead.letters", DeadLetter, key="source topic", partitions=1, retention_ms=30 * DAY_MS,
+    doc="Messages no stage could use, kept whole with the reason.",
+    table=Table("dead_letters", order_by=("source_topic", "source_partition", "source_offset", "stage"), time_column="ts", ttl_days=90),
+)
+
+TOPICS: tuple[Topic, ...] = (GPU_SAMPLES_RAW, GPU_SAMPLES, GPU_QUANTILES, ANOMALIES, DEAD_LETTERS)
+STORED: tuple[Topic, ...] = tuple(t for t in TOPICS if t.table is not None)
+
+
+def by_name(name: str) -> Topic:
+    for topic in TOPICS:
+        if topic.name == name:
+            return topic
+    raise KeyError(f"no topic {name!r} in the catalog; known: {', '.join(t.name for t in TOPICS)}")

@@ -1,0 +1,55 @@
+"""Column types: one annotation carries the wire rule, the Arrow type and the ClickHouse type.
+
+An event field is declared once, e.g. ``gpu_util: Percent | None``. From that single
+annotation the wire codec (msgspec) learns its validation rule, and :mod:`schemas.derive`
+learns the Arrow type and the ClickHouse column type. Adding a field to an event therefore
+adds it everywhere at once; there is no second column list to forget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import msgspec
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Column:
+    """Storage facts of a field: its ClickHouse type, Arrow type and compression codec."""
+
+    clickhouse: str
+    arrow: pa.DataType
+    codec: str | None = None
+
+
+# Identity and labels: few distinct values, so LowCardinality in ClickHouse.
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=256), Column("LowCardinality(String)", pa.string())]
+Text = Annotated[str, msgspec.Meta(max_length=65536), Column("String", pa.string(), "ZSTD(3)")]
+Bytes = Annotated[bytes, Column("String", pa.binary(), "ZSTD(3)")]
+
+# Time: Unix epoch milliseconds (UTC) on the wire, DateTime64(3) in ClickHouse.
+# Bounds reject obvious garbage (seconds instead of ms, negative, year > 2200).
+TimestampMs = Annotated[
+    int,
+    msgspec.Meta(ge=946_684_800_000, le=7_258_118_400_000),
+    Column("DateTime64(3, 'UTC')", pa.timestamp("ms", tz="UTC"), "DoubleDelta, ZSTD(1)"),
+]
+
+UInt8 = Annotated[int, msgspec.Meta(ge=0, le=255), Column("UInt8", pa.uint8())]
+UInt32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1), Column("UInt32", pa.uint32(), "T64, ZSTD(1)")]
+UInt64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1), Column("UInt64", pa.uint64(), "T64, ZSTD(1)")]
+Bytes64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1), Column("UInt64", pa.uint64(), "T64, ZSTD(1)")]
+
+Percent = Annotated[float, msgspec.Meta(ge=0.0, le=100.0), Column("Float32", pa.float32(), "Gorilla, ZSTD(1)")]
+Watts = Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0), Column("Float32", pa.float32(), "Gorilla, ZSTD(1)")]
+Celsius = Annotated[float, msgspec.Meta(ge=-100.0, le=300.0), Column("Float32", pa.float32(), "Gorilla, ZSTD(1)")]
+Mhz = Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0), Column("Float32", pa.float32(), "Gorilla, ZSTD(1)")]
+Real = Annotated[float, Column("Float64", pa.float64(), "Gorilla, ZSTD(1)")]
+
+# Numeric evidence of an anomaly: name -> value, queryable as a ClickHouse Map.
+Evidence = Annotated[
+    dict[str, float],
+    Column("Map(LowCardinality(String), Float64)", pa.map_(pa.string(), pa.float64())),
+]
