@@ -1,0 +1,243 @@
+"""One configuration for every component: Kafka and ClickHouse settings.
+
+Values come from environment variables, or from a TOML file named by ``HPCINSIGHT_CONFIG``
+(environment wins). Everything is validated when a component starts, with errors that name
+the setting. Secrets (SASL password, ClickHouse password) are read from the environment or
+from a file (``*_FILE`` variables, as container secrets are mounted) and are wrapped in
+:class:`Secret`, whose repr never shows the value; URLs are shown with passwords redacted.
+
+Environment variables::
+
+    KAFKA_BOOTSTRAP                host:port[,host:port]; unset: the CLI starts a local broker
+    KAFKA_SECURITY_PROTOCOL        PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    KAFKA_SASL_MECHANISM           PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    KAFKA_SASL_USERNAME
+    KAFKA_SASL_PASSWORD[_FILE]
+    KAFKA_SSL_CAFILE               CA bundle to verify the brokers
+    HPCINSIGHT_TOPIC_PREFIX        prefix of every topic (default "hpcinsight.")
+    CLICKHOUSE_URL                 chdb:///dir (embedded, default) or http(s)://[user@]host:port/db
+    CLICKHOUSE_USER
+    CLICKHOUSE_PASSWORD[_FILE]
+    HPCINSIGHT_DATA_DIR            where the embedded store lives (default ./.hpcinsight)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names it and never contains a secret."""
+
+
+class Secret:
+    """A secret value that does not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, fit for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:********@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str | None = None
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_cafile: Path | None = None
+    topic_prefix: str = "hpcinsight."
+
+    def validate(self) -> None:
+        if self.bootstrap is not None:
+            for hostport in self.bootstrap.split(","):
+                if not re.fullmatch(r"\[?[A-Za-z0-9_.:-]+\]?:\d{1,5}", hostport.strip()):
+                    raise ConfigError(f"KAFKA_BOOTSTRAP: {hostport!r} is not host:port")
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, got {self.security_protocol!r}")
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise ConfigError(f"KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)} with {self.security_protocol}")
+            if not self.sasl_username or self.sasl_password is None:
+                raise ConfigError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE) are required with SASL")
+        if self.ssl_cafile is not None and not self.ssl_cafile.is_file():
+            raise ConfigError(f"KAFKA_SSL_CAFILE: no such file {str(self.ssl_cafile)!r}")
+        if not re.fullmatch(r"[A-Za-z0-9._-]*", self.topic_prefix):
+            raise ConfigError(f"HPCINSIGHT_TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-', got {self.topic_prefix!r}")
+
+    def require_bootstrap(self) -> str:
+        if not self.bootstrap:
+            raise ConfigError("KAFKA_BOOTSTRAP is not set: point it at a broker, or use `hpcinsight demo`/`hpcinsight kafka run` to start one")
+        return self.bootstrap
+
+    def client_config(self) -> dict[str, Any]:
+        """Settings for confluent-kafka (librdkafka) producers, consumers and admin clients."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.require_bootstrap(), "security.protocol": self.security_protocol.lower()}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password.reveal() if self.sasl_password else None
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = str(self.ssl_cafile)
+        return conf
+
+    def faust_options(self) -> dict[str, Any]:
+        """Broker URL and credentials for a Faust (aiokafka) app."""
+        import ssl
+
+        import faust
+
+        brokers = ";".join(f"kafka://{hp.strip()}" for hp in self.require_bootstrap().split(","))
+        options: dict[str, Any] = {"broker": brokers}
+        context = None
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.security_protocol.startswith("SASL"):
+            password = self.sasl_password.reveal() if self.sasl_password else ""
+            if self.sasl_mechanism == "PLAIN":
+                options["broker_credentials"] = faust.SASLCredentials(username=self.sasl_username, password=password, ssl_context=context)
+            else:
+                options["broker_credentials"] = faust.SASLCredentials(
+                    username=self.sasl_username, password=password, ssl_context=context, mechanism=self.sasl_mechanism
+                )
+        elif context is not None:
+            options["broker_credentials"] = faust.SSLCredentials(context)
+        return options
+
+
+@dataclass(frozen=True)
+class ClickHouseSettings:
+    url: str
+    username: str | None = None
+    password: Secret | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.url.startswith("chdb://")
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+    def validate(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("chdb", "http", "https"):
+            raise ConfigError(f"CLICKHOUSE_URL must start with chdb://, http:// or https://, got {redact_url(self.url)!r}")
+        if parts.scheme == "chdb" and not parts.path:
+            raise ConfigError("CLICKHOUSE_URL: chdb:// needs a directory, e.g. chdb:///var/lib/hpcinsight/clickhouse")
+        if parts.scheme != "chdb" and not parts.hostname:
+            raise ConfigError(f"CLICKHOUSE_URL: no host in {redact_url(self.url)!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings
+    clickhouse: ClickHouseSettings
+    data_dir: Path = field(default_factory=lambda: Path(".hpcinsight"))
+
+    def with_bootstrap(self, bootstrap: str) -> Settings:
+        return replace(self, kafka=replace(self.kafka, bootstrap=bootstrap))
+
+    def topic(self, logical_name: str) -> str:
+        return f"{self.kafka.topic_prefix}{logical_name}"
+
+    def describe(self) -> dict[str, str]:
+        """What the components will connect to, safe to print."""
+        return {
+            "kafka": self.kafka.bootstrap or "(local broker started by hpcinsight)",
+            "kafka security": self.kafka.security_protocol,
+            "topic prefix": self.kafka.topic_prefix,
+            "clickhouse": self.clickhouse.display_url,
+        }
+
+
+def _read_secret(env: Mapping[str, str], file_conf: Mapping[str, Any], name: str) -> Secret | None:
+    if env.get(name):
+        return Secret(env[name])
+    path = env.get(f"{name}_FILE") or file_conf.get(f"{name.lower()}_file")
+    if path:
+        try:
+            return Secret(Path(path).read_text().strip())
+        except OSError as err:
+            raise ConfigError(f"{name}_FILE: cannot read {path!r}: {err.strerror}") from None
+    if name.lower() in file_conf:
+        return Secret(str(file_conf[name.lower()]))
+    return None
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the settings; raises :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    file_conf: dict[str, Any] = {}
+    if env.get("HPCINSIGHT_CONFIG"):
+        path = Path(env["HPCINSIGHT_CONFIG"])
+        try:
+            file_conf = {k.lower(): v for k, v in tomllib.loads(path.read_text()).items()}
+        except OSError as err:
+            raise ConfigError(f"HPCINSIGHT_CONFIG: cannot read {str(path)!r}: {err.strerror}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"HPCINSIGHT_CONFIG: {str(path)!r} is not valid TOML: {err}") from None
+
+    def get(name: str, default: str | None = None) -> str | None:
+        value = env.get(name)
+        if value is None:
+            value = file_conf.get(name.lower())
+        return default if value in (None, "") else str(value)
+
+    data_dir = Path(get("HPCINSIGHT_DATA_DIR", ".hpcinsight")).resolve()
+    kafka = KafkaSettings(
+        bootstrap=get("KAFKA_BOOTSTRAP"),
+        security_protocol=(get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") or "").upper(),
+        sasl_mechanism=(get("KAFKA_SASL_MECHANISM") or "").upper() or None,
+        sasl_username=get("KAFKA_SASL_USERNAME"),
+        sasl_password=_read_secret(env, file_conf, "KAFKA_SASL_PASSWORD"),
+        ssl_cafile=Path(p) if (p := get("KAFKA_SSL_CAFILE")) else None,
+        topic_prefix=get("HPCINSIGHT_TOPIC_PREFIX", "hpcinsight.") or "",
+    )
+    url = get("CLICKHOUSE_URL", f"chdb://{data_dir / 'clickhouse'}") or ""
+    username, password = get("CLICKHOUSE_USER"), _read_secret(env, file_conf, "CLICKHOUSE_PASSWORD")
+    parts = urlsplit(url)
+    if parts.password is not None or parts.username is not None:
+        # Credentials in the URL move into their own fields, so the URL itself is safe to print.
+        username = username or parts.username
+        password = password or (Secret(parts.password) if parts.password is not None else None)
+        netloc = parts.hostname or ""
+        netloc = f"[{netloc}]" if ":" in netloc else netloc
+        url = urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
+    clickhouse = ClickHouseSettings(url=url, username=username, password=password)
+    kafka.validate()
+    clickhouse.validate()
+    return Settings(kafka=kafka, clickhouse=clickhouse, data_dir=data_dir)
