@@ -1,0 +1,71 @@
+"""The Faust worker: moves bytes between Kafka and :class:`streams.processor.SampleProcessor`.
+
+Values are read and written raw; decoding and validation happen in the processor with the
+catalog's codecs, so a malformed message becomes a dead letter instead of a Faust
+serializer error. Delivery is at-least-once (Faust commits after the agent has handled an
+event); the tables downstream collapse replays on their natural keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import faust
+
+from hpcinsight.config import Settings
+from schemas.catalog import GPU_SAMPLES_RAW, TOPICS
+from streams.processor import SampleProcessor
+from streams.windows import WindowSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    window_s: float = 60.0
+    hop_s: float = 10.0
+
+    @property
+    def window(self) -> WindowSpec:
+        return WindowSpec(int(self.window_s * 1000), int(self.hop_s * 1000))
+
+
+def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, SampleProcessor]:
+    app = faust.App(
+        f"{settings.kafka.topic_prefix}worker",
+        **settings.kafka.faust_options(),
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_compression_type="zstd",
+        stream_wait_empty=False,
+    )
+    topics = {
+        t.name: app.topic(settings.topic(t.name), key_serializer="raw", value_serializer="raw", partitions=t.partitions)
+        for t in TOPICS
+    }
+    processor = SampleProcessor(options.window)
+
+    @app.agent(topics[GPU_SAMPLES_RAW.name], name="gpu-samples")
+    async def process_gpu_samples(stream: faust.Stream) -> None:
+        async for event in stream.events():
+            msg = event.message
+            for out in processor.handle(msg.topic, msg.partition, msg.offset, event.key, event.value):
+                await topics[out.topic.name].send(key=out.key, value=out.value)
+
+    @app.timer(interval=10.0)
+    async def report() -> None:
+        log.info("worker stats: %s", processor.stats)
+
+    return app, processor
+
+
+def run_worker(settings: Settings, options: WorkerOptions, loglevel: str = "WARNING") -> None:
+    """Run until SIGINT/SIGTERM; Faust then commits what was processed and leaves the group."""
+    app, _ = create_app(settings, options)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,53 @@
+"""Anomaly detectors: one module each, found automatically.
+
+A detector is a subclass of :class:`Detector` in a module of this package. It declares the
+event types it reads in ``inputs`` and returns :class:`schemas.events.Anomaly` records from
+:meth:`Detector.observe`. Adding a detector is adding one module (and its test); nothing
+else changes.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import importlib
+import pkgutil
+from typing import Any, ClassVar, Generic, TypeVar
+
+from schemas.events import Event
+
+C = TypeVar("C")
+
+
+def anomaly_id(kind: str, subject: str, started_at_ms: int) -> str:
+    """Stable id of one incident: the same for its firing and its resolved message."""
+    return hashlib.sha1(f"{kind}|{subject}|{started_at_ms}".encode()).hexdigest()[:16]
+
+
+class Detector(abc.ABC, Generic[C]):
+    """Reads events of the types in ``inputs`` and raises anomalies."""
+
+    kind: ClassVar[str]
+    inputs: ClassVar[tuple[type[Event], ...]]
+    config_type: ClassVar[type[Any]]
+
+    def __init__(self, config: C | None = None) -> None:
+        self.config: C = config if config is not None else self.config_type()
+
+    @abc.abstractmethod
+    def observe(self, event: Event) -> list[Event]:
+        """Update state with one event; return the anomalies it fires or resolves."""
+
+
+def discover() -> list[type[Detector[Any]]]:
+    """Every concrete Detector defined in this package's modules."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+    found: list[type[Detector[Any]]] = []
+    stack = list(Detector.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if not getattr(cls, "__abstractmethods__", None):
+            found.append(cls)
+    return sorted(found, key=lambda c: c.kind)

@@ -1,0 +1,129 @@
+"""The stream logic, free of Faust: validate samples, roll quantiles, run the detectors.
+
+:class:`SampleProcessor` turns one raw Kafka message into the messages it causes
+(validated samples, quantile windows, anomalies, or one dead letter). Keeping it a plain
+class makes it testable without a broker; :mod:`streams.app` only moves bytes between it
+and Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES, Topic
+from schemas.codec import DecodeError
+from schemas.events import DeadLetter, Event, GpuQuantiles, GpuSample
+from streams.detectors import Detector, discover
+from streams.windows import SlidingQuantiles, WindowSpec
+
+log = logging.getLogger(__name__)
+
+#: GpuSample fields whose quantiles are computed per window
+METRICS = ("gpu_util",)
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: Topic
+    key: bytes
+    value: bytes
+
+
+@dataclass
+class ProcessorStats:
+    messages: int = 0
+    samples: int = 0
+    dead_letters: int = 0
+    windows: int = 0
+    anomalies: int = 0
+    late_samples: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class SampleProcessor:
+    def __init__(self, window: WindowSpec, detectors: list[Detector[Any]] | None = None) -> None:
+        self.window = window
+        self.detectors = detectors if detectors is not None else [cls() for cls in discover()]
+        self._series: dict[tuple[str, str], SlidingQuantiles] = {}
+        self.stats = ProcessorStats()
+
+    def handle(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
+        """All outputs caused by one message of the raw samples topic, in send order."""
+        self.stats.messages += 1
+        try:
+            samples = GPU_SAMPLES.codec.decode(value)
+        except DecodeError as err:
+            return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
+        node_key = key if key else (samples[0].node.encode() if samples else b"")
+        out = [Output(GPU_SAMPLES, node_key, value or b"")]
+        self.stats.samples += len(samples)
+        quantiles: list[GpuQuantiles] = []
+        for sample in samples:
+            quantiles.extend(self._roll(sample))
+        for q in quantiles:
+            out.append(Output(GPU_QUANTILES, q.gpu_uuid.encode(), GPU_QUANTILES.codec.encode([q])))
+            for anomaly in self._detect(q):
+                out.append(Output(ANOMALIES, anomaly.subject.encode(), ANOMALIES.codec.encode([anomaly])))  # type: ignore[attr-defined]
+        return out
+
+    def dead_letter(
+        self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None, stage: str, reason: str
+    ) -> Output:
+        self.stats.dead_letters += 1
+        short = reason.split(":")[0]
+        self.stats.reasons[short] = self.stats.reasons.get(short, 0) + 1
+        log.warning("dead letter %s[%d]@%d: %s", source, partition, offset, reason)
+        letter = DeadLetter(
+            ts=int(time.time() * 1000),
+            source_topic=source,
+            source_partition=partition,
+            source_offset=offset,
+            stage=stage,
+            reason=reason[:4096],
+            raw=value or b"",
+            key=key,
+        )
+        return Output(DEAD_LETTERS, source.encode(), DEAD_LETTERS.codec.encode([letter]))
+
+    def _roll(self, sample: GpuSample) -> list[GpuQuantiles]:
+        out = []
+        for metric in METRICS:
+            series = self._series.get((sample.gpu_uuid, metric))
+            if series is None:
+                series = self._series[(sample.gpu_uuid, metric)] = SlidingQuantiles(self.window)
+            late_before = series.late
+            for w in series.add(sample.ts, getattr(sample, metric)):
+                self.stats.windows += 1
+                out.append(
+                    GpuQuantiles(
+                        node=sample.node,
+                        gpu_index=sample.gpu_index,
+                        gpu_uuid=sample.gpu_uuid,
+                        metric=metric,
+                        window=self.window.label,
+                        window_start=w.start_ms,
+                        window_end=w.end_ms,
+                        count=w.count,
+                        p25=w.p25,
+                        p50=w.p50,
+                        p95=w.p95,
+                        mean=w.mean,
+                        job_id=sample.job_id,
+                    )
+                )
+            self.stats.late_samples += series.late - late_before
+        return out
+
+    def _detect(self, event: Event) -> list[Event]:
+        out: list[Event] = []
+        for detector in self.detectors:
+            if isinstance(event, detector.inputs):
+                try:
+                    out.extend(detector.observe(event))
+                except Exception:  # one broken detector must not stop the stream
+                    log.exception("detector %s failed on %r", detector.kind, event)
+        self.stats.anomalies += len(out)
+        return out
