@@ -1,0 +1,55 @@
+"""ClickHouse connection and schema, through clickhouse-connect's ``Client`` API only.
+
+``CLICKHOUSE_URL`` picks the target: ``chdb:///dir`` opens the embedded engine
+(chDB registers itself as a clickhouse-connect backend, so ``get_client`` returns a
+``ChdbClient``, a subclass of ``Client``), and ``http(s)://host:port/db`` a server or
+cluster. Everything after :func:`connect` is the same code for both.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from hpcinsight.config import ClickHouseSettings
+from schemas.catalog import STORED
+
+
+class StoreBusyError(RuntimeError):
+    """The embedded store is open in another process (chDB allows one per directory)."""
+
+
+def connect(settings: ClickHouseSettings) -> Client:
+    kwargs = {}
+    if settings.username:
+        kwargs["username"] = settings.username
+    if settings.password is not None:
+        kwargs["password"] = settings.password.reveal()
+    if settings.embedded:
+        from pathlib import Path
+
+        Path(urlsplit(settings.url).path).mkdir(parents=True, exist_ok=True)
+    try:
+        return clickhouse_connect.get_client(dsn=settings.url, **kwargs)
+    except ClickHouseError as err:
+        text = str(err)
+        if settings.embedded and ("already running" in text or "already initialized" in text or "lock" in text.lower()):
+            raise StoreBusyError(
+                f"the embedded store {settings.display_url} is open in another process (the sink of a running "
+                "pipeline owns it); stop that process first, or point CLICKHOUSE_URL at a ClickHouse server"
+            ) from None
+        # never echo credentials: clickhouse-connect errors can include the URL
+        raise ConnectionError(f"cannot connect to ClickHouse at {settings.display_url}: {type(err).__name__}") from None
+
+
+def ensure_tables(client: Client) -> list[str]:
+    """Create every catalog table that is missing (idempotent). Returns the table names."""
+    names = []
+    for topic in STORED:
+        assert topic.table is not None
+        client.command(topic.table.create_sql(topic.event))
+        names.append(topic.table.name)
+    return names
