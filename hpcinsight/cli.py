@@ -1,0 +1,268 @@
+"""The ``hpcinsight`` command: wires agents, streams and sinks to the shared configuration.
+
+Each subcommand is one component (``agent``, ``worker``, ``sink``) or a tool over them
+(``topics``, ``kafka``, ``db``, ``query``, ``demo``). Configuration comes from the
+environment (see :mod:`hpcinsight.config`); ``--help`` never prints a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+from hpcinsight import __version__
+from hpcinsight.config import ConfigError, Settings, load
+
+
+def _settings() -> Settings:
+    return load()
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+# --- topics ---------------------------------------------------------------------------
+def cmd_topics(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from hpcinsight.query import make_console
+    from schemas.catalog import TOPICS
+    from schemas.derive import fields_of
+
+    prefix = load().kafka.topic_prefix if args.create or args.prefix is None else args.prefix
+    if args.create:
+        from hpcinsight.topics import ensure_topics
+
+        settings = load()
+        ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
+    if args.format == "json":
+        rows = [
+            {
+                "topic": t.full_name(prefix), "schema": t.event.__schema__, "version": t.event.__version__, "key": t.key,
+                "partitions": t.partitions, "retention_hours": t.retention_ms / 3_600_000,
+                "table": t.table.name if t.table else None, "fields": [f.name for f in fields_of(t.event)], "doc": t.doc,
+            }
+            for t in TOPICS
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="hpcinsight topic catalog", show_lines=False)
+    for col in ("topic", "schema", "key", "partitions", "retention", "ClickHouse table", "what"):
+        table.add_column(col)
+    for t in TOPICS:
+        hours = t.retention_ms / 3_600_000
+        table.add_row(
+            t.full_name(prefix), f"{t.event.__schema__} v{t.event.__version__}", t.key, str(t.partitions),
+            f"{hours / 24:g} d" if hours >= 24 else f"{hours:g} h", t.table.name if t.table else "-", t.doc,
+        )
+    make_console().print(table)
+    return 0
+
+
+# --- kafka ----------------------------------------------------------------------------
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from deploy.local.kafka import LocalKafka, ensure_jars
+
+    if args.action == "fetch":
+        print(ensure_jars())
+        return 0
+    stop = _stop_on_signals()
+    with LocalKafka() as kafka:
+        print(f"KAFKA_BOOTSTRAP={kafka.bootstrap}", flush=True)
+        stop.wait()
+    return 0
+
+
+# --- db -------------------------------------------------------------------------------
+def cmd_db(args: argparse.Namespace) -> int:
+    from sinks.clickhouse import connect, ensure_tables
+
+    settings = load()
+    client = connect(settings.clickhouse)
+    for name in ensure_tables(client):
+        print(f"table {name}: ok")
+    return 0
+
+
+# --- agent ----------------------------------------------------------------------------
+def cmd_agent(args: argparse.Namespace) -> int:
+    from agents.runner import KafkaSender, run_agent
+    from hpcinsight.topics import ensure_topics
+
+    settings = load()
+    conf = settings.kafka.client_config()
+    if args.backend == "sim":
+        from agents.gpu_sim import IdleGpu, SimConfig, SimGpuCollector
+
+        collector: Any = SimGpuCollector(
+            SimConfig(nodes=args.nodes, gpus_per_node=args.gpus, seed=args.seed, idle=tuple(IdleGpu.parse(i) for i in args.idle))
+        )
+    else:
+        from agents.gpu_nvml import NvmlConfig, NvmlGpuCollector
+
+        collector = NvmlGpuCollector(NvmlConfig(node=args.node) if args.node else NvmlConfig())
+    ensure_topics(conf, settings.kafka.topic_prefix)
+    stop = _stop_on_signals()
+    sender = KafkaSender(conf)
+    with collector:
+        stats = run_agent(
+            collector, sender, settings.topic(collector.topic.name), interval_s=args.interval, ticks=args.ticks, speed=args.speed, stop=stop
+        )
+    summary = {"ticks": stats.ticks, "skipped_ticks": stats.skipped_ticks, "messages": stats.messages, "records": stats.records,
+               "delivered": stats.delivered, "failed": stats.failed}
+    print(json.dumps(summary), flush=True)
+    return 0 if stats.failed == 0 else 1
+
+
+# --- worker ---------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    from hpcinsight.topics import ensure_topics
+    from streams.app import WorkerOptions, run_worker
+
+    settings = load()
+    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
+    run_worker(settings, WorkerOptions(window_s=args.window, hop_s=args.hop), loglevel=args.loglevel)
+    return 0
+
+
+# --- sink -----------------------------------------------------------------------------
+def cmd_sink(args: argparse.Namespace) -> int:
+    from hpcinsight.topics import ensure_topics
+    from sinks.clickhouse import connect, ensure_tables
+    from sinks.clickhouse_sink import ClickHouseSink, SinkOptions
+
+    settings = load()
+    conf = settings.kafka.client_config()
+    ensure_topics(conf, settings.kafka.topic_prefix)
+    client = connect(settings.clickhouse)
+    ensure_tables(client)
+    stop = _stop_on_signals()
+    options = SinkOptions(batch_rows=args.batch_rows, batch_age_s=args.batch_age, instance_id=args.instance or None)
+    sink = ClickHouseSink(client, conf, settings.kafka.topic_prefix, options)
+    stats = sink.run(stop, idle_exit_s=args.idle_exit)
+    client.close()
+    print(json.dumps({"rows": dict(stats.rows), "batches": stats.batches, "dead_letters": stats.dead_letters,
+                      "resumed_from_store": stats.resumed_from_store}), flush=True)
+    return 0
+
+
+# --- query ----------------------------------------------------------------------------
+def cmd_query(args: argparse.Namespace) -> int:
+    from hpcinsight.query import run_query
+
+    return run_query(load(), args.query, args.param, args.format)
+
+
+# --- demo -----------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hpcinsight.demo import DemoOptions, run_demo
+
+    return run_demo(
+        load(),
+        DemoOptions(
+            duration_s=args.duration, nodes=args.nodes, gpus=args.gpus, idle=args.idle, interval_s=args.interval,
+            speed=args.speed, window_s=args.window, hop_s=args.hop, seed=args.seed,
+        ),
+    )
+
+
+def _add_sim_args(p: argparse.ArgumentParser, idle_default: list[str]) -> None:
+    p.add_argument("--nodes", type=int, default=4, help="simulated nodes (default 4)")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per simulated node (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed")
+    p.add_argument("--idle", action="append", default=idle_default, metavar="NODE:GPU[@START-END]",
+                   help="make a GPU idle (seconds since start), e.g. 1:3@0-40; repeatable")
+    p.add_argument("--interval", type=float, default=1.0, help="sampling interval in seconds (default 1)")
+    p.add_argument("--speed", type=float, default=1.0, help="run the sample clock this many times faster than real time")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpcinsight",
+        description="Telemetry for GPU clusters: agents -> Kafka -> Faust -> ClickHouse. "
+        "Configured by environment variables (KAFKA_BOOTSTRAP, CLICKHOUSE_URL, ...; see README).",
+    )
+    parser.add_argument("--version", action="version", version=f"hpcinsight {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("demo", cmd_demo, "run a simulated cluster through the whole pipeline and print what it found")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of sampling (default 60)")
+    _add_sim_args(p, idle_default=[])
+    p.add_argument("--window", type=float, default=20.0, help="quantile window in seconds of sample time (default 20)")
+    p.add_argument("--hop", type=float, default=10.0, help="window hop in seconds (default 10)")
+
+    p = add("topics", cmd_topics, "print the topic catalog (topics, schemas, keys, partitions, retention, tables)")
+    p.add_argument("--create", action="store_true", help="create missing topics on the configured broker")
+    p.add_argument("--prefix", default=None, help="topic prefix to show (default: HPCINSIGHT_TOPIC_PREFIX)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = add("agent", cmd_agent, "sample GPUs and send one message per node per tick to Kafka")
+    p.add_argument("--backend", choices=("sim", "nvml"), default="sim", help="sim: simulated cluster; nvml: this node's GPUs")
+    p.add_argument("--node", default=None, help="node name for --backend nvml (default: hostname)")
+    p.add_argument("--ticks", type=int, default=None, help="stop after this many ticks (default: run until stopped)")
+    _add_sim_args(p, idle_default=[])
+
+    p = add("worker", cmd_worker, "run the Faust stream worker (validation, quantiles, detectors)")
+    p.add_argument("--window", type=float, default=60.0, help="quantile window in seconds (default 60)")
+    p.add_argument("--hop", type=float, default=10.0, help="window hop in seconds (default 10)")
+    p.add_argument("--loglevel", default="WARNING")
+
+    p = add("sink", cmd_sink, "store the topics in ClickHouse (exactly once)")
+    p.add_argument("--batch-rows", type=int, default=50_000, help="insert when this many rows are pending")
+    p.add_argument("--batch-age", type=float, default=1.0, help="insert when the oldest pending row is this old (s)")
+    p.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds without data")
+    p.add_argument("--instance", default="0", help="static group member id; give each sink of a group its own ('' for dynamic)")
+
+    p = add("query", cmd_query, "run a named query or SQL against ClickHouse")
+    p.add_argument("query", help="a named query (see `hpcinsight query list`) or a SQL SELECT")
+    p.add_argument("--param", action="append", default=[], metavar="K=V", help="query parameter (bound server-side)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    p = add("db", cmd_db, "create the ClickHouse tables from the schemas (idempotent)")
+    p.add_argument("action", choices=("init",))
+
+    p = add("kafka", cmd_kafka, "run a local single-node Kafka broker (KRaft) from Maven Central jars")
+    p.add_argument("action", choices=("run", "fetch"), help="run: start and wait for Ctrl-C; fetch: download the jars only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.fn(args)
+    except ConfigError as err:
+        print(f"hpcinsight: configuration error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"hpcinsight: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

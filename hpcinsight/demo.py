@@ -1,0 +1,165 @@
+"""``hpcinsight demo``: a simulated cluster through the whole real pipeline.
+
+Starts a local Kafka broker (unless ``KAFKA_BOOTSTRAP`` is set), then the sim agent, the
+Faust worker and the ClickHouse sink as separate processes, exactly as they would run on
+a cluster. After ``--duration`` it waits until the worker and the sink have caught up,
+stops them, and prints per-GPU quantiles and the anomalies from ClickHouse. Everything it
+started is stopped on exit, Ctrl-C included. The embedded store stays for
+``hpcinsight query``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from hpcinsight.config import Settings
+from hpcinsight.topics import ensure_topics, lag, message_count
+from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES, GPU_SAMPLES_RAW, STORED
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration_s: float = 60.0
+    nodes: int = 4
+    gpus: int = 8
+    idle: list[str] = field(default_factory=list)
+    interval_s: float = 1.0
+    speed: float = 1.0
+    window_s: float = 20.0
+    hop_s: float = 10.0
+    seed: int = 0
+
+    def idle_specs(self) -> list[str]:
+        # By default one GPU idles for the first half of the run, then recovers, so the
+        # demo shows an anomaly firing and then resolving.
+        return self.idle or [f"1:3@0-{max(self.window_s * 2, self.duration_s / 2):g}"]
+
+
+class Processes:
+    """Child processes of the demo, each with its log file, stopped in reverse order."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env, self.log_dir = env, log_dir
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.children[name] = proc
+        return proc
+
+    def stop(self, name: str, timeout: float = 30.0) -> int | None:
+        proc = self.children.pop(name, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.children)):
+            self.stop(name)
+
+    def check(self) -> None:
+        for name, proc in self.children.items():
+            if proc.poll() not in (None, 0):
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}; its log ends:\n{tail}")
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> int:
+    console = Console()
+    started_wall = time.time()
+    with ExitStack() as stack:
+        if not settings.kafka.bootstrap:
+            from deploy.local.kafka import KAFKA_VERSION, LocalKafka
+
+            with console.status(f"starting Apache Kafka {KAFKA_VERSION} (KRaft, loopback) ..."):
+                kafka = stack.enter_context(LocalKafka())
+            settings = settings.with_bootstrap(kafka.bootstrap)
+            console.print(f"[green]Kafka {KAFKA_VERSION}[/] serving at {kafka.bootstrap}")
+        conf = settings.kafka.client_config()
+        ensure_topics(conf, settings.kafka.topic_prefix)
+        for key, value in settings.describe().items():
+            console.print(f"  {key}: {value}")
+
+        env = {**os.environ, "KAFKA_BOOTSTRAP": settings.kafka.bootstrap or "", "PYTHONUNBUFFERED": "1",
+               "HPCINSIGHT_DATA_DIR": str(settings.data_dir), "HPCINSIGHT_TOPIC_PREFIX": settings.kafka.topic_prefix}
+        if settings.clickhouse.embedded:
+            env["CLICKHOUSE_URL"] = settings.clickhouse.url
+        procs = Processes(env, settings.data_dir / "logs")
+        stack.callback(procs.stop_all)
+
+        ticks = max(1, int(options.duration_s / options.interval_s))
+        procs.start("worker", "worker", "--window", str(options.window_s), "--hop", str(options.hop_s))
+        procs.start("sink", "sink")
+        agent_args = ["agent", "--backend", "sim", "--nodes", str(options.nodes), "--gpus", str(options.gpus),
+                      "--seed", str(options.seed), "--interval", str(options.interval_s), "--speed", str(options.speed),
+                      "--ticks", str(ticks)]
+        for spec in options.idle_specs():
+            agent_args += ["--idle", spec]
+        agent = procs.start("agent", *agent_args)
+        console.print(f"simulating {options.nodes} nodes x {options.gpus} GPUs, idle GPU(s): {', '.join(options.idle_specs())}")
+
+        watched = {t.name: t.full_name(settings.kafka.topic_prefix) for t in (GPU_SAMPLES_RAW, GPU_QUANTILES, ANOMALIES, DEAD_LETTERS)}
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[counts]}"),
+                      TimeRemainingColumn(), console=console) as progress:
+            task = progress.add_task("sampling", total=options.duration_s / options.speed, counts="")
+            while agent.poll() is None:
+                procs.check()
+                counts = message_count(conf, list(watched.values()))
+                shown = ", ".join(f"{name}: {counts[full]}" for name, full in watched.items())
+                progress.update(task, completed=min(time.time() - started_wall, options.duration_s / options.speed), counts=shown)
+                time.sleep(1.0)
+            progress.update(task, completed=options.duration_s / options.speed)
+        procs.check()
+
+        with console.status("waiting for the worker and the sink to catch up ..."):
+            prefix = settings.kafka.topic_prefix
+            deadline = time.monotonic() + 120
+            while lag(conf, f"{prefix}worker", [GPU_SAMPLES_RAW.full_name(prefix)]) > 0:
+                procs.check()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Faust worker did not catch up within 120 s; see its log in " + str(procs.log_dir))
+                time.sleep(0.5)
+            stored = [t.full_name(prefix) for t in STORED]
+            while lag(conf, f"{prefix}clickhouse-sink", stored) > 0:
+                procs.check()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the sink did not catch up within 120 s; see its log in " + str(procs.log_dir))
+                time.sleep(0.5)
+            procs.stop("sink")
+            procs.stop("worker")
+
+        from hpcinsight.query import execute, render
+        from sinks.clickhouse import connect
+
+        client = connect(settings.clickhouse)
+        try:
+            since = str(int(time.time() - started_wall + 60 + options.duration_s))
+            columns, rows = execute(client, "gpu_quantiles", {"since_s": since})
+            render(columns, rows, "table", title="GPU utilisation per GPU (%), from ClickHouse")
+            columns, rows = execute(client, "anomalies", {"since_s": since})
+            render(columns, rows, "table", title="Anomalies")
+            _, counts = execute(client, "counts", {})
+        finally:
+            client.close()
+        console.print("rows: " + ", ".join(f"{t} {n}" for t, n in counts))
+        console.print(f"logs: {procs.log_dir}   store: {settings.clickhouse.display_url}")
+        console.print("query it again with: [bold]hpcinsight query gpu_quantiles[/] (or `hpcinsight query list`)")
+    return 0

@@ -1,0 +1,68 @@
+"""Create the catalog's topics on the broker, with their partitions and retention."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas.catalog import TOPICS
+
+
+def ensure_topics(client_config: dict[str, Any], prefix: str, replication: int = 1, timeout: float = 30.0) -> list[str]:
+    """Create missing topics (existing ones are left as they are). Returns all full names."""
+    admin = AdminClient(client_config)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [
+        NewTopic(
+            t.full_name(prefix),
+            num_partitions=t.partitions,
+            replication_factor=replication,
+            config={"retention.ms": str(t.retention_ms), "compression.type": "producer"},
+        )
+        for t in TOPICS
+        if t.full_name(prefix) not in existing
+    ]
+    if wanted:
+        for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
+            try:
+                future.result()
+            except KafkaException as err:
+                if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+    return [t.full_name(prefix) for t in TOPICS]
+
+
+def lag(client_config: dict[str, Any], group_id: str, topics: list[str], timeout: float = 10.0) -> int:
+    """Messages in ``topics`` not yet committed by consumer group ``group_id``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**client_config, "group.id": group_id, "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        partitions = [TopicPartition(t, p) for t in topics for p in metadata.topics[t].partitions]
+        committed = consumer.committed(partitions, timeout=timeout)
+        total = 0
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            position = tp.offset if tp.offset >= 0 else low
+            total += max(0, high - position)
+        return total
+    finally:
+        consumer.close()
+
+
+def message_count(client_config: dict[str, Any], topics: list[str], timeout: float = 10.0) -> dict[str, int]:
+    """Messages ever written to each topic (sum of high watermarks)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**client_config, "group.id": "hpcinsight-watermarks", "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        return {
+            t: sum(consumer.get_watermark_offsets(TopicPartition(t, p), timeout=timeout)[1] for p in metadata.topics[t].partitions)
+            for t in topics
+        }
+    finally:
+        consumer.close()
