@@ -1,0 +1,134 @@
+"""Shared fixtures: one real Kafka broker per test session, and a way to run the CLI.
+
+The broker is, in order of preference: the cluster named by ``KAFKA_BOOTSTRAP``; a
+testcontainers Kafka where a Docker engine answers; otherwise a KRaft broker started from
+the Maven Central jars by :mod:`deploy.local.kafka`. Each test gets its own topic prefix,
+so tests share the broker without seeing each other's data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _docker_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        yield os.environ["KAFKA_BOOTSTRAP"]
+        return
+    if _docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        from deploy.local.kafka import KAFKA_VERSION
+
+        with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    from deploy.local.kafka import LocalKafka
+
+    with LocalKafka() as kafka:
+        yield kafka.bootstrap
+
+
+@dataclass
+class Pipeline:
+    """Environment of one test's pipeline: its broker, topic prefix and embedded store."""
+
+    bootstrap: str
+    prefix: str
+    store: Path
+    logs: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": self.bootstrap,
+            "HPCINSIGHT_TOPIC_PREFIX": self.prefix,
+            "CLICKHOUSE_URL": f"chdb://{self.store}",
+            "HPCINSIGHT_DATA_DIR": str(self.store.parent),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def client_config(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap}
+
+    def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "hpcinsight.cli", *args],
+            env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+
+    def run(self, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "hpcinsight.cli", *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"hpcinsight {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+        return result
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        """Query the store through the CLI, as a user would (the store must not be open elsewhere)."""
+        return json.loads(self.run("query", query, "--format", "json").stdout)
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_caught_up(self, group: str, topics: list[str], timeout: float = 120) -> None:
+        from hpcinsight.topics import lag
+
+        deadline = time.monotonic() + timeout
+        while (remaining := lag(self.client_config(), f"{self.prefix}{group}", [self.topic(t) for t in topics])) > 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"group {group} still {remaining} messages behind after {timeout} s")
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Pipeline:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    p = Pipeline(kafka_bootstrap, f"t{uuid.uuid4().hex[:10]}.", tmp_path / "data" / "clickhouse", logs)
+    from hpcinsight.topics import ensure_topics
+
+    ensure_topics(p.client_config(), p.prefix)
+    return p
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

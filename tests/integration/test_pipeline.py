@@ -1,0 +1,65 @@
+"""The whole path on a real broker and real ClickHouse: sim agent -> Kafka -> Faust -> sink -> chDB."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import Pipeline, stop
+
+pytestmark = [pytest.mark.kafka, pytest.mark.integration]
+
+NODES, GPUS, TICKS = 2, 4, 60
+IDLE_NODE, IDLE_GPU = 1, 2
+
+
+def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
+    worker = pipeline.start("worker", "worker", "--window", "10", "--hop", "5")
+    sink = pipeline.start("sink", "sink", "--batch-age", "0.5")
+    try:
+        agent = pipeline.run(
+            "agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS), "--ticks", str(TICKS),
+            "--interval", "1", "--speed", "20", "--idle", f"{IDLE_NODE}:{IDLE_GPU}@0-25",
+        )
+        produced = json.loads(agent.stdout.strip().splitlines()[-1])
+        assert produced["records"] == NODES * GPUS * TICKS and produced["failed"] == 0
+        assert produced["messages"] == NODES * produced["ticks"]
+
+        pipeline.wait_caught_up("worker", ["gpu.samples.raw"])
+        pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles", "anomalies", "dead.letters"])
+    finally:
+        assert stop(sink) == 0, pipeline.log("sink")
+        stop(worker)
+
+    # every sample stored exactly once
+    counts = pipeline.sql("SELECT count() AS n, uniqExact(gpu_uuid, ts) AS distinct_n FROM gpu_samples")[0]
+    assert counts == {"n": produced["records"], "distinct_n": produced["records"]}
+
+    # every quantile row equals numpy's over the stored samples of the same window
+    samples = pipeline.sql("SELECT gpu_uuid, toUnixTimestamp64Milli(ts) AS ts, gpu_util FROM gpu_samples")
+    by_gpu: dict[str, list[tuple[int, float]]] = {}
+    for row in samples:
+        by_gpu.setdefault(row["gpu_uuid"], []).append((row["ts"], row["gpu_util"]))
+    windows = pipeline.sql(
+        "SELECT gpu_uuid, toUnixTimestamp64Milli(window_start) AS s, toUnixTimestamp64Milli(window_end) AS e, "
+        "count, p25, p50, p95 FROM gpu_quantiles FINAL WHERE metric = 'gpu_util'"
+    )
+    assert len(windows) >= NODES * GPUS * 8
+    for w in windows:
+        values = np.array([v for t, v in by_gpu[w["gpu_uuid"]] if w["s"] <= t < w["e"]])
+        assert w["count"] == values.size == 10
+        # documented tolerance: exact quantiles, compared after float32 storage of samples
+        assert [w["p25"], w["p50"], w["p95"]] == pytest.approx(list(np.percentile(values, [25, 50, 95])), abs=1e-3)
+
+    # the idle GPU's anomaly fires and resolves, with one id; no other GPU is flagged
+    anomalies = pipeline.sql("SELECT id, kind, state, node, subject, evidence['p95_pct'] AS p95 FROM anomalies FINAL ORDER BY ts")
+    assert [a["state"] for a in anomalies] == ["firing", "resolved"], anomalies
+    assert anomalies[0]["id"] == anomalies[1]["id"]
+    assert {a["node"] for a in anomalies} == {f"sim-node-{IDLE_NODE:02d}"}
+    assert anomalies[0]["kind"] == "gpu_underused" and anomalies[0]["p95"] < 10 <= anomalies[1]["p95"]
+    idle_uuid = pipeline.sql(
+        f"SELECT DISTINCT gpu_uuid FROM gpu_samples WHERE node = 'sim-node-{IDLE_NODE:02d}' AND gpu_index = {IDLE_GPU}"
+    )[0]["gpu_uuid"]
+    assert anomalies[0]["subject"] == idle_uuid

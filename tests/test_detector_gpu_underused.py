@@ -1,0 +1,45 @@
+"""The under-used GPU detector fires once, then resolves once, with one stable id."""
+
+from __future__ import annotations
+
+from schemas.events import GpuQuantiles
+from streams.detectors import discover
+from streams.detectors.gpu_underused import GpuUnderusedConfig, GpuUnderusedDetector
+
+T0 = 1_764_000_000_000
+
+
+def q(end_s: int, p95: float, gpu: str = "GPU-a") -> GpuQuantiles:
+    end = T0 + end_s * 1000
+    return GpuQuantiles("n0", 0, gpu, "gpu_util", "20s", end - 20_000, end, 20, p95 / 2, p95 / 1.5, p95, p95 / 2)
+
+
+def test_fires_then_resolves_with_a_stable_id() -> None:
+    det = GpuUnderusedDetector(GpuUnderusedConfig(threshold_pct=10.0, fire_after=2, resolve_after=1))
+    p95s = [80, 5, 3, 2, 4, 70, 75]
+    raised = [a for i, p in enumerate(p95s) for a in det.observe(q(10 * (i + 2), p))]
+    assert [a.state for a in raised] == ["firing", "resolved"]
+    firing, resolved = raised
+    assert firing.id == resolved.id
+    assert firing.started_at == T0 + 10_000  # start of the first low window
+    assert firing.ts == T0 + 40_000  # the second low window completed the evidence
+    assert firing.evidence["p95_pct"] == 3 and resolved.evidence["p95_pct"] == 70
+    assert firing.subject == "GPU-a" and firing.node == "n0" and "idle" in firing.message
+
+
+def test_a_new_incident_gets_a_new_id_and_gpus_are_independent() -> None:
+    det = GpuUnderusedDetector()
+    seq = [(20, 1), (30, 90), (40, 1)]
+    ids = [a.id for end, p in seq for a in det.observe(q(end, p)) if a.state == "firing"]
+    assert len(ids) == 2 and ids[0] != ids[1]
+    assert det.observe(q(50, 95, gpu="GPU-b")) == []
+
+
+def test_other_metrics_are_ignored() -> None:
+    det = GpuUnderusedDetector()
+    power = GpuQuantiles("n0", 0, "GPU-a", "power_w", "20s", T0, T0 + 20_000, 20, 1, 1, 1, 1)
+    assert det.observe(power) == []
+
+
+def test_discovered() -> None:
+    assert GpuUnderusedDetector in discover()

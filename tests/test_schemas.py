@@ -1,0 +1,89 @@
+"""One definition per event: the codec, Arrow schema and ClickHouse table must agree."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from schemas.catalog import SINK_COLUMNS, STORED, TOPICS
+from schemas.derive import arrow_schema, fields_of, to_arrow
+from schemas.events import ALL_EVENTS, Anomaly, DeadLetter, GpuQuantiles, GpuSample
+
+T0 = 1_764_000_000_000
+
+EXAMPLES = {
+    GpuSample: GpuSample("n0", 3, "GPU-abc", T0, gpu_util=42.5, mem_used_bytes=2**40, mem_total_bytes=2**41,
+                         power_w=350.5, temperature_c=61.0, sm_clock_mhz=1980.0, job_id="job-1"),
+    GpuQuantiles: GpuQuantiles("n0", 3, "GPU-abc", "gpu_util", "1m", T0 - 60_000, T0, 60, 10.0, 50.0, 95.5, 48.25),
+    Anomaly: Anomaly("a1b2", "gpu_underused", "warning", "firing", "gpu", "GPU-abc", T0, T0 - 60_000, T0 - 60_000, T0,
+                     "GPU 3 of n0 is idle", {"p95_pct": 1.5, "threshold_pct": 10.0}, node="n0", gpu_uuid="GPU-abc"),
+    DeadLetter: DeadLetter(T0, "hpcinsight.gpu.samples.raw", 2, 17, "validate", "malformed JSON", b"\x00{not json", key=b"n0"),
+}
+
+
+def test_every_event_has_an_example() -> None:
+    assert set(EXAMPLES) == set(ALL_EVENTS)
+
+
+@pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)
+def test_codec_round_trip(event: type) -> None:
+    topic = next(t for t in TOPICS if t.event is event)
+    record = EXAMPLES[event]
+    raw = topic.codec.encode([record, record])
+    assert topic.codec.decode(raw) == [record, record]
+
+
+@pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)
+def test_arrow_schema_matches_struct_fields(event: type) -> None:
+    assert arrow_schema(event).names == list(event.__struct_fields__)
+    table = to_arrow(event, [EXAMPLES[event]])
+    assert table.schema == arrow_schema(event)
+    row = table.to_pylist()[0]
+    assert set(row) == set(event.__struct_fields__)
+
+
+def test_nullable_fields_are_exactly_the_optional_ones() -> None:
+    for event in ALL_EVENTS:
+        for f in fields_of(event):
+            default = event.__struct_defaults__
+            optional_names = event.__struct_fields__[len(event.__struct_fields__) - len(default):]
+            assert f.nullable == (f.name in optional_names and default[optional_names.index(f.name)] is None), f
+
+
+def _describe(client, table: str) -> list[tuple[str, str]]:
+    return [(r[0], r[1]) for r in client.query(f"DESCRIBE TABLE `{table}`").result_rows]
+
+
+def test_clickhouse_tables_store_and_return_every_field(tmp_path) -> None:
+    """Create each table from its DDL in real ClickHouse (chDB), insert the Arrow form, read it back."""
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
+    try:
+        for topic in STORED:
+            client.command(topic.table.create_sql(topic.event))
+            columns = _describe(client, topic.table.name)
+            expected = [f.name for f in fields_of(topic.event)] + [c.split("`")[1] for c in SINK_COLUMNS]
+            assert [name for name, _ in columns] == expected
+            for (name, ch_type), f in zip(columns, fields_of(topic.event)):
+                assert ch_type == f.clickhouse_type.replace(" CODEC", ""), name
+            record = EXAMPLES[topic.event]
+            extra = {"_partition": pa.array([0], pa.uint32()), "_offset": pa.array([5], pa.uint64())}
+            client.insert_arrow(topic.table.name, to_arrow(topic.event, [record], extra))
+            back = client.query_arrow(f"SELECT * EXCEPT (_partition, _offset) FROM `{topic.table.name}`")
+            got = back.to_pylist()[0]
+            for name in topic.event.__struct_fields__:
+                want = getattr(record, name)
+                value = got[name]
+                if hasattr(value, "timestamp"):
+                    value = round(value.timestamp() * 1000)
+                if isinstance(value, list):  # Arrow map
+                    value = dict(value)
+                if isinstance(want, bytes) and isinstance(value, str):
+                    value = value.encode()
+                if isinstance(want, float):
+                    assert value == pytest.approx(want, rel=1e-6), name
+                else:
+                    assert value == want, name
+    finally:
+        client.close()
