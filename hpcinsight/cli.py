@@ -257,9 +257,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"hpcinsight: configuration error: {err}", file=sys.stderr)
         return 2
-    except ValueError as err:
+    except ValueError as err:  # bad arguments or parameters, said in words
         print(f"hpcinsight: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - turn known service errors into one clear line
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+        from confluent_kafka import KafkaException
+
+        from sinks.clickhouse import StoreBusyError
+
+        if isinstance(err, ClickHouseError):
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"hpcinsight: ClickHouse refused: {first}", file=sys.stderr)
+            return 1
+        if isinstance(err, (StoreBusyError, KafkaException, ConnectionError)):
+            print(f"hpcinsight: {err}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         return 130
 

@@ -44,6 +44,12 @@ class DemoOptions:
         return self.idle or [f"1:3@0-{max(self.window_s * 2, self.duration_s / 2):g}"]
 
 
+def rows_flagged(columns: list[str], rows: list[tuple]) -> list[tuple]:
+    """(node, gpu) of the rows of the gpu_quantiles query that carry an anomaly."""
+    node, gpu, flags = columns.index("node"), columns.index("gpu"), columns.index("anomalies")
+    return [(r[node], r[gpu]) for r in rows if r[flags]]
+
+
 class Processes:
     """Child processes of the demo, each with its log file, stopped in reverse order."""
 
@@ -116,14 +122,17 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         agent = procs.start("agent", *agent_args)
         console.print(f"simulating {options.nodes} nodes x {options.gpus} GPUs, idle GPU(s): {', '.join(options.idle_specs())}")
 
-        watched = {t.name: t.full_name(settings.kafka.topic_prefix) for t in (GPU_SAMPLES_RAW, GPU_QUANTILES, ANOMALIES, DEAD_LETTERS)}
+        watched = {
+            label: t.full_name(settings.kafka.topic_prefix)
+            for label, t in (("samples", GPU_SAMPLES_RAW), ("quantiles", GPU_QUANTILES), ("anomalies", ANOMALIES), ("dead", DEAD_LETTERS))
+        }
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[counts]}"),
                       TimeRemainingColumn(), console=console) as progress:
             task = progress.add_task("sampling", total=options.duration_s / options.speed, counts="")
             while agent.poll() is None:
                 procs.check()
                 counts = message_count(conf, list(watched.values()))
-                shown = ", ".join(f"{name}: {counts[full]}" for name, full in watched.items())
+                shown = " · ".join(f"{name} {counts[full]}" for name, full in watched.items())
                 progress.update(task, completed=min(time.time() - started_wall, options.duration_s / options.speed), counts=shown)
                 time.sleep(1.0)
             progress.update(task, completed=options.duration_s / options.speed)
@@ -146,20 +155,24 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             procs.stop("sink")
             procs.stop("worker")
 
-        from hpcinsight.query import execute, render
+        from hpcinsight.query import execute, make_console, render
         from sinks.clickhouse import connect
 
         client = connect(settings.clickhouse)
         try:
             since = str(int(time.time() - started_wall + 60 + options.duration_s))
-            columns, rows = execute(client, "gpu_quantiles", {"since_s": since})
-            render(columns, rows, "table", title="GPU utilisation per GPU (%), from ClickHouse")
+            columns_q, rows_q = execute(client, "gpu_quantiles", {"since_s": since})
+            render(columns_q, rows_q, "table", title="GPU utilisation per GPU (%), from ClickHouse")
             columns, rows = execute(client, "anomalies", {"since_s": since})
             render(columns, rows, "table", title="Anomalies")
             _, counts = execute(client, "counts", {})
         finally:
             client.close()
-        console.print("rows: " + ", ".join(f"{t} {n}" for t, n in counts))
-        console.print(f"logs: {procs.log_dir}   store: {settings.clickhouse.display_url}")
+        console = make_console()
+        flagged = sorted({f"{r[0]} GPU {r[1]}" for r in rows_flagged(columns_q, rows_q)})
+        console.print("rows stored: " + ", ".join(f"{t} {n}" for t, n in counts))
+        console.print(f"GPUs flagged: {', '.join(flagged) or 'none'}")
+        console.print(f"logs: {procs.log_dir}")
+        console.print(f"store: {settings.clickhouse.display_url}")
         console.print("query it again with: [bold]hpcinsight query gpu_quantiles[/] (or `hpcinsight query list`)")
     return 0

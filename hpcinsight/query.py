@@ -35,10 +35,10 @@ NAMED: dict[str, NamedQuery] = {
             """
             SELECT s.node AS node, s.gpu_index AS gpu, s.samples AS samples,
                    round(s.q[1], 1) AS p25, round(s.q[2], 1) AS p50, round(s.q[3], 1) AS p95,
-                   round(w.last_p95, 1) AS last_window_p95, coalesce(a.flags, '') AS anomalies
+                   round(w.last_p95, 1) AS last_window_p95, a.flags AS anomalies
             FROM (
                 SELECT node, gpu_index, gpu_uuid, count() AS samples,
-                       quantilesExact(0.25, 0.5, 0.95)(gpu_util) AS q
+                       quantilesExact(0.25, 0.5, 0.95)(toFloat64(gpu_util)) AS q
                 FROM gpu_samples FINAL
                 WHERE ts >= now64(3) - toIntervalSecond({since_s:UInt32})
                 GROUP BY node, gpu_index, gpu_uuid
@@ -48,8 +48,15 @@ NAMED: dict[str, NamedQuery] = {
                 FROM gpu_quantiles FINAL WHERE metric = 'gpu_util' GROUP BY gpu_uuid
             ) AS w ON w.gpu_uuid = s.gpu_uuid
             LEFT JOIN (
-                SELECT gpu_uuid, arrayStringConcat(groupUniqArray(concat(kind, ':', state)), ' ') AS flags
-                FROM anomalies FINAL WHERE gpu_uuid IS NOT NULL GROUP BY gpu_uuid
+                SELECT gpu_uuid, arrayStringConcat(arraySort(groupArray(concat(kind, ' (', state, ')'))), ', ') AS flags
+                FROM (
+                    SELECT assumeNotNull(gpu_uuid) AS gpu_uuid, kind, id,
+                           if(countIf(state = 'resolved') > 0, 'resolved', 'firing') AS state
+                    FROM anomalies FINAL
+                    WHERE gpu_uuid IS NOT NULL AND ts >= now64(3) - toIntervalSecond({since_s:UInt32})
+                    GROUP BY gpu_uuid, kind, id
+                )
+                GROUP BY gpu_uuid
             ) AS a ON a.gpu_uuid = s.gpu_uuid
             ORDER BY node, gpu
             """,
@@ -59,7 +66,7 @@ NAMED: dict[str, NamedQuery] = {
             "anomalies",
             "anomalies raised in the last since_s seconds, firing and resolved",
             """
-            SELECT id, kind, severity, state, node, gpu_uuid, job_id, started_at, window_end AS seen_at, message
+            SELECT id, kind, state, toDateTime(started_at) AS since, toDateTime(window_end) AS seen_at, message
             FROM anomalies FINAL
             WHERE ts >= now64(3) - toIntervalSecond({since_s:UInt32})
             ORDER BY started_at, id, state = 'resolved'
@@ -79,10 +86,12 @@ NAMED: dict[str, NamedQuery] = {
             "counts",
             "rows per table",
             """
-            SELECT 'gpu_samples' AS table, count() AS rows FROM gpu_samples FINAL
-            UNION ALL SELECT 'gpu_quantiles', count() FROM gpu_quantiles FINAL
-            UNION ALL SELECT 'anomalies', count() FROM anomalies FINAL
-            UNION ALL SELECT 'dead_letters', count() FROM dead_letters FINAL
+            SELECT table, rows FROM (
+                SELECT 1 AS i, 'gpu_samples' AS table, count() AS rows FROM gpu_samples FINAL
+                UNION ALL SELECT 2, 'gpu_quantiles', count() FROM gpu_quantiles FINAL
+                UNION ALL SELECT 3, 'anomalies', count() FROM anomalies FINAL
+                UNION ALL SELECT 4, 'dead_letters', count() FROM dead_letters FINAL
+            ) ORDER BY i
             """,
             {},
         ),

@@ -31,7 +31,44 @@ def ensure_topics(client_config: dict[str, Any], prefix: str, replication: int =
             except KafkaException as err:
                 if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
-    return [t.full_name(prefix) for t in TOPICS]
+    names = [t.full_name(prefix) for t in TOPICS]
+    _wait_for_leaders(admin, names, timeout)
+    return names
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Block until every partition of ``names`` has a leader: a new topic is not usable before."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=timeout).topics
+        pending = [
+            n for n in names
+            if n not in topics or topics[n].error is not None
+            or not topics[n].partitions or any(p.leader < 0 or p.error is not None for p in topics[n].partitions.values())
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaException(f"topics without a partition leader after {timeout:g} s: {', '.join(pending)}")
+        time.sleep(0.2)
+
+
+def _watermarks(consumer: Any, tp: Any, timeout: float) -> tuple[int, int]:
+    """Low and high watermark; retries while a new partition's leader is still loading."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=timeout)
+        except KafkaException as err:
+            if not err.args[0].retriable() and err.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def lag(client_config: dict[str, Any], group_id: str, topics: list[str], timeout: float = 10.0) -> int:
@@ -45,7 +82,7 @@ def lag(client_config: dict[str, Any], group_id: str, topics: list[str], timeout
         committed = consumer.committed(partitions, timeout=timeout)
         total = 0
         for tp in committed:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            low, high = _watermarks(consumer, tp, timeout)
             position = tp.offset if tp.offset >= 0 else low
             total += max(0, high - position)
         return total
@@ -61,7 +98,7 @@ def message_count(client_config: dict[str, Any], topics: list[str], timeout: flo
     try:
         metadata = consumer.list_topics(timeout=timeout)
         return {
-            t: sum(consumer.get_watermark_offsets(TopicPartition(t, p), timeout=timeout)[1] for p in metadata.topics[t].partitions)
+            t: sum(_watermarks(consumer, TopicPartition(t, p), timeout)[1] for p in metadata.topics[t].partitions)
             for t in topics
         }
     finally:

@@ -8,6 +8,8 @@ cluster. Everything after :func:`connect` is the same code for both.
 
 from __future__ import annotations
 
+import fcntl
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -22,6 +24,20 @@ class StoreBusyError(RuntimeError):
     """The embedded store is open in another process (chDB allows one per directory)."""
 
 
+def _embedded_store_busy(directory: Path) -> bool:
+    """True if another process holds the store: ClickHouse keeps an flock on ``status``."""
+    status = directory / "status"
+    if not status.exists():
+        return False
+    with open(status, "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def connect(settings: ClickHouseSettings) -> Client:
     kwargs = {}
     if settings.username:
@@ -29,18 +45,16 @@ def connect(settings: ClickHouseSettings) -> Client:
     if settings.password is not None:
         kwargs["password"] = settings.password.reveal()
     if settings.embedded:
-        from pathlib import Path
-
-        Path(urlsplit(settings.url).path).mkdir(parents=True, exist_ok=True)
-    try:
-        return clickhouse_connect.get_client(dsn=settings.url, **kwargs)
-    except ClickHouseError as err:
-        text = str(err)
-        if settings.embedded and ("already running" in text or "already initialized" in text or "lock" in text.lower()):
+        directory = Path(urlsplit(settings.url).path)
+        directory.mkdir(parents=True, exist_ok=True)
+        if _embedded_store_busy(directory):
             raise StoreBusyError(
                 f"the embedded store {settings.display_url} is open in another process (the sink of a running "
                 "pipeline owns it); stop that process first, or point CLICKHOUSE_URL at a ClickHouse server"
-            ) from None
+            )
+    try:
+        return clickhouse_connect.get_client(dsn=settings.url, **kwargs)
+    except ClickHouseError as err:
         # never echo credentials: clickhouse-connect errors can include the URL
         raise ConnectionError(f"cannot connect to ClickHouse at {settings.display_url}: {type(err).__name__}") from None
 

@@ -1,0 +1,79 @@
+"""Configuration is validated with clear errors, and secrets never show."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from hpcinsight.config import ConfigError, load
+
+SECRET = "s3cr3t-Pa55"
+
+
+def test_defaults_are_embedded_store_and_local_broker(tmp_path) -> None:
+    s = load({"HPCINSIGHT_DATA_DIR": str(tmp_path)})
+    assert s.kafka.bootstrap is None and s.clickhouse.embedded
+    assert s.clickhouse.url == f"chdb://{tmp_path / 'clickhouse'}"
+
+
+def test_credentials_in_the_url_move_to_a_secret() -> None:
+    s = load({"CLICKHOUSE_URL": f"https://alice:{SECRET}@ch.example:8443/metrics"})
+    assert s.clickhouse.url == "https://ch.example:8443/metrics"
+    assert s.clickhouse.username == "alice" and s.clickhouse.password.reveal() == SECRET
+    assert SECRET not in repr(s) and SECRET not in str(s.describe())
+
+
+def test_secret_from_file(tmp_path) -> None:
+    path = tmp_path / "pw"
+    path.write_text(SECRET + "\n")
+    s = load({"KAFKA_BOOTSTRAP": "b:9092", "KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "KAFKA_SASL_MECHANISM": "scram-sha-512",
+              "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD_FILE": str(path)})
+    assert s.kafka.client_config()["sasl.password"] == SECRET
+    assert s.kafka.client_config()["security.protocol"] == "sasl_ssl"
+    assert SECRET not in repr(s)
+
+
+def test_config_file_with_env_override(tmp_path) -> None:
+    path = tmp_path / "hpcinsight.toml"
+    path.write_text('KAFKA_BOOTSTRAP = "file:9092"\nHPCINSIGHT_TOPIC_PREFIX = "prod."\n')
+    s = load({"HPCINSIGHT_CONFIG": str(path), "KAFKA_BOOTSTRAP": "env:9092"})
+    assert s.kafka.bootstrap == "env:9092" and s.kafka.topic_prefix == "prod."
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"KAFKA_BOOTSTRAP": "no-port"}, "KAFKA_BOOTSTRAP"),
+        ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL must be one of"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "PLAIN"}, "KAFKA_SASL_USERNAME"),
+        ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE"),
+        ({"CLICKHOUSE_URL": f"ftp://bob:{SECRET}@h/x"}, "CLICKHOUSE_URL must start with"),
+        ({"HPCINSIGHT_TOPIC_PREFIX": "a b"}, "HPCINSIGHT_TOPIC_PREFIX"),
+        ({"KAFKA_SASL_PASSWORD_FILE": "/nonexistent/pw"}, "cannot read"),
+        ({"HPCINSIGHT_CONFIG": "/nonexistent/c.toml"}, "HPCINSIGHT_CONFIG"),
+    ],
+)
+def test_bad_settings_are_named_and_secrets_not_echoed(env: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(env)
+    assert message in str(err.value)
+    assert SECRET not in str(err.value)
+
+
+def test_cli_reports_config_errors_without_traceback_or_secret() -> None:
+    env = {"PATH": "/usr/bin:/bin", "CLICKHOUSE_URL": f"ftp://bob:{SECRET}@h/x"}
+    result = subprocess.run([sys.executable, "-m", "hpcinsight.cli", "query", "counts"], env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "configuration error: CLICKHOUSE_URL" in result.stderr and "Traceback" not in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_help_lists_subcommands_and_no_secret() -> None:
+    env = {"PATH": "/usr/bin:/bin", "KAFKA_SASL_PASSWORD": SECRET}
+    result = subprocess.run([sys.executable, "-m", "hpcinsight.cli", "--help"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("demo", "topics", "agent", "worker", "sink", "query", "db", "kafka"):
+        assert command in result.stdout
+    assert SECRET not in result.stdout
