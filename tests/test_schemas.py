@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 import pytest
 
@@ -9,7 +11,8 @@ from schemas.catalog import SINK_COLUMNS, STORED, TOPICS
 from schemas.derive import arrow_schema, fields_of, to_arrow
 from schemas.events import ALL_EVENTS, Anomaly, DeadLetter, GpuQuantiles, GpuSample
 
-T0 = 1_764_000_000_000
+# recent, so the tables' TTL (on event time) keeps the rows
+T0 = (int(time.time()) - 3600) * 1000
 
 EXAMPLES = {
     GpuSample: GpuSample("n0", 3, "GPU-abc", T0, gpu_util=42.5, mem_used_bytes=2**40, mem_total_bytes=2**41,
