@@ -91,7 +91,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     from sinks.clickhouse import connect, ensure_tables
 
     settings = load()
-    client = connect(settings.clickhouse)
+    client = connect(settings.clickhouse, writer=True)
     for name in ensure_tables(client):
         print(f"table {name}: ok")
     return 0
@@ -141,18 +141,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # --- sink -----------------------------------------------------------------------------
 def cmd_sink(args: argparse.Namespace) -> int:
     from hpcinsight.topics import ensure_topics
-    from sinks.clickhouse import connect, ensure_tables
+    from sinks.clickhouse import connect, ensure_tables, share_if_embedded
     from sinks.clickhouse_sink import ClickHouseSink, SinkOptions
 
     settings = load()
     conf = settings.kafka.client_config()
     ensure_topics(conf, settings.kafka.topic_prefix)
-    client = connect(settings.clickhouse)
+    client = connect(settings.clickhouse, writer=True)
     ensure_tables(client)
+    share = share_if_embedded(client, settings.clickhouse)  # readers reach the store through us
     stop = _stop_on_signals()
     options = SinkOptions(batch_rows=args.batch_rows, batch_age_s=args.batch_age, instance_id=args.instance or None)
     sink = ClickHouseSink(client, conf, settings.kafka.topic_prefix, options)
-    stats = sink.run(stop, idle_exit_s=args.idle_exit)
+    try:
+        stats = sink.run(stop, idle_exit_s=args.idle_exit)
+    finally:
+        if share is not None:
+            share.stop()
     client.close()
     print(json.dumps({"rows": dict(stats.rows), "batches": stats.batches, "dead_letters": stats.dead_letters,
                       "resumed_from_store": stats.resumed_from_store}), flush=True)

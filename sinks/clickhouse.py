@@ -18,6 +18,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from hpcinsight.config import ClickHouseSettings
 from schemas.catalog import STORED
+from sinks.store_share import StoreShare, read_owner
 
 
 class StoreBusyError(RuntimeError):
@@ -38,7 +39,9 @@ def _embedded_store_busy(directory: Path) -> bool:
     return False
 
 
-def connect(settings: ClickHouseSettings) -> Client:
+def connect(settings: ClickHouseSettings, writer: bool = False) -> Client:
+    """A client for the configured store. In embedded mode, a reader (``writer=False``) whose
+    store is owned by another process is connected through that process, read-only."""
     kwargs = {}
     if settings.username:
         kwargs["username"] = settings.username
@@ -48,15 +51,26 @@ def connect(settings: ClickHouseSettings) -> Client:
         directory = Path(urlsplit(settings.url).path)
         directory.mkdir(parents=True, exist_ok=True)
         if _embedded_store_busy(directory):
-            raise StoreBusyError(
-                f"the embedded store {settings.display_url} is open in another process (the sink of a running "
-                "pipeline owns it); stop that process first, or point CLICKHOUSE_URL at a ClickHouse server"
-            )
+            owner = None if writer else read_owner(directory)
+            if owner is None:
+                raise StoreBusyError(
+                    f"the embedded store {settings.display_url} is open in another process that does not share it; "
+                    "stop that process first, or point CLICKHOUSE_URL at a ClickHouse server"
+                )
+            # Read through the owning process (see sinks.store_share): same Client API, over HTTP.
+            return clickhouse_connect.get_client(host="127.0.0.1", port=owner.port, username="default", password=owner.token)
     try:
         return clickhouse_connect.get_client(dsn=settings.url, **kwargs)
     except ClickHouseError as err:
         # never echo credentials: clickhouse-connect errors can include the URL
         raise ConnectionError(f"cannot connect to ClickHouse at {settings.display_url}: {type(err).__name__}") from None
+
+
+def share_if_embedded(client: Client, settings: ClickHouseSettings) -> StoreShare | None:
+    """In embedded mode, let other processes read the store this process now owns."""
+    if not settings.embedded:
+        return None
+    return StoreShare(clickhouse_connect.get_client(dsn=settings.url), Path(urlsplit(settings.url).path)).start()
 
 
 def ensure_tables(client: Client) -> list[str]:

@@ -29,6 +29,8 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
 
         pipeline.wait_caught_up("worker", ["gpu.samples.raw"])
         pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles", "anomalies", "dead.letters"])
+        # while the sink owns the embedded store, the query CLI reads it through the sink
+        assert pipeline.sql("SELECT count() AS n FROM gpu_samples")[0]["n"] == produced["records"]
     finally:
         assert stop(sink) == 0, pipeline.log("sink")
         stop(worker)
