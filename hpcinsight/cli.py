@@ -114,8 +114,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         from agents.gpu_nvml import NvmlConfig, NvmlGpuCollector
 
         collector = NvmlGpuCollector(NvmlConfig(node=args.node) if args.node else NvmlConfig())
-    ensure_topics(conf, settings.kafka.topic_prefix)
     stop = _stop_on_signals()
+    ensure_topics(conf, settings.kafka.topic_prefix)
     sender = KafkaSender(conf)
     with collector:
         stats = run_agent(
@@ -144,13 +144,13 @@ def cmd_sink(args: argparse.Namespace) -> int:
     from sinks.clickhouse import connect, ensure_tables, share_if_embedded
     from sinks.clickhouse_sink import ClickHouseSink, SinkOptions
 
+    stop = _stop_on_signals()  # first: a stop during start-up is still a clean stop
     settings = load()
     conf = settings.kafka.client_config()
     ensure_topics(conf, settings.kafka.topic_prefix)
     client = connect(settings.clickhouse, writer=True)
     ensure_tables(client)
     share = share_if_embedded(client, settings.clickhouse)  # readers reach the store through us
-    stop = _stop_on_signals()
     options = SinkOptions(batch_rows=args.batch_rows, batch_age_s=args.batch_age, instance_id=args.instance or None)
     sink = ClickHouseSink(client, conf, settings.kafka.topic_prefix, options)
     try:

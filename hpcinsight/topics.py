@@ -55,20 +55,26 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> N
         time.sleep(0.2)
 
 
-def _watermarks(consumer: Any, tp: Any, timeout: float) -> tuple[int, int]:
-    """Low and high watermark; retries while a new partition's leader is still loading."""
+def _retrying(call: Any, timeout: float) -> Any:
+    """Run ``call()``, retrying while the broker says 'not yet' (a new partition's leader or
+    a group's coordinator still loading)."""
     import time
 
+    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                 KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.LEADER_NOT_AVAILABLE}
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return consumer.get_watermark_offsets(tp, timeout=timeout)
+            return call()
         except KafkaException as err:
-            if not err.args[0].retriable() and err.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
-                raise
-            if time.monotonic() > deadline:
+            error = err.args[0]
+            if not (error.retriable() or error.code() in transient) or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def _watermarks(consumer: Any, tp: Any, timeout: float) -> tuple[int, int]:
+    return _retrying(lambda: consumer.get_watermark_offsets(tp, timeout=timeout), timeout)
 
 
 def lag(client_config: dict[str, Any], group_id: str, topics: list[str], timeout: float = 10.0) -> int:
@@ -79,7 +85,7 @@ def lag(client_config: dict[str, Any], group_id: str, topics: list[str], timeout
     try:
         metadata = consumer.list_topics(timeout=timeout)
         partitions = [TopicPartition(t, p) for t in topics for p in metadata.topics[t].partitions]
-        committed = consumer.committed(partitions, timeout=timeout)
+        committed = _retrying(lambda: consumer.committed(partitions, timeout=timeout), timeout)
         total = 0
         for tp in committed:
             low, high = _watermarks(consumer, tp, timeout)
