@@ -134,7 +134,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = load()
     ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
-    run_worker(settings, WorkerOptions(window_s=args.window, hop_s=args.hop), loglevel=args.loglevel)
+    run_worker(settings, WorkerOptions(window_s=args.window, hop_s=args.hop, instance=args.instance), loglevel=args.loglevel)
     return 0
 
 
@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=60.0, help="quantile window in seconds (default 60)")
     p.add_argument("--hop", type=float, default=10.0, help="window hop in seconds (default 10)")
     p.add_argument("--loglevel", default="WARNING")
+    p.add_argument("--instance", default="0", help="static group member id; give each worker of a group its own")
 
     p = add("sink", cmd_sink, "store the topics in ClickHouse (exactly once)")
     p.add_argument("--batch-rows", type=int, default=50_000, help="insert when this many rows are pending")

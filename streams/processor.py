@@ -15,7 +15,7 @@ from typing import Any
 
 from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES, Topic
 from schemas.codec import DecodeError
-from schemas.events import DeadLetter, Event, GpuQuantiles, GpuSample
+from schemas.events import Anomaly, DeadLetter, Event, GpuQuantiles, GpuSample
 from streams.detectors import Detector, discover
 from streams.windows import SlidingQuantiles, WindowSpec
 
@@ -48,7 +48,23 @@ class SampleProcessor:
         self.window = window
         self.detectors = detectors if detectors is not None else [cls() for cls in discover()]
         self._series: dict[tuple[str, str], SlidingQuantiles] = {}
+        self._partition_of: dict[tuple[str, str], int] = {}
         self.stats = ProcessorStats()
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the window state of series read from ``partitions`` (they moved, or are being rebuilt)."""
+        for key in [k for k, p in self._partition_of.items() if p in partitions]:
+            del self._series[key], self._partition_of[key]
+
+    def replay(self, partition: int, value: bytes | None) -> None:
+        """Rebuild state from a message handled before a restart: same logic, no outputs."""
+        try:
+            samples = GPU_SAMPLES.codec.decode(value)
+        except DecodeError:
+            return
+        for sample in samples:
+            for q in self._roll(sample, partition):
+                self._detect(q, replay=True)
 
     def handle(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
         """All outputs caused by one message of the raw samples topic, in send order."""
@@ -62,7 +78,7 @@ class SampleProcessor:
         self.stats.samples += len(samples)
         quantiles: list[GpuQuantiles] = []
         for sample in samples:
-            quantiles.extend(self._roll(sample))
+            quantiles.extend(self._roll(sample, partition))
         for q in quantiles:
             out.append(Output(GPU_QUANTILES, q.gpu_uuid.encode(), GPU_QUANTILES.codec.encode([q])))
             for anomaly in self._detect(q):
@@ -88,12 +104,13 @@ class SampleProcessor:
         )
         return Output(DEAD_LETTERS, source.encode(), DEAD_LETTERS.codec.encode([letter]))
 
-    def _roll(self, sample: GpuSample) -> list[GpuQuantiles]:
+    def _roll(self, sample: GpuSample, partition: int) -> list[GpuQuantiles]:
         out = []
         for metric in METRICS:
             series = self._series.get((sample.gpu_uuid, metric))
             if series is None:
                 series = self._series[(sample.gpu_uuid, metric)] = SlidingQuantiles(self.window)
+                self._partition_of[(sample.gpu_uuid, metric)] = partition
             late_before = series.late
             for w in series.add(sample.ts, getattr(sample, metric)):
                 self.stats.windows += 1
@@ -117,7 +134,7 @@ class SampleProcessor:
             self.stats.late_samples += series.late - late_before
         return out
 
-    def _detect(self, event: Event) -> list[Event]:
+    def _detect(self, event: Event, replay: bool = False) -> list[Event]:
         out: list[Event] = []
         for detector in self.detectors:
             if isinstance(event, detector.inputs):
@@ -125,5 +142,11 @@ class SampleProcessor:
                     out.extend(detector.observe(event))
                 except Exception:  # one broken detector must not stop the stream
                     log.exception("detector %s failed on %r", detector.kind, event)
-        self.stats.anomalies += len(out)
+        if not replay:
+            self.stats.anomalies += len(out)
         return out
+
+    def restore(self, anomalies: list[Anomaly]) -> None:
+        """Give each detector the incidents of its kind still open before a restart."""
+        for detector in self.detectors:
+            detector.restore([a for a in anomalies if a.kind == detector.kind and a.state == "firing"])

@@ -38,6 +38,10 @@ class Detector(abc.ABC, Generic[C]):
     def observe(self, event: Event) -> list[Event]:
         """Update state with one event; return the anomalies it fires or resolves."""
 
+    def restore(self, open_incidents: list[Any]) -> None:  # noqa: B027 - optional hook
+        """Take back incidents this detector had fired and not resolved before a restart
+        (read from the anomalies topic), so they resolve under their own id, never twice."""
+
 
 def discover() -> list[type[Detector[Any]]]:
     """Every concrete Detector defined in this package's modules."""

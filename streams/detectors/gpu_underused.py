@@ -63,6 +63,13 @@ class GpuUnderusedDetector(Detector[GpuUnderusedConfig]):
                 return [anomaly]
         return []
 
+    def restore(self, open_incidents: list[Anomaly]) -> None:
+        for incident in open_incidents:
+            if incident.gpu_uuid is None:
+                continue
+            track = self._tracks.setdefault(incident.gpu_uuid, _Track())
+            track.open_id, track.started_at = incident.id, incident.started_at
+
     def _anomaly(self, q: GpuQuantiles, track: _Track, state: str, evidence: dict[str, float]) -> Anomaly:
         assert track.open_id is not None
         verb = "is idle" if state == "firing" else "is busy again"

@@ -1,0 +1,92 @@
+"""The Faust worker SIGKILLed mid-incident and restarted: no window lost, no incident doubled."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from hpcinsight.topics import message_count
+from tests.conftest import Pipeline, stop
+
+pytestmark = [pytest.mark.kafka, pytest.mark.integration]
+
+NODES, GPUS, TICKS, WINDOW_S, HOP_S = 2, 4, 80, 4, 2
+SPEED = 2  # sample time runs twice as fast as Kafka's clock
+# The restart replays window + 2 hops (8 s of Kafka time = 16 s of sample time) of samples. The
+# idle incident starts at 10 s and the kill comes after 32 s of sample time, so the replay
+# cannot see the onset: the incident must come back from the anomalies topic.
+IDLE = "1:2@10-56"
+KILL_AFTER_S = 32 / SPEED
+
+
+def committed(pipeline: Pipeline, group: str, topic: str) -> int:
+    consumer = Consumer({**pipeline.client_config(), "group.id": pipeline.prefix + group})
+    try:
+        partitions = consumer.list_topics(pipeline.topic(topic), timeout=10).topics[pipeline.topic(topic)].partitions
+        offsets = consumer.committed([TopicPartition(pipeline.topic(topic), p) for p in partitions], timeout=10)
+        return sum(max(tp.offset, 0) for tp in offsets)
+    finally:
+        consumer.close()
+
+
+def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline) -> None:
+    worker_args = ("worker", "--window", str(WINDOW_S), "--hop", str(HOP_S))
+    worker = pipeline.start("worker-1", *worker_args)
+    sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
+    agent = pipeline.start("agent", "agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS),
+                           "--ticks", str(TICKS), "--speed", str(SPEED), "--idle", IDLE)
+    started = time.monotonic()
+    try:
+        # kill the worker once it has fired the incident (the GPU is still idle) and committed
+        # some progress, so the restart has state to rebuild
+        deadline = time.monotonic() + 90
+        while (message_count(pipeline.client_config(), [pipeline.topic("anomalies")])[pipeline.topic("anomalies")] == 0
+               or committed(pipeline, "worker", "gpu.samples.raw") == 0 or time.monotonic() - started < KILL_AFTER_S):
+            assert time.monotonic() < deadline and worker.poll() is None, pipeline.log("worker-1")
+            time.sleep(0.2)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+        worker = pipeline.start("worker-2", *worker_args)
+        assert agent.wait(120) == 0, pipeline.log("agent")
+        produced = json.loads(pipeline.log("agent").strip().splitlines()[-1])
+        pipeline.wait_caught_up("worker", ["gpu.samples.raw"])
+        pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles", "anomalies", "dead.letters"])
+    finally:
+        stop(agent)
+        stop(worker)
+        assert stop(sink) == 0, pipeline.log("sink")
+    assert "rebuilt window state" in pipeline.log("worker-2"), pipeline.log("worker-2")
+
+    # replays of the at-least-once worker collapse on the tables' keys: FINAL sees each sample once
+    counts = pipeline.sql("SELECT count() AS n, uniqExact(gpu_uuid, ts) AS distinct_n FROM gpu_samples FINAL")[0]
+    assert counts == {"n": produced["records"], "distinct_n": produced["records"]}
+
+    samples = pipeline.sql("SELECT gpu_uuid, toUnixTimestamp64Milli(ts) AS ts, gpu_util FROM gpu_samples FINAL")
+    by_gpu: dict[str, list[tuple[int, float]]] = {}
+    for row in samples:
+        by_gpu.setdefault(row["gpu_uuid"], []).append((row["ts"], row["gpu_util"]))
+    windows = pipeline.sql(
+        "SELECT gpu_uuid, toUnixTimestamp64Milli(window_start) AS s, toUnixTimestamp64Milli(window_end) AS e, "
+        "count, p25, p50, p95 FROM gpu_quantiles FINAL WHERE metric = 'gpu_util' ORDER BY gpu_uuid, e"
+    )
+    ends: dict[str, list[int]] = {}
+    for w in windows:
+        ends.setdefault(w["gpu_uuid"], []).append(w["e"])
+        values = np.array([v for t, v in by_gpu[w["gpu_uuid"]] if w["s"] <= t < w["e"]])
+        assert w["count"] == values.size == WINDOW_S
+        assert [w["p25"], w["p50"], w["p95"]] == pytest.approx(list(np.percentile(values, [25, 50, 95])), abs=1e-3)
+    assert len(ends) == NODES * GPUS
+    for gpu, series in ends.items():
+        first_ts, last_ts = min(t for t, _ in by_gpu[gpu]), max(t for t, _ in by_gpu[gpu])
+        expected = list(range(series[0], last_ts + 1, HOP_S * 1000))
+        assert series == expected, f"{gpu}: windows missing across the restart"
+        assert series[0] - WINDOW_S * 1000 < first_ts + HOP_S * 1000
+
+    anomalies = pipeline.sql("SELECT id, state FROM anomalies FINAL ORDER BY ts, state")
+    assert [a["state"] for a in anomalies] == ["firing", "resolved"], anomalies
+    assert anomalies[0]["id"] == anomalies[1]["id"]
