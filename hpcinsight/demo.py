@@ -50,6 +50,18 @@ def rows_flagged(columns: list[str], rows: list[tuple]) -> list[tuple]:
     return [(r[node], r[gpu]) for r in rows if r[flags]]
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM (a clean stop: flush, commit), then SIGKILL if it does not end in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class Processes:
     """Child processes of the demo, each with its log file, stopped in reverse order."""
 
@@ -66,16 +78,7 @@ class Processes:
 
     def stop(self, name: str, timeout: float = 30.0) -> int | None:
         proc = self.children.pop(name, None)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return None if proc is None else terminate(proc, timeout)
 
     def stop_all(self) -> None:
         for name in reversed(list(self.children)):

@@ -6,12 +6,11 @@ import json
 import signal
 import time
 
-import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from hpcinsight.topics import message_count
-from tests.conftest import Pipeline, stop
+from tests.conftest import Pipeline, check_windows_against_numpy, samples_by_gpu, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -66,20 +65,8 @@ def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline) -> No
     counts = pipeline.sql("SELECT count() AS n, uniqExact(gpu_uuid, ts) AS distinct_n FROM gpu_samples FINAL")[0]
     assert counts == {"n": produced["records"], "distinct_n": produced["records"]}
 
-    samples = pipeline.sql("SELECT gpu_uuid, toUnixTimestamp64Milli(ts) AS ts, gpu_util FROM gpu_samples FINAL")
-    by_gpu: dict[str, list[tuple[int, float]]] = {}
-    for row in samples:
-        by_gpu.setdefault(row["gpu_uuid"], []).append((row["ts"], row["gpu_util"]))
-    windows = pipeline.sql(
-        "SELECT gpu_uuid, toUnixTimestamp64Milli(window_start) AS s, toUnixTimestamp64Milli(window_end) AS e, "
-        "count, p25, p50, p95 FROM gpu_quantiles FINAL WHERE metric = 'gpu_util' ORDER BY gpu_uuid, e"
-    )
-    ends: dict[str, list[int]] = {}
-    for w in windows:
-        ends.setdefault(w["gpu_uuid"], []).append(w["e"])
-        values = np.array([v for t, v in by_gpu[w["gpu_uuid"]] if w["s"] <= t < w["e"]])
-        assert w["count"] == values.size == WINDOW_S
-        assert [w["p25"], w["p50"], w["p95"]] == pytest.approx(list(np.percentile(values, [25, 50, 95])), abs=1e-3)
+    ends = check_windows_against_numpy(pipeline, samples_per_window=WINDOW_S)
+    by_gpu = samples_by_gpu(pipeline)
     assert len(ends) == NODES * GPUS
     for gpu, series in ends.items():
         first_ts, last_ts = min(t for t, _ in by_gpu[gpu]), max(t for t, _ in by_gpu[gpu])

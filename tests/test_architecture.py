@@ -1,0 +1,40 @@
+"""agents/, streams/ and sinks/ never import one another; they meet in schemas/ and the config."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPONENTS = ("agents", "streams", "sinks")
+SHARED = ("schemas", "hpcinsight.config")
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_components_import_only_themselves_schemas_and_config(component: str) -> None:
+    project = {"agents", "streams", "sinks", "schemas", "hpcinsight", "deploy"}
+    for path in sorted((ROOT / component).rglob("*.py")):
+        for module in imported_modules(path):
+            top = module.split(".")[0]
+            if top not in project or top == component:
+                continue
+            assert module.startswith(SHARED), f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_schemas_import_no_component() -> None:
+    for path in sorted((ROOT / "schemas").rglob("*.py")):
+        for module in imported_modules(path):
+            assert module.split(".")[0] not in {"agents", "streams", "sinks", "hpcinsight", "deploy"}, f"{path} imports {module}"
