@@ -29,3 +29,6 @@ test: setup
 
 clean:
 	rm -rf $(VENV) .hpcinsight
+
+bench: setup
+	$(VENV)/bin/python -m bench.run $(ARGS)

@@ -1,0 +1,106 @@
+"""hpcinsight benchmarks: each figure printed with its ratio to a baseline measured in the same run.
+
+Run with ``make bench`` (or ``.venv/bin/python -m bench.run``). These machines are shared and
+noisy, so every benchmark takes the best of several repeats and compares against a baseline
+doing the bare minimum of the same work, measured right next to it:
+
+* ``codec``: decoding + validating GPU sample messages with the catalog's codec, against
+  ``json.loads`` of the same bytes (parsing without any validation or typing).
+* ``sink``: the sink's path from decoded records to ClickHouse (``to_arrow`` + ``insert_arrow``
+  into the catalog table) against ``insert_arrow`` of a ready-made Arrow table of the same rows.
+
+Speed targets of later issues (agent tick cost, stream throughput, end-to-end latency, query
+latency) join this suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+
+from agents.gpu_sim import SimConfig, SimGpuCollector
+from schemas.catalog import GPU_SAMPLES
+from schemas.derive import to_arrow
+
+T0 = (int(time.time()) - 3600) * 1000
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def messages(nodes: int, ticks: int) -> list[bytes]:
+    sim = SimGpuCollector(SimConfig(nodes=nodes, gpus_per_node=8))
+    out = []
+    for k in range(ticks):
+        samples = sim.sample(T0 + k * 1000)
+        for n in range(nodes):
+            out.append(GPU_SAMPLES.codec.encode(samples[n * 8:(n + 1) * 8]))
+    return out
+
+
+def bench_codec(repeats: int) -> dict[str, float]:
+    data = messages(nodes=128, ticks=40)  # 5,120 messages, 40,960 samples
+    samples = len(data) * 8
+    ours = best_of(lambda: [GPU_SAMPLES.codec.decode(m) for m in data], repeats)
+    base = best_of(lambda: [json.loads(m) for m in data], repeats)
+    return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base, "ratio": base / ours}
+
+
+def bench_sink(repeats: int) -> dict[str, float]:
+    import clickhouse_connect
+
+    records = [r for m in messages(nodes=128, ticks=50) for r in GPU_SAMPLES.codec.decode(m)]  # 51,200 rows
+    n = len(records)
+    extra = {"_partition": pa.array([0] * n, pa.uint32()), "_offset": pa.array(range(n), pa.uint64())}
+    ready = to_arrow(GPU_SAMPLES.event, records, extra)
+    with tempfile.TemporaryDirectory() as tmp:
+        client = clickhouse_connect.get_client(dsn=f"chdb://{Path(tmp) / 'ch'}")
+        try:
+            assert GPU_SAMPLES.table is not None
+            client.command(GPU_SAMPLES.table.create_sql(GPU_SAMPLES.event))
+            table = GPU_SAMPLES.table.name
+            ours = best_of(lambda: client.insert_arrow(table, to_arrow(GPU_SAMPLES.event, records, extra)), repeats)
+            base = best_of(lambda: client.insert_arrow(table, ready), repeats)
+        finally:
+            client.close()
+    return {"rows_per_s": n / ours, "baseline_rows_per_s": n / base, "ratio": base / ours}
+
+
+BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {"codec": bench_codec, "sink": bench_sink}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"subset of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    from rich.progress import track
+
+    results = {}
+    for name in track(args.names, description="benchmarks"):
+        results[name] = BENCHMARKS[name](args.repeats)
+    machine = f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
+    print(f"machine: {machine}")
+    for name, r in results.items():
+        rate_key = next(k for k in r if k.endswith("_per_s") and not k.startswith("baseline"))
+        print(f"{name:6s} {r[rate_key]:>14,.0f} {rate_key.replace('_per_s', '/s'):12s} baseline {r['baseline_' + rate_key]:>14,.0f}   ratio (ours/baseline speed) {r['ratio']:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
