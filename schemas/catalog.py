@@ -12,7 +12,18 @@ from dataclasses import dataclass, field
 
 from schemas.codec import Codec
 from schemas.derive import clickhouse_columns
-from schemas.events import Anomaly, DeadLetter, Event, GpuQuantiles, GpuSample
+from schemas.events import (
+    AgentHealth,
+    Anomaly,
+    DeadLetter,
+    Event,
+    GpuQuantiles,
+    GpuSample,
+    IbSample,
+    NodeInventory,
+    SchedulerEvent,
+    StepMetric,
+)
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -94,7 +105,36 @@ DEAD_LETTERS = Topic(
     table=Table("dead_letters", order_by=("source_topic", "source_partition", "source_offset", "stage"), time_column="ts", ttl_days=90),
 )
 
-TOPICS: tuple[Topic, ...] = (GPU_SAMPLES_RAW, GPU_SAMPLES, GPU_QUANTILES, ANOMALIES, DEAD_LETTERS)
+IB_SAMPLES = Topic(
+    "ib.samples", IbSample, key="node", partitions=6, retention_ms=DAY_MS,
+    doc="InfiniBand port state, throughput and error counts per node per tick.",
+    table=Table("ib_samples", order_by=("node", "device", "port", "ts"), time_column="ts"),
+)
+SCHEDULER_EVENTS = Topic(
+    "scheduler.events", SchedulerEvent, key="job_id", partitions=3, retention_ms=30 * DAY_MS,
+    doc="Job submitted, scheduled, started, finished, preempted, deleted (Kubernetes, Slurm, traces).",
+    table=Table("scheduler_events", order_by=("job_id", "kind", "ts"), time_column="ts", ttl_days=365),
+)
+NODE_INVENTORY = Topic(
+    "node.inventory", NodeInventory, key="node", partitions=1, retention_ms=30 * DAY_MS,
+    doc="What each node has (GPUs, CPUs, memory) and its zone/pool labels.",
+    table=Table("node_inventory", order_by=("node", "ts"), time_column="ts", ttl_days=365),
+)
+STEP_METRICS = Topic(
+    "step.metrics", StepMetric, key="job_id", partitions=6, retention_ms=7 * DAY_MS,
+    doc="Per-rank training step durations and phases.",
+    table=Table("step_metrics", order_by=("job_id", "rank", "step"), time_column="ts", ttl_days=90),
+)
+AGENT_HEALTH = Topic(
+    "agent.health", AgentHealth, key="node", partitions=1, retention_ms=7 * DAY_MS,
+    doc="Agents' own counters: samples taken, sent, spilled to disk, dropped; errors.",
+    table=Table("agent_health", order_by=("node", "agent", "ts"), time_column="ts", ttl_days=90),
+)
+
+TOPICS: tuple[Topic, ...] = (
+    GPU_SAMPLES_RAW, GPU_SAMPLES, GPU_QUANTILES, ANOMALIES, DEAD_LETTERS,
+    IB_SAMPLES, SCHEDULER_EVENTS, NODE_INVENTORY, STEP_METRICS, AGENT_HEALTH,
+)
 STORED: tuple[Topic, ...] = tuple(t for t in TOPICS if t.table is not None)
 
 

@@ -48,8 +48,17 @@ Celsius = Annotated[float, msgspec.Meta(ge=-100.0, le=300.0), Column("Float32", 
 Mhz = Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0), Column("Float32", pa.float32(), "Gorilla, ZSTD(1)")]
 Real = Annotated[float, Column("Float64", pa.float64(), "Gorilla, ZSTD(1)")]
 
+Flag = Annotated[bool, Column("Bool", pa.bool_())]
+LabelList = Annotated[list[str], Column("Array(LowCardinality(String))", pa.list_(pa.string()))]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1), Column("UInt64", pa.uint64(), "T64, ZSTD(1)")]
+
 # Numeric evidence of an anomaly: name -> value, queryable as a ClickHouse Map.
 Evidence = Annotated[
     dict[str, float],
     Column("Map(LowCardinality(String), Float64)", pa.map_(pa.string(), pa.float64())),
+]
+# Free-form string labels (e.g. node labels): name -> value.
+StringMap = Annotated[
+    dict[str, str],
+    Column("Map(LowCardinality(String), String)", pa.map_(pa.string(), pa.string())),
 ]

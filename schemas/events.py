@@ -19,8 +19,11 @@ from schemas.columns import (
     Bytes64,
     Celsius,
     Column,
+    Count,
     Evidence,
+    Flag,
     Label,
+    LabelList,
     Mhz,
     Percent,
     Real,
@@ -29,6 +32,7 @@ from schemas.columns import (
     UInt8,
     UInt32,
     UInt64,
+    StringMap,
     Watts,
 )
 
@@ -135,4 +139,125 @@ class DeadLetter(Event, frozen=True):
     key: Bytes | None = None
 
 
-ALL_EVENTS: tuple[type[Event], ...] = (GpuSample, GpuQuantiles, Anomaly, DeadLetter)
+class IbSample(Event, frozen=True):
+    """One InfiniBand port over one sampling interval: link state and rates from counter deltas.
+
+    Rates are per second over ``interval_s``; error fields count the errors in the interval. A
+    counter that went backwards (reset, driver reload) or wrapped yields null for that interval
+    and ``counters_reset`` is set, never a negative or absurd rate.
+    """
+
+    __schema__ = "ib_sample"
+    __version__ = 1
+
+    node: Label
+    device: Label
+    port: UInt8
+    ts: TimestampMs
+    interval_s: Real | None = None
+    state: Label | None = None
+    phys_state: Label | None = None
+    rate_gbps: Real | None = None
+    xmit_bytes_per_s: Real | None = None
+    rcv_bytes_per_s: Real | None = None
+    xmit_packets_per_s: Real | None = None
+    rcv_packets_per_s: Real | None = None
+    xmit_wait_per_s: Real | None = None
+    symbol_errors: Count | None = None
+    link_downed: Count | None = None
+    link_error_recovery: Count | None = None
+    rcv_errors: Count | None = None
+    rcv_remote_physical_errors: Count | None = None
+    xmit_discards: Count | None = None
+    local_link_integrity_errors: Count | None = None
+    excessive_buffer_overrun_errors: Count | None = None
+    hw_counters: Evidence = {}  # rate per second of each hw_counters file, where present
+    counters_reset: Flag = False
+
+
+SchedulerEventKind = Annotated[
+    Literal["submitted", "scheduled", "started", "finished", "preempted", "deleted"],
+    Column("LowCardinality(String)", pa.string()),
+]
+
+
+class SchedulerEvent(Event, frozen=True):
+    """A job's life as the scheduler (Kubernetes, Slurm, or a trace) reports it."""
+
+    __schema__ = "scheduler_event"
+    __version__ = 1
+
+    ts: TimestampMs
+    source: Label
+    job_id: Label
+    kind: SchedulerEventKind
+    user: Label | None = None
+    team: Label | None = None
+    priority: Label | None = None
+    qos: Label | None = None
+    queue: Label | None = None
+    requested_gpus: Real | None = None
+    requested_cpus: Real | None = None
+    requested_memory_bytes: Bytes64 | None = None
+    gpu_model: Label | None = None
+    node: Label | None = None
+    gpu_ids: LabelList = []
+    status: Label | None = None
+    name: Label | None = None
+
+
+class NodeInventory(Event, frozen=True):
+    """What a node has: GPUs, CPUs, memory and its placement labels."""
+
+    __schema__ = "node_inventory"
+    __version__ = 1
+
+    ts: TimestampMs
+    node: Label
+    gpu_count: UInt32
+    gpu_model: Label | None = None
+    cpus: Real | None = None
+    memory_bytes: Bytes64 | None = None
+    zone: Label | None = None
+    pool: Label | None = None
+    labels: StringMap = {}
+
+
+class StepMetric(Event, frozen=True):
+    """One training step of one rank: its duration and, optionally, where the time went."""
+
+    __schema__ = "step_metric"
+    __version__ = 1
+
+    job_id: Label
+    rank: UInt32
+    world_size: UInt32
+    step: Count
+    ts: TimestampMs
+    duration_s: Real
+    node: Label | None = None
+    local_rank: UInt32 | None = None
+    phases: Evidence = {}
+
+
+class AgentHealth(Event, frozen=True):
+    """An agent's account of itself, every few seconds: what it took, sent, spilled and lost."""
+
+    __schema__ = "agent_health"
+    __version__ = 1
+
+    ts: TimestampMs
+    node: Label
+    agent: Label
+    samples_taken: Count
+    messages_sent: Count
+    messages_spilled: Count
+    messages_dropped: Count
+    spool_bytes: Count
+    errors: Count
+    tick_overruns: Count
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    GpuSample, GpuQuantiles, Anomaly, DeadLetter, IbSample, SchedulerEvent, NodeInventory, StepMetric, AgentHealth,
+)

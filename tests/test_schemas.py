@@ -9,7 +9,18 @@ import pytest
 
 from schemas.catalog import SINK_COLUMNS, STORED, TOPICS
 from schemas.derive import arrow_schema, fields_of, to_arrow
-from schemas.events import ALL_EVENTS, Anomaly, DeadLetter, GpuQuantiles, GpuSample
+from schemas.events import (
+    ALL_EVENTS,
+    AgentHealth,
+    Anomaly,
+    DeadLetter,
+    GpuQuantiles,
+    GpuSample,
+    IbSample,
+    NodeInventory,
+    SchedulerEvent,
+    StepMetric,
+)
 
 # recent, so the tables' TTL (on event time) keeps the rows
 T0 = (int(time.time()) - 3600) * 1000
@@ -21,6 +32,18 @@ EXAMPLES = {
     Anomaly: Anomaly("a1b2", "gpu_underused", "warning", "firing", "gpu", "GPU-abc", T0, T0 - 60_000, T0 - 60_000, T0,
                      "GPU 3 of n0 is idle", {"p95_pct": 1.5, "threshold_pct": 10.0}, node="n0", gpu_uuid="GPU-abc"),
     DeadLetter: DeadLetter(T0, "hpcinsight.gpu.samples.raw", 2, 17, "validate", "malformed JSON", b"\x00{not json", key=b"n0"),
+    IbSample: IbSample("n0", "mlx5_0", 1, T0, interval_s=1.0, state="ACTIVE", phys_state="LinkUp", rate_gbps=400.0,
+                       xmit_bytes_per_s=4.5e10, rcv_bytes_per_s=4.4e10, xmit_packets_per_s=1e7, rcv_packets_per_s=1e7,
+                       xmit_wait_per_s=12.0, symbol_errors=0, link_downed=0, link_error_recovery=1, rcv_errors=0,
+                       rcv_remote_physical_errors=0, xmit_discards=2, local_link_integrity_errors=0,
+                       excessive_buffer_overrun_errors=0, hw_counters={"out_of_buffer": 3.0}, counters_reset=False),
+    SchedulerEvent: SchedulerEvent(T0, "k8s", "job-1", "scheduled", user="alice", team="nlp", priority="high", qos="Guaranteed",
+                                   queue="default", requested_gpus=8.0, requested_cpus=64.0, requested_memory_bytes=2**39,
+                                   gpu_model="H100", node="n0", gpu_ids=["GPU-a", "GPU-b"], status=None, name="train-llm"),
+    NodeInventory: NodeInventory(T0, "n0", 8, gpu_model="H100", cpus=128.0, memory_bytes=2**41, zone="eu-1", pool="train",
+                                 labels={"rack": "r12"}),
+    StepMetric: StepMetric("job-1", 3, 16, 1200, T0, 0.512, node="n0", local_rank=3, phases={"forward": 0.1, "backward": 0.3}),
+    AgentHealth: AgentHealth(T0, "n0", "gpu", 1000, 125, 3, 0, 4096, 1, 0),
 }
 
 
@@ -80,7 +103,7 @@ def test_clickhouse_tables_store_and_return_every_field(tmp_path) -> None:
                 value = got[name]
                 if hasattr(value, "timestamp"):
                     value = round(value.timestamp() * 1000)
-                if isinstance(value, list):  # Arrow map
+                if isinstance(want, dict) and isinstance(value, list):  # Arrow map
                     value = dict(value)
                 if isinstance(want, bytes) and isinstance(value, str):
                     value = value.encode()
