@@ -1,23 +1,27 @@
-"""The agent loop: sample on a fixed schedule and send one message per node per tick.
+"""The agent loop: sample every collector on a fixed schedule, one message per key per tick.
 
 Ticks are scheduled on the monotonic clock at ``start + k * interval`` so the period never
-drifts; a tick that overruns is skipped (and counted), never bunched. The producer is
-idempotent with ``acks=all``, so a retry inside librdkafka never duplicates a message, and
-``close`` flushes everything that was accepted before it returns.
+drifts; a tick that overruns is skipped (and counted), never bunched. Records are grouped by
+their topic's key (node for samples, job for scheduler events) into one message each, and
+handed to :class:`agents.delivery.Delivery`, which never blocks on the network. Every
+``health_interval_s`` the agent reports its own counters as an ``AgentHealth`` event, and
+optionally on a Prometheus ``/metrics`` endpoint.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
-
 from agents.base import Collector
+from agents.delivery import Delivery
+from schemas.catalog import AGENT_HEALTH
+from schemas.events import AgentHealth
 
 log = logging.getLogger(__name__)
 
@@ -26,85 +30,102 @@ log = logging.getLogger(__name__)
 class AgentStats:
     ticks: int = 0
     skipped_ticks: int = 0
-    messages: int = 0
     records: int = 0
-    delivered: int = 0
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)
+    messages: int = 0
+    errors: int = 0
 
 
-class KafkaSender:
-    """An idempotent, compressing producer that counts what the broker acknowledged."""
+class Metrics:
+    """The agent's counters on a Prometheus endpoint (prometheus-client)."""
 
-    def __init__(self, client_config: dict[str, Any]) -> None:
-        conf = {
-            **client_config,
-            "enable.idempotence": True,
-            "acks": "all",
-            "compression.type": "zstd",
-            "linger.ms": 20,
-            "message.timeout.ms": 300_000,
-        }
-        self._producer = Producer(conf)
-        self.stats = AgentStats()
+    def __init__(self, port: int, stats: AgentStats, delivery: Delivery) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is None:
-            self.stats.delivered += 1
-        else:
-            self.stats.failed += 1
-            if len(self.stats.errors) < 20:
-                self.stats.errors.append(str(err))
-            log.error("delivery failed: %s", err)
+        class _Collector:
+            def collect(self) -> Any:
+                d = delivery.stats
+                for name, value, doc in (
+                    ("hpcinsight_agent_ticks", stats.ticks, "ticks sampled"),
+                    ("hpcinsight_agent_tick_overruns", stats.skipped_ticks, "ticks skipped because sampling overran"),
+                    ("hpcinsight_agent_records", stats.records, "records taken"),
+                    ("hpcinsight_agent_collector_errors", stats.errors, "collector failures"),
+                    ("hpcinsight_agent_messages_appended", d.appended, "messages written to the spool"),
+                    ("hpcinsight_agent_messages_delivered", d.delivered, "messages acknowledged by Kafka"),
+                    ("hpcinsight_agent_messages_spilled", d.spilled, "messages that waited on disk"),
+                    ("hpcinsight_agent_messages_dropped", d.dropped + delivery.spool.dropped, "messages lost (spool bound, refusal)"),
+                ):
+                    yield CounterMetricFamily(name, doc, value=value)
+                yield GaugeMetricFamily("hpcinsight_agent_spool_bytes", "bytes waiting in the spool", value=delivery.spool.backlog_bytes())
 
-    def send(self, topic: str, key: str, value: bytes) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, key=key.encode(), value=value, on_delivery=self._on_delivery)
-                break
-            except BufferError:  # local queue full: let librdkafka drain, then retry
-                self._producer.poll(0.1)
-        self._producer.poll(0)
-        self.stats.messages += 1
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector())
+        self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
 
-    def flush(self, timeout: float = 60.0) -> int:
-        """Wait for acknowledgements; returns how many messages are still undelivered."""
-        return self._producer.flush(timeout)
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def health_event(node: str, agent: str, stats: AgentStats, delivery: Delivery, now_ms: int) -> AgentHealth:
+    d = delivery.stats
+    return AgentHealth(
+        ts=now_ms, node=node, agent=agent, samples_taken=stats.records, messages_sent=d.delivered,
+        messages_spilled=d.spilled, messages_dropped=d.dropped + delivery.spool.dropped,
+        spool_bytes=delivery.spool.backlog_bytes(), errors=stats.errors, tick_overruns=stats.skipped_ticks,
+    )
 
 
 def run_agent(
-    collector: Collector[Any],
-    sender: KafkaSender,
-    topic: str,
+    collectors: list[Collector[Any]],
+    delivery: Delivery,
+    topic_prefix: str,
     interval_s: float = 1.0,
     ticks: int | None = None,
     speed: float = 1.0,
     stop: threading.Event | None = None,
+    health_interval_s: float = 10.0,
+    agent_name: str = "agent",
+    node: str | None = None,
+    stats: AgentStats | None = None,
 ) -> AgentStats:
-    """Sample ``collector`` every ``interval_s`` until ``ticks`` are done or ``stop`` is set.
+    """Sample ``collectors`` every ``interval_s`` until ``ticks`` are done or ``stop`` is set.
 
-    With ``speed`` > 1 the clock of the samples runs faster than real time (a replay or a
-    simulation compressed for tests): sample timestamps still advance by ``interval_s``.
+    With ``speed`` > 1 the clock of the samples runs faster than real time (a simulation
+    compressed for tests): sample timestamps still advance by ``interval_s``.
     """
     if interval_s <= 0 or speed <= 0:
         raise ValueError("interval and speed must be positive")
     stop = stop or threading.Event()
-    stats = sender.stats
-    codec = collector.topic.codec
+    node = node or socket.gethostname()
+    stats = stats if stats is not None else AgentStats()
     period = interval_s / speed
     interval_ms = int(round(interval_s * 1000))
     start_mono = time.monotonic()
     start_ms = (int(time.time() * 1000) // interval_ms) * interval_ms
+    next_health = 0
     k = 0
     while not stop.is_set() and (ticks is None or stats.ticks < ticks):
         now_ms = start_ms + k * interval_ms if speed != 1.0 else int(time.time() * 1000)
-        by_node: dict[str, list[Any]] = defaultdict(list)
-        for record in collector.sample(now_ms):
-            by_node[record.node].append(record)  # type: ignore[attr-defined]
-        for node, records in by_node.items():
-            sender.send(topic, node, codec.encode(records))
+        for collector in collectors:
+            try:
+                records = collector.sample(now_ms)
+            except Exception:  # a broken source must not stop the others
+                stats.errors += 1
+                log.exception("collector %s failed", type(collector).__name__)
+                continue
+            topic = collector.topic
+            grouped: dict[str, list[Any]] = defaultdict(list)
+            for record in records:
+                grouped[str(getattr(record, topic.key))].append(record)
+            for key, group in grouped.items():
+                delivery.send(topic.full_name(topic_prefix), key, topic.codec.encode(group))
+                stats.messages += 1
             stats.records += len(records)
         stats.ticks += 1
+        if now_ms >= next_health:
+            event = health_event(node, agent_name, stats, delivery, now_ms)
+            delivery.send(AGENT_HEALTH.full_name(topic_prefix), node, AGENT_HEALTH.codec.encode([event]))
+            next_health = now_ms + int(health_interval_s * 1000)
         k += 1
         next_at = start_mono + k * period
         late = time.monotonic() - next_at
@@ -114,7 +135,6 @@ def run_agent(
             k += missed
             next_at = start_mono + k * period
         stop.wait(max(0.0, next_at - time.monotonic()))
-    left = sender.flush()
-    if left:
-        raise KafkaException(f"{left} messages were not acknowledged by the broker before the agent stopped")
+    final = health_event(node, agent_name, stats, delivery, int(time.time() * 1000) if speed == 1.0 else start_ms + k * interval_ms)
+    delivery.send(AGENT_HEALTH.full_name(topic_prefix), node, AGENT_HEALTH.codec.encode([final]))
     return stats

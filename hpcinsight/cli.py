@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 from hpcinsight import __version__
@@ -99,32 +100,52 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 # --- agent ----------------------------------------------------------------------------
 def cmd_agent(args: argparse.Namespace) -> int:
-    from agents.runner import KafkaSender, run_agent
+    from agents.delivery import Delivery
+    from agents.runner import AgentStats, Metrics, run_agent
     from hpcinsight.topics import ensure_topics
 
+    stop = _stop_on_signals()
     settings = load()
     conf = settings.kafka.client_config()
+    collectors: list[Any] = []
     if args.backend == "sim":
         from agents.gpu_sim import IdleGpu, SimConfig, SimGpuCollector
 
-        collector: Any = SimGpuCollector(
+        collectors.append(SimGpuCollector(
             SimConfig(nodes=args.nodes, gpus_per_node=args.gpus, seed=args.seed, idle=tuple(IdleGpu.parse(i) for i in args.idle))
-        )
-    else:
+        ))
+    elif args.backend == "nvml":
         from agents.gpu_nvml import NvmlConfig, NvmlGpuCollector
 
-        collector = NvmlGpuCollector(NvmlConfig(node=args.node) if args.node else NvmlConfig())
-    stop = _stop_on_signals()
+        collectors.append(NvmlGpuCollector(NvmlConfig(node=args.node) if args.node else NvmlConfig()))
+    if args.ib:
+        from agents.ib_sysfs import IbConfig, IbSysfsCollector
+
+        collectors.append(IbSysfsCollector(IbConfig(node=args.node, root=Path(args.ib_root)) if args.node
+                                           else IbConfig(root=Path(args.ib_root))))
+    if not collectors:
+        raise ValueError("nothing to sample: choose --backend sim|nvml and/or --ib")
     ensure_topics(conf, settings.kafka.topic_prefix)
-    sender = KafkaSender(conf)
-    with collector:
-        stats = run_agent(
-            collector, sender, settings.topic(collector.topic.name), interval_s=args.interval, ticks=args.ticks, speed=args.speed, stop=stop
-        )
+    name = args.name or args.backend
+    delivery = Delivery(conf, Path(args.spool_dir) if args.spool_dir else settings.data_dir / "spool" / name,
+                        max_spool_bytes=int(args.spool_mb * 2**20))
+    stats = AgentStats()
+    metrics = Metrics(args.metrics_port, stats, delivery) if args.metrics_port else None
+    try:
+        run_agent(collectors, delivery, settings.kafka.topic_prefix, interval_s=args.interval, ticks=args.ticks,
+                  speed=args.speed, stop=stop, agent_name=name, node=args.node, stats=stats)
+    finally:
+        for collector in collectors:
+            collector.close()
+        drained = delivery.close(drain_timeout=args.drain_timeout)
+        if metrics is not None:
+            metrics.close()
+    d = delivery.stats
     summary = {"ticks": stats.ticks, "skipped_ticks": stats.skipped_ticks, "messages": stats.messages, "records": stats.records,
-               "delivered": stats.delivered, "failed": stats.failed}
+               "delivered": d.delivered, "spilled": d.spilled, "dropped": d.dropped + delivery.spool.dropped,
+               "failed": d.failed, "drained": drained}
     print(json.dumps(summary), flush=True)
-    return 0 if stats.failed == 0 else 1
+    return 0 if drained and summary["dropped"] == 0 else 1
 
 
 # --- worker ---------------------------------------------------------------------------
@@ -221,9 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
 
     p = add("agent", cmd_agent, "sample GPUs and send one message per node per tick to Kafka")
-    p.add_argument("--backend", choices=("sim", "nvml"), default="sim", help="sim: simulated cluster; nvml: this node's GPUs")
+    p.add_argument("--backend", choices=("sim", "nvml", "none"), default="sim",
+                   help="GPUs: sim (simulated cluster), nvml (this node's GPUs) or none")
+    p.add_argument("--ib", action="store_true", help="also sample this node's InfiniBand ports from sysfs")
+    p.add_argument("--ib-root", default="/sys/class/infiniband", help="sysfs root of the InfiniBand devices")
     p.add_argument("--node", default=None, help="node name for --backend nvml (default: hostname)")
     p.add_argument("--ticks", type=int, default=None, help="stop after this many ticks (default: run until stopped)")
+    p.add_argument("--name", default=None, help="agent name (health events, spool folder); default: the backend")
+    p.add_argument("--spool-dir", default=None, help="on-disk queue (default: $HPCINSIGHT_DATA_DIR/spool/NAME)")
+    p.add_argument("--spool-mb", type=float, default=1024, help="bound of the on-disk queue in MiB; oldest dropped beyond it")
+    p.add_argument("--drain-timeout", type=float, default=300, help="on exit, wait this long for Kafka to take the backlog")
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
     _add_sim_args(p, idle_default=[])
 
     p = add("worker", cmd_worker, "run the Faust stream worker (validation, quantiles, detectors)")

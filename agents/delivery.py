@@ -1,0 +1,130 @@
+"""Delivery that loses nothing: every message goes through the on-disk spool to Kafka.
+
+The sampling loop only appends to :class:`agents.spool.Spool` (a local write), so it never
+blocks on the network. A sender thread reads the spool in order and produces with an
+idempotent confluent-kafka producer (``acks=all``, no message timeout): librdkafka retries
+for as long as the broker is away, without duplicates and in order per partition. At most
+``window`` messages are in flight; the rest wait on disk, so an outage of any length costs
+disk (bounded), not memory. The spool's cursor advances only over messages the broker has
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from agents.spool import Position, Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeliveryStats:
+    appended: int = 0
+    delivered: int = 0
+    spilled: int = 0  # appended while the in-flight window was full: waited on disk
+    failed: int = 0  # refused by the broker for good (e.g. too large); counted, not retried
+    broker_errors: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.failed
+
+
+class Delivery:
+    def __init__(self, client_config: dict[str, Any], spool_dir: Path, max_spool_bytes: int = 1 << 30, window: int = 10_000) -> None:
+        self.spool = Spool(spool_dir, max_bytes=max_spool_bytes)
+        self.window = window
+        self.stats = DeliveryStats()
+        self._producer = Producer(
+            {
+                **client_config,
+                "enable.idempotence": True,
+                "acks": "all",
+                "compression.type": "zstd",
+                "linger.ms": 20,
+                "message.timeout.ms": 0,  # retry for as long as it takes; the spool bounds memory
+                "error_cb": self._on_error,
+            }
+        )
+        self._inflight: deque[list[Any]] = deque()  # [end position, done]
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kafka-delivery", daemon=True)
+        self._thread.start()
+
+    # -- called by the sampling loop -----------------------------------------------------
+    def send(self, topic: str, key: str | bytes, value: bytes) -> None:
+        if len(self._inflight) >= self.window:
+            self.stats.spilled += 1
+        self.spool.append(topic, key.encode() if isinstance(key, str) else key, value)
+        self.stats.appended += 1
+        self._idle.clear()
+
+    # -- sender thread -------------------------------------------------------------------
+    def _on_error(self, err: KafkaError) -> None:
+        self.stats.broker_errors += 1
+        log.warning("kafka: %s", err)
+
+    def _on_delivery(self, entry: list[Any]) -> Any:
+        def callback(err: KafkaError | None, _msg: Any) -> None:
+            if err is not None:
+                self.stats.failed += 1
+                log.error("message refused by the broker, counted as dropped: %s", err)
+            else:
+                self.stats.delivered += 1
+            entry[1] = True
+
+        return callback
+
+    def _run(self) -> None:
+        last_ack = time.monotonic()
+        while True:
+            room = self.window - len(self._inflight)
+            records = self.spool.read(min(room, 1000)) if room > 0 else []
+            for record in records:
+                entry: list[Any] = [record.end, False]
+                self._inflight.append(entry)
+                while True:
+                    try:
+                        self._producer.produce(record.topic, key=record.key, value=record.value, on_delivery=self._on_delivery(entry))
+                        break
+                    except BufferError:
+                        self._producer.poll(0.1)
+            self._producer.poll(0.05 if not records else 0)
+            acked: Position | None = None
+            while self._inflight and self._inflight[0][1]:
+                acked = self._inflight.popleft()[0]
+            if acked is not None and (time.monotonic() - last_ack > 0.5 or not self._inflight):
+                self.spool.ack(acked)
+                last_ack = time.monotonic()
+            if not records and not self._inflight:
+                self._idle.set()
+                if self._stop.is_set():
+                    return
+                self._stop.wait(0.05)
+
+    # -- shutdown ------------------------------------------------------------------------
+    def drain(self, timeout: float) -> bool:
+        """Wait until everything appended has been acknowledged; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._idle.wait(0.1) and self.stats.delivered + self.stats.failed >= self.stats.appended:
+                return True
+        return False
+
+    def close(self, drain_timeout: float = 60.0) -> bool:
+        drained = self.drain(drain_timeout)
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._producer.flush(5)
+        self.spool.close()
+        return drained
