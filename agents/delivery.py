@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class DeliveryStats:
     appended: int = 0
     delivered: int = 0
-    spilled: int = 0  # appended while the in-flight window was full: waited on disk
+    spilled: int = 0  # appended while the broker was unreachable or the window full: waited on disk
     failed: int = 0  # refused by the broker for good (e.g. too large); counted, not retried
     broker_errors: int = 0
 
@@ -56,6 +56,8 @@ class Delivery:
             }
         )
         self._inflight: deque[list[Any]] = deque()  # [end position, done]
+        self.broker_down = False
+        self._last_logged: dict[int, float] = {}
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kafka-delivery", daemon=True)
@@ -63,7 +65,7 @@ class Delivery:
 
     # -- called by the sampling loop -----------------------------------------------------
     def send(self, topic: str, key: str | bytes, value: bytes) -> None:
-        if len(self._inflight) >= self.window:
+        if self.broker_down or len(self._inflight) >= self.window:
             self.stats.spilled += 1
         self.spool.append(topic, key.encode() if isinstance(key, str) else key, value)
         self.stats.appended += 1
@@ -72,7 +74,12 @@ class Delivery:
     # -- sender thread -------------------------------------------------------------------
     def _on_error(self, err: KafkaError) -> None:
         self.stats.broker_errors += 1
-        log.warning("kafka: %s", err)
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            self.broker_down = True
+        now = time.monotonic()
+        if now - self._last_logged.get(err.code(), -1e9) > 60:  # once a minute per kind, not per retry
+            self._last_logged[err.code()] = now
+            log.warning("kafka: %s (messages wait in the spool; repeats of this are not logged for 60 s)", err)
 
     def _on_delivery(self, entry: list[Any]) -> Any:
         def callback(err: KafkaError | None, _msg: Any) -> None:
@@ -81,6 +88,7 @@ class Delivery:
                 log.error("message refused by the broker, counted as dropped: %s", err)
             else:
                 self.stats.delivered += 1
+                self.broker_down = False
             entry[1] = True
 
         return callback

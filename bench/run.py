@@ -8,6 +8,12 @@ doing the bare minimum of the same work, measured right next to it:
   ``json.loads`` of the same bytes (parsing without any validation or typing).
 * ``sink``: the sink's path from decoded records to ClickHouse (``to_arrow`` + ``insert_arrow``
   into the catalog table) against ``insert_arrow`` of a ready-made Arrow table of the same rows.
+* ``steps``: per-step cost of the training-step client against an empty ``with`` block.
+* ``agent``: the real agent process at 1 Hz (8 GPUs + 8 IB ports): CPU share of one core
+  and peak RSS, against a bare producer sending the same messages.
+
+The ratio is always baseline / ours for times and costs, ours / baseline for rates: above 1
+means we beat the baseline.
 
 Speed targets of later issues (agent tick cost, stream throughput, end-to-end latency, query
 latency) join this suite.
@@ -56,7 +62,7 @@ def bench_codec(repeats: int) -> dict[str, float]:
     samples = len(data) * 8
     ours = best_of(lambda: [GPU_SAMPLES.codec.decode(m) for m in data], repeats)
     base = best_of(lambda: [json.loads(m) for m in data], repeats)
-    return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base, "ratio": base / ours}
+    return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base, "ratio": base / ours}  # rate ratio
 
 
 def bench_sink(repeats: int) -> dict[str, float]:
@@ -79,7 +85,26 @@ def bench_sink(repeats: int) -> dict[str, float]:
     return {"rows_per_s": n / ours, "baseline_rows_per_s": n / base, "ratio": base / ours}
 
 
-BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {"codec": bench_codec, "sink": bench_sink}
+def _steps(repeats: int) -> dict[str, float]:
+    from bench.steps import bench_steps
+
+    return bench_steps(repeats)
+
+
+def _agent(repeats: int) -> dict[str, float]:
+    from bench.agent_resources import bench_agent_resources
+
+    return bench_agent_resources()
+
+
+BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
+    "codec": bench_codec, "sink": bench_sink, "steps": _steps, "agent": _agent,
+}
+# the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
+HEADLINE = {
+    "codec": ("samples_per_s", "samples/s"), "sink": ("rows_per_s", "rows/s"), "steps": ("us_per_step", "us/step"),
+    "agent": ("cpu_pct_of_core", "% of a core"), "gpu_tick": ("ms_per_tick", "ms/tick"),
+}
 
 
 def main() -> None:
@@ -96,8 +121,9 @@ def main() -> None:
     machine = f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
     print(f"machine: {machine}")
     for name, r in results.items():
-        rate_key = next(k for k in r if k.endswith("_per_s") and not k.startswith("baseline"))
-        print(f"{name:6s} {r[rate_key]:>14,.0f} {rate_key.replace('_per_s', '/s'):12s} baseline {r['baseline_' + rate_key]:>14,.0f}   ratio (ours/baseline speed) {r['ratio']:.2f}")
+        key, unit = HEADLINE[name]
+        extra = "  ".join(f"{k}={v:,.3g}" for k, v in r.items() if k not in (key, "baseline_" + key, "ratio"))
+        print(f"{name:8s} {r[key]:>14,.3f} {unit:12s} baseline {r['baseline_' + key]:>14,.3f}   ratio {r['ratio']:.2f}   {extra}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
 
