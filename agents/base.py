@@ -22,6 +22,16 @@ class Collector(abc.ABC, Generic[C]):
 
     #: catalog topic the records go to
     topic: ClassVar[Topic]
+    #: topics of other event types this collector also emits (e.g. node inventory)
+    extra_topics: ClassVar[tuple[Topic, ...]] = ()
+
+    @classmethod
+    def topic_for(cls, record: Event) -> Topic:
+        """The topic of one record, by its event type."""
+        for topic in (cls.topic, *cls.extra_topics):
+            if type(record) is topic.event:
+                return topic
+        raise TypeError(f"{cls.__name__} emitted a {type(record).__name__}, which none of its topics carries")
 
     def __init__(self, config: C) -> None:
         self.config = config

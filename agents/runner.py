@@ -20,7 +20,7 @@ from typing import Any
 
 from agents.base import Collector
 from agents.delivery import Delivery
-from schemas.catalog import AGENT_HEALTH
+from schemas.catalog import AGENT_HEALTH, Topic
 from schemas.events import AgentHealth
 
 log = logging.getLogger(__name__)
@@ -109,15 +109,15 @@ def run_agent(
         for collector in collectors:
             try:
                 records = collector.sample(now_ms)
+                grouped: dict[tuple[Topic, str], list[Any]] = defaultdict(list)
+                for record in records:
+                    topic = collector.topic_for(record)
+                    grouped[(topic, str(getattr(record, topic.key)))].append(record)
             except Exception:  # a broken source must not stop the others
                 stats.errors += 1
                 log.exception("collector %s failed", type(collector).__name__)
                 continue
-            topic = collector.topic
-            grouped: dict[str, list[Any]] = defaultdict(list)
-            for record in records:
-                grouped[str(getattr(record, topic.key))].append(record)
-            for key, group in grouped.items():
+            for (topic, key), group in grouped.items():
                 delivery.send(topic.full_name(topic_prefix), key, topic.codec.encode(group))
                 stats.messages += 1
             stats.records += len(records)

@@ -123,8 +123,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
         collectors.append(IbSysfsCollector(IbConfig(node=args.node, root=Path(args.ib_root)) if args.node
                                            else IbConfig(root=Path(args.ib_root))))
+    if args.scheduler == "trace":
+        from agents.scheduler.trace import OpenbTraceCollector, TraceConfig
+
+        collectors.append(OpenbTraceCollector(TraceConfig(data_dir=Path(args.trace_dir), speedup=args.trace_speedup,
+                                                          limit=args.trace_limit)))
+    elif args.scheduler == "kubernetes":
+        from agents.scheduler.kubernetes import K8sConfig, KubernetesCollector
+
+        collectors.append(KubernetesCollector(K8sConfig(namespace=args.k8s_namespace)))
+    elif args.scheduler == "slurm":
+        from agents.scheduler.slurm import SlurmCollector, SlurmConfig
+
+        collectors.append(SlurmCollector(SlurmConfig()))
     if not collectors:
-        raise ValueError("nothing to sample: choose --backend sim|nvml and/or --ib")
+        raise ValueError("nothing to sample: choose --backend sim|nvml, --ib and/or --scheduler")
     ensure_topics(conf, settings.kafka.topic_prefix)
     name = args.name or args.backend
     delivery = Delivery(conf, Path(args.spool_dir) if args.spool_dir else settings.data_dir / "spool" / name,
@@ -246,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs: sim (simulated cluster), nvml (this node's GPUs) or none")
     p.add_argument("--ib", action="store_true", help="also sample this node's InfiniBand ports from sysfs")
     p.add_argument("--ib-root", default="/sys/class/infiniband", help="sysfs root of the InfiniBand devices")
+    p.add_argument("--scheduler", choices=("none", "trace", "kubernetes", "slurm"), default="none",
+                   help="also report job events: replay the openb trace, watch Kubernetes pods, or poll Slurm")
+    p.add_argument("--trace-dir", default="../shared/data/alibaba-openb-2023", help="openb trace folder (--scheduler trace)")
+    p.add_argument("--trace-speedup", type=float, default=60.0, help="trace seconds per wall second (--scheduler trace)")
+    p.add_argument("--trace-limit", type=int, default=None, help="replay only the first N pods (--scheduler trace)")
+    p.add_argument("--k8s-namespace", default=None, help="watch one namespace (--scheduler kubernetes; default all)")
     p.add_argument("--node", default=None, help="node name for --backend nvml (default: hostname)")
     p.add_argument("--ticks", type=int, default=None, help="stop after this many ticks (default: run until stopped)")
     p.add_argument("--name", default=None, help="agent name (health events, spool folder); default: the backend")

@@ -206,7 +206,8 @@ def test_a_failing_sink_never_raises_and_counts_drops() -> None:
             time.sleep(0.001)
     rec.close()
     assert rec.dropped == 30
-    assert sum(calls) == 60  # every batch tried twice: once, then once more later
+    # every record was offered to the sink, and none more than twice (one retry is held at a time)
+    assert 30 <= sum(calls) <= 60
 
 
 def test_a_sink_that_recovers_loses_nothing(sink: Collect) -> None:
