@@ -17,12 +17,14 @@ from schemas.events import (
     Anomaly,
     DeadLetter,
     Event,
+    GpuProcess,
     GpuQuantiles,
     GpuSample,
     IbSample,
     NodeInventory,
     SchedulerEvent,
     StepMetric,
+    XidEvent,
 )
 
 HOUR_MS = 3_600_000
@@ -130,10 +132,23 @@ AGENT_HEALTH = Topic(
     doc="Agents' own counters: samples taken, sent, spilled to disk, dropped; errors.",
     table=Table("agent_health", order_by=("node", "agent", "ts"), time_column="ts", ttl_days=90),
 )
+GPU_PROCESSES = Topic(
+    "gpu.processes", GpuProcess, key="node", partitions=6, retention_ms=DAY_MS,
+    doc="Processes on each GPU per tick: memory, SM share, and the container/pod/Slurm job they belong to.",
+    table=Table("gpu_processes", order_by=("node", "gpu_uuid", "ts", "pid"), time_column="ts"),
+)
+# XIDs are rare and are the history a hardware claim (RMA) is argued from: kept a year.
+# ``seq`` is in the key so repeated identical XIDs are not collapsed (see XidEvent).
+GPU_XID = Topic(
+    "gpu.xid", XidEvent, key="node", partitions=6, retention_ms=30 * DAY_MS,
+    doc="Every XID error the driver reported, one record per occurrence.",
+    table=Table("xid_events", order_by=("node", "gpu_uuid", "ts", "seq"), time_column="ts", ttl_days=365),
+)
 
 TOPICS: tuple[Topic, ...] = (
     GPU_SAMPLES_RAW, GPU_SAMPLES, GPU_QUANTILES, ANOMALIES, DEAD_LETTERS,
     IB_SAMPLES, SCHEDULER_EVENTS, NODE_INVENTORY, STEP_METRICS, AGENT_HEALTH,
+    GPU_PROCESSES, GPU_XID,
 )
 STORED: tuple[Topic, ...] = tuple(t for t in TOPICS if t.table is not None)
 

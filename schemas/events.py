@@ -57,7 +57,12 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
 
 
 class GpuSample(Event, frozen=True):
-    """One GPU at one instant, as an agent read it. Unsupported readings are null."""
+    """One GPU (or one MIG instance) at one instant, as an agent read it. Unsupported readings are null.
+
+    A MIG instance gets a ``gpu_index`` of its own (see ``agents.gpu_nvml.mig_gpu_index``):
+    the tables are keyed on (node, gpu_index, ts), and sharing the board's index would merge
+    the instance's row into the board's.
+    """
 
     __schema__ = "gpu_sample"
     __version__ = 1
@@ -73,6 +78,80 @@ class GpuSample(Event, frozen=True):
     temperature_c: Celsius | None = None
     sm_clock_mhz: Mhz | None = None
     job_id: Label | None = None
+    # What an operator needs beyond the basics, all null where a GPU (or MIG instance) does not
+    # report it. Rates are per second; counters are cumulative since the driver loaded.
+    mem_util_pct: Percent | None = None  # memory-controller busy time, not memory used
+    power_limit_w: Watts | None = None  # enforced limit: a GPU at its cap is power-throttled
+    mem_clock_mhz: Mhz | None = None
+    sm_clock_max_mhz: Mhz | None = None
+    mem_clock_max_mhz: Mhz | None = None
+    throttle_reasons: UInt64 | None = None  # NVML clock-event bitmask, as reported
+    throttle: LabelList = []  # the same bits decoded, e.g. ["sw_power_cap", "hw_thermal"]
+    ecc_corrected_volatile: Count | None = None
+    ecc_uncorrected_volatile: Count | None = None
+    retired_pages_pending: Flag | None = None  # pre-Ampere; needs a reset to take effect
+    remapped_rows_pending: Flag | None = None  # Ampere+; needs a reset to take effect
+    remapped_rows_failure: Flag | None = None  # Ampere+; the GPU should be replaced
+    pcie_tx_bytes_per_s: Real | None = None
+    pcie_rx_bytes_per_s: Real | None = None
+    nvlink_tx_bytes_per_s: Real | None = None  # data payload, summed over links
+    nvlink_rx_bytes_per_s: Real | None = None
+    nvlink_errors: Count | None = None  # CRC + replay + recovery errors, cumulative
+    # GPM (Hopper+): what the SMs really did; gpu_util only says a kernel was resident.
+    sm_active_pct: Percent | None = None
+    sm_occupancy_pct: Percent | None = None
+    tensor_active_pct: Percent | None = None
+    dram_bw_util_pct: Percent | None = None
+    # A MIG instance is its own sample: gpu_uuid is the MIG UUID, these name its place.
+    mig_index: UInt8 | None = None
+    mig_profile: Label | None = None
+    parent_gpu_uuid: Label | None = None
+
+
+class GpuProcess(Event, frozen=True):
+    """One process using one GPU (or MIG instance) at one tick, attributed to its container/job.
+
+    On a shared GPU (time-slicing, MPS) ``gpu_util`` of the GPU cannot say whose work it is;
+    ``sm_util_pct`` per process can. The attribution comes from the process's cgroup, so it
+    needs the agent to see the host's ``/proc`` (hostPID); otherwise those fields are null.
+    """
+
+    __schema__ = "gpu_process"
+    __version__ = 1
+
+    node: Label
+    gpu_index: UInt8
+    gpu_uuid: Label
+    ts: TimestampMs
+    pid: UInt32
+    process_name: Label | None = None
+    used_memory_bytes: Bytes64 | None = None
+    sm_util_pct: Percent | None = None
+    mem_util_pct: Percent | None = None
+    container_id: Label | None = None
+    pod_uid: Label | None = None
+    slurm_job_id: Label | None = None
+
+
+class XidEvent(Event, frozen=True):
+    """One XID error reported by the driver: every occurrence is a record, repeats included.
+
+    ``ts`` is when the agent received it. ``seq`` numbers the occurrences an agent saw since it
+    started; it is part of the table key, so two identical XIDs in the same millisecond stay
+    two rows, while a message replayed by at-least-once delivery still collapses into one.
+    """
+
+    __schema__ = "xid_event"
+    __version__ = 1
+
+    node: Label
+    gpu_index: UInt8
+    gpu_uuid: Label
+    ts: TimestampMs
+    xid: UInt32
+    seq: UInt64
+    gpu_instance_id: UInt32 | None = None  # MIG GPU instance the error was confined to
+    compute_instance_id: UInt32 | None = None
 
 
 class GpuQuantiles(Event, frozen=True):
@@ -260,4 +339,5 @@ class AgentHealth(Event, frozen=True):
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     GpuSample, GpuQuantiles, Anomaly, DeadLetter, IbSample, SchedulerEvent, NodeInventory, StepMetric, AgentHealth,
+    GpuProcess, XidEvent,
 )

@@ -14,20 +14,29 @@ from schemas.events import (
     AgentHealth,
     Anomaly,
     DeadLetter,
+    GpuProcess,
     GpuQuantiles,
     GpuSample,
     IbSample,
     NodeInventory,
     SchedulerEvent,
     StepMetric,
+    XidEvent,
 )
 
 # recent, so the tables' TTL (on event time) keeps the rows
 T0 = (int(time.time()) - 3600) * 1000
 
 EXAMPLES = {
-    GpuSample: GpuSample("n0", 3, "GPU-abc", T0, gpu_util=42.5, mem_used_bytes=2**40, mem_total_bytes=2**41,
-                         power_w=350.5, temperature_c=61.0, sm_clock_mhz=1980.0, job_id="job-1"),
+    GpuSample: GpuSample("n0", 67, "MIG-abc", T0, gpu_util=42.5, mem_used_bytes=2**40, mem_total_bytes=2**41,
+                         power_w=350.5, temperature_c=61.0, sm_clock_mhz=1980.0, job_id="job-1",
+                         mem_util_pct=30.5, power_limit_w=700.0, mem_clock_mhz=2619.0, sm_clock_max_mhz=1980.0,
+                         mem_clock_max_mhz=2619.0, throttle_reasons=0x24, throttle=["sw_power_cap", "sw_thermal"],
+                         ecc_corrected_volatile=3, ecc_uncorrected_volatile=0, retired_pages_pending=False,
+                         remapped_rows_pending=True, remapped_rows_failure=False, pcie_tx_bytes_per_s=2.5e9,
+                         pcie_rx_bytes_per_s=1.25e9, nvlink_tx_bytes_per_s=1.5e11, nvlink_rx_bytes_per_s=1.25e11,
+                         nvlink_errors=7, sm_active_pct=71.5, sm_occupancy_pct=30.25, tensor_active_pct=40.5,
+                         dram_bw_util_pct=55.5, mig_index=3, mig_profile="1g.10gb", parent_gpu_uuid="GPU-abc"),
     GpuQuantiles: GpuQuantiles("n0", 3, "GPU-abc", "gpu_util", "1m", T0 - 60_000, T0, 60, 10.0, 50.0, 95.5, 48.25),
     Anomaly: Anomaly("a1b2", "gpu_underused", "warning", "firing", "gpu", "GPU-abc", T0, T0 - 60_000, T0 - 60_000, T0,
                      "GPU 3 of n0 is idle", {"p95_pct": 1.5, "threshold_pct": 10.0}, node="n0", gpu_uuid="GPU-abc"),
@@ -44,6 +53,10 @@ EXAMPLES = {
                                  labels={"rack": "r12"}),
     StepMetric: StepMetric("job-1", 3, 16, 1200, T0, 0.512, node="n0", local_rank=3, phases={"forward": 0.1, "backward": 0.3}),
     AgentHealth: AgentHealth(T0, "n0", "gpu", 1000, 125, 3, 0, 4096, 1, 0),
+    GpuProcess: GpuProcess("n0", 3, "GPU-abc", T0, 4242, process_name="/usr/bin/python3", used_memory_bytes=2**34,
+                           sm_util_pct=37.5, mem_util_pct=12.5, container_id="3f" * 32,
+                           pod_uid="1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e", slurm_job_id="123"),
+    XidEvent: XidEvent("n0", 3, "GPU-abc", T0, 79, 12, gpu_instance_id=1, compute_instance_id=0),
 }
 
 
@@ -111,5 +124,27 @@ def test_clickhouse_tables_store_and_return_every_field(tmp_path) -> None:
                     assert value == pytest.approx(want, rel=1e-6), name
                 else:
                     assert value == want, name
+    finally:
+        client.close()
+
+
+def test_table_keys_keep_apart_what_must_not_collapse(tmp_path) -> None:
+    """A ReplacingMergeTree merges rows with equal ORDER BY keys. A MIG instance and its board
+    sampled at the same tick, and two identical XIDs in the same millisecond, must stay two rows."""
+    import clickhouse_connect
+
+    from schemas.catalog import GPU_SAMPLES, GPU_XID
+
+    board = GpuSample("n0", 1, "GPU-board", T0, power_w=400.0)
+    instance = GpuSample("n0", 72, "MIG-0", T0, mem_used_bytes=2**30, mig_index=0, parent_gpu_uuid="GPU-board")
+    xids = [XidEvent("n0", 1, "GPU-board", T0, 79, 0), XidEvent("n0", 1, "GPU-board", T0, 79, 1)]
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
+    try:
+        for topic, records in ((GPU_SAMPLES, [board, instance]), (GPU_XID, xids)):
+            client.command(topic.table.create_sql(topic.event))
+            extra = {"_partition": pa.array([0, 0], pa.uint32()), "_offset": pa.array([1, 2], pa.uint64())}
+            client.insert_arrow(topic.table.name, to_arrow(topic.event, records, extra))
+            client.command(f"OPTIMIZE TABLE `{topic.table.name}` FINAL")
+            assert client.query(f"SELECT count() FROM `{topic.table.name}` FINAL").result_rows == [(2,)], topic.name
     finally:
         client.close()
