@@ -3,6 +3,13 @@
 It stands in for GPUs this machine lacks. It is seeded and deterministic (the same seed and
 ticks give the same samples), and behaviours can be injected to make a known fault, such as
 a GPU that idles while its peers are busy, so detectors can be tested against ground truth.
+
+It fills the same fields as :class:`agents.gpu_nvml.NvmlGpuCollector` on a healthy H100 board
+without MIG: clocks, power limit, throttle reasons (``idle`` when idle, otherwise none unless
+the power cap is reached), zero error counters, PCIe/NVLink rates of a data-parallel job, and
+GPM activity derived from utilisation (SMs are busy for part of each "utilised" interval). The
+extra fields draw from a second random stream, so ``gpu_util`` and the fields that existed
+before them are the same for a seed as they always were.
 """
 
 from __future__ import annotations
@@ -18,6 +25,10 @@ from schemas.catalog import GPU_SAMPLES_RAW
 from schemas.events import GpuSample
 
 GIB = 1024**3
+SM_CLOCK_MAX_MHZ = 1980.0
+MEM_CLOCK_MHZ = 2619.0  # HBM3 runs at a fixed clock
+IDLE_REASON = 0x001  # NVML clock-event bits, as agents.gpu_nvml decodes them
+SW_POWER_CAP_REASON = 0x004
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,7 @@ class _GpuState:
     rng: random.Random
     base_util: float
     dip_left: int = 0
+    extra: random.Random = field(default_factory=random.Random)  # draws of the fields added later
 
 
 class SimGpuCollector(Collector[SimConfig]):
@@ -90,7 +102,9 @@ class SimGpuCollector(Collector[SimConfig]):
             for g in range(config.gpus_per_node):
                 rng = random.Random(f"{config.seed}/{n}/{g}")
                 gid = uuid.uuid5(uuid.NAMESPACE_OID, f"hpcinsight-sim/{config.seed}/{node}/{g}")
-                self._gpus.append((n, _GpuState(node, g, f"GPU-{gid}", rng, base_util=rng.uniform(82.0, 94.0))))
+                state = _GpuState(node, g, f"GPU-{gid}", rng, base_util=rng.uniform(82.0, 94.0))
+                state.extra = random.Random(f"{config.seed}/{n}/{g}/extra")
+                self._gpus.append((n, state))
 
     def sample(self, now_ms: int) -> list[GpuSample]:
         if self._start_ms is None:
@@ -113,6 +127,15 @@ class SimGpuCollector(Collector[SimConfig]):
         util = round(util, 1)
         mem_used = int(cfg.memory_total_bytes * (0.05 if util < 5 else rng.uniform(0.70, 0.78)))
         power = round(min(cfg.power_limit_w, 90.0 + 5.6 * util + rng.gauss(0, 8.0)), 1)
+        busy = util >= 5
+        x = gpu.extra
+        # GPM: the SMs are active for part of each interval gpu_util counts as busy; occupancy,
+        # tensor-core and DRAM activity follow. (A "busy but not computing" GPU would lower
+        # `computing` while keeping util high.)
+        computing = x.uniform(0.72, 0.9)
+        sm_active = util * computing
+        mem_util = util * x.uniform(0.35, 0.55)
+        reasons = (0 if busy else IDLE_REASON) | (SW_POWER_CAP_REASON if power >= 0.98 * cfg.power_limit_w else 0)
         return GpuSample(
             node=gpu.node,
             gpu_index=gpu.index,
@@ -123,6 +146,26 @@ class SimGpuCollector(Collector[SimConfig]):
             mem_total_bytes=cfg.memory_total_bytes,
             power_w=max(0.0, power),
             temperature_c=round(32.0 + 0.38 * util + rng.gauss(0, 0.8), 1),
-            sm_clock_mhz=1980.0 if util >= 5 else 345.0,
+            sm_clock_mhz=SM_CLOCK_MAX_MHZ if busy else 345.0,
             job_id=cfg.job_id,
+            mem_util_pct=round(mem_util, 1),
+            power_limit_w=cfg.power_limit_w,
+            mem_clock_mhz=MEM_CLOCK_MHZ,
+            sm_clock_max_mhz=SM_CLOCK_MAX_MHZ,
+            mem_clock_max_mhz=MEM_CLOCK_MHZ,
+            throttle_reasons=reasons,
+            throttle=[name for bit, name in ((IDLE_REASON, "idle"), (SW_POWER_CAP_REASON, "sw_power_cap")) if reasons & bit],
+            ecc_corrected_volatile=0,
+            ecc_uncorrected_volatile=0,
+            remapped_rows_pending=False,
+            remapped_rows_failure=False,
+            pcie_tx_bytes_per_s=float(round(x.uniform(1.0e9, 3.0e9) if busy else x.uniform(0.0, 2.0e6))),
+            pcie_rx_bytes_per_s=float(round(x.uniform(1.5e9, 4.0e9) if busy else x.uniform(0.0, 2.0e6))),
+            nvlink_tx_bytes_per_s=float(round(x.uniform(1.2e11, 1.8e11) if busy else x.uniform(0.0, 1.0e6))),
+            nvlink_rx_bytes_per_s=float(round(x.uniform(1.2e11, 1.8e11) if busy else x.uniform(0.0, 1.0e6))),
+            nvlink_errors=0,
+            sm_active_pct=round(sm_active, 1),
+            sm_occupancy_pct=round(sm_active * x.uniform(0.35, 0.5), 1),
+            tensor_active_pct=round(sm_active * x.uniform(0.5, 0.65), 1),
+            dram_bw_util_pct=round(min(100.0, mem_util * x.uniform(0.9, 1.1)), 1),
         )

@@ -115,9 +115,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
             SimConfig(nodes=args.nodes, gpus_per_node=args.gpus, seed=args.seed, idle=tuple(IdleGpu.parse(i) for i in args.idle))
         ))
     elif args.backend == "nvml":
-        from agents.gpu_nvml import NvmlConfig, NvmlGpuCollector
+        from agents.gpu_nvml import NvmlConfig, NvmlGpuCollector, NvmlProcessCollector, NvmlXidCollector
 
-        collectors.append(NvmlGpuCollector(NvmlConfig(node=args.node) if args.node else NvmlConfig()))
+        nvml_config = NvmlConfig(node=args.node) if args.node else NvmlConfig()
+        collectors += [NvmlGpuCollector(nvml_config), NvmlProcessCollector(nvml_config), NvmlXidCollector(nvml_config)]
     if args.ib:
         from agents.ib_sysfs import IbConfig, IbSysfsCollector
 
