@@ -97,8 +97,14 @@ def _agent(repeats: int) -> dict[str, float]:
     return bench_agent_resources()
 
 
+def _gpu_tick(repeats: int) -> dict[str, float]:
+    from bench.agent_tick import bench_gpu_tick
+
+    return bench_gpu_tick(repeats)
+
+
 BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
-    "codec": bench_codec, "sink": bench_sink, "steps": _steps, "agent": _agent,
+    "codec": bench_codec, "sink": bench_sink, "steps": _steps, "gpu_tick": _gpu_tick, "agent": _agent,
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {

@@ -132,7 +132,9 @@ def samples_by_gpu(pipeline: Pipeline) -> dict[str, list[tuple[int, float]]]:
 
 def check_windows_against_numpy(pipeline: Pipeline, samples_per_window: int) -> dict[str, list[int]]:
     """Every stored quantile window equals numpy over the stored samples of that window (the
-    documented tolerance: exact quantiles, compared after float32 storage). Returns window
+    documented tolerance: exact quantiles, compared after float32 storage). A window holds
+    ``samples_per_window`` samples, or one less where the agent skipped an overrun tick (it
+    does so rather than bunch ticks, and a loaded test machine can make it). Returns window
     ends per GPU, in order."""
     import numpy as np
 
@@ -145,7 +147,7 @@ def check_windows_against_numpy(pipeline: Pipeline, samples_per_window: int) -> 
     for w in windows:
         ends.setdefault(w["gpu_uuid"], []).append(w["e"])
         values = np.array([v for t, v in by_gpu[w["gpu_uuid"]] if w["s"] <= t < w["e"]])
-        assert w["count"] == values.size == samples_per_window
+        assert w["count"] == values.size and samples_per_window - 1 <= values.size <= samples_per_window
         assert [w["p25"], w["p50"], w["p95"]] == pytest.approx(list(np.percentile(values, [25, 50, 95])), abs=1e-3)
     return ends
 

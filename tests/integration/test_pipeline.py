@@ -20,7 +20,7 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
     try:
         agent = pipeline.run(
             "agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS), "--ticks", str(TICKS),
-            "--interval", "1", "--speed", "20", "--idle", f"{IDLE_NODE}:{IDLE_GPU}@0-25",
+            "--interval", "1", "--speed", "10", "--idle", f"{IDLE_NODE}:{IDLE_GPU}@0-25",
         )
         produced = json.loads(agent.stdout.strip().splitlines()[-1])
         assert produced["records"] == NODES * GPUS * TICKS and produced["failed"] == 0
