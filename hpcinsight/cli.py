@@ -119,7 +119,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
         nvml_config = NvmlConfig(node=args.node) if args.node else NvmlConfig()
         collectors += [NvmlGpuCollector(nvml_config), NvmlProcessCollector(nvml_config), NvmlXidCollector(nvml_config)]
-    if args.ib:
+    if args.ib and args.backend == "sim":
+        from agents.ib_sim import SimIbCollector, SimIbConfig
+
+        collectors.append(SimIbCollector(SimIbConfig(nodes=args.nodes, seed=args.seed)))
+    elif args.ib:
         from agents.ib_sysfs import IbConfig, IbSysfsCollector
 
         collectors.append(IbSysfsCollector(IbConfig(node=args.node, root=Path(args.ib_root)) if args.node
@@ -258,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("agent", cmd_agent, "sample GPUs and send one message per node per tick to Kafka")
     p.add_argument("--backend", choices=("sim", "nvml", "none"), default="sim",
                    help="GPUs: sim (simulated cluster), nvml (this node's GPUs) or none")
-    p.add_argument("--ib", action="store_true", help="also sample this node's InfiniBand ports from sysfs")
+    p.add_argument("--ib", action="store_true", help="also sample InfiniBand ports: from sysfs, or simulated with --backend sim")
     p.add_argument("--ib-root", default="/sys/class/infiniband", help="sysfs root of the InfiniBand devices")
     p.add_argument("--scheduler", choices=("none", "trace", "kubernetes", "slurm"), default="none",
                    help="also report job events: replay the openb trace, watch Kubernetes pods, or poll Slurm")

@@ -117,7 +117,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         ticks = max(1, int(options.duration_s / options.interval_s))
         procs.start("worker", "worker", "--window", str(options.window_s), "--hop", str(options.hop_s))
         procs.start("sink", "sink")
-        agent_args = ["agent", "--backend", "sim", "--nodes", str(options.nodes), "--gpus", str(options.gpus),
+        agent_args = ["agent", "--backend", "sim", "--ib", "--nodes", str(options.nodes), "--gpus", str(options.gpus),
                       "--seed", str(options.seed), "--interval", str(options.interval_s), "--speed", str(options.speed),
                       "--ticks", str(ticks)]
         for spec in options.idle_specs():
