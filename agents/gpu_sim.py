@@ -21,8 +21,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from agents.base import Collector
-from schemas.catalog import GPU_SAMPLES_RAW
-from schemas.events import GpuSample
+from schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
+from schemas.events import GpuProcess, GpuSample, XidEvent
 
 GIB = 1024**3
 SM_CLOCK_MAX_MHZ = 1980.0
@@ -96,6 +96,7 @@ class SimGpuCollector(Collector[SimConfig]):
     def __init__(self, config: SimConfig) -> None:
         super().__init__(config)
         self._start_ms: int | None = None
+        self.last: list[GpuSample] = []  # the latest tick, for the process view of the same GPUs
         self._gpus: list[tuple[int, _GpuState]] = []
         for n in range(config.nodes):
             node = f"{config.node_prefix}{n:02d}"
@@ -106,11 +107,19 @@ class SimGpuCollector(Collector[SimConfig]):
                 state.extra = random.Random(f"{config.seed}/{n}/{g}/extra")
                 self._gpus.append((n, state))
 
+    @property
+    def start_ms(self) -> int | None:
+        return self._start_ms
+
+    def gpu(self, node: int, index: int) -> _GpuState:
+        return next(g for n, g in self._gpus if n == node and g.index == index)
+
     def sample(self, now_ms: int) -> list[GpuSample]:
         if self._start_ms is None:
             self._start_ms = now_ms
         t_s = (now_ms - self._start_ms) / 1000.0
-        return [self._read(n, gpu, now_ms, t_s) for n, gpu in self._gpus]
+        self.last = [self._read(n, gpu, now_ms, t_s) for n, gpu in self._gpus]
+        return self.last
 
     def _read(self, n: int, gpu: _GpuState, now_ms: int, t_s: float) -> GpuSample:
         rng, cfg = gpu.rng, self.config
@@ -169,3 +178,67 @@ class SimGpuCollector(Collector[SimConfig]):
             tensor_active_pct=round(sm_active * x.uniform(0.5, 0.65), 1),
             dram_bw_util_pct=round(min(100.0, mem_util * x.uniform(0.9, 1.1)), 1),
         )
+
+
+@dataclass(frozen=True)
+class InjectedXid:
+    """GPU ``gpu`` of node ``node`` reports XID ``xid`` ``count`` times at ``at_s`` seconds since start."""
+
+    node: int
+    gpu: int
+    at_s: float
+    xid: int
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> InjectedXid:
+        """``NODE:GPU@SECONDS:XID`` or ``...:XIDxCOUNT``, e.g. ``0:5@30:79`` or ``0:5@30:13x3``."""
+        m = re.fullmatch(r"(\d+):(\d+)@(\d+(?:\.\d+)?):(\d+)(?:x(\d+))?", text.strip())
+        if not m:
+            raise ValueError(f"--xid expects NODE:GPU@SECONDS:XID[xCOUNT], got {text!r}")
+        return cls(int(m.group(1)), int(m.group(2)), float(m.group(3)), int(m.group(4)), int(m.group(5) or 1))
+
+
+class SimProcessCollector(Collector[SimConfig]):
+    """One training process per busy simulated GPU, attributed to the sim job, like NVML's process list."""
+
+    topic = GPU_PROCESSES
+
+    def __init__(self, gpus: SimGpuCollector) -> None:
+        super().__init__(gpus.config)
+        self._gpus = gpus
+
+    def sample(self, now_ms: int) -> list[GpuProcess]:
+        out = []
+        for s in self._gpus.last:
+            if s.gpu_util is None or s.gpu_util < 5:
+                continue
+            node_no = int(s.node.rsplit("-", 1)[1]) if s.node.rsplit("-", 1)[-1].isdigit() else 0
+            out.append(GpuProcess(
+                node=s.node, gpu_index=s.gpu_index, gpu_uuid=s.gpu_uuid, ts=now_ms, pid=10_000 + node_no * 16 + s.gpu_index,
+                process_name="python", used_memory_bytes=s.mem_used_bytes, sm_util_pct=s.gpu_util,
+                slurm_job_id=self.config.job_id,
+            ))
+        return out
+
+
+class SimXidCollector(Collector[SimConfig]):
+    """XID errors injected into the simulated cluster, one record per occurrence."""
+
+    topic = GPU_XID
+
+    def __init__(self, gpus: SimGpuCollector, xids: tuple[InjectedXid, ...]) -> None:
+        super().__init__(gpus.config)
+        self._gpus, self._pending = gpus, sorted(xids, key=lambda x: x.at_s)
+        self._seq = 0
+
+    def sample(self, now_ms: int) -> list[XidEvent]:
+        start = self._gpus.start_ms if self._gpus.start_ms is not None else now_ms
+        out = []
+        while self._pending and start + self._pending[0].at_s * 1000 <= now_ms:
+            x = self._pending.pop(0)
+            gpu = self._gpus.gpu(x.node, x.gpu)
+            for _ in range(x.count):
+                self._seq += 1
+                out.append(XidEvent(node=gpu.node, gpu_index=gpu.index, gpu_uuid=gpu.uuid, ts=now_ms, xid=x.xid, seq=self._seq))
+        return out

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agents.base import Collector
@@ -33,6 +33,8 @@ class AgentStats:
     records: int = 0
     messages: int = 0
     errors: int = 0
+    #: logical topic name -> [messages, records]
+    by_topic: dict[str, list[int]] = field(default_factory=dict)
 
 
 class Metrics:
@@ -120,6 +122,9 @@ def run_agent(
             for (topic, key), group in grouped.items():
                 delivery.send(topic.full_name(topic_prefix), key, topic.codec.encode(group))
                 stats.messages += 1
+                counts = stats.by_topic.setdefault(topic.name, [0, 0])
+                counts[0] += 1
+                counts[1] += len(group)
             stats.records += len(records)
         stats.ticks += 1
         if now_ms >= next_health:

@@ -109,11 +109,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     conf = settings.kafka.client_config()
     collectors: list[Any] = []
     if args.backend == "sim":
-        from agents.gpu_sim import IdleGpu, SimConfig, SimGpuCollector
+        from agents.gpu_sim import IdleGpu, InjectedXid, SimConfig, SimGpuCollector, SimProcessCollector, SimXidCollector
 
-        collectors.append(SimGpuCollector(
+        sim = SimGpuCollector(
             SimConfig(nodes=args.nodes, gpus_per_node=args.gpus, seed=args.seed, idle=tuple(IdleGpu.parse(i) for i in args.idle))
-        ))
+        )
+        # the same three views of the GPUs as --backend nvml: samples, processes, XID events
+        collectors += [sim, SimProcessCollector(sim), SimXidCollector(sim, tuple(InjectedXid.parse(x) for x in args.xid))]
     elif args.backend == "nvml":
         from agents.gpu_nvml import NvmlConfig, NvmlGpuCollector, NvmlProcessCollector, NvmlXidCollector
 
@@ -161,7 +163,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     d = delivery.stats
     summary = {"ticks": stats.ticks, "skipped_ticks": stats.skipped_ticks, "messages": stats.messages, "records": stats.records,
                "delivered": d.delivered, "spilled": d.spilled, "dropped": d.dropped + delivery.spool.dropped,
-               "failed": d.failed, "drained": drained}
+               "failed": d.failed, "drained": drained,
+               "topics": {name: {"messages": m, "records": r} for name, (m, r) in stats.by_topic.items()}}
     print(json.dumps(summary), flush=True)
     return 0 if drained and summary["dropped"] == 0 else 1
 
@@ -229,6 +232,8 @@ def _add_sim_args(p: argparse.ArgumentParser, idle_default: list[str]) -> None:
     p.add_argument("--seed", type=int, default=0, help="simulation seed")
     p.add_argument("--idle", action="append", default=idle_default, metavar="NODE:GPU[@START-END]",
                    help="make a GPU idle (seconds since start), e.g. 1:3@0-40; repeatable")
+    p.add_argument("--xid", action="append", default=[], metavar="NODE:GPU@SECONDS:XID[xN]",
+                   help="inject an XID error into the simulated cluster, e.g. 0:5@30:79; repeatable")
     p.add_argument("--interval", type=float, default=1.0, help="sampling interval in seconds (default 1)")
     p.add_argument("--speed", type=float, default=1.0, help="run the sample clock this many times faster than real time")
 

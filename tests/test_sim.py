@@ -86,3 +86,21 @@ def test_extra_fields_do_not_change_the_seeded_utilisation() -> None:
     base = rng.uniform(82.0, 94.0)
     rng.random()  # the stall draw
     assert s.gpu_util == round(min(100.0, max(0.0, rng.gauss(base, 4.0))), 1)
+
+
+def test_sim_processes_and_injected_xids() -> None:
+    from agents.gpu_sim import InjectedXid, SimProcessCollector, SimXidCollector
+
+    gpus = SimGpuCollector(SimConfig(nodes=2, gpus_per_node=4, idle=(IdleGpu(1, 0),)))
+    procs = SimProcessCollector(gpus)
+    xids = SimXidCollector(gpus, (InjectedXid.parse("0:2@3:79"), InjectedXid.parse("1:1@3:13x3")))
+    seen = []
+    for k in range(6):
+        samples = gpus.sample(T0 + k * 1000)
+        p = procs.sample(T0 + k * 1000)
+        assert len(p) == 7 and {x.gpu_uuid for x in p} < {s.gpu_uuid for s in samples}  # the idle GPU runs nothing
+        seen += xids.sample(T0 + k * 1000)
+    assert [(x.node, x.gpu_index, x.xid) for x in seen] == [("sim-node-00", 2, 79)] + [("sim-node-01", 1, 13)] * 3
+    assert len({x.seq for x in seen}) == 4 and all(x.ts == T0 + 3000 for x in seen)
+    with pytest.raises(ValueError):
+        InjectedXid.parse("0:2:79")

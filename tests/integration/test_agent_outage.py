@@ -74,7 +74,7 @@ def test_broker_outage_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         assert summary["dropped"] == 0 and summary["drained"] and summary["spilled"] > 0
 
         messages = consume_all(bootstrap, GPU_SAMPLES_RAW.full_name(prefix))
-        assert len(messages) == NODES * TICKS == summary["messages"]
+        assert len(messages) == NODES * TICKS == summary["topics"]["gpu.samples.raw"]["messages"]
         seen: dict[str, list[int]] = {}
         for _partition, _offset, key, value in sorted(messages):
             records = GPU_SAMPLES_RAW.codec.decode(value)

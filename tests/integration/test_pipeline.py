@@ -22,9 +22,10 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
             "agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS), "--ticks", str(TICKS),
             "--interval", "1", "--speed", "10", "--idle", f"{IDLE_NODE}:{IDLE_GPU}@0-25",
         )
-        produced = json.loads(agent.stdout.strip().splitlines()[-1])
-        assert produced["records"] == NODES * GPUS * TICKS and produced["failed"] == 0
-        assert produced["messages"] == NODES * produced["ticks"]
+        summary = json.loads(agent.stdout.strip().splitlines()[-1])
+        produced = summary["topics"]["gpu.samples.raw"]
+        assert produced["records"] == NODES * GPUS * TICKS and summary["failed"] == summary["dropped"] == 0
+        assert produced["messages"] == NODES * summary["ticks"]
 
         pipeline.wait_caught_up("worker", ["gpu.samples.raw"])
         pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles", "anomalies", "dead.letters"])

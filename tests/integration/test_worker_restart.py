@@ -52,7 +52,7 @@ def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline) -> No
         worker.wait(30)
         worker = pipeline.start("worker-2", *worker_args)
         assert agent.wait(120) == 0, pipeline.log("agent")
-        produced = json.loads(pipeline.log("agent").strip().splitlines()[-1])
+        produced = json.loads(pipeline.log("agent").strip().splitlines()[-1])["topics"]["gpu.samples.raw"]
         pipeline.wait_caught_up("worker", ["gpu.samples.raw"])
         pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles", "anomalies", "dead.letters"])
     finally:
