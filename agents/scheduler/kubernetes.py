@@ -226,7 +226,7 @@ def _load_client(config: K8sConfig) -> Any:
     try:
         import kubernetes  # type: ignore[import-not-found]
     except ImportError as err:
-        raise RuntimeError("KubernetesCollector needs the official client: pip install kubernetes") from err
+        raise RuntimeError("KubernetesCollector needs the official client: pip install 'hpcinsight[k8s]' (or: pip install kubernetes)") from err
     try:
         if config.kubeconfig:
             raise kubernetes.config.ConfigException("a kubeconfig was given")
