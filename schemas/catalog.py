@@ -115,7 +115,7 @@ IB_SAMPLES = Topic(
 SCHEDULER_EVENTS = Topic(
     "scheduler.events", SchedulerEvent, key="job_id", partitions=3, retention_ms=30 * DAY_MS,
     doc="Job submitted, scheduled, started, finished, preempted, deleted (Kubernetes, Slurm, traces).",
-    table=Table("scheduler_events", order_by=("job_id", "kind", "ts"), time_column="ts", ttl_days=365),
+    table=Table("scheduler_events", order_by=("job_id", "kind", "ts", "ifNull(name, '')"), time_column="ts", ttl_days=365),
 )
 NODE_INVENTORY = Topic(
     "node.inventory", NodeInventory, key="node", partitions=1, retention_ms=30 * DAY_MS,

@@ -148,3 +148,21 @@ def test_table_keys_keep_apart_what_must_not_collapse(tmp_path) -> None:
             assert client.query(f"SELECT count() FROM `{topic.table.name}` FINAL").result_rows == [(2,)], topic.name
     finally:
         client.close()
+
+
+def test_pods_of_one_job_in_the_same_second_stay_apart(tmp_path) -> None:
+    """scheduler_events deduplicates replays, not sibling pods that share a job id and a second."""
+    import clickhouse_connect
+
+    from schemas.catalog import SCHEDULER_EVENTS
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
+    try:
+        client.command(SCHEDULER_EVENTS.table.create_sql(SchedulerEvent))
+        pods = [SchedulerEvent(T0, "k8s", "job-1", "started", name=f"job-1-worker-{i}") for i in range(2)]
+        extra = {"_partition": pa.array([0, 0], pa.uint32()), "_offset": pa.array([1, 2], pa.uint64())}
+        for _ in range(2):  # the second insert is a replay of the first
+            client.insert_arrow("scheduler_events", to_arrow(SchedulerEvent, pods, extra))
+        assert client.query("SELECT count() FROM scheduler_events FINAL").result_rows == [(2,)]
+    finally:
+        client.close()
