@@ -103,13 +103,20 @@ def _gpu_tick(repeats: int) -> dict[str, float]:
     return bench_gpu_tick(repeats)
 
 
+def _sketch(repeats: int) -> dict[str, float]:
+    from bench.sketch import bench_sketch
+
+    return bench_sketch(repeats)
+
+
 BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
-    "codec": bench_codec, "sink": bench_sink, "steps": _steps, "gpu_tick": _gpu_tick, "agent": _agent,
+    "codec": bench_codec, "sink": bench_sink, "steps": _steps, "gpu_tick": _gpu_tick, "sketch": _sketch, "agent": _agent,
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
     "codec": ("samples_per_s", "samples/s"), "sink": ("rows_per_s", "rows/s"), "steps": ("us_per_step", "us/step"),
     "agent": ("cpu_pct_of_core", "% of a core"), "gpu_tick": ("ms_per_tick", "ms/tick"),
+    "sketch": ("sketch_bytes", "bytes"),
 }
 
 

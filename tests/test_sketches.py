@@ -1,0 +1,85 @@
+"""KLL sketches: rank error within 1% against exact ranks, bounded size, exact merges."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streams.sketches import QuantileSketch
+
+RANKS = (0.25, 0.5, 0.95)
+GENAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "alibaba-genai-2026" / "pod_gpu_duty_cycle_anon.tar.gz"
+
+
+def rank_errors(values: np.ndarray, sketch: QuantileSketch) -> list[float]:
+    exact = np.sort(values.astype(np.float32))
+    qs = sketch.quantiles(RANKS)
+    assert qs is not None
+    # the true rank of the returned value, as an interval (ties), against the asked rank
+    errors = []
+    for q, r in zip(qs, RANKS):
+        lo = np.searchsorted(exact, q, side="left") / exact.size
+        hi = np.searchsorted(exact, q, side="right") / exact.size
+        errors.append(0.0 if lo <= r <= hi else min(abs(lo - r), abs(hi - r)))
+    return errors
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(1).uniform(0, 100, 200_000),
+        np.clip(np.random.default_rng(2).normal(85, 6, 200_000), 0, 100),
+        np.concatenate([np.zeros(150_000), np.random.default_rng(3).uniform(90, 100, 50_000)]),  # idle, then busy
+    ],
+    ids=["uniform", "busy", "bimodal"],
+)
+def test_rank_error_within_one_percent(values: np.ndarray) -> None:
+    sketch = QuantileSketch()
+    sketch.update(values)
+    assert sketch.count == values.size
+    assert max(rank_errors(values, sketch)) <= 0.01
+    assert QuantileSketch.rank_error() <= 0.01
+
+
+def test_real_gpu_utilisation_series() -> None:
+    if not GENAI.exists():
+        pytest.skip(f"the Alibaba GenAI trace is not at {GENAI}")
+    with tarfile.open(GENAI) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".csv"))
+        rows = list(csv.DictReader(io.TextIOWrapper(tar.extractfile(member), "utf-8")))
+    values = np.array([float(r["value"]) for r in rows])
+    assert values.size > 100_000
+    sketch = QuantileSketch()
+    for chunk in np.array_split(values, 100):  # fed the way a worker would, batch by batch
+        sketch.update(chunk)
+    assert max(rank_errors(values, sketch)) <= 0.01
+
+
+def test_size_stays_under_8_kb_per_window() -> None:
+    sketch = QuantileSketch()
+    sketch.update(np.random.default_rng(4).uniform(0, 100, 2_000_000))
+    assert len(sketch.to_bytes()) <= 8 * 1024
+
+
+def test_job_quantiles_are_merges_of_gpu_sketches() -> None:
+    rng = np.random.default_rng(5)
+    gpus = [rng.uniform(0, 100, 20_000) * (0.2 if i == 3 else 1.0) for i in range(8)]
+    sketches = []
+    for values in gpus:
+        s = QuantileSketch()
+        s.update(values)
+        sketches.append(QuantileSketch.from_bytes(s.to_bytes()))  # as if read back from a table
+    job = QuantileSketch.merged(sketches)
+    assert job.count == sum(v.size for v in gpus)
+    assert max(rank_errors(np.concatenate(gpus), job)) <= 0.01
+
+
+def test_empty_sketch_has_no_quantiles() -> None:
+    sketch = QuantileSketch()
+    sketch.update([])
+    assert sketch.quantiles() is None and sketch.count == 0
