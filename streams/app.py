@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import faust
 
 from hpcinsight.config import Settings
-from schemas.catalog import ANOMALIES, GPU_SAMPLES_RAW, TOPICS
+from schemas.catalog import ANOMALIES, GPU_SAMPLES_RAW, TOPICS, Topic
 from streams.processor import SampleProcessor
 from streams.recovery import open_incidents, rebuild_windows
 from streams.windows import WindowSpec
@@ -87,6 +87,15 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
             msg = event.message
             for out in processor.handle(msg.topic, msg.partition, msg.offset, event.key, event.value):
                 await topics[out.topic.name].send(key=out.key, value=out.value)
+
+    for source in processor.event_topics():  # e.g. XID events for the GPU fault detector
+        async def process_events(stream: faust.Stream, source: Topic = source) -> None:
+            async for event in stream.events():
+                msg = event.message
+                for out in processor.handle_events(source, msg.topic, msg.partition, msg.offset, event.key, event.value):
+                    await topics[out.topic.name].send(key=out.key, value=out.value)
+
+        app.agent(topics[source.name], name=f"events-{source.name}")(process_events)
 
     @app.timer(interval=10.0)
     async def report() -> None:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES, Topic
+from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES, TOPICS, Topic
 from schemas.codec import DecodeError
 from schemas.events import Anomaly, DeadLetter, Event, GpuQuantiles, GpuSample
 from streams.detectors import Detector, discover
@@ -84,6 +84,26 @@ class SampleProcessor:
             for anomaly in self._detect(q):
                 out.append(Output(ANOMALIES, anomaly.subject.encode(), ANOMALIES.codec.encode([anomaly])))  # type: ignore[attr-defined]
         return out
+
+    def event_topics(self) -> list[Topic]:
+        """Catalog topics, besides the GPU samples, whose events some detector reads (e.g. XIDs)."""
+        wanted = {t for d in self.detectors for t in d.inputs} - {GpuSample, GpuQuantiles}
+        return [t for t in TOPICS if t.event in wanted]
+
+    def handle_events(
+        self, topic: Topic, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> list[Output]:
+        """Anomalies caused by one message of a detector input topic (see :meth:`event_topics`)."""
+        self.stats.messages += 1
+        try:
+            records = topic.codec.decode(value)
+        except DecodeError as err:
+            return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
+        return [
+            Output(ANOMALIES, anomaly.subject.encode(), ANOMALIES.codec.encode([anomaly]))  # type: ignore[attr-defined]
+            for record in records
+            for anomaly in self._detect(record)
+        ]
 
     def dead_letter(
         self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None, stage: str, reason: str

@@ -1,0 +1,129 @@
+"""XID errors reported by the driver, decoded, as GPU fault anomalies.
+
+Every occurrence counts (the evidence carries the count, repeats included). One incident per
+GPU and XID code: it fires on the first occurrence and resolves after ``quiet_s`` of event
+time without that code on that GPU. The detector tells time by the per-GPU quantile windows
+that arrive regularly, so an incident resolves even though no further XID comes. Codes that
+mean the GPU cannot be trusted any more (fallen off the bus, uncorrectable or uncontained ECC,
+micro-controller halt, GSP failure) are critical and say the node should be drained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.events import Anomaly, Event, GpuQuantiles, XidEvent
+from streams.detectors import Detector, anomaly_id
+
+
+@dataclass(frozen=True)
+class XidMeaning:
+    meaning: str
+    drain: bool
+
+    @property
+    def severity(self) -> str:
+        return "critical" if self.drain else "warning"
+
+
+# Facts from NVIDIA's XID catalogue: what each common code means and whether the node needs draining.
+XIDS: dict[int, XidMeaning] = {
+    8: XidMeaning("GPU stopped responding (timeout)", True),
+    13: XidMeaning("graphics engine exception (usually the application)", False),
+    31: XidMeaning("GPU memory page fault (usually the application)", False),
+    32: XidMeaning("invalid or corrupted push buffer stream", False),
+    38: XidMeaning("driver firmware error", True),
+    43: XidMeaning("GPU stopped processing (usually the application)", False),
+    45: XidMeaning("preemptive cleanup after earlier errors", False),
+    48: XidMeaning("double-bit ECC error", True),
+    61: XidMeaning("internal micro-controller breakpoint/warning", False),
+    62: XidMeaning("internal micro-controller halt", True),
+    63: XidMeaning("ECC page retirement or row remapping recorded", False),
+    64: XidMeaning("ECC page retirement or row remapping failed", True),
+    69: XidMeaning("graphics engine class error", False),
+    74: XidMeaning("NVLink error", True),
+    79: XidMeaning("GPU has fallen off the bus", True),
+    92: XidMeaning("high single-bit ECC error rate", False),
+    94: XidMeaning("contained ECC error (the application was affected)", False),
+    95: XidMeaning("uncontained ECC error", True),
+    109: XidMeaning("context switch timeout", False),
+    119: XidMeaning("GSP RPC timeout", True),
+    120: XidMeaning("GSP error", True),
+    140: XidMeaning("unrecovered ECC error", True),
+}
+UNKNOWN = XidMeaning("unlisted XID", False)
+
+
+@dataclass(frozen=True)
+class GpuXidConfig:
+    quiet_s: float = 600.0
+
+
+@dataclass
+class _Incident:
+    id: str
+    started_at: int
+    last_ms: int
+    count: int
+    node: str
+    gpu_index: int
+    evidence: dict[str, float] = field(default_factory=dict)
+
+
+class GpuXidDetector(Detector[GpuXidConfig]):
+    kind = "gpu_xid"
+    inputs = (XidEvent, GpuQuantiles)
+    config_type = GpuXidConfig
+
+    def __init__(self, config: GpuXidConfig | None = None) -> None:
+        super().__init__(config)
+        self._open: dict[tuple[str, int], _Incident] = {}
+
+    def observe(self, event: Event) -> list[Event]:
+        if isinstance(event, XidEvent):
+            return self._on_xid(event)
+        if isinstance(event, GpuQuantiles):
+            return self._on_time(event.gpu_uuid, event.window_end)
+        return []
+
+    def _on_xid(self, x: XidEvent) -> list[Event]:
+        key = (x.gpu_uuid, x.xid)
+        incident = self._open.get(key)
+        if incident is not None:  # a repeat: counted, not re-announced
+            incident.count += 1
+            incident.last_ms = max(incident.last_ms, x.ts)
+            return []
+        incident = self._open[key] = _Incident(anomaly_id(self.kind, f"{x.gpu_uuid}/{x.xid}", x.ts), x.ts, x.ts, 1, x.node, x.gpu_index)
+        return [self._anomaly(x.gpu_uuid, x.xid, incident, "firing", x.ts)]
+
+    def _on_time(self, gpu_uuid: str, now_ms: int) -> list[Event]:
+        out: list[Event] = []
+        for (uuid, xid), incident in list(self._open.items()):
+            if uuid == gpu_uuid and now_ms - incident.last_ms >= self.config.quiet_s * 1000:
+                out.append(self._anomaly(uuid, xid, incident, "resolved", now_ms))
+                del self._open[(uuid, xid)]
+        return out
+
+    def restore(self, open_incidents: list[Anomaly]) -> None:
+        for a in open_incidents:
+            if a.gpu_uuid is None or "xid" not in a.evidence:
+                continue
+            xid = int(a.evidence["xid"])
+            self._open[(a.gpu_uuid, xid)] = _Incident(a.id, a.started_at, a.ts, int(a.evidence.get("count", 1)),
+                                                      a.node or "", int(a.evidence.get("gpu_index", 0)))
+
+    def _anomaly(self, gpu_uuid: str, xid: int, incident: _Incident, state: str, ts: int) -> Anomaly:
+        meaning = XIDS.get(xid, UNKNOWN)
+        action = "drain the node" if meaning.drain else "check the job"
+        if state == "firing":
+            message = f"XID {xid} on GPU {incident.gpu_index} of {incident.node}: {meaning.meaning}; {action}"
+        else:
+            message = f"XID {xid} on GPU {incident.gpu_index} of {incident.node}: quiet for {self.config.quiet_s:g} s after {incident.count} occurrence(s)"
+        return Anomaly(
+            id=incident.id, kind=self.kind, severity=meaning.severity, state=state,  # type: ignore[arg-type]
+            subject_type="gpu", subject=gpu_uuid, ts=ts, started_at=incident.started_at,
+            window_start=incident.started_at, window_end=max(ts, incident.last_ms), message=message,
+            evidence={"xid": float(xid), "count": float(incident.count), "drain": float(meaning.drain),
+                      "gpu_index": float(incident.gpu_index)},
+            node=incident.node, gpu_uuid=gpu_uuid,
+        )
