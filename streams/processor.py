@@ -22,7 +22,9 @@ from streams.windows import SlidingQuantiles, WindowSpec
 log = logging.getLogger(__name__)
 
 #: GpuSample fields whose quantiles are computed per window
-METRICS = ("gpu_util",)
+METRICS = ("gpu_util", "power_w", "sm_clock_mhz")
+#: a sample stamped further ahead of the worker's clock than this is clock skew, not data
+MAX_FUTURE_MS = 15 * 60 * 1000
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,9 @@ class ProcessorStats:
 
 
 class SampleProcessor:
-    def __init__(self, window: WindowSpec, detectors: list[Detector[Any]] | None = None) -> None:
+    def __init__(self, window: WindowSpec, detectors: list[Detector[Any]] | None = None, max_future_ms: int = MAX_FUTURE_MS) -> None:
         self.window = window
+        self.max_future_ms = max_future_ms
         self.detectors = detectors if detectors is not None else [cls() for cls in discover()]
         self._series: dict[tuple[str, str], SlidingQuantiles] = {}
         self._partition_of: dict[tuple[str, str], int] = {}
@@ -73,6 +76,11 @@ class SampleProcessor:
             samples = GPU_SAMPLES.codec.decode(value)
         except DecodeError as err:
             return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
+        horizon = int(time.time() * 1000) + self.max_future_ms
+        ahead = max((s.ts for s in samples), default=0)
+        if ahead > horizon:
+            reason = f"clock skew: a sample is stamped {(ahead - horizon + self.max_future_ms) / 1000:.0f} s in the future"
+            return [self.dead_letter(source, partition, offset, key, value, "validate", reason)]
         node_key = key if key else (samples[0].node.encode() if samples else b"")
         out = [Output(GPU_SAMPLES, node_key, value or b"")]
         self.stats.samples += len(samples)

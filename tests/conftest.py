@@ -123,14 +123,15 @@ def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Pipeline:
     return p
 
 
-def samples_by_gpu(pipeline: Pipeline) -> dict[str, list[tuple[int, float]]]:
+def samples_by_gpu(pipeline: Pipeline, metric: str = "gpu_util") -> dict[str, list[tuple[int, float]]]:
+    assert metric.isidentifier()
     by_gpu: dict[str, list[tuple[int, float]]] = {}
-    for row in pipeline.sql("SELECT gpu_uuid, toUnixTimestamp64Milli(ts) AS ts, gpu_util FROM gpu_samples FINAL"):
-        by_gpu.setdefault(row["gpu_uuid"], []).append((row["ts"], row["gpu_util"]))
+    for row in pipeline.sql(f"SELECT gpu_uuid, toUnixTimestamp64Milli(ts) AS ts, {metric} AS v FROM gpu_samples FINAL"):
+        by_gpu.setdefault(row["gpu_uuid"], []).append((row["ts"], row["v"]))
     return by_gpu
 
 
-def check_windows_against_numpy(pipeline: Pipeline, samples_per_window: int) -> dict[str, list[int]]:
+def check_windows_against_numpy(pipeline: Pipeline, samples_per_window: int, metric: str = "gpu_util") -> dict[str, list[int]]:
     """Every stored quantile window equals numpy over the stored samples of that window (the
     documented tolerance: exact quantiles, compared after float32 storage). A window holds
     ``samples_per_window`` samples, or one less where the agent skipped an overrun tick (it
@@ -138,17 +139,17 @@ def check_windows_against_numpy(pipeline: Pipeline, samples_per_window: int) -> 
     ends per GPU, in order."""
     import numpy as np
 
-    by_gpu = samples_by_gpu(pipeline)
+    by_gpu = samples_by_gpu(pipeline, metric)
     windows = pipeline.sql(
         "SELECT gpu_uuid, toUnixTimestamp64Milli(window_start) AS s, toUnixTimestamp64Milli(window_end) AS e, "
-        "count, p25, p50, p95 FROM gpu_quantiles FINAL WHERE metric = 'gpu_util' ORDER BY gpu_uuid, e"
+        f"count, p25, p50, p95 FROM gpu_quantiles FINAL WHERE metric = '{metric}' ORDER BY gpu_uuid, e"
     )
     ends: dict[str, list[int]] = {}
     for w in windows:
         ends.setdefault(w["gpu_uuid"], []).append(w["e"])
         values = np.array([v for t, v in by_gpu[w["gpu_uuid"]] if w["s"] <= t < w["e"]])
         assert w["count"] == values.size and samples_per_window - 1 <= values.size <= samples_per_window
-        assert [w["p25"], w["p50"], w["p95"]] == pytest.approx(list(np.percentile(values, [25, 50, 95])), abs=1e-3)
+        assert [w["p25"], w["p50"], w["p95"]] == pytest.approx(list(np.percentile(values, [25, 50, 95])), abs=1e-3, rel=1e-6)
     return ends
 
 

@@ -31,6 +31,7 @@ BAD = {
     envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0}).replace(b'"ts"', b'"gpu_util":NaN,"ts"'): "malformed JSON",
     envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0}, v=99): "unknown schema version 99",
     envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0, "temperature_c": -500.0}): "Expected `float` >= -100.0",
+    envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0 + 2 * 86_400_000}): "clock skew",
 }
 
 

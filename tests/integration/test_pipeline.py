@@ -42,6 +42,8 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
     # every quantile row equals numpy's over the stored samples of the same window
     ends = check_windows_against_numpy(pipeline, samples_per_window=10)
     assert sum(len(e) for e in ends.values()) >= NODES * GPUS * 8
+    for metric in ("power_w", "sm_clock_mhz"):  # the same windows for power and SM clock
+        assert check_windows_against_numpy(pipeline, samples_per_window=10, metric=metric) == ends
 
     # the idle GPU's anomaly fires and resolves, with one id; no other GPU is flagged
     anomalies = pipeline.sql("SELECT id, kind, state, node, subject, evidence['p95_pct'] AS p95 FROM anomalies FINAL ORDER BY ts")
