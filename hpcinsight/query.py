@@ -48,13 +48,19 @@ NAMED: dict[str, NamedQuery] = {
                 FROM gpu_quantiles FINAL WHERE metric = 'gpu_util' GROUP BY gpu_uuid
             ) AS w ON w.gpu_uuid = s.gpu_uuid
             LEFT JOIN (
-                SELECT gpu_uuid, arrayStringConcat(arraySort(groupArray(concat(kind, ' (', state, ')'))), ', ') AS flags
+                SELECT gpu_uuid, arrayStringConcat(arraySort(groupArray(
+                           concat(kind, if(incidents > 1, concat(' x', toString(incidents)), ''),
+                                  if(open > 0, ' (firing)', ' (resolved)')))), ', ') AS flags
                 FROM (
-                    SELECT assumeNotNull(gpu_uuid) AS gpu_uuid, kind, id,
-                           if(countIf(state = 'resolved') > 0, 'resolved', 'firing') AS state
-                    FROM anomalies FINAL
-                    WHERE gpu_uuid IS NOT NULL AND ts >= now64(3) - toIntervalSecond({since_s:UInt32})
-                    GROUP BY gpu_uuid, kind, id
+                    SELECT gpu_uuid, kind, count() AS incidents, countIf(state = 'firing') AS open
+                    FROM (
+                        SELECT assumeNotNull(gpu_uuid) AS gpu_uuid, kind, id,
+                               if(countIf(state = 'resolved') > 0, 'resolved', 'firing') AS state
+                        FROM anomalies FINAL
+                        WHERE gpu_uuid IS NOT NULL AND ts >= now64(3) - toIntervalSecond({since_s:UInt32})
+                        GROUP BY gpu_uuid, kind, id
+                    )
+                    GROUP BY gpu_uuid, kind
                 )
                 GROUP BY gpu_uuid
             ) AS a ON a.gpu_uuid = s.gpu_uuid

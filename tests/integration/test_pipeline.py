@@ -46,7 +46,9 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
         assert check_windows_against_numpy(pipeline, samples_per_window=10, metric=metric) == ends
 
     # the idle GPU's anomaly fires and resolves, with one id; no other GPU is flagged
-    anomalies = pipeline.sql("SELECT id, kind, state, node, subject, evidence['p95_pct'] AS p95 FROM anomalies FINAL ORDER BY ts")
+    anomalies = pipeline.sql(
+        "SELECT id, kind, state, node, subject, evidence['p95_pct'] AS p95 FROM anomalies FINAL WHERE kind = 'gpu_underused' ORDER BY ts"
+    )
     assert [a["state"] for a in anomalies] == ["firing", "resolved"], anomalies
     assert anomalies[0]["id"] == anomalies[1]["id"]
     assert {a["node"] for a in anomalies} == {f"sim-node-{IDLE_NODE:02d}"}
@@ -55,3 +57,8 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
         f"SELECT DISTINCT gpu_uuid FROM gpu_samples WHERE node = 'sim-node-{IDLE_NODE:02d}' AND gpu_index = {IDLE_GPU}"
     )[0]["gpu_uuid"]
     assert anomalies[0]["subject"] == idle_uuid
+    # among its job's peers the idle GPU is also the only outlier (healthy noisy peers stay quiet)
+    outliers = pipeline.sql("SELECT DISTINCT subject FROM anomalies FINAL WHERE kind = 'gpu_outlier'")
+    assert [o["subject"] for o in outliers] == [idle_uuid]
+    other = pipeline.sql("SELECT count() AS n FROM anomalies FINAL WHERE kind NOT IN ('gpu_underused', 'gpu_outlier')")
+    assert other == [{"n": 0}]
