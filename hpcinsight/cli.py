@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("demo", cmd_demo, "run a simulated cluster through the whole pipeline and print what it found")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of sampling (default 60)")
+    p.add_argument("--duration", type=float, default=90.0, help="seconds of sampling (default 90)")
     _add_sim_args(p, idle_default=[])
     p.add_argument("--window", type=float, default=20.0, help="quantile window in seconds of sample time (default 20)")
     p.add_argument("--hop", type=float, default=10.0, help="window hop in seconds (default 10)")

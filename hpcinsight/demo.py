@@ -28,7 +28,7 @@ from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES,
 
 @dataclass(frozen=True)
 class DemoOptions:
-    duration_s: float = 60.0
+    duration_s: float = 90.0
     nodes: int = 4
     gpus: int = 8
     idle: list[str] = field(default_factory=list)
