@@ -43,11 +43,11 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from schemas.catalog import TOPICS
     from schemas.derive import fields_of
 
-    prefix = load().kafka.topic_prefix if args.create or args.prefix is None else args.prefix
+    settings = load()
+    prefix = settings.kafka.topic_prefix if args.create or args.prefix is None else args.prefix
     if args.create:
         from hpcinsight.topics import ensure_topics
 
-        settings = load()
         ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
     if args.format == "json":
         rows = [

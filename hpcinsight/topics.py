@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.catalog import TOPICS
@@ -38,8 +41,6 @@ def ensure_topics(client_config: dict[str, Any], prefix: str, replication: int =
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
     """Block until every partition of ``names`` has a leader: a new topic is not usable before."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         topics = admin.list_topics(timeout=timeout).topics
@@ -58,8 +59,6 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> N
 def _retrying(call: Any, timeout: float) -> Any:
     """Run ``call()``, retrying while the broker says 'not yet' (a new partition's leader or
     a group's coordinator still loading)."""
-    import time
-
     transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                  KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.LEADER_NOT_AVAILABLE}
     deadline = time.monotonic() + timeout
@@ -77,12 +76,19 @@ def _watermarks(consumer: Any, tp: Any, timeout: float) -> tuple[int, int]:
     return _retrying(lambda: consumer.get_watermark_offsets(tp, timeout=timeout), timeout)
 
 
-def lag(client_config: dict[str, Any], group_id: str, topics: list[str], timeout: float = 10.0) -> int:
-    """Messages in ``topics`` not yet committed by consumer group ``group_id``."""
-    from confluent_kafka import Consumer, TopicPartition
-
+@contextmanager
+def _consumer(client_config: dict[str, Any], group_id: str) -> Iterator[Consumer]:
+    """A consumer used only for metadata and offsets: it never joins the group."""
     consumer = Consumer({**client_config, "group.id": group_id, "enable.auto.commit": False})
     try:
+        yield consumer
+    finally:
+        consumer.close()
+
+
+def lag(client_config: dict[str, Any], group_id: str, topics: list[str], timeout: float = 10.0) -> int:
+    """Messages in ``topics`` not yet committed by consumer group ``group_id``."""
+    with _consumer(client_config, group_id) as consumer:
         metadata = consumer.list_topics(timeout=timeout)
         partitions = [TopicPartition(t, p) for t in topics for p in metadata.topics[t].partitions]
         committed = _retrying(lambda: consumer.committed(partitions, timeout=timeout), timeout)
@@ -92,20 +98,13 @@ def lag(client_config: dict[str, Any], group_id: str, topics: list[str], timeout
             position = tp.offset if tp.offset >= 0 else low
             total += max(0, high - position)
         return total
-    finally:
-        consumer.close()
 
 
 def message_count(client_config: dict[str, Any], topics: list[str], timeout: float = 10.0) -> dict[str, int]:
     """Messages ever written to each topic (sum of high watermarks)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({**client_config, "group.id": "hpcinsight-watermarks", "enable.auto.commit": False})
-    try:
+    with _consumer(client_config, "hpcinsight-watermarks") as consumer:
         metadata = consumer.list_topics(timeout=timeout)
         return {
             t: sum(_watermarks(consumer, TopicPartition(t, p), timeout)[1] for p in metadata.topics[t].partitions)
             for t in topics
         }
-    finally:
-        consumer.close()
