@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 
 from agents.base import Collector
-from schemas.catalog import IB_SAMPLES
+from schemas.catalog import IB_SAMPLES_RAW
 from schemas.events import IbSample
 
 
@@ -28,7 +28,7 @@ class SimIbConfig:
 
 
 class SimIbCollector(Collector[SimIbConfig]):
-    topic = IB_SAMPLES
+    topic = IB_SAMPLES_RAW
 
     def __init__(self, config: SimIbConfig) -> None:
         super().__init__(config)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.base import Collector
-from schemas.catalog import IB_SAMPLES
+from schemas.catalog import IB_SAMPLES_RAW
 from schemas.events import IbSample
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class _Port:
 class IbSysfsCollector(Collector[IbConfig]):
     """Samples every port of every InfiniBand device of this node."""
 
-    topic = IB_SAMPLES
+    topic = IB_SAMPLES_RAW
 
     def __init__(self, config: IbConfig) -> None:
         super().__init__(config)

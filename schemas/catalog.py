@@ -20,9 +20,12 @@ from schemas.events import (
     GpuProcess,
     GpuQuantiles,
     GpuSample,
+    GpuSketch,
     IbSample,
+    JobQuantiles,
     NodeInventory,
     SchedulerEvent,
+    SchedulingKpi,
     StepMetric,
     XidEvent,
 )
@@ -88,12 +91,12 @@ GPU_SAMPLES_RAW = Topic(
 )
 GPU_SAMPLES = Topic(
     "gpu.samples", GpuSample, key="node", partitions=6, retention_ms=DAY_MS,
-    doc="Validated GPU samples (later also attributed to jobs), as stored.",
+    doc="Validated GPU samples, attributed to the job (user, team, zone) holding each GPU, as stored.",
     table=Table("gpu_samples", order_by=("node", "gpu_index", "ts"), time_column="ts"),
 )
 GPU_QUANTILES = Topic(
     "gpu.quantiles", GpuQuantiles, key="gpu_uuid", partitions=6, retention_ms=7 * DAY_MS,
-    doc="p25/p50/p95 of GPU metrics per sliding window.",
+    doc="p25/p50/p95 of GPU metrics per sliding window (1m, 5m, 1h) and since the job started.",
     table=Table("gpu_quantiles", order_by=("node", "gpu_index", "metric", "window", "window_end"), time_column="window_end", ttl_days=365),
 )
 ANOMALIES = Topic(
@@ -107,9 +110,13 @@ DEAD_LETTERS = Topic(
     table=Table("dead_letters", order_by=("source_topic", "source_partition", "source_offset", "stage"), time_column="ts", ttl_days=90),
 )
 
+IB_SAMPLES_RAW = Topic(
+    "ib.samples.raw", IbSample, key="node", partitions=6, retention_ms=DAY_MS,
+    doc="What agents read from InfiniBand sysfs, one message per node per tick; not yet validated.",
+)
 IB_SAMPLES = Topic(
     "ib.samples", IbSample, key="node", partitions=6, retention_ms=DAY_MS,
-    doc="InfiniBand port state, throughput and error counts per node per tick.",
+    doc="InfiniBand port state, throughput and error counts per node per tick, attributed to jobs.",
     table=Table("ib_samples", order_by=("node", "device", "port", "ts"), time_column="ts"),
 )
 SCHEDULER_EVENTS = Topic(
@@ -145,10 +152,26 @@ GPU_XID = Topic(
     table=Table("xid_events", order_by=("node", "gpu_uuid", "ts", "seq"), time_column="ts", ttl_days=365),
 )
 
+# Keyed by job: the per-GPU stage (partitioned by node) hands sketches to the job stage.
+GPU_SKETCHES = Topic(
+    "gpu.sketches", GpuSketch, key="job_id", partitions=6, retention_ms=DAY_MS,
+    doc="Internal: per-GPU KLL sketches per window, keyed by job, merged by the job stage.",
+)
+JOB_QUANTILES = Topic(
+    "job.quantiles", JobQuantiles, key="job_id", partitions=6, retention_ms=7 * DAY_MS,
+    doc="p25/p50/p95 of GPU metrics over all GPUs of a job: merged sketches, per window and since start.",
+    table=Table("job_quantiles", order_by=("job_id", "metric", "window", "window_end"), time_column="window_end", ttl_days=365),
+)
+SCHEDULING_KPIS = Topic(
+    "scheduling.kpis", SchedulingKpi, key="kpi", partitions=1, retention_ms=30 * DAY_MS,
+    doc="Allocation rate, queue wait, fragmentation and usage by team/user/model/zone, over time.",
+    table=Table("scheduling_kpis", order_by=("kpi", "dimension", "group", "ts"), time_column="ts", ttl_days=365),
+)
+
 TOPICS: tuple[Topic, ...] = (
     GPU_SAMPLES_RAW, GPU_SAMPLES, GPU_QUANTILES, ANOMALIES, DEAD_LETTERS,
-    IB_SAMPLES, SCHEDULER_EVENTS, NODE_INVENTORY, STEP_METRICS, AGENT_HEALTH,
-    GPU_PROCESSES, GPU_XID,
+    IB_SAMPLES_RAW, IB_SAMPLES, SCHEDULER_EVENTS, NODE_INVENTORY, STEP_METRICS, AGENT_HEALTH,
+    GPU_PROCESSES, GPU_XID, GPU_SKETCHES, JOB_QUANTILES, SCHEDULING_KPIS,
 )
 STORED: tuple[Topic, ...] = tuple(t for t in TOPICS if t.table is not None)
 

@@ -106,6 +106,12 @@ class GpuSample(Event, frozen=True):
     mig_index: UInt8 | None = None
     mig_profile: Label | None = None
     parent_gpu_uuid: Label | None = None
+    # Attribution, filled by the stream processor from the scheduler's placements (agents may
+    # set job_id themselves, e.g. from the process cgroup); null when no job holds the GPU.
+    user: Label | None = None
+    team: Label | None = None
+    priority: Label | None = None
+    zone: Label | None = None
 
 
 class GpuProcess(Event, frozen=True):
@@ -155,7 +161,12 @@ class XidEvent(Event, frozen=True):
 
 
 class GpuQuantiles(Event, frozen=True):
-    """Quantiles of one GPU metric over one window [window_start, window_end)."""
+    """Quantiles of one GPU metric over one window [window_start, window_end).
+
+    ``window`` is a sliding window's size (``"1m"``, ``"5m"``, ``"1h"``) or ``"since_start"``:
+    everything the GPU did for its current job, from ``window_start`` (the job's first sample on
+    it) to ``window_end``; that view is re-emitted periodically while the job runs.
+    """
 
     __schema__ = "gpu_quantiles"
     __version__ = 1
@@ -173,6 +184,80 @@ class GpuQuantiles(Event, frozen=True):
     p95: Real
     mean: Real
     job_id: Label | None = None
+    user: Label | None = None
+    team: Label | None = None
+
+
+class JobQuantiles(Event, frozen=True):
+    """Quantiles of one metric over all GPUs of a job: the merge of their sketches, not a re-scan.
+
+    ``gpus`` is how many GPU sketches were merged; ``count`` how many samples they hold.
+    """
+
+    __schema__ = "job_quantiles"
+    __version__ = 1
+
+    job_id: Label
+    metric: Label
+    window: Label
+    window_start: TimestampMs
+    window_end: TimestampMs
+    gpus: UInt32
+    count: UInt64
+    p25: Real
+    p50: Real
+    p95: Real
+    mean: Real
+    user: Label | None = None
+    team: Label | None = None
+    priority: Label | None = None
+
+
+class GpuSketch(Event, frozen=True):
+    """A GPU's quantile sketch of one metric over one window, on its way to the job stage.
+
+    Internal: the per-GPU stage (partitioned by node) sends it keyed by job, so the job stage
+    (partitioned by job) can merge a job's GPUs however many nodes they are spread over.
+    ``sketch`` is a serialised Apache DataSketches KLL float sketch.
+    """
+
+    __schema__ = "gpu_sketch"
+    __version__ = 1
+
+    job_id: Label
+    node: Label
+    gpu_uuid: Label
+    metric: Label
+    window: Label
+    window_start: TimestampMs
+    window_end: TimestampMs
+    count: UInt64
+    sum: Real
+    sketch: Bytes
+    user: Label | None = None
+    team: Label | None = None
+    priority: Label | None = None
+
+
+class SchedulingKpi(Event, frozen=True):
+    """One scheduling KPI at one instant (or over the interval ending then), for one group.
+
+    ``dimension`` says how the cluster was cut (``cluster``, ``gpu_model``, ``zone``, ``team``,
+    ``user``, ``qos``, ``gpu_bucket``, ``job_class``, ``priority``) and ``group`` names the slice
+    (``all`` for the whole cluster). Quantile KPIs (queue wait) cover the ``interval_s`` before ``ts``
+    and ``count`` says how many observations they rest on.
+    """
+
+    __schema__ = "scheduling_kpi"
+    __version__ = 1
+
+    ts: TimestampMs
+    kpi: Label
+    dimension: Label
+    group: Label
+    value: Real
+    count: Count = 0
+    interval_s: Real = 0.0
 
 
 class Anomaly(Event, frozen=True):
@@ -252,6 +337,10 @@ class IbSample(Event, frozen=True):
     excessive_buffer_overrun_errors: Count | None = None
     hw_counters: Evidence = {}  # rate per second of each hw_counters file, where present
     counters_reset: Flag = False
+    # Attribution (see GpuSample): the job holding most of the node's GPUs at ``ts``.
+    job_id: Label | None = None
+    user: Label | None = None
+    team: Label | None = None
 
 
 SchedulerEventKind = Annotated[
@@ -339,5 +428,5 @@ class AgentHealth(Event, frozen=True):
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     GpuSample, GpuQuantiles, Anomaly, DeadLetter, IbSample, SchedulerEvent, NodeInventory, StepMetric, AgentHealth,
-    GpuProcess, XidEvent,
+    GpuProcess, XidEvent, JobQuantiles, GpuSketch, SchedulingKpi,
 )
