@@ -49,6 +49,9 @@ class Delivery:
                 **client_config,
                 "enable.idempotence": True,
                 "acks": "all",
+                # the Java client's partitioner, which Faust (aiokafka) uses too: a key lands in the same
+                # partition whoever produces it, so topics keyed alike stay co-partitioned
+                "partitioner": "murmur2_random",
                 "compression.type": "zstd",
                 "linger.ms": 20,
                 "message.timeout.ms": 0,  # retry for as long as it takes; the spool bounds memory

@@ -250,7 +250,8 @@ class _KafkaSink:
     def __init__(self, client_config: dict[str, Any], topic: str) -> None:
         from confluent_kafka import Producer  # only when shipping to Kafka
 
-        conf = {**client_config, "enable.idempotence": True, "acks": "all", "compression.type": "zstd", "linger.ms": 50}
+        conf = {**client_config, "enable.idempotence": True, "acks": "all", "compression.type": "zstd", "linger.ms": 50,
+                "partitioner": "murmur2_random"}  # as Faust partitions: see agents.delivery
         self._producer, self._topic = Producer(conf), topic
         self.in_flight = 0  # records produced, neither acknowledged nor refused yet
         self.undelivered = 0  # records the broker never acknowledged

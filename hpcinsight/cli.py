@@ -172,11 +172,22 @@ def cmd_agent(args: argparse.Namespace) -> int:
 # --- worker ---------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
     from hpcinsight.topics import ensure_topics
-    from streams.app import WorkerOptions, run_worker
+    from streams.app import WorkerOptions, parse_duration_ms, parse_windows, run_worker
 
     settings = load()
     ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
-    run_worker(settings, WorkerOptions(window_s=args.window, hop_s=args.hop, instance=args.instance), loglevel=args.loglevel)
+    try:
+        options = WorkerOptions(
+            windows=parse_windows(args.windows), lateness_s=parse_duration_ms(args.lateness) / 1000,
+            since_start_every_s=parse_duration_ms(args.since_start_every) / 1000,
+            checkpoint_every_s=parse_duration_ms(args.checkpoint_every) / 1000,
+            replay_margin_s=parse_duration_ms(args.replay_margin) / 1000, instance=args.instance,
+        )
+        options.processor_config()
+    except ValueError as err:
+        print(f"hpcinsight worker: {err}", file=sys.stderr)
+        return 2
+    run_worker(settings, options, loglevel=args.loglevel)
     return 0
 
 
@@ -221,7 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load(),
         DemoOptions(
             duration_s=args.duration, nodes=args.nodes, gpus=args.gpus, idle=args.idle, interval_s=args.interval,
-            speed=args.speed, window_s=args.window, hop_s=args.hop, seed=args.seed,
+            speed=args.speed, windows=args.windows, seed=args.seed,
         ),
     )
 
@@ -256,8 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "run a simulated cluster through the whole pipeline and print what it found")
     p.add_argument("--duration", type=float, default=90.0, help="seconds of sampling (default 90)")
     _add_sim_args(p, idle_default=[])
-    p.add_argument("--window", type=float, default=20.0, help="quantile window in seconds of sample time (default 20)")
-    p.add_argument("--hop", type=float, default=10.0, help="window hop in seconds (default 10)")
+    p.add_argument("--windows", default="20s/10s,1m/10s", help="sliding quantile windows as SIZE/HOP (default 20s/10s,1m/10s)")
 
     p = add("topics", cmd_topics, "print the topic catalog (topics, schemas, keys, partitions, retention, tables)")
     p.add_argument("--create", action="store_true", help="create missing topics on the configured broker")
@@ -285,8 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sim_args(p, idle_default=[])
 
     p = add("worker", cmd_worker, "run the Faust stream worker (validation, quantiles, detectors)")
-    p.add_argument("--window", type=float, default=60.0, help="quantile window in seconds (default 60)")
-    p.add_argument("--hop", type=float, default=10.0, help="window hop in seconds (default 10)")
+    p.add_argument("--windows", default="1m/10s,5m/1m,1h/15m",
+                   help="sliding quantile windows as SIZE/HOP, comma-separated (default 1m/10s,5m/1m,1h/15m)")
+    p.add_argument("--since-start-every", default="60s", help="emit the since-job-start quantiles this often (default 60s)")
+    p.add_argument("--lateness", default="2s", help="use samples up to this late, count and drop later ones (default 2s)")
+    p.add_argument("--checkpoint-every", default="60s",
+                   help="checkpoint each series' sketches this often; a restart replays about this much (default 60s)")
+    p.add_argument("--replay-margin", default="30s",
+                   help="on restart, replay this much before the oldest checkpoint (agent-to-broker delay, clock skew)")
     p.add_argument("--loglevel", default="WARNING")
     p.add_argument("--instance", default="0", help="static group member id; give each worker of a group its own")
 

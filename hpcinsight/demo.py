@@ -34,14 +34,13 @@ class DemoOptions:
     idle: list[str] = field(default_factory=list)
     interval_s: float = 1.0
     speed: float = 1.0
-    window_s: float = 20.0
-    hop_s: float = 10.0
+    windows: str = "20s/10s,1m/10s"
     seed: int = 0
 
     def idle_specs(self) -> list[str]:
         # By default one GPU idles for the first half of the run, then recovers, so the
         # demo shows an anomaly firing and then resolving.
-        return self.idle or [f"1:3@0-{max(self.window_s * 2, self.duration_s / 2):g}"]
+        return self.idle or [f"1:3@0-{max(40, self.duration_s / 2):g}"]
 
 
 def rows_flagged(columns: list[str], rows: list[tuple]) -> list[tuple]:
@@ -115,7 +114,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         stack.callback(procs.stop_all)
 
         ticks = max(1, int(options.duration_s / options.interval_s))
-        procs.start("worker", "worker", "--window", str(options.window_s), "--hop", str(options.hop_s))
+        procs.start("worker", "worker", "--windows", options.windows, "--since-start-every", "10s", "--checkpoint-every", "10s")
         procs.start("sink", "sink")
         agent_args = ["agent", "--backend", "sim", "--ib", "--nodes", str(options.nodes), "--gpus", str(options.gpus),
                       "--seed", str(options.seed), "--interval", str(options.interval_s), "--speed", str(options.speed),

@@ -31,21 +31,23 @@ NAMED: dict[str, NamedQuery] = {
     for q in (
         NamedQuery(
             "gpu_quantiles",
-            "per GPU: samples, p25/p50/p95 of utilisation over all stored samples, latest window p95, open flags",
+            "per GPU: its job, p25/p50/p95 of utilisation since the job started (stream sketches), "
+            "the p95 of its latest shortest window, and its flags",
             """
-            SELECT s.node AS node, s.gpu_index AS gpu, s.samples AS samples,
-                   round(s.q[1], 1) AS p25, round(s.q[2], 1) AS p50, round(s.q[3], 1) AS p95,
+            SELECT s.node AS node, s.gpu_index AS gpu, s.job AS job, s.samples AS samples,
+                   round(s.p25, 1) AS p25, round(s.p50, 1) AS p50, round(s.p95, 1) AS p95,
                    round(w.last_p95, 1) AS last_window_p95, a.flags AS anomalies
             FROM (
-                SELECT node, gpu_index, gpu_uuid, count() AS samples,
-                       quantilesExact(0.25, 0.5, 0.95)(toFloat64(gpu_util)) AS q
-                FROM gpu_samples FINAL
-                WHERE ts >= now64(3) - toIntervalSecond({since_s:UInt32})
+                SELECT node, gpu_index, gpu_uuid, argMax(job_id, window_end) AS job, argMax(count, window_end) AS samples,
+                       argMax(p25, window_end) AS p25, argMax(p50, window_end) AS p50, argMax(p95, window_end) AS p95
+                FROM gpu_quantiles FINAL
+                WHERE metric = 'gpu_util' AND window = 'since_start'
+                  AND window_end >= now64(3) - toIntervalSecond({since_s:UInt32})
                 GROUP BY node, gpu_index, gpu_uuid
             ) AS s
             LEFT JOIN (
-                SELECT gpu_uuid, argMax(p95, window_end) AS last_p95
-                FROM gpu_quantiles FINAL WHERE metric = 'gpu_util' GROUP BY gpu_uuid
+                SELECT gpu_uuid, argMax(p95, (window_end, window_start)) AS last_p95
+                FROM gpu_quantiles FINAL WHERE metric = 'gpu_util' AND window != 'since_start' GROUP BY gpu_uuid
             ) AS w ON w.gpu_uuid = s.gpu_uuid
             LEFT JOIN (
                 SELECT gpu_uuid, arrayStringConcat(arraySort(groupArray(
@@ -65,6 +67,22 @@ NAMED: dict[str, NamedQuery] = {
                 GROUP BY gpu_uuid
             ) AS a ON a.gpu_uuid = s.gpu_uuid
             ORDER BY node, gpu
+            """,
+            {"since_s": "86400"},
+        ),
+        NamedQuery(
+            "job_quantiles",
+            "per job: user, team, GPUs, and p25/p50/p95 of GPU utilisation since the job started (merged GPU sketches)",
+            """
+            SELECT job_id AS job, argMax(user, window_end) AS user, argMax(team, window_end) AS team,
+                   argMax(gpus, window_end) AS gpus, argMax(count, window_end) AS samples,
+                   round(argMax(p25, window_end), 1) AS p25, round(argMax(p50, window_end), 1) AS p50,
+                   round(argMax(p95, window_end), 1) AS p95, max(window_end) AS as_of
+            FROM job_quantiles FINAL
+            WHERE metric = 'gpu_util' AND window = 'since_start'
+              AND window_end >= now64(3) - toIntervalSecond({since_s:UInt32})
+            GROUP BY job_id
+            ORDER BY job_id
             """,
             {"since_s": "86400"},
         ),
@@ -99,6 +117,7 @@ NAMED: dict[str, NamedQuery] = {
                 UNION ALL SELECT 4, 'dead_letters', count() FROM dead_letters FINAL
                 UNION ALL SELECT 5, 'ib_samples', count() FROM ib_samples FINAL
                 UNION ALL SELECT 6, 'agent_health', count() FROM agent_health FINAL
+                UNION ALL SELECT 7, 'job_quantiles', count() FROM job_quantiles FINAL
             ) ORDER BY i
             """,
             {},

@@ -22,7 +22,10 @@ def ensure_topics(client_config: dict[str, Any], prefix: str, replication: int =
             t.full_name(prefix),
             num_partitions=t.partitions,
             replication_factor=replication,
-            config={"retention.ms": str(t.retention_ms), "compression.type": "producer"},
+            config={
+                "retention.ms": str(t.retention_ms), "compression.type": "producer",
+                **({"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": str(3_600_000)} if t.compacted else {}),
+            },
         )
         for t in TOPICS
         if t.full_name(prefix) not in existing

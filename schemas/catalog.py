@@ -26,6 +26,7 @@ from schemas.events import (
     NodeInventory,
     SchedulerEvent,
     SchedulingKpi,
+    StateCheckpoint,
     StepMetric,
     XidEvent,
 )
@@ -76,6 +77,7 @@ class Topic:
     retention_ms: int
     doc: str
     table: Table | None = None
+    compacted: bool = False  # keep the latest message of each key, not a time window
     codec: Codec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,8 +121,9 @@ IB_SAMPLES = Topic(
     doc="InfiniBand port state, throughput and error counts per node per tick, attributed to jobs.",
     table=Table("ib_samples", order_by=("node", "device", "port", "ts"), time_column="ts"),
 )
+# Six partitions keyed by job like gpu.sketches: the job stage sees a job's end where it merges its GPUs.
 SCHEDULER_EVENTS = Topic(
-    "scheduler.events", SchedulerEvent, key="job_id", partitions=3, retention_ms=30 * DAY_MS,
+    "scheduler.events", SchedulerEvent, key="job_id", partitions=6, retention_ms=30 * DAY_MS,
     doc="Job submitted, scheduled, started, finished, preempted, deleted (Kubernetes, Slurm, traces).",
     table=Table("scheduler_events", order_by=("job_id", "kind", "ts", "ifNull(name, '')"), time_column="ts", ttl_days=365),
 )
@@ -168,10 +171,17 @@ SCHEDULING_KPIS = Topic(
     table=Table("scheduling_kpis", order_by=("kpi", "dimension", "group", "ts"), time_column="ts", ttl_days=365),
 )
 
+# Compacted, partitioned like the raw samples: a worker assigned raw partition p reads back the
+# checkpoints of partition p and replays the raw samples after them.
+STREAM_STATE = Topic(
+    "streams.state", StateCheckpoint, key="series", partitions=6, retention_ms=7 * DAY_MS, compacted=True,
+    doc="Internal: checkpoints of the stream processor's rolling sketches, one per series (compacted).",
+)
+
 TOPICS: tuple[Topic, ...] = (
     GPU_SAMPLES_RAW, GPU_SAMPLES, GPU_QUANTILES, ANOMALIES, DEAD_LETTERS,
     IB_SAMPLES_RAW, IB_SAMPLES, SCHEDULER_EVENTS, NODE_INVENTORY, STEP_METRICS, AGENT_HEALTH,
-    GPU_PROCESSES, GPU_XID, GPU_SKETCHES, JOB_QUANTILES, SCHEDULING_KPIS,
+    GPU_PROCESSES, GPU_XID, GPU_SKETCHES, JOB_QUANTILES, SCHEDULING_KPIS, STREAM_STATE,
 )
 STORED: tuple[Topic, ...] = tuple(t for t in TOPICS if t.table is not None)
 

@@ -260,6 +260,22 @@ class SchedulingKpi(Event, frozen=True):
     interval_s: Real = 0.0
 
 
+class StateCheckpoint(Event, frozen=True):
+    """Internal: the stream processor's state of one series, so a restarted worker resumes it.
+
+    Written to a compacted topic (the latest checkpoint of each ``series`` is all that is kept),
+    in the partition of the samples it summarises. ``ts`` is the event time the state covers up
+    to: samples from there on are replayed from the raw topic.
+    """
+
+    __schema__ = "state_checkpoint"
+    __version__ = 1
+
+    series: Label
+    ts: TimestampMs
+    data: Bytes
+
+
 class Anomaly(Event, frozen=True):
     """A flag raised by a detector: sent once when it fires and once when it resolves.
 
@@ -428,5 +444,5 @@ class AgentHealth(Event, frozen=True):
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     GpuSample, GpuQuantiles, Anomaly, DeadLetter, IbSample, SchedulerEvent, NodeInventory, StepMetric, AgentHealth,
-    GpuProcess, XidEvent, JobQuantiles, GpuSketch, SchedulingKpi,
+    GpuProcess, XidEvent, JobQuantiles, GpuSketch, SchedulingKpi, StateCheckpoint,
 )

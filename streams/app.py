@@ -1,38 +1,131 @@
 """The Faust worker: moves bytes between Kafka and :class:`streams.processor.SampleProcessor`.
 
 Values are read and written raw; decoding and validation happen in the processor with the
-catalog's codecs, so a malformed message becomes a dead letter instead of a Faust
-serializer error. Delivery is at-least-once (Faust commits after the agent has handled an
-event); the tables downstream collapse replays on their natural keys. After a restart or a
-rebalance, :mod:`streams.recovery` rebuilds the windows and open incidents before the new
-partitions are processed.
+catalog's codecs, so a malformed message becomes a dead letter instead of a Faust serializer
+error. Delivery is at-least-once (Faust commits after the agent has handled an event); the tables
+downstream collapse replays on their natural keys.
+
+Agents (one per input topic): raw GPU samples (per-GPU stage), raw IB samples (attribution),
+GPU sketches (job stage, co-partitioned with the scheduler events by job), and each topic a
+detector reads. Besides, every worker follows the whole scheduler and inventory topics (outside
+the consumer group) to keep its attribution table complete. After a restart or a rebalance,
+:mod:`streams.recovery` rebuilds the state before the new partitions are processed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 from dataclasses import dataclass
 
 import faust
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from hpcinsight.config import Settings
-from schemas.catalog import ANOMALIES, GPU_SAMPLES_RAW, TOPICS, Topic
-from streams.processor import SampleProcessor
-from streams.recovery import open_incidents, rebuild_windows
+from schemas.catalog import (
+    ANOMALIES,
+    GPU_SAMPLES_RAW,
+    GPU_SKETCHES,
+    IB_SAMPLES_RAW,
+    NODE_INVENTORY,
+    SCHEDULER_EVENTS,
+    STREAM_STATE,
+    TOPICS,
+    Topic,
+)
+from streams.processor import ProcessorConfig, SampleProcessor
+from streams.recovery import open_incidents, rebuild_gpu_stage, rebuild_job_stage
+from streams.rolling import DEFAULT_WINDOWS, RollingConfig
 from streams.windows import WindowSpec
 
 log = logging.getLogger(__name__)
 
 
+def parse_duration_ms(text: str) -> int:
+    """``90s``, ``5m``, ``1h``, ``250ms`` or plain seconds -> milliseconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (e.g. 10s, 5m, 1h)")
+    scale = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}[m.group(2) or "s"]
+    return round(float(m.group(1)) * scale)
+
+
+def parse_windows(text: str) -> tuple[WindowSpec, ...]:
+    """``1m/10s,5m/1m,1h/15m``: sliding windows as SIZE/HOP."""
+    specs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        size, sep, hop = part.partition("/")
+        if not sep:
+            raise ValueError(f"window {part!r}: write SIZE/HOP, e.g. 1m/10s")
+        specs.append(WindowSpec(parse_duration_ms(size), parse_duration_ms(hop)))
+    if not specs:
+        raise ValueError("at least one window is needed")
+    return tuple(specs)
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
-    window_s: float = 60.0
-    hop_s: float = 10.0
+    windows: tuple[WindowSpec, ...] = DEFAULT_WINDOWS
+    lateness_s: float = 2.0
+    since_start_every_s: float = 60.0
+    checkpoint_every_s: float = 60.0
+    replay_margin_s: float = 30.0
     instance: str = "0"
 
-    @property
-    def window(self) -> WindowSpec:
-        return WindowSpec(int(self.window_s * 1000), int(self.hop_s * 1000))
+    def processor_config(self) -> ProcessorConfig:
+        since_ms, checkpoint_ms = int(self.since_start_every_s * 1000), int(self.checkpoint_every_s * 1000)
+        # the base pane: the largest duration every hop and period is a multiple of
+        base = math.gcd(since_ms, checkpoint_ms, *(w.hop_ms for w in self.windows))
+        rolling = RollingConfig(
+            windows=self.windows, base_ms=base, lateness_ms=int(self.lateness_s * 1000),
+            since_start_every_ms=since_ms,
+        )
+        return ProcessorConfig(rolling=rolling, checkpoint_every_ms=checkpoint_ms, replay_margin_ms=int(self.replay_margin_s * 1000))
+
+
+class SchedulerFeed:
+    """Follows every partition of the scheduler and inventory topics into the attribution table."""
+
+    def __init__(self, settings: Settings, processor: SampleProcessor) -> None:
+        self._processor = processor
+        self._topics = {settings.topic(t.name): t for t in (SCHEDULER_EVENTS, NODE_INVENTORY)}
+        conf = settings.kafka.client_config()
+        self._consumer = Consumer({**conf, "group.id": f"{settings.kafka.topic_prefix}attribution", "enable.auto.commit": False})
+        tps = []
+        for name, topic in self._topics.items():
+            tps.extend(TopicPartition(name, p, OFFSET_BEGINNING) for p in range(topic.partitions))
+        self._consumer.assign(tps)
+        self._tps = tps
+
+    def poll(self, max_messages: int = 5000) -> int:
+        n = 0
+        for msg in self._consumer.consume(num_messages=max_messages, timeout=0):
+            if msg.error():
+                continue
+            n += self._processor.observe_scheduler(msg.value(), self._topics[msg.topic()])
+        return n
+
+    def catch_up(self, timeout: float = 60.0) -> int:
+        """Block until everything in the topics now has been read (at start, before any sample)."""
+        import time
+
+        high = {}
+        for tp in self._tps:
+            high[(tp.topic, tp.partition)] = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)[1]
+        deadline, n = time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            positions = self._consumer.position([TopicPartition(t, p) for t, p in high])
+            if all(tp.offset >= high[(tp.topic, tp.partition)] or (tp.offset < 0 and high[(tp.topic, tp.partition)] == 0) for tp in positions):
+                return n
+            for msg in self._consumer.consume(num_messages=5000, timeout=0.2):
+                if not msg.error():
+                    n += self._processor.observe_scheduler(msg.value(), self._topics[msg.topic()])
+        log.warning("attribution table not caught up after %.0f s; continuing", timeout)
+        return n
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, SampleProcessor]:
@@ -56,46 +149,67 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         t.name: app.topic(settings.topic(t.name), key_serializer="raw", value_serializer="raw", partitions=t.partitions)
         for t in TOPICS
     }
-    processor = SampleProcessor(options.window)
-    raw_topic = settings.topic(GPU_SAMPLES_RAW.name)
-    owned: set[int] = set()
-    restored = False
+    processor = SampleProcessor(options.processor_config())
+    feed = SchedulerFeed(settings, processor)
+    raw_topic, sketch_topic = settings.topic(GPU_SAMPLES_RAW.name), settings.topic(GPU_SKETCHES.name)
+    owned: dict[str, set[int]] = {raw_topic: set(), sketch_topic: set()}
+    started = False
 
     @app.on_partitions_assigned.connect
     async def rebuild_state(sender: faust.App, assigned: set, **_: object) -> None:
         # Runs while the new partitions are paused: nothing is processed until state is back.
-        # Blocking the loop for the replay is deliberate (a few seconds, far below the session timeout).
-        nonlocal restored
+        # Blocking the loop for the replay is deliberate (seconds, far below the session timeout).
+        nonlocal started
         log.info("partitions assigned: %s", sorted(assigned))
-        mine = {tp.partition for tp in assigned if tp.topic == raw_topic}
-        processor.forget(owned - mine)
-        new = mine - owned
-        owned.clear()
-        owned.update(mine)
         conf = settings.kafka.client_config()
-        if not restored:
-            incidents = open_incidents(conf, settings.topic(ANOMALIES.name))
-            processor.restore(incidents)
-            restored = True
+        if not started:
+            feed.catch_up()
+            processor.restore(open_incidents(conf, settings.topic(ANOMALIES.name)))
+            started = True
+        mine = {tp.partition for tp in assigned if tp.topic == raw_topic}
+        processor.forget(owned[raw_topic] - mine)
+        new = mine - owned[raw_topic]
+        owned[raw_topic] = mine
         if new:
-            horizon = options.window.size_ms + 2 * options.window.hop_ms
-            rebuild_windows(processor, conf, app.conf.id, raw_topic, new, horizon)
+            rebuild_gpu_stage(processor, conf, app.conf.id, raw_topic, settings.topic(STREAM_STATE.name), new)
+        jobs = {tp.partition for tp in assigned if tp.topic == sketch_topic}
+        if jobs != owned[sketch_topic]:
+            owned[sketch_topic] = jobs
+            rebuild_job_stage(processor, conf, app.conf.id, sketch_topic, jobs)
+
+    async def send(outputs: list) -> None:
+        for out in outputs:
+            await topics[out.topic.name].send(key=out.key, value=out.value, partition=out.partition)
 
     @app.agent(topics[GPU_SAMPLES_RAW.name], name="gpu-samples")
     async def process_gpu_samples(stream: faust.Stream) -> None:
         async for event in stream.events():
             msg = event.message
-            for out in processor.handle(msg.topic, msg.partition, msg.offset, event.key, event.value):
-                await topics[out.topic.name].send(key=out.key, value=out.value)
+            await send(processor.handle(msg.topic, msg.partition, msg.offset, event.key, event.value))
 
-    for source in processor.event_topics():  # e.g. XID events for the GPU fault detector
+    @app.agent(topics[IB_SAMPLES_RAW.name], name="ib-samples")
+    async def process_ib_samples(stream: faust.Stream) -> None:
+        async for event in stream.events():
+            msg = event.message
+            await send(processor.handle_ib(msg.topic, msg.partition, msg.offset, event.key, event.value))
+
+    @app.agent(topics[GPU_SKETCHES.name], name="job-stage")
+    async def process_sketches(stream: faust.Stream) -> None:
+        async for event in stream.events():
+            msg = event.message
+            await send(processor.handle_sketches(msg.topic, msg.partition, msg.offset, event.key, event.value))
+
+    for source in processor.event_topics():  # e.g. XID events, step metrics, scheduler events
         async def process_events(stream: faust.Stream, source: Topic = source) -> None:
             async for event in stream.events():
                 msg = event.message
-                for out in processor.handle_events(source, msg.topic, msg.partition, msg.offset, event.key, event.value):
-                    await topics[out.topic.name].send(key=out.key, value=out.value)
+                await send(processor.handle_events(source, msg.topic, msg.partition, msg.offset, event.key, event.value))
 
         app.agent(topics[source.name], name=f"events-{source.name}")(process_events)
+
+    @app.timer(interval=1.0)
+    async def follow_scheduler() -> None:
+        feed.poll()
 
     @app.timer(interval=10.0)
     async def report() -> None:

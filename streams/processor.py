@@ -1,30 +1,79 @@
-"""The stream logic, free of Faust: validate samples, roll quantiles, run the detectors.
+"""The stream logic, free of Faust: validate, attribute, roll quantiles, merge jobs, detect.
 
-:class:`SampleProcessor` turns one raw Kafka message into the messages it causes
-(validated samples, quantile windows, anomalies, or one dead letter). Keeping it a plain
-class makes it testable without a broker; :mod:`streams.app` only moves bytes between it
-and Kafka.
+:class:`SampleProcessor` turns one Kafka message into the messages it causes (validated and
+attributed samples, quantile windows, sketches for the job stage, job quantiles, anomalies,
+state checkpoints, or one dead letter). Keeping it a plain class makes it testable without a
+broker; :mod:`streams.app` only moves bytes between it and Kafka.
+
+Two stages live here, each fed by its own topic so each can be partitioned its own way:
+
+* per GPU (``gpu.samples.raw``, partitioned by node): validation, attribution, the GPU's sliding
+  windows and since-start view, GPU-level detectors;
+* per job (``gpu.sketches``, partitioned by job): the merge of a job's GPU sketches into job
+  quantiles, job-level detectors.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES, TOPICS, Topic
+from schemas.catalog import (
+    ANOMALIES,
+    DEAD_LETTERS,
+    GPU_QUANTILES,
+    GPU_SAMPLES,
+    GPU_SKETCHES,
+    IB_SAMPLES,
+    JOB_QUANTILES,
+    STREAM_STATE,
+    TOPICS,
+    Topic,
+)
 from schemas.codec import DecodeError
-from schemas.events import Anomaly, DeadLetter, Event, GpuQuantiles, GpuSample
+from schemas.events import (
+    Anomaly,
+    DeadLetter,
+    Event,
+    GpuQuantiles,
+    GpuSample,
+    GpuSketch,
+    IbSample,
+    JobQuantiles,
+    NodeInventory,
+    SchedulerEvent,
+    StateCheckpoint,
+)
+from streams.attribution import Attribution
 from streams.detectors import Detector, discover
-from streams.windows import SlidingQuantiles, WindowSpec
+from streams.jobs import JobMerger, JobStageConfig
+from streams.rolling import Closed, RollingConfig, RollingSeries
 
 log = logging.getLogger(__name__)
 
-#: GpuSample fields whose quantiles are computed per window
+#: GpuSample fields whose quantiles are computed
 METRICS = ("gpu_util", "power_w", "sm_clock_mhz")
 #: a sample stamped further ahead of the worker's clock than this is clock skew, not data
 MAX_FUTURE_MS = 15 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    rolling: RollingConfig = field(default_factory=RollingConfig)
+    jobs: JobStageConfig = field(default_factory=JobStageConfig)
+    max_future_ms: int = MAX_FUTURE_MS
+    #: how often (event time) each series' state is checkpointed; a restart replays at most this much
+    checkpoint_every_ms: int = 60_000
+    #: a restart replays from this much before the oldest checkpoint: covers the delay from sample
+    #: to broker (Kafka time is when the broker got it) and clock differences between agents and broker
+    replay_margin_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every_ms % self.rolling.base_ms:
+            raise ValueError("the checkpoint period must be a multiple of the base pane")
 
 
 @dataclass(frozen=True)
@@ -32,70 +81,179 @@ class Output:
     topic: Topic
     key: bytes
     value: bytes
+    partition: int | None = None  # None: by key
 
 
 @dataclass
 class ProcessorStats:
     messages: int = 0
     samples: int = 0
+    ib_samples: int = 0
     dead_letters: int = 0
     windows: int = 0
+    job_windows: int = 0
     anomalies: int = 0
+    checkpoints: int = 0
     late_samples: int = 0
+    late_sketches: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
 
+def _series_key(gpu_uuid: str, metric: str) -> str:
+    return f"{gpu_uuid}|{metric}"
+
+
 class SampleProcessor:
-    def __init__(self, window: WindowSpec, detectors: list[Detector[Any]] | None = None, max_future_ms: int = MAX_FUTURE_MS) -> None:
-        self.window = window
-        self.max_future_ms = max_future_ms
+    def __init__(
+        self,
+        config: ProcessorConfig | None = None,
+        detectors: list[Detector[Any]] | None = None,
+        attribution: Attribution | None = None,
+    ) -> None:
+        self.config = config or ProcessorConfig()
         self.detectors = detectors if detectors is not None else [cls() for cls in discover()]
-        self._series: dict[tuple[str, str], SlidingQuantiles] = {}
-        self._partition_of: dict[tuple[str, str], int] = {}
+        self.attribution = attribution if attribution is not None else Attribution()
+        self.jobs = JobMerger(self.config.jobs)
+        self._series: dict[str, RollingSeries] = {}
+        self._partition_of: dict[str, int] = {}
+        self._checkpointed: dict[str, int] = {}
         self.stats = ProcessorStats()
 
-    def forget(self, partitions: set[int]) -> None:
-        """Drop the window state of series read from ``partitions`` (they moved, or are being rebuilt)."""
-        for key in [k for k, p in self._partition_of.items() if p in partitions]:
-            del self._series[key], self._partition_of[key]
-
-    def replay(self, partition: int, value: bytes | None) -> None:
-        """Rebuild state from a message handled before a restart: same logic, no outputs."""
-        try:
-            samples = GPU_SAMPLES.codec.decode(value)
-        except DecodeError:
-            return
-        for sample in samples:
-            for q in self._roll(sample, partition):
-                self._detect(q, replay=True)
+    # -- per-GPU stage --------------------------------------------------------------------------
 
     def handle(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
-        """All outputs caused by one message of the raw samples topic, in send order."""
+        """All outputs caused by one message of the raw GPU samples topic, in send order."""
         self.stats.messages += 1
         try:
             samples = GPU_SAMPLES.codec.decode(value)
         except DecodeError as err:
             return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
-        horizon = int(time.time() * 1000) + self.max_future_ms
-        ahead = max((s.ts for s in samples), default=0)
-        if ahead > horizon:
-            reason = f"clock skew: a sample is stamped {(ahead - horizon + self.max_future_ms) / 1000:.0f} s in the future"
-            return [self.dead_letter(source, partition, offset, key, value, "validate", reason)]
+        skew = self._skew(samples)
+        if skew:
+            return [self.dead_letter(source, partition, offset, key, value, "validate", skew)]
+        samples = [self.attribution.enrich_gpu(s) for s in samples]
         node_key = key if key else (samples[0].node.encode() if samples else b"")
-        out = [Output(GPU_SAMPLES, node_key, value or b"")]
+        out = [Output(GPU_SAMPLES, node_key, GPU_SAMPLES.codec.encode(samples))]
         self.stats.samples += len(samples)
-        quantiles: list[GpuQuantiles] = []
+        sketches: dict[str, list[GpuSketch]] = {}
         for sample in samples:
-            quantiles.extend(self._roll(sample, partition))
-        for q in quantiles:
-            out.append(Output(GPU_QUANTILES, q.gpu_uuid.encode(), GPU_QUANTILES.codec.encode([q])))
-            for anomaly in self._detect(q):
-                out.append(Output(ANOMALIES, anomaly.subject.encode(), ANOMALIES.codec.encode([anomaly])))  # type: ignore[attr-defined]
+            for anomaly in self._detect(sample):
+                out.append(self._anomaly_output(anomaly))
+            for metric, closed in self._roll(sample, partition):
+                q = self._quantiles(sample, metric, closed)
+                out.append(Output(GPU_QUANTILES, q.gpu_uuid.encode(), GPU_QUANTILES.codec.encode([q])))
+                for anomaly in self._detect(q):
+                    out.append(self._anomaly_output(anomaly))
+                if closed.job_id is not None:
+                    sketches.setdefault(closed.job_id, []).append(self._sketch(sample, metric, closed))
+            out.extend(self._checkpoints(sample, partition))
+        for job_id, records in sketches.items():
+            out.append(Output(GPU_SKETCHES, job_id.encode(), GPU_SKETCHES.codec.encode(records)))
         return out
 
+    def _skew(self, samples: Iterable[GpuSample | IbSample]) -> str | None:
+        horizon = int(time.time() * 1000) + self.config.max_future_ms
+        ahead = max((s.ts for s in samples), default=0)
+        if ahead > horizon:
+            return f"clock skew: a sample is stamped {(ahead - horizon + self.config.max_future_ms) / 1000:.0f} s in the future"
+        return None
+
+    def _roll(self, sample: GpuSample, partition: int, replay: bool = False) -> list[tuple[str, Closed]]:
+        out: list[tuple[str, Closed]] = []
+        for metric in METRICS:
+            key = _series_key(sample.gpu_uuid, metric)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = RollingSeries(self.config.rolling)
+                self._partition_of[key] = partition
+            late_before = series.late
+            out.extend((metric, c) for c in series.add(sample.ts, getattr(sample, metric), sample.job_id))
+            if not replay:
+                self.stats.late_samples += series.late - late_before
+        self.stats.windows += len(out) if not replay else 0
+        return out
+
+    def _checkpoints(self, sample: GpuSample, partition: int) -> list[Output]:
+        """A checkpoint of each of the sample's series that crossed a checkpoint boundary."""
+        out = []
+        every = self.config.checkpoint_every_ms
+        for metric in METRICS:
+            key = _series_key(sample.gpu_uuid, metric)
+            series = self._series[key]
+            closed_to = series.closed_to
+            if closed_to is None or closed_to // every <= self._checkpointed.get(key, 0) // every:
+                continue
+            self._checkpointed[key] = closed_to
+            record = StateCheckpoint(series=key, ts=closed_to, data=series.checkpoint())
+            out.append(Output(STREAM_STATE, key.encode(), STREAM_STATE.codec.encode([record]), partition))
+            self.stats.checkpoints += 1
+        return out
+
+    @staticmethod
+    def _quantiles(sample: GpuSample, metric: str, c: Closed) -> GpuQuantiles:
+        same_job = c.job_id == sample.job_id
+        return GpuQuantiles(
+            node=sample.node, gpu_index=sample.gpu_index, gpu_uuid=sample.gpu_uuid, metric=metric,
+            window=c.window, window_start=c.start_ms, window_end=c.end_ms, count=c.count,
+            p25=c.p25, p50=c.p50, p95=c.p95, mean=c.mean, job_id=c.job_id,
+            user=sample.user if same_job else None, team=sample.team if same_job else None,
+        )
+
+    @staticmethod
+    def _sketch(sample: GpuSample, metric: str, c: Closed) -> GpuSketch:
+        assert c.job_id is not None
+        same_job = c.job_id == sample.job_id
+        return GpuSketch(
+            job_id=c.job_id, node=sample.node, gpu_uuid=sample.gpu_uuid, metric=metric, window=c.window,
+            window_start=c.start_ms, window_end=c.end_ms, count=c.count, sum=c.total, sketch=c.sketch,
+            user=sample.user if same_job else None, team=sample.team if same_job else None,
+            priority=sample.priority if same_job else None,
+        )
+
+    # -- other sample topics --------------------------------------------------------------------
+
+    def handle_ib(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
+        """Validate and attribute one message of raw IB samples; run the detectors that read them."""
+        self.stats.messages += 1
+        try:
+            samples = IB_SAMPLES.codec.decode(value)
+        except DecodeError as err:
+            return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
+        skew = self._skew(samples)
+        if skew:
+            return [self.dead_letter(source, partition, offset, key, value, "validate", skew)]
+        samples = [self.attribution.enrich_ib(s) for s in samples]
+        self.stats.ib_samples += len(samples)
+        out = [Output(IB_SAMPLES, key or (samples[0].node.encode() if samples else b""), IB_SAMPLES.codec.encode(samples))]
+        for sample in samples:
+            out.extend(self._anomaly_output(a) for a in self._detect(sample))
+        return out
+
+    # -- job stage ------------------------------------------------------------------------------
+
+    def handle_sketches(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
+        """Job quantiles (and job-level anomalies) completed by one message of GPU sketches."""
+        self.stats.messages += 1
+        try:
+            sketches = GPU_SKETCHES.codec.decode(value)
+        except DecodeError as err:
+            return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
+        out: list[Output] = []
+        late = self.jobs.late
+        for sketch in sketches:
+            for q in self.jobs.add(sketch):
+                self.stats.job_windows += 1
+                out.append(Output(JOB_QUANTILES, q.job_id.encode(), JOB_QUANTILES.codec.encode([q])))
+                out.extend(self._anomaly_output(a) for a in self._detect(q))
+        self.stats.late_sketches += self.jobs.late - late
+        return out
+
+    # -- detector inputs and the scheduler ------------------------------------------------------
+
     def event_topics(self) -> list[Topic]:
-        """Catalog topics, besides the GPU samples, whose events some detector reads (e.g. XIDs)."""
-        wanted = {t for d in self.detectors for t in d.inputs} - {GpuSample, GpuQuantiles}
+        """Catalog topics, besides those with their own stage, whose events some detector reads."""
+        own = {GpuSample, GpuQuantiles, IbSample, GpuSketch, JobQuantiles}
+        wanted = {t for d in self.detectors for t in d.inputs} - own
         return [t for t in TOPICS if t.event in wanted]
 
     def handle_events(
@@ -107,11 +265,28 @@ class SampleProcessor:
             records = topic.codec.decode(value)
         except DecodeError as err:
             return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
-        return [
-            Output(ANOMALIES, anomaly.subject.encode(), ANOMALIES.codec.encode([anomaly]))  # type: ignore[attr-defined]
-            for record in records
-            for anomaly in self._detect(record)
-        ]
+        return [self._anomaly_output(anomaly) for record in records for anomaly in self._detect(record)]
+
+    def observe_scheduler(self, value: bytes | None, topic: Topic) -> int:
+        """Feed the attribution table (every worker reads all of it; see :mod:`streams.attribution`).
+
+        Undecodable messages are skipped here: the group member that owns their partition
+        dead-letters them (see :meth:`handle_events`), so each is reported once."""
+        try:
+            records = topic.codec.decode(value)
+        except DecodeError:
+            return 0
+        for record in records:
+            if isinstance(record, (SchedulerEvent, NodeInventory)):
+                self.attribution.observe(record)
+        return len(records)
+
+    # -- output helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _anomaly_output(anomaly: Event) -> Output:
+        assert isinstance(anomaly, Anomaly)
+        return Output(ANOMALIES, anomaly.subject.encode(), ANOMALIES.codec.encode([anomaly]))
 
     def dead_letter(
         self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None, stage: str, reason: str
@@ -132,36 +307,6 @@ class SampleProcessor:
         )
         return Output(DEAD_LETTERS, source.encode(), DEAD_LETTERS.codec.encode([letter]))
 
-    def _roll(self, sample: GpuSample, partition: int) -> list[GpuQuantiles]:
-        out = []
-        for metric in METRICS:
-            series = self._series.get((sample.gpu_uuid, metric))
-            if series is None:
-                series = self._series[(sample.gpu_uuid, metric)] = SlidingQuantiles(self.window)
-                self._partition_of[(sample.gpu_uuid, metric)] = partition
-            late_before = series.late
-            for w in series.add(sample.ts, getattr(sample, metric)):
-                self.stats.windows += 1
-                out.append(
-                    GpuQuantiles(
-                        node=sample.node,
-                        gpu_index=sample.gpu_index,
-                        gpu_uuid=sample.gpu_uuid,
-                        metric=metric,
-                        window=self.window.label,
-                        window_start=w.start_ms,
-                        window_end=w.end_ms,
-                        count=w.count,
-                        p25=w.p25,
-                        p50=w.p50,
-                        p95=w.p95,
-                        mean=w.mean,
-                        job_id=sample.job_id,
-                    )
-                )
-            self.stats.late_samples += series.late - late_before
-        return out
-
     def _detect(self, event: Event, replay: bool = False) -> list[Event]:
         out: list[Event] = []
         for detector in self.detectors:
@@ -173,6 +318,51 @@ class SampleProcessor:
         if not replay:
             self.stats.anomalies += len(out)
         return out
+
+    # -- restart --------------------------------------------------------------------------------
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the state of series read from ``partitions`` (they moved, or are being rebuilt)."""
+        for key in [k for k, p in self._partition_of.items() if p in partitions]:
+            del self._series[key], self._partition_of[key]
+            self._checkpointed.pop(key, None)
+
+    def restore_series(self, partition: int, checkpoint: StateCheckpoint) -> None:
+        """Take back one series from its latest checkpoint (replay then adds what came after)."""
+        try:
+            series = RollingSeries.from_checkpoint(self.config.rolling, checkpoint.data)
+        except (ValueError, TypeError) as err:  # e.g. taken with other windows: start that series over
+            log.warning("checkpoint of %s not usable (%s); the series restarts", checkpoint.series, err)
+            return
+        self._series[checkpoint.series] = series
+        self._partition_of[checkpoint.series] = partition
+        self._checkpointed[checkpoint.series] = checkpoint.ts
+
+    def replay(self, partition: int, value: bytes | None) -> None:
+        """Re-handle a raw GPU message seen before a restart: same state changes, no outputs."""
+        try:
+            samples = GPU_SAMPLES.codec.decode(value)
+        except DecodeError:
+            return
+        for sample in samples:
+            sample = self.attribution.enrich_gpu(sample)
+            self._detect(sample, replay=True)
+            for metric, closed in self._roll(sample, partition, replay=True):
+                self._detect(self._quantiles(sample, metric, closed), replay=True)
+            for metric in METRICS:  # what is replayed was checkpointed before, or will be again
+                key = _series_key(sample.gpu_uuid, metric)
+                closed_to = self._series[key].closed_to
+                if closed_to is not None:
+                    self._checkpointed[key] = max(self._checkpointed.get(key, 0), closed_to)
+
+    def replay_sketches(self, value: bytes | None) -> None:
+        try:
+            sketches = GPU_SKETCHES.codec.decode(value)
+        except DecodeError:
+            return
+        for sketch in sketches:
+            for q in self.jobs.add(sketch):
+                self._detect(q, replay=True)
 
     def restore(self, anomalies: list[Anomaly]) -> None:
         """Give each detector the incidents of its kind still open before a restart."""

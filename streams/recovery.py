@@ -1,25 +1,32 @@
 """Rebuild the worker's state after a restart from the topics themselves.
 
-The stream state is small and derivable: a GPU's sliding windows depend only on its last
-``window`` of samples, and a detector's open incidents are in the anomalies topic. So
-instead of writing every window update to a changelog (as many messages again as samples),
-a worker that is assigned a partition re-reads the raw samples from a little more than one
-window before its committed offset (outputs suppressed), and reads back the incidents it
-had left open. It then continues exactly where it stopped: the windows it emits are the
-ones an uninterrupted worker would have emitted, and no incident fires twice.
+Per-GPU stage: every series (one GPU, one metric) checkpoints its sketches to the compacted
+``streams.state`` topic once a minute of event time, in the partition of its samples. A worker
+assigned raw partition p reads back the latest checkpoint of each series of p and replays the raw
+samples from just before the oldest of them up to its committed offset, outputs suppressed: the
+series then hold exactly the samples an uninterrupted worker's would, and the detectors have seen
+the same recent windows. Job stage: the pending merges are rebuilt by replaying the last minutes of
+``gpu.sketches``. Open incidents are read back from the anomalies topic, so none fires twice.
+
+Why not Faust tables: a table's changelog is recovered by Faust on its own schedule, while our
+replay must run after the checkpoints are loaded and before the first new message; owning the
+ordering (here, inside the partition-assignment callback, while the partitions are paused) is
+simpler than coordinating with Faust's recovery service, and the topic is the same thing a Faust
+changelog is: compacted, co-partitioned with the input.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from schemas.catalog import ANOMALIES
+from schemas.catalog import ANOMALIES, STREAM_STATE
 from schemas.codec import DecodeError
-from schemas.events import Anomaly
+from schemas.events import Anomaly, StateCheckpoint
 from streams.processor import SampleProcessor
 
 log = logging.getLogger(__name__)
@@ -54,12 +61,30 @@ def _read_range(consumer: Consumer, tps: list[TopicPartition], stop_at: dict[int
     return out
 
 
-def rebuild_windows(
-    processor: SampleProcessor, client_config: dict[str, Any], group_id: str, topic: str, partitions: set[int],
-    horizon_ms: int, timeout: float = 60.0,
+def read_all(client_config: dict[str, Any], topic: str, partitions: set[int] | None = None, timeout: float = 60.0) -> list[Any]:
+    """Every message of ``topic`` (or of its ``partitions``) that is there now, in offset order per partition."""
+    consumer = _consumer(client_config, "hpcinsight-recovery-read")
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        tps, stop_at = [], {}
+        for p in metadata.partitions:
+            if partitions is not None and p not in partitions:
+                continue
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            tps.append(TopicPartition(topic, p, low))
+            stop_at[p] = high
+        return sorted(_read_range(consumer, tps, stop_at, timeout), key=lambda m: (m.partition(), m.offset()))
+    finally:
+        consumer.close()
+
+
+def replay_committed(
+    client_config: dict[str, Any], group_id: str, topic: str, partitions: set[int], horizon_ms: int,
+    handle: Callable[[int, bytes | None], None], not_after_ms: dict[int, int] | None = None, timeout: float = 60.0,
 ) -> int:
-    """Replay the last ``horizon_ms`` before the committed offset of each partition. Returns messages replayed."""
-    processor.forget(partitions)
+    """Hand ``handle`` the messages of ``partitions`` from ``horizon_ms`` (Kafka time) before the last
+    committed one up to it, so state can be rebuilt without outputs. ``not_after_ms`` moves the start of
+    a partition earlier (e.g. to its oldest checkpoint). Returns messages replayed."""
     consumer = _consumer(client_config, f"{group_id}-recovery")
     try:
         committed = Consumer({**client_config, "group.id": group_id, "enable.auto.commit": False})
@@ -73,15 +98,58 @@ def rebuild_windows(
         # the Kafka timestamp of the last handled message of each partition
         last = _read_range(consumer, [TopicPartition(topic, p, o - 1) for p, o in stop_at.items()], stop_at, timeout)
         since = {m.partition(): m.timestamp()[1] - horizon_ms for m in last}
+        for p, ts in (not_after_ms or {}).items():
+            if p in since:
+                since[p] = min(since[p], ts)
         starts = consumer.offsets_for_times([TopicPartition(topic, p, ts) for p, ts in since.items()], timeout=timeout)
         tps = [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else stop_at[tp.partition]) for tp in starts]
         messages = _read_range(consumer, tps, stop_at, timeout)
         for msg in sorted(messages, key=lambda m: (m.partition(), m.offset())):
-            processor.replay(msg.partition(), msg.value())
-        log.warning("rebuilt window state of partitions %s from %d messages", sorted(stop_at), len(messages))
+            handle(msg.partition(), msg.value())
+        log.warning("rebuilt state of %s partitions %s from %d messages", topic, sorted(stop_at), len(messages))
         return len(messages)
     finally:
         consumer.close()
+
+
+def rebuild_gpu_stage(
+    processor: SampleProcessor, client_config: dict[str, Any], group_id: str, raw_topic: str, state_topic: str,
+    partitions: set[int], timeout: float = 60.0,
+) -> tuple[int, int]:
+    """Take back the series of ``partitions`` from their checkpoints, then replay the raw samples
+    after them. Returns (series restored, messages replayed)."""
+    processor.forget(partitions)
+    oldest: dict[int, int] = {}
+    restored: dict[str, tuple[int, StateCheckpoint]] = {}
+    for msg in read_all(client_config, state_topic, partitions, timeout):
+        try:
+            for record in STREAM_STATE.codec.decode(msg.value()):
+                restored[record.series] = (msg.partition(), record)  # compaction keeps the latest; so do we
+        except DecodeError:
+            continue
+    for partition, record in restored.values():
+        processor.restore_series(partition, record)
+        oldest[partition] = min(oldest.get(partition, record.ts), record.ts)
+    rolling = processor.config.rolling
+    margin = rolling.lateness_ms + 2 * rolling.base_ms + processor.config.replay_margin_ms
+    horizon = processor.config.checkpoint_every_ms + margin
+    not_after = {p: ts - margin for p, ts in oldest.items()}
+    replayed = replay_committed(client_config, group_id, raw_topic, partitions, horizon, processor.replay, not_after, timeout)
+    log.warning("restored %d series of partitions %s from checkpoints, then replayed %d messages",
+                len(restored), sorted(partitions), replayed)
+    return len(restored), replayed
+
+
+def rebuild_job_stage(
+    processor: SampleProcessor, client_config: dict[str, Any], group_id: str, topic: str, partitions: set[int],
+    timeout: float = 60.0,
+) -> int:
+    """Rebuild the pending job merges (and job detectors' recent view) from the sketches topic."""
+    processor.jobs.forget()
+    horizon = 2 * processor.config.jobs.grace_ms + 60_000
+    return replay_committed(
+        client_config, group_id, topic, partitions, horizon, lambda _p, v: processor.replay_sketches(v), timeout=timeout
+    )
 
 
 def open_incidents(client_config: dict[str, Any], topic: str, timeout: float = 60.0) -> list[Anomaly]:

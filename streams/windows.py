@@ -29,6 +29,8 @@ class WindowSpec:
     @property
     def label(self) -> str:
         seconds = self.size_ms / 1000
+        if seconds >= 3600 and seconds % 3600 == 0:
+            return f"{seconds / 3600:g}h"
         return f"{seconds / 60:g}m" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g}s"
 
 

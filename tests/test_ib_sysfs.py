@@ -9,7 +9,7 @@ import pytest
 
 from agents.base import Collector
 from agents.ib_sysfs import IbConfig, IbSysfsCollector
-from schemas.catalog import IB_SAMPLES
+from schemas.catalog import IB_SAMPLES_RAW
 from schemas.events import IbSample
 from tests.fake_sysfs import FakeSysfs
 
@@ -169,7 +169,7 @@ def test_no_infiniband_on_this_node_gives_no_samples(tmp_path: Path) -> None:
 
 def test_is_a_collector_and_records_round_trip_the_codec(fake: FakeSysfs) -> None:
     with collector(fake) as c:
-        assert isinstance(c, Collector) and c.topic is IB_SAMPLES
+        assert isinstance(c, Collector) and c.topic is IB_SAMPLES_RAW
         first = c.sample(NOW)
         fake.add("mlx5_0", "port_xmit_data", 123)
         fake.add("mlx5_1", "link_downed", 1)
@@ -178,4 +178,4 @@ def test_is_a_collector_and_records_round_trip_the_codec(fake: FakeSysfs) -> Non
     # close() forgot the baselines: a collector reused after close starts afresh
     assert all(s.interval_s is None for s in c.sample(NOW + 2_000))
     batch = first + second
-    assert IB_SAMPLES.codec.decode(IB_SAMPLES.codec.encode(batch)) == batch
+    assert IB_SAMPLES_RAW.codec.decode(IB_SAMPLES_RAW.codec.encode(batch)) == batch

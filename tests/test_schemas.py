@@ -23,6 +23,7 @@ from schemas.events import (
     NodeInventory,
     SchedulerEvent,
     SchedulingKpi,
+    StateCheckpoint,
     StepMetric,
     XidEvent,
 )
@@ -47,6 +48,7 @@ EXAMPLES = {
                                user="alice", team="nlp", priority="high"),
     GpuSketch: GpuSketch("job-1", "n0", "GPU-abc", "power_w", "5m", T0 - 300_000, T0, 300, 105_000.0, b"\x05\x01\x0f",
                          user="alice", team="nlp", priority="high"),
+    StateCheckpoint: StateCheckpoint("GPU-abc|gpu_util", T0, b"\x93\x01\x02"),
     SchedulingKpi: SchedulingKpi(T0, "queue_wait_p95_s", "gpu_model", "V100M32", 412.5, count=31, interval_s=3600.0),
     Anomaly: Anomaly("a1b2", "gpu_underused", "warning", "firing", "gpu", "GPU-abc", T0, T0 - 60_000, T0 - 60_000, T0,
                      "GPU 3 of n0 is idle", {"p95_pct": 1.5, "threshold_pct": 10.0}, node="n0", gpu_uuid="GPU-abc"),

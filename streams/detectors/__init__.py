@@ -14,7 +14,7 @@ import importlib
 import pkgutil
 from typing import Any, ClassVar, Generic, TypeVar
 
-from schemas.events import Event
+from schemas.events import Event, GpuQuantiles
 
 C = TypeVar("C")
 
@@ -41,6 +41,28 @@ class Detector(abc.ABC, Generic[C]):
     def restore(self, open_incidents: list[Any]) -> None:  # noqa: B027 - optional hook
         """Take back incidents this detector had fired and not resolved before a restart
         (read from the anomalies topic), so they resolve under their own id, never twice."""
+
+
+class WindowChoice:
+    """Which of the GPU quantile windows a detector judges: ``label``, or the shortest sliding one.
+
+    The worker emits several sliding windows (1m, 5m, 1h) and a since-start view; detectors of
+    momentary behaviour want the shortest, which is also the first to close after a GPU appears.
+    """
+
+    def __init__(self, label: str | None = None) -> None:
+        self.label = label
+        self._shortest: int | None = None
+
+    def accepts(self, q: GpuQuantiles) -> bool:
+        if self.label is not None:
+            return q.window == self.label
+        if q.window == "since_start":
+            return False
+        size = q.window_end - q.window_start
+        if self._shortest is None or size < self._shortest:
+            self._shortest = size
+        return size == self._shortest
 
 
 def discover() -> list[type[Detector[Any]]]:

@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from schemas.events import Anomaly, Event, GpuQuantiles
-from streams.detectors import Detector, anomaly_id
+from streams.detectors import Detector, WindowChoice, anomaly_id
 
 MAD_SCALE = 1.4826  # makes MAD estimate the standard deviation of normal data
 
@@ -25,6 +25,7 @@ class GpuOutlierConfig:
     fire_after: int = 2
     resolve_after: int = 2
     min_peers: int = 4
+    window: str | None = None  # None: the shortest sliding window
     #: metric -> smallest robust deviation used (its units)
     floors: dict[str, float] = field(default_factory=lambda: {"gpu_util": 3.0, "power_w": 15.0, "sm_clock_mhz": 50.0})
 
@@ -48,9 +49,13 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
         # (job, metric) -> window_end -> gpu_uuid -> quantiles
         self._pending: dict[tuple[str, str], dict[int, dict[str, GpuQuantiles]]] = {}
         self._tracks: dict[tuple[str, str], _Track] = {}
+        self._window = WindowChoice(self.config.window)
 
     def observe(self, event: Event) -> list[Event]:
-        if not isinstance(event, GpuQuantiles) or event.job_id is None or event.metric not in self.config.floors:
+        if (
+            not isinstance(event, GpuQuantiles) or event.job_id is None or event.metric not in self.config.floors
+            or not self._window.accepts(event)
+        ):
             return []
         windows = self._pending.setdefault((event.job_id, event.metric), {})
         windows.setdefault(event.window_end, {})[event.gpu_uuid] = event

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from schemas.events import Anomaly, Event, GpuQuantiles
-from streams.detectors import Detector, anomaly_id
+from streams.detectors import Detector, WindowChoice, anomaly_id
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class GpuUnderusedConfig:
     fire_after: int = 1
     resolve_after: int = 1
     metric: str = "gpu_util"
+    window: str | None = None  # None: the shortest sliding window
 
 
 @dataclass
@@ -40,9 +41,10 @@ class GpuUnderusedDetector(Detector[GpuUnderusedConfig]):
     def __init__(self, config: GpuUnderusedConfig | None = None) -> None:
         super().__init__(config)
         self._tracks: dict[str, _Track] = {}
+        self._window = WindowChoice(self.config.window)
 
     def observe(self, event: Event) -> list[Event]:
-        if not isinstance(event, GpuQuantiles) or event.metric != self.config.metric:
+        if not isinstance(event, GpuQuantiles) or event.metric != self.config.metric or not self._window.accepts(event):
             return []
         cfg = self.config
         track = self._tracks.setdefault(event.gpu_uuid, _Track())

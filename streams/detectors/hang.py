@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from schemas.events import Anomaly, Event, GpuQuantiles, StepMetric
-from streams.detectors import Detector, anomaly_id
+from streams.detectors import Detector, WindowChoice, anomaly_id
 
 
 @dataclass(frozen=True)
 class HangConfig:
     idle_pct: float = 5.0
     steps_silent_s: float = 120.0
+    window: str | None = None  # None: the shortest sliding window
 
 
 @dataclass
@@ -38,6 +39,7 @@ class HangDetector(Detector[HangConfig]):
     def __init__(self, config: HangConfig | None = None) -> None:
         super().__init__(config)
         self._jobs: dict[str, _Job] = {}
+        self._window = WindowChoice(self.config.window)
 
     def observe(self, event: Event) -> list[Event]:
         if isinstance(event, StepMetric):
@@ -47,7 +49,10 @@ class HangDetector(Detector[HangConfig]):
             if job.open_id is not None:
                 return [self._anomaly(event.job_id, job, "resolved", event.ts, f"step {event.step} completed")]
             return []
-        if not isinstance(event, GpuQuantiles) or event.metric != "gpu_util" or event.job_id is None:
+        if (
+            not isinstance(event, GpuQuantiles) or event.metric != "gpu_util" or event.job_id is None
+            or not self._window.accepts(event)
+        ):
             return []
         job = self._jobs.get(event.job_id)
         if job is None or job.last_step_ms == 0:  # no step client: cannot tell a hang from idling

@@ -48,7 +48,7 @@ def test_bad_messages_land_in_dead_letters_and_good_ones_are_stored(pipeline: Pi
     k += 1
     assert producer.flush(30) == 0
 
-    worker = pipeline.start("worker", "worker", "--window", "10", "--hop", "5")
+    worker = pipeline.start("worker", "worker", "--windows", "10s/5s")
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     try:
         pipeline.wait_caught_up("worker", ["gpu.samples.raw"])

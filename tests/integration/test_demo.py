@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
 
 def test_demo_prints_table_with_idle_gpu_flagged(pipeline: Pipeline) -> None:
-    result = pipeline.run("demo", "--duration", "40", "--speed", "4", "--window", "10", "--hop", "5",
+    result = pipeline.run("demo", "--duration", "40", "--speed", "4", "--windows", "10s/5s",
                           "--nodes", "2", "--gpus", "4", timeout=240)
     out = result.stdout
     assert "GPU utilisation per GPU" in out and "Anomalies" in out

@@ -15,7 +15,7 @@ IDLE_NODE, IDLE_GPU = 1, 2
 
 
 def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
-    worker = pipeline.start("worker", "worker", "--window", "10", "--hop", "5")
+    worker = pipeline.start("worker", "worker", "--windows", "10s/5s", "--since-start-every", "20s")
     sink = pipeline.start("sink", "sink", "--batch-age", "0.5")
     try:
         agent = pipeline.run(
@@ -62,3 +62,28 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
     assert [o["subject"] for o in outliers] == [idle_uuid]
     other = pipeline.sql("SELECT count() AS n FROM anomalies FINAL WHERE kind NOT IN ('gpu_underused', 'gpu_outlier')")
     assert other == [{"n": 0}]
+
+    # since-start: each GPU's latest view covers every sample it had up to then, within 1% rank error
+    from tests.conftest import rank_error_ok, samples_by_gpu
+
+    by_gpu = samples_by_gpu(pipeline)
+    since = pipeline.sql(
+        "SELECT gpu_uuid, job_id, toUnixTimestamp64Milli(window_end) AS e, count, p25, p50, p95 FROM gpu_quantiles FINAL "
+        "WHERE metric = 'gpu_util' AND window = 'since_start' ORDER BY window_end DESC LIMIT 1 BY gpu_uuid"
+    )
+    assert len(since) == NODES * GPUS and {s["job_id"] for s in since} == {"sim-job-0"}
+    for s in since:
+        values = [v for t, v in by_gpu[s["gpu_uuid"]] if t < s["e"]]
+        assert s["count"] == len(values) >= 40
+        assert all(rank_error_ok(values, q, s[n]) for q, n in ((0.25, "p25"), (0.5, "p50"), (0.95, "p95")))
+
+    # the job's quantiles are the merge of its GPUs' sketches: the same as over all its samples
+    job = pipeline.sql(
+        "SELECT gpus, count, p25, p50, p95, toUnixTimestamp64Milli(window_end) AS e FROM job_quantiles FINAL "
+        "WHERE job_id = 'sim-job-0' AND metric = 'gpu_util' AND window = 'since_start' ORDER BY window_end DESC LIMIT 1"
+    )[0]
+    values = [v for series in by_gpu.values() for t, v in series if t < job["e"]]
+    assert job["gpus"] == NODES * GPUS and job["count"] == len(values)
+    assert all(rank_error_ok(values, q, job[n]) for q, n in ((0.25, "p25"), (0.5, "p50"), (0.95, "p95")))
+    windows = pipeline.sql("SELECT DISTINCT window FROM job_quantiles WHERE metric = 'gpu_util' ORDER BY window")
+    assert [w["window"] for w in windows] == ["10s", "since_start"]

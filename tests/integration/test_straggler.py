@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
 
 def test_slow_rank_is_flagged(pipeline: Pipeline) -> None:
-    worker = pipeline.start("worker", "worker", "--window", "10", "--hop", "5")
+    worker = pipeline.start("worker", "worker", "--windows", "10s/5s")
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     try:
         settings = load(pipeline.env)

@@ -1,4 +1,5 @@
-"""The Faust worker SIGKILLed mid-incident and restarted: no window lost, no incident doubled."""
+"""The Faust worker SIGKILLed mid-incident and restarted: no window lost, no incident doubled,
+the since-start quantiles carry on from the checkpoints."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from hpcinsight.topics import message_count
-from tests.conftest import Pipeline, check_windows_against_numpy, samples_by_gpu, stop
+from tests.conftest import Pipeline, check_windows_against_numpy, rank_error_ok, samples_by_gpu, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
 NODES, GPUS, TICKS, WINDOW_S, HOP_S = 2, 4, 80, 4, 2
 SPEED = 2  # sample time runs twice as fast as Kafka's clock
-# The restart replays window + 2 hops (8 s of Kafka time = 16 s of sample time) of samples. The
-# idle incident starts at 10 s and the kill comes after 32 s of sample time, so the replay
-# cannot see the onset: the incident must come back from the anomalies topic.
+# Series checkpoint every 10 s of sample time; the restart restores them and replays the raw
+# samples from 1 s (Kafka time) before the oldest checkpoint, so the since-start view must come from
+# the checkpoints: the replay alone cannot count the samples before it. The idle incident starts at
+# 10 s and the kill comes after 32 s of sample time, so the replay cannot see the onset: the
+# incident must come back from the anomalies topic.
 IDLE = "1:2@10-56"
 KILL_AFTER_S = 32 / SPEED
 
@@ -34,7 +37,8 @@ def committed(pipeline: Pipeline, group: str, topic: str) -> int:
 
 
 def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline) -> None:
-    worker_args = ("worker", "--window", str(WINDOW_S), "--hop", str(HOP_S))
+    worker_args = ("worker", "--windows", f"{WINDOW_S}s/{HOP_S}s,20s/10s", "--since-start-every", "10s",
+                   "--checkpoint-every", "10s", "--replay-margin", "1s")
     worker = pipeline.start("worker-1", *worker_args)
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     agent = pipeline.start("agent", "agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS),
@@ -59,13 +63,14 @@ def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline) -> No
         stop(agent)
         stop(worker)
         assert stop(sink) == 0, pipeline.log("sink")
-    assert "rebuilt window state" in pipeline.log("worker-2"), pipeline.log("worker-2")
+    assert f"restored {NODES * GPUS * 3} series" in pipeline.log("worker-2"), pipeline.log("worker-2")
 
     # replays of the at-least-once worker collapse on the tables' keys: FINAL sees each sample once
     counts = pipeline.sql("SELECT count() AS n, uniqExact(gpu_uuid, ts) AS distinct_n FROM gpu_samples FINAL")[0]
     assert counts == {"n": produced["records"], "distinct_n": produced["records"]}
 
-    ends = check_windows_against_numpy(pipeline, samples_per_window=WINDOW_S)
+    ends = check_windows_against_numpy(pipeline, samples_per_window=WINDOW_S, window=f"{WINDOW_S}s")
+    check_windows_against_numpy(pipeline, samples_per_window=20, window="20s")
     by_gpu = samples_by_gpu(pipeline)
     assert len(ends) == NODES * GPUS
     for gpu, series in ends.items():
@@ -77,3 +82,14 @@ def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline) -> No
     anomalies = pipeline.sql("SELECT id, state FROM anomalies FINAL WHERE kind = 'gpu_underused' ORDER BY ts, state")
     assert [a["state"] for a in anomalies] == ["firing", "resolved"], anomalies
     assert anomalies[0]["id"] == anomalies[1]["id"]
+
+    # every since-start view counts every sample of its GPU before its end, across the restart
+    since = pipeline.sql(
+        "SELECT gpu_uuid, toUnixTimestamp64Milli(window_end) AS e, count, p50 FROM gpu_quantiles FINAL "
+        "WHERE metric = 'gpu_util' AND window = 'since_start' ORDER BY gpu_uuid, e"
+    )
+    assert len(since) >= NODES * GPUS * 6
+    for s in since:
+        values = [v for t, v in by_gpu[s["gpu_uuid"]] if t < s["e"]]
+        assert s["count"] == len(values), s
+        assert rank_error_ok(values, 0.5, s["p50"])

@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
 
 def test_injected_xid_raises_a_decoded_gpu_fault(pipeline: Pipeline) -> None:
-    worker = pipeline.start("worker", "worker", "--window", "10", "--hop", "5")
+    worker = pipeline.start("worker", "worker", "--windows", "10s/5s")
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     try:
         pipeline.run("agent", "--backend", "sim", "--nodes", "2", "--gpus", "4", "--ticks", "40", "--speed", "10",

@@ -1,0 +1,97 @@
+"""The job stage: a job's quantiles are the merge of its GPUs' sketches.
+
+The per-GPU stage runs where the GPU's node is partitioned; a job spans nodes, so each GPU sends
+its closed window sketches (:class:`GpuSketch`) keyed by job, and this stage, partitioned by job,
+merges the sketches of one ``(job, metric, window, window_end)``. It emits the job's
+:class:`JobQuantiles` as soon as every GPU that reported the previous window has reported this one,
+or, for a GPU that went away (node lost, job shrank), once a sketch at least ``grace_ms`` newer
+arrives for the job. A sketch for a window already emitted is counted in ``late`` and dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.events import GpuSketch, JobQuantiles
+from streams.sketches import QuantileSketch
+
+
+@dataclass(frozen=True)
+class JobStageConfig:
+    grace_ms: int = 20_000
+    idle_forget_ms: int = 2 * 3_600_000  # a job silent this long (event time) is forgotten
+
+
+@dataclass
+class _Pending:
+    sketches: dict[str, GpuSketch] = field(default_factory=dict)
+
+
+@dataclass
+class _Series:
+    pending: dict[int, _Pending] = field(default_factory=dict)  # window_end -> GPUs so far
+    expected: frozenset[str] = frozenset()  # GPUs of the last emitted window
+    emitted_to: int = 0
+    newest: int = 0
+
+
+class JobMerger:
+    def __init__(self, config: JobStageConfig | None = None) -> None:
+        self.config = config or JobStageConfig()
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        # (job, metric) -> GPUs of its latest emitted window of any kind: a new window kind (the
+        # first since-start view, the first hour) need not wait out the grace period to know them
+        self._gpus_of: dict[tuple[str, str], frozenset[str]] = {}
+        self.late = 0
+        self._newest = 0
+
+    def add(self, sketch: GpuSketch) -> list[JobQuantiles]:
+        key = (sketch.job_id, sketch.metric, sketch.window)
+        series = self._series.setdefault(key, _Series())
+        end = sketch.window_end
+        if end <= series.emitted_to:
+            self.late += 1
+            return []
+        series.pending.setdefault(end, _Pending()).sketches[sketch.gpu_uuid] = sketch  # a replay overwrites
+        series.newest = max(series.newest, end)
+        out: list[JobQuantiles] = []
+        for e in sorted(series.pending):
+            got = series.pending[e].sketches
+            expected = series.expected or self._gpus_of.get((sketch.job_id, sketch.metric), frozenset())
+            complete = bool(expected) and expected <= got.keys()
+            overdue = series.newest - e >= self.config.grace_ms
+            if not (complete or overdue):
+                break  # windows go out in order
+            out.append(self._emit(series, e))
+        if sketch.window_end > self._newest:
+            self._newest = sketch.window_end
+            self._forget_idle()
+        return out
+
+    def _emit(self, series: _Series, end: int) -> JobQuantiles:
+        pending = series.pending.pop(end)
+        parts = list(pending.sketches.values())
+        merged = QuantileSketch.merged(QuantileSketch.from_bytes(p.sketch) for p in parts)
+        q = merged.quantiles()
+        assert q is not None
+        count, total = sum(p.count for p in parts), sum(p.sum for p in parts)
+        series.expected, series.emitted_to = frozenset(pending.sketches), end
+        first = parts[0]
+        self._gpus_of[(first.job_id, first.metric)] = series.expected
+        return JobQuantiles(
+            job_id=first.job_id, metric=first.metric, window=first.window,
+            window_start=min(p.window_start for p in parts), window_end=end,
+            gpus=len(parts), count=count, p25=q[0], p50=q[1], p95=q[2], mean=total / count if count else 0.0,
+            user=first.user, team=first.team, priority=first.priority,
+        )
+
+    def _forget_idle(self) -> None:
+        horizon = self._newest - self.config.idle_forget_ms
+        for key in [k for k, s in self._series.items() if s.newest < horizon]:
+            del self._series[key]
+            self._gpus_of.pop(key[:2], None)
+
+    def forget(self) -> None:
+        """Drop all state (the partitions it came from are being rebuilt by a replay)."""
+        self._series.clear()
+        self._gpus_of.clear()

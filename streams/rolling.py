@@ -1,0 +1,289 @@
+"""Rolling quantiles of one GPU metric: sliding windows and since-job-start, on KLL sketches.
+
+Every series (one GPU, one metric) keeps the raw values of its open *base panes* (``base_ms``
+long, 10 s by default) and nothing else raw. When event time passes a base pane's end (plus the
+allowed lateness), the pane's values go, in one vectorised update each, into:
+
+* the pane sketch of every sliding window (a window of ``size`` sliding by ``hop`` is the merge of
+  its ``size / hop`` hop-long pane sketches; KLL sketches merge but cannot subtract, so panes are
+  how a window slides);
+* the since-start sketch of the job that holds the GPU (reset when another job takes it).
+
+A window ``[end - size, end)`` is emitted when its last base pane closes, if the series covers it
+entirely (a GPU that just appeared is not judged on a partial window). The since-start view is
+emitted at every multiple of ``since_start_every_ms`` and when the job changes.
+
+Lateness: a sample is used while its base pane is still open, i.e. up to ``lateness_ms`` after the
+pane's end as seen by the newest sample of the series; an older one is counted in ``late`` and
+dropped (every window it belonged to is already out).
+
+Memory per series is bounded by the panes: with the default windows (1 min by 10 s, 5 min by
+1 min, 1 h by 15 min) the largest, the hour, holds four pane sketches of at most ~1.9 KB each.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+
+from streams.sketches import QuantileSketch
+from streams.windows import WindowSpec
+
+DEFAULT_WINDOWS: tuple[WindowSpec, ...] = (
+    WindowSpec(60_000, 10_000),
+    WindowSpec(300_000, 60_000),
+    WindowSpec(3_600_000, 900_000),
+)
+SINCE_START = "since_start"
+
+
+@dataclass(frozen=True)
+class RollingConfig:
+    windows: tuple[WindowSpec, ...] = DEFAULT_WINDOWS
+    base_ms: int = 10_000
+    lateness_ms: int = 2_000
+    since_start_every_ms: int = 60_000
+
+    def __post_init__(self) -> None:
+        if self.base_ms <= 0 or self.lateness_ms < 0 or self.since_start_every_ms <= 0:
+            raise ValueError("base pane and since-start period must be positive, lateness >= 0")
+        for w in self.windows:
+            if w.hop_ms % self.base_ms:
+                raise ValueError(f"window {w.label}: its hop must be a multiple of the base pane ({self.base_ms} ms)")
+        if self.since_start_every_ms % self.base_ms:
+            raise ValueError("the since-start period must be a multiple of the base pane")
+        if len({w.label for w in self.windows}) != len(self.windows):
+            raise ValueError("two windows with the same label")
+
+
+@dataclass
+class Summary:
+    """A sketch with the exact count and sum beside it (the mean is exact, the quantiles KLL)."""
+
+    sketch: QuantileSketch = field(default_factory=QuantileSketch)
+    count: int = 0
+    total: float = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        self.sketch.update(values)
+        self.count += int(values.size)
+        self.total += float(values.sum(dtype=np.float64))
+
+    def merge(self, other: Summary) -> None:
+        self.sketch.merge(other.sketch)
+        self.count += other.count
+        self.total += other.total
+
+    def to_state(self) -> tuple[bytes, int, float]:
+        return self.sketch.to_bytes(), self.count, self.total
+
+    @classmethod
+    def from_state(cls, state: tuple[bytes, int, float]) -> Summary:
+        return cls(QuantileSketch.from_bytes(state[0]), state[1], state[2])
+
+
+@dataclass(frozen=True)
+class Closed:
+    """One window (or since-start view) ready to be emitted: a snapshot, later samples don't change it."""
+
+    window: str
+    start_ms: int
+    end_ms: int
+    job_id: str | None
+    count: int
+    total: float
+    p25: float
+    p50: float
+    p95: float
+    sketch: bytes  # serialised KLL, for the job stage to merge
+
+    @classmethod
+    def of(cls, window: str, start_ms: int, end_ms: int, job_id: str | None, summary: Summary) -> Closed:
+        q = summary.sketch.quantiles()
+        assert q is not None and summary.count, "an empty window is never emitted"
+        return cls(window, start_ms, end_ms, job_id, summary.count, summary.total, q[0], q[1], q[2], summary.sketch.to_bytes())
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count
+
+    def quantiles(self) -> tuple[float, float, float, float]:
+        return self.p25, self.p50, self.p95, self.mean
+
+
+class _Window:
+    """The closed hop panes of one sliding window, and the one being filled."""
+
+    __slots__ = ("spec", "panes", "filling", "filling_start")
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+        self.panes: deque[tuple[int, Summary]] = deque()
+        self.filling: Summary | None = None
+        self.filling_start = 0
+
+
+class SeriesState(msgspec.Struct, array_like=True):
+    """What a series needs to continue after a restart (see :meth:`RollingSeries.checkpoint`)."""
+
+    first_ms: int
+    closed_to: int
+    job_id: str | None
+    job_start: int
+    since_sent_to: int
+    since: tuple[bytes, int, float] | None
+    windows: list[tuple[list[tuple[int, tuple[bytes, int, float]]], int, tuple[bytes, int, float] | None]]
+
+
+class RollingSeries:
+    """Rolling quantiles of one metric of one GPU."""
+
+    def __init__(self, config: RollingConfig) -> None:
+        self.config = config
+        self._windows = [_Window(w) for w in config.windows]
+        self._open: dict[int, tuple[list[float], str | None]] = {}  # base pane start -> values, job
+        self._closed_to: int | None = None  # every base pane ending at or before this is closed
+        self._first_ms: int | None = None
+        self._max_ts = -1
+        self._job: str | None = None
+        self._job_start = 0
+        self._since: Summary | None = None
+        self._since_sent_to = 0  # end of the last since-start view emitted
+        self.late = 0
+
+    # -- input ------------------------------------------------------------------------------
+
+    def add(self, ts_ms: int, value: float | None, job_id: str | None) -> list[Closed]:
+        """Take one sample; return the windows and since-start views it completes."""
+        base = self.config.base_ms
+        pane = ts_ms - ts_ms % base
+        if self._closed_to is None:
+            self._closed_to = pane
+            self._first_ms = ts_ms
+        if pane < self._closed_to:
+            self.late += 1
+            return []
+        out: list[Closed] = []
+        if ts_ms - self._max_ts > max(w.size_ms for w in self.config.windows) and self._max_ts >= 0:
+            out.extend(self._close_until(self._max_ts + self.config.lateness_ms + base))
+            self._restart(pane, ts_ms)  # a long silence: start over, emit no empty windows
+        self._max_ts = max(self._max_ts, ts_ms)
+        if value is not None:
+            values, job = self._open.setdefault(pane, ([], job_id))
+            values.append(value)
+            if job != job_id:  # the GPU changed hands inside a pane: the newest job wins
+                self._open[pane] = (values, job_id)
+        out.extend(self._close_until(self._max_ts - self.config.lateness_ms))
+        return out
+
+    def _restart(self, pane: int, ts_ms: int) -> None:
+        self._windows = [_Window(w) for w in self.config.windows]
+        self._open.clear()
+        self._closed_to, self._first_ms = pane, ts_ms
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def _close_until(self, watermark: int) -> list[Closed]:
+        out: list[Closed] = []
+        base = self.config.base_ms
+        assert self._closed_to is not None
+        while self._closed_to + base <= watermark:
+            start = self._closed_to
+            values, job = self._open.pop(start, ([], None))
+            out.extend(self._close_pane(start, np.asarray(values, dtype=np.float32), job))
+            self._closed_to = start + base
+        return out
+
+    def _close_pane(self, start: int, values: np.ndarray, job: str | None) -> list[Closed]:
+        end = start + self.config.base_ms
+        out: list[Closed] = []
+        if values.size:
+            if self._since is None or job != self._job:
+                if self._since is not None and self._since.count and self._since_sent_to < start:
+                    out.append(Closed.of(SINCE_START, self._job_start, start, self._job, self._since))
+                self._job, self._job_start, self._since = job, start, Summary()
+            self._since.add(values)
+        assert self._first_ms is not None
+        for w in self._windows:
+            spec = w.spec
+            if values.size:
+                if w.filling is None:
+                    w.filling, w.filling_start = Summary(), start - start % spec.hop_ms
+                w.filling.add(values)
+            if end % spec.hop_ms == 0:
+                if w.filling is not None:
+                    w.panes.append((w.filling_start, w.filling))
+                    w.filling = None
+                while w.panes and w.panes[0][0] < end - spec.size_ms:
+                    w.panes.popleft()
+                if w.panes and end - spec.size_ms >= self._first_ms:
+                    merged = Summary()
+                    for _, summary in w.panes:
+                        merged.merge(summary)
+                    if merged.count:
+                        out.append(Closed.of(spec.label, end - spec.size_ms, end, self._job, merged))
+                # the oldest pane is in no later window: free it now, not at the next close
+                while w.panes and w.panes[0][0] < end - spec.size_ms + spec.hop_ms:
+                    w.panes.popleft()
+        if self._since is not None and self._since.count and end % self.config.since_start_every_ms == 0:
+            out.append(Closed.of(SINCE_START, self._job_start, end, self._job, self._since))
+            self._since_sent_to = end
+        return out
+
+    # -- restart ----------------------------------------------------------------------------
+
+    def checkpoint(self) -> bytes:
+        """Everything closed so far (open base panes excluded: replay restores those)."""
+        assert self._closed_to is not None and self._first_ms is not None
+        state = SeriesState(
+            first_ms=self._first_ms,
+            closed_to=self._closed_to,
+            job_id=self._job,
+            job_start=self._job_start,
+            since_sent_to=self._since_sent_to,
+            since=self._since.to_state() if self._since is not None else None,
+            windows=[
+                ([(s, p.to_state()) for s, p in w.panes], w.filling_start, w.filling.to_state() if w.filling else None)
+                for w in self._windows
+            ],
+        )
+        return msgspec.msgpack.encode(state)
+
+    @classmethod
+    def from_checkpoint(cls, config: RollingConfig, data: bytes) -> RollingSeries:
+        state = msgspec.msgpack.decode(data, type=SeriesState)
+        series = cls(config)
+        if len(state.windows) != len(series._windows):
+            raise ValueError("checkpoint was taken with other windows")
+        series._first_ms, series._closed_to = state.first_ms, state.closed_to
+        series._max_ts = state.closed_to - 1
+        series._job, series._job_start, series._since_sent_to = state.job_id, state.job_start, state.since_sent_to
+        series._since = Summary.from_state(state.since) if state.since else None
+        for w, (panes, filling_start, filling) in zip(series._windows, state.windows):
+            w.panes = deque((s, Summary.from_state(p)) for s, p in panes)
+            w.filling_start = filling_start
+            w.filling = Summary.from_state(filling) if filling else None
+        return series
+
+    @property
+    def closed_to(self) -> int | None:
+        return self._closed_to
+
+    def memory_bytes(self) -> int:
+        """Serialised size of the sketches this series holds (the part that grows with time)."""
+        total = 0
+        for w in self._windows:
+            total += sum(len(p.sketch.to_bytes()) for _, p in w.panes)
+            total += len(w.filling.sketch.to_bytes()) if w.filling else 0
+        return total + (len(self._since.sketch.to_bytes()) if self._since else 0)
+
+    def window_memory_bytes(self) -> dict[str, int]:
+        """Serialised sketch bytes held for each sliding window."""
+        return {
+            w.spec.label: sum(len(p.sketch.to_bytes()) for _, p in w.panes)
+            + (len(w.filling.sketch.to_bytes()) if w.filling else 0)
+            for w in self._windows
+        }

@@ -1,0 +1,69 @@
+"""The job stage merges GPU sketches into job quantiles: equal to one sketch over all the values."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.events import GpuSketch
+from streams.jobs import JobMerger, JobStageConfig
+from streams.sketches import QuantileSketch
+
+T0 = 1_750_000_000_000
+
+
+def gpu_sketch(gpu: str, end: int, values: np.ndarray, job: str = "j1", window: str = "1m") -> GpuSketch:
+    s = QuantileSketch()
+    s.update(values)
+    return GpuSketch(job, "n0", gpu, "gpu_util", window, T0 + end - 60_000, T0 + end, int(values.size),
+                     float(values.astype(np.float64).sum()), s.to_bytes(), user="alice", team="nlp")
+
+
+def test_job_quantiles_are_the_merge_of_all_gpus() -> None:
+    rng = np.random.default_rng(0)
+    merger = JobMerger()
+    values = {f"GPU-{i}": rng.uniform(0, 100, 60).astype(np.float32) for i in range(8)}
+    values["GPU-7"][:] = 0.0  # one idle GPU pulls the job's p25 down
+    out = []
+    for gpu, v in values.items():
+        out += merger.add(gpu_sketch(gpu, 60_000, v))
+    assert out == []  # the first window's GPU set is unknown: it waits for the grace period
+    for gpu, v in values.items():
+        out += merger.add(gpu_sketch(gpu, 80_000, v))
+    # 60 s is released by sketches 20 s newer; then the job's GPU set is known and 80 s is complete
+    assert [q.window_end - T0 for q in out] == [60_000, 80_000]
+    for gpu, v in list(values.items())[:-1]:
+        out += merger.add(gpu_sketch(gpu, 90_000, v))
+    assert len(out) == 2  # waiting for GPU-7
+    out += merger.add(gpu_sketch("GPU-7", 90_000, values["GPU-7"]))  # the last expected GPU: emitted at once
+    assert [q.window_end - T0 for q in out] == [60_000, 80_000, 90_000]
+    everything = np.concatenate(list(values.values()))
+    q = out[0]
+    assert (q.gpus, q.count, q.user, q.team) == (8, everything.size, "alice", "nlp")
+    assert abs(q.mean - float(everything.astype(np.float64).mean())) < 1e-9
+    for rank, v in ((0.25, q.p25), (0.5, q.p50), (0.95, q.p95)):
+        lo, hi = np.mean(everything < v), np.mean(everything <= v)
+        assert lo - 0.01 <= rank <= hi + 0.01
+
+
+def test_late_and_replayed_sketches() -> None:
+    merger = JobMerger(JobStageConfig(grace_ms=10_000))
+    v = np.full(10, 50.0, dtype=np.float32)
+    assert merger.add(gpu_sketch("A", 10_000, v)) == []
+    assert merger.add(gpu_sketch("A", 10_000, v)) == []  # a replayed duplicate replaces, never adds
+    assert merger.add(gpu_sketch("A", 15_000, v)) == []  # 10 s is not overdue yet
+    out = merger.add(gpu_sketch("A", 20_000, v))
+    assert [(q.window_end - T0, q.count) for q in out] == [(10_000, 10), (15_000, 10), (20_000, 10)]
+    assert merger.add(gpu_sketch("B", 10_000, v)) == [] and merger.late == 1
+
+
+def test_a_new_window_kind_knows_the_jobs_gpus_from_the_others() -> None:
+    merger = JobMerger()
+    v = np.full(10, 50.0, dtype=np.float32)
+    out = []
+    for end in (10_000, 20_000, 30_000):
+        for gpu in ("A", "B"):
+            out += merger.add(gpu_sketch(gpu, end, v))
+    assert [q.window_end - T0 for q in out] == [10_000, 20_000, 30_000]
+    since = merger.add(gpu_sketch("A", 30_000, v, window="since_start"))
+    since += merger.add(gpu_sketch("B", 30_000, v, window="since_start"))
+    assert [(q.window, q.gpus) for q in since] == [("since_start", 2)]  # no grace period to wait out
