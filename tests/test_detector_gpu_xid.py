@@ -51,5 +51,21 @@ def test_open_incidents_come_back_after_a_restart() -> None:
     assert resolved.id == firing.id
 
 
+def test_common_codes_are_decoded_with_the_action_nvidia_recommends() -> None:
+    from streams.detectors.gpu_xid import XIDS
+
+    assert {13, 31, 43, 45, 48, 61, 62, 63, 64, 74, 79, 92, 94, 95} <= set(XIDS)
+    drain = {code for code, m in XIDS.items() if m.drain}
+    assert {48, 61, 62, 64, 74, 79, 95, 119, 120}.issubset(drain)
+    assert not drain & {8, 13, 31, 43, 45, 63, 92, 94}  # application errors and recorded repairs
+    det = GpuXidDetector()
+    (remap,) = det.observe(xid(0, 63))
+    assert remap.severity == "warning" and "reset the GPU when its job ends" in remap.message
+    (contained,) = det.observe(xid(0, 94))
+    assert "restart the affected job" in contained.message
+    (unknown,) = det.observe(xid(0, 4242))
+    assert "unlisted XID" in unknown.message and unknown.severity == "warning"
+
+
 def test_discovered() -> None:
     assert GpuXidDetector in discover()

@@ -5,7 +5,9 @@ GPU and XID code: it fires on the first occurrence and resolves after ``quiet_s`
 time without that code on that GPU. The detector tells time by the per-GPU quantile windows
 that arrive regularly, so an incident resolves even though no further XID comes. Codes that
 mean the GPU cannot be trusted any more (fallen off the bus, uncorrectable or uncontained ECC,
-micro-controller halt, GSP failure) are critical and say the node should be drained.
+micro-controller halt or breakpoint, GSP failure) are critical and say the node should be drained;
+the others are warnings whose message says what to do instead (restart the job, reset the GPU
+when it is free for a recorded row remap, watch a high single-bit error rate).
 """
 
 from __future__ import annotations
@@ -20,31 +22,44 @@ from streams.detectors import Detector, anomaly_id
 class XidMeaning:
     meaning: str
     drain: bool
+    #: what to do, where "drain the node" / "check the job" would mislead (e.g. a recorded row remap)
+    action: str | None = None
 
     @property
     def severity(self) -> str:
         return "critical" if self.drain else "warning"
 
+    @property
+    def advice(self) -> str:
+        return self.action or ("drain the node" if self.drain else "check the job")
 
-# Facts from NVIDIA's XID catalogue: what each common code means and whether the node needs draining.
+
+# Facts from NVIDIA's XID catalogue and GPU debug guidelines: what each common code means and whether
+# the node needs draining (the GPU must be reset or replaced) or only the job needs attention.
 XIDS: dict[int, XidMeaning] = {
-    8: XidMeaning("GPU stopped responding (timeout)", True),
+    # the catalogue's immediate action for 8 is to restart the application, not to reset the GPU
+    8: XidMeaning("GPU stopped processing (channel idle timeout)", False),
     13: XidMeaning("graphics engine exception (usually the application)", False),
     31: XidMeaning("GPU memory page fault (usually the application)", False),
     32: XidMeaning("invalid or corrupted push buffer stream", False),
     38: XidMeaning("driver firmware error", True),
     43: XidMeaning("GPU stopped processing (usually the application)", False),
-    45: XidMeaning("preemptive cleanup after earlier errors", False),
+    45: XidMeaning("preemptive cleanup after earlier errors", False,
+                   "usually follows another XID or a killed process; look at what preceded it"),
     48: XidMeaning("double-bit ECC error", True),
-    61: XidMeaning("internal micro-controller breakpoint/warning", False),
+    # NVIDIA's debug guidelines: reset the GPU that reported 61 (and report it if it recurs)
+    61: XidMeaning("internal micro-controller breakpoint/warning", True),
     62: XidMeaning("internal micro-controller halt", True),
-    63: XidMeaning("ECC page retirement or row remapping recorded", False),
+    63: XidMeaning("ECC page retirement or row remapping recorded", False,
+                   "reset the GPU when its job ends for the repair to take effect"),
     64: XidMeaning("ECC page retirement or row remapping failed", True),
     69: XidMeaning("graphics engine class error", False),
     74: XidMeaning("NVLink error", True),
     79: XidMeaning("GPU has fallen off the bus", True),
-    92: XidMeaning("high single-bit ECC error rate", False),
-    94: XidMeaning("contained ECC error (the application was affected)", False),
+    92: XidMeaning("high single-bit ECC error rate", False,
+                   "watch the GPU's ECC counts and plan its replacement if the rate persists"),
+    94: XidMeaning("contained ECC error (the application was affected)", False,
+                   "restart the affected job (other jobs are unharmed) and reset the GPU when convenient"),
     95: XidMeaning("uncontained ECC error", True),
     109: XidMeaning("context switch timeout", False),
     119: XidMeaning("GSP RPC timeout", True),
@@ -114,9 +129,8 @@ class GpuXidDetector(Detector[GpuXidConfig]):
 
     def _anomaly(self, gpu_uuid: str, xid: int, incident: _Incident, state: str, ts: int) -> Anomaly:
         meaning = XIDS.get(xid, UNKNOWN)
-        action = "drain the node" if meaning.drain else "check the job"
         if state == "firing":
-            message = f"XID {xid} on GPU {incident.gpu_index} of {incident.node}: {meaning.meaning}; {action}"
+            message = f"XID {xid} on GPU {incident.gpu_index} of {incident.node}: {meaning.meaning}; {meaning.advice}"
         else:
             message = f"XID {xid} on GPU {incident.gpu_index} of {incident.node}: quiet for {self.config.quiet_s:g} s after {incident.count} occurrence(s)"
         return Anomaly(

@@ -1,0 +1,366 @@
+"""GPU hardware health from the raw NVML samples: memory errors, row remapping, throttling, stuck clocks.
+
+Each condition is its own incident per GPU (subject ``<gpu_uuid>/<condition>``), so a GPU that
+is both hot and has a pending row remap raises two incidents that fire and resolve on their own:
+
+``ecc_uncorrectable`` (critical)
+    The cumulative volatile uncorrected ECC count went up since the GPU's previous sample. The
+    job on it has most likely lost data. A count that goes *down* is a driver reload or GPU
+    reset: the detector takes the new value as its baseline and says nothing. Resolves once the
+    count has stayed put for ``ecc_quiet_s`` of event time.
+``row_remap_pending`` (warning)
+    ``remapped_rows_pending`` (Ampere+) or ``retired_pages_pending`` (older GPUs): the memory
+    repair is recorded but only takes effect after a GPU reset. Resolves when the flag clears.
+``row_remap_failure`` (critical)
+    ``remapped_rows_failure``: the GPU ran out of spare rows; it should be replaced.
+``thermal_throttle`` (warning) and ``power_throttle`` (info, warning with a power brake)
+    Over a sliding ``throttle_window_s`` of event time, the share of the *busy* samples
+    (``gpu_util >= throttle_busy_pct``) whose decoded reasons include a thermal reason
+    (``sw_thermal``, ``hw_thermal``) or a power reason (``sw_power_cap``, ``hw_power_brake``).
+    Idle samples are left out: an idle GPU reports ``sw_power_cap`` and that means nothing.
+    ``hw_slowdown`` alone is in neither set: it is a summary bit that newer drivers break down
+    into ``hw_thermal`` / ``hw_power_brake`` and that also flickers on P-state changes; a GPU
+    held at half clock by it alone is caught by ``clock_stuck_low``. A window is judged once
+    its busy samples span half of it (and number ``throttle_min_samples``), so the first
+    seconds of a job, which commonly hit the power cap, are not a verdict. Fires above
+    ``throttle_share``, resolves below half of it (hysteresis: one incident per episode).
+    A GPU at its power cap under full load is working as designed, hence ``info`` unless an
+    external power brake (``hw_power_brake``) was seen, which points at the node's power supply.
+``clock_stuck_low`` (warning)
+    While busy (``gpu_util >= clock_busy_pct``), the SM clock stays below ``clock_low_ratio`` of
+    ``sm_clock_max_mhz`` for ``clock_low_s`` with no thermal, power or sync-boost reason to
+    explain it. Explained low samples are left to the throttle incidents (no double report).
+    ``applications_clocks`` is deliberately *not* an explanation: clocks locked low by a
+    previous user's ``nvidia-smi -lgc`` / ``-ac`` are exactly what this incident should catch.
+    Resolves after ``clock_low_s`` of busy samples at normal clocks.
+
+Samples whose value a condition needs is null (not supported, MIG instance, read error) are
+skipped for that condition only. A sample not newer than the GPU's previous one (redelivery,
+late arrival) is ignored: comparing counters out of order would invent ECC increases. Judged
+samples further apart than ``max_gap_s`` restart a clock run rather than bridging the gap.
+An idle GPU cannot show that its clocks or throttling are back to normal, so those incidents
+stay open while it idles. Memory is bounded: the throttle window holds at most
+``max_window_samples`` entries and a GPU not heard of for ``forget_after_s`` with nothing open
+is forgotten.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from schemas.events import Anomaly, Event, GpuSample
+from streams.detectors import Detector, anomaly_id
+
+THERMAL_REASONS = frozenset({"sw_thermal", "hw_thermal"})
+POWER_REASONS = frozenset({"sw_power_cap", "hw_power_brake"})
+#: reasons that account for a low SM clock: those are reported as throttling, not as stuck clocks
+EXPLAINING_REASONS = THERMAL_REASONS | POWER_REASONS | {"sync_boost"}
+
+ECC = "ecc_uncorrectable"
+REMAP_PENDING = "row_remap_pending"
+REMAP_FAILURE = "row_remap_failure"
+THERMAL = "thermal_throttle"
+POWER = "power_throttle"
+CLOCK = "clock_stuck_low"
+CONDITIONS = (ECC, REMAP_PENDING, REMAP_FAILURE, THERMAL, POWER, CLOCK)
+
+Severity = Literal["info", "warning", "critical"]
+State = Literal["firing", "resolved"]
+
+
+@dataclass(frozen=True)
+class GpuHealthConfig:
+    #: an ECC incident resolves after the uncorrected count stayed unchanged this long
+    ecc_quiet_s: float = 600.0
+    #: sliding event-time window over which throttled samples are counted
+    throttle_window_s: float = 60.0
+    #: share of busy samples with a thermal (or power) reason above which the GPU is throttled
+    throttle_share: float = 0.5
+    #: a sample is busy, hence judged for throttling, at or above this utilisation
+    throttle_busy_pct: float = 10.0
+    #: fewest busy samples in the window for a verdict
+    throttle_min_samples: int = 5
+    #: SM clock below this fraction of its maximum counts as low
+    clock_low_ratio: float = 0.6
+    #: how long clocks must stay low (and then normal again) to fire (and resolve)
+    clock_low_s: float = 60.0
+    #: a sample is busy enough to judge its clock at or above this utilisation
+    clock_busy_pct: float = 50.0
+    #: judged samples further apart than this restart a clock run
+    max_gap_s: float = 30.0
+    #: cap on the throttle window's entries (a burst of samples cannot grow it without bound)
+    max_window_samples: int = 1200
+    #: a GPU unseen this long with no open incident is forgotten
+    forget_after_s: float = 3600.0
+
+
+@dataclass
+class _Incident:
+    id: str
+    started_at: int
+    severity: Severity
+
+
+@dataclass
+class _Obs:
+    """One busy sample in the throttle window: when, and which reasons it carried."""
+
+    ts: int
+    reasons: frozenset[str]
+
+
+@dataclass
+class _Gpu:
+    node: str
+    gpu_index: int
+    last_ts: int = 0
+    job_id: str | None = None
+    open: dict[str, _Incident] = field(default_factory=dict)
+    ecc_prev: int | None = None
+    ecc_last_increase: int = 0
+    ecc_new: int = 0
+    window: deque[_Obs] = field(default_factory=deque)
+    clock_bad_since: int | None = None
+    clock_good_since: int | None = None
+    clock_last_judged: int | None = None
+
+
+class GpuHealthDetector(Detector[GpuHealthConfig]):
+    kind = "gpu_health"
+    inputs = (GpuSample,)
+    config_type = GpuHealthConfig
+
+    def __init__(self, config: GpuHealthConfig | None = None) -> None:
+        super().__init__(config)
+        self._gpus: dict[str, _Gpu] = {}
+        self._now = 0
+        self._last_sweep = 0
+
+    def observe(self, event: Event) -> list[Event]:
+        if not isinstance(event, GpuSample):
+            return []
+        gpu = self._gpus.get(event.gpu_uuid)
+        if gpu is None:
+            gpu = self._gpus[event.gpu_uuid] = _Gpu(event.node, event.gpu_index)
+        if event.ts <= gpu.last_ts:  # duplicate or late: out-of-order counters would lie
+            return []
+        gpu.node, gpu.gpu_index, gpu.last_ts, gpu.job_id = event.node, event.gpu_index, event.ts, event.job_id
+        out: list[Event] = []
+        out += self._ecc(event, gpu)
+        out += self._remap(event, gpu)
+        out += self._throttle(event, gpu)
+        out += self._clock(event, gpu)
+        self._sweep(event.ts)
+        return out
+
+    # --- conditions -----------------------------------------------------------------------
+    def _ecc(self, s: GpuSample, gpu: _Gpu) -> list[Event]:
+        out: list[Event] = []
+        count, prev = s.ecc_uncorrected_volatile, gpu.ecc_prev
+        if count is not None:
+            gpu.ecc_prev = count
+            if prev is not None and count > prev:
+                gpu.ecc_last_increase = s.ts
+                gpu.ecc_new += count - prev
+                if ECC not in gpu.open:
+                    gpu.ecc_new = count - prev
+                    evidence = self._ecc_evidence(s, gpu, prev)
+                    out.append(self._fire(s, gpu, ECC, "critical", s.ts, evidence, (
+                        f"{count - prev} new uncorrectable ECC error(s) on GPU {s.gpu_index} of {s.node} "
+                        f"({count} since the driver loaded): memory contents were lost and the job on it has "
+                        "likely failed or computed garbage; drain the GPU and reset it, replace it if it recurs")))
+                return out
+        incident = gpu.open.get(ECC)
+        if incident is not None and s.ts - max(gpu.ecc_last_increase, incident.started_at) >= self.config.ecc_quiet_s * 1000:
+            evidence = self._ecc_evidence(s, gpu, gpu.ecc_prev)
+            out.append(self._resolve(s, gpu, ECC, evidence, (
+                f"no new uncorrectable ECC error on GPU {s.gpu_index} of {s.node} for {self.config.ecc_quiet_s:g} s "
+                f"({gpu.ecc_new} in this incident)")))
+        return out
+
+    @staticmethod
+    def _ecc_evidence(s: GpuSample, gpu: _Gpu, prev: int | None) -> dict[str, float]:
+        evidence = {"ecc_uncorrected_new": float(gpu.ecc_new), "gpu_index": float(s.gpu_index)}
+        if gpu.ecc_prev is not None:
+            evidence["ecc_uncorrected_total"] = float(gpu.ecc_prev)
+        if prev is not None:
+            evidence["ecc_uncorrected_previous"] = float(prev)
+        if s.ecc_corrected_volatile is not None:
+            evidence["ecc_corrected_total"] = float(s.ecc_corrected_volatile)
+        return evidence
+
+    def _remap(self, s: GpuSample, gpu: _Gpu) -> list[Event]:
+        flags = {"remapped_rows_pending": s.remapped_rows_pending, "retired_pages_pending": s.retired_pages_pending,
+                 "remapped_rows_failure": s.remapped_rows_failure}
+        evidence = {name: float(value) for name, value in flags.items() if value is not None}
+        evidence["gpu_index"] = float(s.gpu_index)
+        if s.ecc_uncorrected_volatile is not None:
+            evidence["ecc_uncorrected_total"] = float(s.ecc_uncorrected_volatile)
+        out: list[Event] = []
+        pending = None if s.remapped_rows_pending is None and s.retired_pages_pending is None else bool(
+            s.remapped_rows_pending or s.retired_pages_pending)
+        what = "rows remapped" if s.remapped_rows_pending else "pages retired"
+        out += self._flag(s, gpu, REMAP_PENDING, pending, "warning", evidence, (
+            f"GPU {s.gpu_index} of {s.node} has {what} pending: faulty memory was fenced off but the repair only "
+            "takes effect after a GPU reset; drain the GPU and reset it when its job ends"),
+            f"no repair pending any more on GPU {s.gpu_index} of {s.node} (it was reset)")
+        out += self._flag(s, gpu, REMAP_FAILURE, s.remapped_rows_failure, "critical", evidence, (
+            f"row remapping failed on GPU {s.gpu_index} of {s.node}: no spare memory rows are left to fence off "
+            "faulty memory; drain the node and replace the GPU"),
+            f"row remapping failure no longer reported on GPU {s.gpu_index} of {s.node}")
+        return out
+
+    def _flag(self, s: GpuSample, gpu: _Gpu, condition: str, value: bool | None, severity: Severity,
+              evidence: dict[str, float], firing: str, resolved: str) -> list[Event]:
+        if value is None:  # not reported: no verdict either way
+            return []
+        incident = gpu.open.get(condition)
+        if value and incident is None:
+            return [self._fire(s, gpu, condition, severity, s.ts, evidence, firing)]
+        if not value and incident is not None:
+            return [self._resolve(s, gpu, condition, evidence, resolved)]
+        return []
+
+    def _throttle(self, s: GpuSample, gpu: _Gpu) -> list[Event]:
+        cfg = self.config
+        window_ms = cfg.throttle_window_s * 1000
+        while gpu.window and gpu.window[0].ts <= s.ts - window_ms:
+            gpu.window.popleft()
+        known = s.throttle_reasons is not None or bool(s.throttle)
+        if known and s.gpu_util is not None and s.gpu_util >= cfg.throttle_busy_pct:
+            gpu.window.append(_Obs(s.ts, frozenset(s.throttle)))
+            while len(gpu.window) > cfg.max_window_samples:
+                gpu.window.popleft()
+        if len(gpu.window) < cfg.throttle_min_samples or s.ts - gpu.window[0].ts < window_ms / 2:
+            return []  # too little of the window seen busy for a verdict
+        out: list[Event] = []
+        for condition, reasons in ((THERMAL, THERMAL_REASONS), (POWER, POWER_REASONS)):
+            hits = [o for o in gpu.window if o.reasons & reasons]
+            share = len(hits) / len(gpu.window)
+            incident = gpu.open.get(condition)
+            if incident is None and share > cfg.throttle_share:
+                braked = any("hw_power_brake" in o.reasons for o in hits)
+                severity: Severity = "warning" if condition == THERMAL or braked else "info"
+                out.append(self._fire(s, gpu, condition, severity, hits[0].ts, self._throttle_evidence(s, gpu, reasons, share),
+                                      self._throttle_message(s, condition, share, braked)))
+            elif incident is not None and share < cfg.throttle_share / 2:
+                out.append(self._resolve(s, gpu, condition, self._throttle_evidence(s, gpu, reasons, share), (
+                    f"GPU {s.gpu_index} of {s.node}: {'thermal' if condition == THERMAL else 'power'} throttling down "
+                    f"to {share:.0%} of its busy samples over the last {cfg.throttle_window_s:g} s")))
+        return out
+
+    def _throttle_evidence(self, s: GpuSample, gpu: _Gpu, reasons: frozenset[str], share: float) -> dict[str, float]:
+        n = len(gpu.window)
+        evidence = {"share": share, "threshold": self.config.throttle_share, "busy_samples": float(n),
+                    "window_s": self.config.throttle_window_s, "gpu_index": float(s.gpu_index)}
+        for reason in sorted(reasons):
+            evidence[f"{reason}_share"] = sum(reason in o.reasons for o in gpu.window) / n
+        for name in ("temperature_c", "power_w", "power_limit_w", "sm_clock_mhz", "sm_clock_max_mhz", "gpu_util"):
+            value = getattr(s, name)
+            if value is not None:
+                evidence[name] = float(value)
+        if s.throttle_reasons is not None:
+            evidence["throttle_reasons"] = float(s.throttle_reasons)
+        return evidence
+
+    def _throttle_message(self, s: GpuSample, condition: str, share: float, braked: bool) -> str:
+        head = f"GPU {s.gpu_index} of {s.node} is"
+        span = f"in {share:.0%} of its busy samples over the last {self.config.throttle_window_s:g} s"
+        if condition == THERMAL:
+            temp = f", {s.temperature_c:.0f} °C" if s.temperature_c is not None else ""
+            return (f"{head} thermally throttled {span}{temp}: it runs below its clocks and slows its job; "
+                    "check the node's cooling (fans, airflow, inlet temperature) and drain it if this persists")
+        power = ""
+        if s.power_w is not None and s.power_limit_w is not None:
+            power = f" ({s.power_w:.0f} W of a {s.power_limit_w:.0f} W limit)"
+        if braked:
+            return (f"{head} held down by an external power brake {span}{power}: the node's power supply or "
+                    "chassis asked the GPU to slow down; check the node's power delivery and drain it if it persists")
+        return (f"{head} power-capped {span}{power}: at the default limit this is a GPU working at its power budget; "
+                "check that the limit was not lowered (nvidia-smi -q -d POWER) if the job is slower than expected")
+
+    def _clock(self, s: GpuSample, gpu: _Gpu) -> list[Event]:
+        cfg = self.config
+        if (s.gpu_util is None or s.gpu_util < cfg.clock_busy_pct or s.sm_clock_mhz is None
+                or not s.sm_clock_max_mhz or (s.throttle_reasons is None and not s.throttle)):
+            return []  # idle, or a reading missing: no verdict
+        ratio = s.sm_clock_mhz / s.sm_clock_max_mhz
+        low = ratio < cfg.clock_low_ratio
+        if low and EXPLAINING_REASONS.intersection(s.throttle):
+            return []  # low for a reason the throttle incidents report
+        if gpu.clock_last_judged is not None and s.ts - gpu.clock_last_judged > cfg.max_gap_s * 1000:
+            gpu.clock_bad_since = gpu.clock_good_since = None  # a long gap: start the run afresh
+        gpu.clock_last_judged = s.ts
+        span_ms = cfg.clock_low_s * 1000
+        evidence = {"sm_clock_mhz": float(s.sm_clock_mhz), "sm_clock_max_mhz": float(s.sm_clock_max_mhz),
+                    "clock_ratio": ratio, "threshold_ratio": cfg.clock_low_ratio, "gpu_util": float(s.gpu_util),
+                    "gpu_index": float(s.gpu_index)}
+        if s.throttle_reasons is not None:
+            evidence["throttle_reasons"] = float(s.throttle_reasons)
+        incident = gpu.open.get(CLOCK)
+        if low:
+            gpu.clock_good_since = None
+            gpu.clock_bad_since = gpu.clock_bad_since if gpu.clock_bad_since is not None else s.ts
+            if incident is None and s.ts - gpu.clock_bad_since >= span_ms:
+                evidence["low_for_s"] = (s.ts - gpu.clock_bad_since) / 1000
+                reasons = f" (reported reasons: {', '.join(s.throttle)})" if s.throttle else ""
+                return [self._fire(s, gpu, CLOCK, "warning", gpu.clock_bad_since, evidence, (
+                    f"GPU {s.gpu_index} of {s.node} runs at {s.sm_clock_mhz:.0f} MHz, {ratio:.0%} of its "
+                    f"{s.sm_clock_max_mhz:.0f} MHz maximum, while {s.gpu_util:.0f}% busy for {evidence['low_for_s']:.0f} s "
+                    f"with no thermal or power reason{reasons}: clocks are probably locked low (nvidia-smi -lgc/-ac) "
+                    "or the GPU is degraded; reset its clocks (nvidia-smi -rgc -rac) or drain and reset it"))]
+            return []
+        gpu.clock_bad_since = None
+        gpu.clock_good_since = gpu.clock_good_since if gpu.clock_good_since is not None else s.ts
+        if incident is not None and s.ts - gpu.clock_good_since >= span_ms:
+            return [self._resolve(s, gpu, CLOCK, evidence, (
+                f"GPU {s.gpu_index} of {s.node} is back at {s.sm_clock_mhz:.0f} MHz ({ratio:.0%} of its maximum) "
+                f"for {cfg.clock_low_s:g} s"))]
+        return []
+
+    # --- incidents --------------------------------------------------------------------------
+    def _fire(self, s: GpuSample, gpu: _Gpu, condition: str, severity: Severity, started_at: int,
+              evidence: dict[str, float], message: str) -> Anomaly:
+        subject = f"{s.gpu_uuid}/{condition}"
+        incident = gpu.open[condition] = _Incident(anomaly_id(self.kind, subject, started_at), started_at, severity)
+        return self._anomaly(s, condition, incident, "firing", evidence, message)
+
+    def _resolve(self, s: GpuSample, gpu: _Gpu, condition: str, evidence: dict[str, float], message: str) -> Anomaly:
+        incident = gpu.open.pop(condition)
+        return self._anomaly(s, condition, incident, "resolved", evidence, message)
+
+    def _anomaly(self, s: GpuSample, condition: str, incident: _Incident, state: State,
+                 evidence: dict[str, float], message: str) -> Anomaly:
+        return Anomaly(
+            id=incident.id, kind=self.kind, severity=incident.severity, state=state,
+            subject_type="gpu", subject=f"{s.gpu_uuid}/{condition}", ts=s.ts, started_at=incident.started_at,
+            window_start=min(incident.started_at, s.ts), window_end=s.ts, message=message, evidence=evidence,
+            node=s.node, gpu_uuid=s.gpu_uuid, job_id=s.job_id,
+        )
+
+    def restore(self, open_incidents: list[Anomaly]) -> None:
+        for a in open_incidents:
+            if a.gpu_uuid is None or not a.subject.startswith(f"{a.gpu_uuid}/"):
+                continue
+            condition = a.subject[len(a.gpu_uuid) + 1:]
+            if condition not in CONDITIONS:
+                continue
+            gpu = self._gpus.setdefault(a.gpu_uuid, _Gpu(a.node or "", int(a.evidence.get("gpu_index", 0))))
+            gpu.open[condition] = _Incident(a.id, a.started_at, a.severity)
+            if condition == ECC:
+                gpu.ecc_last_increase = max(gpu.ecc_last_increase, a.ts)
+                gpu.ecc_new = int(a.evidence.get("ecc_uncorrected_new", 0))
+                if "ecc_uncorrected_total" in a.evidence:  # so an increase while we were down is still seen
+                    gpu.ecc_prev = int(a.evidence["ecc_uncorrected_total"])
+
+    def _sweep(self, ts: int) -> None:
+        """Forget GPUs long unseen with nothing open (MIG instances come and go with new UUIDs)."""
+        self._now = max(self._now, ts)
+        horizon = self.config.forget_after_s * 1000
+        if self._now - self._last_sweep < horizon / 2:
+            return
+        self._last_sweep = self._now
+        for uuid in [u for u, g in self._gpus.items() if not g.open and g.last_ts < self._now - horizon]:
+            del self._gpus[uuid]
