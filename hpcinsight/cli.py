@@ -181,7 +181,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             windows=parse_windows(args.windows), lateness_s=parse_duration_ms(args.lateness) / 1000,
             since_start_every_s=parse_duration_ms(args.since_start_every) / 1000,
             checkpoint_every_s=parse_duration_ms(args.checkpoint_every) / 1000,
-            replay_margin_s=parse_duration_ms(args.replay_margin) / 1000, instance=args.instance,
+            replay_margin_s=parse_duration_ms(args.replay_margin) / 1000,
+            kpi_interval_s=parse_duration_ms(args.kpi_interval) / 1000, instance=args.instance,
         )
         options.processor_config()
     except ValueError as err:
@@ -301,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lateness", default="2s", help="use samples up to this late, count and drop later ones (default 2s)")
     p.add_argument("--checkpoint-every", default="60s",
                    help="checkpoint each series' sketches this often; a restart replays about this much (default 60s)")
+    p.add_argument("--kpi-interval", default="60s", help="scheduling KPIs per interval of this length (default 60s)")
     p.add_argument("--replay-margin", default="30s",
                    help="on restart, replay this much before the oldest checkpoint (agent-to-broker delay, clock skew)")
     p.add_argument("--loglevel", default="WARNING")

@@ -40,7 +40,10 @@ class DemoOptions:
     def idle_specs(self) -> list[str]:
         # By default one GPU idles for the first half of the run, then recovers, so the
         # demo shows an anomaly firing and then resolving.
-        return self.idle or [f"1:3@0-{max(40, self.duration_s / 2):g}"]
+        from streams.app import parse_windows
+
+        shortest_s = min(w.size_ms for w in parse_windows(self.windows)) / 1000
+        return self.idle or [f"1:3@0-{max(2 * shortest_s, self.duration_s / 2):g}"]
 
 
 def rows_flagged(columns: list[str], rows: list[tuple]) -> list[tuple]:

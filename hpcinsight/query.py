@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -156,13 +157,24 @@ def execute(client: Any, query: str, params: dict[str, str]) -> tuple[list[str],
 
 
 def _plain(value: Any) -> Any:
+    """A JSON/CSV-friendly value: full precision (machine readers must get what ClickHouse holds);
+    NaN and infinities, which JSON cannot carry, become null."""
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if isinstance(value, float):
-        return round(value, 6)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
+
+
+def _shown(value: Any) -> str:
+    """A value for the human table: floats to 6 significant digits."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(_plain(value))
 
 
 def make_console() -> Any:
@@ -187,7 +199,7 @@ def render(columns: list[str], rows: list[tuple[Any, ...]], fmt: str, title: str
         for c in columns:
             table.add_column(c)
         for row in rows:
-            table.add_row(*("" if v is None else str(_plain(v)) for v in row))
+            table.add_row(*(_shown(v) for v in row))
         make_console().print(table)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass
 
 import faust
@@ -30,12 +31,14 @@ from schemas.catalog import (
     IB_SAMPLES_RAW,
     NODE_INVENTORY,
     SCHEDULER_EVENTS,
+    SCHEDULING_KPIS,
     STREAM_STATE,
     TOPICS,
     Topic,
 )
-from streams.processor import ProcessorConfig, SampleProcessor
-from streams.recovery import open_incidents, rebuild_gpu_stage, rebuild_job_stage
+from streams.kpis import KpiConfig
+from streams.processor import Output, ProcessorConfig, SampleProcessor
+from streams.recovery import last_message, open_incidents, rebuild_gpu_stage, rebuild_job_stage
 from streams.rolling import DEFAULT_WINDOWS, RollingConfig
 from streams.windows import WindowSpec
 
@@ -71,6 +74,7 @@ class WorkerOptions:
     since_start_every_s: float = 60.0
     checkpoint_every_s: float = 60.0
     replay_margin_s: float = 30.0
+    kpi_interval_s: float = 60.0
     instance: str = "0"
 
     def processor_config(self) -> ProcessorConfig:
@@ -81,7 +85,10 @@ class WorkerOptions:
             windows=self.windows, base_ms=base, lateness_ms=int(self.lateness_s * 1000),
             since_start_every_ms=since_ms,
         )
-        return ProcessorConfig(rolling=rolling, checkpoint_every_ms=checkpoint_ms, replay_margin_ms=int(self.replay_margin_s * 1000))
+        return ProcessorConfig(
+            rolling=rolling, checkpoint_every_ms=checkpoint_ms, replay_margin_ms=int(self.replay_margin_s * 1000),
+            kpis=KpiConfig(interval_s=self.kpi_interval_s),
+        )
 
 
 class SchedulerFeed:
@@ -98,31 +105,28 @@ class SchedulerFeed:
         self._consumer.assign(tps)
         self._tps = tps
 
-    def poll(self, max_messages: int = 5000) -> int:
-        n = 0
+    def poll(self, max_messages: int = 5000) -> list[Output]:
+        out: list[Output] = []
         for msg in self._consumer.consume(num_messages=max_messages, timeout=0):
-            if msg.error():
-                continue
-            n += self._processor.observe_scheduler(msg.value(), self._topics[msg.topic()])
-        return n
+            if not msg.error():
+                out.extend(self._processor.observe_scheduler(msg.value(), self._topics[msg.topic()]))
+        return out
 
-    def catch_up(self, timeout: float = 60.0) -> int:
+    def catch_up(self, timeout: float = 60.0) -> list[Output]:
         """Block until everything in the topics now has been read (at start, before any sample)."""
-        import time
-
         high = {}
         for tp in self._tps:
             high[(tp.topic, tp.partition)] = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)[1]
-        deadline, n = time.monotonic() + timeout, 0
+        deadline, out = time.monotonic() + timeout, []
         while time.monotonic() < deadline:
             positions = self._consumer.position([TopicPartition(t, p) for t, p in high])
             if all(tp.offset >= high[(tp.topic, tp.partition)] or (tp.offset < 0 and high[(tp.topic, tp.partition)] == 0) for tp in positions):
-                return n
+                return out
             for msg in self._consumer.consume(num_messages=5000, timeout=0.2):
                 if not msg.error():
-                    n += self._processor.observe_scheduler(msg.value(), self._topics[msg.topic()])
+                    out.extend(self._processor.observe_scheduler(msg.value(), self._topics[msg.topic()]))
         log.warning("attribution table not caught up after %.0f s; continuing", timeout)
-        return n
+        return out
 
     def close(self) -> None:
         self._consumer.close()
@@ -154,6 +158,10 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     raw_topic, sketch_topic = settings.topic(GPU_SAMPLES_RAW.name), settings.topic(GPU_SKETCHES.name)
     owned: dict[str, set[int]] = {raw_topic: set(), sketch_topic: set()}
     started = False
+    # One worker publishes the scheduling KPIs: the one that owns the (single) inventory partition.
+    # Every worker computes them from the whole scheduler stream, so a new leader goes straight on.
+    inventory_topic = settings.topic(NODE_INVENTORY.name)
+    kpi = {"leader": False, "published_to": 0}
 
     @app.on_partitions_assigned.connect
     async def rebuild_state(sender: faust.App, assigned: set, **_: object) -> None:
@@ -162,8 +170,11 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         nonlocal started
         log.info("partitions assigned: %s", sorted(assigned))
         conf = settings.kafka.client_config()
+        kpi["leader"] = any(tp.topic == inventory_topic for tp in assigned)
         if not started:
-            feed.catch_up()
+            last = last_message(conf, settings.topic(SCHEDULING_KPIS.name), SCHEDULING_KPIS)
+            kpi["published_to"] = max((r.ts for r in last), default=0)
+            await send_kpis(feed.catch_up())  # rows of intervals published before a restart are skipped
             processor.restore(open_incidents(conf, settings.topic(ANOMALIES.name)))
             started = True
         mine = {tp.partition for tp in assigned if tp.topic == raw_topic}
@@ -177,9 +188,24 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
             owned[sketch_topic] = jobs
             rebuild_job_stage(processor, conf, app.conf.id, sketch_topic, jobs)
 
-    async def send(outputs: list) -> None:
+    async def send(outputs: list[Output]) -> None:
         for out in outputs:
             await topics[out.topic.name].send(key=out.key, value=out.value, partition=out.partition)
+
+    async def send_kpis(outputs: list[Output]) -> None:
+        if not kpi["leader"]:
+            return
+        fresh = []
+        for out in outputs:
+            rows = [r for r in SCHEDULING_KPIS.codec.decode(out.value) if r.ts > kpi["published_to"]]
+            if rows:
+                fresh.append(Output(out.topic, out.key, SCHEDULING_KPIS.codec.encode(rows)))
+        await send(fresh)
+
+    @app.agent(topics[NODE_INVENTORY.name], name="kpi-leader")
+    async def hold_inventory(stream: faust.Stream) -> None:
+        async for _ in stream.events():  # owning this partition is what makes a worker the KPI leader
+            pass
 
     @app.agent(topics[GPU_SAMPLES_RAW.name], name="gpu-samples")
     async def process_gpu_samples(stream: faust.Stream) -> None:
@@ -209,7 +235,10 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
 
     @app.timer(interval=1.0)
     async def follow_scheduler() -> None:
-        feed.poll()
+        outputs = feed.poll()
+        # a quiet scheduler still closes its intervals: event time is wall time for live sources
+        outputs += processor.advance_kpis(int(time.time() * 1000) - int(processor.config.kpis.lateness_s * 1000))
+        await send_kpis(outputs)
 
     @app.timer(interval=10.0)
     async def report() -> None:

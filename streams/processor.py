@@ -29,6 +29,7 @@ from schemas.catalog import (
     GPU_SKETCHES,
     IB_SAMPLES,
     JOB_QUANTILES,
+    SCHEDULING_KPIS,
     STREAM_STATE,
     TOPICS,
     Topic,
@@ -45,11 +46,13 @@ from schemas.events import (
     JobQuantiles,
     NodeInventory,
     SchedulerEvent,
+    SchedulingKpi,
     StateCheckpoint,
 )
 from streams.attribution import Attribution
 from streams.detectors import Detector, discover
 from streams.jobs import JobMerger, JobStageConfig
+from streams.kpis import KpiConfig, SchedulingKpis
 from streams.rolling import Closed, RollingConfig, RollingSeries
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ MAX_FUTURE_MS = 15 * 60 * 1000
 class ProcessorConfig:
     rolling: RollingConfig = field(default_factory=RollingConfig)
     jobs: JobStageConfig = field(default_factory=JobStageConfig)
+    kpis: KpiConfig = field(default_factory=KpiConfig)
     max_future_ms: int = MAX_FUTURE_MS
     #: how often (event time) each series' state is checkpointed; a restart replays at most this much
     checkpoint_every_ms: int = 60_000
@@ -114,6 +118,7 @@ class SampleProcessor:
         self.detectors = detectors if detectors is not None else [cls() for cls in discover()]
         self.attribution = attribution if attribution is not None else Attribution()
         self.jobs = JobMerger(self.config.jobs)
+        self.kpis = SchedulingKpis(self.config.kpis)
         self._series: dict[str, RollingSeries] = {}
         self._partition_of: dict[str, int] = {}
         self._checkpointed: dict[str, int] = {}
@@ -267,19 +272,33 @@ class SampleProcessor:
             return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
         return [self._anomaly_output(anomaly) for record in records for anomaly in self._detect(record)]
 
-    def observe_scheduler(self, value: bytes | None, topic: Topic) -> int:
-        """Feed the attribution table (every worker reads all of it; see :mod:`streams.attribution`).
+    def observe_scheduler(self, value: bytes | None, topic: Topic) -> list[Output]:
+        """Feed the attribution table and the scheduling KPIs (every worker reads all of the
+        scheduler topics; see :mod:`streams.attribution`). Returns the KPI rows it completed.
 
         Undecodable messages are skipped here: the group member that owns their partition
         dead-letters them (see :meth:`handle_events`), so each is reported once."""
         try:
             records = topic.codec.decode(value)
         except DecodeError:
-            return 0
+            return []
+        rows = []
         for record in records:
             if isinstance(record, (SchedulerEvent, NodeInventory)):
                 self.attribution.observe(record)
-        return len(records)
+                rows.extend(self.kpis.observe(record))
+        return self._kpi_outputs(rows)
+
+    def advance_kpis(self, watermark_ms: int) -> list[Output]:
+        """Close the KPI intervals before ``watermark_ms`` although no event came (a quiet scheduler)."""
+        return self._kpi_outputs(self.kpis.advance(watermark_ms))
+
+    @staticmethod
+    def _kpi_outputs(rows: list[SchedulingKpi]) -> list[Output]:
+        by_kpi: dict[str, list[SchedulingKpi]] = {}
+        for row in rows:
+            by_kpi.setdefault(row.kpi, []).append(row)
+        return [Output(SCHEDULING_KPIS, kpi.encode(), SCHEDULING_KPIS.codec.encode(batch)) for kpi, batch in by_kpi.items()]
 
     # -- output helpers -------------------------------------------------------------------------
 

@@ -152,6 +152,28 @@ def rebuild_job_stage(
     )
 
 
+def last_message(client_config: dict[str, Any], topic: str, catalog_topic: Any, timeout: float = 30.0) -> list[Any]:
+    """The records of the newest message of each partition of ``topic`` (undecodable: none)."""
+    consumer = _consumer(client_config, "hpcinsight-recovery-last")
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        tps, stop_at = [], {}
+        for p in metadata.partitions:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > 0:
+                tps.append(TopicPartition(topic, p, high - 1))
+                stop_at[p] = high
+        records: list[Any] = []
+        for msg in _read_range(consumer, tps, stop_at, timeout):
+            try:
+                records.extend(catalog_topic.codec.decode(msg.value()))
+            except DecodeError:
+                continue
+        return records
+    finally:
+        consumer.close()
+
+
 def open_incidents(client_config: dict[str, Any], topic: str, timeout: float = 60.0) -> list[Anomaly]:
     """The anomalies whose latest message in ``topic`` is 'firing'."""
     consumer = _consumer(client_config, "hpcinsight-recovery-anomalies")
