@@ -16,6 +16,7 @@ from tests.conftest import Pipeline, check_windows_against_numpy, rank_error_ok,
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
 NODES, GPUS, TICKS, WINDOW_S, HOP_S = 2, 4, 80, 4, 2
+LATENESS_S = 2  # a window closes once a sample this far past its end arrives
 SPEED = 2  # sample time runs twice as fast as Kafka's clock
 # Series checkpoint every 10 s of sample time; the restart restores them and replays the raw
 # samples from 1 s (Kafka time) before the oldest checkpoint, so the since-start view must come from
@@ -38,7 +39,7 @@ def committed(pipeline: Pipeline, group: str, topic: str) -> int:
 
 def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline) -> None:
     worker_args = ("worker", "--windows", f"{WINDOW_S}s/{HOP_S}s,20s/10s", "--since-start-every", "10s",
-                   "--checkpoint-every", "10s", "--replay-margin", "1s")
+                   "--checkpoint-every", "10s", "--replay-margin", "1s", "--lateness", f"{LATENESS_S}s")
     worker = pipeline.start("worker-1", *worker_args)
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     agent = pipeline.start("agent", "agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS),
@@ -75,7 +76,7 @@ def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline) -> No
     assert len(ends) == NODES * GPUS
     for gpu, series in ends.items():
         first_ts, last_ts = min(t for t, _ in by_gpu[gpu]), max(t for t, _ in by_gpu[gpu])
-        expected = list(range(series[0], last_ts + 1, HOP_S * 1000))
+        expected = list(range(series[0], last_ts - LATENESS_S * 1000 + 1, HOP_S * 1000))
         assert series == expected, f"{gpu}: windows missing across the restart"
         assert series[0] - WINDOW_S * 1000 < first_ts + HOP_S * 1000
 
