@@ -182,7 +182,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             since_start_every_s=parse_duration_ms(args.since_start_every) / 1000,
             checkpoint_every_s=parse_duration_ms(args.checkpoint_every) / 1000,
             replay_margin_s=parse_duration_ms(args.replay_margin) / 1000,
-            kpi_interval_s=parse_duration_ms(args.kpi_interval) / 1000, instance=args.instance,
+            kpi_interval_s=parse_duration_ms(args.kpi_interval) / 1000,
+            job_wait_s=parse_duration_ms(args.job_wait) / 1000, instance=args.instance,
         )
         options.processor_config()
     except ValueError as err:
@@ -302,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lateness", default="2s", help="use samples up to this late, count and drop later ones (default 2s)")
     p.add_argument("--checkpoint-every", default="60s",
                    help="checkpoint each series' sketches this often; a restart replays about this much (default 60s)")
+    p.add_argument("--job-wait", default="10s",
+                   help="a job window missing some GPUs' sketches waits this long (processing time) for them (default 10s)")
     p.add_argument("--kpi-interval", default="60s", help="scheduling KPIs per interval of this length (default 60s)")
     p.add_argument("--replay-margin", default="30s",
                    help="on restart, replay this much before the oldest checkpoint (agent-to-broker delay, clock skew)")

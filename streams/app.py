@@ -36,6 +36,7 @@ from schemas.catalog import (
     TOPICS,
     Topic,
 )
+from streams.jobs import JobStageConfig
 from streams.kpis import KpiConfig
 from streams.processor import Output, ProcessorConfig, SampleProcessor
 from streams.recovery import last_message, open_incidents, rebuild_gpu_stage, rebuild_job_stage
@@ -75,6 +76,7 @@ class WorkerOptions:
     checkpoint_every_s: float = 60.0
     replay_margin_s: float = 30.0
     kpi_interval_s: float = 60.0
+    job_wait_s: float = 10.0
     instance: str = "0"
 
     def processor_config(self) -> ProcessorConfig:
@@ -88,6 +90,7 @@ class WorkerOptions:
         return ProcessorConfig(
             rolling=rolling, checkpoint_every_ms=checkpoint_ms, replay_margin_ms=int(self.replay_margin_s * 1000),
             kpis=KpiConfig(interval_s=self.kpi_interval_s),
+            jobs=JobStageConfig(wait_s=self.job_wait_s, stale_s=3 * self.job_wait_s),
         )
 
 
@@ -239,6 +242,10 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         # a quiet scheduler still closes its intervals: event time is wall time for live sources
         outputs += processor.advance_kpis(int(time.time() * 1000) - int(processor.config.kpis.lateness_s * 1000))
         await send_kpis(outputs)
+
+    @app.timer(interval=1.0)
+    async def release_job_windows() -> None:
+        await send(processor.tick_jobs())
 
     @app.timer(interval=10.0)
     async def report() -> None:

@@ -3,13 +3,18 @@
 The per-GPU stage runs where the GPU's node is partitioned; a job spans nodes, so each GPU sends
 its closed window sketches (:class:`GpuSketch`) keyed by job, and this stage, partitioned by job,
 merges the sketches of one ``(job, metric, window, window_end)``. It emits the job's
-:class:`JobQuantiles` as soon as every GPU that reported the previous window has reported this one,
-or, for a GPU that went away (node lost, job shrank), once a sketch at least ``grace_ms`` newer
-arrives for the job. A sketch for a window already emitted is counted in ``late`` and dropped.
+:class:`JobQuantiles` as soon as every GPU that reported the job's previous window has reported
+this one. A GPU that went away (node lost, job shrank) must not hold the job up forever, but a GPU
+whose worker is merely behind (a restart, a backlog replayed at full speed) must not be left out:
+so an incomplete window goes out only once a sketch at least ``grace_ms`` newer (event time) has
+arrived *and* the window has waited ``wait_s`` of processing time, or after ``stale_s`` of
+processing time in any case (the job ended: nothing newer will come; see :meth:`JobMerger.tick`).
+A sketch for a window already emitted is counted in ``late`` and dropped.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from schemas.events import GpuSketch, JobQuantiles
@@ -19,11 +24,14 @@ from streams.sketches import QuantileSketch
 @dataclass(frozen=True)
 class JobStageConfig:
     grace_ms: int = 20_000
+    wait_s: float = 10.0
+    stale_s: float = 30.0
     idle_forget_ms: int = 2 * 3_600_000  # a job silent this long (event time) is forgotten
 
 
 @dataclass
 class _Pending:
+    since: float  # processing time of its first sketch
     sketches: dict[str, GpuSketch] = field(default_factory=dict)
 
 
@@ -45,27 +53,43 @@ class JobMerger:
         self.late = 0
         self._newest = 0
 
-    def add(self, sketch: GpuSketch) -> list[JobQuantiles]:
+    def add(self, sketch: GpuSketch, now: float | None = None) -> list[JobQuantiles]:
+        now = time.monotonic() if now is None else now
         key = (sketch.job_id, sketch.metric, sketch.window)
         series = self._series.setdefault(key, _Series())
         end = sketch.window_end
         if end <= series.emitted_to:
             self.late += 1
             return []
-        series.pending.setdefault(end, _Pending()).sketches[sketch.gpu_uuid] = sketch  # a replay overwrites
+        series.pending.setdefault(end, _Pending(now)).sketches[sketch.gpu_uuid] = sketch  # a replay overwrites
         series.newest = max(series.newest, end)
-        out: list[JobQuantiles] = []
-        for e in sorted(series.pending):
-            got = series.pending[e].sketches
-            expected = series.expected or self._gpus_of.get((sketch.job_id, sketch.metric), frozenset())
-            complete = bool(expected) and expected <= got.keys()
-            overdue = series.newest - e >= self.config.grace_ms
-            if not (complete or overdue):
-                break  # windows go out in order
-            out.append(self._emit(series, e))
+        out = self._release(key, series, now)
         if sketch.window_end > self._newest:
             self._newest = sketch.window_end
             self._forget_idle()
+        return out
+
+    def _release(self, key: tuple[str, str, str], series: _Series, now: float) -> list[JobQuantiles]:
+        out: list[JobQuantiles] = []
+        cfg = self.config
+        for e in sorted(series.pending):
+            pending = series.pending[e]
+            expected = series.expected or self._gpus_of.get(key[:2], frozenset())
+            complete = bool(expected) and expected <= pending.sketches.keys()
+            waited = now - pending.since
+            overdue = (series.newest - e >= cfg.grace_ms and waited >= cfg.wait_s) or waited >= cfg.stale_s
+            if not (complete or overdue):
+                break  # windows go out in order
+            out.append(self._emit(series, e))
+        return out
+
+    def tick(self, now: float | None = None) -> list[JobQuantiles]:
+        """Release windows that waited too long (call it periodically: a finished job sends nothing newer)."""
+        now = time.monotonic() if now is None else now
+        out: list[JobQuantiles] = []
+        for key, series in self._series.items():
+            if series.pending:
+                out.extend(self._release(key, series, now))
         return out
 
     def _emit(self, series: _Series, end: int) -> JobQuantiles:

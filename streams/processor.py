@@ -253,6 +253,15 @@ class SampleProcessor:
         self.stats.late_sketches += self.jobs.late - late
         return out
 
+    def tick_jobs(self) -> list[Output]:
+        """Job windows released by waiting (see :meth:`streams.jobs.JobMerger.tick`); call it periodically."""
+        out: list[Output] = []
+        for q in self.jobs.tick():
+            self.stats.job_windows += 1
+            out.append(Output(JOB_QUANTILES, q.job_id.encode(), JOB_QUANTILES.codec.encode([q])))
+            out.extend(self._anomaly_output(a) for a in self._detect(q))
+        return out
+
     # -- detector inputs and the scheduler ------------------------------------------------------
 
     def event_topics(self) -> list[Topic]:

@@ -28,7 +28,7 @@ def test_job_quantiles_are_the_merge_of_all_gpus() -> None:
         out += merger.add(gpu_sketch(gpu, 60_000, v))
     assert out == []  # the first window's GPU set is unknown: it waits for the grace period
     for gpu, v in values.items():
-        out += merger.add(gpu_sketch(gpu, 80_000, v))
+        out += merger.add(gpu_sketch(gpu, 80_000, v), now=1e9)  # the first window has waited long enough
     # 60 s is released by sketches 20 s newer; then the job's GPU set is known and 80 s is complete
     assert [q.window_end - T0 for q in out] == [60_000, 80_000]
     for gpu, v in list(values.items())[:-1]:
@@ -46,7 +46,7 @@ def test_job_quantiles_are_the_merge_of_all_gpus() -> None:
 
 
 def test_late_and_replayed_sketches() -> None:
-    merger = JobMerger(JobStageConfig(grace_ms=10_000))
+    merger = JobMerger(JobStageConfig(grace_ms=10_000, wait_s=0.0))
     v = np.full(10, 50.0, dtype=np.float32)
     assert merger.add(gpu_sketch("A", 10_000, v)) == []
     assert merger.add(gpu_sketch("A", 10_000, v)) == []  # a replayed duplicate replaces, never adds
@@ -57,7 +57,7 @@ def test_late_and_replayed_sketches() -> None:
 
 
 def test_a_new_window_kind_knows_the_jobs_gpus_from_the_others() -> None:
-    merger = JobMerger()
+    merger = JobMerger(JobStageConfig(wait_s=0.0))
     v = np.full(10, 50.0, dtype=np.float32)
     out = []
     for end in (10_000, 20_000, 30_000):
@@ -67,3 +67,24 @@ def test_a_new_window_kind_knows_the_jobs_gpus_from_the_others() -> None:
     since = merger.add(gpu_sketch("A", 30_000, v, window="since_start"))
     since += merger.add(gpu_sketch("B", 30_000, v, window="since_start"))
     assert [(q.window, q.gpus) for q in since] == [("since_start", 2)]  # no grace period to wait out
+
+
+def test_a_window_waits_for_a_worker_that_is_behind_but_not_for_a_gpu_gone() -> None:
+    merger = JobMerger(JobStageConfig(grace_ms=20_000, wait_s=10.0, stale_s=30.0))
+    v = np.full(10, 50.0, dtype=np.float32)
+    for gpu in ("A", "B"):
+        assert merger.add(gpu_sketch(gpu, 10_000, v), now=0.0) == []
+    assert merger.tick(now=29.0) == []
+    assert [q.gpus for q in merger.tick(now=31.0)] == [2]  # the first window: nobody newer came, it went stale
+    # B's worker is behind: A runs 40 s of event time ahead within 2 s of processing time
+    out = []
+    for i, end in enumerate(range(20_000, 70_000, 10_000)):
+        out += merger.add(gpu_sketch("A", end, v), now=32.0 + i * 0.4)
+    assert out == []  # incomplete and not waited for long enough: held
+    out = merger.add(gpu_sketch("B", 20_000, v), now=33.0)
+    assert [(q.window_end - T0, q.gpus) for q in out] == [(20_000, 2)]
+    # B is gone for good: after the wait, what is 20 s older than A's newest goes out without it,
+    # and from then on the job is A alone
+    assert merger.tick(now=42.0) == []
+    assert [(q.window_end - T0, q.gpus) for q in merger.tick(now=45.0)] == [(e, 1) for e in range(30_000, 70_000, 10_000)]
+    assert merger.tick(now=100.0) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -15,7 +16,7 @@ IDLE_NODE, IDLE_GPU = 1, 2
 
 
 def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
-    worker = pipeline.start("worker", "worker", "--windows", "10s/5s", "--since-start-every", "20s")
+    worker = pipeline.start("worker", "worker", "--windows", "10s/5s", "--since-start-every", "20s", "--job-wait", "2s")
     sink = pipeline.start("sink", "sink", "--batch-age", "0.5")
     try:
         agent = pipeline.run(
@@ -27,8 +28,9 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
         assert produced["records"] == NODES * GPUS * TICKS and summary["failed"] == summary["dropped"] == 0
         assert produced["messages"] == NODES * summary["ticks"]
 
-        pipeline.wait_caught_up("worker", ["gpu.samples.raw"])
-        pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles", "anomalies", "dead.letters"])
+        pipeline.wait_caught_up("worker", ["gpu.samples.raw", "gpu.sketches"])
+        time.sleep(3)  # the job's first window waits --job-wait for GPUs nobody knows of yet
+        pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles", "job.quantiles", "anomalies", "dead.letters"])
         # while the sink owns the embedded store, the query CLI reads it through the sink
         assert pipeline.sql("SELECT count() AS n FROM gpu_samples")[0]["n"] == produced["records"]
     finally:

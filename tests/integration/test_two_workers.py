@@ -1,0 +1,115 @@
+"""Two workers sharing the partitions compute what one worker computes.
+
+The same raw messages (same partitions, same bytes) go to two pipelines: one with a single worker,
+one with two workers in one group. The GPU windows, since-start views, job quantiles (whose GPUs are
+spread over both workers, so the job stage merges across them) and anomalies must agree. KLL
+compaction flips random coins, so quantile values are compared through their rank among the exact
+samples (both within the 1% bound), counts and sums exactly.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from hpcinsight.topics import ensure_topics
+from tests.conftest import Pipeline, rank_error_ok, samples_by_gpu, stop
+
+pytestmark = [pytest.mark.kafka, pytest.mark.integration]
+
+NODES, GPUS, TICKS = 4, 4, 60
+WORKER = ("worker", "--windows", "10s/5s,20s/10s", "--since-start-every", "10s", "--job-wait", "2s")
+STORED = ["gpu.samples", "gpu.quantiles", "job.quantiles", "anomalies"]
+
+
+def copy_raw(src: Pipeline, dst: Pipeline, expected: int) -> None:
+    """Every message of src's raw GPU topic into the same partition of dst's, byte for byte."""
+    consumer = Consumer({**src.client_config(), "group.id": f"copy-{uuid.uuid4().hex}", "enable.partition.eof": True})
+    topic = src.topic("gpu.samples.raw")
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    producer = Producer({**dst.client_config(), "enable.idempotence": True})
+    copied, eof, deadline = 0, set(), time.monotonic() + 60
+    while len(eof) < len(parts) and time.monotonic() < deadline:
+        for msg in consumer.consume(500, timeout=0.5):
+            if msg.error():
+                eof.add(msg.partition())
+                continue
+            producer.produce(dst.topic("gpu.samples.raw"), msg.value(), msg.key(), partition=msg.partition())
+            copied += 1
+    consumer.close()
+    assert producer.flush(30) == 0 and copied == expected
+
+
+def wait_assigned(p: Pipeline, names: list[str], timeout: float = 60) -> None:
+    """Until every named worker has logged its first assignment (rebuild done)."""
+    deadline = time.monotonic() + timeout
+    while not all("restored" in p.log(n) for n in names):
+        assert time.monotonic() < deadline, [p.log(n) for n in names]
+        time.sleep(0.3)
+
+
+def results(p: Pipeline) -> dict[str, list[dict]]:
+    return {
+        "gpu": p.sql(
+            "SELECT gpu_uuid, metric, window, toUnixTimestamp64Milli(window_start) AS s, toUnixTimestamp64Milli(window_end) AS e, "
+            "count, round(mean, 6) AS mean, p25, p50, p95 FROM gpu_quantiles FINAL ORDER BY gpu_uuid, metric, window, e"
+        ),
+        "job": p.sql(
+            "SELECT job_id, metric, window, toUnixTimestamp64Milli(window_start) AS s, toUnixTimestamp64Milli(window_end) AS e, "
+            "gpus, count, round(mean, 6) AS mean, p25, p50, p95 FROM job_quantiles FINAL ORDER BY job_id, metric, window, e"
+        ),
+        "anomalies": p.sql("SELECT id, kind, subject, state, ts FROM anomalies FINAL ORDER BY id, state"),
+    }
+
+
+def test_two_workers_give_the_results_of_one(pipeline: Pipeline, kafka_bootstrap: str, tmp_path: Path) -> None:
+    logs = tmp_path / "logs-two"
+    logs.mkdir()
+    two = Pipeline(kafka_bootstrap, f"t{uuid.uuid4().hex[:10]}.", tmp_path / "two" / "clickhouse", logs)
+    ensure_topics(two.client_config(), two.prefix)
+    one = pipeline
+    procs = {
+        "one-worker": (one, one.start("worker", *WORKER)),
+        "one-sink": (one, one.start("sink", "sink", "--batch-age", "0.3")),
+        "two-worker-a": (two, two.start("worker-a", *WORKER, "--instance", "a")),
+        "two-worker-b": (two, two.start("worker-b", *WORKER, "--instance", "b")),
+        "two-sink": (two, two.start("sink", "sink", "--batch-age", "0.3")),
+    }
+    try:
+        wait_assigned(two, ["worker-a", "worker-b"])
+        wait_assigned(one, ["worker"])
+        one.run("agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS), "--ticks", str(TICKS),
+                "--interval", "1", "--speed", "10", "--idle", "2:1@0-25")
+        copy_raw(one, two, NODES * TICKS)
+        for p in (one, two):
+            p.wait_caught_up("worker", ["gpu.samples.raw", "gpu.sketches"])
+        time.sleep(3)  # the first window of a job waits --job-wait for GPUs nobody knows of yet
+        for p in (one, two):
+            p.wait_caught_up("clickhouse-sink", STORED)
+        # both workers of the group did part of the work
+        for name in ("worker-a", "worker-b"):
+            assert "partitions [" in two.log(name), two.log(name)
+    finally:
+        for name, (p, proc) in procs.items():
+            code = stop(proc)
+            if name.endswith("sink"):
+                assert code == 0, p.log("sink")
+
+    a, b = results(one), results(two)
+    exact = samples_by_gpu(one)
+    for kind in ("gpu", "job"):
+        assert len(a[kind]) == len(b[kind]) > 0, kind
+        for x, y in zip(a[kind], b[kind]):
+            same = {k: v for k, v in x.items() if k not in ("p25", "p50", "p95")}
+            assert same == {k: v for k, v in y.items() if k not in ("p25", "p50", "p95")}
+            if kind == "gpu" and x["metric"] == "gpu_util":
+                values = [v for t, v in exact[x["gpu_uuid"]] if x["s"] <= t < x["e"]]
+                for q, n in ((0.25, "p25"), (0.5, "p50"), (0.95, "p95")):
+                    assert rank_error_ok(values, q, x[n]) and rank_error_ok(values, q, y[n])
+    assert {r["window"] for r in a["job"]} == {"10s", "20s", "since_start"}
+    assert a["anomalies"] == b["anomalies"] and a["anomalies"], a["anomalies"]
