@@ -109,14 +109,26 @@ def _sketch(repeats: int) -> dict[str, float]:
     return bench_sketch(repeats)
 
 
+def _stream(name: str) -> Callable[[int], dict[str, float]]:
+    def run(repeats: int) -> dict[str, float]:
+        from bench import stream
+
+        return getattr(stream, f"bench_{name}")(repeats)  # type: ignore[no-any-return]
+
+    return run
+
+
 BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "codec": bench_codec, "sink": bench_sink, "steps": _steps, "gpu_tick": _gpu_tick, "sketch": _sketch, "agent": _agent,
+    "stream_chain": _stream("stream_chain"), "stream_worker": _stream("stream_worker"),
+    "latency_1k": _stream("latency_1k"), "latency_10k": _stream("latency_10k"),
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
     "codec": ("samples_per_s", "samples/s"), "sink": ("rows_per_s", "rows/s"), "steps": ("us_per_step", "us/step"),
     "agent": ("cpu_pct_of_core", "% of a core"), "gpu_tick": ("ms_per_tick", "ms/tick"),
-    "sketch": ("sketch_bytes", "bytes"),
+    "sketch": ("sketch_bytes", "bytes"), "stream_chain": ("samples_per_s", "samples/s"),
+    "stream_worker": ("samples_per_s", "samples/s"), "latency_1k": ("p99_s", "s p99"), "latency_10k": ("p99_s", "s p99"),
 }
 
 

@@ -161,6 +161,8 @@ class Attribution:
 
     def gpu_holder(self, node: str, gpu_index: int, gpu_uuid: str, ts: int) -> str | None:
         """The job holding this GPU at ``ts`` by the scheduler's placement, if it says."""
+        if not self._by_gpu and not self._by_node:
+            return None  # no placement known at all (no scheduler adapter runs): the fast path
         for gid in (gpu_uuid, str(gpu_index), f"{node}/gpu{gpu_index}"):
             holders = self._by_gpu.get((node, gid))
             if holders:

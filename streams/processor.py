@@ -120,6 +120,8 @@ class SampleProcessor:
         self.jobs = JobMerger(self.config.jobs)
         self.kpis = SchedulingKpis(self.config.kpis)
         self._series: dict[str, RollingSeries] = {}
+        self._by_gpu: dict[str, list[tuple[str, str, RollingSeries]]] = {}  # the same series, by GPU (hot path)
+        self._detectors_of: dict[type, list[Detector[Any]]] = {}
         self._partition_of: dict[str, int] = {}
         self._checkpointed: dict[str, int] = {}
         self.stats = ProcessorStats()
@@ -141,19 +143,20 @@ class SampleProcessor:
         out = [Output(GPU_SAMPLES, node_key, GPU_SAMPLES.codec.encode(samples))]
         self.stats.samples += len(samples)
         sketches: dict[str, list[GpuSketch]] = {}
+        checkpoints: list[Output] = []
         for sample in samples:
             for anomaly in self._detect(sample):
                 out.append(self._anomaly_output(anomaly))
-            for metric, closed in self._roll(sample, partition):
+            for metric, closed in self._roll(sample, partition, checkpoints=checkpoints):
                 q = self._quantiles(sample, metric, closed)
                 out.append(Output(GPU_QUANTILES, q.gpu_uuid.encode(), GPU_QUANTILES.codec.encode([q])))
                 for anomaly in self._detect(q):
                     out.append(self._anomaly_output(anomaly))
                 if closed.job_id is not None:
                     sketches.setdefault(closed.job_id, []).append(self._sketch(sample, metric, closed))
-            out.extend(self._checkpoints(sample, partition))
         for job_id, records in sketches.items():
             out.append(Output(GPU_SKETCHES, job_id.encode(), GPU_SKETCHES.codec.encode(records)))
+        out.extend(checkpoints)
         return out
 
     def _skew(self, samples: Iterable[GpuSample | IbSample]) -> str | None:
@@ -163,35 +166,40 @@ class SampleProcessor:
             return f"clock skew: a sample is stamped {(ahead - horizon + self.config.max_future_ms) / 1000:.0f} s in the future"
         return None
 
-    def _roll(self, sample: GpuSample, partition: int, replay: bool = False) -> list[tuple[str, Closed]]:
+    def _roll(
+        self, sample: GpuSample, partition: int, replay: bool = False, checkpoints: list[Output] | None = None
+    ) -> list[tuple[str, Closed]]:
+        """Add the sample to its series; the windows it closes. A series that crossed a checkpoint
+        boundary appends its checkpoint to ``checkpoints`` (during a replay it only notes it: it was
+        written before the restart, or will be at the next boundary)."""
         out: list[tuple[str, Closed]] = []
-        for metric in METRICS:
-            key = _series_key(sample.gpu_uuid, metric)
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = RollingSeries(self.config.rolling)
-                self._partition_of[key] = partition
-            late_before = series.late
-            out.extend((metric, c) for c in series.add(sample.ts, getattr(sample, metric), sample.job_id))
-            if not replay:
-                self.stats.late_samples += series.late - late_before
-        self.stats.windows += len(out) if not replay else 0
-        return out
-
-    def _checkpoints(self, sample: GpuSample, partition: int) -> list[Output]:
-        """A checkpoint of each of the sample's series that crossed a checkpoint boundary."""
-        out = []
         every = self.config.checkpoint_every_ms
-        for metric in METRICS:
-            key = _series_key(sample.gpu_uuid, metric)
-            series = self._series[key]
+        series_of_gpu = self._by_gpu.get(sample.gpu_uuid)
+        if series_of_gpu is None:
+            series_of_gpu = self._by_gpu[sample.gpu_uuid] = []
+            for metric in METRICS:
+                key = _series_key(sample.gpu_uuid, metric)
+                series = self._series.get(key)
+                if series is None:
+                    series = self._series[key] = RollingSeries(self.config.rolling)
+                    self._partition_of[key] = partition
+                series_of_gpu.append((metric, key, series))
+        for metric, key, series in series_of_gpu:
+            late_before, closed_before = series.late, series.closed_to
+            closed = series.add(sample.ts, getattr(sample, metric), sample.job_id)
+            if closed:
+                out.extend((metric, c) for c in closed)
             closed_to = series.closed_to
-            if closed_to is None or closed_to // every <= self._checkpointed.get(key, 0) // every:
-                continue
-            self._checkpointed[key] = closed_to
-            record = StateCheckpoint(series=key, ts=closed_to, data=series.checkpoint())
-            out.append(Output(STREAM_STATE, key.encode(), STREAM_STATE.codec.encode([record]), partition))
-            self.stats.checkpoints += 1
+            if closed_to != closed_before and closed_to is not None and closed_to // every > self._checkpointed.get(key, 0) // every:
+                self._checkpointed[key] = closed_to
+                if not replay and checkpoints is not None:
+                    record = StateCheckpoint(series=key, ts=closed_to, data=series.checkpoint())
+                    checkpoints.append(Output(STREAM_STATE, key.encode(), STREAM_STATE.codec.encode([record]), partition))
+                    self.stats.checkpoints += 1
+            if not replay and series.late != late_before:
+                self.stats.late_samples += series.late - late_before
+        if not replay:
+            self.stats.windows += len(out)
         return out
 
     @staticmethod
@@ -337,12 +345,14 @@ class SampleProcessor:
 
     def _detect(self, event: Event, replay: bool = False) -> list[Event]:
         out: list[Event] = []
-        for detector in self.detectors:
-            if isinstance(event, detector.inputs):
-                try:
-                    out.extend(detector.observe(event))
-                except Exception:  # one broken detector must not stop the stream
-                    log.exception("detector %s failed on %r", detector.kind, event)
+        detectors = self._detectors_of.get(event.__class__)
+        if detectors is None:
+            detectors = self._detectors_of[event.__class__] = [d for d in self.detectors if isinstance(event, d.inputs)]
+        for detector in detectors:
+            try:
+                out.extend(detector.observe(event))
+            except Exception:  # one broken detector must not stop the stream
+                log.exception("detector %s failed on %r", detector.kind, event)
         if not replay:
             self.stats.anomalies += len(out)
         return out
@@ -354,6 +364,7 @@ class SampleProcessor:
         for key in [k for k, p in self._partition_of.items() if p in partitions]:
             del self._series[key], self._partition_of[key]
             self._checkpointed.pop(key, None)
+            self._by_gpu.pop(key.rpartition("|")[0], None)
 
     def restore_series(self, partition: int, checkpoint: StateCheckpoint) -> None:
         """Take back one series from its latest checkpoint (replay then adds what came after)."""
@@ -364,6 +375,7 @@ class SampleProcessor:
             return
         self._series[checkpoint.series] = series
         self._partition_of[checkpoint.series] = partition
+        self._by_gpu.pop(checkpoint.series.rpartition("|")[0], None)
         self._checkpointed[checkpoint.series] = checkpoint.ts
 
     def replay(self, partition: int, value: bytes | None) -> None:
@@ -377,11 +389,6 @@ class SampleProcessor:
             self._detect(sample, replay=True)
             for metric, closed in self._roll(sample, partition, replay=True):
                 self._detect(self._quantiles(sample, metric, closed), replay=True)
-            for metric in METRICS:  # what is replayed was checkpointed before, or will be again
-                key = _series_key(sample.gpu_uuid, metric)
-                closed_to = self._series[key].closed_to
-                if closed_to is not None:
-                    self._checkpointed[key] = max(self._checkpointed.get(key, 0), closed_to)
 
     def replay_sketches(self, value: bytes | None) -> None:
         try:

@@ -38,6 +38,7 @@ DEFAULT_WINDOWS: tuple[WindowSpec, ...] = (
     WindowSpec(3_600_000, 900_000),
 )
 SINCE_START = "since_start"
+_NOTHING: list[Closed] = []  # returned when nothing closes; never mutated by callers
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,8 @@ class RollingSeries:
 
     def __init__(self, config: RollingConfig) -> None:
         self.config = config
+        self._base, self._lateness = config.base_ms, config.lateness_ms
+        self._max_size = max(w.size_ms for w in config.windows)
         self._windows = [_Window(w) for w in config.windows]
         self._open: dict[int, tuple[list[float], str | None]] = {}  # base pane start -> values, job
         self._closed_to: int | None = None  # every base pane ending at or before this is closed
@@ -157,27 +160,39 @@ class RollingSeries:
     # -- input ------------------------------------------------------------------------------
 
     def add(self, ts_ms: int, value: float | None, job_id: str | None) -> list[Closed]:
-        """Take one sample; return the windows and since-start views it completes."""
-        base = self.config.base_ms
+        """Take one sample; return the windows and since-start views it completes.
+
+        The hot path of the stream processor (three calls per GPU sample): nothing but a list
+        append unless a base pane closes."""
+        base = self._base
         pane = ts_ms - ts_ms % base
-        if self._closed_to is None:
-            self._closed_to = pane
+        closed_to = self._closed_to
+        if closed_to is None:
+            closed_to = self._closed_to = pane
             self._first_ms = ts_ms
-        if pane < self._closed_to:
+        elif pane < closed_to:
             self.late += 1
-            return []
-        out: list[Closed] = []
-        if ts_ms - self._max_ts > max(w.size_ms for w in self.config.windows) and self._max_ts >= 0:
-            out.extend(self._close_until(self._max_ts + self.config.lateness_ms + base))
+            return _NOTHING
+        out: list[Closed] | None = None
+        max_ts = self._max_ts
+        if max_ts >= 0 and ts_ms - max_ts > self._max_size:
+            out = self._close_until(max_ts + self._lateness + base)
             self._restart(pane, ts_ms)  # a long silence: start over, emit no empty windows
-        self._max_ts = max(self._max_ts, ts_ms)
+            closed_to = pane
+        if ts_ms > max_ts:
+            self._max_ts = max_ts = ts_ms
         if value is not None:
-            values, job = self._open.setdefault(pane, ([], job_id))
-            values.append(value)
-            if job != job_id:  # the GPU changed hands inside a pane: the newest job wins
-                self._open[pane] = (values, job_id)
-        out.extend(self._close_until(self._max_ts - self.config.lateness_ms))
-        return out
+            entry = self._open.get(pane)
+            if entry is None:
+                self._open[pane] = ([value], job_id)
+            else:
+                entry[0].append(value)
+                if entry[1] != job_id:  # the GPU changed hands inside a pane: the newest job wins
+                    self._open[pane] = (entry[0], job_id)
+        if closed_to + base <= max_ts - self._lateness:
+            closed = self._close_until(max_ts - self._lateness)
+            out = closed if out is None else out + closed
+        return out if out is not None else _NOTHING
 
     def _restart(self, pane: int, ts_ms: int) -> None:
         self._windows = [_Window(w) for w in self.config.windows]

@@ -53,6 +53,7 @@ from typing import Literal
 from schemas.events import Anomaly, Event, GpuSample
 from streams.detectors import Detector, anomaly_id
 
+_NO_REASONS: frozenset[str] = frozenset()
 THERMAL_REASONS = frozenset({"sw_thermal", "hw_thermal"})
 POWER_REASONS = frozenset({"sw_power_cap", "hw_power_brake"})
 #: reasons that account for a low SM clock: those are reported as throttling, not as stuck clocks
@@ -122,6 +123,7 @@ class _Gpu:
     ecc_last_increase: int = 0
     ecc_new: int = 0
     window: deque[_Obs] = field(default_factory=deque)
+    hits: dict[str, int] = field(default_factory=lambda: {THERMAL: 0, POWER: 0})  # window samples per condition
     clock_bad_since: int | None = None
     clock_good_since: int | None = None
     clock_last_judged: int | None = None
@@ -192,6 +194,11 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         return evidence
 
     def _remap(self, s: GpuSample, gpu: _Gpu) -> list[Event]:
+        if (
+            not (s.remapped_rows_pending or s.retired_pages_pending or s.remapped_rows_failure)
+            and REMAP_PENDING not in gpu.open and REMAP_FAILURE not in gpu.open
+        ):
+            return []  # the common case, healthy memory: nothing to fire or resolve
         flags = {"remapped_rows_pending": s.remapped_rows_pending, "retired_pages_pending": s.retired_pages_pending,
                  "remapped_rows_failure": s.remapped_rows_failure}
         evidence = {name: float(value) for name, value in flags.items() if value is not None}
@@ -227,20 +234,30 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         cfg = self.config
         window_ms = cfg.throttle_window_s * 1000
         while gpu.window and gpu.window[0].ts <= s.ts - window_ms:
-            gpu.window.popleft()
+            self._drop_oldest(gpu)
         known = s.throttle_reasons is not None or bool(s.throttle)
         if known and s.gpu_util is not None and s.gpu_util >= cfg.throttle_busy_pct:
-            gpu.window.append(_Obs(s.ts, frozenset(s.throttle)))
+            obs = _Obs(s.ts, frozenset(s.throttle) if s.throttle else _NO_REASONS)
+            gpu.window.append(obs)
+            # running counts: the verdict below costs O(1) per sample, not a scan of the window
+            if obs.reasons & THERMAL_REASONS:
+                gpu.hits[THERMAL] += 1
+            if obs.reasons & POWER_REASONS:
+                gpu.hits[POWER] += 1
             while len(gpu.window) > cfg.max_window_samples:
-                gpu.window.popleft()
+                self._drop_oldest(gpu)
         if len(gpu.window) < cfg.throttle_min_samples or s.ts - gpu.window[0].ts < window_ms / 2:
             return []  # too little of the window seen busy for a verdict
         out: list[Event] = []
+        n = len(gpu.window)
         for condition, reasons in ((THERMAL, THERMAL_REASONS), (POWER, POWER_REASONS)):
-            hits = [o for o in gpu.window if o.reasons & reasons]
-            share = len(hits) / len(gpu.window)
+            hits_now = gpu.hits[condition]
             incident = gpu.open.get(condition)
+            if (incident is None and hits_now <= cfg.throttle_share * n) or (incident is not None and hits_now >= cfg.throttle_share / 2 * n):
+                continue  # the usual case: no change of verdict
+            share = hits_now / n
             if incident is None and share > cfg.throttle_share:
+                hits = [o for o in gpu.window if o.reasons & reasons]
                 braked = any("hw_power_brake" in o.reasons for o in hits)
                 severity: Severity = "warning" if condition == THERMAL or braked else "info"
                 out.append(self._fire(s, gpu, condition, severity, hits[0].ts, self._throttle_evidence(s, gpu, reasons, share),
@@ -250,6 +267,14 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
                     f"GPU {s.gpu_index} of {s.node}: {'thermal' if condition == THERMAL else 'power'} throttling down "
                     f"to {share:.0%} of its busy samples over the last {cfg.throttle_window_s:g} s")))
         return out
+
+    @staticmethod
+    def _drop_oldest(gpu: _Gpu) -> None:
+        obs = gpu.window.popleft()
+        if obs.reasons & THERMAL_REASONS:
+            gpu.hits[THERMAL] -= 1
+        if obs.reasons & POWER_REASONS:
+            gpu.hits[POWER] -= 1
 
     def _throttle_evidence(self, s: GpuSample, gpu: _Gpu, reasons: frozenset[str], share: float) -> dict[str, float]:
         n = len(gpu.window)

@@ -1,0 +1,250 @@
+"""Stream processor benchmarks: chain throughput per worker, and end-to-end latency to an anomaly.
+
+``stream_chain``: the whole per-GPU chain in-process (decode, validate, attribute, three sliding
+windows and since-start on KLL panes, every detector, encode every output) over node-batched
+messages, against decoding the same messages with the catalog codec (what any consumer pays).
+
+``stream_worker``: the real ``hpcinsight worker`` process (Faust, aiokafka) draining a backlog of
+node-batched raw samples on a real broker, from its first commit to lag 0, against a bare
+confluent-kafka consume-and-decode loop over the same topic. Target: 50,000 GPU samples/s.
+
+``latency``: a sim agent at 1 Hz (1,024 or 10,240 GPUs) with idle GPUs injected in waves, the
+worker and the broker running together; for every anomaly, the time from the production of the
+raw sample that closed its window (its Kafka timestamp, stamped by the agent's producer) to the
+anomaly's own Kafka timestamp (stamped by the worker's producer), same clock. Target p99 <= 2 s.
+The baseline is the same agent's raw message delivery delay (sample time to broker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.gpu_sim import SimConfig, SimGpuCollector
+from schemas.catalog import ANOMALIES, GPU_SAMPLES_RAW
+
+ROOT = Path(__file__).resolve().parent.parent
+GPUS_PER_NODE = 8
+
+
+def _messages(nodes: int, ticks: int, t0: int) -> list[tuple[bytes, bytes]]:
+    sim = SimGpuCollector(SimConfig(nodes=nodes, gpus_per_node=GPUS_PER_NODE))
+    out = []
+    for k in range(ticks):
+        samples = sim.sample(t0 + k * 1000)
+        for n in range(nodes):
+            batch = samples[n * GPUS_PER_NODE:(n + 1) * GPUS_PER_NODE]
+            out.append((batch[0].node.encode(), GPU_SAMPLES_RAW.codec.encode(batch)))
+    return out
+
+
+def bench_stream_chain(repeats: int) -> dict[str, float]:
+    from streams.processor import SampleProcessor
+
+    t0 = (int(time.time()) // 3600 - 2) * 3_600_000
+    data = _messages(nodes=64, ticks=180, t0=t0)  # 11,520 messages, 92,160 samples, 3 minutes of a 512-GPU cluster
+    samples = len(data) * GPUS_PER_NODE
+
+    def chain() -> None:
+        processor = SampleProcessor()
+        for i, (key, value) in enumerate(data):
+            processor.handle("raw", 0, i, key, value)
+
+    def decode() -> None:
+        for _key, value in data:
+            GPU_SAMPLES_RAW.codec.decode(value)
+
+    ours = _best(chain, max(1, repeats // 2))
+    base = _best(decode, repeats)
+    return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base, "ratio": base / ours,
+            "us_per_sample": ours / samples * 1e6}
+
+
+def _best(fn: Any, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _env(bootstrap: str, prefix: str, data_dir: str) -> dict[str, str]:
+    return {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "HPCINSIGHT_TOPIC_PREFIX": prefix,
+            "HPCINSIGHT_DATA_DIR": data_dir, "PYTHONUNBUFFERED": "1"}
+
+
+def _produce(bootstrap: str, topic: str, data: list[tuple[bytes, bytes]]) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": "zstd", "linger.ms": 20,
+                         "partitioner": "murmur2_random", "queue.buffering.max.messages": 1_000_000})
+    for key, value in data:
+        producer.produce(topic, value, key)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def _bare_consume(bootstrap: str, topic: str, expected: int) -> float:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-bare-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    seen, started = 0, None
+    deadline = time.monotonic() + 300
+    while seen < expected and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, timeout=0.5):
+            if msg.error():
+                continue
+            if started is None:
+                started = time.perf_counter()
+            seen += len(GPU_SAMPLES_RAW.codec.decode(msg.value()))
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return elapsed
+
+
+def bench_stream_worker(repeats: int) -> dict[str, float]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    from deploy.local.kafka import LocalKafka
+    from hpcinsight.topics import ensure_topics, message_count
+    from schemas.catalog import GPU_SAMPLES
+
+    t0 = (int(time.time()) // 3600 - 2) * 3_600_000
+    data = _messages(nodes=64, ticks=480, t0=t0)  # 30,720 messages, 245,760 samples: 8 minutes of 512 GPUs
+    samples = len(data) * GPUS_PER_NODE
+    with tempfile.TemporaryDirectory() as tmp, LocalKafka() as kafka:
+        bootstrap = kafka.bootstrap
+        prefix = f"bench{uuid.uuid4().hex[:6]}."
+        conf = {"bootstrap.servers": bootstrap}
+        ensure_topics(conf, prefix)
+        raw, out = prefix + GPU_SAMPLES_RAW.name, prefix + GPU_SAMPLES.name
+        _produce(bootstrap, raw, data)
+        base = _bare_consume(bootstrap, raw, samples)
+        worker = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "worker"], env=_env(bootstrap, prefix, tmp),
+                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 600
+            while message_count(conf, [out])[out] < len(data):
+                assert worker.poll() is None and time.monotonic() < deadline, "worker died or stalled"
+                time.sleep(0.5)
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        # the worker's own clock: Kafka timestamps of its first and last forwarded message
+        consumer = Consumer({**conf, "group.id": f"bench-{uuid.uuid4().hex}", "enable.partition.eof": True})
+        parts = consumer.list_topics(out, timeout=10).topics[out].partitions
+        consumer.assign([TopicPartition(out, p, 0) for p in parts])
+        stamps: list[int] = []
+        eof: set[int] = set()
+        while len(eof) < len(parts):
+            for msg in consumer.consume(5000, timeout=1.0):
+                if msg.error():
+                    eof.add(msg.partition())
+                else:
+                    stamps.append(msg.timestamp()[1])
+        consumer.close()
+    ours = (max(stamps) - min(stamps)) / 1000
+    return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base,
+            "ratio": (samples / ours) / (samples / base), "messages": float(len(data))}
+
+
+def _latency(gpus: int, seconds: int) -> dict[str, float]:
+    """Run agent + worker on one broker for ``seconds``; latency of every anomaly."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from deploy.local.kafka import LocalKafka
+    from hpcinsight.topics import ensure_topics
+
+    nodes = gpus // GPUS_PER_NODE
+    # waves of idle GPUs: 1 in 64 nodes has a GPU idle for 30 s, staggered, so anomalies fire and
+    # resolve all along the run
+    idle = [f"{n}:{n % GPUS_PER_NODE}@{10 + (n // 64) % 40}-{40 + (n // 64) % 40}" for n in range(0, nodes, 64)]
+    with tempfile.TemporaryDirectory() as tmp, LocalKafka() as kafka:
+        bootstrap = kafka.bootstrap
+        prefix = f"lat{uuid.uuid4().hex[:6]}."
+        conf = {"bootstrap.servers": bootstrap}
+        ensure_topics(conf, prefix)
+        env = _env(bootstrap, prefix, tmp)
+        worker = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "worker", "--windows", "10s/5s"], env=env,
+                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(8)  # let the worker join its group before the data flows
+        args = [sys.executable, "-m", "hpcinsight.cli", "agent", "--backend", "sim", "--nodes", str(nodes), "--gpus",
+                str(GPUS_PER_NODE), "--ticks", str(seconds), "--interval", "1"]
+        for spec in idle:
+            args += ["--idle", spec]
+        agent = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300)
+        summary = json.loads(agent.stdout.strip().splitlines()[-1])
+        time.sleep(5)
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+        def read(topic: str) -> list[Any]:
+            consumer = Consumer({**conf, "group.id": f"lat-{uuid.uuid4().hex}", "enable.partition.eof": True})
+            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+            out, eof = [], set()
+            while len(eof) < len(parts):
+                for msg in consumer.consume(2000, timeout=1.0):
+                    if msg.error():
+                        eof.add(msg.partition())
+                    else:
+                        out.append(msg)
+            consumer.close()
+            return out
+
+        # when each (gpu, sample ts) reached the broker, and how late after its sample time
+        produced: dict[str, list[tuple[int, int]]] = {}
+        delivery = []
+        for msg in read(prefix + GPU_SAMPLES_RAW.name):
+            kafka_ts = msg.timestamp()[1]
+            for s in GPU_SAMPLES_RAW.codec.decode(msg.value()):
+                produced.setdefault(s.gpu_uuid, []).append((s.ts, kafka_ts))
+            delivery.append(kafka_ts - s.ts)
+        for series in produced.values():
+            series.sort()
+        lateness_ms = 2000
+        latencies = []
+        for msg in read(prefix + ANOMALIES.name):
+            for a in ANOMALIES.codec.decode(msg.value()):
+                if a.kind != "gpu_underused" or a.gpu_uuid is None:
+                    continue
+                series = produced[a.gpu_uuid]
+                i = int(np.searchsorted([t for t, _ in series], a.window_end + lateness_ms))
+                if i < len(series):
+                    latencies.append(msg.timestamp()[1] - series[i][1])
+    lat = np.array(latencies, dtype=np.float64) / 1000
+    base = np.array(delivery, dtype=np.float64) / 1000
+    return {
+        "p99_s": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+        "baseline_p99_s": float(np.percentile(base, 99)),
+        "ratio": float(np.percentile(base, 99) / np.percentile(lat, 99)) if lat.size else float("nan"),
+        "p50_s": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+        "anomalies": float(lat.size), "gpus": float(gpus), "ticks": float(summary["ticks"]),
+        "dropped": float(summary["dropped"]),
+    }
+
+
+def bench_latency_1k(repeats: int) -> dict[str, float]:
+    return _latency(1024, 90)
+
+
+def bench_latency_10k(repeats: int) -> dict[str, float]:
+    return _latency(10240, 90)
