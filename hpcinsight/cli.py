@@ -173,6 +173,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from hpcinsight.topics import ensure_topics
     from streams.app import WorkerOptions, parse_duration_ms, parse_windows, run_worker
+    from streams.detectors import build as build_detectors
 
     settings = load()
     ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
@@ -186,6 +187,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             job_wait_s=parse_duration_ms(args.job_wait) / 1000, instance=args.instance,
         )
         options.processor_config()
+        build_detectors(settings.detectors)
     except ValueError as err:
         print(f"hpcinsight worker: {err}", file=sys.stderr)
         return 2

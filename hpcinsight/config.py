@@ -167,6 +167,8 @@ class Settings:
     kafka: KafkaSettings
     clickhouse: ClickHouseSettings
     data_dir: Path = field(default_factory=lambda: Path(".hpcinsight"))
+    #: detector settings from the config file's ``[detectors.<kind>]`` tables, checked by the worker
+    detectors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def with_bootstrap(self, bootstrap: str) -> Settings:
         return replace(self, kafka=replace(self.kafka, bootstrap=bootstrap))
@@ -240,4 +242,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     clickhouse = ClickHouseSettings(url=url, username=username, password=password)
     kafka.validate()
     clickhouse.validate()
-    return Settings(kafka=kafka, clickhouse=clickhouse, data_dir=data_dir)
+    detectors = file_conf.get("detectors", {})
+    if not isinstance(detectors, dict) or not all(isinstance(v, dict) for v in detectors.values()):
+        raise ConfigError("[detectors] in HPCINSIGHT_CONFIG must hold one table per detector, e.g. [detectors.job_underused]")
+    return Settings(kafka=kafka, clickhouse=clickhouse, data_dir=data_dir, detectors=detectors)

@@ -36,6 +36,7 @@ from schemas.catalog import (
     TOPICS,
     Topic,
 )
+from streams.detectors import build as build_detectors
 from streams.jobs import JobStageConfig
 from streams.kpis import KpiConfig
 from streams.processor import Output, ProcessorConfig, SampleProcessor
@@ -156,7 +157,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         t.name: app.topic(settings.topic(t.name), key_serializer="raw", value_serializer="raw", partitions=t.partitions)
         for t in TOPICS
     }
-    processor = SampleProcessor(options.processor_config())
+    processor = SampleProcessor(options.processor_config(), detectors=build_detectors(settings.detectors))
     feed = SchedulerFeed(settings, processor)
     raw_topic, sketch_topic = settings.topic(GPU_SAMPLES_RAW.name), settings.topic(GPU_SKETCHES.name)
     owned: dict[str, set[int]] = {raw_topic: set(), sketch_topic: set()}

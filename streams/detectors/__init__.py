@@ -9,10 +9,14 @@ else changes.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import importlib
 import pkgutil
+from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
+
+import msgspec
 
 from schemas.events import Event, GpuQuantiles
 
@@ -63,6 +67,29 @@ class WindowChoice:
         if self._shortest is None or size < self._shortest:
             self._shortest = size
         return size == self._shortest
+
+
+def build(settings: Mapping[str, Mapping[str, Any]] | None = None) -> list[Detector[Any]]:
+    """One instance of every detector, configured from ``settings`` (``{kind: {setting: value}}``,
+    the config file's ``[detectors.<kind>]`` tables); raises ``ValueError`` naming what is wrong."""
+    classes = {cls.kind: cls for cls in discover()}
+    settings = settings or {}
+    unknown = sorted(set(settings) - set(classes))
+    if unknown:
+        raise ValueError(f"no detector {', '.join(unknown)}; known: {', '.join(classes)}")
+    out = []
+    for kind, cls in classes.items():
+        values = dict(settings.get(kind, {}))
+        names = {f.name for f in dataclasses.fields(cls.config_type)}
+        extra = sorted(set(values) - names)
+        if extra:
+            raise ValueError(f"detector {kind} has no setting {', '.join(extra)}; its settings: {', '.join(sorted(names))}")
+        try:
+            config = msgspec.convert(values, cls.config_type, strict=False)
+        except msgspec.ValidationError as err:
+            raise ValueError(f"detector {kind}: {err}") from None
+        out.append(cls(config))
+    return out
 
 
 def discover() -> list[type[Detector[Any]]]:
