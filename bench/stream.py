@@ -4,9 +4,11 @@
 windows and since-start on KLL panes, every detector, encode every output) over node-batched
 messages, against decoding the same messages with the catalog codec (what any consumer pays).
 
-``stream_worker``: the real ``hpcinsight worker`` process (Faust, aiokafka) draining a backlog of
-node-batched raw samples on a real broker, from its first commit to lag 0, against a bare
-confluent-kafka consume-and-decode loop over the same topic. Target: 50,000 GPU samples/s.
+``stream_worker``: the real ``hpcinsight worker`` process (Faust reading, librdkafka writing)
+draining a backlog of node-batched raw samples on a real broker (its rate from the Kafka
+timestamps of its first and last output), against a bare confluent-kafka consume-and-decode loop
+over the same topic. Also reported: the floor of any Faust worker here, a do-nothing Faust agent
+on the same topic (:mod:`bench.faust_floor`). Target: 50,000 GPU samples/s.
 
 ``latency``: a sim agent at 1 Hz (1,024 or 10,240 GPUs) with idle GPUs injected in waves, the
 worker and the broker running together; for every anomaly, the time from the production of the
@@ -132,7 +134,14 @@ def bench_stream_worker(repeats: int) -> dict[str, float]:
         raw, out = prefix + GPU_SAMPLES_RAW.name, prefix + GPU_SAMPLES.name
         _produce(bootstrap, raw, data)
         base = _bare_consume(bootstrap, raw, samples)
-        worker = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "worker"], env=_env(bootstrap, prefix, tmp),
+        floor = subprocess.run(
+            [sys.executable, "-m", "bench.faust_floor", "worker", "-l", "warn"], cwd=ROOT, capture_output=True, text=True,
+            timeout=300, env={**os.environ, "FLOOR_BOOTSTRAP": bootstrap, "FLOOR_TOPIC": raw, "FLOOR_MESSAGES": str(len(data)),
+                              "FLOOR_DATADIR": str(Path(tmp) / "floor")},
+        )
+        floor_msgs = float(next((line.split("FLOOR ")[1] for line in floor.stderr.splitlines() if "FLOOR " in line), "nan"))
+        extra = os.environ.get("BENCH_WORKER_ARGS", "").split()  # e.g. "--checkpoint-every 5m" to compare settings
+        worker = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "worker", *extra], env=_env(bootstrap, prefix, tmp),
                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 600
@@ -160,7 +169,8 @@ def bench_stream_worker(repeats: int) -> dict[str, float]:
         consumer.close()
     ours = (max(stamps) - min(stamps)) / 1000
     return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base,
-            "ratio": (samples / ours) / (samples / base), "messages": float(len(data))}
+            "ratio": (samples / ours) / (samples / base), "messages": float(len(data)),
+            "faust_floor_samples_per_s": floor_msgs * GPUS_PER_NODE}
 
 
 def _latency(gpus: int, seconds: int) -> dict[str, float]:
@@ -171,9 +181,9 @@ def _latency(gpus: int, seconds: int) -> dict[str, float]:
     from hpcinsight.topics import ensure_topics
 
     nodes = gpus // GPUS_PER_NODE
-    # waves of idle GPUs: 1 in 64 nodes has a GPU idle for 30 s, staggered, so anomalies fire and
-    # resolve all along the run
-    idle = [f"{n}:{n % GPUS_PER_NODE}@{10 + (n // 64) % 40}-{40 + (n // 64) % 40}" for n in range(0, nodes, 64)]
+    # waves of idle GPUs: one GPU in every 8th node idles for 25 s, staggered over the run, so
+    # anomalies fire and resolve all along it
+    idle = [f"{n}:{n % GPUS_PER_NODE}@{15 + (n // 8) % 40}-{40 + (n // 8) % 40}" for n in range(0, nodes, 8)]
     with tempfile.TemporaryDirectory() as tmp, LocalKafka() as kafka:
         bootstrap = kafka.bootstrap
         prefix = f"lat{uuid.uuid4().hex[:6]}."

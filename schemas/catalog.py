@@ -97,7 +97,7 @@ GPU_SAMPLES = Topic(
     table=Table("gpu_samples", order_by=("node", "gpu_index", "ts"), time_column="ts"),
 )
 GPU_QUANTILES = Topic(
-    "gpu.quantiles", GpuQuantiles, key="gpu_uuid", partitions=6, retention_ms=7 * DAY_MS,
+    "gpu.quantiles", GpuQuantiles, key="node", partitions=6, retention_ms=7 * DAY_MS,
     doc="p25/p50/p95 of GPU metrics per sliding window (1m, 5m, 1h) and since the job started.",
     table=Table("gpu_quantiles", order_by=("node", "gpu_index", "metric", "window", "window_end"), time_column="window_end", ttl_days=365),
 )

@@ -138,22 +138,28 @@ class SampleProcessor:
         skew = self._skew(samples)
         if skew:
             return [self.dead_letter(source, partition, offset, key, value, "validate", skew)]
-        samples = [self.attribution.enrich_gpu(s) for s in samples]
-        node_key = key if key else (samples[0].node.encode() if samples else b"")
-        out = [Output(GPU_SAMPLES, node_key, GPU_SAMPLES.codec.encode(samples))]
+        enriched = [self.attribution.enrich_gpu(s) for s in samples]
+        node_key = key if key else (enriched[0].node.encode() if enriched else b"")
+        unchanged = all(a is b for a, b in zip(enriched, samples))  # nothing to attribute: forward the bytes
+        out = [Output(GPU_SAMPLES, node_key, value if unchanged and value else GPU_SAMPLES.codec.encode(enriched))]
+        samples = enriched
         self.stats.samples += len(samples)
+        # One message per (topic, key) per input message: Faust pays per message sent, not per record.
+        quantiles: list[GpuQuantiles] = []
+        anomalies: list[Event] = []
         sketches: dict[str, list[GpuSketch]] = {}
         checkpoints: list[Output] = []
         for sample in samples:
-            for anomaly in self._detect(sample):
-                out.append(self._anomaly_output(anomaly))
+            anomalies.extend(self._detect(sample))
             for metric, closed in self._roll(sample, partition, checkpoints=checkpoints):
                 q = self._quantiles(sample, metric, closed)
-                out.append(Output(GPU_QUANTILES, q.gpu_uuid.encode(), GPU_QUANTILES.codec.encode([q])))
-                for anomaly in self._detect(q):
-                    out.append(self._anomaly_output(anomaly))
+                quantiles.append(q)
+                anomalies.extend(self._detect(q))
                 if closed.job_id is not None:
                     sketches.setdefault(closed.job_id, []).append(self._sketch(sample, metric, closed))
+        if quantiles:
+            out.append(Output(GPU_QUANTILES, node_key, GPU_QUANTILES.codec.encode(quantiles)))
+        out.extend(self._anomaly_outputs(anomalies))
         for job_id, records in sketches.items():
             out.append(Output(GPU_SKETCHES, job_id.encode(), GPU_SKETCHES.codec.encode(records)))
         out.extend(checkpoints)
@@ -318,6 +324,15 @@ class SampleProcessor:
         return [Output(SCHEDULING_KPIS, kpi.encode(), SCHEDULING_KPIS.codec.encode(batch)) for kpi, batch in by_kpi.items()]
 
     # -- output helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _anomaly_outputs(anomalies: list[Event]) -> list[Output]:
+        """Anomalies batched by subject (the topic's key), in order."""
+        by_subject: dict[str, list[Event]] = {}
+        for anomaly in anomalies:
+            assert isinstance(anomaly, Anomaly)
+            by_subject.setdefault(anomaly.subject, []).append(anomaly)
+        return [Output(ANOMALIES, subject.encode(), ANOMALIES.codec.encode(batch)) for subject, batch in by_subject.items()]
 
     @staticmethod
     def _anomaly_output(anomaly: Event) -> Output:
