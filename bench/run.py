@@ -109,6 +109,12 @@ def _sketch(repeats: int) -> dict[str, float]:
     return bench_sketch(repeats)
 
 
+def _windows(repeats: int) -> dict[str, float]:
+    from bench.sketch import bench_windows
+
+    return bench_windows(repeats)
+
+
 def _stream(name: str) -> Callable[[int], dict[str, float]]:
     def run(repeats: int) -> dict[str, float]:
         from bench import stream
@@ -121,7 +127,7 @@ def _stream(name: str) -> Callable[[int], dict[str, float]]:
 BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "codec": bench_codec, "sink": bench_sink, "steps": _steps, "gpu_tick": _gpu_tick, "sketch": _sketch, "agent": _agent,
     "stream_chain": _stream("stream_chain"), "stream_worker": _stream("stream_worker"),
-    "latency_1k": _stream("latency_1k"), "latency_10k": _stream("latency_10k"),
+    "latency_1k": _stream("latency_1k"), "latency_10k": _stream("latency_10k"), "windows": _windows,
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
@@ -129,6 +135,7 @@ HEADLINE = {
     "agent": ("cpu_pct_of_core", "% of a core"), "gpu_tick": ("ms_per_tick", "ms/tick"),
     "sketch": ("sketch_bytes", "bytes"), "stream_chain": ("samples_per_s", "samples/s"),
     "stream_worker": ("samples_per_s", "samples/s"), "latency_1k": ("p99_s", "s p99"), "latency_10k": ("p99_s", "s p99"),
+    "windows": ("sketch_bytes", "bytes (1h)"),
 }
 
 

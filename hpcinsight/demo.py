@@ -23,7 +23,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hpcinsight.config import Settings
 from hpcinsight.topics import ensure_topics, lag, message_count
-from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES, GPU_SAMPLES_RAW, STORED
+from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED
+
+JOB_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         stack.callback(procs.stop_all)
 
         ticks = max(1, int(options.duration_s / options.interval_s))
-        procs.start("worker", "worker", "--windows", options.windows, "--since-start-every", "10s", "--checkpoint-every", "10s")
+        procs.start("worker", "worker", "--windows", options.windows, "--since-start-every", "10s", "--checkpoint-every", "10s",
+                    "--job-wait", f"{JOB_WAIT_S:g}s")
         procs.start("sink", "sink")
         agent_args = ["agent", "--backend", "sim", "--ib", "--nodes", str(options.nodes), "--gpus", str(options.gpus),
                       "--seed", str(options.seed), "--interval", str(options.interval_s), "--speed", str(options.speed),
@@ -146,11 +149,13 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         with console.status("waiting for the worker and the sink to catch up ..."):
             prefix = settings.kafka.topic_prefix
             deadline = time.monotonic() + 120
-            while lag(conf, f"{prefix}worker", [GPU_SAMPLES_RAW.full_name(prefix)]) > 0:
+            worker_inputs = [GPU_SAMPLES_RAW.full_name(prefix), GPU_SKETCHES.full_name(prefix)]
+            while lag(conf, f"{prefix}worker", worker_inputs) > 0:
                 procs.check()
                 if time.monotonic() > deadline:
                     raise RuntimeError("the Faust worker did not catch up within 120 s; see its log in " + str(procs.log_dir))
                 time.sleep(0.5)
+            time.sleep(JOB_WAIT_S + 1.5)  # the job stage's last windows wait that long for GPUs that stopped
             stored = [t.full_name(prefix) for t in STORED]
             while lag(conf, f"{prefix}clickhouse-sink", stored) > 0:
                 procs.check()
@@ -168,6 +173,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             since = str(int(time.time() - started_wall + 60 + options.duration_s))
             columns_q, rows_q = execute(client, "gpu_quantiles", {"since_s": since})
             render(columns_q, rows_q, "table", title="GPU utilisation per GPU (%), from ClickHouse")
+            columns_j, rows_j = execute(client, "job_quantiles", {"since_s": since})
+            render(columns_j, rows_j, "table", title="GPU utilisation per job since it started (%), merged GPU sketches")
             columns, rows = execute(client, "anomalies", {"since_s": since})
             render(columns, rows, "table", title="Anomalies")
             _, counts = execute(client, "counts", {})

@@ -59,7 +59,7 @@ def parse_duration_ms(text: str) -> int:
 
 
 def parse_windows(text: str) -> tuple[WindowSpec, ...]:
-    """``1m/10s,5m/1m,1h/15m``: sliding windows as SIZE/HOP."""
+    """``1m/10s,5m/1m,1h/20m``: sliding windows as SIZE/HOP."""
     specs = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         size, sep, hop = part.partition("/")

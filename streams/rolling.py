@@ -18,7 +18,7 @@ pane's end as seen by the newest sample of the series; an older one is counted i
 dropped (every window it belonged to is already out).
 
 Memory per series is bounded by the panes: with the default windows (1 min by 10 s, 5 min by
-1 min, 1 h by 15 min) the largest, the hour, holds four pane sketches of at most ~1.9 KB each.
+1 min, 1 h by 20 min) the largest, the hour, holds at most three pane sketches of ~2.3 KB each.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from streams.windows import WindowSpec
 DEFAULT_WINDOWS: tuple[WindowSpec, ...] = (
     WindowSpec(60_000, 10_000),
     WindowSpec(300_000, 60_000),
-    WindowSpec(3_600_000, 900_000),
+    WindowSpec(3_600_000, 1_200_000),
 )
 SINCE_START = "since_start"
 _NOTHING: list[Closed] = []  # returned when nothing closes; never mutated by callers
