@@ -10,6 +10,13 @@ the power cap is reached), zero error counters, PCIe/NVLink rates of a data-para
 GPM activity derived from utilisation (SMs are busy for part of each "utilised" interval). The
 extra fields draw from a second random stream, so ``gpu_util`` and the fields that existed
 before them are the same for a seed as they always were.
+
+Hardware faults (:class:`InjectedFault`: thermal or power throttling, an uncorrectable ECC error,
+a pending row remap, clocks stuck low, a slow GPU) are applied *over* the healthy sample: the
+healthy values are drawn as always and then replaced, and what a fault needs at random comes from
+a third stream per GPU. So a fault changes only its GPU during its window, and every other GPU,
+and that GPU outside the window, gives exactly the samples of a run without it (tests and
+detector baselines rely on the seeded stream).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ SM_CLOCK_MAX_MHZ = 1980.0
 MEM_CLOCK_MHZ = 2619.0  # HBM3 runs at a fixed clock
 IDLE_REASON = 0x001  # NVML clock-event bits, as agents.gpu_nvml decodes them
 SW_POWER_CAP_REASON = 0x004
+HW_THERMAL_REASON = 0x040
+REASON_NAMES = ((IDLE_REASON, "idle"), (SW_POWER_CAP_REASON, "sw_power_cap"), (HW_THERMAL_REASON, "hw_thermal"))
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,48 @@ class IdleGpu:
         return node == self.node and gpu == self.gpu and self.start_s <= t_s < self.end_s
 
 
+FAULT_KINDS = ("thermal", "power", "ecc", "remap", "clock", "slow")
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    """A hardware fault of GPU ``gpu`` of node ``node`` from ``start_s`` to ``end_s`` (seconds since start).
+
+    ``thermal``: hw_thermal throttling, 88-92 °C, SM clock about 70% of its maximum, while busy.
+    ``power``: at the power limit with sw_power_cap, SM clock about 85% of its maximum, while busy.
+    ``ecc``: one uncorrectable ECC error at ``start_s``; the volatile count keeps it afterwards
+    (NVML's counters only reset with the driver), so ``end_s`` does not apply.
+    ``remap``: ``remapped_rows_pending`` during the window (a GPU reset clears it at ``end_s``).
+    ``clock``: SM clock about 45% of its maximum while busy with no throttle reason (clocks locked
+    low by a previous ``nvidia-smi -lgc``).
+    ``slow``: utilisation 40-50% while its peers run at 80-95% (a degraded GPU holding back a
+    data-parallel job); power, temperature and activity follow the lower utilisation.
+    """
+
+    kind: str
+    node: int
+    gpu: int
+    start_s: float = 0.0
+    end_s: float = math.inf
+
+    @classmethod
+    def parse(cls, text: str) -> InjectedFault:
+        """``KIND:NODE:GPU[@START[-END]]`` (seconds; no END: to the end of the run), e.g. ``thermal:0:3@30-90``, ``ecc:1:0@45``."""
+        m = re.fullmatch(r"([a-z]+):(\d+):(\d+)(?:@(\d+(?:\.\d+)?)(?:-(\d+(?:\.\d+)?|inf))?)?", text.strip())
+        if not m:
+            raise ValueError(f"--fault expects KIND:NODE:GPU[@START[-END]], got {text!r}")
+        if m.group(1) not in FAULT_KINDS:
+            raise ValueError(f"--fault {text!r}: unknown kind {m.group(1)!r}; known: {', '.join(FAULT_KINDS)}")
+        start = float(m.group(4)) if m.group(4) else 0.0
+        end = float(m.group(5)) if m.group(5) else math.inf
+        if end <= start:
+            raise ValueError(f"--fault {text!r}: END must be after START")
+        return cls(m.group(1), int(m.group(2)), int(m.group(3)), start, end)
+
+    def active(self, node: int, gpu: int, t_s: float) -> bool:
+        return node == self.node and gpu == self.gpu and self.start_s <= t_s < self.end_s
+
+
 @dataclass(frozen=True)
 class SimConfig:
     nodes: int = 4
@@ -66,6 +117,7 @@ class SimConfig:
     job_id: str | None = "sim-job-0"
     memory_total_bytes: int = 80 * GIB
     power_limit_w: float = 700.0
+    faults: tuple[InjectedFault, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.gpus_per_node <= 16:
@@ -75,6 +127,9 @@ class SimConfig:
         for b in self.idle:
             if b.node >= self.nodes or b.gpu >= self.gpus_per_node:
                 raise ValueError(f"idle GPU {b.node}:{b.gpu} is outside the {self.nodes}x{self.gpus_per_node} cluster")
+        for f in self.faults:
+            if f.node >= self.nodes or f.gpu >= self.gpus_per_node:
+                raise ValueError(f"{f.kind} fault on GPU {f.node}:{f.gpu} is outside the {self.nodes}x{self.gpus_per_node} cluster")
 
 
 @dataclass
@@ -86,6 +141,7 @@ class _GpuState:
     base_util: float
     dip_left: int = 0
     extra: random.Random = field(default_factory=random.Random)  # draws of the fields added later
+    fault: random.Random = field(default_factory=random.Random)  # draws of injected faults only
 
 
 class SimGpuCollector(Collector[SimConfig]):
@@ -105,6 +161,7 @@ class SimGpuCollector(Collector[SimConfig]):
                 gid = uuid.uuid5(uuid.NAMESPACE_OID, f"hpcinsight-sim/{config.seed}/{node}/{g}")
                 state = _GpuState(node, g, f"GPU-{gid}", rng, base_util=rng.uniform(82.0, 94.0))
                 state.extra = random.Random(f"{config.seed}/{n}/{g}/extra")
+                state.fault = random.Random(f"{config.seed}/{n}/{g}/fault")
                 self._gpus.append((n, state))
 
     @property
@@ -123,6 +180,7 @@ class SimGpuCollector(Collector[SimConfig]):
 
     def _read(self, n: int, gpu: _GpuState, now_ms: int, t_s: float) -> GpuSample:
         rng, cfg = gpu.rng, self.config
+        faults = [f.kind for f in cfg.faults if f.active(n, gpu.index, t_s)] if cfg.faults else []
         if any(b.active(n, gpu.index, t_s) for b in cfg.idle):
             util = rng.uniform(0.0, 2.0)
         else:
@@ -134,8 +192,11 @@ class SimGpuCollector(Collector[SimConfig]):
             else:
                 util = min(100.0, max(0.0, rng.gauss(gpu.base_util, 4.0)))
         util = round(util, 1)
+        if "slow" in faults and util >= 5:  # drawn after the healthy value: the seeded stream goes on unchanged
+            util = round(gpu.fault.uniform(40.0, 50.0), 1)
         mem_used = int(cfg.memory_total_bytes * (0.05 if util < 5 else rng.uniform(0.70, 0.78)))
         power = round(min(cfg.power_limit_w, 90.0 + 5.6 * util + rng.gauss(0, 8.0)), 1)
+        temperature = round(32.0 + 0.38 * util + rng.gauss(0, 0.8), 1)
         busy = util >= 5
         x = gpu.extra
         # GPM: the SMs are active for part of each interval gpu_util counts as busy; occupancy,
@@ -144,7 +205,12 @@ class SimGpuCollector(Collector[SimConfig]):
         computing = x.uniform(0.72, 0.9)
         sm_active = util * computing
         mem_util = util * x.uniform(0.35, 0.55)
-        reasons = (0 if busy else IDLE_REASON) | (SW_POWER_CAP_REASON if power >= 0.98 * cfg.power_limit_w else 0)
+        sm_clock, fault_reasons = (SM_CLOCK_MAX_MHZ if busy else 345.0), 0
+        if busy and faults:
+            sm_clock, power, temperature, fault_reasons = self._throttle_faults(gpu, faults, sm_clock, power, temperature)
+        reasons = (
+            (0 if busy else IDLE_REASON) | (SW_POWER_CAP_REASON if power >= 0.98 * cfg.power_limit_w else 0) | fault_reasons
+        )
         return GpuSample(
             node=gpu.node,
             gpu_index=gpu.index,
@@ -154,8 +220,8 @@ class SimGpuCollector(Collector[SimConfig]):
             mem_used_bytes=mem_used,
             mem_total_bytes=cfg.memory_total_bytes,
             power_w=max(0.0, power),
-            temperature_c=round(32.0 + 0.38 * util + rng.gauss(0, 0.8), 1),
-            sm_clock_mhz=SM_CLOCK_MAX_MHZ if busy else 345.0,
+            temperature_c=temperature,
+            sm_clock_mhz=sm_clock,
             job_id=cfg.job_id,
             mem_util_pct=round(mem_util, 1),
             power_limit_w=cfg.power_limit_w,
@@ -163,10 +229,10 @@ class SimGpuCollector(Collector[SimConfig]):
             sm_clock_max_mhz=SM_CLOCK_MAX_MHZ,
             mem_clock_max_mhz=MEM_CLOCK_MHZ,
             throttle_reasons=reasons,
-            throttle=[name for bit, name in ((IDLE_REASON, "idle"), (SW_POWER_CAP_REASON, "sw_power_cap")) if reasons & bit],
+            throttle=[name for bit, name in REASON_NAMES if reasons & bit],
             ecc_corrected_volatile=0,
-            ecc_uncorrected_volatile=0,
-            remapped_rows_pending=False,
+            ecc_uncorrected_volatile=self._ecc_errors(n, gpu.index, t_s),
+            remapped_rows_pending="remap" in faults,
             remapped_rows_failure=False,
             pcie_tx_bytes_per_s=float(round(x.uniform(1.0e9, 3.0e9) if busy else x.uniform(0.0, 2.0e6))),
             pcie_rx_bytes_per_s=float(round(x.uniform(1.5e9, 4.0e9) if busy else x.uniform(0.0, 2.0e6))),
@@ -178,6 +244,32 @@ class SimGpuCollector(Collector[SimConfig]):
             tensor_active_pct=round(sm_active * x.uniform(0.5, 0.65), 1),
             dram_bw_util_pct=round(min(100.0, mem_util * x.uniform(0.9, 1.1)), 1),
         )
+
+    def _throttle_faults(
+        self, gpu: _GpuState, faults: list[str], sm_clock: float, power: float, temperature: float
+    ) -> tuple[float, float, float, int]:
+        """A busy GPU's clock, power, temperature and extra clock-event bits under its active faults.
+
+        The values are what a real board reports in each case: the hardware thermal slowdown
+        holds the clock near 70% at 88-92 °C; the power cap holds the board at its limit with the
+        clock near 85%; clocks locked low stay at one fixed value with no reason reported.
+        """
+        r, limit, reasons = gpu.fault, self.config.power_limit_w, 0
+        if "thermal" in faults:
+            reasons |= HW_THERMAL_REASON
+            temperature = round(r.uniform(88.0, 92.0), 1)
+            sm_clock = min(sm_clock, float(round(SM_CLOCK_MAX_MHZ * r.uniform(0.66, 0.74))))
+        if "power" in faults:
+            reasons |= SW_POWER_CAP_REASON
+            power = round(limit * r.uniform(0.985, 1.0), 1)
+            sm_clock = min(sm_clock, float(round(SM_CLOCK_MAX_MHZ * r.uniform(0.82, 0.88))))
+        if "clock" in faults:
+            sm_clock = min(sm_clock, float(round(SM_CLOCK_MAX_MHZ * 0.45)))
+        return sm_clock, power, temperature, reasons
+
+    def _ecc_errors(self, node: int, gpu: int, t_s: float) -> int:
+        """The volatile uncorrected ECC count: one per ``ecc`` fault begun so far (it never goes down)."""
+        return sum(1 for f in self.config.faults if f.kind == "ecc" and f.node == node and f.gpu == gpu and f.start_s <= t_s)
 
 
 @dataclass(frozen=True)

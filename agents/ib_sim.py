@@ -5,16 +5,58 @@ rate, carrying the all-reduce traffic of a data-parallel job: steady throughput 
 no errors. It emits the records ``IbSysfsCollector`` would, from the second tick on (the
 first tick of a port has no previous counters, so no rates), so the pipeline downstream
 cannot tell the two apart.
+
+Fabric faults (:class:`IbFault`) are applied over the healthy values: every port's healthy
+draws are taken as always and then changed, and what a fault needs at random comes from a
+separate stream. A run with faults is therefore the healthy run everywhere else, sample for
+sample (detector baselines and tests rely on the seeded stream).
 """
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from dataclasses import dataclass
 
 from agents.base import Collector
 from schemas.catalog import IB_SAMPLES_RAW
 from schemas.events import IbSample
+
+#: share of its healthy throughput a degraded node's ports still carry
+DEGRADED_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class IbFault:
+    """A fabric fault of node ``node``, in seconds since start.
+
+    ``degrade``: from ``start_s`` to ``end_s`` every port of the node carries about a fifth of its
+    healthy traffic, waits to transmit for most of the time (``xmit_wait_per_s`` in the millions,
+    hundreds of times a healthy port's) and counts a few symbol errors per interval: a bad cable,
+    transceiver or switch port that the link's error recovery keeps alive but slow.
+    ``flap``: HCA ``port`` (``mlx5_<port>``) goes down and comes back once at ``start_s``: the first
+    interval ending at or after it counts one ``link_downed`` and one ``link_error_recovery``.
+    """
+
+    kind: str
+    node: int
+    start_s: float
+    end_s: float = math.inf
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> IbFault:
+        """``degrade:NODE@START-END`` or ``flap:NODE:PORT@SECONDS``, e.g. ``degrade:2@60-120``, ``flap:1:3@45``."""
+        text = text.strip()
+        if m := re.fullmatch(r"degrade:(\d+)@(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?|inf)", text):
+            start, end = float(m.group(2)), float(m.group(3))
+            if end <= start:
+                raise ValueError(f"--ib-fault {text!r}: END must be after START")
+            return cls("degrade", int(m.group(1)), start, end)
+        if m := re.fullmatch(r"flap:(\d+):(\d+)@(\d+(?:\.\d+)?)", text):
+            return cls("flap", int(m.group(1)), float(m.group(3)), port=int(m.group(2)))
+        raise ValueError(f"--ib-fault expects degrade:NODE@START-END or flap:NODE:PORT@SECONDS, got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -25,6 +67,13 @@ class SimIbConfig:
     rate_gbps: float = 400.0
     node_prefix: str = "sim-node-"
     load: float = 0.45  # mean share of the link rate in use
+    faults: tuple[IbFault, ...] = ()
+
+    def __post_init__(self) -> None:
+        for f in self.faults:
+            if f.node >= self.nodes or (f.port is not None and f.port >= self.ports):
+                where = f"node {f.node}" + ("" if f.port is None else f" port {f.port}")
+                raise ValueError(f"IB {f.kind} fault on {where} is outside the {self.nodes}x{self.ports}-port cluster")
 
 
 class SimIbCollector(Collector[SimIbConfig]):
@@ -33,12 +82,20 @@ class SimIbCollector(Collector[SimIbConfig]):
     def __init__(self, config: SimIbConfig) -> None:
         super().__init__(config)
         self._rng = random.Random(f"ib/{config.seed}")
+        self._fault_rng = random.Random(f"ib/{config.seed}/fault")
+        self._start_ms: int | None = None
         self._last_ms: int | None = None
+        self._flaps = sorted((f for f in config.faults if f.kind == "flap"), key=lambda f: f.start_s)
 
     def sample(self, now_ms: int) -> list[IbSample]:
         cfg, rng = self.config, self._rng
+        if self._start_ms is None:
+            self._start_ms = now_ms
+        t_s = (now_ms - self._start_ms) / 1000.0
         interval = None if self._last_ms is None else (now_ms - self._last_ms) / 1000.0
         self._last_ms = now_ms
+        degraded = {f.node for f in cfg.faults if f.kind == "degrade" and f.start_s <= t_s < f.end_s}
+        flapped = self._due_flaps(t_s) if interval else set()
         out = []
         for n in range(cfg.nodes):
             for p in range(cfg.ports):
@@ -50,11 +107,27 @@ class SimIbCollector(Collector[SimIbConfig]):
                 line = cfg.rate_gbps * 1e9 / 8
                 tx = max(0.0, rng.gauss(cfg.load, 0.05)) * line
                 rx = max(0.0, rng.gauss(cfg.load, 0.05)) * line
+                wait = round(abs(rng.gauss(0, 200)))
+                symbol_errors = recoveries = downed = 0
+                if n in degraded:  # after the healthy draws, so the seeded stream is unchanged
+                    tx, rx = tx * DEGRADED_SHARE, rx * DEGRADED_SHARE
+                    wait = round(self._fault_rng.uniform(5e6, 2e7))
+                    symbol_errors = self._fault_rng.randint(1, 4)
+                if (n, p) in flapped:
+                    downed, recoveries = 1, 1
                 out.append(IbSample(
                     **common, interval_s=interval, xmit_bytes_per_s=round(tx), rcv_bytes_per_s=round(rx),
                     xmit_packets_per_s=round(tx / 4096), rcv_packets_per_s=round(rx / 4096),
-                    xmit_wait_per_s=round(abs(rng.gauss(0, 200))), symbol_errors=0, link_downed=0,
-                    link_error_recovery=0, rcv_errors=0, rcv_remote_physical_errors=0, xmit_discards=0,
+                    xmit_wait_per_s=wait, symbol_errors=symbol_errors, link_downed=downed,
+                    link_error_recovery=recoveries, rcv_errors=0, rcv_remote_physical_errors=0, xmit_discards=0,
                     local_link_integrity_errors=0, excessive_buffer_overrun_errors=0,
                 ))
         return out
+
+    def _due_flaps(self, t_s: float) -> set[tuple[int, int]]:
+        """(node, port) of the flaps that fell due by ``t_s``, each returned once."""
+        due: set[tuple[int, int]] = set()
+        while self._flaps and self._flaps[0].start_s <= t_s:
+            f = self._flaps.pop(0)
+            due.add((f.node, f.port or 0))
+        return due

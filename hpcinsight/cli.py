@@ -108,11 +108,22 @@ def cmd_agent(args: argparse.Namespace) -> int:
     settings = load()
     conf = settings.kafka.client_config()
     collectors: list[Any] = []
+    if ((args.fault or args.ib_fault) and args.backend != "sim") or (args.ib_fault and not args.ib):
+        raise ValueError("--fault needs --backend sim, and --ib-fault --backend sim --ib")  # not silently ignored
     if args.backend == "sim":
-        from agents.gpu_sim import IdleGpu, InjectedXid, SimConfig, SimGpuCollector, SimProcessCollector, SimXidCollector
+        from agents.gpu_sim import (
+            IdleGpu,
+            InjectedFault,
+            InjectedXid,
+            SimConfig,
+            SimGpuCollector,
+            SimProcessCollector,
+            SimXidCollector,
+        )
 
         sim = SimGpuCollector(
-            SimConfig(nodes=args.nodes, gpus_per_node=args.gpus, seed=args.seed, idle=tuple(IdleGpu.parse(i) for i in args.idle))
+            SimConfig(nodes=args.nodes, gpus_per_node=args.gpus, seed=args.seed, idle=tuple(IdleGpu.parse(i) for i in args.idle),
+                      faults=tuple(InjectedFault.parse(f) for f in args.fault))
         )
         # the same three views of the GPUs as --backend nvml: samples, processes, XID events
         collectors += [sim, SimProcessCollector(sim), SimXidCollector(sim, tuple(InjectedXid.parse(x) for x in args.xid))]
@@ -122,9 +133,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         nvml_config = NvmlConfig(node=args.node) if args.node else NvmlConfig()
         collectors += [NvmlGpuCollector(nvml_config), NvmlProcessCollector(nvml_config), NvmlXidCollector(nvml_config)]
     if args.ib and args.backend == "sim":
-        from agents.ib_sim import SimIbCollector, SimIbConfig
+        from agents.ib_sim import IbFault, SimIbCollector, SimIbConfig
 
-        collectors.append(SimIbCollector(SimIbConfig(nodes=args.nodes, seed=args.seed)))
+        collectors.append(SimIbCollector(SimIbConfig(nodes=args.nodes, seed=args.seed,
+                                                     faults=tuple(IbFault.parse(f) for f in args.ib_fault))))
     elif args.ib:
         from agents.ib_sysfs import IbConfig, IbSysfsCollector
 
@@ -143,6 +155,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         from agents.scheduler.slurm import SlurmCollector, SlurmConfig
 
         collectors.append(SlurmCollector(SlurmConfig()))
+    elif args.scheduler == "sim":
+        from agents.gpu_sim import SimConfig
+        from agents.scheduler.sim import SimSchedulerCollector
+
+        collectors.append(SimSchedulerCollector(SimConfig(nodes=args.nodes, gpus_per_node=args.gpus, seed=args.seed)))
     if not collectors:
         raise ValueError("nothing to sample: choose --backend sim|nvml, --ib and/or --scheduler")
     ensure_topics(conf, settings.kafka.topic_prefix)
@@ -249,6 +266,11 @@ def _add_sim_args(p: argparse.ArgumentParser, idle_default: list[str]) -> None:
                    help="make a GPU idle (seconds since start), e.g. 1:3@0-40; repeatable")
     p.add_argument("--xid", action="append", default=[], metavar="NODE:GPU@SECONDS:XID[xN]",
                    help="inject an XID error into the simulated cluster, e.g. 0:5@30:79; repeatable")
+    p.add_argument("--fault", action="append", default=[], metavar="KIND:NODE:GPU[@START[-END]]",
+                   help="inject a GPU fault (thermal, power, ecc, remap, clock, slow), e.g. thermal:0:3@30-90 or ecc:1:0@45; "
+                   "repeatable")
+    p.add_argument("--ib-fault", action="append", default=[], metavar="degrade:NODE@START-END|flap:NODE:PORT@SECONDS",
+                   help="inject an InfiniBand fault (with --ib), e.g. degrade:2@60-120 or flap:1:3@45; repeatable")
     p.add_argument("--interval", type=float, default=1.0, help="sampling interval in seconds (default 1)")
     p.add_argument("--speed", type=float, default=1.0, help="run the sample clock this many times faster than real time")
 
@@ -283,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs: sim (simulated cluster), nvml (this node's GPUs) or none")
     p.add_argument("--ib", action="store_true", help="also sample InfiniBand ports: from sysfs, or simulated with --backend sim")
     p.add_argument("--ib-root", default="/sys/class/infiniband", help="sysfs root of the InfiniBand devices")
-    p.add_argument("--scheduler", choices=("none", "trace", "kubernetes", "slurm"), default="none",
-                   help="also report job events: replay the openb trace, watch Kubernetes pods, or poll Slurm")
+    p.add_argument("--scheduler", choices=("none", "trace", "kubernetes", "slurm", "sim"), default="none",
+                   help="also report job events: replay the openb trace, watch Kubernetes pods, poll Slurm, "
+                   "or the sim cluster's nodes and job")
     p.add_argument("--trace-dir", default="../shared/data/alibaba-openb-2023", help="openb trace folder (--scheduler trace)")
     p.add_argument("--trace-speedup", type=float, default=60.0, help="trace seconds per wall second (--scheduler trace)")
     p.add_argument("--trace-limit", type=int, default=None, help="replay only the first N pods (--scheduler trace)")
@@ -299,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sim_args(p, idle_default=[])
 
     p = add("worker", cmd_worker, "run the Faust stream worker (validation, quantiles, detectors)")
-    p.add_argument("--windows", default="1m/10s,5m/1m,1h/15m",
-                   help="sliding quantile windows as SIZE/HOP, comma-separated (default 1m/10s,5m/1m,1h/15m)")
+    p.add_argument("--windows", default="1m/10s,5m/1m,1h/20m",
+                   help="sliding quantile windows as SIZE/HOP, comma-separated (default 1m/10s,5m/1m,1h/20m)")
     p.add_argument("--since-start-every", default="60s", help="emit the since-job-start quantiles this often (default 60s)")
     p.add_argument("--lateness", default="2s", help="use samples up to this late, count and drop later ones (default 2s)")
     p.add_argument("--checkpoint-every", default="60s",
