@@ -253,7 +253,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load(),
         DemoOptions(
             duration_s=args.duration, nodes=args.nodes, gpus=args.gpus, idle=args.idle, interval_s=args.interval,
-            speed=args.speed, windows=args.windows, seed=args.seed,
+            speed=args.speed, windows=args.windows, seed=args.seed, xid=args.xid, faults=args.fault,
+            ib_faults=args.ib_fault,
         ),
     )
 

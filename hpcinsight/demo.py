@@ -37,6 +37,9 @@ class DemoOptions:
     interval_s: float = 1.0
     speed: float = 1.0
     windows: str = "20s/10s,1m/10s"
+    xid: list[str] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)
+    ib_faults: list[str] = field(default_factory=list)
     seed: int = 0
 
     def idle_specs(self) -> list[str]:
@@ -122,11 +125,15 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         procs.start("worker", "worker", "--windows", options.windows, "--since-start-every", "10s", "--checkpoint-every", "10s",
                     "--job-wait", f"{JOB_WAIT_S:g}s")
         procs.start("sink", "sink")
-        agent_args = ["agent", "--backend", "sim", "--ib", "--nodes", str(options.nodes), "--gpus", str(options.gpus),
-                      "--seed", str(options.seed), "--interval", str(options.interval_s), "--speed", str(options.speed),
-                      "--ticks", str(ticks)]
+        # --scheduler sim: the job, its user, team and zones, so the tables group by them
+        agent_args = ["agent", "--backend", "sim", "--ib", "--scheduler", "sim", "--nodes", str(options.nodes),
+                      "--gpus", str(options.gpus), "--seed", str(options.seed), "--interval", str(options.interval_s),
+                      "--speed", str(options.speed), "--ticks", str(ticks)]
         for spec in options.idle_specs():
             agent_args += ["--idle", spec]
+        for flag, specs in (("--xid", options.xid), ("--fault", options.faults), ("--ib-fault", options.ib_faults)):
+            for spec in specs:
+                agent_args += [flag, spec]
         agent = procs.start("agent", *agent_args)
         console.print(f"simulating {options.nodes} nodes x {options.gpus} GPUs, idle GPU(s): {', '.join(options.idle_specs())}")
 

@@ -192,6 +192,7 @@ class OutputProducer:
 
 
 def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, SampleProcessor]:
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         f"{settings.kafka.topic_prefix}worker",
         **settings.kafka.faust_options(),
@@ -207,6 +208,8 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         # waiting out the dead member's session
         consumer_group_instance_id=f"{settings.kafka.topic_prefix}worker-{options.instance}",
         broker_session_timeout=30.0,
+        # Faust keeps a folder per app id; under the data dir, not wherever the worker was started
+        datadir=str(settings.data_dir / "faust" / f"{settings.kafka.topic_prefix}worker"),
     )
     topics = {
         t.name: app.topic(settings.topic(t.name), key_serializer="raw", value_serializer="raw", partitions=t.partitions)
