@@ -17,8 +17,32 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from schemas.events import GpuSketch, JobQuantiles
+from typing import ClassVar
+
+from schemas.events import Event, GpuSketch, JobQuantiles
 from streams.sketches import QuantileSketch
+
+SINCE_START = "since_start"
+
+
+class JobGpuWindow(Event, frozen=True):
+    """Every GPU of a job in one sliding window, side by side: what peer comparisons need.
+
+    Internal to the worker (never on a topic): the job stage hands it to the detectors that
+    compare a job's GPUs and nodes with each other, which only this stage can do, since it is
+    where all of a job's GPUs meet whatever worker sampled them.
+    """
+
+    __schema__: ClassVar[str] = "job_gpu_window"
+    __version__: ClassVar[int] = 1
+
+    job_id: str
+    metric: str
+    window: str
+    window_start: int
+    window_end: int
+    p50: dict[str, float]  # gpu uuid -> the GPU's median in the window
+    node: dict[str, str]  # gpu uuid -> its node
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,7 @@ class JobMerger:
         self._gpus_of: dict[tuple[str, str], frozenset[str]] = {}
         self.late = 0
         self._newest = 0
+        self.gpu_windows: list[JobGpuWindow] = []  # filled by add/tick, drained by the caller
 
     def add(self, sketch: GpuSketch, now: float | None = None) -> list[JobQuantiles]:
         now = time.monotonic() if now is None else now
@@ -95,7 +120,15 @@ class JobMerger:
     def _emit(self, series: _Series, end: int) -> JobQuantiles:
         pending = series.pending.pop(end)
         parts = list(pending.sketches.values())
-        merged = QuantileSketch.merged(QuantileSketch.from_bytes(p.sketch) for p in parts)
+        sketches = [QuantileSketch.from_bytes(p.sketch) for p in parts]
+        merged = QuantileSketch.merged(sketches)
+        if parts[0].window != SINCE_START:
+            medians = {p.gpu_uuid: (q or [0.0])[0] for p, q in zip(parts, (s.quantiles([0.5]) for s in sketches))}
+            self.gpu_windows.append(JobGpuWindow(
+                job_id=parts[0].job_id, metric=parts[0].metric, window=parts[0].window,
+                window_start=min(p.window_start for p in parts), window_end=end,
+                p50=medians, node={p.gpu_uuid: p.node for p in parts},
+            ))
         q = merged.quantiles()
         assert q is not None
         count, total = sum(p.count for p in parts), sum(p.sum for p in parts)
@@ -119,3 +152,4 @@ class JobMerger:
         """Drop all state (the partitions it came from are being rebuilt by a replay)."""
         self._series.clear()
         self._gpus_of.clear()
+        self.gpu_windows.clear()

@@ -51,7 +51,7 @@ from schemas.events import (
 )
 from streams.attribution import Attribution
 from streams.detectors import Detector, discover
-from streams.jobs import JobMerger, JobStageConfig
+from streams.jobs import JobGpuWindow, JobMerger, JobStageConfig
 from streams.kpis import KpiConfig, SchedulingKpis
 from streams.rolling import Closed, RollingConfig, RollingSeries
 
@@ -264,6 +264,7 @@ class SampleProcessor:
                 self.stats.job_windows += 1
                 out.append(Output(JOB_QUANTILES, q.job_id.encode(), JOB_QUANTILES.codec.encode([q])))
                 out.extend(self._anomaly_output(a) for a in self._detect(q))
+            out.extend(self._anomaly_outputs(self._detect_gpu_windows()))
         self.stats.late_sketches += self.jobs.late - late
         return out
 
@@ -274,13 +275,19 @@ class SampleProcessor:
             self.stats.job_windows += 1
             out.append(Output(JOB_QUANTILES, q.job_id.encode(), JOB_QUANTILES.codec.encode([q])))
             out.extend(self._anomaly_output(a) for a in self._detect(q))
+        out.extend(self._anomaly_outputs(self._detect_gpu_windows()))
         return out
+
+    def _detect_gpu_windows(self, replay: bool = False) -> list[Event]:
+        """Run the peer-comparing detectors on the job windows the job stage just completed."""
+        windows, self.jobs.gpu_windows = self.jobs.gpu_windows, []
+        return [a for w in windows for a in self._detect(w, replay=replay)]
 
     # -- detector inputs and the scheduler ------------------------------------------------------
 
     def event_topics(self) -> list[Topic]:
         """Catalog topics, besides those with their own stage, whose events some detector reads."""
-        own = {GpuSample, GpuQuantiles, IbSample, GpuSketch, JobQuantiles}
+        own = {GpuSample, GpuQuantiles, IbSample, GpuSketch, JobQuantiles, JobGpuWindow}
         wanted = {t for d in self.detectors for t in d.inputs} - own
         return [t for t in TOPICS if t.event in wanted]
 
@@ -413,6 +420,7 @@ class SampleProcessor:
         for sketch in sketches:
             for q in self.jobs.add(sketch):
                 self._detect(q, replay=True)
+            self._detect_gpu_windows(replay=True)
 
     def restore(self, anomalies: list[Anomaly]) -> None:
         """Give each detector the incidents of its kind still open before a restart."""

@@ -58,7 +58,7 @@ class WindowChoice:
         self.label = label
         self._shortest: int | None = None
 
-    def accepts(self, q: GpuQuantiles) -> bool:
+    def accepts(self, q: GpuQuantiles | Any) -> bool:  # anything with window, window_start, window_end
         if self.label is not None:
             return q.window == self.label
         if q.window == "since_start":

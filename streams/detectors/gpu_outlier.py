@@ -1,11 +1,20 @@
-"""The GPU of a job that behaves unlike its peers: a robust outlier among the job's GPUs.
+"""The GPU, or the node, of a job that behaves unlike its peers: robust outliers within a job.
 
-For each job, metric and window, every GPU's median (p50) is compared with the median of
-all the job's GPUs in that window; the distance is measured in robust deviations
-(1.4826 x MAD, with a floor per metric so a job whose GPUs agree perfectly does not turn
-noise into infinity). A GPU more than ``k`` deviations away for ``fire_after`` consecutive
-windows fires; it resolves after ``resolve_after`` windows back in line. A window is judged
-when the job's next window starts arriving, so every GPU of the job has reported.
+Runs in the job stage, on :class:`streams.jobs.JobGpuWindow`: all of a job's GPUs in one window,
+whichever workers sampled them (the per-GPU stage only sees the GPUs of its own partitions, so a
+comparison there would depend on how partitions happen to be assigned).
+
+* GPU: every GPU's median (p50) of the window against the median of all the job's GPUs, in
+  robust deviations (1.4826 x MAD, floored per metric so a job whose GPUs agree perfectly does
+  not turn noise into infinity).
+* Node: the median of a node's GPUs against the median of the job's nodes, the same way, when
+  the job spans at least ``min_nodes`` nodes. A node whose GPUs are all slow (a bad PCIe switch,
+  a hot rack, a misconfigured host) moves as one, and is named as one.
+
+More than ``k`` deviations for ``fire_after`` consecutive windows fires; ``resolve_after`` windows
+back in line resolve. Sliding windows overlap, so consecutive windows share samples: with short
+windows a burst of noise can count twice; judge a window at least a few hops long (the default is
+the shortest window the worker emits, 1 min by default).
 """
 
 from __future__ import annotations
@@ -13,8 +22,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from schemas.events import Anomaly, Event, GpuQuantiles
+from schemas.events import Anomaly, Event
 from streams.detectors import Detector, WindowChoice, anomaly_id
+from streams.jobs import JobGpuWindow
 
 MAD_SCALE = 1.4826  # makes MAD estimate the standard deviation of normal data
 
@@ -25,6 +35,7 @@ class GpuOutlierConfig:
     fire_after: int = 2
     resolve_after: int = 2
     min_peers: int = 4
+    min_nodes: int = 3
     window: str | None = None  # None: the shortest sliding window
     #: metric -> smallest robust deviation used (its units)
     floors: dict[str, float] = field(default_factory=lambda: {"gpu_util": 3.0, "power_w": 15.0, "sm_clock_mhz": 50.0})
@@ -39,72 +50,83 @@ class _Track:
     since: int = 0
 
 
+def robust(values: list[float], floor: float) -> tuple[float, float]:
+    """Median and robust deviation (at least ``floor``) of ``values``."""
+    median = statistics.median(values)
+    return median, max(MAD_SCALE * statistics.median(abs(v - median) for v in values), floor)
+
+
 class GpuOutlierDetector(Detector[GpuOutlierConfig]):
     kind = "gpu_outlier"
-    inputs = (GpuQuantiles,)
+    inputs = (JobGpuWindow,)
     config_type = GpuOutlierConfig
 
     def __init__(self, config: GpuOutlierConfig | None = None) -> None:
         super().__init__(config)
-        # (job, metric) -> window_end -> gpu_uuid -> quantiles
-        self._pending: dict[tuple[str, str], dict[int, dict[str, GpuQuantiles]]] = {}
-        self._tracks: dict[tuple[str, str], _Track] = {}
+        self._tracks: dict[tuple[str, str], _Track] = {}  # (gpu uuid or node, metric)
         self._window = WindowChoice(self.config.window)
 
     def observe(self, event: Event) -> list[Event]:
-        if (
-            not isinstance(event, GpuQuantiles) or event.job_id is None or event.metric not in self.config.floors
-            or not self._window.accepts(event)
-        ):
+        if not isinstance(event, JobGpuWindow) or event.metric not in self.config.floors or not self._window.accepts(event):
             return []
-        windows = self._pending.setdefault((event.job_id, event.metric), {})
-        windows.setdefault(event.window_end, {})[event.gpu_uuid] = event
+        floor = self.config.floors[event.metric]
         out: list[Event] = []
-        for end in sorted(e for e in windows if e < event.window_end):  # earlier windows are complete
-            out.extend(self._judge(event.metric, windows.pop(end)))
+        if len(event.p50) >= self.config.min_peers:
+            median, scale = robust(list(event.p50.values()), floor)
+            for uuid, value in event.p50.items():
+                evidence = {"value": value, "peer_median": median, "robust_dev": scale,
+                            "robust_z": (value - median) / scale, "peers": float(len(event.p50))}
+                out += self._judge(event, "gpu", uuid, event.node.get(uuid), uuid, evidence)
+        by_node: dict[str, list[float]] = {}
+        for uuid, value in event.p50.items():
+            by_node.setdefault(event.node.get(uuid, "?"), []).append(value)
+        if len(by_node) >= self.config.min_nodes:
+            node_medians = {n: statistics.median(v) for n, v in by_node.items()}
+            median, scale = robust(list(node_medians.values()), floor)
+            for node, value in node_medians.items():
+                evidence = {"value": value, "peer_median": median, "robust_dev": scale,
+                            "robust_z": (value - median) / scale, "peers": float(len(node_medians)),
+                            "gpus_on_node": float(len(by_node[node]))}
+                out += self._judge(event, "node", node, node, None, evidence)
         return out
 
-    def _judge(self, metric: str, gpus: dict[str, GpuQuantiles]) -> list[Event]:
-        if len(gpus) < self.config.min_peers:
-            return []
-        values = [q.p50 for q in gpus.values()]
-        median = statistics.median(values)
-        scale = max(MAD_SCALE * statistics.median(abs(v - median) for v in values), self.config.floors[metric])
-        out: list[Event] = []
-        for uuid, q in gpus.items():
-            z = (q.p50 - median) / scale
-            track = self._tracks.setdefault((uuid, metric), _Track())
-            evidence = {"value": q.p50, "peer_median": median, "robust_dev": scale, "robust_z": z, "peers": float(len(gpus))}
-            if abs(z) > self.config.k:
-                if track.high == 0:
-                    track.since = q.window_start
-                track.high, track.low = track.high + 1, 0
-                if track.open_id is None and track.high >= self.config.fire_after:
-                    track.started_at = track.since
-                    track.open_id = anomaly_id(self.kind, f"{uuid}/{metric}", track.started_at)
-                    out.append(self._anomaly(q, track, "firing", evidence))
-            else:
-                track.low, track.high = track.low + 1, 0
-                if track.open_id is not None and track.low >= self.config.resolve_after:
-                    out.append(self._anomaly(q, track, "resolved", evidence))
-                    track.open_id = None
-        return out
+    def _judge(self, w: JobGpuWindow, level: str, subject: str, node: str | None, uuid: str | None,
+               evidence: dict[str, float]) -> list[Event]:
+        track = self._tracks.setdefault((subject, w.metric), _Track())
+        if abs(evidence["robust_z"]) > self.config.k:
+            if track.high == 0:
+                track.since = w.window_start
+            track.high, track.low = track.high + 1, 0
+            if track.open_id is None and track.high >= self.config.fire_after:
+                track.started_at = track.since
+                track.open_id = anomaly_id(self.kind, f"{subject}/{w.metric}", track.started_at)
+                return [self._anomaly(w, level, subject, node, uuid, track, "firing", evidence)]
+        else:
+            track.low, track.high = track.low + 1, 0
+            if track.open_id is not None and track.low >= self.config.resolve_after:
+                anomaly = self._anomaly(w, level, subject, node, uuid, track, "resolved", evidence)
+                track.open_id = None
+                return [anomaly]
+        return []
 
     def restore(self, open_incidents: list[Anomaly]) -> None:
         for a in open_incidents:
             for metric in self.config.floors:  # the id says which metric it was about
-                if a.gpu_uuid and anomaly_id(self.kind, f"{a.gpu_uuid}/{metric}", a.started_at) == a.id:
-                    track = self._tracks.setdefault((a.gpu_uuid, metric), _Track())
+                if anomaly_id(self.kind, f"{a.subject}/{metric}", a.started_at) == a.id:
+                    track = self._tracks.setdefault((a.subject, metric), _Track())
                     track.open_id, track.started_at = a.id, a.started_at
 
-    def _anomaly(self, q: GpuQuantiles, track: _Track, state: str, evidence: dict[str, float]) -> Anomaly:
+    def _anomaly(self, w: JobGpuWindow, level: str, subject: str, node: str | None, uuid: str | None,
+                 track: _Track, state: str, evidence: dict[str, float]) -> Anomaly:
         assert track.open_id is not None
         where = "out of line with" if state == "firing" else "back in line with"
+        what = f"GPU {uuid} on {node}" if level == "gpu" else f"node {node} ({int(evidence['gpus_on_node'])} GPUs)"
+        peers = f"{int(evidence['peers'])} {'GPUs' if level == 'gpu' else 'nodes'}"
         return Anomaly(
             id=track.open_id, kind=self.kind, severity="warning", state=state,  # type: ignore[arg-type]
-            subject_type="gpu", subject=q.gpu_uuid, ts=q.window_end, started_at=track.started_at,
-            window_start=q.window_start, window_end=q.window_end,
-            message=(f"GPU {q.gpu_index} of {q.node}: {q.metric} {evidence['value']:.1f} is {where} its job's "
-                     f"{int(evidence['peers'])} GPUs (median {evidence['peer_median']:.1f}, robust z {evidence['robust_z']:+.1f})"),
-            evidence=evidence, node=q.node, gpu_uuid=q.gpu_uuid, job_id=q.job_id,
+            subject_type=level, subject=subject, ts=w.window_end, started_at=track.started_at,  # type: ignore[arg-type]
+            window_start=w.window_start, window_end=w.window_end,
+            message=(f"{what}: median {w.metric} {evidence['value']:.1f} over {w.window} is {where} job {w.job_id}'s "
+                     f"{peers} (median {evidence['peer_median']:.1f}, robust z {evidence['robust_z']:+.1f})"),
+            evidence=evidence, node=node, gpu_uuid=uuid, job_id=w.job_id,
         )
