@@ -238,6 +238,9 @@ class GpuSketch(Event, frozen=True):
     count: UInt64
     sum: Real
     sketch: Bytes
+    #: window means of the metrics kept without sketches (memory utilisation, PCIe and NVLink
+    #: throughput, SM activity), on the utilisation sketch of the shortest window only
+    means: Evidence = {}
     user: Label | None = None
     team: Label | None = None
     priority: Label | None = None

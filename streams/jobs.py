@@ -41,7 +41,8 @@ class JobGpuWindow(Event, frozen=True):
     window: str
     window_start: int
     window_end: int
-    p50: dict[str, float]  # gpu uuid -> the GPU's median in the window
+    statistic: str  # "p50" (from the GPU's sketch) or "mean" (metrics kept as window means)
+    value: dict[str, float]  # gpu uuid -> the GPU's statistic in the window
     node: dict[str, str]  # gpu uuid -> its node
 
 
@@ -123,12 +124,16 @@ class JobMerger:
         sketches = [QuantileSketch.from_bytes(p.sketch) for p in parts]
         merged = QuantileSketch.merged(sketches)
         if parts[0].window != SINCE_START:
+            start, nodes = min(p.window_start for p in parts), {p.gpu_uuid: p.node for p in parts}
             medians = {p.gpu_uuid: (q or [0.0])[0] for p, q in zip(parts, (s.quantiles([0.5]) for s in sketches))}
-            self.gpu_windows.append(JobGpuWindow(
-                job_id=parts[0].job_id, metric=parts[0].metric, window=parts[0].window,
-                window_start=min(p.window_start for p in parts), window_end=end,
-                p50=medians, node={p.gpu_uuid: p.node for p in parts},
-            ))
+            first = parts[0]
+            self.gpu_windows.append(JobGpuWindow(job_id=first.job_id, metric=first.metric, window=first.window,
+                                                 window_start=start, window_end=end, statistic="p50", value=medians, node=nodes))
+            for name in sorted({m for p in parts for m in p.means}):
+                values = {p.gpu_uuid: p.means[name] for p in parts if name in p.means}
+                self.gpu_windows.append(JobGpuWindow(job_id=first.job_id, metric=name, window=first.window,
+                                                     window_start=start, window_end=end, statistic="mean", value=values,
+                                                     node=nodes))
         q = merged.quantiles()
         assert q is not None
         count, total = sum(p.count for p in parts), sum(p.sum for p in parts)

@@ -53,12 +53,23 @@ from streams.attribution import Attribution
 from streams.detectors import Detector, discover
 from streams.jobs import JobGpuWindow, JobMerger, JobStageConfig
 from streams.kpis import KpiConfig, SchedulingKpis
-from streams.rolling import Closed, RollingConfig, RollingSeries
+from streams.rolling import Closed, RollingConfig, RollingSeries, WindowMeans
 
 log = logging.getLogger(__name__)
 
 #: GpuSample fields whose quantiles are computed
 METRICS = ("gpu_util", "power_w", "sm_clock_mhz")
+#: metrics kept as window means only (for peer comparisons), and how each is read from a sample
+MEAN_METRICS = ("mem_util_pct", "sm_active_pct", "pcie_bytes_per_s", "nvlink_bytes_per_s")
+
+
+def _sum(a: float | None, b: float | None) -> float | None:
+    return None if a is None and b is None else (a or 0.0) + (b or 0.0)
+
+
+def mean_metric_values(s: GpuSample) -> tuple[float | None, ...]:
+    return (s.mem_util_pct, s.sm_active_pct, _sum(s.pcie_tx_bytes_per_s, s.pcie_rx_bytes_per_s),
+            _sum(s.nvlink_tx_bytes_per_s, s.nvlink_rx_bytes_per_s))
 #: a sample stamped further ahead of the worker's clock than this is clock skew, not data
 MAX_FUTURE_MS = 15 * 60 * 1000
 
@@ -121,6 +132,10 @@ class SampleProcessor:
         self.kpis = SchedulingKpis(self.config.kpis)
         self._series: dict[str, RollingSeries] = {}
         self._by_gpu: dict[str, list[tuple[str, str, RollingSeries]]] = {}  # the same series, by GPU (hot path)
+        self._means: dict[str, WindowMeans] = {}
+        rolling = self.config.rolling
+        self._shortest = min(rolling.windows, key=lambda w: (w.size_ms, w.hop_ms)).label
+        self._means_keep_ms = min(w.size_ms for w in rolling.windows) + rolling.base_ms + rolling.lateness_ms
         self._detectors_of: dict[type, list[Detector[Any]]] = {}
         self._partition_of: dict[str, int] = {}
         self._checkpointed: dict[str, int] = {}
@@ -151,12 +166,17 @@ class SampleProcessor:
         checkpoints: list[Output] = []
         for sample in samples:
             anomalies.extend(self._detect(sample))
+            means = self._means.get(sample.gpu_uuid)
+            if means is None:
+                means = self._means[sample.gpu_uuid] = WindowMeans(MEAN_METRICS, self.config.rolling.base_ms, self._means_keep_ms)
+            means.add(sample.ts, mean_metric_values(sample))
             for metric, closed in self._roll(sample, partition, checkpoints=checkpoints):
                 q = self._quantiles(sample, metric, closed)
                 quantiles.append(q)
                 anomalies.extend(self._detect(q))
                 if closed.job_id is not None:
-                    sketches.setdefault(closed.job_id, []).append(self._sketch(sample, metric, closed))
+                    extra = means.mean(closed.start_ms, closed.end_ms) if metric == "gpu_util" and closed.window == self._shortest else {}
+                    sketches.setdefault(closed.job_id, []).append(self._sketch(sample, metric, closed, extra))
         if quantiles:
             out.append(Output(GPU_QUANTILES, node_key, GPU_QUANTILES.codec.encode(quantiles)))
         out.extend(self._anomaly_outputs(anomalies))
@@ -219,12 +239,12 @@ class SampleProcessor:
         )
 
     @staticmethod
-    def _sketch(sample: GpuSample, metric: str, c: Closed) -> GpuSketch:
+    def _sketch(sample: GpuSample, metric: str, c: Closed, means: dict[str, float] | None = None) -> GpuSketch:
         assert c.job_id is not None
         same_job = c.job_id == sample.job_id
         return GpuSketch(
             job_id=c.job_id, node=sample.node, gpu_uuid=sample.gpu_uuid, metric=metric, window=c.window,
-            window_start=c.start_ms, window_end=c.end_ms, count=c.count, sum=c.total, sketch=c.sketch,
+            window_start=c.start_ms, window_end=c.end_ms, count=c.count, sum=c.total, sketch=c.sketch, means=means or {},
             user=sample.user if same_job else None, team=sample.team if same_job else None,
             priority=sample.priority if same_job else None,
         )
@@ -409,6 +429,10 @@ class SampleProcessor:
         for sample in samples:
             sample = self.attribution.enrich_gpu(sample)
             self._detect(sample, replay=True)
+            means = self._means.get(sample.gpu_uuid)
+            if means is None:
+                means = self._means[sample.gpu_uuid] = WindowMeans(MEAN_METRICS, self.config.rolling.base_ms, self._means_keep_ms)
+            means.add(sample.ts, mean_metric_values(sample))
             for metric, closed in self._roll(sample, partition, replay=True):
                 self._detect(self._quantiles(sample, metric, closed), replay=True)
 

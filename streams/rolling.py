@@ -302,3 +302,41 @@ class RollingSeries:
             + (len(w.filling.sketch.to_bytes()) if w.filling else 0)
             for w in self._windows
         }
+
+
+class WindowMeans:
+    """Window means of a few metrics of one GPU, from per-pane sums: cheap where a sketch is not needed.
+
+    Peer comparisons (an outlier GPU or node) need one number per GPU and window for memory
+    utilisation and interconnect throughput; sums and counts per base pane give it for a few
+    additions a sample. Panes are those of :class:`RollingSeries` (same base), kept for
+    ``keep_ms``; :meth:`mean` answers for any window within that span.
+    """
+
+    __slots__ = ("names", "_base", "_keep", "_panes")
+
+    def __init__(self, names: tuple[str, ...], base_ms: int, keep_ms: int) -> None:
+        self.names = names
+        self._base, self._keep = base_ms, keep_ms
+        self._panes: dict[int, list[float]] = {}  # pane start -> [sum_0, count_0, sum_1, count_1, ...]
+
+    def add(self, ts_ms: int, values: tuple[float | None, ...]) -> None:
+        pane = ts_ms - ts_ms % self._base
+        acc = self._panes.get(pane)
+        if acc is None:
+            acc = self._panes[pane] = [0.0] * (2 * len(self.names))
+            horizon = pane - self._keep
+            for old in [p for p in self._panes if p < horizon]:
+                del self._panes[old]
+        for i, v in enumerate(values):
+            if v is not None:
+                acc[2 * i] += v
+                acc[2 * i + 1] += 1
+
+    def mean(self, start_ms: int, end_ms: int) -> dict[str, float]:
+        totals = [0.0] * (2 * len(self.names))
+        for pane, acc in self._panes.items():
+            if start_ms <= pane < end_ms:
+                for i, v in enumerate(acc):
+                    totals[i] += v
+        return {name: totals[2 * i] / totals[2 * i + 1] for i, name in enumerate(self.names) if totals[2 * i + 1]}

@@ -17,7 +17,7 @@ def windows(n: int, value_of, metric: str = "gpu_util", job: str = "job-1", gpus
         end = T0 + (w + 1) * 10_000
         p50 = {f"GPU-{g}": value_of(w, g) for g in range(gpus)}
         yield JobGpuWindow(job_id=job, metric=metric, window="10s", window_start=end - 10_000, window_end=end,
-                           p50=p50, node={f"GPU-{g}": f"n{g // 8}" for g in range(gpus)})
+                           statistic="p50", value=p50, node={f"GPU-{g}": f"n{g // 8}" for g in range(gpus)})
 
 
 def run(det: GpuOutlierDetector, events) -> list:  # type: ignore[no-untyped-def]
@@ -45,7 +45,7 @@ def test_a_throttled_gpu_fires_then_resolves_with_evidence() -> None:
     assert firing.id == resolved.id and firing.started_at == T0 + 10 * 10_000
     assert firing.evidence["robust_z"] < -5 and firing.evidence["peers"] == GPUS and firing.node == "n0"
     assert firing.gpu_uuid == "GPU-5" and firing.job_id == "job-1"
-    assert "median gpu_util 60.0 over 10s is out of line" in firing.message
+    assert "median gpu_util 60 over 10s is out of line" in firing.message
 
 
 def test_a_slow_node_is_named_as_a_node() -> None:
@@ -82,10 +82,22 @@ def test_only_the_shortest_window_is_judged() -> None:
     slow = lambda w, g: 30.0 if g == 2 else 90.0  # noqa: E731
     assert len(run(det, windows(5, slow))) == 1
     long_window = JobGpuWindow(job_id="job-1", metric="gpu_util", window="1m", window_start=T0, window_end=T0 + 60_000,
-                               p50={f"GPU-{g}": (30.0 if g == 7 else 90.0) for g in range(GPUS)},
+                               statistic="p50", value={f"GPU-{g}": (30.0 if g == 7 else 90.0) for g in range(GPUS)},
                                node={f"GPU-{g}": f"n{g // 8}" for g in range(GPUS)})
     assert run(det, [long_window] * 3) == []
 
 
 def test_discovered() -> None:
     assert GpuOutlierDetector in discover()
+
+
+def test_interconnect_throughput_outliers_from_window_means() -> None:
+    rng = random.Random(6)
+    def pcie(w: int, g: int) -> float:
+        return 2e7 if (g == 9 and 3 <= w < 10) else rng.uniform(4.5e9, 5.0e9)
+    events = [JobGpuWindow(job_id="job-1", metric="pcie_bytes_per_s", window="10s", window_start=e.window_start,
+                           window_end=e.window_end, statistic="mean", value=e.value, node=e.node)
+              for e in windows(15, pcie)]
+    raised = run(GpuOutlierDetector(), events)
+    assert [(a.state, a.subject) for a in raised] == [("firing", "GPU-9"), ("resolved", "GPU-9")]
+    assert "mean pcie_bytes_per_s 2e+07" in raised[0].message

@@ -88,3 +88,16 @@ def test_a_window_waits_for_a_worker_that_is_behind_but_not_for_a_gpu_gone() -> 
     assert merger.tick(now=42.0) == []
     assert [(q.window_end - T0, q.gpus) for q in merger.tick(now=45.0)] == [(e, 1) for e in range(30_000, 70_000, 10_000)]
     assert merger.tick(now=100.0) == []
+
+
+def test_window_means_become_per_metric_job_windows_for_peer_detectors() -> None:
+    merger = JobMerger(JobStageConfig(wait_s=0.0))
+    v = np.full(10, 50.0, dtype=np.float32)
+    for gpu, pcie in (("A", 5e9), ("B", 4e9)):
+        s = gpu_sketch(gpu, 10_000, v)
+        merger.add(GpuSketch(**{**{f: getattr(s, f) for f in s.__struct_fields__}, "means": {"pcie_bytes_per_s": pcie}}))
+    merger.tick(now=1e9)
+    by_metric = {w.metric: w for w in merger.gpu_windows}
+    assert set(by_metric) == {"gpu_util", "pcie_bytes_per_s"}
+    assert by_metric["gpu_util"].statistic == "p50" and by_metric["gpu_util"].value == {"A": 50.0, "B": 50.0}
+    assert by_metric["pcie_bytes_per_s"].statistic == "mean" and by_metric["pcie_bytes_per_s"].value == {"A": 5e9, "B": 4e9}

@@ -139,3 +139,20 @@ def test_a_long_silence_starts_the_series_over() -> None:
     after = [c for c in out if c.window == "20s" and c.end_ms > T0 + 600_000]
     assert after and all(c.start_ms >= T0 + 600_000 for c in after)
     assert all(c.total == 60.0 * c.count for c in after)
+
+
+def test_window_means_of_the_cheap_metrics() -> None:
+    from streams.rolling import WindowMeans
+
+    means = WindowMeans(("a", "b"), base_ms=10_000, keep_ms=70_000)
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(0, 100, 200), rng.uniform(0, 1e10, 200)
+    ts = T0 + np.arange(200) * 1000
+    for i, t in enumerate(ts.tolist()):
+        means.add(int(t), (float(a[i]), None if i % 7 == 0 else float(b[i])))
+    window = (ts >= T0 + 130_000) & (ts < T0 + 190_000)
+    got = means.mean(T0 + 130_000, T0 + 190_000)
+    assert got["a"] == pytest.approx(a[window].mean())
+    kept = window & (np.arange(200) % 7 != 0)
+    assert got["b"] == pytest.approx(b[kept].mean())
+    assert means.mean(T0, T0 + 60_000) == {}  # older than keep_ms: forgotten

@@ -4,7 +4,8 @@ Runs in the job stage, on :class:`streams.jobs.JobGpuWindow`: all of a job's GPU
 whichever workers sampled them (the per-GPU stage only sees the GPUs of its own partitions, so a
 comparison there would depend on how partitions happen to be assigned).
 
-* GPU: every GPU's median (p50) of the window against the median of all the job's GPUs, in
+* GPU: every GPU's median (p50) of the window (the mean, for memory utilisation, SM activity and
+  PCIe/NVLink throughput, which are kept as window means) against the median of all the job's GPUs, in
   robust deviations (1.4826 x MAD, floored per metric so a job whose GPUs agree perfectly does
   not turn noise into infinity).
 * Node: the median of a node's GPUs against the median of the job's nodes, the same way, when
@@ -38,7 +39,10 @@ class GpuOutlierConfig:
     min_nodes: int = 3
     window: str | None = None  # None: the shortest sliding window
     #: metric -> smallest robust deviation used (its units)
-    floors: dict[str, float] = field(default_factory=lambda: {"gpu_util": 3.0, "power_w": 15.0, "sm_clock_mhz": 50.0})
+    floors: dict[str, float] = field(default_factory=lambda: {
+        "gpu_util": 3.0, "power_w": 15.0, "sm_clock_mhz": 50.0, "mem_util_pct": 3.0, "sm_active_pct": 3.0,
+        "pcie_bytes_per_s": 2e8, "nvlink_bytes_per_s": 2e9,
+    })
 
 
 @dataclass
@@ -71,14 +75,14 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
             return []
         floor = self.config.floors[event.metric]
         out: list[Event] = []
-        if len(event.p50) >= self.config.min_peers:
-            median, scale = robust(list(event.p50.values()), floor)
-            for uuid, value in event.p50.items():
+        if len(event.value) >= self.config.min_peers:
+            median, scale = robust(list(event.value.values()), floor)
+            for uuid, value in event.value.items():
                 evidence = {"value": value, "peer_median": median, "robust_dev": scale,
-                            "robust_z": (value - median) / scale, "peers": float(len(event.p50))}
+                            "robust_z": (value - median) / scale, "peers": float(len(event.value))}
                 out += self._judge(event, "gpu", uuid, event.node.get(uuid), uuid, evidence)
         by_node: dict[str, list[float]] = {}
-        for uuid, value in event.p50.items():
+        for uuid, value in event.value.items():
             by_node.setdefault(event.node.get(uuid, "?"), []).append(value)
         if len(by_node) >= self.config.min_nodes:
             node_medians = {n: statistics.median(v) for n, v in by_node.items()}
@@ -126,7 +130,8 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
             id=track.open_id, kind=self.kind, severity="warning", state=state,  # type: ignore[arg-type]
             subject_type=level, subject=subject, ts=w.window_end, started_at=track.started_at,  # type: ignore[arg-type]
             window_start=w.window_start, window_end=w.window_end,
-            message=(f"{what}: median {w.metric} {evidence['value']:.1f} over {w.window} is {where} job {w.job_id}'s "
-                     f"{peers} (median {evidence['peer_median']:.1f}, robust z {evidence['robust_z']:+.1f})"),
+            message=(f"{what}: {'median' if w.statistic == 'p50' else 'mean'} {w.metric} {evidence['value']:.4g} over {w.window} "
+                     f"is {where} job {w.job_id}'s "
+                     f"{peers} (median {evidence['peer_median']:.4g}, robust z {evidence['robust_z']:+.1f})"),
             evidence=evidence, node=node, gpu_uuid=uuid, job_id=w.job_id,
         )
