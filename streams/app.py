@@ -31,6 +31,7 @@ from schemas.catalog import (
     GPU_SAMPLES_RAW,
     GPU_SKETCHES,
     IB_SAMPLES_RAW,
+    JOB_QUANTILES,
     NODE_INVENTORY,
     SCHEDULER_EVENTS,
     SCHEDULING_KPIS,
@@ -102,7 +103,9 @@ class SchedulerFeed:
 
     def __init__(self, settings: Settings, processor: SampleProcessor) -> None:
         self._processor = processor
-        self._topics = {settings.topic(t.name): t for t in (SCHEDULER_EVENTS, NODE_INVENTORY)}
+        # job quantiles too: the KPIs' utilisation by job class, team and user (the job stage is
+        # partitioned by job, the KPIs need every job)
+        self._topics = {settings.topic(t.name): t for t in (SCHEDULER_EVENTS, NODE_INVENTORY, JOB_QUANTILES)}
         conf = settings.kafka.client_config()
         self._consumer = Consumer({**conf, "group.id": f"{settings.kafka.topic_prefix}attribution", "enable.auto.commit": False})
         tps = []

@@ -212,6 +212,7 @@ class SchedulingKpis:
         self._max_ts: int | None = None
         self._clock = 0
         self._jobs: dict[JobKey, _Job] = {}
+        self._usage: dict[str, float] = {}  # job id -> mean GPU utilisation since it started (job stage)
         self._ended: OrderedDict[JobKey, _Ended] = OrderedDict()
         self._nodes: dict[str | None, _Node] = {}
         self._accs: dict[Group, _Acc] = {}
@@ -244,6 +245,10 @@ class SchedulingKpis:
         self._seq += 1
         self._max_ts = ts if self._max_ts is None else max(self._max_ts, ts)
         return self.advance(self._max_ts - self._lateness_ms)
+
+    def observe_usage(self, job_id: str, mean_util_pct: float) -> None:
+        """The job stage's latest since-start mean utilisation of a job (used at the next boundary)."""
+        self._usage[job_id] = mean_util_pct
 
     def advance(self, watermark_ms: int) -> list[SchedulingKpi]:
         """Close every boundary at or before ``watermark_ms`` (e.g. from a timer when events stop)."""
@@ -417,6 +422,8 @@ class SchedulingKpis:
         if job.hold is None and job.queued_since is not None:
             self._queued -= 1
         del self._jobs[key]
+        if not any(k[0] == key[0] for k in self._jobs):
+            self._usage.pop(key[0], None)
         self._ended[key] = _Ended(int(e.ts), e.kind != "preempted", frozenset(job.seen))
         while len(self._ended) > self.config.max_ended:
             self._ended.popitem(last=False)
@@ -484,6 +491,22 @@ class SchedulingKpis:
             a = acc(("priority", name), empty)
             row("allocated_gpus", ("priority", name), a.alloc, a.holders)
             row("allocation_share", ("priority", name), a.alloc / cluster.alloc if cluster.alloc else 0, a.holders)
+        # utilisation of what is held: the GPU-weighted mean of the since-start utilisation of the
+        # jobs holding GPUs now, per job class, team and user (jobs the job stage has not yet
+        # summarised are left out; ``count`` says how many jobs it rests on)
+        used: dict[Group, list[float]] = {}
+        for (job_id, _name), job in self._jobs.items():
+            util = self._usage.get(job_id)
+            if util is None or job.hold is None or not job.hold.gpus:
+                continue
+            for group in job.hold.groups:
+                if group[0] in ("job_class", "team", "user", "cluster"):
+                    acc_u = used.setdefault(group, [0.0, 0.0, 0.0])
+                    acc_u[0] += float(job.hold.gpus) * util
+                    acc_u[1] += float(job.hold.gpus)
+                    acc_u[2] += 1
+        for group, (weighted, gpus, jobs) in sorted(used.items()):
+            row("gpu_util_mean_pct", group, weighted / gpus, int(jobs))
         free, stranded, fragmented, with_free = self._fragments
         row("free_gpus", CLUSTER, free, with_free)
         row("stranded_gpus", CLUSTER, stranded, fragmented)

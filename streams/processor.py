@@ -337,6 +337,8 @@ class SampleProcessor:
             if isinstance(record, (SchedulerEvent, NodeInventory)):
                 self.attribution.observe(record)
                 rows.extend(self.kpis.observe(record))
+            elif isinstance(record, JobQuantiles) and record.window == "since_start" and record.metric == "gpu_util":
+                self.kpis.observe_usage(record.job_id, record.mean)  # utilisation by job class, team, user
         return self._kpi_outputs(rows)
 
     def advance_kpis(self, watermark_ms: int) -> list[Output]:

@@ -216,3 +216,20 @@ def test_the_first_boundary_comes_from_the_earliest_event_not_the_first_to_arriv
     assert kpis.late == 0
     alloc = {r.ts - T0: r.value for r in rows if (r.kpi, r.dimension) == ("allocated_gpus", "cluster")}
     assert alloc == {60_000: 4.0, 120_000: 6.0, 180_000: 6.0}
+
+
+def test_utilisation_of_what_is_held_by_job_class_team_and_user() -> None:
+    kpis = SchedulingKpis(KpiConfig(interval_s=60.0, lateness_s=0.0))
+    rows = kpis.observe(inv("n0", 8)) + kpis.observe(inv("n1", 8))
+    rows += kpis.observe(ev("big", "scheduled", 1, gpus=8, node="n0", team="llm", user="alice"))
+    rows += kpis.observe(ev("one", "scheduled", 2, gpus=1, node="n1", team="llm", user="bob"))
+    rows += kpis.observe(ev("two", "scheduled", 3, gpus=1, node="n1", team="cv", user="carol"))
+    kpis.observe_usage("big", 90.0)
+    kpis.observe_usage("one", 10.0)  # "two" has no usage yet: left out, and counted out
+    rows += kpis.advance(T0 + 60_000)
+    util = {(r.dimension, r.group): (round(r.value, 6), r.count) for r in rows if r.kpi == "gpu_util_mean_pct"}
+    assert util == {
+        ("cluster", "all"): (round((8 * 90 + 10) / 9, 6), 2), ("job_class", "medium"): (90.0, 1),
+        ("job_class", "small"): (10.0, 1), ("team", "llm"): (round((8 * 90 + 10) / 9, 6), 2),
+        ("user", "alice"): (90.0, 1), ("user", "bob"): (10.0, 1),
+    }
