@@ -50,7 +50,7 @@ from schemas.events import (
     StateCheckpoint,
 )
 from streams.attribution import Attribution
-from streams.detectors import Detector, discover
+from streams.detectors import Detector, StreamContext, discover
 from streams.jobs import JobGpuWindow, JobMerger, JobStageConfig
 from streams.kpis import KpiConfig, SchedulingKpis
 from streams.rolling import Closed, RollingConfig, RollingSeries, WindowMeans
@@ -135,6 +135,8 @@ class SampleProcessor:
         self._means: dict[str, WindowMeans] = {}
         rolling = self.config.rolling
         self._shortest = min(rolling.windows, key=lambda w: (w.size_ms, w.hop_ms)).label
+        for detector in self.detectors:
+            detector.bind(StreamContext(shortest_window=self._shortest))
         self._means_keep_ms = min(w.size_ms for w in rolling.windows) + rolling.base_ms + rolling.lateness_ms
         self._detectors_of: dict[type, list[Detector[Any]]] = {}
         self._partition_of: dict[str, int] = {}
@@ -409,6 +411,7 @@ class SampleProcessor:
             del self._series[key], self._partition_of[key]
             self._checkpointed.pop(key, None)
             self._by_gpu.pop(key.rpartition("|")[0], None)
+            self._means.pop(key.rpartition("|")[0], None)  # rebuilt by the replay, never counted twice
 
     def restore_series(self, partition: int, checkpoint: StateCheckpoint) -> None:
         """Take back one series from its latest checkpoint (replay then adds what came after)."""

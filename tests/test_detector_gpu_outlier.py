@@ -101,3 +101,18 @@ def test_interconnect_throughput_outliers_from_window_means() -> None:
     raised = run(GpuOutlierDetector(), events)
     assert [(a.state, a.subject) for a in raised] == [("firing", "GPU-9"), ("resolved", "GPU-9")]
     assert "mean pcie_bytes_per_s 2e+07" in raised[0].message
+
+
+def test_one_incident_per_gpu_however_many_metrics_are_out_of_line() -> None:
+    rng = random.Random(8)
+    idle = lambda metric, busy, lazy: lambda w, g: lazy if (g == 4 and 3 <= w < 9) else busy + rng.gauss(0, busy / 50)  # noqa: E731
+    det = GpuOutlierDetector()
+    raised = []
+    for w_util, w_power, w_pcie in zip(windows(14, idle("gpu_util", 88.0, 1.0)), windows(14, idle("power_w", 600.0, 90.0),
+                                                                                     metric="power_w"),
+                                       windows(14, idle("pcie", 4.7e9, 1e6), metric="pcie_bytes_per_s")):
+        raised += det.observe(w_util) + det.observe(w_power) + det.observe(w_pcie)
+    assert [(a.state, a.subject) for a in raised] == [("firing", "GPU-4"), ("resolved", "GPU-4")]
+    assert raised[0].id == raised[1].id
+    assert {"z_gpu_util", "z_power_w", "z_pcie_bytes_per_s"} <= set(raised[1].evidence)
+    assert "back in line" in raised[1].message and "on every metric" in raised[1].message

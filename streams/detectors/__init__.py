@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import pkgutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
@@ -42,9 +43,25 @@ class Detector(abc.ABC, Generic[C]):
     def observe(self, event: Event) -> list[Event]:
         """Update state with one event; return the anomalies it fires or resolves."""
 
+    def bind(self, context: StreamContext) -> None:
+        """Learn the worker's set-up before the first event: every :class:`WindowChoice` of the
+        detector judges the worker's shortest window unless its config names one. (Guessing it from
+        the first windows seen is unreliable in the job stage, where windows of several sizes can be
+        released in any order after a restart.)"""
+        for value in vars(self).values():
+            if isinstance(value, WindowChoice):
+                value.default = context.shortest_window
+
     def restore(self, open_incidents: list[Any]) -> None:  # noqa: B027 - optional hook
         """Take back incidents this detector had fired and not resolved before a restart
         (read from the anomalies topic), so they resolve under their own id, never twice."""
+
+
+@dataclass(frozen=True)
+class StreamContext:
+    """What the worker tells its detectors about itself (see :meth:`Detector.bind`)."""
+
+    shortest_window: str | None = None  # label of the shortest sliding window the worker emits
 
 
 class WindowChoice:
@@ -56,11 +73,15 @@ class WindowChoice:
 
     def __init__(self, label: str | None = None) -> None:
         self.label = label
+        self.default: str | None = None  # the worker's shortest window, once bound (see Detector.bind)
         self._shortest: int | None = None
 
     def accepts(self, q: GpuQuantiles | Any) -> bool:  # anything with window, window_start, window_end
         if self.label is not None:
             return q.window == self.label
+        if self.default is not None:
+            return q.window == self.default
+        # unbound (a detector used on its own): the shortest window seen so far
         if q.window == "since_start":
             return False
         size = q.window_end - q.window_start

@@ -13,7 +13,9 @@ comparison there would depend on how partitions happen to be assigned).
   a hot rack, a misconfigured host) moves as one, and is named as one.
 
 More than ``k`` deviations for ``fire_after`` consecutive windows fires; ``resolve_after`` windows
-back in line resolve. Sliding windows overlap, so consecutive windows share samples: with short
+back in line resolve. One incident per GPU or node, however many of its metrics are out of line
+(an idle GPU is out of line on all of them): it fires with the first, lists each metric's robust z
+in its evidence (``z_<metric>``), and resolves when every metric is back. Sliding windows overlap, so consecutive windows share samples: with short
 windows a burst of noise can count twice; judge a window at least a few hops long (the default is
 the shortest window the worker emits, 1 min by default).
 """
@@ -47,11 +49,21 @@ class GpuOutlierConfig:
 
 @dataclass
 class _Track:
+    """One metric of one GPU or node: consecutive windows out of line, and back in line."""
+
     high: int = 0
     low: int = 0
+    since: int = 0
+
+
+@dataclass
+class _Incident:
+    """One GPU or node: a single incident however many of its metrics are out of line."""
+
     open_id: str | None = None
     started_at: int = 0
-    since: int = 0
+    out: set[str] = field(default_factory=set)  # metrics out of line now
+    worst: dict[str, float] = field(default_factory=dict)  # metric -> robust z when it went out
 
 
 def robust(values: list[float], floor: float) -> tuple[float, float]:
@@ -68,6 +80,7 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
     def __init__(self, config: GpuOutlierConfig | None = None) -> None:
         super().__init__(config)
         self._tracks: dict[tuple[str, str], _Track] = {}  # (gpu uuid or node, metric)
+        self._incidents: dict[str, _Incident] = {}  # gpu uuid or node
         self._window = WindowChoice(self.config.window)
 
     def observe(self, event: Event) -> list[Event]:
@@ -97,41 +110,54 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
     def _judge(self, w: JobGpuWindow, level: str, subject: str, node: str | None, uuid: str | None,
                evidence: dict[str, float]) -> list[Event]:
         track = self._tracks.setdefault((subject, w.metric), _Track())
+        incident = self._incidents.get(subject)
         if abs(evidence["robust_z"]) > self.config.k:
             if track.high == 0:
                 track.since = w.window_start
             track.high, track.low = track.high + 1, 0
-            if track.open_id is None and track.high >= self.config.fire_after:
-                track.started_at = track.since
-                track.open_id = anomaly_id(self.kind, f"{subject}/{w.metric}", track.started_at)
-                return [self._anomaly(w, level, subject, node, uuid, track, "firing", evidence)]
-        else:
-            track.low, track.high = track.low + 1, 0
-            if track.open_id is not None and track.low >= self.config.resolve_after:
-                anomaly = self._anomaly(w, level, subject, node, uuid, track, "resolved", evidence)
-                track.open_id = None
-                return [anomaly]
+            if track.high < self.config.fire_after:
+                return []
+            if incident is None:
+                incident = self._incidents[subject] = _Incident()
+            incident.out.add(w.metric)
+            incident.worst.setdefault(w.metric, evidence["robust_z"])
+            if incident.open_id is None:
+                incident.started_at = track.since
+                incident.open_id = anomaly_id(self.kind, subject, incident.started_at)
+                return [self._anomaly(w, level, subject, node, uuid, incident, "firing", evidence)]
+            return []
+        track.low, track.high = track.low + 1, 0
+        if incident is None or w.metric not in incident.out or track.low < self.config.resolve_after:
+            return []
+        incident.out.discard(w.metric)
+        if incident.open_id is not None and not incident.out:  # every metric back in line
+            anomaly = self._anomaly(w, level, subject, node, uuid, incident, "resolved", evidence)
+            del self._incidents[subject]
+            return [anomaly]
         return []
 
     def restore(self, open_incidents: list[Anomaly]) -> None:
         for a in open_incidents:
-            for metric in self.config.floors:  # the id says which metric it was about
-                if anomaly_id(self.kind, f"{a.subject}/{metric}", a.started_at) == a.id:
-                    track = self._tracks.setdefault((a.subject, metric), _Track())
-                    track.open_id, track.started_at = a.id, a.started_at
+            if anomaly_id(self.kind, a.subject, a.started_at) != a.id:
+                continue
+            metrics = {k[2:] for k in a.evidence if k.startswith("z_")} or {str(m) for m in self.config.floors}
+            self._incidents[a.subject] = _Incident(a.id, a.started_at, out=set(metrics))
 
     def _anomaly(self, w: JobGpuWindow, level: str, subject: str, node: str | None, uuid: str | None,
-                 track: _Track, state: str, evidence: dict[str, float]) -> Anomaly:
-        assert track.open_id is not None
-        where = "out of line with" if state == "firing" else "back in line with"
+                 incident: _Incident, state: str, evidence: dict[str, float]) -> Anomaly:
+        assert incident.open_id is not None
         what = f"GPU {uuid} on {node}" if level == "gpu" else f"node {node} ({int(evidence['gpus_on_node'])} GPUs)"
         peers = f"{int(evidence['peers'])} {'GPUs' if level == 'gpu' else 'nodes'}"
+        statistic = "median" if w.statistic == "p50" else "mean"
+        if state == "firing":
+            message = (f"{what}: {statistic} {w.metric} {evidence['value']:.4g} over {w.window} is out of line with "
+                       f"job {w.job_id}'s {peers} (median {evidence['peer_median']:.4g}, robust z {evidence['robust_z']:+.1f})")
+        else:
+            message = f"{what} is back in line with job {w.job_id}'s {peers} on every metric"
+        full = {**evidence, **{f"z_{m}": z for m, z in incident.worst.items()}, "metrics_out": float(len(incident.out))}
         return Anomaly(
-            id=track.open_id, kind=self.kind, severity="warning", state=state,  # type: ignore[arg-type]
-            subject_type=level, subject=subject, ts=w.window_end, started_at=track.started_at,  # type: ignore[arg-type]
+            id=incident.open_id, kind=self.kind, severity="warning", state=state,  # type: ignore[arg-type]
+            subject_type=level, subject=subject, ts=w.window_end, started_at=incident.started_at,  # type: ignore[arg-type]
             window_start=w.window_start, window_end=w.window_end,
-            message=(f"{what}: {'median' if w.statistic == 'p50' else 'mean'} {w.metric} {evidence['value']:.4g} over {w.window} "
-                     f"is {where} job {w.job_id}'s "
-                     f"{peers} (median {evidence['peer_median']:.4g}, robust z {evidence['robust_z']:+.1f})"),
-            evidence=evidence, node=node, gpu_uuid=uuid, job_id=w.job_id,
+            message=message, evidence=full, node=node, gpu_uuid=uuid, job_id=w.job_id,
         )

@@ -70,7 +70,7 @@ class Fault:
     owner: str  # the GPU UUID or node it is on: nothing else may be flagged there
     #: other anomalies the fault may raise on its owner: a throttled or slow GPU is also out of line with its peers
     also: frozenset[str] = field(default_factory=frozenset)
-    #: what the incident id hashes, where it names more than the subject (gpu_outlier: the GPU and the metric)
+    #: what the incident id hashes, where it names more than the subject
     key: str | None = None
 
 
@@ -86,8 +86,8 @@ FAULTS = (
           uuid_of(1, 2)),
     Fault("clock", ("--fault", "clock:1:5@20-60"), "gpu_health", f"{uuid_of(1, 5)}/clock_stuck_low", "warning", 20, 60,
           uuid_of(1, 5), OUTLIER),
-    Fault("slow", ("--fault", "slow:2:1@20-60"), "gpu_outlier", uuid_of(2, 1), "warning", 20, 60, uuid_of(2, 1),
-          key=f"{uuid_of(2, 1)}/gpu_util"),  # its power follows its utilisation: also an outlier, a second incident
+    # one incident for the GPU, though its power and SM activity follow its utilisation out of line
+    Fault("slow", ("--fault", "slow:2:1@20-60"), "gpu_outlier", uuid_of(2, 1), "warning", 20, 60, uuid_of(2, 1)),
     Fault("idle", ("--idle", "2:6@20-60"), "gpu_underused", uuid_of(2, 6), "warning", 20, 60, uuid_of(2, 6), OUTLIER),
     Fault("xid", ("--xid", "3:4@30:13x2"), "gpu_xid", uuid_of(3, 4), "warning", 30, 30, uuid_of(3, 4)),
     Fault("ib degrade", ("--ib-fault", "degrade:3@60-100"), "slow_interconnect", "sim-node-03", "warning", 60, 100,

@@ -63,7 +63,10 @@ def results(p: Pipeline) -> dict[str, list[dict]]:
             "SELECT job_id, metric, window, toUnixTimestamp64Milli(window_start) AS s, toUnixTimestamp64Milli(window_end) AS e, "
             "gpus, count, round(mean, 6) AS mean, p25, p50, p95 FROM job_quantiles FINAL ORDER BY job_id, metric, window, e"
         ),
-        "anomalies": p.sql("SELECT id, kind, subject, state, ts FROM anomalies FINAL ORDER BY id, state"),
+        "anomalies": p.sql(
+            "SELECT kind, subject, state, toUnixTimestamp64Milli(started_at) AS onset, toUnixTimestamp64Milli(ts) AS at "
+            "FROM anomalies FINAL ORDER BY kind, subject, state"
+        ),
     }
 
 
@@ -112,4 +115,11 @@ def test_two_workers_give_the_results_of_one(pipeline: Pipeline, kafka_bootstrap
                 for q, n in ((0.25, "p25"), (0.5, "p50"), (0.95, "p95")):
                     assert rank_error_ok(values, q, x[n]) and rank_error_ok(values, q, y[n])
     assert {r["window"] for r in a["job"]} == {"10s", "20s", "since_start"}
-    assert a["anomalies"] == b["anomalies"] and a["anomalies"], a["anomalies"]
+    # The same incidents, firing and resolved. Detectors judging sketch quantiles (gpu_outlier compares
+    # window medians) may see a borderline window one hop apart, since KLL's answers are exact only
+    # within their bound: onsets and resolutions must agree within one hop (5 s).
+    assert a["anomalies"], "no anomaly: the test shows nothing"
+    assert [(x["kind"], x["subject"], x["state"]) for x in a["anomalies"]] == [
+        (y["kind"], y["subject"], y["state"]) for y in b["anomalies"]], (a["anomalies"], b["anomalies"])
+    for x, y in zip(a["anomalies"], b["anomalies"]):
+        assert abs(x["onset"] - y["onset"]) <= 5_000 and abs(x["at"] - y["at"]) <= 5_000, (x, y)
