@@ -27,7 +27,7 @@ from time import perf_counter_ns, time_ns
 from typing import Any
 
 from hpcinsight.config import Settings, load
-from schemas.catalog import STEP_METRICS
+from schemas.catalog import STEP_METRICS_RAW
 from schemas.codec import DecodeError
 from schemas.events import StepMetric
 
@@ -131,7 +131,7 @@ class StepRecorder:
         self.local_rank, self.node = ident["local_rank"], ident["node"]
         probe = StepMetric(self.job_id, self.rank, self.world_size, 0, time_ns() // 1_000_000, 0.0, node=self.node, local_rank=self.local_rank)
         try:
-            STEP_METRICS.codec.decode(STEP_METRICS.codec.encode([probe]))
+            STEP_METRICS_RAW.codec.decode(STEP_METRICS_RAW.codec.encode([probe]))
             if not 0 <= self.rank < self.world_size:
                 raise DecodeError(f"rank {self.rank} is outside a world of {self.world_size}")
         except DecodeError as err:
@@ -263,7 +263,7 @@ class _KafkaSink:
                 self.undelivered += n
                 log.warning("%d step metrics not delivered: %s", n, err)
 
-        value = STEP_METRICS.codec.encode(batch)
+        value = STEP_METRICS_RAW.codec.encode(batch)
         self._producer.produce(self._topic, key=batch[0].job_id.encode(), value=value, on_delivery=on_delivery)
         self.in_flight += len(batch)
         self._producer.poll(0)
@@ -275,6 +275,6 @@ class _KafkaSink:
 
 
 def kafka_sink(settings: Settings | None = None) -> Sink:
-    """A sink producing to the step.metrics topic, configured by :func:`hpcinsight.config.load`."""
+    """A sink producing to the step.metrics.raw topic, configured by :func:`hpcinsight.config.load`."""
     settings = settings or load()
-    return _KafkaSink(settings.kafka.client_config(), settings.topic(STEP_METRICS.name))
+    return _KafkaSink(settings.kafka.client_config(), settings.topic(STEP_METRICS_RAW.name))

@@ -132,9 +132,13 @@ NODE_INVENTORY = Topic(
     doc="What each node has (GPUs, CPUs, memory) and its zone/pool labels.",
     table=Table("node_inventory", order_by=("node", "ts"), time_column="ts", ttl_days=365),
 )
+STEP_METRICS_RAW = Topic(
+    "step.metrics.raw", StepMetric, key="job_id", partitions=6, retention_ms=7 * DAY_MS,
+    doc="What training processes report, per rank and step; not yet validated.",
+)
 STEP_METRICS = Topic(
     "step.metrics", StepMetric, key="job_id", partitions=6, retention_ms=7 * DAY_MS,
-    doc="Per-rank training step durations and phases.",
+    doc="Per-rank training step durations and phases, validated and attributed (user, team).",
     table=Table("step_metrics", order_by=("job_id", "rank", "step"), time_column="ts", ttl_days=90),
 )
 AGENT_HEALTH = Topic(
@@ -180,7 +184,7 @@ STREAM_STATE = Topic(
 
 TOPICS: tuple[Topic, ...] = (
     GPU_SAMPLES_RAW, GPU_SAMPLES, GPU_QUANTILES, ANOMALIES, DEAD_LETTERS,
-    IB_SAMPLES_RAW, IB_SAMPLES, SCHEDULER_EVENTS, NODE_INVENTORY, STEP_METRICS, AGENT_HEALTH,
+    IB_SAMPLES_RAW, IB_SAMPLES, SCHEDULER_EVENTS, NODE_INVENTORY, STEP_METRICS_RAW, STEP_METRICS, AGENT_HEALTH,
     GPU_PROCESSES, GPU_XID, GPU_SKETCHES, JOB_QUANTILES, SCHEDULING_KPIS, STREAM_STATE,
 )
 STORED: tuple[Topic, ...] = tuple(t for t in TOPICS if t.table is not None)

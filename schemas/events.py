@@ -429,6 +429,9 @@ class StepMetric(Event, frozen=True):
     node: Label | None = None
     local_rank: UInt32 | None = None
     phases: Evidence = {}
+    # Attribution, filled by the stream processor from the scheduler's view of the job
+    user: Label | None = None
+    team: Label | None = None
 
 
 class AgentHealth(Event, frozen=True):

@@ -35,6 +35,7 @@ from schemas.catalog import (
     NODE_INVENTORY,
     SCHEDULER_EVENTS,
     SCHEDULING_KPIS,
+    STEP_METRICS_RAW,
     STREAM_STATE,
     TOPICS,
     Topic,
@@ -285,6 +286,12 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         async for event in stream.events():
             msg = event.message
             await send(processor.handle_ib(msg.topic, msg.partition, msg.offset, event.key, event.value))
+
+    @app.agent(topics[STEP_METRICS_RAW.name], name="step-metrics")
+    async def process_steps(stream: faust.Stream) -> None:
+        async for event in stream.events():
+            msg = event.message
+            await send(processor.handle_steps(msg.topic, msg.partition, msg.offset, event.key, event.value))
 
     @app.agent(topics[GPU_SKETCHES.name], name="job-stage")
     async def process_sketches(stream: faust.Stream) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from schemas.events import Event, GpuSample, IbSample, NodeInventory, SchedulerEvent
+from schemas.events import Event, GpuSample, IbSample, NodeInventory, SchedulerEvent, StepMetric
 
 #: how many past holders of each GPU/node are kept for lookups by event time
 HISTORY = 4
@@ -213,3 +213,10 @@ class Attribution:
         if job_id == s.job_id and info is None:
             return s
         return msgspec.structs.replace(s, job_id=job_id, user=info.user if info else s.user, team=info.team if info else s.team)
+
+    def enrich_step(self, s: StepMetric) -> StepMetric:
+        """The step with its job's user and team, where the scheduler told them."""
+        info = self.job(s.job_id)
+        if info is None or (info.user is None and info.team is None):
+            return s
+        return msgspec.structs.replace(s, user=info.user or s.user, team=info.team or s.team)

@@ -29,6 +29,7 @@ from schemas.catalog import (
     GPU_SKETCHES,
     IB_SAMPLES,
     JOB_QUANTILES,
+    STEP_METRICS,
     SCHEDULING_KPIS,
     STREAM_STATE,
     TOPICS,
@@ -48,6 +49,7 @@ from schemas.events import (
     SchedulerEvent,
     SchedulingKpi,
     StateCheckpoint,
+    StepMetric,
 )
 from streams.attribution import Attribution
 from streams.detectors import Detector, StreamContext, discover
@@ -187,7 +189,7 @@ class SampleProcessor:
         out.extend(checkpoints)
         return out
 
-    def _skew(self, samples: Iterable[GpuSample | IbSample]) -> str | None:
+    def _skew(self, samples: Iterable[GpuSample | IbSample | StepMetric]) -> str | None:
         horizon = int(time.time() * 1000) + self.config.max_future_ms
         ahead = max((s.ts for s in samples), default=0)
         if ahead > horizon:
@@ -270,6 +272,24 @@ class SampleProcessor:
             out.extend(self._anomaly_output(a) for a in self._detect(sample))
         return out
 
+    def handle_steps(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
+        """Validate and attribute one message of raw step metrics; run the detectors that read them."""
+        self.stats.messages += 1
+        try:
+            steps = STEP_METRICS.codec.decode(value)
+        except DecodeError as err:
+            return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
+        skew = self._skew(steps)
+        if skew:
+            return [self.dead_letter(source, partition, offset, key, value, "validate", skew)]
+        steps = [self.attribution.enrich_step(s) for s in steps]
+        out = [Output(STEP_METRICS, key or (steps[0].job_id.encode() if steps else b""), STEP_METRICS.codec.encode(steps))]
+        anomalies: list[Event] = []
+        for step in steps:
+            anomalies.extend(self._detect(step))
+        out.extend(self._anomaly_outputs(anomalies))
+        return out
+
     # -- job stage ------------------------------------------------------------------------------
 
     def handle_sketches(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
@@ -309,7 +329,7 @@ class SampleProcessor:
 
     def event_topics(self) -> list[Topic]:
         """Catalog topics, besides those with their own stage, whose events some detector reads."""
-        own = {GpuSample, GpuQuantiles, IbSample, GpuSketch, JobQuantiles, JobGpuWindow}
+        own = {GpuSample, GpuQuantiles, IbSample, StepMetric, GpuSketch, JobQuantiles, JobGpuWindow}
         wanted = {t for d in self.detectors for t in d.inputs} - own
         return [t for t in TOPICS if t.event in wanted]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.events import GpuSample, IbSample, NodeInventory, SchedulerEvent
+from schemas.events import GpuSample, IbSample, NodeInventory, SchedulerEvent, StepMetric
 from streams.attribution import Attribution, expand_hostlist
 
 T0 = 1_750_000_000_000
@@ -60,3 +60,12 @@ def test_ib_goes_to_the_job_with_most_gpus_on_the_node_and_duplicates_are_harmle
     a.observe(ev("finished", "big", 100))
     assert a.enrich_ib(IbSample("n0", "mlx5_0", 1, T0 + 200)).job_id == "small"
     assert a.forget_ended(T0 + 1_000) == 1 and a.job("big") is None
+
+
+def test_steps_get_their_jobs_user_and_team() -> None:
+    a = Attribution()
+    a.observe(ev("submitted", "j1", 0, user="alice", team="nlp"))
+    step = StepMetric("j1", 3, 8, 100, T0 + 1_000, 0.5)
+    assert (a.enrich_step(step).user, a.enrich_step(step).team) == ("alice", "nlp")
+    other = StepMetric("j2", 0, 8, 100, T0 + 1_000, 0.5)
+    assert a.enrich_step(other) is other  # unknown job: unchanged

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from agents.steps import StepRecorder, from_env
-from schemas.catalog import STEP_METRICS
+from schemas.catalog import STEP_METRICS_RAW
 from schemas.events import StepMetric
 
 IDENTITY = (
@@ -255,7 +255,7 @@ def test_invalid_values_are_dropped_not_sent(rec: StepRecorder, sink: Collect) -
     rec.record(3, 1, {"io": 2})  # ints are fine: stored as floats
     rec.close()
     assert [(r.step, r.duration_s, r.phases) for r in sink.records] == [(3, 1.0, {"io": 2.0})] and rec.dropped == 5
-    assert STEP_METRICS.codec.decode(STEP_METRICS.codec.encode(sink.records)) == sink.records
+    assert STEP_METRICS_RAW.codec.decode(STEP_METRICS_RAW.codec.encode(sink.records)) == sink.records
 
 
 def test_record_copies_the_callers_phases(rec: StepRecorder, sink: Collect) -> None:
@@ -290,7 +290,7 @@ def test_records_round_trip_through_the_codec(rec: StepRecorder, sink: Collect) 
             pass
     rec.record(3, 0.25, {"data": 0.05})
     rec.close()
-    assert STEP_METRICS.codec.decode(STEP_METRICS.codec.encode(sink.records)) == sink.records
+    assert STEP_METRICS_RAW.codec.decode(STEP_METRICS_RAW.codec.encode(sink.records)) == sink.records
 
 
 def test_importing_does_not_need_torch() -> None:

@@ -1,4 +1,4 @@
-"""Step metrics of two ranks reach the step.metrics topic through a real broker, each exactly once."""
+"""Step metrics of two ranks reach the step.metrics.raw topic through a real broker, each exactly once."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, KafkaError
 
 from agents.steps import StepRecorder, kafka_sink
 from hpcinsight.config import load
-from schemas.catalog import STEP_METRICS
+from schemas.catalog import STEP_METRICS_RAW
 from schemas.events import StepMetric
 from tests.conftest import Pipeline
 
@@ -26,7 +26,7 @@ def consume_all(pipeline: Pipeline, expected: int, timeout: float = 60) -> list[
         "bootstrap.servers": pipeline.bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
         "auto.offset.reset": "earliest", "enable.auto.commit": False,
     })
-    consumer.subscribe([pipeline.topic(STEP_METRICS.name)])
+    consumer.subscribe([pipeline.topic(STEP_METRICS_RAW.name)])
     out: list[tuple[bytes | None, StepMetric]] = []
     deadline, quiet_since = time.monotonic() + timeout, None
     try:
@@ -42,7 +42,7 @@ def consume_all(pipeline: Pipeline, expected: int, timeout: float = 60) -> list[
             if msg.error():
                 assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
                 continue
-            out.extend((msg.key(), r) for r in STEP_METRICS.codec.decode(msg.value()))
+            out.extend((msg.key(), r) for r in STEP_METRICS_RAW.codec.decode(msg.value()))
     finally:
         consumer.close()
     return out

@@ -26,7 +26,7 @@ def test_slow_rank_is_flagged(pipeline: Pipeline) -> None:
         for rec in recorders:
             rec.close()
             assert rec.dropped == 0
-        pipeline.wait_caught_up("worker", ["step.metrics"])
+        pipeline.wait_caught_up("worker", ["step.metrics.raw"])
         pipeline.wait_caught_up("clickhouse-sink", ["step.metrics", "anomalies"])
     finally:
         assert stop(sink) == 0, pipeline.log("sink")
