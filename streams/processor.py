@@ -150,13 +150,9 @@ class SampleProcessor:
     def handle(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
         """All outputs caused by one message of the raw GPU samples topic, in send order."""
         self.stats.messages += 1
-        try:
-            samples = GPU_SAMPLES.codec.decode(value)
-        except DecodeError as err:
-            return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
-        skew = self._skew(samples)
-        if skew:
-            return [self.dead_letter(source, partition, offset, key, value, "validate", skew)]
+        samples, rejected = self._decode(GPU_SAMPLES, source, partition, offset, key, value)
+        if rejected is not None:
+            return [rejected]
         enriched = [self.attribution.enrich_gpu(s) for s in samples]
         node_key = key if key else (enriched[0].node.encode() if enriched else b"")
         unchanged = all(a is b for a, b in zip(enriched, samples))  # nothing to attribute: forward the bytes
@@ -188,6 +184,19 @@ class SampleProcessor:
             out.append(Output(GPU_SKETCHES, job_id.encode(), GPU_SKETCHES.codec.encode(records)))
         out.extend(checkpoints)
         return out
+
+    def _decode(
+        self, topic: Topic, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> tuple[list[Any], Output | None]:
+        """The records of a raw message, or the dead letter that says why there are none."""
+        try:
+            records = topic.codec.decode(value)
+        except DecodeError as err:
+            return [], self.dead_letter(source, partition, offset, key, value, "validate", str(err))
+        skew = self._skew(records)
+        if skew:
+            return [], self.dead_letter(source, partition, offset, key, value, "validate", skew)
+        return records, None
 
     def _skew(self, samples: Iterable[GpuSample | IbSample | StepMetric]) -> str | None:
         horizon = int(time.time() * 1000) + self.config.max_future_ms
@@ -258,13 +267,9 @@ class SampleProcessor:
     def handle_ib(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
         """Validate and attribute one message of raw IB samples; run the detectors that read them."""
         self.stats.messages += 1
-        try:
-            samples = IB_SAMPLES.codec.decode(value)
-        except DecodeError as err:
-            return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
-        skew = self._skew(samples)
-        if skew:
-            return [self.dead_letter(source, partition, offset, key, value, "validate", skew)]
+        samples, rejected = self._decode(IB_SAMPLES, source, partition, offset, key, value)
+        if rejected is not None:
+            return [rejected]
         samples = [self.attribution.enrich_ib(s) for s in samples]
         self.stats.ib_samples += len(samples)
         out = [Output(IB_SAMPLES, key or (samples[0].node.encode() if samples else b""), IB_SAMPLES.codec.encode(samples))]
@@ -275,13 +280,9 @@ class SampleProcessor:
     def handle_steps(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
         """Validate and attribute one message of raw step metrics; run the detectors that read them."""
         self.stats.messages += 1
-        try:
-            steps = STEP_METRICS.codec.decode(value)
-        except DecodeError as err:
-            return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
-        skew = self._skew(steps)
-        if skew:
-            return [self.dead_letter(source, partition, offset, key, value, "validate", skew)]
+        steps, rejected = self._decode(STEP_METRICS, source, partition, offset, key, value)
+        if rejected is not None:
+            return [rejected]
         steps = [self.attribution.enrich_step(s) for s in steps]
         out = [Output(STEP_METRICS, key or (steps[0].job_id.encode() if steps else b""), STEP_METRICS.codec.encode(steps))]
         anomalies: list[Event] = []
