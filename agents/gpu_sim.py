@@ -40,8 +40,29 @@ HW_THERMAL_REASON = 0x040
 REASON_NAMES = ((IDLE_REASON, "idle"), (SW_POWER_CAP_REASON, "sw_power_cap"), (HW_THERMAL_REASON, "hw_thermal"))
 
 
+def _span(option: str, text: str, start: str | None, end: str | None) -> tuple[float, float]:
+    """START and END seconds of an injection option (absent: from the start, to the end of the run)."""
+    start_s = float(start) if start else 0.0
+    end_s = float(end) if end else math.inf
+    if end_s <= start_s:
+        raise ValueError(f"{option} {text!r}: END must be after START")
+    return start_s, end_s
+
+
+class _OnOneGpu:
+    """What an injection on one GPU for a time span shares: whether it is on now."""
+
+    node: int
+    gpu: int
+    start_s: float
+    end_s: float
+
+    def active(self, node: int, gpu: int, t_s: float) -> bool:
+        return node == self.node and gpu == self.gpu and self.start_s <= t_s < self.end_s
+
+
 @dataclass(frozen=True)
-class IdleGpu:
+class IdleGpu(_OnOneGpu):
     """GPU ``gpu`` of node ``node`` sits near 0% from ``start_s`` to ``end_s`` (seconds since start)."""
 
     node: int
@@ -55,21 +76,14 @@ class IdleGpu:
         m = re.fullmatch(r"(\d+):(\d+)(?:@(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?|inf))?", text.strip())
         if not m:
             raise ValueError(f"--idle expects NODE:GPU[@START-END], got {text!r}")
-        start = float(m.group(3)) if m.group(3) else 0.0
-        end = float(m.group(4)) if m.group(4) else math.inf
-        if end <= start:
-            raise ValueError(f"--idle {text!r}: END must be after START")
-        return cls(int(m.group(1)), int(m.group(2)), start, end)
-
-    def active(self, node: int, gpu: int, t_s: float) -> bool:
-        return node == self.node and gpu == self.gpu and self.start_s <= t_s < self.end_s
+        return cls(int(m.group(1)), int(m.group(2)), *_span("--idle", text, m.group(3), m.group(4)))
 
 
 FAULT_KINDS = ("thermal", "power", "ecc", "remap", "clock", "slow")
 
 
 @dataclass(frozen=True)
-class InjectedFault:
+class InjectedFault(_OnOneGpu):
     """A hardware fault of GPU ``gpu`` of node ``node`` from ``start_s`` to ``end_s`` (seconds since start).
 
     ``thermal``: hw_thermal throttling, 88-92 °C, SM clock about 70% of its maximum, while busy.
@@ -97,14 +111,7 @@ class InjectedFault:
             raise ValueError(f"--fault expects KIND:NODE:GPU[@START[-END]], got {text!r}")
         if m.group(1) not in FAULT_KINDS:
             raise ValueError(f"--fault {text!r}: unknown kind {m.group(1)!r}; known: {', '.join(FAULT_KINDS)}")
-        start = float(m.group(4)) if m.group(4) else 0.0
-        end = float(m.group(5)) if m.group(5) else math.inf
-        if end <= start:
-            raise ValueError(f"--fault {text!r}: END must be after START")
-        return cls(m.group(1), int(m.group(2)), int(m.group(3)), start, end)
-
-    def active(self, node: int, gpu: int, t_s: float) -> bool:
-        return node == self.node and gpu == self.gpu and self.start_s <= t_s < self.end_s
+        return cls(m.group(1), int(m.group(2)), int(m.group(3)), *_span("--fault", text, m.group(4), m.group(5)))
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def bench_windows(repeats: int) -> dict[str, float]:
     """The sliding windows (1m/10s, 5m/1m, 1h/15m) of one GPU over 3 h at 1 Hz: the most bytes of
     sketch any window holds at once, against keeping the hour's values (float32), and the worst rank
     error of any emitted window against numpy over the same values."""
-    from streams.rolling import RollingConfig, RollingSeries
+    from streams.rolling import SINCE_START, RollingConfig, RollingSeries
 
     n, t0 = 3 * 3600, 1_700_000_000_000
     rng = np.random.default_rng(11)
@@ -64,7 +64,7 @@ def bench_windows(repeats: int) -> dict[str, float]:
     worst = 0.0
     for t, v in zip(ts.tolist(), values.tolist()):
         for c in series.add(int(t), float(v), "job"):
-            if c.window == "since_start":
+            if c.window == SINCE_START:
                 continue
             window = np.sort(values[(ts >= c.start_ms) & (ts < c.end_ms)])
             for q, r in ((c.p25, 0.25), (c.p50, 0.5), (c.p95, 0.95)):

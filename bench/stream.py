@@ -65,19 +65,12 @@ def bench_stream_chain(repeats: int) -> dict[str, float]:
         for _key, value in data:
             GPU_SAMPLES_RAW.codec.decode(value)
 
-    ours = _best(chain, max(1, repeats // 2))
-    base = _best(decode, repeats)
+    from bench.run import best_of
+
+    ours = best_of(chain, max(1, repeats // 2))
+    base = best_of(decode, repeats)
     return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base, "ratio": base / ours,
             "us_per_sample": ours / samples * 1e6}
-
-
-def _best(fn: Any, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _env(bootstrap: str, prefix: str, data_dir: str) -> dict[str, str]:

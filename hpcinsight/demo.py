@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hpcinsight.config import Settings
 from hpcinsight.topics import ensure_topics, lag, message_count
-from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED
+from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED
 
 JOB_WAIT_S = 2.0
 

@@ -15,15 +15,17 @@ the consumer group) to keep its attribution table complete. After a restart or a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
 from hpcinsight.config import Settings
 from schemas.catalog import (
@@ -99,6 +101,9 @@ class WorkerOptions:
         )
 
 
+JOB_QUANTILES_LOOKBACK_MS = 5 * 60_000
+
+
 class SchedulerFeed:
     """Follows every partition of the scheduler and inventory topics into the attribution table."""
 
@@ -112,6 +117,14 @@ class SchedulerFeed:
         tps = []
         for name, topic in self._topics.items():
             tps.extend(TopicPartition(name, p, OFFSET_BEGINNING) for p in range(topic.partitions))
+        # Of the job quantiles only the latest since-start view of each running job matters, and one
+        # comes every minute: start a few minutes back, not at a week of every window of every job.
+        recent = int(time.time() * 1000) - JOB_QUANTILES_LOOKBACK_MS
+        jq = settings.topic(JOB_QUANTILES.name)
+        found = self._consumer.offsets_for_times([TopicPartition(jq, p, recent) for p in range(JOB_QUANTILES.partitions)], timeout=30)
+        tps = [tp for tp in tps if tp.topic != jq] + [
+            TopicPartition(jq, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found
+        ]
         self._consumer.assign(tps)
         self._tps = tps
 
@@ -137,9 +150,6 @@ class SchedulerFeed:
                     out.extend(self._processor.observe_scheduler(msg.value(), self._topics[msg.topic()]))
         log.warning("attribution table not caught up after %.0f s; continuing", timeout)
         return out
-
-    def close(self) -> None:
-        self._consumer.close()
 
 
 class OutputProducer:
@@ -227,7 +237,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     # One worker publishes the scheduling KPIs: the one that owns the (single) inventory partition.
     # Every worker computes them from the whole scheduler stream, so a new leader goes straight on.
     inventory_topic = settings.topic(NODE_INVENTORY.name)
-    kpi = {"leader": False, "published_to": 0}
+    kpi = {"leader": False}
 
     @app.on_partitions_assigned.connect
     async def rebuild_state(sender: faust.App, assigned: set, **_: object) -> None:
@@ -239,7 +249,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         kpi["leader"] = any(tp.topic == inventory_topic for tp in assigned)
         if not started:
             last = last_message(conf, settings.topic(SCHEDULING_KPIS.name), SCHEDULING_KPIS)
-            kpi["published_to"] = max((r.ts for r in last), default=0)
+            processor.kpis_published_to = max((r.ts for r in last), default=0)
             await send_kpis(feed.catch_up())  # rows of intervals published before a restart are skipped
             processor.restore(open_incidents(conf, settings.topic(ANOMALIES.name)))
             started = True
@@ -261,51 +271,31 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         outputs_producer.send(outputs)
 
     async def send_kpis(outputs: list[Output]) -> None:
-        if not kpi["leader"]:
-            return
-        fresh = []
-        for out in outputs:
-            rows = [r for r in SCHEDULING_KPIS.codec.decode(out.value) if r.ts > kpi["published_to"]]
-            if rows:
-                fresh.append(Output(out.topic, out.key, SCHEDULING_KPIS.codec.encode(rows)))
-        await send(fresh)
+        if kpi["leader"]:  # every worker computes the KPIs; one publishes them
+            await send(outputs)
 
     @app.agent(topics[NODE_INVENTORY.name], name="kpi-leader")
     async def hold_inventory(stream: faust.Stream) -> None:
         async for _ in stream.events():  # owning this partition is what makes a worker the KPI leader
             pass
 
-    @app.agent(topics[GPU_SAMPLES_RAW.name], name="gpu-samples")
-    async def process_gpu_samples(stream: faust.Stream) -> None:
-        async for event in stream.events():
-            msg = event.message
-            await send(processor.handle(msg.topic, msg.partition, msg.offset, event.key, event.value))
-
-    @app.agent(topics[IB_SAMPLES_RAW.name], name="ib-samples")
-    async def process_ib_samples(stream: faust.Stream) -> None:
-        async for event in stream.events():
-            msg = event.message
-            await send(processor.handle_ib(msg.topic, msg.partition, msg.offset, event.key, event.value))
-
-    @app.agent(topics[STEP_METRICS_RAW.name], name="step-metrics")
-    async def process_steps(stream: faust.Stream) -> None:
-        async for event in stream.events():
-            msg = event.message
-            await send(processor.handle_steps(msg.topic, msg.partition, msg.offset, event.key, event.value))
-
-    @app.agent(topics[GPU_SKETCHES.name], name="job-stage")
-    async def process_sketches(stream: faust.Stream) -> None:
-        async for event in stream.events():
-            msg = event.message
-            await send(processor.handle_sketches(msg.topic, msg.partition, msg.offset, event.key, event.value))
-
-    for source in processor.event_topics():  # e.g. XID events, step metrics, scheduler events
-        async def process_events(stream: faust.Stream, source: Topic = source) -> None:
+    # One agent per input topic; each hands the processor raw bytes and sends what comes back.
+    Handler = Callable[[str, int, int, "bytes | None", "bytes | None"], list[Output]]
+    stages: list[tuple[Topic, str, Handler]] = [
+        (GPU_SAMPLES_RAW, "gpu-samples", processor.handle),
+        (IB_SAMPLES_RAW, "ib-samples", processor.handle_ib),
+        (STEP_METRICS_RAW, "step-metrics", processor.handle_steps),
+        (GPU_SKETCHES, "job-stage", processor.handle_sketches),
+    ]
+    for source in processor.event_topics():  # e.g. XID events, scheduler events
+        stages.append((source, f"events-{source.name}", functools.partial(processor.handle_events, source)))
+    for topic, name, handle in stages:
+        async def process(stream: faust.Stream, handle: Handler = handle) -> None:
             async for event in stream.events():
                 msg = event.message
-                await send(processor.handle_events(source, msg.topic, msg.partition, msg.offset, event.key, event.value))
+                await send(handle(msg.topic, msg.partition, msg.offset, event.key, event.value))
 
-        app.agent(topics[source.name], name=f"events-{source.name}")(process_events)
+        app.agent(topics[topic.name], name=name)(process)
 
     @app.timer(interval=1.0)
     async def follow_scheduler() -> None:

@@ -26,6 +26,8 @@ from schemas.events import Event, GpuSample, IbSample, NodeInventory, SchedulerE
 
 #: how many past holders of each GPU/node are kept for lookups by event time
 HISTORY = 4
+#: an ended job's user and team stay known this long (event time) for its late samples and steps
+KEEP_ENDED_MS = 3_600_000
 _RELEASE = frozenset({"finished", "deleted", "preempted"})
 _PLACE = frozenset({"scheduled", "started"})
 
@@ -79,9 +81,10 @@ def expand_hostlist(text: str) -> list[str]:
 class Attribution:
     """The job-holds-GPU table. Feed it scheduler events and inventory; ask it about samples."""
 
-    def __init__(self, history: int = HISTORY) -> None:
-        self.history = history
+    def __init__(self, history: int = HISTORY, keep_ended_ms: int = KEEP_ENDED_MS) -> None:
+        self.history, self.keep_ended_ms = history, keep_ended_ms
         self._jobs: dict[str, _Job] = {}
+        self._ended: deque[tuple[int, str]] = deque()  # (end, job) in arrival order: bounded memory
         self._by_gpu: dict[tuple[str, str], deque[_Hold]] = {}  # (node, gpu id) -> holders
         self._by_node: dict[str, deque[_Hold]] = {}  # node-level placements
         self._gpu_keys_of: dict[str, set[tuple[str, str]]] = {}  # node -> its keys in _by_gpu
@@ -126,6 +129,8 @@ class Attribution:
                         self._hold(self._by_node.setdefault(node, deque(maxlen=self.history)), ev.job_id, ev.ts)
         elif ev.kind in _RELEASE:
             job.ended_ms = ev.ts
+            self._ended.append((ev.ts, ev.job_id))
+            self.forget_ended(ev.ts - self.keep_ended_ms)
             for key in job.gpu_keys:
                 self._release(self._by_gpu.get(key), ev.job_id, ev.ts)
             for node in job.nodes:
@@ -144,11 +149,17 @@ class Attribution:
                 h.end_ms = ts
 
     def forget_ended(self, before_ms: int) -> int:
-        """Drop jobs that ended before ``before_ms`` (their holds age out of the deques)."""
-        gone = [j for j, job in self._jobs.items() if job.ended_ms is not None and job.ended_ms < before_ms]
-        for j in gone:
-            del self._jobs[j]
-        return len(gone)
+        """Drop jobs that ended before ``before_ms`` (their holds age out of the deques). Called on
+        every job end with the ``keep_ended_ms`` horizon, so the table holds running jobs and the
+        last hour's ended ones, not every job ever seen."""
+        gone = 0
+        while self._ended and self._ended[0][0] < before_ms:
+            _, job_id = self._ended.popleft()
+            job = self._jobs.get(job_id)
+            if job is not None and job.ended_ms is not None and job.ended_ms < before_ms:  # not restarted since
+                del self._jobs[job_id]
+                gone += 1
+        return gone
 
     # -- lookups ------------------------------------------------------------------------------
 

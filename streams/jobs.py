@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from schemas.events import Event, GpuSketch, JobQuantiles
+from streams.rolling import SINCE_START
 from streams.sketches import QuantileSketch
-
-SINCE_START = "since_start"
 
 
 class JobGpuWindow(Event, frozen=True):

@@ -422,8 +422,6 @@ class SchedulingKpis:
         if job.hold is None and job.queued_since is not None:
             self._queued -= 1
         del self._jobs[key]
-        if not any(k[0] == key[0] for k in self._jobs):
-            self._usage.pop(key[0], None)
         self._ended[key] = _Ended(int(e.ts), e.kind != "preempted", frozenset(job.seen))
         while len(self._ended) > self.config.max_ended:
             self._ended.popitem(last=False)
@@ -495,6 +493,9 @@ class SchedulingKpis:
         # jobs holding GPUs now, per job class, team and user (jobs the job stage has not yet
         # summarised are left out; ``count`` says how many jobs it rests on)
         used: dict[Group, list[float]] = {}
+        live = {job_id for job_id, _name in self._jobs}
+        for gone in [j for j in self._usage if j not in live]:  # ended jobs: forget, once per boundary
+            del self._usage[gone]
         for (job_id, _name), job in self._jobs.items():
             util = self._usage.get(job_id)
             if util is None or job.hold is None or not job.hold.gpus:

@@ -55,7 +55,7 @@ from streams.attribution import Attribution
 from streams.detectors import Detector, StreamContext, discover
 from streams.jobs import JobGpuWindow, JobMerger, JobStageConfig
 from streams.kpis import KpiConfig, SchedulingKpis
-from streams.rolling import Closed, RollingConfig, RollingSeries, WindowMeans
+from streams.rolling import SINCE_START, Closed, RollingConfig, RollingSeries, WindowMeans
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,8 @@ class SampleProcessor:
         self.attribution = attribution if attribution is not None else Attribution()
         self.jobs = JobMerger(self.config.jobs)
         self.kpis = SchedulingKpis(self.config.kpis)
+        #: KPI rows up to this time were published before a restart: recomputed, not sent again
+        self.kpis_published_to = 0
         self._series: dict[str, RollingSeries] = {}
         self._by_gpu: dict[str, list[tuple[str, str, RollingSeries]]] = {}  # the same series, by GPU (hot path)
         self._means: dict[str, WindowMeans] = {}
@@ -166,10 +168,7 @@ class SampleProcessor:
         checkpoints: list[Output] = []
         for sample in samples:
             anomalies.extend(self._detect(sample))
-            means = self._means.get(sample.gpu_uuid)
-            if means is None:
-                means = self._means[sample.gpu_uuid] = WindowMeans(MEAN_METRICS, self.config.rolling.base_ms, self._means_keep_ms)
-            means.add(sample.ts, mean_metric_values(sample))
+            means = self._means_of(sample)
             for metric, closed in self._roll(sample, partition, checkpoints=checkpoints):
                 q = self._quantiles(sample, metric, closed)
                 quantiles.append(q)
@@ -204,6 +203,14 @@ class SampleProcessor:
         if ahead > horizon:
             return f"clock skew: a sample is stamped {(ahead - horizon + self.config.max_future_ms) / 1000:.0f} s in the future"
         return None
+
+    def _means_of(self, sample: GpuSample) -> WindowMeans:
+        """The GPU's window means, with ``sample`` added."""
+        means = self._means.get(sample.gpu_uuid)
+        if means is None:
+            means = self._means[sample.gpu_uuid] = WindowMeans(MEAN_METRICS, self.config.rolling.base_ms, self._means_keep_ms)
+        means.add(sample.ts, mean_metric_values(sample))
+        return means
 
     def _roll(
         self, sample: GpuSample, partition: int, replay: bool = False, checkpoints: list[Output] | None = None
@@ -274,7 +281,7 @@ class SampleProcessor:
         self.stats.ib_samples += len(samples)
         out = [Output(IB_SAMPLES, key or (samples[0].node.encode() if samples else b""), IB_SAMPLES.codec.encode(samples))]
         for sample in samples:
-            out.extend(self._anomaly_output(a) for a in self._detect(sample))
+            out.extend(self._anomaly_outputs(self._detect(sample)))
         return out
 
     def handle_steps(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
@@ -306,7 +313,7 @@ class SampleProcessor:
             for q in self.jobs.add(sketch):
                 self.stats.job_windows += 1
                 out.append(Output(JOB_QUANTILES, q.job_id.encode(), JOB_QUANTILES.codec.encode([q])))
-                out.extend(self._anomaly_output(a) for a in self._detect(q))
+                out.extend(self._anomaly_outputs(self._detect(q)))
             out.extend(self._anomaly_outputs(self._detect_gpu_windows()))
         self.stats.late_sketches += self.jobs.late - late
         return out
@@ -317,7 +324,7 @@ class SampleProcessor:
         for q in self.jobs.tick():
             self.stats.job_windows += 1
             out.append(Output(JOB_QUANTILES, q.job_id.encode(), JOB_QUANTILES.codec.encode([q])))
-            out.extend(self._anomaly_output(a) for a in self._detect(q))
+            out.extend(self._anomaly_outputs(self._detect(q)))
         out.extend(self._anomaly_outputs(self._detect_gpu_windows()))
         return out
 
@@ -343,7 +350,7 @@ class SampleProcessor:
             records = topic.codec.decode(value)
         except DecodeError as err:
             return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
-        return [self._anomaly_output(anomaly) for record in records for anomaly in self._detect(record)]
+        return self._anomaly_outputs([anomaly for record in records for anomaly in self._detect(record)])
 
     def observe_scheduler(self, value: bytes | None, topic: Topic) -> list[Output]:
         """Feed the attribution table and the scheduling KPIs (every worker reads all of the
@@ -360,7 +367,7 @@ class SampleProcessor:
             if isinstance(record, (SchedulerEvent, NodeInventory)):
                 self.attribution.observe(record)
                 rows.extend(self.kpis.observe(record))
-            elif isinstance(record, JobQuantiles) and record.window == "since_start" and record.metric == "gpu_util":
+            elif isinstance(record, JobQuantiles) and record.window == SINCE_START and record.metric == "gpu_util":
                 self.kpis.observe_usage(record.job_id, record.mean)  # utilisation by job class, team, user
         return self._kpi_outputs(rows)
 
@@ -368,11 +375,11 @@ class SampleProcessor:
         """Close the KPI intervals before ``watermark_ms`` although no event came (a quiet scheduler)."""
         return self._kpi_outputs(self.kpis.advance(watermark_ms))
 
-    @staticmethod
-    def _kpi_outputs(rows: list[SchedulingKpi]) -> list[Output]:
+    def _kpi_outputs(self, rows: list[SchedulingKpi]) -> list[Output]:
         by_kpi: dict[str, list[SchedulingKpi]] = {}
         for row in rows:
-            by_kpi.setdefault(row.kpi, []).append(row)
+            if row.ts > self.kpis_published_to:
+                by_kpi.setdefault(row.kpi, []).append(row)
         return [Output(SCHEDULING_KPIS, kpi.encode(), SCHEDULING_KPIS.codec.encode(batch)) for kpi, batch in by_kpi.items()]
 
     # -- output helpers -------------------------------------------------------------------------
@@ -385,11 +392,6 @@ class SampleProcessor:
             assert isinstance(anomaly, Anomaly)
             by_subject.setdefault(anomaly.subject, []).append(anomaly)
         return [Output(ANOMALIES, subject.encode(), ANOMALIES.codec.encode(batch)) for subject, batch in by_subject.items()]
-
-    @staticmethod
-    def _anomaly_output(anomaly: Event) -> Output:
-        assert isinstance(anomaly, Anomaly)
-        return Output(ANOMALIES, anomaly.subject.encode(), ANOMALIES.codec.encode([anomaly]))
 
     def dead_letter(
         self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None, stage: str, reason: str
@@ -455,10 +457,7 @@ class SampleProcessor:
         for sample in samples:
             sample = self.attribution.enrich_gpu(sample)
             self._detect(sample, replay=True)
-            means = self._means.get(sample.gpu_uuid)
-            if means is None:
-                means = self._means[sample.gpu_uuid] = WindowMeans(MEAN_METRICS, self.config.rolling.base_ms, self._means_keep_ms)
-            means.add(sample.ts, mean_metric_values(sample))
+            means = self._means_of(sample)
             for metric, closed in self._roll(sample, partition, replay=True):
                 self._detect(self._quantiles(sample, metric, closed), replay=True)
 

@@ -176,22 +176,12 @@ def last_message(client_config: dict[str, Any], topic: str, catalog_topic: Any, 
 
 def open_incidents(client_config: dict[str, Any], topic: str, timeout: float = 60.0) -> list[Anomaly]:
     """The anomalies whose latest message in ``topic`` is 'firing'."""
-    consumer = _consumer(client_config, "hpcinsight-recovery-anomalies")
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        tps, stop_at = [], {}
-        for p in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            tps.append(TopicPartition(topic, p, low))
-            stop_at[p] = high
-        latest: dict[str, Anomaly] = {}
-        for msg in _read_range(consumer, tps, stop_at, timeout):
-            try:
-                for anomaly in ANOMALIES.codec.decode(msg.value()):
-                    latest[anomaly.id] = anomaly
-            except DecodeError:
-                continue
-        return [a for a in latest.values() if a.state == "firing"]
-    finally:
-        consumer.close()
+    latest: dict[str, Anomaly] = {}
+    for msg in read_all(client_config, topic, timeout=timeout):
+        try:
+            for anomaly in ANOMALIES.codec.decode(msg.value()):
+                latest[anomaly.id] = anomaly
+        except DecodeError:
+            continue
+    return [a for a in latest.values() if a.state == "firing"]
 

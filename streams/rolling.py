@@ -287,14 +287,6 @@ class RollingSeries:
     def closed_to(self) -> int | None:
         return self._closed_to
 
-    def memory_bytes(self) -> int:
-        """Serialised size of the sketches this series holds (the part that grows with time)."""
-        total = 0
-        for w in self._windows:
-            total += sum(len(p.sketch.to_bytes()) for _, p in w.panes)
-            total += len(w.filling.sketch.to_bytes()) if w.filling else 0
-        return total + (len(self._since.sketch.to_bytes()) if self._since else 0)
-
     def window_memory_bytes(self) -> dict[str, int]:
         """Serialised sketch bytes held for each sliding window."""
         return {

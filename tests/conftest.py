@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,21 @@ class Pipeline:
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def poll(self, condition: Callable[[], bool], *alive: subprocess.Popen[bytes]) -> None:
+        """Until ``condition()`` holds, while the given processes run. No clock: a condition that
+        never comes is a hang, which pytest-timeout ends with the test's stack."""
+        while not condition():
+            for proc in alive:
+                assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
+            time.sleep(0.3)
+
+    def job_stage_settled(self) -> bool:
+        """Every job window the stored GPU windows call for is stored too (the job stage holds a
+        job's first windows back ``--job-wait`` for GPUs nobody knows of yet)."""
+        ends = "SELECT window, max(window_end) AS e FROM {} FINAL WHERE metric = 'gpu_util' GROUP BY window ORDER BY window"
+        gpu = self.sql(ends.format("gpu_quantiles"))
+        return bool(gpu) and gpu == self.sql(ends.format("job_quantiles"))
 
     def wait_caught_up(self, group: str, topics: list[str], timeout: float = 120) -> None:
         from hpcinsight.topics import lag

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import msgspec
 
 from schemas.events import Event, GpuQuantiles
+from streams.rolling import SINCE_START
 
 C = TypeVar("C")
 
@@ -82,7 +83,7 @@ class WindowChoice:
         if self.default is not None:
             return q.window == self.default
         # unbound (a detector used on its own): the shortest window seen so far
-        if q.window == "since_start":
+        if q.window == SINCE_START:
             return False
         size = q.window_end - q.window_start
         if self._shortest is None or size < self._shortest:

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 from schemas.events import Anomaly, Event, JobQuantiles, SchedulerEvent
 from streams.detectors import Detector, anomaly_id
-
-SINCE_START = "since_start"
+from streams.rolling import SINCE_START
 
 
 @dataclass(frozen=True)

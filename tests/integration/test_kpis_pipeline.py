@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -40,9 +39,13 @@ def test_openb_kpis_through_kafka_faust_and_clickhouse(pipeline: Pipeline) -> No
                              "--interval", "0.25", "--ticks", str(int(REPLAY_WALL_S / 0.25) + 8), timeout=120)
         summary = json.loads(agent.stdout.strip().splitlines()[-1])
         assert summary["failed"] == summary["dropped"] == 0
-        time.sleep(INTERVAL.lateness_s + 3)  # the worker closes the last intervals by its clock
-        pipeline.wait_caught_up("clickhouse-sink", ["scheduler.events", "node.inventory", "scheduling.kpis"])
-        time.sleep(1)
+        pipeline.wait_caught_up("clickhouse-sink", ["scheduler.events", "node.inventory"])
+        last = pipeline.sql("SELECT toUnixTimestamp64Milli(max(ts)) AS ms FROM scheduler_events")[0]["ms"]
+        cut = last - last % 1000 + 1000  # the first boundary after the last event
+        # the worker closes the last intervals by its clock, a lateness after them
+        pipeline.poll(lambda: (pipeline.sql(
+            "SELECT toUnixTimestamp64Milli(max(ts)) AS ms FROM scheduling_kpis")[0]["ms"] or 0) >= cut, worker, sink)
+        pipeline.wait_caught_up("clickhouse-sink", ["scheduling.kpis"])
     finally:
         assert stop(sink) == 0, pipeline.log("sink")
         stop(worker)
@@ -57,8 +60,7 @@ def test_openb_kpis_through_kafka_faust_and_clickhouse(pipeline: Pipeline) -> No
     for r in pipeline.sql("SELECT *, toUnixTimestamp64Milli(ts) AS ms FROM scheduler_events FINAL"):
         events.append(SchedulerEvent(ts=r["ms"], **{k: r[k] for k in fields if r[k] is not None}))
     events.sort(key=lambda e: e.ts)
-    last = max(e.ts for e in events)
-    cut = last - last % 1000 + 1000  # the first boundary after the last event
+    assert max(e.ts for e in events) == last
 
     kpis = SchedulingKpis(INTERVAL)
     expected = [row for e in events for row in kpis.observe(e)] + kpis.advance(cut + 1)

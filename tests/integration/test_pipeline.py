@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -29,7 +28,8 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
         assert produced["messages"] == NODES * summary["ticks"]
 
         pipeline.wait_caught_up("worker", ["gpu.samples.raw", "gpu.sketches"])
-        time.sleep(3)  # the job's first window waits --job-wait for GPUs nobody knows of yet
+        pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles"])
+        pipeline.poll(pipeline.job_stage_settled, worker, sink)
         pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles", "job.quantiles", "anomalies", "dead.letters"])
         # while the sink owns the embedded store, the query CLI reads it through the sink
         assert pipeline.sql("SELECT count() AS n FROM gpu_samples")[0]["n"] == produced["records"]

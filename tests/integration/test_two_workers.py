@@ -9,7 +9,6 @@ samples (both within the 1% bound), counts and sums exactly.
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -33,8 +32,8 @@ def copy_raw(src: Pipeline, dst: Pipeline, expected: int) -> None:
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
     producer = Producer({**dst.client_config(), "enable.idempotence": True})
-    copied, eof, deadline = 0, set(), time.monotonic() + 60
-    while len(eof) < len(parts) and time.monotonic() < deadline:
+    copied, eof = 0, set()
+    while len(eof) < len(parts):  # every partition reports its end (enable.partition.eof)
         for msg in consumer.consume(500, timeout=0.5):
             if msg.error():
                 eof.add(msg.partition())
@@ -45,12 +44,9 @@ def copy_raw(src: Pipeline, dst: Pipeline, expected: int) -> None:
     assert producer.flush(30) == 0 and copied == expected
 
 
-def wait_assigned(p: Pipeline, names: list[str], timeout: float = 60) -> None:
-    """Until every named worker has logged its first assignment (rebuild done)."""
-    deadline = time.monotonic() + timeout
-    while not all("restored" in p.log(n) for n in names):
-        assert time.monotonic() < deadline, [p.log(n) for n in names]
-        time.sleep(0.3)
+def assigned(p: Pipeline, names: list[str]) -> bool:
+    """Every named worker has logged its first assignment (rebuild done)."""
+    return all("restored" in p.log(n) for n in names)
 
 
 def results(p: Pipeline) -> dict[str, list[dict]]:
@@ -84,15 +80,15 @@ def test_two_workers_give_the_results_of_one(pipeline: Pipeline, kafka_bootstrap
         "two-sink": (two, two.start("sink", "sink", "--batch-age", "0.3")),
     }
     try:
-        wait_assigned(two, ["worker-a", "worker-b"])
-        wait_assigned(one, ["worker"])
+        two.poll(lambda: assigned(two, ["worker-a", "worker-b"]), procs["two-worker-a"][1], procs["two-worker-b"][1])
+        one.poll(lambda: assigned(one, ["worker"]), procs["one-worker"][1])
         one.run("agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS), "--ticks", str(TICKS),
                 "--interval", "1", "--speed", "10", "--idle", "2:1@0-25")
         copy_raw(one, two, NODES * TICKS)
         for p in (one, two):
             p.wait_caught_up("worker", ["gpu.samples.raw", "gpu.sketches"])
-        time.sleep(3)  # the first window of a job waits --job-wait for GPUs nobody knows of yet
-        for p in (one, two):
+            p.wait_caught_up("clickhouse-sink", ["gpu.quantiles"])
+            p.poll(p.job_stage_settled)
             p.wait_caught_up("clickhouse-sink", STORED)
         # both workers of the group did part of the work
         for name in ("worker-a", "worker-b"):
