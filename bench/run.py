@@ -75,8 +75,10 @@ def bench_sink(repeats: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         client = clickhouse_connect.get_client(dsn=f"chdb://{Path(tmp) / 'ch'}")
         try:
+            from sinks.clickhouse import ensure_tables
+
             assert GPU_SAMPLES.table is not None
-            client.command(GPU_SAMPLES.table.create_sql(GPU_SAMPLES.event))
+            ensure_tables(client)
             table = GPU_SAMPLES.table.name
             ours = best_of(lambda: client.insert_arrow(table, to_arrow(GPU_SAMPLES.event, records, extra)), repeats)
             base = best_of(lambda: client.insert_arrow(table, ready), repeats)

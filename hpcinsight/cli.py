@@ -89,12 +89,33 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 # --- db -------------------------------------------------------------------------------
 def cmd_db(args: argparse.Namespace) -> int:
-    from sinks.clickhouse import connect, ensure_tables
+    from sinks.clickhouse import connect
+    from sinks.migrations import MIGRATIONS, applied_versions, migrate
+    from sinks.storage import Layout
 
     settings = load()
-    client = connect(settings.clickhouse, writer=True)
-    for name in ensure_tables(client):
-        print(f"table {name}: ok")
+    client = connect(settings.clickhouse, writer=args.action != "status")
+    try:
+        if args.action == "status":
+            try:
+                done = applied_versions(client)
+            except Exception:  # noqa: BLE001 - no version table yet: nothing applied
+                done = {}
+            for m in MIGRATIONS:
+                print(f"{m.version:>3}  {'applied' if m.version in done else 'PENDING':8} {m.name}")
+            return 0
+        layout = Layout.of(settings.clickhouse, database=client.command("SELECT currentDatabase()"))
+        report = migrate(client, layout)
+    finally:
+        client.close()
+    for version, name in report.applied:
+        print(f"migration {version}: {name}: applied")
+    for table, was, now in report.ttl_changed:
+        print(f"table {table}: TTL {f'{was} days' if was else 'none'} -> {f'{now} days' if now else 'none (kept forever)'}")
+    if not report.applied:
+        print(f"schema at version {report.version}: nothing to do")
+    else:
+        print(f"schema at version {report.version}")
     return 0
 
 
@@ -223,7 +244,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     conf = settings.kafka.client_config()
     ensure_topics(conf, settings.kafka.topic_prefix)
     client = connect(settings.clickhouse, writer=True)
-    ensure_tables(client)
+    ensure_tables(client, settings.clickhouse)
     share = share_if_embedded(client, settings.clickhouse)  # readers reach the store through us
     options = SinkOptions(batch_rows=args.batch_rows, batch_age_s=args.batch_age, instance_id=args.instance or None)
     sink = ClickHouseSink(client, conf, settings.kafka.topic_prefix, options)
@@ -348,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="query parameter (bound server-side)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
-    p = add("db", cmd_db, "create the ClickHouse tables from the schemas (idempotent)")
-    p.add_argument("action", choices=("init",))
+    p = add("db", cmd_db, "ClickHouse schema: migrate to this build's version (idempotent), or show its status")
+    p.add_argument("action", choices=("migrate", "status", "init"), help="migrate (init is the same), or status")
 
     p = add("kafka", cmd_kafka, "run a local single-node Kafka broker (KRaft) from Maven Central jars")
     p.add_argument("action", choices=("run", "fetch"), help="run: start and wait for Ctrl-C; fetch: download the jars only")
@@ -376,12 +397,13 @@ def main(argv: list[str] | None = None) -> int:
         from confluent_kafka import KafkaException
 
         from sinks.clickhouse import StoreBusyError
+        from sinks.migrations import SchemaDriftError
 
         if isinstance(err, ClickHouseError):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             print(f"hpcinsight: ClickHouse refused: {first}", file=sys.stderr)
             return 1
-        if isinstance(err, (StoreBusyError, KafkaException, ConnectionError)):
+        if isinstance(err, (StoreBusyError, SchemaDriftError, KafkaException, ConnectionError)):
             print(f"hpcinsight: {err}", file=sys.stderr)
             return 1
         raise

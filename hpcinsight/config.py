@@ -18,6 +18,10 @@ Environment variables::
     CLICKHOUSE_URL                 chdb:///dir (embedded, default) or http(s)://[user@]host:port/db
     CLICKHOUSE_USER
     CLICKHOUSE_PASSWORD[_FILE]
+    CLICKHOUSE_CLUSTER             cluster name: Replicated + Distributed tables, DDL ON CLUSTER
+
+The config file may also hold ``[clickhouse]`` (``cluster``, ``replica_path``, ``replica_name``,
+and ``[clickhouse.ttl_days]``: days to keep each table, 0 = forever) and ``[detectors.<kind>]``.
     HPCINSIGHT_DATA_DIR            where the embedded store lives (default ./.hpcinsight)
 """
 
@@ -143,6 +147,13 @@ class ClickHouseSettings:
     url: str
     username: str | None = None
     password: Secret | None = None
+    #: a cluster name from the server's remote_servers: tables become Replicated*MergeTree
+    #: with a Distributed table in front, and DDL runs ON CLUSTER (see sinks.storage)
+    cluster: str | None = None
+    replica_path: str = "/clickhouse/tables/{shard}/{database}/{table}"
+    replica_name: str = "{replica}"
+    #: days to keep each table (by table name), overriding the catalog's defaults; 0 = forever
+    ttl_days: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def embedded(self) -> bool:
@@ -239,7 +250,26 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         netloc = parts.hostname or ""
         netloc = f"[{netloc}]" if ":" in netloc else netloc
         url = urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
-    clickhouse = ClickHouseSettings(url=url, username=username, password=password)
+    ch_conf = file_conf.get("clickhouse", {})
+    if not isinstance(ch_conf, dict):
+        raise ConfigError("[clickhouse] in HPCINSIGHT_CONFIG must be a table")
+    unknown = set(ch_conf) - {"cluster", "replica_path", "replica_name", "ttl_days"}
+    if unknown:
+        raise ConfigError(f"[clickhouse] in HPCINSIGHT_CONFIG: unknown key(s) {', '.join(sorted(unknown))}; "
+                          "known: cluster, replica_path, replica_name, ttl_days")
+    ttl_days = ch_conf.get("ttl_days", {})
+    if not isinstance(ttl_days, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 36_500 for v in ttl_days.values()
+    ):
+        raise ConfigError("[clickhouse.ttl_days] must map table names to whole days between 0 (keep forever) and 36500")
+    cluster = env.get("CLICKHOUSE_CLUSTER") or ch_conf.get("cluster") or None
+    if cluster is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", str(cluster)):
+        raise ConfigError(f"CLICKHOUSE_CLUSTER: {cluster!r} is not a cluster name (letters, digits, _ . -)")
+    clickhouse = ClickHouseSettings(
+        url=url, username=username, password=password, cluster=cluster, ttl_days=ttl_days,
+        replica_path=str(ch_conf.get("replica_path", ClickHouseSettings.replica_path)),
+        replica_name=str(ch_conf.get("replica_name", ClickHouseSettings.replica_name)),
+    )
     kafka.validate()
     clickhouse.validate()
     detectors = file_conf.get("detectors", {})

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from schemas.codec import Codec
-from schemas.derive import clickhouse_columns
 from schemas.events import (
     AgentHealth,
     Anomaly,
@@ -41,29 +40,21 @@ SINK_COLUMNS = ("`_partition` UInt32", "`_offset` UInt64 CODEC(Delta, ZSTD(1))")
 
 @dataclass(frozen=True)
 class Table:
-    """A ClickHouse table fed from one topic.
+    """A ClickHouse table fed from one topic: the storage facts only.
 
-    ``order_by`` is also the deduplication key (ReplacingMergeTree): a record replayed by an
-    at-least-once upstream stage collapses into one row.
+    ``order_by`` is the sorting key, chosen for the reads that matter (a node's or GPU's time
+    range), and also the deduplication key (ReplacingMergeTree): a record replayed by an
+    at-least-once upstream stage collapses into one row. ``bloom_filters`` name columns that
+    get a data-skipping index, for reads scoped by something outside the key (a job). The DDL
+    itself (engine, single server or cluster, TTL from the configuration) is rendered by
+    :mod:`sinks.storage`.
     """
 
     name: str
     order_by: tuple[str, ...]
     time_column: str
     ttl_days: int = 30
-
-    def create_sql(self, event: type[Event], database: str | None = None) -> str:
-        qualified = f"`{database}`.`{self.name}`" if database else f"`{self.name}`"
-        columns = ",\n  ".join([*clickhouse_columns(event), *SINK_COLUMNS])
-        return (
-            f"CREATE TABLE IF NOT EXISTS {qualified} (\n  {columns},\n"
-            "  INDEX _offset_minmax _offset TYPE minmax GRANULARITY 1\n)\n"
-            f"ENGINE = ReplacingMergeTree\n"
-            f"PARTITION BY toYYYYMMDD({self.time_column})\n"
-            f"ORDER BY ({', '.join(self.order_by)})\n"
-            f"TTL toDateTime({self.time_column}) + INTERVAL {self.ttl_days} DAY\n"
-            "SETTINGS non_replicated_deduplication_window = 1000"
-        )
+    bloom_filters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,17 +85,18 @@ GPU_SAMPLES_RAW = Topic(
 GPU_SAMPLES = Topic(
     "gpu.samples", GpuSample, key="node", partitions=6, retention_ms=DAY_MS,
     doc="Validated GPU samples, attributed to the job (user, team, zone) holding each GPU, as stored.",
-    table=Table("gpu_samples", order_by=("node", "gpu_index", "ts"), time_column="ts"),
+    table=Table("gpu_samples", order_by=("node", "gpu_index", "ts"), time_column="ts", bloom_filters=("job_id",)),
 )
 GPU_QUANTILES = Topic(
     "gpu.quantiles", GpuQuantiles, key="node", partitions=6, retention_ms=7 * DAY_MS,
     doc="p25/p50/p95 of GPU metrics per sliding window (1m, 5m, 1h) and since the job started.",
-    table=Table("gpu_quantiles", order_by=("node", "gpu_index", "metric", "window", "window_end"), time_column="window_end", ttl_days=365),
+    table=Table("gpu_quantiles", order_by=("node", "gpu_index", "metric", "window", "window_end"), time_column="window_end",
+                ttl_days=365, bloom_filters=("job_id",)),
 )
 ANOMALIES = Topic(
     "anomalies", Anomaly, key="subject", partitions=3, retention_ms=30 * DAY_MS,
     doc="Flags raised by detectors, firing then resolved, with a stable id.",
-    table=Table("anomalies", order_by=("kind", "subject", "id", "state"), time_column="ts", ttl_days=365),
+    table=Table("anomalies", order_by=("kind", "subject", "id", "state"), time_column="ts", ttl_days=365, bloom_filters=("job_id",)),
 )
 DEAD_LETTERS = Topic(
     "dead.letters", DeadLetter, key="source topic", partitions=1, retention_ms=30 * DAY_MS,
@@ -119,7 +111,7 @@ IB_SAMPLES_RAW = Topic(
 IB_SAMPLES = Topic(
     "ib.samples", IbSample, key="node", partitions=6, retention_ms=DAY_MS,
     doc="InfiniBand port state, throughput and error counts per node per tick, attributed to jobs.",
-    table=Table("ib_samples", order_by=("node", "device", "port", "ts"), time_column="ts"),
+    table=Table("ib_samples", order_by=("node", "device", "port", "ts"), time_column="ts", bloom_filters=("job_id",)),
 )
 # Six partitions keyed by job like gpu.sketches: the job stage sees a job's end where it merges its GPUs.
 SCHEDULER_EVENTS = Topic(

@@ -17,7 +17,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from hpcinsight.config import ClickHouseSettings
-from schemas.catalog import STORED
+from sinks.migrations import MigrationReport, migrate
+from sinks.storage import Layout
 from sinks.store_share import StoreShare, read_owner
 
 
@@ -73,11 +74,7 @@ def share_if_embedded(client: Client, settings: ClickHouseSettings) -> StoreShar
     return StoreShare(clickhouse_connect.get_client(dsn=settings.url), Path(urlsplit(settings.url).path)).start()
 
 
-def ensure_tables(client: Client) -> list[str]:
-    """Create every catalog table that is missing (idempotent). Returns the table names."""
-    names = []
-    for topic in STORED:
-        assert topic.table is not None
-        client.command(topic.table.create_sql(topic.event))
-        names.append(topic.table.name)
-    return names
+def ensure_tables(client: Client, settings: ClickHouseSettings | None = None) -> MigrationReport:
+    """Bring the store's schema to this build's version (idempotent; see sinks.migrations)."""
+    layout = Layout.of(settings, database=client.command("SELECT currentDatabase()")) if settings else Layout()
+    return migrate(client, layout)

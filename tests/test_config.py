@@ -77,3 +77,27 @@ def test_help_lists_subcommands_and_no_secret() -> None:
     for command in ("demo", "topics", "agent", "worker", "sink", "query", "db", "kafka"):
         assert command in result.stdout
     assert SECRET not in result.stdout
+
+
+def test_clickhouse_cluster_and_ttl_from_the_config_file(tmp_path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[clickhouse]\ncluster = "gpu-prod"\n[clickhouse.ttl_days]\ngpu_samples = 14\nanomalies = 0\n')
+    s = load({"HPCINSIGHT_CONFIG": str(path), "CLICKHOUSE_URL": "http://ch:8123"})
+    assert s.clickhouse.cluster == "gpu-prod" and dict(s.clickhouse.ttl_days) == {"gpu_samples": 14, "anomalies": 0}
+    assert load({"HPCINSIGHT_CONFIG": str(path), "CLICKHOUSE_CLUSTER": "other"}).clickhouse.cluster == "other"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[clickhouse.ttl_days]\ngpu_samples = -1\n', "whole days"),
+        ('[clickhouse.ttl_days]\ngpu_samples = "30"\n', "whole days"),
+        ('[clickhouse]\nclusterr = "x"\n', "unknown key"),
+        ('[clickhouse]\ncluster = "x; DROP TABLE y"\n', "not a cluster name"),
+    ],
+)
+def test_bad_clickhouse_settings_are_named(tmp_path, text: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load({"HPCINSIGHT_CONFIG": str(path)})

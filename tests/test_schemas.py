@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from schemas.catalog import SINK_COLUMNS, STORED, TOPICS
+from sinks.storage import Layout, table_ddl
 from schemas.derive import arrow_schema, fields_of, to_arrow
 from schemas.events import (
     ALL_EVENTS,
@@ -114,7 +115,7 @@ def test_clickhouse_tables_store_and_return_every_field(tmp_path) -> None:
     client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
     try:
         for topic in STORED:
-            client.command(topic.table.create_sql(topic.event))
+            client.command(table_ddl(Layout(), topic)[0])
             columns = _describe(client, topic.table.name)
             expected = [f.name for f in fields_of(topic.event)] + [c.split("`")[1] for c in SINK_COLUMNS]
             assert [name for name, _ in columns] == expected
@@ -155,7 +156,7 @@ def test_table_keys_keep_apart_what_must_not_collapse(tmp_path) -> None:
     client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
     try:
         for topic, records in ((GPU_SAMPLES, [board, instance]), (GPU_XID, xids)):
-            client.command(topic.table.create_sql(topic.event))
+            client.command(table_ddl(Layout(), topic)[0])
             extra = {"_partition": pa.array([0, 0], pa.uint32()), "_offset": pa.array([1, 2], pa.uint64())}
             client.insert_arrow(topic.table.name, to_arrow(topic.event, records, extra))
             client.command(f"OPTIMIZE TABLE `{topic.table.name}` FINAL")
@@ -172,7 +173,7 @@ def test_pods_of_one_job_in_the_same_second_stay_apart(tmp_path) -> None:
 
     client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
     try:
-        client.command(SCHEDULER_EVENTS.table.create_sql(SchedulerEvent))
+        client.command(table_ddl(Layout(), SCHEDULER_EVENTS)[0])
         pods = [SchedulerEvent(T0, "k8s", "job-1", "started", name=f"job-1-worker-{i}") for i in range(2)]
         extra = {"_partition": pa.array([0, 0], pa.uint32()), "_offset": pa.array([1, 2], pa.uint64())}
         for _ in range(2):  # the second insert is a replay of the first
