@@ -30,6 +30,7 @@ from sinks.storage import (
     ROLLUPS,
     Layout,
     add_bloom_filters_ddl,
+    codecs_ddl,
     default_ttl_days,
     quote,
     table_ddl,
@@ -67,6 +68,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               lambda layout: [s for t in STORED for s in add_bloom_filters_ddl(layout, t)]),
     Migration(3, "rollups: quantile/avg/max states per GPU and per job, per minute and per hour",
               lambda layout: [s for r in ROLLUPS for s in r.ddl(layout)]),
+    Migration(4, "column codecs as measured by bench/storage.py (ZSTD for quantised gauges)",
+              lambda layout: [s for t in STORED for s in codecs_ddl(layout, t)]),
 )
 
 

@@ -25,7 +25,7 @@ from typing import Mapping
 
 from hpcinsight.config import ClickHouseSettings, ConfigError
 from schemas.catalog import GPU_SAMPLES, SINK_COLUMNS, STORED, Table, Topic
-from schemas.derive import clickhouse_columns
+from schemas.derive import clickhouse_columns, fields_of
 
 #: the version table's name (see :mod:`sinks.migrations`)
 MIGRATIONS_TABLE = "hpcinsight_migrations"
@@ -132,6 +132,16 @@ def add_bloom_filters_ddl(layout: Layout, topic: Topic) -> list[str]:
         out.append(f"ALTER TABLE {target}{layout.on_cluster} ADD INDEX IF NOT EXISTS {name} {definition}")
         out.append(f"ALTER TABLE {target}{layout.on_cluster} MATERIALIZE INDEX {name}")
     return out
+
+
+def codecs_ddl(layout: Layout, topic: Topic) -> list[str]:
+    """Set every column's codec to the catalog's: for stores created before a codec changed.
+    (New parts use it; existing parts are recompressed as they merge.)"""
+    target = quote(layout.local(topic.table.name))  # type: ignore[union-attr]
+    return [
+        f"ALTER TABLE {target}{layout.on_cluster} MODIFY COLUMN {quote(f.name)} CODEC({f.column.codec})"
+        for f in fields_of(topic.event) if f.column.codec
+    ]
 
 
 # -- rollups -----------------------------------------------------------------------------

@@ -225,3 +225,13 @@ def test_single_server_layout_keeps_plain_names() -> None:
         statements = table_ddl(Layout(), topic)
         assert len(statements) == 1 and f"`{topic.table.name}`" in statements[0]
         assert "ON CLUSTER" not in statements[0] and "ENGINE = ReplacingMergeTree\n" in statements[0]
+
+
+def test_a_store_with_older_codecs_gets_the_measured_ones(client) -> None:
+    client.command(table_ddl(Layout(), GPU_SAMPLES)[0])
+    client.command("ALTER TABLE gpu_samples MODIFY COLUMN gpu_util CODEC(Gorilla, ZSTD(1))")
+    migrate(client, Layout())
+    codec = client.query(
+        "SELECT compression_codec FROM system.columns WHERE database = currentDatabase() AND table = 'gpu_samples' AND name = 'gpu_util'"
+    ).result_rows[0][0]
+    assert codec == "CODEC(ZSTD(1))"
