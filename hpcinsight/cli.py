@@ -263,7 +263,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from hpcinsight.query import run_query
 
-    return run_query(load(), args.query, args.param, args.format)
+    return run_query(load(), args.query, args.param, args.format, list_all=args.list)
 
 
 # --- demo -----------------------------------------------------------------------------
@@ -364,9 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds without data")
     p.add_argument("--instance", default="0", help="static group member id; give each sink of a group its own ('' for dynamic)")
 
-    p = add("query", cmd_query, "run a named query or SQL against ClickHouse")
-    p.add_argument("query", help="a named query (see `hpcinsight query list`) or a SQL SELECT")
-    p.add_argument("--param", action="append", default=[], metavar="K=V", help="query parameter (bound server-side)")
+    p = add("query", cmd_query, "run a query of the library (sinks/queries/*.sql) or SQL against ClickHouse, read-only")
+    p.add_argument("query", nargs="?", help="a library query (see --list) or a SQL SELECT")
+    p.add_argument("--list", action="store_true", help="describe the library's queries and their parameters")
+    p.add_argument("--param", action="append", default=[], metavar="K=V",
+                   help="query parameter, checked against the query's header and bound server-side; repeatable")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
     p = add("db", cmd_db, "ClickHouse schema: migrate to this build's version (idempotent), or show its status")

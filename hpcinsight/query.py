@@ -1,9 +1,19 @@
-"""``hpcinsight query``: named queries and ad-hoc SQL, read-only, parameters bound by ClickHouse.
+"""``hpcinsight query``: the query library and ad-hoc SQL, read-only, parameters bound by ClickHouse.
 
-Named queries use ``{name:Type}`` placeholders; values given with ``--param k=v`` are sent
-as typed parameters and never formatted into the SQL text, so a hostile value is an error
-or a literal, never SQL. Ad-hoc SQL runs with ``readonly=1``. The full query library comes
-with issue 5; these are the first few.
+The library is the plain SQL files in ``sinks/queries/`` (the store's schema lives with the
+sink), one query a file, each opening with a header of ``--`` comments::
+
+    -- name: job_summary
+    -- group: monitoring
+    -- what: one job at a glance: ...
+    -- param: job String                the job id
+    -- param: since_s UInt32 = 86400    look back this many seconds
+
+The body uses ClickHouse ``{name:Type}`` placeholders, so a file runs unchanged in
+``clickhouse-client --param_job=... --queries-file job_summary.sql``. Here values given with
+``--param k=v`` are checked against the header (unknown names are refused, numbers must parse
+and fit their type) and sent as typed parameters, never formatted into the SQL text: a hostile
+value is an error or a literal, never SQL. Everything runs with ``readonly=1``.
 """
 
 from __future__ import annotations
@@ -12,119 +22,152 @@ import csv
 import datetime as dt
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
+import sinks
 from hpcinsight.config import Settings
+
+#: where the library lives: package data of ``sinks``, beside the schema it reads
+LIBRARY_DIR = Path(sinks.__file__).resolve().parent / "queries"
+GROUPS = ("monitoring", "diagnostics", "scheduling", "store")
+
+_HEADER = re.compile(r"--\s*(?P<key>name|group|what|param):\s*(?P<value>.*?)\s*$")
+_PARAM = re.compile(
+    r"(?P<name>[A-Za-z_]\w*)\s+(?P<type>[A-Za-z]\w*(?:\([^)]*\))?)"
+    r"(?:\s*=\s*(?P<default>'[^']*'|\S+))?(?:\s+(?P<doc>\S.*))?"
+)
+#: ``{name:Type}`` placeholders of the SQL body
+PLACEHOLDER = re.compile(r"\{\s*([A-Za-z_]\w*)\s*:\s*([^{}]+?)\s*\}")
+_INT_RANGES = {f"{s}Int{b}": ((0, 2**b - 1) if s else (-(2 ** (b - 1)), 2 ** (b - 1) - 1))
+               for s in ("", "U") for b in (8, 16, 32, 64)}
+
+
+class QueryFileError(ValueError):
+    """A library file whose header is missing or does not match its body."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    default: str | None  # None: required
+    doc: str = ""
+
+    def convert(self, raw: str, query: str) -> Any:
+        """The typed value of ``raw``: numbers parsed and range-checked here, so a wrong value is a
+        clear error naming the parameter; strings pass as they are (bound, never spliced)."""
+        base = self.type.removeprefix("Nullable(").removesuffix(")") if self.type.startswith("Nullable(") else self.type
+        try:
+            if base in _INT_RANGES:
+                value = int(raw.strip(), 10)
+                lo, hi = _INT_RANGES[base]
+                if not lo <= value <= hi:
+                    raise ValueError(f"out of range {lo}..{hi}")
+                return value
+            if base in ("Float32", "Float64"):
+                number = float(raw)
+                if not math.isfinite(number):
+                    raise ValueError("not a finite number")
+                return number
+        except ValueError as err:
+            raise ValueError(f"query {query!r}: --param {self.name}={raw!r} is not a {self.type} ({err})") from None
+        return raw
+
+    def describe(self) -> str:
+        return f"{self.name}={'?' if self.default is None else self.default}"
 
 
 @dataclass(frozen=True)
 class NamedQuery:
     name: str
+    group: str
     doc: str
     sql: str
-    params: dict[str, str]  # name -> default value ('' = required)
+    params: tuple[Param, ...]
+    path: Path
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def bind(self, given: dict[str, str]) -> dict[str, Any]:
+        """Typed values of every parameter: the given ones checked, the others from their defaults."""
+        unknown = sorted(set(given) - {p.name for p in self.params})
+        if unknown:
+            takes = ", ".join(p.name for p in self.params) or "no parameters"
+            raise ValueError(f"query {self.name!r} takes {takes}; unknown: {', '.join(unknown)}")
+        values = {}
+        for p in self.params:
+            raw = given.get(p.name, p.default)
+            if raw is None:
+                raise ValueError(f"query {self.name!r} needs --param {p.name}=... ({p.type}{': ' + p.doc if p.doc else ''})")
+            values[p.name] = p.convert(raw, self.name)
+        return values
 
 
-NAMED: dict[str, NamedQuery] = {
-    q.name: q
-    for q in (
-        NamedQuery(
-            "gpu_quantiles",
-            "per GPU: its job, p25/p50/p95 of utilisation since the job started (stream sketches), "
-            "the p95 of its latest shortest window, and its flags",
-            """
-            SELECT s.node AS node, s.gpu_index AS gpu, s.job AS job, s.samples AS samples,
-                   round(s.p25, 1) AS p25, round(s.p50, 1) AS p50, round(s.p95, 1) AS p95,
-                   round(w.last_p95, 1) AS last_window_p95, a.flags AS anomalies
-            FROM (
-                SELECT node, gpu_index, gpu_uuid, argMax(job_id, window_end) AS job, argMax(count, window_end) AS samples,
-                       argMax(p25, window_end) AS p25, argMax(p50, window_end) AS p50, argMax(p95, window_end) AS p95
-                FROM gpu_quantiles FINAL
-                WHERE metric = 'gpu_util' AND window = 'since_start'
-                  AND window_end >= now64(3) - toIntervalSecond({since_s:UInt32})
-                GROUP BY node, gpu_index, gpu_uuid
-            ) AS s
-            LEFT JOIN (
-                SELECT gpu_uuid, argMax(p95, (window_end, window_start)) AS last_p95
-                FROM gpu_quantiles FINAL WHERE metric = 'gpu_util' AND window != 'since_start' GROUP BY gpu_uuid
-            ) AS w ON w.gpu_uuid = s.gpu_uuid
-            LEFT JOIN (
-                SELECT gpu_uuid, arrayStringConcat(arraySort(groupArray(
-                           concat(kind, if(incidents > 1, concat(' x', toString(incidents)), ''),
-                                  if(open > 0, ' (firing)', ' (resolved)')))), ', ') AS flags
-                FROM (
-                    SELECT gpu_uuid, kind, count() AS incidents, countIf(state = 'firing') AS open
-                    FROM (
-                        SELECT assumeNotNull(gpu_uuid) AS gpu_uuid, kind, id,
-                               if(countIf(state = 'resolved') > 0, 'resolved', 'firing') AS state
-                        FROM anomalies FINAL
-                        WHERE gpu_uuid IS NOT NULL AND ts >= now64(3) - toIntervalSecond({since_s:UInt32})
-                        GROUP BY gpu_uuid, kind, id
-                    )
-                    GROUP BY gpu_uuid, kind
-                )
-                GROUP BY gpu_uuid
-            ) AS a ON a.gpu_uuid = s.gpu_uuid
-            ORDER BY node, gpu
-            """,
-            {"since_s": "86400"},
-        ),
-        NamedQuery(
-            "job_quantiles",
-            "per job: user, team, GPUs, and p25/p50/p95 of GPU utilisation since the job started (merged GPU sketches)",
-            """
-            SELECT job_id AS job, argMax(user, window_end) AS user, argMax(team, window_end) AS team,
-                   argMax(gpus, window_end) AS gpus, argMax(count, window_end) AS samples,
-                   round(argMax(p25, window_end), 1) AS p25, round(argMax(p50, window_end), 1) AS p50,
-                   round(argMax(p95, window_end), 1) AS p95, max(window_end) AS as_of
-            FROM job_quantiles FINAL
-            WHERE metric = 'gpu_util' AND window = 'since_start'
-              AND window_end >= now64(3) - toIntervalSecond({since_s:UInt32})
-            GROUP BY job_id
-            ORDER BY job_id
-            """,
-            {"since_s": "86400"},
-        ),
-        NamedQuery(
-            "anomalies",
-            "anomalies raised in the last since_s seconds, firing and resolved",
-            """
-            SELECT id, kind, state, toDateTime(started_at) AS since, toDateTime(window_end) AS seen_at, message
-            FROM anomalies FINAL
-            WHERE ts >= now64(3) - toIntervalSecond({since_s:UInt32})
-            ORDER BY started_at, id, state = 'resolved'
-            """,
-            {"since_s": "86400"},
-        ),
-        NamedQuery(
-            "dead_letters",
-            "messages no stage could use, with the reason",
-            """
-            SELECT ts, source_topic, source_partition, source_offset, stage, reason, length(raw) AS bytes
-            FROM dead_letters FINAL ORDER BY ts DESC LIMIT {limit:UInt32}
-            """,
-            {"limit": "100"},
-        ),
-        NamedQuery(
-            "counts",
-            "rows per table",
-            """
-            SELECT table, rows FROM (
-                SELECT 1 AS i, 'gpu_samples' AS table, count() AS rows FROM gpu_samples FINAL
-                UNION ALL SELECT 2, 'gpu_quantiles', count() FROM gpu_quantiles FINAL
-                UNION ALL SELECT 3, 'anomalies', count() FROM anomalies FINAL
-                UNION ALL SELECT 4, 'dead_letters', count() FROM dead_letters FINAL
-                UNION ALL SELECT 5, 'ib_samples', count() FROM ib_samples FINAL
-                UNION ALL SELECT 6, 'agent_health', count() FROM agent_health FINAL
-                UNION ALL SELECT 7, 'job_quantiles', count() FROM job_quantiles FINAL
-            ) ORDER BY i
-            """,
-            {},
-        ),
-    )
-}
+def parse_query_file(path: Path) -> NamedQuery:
+    """One library file: its header and body, checked against each other."""
+    text = path.read_text()
+    header: dict[str, str] = {}
+    params: list[Param] = []
+    lines = text.splitlines()
+    body_start = len(lines)
+    for i, line in enumerate(lines):
+        if not line.startswith("--"):
+            body_start = i
+            break
+        m = _HEADER.fullmatch(line)
+        if m is None:
+            continue  # free comment lines in the header
+        if m["key"] == "param":
+            p = _PARAM.fullmatch(m["value"])
+            if p is None:
+                raise QueryFileError(f"{path.name}: cannot read {line!r}; expected '-- param: NAME Type [= DEFAULT] [what]'")
+            default = p["default"]
+            if default is not None and default.startswith("'"):
+                default = default[1:-1]
+            params.append(Param(p["name"], p["type"], default, p["doc"] or ""))
+        else:
+            header[m["key"]] = m["value"]
+    for key in ("name", "group", "what"):
+        if not header.get(key):
+            raise QueryFileError(f"{path.name}: the header has no '-- {key}:' line")
+    if header["name"] != path.stem:
+        raise QueryFileError(f"{path.name}: the header names it {header['name']!r}")
+    if header["group"] not in GROUPS:
+        raise QueryFileError(f"{path.name}: group {header['group']!r} is not one of {', '.join(GROUPS)}")
+    sql = "\n".join(lines[body_start:]).strip().rstrip(";")
+    if not sql:
+        raise QueryFileError(f"{path.name}: no SQL after the header")
+    declared = {p.name: p.type for p in params}
+    if len(declared) != len(params):
+        raise QueryFileError(f"{path.name}: a parameter is declared twice")
+    used: dict[str, str] = {}
+    for name, ch_type in PLACEHOLDER.findall(sql):
+        if used.setdefault(name, ch_type) != ch_type:
+            raise QueryFileError(f"{path.name}: {{{name}}} is used as {used[name]} and as {ch_type}")
+    if used != declared:
+        raise QueryFileError(f"{path.name}: the header declares {declared} but the SQL uses {used}")
+    return NamedQuery(header["name"], header["group"], header["what"], sql, tuple(params), path)
+
+
+@cache
+def library(directory: Path = LIBRARY_DIR) -> dict[str, NamedQuery]:
+    """Every query of the library, by name, in group order then name."""
+    queries = [parse_query_file(p) for p in sorted(directory.glob("*.sql"))]
+    queries.sort(key=lambda q: (GROUPS.index(q.group), q.name))
+    return {q.name: q for q in queries}
+
+
+def named(name: str) -> NamedQuery:
+    try:
+        return library()[name]
+    except KeyError:
+        raise ValueError(f"no query {name!r} in the library; `hpcinsight query --list` lists them") from None
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -137,23 +180,32 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
+READONLY = {"readonly": 1}
+_OUTFILE = re.compile(r"\binto\s+outfile\b", re.IGNORECASE)
+
+
 def execute(client: Any, query: str, params: dict[str, str]) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run a named query (typed parameters) or read-only SQL; returns column names and rows."""
-    named = NAMED.get(query)
-    if named is not None:
-        unknown = set(params) - set(named.params)
-        if unknown:
-            raise ValueError(f"query {named.name!r} takes {', '.join(named.params) or 'no parameters'}; unknown: {', '.join(sorted(unknown))}")
-        values = {**named.params, **params}
-        missing = [k for k, v in values.items() if v == ""]
-        if missing:
-            raise ValueError(f"query {named.name!r} needs --param {missing[0]}=...")
-        result = client.query(named.sql, parameters=values, settings={"readonly": 1})
+    found = library().get(query)
+    if found is not None:
+        result = client.query(found.sql, parameters=found.bind(params), settings=READONLY)
     else:
-        if not query.strip().lower().startswith(("select", "with", "show", "describe", "desc", "explain")):
-            raise ValueError(f"{query!r} is neither a named query ({', '.join(NAMED)}) nor a SELECT")
-        result = client.query(query, parameters=params or None, settings={"readonly": 1})
+        statement = query.strip().rstrip(";").strip()
+        if not statement.lower().startswith(("select", "with", "show", "describe", "desc", "explain")):
+            raise ValueError(f"{query!r} is neither a named query (`hpcinsight query --list`) nor a SELECT")
+        # One reading statement: readonly=1 refuses writes, but the embedded engine runs INTO OUTFILE
+        # itself (a server leaves it to the client), and a refused second statement leaves chDB's
+        # connection returning the first one's rows later.
+        if ";" in statement or _OUTFILE.search(statement):
+            raise ValueError("give one SELECT, without INTO OUTFILE")
+        result = client.query(statement, parameters=params or None, settings=READONLY)
     return list(result.column_names), list(result.result_rows)
+
+
+def records(client: Any, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """A named query's rows as dicts (values given as Python values are passed through ``str``)."""
+    columns, rows = execute(client, query, {k: str(v) for k, v in params.items()})
+    return [dict(zip(columns, row)) for row in rows]
 
 
 def _plain(value: Any) -> Any:
@@ -165,6 +217,10 @@ def _plain(value: Any) -> Any:
         return value.decode("utf-8", "replace")
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
     return value
 
 
@@ -174,6 +230,8 @@ def _shown(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_shown(v) for v in value)
     return str(_plain(value))
 
 
@@ -203,17 +261,37 @@ def render(columns: list[str], rows: list[tuple[Any, ...]], fmt: str, title: str
         make_console().print(table)
 
 
-def run_query(settings: Settings, query: str, param_pairs: list[str], fmt: str) -> int:
-    if query == "list":
-        render(["name", "parameters", "what"], [(q.name, " ".join(f"{k}={v or '?'}" for k, v in q.params.items()), q.doc) for q in NAMED.values()], fmt)
+def list_queries(fmt: str) -> None:
+    queries = library().values()
+    if fmt == "table":
+        render(["name", "group", "parameters", "what"],
+               [(q.name, q.group, " ".join(p.describe() for p in q.params), q.doc) for q in queries], fmt,
+               title=f"query library ({LIBRARY_DIR})")
+        return
+    columns = ["name", "group", "parameters", "what", "file"]
+    rows = [(q.name, q.group, [{"name": p.name, "type": p.type, "default": p.default, "what": p.doc} for p in q.params],
+             q.doc, str(q.path)) for q in queries]
+    if fmt == "csv":
+        rows = [(n, g, " ".join(f"{p['name']}:{p['type']}={'' if p['default'] is None else p['default']}" for p in ps), w, f)
+                for n, g, ps, w, f in rows]
+    render(columns, rows, fmt)
+
+
+def run_query(settings: Settings, query: str | None, param_pairs: list[str], fmt: str, list_all: bool = False) -> int:
+    if list_all or query == "list":
+        list_queries(fmt)
         return 0
+    if not query:
+        raise ValueError("name a query (`hpcinsight query --list`) or give a SQL SELECT")
     from sinks.clickhouse import connect
 
     params = parse_params(param_pairs)
+    if query in library():
+        library()[query].bind(params)  # refuse bad parameters before connecting
     client = connect(settings.clickhouse)
     try:
         columns, rows = execute(client, query, params)
     finally:
         client.close()
-    render(columns, rows, fmt, title=query if query in NAMED else None)
+    render(columns, rows, fmt, title=query if query in library() else None)
     return 0
