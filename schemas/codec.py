@@ -8,15 +8,30 @@ One message per node per tick carries all of that node's GPUs, which keeps Kafka
 per-message overhead low while each record stays a plain, self-describing object.
 Decoding validates types, ranges and finiteness; anything wrong raises
 :class:`DecodeError` with a reason fit for a dead-letter record.
+
+:meth:`Codec.decode_table` decodes many messages at once into Arrow columns (what the
+ClickHouse sink stores). It parses the whole block in C++ (``pyarrow.json``) and checks the
+codec's rules column by column (:func:`schemas.derive.wire_rules`); a block it cannot vouch
+for, to the last message, goes through :meth:`Codec.decode` one message at a time instead, so
+the result is always what ``decode`` + :func:`schemas.derive.to_arrow` would give, and the
+messages it refuses are exactly those ``decode`` refuses, with ``decode``'s reason.
 """
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
 from schemas.events import Event
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from schemas.derive import ValueRule, WireRule
 
 E = TypeVar("E", bound=Event)
 
@@ -34,6 +49,14 @@ _header_decoder = msgspec.json.Decoder(_Header)
 _encoder = msgspec.json.Encoder()
 
 
+@dataclass
+class Decoded:
+    """A block of messages as one Arrow table, and the messages that could not be decoded."""
+
+    table: pa.Table  # the records of the good messages in message order, plus the extra columns
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index of the message, reason)
+
+
 class Codec(Generic[E]):
     """Encoder and validating decoder of batches of one event type."""
 
@@ -46,6 +69,7 @@ class Codec(Generic[E]):
         )
         self._decoder = msgspec.json.Decoder(envelope)
         self._envelope = envelope
+        self._bulk: _BulkDecoder | None | bool = False  # built on first use: agents never need it
 
     def encode(self, records: list[E]) -> bytes:
         return _encoder.encode(self._envelope(self.event.__schema__, self.event.__version__, records))
@@ -57,7 +81,7 @@ class Codec(Generic[E]):
             header = _header_decoder.decode(raw)
         except msgspec.ValidationError as err:
             raise DecodeError(f"bad envelope: {err}") from None
-        except msgspec.DecodeError as err:
+        except (msgspec.DecodeError, UnicodeDecodeError) as err:
             raise DecodeError(f"malformed JSON: {err}") from None
         if header.schema != self.event.__schema__:
             raise DecodeError(f"schema {header.schema!r} does not belong here; expected {self.event.__schema__!r}")
@@ -67,5 +91,223 @@ class Codec(Generic[E]):
             )
         try:
             return list(self._decoder.decode(raw).records)
-        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as err:
             raise DecodeError(f"invalid {self.event.__schema__}: {err}") from None
+
+    def decode_table(self, raws: Sequence[bytes | None], extra: Mapping[str, pa.Array] | None = None) -> Decoded:
+        """Decode a block of messages into one table with the columns of :func:`to_arrow`.
+
+        ``extra`` holds columns with one value per message (the sink's Kafka partition and
+        offset); each value is repeated for every record of its message. Messages that cannot
+        be decoded are left out and reported with the reason :meth:`decode` gives.
+        """
+        import pyarrow as pa
+
+        from schemas.derive import arrow_schema, to_arrow
+
+        if self._bulk is False:
+            self._bulk = _BulkDecoder.of(self.event)
+        got = self._bulk.decode(raws) if self._bulk is not None and len(raws) >= _BULK_MIN else None
+        rejected: list[tuple[int, str]] = []
+        if got is not None:
+            table, owner = got
+        else:
+            records: list[E] = []
+            owners: list[int] = []
+            for i, raw in enumerate(raws):
+                try:
+                    batch = self.decode(raw)
+                except DecodeError as err:
+                    rejected.append((i, str(err)))
+                    continue
+                records.extend(batch)
+                owners.extend([i] * len(batch))
+            table = to_arrow(self.event, records) if records else arrow_schema(self.event).empty_table()
+            owner = pa.array(owners, pa.int64())
+        for name, values in (extra or {}).items():
+            table = table.append_column(pa.field(name, values.type, nullable=False), values.take(owner))
+        return Decoded(table, rejected)
+
+
+#: below this many messages a block is not worth a bulk parse
+_BULK_MIN = 4
+
+
+class _BulkDecoder:
+    """A whole block of one event type's messages, parsed by pyarrow.json and checked column-wise.
+
+    :meth:`decode` answers None whenever it cannot vouch that every message of the block is one
+    :meth:`Codec.decode` accepts, and that the table is the one ``to_arrow`` would build;
+    being stricter than the codec only costs the slow path, never a wrong row.
+    """
+
+    def __init__(self, event: type[Event], rules: tuple[WireRule, ...]) -> None:
+        import pyarrow as pa
+        import pyarrow.json as pj
+
+        from schemas.derive import arrow_schema
+
+        self.event = event
+        self.rules = rules
+        self.schema = arrow_schema(event)
+        record = pa.struct([pa.field(r.field.name, r.value.read_type) for r in rules])
+        envelope = pa.schema([("schema", pa.string()), ("v", pa.int64()), ("records", pa.list_(record))])
+        self._parse = pj.ParseOptions(explicit_schema=envelope, unexpected_field_behavior="error")
+        self._read = pj.ReadOptions(use_threads=True)
+        # pyarrow.json reads an absent field and an explicit null alike; for a field that may be
+        # absent (it has a default) but must not be null, the null is looked for in the text.
+        defaulted = [re.escape(r.field.name) for r in rules if r.default is not msgspec.NODEFAULT]
+        self._null_for_default = (
+            re.compile(rb'"(?:' + "|".join(defaulted).encode() + rb')"[ \t]*:[ \t]*null') if defaulted else None
+        )
+
+    @classmethod
+    def of(cls, event: type[Event]) -> _BulkDecoder | None:
+        from schemas.derive import wire_rules
+
+        rules = wire_rules(event)
+        return None if rules is None else cls(event, rules)
+
+    def decode(self, raws: Sequence[bytes | None]) -> tuple[pa.Table, pa.Array] | None:
+        """The block's records and, for each, the index of its message; or None."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.json as pj
+
+        n = len(raws)
+        # One message a line: none may be empty or hold a line break (pretty-printed JSON is
+        # valid, but not here), and each must start with '{' and end with '}', so that every
+        # line is exactly one message.
+        for raw in raws:
+            if not raw or raw[0] != 0x7B or raw[-1] != 0x7D or b"\n" in raw or b"\r" in raw:
+                return None
+        buf = b"\n".join(raws)  # type: ignore[arg-type]
+        if self._null_for_default is not None:
+            if self._null_for_default.search(buf) or (b"\\" in buf and b"\\u" in buf):
+                return None  # (a \u escape could spell a field name the pattern would miss)
+        try:
+            table = pj.read_json(pa.BufferReader(buf), read_options=self._read, parse_options=self._parse)
+        except Exception:  # noqa: BLE001 - any parse failure: the codec finds the culprits and says why
+            return None
+        if table.num_rows != n:
+            return None
+        schema_col, version_col, records = table.column("schema"), table.column("v"), table.column("records")
+        if schema_col.null_count or version_col.null_count or records.null_count:
+            return None
+        if not (_all(pc.equal(schema_col, self.event.__schema__)) and _all(pc.equal(version_col, self.event.__version__))):
+            return None
+        columns: list[list[pa.Array]] = [[] for _ in self.rules]
+        owners = []
+        start = 0
+        for chunk in records.chunks:
+            values = chunk.flatten()
+            if values.null_count:
+                return None  # a null record
+            for out, array in zip(columns, values.flatten()):
+                out.append(array)
+            owners.append(pc.add(pc.list_parent_indices(chunk), start))
+            start += len(chunk)
+        arrays = []
+        for rule, parts in zip(self.rules, columns):
+            array = _column(rule, pa.chunked_array(parts, rule.value.read_type))
+            if array is None:
+                return None
+            arrays.append(array)
+        owner = pa.chunked_array(owners, pa.int64()) if owners else pa.chunked_array([], pa.int64())
+        return pa.Table.from_arrays(arrays, schema=self.schema), owner
+
+
+def _all(mask: Any) -> bool:
+    import pyarrow.compute as pc
+
+    return pc.all(mask).as_py() is not False
+
+
+def _column(rule: WireRule, values: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """``values`` as read, checked against ``rule`` and cast to the field's Arrow type; None if
+    any value breaks the rule."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if values.null_count:
+        if rule.nullable:
+            pass
+        elif rule.default is not msgspec.NODEFAULT:
+            values = _fill(values, rule.default)
+        else:
+            return None  # a required field absent, or null
+    if not _values_ok(rule.value, values):
+        return None
+    target = rule.field.column.arrow
+    if values.type != target:
+        values = values.cast(target)
+        if rule.value.finite and not _all(pc.is_finite(values)):
+            return None  # a finite float64 too large for float32
+    return values
+
+
+def _fill(values: pa.ChunkedArray, default: Any) -> pa.ChunkedArray:
+    """``values`` with its nulls replaced by ``default``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if default == [] and pa.types.is_list(values.type):
+        # fill_null on lists is a slow generic kernel; a null list slot written by the JSON
+        # reader is already an empty one, so dropping the validity bitmap is enough (checked).
+        filled = pa.chunked_array(
+            [pa.ListArray.from_arrays(c.offsets, c.values, type=c.type) if c.null_count else c for c in values.chunks],
+            values.type,
+        )
+        if pc.sum(pc.list_value_length(filled), min_count=0) == pc.sum(pc.list_value_length(values), min_count=0):
+            return filled
+    return pc.fill_null(values, pa.scalar(default, values.type))
+
+
+def _values_ok(rule: ValueRule, values: Any) -> bool:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if values.null_count == len(values):
+        return True
+    if pa.types.is_string(values.type) and not _utf8(values):
+        return False
+    if rule.finite and not _all(pc.is_finite(values)):
+        return False
+    if not _within(values, rule.ge, rule.gt, rule.le, rule.lt):
+        return False
+    if rule.min_length is not None or rule.max_length is not None:
+        lengths = pc.list_value_length(values) if rule.item is not None else pc.utf8_length(values)
+        if not _within(lengths, rule.min_length, None, rule.max_length, None):
+            return False
+    if rule.values is not None and not _all(pc.is_in(values, value_set=pa.array(rule.values), skip_nulls=True)):
+        return False
+    if rule.item is not None:
+        items = pc.list_flatten(values)
+        if items.null_count:
+            return False
+        return _values_ok(rule.item, items)
+    return True
+
+
+def _utf8(values: Any) -> bool:
+    """pyarrow.json does not check that strings are UTF-8; msgspec does."""
+    import pyarrow as pa
+
+    try:
+        for chunk in getattr(values, "chunks", [values]):
+            chunk.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _within(values: Any, ge: Any, gt: Any, le: Any, lt: Any) -> bool:
+    import pyarrow.compute as pc
+
+    if ge is None and gt is None and le is None and lt is None:
+        return True
+    extremes = pc.min_max(values)
+    lo, hi = extremes["min"].as_py(), extremes["max"].as_py()
+    if lo is None:
+        return True  # nothing but nulls
+    return (ge is None or lo >= ge) and (gt is None or lo > gt) and (le is None or hi <= le) and (lt is None or hi < lt)

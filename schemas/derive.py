@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Iterable, Union, get_args, get_origin
 
+import msgspec
+import msgspec.inspect as mi
 import pyarrow as pa
 
 from schemas.columns import Column
@@ -75,10 +77,11 @@ def arrow_schema(event: type[Event]) -> pa.Schema:
 
 def to_arrow(event: type[Event], records: Iterable[Event], extra: dict[str, pa.Array] | None = None) -> pa.Table:
     """Columnar form of ``records`` for ``insert_arrow``; ``extra`` appends columns (sink metadata)."""
-    records = list(records)
+    fields = fields_of(event)
+    # one C-level tuple per record, transposed into one tuple per field
+    columns = list(zip(*map(msgspec.structs.astuple, records))) or [()] * len(fields)
     arrays = []
-    for f in fields_of(event):
-        values = [getattr(r, f.name) for r in records]
+    for f, values in zip(fields, columns, strict=True):
         if pa.types.is_map(f.column.arrow):
             values = [None if v is None else list(v.items()) for v in values]
         arrays.append(pa.array(values, type=f.column.arrow))
@@ -97,3 +100,91 @@ def clickhouse_columns(event: type[Event]) -> list[str]:
         codec = f" CODEC({f.column.codec})" if f.column.codec else ""
         out.append(f"`{f.name}` {f.clickhouse_type}{codec}")
     return out
+
+
+# --- the wire rules, for decoding many messages at once --------------------------------------
+#
+# The codec validates one message at a time with msgspec. To decode a whole block of messages in
+# C++ (pyarrow.json) the same rules are needed column by column. They are read from msgspec's
+# own view of each annotation (``msgspec.inspect``), so there is still one definition: a bound
+# added to a type in ``schemas.columns`` is enforced by both paths.
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """What msgspec accepts for one JSON value, as pyarrow.json reads it and compute checks it."""
+
+    read_type: pa.DataType  # int64, float64, string, bool, or a list of one of those
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    min_length: int | None = None  # characters of a string, items of a list
+    max_length: int | None = None
+    values: tuple[str, ...] | None = None  # a Literal's allowed strings
+    finite: bool = False  # floats: the Event base refuses NaN and infinities
+    item: ValueRule | None = None  # a list's items
+
+
+@dataclass(frozen=True)
+class WireRule:
+    """One field on the wire: its value rule, and what its absence or an explicit null means."""
+
+    field: Field
+    value: ValueRule
+    required: bool  # absent -> invalid
+    nullable: bool  # explicit null -> None
+    default: Any  # absent (and not nullable) -> this value; msgspec.NODEFAULT when there is none
+
+
+def _value_rule(info: Any, target: pa.DataType) -> ValueRule | None:
+    bounds = {"ge": getattr(info, "ge", None), "gt": getattr(info, "gt", None),
+              "le": getattr(info, "le", None), "lt": getattr(info, "lt", None)}
+    if isinstance(info, mi.IntType) and info.multiple_of is None:
+        if pa.types.is_integer(target) or pa.types.is_timestamp(target):
+            return ValueRule(pa.int64(), **bounds)
+    elif isinstance(info, mi.FloatType) and info.multiple_of is None:
+        if pa.types.is_floating(target):
+            return ValueRule(pa.float64(), finite=True, **bounds)
+    elif isinstance(info, mi.StrType) and info.pattern is None:
+        if pa.types.is_string(target):
+            return ValueRule(pa.string(), min_length=info.min_length, max_length=info.max_length)
+    elif isinstance(info, mi.LiteralType) and all(isinstance(v, str) for v in info.values):
+        if pa.types.is_string(target):
+            return ValueRule(pa.string(), values=tuple(info.values))
+    elif isinstance(info, mi.BoolType):
+        if pa.types.is_boolean(target):
+            return ValueRule(pa.bool_())
+    elif isinstance(info, mi.ListType) and pa.types.is_list(target):
+        item = _value_rule(info.item_type, target.value_type)
+        if item is not None and item.item is None:
+            return ValueRule(pa.list_(item.read_type), min_length=info.min_length, max_length=info.max_length, item=item)
+    return None
+
+
+@cache
+def wire_rules(event: type[Event]) -> tuple[WireRule, ...] | None:
+    """The codec's rules for every field of ``event`` in a form a block of messages can be checked
+    by, or None if some field has a rule that cannot be checked column-wise (maps, bytes, patterns,
+    a nullable field with a non-null default); such events keep to the per-message codec."""
+    info = mi.type_info(event)
+    if not isinstance(info, mi.StructType) or info.array_like or not info.forbid_unknown_fields:
+        return None
+    out = []
+    for f, wire in zip(fields_of(event), info.fields, strict=True):
+        if wire.name != f.name or wire.encode_name != f.name:
+            return None
+        kind, nullable = wire.type, False
+        if isinstance(kind, mi.UnionType):
+            members = [t for t in kind.types if not isinstance(t, mi.NoneType)]
+            if len(members) != 1:
+                return None
+            kind, nullable = members[0], True
+        value = _value_rule(kind, f.column.arrow)
+        if value is None:
+            return None
+        default = wire.default if wire.default_factory is msgspec.NODEFAULT else wire.default_factory()
+        if nullable and default not in (None, msgspec.NODEFAULT):
+            return None  # an absent field and an explicit null would read alike
+        out.append(WireRule(f, value, wire.required, nullable, msgspec.NODEFAULT if default is None else default))
+    return tuple(out)

@@ -33,6 +33,8 @@ def envelope(records: list, v: int = 1, schema: str = "gpu_sample") -> bytes:
         (envelope([{k: v for k, v in GOOD.items() if k != "gpu_uuid"}]), "missing required field `gpu_uuid`"),
         (b'{"schema":"gpu_sample","v":1,"records":[{"node":"n0","gpu_index":1,"gpu_uuid":"u","ts":1764000000000,"power_w":NaN}]}', "malformed JSON"),
         (envelope([{**GOOD, "power_w": 1e999}]), "malformed JSON"),  # json.dumps writes Infinity
+        (envelope([GOOD]).replace(b'"n0"', b'"n\xc3\x28"'), "utf-8"),  # not UTF-8: a DecodeError, not a crash
+        (b'\xff{"schema": "gpu_sample"}', "malformed JSON"),
     ],
 )
 def test_bad_messages_raise_decode_error_with_reason(raw: bytes, reason: str) -> None:
