@@ -6,8 +6,10 @@ doing the bare minimum of the same work, measured right next to it:
 
 * ``codec``: decoding + validating GPU sample messages with the catalog's codec, against
   ``json.loads`` of the same bytes (parsing without any validation or typing).
-* ``sink``: the sink's path from decoded records to ClickHouse (``to_arrow`` + ``insert_arrow``
-  into the catalog table) against ``insert_arrow`` of a ready-made Arrow table of the same rows.
+* ``sink``: the sink's path from raw message bytes to rows in ClickHouse (block decode straight
+  to Arrow with the codec's validation, ``insert_arrow`` into the catalog table, one insert in
+  the background) against ``insert_arrow`` of the same batches as ready-made Arrow tables
+  (``bench/sink.py``).
 * ``steps``: per-step cost of the training-step client against an empty ``with`` block.
 * ``agent``: the real agent process at 1 Hz (8 GPUs + 8 IB ports): CPU share of one core
   and peak RSS, against a bare producer sending the same messages.
@@ -24,16 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pyarrow as pa
-
 from agents.gpu_sim import SimConfig, SimGpuCollector
 from schemas.catalog import GPU_SAMPLES
-from schemas.derive import to_arrow
 
 T0 = (int(time.time()) - 3600) * 1000
 
@@ -65,26 +63,10 @@ def bench_codec(repeats: int) -> dict[str, float]:
     return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base, "ratio": base / ours}  # rate ratio
 
 
-def bench_sink(repeats: int) -> dict[str, float]:
-    import clickhouse_connect
+def _sink(repeats: int) -> dict[str, float]:
+    from bench.sink import bench_sink
 
-    records = [r for m in messages(nodes=128, ticks=50) for r in GPU_SAMPLES.codec.decode(m)]  # 51,200 rows
-    n = len(records)
-    extra = {"_partition": pa.array([0] * n, pa.uint32()), "_offset": pa.array(range(n), pa.uint64())}
-    ready = to_arrow(GPU_SAMPLES.event, records, extra)
-    with tempfile.TemporaryDirectory() as tmp:
-        client = clickhouse_connect.get_client(dsn=f"chdb://{Path(tmp) / 'ch'}")
-        try:
-            from sinks.clickhouse import ensure_tables
-
-            assert GPU_SAMPLES.table is not None
-            ensure_tables(client)
-            table = GPU_SAMPLES.table.name
-            ours = best_of(lambda: client.insert_arrow(table, to_arrow(GPU_SAMPLES.event, records, extra)), repeats)
-            base = best_of(lambda: client.insert_arrow(table, ready), repeats)
-        finally:
-            client.close()
-    return {"rows_per_s": n / ours, "baseline_rows_per_s": n / base, "ratio": base / ours}
+    return bench_sink(repeats)
 
 
 def _steps(repeats: int) -> dict[str, float]:
@@ -127,7 +109,7 @@ def _stream(name: str) -> Callable[[int], dict[str, float]]:
 
 
 BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
-    "codec": bench_codec, "sink": bench_sink, "steps": _steps, "gpu_tick": _gpu_tick, "sketch": _sketch, "agent": _agent,
+    "codec": bench_codec, "sink": _sink, "steps": _steps, "gpu_tick": _gpu_tick, "sketch": _sketch, "agent": _agent,
     "stream_chain": _stream("stream_chain"), "stream_worker": _stream("stream_worker"),
     "latency_1k": _stream("latency_1k"), "latency_10k": _stream("latency_10k"), "windows": _windows,
     "storage": lambda repeats: __import__("bench.storage", fromlist=["bench_storage"]).bench_storage(repeats),

@@ -5,7 +5,15 @@ Batches close by size or by age, whichever comes first. A batch is inserted with
 Kafka partition and offset (``_partition``, ``_offset``), so when the sink restarts after a
 crash between insert and commit, it asks ClickHouse for the highest offset already stored
 per partition and resumes after it: the batch is neither lost nor inserted twice. Inserts
-also carry a deterministic deduplication token, which covers a retried insert.
+also carry a deterministic deduplication token, which covers a retried insert (and, with
+``deduplicate_blocks_in_dependent_materialized_views``, the rollups fed from it).
+
+Messages are decoded a block at a time, straight from the raw bytes to Arrow columns
+(:meth:`schemas.codec.Codec.decode_table`); a message the codec refuses goes to the
+dead-letter topic with its reason. One insert runs in the background while the sink goes on
+consuming and decoding; the next flush (or a rebalance, or the stop) waits for it, and its
+offsets are committed only once it has succeeded. Inserts run one at a time, in order, so the
+rows stored for a partition are always a prefix of what was consumed.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +34,6 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from schemas.catalog import DEAD_LETTERS, STORED, Topic
-from schemas.codec import DecodeError
-from schemas.derive import to_arrow
 from schemas.events import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -49,13 +57,85 @@ class SinkStats:
     resumed_from_store: int = 0
 
 
-@dataclass
-class _Pending:
-    """Rows waiting for one table, with the Kafka positions they came from."""
+def insert_settings(topic: Topic, table: pa.Table) -> dict[str, Any]:
+    """Settings of the insert of ``table`` (rows of ``topic`` with ``_partition``/``_offset``):
+    a deduplication token made of the Kafka span of every partition it covers, so the same rows
+    inserted again (a retry) are recognised, in the table and in the views fed from it."""
+    spans = table.group_by("_partition").aggregate([("_offset", "min"), ("_offset", "max")])
+    ranges = sorted(zip(*(spans.column(c).to_pylist() for c in ("_partition", "_offset_min", "_offset_max"))))
+    token = topic.name + "/" + ",".join(f"{p}:{lo}-{hi}" for p, lo, hi in ranges)
+    return {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
 
-    records: list[Any] = field(default_factory=list)
-    partitions: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
+
+class TableWriter:
+    """The sink's path from raw message bytes to ClickHouse rows, without Kafka.
+
+    :meth:`add` decodes a block of one topic's messages into Arrow and holds it; :meth:`submit`
+    inserts everything held, one ``insert_arrow`` per table, in the background (or at once with
+    ``background=False``), after the previous insert has finished; :meth:`wait` finishes the
+    insert in flight, raising its error if it failed, and then runs its ``on_done``.
+    """
+
+    def __init__(self, client: Client, background: bool = True, rows: dict[str, int] | None = None) -> None:
+        self.client = client
+        self.rows: dict[str, int] = rows if rows is not None else defaultdict(int)  # rows inserted, per table
+        self.pending_rows = 0
+        self._pending: dict[str, tuple[Topic, list[pa.Table]]] = {}
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sink-insert") if background else None
+        self._inflight: tuple[Future[None], Callable[[], None] | None] | None = None
+
+    def add(self, topic: Topic, raws: Sequence[bytes | None], partitions: Sequence[int], offsets: Sequence[int]) -> list[tuple[int, str]]:
+        """Decode and hold one block of ``topic``'s messages; returns the (index, reason) of each
+        message that could not be decoded."""
+        decoded = topic.codec.decode_table(
+            raws, {"_partition": pa.array(partitions, pa.uint32()), "_offset": pa.array(offsets, pa.uint64())}
+        )
+        if decoded.table.num_rows:
+            self._pending.setdefault(topic.name, (topic, []))[1].append(decoded.table)
+            self.pending_rows += decoded.table.num_rows
+        return decoded.rejected
+
+    def submit(self, on_done: Callable[[], None] | None = None) -> None:
+        """Insert everything held, then call ``on_done`` (from :meth:`wait`, in the caller's thread)."""
+        self.wait()
+        batches = [(topic, pa.concat_tables(tables)) for topic, tables in self._pending.values()]
+        self._pending = {}
+        self.pending_rows = 0
+        if self._executor is None:
+            self._insert(batches)
+            if on_done is not None:
+                on_done()
+        else:
+            self._inflight = (self._executor.submit(self._insert, batches), on_done)
+
+    def done(self) -> bool:
+        """True when an insert was in flight and has finished (:meth:`wait` returns at once)."""
+        return self._inflight is not None and self._inflight[0].done()
+
+    def wait(self) -> None:
+        if self._inflight is None:
+            return
+        future, on_done = self._inflight
+        self._inflight = None
+        future.result()
+        if on_done is not None:
+            on_done()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown()
+
+    def _insert(self, batches: list[tuple[Topic, pa.Table]]) -> None:
+        for topic, table in batches:
+            assert topic.table is not None
+            self.client.insert_arrow(topic.table.name, table, settings=insert_settings(topic, table))
+            self.rows[topic.table.name] += table.num_rows
+        if batches and os.environ.get("HPCINSIGHT_SINK_CRASH_AFTER_INSERT") == "1":
+            # Fault injection for the exactly-once test: die between insert and commit.
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ClickHouseSink:
@@ -77,14 +157,14 @@ class ClickHouseSink:
             }
         )
         self._producer = Producer({**consumer_config, "enable.idempotence": True, "acks": "all"})
-        self._pending: dict[str, _Pending] = defaultdict(_Pending)
+        self._writer = TableWriter(client, rows=self.stats.rows)
         self._positions: dict[tuple[str, int], int] = {}
         self._batch_started: float | None = None
-        self._pending_rows = 0
         self._assigned_at: float | None = None
 
     # -- partition assignment ------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._writer.wait()  # what ClickHouse holds must include our own insert in flight
         committed = consumer.committed(partitions, timeout=30)
         for tp in committed:
             stored = self._stored_max_offset(tp.topic, tp.partition, max(tp.offset, 0))
@@ -117,41 +197,43 @@ class ClickHouseSink:
         try:
             while not stop.is_set():
                 messages = self._consumer.consume(num_messages=2000, timeout=0.2)
-                for msg in messages:
-                    self._add(msg)
                 if messages:
+                    self._add(messages)
                     last_data = time.monotonic()
+                if self._writer.done():
+                    self._writer.wait()  # commit a finished insert's offsets without waiting for the next
                 if self._due():
-                    self.flush()
+                    self.flush(wait=False)
                 if idle_exit_s is not None and self._assigned_at is not None:
                     if time.monotonic() - max(last_data, self._assigned_at) > idle_exit_s:
                         break
             self.flush()
         finally:
-            self._producer.flush(30)
-            self._consumer.close()
+            try:
+                self._writer.close()
+            finally:
+                self._producer.flush(30)
+                self._consumer.close()
         return self.stats
 
-    def _add(self, msg: Message) -> None:
-        if msg.error():
-            if msg.error().code() != KafkaError._PARTITION_EOF:
-                log.error("consume error: %s", msg.error())
-            return
-        topic = self._topics[msg.topic()]
-        self._positions[(msg.topic(), msg.partition())] = msg.offset()
-        try:
-            records = topic.codec.decode(msg.value())
-        except DecodeError as err:
-            # Upstream stages validate; this guards against a foreign producer. The bad message
-            # goes to the dead-letter topic and its offset still advances.
-            self._dead_letter(msg, str(err))
-            return
-        pending = self._pending[msg.topic()]
-        pending.records.extend(records)
-        pending.partitions.extend([msg.partition()] * len(records))
-        pending.offsets.extend([msg.offset()] * len(records))
-        self._pending_rows += len(records)
-        if self._batch_started is None:
+    def _add(self, messages: list[Message]) -> None:
+        by_topic: dict[str, list[Message]] = defaultdict(list)
+        for msg in messages:
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.error("consume error: %s", msg.error())
+                continue
+            self._positions[(msg.topic(), msg.partition())] = msg.offset()
+            by_topic[msg.topic()].append(msg)
+        for name, block in by_topic.items():
+            rejected = self._writer.add(
+                self._topics[name], [m.value() for m in block], [m.partition() for m in block], [m.offset() for m in block]
+            )
+            for index, reason in rejected:
+                # Upstream stages validate; this guards against a foreign producer. The bad message
+                # goes to the dead-letter topic and its offset still advances.
+                self._dead_letter(block[index], reason)
+        if by_topic and self._batch_started is None:
             self._batch_started = time.monotonic()
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
@@ -169,38 +251,23 @@ class ClickHouseSink:
     def _due(self) -> bool:
         if self._batch_started is None:
             return False
-        return self._pending_rows >= self.options.batch_rows or time.monotonic() - self._batch_started >= self.options.batch_age_s
+        return self._writer.pending_rows >= self.options.batch_rows or time.monotonic() - self._batch_started >= self.options.batch_age_s
 
-    def flush(self) -> None:
-        """Insert every pending batch, then commit the offsets of everything consumed."""
-        if self._pending_rows:
-            for topic_name, pending in list(self._pending.items()):
-                if pending.records:
-                    self._insert(self._topics[topic_name], pending)
+    def flush(self, wait: bool = True) -> None:
+        """Insert every pending batch, then commit the offsets of everything consumed.
+
+        With ``wait=False`` the insert runs in the background and its offsets are committed once
+        it has finished (by the next flush, or as soon as the main loop sees it done)."""
+        if self._writer.pending_rows:
             self.stats.batches += 1
-        if os.environ.get("HPCINSIGHT_SINK_CRASH_AFTER_INSERT") == "1" and self._pending_rows:
-            # Fault injection for the exactly-once test: die between insert and commit.
-            os.kill(os.getpid(), signal.SIGKILL)
         if self._positions:
-            self._producer.flush(30)  # dead letters reach Kafka before their source offset is committed
-            offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self._positions.items()]
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-            self._positions.clear()
-        self._pending.clear()
-        self._pending_rows = 0
+            positions, self._positions = self._positions, {}
+            self._writer.submit(on_done=lambda: self._commit(positions))
+        if wait:
+            self._writer.wait()
         self._batch_started = None
 
-    def _insert(self, topic: Topic, pending: _Pending) -> None:
-        assert topic.table is not None
-        extra = {
-            "_partition": pa.array(pending.partitions, pa.uint32()),
-            "_offset": pa.array(pending.offsets, pa.uint64()),
-        }
-        table = to_arrow(topic.event, pending.records, extra)
-        spans: dict[int, list[int]] = {}
-        for p, o in zip(pending.partitions, pending.offsets):
-            span = spans.setdefault(p, [o, o])
-            span[0], span[1] = min(span[0], o), max(span[1], o)
-        token = topic.name + "/" + ",".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(spans.items()))
-        self.client.insert_arrow(topic.table.name, table, settings={"insert_deduplication_token": token})
-        self.stats.rows[topic.table.name] += table.num_rows
+    def _commit(self, positions: dict[tuple[str, int], int]) -> None:
+        self._producer.flush(30)  # dead letters reach Kafka before their source offset is committed
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in positions.items()]
+        self._consumer.commit(offsets=offsets, asynchronous=False)
