@@ -266,6 +266,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     return run_query(load(), args.query, args.param, args.format, list_all=args.list)
 
 
+# --- diagnose -------------------------------------------------------------------------
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from hpcinsight.diagnose import run_diagnose
+
+    return run_diagnose(load(), args.job, args.since, args.plots, args.format)
+
+
 # --- demo -----------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from hpcinsight.demo import DemoOptions, run_demo
@@ -370,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="query parameter, checked against the query's header and bound server-side; repeatable")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    p = add("diagnose", cmd_diagnose, "why is a job slow or stuck: suspects with evidence and next steps, correlated "
+            "metrics, timeline (from the query library)")
+    p.add_argument("job", help="the job id")
+    p.add_argument("--since", default=None, metavar="DURATION", help="only the job's last DURATION (90s, 15m, 2h, 1d); "
+                   "default: since it started")
+    p.add_argument("--plots", default=None, metavar="DIR", help="also write PNG figures there: per-GPU utilisation, "
+                   "step time per rank, IB throughput per node")
+    p.add_argument("--format", choices=("text", "json"), default="text")
 
     p = add("db", cmd_db, "ClickHouse schema: migrate to this build's version (idempotent), or show its status")
     p.add_argument("action", choices=("migrate", "status", "init"), help="migrate (init is the same), or status")

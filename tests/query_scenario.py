@@ -227,3 +227,16 @@ def insert(client: Any, sc: Scenario) -> None:
         n = len(records)
         extra = {"_partition": pa.array([0] * n, pa.uint32()), "_offset": pa.array(range(n), pa.uint64())}
         client.insert_arrow(table, to_arrow(event, records, extra))
+
+
+def open_store(directory: Any) -> tuple[Any, Scenario]:
+    """A fresh embedded store at ``directory`` holding the story."""
+    import clickhouse_connect
+
+    from sinks.clickhouse import ensure_tables
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{directory}")
+    ensure_tables(client)
+    sc = build()
+    insert(client, sc)
+    return client, sc

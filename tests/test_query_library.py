@@ -26,14 +26,7 @@ S = 1000
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    import clickhouse_connect
-
-    from sinks.clickhouse import ensure_tables
-
-    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path_factory.mktemp('ql') / 'ch'}")
-    ensure_tables(client)
-    sc = scenario.build()
-    scenario.insert(client, sc)
+    client, sc = scenario.open_store(tmp_path_factory.mktemp("ql") / "ch")
     yield client, sc
     client.close()
 

@@ -24,12 +24,13 @@ SELECT
     toStartOfInterval(r.3, toIntervalSecond(b)) AS bucket,
     r.1 AS rank,
     any(r.2) AS node,
+    any(r.5) AS local_rank,
     count() AS steps,
     round(quantileExactInclusive(0.5)(r.4), 4) AS step_s,
     round(quantileExactInclusive(0.5)(r.4 / step_median), 3) AS vs_median,
     round(avg(r.1 = slowest), 3) AS slowest_share
 FROM (
-    SELECT step, groupArray((rank, node, ts, duration_s)) AS ranks, quantileExactInclusive(0.5)(duration_s) AS step_median,
+    SELECT step, groupArray((rank, node, ts, duration_s, local_rank)) AS ranks, quantileExactInclusive(0.5)(duration_s) AS step_median,
            argMax(rank, duration_s) AS slowest
     FROM step_metrics
     WHERE job_id = {job:String} AND ts >= t0 AND ts < t1
