@@ -25,6 +25,7 @@ from schemas.events import (
     NodeInventory,
     SchedulerEvent,
     SchedulingKpi,
+    Silence,
     StateCheckpoint,
     StepMetric,
     XidEvent,
@@ -174,10 +175,17 @@ STREAM_STATE = Topic(
     doc="Internal: checkpoints of the stream processor's rolling sketches, one per series (compacted).",
 )
 
+# Compacted: the latest record of each silence is its state. The alert router follows it from the
+# start; `hpcinsight silence add|list|expire` write and read it. Not stored in ClickHouse.
+ALERT_SILENCES = Topic(
+    "alerts.silences", Silence, key="id", partitions=1, retention_ms=30 * DAY_MS, compacted=True,
+    doc="Silences of the alert router (matchers, start, end, author, comment), one per id (compacted).",
+)
+
 TOPICS: tuple[Topic, ...] = (
     GPU_SAMPLES_RAW, GPU_SAMPLES, GPU_QUANTILES, ANOMALIES, DEAD_LETTERS,
     IB_SAMPLES_RAW, IB_SAMPLES, SCHEDULER_EVENTS, NODE_INVENTORY, STEP_METRICS_RAW, STEP_METRICS, AGENT_HEALTH,
-    GPU_PROCESSES, GPU_XID, GPU_SKETCHES, JOB_QUANTILES, SCHEDULING_KPIS, STREAM_STATE,
+    GPU_PROCESSES, GPU_XID, GPU_SKETCHES, JOB_QUANTILES, SCHEDULING_KPIS, STREAM_STATE, ALERT_SILENCES,
 )
 STORED: tuple[Topic, ...] = tuple(t for t in TOPICS if t.table is not None)
 

@@ -452,7 +452,28 @@ class AgentHealth(Event, frozen=True):
     tick_overruns: Count
 
 
+class Silence(Event, frozen=True):
+    """A silence of the alert router: alerts whose labels match every matcher are not notified
+    between ``starts_at`` and ``ends_at``.
+
+    Matchers are Alertmanager's strings: ``name=value``, ``name!=value``, ``name=~regex``,
+    ``name!~regex`` (the regex anchored at both ends). The topic is compacted by ``id``: the latest
+    record of a silence is its state, so expiring one is a new record with ``ends_at`` now.
+    """
+
+    __schema__ = "silence"
+    __version__ = 1
+
+    id: Label
+    ts: TimestampMs  # when this version of the silence was written
+    matchers: LabelList
+    starts_at: TimestampMs
+    ends_at: TimestampMs
+    created_by: Label
+    comment: Text = ""
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     GpuSample, GpuQuantiles, Anomaly, DeadLetter, IbSample, SchedulerEvent, NodeInventory, StepMetric, AgentHealth,
-    GpuProcess, XidEvent, JobQuantiles, GpuSketch, SchedulingKpi, StateCheckpoint,
+    GpuProcess, XidEvent, JobQuantiles, GpuSketch, SchedulingKpi, StateCheckpoint, Silence,
 )

@@ -24,6 +24,7 @@ from schemas.events import (
     NodeInventory,
     SchedulerEvent,
     SchedulingKpi,
+    Silence,
     StateCheckpoint,
     StepMetric,
     XidEvent,
@@ -72,6 +73,7 @@ EXAMPLES = {
                            sm_util_pct=37.5, mem_util_pct=12.5, container_id="3f" * 32,
                            pod_uid="1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e", slurm_job_id="123"),
     XidEvent: XidEvent("n0", 3, "GPU-abc", T0, 79, 12, gpu_instance_id=1, compute_instance_id=0),
+    Silence: Silence("5f0c", T0, ["kind=gpu_xid", 'node=~"n[0-9]+"'], T0, T0 + 7_200_000, "alice", comment="RMA open"),
 }
 
 
