@@ -259,6 +259,37 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- alerts ---------------------------------------------------------------------------
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from hpcinsight.topics import ensure_topics
+    from sinks.alerts import config as alerts_config
+    from sinks.alerts.router import AlertRouter, RouterOptions
+    from sinks.alerts.store import default_state_dir
+
+    stop = _stop_on_signals()
+    config = alerts_config.load(args.config)
+    if args.check:
+        print(config.describe())
+        return 0
+    settings = load()
+    conf = settings.kafka.client_config()
+    ensure_topics(conf, settings.kafka.topic_prefix)
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(settings.data_dir)
+    router = AlertRouter(config, conf, settings.kafka.topic_prefix, RouterOptions(state_dir, reset_state=args.reset_state))
+    stats = router.run(stop, idle_exit_s=args.idle_exit)
+    print(json.dumps(stats), flush=True)
+    return 0
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    from hpcinsight.topics import ensure_topics
+    from sinks.alerts.silence_cli import run_cli
+
+    settings = load()
+    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
+    return run_cli(args, settings.kafka.client_config(), settings.kafka.topic_prefix)
+
+
 # --- query ----------------------------------------------------------------------------
 def cmd_query(args: argparse.Namespace) -> int:
     from hpcinsight.query import run_query
@@ -371,6 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds without data")
     p.add_argument("--instance", default="0", help="static group member id; give each sink of a group its own ('' for dynamic)")
 
+    p = add("alerts", cmd_alerts, "route anomalies to chat and webhooks: grouping, dedup, silences, inhibition, retries")
+    p.add_argument("--config", required=True, metavar="FILE", help="alert routing YAML (README: Alerts); validated at start")
+    p.add_argument("--check", action="store_true", help="validate the configuration, print the routing and exit")
+    p.add_argument("--state-dir", default=None, help="router state (default: $HPCINSIGHT_DATA_DIR/alerts)")
+    p.add_argument("--reset-state", action="store_true", help="forget the state (what was sent, open groups) and start over")
+    p.add_argument("--idle-exit", type=float, default=None,
+                   help="exit after this many seconds without data and with nothing left to send")
+
+    p = add("silence", cmd_silence, "add, list or expire silences of the alert router (through Kafka)")
+    from sinks.alerts.silence_cli import add_cli_arguments
+
+    add_cli_arguments(p)
+
     p = add("query", cmd_query, "run a query of the library (sinks/queries/*.sql) or SQL against ClickHouse, read-only")
     p.add_argument("query", nargs="?", help="a library query (see --list) or a SQL SELECT")
     p.add_argument("--list", action="store_true", help="describe the library's queries and their parameters")
@@ -414,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         from clickhouse_connect.driver.exceptions import ClickHouseError
         from confluent_kafka import KafkaException
 
+        from sinks.alerts.store import StateError
         from sinks.clickhouse import StoreBusyError
         from sinks.migrations import SchemaDriftError
 
@@ -421,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             print(f"hpcinsight: ClickHouse refused: {first}", file=sys.stderr)
             return 1
-        if isinstance(err, (StoreBusyError, SchemaDriftError, KafkaException, ConnectionError)):
+        if isinstance(err, (StoreBusyError, SchemaDriftError, StateError, KafkaException, ConnectionError)):
             print(f"hpcinsight: {err}", file=sys.stderr)
             return 1
         raise

@@ -1,0 +1,391 @@
+"""The router's logic, with no I/O and no clock of its own: routing, grouping, deduplication,
+repeats, resolution, inhibition and silences, as Alertmanager users know them.
+
+* **Routing.** An alert walks the route tree from the root: the first child whose matchers match
+  takes it (and its own children are tried in turn); with ``continue: true`` the next matching
+  siblings take it too. If no child matches, the route itself does. Each matching route puts the
+  alert into the group of its ``group_by`` label values.
+* **Grouping and timing.** A new group waits ``group_wait`` before its first notification, so the
+  alerts of one fault arrive together; after that it is looked at every ``group_interval``.
+* **What is sent** (the notification log, per group): a notification goes out when the group has a
+  firing alert its receiver was not told about, when an alert it was told about has resolved, or,
+  with nothing new, when ``repeat_interval`` has passed since the last one. A resolved alert is only
+  mentioned to a receiver that heard it fire. Resolved alerts leave the group once it was looked at;
+  an empty group is closed.
+* **Deduplication.** An alert is its anomaly's stable id: the firing and the resolved message of
+  one incident are one alert, and an anomaly seen again (an upstream replay) changes nothing. Ids of
+  finished alerts are remembered (tombstones) for ``tombstone_keep_s``.
+* **Muting.** An alert matched by an active silence, or inhibited (a firing alert matching an
+  inhibit rule's source, with the same values of its ``equal`` labels, mutes those matching its
+  target; an alert matching both sides is only muted by one that does not), is left out of its
+  group's notifications while the mute lasts. Its resolution is still told to whoever heard it fire.
+
+Every change is recorded in :class:`Changes`, which the store writes in one transaction together with
+the Kafka offsets that caused it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass, field
+
+import msgspec
+
+from schemas.events import Anomaly, SchedulerEvent, Silence
+from sinks.alerts.config import GROUP_BY_ALL, AlertsConfig, InhibitRule, RouteConfig
+from sinks.alerts.matchers import Matcher, matches_all
+from sinks.alerts.model import Alert, JobInfo, Notification, alert_of, notification_id
+
+DAY_MS = 86_400_000
+
+
+class Group(msgspec.Struct):
+    key: str
+    route_id: str
+    receiver: str
+    labels: dict[str, str]
+    alert_ids: list[str]
+    created_at: int
+    next_flush_at: int
+    seq: int = 0
+
+
+class SentEntry(msgspec.Struct):
+    """What the group's receiver was last told: which alerts firing, which resolved, and when."""
+
+    firing: list[str]
+    resolved: list[str]
+    at: int
+
+
+@dataclass
+class Changes:
+    """What changed since the last :meth:`Engine.take_changes`; ``None`` values are deletions."""
+
+    alerts: dict[str, Alert | None] = field(default_factory=dict)
+    groups: dict[str, Group | None] = field(default_factory=dict)
+    sent: dict[str, SentEntry | None] = field(default_factory=dict)
+    tombstones: dict[str, int | None] = field(default_factory=dict)
+    silences: dict[str, Silence | None] = field(default_factory=dict)
+    jobs: dict[str, JobInfo | None] = field(default_factory=dict)
+    notifications: list[Notification] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any((self.alerts, self.groups, self.sent, self.tombstones, self.silences, self.jobs, self.notifications))
+
+
+@dataclass
+class EngineStats:
+    anomalies: int = 0
+    new_alerts: int = 0
+    duplicates: int = 0
+    resolved: int = 0
+    unknown_resolved: int = 0
+    notifications: int = 0
+    muted_silenced: int = 0
+    muted_inhibited: int = 0
+
+
+class _Route:
+    def __init__(self, config: RouteConfig) -> None:
+        self.config = config
+        self.children = [_Route(c) for c in config.routes]
+
+    def match(self, labels: dict[str, str]) -> list[RouteConfig]:
+        if not matches_all(self.config.matchers, labels):
+            return []
+        found: list[RouteConfig] = []
+        for child in self.children:
+            hit = child.match(labels)
+            found += hit
+            if hit and not child.config.continue_:
+                break
+        return found or [self.config]
+
+
+def group_labels(route: RouteConfig, labels: dict[str, str]) -> dict[str, str]:
+    if route.group_by == GROUP_BY_ALL:
+        return dict(sorted(labels.items()))
+    return {name: labels[name] for name in route.group_by if name in labels}
+
+
+def group_key(route: RouteConfig, labels: dict[str, str]) -> str:
+    return f"{route.id}:{json.dumps(labels, sort_keys=True, separators=(',', ':'))}"
+
+
+class Engine:
+    def __init__(self, config: AlertsConfig, tombstone_keep_s: float = 30 * 86400.0) -> None:
+        self.config = config
+        self.tombstone_keep_ms = int(tombstone_keep_s * 1000)
+        self._root = _Route(config.route)
+        self.routes = {r.id: r for r in config.route.walk()}
+        self.alerts: dict[str, Alert] = {}
+        self.groups: dict[str, Group] = {}
+        self.sent: dict[str, SentEntry] = {}
+        self.tombstones: dict[str, int] = {}
+        self.silences: dict[str, Silence] = {}
+        self._silence_matchers: dict[str, tuple[Matcher, ...]] = {}
+        self.jobs: dict[str, JobInfo] = {}
+        self.stats = EngineStats()
+        self._changes = Changes()
+        self._schedule: list[tuple[int, str]] = []
+        self._sources: list[dict[tuple[str, ...], list[tuple[str, bool]]]] | None = None
+        self._last_prune = 0
+
+    # -- state in and out ----------------------------------------------------------------
+    def take_changes(self) -> Changes:
+        changes, self._changes = self._changes, Changes()
+        return changes
+
+    def load(self, alerts: list[Alert], groups: list[Group], sent: dict[str, SentEntry], tombstones: dict[str, int],
+             silences: list[Silence], jobs: dict[str, JobInfo], now_ms: int) -> None:
+        """Take back persisted state. Groups of routes the configuration no longer has are closed
+        and their firing alerts routed afresh."""
+        self.tombstones = dict(tombstones)
+        self.jobs = dict(jobs)
+        for s in silences:
+            self._set_silence(s)
+        self.alerts = {a.id: a for a in alerts}
+        for g in groups:
+            if g.route_id in self.routes and self.routes[g.route_id].receiver == g.receiver:
+                self.groups[g.key] = g
+                heapq.heappush(self._schedule, (g.next_flush_at, g.key))
+            else:
+                self._changes.groups[g.key] = None
+                self._changes.sent[g.key] = None
+        self.sent = {k: v for k, v in sent.items() if k in self.groups}
+        for a in list(self.alerts.values()):
+            kept = [k for k in a.groups if k in self.groups]
+            if kept != a.groups:
+                a.groups = kept
+                if a.firing and not kept:
+                    self._route(a, now_ms)
+                self._touch(a)
+                if not a.groups:
+                    self._forget(a, now_ms)
+        self._sources = None
+        self._changes.notifications.clear()
+
+    # -- input -------------------------------------------------------------------------
+    def observe_anomaly(self, anomaly: Anomaly, now_ms: int) -> str:
+        """Take one anomaly; returns what it was: new, update, resolved, duplicate or unknown."""
+        self.stats.anomalies += 1
+        if anomaly.id in self.tombstones:
+            self.stats.duplicates += 1
+            return "duplicate"
+        alert = self.alerts.get(anomaly.id)
+        if anomaly.state == "firing":
+            if alert is None:
+                alert = alert_of(anomaly, self.jobs)
+                self.alerts[alert.id] = alert
+                self._route(alert, now_ms)
+                self._touch(alert)
+                self._sources = None
+                self.stats.new_alerts += 1
+                return "new"
+            if not alert.firing or anomaly.ts <= alert.updated_at:
+                self.stats.duplicates += 1
+                return "duplicate"
+            alert.updated_at, alert.message, alert.evidence = anomaly.ts, anomaly.message, dict(anomaly.evidence)
+            self._touch(alert)
+            return "update"
+        if alert is None:
+            # resolved, never seen firing (it fired before this router's history): nothing to tell
+            self._tombstone(anomaly.id, now_ms)
+            self.stats.unknown_resolved += 1
+            return "unknown"
+        if not alert.firing:
+            self.stats.duplicates += 1
+            return "duplicate"
+        alert.ends_at = max(anomaly.ts, alert.starts_at)
+        alert.updated_at = anomaly.ts
+        alert.resolved_message = anomaly.message
+        if anomaly.evidence:
+            alert.evidence = dict(anomaly.evidence)
+        self._touch(alert)
+        self._sources = None
+        self.stats.resolved += 1
+        return "resolved"
+
+    def observe_scheduler(self, event: SchedulerEvent) -> None:
+        job = self.jobs.get(event.job_id)
+        changed = False
+        if job is None:
+            job = self.jobs[event.job_id] = JobInfo()
+            changed = True
+        if event.user and event.user != job.user:
+            job.user, changed = event.user, True
+        if event.team and event.team != job.team:
+            job.team, changed = event.team, True
+        if event.kind in ("finished", "deleted") and job.ended_at is None:
+            job.ended_at, changed = event.ts, True
+        if changed:
+            self._changes.jobs[event.job_id] = job
+
+    def observe_silence(self, silence: Silence) -> None:
+        known = self.silences.get(silence.id)
+        if known is not None and known.ts > silence.ts:
+            return  # an older version of the silence
+        self._set_silence(silence)
+        self._changes.silences[silence.id] = silence
+
+    def _set_silence(self, silence: Silence) -> None:
+        self.silences[silence.id] = silence
+        self._silence_matchers[silence.id] = tuple(Matcher.parse(m) for m in silence.matchers)
+
+    # -- muting --------------------------------------------------------------------------
+    def silenced_by(self, alert: Alert, now_ms: int) -> str | None:
+        for sid, s in self.silences.items():
+            if s.starts_at <= now_ms < s.ends_at and matches_all(self._silence_matchers[sid], alert.labels):
+                return sid
+        return None
+
+    def inhibited_by(self, alert: Alert) -> str | None:
+        if self._sources is None:
+            self._sources = [self._index_sources(rule) for rule in self.config.inhibit_rules]
+        for rule, sources in zip(self.config.inhibit_rules, self._sources):
+            if not matches_all(rule.target, alert.labels):
+                continue
+            two_sided = matches_all(rule.source, alert.labels)
+            for source_id, source_two_sided in sources.get(tuple(alert.labels.get(e, "") for e in rule.equal), ()):
+                if source_id != alert.id and not (two_sided and source_two_sided):
+                    return source_id
+        return None
+
+    def _index_sources(self, rule: InhibitRule) -> dict[tuple[str, ...], list[tuple[str, bool]]]:
+        index: dict[tuple[str, ...], list[tuple[str, bool]]] = {}
+        for a in self.alerts.values():
+            if a.firing and matches_all(rule.source, a.labels):
+                key = tuple(a.labels.get(e, "") for e in rule.equal)
+                index.setdefault(key, []).append((a.id, matches_all(rule.target, a.labels)))
+        return index
+
+    def muted(self, alert: Alert, now_ms: int) -> bool:
+        if self.silenced_by(alert, now_ms) is not None:
+            self.stats.muted_silenced += 1
+            return True
+        if self.inhibited_by(alert) is not None:
+            self.stats.muted_inhibited += 1
+            return True
+        return False
+
+    # -- time ----------------------------------------------------------------------------
+    def next_due_ms(self) -> int | None:
+        while self._schedule:
+            at, key = self._schedule[0]
+            g = self.groups.get(key)
+            if g is not None and g.next_flush_at == at:
+                return at
+            heapq.heappop(self._schedule)  # stale entry
+        return None
+
+    def tick(self, now_ms: int) -> list[Notification]:
+        """Look at every group that is due; returns (and records) the notifications to send."""
+        out: list[Notification] = []
+        while (due := self.next_due_ms()) is not None and due <= now_ms:
+            _, key = heapq.heappop(self._schedule)
+            n = self._flush(self.groups[key], now_ms)
+            if n is not None:
+                out.append(n)
+        if now_ms - self._last_prune >= 60_000:
+            self._prune(now_ms)
+            self._last_prune = now_ms
+        self._changes.notifications += out
+        self.stats.notifications += len(out)
+        return out
+
+    def _flush(self, g: Group, now_ms: int) -> Notification | None:
+        route = self.routes[g.route_id]
+        members = [self.alerts[i] for i in g.alert_ids]
+        firing = [a for a in members if a.firing and not self.muted(a, now_ms)]
+        prev = self.sent.get(g.key)
+        told = set(prev.firing) if prev else set()
+        resolved = [a for a in members if not a.firing and a.id in told]
+        wants_resolved = any(i.common.send_resolved for i in self.config.receivers[g.receiver].integrations)
+        firing_ids, resolved_ids = {a.id for a in firing}, {a.id for a in resolved}
+        if prev is None:
+            send = bool(firing)
+        elif not firing_ids <= told:
+            send = True  # something new is firing
+        elif not firing:
+            send = bool(told)  # everything told of has resolved (or is muted now)
+        elif wants_resolved and not resolved_ids <= set(prev.resolved):
+            send = True
+        else:
+            send = now_ms - prev.at >= route.repeat_interval_s * 1000
+        notification = None
+        if send:
+            entry = SentEntry(sorted(firing_ids), sorted(resolved_ids), now_ms)
+            self.sent[g.key] = entry
+            self._changes.sent[g.key] = entry
+            if firing or resolved:
+                g.seq += 1
+                notification = Notification(
+                    id=notification_id(g.key, g.seq, entry.firing, entry.resolved), group_key=g.key, receiver=g.receiver,
+                    seq=g.seq, created_at=now_ms, group_labels=dict(g.labels),
+                    firing=[msgspec.structs.replace(a, groups=[]) for a in firing],
+                    resolved=[msgspec.structs.replace(a, groups=[]) for a in resolved],
+                )
+        # resolved alerts are done with this group, told or not
+        for a in members:
+            if not a.firing:
+                a.groups = [k for k in a.groups if k != g.key]
+                if not a.groups:
+                    self._forget(a, now_ms)
+                else:
+                    self._touch(a)
+        g.alert_ids = [a.id for a in members if a.firing]
+        if g.alert_ids:
+            g.next_flush_at = now_ms + int(route.group_interval_s * 1000)
+            heapq.heappush(self._schedule, (g.next_flush_at, g.key))
+            self._changes.groups[g.key] = g
+        else:
+            del self.groups[g.key]
+            self.sent.pop(g.key, None)
+            self._changes.groups[g.key] = None
+            self._changes.sent[g.key] = None
+        return notification
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def _route(self, alert: Alert, now_ms: int) -> None:
+        for route in self._root.match(alert.labels):
+            labels = group_labels(route, alert.labels)
+            key = group_key(route, labels)
+            g = self.groups.get(key)
+            if g is None:
+                g = self.groups[key] = Group(key, route.id, route.receiver, labels, [], now_ms,
+                                             now_ms + int(route.group_wait_s * 1000))
+                heapq.heappush(self._schedule, (g.next_flush_at, key))
+            if alert.id not in g.alert_ids:
+                g.alert_ids.append(alert.id)
+                self._changes.groups[key] = g
+            if key not in alert.groups:
+                alert.groups.append(key)
+
+    def _touch(self, alert: Alert) -> None:
+        self._changes.alerts[alert.id] = alert
+
+    def _forget(self, alert: Alert, now_ms: int) -> None:
+        self.alerts.pop(alert.id, None)
+        self._changes.alerts[alert.id] = None
+        self._tombstone(alert.id, now_ms)
+        self._sources = None
+
+    def _tombstone(self, alert_id: str, now_ms: int) -> None:
+        self.tombstones[alert_id] = now_ms
+        self._changes.tombstones[alert_id] = now_ms
+
+    def _prune(self, now_ms: int) -> None:
+        for aid, at in list(self.tombstones.items()):
+            if now_ms - at > self.tombstone_keep_ms:
+                del self.tombstones[aid]
+                self._changes.tombstones[aid] = None
+        for sid, s in list(self.silences.items()):
+            if now_ms - s.ends_at > DAY_MS:
+                del self.silences[sid], self._silence_matchers[sid]
+                self._changes.silences[sid] = None
+        for job_id, job in list(self.jobs.items()):
+            if job.ended_at is not None and now_ms - job.ended_at > 7 * DAY_MS:
+                del self.jobs[job_id]
+                self._changes.jobs[job_id] = None

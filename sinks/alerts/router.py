@@ -1,0 +1,236 @@
+"""The alert router process: anomalies from Kafka to receivers, each notification exactly once.
+
+It reads three topics from offsets kept in its own state (not the consumer group's): the scheduler
+events (who owns each job), the silences, and the anomalies; at start it catches up with the first
+two before it reads an anomaly, so a restarted router knows every silence. Each loop applies what it
+read to the :class:`~sinks.alerts.engine.Engine`, lets due groups flush, and commits the changed
+state, the offsets reached and the new outbox rows in one SQLite transaction; only then are the rows
+handed to the senders and the offsets committed to the consumer group (for lag monitoring only).
+
+A malformed anomaly or silence goes to ``dead.letters`` (stage ``alerts``) before its offset is
+recorded, and the router goes on. A notification a receiver refuses for good is dead-lettered too.
+
+One router per state directory (a lock file says so); run one per cluster and topic prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from schemas.catalog import ALERT_SILENCES, ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
+from schemas.codec import DecodeError
+from schemas.events import DeadLetter
+from sinks.alerts import redact
+from sinks.alerts.config import AlertsConfig
+from sinks.alerts.delivery import Dispatcher
+from sinks.alerts.engine import Engine
+from sinks.alerts.matchers import Matcher
+from sinks.alerts.message import Renderer
+from sinks.alerts.receivers.base import Integration
+from sinks.alerts.store import OutboxRow, StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouterOptions:
+    state_dir: Path
+    reset_state: bool = False
+    group_id: str = "alert-router"
+    #: on a clean stop, how long the senders may go on emptying their queues
+    shutdown_grace_s: float = 10.0
+
+
+def build_integrations(config: AlertsConfig, renderer: Renderer) -> dict[str, list[tuple[Integration, Any]]]:
+    """Every receiver's integrations, built: receiver name -> [(integration, rate limit)]."""
+    out: dict[str, list[tuple[Integration, Any]]] = {}
+    for rc in config.receivers.values():
+        per_kind: dict[str, int] = {}
+        built = []
+        for ic in rc.integrations:
+            index = per_kind.get(ic.kind, 0)
+            per_kind[ic.kind] = index + 1
+            built.append((ic.build(rc.name, index, renderer), rc.rate_limit))
+        out[rc.name] = built
+    return out
+
+
+class AlertRouter:
+    def __init__(self, config: AlertsConfig, client_config: dict[str, Any], prefix: str, options: RouterOptions,
+                 clock: Any = time.time) -> None:
+        self.config = config
+        self.client_config = client_config
+        self.prefix = prefix
+        self.options = options
+        self.clock = clock
+        self.renderer = Renderer(config.dashboard_url)
+        self.topics = {t.full_name(prefix): t for t in (SCHEDULER_EVENTS, ALERT_SILENCES, ANOMALIES)}
+        self.anomalies_topic = ANOMALIES.full_name(prefix)
+        self.dead_letters = 0
+        self.malformed = 0
+        self._offsets: dict[tuple[str, int], int] = {}
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> dict[str, Any]:
+        redact.install()
+        store = StateStore(self.options.state_dir)
+        self._producer = Producer({**self.client_config, "enable.idempotence": True, "acks": "all"})
+        consumer = Consumer({
+            **self.client_config, "group.id": f"{self.prefix}{self.options.group_id}", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+        })
+        dispatcher = None
+        try:
+            metadata = consumer.list_topics(timeout=30)
+            store.bind(metadata.cluster_id or "unknown", self.prefix, self.options.reset_state)
+            self.engine = engine = Engine(self.config)
+            engine.load(**store.load(), now_ms=self._now_ms())  # type: ignore[arg-type]
+            integrations = build_integrations(self.config, self.renderer)
+            self._by_receiver = {name: [i.id for i, _ in items] for name, items in integrations.items()}
+            dispatcher = Dispatcher({i.id: (i, limit) for items in integrations.values() for i, limit in items},
+                                    store.path, self.config.retry, self._dead_letter_notification)
+            self._fail_unknown(store, dispatcher.submit(store.pending()))
+
+            stored = store.offsets()
+            assignment, catch_up = [], {}
+            for name in self.topics:
+                for p in metadata.topics[name].partitions:
+                    tp = TopicPartition(name, p, stored.get((name, p), OFFSET_BEGINNING))
+                    assignment.append(tp)
+                    if name != self.anomalies_topic:
+                        high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=30)[1]
+                        if stored.get((name, p), 0) < high:
+                            catch_up[(name, p)] = high
+            consumer.assign(assignment)
+            paused = [tp for tp in assignment if tp.topic == self.anomalies_topic]
+            if catch_up:
+                consumer.pause(paused)  # silences and job owners first
+            last_data = catch_up_since = time.monotonic()
+            last_prune = 0.0
+            while not stop.is_set():
+                due = engine.next_due_ms()
+                wait = 0.2 if due is None else min(0.2, max(0.0, (due - self._now_ms()) / 1000))
+                messages = consumer.consume(num_messages=1000, timeout=wait)
+                if messages:
+                    last_data = time.monotonic()
+                    self._apply(messages)
+                if catch_up:
+                    positions = consumer.position([TopicPartition(t, p) for t, p in catch_up])
+                    for tp in positions:
+                        if tp.offset >= catch_up[(tp.topic, tp.partition)]:
+                            del catch_up[(tp.topic, tp.partition)]
+                    if catch_up and time.monotonic() - catch_up_since > 60:
+                        log.warning("still behind on %s after 60 s; reading anomalies anyway", sorted(catch_up))
+                        catch_up.clear()
+                    if not catch_up:
+                        consumer.resume(paused)
+                self._commit(store, consumer, dispatcher, engine)
+                if time.monotonic() - last_prune > 3600:
+                    store.prune_outbox(self._now_ms())
+                    last_prune = time.monotonic()
+                if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s and dispatcher.backlog() == 0:
+                    break
+            self._commit(store, consumer, dispatcher, engine)
+        finally:
+            if dispatcher is not None:
+                dispatcher.close(self.options.shutdown_grace_s)
+            self._producer.flush(30)
+            consumer.close()
+            store.close()
+        stats = dict(vars(self.engine.stats)) if hasattr(self, "engine") else {}
+        stats.update(dispatcher.stats() if dispatcher else {})
+        stats.update(dead_letters=self.dead_letters, malformed=self.malformed)
+        return stats
+
+    def _apply(self, messages: list[Message]) -> None:
+        engine, now = self.engine, self._now_ms()
+        anomalies = []
+        for msg in messages:
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.error("consume error: %s", msg.error())
+                continue
+            key = (msg.topic(), msg.partition())
+            self._offsets[key] = msg.offset() + 1
+            topic = self.topics[msg.topic()]
+            try:
+                records = topic.codec.decode(msg.value())
+            except DecodeError as err:
+                self._malformed(msg, str(err))
+                continue
+            if topic is ANOMALIES:
+                anomalies.extend(records)
+            elif topic is SCHEDULER_EVENTS:
+                for e in records:
+                    engine.observe_scheduler(e)
+            else:
+                for silence in records:
+                    try:
+                        for m in silence.matchers:
+                            Matcher.parse(m)
+                    except ValueError as err:
+                        self._malformed(msg, f"silence {silence.id}: {err}")
+                        continue
+                    engine.observe_silence(silence)
+        for a in anomalies:  # after the batch's job owners and silences
+            engine.observe_anomaly(a, now)
+
+    def _commit(self, store: StateStore, consumer: Consumer, dispatcher: Dispatcher, engine: Engine) -> None:
+        notifications = engine.tick(self._now_ms())
+        changes = engine.take_changes()
+        if not changes and not self._offsets:
+            return
+        outbox = [(n, ident, self.renderer.title(n)) for n in notifications for ident in self._by_receiver[n.receiver]]
+        if self.dead_letters:
+            self._producer.flush(30)  # dead letters are in Kafka before their offsets are recorded
+        offsets, self._offsets = self._offsets, {}
+        rows = store.commit(changes, offsets, outbox)
+        if os.environ.get("HPCINSIGHT_ALERTS_CRASH") == "after_commit" and rows:
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection: decided and recorded, not yet sent
+        self._fail_unknown(store, dispatcher.submit(rows))
+        if offsets:
+            try:
+                consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=True)
+            except Exception as err:  # noqa: BLE001 - the group's offsets are for monitoring only
+                log.debug("offset commit for monitoring failed: %s", err)
+
+    # -- dead letters ----------------------------------------------------------------------
+    def _malformed(self, msg: Message, reason: str) -> None:
+        self.malformed += 1
+        log.warning("malformed message at %s[%d]@%d dead-lettered: %s", msg.topic(), msg.partition(), msg.offset(), reason)
+        self._produce_dead_letter(DeadLetter(
+            ts=self._now_ms(), source_topic=msg.topic(), source_partition=msg.partition(), source_offset=msg.offset(),
+            stage="alerts", reason=reason, raw=msg.value() or b"", key=msg.key()))
+
+    def _dead_letter_notification(self, row: OutboxRow, reason: str) -> None:
+        """A notification no retry will deliver: kept in dead.letters with its body."""
+        self._produce_dead_letter(DeadLetter(
+            ts=self._now_ms(), source_topic=f"{self.prefix}alerts.outbox", source_partition=0, source_offset=row.seq,
+            stage=f"alerts.send:{row.integration}", reason=redact.redact(reason), raw=row.body, key=row.nid.encode()))
+        self._producer.flush(30)
+
+    def _produce_dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters += 1
+        self._producer.produce(DEAD_LETTERS.full_name(self.prefix), key=letter.source_topic.encode(),
+                               value=DEAD_LETTERS.codec.encode([letter]))
+        self._producer.poll(0)
+
+    def _fail_unknown(self, store: StateStore, rows: list[OutboxRow]) -> None:
+        for row in rows:
+            reason = f"integration {row.integration} is no longer configured"
+            self._dead_letter_notification(row, reason)
+            store.db.execute("UPDATE outbox SET state = 'failed', error = ?, done_at = ? WHERE seq = ?",
+                             (reason, self._now_ms(), row.seq))
+

@@ -1,0 +1,96 @@
+"""A local HTTP receiver for the alert tests: records every payload it accepts.
+
+It answers on 127.0.0.1 with the status set in ``status`` (200 by default; 503 plays a receiver that
+is down), after ``delay_s``; only payloads answered with 2xx count as received. ``stop()`` and
+``start()`` again take it off the network and back on the same port (connection refused meanwhile).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: Any
+    at: float
+
+
+class LocalReceiver:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.status = 200
+        self.delay_s = 0.0
+        self.received: list[Received] = []
+        self.refused = 0  # requests answered with a non-2xx status
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._lock:
+                    receiver.requests += 1
+                    status, delay = receiver.status, receiver.delay_s
+                if delay:
+                    time.sleep(delay)
+                if 200 <= status < 300:
+                    try:
+                        body: Any = json.loads(raw)
+                    except ValueError:
+                        body = raw.decode(errors="replace")
+                    with receiver._lock:
+                        receiver.received.append(Received(self.path, dict(self.headers), body, time.time()))
+                else:
+                    with receiver._lock:
+                        receiver.refused += 1
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def bodies(self) -> list[Any]:
+        with self._lock:
+            return [r.body for r in self.received]
+
+    def wait_for(self, n: int, timeout: float = 30.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if len(self.received) >= n:
+                    return list(self.received)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"received {len(self.received)} payloads, expected {n}, within {timeout} s")
+            time.sleep(0.05)
