@@ -35,6 +35,8 @@ STRAGGLER_RATIO, STRAGGLER_SHARE = 1.15, 0.5
 #: a node's IB throughput below this fraction of its peers' median, in a bucket, is low
 IB_LOW_RATIO = 0.5
 UNDERUSED_P95 = 30.0
+#: a detector's hardware finding ranks above statistics of the same severity (it names the cause)
+HARDWARE_SCORE = 1000.0
 
 NEXT_STEP = {
     "drain": "drain node {node} (the GPU needs a reset or replacement), e.g. `scontrol update nodename={node} state=drain "
@@ -45,6 +47,7 @@ NEXT_STEP = {
     "thermal": "check the cooling of node {node} (fans, inlet temperature, airflow around {gpu}); the GPU slows itself down",
     "power": "check the power cap and supply of node {node} (`nvidia-smi -q -d POWER`): {gpu} runs at its limit",
     "clock": "reset the application clocks of {gpu} on node {node} (`nvidia-smi -rgc`): they are locked low",
+    "health": "inspect {gpu} on node {node} (`nvidia-smi -q`, `dcgmi diag -r 2`): the health detector flagged it",
     "outlier": "compare {gpu} on node {node} with its peers (`nvidia-smi -q`, `dcgmi diag -r 2`); if it lags in other "
                "jobs too, drain the node",
     "node": "check node {node} as a whole (CPU load, memory, NUMA binding, a noisy neighbour); drain it if it stays behind",
@@ -128,10 +131,12 @@ def _from_anomalies(incidents: dict, gpus: dict[str, dict[str, Any]]) -> list[Fi
         if kind == "gpu_xid":
             step = NEXT_STEP["drain" if inc["severity"] == "critical" else "outlier"]
         elif kind == "gpu_health":
-            step = NEXT_STEP[{"ecc_uncorrectable": "ecc", "row_remap_pending": "remap", "row_remap_failure": "ecc",
-                              "thermal_throttle": "thermal", "power_throttle": "power"}.get(condition, "clock")]
+            known = {"ecc_uncorrectable": "ecc", "row_remap_pending": "remap", "row_remap_failure": "ecc",
+                     "thermal_throttle": "thermal", "power_throttle": "power", "clock_stuck_low": "clock"}
+            step = NEXT_STEP[known.get(condition, "clock" if "sm clock" in inc["message"].lower() else "health")]
         elif kind == "hang":
-            found.append(Finding(inc["severity"], "job", subject, "the job looks hung", [when], NEXT_STEP["hang"], 10))
+            found.append(Finding(inc["severity"], "job", subject, "the job looks hung", [when], NEXT_STEP["hang"],
+                                 HARDWARE_SCORE))
             continue
         if step is None:
             continue  # outliers, stragglers, IB and under-use are judged from the data below, with these as evidence
@@ -140,7 +145,7 @@ def _from_anomalies(incidents: dict, gpus: dict[str, dict[str, Any]]) -> list[Fi
                                   condition.replace("_", " ") if condition else kind.replace("_", " "))
         found.append(Finding(inc["severity"], "gpu", name, what, [when],
                              step.format(node=node or "?", gpu=name, why=inc["message"][:60].replace('"', "'")),
-                             10, node))
+                             HARDWARE_SCORE, node))
     return found
 
 
@@ -286,8 +291,9 @@ def render_text(report: Report) -> str:
                  f"{s['nodes']} nodes, {duration / 60:.1f} min"
                  + (f", queued {s['queue_wait_s']:.0f} s" if s.get("queue_wait_s") is not None else ""))
     if s.get("util_p50") is not None:
-        lines.append(f"  GPU utilisation since start: p25 {s['util_p25']} %, p50 {s['util_p50']} %, p95 {s['util_p95']} %; "
-                     f"power p50 {s['power_p50_w']} W; SM clock p50 {s['sm_clock_p50_mhz']:.0f} MHz")
+        extra = "".join(f"; {label} p50 {s[key]:g} {unit}" for key, label, unit in (
+            ("power_p50_w", "power", "W"), ("sm_clock_p50_mhz", "SM clock", "MHz")) if s.get(key) is not None)
+        lines.append(f"  GPU utilisation since start: p25 {s['util_p25']} %, p50 {s['util_p50']} %, p95 {s['util_p95']} %{extra}")
     lines.append(f"  anomalies: {s['anomalies']} ({s['open_anomalies']} open, {s['critical_anomalies']} critical)"
                  + (f": {s['anomaly_kinds']}" if s["anomaly_kinds"] else ""))
     lines.append("")

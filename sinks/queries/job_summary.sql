@@ -18,9 +18,9 @@ WITH
              argMax(p25, window_end), argMax(p50, window_end), argMax(p95, window_end), argMax(mean, window_end),
              argMax(user, window_end), argMax(team, window_end), count())
      FROM job_quantiles FINAL WHERE job_id = {job:String} AND window = 'since_start' AND metric = 'gpu_util') AS util,
-    (SELECT (argMax(p50, window_end), argMax(p95, window_end)) FROM job_quantiles FINAL
+    (SELECT if(count() > 0, argMax(p50, window_end), NULL) FROM job_quantiles FINAL
      WHERE job_id = {job:String} AND window = 'since_start' AND metric = 'power_w') AS power,
-    (SELECT argMax(p50, window_end) FROM job_quantiles FINAL
+    (SELECT if(count() > 0, argMax(p50, window_end), NULL) FROM job_quantiles FINAL
      WHERE job_id = {job:String} AND window = 'since_start' AND metric = 'sm_clock_mhz') AS clock,
     (SELECT (min(ts), max(ts) + toIntervalMinute(1)) FROM job_rollup_1m WHERE job_id = {job:String}) AS span,
     (SELECT (uniqExact(node), uniqExact(node, gpu_index), groupUniqArray(gpu_uuid), min(ts), max(ts) + toIntervalMinute(1))
@@ -54,8 +54,8 @@ SELECT
     if(util.11 > 0, round(util.6, 1), NULL) AS util_p50,
     if(util.11 > 0, round(util.7, 1), NULL) AS util_p95,
     if(util.11 > 0, round(util.8, 1), NULL) AS util_mean,
-    if(util.11 > 0, round(power.1, 1), NULL) AS power_p50_w,
-    if(util.11 > 0, round(clock, 0), NULL) AS sm_clock_p50_mhz,
+    round(power, 1) AS power_p50_w,
+    round(clock, 0) AS sm_clock_p50_mhz,
     util.2 AS samples,
     if(util.11 > 0, util.4, NULL) AS quantiles_as_of,
     flagged.1 AS anomalies,
