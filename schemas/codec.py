@@ -138,10 +138,13 @@ class _BulkDecoder:
 
     :meth:`decode` answers None whenever it cannot vouch that every message of the block is one
     :meth:`Codec.decode` accepts, and that the table is the one ``to_arrow`` would build;
-    being stricter than the codec only costs the slow path, never a wrong row.
+    being stricter than the codec only costs the slow path, never a wrong row. Fields with no
+    column-wise rule (maps, bytes) are decoded by msgspec alone, message by message.
     """
 
     def __init__(self, event: type[Event], rules: tuple[WireRule, ...]) -> None:
+        import typing
+
         import pyarrow as pa
         import pyarrow.json as pj
 
@@ -150,13 +153,29 @@ class _BulkDecoder:
         self.event = event
         self.rules = rules
         self.schema = arrow_schema(event)
-        record = pa.struct([pa.field(r.field.name, r.value.read_type) for r in rules])
+        read = [r for r in rules if r.value is not None]
+        self._read_names = {r.field.name for r in read}
+        record = pa.struct([pa.field(r.field.name, r.value.read_type) for r in read if r.value is not None])
         envelope = pa.schema([("schema", pa.string()), ("v", pa.int64()), ("records", pa.list_(record))])
-        self._parse = pj.ParseOptions(explicit_schema=envelope, unexpected_field_behavior="error")
+        projected = [r for r in rules if r.value is None]
+        self._projected_names = {r.field.name for r in projected}
+        # With fields left to msgspec, pyarrow.json must let them through (it infers a type and
+        # that column is dropped), so unknown fields are found by name in what it read.
+        self._parse = pj.ParseOptions(explicit_schema=envelope, unexpected_field_behavior="infer" if projected else "error")
         self._read = pj.ReadOptions(use_threads=True)
+        self._projection: msgspec.json.Decoder[Any] | None = None
+        if projected:
+            hints = typing.get_type_hints(event, include_extras=True)
+            spec = {f.name: f for f in msgspec.structs.fields(event)}
+            only = msgspec.defstruct(
+                f"{event.__name__}Projection",
+                [(r.field.name, hints[r.field.name], _default_of(spec[r.field.name])) for r in projected],
+                bases=(Event,), kw_only=True, forbid_unknown_fields=False, frozen=True,
+            )
+            self._projection = msgspec.json.Decoder(msgspec.defstruct(f"{event.__name__}ProjectionBatch", [("records", list[only])]))
         # pyarrow.json reads an absent field and an explicit null alike; for a field that may be
         # absent (it has a default) but must not be null, the null is looked for in the text.
-        defaulted = [re.escape(r.field.name) for r in rules if r.default is not msgspec.NODEFAULT]
+        defaulted = [re.escape(r.field.name) for r in read if r.default is not msgspec.NODEFAULT]
         self._null_for_default = (
             re.compile(rb'"(?:' + "|".join(defaulted).encode() + rb')"[ \t]*:[ \t]*null') if defaulted else None
         )
@@ -187,7 +206,12 @@ class _BulkDecoder:
                 return None  # (a \u escape could spell a field name the pattern would miss)
         try:
             table = pj.read_json(pa.BufferReader(buf), read_options=self._read, parse_options=self._parse)
-        except Exception:  # noqa: BLE001 - any parse failure: the codec finds the culprits and says why
+            # unknown fields (let through for those left to msgspec): none at the top, none in a record
+            record_type = table.schema.field("records").type.value_type
+            names = [record_type.field(i).name for i in range(record_type.num_fields)]
+            if table.column_names != ["schema", "v", "records"] or not set(names) <= self._read_names | self._projected_names:
+                return None
+        except Exception:  # noqa: BLE001 - any parse failure (or a field name not even UTF-8): the codec finds the culprits and says why
             return None
         if table.num_rows != n:
             return None
@@ -196,25 +220,56 @@ class _BulkDecoder:
             return None
         if not (_all(pc.equal(schema_col, self.event.__schema__)) and _all(pc.equal(version_col, self.event.__version__))):
             return None
-        columns: list[list[pa.Array]] = [[] for _ in self.rules]
+        columns: dict[str, list[pa.Array]] = {name: [] for name in names}
         owners = []
         start = 0
         for chunk in records.chunks:
             values = chunk.flatten()
             if values.null_count:
                 return None  # a null record
-            for out, array in zip(columns, values.flatten()):
-                out.append(array)
+            for name, array in zip(names, values.flatten(), strict=True):
+                columns[name].append(array)
             owners.append(pc.add(pc.list_parent_indices(chunk), start))
             start += len(chunk)
+        projected = self._project(raws, records) if self._projection is not None else {}
+        if projected is None:
+            return None
         arrays = []
-        for rule, parts in zip(self.rules, columns):
-            array = _column(rule, pa.chunked_array(parts, rule.value.read_type))
+        for rule in self.rules:
+            if rule.value is None:
+                array = projected[rule.field.name]
+            else:
+                array = _column(rule, pa.chunked_array(columns[rule.field.name], rule.value.read_type))
             if array is None:
                 return None
             arrays.append(array)
         owner = pa.chunked_array(owners, pa.int64()) if owners else pa.chunked_array([], pa.int64())
         return pa.Table.from_arrays(arrays, schema=self.schema), owner
+
+    def _project(self, raws: Sequence[bytes | None], records: pa.ChunkedArray) -> dict[str, pa.Array] | None:
+        """The fields left to msgspec, decoded alone from every message, as Arrow arrays."""
+        import pyarrow.compute as pc
+
+        from schemas.derive import arrow_values
+
+        assert self._projection is not None
+        try:
+            batches = [self._projection.decode(raw).records for raw in raws]  # type: ignore[arg-type]
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            return None
+        if [len(b) for b in batches] != pc.list_value_length(records).to_pylist():
+            return None
+        rows = [r for batch in batches for r in batch]
+        return {
+            rule.field.name: arrow_values(rule.field, [getattr(r, rule.field.name) for r in rows])
+            for rule in self.rules if rule.value is None
+        }
+
+
+def _default_of(spec: Any) -> Any:
+    if spec.default_factory is not msgspec.NODEFAULT:
+        return msgspec.field(default_factory=spec.default_factory)
+    return spec.default
 
 
 def _all(mask: Any) -> bool:

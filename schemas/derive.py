@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any, Iterable, Union, get_args, get_origin
+from typing import Annotated, Any, Iterable, Sequence, Union, get_args, get_origin
 
 import msgspec
 import msgspec.inspect as mi
@@ -80,17 +80,20 @@ def to_arrow(event: type[Event], records: Iterable[Event], extra: dict[str, pa.A
     fields = fields_of(event)
     # one C-level tuple per record, transposed into one tuple per field
     columns = list(zip(*map(msgspec.structs.astuple, records))) or [()] * len(fields)
-    arrays = []
-    for f, values in zip(fields, columns, strict=True):
-        if pa.types.is_map(f.column.arrow):
-            values = [None if v is None else list(v.items()) for v in values]
-        arrays.append(pa.array(values, type=f.column.arrow))
+    arrays = [arrow_values(f, values) for f, values in zip(fields, columns, strict=True)]
     schema = arrow_schema(event)
     if extra:
         for name, array in extra.items():
             arrays.append(array)
             schema = schema.append(pa.field(name, array.type, nullable=False))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def arrow_values(f: Field, values: Sequence[Any]) -> pa.Array:
+    """One field's values (as the decoded records hold them) as an Arrow array of its type."""
+    if pa.types.is_map(f.column.arrow):
+        values = [None if v is None else list(v.items()) for v in values]
+    return pa.array(values, type=f.column.arrow)
 
 
 def clickhouse_columns(event: type[Event]) -> list[str]:
@@ -107,7 +110,9 @@ def clickhouse_columns(event: type[Event]) -> list[str]:
 # The codec validates one message at a time with msgspec. To decode a whole block of messages in
 # C++ (pyarrow.json) the same rules are needed column by column. They are read from msgspec's
 # own view of each annotation (``msgspec.inspect``), so there is still one definition: a bound
-# added to a type in ``schemas.columns`` is enforced by both paths.
+# added to a type in ``schemas.columns`` is enforced by both paths. A field whose rule has no
+# column-wise form (a map, bytes, a pattern) is decoded by msgspec alone, message by message,
+# with its own annotation: slower than Arrow, much faster than decoding the whole record.
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,7 @@ class WireRule:
     """One field on the wire: its value rule, and what its absence or an explicit null means."""
 
     field: Field
-    value: ValueRule
+    value: ValueRule | None  # None: decoded by msgspec, alone (no column-wise form)
     required: bool  # absent -> invalid
     nullable: bool  # explicit null -> None
     default: Any  # absent (and not nullable) -> this value; msgspec.NODEFAULT when there is none
@@ -165,8 +170,8 @@ def _value_rule(info: Any, target: pa.DataType) -> ValueRule | None:
 @cache
 def wire_rules(event: type[Event]) -> tuple[WireRule, ...] | None:
     """The codec's rules for every field of ``event`` in a form a block of messages can be checked
-    by, or None if some field has a rule that cannot be checked column-wise (maps, bytes, patterns,
-    a nullable field with a non-null default); such events keep to the per-message codec."""
+    by, or None if the event's wire form is not one JSON object of its fields, each under its own
+    name, unknown ones refused."""
     info = mi.type_info(event)
     if not isinstance(info, mi.StructType) or info.array_like or not info.forbid_unknown_fields:
         return None
@@ -177,14 +182,10 @@ def wire_rules(event: type[Event]) -> tuple[WireRule, ...] | None:
         kind, nullable = wire.type, False
         if isinstance(kind, mi.UnionType):
             members = [t for t in kind.types if not isinstance(t, mi.NoneType)]
-            if len(members) != 1:
-                return None
-            kind, nullable = members[0], True
+            kind, nullable = (members[0] if len(members) == 1 else kind), len(members) < len(kind.types)
         value = _value_rule(kind, f.column.arrow)
-        if value is None:
-            return None
         default = wire.default if wire.default_factory is msgspec.NODEFAULT else wire.default_factory()
         if nullable and default not in (None, msgspec.NODEFAULT):
-            return None  # an absent field and an explicit null would read alike
+            value = None  # an absent field and an explicit null would read alike in Arrow
         out.append(WireRule(f, value, wire.required, nullable, msgspec.NODEFAULT if default is None else default))
     return tuple(out)
