@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from agents.base import Collector
+from agents.sim_workload import Workload
 from schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
 from schemas.events import GpuProcess, GpuSample, XidEvent
 
@@ -38,6 +39,11 @@ IDLE_REASON = 0x001  # NVML clock-event bits, as agents.gpu_nvml decodes them
 SW_POWER_CAP_REASON = 0x004
 HW_THERMAL_REASON = 0x040
 REASON_NAMES = ((IDLE_REASON, "idle"), (SW_POWER_CAP_REASON, "sw_power_cap"), (HW_THERMAL_REASON, "hw_thermal"))
+
+
+def gpu_uuid(seed: int, node: str, index: int) -> str:
+    """The UUID of simulated GPU ``index`` of ``node`` in a cluster of seed ``seed`` (stable across runs)."""
+    return f"GPU-{uuid.uuid5(uuid.NAMESPACE_OID, f'hpcinsight-sim/{seed}/{node}/{index}')}"
 
 
 def _span(option: str, text: str, start: str | None, end: str | None) -> tuple[float, float]:
@@ -125,8 +131,12 @@ class SimConfig:
     memory_total_bytes: int = 80 * GIB
     power_limit_w: float = 700.0
     faults: tuple[InjectedFault, ...] = ()
+    #: jobs with phases on node sets (``agents.sim_workload``); None: one job on every GPU, ``job_id``
+    workload: Workload | None = None
 
     def __post_init__(self) -> None:
+        if self.workload is not None:
+            self.workload.check(self.nodes, self.gpus_per_node)
         if not 1 <= self.gpus_per_node <= 16:
             raise ValueError("gpus_per_node must be 1..16")
         if self.nodes < 1:
@@ -165,8 +175,7 @@ class SimGpuCollector(Collector[SimConfig]):
             node = f"{config.node_prefix}{n:02d}"
             for g in range(config.gpus_per_node):
                 rng = random.Random(f"{config.seed}/{n}/{g}")
-                gid = uuid.uuid5(uuid.NAMESPACE_OID, f"hpcinsight-sim/{config.seed}/{node}/{g}")
-                state = _GpuState(node, g, f"GPU-{gid}", rng, base_util=rng.uniform(82.0, 94.0))
+                state = _GpuState(node, g, gpu_uuid(config.seed, node, g), rng, base_util=rng.uniform(82.0, 94.0))
                 state.extra = random.Random(f"{config.seed}/{n}/{g}/extra")
                 state.fault = random.Random(f"{config.seed}/{n}/{g}/fault")
                 self._gpus.append((n, state))
@@ -182,7 +191,11 @@ class SimGpuCollector(Collector[SimConfig]):
         if self._start_ms is None:
             self._start_ms = now_ms
         t_s = (now_ms - self._start_ms) / 1000.0
-        self.last = [self._read(n, gpu, now_ms, t_s) for n, gpu in self._gpus]
+        workload = self.config.workload
+        if workload is None:
+            self.last = [self._read(n, gpu, now_ms, t_s) for n, gpu in self._gpus]
+        else:
+            self.last = [] if workload.over(t_s) else [self._read_workload(workload, n, gpu, now_ms, t_s) for n, gpu in self._gpus]
         return self.last
 
     def _read(self, n: int, gpu: _GpuState, now_ms: int, t_s: float) -> GpuSample:
@@ -210,14 +223,78 @@ class SimGpuCollector(Collector[SimConfig]):
         # tensor-core and DRAM activity follow. (A "busy but not computing" GPU would lower
         # `computing` while keeping util high.)
         computing = x.uniform(0.72, 0.9)
+        mem_ratio = x.uniform(0.35, 0.55)
+        links = (x.uniform(1.0e9, 3.0e9) if busy else x.uniform(0.0, 2.0e6), x.uniform(1.5e9, 4.0e9) if busy else x.uniform(0.0, 2.0e6),
+                 x.uniform(1.2e11, 1.8e11) if busy else x.uniform(0.0, 1.0e6), x.uniform(1.2e11, 1.8e11) if busy else x.uniform(0.0, 1.0e6))
+        gpm = (x.uniform(0.35, 0.5), x.uniform(0.5, 0.65), x.uniform(0.9, 1.1))
+        return self._sample(n, gpu, now_ms, t_s, faults, cfg.job_id, util, mem_used, power, temperature,
+                            computing, mem_ratio, links, gpm)
+
+    def _read_workload(self, workload: Workload, n: int, gpu: _GpuState, now_ms: int, t_s: float) -> GpuSample:
+        """One sample of a GPU of a cluster running ``workload``: its job's phase, or idle if none holds it.
+
+        Every draw of the healthy stream is taken at every tick whatever the job, phase or fault, so a
+        GPU's samples depend on its seed and its own job only, and a fault changes nothing but its
+        own GPU (or job) during its window; what a fault needs at random comes from the fault stream.
+        """
+        rng, x, cfg = gpu.rng, gpu.extra, self.config
+        noise, dip_roll, dip_len, dip_depth = rng.gauss(0.0, 1.0), rng.random(), rng.randint(1, 3), rng.uniform(0.4, 0.68)
+        idle_util, mem_share, power_noise, temp_noise = rng.uniform(0.0, 2.0), rng.uniform(0.70, 0.78), rng.gauss(0, 8.0), rng.gauss(0, 0.8)
+        computing, mem_ratio = x.uniform(0.72, 0.9), x.uniform(0.35, 0.55)
+        link_draws = [x.random() for _ in range(4)]
+        gpm = (x.uniform(0.35, 0.5), x.uniform(0.5, 0.65), x.uniform(0.9, 1.1))
+        job = workload.job_on(n, gpu.index, t_s)
+        util = idle_util
+        if job is not None:
+            p = job.profile
+            phase = p.phase(t_s - job.start_s)
+            mean = p.level(phase) * gpu.base_util / 88.0  # each GPU a little above or below its job's level
+            if phase == "checkpoint":
+                util = idle_util * p.checkpoint_util
+            elif phase != "warmup" and (gpu.dip_left or dip_roll < p.dip_rate):  # a data-loading stall
+                gpu.dip_left = gpu.dip_left or dip_len
+                gpu.dip_left -= 1
+                util = mean * dip_depth
+            else:
+                util = mean + noise * p.noise
+            for f in workload.faults_of(job, t_s):
+                if f.kind == "underuse":
+                    util *= f.util / max(p.util, 1.0)
+                elif f.kind == "hang":
+                    util = gpu.fault.uniform(0.0, 2.0)
+        else:
+            gpu.dip_left = 0
+        faults = [f.kind for f in cfg.faults if f.active(n, gpu.index, t_s)] if cfg.faults else []
+        if any(b.active(n, gpu.index, t_s) for b in cfg.idle):
+            util = gpu.fault.uniform(0.0, 2.0)
+        if "slow" in faults and util >= 5:
+            util *= gpu.fault.uniform(0.45, 0.57)  # 40-50% where its peers run at 88%
+        util = round(min(100.0, max(0.0, util)), 1)
+        busy = util >= 5
+        mem_used = int(cfg.memory_total_bytes * (mem_share if busy else 0.05))
+        power = round(min(cfg.power_limit_w, 90.0 + 5.6 * util + power_noise), 1)
+        temperature = round(32.0 + 0.38 * util + temp_noise, 1)
+        spans = ((1.0e9, 3.0e9), (1.5e9, 4.0e9), (1.2e11, 1.8e11), (1.2e11, 1.8e11)) if busy else \
+            ((0.0, 2.0e6), (0.0, 2.0e6), (0.0, 1.0e6), (0.0, 1.0e6))
+        links = tuple(lo + u * (hi - lo) for u, (lo, hi) in zip(link_draws, spans))
+        return self._sample(n, gpu, now_ms, t_s, faults, job.job_id if job else None, util, mem_used, power, temperature,
+                            computing, mem_ratio, links, gpm)  # type: ignore[arg-type]
+
+    def _sample(self, n: int, gpu: _GpuState, now_ms: int, t_s: float, faults: list[str], job_id: str | None, util: float,
+                mem_used: int, power: float, temperature: float, computing: float, mem_ratio: float,
+                links: tuple[float, float, float, float], gpm: tuple[float, float, float]) -> GpuSample:
+        """The sample of a GPU at ``util`` with its faults' clocks, reasons and counters."""
+        cfg = self.config
+        busy = util >= 5
         sm_active = util * computing
-        mem_util = util * x.uniform(0.35, 0.55)
+        mem_util = util * mem_ratio
         sm_clock, fault_reasons = (SM_CLOCK_MAX_MHZ if busy else 345.0), 0
         if busy and faults:
             sm_clock, power, temperature, fault_reasons = self._throttle_faults(gpu, faults, sm_clock, power, temperature)
         reasons = (
             (0 if busy else IDLE_REASON) | (SW_POWER_CAP_REASON if power >= 0.98 * cfg.power_limit_w else 0) | fault_reasons
         )
+        occupancy, tensor, dram = gpm
         return GpuSample(
             node=gpu.node,
             gpu_index=gpu.index,
@@ -229,7 +306,7 @@ class SimGpuCollector(Collector[SimConfig]):
             power_w=max(0.0, power),
             temperature_c=temperature,
             sm_clock_mhz=sm_clock,
-            job_id=cfg.job_id,
+            job_id=job_id,
             mem_util_pct=round(mem_util, 1),
             power_limit_w=cfg.power_limit_w,
             mem_clock_mhz=MEM_CLOCK_MHZ,
@@ -241,15 +318,15 @@ class SimGpuCollector(Collector[SimConfig]):
             ecc_uncorrected_volatile=self._ecc_errors(n, gpu.index, t_s),
             remapped_rows_pending="remap" in faults,
             remapped_rows_failure=False,
-            pcie_tx_bytes_per_s=float(round(x.uniform(1.0e9, 3.0e9) if busy else x.uniform(0.0, 2.0e6))),
-            pcie_rx_bytes_per_s=float(round(x.uniform(1.5e9, 4.0e9) if busy else x.uniform(0.0, 2.0e6))),
-            nvlink_tx_bytes_per_s=float(round(x.uniform(1.2e11, 1.8e11) if busy else x.uniform(0.0, 1.0e6))),
-            nvlink_rx_bytes_per_s=float(round(x.uniform(1.2e11, 1.8e11) if busy else x.uniform(0.0, 1.0e6))),
+            pcie_tx_bytes_per_s=float(round(links[0])),
+            pcie_rx_bytes_per_s=float(round(links[1])),
+            nvlink_tx_bytes_per_s=float(round(links[2])),
+            nvlink_rx_bytes_per_s=float(round(links[3])),
             nvlink_errors=0,
             sm_active_pct=round(sm_active, 1),
-            sm_occupancy_pct=round(sm_active * x.uniform(0.35, 0.5), 1),
-            tensor_active_pct=round(sm_active * x.uniform(0.5, 0.65), 1),
-            dram_bw_util_pct=round(min(100.0, mem_util * x.uniform(0.9, 1.1)), 1),
+            sm_occupancy_pct=round(sm_active * occupancy, 1),
+            tensor_active_pct=round(sm_active * tensor, 1),
+            dram_bw_util_pct=round(min(100.0, mem_util * dram), 1),
         )
 
     def _throttle_faults(
@@ -316,7 +393,7 @@ class SimProcessCollector(Collector[SimConfig]):
             out.append(GpuProcess(
                 node=s.node, gpu_index=s.gpu_index, gpu_uuid=s.gpu_uuid, ts=now_ms, pid=10_000 + node_no * 16 + s.gpu_index,
                 process_name="python", used_memory_bytes=s.mem_used_bytes, sm_util_pct=s.gpu_util,
-                slurm_job_id=self.config.job_id,
+                slurm_job_id=s.job_id,
             ))
         return out
 

@@ -10,6 +10,11 @@ Fabric faults (:class:`IbFault`) are applied over the healthy values: every port
 draws are taken as always and then changed, and what a fault needs at random comes from a
 separate stream. A run with faults is therefore the healthy run everywhere else, sample for
 sample (detector baselines and tests rely on the seeded stream).
+
+With a :class:`agents.sim_workload.Workload` a node's traffic follows the job on it: its profile's
+load, scaled by the phase (lower in warm-up and evaluation, near nothing while the job writes a
+checkpoint or hangs), and a node no job holds is all but silent. The draws are the same; only
+their scale changes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 from agents.base import Collector
+from agents.sim_workload import IB_PHASE_LOAD, Workload
 from schemas.catalog import IB_SAMPLES_RAW
 from schemas.events import IbSample
 
@@ -68,6 +74,8 @@ class SimIbConfig:
     node_prefix: str = "sim-node-"
     load: float = 0.45  # mean share of the link rate in use
     faults: tuple[IbFault, ...] = ()
+    #: jobs with phases on node sets; None: every node carries one job's steady traffic
+    workload: Workload | None = None
 
     def __post_init__(self) -> None:
         for f in self.faults:
@@ -92,12 +100,15 @@ class SimIbCollector(Collector[SimIbConfig]):
         if self._start_ms is None:
             self._start_ms = now_ms
         t_s = (now_ms - self._start_ms) / 1000.0
+        if cfg.workload is not None and cfg.workload.over(t_s):
+            return []
         interval = None if self._last_ms is None else (now_ms - self._last_ms) / 1000.0
         self._last_ms = now_ms
         degraded = {f.node for f in cfg.faults if f.kind == "degrade" and f.start_s <= t_s < f.end_s}
         flapped = self._due_flaps(t_s) if interval else set()
         out = []
         for n in range(cfg.nodes):
+            scale = 1.0 if cfg.workload is None else self._load(cfg.workload, n, t_s) / cfg.load
             for p in range(cfg.ports):
                 common = {"node": f"{cfg.node_prefix}{n:02d}", "device": f"mlx5_{p}", "port": 1, "ts": now_ms,
                           "state": "ACTIVE", "phys_state": "LinkUp", "rate_gbps": cfg.rate_gbps}
@@ -108,6 +119,7 @@ class SimIbCollector(Collector[SimIbConfig]):
                 tx = max(0.0, rng.gauss(cfg.load, 0.05)) * line
                 rx = max(0.0, rng.gauss(cfg.load, 0.05)) * line
                 wait = round(abs(rng.gauss(0, 200)))
+                tx, rx = tx * scale, rx * scale
                 symbol_errors = recoveries = downed = 0
                 if n in degraded:  # after the healthy draws, so the seeded stream is unchanged
                     tx, rx = tx * DEGRADED_SHARE, rx * DEGRADED_SHARE
@@ -123,6 +135,17 @@ class SimIbCollector(Collector[SimIbConfig]):
                     local_link_integrity_errors=0, excessive_buffer_overrun_errors=0,
                 ))
         return out
+
+    @staticmethod
+    def _load(workload: Workload, node: int, t_s: float) -> float:
+        """Mean share of the link rate a node's jobs use at ``t_s``."""
+        load = 0.001  # management traffic of a node no job holds
+        for job in workload.jobs_on_node(node, t_s):
+            share = job.profile.ib_load * IB_PHASE_LOAD[job.profile.phase(t_s - job.start_s)]
+            if any(f.kind == "hang" for f in workload.faults_of(job, t_s)):
+                share = 0.001
+            load = max(load, share)
+        return load
 
     def _due_flaps(self, t_s: float) -> set[tuple[int, int]]:
         """(node, port) of the flaps that fell due by ``t_s``, each returned once."""

@@ -89,11 +89,17 @@ def run_agent(
     agent_name: str = "agent",
     node: str | None = None,
     stats: AgentStats | None = None,
+    start_ms: int | None = None,
+    catch_up: bool = False,
 ) -> AgentStats:
     """Sample ``collectors`` every ``interval_s`` until ``ticks`` are done or ``stop`` is set.
 
     With ``speed`` > 1 the clock of the samples runs faster than real time (a simulation
-    compressed for tests): sample timestamps still advance by ``interval_s``.
+    compressed for tests): sample timestamps still advance by ``interval_s``. ``start_ms`` puts
+    the first tick of such a sim clock at that time (e.g. in the past, so a compressed run never
+    stamps samples ahead of the wall clock). With ``catch_up`` an overrun tick is not skipped: the
+    next follows at once and the run falls behind real time instead, so a simulation gives the same
+    samples however loaded the machine is.
     """
     if interval_s <= 0 or speed <= 0:
         raise ValueError("interval and speed must be positive")
@@ -103,11 +109,13 @@ def run_agent(
     period = interval_s / speed
     interval_ms = int(round(interval_s * 1000))
     start_mono = time.monotonic()
-    start_ms = (int(time.time() * 1000) // interval_ms) * interval_ms
+    synthetic = speed != 1.0 or start_ms is not None
+    if start_ms is None:
+        start_ms = (int(time.time() * 1000) // interval_ms) * interval_ms
     next_health = 0
     k = 0
     while not stop.is_set() and (ticks is None or stats.ticks < ticks):
-        now_ms = start_ms + k * interval_ms if speed != 1.0 else int(time.time() * 1000)
+        now_ms = start_ms + k * interval_ms if synthetic else int(time.time() * 1000)
         for collector in collectors:
             try:
                 records = collector.sample(now_ms)
@@ -134,12 +142,12 @@ def run_agent(
         k += 1
         next_at = start_mono + k * period
         late = time.monotonic() - next_at
-        if late > 0:  # overran: skip the ticks we missed rather than bunch them up
+        if late > 0 and not catch_up:  # overran: skip the ticks we missed rather than bunch them up
             missed = int(late // period) + 1
             stats.skipped_ticks += missed
             k += missed
             next_at = start_mono + k * period
         stop.wait(max(0.0, next_at - time.monotonic()))
-    final = health_event(node, agent_name, stats, delivery, int(time.time() * 1000) if speed == 1.0 else start_ms + k * interval_ms)
+    final = health_event(node, agent_name, stats, delivery, start_ms + k * interval_ms if synthetic else int(time.time() * 1000))
     delivery.send(AGENT_HEALTH.full_name(topic_prefix), node, AGENT_HEALTH.codec.encode([final]))
     return stats
