@@ -313,7 +313,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         DemoOptions(
             duration_s=args.duration, nodes=args.nodes, gpus=args.gpus, idle=args.idle, interval_s=args.interval,
             speed=args.speed, windows=args.windows, seed=args.seed, xid=args.xid, faults=args.fault,
-            ib_faults=args.ib_fault,
+            ib_faults=args.ib_fault, webhook=args.webhook, alerts_config=args.alerts_config,
         ),
     )
 
@@ -354,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=90.0, help="seconds of sampling (default 90)")
     _add_sim_args(p, idle_default=[])
     p.add_argument("--windows", default="20s/10s,1m/10s", help="sliding quantile windows as SIZE/HOP (default 20s/10s,1m/10s)")
+    p.add_argument("--webhook", default=None, metavar="URL",
+                   help="also run the alert router and post the alerts here (Slack, Discord, Teams Workflows, "
+                   "or any URL: Alertmanager-format JSON)")
+    p.add_argument("--alerts-config", default=None, metavar="FILE", help="also run the alert router with this configuration")
 
     p = add("topics", cmd_topics, "print the topic catalog (topics, schemas, keys, partitions, retention, tables)")
     p.add_argument("--create", action="store_true", help="create missing topics on the configured broker")

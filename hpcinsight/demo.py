@@ -41,6 +41,8 @@ class DemoOptions:
     faults: list[str] = field(default_factory=list)
     ib_faults: list[str] = field(default_factory=list)
     seed: int = 0
+    webhook: str | None = None  # post alerts here (the router runs beside the worker and sink)
+    alerts_config: str | None = None  # or route them with this alert configuration
 
     def idle_specs(self) -> list[str]:
         # By default one GPU idles for the first half of the run, then recovers, so the
@@ -125,6 +127,11 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         procs.start("worker", "worker", "--windows", options.windows, "--since-start-every", "10s", "--checkpoint-every", "10s",
                     "--job-wait", f"{JOB_WAIT_S:g}s")
         procs.start("sink", "sink")
+        from hpcinsight.alerts_demo import DemoAlerts
+
+        alerts = DemoAlerts.prepare(settings, options.webhook, options.alerts_config, procs.env)
+        if alerts is not None:
+            procs.start("alerts", *alerts.args())
         # --scheduler sim: the job, its user, team and zones, so the tables group by them
         agent_args = ["agent", "--backend", "sim", "--ib", "--scheduler", "sim", "--nodes", str(options.nodes),
                       "--gpus", str(options.gpus), "--seed", str(options.seed), "--interval", str(options.interval_s),
@@ -171,6 +178,10 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
                 time.sleep(0.5)
             procs.stop("sink")
             procs.stop("worker")
+        if alerts is not None:
+            with console.status("waiting for the alert router to tell everything ..."):
+                alerts.wait(settings, procs.check)
+                procs.stop("alerts")
 
         from hpcinsight.query import execute, make_console, render
         from sinks.clickhouse import connect
@@ -191,6 +202,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         flagged = sorted({f"{r[0]} GPU {r[1]}" for r in rows_flagged(columns_q, rows_q)})
         console.print("rows stored: " + ", ".join(f"{t} {n}" for t, n in counts))
         console.print(f"GPUs flagged: {', '.join(flagged) or 'none'}")
+        if alerts is not None:
+            alerts.report(console)
         console.print(f"logs: {procs.log_dir}")
         console.print(f"store: {settings.clickhouse.display_url}")
         console.print("query it again with: [bold]hpcinsight query gpu_quantiles[/] (or `hpcinsight query list`)")

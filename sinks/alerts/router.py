@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from schemas.catalog import ALERT_SILENCES, ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
 from schemas.codec import DecodeError
@@ -110,7 +110,7 @@ class AlertRouter:
                     tp = TopicPartition(name, p, stored.get((name, p), OFFSET_BEGINNING))
                     assignment.append(tp)
                     if name != self.anomalies_topic:
-                        high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=30)[1]
+                        high = _high_watermark(consumer, TopicPartition(name, p))
                         if stored.get((name, p), 0) < high:
                             catch_up[(name, p)] = high
             consumer.assign(assignment)
@@ -234,3 +234,15 @@ class AlertRouter:
             store.db.execute("UPDATE outbox SET state = 'failed', error = ?, done_at = ? WHERE seq = ?",
                              (reason, self._now_ms(), row.seq))
 
+
+def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> int:
+    """The partition's end, asked again while the broker says 'not yet' (a new topic's leader)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=timeout_s)[1])
+        except KafkaException as err:
+            if time.monotonic() > deadline or not (err.args[0].retriable() or err.args[0].code() in (
+                    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)):
+                raise
+            time.sleep(0.2)
