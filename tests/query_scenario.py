@@ -120,7 +120,7 @@ def _anomaly(kind: str, severity: str, subject_type: str, subject: str, fired: i
         if ts is not None:
             out.append(Anomaly(id=f"{kind}-{subject}", kind=kind, severity=severity, state=state,  # type: ignore[arg-type]
                                subject_type=subject_type, subject=subject, ts=ts, started_at=fired,  # type: ignore[arg-type]
-                               window_start=fired, window_end=ts, message=f"{message} ({state})", **kw))
+                               window_start=fired, window_end=ts, message=message, **kw))
     return out
 
 
