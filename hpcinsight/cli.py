@@ -131,7 +131,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
     collectors: list[Any] = []
     if ((args.fault or args.ib_fault) and args.backend != "sim") or (args.ib_fault and not args.ib):
         raise ValueError("--fault needs --backend sim, and --ib-fault --backend sim --ib")  # not silently ignored
-    if args.backend == "sim":
+    if args.scenario:
+        if args.backend != "sim" or args.ib or args.scheduler != "none" or args.fault or args.ib_fault or args.xid or args.idle:
+            raise ValueError("--scenario brings its own sim GPUs, IB ports, scheduler, steps and faults: "
+                             "give it without --backend other than sim, --ib, --scheduler, --fault, --ib-fault, --xid, --idle")
+        from hpcinsight.scenario import load as load_scenario
+
+        for name in args.scenario:
+            collectors += load_scenario(name).collectors()
+    elif args.backend == "sim":
         from agents.gpu_sim import (
             IdleGpu,
             InjectedFault,
@@ -158,7 +166,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
         collectors.append(SimIbCollector(SimIbConfig(nodes=args.nodes, seed=args.seed,
                                                      faults=tuple(IbFault.parse(f) for f in args.ib_fault))))
-    elif args.ib:
+    elif args.ib and not args.scenario:
         from agents.ib_sysfs import IbConfig, IbSysfsCollector
 
         collectors.append(IbSysfsCollector(IbConfig(node=args.node, root=Path(args.ib_root)) if args.node
@@ -191,7 +199,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     metrics = Metrics(args.metrics_port, stats, delivery) if args.metrics_port else None
     try:
         run_agent(collectors, delivery, settings.kafka.topic_prefix, interval_s=args.interval, ticks=args.ticks,
-                  speed=args.speed, stop=stop, agent_name=name, node=args.node, stats=stats)
+                  speed=args.speed, stop=stop, agent_name=name, node=args.node, stats=stats, start_ms=args.start_ms,
+                  catch_up=args.catch_up)
     finally:
         for collector in collectors:
             collector.close()
@@ -318,6 +327,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+# --- eval -----------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.list:
+        from hpcinsight.scenario import library, load as load_scenario
+
+        for name in library():
+            sc = load_scenario(name)
+            print(f"{name:22} {sc.duration_s:5g} s  {sc.nodes:2} nodes  {len(sc.jobs)} jobs  "
+                  f"{'; '.join(f.describe() for f in sc.faults) or 'no fault (false-positive trap)'}")
+        return 0
+    from hpcinsight.eval import EvalOptions, run_eval
+
+    return run_eval(EvalOptions(scenarios=args.scenario, out_dir=Path(args.out), speed=args.speed, plots=not args.no_plots,
+                                job_wait_s=args.job_wait))
+
+
 def _add_sim_args(p: argparse.ArgumentParser, idle_default: list[str]) -> None:
     p.add_argument("--nodes", type=int, default=4, help="simulated nodes (default 4)")
     p.add_argument("--gpus", type=int, default=8, help="GPUs per simulated node (default 8)")
@@ -359,6 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "or any URL: Alertmanager-format JSON)")
     p.add_argument("--alerts-config", default=None, metavar="FILE", help="also run the alert router with this configuration")
 
+    p = add("eval", cmd_eval, "score every detector on the labelled fault scenarios, through the real pipeline")
+    p.add_argument("--scenario", action="append", default=[], metavar="NAME|FILE",
+                   help="a scenario of the library or a YAML file (default: the whole library); repeatable")
+    p.add_argument("--out", default="eval-results", help="folder for results.md, results.csv, plots and the store")
+    p.add_argument("--speed", type=float, default=5.0, help="sim seconds per wall second (default 5)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG per scenario")
+    p.add_argument("--job-wait", type=float, default=60.0,
+                   help="seconds the job stage waits for a job's late GPUs (default 60: at 5x on a busy machine partitions "
+                   "fall tens of seconds of sim time apart)")
+    p.add_argument("--list", action="store_true", help="list the library's scenarios and exit")
+
     p = add("topics", cmd_topics, "print the topic catalog (topics, schemas, keys, partitions, retention, tables)")
     p.add_argument("--create", action="store_true", help="create missing topics on the configured broker")
     p.add_argument("--prefix", default=None, help="topic prefix to show (default: HPCINSIGHT_TOPIC_PREFIX)")
@@ -383,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spool-mb", type=float, default=1024, help="bound of the on-disk queue in MiB; oldest dropped beyond it")
     p.add_argument("--drain-timeout", type=float, default=300, help="on exit, wait this long for Kafka to take the backlog")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
+    p.add_argument("--scenario", action="append", default=[], metavar="NAME|FILE",
+                   help="simulate a scenario (a YAML file, or a name from the library: see `hpcinsight eval --list`): "
+                   "its cluster, jobs, IB ports, scheduler events, training steps and faults; repeatable")
+    p.add_argument("--start-ms", type=int, default=None,
+                   help="stamp the first tick with this epoch-ms time and advance the sim clock from it")
+    p.add_argument("--catch-up", action="store_true",
+                   help="never skip a tick that overran (fall behind real time instead): the same samples on any machine")
     _add_sim_args(p, idle_default=[])
 
     p = add("worker", cmd_worker, "run the Faust stream worker (validation, quantiles, detectors)")

@@ -17,13 +17,14 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hpcinsight.config import Settings
 from hpcinsight.topics import ensure_topics, lag, message_count
-from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED
+from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED, Topic
 
 JOB_WAIT_S = 2.0
 
@@ -100,27 +101,67 @@ class Processes:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; its log ends:\n{tail}")
 
 
+def start_broker(stack: ExitStack, settings: Settings, console: Console) -> Settings:
+    """``settings`` with a local Kafka broker started on ``stack`` unless ``KAFKA_BOOTSTRAP`` names one;
+    the catalog's topics created."""
+    if not settings.kafka.bootstrap:
+        from deploy.local.kafka import KAFKA_VERSION, LocalKafka
+
+        with console.status(f"starting Apache Kafka {KAFKA_VERSION} (KRaft, loopback) ..."):
+            kafka = stack.enter_context(LocalKafka())
+        settings = settings.with_bootstrap(kafka.bootstrap)
+        console.print(f"[green]Kafka {KAFKA_VERSION}[/] serving at {kafka.bootstrap}")
+    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
+    return settings
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of the pipeline's processes: the same broker, prefix, data dir and store as ``settings``."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP": settings.kafka.bootstrap or "", "PYTHONUNBUFFERED": "1",
+           "HPCINSIGHT_DATA_DIR": str(settings.data_dir), "HPCINSIGHT_TOPIC_PREFIX": settings.kafka.topic_prefix}
+    if settings.clickhouse.embedded:
+        env["CLICKHOUSE_URL"] = settings.clickhouse.url
+    return env
+
+
+def wait_drained(procs: Processes, settings: Settings, worker_inputs: list[Topic], job_wait_s: float,
+                 timeout_s: float = 120.0, settled: Callable[[], bool] | None = None) -> None:
+    """Wait until the worker has read ``worker_inputs``, its job stage has let its last windows go and
+    the sink has stored every stored topic; a child that dies meanwhile raises with its log. The job
+    stage's last windows wait ``job_wait_s`` for GPUs that stopped, unless ``settled()`` (asked while
+    the sink keeps storing) says earlier that they are all out."""
+    conf, prefix = settings.kafka.client_config(), settings.kafka.topic_prefix
+    deadline = time.monotonic() + timeout_s
+
+    def drain(group: str, topics: list[Topic], what: str) -> None:
+        names = [t.full_name(prefix) for t in topics]
+        while lag(conf, f"{prefix}{group}", names) > 0:
+            procs.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not catch up within {timeout_s:g} s; see its log in {procs.log_dir}")
+            time.sleep(0.5)
+
+    drain("worker", worker_inputs, "the Faust worker")
+    job_stage_done = time.monotonic() + job_wait_s + 1.5
+    while time.monotonic() < job_stage_done:
+        if settled is not None:
+            drain("clickhouse-sink", STORED, "the sink")
+            if settled():
+                break
+        time.sleep(1.0)
+    drain("clickhouse-sink", STORED, "the sink")
+
+
 def run_demo(settings: Settings, options: DemoOptions) -> int:
     console = Console()
     started_wall = time.time()
     with ExitStack() as stack:
-        if not settings.kafka.bootstrap:
-            from deploy.local.kafka import KAFKA_VERSION, LocalKafka
-
-            with console.status(f"starting Apache Kafka {KAFKA_VERSION} (KRaft, loopback) ..."):
-                kafka = stack.enter_context(LocalKafka())
-            settings = settings.with_bootstrap(kafka.bootstrap)
-            console.print(f"[green]Kafka {KAFKA_VERSION}[/] serving at {kafka.bootstrap}")
+        settings = start_broker(stack, settings, console)
         conf = settings.kafka.client_config()
-        ensure_topics(conf, settings.kafka.topic_prefix)
         for key, value in settings.describe().items():
             console.print(f"  {key}: {value}")
 
-        env = {**os.environ, "KAFKA_BOOTSTRAP": settings.kafka.bootstrap or "", "PYTHONUNBUFFERED": "1",
-               "HPCINSIGHT_DATA_DIR": str(settings.data_dir), "HPCINSIGHT_TOPIC_PREFIX": settings.kafka.topic_prefix}
-        if settings.clickhouse.embedded:
-            env["CLICKHOUSE_URL"] = settings.clickhouse.url
-        procs = Processes(env, settings.data_dir / "logs")
+        procs = Processes(child_env(settings), settings.data_dir / "logs")
         stack.callback(procs.stop_all)
 
         ticks = max(1, int(options.duration_s / options.interval_s))
@@ -161,27 +202,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         procs.check()
 
         with console.status("waiting for the worker and the sink to catch up ..."):
-            prefix = settings.kafka.topic_prefix
-            deadline = time.monotonic() + 120
-            worker_inputs = [GPU_SAMPLES_RAW.full_name(prefix), GPU_SKETCHES.full_name(prefix)]
-            while lag(conf, f"{prefix}worker", worker_inputs) > 0:
-                procs.check()
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the Faust worker did not catch up within 120 s; see its log in " + str(procs.log_dir))
-                time.sleep(0.5)
-            time.sleep(JOB_WAIT_S + 1.5)  # the job stage's last windows wait that long for GPUs that stopped
-            stored = [t.full_name(prefix) for t in STORED]
-            while lag(conf, f"{prefix}clickhouse-sink", stored) > 0:
-                procs.check()
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the sink did not catch up within 120 s; see its log in " + str(procs.log_dir))
-                time.sleep(0.5)
+            wait_drained(procs, settings, [GPU_SAMPLES_RAW, GPU_SKETCHES], JOB_WAIT_S)
             procs.stop("sink")
             procs.stop("worker")
-        if alerts is not None:
-            with console.status("waiting for the alert router to tell everything ..."):
-                alerts.wait(settings, procs.check)
-                procs.stop("alerts")
 
         from hpcinsight.query import execute, make_console, render
         from sinks.clickhouse import connect
