@@ -205,6 +205,10 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             wait_drained(procs, settings, [GPU_SAMPLES_RAW, GPU_SKETCHES], JOB_WAIT_S)
             procs.stop("sink")
             procs.stop("worker")
+        if alerts is not None:
+            with console.status("waiting for the alert router to tell everything ..."):
+                alerts.wait(settings, procs.check)
+                procs.stop("alerts")
 
         from hpcinsight.query import execute, make_console, render
         from sinks.clickhouse import connect
