@@ -19,6 +19,7 @@ messages it refuses are exactly those ``decode`` refuses, with ``decode``'s reas
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from schemas.derive import ValueRule, WireRule
 
 E = TypeVar("E", bound=Event)
+log = logging.getLogger(__name__)
 
 
 class DecodeError(ValueError):
@@ -107,7 +109,12 @@ class Codec(Generic[E]):
 
         if self._bulk is False:
             self._bulk = _BulkDecoder.of(self.event)
-        got = self._bulk.decode(raws) if self._bulk is not None and len(raws) >= _BULK_MIN else None
+        got = None
+        if self._bulk is not None and len(raws) >= _BULK_MIN:
+            try:
+                got = self._bulk.decode(raws)
+            except Exception:  # noqa: BLE001 - a bug here must cost speed, not the sink
+                log.exception("bulk decoding of %d %s messages failed; decoding them one by one", len(raws), self.event.__schema__)
         rejected: list[tuple[int, str]] = []
         if got is not None:
             table, owner = got
@@ -167,10 +174,12 @@ class _BulkDecoder:
         if projected:
             hints = typing.get_type_hints(event, include_extras=True)
             spec = {f.name: f for f in msgspec.structs.fields(event)}
+            # the Event base (its finite-float check) only where a projected field is a float itself
+            floats = any(pa.types.is_floating(r.field.column.arrow) for r in projected)
             only = msgspec.defstruct(
                 f"{event.__name__}Projection",
                 [(r.field.name, hints[r.field.name], _default_of(spec[r.field.name])) for r in projected],
-                bases=(Event,), kw_only=True, forbid_unknown_fields=False, frozen=True,
+                bases=(Event,) if floats else (), kw_only=True, forbid_unknown_fields=False, frozen=True, gc=False,
             )
             self._projection = msgspec.json.Decoder(msgspec.defstruct(f"{event.__name__}ProjectionBatch", [("records", list[only])]))
         # pyarrow.json reads an absent field and an explicit null alike; for a field that may be

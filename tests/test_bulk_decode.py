@@ -355,3 +355,13 @@ def test_an_all_bad_block_keeps_nothing_and_reports_every_message() -> None:
     got = GPU_SAMPLES.codec.decode_table([b"", b"{", b"null", b"[]"] * 3, extra_for(12))
     assert got.table.num_rows == 0 and [i for i, _ in got.rejected] == list(range(12))
     assert got.table.schema == reference(GPU_SAMPLES, [b""])[0].schema
+
+
+def test_a_failing_bulk_path_costs_speed_not_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Any, raws: Any) -> None:
+        raise RuntimeError("a bug in the bulk path")
+
+    monkeypatch.setattr(_BulkDecoder, "decode", broken)
+    raws = [GPU_SAMPLES.codec.encode([EXAMPLES[GPU_SAMPLES.event]])] * 5 + [b"{"]
+    table = check(GPU_SAMPLES, raws)
+    assert table.num_rows == 5
