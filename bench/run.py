@@ -113,6 +113,7 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "stream_chain": _stream("stream_chain"), "stream_worker": _stream("stream_worker"),
     "latency_1k": _stream("latency_1k"), "latency_10k": _stream("latency_10k"), "windows": _windows,
     "storage": lambda repeats: __import__("bench.storage", fromlist=["bench_storage"]).bench_storage(repeats),
+    "query": lambda repeats: __import__("bench.query", fromlist=["bench_query"]).bench_query(repeats),
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
@@ -120,7 +121,7 @@ HEADLINE = {
     "agent": ("cpu_pct_of_core", "% of a core"), "gpu_tick": ("ms_per_tick", "ms/tick"),
     "sketch": ("sketch_bytes", "bytes"), "stream_chain": ("samples_per_s", "samples/s"),
     "stream_worker": ("samples_per_s", "samples/s"), "latency_1k": ("p99_s", "s p99"), "latency_10k": ("p99_s", "s p99"),
-    "windows": ("sketch_bytes", "bytes (1h)"), "storage": ("bytes_per_sample", "bytes/sample"),
+    "windows": ("sketch_bytes", "bytes (1h)"), "storage": ("bytes_per_sample", "bytes/sample"), "query": ("p95_s", "s p95 (worst query)"),
 }
 
 
