@@ -340,7 +340,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hpcinsight.eval import EvalOptions, run_eval
 
     return run_eval(EvalOptions(scenarios=args.scenario, out_dir=Path(args.out), speed=args.speed, plots=not args.no_plots,
-                                job_wait_s=args.job_wait))
+                                job_wait_s=args.job_wait, rescore=args.rescore))
 
 
 def _add_sim_args(p: argparse.ArgumentParser, idle_default: list[str]) -> None:
@@ -393,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-wait", type=float, default=60.0,
                    help="seconds the job stage waits for a job's late GPUs (default 60: at 5x on a busy machine partitions "
                    "fall tens of seconds of sim time apart)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score the run stored in --out again (after editing labels) instead of running the pipeline")
     p.add_argument("--list", action="store_true", help="list the library's scenarios and exit")
 
     p = add("topics", cmd_topics, "print the topic catalog (topics, schemas, keys, partitions, retention, tables)")

@@ -20,6 +20,7 @@ the fault's span, the flags) are written to ``--out``, and the per-detector tabl
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 import time
@@ -53,6 +54,7 @@ class EvalOptions:
     speed: float = 5.0
     windows: str = "1m/10s,5m/1m,1h/20m"  # the worker's default
     plots: bool = True
+    rescore: bool = False  # score the run stored in out_dir again (after a change of labels) without running it
     drain_timeout_s: float = 300.0
     job_wait_s: float = JOB_WAIT_S
 
@@ -95,7 +97,13 @@ def run_eval(options: EvalOptions) -> int:
     import sys
 
     console = Console(width=None if sys.stdout.isatty() else 132)  # the table, whole, also in a log
-    names = options.scenarios or library()
+    saved: dict[str, Any] = {}
+    if options.rescore:
+        try:
+            saved = json.loads((options.out_dir / "run.json").read_text())
+        except OSError:
+            raise ValueError(f"--rescore: no run in {options.out_dir} (run.json is missing)") from None
+    names = options.scenarios or saved.get("scenarios") or library()
     scenarios = [load(n) for n in names]
     if len({s.name for s in scenarios}) != len(scenarios):
         raise ValueError("two scenarios share a name; each runs on nodes and jobs named after it")
@@ -104,31 +112,44 @@ def run_eval(options: EvalOptions) -> int:
     out = options.out_dir
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
-    if data_dir.exists():
-        shutil.rmtree(data_dir)  # a fresh store: the results are this run's alone
     window_s = sampling_window_s(options.windows)
-    settings = eval_settings(data_dir, f"eval-{int(time.time())}.")
-    duration = max(s.duration_s for s in scenarios)
-    started = time.monotonic()
-    console.print(f"evaluating {len(scenarios)} scenario(s): {', '.join(s.name for s in scenarios)}")
-    console.print(f"  {sum(s.nodes for s in scenarios)} nodes, {sum(s.nodes * s.gpus_per_node for s in scenarios)} GPUs, "
-                  f"{duration:g} s of sim time at {options.speed:g}x")
-    with ExitStack() as stack:
-        backlog: list[float] = []
-        t0_ms = run_pipeline(stack, settings, scenarios, options, console, backlog)
-        flags = read_flags(settings, scenarios, t0_ms)
-        result = score([label for s in scenarios for label in s.labels], flags, window_s)
-        run = Run(scenarios, t0_ms, window_s, flags, result, time.monotonic() - started, options.speed,
-                  {k: dict(v) for k, v in (settings.detectors or {}).items()}, max(backlog, default=0.0),
-                  options.job_wait_s)
-        write_results(run, out)
-        if options.plots:
-            with console.status("plotting ..."):
-                plot_all(run, settings, out)
+    if options.rescore:  # score the stored run again (labels changed): no pipeline
+        settings = eval_settings(data_dir, "unused.")
+        run = _scored(scenarios, saved["t0_ms"], window_s, settings, saved["wall_s"], saved["speed"], saved["max_backlog_s"],
+                      saved["job_wait_s"])
+    else:
+        if data_dir.exists():
+            shutil.rmtree(data_dir)  # a fresh store: the results are this run's alone
+        settings = eval_settings(data_dir, f"eval-{int(time.time())}.")
+        duration = max(s.duration_s for s in scenarios)
+        started = time.monotonic()
+        console.print(f"evaluating {len(scenarios)} scenario(s): {', '.join(s.name for s in scenarios)}")
+        console.print(f"  {sum(s.nodes for s in scenarios)} nodes, {sum(s.nodes * s.gpus_per_node for s in scenarios)} GPUs, "
+                      f"{duration:g} s of sim time at {options.speed:g}x")
+        with ExitStack() as stack:
+            backlog: list[float] = []
+            t0_ms = run_pipeline(stack, settings, scenarios, options, console, backlog)
+        run = _scored(scenarios, t0_ms, window_s, settings, time.monotonic() - started, options.speed,
+                      max(backlog, default=0.0), options.job_wait_s)
+        (out / "run.json").write_text(json.dumps({
+            "t0_ms": run.t0_ms, "scenarios": [s.path for s in scenarios], "wall_s": run.wall_s, "speed": run.speed,
+            "max_backlog_s": run.max_backlog_s, "job_wait_s": run.job_wait_s, "windows": options.windows}, indent=1))
+    write_results(run, out)
+    if options.plots:
+        with console.status("plotting ..."):
+            plot_all(run, settings, out)
     print_table(console, run)
     console.print(f"wall time {run.wall_s:.0f} s; results in {out}/results.md, results.csv, flags.csv, labels.csv"
                   + (", and one PNG per scenario" if options.plots else ""))
     return 0
+
+
+def _scored(scenarios: list[Scenario], t0_ms: int, window_s: float, settings: Settings, wall_s: float, speed: float,
+            max_backlog_s: float, job_wait_s: float) -> Run:
+    flags = read_flags(settings, scenarios, t0_ms)
+    result = score([label for s in scenarios for label in s.labels], flags, window_s)
+    return Run(scenarios, t0_ms, window_s, flags, result, wall_s, speed,
+               {k: dict(v) for k, v in (settings.detectors or {}).items()}, max_backlog_s, job_wait_s)
 
 
 def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario], options: EvalOptions,
@@ -142,8 +163,10 @@ def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario]
     procs = Processes(child_env(settings), settings.data_dir / "logs")
     stack.callback(procs.stop_all)
     duration = max(s.duration_s for s in scenarios)
-    # the whole run lies in the past: the worker refuses samples stamped far ahead of its clock
-    t0_ms = (int(time.time() * 1000) - int((duration + 120) * 1000)) // 1000 * 1000
+    # the whole run lies in the past (the worker refuses samples stamped far ahead of its clock), and
+    # starts on a whole hour, so every sliding window (hops of 10 s, 1 min, 20 min) falls on the same
+    # sim seconds in every run: the same scenario gives the same windows, hence the same scores
+    t0_ms = (int(time.time() * 1000) - int((duration + 120) * 1000)) // 3_600_000 * 3_600_000
     procs.start("worker", "worker", "--windows", options.windows, "--job-wait", f"{options.job_wait_s:g}s")
     procs.start("sink", "sink")
     agent_args = ["agent", "--backend", "sim", "--speed", f"{options.speed:g}", "--catch-up", "--start-ms", str(t0_ms),
@@ -446,6 +469,10 @@ def plot_all(run: Run, settings: Settings, out: Path) -> None:
                     x, y = _series(client, f"SELECT {bucket} AS t, avg(gpu_util) FROM gpu_samples WHERE job_id = {{j:String}} "
                                    "GROUP BY t ORDER BY t", {"j": job.job_id}, run.t0_ms)
                     series.append(("GPU utilisation % (job mean)", job.job_id, x, y))
+                x, y = _series(client, f"SELECT {bucket} AS t, avg(gpu_util) FROM gpu_samples WHERE startsWith(node, {{p:String}}) "
+                               "AND job_id IS NULL GROUP BY t ORDER BY t", {"p": sc.node_prefix}, run.t0_ms)
+                if x:
+                    series.append(("GPU utilisation % (job mean)", "GPUs no job holds", x, y))
                 panels.append(("jobs (no fault: every flag is false)", None, series))
             _plot_scenario(plt, run, sc, panels, out / f"{sc.name}.png")
     finally:
@@ -475,9 +502,14 @@ def _plot_scenario(plt: Any, run: Run, sc: Scenario, panels: list[tuple[str, Any
         for label in sc.labels:
             if label.detector == det and label.required:
                 ax.plot([label.onset_s, label.end_s + label.grace_s], [i, i], color="tab:orange", alpha=0.35, lw=6)
+        same: dict[tuple[float, str], int] = {}
         for f in flags:
             if f.flag.detector == det:
-                ax.plot([f.flag.fired_s], [i], marker="v" if f.verdict == "true" else "x", color=colours[f.verdict], ms=7)
+                same[(f.flag.fired_s, f.verdict)] = same.get((f.flag.fired_s, f.verdict), 0) + 1
+        for (fired, verdict), n in same.items():
+            ax.plot([fired], [i], marker="v" if verdict == "true" else "x", color=colours[verdict], ms=7)
+            if n > 1:  # several subjects at once (e.g. every GPU of a node)
+                ax.annotate(f"x{n}", (fired, i), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colours[verdict])
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_ylim(-0.7, max(len(rows) - 0.3, 0.7))
     ax.set_title("flags (green: true, red: false, grey: allowed) over labelled spans + grace (orange)", fontsize=9)

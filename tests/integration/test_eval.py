@@ -36,3 +36,9 @@ def test_eval_scores_a_small_scenario_through_the_pipeline(pipeline: Pipeline, t
     assert {f["verdict"] for f in flags} <= {"true", "allowed"}
     assert (out / "eval-smoke.png").stat().st_size > 10_000
     assert "| gpu_health | 1 | 1 |" in (out / "results.md").read_text()
+    # scoring again from the stored run (as after editing labels) gives the same table, without a pipeline
+    before = (out / "results.csv").read_text()
+    again = subprocess.run([sys.executable, "-m", "hpcinsight.cli", "eval", "--rescore", "--out", str(out), "--no-plots"],
+                           env=pipeline.env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "results.csv").read_text() == before
