@@ -131,6 +131,9 @@ class TableWriter:
     def _insert(self, batches: list[tuple[Topic, pa.Table]]) -> None:
         for topic, table in batches:
             assert topic.table is not None
+            # one record batch: the decoded blocks arrive in many small chunks, and ClickHouse
+            # converts each chunk on its own (measured: fewer CPU seconds, copy included)
+            table = table.combine_chunks()
             self.client.insert_arrow(topic.table.name, table, settings=insert_settings(topic, table))
             self.rows[topic.table.name] += table.num_rows
         if batches and os.environ.get("HPCINSIGHT_SINK_CRASH_AFTER_INSERT") == "1":
