@@ -313,6 +313,13 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return run_diagnose(load(), args.job, args.since, args.plots, args.format)
 
 
+# --- serve ----------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hpcinsight.web.serve import run_serve
+
+    return run_serve(load(), args.host, args.port, args.frame_interval, store=not args.no_store)
+
+
 # --- demo -----------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from hpcinsight.demo import DemoOptions, run_demo
@@ -479,6 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", default=None, metavar="DIR", help="also write PNG figures there: per-GPU utilisation, "
                    "step time per rank, IB throughput per node")
     p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = add("serve", cmd_serve, "the Insight API (REST + OpenAPI), live Server-Sent Events per view, and the unit view "
+            "page, fed from the topics; read-only (HPCINSIGHT_API_TOKEN: bearer token)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--frame-interval", type=float, default=1.0, help="seconds between live updates of a view (default 1)")
+    p.add_argument("--no-store", action="store_true", help="serve the live state only (no query library, no job history)")
 
     p = add("db", cmd_db, "ClickHouse schema: migrate to this build's version (idempotent), or show its status")
     p.add_argument("action", choices=("migrate", "status", "init"), help="migrate (init is the same), or status")

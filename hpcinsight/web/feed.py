@@ -1,0 +1,100 @@
+"""Fills a :class:`ClusterState` from Kafka in a background thread.
+
+A plain confluent-kafka consumer with partitions assigned by hand (no group membership, nothing
+committed): each topic starts a look-back before now, found with ``offsets_for_times``, so a
+service started mid-run shows the last samples, the anomalies still open, and the latest
+quantiles and KPIs at once, then follows the topics live.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+from hpcinsight.web.state import ClusterState
+from schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, JOB_QUANTILES, NODE_INVENTORY, SCHEDULING_KPIS, Topic
+
+log = logging.getLogger("hpcinsight.web.feed")
+
+#: topic -> (how far back to start, seconds; the state method that takes its records)
+FEEDS: dict[Topic, tuple[float, str]] = {
+    GPU_SAMPLES: (30, "add_samples"),
+    GPU_QUANTILES: (3600, "add_gpu_quantiles"),
+    JOB_QUANTILES: (3600, "add_job_quantiles"),
+    ANOMALIES: (7 * 86400, "add_anomalies"),
+    SCHEDULING_KPIS: (3600, "add_kpis"),
+    NODE_INVENTORY: (30 * 86400, "add_inventory"),
+}
+
+
+class Feed:
+    def __init__(self, state: ClusterState, client_config: dict[str, Any], prefix: str) -> None:
+        self.state, self.conf, self.prefix = state, client_config, prefix
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="kafka-feed", daemon=True)
+        self.error: str | None = None
+        self.assigned = threading.Event()
+
+    def start(self) -> Feed:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(10)
+
+    def _assign(self, consumer: Any) -> dict[str, tuple[Topic, Callable[[list[Any]], None]]]:
+        from confluent_kafka import TopicPartition
+
+        routes: dict[str, tuple[Topic, Callable[[list[Any]], None]]] = {}
+        wanted: list[TopicPartition] = []
+        now_ms = int(time.time() * 1000)
+        for topic, (lookback_s, method) in FEEDS.items():
+            name = topic.full_name(self.prefix)
+            meta = consumer.list_topics(name, timeout=10).topics.get(name)
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise RuntimeError(f"topic {name} is not there (create the topics first: hpcinsight topics --create)")
+            routes[name] = (topic, getattr(self.state, method))
+            wanted += [TopicPartition(name, p, now_ms - int(lookback_s * 1000)) for p in meta.partitions]
+        found = consumer.offsets_for_times(wanted, timeout=10)
+        # past the end of the look-back (nothing that recent): the end, i.e. -1 from offsets_for_times
+        consumer.assign([tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, -1) for tp in found])
+        return routes
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer, KafkaError
+
+        consumer = Consumer({**self.conf, "group.id": f"{self.prefix}web-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+                             "auto.offset.reset": "latest", "fetch.wait.max.ms": 200})
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    routes = self._assign(consumer)
+                    break
+                except Exception as err:  # topics not created yet, broker starting: retry
+                    self.error = str(err)
+                    self.stop_event.wait(1.0)
+            else:
+                return
+            self.error = None
+            self.assigned.set()
+            while not self.stop_event.is_set():
+                messages = consumer.consume(2000, timeout=0.2)
+                by_topic: dict[str, list[Any]] = {}
+                for msg in messages:
+                    if msg.error() is not None:
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("kafka: %s", msg.error())
+                        continue
+                    topic, _ = routes[msg.topic()]
+                    try:
+                        by_topic.setdefault(msg.topic(), []).extend(topic.codec.decode(msg.value()))
+                    except Exception as err:  # a record the service cannot read is skipped, the feed goes on
+                        log.warning("skipped a record of %s at offset %s: %s", msg.topic(), msg.offset(), err)
+                for name, records in by_topic.items():
+                    routes[name][1](records)
+        finally:
+            consumer.close()
