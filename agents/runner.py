@@ -98,8 +98,9 @@ def run_agent(
     compressed for tests): sample timestamps still advance by ``interval_s``. ``start_ms`` puts
     the first tick of such a sim clock at that time (e.g. in the past, so a compressed run never
     stamps samples ahead of the wall clock). With ``catch_up`` an overrun tick is not skipped: the
-    next follows at once and the run falls behind real time instead, so a simulation gives the same
-    samples however loaded the machine is.
+    next follows at once and the run falls behind real time instead (it does not rush to make up for
+    it afterwards, nor after the process was paused), so a simulation gives the same samples however
+    loaded the machine is.
     """
     if interval_s <= 0 or speed <= 0:
         raise ValueError("interval and speed must be positive")
@@ -142,7 +143,10 @@ def run_agent(
         k += 1
         next_at = start_mono + k * period
         late = time.monotonic() - next_at
-        if late > 0 and not catch_up:  # overran: skip the ticks we missed rather than bunch them up
+        if late > 0 and catch_up:  # overran (or was paused): go on from now, one tick at a time, no burst
+            start_mono += late
+            next_at = time.monotonic()
+        elif late > 0:  # overran: skip the ticks we missed rather than bunch them up
             missed = int(late // period) + 1
             stats.skipped_ticks += missed
             k += missed

@@ -23,6 +23,7 @@ import csv
 import json
 import math
 import shutil
+import signal
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -41,6 +42,10 @@ from schemas.catalog import GPU_SAMPLES_RAW, GPU_SKETCHES, GPU_XID, IB_SAMPLES_R
 #: the others is 50 s of sim time behind, which the worker's default (10 s) would not wait for, so
 #: job windows would be merged from part of a job's GPUs (a load artefact of the compressed clock)
 JOB_WAIT_S = 60.0
+#: the agent is paused while the worker is more than this many seconds of sim time behind it...
+PAUSE_BEHIND_S = 15.0
+#: ...until it is back within this
+RESUME_BEHIND_S = 5.0
 #: the targets of the issue: every detector precision and recall at least this...
 TARGET_PR = 0.95
 #: ...and a median detection delay of at most this many sampling windows
@@ -73,6 +78,7 @@ class Run:
     detector_settings: dict[str, Any] = field(default_factory=dict)
     max_backlog_s: float = 0.0  # how far behind the agent the worker fell at most, in sim seconds
     job_wait_s: float = JOB_WAIT_S
+    paused_s: float = 0.0  # how long the agent was held for the worker to catch up
 
 
 def sampling_window_s(windows: str) -> float:
@@ -116,7 +122,7 @@ def run_eval(options: EvalOptions) -> int:
     if options.rescore:  # score the stored run again (labels changed): no pipeline
         settings = eval_settings(data_dir, "unused.")
         run = _scored(scenarios, saved["t0_ms"], window_s, settings, saved["wall_s"], saved["speed"], saved["max_backlog_s"],
-                      saved["job_wait_s"])
+                      saved["job_wait_s"], saved.get("paused_s", 0.0))
     else:
         if data_dir.exists():
             shutil.rmtree(data_dir)  # a fresh store: the results are this run's alone
@@ -128,12 +134,14 @@ def run_eval(options: EvalOptions) -> int:
                       f"{duration:g} s of sim time at {options.speed:g}x")
         with ExitStack() as stack:
             backlog: list[float] = []
-            t0_ms = run_pipeline(stack, settings, scenarios, options, console, backlog)
+            pauses: list[float] = []
+            t0_ms = run_pipeline(stack, settings, scenarios, options, console, backlog, pauses)
         run = _scored(scenarios, t0_ms, window_s, settings, time.monotonic() - started, options.speed,
-                      max(backlog, default=0.0), options.job_wait_s)
+                      max(backlog, default=0.0), options.job_wait_s, sum(pauses))
         (out / "run.json").write_text(json.dumps({
             "t0_ms": run.t0_ms, "scenarios": [s.path for s in scenarios], "wall_s": run.wall_s, "speed": run.speed,
-            "max_backlog_s": run.max_backlog_s, "job_wait_s": run.job_wait_s, "windows": options.windows}, indent=1))
+            "max_backlog_s": run.max_backlog_s, "job_wait_s": run.job_wait_s, "paused_s": run.paused_s,
+            "windows": options.windows}, indent=1))
     write_results(run, out)
     if options.plots:
         with console.status("plotting ..."):
@@ -145,17 +153,18 @@ def run_eval(options: EvalOptions) -> int:
 
 
 def _scored(scenarios: list[Scenario], t0_ms: int, window_s: float, settings: Settings, wall_s: float, speed: float,
-            max_backlog_s: float, job_wait_s: float) -> Run:
+            max_backlog_s: float, job_wait_s: float, paused_s: float) -> Run:
     flags = read_flags(settings, scenarios, t0_ms)
     result = score([label for s in scenarios for label in s.labels], flags, window_s)
     return Run(scenarios, t0_ms, window_s, flags, result, wall_s, speed,
-               {k: dict(v) for k, v in (settings.detectors or {}).items()}, max_backlog_s, job_wait_s)
+               {k: dict(v) for k, v in (settings.detectors or {}).items()}, max_backlog_s, job_wait_s, paused_s)
 
 
 def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario], options: EvalOptions,
-                 console: Console, backlog: list[float]) -> int:
+                 console: Console, backlog: list[float], pauses: list[float]) -> int:
     """Run the scenarios through broker, worker, sink and one sim agent; return the sim clock's start (epoch ms).
-    ``backlog`` gets how far behind the agent the worker was, in seconds of sim time, every 2 s."""
+    ``backlog`` gets how far behind the agent the worker was, in seconds of sim time, every second, and
+    ``pauses`` how long the agent was held each time the worker fell too far behind."""
     from hpcinsight.demo import Processes, child_env, start_broker, wait_drained
     from hpcinsight.topics import lag
 
@@ -176,16 +185,27 @@ def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario]
     agent = procs.start("agent", *agent_args)
     began = time.monotonic()
     conf, prefix = settings.kafka.client_config(), settings.kafka.topic_prefix
-    samples = [GPU_SAMPLES_RAW.full_name(prefix)]
+    nodes = sum(s.nodes for s in scenarios)  # GPU and IB samples: one message per node a tick
+    paused: list[float] = []  # when the agent was paused, if it is
+    stack.callback(lambda: agent.poll() is None and paused and agent.send_signal(signal.SIGCONT))
     with console.status("") as status:
         while agent.poll() is None:
             procs.check()
-            elapsed = time.monotonic() - began
-            behind = lag(conf, f"{prefix}worker", samples) / sum(s.nodes for s in scenarios)  # one message per node a tick
+            behind = max(lag(conf, f"{prefix}worker", [t.full_name(prefix)]) for t in (GPU_SAMPLES_RAW, IB_SAMPLES_RAW)) / nodes
             backlog.append(behind)
-            status.update(f"simulating: {elapsed:.0f} s of about {duration / options.speed:.0f} s; the worker is "
-                          f"{behind:.0f} s of sim time behind (logs: {procs.log_dir})")
-            time.sleep(2.0)
+            # The detectors that join two streams (IB samples or GPU windows with the steps) judge one against
+            # what they have seen of the other: a worker far behind reads the streams out of step, and its
+            # verdicts change. Keep it close: pause the agent while the worker is behind, as a real cluster
+            # never runs ahead of its own clock.
+            if not paused and behind > PAUSE_BEHIND_S:
+                agent.send_signal(signal.SIGSTOP)
+                paused.append(time.monotonic())
+            elif paused and behind < RESUME_BEHIND_S:
+                agent.send_signal(signal.SIGCONT)
+                pauses.append(time.monotonic() - paused.pop())
+            status.update(f"simulating: {time.monotonic() - began:.0f} s of at least {duration / options.speed:.0f} s; the "
+                          f"worker is {behind:.0f} s of sim time behind{' (agent paused)' if paused else ''} (logs: {procs.log_dir})")
+            time.sleep(1.0)
     procs.check()
     with console.status("waiting for the worker and the sink to catch up ..."):
         wait_drained(procs, settings, [GPU_SAMPLES_RAW, IB_SAMPLES_RAW, STEP_METRICS_RAW, GPU_XID, GPU_SKETCHES], options.job_wait_s,
@@ -358,8 +378,9 @@ def write_results(run: Run, out: Path) -> None:
         "# hpcinsight eval", "",
         f"{len(run.scenarios)} scenarios, {sum(s.nodes * s.gpus_per_node for s in run.scenarios)} GPUs, run together "
         f"through Kafka, the Faust worker and the ClickHouse sink at {run.speed:g}x; sampling window "
-        f"{run.window_s:g} s; wall time {run.wall_s:.0f} s; the worker fell at most {run.max_backlog_s:.0f} s of sim time "
-        f"behind the agent (the job stage waited {run.job_wait_s:g} s of processing time for late GPUs).",
+        f"{run.window_s:g} s; wall time {run.wall_s:.0f} s, of which the agent was held {run.paused_s:.0f} s for the worker "
+        f"to catch up (it fell at most {run.max_backlog_s:.0f} s of sim time behind); the job stage waited {run.job_wait_s:g} s "
+        "of processing time for late GPUs.",
         "Detector settings: " + (", ".join(f"{k} {v}" for k, v in run.detector_settings.items()) or "the defaults") + ".",
         "", "## Per detector", "", markdown_table(rows), "",
         f"Targets: precision and recall >= {TARGET_PR}, median detection delay <= {TARGET_DELAY_WINDOWS:g} sampling windows.",
