@@ -9,7 +9,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -19,7 +19,20 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m deploy.local.kafka fetch >/dev/null
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Debian's chromium, for the unit view's browser tests and benchmark (Playwright drives it through
+# executable_path; no browser is ever downloaded). Installed as root or with sudo; otherwise said
+# plainly, and those tests skip with that reason.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	else echo "setup: $(CHROMIUM) is missing and installing it needs root or sudo (apt-get install chromium);" \
+	     "the browser tests will be skipped"; exit 0; fi; \
+	echo "setup: installing Debian's chromium for the browser tests"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	  || echo "setup: apt-get install chromium failed; the browser tests will be skipped"
 
 demo: setup
 	$(VENV)/bin/hpcinsight demo $(ARGS)

@@ -327,9 +327,9 @@
     const byRank = new Map();
     for (const r of rows) { if (!byRank.has(r.rank)) byRank.set(r.rank, []); byRank.get(r.rank).push(r); }
     const t = rows.map((r) => ms(r.bucket)), v = rows.map((r) => r.step_s);
-    const t0 = Math.min(...t), t1 = Math.max(...t) || t0 + 1, vmax = Math.max(...v) * 1.1 || 1;
-    const X = (x) => 30 + ((x - t0) / Math.max(1, t1 - t0)) * 300, Y = (y) => 120 - (y / vmax) * 110;
-    el(s, "text", { x: 0, y: 12 }, `${vmax.toFixed(2)} s`); el(s, "text", { x: 0, y: 124 }, "0");
+    const t0 = Math.min(...t), t1 = Math.max(...t) || t0 + 1, vmax = Math.max(...v) * 1.05 || 1, vmin = Math.min(...v) * 0.95;
+    const X = (x) => 30 + ((x - t0) / Math.max(1, t1 - t0)) * 300, Y = (y) => 120 - ((y - vmin) / Math.max(1e-9, vmax - vmin)) * 110;
+    el(s, "text", { x: 0, y: 12 }, `${vmax.toFixed(2)} s`); el(s, "text", { x: 0, y: 124 }, `${vmin.toFixed(2)} s`);
     const worst = [...byRank.entries()].map(([rank, rs]) => [rank, Math.max(...rs.map((r) => r.vs_median || 0))]).sort((a, b) => b[1] - a[1]);
     const slow = worst.length && worst[0][1] >= 1.15 ? worst[0][0] : null;
     for (const [rank, rs] of [...byRank.entries()].sort((a, b) => a[0] - b[0])) {
@@ -367,7 +367,7 @@
       const pct = (v) => (v == null ? "–" : (v * (v <= 1 ? 100 : 1)).toFixed(1) + " %");
       const parts = [["GPUs", c.gpus], ["nodes", c.nodes], ["allocated", pct(c.allocation_rate)], ["mean util", c.mean_util == null ? "–" : c.mean_util + " %"],
         ["jobs", c.jobs], ["open anomalies", c.open_anomalies], ["fragmentation", pct(kpi("fragmentation"))],
-        ["queue wait p50", kpi("queue_wait_s") == null ? "–" : kpi("queue_wait_s").toFixed(0) + " s"], ["feed age", c.age_s == null ? "–" : c.age_s + " s"]];
+        ["queue wait p50", kpi("queue_wait_s") == null ? "–" : kpi("queue_wait_s").toFixed(0) + " s"], ["feed age", c.age_s == null ? "–" : c.age_s < 0 ? "sim clock ahead" : c.age_s + " s"]];
       const box = $("summary"); box.textContent = "";
       for (const [k, v] of parts) { const sp = document.createElement("span"); sp.append(k + " "); const b = document.createElement("b"); b.textContent = v; sp.append(b); box.append(sp); }
     } catch (e) { /* the stream reports the state */ }
