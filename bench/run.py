@@ -114,6 +114,7 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "latency_1k": _stream("latency_1k"), "latency_10k": _stream("latency_10k"), "windows": _windows,
     "storage": lambda repeats: __import__("bench.storage", fromlist=["bench_storage"]).bench_storage(repeats),
     "query": lambda repeats: __import__("bench.query", fromlist=["bench_query"]).bench_query(repeats),
+    "ui": lambda repeats: __import__("bench.ui", fromlist=["bench_ui"]).bench_ui(repeats),
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
@@ -122,6 +123,7 @@ HEADLINE = {
     "sketch": ("sketch_bytes", "bytes"), "stream_chain": ("samples_per_s", "samples/s"),
     "stream_worker": ("samples_per_s", "samples/s"), "latency_1k": ("p99_s", "s p99"), "latency_10k": ("p99_s", "s p99"),
     "windows": ("sketch_bytes", "bytes (1h)"), "storage": ("bytes_per_sample", "bytes/sample"), "query": ("p95_s", "s p95 (worst query)"),
+    "ui": ("ms_per_update_p95", "ms/update p95"),
 }
 
 
