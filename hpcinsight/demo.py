@@ -44,6 +44,7 @@ class DemoOptions:
     seed: int = 0
     webhook: str | None = None  # post alerts here (the router runs beside the worker and sink)
     alerts_config: str | None = None  # or route them with this alert configuration
+    ui_port: int = 0  # the unit view (hpcinsight serve) while the demo runs: this port, 0 a free one, -1 none
 
     def idle_specs(self) -> list[str]:
         # By default one GPU idles for the first half of the run, then recovers, so the
@@ -99,6 +100,20 @@ class Processes:
             if proc.poll() not in (None, 0):
                 tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{name} exited with {proc.returncode}; its log ends:\n{tail}")
+
+
+def start_ui(procs: Processes, port: int) -> str | None:
+    """``hpcinsight serve`` beside the pipeline (live from the topics); its URL, or None when off."""
+    if port < 0:
+        return None
+    if port == 0:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    procs.start("serve", "serve", "--host", "127.0.0.1", "--port", str(port))
+    return f"http://127.0.0.1:{port}/"
 
 
 def start_broker(stack: ExitStack, settings: Settings, console: Console) -> Settings:
@@ -168,6 +183,11 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         procs.start("worker", "worker", "--windows", options.windows, "--since-start-every", "10s", "--checkpoint-every", "10s",
                     "--job-wait", f"{JOB_WAIT_S:g}s")
         procs.start("sink", "sink")
+        ui_url = start_ui(procs, options.ui_port)
+        if ui_url:
+            needs_token = os.environ.get("HPCINSIGHT_API_TOKEN") or os.environ.get("HPCINSIGHT_API_TOKEN_FILE")
+            console.print(f"[bold]unit view, live while the demo runs: {ui_url}[/]"
+                          + (" (bearer token: HPCINSIGHT_API_TOKEN)" if needs_token else ""))
         from hpcinsight.alerts_demo import DemoAlerts
 
         alerts = DemoAlerts.prepare(settings, options.webhook, options.alerts_config, procs.env)
@@ -205,6 +225,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             wait_drained(procs, settings, [GPU_SAMPLES_RAW, GPU_SKETCHES], JOB_WAIT_S)
             procs.stop("sink")
             procs.stop("worker")
+            procs.stop("serve")  # before the store is read here: nothing else may hold it then
         if alerts is not None:
             with console.status("waiting for the alert router to tell everything ..."):
                 alerts.wait(settings, procs.check)

@@ -57,7 +57,8 @@ class Store:
                         pass
                 self.client = None
                 log.warning("store: %s", type(err).__name__)
-                raise HTTPException(503, f"the store did not answer ({type(err).__name__})") from None
+                why = str(err) if isinstance(err, ConnectionError) else type(err).__name__  # never a URL with credentials
+                raise HTTPException(503, f"the store did not answer ({why})") from None
 
 
 def _json_safe(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hpcinsight.config import ConfigError, Secret, Settings, _read_secret
@@ -44,6 +45,15 @@ def build(settings: Settings, token: Secret | None, frame_interval_s: float = 1.
     def connect() -> Any:
         from sinks.clickhouse import connect as ch_connect
 
+        if settings.clickhouse.embedded:
+            # Only ever through the sink that owns the embedded store: opening it here would lock the
+            # sink out of its own store (chDB allows one process per directory).
+            from urllib.parse import urlsplit
+
+            from sinks.store_share import read_owner
+
+            if read_owner(Path(urlsplit(settings.clickhouse.url).path)) is None:
+                raise ConnectionError("no sink is sharing the embedded store now (start `hpcinsight sink`)")
         return ch_connect(settings.clickhouse)
 
     def feed_status() -> dict[str, Any]:

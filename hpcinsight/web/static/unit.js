@@ -366,8 +366,9 @@
       const kpi = (name) => { const k = c.kpis.find((x) => x.kpi === name); return k ? k.value : null; };
       const pct = (v) => (v == null ? "–" : (v * (v <= 1 ? 100 : 1)).toFixed(1) + " %");
       const parts = [["GPUs", c.gpus], ["nodes", c.nodes], ["allocated", pct(c.allocation_rate)], ["mean util", c.mean_util == null ? "–" : c.mean_util + " %"],
-        ["jobs", c.jobs], ["open anomalies", c.open_anomalies], ["fragmentation", pct(kpi("fragmentation"))],
-        ["queue wait p50", kpi("queue_wait_s") == null ? "–" : kpi("queue_wait_s").toFixed(0) + " s"], ["feed age", c.age_s == null ? "–" : c.age_s < 0 ? "sim clock ahead" : c.age_s + " s"]];
+        ["jobs", c.jobs], ["open anomalies", c.open_anomalies], ["stranded GPUs (fragmentation)", pct(kpi("stranded_share"))],
+        ["queued jobs", kpi("queued_jobs") == null ? "–" : kpi("queued_jobs")],
+        ["queue wait p50", kpi("queue_wait_p50_s") == null ? "–" : kpi("queue_wait_p50_s").toFixed(0) + " s"], ["feed age", c.age_s == null ? "–" : c.age_s < 0 ? "sim clock ahead" : c.age_s + " s"]];
       const box = $("summary"); box.textContent = "";
       for (const [k, v] of parts) { const sp = document.createElement("span"); sp.append(k + " "); const b = document.createElement("b"); b.textContent = v; sp.append(b); box.append(sp); }
     } catch (e) { /* the stream reports the state */ }
