@@ -7,8 +7,11 @@ default windows and the configured detectors, the ClickHouse sink into a fresh e
 under ``--out``, and one sim agent running every scenario's collectors on one sim clock. Each
 scenario names its nodes and jobs after itself, so no detector compares one scenario's GPUs with
 another's. The sim clock starts in the past (a compressed run must never stamp samples ahead of
-the wall clock) and runs ``--speed`` times faster than real time without ever skipping a tick
-(``--catch-up``: on a busy machine the run takes longer, the data stay the same).
+the wall clock) on a whole hour (so windows fall on the same sim seconds in every run) and runs
+``--speed`` times faster than real time without ever skipping a tick (``--catch-up``: on a busy
+machine the run takes longer, the data stay the same); it is held while the worker is more than
+15 s of sim time behind, so the streams the worker joins (IB samples or GPU windows with steps) stay
+in step as they would on a live cluster.
 
 When the agent is done and the worker and the sink have caught up, the anomalies are read from
 ClickHouse and scored against the labels (:mod:`hpcinsight.scoring`); ``results.md``,
