@@ -313,6 +313,13 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return run_diagnose(load(), args.job, args.since, args.plots, args.format)
 
 
+# --- replay ---------------------------------------------------------------------------
+def cmd_replay(args: argparse.Namespace) -> int:
+    from hpcinsight.replay import options_from, run_replay
+
+    return run_replay(load(), options_from(args))
+
+
 # --- serve ----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from hpcinsight.web.serve import run_serve
@@ -486,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", default=None, metavar="DIR", help="also write PNG figures there: per-GPU utilisation, "
                    "step time per rank, IB throughput per node")
     p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = add("replay", cmd_replay, "feed recorded data (step times, GPU utilisation, a scheduler trace) from CSV files "
+            "through the real pipeline and print what it found")
+    from hpcinsight.replay import add_arguments as add_replay_arguments
+
+    add_replay_arguments(p)
 
     p = add("serve", cmd_serve, "the Insight API (REST + OpenAPI), live Server-Sent Events per view, and the unit view "
             "page, fed from the topics; read-only (HPCINSIGHT_API_TOKEN: bearer token)")
