@@ -83,3 +83,9 @@ def test_bad_scenarios_are_refused_naming_the_place(text: str, message: str) -> 
 def test_unknown_scenario_names_the_library() -> None:
     with pytest.raises(ScenarioError, match="the library has: .*gpu-throttle"):
         load("no-such-scenario")
+
+
+def test_the_labels_know_every_detector_the_worker_runs() -> None:
+    from streams.detectors import discover
+
+    assert set(DETECTORS) == {cls.kind for cls in discover()}  # a new detector needs labels in the library
