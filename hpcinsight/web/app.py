@@ -134,17 +134,11 @@ def create_app(state: ClusterState, token: Secret | None = None, store_connect: 
 
     @app.get("/api/nodes/{node}", dependencies=auth, summary="a node: inventory, its GPUs now, open anomalies")
     def node_detail(node: str) -> dict[str, Any]:
-        found = state.node_view(node)
-        if found is None:
-            raise HTTPException(404, "no such node in the live state")
-        return found
+        return _known(state.node_view(node), "node")
 
     @app.get("/api/gpus/{uuid}", dependencies=auth, summary="a GPU: current values, latest quantiles, open anomalies")
     def gpu_detail(uuid: str) -> dict[str, Any]:
-        found = state.gpu_view(uuid)
-        if found is None:
-            raise HTTPException(404, "no such GPU in the live state")
-        return found
+        return _known(state.gpu_view(uuid), "GPU")
 
     @app.get("/api/anomalies", dependencies=auth, summary="open anomalies (fired, not resolved)")
     def anomalies(kind: str | None = Query(None, pattern=LABEL)) -> list[dict[str, Any]]:
@@ -242,6 +236,12 @@ def create_app(state: ClusterState, token: Secret | None = None, store_connect: 
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+def _known(found: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    if found is None:
+        raise HTTPException(404, f"no such {what} in the live state")
+    return found
 
 
 def _matches(value: str) -> bool:

@@ -77,6 +77,7 @@ class ClusterState:
         self.nodes: dict[str, NodeInventory] = {}
         self.open: dict[str, Anomaly] = {}  # id -> the firing record
         self.gpu_kinds: dict[str, set[str]] = {}  # gpu uuid -> kinds open on it
+        self.node_kinds: dict[str, set[str]] = {}  # node -> kinds open on the node or its links (all its GPUs show them)
         self.job_quantiles: dict[tuple[str, str, str], JobQuantiles] = {}
         self.gpu_quantiles: dict[tuple[str, str, str], GpuQuantiles] = {}
         self.kpis: dict[tuple[str, str, str], SchedulingKpi] = {}
@@ -155,12 +156,21 @@ class ClusterState:
                 else:
                     self.open[a.id] = a
             kinds: dict[str, set[str]] = {}
+            node_kinds: dict[str, set[str]] = {}
             for a in self.open.values():
                 if a.gpu_uuid:
                     kinds.setdefault(a.gpu_uuid, set()).add(a.kind)
-            if kinds != self.gpu_kinds:
-                self.gpu_kinds = kinds
+                elif a.subject_type in ("node", "link") and a.node:
+                    node_kinds.setdefault(a.node, set()).add(a.kind)
+            if (kinds, node_kinds) != (self.gpu_kinds, self.node_kinds):
+                self.gpu_kinds, self.node_kinds = kinds, node_kinds
                 self.attribution_version += 1
+
+    def _open_kinds(self, i: int) -> set[str]:
+        on_gpu, on_node = self.gpu_kinds.get(self.uuid[i]), self.node_kinds.get(self.node[i])
+        if on_gpu and on_node:
+            return on_gpu | on_node
+        return on_gpu or on_node or set()
 
     def add_kpis(self, rows: list[SchedulingKpi]) -> None:
         with self.lock:
@@ -203,7 +213,7 @@ class ClusterState:
                 continue
             if f.node and self.node[i] != f.node or f.zone and self._zone(i) != f.zone or f.model and self._model(i) != f.model:
                 continue
-            if f.kind and f.kind not in self.gpu_kinds.get(self.uuid[i], ()):
+            if f.kind and f.kind not in self._open_kinds(i):
                 continue
             keep.append(i)
         keep.sort(key=lambda i: (self._zone(i), self._pool(i), self.node[i], self.gpu[i]))
@@ -239,11 +249,11 @@ class ClusterState:
                     k = jobs[j] = len(job_rows)
                     job_rows.append([j, self.user[i], self.team[i]])
                 job_col.append(k)
-            kinds = sorted({k for s in self.gpu_kinds.values() for k in s})
+            kinds = sorted({k for s in (*self.gpu_kinds.values(), *self.node_kinds.values()) for k in s})
             bit = {k: 1 << n for n, k in enumerate(kinds)}
             anom = []
             for i in idx:
-                open_kinds = self.gpu_kinds.get(self.uuid[i])
+                open_kinds = self._open_kinds(i)
                 anom.append(sum(bit[k] for k in open_kinds) if open_kinds else 0)
             out: dict[str, Any] = {"t": self.updated_ms, "n": len(idx)}
             for m in metrics:
@@ -258,7 +268,7 @@ class ClusterState:
             "node": self.node[i], "gpu": self.gpu[i], "uuid": self.uuid[i], "zone": self._zone(i), "pool": self._pool(i),
             "model": self._model(i), "job": self.job[i], "user": self.user[i], "team": self.team[i],
             "last_sample_ms": self.ts[i], **{m: (None if self.values[m][i] < 0 else self.values[m][i]) for m in METRICS},
-            "open_anomalies": sorted(self.gpu_kinds.get(self.uuid[i], ())),
+            "open_anomalies": sorted(self._open_kinds(i)),
         }
 
     def summary(self) -> dict[str, Any]:

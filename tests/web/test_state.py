@@ -1,0 +1,44 @@
+"""The live state: node-level anomalies mark the node's GPUs, filters refuse what is not a label,
+and a frame of 10,240 GPUs is integers only."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hpcinsight.web.state import ClusterState, Filter, FilterError
+from hpcinsight.web.synthetic import SyntheticCluster
+from schemas.events import Anomaly
+
+
+def test_a_node_anomaly_marks_every_gpu_of_the_node_until_resolved() -> None:
+    state = ClusterState()
+    SyntheticCluster(state, nodes=3, gpus=4).tick()
+    now = int(time.time() * 1000)
+    a = dict(id="ib1", kind="slow_interconnect", severity="warning", subject_type="node", subject="node-0001", ts=now,
+             started_at=now, window_start=now, window_end=now, message="IB slow", evidence={}, node="node-0001")
+    state.add_anomalies([Anomaly(state="firing", **a)])
+    idx, layout = state.layout(Filter(kind="slow_interconnect"))
+    assert [g[0] for g in layout["gpus"]] == ["node-0001"] * 4
+    frame = state.frame(state.select(Filter()))
+    assert frame["kinds"] == ["slow_interconnect"] and frame["anom"] == [0] * 4 + [1] * 4 + [0] * 4
+    state.add_anomalies([Anomaly(state="resolved", **a)])
+    assert state.select(Filter(kind="slow_interconnect")) == []
+
+
+@pytest.mark.parametrize("given", [{"team": "a b"}, {"user": "x" * 129}, {"job": "j;1"}, {"kind": "é"}, {"evil": "1"}])
+def test_filters_refuse_what_is_not_a_label(given: dict[str, str]) -> None:
+    with pytest.raises(FilterError):
+        Filter.parse(given)
+
+
+def test_a_frame_of_10240_gpus_is_compact() -> None:
+    state = ClusterState()
+    cluster = SyntheticCluster(state, nodes=1280, gpus=8)
+    cluster.tick()
+    idx = state.select(Filter())
+    started = time.perf_counter()
+    frame = state.frame(idx)
+    assert time.perf_counter() - started < 1.0
+    assert frame["n"] == 10240 and all(type(v) is int for m in ("util", "power", "mem", "temp", "p95") for v in frame[m])
