@@ -130,4 +130,5 @@ def test_unit_view_live_outlier_drilldown_and_token(live: tuple[Pipeline, str]) 
             assert not errors, errors
         finally:
             browser.close()
-    assert "Traceback" not in pipeline.log("serve"), pipeline.log("serve")
+    log = pipeline.log("serve")
+    assert "Traceback" not in log and TOKEN not in log, log
