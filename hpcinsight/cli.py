@@ -315,7 +315,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 # --- replay ---------------------------------------------------------------------------
 def cmd_replay(args: argparse.Namespace) -> int:
-    from hpcinsight.replay import options_from, run_replay
+    from hpcinsight.replay import options_from
+    from hpcinsight.replay.run import run_replay
 
     return run_replay(load(), options_from(args))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcinsight.replay import (
+from hpcinsight.replay.files import (
     DAY_MS,
     WindowPlan,
     auto_windows,
