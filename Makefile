@@ -9,7 +9,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: setup demo test bench clean browser
+.PHONY: setup demo test bench clean browser replay-genai
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -45,3 +45,10 @@ clean:
 
 bench: setup
 	$(VENV)/bin/python -m bench.run $(ARGS)
+
+# The real GPU utilisation of the Alibaba GenAI trace (143 serving pods, a sample a minute for a day)
+# through the pipeline: per-pod quantiles and under-use flags (README: Replay your own data).
+GENAI ?= ../shared/data/alibaba-genai-2026/pod_gpu_duty_cycle_anon.tar.gz
+replay-genai: setup
+	tar -xzOf $(GENAI) | awk -F, 'NR == 1 { print "gpu,ts,util"; next } { print $$3 "," $$2 "," $$1 }' \
+		| $(VENV)/bin/hpcinsight replay gpu-util - --job-per-gpu $(ARGS)
