@@ -115,6 +115,7 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "storage": lambda repeats: __import__("bench.storage", fromlist=["bench_storage"]).bench_storage(repeats),
     "query": lambda repeats: __import__("bench.query", fromlist=["bench_query"]).bench_query(repeats),
     "ui": lambda repeats: __import__("bench.ui", fromlist=["bench_ui"]).bench_ui(repeats),
+    "alerts": lambda repeats: __import__("bench.alerts", fromlist=["bench_alerts"]).bench_alerts(repeats),
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
@@ -124,6 +125,7 @@ HEADLINE = {
     "stream_worker": ("samples_per_s", "samples/s"), "latency_1k": ("p99_s", "s p99"), "latency_10k": ("p99_s", "s p99"),
     "windows": ("sketch_bytes", "bytes (1h)"), "storage": ("bytes_per_sample", "bytes/sample"), "query": ("p95_s", "s p95 (worst query)"),
     "ui": ("ms_per_update_p95", "ms/update p95"),
+    "alerts": ("anomalies_per_s", "anomalies/s"),
 }
 
 

@@ -61,10 +61,13 @@ class LocalReceiver:
                 else:
                     with receiver._lock:
                         receiver.refused += 1
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:
+                    pass  # the sender is gone (a router killed mid-send): what it sent still counts
 
             def log_message(self, *args: Any) -> None:
                 pass

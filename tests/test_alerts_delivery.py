@@ -55,7 +55,7 @@ class Setup:
         self.store = StateStore(tmp_path)
         self.failed: list[tuple[OutboxRow, str]] = []
         built = build_integrations(self.config, Renderer())
-        self.integrations = {i.id: (i, limit) for items in built.values() for i, limit in items}
+        self.integrations = {i[0].id: (i, limit) for items in built.values() for i, limit in items}
         self.dispatcher = Dispatcher(self.integrations, self.store.path, self.config.retry,
                                      lambda row, reason: self.failed.append((row, reason)))
 
@@ -106,7 +106,7 @@ def test_max_alerts_truncates_and_counts_the_rest(tmp_path: Path, receiver: Loca
     assert len(got.body["alerts"]) == 2 and got.body["truncatedAlerts"] == 3
 
 
-def test_a_receiver_down_then_up_gets_each_notification_exactly_once_in_order(tmp_path: Path, receiver: LocalReceiver) -> None:
+def test_a_receiver_down_then_up_gets_each_notification_exactly_once(tmp_path: Path, receiver: LocalReceiver) -> None:
     s = Setup(tmp_path, [webhook("r", receiver.url())])
     receiver.status = 503
     ns = notifications(4)
@@ -117,9 +117,35 @@ def test_a_receiver_down_then_up_gets_each_notification_exactly_once_in_order(tm
     receiver.wait_for(4)
     time.sleep(0.5)
     s.close()
-    assert [b["notificationId"] for b in receiver.bodies()] == [n.id for n in ns]
+    assert sorted(b["notificationId"] for b in receiver.bodies()) == sorted(n.id for n in ns)
     rows = s.outbox()
     assert [r["state"] for r in rows] == ["sent"] * 4 and rows[0]["attempts"] > 1
+
+
+def test_a_groups_notifications_keep_their_order_across_parallel_senders(tmp_path: Path, receiver: LocalReceiver) -> None:
+    """Firing then resolved, for many groups at once, through a receiver that was down: per group in order."""
+    config = alerts_config.parse({"route": {"receiver": "r", "group_by": ["..."], "group_wait": "0s", "group_interval": "1s"},
+                                  "receivers": [{"name": "r"}]})
+    e = Engine(config)
+    for k in range(12):
+        e.observe_anomaly(Anomaly(f"a{k}", "hang", "critical", "firing", "job", f"j{k}", T0, T0, T0, T0, "stuck", {},
+                                  job_id=f"j{k}"), T0)
+    firing = e.tick(T0)
+    for k in range(12):
+        e.observe_anomaly(Anomaly(f"a{k}", "hang", "critical", "resolved", "job", f"j{k}", T0 + 5, T0, T0, T0 + 5, "moving", {},
+                                  job_id=f"j{k}"), T0 + 5)
+    resolved = e.tick(T0 + 1000)
+    s = Setup(tmp_path, [{**webhook("r", receiver.url()), "max_in_flight": 4}])
+    receiver.status = 503
+    s.send(firing + resolved, "r/webhook[0]")
+    time.sleep(1.0)
+    receiver.status = 200
+    receiver.wait_for(24)
+    s.close()
+    by_group: dict[str, list[str]] = {}
+    for b in receiver.bodies():
+        by_group.setdefault(b["groupKey"], []).append(b["status"])
+    assert len(by_group) == 12 and all(v == ["firing", "resolved"] for v in by_group.values()), by_group
 
 
 def test_a_receiver_off_the_network_then_back_gets_each_notification_once(tmp_path: Path, receiver: LocalReceiver) -> None:
@@ -177,7 +203,7 @@ def test_a_slow_receiver_does_not_delay_another(tmp_path: Path, receiver: LocalR
         s.send(ns, "fast/webhook[0]")
         receiver.wait_for(3, timeout=10)
         fast_done = time.monotonic() - start
-        assert fast_done < 1.5 and slow.requests <= 1, (fast_done, slow.requests)
+        assert fast_done < 1.5 and not slow.received, (fast_done, slow.requests)
         s.close()
     finally:
         slow.stop()

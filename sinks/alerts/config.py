@@ -73,6 +73,7 @@ class ReceiverConfig:
     name: str
     integrations: tuple[Any, ...]  # each kind's config (has build(), describe())
     rate_limit: RateLimit | None = None
+    max_in_flight: int = 4  # notifications of different groups sent at once to each integration
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h)\s*$")
 
 
 def _receiver(node: Node) -> ReceiverConfig:
-    keys = ("name", "rate_limit", *(f"{kind}_configs" for kind in KINDS))
+    keys = ("name", "rate_limit", "max_in_flight", *(f"{kind}_configs" for kind in KINDS))
     f = node.mapping(keys, required=("name",))
     name = f["name"].string()
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
@@ -201,7 +202,8 @@ def _receiver(node: Node) -> ReceiverConfig:
         if not m or int(m.group(1)) < 1:
             raise f["rate_limit"].error("write COUNT/UNIT with a unit of s, m or h, e.g. 30/m")
         rate = RateLimit(int(m.group(1)), {"s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)])
-    return ReceiverConfig(name, tuple(integrations), rate)
+    in_flight = f["max_in_flight"].integer(minimum=1) if "max_in_flight" in f else 4
+    return ReceiverConfig(name, tuple(integrations), rate, in_flight)
 
 
 def _inhibit_rule(node: Node) -> InhibitRule:

@@ -1,9 +1,10 @@
-"""Sending: one thread and one queue per integration, so a slow or failing receiver never delays
-the others.
+"""Sending: threads and queues of its own for every integration, so a slow or failing receiver
+never delays the others.
 
-Each sender takes its outbox rows in order (a group's resolved message never overtakes its firing
-one), waits for its receiver's rate limit (a token bucket: notifications wait, none is dropped), and
-sends. A retryable failure is tried again after an exponential backoff with jitter (half the delay
+An integration has ``max_in_flight`` senders (default 4); a group always goes to the same one, so
+its notifications go in order (a resolved message never overtakes its firing one) while other groups
+go on beside it. A sender waits for its receiver's rate limit (a token bucket shared by the
+integration's senders: notifications wait, none is dropped), and sends. A retryable failure is tried again after an exponential backoff with jitter (half the delay
 fixed, half random, so routers that failed together do not retry together), honouring a receiver's
 ``Retry-After``, until ``give_up_after``; a refusal (e.g. HTTP 400), or giving up, marks the row
 ``failed`` and hands it to ``on_failed`` (the router dead-letters it, so it is kept). The outcome of
@@ -19,6 +20,7 @@ import random
 import signal
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,16 +42,18 @@ class TokenBucket:
         self.tokens = self.capacity
         self.clock = clock
         self.last = clock()
+        self._lock = threading.Lock()
 
     def wait_s(self) -> float:
         """Seconds until a send is allowed (0: now, and the token is taken)."""
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return 0.0
+            return (1.0 - self.tokens) / self.rate
 
 
 def backoff_s(attempt: int, retry: RetryConfig, retry_after_s: float | None = None, rng: random.Random | None = None) -> float:
@@ -70,13 +74,13 @@ class SenderStats:
 
 
 class Sender(threading.Thread):
-    def __init__(self, integration: Integration, state_path: Path, retry: RetryConfig, limit: RateLimit | None,
+    def __init__(self, integration: Integration, state_path: Path, retry: RetryConfig, bucket: TokenBucket | None,
                  on_failed: Callable[[OutboxRow, str], None]) -> None:
         super().__init__(name=f"alerts-{integration.id}", daemon=True)
         self.integration = integration
         self.state_path = state_path
         self.retry = retry
-        self.bucket = TokenBucket(limit) if limit else None
+        self.bucket = bucket
         self.on_failed = on_failed
         self.stats = SenderStats()
         self._queue: deque[OutboxRow] = deque()
@@ -179,44 +183,49 @@ class Sender(threading.Thread):
 class Dispatcher:
     """The senders of every integration, fed from the outbox."""
 
-    def __init__(self, integrations: dict[str, tuple[Integration, RateLimit | None]], state_path: Path, retry: RetryConfig,
-                 on_failed: Callable[[OutboxRow, str], None]) -> None:
-        self.senders = {ident: Sender(integration, state_path, retry, limit, on_failed)
-                        for ident, (integration, limit) in integrations.items()}
-        self.on_failed = on_failed
-        self._unknown: list[OutboxRow] = []
-        for sender in self.senders.values():
+    def __init__(self, integrations: dict[str, tuple[list[Integration], RateLimit | None]], state_path: Path,
+                 retry: RetryConfig, on_failed: Callable[[OutboxRow, str], None]) -> None:
+        """``integrations``: id -> (one instance per sender, the receiver's rate limit)."""
+        self.senders: dict[str, list[Sender]] = {}
+        for ident, (instances, limit) in integrations.items():
+            bucket = TokenBucket(limit) if limit else None
+            self.senders[ident] = [Sender(i, state_path, retry, bucket, on_failed) for i in instances]
+        for sender in self._all():
             sender.start()
 
+    def _all(self) -> list[Sender]:
+        return [s for senders in self.senders.values() for s in senders]
+
     def submit(self, rows: list[OutboxRow]) -> list[OutboxRow]:
-        """Queue ``rows`` on their senders; returns those whose integration is not configured."""
+        """Queue ``rows`` on their senders (a group always on the same one); returns those whose
+        integration is not configured."""
         unknown = []
         for row in rows:
-            sender = self.senders.get(row.integration)
-            if sender is None:
+            senders = self.senders.get(row.integration)
+            if senders is None:
                 unknown.append(row)
             else:
-                sender.submit(row)
+                senders[zlib.crc32(row.group_key.encode()) % len(senders)].submit(row)
         return unknown
 
     def backlog(self) -> int:
-        return sum(s.backlog() for s in self.senders.values())
+        return sum(s.backlog() for s in self._all())
 
     def close(self, grace_s: float) -> None:
         """Let the senders finish their queues for up to ``grace_s``, then stop them."""
         deadline = time.monotonic() + grace_s
-        for s in self.senders.values():
+        for s in self._all():
             s.drain()
-        for s in self.senders.values():
+        for s in self._all():
             s.join(max(0.0, deadline - time.monotonic()))
-        for s in self.senders.values():
+        for s in self._all():
             s.halt()
-        for s in self.senders.values():
+        for s in self._all():
             s.join(5.0)
 
     def stats(self) -> dict[str, int]:
         out = {"sent": 0, "skipped": 0, "failed": 0, "retries": 0}
-        for s in self.senders.values():
+        for s in self._all():
             for k in out:
                 out[k] += getattr(s.stats, k)
         return out

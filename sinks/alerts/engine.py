@@ -132,6 +132,13 @@ class Engine:
         self._schedule: list[tuple[int, str]] = []
         self._sources: list[dict[tuple[str, ...], list[tuple[str, bool]]]] | None = None
         self._last_prune = 0
+        # What lets a flush with nothing new be skipped: groups whose alerts changed since their last
+        # look, and an epoch that moves whenever muting may have changed (a silence written, starting
+        # or ending; an inhibiting alert firing or resolving), with the epoch each group last saw.
+        self._dirty: set[str] = set()
+        self._mute_epoch = 0
+        self._seen_epoch: dict[str, int] = {}
+        self._silence_boundary: int | None = None
 
     # -- state in and out ----------------------------------------------------------------
     def take_changes(self) -> Changes:
@@ -165,6 +172,7 @@ class Engine:
                 if not a.groups:
                     self._forget(a, now_ms)
         self._sources = None
+        self._dirty = set(self.groups)
         self._changes.notifications.clear()
 
     # -- input -------------------------------------------------------------------------
@@ -181,7 +189,7 @@ class Engine:
                 self.alerts[alert.id] = alert
                 self._route(alert, now_ms)
                 self._touch(alert)
-                self._sources = None
+                self._source_changed(alert)
                 self.stats.new_alerts += 1
                 return "new"
             if not alert.firing or anomaly.ts <= alert.updated_at:
@@ -204,7 +212,8 @@ class Engine:
         if anomaly.evidence:
             alert.evidence = dict(anomaly.evidence)
         self._touch(alert)
-        self._sources = None
+        self._dirty.update(alert.groups)
+        self._source_changed(alert)
         self.stats.resolved += 1
         return "resolved"
 
@@ -233,6 +242,24 @@ class Engine:
     def _set_silence(self, silence: Silence) -> None:
         self.silences[silence.id] = silence
         self._silence_matchers[silence.id] = tuple(Matcher.parse(m) for m in silence.matchers)
+        self._mute_epoch += 1
+        self._silence_boundary = None
+
+    def _source_changed(self, alert: Alert) -> None:
+        """An alert fired or resolved: if it can inhibit others, muting may have changed."""
+        if any(matches_all(rule.source, alert.labels) for rule in self.config.inhibit_rules):
+            self._sources = None
+            self._mute_epoch += 1
+
+    def _check_silence_boundary(self, now_ms: int) -> None:
+        """Move the mute epoch when a silence starts or ends."""
+        if self._silence_boundary is None:
+            times = [t for s in self.silences.values() for t in (s.starts_at, s.ends_at) if t > now_ms]
+            self._silence_boundary = min(times, default=2**62)
+        elif now_ms >= self._silence_boundary:
+            self._mute_epoch += 1
+            self._silence_boundary = None
+            self._check_silence_boundary(now_ms)
 
     # -- muting --------------------------------------------------------------------------
     def silenced_by(self, alert: Alert, now_ms: int) -> str | None:
@@ -283,6 +310,7 @@ class Engine:
     def tick(self, now_ms: int) -> list[Notification]:
         """Look at every group that is due; returns (and records) the notifications to send."""
         out: list[Notification] = []
+        self._check_silence_boundary(now_ms)
         while (due := self.next_due_ms()) is not None and due <= now_ms:
             _, key = heapq.heappop(self._schedule)
             n = self._flush(self.groups[key], now_ms)
@@ -297,9 +325,18 @@ class Engine:
 
     def _flush(self, g: Group, now_ms: int) -> Notification | None:
         route = self.routes[g.route_id]
+        prev = self.sent.get(g.key)
+        g.next_flush_at = now_ms + int(route.group_interval_s * 1000)
+        if (g.key not in self._dirty and self._seen_epoch.get(g.key) == self._mute_epoch
+                and (prev is None or now_ms - prev.at < route.repeat_interval_s * 1000)):
+            # nothing new, nothing muted or unmuted, no repeat due: the answer would be "send nothing".
+            # The new flush time is not persisted: after a restart the group is simply looked at early.
+            heapq.heappush(self._schedule, (g.next_flush_at, g.key))
+            return None
+        self._dirty.discard(g.key)
+        self._seen_epoch[g.key] = self._mute_epoch
         members = [self.alerts[i] for i in g.alert_ids]
         firing = [a for a in members if a.firing and not self.muted(a, now_ms)]
-        prev = self.sent.get(g.key)
         told = set(prev.firing) if prev else set()
         resolved = [a for a in members if not a.firing and a.id in told]
         wants_resolved = any(i.common.send_resolved for i in self.config.receivers[g.receiver].integrations)
@@ -335,14 +372,17 @@ class Engine:
                     self._forget(a, now_ms)
                 else:
                     self._touch(a)
-        g.alert_ids = [a.id for a in members if a.firing]
+        still = [a.id for a in members if a.firing]
+        changed = notification is not None or len(still) != len(g.alert_ids)
+        g.alert_ids = still
         if g.alert_ids:
-            g.next_flush_at = now_ms + int(route.group_interval_s * 1000)
             heapq.heappush(self._schedule, (g.next_flush_at, g.key))
-            self._changes.groups[g.key] = g
+            if changed:
+                self._changes.groups[g.key] = g
         else:
             del self.groups[g.key]
             self.sent.pop(g.key, None)
+            self._seen_epoch.pop(g.key, None)
             self._changes.groups[g.key] = None
             self._changes.sent[g.key] = None
         return notification
@@ -360,6 +400,7 @@ class Engine:
             if alert.id not in g.alert_ids:
                 g.alert_ids.append(alert.id)
                 self._changes.groups[key] = g
+                self._dirty.add(key)
             if key not in alert.groups:
                 alert.groups.append(key)
 
@@ -370,7 +411,6 @@ class Engine:
         self.alerts.pop(alert.id, None)
         self._changes.alerts[alert.id] = None
         self._tombstone(alert.id, now_ms)
-        self._sources = None
 
     def _tombstone(self, alert_id: str, now_ms: int) -> None:
         self.tombstones[alert_id] = now_ms

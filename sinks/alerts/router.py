@@ -50,16 +50,16 @@ class RouterOptions:
     shutdown_grace_s: float = 10.0
 
 
-def build_integrations(config: AlertsConfig, renderer: Renderer) -> dict[str, list[tuple[Integration, Any]]]:
-    """Every receiver's integrations, built: receiver name -> [(integration, rate limit)]."""
-    out: dict[str, list[tuple[Integration, Any]]] = {}
+def build_integrations(config: AlertsConfig, renderer: Renderer) -> dict[str, list[tuple[list[Integration], Any]]]:
+    """Every receiver's integrations, built: receiver name -> [(one instance per sender, rate limit)]."""
+    out: dict[str, list[tuple[list[Integration], Any]]] = {}
     for rc in config.receivers.values():
         per_kind: dict[str, int] = {}
         built = []
         for ic in rc.integrations:
             index = per_kind.get(ic.kind, 0)
             per_kind[ic.kind] = index + 1
-            built.append((ic.build(rc.name, index, renderer), rc.rate_limit))
+            built.append(([ic.build(rc.name, index, renderer) for _ in range(rc.max_in_flight)], rc.rate_limit))
         out[rc.name] = built
     return out
 
@@ -98,8 +98,8 @@ class AlertRouter:
             self.engine = engine = Engine(self.config)
             engine.load(**store.load(), now_ms=self._now_ms())  # type: ignore[arg-type]
             integrations = build_integrations(self.config, self.renderer)
-            self._by_receiver = {name: [i.id for i, _ in items] for name, items in integrations.items()}
-            dispatcher = Dispatcher({i.id: (i, limit) for items in integrations.values() for i, limit in items},
+            self._by_receiver = {name: [i[0].id for i, _ in items] for name, items in integrations.items()}
+            dispatcher = Dispatcher({i[0].id: (i, limit) for items in integrations.values() for i, limit in items},
                                     store.path, self.config.retry, self._dead_letter_notification)
             self._fail_unknown(store, dispatcher.submit(store.pending()))
 

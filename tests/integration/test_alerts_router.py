@@ -188,7 +188,7 @@ def test_a_router_sigkilled_at_random_mid_send_and_restarted_delivers_every_noti
     groups = Counter(r.body["groupLabels"]["node"] for r in receiver.received)
     assert len(keys) == len(nodes) and set(groups) == set(nodes)  # every notification, once by its key
     copies = sum(keys.values()) - len(keys)
-    assert copies <= 3, keys  # at most the one under way at each kill came twice, with the same key
+    assert copies <= 3 * 4, keys  # at most those under way at each kill (4 senders) came twice, with the same key
 
 
 def test_a_malformed_anomaly_is_dead_lettered_and_the_router_goes_on(pipeline: Pipeline, receiver: LocalReceiver,
