@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -43,4 +44,10 @@ def test_demo_serves_the_unit_view_live(pipeline: Pipeline) -> None:
         assert proc.wait(240) == 0, rest[-3000:]
         assert "GPUs flagged" in rest
     finally:
+        if proc.poll() is None:  # Ctrl-C: the demo stops what it started (SIGTERM would orphan its children)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
         stop(proc)
