@@ -9,9 +9,9 @@ from streams.detectors.gpu_underused import GpuUnderusedConfig, GpuUnderusedDete
 T0 = 1_764_000_000_000
 
 
-def q(end_s: int, p95: float, gpu: str = "GPU-a") -> GpuQuantiles:
+def q(end_s: int, p95: float, gpu: str = "GPU-a", job: str | None = "job-1") -> GpuQuantiles:
     end = T0 + end_s * 1000
-    return GpuQuantiles("n0", 0, gpu, "gpu_util", "20s", end - 20_000, end, 20, p95 / 2, p95 / 1.5, p95, p95 / 2)
+    return GpuQuantiles("n0", 0, gpu, "gpu_util", "20s", end - 20_000, end, 20, p95 / 2, p95 / 1.5, p95, p95 / 2, job_id=job)
 
 
 def test_fires_then_resolves_with_a_stable_id() -> None:
@@ -43,3 +43,14 @@ def test_other_metrics_are_ignored() -> None:
 
 def test_discovered() -> None:
     assert GpuUnderusedDetector in discover()
+
+
+def test_a_free_gpu_is_not_underused_and_release_resolves() -> None:
+    """Idle is what a GPU no job holds should be; an incident ends when the job lets the GPU go."""
+    det = GpuUnderusedDetector(GpuUnderusedConfig(threshold_pct=10.0, fire_after=2, resolve_after=3))
+    assert [a for i in range(5) for a in det.observe(q(10 * (i + 2), 1.0, job=None))] == []
+    held = [a for i in range(5, 8) for a in det.observe(q(10 * (i + 2), 1.0))]
+    assert [a.state for a in held] == ["firing"]
+    released = det.observe(q(100, 1.0, job=None))  # still idle, but free now: resolved at once
+    assert [a.state for a in released] == ["resolved"] and released[0].id == held[0].id
+    assert "released" in released[0].message

@@ -3,7 +3,9 @@
 Reads the per-GPU utilisation quantiles. Fires when ``fire_after`` consecutive windows have
 p95 below ``threshold_pct``, and resolves after ``resolve_after`` consecutive windows at or
 above it. Using p95 (not the mean) means a GPU that is busy even 5% of the time is not
-flagged: this catches GPUs doing nothing, not GPUs doing little.
+flagged: this catches GPUs doing nothing, not GPUs doing little. A GPU that no job holds
+(``job_id`` null in its window) is free, not under-used: it is never flagged, and an open
+incident resolves when its job lets the GPU go.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ class GpuUnderusedDetector(Detector[GpuUnderusedConfig]):
         cfg = self.config
         track = self._tracks.setdefault(event.gpu_uuid, _Track())
         evidence = {"p95_pct": event.p95, "p50_pct": event.p50, "threshold_pct": cfg.threshold_pct, "samples": float(event.count)}
+        if event.job_id is None:  # free: idle is what a free GPU should be
+            track.low = track.high = 0
+            if track.open_id is not None:
+                anomaly = self._anomaly(event, track, "resolved", evidence)
+                track.open_id = None
+                return [anomaly]
+            return []
         if event.p95 < cfg.threshold_pct:
             if track.low == 0:
                 track.low_since = event.window_start
@@ -74,7 +83,7 @@ class GpuUnderusedDetector(Detector[GpuUnderusedConfig]):
 
     def _anomaly(self, q: GpuQuantiles, track: _Track, state: str, evidence: dict[str, float]) -> Anomaly:
         assert track.open_id is not None
-        verb = "is idle" if state == "firing" else "is busy again"
+        verb = "is idle" if state == "firing" else ("is busy again" if q.job_id is not None else "was released by its job")
         return Anomaly(
             id=track.open_id,
             kind=self.kind,
