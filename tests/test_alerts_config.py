@@ -191,3 +191,13 @@ def test_durations() -> None:
     for bad in ("", "5", "m5", "5 m", "1h-5m"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_silence_matchers_from_the_command_line_are_checked() -> None:
+    from sinks.alerts.silences import parse_matchers
+
+    assert parse_matchers(["kind=gpu_xid", "node=~n1[0-9]"]) == ['kind="gpu_xid"', 'node=~"n1[0-9]"']
+    for bad, message in (([], "at least one --match"), (["host=n1"], "unknown label 'host'"),
+                         (["node=~(n1"], "not a valid regular expression"), (["node"], "is not a matcher")):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            parse_matchers(bad)

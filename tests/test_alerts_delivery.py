@@ -281,3 +281,15 @@ def test_no_secret_in_logs_errors_or_the_outbox(tmp_path: Path, caplog: pytest.L
     assert "127.0.0.1" in seen and "dead-lettered" in seen  # the failures were logged...
     for secret in ("Hook5Secret", "Sig5Secret", "Tok5Secret", "mm5secret5token"):
         assert secret not in seen  # ...without a secret
+
+
+def test_the_webhook_links_the_dashboard_when_one_is_configured() -> None:
+    from sinks.alerts.receivers.webhook import payload
+
+    [n] = notifications(1)
+    body = payload(n, Renderer("https://grafana.example.com/d/hpc?var-job={job}&var-node={node}"))
+    assert body["externalURL"] == "https://grafana.example.com"
+    [alert] = body["alerts"]
+    assert alert["generatorURL"] == "https://grafana.example.com/d/hpc?var-job=j1&var-node=n1"
+    assert alert["annotations"]["dashboard"] == alert["generatorURL"]
+    assert payload(n, Renderer())["externalURL"] == "" and "dashboard" not in payload(n, Renderer())["alerts"][0]["annotations"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import requests
 
@@ -97,7 +98,7 @@ def payload(n: Notification, renderer: Renderer, max_alerts: int = 0, send_resol
         "groupLabels": dict(n.group_labels),
         "commonLabels": _common([a.labels for a in alerts]),
         "commonAnnotations": _common(annotations),
-        "externalURL": renderer.dashboard_url.split("{")[0] if renderer.dashboard_url else "",
+        "externalURL": _origin(renderer.dashboard_url) if renderer.dashboard_url else "",
         "notificationId": n.id,
         "alerts": [
             {"status": "firing" if a.firing else "resolved", "labels": dict(a.labels), "annotations": ann,
@@ -136,6 +137,12 @@ class WebhookIntegration(Integration):
 
     def close(self) -> None:
         self._session.close()
+
+
+def _origin(url: str) -> str:
+    """Scheme and host of the dashboard: Alertmanager's externalURL is where its UI lives."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _retry_after(value: str | None) -> float | None:
