@@ -1,0 +1,105 @@
+"""The sink's Kafka-free core: raw messages in, rows in ClickHouse, one insert in the background."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from schemas.catalog import GPU_SAMPLES, IB_SAMPLES
+from schemas.events import GpuSample, IbSample
+from sinks.clickhouse_sink import TableWriter, insert_settings
+
+T0 = (int(time.time()) - 3600) * 1000  # recent: older rows fall to the tables' TTL
+
+
+@pytest.fixture
+def client(tmp_path: Any) -> Iterator[Any]:
+    import clickhouse_connect
+
+    from sinks.clickhouse import ensure_tables
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
+    ensure_tables(client)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def gpu_message(k: int, gpus: int = 8) -> bytes:
+    return GPU_SAMPLES.codec.encode([GpuSample(f"n{k % 4}", g, f"GPU-{k % 4}-{g}", T0 + k * 1000, gpu_util=float(g)) for g in range(gpus)])
+
+
+def count(client: Any, table: str) -> int:
+    return int(client.command(f"SELECT count() FROM `{table}`"))
+
+
+def test_good_rows_are_stored_with_their_kafka_position_and_bad_messages_reported(client: Any) -> None:
+    writer = TableWriter(client)
+    raws = [gpu_message(k) for k in range(10)]
+    raws[3] = b'{"schema":"gpu_sample","v":1,"records":[{"node":"n0"}]}'
+    raws[7] = b""
+    rejected = writer.add(GPU_SAMPLES, raws, [k % 2 for k in range(10)], [100 + k for k in range(10)])
+    assert [i for i, _ in rejected] == [3, 7]
+    assert "missing required field" in rejected[0][1] and rejected[1][1] == "empty message"
+    assert writer.pending_rows == 8 * 8
+    done = []
+    writer.submit(on_done=lambda: done.append(count(client, "gpu_samples")))
+    assert writer.pending_rows == 0
+    writer.wait()
+    assert done == [64]  # on_done ran once, after the insert
+    rows = client.query("SELECT _partition, _offset, count() FROM gpu_samples GROUP BY 1, 2 ORDER BY 2").result_rows
+    assert rows == [(k % 2, 100 + k, 8) for k in range(10) if k not in (3, 7)]
+    assert writer.rows == {"gpu_samples": 64}
+    writer.close()
+
+
+def test_inserts_run_one_at_a_time_in_order(client: Any) -> None:
+    writer = TableWriter(client)
+    order = []
+    for batch in range(3):
+        writer.add(GPU_SAMPLES, [gpu_message(batch * 10 + k) for k in range(10)], [0] * 10, [batch * 10 + k for k in range(10)])
+        writer.add(IB_SAMPLES, [IB_SAMPLES.codec.encode([IbSample(f"n{k}", "mlx5_0", 1, T0 + batch * 1000)]) for k in range(5)],
+                   [0] * 5, [batch * 5 + k for k in range(5)])
+        writer.submit(on_done=lambda b=batch: order.append((b, count(client, "gpu_samples"))))
+    writer.close()
+    assert order == [(0, 80), (1, 160), (2, 240)]
+    assert count(client, "ib_samples") == 15
+
+
+def test_a_failed_insert_raises_at_wait_and_commits_nothing(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("ClickHouse went away")
+
+    writer = TableWriter(client)
+    monkeypatch.setattr(client, "insert_arrow", broken)
+    writer.add(GPU_SAMPLES, [gpu_message(k) for k in range(5)], [0] * 5, list(range(5)))
+    done = []
+    writer.submit(on_done=lambda: done.append(True))
+    with pytest.raises(ConnectionError):
+        writer.wait()
+    assert done == []  # the offsets of a batch that is not stored are never committed
+    writer.close()
+
+
+def test_a_retried_batch_is_stored_once_in_the_table_and_its_rollups(client: Any) -> None:
+    raws = [gpu_message(k) for k in range(6)]
+    for _ in range(2):  # the same Kafka span inserted twice, as after a failed commit
+        writer = TableWriter(client, background=False)
+        writer.add(GPU_SAMPLES, raws, [1] * 6, [40 + k for k in range(6)])
+        writer.submit()
+        writer.close()
+    assert count(client, "gpu_samples") == 48
+    assert int(client.command("SELECT sum(samples) FROM gpu_rollup_1m")) == 48
+
+
+def test_the_deduplication_token_is_the_kafka_span_of_each_partition() -> None:
+    import pyarrow as pa
+
+    table = pa.table({"_partition": pa.array([1, 0, 1, 0, 1], pa.uint32()), "_offset": pa.array([9, 5, 7, 6, 8], pa.uint64())})
+    settings = insert_settings(GPU_SAMPLES, table)
+    assert settings["insert_deduplication_token"] == "gpu.samples/0:5-6,1:7-9"
+    assert settings["deduplicate_blocks_in_dependent_materialized_views"] == 1
