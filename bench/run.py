@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +115,7 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "query": lambda repeats: __import__("bench.query", fromlist=["bench_query"]).bench_query(repeats),
     "ui": lambda repeats: __import__("bench.ui", fromlist=["bench_ui"]).bench_ui(repeats),
     "alerts": lambda repeats: __import__("bench.alerts", fromlist=["bench_alerts"]).bench_alerts(repeats),
+    "scaleout": _stream("scaleout"),
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
@@ -125,7 +125,7 @@ HEADLINE = {
     "stream_worker": ("samples_per_s", "samples/s"), "latency_1k": ("p99_s", "s p99"), "latency_10k": ("p99_s", "s p99"),
     "windows": ("sketch_bytes", "bytes (1h)"), "storage": ("bytes_per_sample", "bytes/sample"), "query": ("p95_s", "s p95 (worst query)"),
     "ui": ("ms_per_update_p95", "ms/update p95"),
-    "alerts": ("anomalies_per_s", "anomalies/s"),
+    "alerts": ("anomalies_per_s", "anomalies/s"), "scaleout": ("samples_per_s", "samples/s (2 workers)"),
 }
 
 
@@ -133,21 +133,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"subset of {', '.join(BENCHMARKS)}")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="results file to merge into (default bench/results.json, which feeds the README table)")
+    parser.add_argument("--no-readme", action="store_true", help="do not regenerate the README results table")
     args = parser.parse_args()
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    import os
+
     from rich.progress import track
 
-    results = {}
+    from bench import report
+
+    results_path = args.results or report.RESULTS
+    print(f"machine: {report.machine()}")
     for name in track(args.names, description="benchmarks"):
-        results[name] = BENCHMARKS[name](args.repeats)
-    machine = f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
-    print(f"machine: {machine}")
-    for name, r in results.items():
+        load = os.getloadavg()[0]
+        r = BENCHMARKS[name](args.repeats)
         key, unit = HEADLINE[name]
         extra = "  ".join(f"{k}={v:,.3g}" for k, v in r.items() if k not in (key, "baseline_" + key, "ratio"))
-        print(f"{name:8s} {r[key]:>14,.3f} {unit:12s} baseline {r['baseline_' + key]:>14,.3f}   ratio {r['ratio']:.2f}   {extra}")
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+        print(f"{name:8s} {r[key]:>14,.3f} {unit:12s} baseline {r['baseline_' + key]:>14,.3f}   ratio {r['ratio']:.2f}   "
+              f"{extra}   (load {load:.1f} at start)", flush=True)
+        report.record(name, r, HEADLINE[name], load, results_path)  # each as it completes: a long suite keeps what it measured
+    if not args.no_readme and results_path == report.RESULTS:
+        report.update_readme()
 
 
 if __name__ == "__main__":

@@ -110,11 +110,8 @@ def _bare_consume(bootstrap: str, topic: str, expected: int) -> float:
 
 
 def bench_stream_worker(repeats: int) -> dict[str, float]:
-    from confluent_kafka import Consumer, TopicPartition
-
     from deploy.local.kafka import LocalKafka
-    from hpcinsight.topics import ensure_topics, message_count
-    from schemas.catalog import GPU_SAMPLES
+    from hpcinsight.topics import ensure_topics
 
     t0 = (int(time.time()) // 3600 - 2) * 3_600_000
     data = _messages(nodes=64, ticks=480, t0=t0)  # 30,720 messages, 245,760 samples: 8 minutes of 512 GPUs
@@ -124,7 +121,7 @@ def bench_stream_worker(repeats: int) -> dict[str, float]:
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         conf = {"bootstrap.servers": bootstrap}
         ensure_topics(conf, prefix)
-        raw, out = prefix + GPU_SAMPLES_RAW.name, prefix + GPU_SAMPLES.name
+        raw = prefix + GPU_SAMPLES_RAW.name
         _produce(bootstrap, raw, data)
         base = _bare_consume(bootstrap, raw, samples)
         floor = subprocess.run(
@@ -133,37 +130,76 @@ def bench_stream_worker(repeats: int) -> dict[str, float]:
                               "FLOOR_DATADIR": str(Path(tmp) / "floor")},
         )
         floor_msgs = float(next((line.split("FLOOR ")[1] for line in floor.stderr.splitlines() if "FLOOR " in line), "nan"))
-        extra = os.environ.get("BENCH_WORKER_ARGS", "").split()  # e.g. "--checkpoint-every 5m" to compare settings
-        worker = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "worker", *extra], env=_env(bootstrap, prefix, tmp),
-                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 600
-            while message_count(conf, [out])[out] < len(data):
-                assert worker.poll() is None and time.monotonic() < deadline, "worker died or stalled"
-                time.sleep(0.5)
-        finally:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        # the worker's own clock: Kafka timestamps of its first and last forwarded message
-        consumer = Consumer({**conf, "group.id": f"bench-{uuid.uuid4().hex}", "enable.partition.eof": True})
-        parts = consumer.list_topics(out, timeout=10).topics[out].partitions
-        consumer.assign([TopicPartition(out, p, 0) for p in parts])
-        stamps: list[int] = []
-        eof: set[int] = set()
-        while len(eof) < len(parts):
-            for msg in consumer.consume(5000, timeout=1.0):
-                if msg.error():
-                    eof.add(msg.partition())
-                else:
-                    stamps.append(msg.timestamp()[1])
-        consumer.close()
-    ours = (max(stamps) - min(stamps)) / 1000
+        ours = _worker_seconds(bootstrap, prefix, tmp, workers=1, expected=len(data))
     return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base,
             "ratio": (samples / ours) / (samples / base), "messages": float(len(data)),
             "faust_floor_samples_per_s": floor_msgs * GPUS_PER_NODE}
+
+
+def _worker_seconds(bootstrap: str, prefix: str, tmp: str, workers: int, expected: int) -> float:
+    """Start ``workers`` worker processes in one group on a backlog of ``expected`` raw messages;
+    seconds from their first to their last forwarded message (Kafka timestamps: the workers' clock)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from hpcinsight.topics import message_count
+    from schemas.catalog import GPU_SAMPLES
+
+    conf = {"bootstrap.servers": bootstrap}
+    out = prefix + GPU_SAMPLES.name
+    extra = os.environ.get("BENCH_WORKER_ARGS", "").split()  # e.g. "--checkpoint-every 5m" to compare settings
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "worker", "--instance", str(i), *extra],
+                         env=_env(bootstrap, prefix, str(Path(tmp) / f"w{workers}-{i}")), cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for i in range(workers)
+    ]
+    try:
+        deadline = time.monotonic() + 600
+        while message_count(conf, [out])[out] < expected:
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "worker died or stalled"
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    consumer = Consumer({**conf, "group.id": f"bench-{uuid.uuid4().hex}", "enable.partition.eof": True})
+    parts = consumer.list_topics(out, timeout=10).topics[out].partitions
+    consumer.assign([TopicPartition(out, p, 0) for p in parts])
+    stamps: list[int] = []
+    eof: set[int] = set()
+    while len(eof) < len(parts):
+        for msg in consumer.consume(5000, timeout=1.0):
+            if msg.error():
+                eof.add(msg.partition())
+            else:
+                stamps.append(msg.timestamp()[1])
+    consumer.close()
+    return (max(stamps) - min(stamps)) / 1000
+
+
+def bench_scaleout(repeats: int) -> dict[str, float]:
+    """Two workers in one group against one worker, the same backlog (each on its own topics).
+    On this 2-core machine the broker shares the cores with both workers, so the ratio says how
+    much of a second core's worth the second worker gets, not how far the design scales."""
+    from deploy.local.kafka import LocalKafka
+    from hpcinsight.topics import ensure_topics
+
+    t0 = (int(time.time()) // 3600 - 2) * 3_600_000
+    data = _messages(nodes=64, ticks=240, t0=t0)  # 15,360 messages, 122,880 samples
+    samples = len(data) * GPUS_PER_NODE
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp, LocalKafka() as kafka:
+        for workers in (1, 2):
+            prefix = f"scale{workers}{uuid.uuid4().hex[:6]}."
+            ensure_topics({"bootstrap.servers": kafka.bootstrap}, prefix)
+            _produce(kafka.bootstrap, prefix + GPU_SAMPLES_RAW.name, data)
+            seconds[workers] = _worker_seconds(kafka.bootstrap, prefix, tmp, workers=workers, expected=len(data))
+    two, one = samples / seconds[2], samples / seconds[1]
+    return {"samples_per_s": two, "baseline_samples_per_s": one, "ratio": two / one, "cores": float(os.cpu_count() or 0)}
 
 
 def _latency(gpus: int, seconds: int) -> dict[str, float]:
