@@ -60,11 +60,16 @@ class SinkStats:
 def insert_settings(topic: Topic, table: pa.Table) -> dict[str, Any]:
     """Settings of the insert of ``table`` (rows of ``topic`` with ``_partition``/``_offset``):
     a deduplication token made of the Kafka span of every partition it covers, so the same rows
-    inserted again (a retry) are recognised, in the table and in the views fed from it."""
+    inserted again (a retry) are recognised, in the table and in the views fed from it.
+
+    Tables are partitioned by day, and ClickHouse refuses an insert touching more than 100
+    partitions by default: a batch of a backfill or of a catch-up after a long outage (months of
+    KPIs) would stop the sink. Such a batch is stored; ClickHouse logs it instead."""
     spans = table.group_by("_partition").aggregate([("_offset", "min"), ("_offset", "max")])
     ranges = sorted(zip(*(spans.column(c).to_pylist() for c in ("_partition", "_offset_min", "_offset_max"))))
     token = topic.name + "/" + ",".join(f"{p}:{lo}-{hi}" for p, lo, hi in ranges)
-    return {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
+    return {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1,
+            "throw_on_max_partitions_per_insert_block": 0}
 
 
 class TableWriter:

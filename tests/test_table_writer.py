@@ -103,3 +103,19 @@ def test_the_deduplication_token_is_the_kafka_span_of_each_partition() -> None:
     settings = insert_settings(GPU_SAMPLES, table)
     assert settings["insert_deduplication_token"] == "gpu.samples/0:5-6,1:7-9"
     assert settings["deduplicate_blocks_in_dependent_materialized_views"] == 1
+
+
+def test_a_backfill_touching_many_daily_partitions_is_stored(client: Any) -> None:
+    """More than ClickHouse's default 100 partitions in one insert (months of KPIs at once)."""
+    import pyarrow as pa
+
+    from schemas.catalog import SCHEDULING_KPIS
+    from schemas.derive import to_arrow
+    from schemas.events import SchedulingKpi
+
+    days = 150
+    rows = [SchedulingKpi(T0 - d * 86_400_000, "allocation_rate", "cluster", "all", 0.5) for d in range(days)]
+    extra = {"_partition": pa.array([0] * days, pa.uint32()), "_offset": pa.array(range(days), pa.uint64())}
+    table = to_arrow(SchedulingKpi, rows, extra)
+    client.insert_arrow("scheduling_kpis", table, settings=insert_settings(SCHEDULING_KPIS, table))
+    assert count(client, "scheduling_kpis") == days
