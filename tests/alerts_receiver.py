@@ -1,7 +1,8 @@
 """A local HTTP receiver for the alert tests: records every payload it accepts.
 
 It answers on 127.0.0.1 with the status set in ``status`` (200 by default; 503 plays a receiver that
-is down), after ``delay_s``; only payloads answered with 2xx count as received. ``stop()`` and
+is down), after ``delay_s``, or once ``gate`` is set when one is given (a receiver that hangs
+until the test lets it answer, with no clock involved); only payloads answered with 2xx count as received. ``stop()`` and
 ``start()`` again take it off the network and back on the same port (connection refused meanwhile).
 """
 
@@ -28,6 +29,7 @@ class LocalReceiver:
         self.port = port
         self.status = 200
         self.delay_s = 0.0
+        self.gate: threading.Event | None = None
         self.received: list[Received] = []
         self.refused = 0  # requests answered with a non-2xx status
         self.requests = 0
@@ -48,7 +50,9 @@ class LocalReceiver:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver._lock:
                     receiver.requests += 1
-                    status, delay = receiver.status, receiver.delay_s
+                    status, delay, gate = receiver.status, receiver.delay_s, receiver.gate
+                if gate is not None:
+                    gate.wait()
                 if delay:
                     time.sleep(delay)
                 if 200 <= status < 300:

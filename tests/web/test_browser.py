@@ -96,9 +96,7 @@ def test_unit_view_live_outlier_drilldown_and_token(live: tuple[Pipeline, str]) 
             flagged = wait_for(lambda: [a for a in api(url, "/api/anomalies") if a["node"] == SLOW and a["gpu_uuid"]],
                                240, "an open anomaly on the slow GPU")
             uuid = flagged[0]["gpu_uuid"]
-            seen = time.monotonic()
             page.wait_for_function(f"__hpci.highlighted.includes({json.dumps(uuid)})", timeout=5_000)
-            assert time.monotonic() - seen < 5
             cell = page.evaluate(f"__hpci.cellOf({json.dumps(uuid)})")
             # the square's edge is drawn in the anomaly red, on the canvas itself
             pixel = page.evaluate(

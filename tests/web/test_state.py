@@ -38,7 +38,5 @@ def test_a_frame_of_10240_gpus_is_compact() -> None:
     cluster = SyntheticCluster(state, nodes=1280, gpus=8)
     cluster.tick()
     idx = state.select(Filter())
-    started = time.perf_counter()
-    frame = state.frame(idx)
-    assert time.perf_counter() - started < 1.0
+    frame = state.frame(idx)  # its cost is measured by bench/ui.py, not here
     assert frame["n"] == 10240 and all(type(v) is int for m in ("util", "power", "mem", "temp", "p95") for v in frame[m])
