@@ -39,6 +39,27 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
+class YamlSyntaxError(ValueError):
+    """A YAML file that does not parse: where, and what, without quoting the file's text (a line of
+    a configuration file may hold a secret, and YAML's own message quotes it)."""
+
+    def __init__(self, line: int | None, column: int | None, problem: str) -> None:
+        super().__init__(problem)
+        self.line, self.column, self.problem = line, column, problem
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, with a syntax error turned into :class:`YamlSyntaxError`."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise YamlSyntaxError(mark.line + 1 if mark else None, mark.column + 1 if mark else None,
+                              getattr(err, "problem", None) or type(err).__name__) from None
+
+
 class ConfigError(ValueError):
     """A setting is missing or wrong; the message names it and never contains a secret."""
 

@@ -29,6 +29,7 @@ from agents.gpu_sim import FAULT_KINDS as GPU_FAULT_KINDS
 from agents.gpu_sim import IdleGpu, InjectedFault, InjectedXid, SimConfig, gpu_uuid
 from agents.ib_sim import IbFault, SimIbConfig
 from agents.sim_workload import JobFault, Profile, SimJob, Workload
+from hpcinsight.config import YamlSyntaxError, load_yaml
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 #: the built-in job profiles; a scenario may name one and change some of its fields
@@ -184,14 +185,11 @@ def load(name_or_path: str) -> Scenario:
 
 
 def parse(text: str, where: str = "<scenario>", default_name: str | None = None) -> Scenario:
-    import yaml
-
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ScenarioError(f"{where}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+        doc = load_yaml(text)
+    except YamlSyntaxError as err:
+        at = f" (line {err.line}, column {err.column})" if err.line is not None else ""
+        raise ScenarioError(f"{where}: not valid YAML{at}: {err.problem}") from None
     try:
         return _Builder(where).scenario(doc, default_name)
     except ScenarioError:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcinsight.config import ConfigError
+from hpcinsight.config import ConfigError, YamlSyntaxError, load_yaml
 from sinks.alerts.confnode import Node
 from sinks.alerts.matchers import Matcher
 from sinks.alerts.message import check_template
@@ -255,18 +255,14 @@ def parse(data: Any, source: str = "<config>", env: dict[str, str] | None = None
 
 def load(path: str | Path, env: dict[str, str] | None = None) -> AlertsConfig:
     """Read and validate the YAML file; :class:`ConfigError` names the key path of any mistake."""
-    import yaml
-
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        # the problem and its place only: YAML's own message quotes the offending line, which may hold a secret
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or type(err).__name__}") from None
+        data = load_yaml(text)
+    except YamlSyntaxError as err:
+        where = f" at line {err.line}, column {err.column}" if err.line is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {err.problem}") from None
     return parse(data, str(path), env)
