@@ -114,6 +114,43 @@ def test_an_alert_that_fires_and_resolves_within_group_wait_is_never_sent() -> N
     assert e.tick(T0 + 30 * S) == [] and not e.groups
 
 
+def test_an_incident_read_with_its_resolution_is_told_once_as_resolved_when_it_lasted_group_wait() -> None:
+    # the router catching up (after a restart, or a burst from upstream) reads both messages at once:
+    # what is told depends on the incident's own timestamps, not on how late it was read
+    e = Engine(make_config())
+    e.observe_anomaly(anomaly("long"), T0 + 500 * S)
+    e.observe_anomaly(anomaly("long", "resolved", ts=T0 + 45 * S), T0 + 500 * S)  # fired 45 s >= group_wait 30 s
+    e.observe_anomaly(anomaly("flap", gpu=4), T0 + 500 * S)
+    e.observe_anomaly(anomaly("flap", "resolved", gpu=4, ts=T0 + 20 * S), T0 + 500 * S)  # 20 s: a flap
+    [n] = e.tick(T0 + 530 * S)
+    assert ids(n) == ([], ["long"]) and n.status == "resolved"
+    assert (n.resolved[0].starts_at, n.resolved[0].ends_at) == (T0, T0 + 45 * S)
+    assert e.tick(T0 + 5000 * S) == [] and not e.groups and not e.alerts
+
+
+def test_an_incident_read_late_is_not_told_where_a_live_router_would_have_muted_it() -> None:
+    e = Engine(make_config({"receiver": "ops", "group_by": ["node"], "group_wait": "30s", "group_interval": "1m"}))
+    # its node's fault fired over the same span: inhibited, even though both have resolved since
+    e.observe_anomaly(anomaly("node-down", kind="slow_interconnect", subject_type="node", gpu=None), T0 + 500 * S)
+    e.observe_anomaly(anomaly("gpu-n1", gpu=1), T0 + 500 * S)
+    e.observe_anomaly(anomaly("gpu-n1", "resolved", gpu=1, ts=T0 + 60 * S), T0 + 500 * S)
+    e.observe_anomaly(anomaly("node-down", "resolved", kind="slow_interconnect", subject_type="node", gpu=None,
+                              ts=T0 + 90 * S), T0 + 500 * S)
+    assert [ids(n) for n in e.tick(T0 + 530 * S)] == [([], ["node-down"])]
+    # silenced at the flush that saw it firing: its resolution is not told either
+    e.observe_silence(silence("s1", ["node=n2"], T0, T0 + 600 * S))
+    e.observe_anomaly(anomaly("quiet", node="n2"), T0 + 540 * S)
+    assert e.tick(T0 + 570 * S) == []
+    e.observe_anomaly(anomaly("quiet", "resolved", node="n2", ts=T0 + 610 * S), T0 + 610 * S)
+    assert e.tick(T0 + 700 * S) == []
+    # a receiver that does not take resolutions hears nothing of an incident it never heard fire
+    e = Engine(alerts_config.parse({"route": {"receiver": "ops", "group_wait": "30s"}, "receivers": [
+        {"name": "ops", "webhook_configs": [{"url": "http://127.0.0.1:9/ops", "send_resolved": False}]}]}, "test.yaml"))
+    e.observe_anomaly(anomaly("long"), T0 + 500 * S)
+    e.observe_anomaly(anomaly("long", "resolved", ts=T0 + 45 * S), T0 + 500 * S)
+    assert e.tick(T0 + 530 * S) == []
+
+
 def test_routing_by_kind_severity_team_user_job_and_node_with_continue_and_default() -> None:
     route = {
         "receiver": "ops", "group_by": ["..."], "group_wait": "0s",

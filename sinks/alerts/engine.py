@@ -19,6 +19,12 @@ repeats, resolution, inhibition and silences, as Alertmanager users know them.
   inhibit rule's source, with the same values of its ``equal`` labels, mutes those matching its
   target; an alert matching both sides is only muted by one that does not), is left out of its
   group's notifications while the mute lasts. Its resolution is still told to whoever heard it fire.
+* **Short incidents, by their own clock.** An alert that fires and resolves before its group is
+  looked at is dropped as a flap only when it lasted less than ``group_wait`` by its own timestamps.
+  One that lasted longer (the router read its firing and its resolution together: it was catching up
+  after a restart, or the pipeline upstream delivered both in one burst) is told once, as resolved
+  with its start and end, to receivers that want resolutions. So what is told depends on the
+  anomalies, not on how late the router read them.
 
 Every change is recorded in :class:`Changes`, which the store writes in one transaction together with
 the Kafka offsets that caused it.
@@ -338,15 +344,21 @@ class Engine:
         members = [self.alerts[i] for i in g.alert_ids]
         firing = [a for a in members if a.firing and not self.muted(a, now_ms)]
         told = set(prev.firing) if prev else set()
-        resolved = [a for a in members if not a.firing and a.id in told]
         wants_resolved = any(i.common.send_resolved for i in self.config.receivers[g.receiver].integrations)
+        wait_ms = int(route.group_wait_s * 1000)
+        resolved = [a for a in members if not a.firing and (a.id in told or (wants_resolved and self._told_late(a, wait_ms, now_ms)))]
+        shown = {a.id for a in firing}
+        for a in members:
+            if a.firing and not a.passed_over and a.id not in shown:
+                a.passed_over = True  # muted now: neither its firing nor its resolution is told
+                self._touch(a)
         firing_ids, resolved_ids = {a.id for a in firing}, {a.id for a in resolved}
         if prev is None:
-            send = bool(firing)
+            send = bool(firing or resolved)
         elif not firing_ids <= told:
             send = True  # something new is firing
         elif not firing:
-            send = bool(told)  # everything told of has resolved (or is muted now)
+            send = bool(told) or bool(resolved)  # everything told of has resolved (or is muted now)
         elif wants_resolved and not resolved_ids <= set(prev.resolved):
             send = True
         else:
@@ -388,6 +400,28 @@ class Engine:
         return notification
 
     # -- bookkeeping ---------------------------------------------------------------------
+    def _told_late(self, alert: Alert, wait_ms: int, now_ms: int) -> bool:
+        """Whether a resolved alert no flush saw firing is told anyway: it lasted ``group_wait`` or
+        more by its own timestamps, no flush passed it over as muted, no silence matches it now, and
+        no inhibiting alert fired while it did (the sources may have resolved since: read together,
+        they are judged as a live router would have judged them)."""
+        assert alert.ends_at is not None
+        if alert.passed_over or alert.ends_at - alert.starts_at < wait_ms or self.silenced_by(alert, now_ms) is not None:
+            return False
+        for rule in self.config.inhibit_rules:
+            if not matches_all(rule.target, alert.labels):
+                continue
+            key = tuple(alert.labels.get(e, "") for e in rule.equal)
+            two_sided = matches_all(rule.source, alert.labels)
+            for other in self.alerts.values():
+                if (other.id != alert.id and matches_all(rule.source, other.labels)
+                        and tuple(other.labels.get(e, "") for e in rule.equal) == key
+                        and not (two_sided and matches_all(rule.target, other.labels))
+                        and other.starts_at < alert.ends_at and (other.ends_at is None or other.ends_at > alert.starts_at)):
+                    self.stats.muted_inhibited += 1
+                    return False
+        return True
+
     def _route(self, alert: Alert, now_ms: int) -> None:
         for route in self._root.match(alert.labels):
             labels = group_labels(route, alert.labels)

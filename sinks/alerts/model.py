@@ -40,6 +40,8 @@ class Alert(msgspec.Struct):
     ends_at: int | None = None  # ms, when it resolved
     resolved_message: str | None = None
     groups: list[str] = []  # keys of the groups holding it
+    #: a flush saw it firing and left it out (muted): its resolution is then not told either
+    passed_over: bool = False
 
     @property
     def firing(self) -> bool:

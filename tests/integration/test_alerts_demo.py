@@ -27,7 +27,10 @@ def test_the_demo_posts_the_fault_firing_then_resolved(pipeline: Pipeline) -> No
         for a in b["alerts"]:
             if a["status"] == "resolved" or not told.get(a["fingerprint"]):
                 told.setdefault(a["fingerprint"], []).append(a["status"])
-    assert all(states == ["firing", "resolved"] for states in told.values()), told
+    # each is told once firing, then once resolved; one whose firing and resolution reached the router
+    # together (the pipeline lagging under load delivers both at once) is told once, as resolved
+    assert all(states in (["firing", "resolved"], ["resolved"]) for states in told.values()), told
+    assert ["firing", "resolved"] in told.values(), told
     alert = next(a for b in bodies for a in b["alerts"] if a["labels"]["kind"] == "gpu_underused")
     assert alert["labels"]["user"] == "alice" and alert["labels"]["team"] == "llm" and alert["labels"]["subject_type"] == "gpu"
     assert "GPU 3 of sim-node-01 is idle" in alert["annotations"]["summary"]
