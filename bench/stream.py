@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from agents.gpu_sim import SimConfig, SimGpuCollector
-from schemas.catalog import ANOMALIES, GPU_SAMPLES_RAW
+from schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES_RAW
 
 ROOT = Path(__file__).resolve().parent.parent
 GPUS_PER_NODE = 8
@@ -219,8 +219,9 @@ def _latency(gpus: int, seconds: int) -> dict[str, float]:
         conf = {"bootstrap.servers": bootstrap}
         ensure_topics(conf, prefix)
         env = _env(bootstrap, prefix, tmp)
+        worker_log = open(Path(tmp) / "worker.log", "wb")  # noqa: SIM115 (closed with the worker)
         worker = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "worker", "--windows", "10s/5s"], env=env,
-                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT)
         time.sleep(8)  # let the worker join its group before the data flows
         args = [sys.executable, "-m", "hpcinsight.cli", "agent", "--backend", "sim", "--nodes", str(nodes), "--gpus",
                 str(GPUS_PER_NODE), "--ticks", str(seconds), "--interval", "1"]
@@ -234,6 +235,7 @@ def _latency(gpus: int, seconds: int) -> dict[str, float]:
             worker.wait(30)
         except subprocess.TimeoutExpired:
             worker.kill()
+        worker_log.close()
 
         def read(topic: str) -> list[Any]:
             consumer = Consumer({**conf, "group.id": f"lat-{uuid.uuid4().hex}", "enable.partition.eof": True})
@@ -269,6 +271,11 @@ def _latency(gpus: int, seconds: int) -> dict[str, float]:
                 i = int(np.searchsorted([t for t, _ in series], a.window_end + lateness_ms))
                 if i < len(series):
                     latencies.append(msg.timestamp()[1] - series[i][1])
+        if not latencies:  # say why, rather than report nothing
+            quantiles = read(prefix + GPU_QUANTILES.name)
+            tail = (Path(tmp) / "worker.log").read_text(errors="replace")[-4000:]
+            print(f"latency_{gpus}: no gpu_underused anomaly read; {len(quantiles)} quantile messages, agent {summary}, "
+                  f"worker exit {worker.returncode}; worker log tail:\n{tail}", file=sys.stderr, flush=True)
     lat = np.array(latencies, dtype=np.float64) / 1000
     base = np.array(delivery, dtype=np.float64) / 1000
     return {

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+T = TypeVar("T")
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -162,6 +165,29 @@ class KafkaSettings:
             options["broker_credentials"] = faust.SSLCredentials(context)
         return options
 
+
+def broker_retry(call: Callable[[], T], timeout: float = 30.0) -> T:
+    """``call()`` (a metadata or offsets request), asked again while the broker says "not yet".
+
+    A partition just created has a leader in the metadata a moment before that leader answers
+    offset requests (NOT_LEADER_FOR_PARTITION), and a group coordinator loads for a while after a
+    broker starts. Every component asks such questions at start-up; they wait here, up to
+    ``timeout``, instead of dying of it. Any other error is raised at once."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+                 KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                 KafkaError.UNKNOWN_TOPIC_OR_PART}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaException as err:
+            error = err.args[0]
+            if not isinstance(error, KafkaError) or not (error.retriable() or error.code() in transient) \
+                    or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 @dataclass(frozen=True)
 class ClickHouseSettings:

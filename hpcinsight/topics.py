@@ -10,6 +10,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from hpcinsight.config import broker_retry
 from schemas.catalog import TOPICS
 
 
@@ -59,24 +60,8 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> N
         time.sleep(0.2)
 
 
-def _retrying(call: Any, timeout: float) -> Any:
-    """Run ``call()``, retrying while the broker says 'not yet' (a new partition's leader or
-    a group's coordinator still loading)."""
-    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                 KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.LEADER_NOT_AVAILABLE}
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call()
-        except KafkaException as err:
-            error = err.args[0]
-            if not (error.retriable() or error.code() in transient) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def _watermarks(consumer: Any, tp: Any, timeout: float) -> tuple[int, int]:
-    return _retrying(lambda: consumer.get_watermark_offsets(tp, timeout=timeout), timeout)
+    return broker_retry(lambda: consumer.get_watermark_offsets(tp, timeout=timeout), timeout)
 
 
 @contextmanager
@@ -94,7 +79,7 @@ def lag(client_config: dict[str, Any], group_id: str, topics: list[str], timeout
     with _consumer(client_config, group_id) as consumer:
         metadata = consumer.list_topics(timeout=timeout)
         partitions = [TopicPartition(t, p) for t in topics for p in metadata.topics[t].partitions]
-        committed = _retrying(lambda: consumer.committed(partitions, timeout=timeout), timeout)
+        committed = broker_retry(lambda: consumer.committed(partitions, timeout=timeout), timeout)
         total = 0
         for tp in committed:
             low, high = _watermarks(consumer, tp, timeout)

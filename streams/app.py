@@ -27,7 +27,7 @@ from typing import Any
 import faust
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
-from hpcinsight.config import Settings
+from hpcinsight.config import Settings, broker_retry
 from schemas.catalog import (
     ANOMALIES,
     GPU_SAMPLES_RAW,
@@ -121,7 +121,8 @@ class SchedulerFeed:
         # comes every minute: start a few minutes back, not at a week of every window of every job.
         recent = int(time.time() * 1000) - JOB_QUANTILES_LOOKBACK_MS
         jq = settings.topic(JOB_QUANTILES.name)
-        found = self._consumer.offsets_for_times([TopicPartition(jq, p, recent) for p in range(JOB_QUANTILES.partitions)], timeout=30)
+        found = broker_retry(lambda: self._consumer.offsets_for_times(
+            [TopicPartition(jq, p, recent) for p in range(JOB_QUANTILES.partitions)], timeout=30))
         tps = [tp for tp in tps if tp.topic != jq] + [
             TopicPartition(jq, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found
         ]
@@ -139,7 +140,8 @@ class SchedulerFeed:
         """Block until everything in the topics now has been read (at start, before any sample)."""
         high = {}
         for tp in self._tps:
-            high[(tp.topic, tp.partition)] = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)[1]
+            high[(tp.topic, tp.partition)] = broker_retry(
+                lambda tp=tp: self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout), timeout)[1]
         deadline, out = time.monotonic() + timeout, []
         while time.monotonic() < deadline:
             positions = self._consumer.position([TopicPartition(t, p) for t, p in high])

@@ -24,6 +24,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from hpcinsight.config import broker_retry
 from schemas.catalog import ANOMALIES, STREAM_STATE
 from schemas.codec import DecodeError
 from schemas.events import Anomaly, StateCheckpoint
@@ -65,12 +66,12 @@ def read_all(client_config: dict[str, Any], topic: str, partitions: set[int] | N
     """Every message of ``topic`` (or of its ``partitions``) that is there now, in offset order per partition."""
     consumer = _consumer(client_config, "hpcinsight-recovery-read")
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        metadata = broker_retry(lambda: consumer.list_topics(topic, timeout=timeout), timeout).topics[topic]
         tps, stop_at = [], {}
         for p in metadata.partitions:
             if partitions is not None and p not in partitions:
                 continue
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            low, high = broker_retry(lambda p=p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout), timeout)
             tps.append(TopicPartition(topic, p, low))
             stop_at[p] = high
         return sorted(_read_range(consumer, tps, stop_at, timeout), key=lambda m: (m.partition(), m.offset()))
@@ -101,7 +102,7 @@ def replay_committed(
         for p, ts in (not_after_ms or {}).items():
             if p in since:
                 since[p] = min(since[p], ts)
-        starts = consumer.offsets_for_times([TopicPartition(topic, p, ts) for p, ts in since.items()], timeout=timeout)
+        starts = broker_retry(lambda: consumer.offsets_for_times([TopicPartition(topic, p, ts) for p, ts in since.items()], timeout=timeout), timeout)
         tps = [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else stop_at[tp.partition]) for tp in starts]
         messages = _read_range(consumer, tps, stop_at, timeout)
         for msg in sorted(messages, key=lambda m: (m.partition(), m.offset())):
@@ -156,10 +157,10 @@ def last_message(client_config: dict[str, Any], topic: str, catalog_topic: Any, 
     """The records of the newest message of each partition of ``topic`` (undecodable: none)."""
     consumer = _consumer(client_config, "hpcinsight-recovery-last")
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        metadata = broker_retry(lambda: consumer.list_topics(topic, timeout=timeout), timeout).topics[topic]
         tps, stop_at = [], {}
         for p in metadata.partitions:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            _low, high = broker_retry(lambda p=p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout), timeout)
             if high > 0:
                 tps.append(TopicPartition(topic, p, high - 1))
                 stop_at[p] = high

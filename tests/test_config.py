@@ -101,3 +101,29 @@ def test_bad_clickhouse_settings_are_named(tmp_path, text: str, message: str) ->
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load({"HPCINSIGHT_CONFIG": str(path)})
+
+
+def test_broker_retry_waits_out_not_yet_and_raises_anything_else_at_once() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from hpcinsight.config import broker_retry
+
+    answers: list[object] = [KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)),
+                             KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)), (0, 42)]
+
+    def offsets() -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert broker_retry(offsets, timeout=10) == (0, 42) and not answers
+    calls = []
+
+    def denied() -> None:
+        calls.append(1)
+        raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+    with pytest.raises(KafkaException):
+        broker_retry(denied, timeout=10)
+    assert len(calls) == 1

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any, Callable
 
+from hpcinsight.config import broker_retry
 from hpcinsight.web.state import ClusterState
 from schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, JOB_QUANTILES, NODE_INVENTORY, SCHEDULING_KPIS, Topic
 
@@ -59,7 +60,7 @@ class Feed:
                 raise RuntimeError(f"topic {name} is not there (create the topics first: hpcinsight topics --create)")
             routes[name] = (topic, getattr(self.state, method))
             wanted += [TopicPartition(name, p, now_ms - int(lookback_s * 1000)) for p in meta.partitions]
-        found = consumer.offsets_for_times(wanted, timeout=10)
+        found = broker_retry(lambda: consumer.offsets_for_times(wanted, timeout=10), 30)
         # past the end of the look-back (nothing that recent): the end, i.e. -1 from offsets_for_times
         consumer.assign([tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, -1) for tp in found])
         return routes

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
+from hpcinsight.config import broker_retry
 from schemas.catalog import ALERT_SILENCES, ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
 from schemas.codec import DecodeError
 from schemas.events import DeadLetter
@@ -236,13 +237,5 @@ class AlertRouter:
 
 
 def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> int:
-    """The partition's end, asked again while the broker says 'not yet' (a new topic's leader)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return int(consumer.get_watermark_offsets(tp, timeout=timeout_s)[1])
-        except KafkaException as err:
-            if time.monotonic() > deadline or not (err.args[0].retriable() or err.args[0].code() in (
-                    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)):
-                raise
-            time.sleep(0.2)
+    """The partition's end (asked again while a new topic's leader is not ready)."""
+    return int(broker_retry(lambda: consumer.get_watermark_offsets(tp, timeout=timeout_s), timeout_s)[1])

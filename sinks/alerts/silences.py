@@ -13,6 +13,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from hpcinsight.config import broker_retry
 from schemas.catalog import ALERT_SILENCES
 from schemas.events import Silence
 from sinks.alerts.matchers import Matcher
@@ -69,7 +70,7 @@ def read_all(client_config: dict[str, Any], prefix: str, timeout: float = 30.0) 
             return {}
         ends = {}
         for p in metadata.topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            low, high = broker_retry(lambda p=p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout), timeout)
             if high > low:
                 ends[p] = high
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])
