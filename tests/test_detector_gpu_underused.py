@@ -24,6 +24,7 @@ def test_fires_then_resolves_with_a_stable_id() -> None:
     assert firing.started_at == T0 + 10_000  # start of the first low window
     assert firing.ts == T0 + 40_000  # the second low window completed the evidence
     assert firing.evidence["p95_pct"] == 3 and resolved.evidence["p95_pct"] == 70
+    assert firing.evidence["gpu_index"] == 0  # which GPU of the node: the alert's `gpu` label
     assert firing.subject == "GPU-a" and firing.node == "n0" and "idle" in firing.message
 
 

@@ -50,7 +50,8 @@ class GpuUnderusedDetector(Detector[GpuUnderusedConfig]):
             return []
         cfg = self.config
         track = self._tracks.setdefault(event.gpu_uuid, _Track())
-        evidence = {"p95_pct": event.p95, "p50_pct": event.p50, "threshold_pct": cfg.threshold_pct, "samples": float(event.count)}
+        evidence = {"p95_pct": event.p95, "p50_pct": event.p50, "threshold_pct": cfg.threshold_pct, "samples": float(event.count),
+                    "gpu_index": float(event.gpu_index)}  # the alert's `gpu` label
         if event.job_id is None:  # free: idle is what a free GPU should be
             track.low = track.high = 0
             if track.open_id is not None:

@@ -33,7 +33,7 @@ def test_the_demo_posts_the_fault_firing_then_resolved(pipeline: Pipeline) -> No
     assert ["firing", "resolved"] in told.values(), told
     alert = next(a for b in bodies for a in b["alerts"] if a["labels"]["kind"] == "gpu_underused")
     assert alert["labels"]["user"] == "alice" and alert["labels"]["team"] == "llm" and alert["labels"]["subject_type"] == "gpu"
-    assert "GPU 3 of sim-node-01 is idle" in alert["annotations"]["summary"]
+    assert "GPU 3 of sim-node-01 is idle" in alert["annotations"]["summary"] and alert["labels"]["gpu"] == "3"
     assert alert["annotations"]["diagnose"] == f"hpcinsight diagnose {alert['labels']['job']}"
     assert len({b["notificationId"] for b in bodies}) == len(bodies)
     out = result.stdout
