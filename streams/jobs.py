@@ -43,6 +43,10 @@ class JobGpuWindow(Event, frozen=True):
     statistic: str  # "p50" (from the GPU's sketch) or "mean" (metrics kept as window means)
     value: dict[str, float]  # gpu uuid -> the GPU's statistic in the window
     node: dict[str, str]  # gpu uuid -> its node
+    #: with statistic "p50": gpu uuid -> the GPU's window mean too. A median is ill-conditioned on a
+    #: window split between two levels (a job-wide checkpoint pause filling half of it): it jumps from
+    #: one level to the other as the split passes one half, while the mean moves smoothly
+    mean: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,9 +129,11 @@ class JobMerger:
         if parts[0].window != SINCE_START:
             start, nodes = min(p.window_start for p in parts), {p.gpu_uuid: p.node for p in parts}
             medians = {p.gpu_uuid: (q or [0.0])[0] for p, q in zip(parts, (s.quantiles([0.5]) for s in sketches))}
+            means = {p.gpu_uuid: p.sum / p.count for p in parts if p.count}
             first = parts[0]
             self.gpu_windows.append(JobGpuWindow(job_id=first.job_id, metric=first.metric, window=first.window,
-                                                 window_start=start, window_end=end, statistic="p50", value=medians, node=nodes))
+                                                 window_start=start, window_end=end, statistic="p50", value=medians, node=nodes,
+                                                 mean=means if len(means) == len(medians) else None))
             for name in sorted({m for p in parts for m in p.means}):
                 values = {p.gpu_uuid: p.means[name] for p in parts if name in p.means}
                 self.gpu_windows.append(JobGpuWindow(job_id=first.job_id, metric=name, window=first.window,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import statistics
+
+import msgspec
 
 from streams.detectors import discover
 from streams.detectors.gpu_outlier import GpuOutlierConfig, GpuOutlierDetector
@@ -116,3 +119,29 @@ def test_one_incident_per_gpu_however_many_metrics_are_out_of_line() -> None:
     assert raised[0].id == raised[1].id
     assert {"z_gpu_util", "z_power_w", "z_pcie_bytes_per_s"} <= set(raised[1].evidence)
     assert "back in line" in raised[1].message and "on every metric" in raised[1].message
+
+
+def test_a_job_wide_checkpoint_pause_splitting_the_window_is_not_an_outlier_but_a_slow_gpu_still_is() -> None:
+    # one-second samples, busy ~88%; at 300 s the whole job pauses 30 s for a checkpoint (~5%), each
+    # GPU up to six seconds apart; GPU 11 runs at half speed from 480 s. Judged: 1 min windows every 10 s
+    rng = random.Random(9)
+    offset = {g: rng.randint(-6, 6) for g in range(GPUS)}
+    series = {g: [rng.uniform(2, 8) if 300 + offset[g] <= t < 330 + offset[g] else (88.0 + rng.gauss(0, 2)) * (0.5 if g == 11 and t >= 480 else 1)
+                  for t in range(720)] for g in range(GPUS)}
+    events = []
+    for end in range(60, 721, 10):
+        values = {f"GPU-{g}": series[g][end - 60:end] for g in range(GPUS)}
+        events.append(JobGpuWindow(job_id="job-1", metric="gpu_util", window="1m", window_start=T0 + (end - 60) * 1000,
+                                   window_end=T0 + end * 1000, statistic="p50",
+                                   value={u: statistics.median(v) for u, v in values.items()},
+                                   node={f"GPU-{g}": f"n{g // 8}" for g in range(GPUS)},
+                                   mean={u: statistics.fmean(v) for u, v in values.items()}))
+    # judged on the medians alone, GPUs doing the same work sit many deviations apart around the pause
+    # (firing on one window: the pause splits two windows, 30 s apart)
+    eager = GpuOutlierConfig(fire_after=1)
+    before_slow = [msgspec.structs.replace(e, mean=None) for e in events if e.window_end <= T0 + 480_000]
+    assert len({a.subject for a in run(GpuOutlierDetector(eager), before_slow)}) > 5
+    raised = run(GpuOutlierDetector(eager), events)
+    assert [(a.state, a.subject) for a in raised] == [("firing", "GPU-11")]
+    evidence = raised[0].evidence
+    assert evidence["robust_z"] == max(evidence["robust_z_median"], evidence["robust_z_mean"]) < -5  # the nearer to zero

@@ -12,6 +12,14 @@ comparison there would depend on how partitions happen to be assigned).
   the job spans at least ``min_nodes`` nodes. A node whose GPUs are all slow (a bad PCIe switch,
   a hot rack, a misconfigured host) moves as one, and is named as one.
 
+For utilisation, power and SM clock, whose windows arrive as medians, the GPU's window mean is
+judged beside its median, and a GPU (or node) is out of line only when both are, on the same side:
+its robust z is the smaller of the two. A median is ill-conditioned on a window split between two
+levels: when a whole job pauses for a checkpoint that fills about half of the window, each GPU's
+median lands on one level or the other depending on a second or two of timing, so GPUs doing exactly
+the same work sit many deviations apart. The mean moves smoothly with the split and keeps them
+together, while a GPU that is really slow, idle or throttled is out of line on both.
+
 More than ``k`` deviations for ``fire_after`` consecutive windows fires; ``resolve_after`` windows
 back in line resolve. One incident per GPU or node, however many of its metrics are out of line
 (an idle GPU is out of line on all of them): it fires with the first, lists each metric's robust z
@@ -72,6 +80,29 @@ def robust(values: list[float], floor: float) -> tuple[float, float]:
     return median, max(MAD_SCALE * statistics.median(abs(v - median) for v in values), floor)
 
 
+def _compare(values: dict[str, float], means: dict[str, float] | None, floor: float) -> dict[str, dict[str, float]]:
+    """Each subject's evidence against its peers: robust z of its value and, where the window's
+    means came too, of its mean; ``robust_z`` is the one nearer zero (zero when they disagree in sign)."""
+    median, scale = robust(list(values.values()), floor)
+    out = {subject: {"value": value, "peer_median": median, "robust_dev": scale, "robust_z": (value - median) / scale,
+                     "peers": float(len(values))} for subject, value in values.items()}
+    if means is not None and means.keys() == values.keys():
+        mean_median, mean_scale = robust(list(means.values()), floor)
+        for subject, evidence in out.items():
+            z_value, z_mean = evidence["robust_z"], (means[subject] - mean_median) / mean_scale
+            evidence.update(mean=means[subject], peer_mean_median=mean_median, robust_z_median=z_value, robust_z_mean=z_mean,
+                            robust_z=min(z_value, z_mean, key=abs) if z_value * z_mean > 0 else 0.0)
+    return out
+
+
+def _by_node(values: dict[str, float], node_of: dict[str, str]) -> tuple[dict[str, float], dict[str, int]]:
+    """The median of each node's GPUs, and how many GPUs each has."""
+    grouped: dict[str, list[float]] = {}
+    for uuid, value in values.items():
+        grouped.setdefault(node_of.get(uuid, "?"), []).append(value)
+    return {n: statistics.median(v) for n, v in grouped.items()}, {n: len(v) for n, v in grouped.items()}
+
+
 class GpuOutlierDetector(Detector[GpuOutlierConfig]):
     kind = "gpu_outlier"
     inputs = (JobGpuWindow,)
@@ -89,22 +120,13 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
         floor = self.config.floors[event.metric]
         out: list[Event] = []
         if len(event.value) >= self.config.min_peers:
-            median, scale = robust(list(event.value.values()), floor)
-            for uuid, value in event.value.items():
-                evidence = {"value": value, "peer_median": median, "robust_dev": scale,
-                            "robust_z": (value - median) / scale, "peers": float(len(event.value))}
+            for uuid, evidence in _compare(event.value, event.mean, floor).items():
                 out += self._judge(event, "gpu", uuid, event.node.get(uuid), uuid, evidence)
-        by_node: dict[str, list[float]] = {}
-        for uuid, value in event.value.items():
-            by_node.setdefault(event.node.get(uuid, "?"), []).append(value)
-        if len(by_node) >= self.config.min_nodes:
-            node_medians = {n: statistics.median(v) for n, v in by_node.items()}
-            median, scale = robust(list(node_medians.values()), floor)
-            for node, value in node_medians.items():
-                evidence = {"value": value, "peer_median": median, "robust_dev": scale,
-                            "robust_z": (value - median) / scale, "peers": float(len(node_medians)),
-                            "gpus_on_node": float(len(by_node[node]))}
-                out += self._judge(event, "node", node, node, None, evidence)
+        if len({event.node.get(uuid, "?") for uuid in event.value}) >= self.config.min_nodes:
+            node_values, gpus_on = _by_node(event.value, event.node)
+            node_means = _by_node(event.mean, event.node)[0] if event.mean is not None else None
+            for node, evidence in _compare(node_values, node_means, floor).items():
+                out += self._judge(event, "node", node, node, None, {**evidence, "gpus_on_node": float(gpus_on[node])})
         return out
 
     def _judge(self, w: JobGpuWindow, level: str, subject: str, node: str | None, uuid: str | None,
@@ -150,7 +172,8 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
         peers = f"{int(evidence['peers'])} {'GPUs' if level == 'gpu' else 'nodes'}"
         statistic = "median" if w.statistic == "p50" else "mean"
         if state == "firing":
-            message = (f"{what}: {statistic} {w.metric} {evidence['value']:.4g} over {w.window} is out of line with "
+            mean = f" (mean {evidence['mean']:.4g})" if "mean" in evidence else ""
+            message = (f"{what}: {statistic} {w.metric} {evidence['value']:.4g}{mean} over {w.window} is out of line with "
                        f"job {w.job_id}'s {peers} (median {evidence['peer_median']:.4g}, robust z {evidence['robust_z']:+.1f})")
         else:
             message = f"{what} is back in line with job {w.job_id}'s {peers} on every metric"
