@@ -11,13 +11,15 @@ started is stopped on exit, Ctrl-C included. The embedded store stays for
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -52,7 +54,8 @@ class DemoOptions:
         from streams.app import parse_windows
 
         shortest_s = min(w.size_ms for w in parse_windows(self.windows)) / 1000
-        return self.idle or [f"1:3@0-{max(2 * shortest_s, self.duration_s / 2):g}"]
+        node, gpu = min(1, self.nodes - 1), min(3, self.gpus - 1)  # GPU 3 of the second node, where there is one
+        return self.idle or [f"{node}:{gpu}@0-{max(2 * shortest_s, self.duration_s / 2):g}"]
 
 
 def rows_flagged(columns: list[str], rows: list[tuple]) -> list[tuple]:
@@ -167,10 +170,38 @@ def wait_drained(procs: Processes, settings: Settings, worker_inputs: list[Topic
     drain("clickhouse-sink", STORED, "the sink")
 
 
+@contextmanager
+def _cleanup_stack() -> Iterator[ExitStack]:
+    """The demo's clean-up stack, which SIGTERM unwinds as Ctrl-C does.
+
+    SIGTERM (``kill``, a service manager, ``timeout``) would otherwise end the demo at once and leave
+    its children and the broker it started running, holding the store's lock and the broker's port.
+    Once the unwinding has begun (for that or any other reason) SIGTERM is ignored until it ends,
+    so none can cut the clean-up short."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        with ExitStack() as stack:
+            yield stack
+        return
+
+    def leave(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        with ExitStack() as stack:
+            try:
+                yield stack
+            finally:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_demo(settings: Settings, options: DemoOptions) -> int:
     console = Console()
     started_wall = time.time()
-    with ExitStack() as stack:
+    with _cleanup_stack() as stack:
         settings = start_broker(stack, settings, console)
         conf = settings.kafka.client_config()
         for key, value in settings.describe().items():
