@@ -22,7 +22,9 @@ not a name, each pod holds its own GPUs. "Job" below means that unit. A job
 * waits from its ``submitted`` (or its last ``preempted``) to its ``scheduled`` (or, if that was
   missed, ``started``); the wait is observed in the interval its scheduling is applied in;
 * holds ``requested_gpus`` from ``scheduled``/``started`` to ``finished``/``deleted``/``preempted``,
-  on its ``node`` (attributes as of scheduling); a share of a GPU counts as that share;
+  on its ``node`` (attributes as of scheduling); a share of a GPU counts as that share; a Slurm
+  host list (``gpu[01-04]``) spreads them evenly over its nodes (a group of nodes, such as a zone,
+  counts the job once however many of its nodes it holds);
 * is forgotten at ``finished``/``deleted``/``preempted`` (bounded memory). The last
   ``max_ended`` ended jobs are remembered by their seen ``(kind, ts)`` only, so duplicates and late
   events of an ended job change nothing. After ``preempted`` a *new* ``scheduled`` (a Slurm
@@ -35,7 +37,8 @@ its ``scheduled`` still yields the wait.
 
 GPU busy-ness (for fragmentation) comes from ``gpu_ids`` ("node/gpuN"; an id without "/" is on
 the event's node): a GPU with any share held is busy, not free. A job on a node but without
-``gpu_ids`` makes ``ceil(requested_gpus)`` of that node's GPUs busy. Free GPUs of a node =
+``gpu_ids`` makes ``ceil(requested_gpus)`` of that node's GPUs busy (``ceil`` of its share on each
+node of a host list). Free GPUs of a node =
 ``capacity - min(capacity, busy)``. Allocation is the scheduler's word (``requested_gpus``), so
 ``allocated + free`` need not equal ``total`` when jobs share GPUs or were bound without a node.
 
@@ -46,8 +49,8 @@ empty, ``unplaced`` when the job has no node or the node is not in the inventory
 ``cpu`` (0 or none), ``frac`` (0<g<1), ``1`` (1<=g<2), ``2-4`` (2<=g<=4), ``5-8`` (4<g<=8),
 ``>8``; ``job_class``: ``small`` (g<=1), ``medium`` (1<g<=8), ``large`` (g>8), GPU jobs only.
 Quantiles use numpy's default ('linear', Hyndman-Fan type 7), as :mod:`streams.windows` does.
-A job is *multi-node* (gang) if its ``gpu_ids`` name more than one node or it asks for more
-GPUs than the largest node in the inventory has.
+A job is *multi-node* (gang) if its host list or its ``gpu_ids`` name more than one node, or it
+asks for more GPUs than the largest node in the inventory has.
 
 Sums are kept as exact fractions (the floats' binary values), so an allocation that returns to
 zero is zero and an independent re-computation agrees to rounding.
@@ -64,6 +67,7 @@ from fractions import Fraction
 import numpy as np
 
 from schemas.events import NodeInventory, SchedulerEvent, SchedulingKpi
+from streams.attribution import expand_hostlist
 
 CLUSTER = ("cluster", "all")
 HOUR_MS = 3_600_000
@@ -163,14 +167,26 @@ class _Node:
 
 
 @dataclass(frozen=True)
+class _Part:
+    """A job's share on one of its nodes (None: a job placed on no node)."""
+
+    node: str | None
+    gpus: Fraction
+    anon: int  # busy GPUs of this node, when the job named no gpu_ids
+
+
+@dataclass(frozen=True)
 class _Hold:
     """What a running job took, frozen at its start, so that its end gives back exactly that."""
 
     gpus: Fraction
-    node: str | None
+    parts: tuple[_Part, ...]  # one per node of its placement (a Slurm host list names several)
     busy: tuple[tuple[str | None, str], ...]  # (node, gpu id) of each busy GPU named
-    anon: int
     groups: tuple[Group, ...]  # the static groups (cluster, team, user, job class, priority)
+
+    @property
+    def nodes(self) -> set[str]:
+        return {p.node for p in self.parts if p.node is not None} | {n for n, _ in self.busy if n is not None}
 
 
 @dataclass
@@ -376,14 +392,19 @@ class SchedulingKpis:
     def _start(self, job: _Job, e: SchedulerEvent, t: int) -> None:
         job.scheduled_at = int(e.ts)
         gpus = Fraction(job.gpus or 0.0)
-        node_name = job.node
+        nodes = list(dict.fromkeys(expand_hostlist(job.node))) if job.node else []
+        node_name = nodes[0] if len(nodes) == 1 else None  # where a gpu id without "node/" is
         busy = tuple((gid.split("/", 1)[0] if "/" in gid else node_name, gid) for gid in dict.fromkeys(e.gpu_ids))
-        anon = math.ceil(gpus) if gpus > 0 and node_name is not None and not busy else 0
+        if not nodes:
+            parts: tuple[_Part, ...] = (_Part(None, gpus, 0),)
+        else:  # a gang job on a host list: its GPUs spread evenly over its nodes
+            share = gpus / len(nodes)
+            parts = tuple(_Part(n, share, math.ceil(share) if share > 0 and not busy else 0) for n in nodes)
         groups = (
             CLUSTER, ("team", job.team or "unknown"), ("user", job.user or "unknown"),
             ("job_class", job_class(float(gpus))), ("priority", job.priority or "unknown"),
         ) if gpus > 0 else ()
-        job.hold = _Hold(gpus, node_name, busy, anon, groups)
+        job.hold = _Hold(gpus, parts, busy, groups)
         if job.queued_since is not None:
             self._wait(job, job.scheduled_at)
             job.queued_since = None
@@ -395,12 +416,16 @@ class SchedulingKpis:
         """Add (``sign`` = 1) or remove (-1) a job's GPUs from its groups and its nodes."""
         for g in hold.groups:
             self._change(g, t, sign * hold.gpus, sign)
-        node = self._node(hold.node)
-        node.alloc += sign * hold.gpus
-        node.holders += sign
-        for g in node.groups():
-            self._change(g, t, sign * hold.gpus, sign)
-        touched = {hold.node, *(n for n, _ in hold.busy)} - {None} if hold.busy or hold.anon else set()
+        # a model or zone group counts the job once (its holders), however many of its nodes are in it
+        counted: set[Group] = set()
+        for part in hold.parts:
+            node = self._node(part.node)
+            node.alloc += sign * part.gpus
+            node.holders += sign
+            for g in node.groups():
+                self._change(g, t, sign * part.gpus, 0 if g in counted else sign)
+                counted.add(g)
+        touched = {n for n, _ in hold.busy if n is not None} | {p.node for p in hold.parts if p.node is not None and p.anon}
         for name in touched:
             self._add_fragments(self._node(name), -1)
         for name, gid in hold.busy:
@@ -408,10 +433,11 @@ class SchedulingKpis:
             refs[gid] += sign
             if refs[gid] <= 0:
                 del refs[gid]
-        node.anon += sign * hold.anon
+        for part in hold.parts:
+            self._node(part.node).anon += sign * part.anon
         for name in touched:
             self._add_fragments(self._node(name), +1)
-        for name in {hold.node, *touched}:  # forget nodes the inventory never named once nothing is on them
+        for name in {*(p.node for p in hold.parts), *touched}:  # forget nodes the inventory never named once nothing is on them
             n = self._nodes.get(name)
             if n is not None and not n.known and not n.holders and not n.gpu_refs and not n.anon:
                 del self._nodes[name]
@@ -430,14 +456,14 @@ class SchedulingKpis:
         assert job.queued_since is not None
         job.waited = True
         hold = job.hold
-        node = self._nodes.get(hold.node if hold else None)
+        node = self._nodes.get(hold.parts[0].node if hold else None)
         model = node.groups()[0][1] if node is not None else "unplaced"
         groups = (
             CLUSTER, ("gpu_bucket", gpu_bucket(job.gpus)), ("gpu_model", model),
             ("qos", job.qos or "unknown"), ("priority", job.priority or "unknown"),
         )
         largest = max((c for c, n in self._capacities.items() if n > 0), default=None)
-        spans = len({n for n, _ in hold.busy}) > 1 if hold else False
+        spans = len(hold.nodes) > 1 if hold else False
         gang = spans or (largest is not None and (job.gpus or 0) > largest)
         self._waits.append((max(0, scheduled_at - job.queued_since) / 1000, groups, gang))
 

@@ -179,6 +179,22 @@ def test_gang_jobs_span_nodes_or_outgrow_the_largest_node() -> None:
     assert value(rows, "allocated_gpus", "job_class", "large", B1) == 28 and value(rows, "queue_wait_p50_s", "gpu_bucket", ">8", B1) == 7
 
 
+def test_a_slurm_job_on_a_host_list_holds_its_gpus_on_each_of_its_nodes() -> None:
+    events = [
+        inv("gpu01", 8, "H100", "z1"), inv("gpu02", 8, "H100", "z2"), inv("gpu03", 8, "H100", "z2"),
+        ev("mn", "submitted", 0, 16), ev("mn", "scheduled", 5, 16, "gpu[01-02]"),  # no GPU ids: Slurm names nodes
+        ev("one", "submitted", 0, 2), ev("one", "scheduled", 1, 2, "gpu03"),
+        ev("z", "submitted", 61),
+    ]
+    _, rows = run(events)
+    at = lambda kpi, dim="cluster", group="all": value(rows, kpi, dim, group, B1)  # noqa: E731
+    assert (at("allocated_gpus"), at("allocation_rate", "zone", "z1"), at("allocation_rate", "zone", "z2")) == (18, 1, 10 / 16)
+    assert rows["allocated_gpus", "zone", "z2", B1].count == 2  # the gang job counted once in z2, as in z1
+    # both of its nodes are full: only gpu03's 6 free GPUs remain, stranded beside the 2-GPU job
+    assert (at("free_gpus"), at("stranded_gpus"), at("fragmented_nodes")) == (6, 6, 1)
+    assert at("gang_wait_p50_s") == 5 and rows["gang_wait_p50_s", "cluster", "all", B1].count == 1
+
+
 def test_inventory_after_the_jobs_moves_their_allocation_to_the_node_model() -> None:
     events = [ev("a", "scheduled", 1, 2, "late-node", ("late-node/gpu0", "late-node/gpu1")), ev("x", "submitted", 60)]
     kpis, rows = run(events)
