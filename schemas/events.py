@@ -12,7 +12,6 @@ import math
 from typing import Annotated, ClassVar, Literal
 
 import msgspec
-import pyarrow as pa
 
 from schemas.columns import (
     Bytes,
@@ -36,9 +35,9 @@ from schemas.columns import (
     Watts,
 )
 
-Severity = Annotated[Literal["info", "warning", "critical"], Column("LowCardinality(String)", pa.string())]
-AnomalyState = Annotated[Literal["firing", "resolved"], Column("LowCardinality(String)", pa.string())]
-SubjectType = Annotated[Literal["gpu", "node", "job", "rank", "link"], Column("LowCardinality(String)", pa.string())]
+Severity = Annotated[Literal["info", "warning", "critical"], Column("LowCardinality(String)", "string")]
+AnomalyState = Annotated[Literal["firing", "resolved"], Column("LowCardinality(String)", "string")]
+SubjectType = Annotated[Literal["gpu", "node", "job", "rank", "link"], Column("LowCardinality(String)", "string")]
 
 
 class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -368,7 +367,7 @@ class IbSample(Event, frozen=True):
 
 SchedulerEventKind = Annotated[
     Literal["submitted", "scheduled", "started", "finished", "preempted", "deleted"],
-    Column("LowCardinality(String)", pa.string()),
+    Column("LowCardinality(String)", "string"),
 ]
 
 

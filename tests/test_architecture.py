@@ -38,3 +38,16 @@ def test_schemas_import_no_component() -> None:
     for path in sorted((ROOT / "schemas").rglob("*.py")):
         for module in imported_modules(path):
             assert module.split(".")[0] not in {"agents", "streams", "sinks", "hpcinsight", "deploy"}, f"{path} imports {module}"
+
+
+def test_the_agent_never_loads_pyarrow_or_numpy() -> None:
+    """The agent runs on every node: encoding events must not pull in the columnar stack (pyarrow
+    alone is some 40 MB of resident memory), which only the sink and the query side use."""
+    import subprocess
+    import sys
+
+    modules = ["schemas.catalog", "agents.runner", "agents.delivery", "agents.gpu_nvml", "agents.ib_sysfs", "agents.cgroup",
+               "agents.steps", "agents.scheduler.slurm", "agents.scheduler.kubernetes"]
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in ('pyarrow', 'numpy', 'pandas') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
