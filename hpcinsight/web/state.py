@@ -78,6 +78,7 @@ class ClusterState:
         self.open: dict[str, Anomaly] = {}  # id -> the firing record
         self.gpu_kinds: dict[str, set[str]] = {}  # gpu uuid -> kinds open on it
         self.node_kinds: dict[str, set[str]] = {}  # node -> kinds open on the node or its links (all its GPUs show them)
+        self.job_kinds: dict[str, set[str]] = {}  # job -> kinds open on the job itself (a hang, an under-used job)
         self.job_quantiles: dict[tuple[str, str, str], JobQuantiles] = {}
         self.gpu_quantiles: dict[tuple[str, str, str], GpuQuantiles] = {}
         self.kpis: dict[tuple[str, str, str], SchedulingKpi] = {}
@@ -157,20 +158,26 @@ class ClusterState:
                     self.open[a.id] = a
             kinds: dict[str, set[str]] = {}
             node_kinds: dict[str, set[str]] = {}
+            job_kinds: dict[str, set[str]] = {}
             for a in self.open.values():
                 if a.gpu_uuid:
                     kinds.setdefault(a.gpu_uuid, set()).add(a.kind)
                 elif a.subject_type in ("node", "link") and a.node:
                     node_kinds.setdefault(a.node, set()).add(a.kind)
-            if (kinds, node_kinds) != (self.gpu_kinds, self.node_kinds):
-                self.gpu_kinds, self.node_kinds = kinds, node_kinds
+                elif a.subject_type == "job" and a.job_id:
+                    job_kinds.setdefault(a.job_id, set()).add(a.kind)
+            if (kinds, node_kinds, job_kinds) != (self.gpu_kinds, self.node_kinds, self.job_kinds):
+                self.gpu_kinds, self.node_kinds, self.job_kinds = kinds, node_kinds, job_kinds
                 self.attribution_version += 1
 
     def _open_kinds(self, i: int) -> set[str]:
+        """Kinds open on the GPU, on its node, or on the job that holds it now."""
         on_gpu, on_node = self.gpu_kinds.get(self.uuid[i]), self.node_kinds.get(self.node[i])
-        if on_gpu and on_node:
-            return on_gpu | on_node
-        return on_gpu or on_node or set()
+        job = self.job[i]
+        on_job = self.job_kinds.get(job) if job else None
+        if not on_node and not on_job:
+            return on_gpu or set()
+        return set().union(on_gpu or (), on_node or (), on_job or ())
 
     def add_kpis(self, rows: list[SchedulingKpi]) -> None:
         with self.lock:
@@ -249,7 +256,7 @@ class ClusterState:
                     k = jobs[j] = len(job_rows)
                     job_rows.append([j, self.user[i], self.team[i]])
                 job_col.append(k)
-            kinds = sorted({k for s in (*self.gpu_kinds.values(), *self.node_kinds.values()) for k in s})
+            kinds = sorted({k for s in (*self.gpu_kinds.values(), *self.node_kinds.values(), *self.job_kinds.values()) for k in s})
             bit = {k: 1 << n for n, k in enumerate(kinds)}
             anom = []
             for i in idx:

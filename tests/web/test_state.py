@@ -27,6 +27,25 @@ def test_a_node_anomaly_marks_every_gpu_of_the_node_until_resolved() -> None:
     assert state.select(Filter(kind="slow_interconnect")) == []
 
 
+def test_a_job_anomaly_marks_the_gpus_its_job_holds() -> None:
+    state = ClusterState()
+    cluster = SyntheticCluster(state, nodes=32, gpus=2)
+    cluster.tick()
+    job = cluster.job_of["node-0001"]
+    assert job is not None
+    held = [i for i in state.select(Filter()) if state.job[i] == job]
+    now = int(time.time() * 1000)
+    a = dict(id="h1", kind="hang", severity="critical", subject_type="job", subject=job, ts=now, started_at=now,
+             window_start=now, window_end=now, message="hung", evidence={}, job_id=job)
+    state.add_anomalies([Anomaly(state="firing", **a)])
+    assert sorted(state.select(Filter(kind="hang"))) == sorted(held) and len(held) == 2 * 15  # 15 of each 16 nodes run a job
+    order = state.select(Filter())
+    frame = state.frame(order)
+    assert frame["kinds"] == ["hang"] and sorted(order[p] for p, bits in enumerate(frame["anom"]) if bits) == sorted(held)
+    state.add_anomalies([Anomaly(state="resolved", **a)])
+    assert state.select(Filter(kind="hang")) == []
+
+
 @pytest.mark.parametrize("given", [{"team": "a b"}, {"user": "x" * 129}, {"job": "j;1"}, {"kind": "é"}, {"evil": "1"}])
 def test_filters_refuse_what_is_not_a_label(given: dict[str, str]) -> None:
     with pytest.raises(FilterError):
