@@ -127,3 +127,28 @@ def test_broker_retry_waits_out_not_yet_and_raises_anything_else_at_once() -> No
     with pytest.raises(KafkaException):
         broker_retry(denied, timeout=10)
     assert len(calls) == 1
+
+
+def test_a_repeated_kafka_log_line_goes_through_once_a_minute_with_a_count() -> None:
+    import logging
+
+    from hpcinsight.config import RepeatFilter
+
+    now = [0.0]
+    f = RepeatFilter(every_s=60, clock=lambda: now[0])
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("hpcinsight.kafka", logging.ERROR, __file__, 1, msg, (), None)
+
+    refused = "127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused (after {}ms in state CONNECT)"
+    passed = []
+    for k in range(1200):  # 20 a second for a minute: one line, then one with the count
+        now[0] = k * 0.05
+        r = record(refused.format(k % 3))
+        if f.filter(r):
+            passed.append(r.getMessage())
+    assert passed == [refused.format(0)]
+    now[0] = 60.0
+    r = record(refused.format(1))
+    assert f.filter(r) and r.getMessage().endswith("(1199 like it in the last 60 s)")
+    assert f.filter(record("another message"))  # other messages are not held back
