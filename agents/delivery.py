@@ -63,6 +63,7 @@ class Delivery:
         self._last_logged: dict[int, float] = {}
         self._stop = threading.Event()
         self._idle = threading.Event()
+        self._wake = threading.Event()  # set by send and close: an idle sender sleeps until then
         self._thread = threading.Thread(target=self._run, name="kafka-delivery", daemon=True)
         self._thread.start()
 
@@ -73,6 +74,7 @@ class Delivery:
         self.spool.append(topic, key.encode() if isinstance(key, str) else key, value)
         self.stats.appended += 1
         self._idle.clear()
+        self._wake.set()
 
     # -- sender thread -------------------------------------------------------------------
     def _on_error(self, err: KafkaError) -> None:
@@ -121,7 +123,11 @@ class Delivery:
                 self._idle.set()
                 if self._stop.is_set():
                     return
-                self._stop.wait(0.05)
+                # nothing to send or to hear back about: sleep until the next send (at 1 Hz, most of
+                # the second) rather than look at the spool 20 times a second; callbacks (errors,
+                # logs) are still served at least every half second
+                self._wake.wait(0.5)
+                self._wake.clear()
 
     # -- shutdown ------------------------------------------------------------------------
     def drain(self, timeout: float) -> bool:
@@ -135,6 +141,7 @@ class Delivery:
     def close(self, drain_timeout: float = 60.0) -> bool:
         drained = self.drain(drain_timeout)
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=10)
         self._producer.flush(5)
         self.spool.close()
