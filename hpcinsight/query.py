@@ -43,7 +43,7 @@ _PARAM = re.compile(
 )
 #: ``{name:Type}`` placeholders of the SQL body
 PLACEHOLDER = re.compile(r"\{\s*([A-Za-z_]\w*)\s*:\s*([^{}]+?)\s*\}")
-_INT_RANGES = {f"{s}Int{b}": ((0, 2**b - 1) if s else (-(2 ** (b - 1)), 2 ** (b - 1) - 1))
+INT_RANGES = {f"{s}Int{b}": ((0, 2**b - 1) if s else (-(2 ** (b - 1)), 2 ** (b - 1) - 1))
                for s in ("", "U") for b in (8, 16, 32, 64)}
 
 
@@ -58,14 +58,19 @@ class Param:
     default: str | None  # None: required
     doc: str = ""
 
+    @property
+    def base_type(self) -> str:
+        """The ClickHouse type without ``Nullable(...)``."""
+        return self.type.removeprefix("Nullable(").removesuffix(")") if self.type.startswith("Nullable(") else self.type
+
     def convert(self, raw: str, query: str) -> Any:
         """The typed value of ``raw``: numbers parsed and range-checked here, so a wrong value is a
         clear error naming the parameter; strings pass as they are (bound, never spliced)."""
-        base = self.type.removeprefix("Nullable(").removesuffix(")") if self.type.startswith("Nullable(") else self.type
+        base = self.base_type
         try:
-            if base in _INT_RANGES:
+            if base in INT_RANGES:
                 value = int(raw.strip(), 10)
-                lo, hi = _INT_RANGES[base]
+                lo, hi = INT_RANGES[base]
                 if not lo <= value <= hi:
                     raise ValueError(f"out of range {lo}..{hi}")
                 return value

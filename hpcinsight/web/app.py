@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -25,11 +25,33 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from hpcinsight.config import Secret
 from hpcinsight.web.state import METRICS, ClusterState, Filter, FilterError
 
+if TYPE_CHECKING:
+    from hpcinsight.query import Param
+
 log = logging.getLogger("hpcinsight.web")
 STATIC = Path(__file__).resolve().parent / "static"
 LABEL = r"^[\w.:@/+=-]{1,128}$"
 #: rows a library query may return through the API
 MAX_ROWS = 20_000
+
+
+def _openapi_param(p: Param) -> dict[str, Any]:
+    """A library query parameter as an OpenAPI query parameter (ClickHouse type -> JSON schema)."""
+    from hpcinsight.query import INT_RANGES
+
+    base = p.base_type
+    schema: dict[str, Any]
+    if base in INT_RANGES:
+        lo, hi = INT_RANGES[base]
+        schema = {"type": "integer", "minimum": lo, "maximum": hi}
+    elif base in ("Float32", "Float64"):
+        schema = {"type": "number"}
+    else:
+        schema = {"type": "string", "maxLength": 1024}
+    if p.default is not None:
+        schema["default"] = p.convert(p.default, "")  # typed as the schema says: 300, not "300"
+    return {"name": p.name, "in": "query", "required": p.default is None, "schema": schema,
+            "description": f"{p.doc} (ClickHouse {p.type})".strip()}
 
 
 class Store:
@@ -178,8 +200,6 @@ def create_app(state: ClusterState, token: Secret | None = None, store_connect: 
                  "params": [{"name": p.name, "type": p.type, "default": p.default, "what": p.doc} for p in q.params]}
                 for q in library().values()]
 
-    @app.get("/api/queries/{name}", dependencies=auth,
-             summary="run a library query; its parameters as query parameters, bound server-side by ClickHouse")
     def run_query(name: str, request: Request) -> dict[str, Any]:
         from hpcinsight.query import library, records
 
@@ -195,6 +215,23 @@ def create_app(state: ClusterState, token: Secret | None = None, store_connect: 
         rows = store.run(lambda client: records(client, name, params))
         return {"query": name, "columns": list(rows[0]) if rows else [], "rows": _json_safe(rows[:MAX_ROWS]),
                 "truncated": len(rows) > MAX_ROWS}
+
+    # One documented route per library query, its parameters typed in the OpenAPI spec (what a
+    # generated client or the docs page needs), then the generic route for any other name.
+    from hpcinsight.query import library
+
+    for query in library().values():
+        def run_named(request: Request, name: str = query.name) -> dict[str, Any]:
+            return run_query(name, request)
+
+        app.get(f"/api/queries/{query.name}", dependencies=auth, name=f"query_{query.name}", tags=[f"queries: {query.group}"],
+                summary=query.doc.split(". ")[0][:120] or query.name, description=query.doc,
+                openapi_extra={"parameters": [_openapi_param(p) for p in query.params]})(run_named)
+
+    @app.get("/api/queries/{name}", dependencies=auth,
+             summary="run a library query by name; its parameters as query parameters, bound server-side by ClickHouse")
+    def run_any_query(name: str, request: Request) -> dict[str, Any]:
+        return run_query(name, request)
 
     # -- live feed ------------------------------------------------------------------------
     @app.get("/api/stream", dependencies=auth,

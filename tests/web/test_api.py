@@ -21,7 +21,12 @@ def get(s: Served, path: str, token: str | None = "default", **kw: Any) -> httpx
     return httpx.get(s.url + path, headers=headers, timeout=20, **kw)
 
 
+SAMPLE_QUERY_VALUES = {"job": "job-0000", "node": "node-0002", "gpu_uuid": "GPU-node-0002-5"}
+
+
 def api_paths(s: Served) -> list[str]:
+    """Every GET path of the spec with sample values; required query parameters filled in, typed
+    as the spec says (so a per-query route whose spec is wrong fails here)."""
     spec = get(s, "/openapi.json").json()
     paths = []
     for template, ops in spec["paths"].items():
@@ -30,6 +35,11 @@ def api_paths(s: Served) -> list[str]:
             path = template
             for key, value in SAMPLE_PATH_VALUES.items():
                 path = path.replace("{" + key + "}", value)
+            required = [p for p in ops["get"].get("parameters", []) if p["in"] == "query" and p.get("required")]
+            if required:
+                path += "?" + "&".join(
+                    f"{p['name']}={SAMPLE_QUERY_VALUES.get(p['name'], 1 if p['schema']['type'] == 'integer' else 'x')}"
+                    for p in required)
             paths.append(path)
     return paths
 
@@ -58,6 +68,18 @@ def test_live_state(served: Served) -> None:
     assert get(served, "/api/gpus/nope").status_code == 404
     outliers = get(served, "/api/gpus", params={"kind": "gpu_outlier"}).json()
     assert [g["uuid"] for g in outliers] == ["GPU-node-0002-5"]
+
+
+def test_each_library_query_is_documented_with_its_typed_parameters(served: Served) -> None:
+    spec = get(served, "/openapi.json").json()
+    summary = spec["paths"]["/api/queries/job_summary"]["get"]
+    params = {p["name"]: p for p in summary["parameters"]}
+    assert params["job"]["required"] is True and params["job"]["schema"]["type"] == "string"
+    within = {p["name"]: p for p in spec["paths"]["/api/queries/cluster_now"]["get"]["parameters"]}["within_s"]
+    assert within["required"] is False and within["schema"] == {"type": "integer", "minimum": 0, "maximum": 2**32 - 1,
+                                                                 "default": 300}
+    listed = {q["name"] for q in get(served, "/api/queries").json()}
+    assert {f"/api/queries/{n}" for n in listed} <= set(spec["paths"])
 
 
 def test_library_queries_bind_parameters_server_side(served: Served, stub_client: Any) -> None:
