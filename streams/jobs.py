@@ -95,7 +95,7 @@ class JobMerger:
         out = self._release(key, series, now)
         if sketch.window_end > self._newest:
             self._newest = sketch.window_end
-            self._forget_idle()
+            out += self._forget_idle()
         return out
 
     def _release(self, key: tuple[str, str, str], series: _Series, now: float) -> list[JobQuantiles]:
@@ -152,11 +152,17 @@ class JobMerger:
             user=first.user, team=first.team, priority=first.priority,
         )
 
-    def _forget_idle(self) -> None:
+    def _forget_idle(self) -> list[JobQuantiles]:
+        """Forget the jobs silent for ``idle_forget_ms`` of event time (bounded memory), emitting
+        first whatever windows they still had pending: in a fast catch-up another job's input can
+        run hours of event time ahead of a job whose windows were still waiting for late GPUs."""
         horizon = self._newest - self.config.idle_forget_ms
+        out: list[JobQuantiles] = []
         for key in [k for k, s in self._series.items() if s.newest < horizon]:
-            del self._series[key]
+            series = self._series.pop(key)
+            out.extend(self._emit(series, e) for e in sorted(series.pending))
             self._gpus_of.pop(key[:2], None)
+        return out
 
     def forget(self) -> None:
         """Drop all state (the partitions it came from are being rebuilt by a replay)."""

@@ -101,3 +101,15 @@ def test_window_means_become_per_metric_job_windows_for_peer_detectors() -> None
     assert set(by_metric) == {"gpu_util", "pcie_bytes_per_s"}
     assert by_metric["gpu_util"].statistic == "p50" and by_metric["gpu_util"].value == {"A": 50.0, "B": 50.0}
     assert by_metric["pcie_bytes_per_s"].statistic == "mean" and by_metric["pcie_bytes_per_s"].value == {"A": 5e9, "B": 4e9}
+
+
+def test_a_job_forgotten_for_silence_first_emits_the_windows_it_had_pending() -> None:
+    # a fast catch-up: job j2's input runs hours of event time ahead while j1's last window still
+    # waits for a GPU that is late; forgetting j1 (bounded memory) must not drop that window
+    merger = JobMerger(JobStageConfig(wait_s=1e9, stale_s=1e9, idle_forget_ms=3_600_000))
+    v = np.full(10, 40.0, dtype=np.float32)
+    out = [q for gpu in ("A", "B") for q in merger.add(gpu_sketch(gpu, 60_000, v), now=0.0)]
+    out += merger.add(gpu_sketch("A", 120_000, v), now=0.0)
+    assert out == []  # the first window's GPU set is not known yet, and no wait has run out
+    out = merger.add(gpu_sketch("X", 3 * 3_600_000, v, job="j2"), now=0.0)  # j2, three hours of event time later
+    assert [(q.job_id, q.window_end - T0, q.gpus) for q in out] == [("j1", 60_000, 2), ("j1", 120_000, 1)]
