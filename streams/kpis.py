@@ -23,8 +23,8 @@ not a name, each pod holds its own GPUs. "Job" below means that unit. A job
   missed, ``started``); the wait is observed in the interval its scheduling is applied in;
 * holds ``requested_gpus`` from ``scheduled``/``started`` to ``finished``/``deleted``/``preempted``,
   on its ``node`` (attributes as of scheduling); a share of a GPU counts as that share; a Slurm
-  host list (``gpu[01-04]``) spreads them evenly over its nodes (a group of nodes, such as a zone,
-  counts the job once however many of its nodes it holds);
+  host list (``gpu[01-04]``) spreads them evenly over its nodes (the ``count`` of a group of nodes,
+  such as a zone, counts the job once per node of it in the group);
 * is forgotten at ``finished``/``deleted``/``preempted`` (bounded memory). The last
   ``max_ended`` ended jobs are remembered by their seen ``(kind, ts)`` only, so duplicates and late
   events of an ended job change nothing. After ``preempted`` a *new* ``scheduled`` (a Slurm
@@ -416,15 +416,14 @@ class SchedulingKpis:
         """Add (``sign`` = 1) or remove (-1) a job's GPUs from its groups and its nodes."""
         for g in hold.groups:
             self._change(g, t, sign * hold.gpus, sign)
-        # a model or zone group counts the job once (its holders), however many of its nodes are in it
-        counted: set[Group] = set()
+        # a model or zone group counts placements: a gang job once per node of it in the group (so a
+        # node re-inventoried into another zone takes exactly its own share and count along)
         for part in hold.parts:
             node = self._node(part.node)
             node.alloc += sign * part.gpus
             node.holders += sign
             for g in node.groups():
-                self._change(g, t, sign * part.gpus, 0 if g in counted else sign)
-                counted.add(g)
+                self._change(g, t, sign * part.gpus, sign)
         touched = {n for n, _ in hold.busy if n is not None} | {p.node for p in hold.parts if p.node is not None and p.anon}
         for name in touched:
             self._add_fragments(self._node(name), -1)

@@ -189,10 +189,24 @@ def test_a_slurm_job_on_a_host_list_holds_its_gpus_on_each_of_its_nodes() -> Non
     _, rows = run(events)
     at = lambda kpi, dim="cluster", group="all": value(rows, kpi, dim, group, B1)  # noqa: E731
     assert (at("allocated_gpus"), at("allocation_rate", "zone", "z1"), at("allocation_rate", "zone", "z2")) == (18, 1, 10 / 16)
-    assert rows["allocated_gpus", "zone", "z2", B1].count == 2  # the gang job counted once in z2, as in z1
+    assert rows["allocated_gpus", "zone", "z2", B1].count == 2 and rows["allocated_gpus", "cluster", "all", B1].count == 2
     # both of its nodes are full: only gpu03's 6 free GPUs remain, stranded beside the 2-GPU job
     assert (at("free_gpus"), at("stranded_gpus"), at("fragmented_nodes")) == (6, 6, 1)
     assert at("gang_wait_p50_s") == 5 and rows["gang_wait_p50_s", "cluster", "all", B1].count == 1
+
+
+def test_a_node_of_a_gang_job_moved_to_another_zone_takes_its_own_share_along() -> None:
+    events = [inv("g1", 8, "H100", "z1"), inv("g2", 8, "H100", "z1"), ev("mn", "scheduled", 5, 16, "g[1-2]"),
+              ev("z", "submitted", 61)]
+    kpis, rows = run(events)
+    assert value(rows, "allocated_gpus", "zone", "z1", B1) == 16 and rows["allocated_gpus", "zone", "z1", B1].count == 2
+    rows2 = kpis.observe(NodeInventory(ts=B1 + 1000, node="g2", gpu_count=8, gpu_model="H100", zone="z2"))
+    rows2 += kpis.advance(B2)
+    at = {(r.kpi, r.group): (r.value, r.count) for r in rows2 if r.dimension == "zone"}
+    assert at["allocated_gpus", "z1"] == (8, 1) and at["allocated_gpus", "z2"] == (8, 1)
+    rows3 = kpis.observe(ev("mn", "finished", 130, 16, "g[1-2]")) + kpis.advance(B2 + 60_000)
+    after = {(r.kpi, r.group): r.value for r in rows3 if r.dimension == "zone"}
+    assert after["allocated_gpus", "z1"] == after["allocated_gpus", "z2"] == 0 and all(r.value >= 0 for r in rows3)
 
 
 def test_inventory_after_the_jobs_moves_their_allocation_to_the_node_model() -> None:
