@@ -43,7 +43,7 @@ _PARAM = re.compile(
 )
 #: ``{name:Type}`` placeholders of the SQL body
 PLACEHOLDER = re.compile(r"\{\s*([A-Za-z_]\w*)\s*:\s*([^{}]+?)\s*\}")
-INT_RANGES = {f"{s}Int{b}": ((0, 2**b - 1) if s else (-(2 ** (b - 1)), 2 ** (b - 1) - 1))
+_INT_RANGES = {f"{s}Int{b}": ((0, 2**b - 1) if s else (-(2 ** (b - 1)), 2 ** (b - 1) - 1))
                for s in ("", "U") for b in (8, 16, 32, 64)}
 
 
@@ -68,9 +68,9 @@ class Param:
         clear error naming the parameter; strings pass as they are (bound, never spliced)."""
         base = self.base_type
         try:
-            if base in INT_RANGES:
+            if base in _INT_RANGES:
                 value = int(raw.strip(), 10)
-                lo, hi = INT_RANGES[base]
+                lo, hi = _INT_RANGES[base]
                 if not lo <= value <= hi:
                     raise ValueError(f"out of range {lo}..{hi}")
                 return value
@@ -85,6 +85,21 @@ class Param:
 
     def describe(self) -> str:
         return f"{self.name}={'?' if self.default is None else self.default}"
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON schema of its values, as :meth:`convert` checks them (for an OpenAPI spec)."""
+        base = self.base_type
+        schema: dict[str, Any]
+        if base in _INT_RANGES:
+            lo, hi = _INT_RANGES[base]
+            schema = {"type": "integer", "minimum": lo, "maximum": hi}
+        elif base in ("Float32", "Float64"):
+            schema = {"type": "number"}
+        else:
+            schema = {"type": "string", "maxLength": 1024}
+        if self.default is not None:
+            schema["default"] = self.convert(self.default, "")  # typed as the schema says: 300, not "300"
+        return schema
 
 
 @dataclass(frozen=True)

@@ -416,24 +416,23 @@ class SchedulingKpis:
         """Add (``sign`` = 1) or remove (-1) a job's GPUs from its groups and its nodes."""
         for g in hold.groups:
             self._change(g, t, sign * hold.gpus, sign)
+        touched = {n for n, _ in hold.busy if n is not None} | {p.node for p in hold.parts if p.node is not None and p.anon}
+        for name in touched:
+            self._add_fragments(self._node(name), -1)
         # a model or zone group counts placements: a gang job once per node of it in the group (so a
         # node re-inventoried into another zone takes exactly its own share and count along)
         for part in hold.parts:
             node = self._node(part.node)
             node.alloc += sign * part.gpus
             node.holders += sign
+            node.anon += sign * part.anon
             for g in node.groups():
                 self._change(g, t, sign * part.gpus, sign)
-        touched = {n for n, _ in hold.busy if n is not None} | {p.node for p in hold.parts if p.node is not None and p.anon}
-        for name in touched:
-            self._add_fragments(self._node(name), -1)
         for name, gid in hold.busy:
             refs = self._node(name).gpu_refs
             refs[gid] += sign
             if refs[gid] <= 0:
                 del refs[gid]
-        for part in hold.parts:
-            self._node(part.node).anon += sign * part.anon
         for name in touched:
             self._add_fragments(self._node(name), +1)
         for name in {*(p.node for p in hold.parts), *touched}:  # forget nodes the inventory never named once nothing is on them

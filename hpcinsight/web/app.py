@@ -36,21 +36,8 @@ MAX_ROWS = 20_000
 
 
 def _openapi_param(p: Param) -> dict[str, Any]:
-    """A library query parameter as an OpenAPI query parameter (ClickHouse type -> JSON schema)."""
-    from hpcinsight.query import INT_RANGES
-
-    base = p.base_type
-    schema: dict[str, Any]
-    if base in INT_RANGES:
-        lo, hi = INT_RANGES[base]
-        schema = {"type": "integer", "minimum": lo, "maximum": hi}
-    elif base in ("Float32", "Float64"):
-        schema = {"type": "number"}
-    else:
-        schema = {"type": "string", "maxLength": 1024}
-    if p.default is not None:
-        schema["default"] = p.convert(p.default, "")  # typed as the schema says: 300, not "300"
-    return {"name": p.name, "in": "query", "required": p.default is None, "schema": schema,
+    """A library query parameter as an OpenAPI query parameter."""
+    return {"name": p.name, "in": "query", "required": p.default is None, "schema": p.json_schema(),
             "description": f"{p.doc} (ClickHouse {p.type})".strip()}
 
 

@@ -131,11 +131,8 @@ class ClusterState:
     def add_gpu_quantiles(self, rows: list[GpuQuantiles]) -> None:
         with self.lock:
             for q in rows:
-                key = (q.gpu_uuid, q.metric, q.window)
-                old = self.gpu_quantiles.get(key)
-                if old is not None and old.window_end > q.window_end:
+                if not _keep_newest(self.gpu_quantiles, (q.gpu_uuid, q.metric, q.window), q, "window_end"):
                     continue
-                self.gpu_quantiles[key] = q
                 if q.metric == "gpu_util" and q.window == "since_start":
                     i = self.index.get(q.gpu_uuid)
                     if i is not None and q.job_id == self.job[i]:
@@ -144,10 +141,7 @@ class ClusterState:
     def add_job_quantiles(self, rows: list[JobQuantiles]) -> None:
         with self.lock:
             for q in rows:
-                key = (q.job_id, q.metric, q.window)
-                old = self.job_quantiles.get(key)
-                if old is None or old.window_end <= q.window_end:
-                    self.job_quantiles[key] = q
+                _keep_newest(self.job_quantiles, (q.job_id, q.metric, q.window), q, "window_end")
 
     def add_anomalies(self, rows: list[Anomaly]) -> None:
         with self.lock:
@@ -182,17 +176,12 @@ class ClusterState:
     def add_kpis(self, rows: list[SchedulingKpi]) -> None:
         with self.lock:
             for k in rows:
-                key = (k.kpi, k.dimension, k.group)
-                old = self.kpis.get(key)
-                if old is None or old.ts <= k.ts:
-                    self.kpis[key] = k
+                _keep_newest(self.kpis, (k.kpi, k.dimension, k.group), k, "ts")
 
     def add_inventory(self, rows: list[NodeInventory]) -> None:
         with self.lock:
             for n in rows:
-                old = self.nodes.get(n.node)
-                if old is None or old.ts <= n.ts:
-                    self.nodes[n.node] = n
+                if _keep_newest(self.nodes, n.node, n, "ts"):
                     self.layout_version += 1
 
     # -- reading (callers hold no lock; each method takes it) --------------------------------
@@ -345,6 +334,16 @@ def _count(items: Any) -> dict[str, int]:
     for item in items:
         out[item] = out.get(item, 0) + 1
     return out
+
+
+def _keep_newest(table: dict[Any, Any], key: Any, row: Any, time_field: str) -> bool:
+    """Store ``row`` under ``key`` unless what is there is newer (by ``time_field``); True if stored.
+    Topics are read at least once and in no order across partitions: an older row must not win."""
+    old = table.get(key)
+    if old is not None and getattr(old, time_field) > getattr(row, time_field):
+        return False
+    table[key] = row
+    return True
 
 
 def _anomaly(a: Anomaly) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -108,6 +109,11 @@ class _Route:
             if hit and not child.config.continue_:
                 break
         return found or [self.config]
+
+
+def _equal_key(rule: InhibitRule, labels: dict[str, str]) -> tuple[str, ...]:
+    """The values of a rule's ``equal`` labels: a source mutes a target only where they agree."""
+    return tuple(labels.get(e, "") for e in rule.equal)
 
 
 def group_labels(route: RouteConfig, labels: dict[str, str]) -> dict[str, str]:
@@ -277,21 +283,24 @@ class Engine:
     def inhibited_by(self, alert: Alert) -> str | None:
         if self._sources is None:
             self._sources = [self._index_sources(rule) for rule in self.config.inhibit_rules]
-        for rule, sources in zip(self.config.inhibit_rules, self._sources):
-            if not matches_all(rule.target, alert.labels):
-                continue
-            two_sided = matches_all(rule.source, alert.labels)
-            for source_id, source_two_sided in sources.get(tuple(alert.labels.get(e, "") for e in rule.equal), ()):
+        for n, key, two_sided in self._rules_targeting(alert):
+            for source_id, source_two_sided in self._sources[n].get(key, ()):
                 if source_id != alert.id and not (two_sided and source_two_sided):
                     return source_id
         return None
+
+    def _rules_targeting(self, alert: Alert) -> Iterator[tuple[int, tuple[str, ...], bool]]:
+        """(index, ``equal`` label values, whether it also matches the source side) of each inhibit
+        rule whose target side matches ``alert``."""
+        for n, rule in enumerate(self.config.inhibit_rules):
+            if matches_all(rule.target, alert.labels):
+                yield n, _equal_key(rule, alert.labels), matches_all(rule.source, alert.labels)
 
     def _index_sources(self, rule: InhibitRule) -> dict[tuple[str, ...], list[tuple[str, bool]]]:
         index: dict[tuple[str, ...], list[tuple[str, bool]]] = {}
         for a in self.alerts.values():
             if a.firing and matches_all(rule.source, a.labels):
-                key = tuple(a.labels.get(e, "") for e in rule.equal)
-                index.setdefault(key, []).append((a.id, matches_all(rule.target, a.labels)))
+                index.setdefault(_equal_key(rule, a.labels), []).append((a.id, matches_all(rule.target, a.labels)))
         return index
 
     def muted(self, alert: Alert, now_ms: int) -> bool:
@@ -408,14 +417,10 @@ class Engine:
         assert alert.ends_at is not None
         if alert.passed_over or alert.ends_at - alert.starts_at < wait_ms or self.silenced_by(alert, now_ms) is not None:
             return False
-        for rule in self.config.inhibit_rules:
-            if not matches_all(rule.target, alert.labels):
-                continue
-            key = tuple(alert.labels.get(e, "") for e in rule.equal)
-            two_sided = matches_all(rule.source, alert.labels)
+        for n, key, two_sided in self._rules_targeting(alert):
+            rule = self.config.inhibit_rules[n]
             for other in self.alerts.values():
-                if (other.id != alert.id and matches_all(rule.source, other.labels)
-                        and tuple(other.labels.get(e, "") for e in rule.equal) == key
+                if (other.id != alert.id and matches_all(rule.source, other.labels) and _equal_key(rule, other.labels) == key
                         and not (two_sided and matches_all(rule.target, other.labels))
                         and other.starts_at < alert.ends_at and (other.ends_at is None or other.ends_at > alert.starts_at)):
                     self.stats.muted_inhibited += 1

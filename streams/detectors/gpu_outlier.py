@@ -122,8 +122,8 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
         if len(event.value) >= self.config.min_peers:
             for uuid, evidence in _compare(event.value, event.mean, floor).items():
                 out += self._judge(event, "gpu", uuid, event.node.get(uuid), uuid, evidence)
-        if len({event.node.get(uuid, "?") for uuid in event.value}) >= self.config.min_nodes:
-            node_values, gpus_on = _by_node(event.value, event.node)
+        node_values, gpus_on = _by_node(event.value, event.node)
+        if len(node_values) >= self.config.min_nodes:
             node_means = _by_node(event.mean, event.node)[0] if event.mean is not None else None
             for node, evidence in _compare(node_values, node_means, floor).items():
                 out += self._judge(event, "node", node, node, None, {**evidence, "gpus_on_node": float(gpus_on[node])})

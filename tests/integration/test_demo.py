@@ -35,21 +35,18 @@ def test_sigterm_stops_the_demo_and_everything_it_started(pipeline: Pipeline) ->
                             env=pipeline.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     try:
         agent_log = pipeline.store.parent / "logs" / "agent.log"
-        deadline = time.monotonic() + 120
-        while not agent_log.exists() and demo.poll() is None and time.monotonic() < deadline:
+        while not agent_log.exists() and demo.poll() is None:  # bounded by the suite's per-test timeout
             time.sleep(0.5)
         time.sleep(3)  # the agent under way, the worker and the sink started before it
         assert demo.poll() is None and agent_log.exists(), (pipeline.logs / "demo-sigterm.log").read_text()[-3000:]
         demo.send_signal(signal.SIGTERM)  # to the demo alone, as `kill PID` does
         assert demo.wait(90) == 128 + signal.SIGTERM
-        # nothing it started (worker, sink, agent, unit view) is left in its session
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(demo.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.5)
+        # nothing it started (worker, sink, agent, unit view) is left in its session: the demo waits for
+        # each child it stops, so by its exit they are gone
+        try:
+            os.killpg(demo.pid, 0)
+        except ProcessLookupError:
+            pass
         else:
             left = subprocess.run(["ps", "-o", "pid,args", "-g", str(demo.pid)], capture_output=True, text=True).stdout
             raise AssertionError(f"processes of the demo's session outlived it:\n{left}")
