@@ -49,13 +49,31 @@ class DemoOptions:
     ui_port: int = 0  # the unit view (hpcinsight serve) while the demo runs: this port, 0 a free one, -1 none
 
     def idle_specs(self) -> list[str]:
-        # By default one GPU idles for the first half of the run, then recovers, so the
-        # demo shows an anomaly firing and then resolving.
-        from streams.app import parse_windows
-
-        shortest_s = min(w.size_ms for w in parse_windows(self.windows)) / 1000
+        """By default one GPU idles from the start, then recovers, so the demo shows its anomalies
+        firing and then resolving (see :func:`default_idle_end_s` for when it recovers)."""
         node, gpu = min(1, self.nodes - 1), min(3, self.gpus - 1)  # GPU 3 of the second node, where there is one
-        return self.idle or [f"{node}:{gpu}@0-{max(2 * shortest_s, self.duration_s / 2):g}"]
+        return self.idle or [f"{node}:{gpu}@0-{default_idle_end_s(self)[0]:g}"]
+
+
+def default_idle_end_s(options: DemoOptions, lateness_s: float = 2.0) -> tuple[float, bool]:
+    """When the demo's idle GPU recovers (seconds into the run), and whether the run is long enough
+    for what it raises to both fire and resolve.
+
+    Windows close on event time: a window closes when a sample ``lateness_s`` past its end arrives, so
+    the run's last windows never close. Judged on the shortest window (size S, hop H), a detector that
+    wants two windows in a row out of line (gpu_outlier) fires once two windows of mostly idle samples
+    have closed, about S + 2H after the start. To resolve, it wants two windows in a row entirely after
+    the recovery (the window that holds the recovery does not count: it is out of line on its mean);
+    the first starts up to H after it, so the second ends up to S + 2H after it and closes
+    ``lateness_s`` later, and the run's last sample is one interval before its end (one more interval
+    of slack). The recovery is placed as late as that allows, never before firing can happen."""
+    from streams.app import parse_windows
+
+    shortest = min(parse_windows(options.windows), key=lambda w: w.size_ms)
+    size_s, hop_s = shortest.size_ms / 1000, shortest.hop_ms / 1000
+    fire_s = size_s + 2 * hop_s
+    resolve_s = size_s + 2 * hop_s + lateness_s + 2 * options.interval_s
+    return max(fire_s, options.duration_s - resolve_s), fire_s + resolve_s <= options.duration_s
 
 
 def rows_flagged(columns: list[str], rows: list[tuple]) -> list[tuple]:
@@ -235,6 +253,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
                 agent_args += [flag, spec]
         agent = procs.start("agent", *agent_args)
         console.print(f"simulating {options.nodes} nodes x {options.gpus} GPUs, idle GPU(s): {', '.join(options.idle_specs())}")
+        if not options.idle and not default_idle_end_s(options)[1]:
+            console.print(f"[yellow]--duration {options.duration_s:g} is short for windows {options.windows}: the run may end "
+                          "before the idle GPU's anomalies resolve (the last windows close only on later samples)[/]")
 
         watched = {
             label: t.full_name(settings.kafka.topic_prefix)
