@@ -68,10 +68,12 @@ class Summary:
     count: int = 0
     total: float = 0.0
 
-    def add(self, values: np.ndarray) -> None:
+    def add(self, values: np.ndarray, total: float | None = None) -> None:
+        """Add ``values`` (float32); ``total``, their float64 sum, when the caller already has it
+        (a closing pane goes into several summaries: summing it once is cheaper)."""
         self.sketch.update(values)
         self.count += int(values.size)
-        self.total += float(values.sum(dtype=np.float64))
+        self.total += float(values.sum(dtype=np.float64)) if total is None else total
 
     def merge(self, other: Summary) -> None:
         self.sketch.merge(other.sketch)
@@ -118,10 +120,11 @@ class Closed:
 class _Window:
     """The closed hop panes of one sliding window, and the one being filled."""
 
-    __slots__ = ("spec", "panes", "filling", "filling_start")
+    __slots__ = ("spec", "size_ms", "hop_ms", "label", "panes", "filling", "filling_start")
 
     def __init__(self, spec: WindowSpec) -> None:
         self.spec = spec
+        self.size_ms, self.hop_ms, self.label = spec.size_ms, spec.hop_ms, spec.label  # read at every pane close
         self.panes: deque[tuple[int, Summary]] = deque()
         self.filling: Summary | None = None
         self.filling_start = 0
@@ -213,36 +216,45 @@ class RollingSeries:
         return out
 
     def _close_pane(self, start: int, values: np.ndarray, job: str | None) -> list[Closed]:
+        # Runs for every series at every base pane: with thousands of GPUs sampled at the same
+        # instants, all of a worker's series close together, and that burst is what an anomaly
+        # waits behind. Hence the pane is summed once, and a window of one pane is not copied.
         end = start + self.config.base_ms
         out: list[Closed] = []
+        total = float(values.sum(dtype=np.float64)) if values.size else 0.0
         if values.size:
             if self._since is None or job != self._job:
                 if self._since is not None and self._since.count and self._since_sent_to < start:
                     out.append(Closed.of(SINCE_START, self._job_start, start, self._job, self._since))
                 self._job, self._job_start, self._since = job, start, Summary()
-            self._since.add(values)
-        assert self._first_ms is not None
+            self._since.add(values, total)
+        first_ms = self._first_ms
+        assert first_ms is not None
         for w in self._windows:
-            spec = w.spec
+            hop, size = w.hop_ms, w.size_ms
             if values.size:
                 if w.filling is None:
-                    w.filling, w.filling_start = Summary(), start - start % spec.hop_ms
-                w.filling.add(values)
-            if end % spec.hop_ms == 0:
+                    w.filling, w.filling_start = Summary(), start - start % hop
+                w.filling.add(values, total)
+            if end % hop == 0:
+                panes = w.panes
                 if w.filling is not None:
-                    w.panes.append((w.filling_start, w.filling))
+                    panes.append((w.filling_start, w.filling))
                     w.filling = None
-                while w.panes and w.panes[0][0] < end - spec.size_ms:
-                    w.panes.popleft()
-                if w.panes and end - spec.size_ms >= self._first_ms:
-                    merged = Summary()
-                    for _, summary in w.panes:
-                        merged.merge(summary)
+                while panes and panes[0][0] < end - size:
+                    panes.popleft()
+                if panes and end - size >= first_ms:
+                    if len(panes) == 1:
+                        merged = panes[0][1]  # Closed.of snapshots it: nothing later changes the copy it emits
+                    else:
+                        merged = Summary()
+                        for _, summary in panes:
+                            merged.merge(summary)
                     if merged.count:
-                        out.append(Closed.of(spec.label, end - spec.size_ms, end, self._job, merged))
+                        out.append(Closed.of(w.label, end - size, end, self._job, merged))
                 # the oldest pane is in no later window: free it now, not at the next close
-                while w.panes and w.panes[0][0] < end - spec.size_ms + spec.hop_ms:
-                    w.panes.popleft()
+                while panes and panes[0][0] < end - size + hop:
+                    panes.popleft()
         if self._since is not None and self._since.count and end % self.config.since_start_every_ms == 0:
             out.append(Closed.of(SINCE_START, self._job_start, end, self._job, self._since))
             self._since_sent_to = end
