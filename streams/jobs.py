@@ -104,7 +104,9 @@ class JobMerger:
         for e in sorted(series.pending):
             pending = series.pending[e]
             expected = series.expected or self._gpus_of.get(key[:2], frozenset())
-            complete = bool(expected) and expected <= pending.sketches.keys()
+            # the length first: the subset test walks the expected GPUs, and this runs at every sketch
+            # added, so without it a job of n GPUs would cost n^2 / 2 lookups a window
+            complete = bool(expected) and len(pending.sketches) >= len(expected) and expected <= pending.sketches.keys()
             waited = now - pending.since
             overdue = (series.newest - e >= cfg.grace_ms and waited >= cfg.wait_s) or waited >= cfg.stale_s
             if not (complete or overdue):
