@@ -41,7 +41,7 @@ DESCRIPTIONS: dict[str, tuple[str, str, str | None]] = {
     "scaleout": ("two workers in one group draining the same backlog", "one worker", None),
     "latency_1k": ("sample -> anomaly on its topic, sim agent + worker + broker, 1,024 GPUs at 1 Hz", "agent -> broker delivery",
                    "p99 <= 2 s"),
-    "latency_10k": ("the same at 10,240 GPUs", "agent -> broker delivery", "p99 <= 2 s"),
+    "latency_10k": ("the same at 10,240 GPUs, two workers in one group", "agent -> broker delivery", "p99 <= 2 s"),
     "storage": ("bytes per GPU sample after merge, all 45 fields, measured codecs", "the same table with ClickHouse's default LZ4", None),
     "query": ("worst p95 of the job-scoped library queries over 24 h of 1,024 GPUs (88.5 M samples), embedded chDB",
               "the job's mean utilisation read straight from `gpu_samples`", "p95 <= 1 s"),
