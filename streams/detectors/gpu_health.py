@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from schemas.events import Anomaly, Event, GpuSample
 from streams.detectors import Detector, anomaly_id
@@ -104,12 +104,31 @@ class _Incident:
     severity: Severity
 
 
-@dataclass
-class _Obs:
-    """One busy sample in the throttle window: when, and which reasons it carried."""
+class _Obs(NamedTuple):
+    """One busy sample in the throttle window: when, which reasons it carried, and whether they
+    count as thermal or power throttling (decided once per distinct set, see :func:`_reasons`)."""
 
     ts: int
     reasons: frozenset[str]
+    thermal: bool
+    power: bool
+
+
+_REASON_SETS: dict[tuple[str, ...], tuple[frozenset[str], bool, bool]] = {}
+_REASON_SETS_MAX = 256  # a GPU reports a handful of combinations; hostile input must not grow this
+
+
+def _reasons(throttle: list[str]) -> tuple[frozenset[str], bool, bool]:
+    """The reasons of a sample as a set, and whether they are thermal or power: per sample this ran
+    on every busy sample of every GPU, so each distinct combination is worked out once."""
+    key = tuple(throttle)
+    got = _REASON_SETS.get(key)
+    if got is None:
+        reasons = frozenset(throttle) if throttle else _NO_REASONS
+        got = (reasons, bool(reasons & THERMAL_REASONS), bool(reasons & POWER_REASONS))
+        if len(_REASON_SETS) < _REASON_SETS_MAX:
+            _REASON_SETS[key] = got
+    return got
 
 
 @dataclass
@@ -231,25 +250,31 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         return []
 
     def _throttle(self, s: GpuSample, gpu: _Gpu) -> list[Event]:
+        # Runs on every sample of every GPU: the common path (nothing open, shares below the
+        # threshold) does a few comparisons and returns.
         cfg = self.config
+        window, hits = gpu.window, gpu.hits
         window_ms = cfg.throttle_window_s * 1000
-        while gpu.window and gpu.window[0].ts <= s.ts - window_ms:
+        oldest = s.ts - window_ms
+        while window and window[0][0] <= oldest:
             self._drop_oldest(gpu)
-        known = s.throttle_reasons is not None or bool(s.throttle)
-        if known and s.gpu_util is not None and s.gpu_util >= cfg.throttle_busy_pct:
-            obs = _Obs(s.ts, frozenset(s.throttle) if s.throttle else _NO_REASONS)
-            gpu.window.append(obs)
+        if (s.throttle_reasons is not None or s.throttle) and s.gpu_util is not None and s.gpu_util >= cfg.throttle_busy_pct:
+            obs = _Obs(s.ts, *_reasons(s.throttle))
+            window.append(obs)
             # running counts: the verdict below costs O(1) per sample, not a scan of the window
-            if obs.reasons & THERMAL_REASONS:
-                gpu.hits[THERMAL] += 1
-            if obs.reasons & POWER_REASONS:
-                gpu.hits[POWER] += 1
-            while len(gpu.window) > cfg.max_window_samples:
+            if obs.thermal:
+                hits[THERMAL] += 1
+            if obs.power:
+                hits[POWER] += 1
+            while len(window) > cfg.max_window_samples:
                 self._drop_oldest(gpu)
-        if len(gpu.window) < cfg.throttle_min_samples or s.ts - gpu.window[0].ts < window_ms / 2:
+        n = len(window)
+        if n < cfg.throttle_min_samples or s.ts - window[0][0] < window_ms / 2:
             return []  # too little of the window seen busy for a verdict
+        limit = cfg.throttle_share * n
+        if hits[THERMAL] <= limit and hits[POWER] <= limit and THERMAL not in gpu.open and POWER not in gpu.open:
+            return []  # the usual case: nothing throttles, nothing to resolve
         out: list[Event] = []
-        n = len(gpu.window)
         for condition, reasons in ((THERMAL, THERMAL_REASONS), (POWER, POWER_REASONS)):
             hits_now = gpu.hits[condition]
             incident = gpu.open.get(condition)
@@ -271,9 +296,9 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
     @staticmethod
     def _drop_oldest(gpu: _Gpu) -> None:
         obs = gpu.window.popleft()
-        if obs.reasons & THERMAL_REASONS:
+        if obs.thermal:
             gpu.hits[THERMAL] -= 1
-        if obs.reasons & POWER_REASONS:
+        if obs.power:
             gpu.hits[POWER] -= 1
 
     def _throttle_evidence(self, s: GpuSample, gpu: _Gpu, reasons: frozenset[str], share: float) -> dict[str, float]:
@@ -319,16 +344,12 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
             gpu.clock_bad_since = gpu.clock_good_since = None  # a long gap: start the run afresh
         gpu.clock_last_judged = s.ts
         span_ms = cfg.clock_low_s * 1000
-        evidence = {"sm_clock_mhz": float(s.sm_clock_mhz), "sm_clock_max_mhz": float(s.sm_clock_max_mhz),
-                    "clock_ratio": ratio, "threshold_ratio": cfg.clock_low_ratio, "gpu_util": float(s.gpu_util),
-                    "gpu_index": float(s.gpu_index)}
-        if s.throttle_reasons is not None:
-            evidence["throttle_reasons"] = float(s.throttle_reasons)
         incident = gpu.open.get(CLOCK)
         if low:
             gpu.clock_good_since = None
             gpu.clock_bad_since = gpu.clock_bad_since if gpu.clock_bad_since is not None else s.ts
             if incident is None and s.ts - gpu.clock_bad_since >= span_ms:
+                evidence = self._clock_evidence(s, ratio)
                 evidence["low_for_s"] = (s.ts - gpu.clock_bad_since) / 1000
                 reasons = f" (reported reasons: {', '.join(s.throttle)})" if s.throttle else ""
                 return [self._fire(s, gpu, CLOCK, "warning", gpu.clock_bad_since, evidence, (
@@ -340,10 +361,20 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         gpu.clock_bad_since = None
         gpu.clock_good_since = gpu.clock_good_since if gpu.clock_good_since is not None else s.ts
         if incident is not None and s.ts - gpu.clock_good_since >= span_ms:
-            return [self._resolve(s, gpu, CLOCK, evidence, (
+            return [self._resolve(s, gpu, CLOCK, self._clock_evidence(s, ratio), (
                 f"GPU {s.gpu_index} of {s.node} is back at {s.sm_clock_mhz:.0f} MHz ({ratio:.0%} of its maximum) "
                 f"for {cfg.clock_low_s:g} s"))]
         return []
+
+    def _clock_evidence(self, s: GpuSample, ratio: float) -> dict[str, float]:
+        """Built only when the verdict changes (the clock check runs on every busy sample)."""
+        assert s.sm_clock_mhz is not None and s.sm_clock_max_mhz is not None and s.gpu_util is not None
+        evidence = {"sm_clock_mhz": float(s.sm_clock_mhz), "sm_clock_max_mhz": float(s.sm_clock_max_mhz),
+                    "clock_ratio": ratio, "threshold_ratio": self.config.clock_low_ratio, "gpu_util": float(s.gpu_util),
+                    "gpu_index": float(s.gpu_index)}
+        if s.throttle_reasons is not None:
+            evidence["throttle_reasons"] = float(s.throttle_reasons)
+        return evidence
 
     # --- incidents --------------------------------------------------------------------------
     def _fire(self, s: GpuSample, gpu: _Gpu, condition: str, severity: Severity, started_at: int,
