@@ -4,7 +4,8 @@ Read-only throughout: live state comes from the topics (:mod:`hpcinsight.web.fee
 the query library (parameters bound server-side by ClickHouse, never spliced), job findings from
 ``diagnose``. When a token is configured (``HPCINSIGHT_API_TOKEN`` or ``HPCINSIGHT_API_TOKEN_FILE``)
 every ``/api`` route needs ``Authorization: Bearer TOKEN``, compared in constant time; the token is
-never logged or echoed. The page itself and the OpenAPI spec hold no data and are public.
+never logged or echoed. The page itself, the OpenAPI spec and its docs pages (``/docs``, ``/redoc``,
+their scripts bundled, no CDN) hold no data and are public.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 
 from hpcinsight.config import Secret
 from hpcinsight.web.state import METRICS, ClusterState, Filter, FilterError
@@ -79,12 +81,17 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's files, served with the docs pages
+
+
 def create_app(state: ClusterState, token: Secret | None = None, store_connect: Callable[[], Any] | None = None,
                feed_status: Callable[[], dict[str, Any]] | None = None, job_threshold: Callable[[str | None, str | None], float] | None = None,
                frame_interval_s: float = 1.0) -> FastAPI:
-    app = FastAPI(title="hpcinsight Insight API", version="1",
-                  description="Live cluster state from the topics and the query library's results; read-only. "
-                              "Send `Authorization: Bearer TOKEN` when the service has a token.")
+    # The docs pages (/docs, /redoc) load Swagger UI and ReDoc from the service itself, not from a
+    # CDN: GPU clusters are often air-gapped, and FastAPI's defaults would show a blank page there.
+    app = FastAPIOffline(title="hpcinsight Insight API", version="1", static_url=DOCS_ASSETS,
+                         description="Live cluster state from the topics and the query library's results; read-only. "
+                                     "Send `Authorization: Bearer TOKEN` when the service has a token.")
     store = Store(store_connect)
     expected = token.reveal().encode() if token is not None else None
 
