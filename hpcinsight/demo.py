@@ -55,7 +55,7 @@ class DemoOptions:
         return self.idle or [f"{node}:{gpu}@0-{default_idle_end_s(self)[0]:g}"]
 
 
-def default_idle_end_s(options: DemoOptions, lateness_s: float = 2.0) -> tuple[float, bool]:
+def default_idle_end_s(options: DemoOptions, lateness_s: float | None = None) -> tuple[float, bool]:
     """When the demo's idle GPU recovers (seconds into the run), and whether the run is long enough
     for what it raises to both fire and resolve.
 
@@ -65,9 +65,13 @@ def default_idle_end_s(options: DemoOptions, lateness_s: float = 2.0) -> tuple[f
     have closed, about S + 2H after the start. To resolve, it wants two windows in a row entirely after
     the recovery (the window that holds the recovery does not count: it is out of line on its mean);
     the first starts up to H after it, so the second ends up to S + 2H after it and closes
-    ``lateness_s`` later, and the run's last sample is one interval before its end (one more interval
-    of slack). The recovery is placed as late as that allows, never before firing can happen."""
-    from streams.app import parse_windows
+    ``lateness_s`` later (the worker's default, which the demo runs with), and the run's last sample
+    is one interval before its end (one more interval of slack). The recovery is placed as late as
+    that allows, never before firing can happen."""
+    from streams.app import WorkerOptions, parse_windows
+
+    if lateness_s is None:
+        lateness_s = WorkerOptions().lateness_s
 
     shortest = min(parse_windows(options.windows), key=lambda w: w.size_ms)
     size_s, hop_s = shortest.size_ms / 1000, shortest.hop_ms / 1000

@@ -331,7 +331,8 @@ def settle_heap() -> None:
     reference counting, not by the collector. With CPython's default thresholds the collector runs
     a young collection every 700 allocations and a full one, over the whole heap, every few
     seconds (0.2 s or more with 5,000 GPUs in-process: a stall every message behind it waits out).
-    Young collections every 50,000 allocations make the full ones a hundred times rarer."""
+    With young collections every 50,000 allocations the full ones become rare (in-process with
+    5,120 GPUs: none in 23 s of data, against 9 with the defaults)."""
     gc.collect()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
