@@ -10,7 +10,6 @@ figures: agent CPU as a percentage of one core (target <= 1%) and peak RSS (targ
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -77,7 +76,7 @@ def _watch(proc: subprocess.Popen[bytes], metrics_port: int | None = None) -> tu
 
 
 def bench_agent_resources(seconds: int = 40) -> dict[str, float]:
-    from deploy.local.kafka import LocalKafka
+    from deploy.local.kafka import LocalKafka, free_ports
 
     sys.path.insert(0, str(ROOT))
     from tests.fake_sysfs import FakeSysfs
@@ -86,9 +85,7 @@ def bench_agent_resources(seconds: int = 40) -> dict[str, float]:
         FakeSysfs(Path(tmp) / "ib", devices=8)
         env = {**os.environ, "KAFKA_BOOTSTRAP": kafka.bootstrap, "HPCINSIGHT_TOPIC_PREFIX": "bench.",
                "HPCINSIGHT_DATA_DIR": str(Path(tmp) / "data")}
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_ports(1)[0]
         agent = subprocess.Popen(
             [sys.executable, "-m", "hpcinsight.cli", "agent", "--backend", "sim", "--nodes", "1", "--gpus", "8",
              "--ib", "--ib-root", str(Path(tmp) / "ib"), "--node", "sim-node-00", "--ticks", str(seconds),

@@ -132,11 +132,9 @@ def start_ui(procs: Processes, port: int) -> str | None:
     if port < 0:
         return None
     if port == 0:
-        import socket
+        from deploy.local.kafka import free_ports
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_ports(1)[0]
     procs.start("serve", "serve", "--host", "127.0.0.1", "--port", str(port))
     return f"http://127.0.0.1:{port}/"
 

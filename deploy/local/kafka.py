@@ -109,7 +109,7 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
     return lib
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     """Let the kernel pick ``n`` distinct free loopback ports (held open together)."""
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
     try:
@@ -221,9 +221,9 @@ class LocalKafka:
             self._owns_workdir = True
         self._workdir.mkdir(parents=True, exist_ok=True)
         if self._port is None:
-            self._port, cport = _free_ports(2)
+            self._port, cport = free_ports(2)
         else:
-            cport = next(p for p in _free_ports(2) if p != self._port)
+            cport = next(p for p in free_ports(2) if p != self._port)
         server, log4j = self._write_config(cport)
         jvm = [java, f"-Xms{self._heap}", f"-Xmx{self._heap}", "-XX:+UseSerialGC",
                "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",

@@ -222,10 +222,8 @@ def create_app(state: ClusterState, token: Secret | None = None, store_connect: 
                 summary=query.doc.split(". ")[0][:120] or query.name, description=query.doc,
                 openapi_extra={"parameters": [_openapi_param(p) for p in query.params]})(run_named)
 
-    @app.get("/api/queries/{name}", dependencies=auth,
-             summary="run a library query by name; its parameters as query parameters, bound server-side by ClickHouse")
-    def run_any_query(name: str, request: Request) -> dict[str, Any]:
-        return run_query(name, request)
+    app.get("/api/queries/{name}", dependencies=auth,  # after the named routes: it would match them all
+            summary="run a library query by name; its parameters as query parameters, bound server-side by ClickHouse")(run_query)
 
     # -- live feed ------------------------------------------------------------------------
     @app.get("/api/stream", dependencies=auth,

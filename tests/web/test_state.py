@@ -3,19 +3,19 @@ and a frame of 10,240 GPUs is integers only."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from hpcinsight.web.state import ClusterState, Filter, FilterError
 from hpcinsight.web.synthetic import SyntheticCluster
 from schemas.events import Anomaly
 
+NOW = 1_780_000_000_000  # any instant: the live state keys anomalies by id, not by when
+
 
 def test_a_node_anomaly_marks_every_gpu_of_the_node_until_resolved() -> None:
     state = ClusterState()
     SyntheticCluster(state, nodes=3, gpus=4).tick()
-    now = int(time.time() * 1000)
+    now = NOW
     a = dict(id="ib1", kind="slow_interconnect", severity="warning", subject_type="node", subject="node-0001", ts=now,
              started_at=now, window_start=now, window_end=now, message="IB slow", evidence={}, node="node-0001")
     state.add_anomalies([Anomaly(state="firing", **a)])
@@ -34,7 +34,7 @@ def test_a_job_anomaly_marks_the_gpus_its_job_holds() -> None:
     job = cluster.job_of["node-0001"]
     assert job is not None
     held = [i for i in state.select(Filter()) if state.job[i] == job]
-    now = int(time.time() * 1000)
+    now = NOW
     a = dict(id="h1", kind="hang", severity="critical", subject_type="job", subject=job, ts=now, started_at=now,
              window_start=now, window_end=now, message="hung", evidence={}, job_id=job)
     state.add_anomalies([Anomaly(state="firing", **a)])
