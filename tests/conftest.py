@@ -1,4 +1,5 @@
-"""Shared fixtures: one real Kafka broker per test session, and a way to run the CLI.
+"""Shared fixtures: one real Kafka broker per test process (``make test`` runs several with
+pytest-xdist), and a way to run the CLI.
 
 The broker is, in order of preference: the cluster named by ``KAFKA_BOOTSTRAP``; a
 testcontainers Kafka where a Docker engine answers; otherwise a KRaft broker started from
