@@ -223,14 +223,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.detectors import build as build_detectors
 
     settings = load()
-    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
-    try:
+    try:  # options first: a typo is said at once, not after the broker answered
         options = WorkerOptions(
             windows=parse_windows(args.windows), lateness_s=parse_duration_ms(args.lateness) / 1000,
             since_start_every_s=parse_duration_ms(args.since_start_every) / 1000,
             checkpoint_every_s=parse_duration_ms(args.checkpoint_every) / 1000,
             replay_margin_s=parse_duration_ms(args.replay_margin) / 1000,
             kpi_interval_s=parse_duration_ms(args.kpi_interval) / 1000,
+            kpi_lateness_s=parse_duration_ms(args.kpi_lateness) / 1000,
             job_wait_s=parse_duration_ms(args.job_wait) / 1000, instance=args.instance,
         )
         options.processor_config()
@@ -238,6 +238,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"hpcinsight worker: {err}", file=sys.stderr)
         return 2
+    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
     run_worker(settings, options, loglevel=args.loglevel)
     return 0
 
@@ -455,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-wait", default="10s",
                    help="a job window missing some GPUs' sketches waits this long (processing time) for them (default 10s)")
     p.add_argument("--kpi-interval", default="60s", help="scheduling KPIs per interval of this length (default 60s)")
+    p.add_argument("--kpi-lateness", default="10s",
+                   help="a KPI interval waits this long after its end for late scheduler events, then closes; "
+                   "later ones count in the next interval (default 10s; raise it for a scheduler that reports late)")
     p.add_argument("--replay-margin", default="30s",
                    help="on restart, replay this much before the oldest checkpoint (agent-to-broker delay, clock skew)")
     p.add_argument("--loglevel", default="WARNING")

@@ -263,3 +263,29 @@ def test_utilisation_of_what_is_held_by_job_class_team_and_user() -> None:
         ("job_class", "small"): (10.0, 1), ("team", "llm"): (round((8 * 90 + 10) / 9, 6), 2),
         ("user", "alice"): (90.0, 1), ("user", "bob"): (10.0, 1),
     }
+
+
+def test_the_worker_kpi_lateness_option_decides_when_an_interval_closes() -> None:
+    """``hpcinsight worker --kpi-lateness``: the same late finish, 30 s behind the event that would
+    close its interval, is counted in order with 45 s and a boundary late with the default 10 s."""
+    from streams.app import WorkerOptions
+
+    events = [*NODES, ev("j", "scheduled", 0, 1, "n2", ("n2/gpu0",)), ev("x", "submitted", 60 + 12),
+              ev("j", "finished", 30), ev("y", "submitted", 200)]
+    default = WorkerOptions().processor_config().kpis
+    assert default.lateness_s == 10
+    kpis, rows = run(events, default)
+    assert kpis.late == 1 and value(rows, "allocated_gpus", "cluster", "all", B1) == 1
+    patient = WorkerOptions(kpi_lateness_s=45).processor_config().kpis
+    kpis, rows = run(events, patient)
+    assert kpis.late == 0 and value(rows, "allocated_gpus", "cluster", "all", B1) == 0
+
+
+def test_the_worker_refuses_a_kpi_lateness_it_cannot_read(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from hpcinsight.cli import main
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", "127.0.0.1:9")  # never reached: the option is refused first
+    for bad in ("soon", "-5s", "1e9h"):
+        assert main(["worker", f"--kpi-lateness={bad}"]) == 2
+        assert "hpcinsight worker:" in capsys.readouterr().err
