@@ -100,9 +100,11 @@ class Delivery:
 
     def _run(self) -> None:
         last_ack = time.monotonic()
+        unsaved: Position | None = None  # acknowledged, not yet recorded in the spool (at most every 0.5 s)
         while True:
+            stopping = self._stop.is_set()  # then read nothing new: hear back about what is out, and end
             room = self.window - len(self._inflight)
-            records = self.spool.read(min(room, 1000)) if room > 0 else []
+            records = self.spool.read(min(room, 1000)) if room > 0 and not stopping else []
             for record in records:
                 entry: list[Any] = [record.end, False]
                 self._inflight.append(entry)
@@ -113,21 +115,31 @@ class Delivery:
                     except BufferError:
                         self._producer.poll(0.1)
             self._producer.poll(0.05 if not records else 0)
-            acked: Position | None = None
             while self._inflight and self._inflight[0][1]:
-                acked = self._inflight.popleft()[0]
-            if acked is not None and (time.monotonic() - last_ack > 0.5 or not self._inflight):
-                self.spool.ack(acked)
-                last_ack = time.monotonic()
+                unsaved = self._inflight.popleft()[0]
+            if unsaved is not None and (time.monotonic() - last_ack > 0.5 or not self._inflight or stopping):
+                self.spool.ack(unsaved)
+                unsaved, last_ack = None, time.monotonic()
+            if stopping:
+                # close() has waited as long as it would: what is still unacknowledged stays in the
+                # spool and is sent by the next start (a thread left polling an unreachable broker
+                # would outlive its agent, and touch a spool already closed)
+                return
             if not records and not self._inflight:
                 self._idle.set()
-                if self._stop.is_set():
-                    return
                 # nothing to send or to hear back about: sleep until the next send (at 1 Hz, most of
                 # the second) rather than look at the spool 20 times a second; callbacks (errors,
                 # logs) are still served at least every half second
                 self._wake.wait(0.5)
                 self._wake.clear()
+
+    def _ack_delivered(self) -> None:
+        """Record in the spool how far, in order, the broker has acknowledged."""
+        acked: Position | None = None
+        while self._inflight and self._inflight[0][1]:
+            acked = self._inflight.popleft()[0]
+        if acked is not None:
+            self.spool.ack(acked)
 
     # -- shutdown ------------------------------------------------------------------------
     def drain(self, timeout: float) -> bool:
@@ -144,5 +156,7 @@ class Delivery:
         self._wake.set()
         self._thread.join(timeout=10)
         self._producer.flush(5)
+        if not self._thread.is_alive():
+            self._ack_delivered()  # what the flush heard back about is not sent again by the next start
         self.spool.close()
         return drained

@@ -44,3 +44,4 @@ def test_sampling_goes_on_without_a_broker_and_everything_waits_in_the_spool(tmp
     finally:
         metrics.close()
         assert delivery.close(drain_timeout=0.5) is False  # could not drain: reported, not hidden
+        assert not delivery._thread.is_alive()  # and its sender ended with it (it polled on for good before)

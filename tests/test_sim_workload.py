@@ -161,6 +161,7 @@ def test_a_sim_clock_from_a_given_start_that_catches_up_rather_than_skips(tmp_pa
         stats = run_agent([slow], delivery, "t.", interval_s=1.0, ticks=20, speed=1000.0, start_ms=T0, catch_up=True, node="n")
     finally:
         delivery.close(drain_timeout=0.1)
+    assert not delivery._thread.is_alive()  # closed with the broker away: its sender ends too, not polling on
     assert stats.skipped_ticks == 0 and slow.seen == [T0 + k * 1000 for k in range(20)]
 
 

@@ -88,3 +88,46 @@ def test_broker_outage_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         if agent is not None and agent.poll() is None:
             agent.kill()
         kafka.stop()
+
+
+def test_a_delivery_closed_and_started_again_on_its_spool_sends_each_message_once(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """close() drains, records every acknowledgement in the spool and ends its sender; a new
+    Delivery on the same spool (the agent restarted) finds nothing left to send, and what it is
+    given goes out once too."""
+    from agents.delivery import Delivery
+
+    prefix = f"dl{os.getpid()}{time.monotonic_ns() % 100_000}."
+    ensure_topics({"bootstrap.servers": kafka_bootstrap}, prefix)
+    topic = GPU_SAMPLES_RAW.full_name(prefix)
+    spool = tmp_path / "spool"
+    first = Delivery({"bootstrap.servers": kafka_bootstrap}, spool)
+    for i in range(500):
+        first.send(topic, f"n{i % 7}", f"m{i}".encode())
+    assert first.close(drain_timeout=60) is True and not first._thread.is_alive()
+    again = Delivery({"bootstrap.servers": kafka_bootstrap}, spool)
+    assert again.spool.read(10) == []  # every acknowledgement was recorded: nothing to send again
+    for i in range(500, 600):
+        again.send(topic, f"n{i % 7}", f"m{i}".encode())
+    assert again.close(drain_timeout=60) is True
+    values = sorted(int(v[1:]) for _, _, _, v in consume_all(kafka_bootstrap, topic))
+    assert values == list(range(600))  # each once
+
+
+def test_a_delivery_closed_while_the_broker_is_away_sends_everything_once_after_a_restart(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """close() with the broker unreachable gives up after its drain timeout and ends its sender:
+    every message waits in the spool, and the next start on it sends each exactly once."""
+    from agents.delivery import Delivery
+    from deploy.local.kafka import free_ports
+
+    prefix = f"dl{os.getpid()}{time.monotonic_ns() % 100_000}."
+    ensure_topics({"bootstrap.servers": kafka_bootstrap}, prefix)
+    topic = GPU_SAMPLES_RAW.full_name(prefix)
+    spool = tmp_path / "spool"
+    away = Delivery({"bootstrap.servers": f"127.0.0.1:{free_ports(1)[0]}", "log_level": 0}, spool)
+    for i in range(300):
+        away.send(topic, f"n{i % 5}", f"m{i}".encode())
+    assert away.close(drain_timeout=1) is False and not away._thread.is_alive()
+    back = Delivery({"bootstrap.servers": kafka_bootstrap}, spool)
+    assert back.close(drain_timeout=60) is True
+    values = sorted(int(v[1:]) for _, _, _, v in consume_all(kafka_bootstrap, topic))
+    assert values == list(range(300))
