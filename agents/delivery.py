@@ -115,8 +115,8 @@ class Delivery:
                     except BufferError:
                         self._producer.poll(0.1)
             self._producer.poll(0.05 if not records else 0)
-            while self._inflight and self._inflight[0][1]:
-                unsaved = self._inflight.popleft()[0]
+            if (got := self._pop_acknowledged()) is not None:
+                unsaved = got
             if unsaved is not None and (time.monotonic() - last_ack > 0.5 or not self._inflight or stopping):
                 self.spool.ack(unsaved)
                 unsaved, last_ack = None, time.monotonic()
@@ -133,13 +133,13 @@ class Delivery:
                 self._wake.wait(0.5)
                 self._wake.clear()
 
-    def _ack_delivered(self) -> None:
-        """Record in the spool how far, in order, the broker has acknowledged."""
+    def _pop_acknowledged(self) -> Position | None:
+        """Take the messages the broker has acknowledged, in order, off the in-flight queue; the
+        spool position after the last of them (None: no new acknowledgement)."""
         acked: Position | None = None
         while self._inflight and self._inflight[0][1]:
             acked = self._inflight.popleft()[0]
-        if acked is not None:
-            self.spool.ack(acked)
+        return acked
 
     # -- shutdown ------------------------------------------------------------------------
     def drain(self, timeout: float) -> bool:
@@ -156,7 +156,7 @@ class Delivery:
         self._wake.set()
         self._thread.join(timeout=10)
         self._producer.flush(5)
-        if not self._thread.is_alive():
-            self._ack_delivered()  # what the flush heard back about is not sent again by the next start
+        if not self._thread.is_alive() and (acked := self._pop_acknowledged()) is not None:
+            self.spool.ack(acked)  # what the flush heard back about is not sent again by the next start
         self.spool.close()
         return drained

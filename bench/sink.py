@@ -91,15 +91,13 @@ def bench_sink(repeats: int) -> dict[str, float]:
                 for name in tables:
                     client.command(f"TRUNCATE TABLE `{name}`")
 
-            def stored() -> int:
-                return int(client.command(f"SELECT count() FROM `{table}`"))  # type: ignore[arg-type]
-
-            def timed(fn) -> float:  # type: ignore[no-untyped-def]
+            def timed(fn, into: str = table) -> float:  # type: ignore[no-untyped-def]
                 empty()
                 start = time.perf_counter()
                 fn()
                 elapsed = time.perf_counter() - start
-                assert stored() == rows, "rows lost or deduplicated away: the figure would be wrong"
+                stored = int(client.command(f"SELECT count() FROM `{into}`"))  # type: ignore[arg-type]
+                assert stored == rows, "rows lost or deduplicated away: the figure would be wrong"
                 return elapsed
 
             def baseline(into: str = table) -> None:
@@ -115,11 +113,7 @@ def bench_sink(repeats: int) -> dict[str, float]:
             paired = []
             for _ in range(repeats):
                 base_round = timed(baseline)
-                empty()
-                start = time.perf_counter()
-                baseline(alone)
-                table_alone = min(table_alone, time.perf_counter() - start)
-                assert int(client.command(f"SELECT count() FROM `{alone}`")) == rows  # type: ignore[arg-type]
+                table_alone = min(table_alone, timed(lambda: baseline(alone), into=alone))
                 writer = TableWriter(client)
                 try:
                     ours_round = timed(lambda: feed(writer))
