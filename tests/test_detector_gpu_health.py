@@ -88,7 +88,7 @@ def test_retired_pages_pending_counts_on_older_gpus() -> None:
 
 
 def test_thermal_throttle_fires_once_per_episode_and_resolves_with_hysteresis() -> None:
-    det = GpuHealthDetector(GpuHealthConfig(throttle_window_s=60, throttle_share=0.5))
+    det = GpuHealthDetector(GpuHealthConfig(throttle_window_s=60, throttle_share=0.5, throttle_quiet_s=0))
     rng = random.Random(5)
     seq = [sample(t) for t in range(0, 60)]
     seq += [sample(t, reasons=("hw_thermal",) if rng.random() < 0.8 else (), temperature_c=92.0, sm_clock_mhz=1300.0)
@@ -103,6 +103,20 @@ def test_thermal_throttle_fires_once_per_episode_and_resolves_with_hysteresis() 
     assert resolved.id == firing.id and resolved.evidence["share"] < 0.25
     # hysteresis: the share fell through 0.5 well before the resolve, which needed it below 0.25
     assert resolved.ts > T0 + 240_000 + 30_000
+
+
+def test_throttling_that_cycles_with_the_cooling_is_one_incident() -> None:
+    """A room whose cooling cycles (2 min hot, 3 min cool, three times): one incident counting its episodes,
+    resolved once the cycle stops for the quiet time, not a page per cycle."""
+    det = GpuHealthDetector(GpuHealthConfig(throttle_quiet_s=300))
+    hot = lambda t: (t % 300) < 120 and t < 900  # noqa: E731
+    raised = run(det, [sample(t, reasons=("hw_thermal",) if hot(t) else (), temperature_c=91.0 if hot(t) else 70.0)
+                       for t in range(0, 1500)])
+    assert states(raised) == [("firing", "thermal_throttle"), ("resolved", "thermal_throttle")]
+    assert raised[1].evidence["episodes"] == 3 and raised[1].ts >= T0 + (720 + 300) * 1000
+    eager = run(GpuHealthDetector(GpuHealthConfig(throttle_quiet_s=0)),
+                [sample(t, reasons=("hw_thermal",) if hot(t) else ()) for t in range(0, 1500)])
+    assert len([a for a in eager if a.state == "firing"]) == 3  # without the quiet time: one page per cycle
 
 
 def test_power_cap_under_load_is_info_and_a_power_brake_is_a_warning() -> None:

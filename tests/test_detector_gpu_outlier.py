@@ -15,8 +15,8 @@ T0 = 1_764_000_000_000
 GPUS = 32  # 4 nodes x 8
 
 
-def windows(n: int, value_of, metric: str = "gpu_util", job: str = "job-1", gpus: int = GPUS):  # type: ignore[no-untyped-def]
-    for w in range(n):
+def windows(n: int, value_of, metric: str = "gpu_util", job: str = "job-1", gpus: int = GPUS, first: int = 0):  # type: ignore[no-untyped-def]
+    for w in range(first, first + n):
         end = T0 + (w + 1) * 10_000
         p50 = {f"GPU-{g}": value_of(w, g) for g in range(gpus)}
         yield JobGpuWindow(job_id=job, metric=metric, window="10s", window_start=end - 10_000, window_end=end,
@@ -75,8 +75,8 @@ def test_restart_keeps_the_incident_id() -> None:
     (firing,) = run(first, windows(10, slow))
     second = GpuOutlierDetector()
     second.restore([firing])
-    assert run(second, windows(10, slow)) == []  # still open: not fired again
-    recovered = run(second, windows(5, lambda w, g: 90.0))
+    assert run(second, windows(10, slow, first=10)) == []  # still open: not fired again
+    recovered = run(second, windows(6, lambda w, g: 90.0, first=20))
     assert [a.state for a in recovered] == ["resolved"] and recovered[0].id == firing.id
 
 

@@ -15,7 +15,7 @@ def q(end_s: int, p95: float, gpu: str = "GPU-a", job: str | None = "job-1") -> 
 
 
 def test_fires_then_resolves_with_a_stable_id() -> None:
-    det = GpuUnderusedDetector(GpuUnderusedConfig(threshold_pct=10.0, fire_after=2, resolve_after=1))
+    det = GpuUnderusedDetector(GpuUnderusedConfig(threshold_pct=10.0, fire_after=2, resolve_after=1, quiet_s=0))
     p95s = [80, 5, 3, 2, 4, 70, 75]
     raised = [a for i, p in enumerate(p95s) for a in det.observe(q(10 * (i + 2), p))]
     assert [a.state for a in raised] == ["firing", "resolved"]
@@ -29,11 +29,25 @@ def test_fires_then_resolves_with_a_stable_id() -> None:
 
 
 def test_a_new_incident_gets_a_new_id_and_gpus_are_independent() -> None:
-    det = GpuUnderusedDetector()
+    det = GpuUnderusedDetector(GpuUnderusedConfig(resolve_after=1, quiet_s=0))
     seq = [(20, 1), (30, 90), (40, 1)]
     ids = [a.id for end, p in seq for a in det.observe(q(end, p)) if a.state == "firing"]
     assert len(ids) == 2 and ids[0] != ids[1]
     assert det.observe(q(50, 95, gpu="GPU-b")) == []
+
+
+def test_load_crossing_the_threshold_back_and_forth_is_one_idle_spell() -> None:
+    """Diurnal serving load dipping under the threshold between bursts: one incident, not one per dip
+    (hysteresis, quiet time, re-fires folded); it resolves once busy for the quiet time."""
+    det = GpuUnderusedDetector(GpuUnderusedConfig(threshold_pct=10.0, resolve_pct=20.0, resolve_after=3, quiet_s=120))
+    pattern = [2, 3, 25, 30, 1, 12, 15, 4, 2, 40, 2, 1] * 3  # bursts, and load hovering between the thresholds
+    out = [a for i, p in enumerate(pattern) for a in det.observe(q(10 * (i + 2), p))]
+    assert [a.state for a in out] == ["firing"]
+    end = 10 * (len(pattern) + 2)
+    busy = [a for i in range(14) for a in det.observe(q(end + 10 * i, 60))]
+    assert [a.state for a in busy] == ["resolved"] and busy[0].id == out[0].id
+    assert busy[0].ts >= q(end, 1).window_end + 110_000  # not before the quiet time since the last idle window
+    assert busy[0].evidence["episodes"] >= 3  # the dips it folded
 
 
 def test_other_metrics_are_ignored() -> None:

@@ -23,7 +23,9 @@ is both hot and has a pending row remap raises two incidents that fire and resol
     held at half clock by it alone is caught by ``clock_stuck_low``. A window is judged once
     its busy samples span half of it (and number ``throttle_min_samples``), so the first
     seconds of a job, which commonly hit the power cap, are not a verdict. Fires above
-    ``throttle_share``, resolves below half of it (hysteresis: one incident per episode).
+    ``throttle_share``, resolves below half of it (hysteresis) once no window has been over
+    ``throttle_share`` for ``throttle_quiet_s``: throttling that comes and goes with a room's
+    cooling cycle is one incident that counts its episodes, not a page per cycle.
     A GPU at its power cap under full load is working as designed, hence ``info`` unless an
     external power brake (``hw_power_brake``) was seen, which points at the node's power supply.
 ``clock_stuck_low`` (warning)
@@ -34,6 +36,8 @@ is both hot and has a pending row remap raises two incidents that fire and resol
     previous user's ``nvidia-smi -lgc`` / ``-ac`` are exactly what this incident should catch.
     Resolves after ``clock_low_s`` of busy samples at normal clocks.
 
+Every condition keeps its incidents in one :class:`streams.detectors.incidents.Incidents` table
+(fire after, resolve after, quiet time, folding, restore), as every detector does.
 Samples whose value a condition needs is null (not supported, MIG instance, read error) are
 skipped for that condition only. A sample not newer than the GPU's previous one (redelivery,
 late arrival) is ignored: comparing counters out of order would invent ECC increases. Judged
@@ -51,7 +55,8 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from schemas.events import Anomaly, Event, GpuSample
-from streams.detectors import Detector, anomaly_id
+from streams.detectors import Detector
+from streams.detectors.incidents import Hygiene, Incident, Incidents
 
 _NO_REASONS: frozenset[str] = frozenset()
 THERMAL_REASONS = frozenset({"sw_thermal", "hw_thermal"})
@@ -83,6 +88,8 @@ class GpuHealthConfig:
     throttle_busy_pct: float = 10.0
     #: fewest busy samples in the window for a verdict
     throttle_min_samples: int = 5
+    #: a throttle incident resolves only after no window over throttle_share for this long (cooling cycles fold)
+    throttle_quiet_s: float = 300.0
     #: SM clock below this fraction of its maximum counts as low
     clock_low_ratio: float = 0.6
     #: how long clocks must stay low (and then normal again) to fire (and resolve)
@@ -95,13 +102,6 @@ class GpuHealthConfig:
     max_window_samples: int = 1200
     #: a GPU unseen this long with no open incident is forgotten
     forget_after_s: float = 3600.0
-
-
-@dataclass
-class _Incident:
-    id: str
-    started_at: int
-    severity: Severity
 
 
 class _Obs(NamedTuple):
@@ -137,15 +137,12 @@ class _Gpu:
     gpu_index: int
     last_ts: int = 0
     job_id: str | None = None
-    open: dict[str, _Incident] = field(default_factory=dict)
+    open: set[str] = field(default_factory=set)  # conditions with an open incident (a cheap guard on the hot path)
     ecc_prev: int | None = None
     ecc_last_increase: int = 0
     ecc_new: int = 0
     window: deque[_Obs] = field(default_factory=deque)
     hits: dict[str, int] = field(default_factory=lambda: {THERMAL: 0, POWER: 0})  # window samples per condition
-    clock_bad_since: int | None = None
-    clock_good_since: int | None = None
-    clock_last_judged: int | None = None
 
 
 class GpuHealthDetector(Detector[GpuHealthConfig]):
@@ -156,6 +153,15 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
     def __init__(self, config: GpuHealthConfig | None = None) -> None:
         super().__init__(config)
         self._gpus: dict[str, _Gpu] = {}
+        cfg = self.config
+        throttle = Hygiene.of(quiet_s=cfg.throttle_quiet_s)
+        self._incidents: dict[str, Incidents[str]] = {  # condition -> its incidents, keyed by GPU
+            ECC: Incidents(self.kind, Hygiene.of(quiet_s=cfg.ecc_quiet_s)),
+            REMAP_PENDING: Incidents(self.kind), REMAP_FAILURE: Incidents(self.kind),
+            THERMAL: Incidents(self.kind, throttle), POWER: Incidents(self.kind, throttle),
+            CLOCK: Incidents(self.kind, Hygiene.of(fire_after_s=cfg.clock_low_s, resolve_after_s=cfg.clock_low_s,
+                                                   max_gap_s=cfg.max_gap_s)),
+        }
         self._now = 0
         self._last_sweep = 0
 
@@ -187,16 +193,18 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
                 gpu.ecc_new += count - prev
                 if ECC not in gpu.open:
                     gpu.ecc_new = count - prev
+                got = self._judge(s, gpu, ECC, True, severity="critical")
+                if got is not None:
                     evidence = self._ecc_evidence(s, gpu, prev)
-                    out.append(self._fire(s, gpu, ECC, "critical", s.ts, evidence, (
+                    out.append(self._anomaly(s, ECC, got, "firing", evidence, (
                         f"{count - prev} new uncorrectable ECC error(s) on GPU {s.gpu_index} of {s.node} "
                         f"({count} since the driver loaded): memory contents were lost and the job on it has "
                         "likely failed or computed garbage; drain the GPU and reset it, replace it if it recurs")))
                 return out
-        incident = gpu.open.get(ECC)
-        if incident is not None and s.ts - max(gpu.ecc_last_increase, incident.started_at) >= self.config.ecc_quiet_s * 1000:
+        got = self._judge(s, gpu, ECC, False) if ECC in gpu.open else None
+        if got is not None:
             evidence = self._ecc_evidence(s, gpu, gpu.ecc_prev)
-            out.append(self._resolve(s, gpu, ECC, evidence, (
+            out.append(self._anomaly(s, ECC, got, "resolved", evidence, (
                 f"no new uncorrectable ECC error on GPU {s.gpu_index} of {s.node} for {self.config.ecc_quiet_s:g} s "
                 f"({gpu.ecc_new} in this incident)")))
         return out
@@ -240,14 +248,13 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
 
     def _flag(self, s: GpuSample, gpu: _Gpu, condition: str, value: bool | None, severity: Severity,
               evidence: dict[str, float], firing: str, resolved: str) -> list[Event]:
-        if value is None:  # not reported: no verdict either way
+        if value is None or (not value and condition not in gpu.open):  # not reported, or nothing to resolve
             return []
-        incident = gpu.open.get(condition)
-        if value and incident is None:
-            return [self._fire(s, gpu, condition, severity, s.ts, evidence, firing)]
-        if not value and incident is not None:
-            return [self._resolve(s, gpu, condition, evidence, resolved)]
-        return []
+        got = self._judge(s, gpu, condition, value, severity=severity)
+        if got is None:
+            return []
+        state = "firing" if value else "resolved"
+        return [self._anomaly(s, condition, got, state, evidence, firing if value else resolved)]
 
     def _throttle(self, s: GpuSample, gpu: _Gpu) -> list[Event]:
         # Runs on every sample of every GPU: the common path (nothing open, shares below the
@@ -277,20 +284,27 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         out: list[Event] = []
         for condition, reasons in ((THERMAL, THERMAL_REASONS), (POWER, POWER_REASONS)):
             hits_now = gpu.hits[condition]
-            incident = gpu.open.get(condition)
-            if (incident is None and hits_now <= cfg.throttle_share * n) or (incident is not None and hits_now >= cfg.throttle_share / 2 * n):
-                continue  # the usual case: no change of verdict
+            over = hits_now > cfg.throttle_share * n
+            if condition not in gpu.open and not over:
+                continue  # the usual case: nothing building, nothing open
             share = hits_now / n
-            if incident is None and share > cfg.throttle_share:
+            if condition not in gpu.open:
                 hits = [o for o in gpu.window if o.reasons & reasons]
                 braked = any("hw_power_brake" in o.reasons for o in hits)
                 severity: Severity = "warning" if condition == THERMAL or braked else "info"
-                out.append(self._fire(s, gpu, condition, severity, hits[0].ts, self._throttle_evidence(s, gpu, reasons, share),
-                                      self._throttle_message(s, condition, share, braked)))
-            elif incident is not None and share < cfg.throttle_share / 2:
-                out.append(self._resolve(s, gpu, condition, self._throttle_evidence(s, gpu, reasons, share), (
+                got = self._judge(s, gpu, condition, True, since=hits[0].ts, severity=severity)
+                if got is not None:
+                    out.append(self._anomaly(s, condition, got, "firing", self._throttle_evidence(s, gpu, reasons, share),
+                                             self._throttle_message(s, condition, share, braked)))
+                continue
+            got = self._judge(s, gpu, condition, over, clear=share < cfg.throttle_share / 2)
+            if got is not None:
+                evidence = self._throttle_evidence(s, gpu, reasons, share)
+                evidence["episodes"] = float(got.episodes)
+                out.append(self._anomaly(s, condition, got, "resolved", evidence, (
                     f"GPU {s.gpu_index} of {s.node}: {'thermal' if condition == THERMAL else 'power'} throttling down "
-                    f"to {share:.0%} of its busy samples over the last {cfg.throttle_window_s:g} s")))
+                    f"to {share:.0%} of its busy samples over the last {cfg.throttle_window_s:g} s, "
+                    f"after {got.episodes} episode(s)")))
         return out
 
     @staticmethod
@@ -340,31 +354,23 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         low = ratio < cfg.clock_low_ratio
         if low and EXPLAINING_REASONS.intersection(s.throttle):
             return []  # low for a reason the throttle incidents report
-        if gpu.clock_last_judged is not None and s.ts - gpu.clock_last_judged > cfg.max_gap_s * 1000:
-            gpu.clock_bad_since = gpu.clock_good_since = None  # a long gap: start the run afresh
-        gpu.clock_last_judged = s.ts
-        span_ms = cfg.clock_low_s * 1000
-        incident = gpu.open.get(CLOCK)
-        if low:
-            gpu.clock_good_since = None
-            gpu.clock_bad_since = gpu.clock_bad_since if gpu.clock_bad_since is not None else s.ts
-            if incident is None and s.ts - gpu.clock_bad_since >= span_ms:
-                evidence = self._clock_evidence(s, ratio)
-                evidence["low_for_s"] = (s.ts - gpu.clock_bad_since) / 1000
-                reasons = f" (reported reasons: {', '.join(s.throttle)})" if s.throttle else ""
-                return [self._fire(s, gpu, CLOCK, "warning", gpu.clock_bad_since, evidence, (
-                    f"GPU {s.gpu_index} of {s.node} runs at {s.sm_clock_mhz:.0f} MHz, {ratio:.0%} of its "
-                    f"{s.sm_clock_max_mhz:.0f} MHz maximum, while {s.gpu_util:.0f}% busy for {evidence['low_for_s']:.0f} s "
-                    f"with no thermal or power reason{reasons}: clocks are probably locked low (nvidia-smi -lgc/-ac) "
-                    "or the GPU is degraded; reset its clocks (nvidia-smi -rgc -rac) or drain and reset it"))]
+        if not low and CLOCK not in gpu.open and not self._incidents[CLOCK].building(s.gpu_uuid):
+            return []  # the usual case: clocks normal, nothing building or open
+        got = self._judge(s, gpu, CLOCK, low)
+        if got is None:
             return []
-        gpu.clock_bad_since = None
-        gpu.clock_good_since = gpu.clock_good_since if gpu.clock_good_since is not None else s.ts
-        if incident is not None and s.ts - gpu.clock_good_since >= span_ms:
-            return [self._resolve(s, gpu, CLOCK, self._clock_evidence(s, ratio), (
-                f"GPU {s.gpu_index} of {s.node} is back at {s.sm_clock_mhz:.0f} MHz ({ratio:.0%} of its maximum) "
-                f"for {cfg.clock_low_s:g} s"))]
-        return []
+        evidence = self._clock_evidence(s, ratio)
+        if CLOCK in gpu.open:  # it just fired
+            evidence["low_for_s"] = (s.ts - got.started_at) / 1000
+            reasons = f" (reported reasons: {', '.join(s.throttle)})" if s.throttle else ""
+            return [self._anomaly(s, CLOCK, got, "firing", evidence, (
+                f"GPU {s.gpu_index} of {s.node} runs at {s.sm_clock_mhz:.0f} MHz, {ratio:.0%} of its "
+                f"{s.sm_clock_max_mhz:.0f} MHz maximum, while {s.gpu_util:.0f}% busy for {evidence['low_for_s']:.0f} s "
+                f"with no thermal or power reason{reasons}: clocks are probably locked low (nvidia-smi -lgc/-ac) "
+                "or the GPU is degraded; reset its clocks (nvidia-smi -rgc -rac) or drain and reset it"))]
+        return [self._anomaly(s, CLOCK, got, "resolved", evidence, (
+            f"GPU {s.gpu_index} of {s.node} is back at {s.sm_clock_mhz:.0f} MHz ({ratio:.0%} of its maximum) "
+            f"for {cfg.clock_low_s:g} s"))]
 
     def _clock_evidence(self, s: GpuSample, ratio: float) -> dict[str, float]:
         """Built only when the verdict changes (the clock check runs on every busy sample)."""
@@ -377,17 +383,20 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         return evidence
 
     # --- incidents --------------------------------------------------------------------------
-    def _fire(self, s: GpuSample, gpu: _Gpu, condition: str, severity: Severity, started_at: int,
-              evidence: dict[str, float], message: str) -> Anomaly:
-        subject = f"{s.gpu_uuid}/{condition}"
-        incident = gpu.open[condition] = _Incident(anomaly_id(self.kind, subject, started_at), started_at, severity)
-        return self._anomaly(s, condition, incident, "firing", evidence, message)
+    def _judge(self, s: GpuSample, gpu: _Gpu, condition: str, bad: bool, clear: bool | None = None, since: int | None = None,
+               severity: Severity = "warning") -> Incident | None:
+        """One judgment of a condition on this GPU; the incident when it fires or resolves now."""
+        got = self._incidents[condition].judge(s.gpu_uuid, f"{s.gpu_uuid}/{condition}", s.ts, fire=bad, clear=clear,
+                                               since=since, severity=severity)
+        if got is None:
+            return None
+        if got[0] == "firing":
+            gpu.open.add(condition)
+        else:
+            gpu.open.discard(condition)
+        return got[1]
 
-    def _resolve(self, s: GpuSample, gpu: _Gpu, condition: str, evidence: dict[str, float], message: str) -> Anomaly:
-        incident = gpu.open.pop(condition)
-        return self._anomaly(s, condition, incident, "resolved", evidence, message)
-
-    def _anomaly(self, s: GpuSample, condition: str, incident: _Incident, state: State,
+    def _anomaly(self, s: GpuSample, condition: str, incident: Incident, state: State,
                  evidence: dict[str, float], message: str) -> Anomaly:
         return Anomaly(
             id=incident.id, kind=self.kind, severity=incident.severity, state=state,
@@ -404,7 +413,8 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
             if condition not in CONDITIONS:
                 continue
             gpu = self._gpus.setdefault(a.gpu_uuid, _Gpu(a.node or "", int(a.evidence.get("gpu_index", 0))))
-            gpu.open[condition] = _Incident(a.id, a.started_at, a.severity)
+            self._incidents[condition].restore(a.gpu_uuid, a.id, a.subject, a.started_at, a.ts, a.severity)
+            gpu.open.add(condition)
             if condition == ECC:
                 gpu.ecc_last_increase = max(gpu.ecc_last_increase, a.ts)
                 gpu.ecc_new = int(a.evidence.get("ecc_uncorrected_new", 0))
@@ -420,3 +430,5 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         self._last_sweep = self._now
         for uuid in [u for u, g in self._gpus.items() if not g.open and g.last_ts < self._now - horizon]:
             del self._gpus[uuid]
+            for table in self._incidents.values():
+                table.forget(uuid)

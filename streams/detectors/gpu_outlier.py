@@ -21,7 +21,8 @@ the same work sit many deviations apart. The mean moves smoothly with the split 
 together, while a GPU that is really slow, idle or throttled is out of line on both.
 
 More than ``k`` deviations for ``fire_after`` consecutive windows fires; ``resolve_after`` windows
-back in line resolve. One incident per GPU or node, however many of its metrics are out of line
+back within ``k_resolve`` deviations (hysteresis) and ``quiet_s`` with no metric out of line resolve
+(a re-fire within it is folded: :mod:`streams.detectors.incidents`). One incident per GPU or node, however many of its metrics are out of line
 (an idle GPU is out of line on all of them): it fires with the first, lists each metric's robust z
 in its evidence (``z_<metric>``), and resolves when every metric is back. Sliding windows overlap, so consecutive windows share samples: with short
 windows a burst of noise can count twice; judge a window at least a few hops long (the default is
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 
 from schemas.events import Anomaly, Event
 from streams.detectors import Detector, WindowChoice, anomaly_id
+from streams.detectors.incidents import Hygiene, Incident, Incidents
 from streams.jobs import JobGpuWindow
 
 MAD_SCALE = 1.4826  # makes MAD estimate the standard deviation of normal data
@@ -43,8 +45,12 @@ MAD_SCALE = 1.4826  # makes MAD estimate the standard deviation of normal data
 @dataclass(frozen=True)
 class GpuOutlierConfig:
     k: float = 5.0
+    #: a metric out of line is back within this many deviations (hysteresis; at most k)
+    k_resolve: float = 3.0
     fire_after: int = 2
     resolve_after: int = 2
+    #: an incident resolves only after no metric of its subject has been out of line for this long
+    quiet_s: float = 30.0
     min_peers: int = 4
     min_nodes: int = 3
     window: str | None = None  # None: the shortest sliding window
@@ -53,25 +59,6 @@ class GpuOutlierConfig:
         "gpu_util": 3.0, "power_w": 15.0, "sm_clock_mhz": 50.0, "mem_util_pct": 3.0, "sm_active_pct": 3.0,
         "pcie_bytes_per_s": 2e8, "nvlink_bytes_per_s": 2e9,
     })
-
-
-@dataclass
-class _Track:
-    """One metric of one GPU or node: consecutive windows out of line, and back in line."""
-
-    high: int = 0
-    low: int = 0
-    since: int = 0
-
-
-@dataclass
-class _Incident:
-    """One GPU or node: a single incident however many of its metrics are out of line."""
-
-    open_id: str | None = None
-    started_at: int = 0
-    out: set[str] = field(default_factory=set)  # metrics out of line now
-    worst: dict[str, float] = field(default_factory=dict)  # metric -> robust z when it went out
 
 
 def robust(values: list[float], floor: float) -> tuple[float, float]:
@@ -110,8 +97,13 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
 
     def __init__(self, config: GpuOutlierConfig | None = None) -> None:
         super().__init__(config)
-        self._tracks: dict[tuple[str, str], _Track] = {}  # (gpu uuid or node, metric)
-        self._incidents: dict[str, _Incident] = {}  # gpu uuid or node
+        cfg = self.config
+        # a metric's spells out of line (never paged by themselves) and the one incident of each GPU or node
+        self._metrics: Incidents[tuple[str, str]] = Incidents(f"{self.kind}/metric", Hygiene.of(cfg.fire_after,
+                                                                                               resolve_after=cfg.resolve_after))
+        self._incidents: Incidents[str] = Incidents(self.kind, Hygiene.of(quiet_s=cfg.quiet_s))
+        self._out: dict[str, set[str]] = {}  # subject -> its metrics out of line now
+        self._worst: dict[str, dict[str, float]] = {}  # subject -> metric -> its robust z when it went out (evidence)
         self._window = WindowChoice(self.config.window)
 
     def observe(self, event: Event) -> list[Event]:
@@ -131,43 +123,46 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
 
     def _judge(self, w: JobGpuWindow, level: str, subject: str, node: str | None, uuid: str | None,
                evidence: dict[str, float]) -> list[Event]:
-        track = self._tracks.setdefault((subject, w.metric), _Track())
-        incident = self._incidents.get(subject)
-        if abs(evidence["robust_z"]) > self.config.k:
-            if track.high == 0:
-                track.since = w.window_start
-            track.high, track.low = track.high + 1, 0
-            if track.high < self.config.fire_after:
-                return []
-            if incident is None:
-                incident = self._incidents[subject] = _Incident()
-            incident.out.add(w.metric)
-            incident.worst.setdefault(w.metric, evidence["robust_z"])
-            if incident.open_id is None:
-                incident.started_at = track.since
-                incident.open_id = anomaly_id(self.kind, subject, incident.started_at)
-                return [self._anomaly(w, level, subject, node, uuid, incident, "firing", evidence)]
+        cfg = self.config
+        z = abs(evidence["robust_z"])
+        spell = self._metrics.judge((subject, w.metric), subject, w.window_end, fire=z > cfg.k,
+                                    clear=z < min(cfg.k_resolve, cfg.k), since=w.window_start)
+        out = self._out.get(subject)
+        if spell is not None and spell[0] == "firing":
+            out = self._out.setdefault(subject, set())
+            out.add(w.metric)
+            self._worst.setdefault(subject, {}).setdefault(w.metric, evidence["robust_z"])
+        elif spell is not None and out is not None:
+            out.discard(w.metric)
+        if out is None:
             return []
-        track.low, track.high = track.low + 1, 0
-        if incident is None or w.metric not in incident.out or track.low < self.config.resolve_after:
+        since = spell[1].started_at if spell is not None else None
+        got = self._incidents.judge(subject, subject, w.window_end, fire=bool(out), since=since)
+        if got is None:
+            if not out and self._incidents.get(subject) is None:
+                del self._out[subject]
+                self._worst.pop(subject, None)
             return []
-        incident.out.discard(w.metric)
-        if incident.open_id is not None and not incident.out:  # every metric back in line
-            anomaly = self._anomaly(w, level, subject, node, uuid, incident, "resolved", evidence)
-            del self._incidents[subject]
-            return [anomaly]
-        return []
+        state, incident = got
+        anomaly = self._anomaly(w, level, subject, node, uuid, incident, state, evidence)
+        if state == "resolved":
+            self._out.pop(subject, None)
+            self._worst.pop(subject, None)
+        return [anomaly]
 
     def restore(self, open_incidents: list[Anomaly]) -> None:
         for a in open_incidents:
             if anomaly_id(self.kind, a.subject, a.started_at) != a.id:
                 continue
             metrics = {k[2:] for k in a.evidence if k.startswith("z_")} or {str(m) for m in self.config.floors}
-            self._incidents[a.subject] = _Incident(a.id, a.started_at, out=set(metrics))
+            self._incidents.restore(a.subject, a.id, a.subject, a.started_at, a.ts, a.severity)
+            self._out[a.subject] = set(metrics)
+            self._worst[a.subject] = {m: a.evidence[f"z_{m}"] for m in metrics if f"z_{m}" in a.evidence}
+            for m in metrics:  # each must come back in line before the incident can resolve
+                self._metrics.restore((a.subject, m), "", a.subject, a.started_at, a.ts)
 
     def _anomaly(self, w: JobGpuWindow, level: str, subject: str, node: str | None, uuid: str | None,
-                 incident: _Incident, state: str, evidence: dict[str, float]) -> Anomaly:
-        assert incident.open_id is not None
+                 incident: Incident, state: str, evidence: dict[str, float]) -> Anomaly:
         what = f"GPU {uuid} on {node}" if level == "gpu" else f"node {node} ({int(evidence['gpus_on_node'])} GPUs)"
         peers = f"{int(evidence['peers'])} {'GPUs' if level == 'gpu' else 'nodes'}"
         statistic = "median" if w.statistic == "p50" else "mean"
@@ -177,9 +172,11 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
                        f"job {w.job_id}'s {peers} (median {evidence['peer_median']:.4g}, robust z {evidence['robust_z']:+.1f})")
         else:
             message = f"{what} is back in line with job {w.job_id}'s {peers} on every metric"
-        full = {**evidence, **{f"z_{m}": z for m, z in incident.worst.items()}, "metrics_out": float(len(incident.out))}
+        full = {**evidence, **{f"z_{m}": z for m, z in self._worst.get(subject, {}).items()},
+                "metrics_out": float(len(self._out.get(subject, ()))),
+                "episodes": float(incident.episodes)}
         return Anomaly(
-            id=incident.open_id, kind=self.kind, severity="warning", state=state,  # type: ignore[arg-type]
+            id=incident.id, kind=self.kind, severity="warning", state=state,  # type: ignore[arg-type]
             subject_type=level, subject=subject, ts=w.window_end, started_at=incident.started_at,  # type: ignore[arg-type]
             window_start=w.window_start, window_end=w.window_end,
             message=message, evidence=full, node=node, gpu_uuid=uuid, job_id=w.job_id,

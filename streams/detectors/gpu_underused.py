@@ -1,38 +1,36 @@
 """A GPU whose windowed p95 utilisation stays below a threshold: idle while it is held.
 
 Reads the per-GPU utilisation quantiles. Fires when ``fire_after`` consecutive windows have
-p95 below ``threshold_pct``, and resolves after ``resolve_after`` consecutive windows at or
-above it. Using p95 (not the mean) means a GPU that is busy even 5% of the time is not
-flagged: this catches GPUs doing nothing, not GPUs doing little. A GPU that no job holds
-(``job_id`` null in its window) is free, not under-used: it is never flagged, and an open
+p95 below ``threshold_pct``; resolves once ``resolve_after`` consecutive windows are at or above
+``resolve_pct`` (hysteresis: a GPU hovering around the threshold is not paged on and off) and the
+GPU has not been idle for ``quiet_s``: a serving GPU whose load dips back under the threshold
+between bursts keeps its one incident (the idle spell), however often the load crosses it
+(:mod:`streams.detectors.incidents`). Using p95 (not the mean) means a GPU that is busy even 5% of
+the time is not flagged: this catches GPUs doing nothing, not GPUs doing little. A GPU that no job
+holds (``job_id`` null in its window) is free, not under-used: it is never flagged, and an open
 incident resolves when its job lets the GPU go.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from schemas.events import Anomaly, Event, GpuQuantiles
-from streams.detectors import Detector, WindowChoice, anomaly_id
+from streams.detectors import Detector, WindowChoice
+from streams.detectors.incidents import Hygiene, Incident, Incidents
 
 
 @dataclass(frozen=True)
 class GpuUnderusedConfig:
     threshold_pct: float = 10.0
+    #: an open incident needs windows at or above this to resolve (hysteresis; at least threshold_pct)
+    resolve_pct: float = 20.0
     fire_after: int = 1
-    resolve_after: int = 1
+    resolve_after: int = 3
+    #: and the GPU idle in none of its windows for this long (a re-fire within it is the same idle spell)
+    quiet_s: float = 600.0
     metric: str = "gpu_util"
     window: str | None = None  # None: the shortest sliding window
-
-
-@dataclass
-class _Track:
-    low: int = 0
-    high: int = 0
-    open_id: str | None = None
-    started_at: int = 0
-    low_since: int = 0
-    evidence: dict[str, float] = field(default_factory=dict)
 
 
 class GpuUnderusedDetector(Detector[GpuUnderusedConfig]):
@@ -42,58 +40,44 @@ class GpuUnderusedDetector(Detector[GpuUnderusedConfig]):
 
     def __init__(self, config: GpuUnderusedConfig | None = None) -> None:
         super().__init__(config)
-        self._tracks: dict[str, _Track] = {}
+        cfg = self.config
+        self._incidents: Incidents[str] = Incidents(self.kind, Hygiene.of(cfg.fire_after, resolve_after=cfg.resolve_after,
+                                                                          quiet_s=cfg.quiet_s))
         self._window = WindowChoice(self.config.window)
 
     def observe(self, event: Event) -> list[Event]:
         if not isinstance(event, GpuQuantiles) or event.metric != self.config.metric or not self._window.accepts(event):
             return []
         cfg = self.config
-        track = self._tracks.setdefault(event.gpu_uuid, _Track())
         evidence = {"p95_pct": event.p95, "p50_pct": event.p50, "threshold_pct": cfg.threshold_pct, "samples": float(event.count),
                     "gpu_index": float(event.gpu_index)}  # the alert's `gpu` label
         if event.job_id is None:  # free: idle is what a free GPU should be
-            track.low = track.high = 0
-            if track.open_id is not None:
-                anomaly = self._anomaly(event, track, "resolved", evidence)
-                track.open_id = None
-                return [anomaly]
+            incident = self._incidents.close(event.gpu_uuid)
+            return [self._anomaly(event, incident, "resolved", evidence)] if incident is not None else []
+        got = self._incidents.judge(event.gpu_uuid, event.gpu_uuid, event.window_end, fire=event.p95 < cfg.threshold_pct,
+                                    clear=event.p95 >= max(cfg.resolve_pct, cfg.threshold_pct), since=event.window_start)
+        if got is None:
             return []
-        if event.p95 < cfg.threshold_pct:
-            if track.low == 0:
-                track.low_since = event.window_start
-            track.low, track.high = track.low + 1, 0
-            if track.open_id is None and track.low >= cfg.fire_after:
-                track.started_at = track.low_since
-                track.open_id = anomaly_id(self.kind, event.gpu_uuid, track.started_at)
-                return [self._anomaly(event, track, "firing", evidence)]
-        else:
-            track.high, track.low = track.high + 1, 0
-            if track.open_id is not None and track.high >= cfg.resolve_after:
-                anomaly = self._anomaly(event, track, "resolved", evidence)
-                track.open_id = None
-                return [anomaly]
-        return []
+        state, incident = got
+        return [self._anomaly(event, incident, state, evidence)]
 
     def restore(self, open_incidents: list[Anomaly]) -> None:
-        for incident in open_incidents:
-            if incident.gpu_uuid is None:
-                continue
-            track = self._tracks.setdefault(incident.gpu_uuid, _Track())
-            track.open_id, track.started_at = incident.id, incident.started_at
+        for a in open_incidents:
+            if a.gpu_uuid is not None:
+                self._incidents.restore(a.gpu_uuid, a.id, a.subject, a.started_at, a.ts, a.severity)
 
-    def _anomaly(self, q: GpuQuantiles, track: _Track, state: str, evidence: dict[str, float]) -> Anomaly:
-        assert track.open_id is not None
+    def _anomaly(self, q: GpuQuantiles, incident: Incident, state: str, evidence: dict[str, float]) -> Anomaly:
+        evidence = {**evidence, "episodes": float(incident.episodes)}
         verb = "is idle" if state == "firing" else ("is busy again" if q.job_id is not None else "was released by its job")
         return Anomaly(
-            id=track.open_id,
+            id=incident.id,
             kind=self.kind,
             severity="warning",
             state=state,  # type: ignore[arg-type]
             subject_type="gpu",
             subject=q.gpu_uuid,
             ts=q.window_end,  # event time: when the evidence was complete
-            started_at=track.started_at,
+            started_at=incident.started_at,
             window_start=q.window_start,
             window_end=q.window_end,
             message=(

@@ -2,7 +2,8 @@
 
 Every occurrence counts (the evidence carries the count, repeats included). One incident per
 GPU and XID code: it fires on the first occurrence and resolves after ``quiet_s`` of event
-time without that code on that GPU. The detector tells time by the per-GPU quantile windows
+time without that code on that GPU (a repeat within it is folded into the incident and counted:
+:mod:`streams.detectors.incidents`). The detector tells time by the per-GPU quantile windows
 that arrive regularly, so an incident resolves even though no further XID comes. Codes that
 mean the GPU cannot be trusted any more (fallen off the bus, uncorrectable or uncontained ECC,
 micro-controller halt or breakpoint, GSP failure) are critical and say the node should be drained;
@@ -12,10 +13,11 @@ when it is free for a recorded row remap, watch a high single-bit error rate).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from schemas.events import Anomaly, Event, GpuQuantiles, XidEvent
-from streams.detectors import Detector, anomaly_id
+from streams.detectors import Detector
+from streams.detectors.incidents import Hygiene, Incident, Incidents
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,10 @@ class GpuXidConfig:
 
 
 @dataclass
-class _Incident:
-    id: str
-    started_at: int
-    last_ms: int
-    count: int
+class _Where:
     node: str
     gpu_index: int
-    evidence: dict[str, float] = field(default_factory=dict)
+    count: int = 1
 
 
 class GpuXidDetector(Detector[GpuXidConfig]):
@@ -92,7 +90,9 @@ class GpuXidDetector(Detector[GpuXidConfig]):
 
     def __init__(self, config: GpuXidConfig | None = None) -> None:
         super().__init__(config)
-        self._open: dict[tuple[str, int], _Incident] = {}
+        self._incidents: Incidents[tuple[str, int]] = Incidents(self.kind, Hygiene.of(quiet_s=self.config.quiet_s))
+        self._where: dict[tuple[str, int], _Where] = {}
+        self._gpus: dict[str, set[int]] = {}  # GPU -> its codes with an open incident
 
     def observe(self, event: Event) -> list[Event]:
         if isinstance(event, XidEvent):
@@ -103,20 +103,27 @@ class GpuXidDetector(Detector[GpuXidConfig]):
 
     def _on_xid(self, x: XidEvent) -> list[Event]:
         key = (x.gpu_uuid, x.xid)
-        incident = self._open.get(key)
-        if incident is not None:  # a repeat: counted, not re-announced
-            incident.count += 1
-            incident.last_ms = max(incident.last_ms, x.ts)
+        got = self._incidents.judge(key, f"{x.gpu_uuid}/{x.xid}", x.ts, fire=True, severity=XIDS.get(x.xid, UNKNOWN).severity)  # type: ignore[arg-type]
+        if got is None:  # a repeat: counted, not re-announced
+            where = self._where.get(key)
+            if where is not None:
+                where.count += 1
             return []
-        incident = self._open[key] = _Incident(anomaly_id(self.kind, f"{x.gpu_uuid}/{x.xid}", x.ts), x.ts, x.ts, 1, x.node, x.gpu_index)
-        return [self._anomaly(x.gpu_uuid, x.xid, incident, "firing", x.ts)]
+        self._where[key] = _Where(x.node, x.gpu_index)
+        self._gpus.setdefault(x.gpu_uuid, set()).add(x.xid)
+        return [self._anomaly(x.gpu_uuid, x.xid, got[1], "firing", x.ts)]
 
     def _on_time(self, gpu_uuid: str, now_ms: int) -> list[Event]:
+        codes = self._gpus.get(gpu_uuid)
+        if not codes:
+            return []
         out: list[Event] = []
-        for (uuid, xid), incident in list(self._open.items()):
-            if uuid == gpu_uuid and now_ms - incident.last_ms >= self.config.quiet_s * 1000:
-                out.append(self._anomaly(uuid, xid, incident, "resolved", now_ms))
-                del self._open[(uuid, xid)]
+        for xid in sorted(codes):
+            got = self._incidents.judge((gpu_uuid, xid), f"{gpu_uuid}/{xid}", now_ms, fire=False)
+            if got is not None:
+                out.append(self._anomaly(gpu_uuid, xid, got[1], "resolved", now_ms))
+                codes.discard(xid)
+                self._where.pop((gpu_uuid, xid), None)
         return out
 
     def restore(self, open_incidents: list[Anomaly]) -> None:
@@ -124,20 +131,22 @@ class GpuXidDetector(Detector[GpuXidConfig]):
             if a.gpu_uuid is None or "xid" not in a.evidence:
                 continue
             xid = int(a.evidence["xid"])
-            self._open[(a.gpu_uuid, xid)] = _Incident(a.id, a.started_at, a.ts, int(a.evidence.get("count", 1)),
-                                                      a.node or "", int(a.evidence.get("gpu_index", 0)))
+            self._incidents.restore((a.gpu_uuid, xid), a.id, a.subject, a.started_at, a.ts, a.severity)
+            self._where[(a.gpu_uuid, xid)] = _Where(a.node or "", int(a.evidence.get("gpu_index", 0)), int(a.evidence.get("count", 1)))
+            self._gpus.setdefault(a.gpu_uuid, set()).add(xid)
 
-    def _anomaly(self, gpu_uuid: str, xid: int, incident: _Incident, state: str, ts: int) -> Anomaly:
+    def _anomaly(self, gpu_uuid: str, xid: int, incident: Incident, state: str, ts: int) -> Anomaly:
         meaning = XIDS.get(xid, UNKNOWN)
+        where = self._where[(gpu_uuid, xid)]
         if state == "firing":
-            message = f"XID {xid} on GPU {incident.gpu_index} of {incident.node}: {meaning.meaning}; {meaning.advice}"
+            message = f"XID {xid} on GPU {where.gpu_index} of {where.node}: {meaning.meaning}; {meaning.advice}"
         else:
-            message = f"XID {xid} on GPU {incident.gpu_index} of {incident.node}: quiet for {self.config.quiet_s:g} s after {incident.count} occurrence(s)"
+            message = f"XID {xid} on GPU {where.gpu_index} of {where.node}: quiet for {self.config.quiet_s:g} s after {where.count} occurrence(s)"
         return Anomaly(
             id=incident.id, kind=self.kind, severity=meaning.severity, state=state,  # type: ignore[arg-type]
             subject_type="gpu", subject=gpu_uuid, ts=ts, started_at=incident.started_at,
-            window_start=incident.started_at, window_end=max(ts, incident.last_ms), message=message,
-            evidence={"xid": float(xid), "count": float(incident.count), "drain": float(meaning.drain),
-                      "gpu_index": float(incident.gpu_index)},
-            node=incident.node, gpu_uuid=gpu_uuid,
+            window_start=incident.started_at, window_end=max(ts, incident.last_bad), message=message,
+            evidence={"xid": float(xid), "count": float(where.count), "drain": float(meaning.drain),
+                      "gpu_index": float(where.gpu_index)},
+            node=where.node, gpu_uuid=gpu_uuid,
         )

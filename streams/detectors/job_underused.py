@@ -3,8 +3,9 @@
 Reads the job stage's since-start quantiles (the merge of every GPU's sketch, so one busy GPU in
 an idle 64-GPU job does not hide the other 63: the job's p95 is over all its GPU-seconds). After a
 warm-up (jobs load data and compile before they compute), a job whose p95 stays below its
-threshold for ``for_s`` fires; it resolves when the p95 climbs back over the threshold or the job
-ends. The threshold defaults to ``threshold_pct`` and can be set per team or per user
+threshold for ``for_s`` fires; it resolves when the p95 climbs ``resolve_margin_pct`` over the
+threshold (hysteresis: a since-start p95 hovering at the threshold is one incident) or the job
+ends (:mod:`streams.detectors.incidents` keeps the incident). The threshold defaults to ``threshold_pct`` and can be set per team or per user
 (``team:nlp=20``, ``user:alice=50``; the user's setting wins), since what counts as "using the
 GPUs" differs between, say, inference services and pre-training.
 """
@@ -14,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from schemas.events import Anomaly, Event, JobQuantiles, SchedulerEvent
-from streams.detectors import Detector, anomaly_id
+from streams.detectors import Detector
+from streams.detectors.incidents import Hygiene, Incident, Incidents
 from streams.rolling import SINCE_START
 
 
@@ -23,6 +25,10 @@ class JobUnderusedConfig:
     threshold_pct: float = 30.0
     warmup_s: float = 600.0
     for_s: float = 600.0
+    #: an open incident resolves once the p95 is this far over the threshold
+    resolve_margin_pct: float = 5.0
+    #: and after no low window for this long
+    quiet_s: float = 0.0
     metric: str = "gpu_util"
     #: per-team / per-user thresholds: {"team:nlp": 20.0, "user:alice": 50.0}
     overrides: dict[str, float] = field(default_factory=dict)
@@ -35,14 +41,6 @@ class JobUnderusedConfig:
         return self.threshold_pct
 
 
-@dataclass
-class _Track:
-    low_since: int | None = None
-    open_id: str | None = None
-    started_at: int = 0
-    last: JobQuantiles | None = None
-
-
 class JobUnderusedDetector(Detector[JobUnderusedConfig]):
     kind = "job_underused"
     inputs = (JobQuantiles, SchedulerEvent)
@@ -50,7 +48,9 @@ class JobUnderusedDetector(Detector[JobUnderusedConfig]):
 
     def __init__(self, config: JobUnderusedConfig | None = None) -> None:
         super().__init__(config)
-        self._tracks: dict[str, _Track] = {}
+        self._incidents: Incidents[str] = Incidents(self.kind, Hygiene.of(fire_after_s=self.config.for_s,
+                                                                          quiet_s=self.config.quiet_s))
+        self._last: dict[str, JobQuantiles] = {}
 
     def observe(self, event: Event) -> list[Event]:
         if isinstance(event, SchedulerEvent):
@@ -58,52 +58,45 @@ class JobUnderusedDetector(Detector[JobUnderusedConfig]):
         if not isinstance(event, JobQuantiles) or event.window != SINCE_START or event.metric != self.config.metric:
             return []
         cfg = self.config
-        track = self._tracks.setdefault(event.job_id, _Track())
-        track.last = event
+        self._last[event.job_id] = event
         age_s = (event.window_end - event.window_start) / 1000
         threshold = cfg.threshold(event.team, event.user)
-        if event.p95 >= threshold:
-            track.low_since = None
-            if track.open_id is not None:
-                return [self._anomaly(event, track, "resolved", threshold, "is using its GPUs again")]
+        low = event.p95 < threshold
+        if low and age_s < cfg.warmup_s:
+            return []  # warming up: not judged
+        got = self._incidents.judge(event.job_id, event.job_id, event.window_end, fire=low,
+                                    clear=event.p95 >= threshold + cfg.resolve_margin_pct)
+        if got is None:
             return []
-        if age_s < cfg.warmup_s:
-            return []
-        if track.low_since is None:
-            track.low_since = event.window_end
-        if track.open_id is None and (event.window_end - track.low_since) / 1000 >= cfg.for_s:
-            track.started_at = track.low_since
-            track.open_id = anomaly_id(self.kind, event.job_id, track.started_at)
-            return [self._anomaly(event, track, "firing", threshold, "is under-using its GPUs")]
-        return []
+        state, incident = got
+        verb = "is under-using its GPUs" if state == "firing" else "is using its GPUs again"
+        return [self._anomaly(event, incident, state, threshold, verb)]
 
     def _job_event(self, event: SchedulerEvent) -> list[Event]:
         if event.kind not in ("finished", "deleted", "preempted"):
             return []
-        track = self._tracks.pop(event.job_id, None)
-        if track is None or track.open_id is None or track.last is None:
+        last = self._last.pop(event.job_id, None)
+        incident = self._incidents.close(event.job_id)
+        if incident is None or last is None:
             return []
-        last = track.last
         threshold = self.config.threshold(last.team, last.user)
-        return [self._anomaly(last, track, "resolved", threshold, f"ended ({event.kind})", ts=max(event.ts, last.window_end))]
+        return [self._anomaly(last, incident, "resolved", threshold, f"ended ({event.kind})", ts=max(event.ts, last.window_end))]
 
     def restore(self, open_incidents: list[Anomaly]) -> None:
-        for incident in open_incidents:
-            if incident.job_id:
-                track = self._tracks.setdefault(incident.job_id, _Track())
-                track.open_id, track.started_at, track.low_since = incident.id, incident.started_at, incident.started_at
+        for a in open_incidents:
+            if a.job_id:
+                self._incidents.restore(a.job_id, a.id, a.subject, a.started_at, a.ts, a.severity)
 
-    def _anomaly(self, q: JobQuantiles, track: _Track, state: str, threshold: float, verb: str, ts: int | None = None) -> Anomaly:
-        assert track.open_id is not None
-        anomaly = Anomaly(
-            id=track.open_id,
+    def _anomaly(self, q: JobQuantiles, incident: Incident, state: str, threshold: float, verb: str, ts: int | None = None) -> Anomaly:
+        return Anomaly(
+            id=incident.id,
             kind=self.kind,
             severity="warning",
             state=state,  # type: ignore[arg-type]
             subject_type="job",
             subject=q.job_id,
             ts=ts if ts is not None else q.window_end,
-            started_at=track.started_at,
+            started_at=incident.started_at,
             window_start=q.window_start,
             window_end=q.window_end,
             message=(
@@ -116,6 +109,3 @@ class JobUnderusedDetector(Detector[JobUnderusedConfig]):
             },
             job_id=q.job_id,
         )
-        if state == "resolved":
-            track.open_id = None
-        return anomaly
