@@ -1,0 +1,107 @@
+"""FGD: fragmentation gradient descent (Weng et al., "Beware of Fragmentation", USENIX ATC'23).
+
+A node's fragmentation is the GPU capacity, in thousandths, that the typical workload is
+expected not to be able to use there: for each typical task shape, weighted by how often it
+arrives, the node's free GPU share that shape could not use (all of it when the shape does
+not fit the node at all, or needs no GPU; only the GPUs with less free than its per-GPU
+share when it does fit). FGD places a job where it increases this expected fragmentation
+least: score ``trunc(100 * sigmoid((F_before - F_after) / 1000))``; a shared-GPU job also
+picks, on its node, the GPU that scores best.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from whatif.model import MILLI
+from whatif.policies.base import MAX_SCORE, Policy
+from whatif.state import ClusterState, Shape
+from whatif.typical import Typical
+
+
+def fragmentation(cpu_left: np.ndarray, gpu_left: np.ndarray, access: np.ndarray, typical: Typical) -> np.ndarray:
+    """Expected fragmented GPU milli of states (``cpu_left[m]``, ``gpu_left[m, g]``).
+
+    ``access[m, t]`` says whether typical shape ``t`` may use state ``m``'s GPU model. The sum
+    over shapes runs in one fixed order, so equal states always give bit-equal results (a
+    placement that changes nothing scores exactly 50).
+    """
+    total = gpu_left.sum(axis=-1)
+    out = np.zeros(total.shape, dtype=np.float64)
+    for t in range(len(typical)):
+        milli = int(typical.milli[t])
+        if milli == 0:
+            frag = total
+        else:
+            fits = gpu_left >= milli
+            ok = (fits.sum(axis=-1) >= typical.num[t]) & (cpu_left >= typical.cpu[t]) & access[..., t]
+            frag = np.where(ok, np.where(fits, 0, gpu_left).sum(axis=-1), total)
+        out = out + typical.freq[t] * frag
+    return out
+
+
+def _sigmoid_score(delta: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-delta / 1000)) * MAX_SCORE).astype(np.int64)
+
+
+class FgdPolicy(Policy):
+    name: ClassVar[str] = "fgd"
+    summary: ClassVar[str] = "least growth of expected GPU fragmentation (FGD, ATC'23)"
+
+    def __init__(self, typical: Typical) -> None:
+        self.typical = typical
+        self._access: dict[int, np.ndarray] = {}
+
+    def _typical_access(self, state: ClusterState, idx: np.ndarray) -> np.ndarray:
+        key = id(state)
+        got = self._access.get(key)
+        if got is None:
+            cols = [state.access(spec) for spec in self.typical.spec]
+            got = np.stack(cols, axis=1) if cols else np.zeros((len(state), 0), dtype=bool)
+            self._access = {key: got}
+        return got[idx]
+
+    def _after(self, state: ClusterState, shape: Shape, idx: np.ndarray) -> np.ndarray:
+        """GPU shares after placing a job that takes whole GPUs (or none) on each node."""
+        left = state.gpu_left[idx].copy()
+        if shape.wants_gpu:
+            # whole GPUs: the first fully free ones in device order
+            free = left >= MILLI
+            order = np.cumsum(free, axis=1)
+            take = free & (order <= shape.num_gpu)
+            left[take] -= shape.milli
+        return left
+
+    def _share_scores(self, state: ClusterState, shape: Shape, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per node and GPU, the score of putting the share there (-1 where it does not fit)."""
+        left = state.gpu_left[idx]
+        m, width = left.shape
+        acc = self._typical_access(state, idx)
+        before = fragmentation(state.cpu_left[idx], left, acc, self.typical)
+        cand = np.repeat(left[:, None, :], width, axis=1)  # [m, g_choice, g]
+        eye = np.eye(width, dtype=bool)[None, :, :]
+        cand = np.where(eye, cand - shape.milli, cand)
+        cpu_after = np.repeat((state.cpu_left[idx] - shape.score_cpu)[:, None], width, axis=1)
+        after = fragmentation(cpu_after, cand, np.repeat(acc[:, None, :], width, axis=1), self.typical)
+        scores = _sigmoid_score(before[:, None] - after)
+        scores = np.where(left >= shape.milli, scores, -1)
+        return scores, before
+
+    def score(self, state: ClusterState, shape: Shape, idx: np.ndarray) -> np.ndarray:
+        if len(idx) == 0:
+            return np.zeros(0, dtype=np.int64)
+        if shape.share:
+            scores, _ = self._share_scores(state, shape, idx)
+            return scores.max(axis=1)
+        acc = self._typical_access(state, idx)
+        before = fragmentation(state.cpu_left[idx], state.gpu_left[idx], acc, self.typical)
+        after = fragmentation(state.cpu_left[idx] - shape.score_cpu, self._after(state, shape, idx), acc, self.typical)
+        return _sigmoid_score(before - after)
+
+    def gpus(self, state: ClusterState, shape: Shape, node: int) -> list[int]:
+        if shape.share:
+            scores, _ = self._share_scores(state, shape, np.array([node]))
+            return [int(np.argmax(scores[0]))]
+        return state.best_fit_gpus(shape, node)
