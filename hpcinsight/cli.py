@@ -322,6 +322,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return run_replay(load(), options_from(args))
 
 
+# --- whatif ---------------------------------------------------------------------------
+def cmd_whatif(args: argparse.Namespace) -> int:
+    from hpcinsight.whatif_cli import run
+
+    return run(args, load)
+
+
 # --- serve ----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from hpcinsight.web.serve import run_serve
@@ -504,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
     from hpcinsight.replay import add_arguments as add_replay_arguments
 
     add_replay_arguments(p)
+
+    p = add("whatif", cmd_whatif, "what a placement or queueing policy would have given on the cluster's jobs: "
+            "replay a trace (fill, or with times) or the stored scheduler events under several policies")
+    from hpcinsight.whatif_cli import add_arguments as add_whatif_arguments
+
+    add_whatif_arguments(p)
 
     p = add("serve", cmd_serve, "the Insight API (REST + OpenAPI), live Server-Sent Events per view, and the unit view "
             "page, fed from the topics; read-only (HPCINSIGHT_API_TOKEN: bearer token)")

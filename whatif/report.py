@@ -1,0 +1,144 @@
+"""What a run prints: a table (rich), CSV, JSON, and PNG plots.
+
+Fill mode gives one row per policy and arrived-demand percent with the mean GPU allocation
+over the seeds (the JSON interface other tools read: ``policy``, ``arrived_pct``,
+``gpu_alloc_pct``); the table shows the levels an operator looks at first, with the FGD
+authors' published mean beside ours where they published one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from statistics import mean
+
+from whatif.anchor import compare, published_value
+from whatif.runs import FillSummary
+
+TABLE_LEVELS = (50, 80, 90, 100, 110, 120, 130)
+
+
+def fill_rows(results: Sequence[FillSummary]) -> list[dict]:
+    """One row per (policy, arrived percent): the mean over seeds, their spread, the published mean."""
+    by_policy: dict[str, list[FillSummary]] = {}
+    for r in results:
+        by_policy.setdefault(r.policy, []).append(r)
+    rows = []
+    for policy, runs in by_policy.items():
+        levels = sorted({lvl for r in runs for lvl in r.curve})
+        for level in levels:
+            vals = [r.curve[level] for r in runs if level in r.curve]
+            theirs = [published_value(policy, r.seed, level) for r in runs if level in r.curve]
+            row = {"policy": policy, "arrived_pct": level, "gpu_alloc_pct": round(mean(vals), 2),
+                   "min_pct": min(vals), "max_pct": max(vals), "seeds": len(vals)}
+            if theirs and all(t is not None for t in theirs):
+                row["published_pct"] = round(mean(theirs), 2)
+            rows.append(row)
+    return rows
+
+
+def fill_summary(results: Sequence[FillSummary]) -> list[dict]:
+    """Per policy: pods offered, never placed, mean seconds per run."""
+    out: dict[str, dict] = {}
+    for r in results:
+        s = out.setdefault(r.policy, {"policy": r.policy, "runs": 0, "pods": 0, "failed": 0, "failed_gpus": 0.0, "seconds": 0.0})
+        s["runs"] += 1
+        s["pods"] += r.pods
+        s["failed"] += r.failed
+        s["failed_gpus"] += r.failed_gpu_milli / 1000
+        s["seconds"] += r.seconds
+    for s in out.values():
+        n = s["runs"]
+        s["pods"] = round(s["pods"] / n)
+        s["failed"] = round(s["failed"] / n, 1)
+        s["failed_gpus"] = round(s["failed_gpus"] / n, 1)
+        s["seconds"] = round(s["seconds"] / n, 2)
+    return list(out.values())
+
+
+def fill_json(results: Sequence[FillSummary]) -> str:
+    return json.dumps(fill_rows(results), indent=1)
+
+
+def fill_csv(results: Sequence[FillSummary]) -> str:
+    rows = fill_rows(results)
+    buf = io.StringIO()
+    fields = ["policy", "arrived_pct", "gpu_alloc_pct", "min_pct", "max_pct", "seeds", "published_pct"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def fill_table(results: Sequence[FillSummary]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = fill_rows(results)
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    seeds = sorted({r.seed for r in results})
+    table = Table(title=f"GPU allocation (% of GPUs) by arrived GPU demand, mean of {len(seeds)} seed(s)")
+    table.add_column("policy")
+    for level in TABLE_LEVELS:
+        table.add_column(f"{level}%", justify="right")
+    table.add_column("never placed", justify="right")
+    summary = {s["policy"]: s for s in fill_summary(results)}
+    for policy in policies:
+        cells = []
+        for level in TABLE_LEVELS:
+            got = next((r for r in rows if r["policy"] == policy and r["arrived_pct"] == level), None)
+            if got is None:
+                cells.append("–")
+            elif "published_pct" in got:
+                cells.append(f"{got['gpu_alloc_pct']:.2f} ({got['published_pct']:.2f})")
+            else:
+                cells.append(f"{got['gpu_alloc_pct']:.2f}")
+        s = summary[policy]
+        table.add_row(policy, *cells, f"{s['failed']:g} pods / {s['failed_gpus']:g} GPUs")
+    buf = io.StringIO()
+    console = Console(file=buf, width=200, color_system=None)
+    console.print(table)
+    cmp = [c for c in compare(_curves(results)) if c.theirs is not None]
+    if cmp:
+        console.print("in brackets: the FGD authors' published mean for the same seeds "
+                      "(hkust-adsl/kubernetes-scheduler-simulator); differences: "
+                      + ", ".join(f"{c.policy}@{c.level}% {c.diff:+.2f}" for c in cmp))
+    return buf.getvalue()
+
+
+def _curves(results: Sequence[FillSummary]) -> dict[str, dict[int, dict[int, float]]]:
+    out: dict[str, dict[int, dict[int, float]]] = {}
+    for r in results:
+        out.setdefault(r.policy, {})[r.seed] = r.curve
+    return out
+
+
+def fill_plot(results: Sequence[FillSummary], out_dir: Path | str) -> list[Path]:
+    """``fill_allocation.png``: mean GPU allocation against arrived demand, one line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = fill_rows(results)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        pts = [(r["arrived_pct"], r["gpu_alloc_pct"]) for r in rows if r["policy"] == policy]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=policy)
+    ax.plot([0, 100], [0, 100], color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("arrived GPU demand (% of cluster GPUs)")
+    ax.set_ylabel("GPUs allocated (%)")
+    ax.set_xlim(60, max((r["arrived_pct"] for r in rows), default=130))
+    ax.set_ylim(60, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = out_dir / "fill_allocation.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
