@@ -49,6 +49,8 @@ DESCRIPTIONS: dict[str, tuple[str, str, str | None]] = {
            "the same page with drawing off", ">= 30 fps, < 50 ms per update"),
     "alerts": ("alert router: anomalies through routing, grouping, state and delivery to a fast local receiver",
                "a bare consume + decode of the same anomalies", None),
+    "whatif": ("what-if fill mode, openb default trace, FGD, one seed (6 policies x 10 seeds and the anchor table in extras)",
+               "first fit on the same arrivals", "<= 10 s; 6 x 10 runs <= 5 min"),
 }
 
 

@@ -116,6 +116,7 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "ui": lambda repeats: __import__("bench.ui", fromlist=["bench_ui"]).bench_ui(repeats),
     "alerts": lambda repeats: __import__("bench.alerts", fromlist=["bench_alerts"]).bench_alerts(repeats),
     "scaleout": _stream("scaleout"),
+    "whatif": lambda repeats: __import__("bench.whatif", fromlist=["bench_whatif"]).bench_whatif(repeats),
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
@@ -126,6 +127,7 @@ HEADLINE = {
     "windows": ("sketch_bytes", "bytes (1h)"), "storage": ("bytes_per_sample", "bytes/sample"), "query": ("p95_s", "s p95 (worst query)"),
     "ui": ("ms_per_update_p95", "ms/update p95"),
     "alerts": ("anomalies_per_s", "anomalies/s"), "scaleout": ("samples_per_s", "samples/s (2 workers)"),
+    "whatif": ("fgd_one_seed_s", "s (FGD, one seed)"),
 }
 
 
