@@ -245,6 +245,7 @@ class SimGpuCollector(Collector[SimConfig]):
         gpm = (x.uniform(0.35, 0.5), x.uniform(0.5, 0.65), x.uniform(0.9, 1.1))
         job = workload.job_on(n, gpu.index, t_s)
         util = idle_util
+        spin = False
         if job is not None:
             p = job.profile
             phase = p.phase(t_s - job.start_s)
@@ -260,6 +261,8 @@ class SimGpuCollector(Collector[SimConfig]):
             for f in workload.faults_of(job, t_s):
                 if f.kind == "underuse":
                     util *= f.util / max(p.util, 1.0)
+                elif f.kind == "hang" and f.spin:  # polling kernels: always "a kernel running"
+                    util, spin = gpu.fault.uniform(99.0, 100.0), True
                 elif f.kind == "hang":
                     util = gpu.fault.uniform(0.0, 2.0)
         else:
@@ -276,6 +279,11 @@ class SimGpuCollector(Collector[SimConfig]):
         temperature = round(32.0 + 0.38 * util + temp_noise, 1)
         spans = ((1.0e9, 3.0e9), (1.5e9, 4.0e9), (1.2e11, 1.8e11), (1.2e11, 1.8e11)) if busy else \
             ((0.0, 2.0e6), (0.0, 2.0e6), (0.0, 1.0e6), (0.0, 1.0e6))
+        if spin:  # a few SMs spin on a flag: no data moves, no tensor work, power near idle, memory still held
+            spans = ((0.0, 2.0e6), (0.0, 2.0e6), (0.0, 1.0e6), (0.0, 1.0e6))
+            computing, mem_ratio, gpm = gpu.fault.uniform(0.04, 0.12), 0.02, (gpm[0], 0.0, gpm[2])
+            power = round(gpu.fault.uniform(110.0, 150.0) + power_noise / 4, 1)
+            temperature = round(32.0 + 0.38 * 20 + temp_noise, 1)
         links = tuple(lo + u * (hi - lo) for u, (lo, hi) in zip(link_draws, spans))
         return self._sample(n, gpu, now_ms, t_s, faults, job.job_id if job else None, util, mem_used, power, temperature,
                             computing, mem_ratio, links, gpm)  # type: ignore[arg-type]

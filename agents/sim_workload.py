@@ -15,7 +15,8 @@ evaluation phase is not a slow fabric.
 Job faults (:class:`JobFault`) are applied over the healthy values, like the GPU and IB faults:
 ``straggler`` (one rank's steps take ``factor`` x longer), ``imbalance`` (every rank's steps jitter
 by ``cov`` with no single culprit), ``hang`` (no step and every GPU of the job near 0%, a
-collective that never completes) and ``underuse`` (the job's utilisation scaled down to ``util``%).
+collective that never completes; with ``spin`` the GPUs instead sit at 100% utilisation doing no
+work, as NCCL's polling kernels keep them) and ``underuse`` (the job's utilisation scaled down to ``util``%).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class JobFault:
     loader) and the job waits for it at every collective. ``imbalance``: every rank's step time is
     multiplied by its own draw around 1 with standard deviation ``cov`` at every step (uneven data,
     noisy neighbours on several nodes): the job is imbalanced with no single culprit. ``hang``: no
-    rank completes a step and every GPU of the job sits near 0%. ``underuse``: the job's GPUs run at
+    rank completes a step and every GPU of the job sits near 0% (with ``spin``: at 100% utilisation while its
+SMs, tensor cores, power and links show no work, NCCL kernels polling for a peer that never answers). ``underuse``: the job's GPUs run at
     ``util``% of what they would (scaled from its profile's level), a job holding GPUs it barely uses.
     """
 
@@ -146,6 +148,8 @@ class JobFault:
     factor: float = 1.4
     cov: float = 0.25
     util: float = 15.0
+    #: hang: the collective's kernels keep polling (utilisation 100%, SM activity, power and links flat low)
+    spin: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_FAULT_KINDS:

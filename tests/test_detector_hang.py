@@ -5,6 +5,7 @@ from __future__ import annotations
 from schemas.events import GpuQuantiles, StepMetric
 from streams.detectors import discover
 from streams.detectors.hang import HangConfig, HangDetector
+from streams.jobs import JobGpuWindow
 
 T0 = 1_764_000_000_000
 
@@ -44,3 +45,41 @@ def test_one_signal_alone_is_not_a_hang() -> None:
 
 def test_discovered() -> None:
     assert HangDetector in discover()
+
+
+def jw(end_s: int, metric: str, value: float, gpus: int = 2) -> JobGpuWindow:
+    end = T0 + end_s * 1000
+    return JobGpuWindow("job-1", metric, "60s", end - 60_000, end, "mean", {f"GPU-{g}": value for g in range(gpus)},
+                        {f"GPU-{g}": "n0" for g in range(gpus)})
+
+
+def spinning_job(hang_at: int, until: int, sm: float, power: float, nvlink: float) -> list:  # type: ignore[type-arg]
+    """Steps every 10 s until ``hang_at``; GPUs at 100% utilisation throughout; work metrics healthy, then as given."""
+    events: list = []  # type: ignore[type-arg]
+    for t in range(0, until, 10):
+        if t < hang_at:
+            events.append(step(t, t // 10))
+        hung = t >= hang_at + 20
+        if t >= 60 and t % 30 == 0:
+            events += [q(t, 100.0, g) for g in range(2)]
+            events += [jw(t, "sm_active_pct", sm if hung else 80.0), jw(t, "power_w", power if hung else 620.0),
+                       jw(t, "nvlink_bytes_per_s", nvlink if hung else 3e11)]
+    return events
+
+
+def test_a_hang_that_spins_at_full_utilisation_is_found() -> None:
+    """NCCL kernels polling: every GPU at 100% utilisation, no step, SM activity, power and NVLink flat low."""
+    det = HangDetector(HangConfig(steps_silent_s=120))
+    raised = run(det, spinning_job(300, 600, sm=9.0, power=140.0, nvlink=2e6))
+    assert [a.state for a in raised] == ["firing"]
+    firing = raised[0]
+    assert firing.evidence["spinning"] == 1.0 and firing.evidence["max_gpu_p95"] == 100.0
+    assert firing.evidence["sm_active_pct_ratio"] < 0.2 and "spin" in firing.message
+    assert firing.ts - T0 <= (290 + 120 + 60) * 1000  # within a window of the silence threshold
+    assert [a.state for a in det.observe(step(610, 31))] == ["resolved"]
+
+
+def test_a_long_slow_step_at_full_work_is_not_a_hang() -> None:
+    """Steps silent (one very long step, e.g. a big evaluation inside the step) but the GPUs compute: no hang."""
+    det = HangDetector(HangConfig(steps_silent_s=120))
+    assert run(det, spinning_job(300, 600, sm=78.0, power=600.0, nvlink=2.5e11)) == []

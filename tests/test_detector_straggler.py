@@ -59,3 +59,63 @@ def test_ranks_reporting_in_batches_are_still_joined_per_step() -> None:
 
 def test_discovered() -> None:
     assert StragglerDetector in discover()
+
+
+def job_steps(n: int, ranks: int, duration, node_of) -> list[StepMetric]:  # type: ignore[no-untyped-def]
+    return [StepMetric("job-1", r, ranks, s, T0 + s * 2000, duration(s, r), node=node_of(r)) for s in range(n) for r in range(ranks)]
+
+
+def test_one_slow_rank_is_one_straggler_incident_and_no_imbalance() -> None:
+    """Shape 1 of issue 18: one rank at 1.2-2.3x for ~130 steps: one straggler incident, no imbalance."""
+    rng = random.Random(11)
+    slow = lambda s, r: rng.gauss(1.0, 0.02) * (rng.uniform(1.2, 2.3) if r == 5 and 200 <= s < 330 else 1.0)  # noqa: E731
+    raised = run(StragglerDetector(), job_steps(500, 16, slow, lambda r: f"n{r // 8}"))
+    assert [(a.state, a.subject) for a in raised] == [("firing", "job-1/rank-5"), ("resolved", "job-1/rank-5")]
+    assert 185 <= raised[0].evidence["first_step"] and raised[0].evidence["last_step"] <= 225  # found in the span
+
+
+def test_two_speed_groups_are_one_imbalance_incident_and_the_late_extremes_are_stragglers() -> None:
+    """Shape 2 of issue 18: ten ranks in two speed groups for the whole life (five at 1.5-2x), two of the
+    slow group 5-7x late near the end: one imbalance incident naming the slow group for the whole life, and
+    a straggler incident for each late rank; not 26 + 13."""
+    rng = random.Random(12)
+    factor = {5: 1.5, 6: 1.6, 7: 1.75, 8: 1.9, 9: 2.0}
+
+    def duration(s: int, r: int) -> float:
+        d = rng.gauss(1.0, 0.03) * factor.get(r, 1.0) * rng.uniform(0.95, 1.05)
+        if r in (8, 9) and s >= 700:
+            d *= rng.uniform(5.0, 7.0) / factor[r]
+        return d
+
+    raised = run(StragglerDetector(), job_steps(800, 10, duration, lambda r: f"node-{r // 5}"))
+    imbalance = [a for a in raised if a.subject == "job-1/imbalance"]
+    assert [a.state for a in imbalance] == ["firing"]  # one incident, open for the whole life
+    assert imbalance[0].evidence["first_step"] == 0 and 1.5 < imbalance[0].evidence["factor"] < 2.0
+    assert {k for k in imbalance[0].evidence if k.startswith("slow_rank_")} == {f"slow_rank_{r}" for r in range(5, 10)}
+    assert "ranks 5-9" in imbalance[0].message and "all on node node-1" in imbalance[0].message
+    stragglers = [(a.state, a.subject) for a in raised if a.subject != "job-1/imbalance"]
+    assert stragglers == [("firing", "job-1/rank-8"), ("firing", "job-1/rank-9")] or \
+        stragglers == [("firing", "job-1/rank-9"), ("firing", "job-1/rank-8")]
+    assert all(a.evidence["first_step"] >= 690 for a in raised if a.subject != "job-1/imbalance")
+
+
+def test_speed_groups_need_a_real_gap() -> None:
+    from streams.detectors.straggler import speed_groups
+
+    rng = random.Random(13)
+    spread = {r: rng.uniform(0.8, 1.3) for r in range(16)}  # one wide, even spread: no groups
+    assert len(speed_groups(spread, 0.2, 2.5, 2)) == 1
+    two = {r: (1.0 if r < 8 else 1.6) * rng.uniform(0.98, 1.02) for r in range(16)}
+    assert [sorted(g) for g in speed_groups(two, 0.2, 2.5, 2)] == [list(range(8)), list(range(8, 16))]
+    close = {r: (1.0 if r < 8 else 1.1) * rng.uniform(0.99, 1.01) for r in range(16)}  # a real gap but a small effect
+    assert len(speed_groups(close, 0.2, 2.5, 2)) == 1
+
+
+def test_a_job_that_scales_its_world_size_starts_afresh() -> None:
+    rng = random.Random(14)
+    before = [StepMetric("job-1", r, 16, s, T0 + s * 1000, rng.gauss(1.0, 0.02)) for s in range(100) for r in range(16)]
+    after = [StepMetric("job-1", r, 8, s, T0 + s * 1000, rng.gauss(1.0, 0.02) * (1.4 if r == 2 else 1.0))
+             for s in range(100, 200) for r in range(8)]
+    raised = run(StragglerDetector(), before + after)
+    assert [(a.state, a.subject) for a in raised] == [("firing", "job-1/rank-2")]
+    assert raised[0].evidence["world_size"] == 8

@@ -35,7 +35,9 @@ that reports no steps is judged on the IB evidence alone, and its anomalies say 
 (``steps_reported`` 0 and the message).
 
 A finding fires after holding at every judgment for ``fire_after_s`` and resolves after being
-absent for ``resolve_after_s`` (judgments further apart than ``max_gap_s`` restart the count).
+absent for ``resolve_after_s`` and ``quiet_s`` (judgments further apart than ``max_gap_s`` restart
+the count; a node's throughput is back only above ``resolve_ratio``, hysteresis). The incidents
+live in one :class:`streams.detectors.incidents.Incidents` table, as in every detector.
 No ``job`` subject: a job-wide drop is indistinguishable from a change of phase here.
 Incidents close when their node leaves the job (its samples carry another job) or when the job
 or node is unseen for ``forget_after_s``; that also bounds the memory, as do the short
@@ -51,7 +53,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from schemas.events import Anomaly, Event, IbSample, StepMetric
-from streams.detectors import Detector, anomaly_id
+from streams.detectors import Detector
+from streams.detectors.incidents import Hygiene, Incident, Incidents
 
 #: per-interval error counters that mean a sick link
 ERROR_FIELDS = ("symbol_errors", "link_error_recovery", "rcv_errors", "rcv_remote_physical_errors",
@@ -72,6 +75,8 @@ class SlowInterconnectConfig:
     smooth_s: float = 10.0
     #: a node is low below this fraction of its baseline and of its peers' median
     drop_ratio: float = 0.5
+    #: a low node is back above this fraction of its baseline or of its peers' median (hysteresis)
+    resolve_ratio: float = 0.7
     #: nodes with a lower baseline barely use the fabric: their throughput is not judged
     min_baseline_bytes_per_s: float = 1e6
     #: fewest peer nodes with current data for the throughput comparison
@@ -92,24 +97,14 @@ class SlowInterconnectConfig:
     fire_after_s: float = 30.0
     #: and resolves after being gone this long
     resolve_after_s: float = 60.0
+    #: and no judgment with the finding for this long (a re-fire within it folds into the incident)
+    quiet_s: float = 60.0
     #: judgments further apart than this restart the fire/resolve count
     max_gap_s: float = 30.0
     #: a job or node unseen this long is closed and forgotten
     forget_after_s: float = 600.0
     #: cap on every per-node, per-port and per-job list of values
     max_ticks: int = 4096
-
-
-@dataclass
-class _Run:
-    """Fire/resolve bookkeeping of one subject: how long a finding has held or been absent."""
-
-    bad_since: int | None = None
-    good_since: int | None = None
-    last_judged: int | None = None
-    open_id: str | None = None
-    started_at: int = 0
-    severity: Severity = "warning"
 
 
 @dataclass
@@ -126,7 +121,6 @@ class _Port:
     flaps: deque[tuple[int, int]] = field(default_factory=deque)  # (ts, link_downed) where > 0
     last_ts: int = 0
     rate_gbps: float | None = None
-    run: _Run = field(default_factory=_Run)
 
 
 @dataclass
@@ -143,7 +137,6 @@ class _Node:
     baseline: float | None = None
     current: float | None = None
     current_ts: int = 0
-    run: _Run = field(default_factory=_Run)
 
 
 @dataclass
@@ -199,6 +192,10 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
         super().__init__(config)
         self._jobs: dict[str, _Job] = {}
         self._job_of: dict[str, str] = {}  # node -> the job it is judged in
+        cfg = self.config
+        # keyed (job, node) for a node's throughput, (job, node, device, port) for a port
+        self._incidents: Incidents[tuple[str, ...]] = Incidents(self.kind, Hygiene.of(
+            fire_after_s=cfg.fire_after_s, resolve_after_s=cfg.resolve_after_s, quiet_s=cfg.quiet_s, max_gap_s=cfg.max_gap_s))
         self._now = 0
         self._last_sweep = 0
 
@@ -352,12 +349,15 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
         cfg = self.config
         peers = len(job.tput_snapshot) - (1 if name in job.tput_of else 0)
         peer_median = _median_without(job.tput_snapshot, job.tput_of.get(name)) if peers > 0 else None
+        key = (job_id, name)
         finding: bool | None
+        back = True
         if (node.baseline is None or node.baseline < cfg.min_baseline_bytes_per_s or node.current is None
                 or peers < cfg.min_peers or peer_median is None):
-            finding = None if node.run.open_id is not None and node.baseline is None else False
+            finding = None if self._incidents.get(key) is not None and node.baseline is None else False
         else:
             finding = node.current < cfg.drop_ratio * node.baseline and node.current < cfg.drop_ratio * peer_median
+            back = node.current >= cfg.resolve_ratio * node.baseline or node.current >= cfg.resolve_ratio * peer_median
         evidence = {
             "current_bytes_per_s": node.current if node.current is not None else 0.0,
             "peers": float(peers), "drop_ratio": cfg.drop_ratio, "ports": float(len(node.ports)), **steps,
@@ -375,13 +375,12 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
             evidence["xmit_wait_per_s"] = max(waits)
         evidence["errors"] = float(sum(sum(t.errors[: len(ERROR_FIELDS)]) for p in node.ports.values() for t in p.ticks))
         evidence["link_downed"] = float(sum(d for p in node.ports.values() for _, d in p.flaps))
-        state = self._step_run(node.run, self._gated(finding, gate), ts)
-        if state is None:
+        got = self._step_run(key, f"{job_id}/{name}", self._gated(finding, gate), ts, back, "warning")
+        if got is None:
             return []
+        state, incident = got
         subject = name
         if state == "firing":
-            node.run.severity = "warning"
-            node.run.open_id = anomaly_id(self.kind, f"{job_id}/{subject}", node.run.started_at)
             message = (f"InfiniBand traffic of node {name} in job {job_id} is {_gb(node.current)}, "
                        f"{evidence.get('ratio_to_baseline', 0):.0%} of its own baseline {_gb(node.baseline)} and "
                        f"{evidence.get('ratio_to_peers', 0):.0%} of its {peers} peers' median {_gb(peer_median)}"
@@ -390,7 +389,7 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
         else:
             message = (f"InfiniBand traffic of node {name} in job {job_id} is back in line ({_gb(node.current)}) "
                        f"for {cfg.resolve_after_s:g} s")
-        return [self._anomaly(node.run, state, "node", subject, ts, message, evidence, name, job_id)]
+        return [self._anomaly(incident, state, "node", subject, ts, message, evidence, name, job_id)]
 
     def _judge_port(self, job_id: str, job: _Job, name: str, node: _Node, key: tuple[str, int], ts: int,
                     gate: bool | None, steps: dict[str, float]) -> list[Event]:
@@ -425,14 +424,14 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
         if node.current is not None:
             evidence["node_current_bytes_per_s"] = node.current
         # a flap is its own evidence: it needs no slowdown of the steps to count
-        state = self._step_run(port.run, True if flapping else self._gated(finding, gate), ts)
-        if state is None:
-            return []
         subject = f"{name}/{device}/{number}"
+        got = self._step_run((job_id, name, device, str(number)), f"{job_id}/{subject}",
+                             True if flapping else self._gated(finding, gate), ts, True, "critical" if flapping else "warning")
+        if got is None:
+            return []
+        state, incident = got
         where = f"port {device}/{number} of node {name} (job {job_id})"
         if state == "firing":
-            port.run.severity = "critical" if flapping else "warning"
-            port.run.open_id = anomaly_id(self.kind, f"{job_id}/{subject}", port.run.started_at)
             parts = []
             if erring:
                 kinds = ", ".join(f"{n} {int(v)}" for n, v in zip(ERROR_FIELDS, sums) if v)
@@ -450,7 +449,7 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
             message = f"{where}: {'; '.join(parts)}{self._step_phrase(steps)}: {advice}"
         else:
             message = f"{where}: no link errors, flaps or excess transmit waits for {cfg.resolve_after_s:g} s"
-        return [self._anomaly(port.run, state, "link", subject, ts, message, evidence, name, job_id)]
+        return [self._anomaly(incident, state, "link", subject, ts, message, evidence, name, job_id)]
 
     # --- incident bookkeeping -----------------------------------------------------------------
     @staticmethod
@@ -462,26 +461,12 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
             return False
         return gate  # None: the steps cannot tell yet, hold
 
-    def _step_run(self, run: _Run, bad: bool | None, ts: int) -> Literal["firing", "resolved"] | None:
-        """Advance a subject's run by one judgment; say whether it now fires or resolves."""
-        cfg = self.config
-        if run.last_judged is not None and ts - run.last_judged > cfg.max_gap_s * 1000:
-            run.bad_since = run.good_since = None
-        run.last_judged = ts
+    def _step_run(self, key: tuple[str, ...], id_subject: str, bad: bool | None, ts: int, back: bool,
+                  severity: Severity) -> tuple[Literal["firing", "resolved"], Incident] | None:
+        """Judge a subject once (``bad`` None: cannot tell, hold); the transition it makes, if any."""
         if bad is None:
             return None
-        if bad:
-            run.good_since = None
-            run.bad_since = run.bad_since if run.bad_since is not None else ts
-            if run.open_id is None and ts - run.bad_since >= cfg.fire_after_s * 1000:
-                run.started_at = run.bad_since
-                return "firing"
-            return None
-        run.bad_since = None
-        run.good_since = run.good_since if run.good_since is not None else ts
-        if run.open_id is not None and ts - run.good_since >= cfg.resolve_after_s * 1000:
-            return "resolved"
-        return None
+        return self._incidents.judge(key, id_subject, ts, fire=bad, clear=back, severity=severity)
 
     def _step_evidence(self, job: _Job, reported: bool, median: float | None, ratio: float | None) -> dict[str, float]:
         evidence = {"steps_reported": float(reported), "step_slowdown": self.config.step_slowdown}
@@ -501,17 +486,13 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
             return f"; its steps take {steps['step_time_ratio']:.2f}x their baseline"
         return ""
 
-    def _anomaly(self, run: _Run, state: Literal["firing", "resolved"], subject_type: Literal["node", "link"],
+    def _anomaly(self, incident: Incident, state: Literal["firing", "resolved"], subject_type: Literal["node", "link"],
                  subject: str, ts: int, message: str, evidence: dict[str, float], node: str, job_id: str) -> Anomaly:
-        assert run.open_id is not None
-        anomaly = Anomaly(
-            id=run.open_id, kind=self.kind, severity=run.severity, state=state, subject_type=subject_type,
-            subject=subject, ts=ts, started_at=run.started_at, window_start=min(run.started_at, ts), window_end=ts,
-            message=message, evidence=evidence, node=node, job_id=job_id,
+        return Anomaly(
+            id=incident.id, kind=self.kind, severity=incident.severity, state=state, subject_type=subject_type,
+            subject=subject, ts=ts, started_at=incident.started_at, window_start=min(incident.started_at, ts), window_end=ts,
+            message=message, evidence={**evidence, "episodes": float(incident.episodes)}, node=node, job_id=job_id,
         )
-        if state == "resolved":
-            run.open_id, run.bad_since, run.good_since = None, None, None
-        return anomaly
 
     def _close_node(self, job_id: str, name: str, ts: int, why: str) -> list[Event]:
         """Resolve what is open on a node that left the job (or went silent), and forget it."""
@@ -522,11 +503,12 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
         if node is None:
             return []
         out: list[Event] = []
-        runs: list[tuple[_Run, Literal["node", "link"], str]] = [(node.run, "node", name)]
-        runs += [(p.run, "link", f"{name}/{d}/{n}") for (d, n), p in sorted(node.ports.items())]
-        for run, subject_type, subject in runs:
-            if run.open_id is not None:
-                out.append(self._anomaly(run, "resolved", subject_type, subject, ts,
+        keys: list[tuple[tuple[str, ...], Literal["node", "link"], str]] = [((job_id, name), "node", name)]
+        keys += [((job_id, name, d, str(n)), "link", f"{name}/{d}/{n}") for (d, n) in sorted(node.ports)]
+        for key, subject_type, subject in keys:
+            incident = self._incidents.close(key)
+            if incident is not None:
+                out.append(self._anomaly(incident, "resolved", subject_type, subject, ts,
                                          f"{subject} is no longer judged in job {job_id}: {why}", {}, name, job_id))
         return out
 
@@ -561,13 +543,15 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
             baseline = a.evidence.get("baseline_bytes_per_s", a.evidence.get("node_baseline_bytes_per_s"))
             if baseline is not None and node.baseline is None:
                 node.baseline = baseline
+            key: tuple[str, ...]
             if a.subject_type == "node" and a.subject == a.node:
-                run = node.run
+                key = (a.job_id, a.node)
             elif a.subject_type == "link" and a.subject.startswith(f"{a.node}/"):
                 device, _, number = a.subject[len(a.node) + 1:].rpartition("/")
                 if not device or not number.isdigit():
                     continue
-                run = node.ports.setdefault((device, int(number)), _Port()).run
+                node.ports.setdefault((device, int(number)), _Port())
+                key = (a.job_id, a.node, device, number)
             else:
                 continue
-            run.open_id, run.started_at, run.severity = a.id, a.started_at, a.severity
+            self._incidents.restore(key, a.id, f"{a.job_id}/{a.subject}", a.started_at, a.ts, a.severity)

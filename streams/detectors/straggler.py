@@ -1,27 +1,44 @@
-"""Stragglers and imbalance in data-parallel training, from per-rank step times.
+"""Stragglers, speed groups and imbalance in data-parallel training, from per-rank step times.
 
 A step is judged once every rank has reported it (ranks ship their steps in batches, so a
 rank may be many steps ahead of another in the stream; a step still incomplete when
-``max_pending`` newer ones wait is judged with the ranks it has).
-For each step: the slowest rank, the median duration, and the coefficient of variation (CoV)
-across ranks. Over the last ``window`` judged steps:
+``max_pending`` newer ones wait is judged with the ranks it has). A job that changes its world
+size (an elastic job scaling) starts afresh with its new ranks.
 
-* a rank that was the slowest in at least ``share`` of them, each time slower than the median
-  by more than ``margin`` (relative), is a straggler: the whole job waits for it at every
-  collective;
-* a mean CoV above ``cov_threshold`` with no single culprit is persistent imbalance (uneven
-  data, a noisy neighbour on several nodes, a skewed pipeline stage).
-Both resolve when the condition has been absent for a full window.
+**Speed groups.** Each rank's *speed* is the median, over the last ``group_window`` judged steps,
+of its step time relative to the step's median rank. Sorted by speed, the ranks split wherever
+two neighbours are more than ``group_effect`` apart (relative) *and* that gap is at least
+``group_gap_ratio`` times the largest gap inside the clusters it separates (a real gap, not the
+widest spot of one noisy spread). Clusters of at least ``min_group`` ranks are *groups* (two GPU
+generations, an uneven data split, one slow node's ranks); smaller ones are left to the straggler
+test. Two or more groups are a persistent split: **one** ``<job>/imbalance`` incident for as long as
+it lasts, naming the slow group, its factor over the fastest group, and what its members share
+(node, GPU model, zone, switch, from the scheduler's node inventory).
+
+**Stragglers.** A rank departs from its *own* group when its step takes more than ``margin``
+longer than its group's median at that step; doing so in at least ``share`` of the last
+``window`` steps makes it a straggler (``<job>/rank-<r>``). Every rank is judged on its own, so
+two slow ranks are two stragglers, not one alternating culprit.
+
+**Imbalance without groups.** With no split, a mean coefficient of variation across ranks (the
+stragglers left out: a straggler fully explains the spread it causes) above ``cov_threshold``
+over the window is imbalance with no culprit (uneven batches, jitter on many nodes).
+
+Incidents go through :class:`streams.detectors.incidents.Incidents`: a split or a straggler
+resolves after ``window`` judged steps without it (hysteresis: a split must fall under
+``group_effect_resolve``, a straggler under half its share) and ``quiet_s`` of event time.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from schemas.events import Anomaly, Event, StepMetric
-from streams.detectors import Detector, anomaly_id
+from schemas.events import Anomaly, Event, NodeInventory, StepMetric
+from streams.detectors import Detector
+from streams.detectors.incidents import Hygiene, Incident, Incidents
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,18 @@ class StragglerConfig:
     margin: float = 0.15
     cov_threshold: float = 0.10
     min_ranks: int = 2
+    #: steps whose per-rank speeds make the groups (longer than window: groups are persistent)
+    group_window: int = 60
+    #: neighbours this far apart in speed (relative) may be two groups ...
+    group_effect: float = 0.2
+    #: ... when the gap is this many times the largest gap within the clusters it separates
+    group_gap_ratio: float = 2.5
+    #: an open split resolves once the groups are closer than this
+    group_effect_resolve: float = 0.1
+    #: fewest ranks of a group (fewer: stragglers)
+    min_group: int = 2
+    #: and no judgment with the condition for this long (a re-fire within it is folded)
+    quiet_s: float = 60.0
     #: steps kept waiting for their last ranks (ranks report in batches, not in lockstep)
     max_pending: int = 2000
 
@@ -39,9 +68,7 @@ class StragglerConfig:
 class _Judged:
     step: int
     ts: int
-    slowest: int
-    slow_by: float
-    cov: float
+    durations: dict[int, float]
     median: float
 
 
@@ -50,23 +77,66 @@ class _Job:
     world_size: int
     steps: dict[int, dict[int, StepMetric]] = field(default_factory=dict)
     judged: deque[_Judged] = field(default_factory=deque)
-    open: dict[str, tuple[str, int]] = field(default_factory=dict)  # subject -> (id, started_at)
-    quiet: dict[str, int] = field(default_factory=dict)
+    node_of: dict[int, str] = field(default_factory=dict)
+    groups: list[list[int]] = field(default_factory=list)  # fastest first
+    speeds: dict[int, float] = field(default_factory=dict)  # rank -> median step time relative to the step's median
+    #: rank -> its speed before it became a straggler: it is judged against the group it left, and a
+    #: late episode of two ranks does not make them a group of their own
+    frozen: dict[int, float] = field(default_factory=dict)
+    split_since: int | None = None  # first step of the current split
+
+
+def speed_groups(speeds: dict[int, float], effect: float, gap_ratio: float, min_group: int) -> list[list[int]]:
+    """Ranks clustered by speed (fastest cluster first): split at every gap wider than ``effect`` (relative)
+    and ``gap_ratio`` times the widest gap inside its neighbouring clusters. Clusters of any size."""
+    ranks = sorted(speeds, key=lambda r: speeds[r])
+    if len(ranks) < 2:
+        return [ranks]
+    logs = [math.log(max(speeds[r], 1e-9)) for r in ranks]
+    gaps = [b - a for a, b in zip(logs, logs[1:])]
+    cuts = [i for i, g in enumerate(gaps) if g >= math.log1p(effect)]
+    # keep a cut only if it stands out against the spread inside the clusters on either side
+    changed = True
+    while changed:
+        changed = False
+        for c in list(cuts):
+            lo = max([x for x in cuts if x < c], default=-1) + 1
+            hi = min([x for x in cuts if x > c], default=len(gaps))
+            inside = [gaps[i] for i in range(lo, hi) if i != c]
+            if gaps[c] < gap_ratio * max(inside, default=0.0) or gaps[c] < gap_ratio * 0.01:
+                cuts.remove(c)
+                changed = True
+    out, start = [], 0
+    for c in sorted(cuts):
+        out.append(ranks[start:c + 1])
+        start = c + 1
+    out.append(ranks[start:])
+    return out
 
 
 class StragglerDetector(Detector[StragglerConfig]):
     kind = "straggler"
-    inputs = (StepMetric,)
+    inputs = (StepMetric, NodeInventory)
     config_type = StragglerConfig
 
     def __init__(self, config: StragglerConfig | None = None) -> None:
         super().__init__(config)
         self._jobs: dict[str, _Job] = {}
+        self._nodes: dict[str, NodeInventory] = {}
+        cfg = self.config
+        self._incidents: Incidents[str] = Incidents(self.kind, Hygiene.of(resolve_after=cfg.window, quiet_s=cfg.quiet_s))
 
     def observe(self, event: Event) -> list[Event]:
+        if isinstance(event, NodeInventory):
+            self._nodes[event.node] = event
+            return []
         if not isinstance(event, StepMetric) or event.world_size < self.config.min_ranks:
             return []
-        job = self._jobs.setdefault(event.job_id, _Job(event.world_size))
+        job = self._jobs.get(event.job_id)
+        if job is None or job.world_size != event.world_size:  # new, or scaled: its ranks are new
+            job = self._jobs[event.job_id] = _Job(event.world_size)
+        if event.node:
+            job.node_of[event.rank] = event.node
         ranks = job.steps.setdefault(event.step, {})
         ranks[event.rank] = event
         out: list[Event] = []
@@ -80,72 +150,187 @@ class StragglerDetector(Detector[StragglerConfig]):
                 out.extend(self._judge(event.job_id, job, oldest, partial))
         return out
 
+    # --- judging -------------------------------------------------------------------------------
     def _judge(self, job_id: str, job: _Job, step: int, ranks: dict[int, StepMetric]) -> list[Event]:
         cfg = self.config
-        durations = {r: m.duration_s for r, m in ranks.items()}
-        median = statistics.median(durations.values())
-        slowest = max(durations, key=lambda r: durations[r])
-        mean = statistics.fmean(durations.values())
-        cov = statistics.pstdev(durations.values()) / mean if mean > 0 else 0.0
+        durations = {r: m.duration_s for r, m in ranks.items() if m.duration_s > 0}
+        if len(durations) < cfg.min_ranks:
+            return []
         ts = max(m.ts for m in ranks.values())
-        job.judged.append(_Judged(step, ts, slowest, durations[slowest] / median - 1 if median > 0 else 0.0, cov, median))
-        while len(job.judged) > cfg.window:
+        job.judged.append(_Judged(step, ts, durations, statistics.median(durations.values())))
+        while len(job.judged) > max(cfg.window, cfg.group_window):
             job.judged.popleft()
         if len(job.judged) < cfg.window:
             return []
-        recent = list(job.judged)
-        culprits = [j.slowest for j in recent if j.slow_by > cfg.margin]
+        recent = list(job.judged)[-cfg.window:]
+        groups = self._groups(job_id, job)
+        group_of = {r: i for i, g in enumerate(groups) for r in g}
+        real = [g for g in groups if len(g) >= cfg.min_group]
+        # a member of a group is expected at its own place in it (a group of 1.5-2x ranks has a 2x rank);
+        # a rank outside every group is expected at its home group's median
+        expected: dict[int, float] = {}
+        for g in real:
+            mid = statistics.median(job.speeds[r] for r in g)
+            expected |= {r: job.speeds[r] / mid if mid > 0 else 1.0 for r in g}
+        # stragglers: each rank against its own group's median at each step
+        slow_by: dict[int, list[float]] = {}
+        for j in recent:
+            by_group: dict[int, list[float]] = {}
+            for r, d in j.durations.items():
+                by_group.setdefault(self._home(r, group_of, groups, real), []).append(d)
+            medians = {g: statistics.median(v) for g, v in by_group.items()}
+            for r, d in j.durations.items():
+                m = medians[self._home(r, group_of, groups, real)] * max(expected.get(r, 1.0), 1.0)
+                slow_by.setdefault(r, []).append(d / m - 1 if m > 0 else 0.0)
         out: list[Event] = []
-        straggler = max(set(culprits), key=culprits.count) if culprits else None
-        if straggler is not None and culprits.count(straggler) < cfg.share * len(recent):
-            straggler = None
-        mean_cov = statistics.fmean(j.cov for j in recent)
-        current = {f"{job_id}/rank-{straggler}"} if straggler is not None else set()
-        if straggler is None and mean_cov > cfg.cov_threshold:
-            current.add(f"{job_id}/imbalance")
-        evidence_base = {"mean_cov": mean_cov, "steps": float(len(recent)), "first_step": float(recent[0].step),
-                         "last_step": float(recent[-1].step), "median_step_s": statistics.median(j.median for j in recent)}
-        for subject in current - set(job.open):
-            started = recent[0].ts
-            job.open[subject] = (anomaly_id(self.kind, subject, started), started)
-            out.append(self._anomaly(job_id, subject, "firing", ts, recent, evidence_base, straggler, ranks))
-        for subject in set(job.open) - current:
-            job.quiet[subject] = job.quiet.get(subject, 0) + 1
-            if job.quiet[subject] >= cfg.window:
-                out.append(self._anomaly(job_id, subject, "resolved", ts, recent, evidence_base, None, ranks))
-                del job.open[subject], job.quiet[subject]
-        for subject in current:
-            job.quiet.pop(subject, None)
+        stragglers = set()
+        for r, values in sorted(slow_by.items()):
+            share = sum(v > cfg.margin for v in values) / len(recent)
+            if share >= cfg.share / 2 or self._incidents.get(f"{job_id}/rank-{r}") is not None:
+                stragglers.add(r)  # it explains the spread it causes: not imbalance
+            subject = f"{job_id}/rank-{r}"
+            if share >= cfg.share or self._incidents.get(subject) is not None:
+                got = self._incidents.judge(subject, subject, ts, fire=share >= cfg.share, clear=share < cfg.share / 2,
+                                            since=recent[0].ts)
+                if got is not None:
+                    slow = [v for v in values if v > cfg.margin]
+                    evidence = {"rank": float(r), "slowest_share": share, "slower_than_median": statistics.fmean(slow) if slow else 0.0,
+                                "group": float(self._home(r, group_of, groups, real)), "groups": float(len(real))}
+                    out.append(self._anomaly(job_id, job, got, ts, recent, evidence, rank=r))
+        # a split into speed groups, or jitter with no culprit
+        evidence = self._split_evidence(job, real)
+        split = len(real) >= 2 and evidence["factor"] - 1 >= cfg.group_effect
+        split_left = len(real) >= 2 and evidence["factor"] - 1 >= cfg.group_effect_resolve
+        covs = []
+        for j in recent:
+            values = [d for r, d in j.durations.items() if r not in stragglers]
+            mean = statistics.fmean(values) if values else 0.0
+            covs.append(statistics.pstdev(values) / mean if len(values) > 1 and mean > 0 else 0.0)
+        mean_cov = statistics.fmean(covs)
+        jitter = not split and mean_cov > cfg.cov_threshold
+        if split and job.split_since is None:
+            job.split_since = recent[0].step
+        elif not split_left:
+            job.split_since = None
+        subject = f"{job_id}/imbalance"
+        got = self._incidents.judge(subject, subject, ts, fire=split or jitter,
+                                    clear=not split_left and mean_cov < cfg.cov_threshold * 0.7, since=recent[0].ts)
+        if got is not None:
+            evidence |= {"mean_cov": mean_cov, "split": float(split)}
+            out.append(self._anomaly(job_id, job, got, ts, recent, evidence, real=real))
+        return out
+
+    @staticmethod
+    def _home(rank: int, group_of: dict[int, int], groups: list[list[int]], real: list[list[int]]) -> int:
+        """The group a rank is judged against: its own if it is a real group, else the nearest real one below it
+        (a lone slow rank is a straggler of the group it left), else everyone (-1)."""
+        i = group_of.get(rank)
+        if i is None or not real:
+            return -1
+        if len(groups[i]) >= 2 and groups[i] in real:
+            return i
+        below = [k for k in range(i, -1, -1) if groups[k] in real]
+        return below[0] if below else next(k for k, g in enumerate(groups) if g in real)
+
+    def _groups(self, job_id: str, job: _Job) -> list[list[int]]:
+        """The job's speed groups over the group window (fastest first); recomputed every tenth step."""
+        cfg = self.config
+        if job.groups and len(job.judged) % 10:
+            return job.groups
+        ratios: dict[int, list[float]] = {}
+        for j in job.judged:
+            for r, d in j.durations.items():
+                ratios.setdefault(r, []).append(d / j.median if j.median > 0 else 1.0)
+        speeds = {r: statistics.median(v) for r, v in ratios.items() if len(v) >= cfg.window // 2}
+        for r in speeds:
+            if r in job.frozen and self._incidents.get(f"{job_id}/rank-{r}") is not None:
+                speeds[r] = job.frozen[r]
+            else:
+                job.frozen[r] = speeds[r]
+        job.groups = speed_groups(speeds, cfg.group_effect, cfg.group_gap_ratio, cfg.min_group) if speeds else []
+        job.speeds = speeds
+        return job.groups
+
+    def _split_evidence(self, job: _Job, real: list[list[int]]) -> dict[str, float]:
+        speeds = job.speeds
+        if len(real) < 2:
+            return {"factor": 1.0, "groups": float(len(real))}
+        fast = statistics.median(speeds[r] for r in real[0])
+        slow = statistics.median(speeds[r] for r in real[-1])
+        return {"factor": slow / fast if fast > 0 else 1.0, "groups": float(len(real)), "slow_ranks": float(len(real[-1])),
+                "fast_ranks": float(len(real[0]))}
+
+    def _shared(self, job: _Job, ranks: list[int]) -> list[str]:
+        """What the ranks of a group have in common by placement: one node, a GPU model, a zone, a switch."""
+        nodes = {job.node_of.get(r) for r in ranks}
+        out = []
+        if len(nodes) == 1 and None not in nodes:
+            out.append(f"all on node {next(iter(nodes))}")
+        elif None not in nodes:
+            out.append(f"on node{'s' if len(nodes) > 1 else ''} {', '.join(sorted(nodes))}")  # type: ignore[arg-type]
+        inventories = [self._nodes.get(n) for n in nodes if n is not None]
+        if inventories and all(i is not None for i in inventories):
+            for what, read in (("GPU model", lambda i: i.gpu_model), ("zone", lambda i: i.zone),
+                               ("switch", lambda i: i.labels.get("ib_switch"))):
+                values = {read(i) for i in inventories}
+                if len(values) == 1 and None not in values:
+                    out.append(f"{what} {next(iter(values))}")
         return out
 
     def restore(self, open_incidents: list[Anomaly]) -> None:
         for a in open_incidents:
             if a.job_id is not None:
-                job = self._jobs.setdefault(a.job_id, _Job(int(a.evidence.get("world_size", 0)) or 1))
-                job.open[a.subject] = (a.id, a.started_at)
+                self._incidents.restore(a.subject, a.id, a.subject, a.started_at, a.ts, a.severity)
 
-    def _anomaly(self, job_id: str, subject: str, state: str, ts: int, recent: list[_Judged],
-                 base: dict[str, float], straggler: int | None, ranks: dict[int, StepMetric]) -> Anomaly:
-        job = self._jobs[job_id]
-        anomaly, started = job.open[subject]
-        rank_no = int(subject.rsplit("-", 1)[1]) if "/rank-" in subject else None
-        evidence = {**base, "world_size": float(job.world_size)}
-        if rank_no is not None:
-            slow = [j.slow_by for j in recent if j.slowest == rank_no]
-            evidence |= {"rank": float(rank_no), "slowest_share": len(slow) / len(recent),
-                         "slower_than_median": statistics.fmean(slow) if slow else 0.0}
-            where = f"rank {rank_no} of job {job_id}"
-            what = (f"is the straggler: slowest in {len(slow)} of the last {len(recent)} steps, "
-                    f"{100 * evidence['slower_than_median']:.0f}% slower than the median rank")
+    def _anomaly(self, job_id: str, job: _Job, got: tuple[str, Incident], ts: int, recent: list[_Judged],
+                 evidence: dict[str, float], rank: int | None = None, real: list[list[int]] | None = None) -> Anomaly:
+        state, incident = got
+        steps = f"steps {recent[0].step}-{recent[-1].step}"
+        evidence = {**evidence, "world_size": float(job.world_size), "steps": float(len(recent)),
+                    "first_step": float(recent[0].step), "last_step": float(recent[-1].step),
+                    "median_step_s": statistics.median(j.median for j in recent), "episodes": float(incident.episodes)}
+        node = None
+        if rank is not None:
+            where = f"rank {rank} of job {job_id}"
+            node = job.node_of.get(rank)
+            group = "its group" if evidence.get("groups", 0) >= 2 else "the median rank"
+            what = (f"is the straggler: slower than {group} by more than {100 * self.config.margin:.0f}% in "
+                    f"{evidence['slowest_share']:.0%} of the last {len(recent)} steps, "
+                    f"{100 * evidence['slower_than_median']:.0f}% slower on those ({steps})")
+            if state == "resolved":
+                what = f"is back in step with its peers ({steps})"
+            subject_type = "rank"
         else:
-            where, what = f"job {job_id}", f"is persistently imbalanced: step-time CoV {base['mean_cov']:.2f} across ranks"
-        if state == "resolved":
-            what = "is back in step with its peers"
-        node = ranks[rank_no].node if rank_no is not None and rank_no in ranks else None
+            where, subject_type = f"job {job_id}", "job"
+            if state == "resolved":
+                what = f"is back in step: no speed groups and step-time CoV {evidence['mean_cov']:.2f} ({steps})"
+            elif real is not None and len(real) >= 2:
+                slow = sorted(real[-1])
+                shared = self._shared(job, slow)
+                for r in slow:
+                    evidence[f"slow_rank_{r}"] = 1.0
+                since = f"since step {job.split_since}" if job.split_since is not None else steps
+                what = (f"runs in {len(real)} speed groups {since}: ranks {_ranks(slow)} take {evidence['factor']:.2f}x the "
+                        f"step time of ranks {_ranks(sorted(real[0]))}" + (f" ({'; '.join(shared)})" if shared else "")
+                        + "; the job runs at the slow group's pace")
+            else:
+                what = f"is persistently imbalanced: step-time CoV {evidence['mean_cov']:.2f} across ranks, no group or single culprit ({steps})"
         return Anomaly(
-            id=anomaly, kind=self.kind,
-            severity="warning", state=state,  # type: ignore[arg-type]
-            subject_type="rank" if rank_no is not None else "job", subject=subject, ts=ts, started_at=started,
-            window_start=recent[0].ts, window_end=ts,
-            message=f"{where} {what} (steps {recent[0].step}-{recent[-1].step})", evidence=evidence, node=node, job_id=job_id,
+            id=incident.id, kind=self.kind, severity="warning", state=state,  # type: ignore[arg-type]
+            subject_type=subject_type, subject=incident.subject, ts=ts, started_at=incident.started_at,  # type: ignore[arg-type]
+            window_start=recent[0].ts, window_end=ts, message=f"{where} {what}", evidence=evidence, node=node, job_id=job_id,
         )
+
+
+def _ranks(ranks: list[int]) -> str:
+    """``0-4, 7``: ranks as runs."""
+    out: list[str] = []
+    start = prev = None
+    for r in ranks + [None]:  # type: ignore[list-item]
+        if start is not None and (r is None or r != prev + 1):  # type: ignore[operator]
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = None
+        if r is not None and start is None:
+            start = r
+        prev = r
+    return ", ".join(out)
