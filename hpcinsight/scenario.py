@@ -71,6 +71,7 @@ class Label:
     grace_s: float
     fault: str  # what caused it, for the report
     required: bool = True
+    ends: bool = True  # the fault ended before the scenario did (its incident can be timed to resolve)
 
 
 @dataclass(frozen=True)
@@ -413,7 +414,8 @@ class _Builder:
         """The labels a fault implies (see README, Evaluation): what must fire, and what may."""
 
         def lab(detector: str, subject: str, required: bool = True) -> Label:
-            return Label(sc.name, detector, subject, spec.onset_s, spec.end_s, grace, spec.describe(), required)
+            return Label(sc.name, detector, subject, spec.onset_s, spec.end_s, grace, spec.describe(), required,
+                         spec.end_s < sc.duration_s)
 
         kind = spec.kind
         if spec.node is not None and spec.gpu is not None:
@@ -483,7 +485,7 @@ class _Builder:
         if onset is None:
             raise self.fail(at, "a label of the scenario needs onset_s")
         label_grace = self.number(x.get("grace_s", grace), f"{at}.grace_s")
-        return Label(sc.name, detector, subject, onset, end, label_grace, why, required)
+        return Label(sc.name, detector, subject, onset, end, label_grace, why, required, end < sc.duration_s)
 
 
 def check_library() -> list[Scenario]:

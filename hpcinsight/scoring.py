@@ -18,7 +18,11 @@ open at the onset (overlapping faults on one subject raise one incident, by desi
 Otherwise it is missed (a false negative).
 
 Per detector: precision = true / (true + false) flags, recall = detected / required labels,
-F1 their harmonic mean; delays as seconds and as sampling windows. A detector with no flag has no
+F1 their harmonic mean; delays as seconds and as sampling windows; **chatter** = true flags per
+detected label (incidents raised per true condition: 1.0 is one page per fault, 2.0 a page that
+resolved and fired again); and the **time to resolve**: for each true flag of a fault that ended
+before its scenario did (``Label.ends``), its resolution minus the fault's end (a flag still open
+when the scenario ended is counted as unresolved). A detector with no flag has no
 precision, one with no label no recall (shown as "-").
 """
 
@@ -72,6 +76,17 @@ class DetectorScore:
     allowed_flags: int = 0
     refires: int = 0
     delays_s: list[float] = field(default_factory=list)
+    resolve_s: list[float] = field(default_factory=list)  # time to resolve after the fault ended, per true flag
+    unresolved: int = 0  # true flags of faults that ended, still open when the scenario did
+
+    @property
+    def chatter(self) -> float | None:
+        """Incidents raised per detected condition (ideal 1.0)."""
+        return self.true_flags / self.detected if self.detected else None
+
+    @property
+    def median_resolve_s(self) -> float | None:
+        return statistics.median(self.resolve_s) if self.resolve_s else None
 
     @property
     def precision(self) -> float | None:
@@ -116,6 +131,13 @@ class Score:
             if f.verdict == "true":
                 s.true_flags += 1
                 s.refires += f.refire
+                ended = [lab for lab in f.labels if lab.required and lab.ends]
+                if ended:
+                    end = max(lab.end_s for lab in ended)
+                    if f.flag.resolved_s is None:
+                        s.unresolved += 1
+                    else:
+                        s.resolve_s.append(max(0.0, f.flag.resolved_s - end))
             elif f.verdict == "false":
                 s.false_flags += 1
             else:

@@ -127,3 +127,15 @@ jobs: [{id: train, nodes: 0-1}]
     flags = flags_from_rows(rows, [sc], t0)
     assert [(f.id, f.fired_s, f.resolved_s, f.scenario) for f in flags] == [
         ("i1", 5.0, 9.0, "demo-a"), ("i2", 7.0, None, "demo-a"), ("i3", 8.0, None, None)]
+
+
+def test_chatter_is_incidents_per_detected_condition_and_time_to_resolve_counts_from_the_fault_end() -> None:
+    labels = [label(onset=100, end=200), label(subject="GPU-b/thermal_throttle", onset=100, end=200)]
+    flags = [flag(130, resolved=150, id="a"), flag(170, resolved=260, id="b"),  # one fault, two pages
+             flag(120, subject="GPU-b/thermal_throttle", id="c")]  # the other never resolved
+    s = score(labels, flags, W).by_detector()["gpu_health"]
+    assert s.detected == 2 and s.true_flags == 3 and s.chatter == 1.5
+    assert s.resolve_s == [0.0, 60.0] and s.unresolved == 1 and s.median_resolve_s == 30.0
+    open_ended = Label("s", "gpu_health", "GPU-c/x", 100, 600, 60, "to the end", True, ends=False)
+    t = score([open_ended], [flag(110, subject="GPU-c/x")], W).by_detector()["gpu_health"]
+    assert t.chatter == 1.0 and t.resolve_s == [] and t.unresolved == 0  # a fault lasting to the end has no resolve time
