@@ -142,7 +142,8 @@ def _run_fill(args: argparse.Namespace) -> int:
     finally:
         if prog is not None:
             prog.stop()
-    out = {"json": report.fill_json, "csv": report.fill_csv, "table": report.fill_table}[args.format](results)
+    anchor = report.is_anchor_run(args.pods, sum(n.gpus for n in nodes), args.inflate)
+    out = {"json": report.fill_json, "csv": report.fill_csv, "table": report.fill_table}[args.format](results, anchor)
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
     if args.plots:
         for path in report.fill_plot(results, Path(args.plots)):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPONENTS = ("agents", "streams", "sinks")
+COMPONENTS = ("agents", "streams", "sinks", "whatif")
 SHARED = ("schemas", "hpcinsight.config")
 
 
@@ -25,7 +25,7 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_components_import_only_themselves_schemas_and_config(component: str) -> None:
-    project = {"agents", "streams", "sinks", "schemas", "hpcinsight", "deploy"}
+    project = {"agents", "streams", "sinks", "schemas", "hpcinsight", "deploy", "whatif"}
     for path in sorted((ROOT / component).rglob("*.py")):
         for module in imported_modules(path):
             top = module.split(".")[0]
@@ -37,7 +37,7 @@ def test_components_import_only_themselves_schemas_and_config(component: str) ->
 def test_schemas_import_no_component() -> None:
     for path in sorted((ROOT / "schemas").rglob("*.py")):
         for module in imported_modules(path):
-            assert module.split(".")[0] not in {"agents", "streams", "sinks", "hpcinsight", "deploy"}, f"{path} imports {module}"
+            assert module.split(".")[0] not in {"agents", "streams", "sinks", "hpcinsight", "deploy", "whatif"}, f"{path} imports {module}"
 
 
 def test_the_agent_never_loads_pyarrow_or_numpy() -> None:

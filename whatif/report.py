@@ -15,14 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean
 
-from whatif.anchor import compare, published_value
+from whatif.anchor import compare, published, published_value
 from whatif.runs import FillSummary
 
 TABLE_LEVELS = (50, 80, 90, 100, 110, 120, 130)
 
 
-def fill_rows(results: Sequence[FillSummary]) -> list[dict]:
-    """One row per (policy, arrived percent): the mean over seeds, their spread, the published mean."""
+def fill_rows(results: Sequence[FillSummary], anchor: bool = False) -> list[dict]:
+    """One row per (policy, arrived percent): the mean over seeds, their spread, and with
+    ``anchor`` (the run is the FGD authors' default-trace experiment) their published mean."""
     by_policy: dict[str, list[FillSummary]] = {}
     for r in results:
         by_policy.setdefault(r.policy, []).append(r)
@@ -34,7 +35,7 @@ def fill_rows(results: Sequence[FillSummary]) -> list[dict]:
             theirs = [published_value(policy, r.seed, level) for r in runs if level in r.curve]
             row = {"policy": policy, "arrived_pct": level, "gpu_alloc_pct": round(mean(vals), 2),
                    "min_pct": min(vals), "max_pct": max(vals), "seeds": len(vals)}
-            if theirs and all(t is not None for t in theirs):
+            if anchor and theirs and all(t is not None for t in theirs):
                 row["published_pct"] = round(mean(theirs), 2)
             rows.append(row)
     return rows
@@ -59,12 +60,12 @@ def fill_summary(results: Sequence[FillSummary]) -> list[dict]:
     return list(out.values())
 
 
-def fill_json(results: Sequence[FillSummary]) -> str:
-    return json.dumps(fill_rows(results), indent=1)
+def fill_json(results: Sequence[FillSummary], anchor: bool = False) -> str:
+    return json.dumps(fill_rows(results, anchor), indent=1)
 
 
-def fill_csv(results: Sequence[FillSummary]) -> str:
-    rows = fill_rows(results)
+def fill_csv(results: Sequence[FillSummary], anchor: bool = False) -> str:
+    rows = fill_rows(results, anchor)
     buf = io.StringIO()
     fields = ["policy", "arrived_pct", "gpu_alloc_pct", "min_pct", "max_pct", "seeds", "published_pct"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
@@ -73,11 +74,11 @@ def fill_csv(results: Sequence[FillSummary]) -> str:
     return buf.getvalue()
 
 
-def fill_table(results: Sequence[FillSummary]) -> str:
+def fill_table(results: Sequence[FillSummary], anchor: bool = False) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    rows = fill_rows(results)
+    rows = fill_rows(results, anchor)
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     seeds = sorted({r.seed for r in results})
     table = Table(title=f"GPU allocation (% of GPUs) by arrived GPU demand, mean of {len(seeds)} seed(s)")
@@ -101,12 +102,18 @@ def fill_table(results: Sequence[FillSummary]) -> str:
     buf = io.StringIO()
     console = Console(file=buf, width=200, color_system=None)
     console.print(table)
-    cmp = [c for c in compare(_curves(results)) if c.theirs is not None]
+    cmp = [c for c in compare(_curves(results)) if c.theirs is not None] if anchor else []
     if cmp:
         console.print("in brackets: the FGD authors' published mean for the same seeds "
                       "(hkust-adsl/kubernetes-scheduler-simulator); differences: "
                       + ", ".join(f"{c.policy}@{c.level}% {c.diff:+.2f}" for c in cmp))
     return buf.getvalue()
+
+
+def is_anchor_run(pods_path: str | Path, total_gpus: int, inflate: float) -> bool:
+    """Whether a fill run is the FGD authors' default-trace experiment (so their figures apply)."""
+    return (Path(pods_path).name == "openb_pod_list_default.csv" and total_gpus == published()["total_gpus"]
+            and abs(inflate - 1.3) < 1e-9)
 
 
 def _curves(results: Sequence[FillSummary]) -> dict[str, dict[int, dict[int, float]]]:
