@@ -75,16 +75,20 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 # --- kafka ----------------------------------------------------------------------------
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from deploy.local.kafka import LocalKafka, ensure_jars
+    from deploy.local.kafka import ensure_jars
 
     if args.action == "fetch":
         print(ensure_jars())
         return 0
+    from deploy.local.kafka import KafkaLaunchError, serve
+
     stop = _stop_on_signals()
-    with LocalKafka() as kafka:
-        print(f"KAFKA_BOOTSTRAP={kafka.bootstrap}", flush=True)
-        stop.wait()
-    return 0
+    data_dir = Path(args.data_dir) if args.data_dir else (load().data_dir / "kafka" if args.keep_data else None)
+    try:
+        return serve(args.brokers, args.port, data_dir, args.keep_data, stop=stop)
+    except KafkaLaunchError as err:
+        print(f"hpcinsight kafka: {err}", file=sys.stderr)
+        return 1
 
 
 # --- db -------------------------------------------------------------------------------
@@ -528,8 +532,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("db", cmd_db, "ClickHouse schema: migrate to this build's version (idempotent), or show its status")
     p.add_argument("action", choices=("migrate", "status", "init"), help="migrate (init is the same), or status")
 
-    p = add("kafka", cmd_kafka, "run a local single-node Kafka broker (KRaft) from Maven Central jars")
+    p = add("kafka", cmd_kafka, "run a local Kafka broker, or a KRaft cluster of several, from Maven Central jars")
     p.add_argument("action", choices=("run", "fetch"), help="run: start and wait for Ctrl-C; fetch: download the jars only")
+    p.add_argument("--port", type=int, default=None, help="the broker's port (default: a free one, or the one its data dir last used)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="log dirs here, kept on stop; a later run on DIR starts with its data (default: a temporary dir, deleted)")
+    p.add_argument("--keep-data", action="store_true",
+                   help="keep the data on stop (without --data-dir: in $HPCINSIGHT_DATA_DIR/kafka)")
+    p.add_argument("--brokers", type=int, default=1,
+                   help="KRaft nodes (broker+controller each); 3: replication 3, min.insync.replicas 2 (default 1)")
     return parser
 
 

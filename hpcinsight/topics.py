@@ -14,15 +14,19 @@ from hpcinsight.config import broker_retry
 from schemas.catalog import TOPICS
 
 
-def ensure_topics(client_config: dict[str, Any], prefix: str, replication: int = 1, timeout: float = 30.0) -> list[str]:
-    """Create missing topics (existing ones are left as they are). Returns all full names."""
+def ensure_topics(client_config: dict[str, Any], prefix: str, replication: int | None = None, timeout: float = 30.0) -> list[str]:
+    """Create missing topics (existing ones are left as they are). Returns all full names.
+
+    ``replication`` None leaves the replication factor (and ``min.insync.replicas``) to the
+    cluster's ``default.replication.factor``: 1 on a single local broker, what the operator
+    chose on a real cluster (3 on ``hpcinsight kafka run --brokers 3``)."""
     admin = AdminClient(client_config)
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
         NewTopic(
             t.full_name(prefix),
             num_partitions=t.partitions,
-            replication_factor=replication,
+            replication_factor=-1 if replication is None else replication,  # -1: the broker's default
             config={
                 "retention.ms": str(t.retention_ms), "compression.type": "producer",
                 **({"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": str(3_600_000)} if t.compacted else {}),
