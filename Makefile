@@ -13,7 +13,7 @@ ARGS   ?=
 # (measured here: 6.6 min against 13-16 min one at a time). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 
-.PHONY: setup demo test bench clean browser replay-genai
+.PHONY: setup demo test bench clean browser replay-genai tools image image-base
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -23,7 +23,33 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m deploy.local.kafka fetch >/dev/null
 	touch $(STAMP)
 
-setup: $(STAMP) browser
+setup: $(STAMP) browser tools image-base
+
+# Helm and Alertmanager, built once from the Go module proxy into ~/.cache/hpcinsight/tools for the
+# chart's and the Alertmanager receiver's tests (deploy/tools/go.py). Without Go it says so: those
+# tests then fail in CI and skip elsewhere, with the reason.
+tools: $(STAMP)
+	@$(VENV)/bin/python -m deploy.tools.go build >/dev/null \
+	  || echo "setup: a Go tool could not be built (see above); the tests that need it fail in CI and skip elsewhere"
+
+# The OCI image of every component (deploy/image/build.sh: podman; the base layer from Debian
+# packages unless BASE=<image> names one). Prints the image's tag and size.
+image: $(STAMP)
+	HOST_PYTHON=$(VENV)/bin/python deploy/image/build.sh
+
+# podman, runc and debootstrap (Debian's) for the image and its test, and the image's base layer
+# built once from Debian packages into ~/.cache/hpcinsight/image. As root or with sudo; otherwise
+# said plainly, and the image test fails in CI and skips elsewhere with that reason.
+image-base: $(STAMP)
+	@if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	  else echo "setup: podman, runc and debootstrap are missing and installing them needs root or sudo"; exit 0; fi; \
+	  echo "setup: installing Debian's podman, runc and debootstrap for the image"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq podman runc debootstrap >/dev/null \
+	    || { echo "setup: apt-get install podman runc debootstrap failed"; exit 0; }; \
+	fi; \
+	HOST_PYTHON=$(VENV)/bin/python deploy/image/build.sh --base-only >/dev/null \
+	  || echo "setup: the image's base layer could not be built (see above)"
 
 # Debian's chromium, for the unit view's browser tests and benchmark (Playwright drives it through
 # executable_path; no browser is ever downloaded). Installed as root or with sudo; otherwise said
