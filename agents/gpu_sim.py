@@ -258,9 +258,16 @@ class SimGpuCollector(Collector[SimConfig]):
                 util = mean * dip_depth
             else:
                 util = mean + noise * p.noise
+            if workload.node_models and phase != "checkpoint":  # the faster generation waits for the slower at every collective
+                slowest = max(workload.step_factor(m) for m in job.nodes)
+                util *= workload.step_factor(n) / slowest
             for f in workload.faults_of(job, t_s):
                 if f.kind == "underuse":
                     util *= f.util / max(p.util, 1.0)
+                elif f.kind == "slow_node" and f.node == n:  # waiting for data (or for a noisy neighbour) part of each step
+                    util /= gpu.fault.uniform(f.factor, f.factor_hi or f.factor)
+                elif f.kind == "restart":  # processes gone, the job being restarted
+                    util = gpu.fault.uniform(0.0, 2.0)
                 elif f.kind == "hang" and f.spin:  # polling kernels: always "a kernel running"
                     util, spin = gpu.fault.uniform(99.0, 100.0), True
                 elif f.kind == "hang":

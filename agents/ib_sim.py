@@ -31,6 +31,8 @@ from schemas.events import IbSample
 
 #: share of its healthy throughput a degraded node's ports still carry
 DEGRADED_SHARE = 0.2
+#: the rate a slow (trained-down) port reports
+SLOW_RATE_GBPS = 100.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class IbFault:
     healthy traffic, waits to transmit for most of the time (``xmit_wait_per_s`` in the millions,
     hundreds of times a healthy port's) and counts a few symbol errors per interval: a bad cable,
     transceiver or switch port that the link's error recovery keeps alive but slow.
+    ``slow``: from ``start_s`` to ``end_s`` every port of the node has trained down to 100 Gb/s (a
+    link at a quarter of its width, or an HCA in a slot of too few PCIe lanes): it reports that rate,
+    carries at most 80% of it and waits to transmit for much of the time, with no error counted.
     ``flap``: HCA ``port`` (``mlx5_<port>``) goes down and comes back once at ``start_s``: the first
     interval ending at or after it counts one ``link_downed`` and one ``link_error_recovery``.
     """
@@ -105,6 +110,7 @@ class SimIbCollector(Collector[SimIbConfig]):
         interval = None if self._last_ms is None else (now_ms - self._last_ms) / 1000.0
         self._last_ms = now_ms
         degraded = {f.node for f in cfg.faults if f.kind == "degrade" and f.start_s <= t_s < f.end_s}
+        slow = {f.node for f in cfg.faults if f.kind == "slow" and f.start_s <= t_s < f.end_s}
         flapped = self._due_flaps(t_s) if interval else set()
         out = []
         for n in range(cfg.nodes):
@@ -125,6 +131,11 @@ class SimIbCollector(Collector[SimIbConfig]):
                     tx, rx = tx * DEGRADED_SHARE, rx * DEGRADED_SHARE
                     wait = round(self._fault_rng.uniform(5e6, 2e7))
                     symbol_errors = self._fault_rng.randint(1, 4)
+                if n in slow:
+                    common["rate_gbps"] = SLOW_RATE_GBPS
+                    cap = 0.8 * SLOW_RATE_GBPS * 1e9 / 8
+                    tx, rx = min(tx, cap * self._fault_rng.uniform(0.9, 1.0)), min(rx, cap * self._fault_rng.uniform(0.9, 1.0))
+                    wait = round(self._fault_rng.uniform(2e6, 8e6))
                 if (n, p) in flapped:
                     downed, recoveries = 1, 1
                 out.append(IbSample(

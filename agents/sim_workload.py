@@ -31,7 +31,12 @@ IB_PHASE_LOAD: dict[str, float] = {"warmup": 0.5, "steady": 1.0, "eval": 0.3, "c
 #: how much longer a job's steps take while one of its nodes has a degraded InfiniBand link
 #: (its all-reduce runs at the pace of the slowest link)
 IB_DEGRADED_STEP_FACTOR = 1.6
-JOB_FAULT_KINDS = ("straggler", "imbalance", "hang", "underuse")
+JOB_FAULT_KINDS = ("straggler", "imbalance", "hang", "underuse", "slow_node", "restart", "scale")
+#: step time of a data-parallel rank on each GPU model, relative to an H100 (bf16 training throughput: an
+#: A100 does about half an H100's work per second, a V100 about a fifth to a quarter)
+MODEL_STEP_FACTOR: dict[str, float] = {"H100-SXM": 1.0, "H100": 1.0, "H200": 0.9, "A100": 1.9, "A100-SXM": 1.9, "V100": 4.0}
+#: the steps a restarted job replays (it resumes from its last checkpoint)
+RESTART_ROLLBACK_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,11 @@ SMs, tensor cores, power and links show no work, NCCL kernels polling for a peer
     util: float = 15.0
     #: hang: the collective's kernels keep polling (utilisation 100%, SM activity, power and links flat low)
     spin: bool = False
+    #: slow_node: the node (index in the cluster) whose ranks are slowed, each step by a draw in factor..factor_hi
+    node: int | None = None
+    factor_hi: float | None = None
+    #: scale: the world size from the onset (the first ranks stay, the others' GPUs are released)
+    ranks: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_FAULT_KINDS:
@@ -162,6 +172,10 @@ SMs, tensor cores, power and links show no work, NCCL kernels polling for a peer
             raise ValueError(f"imbalance fault of job {self.job_id} needs a cov above 0")
         if self.kind == "underuse" and not 0 <= self.util <= 100:
             raise ValueError(f"underuse fault of job {self.job_id} needs util in 0..100")
+        if self.kind == "slow_node" and (self.node is None or self.factor <= 1 or (self.factor_hi or self.factor) < self.factor):
+            raise ValueError(f"slow_node fault of job {self.job_id} needs a node and a factor above 1 (factor_hi at least factor)")
+        if self.kind == "scale" and (self.ranks is None or self.ranks < 1):
+            raise ValueError(f"scale fault of job {self.job_id} needs the new world size (ranks)")
 
     def active(self, t_s: float) -> bool:
         return self.start_s <= t_s < self.end_s
@@ -176,6 +190,10 @@ class Workload:
     duration_s: float = math.inf
     #: nodes whose InfiniBand is degraded, (node, start_s, end_s): their jobs' steps slow down
     ib_degraded: tuple[tuple[int, float, float], ...] = ()
+    #: GPU model of each node (empty: every node the default model); a job across models steps at each one's pace
+    node_models: tuple[str, ...] = ()
+    #: GPUs per node of the cluster (ranks of jobs holding whole nodes)
+    gpus_per_node: int = 8
 
     def __post_init__(self) -> None:
         ids = [j.job_id for j in self.jobs]
@@ -219,8 +237,21 @@ class Workload:
     def job_on(self, node: int, gpu: int, t_s: float) -> SimJob | None:
         for job in self.jobs:
             if job.runs(t_s) and node in job.nodes and (not job.gpus or gpu in job.gpus):
+                scaled = next((f for f in self.faults_of(job, t_s) if f.kind == "scale"), None)
+                if scaled is not None and self.rank_of(job, node, gpu) >= (scaled.ranks or 0):
+                    return None  # released when the job scaled down
                 return job
         return None
+
+    def rank_of(self, job: SimJob, node: int, gpu: int) -> int:
+        gpus = job.gpus or tuple(range(self.gpus_per_node))
+        return job.nodes.index(node) * len(gpus) + gpus.index(gpu)
+
+    def step_factor(self, node: int) -> float:
+        """How much longer a rank's step takes on ``node``'s GPU model than on the default one."""
+        if not self.node_models:
+            return 1.0
+        return MODEL_STEP_FACTOR.get(self.node_models[node], 1.0)
 
     def jobs_on_node(self, node: int, t_s: float) -> list[SimJob]:
         return [j for j in self.jobs if j.runs(t_s) and node in j.nodes]

@@ -12,7 +12,13 @@ Faults are applied over the healthy draws (taken for every rank at every step, w
 faults), with what they need at random from a separate stream: a ``straggler`` rank's time is
 multiplied by its factor, ``imbalance`` multiplies every rank's time by its own draw around 1, a
 ``hang`` stops the steps until it ends, and a degraded InfiniBand link on one of the job's nodes
-makes every rank's step :data:`agents.sim_workload.IB_DEGRADED_STEP_FACTOR` times longer.
+makes every rank's step :data:`agents.sim_workload.IB_DEGRADED_STEP_FACTOR` times longer. A rank
+on an older GPU model takes :data:`agents.sim_workload.MODEL_STEP_FACTOR` times as long (a job
+across two generations runs in two speed groups); ``slow_node`` slows the ranks of one node by a
+fresh draw each step (data-loader stalls, a noisy neighbour); ``restart`` stops every rank for its
+span (the job is restarted), then resumes from its last checkpoint (the step numbers go back
+:data:`agents.sim_workload.RESTART_ROLLBACK_STEPS`) with warm-up steps; ``scale`` keeps only the
+first ``ranks`` ranks from its onset (an elastic job shrinking), with the new world size.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from agents.base import Collector
 from agents.gpu_sim import SimConfig
 from agents.scheduler.sim import node_names
-from agents.sim_workload import IB_DEGRADED_STEP_FACTOR, SimJob, Workload
+from agents.sim_workload import IB_DEGRADED_STEP_FACTOR, RESTART_ROLLBACK_STEPS, SimJob, Workload
 from schemas.catalog import STEP_METRICS_RAW
 from schemas.events import StepMetric
 
@@ -45,6 +51,9 @@ class _JobSteps:
     step: int = 0
     pending: _Pending | None = None
     ranks: list[tuple[str, int]] = field(default_factory=list)  # (node name, GPU index) of each rank
+    rank_nodes: list[int] = field(default_factory=list)  # node index of each rank
+    restarted: set[float] = field(default_factory=set)  # onsets of the restarts already replayed
+    warm_until: int = -1  # steps up to this one are warm-up steps again (after a restart)
 
 
 class SimStepCollector(Collector[SimConfig]):
@@ -65,7 +74,9 @@ class SimStepCollector(Collector[SimConfig]):
                 continue
             state = _JobSteps(random.Random(f"{config.seed}/steps/{job.job_id}"),
                               random.Random(f"{config.seed}/steps/{job.job_id}/fault"), job.start_s)
-            state.ranks = [(names[n], g) for n, g in Workload.placement(job, config.gpus_per_node)]
+            placed = Workload.placement(job, config.gpus_per_node)
+            state.ranks = [(names[n], g) for n, g in placed]
+            state.rank_nodes = [n for n, _ in placed]
             self._jobs[job.job_id] = state
 
     def sample(self, now_ms: int) -> list[StepMetric]:
@@ -91,7 +102,7 @@ class SimStepCollector(Collector[SimConfig]):
             if pending.end_s > until_s:
                 return out
             ts = self._start_ms + round(pending.end_s * 1000)  # type: ignore[operator]
-            world = len(state.ranks)
+            world = len(pending.durations)
             out += [StepMetric(job.job_id, rank, world, pending.step, ts, round(d, 6), node=node, local_rank=gpu)
                     for rank, ((node, gpu), d) in enumerate(zip(state.ranks, pending.durations))]
             state.pending, state.next_start_s, state.step = None, pending.end_s, pending.step + 1
@@ -105,8 +116,8 @@ class SimStepCollector(Collector[SimConfig]):
             if phase in ("eval", "checkpoint"):  # no training step until the pause is over
                 start = job.start_s + profile.phase_end(start - job.start_s)
                 continue
-            hang = next((f for f in wl.faults_of(job, start) if f.kind == "hang"), None)
-            if hang is not None:  # the collective never completes while the hang lasts
+            hang = next((f for f in wl.faults_of(job, start) if f.kind in ("hang", "restart")), None)
+            if hang is not None:  # the collective never completes while the hang lasts (or the job restarts)
                 start = min(hang.end_s, until_s)
                 continue
             break
@@ -114,13 +125,25 @@ class SimStepCollector(Collector[SimConfig]):
         if start >= until_s:
             return None
         assert profile.step_s is not None
-        base = profile.step_s * (WARMUP_STEP_FACTOR if phase == "warmup" else 1.0)
+        for f in wl.faults:  # a restart that ended: resume from the last checkpoint, warming up again
+            if f.job_id == job.job_id and f.kind == "restart" and f.end_s <= start and f.start_s not in state.restarted:
+                state.restarted.add(f.start_s)
+                state.step = max(0, state.step - RESTART_ROLLBACK_STEPS)
+                state.warm_until = state.step + 10
+        warm = phase == "warmup" or state.step <= state.warm_until
+        base = profile.step_s * (WARMUP_STEP_FACTOR if warm else 1.0)
         if wl.ib_slowed(job, start):
             base *= IB_DEGRADED_STEP_FACTOR
-        durations = [base * max(0.5, 1.0 + state.rng.gauss(0.0, profile.step_noise)) for _ in state.ranks]
+        durations = [base * max(0.5, 1.0 + state.rng.gauss(0.0, profile.step_noise)) * wl.step_factor(n)
+                     for n in state.rank_nodes]
         for f in wl.faults_of(job, start):
-            if f.kind == "straggler" and f.rank is not None:
-                durations[f.rank] *= f.factor
+            if f.kind == "straggler" and f.rank is not None:  # with factor_hi: a fresh draw each step (a noisy neighbour)
+                durations[f.rank] *= state.fault.uniform(f.factor, f.factor_hi) if f.factor_hi else f.factor
             elif f.kind == "imbalance":
                 durations = [d * max(0.3, 1.0 + state.fault.gauss(0.0, f.cov)) for d in durations]
+            elif f.kind == "slow_node":
+                durations = [d * state.fault.uniform(f.factor, f.factor_hi or f.factor) if n == f.node else d
+                             for d, n in zip(durations, state.rank_nodes)]
+            elif f.kind == "scale" and f.ranks is not None:
+                durations = durations[:f.ranks]
         return _Pending(state.step, start + max(durations), durations)

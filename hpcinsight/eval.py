@@ -474,7 +474,7 @@ def _fault_series(client: Any, sc: Scenario, fault: Any, t0: int) -> tuple[str, 
                         "AND gpu_uuid != {u:String} AND job_id = (SELECT any(job_id) FROM gpu_samples WHERE gpu_uuid = {u:String} "
                         "AND job_id IS NOT NULL) GROUP BY t ORDER BY t", {"u": uuid, "p": sc.node_prefix}, t0)
         return metric.replace("toUInt8(", "").rstrip(")"), [(f"node {fault.node} GPU {fault.gpu}", *own), ("job's other GPUs (median)", *peers)]
-    if fault.kind in ("ib_degrade", "ib_flap"):
+    if fault.kind in ("ib_degrade", "ib_slow", "ib_flap"):
         node = sc.node_name(fault.node)
         job = next((j for j in sc.jobs if fault.node in j.nodes and j.runs(fault.onset_s)), None)
         peers_of = [sc.node_name(n) for n in (job.nodes if job else range(sc.nodes)) if n != fault.node]
@@ -485,6 +485,13 @@ def _fault_series(client: Any, sc: Scenario, fault: Any, t0: int) -> tuple[str, 
                         {"peers": peers_of, "p": sc.node_prefix}, t0)
         return "IB GB/s (node)", [(node, *own), ("the job's other nodes (median)", *peers)]
     job = fault.job
+    if fault.kind in ("straggler", "slow_node") and fault.rank is None:  # a slow node: its ranks' median against the job's
+        nodes = [sc.node_name(fault.node)] if fault.node is not None else []
+        own = _series(client, "SELECT max(toUnixTimestamp64Milli(ts)) AS t, median(duration_s) FROM step_metrics FINAL "
+                      "WHERE job_id = {j:String} AND has({n:Array(String)}, node) GROUP BY step ORDER BY t", {"j": job, "n": nodes}, t0)
+        med = _series(client, "SELECT max(toUnixTimestamp64Milli(ts)) AS t, median(duration_s) FROM step_metrics FINAL "
+                      "WHERE job_id = {j:String} GROUP BY step ORDER BY t", {"j": job}, t0)
+        return "step time (s)", [(f"ranks on {', '.join(nodes)}", *own), ("median rank", *med)]
     if fault.kind == "straggler":
         own = _series(client, "SELECT toUnixTimestamp64Milli(ts), duration_s FROM step_metrics FINAL WHERE job_id = {j:String} "
                       "AND rank = {r:UInt32} ORDER BY ts", {"j": job, "r": fault.rank}, t0)

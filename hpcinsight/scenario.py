@@ -45,8 +45,8 @@ PROFILES: dict[str, Profile] = {
 }
 GPU_HEALTH_CONDITION = {"thermal": "thermal_throttle", "power": "power_throttle", "clock": "clock_stuck_low",
                         "ecc": "ecc_uncorrectable", "remap": "row_remap_pending"}
-IB_FAULT_KINDS = ("ib_degrade", "ib_flap")
-JOB_FAULT_KINDS = ("straggler", "imbalance", "hang", "underuse")
+IB_FAULT_KINDS = ("ib_degrade", "ib_slow", "ib_flap")
+JOB_FAULT_KINDS = ("straggler", "imbalance", "hang", "underuse", "slow_node", "restart", "scale")
 FAULT_KINDS = (*GPU_FAULT_KINDS, "idle", "xid", *IB_FAULT_KINDS, *JOB_FAULT_KINDS)
 #: faults that happen at one instant: their labels' span is [onset, onset] (plus the grace)
 POINT_FAULTS = ("ecc", "xid", "ib_flap")
@@ -113,6 +113,7 @@ class Scenario:
     ib_faults: tuple[IbFault, ...] = ()
     job_faults: tuple[JobFault, ...] = ()
     path: str = ""
+    node_models: tuple[str, ...] = ()  # GPU model of each node (empty: the sim's default on all)
 
     @property
     def node_prefix(self) -> str:
@@ -128,8 +129,8 @@ class Scenario:
         return f"{self.name}.{name}"
 
     def workload(self) -> Workload:
-        degraded = tuple((f.node, f.start_s, f.end_s) for f in self.ib_faults if f.kind == "degrade")
-        return Workload(self.jobs, self.job_faults, self.duration_s, degraded)
+        degraded = tuple((f.node, f.start_s, f.end_s) for f in self.ib_faults if f.kind in ("degrade", "slow"))
+        return Workload(self.jobs, self.job_faults, self.duration_s, degraded, self.node_models, self.gpus_per_node)
 
     def sim_config(self) -> SimConfig:
         return SimConfig(nodes=self.nodes, gpus_per_node=self.gpus_per_node, seed=self.seed, idle=self.idle,
@@ -251,7 +252,7 @@ class _Builder:
         name = top.get("name", default_name)
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise self.fail("name", f"expected lower-case letters, digits and '-' (at most 41), got {name!r}")
-        cluster = self.mapping(top["cluster"], "cluster", {"nodes", "gpus_per_node", "ib_ports"}, {"nodes"})
+        cluster = self.mapping(top["cluster"], "cluster", {"nodes", "gpus_per_node", "ib_ports", "gpu_models"}, {"nodes"})
         nodes = int(self.number(cluster["nodes"], "cluster.nodes", 1, integer=True))
         gpus = int(self.number(cluster.get("gpus_per_node", 8), "cluster.gpus_per_node", 1, integer=True))
         if gpus > 16:
@@ -260,8 +261,18 @@ class _Builder:
         duration = self.number(top["duration_s"], "duration_s", 10)
         grace = self.number(top.get("grace_s", DEFAULT_GRACE_S), "grace_s")
         seed = int(self.number(top.get("seed", 0), "seed", None, integer=True))
+        models: tuple[str, ...] = ()
+        if "gpu_models" in cluster:  # {"0-1": H100, "2-3": A100}: every node named once
+            raw = self.mapping(cluster["gpu_models"], "cluster.gpu_models", set(map(str, cluster["gpu_models"] or {})))
+            named: dict[int, str] = {}
+            for spec, model in raw.items():
+                for n in self.nodes(str(spec) if "-" in str(spec) else int(spec), "cluster.gpu_models", nodes):
+                    named[n] = str(model)
+            if set(named) != set(range(nodes)):
+                raise self.fail("cluster.gpu_models", f"name the model of every node 0..{nodes - 1}")
+            models = tuple(named[n] for n in range(nodes))
         base = Scenario(name, str(top.get("description", "")).strip(), seed, duration, nodes, gpus, ports, (), (), (),
-                        path=self.where)
+                        path=self.where, node_models=models)
         jobs = tuple(self.job(j, f"jobs[{i}]", base) for i, j in enumerate(self.listing(top.get("jobs", []), "jobs")))
         base = replace(base, jobs=jobs)
         gpu_faults: list[InjectedFault] = []
@@ -340,7 +351,7 @@ class _Builder:
 
     def fault(self, raw: Any, at: str, sc: Scenario, grace: float) -> tuple[FaultSpec, Any, list[Label]]:
         keys = {"kind", "node", "gpu", "port", "job", "rank", "onset_s", "end_s", "xid", "count", "factor", "cov", "util",
-                "expect", "allow"}
+                "expect", "allow", "spin", "factor_hi", "ranks"}
         f = self.mapping(raw, at, keys, {"kind", "onset_s"})
         kind = f["kind"]
         if kind not in FAULT_KINDS:
@@ -349,8 +360,8 @@ class _Builder:
         end = self.number(f["end_s"], f"{at}.end_s") if f.get("end_s") is not None else math.inf
         if end <= onset and kind not in POINT_FAULTS:
             raise self.fail(f"{at}.end_s", "must be after onset_s")
-        need = ("job",) if kind in JOB_FAULT_KINDS else ("node",) if kind == "ib_degrade" else ("node", "port") \
-            if kind == "ib_flap" else ("node", "gpu")
+        need = ("job", "node") if kind == "slow_node" else ("job",) if kind in JOB_FAULT_KINDS else ("node",) \
+            if kind in ("ib_degrade", "ib_slow") else ("node", "port") if kind == "ib_flap" else ("node", "gpu")
         for key in need:
             if key not in f:
                 raise self.fail(at, f"a {kind} fault needs {' and '.join(need)}")
@@ -400,15 +411,21 @@ class _Builder:
             code = int(self.number(f.get("xid", 79), f"{at}.xid", 1, integer=True))
             count = int(self.number(f.get("count", 1), f"{at}.count", 1, integer=True))
             return InjectedXid(node, gpu, onset, code, count)  # type: ignore[arg-type]
-        if kind == "ib_degrade":
-            return IbFault("degrade", node, onset, end)  # type: ignore[arg-type]
+        if kind in ("ib_degrade", "ib_slow"):
+            return IbFault(kind[3:], node, onset, end)  # type: ignore[arg-type]
         if kind == "ib_flap":
             return IbFault("flap", node, onset, port=port)  # type: ignore[arg-type]
         extra: dict[str, Any] = {}
-        for key in ("factor", "cov", "util"):
+        for key in ("factor", "cov", "util", "factor_hi"):
             if key in f:
                 extra[key] = self.number(f[key], f"{at}.{key}")
-        return JobFault(kind, job_id, onset, end, rank=rank, **extra)  # type: ignore[arg-type]
+        if "ranks" in f:
+            extra["ranks"] = int(self.number(f["ranks"], f"{at}.ranks", 1, integer=True))
+        if "spin" in f:
+            if not isinstance(f["spin"], bool) or kind != "hang":
+                raise self.fail(f"{at}.spin", "true or false, on a hang")
+            extra["spin"] = f["spin"]
+        return JobFault(kind, job_id, onset, end, rank=rank, node=node, **extra)  # type: ignore[arg-type]
 
     def derived(self, spec: FaultSpec, sc: Scenario, grace: float) -> list[Label]:
         """The labels a fault implies (see README, Evaluation): what must fire, and what may."""
@@ -431,7 +448,7 @@ class _Builder:
             return [lab("gpu_underused", uuid), lab("gpu_outlier", uuid, required=False)]
         if kind == "xid":
             return [lab("gpu_xid", uuid)]
-        if kind == "ib_degrade":
+        if kind in ("ib_degrade", "ib_slow"):
             node = sc.node_name(spec.node)  # type: ignore[arg-type]
             return [lab("slow_interconnect", node)] + [
                 lab("slow_interconnect", f"{node}/mlx5_{p}/1", required=False) for p in range(sc.ib_ports)]
@@ -441,6 +458,14 @@ class _Builder:
             return [lab("straggler", f"{spec.job}/rank-{spec.rank}")]
         if kind == "imbalance":
             return [lab("straggler", f"{spec.job}/imbalance")]
+        if kind == "slow_node":  # the node's ranks are a slow group; its GPUs wait, out of line with their peers
+            job = next(j for j in sc.jobs if j.job_id == spec.job)
+            placed = Workload.placement(job, sc.gpus_per_node)
+            return [lab("straggler", f"{spec.job}/imbalance"), lab("gpu_outlier", sc.node_name(spec.node), required=False)] + [  # type: ignore[arg-type]
+                lab(d, s, required=False) for r, (n, g) in enumerate(placed) if n == spec.node
+                for d, s in (("gpu_outlier", sc.gpu_uuid(n, g)), ("straggler", f"{spec.job}/rank-{r}"))]
+        if kind in ("restart", "scale"):  # what a healthy job does: nothing must fire
+            return []
         if kind == "hang":  # every GPU of a hung job idles: gpu_underused is right to say so
             job = next(j for j in sc.jobs if j.job_id == spec.job)
             return [lab("hang", spec.job)] + [  # type: ignore[list-item]

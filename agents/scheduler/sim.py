@@ -32,6 +32,8 @@ SOURCE = "sim"
 GPU_MODEL = "H100-SXM"
 USER, TEAM, PRIORITY = "alice", "llm", "high"
 ZONES = ("sim-zone-a", "sim-zone-b")
+#: nodes under one InfiniBand leaf switch (the node inventory's ``ib_switch`` label)
+LEAF_NODES = 4
 
 
 def node_names(config: SimConfig) -> list[str]:
@@ -95,7 +97,9 @@ class SimSchedulerCollector(Collector[SimConfig]):
     def _inventory(self, now_ms: int) -> list[Event]:
         cfg = self.config
         half = (cfg.nodes + 1) // 2  # an odd node out goes to the first zone
-        return [NodeInventory(ts=now_ms, node=name, gpu_count=cfg.gpus_per_node, gpu_model=GPU_MODEL, zone=ZONES[n >= half])
+        models = cfg.workload.node_models if cfg.workload is not None else ()
+        return [NodeInventory(ts=now_ms, node=name, gpu_count=cfg.gpus_per_node, gpu_model=models[n] if models else GPU_MODEL,
+                              zone=ZONES[n >= half], labels={"ib_switch": f"leaf-{n // LEAF_NODES}"})
                 for n, name in enumerate(node_names(cfg))]
 
     def _workload_events(self, workload: Workload, now_ms: int) -> list[Event]:

@@ -9,9 +9,9 @@ size (an elastic job scaling) starts afresh with its new ranks.
 of its step time relative to the step's median rank. Sorted by speed, the ranks split wherever
 two neighbours are more than ``group_effect`` apart (relative) *and* that gap is at least
 ``group_gap_ratio`` times the largest gap inside the clusters it separates (a real gap, not the
-widest spot of one noisy spread). Clusters of at least ``min_group`` ranks are *groups* (two GPU
-generations, an uneven data split, one slow node's ranks); smaller ones are left to the straggler
-test. Two or more groups are a persistent split: **one** ``<job>/imbalance`` incident for as long as
+widest spot of one noisy spread). Clusters of at least ``min_group`` ranks that hold every rank of
+their nodes, or ``group_share`` of the job, are *groups* (two GPU generations, an uneven data split,
+one slow node's ranks); smaller ones are left to the straggler test. Two or more groups are a persistent split: **one** ``<job>/imbalance`` incident for as long as
 it lasts, naming the slow group, its factor over the fastest group, and what its members share
 (node, GPU model, zone, switch, from the scheduler's node inventory).
 
@@ -20,9 +20,9 @@ longer than its group's median at that step; doing so in at least ``share`` of t
 ``window`` steps makes it a straggler (``<job>/rank-<r>``). Every rank is judged on its own, so
 two slow ranks are two stragglers, not one alternating culprit.
 
-**Imbalance without groups.** With no split, a mean coefficient of variation across ranks (the
-stragglers left out: a straggler fully explains the spread it causes) above ``cov_threshold``
-over the window is imbalance with no culprit (uneven batches, jitter on many nodes).
+**Imbalance without groups.** With no split, a coefficient of variation across ranks (the
+stragglers left out: a straggler fully explains the spread it causes) above ``cov_threshold`` in
+the median step of the window is imbalance with no culprit (uneven batches, jitter on many nodes).
 
 Incidents go through :class:`streams.detectors.incidents.Incidents`: a split or a straggler
 resolves after ``window`` judged steps without it (hysteresis: a split must fall under
@@ -49,15 +49,18 @@ class StragglerConfig:
     cov_threshold: float = 0.10
     min_ranks: int = 2
     #: steps whose per-rank speeds make the groups (longer than window: groups are persistent)
-    group_window: int = 60
+    group_window: int = 30
     #: neighbours this far apart in speed (relative) may be two groups ...
     group_effect: float = 0.2
     #: ... when the gap is this many times the largest gap within the clusters it separates
     group_gap_ratio: float = 2.5
     #: an open split resolves once the groups are closer than this
     group_effect_resolve: float = 0.1
-    #: fewest ranks of a group (fewer: stragglers)
+    #: fewest ranks of a group (fewer: stragglers) ...
     min_group: int = 2
+    #: ... and a group is all the job's ranks on its nodes, or at least this share of the ranks (fewer ranks
+    #: departing together are stragglers each: two slow ranks of a group are two stragglers, not a group)
+    group_share: float = 0.25
     #: and no judgment with the condition for this long (a re-fire within it is folded)
     quiet_s: float = 60.0
     #: steps kept waiting for their last ranks (ranks report in batches, not in lockstep)
@@ -165,7 +168,7 @@ class StragglerDetector(Detector[StragglerConfig]):
         recent = list(job.judged)[-cfg.window:]
         groups = self._groups(job_id, job)
         group_of = {r: i for i, g in enumerate(groups) for r in g}
-        real = [g for g in groups if len(g) >= cfg.min_group]
+        real = [g for g in groups if self._is_group(job, g)]
         # a member of a group is expected at its own place in it (a group of 1.5-2x ranks has a 2x rank);
         # a rank outside every group is expected at its home group's median
         expected: dict[int, float] = {}
@@ -183,9 +186,21 @@ class StragglerDetector(Detector[StragglerConfig]):
                 m = medians[self._home(r, group_of, groups, real)] * max(expected.get(r, 1.0), 1.0)
                 slow_by.setdefault(r, []).append(d / m - 1 if m > 0 else 0.0)
         out: list[Event] = []
+        shares = {r: sum(v > cfg.margin for v in values) / len(recent) for r, values in slow_by.items()}
+        # ranks departing together that hold a whole node (or a large share of the job) are a new slow group,
+        # not so many stragglers: the node is the finding
+        departing = sorted(r for r, sh in shares.items() if sh >= cfg.share and self._incidents.get(f"{job_id}/rank-{r}") is None)
+        if len(departing) >= cfg.min_group and self._is_group(job, departing):
+            nodes = {job.node_of.get(r) for r in departing} - {None}  # their node-mates on the way there too
+            departing = sorted(set(departing) | {r for r, sh in shares.items() if sh >= cfg.share / 2 and job.node_of.get(r) in nodes
+                                                 and self._incidents.get(f"{job_id}/rank-{r}") is None})
+            real = [[r for r in job.speeds if r not in departing] or [], departing]
+            for r in departing:
+                job.frozen.pop(r, None)
+            slow_by = {r: v for r, v in slow_by.items() if r not in departing}
         stragglers = set()
         for r, values in sorted(slow_by.items()):
-            share = sum(v > cfg.margin for v in values) / len(recent)
+            share = shares[r]
             if share >= cfg.share / 2 or self._incidents.get(f"{job_id}/rank-{r}") is not None:
                 stragglers.add(r)  # it explains the spread it causes: not imbalance
             subject = f"{job_id}/rank-{r}"
@@ -198,7 +213,7 @@ class StragglerDetector(Detector[StragglerConfig]):
                                 "group": float(self._home(r, group_of, groups, real)), "groups": float(len(real))}
                     out.append(self._anomaly(job_id, job, got, ts, recent, evidence, rank=r))
         # a split into speed groups, or jitter with no culprit
-        evidence = self._split_evidence(job, real)
+        evidence = self._split_evidence(recent, real)
         split = len(real) >= 2 and evidence["factor"] - 1 >= cfg.group_effect
         split_left = len(real) >= 2 and evidence["factor"] - 1 >= cfg.group_effect_resolve
         covs = []
@@ -207,18 +222,34 @@ class StragglerDetector(Detector[StragglerConfig]):
             mean = statistics.fmean(values) if values else 0.0
             covs.append(statistics.pstdev(values) / mean if len(values) > 1 and mean > 0 else 0.0)
         mean_cov = statistics.fmean(covs)
-        jitter = not split and mean_cov > cfg.cov_threshold
+        # the median step's CoV: a few steps of a departure that has only begun (a node starting to stall)
+        # are not imbalance with no culprit; steady jitter is high in most steps
+        median_cov = statistics.median(covs)
+        jitter = not split and median_cov > cfg.cov_threshold
         if split and job.split_since is None:
             job.split_since = recent[0].step
         elif not split_left:
             job.split_since = None
         subject = f"{job_id}/imbalance"
         got = self._incidents.judge(subject, subject, ts, fire=split or jitter,
-                                    clear=not split_left and mean_cov < cfg.cov_threshold * 0.7, since=recent[0].ts)
+                                    clear=not split_left and median_cov < cfg.cov_threshold * 0.7, since=recent[0].ts)
         if got is not None:
-            evidence |= {"mean_cov": mean_cov, "split": float(split)}
+            evidence |= {"mean_cov": mean_cov, "median_cov": median_cov, "split": float(split)}
             out.append(self._anomaly(job_id, job, got, ts, recent, evidence, real=real))
         return out
+
+    def _is_group(self, job: _Job, ranks: list[int]) -> bool:
+        """Enough ranks to be a speed group: at least ``min_group``, and all of the job's ranks on their nodes
+        (a slow node, a GPU model) or at least ``group_share`` of the job."""
+        cfg = self.config
+        if len(ranks) < cfg.min_group:
+            return False
+        if len(ranks) >= cfg.group_share * len(job.speeds):
+            return True
+        nodes = {job.node_of.get(r) for r in ranks}
+        if None in nodes:
+            return False
+        return all(r in ranks for r, n in job.node_of.items() if n in nodes)
 
     @staticmethod
     def _home(rank: int, group_of: dict[int, int], groups: list[list[int]], real: list[list[int]]) -> int:
@@ -227,18 +258,18 @@ class StragglerDetector(Detector[StragglerConfig]):
         i = group_of.get(rank)
         if i is None or not real:
             return -1
-        if len(groups[i]) >= 2 and groups[i] in real:
+        if groups[i] in real:
             return i
         below = [k for k in range(i, -1, -1) if groups[k] in real]
         return below[0] if below else next(k for k, g in enumerate(groups) if g in real)
 
     def _groups(self, job_id: str, job: _Job) -> list[list[int]]:
-        """The job's speed groups over the group window (fastest first); recomputed every tenth step."""
+        """The job's speed groups over the group window (fastest first); recomputed every fifth step."""
         cfg = self.config
-        if job.groups and len(job.judged) % 10:
+        if job.groups and len(job.judged) % 5:
             return job.groups
         ratios: dict[int, list[float]] = {}
-        for j in job.judged:
+        for j in list(job.judged)[-cfg.group_window:]:
             for r, d in j.durations.items():
                 ratios.setdefault(r, []).append(d / j.median if j.median > 0 else 1.0)
         speeds = {r: statistics.median(v) for r, v in ratios.items() if len(v) >= cfg.window // 2}
@@ -251,14 +282,20 @@ class StragglerDetector(Detector[StragglerConfig]):
         job.speeds = speeds
         return job.groups
 
-    def _split_evidence(self, job: _Job, real: list[list[int]]) -> dict[str, float]:
-        speeds = job.speeds
-        if len(real) < 2:
+    @staticmethod
+    def _split_evidence(recent: list[_Judged], real: list[list[int]]) -> dict[str, float]:
+        """The slow group's factor over the fastest: the median, over the recent steps, of the ratio of their
+        median step times."""
+        if len(real) < 2 or not real[0] or not real[-1]:
             return {"factor": 1.0, "groups": float(len(real))}
-        fast = statistics.median(speeds[r] for r in real[0])
-        slow = statistics.median(speeds[r] for r in real[-1])
-        return {"factor": slow / fast if fast > 0 else 1.0, "groups": float(len(real)), "slow_ranks": float(len(real[-1])),
-                "fast_ranks": float(len(real[0]))}
+        ratios = []
+        for j in recent:
+            fast = [j.durations[r] for r in real[0] if r in j.durations]
+            slow = [j.durations[r] for r in real[-1] if r in j.durations]
+            if fast and slow and statistics.median(fast) > 0:
+                ratios.append(statistics.median(slow) / statistics.median(fast))
+        return {"factor": statistics.median(ratios) if ratios else 1.0, "groups": float(len(real)),
+                "slow_ranks": float(len(real[-1])), "fast_ranks": float(len(real[0]))}
 
     def _shared(self, job: _Job, ranks: list[int]) -> list[str]:
         """What the ranks of a group have in common by placement: one node, a GPU model, a zone, a switch."""
