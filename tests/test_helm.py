@@ -197,7 +197,7 @@ def test_the_settings_reach_the_components(helm: Path, values: str, tmp_path: Pa
             component = container["args"][0] if container["args"][:1] != ["agent"] else "agent"
             # the ClickHouse password only where the store is opened
             has_ch_password = settings.clickhouse.password is not None
-            assert has_ch_password == (bool(v["clickhouse"]["passwordSecret"]["name"]) and component in ("worker", "sink", "serve", "db")), where
+            assert has_ch_password == (bool(v["clickhouse"]["passwordSecret"]["name"]) and component in ("sink", "serve", "db")), where
             if component == "serve":
                 assert (api_token(env) is not None) == bool(v["serve"]["apiTokenSecret"]["name"])
 
