@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpcinsight.config import Settings
-from hpcinsight.scenario import DETECTORS, Scenario, library, load
+from hpcinsight.scenario import DETECTORS, Scenario, TraceMissing, library, load, trace_place
 from hpcinsight.scoring import DetectorScore, Flag, Score, score
 from schemas.catalog import GPU_SAMPLES_RAW, GPU_SKETCHES, GPU_XID, IB_SAMPLES_RAW, STEP_METRICS_RAW
 
@@ -128,7 +128,14 @@ def run_eval(options: EvalOptions) -> int:
         except OSError:
             raise ValueError(f"--rescore: no run in {options.out_dir} (run.json is missing)") from None
     names = options.scenarios or saved.get("scenarios") or library()
-    scenarios = [load(n) for n in names]
+    scenarios = []
+    for n in names:
+        try:
+            scenarios.append(load(n))
+        except TraceMissing as err:
+            if options.scenarios:
+                raise
+            console.print(f"  skipped (its recorded data is not here): {err}")
     if len({s.name for s in scenarios}) != len(scenarios):
         raise ValueError("two scenarios share a name; each runs on nodes and jobs named after it")
     if options.speed <= 0:
@@ -140,12 +147,12 @@ def run_eval(options: EvalOptions) -> int:
     if options.rescore:  # score the stored run again (labels changed): no pipeline
         settings = eval_settings(data_dir, "unused.")
         run = _scored(scenarios, saved["t0_ms"], window_s, settings, saved["wall_s"], saved["speed"], saved["max_backlog_s"],
-                      saved["job_wait_s"], saved.get("paused_s", 0.0))
+                      saved["job_wait_s"], saved.get("paused_s", 0.0), saved.get("trace_starts", {}))
     else:
         if data_dir.exists():
             shutil.rmtree(data_dir)  # a fresh store: the results are this run's alone
         settings = eval_settings(data_dir, f"eval-{int(time.time())}.")
-        duration = max(s.duration_s for s in scenarios)
+        duration = max((s.duration_s for s in scenarios if s.simulated), default=60.0)
         started = time.monotonic()
         console.print(f"evaluating {len(scenarios)} scenario(s): {', '.join(s.name for s in scenarios)}")
         console.print(f"  {sum(s.nodes for s in scenarios)} nodes, {sum(s.nodes * s.gpus_per_node for s in scenarios)} GPUs, "
@@ -153,13 +160,14 @@ def run_eval(options: EvalOptions) -> int:
         with ExitStack() as stack:
             backlog: list[float] = []
             pauses: list[float] = []
-            t0_ms = run_pipeline(stack, settings, scenarios, options, console, backlog, pauses)
+            starts: dict[str, int] = {}
+            t0_ms = run_pipeline(stack, settings, scenarios, options, console, backlog, pauses, starts)
         run = _scored(scenarios, t0_ms, window_s, settings, time.monotonic() - started, options.speed,
-                      max(backlog, default=0.0), options.job_wait_s, sum(pauses))
+                      max(backlog, default=0.0), options.job_wait_s, sum(pauses), starts)
         (out / "run.json").write_text(json.dumps({
             "t0_ms": run.t0_ms, "scenarios": [s.path for s in scenarios], "wall_s": run.wall_s, "speed": run.speed,
             "max_backlog_s": run.max_backlog_s, "job_wait_s": run.job_wait_s, "paused_s": run.paused_s,
-            "windows": options.windows}, indent=1))
+            "windows": options.windows, "trace_starts": starts}, indent=1))
     write_results(run, out)
     if options.plots:
         with console.status("plotting ..."):
@@ -171,15 +179,15 @@ def run_eval(options: EvalOptions) -> int:
 
 
 def _scored(scenarios: list[Scenario], t0_ms: int, window_s: float, settings: Settings, wall_s: float, speed: float,
-            max_backlog_s: float, job_wait_s: float, paused_s: float) -> Run:
-    flags = read_flags(settings, scenarios, t0_ms)
+            max_backlog_s: float, job_wait_s: float, paused_s: float, starts: dict[str, int] | None = None) -> Run:
+    flags = read_flags(settings, scenarios, t0_ms, starts)
     result = score([label for s in scenarios for label in s.labels], flags, window_s)
     return Run(scenarios, t0_ms, window_s, flags, result, wall_s, speed,
                {k: dict(v) for k, v in (settings.detectors or {}).items()}, max_backlog_s, job_wait_s, paused_s)
 
 
 def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario], options: EvalOptions,
-                 console: Console, backlog: list[float], pauses: list[float]) -> int:
+                 console: Console, backlog: list[float], pauses: list[float], starts: dict[str, int] | None = None) -> int:
     """Run the scenarios through broker, worker, sink and one sim agent; return the sim clock's start (epoch ms).
     ``backlog`` gets how far behind the agent the worker was, in seconds of sim time, every second, and
     ``pauses`` how long the agent was held each time the worker fell too far behind."""
@@ -189,7 +197,8 @@ def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario]
     settings = start_broker(stack, settings, console)
     procs = Processes(child_env(settings), settings.data_dir / "logs")
     stack.callback(procs.stop_all)
-    duration = max(s.duration_s for s in scenarios)
+    sims = [s for s in scenarios if s.simulated]
+    duration = max((s.duration_s for s in sims), default=60.0)
     # the whole run lies in the past (the worker refuses samples stamped far ahead of its clock), and
     # starts on a whole hour, so every sliding window (hops of 10 s, 1 min, 20 min) falls on the same
     # sim seconds in every run: the same scenario gives the same windows, hence the same scores
@@ -198,8 +207,23 @@ def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario]
     procs.start("sink", "sink")
     agent_args = ["agent", "--backend", "sim", "--speed", f"{options.speed:g}", "--catch-up", "--start-ms", str(t0_ms),
                   "--ticks", str(int(math.ceil(duration)) + 1), "--name", "eval"]
-    for s in scenarios:
+    for s in sims:
         agent_args += ["--scenario", s.path]
+    traces = [s for s in scenarios if not s.simulated]
+    feeder = None
+    starts = starts if starts is not None else {}
+    if traces:  # recorded traces: replayed before the sim clock's start, paced, beside the sim
+        import threading
+
+        from hpcinsight.replay.run import Sender
+
+        sender = Sender(settings)
+        stack.callback(sender.close)
+        for s in traces:
+            # two hours before the sim's start on a whole hour: their windows close before the sim's begin
+            starts[s.name] = (t0_ms - int(s.duration_s * 1000) - 2 * 3_600_000) // 3_600_000 * 3_600_000
+        feeder = threading.Thread(target=send_traces, args=(sender, traces, starts), name="traces", daemon=True)
+        feeder.start()
     agent = procs.start("agent", *agent_args)
     began = time.monotonic()
     conf, prefix = settings.kafka.client_config(), settings.kafka.topic_prefix
@@ -225,12 +249,53 @@ def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario]
                           f"worker is {behind:.0f} s of sim time behind{' (agent paused)' if paused else ''} (logs: {procs.log_dir})")
             time.sleep(1.0)
     procs.check()
+    if feeder is not None:
+        with console.status("sending the rest of the recorded traces ..."):
+            feeder.join()
     with console.status("waiting for the worker and the sink to catch up ..."):
         wait_drained(procs, settings, [GPU_SAMPLES_RAW, IB_SAMPLES_RAW, STEP_METRICS_RAW, GPU_XID, GPU_SKETCHES], options.job_wait_s,
                      timeout_s=options.drain_timeout_s, settled=lambda: job_windows_settled(settings))
         procs.stop("sink")
         procs.stop("worker")
     return t0_ms
+
+
+#: event time a trace moves on per second of its replay: the job stage waits for a job's GPUs in processing
+#: time and forgets a job silent for 2 h of event time; a trace's jobs report whole in each message
+TRACE_EVENT_MS_PER_S = 10 * 60_000
+
+
+def trace_samples(sc: Scenario, start_ms: int) -> list[Any]:
+    """A trace scenario's GPU samples as recorded (one a minute per pod), from ``start_ms``, in time order,
+    and one sample without a reading per GPU an hour and a half after its last, which closes its windows."""
+    from schemas.events import GpuSample
+
+    out = []
+    for pod, series in sc.trace.series.items():
+        node, index, uuid, job = trace_place(sc, pod)
+        out += [GpuSample(node=node, gpu_index=index, gpu_uuid=uuid, ts=start_ms + m * 60_000, gpu_util=round(v, 2), job_id=job)
+                for m, v in enumerate(series)]
+        out.append(GpuSample(node=node, gpu_index=index, gpu_uuid=uuid, ts=start_ms + len(series) * 60_000 + 5_400_000, job_id=job))
+    return sorted(out, key=lambda s: (s.ts, s.node, s.gpu_index))
+
+
+def send_traces(sender: Any, scenarios: list[Scenario], starts: dict[str, int]) -> None:
+    """Send the traces' samples to the raw GPU topic, keyed by node like an agent's, ten minutes of event
+    time a second."""
+    from itertools import groupby
+
+    samples = sorted((s for sc in scenarios for s in trace_samples(sc, starts[sc.name])), key=lambda s: s.ts)
+    began, first = time.monotonic(), samples[0].ts if samples else 0
+    for ts, at_once in groupby(samples, key=lambda s: s.ts):
+        delay = began + (ts - first) / TRACE_EVENT_MS_PER_S - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        by_node: dict[str, list[Any]] = {}
+        for s in at_once:
+            by_node.setdefault(s.node, []).append(s)
+        for node, records in by_node.items():
+            sender.send(GPU_SAMPLES_RAW, node, records)
+    sender.flush()
 
 
 def _connect(settings: Settings) -> Any:
@@ -254,7 +319,7 @@ def job_windows_settled(settings: Settings) -> bool:
         client.close()
 
 
-def read_flags(settings: Settings, scenarios: list[Scenario], t0_ms: int) -> list[Flag]:
+def read_flags(settings: Settings, scenarios: list[Scenario], t0_ms: int, starts: dict[str, int] | None = None) -> list[Flag]:
     """Every incident stored in the anomalies table, as a :class:`Flag` of the scenario it is about."""
     client = _connect(settings)
     try:
@@ -263,10 +328,11 @@ def read_flags(settings: Settings, scenarios: list[Scenario], t0_ms: int) -> lis
             "ORDER BY ts").result_rows
     finally:
         client.close()
-    return flags_from_rows(rows, scenarios, t0_ms)
+    return flags_from_rows(rows, scenarios, t0_ms, starts)
 
 
-def flags_from_rows(rows: list[tuple[Any, ...]], scenarios: list[Scenario], t0_ms: int) -> list[Flag]:
+def flags_from_rows(rows: list[tuple[Any, ...]], scenarios: list[Scenario], t0_ms: int,
+                    starts: dict[str, int] | None = None) -> list[Flag]:
     """Incidents from anomaly rows ``(id, kind, subject, node, job_id, state, ts_ms)``: fired at their first
     firing row, resolved at their first resolved row."""
     fired: dict[str, tuple[str, str, str | None, str | None, int]] = {}
@@ -280,7 +346,8 @@ def flags_from_rows(rows: list[tuple[Any, ...]], scenarios: list[Scenario], t0_m
     for anomaly_id, (kind, subject, node, job_id, ts) in fired.items():
         owner = next((s.name for s in scenarios if s.owns(node, job_id)), None)
         end = resolved.get(anomaly_id)
-        out.append(Flag(anomaly_id, kind, subject, (ts - t0_ms) / 1000, None if end is None else (end - t0_ms) / 1000, owner))
+        zero = (starts or {}).get(owner or "", t0_ms)  # a trace's own start; the sim clock's for the others
+        out.append(Flag(anomaly_id, kind, subject, (ts - zero) / 1000, None if end is None else (end - zero) / 1000, owner))
     return sorted(out, key=lambda f: (f.fired_s, f.id))
 
 
@@ -516,6 +583,8 @@ def plot_all(run: Run, settings: Settings, out: Path) -> None:
     client = _connect(settings)
     try:
         for sc in run.scenarios:
+            if not sc.simulated:
+                continue  # a day of real data: its flags are in flags.csv
             panels: list[tuple[str, Any, list[tuple[str, list[float], list[float]]]]] = []
             for fault in sc.faults:
                 ylabel, series = _fault_series(client, sc, fault, run.t0_ms)

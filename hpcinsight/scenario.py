@@ -59,6 +59,10 @@ class ScenarioError(ValueError):
     """A scenario file that cannot be used, with the file and the place of the error."""
 
 
+class TraceMissing(ScenarioError):
+    """A trace scenario whose recorded data is not on this machine (it is read in place, never shipped)."""
+
+
 @dataclass(frozen=True)
 class Label:
     """Ground truth: ``detector`` must (or may) flag ``subject`` between ``onset_s`` and ``end_s`` (+ ``grace_s``)."""
@@ -114,6 +118,11 @@ class Scenario:
     job_faults: tuple[JobFault, ...] = ()
     path: str = ""
     node_models: tuple[str, ...] = ()  # GPU model of each node (empty: the sim's default on all)
+    trace: Any = None  # a recorded trace replayed instead of simulated (:class:`hpcinsight.traces.Trace`)
+
+    @property
+    def simulated(self) -> bool:
+        return self.trace is None
 
     @property
     def node_prefix(self) -> str:
@@ -247,6 +256,8 @@ class _Builder:
         return tuple(out)
 
     def scenario(self, doc: Any, default_name: str | None) -> Scenario:
+        if isinstance(doc, dict) and "trace" in doc:
+            return self.trace_scenario(doc, default_name)
         top = self.mapping(doc, "", {"name", "description", "seed", "duration_s", "cluster", "jobs", "faults", "expect",
                                      "allow", "grace_s"}, {"duration_s", "cluster"})
         name = top.get("name", default_name)
@@ -297,6 +308,30 @@ class _Builder:
         scenario.sim_config()  # the sim's own checks: jobs sharing a GPU, faults outside the cluster
         scenario.ib_config()
         return scenario
+
+    def trace_scenario(self, doc: dict[str, Any], default_name: str | None) -> Scenario:
+        """A recorded trace (:mod:`hpcinsight.traces`): its stretch, placement and labels from the data alone."""
+        from hpcinsight import traces
+
+        top = self.mapping(doc, "", {"name", "description", "trace", "grace_s"}, {"trace"})
+        name = top.get("name", default_name)
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise self.fail("name", f"expected lower-case letters, digits and '-' (at most 41), got {name!r}")
+        t = self.mapping(top["trace"], "trace", {f.name for f in fields(traces.TraceSpec)}, {"file"})
+        numbers = {k: (int(self.number(v, f"trace.{k}", 1, integer=True)) if k in ("pods", "per_job", "min_idle_min", "merge_min")
+                       else self.number(v, f"trace.{k}")) for k, v in t.items() if k != "file"}
+        spec = traces.TraceSpec(file=str(t["file"]), **numbers)  # type: ignore[arg-type]
+        try:
+            trace = traces.read(spec, Path(self.where).parent)
+        except FileNotFoundError as err:
+            raise TraceMissing(f"{self.where}: trace.file: {err}") from None
+        except (OSError, ValueError, KeyError) as err:
+            raise self.fail("trace.file", str(err)) from None
+        grace = self.number(top.get("grace_s", DEFAULT_GRACE_S), "grace_s")
+        jobs = max(trace.job_of.values()) + 1
+        base = Scenario(name, str(top.get("description", "")).strip(), 0, trace.minutes * 60.0, jobs, spec.per_job, 1, (), (), (),
+                        path=self.where, trace=trace)
+        return replace(base, labels=tuple(trace_labels(base, grace)))
 
     def listing(self, value: Any, at: str) -> list[Any]:
         if value is None:
@@ -513,11 +548,61 @@ class _Builder:
         return Label(sc.name, detector, subject, onset, end, label_grace, why, required, end < sc.duration_s)
 
 
+def trace_place(sc: Scenario, pod: str) -> tuple[str, int, str, str]:
+    """(node, GPU index, GPU uuid, job id) a trace pod is replayed as: ``per_job`` pods to a job, one job a node."""
+    trace = sc.trace
+    job = trace.job_of[pod]
+    index = list(trace.series).index(pod) % trace.spec.per_job
+    return sc.node_name(job), index, f"GPU-{sc.name}-{pod[:12]}", sc.job_id(f"svc-{job:02d}")
+
+
+def trace_labels(sc: Scenario, grace: float) -> list[Label]:
+    """Labels of a trace scenario from its data alone (see :mod:`hpcinsight.traces`)."""
+    from hpcinsight import traces
+    from streams.detectors.job_underused import JobUnderusedConfig
+
+    trace, spec = sc.trace, sc.trace.spec
+    out: list[Label] = []
+    end_s = trace.minutes * 60.0
+    for pod, series in trace.series.items():
+        _, _, uuid, _ = trace_place(sc, pod)
+        for a, b in traces.idle_spells(series, spec.idle_pct, spec.merge_min):
+            required = b - a >= spec.min_idle_min
+            why = f"idle spell of pod {pod[:12]} ({b - a} min)"
+            out.append(Label(sc.name, "gpu_underused", uuid, a * 60.0, b * 60.0, grace, why, required, b * 60.0 < end_s))
+    cfg = JobUnderusedConfig()
+    for job in sorted(set(trace.job_of.values())):
+        pods = [p for p, j in trace.job_of.items() if j == job]
+        job_id = sc.job_id(f"svc-{job:02d}")
+        busy = total = 0
+        low: list[int] = []  # minutes (after the warm-up) at which under 5% of its GPU-minutes so far were busy
+        for m in range(trace.minutes):
+            busy += sum(trace.series[p][m] >= spec.busy_pct for p in pods)
+            total += len(pods)
+            if m * 60 >= cfg.warmup_s and busy < 0.05 * total:
+                low.append(m)
+        runs: list[list[int]] = []
+        for m in low:
+            if runs and m == runs[-1][1]:
+                runs[-1][1] = m + 1
+            else:
+                runs.append([m, m + 1])
+        for a, b in runs:
+            if (b - a) * 60 >= cfg.for_s:
+                out.append(Label(sc.name, "job_underused", job_id, a * 60.0, b * 60.0, grace,
+                                 f"{job_id}: under 5% of its GPU-minutes since start at {spec.busy_pct:g}% or more", True,
+                                 b * 60.0 < end_s))
+    return out
+
+
 def check_library() -> list[Scenario]:
     """Load every scenario of the library (raises the first error) and check their names are their files'."""
     out = []
     for name in library():
-        scenario = load(name)
+        try:
+            scenario = load(name)
+        except TraceMissing:
+            continue  # its data is not on this machine
         if scenario.name != name:
             raise ScenarioError(f"{scenario.path}: name {scenario.name!r} differs from its file name")
         out.append(scenario)

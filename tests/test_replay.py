@@ -248,7 +248,7 @@ def test_step_flags_spans_and_ranks(tmp_path: Path) -> None:
     start = int(time.time() * 1000) - 3_600_000  # the query looks back a day from now
     sc = Scenario(t0=start, a_start=start)
     detector = StragglerDetector()
-    for step in range(200):  # rank 5 of 8 is 35 % slower from step 50 to 149
+    for step in range(300):  # rank 5 of 8 is 35 % slower from step 50 to 149
         for rank in range(8):
             d = float(rng.normal(1.0, 0.02) * (1.35 if rank == 5 and 50 <= step < 150 else 1.0))
             sc.steps.append(StepMetric(job_id="ja", rank=rank, world_size=8, step=step, ts=sc.t0 + step * 1000 + rank, duration_s=d))
@@ -269,9 +269,45 @@ def test_step_flags_spans_and_ranks(tmp_path: Path) -> None:
     assert [(r["job"], r["flag"], r["rank"], r["state"]) for r in rows] == [("ja", "straggler", 5, "resolved"),
                                                                             ("jb", "imbalance", None, "open")]
     ja, jb = rows
-    assert ja["first_step"] <= 50 < ja["first_step"] + 20 and 149 <= ja["last_step"] < 149 + 20
+    # it resolves a window after the episode and the detector's quiet time (60 s, a step a second) later
+    assert ja["first_step"] <= 50 < ja["first_step"] + 20 and 149 <= ja["last_step"] < 149 + 20 + 60
     fired = next(a for a in sc.anomalies if a.job_id == "ja" and a.state == "firing")
     cleared = next(a for a in sc.anomalies if a.job_id == "ja" and a.state == "resolved")
     assert (ja["first_step"], ja["last_step"]) == (fired.evidence["first_step"], cleared.evidence["first_step"] - 1)
     assert ja["slower_pct"] == round(100 * fired.evidence["slower_than_median"], 1) and ja["slower_pct"] > 15
     assert (jb["first_step"], jb["last_step"]) == (0, 59) and jb["mean_cov"] > 0.1 and jb["slower_pct"] is None
+
+
+def test_replay_steps_prints_the_speed_groups(tmp_path: Path) -> None:
+    """Two speed groups (ranks 4-7 at 1.7x) for the whole run: one row naming the slow ranks, the factor, the steps."""
+    import clickhouse_connect
+
+    from hpcinsight.replay.run import speed_groups
+    from schemas.events import StepMetric
+    from sinks.clickhouse import ensure_tables
+    from streams.detectors.straggler import StragglerDetector
+    from tests.query_scenario import Scenario, insert
+
+    rng = np.random.default_rng(5)
+    start = int(time.time() * 1000) - 3_600_000
+    sc = Scenario(t0=start, a_start=start)
+    detector = StragglerDetector()
+    for step in range(150):
+        for rank in range(8):
+            d = float(rng.normal(1.0, 0.02) * (1.7 if rank >= 4 else 1.0))
+            sc.steps.append(StepMetric(job_id="jg", rank=rank, world_size=8, step=step, ts=sc.t0 + step * 2000, duration_s=d,
+                                       node=f"n{rank // 4}"))
+    for m in sc.steps:
+        sc.anomalies += detector.observe(m)
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
+    try:
+        ensure_tables(client)
+        insert(client, sc)
+        columns, rows = speed_groups(client, {"jg"})
+    finally:
+        client.close()
+    assert columns[:4] == ["job", "slow_ranks", "other_ranks", "factor"]
+    assert len(rows) == 1
+    job, slow, other, factor, first, last, state, shared = rows[0]
+    assert (job, slow, other, state) == ("jg", "4-7", "0-3", "open") and 1.6 < factor < 1.8
+    assert first == 0 and last == 149 and "all on node n1" in shared

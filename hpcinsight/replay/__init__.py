@@ -4,7 +4,8 @@ Three kinds of record, each a CSV file with a header (README: Replay your own da
 
 * ``steps FILE``: ``job,rank,step,duration_s[,ts][,node]``, per-rank training step times, sent to
   ``step.metrics.raw`` as :class:`StepMetric` records; prints the straggler and imbalance flags, each
-  with its rank (or none, for imbalance) and the steps it spans;
+  with its rank (or none, for imbalance) and the steps it spans, and beside them the speed groups found
+  (the slow ranks, the others, the slow group's factor, the steps the split held);
 * ``gpu-util FILE``: ``gpu,ts,util[,job]``, GPU utilisation samples, sent to ``gpu.samples.raw`` as
   :class:`GpuSample` records; prints each GPU's (and job's) p25/p50/p95 and the under-use flags;
 * ``sched PODS NODES``: the openb trace's columns, turned into scheduler events and node inventory by
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 FORMATS = ("table", "csv", "json")
 SECTIONS = {
     "gpu-util": ("gpus", "jobs", "flags"),
-    "steps": ("flags",),
+    "steps": ("flags", "groups"),
     "sched": ("allocation", "waits", "fragmentation", "low_priority", "teams", "users"),
 }
 

@@ -59,7 +59,10 @@ from schemas.catalog import (
     TOPICS,
     Topic,
 )
+from schemas.codec import DecodeError
 from schemas.events import Event
+
+log = logging.getLogger(__name__)
 
 KPI_LATENESS_MS = 10_000  # the worker's KPI lateness (streams.kpis.KpiConfig default)
 # GPU samples: the job stage waits JOB_WAIT_S (processing time) for a job's GPUs, and forgets a job
@@ -412,8 +415,14 @@ class KpiWatch:
 
     def reached(self, boundary_ms: int) -> bool:
         for msg in self._consumer.consume(num_messages=1000, timeout=0.2):
-            if not msg.error():
-                self.latest = max([self.latest, *(r.ts for r in SCHEDULING_KPIS.codec.decode(msg.value()))])
+            if msg.error():
+                continue
+            try:
+                records = SCHEDULING_KPIS.codec.decode(msg.value())
+            except DecodeError as err:  # the sink, which stores this topic, dead-letters it
+                log.warning("replay: skipped a KPI message at offset %d: %s", msg.offset(), err)
+                continue
+            self.latest = max([self.latest, *(r.ts for r in records)])
         return self.latest >= boundary_ms
 
     def close(self) -> None:
@@ -510,12 +519,51 @@ def _print_gpu_util(g: GpuReplay, client: Any, options: ReplayOptions, report: R
            f"(job_underused): {len(flagged_jobs)} of {len(jobs)}, {len(still)} of them still at the end")
 
 
+def _ranks_text(ranks: list[int]) -> str:
+    out: list[str] = []
+    for r in sorted(ranks):
+        if out and out[-1].split("-")[-1] == str(r - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{r}"
+        else:
+            out.append(str(r))
+    return ", ".join(out)
+
+
+def speed_groups(client: Any, jobs: set[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The speed groups the straggler detector found, one row per split: job, slow ranks, the others, the slow
+    group's factor, the steps it held (the firing window's first step to the step before the window that
+    resolved it, or the job's last step while open) and what the slow ranks share (from the message)."""
+    from hpcinsight.query import execute
+
+    rows = execute(client, (
+        "SELECT any(job_id), anyIf(evidence, state = 'firing'), anyIf(evidence, state = 'resolved'), countIf(state = 'resolved') > 0, "
+        "anyIf(message, state = 'firing') FROM anomalies FINAL WHERE kind = 'straggler' AND endsWith(subject, '/imbalance') "
+        "GROUP BY id"), {})[1]
+    last = dict(execute(client, "SELECT job_id, max(step) FROM step_metrics GROUP BY job_id", {})[1])
+    out = []
+    for job, fired, cleared, resolved, message in rows:
+        if job not in jobs or not fired.get("split"):
+            continue
+        slow = sorted(int(k[len("slow_rank_"):]) for k in fired if k.startswith("slow_rank_"))
+        world = int(fired.get("world_size", 0))
+        fast = [r for r in range(world) if r not in slow]
+        first = int(fired.get("first_step", 0))
+        end = int(cleared.get("first_step", first + 1)) - 1 if resolved else int(last.get(job, first))
+        shared = message[message.rfind("(") + 1:message.rfind(")")] if "(" in message and "on node" in message else ""
+        out.append((job, _ranks_text(slow), _ranks_text(fast), round(float(fired.get("factor", 1.0)), 2), first, end,
+                    "resolved" if resolved else "open", shared))
+    return ["job", "slow_ranks", "other_ranks", "factor", "first_step", "last_step", "state", "slow_ranks_share"], sorted(out)
+
+
 def _print_steps(s: StepReplay, client: Any, options: ReplayOptions, report: Report) -> None:
     from hpcinsight.query import execute
 
     columns, rows = execute(client, "step_flags", {"since_s": _since_s(s.first_ms)})
     rows = [r for r in rows if r[0] in s.world]
     _show("Straggler and imbalance flags (steps: the windows in which each held)", "flags", columns, rows, options, "flags")
+    group_columns, group_rows = speed_groups(client, set(s.world))
+    _show("Speed groups (the imbalance incidents that found a split: the slow group, its factor, the steps it held)",
+          "groups", group_columns, group_rows, options, "flags")
     stored = execute(client, "SELECT count() FROM step_metrics", {})[1][0][0]
     report(f"stored {stored} step rows; flags: {len(rows)} ({sum(1 for r in rows if r[1] == 'straggler')} straggler, "
            f"{sum(1 for r in rows if r[1] == 'imbalance')} imbalance)")
