@@ -90,6 +90,8 @@ SOURCE="${SOURCE:-$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null ||
   --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" --build-arg SOURCE="$SOURCE" \
   --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   -t "$IMAGE" "$CONTEXT" >&2
+# the previous build of this image, now untagged
+"${PODMAN[@]}" image prune -f --filter label=org.opencontainers.image.title=hpcinsight >/dev/null || true
 SIZE="$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE")"
 echo "image: $IMAGE $(( SIZE / 1000000 )) MB" >&2
 echo "$IMAGE"
