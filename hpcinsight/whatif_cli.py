@@ -86,7 +86,9 @@ def _add_event_args(q: argparse.ArgumentParser) -> None:
                    help="hold nodes for a waiting job asking at least N GPUs (0: no reservations)")
     q.add_argument("--seed", type=int, default=42)
     q.add_argument("--limit", type=int, default=None, help="replay only the first N jobs")
-    q.add_argument("--as-recorded", action="store_true", help="also replay the placements as they happened")
+    q.add_argument("--nodes-every", type=int, default=1, metavar="K",
+                   help="keep every K-th node only (a light trace on a smaller cluster, to see contention)")
+    q.add_argument("--as-recorded", action="store_true", help="also report the jobs as they actually ran (recorded start times)")
 
 
 def run(args: argparse.Namespace, settings_loader: Any = None) -> int:

@@ -149,3 +149,136 @@ def fill_plot(results: Sequence[FillSummary], out_dir: Path | str) -> list[Path]
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return [path]
+
+
+# -- event-driven runs -----------------------------------------------------------------------
+EVENT_COLUMNS = (
+    ("gpu_alloc_pct", "GPU alloc %"), ("unallocated_gpus", "free GPUs"), ("stranded_gpus", "stranded GPUs"),
+    ("frag_rate_pct", "FGD frag %"), ("wait_p50_s", "wait p50 s"), ("wait_p95_s", "wait p95 s"),
+    ("gang_wait_p95_s", "gang wait p95 s"), ("gang_deadlocks", "deadlocks"), ("never_placed", "never placed"),
+    ("unschedulable", "can never fit"), ("low_priority_small_share_pct", "low-prio small %"),
+)
+
+
+def _flat(rep: dict) -> dict:
+    out = {k: v for k, v in rep.items() if not k.startswith("_")}
+    out["wait_p50_s"] = rep["wait_s"]["p50"]
+    out["wait_p95_s"] = rep["wait_s"]["p95"]
+    gang = rep["wait_by"].get("gang", {}).get("gang")
+    out["gang_wait_p95_s"] = gang["p95"] if gang else None
+    return out
+
+
+def event_json(reports: Sequence[dict]) -> str:
+    return json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in reports], indent=1, default=float)
+
+
+def event_csv(reports: Sequence[dict]) -> str:
+    """Long format: one line per run, indicator and group."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["policy", "queue", "indicator", "dimension", "group", "value", "count"])
+    for rep in reports:
+        key = [rep["policy"], rep["queue"]]
+        flat = _flat(rep)
+        for name, _ in EVENT_COLUMNS:
+            w.writerow(key + [name, "cluster", "all", flat.get(name), ""])
+        for dim, groups in rep["wait_by"].items():
+            for group, q in groups.items():
+                w.writerow(key + ["wait_p50_s", dim, group, q["p50"], q["count"]])
+                w.writerow(key + ["wait_p95_s", dim, group, q["p95"], q["count"]])
+        for team, h in rep["gpu_hours_by_team"].items():
+            w.writerow(key + ["gpu_hours", "team", team, h, ""])
+        for user, h in rep["gpu_hours_by_user"].items():
+            w.writerow(key + ["gpu_hours", "user", user, h, ""])
+        for zone, pct in rep["zone_util_pct"].items():
+            w.writerow(key + ["zone_util_pct", "zone", zone, pct, ""])
+    return buf.getvalue()
+
+
+def event_table(reports: Sequence[dict]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=220, color_system=None)
+    t = Table(title="What each policy would have given (time-weighted over the replay)")
+    t.add_column("policy")
+    t.add_column("queue")
+    for _, head in EVENT_COLUMNS:
+        t.add_column(head, justify="right")
+    for rep in reports:
+        flat = _flat(rep)
+        t.add_row(rep["policy"], rep["queue"], *[_cell(flat.get(k)) for k, _ in EVENT_COLUMNS])
+    console.print(t)
+    buckets = sorted({b for rep in reports for b in rep["wait_by"].get("gpu_bucket", {})}, key=_bucket_order)
+    if buckets:
+        w = Table(title="Queue wait p50 / p95 (s) by GPU request")
+        w.add_column("policy")
+        w.add_column("queue")
+        for b in buckets:
+            w.add_column(b, justify="right")
+        for rep in reports:
+            by = rep["wait_by"].get("gpu_bucket", {})
+            w.add_row(rep["policy"], rep["queue"],
+                      *[f"{_cell(by[b]['p50'])} / {_cell(by[b]['p95'])}" if b in by else "–" for b in buckets])
+        console.print(w)
+    return buf.getvalue()
+
+
+def _bucket_order(b: str) -> int:
+    return ["cpu", "frac", "1", "2-4", "5-8", ">8"].index(b) if b in ("cpu", "frac", "1", "2-4", "5-8", ">8") else 9
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    return str(v)
+
+
+def event_plots(reports: Sequence[dict], series: Sequence[list[tuple[float, float]]], out_dir: Path | str) -> list[Path]:
+    """``allocation_over_time.png`` and ``wait_cdf_by_gpu_request.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for rep, pts in zip(reports, series):
+        if pts:
+            arr = np.array(pts)
+            ax.step(arr[:, 0] / 86400, arr[:, 1], where="post", label=f"{rep['policy']}/{rep['queue']}", linewidth=0.8)
+    ax.set_xlabel("trace day")
+    ax.set_ylabel("GPUs allocated (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "allocation_over_time.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    buckets = sorted({b for rep in reports for b, _ in rep.get("_waits", [])}, key=_bucket_order)
+    if buckets:
+        fig, axes = plt.subplots(1, len(buckets), figsize=(3.2 * len(buckets), 3.2), squeeze=False)
+        for ax, b in zip(axes[0], buckets):
+            for rep in reports:
+                w = np.sort([x for bb, x in rep.get("_waits", []) if bb == b])
+                if len(w):
+                    ax.step(np.maximum(w, 1), np.arange(1, len(w) + 1) / len(w), where="post",
+                            label=f"{rep['policy']}/{rep['queue']}", linewidth=0.8)
+            ax.set_xscale("log")
+            ax.set_title(f"GPU request {b}", fontsize=9)
+            ax.set_xlabel("wait (s, log)")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("fraction of jobs")
+        axes[0][-1].legend(fontsize=6)
+        fig.tight_layout()
+        paths.append(out_dir / "wait_cdf_by_gpu_request.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
