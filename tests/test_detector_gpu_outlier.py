@@ -145,3 +145,14 @@ def test_a_job_wide_checkpoint_pause_splitting_the_window_is_not_an_outlier_but_
     assert [(a.state, a.subject) for a in raised] == [("firing", "GPU-11")]
     evidence = raised[0].evidence
     assert evidence["robust_z"] == max(evidence["robust_z_median"], evidence["robust_z_mean"]) < -5  # the nearer to zero
+
+
+def test_replicas_of_a_service_under_uneven_bursty_load_are_not_outliers() -> None:
+    """Serving replicas idle between bursts of requests (the GenAI trace's shape): a busy replica among idle
+    ones is no fault. Only jobs whose GPUs work in lockstep are judged."""
+    rng = random.Random(10)
+    bursty = lambda w, g: rng.uniform(40, 95) if rng.random() < 0.15 else rng.uniform(0, 3)  # noqa: E731
+    assert run(GpuOutlierDetector(), windows(300, bursty, gpus=8)) == []
+    # the same detector still finds a slow GPU of a job in lockstep
+    slow = lambda w, g: 45.0 if (g == 1 and w >= 20) else 88 + rng.gauss(0, 2)  # noqa: E731
+    assert [a.subject for a in run(GpuOutlierDetector(), windows(40, slow, gpus=8))] == ["GPU-1"]
