@@ -92,3 +92,34 @@ def test_a_job_no_node_accepts_is_reported_not_retried(tmp_path: Path, capsys) -
     rc, out, err = run(capsys, "fill", p, n, "--policy", "bestfit", "--inflate", "0")
     assert rc == 0, err
     assert "1 pods / 1 GPUs" in out  # the A100 pod: never placed
+
+
+def test_trace_mode_json_csv_and_plots(tmp_path: Path, capsys) -> None:
+    pods, nodes = small(tmp_path)
+    rc, out, err = run(capsys, "trace", pods, nodes, "--policy", "fgd,random", "--queue", "fifo,priority",
+                       "--reserve-gpus", "2", "--as-recorded", "--format", "json", "--plots", str(tmp_path / "ev"))
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert [(r["policy"], r["queue"]) for r in rows] == [("fgd", "fifo"), ("fgd", "priority"), ("random", "fifo"),
+                                                        ("random", "priority"), ("as recorded", "-")]
+    for r in rows:
+        assert r["requests"] == 60 and 0 <= r["gpu_alloc_pct"] <= 100 and "wait_by" in r and "_waits" not in r
+    assert (tmp_path / "ev" / "allocation_over_time.png").exists() and (tmp_path / "ev" / "wait_cdf_by_gpu_request.png").exists()
+    rc, out, _ = run(capsys, "trace", pods, nodes, "--policy", "bestfit", "--format", "csv")
+    assert rc == 0 and out.startswith("policy,queue,indicator,dimension,group,value,count")
+    rc, out, _ = run(capsys, "trace", pods, nodes, "--policy", "mostallocated+profile", "--gang", "none")
+    assert rc == 0 and "mostallocated+profile" in out
+
+
+def test_trace_mode_bad_input(tmp_path: Path, capsys) -> None:
+    p, n = write(tmp_path, ["a,1000,1024,1,500,,LS,Running,,10,0"], ["n,64000,262144,8,G2"])
+    rc, _, err = run(capsys, "trace", p, n)
+    assert rc == 2 and "line 2: field 'creation_time' is empty" in err
+    p, n = write(tmp_path, ["a,1000,1024,1,500,,LS,Running,50,10,50"], ["n,64000,262144,8,G2"])
+    rc, _, err = run(capsys, "trace", p, n)
+    assert rc == 2 and "'deletion_time' is before 'creation_time'" in err
+    pods, nodes = small(tmp_path)
+    rc, _, err = run(capsys, "trace", pods, nodes, "--queue", "lottery")
+    assert rc == 2 and "unknown queue 'lottery'" in err
+    rc, _, err = run(capsys, "trace", pods, nodes, "--weights", "size=big")
+    assert rc == 2 and "--weights: size must be a number" in err

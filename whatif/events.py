@@ -66,6 +66,7 @@ class Request:
     start: float | None = None
     end: float | None = None
     held_since: float | None = None  # first task of a partial gang placed
+    ran_on: list[tuple[int, int, list[int]]] = field(default_factory=list)  # where it ran (kept after the end)
     status: str = "pending"  # pending, waiting, running, done, withdrawn, unschedulable
 
     def runtime_from(self, t: float) -> float:
@@ -178,6 +179,9 @@ class EventSim:
             self.integral["stranded"] += self.node_stranded.sum() * dt
             self.integral["frag"] += self.node_frag.sum() * dt
             self.integral["time"] += dt
+            if self.cfg.gang == "none":
+                held = sum(r.shapes[k].total_milli for r in self.waiting.values() for k, _, _ in r.placed)
+                self.held_idle_gpu_s += held / MILLI * dt
         self.t_last = t
 
     # -- placement -----------------------------------------------------------------------
@@ -228,7 +232,8 @@ class EventSim:
                     return True
                 self._unbind_all(req)
             return False
-        # no gang scheduling: place what fits, hold it
+        # no gang scheduling: one task per call (the caller interleaves gangs, as a pod-by-pod
+        # scheduler does), held until the last one is placed
         done = {task for task, _, _ in req.placed}
         for task, shape in enumerate(req.shapes):
             if task in done:
@@ -237,13 +242,15 @@ class EventSim:
             if got is not None:
                 req.placed.append((task, got.node, got.gpus))
                 self.on_node[got.node].add(req.seq)
+                self._progress = True
+            break
         return len(req.placed) == len(req.shapes)
 
     def _start(self, req: Request, t: float, heap: list) -> None:
         req.status = "running"
         req.start = t
-        if req.held_since is not None:
-            self.held_idle_gpu_s += sum(req.shapes[k].total_milli for k, _, _ in req.placed) / MILLI * 0  # counted as held
+        req.ran_on = list(req.placed)
+        req.held_since = None
         self.waiting.pop(req.seq, None)
         self.running.add(req.seq)
         runtime = req.runtime_from(t)
@@ -321,6 +328,21 @@ class EventSim:
         res_owner = np.full(n, -1, dtype=np.int64)
         failed: set[tuple] = set()
         n_res = 0
+        interleave = cfg.gang == "none"
+        self._progress = False
+        pending = ordered
+        while pending:
+            again = self._offer(pending, t, heap, res_start, res_owner, failed, n_res)
+            n_res = again[1]
+            # partial gangs get another round while any of their tasks found room
+            pending = [r for r in again[0] if r.gang and r.status == "waiting"] if interleave and self._progress else []
+            self._progress = False
+        if cfg.gang == "none":
+            self._deadlock(t, heap)
+
+    def _offer(self, ordered: list[Request], t: float, heap: list, res_start: np.ndarray, res_owner: np.ndarray,
+               failed: set[tuple], n_res: int) -> tuple[list[Request], int]:
+        cfg = self.cfg
         for req in ordered:
             mask = None
             sig: tuple = ()
@@ -331,9 +353,11 @@ class EventSim:
                 sig = tuple(np.unique(res_start[~usable]).tolist())
             key = (tuple(req.shapes), req.gang, sig)
             placed = False
-            if not (key in failed and not req.placed):
+            if req.gang and cfg.gang == "none":
                 placed = self._try(req, mask)
-                if not placed and not req.placed:
+            elif key not in failed:
+                placed = self._try(req, mask)
+                if not placed:
                     failed.add(key)
             if placed:
                 self._start(req, t, heap)
@@ -344,8 +368,7 @@ class EventSim:
                         and not req.placed):
                     if self._reserve(req, t, res_start, res_owner):
                         n_res += 1
-        if cfg.gang == "none":
-            self._deadlock(t, heap)
+        return ordered, n_res
 
     def _deadlock(self, t: float, heap: list) -> None:
         partial = [r for r in self.waiting.values() if r.placed]
@@ -361,9 +384,7 @@ class EventSim:
         self._pass_again = True
 
     def _release_held(self, r: Request, t: float) -> None:
-        if r.held_since is not None:
-            held = sum(r.shapes[k].total_milli for k, _, _ in r.placed) / MILLI
-            self.held_idle_gpu_s += held * (t - r.held_since)
+        r.held_since = None  # the idle hold was integrated as time went (see _advance)
 
     # -- the run -------------------------------------------------------------------------
     def run(self, tick: Callable[[float], None] | None = None) -> dict:
@@ -374,10 +395,11 @@ class EventSim:
                 heapq.heappush(heap, (r.withdraw_at, _WITHDRAW, r.seq))
         for start, _ in self.cfg.weights.steps[1:]:
             heapq.heappush(heap, (start, _WEIGHTS, -1))
-        horizon = self.cfg.horizon
-        if horizon is None:
-            horizon = max([r.submit for r in self.requests] + [r.withdraw_at or 0 for r in self.requests]
-                          + [r.submit + (r.duration or 0) for r in self.requests] + [0.0])
+        # without a horizon the run goes on until the queue drains; a job with no recorded end
+        # runs until the trace's last instant (or the last event, if later)
+        trace_end = max([r.submit for r in self.requests] + [r.withdraw_at or 0 for r in self.requests]
+                        + [r.submit + (r.duration or 0) for r in self.requests] + [0.0])
+        horizon = self.cfg.horizon if self.cfg.horizon is not None else math.inf
         events = 0
         while heap and heap[0][0] <= horizon:
             t = heap[0][0]
@@ -413,7 +435,9 @@ class EventSim:
             self.series.append((t, self.state.allocated_milli() / max(self.state.total_gpus, 1) / 10))
             events += 1
             if tick is not None and events % 500 == 0:
-                tick(t / horizon if horizon else 1.0)
+                tick(min(t / trace_end, 1.0) if trace_end else 1.0)
+        if not math.isfinite(horizon):
+            horizon = max(trace_end, self.t_last or 0.0)
         self._advance(horizon)
         for seq in list(self.running):
             self._finish(self.by_seq[seq], horizon, ended=False)
@@ -422,7 +446,7 @@ class EventSim:
         return self.report(horizon)
 
     def _finish(self, req: Request, t: float, ended: bool = True) -> None:
-        run_s = t - (req.start or t)
+        run_s = t - (req.start if req.start is not None else t)
         for task, node, _ in req.placed:
             self.node_gpu_s[node] += req.shapes[task].total_milli / MILLI * run_s
         if ended:
@@ -442,7 +466,7 @@ class EventSim:
         user_h: dict[str, float] = defaultdict(float)
         low_small = all_h = 0.0
         for r in placed:
-            models = sorted({st.models[node] or "cpu" for _, node, _ in r.placed})
+            models = sorted({st.models[node] or "cpu" for _, node, _ in r.ran_on})
             groups = {"cluster": "all", "gpu_bucket": gpu_bucket(r.gpus), "job_class": job_class(r.gpus),
                       "gpu_model": models[0] if len(models) == 1 else "mixed", "qos": r.qos or "unknown",
                       "priority": r.priority or "unknown", "gang": "gang" if r.gang else "single"}
