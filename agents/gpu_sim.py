@@ -266,8 +266,8 @@ class SimGpuCollector(Collector[SimConfig]):
                     util *= f.util / max(p.util, 1.0)
                 elif f.kind == "slow_node" and f.node == n:  # waiting for data (or for a noisy neighbour) part of each step
                     util /= gpu.fault.uniform(f.factor, f.factor_hi or f.factor)
-                elif f.kind == "restart":  # processes gone, the job being restarted
-                    util = gpu.fault.uniform(0.0, 2.0)
+                elif f.kind == "restart" or (f.kind == "scale" and workload.dropped(job, n, gpu.index, t_s)):
+                    util = gpu.fault.uniform(0.0, 2.0)  # processes gone: restarting, or a rank the job scaled away
                 elif f.kind == "hang" and f.spin:  # polling kernels: always "a kernel running"
                     util, spin = gpu.fault.uniform(99.0, 100.0), True
                 elif f.kind == "hang":

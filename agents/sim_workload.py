@@ -158,7 +158,7 @@ SMs, tensor cores, power and links show no work, NCCL kernels polling for a peer
     #: slow_node: the node (index in the cluster) whose ranks are slowed, each step by a draw in factor..factor_hi
     node: int | None = None
     factor_hi: float | None = None
-    #: scale: the world size from the onset (the first ranks stay, the others' GPUs are released)
+    #: scale: the world size from the onset (the first ranks stay; the others' GPUs, still allocated, idle)
     ranks: int | None = None
 
     def __post_init__(self) -> None:
@@ -237,11 +237,13 @@ class Workload:
     def job_on(self, node: int, gpu: int, t_s: float) -> SimJob | None:
         for job in self.jobs:
             if job.runs(t_s) and node in job.nodes and (not job.gpus or gpu in job.gpus):
-                scaled = next((f for f in self.faults_of(job, t_s) if f.kind == "scale"), None)
-                if scaled is not None and self.rank_of(job, node, gpu) >= (scaled.ranks or 0):
-                    return None  # released when the job scaled down
                 return job
         return None
+
+    def dropped(self, job: SimJob, node: int, gpu: int, t_s: float) -> bool:
+        """Whether the GPU's rank left the job when it scaled down (the allocation keeps the GPU: it idles)."""
+        scaled = next((f for f in self.faults_of(job, t_s) if f.kind == "scale"), None)
+        return scaled is not None and self.rank_of(job, node, gpu) >= (scaled.ranks or 0)
 
     def rank_of(self, job: SimJob, node: int, gpu: int) -> int:
         gpus = job.gpus or tuple(range(self.gpus_per_node))

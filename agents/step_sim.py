@@ -18,7 +18,7 @@ across two generations runs in two speed groups); ``slow_node`` slows the ranks 
 fresh draw each step (data-loader stalls, a noisy neighbour); ``restart`` stops every rank for its
 span (the job is restarted), then resumes from its last checkpoint (the step numbers go back
 :data:`agents.sim_workload.RESTART_ROLLBACK_STEPS`) with warm-up steps; ``scale`` keeps only the
-first ``ranks`` ranks from its onset (an elastic job shrinking), with the new world size.
+first ``ranks`` ranks from its onset (an elastic job shrinking inside its allocation), with the new world size.
 """
 
 from __future__ import annotations

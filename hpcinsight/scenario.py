@@ -90,6 +90,7 @@ class FaultSpec:
     port: int | None = None
     job: str | None = None  # the pipeline's job id
     rank: int | None = None
+    ranks: int | None = None  # scale: the new world size
 
     def describe(self) -> str:
         where = [f"job {self.job}" if self.job else "", f"rank {self.rank}" if self.rank is not None else "",
@@ -422,7 +423,8 @@ class _Builder:
         if "rank" in f:
             rank = int(self.number(f["rank"], f"{at}.rank", 0, integer=True))
         point_end = onset if kind in POINT_FAULTS else min(end, sc.duration_s)
-        spec = FaultSpec(kind, onset, point_end, node, gpu, port, job_id, rank)
+        spec = FaultSpec(kind, onset, point_end, node, gpu, port, job_id, rank,
+                         int(f["ranks"]) if isinstance(f.get("ranks"), int) else None)
         try:
             injected = self.inject(kind, f, at, onset, end, node, gpu, port, job_id, rank)
         except ValueError as err:
@@ -499,7 +501,11 @@ class _Builder:
             return [lab("straggler", f"{spec.job}/imbalance"), lab("gpu_outlier", sc.node_name(spec.node), required=False)] + [  # type: ignore[arg-type]
                 lab(d, s, required=False) for r, (n, g) in enumerate(placed) if n == spec.node
                 for d, s in (("gpu_outlier", sc.gpu_uuid(n, g)), ("straggler", f"{spec.job}/rank-{r}"))]
-        if kind in ("restart", "scale"):  # what a healthy job does: nothing must fire
+        if kind == "scale":  # the ranks it scaled away leave their GPUs allocated and idle: under-used
+            job = next(j for j in sc.jobs if j.job_id == spec.job)
+            placed = Workload.placement(job, sc.gpus_per_node)
+            return [lab("gpu_underused", sc.gpu_uuid(n, g)) for r, (n, g) in enumerate(placed) if r >= (spec.ranks or 0)]
+        if kind == "restart":  # what a healthy job does: nothing must fire
             return []
         if kind == "hang":  # every GPU of a hung job idles: gpu_underused is right to say so
             job = next(j for j in sc.jobs if j.job_id == spec.job)

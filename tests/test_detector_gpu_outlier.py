@@ -156,3 +156,12 @@ def test_replicas_of_a_service_under_uneven_bursty_load_are_not_outliers() -> No
     # the same detector still finds a slow GPU of a job in lockstep
     slow = lambda w, g: 45.0 if (g == 1 and w >= 20) else 88 + rng.gauss(0, 2)  # noqa: E731
     assert [a.subject for a in run(GpuOutlierDetector(), windows(40, slow, gpus=8))] == ["GPU-1"]
+
+
+def test_a_few_percent_apart_is_not_out_of_line_however_tight_the_peers() -> None:
+    """NVLink window means agreeing within 1%: one GPU 4% above them is many deviations out, but no outlier."""
+    rng = random.Random(11)
+    link = lambda w, g: (3.12e11 if g == 3 else 3.0e11) + rng.gauss(0, 5e8)  # noqa: E731
+    events = [JobGpuWindow(job_id="job-1", metric="nvlink_bytes_per_s", window="10s", window_start=e.window_start,
+                           window_end=e.window_end, statistic="mean", value=e.value, node=e.node) for e in windows(20, link)]
+    assert run(GpuOutlierDetector(), events) == []

@@ -6,8 +6,8 @@ comparison there would depend on how partitions happen to be assigned).
 
 * GPU: every GPU's median (p50) of the window (the mean, for memory utilisation, SM activity and
   PCIe/NVLink throughput, which are kept as window means) against the median of all the job's GPUs, in
-  robust deviations (1.4826 x MAD, floored per metric so a job whose GPUs agree perfectly does
-  not turn noise into infinity).
+  robust deviations (1.4826 x MAD, floored per metric and at ``rel_floor`` of the median, so a job
+  whose GPUs agree perfectly does not turn noise, or a difference of a few percent, into an outlier).
 * Node: the median of a node's GPUs against the median of the job's nodes, the same way, when
   the job spans at least ``min_nodes`` nodes. A node whose GPUs are all slow (a bad PCIe switch,
   a hot rack, a misconfigured host) moves as one, and is named as one.
@@ -60,6 +60,10 @@ class GpuOutlierConfig:
     min_peers: int = 4
     min_nodes: int = 3
     window: str | None = None  # None: the shortest sliding window
+    #: the smallest robust deviation is also this share of the peers' median: with k, an outlier differs by at
+    #: least k x rel_floor (20%) from its peers (GPUs whose NVLink traffic agrees within 1% are not made
+    #: outliers by one 4% apart)
+    rel_floor: float = 0.04
     #: only jobs whose GPUs work in lockstep are judged: in at least this share of their last lockstep_windows
     #: utilisation windows, the job's median GPU was at least lockstep_busy_pct busy and its GPUs within
     #: lockstep_spread (robust deviation over median) of each other. Replicas of a service under uneven
@@ -75,20 +79,21 @@ class GpuOutlierConfig:
     })
 
 
-def robust(values: list[float], floor: float) -> tuple[float, float]:
-    """Median and robust deviation (at least ``floor``) of ``values``."""
+def robust(values: list[float], floor: float, rel_floor: float = 0.0) -> tuple[float, float]:
+    """Median and robust deviation (at least ``floor``, and ``rel_floor`` of the median) of ``values``."""
     median = statistics.median(values)
-    return median, max(MAD_SCALE * statistics.median(abs(v - median) for v in values), floor)
+    return median, max(MAD_SCALE * statistics.median(abs(v - median) for v in values), floor, rel_floor * abs(median))
 
 
-def _compare(values: dict[str, float], means: dict[str, float] | None, floor: float) -> dict[str, dict[str, float]]:
+def _compare(values: dict[str, float], means: dict[str, float] | None, floor: float,
+             rel_floor: float = 0.0) -> dict[str, dict[str, float]]:
     """Each subject's evidence against its peers: robust z of its value and, where the window's
     means came too, of its mean; ``robust_z`` is the one nearer zero (zero when they disagree in sign)."""
-    median, scale = robust(list(values.values()), floor)
+    median, scale = robust(list(values.values()), floor, rel_floor)
     out = {subject: {"value": value, "peer_median": median, "robust_dev": scale, "robust_z": (value - median) / scale,
                      "peers": float(len(values))} for subject, value in values.items()}
     if means is not None and means.keys() == values.keys():
-        mean_median, mean_scale = robust(list(means.values()), floor)
+        mean_median, mean_scale = robust(list(means.values()), floor, rel_floor)
         for subject, evidence in out.items():
             z_value, z_mean = evidence["robust_z"], (means[subject] - mean_median) / mean_scale
             evidence.update(mean=means[subject], peer_mean_median=mean_median, robust_z_median=z_value, robust_z_mean=z_mean,
@@ -129,12 +134,12 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
         floor = self.config.floors[event.metric]
         out: list[Event] = []
         if len(event.value) >= self.config.min_peers:
-            for uuid, evidence in _compare(event.value, event.mean, floor).items():
+            for uuid, evidence in _compare(event.value, event.mean, floor, self.config.rel_floor).items():
                 out += self._judge(event, "gpu", uuid, event.node.get(uuid), uuid, evidence)
         node_values, gpus_on = _by_node(event.value, event.node)
         if len(node_values) >= self.config.min_nodes:
             node_means = _by_node(event.mean, event.node)[0] if event.mean is not None else None
-            for node, evidence in _compare(node_values, node_means, floor).items():
+            for node, evidence in _compare(node_values, node_means, floor, self.config.rel_floor).items():
                 out += self._judge(event, "node", node, node, None, {**evidence, "gpus_on_node": float(gpus_on[node])})
         return out
 
