@@ -13,7 +13,7 @@ ARGS   ?=
 # (measured here: 6.6 min against 13-16 min one at a time). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 
-.PHONY: setup demo test bench clean browser replay-genai tools image image-base
+.PHONY: setup demo test bench clean browser replay-genai tools image image-base chaos chaos-short
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -75,6 +75,19 @@ clean:
 
 bench: setup
 	$(VENV)/bin/python -m bench.run $(ARGS)
+
+# Chaos campaigns (tests/chaos, docs/guarantees.md): the pipeline as processes, components and
+# brokers killed -9, stopped and restarted at random, the store's disk filled; then checked.
+# chaos: CHAOS_MINUTES of faults on one broker, then on a three-node KRaft cluster; writes the
+# result table to docs/chaos-results.md. chaos-short: the suite's profile, one broker.
+CHAOS_MINUTES ?= 30
+CHAOS_SEED ?= 0
+chaos: setup
+	$(VENV)/bin/python -m tests.chaos --minutes $(CHAOS_MINUTES) --brokers 1 --brokers 3 --seed $(CHAOS_SEED) \
+		--report docs/chaos-results.md $(ARGS)
+
+chaos-short: setup
+	$(VENV)/bin/python -m tests.chaos --short --brokers 1 --seed $(CHAOS_SEED) $(ARGS)
 
 # The real GPU utilisation of the Alibaba GenAI trace (143 serving pods, a sample a minute for a day)
 # through the pipeline: per-pod quantiles and under-use flags (README: Replay your own data).
