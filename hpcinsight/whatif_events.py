@@ -65,7 +65,8 @@ def read_store(settings: Any, since: str, until: str | None, source: str | None)
         client.close()
     if not events:
         raise WhatifError("the store has no scheduler events in that range")
-    return jobs_from_events(events), nodes_from_inventory(inv)
+    nodes = nodes_from_inventory(inv)
+    return jobs_from_events(events, max(n.gpus for n in nodes)), nodes
 
 
 def run_events(args: argparse.Namespace, settings_loader: Any) -> int:

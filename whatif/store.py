@@ -45,7 +45,9 @@ def nodes_from_inventory(rows: Iterable[NodeInventory]) -> list[Node]:
     return nodes
 
 
-def jobs_from_events(events: Iterable[SchedulerEvent]) -> list[Job]:
+def jobs_from_events(events: Iterable[SchedulerEvent], max_node_gpus: int | None = None) -> list[Job]:
+    """One job per ``(job_id, name)``; a job asking more GPUs than ``max_node_gpus`` (a multi-node
+    job the scheduler reports as one) becomes a gang of equal tasks, one a node."""
     by_key: dict[tuple[str, str], list[SchedulerEvent]] = defaultdict(list)
     for e in events:
         by_key[(e.job_id, e.name or "")].append(e)
@@ -74,11 +76,18 @@ def jobs_from_events(events: Iterable[SchedulerEvent]) -> list[Job]:
         else:
             num, milli = int(math.ceil(g)), MILLI
         gang = job_id if len(names_per_job[job_id]) > 1 else ""
-        jobs.append(Job(name=f"{job_id}/{name}" if name else job_id,
-                        cpu_milli=int(round(float(attrs.get("requested_cpus") or 0) * 1000)),
-                        memory_mib=int((attrs.get("requested_memory_bytes") or 0) // MIB), num_gpu=num, gpu_milli=milli,
-                        gpu_spec="", qos=attrs.get("qos", ""), submit=submit, start=start, end=end,
-                        team=attrs.get("team", ""), user=attrs.get("user", ""), priority=attrs.get("priority", ""),
-                        gang=gang, gang_size=len(names_per_job[job_id]), node=attrs.get("node", "")))
+        tasks = 1
+        if max_node_gpus and num > max_node_gpus:
+            tasks = math.ceil(num / max_node_gpus)
+            num = math.ceil(num / tasks)
+            gang = gang or f"{job_id}/{name}"
+        cpu = int(round(float(attrs.get("requested_cpus") or 0) * 1000)) // tasks
+        mem = int((attrs.get("requested_memory_bytes") or 0) // MIB) // tasks
+        base = f"{job_id}/{name}" if name else job_id
+        for k in range(tasks):
+            jobs.append(Job(name=base if tasks == 1 else f"{base}#{k}", cpu_milli=cpu, memory_mib=mem, num_gpu=num,
+                            gpu_milli=milli, gpu_spec="", qos=attrs.get("qos", ""), submit=submit, start=start, end=end,
+                            team=attrs.get("team", ""), user=attrs.get("user", ""), priority=attrs.get("priority", ""),
+                            gang=gang, gang_size=max(tasks, len(names_per_job[job_id])), node=attrs.get("node", "")))
     jobs.sort(key=lambda j: (j.submit or 0.0, j.name))
     return jobs
