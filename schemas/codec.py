@@ -77,8 +77,23 @@ class Codec(Generic[E]):
         return _encoder.encode(self._envelope(self.event.__schema__, self.event.__version__, records))
 
     def decode(self, raw: bytes | None) -> list[E]:
+        """The records of one message; any message that is not a valid batch of this event type
+        raises :class:`DecodeError` (and nothing else: a decoder that can be made to raise
+        something else stops whoever calls it)."""
+        try:
+            return self._decode(raw)
+        except DecodeError:
+            raise
+        except RecursionError:
+            raise DecodeError("malformed JSON: nested too deeply") from None
+        except Exception as err:  # noqa: BLE001 - e.g. MemoryError on an absurd message: still one bad message
+            raise DecodeError(f"undecodable: {type(err).__name__}: {err}") from None
+
+    def _decode(self, raw: bytes | None) -> list[E]:
         if not raw:
             raise DecodeError("empty message")
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise DecodeError(f"not bytes: {type(raw).__name__}")
         try:
             header = _header_decoder.decode(raw)
         except msgspec.ValidationError as err:

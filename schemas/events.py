@@ -309,8 +309,22 @@ class Anomaly(Event, frozen=True):
     job_id: Label | None = None
 
 
+#: the most of a bad message a dead letter carries: the letter must itself fit a Kafka message (a
+#: 1 MB message base64-encoded is 1.33 MB, over the producer's default limit), and what makes a
+#: message bad is nearly always visible in its first kilobytes; ``raw_size`` and ``raw_sha256``
+#: still identify the whole, which Kafka keeps at ``source_offset`` for its retention.
+DEAD_LETTER_RAW_MAX = 64 * 1024
+DEAD_LETTER_KEY_MAX = 1024
+DEAD_LETTER_REASON_MAX = 4096
+
+
 class DeadLetter(Event, frozen=True):
-    """A message that could not be used, kept whole with the reason, so nothing is lost."""
+    """A message that could not be used, with the reason, so nothing is lost silently.
+
+    ``raw`` is the message, or its first :data:`DEAD_LETTER_RAW_MAX` bytes when it is larger
+    (``raw_size`` and ``raw_sha256`` are always those of the whole message). Build one with
+    :meth:`of`, which applies the caps.
+    """
 
     __schema__ = "dead_letter"
     __version__ = 1
@@ -323,6 +337,31 @@ class DeadLetter(Event, frozen=True):
     reason: Text
     raw: Bytes
     key: Bytes | None = None
+    raw_size: UInt64 | None = None
+    raw_sha256: Label | None = None
+
+    @classmethod
+    def of(cls, *, ts: int, source_topic: str, source_partition: int, source_offset: int, stage: str, reason: str,
+           raw: bytes | None, key: bytes | None = None) -> DeadLetter:
+        """A dead letter that always encodes and fits a Kafka message, whatever it is about."""
+        import hashlib
+
+        raw = bytes(raw or b"")
+        reason = reason.encode("utf-8", "replace").decode("utf-8", "replace")  # no lone surrogates
+        if len(reason) > DEAD_LETTER_REASON_MAX:
+            reason = reason[: DEAD_LETTER_REASON_MAX - 1] + "\u2026"
+        return cls(
+            ts=ts, source_topic=_label(source_topic), source_partition=max(0, source_partition),
+            source_offset=max(0, source_offset), stage=_label(stage), reason=reason or "unknown",
+            raw=raw[:DEAD_LETTER_RAW_MAX], key=None if key is None else bytes(key[:DEAD_LETTER_KEY_MAX]),
+            raw_size=len(raw), raw_sha256=hashlib.sha256(raw).hexdigest(),
+        )
+
+
+def _label(text: str) -> str:
+    """``text`` made a valid :data:`Label` (1 to 256 characters, valid UTF-8)."""
+    text = text.encode("utf-8", "replace").decode("utf-8", "replace")[:256]
+    return text or "?"
 
 
 class IbSample(Event, frozen=True):

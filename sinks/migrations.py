@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
 
-from schemas.catalog import SINK_COLUMNS, STORED, Topic
+from schemas.catalog import DEAD_LETTERS, SINK_COLUMNS, STORED, Topic
 from schemas.derive import fields_of
 from sinks.storage import (
     MIGRATIONS_TABLE,
@@ -70,6 +70,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               lambda layout: [s for r in ROLLUPS for s in r.ddl(layout)]),
     Migration(4, "column codecs as measured by bench/storage.py (ZSTD for quantised gauges)",
               lambda layout: [s for t in STORED for s in codecs_ddl(layout, t)]),
+    Migration(5, "dead letters: the size and SHA-256 of the whole message (raw is capped at 64 KiB)",
+              add_columns(DEAD_LETTERS, "raw_size", "raw_sha256")),
 )
 
 

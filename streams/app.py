@@ -21,7 +21,6 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, To
 from hpcinsight.config import Settings, broker_retry
 from schemas.catalog import (
     ANOMALIES,
+    DEAD_LETTERS,
     GPU_SAMPLES_RAW,
     GPU_SKETCHES,
     IB_SAMPLES_RAW,
@@ -43,10 +43,11 @@ from schemas.catalog import (
     TOPICS,
     Topic,
 )
+from schemas.events import DeadLetter
 from streams.detectors import build as build_detectors
 from streams.jobs import JobStageConfig
 from streams.kpis import KpiConfig
-from streams.processor import Output, ProcessorConfig, SampleProcessor
+from streams.processor import Handler, Output, ProcessorConfig, SampleProcessor
 from streams.recovery import last_message, open_incidents, rebuild_gpu_stage, rebuild_job_stage
 from streams.rolling import DEFAULT_WINDOWS, RollingConfig
 from streams.windows import WindowSpec
@@ -164,39 +165,63 @@ class OutputProducer:
     at window closes) is produced by a confluent-kafka producer: a few microseconds a message
     instead of the hundreds aiokafka's pure-Python path costs, which was most of a worker's time.
     The at-least-once promise is kept by hooking the flush Faust performs before every offset
-    commit: the commit waits until every output produced so far is acknowledged, and fails (so
-    the input is processed again after a restart) if any could not be delivered.
+    commit: the commit waits until every output produced so far is acknowledged. A broker away is
+    weather: librdkafka retries without a deadline and the commit waits (logging while it does).
+    An output the broker refuses for good (e.g. too large) becomes a dead letter, so it is neither
+    retried forever nor lost without a record.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._names = {t.name: settings.topic(t.name) for t in TOPICS}
+        self._dead_letters = settings.topic(DEAD_LETTERS.name)
         self._producer = Producer({
             **settings.kafka.client_config(), "enable.idempotence": True, "acks": "all", "compression.type": "zstd",
             "linger.ms": 10, "queue.buffering.max.messages": 1_000_000,
             "partitioner": "murmur2_random",  # as Faust and the agents: job-keyed topics stay co-partitioned
+            "message.timeout.ms": 0,  # retry until delivered: the commit waits, nothing is dropped
         })
-        self.failed: list[str] = []
+        self._refused: list[tuple[str, bytes | None, bytes | None, str]] = []
+        self.refused = 0
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
-            self.failed.append(f"{msg.topic()}: {err}")
+            self._refused.append((msg.topic(), msg.key(), msg.value(), str(err)))
 
     def send(self, outputs: list[Output]) -> None:
         for out in outputs:
             kwargs = {} if out.partition is None else {"partition": out.partition}
-            while True:
-                try:
-                    self._producer.produce(self._names[out.topic.name], out.value, out.key, on_delivery=self._on_delivery, **kwargs)
-                    break
-                except BufferError:  # local queue full: let deliveries drain, then retry
-                    self._producer.poll(0.1)
+            self._produce(self._names[out.topic.name], out.value, out.key, **kwargs)
         self._producer.poll(0)
 
-    def flush(self, timeout: float = 120.0) -> None:
-        left = self._producer.flush(timeout)
-        if left or self.failed:
-            failed, self.failed = self.failed[:5], []
-            raise RuntimeError(f"{left} outputs not acknowledged, failures: {failed}; not committing the inputs")
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, **kwargs: Any) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=self._on_delivery, **kwargs)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.1)
+
+    def flush(self, report_every_s: float = 30.0) -> None:
+        """Wait until every output so far is acknowledged; refused ones become dead letters."""
+        started = time.monotonic()
+        while True:
+            left = self._producer.flush(report_every_s)
+            refused, self._refused = self._refused, []
+            for topic, key, value, reason in refused:
+                self.refused += 1
+                if topic == self._dead_letters:
+                    log.error("a dead letter was refused by the broker (%s); it is logged here instead: key=%r size=%d",
+                              reason, key, len(value or b""))
+                    continue
+                log.error("output to %s refused by the broker (%s); dead-lettered", topic, reason)
+                letter = DeadLetter.of(ts=int(time.time() * 1000), source_topic=topic, source_partition=0, source_offset=0,
+                                       stage="worker.output", reason=f"refused by the broker: {reason}", raw=value, key=key)
+                self._produce(self._dead_letters, DEAD_LETTERS.codec.encode([letter]), topic.encode())
+            if not left and not refused:
+                return
+            if left:
+                log.warning("%d outputs not yet acknowledged after %.0f s (broker away?); the commit waits",
+                            left, time.monotonic() - started)
 
     def attach(self, app: faust.App) -> None:
         """Make Faust's pre-commit producer flush also flush (and check) our outputs."""
@@ -284,8 +309,9 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         async for _ in stream.events():  # owning this partition is what makes a worker the KPI leader
             pass
 
-    # One agent per input topic; each hands the processor raw bytes and sends what comes back.
-    Handler = Callable[[str, int, int, "bytes | None", "bytes | None"], list[Output]]
+    # One agent per input topic; each hands the processor raw bytes and sends what comes back. A
+    # message whose handling fails in any way becomes a dead letter (processor.guarded): no input
+    # stops an agent, and none is skipped without a record.
     stages: list[tuple[Topic, str, Handler]] = [
         (GPU_SAMPLES_RAW, "gpu-samples", processor.handle),
         (IB_SAMPLES_RAW, "ib-samples", processor.handle_ib),
@@ -295,6 +321,8 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     for source in processor.event_topics():  # e.g. XID events, scheduler events
         stages.append((source, f"events-{source.name}", functools.partial(processor.handle_events, source)))
     for topic, name, handle in stages:
+        handle = processor.guarded(handle, name)
+
         async def process(stream: faust.Stream, handle: Handler = handle) -> None:
             async for event in stream.events():
                 msg = event.message
@@ -304,14 +332,23 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
 
     @app.timer(interval=1.0)
     async def follow_scheduler() -> None:
-        outputs = feed.poll()
-        # a quiet scheduler still closes its intervals: event time is wall time for live sources
-        outputs += processor.advance_kpis(int(time.time() * 1000) - int(processor.config.kpis.lateness_s * 1000))
+        try:
+            outputs = feed.poll()
+            # a quiet scheduler still closes its intervals: event time is wall time for live sources
+            outputs += processor.advance_kpis(int(time.time() * 1000) - int(processor.config.kpis.lateness_s * 1000))
+        except Exception:  # noqa: BLE001 - a broker hiccup or a bad record: the next tick tries again
+            log.exception("following the scheduler topics failed; trying again in 1 s")
+            return
         await send_kpis(outputs)
 
     @app.timer(interval=1.0)
     async def release_job_windows() -> None:
-        await send(processor.tick_jobs())
+        try:
+            outputs = processor.tick_jobs()
+        except Exception:  # noqa: BLE001 - one bad window must not stop the job stage's clock
+            log.exception("releasing job windows failed; trying again in 1 s")
+            return
+        await send(outputs)
 
     @app.timer(interval=10.0)
     async def report() -> None:

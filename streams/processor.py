@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,9 @@ from streams.kpis import KpiConfig, SchedulingKpis
 from streams.rolling import SINCE_START, Closed, RollingConfig, RollingSeries, WindowMeans
 
 log = logging.getLogger(__name__)
+
+#: a stage's handler: (source topic, partition, offset, key, value) -> outputs, in send order
+Handler = Callable[[str, int, int, "bytes | None", "bytes | None"], "list[Output]"]
 
 #: GpuSample fields whose quantiles are computed
 METRICS = ("gpu_util", "power_w", "sm_clock_mhz")
@@ -113,6 +116,7 @@ class ProcessorStats:
     checkpoints: int = 0
     late_samples: int = 0
     late_sketches: int = 0
+    failed: int = 0  # messages whose handling raised (each dead-lettered)
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -146,6 +150,23 @@ class SampleProcessor:
         self._partition_of: dict[str, int] = {}
         self._checkpointed: dict[str, int] = {}
         self.stats = ProcessorStats()
+
+    # -- the one rule for every message ---------------------------------------------------------
+
+    def guarded(self, handle: Handler, stage: str) -> Handler:
+        """``handle`` that never raises: a message whose handling fails for any reason becomes one
+        dead letter (stage ``stage``, the exception as reason) and the stream goes on. Outputs the
+        handler produced before it failed are dropped with it; state it changed stays changed."""
+
+        def run(source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
+            try:
+                return handle(source, partition, offset, key, value)
+            except Exception as err:  # noqa: BLE001 - one message must never stop a stage
+                self.stats.failed += 1
+                log.exception("%s failed on %s[%d]@%d; dead-lettered", stage, source, partition, offset)
+                return [self.dead_letter(source, partition, offset, key, value, stage, f"{stage} failed: {type(err).__name__}: {err}")]
+
+        return run
 
     # -- per-GPU stage --------------------------------------------------------------------------
 
@@ -362,6 +383,13 @@ class SampleProcessor:
             records = topic.codec.decode(value)
         except DecodeError:
             return []
+        try:
+            return self._observe_scheduler(records)
+        except Exception:  # noqa: BLE001 - the attribution feed must go on; the owning stage dead-letters
+            log.exception("scheduler record not applied to the attribution table and KPIs")
+            return []
+
+    def _observe_scheduler(self, records: list[Any]) -> list[Output]:
         rows = []
         for record in records:
             if isinstance(record, (SchedulerEvent, NodeInventory)):
@@ -400,15 +428,9 @@ class SampleProcessor:
         short = reason.split(":")[0]
         self.stats.reasons[short] = self.stats.reasons.get(short, 0) + 1
         log.warning("dead letter %s[%d]@%d: %s", source, partition, offset, reason)
-        letter = DeadLetter(
-            ts=int(time.time() * 1000),
-            source_topic=source,
-            source_partition=partition,
-            source_offset=offset,
-            stage=stage,
-            reason=reason[:4096],
-            raw=value or b"",
-            key=key,
+        letter = DeadLetter.of(
+            ts=int(time.time() * 1000), source_topic=source, source_partition=partition, source_offset=offset,
+            stage=stage, reason=reason, raw=value, key=key,
         )
         return Output(DEAD_LETTERS, source.encode(), DEAD_LETTERS.codec.encode([letter]))
 
@@ -454,22 +476,28 @@ class SampleProcessor:
             samples = GPU_SAMPLES.codec.decode(value)
         except DecodeError:
             return
-        for sample in samples:
-            sample = self.attribution.enrich_gpu(sample)
-            self._detect(sample, replay=True)
-            means = self._means_of(sample)
-            for metric, closed in self._roll(sample, partition, replay=True):
-                self._detect(self._quantiles(sample, metric, closed), replay=True)
+        try:
+            for sample in samples:
+                sample = self.attribution.enrich_gpu(sample)
+                self._detect(sample, replay=True)
+                means = self._means_of(sample)
+                for metric, closed in self._roll(sample, partition, replay=True):
+                    self._detect(self._quantiles(sample, metric, closed), replay=True)
+        except Exception:  # noqa: BLE001 - it failed (and was dead-lettered) when first handled too
+            log.warning("replay of a message that fails again skipped", exc_info=True)
 
     def replay_sketches(self, value: bytes | None) -> None:
         try:
             sketches = GPU_SKETCHES.codec.decode(value)
         except DecodeError:
             return
-        for sketch in sketches:
-            for q in self.jobs.add(sketch):
-                self._detect(q, replay=True)
-            self._detect_gpu_windows(replay=True)
+        try:
+            for sketch in sketches:
+                for q in self.jobs.add(sketch):
+                    self._detect(q, replay=True)
+                self._detect_gpu_windows(replay=True)
+        except Exception:  # noqa: BLE001 - it failed (and was dead-lettered) when first handled too
+            log.warning("replay of a sketch message that fails again skipped", exc_info=True)
 
     def restore(self, anomalies: list[Anomaly]) -> None:
         """Give each detector the incidents of its kind still open before a restart."""

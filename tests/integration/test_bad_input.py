@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -9,7 +10,7 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.catalog import GPU_SAMPLES_RAW
-from schemas.events import GpuSample
+from schemas.events import DEAD_LETTER_RAW_MAX, GpuSample
 from tests.conftest import Pipeline, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -32,6 +33,10 @@ BAD = {
     envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0}, v=99): "unknown schema version 99",
     envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0, "temperature_c": -500.0}): "Expected `float` >= -100.0",
     envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0 + 2 * 86_400_000}): "clock skew",
+    # issue 14: msgspec raised RecursionError (the worker's agent died, no dead letter)
+    b'{"schema":"gpu_sample","v":1,"records":' + b"[" * 100_000 + b"]" * 100_000 + b"}": "nested too deeply",
+    # issue 14: its dead letter (base64, 1.33 MB) was over the producer's limit; the agent died
+    envelope({"node": "n" * 990_000, "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0}): "length <= 256",
 }
 
 
@@ -61,11 +66,36 @@ def test_bad_messages_land_in_dead_letters_and_good_ones_are_stored(pipeline: Pi
     stored = pipeline.sql("SELECT count() AS n FROM gpu_samples")[0]["n"]
     assert stored == 2 * k
     letters = pipeline.sql(
-        "SELECT source_topic, stage, reason, raw FROM dead_letters ORDER BY source_offset"
+        "SELECT source_topic, stage, reason, raw, raw_size, raw_sha256 FROM dead_letters ORDER BY source_offset"
     )
     assert len(letters) == len(BAD) + 1
     for letter, (raw, reason) in zip(letters, BAD.items()):
         assert letter["source_topic"] == topic and letter["stage"] == "validate"
-        assert reason in letter["reason"], letter
-        assert letter["raw"].encode() == raw  # kept whole
+        assert reason in letter["reason"], {k: str(v)[:300] for k, v in letter.items()}
+        assert letter["raw"].encode() == raw[:DEAD_LETTER_RAW_MAX]  # whole up to the cap (only the 1 MB one is cut)
+        assert letter["raw_size"] == len(raw) and letter["raw_sha256"] == hashlib.sha256(raw).hexdigest()
     assert letters[-1]["reason"] == "empty message"
+
+
+def test_a_stored_topic_written_by_a_foreign_producer_cannot_stop_the_sink(pipeline: Pipeline) -> None:
+    """Issue 14: a deeply nested message on a stored topic killed the sink, and the restarted sink
+    died again on the same offset: storage stopped for every table. Now it is a dead letter."""
+    producer = Producer({"bootstrap.servers": pipeline.bootstrap, "enable.idempotence": True})
+    topic = pipeline.topic("gpu.samples")
+    hostile = [b'{"schema":"gpu_sample","v":1,"records":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+               b"[" * 200_000, b'{"schema":"gpu_sample","v":1,"records":[{"node":"n0","x":' + b"{\"a\":" * 50_000 + b"1" + b"}" * 50_000 + b"}]}"]
+    for k, bad in enumerate(hostile):
+        producer.produce(topic, key=b"n0", value=good(2 * k))
+        producer.produce(topic, key=b"n0", value=bad)
+        producer.produce(topic, key=b"n0", value=good(2 * k + 1))
+    assert producer.flush(30) == 0
+    sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
+    try:
+        pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "dead.letters"])
+        assert sink.poll() is None, "the sink died of bad input:\n" + pipeline.log("sink")
+    finally:
+        assert stop(sink) == 0, pipeline.log("sink")
+    assert pipeline.sql("SELECT count() AS n FROM gpu_samples")[0]["n"] == 2 * 2 * len(hostile)
+    letters = pipeline.sql("SELECT stage, reason, raw_size FROM dead_letters ORDER BY source_offset")
+    assert [(d["stage"], d["raw_size"]) for d in letters] == [("sink", len(b)) for b in hostile]
+    assert all(d["reason"] for d in letters)
