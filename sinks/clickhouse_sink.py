@@ -31,7 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from schemas.catalog import DEAD_LETTERS, STORED, Topic
 from schemas.events import DeadLetter
@@ -55,6 +55,15 @@ class SinkStats:
     batches: int = 0
     dead_letters: int = 0
     resumed_from_store: int = 0
+    insert_retries: int = 0  # inserts tried again after ClickHouse refused or was away
+    commit_failures: int = 0  # offset commits that failed (the store's offsets cover them)
+    consumer_restarts: int = 0  # consumers rebuilt after a fatal error (e.g. fenced by the group)
+    paused: int = 0  # times consumption paused while inserts were behind
+
+
+def backoff_s(attempt: int, cap_s: float = 30.0) -> float:
+    """1, 2, 4, ... seconds, at most ``cap_s``: how long to wait before trying again."""
+    return float(min(cap_s, 2 ** min(attempt, 10)))
 
 
 def insert_settings(topic: Topic, table: pa.Table) -> dict[str, Any]:
@@ -88,10 +97,14 @@ class TableWriter:
     insert in flight, raising its error if it failed, and then runs its ``on_done``.
     """
 
-    def __init__(self, client: Client, background: bool = True, rows: dict[str, int] | None = None) -> None:
+    def __init__(self, client: Client, background: bool = True, rows: dict[str, int] | None = None,
+                 stats: SinkStats | None = None) -> None:
         self.client = client
         self.rows: dict[str, int] = rows if rows is not None else defaultdict(int)  # rows inserted, per table
+        self.stats = stats if stats is not None else SinkStats(rows=self.rows)
         self.pending_rows = 0
+        #: set to stop retrying a failing insert (the process is stopping): the insert then raises
+        self.give_up = threading.Event()
         self._pending: dict[str, tuple[Topic, list[pa.Table]]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sink-insert") if background else None
         self._inflight: tuple[Future[None], Callable[[], None] | None] | None = None
@@ -106,6 +119,11 @@ class TableWriter:
             self._pending.setdefault(topic.name, (topic, []))[1].append(decoded.table)
             self.pending_rows += decoded.table.num_rows
         return decoded.rejected
+
+    def discard_pending(self) -> None:
+        """Forget the rows held and not yet submitted (their offsets are not committed either)."""
+        self._pending = {}
+        self.pending_rows = 0
 
     def submit(self, on_done: Callable[[], None] | None = None) -> None:
         """Insert everything held, then call ``on_done`` (from :meth:`wait`, in the caller's thread)."""
@@ -124,6 +142,10 @@ class TableWriter:
         """True when an insert was in flight and has finished (:meth:`wait` returns at once)."""
         return self._inflight is not None and self._inflight[0].done()
 
+    def busy(self) -> bool:
+        """True while an insert is in flight and not finished (it may be retrying)."""
+        return self._inflight is not None and not self._inflight[0].done()
+
     def wait(self) -> None:
         if self._inflight is None:
             return
@@ -133,12 +155,40 @@ class TableWriter:
         if on_done is not None:
             on_done()
 
-    def close(self) -> None:
+    def close(self, retry_for_s: float = 30.0) -> None:
+        """Finish the insert in flight, retrying a failing one for at most ``retry_for_s``."""
+        timer = threading.Timer(retry_for_s, self.give_up.set)
+        timer.daemon = True
+        timer.start()
         try:
             self.wait()
         finally:
+            timer.cancel()
             if self._executor is not None:
                 self._executor.shutdown()
+
+    def _insert_retrying(self, name: str, table: pa.Table, settings: dict[str, Any]) -> None:
+        """Insert, trying again with backoff while ClickHouse refuses (away, disk full, read-only):
+        a store outage is weather. The same deduplication token goes with every try, so a try that
+        did land before its answer was lost is not stored twice. Raises only once :attr:`give_up`."""
+        attempt = 0
+        while True:
+            try:
+                self.client.insert_arrow(name, table, settings=settings)
+                if attempt:
+                    log.warning("insert into %s succeeded after %d retries", name, attempt)
+                return
+            except Exception as err:  # noqa: BLE001 - any refusal: the rows stay ours until stored
+                if self.give_up.is_set():
+                    raise
+                delay = backoff_s(attempt)
+                attempt += 1
+                self.stats.insert_retries += 1
+                first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+                log.warning("insert of %d rows into %s failed (try %d): %s; trying again in %.0f s",
+                            table.num_rows, name, attempt, first, delay)
+                if self.give_up.wait(delay):
+                    raise
 
     def _insert(self, batches: list[tuple[Topic, pa.Table]]) -> None:
         for topic, table in batches:
@@ -146,7 +196,7 @@ class TableWriter:
             # one record batch: the decoded blocks arrive in many small chunks, and ClickHouse
             # converts each chunk on its own (measured: fewer CPU seconds, copy included)
             table = table.combine_chunks()
-            self.client.insert_arrow(topic.table.name, table, settings=insert_settings(topic, table))
+            self._insert_retrying(topic.table.name, table, insert_settings(topic, table))
             self.rows[topic.table.name] += table.num_rows
         if batches and os.environ.get("HPCINSIGHT_SINK_CRASH_AFTER_INSERT") == "1":
             # Fault injection for the exactly-once test: die between insert and commit.
@@ -154,44 +204,94 @@ class TableWriter:
 
 
 class ClickHouseSink:
+    """Consumes the stored topics into ClickHouse; no message and no fault of the broker or the
+    store stops it (see docs/guarantees.md). It exits on a stop request or ``idle_exit_s``."""
+
+    #: pause consuming while this many batches' worth of rows wait for a slow or absent store
+    MAX_PENDING_BATCHES = 4
+
     def __init__(self, client: Client, consumer_config: dict[str, Any], topic_prefix: str, options: SinkOptions) -> None:
         self.client = client
         self.options = options
         self.prefix = topic_prefix
         self.stats = SinkStats()
         self._topics: dict[str, Topic] = {f"{topic_prefix}{t.name}": t for t in STORED}
-        self._consumer = Consumer(
-            {
-                **consumer_config,
-                "group.id": f"{topic_prefix}{options.group_id}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                **({"group.instance.id": f"{topic_prefix}{options.group_id}-{options.instance_id}"} if options.instance_id else {}),
-                "session.timeout.ms": 15_000,
-            }
-        )
-        self._producer = Producer({**consumer_config, "enable.idempotence": True, "acks": "all"})
-        self._writer = TableWriter(client, rows=self.stats.rows)
+        self._consumer_config = consumer_config
+        self._consumer = self._new_consumer()
+        self._producer = Producer({**consumer_config, "enable.idempotence": True, "acks": "all",
+                                   "message.timeout.ms": 0})  # a dead letter is retried until delivered
+        self._writer = TableWriter(client, rows=self.stats.rows, stats=self.stats)
         self._positions: dict[tuple[str, int], int] = {}
         self._batch_started: float | None = None
         self._assigned_at: float | None = None
+        self._stop = threading.Event()
+        self._rebuild = False
+        self._paused = False
+        self._last_error_log = 0.0
+
+    def _new_consumer(self) -> Consumer:
+        options = self.options
+        return Consumer(
+            {
+                **self._consumer_config,
+                "group.id": f"{self.prefix}{options.group_id}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                **({"group.instance.id": f"{self.prefix}{options.group_id}-{options.instance_id}"} if options.instance_id else {}),
+                "session.timeout.ms": 15_000,
+            }
+        )
+
+    def _subscribe(self) -> None:
+        self._consumer.subscribe(list(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
 
     # -- partition assignment ------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._writer.wait()  # what ClickHouse holds must include our own insert in flight
-        committed = consumer.committed(partitions, timeout=30)
-        for tp in committed:
-            stored = self._stored_max_offset(tp.topic, tp.partition, max(tp.offset, 0))
-            if stored is not None and stored + 1 > tp.offset:
-                log.warning("resuming %s[%d] at %d from ClickHouse (Kafka had %d)", tp.topic, tp.partition, stored + 1, tp.offset)
-                tp.offset = stored + 1
-                self.stats.resumed_from_store += 1
-        consumer.assign(committed)
-        self._assigned_at = time.monotonic()
+        # Called from inside consume(): an exception here would escape the main loop, so the
+        # broker's and the store's faults are retried here until they pass (or the sink stops).
+        attempt = 0
+        while True:
+            try:
+                self._writer.wait()  # what ClickHouse holds must include our own insert in flight
+                committed = consumer.committed(partitions, timeout=30)
+                for tp in committed:
+                    stored = self._stored_max_offset(tp.topic, tp.partition, max(tp.offset, 0))
+                    if stored is not None and stored + 1 > tp.offset:
+                        log.warning("resuming %s[%d] at %d from ClickHouse (Kafka had %d)", tp.topic, tp.partition, stored + 1, tp.offset)
+                        tp.offset = stored + 1
+                        self.stats.resumed_from_store += 1
+                consumer.assign(committed)
+                self._assigned_at = time.monotonic()
+                self._paused = False
+                return
+            except Exception as err:  # noqa: BLE001 - broker or store away: weather
+                if self._stop.is_set():
+                    log.warning("stopping during an assignment that failed: %s", err)
+                    return
+                delay = backoff_s(attempt)
+                attempt += 1
+                log.warning("taking partitions failed (%s); trying again in %.0f s", err, delay)
+                self._stop.wait(delay)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.flush()
+        try:
+            self.flush()
+        except Exception as err:  # noqa: BLE001 - not stored, not committed: the next owner reads it again
+            log.warning("flush on revoke failed (%s); the partitions' uncommitted messages will be read again", err)
+            self._drop_pending()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The group took the partitions away (session lost during a broker outage): nothing may be
+        # committed for them; what was consumed and not stored is read again by the next owner.
+        log.warning("partitions lost to the group (%d); rows not yet stored are read again", len(partitions))
+        self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        self._writer.discard_pending()
+        self._positions = {}
+        self._batch_started = None
 
     def _stored_max_offset(self, topic: str, partition: int, at_least: int) -> int | None:
         table = self._topics[topic].table
@@ -207,18 +307,27 @@ class ClickHouseSink:
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> SinkStats:
         """Consume until ``stop`` is set, or with ``idle_exit_s``, until partitions are assigned
         and no message has come for that long."""
-        self._consumer.subscribe(list(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._stop = stop
+        self._subscribe()
         last_data = time.monotonic()
         try:
             while not stop.is_set():
-                messages = self._consumer.consume(num_messages=2000, timeout=0.2)
+                try:
+                    messages = self._consumer.consume(num_messages=2000, timeout=0.2)
+                except KafkaException as err:
+                    self._kafka_fault(err.args[0] if err.args else err)
+                    messages = []
                 if messages:
                     self._add(messages)
                     last_data = time.monotonic()
+                if self._rebuild:
+                    self._rebuild_consumer()
+                    continue
                 if self._writer.done():
                     self._writer.wait()  # commit a finished insert's offsets without waiting for the next
-                if self._due():
+                if self._due() and not self._writer.busy():
                     self.flush(wait=False)
+                self._apply_backpressure()
                 if idle_exit_s is not None and self._assigned_at is not None:
                     if time.monotonic() - max(last_data, self._assigned_at) > idle_exit_s:
                         break
@@ -227,23 +336,85 @@ class ClickHouseSink:
             try:
                 self._writer.close()
             finally:
-                self._producer.flush(30)
+                self._flush_dead_letters(deadline_s=30)
                 self._consumer.close()
         return self.stats
+
+    def _apply_backpressure(self) -> None:
+        """Stop fetching while the store is behind (heartbeats go on), so memory stays bounded."""
+        behind = self._writer.busy() and self._writer.pending_rows >= self.MAX_PENDING_BATCHES * self.options.batch_rows
+        if behind == self._paused:
+            return
+        try:
+            assignment = self._consumer.assignment()
+            if behind:
+                self._consumer.pause(assignment)
+                self.stats.paused += 1
+                log.warning("ClickHouse is behind (%d rows waiting): consumption paused", self._writer.pending_rows)
+            else:
+                self._consumer.resume(assignment)
+                log.warning("consumption resumed")
+            self._paused = behind
+        except KafkaException as err:
+            self._kafka_fault(err.args[0] if err.args else err)
+
+    def _kafka_fault(self, err: Any) -> None:
+        """A consumer error: fatal ones (e.g. this static member fenced after an outage) rebuild the
+        consumer; the rest are librdkafka's weather reports, logged at most every 10 s."""
+        fatal = bool(getattr(err, "fatal", lambda: False)())
+        if fatal:
+            log.error("Kafka consumer failed for good (%s); starting a new one", err)
+            self._rebuild = True
+            return
+        now = time.monotonic()
+        if now - self._last_error_log > 10:
+            log.warning("Kafka: %s (retrying)", err)
+            self._last_error_log = now
+
+    def _rebuild_consumer(self) -> None:
+        """A new consumer in place of one that failed for good. Rows consumed and not yet stored are
+        dropped: the new consumer reads them again from the committed offsets or, past those, from
+        what ClickHouse holds, so nothing is lost or stored twice."""
+        self._rebuild = False
+        self.stats.consumer_restarts += 1
+        try:
+            self._writer.wait()  # its commit may fail on the old consumer: the store's offsets cover it
+        except Exception as err:  # noqa: BLE001 - only once give_up is set (stopping)
+            log.warning("insert in flight failed while replacing the consumer: %s", err)
+        self._drop_pending()
+        try:
+            self._consumer.close()
+        except Exception as err:  # noqa: BLE001 - it failed already
+            log.debug("closing the failed consumer: %s", err)
+        self._consumer = self._new_consumer()
+        self._assigned_at = None
+        self._paused = False
+        self._subscribe()
 
     def _add(self, messages: list[Message]) -> None:
         by_topic: dict[str, list[Message]] = defaultdict(list)
         for msg in messages:
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.error("consume error: %s", msg.error())
+                    self._kafka_fault(msg.error())
+                continue
+            if msg.topic() not in self._topics:
                 continue
             self._positions[(msg.topic(), msg.partition())] = msg.offset()
             by_topic[msg.topic()].append(msg)
         for name, block in by_topic.items():
-            rejected = self._writer.add(
-                self._topics[name], [m.value() for m in block], [m.partition() for m in block], [m.offset() for m in block]
-            )
+            try:
+                rejected = self._writer.add(
+                    self._topics[name], [m.value() for m in block], [m.partition() for m in block], [m.offset() for m in block]
+                )
+            except Exception:  # noqa: BLE001 - a decoder fault: find the message by trying them one by one
+                log.exception("decoding a block of %d %s messages failed; trying them one at a time", len(block), name)
+                rejected = []
+                for i, m in enumerate(block):
+                    try:
+                        rejected.extend((i, reason) for _, reason in self._writer.add(self._topics[name], [m.value()], [m.partition()], [m.offset()]))
+                    except Exception as err:  # noqa: BLE001 - this one message is the culprit
+                        rejected.append((i, f"undecodable: {type(err).__name__}: {err}"))
             for index, reason in rejected:
                 # Upstream stages validate; this guards against a foreign producer. The bad message
                 # goes to the dead-letter topic and its offset still advances.
@@ -255,11 +426,17 @@ class ClickHouseSink:
         if msg.topic() == f"{self.prefix}{DEAD_LETTERS.name}":
             log.error("undecodable dead letter at %s[%d]@%d dropped from storage: %s", msg.topic(), msg.partition(), msg.offset(), reason)
             return
-        letter = DeadLetter(
+        letter = DeadLetter.of(
             ts=int(time.time() * 1000), source_topic=msg.topic(), source_partition=msg.partition(),
-            source_offset=msg.offset(), stage="sink", reason=reason, raw=msg.value() or b"", key=msg.key(),
+            source_offset=msg.offset(), stage="sink", reason=reason, raw=msg.value(), key=msg.key(),
         )
-        self._producer.produce(f"{self.prefix}{DEAD_LETTERS.name}", key=msg.topic().encode(), value=DEAD_LETTERS.codec.encode([letter]))
+        while True:
+            try:
+                self._producer.produce(f"{self.prefix}{DEAD_LETTERS.name}", key=msg.topic().encode(),
+                                       value=DEAD_LETTERS.codec.encode([letter]))
+                break
+            except BufferError:
+                self._producer.poll(0.5)
         self._producer.poll(0)
         self.stats.dead_letters += 1
 
@@ -277,12 +454,34 @@ class ClickHouseSink:
             self.stats.batches += 1
         if self._positions:
             positions, self._positions = self._positions, {}
-            self._writer.submit(on_done=lambda: self._commit(positions))
+            consumer = self._consumer
+            self._writer.submit(on_done=lambda: self._commit(consumer, positions))
         if wait:
             self._writer.wait()
         self._batch_started = None
 
-    def _commit(self, positions: dict[tuple[str, int], int]) -> None:
-        self._producer.flush(30)  # dead letters reach Kafka before their source offset is committed
+    def _flush_dead_letters(self, deadline_s: float | None = None) -> bool:
+        """Wait until every dead letter is in Kafka; False if it could not be done by the deadline
+        or before a stop (then the offsets behind them are not committed)."""
+        started = time.monotonic()
+        while self._producer.flush(5):
+            waited = time.monotonic() - started
+            if (deadline_s is not None and waited > deadline_s) or (deadline_s is None and self._stop.is_set()):
+                log.warning("%d dead letters not acknowledged; their offsets stay uncommitted", len(self._producer))
+                return False
+            log.warning("waiting for the broker to take %d dead letters (%.0f s)", len(self._producer), waited)
+        return True
+
+    def _commit(self, consumer: Consumer, positions: dict[tuple[str, int], int]) -> None:
+        # dead letters reach Kafka before their source offset is committed
+        if not self._flush_dead_letters():
+            return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in positions.items()]
-        self._consumer.commit(offsets=offsets, asynchronous=False)
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as err:  # noqa: BLE001 - the rows are stored: a restart resumes from ClickHouse
+            self.stats.commit_failures += 1
+            log.warning("offset commit failed (%s); the stored rows' offsets cover it", err)
+            error = err.args[0] if isinstance(err, KafkaException) and err.args else None
+            if error is not None and getattr(error, "fatal", lambda: False)():
+                self._rebuild = True

@@ -70,15 +70,47 @@ def test_inserts_run_one_at_a_time_in_order(client: Any) -> None:
     assert count(client, "ib_samples") == 15
 
 
-def test_a_failed_insert_raises_at_wait_and_commits_nothing(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_insert_is_retried_until_the_store_takes_it(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ClickHouse away (or its disk full) is weather: the insert is tried again with the same
+    deduplication token until it lands, and only then are its offsets committed."""
+    import sinks.clickhouse_sink as sink_module
+
+    real, calls = client.insert_arrow, []
+
+    def flaky(*args: Any, **kwargs: Any) -> None:
+        calls.append(kwargs["settings"]["insert_deduplication_token"])
+        if len(calls) <= 2:
+            raise ConnectionError("ClickHouse went away")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(sink_module, "backoff_s", lambda attempt: 0.01)
+    writer = TableWriter(client)
+    monkeypatch.setattr(client, "insert_arrow", flaky)
+    writer.add(GPU_SAMPLES, [gpu_message(k) for k in range(5)], [0] * 5, list(range(5)))
+    done = []
+    writer.submit(on_done=lambda: done.append(True))
+    writer.wait()
+    assert done == [True] and len(calls) == 3 and len(set(calls)) == 1
+    assert writer.stats.insert_retries == 2
+    assert count(client, "gpu_samples") == 40
+    writer.close()
+
+
+def test_a_failing_insert_given_up_raises_at_wait_and_commits_nothing(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sinks.clickhouse_sink as sink_module
+
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("ClickHouse went away")
 
+    monkeypatch.setattr(sink_module, "backoff_s", lambda attempt: 0.01)
     writer = TableWriter(client)
     monkeypatch.setattr(client, "insert_arrow", broken)
     writer.add(GPU_SAMPLES, [gpu_message(k) for k in range(5)], [0] * 5, list(range(5)))
     done = []
     writer.submit(on_done=lambda: done.append(True))
+    time.sleep(0.2)
+    assert writer.busy() and writer.stats.insert_retries > 0  # still trying
+    writer.give_up.set()  # the process is stopping
     with pytest.raises(ConnectionError):
         writer.wait()
     assert done == []  # the offsets of a batch that is not stored are never committed
