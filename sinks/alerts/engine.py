@@ -89,6 +89,7 @@ class EngineStats:
     duplicates: int = 0
     resolved: int = 0
     unknown_resolved: int = 0
+    history_resolved: int = 0  # incidents over before a new router started: not told
     notifications: int = 0
     muted_silenced: int = 0
     muted_inhibited: int = 0
@@ -228,6 +229,19 @@ class Engine:
         self._source_changed(alert)
         self.stats.resolved += 1
         return "resolved"
+
+    def observe_history(self, anomalies: list[Anomaly], now_ms: int) -> None:
+        """What happened before a new router's start: the last word on each incident. Those still
+        firing become alerts (and are told); those already resolved are remembered as done, never
+        told: a router deployed today does not page about last week."""
+        for anomaly in anomalies:
+            if anomaly.state == "firing":
+                self.observe_anomaly(anomaly, now_ms)
+            elif anomaly.id not in self.alerts:
+                self._tombstone(anomaly.id, now_ms)
+                self.stats.history_resolved += 1
+            else:
+                self.observe_anomaly(anomaly, now_ms)
 
     def observe_scheduler(self, event: SchedulerEvent) -> None:
         job = self.jobs.get(event.job_id)

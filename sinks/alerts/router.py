@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from hpcinsight.config import broker_retry
 from schemas.catalog import ALERT_SILENCES, ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
@@ -79,6 +79,11 @@ class AlertRouter:
         self.dead_letters = 0
         self.malformed = 0
         self._offsets: dict[tuple[str, int], int] = {}
+        #: a new router's history: where each anomalies partition ended at start, and the last
+        #: message of each incident read below that (see Engine.observe_history)
+        self._history_end: dict[tuple[str, int], int] = {}
+        self._history: dict[str, Any] = {}
+        self._stop = threading.Event()
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -87,7 +92,9 @@ class AlertRouter:
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> dict[str, Any]:
         redact.install()
         store = StateStore(self.options.state_dir)
-        self._producer = Producer({**self.client_config, "enable.idempotence": True, "acks": "all"})
+        self._producer = Producer({**self.client_config, "enable.idempotence": True, "acks": "all",
+                                   "message.timeout.ms": 0})  # a dead letter is retried until delivered
+        self._stop = stop
         consumer = Consumer({
             **self.client_config, "group.id": f"{self.prefix}{self.options.group_id}", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed",
@@ -105,6 +112,7 @@ class AlertRouter:
             self._fail_unknown(store, dispatcher.submit(store.pending()))
 
             stored = store.offsets()
+            fresh = not any(t == self.anomalies_topic for t, _ in stored)  # no state: a new router
             assignment, catch_up = [], {}
             for name in self.topics:
                 for p in metadata.topics[name].partitions:
@@ -114,6 +122,10 @@ class AlertRouter:
                         high = _high_watermark(consumer, TopicPartition(name, p))
                         if stored.get((name, p), 0) < high:
                             catch_up[(name, p)] = high
+                    elif fresh:
+                        high = _high_watermark(consumer, TopicPartition(name, p))
+                        if high > 0:
+                            self._history_end[(name, p)] = high
             consumer.assign(assignment)
             paused = [tp for tp in assignment if tp.topic == self.anomalies_topic]
             if catch_up:
@@ -123,10 +135,17 @@ class AlertRouter:
             while not stop.is_set():
                 due = engine.next_due_ms()
                 wait = 0.2 if due is None else min(0.2, max(0.0, (due - self._now_ms()) / 1000))
-                messages = consumer.consume(num_messages=1000, timeout=wait)
+                try:
+                    messages = consumer.consume(num_messages=1000, timeout=wait)
+                except KafkaException as err:  # broker away: weather (its offsets come from our state)
+                    log.warning("Kafka: %s (retrying)", err)
+                    stop.wait(1.0)
+                    messages = []
                 if messages:
                     last_data = time.monotonic()
                     self._apply(messages)
+                if self._history_end and not catch_up:
+                    self._history_reached(consumer)
                 if catch_up:
                     positions = consumer.position([TopicPartition(t, p) for t, p in catch_up])
                     for tp in positions:
@@ -157,22 +176,44 @@ class AlertRouter:
 
     def _apply(self, messages: list[Message]) -> None:
         engine, now = self.engine, self._now_ms()
-        anomalies = []
+        anomalies: list[tuple[Message, Any]] = []
         for msg in messages:
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     log.error("consume error: %s", msg.error())
                 continue
             key = (msg.topic(), msg.partition())
-            self._offsets[key] = msg.offset() + 1
-            topic = self.topics[msg.topic()]
+            history = key in self._history_end and msg.offset() < self._history_end[key]
+            if not history:
+                self._offsets[key] = msg.offset() + 1
+            self._apply_one(msg, history, anomalies)
+            if history and msg.offset() + 1 >= self._history_end[key]:
+                del self._history_end[key]
+                self._offsets[key] = msg.offset() + 1
+                if not any(t == self.anomalies_topic for t, _ in self._history_end):
+                    self._end_history(now)
+        for msg, a in anomalies:  # after the batch's job owners and silences
             try:
-                records = topic.codec.decode(msg.value())
-            except DecodeError as err:
-                self._malformed(msg, str(err))
-                continue
-            if topic is ANOMALIES:
-                anomalies.extend(records)
+                engine.observe_anomaly(a, now)
+            except Exception as err:  # noqa: BLE001 - one message must never stop the router
+                log.exception("routing anomaly %s failed", a.id)
+                self._malformed(msg, f"router failed on anomaly {a.id}: {type(err).__name__}: {err}")
+
+    def _apply_one(self, msg: Message, history: bool, anomalies: list[tuple[Message, Any]]) -> None:
+        """Apply one message (anomalies are collected, to go after the batch's owners and silences)."""
+        engine = self.engine
+        topic = self.topics[msg.topic()]
+        try:
+            records = topic.codec.decode(msg.value())
+        except DecodeError as err:
+            self._malformed(msg, str(err))
+            return
+        try:
+            if history:
+                for a in records:
+                    self._history[a.id] = a  # in offset order: the incident's last word wins
+            elif topic is ANOMALIES:
+                anomalies.extend((msg, a) for a in records)
             elif topic is SCHEDULER_EVENTS:
                 for e in records:
                     engine.observe_scheduler(e)
@@ -185,8 +226,33 @@ class AlertRouter:
                         self._malformed(msg, f"silence {silence.id}: {err}")
                         continue
                     engine.observe_silence(silence)
-        for a in anomalies:  # after the batch's job owners and silences
-            engine.observe_anomaly(a, now)
+        except Exception as err:  # noqa: BLE001 - one message must never stop the router
+            log.exception("applying %s[%d]@%d failed", msg.topic(), msg.partition(), msg.offset())
+            self._malformed(msg, f"router failed on it: {type(err).__name__}: {err}")
+
+    def _history_reached(self, consumer: Consumer) -> None:
+        """End the history where the position passed its end with no message there to say so
+        (e.g. the last offsets were a transaction's markers)."""
+        try:
+            positions = consumer.position([TopicPartition(t, p) for t, p in self._history_end])
+        except KafkaException:
+            return
+        for tp in positions:
+            end = self._history_end.get((tp.topic, tp.partition))
+            if end is not None and tp.offset >= end:
+                del self._history_end[(tp.topic, tp.partition)]
+                self._offsets[(tp.topic, tp.partition)] = end
+                if not self._history_end:
+                    self._end_history(self._now_ms())
+
+    def _end_history(self, now_ms: int) -> None:
+        """A new router has read the anomalies topic up to where it ended at start: incidents
+        still firing are taken (and told), those already over are not (see README: Alerts)."""
+        history, self._history = list(self._history.values()), {}
+        firing = sum(a.state == "firing" for a in history)
+        log.info("history read: %d incidents, %d still firing (told), %d over before this router started (not told)",
+                 len(history), firing, len(history) - firing)
+        self.engine.observe_history(history, now_ms)
 
     def _commit(self, store: StateStore, consumer: Consumer, dispatcher: Dispatcher, engine: Engine) -> None:
         notifications = engine.tick(self._now_ms())
@@ -194,8 +260,8 @@ class AlertRouter:
         if not changes and not self._offsets:
             return
         outbox = [(n, ident, self.renderer.title(n)) for n in notifications for ident in self._by_receiver[n.receiver]]
-        if self.dead_letters:
-            self._producer.flush(30)  # dead letters are in Kafka before their offsets are recorded
+        if self.dead_letters and not self._flush_dead_letters():
+            return  # stopping with dead letters not in Kafka: their offsets stay unrecorded, read again
         offsets, self._offsets = self._offsets, {}
         rows = store.commit(changes, offsets, outbox)
         if os.environ.get("HPCINSIGHT_ALERTS_CRASH") == "after_commit" and rows:
@@ -211,22 +277,37 @@ class AlertRouter:
     def _malformed(self, msg: Message, reason: str) -> None:
         self.malformed += 1
         log.warning("malformed message at %s[%d]@%d dead-lettered: %s", msg.topic(), msg.partition(), msg.offset(), reason)
-        self._produce_dead_letter(DeadLetter(
+        self._produce_dead_letter(DeadLetter.of(
             ts=self._now_ms(), source_topic=msg.topic(), source_partition=msg.partition(), source_offset=msg.offset(),
-            stage="alerts", reason=reason, raw=msg.value() or b"", key=msg.key()))
+            stage="alerts", reason=reason, raw=msg.value(), key=msg.key()))
 
     def _dead_letter_notification(self, row: OutboxRow, reason: str) -> None:
         """A notification no retry will deliver: kept in dead.letters with its body."""
-        self._produce_dead_letter(DeadLetter(
+        self._produce_dead_letter(DeadLetter.of(
             ts=self._now_ms(), source_topic=f"{self.prefix}alerts.outbox", source_partition=0, source_offset=row.seq,
             stage=f"alerts.send:{row.integration}", reason=redact.redact(reason), raw=row.body, key=row.nid.encode()))
         self._producer.flush(30)
 
     def _produce_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters += 1
-        self._producer.produce(DEAD_LETTERS.full_name(self.prefix), key=letter.source_topic.encode(),
-                               value=DEAD_LETTERS.codec.encode([letter]))
+        while True:
+            try:
+                self._producer.produce(DEAD_LETTERS.full_name(self.prefix), key=letter.source_topic.encode(),
+                                       value=DEAD_LETTERS.codec.encode([letter]))
+                break
+            except BufferError:
+                self._producer.poll(0.5)
         self._producer.poll(0)
+
+    def _flush_dead_letters(self) -> bool:
+        """Wait until the broker has every dead letter (it may be away: weather); False if the
+        router is stopping first."""
+        started = time.monotonic()
+        while self._producer.flush(5):
+            if self._stop.is_set():
+                return False
+            log.warning("waiting for the broker to take %d dead letters (%.0f s)", len(self._producer), time.monotonic() - started)
+        return True
 
     def _fail_unknown(self, store: StateStore, rows: list[OutboxRow]) -> None:
         for row in rows:

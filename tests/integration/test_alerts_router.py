@@ -217,3 +217,29 @@ def test_a_malformed_anomaly_is_dead_lettered_and_the_router_goes_on(pipeline: P
     assert {d.stage for d in letters} == {"alerts"} and {d.source_topic for d in letters} == {pipeline.topic(ANOMALIES.name)}
     reasons = " | ".join(d.reason for d in letters)
     assert "malformed JSON" in reasons and "unknown schema version 99" in reasons and "invalid anomaly" in reasons
+
+
+def test_a_new_router_tells_what_still_fires_and_a_restarted_one_what_it_missed(
+        pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path) -> None:
+    """Issue 14, item 6: a router started on a topic with history tells no incident that was already
+    over (a new deployment does not page about last week), and tells those still firing; a router
+    restarted on its state tells, once, an incident that fired and resolved while it was down."""
+    config = write_config(tmp_path / "alerts.yaml", receiver.url())
+    produce(pipeline, anomaly("old", node="n1"), anomaly("live", node="n2"), anomaly("old", "resolved", node="n1"))
+    router = start_router(pipeline, config, "alerts-1")
+    try:
+        bodies = settle(receiver, 1)
+        assert len(bodies) == 1, bodies
+        assert bodies[0]["groupLabels"]["node"] == "n2" and alert_ids(bodies[0], "firing") == ["live"]
+    finally:
+        assert stop(router) == 0, pipeline.log("alerts-1")
+    assert "1 over before this router started (not told)" in pipeline.log("alerts-1")
+
+    produce(pipeline, anomaly("missed", node="n3"), anomaly("missed", "resolved", node="n3"))  # while it was down
+    router = start_router(pipeline, config, "alerts-2")
+    try:
+        bodies = settle(receiver, 2)
+    finally:
+        assert stop(router) == 0, pipeline.log("alerts-2")
+    assert len(bodies) == 2, bodies
+    assert bodies[1]["groupLabels"]["node"] == "n3" and alert_ids(bodies[1], "resolved") == ["missed"]
