@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import sinks
+from sinks.sql_guard import NotReadingError, reading_statement
 from hpcinsight.config import Settings
 
 #: where the library lives: package data of ``sinks``, beside the schema it reads
@@ -201,7 +202,6 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
 
 
 READONLY = {"readonly": 1}
-_OUTFILE = re.compile(r"\binto\s+outfile\b", re.IGNORECASE)
 
 
 def execute(client: Any, query: str, params: dict[str, str]) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -210,14 +210,14 @@ def execute(client: Any, query: str, params: dict[str, str]) -> tuple[list[str],
     if found is not None:
         result = client.query(found.sql, parameters=found.bind(params), settings=READONLY)
     else:
-        statement = query.strip().rstrip(";").strip()
-        if not statement.lower().startswith(("select", "with", "show", "describe", "desc", "explain")):
-            raise ValueError(f"{query!r} is neither a named query (`hpcinsight query --list`) nor a SELECT")
         # One reading statement: readonly=1 refuses writes, but the embedded engine runs INTO OUTFILE
         # itself (a server leaves it to the client), and a refused second statement leaves chDB's
-        # connection returning the first one's rows later.
-        if ";" in statement or _OUTFILE.search(statement):
-            raise ValueError("give one SELECT, without INTO OUTFILE")
+        # connection returning the first one's rows later. The store share checks the same.
+        try:
+            statement = reading_statement(query)
+        except NotReadingError as err:
+            raise ValueError(f"{query!r} is neither a named query (`hpcinsight query --list`) nor one reading "
+                             f"statement: {err}") from None
         result = client.query(statement, parameters=params or None, settings=READONLY)
     return list(result.column_names), list(result.result_rows)
 

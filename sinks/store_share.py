@@ -8,8 +8,9 @@ the port and a random access token to ``<store>/hpcinsight-owner.json`` (mode 06
 reader that finds the store busy connects there with ``clickhouse_connect.get_client``:
 an ordinary HTTP client, so there is no second code path in query code.
 
-Every statement runs with ``readonly=1`` on a connection of its own, and only reading
-statements are accepted: a reader can never write to, or change the settings of, the store.
+Every statement runs with ``readonly=1``, and only one reading statement without ``INTO
+OUTFILE`` is accepted (:mod:`sinks.sql_guard`, checked here on the port, not only in clients):
+a reader can never write to the store or its disk, or change its settings.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from urllib.parse import parse_qs, urlsplit
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from sinks.sql_guard import NotReadingError, reading_statement
+
 log = logging.getLogger(__name__)
 
 OWNER_FILE = "hpcinsight-owner.json"
 _FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
-_READING = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b", re.IGNORECASE)
 # HTTP parameters that belong to the transport, not to ClickHouse settings
 _TRANSPORT = {
     "query", "query_id", "session_id", "session_timeout", "database", "default_format", "compress", "decompress",
@@ -42,6 +44,29 @@ _TRANSPORT = {
     "cancel_http_readonly_queries_on_client_close", "client_protocol_version", "user", "password",
 }
 _SUMMARY = json.dumps({k: "0" for k in ("read_rows", "read_bytes", "written_rows", "written_bytes", "total_rows_to_read", "result_rows", "result_bytes", "elapsed_ns")})
+
+
+_ESCAPES = {"b": "\b", "f": "\f", "r": "\r", "n": "\n", "t": "\t", "0": "\0", "a": "\a", "v": "\v"}
+
+
+def unescape_param(value: str) -> str | None:
+    """A query parameter's value as ClickHouse's HTTP interface reads it (escaped text format:
+    ``\\N`` is NULL, a backslash escapes the next character)."""
+    if value == "\\N":
+        return None
+    if "\\" not in value:
+        return value
+    out, i = [], 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            nxt = value[i + 1]
+            out.append(_ESCAPES.get(nxt, nxt))
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -135,15 +160,19 @@ class StoreShare:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
                 sql = " ".join(part for part in (query.get("query", ""), body) if part)
-                params = {k[6:]: v for k, v in query.items() if k.startswith("param_")}
+                # ClickHouse's HTTP interface takes parameter values in its escaped text format
+                # (clickhouse-connect sends a'b as a\'b); the engine's binding escapes again
+                params = {k[6:]: unescape_param(v) for k, v in query.items() if k.startswith("param_")}
                 settings: dict[str, Any] = {k: v for k, v in query.items() if k not in _TRANSPORT and not k.startswith("param_")}
                 settings["readonly"] = 1
                 match = _FORMAT.search(sql)
                 fmt = match.group(1) if match else query.get("default_format", "TabSeparated")
                 if match:
                     sql = sql[: match.start()]
-                if not _READING.match(sql):
-                    self._reply(403, b"Code: 164. DB::Exception: the shared embedded store is read-only. (READONLY)\n",
+                try:
+                    sql = reading_statement(sql)
+                except NotReadingError as err:
+                    self._reply(403, f"Code: 164. DB::Exception: the shared embedded store is read-only: {err}. (READONLY)\n".encode(),
                                 {"X-ClickHouse-Exception-Code": "164"})
                     return
                 try:

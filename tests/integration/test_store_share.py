@@ -33,6 +33,20 @@ def test_readers_go_through_the_owner_and_cannot_write(pipeline: Pipeline) -> No
                 reader.command(statement)
         assert reader.query("SELECT count() FROM system.tables WHERE name = 'gpu_samples'").result_rows == [(1,)]
 
+        # parameters arrive as given, escaped once (a job id with a quote or backslash must match)
+        for value in ("a'b", "a\\b", "tab\there", "new\nline", "\\N", "plain"):
+            got = reader.query("SELECT {j:String} AS v, length(v)", parameters={"j": value}).result_rows
+            assert got == [(value, len(value.encode()))], (value, got)
+        # the port itself refuses what readonly=1 lets through in the embedded engine
+        outfile = pipeline.store.parent / "written-through-share.tsv"
+        for statement in (f"SELECT 1 INTO OUTFILE '{outfile}'", f"SELECT 1 INTO /* c */ OUTFILE '{outfile}' FORMAT TSV",
+                          "SELECT 1; SELECT 2", "SELECT 1; DROP TABLE anomalies", "/* x */ DROP TABLE gpu_samples"):
+            with pytest.raises(ClickHouseError, match="read-only"):
+                reader.raw_query(statement)
+        assert not outfile.exists()
+        raw = reader.raw_query("SELECT 'a;b INTO OUTFILE' -- a comment; not a statement", fmt="TabSeparated")
+        assert raw == b"a;b INTO OUTFILE\n"
+
         with pytest.raises(ClickHouseError):  # a wrong token is refused
             clickhouse_connect.get_client(host="127.0.0.1", port=owner.port, username="default", password="guess")
         with pytest.raises(StoreBusyError):  # a second writer is refused
