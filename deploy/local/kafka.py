@@ -27,6 +27,7 @@ import atexit
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -53,7 +54,20 @@ def _pom_kafka_version() -> str:
     return version
 
 
-KAFKA_VERSION = _pom_kafka_version()
+def _kafka_version() -> str:
+    """``$KAFKA_VERSION`` (any Apache Kafka release on Maven Central, e.g. 4.1.1) or the pom's.
+
+    The one setting that picks the broker of the tests, the demo and the benches; the pom's
+    ``<kafka.version>`` stays the default."""
+    version = os.environ.get("KAFKA_VERSION", "").strip()
+    if not version:
+        return _pom_kafka_version()
+    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise ValueError(f"KAFKA_VERSION must look like 3.9.1 or 4.1.1, got {version!r}")
+    return version
+
+
+KAFKA_VERSION = _kafka_version()
 
 
 class KafkaLaunchError(RuntimeError):
@@ -100,7 +114,7 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
         # cwd=tmp: Maven must not write anything (target/, logs) into the source tree.
         proc = subprocess.run(
             [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM),
-             "dependency:copy-dependencies", f"-DoutputDirectory={tmp}",
+             "dependency:copy-dependencies", f"-DoutputDirectory={tmp}", f"-Dkafka.version={KAFKA_VERSION}",
              "-DincludeScope=runtime"],
             cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0 or not (tmp / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file():
@@ -146,6 +160,16 @@ log4j.rootLogger=WARN, stdout
 log4j.appender.stdout=org.apache.log4j.ConsoleAppender
 log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
 log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+"""
+
+# Kafka 4.x logs through Log4j 2, which reads its own file (named by another property).
+_LOG4J2 = """\
+rootLogger.level = WARN
+rootLogger.appenderRef.stdout.ref = STDOUT
+appender.stdout.type = Console
+appender.stdout.name = STDOUT
+appender.stdout.layout.type = PatternLayout
+appender.stdout.layout.pattern = [%d] %p %m (%c)%n
 """
 
 
@@ -250,6 +274,7 @@ class LocalKafka:
         server.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         log4j = self._workdir / "log4j.properties"
         log4j.write_text(_LOG4J)
+        (self._workdir / "log4j2.properties").write_text(_LOG4J2)
         return server, log4j
 
     def launch(self, timeout: float = 90.0) -> None:
@@ -269,7 +294,8 @@ class LocalKafka:
         server, log4j = self._write_config()
         jvm = [java, f"-Xms{self._heap}", f"-Xmx{self._heap}", "-XX:+UseSerialGC",
                "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-               f"-Dlog4j.configuration=file:{log4j}", "-cp", str(lib / "*")]
+               f"-Dlog4j.configuration=file:{log4j}",
+               f"-Dlog4j2.configurationFile={log4j.with_name('log4j2.properties')}", "-cp", str(lib / "*")]
         if not (self._workdir / "data" / "meta.properties").exists():
             fmt = subprocess.run(
                 [*jvm, "kafka.tools.StorageTool", "format", "-t", self._cluster_id or _cluster_id(),
