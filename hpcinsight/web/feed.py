@@ -38,6 +38,7 @@ class Feed:
         self.thread = threading.Thread(target=self._run, name="kafka-feed", daemon=True)
         self.error: str | None = None
         self.assigned = threading.Event()
+        self.skipped = 0  # records decoded or applied in vain (the sink dead-letters the stored ones)
 
     def start(self) -> Feed:
         self.thread.start()
@@ -65,8 +66,21 @@ class Feed:
         consumer.assign([tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, -1) for tp in found])
         return routes
 
+    def _apply(self, topic: str, apply: Any, records: list[Any]) -> None:
+        """Hand ``records`` to the live state; a record it cannot take is skipped (logged and
+        counted), never the feed: the view must outlive any message."""
+        try:
+            apply(records)
+        except Exception:  # noqa: BLE001 - find the culprit one record at a time
+            for record in records:
+                try:
+                    apply([record])
+                except Exception as err:  # noqa: BLE001 - see above
+                    self.skipped += 1
+                    log.warning("the live state refused a record of %s: %s: %s", topic, type(err).__name__, err)
+
     def _run(self) -> None:
-        from confluent_kafka import Consumer, KafkaError
+        from confluent_kafka import Consumer, KafkaError, KafkaException
 
         consumer = Consumer({**self.conf, "group.id": f"{self.prefix}web-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
                              "auto.offset.reset": "latest", "fetch.wait.max.ms": 200})
@@ -83,7 +97,12 @@ class Feed:
             self.error = None
             self.assigned.set()
             while not self.stop_event.is_set():
-                messages = consumer.consume(2000, timeout=0.2)
+                try:
+                    messages = consumer.consume(2000, timeout=0.2)
+                except KafkaException as err:  # broker away: weather
+                    log.warning("kafka: %s (retrying)", err)
+                    self.stop_event.wait(1.0)
+                    continue
                 by_topic: dict[str, list[Any]] = {}
                 for msg in messages:
                     if msg.error() is not None:
@@ -93,9 +112,10 @@ class Feed:
                     topic, _ = routes[msg.topic()]
                     try:
                         by_topic.setdefault(msg.topic(), []).extend(topic.codec.decode(msg.value()))
-                    except Exception as err:  # a record the service cannot read is skipped, the feed goes on
+                    except Exception as err:  # noqa: BLE001 - the sink, which stores this topic, dead-letters it
+                        self.skipped += 1
                         log.warning("skipped a record of %s at offset %s: %s", msg.topic(), msg.offset(), err)
                 for name, records in by_topic.items():
-                    routes[name][1](records)
+                    self._apply(name, routes[name][1], records)
         finally:
             consumer.close()

@@ -1,0 +1,254 @@
+"""Property-based fuzzing of every decoder and every consumer's per-message handling (issue 14).
+
+Properties, for hostile messages generated from the schemas (tests/fuzz/strategies.py):
+- a codec's ``decode`` returns records or raises DecodeError, nothing else, and its bulk path
+  (``decode_table``, the sink's) refuses exactly the messages ``decode`` refuses, with its reason;
+- every worker stage, the sink's decode, the alert router and the live view take any message
+  without raising; a bad one becomes exactly one dead letter (worker, sink, router) that decodes,
+  names a reason and the whole message's size and digest, and fits a Kafka message;
+- a good message is processed, never dead-lettered.
+
+The suite runs a bounded profile; ``make fuzz`` runs the long one (HYPOTHESIS_PROFILE=long).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hpcinsight.web.feed import FEEDS
+from schemas.catalog import (
+    ALERT_SILENCES,
+    ANOMALIES,
+    DEAD_LETTERS,
+    GPU_SAMPLES_RAW,
+    GPU_SKETCHES,
+    GPU_XID,
+    IB_SAMPLES_RAW,
+    SCHEDULER_EVENTS,
+    STEP_METRICS_RAW,
+    STORED,
+    TOPICS,
+)
+from schemas.codec import DecodeError
+from schemas.events import DEAD_LETTER_RAW_MAX
+from tests.fuzz.strategies import messages
+
+settings.register_profile("suite", max_examples=60, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("long", max_examples=5000, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
+
+KAFKA_MESSAGE_MAX = 1_000_000  # librdkafka's default message.max.bytes
+
+
+def decodes(topic: Any, raw: bytes) -> bool:
+    try:
+        topic.codec.decode(raw)
+        return True
+    except DecodeError:
+        return False
+
+
+def check_dead_letter(value: bytes, raw: bytes, stage: str | None = None) -> None:
+    assert len(value) < KAFKA_MESSAGE_MAX
+    [letter] = DEAD_LETTERS.codec.decode(value)
+    assert letter.reason and letter.raw == raw[:DEAD_LETTER_RAW_MAX]
+    assert letter.raw_size == len(raw) and letter.raw_sha256 == hashlib.sha256(raw).hexdigest()
+    if stage is not None:
+        assert letter.stage == stage
+
+
+# -- decoders ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("topic", TOPICS, ids=lambda t: t.name)
+def test_a_decoder_returns_records_or_says_why(topic: Any) -> None:
+    @given(messages(topic))
+    def prop(raw: bytes) -> None:
+        try:
+            records = topic.codec.decode(raw)
+        except DecodeError as err:
+            assert str(err)
+            return
+        assert all(isinstance(r, topic.event) for r in records)
+        assert topic.codec.decode(topic.codec.encode(records)) == records  # what decodes, round-trips
+
+    prop()
+
+
+@pytest.mark.parametrize("topic", STORED, ids=lambda t: t.name)
+def test_the_bulk_decoder_refuses_exactly_what_decode_refuses(topic: Any) -> None:
+    import pyarrow as pa
+
+    @given(st.lists(messages(topic), min_size=4, max_size=12))
+    def prop(block: list[bytes]) -> None:
+        n = len(block)
+        decoded = topic.codec.decode_table(block, {"_offset": pa.array(range(n), pa.uint64())})
+        expected = []
+        for i, raw in enumerate(block):
+            try:
+                topic.codec.decode(raw)
+            except DecodeError as err:
+                expected.append((i, str(err)))
+        assert decoded.rejected == expected
+
+    prop()
+
+
+@given(messages(GPU_SAMPLES_RAW, valid_only=True))
+def test_a_good_message_is_never_refused(raw: bytes) -> None:
+    # generated records are within every bound, so decoding must succeed
+    assert GPU_SAMPLES_RAW.codec.decode(raw)
+
+
+# -- the worker's stages ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def processor() -> Any:
+    from streams.app import WorkerOptions
+    from streams.detectors import build
+    from streams.processor import SampleProcessor
+
+    return SampleProcessor(WorkerOptions().processor_config(), detectors=build(None))
+
+
+STAGES = [(GPU_SAMPLES_RAW, "handle"), (IB_SAMPLES_RAW, "handle_ib"), (STEP_METRICS_RAW, "handle_steps"),
+          (GPU_SKETCHES, "handle_sketches"), (GPU_XID, "events"), (SCHEDULER_EVENTS, "events")]
+
+
+@pytest.mark.parametrize(("topic", "method"), STAGES, ids=lambda x: getattr(x, "name", x))
+def test_a_worker_stage_takes_any_message(processor: Any, topic: Any, method: str) -> None:
+    import functools
+
+    handle = (functools.partial(processor.handle_events, topic) if method == "events" else getattr(processor, method))
+    stage = processor.guarded(handle, f"fuzz-{topic.name}")
+
+    @given(messages(topic))
+    def prop(raw: bytes) -> None:
+        outputs = stage(topic.name, 0, 7, b"k", raw)
+        letters = [o for o in outputs if o.topic is DEAD_LETTERS]
+        if decodes(topic, raw) and not letters:
+            return
+        if not decodes(topic, raw):
+            assert len(letters) == 1 and len(outputs) == 1, outputs
+        for letter in letters:
+            check_dead_letter(letter.value, raw)
+
+    prop()
+
+
+def test_a_stage_that_fails_dead_letters_the_message_and_goes_on(processor: Any) -> None:
+    def broken(*args: Any) -> list[Any]:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    [out] = processor.guarded(broken, "gpu-samples")("raw", 3, 42, b"n1", b"x" * 2_000_000)
+    assert out.topic is DEAD_LETTERS
+    check_dead_letter(out.value, b"x" * 2_000_000, stage="gpu-samples")
+    [letter] = DEAD_LETTERS.codec.decode(out.value)
+    assert "RecursionError" in letter.reason and (letter.source_partition, letter.source_offset) == (3, 42)
+
+
+# -- the sink's decode ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("topic", STORED, ids=lambda t: t.name)
+def test_the_sink_writer_takes_any_block(topic: Any) -> None:
+    from sinks.clickhouse_sink import TableWriter
+
+    @given(st.lists(messages(topic), min_size=1, max_size=10))
+    def prop(block: list[bytes]) -> None:
+        writer = TableWriter(None, background=False)  # type: ignore[arg-type] - decoding only, no insert
+        n = len(block)
+        rejected = writer.add(topic, block, [0] * n, list(range(n)))
+        assert [i for i, _ in rejected] == [i for i, raw in enumerate(block) if not decodes(topic, raw)]
+
+    prop()
+
+
+# -- the alert router -------------------------------------------------------------------------
+
+class KafkaMessage:
+    """The part of confluent_kafka.Message the router reads (a message that was never on a broker)."""
+
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes) -> None:
+        self._t, self._p, self._o, self._v = topic, partition, offset, value
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return self._v
+
+    def error(self) -> None:
+        return None
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Any:
+    from sinks.alerts import config as alerts_config
+    from sinks.alerts.engine import Engine
+    from sinks.alerts.router import AlertRouter, RouterOptions
+
+    config = alerts_config.parse({"route": {"receiver": "ops", "group_by": ["kind", "node"]},
+                                  "receivers": [{"name": "ops", "webhook_configs": [{"url": "http://127.0.0.1:9/x"}]}]}, "t.yaml")
+    r = AlertRouter(config, {"bootstrap.servers": "127.0.0.1:9"}, "fz.", RouterOptions(state_dir=tmp_path))
+    r.engine = Engine(config)
+    r._stop = threading.Event()
+    letters: list[Any] = []
+    r._produce_dead_letter = lambda letter: letters.append(letter)  # type: ignore[method-assign]
+    r.letters = letters  # type: ignore[attr-defined]
+    return r
+
+
+@pytest.mark.parametrize("topic", [ANOMALIES, SCHEDULER_EVENTS, ALERT_SILENCES], ids=lambda t: t.name)
+def test_the_router_takes_any_message(router: Any, topic: Any) -> None:
+    name = topic.full_name("fz.")
+
+    @given(st.lists(messages(topic), min_size=1, max_size=6))
+    def prop(block: list[bytes]) -> None:
+        before = len(router.letters)
+        router._apply([KafkaMessage(name, 0, i, raw) for i, raw in enumerate(block)])
+        bad = {i for i, raw in enumerate(block) if not decodes(topic, raw)}
+        new = router.letters[before:]
+        assert bad <= {d.source_offset for d in new}  # (a silence that decodes but cannot match is one too)
+        for d in new:
+            check_dead_letter(DEAD_LETTERS.codec.encode([d]), block[d.source_offset], stage="alerts")
+        router.engine.tick(router._now_ms())
+
+    prop()
+
+
+# -- the live view ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("topic", list(FEEDS), ids=lambda t: t.name)
+def test_the_live_view_takes_any_message(topic: Any) -> None:
+    from hpcinsight.web.feed import Feed
+    from hpcinsight.web.state import ClusterState
+
+    state = ClusterState()
+    feed = Feed(state, {}, "fz.")
+    method = FEEDS[topic][1]
+
+    @given(st.lists(messages(topic), min_size=1, max_size=6))
+    def prop(block: list[bytes]) -> None:
+        records = [r for raw in block if decodes(topic, raw) for r in topic.codec.decode(raw)]
+        feed._apply(topic.name, getattr(state, method), records)
+        state.summary()
+
+    prop()
