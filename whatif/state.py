@@ -70,6 +70,7 @@ class ClusterState:
             self.gpu_left[i, : node.gpus] = MILLI
         self.gpu_cap_milli = self.ngpu * MILLI
         self.total_gpus = int(self.ngpu.sum())
+        self.allocated = 0  # GPU thousandths in use, kept as jobs come and go
         self.stamp = np.zeros(n, dtype=np.int64)
         self.clock = 0
         self.affinity: list[dict[str, int]] = [{} for _ in range(n)]
@@ -126,6 +127,7 @@ class ClusterState:
         self.mem_left[node] -= shape.mem
         for g in gpus:
             self.gpu_left[node, g] -= shape.milli
+        self.allocated += shape.milli * len(gpus)
         if shape.affinity != "no-gpu":
             tags = self.affinity[node]
             tags[shape.affinity] = tags.get(shape.affinity, 0) + 1
@@ -136,6 +138,7 @@ class ClusterState:
         self.mem_left[node] += shape.mem
         for g in gpus:
             self.gpu_left[node, g] += shape.milli
+        self.allocated -= shape.milli * len(gpus)
         if shape.affinity != "no-gpu":
             tags = self.affinity[node]
             tags[shape.affinity] -= 1
@@ -146,4 +149,4 @@ class ClusterState:
     # -- summaries -------------------------------------------------------------------------
     def allocated_milli(self) -> int:
         """GPU thousandths in use across the cluster."""
-        return int(self.gpu_cap_milli.sum() - self.gpu_left.sum())
+        return self.allocated
