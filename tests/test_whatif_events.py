@@ -118,6 +118,7 @@ def test_withdrawn_unschedulable_and_indicators() -> None:
     assert rep["low_priority_small_share_pct"] == pytest.approx(100 / 1.5, abs=0.01)
     assert rep["wait_by"]["gpu_bucket"]["frac"]["p50"] == 3570
     assert 0 < rep["gpu_alloc_pct"] <= 100 and rep["zone_util_pct"]["z"] == rep["gpu_alloc_pct"]
+    assert rep["zone_use_by_class_pct"] == {"z": {"small": 100.0}}
 
 
 def test_as_recorded_waits_and_allocation() -> None:

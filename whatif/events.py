@@ -156,6 +156,7 @@ class EventSim:
         self.integral = defaultdict(float)
         self.series: list[tuple[float, float]] = []
         self.node_gpu_s = np.zeros(len(nodes))
+        self.zone_class_s: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.held_idle_gpu_s = 0.0
 
     # -- per-node measures ---------------------------------------------------------------
@@ -455,8 +456,11 @@ class EventSim:
 
     def _finish(self, req: Request, t: float, ended: bool = True) -> None:
         run_s = t - (req.start if req.start is not None else t)
+        cls = job_class(req.gpus)
         for task, node, _ in req.placed:
-            self.node_gpu_s[node] += req.shapes[task].total_milli / MILLI * run_s
+            used = req.shapes[task].total_milli / MILLI * run_s
+            self.node_gpu_s[node] += used
+            self.zone_class_s[str(self.zone_of[node])][cls] += used
         if ended:
             self._unbind_all(req)
             req.status = "done"
@@ -511,6 +515,8 @@ class EventSim:
             "gpu_hours": round(all_h, 1),
             "gpu_hours_by_team": shares(team_h, 1), "gpu_hours_by_user": shares(user_h, 1),
             "zone_util_pct": zone_util,
+            "zone_use_by_class_pct": {z: {c: round(100 * v / sum(by.values()), 1) for c, v in sorted(by.items())}
+                                      for z, by in sorted(self.zone_class_s.items()) if sum(by.values()) > 0},
             "low_priority_small_share_pct": round(100 * low_small / all_h, 2) if all_h else 0.0,
             "gang_deadlocks": self.deadlocks, "gang_evictions": self.evictions,
             "gang_held_idle_gpu_hours": round(self.held_idle_gpu_s / 3600, 1),

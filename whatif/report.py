@@ -193,6 +193,9 @@ def event_csv(reports: Sequence[dict]) -> str:
             w.writerow(key + ["gpu_hours", "user", user, h, ""])
         for zone, pct in rep["zone_util_pct"].items():
             w.writerow(key + ["zone_util_pct", "zone", zone, pct, ""])
+        for zone, by in rep.get("zone_use_by_class_pct", {}).items():
+            for cls, pct in by.items():
+                w.writerow(key + [f"zone_use_pct_{cls}", "zone", zone, pct, ""])
     return buf.getvalue()
 
 
