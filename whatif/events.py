@@ -44,7 +44,7 @@ from whatif.typical import typical_shapes
 
 PRIORITY_BY_QOS = {"LS": "high", "Guaranteed": "high", "Burstable": "medium", "BE": "low"}
 _END, _WITHDRAW, _WEIGHTS, _ARRIVE = 0, 1, 2, 3
-METRIC_SAMPLES = 5000  # stranded GPUs and fragmentation are refreshed at most this often over a run
+METRIC_SAMPLES = 1000  # stranded GPUs and fragmentation are refreshed at most this often over a run
 
 
 @dataclass
@@ -151,6 +151,7 @@ class EventSim:
         self.node_stranded = np.zeros(len(nodes))
         self._metric_stamp = np.full(len(nodes), -1, dtype=np.int64)
         self._cap_milli = float(self.state.gpu_cap_milli.sum())
+        self._fits_cache: dict[Shape, bool] = {}
         self._update_node_metrics()
         self.t_last: float | None = None
         self.integral = defaultdict(float)
@@ -191,7 +192,7 @@ class EventSim:
 
     # -- placement -----------------------------------------------------------------------
     def _fits_empty(self, req: Request) -> bool:
-        if not all(self.state.fits_empty(s) for s in req.shapes):
+        if not all(self._shape_fits_empty(s) for s in req.shapes):
             return False
         if not req.gang or self.cfg.gang == "none":
             return True
@@ -203,10 +204,11 @@ class EventSim:
                 return True
         return False
 
-    def _bind(self, req: Request, task: int, node: int, gpus: list[int]) -> None:
-        self.state.place(req.shapes[task], node, gpus)
-        req.placed.append((task, node, gpus))
-        self.on_node[node].add(req.seq)
+    def _shape_fits_empty(self, shape: Shape) -> bool:
+        got = self._fits_cache.get(shape)
+        if got is None:
+            got = self._fits_cache[shape] = self.state.fits_empty(shape)
+        return got
 
     def _unbind_all(self, req: Request) -> None:
         for task, node, gpus in req.placed:
