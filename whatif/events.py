@@ -428,7 +428,9 @@ class EventSim:
                     req.status = "withdrawn"
                     self.waiting.pop(seq, None)
                 elif kind == _ARRIVE:
-                    if not self._fits_empty(req):
+                    if req.withdraw_at is not None and req.withdraw_at <= t:
+                        req.status = "withdrawn"  # deleted the instant it came
+                    elif not self._fits_empty(req):
                         req.status = "unschedulable"
                     else:
                         req.status = "waiting"
