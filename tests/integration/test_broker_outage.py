@@ -1,0 +1,79 @@
+"""A broker outage longer than the group's session is weather for the sink (issue 14, item 3).
+
+On main before this test, a 36 s outage killed the sink twice in two tries: a synchronous offset
+commit raised on FENCED_INSTANCE_ID, then on _WAIT_COORD, and the process exited. Here a broker of
+the test's own (its data kept) is stopped for 40 s while a producer keeps writing, then started
+again on the same data and port: the sink must still run, and every row be stored exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from deploy.local.kafka import LocalKafka
+from schemas.catalog import GPU_SAMPLES
+from schemas.events import GpuSample
+from tests.conftest import Pipeline, stop
+
+pytestmark = [pytest.mark.kafka, pytest.mark.integration]
+
+T0 = (int(time.time()) - 3600) * 1000
+GPUS = 4
+
+
+def test_the_sink_rides_out_a_broker_outage_longer_than_its_session(tmp_path: Path) -> None:
+    from hpcinsight.topics import ensure_topics
+
+    broker = LocalKafka(tmp_path / "kafka", heap="384m", keep_data=True)
+    broker.start()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pipeline = Pipeline(broker.bootstrap, f"o{uuid.uuid4().hex[:8]}.", tmp_path / "data" / "clickhouse", logs)
+    ensure_topics(pipeline.client_config(), pipeline.prefix)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True, "acks": "all",
+                         "message.timeout.ms": 300_000, "linger.ms": 5})
+    sent = 0
+    writing = threading.Event()
+    writing.set()
+
+    def write() -> None:  # one message a tick per 'node', through the outage (librdkafka buffers)
+        nonlocal sent
+        while writing.is_set():
+            node = f"n{sent % 3}"
+            batch = [GpuSample(node, g, f"GPU-{node}-{g}", T0 + sent * 1000, gpu_util=float(g)) for g in range(GPUS)]
+            producer.produce(pipeline.topic(GPU_SAMPLES.name), key=node.encode(), value=GPU_SAMPLES.codec.encode(batch))
+            producer.poll(0)
+            sent += 1
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=write, daemon=True)
+    sink = pipeline.start("sink", "-v", "sink", "--batch-age", "0.5")
+    try:
+        writer.start()
+        time.sleep(8)  # the sink is storing
+        assert sink.poll() is None, pipeline.log("sink")
+        broker.stop()  # clean stop: its data stays
+        time.sleep(40)  # longer than the sink's 15 s session: its static membership expires
+        assert sink.poll() is None, "the sink died while the broker was away:\n" + pipeline.log("sink")[-3000:]
+        broker.start()
+        time.sleep(15)
+        writing.clear()
+        writer.join(10)
+        assert producer.flush(120) == 0
+        pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples"], timeout=180)
+        assert sink.poll() is None, "the sink died after the broker came back:\n" + pipeline.log("sink")[-3000:]
+    finally:
+        writing.clear()
+        code = stop(sink)
+        broker.stop()
+    assert code == 0, pipeline.log("sink")[-3000:]
+    sink_log = pipeline.log("sink")
+    assert "Traceback" not in sink_log, sink_log[-3000:]
+    rows = pipeline.sql("SELECT count() AS n, uniqExact(node, gpu_index, ts) AS keys FROM gpu_samples FINAL")[0]
+    assert rows == {"n": sent * GPUS, "keys": sent * GPUS}
