@@ -40,7 +40,7 @@ class AgentStats:
 class Metrics:
     """The agent's counters on a Prometheus endpoint (prometheus-client)."""
 
-    def __init__(self, port: int, stats: AgentStats, delivery: Delivery) -> None:
+    def __init__(self, port: int, stats: AgentStats, delivery: Delivery, host: str = "127.0.0.1") -> None:
         from prometheus_client import CollectorRegistry, start_http_server
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -62,7 +62,7 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         self.registry.register(_Collector())
-        self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
 
     def close(self) -> None:
         self.server.shutdown()

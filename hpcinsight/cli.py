@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from hpcinsight import __version__
 from hpcinsight.config import ConfigError, Settings, load
+from hpcinsight.metrics import add_arguments as add_metrics_arguments
 
 
 def _settings() -> Settings:
@@ -200,7 +201,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     delivery = Delivery(conf, Path(args.spool_dir) if args.spool_dir else settings.data_dir / "spool" / name,
                         max_spool_bytes=int(args.spool_mb * 2**20))
     stats = AgentStats()
-    metrics = Metrics(args.metrics_port, stats, delivery) if args.metrics_port else None
+    metrics = Metrics(args.metrics_port, stats, delivery, host=args.metrics_host) if args.metrics_port else None
     try:
         run_agent(collectors, delivery, settings.kafka.topic_prefix, interval_s=args.interval, ticks=args.ticks,
                   speed=args.speed, stop=stop, agent_name=name, node=args.node, stats=stats, start_ms=args.start_ms,
@@ -243,7 +244,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"hpcinsight worker: {err}", file=sys.stderr)
         return 2
     ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
-    run_worker(settings, options, loglevel=args.loglevel)
+
+    def serve_metrics(app: Any) -> None:
+        from hpcinsight import metrics
+
+        metrics.serve(args, app.hpcinsight_metrics,
+                      metrics.lag_source(f"{settings.kafka.topic_prefix}worker", lambda: app.hpcinsight_lag))
+
+    run_worker(settings, options, loglevel=args.loglevel, on_app=serve_metrics)
     return 0
 
 
@@ -262,11 +270,16 @@ def cmd_sink(args: argparse.Namespace) -> int:
     share = share_if_embedded(client, settings.clickhouse)  # readers reach the store through us
     options = SinkOptions(batch_rows=args.batch_rows, batch_age_s=args.batch_age, instance_id=args.instance or None)
     sink = ClickHouseSink(client, conf, settings.kafka.topic_prefix, options)
+    from hpcinsight import metrics
+
+    server = metrics.serve(args, sink.metric_families, metrics.lag_source(sink.group, lambda: sink.stats.lag))
     try:
         stats = sink.run(stop, idle_exit_s=args.idle_exit)
     finally:
         if share is not None:
             share.stop()
+        if server is not None:
+            server.close()
     client.close()
     print(json.dumps({"rows": dict(stats.rows), "batches": stats.batches, "dead_letters": stats.dead_letters,
                       "resumed_from_store": stats.resumed_from_store}), flush=True)
@@ -289,8 +302,17 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     conf = settings.kafka.client_config()
     ensure_topics(conf, settings.kafka.topic_prefix)
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(settings.data_dir)
-    router = AlertRouter(config, conf, settings.kafka.topic_prefix, RouterOptions(state_dir, reset_state=args.reset_state))
-    stats = router.run(stop, idle_exit_s=args.idle_exit)
+    router = AlertRouter(config, conf, settings.kafka.topic_prefix,
+                         RouterOptions(state_dir, reset_state=args.reset_state, config_path=Path(args.config)))
+    signal.signal(signal.SIGHUP, lambda *_: router.request_reload())  # read the file again; a bad one is refused
+    from hpcinsight import metrics
+
+    server = metrics.serve(args, router.metric_families)
+    try:
+        stats = router.run(stop, idle_exit_s=args.idle_exit)
+    finally:
+        if server is not None:
+            server.close()
     print(json.dumps(stats), flush=True)
     return 0
 
@@ -337,7 +359,18 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from hpcinsight.web.serve import run_serve
 
-    return run_serve(load(), args.host, args.port, args.frame_interval, store=not args.no_store)
+    from hpcinsight import metrics
+
+    def serve_metrics(app: Any, feed: Any) -> None:
+        def feed_families() -> Any:
+            from prometheus_client.core import CounterMetricFamily
+
+            yield CounterMetricFamily("hpcinsight_serve_feed_skipped", "records the live state could not take",
+                                      value=feed.skipped)
+
+        metrics.serve(args, app.state.traffic.metric_families, feed_families)
+
+    return run_serve(load(), args.host, args.port, args.frame_interval, store=not args.no_store, on_app=serve_metrics)
 
 
 # --- demo -----------------------------------------------------------------------------
@@ -447,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spool-dir", default=None, help="on-disk queue (default: $HPCINSIGHT_DATA_DIR/spool/NAME)")
     p.add_argument("--spool-mb", type=float, default=1024, help="bound of the on-disk queue in MiB; oldest dropped beyond it")
     p.add_argument("--drain-timeout", type=float, default=300, help="on exit, wait this long for Kafka to take the backlog")
-    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (default 127.0.0.1; 0.0.0.0 in a pod)")
     p.add_argument("--scenario", action="append", default=[], metavar="NAME|FILE",
                    help="simulate a scenario (a YAML file, or a name from the library: see `hpcinsight eval --list`): "
                    "its cluster, jobs, IB ports, scheduler events, training steps and faults; repeatable")
@@ -474,12 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on restart, replay this much before the oldest checkpoint (agent-to-broker delay, clock skew)")
     p.add_argument("--loglevel", default="WARNING")
     p.add_argument("--instance", default="0", help="static group member id; give each worker of a group its own")
+    add_metrics_arguments(p, "worker")
 
     p = add("sink", cmd_sink, "store the topics in ClickHouse (exactly once)")
     p.add_argument("--batch-rows", type=int, default=50_000, help="insert when this many rows are pending")
     p.add_argument("--batch-age", type=float, default=1.0, help="insert when the oldest pending row is this old (s)")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds without data")
     p.add_argument("--instance", default="0", help="static group member id; give each sink of a group its own ('' for dynamic)")
+    add_metrics_arguments(p, "sink")
 
     p = add("alerts", cmd_alerts, "route anomalies to chat and webhooks: grouping, dedup, silences, inhibition, retries")
     p.add_argument("--config", required=True, metavar="FILE", help="alert routing YAML (README: Alerts); validated at start")
@@ -488,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset-state", action="store_true", help="forget the state (what was sent, open groups) and start over")
     p.add_argument("--idle-exit", type=float, default=None,
                    help="exit after this many seconds without data and with nothing left to send")
+    add_metrics_arguments(p, "alert router")
 
     p = add("silence", cmd_silence, "add, list or expire silences of the alert router (through Kafka)")
     from sinks.alerts.silence_cli import add_cli_arguments
@@ -528,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument("--frame-interval", type=float, default=1.0, help="seconds between live updates of a view (default 1)")
     p.add_argument("--no-store", action="store_true", help="serve the live state only (no query library, no job history)")
+    add_metrics_arguments(p, "service")
 
     p = add("db", cmd_db, "ClickHouse schema: migrate to this build's version (idempotent), or show its status")
     p.add_argument("action", choices=("migrate", "status", "init"), help="migrate (init is the same), or status")

@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +59,22 @@ class SinkStats:
     commit_failures: int = 0  # offset commits that failed (the store's offsets cover them)
     consumer_restarts: int = 0  # consumers rebuilt after a fatal error (e.g. fenced by the group)
     paused: int = 0  # times consumption paused while inserts were behind
+    #: insert durations (s): upper bounds and the count at or below each (cumulative), and their sum
+    insert_buckets: dict[float, int] = field(default_factory=lambda: dict.fromkeys(INSERT_BUCKETS_S, 0))
+    insert_seconds: float = 0.0
+    inserts: int = 0
+    #: (topic, partition) -> messages not yet consumed (librdkafka's cached high watermark - position)
+    lag: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def observe_insert(self, seconds: float) -> None:
+        self.inserts += 1
+        self.insert_seconds += seconds
+        for bound in self.insert_buckets:
+            if seconds <= bound:
+                self.insert_buckets[bound] += 1
+
+
+INSERT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 
 
 def backoff_s(attempt: int, cap_s: float = 30.0) -> float:
@@ -191,6 +207,7 @@ class TableWriter:
                     raise
 
     def _insert(self, batches: list[tuple[Topic, pa.Table]]) -> None:
+        started = time.perf_counter()
         for topic, table in batches:
             assert topic.table is not None
             # one record batch: the decoded blocks arrive in many small chunks, and ClickHouse
@@ -198,6 +215,8 @@ class TableWriter:
             table = table.combine_chunks()
             self._insert_retrying(topic.table.name, table, insert_settings(topic, table))
             self.rows[topic.table.name] += table.num_rows
+        if batches:
+            self.stats.observe_insert(time.perf_counter() - started)
         if batches and os.environ.get("HPCINSIGHT_SINK_CRASH_AFTER_INSERT") == "1":
             # Fault injection for the exactly-once test: die between insert and commit.
             os.kill(os.getpid(), signal.SIGKILL)
@@ -228,6 +247,7 @@ class ClickHouseSink:
         self._rebuild = False
         self._paused = False
         self._last_error_log = 0.0
+        self._lag_at = 0.0
 
     def _new_consumer(self) -> Consumer:
         options = self.options
@@ -328,6 +348,8 @@ class ClickHouseSink:
                 if self._due() and not self._writer.busy():
                     self.flush(wait=False)
                 self._apply_backpressure()
+                if time.monotonic() - self._lag_at > 5:
+                    self._update_lag()
                 if idle_exit_s is not None and self._assigned_at is not None:
                     if time.monotonic() - max(last_data, self._assigned_at) > idle_exit_s:
                         break
@@ -339,6 +361,54 @@ class ClickHouseSink:
                 self._flush_dead_letters(deadline_s=30)
                 self._consumer.close()
         return self.stats
+
+    def _update_lag(self) -> None:
+        """Per assigned partition, how far behind the sink is (from librdkafka's cached watermarks:
+        no request to the broker)."""
+        self._lag_at = time.monotonic()
+        try:
+            assigned = self._consumer.assignment()
+            positions = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(assigned)}
+            lag = {}
+            for tp in assigned:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                at = positions.get((tp.topic, tp.partition), -1)
+                if high >= 0 and at >= 0:
+                    lag[(tp.topic, tp.partition)] = max(0, high - at)
+            self.stats.lag = lag
+        except KafkaException as err:
+            log.debug("lag not updated: %s", err)
+
+    @property
+    def group(self) -> str:
+        return f"{self.prefix}{self.options.group_id}"
+
+    def metric_families(self) -> Iterator[Any]:
+        """The sink's series for Prometheus (served by the CLI with the lag in ``stats.lag``, see
+        hpcinsight.metrics)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        st = self.stats
+        rows = CounterMetricFamily("hpcinsight_sink_rows", "rows stored, per table", labels=["table"])
+        for table, n in sorted(st.rows.items()):
+            rows.add_metric([table], n)
+        yield rows
+        for name, value, doc in (
+            ("hpcinsight_sink_batches", st.batches, "batches inserted"),
+            ("hpcinsight_sink_dead_letters", st.dead_letters, "messages dead-lettered by the sink"),
+            ("hpcinsight_sink_insert_retries", st.insert_retries, "inserts tried again (ClickHouse away or refusing)"),
+            ("hpcinsight_sink_commit_failures", st.commit_failures, "offset commits that failed"),
+            ("hpcinsight_sink_consumer_restarts", st.consumer_restarts, "consumers replaced after a fatal error"),
+            ("hpcinsight_sink_resumed_from_store", st.resumed_from_store, "partitions resumed from ClickHouse's offsets"),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily("hpcinsight_sink_pending_rows", "rows decoded and waiting for an insert",
+                                value=self._writer.pending_rows)
+        yield GaugeMetricFamily("hpcinsight_sink_paused", "1 while consumption is paused for a slow store",
+                                value=int(self._paused))
+        buckets = [(("+Inf" if b == float("inf") else repr(b)), n) for b, n in st.insert_buckets.items()]
+        yield HistogramMetricFamily("hpcinsight_sink_insert_seconds", "time to insert one batch (all its tables)",
+                                    buckets=buckets, sum_value=st.insert_seconds)
 
     def _apply_backpressure(self) -> None:
         """Stop fetching while the store is behind (heartbeats go on), so memory stays bounded."""

@@ -22,6 +22,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import faust
@@ -271,6 +272,14 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
 
     @app.on_partitions_assigned.connect
     async def rebuild_state(sender: faust.App, assigned: set, **_: object) -> None:
+        began = time.monotonic()
+        try:
+            await _rebuild_state(assigned)
+        finally:
+            processor.stats.restores += 1
+            processor.stats.restore_seconds = time.monotonic() - began
+
+    async def _rebuild_state(assigned: set) -> None:
         # Runs while the new partitions are paused: nothing is processed until state is back.
         # Blocking the loop for the replay is deliberate (seconds, far below the session timeout).
         nonlocal started
@@ -354,7 +363,52 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     async def report() -> None:
         log.info("worker stats: %s", processor.stats)
 
+    @app.timer(interval=5.0)
+    async def measure_lag() -> None:
+        lag.clear()
+        try:
+            consumer = app.consumer
+            for tp in consumer.assignment():
+                high, read = consumer.highwater(tp), consumer._read_offset.get(tp)
+                if high is not None and read is not None:
+                    lag[(tp.topic, tp.partition)] = max(0, high - (read + 1))
+        except Exception as err:  # noqa: BLE001 - a metric, never a reason to stop
+            log.debug("lag not measured: %s", err)
+
+    lag: dict[tuple[str, int], int] = {}
+    app.hpcinsight_lag = lag  # type: ignore[attr-defined]
+    app.hpcinsight_metrics = functools.partial(worker_metric_families, processor, outputs_producer)  # type: ignore[attr-defined]
     return app, processor
+
+
+def worker_metric_families(processor: SampleProcessor, outputs: OutputProducer) -> Iterator[Any]:
+    """The worker's series for Prometheus (served by the CLI with the lag, see hpcinsight.metrics)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    st = processor.stats
+    stages = CounterMetricFamily("hpcinsight_worker_messages", "messages handled, per stage", labels=["stage"])
+    for stage, n in sorted(st.by_stage.items()):
+        stages.add_metric([stage], n)
+    yield stages
+    for name, value, doc in (
+        ("hpcinsight_worker_samples", st.samples, "GPU samples processed"),
+        ("hpcinsight_worker_ib_samples", st.ib_samples, "IB samples processed"),
+        ("hpcinsight_worker_windows", st.windows, "per-GPU windows closed"),
+        ("hpcinsight_worker_job_windows", st.job_windows, "job windows completed"),
+        ("hpcinsight_worker_anomalies", st.anomalies, "anomaly messages raised (firing and resolved)"),
+        ("hpcinsight_worker_dead_letters", st.dead_letters, "messages dead-lettered"),
+        ("hpcinsight_worker_failed", st.failed, "messages whose handling raised (each dead-lettered)"),
+        ("hpcinsight_worker_late_samples", st.late_samples, "samples later than the lateness, dropped"),
+        ("hpcinsight_worker_outputs_refused", outputs.refused, "outputs the broker refused for good (dead-lettered)"),
+        ("hpcinsight_worker_state_restores", st.restores, "state rebuilds (start, rebalance)"),
+    ):
+        yield CounterMetricFamily(name, doc, value=value)
+    yield GaugeMetricFamily("hpcinsight_worker_state_restore_seconds", "duration of the last state rebuild",
+                            value=st.restore_seconds)
+    incidents = GaugeMetricFamily("hpcinsight_worker_open_incidents", "incidents firing, per detector", labels=["detector"])
+    for kind, ids in sorted(st.open_incidents.items()):
+        incidents.add_metric([kind], len(ids))
+    yield incidents
 
 
 #: Container allocations between two young-generation collections (CPython's default is 700).
@@ -365,9 +419,13 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
 GC_YOUNG_THRESHOLD = 50_000
 
 
-def run_worker(settings: Settings, options: WorkerOptions, loglevel: str = "WARNING") -> None:
-    """Run until SIGINT/SIGTERM; Faust then commits what was processed and leaves the group."""
+def run_worker(settings: Settings, options: WorkerOptions, loglevel: str = "WARNING",
+               on_app: Callable[[faust.App], object] | None = None) -> None:
+    """Run until SIGINT/SIGTERM; Faust then commits what was processed and leaves the group.
+    ``on_app`` sees the app before it starts (the CLI serves its metrics)."""
     app, _ = create_app(settings, options)
+    if on_app is not None:
+        on_app(app)
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

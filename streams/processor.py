@@ -118,6 +118,10 @@ class ProcessorStats:
     late_sketches: int = 0
     failed: int = 0  # messages whose handling raised (each dead-lettered)
     reasons: dict[str, int] = field(default_factory=dict)
+    by_stage: dict[str, int] = field(default_factory=dict)  # messages handled, per stage
+    open_incidents: dict[str, set[str]] = field(default_factory=dict)  # detector kind -> ids firing
+    restores: int = 0  # state rebuilds (start, rebalance)
+    restore_seconds: float = 0.0  # the last one's duration
 
 
 def _series_key(gpu_uuid: str, metric: str) -> str:
@@ -159,6 +163,7 @@ class SampleProcessor:
         handler produced before it failed are dropped with it; state it changed stays changed."""
 
         def run(source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
+            self.stats.by_stage[stage] = self.stats.by_stage.get(stage, 0) + 1
             try:
                 return handle(source, partition, offset, key, value)
             except Exception as err:  # noqa: BLE001 - one message must never stop a stage
@@ -412,13 +417,13 @@ class SampleProcessor:
 
     # -- output helpers -------------------------------------------------------------------------
 
-    @staticmethod
-    def _anomaly_outputs(anomalies: list[Event]) -> list[Output]:
+    def _anomaly_outputs(self, anomalies: list[Event]) -> list[Output]:
         """Anomalies batched by subject (the topic's key), in order."""
         by_subject: dict[str, list[Event]] = {}
         for anomaly in anomalies:
             assert isinstance(anomaly, Anomaly)
             by_subject.setdefault(anomaly.subject, []).append(anomaly)
+            self._track_open(anomaly)
         return [Output(ANOMALIES, subject.encode(), ANOMALIES.codec.encode(batch)) for subject, batch in by_subject.items()]
 
     def dead_letter(
@@ -499,7 +504,17 @@ class SampleProcessor:
         except Exception:  # noqa: BLE001 - it failed (and was dead-lettered) when first handled too
             log.warning("replay of a sketch message that fails again skipped", exc_info=True)
 
+    def _track_open(self, anomaly: Anomaly) -> None:
+        """Keep the ids of the incidents open per detector (a metric: open incidents by kind)."""
+        open_ids = self.stats.open_incidents.setdefault(anomaly.kind, set())
+        if anomaly.state == "firing":
+            open_ids.add(anomaly.id)
+        else:
+            open_ids.discard(anomaly.id)
+
     def restore(self, anomalies: list[Anomaly]) -> None:
         """Give each detector the incidents of its kind still open before a restart."""
+        for anomaly in anomalies:
+            self._track_open(anomaly)
         for detector in self.detectors:
             detector.restore([a for a in anomalies if a.kind == detector.kind and a.state == "firing"])

@@ -17,6 +17,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -84,6 +86,24 @@ def _json_safe(value: Any) -> Any:
 DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's files, served with the docs pages
 
 
+@dataclass
+class ServeStats:
+    """What the service counts for its /metrics: requests by (method, route, status), live clients."""
+
+    requests: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    clients: int = 0
+
+    def metric_families(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        family = CounterMetricFamily("hpcinsight_serve_requests", "HTTP requests, by route template and status",
+                                     labels=["method", "route", "status"])
+        for (method, route, status), n in sorted(self.requests.items()):
+            family.add_metric([method, route, str(status)], n)
+        yield family
+        yield GaugeMetricFamily("hpcinsight_serve_live_clients", "clients following the live feed (SSE)", value=self.clients)
+
+
 def create_app(state: ClusterState, token: Secret | None = None, store_connect: Callable[[], Any] | None = None,
                feed_status: Callable[[], dict[str, Any]] | None = None, job_threshold: Callable[[str | None, str | None], float] | None = None,
                frame_interval_s: float = 1.0) -> FastAPI:
@@ -105,6 +125,17 @@ def create_app(state: ClusterState, token: Secret | None = None, store_connect: 
                                 headers={"WWW-Authenticate": "Bearer"})
 
     auth = [Depends(authorised)]
+    traffic = ServeStats()
+    app.state.traffic = traffic
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")  # the template (/api/jobs/{job}), never the raw URL
+        key = (request.method, path, response.status_code)
+        traffic.requests[key] = traffic.requests.get(key, 0) + 1
+        return response
 
     @app.exception_handler(ValueError)
     async def bad_value(_request: Request, err: ValueError) -> JSONResponse:
@@ -246,6 +277,14 @@ def create_app(state: ClusterState, token: Secret | None = None, store_connect: 
             raise HTTPException(400, str(err)) from None
 
         async def events() -> Any:
+            traffic.clients += 1
+            try:
+                async for chunk in frames():
+                    yield chunk
+            finally:
+                traffic.clients -= 1
+
+        async def frames() -> Any:
             versions, idx, sent_idx = None, [], None
             yield "retry: 2000\n\n"
             while not await request.is_disconnected():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +63,15 @@ def build(settings: Settings, token: Secret | None, frame_interval_s: float = 1.
     return app, feed
 
 
-def run_serve(settings: Settings, host: str, port: int, frame_interval_s: float = 1.0, store: bool = True) -> int:
+def run_serve(settings: Settings, host: str, port: int, frame_interval_s: float = 1.0, store: bool = True,
+              on_app: Callable[[Any, Any], object] | None = None) -> int:
+    """Serve until stopped; ``on_app(app, feed)`` sees the app first (the CLI serves its metrics)."""
     import uvicorn
 
     token = api_token()
     app, feed = build(settings, token, frame_interval_s, store)
+    if on_app is not None:
+        on_app(app, feed)
     feed.start()
     logging.getLogger("hpcinsight").info("serving the unit view at http://%s:%d/ (token %s)", host, port,
                                          "required" if token else "not configured")

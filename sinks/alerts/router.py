@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -49,6 +50,8 @@ class RouterOptions:
     group_id: str = "alert-router"
     #: on a clean stop, how long the senders may go on emptying their queues
     shutdown_grace_s: float = 10.0
+    #: the configuration file, read again on SIGHUP
+    config_path: Path | None = None
 
 
 def build_integrations(config: AlertsConfig, renderer: Renderer) -> dict[str, list[tuple[list[Integration], Any]]]:
@@ -84,6 +87,10 @@ class AlertRouter:
         self._history_end: dict[tuple[str, int], int] = {}
         self._history: dict[str, Any] = {}
         self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._dispatcher = None
+        self.reloads = 0
+        self.reload_failures = 0
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -99,17 +106,11 @@ class AlertRouter:
             **self.client_config, "group.id": f"{self.prefix}{self.options.group_id}", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed",
         })
-        dispatcher = None
+        self._dispatcher = None
         try:
             metadata = consumer.list_topics(timeout=30)
             store.bind(metadata.cluster_id or "unknown", self.prefix, self.options.reset_state)
-            self.engine = engine = Engine(self.config)
-            engine.load(**store.load(), now_ms=self._now_ms())  # type: ignore[arg-type]
-            integrations = build_integrations(self.config, self.renderer)
-            self._by_receiver = {name: [i[0].id for i, _ in items] for name, items in integrations.items()}
-            dispatcher = Dispatcher({i[0].id: (i, limit) for items in integrations.values() for i, limit in items},
-                                    store.path, self.config.retry, self._dead_letter_notification)
-            self._fail_unknown(store, dispatcher.submit(store.pending()))
+            self._start_engine(store)
 
             stored = store.offsets()
             fresh = not any(t == self.anomalies_topic for t, _ in stored)  # no state: a new router
@@ -133,6 +134,10 @@ class AlertRouter:
             last_data = catch_up_since = time.monotonic()
             last_prune = 0.0
             while not stop.is_set():
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._reload_config(store)
+                engine = self.engine
                 due = engine.next_due_ms()
                 wait = 0.2 if due is None else min(0.2, max(0.0, (due - self._now_ms()) / 1000))
                 try:
@@ -156,14 +161,15 @@ class AlertRouter:
                         catch_up.clear()
                     if not catch_up:
                         consumer.resume(paused)
-                self._commit(store, consumer, dispatcher, engine)
+                self._commit(store, consumer, self._dispatcher, engine)
                 if time.monotonic() - last_prune > 3600:
                     store.prune_outbox(self._now_ms())
                     last_prune = time.monotonic()
-                if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s and dispatcher.backlog() == 0:
+                if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s and self._dispatcher.backlog() == 0:
                     break
-            self._commit(store, consumer, dispatcher, engine)
+            self._commit(store, consumer, self._dispatcher, self.engine)
         finally:
+            dispatcher = self._dispatcher
             if dispatcher is not None:
                 dispatcher.close(self.options.shutdown_grace_s)
             self._producer.flush(30)
@@ -173,6 +179,71 @@ class AlertRouter:
         stats.update(dispatcher.stats() if dispatcher else {})
         stats.update(dead_letters=self.dead_letters, malformed=self.malformed)
         return stats
+
+    # -- configuration ---------------------------------------------------------------------
+    def _start_engine(self, store: StateStore) -> None:
+        """Engine, integrations and senders for ``self.config``, from the state in ``store``."""
+        self.engine = Engine(self.config)
+        self.engine.load(**store.load(), now_ms=self._now_ms())  # type: ignore[arg-type]
+        integrations = build_integrations(self.config, self.renderer)
+        self._by_receiver = {name: [i[0].id for i, _ in items] for name, items in integrations.items()}
+        self._dispatcher = Dispatcher({i[0].id: (i, limit) for items in integrations.values() for i, limit in items},
+                                      store.path, self.config.retry, self._dead_letter_notification)
+        self._fail_unknown(store, self._dispatcher.submit(store.pending()))
+
+    def request_reload(self) -> None:
+        """Read the configuration file again at the next loop (SIGHUP)."""
+        self._reload.set()
+
+    def _reload_config(self, store: StateStore) -> None:
+        """Swap in the configuration file as it is now, or keep the one in force if it is bad. The
+        state on disk is current (each loop commits it), so this is a restart without the exit:
+        senders finish what they hold, and what they did not is still in the outbox."""
+        from sinks.alerts import config as alerts_config
+
+        path = self.options.config_path
+        if path is None:
+            log.warning("SIGHUP: no configuration file to read again")
+            return
+        try:
+            config = alerts_config.load(path)
+        except Exception as err:  # noqa: BLE001 - a bad file is said, never applied
+            self.reload_failures += 1
+            log.error("configuration %s refused on reload, keeping the one in force: %s", path, err)
+            return
+        if self._dispatcher is not None:
+            self._dispatcher.close(self.options.shutdown_grace_s)
+        self.config, self.renderer = config, Renderer(config.dashboard_url)
+        self._start_engine(store)
+        self.reloads += 1
+        log.warning("configuration reloaded from %s (%d receivers)", path, len(config.receivers))
+
+    def metric_families(self) -> Iterator[Any]:
+        """The router's series for Prometheus (served by the CLI, see hpcinsight.metrics)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        dispatcher = self._dispatcher
+        per = {k: CounterMetricFamily(f"hpcinsight_alerts_notifications_{k}", doc, labels=["receiver", "integration"])
+               for k, doc in (("sent", "notifications a receiver took"), ("failed", "notifications given up (dead-lettered)"),
+                              ("retried", "tries again after a failure"), ("skipped", "resolved notifications not sent"))}
+        if dispatcher is not None:
+            for ident, senders in sorted(dispatcher.senders.items()):
+                receiver = ident.split("/", 1)[0]
+                totals = {k: sum(getattr(s.stats, "retries" if k == "retried" else k) for s in senders) for k in per}
+                for k, family in per.items():
+                    family.add_metric([receiver, ident], totals[k])
+        yield from per.values()
+        yield GaugeMetricFamily("hpcinsight_alerts_outbox_depth", "notifications decided and not yet sent",
+                                value=dispatcher.backlog() if dispatcher is not None else 0)
+        engine = getattr(self, "engine", None)
+        for name, value, doc in (
+            ("hpcinsight_alerts_anomalies", engine.stats.anomalies if engine else 0, "anomaly messages read"),
+            ("hpcinsight_alerts_dead_letters", self.dead_letters, "messages and notifications dead-lettered"),
+            ("hpcinsight_alerts_config_reloads", self.reloads, "configurations reloaded (SIGHUP)"),
+            ("hpcinsight_alerts_config_reload_failures", self.reload_failures, "reloads refused (bad file; old one kept)"),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily("hpcinsight_alerts_firing", "alerts firing", value=sum(a.firing for a in engine.alerts.values()) if engine else 0)
 
     def _apply(self, messages: list[Message]) -> None:
         engine, now = self.engine, self._now_ms()

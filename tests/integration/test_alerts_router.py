@@ -243,3 +243,33 @@ def test_a_new_router_tells_what_still_fires_and_a_restarted_one_what_it_missed(
         assert stop(router) == 0, pipeline.log("alerts-2")
     assert len(bodies) == 2, bodies
     assert bodies[1]["groupLabels"]["node"] == "n3" and alert_ids(bodies[1], "resolved") == ["missed"]
+
+
+def test_sighup_reloads_the_configuration_and_a_bad_file_is_refused(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Issue 16, item 5: the router reads its file again on SIGHUP; a bad file is refused with the
+    reason, the configuration in force is kept, and nothing decided is lost in the swap."""
+    first, second = LocalReceiver(), LocalReceiver()
+    config = tmp_path / "alerts.yaml"
+    write_config(config, first.url())
+    router = start_router(pipeline, str(config))
+    try:
+        produce(pipeline, anomaly("a0", node="n1"))
+        assert len(settle(first, 1, quiet_s=1)) == 1
+
+        config.write_text("route: {receiver: nobody}\nreceivers: [")  # broken YAML
+        router.send_signal(signal.SIGHUP)
+        pipeline.poll(lambda: "refused on reload" in pipeline.log("alerts"), router)
+        produce(pipeline, anomaly("b0", node="n2"))
+        assert len(settle(first, 2, quiet_s=1)) == 2  # the old configuration still routes
+
+        write_config(config, second.url())
+        router.send_signal(signal.SIGHUP)
+        pipeline.poll(lambda: "configuration reloaded" in pipeline.log("alerts"), router)
+        produce(pipeline, anomaly("c0", node="n3"), anomaly("a0", "resolved", node="n1"))
+        bodies = settle(second, 2, quiet_s=2)
+        assert sorted(b["groupLabels"]["node"] for b in bodies) == ["n1", "n3"]  # the resolution follows the alert
+        assert len(first.bodies()) == 2
+    finally:
+        assert stop(router) == 0, pipeline.log("alerts")
+        first.stop()
+        second.stop()
