@@ -1,6 +1,7 @@
 """Go tools built once from the Go module proxy into the project's cache, at exact versions.
 
-The suite checks the Helm chart with a real Helm and the alert router against a real Alertmanager;
+The suite checks the Helm chart with a real Helm (and its alerting rules with Prometheus' promtool)
+and the alert router against a real Alertmanager;
 neither ships as a Debian or PyPI package, and no other download site is reachable here, so the
 set-up (``make setup``: ``python -m deploy.tools.go build``) builds them with the local Go toolchain
 into ``~/.cache/hpcinsight/tools/<name>-<version>/<name>``. A later run finds the binary and does
@@ -43,6 +44,8 @@ class GoTool:
     #: -ldflags of the build (e.g. the version the binary reports, set by the project's release build)
     ldflags: str = ""
     version_args: tuple[str, ...] = ("--version",)
+    #: what the binary says its version is, where that is not the module's (Prometheus' v0.3XX.Y is 3.XX.Y)
+    reports: str | None = None
 
     @property
     def binary(self) -> Path:
@@ -52,6 +55,9 @@ class GoTool:
 TOOLS: dict[str, GoTool] = {
     "helm": GoTool("helm", "helm.sh/helm/v4", "v4.3.2", "cmd/helm", version_args=("version", "--short"),
                    ldflags="-X helm.sh/helm/v4/internal/version.version=v4.3.2"),
+    # the chart's PrometheusRule: its PromQL checked by Prometheus' own rule checker
+    "promtool": GoTool("promtool", "github.com/prometheus/prometheus", "v0.316.0", "cmd/promtool",
+                       ldflags="-X github.com/prometheus/common/version.Version=3.16.0", reports="3.16.0"),
     "alertmanager": GoTool(
         "alertmanager", "github.com/prometheus/alertmanager", "v0.35.0", "cmd/alertmanager", recipe="source",
         extra_files={"ui/app/dist/index.html": "<!doctype html><title>Alertmanager</title><p>UI not built; the API is at /api/v2/.\n"},
