@@ -73,14 +73,24 @@ class _Judged:
     ts: int
     durations: dict[int, float]
     median: float
+    slow: dict[int, float] = field(default_factory=dict)  # rank -> how much slower than its group (and place) it was
+    cov: float = 0.0  # step-time CoV across ranks, the stragglers of the moment left out
 
 
 @dataclass
 class _Job:
     world_size: int
     steps: dict[int, dict[int, StepMetric]] = field(default_factory=dict)
-    judged: deque[_Judged] = field(default_factory=deque)
+    judged: deque[_Judged] = field(default_factory=deque)  # the group window
+    recent: deque[_Judged] = field(default_factory=deque)  # the straggler window
+    counts: dict[int, int] = field(default_factory=dict)  # rank -> steps of the straggler window it was slow in
+    open_ranks: set[int] = field(default_factory=set)  # ranks with an open straggler incident
+    home: dict[int, int] = field(default_factory=dict)  # rank -> the group it is judged against (-1: all ranks)
+    real: list[list[int]] = field(default_factory=list)  # the speed groups, fastest first
+    expected: dict[int, float] = field(default_factory=dict)  # rank -> its usual place in its group (>= 1)
     node_of: dict[int, str] = field(default_factory=dict)
+    judged_steps: int = 0
+    departed: set[int] = field(default_factory=set)  # a slow group found departing, until the speed groups show it
     groups: list[list[int]] = field(default_factory=list)  # fastest first
     speeds: dict[int, float] = field(default_factory=dict)  # rank -> median step time relative to the step's median
     #: rank -> its speed before it became a straggler: it is judged against the group it left, and a
@@ -138,6 +148,8 @@ class StragglerDetector(Detector[StragglerConfig]):
         job = self._jobs.get(event.job_id)
         if job is None or job.world_size != event.world_size:  # new, or scaled: its ranks are new
             job = self._jobs[event.job_id] = _Job(event.world_size)
+            prefix = f"{event.job_id}/rank-"
+            job.open_ranks = {int(i.subject[len(prefix):]) for _, i in self._incidents.open_items() if i.subject.startswith(prefix)}
         if event.node:
             job.node_of[event.rank] = event.node
         ranks = job.steps.setdefault(event.step, {})
@@ -155,72 +167,84 @@ class StragglerDetector(Detector[StragglerConfig]):
 
     # --- judging -------------------------------------------------------------------------------
     def _judge(self, job_id: str, job: _Job, step: int, ranks: dict[int, StepMetric]) -> list[Event]:
+        """One complete step: O(ranks), plus the speed groups again every fifth step (O(ranks x group_window))."""
         cfg = self.config
         durations = {r: m.duration_s for r, m in ranks.items() if m.duration_s > 0}
         if len(durations) < cfg.min_ranks:
             return []
         ts = max(m.ts for m in ranks.values())
-        job.judged.append(_Judged(step, ts, durations, statistics.median(durations.values())))
+        j = _Judged(step, ts, durations, statistics.median(durations.values()))
+        job.judged.append(j)
         while len(job.judged) > max(cfg.window, cfg.group_window):
             job.judged.popleft()
-        if len(job.judged) < cfg.window:
+        job.judged_steps += 1
+        if job.judged_steps % 5 == 1:  # the speed groups move slowly: every fifth step is enough
+            self._structure(job_id, job)
+        # this step: each rank against its own group's median (and its own place in the group)
+        self._slow_by(job, j)
+        for r, v in j.slow.items():
+            if v > cfg.margin:
+                job.counts[r] = job.counts.get(r, 0) + 1
+        job.recent.append(j)
+        while len(job.recent) > cfg.window:
+            for r, v in job.recent.popleft().slow.items():
+                if v > cfg.margin:
+                    job.counts[r] -= 1
+                    if not job.counts[r]:
+                        del job.counts[r]
+        n = len(job.recent)
+        # a straggler explains the spread it causes: its steps are left out of the CoV (no imbalance beside it)
+        explained = {r for r, c in job.counts.items() if c >= cfg.share / 2 * cfg.window} | job.open_ranks
+        values = [d for r, d in durations.items() if r not in explained]
+        mean = statistics.fmean(values) if values else 0.0
+        j.cov = statistics.pstdev(values) / mean if len(values) > 1 and mean > 0 else 0.0
+        if n < cfg.window:
             return []
-        recent = list(job.judged)[-cfg.window:]
-        groups = self._groups(job_id, job)
-        group_of = {r: i for i, g in enumerate(groups) for r in g}
-        real = [g for g in groups if self._is_group(job, g)]
-        # a member of a group is expected at its own place in it (a group of 1.5-2x ranks has a 2x rank);
-        # a rank outside every group is expected at its home group's median
-        expected: dict[int, float] = {}
-        for g in real:
-            mid = statistics.median(job.speeds[r] for r in g)
-            expected |= {r: job.speeds[r] / mid if mid > 0 else 1.0 for r in g}
-        # stragglers: each rank against its own group's median at each step
-        slow_by: dict[int, list[float]] = {}
-        for j in recent:
-            by_group: dict[int, list[float]] = {}
-            for r, d in j.durations.items():
-                by_group.setdefault(self._home(r, group_of, groups, real), []).append(d)
-            medians = {g: statistics.median(v) for g, v in by_group.items()}
-            for r, d in j.durations.items():
-                m = medians[self._home(r, group_of, groups, real)] * max(expected.get(r, 1.0), 1.0)
-                slow_by.setdefault(r, []).append(d / m - 1 if m > 0 else 0.0)
-        out: list[Event] = []
-        shares = {r: sum(v > cfg.margin for v in values) / len(recent) for r, values in slow_by.items()}
+        recent = list(job.recent)
+        shares = {r: c / n for r, c in job.counts.items()}
+        real = job.real
         # ranks departing together that hold a whole node (or a large share of the job) are a new slow group,
         # not so many stragglers: the node is the finding
-        departing = sorted(r for r, sh in shares.items() if sh >= cfg.share and self._incidents.get(f"{job_id}/rank-{r}") is None)
+        departing = sorted(r for r, sh in shares.items() if sh >= cfg.share and r not in job.open_ranks)
+        if job.departed:  # a group found departing stays one while its ranks stay slow, until the speed groups show it
+            kept = sorted(r for r in job.departed if shares.get(r, 0.0) >= cfg.share / 2)
+            shown = any(job.departed <= set(g) for g in job.real[1:])
+            job.departed = set() if shown or len(kept) < cfg.min_group or not self._is_group(job, kept) else set(kept)
+            if job.departed:
+                departing = sorted(job.departed | set(departing))
+        factor: float | None = None
         if len(departing) >= cfg.min_group and self._is_group(job, departing):
             nodes = {job.node_of.get(r) for r in departing} - {None}  # their node-mates on the way there too
             departing = sorted(set(departing) | {r for r, sh in shares.items() if sh >= cfg.share / 2 and job.node_of.get(r) in nodes
-                                                 and self._incidents.get(f"{job_id}/rank-{r}") is None})
-            real = [[r for r in job.speeds if r not in departing] or [], departing]
+                                                 and r not in job.open_ranks})
+            gone = job.departed = set(departing)
+            real = [[r for r in job.speeds if r not in gone], departing]
             for r in departing:
                 job.frozen.pop(r, None)
-            slow_by = {r: v for r, v in slow_by.items() if r not in departing}
-        stragglers = set()
-        for r, values in sorted(slow_by.items()):
-            share = shares[r]
-            if share >= cfg.share / 2 or self._incidents.get(f"{job_id}/rank-{r}") is not None:
-                stragglers.add(r)  # it explains the spread it causes: not imbalance
+            factor = self._recent_factor(recent, real)
+        else:
+            gone = set()
+        out: list[Event] = []
+        for r in sorted((set(r for r, sh in shares.items() if sh >= cfg.share) | job.open_ranks) - gone):
+            share = shares.get(r, 0.0)
             subject = f"{job_id}/rank-{r}"
-            if share >= cfg.share or self._incidents.get(subject) is not None:
-                got = self._incidents.judge(subject, subject, ts, fire=share >= cfg.share, clear=share < cfg.share / 2,
-                                            since=recent[0].ts)
-                if got is not None:
-                    slow = [v for v in values if v > cfg.margin]
-                    evidence = {"rank": float(r), "slowest_share": share, "slower_than_median": statistics.fmean(slow) if slow else 0.0,
-                                "group": float(self._home(r, group_of, groups, real)), "groups": float(len(real))}
-                    out.append(self._anomaly(job_id, job, got, ts, recent, evidence, rank=r))
+            got = self._incidents.judge(subject, subject, ts, fire=share >= cfg.share, clear=share < cfg.share / 2,
+                                        since=recent[0].ts)
+            if got is None:
+                continue
+            if got[0] == "firing":
+                job.open_ranks.add(r)
+            else:
+                job.open_ranks.discard(r)
+            slow = [jj.slow[r] for jj in recent if jj.slow.get(r, 0.0) > cfg.margin]
+            evidence = {"rank": float(r), "slowest_share": share, "slower_than_median": statistics.fmean(slow) if slow else 0.0,
+                        "group": float(job.home.get(r, -1)), "groups": float(len(real))}
+            out.append(self._anomaly(job_id, job, got, ts, recent, evidence, rank=r))
         # a split into speed groups, or jitter with no culprit
-        evidence = self._split_evidence(recent, real)
+        evidence = self._split_evidence(job, real, factor)
         split = len(real) >= 2 and evidence["factor"] - 1 >= cfg.group_effect
         split_left = len(real) >= 2 and evidence["factor"] - 1 >= cfg.group_effect_resolve
-        covs = []
-        for j in recent:
-            values = [d for r, d in j.durations.items() if r not in stragglers]
-            mean = statistics.fmean(values) if values else 0.0
-            covs.append(statistics.pstdev(values) / mean if len(values) > 1 and mean > 0 else 0.0)
+        covs = [jj.cov for jj in recent]
         mean_cov = statistics.fmean(covs)
         # the median step's CoV: a few steps of a departure that has only begun (a node starting to stall)
         # are not imbalance with no culprit; steady jitter is high in most steps
@@ -234,9 +258,72 @@ class StragglerDetector(Detector[StragglerConfig]):
         got = self._incidents.judge(subject, subject, ts, fire=split or jitter,
                                     clear=not split_left and median_cov < cfg.cov_threshold * 0.7, since=recent[0].ts)
         if got is not None:
+            if got[0] == "firing" and split and factor is None:  # the message names the factor seen in these steps
+                evidence["factor"] = self._recent_factor(recent, real)
             evidence |= {"mean_cov": mean_cov, "median_cov": median_cov, "split": float(split)}
             out.append(self._anomaly(job_id, job, got, ts, recent, evidence, real=real))
         return out
+
+    def _slow_by(self, job: _Job, j: _Judged) -> None:
+        """How much slower than its home group's median (and its own place in the group) each rank was at step ``j``."""
+        by_home: dict[int, list[float]] = {}
+        home = job.home
+        for r, d in j.durations.items():
+            by_home.setdefault(home.get(r, -1), []).append(d)
+        medians = {g: statistics.median(v) for g, v in by_home.items()}
+        j.slow = {}
+        for r, d in j.durations.items():
+            m = medians[home.get(r, -1)] * job.expected.get(r, 1.0)
+            j.slow[r] = d / m - 1 if m > 0 else 0.0
+
+    def _structure(self, job_id: str, job: _Job) -> None:
+        """The speed groups over the group window, each rank's home group and its usual place in it; when they
+        changed, the straggler window is judged again against them (stragglers are judged against today's groups)."""
+        cfg = self.config
+        before = (job.home, job.expected)
+        groups = self._groups(job_id, job)
+        real_idx = [i for i, g in enumerate(groups) if self._is_group(job, g)]
+        job.real = [groups[i] for i in real_idx]
+        job.home, job.expected = {}, {}
+        if not real_idx:
+            if before != ({}, {}) and job.recent:
+                job.counts = {}
+                for old in job.recent:
+                    self._slow_by(job, old)
+                    for r, v in old.slow.items():
+                        if v > cfg.margin:
+                            job.counts[r] = job.counts.get(r, 0) + 1
+            return
+        for i, g in enumerate(groups):
+            if i in real_idx:
+                home = i
+            else:  # a lone slow rank is judged against the nearest group below it (the one it left)
+                home = max((k for k in real_idx if k < i), default=real_idx[0])
+            for r in g:
+                job.home[r] = home
+        for i in real_idx:
+            mid = statistics.median(job.speeds[r] for r in groups[i])
+            for r in groups[i]:
+                job.expected[r] = max(1.0, job.speeds[r] / mid) if mid > 0 else 1.0
+        if (job.home, job.expected) != before and job.recent:
+            job.counts = {}
+            for old in job.recent:
+                self._slow_by(job, old)
+                for r, v in old.slow.items():
+                    if v > cfg.margin:
+                        job.counts[r] = job.counts.get(r, 0) + 1
+
+    @staticmethod
+    def _recent_factor(recent: list[_Judged], real: list[list[int]]) -> float:
+        """The slow group's factor over the fastest: the median, over the recent steps, of the ratio of their
+        median step times."""
+        ratios = []
+        for j in recent:
+            fast = [j.durations[r] for r in real[0] if r in j.durations]
+            slow = [j.durations[r] for r in real[-1] if r in j.durations]
+            if fast and slow and statistics.median(fast) > 0:
+                ratios.append(statistics.median(slow) / statistics.median(fast))
+        return statistics.median(ratios) if ratios else 1.0
 
     def _is_group(self, job: _Job, ranks: list[int]) -> bool:
         """Enough ranks to be a speed group: at least ``min_group``, and all of the job's ranks on their nodes
@@ -249,32 +336,19 @@ class StragglerDetector(Detector[StragglerConfig]):
         nodes = {job.node_of.get(r) for r in ranks}
         if None in nodes:
             return False
-        return all(r in ranks for r, n in job.node_of.items() if n in nodes)
-
-    @staticmethod
-    def _home(rank: int, group_of: dict[int, int], groups: list[list[int]], real: list[list[int]]) -> int:
-        """The group a rank is judged against: its own if it is a real group, else the nearest real one below it
-        (a lone slow rank is a straggler of the group it left), else everyone (-1)."""
-        i = group_of.get(rank)
-        if i is None or not real:
-            return -1
-        if groups[i] in real:
-            return i
-        below = [k for k in range(i, -1, -1) if groups[k] in real]
-        return below[0] if below else next(k for k, g in enumerate(groups) if g in real)
+        members = set(ranks)
+        return all(r in members for r, n in job.node_of.items() if n in nodes)
 
     def _groups(self, job_id: str, job: _Job) -> list[list[int]]:
-        """The job's speed groups over the group window (fastest first); recomputed every fifth step."""
+        """The job's speed groups over the group window (fastest first)."""
         cfg = self.config
-        if job.groups and len(job.judged) % 5:
-            return job.groups
         ratios: dict[int, list[float]] = {}
         for j in list(job.judged)[-cfg.group_window:]:
             for r, d in j.durations.items():
                 ratios.setdefault(r, []).append(d / j.median if j.median > 0 else 1.0)
         speeds = {r: statistics.median(v) for r, v in ratios.items() if len(v) >= cfg.window // 2}
         for r in speeds:
-            if r in job.frozen and self._incidents.get(f"{job_id}/rank-{r}") is not None:
+            if r in job.frozen and r in job.open_ranks:
                 speeds[r] = job.frozen[r]
             else:
                 job.frozen[r] = speeds[r]
@@ -283,19 +357,14 @@ class StragglerDetector(Detector[StragglerConfig]):
         return job.groups
 
     @staticmethod
-    def _split_evidence(recent: list[_Judged], real: list[list[int]]) -> dict[str, float]:
-        """The slow group's factor over the fastest: the median, over the recent steps, of the ratio of their
-        median step times."""
+    def _split_evidence(job: _Job, real: list[list[int]], factor: float | None) -> dict[str, float]:
+        """The split's size and the slow group's factor over the fastest (from the ranks' speeds, or as given)."""
         if len(real) < 2 or not real[0] or not real[-1]:
             return {"factor": 1.0, "groups": float(len(real))}
-        ratios = []
-        for j in recent:
-            fast = [j.durations[r] for r in real[0] if r in j.durations]
-            slow = [j.durations[r] for r in real[-1] if r in j.durations]
-            if fast and slow and statistics.median(fast) > 0:
-                ratios.append(statistics.median(slow) / statistics.median(fast))
-        return {"factor": statistics.median(ratios) if ratios else 1.0, "groups": float(len(real)),
-                "slow_ranks": float(len(real[-1])), "fast_ranks": float(len(real[0]))}
+        if factor is None:
+            fast = statistics.median(job.speeds[r] for r in real[0])
+            factor = statistics.median(job.speeds[r] for r in real[-1]) / fast if fast > 0 else 1.0
+        return {"factor": factor, "groups": float(len(real)), "slow_ranks": float(len(real[-1])), "fast_ranks": float(len(real[0]))}
 
     def _shared(self, job: _Job, ranks: list[int]) -> list[str]:
         """What the ranks of a group have in common by placement: one node, a GPU model, a zone, a switch."""
