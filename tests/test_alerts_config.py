@@ -81,6 +81,9 @@ def with_(path: str, value: object) -> dict:
     (with_("receivers.0.webhook_configs", [{}]), "receivers[0].webhook_configs[0]: give exactly one of url, url_file"),
     (with_("receivers.0.webhook_configs", [{"url": "http://x/y", "timeout": "forever"}]), "webhook_configs[0].timeout"),
     (with_("receivers.0.email_configs", []), "receivers[0]: unknown key(s) email_configs"),
+    (with_("receivers.0.alertmanager_configs", [{"url": "am:9093"}]), "alertmanager_configs[0].url: must be the Alertmanager's"),
+    (with_("receivers.0.alertmanager_configs", [{"url": "http://am:9093", "resend_ttl": "0s"}]),
+     "alertmanager_configs[0].resend_ttl: must be longer than 0"),
     (with_("receivers", [{"name": "ops"}, {"name": "ops"}]), "receivers[1]: receiver 'ops' is defined twice"),
     (with_("inhibit_rules", [{"source_matchers": ["kind=x"], "target_matchers": ["kind=y"], "equal": ["host"]}]),
      "inhibit_rules[0].equal[0]: unknown label 'host'"),
@@ -201,3 +204,22 @@ def test_silence_matchers_from_the_command_line_are_checked() -> None:
                          (["node=~(n1"], "not a valid regular expression"), (["node"], "is not a matcher")):
         with pytest.raises(ValueError, match=message.replace("(", r"\(")):
             parse_matchers(bad)
+
+
+def test_alertmanager_alerts_carry_start_end_labels_and_link() -> None:
+    from sinks.alerts.message import Renderer
+    from sinks.alerts.model import Alert, Notification
+    from sinks.alerts.receivers.alertmanager import postable_alerts
+
+    labels = {"alertname": "gpu_health", "kind": "gpu_health", "node": "n1"}
+    firing = Alert("a1", labels, "GPU 3 throttles", {"x": 1.0}, starts_at=1_767_225_600_000, updated_at=1_767_225_660_000)
+    over = Alert("a2", {**labels, "node": "n2"}, "GPU 1 throttles", {}, 1_767_225_600_000, 1_767_225_900_000,
+                 ends_at=1_767_225_900_000, resolved_message="back to normal")
+    n = Notification("id", "g", "am", 1, 0, {"kind": "gpu_health"}, [firing], [over])
+    now = 1_767_226_000_000
+    body = postable_alerts(n, Renderer("https://g/d?node={node}"), send_resolved=True, resend_ttl_s=3600, now_ms=now)
+    assert [b["labels"]["node"] for b in body] == ["n1", "n2"]
+    assert body[0]["startsAt"] == "2026-01-01T00:00:00.000Z" and body[0]["endsAt"] == "2026-01-01T01:06:40.000Z"
+    assert body[1]["endsAt"] == "2026-01-01T00:05:00.000Z" and body[1]["annotations"]["resolution"] == "back to normal"
+    assert body[0]["generatorURL"] == "https://g/d?node=n1"
+    assert [b["labels"]["node"] for b in postable_alerts(n, Renderer(None), False, 3600, now)] == ["n1"]
