@@ -119,3 +119,20 @@ def test_a_job_that_scales_its_world_size_starts_afresh() -> None:
     raised = run(StragglerDetector(), before + after)
     assert [(a.state, a.subject) for a in raised] == [("firing", "job-1/rank-2")]
     assert raised[0].evidence["world_size"] == 8
+
+
+def test_a_node_whose_ranks_stall_together_is_one_slow_group_not_four_stragglers() -> None:
+    """Data-loader stalls on one node: its ranks wait 1.4-2.6x each step (a fresh wait each step). The node is the
+    finding: one imbalance incident naming its ranks and the node, no straggler incident; also when it is half the job."""
+    for ranks, per_node, slow_node in ((16, 4, 2), (8, 4, 1)):
+        rng = random.Random(15 + ranks)
+
+        def duration(s: int, r: int, slow_node: int = slow_node, per_node: int = per_node) -> float:
+            d = rng.gauss(1.0, 0.02)
+            return d * rng.uniform(1.4, 2.6) if r // per_node == slow_node and 100 <= s < 300 else d
+
+        raised = run(StragglerDetector(), job_steps(400, ranks, duration, lambda r, per_node=per_node: f"n{r // per_node}"))
+        assert [(a.state, a.subject) for a in raised] == [("firing", "job-1/imbalance"), ("resolved", "job-1/imbalance")], ranks
+        first, last = slow_node * per_node, slow_node * per_node + per_node - 1
+        assert f"ranks {first}-{last}" in raised[0].message and f"all on node n{slow_node}" in raised[0].message
+        assert 100 - 20 <= raised[0].evidence["first_step"] and raised[0].evidence["last_step"] <= 130  # its window holds the onset
