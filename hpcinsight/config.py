@@ -108,6 +108,9 @@ class KafkaSettings:
     sasl_username: str | None = None
     sasl_password: Secret | None = None
     ssl_cafile: Path | None = None
+    #: this client's certificate and key (PEM), for brokers that require mutual TLS
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
     topic_prefix: str = "hpcinsight."
 
     def validate(self) -> None:
@@ -122,8 +125,14 @@ class KafkaSettings:
                 raise ConfigError(f"KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)} with {self.security_protocol}")
             if not self.sasl_username or self.sasl_password is None:
                 raise ConfigError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE) are required with SASL")
-        if self.ssl_cafile is not None and not self.ssl_cafile.is_file():
-            raise ConfigError(f"KAFKA_SSL_CAFILE: no such file {str(self.ssl_cafile)!r}")
+        for name, path in (("KAFKA_SSL_CAFILE", self.ssl_cafile), ("KAFKA_SSL_CERTFILE", self.ssl_certfile),
+                           ("KAFKA_SSL_KEYFILE", self.ssl_keyfile)):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{name}: no such file {str(path)!r}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ConfigError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (a client certificate and its key)")
+        if self.ssl_certfile is not None and self.security_protocol not in ("SSL", "SASL_SSL"):
+            raise ConfigError(f"KAFKA_SSL_CERTFILE needs KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL, not {self.security_protocol}")
         if not re.fullmatch(r"[A-Za-z0-9._-]*", self.topic_prefix):
             raise ConfigError(f"HPCINSIGHT_TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-', got {self.topic_prefix!r}")
 
@@ -146,6 +155,9 @@ class KafkaSettings:
             conf["sasl.password"] = self.sasl_password.reveal() if self.sasl_password else None
         if self.ssl_cafile:
             conf["ssl.ca.location"] = str(self.ssl_cafile)
+        if self.ssl_certfile and self.ssl_keyfile:
+            conf["ssl.certificate.location"] = str(self.ssl_certfile)
+            conf["ssl.key.location"] = str(self.ssl_keyfile)
         return conf
 
     def faust_options(self) -> dict[str, Any]:
@@ -159,6 +171,8 @@ class KafkaSettings:
         context = None
         if self.security_protocol in ("SSL", "SASL_SSL"):
             context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+            if self.ssl_certfile and self.ssl_keyfile:
+                context.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile))
         if self.security_protocol.startswith("SASL"):
             password = self.sasl_password.reveal() if self.sasl_password else ""
             if self.sasl_mechanism == "PLAIN":
@@ -324,6 +338,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         sasl_username=get("KAFKA_SASL_USERNAME"),
         sasl_password=_read_secret(env, file_conf, "KAFKA_SASL_PASSWORD"),
         ssl_cafile=Path(p) if (p := get("KAFKA_SSL_CAFILE")) else None,
+        ssl_certfile=Path(p) if (p := get("KAFKA_SSL_CERTFILE")) else None,
+        ssl_keyfile=Path(p) if (p := get("KAFKA_SSL_KEYFILE")) else None,
         topic_prefix=get("HPCINSIGHT_TOPIC_PREFIX", "hpcinsight.") or "",
     )
     url = get("CLICKHOUSE_URL", f"chdb://{data_dir / 'clickhouse'}") or ""

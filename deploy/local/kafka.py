@@ -193,7 +193,7 @@ class LocalKafka:
                  cache_dir: Path | None = None, heap: str = "512m", *, keep_data: bool = False,
                  node_id: int = 1, controller_port: int | None = None,
                  voters: str | None = None, cluster_id: str | None = None,
-                 overrides: dict[str, str] | None = None) -> None:
+                 overrides: dict[str, str] | None = None, format_args: tuple[str, ...] = ()) -> None:
         self._workdir = Path(workdir) if workdir is not None else None
         self._port = port
         self._cport = controller_port
@@ -204,6 +204,7 @@ class LocalKafka:
         self._voters = voters
         self._cluster_id = cluster_id
         self._overrides = dict(overrides or {})
+        self._format_args = tuple(format_args)  # e.g. --add-scram for SASL users (deploy.local.security)
         self._owns_workdir = False
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -299,7 +300,7 @@ class LocalKafka:
         if not (self._workdir / "data" / "meta.properties").exists():
             fmt = subprocess.run(
                 [*jvm, "kafka.tools.StorageTool", "format", "-t", self._cluster_id or _cluster_id(),
-                 "-c", str(server)],
+                 "-c", str(server), *self._format_args],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 timeout=max(deadline - time.monotonic(), 1.0))
             if fmt.returncode != 0:
