@@ -13,7 +13,7 @@ ARGS   ?=
 # (measured here: 6.6 min against 13-16 min one at a time). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 
-.PHONY: setup demo test bench clean browser replay-genai tools image image-base chaos chaos-short
+.PHONY: setup demo test bench clean browser replay-genai tools image image-base chaos chaos-short fuzz
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -88,6 +88,12 @@ chaos: setup
 
 chaos-short: setup
 	$(VENV)/bin/python -m tests.chaos --short --brokers 1 --seed $(CHAOS_SEED) $(ARGS)
+
+# Property-based fuzzing of every decoder and consumer (tests/fuzz): the suite runs 60 examples a
+# property; this runs FUZZ_EXAMPLES (default 5,000) each.
+FUZZ_EXAMPLES ?= 5000
+fuzz: setup
+	HYPOTHESIS_PROFILE=long FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest tests/fuzz -n 0 $(ARGS)
 
 # The real GPU utilisation of the Alibaba GenAI trace (143 serving pods, a sample a minute for a day)
 # through the pipeline: per-pod quantiles and under-use flags (README: Replay your own data).
