@@ -159,3 +159,29 @@ def test_profiles_keep_cpu_jobs_off_gpu_hosts() -> None:
     assert plain.pick(cpu_job).node == 0  # the GPU host is the busier fit (its small CPU)
     assert typed.pick(cpu_job).node == 1
     assert typed.pick(shape()).node == 0
+
+
+def test_fgd_share_scores_equal_recomputing_every_candidate_state() -> None:
+    rng = np.random.default_rng(11)
+    jobs = [job(cpu=int(c), milli=int(m), num=int(n), name=str(i)) for i, (c, m, n) in
+            enumerate(zip(rng.integers(1000, 16000, 200), rng.choice([200, 460, 500, 1000, 1000], 200), rng.choice([1, 1, 1, 2], 200)))]
+    jobs = [j if j.gpu_milli == 1000 or j.num_gpu == 1 else Job(j.name, j.cpu_milli, j.memory_mib, 1, j.gpu_milli) for j in jobs]
+    typical = typical_shapes(jobs)
+    nodes = [Node(f"n{i}", 64_000, 262_144, 8, "G2") for i in range(80)]
+    st = ClusterState(nodes)
+    st.gpu_left[:] = rng.choice([0, 100, 300, 540, 800, 1000], size=st.gpu_left.shape)
+    st.cpu_left[:] = rng.integers(0, 64_000, len(nodes))
+    p = FgdPolicy(typical)
+    share = shape(milli=460, cpu=6000)
+    idx = np.arange(len(nodes))
+    got, before = p._share_scores_incremental(st, share, idx)
+    direct, _ = p._share_scores_direct(st, share, idx)
+    assert got.tolist() == direct.tolist()
+    acc = np.ones((len(nodes), len(typical)), dtype=bool)
+    for g in range(8):
+        after_left = st.gpu_left.copy()
+        after_left[:, g] -= share.milli
+        after = fragmentation(st.cpu_left - share.score_cpu, after_left, acc, typical)
+        want = (1.0 / (1.0 + np.exp(-(before - after) / 1000)) * 100).astype(np.int64)
+        want = np.where(st.gpu_left[:, g] >= share.milli, want, -1)
+        assert got[:, g].tolist() == want.tolist(), g

@@ -42,6 +42,9 @@ def fragmentation(cpu_left: np.ndarray, gpu_left: np.ndarray, access: np.ndarray
     return out
 
 
+INCREMENTAL_FROM = 64  # nodes scored at once from which the incremental form is the cheaper
+
+
 def _sigmoid_score(delta: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-delta / 1000)) * MAX_SCORE).astype(np.int64)
 
@@ -76,15 +79,53 @@ class FgdPolicy(Policy):
 
     def _share_scores(self, state: ClusterState, shape: Shape, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per node and GPU, the score of putting the share there (-1 where it does not fit)."""
+        if len(idx) >= INCREMENTAL_FROM:
+            return self._share_scores_incremental(state, shape, idx)
+        return self._share_scores_direct(state, shape, idx)
+
+    def _share_scores_direct(self, state: ClusterState, shape: Shape, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every candidate state built and measured: fewest numpy calls, best for a few nodes."""
         left = state.gpu_left[idx]
-        m, width = left.shape
+        width = left.shape[1]
         acc = self._typical_access(state, idx)
         before = fragmentation(state.cpu_left[idx], left, acc, self.typical)
         cand = np.repeat(left[:, None, :], width, axis=1)  # [m, g_choice, g]
-        eye = np.eye(width, dtype=bool)[None, :, :]
-        cand = np.where(eye, cand - shape.milli, cand)
+        cand = np.where(np.eye(width, dtype=bool)[None, :, :], cand - shape.milli, cand)
         cpu_after = np.repeat((state.cpu_left[idx] - shape.score_cpu)[:, None], width, axis=1)
         after = fragmentation(cpu_after, cand, np.repeat(acc[:, None, :], width, axis=1), self.typical)
+        scores = _sigmoid_score(before[:, None] - after)
+        return np.where(left >= shape.milli, scores, -1), before
+
+    def _share_scores_incremental(self, state: ClusterState, shape: Shape, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The same scores for many nodes at once.
+
+        A share changes one GPU, so each typical shape's terms after placing it on GPU ``g``
+        (GPUs that fit the shape, the free share on those that do not, the total) follow from
+        the terms before by correcting GPU ``g`` alone: one pass over (node, GPU, shape) instead
+        of recomputing every candidate state. The terms are integers, so the result is the same
+        as recomputing.
+        """
+        left = state.gpu_left[idx]
+        cpu = state.cpu_left[idx]
+        acc = self._typical_access(state, idx)
+        before = fragmentation(cpu, left, acc, self.typical)
+        typ = self.typical
+        new = left - shape.milli  # [m, g]: GPU g's free share once the job takes it
+        total_after = left.sum(axis=1) - shape.milli
+        cpu_ok = (cpu - shape.score_cpu)[:, None] >= typ.cpu[None, :]  # [m, t]
+        after = np.zeros(left.shape, dtype=np.float64)
+        for t in range(len(typ)):
+            milli = int(typ.milli[t])
+            if milli == 0:
+                frag = np.broadcast_to(total_after[:, None], left.shape)
+            else:
+                fits = left >= milli
+                fits_after = fits.sum(axis=1)[:, None] - fits + (new >= milli)
+                small = np.where(fits, 0, left).sum(axis=1)[:, None]
+                small_after = small - np.where(fits, 0, left) + np.where(new >= milli, 0, new)
+                ok = (fits_after >= typ.num[t]) & (cpu_ok[:, t] & acc[:, t])[:, None]
+                frag = np.where(ok, small_after, total_after[:, None])
+            after = after + typ.freq[t] * frag
         scores = _sigmoid_score(before[:, None] - after)
         scores = np.where(left >= shape.milli, scores, -1)
         return scores, before
