@@ -225,12 +225,16 @@ def broker_retry(call: Callable[[], T], timeout: float = 30.0) -> T:
     A partition just created has a leader in the metadata a moment before that leader answers
     offset requests (NOT_LEADER_FOR_PARTITION), and a group coordinator loads for a while after a
     broker starts. Every component asks such questions at start-up; they wait here, up to
-    ``timeout``, instead of dying of it. Any other error is raised at once."""
+    ``timeout``, instead of dying of it. A broker restarting or one node of a cluster lost
+    (the connection torn down, every broker briefly unreachable, a request timed out) is the same
+    weather (the chaos campaign killed workers with _TRANSPORT and _DESTROY_BROKER here). Any
+    other error is raised at once."""
     from confluent_kafka import KafkaError, KafkaException
 
     transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
                  KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
-                 KafkaError.UNKNOWN_TOPIC_OR_PART}
+                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                 KafkaError._TIMED_OUT, KafkaError._DESTROY_BROKER, KafkaError._WAIT_COORD, KafkaError.REQUEST_TIMED_OUT}
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -33,8 +33,9 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from schemas.catalog import DEAD_LETTERS, STORED, Topic
+from schemas.catalog import DEAD_LETTERS, GPU_SAMPLES, STORED, Topic
 from schemas.events import DeadLetter
+from sinks.replays import SeriesWatermarks
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class TableWriter:
         self.pending_rows = 0
         #: set to stop retrying a failing insert (the process is stopping): the insert then raises
         self.give_up = threading.Event()
+        #: table -> the filter of the worker's replayed rows (tables that feed rollups; see sinks.replays)
+        self.replay_filters: dict[str, SeriesWatermarks] = {}
         self._pending: dict[str, tuple[Topic, list[pa.Table]]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sink-insert") if background else None
         self._inflight: tuple[Future[None], Callable[[], None] | None] | None = None
@@ -131,9 +134,13 @@ class TableWriter:
         decoded = topic.codec.decode_table(
             raws, {"_partition": pa.array(partitions, pa.uint32()), "_offset": pa.array(offsets, pa.uint64())}
         )
-        if decoded.table.num_rows:
-            self._pending.setdefault(topic.name, (topic, []))[1].append(decoded.table)
-            self.pending_rows += decoded.table.num_rows
+        table = decoded.table
+        replays = self.replay_filters.get(topic.table.name) if topic.table is not None else None
+        if replays is not None:
+            table = replays.drop_replays(table)
+        if table.num_rows:
+            self._pending.setdefault(topic.name, (topic, []))[1].append(table)
+            self.pending_rows += table.num_rows
         return decoded.rejected
 
     def discard_pending(self) -> None:
@@ -240,6 +247,9 @@ class ClickHouseSink:
         self._producer = Producer({**consumer_config, "enable.idempotence": True, "acks": "all",
                                    "message.timeout.ms": 0})  # a dead letter is retried until delivered
         self._writer = TableWriter(client, rows=self.stats.rows, stats=self.stats)
+        # the raw table the rollups aggregate: the worker's replays must not reach it twice
+        self._replays = SeriesWatermarks(GPU_SAMPLES.table.name)  # type: ignore[union-attr]
+        self._writer.replay_filters[self._replays.table] = self._replays
         self._positions: dict[tuple[str, int], int] = {}
         self._batch_started: float | None = None
         self._assigned_at: float | None = None
@@ -276,6 +286,7 @@ class ClickHouseSink:
             try:
                 self._writer.wait()  # what ClickHouse holds must include our own insert in flight
                 committed = consumer.committed(partitions, timeout=30)
+                self._load_watermarks(partitions)
                 for tp in committed:
                     stored = self._stored_max_offset(tp.topic, tp.partition, max(tp.offset, 0))
                     if stored is not None and stored + 1 > tp.offset:
@@ -294,6 +305,14 @@ class ClickHouseSink:
                 attempt += 1
                 log.warning("taking partitions failed (%s); trying again in %.0f s", err, delay)
                 self._stop.wait(delay)
+
+    def _load_watermarks(self, partitions: list[TopicPartition]) -> None:
+        """The newest stored sample of every GPU read from these partitions, afresh: rows consumed
+        and dropped before they were stored (a lost partition, a replaced consumer) must not count."""
+        self._replays.newest.clear()
+        topic = f"{self.prefix}{GPU_SAMPLES.name}"
+        for p in sorted({tp.partition for tp in partitions if tp.topic == topic}):
+            self._replays.load(self.client, p)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
@@ -400,6 +419,8 @@ class ClickHouseSink:
             ("hpcinsight_sink_commit_failures", st.commit_failures, "offset commits that failed"),
             ("hpcinsight_sink_consumer_restarts", st.consumer_restarts, "consumers replaced after a fatal error"),
             ("hpcinsight_sink_resumed_from_store", st.resumed_from_store, "partitions resumed from ClickHouse's offsets"),
+            ("hpcinsight_sink_replays_dropped", self._replays.dropped,
+             "GPU samples the worker forwarded again after a restart, kept out of the rollups"),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily("hpcinsight_sink_pending_rows", "rows decoded and waiting for an insert",

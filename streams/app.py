@@ -249,6 +249,12 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         producer_acks=-1,
         producer_compression_type="zstd",
         stream_wait_empty=False,
+        # The topics exist before the worker starts (hpcinsight topics / ensure_topics). Faust's
+        # own topic creation goes to the controller it last knew and crashed the worker when that
+        # node of a cluster was down (chaos finding F2); its leader topic serves on_leader timers,
+        # which the worker does not use.
+        topic_allow_declare=False,
+        topic_disable_leader=True,
         # static membership: a restarted worker takes its partitions back at once instead of
         # waiting out the dead member's session
         consumer_group_instance_id=f"{settings.kafka.topic_prefix}worker-{options.instance}",
@@ -272,12 +278,20 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
 
     @app.on_partitions_assigned.connect
     async def rebuild_state(sender: faust.App, assigned: set, **_: object) -> None:
-        began = time.monotonic()
-        try:
-            await _rebuild_state(assigned)
-        finally:
-            processor.stats.restores += 1
-            processor.stats.restore_seconds = time.monotonic() - began
+        # The broker may go away during the rebuild (a restart, a node of a cluster lost): that is
+        # weather, tried again with backoff, never a reason for Faust to crash the worker.
+        began, attempt = time.monotonic(), 0
+        while True:
+            try:
+                await _rebuild_state(assigned)
+                break
+            except Exception as err:  # noqa: BLE001 - see above; every step of the rebuild is idempotent
+                delay = min(30.0, 2.0 ** attempt)
+                attempt += 1
+                log.warning("rebuilding state failed (%s: %s); trying again in %.0f s", type(err).__name__, err, delay)
+                await asyncio.sleep(delay)
+        processor.stats.restores += 1
+        processor.stats.restore_seconds = time.monotonic() - began
 
     async def _rebuild_state(assigned: set) -> None:
         # Runs while the new partitions are paused: nothing is processed until state is back.
@@ -295,13 +309,14 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         mine = {tp.partition for tp in assigned if tp.topic == raw_topic}
         processor.forget(owned[raw_topic] - mine)
         new = mine - owned[raw_topic]
-        owned[raw_topic] = mine
         if new:
+            processor.forget(new)  # a rebuild tried again starts these series afresh
             rebuild_gpu_stage(processor, conf, app.conf.id, raw_topic, settings.topic(STREAM_STATE.name), new)
+        owned[raw_topic] = mine  # only once rebuilt: a failed try is tried whole again
         jobs = {tp.partition for tp in assigned if tp.topic == sketch_topic}
         if jobs != owned[sketch_topic]:
-            owned[sketch_topic] = jobs
             rebuild_job_stage(processor, conf, app.conf.id, sketch_topic, jobs)
+            owned[sketch_topic] = jobs
 
     outputs_producer = OutputProducer(settings)
     outputs_producer.attach(app)

@@ -151,3 +151,32 @@ def test_a_backfill_touching_many_daily_partitions_is_stored(client: Any) -> Non
     table = to_arrow(SchedulingKpi, rows, extra)
     client.insert_arrow("scheduling_kpis", table, settings=insert_settings(SCHEDULING_KPIS, table))
     assert count(client, "scheduling_kpis") == days
+
+
+def test_the_workers_replayed_samples_reach_the_table_but_never_the_rollups_twice(client: Any) -> None:
+    """Chaos finding F4: after a worker restart its forwarded samples come again at new offsets;
+    gpu_samples collapses them, the rollups counted them twice. The sink now drops them."""
+    from sinks.replays import SeriesWatermarks
+
+    raws = [gpu_message(k) for k in range(12)]  # 4 nodes x 8 GPUs, 3 ticks each
+    first = TableWriter(client, background=False)
+    first.add(GPU_SAMPLES, raws[:8], [0] * 8, list(range(8)))
+    first.submit()
+    # a new sink process: what is stored comes from ClickHouse
+    marks = SeriesWatermarks("gpu_samples")
+    marks.load(client, 0)
+    assert len(marks.newest) == 32
+    writer = TableWriter(client, background=False)
+    writer.replay_filters["gpu_samples"] = marks
+    # the worker replays messages 4..7 (already stored) and goes on with 8..11, out of one batch
+    writer.add(GPU_SAMPLES, raws[4:12], [0] * 8, list(range(8, 16)))
+    writer.submit()
+    assert marks.dropped == 4 * 8
+    assert int(client.command("SELECT count() FROM gpu_samples FINAL")) == 12 * 8
+    assert int(client.command("SELECT sum(samples) FROM gpu_rollup_1m")) == 12 * 8  # each sample once
+    # a GPU never seen, and a later sample of a known one, pass untouched
+    late = GPU_SAMPLES.codec.encode([GpuSample("n9", 0, "GPU-9-0", T0, gpu_util=1.0),
+                                     GpuSample("n0", 0, "GPU-0-0", T0 + 100 * 1000, gpu_util=1.0)])
+    writer.add(GPU_SAMPLES, [late], [0], [16])
+    writer.submit()
+    assert int(client.command("SELECT sum(samples) FROM gpu_rollup_1m")) == 12 * 8 + 2 and marks.dropped == 32
