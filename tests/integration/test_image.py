@@ -9,6 +9,7 @@ in ~/.cache/hpcinsight/image from the set-up)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -68,15 +69,22 @@ def image() -> str:
     if not shutil.which("podman") or not shutil.which("runc"):
         _missing("podman and runc are not installed (make setup installs Debian's, as root)")
     tag = f"localhost/hpcinsight:test-{source_hash()}"
-    if podman("image", "exists", tag, check=False).returncode != 0:
-        build = subprocess.run(["bash", str(ROOT / "deploy" / "image" / "build.sh")], capture_output=True, text=True,
-                               timeout=1500, env={**podman_env(), "IMAGE": tag, "HOST_PYTHON": str(ROOT / ".venv" / "bin" / "python")})
-        assert build.returncode == 0, build.stderr[-5000:]
-        print(build.stderr.strip().splitlines()[-1])  # image: <tag> <size> MB
-        for line in podman("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/hpcinsight").stdout.split():
-            if line.startswith("localhost/hpcinsight:test-") and line != tag:  # earlier test builds
-                podman("rmi", line, check=False)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".test-build.lock", "w") as lock:  # the suite's processes build it once between them
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if podman("image", "exists", tag, check=False).returncode != 0:
+            _build(tag)
     return tag
+
+
+def _build(tag: str) -> None:
+    build = subprocess.run(["bash", str(ROOT / "deploy" / "image" / "build.sh")], capture_output=True, text=True,
+                           timeout=1500, env={**podman_env(), "IMAGE": tag, "HOST_PYTHON": str(ROOT / ".venv" / "bin" / "python")})
+    assert build.returncode == 0, build.stderr[-5000:]
+    print(build.stderr.strip().splitlines()[-1])  # image: <tag> <size> MB
+    for line in podman("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/hpcinsight").stdout.split():
+        if line.startswith("localhost/hpcinsight:test-") and line != tag:  # earlier test builds
+            podman("rmi", line, check=False)
 
 
 def test_the_image_answers_as_a_non_root_cli_with_its_labels(image: str) -> None:
@@ -128,8 +136,11 @@ def test_agent_worker_and_sink_from_the_image(pipeline: Pipeline, image: str) ->
         summary = json.loads(agent.stdout.strip().splitlines()[-1])
         produced = summary["topics"]["gpu.samples.raw"]["records"]
         assert produced == NODES * GPUS * TICKS and summary["dropped"] == 0
-        pipeline.wait_caught_up("worker", ["gpu.samples.raw"], timeout=180)
-        pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles"], timeout=180)
+        try:
+            pipeline.wait_caught_up("worker", ["gpu.samples.raw"], timeout=300)
+            pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles"], timeout=300)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\nworker:\n{pipeline.log('image-worker')[-3000:]}\nsink:\n{pipeline.log('image-sink')[-3000:]}") from None
         for proc in procs.values():
             assert proc.poll() is None, (proc.args, pipeline.log("image-worker"), pipeline.log("image-sink"))
     finally:
@@ -142,7 +153,7 @@ def test_agent_worker_and_sink_from_the_image(pipeline: Pipeline, image: str) ->
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         for log in logs.values():
             log.close()
-    assert procs["sink"].returncode == 0, pipeline.log("image-sink")
+    assert procs["sink"].returncode == 0, (procs["sink"].returncode, pipeline.log("image-sink")[-3000:])
     # the rows the containers stored, read from the host
     counts = pipeline.sql("SELECT count() AS n, uniqExact(gpu_uuid, ts) AS distinct_n FROM gpu_samples")[0]
     assert counts == {"n": produced, "distinct_n": produced}
