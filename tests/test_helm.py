@@ -191,6 +191,9 @@ def test_the_settings_reach_the_components(helm: Path, values: str, tmp_path: Pa
                 assert settings.kafka.sasl_username == v["kafka"]["sasl"]["username"]
                 assert settings.kafka.sasl_password.reveal() == "s3cr3t-value-0123456789"
             assert (settings.kafka.ssl_cafile is not None) == bool(v["kafka"]["tls"]["caSecret"]["name"])
+            if v["kafka"]["tls"]["clientSecret"]["name"]:  # mutual TLS: the client certificate and key reach librdkafka
+                conf = settings.kafka.client_config()
+                assert conf["ssl.certificate.location"].endswith("/user.crt") and conf["ssl.key.location"].endswith("/user.key")
             assert settings.clickhouse.url == v["clickhouse"]["url"] and settings.clickhouse.cluster == (v["clickhouse"]["cluster"] or None)
             assert dict(settings.clickhouse.ttl_days) == v["clickhouse"]["ttlDays"]
             assert dict(settings.detectors) == v["detectors"]
