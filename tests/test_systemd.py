@@ -48,6 +48,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for unit in UNITS.glob("hpcinsight*"):
         if unit.suffix in (".service", ".target"):
             shutil.copy(unit, root / "etc" / "systemd" / "system")
+    dropin = root / "etc" / "systemd" / "system" / "hpcinsight-agent.service.d"  # mutual TLS, as docs/deploy.md installs it
+    dropin.mkdir()
+    shutil.copy(UNITS / "kafka-mtls.conf", dropin)
     cli = root / "opt" / "hpcinsight" / "bin" / "hpcinsight"
     cli.parent.mkdir(parents=True)
     cli.write_text(f"#!/bin/sh\nexec {shlex.quote(str(Path(sys.executable).parent / 'hpcinsight'))} \"$@\"\n")
@@ -139,6 +142,30 @@ def exec_start(service: str, env: dict[str, str]) -> list[str]:
     argv = shlex.split(line)
     assert argv[0] == "/opt/hpcinsight/bin/hpcinsight"
     return [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], a) for a in argv[1:]]
+
+
+def test_the_mutual_tls_drop_in_gives_the_agent_its_key(root: Path, tmp_path: Path, credentials: Path) -> None:
+    """The drop-in is part of the verified agent unit above; with it and a certificate in the env
+    file, the agent's settings carry the client certificate and key to librdkafka."""
+    from hpcinsight.config import load
+
+    shown = subprocess.run([systemd_analyze(), "cat-config", f"--root={root}", "systemd/system/hpcinsight-agent.service.d/kafka-mtls.conf"],
+                           capture_output=True, text=True, timeout=60)
+    assert "LoadCredential=kafka-client-key:" in shown.stdout, shown.stderr
+    (credentials / "kafka-client-key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    cert, ca = tmp_path / "client.crt", tmp_path / "ca.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    env_path = tmp_path / "hpcinsight.env"
+    env_path.write_text((UNITS / "hpcinsight.env.example").read_text().replace("KAFKA_SECURITY_PROTOCOL=PLAINTEXT", "KAFKA_SECURITY_PROTOCOL=SSL")
+                        + f"KAFKA_SSL_CAFILE={ca}\nKAFKA_SSL_CERTFILE={cert}\n")
+    env = service_env("hpcinsight-agent.service", env_path, credentials)
+    for line in (UNITS / "kafka-mtls.conf").read_text().splitlines():
+        if line.startswith("Environment="):
+            key, value = line.removeprefix("Environment=").split("=", 1)
+            env[key] = value.replace("%d", str(credentials))
+    conf = load(env).kafka.client_config()
+    assert conf["ssl.certificate.location"] == str(cert) and conf["ssl.key.location"] == str(credentials / "kafka-client-key")
 
 
 @pytest.fixture
