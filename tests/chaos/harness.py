@@ -477,7 +477,13 @@ class Campaign:
                 break
             if not deck:
                 deck = self.full_pass()
-            self.inject(deck.pop(0))
+            fault = deck.pop(0)
+            try:
+                self.inject(fault)
+            except Exception as err:  # noqa: BLE001 - e.g. a broker that does not come back: say so, go on
+                self.finding(f"injecting {fault.kind} {fault.target} failed: {type(err).__name__}", fault.target, str(err))
+                if fault.target.startswith("broker-"):
+                    self.brokers.ensure_all_up()
         self._last_fault = "(faults over)"
 
     # --- the end ---------------------------------------------------------------------------
