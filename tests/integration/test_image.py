@@ -56,9 +56,17 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
 
 
 def source_hash() -> str:
+    """Of what goes into the image: the packages' files (deploy/'s chart, units and docs are not in
+    the wheel), pyproject.toml and the image's own build files."""
     digest = hashlib.sha256()
-    files = [ROOT / "pyproject.toml"] + sorted(p for top in SOURCES for p in (ROOT / top).rglob("*")
-                                               if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+
+    def shipped(path: Path) -> bool:
+        rel = path.relative_to(ROOT)
+        if not path.is_file() or "__pycache__" in rel.parts or path.suffix == ".pyc":
+            return False
+        return rel.parts[0] != "deploy" or rel.parts[1] == "image" or (ROOT / rel.parts[0] / rel.parts[1] / "__init__.py").exists() \
+            or len(rel.parts) == 2
+    files = [ROOT / "pyproject.toml"] + sorted(p for top in SOURCES for p in (ROOT / top).rglob("*") if shipped(p))
     for path in files:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
