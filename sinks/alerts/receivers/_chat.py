@@ -17,7 +17,7 @@ from sinks.alerts import redact
 from sinks.alerts.confnode import Node
 from sinks.alerts.message import Renderer
 from sinks.alerts.model import Notification
-from sinks.alerts.receivers.base import COMMON_KEYS, Common, Integration, RetryableError, parse_common
+from sinks.alerts.receivers.base import COMMON_KEYS, Common, Integration, RetryableError, parse_common, parse_url
 
 APP_ID = "hpcinsight"
 
@@ -50,10 +50,7 @@ def parse_chat(node: Node, kind: str, service: str | None, convert: Callable[[st
     apprise plugin class it must load (None: any); ``expected`` says in words what is accepted.
     """
     f = node.mapping(("url", "url_file", *COMMON_KEYS))
-    if ("url" in f) == ("url_file" in f):
-        raise node.error("give exactly one of url, url_file")
-    where = f.get("url") or f["url_file"]
-    url = f["url"].secret() if "url" in f else f["url_file"].secret(f["url_file"])
+    url, where = parse_url(node, f)
     converted = convert(url.reveal())
     if converted is None:
         raise where.error(f"not {expected}")

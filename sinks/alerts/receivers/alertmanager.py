@@ -38,7 +38,9 @@ from sinks.alerts.receivers.base import (
     RefusedError,
     RetryableError,
     exception_text,
+    parse_bearer_token,
     parse_common,
+    parse_http_url,
 )
 
 KIND = "alertmanager"
@@ -62,16 +64,9 @@ class AlertmanagerConfig:
 
 def parse(node: Node) -> AlertmanagerConfig:
     f = node.mapping(("url", "url_file", "bearer_token", "bearer_token_file", "resend_ttl", *COMMON_KEYS))
-    if ("url" in f) == ("url_file" in f):
-        raise node.error("give exactly one of url, url_file")
-    url = f["url"].secret() if "url" in f else f["url_file"].secret(f["url_file"])
-    if not url.reveal().startswith(("http://", "https://")):
-        raise (f.get("url") or f["url_file"]).error("must be the Alertmanager's http:// or https:// base URL")
-    token = None
-    if "bearer_token" in f or "bearer_token_file" in f:
-        token = f["bearer_token"].secret() if "bearer_token" in f else f["bearer_token_file"].secret(f["bearer_token_file"])
+    url = parse_http_url(node, f, "the Alertmanager's http:// or https:// base URL")
     ttl = f["resend_ttl"].duration(allow_zero=False) if "resend_ttl" in f else 24 * 3600.0
-    return AlertmanagerConfig(url, parse_common(f), token, ttl)
+    return AlertmanagerConfig(url, parse_common(f), parse_bearer_token(f), ttl)
 
 
 def postable_alerts(n: Notification, renderer: Renderer, send_resolved: bool, resend_ttl_s: float,

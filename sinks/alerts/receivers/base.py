@@ -13,6 +13,7 @@ import abc
 from dataclasses import dataclass
 from typing import ClassVar
 
+from hpcinsight.config import Secret
 from sinks.alerts import redact
 from sinks.alerts.confnode import Node
 from sinks.alerts.message import Renderer
@@ -47,6 +48,30 @@ def parse_common(fields: dict[str, Node]) -> Common:
         send_resolved=fields["send_resolved"].boolean() if "send_resolved" in fields else True,
         timeout_s=fields["timeout"].duration(allow_zero=False) if "timeout" in fields else 10.0,
     )
+
+
+def parse_url(node: Node, fields: dict[str, Node]) -> tuple[Secret, Node]:
+    """The receiver's ``url`` or ``url_file`` (exactly one), as a secret, and where it was given."""
+    if ("url" in fields) == ("url_file" in fields):
+        raise node.error("give exactly one of url, url_file")
+    where = fields.get("url") or fields["url_file"]
+    return (fields["url"].secret() if "url" in fields else fields["url_file"].secret(fields["url_file"])), where
+
+
+def parse_http_url(node: Node, fields: dict[str, Node], what: str = "an http:// or https:// URL") -> Secret:
+    url, where = parse_url(node, fields)
+    if not url.reveal().startswith(("http://", "https://")):
+        raise where.error(f"must be {what}")
+    return url
+
+
+def parse_bearer_token(fields: dict[str, Node]) -> Secret | None:
+    """``bearer_token`` or ``bearer_token_file``, if given."""
+    if "bearer_token" in fields:
+        return fields["bearer_token"].secret()
+    if "bearer_token_file" in fields:
+        return fields["bearer_token_file"].secret(fields["bearer_token_file"])
+    return None
 
 
 def exception_text(err: BaseException) -> str:

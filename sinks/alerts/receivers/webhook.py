@@ -36,7 +36,9 @@ from sinks.alerts.receivers.base import (
     RefusedError,
     RetryableError,
     exception_text,
+    parse_bearer_token,
     parse_common,
+    parse_http_url,
 )
 
 KIND = "webhook"
@@ -64,15 +66,8 @@ class WebhookConfig:
 
 def parse(node: Node) -> WebhookConfig:
     f = node.mapping(("url", "url_file", "bearer_token", "bearer_token_file", "max_alerts", *COMMON_KEYS))
-    if ("url" in f) == ("url_file" in f):
-        raise node.error("give exactly one of url, url_file")
-    url = f["url"].secret() if "url" in f else f["url_file"].secret(f["url_file"])
-    if not url.reveal().startswith(("http://", "https://")):
-        raise (f.get("url") or f["url_file"]).error("must be an http:// or https:// URL")
-    token = None
-    if "bearer_token" in f or "bearer_token_file" in f:
-        token = f["bearer_token"].secret() if "bearer_token" in f else f["bearer_token_file"].secret(f["bearer_token_file"])
-    return WebhookConfig(url, parse_common(f), token, f["max_alerts"].integer() if "max_alerts" in f else 0)
+    return WebhookConfig(parse_http_url(node, f), parse_common(f), parse_bearer_token(f),
+                         f["max_alerts"].integer() if "max_alerts" in f else 0)
 
 
 def _common(dicts: list[dict[str, str]]) -> dict[str, str]:
