@@ -87,6 +87,7 @@ def test_fgd_fragmentation_and_score() -> None:
     # a share of 500 on an idle GPU strands 500: 100*sigmoid(-0.5) = 37.75 -> 37
     assert p.score(st, shape(milli=500), np.array([0])).tolist() == [37]
     st.gpu_left[0, :4] = [1000, 500, 1000, 1000]
+    st._touch(0)  # changed behind the state's back: say so, as place/release do
     # on the half-used GPU it un-strands 500: 100*sigmoid(0.5) = 62.2 -> 62; FGD picks that GPU
     assert p.score(st, shape(milli=500), np.array([0])).tolist() == [62]
     assert p.gpus(st, shape(milli=500), 0) == [1]

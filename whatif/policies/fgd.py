@@ -56,6 +56,20 @@ class FgdPolicy(Policy):
     def __init__(self, typical: Typical) -> None:
         self.typical = typical
         self._access: dict[int, np.ndarray] = {}
+        self._before: tuple[int, np.ndarray, np.ndarray] | None = None  # (state id, F per node, its stamp)
+
+    def _fragmentation_now(self, state: ClusterState, idx: np.ndarray, acc: np.ndarray) -> np.ndarray:
+        """Each node's fragmentation as it stands, kept per node until the node changes (every
+        job shape scores against the same "before")."""
+        if self._before is None or self._before[0] != id(state):
+            self._before = (id(state), np.zeros(len(state)), np.full(len(state), -1, dtype=np.int64))
+        _, frag, stamp = self._before
+        stale = stamp[idx] != state.stamp[idx]
+        if stale.any():
+            todo = idx[stale]
+            frag[todo] = fragmentation(state.cpu_left[todo], state.gpu_left[todo], acc[stale], self.typical)
+            stamp[todo] = state.stamp[todo]
+        return frag[idx]
 
     def _typical_access(self, state: ClusterState, idx: np.ndarray) -> np.ndarray:
         key = id(state)
@@ -88,7 +102,7 @@ class FgdPolicy(Policy):
         left = state.gpu_left[idx]
         width = left.shape[1]
         acc = self._typical_access(state, idx)
-        before = fragmentation(state.cpu_left[idx], left, acc, self.typical)
+        before = self._fragmentation_now(state, idx, acc)
         cand = np.repeat(left[:, None, :], width, axis=1)  # [m, g_choice, g]
         cand = np.where(np.eye(width, dtype=bool)[None, :, :], cand - shape.milli, cand)
         cpu_after = np.repeat((state.cpu_left[idx] - shape.score_cpu)[:, None], width, axis=1)
@@ -108,7 +122,7 @@ class FgdPolicy(Policy):
         left = state.gpu_left[idx]
         cpu = state.cpu_left[idx]
         acc = self._typical_access(state, idx)
-        before = fragmentation(cpu, left, acc, self.typical)
+        before = self._fragmentation_now(state, idx, acc)
         typ = self.typical
         new = left - shape.milli  # [m, g]: GPU g's free share once the job takes it
         total_after = left.sum(axis=1) - shape.milli
@@ -137,7 +151,7 @@ class FgdPolicy(Policy):
             scores, _ = self._share_scores(state, shape, idx)
             return scores.max(axis=1)
         acc = self._typical_access(state, idx)
-        before = fragmentation(state.cpu_left[idx], state.gpu_left[idx], acc, self.typical)
+        before = self._fragmentation_now(state, idx, acc)
         after = fragmentation(state.cpu_left[idx] - shape.score_cpu, self._after(state, shape, idx), acc, self.typical)
         return _sigmoid_score(before - after)
 
