@@ -120,7 +120,7 @@ def eval_settings(data_dir: Path, prefix: str) -> Settings:
 def run_eval(options: EvalOptions) -> int:
     import sys
 
-    console = Console(width=None if sys.stdout.isatty() else 132)  # the table, whole, also in a log
+    console = Console(width=None if sys.stdout.isatty() else 180)  # the table, whole, also in a log
     saved: dict[str, Any] = {}
     if options.rescore:
         try:

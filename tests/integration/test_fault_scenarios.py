@@ -36,10 +36,20 @@ SPANS = """
 [detectors.gpu_health]
 ecc_quiet_s = 20
 throttle_window_s = 20
+throttle_quiet_s = 10
 clock_low_s = 15
 
 [detectors.gpu_xid]
 quiet_s = 20
+
+[detectors.gpu_underused]
+quiet_s = 10
+
+[detectors.gpu_outlier]
+quiet_s = 10
+
+[detectors.straggler]
+quiet_s = 10
 
 [detectors.slow_interconnect]
 warmup_s = 10
@@ -47,6 +57,7 @@ baseline_s = 20
 fire_after_s = 10
 resolve_after_s = 15
 flap_window_s = 20
+quiet_s = 10
 """
 ZONES = {"sim-node-00": "sim-zone-a", "sim-node-01": "sim-zone-a", "sim-node-02": "sim-zone-b", "sim-node-03": "sim-zone-b"}
 _SIM = SimGpuCollector(SimConfig(nodes=NODES, gpus_per_node=GPUS))  # seed 0, as the agent runs it: the GPUs' UUIDs

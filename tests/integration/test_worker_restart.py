@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -37,10 +38,15 @@ def committed(pipeline: Pipeline, group: str, topic: str) -> int:
         consumer.close()
 
 
-def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline) -> None:
+def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline, tmp_path: Path) -> None:
     worker_args = ("worker", "--windows", f"{WINDOW_S}s/{HOP_S}s,20s/10s", "--since-start-every", "10s",
                    "--checkpoint-every", "10s", "--replay-margin", "1s", "--lateness", f"{LATENESS_S}s")
-    worker = pipeline.start("worker-1", *worker_args)
+    # the idle GPU is busy again for the last 24 s of sample time: its incident's quiet time (10 min by default,
+    # for windows of a minute) is shortened to the test's 4 s windows, as every span of this test is
+    config = tmp_path / "detectors.toml"
+    config.write_text("[detectors.gpu_underused]\nquiet_s = 4\n")
+    env = {"HPCINSIGHT_CONFIG": str(config)}
+    worker = pipeline.start("worker-1", *worker_args, extra_env=env)
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     agent = pipeline.start("agent", "agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS),
                            "--ticks", str(TICKS), "--speed", str(SPEED), "--idle", IDLE)
@@ -55,7 +61,7 @@ def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline) -> No
             time.sleep(0.2)
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
-        worker = pipeline.start("worker-2", *worker_args)
+        worker = pipeline.start("worker-2", *worker_args, extra_env=env)
         assert agent.wait(120) == 0, pipeline.log("agent")
         produced = json.loads(pipeline.log("agent").strip().splitlines()[-1])["topics"]["gpu.samples.raw"]
         pipeline.wait_caught_up("worker", ["gpu.samples.raw"])
