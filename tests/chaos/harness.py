@@ -69,11 +69,14 @@ class Profile:
     held_s: tuple[float, float] = (2.0, 8.0)  # how long a process stays killed/stopped, the disk full
     gap_s: tuple[float, float] = (2.0, 6.0)  # quiet time between faults
     settle_s: float = 10.0  # after the last fault, before the checks
+    min_faults: int = 0  # go on past ``seconds`` until this many faults are in (a slow machine restarts slowly)
     catch_up_timeout_s: float = 300.0
 
     @staticmethod
-    def short(brokers: int = 1, seed: int = 0, seconds: float = 70.0) -> Profile:
-        return Profile(seconds, brokers, seed, held_s=(2.0, 6.0), gap_s=(1.5, 4.0))
+    def short(brokers: int = 1, seed: int = 0, seconds: float = 60.0) -> Profile:
+        """At least the first six faults of the first pass: kill -9, stop and restart of three
+        components, a broker kill -9, the full disk and a broker stop."""
+        return Profile(seconds, brokers, seed, held_s=(2.0, 6.0), gap_s=(1.5, 4.0), min_faults=6)
 
     @staticmethod
     def long(minutes: float, brokers: int = 1, seed: int = 0) -> Profile:
@@ -397,7 +400,8 @@ class Campaign:
         return [*COMPONENTS, *(f"broker-{i}" for i in range(self.profile.brokers))]
 
     def first_pass(self) -> list[Fault]:
-        """Each component once, kinds in turn (each at least twice), a broker kill -9, the disk."""
+        """Each component once, kinds in turn (each at least twice), a broker kill -9, the disk and
+        a broker stop; the first six hold every kind."""
         comps = list(COMPONENTS)
         self.rng.shuffle(comps)
         offset = self.rng.randrange(len(KINDS))
@@ -471,9 +475,13 @@ class Campaign:
     def run_faults(self) -> None:
         end = time.monotonic() + self.profile.seconds
         deck = self.first_pass()
-        while time.monotonic() < end:
+
+        def more() -> bool:
+            return time.monotonic() < end or len(self.result.faults) < self.profile.min_faults
+
+        while more():
             time.sleep(self.rng.uniform(*self.profile.gap_s))
-            if time.monotonic() >= end:
+            if not more():
                 break
             if not deck:
                 deck = self.full_pass()

@@ -17,11 +17,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
 @pytest.mark.parametrize("brokers", [1, 3])
 def test_short_chaos_campaign_loses_duplicates_and_retells_nothing(brokers: int, tmp_path: Path) -> None:
-    result = run(Profile.short(brokers, seed=brokers, seconds=60.0 if brokers > 1 else 70.0), tmp_path)
+    result = run(Profile.short(brokers, seed=brokers, seconds=45.0), tmp_path)
     report = markdown([result])
     print(report)
     kinds = {f.kind for f in result.faults}
     assert {"kill", "stop", "restart"} <= kinds, report
     assert any(f.target.startswith("broker-") and f.kind == "kill" for f in result.faults), report
     assert any(f.kind == "disk" for f in result.faults), report
+    assert any(f.target.startswith("broker-") and f.kind == "stop" for f in result.faults), report
     assert result.passed, report
