@@ -390,10 +390,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- eval -----------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.list:
-        from hpcinsight.scenario import library, load as load_scenario
+        from hpcinsight.scenario import TraceMissing, library, load as load_scenario
 
         for name in library():
-            sc = load_scenario(name)
+            try:
+                sc = load_scenario(name)
+            except TraceMissing as err:
+                print(f"{name:22} (its recorded data is not here: {err})")
+                continue
+            if not sc.simulated:
+                print(f"{name:22} {sc.duration_s:5g} s  recorded trace: {len(sc.trace.series)} GPUs, "
+                      f"{sum(lab.required for lab in sc.labels)} required labels from the data")
+                continue
             print(f"{name:22} {sc.duration_s:5g} s  {sc.nodes:2} nodes  {len(sc.jobs)} jobs  "
                   f"{'; '.join(f.describe() for f in sc.faults) or 'no fault (false-positive trap)'}")
         return 0
