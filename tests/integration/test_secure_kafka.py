@@ -79,6 +79,11 @@ def test_the_pipeline_runs_over_a_secure_listener(protocol: str, tmp_path: Path)
                 return False
 
         pipeline.poll(following, *procs.values())
+
+        def stored_every_gpu() -> bool:  # through the sink's store share, while it runs
+            return pipeline.sql("SELECT uniqExact(node, gpu_index) AS gpus FROM gpu_samples")[0]["gpus"] == 4
+
+        pipeline.poll(stored_every_gpu, *procs.values())
     finally:
         for proc in procs.values():
             stop(proc)
