@@ -121,10 +121,10 @@ def test_filter_gpu_spec_memory_and_never_fits() -> None:
 def test_scores_stay_right_after_placements() -> None:
     """The per-shape cache rescoring only changed nodes gives what scoring everything gives."""
     rng = np.random.default_rng(3)
-    jobs = [job(cpu=int(c), milli=int(m), name=str(i)) for i, (c, m) in
-            enumerate(zip(rng.integers(1000, 8000, 60), rng.choice([250, 500, 1000], 60)))]
+    jobs = [job(cpu=int(c), milli=int(m), mem=int(mem), name=str(i)) for i, (c, m, mem) in
+            enumerate(zip(rng.integers(1000, 8000, 60), rng.choice([250, 500, 1000], 60), rng.choice([4096, 30_000], 60)))]
     nodes = [Node(f"n{i}", 64_000, 262_144, int(g), "G2") for i, g in enumerate(rng.choice([2, 4, 8], 12))]
-    for name in ("bestfit", "fgd", "gpupacking"):
+    for name in ("bestfit", "fgd", "gpupacking", "mostallocated"):
         st = ClusterState(nodes)
         placer = Placer(st, make_policy(name, jobs, rng), rank=np.arange(len(nodes)), rng=rng)
         for j in jobs:

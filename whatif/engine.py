@@ -8,7 +8,7 @@ a common shape rescoring one node instead of 1,200 is what keeps a 10,000-pod ru
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -17,8 +17,13 @@ from whatif.state import ClusterState, Shape
 
 
 @dataclass
-class _Cache:
-    feasible: np.ndarray
+class _Feasible:
+    ok: np.ndarray
+    stamp: np.ndarray
+
+
+@dataclass
+class _Scores:
     score: np.ndarray
     stamp: np.ndarray
 
@@ -38,28 +43,41 @@ class Placer:
     rank: np.ndarray  # rank[n]: node n's place in the tie-break order (0 first)
     rng: np.random.Generator
     allowed: Callable[[Shape], np.ndarray] | None = None  # extra filter (resource-type profiles)
-    _cache: dict[Shape, _Cache] = field(default_factory=dict)
+    _feasible: dict[Shape, _Feasible] = field(default_factory=dict)
+    _scores: dict[Shape, _Scores] = field(default_factory=dict)
+    _keys: dict[Shape, Shape] = field(default_factory=dict)
+
+    def _score_key(self, shape: Shape) -> Shape:
+        """Jobs differing only in memory score alike unless the policy weighs memory."""
+        key = self._keys.get(shape)
+        if key is None:
+            key = self._keys[shape] = shape if self.policy.uses_memory else replace(shape, mem=0)
+        return key
 
     def candidates(self, shape: Shape, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Feasible nodes for ``shape`` and their (normalised) scores."""
         st = self.state
         n = len(st)
-        cache = self._cache.get(shape)
-        if cache is None:
-            cache = _Cache(np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64), np.full(n, -1, dtype=np.int64))
-            self._cache[shape] = cache
-        dirty = np.flatnonzero(st.stamp > cache.stamp) if self.policy.cached else np.arange(n)
+        feas = self._feasible.get(shape)
+        if feas is None:
+            feas = self._feasible[shape] = _Feasible(np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int64))
+        dirty = np.flatnonzero(st.stamp > feas.stamp) if self.policy.cached else np.arange(n)
         if len(dirty):
             ok = st.feasible(shape, dirty)
             if self.allowed is not None:
                 ok &= self.allowed(shape)[dirty]
-            cache.feasible[dirty] = ok
-            good = dirty[ok]
-            if len(good):
-                cache.score[good] = self.policy.score(st, shape, good)
-            cache.stamp[dirty] = st.clock
-        feasible = cache.feasible if mask is None else cache.feasible & mask
+            feas.ok[dirty] = ok
+            feas.stamp[dirty] = st.clock
+        key = self._score_key(shape)
+        cache = self._scores.get(key)
+        if cache is None:
+            cache = self._scores[key] = _Scores(np.zeros(n, dtype=np.int64), np.full(n, -1, dtype=np.int64))
+        feasible = feas.ok if mask is None else feas.ok & mask
         cand = np.flatnonzero(feasible)
+        stale = cand[st.stamp[cand] > cache.stamp[cand]] if self.policy.cached else cand
+        if len(stale):
+            cache.score[stale] = self.policy.score(st, shape, stale)
+            cache.stamp[stale] = st.clock
         scores = cache.score[cand]
         if self.policy.normalize:
             scores = normalize_scores(scores)

@@ -26,6 +26,7 @@ class Policy:
     summary: ClassVar[str] = ""
     normalize: ClassVar[bool] = False  # min-max normalise the integer scores over feasible nodes
     cached: ClassVar[bool] = True  # a node's score depends only on its state and the job shape
+    uses_memory: ClassVar[bool] = False  # whether the score weighs memory (else jobs differing only in it share scores)
 
     def score(self, state: ClusterState, shape: Shape, idx: np.ndarray) -> np.ndarray:
         """Integer scores of the feasible nodes ``idx`` for one job of ``shape``."""

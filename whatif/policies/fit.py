@@ -38,6 +38,7 @@ class _Allocated(Policy):
     """
 
     most: ClassVar[bool] = True
+    uses_memory: ClassVar[bool] = True
 
     def score(self, state: ClusterState, shape: Shape, idx: np.ndarray) -> np.ndarray:
         parts = []
