@@ -55,6 +55,38 @@ class DemoOptions:
         return self.idle or [f"{node}:{gpu}@0-{default_idle_end_s(self)[0]:g}"]
 
 
+#: The detectors' spans for the demo's run of a minute or two. Their defaults are for production
+#: windows (an idle GPU's incident resolves after three good windows and 10 min without an idle one,
+#: so a diurnal dip is one incident): the demo's idle GPU would still be open when it ends. The demo
+#: shows one fire and one resolution, so its worker resolves after two good windows and no quiet time
+#: (unless HPCINSIGHT_CONFIG names the user's own settings).
+DEMO_DETECTORS = """\
+[detectors.gpu_underused]
+resolve_after = 2
+quiet_s = 0
+
+[detectors.gpu_outlier]
+quiet_s = 0
+"""
+
+
+def demo_detectors() -> dict[str, dict[str, float]]:
+    """:data:`DEMO_DETECTORS` as the worker reads them."""
+    import tomllib
+
+    return tomllib.loads(DEMO_DETECTORS)["detectors"]
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The demo's worker runs with :data:`DEMO_DETECTORS` unless the user gave a configuration file."""
+    if os.environ.get("HPCINSIGHT_CONFIG"):
+        return {}
+    path = settings.data_dir / "demo-detectors.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEMO_DETECTORS)
+    return {"HPCINSIGHT_CONFIG": str(path)}
+
+
 def default_idle_end_s(options: DemoOptions, lateness_s: float | None = None) -> tuple[float, bool]:
     """When the demo's idle GPU recovers (seconds into the run), and whether the run is long enough
     for what it raises to both fire and resolve.
@@ -106,9 +138,10 @@ class Processes:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", *args], env={**self.env, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT)
         self.children[name] = proc
         return proc
 
@@ -232,7 +265,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
 
         ticks = max(1, int(options.duration_s / options.interval_s))
         procs.start("worker", "worker", "--windows", options.windows, "--since-start-every", "10s", "--checkpoint-every", "10s",
-                    "--job-wait", f"{JOB_WAIT_S:g}s")
+                    "--job-wait", f"{JOB_WAIT_S:g}s", env=worker_env(settings))
         procs.start("sink", "sink")
         ui_url = start_ui(procs, options.ui_port)
         if ui_url:

@@ -12,7 +12,8 @@ import dataclasses
 import pytest
 
 from agents.gpu_sim import IdleGpu, SimConfig, SimGpuCollector
-from hpcinsight.demo import DemoOptions, default_idle_end_s
+from hpcinsight.demo import DemoOptions, default_idle_end_s, demo_detectors
+from streams.detectors import build as build_detectors
 from schemas.catalog import ANOMALIES, GPU_SAMPLES_RAW, GPU_SKETCHES
 from streams.app import WorkerOptions, parse_windows
 from streams.jobs import JobStageConfig
@@ -27,7 +28,7 @@ def told(options: DemoOptions, start_ms: int) -> dict[str, list[str]]:
     # the job stage waits on event time only (a window goes out once every GPU's sketch is in, the first
     # once a sketch 20 s newer came): the demo's processing-time wait does not pass in this fast loop
     config = dataclasses.replace(worker.processor_config(), jobs=JobStageConfig(wait_s=0.0, stale_s=3600.0))
-    processor = SampleProcessor(config)
+    processor = SampleProcessor(config, detectors=build_detectors(demo_detectors()))  # as the demo's worker
     sim = SimGpuCollector(SimConfig(nodes=options.nodes, gpus_per_node=options.gpus,
                                     idle=tuple(IdleGpu.parse(s) for s in options.idle_specs())))
     states: dict[str, list[str]] = {}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from hpcinsight.demo import DEMO_DETECTORS
 from tests.conftest import Pipeline, check_windows_against_numpy, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -14,8 +16,12 @@ NODES, GPUS, TICKS = 2, 4, 60
 IDLE_NODE, IDLE_GPU = 1, 2
 
 
-def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline) -> None:
-    worker = pipeline.start("worker", "worker", "--windows", "10s/5s", "--since-start-every", "20s", "--job-wait", "2s")
+def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline, tmp_path: Path) -> None:
+    # a run of a minute: the detectors' spans of the demo's short runs (production quiet times are minutes)
+    config = tmp_path / "detectors.toml"
+    config.write_text(DEMO_DETECTORS)
+    worker = pipeline.start("worker", "worker", "--windows", "10s/5s", "--since-start-every", "20s", "--job-wait", "2s",
+                            extra_env={"HPCINSIGHT_CONFIG": str(config)})
     sink = pipeline.start("sink", "sink", "--batch-age", "0.5")
     try:
         agent = pipeline.run(
