@@ -61,6 +61,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -68,6 +69,7 @@ import numpy as np
 
 from schemas.events import NodeInventory, SchedulerEvent, SchedulingKpi
 from streams.attribution import expand_hostlist
+from streams.fragmentation import MILLI, NO_CPU_LIMIT, ShapeWindow, access_matrix, fragmentation, task_shape
 
 CLUSTER = ("cluster", "all")
 HOUR_MS = 3_600_000
@@ -86,6 +88,7 @@ class KpiConfig:
     lateness_s: float = 10.0  # how long a boundary waits for stragglers before it closes
     max_ended: int = 100_000  # ended jobs remembered to drop their duplicates and late events
     max_catchup_intervals: int = 10_000  # a longer gap is crossed without emitting the empty intervals
+    shape_window: int = 10_000  # recent jobs whose shapes make FGD's typical workload
 
     def __post_init__(self) -> None:
         ms = self.interval_s * 1000
@@ -95,6 +98,8 @@ class KpiConfig:
             raise ValueError("lateness_s must be >= 0")
         if self.max_ended < 0 or self.max_catchup_intervals < 1:
             raise ValueError("max_ended must be >= 0 and max_catchup_intervals >= 1")
+        if self.shape_window < 1:
+            raise ValueError("shape_window must be >= 1")
 
 
 def gpu_bucket(gpus: float | None) -> str:
@@ -151,6 +156,25 @@ class _Node:
     holders: int = 0
     gpu_refs: Counter[str] = field(default_factory=Counter)  # gpu id -> jobs holding a share of it
     anon: int = 0  # busy GPUs of jobs that named no gpu_ids
+    gpu_used: dict[str, Fraction] = field(default_factory=dict)  # gpu id -> share of it held
+    cpu_milli: int | None = None  # from the inventory; None: not said (CPU never limits)
+    cpu_used: Fraction = ZERO  # CPU milli held by the jobs on it
+
+    def held(self) -> bool:
+        return bool(self.holders or self.gpu_refs or self.anon or self.cpu_used)
+
+    def left(self, width: int) -> tuple[np.ndarray, int]:
+        """Free milli of each GPU (zero-padded to ``width``) and free CPU milli, for FGD: a named GPU
+        has what its holders' shares leave; a job that named no GPU takes whole ones."""
+        row = np.zeros(width, dtype=np.int64)
+        cap = self.capacity
+        row[:cap] = MILLI
+        named = list(self.gpu_used.values())[:cap]
+        for i, used in enumerate(named):
+            row[i] = max(0, MILLI - round(used * MILLI))
+        anon = min(self.anon, cap - len(named))
+        row[len(named):len(named) + anon] = 0
+        return row, NO_CPU_LIMIT if self.cpu_milli is None else self.cpu_milli - round(self.cpu_used)
 
     def groups(self) -> tuple[Group, Group]:
         if not self.known:
@@ -173,6 +197,7 @@ class _Part:
     node: str | None
     gpus: Fraction
     anon: int  # busy GPUs of this node, when the job named no gpu_ids
+    cpus: Fraction = ZERO  # CPU milli it holds on this node
 
 
 @dataclass(frozen=True)
@@ -203,7 +228,9 @@ class _Job:
     priority: str | None = None
     qos: str | None = None
     gpus: float | None = None
+    cpus: float | None = None
     node: str | None = None
+    shaped: bool = False  # its shape is in the FGD shape window
 
 
 @dataclass(frozen=True)
@@ -235,6 +262,15 @@ class SchedulingKpis:
         self._capacity: dict[Group, list[int]] = {}  # group -> [GPUs, nodes with GPUs]
         self._capacities: Counter[int] = Counter()  # node GPU count -> nodes
         self._fragments = [0, 0, 0, 0]
+        self._shapes = ShapeWindow(self.config.shape_window)
+        self._fgd_layout: tuple[list[str], dict[str, int], np.ndarray, np.ndarray, list[str | None]] | None = None  # GPU nodes, rows
+        self._fgd_dirty: set[str | None] = set()
+        self._fgd_access: dict[str, np.ndarray] = {}
+        self._fgd_groups: list[tuple[Group, np.ndarray]] = []  # zone and model groups: their rows of the layout
+        self._fgd_held: set[int] = set()  # rows of the layout with something held on the node
+        self._fgd_idle = np.zeros(0, dtype=np.int64)  # layout row -> its idle kind (capacity, model, CPUs)
+        self._fgd_idle_first = np.zeros(0, dtype=np.int64)  # idle kind -> a layout row of that kind
+        self._fgd_last: tuple[object, np.ndarray] | None = None  # (typical, fragmentation per node) last measured
         self._queued = 0
         self._waits: list[tuple[float, tuple[Group, ...], bool]] = []
         #: counters of odd input, for the worker's metrics
@@ -337,6 +373,8 @@ class SchedulingKpis:
                 self._capacity[g][0] -= node.capacity
                 self._capacity[g][1] -= 1
         node.known, node.capacity, node.model, node.zone = True, max(0, int(inv.gpu_count)), inv.gpu_model, inv.zone
+        node.cpu_milli = round(inv.cpus * MILLI) if inv.cpus is not None else None
+        self._fgd_layout = None  # node list, models or capacities may have changed: rebuilt at the next boundary
         if node.capacity > 0:
             self._capacities[node.capacity] += 1
             for g in node.groups():
@@ -375,6 +413,11 @@ class SchedulingKpis:
                 setattr(job, name, value)
         if e.requested_gpus is not None:
             job.gpus = max(0.0, e.requested_gpus)
+        if e.requested_cpus is not None:
+            job.cpus = max(0.0, e.requested_cpus)
+        if not job.shaped and e.requested_gpus is not None:  # a job's shape counts once, when first said
+            job.shaped = True
+            self._shapes.add(task_shape(e.requested_gpus, e.requested_cpus, e.gpu_model))
         if e.kind == "submitted":
             if job.hold is None and job.queued_since is None:
                 job.queued_since = int(e.ts)
@@ -397,9 +440,10 @@ class SchedulingKpis:
         busy = tuple((gid.split("/", 1)[0] if "/" in gid else node_name, gid) for gid in dict.fromkeys(e.gpu_ids))
         if not nodes:
             parts: tuple[_Part, ...] = (_Part(None, gpus, 0),)
-        else:  # a gang job on a host list: its GPUs spread evenly over its nodes
+        else:  # a gang job on a host list: its GPUs (and CPUs) spread evenly over its nodes
             share = gpus / len(nodes)
-            parts = tuple(_Part(n, share, math.ceil(share) if share > 0 and not busy else 0) for n in nodes)
+            cpus = Fraction(job.cpus or 0.0) * MILLI / len(nodes)
+            parts = tuple(_Part(n, share, math.ceil(share) if share > 0 and not busy else 0, cpus) for n in nodes)
         groups = (
             CLUSTER, ("team", job.team or "unknown"), ("user", job.user or "unknown"),
             ("job_class", job_class(float(gpus))), ("priority", job.priority or "unknown"),
@@ -411,6 +455,7 @@ class SchedulingKpis:
             self._queued -= 1
         if gpus > 0:
             self._hold(job.hold, t, +1)
+        self._hold_cpu(job.hold, +1)
 
     def _hold(self, hold: _Hold, t: int, sign: int) -> None:
         """Add (``sign`` = 1) or remove (-1) a job's GPUs from its groups and its nodes."""
@@ -429,20 +474,37 @@ class SchedulingKpis:
             for g in node.groups():
                 self._change(g, t, sign * part.gpus, sign)
         for name, gid in hold.busy:
-            refs = self._node(name).gpu_refs
+            node = self._node(name)
+            refs = node.gpu_refs
             refs[gid] += sign
+            node.gpu_used[gid] = node.gpu_used.get(gid, ZERO) + sign * hold.gpus / len(hold.busy)
             if refs[gid] <= 0:
                 del refs[gid]
+                node.gpu_used.pop(gid, None)
+        self._fgd_dirty.update(touched, (p.node for p in hold.parts))
         for name in touched:
             self._add_fragments(self._node(name), +1)
         for name in {*(p.node for p in hold.parts), *touched}:  # forget nodes the inventory never named once nothing is on them
             n = self._nodes.get(name)
-            if n is not None and not n.known and not n.holders and not n.gpu_refs and not n.anon:
+            if n is not None and not n.known and not n.held():
                 del self._nodes[name]
+
+    def _hold_cpu(self, hold: _Hold, sign: int) -> None:
+        """Add or remove a job's CPUs on its nodes (a CPU-only job too: it still takes a GPU node's CPUs)."""
+        for part in hold.parts:
+            if part.node is None or not part.cpus:
+                continue
+            node = self._node(part.node)
+            node.cpu_used += sign * part.cpus
+            self._fgd_dirty.add(part.node)
+            if not node.known and not node.held():
+                del self._nodes[part.node]
 
     def _end(self, key: JobKey, job: _Job, e: SchedulerEvent, t: int) -> None:
         if job.hold is not None and job.hold.gpus > 0:
             self._hold(job.hold, t, -1)
+        if job.hold is not None:
+            self._hold_cpu(job.hold, -1)
         if job.hold is None and job.queued_since is not None:
             self._queued -= 1
         del self._jobs[key]
@@ -538,6 +600,7 @@ class SchedulingKpis:
         row("stranded_share", CLUSTER, Fraction(stranded, free) if free else 0, fragmented)
         row("fragmented_nodes", CLUSTER, fragmented, fragmented)
         row("queued_jobs", CLUSTER, self._queued, self._queued)
+        self._fgd_rows(row)
         by_group: dict[Group, list[float]] = {}
         gang: list[float] = []
         for wait, groups, multi_node in self._waits:
@@ -551,6 +614,69 @@ class SchedulingKpis:
                     row(f"{prefix}_{name}_s", g, value, len(waits), interval_s)
         self._new_interval(b)
         return rows
+
+    def _fgd_rows(self, row: Callable[[str, Group, float | Fraction, int], None]) -> None:
+        """FGD's expected fragmentation (:mod:`streams.fragmentation`), in GPUs: the cluster, each zone and
+        GPU model, and each node with something held on it (an idle node's figure follows from its capacity
+        and model alone, and one row per node per interval would multiply the table by the node count);
+        ``fgd_fragmentation_rate`` is the cluster's share of its free GPU capacity. Nothing before a job
+        has said its shape."""
+        typical = self._shapes.typical()
+        if not typical.shapes:
+            return
+        if self._fgd_layout is None:
+            names = [n for n, node in self._nodes.items() if n is not None and node.known and node.capacity > 0]
+            width = max((self._nodes[n].capacity for n in names), default=1)
+            self._fgd_layout = (names, {n: i for i, n in enumerate(names)}, np.zeros((len(names), width), dtype=np.int64),
+                                np.zeros(len(names), dtype=np.int64), [self._nodes[n].model for n in names])
+            members: dict[Group, list[int]] = {}
+            for i, n in enumerate(names):
+                for g in self._nodes[n].groups():
+                    members.setdefault(g, []).append(i)
+            self._fgd_groups = [(g, np.array(ix, dtype=np.int64)) for g, ix in sorted(members.items())]
+            self._fgd_access = {}
+            # an idle node is in the state of every idle node of its capacity, model and CPUs: measured once
+            idle: dict[tuple[int, str | None, int | None], int] = {}
+            self._fgd_idle = np.array([idle.setdefault((node.capacity, node.model, node.cpu_milli), len(idle))
+                                       for node in (self._nodes[n] for n in names)], dtype=np.int64)
+            first: dict[int, int] = {}
+            for i, kind in enumerate(self._fgd_idle.tolist()):
+                first.setdefault(kind, i)
+            self._fgd_idle_first = np.array([first[k] for k in range(len(first))], dtype=np.int64)
+            self._fgd_held = set()
+            self._fgd_dirty = set(names)
+        names, index, left, cpu, models = self._fgd_layout
+        for name in self._fgd_dirty:
+            if (i := index.get(name)) is not None:  # type: ignore[arg-type]
+                node = self._nodes[name]
+                left[i], cpu[i] = node.left(left.shape[1])
+                if node.held():
+                    self._fgd_held.add(i)
+                else:
+                    self._fgd_held.discard(i)
+        changed = bool(self._fgd_dirty)
+        self._fgd_dirty = set()
+        if not names:
+            return
+        if changed or self._fgd_last is None or self._fgd_last[0] is not typical:
+            access = access_matrix(models, typical, self._fgd_access)
+            held = np.array(sorted(self._fgd_held), dtype=np.int64)
+            reps = self._fgd_idle_first  # one node of each idle kind, by kind id; idle left and CPU rebuilt from it
+            idle_left = (np.arange(left.shape[1])[None, :] < np.array([self._nodes[names[i]].capacity for i in reps])[:, None]) * MILLI
+            idle_cpu = np.array([NO_CPU_LIMIT if (c := self._nodes[names[i]].cpu_milli) is None else c for i in reps], dtype=np.int64)
+            frag = fragmentation(idle_left.astype(np.int64), idle_cpu, access[reps], typical)[self._fgd_idle]
+            if len(held):
+                frag[held] = fragmentation(left[held], cpu[held], access[held], typical)
+            self._fgd_last = (typical, frag)
+        frag = self._fgd_last[1]
+        free = int(left.sum())
+        total = float(frag.sum())
+        row("fgd_fragmentation_gpus", CLUSTER, total / MILLI, len(names))
+        row("fgd_fragmentation_rate", CLUSTER, total / free if free else 0.0, len(names))
+        for g, ix in self._fgd_groups:
+            row("fgd_fragmentation_gpus", g, float(frag[ix].sum()) / MILLI, len(ix))
+        for i in sorted(self._fgd_held):
+            row("fgd_fragmentation_gpus", ("node", names[i]), float(frag[i]) / MILLI, 1)
 
     def _capacity_of(self, group: Group) -> tuple[int, int]:
         if group == CLUSTER:

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(not (DATA / POD_FILE).is_file(), reason=f"the op
 
 T0 = 1_764_000_000_000  # a multiple of the interval: trace second 0 is a boundary
 SPEEDUP = 60.0
-CONFIG = KpiConfig(interval_s=60.0, lateness_s=10.0)
+CONFIG = KpiConfig(interval_s=60.0, lateness_s=10.0, shape_window=2000)  # FGD learns from the last 2,000 jobs
 I_MS = int(CONFIG.interval_s * 1000)
 KEY = ["kpi", "dimension", "group", "ts"]
 INF = np.iinfo(np.int64).max // 4
@@ -100,10 +100,12 @@ def integral(start: np.ndarray, end: np.ndarray, weight: np.ndarray, at: np.ndar
 
 
 def expected_rows(records: list[object]) -> pd.DataFrame:
-    nodes = pd.DataFrame([{"node": r.node, "cap": r.gpu_count, "model": r.gpu_model or "unknown", "zone": r.zone or "unknown"}
+    nodes = pd.DataFrame([{"node": r.node, "cap": r.gpu_count, "model": r.gpu_model or "unknown", "zone": r.zone or "unknown",
+                           "raw_model": r.gpu_model, "cpu": round(r.cpus * 1000) if r.cpus is not None else -1}
                           for r in records if isinstance(r, NodeInventory)])
     ev = pd.DataFrame([{"ts": e.ts, "job": e.job_id, "kind": e.kind, "gpus": e.requested_gpus or 0.0, "node": e.node,
-                        "gpu_ids": tuple(e.gpu_ids), "qos": e.qos, "priority": e.priority, "user": e.user, "team": e.team}
+                        "gpu_ids": tuple(e.gpu_ids), "qos": e.qos, "priority": e.priority, "user": e.user, "team": e.team,
+                        "cpus": e.requested_cpus or 0.0, "spec": e.gpu_model or ""}
                        for e in records if isinstance(e, SchedulerEvent)])
     assert not ev.duplicated(["job", "kind"]).any() and nodes.node.is_unique
     all_ts = np.array([r.ts for r in records], dtype=np.int64)
@@ -114,7 +116,7 @@ def expected_rows(records: list[object]) -> pd.DataFrame:
     base = int(all_ts.min())  # times relative to it keep the integrals inside int64
 
     wide = ev.pivot(index="job", columns="kind", values="ts")
-    jobs = ev[ev.kind == "submitted"].set_index("job")[["gpus", "qos", "priority", "user", "team"]].copy()
+    jobs = ev[ev.kind == "submitted"].set_index("job")[["gpus", "qos", "priority", "user", "team", "cpus", "spec"]].copy()
     placed = ev[ev.kind == "scheduled"].set_index("job")[["node", "gpu_ids"]]
     jobs = jobs.join(placed).join(wide)
     jobs["end"] = jobs[["finished", "deleted"]].min(axis=1)
@@ -199,6 +201,7 @@ def expected_rows(records: list[object]) -> pd.DataFrame:
     out.add("stranded_gpus", "cluster", "all", stranded, fragmented)
     out.add("stranded_share", "cluster", "all", np.divide(stranded, free_sum, out=np.zeros(n), where=free_sum > 0), fragmented)
     out.add("fragmented_nodes", "cluster", "all", fragmented, fragmented)
+    fgd_expected(out, b, nodes, ev, run.assign(lo=lo, hi=hi))
     # --- the queue ---------------------------------------------------------------------------
     sub = jobs.submitted.to_numpy(np.int64)
     leaves = jobs[["scheduled", "end"]].min(axis=1).fillna(INF).to_numpy(np.int64)
@@ -224,6 +227,88 @@ def expected_rows(records: list[object]) -> pd.DataFrame:
     return pd.concat([out.frame(), *parts], ignore_index=True)
 
 
+def fgd_expected(out: Expected, b: np.ndarray, nodes: pd.DataFrame, ev: pd.DataFrame, run: pd.DataFrame) -> None:
+    """FGD's expected fragmentation (Weng et al., ATC'23) at every boundary, from the paper's definition.
+
+    Typical shapes: those of the last ``shape_window`` jobs submitted before ``b`` (CPU milli, a pod asking
+    none counting 100; per-GPU milli; GPU count; model spec), most frequent first, ties larger first, until
+    95% are covered, frequencies renormalised. A node's per-GPU free milli and CPU come from the jobs
+    holding it at ``b``; a shape contributes all free GPU milli of a node it cannot use (no GPU wanted,
+    too few GPUs with its share free, too little CPU, another model) and, where it fits, the free milli
+    of the GPUs too small for it.
+    """
+    n, window = len(b), CONFIG.shape_window
+    sub = ev[ev.kind == "submitted"].sort_values("ts", kind="stable")
+    g = sub.gpus.to_numpy()
+    num = np.where(g <= 0, 0, np.ceil(g - 1e-9)).astype(np.int64)
+    milli = np.where(num > 0, np.round(g * 1000 / np.maximum(num, 1)), 0).astype(np.int64)
+    cpu = np.round(sub.cpus.to_numpy() * 1000).astype(np.int64)
+    cpu = np.where(cpu > 0, cpu, 100)
+    shapes = pd.DataFrame({"cpu": cpu, "milli": milli, "num": num, "spec": sub.spec.to_numpy()})
+    code, uniq = pd.factorize(pd.MultiIndex.from_frame(shapes))
+    upto = np.searchsorted(sub.ts.to_numpy(np.int64), b, side="left")  # jobs submitted before each boundary
+    # the state of every GPU node at every boundary: per-GPU free milli [node, gpu, boundary], CPU [node, boundary]
+    gnodes = nodes[nodes.cap > 0].reset_index(drop=True)
+    where = {name: i for i, name in enumerate(gnodes.node)}
+    width = int(gnodes.cap.max())
+    used = np.zeros((len(gnodes), width, n + 1), dtype=np.int64)
+    held_gpus = run.explode("gpu_ids").dropna(subset=["gpu_ids"])
+    per_gpu = (held_gpus.milli / held_gpus.groupby(level=0).gpu_ids.transform("size")).round().astype(np.int64)
+    node_ix = held_gpus.gpu_ids.str.split("/").str[0].map(where).to_numpy()
+    slot = held_gpus.gpu_ids.str.extract(r"gpu(\d+)$")[0].astype(np.int64).to_numpy()
+    np.add.at(used, (node_ix, slot, held_gpus.lo.to_numpy()), per_gpu.to_numpy())
+    np.add.at(used, (node_ix, slot, held_gpus.hi.to_numpy()), -per_gpu.to_numpy())
+    used = used[:, :, :n].cumsum(axis=2)
+    cap_mask = np.arange(width)[None, :] < gnodes.cap.to_numpy()[:, None]
+    left = np.where(cap_mask[:, :, None], 1000 - np.minimum(1000, used), 0)
+    cpu_used = np.zeros((len(gnodes), n + 1), dtype=np.int64)
+    run_ix = run.node.map(where).to_numpy()
+    run_cpu = np.round(run.cpus.to_numpy() * 1000).astype(np.int64)
+    np.add.at(cpu_used, (run_ix, run.lo.to_numpy()), run_cpu)
+    np.add.at(cpu_used, (run_ix, run.hi.to_numpy()), -run_cpu)
+    cap_cpu = gnodes.cpu.to_numpy()
+    cpu_left = np.where(cap_cpu[:, None] >= 0, cap_cpu[:, None] - cpu_used[:, :n].cumsum(axis=1), np.iinfo(np.int64).max // 4)
+    holders = np.zeros((len(gnodes), n + 1), dtype=np.int64)
+    np.add.at(holders, (run_ix, run.lo.to_numpy()), 1)
+    np.add.at(holders, (run_ix, run.hi.to_numpy()), -1)
+    held = holders[:, :n].cumsum(axis=1) > 0
+    models = gnodes.raw_model.to_numpy()
+    frag = np.zeros((len(gnodes), n))
+    total = left.sum(axis=1)  # [node, boundary]
+    starts = np.flatnonzero(np.diff(upto, prepend=-1))  # boundaries from which the window is the same
+    for i0, i1 in zip(starts, [*starts[1:], n], strict=True):
+        k = int(upto[i0])
+        if k == 0:
+            continue
+        counts = np.bincount(code[max(0, k - window):k], minlength=len(uniq))
+        seen = np.flatnonzero(counts)
+        order = sorted(seen, key=lambda c: (counts[c], uniq[c]), reverse=True)
+        cum = np.cumsum(counts[order])
+        keep = order[: int(np.searchsorted(cum, 0.95 * cum[-1], side="left")) + 1]
+        weight = counts[keep] / counts[keep].sum()
+        seg_left, seg_total = left[:, :, i0:i1], total[:, i0:i1]
+        for c, w in zip(keep, weight, strict=True):
+            s_cpu, s_milli, s_num, s_spec = uniq[c]
+            if s_milli == 0:
+                frag[:, i0:i1] += w * seg_total
+                continue
+            ok_model = np.array([not s_spec or m in s_spec.split("|") for m in models])
+            fits = seg_left >= s_milli
+            ok = (fits.sum(axis=1) >= s_num) & (cpu_left[:, i0:i1] >= s_cpu) & ok_model[:, None]
+            frag[:, i0:i1] += w * np.where(ok, np.where(fits, 0, seg_left).sum(axis=1), seg_total)
+    some = upto > 0
+    free = total.sum(axis=0)
+    out.add("fgd_fragmentation_gpus", "cluster", "all", frag.sum(axis=0) / 1000, len(gnodes), mask=some)
+    out.add("fgd_fragmentation_rate", "cluster", "all", np.divide(frag.sum(axis=0), free, out=np.zeros(n), where=free > 0),
+            len(gnodes), mask=some)
+    for dim, col in (("gpu_model", "model"), ("zone", "zone")):
+        for name, rows in gnodes.groupby(col).indices.items():
+            out.add("fgd_fragmentation_gpus", dim, name, frag[rows].sum(axis=0) / 1000, len(rows), mask=some)
+    for i, name in enumerate(gnodes.node):
+        if held[i].any():
+            out.add("fgd_fragmentation_gpus", "node", name, frag[i] / 1000, 1, mask=some & held[i])
+
+
 def test_every_kpi_of_the_openb_replay_matches_an_independent_computation(replay: dict[str, object]) -> None:
     collector, records, rows = replay["collector"], replay["records"], replay["rows"]
     assert isinstance(collector, OpenbTraceCollector) and isinstance(records, list) and isinstance(rows, list)
@@ -243,6 +328,7 @@ def test_every_kpi_of_the_openb_replay_matches_an_independent_computation(replay
     assert set(got.kpi) == {
         "allocated_gpus", "total_gpus", "allocation_rate", "gpu_hours", "allocation_share", "free_gpus", "stranded_gpus",
         "stranded_share", "fragmented_nodes", "queued_jobs", "queue_wait_p50_s", "queue_wait_p95_s",
+        "fgd_fragmentation_gpus", "fgd_fragmentation_rate",
     }
     by = got.set_index(["kpi", "dimension", "group"]).sort_index()
     # openb replayed in time is a light load (at most ~66 of 6,212 GPUs held at once), yet partly used nodes strand GPUs
