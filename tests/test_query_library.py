@@ -408,6 +408,13 @@ def test_fragmentation_low_priority_and_zones(store) -> None:
     stranded = _by_step(_kpi_rows(sc, "stranded_gpus", "cluster"), 600 * S)
     assert {ms(r["t"]): r["stranded_gpus"] for r in frag} == {t: round(v, 2) for t, v in stranded.items()}
     assert max(r["stranded_max"] for r in frag) == max(k.value for k in _kpi_rows(sc, "stranded_gpus", "cluster"))
+    fgd = _kpi_rows(sc, "fgd_fragmentation_gpus", "cluster")
+    assert fgd and max(k.value for k in fgd) > 0  # the scenario's jobs said their shapes
+    want = _by_step(fgd, 600 * S)
+    assert {ms(r["t"]): r["fgd_fragmented_gpus"] for r in frag if ms(r["t"]) in want} == {t: round(v, 2) for t, v in want.items()}
+    rate = _by_step(_kpi_rows(sc, "fgd_fragmentation_rate", "cluster"), 600 * S)
+    assert {ms(r["t"]): r["fgd_rate"] for r in frag if ms(r["t"]) in rate} == {t: round(v, 4) for t, v in rate.items()}
+    assert max(r["fgd_max"] for r in frag if ms(r["t"]) in want) == max(k.value for k in fgd)
     low = records(client, "low_priority_usage", {"step_s": 600})
     share = _by_step(_kpi_rows(sc, "allocation_share", "priority", "low"), 600 * S)
     assert {ms(r["t"]): r["low_priority_share"] for r in low} == {t: round(v, 4) for t, v in share.items()}
