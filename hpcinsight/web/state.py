@@ -281,8 +281,21 @@ class ClusterState:
                 "open_by_kind": _count(a.kind for a in self.open.values()),
                 "last_sample_ms": self.updated_ms, "age_s": round((now_ms - self.updated_ms) / 1000, 1) if self.updated_ms else None,
                 "kpis": self._kpis(dimension="cluster"),
+                "fragmentation": self._fragmentation(),
                 "messages": self.received,
             }
+
+    def _fragmentation(self) -> dict[str, float | int | None]:
+        """The cluster's fragmentation from the newest KPI rows: stranded GPUs (free on partly used
+        nodes) and FGD's expected fragmentation (free GPU capacity the recent jobs' typical shapes
+        could not use), in GPUs and as a share of the free capacity; None where the worker has not
+        said it yet (no KPI stream, or no job has said its shape)."""
+        def value(kpi: str) -> float | None:
+            k = self.kpis.get((kpi, "cluster", "all"))
+            return k.value if k is not None else None
+
+        return {"free_gpus": value("free_gpus"), "stranded_gpus": value("stranded_gpus"), "stranded_share": value("stranded_share"),
+                "fgd_gpus": value("fgd_fragmentation_gpus"), "fgd_rate": value("fgd_fragmentation_rate")}
 
     def _kpis(self, kpi: str | None = None, dimension: str | None = None) -> list[dict[str, Any]]:
         rows = [k for k in self.kpis.values() if (kpi is None or k.kpi == kpi) and (dimension is None or k.dimension == dimension)]

@@ -59,3 +59,26 @@ def test_a_frame_of_10240_gpus_is_compact() -> None:
     idx = state.select(Filter())
     frame = state.frame(idx)  # its cost is measured by bench/ui.py, not here
     assert frame["n"] == 10240 and all(type(v) is int for m in ("util", "power", "mem", "temp", "p95") for v in frame[m])
+
+
+def test_the_summary_reads_stranded_gpus_and_fgd_fragmentation_from_the_kpi_stream() -> None:
+    from schemas.events import NodeInventory, SchedulerEvent
+    from streams.kpis import KpiConfig, SchedulingKpis
+
+    state = ClusterState()
+    assert state.summary()["fragmentation"]["fgd_gpus"] is None  # no KPI stream yet: the view shows "–"
+    kpis = SchedulingKpis(KpiConfig(interval_s=60.0, lateness_s=0.0))
+    t0 = NOW // 60_000 * 60_000
+    events: list[NodeInventory | SchedulerEvent] = [NodeInventory(ts=t0, node=n, gpu_count=8, gpu_model="H100") for n in ("a", "b")]
+    for i, (gpus, gid) in enumerate([(1.0, "a/gpu0"), (0.5, "a/gpu1"), (1.0, None), (1.0, None), (1.0, None)]):
+        common = {"source": "test", "job_id": f"j{i}", "requested_gpus": gpus}
+        events.append(SchedulerEvent(ts=t0 + 1 + i, kind="submitted", **common))
+        if gid:
+            events.append(SchedulerEvent(ts=t0 + 1 + i, kind="scheduled", node="a", gpu_ids=[gid], **common))
+    rows = [r for e in events for r in kpis.observe(e)] + kpis.advance(t0 + 60_000)
+    state.add_kpis(rows)
+    got = state.summary()["fragmentation"]
+    # node a: GPU 0 taken, GPU 1 half taken, six free; node b free. Typical shapes: one whole GPU (4 of 5
+    # jobs) and half a GPU (1 of 5). A whole-GPU task cannot use GPU 1's free half: 0.8 * 0.5 GPU.
+    assert got["fgd_gpus"] == pytest.approx(0.4) and got["fgd_rate"] == pytest.approx(0.4 / 14.5)
+    assert (got["stranded_gpus"], got["free_gpus"]) == (6.0, 14.0)  # the six free GPUs of the partly used node

@@ -365,8 +365,15 @@
       const c = await api("/api/cluster");
       const kpi = (name) => { const k = c.kpis.find((x) => x.kpi === name); return k ? k.value : null; };
       const pct = (v) => (v == null ? "–" : (v * (v <= 1 ? 100 : 1)).toFixed(1) + " %");
+      // stranded on partly used nodes, and FGD's expected fragmentation for the recent jobs' shapes
+      const strandedText = (f) => {
+        const parts = [];
+        if (f.stranded_gpus != null) parts.push(f.stranded_gpus.toFixed(0) + (f.free_gpus != null ? " of " + f.free_gpus.toFixed(0) + " free" : ""));
+        if (f.fgd_gpus != null) parts.push("FGD " + f.fgd_gpus.toFixed(1) + " GPUs" + (f.fgd_rate != null ? " (" + pct(f.fgd_rate) + ")" : ""));
+        return parts.length ? parts.join(" · ") : "–";
+      };
       const parts = [["GPUs", c.gpus], ["nodes", c.nodes], ["allocated", pct(c.allocation_rate)], ["mean util", c.mean_util == null ? "–" : c.mean_util + " %"],
-        ["jobs", c.jobs], ["open anomalies", c.open_anomalies], ["stranded GPUs (fragmentation)", pct(kpi("stranded_share"))],
+        ["jobs", c.jobs], ["open anomalies", c.open_anomalies], ["stranded GPUs (fragmentation)", strandedText(c.fragmentation || {})],
         ["queued jobs", kpi("queued_jobs") == null ? "–" : kpi("queued_jobs")],
         ["queue wait p50", kpi("queue_wait_p50_s") == null ? "–" : kpi("queue_wait_p50_s").toFixed(0) + " s"], ["feed age", c.age_s == null ? "–" : c.age_s < 0 ? "sim clock ahead" : c.age_s + " s"]];
       const box = $("summary"); box.textContent = "";
