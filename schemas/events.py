@@ -249,7 +249,7 @@ class SchedulingKpi(Event, frozen=True):
     """One scheduling KPI at one instant (or over the interval ending then), for one group.
 
     ``dimension`` says how the cluster was cut (``cluster``, ``gpu_model``, ``zone``, ``team``,
-    ``user``, ``qos``, ``gpu_bucket``, ``job_class``, ``priority``) and ``group`` names the slice
+    ``user``, ``qos``, ``gpu_bucket``, ``job_class``, ``priority``, ``node``) and ``group`` names the slice
     (``all`` for the whole cluster). Quantile KPIs (queue wait) cover the ``interval_s`` before ``ts``
     and ``count`` says how many observations they rest on.
     """

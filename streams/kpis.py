@@ -42,6 +42,14 @@ node of a host list). Free GPUs of a node =
 ``capacity - min(capacity, busy)``. Allocation is the scheduler's word (``requested_gpus``), so
 ``allocated + free`` need not equal ``total`` when jobs share GPUs or were bound without a node.
 
+FGD's expected fragmentation (:mod:`streams.fragmentation`; ``fgd_fragmentation_gpus`` per
+cluster, zone, GPU model and held node, ``fgd_fragmentation_rate`` for the cluster) needs finer
+state: each named GPU's held share in thousandths (a job's ``requested_gpus`` spread evenly over
+its ``gpu_ids``; a job without ``gpu_ids`` takes whole GPUs, as above) and each node's CPU milli
+(the inventory's ``cpus`` less the ``requested_cpus`` of the jobs on it, CPU-only jobs included;
+no limit when the inventory does not say). The typical shapes are the requests of the last
+``shape_window`` jobs, each counted once at the first event that gives its ``requested_gpus``.
+
 Groups: ``gpu_model``/``zone`` of a job are its node's, as the node inventory says now (a node
 re-inventoried with another model moves its allocation); ``unknown`` when the inventory leaves it
 empty, ``unplaced`` when the job has no node or the node is not in the inventory. ``team``,
@@ -156,9 +164,9 @@ class _Node:
     holders: int = 0
     gpu_refs: Counter[str] = field(default_factory=Counter)  # gpu id -> jobs holding a share of it
     anon: int = 0  # busy GPUs of jobs that named no gpu_ids
-    gpu_used: dict[str, Fraction] = field(default_factory=dict)  # gpu id -> share of it held
+    gpu_used: dict[str, int] = field(default_factory=dict)  # gpu id -> thousandths of it held
     cpu_milli: int | None = None  # from the inventory; None: not said (CPU never limits)
-    cpu_used: Fraction = ZERO  # CPU milli held by the jobs on it
+    cpu_used: int = 0  # CPU milli held by the jobs on it
 
     def held(self) -> bool:
         return bool(self.holders or self.gpu_refs or self.anon or self.cpu_used)
@@ -171,10 +179,10 @@ class _Node:
         row[:cap] = MILLI
         named = list(self.gpu_used.values())[:cap]
         for i, used in enumerate(named):
-            row[i] = max(0, MILLI - round(used * MILLI))
+            row[i] = MILLI - min(MILLI, used)
         anon = min(self.anon, cap - len(named))
         row[len(named):len(named) + anon] = 0
-        return row, NO_CPU_LIMIT if self.cpu_milli is None else self.cpu_milli - round(self.cpu_used)
+        return row, NO_CPU_LIMIT if self.cpu_milli is None else self.cpu_milli - self.cpu_used
 
     def groups(self) -> tuple[Group, Group]:
         if not self.known:
@@ -197,7 +205,7 @@ class _Part:
     node: str | None
     gpus: Fraction
     anon: int  # busy GPUs of this node, when the job named no gpu_ids
-    cpus: Fraction = ZERO  # CPU milli it holds on this node
+    cpus: int = 0  # CPU milli it holds on this node
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,7 @@ class _Hold:
     parts: tuple[_Part, ...]  # one per node of its placement (a Slurm host list names several)
     busy: tuple[tuple[str | None, str], ...]  # (node, gpu id) of each busy GPU named
     groups: tuple[Group, ...]  # the static groups (cluster, team, user, job class, priority)
+    gpu_milli: int = 0  # thousandths of each busy GPU named that it holds (FGD's per-GPU free share)
 
     @property
     def nodes(self) -> set[str]:
@@ -442,13 +451,13 @@ class SchedulingKpis:
             parts: tuple[_Part, ...] = (_Part(None, gpus, 0),)
         else:  # a gang job on a host list: its GPUs (and CPUs) spread evenly over its nodes
             share = gpus / len(nodes)
-            cpus = Fraction(job.cpus or 0.0) * MILLI / len(nodes)
+            cpus = round((job.cpus or 0.0) * MILLI / len(nodes))
             parts = tuple(_Part(n, share, math.ceil(share) if share > 0 and not busy else 0, cpus) for n in nodes)
         groups = (
             CLUSTER, ("team", job.team or "unknown"), ("user", job.user or "unknown"),
             ("job_class", job_class(float(gpus))), ("priority", job.priority or "unknown"),
         ) if gpus > 0 else ()
-        job.hold = _Hold(gpus, parts, busy, groups)
+        job.hold = _Hold(gpus, parts, busy, groups, round(float(gpus) * MILLI / len(busy)) if busy else 0)
         if job.queued_since is not None:
             self._wait(job, job.scheduled_at)
             job.queued_since = None
@@ -477,7 +486,7 @@ class SchedulingKpis:
             node = self._node(name)
             refs = node.gpu_refs
             refs[gid] += sign
-            node.gpu_used[gid] = node.gpu_used.get(gid, ZERO) + sign * hold.gpus / len(hold.busy)
+            node.gpu_used[gid] = node.gpu_used.get(gid, 0) + sign * hold.gpu_milli
             if refs[gid] <= 0:
                 del refs[gid]
                 node.gpu_used.pop(gid, None)
