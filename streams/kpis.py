@@ -280,6 +280,7 @@ class SchedulingKpis:
         self._fgd_idle = np.zeros(0, dtype=np.int64)  # layout row -> its idle kind (capacity, model, CPUs)
         self._fgd_idle_first = np.zeros(0, dtype=np.int64)  # idle kind -> a layout row of that kind
         self._fgd_last: tuple[object, np.ndarray] | None = None  # (typical, fragmentation per node) last measured
+        self._fgd_idle_frag: tuple[object, np.ndarray] | None = None  # (typical, fragmentation of each idle kind)
         self._queued = 0
         self._waits: list[tuple[float, tuple[Group, ...], bool]] = []
         #: counters of odd input, for the worker's metrics
@@ -653,6 +654,7 @@ class SchedulingKpis:
                 first.setdefault(kind, i)
             self._fgd_idle_first = np.array([first[k] for k in range(len(first))], dtype=np.int64)
             self._fgd_held = set()
+            self._fgd_idle_frag = None
             self._fgd_dirty = set(names)
         names, index, left, cpu, models = self._fgd_layout
         for name in self._fgd_dirty:
@@ -670,10 +672,13 @@ class SchedulingKpis:
         if changed or self._fgd_last is None or self._fgd_last[0] is not typical:
             access = access_matrix(models, typical, self._fgd_access)
             held = np.array(sorted(self._fgd_held), dtype=np.int64)
-            reps = self._fgd_idle_first  # one node of each idle kind, by kind id; idle left and CPU rebuilt from it
-            idle_left = (np.arange(left.shape[1])[None, :] < np.array([self._nodes[names[i]].capacity for i in reps])[:, None]) * MILLI
-            idle_cpu = np.array([NO_CPU_LIMIT if (c := self._nodes[names[i]].cpu_milli) is None else c for i in reps], dtype=np.int64)
-            frag = fragmentation(idle_left.astype(np.int64), idle_cpu, access[reps], typical)[self._fgd_idle]
+            if self._fgd_idle_frag is None or self._fgd_idle_frag[0] is not typical:
+                reps = self._fgd_idle_first  # one node of each idle kind, by kind id; idle left and CPU rebuilt from it
+                caps = np.array([self._nodes[names[i]].capacity for i in reps])
+                idle_left = ((np.arange(left.shape[1])[None, :] < caps[:, None]) * MILLI).astype(np.int64)
+                idle_cpu = np.array([NO_CPU_LIMIT if (c := self._nodes[names[i]].cpu_milli) is None else c for i in reps], dtype=np.int64)
+                self._fgd_idle_frag = (typical, fragmentation(idle_left, idle_cpu, access[reps], typical))
+            frag = self._fgd_idle_frag[1][self._fgd_idle]
             if len(held):
                 frag[held] = fragmentation(left[held], cpu[held], access[held], typical)
             self._fgd_last = (typical, frag)
