@@ -346,4 +346,5 @@ def test_the_replay_keeps_kpi_memory_bounded(replay: dict[str, object]) -> None:
     assert isinstance(kpis, SchedulingKpis)
     assert (kpis.duplicates, kpis.late, kpis.ignored, kpis.skipped_intervals) == (0, 0, 0, 0)
     # every openb pod ends, so only the jobs of the last, still open interval can be held
-    assert kpis.tracked_jobs < 100 and replay["kpi_s"] < 10  # type: ignore[operator]
+    # (how long the KPIs take is printed above and benchmarked, never asserted: these machines are shared)
+    assert kpis.tracked_jobs < 100
