@@ -340,7 +340,7 @@ class SampleProcessor:
                 self.stats.job_windows += 1
                 out.append(Output(JOB_QUANTILES, q.job_id.encode(), JOB_QUANTILES.codec.encode([q])))
                 out.extend(self._anomaly_outputs(self._detect(q)))
-            out.extend(self._anomaly_outputs(self._detect_gpu_windows()))
+        out.extend(self._anomaly_outputs(self._detect_gpu_windows()))  # once per message: see there
         self.stats.late_sketches += self.jobs.late - late
         return out
 
@@ -355,8 +355,14 @@ class SampleProcessor:
         return out
 
     def _detect_gpu_windows(self, replay: bool = False) -> list[Event]:
-        """Run the peer-comparing detectors on the job windows the job stage just completed."""
+        """Run the peer-comparing detectors on the job windows the job stage just completed, in
+        window order across metrics. Each (job, metric, window) series is released on its own, so a
+        backlog (a job's first window waiting out ``--job-wait``, then the windows behind it) comes
+        out metric by metric: gpu_util's windows 1..k, then power's 1..k. gpu_outlier keeps one
+        incident per GPU across metrics in event time, and fed that order it fired 10 s earlier and
+        never resolved, depending on how many windows the wait had piled up (test_two_workers)."""
         windows, self.jobs.gpu_windows = self.jobs.gpu_windows, []
+        windows.sort(key=lambda w: w.window_end)  # stable: a window's metrics keep their order
         return [a for w in windows for a in self._detect(w, replay=replay)]
 
     # -- detector inputs and the scheduler ------------------------------------------------------
@@ -500,7 +506,7 @@ class SampleProcessor:
             for sketch in sketches:
                 for q in self.jobs.add(sketch):
                     self._detect(q, replay=True)
-                self._detect_gpu_windows(replay=True)
+            self._detect_gpu_windows(replay=True)  # as handle_sketches: once per message
         except Exception:  # noqa: BLE001 - it failed (and was dead-lettered) when first handled too
             log.warning("replay of a sketch message that fails again skipped", exc_info=True)
 

@@ -113,3 +113,47 @@ def test_a_job_forgotten_for_silence_first_emits_the_windows_it_had_pending() ->
     assert out == []  # the first window's GPU set is not known yet, and no wait has run out
     out = merger.add(gpu_sketch("X", 3 * 3_600_000, v, job="j2"), now=0.0)  # j2, three hours of event time later
     assert [(q.job_id, q.window_end - T0, q.gpus) for q in out] == [("j1", 60_000, 2), ("j1", 120_000, 1)]
+
+
+def test_peer_detectors_see_a_released_backlog_in_window_order_across_metrics() -> None:
+    """A job's first window waits (no GPU set known yet); when it goes, the windows behind it go too.
+    Each metric's series is released on its own, by its own sketch of the message; the detectors
+    must still get window 1 of every metric before window 2 of any (gpu_outlier keeps one incident
+    per GPU across metrics in event time: fed metric by metric, two workers and one disagreed)."""
+    import time
+
+    import msgspec
+
+    from schemas.catalog import GPU_SKETCHES
+    from streams.jobs import JobGpuWindow
+    from streams.processor import ProcessorConfig, SampleProcessor
+
+    class Seen:  # notes what the processor hands a peer detector (not a Detector subclass: discover() would find it)
+        kind, inputs = "seen", (JobGpuWindow,)
+
+        def __init__(self) -> None:
+            self.order: list[tuple[int, str]] = []
+
+        def bind(self, context: object) -> None:
+            pass
+
+        def observe(self, event: JobGpuWindow) -> list[object]:
+            self.order.append((event.window_end - T0, event.metric))
+            return []
+
+    seen = Seen()
+    processor = SampleProcessor(ProcessorConfig(jobs=JobStageConfig(grace_ms=10**9, wait_s=0.3, stale_s=0.3)),
+                                detectors=[seen])  # type: ignore[list-item]
+    v = np.full(10, 50.0, dtype=np.float32)
+
+    def message(gpu: str, end: int) -> bytes:  # as the worker writes them: the GPU's metrics in turn
+        s = gpu_sketch(gpu, end, v)
+        return GPU_SKETCHES.codec.encode([msgspec.structs.replace(s, metric=m) for m in ("gpu_util", "power_w")])
+
+    for gpu in ("A", "B"):
+        for end in (60_000, 65_000, 70_000):
+            processor.handle_sketches("sketches", 0, 0, b"j1", message(gpu, end))
+    assert seen.order == []  # the first window waits: no GPU set known yet
+    time.sleep(0.4)
+    processor.handle_sketches("sketches", 0, 0, b"j1", message("A", 75_000))  # window 1 is overdue: 1-3 go out
+    assert seen.order == [(e, m) for e in (60_000, 65_000, 70_000) for m in ("gpu_util", "power_w")]
