@@ -266,8 +266,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
     conf = settings.kafka.client_config()
     ensure_topics(conf, settings.kafka.topic_prefix)
     client = connect(settings.clickhouse, writer=True)
-    ensure_tables(client, settings.clickhouse)
-    share = share_if_embedded(client, settings.clickhouse)  # readers reach the store through us
+    _while_store_refuses(lambda: ensure_tables(client, settings.clickhouse), stop)
+    share = _while_store_refuses(lambda: share_if_embedded(client, settings.clickhouse), stop)  # readers go through us
     options = SinkOptions(batch_rows=args.batch_rows, batch_age_s=args.batch_age, instance_id=args.instance or None)
     sink = ClickHouseSink(client, conf, settings.kafka.topic_prefix, options)
     from hpcinsight import metrics
@@ -284,6 +284,32 @@ def cmd_sink(args: argparse.Namespace) -> int:
     print(json.dumps({"rows": dict(stats.rows), "batches": stats.batches, "dead_letters": stats.dead_letters,
                       "resumed_from_store": stats.resumed_from_store}), flush=True)
     return 0
+
+
+def _while_store_refuses(call: Callable[[], Any], stop: threading.Event) -> Any:
+    """``call()``, tried again with backoff while ClickHouse refuses (away, disk full): a sink
+    started in such weather waits for the store instead of exiting (found by the chaos campaign).
+    A schema that drifted from this build is a configuration error and is raised."""
+    import logging
+
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    from sinks.migrations import SchemaDriftError
+
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except SchemaDriftError:
+            raise
+        except (ClickHouseError, ConnectionError, OSError) as err:
+            if stop.is_set():
+                raise
+            delay = min(30.0, 2.0 ** attempt)
+            attempt += 1
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            logging.getLogger("hpcinsight.sink").warning("ClickHouse refused at start (%s); trying again in %.0f s", first, delay)
+            stop.wait(delay)
 
 
 # --- alerts ---------------------------------------------------------------------------
