@@ -234,7 +234,9 @@ def broker_retry(call: Callable[[], T], timeout: float = 30.0) -> T:
     transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
                  KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
-                 KafkaError._TIMED_OUT, KafkaError._DESTROY_BROKER, KafkaError._WAIT_COORD, KafkaError.REQUEST_TIMED_OUT}
+                 KafkaError._TIMED_OUT, KafkaError._DESTROY_BROKER, KafkaError._WAIT_COORD, KafkaError.REQUEST_TIMED_OUT,
+                 # a leader just moved (a node of a cluster restarted): the client's metadata is a step behind
+                 KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.OFFSET_NOT_AVAILABLE}
     deadline = time.monotonic() + timeout
     while True:
         try:
