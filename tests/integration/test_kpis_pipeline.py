@@ -52,11 +52,16 @@ def test_openb_kpis_through_kafka_faust_and_clickhouse(pipeline: Pipeline) -> No
 
     stored = pipeline.sql("SELECT * FROM scheduler_events FINAL ORDER BY ts")
     assert len({r["job_id"] for r in stored}) == PODS
-    inventory = pipeline.sql("SELECT node, toUnixTimestamp64Milli(ts) AS ts, gpu_count, gpu_model FROM node_inventory FINAL")
+    # everything the KPIs read, FGD's fragmentation included (CPUs of nodes and of requests)
+    inventory = pipeline.sql("SELECT node, toUnixTimestamp64Milli(ts) AS ts, gpu_count, gpu_model, cpus, memory_bytes "
+                             "FROM node_inventory FINAL")
     events: list[NodeInventory | SchedulerEvent] = [
-        NodeInventory(ts=r["ts"], node=r["node"], gpu_count=r["gpu_count"], gpu_model=r["gpu_model"]) for r in inventory
+        NodeInventory(ts=r["ts"], node=r["node"], gpu_count=r["gpu_count"],
+                      **{k: r[k] for k in ("gpu_model", "cpus", "memory_bytes") if r[k] is not None})
+        for r in inventory
     ]
-    fields = ("source", "job_id", "kind", "priority", "qos", "requested_gpus", "gpu_model", "node", "gpu_ids", "name")
+    fields = ("source", "job_id", "kind", "priority", "qos", "requested_gpus", "requested_cpus", "requested_memory_bytes",
+              "gpu_model", "node", "gpu_ids", "name")
     for r in pipeline.sql("SELECT *, toUnixTimestamp64Milli(ts) AS ms FROM scheduler_events FINAL"):
         events.append(SchedulerEvent(ts=r["ms"], **{k: r[k] for k in fields if r[k] is not None}))
     events.sort(key=lambda e: e.ts)
