@@ -452,7 +452,10 @@ class ClickHouseSink:
     def _kafka_fault(self, err: Any) -> None:
         """A consumer error: fatal ones (e.g. this static member fenced after an outage) rebuild the
         consumer; the rest are librdkafka's weather reports, logged at most every 10 s."""
-        fatal = bool(getattr(err, "fatal", lambda: False)())
+        # a fatal error reaches messages as the _FATAL code, whose own fatal() may say False
+        # (the chaos campaign: "Static consumer fenced by other consumer with same
+        # group.instance.id" left the sink retrying a dead consumer for 10 minutes)
+        fatal = bool(getattr(err, "fatal", lambda: False)()) or getattr(err, "code", lambda: None)() == KafkaError._FATAL
         if fatal:
             log.error("Kafka consumer failed for good (%s); starting a new one", err)
             self._rebuild = True
@@ -574,5 +577,5 @@ class ClickHouseSink:
             self.stats.commit_failures += 1
             log.warning("offset commit failed (%s); the stored rows' offsets cover it", err)
             error = err.args[0] if isinstance(err, KafkaException) and err.args else None
-            if error is not None and getattr(error, "fatal", lambda: False)():
+            if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
                 self._rebuild = True
