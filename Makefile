@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
-	$(VENV)/bin/python -m deploy.local.kafka fetch >/dev/null
+	$(VENV)/bin/python -m hpcinsight.deploy.local.kafka fetch >/dev/null
 	touch $(STAMP)
 
 setup: $(STAMP) browser tools image-base
@@ -29,7 +29,7 @@ setup: $(STAMP) browser tools image-base
 # chart's and the Alertmanager receiver's tests (deploy/tools/go.py). Without Go it says so: those
 # tests then fail in CI and skip elsewhere, with the reason.
 tools: $(STAMP)
-	@$(VENV)/bin/python -m deploy.tools.go build >/dev/null \
+	@$(VENV)/bin/python -m hpcinsight.deploy.tools.go build >/dev/null \
 	  || echo "setup: a Go tool could not be built (see above); the tests that need it fail in CI and skip elsewhere"
 
 # The OCI image of every component (deploy/image/build.sh: podman; the base layer from Debian

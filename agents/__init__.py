@@ -1,5 +1,4 @@
 """Node agents: collectors that sample a source and a runner that ships samples to Kafka.
 
-Agents import only :mod:`schemas` and :mod:`hpcinsight.config`; they never import streams
-or sinks.
+Agents import only the ground (``core``) and ``schemas``; never streams, sinks or the CLI.
 """

@@ -11,8 +11,8 @@ from __future__ import annotations
 import abc
 from typing import ClassVar, Generic, TypeVar
 
-from schemas.catalog import Topic
-from schemas.events import Event
+from hpcinsight.schemas.catalog import Topic
+from hpcinsight.schemas.events import Event
 
 C = TypeVar("C")
 

@@ -1,6 +1,6 @@
 """Delivery that loses nothing: every message goes through the on-disk spool to Kafka.
 
-The sampling loop only appends to :class:`agents.spool.Spool` (a local write), so it never
+The sampling loop only appends to :class:`hpcinsight.agents.spool.Spool` (a local write), so it never
 blocks on the network. A sender thread reads the spool in order and produces with an
 idempotent confluent-kafka producer (``acks=all``, no message timeout): librdkafka retries
 for as long as the broker is away, without duplicates and in order per partition. At most
@@ -21,7 +21,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
-from agents.spool import Position, Spool
+from hpcinsight.agents.spool import Position, Spool
 
 log = logging.getLogger(__name__)
 

@@ -64,10 +64,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from agents.base import Collector
-from agents.cgroup import Attribution, read_attribution
-from schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
-from schemas.events import GpuProcess, GpuSample, XidEvent
+from hpcinsight.agents.base import Collector
+from hpcinsight.agents.cgroup import Attribution, read_attribution
+from hpcinsight.schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
+from hpcinsight.schemas.events import GpuProcess, GpuSample, XidEvent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -4,7 +4,7 @@ It stands in for GPUs this machine lacks. It is seeded and deterministic (the sa
 ticks give the same samples), and behaviours can be injected to make a known fault, such as
 a GPU that idles while its peers are busy, so detectors can be tested against ground truth.
 
-It fills the same fields as :class:`agents.gpu_nvml.NvmlGpuCollector` on a healthy H100 board
+It fills the same fields as :class:`hpcinsight.agents.gpu_nvml.NvmlGpuCollector` on a healthy H100 board
 without MIG: clocks, power limit, throttle reasons (``idle`` when idle, otherwise none unless
 the power cap is reached), zero error counters, PCIe/NVLink rates of a data-parallel job, and
 GPM activity derived from utilisation (SMs are busy for part of each "utilised" interval). The
@@ -27,15 +27,15 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from agents.base import Collector
-from agents.sim_workload import Workload
-from schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
-from schemas.events import GpuProcess, GpuSample, XidEvent
+from hpcinsight.agents.base import Collector
+from hpcinsight.agents.sim_workload import Workload
+from hpcinsight.schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
+from hpcinsight.schemas.events import GpuProcess, GpuSample, XidEvent
 
 GIB = 1024**3
 SM_CLOCK_MAX_MHZ = 1980.0
 MEM_CLOCK_MHZ = 2619.0  # HBM3 runs at a fixed clock
-IDLE_REASON = 0x001  # NVML clock-event bits, as agents.gpu_nvml decodes them
+IDLE_REASON = 0x001  # NVML clock-event bits, as hpcinsight.agents.gpu_nvml decodes them
 SW_POWER_CAP_REASON = 0x004
 HW_THERMAL_REASON = 0x040
 REASON_NAMES = ((IDLE_REASON, "idle"), (SW_POWER_CAP_REASON, "sw_power_cap"), (HW_THERMAL_REASON, "hw_thermal"))
@@ -131,7 +131,7 @@ class SimConfig:
     memory_total_bytes: int = 80 * GIB
     power_limit_w: float = 700.0
     faults: tuple[InjectedFault, ...] = ()
-    #: jobs with phases on node sets (``agents.sim_workload``); None: one job on every GPU, ``job_id``
+    #: jobs with phases on node sets (``hpcinsight.agents.sim_workload``); None: one job on every GPU, ``job_id``
     workload: Workload | None = None
 
     def __post_init__(self) -> None:

@@ -20,9 +20,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.base import Collector
-from schemas.catalog import IB_SAMPLES_RAW
-from schemas.events import IbSample
+from hpcinsight.agents.base import Collector
+from hpcinsight.schemas.catalog import IB_SAMPLES_RAW
+from hpcinsight.schemas.events import IbSample
 
 log = logging.getLogger(__name__)
 

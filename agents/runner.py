@@ -3,7 +3,7 @@
 Ticks are scheduled on the monotonic clock at ``start + k * interval`` so the period never
 drifts; a tick that overruns is skipped (and counted), never bunched. Records are grouped by
 their topic's key (node for samples, job for scheduler events) into one message each, and
-handed to :class:`agents.delivery.Delivery`, which never blocks on the network. Every
+handed to :class:`hpcinsight.agents.delivery.Delivery`, which never blocks on the network. Every
 ``health_interval_s`` the agent reports its own counters as an ``AgentHealth`` event, and
 optionally on a Prometheus ``/metrics`` endpoint.
 """
@@ -18,10 +18,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.base import Collector
-from agents.delivery import Delivery
-from schemas.catalog import AGENT_HEALTH, Topic
-from schemas.events import AgentHealth
+from hpcinsight.agents.base import Collector
+from hpcinsight.agents.delivery import Delivery
+from hpcinsight.schemas.catalog import AGENT_HEALTH, Topic
+from hpcinsight.schemas.events import AgentHealth
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 For every job of the workload whose profile has a ``step_s``, each rank (one per GPU, numbered
 node by node, GPU by GPU) reports every step it completes as a :class:`StepMetric` on the same
-topic as :class:`agents.steps.StepRecorder` (``step.metrics.raw``, keyed by job), stamped with the
+topic as :class:`hpcinsight.agents.steps.StepRecorder` (``step.metrics.raw``, keyed by job), stamped with the
 sim clock. The job is data-parallel: a step starts when the previous one ended on every rank and
 ends when its slowest rank is done; each rank reports its own time (compute plus its share of the
 collectives), about ``step_s`` with ``step_noise`` relative noise, 30% longer in the warm-up. No
@@ -12,12 +12,12 @@ Faults are applied over the healthy draws (taken for every rank at every step, w
 faults), with what they need at random from a separate stream: a ``straggler`` rank's time is
 multiplied by its factor, ``imbalance`` multiplies every rank's time by its own draw around 1, a
 ``hang`` stops the steps until it ends, and a degraded InfiniBand link on one of the job's nodes
-makes every rank's step :data:`agents.sim_workload.IB_DEGRADED_STEP_FACTOR` times longer. A rank
-on an older GPU model takes :data:`agents.sim_workload.MODEL_STEP_FACTOR` times as long (a job
+makes every rank's step :data:`hpcinsight.agents.sim_workload.IB_DEGRADED_STEP_FACTOR` times longer. A rank
+on an older GPU model takes :data:`hpcinsight.agents.sim_workload.MODEL_STEP_FACTOR` times as long (a job
 across two generations runs in two speed groups); ``slow_node`` slows the ranks of one node by a
 fresh draw each step (data-loader stalls, a noisy neighbour); ``restart`` stops every rank for its
 span (the job is restarted), then resumes from its last checkpoint (the step numbers go back
-:data:`agents.sim_workload.RESTART_ROLLBACK_STEPS`) with warm-up steps; ``scale`` keeps only the
+:data:`hpcinsight.agents.sim_workload.RESTART_ROLLBACK_STEPS`) with warm-up steps; ``scale`` keeps only the
 first ``ranks`` ranks from its onset (an elastic job shrinking inside its allocation), with the new world size.
 """
 
@@ -26,12 +26,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from agents.base import Collector
-from agents.gpu_sim import SimConfig
-from agents.scheduler.sim import node_names
-from agents.sim_workload import IB_DEGRADED_STEP_FACTOR, RESTART_ROLLBACK_STEPS, SimJob, Workload
-from schemas.catalog import STEP_METRICS_RAW
-from schemas.events import StepMetric
+from hpcinsight.agents.base import Collector
+from hpcinsight.agents.gpu_sim import SimConfig
+from hpcinsight.agents.scheduler.sim import node_names
+from hpcinsight.agents.sim_workload import IB_DEGRADED_STEP_FACTOR, RESTART_ROLLBACK_STEPS, SimJob, Workload
+from hpcinsight.schemas.catalog import STEP_METRICS_RAW
+from hpcinsight.schemas.events import StepMetric
 
 WARMUP_STEP_FACTOR = 1.3
 

@@ -26,10 +26,10 @@ from operator import index
 from time import perf_counter_ns, time_ns
 from typing import Any
 
-from hpcinsight.config import Settings, load
-from schemas.catalog import STEP_METRICS_RAW
-from schemas.codec import DecodeError
-from schemas.events import StepMetric
+from hpcinsight.core.settings import Settings, load
+from hpcinsight.schemas.catalog import STEP_METRICS_RAW
+from hpcinsight.schemas.codec import DecodeError
+from hpcinsight.schemas.events import StepMetric
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class _KafkaSink:
         from confluent_kafka import Producer  # only when shipping to Kafka
 
         conf = {**client_config, "enable.idempotence": True, "acks": "all", "compression.type": "zstd", "linger.ms": 50,
-                "partitioner": "murmur2_random"}  # as Faust partitions: see agents.delivery
+                "partitioner": "murmur2_random"}  # as Faust partitions: see hpcinsight.agents.delivery
         self._producer, self._topic = Producer(conf), topic
         self.in_flight = 0  # records produced, neither acknowledged nor refused yet
         self.undelivered = 0  # records the broker never acknowledged
@@ -275,6 +275,6 @@ class _KafkaSink:
 
 
 def kafka_sink(settings: Settings | None = None) -> Sink:
-    """A sink producing to the step.metrics.raw topic, configured by :func:`hpcinsight.config.load`."""
+    """A sink producing to the step.metrics.raw topic, configured by :func:`hpcinsight.core.settings.load`."""
     settings = settings or load()
     return _KafkaSink(settings.kafka.client_config(), settings.topic(STEP_METRICS_RAW.name))

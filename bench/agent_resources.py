@@ -76,7 +76,7 @@ def _watch(proc: subprocess.Popen[bytes], metrics_port: int | None = None) -> tu
 
 
 def bench_agent_resources(seconds: int = 40) -> dict[str, float]:
-    from deploy.local.kafka import LocalKafka, free_ports
+    from hpcinsight.deploy.local.kafka import LocalKafka, free_ports
 
     sys.path.insert(0, str(ROOT))
     from tests.fake_sysfs import FakeSysfs

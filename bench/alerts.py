@@ -91,8 +91,8 @@ def _serve() -> None:
 
 
 def _anomalies(t0: int) -> list[tuple[bytes, bytes]]:
-    from schemas.catalog import ANOMALIES
-    from schemas.events import Anomaly
+    from hpcinsight.schemas.catalog import ANOMALIES
+    from hpcinsight.schemas.events import Anomaly
 
     out = []
     for n in range(NODES):
@@ -109,7 +109,7 @@ def _anomalies(t0: int) -> list[tuple[bytes, bytes]]:
 def _bare_consume(bootstrap: str, topic: str, records: int) -> float:
     from confluent_kafka import Consumer
 
-    from schemas.catalog import ANOMALIES
+    from hpcinsight.schemas.catalog import ANOMALIES
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -125,8 +125,8 @@ def _bare_consume(bootstrap: str, topic: str, records: int) -> float:
 
 
 def _route(bootstrap: str, prefix: str, sink: _Sink, group_by: list[str], state: Path, records: int) -> float:
-    from sinks.alerts import config as alerts_config
-    from sinks.alerts.router import AlertRouter, RouterOptions
+    from hpcinsight.sinks.alerts import config as alerts_config
+    from hpcinsight.sinks.alerts.router import AlertRouter, RouterOptions
 
     config = alerts_config.parse({
         "route": {"receiver": "hook", "group_by": group_by, "group_wait": "1s", "group_interval": "1s"},
@@ -150,9 +150,9 @@ def _route(bootstrap: str, prefix: str, sink: _Sink, group_by: list[str], state:
 def bench_alerts(repeats: int) -> dict[str, float]:
     from confluent_kafka import Producer
 
-    from deploy.local.kafka import LocalKafka
-    from hpcinsight.topics import ensure_topics
-    from schemas.catalog import ANOMALIES
+    from hpcinsight.deploy.local.kafka import LocalKafka
+    from hpcinsight.schemas.catalog import ensure_topics
+    from hpcinsight.schemas.catalog import ANOMALIES
 
     data = _anomalies(int(time.time() * 1000) - 60_000)
     records = len(data)

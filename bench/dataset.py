@@ -1,6 +1,6 @@
 """A day of a 1,024-GPU cluster for the query benchmarks: about 88 M GPU samples, generated fast.
 
-The per-sample simulator (:mod:`agents.gpu_sim`) draws every field of every GPU in Python, about
+The per-sample simulator (:mod:`hpcinsight.agents.gpu_sim`) draws every field of every GPU in Python, about
 40,000 samples a second here: 88 M samples would take most of an hour. This module draws the
 same model in columns with numpy (per-job utilisation level with per-second noise, data-loading
 dips, checkpoint pauses every 30 minutes, power and temperature following utilisation, clocks
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from schemas.catalog import ANOMALIES, GPU_SAMPLES, IB_SAMPLES, JOB_QUANTILES, SCHEDULER_EVENTS, STEP_METRICS, Topic
-from schemas.derive import arrow_schema, fields_of, to_arrow
-from schemas.events import Anomaly, JobQuantiles, SchedulerEvent
+from hpcinsight.schemas.catalog import ANOMALIES, GPU_SAMPLES, IB_SAMPLES, JOB_QUANTILES, SCHEDULER_EVENTS, STEP_METRICS, Topic
+from hpcinsight.schemas.derive import arrow_schema, fields_of, to_arrow
+from hpcinsight.schemas.events import Anomaly, JobQuantiles, SchedulerEvent
 
 GPUS_PER_NODE = 8
 NODES_PER_GROUP = 8

@@ -31,7 +31,7 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hpcins
 
 def _store_dir(gpus: int, hours: float, seed: int) -> Path:
     from bench import dataset
-    from sinks.migrations import MIGRATIONS
+    from hpcinsight.sinks.migrations import MIGRATIONS
 
     digest = hashlib.sha256(Path(dataset.__file__).read_bytes()).hexdigest()[:10]
     return CACHE / f"day-{gpus}gpus-{hours:g}h-seed{seed}-schema{MIGRATIONS[-1].version}-{digest}"
@@ -42,7 +42,7 @@ def _open_day(gpus: int, hours: float, seed: int):
     import clickhouse_connect
 
     from bench.dataset import load_day
-    from sinks.clickhouse import ensure_tables
+    from hpcinsight.sinks.clickhouse import ensure_tables
 
     directory = _store_dir(gpus, hours, seed)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ def _p95(samples: list[float]) -> float:
 
 
 def bench_query(repeats: int) -> dict[str, float]:
-    from hpcinsight.query import execute, library
+    from hpcinsight.sinks.query import execute, library
 
     gpus = int(os.environ.get("BENCH_DAY_GPUS", 1024))
     hours = float(os.environ.get("BENCH_DAY_HOURS", 24))

@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agents.gpu_sim import SimConfig, SimGpuCollector
-from schemas.catalog import GPU_SAMPLES
+from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.schemas.catalog import GPU_SAMPLES
 
 T0 = (int(time.time()) - 3600) * 1000
 

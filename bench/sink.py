@@ -2,10 +2,10 @@
 
 ``sink``: GPU-sample messages as the agents and the worker produce them (the ``gpu.samples``
 codec, one message per node per tick, 8 GPUs each; 128 nodes) go through what the sink does
-with them: :class:`sinks.clickhouse_sink.TableWriter` decodes each block of messages (as one
+with them: :class:`hpcinsight.sinks.clickhouse_sink.TableWriter` decodes each block of messages (as one
 ``consume`` returns them) straight to Arrow, with the codec's validation, and inserts each batch
 (51,200 rows, the sink's default batch size) with its deduplication token into the real
-``gpu_samples`` table of an embedded chDB store created by ``sinks.clickhouse.ensure_tables``
+``gpu_samples`` table of an embedded chDB store created by ``hpcinsight.sinks.clickhouse.ensure_tables``
 (rollup views included), one insert in the background while the next batch is decoded. The
 baseline inserts the same batches, already as Arrow tables, with the same settings, one after
 the other. The store is emptied before every round; rounds of ours and the baseline alternate,
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from schemas.catalog import GPU_SAMPLES
+from hpcinsight.schemas.catalog import GPU_SAMPLES
 
 NODES, GPUS = 128, 8
 BATCH_MESSAGES = 6_400  # 51,200 rows: the sink closes a batch at 50,000
@@ -37,9 +37,9 @@ def bench_sink(repeats: int) -> dict[str, float]:
     import clickhouse_connect
 
     from bench.run import messages
-    from sinks.clickhouse import ensure_tables
-    from sinks.clickhouse_sink import TableWriter, insert_settings
-    from schemas.derive import to_arrow
+    from hpcinsight.sinks.clickhouse import ensure_tables
+    from hpcinsight.sinks.clickhouse_sink import TableWriter, insert_settings
+    from hpcinsight.schemas.derive import to_arrow
 
     data = messages(nodes=NODES, ticks=BATCH_MESSAGES * BATCHES // NODES)
     partitions = [k % NODES % PARTITIONS for k in range(len(data))]  # keyed by node, as in Kafka

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from streams.sketches import QuantileSketch
+from hpcinsight.streams.sketches import QuantileSketch
 
 N, BATCH = 864_000, 60
 RANKS = (0.25, 0.5, 0.95)
@@ -52,7 +52,7 @@ def bench_windows(repeats: int) -> dict[str, float]:
     """The sliding windows (1m/10s, 5m/1m, 1h/15m) of one GPU over 3 h at 1 Hz: the most bytes of
     sketch any window holds at once, against keeping the hour's values (float32), and the worst rank
     error of any emitted window against numpy over the same values."""
-    from streams.rolling import SINCE_START, RollingConfig, RollingSeries
+    from hpcinsight.streams.rolling import SINCE_START, RollingConfig, RollingSeries
 
     n, t0 = 3 * 3600, 1_700_000_000_000
     rng = np.random.default_rng(11)

@@ -1,4 +1,4 @@
-"""Benchmark of the training-loop cost of :class:`agents.steps.StepRecorder`.
+"""Benchmark of the training-loop cost of :class:`hpcinsight.agents.steps.StepRecorder`.
 
 What a training step pays for telemetry is ``with rec.step():`` around it; the baseline is the
 cheapest possible context manager (``contextlib.nullcontext``) in the same loop, measured in
@@ -11,8 +11,8 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from agents.steps import StepRecorder
-from schemas.events import StepMetric
+from hpcinsight.agents.steps import StepRecorder
+from hpcinsight.schemas.events import StepMetric
 
 STEPS = 100_000
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from agents.gpu_sim import SimConfig, SimGpuCollector
-from schemas.catalog import GPU_SAMPLES
-from schemas.derive import fields_of, to_arrow
+from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.schemas.catalog import GPU_SAMPLES
+from hpcinsight.schemas.derive import fields_of, to_arrow
 
 CANDIDATES = {
     "DateTime64": ["LZ4", "ZSTD(1)", "Delta, ZSTD(1)", "DoubleDelta, ZSTD(1)", "DoubleDelta, LZ4"],
@@ -61,7 +61,7 @@ def _base_type(ch_type: str) -> str | None:
 def bench_storage(repeats: int) -> dict[str, float]:
     import clickhouse_connect
 
-    from sinks.clickhouse import ensure_tables
+    from hpcinsight.sinks.clickhouse import ensure_tables
 
     data = _rows()
     n = data.num_rows

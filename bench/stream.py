@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.gpu_sim import SimConfig, SimGpuCollector
-from schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, GPU_SAMPLES_RAW
+from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, GPU_SAMPLES_RAW
 
 ROOT = Path(__file__).resolve().parent.parent
 GPUS_PER_NODE = 8
@@ -52,7 +52,7 @@ def _messages(nodes: int, ticks: int, t0: int) -> list[tuple[bytes, bytes]]:
 
 
 def bench_stream_chain(repeats: int) -> dict[str, float]:
-    from streams.processor import SampleProcessor
+    from hpcinsight.streams.processor import SampleProcessor
 
     t0 = (int(time.time()) // 3600 - 2) * 3_600_000
     data = _messages(nodes=64, ticks=180, t0=t0)  # 11,520 messages, 92,160 samples, 3 minutes of a 512-GPU cluster
@@ -112,8 +112,8 @@ def _bare_consume(bootstrap: str, topic: str, expected: int) -> float:
 
 
 def bench_stream_worker(repeats: int) -> dict[str, float]:
-    from deploy.local.kafka import LocalKafka
-    from hpcinsight.topics import ensure_topics
+    from hpcinsight.deploy.local.kafka import LocalKafka
+    from hpcinsight.schemas.catalog import ensure_topics
 
     t0 = (int(time.time()) // 3600 - 2) * 3_600_000
     data = _messages(nodes=64, ticks=480, t0=t0)  # 30,720 messages, 245,760 samples: 8 minutes of 512 GPUs
@@ -143,8 +143,8 @@ def _worker_seconds(bootstrap: str, prefix: str, tmp: str, workers: int, expecte
     seconds from their first to their last forwarded message (Kafka timestamps: the workers' clock)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from hpcinsight.topics import message_count
-    from schemas.catalog import GPU_SAMPLES
+    from hpcinsight.core.kafka import message_count
+    from hpcinsight.schemas.catalog import GPU_SAMPLES
 
     conf = {"bootstrap.servers": bootstrap}
     out = prefix + GPU_SAMPLES.name
@@ -187,8 +187,8 @@ def bench_scaleout(repeats: int) -> dict[str, float]:
     """Two workers in one group against one worker, the same backlog (each on its own topics).
     On this 2-core machine the broker shares the cores with both workers, so the ratio says how
     much of a second core's worth the second worker gets, not how far the design scales."""
-    from deploy.local.kafka import LocalKafka
-    from hpcinsight.topics import ensure_topics
+    from hpcinsight.deploy.local.kafka import LocalKafka
+    from hpcinsight.schemas.catalog import ensure_topics
 
     t0 = (int(time.time()) // 3600 - 2) * 3_600_000
     data = _messages(nodes=64, ticks=240, t0=t0)  # 15,360 messages, 122,880 samples
@@ -208,8 +208,8 @@ def _latency(gpus: int, seconds: int, workers: int = 1) -> dict[str, float]:
     """Run agent + ``workers`` workers (one group) on one broker for ``seconds``; latency of every anomaly."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from deploy.local.kafka import LocalKafka
-    from hpcinsight.topics import ensure_topics
+    from hpcinsight.deploy.local.kafka import LocalKafka
+    from hpcinsight.schemas.catalog import ensure_topics
 
     nodes = gpus // GPUS_PER_NODE
     # waves of idle GPUs: one GPU in every 8th node idles for 25 s, staggered over the run, so

@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from whatif.anchor import compare
-from whatif.fill import run_fill
-from whatif.policies import ANCHOR_POLICIES
-from whatif.readers import read_nodes, read_pods
-from whatif.runs import run_many
+from hpcinsight.whatif.anchor import compare
+from hpcinsight.whatif.fill import run_fill
+from hpcinsight.whatif.policies import ANCHOR_POLICIES
+from hpcinsight.whatif.readers import read_nodes, read_pods
+from hpcinsight.whatif.runs import run_many
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "alibaba-openb-2023"
 THEIR_ONE_RUN_S = 600.0  # their experiments/README.md: ~10 minutes for one experiment on 2 vCPUs
@@ -83,7 +83,7 @@ def week_workload(jobs_src, seed: int = 7, nodes: int = 1280, target_util: float
     of the GPUs busy on average; the openb trace alone is far too light for such a cluster."""
     import numpy as np
 
-    from whatif.model import Job, Node
+    from hpcinsight.whatif.model import Job, Node
 
     rng = np.random.default_rng(seed)
     cluster = [Node(f"n{i:04d}", 96_000, 786_432, 8, "H800", zone=f"pod-{i // 160}") for i in range(nodes)]
@@ -105,7 +105,7 @@ def week_workload(jobs_src, seed: int = 7, nodes: int = 1280, target_util: float
 
 
 def bench_week(policies=("bestfit", "fgd")) -> dict[str, float]:
-    from whatif.events import EventConfig, EventSim
+    from hpcinsight.whatif.events import EventConfig, EventSim
 
     jobs_src = read_pods(DATA / "openb_pod_list_default.csv")
     nodes, jobs = week_workload(jobs_src)

@@ -2,7 +2,7 @@
 
 Each subcommand is one component (``agent``, ``worker``, ``sink``) or a tool over them
 (``topics``, ``kafka``, ``db``, ``query``, ``demo``). Configuration comes from the
-environment (see :mod:`hpcinsight.config`); ``--help`` never prints a secret.
+environment (see :mod:`hpcinsight.core.settings`); ``--help`` never prints a secret.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpcinsight import __version__
-from hpcinsight.config import ConfigError, Settings, load
-from hpcinsight.metrics import add_arguments as add_metrics_arguments
+from hpcinsight.core.settings import ConfigError, Settings, load
+from hpcinsight.core.metrics import add_arguments as add_metrics_arguments
 
 
 def _settings() -> Settings:
@@ -40,14 +40,14 @@ def _stop_on_signals() -> threading.Event:
 def cmd_topics(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from hpcinsight.query import make_console
-    from schemas.catalog import TOPICS
-    from schemas.derive import fields_of
+    from hpcinsight.sinks.query import make_console
+    from hpcinsight.schemas.catalog import TOPICS
+    from hpcinsight.schemas.derive import fields_of
 
     settings = load()
     prefix = settings.kafka.topic_prefix if args.create or args.prefix is None else args.prefix
     if args.create:
-        from hpcinsight.topics import ensure_topics
+        from hpcinsight.schemas.catalog import ensure_topics
 
         ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
     if args.format == "json":
@@ -76,12 +76,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 # --- kafka ----------------------------------------------------------------------------
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from deploy.local.kafka import ensure_jars
+    from hpcinsight.deploy.local.kafka import ensure_jars
 
     if args.action == "fetch":
         print(ensure_jars())
         return 0
-    from deploy.local.kafka import KafkaLaunchError, serve
+    from hpcinsight.deploy.local.kafka import KafkaLaunchError, serve
 
     stop = _stop_on_signals()
     data_dir = Path(args.data_dir) if args.data_dir else (load().data_dir / "kafka" if args.keep_data else None)
@@ -94,9 +94,9 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 # --- db -------------------------------------------------------------------------------
 def cmd_db(args: argparse.Namespace) -> int:
-    from sinks.clickhouse import connect
-    from sinks.migrations import MIGRATIONS, applied_versions, migrate
-    from sinks.storage import Layout
+    from hpcinsight.sinks.clickhouse import connect
+    from hpcinsight.sinks.migrations import MIGRATIONS, applied_versions, migrate
+    from hpcinsight.sinks.storage import Layout
 
     settings = load()
     client = connect(settings.clickhouse, writer=args.action != "status")
@@ -126,9 +126,9 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 # --- agent ----------------------------------------------------------------------------
 def cmd_agent(args: argparse.Namespace) -> int:
-    from agents.delivery import Delivery
-    from agents.runner import AgentStats, Metrics, run_agent
-    from hpcinsight.topics import ensure_topics
+    from hpcinsight.agents.delivery import Delivery
+    from hpcinsight.agents.runner import AgentStats, Metrics, run_agent
+    from hpcinsight.schemas.catalog import ensure_topics
 
     stop = _stop_on_signals()
     settings = load()
@@ -140,12 +140,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
         if args.backend != "sim" or args.ib or args.scheduler != "none" or args.fault or args.ib_fault or args.xid or args.idle:
             raise ValueError("--scenario brings its own sim GPUs, IB ports, scheduler, steps and faults: "
                              "give it without --backend other than sim, --ib, --scheduler, --fault, --ib-fault, --xid, --idle")
-        from hpcinsight.scenario import load as load_scenario
+        from hpcinsight.harness.scenario import load as load_scenario
 
         for name in args.scenario:
             collectors += load_scenario(name).collectors()
     elif args.backend == "sim":
-        from agents.gpu_sim import (
+        from hpcinsight.agents.gpu_sim import (
             IdleGpu,
             InjectedFault,
             InjectedXid,
@@ -162,36 +162,36 @@ def cmd_agent(args: argparse.Namespace) -> int:
         # the same three views of the GPUs as --backend nvml: samples, processes, XID events
         collectors += [sim, SimProcessCollector(sim), SimXidCollector(sim, tuple(InjectedXid.parse(x) for x in args.xid))]
     elif args.backend == "nvml":
-        from agents.gpu_nvml import NvmlConfig, NvmlGpuCollector, NvmlProcessCollector, NvmlXidCollector
+        from hpcinsight.agents.gpu_nvml import NvmlConfig, NvmlGpuCollector, NvmlProcessCollector, NvmlXidCollector
 
         nvml_config = NvmlConfig(node=args.node) if args.node else NvmlConfig()
         collectors += [NvmlGpuCollector(nvml_config), NvmlProcessCollector(nvml_config), NvmlXidCollector(nvml_config)]
     if args.ib and args.backend == "sim":
-        from agents.ib_sim import IbFault, SimIbCollector, SimIbConfig
+        from hpcinsight.agents.ib_sim import IbFault, SimIbCollector, SimIbConfig
 
         collectors.append(SimIbCollector(SimIbConfig(nodes=args.nodes, seed=args.seed,
                                                      faults=tuple(IbFault.parse(f) for f in args.ib_fault))))
     elif args.ib and not args.scenario:
-        from agents.ib_sysfs import IbConfig, IbSysfsCollector
+        from hpcinsight.agents.ib_sysfs import IbConfig, IbSysfsCollector
 
         collectors.append(IbSysfsCollector(IbConfig(node=args.node, root=Path(args.ib_root)) if args.node
                                            else IbConfig(root=Path(args.ib_root))))
     if args.scheduler == "trace":
-        from agents.scheduler.trace import OpenbTraceCollector, TraceConfig
+        from hpcinsight.agents.scheduler.trace import OpenbTraceCollector, TraceConfig
 
         collectors.append(OpenbTraceCollector(TraceConfig(data_dir=Path(args.trace_dir), speedup=args.trace_speedup,
                                                           limit=args.trace_limit)))
     elif args.scheduler == "kubernetes":
-        from agents.scheduler.kubernetes import K8sConfig, KubernetesCollector
+        from hpcinsight.agents.scheduler.kubernetes import K8sConfig, KubernetesCollector
 
         collectors.append(KubernetesCollector(K8sConfig(namespace=args.k8s_namespace)))
     elif args.scheduler == "slurm":
-        from agents.scheduler.slurm import SlurmCollector, SlurmConfig
+        from hpcinsight.agents.scheduler.slurm import SlurmCollector, SlurmConfig
 
         collectors.append(SlurmCollector(SlurmConfig()))
     elif args.scheduler == "sim":
-        from agents.gpu_sim import SimConfig
-        from agents.scheduler.sim import SimSchedulerCollector
+        from hpcinsight.agents.gpu_sim import SimConfig
+        from hpcinsight.agents.scheduler.sim import SimSchedulerCollector
 
         collectors.append(SimSchedulerCollector(SimConfig(nodes=args.nodes, gpus_per_node=args.gpus, seed=args.seed)))
     if not collectors:
@@ -223,9 +223,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 # --- worker ---------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
-    from hpcinsight.topics import ensure_topics
-    from streams.app import WorkerOptions, parse_duration_ms, parse_windows, run_worker
-    from streams.detectors import build as build_detectors
+    from hpcinsight.schemas.catalog import ensure_topics
+    from hpcinsight.streams.app import WorkerOptions, parse_duration_ms, parse_windows, run_worker
+    from hpcinsight.streams.detectors import build as build_detectors
 
     settings = load()
     try:  # options first: a typo is said at once, not after the broker answered
@@ -257,9 +257,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 # --- sink -----------------------------------------------------------------------------
 def cmd_sink(args: argparse.Namespace) -> int:
-    from hpcinsight.topics import ensure_topics
-    from sinks.clickhouse import connect, ensure_tables, share_if_embedded
-    from sinks.clickhouse_sink import ClickHouseSink, SinkOptions
+    from hpcinsight.schemas.catalog import ensure_topics
+    from hpcinsight.sinks.clickhouse import connect, ensure_tables, share_if_embedded
+    from hpcinsight.sinks.clickhouse_sink import ClickHouseSink, SinkOptions
 
     stop = _stop_on_signals()  # first: a stop during start-up is still a clean stop
     settings = load()
@@ -294,7 +294,7 @@ def _while_store_refuses(call: Callable[[], Any], stop: threading.Event) -> Any:
 
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
-    from sinks.migrations import SchemaDriftError
+    from hpcinsight.sinks.migrations import SchemaDriftError
 
     attempt = 0
     while True:
@@ -314,10 +314,10 @@ def _while_store_refuses(call: Callable[[], Any], stop: threading.Event) -> Any:
 
 # --- alerts ---------------------------------------------------------------------------
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from hpcinsight.topics import ensure_topics
-    from sinks.alerts import config as alerts_config
-    from sinks.alerts.router import AlertRouter, RouterOptions
-    from sinks.alerts.store import default_state_dir
+    from hpcinsight.schemas.catalog import ensure_topics
+    from hpcinsight.sinks.alerts import config as alerts_config
+    from hpcinsight.sinks.alerts.router import AlertRouter, RouterOptions
+    from hpcinsight.sinks.alerts.store import default_state_dir
 
     stop = _stop_on_signals()
     config = alerts_config.load(args.config)
@@ -344,8 +344,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_silence(args: argparse.Namespace) -> int:
-    from hpcinsight.topics import ensure_topics
-    from sinks.alerts.silence_cli import run_cli
+    from hpcinsight.schemas.catalog import ensure_topics
+    from hpcinsight.sinks.alerts.silence_cli import run_cli
 
     settings = load()
     ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
@@ -354,22 +354,22 @@ def cmd_silence(args: argparse.Namespace) -> int:
 
 # --- query ----------------------------------------------------------------------------
 def cmd_query(args: argparse.Namespace) -> int:
-    from hpcinsight.query import run_query
+    from hpcinsight.sinks.query import run_query
 
     return run_query(load(), args.query, args.param, args.format, list_all=args.list)
 
 
 # --- diagnose -------------------------------------------------------------------------
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from hpcinsight.diagnose import run_diagnose
+    from hpcinsight.sinks.diagnose import run_diagnose
 
     return run_diagnose(load(), args.job, args.since, args.plots, args.format)
 
 
 # --- replay ---------------------------------------------------------------------------
 def cmd_replay(args: argparse.Namespace) -> int:
-    from hpcinsight.replay import options_from
-    from hpcinsight.replay.run import run_replay
+    from hpcinsight.harness.replay import options_from
+    from hpcinsight.harness.replay.run import run_replay
 
     return run_replay(load(), options_from(args))
 
@@ -401,7 +401,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # --- demo -----------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from hpcinsight.demo import DemoOptions, run_demo
+    from hpcinsight.harness.demo import DemoOptions, run_demo
 
     return run_demo(
         load(),
@@ -416,7 +416,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- eval -----------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.list:
-        from hpcinsight.scenario import TraceMissing, library, load as load_scenario
+        from hpcinsight.harness.scenario import TraceMissing, library, load as load_scenario
 
         for name in library():
             try:
@@ -431,7 +431,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"{name:22} {sc.duration_s:5g} s  {sc.nodes:2} nodes  {len(sc.jobs)} jobs  "
                   f"{'; '.join(f.describe() for f in sc.faults) or 'no fault (false-positive trap)'}")
         return 0
-    from hpcinsight.eval import EvalOptions, run_eval
+    from hpcinsight.harness.eval import EvalOptions, run_eval
 
     return run_eval(EvalOptions(scenarios=args.scenario, out_dir=Path(args.out), speed=args.speed, plots=not args.no_plots,
                                 job_wait_s=args.job_wait, rescore=args.rescore))
@@ -561,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_metrics_arguments(p, "alert router")
 
     p = add("silence", cmd_silence, "add, list or expire silences of the alert router (through Kafka)")
-    from sinks.alerts.silence_cli import add_cli_arguments
+    from hpcinsight.sinks.alerts.silence_cli import add_cli_arguments
 
     add_cli_arguments(p)
 
@@ -583,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("replay", cmd_replay, "feed recorded data (step times, GPU utilisation, a scheduler trace) from CSV files "
             "through the real pipeline and print what it found")
-    from hpcinsight.replay import add_arguments as add_replay_arguments
+    from hpcinsight.harness.replay import add_arguments as add_replay_arguments
 
     add_replay_arguments(p)
 
@@ -635,9 +635,9 @@ def main(argv: list[str] | None = None) -> int:
         from clickhouse_connect.driver.exceptions import ClickHouseError
         from confluent_kafka import KafkaException
 
-        from sinks.alerts.store import StateError
-        from sinks.clickhouse import StoreBusyError
-        from sinks.migrations import SchemaDriftError
+        from hpcinsight.sinks.alerts.store import StateError
+        from hpcinsight.sinks.clickhouse import StoreBusyError
+        from hpcinsight.sinks.migrations import SchemaDriftError
 
         if isinstance(err, ClickHouseError):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

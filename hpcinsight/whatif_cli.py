@@ -1,7 +1,7 @@
 """``hpcinsight whatif``: the CLI floor of the what-if simulator (whatif/).
 
 Parses arguments, reads the store when asked (the only part that needs ClickHouse), and hands
-plain records to ``whatif``. Bad input is a :class:`whatif.model.WhatifError` (a ValueError):
+plain records to ``whatif``. Bad input is a :class:`hpcinsight.whatif.model.WhatifError` (a ValueError):
 the CLI prints its one line and exits 2.
 """
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from whatif.model import WhatifError
+from hpcinsight.whatif.model import WhatifError
 
 FORMATS = ("table", "csv", "json")
 
@@ -118,10 +118,10 @@ def _stderr_console():
 
 
 def _run_fill(args: argparse.Namespace) -> int:
-    from whatif import report
-    from whatif.policies import parse_policies
-    from whatif.readers import check_fits, read_nodes, read_pods
-    from whatif.runs import run_many
+    from hpcinsight.whatif import report
+    from hpcinsight.whatif.policies import parse_policies
+    from hpcinsight.whatif.readers import check_fits, read_nodes, read_pods
+    from hpcinsight.whatif.runs import run_many
 
     policies = parse_policies(args.policy)
     seeds = parse_seeds(args.seeds)

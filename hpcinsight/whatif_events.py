@@ -13,13 +13,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from whatif.model import WhatifError
+from hpcinsight.whatif.model import WhatifError
 
 STORE_LIMIT = 2_000_000  # scheduler events read at most (a guard against a mistyped range)
 
 
 def _instant(text: str, now: float) -> float:
-    from hpcinsight.diagnose import parse_since
+    from hpcinsight.sinks.diagnose import parse_since
 
     try:
         return now - parse_since(text)
@@ -35,9 +35,9 @@ def _instant(text: str, now: float) -> float:
 
 
 def read_store(settings: Any, since: str, until: str | None, source: str | None) -> tuple[list, list]:
-    from schemas.events import NodeInventory, SchedulerEvent
-    from sinks.clickhouse import connect
-    from whatif.store import jobs_from_events, nodes_from_inventory
+    from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
+    from hpcinsight.sinks.clickhouse import connect
+    from hpcinsight.whatif.store import jobs_from_events, nodes_from_inventory
 
     now = time.time()
     lo, hi = _instant(since, now), _instant(until, now) if until else now
@@ -70,10 +70,10 @@ def read_store(settings: Any, since: str, until: str | None, source: str | None)
 
 
 def run_events(args: argparse.Namespace, settings_loader: Any) -> int:
-    from whatif import queueing, report
-    from whatif.events import EventConfig, EventSim
-    from whatif.policies import parse_policies
-    from whatif.readers import check_fits, read_nodes, read_pods
+    from hpcinsight.whatif import queueing, report
+    from hpcinsight.whatif.events import EventConfig, EventSim
+    from hpcinsight.whatif.policies import parse_policies
+    from hpcinsight.whatif.readers import check_fits, read_nodes, read_pods
 
     policies = parse_policies(args.policy)
     queues = queueing.parse_queues(args.queue)
@@ -114,7 +114,7 @@ def run_events(args: argparse.Namespace, settings_loader: Any) -> int:
             if progress:
                 progress.update(task, completed=1.0)
         if args.as_recorded:
-            from whatif.recorded import as_recorded
+            from hpcinsight.whatif.recorded import as_recorded
 
             rec, rec_series = as_recorded(nodes, jobs)
             reports.append(rec)

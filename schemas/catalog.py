@@ -9,9 +9,10 @@ Agents, streams and sinks never import one another; they meet here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from schemas.codec import Codec
-from schemas.events import (
+from hpcinsight.schemas.codec import Codec
+from hpcinsight.schemas.events import (
     AgentHealth,
     Anomaly,
     DeadLetter,
@@ -48,7 +49,7 @@ class Table:
     at-least-once upstream stage collapses into one row. ``bloom_filters`` name columns that
     get a data-skipping index, for reads scoped by something outside the key (a job). The DDL
     itself (engine, single server or cluster, TTL from the configuration) is rendered by
-    :mod:`sinks.storage`.
+    :mod:`hpcinsight.sinks.storage`.
     """
 
     name: str
@@ -195,3 +196,11 @@ def by_name(name: str) -> Topic:
         if topic.name == name:
             return topic
     raise KeyError(f"no topic {name!r} in the catalog; known: {', '.join(t.name for t in TOPICS)}")
+
+
+def ensure_topics(client_config: dict[str, Any], prefix: str, replication: int | None = None, timeout: float = 30.0) -> list[str]:
+    """Create the catalog's missing topics (existing ones are left as they are); returns every full
+    name. ``replication`` None leaves the factor to the cluster's ``default.replication.factor``."""
+    from hpcinsight.core.topics import create_topics
+
+    return create_topics(client_config, TOPICS, prefix, replication, timeout)

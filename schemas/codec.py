@@ -11,9 +11,9 @@ Decoding validates types, ranges and finiteness; anything wrong raises
 
 :meth:`Codec.decode_table` decodes many messages at once into Arrow columns (what the
 ClickHouse sink stores). It parses the whole block in C++ (``pyarrow.json``) and checks the
-codec's rules column by column (:func:`schemas.derive.wire_rules`); a block it cannot vouch
+codec's rules column by column (:func:`hpcinsight.schemas.derive.wire_rules`); a block it cannot vouch
 for, to the last message, goes through :meth:`Codec.decode` one message at a time instead, so
-the result is always what ``decode`` + :func:`schemas.derive.to_arrow` would give, and the
+the result is always what ``decode`` + :func:`hpcinsight.schemas.derive.to_arrow` would give, and the
 messages it refuses are exactly those ``decode`` refuses, with ``decode``'s reason.
 """
 
@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
-from schemas.events import Event
+from hpcinsight.schemas.events import Event
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from schemas.derive import ValueRule, WireRule
+    from hpcinsight.schemas.derive import ValueRule, WireRule
 
 E = TypeVar("E", bound=Event)
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Codec(Generic[E]):
         """
         import pyarrow as pa
 
-        from schemas.derive import arrow_schema, to_arrow
+        from hpcinsight.schemas.derive import arrow_schema, to_arrow
 
         if self._bulk is False:
             self._bulk = _BulkDecoder.of(self.event)
@@ -170,7 +170,7 @@ class _BulkDecoder:
         import pyarrow as pa
         import pyarrow.json as pj
 
-        from schemas.derive import arrow_schema
+        from hpcinsight.schemas.derive import arrow_schema
 
         self.event = event
         self.rules = rules
@@ -206,7 +206,7 @@ class _BulkDecoder:
 
     @classmethod
     def of(cls, event: type[Event]) -> _BulkDecoder | None:
-        from schemas.derive import wire_rules
+        from hpcinsight.schemas.derive import wire_rules
 
         rules = wire_rules(event)
         return None if rules is None else cls(event, rules)
@@ -274,7 +274,7 @@ class _BulkDecoder:
         """The fields left to msgspec, decoded alone from every message, as Arrow arrays."""
         import pyarrow.compute as pc
 
-        from schemas.derive import arrow_values
+        from hpcinsight.schemas.derive import arrow_values
 
         assert self._projection is not None
         try:

@@ -1,7 +1,7 @@
 """Column types: one annotation carries the wire rule, the Arrow type and the ClickHouse type.
 
 An event field is declared once, e.g. ``gpu_util: Percent | None``. From that single
-annotation the wire codec (msgspec) learns its validation rule, and :mod:`schemas.derive`
+annotation the wire codec (msgspec) learns its validation rule, and :mod:`hpcinsight.schemas.derive`
 learns the Arrow type and the ClickHouse column type. Adding a field to an event therefore
 adds it everywhere at once; there is no second column list to forget.
 """

@@ -1,7 +1,7 @@
 """Derive the Arrow schema and ClickHouse columns of an event from its annotations.
 
 This is the only place that turns a field declaration into storage types. The codec
-(:mod:`schemas.codec`) uses the same classes for the wire, so all representations of an
+(:mod:`hpcinsight.schemas.codec`) uses the same classes for the wire, so all representations of an
 event are projections of one definition.
 """
 
@@ -17,8 +17,8 @@ import msgspec
 import msgspec.inspect as mi
 import pyarrow as pa
 
-from schemas.columns import Column
-from schemas.events import Event
+from hpcinsight.schemas.columns import Column
+from hpcinsight.schemas.events import Event
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _column_of(annotation: Any) -> tuple[Column, bool]:
         for meta in annotation.__metadata__:
             if isinstance(meta, Column):
                 return meta, nullable
-    raise TypeError(f"{annotation!r} has no storage Column; use a type from schemas.columns")
+    raise TypeError(f"{annotation!r} has no storage Column; use a type from hpcinsight.schemas.columns")
 
 
 @cache
@@ -110,7 +110,7 @@ def clickhouse_columns(event: type[Event]) -> list[str]:
 # The codec validates one message at a time with msgspec. To decode a whole block of messages in
 # C++ (pyarrow.json) the same rules are needed column by column. They are read from msgspec's
 # own view of each annotation (``msgspec.inspect``), so there is still one definition: a bound
-# added to a type in ``schemas.columns`` is enforced by both paths. A field whose rule has no
+# added to a type in ``hpcinsight.schemas.columns`` is enforced by both paths. A field whose rule has no
 # column-wise form (a map, bytes, a pattern) is decoded by msgspec alone, message by message,
 # with its own annotation: slower than Arrow, much faster than decoding the whole record.
 

@@ -1,6 +1,6 @@
 """The events of hpcinsight: each class here is the one definition of its schema.
 
-Every event is a frozen ``msgspec.Struct``. Its annotations (see :mod:`schemas.columns`)
+Every event is a frozen ``msgspec.Struct``. Its annotations (see :mod:`hpcinsight.schemas.columns`)
 decide the wire validation, the Arrow type and the ClickHouse column; ``__schema__`` and
 ``__version__`` travel in every message so a reader can refuse what it does not know.
 Bump ``__version__`` when a field changes meaning or a required field is added.
@@ -13,7 +13,7 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
-from schemas.columns import (
+from hpcinsight.schemas.columns import (
     Bytes,
     Bytes64,
     Celsius,
@@ -62,7 +62,7 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
 class GpuSample(Event, frozen=True):
     """One GPU (or one MIG instance) at one instant, as an agent read it. Unsupported readings are null.
 
-    A MIG instance gets a ``gpu_index`` of its own (see ``agents.gpu_nvml.mig_gpu_index``):
+    A MIG instance gets a ``gpu_index`` of its own (see ``hpcinsight.agents.gpu_nvml.mig_gpu_index``):
     the tables are keyed on (node, gpu_index, ts), and sharing the board's index would merge
     the instance's row into the board's.
     """

@@ -1,4 +1,5 @@
-"""Sinks: where events leave Kafka: ClickHouse (the exactly-once sink) and the alert router (``sinks.alerts``).
+"""Sinks: where events leave Kafka: ClickHouse (the exactly-once sink) and the alert router (``hpcinsight.sinks.alerts``).
 
-Sinks import only :mod:`schemas` and :mod:`hpcinsight.config`; never agents or streams.
+Sinks import only the ground (``core``) and ``schemas``; never agents, streams or the CLI.
+The query library and ``diagnose`` live here, beside the SQL they run (``queries/``).
 """

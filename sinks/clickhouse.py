@@ -16,10 +16,10 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from hpcinsight.config import ClickHouseSettings
-from sinks.migrations import MigrationReport, migrate
-from sinks.storage import Layout
-from sinks.store_share import StoreShare, read_owner
+from hpcinsight.core.settings import ClickHouseSettings
+from hpcinsight.sinks.migrations import MigrationReport, migrate
+from hpcinsight.sinks.storage import Layout
+from hpcinsight.sinks.store_share import StoreShare, read_owner
 
 
 class StoreBusyError(RuntimeError):
@@ -58,7 +58,7 @@ def connect(settings: ClickHouseSettings, writer: bool = False) -> Client:
                     f"the embedded store {settings.display_url} is open in another process that does not share it; "
                     "stop that process first, or point CLICKHOUSE_URL at a ClickHouse server"
                 )
-            # Read through the owning process (see sinks.store_share): same Client API, over HTTP.
+            # Read through the owning process (see hpcinsight.sinks.store_share): same Client API, over HTTP.
             return clickhouse_connect.get_client(host="127.0.0.1", port=owner.port, username="default", password=owner.token)
     try:
         return clickhouse_connect.get_client(dsn=settings.url, **kwargs)
@@ -75,6 +75,6 @@ def share_if_embedded(client: Client, settings: ClickHouseSettings) -> StoreShar
 
 
 def ensure_tables(client: Client, settings: ClickHouseSettings | None = None) -> MigrationReport:
-    """Bring the store's schema to this build's version (idempotent; see sinks.migrations)."""
+    """Bring the store's schema to this build's version (idempotent; see hpcinsight.sinks.migrations)."""
     layout = Layout.of(settings, database=client.command("SELECT currentDatabase()")) if settings else Layout()
     return migrate(client, layout)

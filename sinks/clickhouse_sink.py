@@ -9,7 +9,7 @@ also carry a deterministic deduplication token, which covers a retried insert (a
 ``deduplicate_blocks_in_dependent_materialized_views``, the rollups fed from it).
 
 Messages are decoded a block at a time, straight from the raw bytes to Arrow columns
-(:meth:`schemas.codec.Codec.decode_table`); a message the codec refuses goes to the
+(:meth:`hpcinsight.schemas.codec.Codec.decode_table`); a message the codec refuses goes to the
 dead-letter topic with its reason. One insert runs in the background while the sink goes on
 consuming and decoding; the next flush (or a rebalance, or the stop) waits for it, and its
 offsets are committed only once it has succeeded. Inserts run one at a time, in order, so the
@@ -33,9 +33,9 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from schemas.catalog import DEAD_LETTERS, GPU_SAMPLES, STORED, Topic
-from schemas.events import DeadLetter
-from sinks.replays import SeriesWatermarks
+from hpcinsight.schemas.catalog import DEAD_LETTERS, GPU_SAMPLES, STORED, Topic
+from hpcinsight.schemas.events import DeadLetter
+from hpcinsight.sinks.replays import SeriesWatermarks
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class TableWriter:
         self.pending_rows = 0
         #: set to stop retrying a failing insert (the process is stopping): the insert then raises
         self.give_up = threading.Event()
-        #: table -> the filter of the worker's replayed rows (tables that feed rollups; see sinks.replays)
+        #: table -> the filter of the worker's replayed rows (tables that feed rollups; see hpcinsight.sinks.replays)
         self.replay_filters: dict[str, SeriesWatermarks] = {}
         self._pending: dict[str, tuple[Topic, list[pa.Table]]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sink-insert") if background else None
@@ -404,7 +404,7 @@ class ClickHouseSink:
 
     def metric_families(self) -> Iterator[Any]:
         """The sink's series for Prometheus (served by the CLI with the lag in ``stats.lag``, see
-        hpcinsight.metrics)."""
+        hpcinsight.core.metrics)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         st = self.stats

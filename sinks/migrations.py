@@ -1,7 +1,7 @@
 """Versioned, idempotent schema migrations: ``hpcinsight db migrate``.
 
 A migration is a numbered list of DDL statements rendered for the configured layout (one
-server or a cluster, see :mod:`sinks.storage`). The version table records each migration that
+server or a cluster, see :mod:`hpcinsight.sinks.storage`). The version table records each migration that
 ran, so running ``migrate`` again is a no-op; every statement is idempotent on its own
 (``IF NOT EXISTS``), so a migration interrupted half-way simply runs again in full.
 
@@ -12,7 +12,7 @@ means an event changed without a migration, and is an error that names the colum
 migration with :func:`add_columns`).
 
 Rules for new migrations: append, never edit or renumber one that may have run; render DDL
-through :mod:`sinks.storage` so the cluster layout applies; keep each statement idempotent.
+through :mod:`hpcinsight.sinks.storage` so the cluster layout applies; keep each statement idempotent.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
 
-from schemas.catalog import DEAD_LETTERS, SINK_COLUMNS, STORED, Topic
-from schemas.derive import fields_of
-from sinks.storage import (
+from hpcinsight.schemas.catalog import DEAD_LETTERS, SINK_COLUMNS, STORED, Topic
+from hpcinsight.schemas.derive import fields_of
+from hpcinsight.sinks.storage import (
     MIGRATIONS_TABLE,
     ROLLUPS,
     Layout,

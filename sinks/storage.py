@@ -1,8 +1,8 @@
 """The ClickHouse layout: tables from the catalog, rollups, and how a cluster changes them.
 
-Everything here renders DDL; :mod:`sinks.migrations` decides when it runs. Columns come from
-the event definitions (:func:`schemas.derive.clickhouse_columns`), keys and default TTLs from
-the catalog's :class:`~schemas.catalog.Table`, so nothing here lists a column of an event.
+Everything here renders DDL; :mod:`hpcinsight.sinks.migrations` decides when it runs. Columns come from
+the event definitions (:func:`hpcinsight.schemas.derive.clickhouse_columns`), keys and default TTLs from
+the catalog's :class:`~hpcinsight.schemas.catalog.Table`, so nothing here lists a column of an event.
 
 One server (embedded chDB or a ClickHouse server) gets ``ReplacingMergeTree`` tables. With a
 cluster configured (``CLICKHOUSE_CLUSTER``), each table becomes a
@@ -23,11 +23,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from hpcinsight.config import ClickHouseSettings, ConfigError
-from schemas.catalog import GPU_SAMPLES, SINK_COLUMNS, STORED, Table, Topic
-from schemas.derive import clickhouse_columns, fields_of
+from hpcinsight.core.settings import ClickHouseSettings, ConfigError
+from hpcinsight.schemas.catalog import GPU_SAMPLES, SINK_COLUMNS, STORED, Table, Topic
+from hpcinsight.schemas.derive import clickhouse_columns, fields_of
 
-#: the version table's name (see :mod:`sinks.migrations`)
+#: the version table's name (see :mod:`hpcinsight.sinks.migrations`)
 MIGRATIONS_TABLE = "hpcinsight_migrations"
 
 

@@ -9,7 +9,7 @@ reader that finds the store busy connects there with ``clickhouse_connect.get_cl
 an ordinary HTTP client, so there is no second code path in query code.
 
 Every statement runs with ``readonly=1``, and only one reading statement without ``INTO
-OUTFILE`` is accepted (:mod:`sinks.sql_guard`, checked here on the port, not only in clients):
+OUTFILE`` is accepted (:mod:`hpcinsight.sinks.sql_guard`, checked here on the port, not only in clients):
 a reader can never write to the store or its disk, or change its settings.
 """
 
@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from sinks.sql_guard import NotReadingError, reading_statement
+from hpcinsight.sinks.sql_guard import NotReadingError, reading_statement
 
 log = logging.getLogger(__name__)
 

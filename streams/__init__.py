@@ -1,4 +1,4 @@
 """Stream processors (Faust): validation, rolling quantiles and anomaly detectors.
 
-Streams import only :mod:`schemas` and :mod:`hpcinsight.config`; never agents or sinks.
+Streams import only the ground (``core``) and ``schemas``; never agents, sinks or the CLI.
 """

@@ -1,4 +1,4 @@
-"""The Faust worker: moves bytes between Kafka and :class:`streams.processor.SampleProcessor`.
+"""The Faust worker: moves bytes between Kafka and :class:`hpcinsight.streams.processor.SampleProcessor`.
 
 Values are read and written raw; decoding and validation happen in the processor with the
 catalog's codecs, so a malformed message becomes a dead letter instead of a Faust serializer
@@ -9,7 +9,7 @@ Agents (one per input topic): raw GPU samples (per-GPU stage), raw IB samples (a
 GPU sketches (job stage, co-partitioned with the scheduler events by job), and each topic a
 detector reads. Besides, every worker follows the whole scheduler and inventory topics (outside
 the consumer group) to keep its attribution table complete. After a restart or a rebalance,
-:mod:`streams.recovery` rebuilds the state before the new partitions are processed.
+:mod:`hpcinsight.streams.recovery` rebuilds the state before the new partitions are processed.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from typing import Any
 import faust
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
-from hpcinsight.config import Settings, broker_retry
-from schemas.catalog import (
+from hpcinsight.core.settings import Settings
+from hpcinsight.core.kafka import broker_retry
+from hpcinsight.schemas.catalog import (
     ANOMALIES,
     DEAD_LETTERS,
     GPU_SAMPLES_RAW,
@@ -44,14 +45,14 @@ from schemas.catalog import (
     TOPICS,
     Topic,
 )
-from schemas.events import DeadLetter
-from streams.detectors import build as build_detectors
-from streams.jobs import JobStageConfig
-from streams.kpis import KpiConfig
-from streams.processor import Handler, Output, ProcessorConfig, SampleProcessor
-from streams.recovery import last_message, open_incidents, rebuild_gpu_stage, rebuild_job_stage
-from streams.rolling import DEFAULT_WINDOWS, RollingConfig
-from streams.windows import WindowSpec
+from hpcinsight.schemas.events import DeadLetter
+from hpcinsight.streams.detectors import build as build_detectors
+from hpcinsight.streams.jobs import JobStageConfig
+from hpcinsight.streams.kpis import KpiConfig
+from hpcinsight.streams.processor import Handler, Output, ProcessorConfig, SampleProcessor
+from hpcinsight.streams.recovery import last_message, open_incidents, rebuild_gpu_stage, rebuild_job_stage
+from hpcinsight.streams.rolling import DEFAULT_WINDOWS, RollingConfig
+from hpcinsight.streams.windows import WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +398,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
 
 
 def worker_metric_families(processor: SampleProcessor, outputs: OutputProducer) -> Iterator[Any]:
-    """The worker's series for Prometheus (served by the CLI with the lag, see hpcinsight.metrics)."""
+    """The worker's series for Prometheus (served by the CLI with the lag, see hpcinsight.core.metrics)."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     st = processor.stats

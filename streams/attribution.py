@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from schemas.events import Event, GpuSample, IbSample, NodeInventory, SchedulerEvent, StepMetric
+from hpcinsight.schemas.events import Event, GpuSample, IbSample, NodeInventory, SchedulerEvent, StepMetric
 
 #: how many past holders of each GPU/node are kept for lookups by event time
 HISTORY = 4

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 from typing import ClassVar
 
-from schemas.events import Event, GpuSketch, JobQuantiles
-from streams.rolling import SINCE_START
-from streams.sketches import QuantileSketch
+from hpcinsight.schemas.events import Event, GpuSketch, JobQuantiles
+from hpcinsight.streams.rolling import SINCE_START
+from hpcinsight.streams.sketches import QuantileSketch
 
 
 class JobGpuWindow(Event, frozen=True):

@@ -42,7 +42,7 @@ node of a host list). Free GPUs of a node =
 ``capacity - min(capacity, busy)``. Allocation is the scheduler's word (``requested_gpus``), so
 ``allocated + free`` need not equal ``total`` when jobs share GPUs or were bound without a node.
 
-FGD's expected fragmentation (:mod:`streams.fragmentation`; ``fgd_fragmentation_gpus`` per
+FGD's expected fragmentation (:mod:`hpcinsight.streams.fragmentation`; ``fgd_fragmentation_gpus`` per
 cluster, zone, GPU model and held node, ``fgd_fragmentation_rate`` for the cluster) needs finer
 state: each named GPU's held share in thousandths (a job's ``requested_gpus`` spread evenly over
 its ``gpu_ids``; a job without ``gpu_ids`` takes whole GPUs, as above) and each node's CPU milli
@@ -56,7 +56,7 @@ empty, ``unplaced`` when the job has no node or the node is not in the inventory
 ``user``, ``qos``, ``priority`` missing -> ``unknown``. ``gpu_bucket`` of requested GPUs ``g``:
 ``cpu`` (0 or none), ``frac`` (0<g<1), ``1`` (1<=g<2), ``2-4`` (2<=g<=4), ``5-8`` (4<g<=8),
 ``>8``; ``job_class``: ``small`` (g<=1), ``medium`` (1<g<=8), ``large`` (g>8), GPU jobs only.
-Quantiles use numpy's default ('linear', Hyndman-Fan type 7), as :mod:`streams.windows` does.
+Quantiles use numpy's default ('linear', Hyndman-Fan type 7), as :mod:`hpcinsight.streams.windows` does.
 A job is *multi-node* (gang) if its host list or its ``gpu_ids`` name more than one node, or it
 asks for more GPUs than the largest node in the inventory has.
 
@@ -75,9 +75,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from schemas.events import NodeInventory, SchedulerEvent, SchedulingKpi
-from streams.attribution import expand_hostlist
-from streams.fragmentation import MILLI, NO_CPU_LIMIT, ShapeWindow, access_matrix, fragmentation, task_shape
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent, SchedulingKpi
+from hpcinsight.streams.attribution import expand_hostlist
+from hpcinsight.streams.fragmentation import MILLI, NO_CPU_LIMIT, ShapeWindow, access_matrix, fragmentation, task_shape
 
 CLUSTER = ("cluster", "all")
 HOUR_MS = 3_600_000
@@ -626,7 +626,7 @@ class SchedulingKpis:
         return rows
 
     def _fgd_rows(self, row: Callable[[str, Group, float | Fraction, int], None]) -> None:
-        """FGD's expected fragmentation (:mod:`streams.fragmentation`), in GPUs: the cluster, each zone and
+        """FGD's expected fragmentation (:mod:`hpcinsight.streams.fragmentation`), in GPUs: the cluster, each zone and
         GPU model, and each node with something held on it (an idle node's figure follows from its capacity
         and model alone, and one row per node per interval would multiply the table by the node count);
         ``fgd_fragmentation_rate`` is the cluster's share of its free GPU capacity. Nothing before a job

@@ -3,7 +3,7 @@
 :class:`SampleProcessor` turns one Kafka message into the messages it causes (validated and
 attributed samples, quantile windows, sketches for the job stage, job quantiles, anomalies,
 state checkpoints, or one dead letter). Keeping it a plain class makes it testable without a
-broker; :mod:`streams.app` only moves bytes between it and Kafka.
+broker; :mod:`hpcinsight.streams.app` only moves bytes between it and Kafka.
 
 Two stages live here, each fed by its own topic so each can be partitioned its own way:
 
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.catalog import (
+from hpcinsight.schemas.catalog import (
     ANOMALIES,
     DEAD_LETTERS,
     GPU_QUANTILES,
@@ -35,8 +35,8 @@ from schemas.catalog import (
     TOPICS,
     Topic,
 )
-from schemas.codec import DecodeError
-from schemas.events import (
+from hpcinsight.schemas.codec import DecodeError
+from hpcinsight.schemas.events import (
     Anomaly,
     DeadLetter,
     Event,
@@ -51,11 +51,11 @@ from schemas.events import (
     StateCheckpoint,
     StepMetric,
 )
-from streams.attribution import Attribution
-from streams.detectors import Detector, StreamContext, discover
-from streams.jobs import JobGpuWindow, JobMerger, JobStageConfig
-from streams.kpis import KpiConfig, SchedulingKpis
-from streams.rolling import SINCE_START, Closed, RollingConfig, RollingSeries, WindowMeans
+from hpcinsight.streams.attribution import Attribution
+from hpcinsight.streams.detectors import Detector, StreamContext, discover
+from hpcinsight.streams.jobs import JobGpuWindow, JobMerger, JobStageConfig
+from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
+from hpcinsight.streams.rolling import SINCE_START, Closed, RollingConfig, RollingSeries, WindowMeans
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class SampleProcessor:
         return out
 
     def tick_jobs(self) -> list[Output]:
-        """Job windows released by waiting (see :meth:`streams.jobs.JobMerger.tick`); call it periodically."""
+        """Job windows released by waiting (see :meth:`hpcinsight.streams.jobs.JobMerger.tick`); call it periodically."""
         out: list[Output] = []
         for q in self.jobs.tick():
             self.stats.job_windows += 1
@@ -386,7 +386,7 @@ class SampleProcessor:
 
     def observe_scheduler(self, value: bytes | None, topic: Topic) -> list[Output]:
         """Feed the attribution table and the scheduling KPIs (every worker reads all of the
-        scheduler topics; see :mod:`streams.attribution`). Returns the KPI rows it completed.
+        scheduler topics; see :mod:`hpcinsight.streams.attribution`). Returns the KPI rows it completed.
 
         Undecodable messages are skipped here: the group member that owns their partition
         dead-letters them (see :meth:`handle_events`), so each is reported once."""

@@ -24,11 +24,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from hpcinsight.config import broker_retry
-from schemas.catalog import ANOMALIES, STREAM_STATE
-from schemas.codec import DecodeError
-from schemas.events import Anomaly, StateCheckpoint
-from streams.processor import SampleProcessor
+from hpcinsight.core.kafka import broker_retry
+from hpcinsight.schemas.catalog import ANOMALIES, STREAM_STATE
+from hpcinsight.schemas.codec import DecodeError
+from hpcinsight.schemas.events import Anomaly, StateCheckpoint
+from hpcinsight.streams.processor import SampleProcessor
 
 log = logging.getLogger(__name__)
 

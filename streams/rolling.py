@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
-from streams.sketches import QuantileSketch
-from streams.windows import WindowSpec
+from hpcinsight.streams.sketches import QuantileSketch
+from hpcinsight.streams.windows import WindowSpec
 
 DEFAULT_WINDOWS: tuple[WindowSpec, ...] = (
     WindowSpec(60_000, 10_000),

@@ -2,7 +2,7 @@
 
 Windows are ``size`` long and start every ``hop``, aligned to multiples of ``hop`` since the
 epoch, so every GPU (and anyone re-checking in SQL) agrees on the same boundaries: the window
-ending at ``E`` holds the samples with ``E - size <= ts < E``. :mod:`streams.rolling` keeps them.
+ending at ``E`` holds the samples with ``E - size <= ts < E``. :mod:`hpcinsight.streams.rolling` keeps them.
 """
 
 from __future__ import annotations

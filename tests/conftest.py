@@ -3,7 +3,7 @@ pytest-xdist), and a way to run the CLI.
 
 The broker is, in order of preference: the cluster named by ``KAFKA_BOOTSTRAP``; a
 testcontainers Kafka where a Docker engine answers; otherwise a KRaft broker started from
-the Maven Central jars by :mod:`deploy.local.kafka`. Each test gets its own topic prefix,
+the Maven Central jars by :mod:`hpcinsight.deploy.local.kafka`. Each test gets its own topic prefix,
 so tests share the broker without seeing each other's data.
 """
 
@@ -43,12 +43,12 @@ def kafka_bootstrap() -> Iterator[str]:
     if _docker_available():
         from testcontainers.kafka import KafkaContainer
 
-        from deploy.local.kafka import KAFKA_VERSION
+        from hpcinsight.deploy.local.kafka import KAFKA_VERSION
 
         with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    from deploy.local.kafka import LocalKafka
+    from hpcinsight.deploy.local.kafka import LocalKafka
 
     with LocalKafka() as kafka:
         yield kafka.bootstrap
@@ -119,7 +119,7 @@ class Pipeline:
         return bool(gpu) and gpu == self.sql(ends.format("job_quantiles"))
 
     def wait_caught_up(self, group: str, topics: list[str], timeout: float = 120) -> None:
-        from hpcinsight.topics import lag
+        from hpcinsight.core.kafka import lag
 
         deadline = time.monotonic() + timeout
         while (remaining := lag(self.client_config(), f"{self.prefix}{group}", [self.topic(t) for t in topics])) > 0:
@@ -133,7 +133,7 @@ def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Pipeline:
     logs = tmp_path / "logs"
     logs.mkdir()
     p = Pipeline(kafka_bootstrap, f"t{uuid.uuid4().hex[:10]}.", tmp_path / "data" / "clickhouse", logs)
-    from hpcinsight.topics import ensure_topics
+    from hpcinsight.schemas.catalog import ensure_topics
 
     ensure_topics(p.client_config(), p.prefix)
     return p
@@ -190,6 +190,6 @@ def check_windows_against_numpy(
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    from hpcinsight.demo import terminate
+    from hpcinsight.harness.demo import terminate
 
     return terminate(proc, timeout)

@@ -15,7 +15,7 @@ Four nodes of eight GPUs (zones ``zone-a``: node-00, node-01; ``zone-b``: node-0
 Every record is built from the schema classes and inserted as the sink does (Arrow, with
 ``_partition``/``_offset``); the stream's outputs (quantiles, anomalies, KPIs) are what the worker
 would emit: the quantiles computed here with numpy over the same samples, the KPIs by
-:class:`streams.kpis.SchedulingKpis` itself from the scheduler events. Tests compute their expected
+:class:`hpcinsight.streams.kpis.SchedulingKpis` itself from the scheduler events. Tests compute their expected
 answers from :attr:`Scenario` records, never from the queries.
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from schemas.derive import to_arrow
-from schemas.events import (
+from hpcinsight.schemas.derive import to_arrow
+from hpcinsight.schemas.events import (
     Anomaly,
     GpuQuantiles,
     GpuSample,
@@ -125,7 +125,7 @@ def _anomaly(kind: str, severity: str, subject_type: str, subject: str, fired: i
 
 
 def build(seed: int = 11) -> Scenario:
-    from streams.kpis import KpiConfig, SchedulingKpis
+    from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
 
     rng = np.random.default_rng(seed)
     t0 = (int(time.time()) // 3600 - 1) * 3600 * S
@@ -233,7 +233,7 @@ def open_store(directory: Any) -> tuple[Any, Scenario]:
     """A fresh embedded store at ``directory`` holding the story."""
     import clickhouse_connect
 
-    from sinks.clickhouse import ensure_tables
+    from hpcinsight.sinks.clickhouse import ensure_tables
 
     client = clickhouse_connect.get_client(dsn=f"chdb://{directory}")
     ensure_tables(client)

@@ -8,10 +8,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from agents.delivery import Delivery
-from agents.gpu_sim import SimConfig, SimGpuCollector
-from agents.runner import AgentStats, Metrics, run_agent
-from schemas.catalog import AGENT_HEALTH, GPU_SAMPLES_RAW
+from hpcinsight.agents.delivery import Delivery
+from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.agents.runner import AgentStats, Metrics, run_agent
+from hpcinsight.schemas.catalog import AGENT_HEALTH, GPU_SAMPLES_RAW
 
 
 def _closed_port() -> int:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpcinsight.config import ConfigError
-from sinks.alerts import config as alerts_config
-from sinks.alerts.confnode import parse_duration
-from sinks.alerts.matchers import Matcher
+from hpcinsight.core.settings import ConfigError
+from hpcinsight.sinks.alerts import config as alerts_config
+from hpcinsight.sinks.alerts.confnode import parse_duration
+from hpcinsight.sinks.alerts.matchers import Matcher
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "sinks" / "alerts" / "alerts.example.yaml"
@@ -111,7 +111,7 @@ def test_each_chat_kind_takes_its_services_urls(kind: str, url: str, service: st
 
 
 def test_a_mattermost_webhook_url_keeps_its_host_port_and_path() -> None:
-    from sinks.alerts.receivers.mattermost import convert
+    from hpcinsight.sinks.alerts.receivers.mattermost import convert
 
     assert convert("https://chat.example.com:8443/mm/hooks/tok123") == "mmosts://hpcinsight@chat.example.com:8443/mm/tok123"
     assert convert("http://127.0.0.1:8065/hooks/tok123") == "mmost://hpcinsight@127.0.0.1:8065/tok123"
@@ -197,7 +197,7 @@ def test_durations() -> None:
 
 
 def test_silence_matchers_from_the_command_line_are_checked() -> None:
-    from sinks.alerts.silences import parse_matchers
+    from hpcinsight.sinks.alerts.silences import parse_matchers
 
     assert parse_matchers(["kind=gpu_xid", "node=~n1[0-9]"]) == ['kind="gpu_xid"', 'node=~"n1[0-9]"']
     for bad, message in (([], "at least one --match"), (["host=n1"], "unknown label 'host'"),
@@ -207,9 +207,9 @@ def test_silence_matchers_from_the_command_line_are_checked() -> None:
 
 
 def test_alertmanager_alerts_carry_start_end_labels_and_link() -> None:
-    from sinks.alerts.message import Renderer
-    from sinks.alerts.model import Alert, Notification
-    from sinks.alerts.receivers.alertmanager import postable_alerts
+    from hpcinsight.sinks.alerts.message import Renderer
+    from hpcinsight.sinks.alerts.model import Alert, Notification
+    from hpcinsight.sinks.alerts.receivers.alertmanager import postable_alerts
 
     labels = {"alertname": "gpu_health", "kind": "gpu_health", "node": "n1"}
     firing = Alert("a1", labels, "GPU 3 throttles", {"x": 1.0}, starts_at=1_767_225_600_000, updated_at=1_767_225_660_000)

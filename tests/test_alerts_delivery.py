@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from schemas.events import Anomaly
-from sinks.alerts import config as alerts_config
-from sinks.alerts import redact
-from sinks.alerts.config import RateLimit, RetryConfig
-from sinks.alerts.delivery import Dispatcher, TokenBucket, backoff_s
-from sinks.alerts.engine import Engine
-from sinks.alerts.message import Renderer
-from sinks.alerts.model import Notification
-from sinks.alerts.router import build_integrations
-from sinks.alerts.store import OutboxRow, StateStore, read_outbox
+from hpcinsight.schemas.events import Anomaly
+from hpcinsight.sinks.alerts import config as alerts_config
+from hpcinsight.sinks.alerts import redact
+from hpcinsight.sinks.alerts.config import RateLimit, RetryConfig
+from hpcinsight.sinks.alerts.delivery import Dispatcher, TokenBucket, backoff_s
+from hpcinsight.sinks.alerts.engine import Engine
+from hpcinsight.sinks.alerts.message import Renderer
+from hpcinsight.sinks.alerts.model import Notification
+from hpcinsight.sinks.alerts.router import build_integrations
+from hpcinsight.sinks.alerts.store import OutboxRow, StateStore, read_outbox
 from tests.alerts_receiver import LocalReceiver
 
 T0 = int(time.time() * 1000) - 120_000
@@ -287,7 +287,7 @@ def test_no_secret_in_logs_errors_or_the_outbox(tmp_path: Path, caplog: pytest.L
 
 
 def test_the_webhook_links_the_dashboard_when_one_is_configured() -> None:
-    from sinks.alerts.receivers.webhook import payload
+    from hpcinsight.sinks.alerts.receivers.webhook import payload
 
     [n] = notifications(1)
     body = payload(n, Renderer("https://grafana.example.com/d/hpc?var-job={job}&var-node={node}"))

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from schemas.events import Anomaly, SchedulerEvent, Silence
-from sinks.alerts import config as alerts_config
-from sinks.alerts.engine import Engine
-from sinks.alerts.message import Renderer
-from sinks.alerts.model import Notification
-from sinks.alerts.store import StateStore
+from hpcinsight.schemas.events import Anomaly, SchedulerEvent, Silence
+from hpcinsight.sinks.alerts import config as alerts_config
+from hpcinsight.sinks.alerts.engine import Engine
+from hpcinsight.sinks.alerts.message import Renderer
+from hpcinsight.sinks.alerts.model import Notification
+from hpcinsight.sinks.alerts.store import StateStore
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC
 S = 1000  # ms
@@ -334,7 +334,7 @@ def test_state_survives_a_restart_through_the_store(tmp_path: Path) -> None:
 
 
 def test_a_second_router_on_the_same_state_is_refused(tmp_path: Path) -> None:
-    from sinks.alerts.store import StateError
+    from hpcinsight.sinks.alerts.store import StateError
 
     store = StateStore(tmp_path)
     with pytest.raises(StateError, match="another alert router"):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas.events import GpuSample, IbSample, NodeInventory, SchedulerEvent, StepMetric
-from streams.attribution import Attribution, expand_hostlist
+from hpcinsight.schemas.events import GpuSample, IbSample, NodeInventory, SchedulerEvent, StepMetric
+from hpcinsight.streams.attribution import Attribution, expand_hostlist
 
 T0 = 1_750_000_000_000
 

@@ -17,11 +17,11 @@ import msgspec
 import pyarrow as pa
 import pytest
 
-from agents.gpu_sim import InjectedXid, SimConfig, SimGpuCollector, SimProcessCollector, SimXidCollector
-from agents.ib_sim import SimIbCollector, SimIbConfig
-from schemas.catalog import GPU_PROCESSES, GPU_SAMPLES, GPU_XID, IB_SAMPLES, STORED, Topic
-from schemas.codec import DecodeError, _BulkDecoder
-from schemas.derive import ValueRule, WireRule, to_arrow, wire_rules
+from hpcinsight.agents.gpu_sim import InjectedXid, SimConfig, SimGpuCollector, SimProcessCollector, SimXidCollector
+from hpcinsight.agents.ib_sim import SimIbCollector, SimIbConfig
+from hpcinsight.schemas.catalog import GPU_PROCESSES, GPU_SAMPLES, GPU_XID, IB_SAMPLES, STORED, Topic
+from hpcinsight.schemas.codec import DecodeError, _BulkDecoder
+from hpcinsight.schemas.derive import ValueRule, WireRule, to_arrow, wire_rules
 from tests.test_schemas import EXAMPLES, T0
 
 BULK = [t for t in STORED if wire_rules(t.event) is not None]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.cgroup import attribution, read_attribution
+from hpcinsight.agents.cgroup import attribution, read_attribution
 
 CID = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899"
 CID2 = "aa" * 32

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from schemas.catalog import GPU_SAMPLES_RAW
-from schemas.codec import DecodeError
-from schemas.events import GpuSample
+from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW
+from hpcinsight.schemas.codec import DecodeError
+from hpcinsight.schemas.events import GpuSample
 
 codec = GPU_SAMPLES_RAW.codec
 GOOD = {"node": "n0", "gpu_index": 1, "gpu_uuid": "GPU-1", "ts": 1_764_000_000_000, "gpu_util": 50.0}

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hpcinsight.config import ConfigError, load
+from hpcinsight.core.settings import ConfigError, load
 
 SECRET = "s3cr3t-Pa55"
 
@@ -106,7 +106,7 @@ def test_bad_clickhouse_settings_are_named(tmp_path, text: str, message: str) ->
 def test_broker_retry_waits_out_not_yet_and_raises_anything_else_at_once() -> None:
     from confluent_kafka import KafkaError, KafkaException
 
-    from hpcinsight.config import broker_retry
+    from hpcinsight.core.kafka import broker_retry
 
     answers: list[object] = [KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)),
                              KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)), (0, 42)]
@@ -132,7 +132,7 @@ def test_broker_retry_waits_out_not_yet_and_raises_anything_else_at_once() -> No
 def test_a_repeated_kafka_log_line_goes_through_once_a_minute_with_a_count() -> None:
     import logging
 
-    from hpcinsight.config import RepeatFilter
+    from hpcinsight.core.logs import RepeatFilter
 
     now = [0.0]
     f = RepeatFilter(every_s=60, clock=lambda: now[0])

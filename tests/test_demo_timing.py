@@ -11,13 +11,13 @@ import dataclasses
 
 import pytest
 
-from agents.gpu_sim import IdleGpu, SimConfig, SimGpuCollector
-from hpcinsight.demo import DemoOptions, default_idle_end_s, demo_detectors
-from streams.detectors import build as build_detectors
-from schemas.catalog import ANOMALIES, GPU_SAMPLES_RAW, GPU_SKETCHES
-from streams.app import WorkerOptions, parse_windows
-from streams.jobs import JobStageConfig
-from streams.processor import SampleProcessor
+from hpcinsight.agents.gpu_sim import IdleGpu, SimConfig, SimGpuCollector
+from hpcinsight.harness.demo import DemoOptions, default_idle_end_s, demo_detectors
+from hpcinsight.streams.detectors import build as build_detectors
+from hpcinsight.schemas.catalog import ANOMALIES, GPU_SAMPLES_RAW, GPU_SKETCHES
+from hpcinsight.streams.app import WorkerOptions, parse_windows
+from hpcinsight.streams.jobs import JobStageConfig
+from hpcinsight.streams.processor import SampleProcessor
 
 BASE_MS = 1_780_000_000_000  # a multiple of every hop used here
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcinsight.config import ConfigError, load
-from streams.detectors import build, discover
+from hpcinsight.core.settings import ConfigError, load
+from hpcinsight.streams.detectors import build, discover
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from schemas.events import Anomaly, GpuSample
-from streams.detectors import discover
-from streams.detectors.gpu_health import GpuHealthConfig, GpuHealthDetector
+from hpcinsight.schemas.events import Anomaly, GpuSample
+from hpcinsight.streams.detectors import discover
+from hpcinsight.streams.detectors.gpu_health import GpuHealthConfig, GpuHealthDetector
 
 T0 = 1_764_000_000_000
 MAX_MHZ = 1980.0

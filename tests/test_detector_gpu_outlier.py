@@ -7,9 +7,9 @@ import statistics
 
 import msgspec
 
-from streams.detectors import discover
-from streams.detectors.gpu_outlier import GpuOutlierConfig, GpuOutlierDetector
-from streams.jobs import JobGpuWindow
+from hpcinsight.streams.detectors import discover
+from hpcinsight.streams.detectors.gpu_outlier import GpuOutlierConfig, GpuOutlierDetector
+from hpcinsight.streams.jobs import JobGpuWindow
 
 T0 = 1_764_000_000_000
 GPUS = 32  # 4 nodes x 8

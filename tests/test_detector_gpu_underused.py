@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from schemas.events import GpuQuantiles
-from streams.detectors import discover
-from streams.detectors.gpu_underused import GpuUnderusedConfig, GpuUnderusedDetector
+from hpcinsight.schemas.events import GpuQuantiles
+from hpcinsight.streams.detectors import discover
+from hpcinsight.streams.detectors.gpu_underused import GpuUnderusedConfig, GpuUnderusedDetector
 
 T0 = 1_764_000_000_000
 

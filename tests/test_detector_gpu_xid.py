@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from schemas.events import GpuQuantiles, XidEvent
-from streams.detectors import discover
-from streams.detectors.gpu_xid import GpuXidConfig, GpuXidDetector
+from hpcinsight.schemas.events import GpuQuantiles, XidEvent
+from hpcinsight.streams.detectors import discover
+from hpcinsight.streams.detectors.gpu_xid import GpuXidConfig, GpuXidDetector
 
 T0 = 1_764_000_000_000
 
@@ -52,7 +52,7 @@ def test_open_incidents_come_back_after_a_restart() -> None:
 
 
 def test_common_codes_are_decoded_with_the_action_nvidia_recommends() -> None:
-    from streams.detectors.gpu_xid import XIDS
+    from hpcinsight.streams.detectors.gpu_xid import XIDS
 
     assert {13, 31, 43, 45, 48, 61, 62, 63, 64, 74, 79, 92, 94, 95} <= set(XIDS)
     drain = {code for code, m in XIDS.items() if m.drain}

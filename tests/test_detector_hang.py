@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from schemas.events import GpuQuantiles, StepMetric
-from streams.detectors import discover
-from streams.detectors.hang import HangConfig, HangDetector
-from streams.jobs import JobGpuWindow
+from hpcinsight.schemas.events import GpuQuantiles, StepMetric
+from hpcinsight.streams.detectors import discover
+from hpcinsight.streams.detectors.hang import HangConfig, HangDetector
+from hpcinsight.streams.jobs import JobGpuWindow
 
 T0 = 1_764_000_000_000
 

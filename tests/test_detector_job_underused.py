@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas.events import Anomaly, JobQuantiles, SchedulerEvent
-from streams.detectors.job_underused import JobUnderusedConfig, JobUnderusedDetector
+from hpcinsight.schemas.events import Anomaly, JobQuantiles, SchedulerEvent
+from hpcinsight.streams.detectors.job_underused import JobUnderusedConfig, JobUnderusedDetector
 
 T0 = 1_750_000_000_000
 MIN = 60_000

@@ -11,9 +11,9 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from schemas.events import Anomaly, Event, IbSample, StepMetric
-from streams.detectors import discover
-from streams.detectors.slow_interconnect import SlowInterconnectConfig, SlowInterconnectDetector
+from hpcinsight.schemas.events import Anomaly, Event, IbSample, StepMetric
+from hpcinsight.streams.detectors import discover
+from hpcinsight.streams.detectors.slow_interconnect import SlowInterconnectConfig, SlowInterconnectDetector
 
 T0 = 1_764_000_000_000
 NODES = ("n0", "n1", "n2", "n3")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from schemas.events import StepMetric
-from streams.detectors import discover
-from streams.detectors.straggler import StragglerConfig, StragglerDetector
+from hpcinsight.schemas.events import StepMetric
+from hpcinsight.streams.detectors import discover
+from hpcinsight.streams.detectors.straggler import StragglerConfig, StragglerDetector
 
 T0 = 1_764_000_000_000
 RANKS = 8
@@ -100,7 +100,7 @@ def test_two_speed_groups_are_one_imbalance_incident_and_the_late_extremes_are_s
 
 
 def test_speed_groups_need_a_real_gap() -> None:
-    from streams.detectors.straggler import speed_groups
+    from hpcinsight.streams.detectors.straggler import speed_groups
 
     rng = random.Random(13)
     spread = {r: rng.uniform(0.8, 1.3) for r in range(16)}  # one wide, even spread: no groups

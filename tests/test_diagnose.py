@@ -8,7 +8,7 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from hpcinsight.diagnose import build_report, parse_since, render_text, write_plots
+from hpcinsight.sinks.diagnose import build_report, parse_since, render_text, write_plots
 from tests import query_scenario as scenario
 
 
@@ -60,9 +60,9 @@ def test_json_and_plots(store, tmp_path, monkeypatch) -> None:
 
 def test_the_cli_runs_it_and_refuses_an_unknown_job(store, tmp_path, monkeypatch) -> None:
     client, _ = store
-    import sinks.clickhouse
+    import hpcinsight.sinks.clickhouse
 
-    monkeypatch.setattr(sinks.clickhouse, "connect", lambda _settings: _Unclosed(client))
+    monkeypatch.setattr(hpcinsight.sinks.clickhouse, "connect", lambda _settings: _Unclosed(client))
     from hpcinsight.cli import main
 
     out = io.StringIO()

@@ -14,13 +14,13 @@ import random
 import numpy as np
 import pytest
 
-from schemas.events import NodeInventory, SchedulerEvent
-from streams.fragmentation import ShapeWindow, task_shape
-from streams.kpis import KpiConfig, SchedulingKpis
-from whatif.model import Job, Node
-from whatif.policies.fgd import fragmentation as whatif_fragmentation
-from whatif.state import ClusterState, Shape
-from whatif.typical import typical_shapes
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
+from hpcinsight.streams.fragmentation import ShapeWindow, task_shape
+from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
+from hpcinsight.whatif.model import Job, Node
+from hpcinsight.whatif.policies.fgd import fragmentation as whatif_fragmentation
+from hpcinsight.whatif.state import ClusterState, Shape
+from hpcinsight.whatif.typical import typical_shapes
 
 T0 = 1_764_000_000_000
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from deploy.tools import go
-from deploy.tools.go import TOOLS, require
+from hpcinsight.deploy.tools import go
+from hpcinsight.deploy.tools.go import TOOLS, require
 
 
 @pytest.mark.parametrize("name", sorted(TOOLS))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from agents.base import Collector
-from agents.gpu_nvml import (
+from hpcinsight.agents.base import Collector
+from hpcinsight.agents.gpu_nvml import (
     THROTTLE_BITS,
     NvmlConfig,
     NvmlGpuCollector,
@@ -21,7 +21,7 @@ from agents.gpu_nvml import (
     decode_throttle,
     mig_gpu_index,
 )
-from schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
+from hpcinsight.schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
 from tests.fake_nvml import GPM_H100, FakeGpu, FakeNvml, FakeProcess, h100
 
 NOW = 1_764_000_000_000

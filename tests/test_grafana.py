@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.grafana.generate import DASHBOARDS, MARKER, OUT, PLUGIN, panel_sql, render, series_sql
-from hpcinsight.query import library
+from hpcinsight.deploy.grafana.generate import DASHBOARDS, MARKER, OUT, PLUGIN, panel_sql, render, series_sql
+from hpcinsight.sinks.query import library
 from tests import query_scenario as scenario
 
 GRAFANA = Path(__file__).resolve().parent.parent / "deploy" / "grafana"
@@ -28,7 +28,7 @@ def panels() -> list[tuple[str, dict]]:
 
 def test_the_committed_dashboards_are_what_the_generator_writes() -> None:
     written = {p.name: p.read_text() for p in OUT.glob("*.json")}
-    assert written == render(), "run `python -m deploy.grafana.generate` and commit deploy/grafana/dashboards"
+    assert written == render(), "run `python -m hpcinsight.deploy.grafana.generate` and commit deploy/grafana/dashboards"
 
 
 def test_every_panel_is_a_library_query() -> None:

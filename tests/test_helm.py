@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.tools.go import require
+from hpcinsight.deploy.tools.go import require
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "hpcinsight"
@@ -134,7 +134,7 @@ def test_what_each_value_set_deploys(helm: Path) -> None:
 def test_worker_replicas_are_bounded_by_the_partitions() -> None:
     import json
 
-    from schemas.catalog import by_name
+    from hpcinsight.schemas.catalog import by_name
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["properties"]["worker"]["properties"]["replicas"]["maximum"] == by_name("gpu.samples.raw").partitions
@@ -170,8 +170,8 @@ def _pod_env(container: dict[str, Any], volumes: dict[str, dict[str, Any]], conf
 @pytest.mark.parametrize("values", VALUE_SETS)
 def test_the_settings_reach_the_components(helm: Path, values: str, tmp_path: Path) -> None:
     """Each container's environment, files mounted as the pod would have them, loads with
-    hpcinsight.config and says what the values said."""
-    from hpcinsight.config import load
+    hpcinsight.core.settings and says what the values said."""
+    from hpcinsight.core.settings import load
     from hpcinsight.web.serve import api_token
 
     docs = manifests(helm, values)
@@ -207,7 +207,7 @@ def test_the_settings_reach_the_components(helm: Path, values: str, tmp_path: Pa
 
 @pytest.mark.parametrize("values", VALUE_SETS)
 def test_every_variable_set_is_one_the_components_read(helm: Path, values: str) -> None:
-    known = (ROOT / "hpcinsight" / "config.py").read_text() + (ROOT / "hpcinsight" / "web" / "serve.py").read_text()
+    known = (ROOT / "core" / "settings.py").read_text() + (ROOT / "web" / "serve.py").read_text()
     for where, pod in pod_templates(manifests(helm, values)):
         for container in pod["containers"]:
             for e in container.get("env", []):
@@ -340,7 +340,7 @@ def test_the_prometheus_rule_alerts_on_the_pipeline(helm: Path) -> None:
     metrics = {m for m in re.findall(r"hpcinsight_[a-z_]+", exprs) if not m.endswith("_")}
     for alternatives, rest in re.findall(r"hpcinsight_\(([a-z|]+)\)_([a-z_]+)", exprs):  # __name__=~"hpcinsight_(a|b)_x"
         metrics |= {f"hpcinsight_{a}_{rest}" for a in alternatives.split("|")}
-    served = "\n".join(p.read_text() for top in ("agents", "streams", "sinks", "hpcinsight") for p in (ROOT / top).rglob("*.py"))
+    served = "\n".join(p.read_text() for top in ("core", "agents", "streams", "sinks", "web", "hpcinsight") for p in (ROOT / top).rglob("*.py"))
     assert len(metrics) >= 8
     for metric in metrics:
         assert f"`{metric}`" in readme, metric
@@ -458,8 +458,8 @@ def test_the_pipeline_alerts_fire_on_what_they_describe(helm: Path, promtool: Pa
 def test_the_alert_routing_loads_with_the_router(helm: Path, tmp_path: Path) -> None:
     """The ConfigMap's alerts.yaml is what the router accepts, its ${VAR}s filled from the Secret
     the values name (here made up); a misspelt key in alerts.config is refused naming its path."""
-    from hpcinsight.config import ConfigError
-    from sinks.alerts.config import load as load_alerts
+    from hpcinsight.core.settings import ConfigError
+    from hpcinsight.sinks.alerts.config import load as load_alerts
 
     [config_map] = [d for d in manifests(helm, "clickhouse-cluster-values.yaml")
                     if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rel-hpcinsight"]

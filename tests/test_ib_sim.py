@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from agents.base import Collector
-from agents.ib_sim import IbFault, SimIbCollector, SimIbConfig
-from schemas.catalog import IB_SAMPLES_RAW
-from schemas.events import IbSample
+from hpcinsight.agents.base import Collector
+from hpcinsight.agents.ib_sim import IbFault, SimIbCollector, SimIbConfig
+from hpcinsight.schemas.catalog import IB_SAMPLES_RAW
+from hpcinsight.schemas.events import IbSample
 
 T0 = 1_764_000_000_000
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.base import Collector
-from agents.ib_sysfs import IbConfig, IbSysfsCollector
-from schemas.catalog import IB_SAMPLES_RAW
-from schemas.events import IbSample
+from hpcinsight.agents.base import Collector
+from hpcinsight.agents.ib_sysfs import IbConfig, IbSysfsCollector
+from hpcinsight.schemas.catalog import IB_SAMPLES_RAW
+from hpcinsight.schemas.events import IbSample
 from tests.fake_sysfs import FakeSysfs
 
 NOW = 1_764_000_000_000

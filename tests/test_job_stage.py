@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.events import GpuSketch
-from streams.jobs import JobMerger, JobStageConfig
-from streams.sketches import QuantileSketch
+from hpcinsight.schemas.events import GpuSketch
+from hpcinsight.streams.jobs import JobMerger, JobStageConfig
+from hpcinsight.streams.sketches import QuantileSketch
 
 T0 = 1_750_000_000_000
 
@@ -124,9 +124,9 @@ def test_peer_detectors_see_a_released_backlog_in_window_order_across_metrics() 
 
     import msgspec
 
-    from schemas.catalog import GPU_SKETCHES
-    from streams.jobs import JobGpuWindow
-    from streams.processor import ProcessorConfig, SampleProcessor
+    from hpcinsight.schemas.catalog import GPU_SKETCHES
+    from hpcinsight.streams.jobs import JobGpuWindow
+    from hpcinsight.streams.processor import ProcessorConfig, SampleProcessor
 
     class Seen:  # notes what the processor hands a peer detector (not a Detector subclass: discover() would find it)
         kind, inputs = "seen", (JobGpuWindow,)

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from schemas.events import NodeInventory, SchedulerEvent, SchedulingKpi
-from streams.kpis import KpiConfig, SchedulingKpis, gpu_bucket, job_class
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent, SchedulingKpi
+from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis, gpu_bucket, job_class
 
 T0 = 1_764_000_000_000  # a multiple of 60 s: boundaries fall on T0 + k * 60_000
 S = 1000
@@ -268,7 +268,7 @@ def test_utilisation_of_what_is_held_by_job_class_team_and_user() -> None:
 def test_the_worker_kpi_lateness_option_decides_when_an_interval_closes() -> None:
     """``hpcinsight worker --kpi-lateness``: the same late finish, 30 s behind the event that would
     close its interval, is counted in order with 45 s and a boundary late with the default 10 s."""
-    from streams.app import WorkerOptions
+    from hpcinsight.streams.app import WorkerOptions
 
     events = [*NODES, ev("j", "scheduled", 0, 1, "n2", ("n2/gpu0",)), ev("x", "submitted", 60 + 12),
               ev("j", "finished", 30), ev("y", "submitted", 200)]

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agents.scheduler.trace import POD_FILE, OpenbTraceCollector, TraceConfig
-from schemas.events import NodeInventory, SchedulerEvent, SchedulingKpi
-from streams.kpis import KpiConfig, SchedulingKpis
+from hpcinsight.agents.scheduler.trace import POD_FILE, OpenbTraceCollector, TraceConfig
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent, SchedulingKpi
+from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alibaba-openb-2023"
 pytestmark = pytest.mark.skipif(not (DATA / POD_FILE).is_file(), reason=f"the openb trace is not at {DATA}")

@@ -1,4 +1,4 @@
-"""Real-broker tests for deploy.local.kafka: a KRaft Kafka JVM, no Docker, no mocks.
+"""Real-broker tests for hpcinsight.deploy.local.kafka: a KRaft Kafka JVM, no Docker, no mocks.
 
 Needs java and (for the first run) mvn; the jars are cached afterwards. The type: ignore on
 the admin import is because confluent_kafka re-exports NewTopic from cimpl without stubs.
@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from deploy.local.kafka import KafkaLaunchError, LocalKafka, LocalKafkaCluster, ensure_jars, free_ports
+from hpcinsight.deploy.local.kafka import KafkaLaunchError, LocalKafka, LocalKafkaCluster, ensure_jars, free_ports
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.kafka
@@ -189,7 +189,7 @@ def test_three_node_cluster_rides_out_one_node_killed_paused_and_restarted(tmp_p
     """Three KRaft nodes: the catalog's topics get replication 3 and min.insync.replicas 2 from the
     cluster; with one node killed, then another paused, acks=all producing goes on; the killed node
     comes back on its data, and everything produced is read back once."""
-    from hpcinsight.topics import ensure_topics
+    from hpcinsight.schemas.catalog import ensure_topics
 
     cluster = LocalKafkaCluster(3, tmp_path / "cluster")
     bootstrap = cluster.start()

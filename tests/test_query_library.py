@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcinsight.query import LIBRARY_DIR, QueryFileError, execute, library, parse_query_file, records
+from hpcinsight.sinks.query import LIBRARY_DIR, QueryFileError, execute, library, parse_query_file, records
 from tests import query_scenario as scenario
 
 S = 1000

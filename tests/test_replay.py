@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcinsight.replay.files import (
+from hpcinsight.harness.replay.files import (
     DAY_MS,
     WindowPlan,
     auto_windows,
@@ -185,7 +185,7 @@ OPENB = Path(__file__).resolve().parents[2] / "shared" / "data" / "alibaba-openb
 
 @pytest.mark.skipif(not (OPENB / "openb_pod_list_default.csv").is_file(), reason=f"the openb trace is not at {OPENB}")
 def test_sched_events_are_the_openb_adapters() -> None:
-    from agents.scheduler.trace import NODE_FILE, POD_FILE, OpenbTraceCollector, TraceConfig
+    from hpcinsight.agents.scheduler.trace import NODE_FILE, POD_FILE, OpenbTraceCollector, TraceConfig
 
     pods, people, bad = read_pods(str(OPENB / POD_FILE), limit=500)
     nodes, bad_nodes = read_nodes(str(OPENB / NODE_FILE))
@@ -203,7 +203,7 @@ def test_sched_events_are_the_openb_adapters() -> None:
 
 @pytest.mark.skipif(not (OPENB / "openb_pod_list_default.csv").is_file(), reason=f"the openb trace is not at {OPENB}")
 def test_clock_events_move_the_kpis_on_and_change_nothing() -> None:
-    from streams.kpis import KpiConfig, SchedulingKpis
+    from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
 
     pods, people, _ = read_pods(str(OPENB / "openb_pod_list_default.csv"), limit=300)
     nodes, _ = read_nodes(str(OPENB / "openb_node_list_gpu_node.csv"))
@@ -238,10 +238,10 @@ def test_sched_user_and_team_columns(tmp_path: Path) -> None:
 def test_step_flags_spans_and_ranks(tmp_path: Path) -> None:
     import clickhouse_connect
 
-    from hpcinsight.query import records
-    from schemas.events import StepMetric
-    from sinks.clickhouse import ensure_tables
-    from streams.detectors.straggler import StragglerDetector
+    from hpcinsight.sinks.query import records
+    from hpcinsight.schemas.events import StepMetric
+    from hpcinsight.sinks.clickhouse import ensure_tables
+    from hpcinsight.streams.detectors.straggler import StragglerDetector
     from tests.query_scenario import Scenario, insert
 
     rng = np.random.default_rng(3)
@@ -282,10 +282,10 @@ def test_replay_steps_prints_the_speed_groups(tmp_path: Path) -> None:
     """Two speed groups (ranks 4-7 at 1.7x) for the whole run: one row naming the slow ranks, the factor, the steps."""
     import clickhouse_connect
 
-    from hpcinsight.replay.run import speed_groups
-    from schemas.events import StepMetric
-    from sinks.clickhouse import ensure_tables
-    from streams.detectors.straggler import StragglerDetector
+    from hpcinsight.harness.replay.run import speed_groups
+    from hpcinsight.schemas.events import StepMetric
+    from hpcinsight.sinks.clickhouse import ensure_tables
+    from hpcinsight.streams.detectors.straggler import StragglerDetector
     from tests.query_scenario import Scenario, insert
 
     rng = np.random.default_rng(5)

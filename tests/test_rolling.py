@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.rolling import SINCE_START, Closed, RollingConfig, RollingSeries
-from streams.windows import WindowSpec
+from hpcinsight.streams.rolling import SINCE_START, Closed, RollingConfig, RollingSeries
+from hpcinsight.streams.windows import WindowSpec
 
 T0 = 1_700_000_000_000  # a multiple of every hop used here
 
@@ -142,7 +142,7 @@ def test_a_long_silence_starts_the_series_over() -> None:
 
 
 def test_window_means_of_the_cheap_metrics() -> None:
-    from streams.rolling import WindowMeans
+    from hpcinsight.streams.rolling import WindowMeans
 
     means = WindowMeans(("a", "b"), base_ms=10_000, keep_ms=70_000)
     rng = np.random.default_rng(2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpcinsight.scenario import DETECTORS, ScenarioError, check_library, load, parse
+from hpcinsight.harness.scenario import DETECTORS, ScenarioError, check_library, load, parse
 
 SMALL = """
 name: small
@@ -86,6 +86,6 @@ def test_unknown_scenario_names_the_library() -> None:
 
 
 def test_the_labels_know_every_detector_the_worker_runs() -> None:
-    from streams.detectors import discover
+    from hpcinsight.streams.detectors import discover
 
     assert set(DETECTORS) == {cls.kind for cls in discover()}  # a new detector needs labels in the library

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agents.scheduler.kubernetes import (
+from hpcinsight.agents.scheduler.kubernetes import (
     K8sConfig,
     KubernetesCollector,
     LabelConfig,
@@ -27,8 +27,8 @@ from agents.scheduler.kubernetes import (
     pod_to_events,
     quantity,
 )
-from schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS
-from schemas.events import NodeInventory, SchedulerEvent
+from hpcinsight.schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
 
 DATA = Path(__file__).parent / "data" / "k8s"
 NOW = 1_741_800_000_000

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from agents.base import Collector
-from agents.gpu_sim import SimConfig, SimGpuCollector
-from agents.scheduler.sim import SimSchedulerCollector, hostlist, node_names
-from schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS
-from schemas.events import NodeInventory, SchedulerEvent
+from hpcinsight.agents.base import Collector
+from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.agents.scheduler.sim import SimSchedulerCollector, hostlist, node_names
+from hpcinsight.schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
 
 T0 = 1_764_000_000_000
 
@@ -43,7 +43,7 @@ def test_zones_split_an_odd_cluster_and_a_jobless_one_reports_only_nodes() -> No
 
 @pytest.mark.parametrize("nodes", [1, 2, 10, 11, 100, 101, 1234])
 def test_the_host_list_names_exactly_the_sim_nodes(nodes: int) -> None:
-    from streams.attribution import expand_hostlist
+    from hpcinsight.streams.attribution import expand_hostlist
 
     config = SimConfig(nodes=nodes, gpus_per_node=1)
     assert expand_hostlist(hostlist(config)) == node_names(config)
@@ -51,7 +51,7 @@ def test_the_host_list_names_exactly_the_sim_nodes(nodes: int) -> None:
 
 
 def test_attribution_charges_every_sim_gpu_to_alice_of_llm_in_its_zone() -> None:
-    from streams.attribution import Attribution
+    from hpcinsight.streams.attribution import Attribution
 
     config = SimConfig(nodes=4, gpus_per_node=2, job_id="sim-job-7")
     table = Attribution()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agents.scheduler.slurm import (
+from hpcinsight.agents.scheduler.slurm import (
     JobSeen,
     SlurmCollector,
     SlurmConfig,
@@ -25,8 +25,8 @@ from agents.scheduler.slurm import (
     sacct_to_events,
     squeue_to_events,
 )
-from schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS
-from schemas.events import NodeInventory, SchedulerEvent
+from hpcinsight.schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
 
 DATA = Path(__file__).parent / "data" / "slurm"
 NOW = 1_741_706_000_000

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from agents.scheduler.trace import (
+from hpcinsight.agents.scheduler.trace import (
     MILLI,
     NODE_FILE,
     POD_FILE,
@@ -23,8 +23,8 @@ from agents.scheduler.trace import (
     events_between,
     pod_steps,
 )
-from schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS
-from schemas.events import NodeInventory, SchedulerEvent
+from hpcinsight.schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alibaba-openb-2023"
 needs_trace = pytest.mark.skipif(not (DATA / POD_FILE).is_file(), reason=f"the openb trace is not at {DATA}")

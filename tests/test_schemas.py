@@ -7,10 +7,10 @@ import time
 import pyarrow as pa
 import pytest
 
-from schemas.catalog import SINK_COLUMNS, STORED, TOPICS
-from sinks.storage import Layout, table_ddl
-from schemas.derive import arrow_schema, fields_of, to_arrow
-from schemas.events import (
+from hpcinsight.schemas.catalog import SINK_COLUMNS, STORED, TOPICS
+from hpcinsight.sinks.storage import Layout, table_ddl
+from hpcinsight.schemas.derive import arrow_schema, fields_of, to_arrow
+from hpcinsight.schemas.events import (
     ALL_EVENTS,
     AgentHealth,
     Anomaly,
@@ -150,7 +150,7 @@ def test_table_keys_keep_apart_what_must_not_collapse(tmp_path) -> None:
     sampled at the same tick, and two identical XIDs in the same millisecond, must stay two rows."""
     import clickhouse_connect
 
-    from schemas.catalog import GPU_SAMPLES, GPU_XID
+    from hpcinsight.schemas.catalog import GPU_SAMPLES, GPU_XID
 
     board = GpuSample("n0", 1, "GPU-board", T0, power_w=400.0)
     instance = GpuSample("n0", 72, "MIG-0", T0, mem_used_bytes=2**30, mig_index=0, parent_gpu_uuid="GPU-board")
@@ -171,7 +171,7 @@ def test_pods_of_one_job_in_the_same_second_stay_apart(tmp_path) -> None:
     """scheduler_events deduplicates replays, not sibling pods that share a job id and a second."""
     import clickhouse_connect
 
-    from schemas.catalog import SCHEDULER_EVENTS
+    from hpcinsight.schemas.catalog import SCHEDULER_EVENTS
 
     client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
     try:

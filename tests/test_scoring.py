@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hpcinsight.eval import flags_from_rows
-from hpcinsight.scenario import Label, parse
-from hpcinsight.scoring import Flag, score
+from hpcinsight.harness.eval import flags_from_rows
+from hpcinsight.harness.scenario import Label, parse
+from hpcinsight.harness.scoring import Flag, score
 
 W = 60.0  # sampling window, s
 

@@ -10,7 +10,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from hpcinsight.cli import _while_store_refuses
-from sinks.migrations import SchemaDriftError
+from hpcinsight.sinks.migrations import SchemaDriftError
 
 
 def test_the_sink_waits_while_the_store_refuses_at_start() -> None:

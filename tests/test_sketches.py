@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.sketches import QuantileSketch
+from hpcinsight.streams.sketches import QuantileSketch
 
 RANKS = (0.25, 0.5, 0.95)
 GENAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "alibaba-genai-2026" / "pod_gpu_duty_cycle_anon.tar.gz"

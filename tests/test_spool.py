@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents.spool import Spool
+from hpcinsight.agents.spool import Spool
 
 
 def fill(spool: Spool, n: int, start: int = 0, size: int = 100) -> None:

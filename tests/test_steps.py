@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents.steps import StepRecorder, from_env
-from schemas.catalog import STEP_METRICS_RAW
-from schemas.events import StepMetric
+from hpcinsight.agents.steps import StepRecorder, from_env
+from hpcinsight.schemas.catalog import STEP_METRICS_RAW
+from hpcinsight.schemas.events import StepMetric
 
 IDENTITY = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
@@ -294,5 +294,5 @@ def test_records_round_trip_through_the_codec(rec: StepRecorder, sink: Collect) 
 
 
 def test_importing_does_not_need_torch() -> None:
-    code = "import sys, agents.steps; assert 'torch' not in sys.modules"
+    code = "import sys, hpcinsight.agents.steps; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from hpcinsight.config import ClickHouseSettings, ConfigError
-from schemas.catalog import GPU_SAMPLES, STORED
-from schemas.derive import to_arrow
-from schemas.events import GpuSample
-from sinks.migrations import (
+from hpcinsight.core.settings import ClickHouseSettings, ConfigError
+from hpcinsight.schemas.catalog import GPU_SAMPLES, STORED
+from hpcinsight.schemas.derive import to_arrow
+from hpcinsight.schemas.events import GpuSample
+from hpcinsight.sinks.migrations import (
     MIGRATIONS,
     Migration,
     SchemaDriftError,
@@ -27,7 +27,7 @@ from sinks.migrations import (
     current_ttl_days,
     migrate,
 )
-from sinks.storage import ROLLUPS, Layout, table_ddl, table_names
+from hpcinsight.sinks.storage import ROLLUPS, Layout, table_ddl, table_names
 
 T0 = (int(time.time()) // 3600 - 2) * 3_600_000  # an hour boundary, recent (tables drop rows past their TTL)
 

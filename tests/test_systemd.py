@@ -147,7 +147,7 @@ def exec_start(service: str, env: dict[str, str]) -> list[str]:
 def test_the_mutual_tls_drop_in_gives_the_agent_its_key(root: Path, tmp_path: Path, credentials: Path) -> None:
     """The drop-in is part of the verified agent unit above; with it and a certificate in the env
     file, the agent's settings carry the client certificate and key to librdkafka."""
-    from hpcinsight.config import load
+    from hpcinsight.core.settings import load
 
     shown = subprocess.run([systemd_analyze(), "cat-config", f"--root={root}", "systemd/system/hpcinsight-agent.service.d/kafka-mtls.conf"],
                            capture_output=True, text=True, timeout=60)
@@ -192,7 +192,7 @@ def test_every_command_line_parses_with_the_cli(service: str, credentials: Path,
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_the_example_settings_load(service: str, credentials: Path) -> None:
-    from hpcinsight.config import load
+    from hpcinsight.core.settings import load
     from hpcinsight.web.serve import api_token
 
     env = service_env(service, UNITS / "hpcinsight.env.example", credentials)

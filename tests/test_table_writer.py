@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from schemas.catalog import GPU_SAMPLES, IB_SAMPLES
-from schemas.events import GpuSample, IbSample
-from sinks.clickhouse_sink import TableWriter, insert_settings
+from hpcinsight.schemas.catalog import GPU_SAMPLES, IB_SAMPLES
+from hpcinsight.schemas.events import GpuSample, IbSample
+from hpcinsight.sinks.clickhouse_sink import TableWriter, insert_settings
 
 T0 = (int(time.time()) - 3600) * 1000  # recent: older rows fall to the tables' TTL
 
@@ -19,7 +19,7 @@ T0 = (int(time.time()) - 3600) * 1000  # recent: older rows fall to the tables' 
 def client(tmp_path: Any) -> Iterator[Any]:
     import clickhouse_connect
 
-    from sinks.clickhouse import ensure_tables
+    from hpcinsight.sinks.clickhouse import ensure_tables
 
     client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
     ensure_tables(client)
@@ -73,7 +73,7 @@ def test_inserts_run_one_at_a_time_in_order(client: Any) -> None:
 def test_a_failed_insert_is_retried_until_the_store_takes_it(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """ClickHouse away (or its disk full) is weather: the insert is tried again with the same
     deduplication token until it lands, and only then are its offsets committed."""
-    import sinks.clickhouse_sink as sink_module
+    import hpcinsight.sinks.clickhouse_sink as sink_module
 
     real, calls = client.insert_arrow, []
 
@@ -97,7 +97,7 @@ def test_a_failed_insert_is_retried_until_the_store_takes_it(client: Any, monkey
 
 
 def test_a_failing_insert_given_up_raises_at_wait_and_commits_nothing(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sinks.clickhouse_sink as sink_module
+    import hpcinsight.sinks.clickhouse_sink as sink_module
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("ClickHouse went away")
@@ -141,9 +141,9 @@ def test_a_backfill_touching_many_daily_partitions_is_stored(client: Any) -> Non
     """More than ClickHouse's default 100 partitions in one insert (months of KPIs at once)."""
     import pyarrow as pa
 
-    from schemas.catalog import SCHEDULING_KPIS
-    from schemas.derive import to_arrow
-    from schemas.events import SchedulingKpi
+    from hpcinsight.schemas.catalog import SCHEDULING_KPIS
+    from hpcinsight.schemas.derive import to_arrow
+    from hpcinsight.schemas.events import SchedulingKpi
 
     days = 150
     rows = [SchedulingKpi(T0 - d * 86_400_000, "allocation_rate", "cluster", "all", 0.5) for d in range(days)]
@@ -156,7 +156,7 @@ def test_a_backfill_touching_many_daily_partitions_is_stored(client: Any) -> Non
 def test_the_workers_replayed_samples_reach_the_table_but_never_the_rollups_twice(client: Any) -> None:
     """Chaos finding F4: after a worker restart its forwarded samples come again at new offsets;
     gpu_samples collapses them, the rollups counted them twice. The sink now drops them."""
-    from sinks.replays import SeriesWatermarks
+    from hpcinsight.sinks.replays import SeriesWatermarks
 
     raws = [gpu_message(k) for k in range(12)]  # 4 nodes x 8 GPUs, 3 ticks each
     first = TableWriter(client, background=False)

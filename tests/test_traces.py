@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcinsight.scenario import ScenarioError, TraceMissing, parse, trace_place
-from hpcinsight.traces import idle_spells
+from hpcinsight.harness.scenario import ScenarioError, TraceMissing, parse, trace_place
+from hpcinsight.harness.traces import idle_spells
 
 
 def test_idle_spells_join_short_bursts_and_keep_long_ones_apart() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from hpcinsight.cli import main
 from hpcinsight.whatif_cli import parse_seeds
-from whatif.model import WhatifError
+from hpcinsight.whatif.model import WhatifError
 
 POD_HEADER = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
 NODE_HEADER = "sn,cpu_milli,memory_mib,gpu,model\n"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from whatif.events import EventConfig, EventSim, requests_from
-from whatif.model import Job, Node
-from whatif.queueing import parse_weights, priority
-from whatif.recorded import as_recorded
-from whatif.model import WhatifError
+from hpcinsight.whatif.events import EventConfig, EventSim, requests_from
+from hpcinsight.whatif.model import Job, Node
+from hpcinsight.whatif.queueing import parse_weights, priority
+from hpcinsight.whatif.recorded import as_recorded
+from hpcinsight.whatif.model import WhatifError
 
 
 def job(name: str, submit: float, run: float | None, gpus: int = 1, *, milli: int = 1000, gang: str = "", qos: str = "",

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whatif.anchor import compare, published_value
-from whatif.fill import curve, run_fill, workload
-from whatif.model import Job, Node
-from whatif.readers import read_nodes, read_pods
-from whatif.typical import typical_shapes
+from hpcinsight.whatif.anchor import compare, published_value
+from hpcinsight.whatif.fill import curve, run_fill, workload
+from hpcinsight.whatif.model import Job, Node
+from hpcinsight.whatif.readers import read_nodes, read_pods
+from hpcinsight.whatif.typical import typical_shapes
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "alibaba-openb-2023"
 needs_trace = pytest.mark.skipif(not (DATA / "openb_pod_list_default.csv").exists(), reason="openb trace not in ../shared/data")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from whatif.engine import Placer
-from whatif.model import Job, Node
-from whatif.policies import POLICIES, make_policy, parse_policies
-from whatif.policies.base import normalize_scores
-from whatif.policies.fgd import FgdPolicy, fragmentation
-from whatif.policies.fit import BestFitPolicy, LeastAllocatedPolicy, MostAllocatedPolicy
-from whatif.policies.gpu import DotProductPolicy, GpuClusteringPolicy, GpuPackingPolicy
-from whatif.model import WhatifError
-from whatif.state import ClusterState, Shape
-from whatif.typical import typical_shapes
+from hpcinsight.whatif.engine import Placer
+from hpcinsight.whatif.model import Job, Node
+from hpcinsight.whatif.policies import POLICIES, make_policy, parse_policies
+from hpcinsight.whatif.policies.base import normalize_scores
+from hpcinsight.whatif.policies.fgd import FgdPolicy, fragmentation
+from hpcinsight.whatif.policies.fit import BestFitPolicy, LeastAllocatedPolicy, MostAllocatedPolicy
+from hpcinsight.whatif.policies.gpu import DotProductPolicy, GpuClusteringPolicy, GpuPackingPolicy
+from hpcinsight.whatif.model import WhatifError
+from hpcinsight.whatif.state import ClusterState, Shape
+from hpcinsight.whatif.typical import typical_shapes
 
 A = Node("a", cpu_milli=32_000, memory_mib=65_536, gpus=4, model="V100M16")
 B = Node("b", cpu_milli=64_000, memory_mib=131_072, gpus=8, model="G2")
@@ -152,7 +152,7 @@ def test_profiles_keep_cpu_jobs_off_gpu_hosts() -> None:
     cpu_host = Node("c", 64_000, 131_072, 0)
     st = ClusterState([A, cpu_host])
     rng = np.random.default_rng(0)
-    from whatif.profiles import profile_filter
+    from hpcinsight.whatif.profiles import profile_filter
 
     plain = Placer(st, make_policy("mostallocated", [], rng), np.arange(2), rng)
     typed = Placer(st, make_policy("mostallocated", [], rng), np.arange(2), rng, allowed=profile_filter("mostallocated+profile", st))

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.scheduler.trace import POD_FILE, OpenbTraceCollector, TraceConfig
-from schemas.events import NodeInventory, SchedulerEvent
-from streams.kpis import KpiConfig, SchedulingKpis
-from whatif.recorded import as_recorded
-from whatif.store import jobs_from_events, nodes_from_inventory
+from hpcinsight.agents.scheduler.trace import POD_FILE, OpenbTraceCollector, TraceConfig
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
+from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
+from hpcinsight.whatif.recorded import as_recorded
+from hpcinsight.whatif.store import jobs_from_events, nodes_from_inventory
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alibaba-openb-2023"
 pytestmark = pytest.mark.skipif(not (DATA / POD_FILE).is_file(), reason=f"the openb trace is not at {DATA}")

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from schemas.derive import to_arrow
-from schemas.events import NodeInventory, SchedulerEvent
-from whatif.store import jobs_from_events, nodes_from_inventory
+from hpcinsight.schemas.derive import to_arrow
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
+from hpcinsight.whatif.store import jobs_from_events, nodes_from_inventory
 
 S = 1000
 NODES = [f"node-{n:02d}" for n in range(4)]
@@ -67,7 +67,7 @@ class _Unclosed:
 def store(tmp_path_factory):
     import clickhouse_connect
 
-    from sinks.clickhouse import ensure_tables
+    from hpcinsight.sinks.clickhouse import ensure_tables
 
     client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path_factory.mktemp('whatif') / 'ch'}")
     ensure_tables(client)
@@ -82,9 +82,9 @@ def store(tmp_path_factory):
 
 def test_store_replay_from_the_cli(store, monkeypatch, capsys) -> None:
     client, _, _, waits = store
-    import sinks.clickhouse
+    import hpcinsight.sinks.clickhouse
 
-    monkeypatch.setattr(sinks.clickhouse, "connect", lambda _settings, writer=False: _Unclosed(client))
+    monkeypatch.setattr(hpcinsight.sinks.clickhouse, "connect", lambda _settings, writer=False: _Unclosed(client))
     from hpcinsight.cli import main
 
     rc = main(["whatif", "store", "--since", "3h", "--policy", "bestfit,fgd", "--queue", "fifo", "--as-recorded",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.windows import WindowSpec
+from hpcinsight.streams.windows import WindowSpec
 
 
 def test_window_size_must_be_a_multiple_of_hop() -> None:

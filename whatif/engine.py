@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from whatif.policies.base import Policy, normalize_scores
-from whatif.state import ClusterState, Shape
+from hpcinsight.whatif.policies.base import Policy, normalize_scores
+from hpcinsight.whatif.state import ClusterState, Shape
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Each job (or gang: the tasks of one distributed job) is a request. It arrives at its submit
 time; at every instant something changes, a scheduling pass offers the waiting requests to the
-placement policy in the queue discipline's order (:mod:`whatif.queueing`). A placed request
+placement policy in the queue discipline's order (:mod:`hpcinsight.whatif.queueing`). A placed request
 runs for its recorded run time (``end - start``); one that never ran in reality (no start) runs,
 if placed, until it was deleted, and is withdrawn then if still waiting.
 
@@ -32,15 +32,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from whatif import queueing
-from whatif.engine import Placer
-from whatif.indicators import gpu_bucket, job_class, quantiles, shares, waits_by
-from whatif.model import MILLI, Job, Node, WhatifError
-from whatif.policies import make_policy
-from whatif.policies.fgd import fragmentation
-from whatif.profiles import profile_filter
-from whatif.state import ClusterState, Shape
-from whatif.typical import typical_shapes
+from hpcinsight.whatif import queueing
+from hpcinsight.whatif.engine import Placer
+from hpcinsight.whatif.indicators import gpu_bucket, job_class, quantiles, shares, waits_by
+from hpcinsight.whatif.model import MILLI, Job, Node, WhatifError
+from hpcinsight.whatif.policies import make_policy
+from hpcinsight.whatif.policies.fgd import fragmentation
+from hpcinsight.whatif.profiles import profile_filter
+from hpcinsight.whatif.state import ClusterState, Shape
+from hpcinsight.whatif.typical import typical_shapes
 
 PRIORITY_BY_QOS = {"LS": "high", "Guaranteed": "high", "Burstable": "medium", "BE": "low"}
 _END, _WITHDRAW, _WEIGHTS, _ARRIVE = 0, 1, 2, 3

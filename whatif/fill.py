@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whatif.engine import Placer
-from whatif.model import Job, Node
-from whatif.policies import make_policy
-from whatif.profiles import profile_filter
-from whatif.state import ClusterState, Shape
+from hpcinsight.whatif.engine import Placer
+from hpcinsight.whatif.model import Job, Node
+from hpcinsight.whatif.policies import make_policy
+from hpcinsight.whatif.profiles import profile_filter
+from hpcinsight.whatif.state import ClusterState, Shape
 
 DEFAULT_INFLATE = 1.3
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from whatif.state import ClusterState, Shape
+from hpcinsight.whatif.state import ClusterState, Shape
 
 SUFFIX = "+profile"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from whatif.model import WhatifError
+from hpcinsight.whatif.model import WhatifError
 
 QUEUES = ("fifo", "random", "priority")
 QOS_LEVEL = {"LS": 2, "Guaranteed": 2, "Burstable": 1, "BE": 0}

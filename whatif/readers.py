@@ -1,7 +1,7 @@
-"""Read openb-style trace files (pods and nodes CSV) into :mod:`whatif.model` records.
+"""Read openb-style trace files (pods and nodes CSV) into :mod:`hpcinsight.whatif.model` records.
 
 Bad input is said in one line naming the file, the line and the field (a
-:class:`~whatif.model.WhatifError`); nothing is skipped silently, because a what-if answer
+:class:`~hpcinsight.whatif.model.WhatifError`); nothing is skipped silently, because a what-if answer
 built on a quietly truncated trace would mislead. The GPU share is read as the FGD authors'
 converter reads it: for a GPU pod, ``gpu_milli`` above 1000 counts as a whole GPU and a
 non-positive one as none; a pod asking no GPU has no share.
@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from whatif.model import MILLI, Job, Node, WhatifError
+from hpcinsight.whatif.model import MILLI, Job, Node, WhatifError
 
 POD_FIELDS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli")
 NODE_FIELDS = ("sn", "cpu_milli", "memory_mib", "gpu")

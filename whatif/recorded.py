@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from whatif.events import requests_from
-from whatif.indicators import gpu_bucket, job_class, quantiles, shares, waits_by
-from whatif.model import Job, Node
+from hpcinsight.whatif.events import requests_from
+from hpcinsight.whatif.indicators import gpu_bucket, job_class, quantiles, shares, waits_by
+from hpcinsight.whatif.model import Job, Node
 
 
 def as_recorded(nodes: Sequence[Node], jobs: Sequence[Job]) -> tuple[dict, list[tuple[float, float]]]:

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean
 
-from whatif.anchor import compare, published, published_value
-from whatif.runs import FillSummary
+from hpcinsight.whatif.anchor import compare, published, published_value
+from hpcinsight.whatif.runs import FillSummary
 
 TABLE_LEVELS = (50, 80, 90, 100, 110, 120, 130)
 

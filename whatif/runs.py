@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from whatif.fill import DEFAULT_INFLATE, run_fill
-from whatif.model import Job, Node
+from hpcinsight.whatif.fill import DEFAULT_INFLATE, run_fill
+from hpcinsight.whatif.model import Job, Node
 
 MAX_PROCS = 2
 

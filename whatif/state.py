@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whatif.model import MILLI, Job, Node, accepts
+from hpcinsight.whatif.model import MILLI, Job, Node, accepts
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Scheduler events and node inventory (the store's records) as simulator jobs and nodes.
 
 The CLI floor reads ``scheduler_events`` and ``node_inventory`` for a time range and hands the
-rows here as :class:`schemas.events.SchedulerEvent` / :class:`~schemas.events.NodeInventory`.
+rows here as :class:`hpcinsight.schemas.events.SchedulerEvent` / :class:`~hpcinsight.schemas.events.NodeInventory`.
 A job is the pair ``(job_id, name)``, as the live scheduling KPIs count it: it is submitted at
 its first ``submitted`` (else when first seen), starts at ``scheduled``/``started``, ends at
 ``finished``/``deleted``/``preempted``. Pods sharing a ``job_id`` under several names form a gang.
@@ -15,8 +15,8 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 
-from schemas.events import NodeInventory, SchedulerEvent
-from whatif.model import MILLI, Job, Node, WhatifError
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
+from hpcinsight.whatif.model import MILLI, Job, Node, WhatifError
 
 MIB = 2**20
 _START = ("scheduled", "started")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whatif.model import Job
+from hpcinsight.whatif.model import Job
 
 POPULARITY_THRESHOLD = 95  # percent of pods the typical shapes must cover
 

@@ -1,9 +1,9 @@
 """Scheduler adapters: what the job scheduler says about jobs and nodes, as events.
 
 Every source (a Kubernetes watch, Slurm's ``squeue``/``sacct``, a replayed research trace)
-is a :class:`agents.base.Collector` producing :class:`schemas.events.SchedulerEvent` (one
+is a :class:`hpcinsight.agents.base.Collector` producing :class:`hpcinsight.schemas.events.SchedulerEvent` (one
 record per job transition: submitted, scheduled, started, finished, preempted, deleted) and,
-where the source knows its nodes, :class:`schemas.events.NodeInventory`. Sources report
+where the source knows its nodes, :class:`hpcinsight.schemas.events.NodeInventory`. Sources report
 states; the adapters turn them into transitions, each emitted once, so the consumers never
 need to know which scheduler ran the job.
 
@@ -12,9 +12,9 @@ Collectors return both record types from ``sample``; ``NodeInventory`` records b
 The submodules import nothing beyond the standard library and :mod:`schemas` at import time.
 """
 
-from agents.scheduler.kubernetes import K8sConfig, KubernetesCollector, LabelConfig, node_to_inventory, pod_to_events
-from agents.scheduler.slurm import SlurmCollector, SlurmConfig, nodes_to_inventory, sacct_to_events, squeue_to_events
-from agents.scheduler.trace import OpenbTraceCollector, TraceConfig, events_between
+from hpcinsight.agents.scheduler.kubernetes import K8sConfig, KubernetesCollector, LabelConfig, node_to_inventory, pod_to_events
+from hpcinsight.agents.scheduler.slurm import SlurmCollector, SlurmConfig, nodes_to_inventory, sacct_to_events, squeue_to_events
+from hpcinsight.agents.scheduler.trace import OpenbTraceCollector, TraceConfig, events_between
 
 __all__ = [
     "K8sConfig", "KubernetesCollector", "LabelConfig", "OpenbTraceCollector", "SlurmCollector", "SlurmConfig", "TraceConfig",

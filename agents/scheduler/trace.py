@@ -50,9 +50,9 @@ from typing import ClassVar
 
 import msgspec
 
-from agents.base import Collector
-from schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS, Topic
-from schemas.events import Event, NodeInventory, SchedulerEvent
+from hpcinsight.agents.base import Collector
+from hpcinsight.schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS, Topic
+from hpcinsight.schemas.events import Event, NodeInventory, SchedulerEvent
 
 log = logging.getLogger(__name__)
 

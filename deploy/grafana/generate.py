@@ -1,4 +1,4 @@
-"""Grafana dashboards built on the query library: ``python -m deploy.grafana.generate`` writes
+"""Grafana dashboards built on the query library: ``python -m hpcinsight.deploy.grafana.generate`` writes
 ``deploy/grafana/dashboards/*.json`` from ``sinks/queries/*.sql``, so no panel's SQL is written twice.
 
 Each panel names one library query. The library's queries look back from now (``now64(3) -
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcinsight.query import PLACEHOLDER, NamedQuery, library
+from hpcinsight.sinks.query import PLACEHOLDER, NamedQuery, library
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 PLUGIN = "grafana-clickhouse-datasource"

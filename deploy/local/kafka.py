@@ -7,10 +7,10 @@ resolved once into a per-user cache and started as a plain ``java`` child proces
 
 CLI::
 
-    python -m deploy.local.kafka run     # prints KAFKA_BOOTSTRAP=127.0.0.1:<port>, Ctrl-C stops
-    python -m deploy.local.kafka run --data-dir D --port 9092   # keeps D; run again: same data
-    python -m deploy.local.kafka run --brokers 3                # three KRaft nodes, replication 3
-    python -m deploy.local.kafka fetch   # resolves the jars and prints their directory
+    python -m hpcinsight.deploy.local.kafka run     # prints KAFKA_BOOTSTRAP=127.0.0.1:<port>, Ctrl-C stops
+    python -m hpcinsight.deploy.local.kafka run --data-dir D --port 9092   # keeps D; run again: same data
+    python -m hpcinsight.deploy.local.kafka run --brokers 3                # three KRaft nodes, replication 3
+    python -m hpcinsight.deploy.local.kafka fetch   # resolves the jars and prints their directory
 
 A broker given a data directory keeps it on stop (and after kill -9) and starts again from it
 on the same ports (recorded in ``ports.json`` there), so a test can stop, kill or pause a
@@ -204,7 +204,7 @@ class LocalKafka:
         self._voters = voters
         self._cluster_id = cluster_id
         self._overrides = dict(overrides or {})
-        self._format_args = tuple(format_args)  # e.g. --add-scram for SASL users (deploy.local.security)
+        self._format_args = tuple(format_args)  # e.g. --add-scram for SASL users (hpcinsight.deploy.local.security)
         self._owns_workdir = False
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -581,7 +581,7 @@ def serve(brokers: int = 1, port: int | None = None, data_dir: Path | None = Non
 
 def main(argv: list[str] | None = None) -> int:
     """``run``: serve a broker until SIGINT/SIGTERM; ``fetch``: only resolve the jars."""
-    parser = argparse.ArgumentParser(prog="python -m deploy.local.kafka", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m hpcinsight.deploy.local.kafka", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "fetch"])
     parser.add_argument("--port", type=int, default=None)

@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.local.kafka import free_ports
+from hpcinsight.deploy.local.kafka import free_ports
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""Tools the tests drive that come from the Go module proxy (Helm, Alertmanager): see :mod:`deploy.tools.go`."""
+"""Tools the tests drive that come from the Go module proxy (Helm, Alertmanager): see :mod:`hpcinsight.deploy.tools.go`."""

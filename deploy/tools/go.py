@@ -3,7 +3,7 @@
 The suite checks the Helm chart with a real Helm (and its alerting rules with Prometheus' promtool)
 and the alert router against a real Alertmanager;
 neither ships as a Debian or PyPI package, and no other download site is reachable here, so the
-set-up (``make setup``: ``python -m deploy.tools.go build``) builds them with the local Go toolchain
+set-up (``make setup``: ``python -m hpcinsight.deploy.tools.go build``) builds them with the local Go toolchain
 into ``~/.cache/hpcinsight/tools/<name>-<version>/<name>``. A later run finds the binary and does
 nothing. Tests call :func:`require`, which fails with the reason when a tool is missing (in CI) and
 skips outside CI.
@@ -137,14 +137,14 @@ def require(name: str) -> Path:
     tool = TOOLS[name]
     if tool.binary.exists():
         return tool.binary
-    reason = f"{name} {tool.version} is not built at {tool.binary}: run `make setup` (python -m deploy.tools.go build {name})"
+    reason = f"{name} {tool.version} is not built at {tool.binary}: run `make setup` (python -m hpcinsight.deploy.tools.go build {name})"
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.tools.go", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m hpcinsight.deploy.tools.go", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="build the named tools (default: all) unless cached")
     b.add_argument("names", nargs="*", metavar="NAME", help=f"one of {', '.join(TOOLS)}")

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcinsight.config import ConfigError, YamlSyntaxError, load_yaml
-from sinks.alerts.confnode import Node
-from sinks.alerts.matchers import Matcher
-from sinks.alerts.message import check_template
-from sinks.alerts.model import LABELS
-from sinks.alerts.receivers import KINDS
+from hpcinsight.core.settings import ConfigError
+from hpcinsight.core.yamlfile import YamlSyntaxError, load_yaml
+from hpcinsight.sinks.alerts.confnode import Node
+from hpcinsight.sinks.alerts.matchers import Matcher
+from hpcinsight.sinks.alerts.message import check_template
+from hpcinsight.sinks.alerts.model import LABELS
+from hpcinsight.sinks.alerts.receivers import KINDS
 
 DEFAULT_GROUP_WAIT_S = 30.0
 DEFAULT_GROUP_INTERVAL_S = 300.0

@@ -13,8 +13,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from hpcinsight.config import ConfigError, Secret
-from sinks.alerts import redact
+from hpcinsight.core.settings import ConfigError, Secret
+from hpcinsight.sinks.alerts import redact
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")

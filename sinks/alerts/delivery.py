@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sinks.alerts.config import RateLimit, RetryConfig
-from sinks.alerts.receivers.base import Integration, RefusedError, RetryableError, exception_text
-from sinks.alerts.store import OutboxRow, OutboxWriter
+from hpcinsight.sinks.alerts.config import RateLimit, RetryConfig
+from hpcinsight.sinks.alerts.receivers.base import Integration, RefusedError, RetryableError, exception_text
+from hpcinsight.sinks.alerts.store import OutboxRow, OutboxWriter
 
 log = logging.getLogger(__name__)
 

@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from schemas.events import Anomaly, SchedulerEvent, Silence
-from sinks.alerts.config import GROUP_BY_ALL, AlertsConfig, InhibitRule, RouteConfig
-from sinks.alerts.matchers import Matcher, matches_all
-from sinks.alerts.model import Alert, JobInfo, Notification, alert_of, notification_id
+from hpcinsight.schemas.events import Anomaly, SchedulerEvent, Silence
+from hpcinsight.sinks.alerts.config import GROUP_BY_ALL, AlertsConfig, InhibitRule, RouteConfig
+from hpcinsight.sinks.alerts.matchers import Matcher, matches_all
+from hpcinsight.sinks.alerts.model import Alert, JobInfo, Notification, alert_of, notification_id
 
 DAY_MS = 86_400_000
 

@@ -11,7 +11,7 @@ import string
 import time
 from urllib.parse import quote
 
-from sinks.alerts.model import Alert, Notification
+from hpcinsight.sinks.alerts.model import Alert, Notification
 
 #: the placeholders a dashboard URL template may use
 DASHBOARD_FIELDS = ("job", "node", "gpu_uuid", "gpu", "kind", "id", "user", "team", "from_ms", "to_ms")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from schemas.events import Anomaly
+from hpcinsight.schemas.events import Anomaly
 
 #: every label an alert can carry; configuration naming another label is a typo and refused
 LABELS = ("alertname", "kind", "severity", "subject_type", "subject", "node", "gpu", "gpu_uuid", "job", "user", "team",

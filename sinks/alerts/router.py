@@ -3,7 +3,7 @@
 It reads three topics from offsets kept in its own state (not the consumer group's): the scheduler
 events (who owns each job), the silences, and the anomalies; at start it catches up with the first
 two before it reads an anomaly, so a restarted router knows every silence. Each loop applies what it
-read to the :class:`~sinks.alerts.engine.Engine`, lets due groups flush, and commits the changed
+read to the :class:`~hpcinsight.sinks.alerts.engine.Engine`, lets due groups flush, and commits the changed
 state, the offsets reached and the new outbox rows in one SQLite transaction; only then are the rows
 handed to the senders and the offsets committed to the consumer group (for lag monitoring only).
 
@@ -27,18 +27,18 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from hpcinsight.config import broker_retry
-from schemas.catalog import ALERT_SILENCES, ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
-from schemas.codec import DecodeError
-from schemas.events import DeadLetter
-from sinks.alerts import redact
-from sinks.alerts.config import AlertsConfig
-from sinks.alerts.delivery import Dispatcher
-from sinks.alerts.engine import Engine
-from sinks.alerts.matchers import Matcher
-from sinks.alerts.message import Renderer
-from sinks.alerts.receivers.base import Integration
-from sinks.alerts.store import OutboxRow, StateStore
+from hpcinsight.core.kafka import broker_retry
+from hpcinsight.schemas.catalog import ALERT_SILENCES, ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
+from hpcinsight.schemas.codec import DecodeError
+from hpcinsight.schemas.events import DeadLetter
+from hpcinsight.sinks.alerts import redact
+from hpcinsight.sinks.alerts.config import AlertsConfig
+from hpcinsight.sinks.alerts.delivery import Dispatcher
+from hpcinsight.sinks.alerts.engine import Engine
+from hpcinsight.sinks.alerts.matchers import Matcher
+from hpcinsight.sinks.alerts.message import Renderer
+from hpcinsight.sinks.alerts.receivers.base import Integration
+from hpcinsight.sinks.alerts.store import OutboxRow, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class AlertRouter:
         """Swap in the configuration file as it is now, or keep the one in force if it is bad. The
         state on disk is current (each loop commits it), so this is a restart without the exit:
         senders finish what they hold, and what they did not is still in the outbox."""
-        from sinks.alerts import config as alerts_config
+        from hpcinsight.sinks.alerts import config as alerts_config
 
         path = self.options.config_path
         if path is None:
@@ -219,7 +219,7 @@ class AlertRouter:
         log.warning("configuration reloaded from %s (%d receivers)", path, len(config.receivers))
 
     def metric_families(self) -> Iterator[Any]:
-        """The router's series for Prometheus (served by the CLI, see hpcinsight.metrics)."""
+        """The router's series for Prometheus (served by the CLI, see hpcinsight.core.metrics)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         dispatcher = self._dispatcher

@@ -1,4 +1,4 @@
-"""``hpcinsight silence add|list|expire``: arguments and output (the Kafka side is :mod:`sinks.alerts.silences`)."""
+"""``hpcinsight silence add|list|expire``: arguments and output (the Kafka side is :mod:`hpcinsight.sinks.alerts.silences`)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str) -> int:
     import getpass
 
-    from sinks.alerts import silences
-    from sinks.alerts.confnode import parse_duration
-    from sinks.alerts.message import utc
+    from hpcinsight.sinks.alerts import silences
+    from hpcinsight.sinks.alerts.confnode import parse_duration
+    from hpcinsight.sinks.alerts.message import utc
 
     if args.action == "add":
         s = silences.add(client_config, prefix, args.match, parse_duration(args.duration), args.comment,

@@ -1,7 +1,7 @@
 """Silences through Kafka: ``hpcinsight silence add|list|expire`` write and read the compacted
 ``alerts.silences`` topic, which every router follows, wherever it runs.
 
-A silence is a :class:`schemas.events.Silence` keyed by its id; the latest record of an id is its
+A silence is a :class:`hpcinsight.schemas.events.Silence` keyed by its id; the latest record of an id is its
 state. Expiring one writes it again with ``ends_at`` set to now.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from hpcinsight.config import broker_retry
-from schemas.catalog import ALERT_SILENCES
-from schemas.events import Silence
-from sinks.alerts.matchers import Matcher
-from sinks.alerts.model import LABELS
+from hpcinsight.core.kafka import broker_retry
+from hpcinsight.schemas.catalog import ALERT_SILENCES
+from hpcinsight.schemas.events import Silence
+from hpcinsight.sinks.alerts.matchers import Matcher
+from hpcinsight.sinks.alerts.model import LABELS
 
 
 def parse_matchers(texts: list[str]) -> list[str]:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.events import Silence
-from sinks.alerts.engine import Changes, Group, SentEntry
-from sinks.alerts.model import Alert, JobInfo, Notification, decode_notification, encode
+from hpcinsight.schemas.events import Silence
+from hpcinsight.sinks.alerts.engine import Changes, Group, SentEntry
+from hpcinsight.sinks.alerts.model import Alert, JobInfo, Notification, decode_notification, encode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

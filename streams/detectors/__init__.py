@@ -1,7 +1,7 @@
 """Anomaly detectors: one module each, found automatically.
 
 A detector is a subclass of :class:`Detector` in a module of this package. It declares the
-event types it reads in ``inputs`` and returns :class:`schemas.events.Anomaly` records from
+event types it reads in ``inputs`` and returns :class:`hpcinsight.schemas.events.Anomaly` records from
 :meth:`Detector.observe`. Adding a detector is adding one module (and its test); nothing
 else changes.
 """
@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
-from schemas.events import Event, GpuQuantiles
-from streams.rolling import SINCE_START
+from hpcinsight.schemas.events import Event, GpuQuantiles
+from hpcinsight.streams.rolling import SINCE_START
 
 C = TypeVar("C")
 

@@ -36,7 +36,7 @@ is both hot and has a pending row remap raises two incidents that fire and resol
     previous user's ``nvidia-smi -lgc`` / ``-ac`` are exactly what this incident should catch.
     Resolves after ``clock_low_s`` of busy samples at normal clocks.
 
-Every condition keeps its incidents in one :class:`streams.detectors.incidents.Incidents` table
+Every condition keeps its incidents in one :class:`hpcinsight.streams.detectors.incidents.Incidents` table
 (fire after, resolve after, quiet time, folding, restore), as every detector does.
 Samples whose value a condition needs is null (not supported, MIG instance, read error) are
 skipped for that condition only. A sample not newer than the GPU's previous one (redelivery,
@@ -54,9 +54,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from schemas.events import Anomaly, Event, GpuSample
-from streams.detectors import Detector
-from streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.schemas.events import Anomaly, Event, GpuSample
+from hpcinsight.streams.detectors import Detector
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
 
 _NO_REASONS: frozenset[str] = frozenset()
 THERMAL_REASONS = frozenset({"sw_thermal", "hw_thermal"})

@@ -1,6 +1,6 @@
 """The GPU, or the node, of a job that behaves unlike its peers: robust outliers within a job.
 
-Runs in the job stage, on :class:`streams.jobs.JobGpuWindow`: all of a job's GPUs in one window,
+Runs in the job stage, on :class:`hpcinsight.streams.jobs.JobGpuWindow`: all of a job's GPUs in one window,
 whichever workers sampled them (the per-GPU stage only sees the GPUs of its own partitions, so a
 comparison there would depend on how partitions happen to be assigned).
 
@@ -27,7 +27,7 @@ ones is no fault (the GenAI serving trace: 997 false incidents on 24 pods in 12 
 
 More than ``k`` deviations for ``fire_after`` consecutive windows fires; ``resolve_after`` windows
 back within ``k_resolve`` deviations (hysteresis) and ``quiet_s`` with no metric out of line resolve
-(a re-fire within it is folded: :mod:`streams.detectors.incidents`). One incident per GPU or node, however many of its metrics are out of line
+(a re-fire within it is folded: :mod:`hpcinsight.streams.detectors.incidents`). One incident per GPU or node, however many of its metrics are out of line
 (an idle GPU is out of line on all of them): it fires with the first, lists each metric's robust z
 in its evidence (``z_<metric>``), and resolves when every metric is back. Sliding windows overlap, so consecutive windows share samples: with short
 windows a burst of noise can count twice; judge a window at least a few hops long (the default is
@@ -40,10 +40,10 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from schemas.events import Anomaly, Event
-from streams.detectors import Detector, WindowChoice, anomaly_id
-from streams.detectors.incidents import Hygiene, Incident, Incidents
-from streams.jobs import JobGpuWindow
+from hpcinsight.schemas.events import Anomaly, Event
+from hpcinsight.streams.detectors import Detector, WindowChoice, anomaly_id
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.streams.jobs import JobGpuWindow
 
 MAD_SCALE = 1.4826  # makes MAD estimate the standard deviation of normal data
 

@@ -5,7 +5,7 @@ p95 below ``threshold_pct``; resolves once ``resolve_after`` consecutive windows
 ``resolve_pct`` (hysteresis: a GPU hovering around the threshold is not paged on and off) and the
 GPU has not been idle for ``quiet_s``: a serving GPU whose load dips back under the threshold
 between bursts keeps its one incident (the idle spell), however often the load crosses it
-(:mod:`streams.detectors.incidents`). Using p95 (not the mean) means a GPU that is busy even 5% of
+(:mod:`hpcinsight.streams.detectors.incidents`). Using p95 (not the mean) means a GPU that is busy even 5% of
 the time is not flagged: this catches GPUs doing nothing, not GPUs doing little. A GPU that no job
 holds (``job_id`` null in its window) is free, not under-used: it is never flagged, and an open
 incident resolves when its job lets the GPU go.
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.events import Anomaly, Event, GpuQuantiles
-from streams.detectors import Detector, WindowChoice
-from streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.schemas.events import Anomaly, Event, GpuQuantiles
+from hpcinsight.streams.detectors import Detector, WindowChoice
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
 
 
 @dataclass(frozen=True)

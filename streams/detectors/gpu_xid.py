@@ -3,7 +3,7 @@
 Every occurrence counts (the evidence carries the count, repeats included). One incident per
 GPU and XID code: it fires on the first occurrence and resolves after ``quiet_s`` of event
 time without that code on that GPU (a repeat within it is folded into the incident and counted:
-:mod:`streams.detectors.incidents`). The detector tells time by the per-GPU quantile windows
+:mod:`hpcinsight.streams.detectors.incidents`). The detector tells time by the per-GPU quantile windows
 that arrive regularly, so an incident resolves even though no further XID comes. Codes that
 mean the GPU cannot be trusted any more (fallen off the bus, uncorrectable or uncontained ECC,
 micro-controller halt or breakpoint, GSP failure) are critical and say the node should be drained;
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.events import Anomaly, Event, GpuQuantiles, XidEvent
-from streams.detectors import Detector
-from streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.schemas.events import Anomaly, Event, GpuQuantiles, XidEvent
+from hpcinsight.streams.detectors import Detector
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
 
 
 @dataclass(frozen=True)

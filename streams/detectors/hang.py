@@ -25,10 +25,10 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from schemas.events import Anomaly, Event, GpuQuantiles, StepMetric
-from streams.detectors import Detector, WindowChoice
-from streams.detectors.incidents import Incident, Incidents
-from streams.jobs import JobGpuWindow
+from hpcinsight.schemas.events import Anomaly, Event, GpuQuantiles, StepMetric
+from hpcinsight.streams.detectors import Detector, WindowChoice
+from hpcinsight.streams.detectors.incidents import Incident, Incidents
+from hpcinsight.streams.jobs import JobGpuWindow
 
 #: job-window metrics that show work being done, and how each is summarised across the job's GPUs
 WORK_METRICS = ("sm_active_pct", "power_w", "nvlink_bytes_per_s")

@@ -34,7 +34,7 @@ Severity = Literal["info", "warning", "critical"]
 
 
 def _anomaly_id(kind: str, subject: str, started_at_ms: int) -> str:
-    from streams.detectors import anomaly_id  # the package imports this module's users, not the reverse
+    from hpcinsight.streams.detectors import anomaly_id  # the package imports this module's users, not the reverse
 
     return anomaly_id(kind, subject, started_at_ms)
 

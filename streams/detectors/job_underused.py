@@ -5,7 +5,7 @@ an idle 64-GPU job does not hide the other 63: the job's p95 is over all its GPU
 warm-up (jobs load data and compile before they compute), a job whose p95 stays below its
 threshold for ``for_s`` fires; it resolves when the p95 climbs ``resolve_margin_pct`` over the
 threshold (hysteresis: a since-start p95 hovering at the threshold is one incident) or the job
-ends (:mod:`streams.detectors.incidents` keeps the incident). The threshold defaults to ``threshold_pct`` and can be set per team or per user
+ends (:mod:`hpcinsight.streams.detectors.incidents` keeps the incident). The threshold defaults to ``threshold_pct`` and can be set per team or per user
 (``team:nlp=20``, ``user:alice=50``; the user's setting wins), since what counts as "using the
 GPUs" differs between, say, inference services and pre-training.
 """
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from schemas.events import Anomaly, Event, JobQuantiles, SchedulerEvent
-from streams.detectors import Detector
-from streams.detectors.incidents import Hygiene, Incident, Incidents
-from streams.rolling import SINCE_START
+from hpcinsight.schemas.events import Anomaly, Event, JobQuantiles, SchedulerEvent
+from hpcinsight.streams.detectors import Detector
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.streams.rolling import SINCE_START
 
 
 @dataclass(frozen=True)

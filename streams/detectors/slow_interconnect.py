@@ -37,7 +37,7 @@ that reports no steps is judged on the IB evidence alone, and its anomalies say 
 A finding fires after holding at every judgment for ``fire_after_s`` and resolves after being
 absent for ``resolve_after_s`` and ``quiet_s`` (judgments further apart than ``max_gap_s`` restart
 the count; a node's throughput is back only above ``resolve_ratio``, hysteresis). The incidents
-live in one :class:`streams.detectors.incidents.Incidents` table, as in every detector.
+live in one :class:`hpcinsight.streams.detectors.incidents.Incidents` table, as in every detector.
 No ``job`` subject: a job-wide drop is indistinguishable from a change of phase here.
 Incidents close when their node leaves the job (its samples carry another job) or when the job
 or node is unseen for ``forget_after_s``; that also bounds the memory, as do the short
@@ -52,9 +52,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from schemas.events import Anomaly, Event, IbSample, StepMetric
-from streams.detectors import Detector
-from streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.schemas.events import Anomaly, Event, IbSample, StepMetric
+from hpcinsight.streams.detectors import Detector
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
 
 #: per-interval error counters that mean a sick link
 ERROR_FIELDS = ("symbol_errors", "link_error_recovery", "rcv_errors", "rcv_remote_physical_errors",

@@ -24,7 +24,7 @@ two slow ranks are two stragglers, not one alternating culprit.
 stragglers left out: a straggler fully explains the spread it causes) above ``cov_threshold`` in
 the median step of the window is imbalance with no culprit (uneven batches, jitter on many nodes).
 
-Incidents go through :class:`streams.detectors.incidents.Incidents`: a split or a straggler
+Incidents go through :class:`hpcinsight.streams.detectors.incidents.Incidents`: a split or a straggler
 resolves after ``window`` judged steps without it (hysteresis: a split must fall under
 ``group_effect_resolve``, a straggler under half its share) and ``quiet_s`` of event time.
 """
@@ -36,9 +36,9 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from schemas.events import Anomaly, Event, NodeInventory, StepMetric
-from streams.detectors import Detector
-from streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.schemas.events import Anomaly, Event, NodeInventory, StepMetric
+from hpcinsight.streams.detectors import Detector
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
 
 
 @dataclass(frozen=True)

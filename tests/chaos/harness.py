@@ -45,10 +45,11 @@ from typing import Any
 import yaml
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from deploy.local.kafka import LocalKafka, LocalKafkaCluster, free_ports
-from hpcinsight.demo import terminate
-from hpcinsight.topics import ensure_topics, lag
-from schemas.catalog import ANOMALIES, GPU_SAMPLES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED, Topic
+from hpcinsight.deploy.local.kafka import LocalKafka, LocalKafkaCluster, free_ports
+from hpcinsight.harness.demo import terminate
+from hpcinsight.schemas.catalog import ensure_topics
+from hpcinsight.core.kafka import lag
+from hpcinsight.schemas.catalog import ANOMALIES, GPU_SAMPLES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED, Topic
 from tests.alerts_receiver import LocalReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -592,8 +593,8 @@ class Campaign:
             not unexplained, f"{len(unexplained)} unexplained gaps" + (f": {unexplained[:5]}" if unexplained else ""))
 
     def check_store(self, sent: dict[tuple[str, int], int]) -> None:
-        from hpcinsight.config import load
-        from sinks.clickhouse import connect
+        from hpcinsight.core.settings import load
+        from hpcinsight.sinks.clickhouse import connect
 
         checks, figures = self.result.checks, self.result.figures
         client = connect(load(self.env).clickhouse, writer=True)

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from hypothesis import strategies as st
 
-from schemas.catalog import Topic
+from hpcinsight.schemas.catalog import Topic
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpcinsight.web.feed import FEEDS
-from schemas.catalog import (
+from hpcinsight.schemas.catalog import (
     ALERT_SILENCES,
     ANOMALIES,
     DEAD_LETTERS,
@@ -37,8 +37,8 @@ from schemas.catalog import (
     STORED,
     TOPICS,
 )
-from schemas.codec import DecodeError
-from schemas.events import DEAD_LETTER_RAW_MAX
+from hpcinsight.schemas.codec import DecodeError
+from hpcinsight.schemas.events import DEAD_LETTER_RAW_MAX
 from tests.fuzz.strategies import messages
 
 settings.register_profile("suite", max_examples=60, deadline=None, database=None,
@@ -113,9 +113,9 @@ def test_a_good_message_is_never_refused(raw: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def processor() -> Any:
-    from streams.app import WorkerOptions
-    from streams.detectors import build
-    from streams.processor import SampleProcessor
+    from hpcinsight.streams.app import WorkerOptions
+    from hpcinsight.streams.detectors import build
+    from hpcinsight.streams.processor import SampleProcessor
 
     return SampleProcessor(WorkerOptions().processor_config(), detectors=build(None))
 
@@ -160,7 +160,7 @@ def test_a_stage_that_fails_dead_letters_the_message_and_goes_on(processor: Any)
 
 @pytest.mark.parametrize("topic", STORED, ids=lambda t: t.name)
 def test_the_sink_writer_takes_any_block(topic: Any) -> None:
-    from sinks.clickhouse_sink import TableWriter
+    from hpcinsight.sinks.clickhouse_sink import TableWriter
 
     @given(st.lists(messages(topic), min_size=1, max_size=10))
     def prop(block: list[bytes]) -> None:
@@ -201,9 +201,9 @@ class KafkaMessage:
 
 @pytest.fixture
 def router(tmp_path: Path) -> Any:
-    from sinks.alerts import config as alerts_config
-    from sinks.alerts.engine import Engine
-    from sinks.alerts.router import AlertRouter, RouterOptions
+    from hpcinsight.sinks.alerts import config as alerts_config
+    from hpcinsight.sinks.alerts.engine import Engine
+    from hpcinsight.sinks.alerts.router import AlertRouter, RouterOptions
 
     config = alerts_config.parse({"route": {"receiver": "ops", "group_by": ["kind", "node"]},
                                   "receivers": [{"name": "ops", "webhook_configs": [{"url": "http://127.0.0.1:9/x"}]}]}, "t.yaml")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from deploy.local.kafka import LocalKafka
-from hpcinsight.topics import ensure_topics
-from schemas.catalog import GPU_SAMPLES_RAW
+from hpcinsight.deploy.local.kafka import LocalKafka
+from hpcinsight.schemas.catalog import ensure_topics
+from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -94,7 +94,7 @@ def test_a_delivery_closed_and_started_again_on_its_spool_sends_each_message_onc
     """close() drains, records every acknowledgement in the spool and ends its sender; a new
     Delivery on the same spool (the agent restarted) finds nothing left to send, and what it is
     given goes out once too."""
-    from agents.delivery import Delivery
+    from hpcinsight.agents.delivery import Delivery
 
     prefix = f"dl{os.getpid()}{time.monotonic_ns() % 100_000}."
     ensure_topics({"bootstrap.servers": kafka_bootstrap}, prefix)
@@ -116,8 +116,8 @@ def test_a_delivery_closed_and_started_again_on_its_spool_sends_each_message_onc
 def test_a_delivery_closed_while_the_broker_is_away_sends_everything_once_after_a_restart(kafka_bootstrap: str, tmp_path: Path) -> None:
     """close() with the broker unreachable gives up after its drain timeout and ends its sender:
     every message waits in the spool, and the next start on it sends each exactly once."""
-    from agents.delivery import Delivery
-    from deploy.local.kafka import free_ports
+    from hpcinsight.agents.delivery import Delivery
+    from hpcinsight.deploy.local.kafka import free_ports
 
     prefix = f"dl{os.getpid()}{time.monotonic_ns() % 100_000}."
     ensure_topics({"bootstrap.servers": kafka_bootstrap}, prefix)

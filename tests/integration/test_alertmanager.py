@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.local.kafka import free_ports
-from deploy.tools.go import require
+from hpcinsight.deploy.local.kafka import free_ports
+from hpcinsight.deploy.tools.go import require
 from tests.conftest import Pipeline, stop
 from tests.integration.test_alerts_router import anomaly, produce, start_router
 

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from schemas.catalog import ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
-from schemas.events import Anomaly, SchedulerEvent
+from hpcinsight.schemas.catalog import ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
+from hpcinsight.schemas.events import Anomaly, SchedulerEvent
 from tests.alerts_receiver import LocalReceiver
 from tests.conftest import Pipeline, stop
 

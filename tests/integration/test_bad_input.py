@@ -9,8 +9,8 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from schemas.catalog import GPU_SAMPLES_RAW
-from schemas.events import DEAD_LETTER_RAW_MAX, GpuSample
+from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW
+from hpcinsight.schemas.events import DEAD_LETTER_RAW_MAX, GpuSample
 from tests.conftest import Pipeline, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]

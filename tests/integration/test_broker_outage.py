@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from deploy.local.kafka import LocalKafka
-from schemas.catalog import GPU_SAMPLES
-from schemas.events import GpuSample
+from hpcinsight.deploy.local.kafka import LocalKafka
+from hpcinsight.schemas.catalog import GPU_SAMPLES
+from hpcinsight.schemas.events import GpuSample
 from tests.conftest import Pipeline, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -28,7 +28,7 @@ GPUS = 4
 
 
 def test_the_sink_rides_out_a_broker_outage_longer_than_its_session(tmp_path: Path) -> None:
-    from hpcinsight.topics import ensure_topics
+    from hpcinsight.schemas.catalog import ensure_topics
 
     broker = LocalKafka(tmp_path / "kafka", heap="384m", keep_data=True)
     broker.start()

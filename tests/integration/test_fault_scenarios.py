@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from agents.gpu_sim import SimConfig, SimGpuCollector
-from streams.detectors import anomaly_id
+from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.streams.detectors import anomaly_id
 from tests.conftest import Pipeline, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.scheduler.trace import POD_FILE
-from schemas.events import NodeInventory, SchedulerEvent
-from streams.kpis import KpiConfig, SchedulingKpis
+from hpcinsight.agents.scheduler.trace import POD_FILE
+from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
+from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
 from tests.conftest import Pipeline, stop
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "alibaba-openb-2023"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.local.kafka import free_ports
+from hpcinsight.deploy.local.kafka import free_ports
 from tests.alerts_receiver import LocalReceiver
 from tests.conftest import Pipeline, stop
 

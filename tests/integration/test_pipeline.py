@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcinsight.demo import DEMO_DETECTORS
+from hpcinsight.harness.demo import DEMO_DETECTORS
 from tests.conftest import Pipeline, check_windows_against_numpy, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]

@@ -107,8 +107,8 @@ def test_genai_utilisation_replay_matches_numpy_and_flags_the_idle_pods(pipeline
 
 @pytest.mark.skipif(not (OPENB / "openb_pod_list_default.csv").is_file(), reason=f"the openb trace is not at {OPENB}")
 def test_openb_replay_kpis_equal_the_independent_pandas_computation(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agents.scheduler.trace import NODE_FILE, POD_FILE, OpenbTraceCollector, TraceConfig
-    from streams.kpis import KpiConfig
+    from hpcinsight.agents.scheduler.trace import NODE_FILE, POD_FILE, OpenbTraceCollector, TraceConfig
+    from hpcinsight.streams.kpis import KpiConfig
     from tests import test_kpis_openb as reference
 
     pods, interval_ms = 300, 6 * 3_600_000

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.local.kafka import LocalKafka, free_ports
-from deploy.local.security import SecureListener, make_pki
+from hpcinsight.deploy.local.kafka import LocalKafka, free_ports
+from hpcinsight.deploy.local.security import SecureListener, make_pki
 from tests.alerts_receiver import LocalReceiver
 from tests.conftest import Pipeline, stop
 
@@ -31,14 +31,14 @@ class SecurePipeline(Pipeline):
         return {**super().env, **self.listener.client_env()}
 
     def client_config(self) -> dict[str, Any]:
-        from hpcinsight.config import load
+        from hpcinsight.core.settings import load
 
         return load(self.env).kafka.client_config()
 
 
 @pytest.mark.parametrize("protocol", ["SASL_SSL", "mutual TLS"])
 def test_the_pipeline_runs_over_a_secure_listener(protocol: str, tmp_path: Path) -> None:
-    from hpcinsight.topics import ensure_topics
+    from hpcinsight.schemas.catalog import ensure_topics
 
     pki = make_pki(tmp_path / "pki")
     listener = SecureListener.sasl_ssl(pki) if protocol == "SASL_SSL" else SecureListener.mutual_tls(pki)

@@ -9,8 +9,8 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from schemas.catalog import GPU_SAMPLES
-from schemas.events import GpuSample
+from hpcinsight.schemas.catalog import GPU_SAMPLES
+from hpcinsight.schemas.events import GpuSample
 from tests.conftest import Pipeline, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]

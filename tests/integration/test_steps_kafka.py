@@ -8,10 +8,10 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, KafkaError
 
-from agents.steps import StepRecorder, kafka_sink
-from hpcinsight.config import load
-from schemas.catalog import STEP_METRICS_RAW
-from schemas.events import StepMetric
+from hpcinsight.agents.steps import StepRecorder, kafka_sink
+from hpcinsight.core.settings import load
+from hpcinsight.schemas.catalog import STEP_METRICS_RAW
+from hpcinsight.schemas.events import StepMetric
 from tests.conftest import Pipeline
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]

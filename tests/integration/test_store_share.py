@@ -8,9 +8,9 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from hpcinsight.config import load
-from sinks.clickhouse import StoreBusyError, connect
-from sinks.store_share import read_owner
+from hpcinsight.core.settings import load
+from hpcinsight.sinks.clickhouse import StoreBusyError, connect
+from hpcinsight.sinks.store_share import read_owner
 from tests.conftest import Pipeline, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from agents.steps import StepRecorder, kafka_sink
-from hpcinsight.config import load
+from hpcinsight.agents.steps import StepRecorder, kafka_sink
+from hpcinsight.core.settings import load
 from tests.conftest import Pipeline, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]

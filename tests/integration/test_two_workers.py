@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from hpcinsight.topics import ensure_topics
-from schemas.catalog import ANOMALIES
+from hpcinsight.schemas.catalog import ensure_topics
+from hpcinsight.schemas.catalog import ANOMALIES
 from tests.conftest import Pipeline, rank_error_ok, samples_by_gpu, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from hpcinsight.topics import message_count
+from hpcinsight.core.kafka import message_count
 from tests.conftest import Pipeline, check_windows_against_numpy, rank_error_ok, samples_by_gpu, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hpcinsight.config import Secret
+from hpcinsight.core.settings import Secret
 from hpcinsight.web.app import create_app
 from hpcinsight.web.state import ClusterState
 from hpcinsight.web.synthetic import SyntheticCluster

@@ -10,8 +10,8 @@ from confluent_kafka import Producer
 
 from hpcinsight.web.feed import Feed
 from hpcinsight.web.state import ClusterState, Filter
-from schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, NODE_INVENTORY, SCHEDULING_KPIS
-from schemas.events import Anomaly, GpuQuantiles, GpuSample, NodeInventory, SchedulingKpi
+from hpcinsight.schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, NODE_INVENTORY, SCHEDULING_KPIS
+from hpcinsight.schemas.events import Anomaly, GpuQuantiles, GpuSample, NodeInventory, SchedulingKpi
 from tests.conftest import Pipeline
 
 pytestmark = pytest.mark.kafka

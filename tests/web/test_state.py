@@ -7,7 +7,7 @@ import pytest
 
 from hpcinsight.web.state import ClusterState, Filter, FilterError
 from hpcinsight.web.synthetic import SyntheticCluster
-from schemas.events import Anomaly
+from hpcinsight.schemas.events import Anomaly
 
 NOW = 1_780_000_000_000  # any instant: the live state keys anomalies by id, not by when
 
@@ -62,8 +62,8 @@ def test_a_frame_of_10240_gpus_is_compact() -> None:
 
 
 def test_the_summary_reads_stranded_gpus_and_fgd_fragmentation_from_the_kpi_stream() -> None:
-    from schemas.events import NodeInventory, SchedulerEvent
-    from streams.kpis import KpiConfig, SchedulingKpis
+    from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
+    from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
 
     state = ClusterState()
     assert state.summary()["fragmentation"]["fgd_gpus"] is None  # no KPI stream yet: the view shows "–"

@@ -1,7 +1,7 @@
 """Placement policies by name, each a score over feasible nodes behind one interface.
 
 ``profile`` composes with any of them (``mostallocated+profile``): hosts are typed by resource
-profile and a job runs only on a host of its own profile (see :mod:`whatif.profiles`).
+profile and a job runs only on a host of its own profile (see :mod:`hpcinsight.whatif.profiles`).
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from whatif.model import Job, WhatifError
-from whatif.policies.base import Policy, normalize_scores
-from whatif.policies.fgd import FgdPolicy
-from whatif.policies.fit import BestFitPolicy, LeastAllocatedPolicy, MostAllocatedPolicy
-from whatif.policies.gpu import DotProductPolicy, GpuClusteringPolicy, GpuPackingPolicy
-from whatif.policies.simple import FirstFitPolicy, RandomPolicy
-from whatif.typical import typical_shapes
+from hpcinsight.whatif.model import Job, WhatifError
+from hpcinsight.whatif.policies.base import Policy, normalize_scores
+from hpcinsight.whatif.policies.fgd import FgdPolicy
+from hpcinsight.whatif.policies.fit import BestFitPolicy, LeastAllocatedPolicy, MostAllocatedPolicy
+from hpcinsight.whatif.policies.gpu import DotProductPolicy, GpuClusteringPolicy, GpuPackingPolicy
+from hpcinsight.whatif.policies.simple import FirstFitPolicy, RandomPolicy
+from hpcinsight.whatif.typical import typical_shapes
 
 POLICIES: dict[str, type[Policy]] = {p.name: p for p in (
     RandomPolicy, FirstFitPolicy, BestFitPolicy, MostAllocatedPolicy, LeastAllocatedPolicy,

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from whatif.state import ClusterState, Shape
+from hpcinsight.whatif.state import ClusterState, Shape
 
 MAX_SCORE = 100
 

@@ -15,10 +15,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from whatif.model import MILLI
-from whatif.policies.base import MAX_SCORE, Policy
-from whatif.state import ClusterState, Shape
-from whatif.typical import Typical
+from hpcinsight.whatif.model import MILLI
+from hpcinsight.whatif.policies.base import MAX_SCORE, Policy
+from hpcinsight.whatif.state import ClusterState, Shape
+from hpcinsight.whatif.typical import Typical
 
 
 def fragmentation(cpu_left: np.ndarray, gpu_left: np.ndarray, access: np.ndarray, typical: Typical) -> np.ndarray:

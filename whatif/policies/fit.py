@@ -6,9 +6,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from whatif.model import MAX_SPEC_CPU, MAX_SPEC_GPU
-from whatif.policies.base import MAX_SCORE, Policy
-from whatif.state import ClusterState, Shape
+from hpcinsight.whatif.model import MAX_SPEC_CPU, MAX_SPEC_GPU
+from hpcinsight.whatif.policies.base import MAX_SCORE, Policy
+from hpcinsight.whatif.state import ClusterState, Shape
 
 
 class BestFitPolicy(Policy):

@@ -6,8 +6,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from whatif.policies.base import Policy
-from whatif.state import ClusterState, Shape
+from hpcinsight.whatif.policies.base import Policy
+from hpcinsight.whatif.state import ClusterState, Shape
 
 
 class RandomPolicy(Policy):

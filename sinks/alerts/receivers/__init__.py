@@ -6,6 +6,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from sinks.alerts.receivers import alertmanager, apprise_url, discord, mattermost, msteams, slack, webhook
+from hpcinsight.sinks.alerts.receivers import alertmanager, apprise_url, discord, mattermost, msteams, slack, webhook
 
 KINDS: dict[str, ModuleType] = {m.KIND: m for m in (webhook, alertmanager, slack, mattermost, msteams, discord, apprise_url)}

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hpcinsight.config import Secret
-from sinks.alerts import redact
-from sinks.alerts.confnode import Node
-from sinks.alerts.message import Renderer
-from sinks.alerts.model import Notification
-from sinks.alerts.receivers.base import COMMON_KEYS, Common, Integration, RetryableError, parse_common, parse_url
+from hpcinsight.core.settings import Secret
+from hpcinsight.sinks.alerts import redact
+from hpcinsight.sinks.alerts.confnode import Node
+from hpcinsight.sinks.alerts.message import Renderer
+from hpcinsight.sinks.alerts.model import Notification
+from hpcinsight.sinks.alerts.receivers.base import COMMON_KEYS, Common, Integration, RetryableError, parse_common, parse_url
 
 APP_ID = "hpcinsight"
 

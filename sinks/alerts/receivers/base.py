@@ -13,11 +13,11 @@ import abc
 from dataclasses import dataclass
 from typing import ClassVar
 
-from hpcinsight.config import Secret
-from sinks.alerts import redact
-from sinks.alerts.confnode import Node
-from sinks.alerts.message import Renderer
-from sinks.alerts.model import Notification
+from hpcinsight.core.settings import Secret
+from hpcinsight.sinks.alerts import redact
+from hpcinsight.sinks.alerts.confnode import Node
+from hpcinsight.sinks.alerts.message import Renderer
+from hpcinsight.sinks.alerts.model import Notification
 
 COMMON_KEYS = ("send_resolved", "timeout")
 

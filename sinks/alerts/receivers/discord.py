@@ -9,8 +9,8 @@ YAML::
 
 from __future__ import annotations
 
-from sinks.alerts.confnode import Node
-from sinks.alerts.receivers._chat import ChatConfig, parse_chat
+from hpcinsight.sinks.alerts.confnode import Node
+from hpcinsight.sinks.alerts.receivers._chat import ChatConfig, parse_chat
 
 KIND = "discord"
 

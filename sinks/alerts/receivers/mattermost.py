@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from sinks.alerts.confnode import Node
-from sinks.alerts.receivers._chat import APP_ID, ChatConfig, parse_chat
+from hpcinsight.sinks.alerts.confnode import Node
+from hpcinsight.sinks.alerts.receivers._chat import APP_ID, ChatConfig, parse_chat
 
 KIND = "mattermost"
 

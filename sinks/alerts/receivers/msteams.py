@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from sinks.alerts.confnode import Node
-from sinks.alerts.receivers._chat import ChatConfig, parse_chat
+from hpcinsight.sinks.alerts.confnode import Node
+from hpcinsight.sinks.alerts.receivers._chat import ChatConfig, parse_chat
 
 KIND = "msteams"
 

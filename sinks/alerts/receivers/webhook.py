@@ -25,11 +25,11 @@ from urllib.parse import urlsplit
 
 import requests
 
-from hpcinsight.config import Secret
-from sinks.alerts.confnode import Node
-from sinks.alerts.message import Renderer, rfc3339
-from sinks.alerts.model import Alert, Notification
-from sinks.alerts.receivers.base import (
+from hpcinsight.core.settings import Secret
+from hpcinsight.sinks.alerts.confnode import Node
+from hpcinsight.sinks.alerts.message import Renderer, rfc3339
+from hpcinsight.sinks.alerts.model import Alert, Notification
+from hpcinsight.sinks.alerts.receivers.base import (
     COMMON_KEYS,
     Common,
     Integration,

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from schemas.events import GpuSample, NodeInventory, SchedulerEvent, StepMetric
+from hpcinsight.schemas.events import GpuSample, NodeInventory, SchedulerEvent, StepMetric
 
 SECOND_MS = 1000
 HOUR_MS = 3_600_000
@@ -161,7 +161,7 @@ def _window_text(seconds: int) -> str:
 
 def duration_ms(text: str) -> int:
     """The worker's durations (``250ms``, ``90s``, ``5m``, ``1h``) and whole or decimal days (``7d``)."""
-    from streams.app import parse_duration_ms
+    from hpcinsight.streams.app import parse_duration_ms
 
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*d\s*", text)
     return round(float(m.group(1)) * DAY_MS) if m else parse_duration_ms(text)
@@ -280,7 +280,7 @@ class WindowPlan:
 
     @classmethod
     def of(cls, windows: str) -> WindowPlan:
-        from streams.app import parse_windows
+        from hpcinsight.streams.app import parse_windows
 
         specs = parse_windows(windows)
         since = min(w.hop_ms for w in specs)  # the since-start view as often as the shortest hop
@@ -458,7 +458,7 @@ class SchedReplay:
 def read_pods(path: str, limit: int | None = None) -> tuple[list[Any], dict[str, tuple[str | None, str | None]], list[BadRow]]:
     """The pods (``TracePod``, the openb adapter's own parser) in file order, their user and team
     (optional columns), and the bad rows. With ``limit``, only the first ``limit`` good pods."""
-    from agents.scheduler.trace import parse_pod
+    from hpcinsight.agents.scheduler.trace import parse_pod
 
     rows, bad = read_table(path, POD_COLUMNS, POD_OPTIONAL)
     parsed = _parse_rows(rows, lambda _line, row: (parse_pod(row), row.get("user") or None, row.get("team") or None),
@@ -468,7 +468,7 @@ def read_pods(path: str, limit: int | None = None) -> tuple[list[Any], dict[str,
 
 
 def read_nodes(path: str) -> tuple[list[NodeInventory], list[BadRow]]:
-    from agents.scheduler.trace import parse_node
+    from hpcinsight.agents.scheduler.trace import parse_node
 
     rows, bad = read_table(path, NODE_COLUMNS, NODE_OPTIONAL)
     return _parse_rows(rows, lambda _line, row: parse_node(row, 0), lambda n: n.node, lambda n: f"node {n.node}", bad), bad
@@ -485,7 +485,7 @@ def plan_sched(pods: list[Any], people: dict[str, tuple[str | None, str | None]]
     round lengths that cuts the trace into at most 4,000) and the step of the printed time series
     (about 24 rows) are chosen from the span; ``t0`` is the first multiple of the step at least an
     hour ahead (see the module doc), unless given."""
-    from agents.scheduler.trace import pod_steps, place_pods, to_event, wall_ms
+    from hpcinsight.agents.scheduler.trace import pod_steps, place_pods, to_event, wall_ms
 
     if not pods:
         raise ReplayInputError("no usable pod")

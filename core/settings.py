@@ -27,41 +27,18 @@ and ``[clickhouse.ttl_days]``: days to keep each table, 0 = forever) and ``[dete
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import time
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-T = TypeVar("T")
+from hpcinsight.core.logs import kafka_logger
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-class YamlSyntaxError(ValueError):
-    """A YAML file that does not parse: where, and what, without quoting the file's text (a line of
-    a configuration file may hold a secret, and YAML's own message quotes it)."""
-
-    def __init__(self, line: int | None, column: int | None, problem: str) -> None:
-        super().__init__(problem)
-        self.line, self.column, self.problem = line, column, problem
-
-
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load``, with a syntax error turned into :class:`YamlSyntaxError`."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise YamlSyntaxError(mark.line + 1 if mark else None, mark.column + 1 if mark else None,
-                              getattr(err, "problem", None) or type(err).__name__) from None
 
 
 class ConfigError(ValueError):
@@ -186,75 +163,13 @@ class KafkaSettings:
         return options
 
 
-class RepeatFilter(logging.Filter):
-    """Lets a message through once per ``every_s`` (digits aside: "after 0ms" and "after 3ms" are
-    the same message), saying how many like it were held back since."""
-
-    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.every_s, self._clock = every_s, clock
-        self._seen: dict[str, tuple[float, int]] = {}  # message shape -> (last let through, held back since)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        shape = re.sub(r"\d+", "#", record.getMessage())
-        now = self._clock()
-        last = self._seen.get(shape)
-        if last is not None and now - last[0] < self.every_s:
-            self._seen[shape] = (last[0], last[1] + 1)
-            return False
-        if last is not None and last[1]:
-            record.msg, record.args = f"{record.getMessage()} ({last[1]} like it in the last {now - last[0]:.0f} s)", ()
-        self._seen[shape] = (now, 0)
-        if len(self._seen) > 1000:  # bounded: forget the oldest shapes
-            for key in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
-                del self._seen[key]
-        return True
-
-
-def kafka_logger() -> logging.Logger:
-    """The logger librdkafka's messages go to (see :meth:`KafkaSettings.client_config`)."""
-    logger = logging.getLogger("hpcinsight.kafka")
-    if not any(isinstance(f, RepeatFilter) for f in logger.filters):
-        logger.addFilter(RepeatFilter())
-    return logger
-
-
-def broker_retry(call: Callable[[], T], timeout: float = 30.0) -> T:
-    """``call()`` (a metadata or offsets request), asked again while the broker says "not yet".
-
-    A partition just created has a leader in the metadata a moment before that leader answers
-    offset requests (NOT_LEADER_FOR_PARTITION), and a group coordinator loads for a while after a
-    broker starts. Every component asks such questions at start-up; they wait here, up to
-    ``timeout``, instead of dying of it. A broker restarting or one node of a cluster lost
-    (the connection torn down, every broker briefly unreachable, a request timed out) is the same
-    weather (the chaos campaign killed workers with _TRANSPORT and _DESTROY_BROKER here). Any
-    other error is raised at once."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
-                 KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
-                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
-                 KafkaError._TIMED_OUT, KafkaError._DESTROY_BROKER, KafkaError._WAIT_COORD, KafkaError.REQUEST_TIMED_OUT,
-                 # a leader just moved (a node of a cluster restarted): the client's metadata is a step behind
-                 KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.OFFSET_NOT_AVAILABLE}
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call()
-        except KafkaException as err:
-            error = err.args[0]
-            if not isinstance(error, KafkaError) or not (error.retriable() or error.code() in transient) \
-                    or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
 @dataclass(frozen=True)
 class ClickHouseSettings:
     url: str
     username: str | None = None
     password: Secret | None = None
     #: a cluster name from the server's remote_servers: tables become Replicated*MergeTree
-    #: with a Distributed table in front, and DDL runs ON CLUSTER (see sinks.storage)
+    #: with a Distributed table in front, and DDL runs ON CLUSTER (see hpcinsight.sinks.storage)
     cluster: str | None = None
     replica_path: str = "/clickhouse/tables/{shard}/{database}/{table}"
     replica_name: str = "{replica}"
@@ -303,7 +218,7 @@ class Settings:
         }
 
 
-def _read_secret(env: Mapping[str, str], file_conf: Mapping[str, Any], name: str) -> Secret | None:
+def read_secret(env: Mapping[str, str], file_conf: Mapping[str, Any], name: str) -> Secret | None:
     if env.get(name):
         return Secret(env[name])
     path = env.get(f"{name}_FILE") or file_conf.get(f"{name.lower()}_file")
@@ -342,14 +257,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         security_protocol=(get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") or "").upper(),
         sasl_mechanism=(get("KAFKA_SASL_MECHANISM") or "").upper() or None,
         sasl_username=get("KAFKA_SASL_USERNAME"),
-        sasl_password=_read_secret(env, file_conf, "KAFKA_SASL_PASSWORD"),
+        sasl_password=read_secret(env, file_conf, "KAFKA_SASL_PASSWORD"),
         ssl_cafile=Path(p) if (p := get("KAFKA_SSL_CAFILE")) else None,
         ssl_certfile=Path(p) if (p := get("KAFKA_SSL_CERTFILE")) else None,
         ssl_keyfile=Path(p) if (p := get("KAFKA_SSL_KEYFILE")) else None,
         topic_prefix=get("HPCINSIGHT_TOPIC_PREFIX", "hpcinsight.") or "",
     )
     url = get("CLICKHOUSE_URL", f"chdb://{data_dir / 'clickhouse'}") or ""
-    username, password = get("CLICKHOUSE_USER"), _read_secret(env, file_conf, "CLICKHOUSE_PASSWORD")
+    username, password = get("CLICKHOUSE_USER"), read_secret(env, file_conf, "CLICKHOUSE_PASSWORD")
     parts = urlsplit(url)
     if parts.password is not None or parts.username is not None:
         # Credentials in the URL move into their own fields, so the URL itself is safe to print.

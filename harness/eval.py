@@ -1,6 +1,6 @@
 """``hpcinsight eval``: every detector scored on labelled fault scenarios, through the real pipeline.
 
-The scenarios (:mod:`hpcinsight.scenario`; the library in ``hpcinsight/scenarios``) run *together*
+The scenarios (:mod:`hpcinsight.harness.scenario`; the library in ``harness/scenarios``) run *together*
 on one pipeline, as one cluster of many jobs: a Kafka broker (local unless ``KAFKA_BOOTSTRAP``
 names one; fresh topics under an ``eval-<time>.`` prefix either way), the Faust worker with its
 default windows and the configured detectors, the ClickHouse sink into a fresh embedded store
@@ -14,7 +14,7 @@ machine the run takes longer, the data stay the same); it is held while the work
 in step as they would on a live cluster.
 
 When the agent is done and the worker and the sink have caught up, the anomalies are read from
-ClickHouse and scored against the labels (:mod:`hpcinsight.scoring`); ``results.md``,
+ClickHouse and scored against the labels (:mod:`hpcinsight.harness.scoring`); ``results.md``,
 ``results.csv`` (per detector, overall and per scenario), ``flags.csv`` and ``labels.csv`` (every
 flag and label with its verdict) and one PNG per scenario (the faulty metric against its peers,
 the fault's span, the flags) are written to ``--out``, and the per-detector table is printed.
@@ -36,10 +36,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hpcinsight.config import Settings
-from hpcinsight.scenario import DETECTORS, Scenario, TraceMissing, library, load, trace_place
-from hpcinsight.scoring import DetectorScore, Flag, Score, score
-from schemas.catalog import GPU_SAMPLES_RAW, GPU_SKETCHES, GPU_XID, IB_SAMPLES_RAW, STEP_METRICS_RAW
+from hpcinsight.core.settings import Settings
+from hpcinsight.harness.scenario import DETECTORS, Scenario, TraceMissing, library, load, trace_place
+from hpcinsight.harness.scoring import DetectorScore, Flag, Score, score
+from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW, GPU_SKETCHES, GPU_XID, IB_SAMPLES_RAW, STEP_METRICS_RAW
 
 #: how long (processing time) the job stage waits for a job's late GPUs: at 5x a partition 10 s behind
 #: the others is 50 s of sim time behind, which the worker's default (10 s) would not wait for, so
@@ -63,7 +63,7 @@ def delay_allowance_s(detector: str, settings: dict[str, Any] | None = None) -> 
     ``for_s`` (a job is only under-used once it has been for a while); the delay target counts after it."""
     if detector != "job_underused":
         return 0.0
-    from streams.detectors.job_underused import JobUnderusedConfig
+    from hpcinsight.streams.detectors.job_underused import JobUnderusedConfig
 
     cfg = JobUnderusedConfig()
     mine = (settings or {}).get(detector, {})
@@ -101,7 +101,7 @@ class Run:
 
 def sampling_window_s(windows: str) -> float:
     """The shortest sliding window the worker emits: the detectors' sampling window, in seconds."""
-    from streams.app import parse_windows
+    from hpcinsight.streams.app import parse_windows
 
     return min(w.size_ms for w in parse_windows(windows)) / 1000
 
@@ -110,7 +110,7 @@ def eval_settings(data_dir: Path, prefix: str) -> Settings:
     """The configured settings (broker, detectors) with an embedded store in ``data_dir`` and topics under ``prefix``."""
     import os
 
-    from hpcinsight.config import load
+    from hpcinsight.core.settings import load
 
     data_dir = data_dir.resolve()
     return load({**os.environ, "HPCINSIGHT_DATA_DIR": str(data_dir), "HPCINSIGHT_TOPIC_PREFIX": prefix,
@@ -191,8 +191,8 @@ def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario]
     """Run the scenarios through broker, worker, sink and one sim agent; return the sim clock's start (epoch ms).
     ``backlog`` gets how far behind the agent the worker was, in seconds of sim time, every second, and
     ``pauses`` how long the agent was held each time the worker fell too far behind."""
-    from hpcinsight.demo import Processes, child_env, start_broker, wait_drained
-    from hpcinsight.topics import lag
+    from hpcinsight.harness.demo import Processes, child_env, start_broker, wait_drained
+    from hpcinsight.core.kafka import lag
 
     settings = start_broker(stack, settings, console)
     procs = Processes(child_env(settings), settings.data_dir / "logs")
@@ -215,7 +215,7 @@ def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario]
     if traces:  # recorded traces: replayed before the sim clock's start, paced, beside the sim
         import threading
 
-        from hpcinsight.replay.run import Sender
+        from hpcinsight.harness.replay.run import Sender
 
         sender = Sender(settings)
         stack.callback(sender.close)
@@ -268,7 +268,7 @@ TRACE_EVENT_MS_PER_S = 10 * 60_000
 def trace_samples(sc: Scenario, start_ms: int) -> list[Any]:
     """A trace scenario's GPU samples as recorded (one a minute per pod), from ``start_ms``, in time order,
     and one sample without a reading per GPU an hour and a half after its last, which closes its windows."""
-    from schemas.events import GpuSample
+    from hpcinsight.schemas.events import GpuSample
 
     out = []
     for pod, series in sc.trace.series.items():
@@ -299,7 +299,7 @@ def send_traces(sender: Any, scenarios: list[Scenario], starts: dict[str, int]) 
 
 
 def _connect(settings: Settings) -> Any:
-    from sinks.clickhouse import connect
+    from hpcinsight.sinks.clickhouse import connect
 
     return connect(settings.clickhouse)
 

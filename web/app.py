@@ -26,11 +26,11 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 
-from hpcinsight.config import Secret
+from hpcinsight.core.settings import Secret
 from hpcinsight.web.state import METRICS, ClusterState, Filter, FilterError
 
 if TYPE_CHECKING:
-    from hpcinsight.query import Param
+    from hpcinsight.sinks.query import Param
 
 log = logging.getLogger("hpcinsight.web")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -75,9 +75,9 @@ class Store:
 
 
 def _json_safe(value: Any) -> Any:
-    from hpcinsight.query import _plain
+    from hpcinsight.sinks.query import plain_value
 
-    value = _plain(value)
+    value = plain_value(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -219,14 +219,14 @@ def create_app(state: ClusterState, token: Secret | None = None, store_connect: 
     # -- the query library ----------------------------------------------------------------
     @app.get("/api/queries", dependencies=auth, summary="the query library: every query, its parameters")
     def queries() -> list[dict[str, Any]]:
-        from hpcinsight.query import library
+        from hpcinsight.sinks.query import library
 
         return [{"name": q.name, "group": q.group, "what": q.doc,
                  "params": [{"name": p.name, "type": p.type, "default": p.default, "what": p.doc} for p in q.params]}
                 for q in library().values()]
 
     def run_query(name: str, request: Request) -> dict[str, Any]:
-        from hpcinsight.query import library, records
+        from hpcinsight.sinks.query import library, records
 
         found = library().get(name)
         if found is None:
@@ -243,7 +243,7 @@ def create_app(state: ClusterState, token: Secret | None = None, store_connect: 
 
     # One documented route per library query, its parameters typed in the OpenAPI spec (what a
     # generated client or the docs page needs), then the generic route for any other name.
-    from hpcinsight.query import library
+    from hpcinsight.sinks.query import library
 
     for query in library().values():
         def run_named(request: Request, name: str = query.name) -> dict[str, Any]:
@@ -322,8 +322,8 @@ def _job_from_store(client: Any, job: str) -> dict[str, Any]:
     """The job's history from the query library, and diagnose's findings."""
     from dataclasses import asdict
 
-    from hpcinsight.diagnose import build_report
-    from hpcinsight.query import records
+    from hpcinsight.sinks.diagnose import build_report
+    from hpcinsight.sinks.query import records
 
     out: dict[str, Any] = {
         "heat_strip": records(client, "job_gpu_timeline", {"job": job}),

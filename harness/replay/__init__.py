@@ -9,12 +9,12 @@ Three kinds of record, each a CSV file with a header (README: Replay your own da
 * ``gpu-util FILE``: ``gpu,ts,util[,job]``, GPU utilisation samples, sent to ``gpu.samples.raw`` as
   :class:`GpuSample` records; prints each GPU's (and job's) p25/p50/p95 and the under-use flags;
 * ``sched PODS NODES``: the openb trace's columns, turned into scheduler events and node inventory by
-  the openb adapter (:mod:`agents.scheduler.trace`); prints the scheduling KPIs.
+  the openb adapter (:mod:`hpcinsight.agents.scheduler.trace`); prints the scheduling KPIs.
 
 The pipeline is the one ``hpcinsight demo`` runs (and its helpers start and drain it): a local Kafka
 broker unless ``KAFKA_BOOTSTRAP`` names one, the Faust worker and the ClickHouse sink as processes.
 Records are encoded with the catalog's codecs, as the agents encode theirs, and the results are
-read back from ClickHouse with the query library and printed by :func:`hpcinsight.query.render`.
+read back from ClickHouse with the query library and printed by :func:`hpcinsight.sinks.query.render`.
 
 Time. Recorded timestamps are event time, and the worker's windows are event-time windows, so a day
 of records replays in as long as the pipeline takes to process it. Samples and steps are shifted by

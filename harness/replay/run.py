@@ -18,10 +18,10 @@ from typing import Any
 
 from rich.console import Console
 
-from hpcinsight.config import Settings
-from hpcinsight.demo import Processes, child_env, start_broker, wait_drained
-from hpcinsight.replay import FORMATS, SECTIONS, ReplayOptions
-from hpcinsight.replay.files import (
+from hpcinsight.core.settings import Settings
+from hpcinsight.harness.demo import Processes, child_env, start_broker, wait_drained
+from hpcinsight.harness.replay import FORMATS, SECTIONS, ReplayOptions
+from hpcinsight.harness.replay.files import (
     CLOCK_JOB,
     DAY_MS,
     STRETCH_MS,
@@ -45,8 +45,8 @@ from hpcinsight.replay.files import (
     duration_text,
     iso_utc,
 )
-from hpcinsight.topics import lag
-from schemas.catalog import (
+from hpcinsight.core.kafka import lag
+from hpcinsight.schemas.catalog import (
     DEAD_LETTERS,
     GPU_SAMPLES,
     GPU_SAMPLES_RAW,
@@ -59,12 +59,12 @@ from schemas.catalog import (
     TOPICS,
     Topic,
 )
-from schemas.codec import DecodeError
-from schemas.events import Event
+from hpcinsight.schemas.codec import DecodeError
+from hpcinsight.schemas.events import Event
 
 log = logging.getLogger(__name__)
 
-KPI_LATENESS_MS = 10_000  # the worker's KPI lateness (streams.kpis.KpiConfig default)
+KPI_LATENESS_MS = 10_000  # the worker's KPI lateness (hpcinsight.streams.kpis.KpiConfig default)
 # GPU samples: the job stage waits JOB_WAIT_S (processing time) for a job's GPUs, and forgets a job
 # silent for 2 h of event time; event time runs at most EVENT_MS_PER_S per second (2 h in 8 s), and
 # the worker's partitions stay within two stretches of GPU_STRETCH_MS of each other.
@@ -82,7 +82,7 @@ class Sender:
         from confluent_kafka import Producer
 
         self._prefix = settings.kafka.topic_prefix
-        kafka_log = logging.getLogger("hpcinsight.replay.kafka")
+        kafka_log = logging.getLogger("hpcinsight.harness.replay.kafka")
         if not kafka_log.isEnabledFor(logging.INFO):  # librdkafka's transient warnings (a broker starting) only with -v
             kafka_log.setLevel(logging.ERROR)
         self._producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all",
@@ -206,7 +206,7 @@ def run_replay(settings: Settings, options: ReplayOptions) -> int:
                 _run_sched(plan, procs, settings, sender, deadline)
             procs.stop("sink")
             procs.stop("worker")
-        from sinks.clickhouse import connect
+        from hpcinsight.sinks.clickhouse import connect
 
         client = connect(settings.clickhouse)
         try:
@@ -312,8 +312,8 @@ def _start_pipeline(procs: Processes, worker_args: list[str]) -> None:
 def _job_stage_settled(settings: Settings) -> Callable[[], bool]:
     """Whether, for every job, every job window its GPUs' stored windows call for is stored too (read
     through the sink, which owns the store)."""
-    from hpcinsight.query import execute
-    from sinks.clickhouse import connect
+    from hpcinsight.sinks.query import execute
+    from hpcinsight.sinks.clickhouse import connect
 
     ends = ("SELECT job_id, window, max(window_end) FROM {} FINAL WHERE metric = 'gpu_util' AND job_id IS NOT NULL "
             "GROUP BY job_id, window ORDER BY job_id, window")
@@ -344,9 +344,9 @@ class Handled:
     def _high(self, topic: str, partition: int) -> int:
         from confluent_kafka import TopicPartition
 
-        from hpcinsight.topics import _watermarks  # retries while a new partition's leader is still being elected
+        from hpcinsight.core.kafka import watermarks# retries while a new partition's leader is still being elected
 
-        return _watermarks(self._consumer, TopicPartition(topic, partition), 10.0)[1]
+        return watermarks(self._consumer, TopicPartition(topic, partition), 10.0)[1]
 
     def reached(self, wanted: dict[int, int]) -> bool:
         if all(self._high(self._output, p) >= n for p, n in wanted.items()):
@@ -468,7 +468,7 @@ def _since_s(first_ms: int) -> str:
 
 
 def _show(title: str, name: str, columns: list[str], rows: list[tuple[Any, ...]], options: ReplayOptions, default: str) -> None:
-    from hpcinsight.query import render
+    from hpcinsight.sinks.query import render
 
     if options.fmt == "table":
         if options.section in (None, name):
@@ -487,7 +487,7 @@ def _print(plan: GpuReplay | StepReplay | SchedReplay, client: Any, options: Rep
 
 
 def _print_gpu_util(g: GpuReplay, client: Any, options: ReplayOptions, report: Report) -> None:
-    from hpcinsight.query import execute
+    from hpcinsight.sinks.query import execute
 
     since = _since_s(g.first_ms + g.shift_ms)
     by_place = {place: gpu for gpu, place in g.places.items()}
@@ -533,7 +533,7 @@ def speed_groups(client: Any, jobs: set[str]) -> tuple[list[str], list[tuple[Any
     """The speed groups the straggler detector found, one row per split: job, slow ranks, the others, the slow
     group's factor, the steps it held (the firing window's first step to the step before the window that
     resolved it, or the job's last step while open) and what the slow ranks share (from the message)."""
-    from hpcinsight.query import execute
+    from hpcinsight.sinks.query import execute
 
     rows = execute(client, (
         "SELECT any(job_id), anyIf(evidence, state = 'firing'), anyIf(evidence, state = 'resolved'), countIf(state = 'resolved') > 0, "
@@ -556,7 +556,7 @@ def speed_groups(client: Any, jobs: set[str]) -> tuple[list[str], list[tuple[Any
 
 
 def _print_steps(s: StepReplay, client: Any, options: ReplayOptions, report: Report) -> None:
-    from hpcinsight.query import execute
+    from hpcinsight.sinks.query import execute
 
     columns, rows = execute(client, "step_flags", {"since_s": _since_s(s.first_ms)})
     rows = [r for r in rows if r[0] in s.world]
@@ -583,7 +583,7 @@ def _trace_time(columns: list[str], rows: list[tuple[Any, ...]], t0_ms: int) -> 
 
 
 def _print_sched(sc: SchedReplay, client: Any, options: ReplayOptions, report: Report) -> None:
-    from hpcinsight.query import execute
+    from hpcinsight.sinks.query import execute
 
     step = {"step_s": str(sc.step_ms // 1000)}
     for title, name, query, params in (

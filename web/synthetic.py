@@ -9,7 +9,7 @@ import random
 import time
 
 from hpcinsight.web.state import ClusterState
-from schemas.events import Anomaly, GpuSample, NodeInventory
+from hpcinsight.schemas.events import Anomaly, GpuSample, NodeInventory
 
 
 class SyntheticCluster:

@@ -1,6 +1,6 @@
 """Fault-injection scenarios with ground truth: YAML files describing a sim cluster, its jobs and faults.
 
-A scenario is data (``hpcinsight/scenarios/*.yaml``, or any file): a cluster of nodes x GPUs with
+A scenario is data (``harness/scenarios/*.yaml``, or any file): a cluster of nodes x GPUs with
 InfiniBand ports, a seed and a duration, jobs placed on node sets with a usage profile (warm-up,
 steady training, evaluation phases, checkpoint pauses, data-loading stalls, training steps), and
 faults with their kind, target and onset/end. From each fault come the *labels*: which detector
@@ -25,11 +25,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from agents.gpu_sim import FAULT_KINDS as GPU_FAULT_KINDS
-from agents.gpu_sim import IdleGpu, InjectedFault, InjectedXid, SimConfig, gpu_uuid
-from agents.ib_sim import IbFault, SimIbConfig
-from agents.sim_workload import JobFault, Profile, SimJob, Workload
-from hpcinsight.config import YamlSyntaxError, load_yaml
+from hpcinsight.agents.gpu_sim import FAULT_KINDS as GPU_FAULT_KINDS
+from hpcinsight.agents.gpu_sim import IdleGpu, InjectedFault, InjectedXid, SimConfig, gpu_uuid
+from hpcinsight.agents.ib_sim import IbFault, SimIbConfig
+from hpcinsight.agents.sim_workload import JobFault, Profile, SimJob, Workload
+from hpcinsight.core.yamlfile import YamlSyntaxError, load_yaml
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 #: the built-in job profiles; a scenario may name one and change some of its fields
@@ -119,7 +119,7 @@ class Scenario:
     job_faults: tuple[JobFault, ...] = ()
     path: str = ""
     node_models: tuple[str, ...] = ()  # GPU model of each node (empty: the sim's default on all)
-    trace: Any = None  # a recorded trace replayed instead of simulated (:class:`hpcinsight.traces.Trace`)
+    trace: Any = None  # a recorded trace replayed instead of simulated (:class:`hpcinsight.harness.traces.Trace`)
 
     @property
     def simulated(self) -> bool:
@@ -153,10 +153,10 @@ class Scenario:
     def collectors(self) -> list[Any]:
         """The sim agent's collectors for this scenario: GPUs (samples, processes, XIDs), IB ports,
         the scheduler's view of its jobs and the jobs' training steps."""
-        from agents.gpu_sim import SimGpuCollector, SimProcessCollector, SimXidCollector
-        from agents.ib_sim import SimIbCollector
-        from agents.scheduler.sim import SimSchedulerCollector
-        from agents.step_sim import SimStepCollector
+        from hpcinsight.agents.gpu_sim import SimGpuCollector, SimProcessCollector, SimXidCollector
+        from hpcinsight.agents.ib_sim import SimIbCollector
+        from hpcinsight.agents.scheduler.sim import SimSchedulerCollector
+        from hpcinsight.agents.step_sim import SimStepCollector
 
         config = self.sim_config()
         gpus = SimGpuCollector(config)
@@ -174,7 +174,7 @@ class Scenario:
 
 # --- loading ----------------------------------------------------------------------------------
 def library_dir() -> Path:
-    return Path(str(resources.files("hpcinsight") / "scenarios"))
+    return Path(str(resources.files("hpcinsight.harness") / "scenarios"))
 
 
 def library() -> list[str]:
@@ -311,8 +311,8 @@ class _Builder:
         return scenario
 
     def trace_scenario(self, doc: dict[str, Any], default_name: str | None) -> Scenario:
-        """A recorded trace (:mod:`hpcinsight.traces`): its stretch, placement and labels from the data alone."""
-        from hpcinsight import traces
+        """A recorded trace (:mod:`hpcinsight.harness.traces`): its stretch, placement and labels from the data alone."""
+        from hpcinsight.harness import traces
 
         top = self.mapping(doc, "", {"name", "description", "trace", "grace_s"}, {"trace"})
         name = top.get("name", default_name)
@@ -563,9 +563,9 @@ def trace_place(sc: Scenario, pod: str) -> tuple[str, int, str, str]:
 
 
 def trace_labels(sc: Scenario, grace: float) -> list[Label]:
-    """Labels of a trace scenario from its data alone (see :mod:`hpcinsight.traces`)."""
-    from hpcinsight import traces
-    from streams.detectors.job_underused import JobUnderusedConfig
+    """Labels of a trace scenario from its data alone (see :mod:`hpcinsight.harness.traces`)."""
+    from hpcinsight.harness import traces
+    from hpcinsight.streams.detectors.job_underused import JobUnderusedConfig
 
     trace, spec = sc.trace, sc.trace.spec
     out: list[Label] = []

@@ -24,9 +24,10 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from hpcinsight.config import Settings
-from hpcinsight.topics import ensure_topics, lag, message_count
-from schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED, Topic
+from hpcinsight.core.settings import Settings
+from hpcinsight.schemas.catalog import ensure_topics
+from hpcinsight.core.kafka import lag, message_count
+from hpcinsight.schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED, Topic
 
 JOB_WAIT_S = 2.0
 
@@ -100,7 +101,7 @@ def default_idle_end_s(options: DemoOptions, lateness_s: float | None = None) ->
     ``lateness_s`` later (the worker's default, which the demo runs with), and the run's last sample
     is one interval before its end (one more interval of slack). The recovery is placed as late as
     that allows, never before firing can happen."""
-    from streams.app import WorkerOptions, parse_windows
+    from hpcinsight.streams.app import WorkerOptions, parse_windows
 
     if lateness_s is None:
         lateness_s = WorkerOptions().lateness_s
@@ -165,7 +166,7 @@ def start_ui(procs: Processes, port: int) -> str | None:
     if port < 0:
         return None
     if port == 0:
-        from deploy.local.kafka import free_ports
+        from hpcinsight.deploy.local.kafka import free_ports
 
         port = free_ports(1)[0]
     procs.start("serve", "serve", "--host", "127.0.0.1", "--port", str(port))
@@ -176,7 +177,7 @@ def start_broker(stack: ExitStack, settings: Settings, console: Console) -> Sett
     """``settings`` with a local Kafka broker started on ``stack`` unless ``KAFKA_BOOTSTRAP`` names one;
     the catalog's topics created."""
     if not settings.kafka.bootstrap:
-        from deploy.local.kafka import KAFKA_VERSION, LocalKafka
+        from hpcinsight.deploy.local.kafka import KAFKA_VERSION, LocalKafka
 
         with console.status(f"starting Apache Kafka {KAFKA_VERSION} (KRaft, loopback) ..."):
             kafka = stack.enter_context(LocalKafka())
@@ -272,7 +273,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             needs_token = os.environ.get("HPCINSIGHT_API_TOKEN") or os.environ.get("HPCINSIGHT_API_TOKEN_FILE")
             console.print(f"[bold]unit view, live while the demo runs: {ui_url}[/]"
                           + (" (bearer token: HPCINSIGHT_API_TOKEN)" if needs_token else ""))
-        from hpcinsight.alerts_demo import DemoAlerts
+        from hpcinsight.harness.alerts_demo import DemoAlerts
 
         alerts = DemoAlerts.prepare(settings, options.webhook, options.alerts_config, procs.env)
         if alerts is not None:
@@ -318,8 +319,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
                 alerts.wait(settings, procs.check)
                 procs.stop("alerts")
 
-        from hpcinsight.query import execute, make_console, render
-        from sinks.clickhouse import connect
+        from hpcinsight.sinks.query import execute, make_console, render
+        from hpcinsight.sinks.clickhouse import connect
 
         client = connect(settings.clickhouse)
         try:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcinsight.query import _plain, records
+from hpcinsight.sinks.query import plain_value, records
 
 SEVERITY = {"critical": 3, "warning": 2, "info": 1}
 #: a GPU is out of line when some metric sat this many robust deviations from its peers (the detector's k)
@@ -90,7 +90,7 @@ class Report:
 
     def to_json(self) -> str:
         data = asdict(self)
-        return json.dumps(_plain(data), default=str, indent=2)
+        return json.dumps(plain_value(data), default=str, indent=2)
 
 
 def _when(value: Any) -> str:
@@ -375,7 +375,7 @@ def write_plots(client: Any, report: Report, directory: Path, since_s: int = 0) 
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left")
     else:
-        ax.text(0.5, 0.5, "no step metrics reported for this job\n(record them with agents.steps.StepRecorder)",
+        ax.text(0.5, 0.5, "no step metrics reported for this job\n(record them with hpcinsight.agents.steps.StepRecorder)",
                 ha="center", va="center", transform=ax.transAxes)
     ax.set_title(f"{job}: step time per rank")
     paths.append(_save(fig, directory / f"{_safe(job)}_step_time.png"))
@@ -425,7 +425,7 @@ def parse_since(text: str | None) -> int:
 
 
 def run_diagnose(settings: Any, job: str, since: str | None, plots: str | None, fmt: str) -> int:
-    from sinks.clickhouse import connect
+    from hpcinsight.sinks.clickhouse import connect
 
     since_s = parse_since(since)
     client = connect(settings.clickhouse)

@@ -29,12 +29,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import sinks
-from sinks.sql_guard import NotReadingError, reading_statement
-from hpcinsight.config import Settings
+from hpcinsight.sinks.sql_guard import NotReadingError, reading_statement
+from hpcinsight.core.settings import Settings
 
 #: where the library lives: package data of ``sinks``, beside the schema it reads
-LIBRARY_DIR = Path(sinks.__file__).resolve().parent / "queries"
+LIBRARY_DIR = Path(__file__).resolve().parent / "queries"
 GROUPS = ("monitoring", "diagnostics", "scheduling", "store")
 
 _HEADER = re.compile(r"--\s*(?P<key>name|group|what|param):\s*(?P<value>.*?)\s*$")
@@ -228,7 +227,7 @@ def records(client: Any, query: str, params: dict[str, Any]) -> list[dict[str, A
     return [dict(zip(columns, row)) for row in rows]
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A JSON/CSV-friendly value: full precision (machine readers must get what ClickHouse holds);
     NaN and infinities, which JSON cannot carry, become null."""
     if isinstance(value, (dt.datetime, dt.date)):
@@ -238,9 +237,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     return value
 
 
@@ -252,7 +251,7 @@ def _shown(value: Any) -> str:
         return f"{value:.6g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(_shown(v) for v in value)
-    return str(_plain(value))
+    return str(plain_value(value))
 
 
 def make_console() -> Any:
@@ -265,11 +264,11 @@ def make_console() -> Any:
 
 def render(columns: list[str], rows: list[tuple[Any, ...]], fmt: str, title: str | None = None) -> None:
     if fmt == "json":
-        print(json.dumps([{c: _plain(v) for c, v in zip(columns, row)} for row in rows], default=str))
+        print(json.dumps([{c: plain_value(v) for c, v in zip(columns, row)} for row in rows], default=str))
     elif fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
-        writer.writerows([[_plain(v) for v in row] for row in rows])
+        writer.writerows([[plain_value(v) for v in row] for row in rows])
     else:
         from rich.table import Table
 
@@ -303,7 +302,7 @@ def run_query(settings: Settings, query: str | None, param_pairs: list[str], fmt
         return 0
     if not query:
         raise ValueError("name a query (`hpcinsight query --list`) or give a SQL SELECT")
-    from sinks.clickhouse import connect
+    from hpcinsight.sinks.clickhouse import connect
 
     params = parse_params(param_pairs)
     if query in library():

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.events import Anomaly, GpuQuantiles, GpuSample, JobQuantiles, NodeInventory, SchedulingKpi
+from hpcinsight.schemas.events import Anomaly, GpuQuantiles, GpuSample, JobQuantiles, NodeInventory, SchedulingKpi
 
 #: the metrics a frame carries, each as one integer per GPU (-1: not known)
 METRICS = ("util", "power", "mem", "temp", "p95")

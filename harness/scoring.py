@@ -32,7 +32,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hpcinsight.scenario import Label
+from hpcinsight.harness.scenario import Label
 
 Verdict = Literal["true", "allowed", "false"]
 

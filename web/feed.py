@@ -14,9 +14,9 @@ import time
 import uuid
 from typing import Any, Callable
 
-from hpcinsight.config import broker_retry
+from hpcinsight.core.kafka import broker_retry
 from hpcinsight.web.state import ClusterState
-from schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, JOB_QUANTILES, NODE_INVENTORY, SCHEDULING_KPIS, Topic
+from hpcinsight.schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, JOB_QUANTILES, NODE_INVENTORY, SCHEDULING_KPIS, Topic
 
 log = logging.getLogger("hpcinsight.web.feed")
 

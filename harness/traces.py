@@ -1,6 +1,6 @@
 """Real GPU utilisation traces as evaluation scenarios: samples replayed as recorded, labelled by idle spells.
 
-A scenario with a ``trace:`` section (see :mod:`hpcinsight.scenario`) is not simulated: its GPU
+A scenario with a ``trace:`` section (see :mod:`hpcinsight.harness.scenario`) is not simulated: its GPU
 samples are a stretch of a recorded trace, the Alibaba GenAI serving pods' GPU utilisation (one
 sample a minute, ``../shared/data/alibaba-genai-2026``), sent through the same pipeline as the sim
 scenarios, stamped before the sim clock starts (event time, in the order recorded).

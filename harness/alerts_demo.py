@@ -18,9 +18,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from hpcinsight.config import Settings
-from hpcinsight.topics import lag
-from schemas.catalog import ANOMALIES
+from hpcinsight.core.settings import Settings
+from hpcinsight.core.kafka import lag
+from hpcinsight.schemas.catalog import ANOMALIES
 
 WEBHOOK_ENV = "HPCINSIGHT_DEMO_WEBHOOK"
 GROUP_WAIT_S = 2
@@ -28,7 +28,7 @@ GROUP_INTERVAL_S = 2
 
 
 def demo_config(webhook: str) -> dict[str, object]:
-    from sinks.alerts.receivers import discord, msteams, slack
+    from hpcinsight.sinks.alerts.receivers import discord, msteams, slack
 
     kind = next((m.KIND for m in (slack, discord, msteams) if m.convert(webhook)), "webhook")
     return {
@@ -56,7 +56,7 @@ class DemoAlerts:
         """The router's configuration and state folder for this demo run (None: no alerts asked for)."""
         if not webhook and not config_file:
             return None
-        from sinks.alerts import config as alerts_config
+        from hpcinsight.sinks.alerts import config as alerts_config
 
         folder = settings.data_dir / "alerts"
         folder.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ class DemoAlerts:
     def wait(self, settings: Settings, check: object) -> None:
         """Until the router has read every anomaly and told everything (open groups resolved, outbox
         empty), or ``settle_s`` has passed (an anomaly still firing keeps its group open)."""
-        from sinks.alerts.store import summary
+        from hpcinsight.sinks.alerts.store import summary
 
         conf, prefix = settings.kafka.client_config(), settings.kafka.topic_prefix
         deadline = time.monotonic() + 60
@@ -93,7 +93,7 @@ class DemoAlerts:
             time.sleep(0.5)
 
     def report(self, console: Console) -> None:
-        from sinks.alerts.store import read_outbox
+        from hpcinsight.sinks.alerts.store import read_outbox
 
         rows = read_outbox(self.state_dir, ("sent", "pending", "failed"))
         table = Table(title=f"Alerts posted to {self.where}")

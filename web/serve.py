@@ -8,14 +8,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hpcinsight.config import ConfigError, Secret, Settings, _read_secret
+from hpcinsight.core.settings import ConfigError, Secret, Settings, read_secret
 
 TOKEN_SETTING = "HPCINSIGHT_API_TOKEN"
 
 
 def api_token(env: Mapping[str, str] | None = None) -> Secret | None:
     """The bearer token from ``HPCINSIGHT_API_TOKEN`` or the file ``HPCINSIGHT_API_TOKEN_FILE`` names."""
-    token = _read_secret(os.environ if env is None else env, {}, TOKEN_SETTING)
+    token = read_secret(os.environ if env is None else env, {}, TOKEN_SETTING)
     if token is not None and len(token.reveal()) < 16:
         raise ConfigError(f"{TOKEN_SETTING}: use at least 16 characters")
     return token
@@ -23,7 +23,7 @@ def api_token(env: Mapping[str, str] | None = None) -> Secret | None:
 
 def job_threshold(settings: Settings) -> Any:
     """The job_underused detector's threshold for a job's team and user, as the worker applies it."""
-    from streams.detectors.job_underused import JobUnderusedConfig
+    from hpcinsight.streams.detectors.job_underused import JobUnderusedConfig
 
     try:
         config = JobUnderusedConfig(**settings.detectors.get("job_underused", {}))
@@ -43,14 +43,14 @@ def build(settings: Settings, token: Secret | None, frame_interval_s: float = 1.
                 settings.kafka.topic_prefix)
 
     def connect() -> Any:
-        from sinks.clickhouse import connect as ch_connect
+        from hpcinsight.sinks.clickhouse import connect as ch_connect
 
         if settings.clickhouse.embedded:
             # Only ever through the sink that owns the embedded store: opening it here would lock the
             # sink out of its own store (chDB allows one process per directory).
             from urllib.parse import urlsplit
 
-            from sinks.store_share import read_owner
+            from hpcinsight.sinks.store_share import read_owner
 
             if read_owner(Path(urlsplit(settings.clickhouse.url).path)) is None:
                 raise ConnectionError("no sink is sharing the embedded store now (start `hpcinsight sink`)")

@@ -1,0 +1,85 @@
+"""Kafka helpers every component shares: questions to the broker asked again through its weather."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def broker_retry(call: Callable[[], T], timeout: float = 30.0) -> T:
+    """``call()`` (a metadata or offsets request), asked again while the broker says "not yet".
+
+    A partition just created has a leader in the metadata a moment before that leader answers
+    offset requests (NOT_LEADER_FOR_PARTITION), and a group coordinator loads for a while after a
+    broker starts. Every component asks such questions at start-up; they wait here, up to
+    ``timeout``, instead of dying of it. A broker restarting or one node of a cluster lost
+    (the connection torn down, every broker briefly unreachable, a request timed out) is the same
+    weather (the chaos campaign killed workers with _TRANSPORT and _DESTROY_BROKER here). Any
+    other error is raised at once."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+                 KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                 KafkaError._TIMED_OUT, KafkaError._DESTROY_BROKER, KafkaError._WAIT_COORD, KafkaError.REQUEST_TIMED_OUT,
+                 # a leader just moved (a node of a cluster restarted): the client's metadata is a step behind
+                 KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.OFFSET_NOT_AVAILABLE}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaException as err:
+            error = err.args[0]
+            if not isinstance(error, KafkaError) or not (error.retriable() or error.code() in transient) \
+                    or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def watermarks(consumer: Any, tp: Any, timeout: float) -> tuple[int, int]:
+    """A partition's (low, high) offsets, asked again while a new partition's leader is elected."""
+    return broker_retry(lambda: consumer.get_watermark_offsets(tp, timeout=timeout), timeout)
+
+
+@contextmanager
+def offsets_consumer(client_config: dict[str, Any], group_id: str) -> Iterator[Any]:
+    """A consumer used only for metadata and offsets: it never joins the group."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({**client_config, "group.id": group_id, "enable.auto.commit": False})
+    try:
+        yield consumer
+    finally:
+        consumer.close()
+
+
+def lag(client_config: dict[str, Any], group_id: str, topics: list[str], timeout: float = 10.0) -> int:
+    """Messages in ``topics`` not yet committed by consumer group ``group_id``."""
+    from confluent_kafka import TopicPartition
+
+    with offsets_consumer(client_config, group_id) as consumer:
+        metadata = consumer.list_topics(timeout=timeout)
+        partitions = [TopicPartition(t, p) for t in topics for p in metadata.topics[t].partitions]
+        committed = broker_retry(lambda: consumer.committed(partitions, timeout=timeout), timeout)
+        total = 0
+        for tp in committed:
+            low, high = watermarks(consumer, tp, timeout)
+            position = tp.offset if tp.offset >= 0 else low
+            total += max(0, high - position)
+        return total
+
+
+def message_count(client_config: dict[str, Any], topics: list[str], timeout: float = 10.0) -> dict[str, int]:
+    """Messages ever written to each topic (sum of high watermarks)."""
+    from confluent_kafka import TopicPartition
+
+    with offsets_consumer(client_config, "hpcinsight-watermarks") as consumer:
+        metadata = consumer.list_topics(timeout=timeout)
+        return {
+            t: sum(watermarks(consumer, TopicPartition(t, p), timeout)[1] for p in metadata.topics[t].partitions)
+            for t in topics
+        }
