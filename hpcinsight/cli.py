@@ -246,7 +246,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
 
     def serve_metrics(app: Any) -> None:
-        from hpcinsight import metrics
+        from hpcinsight.core import metrics
 
         metrics.serve(args, app.hpcinsight_metrics,
                       metrics.lag_source(f"{settings.kafka.topic_prefix}worker", lambda: app.hpcinsight_lag))
@@ -270,7 +270,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     share = _while_store_refuses(lambda: share_if_embedded(client, settings.clickhouse), stop)  # readers go through us
     options = SinkOptions(batch_rows=args.batch_rows, batch_age_s=args.batch_age, instance_id=args.instance or None)
     sink = ClickHouseSink(client, conf, settings.kafka.topic_prefix, options)
-    from hpcinsight import metrics
+    from hpcinsight.core import metrics
 
     server = metrics.serve(args, sink.metric_families, metrics.lag_source(sink.group, lambda: sink.stats.lag))
     try:
@@ -331,7 +331,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     router = AlertRouter(config, conf, settings.kafka.topic_prefix,
                          RouterOptions(state_dir, reset_state=args.reset_state, config_path=Path(args.config)))
     signal.signal(signal.SIGHUP, lambda *_: router.request_reload())  # read the file again; a bad one is refused
-    from hpcinsight import metrics
+    from hpcinsight.core import metrics
 
     server = metrics.serve(args, router.metric_families)
     try:
@@ -385,7 +385,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from hpcinsight.web.serve import run_serve
 
-    from hpcinsight import metrics
+    from hpcinsight.core import metrics
 
     def serve_metrics(app: Any, feed: Any) -> None:
         def feed_families() -> Any:
