@@ -4,7 +4,8 @@ The demo starts the router beside the worker and the sink, with a configuration 
 goes wrong on one node of one job and answers within seconds (group_wait 2 s, group_interval 2 s).
 The URL reaches the router through the environment, never a file; a Slack, Discord or Teams
 Workflows URL is posted to as that chat, any other URL gets the Alertmanager-format JSON webhook.
-At the end the demo lists what was posted.
+At the end the demo lists what was posted. The router is one more child of the demo's
+:class:`~hpcinsight.harness.supervisor.Processes`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from hpcinsight.core.settings import Settings
 from hpcinsight.core.kafka import lag
+from hpcinsight.harness.supervisor import Processes
 from hpcinsight.schemas.catalog import ANOMALIES
 
 WEBHOOK_ENV = "HPCINSIGHT_DEMO_WEBHOOK"
@@ -74,19 +76,20 @@ class DemoAlerts:
     def args(self) -> list[str]:
         return ["alerts", "--config", str(self.config), "--state-dir", str(self.state_dir), "--reset-state"]
 
-    def wait(self, settings: Settings, check: object) -> None:
+    def wait(self, settings: Settings, procs: Processes) -> None:
         """Until the router has read every anomaly and told everything (open groups resolved, outbox
-        empty), or ``settle_s`` has passed (an anomaly still firing keeps its group open)."""
+        empty), or ``settle_s`` has passed (an anomaly still firing keeps its group open); a child of
+        ``procs`` that dies meanwhile raises with its log."""
         from hpcinsight.sinks.alerts.store import summary
 
         conf, prefix = settings.kafka.client_config(), settings.kafka.topic_prefix
         deadline = time.monotonic() + 60
         while lag(conf, f"{prefix}alert-router", [ANOMALIES.full_name(prefix)]) > 0 and time.monotonic() < deadline:
-            check()  # type: ignore[operator]
+            procs.check()
             time.sleep(0.5)
         deadline = time.monotonic() + self.settle_s
         while time.monotonic() < deadline:
-            check()  # type: ignore[operator]
+            procs.check()
             s = summary(self.state_dir)
             if s["groups"] == 0 and s["pending"] == 0:
                 return

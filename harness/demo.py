@@ -5,29 +5,23 @@ Faust worker and the ClickHouse sink as separate processes, exactly as they woul
 a cluster. After ``--duration`` it waits until the worker and the sink have caught up,
 stops them, and prints per-GPU quantiles and the anomalies from ClickHouse. Everything it
 started is stopped on exit, Ctrl-C included. The embedded store stays for
-``hpcinsight query``.
+``hpcinsight query``. The processes are run by :mod:`hpcinsight.harness.supervisor`, as for
+``eval`` and ``replay``.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from hpcinsight.core.kafka import message_count
 from hpcinsight.core.settings import Settings
-from hpcinsight.schemas.catalog import ensure_topics
-from hpcinsight.core.kafka import lag, message_count
-from hpcinsight.schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED, Topic
+from hpcinsight.harness.supervisor import Processes, child_env, cleanup_stack, start_broker, wait_drained
+from hpcinsight.schemas.catalog import ANOMALIES, DEAD_LETTERS, GPU_QUANTILES, GPU_SAMPLES_RAW, GPU_SKETCHES
 
 JOB_WAIT_S = 2.0
 
@@ -119,48 +113,6 @@ def rows_flagged(columns: list[str], rows: list[tuple]) -> list[tuple]:
     return [(r[node], r[gpu]) for r in rows if r[flags]]
 
 
-def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
-    """SIGTERM (a clean stop: flush, commit), then SIGKILL if it does not end in time."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-class Processes:
-    """Child processes of the demo, each with its log file, stopped in reverse order."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env, self.log_dir = env, log_dir
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
-        log_dir.mkdir(parents=True, exist_ok=True)
-
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", *args], env={**self.env, **(env or {})}, stdout=log,
-                                stderr=subprocess.STDOUT)
-        self.children[name] = proc
-        return proc
-
-    def stop(self, name: str, timeout: float = 30.0) -> int | None:
-        proc = self.children.pop(name, None)
-        return None if proc is None else terminate(proc, timeout)
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.children)):
-            self.stop(name)
-
-    def check(self) -> None:
-        for name, proc in self.children.items():
-            if proc.poll() not in (None, 0):
-                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{name} exited with {proc.returncode}; its log ends:\n{tail}")
-
-
 def start_ui(procs: Processes, port: int) -> str | None:
     """``hpcinsight serve`` beside the pipeline (live from the topics); its URL, or None when off."""
     if port < 0:
@@ -173,89 +125,10 @@ def start_ui(procs: Processes, port: int) -> str | None:
     return f"http://127.0.0.1:{port}/"
 
 
-def start_broker(stack: ExitStack, settings: Settings, console: Console) -> Settings:
-    """``settings`` with a local Kafka broker started on ``stack`` unless ``KAFKA_BOOTSTRAP`` names one;
-    the catalog's topics created."""
-    if not settings.kafka.bootstrap:
-        from hpcinsight.deploy.local.kafka import KAFKA_VERSION, LocalKafka
-
-        with console.status(f"starting Apache Kafka {KAFKA_VERSION} (KRaft, loopback) ..."):
-            kafka = stack.enter_context(LocalKafka())
-        settings = settings.with_bootstrap(kafka.bootstrap)
-        console.print(f"[green]Kafka {KAFKA_VERSION}[/] serving at {kafka.bootstrap}")
-    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
-    return settings
-
-
-def child_env(settings: Settings) -> dict[str, str]:
-    """The environment of the pipeline's processes: the same broker, prefix, data dir and store as ``settings``."""
-    env = {**os.environ, "KAFKA_BOOTSTRAP": settings.kafka.bootstrap or "", "PYTHONUNBUFFERED": "1",
-           "HPCINSIGHT_DATA_DIR": str(settings.data_dir), "HPCINSIGHT_TOPIC_PREFIX": settings.kafka.topic_prefix}
-    if settings.clickhouse.embedded:
-        env["CLICKHOUSE_URL"] = settings.clickhouse.url
-    return env
-
-
-def wait_drained(procs: Processes, settings: Settings, worker_inputs: list[Topic], job_wait_s: float,
-                 timeout_s: float = 120.0, settled: Callable[[], bool] | None = None) -> None:
-    """Wait until the worker has read ``worker_inputs``, its job stage has let its last windows go and
-    the sink has stored every stored topic; a child that dies meanwhile raises with its log. The job
-    stage's last windows wait ``job_wait_s`` for GPUs that stopped, unless ``settled()`` (asked while
-    the sink keeps storing) says earlier that they are all out."""
-    conf, prefix = settings.kafka.client_config(), settings.kafka.topic_prefix
-    deadline = time.monotonic() + timeout_s
-
-    def drain(group: str, topics: list[Topic], what: str) -> None:
-        names = [t.full_name(prefix) for t in topics]
-        while lag(conf, f"{prefix}{group}", names) > 0:
-            procs.check()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not catch up within {timeout_s:g} s; see its log in {procs.log_dir}")
-            time.sleep(0.5)
-
-    drain("worker", worker_inputs, "the Faust worker")
-    job_stage_done = time.monotonic() + job_wait_s + 1.5
-    while time.monotonic() < job_stage_done:
-        if settled is not None:
-            drain("clickhouse-sink", STORED, "the sink")
-            if settled():
-                break
-        time.sleep(1.0)
-    drain("clickhouse-sink", STORED, "the sink")
-
-
-@contextmanager
-def _cleanup_stack() -> Iterator[ExitStack]:
-    """The demo's clean-up stack, which SIGTERM unwinds as Ctrl-C does.
-
-    SIGTERM (``kill``, a service manager, ``timeout``) would otherwise end the demo at once and leave
-    its children and the broker it started running, holding the store's lock and the broker's port.
-    Once the unwinding has begun (for that or any other reason) SIGTERM is ignored until it ends,
-    so none can cut the clean-up short."""
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        with ExitStack() as stack:
-            yield stack
-        return
-
-    def leave(signum: int, _frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, leave)
-    try:
-        with ExitStack() as stack:
-            try:
-                yield stack
-            finally:
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_demo(settings: Settings, options: DemoOptions) -> int:
     console = Console()
     started_wall = time.time()
-    with _cleanup_stack() as stack:
+    with cleanup_stack() as stack:
         settings = start_broker(stack, settings, console)
         conf = settings.kafka.client_config()
         for key, value in settings.describe().items():
@@ -316,7 +189,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             procs.stop("serve")  # before the store is read here: nothing else may hold it then
         if alerts is not None:
             with console.status("waiting for the alert router to tell everything ..."):
-                alerts.wait(settings, procs.check)
+                alerts.wait(settings, procs)
                 procs.stop("alerts")
 
         from hpcinsight.sinks.query import execute, make_console, render

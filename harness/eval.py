@@ -191,7 +191,7 @@ def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario]
     """Run the scenarios through broker, worker, sink and one sim agent; return the sim clock's start (epoch ms).
     ``backlog`` gets how far behind the agent the worker was, in seconds of sim time, every second, and
     ``pauses`` how long the agent was held each time the worker fell too far behind."""
-    from hpcinsight.harness.demo import Processes, child_env, start_broker, wait_drained
+    from hpcinsight.harness.supervisor import Processes, child_env, start_broker, wait_drained
     from hpcinsight.core.kafka import lag
 
     settings = start_broker(stack, settings, console)

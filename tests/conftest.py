@@ -190,6 +190,6 @@ def check_windows_against_numpy(
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    from hpcinsight.harness.demo import terminate
+    from hpcinsight.harness.supervisor import terminate
 
     return terminate(proc, timeout)

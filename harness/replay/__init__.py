@@ -11,8 +11,8 @@ Three kinds of record, each a CSV file with a header (README: Replay your own da
 * ``sched PODS NODES``: the openb trace's columns, turned into scheduler events and node inventory by
   the openb adapter (:mod:`hpcinsight.agents.scheduler.trace`); prints the scheduling KPIs.
 
-The pipeline is the one ``hpcinsight demo`` runs (and its helpers start and drain it): a local Kafka
-broker unless ``KAFKA_BOOTSTRAP`` names one, the Faust worker and the ClickHouse sink as processes.
+The pipeline is the one ``hpcinsight demo`` runs (started and drained by :mod:`hpcinsight.harness.supervisor`):
+a local Kafka broker unless ``KAFKA_BOOTSTRAP`` names one, the Faust worker and the ClickHouse sink as processes.
 Records are encoded with the catalog's codecs, as the agents encode theirs, and the results are
 read back from ClickHouse with the query library and printed by :func:`hpcinsight.sinks.query.render`.
 

@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from hpcinsight.core.settings import Settings
-from hpcinsight.harness.demo import Processes, child_env, start_broker, wait_drained
+from hpcinsight.harness.supervisor import Processes, child_env, start_broker, wait_drained
 from hpcinsight.harness.replay import FORMATS, SECTIONS, ReplayOptions
 from hpcinsight.harness.replay.files import (
     CLOCK_JOB,

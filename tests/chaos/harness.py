@@ -46,7 +46,7 @@ import yaml
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from hpcinsight.deploy.local.kafka import LocalKafka, LocalKafkaCluster, free_ports
-from hpcinsight.harness.demo import terminate
+from hpcinsight.harness.supervisor import terminate
 from hpcinsight.schemas.catalog import ensure_topics
 from hpcinsight.core.kafka import lag
 from hpcinsight.schemas.catalog import ANOMALIES, GPU_SAMPLES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED, Topic
