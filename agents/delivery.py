@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError
 
 from hpcinsight.agents.spool import Position, Spool
+from hpcinsight.core.kafka import new_producer
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,9 @@ class Delivery:
         self.spool = Spool(spool_dir, max_bytes=max_spool_bytes)
         self.window = window
         self.stats = DeliveryStats()
-        self._producer = Producer(
-            {
-                **client_config,
-                "enable.idempotence": True,
-                "acks": "all",
+        self._producer = new_producer(
+            client_config,
+            extra={
                 # the Java client's partitioner, which Faust (aiokafka) uses too: a key lands in the same
                 # partition whoever produces it, so topics keyed alike stay co-partitioned
                 "partitioner": "murmur2_random",

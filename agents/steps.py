@@ -248,11 +248,11 @@ class _KafkaSink:
     """Produces each batch as one message keyed by job id; ``close`` waits for the acks."""
 
     def __init__(self, client_config: dict[str, Any], topic: str) -> None:
-        from confluent_kafka import Producer  # only when shipping to Kafka
+        from hpcinsight.core.kafka import new_producer  # only when shipping to Kafka
 
-        conf = {**client_config, "enable.idempotence": True, "acks": "all", "compression.type": "zstd", "linger.ms": 50,
-                "partitioner": "murmur2_random"}  # as Faust partitions: see hpcinsight.agents.delivery
-        self._producer, self._topic = Producer(conf), topic
+        extra = {"compression.type": "zstd", "linger.ms": 50,
+                 "partitioner": "murmur2_random"}  # as Faust partitions: see hpcinsight.agents.delivery
+        self._producer, self._topic = new_producer(client_config, extra=extra), topic
         self.in_flight = 0  # records produced, neither acknowledged nor refused yet
         self.undelivered = 0  # records the broker never acknowledged
 

@@ -3,11 +3,80 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
+
+from hpcinsight.core.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient
 
 T = TypeVar("T")
+
+#: where a client's connection settings come from: the settings themselves, or the dictionary
+#: their ``client_config()`` made (what components that were handed one still pass on)
+KafkaClientSource = Union[KafkaSettings, Mapping[str, Any]]
+
+
+# -- client factory ---------------------------------------------------------------------------
+# Every component builds its Kafka clients here, so the options they must agree on (offsets
+# committed by the component, never automatically; only committed transactions read; a dead
+# letter or a sample retried until the broker takes it) are written once.
+
+def connection_config(kafka: KafkaClientSource) -> dict[str, Any]:
+    """The broker address, security and logging options of ``kafka`` (a fresh dictionary)."""
+    return kafka.client_config() if isinstance(kafka, KafkaSettings) else dict(kafka)
+
+
+def consumer_config(kafka: KafkaClientSource, group_id: str, *, offset_reset: str = "earliest",
+                    instance_id: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A consumer's configuration: auto-commit off (each component commits what it has handled),
+    read_committed, ``offset_reset`` where the group has no offset, static membership with
+    ``instance_id``; ``extra`` last, for what is one component's own."""
+    conf = {**connection_config(kafka), "group.id": group_id, "enable.auto.commit": False,
+            "auto.offset.reset": offset_reset, "isolation.level": "read_committed"}
+    if instance_id:
+        conf["group.instance.id"] = instance_id
+    conf.update(extra or {})
+    return conf
+
+
+def new_consumer(kafka: KafkaClientSource, group_id: str, *, offset_reset: str = "earliest",
+                 instance_id: str | None = None, extra: Mapping[str, Any] | None = None) -> Consumer:
+    """A confluent-kafka consumer built by :func:`consumer_config`."""
+    from confluent_kafka import Consumer
+
+    return Consumer(consumer_config(kafka, group_id, offset_reset=offset_reset, instance_id=instance_id, extra=extra))
+
+
+def producer_config(kafka: KafkaClientSource, *, until_delivered: bool = False,
+                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A producer's configuration: idempotent, ``acks=all`` (no acknowledged message lost to a
+    leader's change); with ``until_delivered`` a message is retried for as long as it takes
+    (``message.timeout.ms`` 0: the caller bounds its backlog and waits before committing)."""
+    conf = {**connection_config(kafka), "enable.idempotence": True, "acks": "all"}
+    if until_delivered:
+        conf["message.timeout.ms"] = 0
+    conf.update(extra or {})
+    return conf
+
+
+def new_producer(kafka: KafkaClientSource, *, until_delivered: bool = False, extra: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> Producer:
+    """A confluent-kafka producer built by :func:`producer_config` (``kwargs``, e.g. ``logger``, go
+    to the client as they are)."""
+    from confluent_kafka import Producer
+
+    return Producer(producer_config(kafka, until_delivered=until_delivered, extra=extra), **kwargs)
+
+
+def new_admin(kafka: KafkaClientSource) -> AdminClient:
+    """A confluent-kafka admin client for ``kafka``."""
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient(connection_config(kafka))
 
 
 def broker_retry(call: Callable[[], T], timeout: float = 30.0) -> T:
@@ -48,9 +117,7 @@ def watermarks(consumer: Any, tp: Any, timeout: float) -> tuple[int, int]:
 @contextmanager
 def offsets_consumer(client_config: dict[str, Any], group_id: str) -> Iterator[Any]:
     """A consumer used only for metadata and offsets: it never joins the group."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer({**client_config, "group.id": group_id, "enable.auto.commit": False})
+    consumer = new_consumer(client_config, group_id, offset_reset="latest")
     try:
         yield consumer
     finally:

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from hpcinsight.core.kafka import new_admin
+
 
 
 class TopicSpec(Protocol):
@@ -30,7 +32,7 @@ def create_topics(client_config: dict[str, Any], topics: Iterable[TopicSpec], pr
     cluster's ``default.replication.factor``: 1 on a single local broker, what the operator
     chose on a real cluster (3 on ``hpcinsight kafka run --brokers 3``)."""
     topics = list(topics)
-    admin = AdminClient(client_config)
+    admin = new_admin(client_config)
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
         NewTopic(

@@ -31,7 +31,9 @@ from typing import Any
 
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from hpcinsight.core.kafka import new_consumer, new_producer
 
 from hpcinsight.schemas.catalog import DEAD_LETTERS, GPU_SAMPLES, STORED, Topic
 from hpcinsight.schemas.events import DeadLetter
@@ -244,8 +246,7 @@ class ClickHouseSink:
         self._topics: dict[str, Topic] = {f"{topic_prefix}{t.name}": t for t in STORED}
         self._consumer_config = consumer_config
         self._consumer = self._new_consumer()
-        self._producer = Producer({**consumer_config, "enable.idempotence": True, "acks": "all",
-                                   "message.timeout.ms": 0})  # a dead letter is retried until delivered
+        self._producer = new_producer(consumer_config, until_delivered=True)  # a dead letter is retried until delivered
         self._writer = TableWriter(client, rows=self.stats.rows, stats=self.stats)
         # the raw table the rollups aggregate: the worker's replays must not reach it twice
         self._replays = SeriesWatermarks(GPU_SAMPLES.table.name)  # type: ignore[union-attr]
@@ -261,17 +262,9 @@ class ClickHouseSink:
 
     def _new_consumer(self) -> Consumer:
         options = self.options
-        return Consumer(
-            {
-                **self._consumer_config,
-                "group.id": f"{self.prefix}{options.group_id}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                **({"group.instance.id": f"{self.prefix}{options.group_id}-{options.instance_id}"} if options.instance_id else {}),
-                "session.timeout.ms": 15_000,
-            }
-        )
+        return new_consumer(self._consumer_config, f"{self.prefix}{options.group_id}",
+                            instance_id=f"{self.prefix}{options.group_id}-{options.instance_id}" if options.instance_id else None,
+                            extra={"session.timeout.ms": 15_000})
 
     def _subscribe(self) -> None:
         self._consumer.subscribe(list(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke,

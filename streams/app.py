@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import faust
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
 from hpcinsight.core.settings import Settings
-from hpcinsight.core.kafka import broker_retry
+from hpcinsight.core.kafka import broker_retry, new_consumer, new_producer
 from hpcinsight.schemas.catalog import (
     ANOMALIES,
     DEAD_LETTERS,
@@ -119,7 +119,7 @@ class SchedulerFeed:
         # partitioned by job, the KPIs need every job)
         self._topics = {settings.topic(t.name): t for t in (SCHEDULER_EVENTS, NODE_INVENTORY, JOB_QUANTILES)}
         conf = settings.kafka.client_config()
-        self._consumer = Consumer({**conf, "group.id": f"{settings.kafka.topic_prefix}attribution", "enable.auto.commit": False})
+        self._consumer = new_consumer(conf, f"{settings.kafka.topic_prefix}attribution", offset_reset="latest")
         tps = []
         for name, topic in self._topics.items():
             tps.extend(TopicPartition(name, p, OFFSET_BEGINNING) for p in range(topic.partitions))
@@ -176,9 +176,8 @@ class OutputProducer:
     def __init__(self, settings: Settings) -> None:
         self._names = {t.name: settings.topic(t.name) for t in TOPICS}
         self._dead_letters = settings.topic(DEAD_LETTERS.name)
-        self._producer = Producer({
-            **settings.kafka.client_config(), "enable.idempotence": True, "acks": "all", "compression.type": "zstd",
-            "linger.ms": 10, "queue.buffering.max.messages": 1_000_000,
+        self._producer = new_producer(settings.kafka, extra={
+            "compression.type": "zstd", "linger.ms": 10, "queue.buffering.max.messages": 1_000_000,
             "partitioner": "murmur2_random",  # as Faust and the agents: job-keyed topics stay co-partitioned
             "message.timeout.ms": 0,  # retry until delivered: the commit waits, nothing is dropped
         })

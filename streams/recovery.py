@@ -24,7 +24,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from hpcinsight.core.kafka import broker_retry
+from hpcinsight.core.kafka import broker_retry, new_consumer
 from hpcinsight.schemas.catalog import ANOMALIES, STREAM_STATE
 from hpcinsight.schemas.codec import DecodeError
 from hpcinsight.schemas.events import Anomaly, StateCheckpoint
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def _consumer(client_config: dict[str, Any], group_id: str) -> Consumer:
-    return Consumer({**client_config, "group.id": group_id, "enable.auto.commit": False, "enable.partition.eof": True})
+    return new_consumer(client_config, group_id, offset_reset="latest", extra={"enable.partition.eof": True})
 
 
 def _read_range(consumer: Consumer, tps: list[TopicPartition], stop_at: dict[int, int], timeout: float) -> list[Any]:
@@ -88,7 +88,7 @@ def replay_committed(
     a partition earlier (e.g. to its oldest checkpoint). Returns messages replayed."""
     consumer = _consumer(client_config, f"{group_id}-recovery")
     try:
-        committed = Consumer({**client_config, "group.id": group_id, "enable.auto.commit": False})
+        committed = new_consumer(client_config, group_id, offset_reset="latest")
         try:
             positions = committed.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
         finally:

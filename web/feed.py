@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from hpcinsight.core.kafka import broker_retry
+from hpcinsight.core.kafka import broker_retry, new_consumer
 from hpcinsight.web.state import ClusterState
 from hpcinsight.schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, JOB_QUANTILES, NODE_INVENTORY, SCHEDULING_KPIS, Topic
 
@@ -80,10 +80,10 @@ class Feed:
                     log.warning("the live state refused a record of %s: %s: %s", topic, type(err).__name__, err)
 
     def _run(self) -> None:
-        from confluent_kafka import Consumer, KafkaError, KafkaException
+        from confluent_kafka import KafkaError, KafkaException
 
-        consumer = Consumer({**self.conf, "group.id": f"{self.prefix}web-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                             "auto.offset.reset": "latest", "fetch.wait.max.ms": 200})
+        consumer = new_consumer(self.conf, f"{self.prefix}web-{uuid.uuid4().hex[:8]}", offset_reset="latest",
+                                extra={"fetch.wait.max.ms": 200})
         try:
             while not self.stop_event.is_set():
                 try:

@@ -79,15 +79,14 @@ class Sender:
     """Produces encoded records as the agents do (idempotent, acks=all, zstd, the Java partitioner)."""
 
     def __init__(self, settings: Settings) -> None:
-        from confluent_kafka import Producer
+        from hpcinsight.core.kafka import new_producer
 
         self._prefix = settings.kafka.topic_prefix
         kafka_log = logging.getLogger("hpcinsight.harness.replay.kafka")
         if not kafka_log.isEnabledFor(logging.INFO):  # librdkafka's transient warnings (a broker starting) only with -v
             kafka_log.setLevel(logging.ERROR)
-        self._producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all",
-                                   "partitioner": "murmur2_random", "compression.type": "zstd", "linger.ms": 20},
-                                  logger=kafka_log)
+        self._producer = new_producer(settings.kafka, extra={"partitioner": "murmur2_random", "compression.type": "zstd",
+                                                             "linger.ms": 20}, logger=kafka_log)
         self.failed: list[str] = []
         self.sent: dict[str, int] = defaultdict(int)  # messages per topic
         self.delivered: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))  # per topic, per partition
@@ -278,10 +277,10 @@ def _plan(options: ReplayOptions, report: Report, now_ms: int) -> GpuReplay | St
 
 def _delete_topics(settings: Settings) -> None:
     """This run's topics, on a broker the replay did not start (its prefix is its own)."""
-    from confluent_kafka.admin import AdminClient
+    from hpcinsight.core.kafka import new_admin
 
     try:
-        admin = AdminClient(settings.kafka.client_config())
+        admin = new_admin(settings.kafka)
         for future in admin.delete_topics([t.full_name(settings.kafka.topic_prefix) for t in TOPICS], operation_timeout=30).values():
             try:
                 future.result()
@@ -335,9 +334,9 @@ class Handled:
     a refused one goes to the dead letters instead, which a replay never expects."""
 
     def __init__(self, settings: Settings, output: Topic) -> None:
-        from confluent_kafka import Consumer
+        from hpcinsight.core.kafka import new_consumer
 
-        self._consumer = Consumer({**settings.kafka.client_config(), "group.id": f"{settings.kafka.topic_prefix}replay-progress"})
+        self._consumer = new_consumer(settings.kafka, f"{settings.kafka.topic_prefix}replay-progress", offset_reset="latest")
         self._output = output.full_name(settings.kafka.topic_prefix)
         self._dead = DEAD_LETTERS.full_name(settings.kafka.topic_prefix)
 
@@ -405,10 +404,11 @@ class KpiWatch:
     """The latest KPI boundary the worker has published (read from its output topic)."""
 
     def __init__(self, settings: Settings) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-        self._consumer = Consumer({**settings.kafka.client_config(), "group.id": f"{settings.kafka.topic_prefix}replay-watch",
-                                   "enable.auto.commit": False})
+        from hpcinsight.core.kafka import new_consumer
+
+        self._consumer = new_consumer(settings.kafka, f"{settings.kafka.topic_prefix}replay-watch", offset_reset="latest")
         self._consumer.assign([TopicPartition(SCHEDULING_KPIS.full_name(settings.kafka.topic_prefix), p, OFFSET_BEGINNING)
                                for p in range(SCHEDULING_KPIS.partitions)])
         self.latest = 0

@@ -25,9 +25,9 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from hpcinsight.core.kafka import broker_retry
+from hpcinsight.core.kafka import broker_retry, new_consumer, new_producer
 from hpcinsight.schemas.catalog import ALERT_SILENCES, ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
 from hpcinsight.schemas.codec import DecodeError
 from hpcinsight.schemas.events import DeadLetter
@@ -99,13 +99,9 @@ class AlertRouter:
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> dict[str, Any]:
         redact.install()
         store = StateStore(self.options.state_dir)
-        self._producer = Producer({**self.client_config, "enable.idempotence": True, "acks": "all",
-                                   "message.timeout.ms": 0})  # a dead letter is retried until delivered
+        self._producer = new_producer(self.client_config, until_delivered=True)  # a dead letter is retried until delivered
         self._stop = stop
-        consumer = Consumer({
-            **self.client_config, "group.id": f"{self.prefix}{self.options.group_id}", "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-        })
+        consumer = new_consumer(self.client_config, f"{self.prefix}{self.options.group_id}")
         self._dispatcher = None
         try:
             metadata = consumer.list_topics(timeout=30)

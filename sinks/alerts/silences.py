@@ -11,7 +11,9 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
+
+from hpcinsight.core.kafka import new_consumer, new_producer
 
 from hpcinsight.core.kafka import broker_retry
 from hpcinsight.schemas.catalog import ALERT_SILENCES
@@ -40,7 +42,7 @@ def state(s: Silence, now_ms: int) -> str:
 
 
 def _produce(client_config: dict[str, Any], prefix: str, silence: Silence) -> None:
-    producer = Producer({**client_config, "enable.idempotence": True, "acks": "all"})
+    producer = new_producer(client_config)
     errors: list[str] = []
     producer.produce(ALERT_SILENCES.full_name(prefix), key=silence.id.encode(), value=ALERT_SILENCES.codec.encode([silence]),
                      on_delivery=lambda err, _msg: errors.append(str(err)) if err else None)
@@ -63,7 +65,7 @@ def add(client_config: dict[str, Any], prefix: str, matchers: list[str], duratio
 def read_all(client_config: dict[str, Any], prefix: str, timeout: float = 30.0) -> dict[str, Silence]:
     """The current state of every silence: the topic read from its start to its end."""
     topic = ALERT_SILENCES.full_name(prefix)
-    consumer = Consumer({**client_config, "group.id": f"{prefix}silence-cli", "enable.auto.commit": False})
+    consumer = new_consumer(client_config, f"{prefix}silence-cli", offset_reset="latest")
     try:
         metadata = consumer.list_topics(topic, timeout=timeout)
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
