@@ -1,6 +1,6 @@
 """A day of a 1,024-GPU cluster for the query benchmarks: about 88 M GPU samples, generated fast.
 
-The per-sample simulator (:mod:`hpcinsight.agents.gpu_sim`) draws every field of every GPU in Python, about
+The per-sample simulator (:mod:`hpcinsight.agents.sim.gpu`) draws every field of every GPU in Python, about
 40,000 samples a second here: 88 M samples would take most of an hour. This module draws the
 same model in columns with numpy (per-job utilisation level with per-second noise, data-loading
 dips, checkpoint pauses every 30 minutes, power and temperature following utilisation, clocks

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
 from hpcinsight.schemas.catalog import GPU_SAMPLES
 
 T0 = (int(time.time()) - 3600) * 1000
@@ -136,8 +136,9 @@ def main() -> None:
     parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"subset of {', '.join(BENCHMARKS)}")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--results", type=Path, default=None,
-                        help="results file to merge into (default bench/results.json, which feeds the README table)")
-    parser.add_argument("--no-readme", action="store_true", help="do not regenerate the README results table")
+                        help="results file to merge into (default bench/results.json, which feeds the table in docs/benchmarks.md)")
+    parser.add_argument("--no-table", "--no-readme", dest="no_table", action="store_true",
+                        help="do not regenerate the results table in docs/benchmarks.md")
     args = parser.parse_args()
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
@@ -158,8 +159,8 @@ def main() -> None:
         print(f"{name:8s} {r[key]:>14,.3f} {unit:12s} baseline {r['baseline_' + key]:>14,.3f}   ratio {r['ratio']:.2f}   "
               f"{extra}   (load {load:.1f} at start)", flush=True)
         report.record(name, r, HEADLINE[name], load, results_path)  # each as it completes: a long suite keeps what it measured
-    if not args.no_readme and results_path == report.RESULTS:
-        report.update_readme()
+    if not args.no_table and results_path == report.RESULTS:
+        report.update_page()
 
 
 if __name__ == "__main__":

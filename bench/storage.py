@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
 from hpcinsight.schemas.catalog import GPU_SAMPLES
 from hpcinsight.schemas.derive import fields_of, to_arrow
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
 from hpcinsight.schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, GPU_SAMPLES_RAW
 
 ROOT = Path(__file__).resolve().parent.parent

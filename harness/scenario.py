@@ -25,10 +25,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hpcinsight.agents.gpu_sim import FAULT_KINDS as GPU_FAULT_KINDS
-from hpcinsight.agents.gpu_sim import IdleGpu, InjectedFault, InjectedXid, SimConfig, gpu_uuid
-from hpcinsight.agents.ib_sim import IbFault, SimIbConfig
-from hpcinsight.agents.sim_workload import JobFault, Profile, SimJob, Workload
+from hpcinsight.agents.sim.gpu import FAULT_KINDS as GPU_FAULT_KINDS
+from hpcinsight.agents.sim.gpu import IdleGpu, InjectedFault, InjectedXid, SimConfig, gpu_uuid
+from hpcinsight.agents.sim.ib import IbFault, SimIbConfig
+from hpcinsight.agents.sim.workload import JobFault, Profile, SimJob, Workload
 from hpcinsight.core.yamlfile import YamlSyntaxError, load_yaml
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
@@ -153,10 +153,10 @@ class Scenario:
     def collectors(self) -> list[Any]:
         """The sim agent's collectors for this scenario: GPUs (samples, processes, XIDs), IB ports,
         the scheduler's view of its jobs and the jobs' training steps."""
-        from hpcinsight.agents.gpu_sim import SimGpuCollector, SimProcessCollector, SimXidCollector
-        from hpcinsight.agents.ib_sim import SimIbCollector
-        from hpcinsight.agents.scheduler.sim import SimSchedulerCollector
-        from hpcinsight.agents.step_sim import SimStepCollector
+        from hpcinsight.agents.sim.gpu import SimGpuCollector, SimProcessCollector, SimXidCollector
+        from hpcinsight.agents.sim.ib import SimIbCollector
+        from hpcinsight.agents.sim.scheduler import SimSchedulerCollector
+        from hpcinsight.agents.sim.steps import SimStepCollector
 
         config = self.sim_config()
         gpus = SimGpuCollector(config)

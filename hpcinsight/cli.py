@@ -145,7 +145,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         for name in args.scenario:
             collectors += load_scenario(name).collectors()
     elif args.backend == "sim":
-        from hpcinsight.agents.gpu_sim import (
+        from hpcinsight.agents.sim.gpu import (
             IdleGpu,
             InjectedFault,
             InjectedXid,
@@ -167,7 +167,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         nvml_config = NvmlConfig(node=args.node) if args.node else NvmlConfig()
         collectors += [NvmlGpuCollector(nvml_config), NvmlProcessCollector(nvml_config), NvmlXidCollector(nvml_config)]
     if args.ib and args.backend == "sim":
-        from hpcinsight.agents.ib_sim import IbFault, SimIbCollector, SimIbConfig
+        from hpcinsight.agents.sim.ib import IbFault, SimIbCollector, SimIbConfig
 
         collectors.append(SimIbCollector(SimIbConfig(nodes=args.nodes, seed=args.seed,
                                                      faults=tuple(IbFault.parse(f) for f in args.ib_fault))))
@@ -190,8 +190,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
         collectors.append(SlurmCollector(SlurmConfig()))
     elif args.scheduler == "sim":
-        from hpcinsight.agents.gpu_sim import SimConfig
-        from hpcinsight.agents.scheduler.sim import SimSchedulerCollector
+        from hpcinsight.agents.sim.gpu import SimConfig
+        from hpcinsight.agents.sim.scheduler import SimSchedulerCollector
 
         collectors.append(SimSchedulerCollector(SimConfig(nodes=args.nodes, gpus_per_node=args.gpus, seed=args.seed)))
     if not collectors:

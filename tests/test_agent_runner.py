@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from hpcinsight.agents.delivery import Delivery
-from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
 from hpcinsight.agents.runner import AgentStats, Metrics, run_agent
 from hpcinsight.schemas.catalog import AGENT_HEALTH, GPU_SAMPLES_RAW
 

@@ -1,4 +1,4 @@
-"""The benchmark suite's results file and the README table generated from it."""
+"""The benchmark suite's results file and the table in docs/benchmarks.md generated from it."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ def test_every_benchmark_is_described_and_has_a_headline() -> None:
     assert set(report.DESCRIPTIONS) == set(BENCHMARKS) == set(HEADLINE)
 
 
-def test_record_merges_and_the_readme_table_says_what_the_file_says(tmp_path: Path) -> None:
-    results, readme = tmp_path / "results.json", tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{report.START}\nstale\n{report.END}\n\nafter\n")
+def test_record_merges_and_the_table_says_what_the_file_says(tmp_path: Path) -> None:
+    results, page = tmp_path / "results.json", tmp_path / "benchmarks.md"
+    page.write_text(f"# x\n\n{report.START}\nstale\n{report.END}\n\nafter\n")
     report.record("codec", {"samples_per_s": 190_000.0, "baseline_samples_per_s": 170_000.0, "ratio": 1.12, "x": 3.0},
                   HEADLINE["codec"], 1.5, results)
     report.record("query", {"p95_s": 0.27, "baseline_p95_s": 0.07, "ratio": 0.26}, HEADLINE["query"], 4.0, results)
     report.record("codec", {"samples_per_s": 200_000.0, "baseline_samples_per_s": 170_000.0, "ratio": 1.18}, HEADLINE["codec"],
                   2.0, results)  # a rerun replaces its own entry only
-    report.update_readme(results, readme)
-    text = readme.read_text()
+    report.update_page(results, page)
+    text = page.read_text()
     assert "stale" not in text and text.endswith("\n\nafter\n")
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `")}
     assert "200,000 samples/s" in rows["`codec`"] and "1.18" in rows["`codec`"] and "load 2.0" in rows["`codec`"]
@@ -29,6 +29,7 @@ def test_record_merges_and_the_readme_table_says_what_the_file_says(tmp_path: Pa
     assert "not measured yet" in rows["`sink`"]
 
 
-def test_the_readme_has_the_markers() -> None:
-    text = (Path(report.ROOT) / "README.md").read_text()
+def test_the_benchmarks_page_has_the_markers() -> None:
+    assert report.PAGE == Path(report.ROOT) / "docs" / "benchmarks.md"
+    text = report.PAGE.read_text()
     assert report.START in text and report.END in text

@@ -17,8 +17,8 @@ import msgspec
 import pyarrow as pa
 import pytest
 
-from hpcinsight.agents.gpu_sim import InjectedXid, SimConfig, SimGpuCollector, SimProcessCollector, SimXidCollector
-from hpcinsight.agents.ib_sim import SimIbCollector, SimIbConfig
+from hpcinsight.agents.sim.gpu import InjectedXid, SimConfig, SimGpuCollector, SimProcessCollector, SimXidCollector
+from hpcinsight.agents.sim.ib import SimIbCollector, SimIbConfig
 from hpcinsight.schemas.catalog import GPU_PROCESSES, GPU_SAMPLES, GPU_XID, IB_SAMPLES, STORED, Topic
 from hpcinsight.schemas.codec import DecodeError, _BulkDecoder
 from hpcinsight.schemas.derive import ValueRule, WireRule, to_arrow, wire_rules

@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from hpcinsight.agents.gpu_sim import IdleGpu, SimConfig, SimGpuCollector
+from hpcinsight.agents.sim.gpu import IdleGpu, SimConfig, SimGpuCollector
 from hpcinsight.harness.demo import DemoOptions, default_idle_end_s, demo_detectors
 from hpcinsight.streams.detectors import build as build_detectors
 from hpcinsight.schemas.catalog import ANOMALIES, GPU_SAMPLES_RAW, GPU_SKETCHES

@@ -11,7 +11,7 @@ import pytest
 from hpcinsight.core.settings import ConfigError, load
 from hpcinsight.streams.detectors import build, discover
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
 def test_settings_from_the_config_file_reach_the_detectors(tmp_path: Path) -> None:
@@ -38,8 +38,8 @@ def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
         load({"HPCINSIGHT_CONFIG": str(conf)})
 
 
-def test_every_detector_setting_is_in_the_readme_table() -> None:
-    rows = set(re.findall(r"^\| `([a-z_]+)` \| `([a-z_0-9]+)` \|", README.read_text(), flags=re.M))
+def test_every_detector_setting_is_in_the_configuration_reference() -> None:
+    rows = set(re.findall(r"^\| `([a-z_]+)` \| `([a-z_0-9]+)` \|", REFERENCE.read_text(), flags=re.M))
     wanted = {(cls.kind, f.name) for cls in discover() for f in dataclasses.fields(cls.config_type)}
-    assert wanted - rows == set(), "settings missing from the README thresholds table"
-    assert rows - wanted == set(), "README documents settings that do not exist"
+    assert wanted - rows == set(), "settings missing from the thresholds table of docs/configuration.md"
+    assert rows - wanted == set(), "docs/configuration.md documents settings that do not exist"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpcinsight.agents.base import Collector
-from hpcinsight.agents.ib_sim import IbFault, SimIbCollector, SimIbConfig
+from hpcinsight.agents.sim.ib import IbFault, SimIbCollector, SimIbConfig
 from hpcinsight.schemas.catalog import IB_SAMPLES_RAW
 from hpcinsight.schemas.events import IbSample
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hpcinsight.agents.base import Collector
-from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
-from hpcinsight.agents.scheduler.sim import SimSchedulerCollector, hostlist, node_names
+from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
+from hpcinsight.agents.sim.scheduler import SimSchedulerCollector, hostlist, node_names
 from hpcinsight.schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS
 from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
 

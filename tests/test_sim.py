@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from hpcinsight.agents.base import Collector
-from hpcinsight.agents.gpu_sim import IdleGpu, SimConfig, SimGpuCollector
+from hpcinsight.agents.sim.gpu import IdleGpu, SimConfig, SimGpuCollector
 from hpcinsight.schemas.events import GpuSample
 
 T0 = 1_764_000_000_000
@@ -92,7 +92,7 @@ def test_extra_fields_do_not_change_the_seeded_utilisation() -> None:
 
 
 def test_sim_processes_and_injected_xids() -> None:
-    from hpcinsight.agents.gpu_sim import InjectedXid, SimProcessCollector, SimXidCollector
+    from hpcinsight.agents.sim.gpu import InjectedXid, SimProcessCollector, SimXidCollector
 
     gpus = SimGpuCollector(SimConfig(nodes=2, gpus_per_node=4, idle=(IdleGpu(1, 0),)))
     procs = SimProcessCollector(gpus)
@@ -114,7 +114,7 @@ FAULTS = ("thermal:0:1@5-15", "power:0:2@5-15", "ecc:1:0@8", "remap:1:1@5-15", "
 
 def _faulted(ticks: int = 25) -> tuple[list[GpuSample], list[GpuSample]]:
     """The same cluster without and with the faults above, tick for tick."""
-    from hpcinsight.agents.gpu_sim import InjectedFault
+    from hpcinsight.agents.sim.gpu import InjectedFault
 
     healthy = run(SimConfig(nodes=2, gpus_per_node=4, seed=5), ticks)
     faulty = run(SimConfig(nodes=2, gpus_per_node=4, seed=5, faults=tuple(InjectedFault.parse(f) for f in FAULTS)), ticks)
@@ -163,7 +163,7 @@ def test_each_fault_looks_like_its_nvml_reading() -> None:
 
 
 def test_an_idle_gpu_does_not_throttle_or_run_slow() -> None:
-    from hpcinsight.agents.gpu_sim import InjectedFault
+    from hpcinsight.agents.sim.gpu import InjectedFault
 
     faults = tuple(InjectedFault.parse(f"{k}:0:0@0-10") for k in ("thermal", "power", "clock", "slow"))
     samples = run(SimConfig(nodes=1, gpus_per_node=2, idle=(IdleGpu.parse("0:0@0-10"),), faults=faults), 10)
@@ -172,14 +172,14 @@ def test_an_idle_gpu_does_not_throttle_or_run_slow() -> None:
 
 @pytest.mark.parametrize("text", ["thermal:0", "hot:0:1@1-2", "ecc:0:1@5-5", "thermal:0:1@", "0:1@1-2"])
 def test_bad_fault_specs_are_rejected(text: str) -> None:
-    from hpcinsight.agents.gpu_sim import InjectedFault
+    from hpcinsight.agents.sim.gpu import InjectedFault
 
     with pytest.raises(ValueError):
         InjectedFault.parse(text)
 
 
 def test_fault_spec_and_cluster_bounds() -> None:
-    from hpcinsight.agents.gpu_sim import InjectedFault
+    from hpcinsight.agents.sim.gpu import InjectedFault
 
     assert InjectedFault.parse("clock:3:7@30-90.5") == InjectedFault("clock", 3, 7, 30.0, 90.5)
     assert InjectedFault.parse(" ecc:0:1 ") == InjectedFault("ecc", 0, 1, 0.0, math.inf)

@@ -1,6 +1,6 @@
 """The sim cluster with a workload: several jobs with phases, per-rank steps, job faults, the scheduler's view.
 
-The seeded-stream guarantees of ``hpcinsight.agents.gpu_sim`` hold with a workload too: the same scenario gives
+The seeded-stream guarantees of ``hpcinsight.agents.sim.gpu`` hold with a workload too: the same scenario gives
 the same samples, and a fault changes nothing but its own GPU, node or job during its window.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from hpcinsight.agents.base import Collector
 from hpcinsight.agents.delivery import Delivery
 from hpcinsight.agents.runner import run_agent
-from hpcinsight.agents.scheduler.sim import hostlist
+from hpcinsight.agents.sim.scheduler import hostlist
 from hpcinsight.harness.scenario import Scenario, parse
 from hpcinsight.schemas.catalog import IB_SAMPLES_RAW
 from hpcinsight.schemas.events import GpuSample, SchedulerEvent, StepMetric

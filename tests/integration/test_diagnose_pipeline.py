@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
 from tests.conftest import Pipeline, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from hpcinsight.agents.gpu_sim import SimConfig, SimGpuCollector
+from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
 from hpcinsight.streams.detectors import anomaly_id
 from tests.conftest import Pipeline, stop
 

@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from hpcinsight.agents.base import Collector
-from hpcinsight.agents.sim_workload import Workload
+from hpcinsight.agents.sim.workload import Workload
 from hpcinsight.schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
 from hpcinsight.schemas.events import GpuProcess, GpuSample, XidEvent
 
@@ -131,7 +131,7 @@ class SimConfig:
     memory_total_bytes: int = 80 * GIB
     power_limit_w: float = 700.0
     faults: tuple[InjectedFault, ...] = ()
-    #: jobs with phases on node sets (``hpcinsight.agents.sim_workload``); None: one job on every GPU, ``job_id``
+    #: jobs with phases on node sets (``hpcinsight.agents.sim.workload``); None: one job on every GPU, ``job_id``
     workload: Workload | None = None
 
     def __post_init__(self) -> None:

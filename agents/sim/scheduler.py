@@ -12,7 +12,7 @@ for as long as the agent does, so nothing follows.
 Everything is stamped with the first tick's time, the time of the GPUs' first samples: the
 placement then covers every sample of the run (attribution looks placements up by event time).
 
-With a :class:`hpcinsight.agents.sim_workload.Workload` the collector reports its jobs instead: each one's
+With a :class:`hpcinsight.agents.sim.workload.Workload` the collector reports its jobs instead: each one's
 ``submitted``, ``scheduled`` and ``started`` at the first tick at or after its start (its nodes as a
 host list; a job holding part of one node names its GPUs by UUID), and ``finished`` at the first
 tick at or after its end, or when the workload's duration is over.
@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from hpcinsight.agents.base import Collector
-from hpcinsight.agents.gpu_sim import SimConfig, gpu_uuid
-from hpcinsight.agents.sim_workload import SimJob, Workload
+from hpcinsight.agents.sim.gpu import SimConfig, gpu_uuid
+from hpcinsight.agents.sim.workload import SimJob, Workload
 from hpcinsight.schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS, Topic
 from hpcinsight.schemas.events import Event, NodeInventory, SchedulerEvent
 

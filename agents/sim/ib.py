@@ -11,7 +11,7 @@ draws are taken as always and then changed, and what a fault needs at random com
 separate stream. A run with faults is therefore the healthy run everywhere else, sample for
 sample (detector baselines and tests rely on the seeded stream).
 
-With a :class:`hpcinsight.agents.sim_workload.Workload` a node's traffic follows the job on it: its profile's
+With a :class:`hpcinsight.agents.sim.workload.Workload` a node's traffic follows the job on it: its profile's
 load, scaled by the phase (lower in warm-up and evaluation, near nothing while the job writes a
 checkpoint or hangs), and a node no job holds is all but silent. The draws are the same; only
 their scale changes.
@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 
 from hpcinsight.agents.base import Collector
-from hpcinsight.agents.sim_workload import IB_PHASE_LOAD, Workload
+from hpcinsight.agents.sim.workload import IB_PHASE_LOAD, Workload
 from hpcinsight.schemas.catalog import IB_SAMPLES_RAW
 from hpcinsight.schemas.events import IbSample
 

@@ -12,12 +12,12 @@ Faults are applied over the healthy draws (taken for every rank at every step, w
 faults), with what they need at random from a separate stream: a ``straggler`` rank's time is
 multiplied by its factor, ``imbalance`` multiplies every rank's time by its own draw around 1, a
 ``hang`` stops the steps until it ends, and a degraded InfiniBand link on one of the job's nodes
-makes every rank's step :data:`hpcinsight.agents.sim_workload.IB_DEGRADED_STEP_FACTOR` times longer. A rank
-on an older GPU model takes :data:`hpcinsight.agents.sim_workload.MODEL_STEP_FACTOR` times as long (a job
+makes every rank's step :data:`hpcinsight.agents.sim.workload.IB_DEGRADED_STEP_FACTOR` times longer. A rank
+on an older GPU model takes :data:`hpcinsight.agents.sim.workload.MODEL_STEP_FACTOR` times as long (a job
 across two generations runs in two speed groups); ``slow_node`` slows the ranks of one node by a
 fresh draw each step (data-loader stalls, a noisy neighbour); ``restart`` stops every rank for its
 span (the job is restarted), then resumes from its last checkpoint (the step numbers go back
-:data:`hpcinsight.agents.sim_workload.RESTART_ROLLBACK_STEPS`) with warm-up steps; ``scale`` keeps only the
+:data:`hpcinsight.agents.sim.workload.RESTART_ROLLBACK_STEPS`) with warm-up steps; ``scale`` keeps only the
 first ``ranks`` ranks from its onset (an elastic job shrinking inside its allocation), with the new world size.
 """
 
@@ -27,9 +27,9 @@ import random
 from dataclasses import dataclass, field
 
 from hpcinsight.agents.base import Collector
-from hpcinsight.agents.gpu_sim import SimConfig
-from hpcinsight.agents.scheduler.sim import node_names
-from hpcinsight.agents.sim_workload import IB_DEGRADED_STEP_FACTOR, RESTART_ROLLBACK_STEPS, SimJob, Workload
+from hpcinsight.agents.sim.gpu import SimConfig
+from hpcinsight.agents.sim.scheduler import node_names
+from hpcinsight.agents.sim.workload import IB_DEGRADED_STEP_FACTOR, RESTART_ROLLBACK_STEPS, SimJob, Workload
 from hpcinsight.schemas.catalog import STEP_METRICS_RAW
 from hpcinsight.schemas.events import StepMetric
 

@@ -1,6 +1,6 @@
 """What the simulated cluster runs: jobs on sets of nodes, each with phases, and the faults of jobs.
 
-Without a workload the sim cluster runs one data-parallel job over every GPU (``hpcinsight.agents.gpu_sim``'s
+Without a workload the sim cluster runs one data-parallel job over every GPU (``hpcinsight.agents.sim.gpu``'s
 original behaviour, which existing tests and detector baselines rely on). A :class:`Workload`
 instead places several jobs, each on its own GPUs for its own span of time, and gives each a
 :class:`Profile`: a warm-up (compilation, data loading), a steady training phase, periodic
