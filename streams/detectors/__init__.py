@@ -4,13 +4,18 @@ A detector is a subclass of :class:`Detector` in a module of this package. It de
 event types it reads in ``inputs`` and returns :class:`hpcinsight.schemas.events.Anomaly` records from
 :meth:`Detector.observe`. Adding a detector is adding one module (and its test); nothing
 else changes.
+
+A detector measures; when to page is not its own business. It keeps its incidents in an
+:class:`hpcinsight.streams.detectors.incidents.Incidents` table, which decides when a condition has
+held long enough to fire, when it has cleared long enough to resolve, what a re-fire within the
+quiet time folds into, the id of each incident, and how one fired before a worker restart comes
+back (:meth:`Detector.restore`). So every detector pages the same way, and a new one gets it for free.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import hashlib
 import importlib
 import pkgutil
 from collections.abc import Mapping
@@ -20,14 +25,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 import msgspec
 
 from hpcinsight.schemas.events import Event, GpuQuantiles
+from hpcinsight.streams.detectors.incidents import anomaly_id as anomaly_id  # the ids are the incident table's
 from hpcinsight.streams.rolling import SINCE_START
 
 C = TypeVar("C")
-
-
-def anomaly_id(kind: str, subject: str, started_at_ms: int) -> str:
-    """Stable id of one incident: the same for its firing and its resolved message."""
-    return hashlib.sha1(f"{kind}|{subject}|{started_at_ms}".encode()).hexdigest()[:16]
 
 
 class Detector(abc.ABC, Generic[C]):
@@ -55,7 +56,11 @@ class Detector(abc.ABC, Generic[C]):
 
     def restore(self, open_incidents: list[Any]) -> None:  # noqa: B027 - optional hook
         """Take back incidents this detector had fired and not resolved before a restart
-        (read from the anomalies topic), so they resolve under their own id, never twice."""
+        (read from the anomalies topic), so they resolve under their own id, never twice.
+
+        ``open_incidents`` are the firing records of this detector's kind. A detector maps each one
+        it owns to its key and hands it to :meth:`Incidents.restore`, with whatever of its own state
+        the record's evidence can give back (a baseline, a count)."""
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,11 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from hpcinsight.schemas.events import Anomaly, Event, GpuSample
 from hpcinsight.streams.detectors import Detector
-from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents, Severity, State
 
 _NO_REASONS: frozenset[str] = frozenset()
 THERMAL_REASONS = frozenset({"sw_thermal", "hw_thermal"})
@@ -71,9 +71,6 @@ THERMAL = "thermal_throttle"
 POWER = "power_throttle"
 CLOCK = "clock_stuck_low"
 CONDITIONS = (ECC, REMAP_PENDING, REMAP_FAILURE, THERMAL, POWER, CLOCK)
-
-Severity = Literal["info", "warning", "critical"]
-State = Literal["firing", "resolved"]
 
 
 @dataclass(frozen=True)
@@ -413,7 +410,7 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
             if condition not in CONDITIONS:
                 continue
             gpu = self._gpus.setdefault(a.gpu_uuid, _Gpu(a.node or "", int(a.evidence.get("gpu_index", 0))))
-            self._incidents[condition].restore(a.gpu_uuid, a.id, a.subject, a.started_at, a.ts, a.severity)
+            self._incidents[condition].restore(a.gpu_uuid, a)
             gpu.open.add(condition)
             if condition == ECC:
                 gpu.ecc_last_increase = max(gpu.ecc_last_increase, a.ts)

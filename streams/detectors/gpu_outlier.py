@@ -41,8 +41,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from hpcinsight.schemas.events import Anomaly, Event
-from hpcinsight.streams.detectors import Detector, WindowChoice, anomaly_id
-from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.streams.detectors import Detector, WindowChoice
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents, State, anomaly_id
 from hpcinsight.streams.jobs import JobGpuWindow
 
 MAD_SCALE = 1.4826  # makes MAD estimate the standard deviation of normal data
@@ -190,14 +190,14 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
             if anomaly_id(self.kind, a.subject, a.started_at) != a.id:
                 continue
             metrics = {k[2:] for k in a.evidence if k.startswith("z_")} or {str(m) for m in self.config.floors}
-            self._incidents.restore(a.subject, a.id, a.subject, a.started_at, a.ts, a.severity)
+            self._incidents.restore(a.subject, a)
             self._out[a.subject] = set(metrics)
             self._worst[a.subject] = {m: a.evidence[f"z_{m}"] for m in metrics if f"z_{m}" in a.evidence}
             for m in metrics:  # each must come back in line before the incident can resolve
-                self._metrics.restore((a.subject, m), "", a.subject, a.started_at, a.ts)
+                self._metrics.restore((a.subject, m), a)
 
     def _anomaly(self, w: JobGpuWindow, level: str, subject: str, node: str | None, uuid: str | None,
-                 incident: Incident, state: str, evidence: dict[str, float]) -> Anomaly:
+                 incident: Incident, state: State, evidence: dict[str, float]) -> Anomaly:
         what = f"GPU {uuid} on {node}" if level == "gpu" else f"node {node} ({int(evidence['gpus_on_node'])} GPUs)"
         peers = f"{int(evidence['peers'])} {'GPUs' if level == 'gpu' else 'nodes'}"
         statistic = "median" if w.statistic == "p50" else "mean"
@@ -211,7 +211,7 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
                 "metrics_out": float(len(self._out.get(subject, ()))),
                 "episodes": float(incident.episodes)}
         return Anomaly(
-            id=incident.id, kind=self.kind, severity="warning", state=state,  # type: ignore[arg-type]
+            id=incident.id, kind=self.kind, severity="warning", state=state,
             subject_type=level, subject=subject, ts=w.window_end, started_at=incident.started_at,  # type: ignore[arg-type]
             window_start=w.window_start, window_end=w.window_end,
             message=message, evidence=full, node=node, gpu_uuid=uuid, job_id=w.job_id,

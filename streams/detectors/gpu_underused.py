@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from hpcinsight.schemas.events import Anomaly, Event, GpuQuantiles
 from hpcinsight.streams.detectors import Detector, WindowChoice
-from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents, State
 
 
 @dataclass(frozen=True)
@@ -64,16 +64,16 @@ class GpuUnderusedDetector(Detector[GpuUnderusedConfig]):
     def restore(self, open_incidents: list[Anomaly]) -> None:
         for a in open_incidents:
             if a.gpu_uuid is not None:
-                self._incidents.restore(a.gpu_uuid, a.id, a.subject, a.started_at, a.ts, a.severity)
+                self._incidents.restore(a.gpu_uuid, a)
 
-    def _anomaly(self, q: GpuQuantiles, incident: Incident, state: str, evidence: dict[str, float]) -> Anomaly:
+    def _anomaly(self, q: GpuQuantiles, incident: Incident, state: State, evidence: dict[str, float]) -> Anomaly:
         evidence = {**evidence, "episodes": float(incident.episodes)}
         verb = "is idle" if state == "firing" else ("is busy again" if q.job_id is not None else "was released by its job")
         return Anomaly(
             id=incident.id,
             kind=self.kind,
             severity="warning",
-            state=state,  # type: ignore[arg-type]
+            state=state,
             subject_type="gpu",
             subject=q.gpu_uuid,
             ts=q.window_end,  # event time: when the evidence was complete

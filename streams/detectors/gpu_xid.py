@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from hpcinsight.schemas.events import Anomaly, Event, GpuQuantiles, XidEvent
 from hpcinsight.streams.detectors import Detector
-from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents, Severity, State
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class XidMeaning:
     action: str | None = None
 
     @property
-    def severity(self) -> str:
+    def severity(self) -> Severity:
         return "critical" if self.drain else "warning"
 
     @property
@@ -103,7 +103,7 @@ class GpuXidDetector(Detector[GpuXidConfig]):
 
     def _on_xid(self, x: XidEvent) -> list[Event]:
         key = (x.gpu_uuid, x.xid)
-        got = self._incidents.judge(key, f"{x.gpu_uuid}/{x.xid}", x.ts, fire=True, severity=XIDS.get(x.xid, UNKNOWN).severity)  # type: ignore[arg-type]
+        got = self._incidents.judge(key, f"{x.gpu_uuid}/{x.xid}", x.ts, fire=True, severity=XIDS.get(x.xid, UNKNOWN).severity)
         if got is None:  # a repeat: counted, not re-announced
             where = self._where.get(key)
             if where is not None:
@@ -131,11 +131,11 @@ class GpuXidDetector(Detector[GpuXidConfig]):
             if a.gpu_uuid is None or "xid" not in a.evidence:
                 continue
             xid = int(a.evidence["xid"])
-            self._incidents.restore((a.gpu_uuid, xid), a.id, a.subject, a.started_at, a.ts, a.severity)
+            self._incidents.restore((a.gpu_uuid, xid), a)
             self._where[(a.gpu_uuid, xid)] = _Where(a.node or "", int(a.evidence.get("gpu_index", 0)), int(a.evidence.get("count", 1)))
             self._gpus.setdefault(a.gpu_uuid, set()).add(xid)
 
-    def _anomaly(self, gpu_uuid: str, xid: int, incident: Incident, state: str, ts: int) -> Anomaly:
+    def _anomaly(self, gpu_uuid: str, xid: int, incident: Incident, state: State, ts: int) -> Anomaly:
         meaning = XIDS.get(xid, UNKNOWN)
         where = self._where[(gpu_uuid, xid)]
         if state == "firing":
@@ -143,7 +143,7 @@ class GpuXidDetector(Detector[GpuXidConfig]):
         else:
             message = f"XID {xid} on GPU {where.gpu_index} of {where.node}: quiet for {self.config.quiet_s:g} s after {where.count} occurrence(s)"
         return Anomaly(
-            id=incident.id, kind=self.kind, severity=meaning.severity, state=state,  # type: ignore[arg-type]
+            id=incident.id, kind=self.kind, severity=meaning.severity, state=state,
             subject_type="gpu", subject=gpu_uuid, ts=ts, started_at=incident.started_at,
             window_start=incident.started_at, window_end=max(ts, incident.last_bad), message=message,
             evidence={"xid": float(xid), "count": float(where.count), "drain": float(meaning.drain),

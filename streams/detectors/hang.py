@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from hpcinsight.schemas.events import Anomaly, Event, GpuQuantiles, StepMetric
 from hpcinsight.streams.detectors import Detector, WindowChoice
-from hpcinsight.streams.detectors.incidents import Incident, Incidents
+from hpcinsight.streams.detectors.incidents import Incident, Incidents, State
 from hpcinsight.streams.jobs import JobGpuWindow
 
 #: job-window metrics that show work being done, and how each is summarised across the job's GPUs
@@ -140,11 +140,11 @@ class HangDetector(Detector[HangConfig]):
     def restore(self, open_incidents: list[Anomaly]) -> None:
         for a in open_incidents:
             if a.job_id is not None:
-                self._incidents.restore(a.job_id, a.id, a.subject, a.started_at, a.ts, a.severity)
+                self._incidents.restore(a.job_id, a)
                 job = self._jobs.setdefault(a.job_id, _Job())
                 job.last_step_ms = max(job.last_step_ms, a.started_at)
 
-    def _anomaly(self, job_id: str, job: _Job, incident: Incident, state: str, ts: int, why: str, idle: bool | None = None,
+    def _anomaly(self, job_id: str, job: _Job, incident: Incident, state: State, ts: int, why: str, idle: bool | None = None,
                  ratios: dict[str, float] | None = None) -> Anomaly:
         evidence = {"last_step": float(job.last_step), "silent_s": (ts - job.last_step_ms) / 1000,
                     "gpus": float(len(job.gpu_p95)), "max_gpu_p95": max(job.gpu_p95.values(), default=0.0)}
@@ -152,7 +152,7 @@ class HangDetector(Detector[HangConfig]):
             evidence["spinning"] = float(not idle)
         evidence |= {f"{m}_ratio": r for m, r in (ratios or {}).items()}
         return Anomaly(
-            id=incident.id, kind=self.kind, severity="critical" if state == "firing" else "info", state=state,  # type: ignore[arg-type]
+            id=incident.id, kind=self.kind, severity="critical" if state == "firing" else "info", state=state,
             subject_type="job", subject=job_id, ts=ts, started_at=incident.started_at, window_start=job.last_step_ms,
             window_end=ts, message=f"job {job_id} {'looks hung' if state == 'firing' else 'is moving again'}: {why}",
             evidence=evidence, job_id=job_id,

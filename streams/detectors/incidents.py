@@ -19,24 +19,36 @@ applies the same hygiene to all of them (:class:`Hygiene`):
 * **restore**: after a worker restart, the incidents read back from the anomalies topic are taken
   back under their own id, so they resolve once and never fire twice.
 
-The detector keeps what it measures; this table keeps only when to page.
+The detector keeps what it measures; this table keeps only when to page. A detector uses it so:
+
+* one table per detector (``Incidents(self.kind, Hygiene.of(...))`` from its config), keyed by whatever
+  names its subjects;
+* at every observation, ``judge(key, subject, ts, fire=..., clear=...)``; a ``("firing" | "resolved",
+  incident)`` it returns becomes one :class:`hpcinsight.schemas.events.Anomaly` with ``id=incident.id``
+  and ``started_at=incident.started_at`` (the id is :func:`anomaly_id` of the kind, subject and start:
+  the firing and the resolution of one incident carry the same id, and alerting deduplicates on it);
+* ``close(key)`` when the subject goes away (its job ended, its node left) and the detector resolves it;
+* in :meth:`hpcinsight.streams.detectors.Detector.restore`, ``restore(key, anomaly)`` for each firing
+  record of its kind that it can map to a key.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
+
+from hpcinsight.schemas.events import Anomaly
 
 K = TypeVar("K", bound=Hashable)
 State = Literal["firing", "resolved"]
 Severity = Literal["info", "warning", "critical"]
 
 
-def _anomaly_id(kind: str, subject: str, started_at_ms: int) -> str:
-    from hpcinsight.streams.detectors import anomaly_id  # the package imports this module's users, not the reverse
-
-    return anomaly_id(kind, subject, started_at_ms)
+def anomaly_id(kind: str, subject: str, started_at_ms: int) -> str:
+    """Stable id of one incident: the same for its firing and its resolved message."""
+    return hashlib.sha1(f"{kind}|{subject}|{started_at_ms}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,6 @@ class Incident:
     severity: Severity = "warning"
     episodes: int = 1
     last_bad: int = 0  # event time the condition last held
-    fired_ts: int = 0
 
 
 @dataclass
@@ -120,7 +131,7 @@ class Incidents(Generic[K]):
                 return None
             if run.bad >= h.fire_after and ts - run.bad_since >= h.fire_after_ms:
                 started = run.bad_since
-                run.open = Incident(_anomaly_id(self.kind, subject, started), subject, started, severity, last_bad=ts, fired_ts=ts)
+                run.open = Incident(anomaly_id(self.kind, subject, started), subject, started, severity, last_bad=ts)
                 run.cleared = False
                 return "firing", run.open
             return None
@@ -141,6 +152,7 @@ class Incidents(Generic[K]):
         return None
 
     def get(self, key: K) -> Incident | None:
+        """The incident open for ``key``, if any."""
         run = self._runs.get(key)
         return run.open if run is not None else None
 
@@ -155,20 +167,23 @@ class Incidents(Generic[K]):
         return run.open if run is not None else None
 
     def forget(self, key: K) -> None:
+        """Drop whatever ``key`` has, open or building, without a resolution (a subject long gone)."""
         self._runs.pop(key, None)
 
-    def restore(self, key: K, anomaly_id: str, subject: str, started_at: int, ts: int, severity: Severity = "warning",
-                episodes: int = 1) -> Incident:
-        """Take back an incident fired before a restart: it resolves under its own id after the quiet time."""
-        incident = Incident(anomaly_id, subject, started_at, severity, episodes=max(1, episodes), last_bad=ts, fired_ts=ts)
+    def restore(self, key: K, fired: Anomaly, subject: str | None = None) -> Incident:
+        """Take back ``fired``, the firing record of an incident read back from the anomalies topic after a
+        worker restart: ``key`` has it open again under its own id, start and severity, so it resolves once
+        (the quiet time counted from the record's ``ts``) and never fires twice. ``subject``: the subject its
+        id was made from, where that is not the record's (the default)."""
+        incident = Incident(fired.id, fired.subject if subject is None else subject, fired.started_at, fired.severity,
+                            last_bad=fired.ts)
         run = self._runs.setdefault(key, _Run())
         run.open = incident
         return incident
 
     def open_items(self) -> Iterator[tuple[K, Incident]]:
+        """Every open incident with its key (a snapshot: the table may change while this is read)."""
         for key, run in list(self._runs.items()):
             if run.open is not None:
                 yield key, run.open
 
-    def __len__(self) -> int:
-        return sum(1 for run in self._runs.values() if run.open is not None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from hpcinsight.schemas.events import Anomaly, Event, JobQuantiles, SchedulerEvent
 from hpcinsight.streams.detectors import Detector
-from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents, State
 from hpcinsight.streams.rolling import SINCE_START
 
 
@@ -85,14 +85,14 @@ class JobUnderusedDetector(Detector[JobUnderusedConfig]):
     def restore(self, open_incidents: list[Anomaly]) -> None:
         for a in open_incidents:
             if a.job_id:
-                self._incidents.restore(a.job_id, a.id, a.subject, a.started_at, a.ts, a.severity)
+                self._incidents.restore(a.job_id, a)
 
-    def _anomaly(self, q: JobQuantiles, incident: Incident, state: str, threshold: float, verb: str, ts: int | None = None) -> Anomaly:
+    def _anomaly(self, q: JobQuantiles, incident: Incident, state: State, threshold: float, verb: str, ts: int | None = None) -> Anomaly:
         return Anomaly(
             id=incident.id,
             kind=self.kind,
             severity="warning",
-            state=state,  # type: ignore[arg-type]
+            state=state,
             subject_type="job",
             subject=q.job_id,
             ts=ts if ts is not None else q.window_end,

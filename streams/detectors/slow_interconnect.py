@@ -54,15 +54,13 @@ from typing import Literal
 
 from hpcinsight.schemas.events import Anomaly, Event, IbSample, StepMetric
 from hpcinsight.streams.detectors import Detector
-from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents, Severity, State
 
 #: per-interval error counters that mean a sick link
 ERROR_FIELDS = ("symbol_errors", "link_error_recovery", "rcv_errors", "rcv_remote_physical_errors",
                 "local_link_integrity_errors", "excessive_buffer_overrun_errors")
 #: shown in the evidence, not judged
 SHOWN_FIELDS = ("xmit_discards",)
-
-Severity = Literal["info", "warning", "critical"]
 
 
 @dataclass(frozen=True)
@@ -462,7 +460,7 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
         return gate  # None: the steps cannot tell yet, hold
 
     def _step_run(self, key: tuple[str, ...], id_subject: str, bad: bool | None, ts: int, back: bool,
-                  severity: Severity) -> tuple[Literal["firing", "resolved"], Incident] | None:
+                  severity: Severity) -> tuple[State, Incident] | None:
         """Judge a subject once (``bad`` None: cannot tell, hold); the transition it makes, if any."""
         if bad is None:
             return None
@@ -486,7 +484,7 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
             return f"; its steps take {steps['step_time_ratio']:.2f}x their baseline"
         return ""
 
-    def _anomaly(self, incident: Incident, state: Literal["firing", "resolved"], subject_type: Literal["node", "link"],
+    def _anomaly(self, incident: Incident, state: State, subject_type: Literal["node", "link"],
                  subject: str, ts: int, message: str, evidence: dict[str, float], node: str, job_id: str) -> Anomaly:
         return Anomaly(
             id=incident.id, kind=self.kind, severity=incident.severity, state=state, subject_type=subject_type,
@@ -554,4 +552,4 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
                 key = (a.job_id, a.node, device, number)
             else:
                 continue
-            self._incidents.restore(key, a.id, f"{a.job_id}/{a.subject}", a.started_at, a.ts, a.severity)
+            self._incidents.restore(key, a, subject=f"{a.job_id}/{a.subject}")

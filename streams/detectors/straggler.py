@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from hpcinsight.schemas.events import Anomaly, Event, NodeInventory, StepMetric
 from hpcinsight.streams.detectors import Detector
-from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents
+from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents, State
 
 
 @dataclass(frozen=True)
@@ -386,9 +386,9 @@ class StragglerDetector(Detector[StragglerConfig]):
     def restore(self, open_incidents: list[Anomaly]) -> None:
         for a in open_incidents:
             if a.job_id is not None:
-                self._incidents.restore(a.subject, a.id, a.subject, a.started_at, a.ts, a.severity)
+                self._incidents.restore(a.subject, a)
 
-    def _anomaly(self, job_id: str, job: _Job, got: tuple[str, Incident], ts: int, recent: list[_Judged],
+    def _anomaly(self, job_id: str, job: _Job, got: tuple[State, Incident], ts: int, recent: list[_Judged],
                  evidence: dict[str, float], rank: int | None = None, real: list[list[int]] | None = None) -> Anomaly:
         state, incident = got
         steps = f"steps {recent[0].step}-{recent[-1].step}"
@@ -422,7 +422,7 @@ class StragglerDetector(Detector[StragglerConfig]):
             else:
                 what = f"is persistently imbalanced: step-time CoV {evidence['mean_cov']:.2f} across ranks, no group or single culprit ({steps})"
         return Anomaly(
-            id=incident.id, kind=self.kind, severity="warning", state=state,  # type: ignore[arg-type]
+            id=incident.id, kind=self.kind, severity="warning", state=state,
             subject_type=subject_type, subject=incident.subject, ts=ts, started_at=incident.started_at,  # type: ignore[arg-type]
             window_start=recent[0].ts, window_end=ts, message=f"{where} {what}", evidence=evidence, node=node, job_id=job_id,
         )
