@@ -224,19 +224,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
 # --- worker ---------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
     from hpcinsight.schemas.catalog import ensure_topics
-    from hpcinsight.streams.app import WorkerOptions, parse_duration_ms, parse_windows, run_worker
+    from hpcinsight.core.durations import parse_ms
+    from hpcinsight.streams.app import WorkerOptions, parse_windows, run_worker
     from hpcinsight.streams.detectors import build as build_detectors
+
+    def seconds(flag: str) -> float:  # a bare number is seconds, as it always was for these flags
+        return parse_ms(getattr(args, flag.lstrip("-").replace("-", "_")), flag, plain="s") / 1000
 
     settings = load()
     try:  # options first: a typo is said at once, not after the broker answered
         options = WorkerOptions(
-            windows=parse_windows(args.windows), lateness_s=parse_duration_ms(args.lateness) / 1000,
-            since_start_every_s=parse_duration_ms(args.since_start_every) / 1000,
-            checkpoint_every_s=parse_duration_ms(args.checkpoint_every) / 1000,
-            replay_margin_s=parse_duration_ms(args.replay_margin) / 1000,
-            kpi_interval_s=parse_duration_ms(args.kpi_interval) / 1000,
-            kpi_lateness_s=parse_duration_ms(args.kpi_lateness) / 1000,
-            job_wait_s=parse_duration_ms(args.job_wait) / 1000, instance=args.instance,
+            windows=parse_windows(args.windows, "--windows"), lateness_s=seconds("--lateness"),
+            since_start_every_s=seconds("--since-start-every"), checkpoint_every_s=seconds("--checkpoint-every"),
+            replay_margin_s=seconds("--replay-margin"), kpi_interval_s=seconds("--kpi-interval"),
+            kpi_lateness_s=seconds("--kpi-lateness"), job_wait_s=seconds("--job-wait"), instance=args.instance,
         )
         options.processor_config()
         build_detectors(settings.detectors)

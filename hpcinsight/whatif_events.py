@@ -18,11 +18,14 @@ from hpcinsight.whatif.model import WhatifError
 STORE_LIMIT = 2_000_000  # scheduler events read at most (a guard against a mistyped range)
 
 
-def _instant(text: str, now: float) -> float:
-    from hpcinsight.sinks.diagnose import parse_since
+def _instant(text: str, now: float, setting: str) -> float:
+    """``2h`` (before now; a bare number is seconds) or an ISO time."""
+    from hpcinsight.core.durations import parse_seconds
 
+    if not text:
+        return now
     try:
-        return now - parse_since(text)
+        return now - round(parse_seconds(text, setting, plain="s"))
     except ValueError:
         pass
     try:
@@ -40,7 +43,7 @@ def read_store(settings: Any, since: str, until: str | None, source: str | None)
     from hpcinsight.whatif.store import jobs_from_events, nodes_from_inventory
 
     now = time.time()
-    lo, hi = _instant(since, now), _instant(until, now) if until else now
+    lo, hi = _instant(since, now, "--since"), _instant(until, now, "--until") if until else now
     if hi <= lo:
         raise WhatifError("--until is not after --since")
     client = connect(settings.clickhouse, writer=False)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcinsight.core.durations import parse_seconds
 from hpcinsight.sinks.query import plain_value, records
 
 SEVERITY = {"critical": 3, "warning": 2, "info": 1}
@@ -415,13 +416,10 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def parse_since(text: str | None) -> int:
-    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> seconds; empty: the whole job (0)."""
+    """``90`` (seconds), ``90s``, ``15m``, ``2h``, ``1d`` -> whole seconds; empty: the whole job (0)."""
     if not text:
         return 0
-    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
-    if not m:
-        raise ValueError(f"--since expects a duration such as 90s, 15m, 2h or 1d, got {text!r}")
-    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return round(parse_seconds(text, "--since", plain="s"))
 
 
 def run_diagnose(settings: Any, job: str, since: str | None, plots: str | None, fmt: str) -> int:

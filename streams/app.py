@@ -19,7 +19,6 @@ import functools
 import gc
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from typing import Any
 import faust
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
+from hpcinsight.core.durations import parse_ms
 from hpcinsight.core.settings import Settings
 from hpcinsight.core.kafka import broker_retry, new_consumer, new_producer
 from hpcinsight.schemas.catalog import (
@@ -57,23 +57,14 @@ from hpcinsight.streams.windows import WindowSpec
 log = logging.getLogger(__name__)
 
 
-def parse_duration_ms(text: str) -> int:
-    """``90s``, ``5m``, ``1h``, ``250ms`` or plain seconds -> milliseconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
-    if not m:
-        raise ValueError(f"not a duration: {text!r} (e.g. 10s, 5m, 1h)")
-    scale = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}[m.group(2) or "s"]
-    return round(float(m.group(1)) * scale)
-
-
-def parse_windows(text: str) -> tuple[WindowSpec, ...]:
-    """``1m/10s,5m/1m,1h/20m``: sliding windows as SIZE/HOP."""
+def parse_windows(text: str, setting: str = "--windows") -> tuple[WindowSpec, ...]:
+    """``1m/10s,5m/1m,1h/20m``: sliding windows as SIZE/HOP (durations; a bare number is seconds)."""
     specs = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         size, sep, hop = part.partition("/")
         if not sep:
             raise ValueError(f"window {part!r}: write SIZE/HOP, e.g. 1m/10s")
-        specs.append(WindowSpec(parse_duration_ms(size), parse_duration_ms(hop)))
+        specs.append(WindowSpec(parse_ms(size, setting, plain="s"), parse_ms(hop, setting, plain="s")))
     if not specs:
         raise ValueError("at least one window is needed")
     return tuple(specs)

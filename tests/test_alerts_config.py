@@ -12,7 +12,6 @@ import yaml
 
 from hpcinsight.core.settings import ConfigError
 from hpcinsight.sinks.alerts import config as alerts_config
-from hpcinsight.sinks.alerts.confnode import parse_duration
 from hpcinsight.sinks.alerts.matchers import Matcher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,10 +189,13 @@ def test_matchers(text: str, labels: dict, hit: bool) -> None:
 
 
 def test_durations() -> None:
-    assert [parse_duration(t) for t in ("30s", "5m", "1h30m", "2d", "250ms", "0s")] == [30, 300, 5400, 172800, 0.25, 0]
+    """Alertmanager's forms (the shared grammar, a unit always: no bare number)."""
+    waits = [alerts_config.parse(with_("route.group_wait", t), "test.yaml").route.group_wait_s
+             for t in ("30s", "5m", "1h30m", "2d", "250ms", "0s")]
+    assert waits == [30, 300, 5400, 172800, 0.25, 0]
     for bad in ("", "5", "m5", "5 m", "1h-5m"):
-        with pytest.raises(ValueError):
-            parse_duration(bad)
+        with pytest.raises(ConfigError, match=f"test.yaml: route.group_wait: '{bad}' is not a duration"):
+            alerts_config.parse(with_("route.group_wait", bad), "test.yaml")
 
 
 def test_silence_matchers_from_the_command_line_are_checked() -> None:

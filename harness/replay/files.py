@@ -144,27 +144,10 @@ def iso_utc(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def duration_text(ms: float) -> str:
-    s = round(ms / 1000)
-    if s % 86400 == 0 and s:
-        return f"{s // 86400} d"
-    if s >= 86400:
-        return f"{s / 86400:.1f} d"
-    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s} s"
-
-
 def _window_text(seconds: int) -> str:
     if seconds % 3600 == 0:
         return f"{seconds // 3600}h"
     return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
-
-
-def duration_ms(text: str) -> int:
-    """The worker's durations (``250ms``, ``90s``, ``5m``, ``1h``) and whole or decimal days (``7d``)."""
-    from hpcinsight.streams.app import parse_duration_ms
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*d\s*", text)
-    return round(float(m.group(1)) * DAY_MS) if m else parse_duration_ms(text)
 
 
 def day_shift(newest_ms: int, now_ms: int) -> int:

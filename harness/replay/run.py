@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
+from hpcinsight.core.durations import describe_ms, parse_ms
 from hpcinsight.core.settings import Settings
 from hpcinsight.harness.supervisor import Processes, child_env, start_broker, wait_drained
 from hpcinsight.harness.replay import FORMATS, SECTIONS, ReplayOptions
@@ -31,7 +32,6 @@ from hpcinsight.harness.replay.files import (
     SchedReplay,
     StepReplay,
     clock_event,
-    duration_ms,
     keyed_messages,
     parse_time_ms,
     plan_gpu_util,
@@ -42,7 +42,6 @@ from hpcinsight.harness.replay.files import (
     read_pods,
     read_steps,
     time_slices,
-    duration_text,
     iso_utc,
 )
 from hpcinsight.core.kafka import lag
@@ -228,7 +227,7 @@ def _plan(options: ReplayOptions, report: Report, now_ms: int) -> GpuReplay | St
         job = options.job or ("stdin" if path == "-" else Path(path).stem)
         g = plan_gpu_util(rows, job, options.job_per_gpu, options.windows, now_ms)
         report(f"{path}: {len(rows)} samples of {len(g.places)} GPUs, {len(set(g.jobs.values()))} job(s), recorded "
-               f"{iso_utc(g.first_ms)} .. {iso_utc(g.last_ms)} ({duration_text(g.last_ms - g.first_ms)}), a sample every "
+               f"{iso_utc(g.first_ms)} .. {iso_utc(g.last_ms)} ({describe_ms(g.last_ms - g.first_ms)}), a sample every "
                f"{g.interval_ms / 1000:g} s (median)")
         report(f"times shifted by {g.shift_ms // DAY_MS:+d} days so that the data ends within the last day "
                f"(time of day kept); windows {g.plan.windows}, since-start view every {g.plan.since_start_every_ms // 1000} s; "
@@ -262,16 +261,16 @@ def _plan(options: ReplayOptions, report: Report, now_ms: int) -> GpuReplay | St
         report.bad_rows(path, bad)
     sc = plan_sched(
         pods, people, nodes, now_ms,
-        interval_s=None if options.kpi_interval is None else duration_ms(options.kpi_interval) / 1000,
-        step_s=None if options.step is None else duration_ms(options.step) / 1000,
+        interval_s=None if options.kpi_interval is None else parse_ms(options.kpi_interval, "--kpi-interval", plain="s") / 1000,
+        step_s=None if options.step is None else parse_ms(options.step, "--step", plain="s") / 1000,
         start_ms=None if options.start is None else parse_time_ms(options.start),
     )
     gpus = sum(n.gpu_count for n in sc.inventory)
     report(f"{pods_path}: {sc.pods} pods ({len(sc.events)} scheduler events); {nodes_path}: {len(sc.inventory)} nodes, "
            f"{gpus} GPUs; placement model: {sc.placed} GPU pods placed, {sc.unplaced} found no room")
     report(f"trace second 0 stamped {iso_utc(sc.t0_ms)} (ahead of now: the worker also closes KPI intervals by its "
-           f"clock), the trace spans {duration_text(sc.last_ms - sc.t0_ms)}; KPI interval {sc.interval_ms // 1000} s, "
-           f"rows every {duration_text(sc.step_ms)}; trace_time = time since trace second 0")
+           f"clock), the trace spans {describe_ms(sc.last_ms - sc.t0_ms)}; KPI interval {sc.interval_ms // 1000} s, "
+           f"rows every {describe_ms(sc.step_ms)}; trace_time = time since trace second 0")
     return sc
 
 

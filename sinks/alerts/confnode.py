@@ -13,26 +13,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from hpcinsight.core.durations import parse_seconds
 from hpcinsight.core.settings import ConfigError, Secret
 from hpcinsight.sinks.alerts import redact
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``5m``, ``1h30m``, ``2d`` -> seconds; ``ValueError`` otherwise."""
-    text = str(text).strip()
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 5m, 4h, 1h30m, 2d)")
-    return total
 
 
 class Node:
@@ -42,9 +27,12 @@ class Node:
         self.value, self.path, self.source = value, path, source
         self.env = os.environ if env is None else env
 
+    @property
+    def where(self) -> str:
+        return f"{self.source}: {self.path}" if self.path else self.source
+
     def error(self, message: str) -> ConfigError:
-        where = f"{self.source}: {self.path}" if self.path else self.source
-        return ConfigError(f"{where}: {message}")
+        return ConfigError(f"{self.where}: {message}")
 
     def child(self, key: str | int, value: Any) -> Node:
         path = f"{self.path}[{key}]" if isinstance(key, int) else (f"{self.path}.{key}" if self.path else key)
@@ -101,10 +89,7 @@ class Node:
         return self.value
 
     def duration(self, allow_zero: bool = True) -> float:
-        try:
-            seconds = parse_duration(self.string())
-        except ValueError as err:
-            raise self.error(str(err)) from None
+        seconds = parse_seconds(self.string(), self.where)  # Alertmanager's forms: 1h30m, 0s; a unit always
         if seconds <= 0 and not allow_zero:
             raise self.error("must be longer than 0")
         return seconds

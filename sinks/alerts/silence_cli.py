@@ -29,12 +29,12 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
     import getpass
 
     from hpcinsight.sinks.alerts import silences
-    from hpcinsight.sinks.alerts.confnode import parse_duration
+    from hpcinsight.core.durations import parse_seconds
     from hpcinsight.sinks.alerts.message import utc
 
     if args.action == "add":
-        s = silences.add(client_config, prefix, args.match, parse_duration(args.duration), args.comment,
-                         args.author or getpass.getuser(), starts_in_s=parse_duration(args.starts_in))
+        s = silences.add(client_config, prefix, args.match, parse_seconds(args.duration, "--duration"), args.comment,
+                         args.author or getpass.getuser(), starts_in_s=parse_seconds(args.starts_in, "--starts-in"))
         print(f"silence {s.id}: {', '.join(s.matchers)} from {utc(s.starts_at)} until {utc(s.ends_at)}")
         return 0
     if args.action == "expire":
