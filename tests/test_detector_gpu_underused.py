@@ -69,3 +69,14 @@ def test_a_free_gpu_is_not_underused_and_release_resolves() -> None:
     released = det.observe(q(100, 1.0, job=None))  # still idle, but free now: resolved at once
     assert [a.state for a in released] == ["resolved"] and released[0].id == held[0].id
     assert "released" in released[0].message
+
+
+def test_an_idle_spell_open_before_a_restart_is_taken_back_and_resolves_once() -> None:
+    first = GpuUnderusedDetector(GpuUnderusedConfig(fire_after=2, resolve_after=2, quiet_s=60))
+    (firing,) = [a for i in range(4) for a in first.observe(q(10 * (i + 2), 2.0))]
+    second = GpuUnderusedDetector(GpuUnderusedConfig(fire_after=2, resolve_after=2, quiet_s=60))
+    second.restore([firing])
+    assert [a for i in range(4, 8) for a in second.observe(q(10 * (i + 2), 2.0))] == []  # still the same spell
+    busy = [a for i in range(8, 20) for a in second.observe(q(10 * (i + 2), 80.0))]
+    assert [(a.state, a.id, a.started_at) for a in busy] == [("resolved", firing.id, firing.started_at)]
+    assert busy[0].ts >= q(90, 2.0).window_end + 60_000  # after the quiet time since the last idle window

@@ -83,3 +83,13 @@ def test_a_long_slow_step_at_full_work_is_not_a_hang() -> None:
     """Steps silent (one very long step, e.g. a big evaluation inside the step) but the GPUs compute: no hang."""
     det = HangDetector(HangConfig(steps_silent_s=120))
     assert run(det, spinning_job(300, 600, sm=78.0, power=600.0, nvlink=2.5e11)) == []
+
+
+def test_a_hang_open_before_a_restart_is_taken_back_and_a_step_resolves_it() -> None:
+    first = HangDetector(HangConfig(steps_silent_s=120))
+    (firing,) = run(first, [step(0, 1), step(10, 2)] + [q(t, 1.0, g) for t in range(60, 300, 30) for g in range(2)])
+    second = HangDetector(HangConfig(steps_silent_s=120))  # the restarted worker: no steps seen, only the record
+    second.restore([firing])
+    assert run(second, [q(t, 1.0, g) for t in range(300, 600, 30) for g in range(2)]) == []  # no second page
+    resolved = second.observe(step(620, 3))
+    assert [(a.state, a.id, a.started_at) for a in resolved] == [("resolved", firing.id, firing.started_at)]

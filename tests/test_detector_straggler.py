@@ -136,3 +136,17 @@ def test_a_node_whose_ranks_stall_together_is_one_slow_group_not_four_stragglers
         first, last = slow_node * per_node, slow_node * per_node + per_node - 1
         assert f"ranks {first}-{last}" in raised[0].message and f"all on node n{slow_node}" in raised[0].message
         assert 100 - 20 <= raised[0].evidence["first_step"] and raised[0].evidence["last_step"] <= 130  # its window holds the onset
+
+
+def test_a_straggler_open_before_a_restart_is_taken_back_and_resolves_once() -> None:
+    rng = random.Random(2)
+    slow = lambda s, r: rng.gauss(1.0, 0.02) * (1.3 if r == 3 and 30 <= s < 90 else 1.0)  # noqa: E731
+    events = list(steps(160, slow))
+    cut = next(i for i, e in enumerate(events) if e.step == 70)
+    first = StragglerDetector(StragglerConfig(window=20))
+    (firing,) = run(first, events[:cut])
+    second = StragglerDetector(StragglerConfig(window=20))  # the restarted worker: a fresh job view and the record
+    second.restore([firing])
+    raised = run(second, events[cut:])
+    assert [(a.state, a.id, a.subject, a.started_at) for a in raised] == [
+        ("resolved", firing.id, "job-1/rank-3", firing.started_at)]
