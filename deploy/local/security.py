@@ -6,7 +6,7 @@ localhost, and a client certificate), and the broker properties for one extra li
 127.0.0.1 speaking ``SASL_SSL`` with SCRAM-SHA-512 users created at format time, or ``SSL`` that
 requires a client certificate. The broker keeps a PLAINTEXT listener between its own parts; clients
 use only the secure one. :meth:`SecureListener.client_env` is what a component then needs in its
-environment (the variables of README: Configuration).
+environment (the variables of docs/configuration.md).
 
 Kafka reads PEM files directly (``ssl.keystore.type=PEM``), so no Java keystore is made.
 """

@@ -1,6 +1,6 @@
 """``hpcinsight replay``: recorded data from files through the real pipeline, and what it found.
 
-Three kinds of record, each a CSV file with a header (README: Replay your own data):
+Three kinds of record, each a CSV file with a header (docs/evaluation.md: Replay your own data):
 
 * ``steps FILE``: ``job,rank,step,duration_s[,ts][,node]``, per-rank training step times, sent to
   ``step.metrics.raw`` as :class:`StepMetric` records; prints the straggler and imbalance flags, each

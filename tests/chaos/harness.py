@@ -1,6 +1,6 @@
 """The chaos harness: run the pipeline as separate processes, inject faults, check the result.
 
-Why processes and real signals: the promises under test (README, docs/guarantees.md) are about
+Why processes and real signals: the promises under test (docs/guarantees.md) are about
 what survives a process dying anywhere, a process hanging, a broker going away and a disk that
 refuses writes. Only the real CLI processes on a real broker and a real embedded store can show
 that; nothing here is simulated but the GPUs and the scheduler (the machine has neither).

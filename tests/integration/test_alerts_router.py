@@ -150,7 +150,7 @@ def test_a_router_killed_after_deciding_and_before_sending_sends_exactly_once_af
 
 def test_a_router_killed_after_a_post_and_before_recording_it_resends_with_the_same_idempotency_key(
         pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path) -> None:
-    """The one window left (README: Alerts): the receiver has it, the router had not yet written so."""
+    """The one window left (docs/alerts.md): the receiver has it, the router had not yet written so."""
     config = write_config(tmp_path / "alerts.yaml", receiver.url())
     produce(pipeline, anomaly("a0"))
     crashed = start_router(pipeline, config, "alerts-1", crash="after_send")

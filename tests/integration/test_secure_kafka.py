@@ -1,7 +1,7 @@
 """The whole pipeline over the security real clusters use (issue 16, item 6): SASL_SSL with SCRAM
 users, and mutual TLS. A broker of the test's own gets one secure listener and a throwaway CA
 (deploy/local/security.py); the agent, worker, sink, alert router and service reach it only
-through that listener, with the settings of README: Configuration."""
+through that listener, with the settings of docs/configuration.md."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Payload: ``version``, ``groupKey``, ``truncatedAlerts``, ``status``, ``receiver`
 ``commonLabels``, ``commonAnnotations``, ``externalURL`` and ``alerts`` (each with ``status``,
 ``labels``, ``annotations``, ``startsAt``, ``endsAt``, ``generatorURL``, ``fingerprint``), plus
 ``notificationId``. The same id is sent as the ``Idempotency-Key`` header: a notification that is
-sent again after a crash (see README, Alerts) carries the same key, so a receiver can drop the copy.
+sent again after a crash (see docs/alerts.md) carries the same key, so a receiver can drop the copy.
 
 YAML (under a receiver)::
 

@@ -45,7 +45,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- fail (printf "kafka.tls.clientSecret is set (mutual TLS) but kafka.securityProtocol is %s: use SSL or SASL_SSL" $k.securityProtocol) -}}
 {{- end -}}
 {{- if and .Values.alerts.enabled (not .Values.alerts.config) -}}
-{{- fail "alerts.config is required with alerts.enabled: the routing YAML (README: Alerts); put webhook URLs in an existing Secret named by alerts.envFromSecret and refer to them as ${VAR}" -}}
+{{- fail "alerts.config is required with alerts.enabled: the routing YAML (docs/alerts.md); put webhook URLs in an existing Secret named by alerts.envFromSecret and refer to them as ${VAR}" -}}
 {{- end -}}
 {{- if and .Values.metrics.prometheusRule.enabled (not .Values.metrics.enabled) -}}
 {{- fail "metrics.prometheusRule.enabled needs metrics.enabled: its alerts read the components' /metrics" -}}
