@@ -186,3 +186,35 @@ def test_fgd_share_scores_equal_recomputing_every_candidate_state() -> None:
         want = (1.0 / (1.0 + np.exp(-(before - after) / 1000)) * 100).astype(np.int64)
         want = np.where(st.gpu_left[:, g] >= share.milli, want, -1)
         assert got[:, g].tolist() == want.tolist(), g
+
+
+def test_fgd_fragmentation_over_all_shapes_at_once_is_bit_equal_to_one_shape_at_a_time() -> None:
+    """The vectorised form must give the same bits as the definition (shape by shape, summed in
+    order): FGD scores truncate, so one ulp can move a job to another node."""
+    from hpcinsight.whatif.policies.fgd import _fragmentation_by_shape
+
+    rng = np.random.default_rng(5)
+    jobs = [job(cpu=int(c), milli=int(m), num=int(n), name=str(i)) for i, (c, m, n) in
+            enumerate(zip(rng.integers(0, 16000, 300), rng.choice([0, 250, 500, 1000], 300), rng.choice([0, 1, 2, 4, 8], 300)))]
+    typical = typical_shapes(jobs)
+    assert len(typical) > 5
+    for lead in ((1,), (7,), (40,), (6, 8)):
+        gpu = rng.choice([0, 125, 250, 500, 1000], size=(*lead, 8))
+        cpu = rng.integers(0, 64_000, size=lead)
+        acc = rng.random((*lead, len(typical))) < 0.8
+        got, want = fragmentation(cpu, gpu, acc, typical), _fragmentation_by_shape(cpu, gpu, acc, typical)
+        assert got.shape == want.shape and got.tobytes() == want.tobytes(), lead
+
+
+def test_fgd_picks_the_same_gpu_for_a_share_whether_or_not_the_node_was_just_scored() -> None:
+    rng = np.random.default_rng(3)
+    jobs = [job(cpu=4000, milli=int(m), name=str(i)) for i, m in enumerate(rng.choice([200, 300, 500, 1000], 100))]
+    nodes = [Node(f"n{i}", 64_000, 262_144, 8, "G2") for i in range(10)]
+    st = ClusterState(nodes)
+    st.gpu_left[:] = rng.choice([0, 200, 350, 600, 1000], size=st.gpu_left.shape)
+    share = shape(milli=300, cpu=4000)
+    scored, fresh = FgdPolicy(typical_shapes(jobs)), FgdPolicy(typical_shapes(jobs))
+    scored.score(st, share, np.arange(len(nodes)))
+    for n in range(len(nodes)):
+        if (st.gpu_left[n] >= share.milli).any():
+            assert scored.gpus(st, share, n) == fresh.gpus(st, share, n), n
