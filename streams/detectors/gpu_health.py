@@ -250,7 +250,7 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         got = self._judge(s, gpu, condition, value, severity=severity)
         if got is None:
             return []
-        state = "firing" if value else "resolved"
+        state: State = "firing" if value else "resolved"
         return [self._anomaly(s, condition, got, state, evidence, firing if value else resolved)]
 
     def _throttle(self, s: GpuSample, gpu: _Gpu) -> list[Event]:
@@ -286,10 +286,10 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
                 continue  # the usual case: nothing building, nothing open
             share = hits_now / n
             if condition not in gpu.open:
-                hits = [o for o in gpu.window if o.reasons & reasons]
-                braked = any("hw_power_brake" in o.reasons for o in hits)
+                throttled = [o for o in gpu.window if o.reasons & reasons]
+                braked = any("hw_power_brake" in o.reasons for o in throttled)
                 severity: Severity = "warning" if condition == THERMAL or braked else "info"
-                got = self._judge(s, gpu, condition, True, since=hits[0].ts, severity=severity)
+                got = self._judge(s, gpu, condition, True, since=throttled[0].ts, severity=severity)
                 if got is not None:
                     out.append(self._anomaly(s, condition, got, "firing", self._throttle_evidence(s, gpu, reasons, share),
                                              self._throttle_message(s, condition, share, braked)))

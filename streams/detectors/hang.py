@@ -69,11 +69,11 @@ class HangDetector(Detector[HangConfig]):
 
     def observe(self, event: Event) -> list[Event]:
         if isinstance(event, StepMetric):
-            job = self._jobs.setdefault(event.job_id, _Job())
-            job.last_step_ms = max(job.last_step_ms, event.ts)
-            job.last_step = max(job.last_step, event.step)
+            stepping = self._jobs.setdefault(event.job_id, _Job())
+            stepping.last_step_ms = max(stepping.last_step_ms, event.ts)
+            stepping.last_step = max(stepping.last_step, event.step)
             got = self._incidents.judge(event.job_id, event.job_id, event.ts, fire=False, clear=True)
-            return [self._anomaly(event.job_id, job, got[1], "resolved", event.ts, f"step {event.step} completed")] if got else []
+            return [self._anomaly(event.job_id, stepping, got[1], "resolved", event.ts, f"step {event.step} completed")] if got else []
         if isinstance(event, JobGpuWindow):
             return self._on_job_window(event)
         if (

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hpcinsight.schemas.events import Anomaly, Event, NodeInventory, StepMetric
@@ -375,10 +376,12 @@ class StragglerDetector(Detector[StragglerConfig]):
         elif None not in nodes:
             out.append(f"on node{'s' if len(nodes) > 1 else ''} {', '.join(sorted(nodes))}")  # type: ignore[arg-type]
         inventories = [self._nodes.get(n) for n in nodes if n is not None]
-        if inventories and all(i is not None for i in inventories):
-            for what, read in (("GPU model", lambda i: i.gpu_model), ("zone", lambda i: i.zone),
-                               ("switch", lambda i: i.labels.get("ib_switch"))):
-                values = {read(i) for i in inventories}
+        known = [i for i in inventories if i is not None]
+        if inventories and len(known) == len(inventories):
+            readers: tuple[tuple[str, Callable[[NodeInventory], str | None]], ...] = (
+                ("GPU model", lambda i: i.gpu_model), ("zone", lambda i: i.zone), ("switch", lambda i: i.labels.get("ib_switch")))
+            for what, read in readers:
+                values = {read(i) for i in known}
                 if len(values) == 1 and None not in values:
                     out.append(f"{what} {next(iter(values))}")
         return out
@@ -432,7 +435,7 @@ def _ranks(ranks: list[int]) -> str:
     """``0-4, 7``: ranks as runs."""
     out: list[str] = []
     start = prev = None
-    for r in ranks + [None]:  # type: ignore[list-item]
+    for r in ranks + [None]:
         if start is not None and (r is None or r != prev + 1):  # type: ignore[operator]
             out.append(f"{start}" if start == prev else f"{start}-{prev}")
             start = None
