@@ -21,8 +21,8 @@ applies the same hygiene to all of them (:class:`Hygiene`):
 
 The detector keeps what it measures; this table keeps only when to page. A detector uses it so:
 
-* one table per detector (``Incidents(self.kind, Hygiene.of(...))`` from its config), keyed by whatever
-  names its subjects;
+* a table (``Incidents(self.kind, Hygiene.of(...))`` from its config; one per condition where conditions
+  page under different rules), keyed by whatever names a subject there;
 * at every observation, ``judge(key, subject, ts, fire=..., clear=...)``; a ``("firing" | "resolved",
   incident)`` it returns becomes one :class:`hpcinsight.schemas.events.Anomaly` with ``id=incident.id``
   and ``started_at=incident.started_at`` (the id is :func:`anomaly_id` of the kind, subject and start:
@@ -30,6 +30,9 @@ The detector keeps what it measures; this table keeps only when to page. A detec
 * ``close(key)`` when the subject goes away (its job ended, its node left) and the detector resolves it;
 * in :meth:`hpcinsight.streams.detectors.Detector.restore`, ``restore(key, anomaly)`` for each firing
   record of its kind that it can map to a key.
+
+That is the whole interface, with ``get``, ``building`` and ``open_items`` to look and ``forget`` to drop
+a subject long gone: small on purpose, so a new detector needs nothing else to page like the others.
 """
 
 from __future__ import annotations
