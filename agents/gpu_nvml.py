@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from hpcinsight.agents.base import Collector
+from hpcinsight.agents.registry import check, collector_kind
 from hpcinsight.agents.cgroup import Attribution, read_attribution
 from hpcinsight.schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
 from hpcinsight.schemas.events import GpuProcess, GpuSample, XidEvent
@@ -220,6 +221,12 @@ class NvmlConfig:
     xid_wait_ms: int = 500
     #: XIDs held between ticks at most; beyond that the oldest are dropped (and counted)
     xid_queue_max: int = 10_000
+
+    def __post_init__(self) -> None:
+        check(bool(self.node), "node", "must be a node name")
+        check(math.isfinite(self.rescan_s) and self.rescan_s > 0, "rescan_s", "must be a positive number of seconds")
+        check(self.xid_wait_ms >= 1, "xid_wait_ms", "must be >= 1")
+        check(self.xid_queue_max >= 1, "xid_queue_max", "must be >= 1")
 
 
 @dataclass(eq=False)
@@ -926,3 +933,14 @@ class NvmlXidCollector(_NvmlCollector):
             self._free_set(self._event_set)
             self._event_set = None
         super().close()
+
+
+@collector_kind("gpu_nvml", NvmlConfig)
+def gpu_nvml(config: NvmlConfig) -> list[Collector[Any]]:
+    """This node's GPUs through NVML: samples, processes, XID events (``[agent.collectors.gpu_nvml]``)."""
+    gpus = NvmlGpuCollector(config)
+    try:
+        return [gpus, NvmlProcessCollector(config), NvmlXidCollector(config)]
+    except BaseException:
+        gpus.close()
+        raise

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcinsight.agents.base import Collector
+from hpcinsight.agents.registry import check, collector_kind
 from hpcinsight.schemas.catalog import IB_SAMPLES_RAW
 from hpcinsight.schemas.events import IbSample
 
@@ -52,6 +53,9 @@ class IbConfig:
     node: str = socket.gethostname()
     root: Path = Path("/sys/class/infiniband")
     devices: tuple[str, ...] | None = None  # None: every device under ``root``
+
+    def __post_init__(self) -> None:
+        check(bool(self.node), "node", "must be a node name")
 
 
 @dataclass
@@ -210,3 +214,9 @@ def _gbps(raw: bytes | None) -> float | None:
     except (IndexError, ValueError):
         return None
     return value if math.isfinite(value) and value >= 0 else None
+
+
+@collector_kind("ib_sysfs", IbConfig)
+def ib_sysfs(config: IbConfig) -> list[Collector[Any]]:
+    """This node's InfiniBand ports from sysfs (``[agent.collectors.ib_sysfs]``)."""
+    return [IbSysfsCollector(config)]

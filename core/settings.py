@@ -21,7 +21,8 @@ Environment variables::
     CLICKHOUSE_CLUSTER             cluster name: Replicated + Distributed tables, DDL ON CLUSTER
 
 The config file may also hold ``[clickhouse]`` (``cluster``, ``replica_path``, ``replica_name``,
-and ``[clickhouse.ttl_days]``: days to keep each table, 0 = forever) and ``[detectors.<kind>]``.
+and ``[clickhouse.ttl_days]``: days to keep each table, 0 = forever), ``[detectors.<kind>]`` and
+``[agent.collectors.<kind>]`` (the agent's collectors and their settings).
     HPCINSIGHT_DATA_DIR            where the embedded store lives (default ./.hpcinsight)
 """
 
@@ -201,6 +202,8 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(".hpcinsight"))
     #: detector settings from the config file's ``[detectors.<kind>]`` tables, checked by the worker
     detectors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: the agent's collectors from the config file's ``[agent.collectors.<kind>]`` tables, checked by the agent
+    collectors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def with_bootstrap(self, bootstrap: str) -> Settings:
         return replace(self, kafka=replace(self.kafka, bootstrap=bootstrap))
@@ -298,4 +301,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     detectors = file_conf.get("detectors", {})
     if not isinstance(detectors, dict) or not all(isinstance(v, dict) for v in detectors.values()):
         raise ConfigError("[detectors] in HPCINSIGHT_CONFIG must hold one table per detector, e.g. [detectors.job_underused]")
-    return Settings(kafka=kafka, clickhouse=clickhouse, data_dir=data_dir, detectors=detectors)
+    agent = file_conf.get("agent", {})
+    if not isinstance(agent, dict) or set(agent) - {"collectors"}:
+        raise ConfigError("[agent] in HPCINSIGHT_CONFIG may hold only [agent.collectors.<kind>] tables")
+    collectors = agent.get("collectors", {})
+    if not isinstance(collectors, dict) or not all(isinstance(v, dict) for v in collectors.values()):
+        raise ConfigError("[agent.collectors] in HPCINSIGHT_CONFIG must hold one table per collector kind, e.g. [agent.collectors.gpu_nvml]")
+    return Settings(kafka=kafka, clickhouse=clickhouse, data_dir=data_dir, detectors=detectors, collectors=collectors)

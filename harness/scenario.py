@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from hpcinsight.agents.sim.gpu import FAULT_KINDS as GPU_FAULT_KINDS
-from hpcinsight.agents.sim.gpu import IdleGpu, InjectedFault, InjectedXid, SimConfig, gpu_uuid
+from hpcinsight.agents.registry import build as build_collectors
+from hpcinsight.agents.registry import check, collector_kind
+from hpcinsight.agents.sim.gpu import GpuSimConfig, IdleGpu, InjectedFault, InjectedXid, SimClusterConfig, SimConfig, gpu_uuid
 from hpcinsight.agents.sim.ib import IbFault, SimIbConfig
 from hpcinsight.agents.sim.workload import JobFault, Profile, SimJob, Workload
 from hpcinsight.core.yamlfile import YamlSyntaxError, load_yaml
@@ -150,18 +152,21 @@ class Scenario:
         return SimIbConfig(nodes=self.nodes, ports=self.ib_ports, seed=self.seed, node_prefix=self.node_prefix,
                            faults=self.ib_faults, workload=self.workload())
 
-    def collectors(self) -> list[Any]:
-        """The sim agent's collectors for this scenario: GPUs (samples, processes, XIDs), IB ports,
-        the scheduler's view of its jobs and the jobs' training steps."""
-        from hpcinsight.agents.sim.gpu import SimGpuCollector, SimProcessCollector, SimXidCollector
-        from hpcinsight.agents.sim.ib import SimIbCollector
-        from hpcinsight.agents.sim.scheduler import SimSchedulerCollector
-        from hpcinsight.agents.sim.steps import SimStepCollector
+    def collector_configs(self) -> dict[str, Any]:
+        """The sim agent's collector kinds for this scenario and their typed configs: GPUs (samples,
+        processes, XIDs), IB ports, the scheduler's view of its jobs and the jobs' training steps."""
+        workload = self.workload()
+        cluster = SimClusterConfig(nodes=self.nodes, gpus=self.gpus_per_node, seed=self.seed,
+                                   node_prefix=self.node_prefix, job_id=None, workload=workload)
+        return {
+            "gpu_sim": GpuSimConfig(nodes=self.nodes, gpus=self.gpus_per_node, seed=self.seed, node_prefix=self.node_prefix,
+                                    job_id=None, idle=self.idle, faults=self.gpu_faults, xids=self.xids, workload=workload),
+            "ib_sim": self.ib_config(), "scheduler_sim": cluster, "step_sim": cluster,
+        }
 
-        config = self.sim_config()
-        gpus = SimGpuCollector(config)
-        return [gpus, SimProcessCollector(gpus), SimXidCollector(gpus, self.xids), SimIbCollector(self.ib_config()),
-                SimSchedulerCollector(config), SimStepCollector(config)]
+    def collectors(self) -> list[Any]:
+        """The sim agent's collectors for this scenario, built as every agent's are (:mod:`hpcinsight.agents.registry`)."""
+        return build_collectors(self.collector_configs())
 
     def owns(self, node: str | None, job_id: str | None) -> bool:
         """Whether a flag on ``node`` or ``job_id`` is about this scenario's cluster."""
@@ -170,6 +175,31 @@ class Scenario:
     @property
     def ticks(self) -> int:
         return int(math.ceil(self.duration_s))
+
+
+@dataclass(frozen=True)
+class ScenarioCollectorsConfig:
+    """``[agent.collectors.scenario]``: simulate these scenarios (library names or YAML files), as
+    ``agent --scenario`` does: their clusters, jobs, IB ports, scheduler events, steps and faults."""
+
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(bool(self.names), "names", "give at least one scenario: a name from the library or a YAML file")
+
+
+@collector_kind("scenario", ScenarioCollectorsConfig)
+def scenario_collectors(config: ScenarioCollectorsConfig) -> list[Any]:
+    """Every named scenario's collectors, one after the other (each its own cluster: their names never meet)."""
+    out: list[Any] = []
+    try:
+        for name in config.names:
+            out += load(name).collectors()
+    except BaseException:
+        for collector in out:
+            collector.close()
+        raise
+    return out
 
 
 # --- loading ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from hpcinsight import __version__
 from hpcinsight.core.settings import ConfigError, Settings, load
@@ -127,77 +127,19 @@ def cmd_db(args: argparse.Namespace) -> int:
 # --- agent ----------------------------------------------------------------------------
 def cmd_agent(args: argparse.Namespace) -> int:
     from hpcinsight.agents.delivery import Delivery
+    from hpcinsight.agents.registry import build as build_collectors
     from hpcinsight.agents.runner import AgentStats, Metrics, run_agent
     from hpcinsight.schemas.catalog import ensure_topics
 
     stop = _stop_on_signals()
     settings = load()
     conf = settings.kafka.client_config()
-    collectors: list[Any] = []
-    if ((args.fault or args.ib_fault) and args.backend != "sim") or (args.ib_fault and not args.ib):
-        raise ValueError("--fault needs --backend sim, and --ib-fault --backend sim --ib")  # not silently ignored
-    if args.scenario:
-        if args.backend != "sim" or args.ib or args.scheduler != "none" or args.fault or args.ib_fault or args.xid or args.idle:
-            raise ValueError("--scenario brings its own sim GPUs, IB ports, scheduler, steps and faults: "
-                             "give it without --backend other than sim, --ib, --scheduler, --fault, --ib-fault, --xid, --idle")
-        from hpcinsight.harness.scenario import load as load_scenario
-
-        for name in args.scenario:
-            collectors += load_scenario(name).collectors()
-    elif args.backend == "sim":
-        from hpcinsight.agents.sim.gpu import (
-            IdleGpu,
-            InjectedFault,
-            InjectedXid,
-            SimConfig,
-            SimGpuCollector,
-            SimProcessCollector,
-            SimXidCollector,
-        )
-
-        sim = SimGpuCollector(
-            SimConfig(nodes=args.nodes, gpus_per_node=args.gpus, seed=args.seed, idle=tuple(IdleGpu.parse(i) for i in args.idle),
-                      faults=tuple(InjectedFault.parse(f) for f in args.fault))
-        )
-        # the same three views of the GPUs as --backend nvml: samples, processes, XID events
-        collectors += [sim, SimProcessCollector(sim), SimXidCollector(sim, tuple(InjectedXid.parse(x) for x in args.xid))]
-    elif args.backend == "nvml":
-        from hpcinsight.agents.gpu_nvml import NvmlConfig, NvmlGpuCollector, NvmlProcessCollector, NvmlXidCollector
-
-        nvml_config = NvmlConfig(node=args.node) if args.node else NvmlConfig()
-        collectors += [NvmlGpuCollector(nvml_config), NvmlProcessCollector(nvml_config), NvmlXidCollector(nvml_config)]
-    if args.ib and args.backend == "sim":
-        from hpcinsight.agents.sim.ib import IbFault, SimIbCollector, SimIbConfig
-
-        collectors.append(SimIbCollector(SimIbConfig(nodes=args.nodes, seed=args.seed,
-                                                     faults=tuple(IbFault.parse(f) for f in args.ib_fault))))
-    elif args.ib and not args.scenario:
-        from hpcinsight.agents.ib_sysfs import IbConfig, IbSysfsCollector
-
-        collectors.append(IbSysfsCollector(IbConfig(node=args.node, root=Path(args.ib_root)) if args.node
-                                           else IbConfig(root=Path(args.ib_root))))
-    if args.scheduler == "trace":
-        from hpcinsight.agents.scheduler.trace import OpenbTraceCollector, TraceConfig
-
-        collectors.append(OpenbTraceCollector(TraceConfig(data_dir=Path(args.trace_dir), speedup=args.trace_speedup,
-                                                          limit=args.trace_limit)))
-    elif args.scheduler == "kubernetes":
-        from hpcinsight.agents.scheduler.kubernetes import K8sConfig, KubernetesCollector
-
-        collectors.append(KubernetesCollector(K8sConfig(namespace=args.k8s_namespace)))
-    elif args.scheduler == "slurm":
-        from hpcinsight.agents.scheduler.slurm import SlurmCollector, SlurmConfig
-
-        collectors.append(SlurmCollector(SlurmConfig()))
-    elif args.scheduler == "sim":
-        from hpcinsight.agents.sim.gpu import SimConfig
-        from hpcinsight.agents.sim.scheduler import SimSchedulerCollector
-
-        collectors.append(SimSchedulerCollector(SimConfig(nodes=args.nodes, gpus_per_node=args.gpus, seed=args.seed)))
-    if not collectors:
-        raise ValueError("nothing to sample: choose --backend sim|nvml, --ib and/or --scheduler")
+    backend, tables = agent_collector_tables(args, settings.collectors)
+    if "scenario" in tables:
+        import hpcinsight.harness.scenario  # noqa: F401 - registers the "scenario" collector kind
+    collectors = build_collectors(tables)
     ensure_topics(conf, settings.kafka.topic_prefix)
-    name = args.name or args.backend
+    name = args.name or backend
     delivery = Delivery(conf, Path(args.spool_dir) if args.spool_dir else settings.data_dir / "spool" / name,
                         max_spool_bytes=int(args.spool_mb * 2**20))
     stats = AgentStats()
@@ -219,6 +161,69 @@ def cmd_agent(args: argparse.Namespace) -> int:
                "topics": {name: {"messages": m, "records": r} for name, (m, r) in stats.by_topic.items()}}
     print(json.dumps(summary), flush=True)
     return 0 if drained and summary["dropped"] == 0 else 1
+
+
+#: the agent's flags that set collector settings: flag (its dest) -> the (kind, setting) pairs it sets on the kinds in use
+AGENT_FLAG_SETTINGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "nodes": (("gpu_sim", "nodes"), ("ib_sim", "nodes"), ("scheduler_sim", "nodes")),
+    "gpus": (("gpu_sim", "gpus"), ("scheduler_sim", "gpus")),
+    "seed": (("gpu_sim", "seed"), ("ib_sim", "seed"), ("scheduler_sim", "seed")),
+    "idle": (("gpu_sim", "idle"),),
+    "fault": (("gpu_sim", "faults"),),
+    "xid": (("gpu_sim", "xids"),),
+    "ib_fault": (("ib_sim", "faults"),),
+    "node": (("gpu_nvml", "node"), ("ib_sysfs", "node")),
+    "ib_root": (("ib_sysfs", "root"),),
+    "trace_dir": (("scheduler_trace", "data_dir"),),
+    "trace_speedup": (("scheduler_trace", "speedup"),),
+    "trace_limit": (("scheduler_trace", "limit"),),
+    "k8s_namespace": (("scheduler_kubernetes", "namespace"),),
+}
+#: what --backend and --scheduler choose (none: no such collector)
+AGENT_BACKENDS = {"sim": "gpu_sim", "nvml": "gpu_nvml", "none": None}
+AGENT_SCHEDULERS = {"trace": "scheduler_trace", "kubernetes": "scheduler_kubernetes", "slurm": "scheduler_slurm",
+                    "sim": "scheduler_sim", "none": None}
+
+
+def agent_collector_tables(args: argparse.Namespace, file_tables: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The agent's backend name and its ``{kind: settings}``: the config file's ``[agent.collectors]``
+    tables with the flags given on the command line over them (the agent's parser leaves a flag that
+    was not given at None). ``--backend`` and ``--scheduler`` choose the GPU and scheduler kinds,
+    replacing the file's; ``--ib`` adds the IB kind (simulated beside sim GPUs, else sysfs); the other
+    flags set their settings on the kinds in use. Without a file, ``--backend`` is sim, as ever."""
+    tables = {kind: dict(table) for kind, table in file_tables.items()}
+    file_gpu = next((b for b, kind in AGENT_BACKENDS.items() if kind and kind in tables), "none" if tables else "sim")
+    backend = args.backend or file_gpu
+    if args.scenario:
+        if (args.backend not in (None, "sim") or args.ib or args.scheduler not in (None, "none") or args.fault or args.ib_fault
+                or args.xid or args.idle):
+            raise ValueError("--scenario brings its own sim GPUs, IB ports, scheduler, steps and faults: "
+                             "give it without --backend other than sim, --ib, --scheduler, --fault, --ib-fault, --xid, --idle")
+        tables["scenario"] = {"names": list(args.scenario)}
+        return args.backend or "sim", tables
+    if args.backend is not None:
+        for kind in AGENT_BACKENDS.values():
+            tables.pop(kind or "", None)
+    if args.scheduler is not None:
+        for kind in AGENT_SCHEDULERS.values():
+            tables.pop(kind or "", None)
+    if (gpu_kind := AGENT_BACKENDS[backend]) is not None:
+        tables.setdefault(gpu_kind, {})
+    if args.ib:
+        tables.setdefault("ib_sim" if backend == "sim" else "ib_sysfs", {})
+    if args.scheduler is not None and (scheduler_kind := AGENT_SCHEDULERS[args.scheduler]) is not None:
+        tables.setdefault(scheduler_kind, {})
+    if (args.fault and "gpu_sim" not in tables) or (args.ib_fault and "ib_sim" not in tables):
+        raise ValueError("--fault needs --backend sim, and --ib-fault --backend sim --ib")  # not silently ignored
+    for flag, settings in AGENT_FLAG_SETTINGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            for kind, setting in settings:
+                if kind in tables:
+                    tables[kind][setting] = value
+    if not tables:
+        raise ValueError("nothing to sample: choose --backend sim|nvml, --ib and/or --scheduler")
+    return backend, tables
 
 
 # --- worker ---------------------------------------------------------------------------
@@ -525,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catch-up", action="store_true",
                    help="never skip a tick that overran (fall behind real time instead): the same samples on any machine")
     _add_sim_args(p, idle_default=[])
+    # A collector flag left out stays None, so the config file's [agent.collectors] settings show through
+    # (agent_collector_tables); the defaults the help states are the collector configs' own.
+    p.set_defaults(backend=None, scheduler=None, ib_root=None, trace_dir=None, trace_speedup=None, nodes=None, gpus=None,
+                   seed=None, idle=None, xid=None, fault=None, ib_fault=None)
 
     p = add("worker", cmd_worker, "run the Faust stream worker (validation, quantiles, detectors)")
     p.add_argument("--windows", default="1m/10s,5m/1m,1h/20m",

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from hpcinsight.agents.base import Collector
+from hpcinsight.agents.registry import check, collector_kind
 from hpcinsight.schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS, Topic
 from hpcinsight.schemas.events import Event, NodeInventory, SchedulerEvent
 
@@ -221,6 +222,9 @@ class K8sConfig:
     kubeconfig: str | None = None  # None: in-cluster service account, else ~/.kube/config
     watch_timeout_s: int = 300
 
+    def __post_init__(self) -> None:
+        check(self.watch_timeout_s >= 1, "watch_timeout_s", "must be >= 1")
+
 
 def _load_client(config: K8sConfig) -> Any:
     try:
@@ -326,3 +330,9 @@ class KubernetesCollector(Collector[K8sConfig]):
         for t in self._threads:
             t.join(timeout=1.0)
 
+
+
+@collector_kind("scheduler_kubernetes", K8sConfig)
+def scheduler_kubernetes(config: K8sConfig) -> list[Collector[Any]]:
+    """Pods and nodes watched through the Kubernetes API (``[agent.collectors.scheduler_kubernetes]``)."""
+    return [KubernetesCollector(config)]

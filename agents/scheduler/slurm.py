@@ -21,6 +21,7 @@ account, ``queue`` the partition, ``node`` the job's host list as Slurm prints i
 from __future__ import annotations
 
 import json
+import math
 import logging
 import re
 import shutil
@@ -32,6 +33,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from hpcinsight.agents.base import Collector
+from hpcinsight.agents.registry import check, collector_kind
 from hpcinsight.schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS, Topic
 from hpcinsight.schemas.events import Event, NodeInventory, SchedulerEvent
 
@@ -224,6 +226,11 @@ class SlurmConfig:
     sacct: str = "sacct"
     scontrol: str = "scontrol"
 
+    def __post_init__(self) -> None:
+        for name in ("poll_s", "lookback_s", "inventory_poll_s", "timeout_s", "retention_s"):
+            value = getattr(self, name)
+            check(math.isfinite(value) and value > 0, name, "must be a positive number of seconds")
+
 
 class SlurmCollector(Collector[SlurmConfig]):
     """Polls squeue (and sacct, scontrol) and returns the job transitions and node changes since the last poll."""
@@ -275,3 +282,9 @@ class SlurmCollector(Collector[SlurmConfig]):
         for job_id in [j for j, s in self.state.items() if s.seen_ms < horizon]:  # neither queued nor recently ended
             del self.state[job_id]
         return out
+
+
+@collector_kind("scheduler_slurm", SlurmConfig)
+def scheduler_slurm(config: SlurmConfig) -> list[Collector[Any]]:
+    """Jobs and nodes polled from squeue, sacct and scontrol (``[agent.collectors.scheduler_slurm]``)."""
+    return [SlurmCollector(config)]

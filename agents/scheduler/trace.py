@@ -46,11 +46,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 
 from hpcinsight.agents.base import Collector
+from hpcinsight.agents.registry import check, collector_kind
 from hpcinsight.schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS, Topic
 from hpcinsight.schemas.events import Event, NodeInventory, SchedulerEvent
 
@@ -75,10 +76,8 @@ class TraceConfig:
     place: bool = True  # model a node placement for GPU pods (the trace has none); see the module doc
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.speedup) and self.speedup > 0):
-            raise ValueError("speedup must be a positive number")
-        if self.limit is not None and self.limit < 0:
-            raise ValueError("limit must be >= 0")
+        check(math.isfinite(self.speedup) and self.speedup > 0, "speedup", "must be a positive number")
+        check(self.limit is None or self.limit >= 0, "limit", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -425,3 +424,9 @@ class OpenbTraceCollector(Collector[TraceConfig]):
             out.append(to_event(steps[self._next], ts, self.placements.get(steps[self._next].seq)))
             self._next += 1
         return out
+
+
+@collector_kind("scheduler_trace", TraceConfig)
+def scheduler_trace(config: TraceConfig) -> list[Collector[Any]]:
+    """The openb trace replayed as scheduler events (``[agent.collectors.scheduler_trace]``)."""
+    return [OpenbTraceCollector(config)]

@@ -26,8 +26,10 @@ import random
 import re
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from hpcinsight.agents.base import Collector
+from hpcinsight.agents.registry import PYTHON_ONLY, check, collector_kind
 from hpcinsight.agents.sim.workload import Workload
 from hpcinsight.schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
 from hpcinsight.schemas.events import GpuProcess, GpuSample, XidEvent
@@ -147,6 +149,57 @@ class SimConfig:
         for f in self.faults:
             if f.node >= self.nodes or f.gpu >= self.gpus_per_node:
                 raise ValueError(f"{f.kind} fault on GPU {f.node}:{f.gpu} is outside the {self.nodes}x{self.gpus_per_node} cluster")
+
+
+@dataclass(frozen=True)
+class SimClusterConfig:
+    """The simulated cluster, as each sim collector's config table names it (``scheduler_sim``,
+    ``step_sim``; ``gpu_sim`` adds its injections): the same ``nodes``, ``gpus`` and ``seed`` in
+    each table describe one cluster."""
+
+    nodes: int = 4
+    gpus: int = 8  # per node
+    seed: int = 0
+    node_prefix: str = "sim-node-"
+    job_id: str | None = "sim-job-0"  # the one job on every GPU when there is no workload
+    #: jobs with phases on node sets (a scenario's); Python callers only
+    workload: Workload | None = field(default=None, metadata=PYTHON_ONLY)
+
+    def __post_init__(self) -> None:
+        check(self.nodes >= 1, "nodes", "must be >= 1")
+        check(1 <= self.gpus <= 16, "gpus", "must be between 1 and 16")
+        check(bool(self.node_prefix) and not any(c in self.node_prefix for c in "[], "), "node_prefix",
+              "must be a non-empty name without '[', ']', ',' or spaces (it appears in host lists)")
+
+    def sim(self) -> SimConfig:
+        return SimConfig(nodes=self.nodes, gpus_per_node=self.gpus, seed=self.seed, node_prefix=self.node_prefix,
+                         job_id=self.job_id, workload=self.workload)
+
+
+@dataclass(frozen=True)
+class GpuSimConfig(SimClusterConfig):
+    """``[agent.collectors.gpu_sim]``: the cluster's GPUs, with the behaviours injected into them
+    (the flags' spec strings: ``idle = ["1:3@0-40"]``, ``faults = ["thermal:0:3@30-90"]``,
+    ``xids = ["0:5@30:79"]``)."""
+
+    idle: tuple[IdleGpu, ...] = ()
+    faults: tuple[InjectedFault, ...] = ()
+    xids: tuple[InjectedXid, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for b in self.idle:
+            check(b.node < self.nodes and b.gpu < self.gpus, "idle", f"GPU {b.node}:{b.gpu} is outside the {self.nodes}x{self.gpus} cluster")
+        for f in self.faults:
+            check(f.node < self.nodes and f.gpu < self.gpus, "faults",
+                  f"{f.kind} fault on GPU {f.node}:{f.gpu} is outside the {self.nodes}x{self.gpus} cluster")
+        for x in self.xids:
+            check(x.node < self.nodes and x.gpu < self.gpus, "xids",
+                  f"XID on GPU {x.node}:{x.gpu} is outside the {self.nodes}x{self.gpus} cluster")
+
+    def sim(self) -> SimConfig:
+        return SimConfig(nodes=self.nodes, gpus_per_node=self.gpus, seed=self.seed, idle=self.idle,
+                         node_prefix=self.node_prefix, job_id=self.job_id, faults=self.faults, workload=self.workload)
 
 
 @dataclass
@@ -433,3 +486,10 @@ class SimXidCollector(Collector[SimConfig]):
                 self._seq += 1
                 out.append(XidEvent(node=gpu.node, gpu_index=gpu.index, gpu_uuid=gpu.uuid, ts=now_ms, xid=x.xid, seq=self._seq))
         return out
+
+
+@collector_kind("gpu_sim", GpuSimConfig)
+def gpu_sim(config: GpuSimConfig) -> list[Collector[Any]]:
+    """The same three views of the GPUs as ``gpu_nvml``: samples, processes, XID events."""
+    gpus = SimGpuCollector(config.sim())
+    return [gpus, SimProcessCollector(gpus), SimXidCollector(gpus, config.xids)]

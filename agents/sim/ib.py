@@ -22,9 +22,11 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from hpcinsight.agents.base import Collector
+from hpcinsight.agents.registry import PYTHON_ONLY, check, collector_kind
 from hpcinsight.agents.sim.workload import IB_PHASE_LOAD, Workload
 from hpcinsight.schemas.catalog import IB_SAMPLES_RAW
 from hpcinsight.schemas.events import IbSample
@@ -72,6 +74,9 @@ class IbFault:
 
 @dataclass(frozen=True)
 class SimIbConfig:
+    """``[agent.collectors.ib_sim]``: the sim cluster's InfiniBand ports (the same ``nodes`` and
+    ``seed`` as its ``gpu_sim`` table), with fabric faults as the flag's specs (``faults = ["degrade:2@60-120"]``)."""
+
     nodes: int = 4
     ports: int = 8
     seed: int = 0
@@ -79,10 +84,14 @@ class SimIbConfig:
     node_prefix: str = "sim-node-"
     load: float = 0.45  # mean share of the link rate in use
     faults: tuple[IbFault, ...] = ()
-    #: jobs with phases on node sets; None: every node carries one job's steady traffic
-    workload: Workload | None = None
+    #: jobs with phases on node sets; None: every node carries one job's steady traffic (Python callers only)
+    workload: Workload | None = field(default=None, metadata=PYTHON_ONLY)
 
     def __post_init__(self) -> None:
+        check(self.nodes >= 1, "nodes", "must be >= 1")
+        check(self.ports >= 1, "ports", "must be >= 1")
+        check(math.isfinite(self.rate_gbps) and self.rate_gbps > 0, "rate_gbps", "must be a positive number")
+        check(0 <= self.load <= 1, "load", "must be between 0 and 1 (a share of the link rate)")
         for f in self.faults:
             if f.node >= self.nodes or (f.port is not None and f.port >= self.ports):
                 where = f"node {f.node}" + ("" if f.port is None else f" port {f.port}")
@@ -165,3 +174,8 @@ class SimIbCollector(Collector[SimIbConfig]):
             f = self._flaps.pop(0)
             due.add((f.node, f.port or 0))
         return due
+
+
+@collector_kind("ib_sim", SimIbConfig)
+def ib_sim(config: SimIbConfig) -> list[Collector[Any]]:
+    return [SimIbCollector(config)]

@@ -20,10 +20,11 @@ tick at or after its end, or when the workload's duration is over.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from hpcinsight.agents.base import Collector
-from hpcinsight.agents.sim.gpu import SimConfig, gpu_uuid
+from hpcinsight.agents.registry import collector_kind
+from hpcinsight.agents.sim.gpu import SimClusterConfig, SimConfig, gpu_uuid
 from hpcinsight.agents.sim.workload import SimJob, Workload
 from hpcinsight.schemas.catalog import NODE_INVENTORY, SCHEDULER_EVENTS, Topic
 from hpcinsight.schemas.events import Event, NodeInventory, SchedulerEvent
@@ -126,3 +127,9 @@ class SimSchedulerCollector(Collector[SimConfig]):
         if job.gpus:
             where["gpu_ids"] = [gpu_uuid(cfg.seed, node_names(cfg)[job.nodes[0]], g) for g in job.gpus]  # type: ignore[assignment]
         return [SchedulerEvent(kind=kind, **common, **({} if kind == "submitted" else where)) for kind in kinds]  # type: ignore[arg-type]
+
+
+@collector_kind("scheduler_sim", SimClusterConfig)
+def scheduler_sim(config: SimClusterConfig) -> list[Collector[Any]]:
+    """What a scheduler would say about the sim cluster: its nodes, and its job (or its workload's jobs)."""
+    return [SimSchedulerCollector(config.sim())]

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from hpcinsight.agents.base import Collector
-from hpcinsight.agents.sim.gpu import SimConfig
+from hpcinsight.agents.registry import check, collector_kind
+from hpcinsight.agents.sim.gpu import SimClusterConfig, SimConfig
 from hpcinsight.agents.sim.scheduler import node_names
 from hpcinsight.agents.sim.workload import IB_DEGRADED_STEP_FACTOR, RESTART_ROLLBACK_STEPS, SimJob, Workload
 from hpcinsight.schemas.catalog import STEP_METRICS_RAW
@@ -147,3 +149,10 @@ class SimStepCollector(Collector[SimConfig]):
             elif f.kind == "scale" and f.ranks is not None:
                 durations = durations[:f.ranks]
         return _Pending(state.step, start + max(durations), durations)
+
+
+@collector_kind("step_sim", SimClusterConfig)
+def step_sim(config: SimClusterConfig) -> list[Collector[Any]]:
+    """The workload's training steps: only a scenario's jobs have them (``agent --scenario``)."""
+    check(config.workload is not None, "workload", "simulated training steps need a workload: run a scenario (agent --scenario)")
+    return [SimStepCollector(config.sim())]
