@@ -117,6 +117,25 @@ def eval_settings(data_dir: Path, prefix: str) -> Settings:
                  "CLICKHOUSE_URL": f"chdb://{data_dir / 'clickhouse'}"})
 
 
+def describe_library() -> list[str]:
+    """One line per scenario of the library (``hpcinsight eval --list``): its length and cluster, jobs
+    and faults, or for a recorded trace its GPUs and labels; a trace whose data is not here says so."""
+    lines = []
+    for name in library():
+        try:
+            sc = load(name)
+        except TraceMissing as err:
+            lines.append(f"{name:22} (its recorded data is not here: {err})")
+            continue
+        if not sc.simulated:
+            lines.append(f"{name:22} {sc.duration_s:5g} s  recorded trace: {len(sc.trace.series)} GPUs, "
+                         f"{sum(lab.required for lab in sc.labels)} required labels from the data")
+            continue
+        lines.append(f"{name:22} {sc.duration_s:5g} s  {sc.nodes:2} nodes  {len(sc.jobs)} jobs  "
+                     f"{'; '.join(f.describe() for f in sc.faults) or 'no fault (false-positive trap)'}")
+    return lines
+
+
 def run_eval(options: EvalOptions) -> int:
     import sys
 

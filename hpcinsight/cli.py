@@ -17,12 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from hpcinsight import __version__
-from hpcinsight.core.settings import ConfigError, Settings, load
+from hpcinsight.core.settings import ConfigError, load
 from hpcinsight.core.metrics import add_arguments as add_metrics_arguments
-
-
-def _settings() -> Settings:
-    return load()
 
 
 def _stop_on_signals() -> threading.Event:
@@ -38,38 +34,27 @@ def _stop_on_signals() -> threading.Event:
 
 # --- topics ---------------------------------------------------------------------------
 def cmd_topics(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from hpcinsight.sinks.query import make_console
-    from hpcinsight.schemas.catalog import TOPICS
-    from hpcinsight.schemas.derive import fields_of
+    from hpcinsight.schemas.catalog import describe, ensure_topics
 
     settings = load()
     prefix = settings.kafka.topic_prefix if args.create or args.prefix is None else args.prefix
     if args.create:
-        from hpcinsight.schemas.catalog import ensure_topics
-
         ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
+    rows = describe(prefix)
     if args.format == "json":
-        rows = [
-            {
-                "topic": t.full_name(prefix), "schema": t.event.__schema__, "version": t.event.__version__, "key": t.key,
-                "partitions": t.partitions, "retention_hours": t.retention_ms / 3_600_000,
-                "table": t.table.name if t.table else None, "fields": [f.name for f in fields_of(t.event)], "doc": t.doc,
-            }
-            for t in TOPICS
-        ]
         print(json.dumps(rows, indent=2))
         return 0
+    from rich.table import Table
+
+    from hpcinsight.sinks.query import make_console
+
     table = Table(title="hpcinsight topic catalog", show_lines=False)
     for col in ("topic", "schema", "key", "partitions", "retention", "ClickHouse table", "what"):
         table.add_column(col)
-    for t in TOPICS:
-        hours = t.retention_ms / 3_600_000
-        table.add_row(
-            t.full_name(prefix), f"{t.event.__schema__} v{t.event.__version__}", t.key, str(t.partitions),
-            f"{hours / 24:g} d" if hours >= 24 else f"{hours:g} h", t.table.name if t.table else "-", t.doc,
-        )
+    for r in rows:
+        hours = r["retention_hours"]
+        table.add_row(r["topic"], f"{r['schema']} v{r['version']}", r["key"], str(r["partitions"]),
+                      f"{hours / 24:g} d" if hours >= 24 else f"{hours:g} h", r["table"] or "-", r["doc"])
     make_console().print(table)
     return 0
 
@@ -94,34 +79,9 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 # --- db -------------------------------------------------------------------------------
 def cmd_db(args: argparse.Namespace) -> int:
-    from hpcinsight.sinks.clickhouse import connect
-    from hpcinsight.sinks.migrations import MIGRATIONS, applied_versions, migrate
-    from hpcinsight.sinks.storage import Layout
+    from hpcinsight.sinks.db import run_db
 
-    settings = load()
-    client = connect(settings.clickhouse, writer=args.action != "status")
-    try:
-        if args.action == "status":
-            try:
-                done = applied_versions(client)
-            except Exception:  # noqa: BLE001 - no version table yet: nothing applied
-                done = {}
-            for m in MIGRATIONS:
-                print(f"{m.version:>3}  {'applied' if m.version in done else 'PENDING':8} {m.name}")
-            return 0
-        layout = Layout.of(settings.clickhouse, database=client.command("SELECT currentDatabase()"))
-        report = migrate(client, layout)
-    finally:
-        client.close()
-    for version, name in report.applied:
-        print(f"migration {version}: {name}: applied")
-    for table, was, now in report.ttl_changed:
-        print(f"table {table}: TTL {f'{was} days' if was else 'none'} -> {f'{now} days' if now else 'none (kept forever)'}")
-    if not report.applied:
-        print(f"schema at version {report.version}: nothing to do")
-    else:
-        print(f"schema at version {report.version}")
-    return 0
+    return run_db(load(), args.action)
 
 
 # --- agent ----------------------------------------------------------------------------
@@ -264,7 +224,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # --- sink -----------------------------------------------------------------------------
 def cmd_sink(args: argparse.Namespace) -> int:
     from hpcinsight.schemas.catalog import ensure_topics
-    from hpcinsight.sinks.clickhouse import connect, ensure_tables, share_if_embedded
+    from hpcinsight.sinks.clickhouse import connect, ensure_tables, share_if_embedded, while_store_refuses
     from hpcinsight.sinks.clickhouse_sink import ClickHouseSink, SinkOptions
 
     stop = _stop_on_signals()  # first: a stop during start-up is still a clean stop
@@ -272,8 +232,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
     conf = settings.kafka.client_config()
     ensure_topics(conf, settings.kafka.topic_prefix)
     client = connect(settings.clickhouse, writer=True)
-    _while_store_refuses(lambda: ensure_tables(client, settings.clickhouse), stop)
-    share = _while_store_refuses(lambda: share_if_embedded(client, settings.clickhouse), stop)  # readers go through us
+    while_store_refuses(lambda: ensure_tables(client, settings.clickhouse), stop)
+    share = while_store_refuses(lambda: share_if_embedded(client, settings.clickhouse), stop)  # readers go through us
     options = SinkOptions(batch_rows=args.batch_rows, batch_age_s=args.batch_age, instance_id=args.instance or None)
     sink = ClickHouseSink(client, conf, settings.kafka.topic_prefix, options)
     from hpcinsight.core import metrics
@@ -290,32 +250,6 @@ def cmd_sink(args: argparse.Namespace) -> int:
     print(json.dumps({"rows": dict(stats.rows), "batches": stats.batches, "dead_letters": stats.dead_letters,
                       "resumed_from_store": stats.resumed_from_store}), flush=True)
     return 0
-
-
-def _while_store_refuses(call: Callable[[], Any], stop: threading.Event) -> Any:
-    """``call()``, tried again with backoff while ClickHouse refuses (away, disk full): a sink
-    started in such weather waits for the store instead of exiting (found by the chaos campaign).
-    A schema that drifted from this build is a configuration error and is raised."""
-    import logging
-
-    from clickhouse_connect.driver.exceptions import ClickHouseError
-
-    from hpcinsight.sinks.migrations import SchemaDriftError
-
-    attempt = 0
-    while True:
-        try:
-            return call()
-        except SchemaDriftError:
-            raise
-        except (ClickHouseError, ConnectionError, OSError) as err:
-            if stop.is_set():
-                raise
-            delay = min(30.0, 2.0 ** attempt)
-            attempt += 1
-            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            logging.getLogger("hpcinsight.sink").warning("ClickHouse refused at start (%s); trying again in %.0f s", first, delay)
-            stop.wait(delay)
 
 
 # --- alerts ---------------------------------------------------------------------------
@@ -389,18 +323,11 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 
 # --- serve ----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hpcinsight.web.serve import run_serve
-
     from hpcinsight.core import metrics
+    from hpcinsight.web.serve import feed_metric_families, run_serve
 
     def serve_metrics(app: Any, feed: Any) -> None:
-        def feed_families() -> Any:
-            from prometheus_client.core import CounterMetricFamily
-
-            yield CounterMetricFamily("hpcinsight_serve_feed_skipped", "records the live state could not take",
-                                      value=feed.skipped)
-
-        metrics.serve(args, app.state.traffic.metric_families, feed_families)
+        metrics.serve(args, app.state.traffic.metric_families, feed_metric_families(feed))
 
     return run_serve(load(), args.host, args.port, args.frame_interval, store=not args.no_store, on_app=serve_metrics)
 
@@ -421,23 +348,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- eval -----------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    if args.list:
-        from hpcinsight.harness.scenario import TraceMissing, library, load as load_scenario
+    from hpcinsight.harness.eval import EvalOptions, describe_library, run_eval
 
-        for name in library():
-            try:
-                sc = load_scenario(name)
-            except TraceMissing as err:
-                print(f"{name:22} (its recorded data is not here: {err})")
-                continue
-            if not sc.simulated:
-                print(f"{name:22} {sc.duration_s:5g} s  recorded trace: {len(sc.trace.series)} GPUs, "
-                      f"{sum(lab.required for lab in sc.labels)} required labels from the data")
-                continue
-            print(f"{name:22} {sc.duration_s:5g} s  {sc.nodes:2} nodes  {len(sc.jobs)} jobs  "
-                  f"{'; '.join(f.describe() for f in sc.faults) or 'no fault (false-positive trap)'}")
+    if args.list:
+        for line in describe_library():
+            print(line)
         return 0
-    from hpcinsight.harness.eval import EvalOptions, run_eval
 
     return run_eval(EvalOptions(scenarios=args.scenario, out_dir=Path(args.out), speed=args.speed, plots=not args.no_plots,
                                 job_wait_s=args.job_wait, rescore=args.rescore))

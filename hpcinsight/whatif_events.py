@@ -1,7 +1,8 @@
 """``hpcinsight whatif trace|store``: event-driven replays, from a trace file or from the store.
 
-The store is read here (the CLI floor may reach the sinks); the simulator gets plain
-records. Each (policy, queue) pair is one run; a rich progress bar follows long runs.
+The store is read through :mod:`hpcinsight.sinks.scheduler_history` (the CLI floor may reach the
+sinks, the what-if room may not); the simulator gets plain records. Each (policy, queue) pair is
+one run; a rich progress bar follows long runs.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from hpcinsight.whatif.model import WhatifError
-
-STORE_LIMIT = 2_000_000  # scheduler events read at most (a guard against a mistyped range)
 
 
 def _instant(text: str, now: float, setting: str) -> float:
@@ -38,8 +37,9 @@ def _instant(text: str, now: float, setting: str) -> float:
 
 
 def read_store(settings: Any, since: str, until: str | None, source: str | None) -> tuple[list, list]:
-    from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
+    """The jobs and nodes of the stored scheduler history between ``since`` and ``until`` (now)."""
     from hpcinsight.sinks.clickhouse import connect
+    from hpcinsight.sinks.scheduler_history import read_scheduler_history
     from hpcinsight.whatif.store import jobs_from_events, nodes_from_inventory
 
     now = time.time()
@@ -48,22 +48,7 @@ def read_store(settings: Any, since: str, until: str | None, source: str | None)
         raise WhatifError("--until is not after --since")
     client = connect(settings.clickhouse, writer=False)
     try:
-        ev_cols = [f for f in SchedulerEvent.__struct_fields__ if f != "ts"]
-        params = {"lo": int(lo * 1000), "hi": int(hi * 1000)}
-        where = "toUnixTimestamp64Milli(ts) >= {lo:Int64} AND toUnixTimestamp64Milli(ts) < {hi:Int64}"
-        if source:
-            where += " AND source = {source:String}"
-            params["source"] = source
-        q = (f"SELECT toUnixTimestamp64Milli(ts) AS ts_ms, {', '.join(ev_cols)} FROM scheduler_events "
-             f"WHERE {where} ORDER BY ts LIMIT {STORE_LIMIT}")
-        rows = client.query(q, parameters=params).named_results()
-        events = [SchedulerEvent(ts=int(r.pop("ts_ms")), **{k: v for k, v in r.items() if v is not None or k == "gpu_ids"})
-                  for r in rows]
-        inv_cols = [f for f in NodeInventory.__struct_fields__ if f != "ts"]
-        q = (f"SELECT toUnixTimestamp64Milli(ts) AS ts_ms, {', '.join(inv_cols)} FROM node_inventory "
-             "WHERE toUnixTimestamp64Milli(ts) < {hi:Int64} ORDER BY ts")
-        inv = [NodeInventory(ts=int(r.pop("ts_ms")), **{k: v for k, v in r.items() if v is not None or k == "labels"})
-               for r in client.query(q, parameters={"hi": int(hi * 1000)}).named_results()]
+        events, inv = read_scheduler_history(client, int(lo * 1000), int(hi * 1000), source)
     finally:
         client.close()
     if not events:

@@ -204,3 +204,18 @@ def ensure_topics(client_config: dict[str, Any], prefix: str, replication: int |
     from hpcinsight.core.topics import create_topics
 
     return create_topics(client_config, TOPICS, prefix, replication, timeout)
+
+
+def describe(prefix: str) -> list[dict[str, Any]]:
+    """The catalog as plain rows (what ``hpcinsight topics`` prints): each topic's full name, schema
+    and version, key, partitions, retention, ClickHouse table, fields and what it carries."""
+    from hpcinsight.schemas.derive import fields_of  # pyarrow: only where the catalog is described
+
+    return [
+        {
+            "topic": t.full_name(prefix), "schema": t.event.__schema__, "version": t.event.__version__, "key": t.key,
+            "partitions": t.partitions, "retention_hours": t.retention_ms / 3_600_000,
+            "table": t.table.name if t.table else None, "fields": [f.name for f in fields_of(t.event)], "doc": t.doc,
+        }
+        for t in TOPICS
+    ]

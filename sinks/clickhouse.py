@@ -9,7 +9,10 @@ cluster. Everything after :func:`connect` is the same code for both.
 from __future__ import annotations
 
 import fcntl
+import logging
+import threading
 from pathlib import Path
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -17,7 +20,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from hpcinsight.core.settings import ClickHouseSettings
-from hpcinsight.sinks.migrations import MigrationReport, migrate
+from hpcinsight.sinks.migrations import MigrationReport, SchemaDriftError, migrate
 from hpcinsight.sinks.storage import Layout
 from hpcinsight.sinks.store_share import StoreShare, read_owner
 
@@ -78,3 +81,23 @@ def ensure_tables(client: Client, settings: ClickHouseSettings | None = None) ->
     """Bring the store's schema to this build's version (idempotent; see hpcinsight.sinks.migrations)."""
     layout = Layout.of(settings, database=client.command("SELECT currentDatabase()")) if settings else Layout()
     return migrate(client, layout)
+
+
+def while_store_refuses(call: Callable[[], Any], stop: threading.Event) -> Any:
+    """``call()``, tried again with backoff while ClickHouse refuses (away, disk full): a sink
+    started in such weather waits for the store instead of exiting (found by the chaos campaign).
+    A schema that drifted from this build is a configuration error and is raised."""
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except SchemaDriftError:
+            raise
+        except (ClickHouseError, ConnectionError, OSError) as err:
+            if stop.is_set():
+                raise
+            delay = min(30.0, 2.0 ** attempt)
+            attempt += 1
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            logging.getLogger("hpcinsight.sink").warning("ClickHouse refused at start (%s); trying again in %.0f s", first, delay)
+            stop.wait(delay)

@@ -9,7 +9,7 @@ import threading
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from hpcinsight.cli import _while_store_refuses
+from hpcinsight.sinks.clickhouse import while_store_refuses
 from hpcinsight.sinks.migrations import SchemaDriftError
 
 
@@ -22,7 +22,7 @@ def test_the_sink_waits_while_the_store_refuses_at_start() -> None:
             raise DatabaseError("Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. (NOT_ENOUGH_SPACE)")
         return "migrated"
 
-    assert _while_store_refuses(migrate, threading.Event()) == "migrated" and len(tries) == 3
+    assert while_store_refuses(migrate, threading.Event()) == "migrated" and len(tries) == 3
 
 
 def test_a_drifted_schema_or_a_stop_ends_the_wait() -> None:
@@ -30,8 +30,8 @@ def test_a_drifted_schema_or_a_stop_ends_the_wait() -> None:
         raise SchemaDriftError("gpu_samples: column x missing")
 
     with pytest.raises(SchemaDriftError):
-        _while_store_refuses(drifted, threading.Event())
+        while_store_refuses(drifted, threading.Event())
     stop = threading.Event()
     stop.set()
     with pytest.raises(OSError):
-        _while_store_refuses(lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")), stop)
+        while_store_refuses(lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")), stop)

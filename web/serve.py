@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,18 @@ def build(settings: Settings, token: Secret | None, frame_interval_s: float = 1.
 
     app = create_app(state, token, connect if store else None, feed_status, job_threshold(settings), frame_interval_s)
     return app, feed
+
+
+def feed_metric_families(feed: Any) -> Callable[[], Iterator[Any]]:
+    """The live feed's own counts for /metrics (records the live state could not take)."""
+
+    def families() -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily("hpcinsight_serve_feed_skipped", "records the live state could not take",
+                                  value=feed.skipped)
+
+    return families
 
 
 def run_serve(settings: Settings, host: str, port: int, frame_interval_s: float = 1.0, store: bool = True,
