@@ -31,8 +31,9 @@ from typing import Any
 
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from hpcinsight.core.consumer import ConsumerStats, DeadLetterOut, TopicSink
 from hpcinsight.core.kafka import new_consumer, new_producer
 
 from hpcinsight.schemas.catalog import DEAD_LETTERS, GPU_SAMPLES, STORED, Topic
@@ -53,15 +54,13 @@ class SinkOptions:
 
 
 @dataclass
-class SinkStats:
+class SinkStats(ConsumerStats):
+    """The loop's counts (dead letters, commit failures, consumer restarts, pauses) and the store's."""
+
     rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     batches: int = 0
-    dead_letters: int = 0
     resumed_from_store: int = 0
     insert_retries: int = 0  # inserts tried again after ClickHouse refused or was away
-    commit_failures: int = 0  # offset commits that failed (the store's offsets cover them)
-    consumer_restarts: int = 0  # consumers rebuilt after a fatal error (e.g. fenced by the group)
-    paused: int = 0  # times consumption paused while inserts were behind
     #: insert durations (s): upper bounds and the count at or below each (cumulative), and their sum
     insert_buckets: dict[float, int] = field(default_factory=lambda: dict.fromkeys(INSERT_BUCKETS_S, 0))
     insert_seconds: float = 0.0
@@ -231,22 +230,29 @@ class TableWriter:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class ClickHouseSink:
+class ClickHouseSink(TopicSink):
     """Consumes the stored topics into ClickHouse; no message and no fault of the broker or the
-    store stops it (see docs/guarantees.md). It exits on a stop request or ``idle_exit_s``."""
+    store stops it (see docs/guarantees.md). It exits on a stop request or ``idle_exit_s``.
+
+    The loop, the dead letters, the commits' failure handling and the consumer's replacement are
+    :class:`~hpcinsight.core.consumer.TopicSink`'s; what is the sink's own: the group membership
+    with partitions resumed from what ClickHouse holds, the block decode into Arrow, the batched
+    background inserts with their offsets committed after them, and the pause while they are behind."""
 
     #: pause consuming while this many batches' worth of rows wait for a slow or absent store
     MAX_PENDING_BATCHES = 4
+    POLL_MESSAGES = 2000
 
     def __init__(self, client: Client, consumer_config: dict[str, Any], topic_prefix: str, options: SinkOptions) -> None:
+        super().__init__(SinkStats())
+        self.stats: SinkStats
         self.client = client
         self.options = options
         self.prefix = topic_prefix
-        self.stats = SinkStats()
         self._topics: dict[str, Topic] = {f"{topic_prefix}{t.name}": t for t in STORED}
         self._consumer_config = consumer_config
-        self._consumer = self._new_consumer()
-        self._producer = new_producer(consumer_config, until_delivered=True)  # a dead letter is retried until delivered
+        self.dead_letter_out = DeadLetterOut(new_producer(consumer_config, until_delivered=True),  # retried until delivered
+                                             f"{topic_prefix}{DEAD_LETTERS.name}")
         self._writer = TableWriter(client, rows=self.stats.rows, stats=self.stats)
         # the raw table the rollups aggregate: the worker's replays must not reach it twice
         self._replays = SeriesWatermarks(GPU_SAMPLES.table.name)  # type: ignore[union-attr]
@@ -254,21 +260,17 @@ class ClickHouseSink:
         self._positions: dict[tuple[str, int], int] = {}
         self._batch_started: float | None = None
         self._assigned_at: float | None = None
-        self._stop = threading.Event()
-        self._rebuild = False
-        self._paused = False
-        self._last_error_log = 0.0
         self._lag_at = 0.0
 
-    def _new_consumer(self) -> Consumer:
+    def new_consumer(self) -> Consumer:
         options = self.options
         return new_consumer(self._consumer_config, f"{self.prefix}{options.group_id}",
                             instance_id=f"{self.prefix}{options.group_id}-{options.instance_id}" if options.instance_id else None,
                             extra={"session.timeout.ms": 15_000})
 
-    def _subscribe(self) -> None:
-        self._consumer.subscribe(list(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_lost)
+    def take_partitions(self, consumer: Consumer, first: bool) -> None:
+        self._assigned_at = None
+        consumer.subscribe(list(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     # -- partition assignment ------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -288,16 +290,16 @@ class ClickHouseSink:
                         self.stats.resumed_from_store += 1
                 consumer.assign(committed)
                 self._assigned_at = time.monotonic()
-                self._paused = False
+                self.paused = False
                 return
             except Exception as err:  # noqa: BLE001 - broker or store away: weather
-                if self._stop.is_set():
+                if self.stop_event.is_set():
                     log.warning("stopping during an assignment that failed: %s", err)
                     return
                 delay = backoff_s(attempt)
                 attempt += 1
                 log.warning("taking partitions failed (%s); trying again in %.0f s", err, delay)
-                self._stop.wait(delay)
+                self.stop_event.wait(delay)
 
     def _load_watermarks(self, partitions: list[TopicPartition]) -> None:
         """The newest stored sample of every GPU read from these partitions, afresh: rows consumed
@@ -339,51 +341,52 @@ class ClickHouseSink:
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> SinkStats:
         """Consume until ``stop`` is set, or with ``idle_exit_s``, until partitions are assigned
         and no message has come for that long."""
-        self._stop = stop
-        self._subscribe()
-        last_data = time.monotonic()
-        try:
-            while not stop.is_set():
-                try:
-                    messages = self._consumer.consume(num_messages=2000, timeout=0.2)
-                except KafkaException as err:
-                    self._kafka_fault(err.args[0] if err.args else err)
-                    messages = []
-                if messages:
-                    self._add(messages)
-                    last_data = time.monotonic()
-                if self._rebuild:
-                    self._rebuild_consumer()
-                    continue
-                if self._writer.done():
-                    self._writer.wait()  # commit a finished insert's offsets without waiting for the next
-                if self._due() and not self._writer.busy():
-                    self.flush(wait=False)
-                self._apply_backpressure()
-                if time.monotonic() - self._lag_at > 5:
-                    self._update_lag()
-                if idle_exit_s is not None and self._assigned_at is not None:
-                    if time.monotonic() - max(last_data, self._assigned_at) > idle_exit_s:
-                        break
-            self.flush()
-        finally:
-            try:
-                self._writer.close()
-            finally:
-                self._flush_dead_letters(deadline_s=30)
-                self._consumer.close()
+        self.run_loop(stop, idle_exit_s)
         return self.stats
+
+    def idle(self, last_data: float, idle_exit_s: float) -> bool:
+        return self._assigned_at is not None and time.monotonic() - max(last_data, self._assigned_at) > idle_exit_s
+
+    def tick(self) -> None:
+        if self._writer.done():
+            self._writer.wait()  # commit a finished insert's offsets without waiting for the next
+        if self._due() and not self._writer.busy():
+            self.flush(wait=False)
+        # stop fetching while the store is behind (heartbeats go on), so memory stays bounded
+        behind = self._writer.busy() and self._writer.pending_rows >= self.MAX_PENDING_BATCHES * self.options.batch_rows
+        if behind and not self.paused:
+            log.warning("ClickHouse is behind (%d rows waiting)", self._writer.pending_rows)
+        self.hold(behind)
+        if time.monotonic() - self._lag_at > 5:
+            self._update_lag()
+
+    def finish(self) -> None:
+        self.flush()
+
+    def release(self) -> None:
+        self._writer.close()
+
+    def on_replace(self) -> None:
+        """Rows consumed and not yet stored are dropped: the new consumer reads them again from the
+        committed offsets or, past those, from what ClickHouse holds, so nothing is lost or stored twice."""
+        try:
+            self._writer.wait()  # its commit may fail on the old consumer: the store's offsets cover it
+        except Exception as err:  # noqa: BLE001 - only once give_up is set (stopping)
+            log.warning("insert in flight failed while replacing the consumer: %s", err)
+        self._drop_pending()
 
     def _update_lag(self) -> None:
         """Per assigned partition, how far behind the sink is (from librdkafka's cached watermarks:
         no request to the broker)."""
         self._lag_at = time.monotonic()
+        consumer = self.consumer
+        assert consumer is not None
         try:
-            assigned = self._consumer.assignment()
-            positions = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(assigned)}
+            assigned = consumer.assignment()
+            positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(assigned)}
             lag = {}
             for tp in assigned:
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
                 at = positions.get((tp.topic, tp.partition), -1)
                 if high >= 0 and at >= 0:
                     lag[(tp.topic, tp.partition)] = max(0, high - at)
@@ -419,72 +422,15 @@ class ClickHouseSink:
         yield GaugeMetricFamily("hpcinsight_sink_pending_rows", "rows decoded and waiting for an insert",
                                 value=self._writer.pending_rows)
         yield GaugeMetricFamily("hpcinsight_sink_paused", "1 while consumption is paused for a slow store",
-                                value=int(self._paused))
+                                value=int(self.paused))
         buckets = [(("+Inf" if b == float("inf") else repr(b)), n) for b, n in st.insert_buckets.items()]
         yield HistogramMetricFamily("hpcinsight_sink_insert_seconds", "time to insert one batch (all its tables)",
                                     buckets=buckets, sum_value=st.insert_seconds)
 
-    def _apply_backpressure(self) -> None:
-        """Stop fetching while the store is behind (heartbeats go on), so memory stays bounded."""
-        behind = self._writer.busy() and self._writer.pending_rows >= self.MAX_PENDING_BATCHES * self.options.batch_rows
-        if behind == self._paused:
-            return
-        try:
-            assignment = self._consumer.assignment()
-            if behind:
-                self._consumer.pause(assignment)
-                self.stats.paused += 1
-                log.warning("ClickHouse is behind (%d rows waiting): consumption paused", self._writer.pending_rows)
-            else:
-                self._consumer.resume(assignment)
-                log.warning("consumption resumed")
-            self._paused = behind
-        except KafkaException as err:
-            self._kafka_fault(err.args[0] if err.args else err)
-
-    def _kafka_fault(self, err: Any) -> None:
-        """A consumer error: fatal ones (e.g. this static member fenced after an outage) rebuild the
-        consumer; the rest are librdkafka's weather reports, logged at most every 10 s."""
-        # a fatal error reaches messages as the _FATAL code, whose own fatal() may say False
-        # (the chaos campaign: "Static consumer fenced by other consumer with same
-        # group.instance.id" left the sink retrying a dead consumer for 10 minutes)
-        fatal = bool(getattr(err, "fatal", lambda: False)()) or getattr(err, "code", lambda: None)() == KafkaError._FATAL
-        if fatal:
-            log.error("Kafka consumer failed for good (%s); starting a new one", err)
-            self._rebuild = True
-            return
-        now = time.monotonic()
-        if now - self._last_error_log > 10:
-            log.warning("Kafka: %s (retrying)", err)
-            self._last_error_log = now
-
-    def _rebuild_consumer(self) -> None:
-        """A new consumer in place of one that failed for good. Rows consumed and not yet stored are
-        dropped: the new consumer reads them again from the committed offsets or, past those, from
-        what ClickHouse holds, so nothing is lost or stored twice."""
-        self._rebuild = False
-        self.stats.consumer_restarts += 1
-        try:
-            self._writer.wait()  # its commit may fail on the old consumer: the store's offsets cover it
-        except Exception as err:  # noqa: BLE001 - only once give_up is set (stopping)
-            log.warning("insert in flight failed while replacing the consumer: %s", err)
-        self._drop_pending()
-        try:
-            self._consumer.close()
-        except Exception as err:  # noqa: BLE001 - it failed already
-            log.debug("closing the failed consumer: %s", err)
-        self._consumer = self._new_consumer()
-        self._assigned_at = None
-        self._paused = False
-        self._subscribe()
-
-    def _add(self, messages: list[Message]) -> None:
+    # -- decode and deliver: a block of each topic at a time, straight into Arrow ------------
+    def take(self, messages: Sequence[Message]) -> None:
         by_topic: dict[str, list[Message]] = defaultdict(list)
         for msg in messages:
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    self._kafka_fault(msg.error())
-                continue
             if msg.topic() not in self._topics:
                 continue
             self._positions[(msg.topic(), msg.partition())] = msg.offset()
@@ -505,27 +451,21 @@ class ClickHouseSink:
             for index, reason in rejected:
                 # Upstream stages validate; this guards against a foreign producer. The bad message
                 # goes to the dead-letter topic and its offset still advances.
-                self._dead_letter(block[index], reason)
+                self.refuse(block[index], reason)
         if by_topic and self._batch_started is None:
             self._batch_started = time.monotonic()
 
-    def _dead_letter(self, msg: Message, reason: str) -> None:
+    def refuse(self, msg: Message, reason: str) -> None:
         if msg.topic() == f"{self.prefix}{DEAD_LETTERS.name}":
             log.error("undecodable dead letter at %s[%d]@%d dropped from storage: %s", msg.topic(), msg.partition(), msg.offset(), reason)
             return
-        letter = DeadLetter.of(
+        super().refuse(msg, reason)
+
+    def letter(self, msg: Message, reason: str) -> bytes:
+        return DEAD_LETTERS.codec.encode([DeadLetter.of(
             ts=int(time.time() * 1000), source_topic=msg.topic(), source_partition=msg.partition(),
             source_offset=msg.offset(), stage="sink", reason=reason, raw=msg.value(), key=msg.key(),
-        )
-        while True:
-            try:
-                self._producer.produce(f"{self.prefix}{DEAD_LETTERS.name}", key=msg.topic().encode(),
-                                       value=DEAD_LETTERS.codec.encode([letter]))
-                break
-            except BufferError:
-                self._producer.poll(0.5)
-        self._producer.poll(0)
-        self.stats.dead_letters += 1
+        )])
 
     def _due(self) -> bool:
         if self._batch_started is None:
@@ -541,34 +481,9 @@ class ClickHouseSink:
             self.stats.batches += 1
         if self._positions:
             positions, self._positions = self._positions, {}
-            consumer = self._consumer
-            self._writer.submit(on_done=lambda: self._commit(consumer, positions))
+            consumer = self.consumer
+            # committed after the insert (and its dead letters) only; the rows' offsets cover a failure
+            self._writer.submit(on_done=lambda: self.commit({k: o + 1 for k, o in positions.items()}, consumer))
         if wait:
             self._writer.wait()
         self._batch_started = None
-
-    def _flush_dead_letters(self, deadline_s: float | None = None) -> bool:
-        """Wait until every dead letter is in Kafka; False if it could not be done by the deadline
-        or before a stop (then the offsets behind them are not committed)."""
-        started = time.monotonic()
-        while self._producer.flush(5):
-            waited = time.monotonic() - started
-            if (deadline_s is not None and waited > deadline_s) or (deadline_s is None and self._stop.is_set()):
-                log.warning("%d dead letters not acknowledged; their offsets stay uncommitted", len(self._producer))
-                return False
-            log.warning("waiting for the broker to take %d dead letters (%.0f s)", len(self._producer), waited)
-        return True
-
-    def _commit(self, consumer: Consumer, positions: dict[tuple[str, int], int]) -> None:
-        # dead letters reach Kafka before their source offset is committed
-        if not self._flush_dead_letters():
-            return
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in positions.items()]
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except Exception as err:  # noqa: BLE001 - the rows are stored: a restart resumes from ClickHouse
-            self.stats.commit_failures += 1
-            log.warning("offset commit failed (%s); the stored rows' offsets cover it", err)
-            error = err.args[0] if isinstance(err, KafkaException) and err.args else None
-            if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
-                self._rebuild = True
