@@ -495,7 +495,7 @@ class _Builder:
         return JobFault(kind, job_id, onset, end, rank=rank, node=node, **extra)  # type: ignore[arg-type]
 
     def derived(self, spec: FaultSpec, sc: Scenario, grace: float) -> list[Label]:
-        """The labels a fault implies (see README, Evaluation): what must fire, and what may."""
+        """The labels a fault implies (see docs/evaluation.md): what must fire, and what may."""
 
         def lab(detector: str, subject: str, required: bool = True) -> Label:
             return Label(sc.name, detector, subject, spec.onset_s, spec.end_s, grace, spec.describe(), required,
