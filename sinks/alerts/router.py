@@ -22,14 +22,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
+from hpcinsight.core.consumer import DeadLetterOut, TopicSink
 from hpcinsight.core.kafka import broker_retry, new_consumer, new_producer
 from hpcinsight.schemas.catalog import ALERT_SILENCES, ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
-from hpcinsight.schemas.codec import DecodeError
 from hpcinsight.schemas.events import DeadLetter
 from hpcinsight.sinks.alerts import redact
 from hpcinsight.sinks.alerts.config import AlertsConfig
@@ -68,9 +68,18 @@ def build_integrations(config: AlertsConfig, renderer: Renderer) -> dict[str, li
     return out
 
 
-class AlertRouter:
+class AlertRouter(TopicSink):
+    """The loop, its dead letters and the consumer's replacement are
+    :class:`~hpcinsight.core.consumer.TopicSink`'s; the router's own: partitions assigned from the
+    offsets in its state (job owners and silences caught up first, a new router's history), the
+    engine that decides, and its commit: state, offsets and outbox in one SQLite transaction."""
+
+    #: the broker away: wait this long before asking again (its offsets come from our state)
+    WEATHER_WAIT_S = 1.0
+
     def __init__(self, config: AlertsConfig, client_config: dict[str, Any], prefix: str, options: RouterOptions,
                  clock: Any = time.time) -> None:
+        super().__init__()
         self.config = config
         self.client_config = client_config
         self.prefix = prefix
@@ -86,9 +95,14 @@ class AlertRouter:
         #: message of each incident read below that (see Engine.observe_history)
         self._history_end: dict[tuple[str, int], int] = {}
         self._history: dict[str, Any] = {}
-        self._stop = threading.Event()
         self._reload = threading.Event()
-        self._dispatcher = None
+        self._dispatcher: Dispatcher | None = None
+        self._store: StateStore | None = None
+        #: silences and job owners read before any anomaly: partition -> the end to reach
+        self._catch_up: dict[tuple[str, int], int] = {}
+        self._catch_up_since = 0.0
+        self._held_anomalies: list[TopicPartition] = []
+        self._last_prune = 0.0
         self.reloads = 0
         self.reload_failures = 0
 
@@ -98,83 +112,97 @@ class AlertRouter:
     # -- main loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> dict[str, Any]:
         redact.install()
-        store = StateStore(self.options.state_dir)
-        self._producer = new_producer(self.client_config, until_delivered=True)  # a dead letter is retried until delivered
-        self._stop = stop
-        consumer = new_consumer(self.client_config, f"{self.prefix}{self.options.group_id}")
+        self._store = StateStore(self.options.state_dir)
+        self.dead_letter_out = DeadLetterOut(new_producer(self.client_config, until_delivered=True),  # retried until delivered
+                                             DEAD_LETTERS.full_name(self.prefix))
         self._dispatcher = None
         try:
-            metadata = consumer.list_topics(timeout=30)
-            store.bind(metadata.cluster_id or "unknown", self.prefix, self.options.reset_state)
-            self._start_engine(store)
-
-            stored = store.offsets()
-            fresh = not any(t == self.anomalies_topic for t, _ in stored)  # no state: a new router
-            assignment, catch_up = [], {}
-            for name in self.topics:
-                for p in metadata.topics[name].partitions:
-                    tp = TopicPartition(name, p, stored.get((name, p), OFFSET_BEGINNING))
-                    assignment.append(tp)
-                    if name != self.anomalies_topic:
-                        high = _high_watermark(consumer, TopicPartition(name, p))
-                        if stored.get((name, p), 0) < high:
-                            catch_up[(name, p)] = high
-                    elif fresh:
-                        high = _high_watermark(consumer, TopicPartition(name, p))
-                        if high > 0:
-                            self._history_end[(name, p)] = high
-            consumer.assign(assignment)
-            paused = [tp for tp in assignment if tp.topic == self.anomalies_topic]
-            if catch_up:
-                consumer.pause(paused)  # silences and job owners first
-            last_data = catch_up_since = time.monotonic()
-            last_prune = 0.0
-            while not stop.is_set():
-                if self._reload.is_set():
-                    self._reload.clear()
-                    self._reload_config(store)
-                engine = self.engine
-                due = engine.next_due_ms()
-                wait = 0.2 if due is None else min(0.2, max(0.0, (due - self._now_ms()) / 1000))
-                try:
-                    messages = consumer.consume(num_messages=1000, timeout=wait)
-                except KafkaException as err:  # broker away: weather (its offsets come from our state)
-                    log.warning("Kafka: %s (retrying)", err)
-                    stop.wait(1.0)
-                    messages = []
-                if messages:
-                    last_data = time.monotonic()
-                    self._apply(messages)
-                if self._history_end and not catch_up:
-                    self._history_reached(consumer)
-                if catch_up:
-                    positions = consumer.position([TopicPartition(t, p) for t, p in catch_up])
-                    for tp in positions:
-                        if tp.offset >= catch_up[(tp.topic, tp.partition)]:
-                            del catch_up[(tp.topic, tp.partition)]
-                    if catch_up and time.monotonic() - catch_up_since > 60:
-                        log.warning("still behind on %s after 60 s; reading anomalies anyway", sorted(catch_up))
-                        catch_up.clear()
-                    if not catch_up:
-                        consumer.resume(paused)
-                self._commit(store, consumer, self._dispatcher, engine)
-                if time.monotonic() - last_prune > 3600:
-                    store.prune_outbox(self._now_ms())
-                    last_prune = time.monotonic()
-                if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s and self._dispatcher.backlog() == 0:
-                    break
-            self._commit(store, consumer, self._dispatcher, self.engine)
+            self.run_loop(stop, idle_exit_s)
         finally:
-            dispatcher = self._dispatcher
-            if dispatcher is not None:
-                dispatcher.close(self.options.shutdown_grace_s)
-            self._producer.flush(30)
-            consumer.close()
-            store.close()
+            self._store.close()
+        dispatcher = self._dispatcher
         stats = dict(vars(self.engine.stats)) if hasattr(self, "engine") else {}
         stats.update(dispatcher.stats() if dispatcher else {})
         stats.update(dead_letters=self.dead_letters, malformed=self.malformed)
         return stats
+
+    def new_consumer(self) -> Consumer:
+        return new_consumer(self.client_config, f"{self.prefix}{self.options.group_id}")
+
+    def take_partitions(self, consumer: Consumer, first: bool) -> None:
+        """Every partition from the offset in the state. The first time, the state is bound to
+        this cluster and the engine started; a new router reads the anomalies up to their end at
+        start as history. Job owners and silences are caught up before any anomaly is read."""
+        store = self._store
+        assert store is not None
+        metadata = consumer.list_topics(timeout=30)
+        if first:
+            store.bind(metadata.cluster_id or "unknown", self.prefix, self.options.reset_state)
+            self._start_engine(store)
+        stored = store.offsets()
+        fresh = first and not any(t == self.anomalies_topic for t, _ in stored)  # no state: a new router
+        assignment, catch_up = [], {}
+        for name in self.topics:
+            for p in metadata.topics[name].partitions:
+                tp = TopicPartition(name, p, stored.get((name, p), OFFSET_BEGINNING))
+                assignment.append(tp)
+                if name != self.anomalies_topic:
+                    high = _high_watermark(consumer, TopicPartition(name, p))
+                    if stored.get((name, p), 0) < high:
+                        catch_up[(name, p)] = high
+                elif fresh:
+                    high = _high_watermark(consumer, TopicPartition(name, p))
+                    if high > 0:
+                        self._history_end[(name, p)] = high
+        consumer.assign(assignment)
+        self._held_anomalies = [tp for tp in assignment if tp.topic == self.anomalies_topic]
+        if catch_up:
+            consumer.pause(self._held_anomalies)  # silences and job owners first
+        self._catch_up, self._catch_up_since = catch_up, time.monotonic()
+
+    def poll_timeout(self) -> float:
+        due = self.engine.next_due_ms()
+        return 0.2 if due is None else min(0.2, max(0.0, (due - self._now_ms()) / 1000))
+
+    def tick(self) -> None:
+        consumer, store = self.consumer, self._store
+        assert consumer is not None and store is not None and self._dispatcher is not None
+        catch_up = self._catch_up
+        if self._history_end and not catch_up:
+            self._history_reached(consumer)
+        if catch_up:
+            positions = consumer.position([TopicPartition(t, p) for t, p in catch_up])
+            for tp in positions:
+                if tp.offset >= catch_up[(tp.topic, tp.partition)]:
+                    del catch_up[(tp.topic, tp.partition)]
+            if catch_up and time.monotonic() - self._catch_up_since > 60:
+                log.warning("still behind on %s after 60 s; reading anomalies anyway", sorted(catch_up))
+                catch_up.clear()
+            if not catch_up:
+                consumer.resume(self._held_anomalies)
+        self._commit(store, consumer, self._dispatcher, self.engine)
+        if time.monotonic() - self._last_prune > 3600:
+            store.prune_outbox(self._now_ms())
+            self._last_prune = time.monotonic()
+        if self._reload.is_set():
+            self._reload.clear()
+            self._reload_config(store)
+
+    def idle(self, last_data: float, idle_exit_s: float) -> bool:
+        return super().idle(last_data, idle_exit_s) and self._dispatcher is not None and self._dispatcher.backlog() == 0
+
+    def finish(self) -> None:
+        assert self.consumer is not None and self._store is not None and self._dispatcher is not None
+        self._commit(self._store, self.consumer, self._dispatcher, self.engine)
+
+    def release(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.close(self.options.shutdown_grace_s)
+
+    def on_replace(self) -> None:
+        """What was read is applied: record it, so the new consumer starts from the state's offsets."""
+        if self._store is not None and self.consumer is not None and self._dispatcher is not None:
+            self._commit(self._store, self.consumer, self._dispatcher, self.engine)
 
     # -- configuration ---------------------------------------------------------------------
     def _start_engine(self, store: StateStore) -> None:
@@ -241,19 +269,21 @@ class AlertRouter:
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily("hpcinsight_alerts_firing", "alerts firing", value=sum(a.firing for a in engine.alerts.values()) if engine else 0)
 
-    def _apply(self, messages: list[Message]) -> None:
+    def decode(self, msg: Message) -> list[Any]:
+        return self.topics[msg.topic()].codec.decode(msg.value())
+
+    def refuse(self, msg: Message, reason: str) -> None:
+        self._malformed(msg, reason)
+
+    def deliver(self, batch: Sequence[tuple[Message, list[Any]]]) -> None:
         engine, now = self.engine, self._now_ms()
         anomalies: list[tuple[Message, Any]] = []
-        for msg in messages:
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.error("consume error: %s", msg.error())
-                continue
+        for msg, records in batch:
             key = (msg.topic(), msg.partition())
             history = key in self._history_end and msg.offset() < self._history_end[key]
             if not history:
                 self._offsets[key] = msg.offset() + 1
-            self._apply_one(msg, history, anomalies)
+            self._apply_one(msg, records, history, anomalies)
             if history and msg.offset() + 1 >= self._history_end[key]:
                 del self._history_end[key]
                 self._offsets[key] = msg.offset() + 1
@@ -266,15 +296,10 @@ class AlertRouter:
                 log.exception("routing anomaly %s failed", a.id)
                 self._malformed(msg, f"router failed on anomaly {a.id}: {type(err).__name__}: {err}")
 
-    def _apply_one(self, msg: Message, history: bool, anomalies: list[tuple[Message, Any]]) -> None:
-        """Apply one message (anomalies are collected, to go after the batch's owners and silences)."""
+    def _apply_one(self, msg: Message, records: list[Any], history: bool, anomalies: list[tuple[Message, Any]]) -> None:
+        """Apply one message's records (anomalies are collected, to go after the batch's owners and silences)."""
         engine = self.engine
         topic = self.topics[msg.topic()]
-        try:
-            records = topic.codec.decode(msg.value())
-        except DecodeError as err:
-            self._malformed(msg, str(err))
-            return
         try:
             if history:
                 for a in records:
@@ -327,7 +352,7 @@ class AlertRouter:
         if not changes and not self._offsets:
             return
         outbox = [(n, ident, self.renderer.title(n)) for n in notifications for ident in self._by_receiver[n.receiver]]
-        if self.dead_letters and not self._flush_dead_letters():
+        if self.dead_letters and self.dead_letter_out is not None and not self.dead_letter_out.flush():
             return  # stopping with dead letters not in Kafka: their offsets stay unrecorded, read again
         offsets, self._offsets = self._offsets, {}
         rows = store.commit(changes, offsets, outbox)
@@ -335,10 +360,7 @@ class AlertRouter:
             os.kill(os.getpid(), signal.SIGKILL)  # fault injection: decided and recorded, not yet sent
         self._fail_unknown(store, dispatcher.submit(rows))
         if offsets:
-            try:
-                consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=True)
-            except Exception as err:  # noqa: BLE001 - the group's offsets are for monitoring only
-                log.debug("offset commit for monitoring failed: %s", err)
+            self.commit(offsets, consumer, asynchronous=True)  # the group's offsets are for monitoring only
 
     # -- dead letters ----------------------------------------------------------------------
     def _malformed(self, msg: Message, reason: str) -> None:
@@ -353,28 +375,13 @@ class AlertRouter:
         self._produce_dead_letter(DeadLetter.of(
             ts=self._now_ms(), source_topic=f"{self.prefix}alerts.outbox", source_partition=0, source_offset=row.seq,
             stage=f"alerts.send:{row.integration}", reason=redact.redact(reason), raw=row.body, key=row.nid.encode()))
-        self._producer.flush(30)
+        if self.dead_letter_out is not None:
+            self.dead_letter_out.producer.flush(30)
 
     def _produce_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters += 1
-        while True:
-            try:
-                self._producer.produce(DEAD_LETTERS.full_name(self.prefix), key=letter.source_topic.encode(),
-                                       value=DEAD_LETTERS.codec.encode([letter]))
-                break
-            except BufferError:
-                self._producer.poll(0.5)
-        self._producer.poll(0)
-
-    def _flush_dead_letters(self) -> bool:
-        """Wait until the broker has every dead letter (it may be away: weather); False if the
-        router is stopping first."""
-        started = time.monotonic()
-        while self._producer.flush(5):
-            if self._stop.is_set():
-                return False
-            log.warning("waiting for the broker to take %d dead letters (%.0f s)", len(self._producer), time.monotonic() - started)
-        return True
+        assert self.dead_letter_out is not None
+        self.dead_letter_out.send(letter.source_topic.encode(), DEAD_LETTERS.codec.encode([letter]))
 
     def _fail_unknown(self, store: StateStore, rows: list[OutboxRow]) -> None:
         for row in rows:

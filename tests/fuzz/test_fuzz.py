@@ -223,7 +223,7 @@ def test_the_router_takes_any_message(router: Any, topic: Any) -> None:
     @given(st.lists(messages(topic), min_size=1, max_size=6))
     def prop(block: list[bytes]) -> None:
         before = len(router.letters)
-        router._apply([KafkaMessage(name, 0, i, raw) for i, raw in enumerate(block)])
+        router.take([KafkaMessage(name, 0, i, raw) for i, raw in enumerate(block)])
         bad = {i for i, raw in enumerate(block) if not decodes(topic, raw)}
         new = router.letters[before:]
         assert bad <= {d.source_offset for d in new}  # (a silence that decodes but cannot match is one too)
