@@ -1,9 +1,10 @@
 """Fills a :class:`ClusterState` from Kafka in a background thread.
 
-A plain confluent-kafka consumer with partitions assigned by hand (no group membership, nothing
-committed): each topic starts a look-back before now, found with ``offsets_for_times``, so a
-service started mid-run shows the last samples, the anomalies still open, and the latest
-quantiles and KPIs at once, then follows the topics live.
+A sink (:class:`~hpcinsight.core.consumer.TopicSink`) with partitions assigned by hand (no group
+membership, nothing committed): each topic starts a look-back before now, found with
+``offsets_for_times``, so a service started mid-run shows the last samples, the anomalies still
+open, and the latest quantiles and KPIs at once, then follows the topics live. It owns no topic:
+what it cannot decode or apply is skipped and counted (the topic's owner dead-letters it).
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Callable
 
+from confluent_kafka import Consumer, Message
+
+from hpcinsight.core.consumer import TopicSink
 from hpcinsight.core.kafka import broker_retry, new_consumer
 from hpcinsight.web.state import ClusterState
 from hpcinsight.schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, JOB_QUANTILES, NODE_INVENTORY, SCHEDULING_KPIS, Topic
@@ -31,14 +36,23 @@ FEEDS: dict[Topic, tuple[float, str]] = {
 }
 
 
-class Feed:
+class Feed(TopicSink):
+    #: the broker away: wait this long before asking again
+    WEATHER_WAIT_S = 1.0
+    POLL_MESSAGES = 2000
+
     def __init__(self, state: ClusterState, client_config: dict[str, Any], prefix: str) -> None:
+        super().__init__()
         self.state, self.conf, self.prefix = state, client_config, prefix
-        self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="kafka-feed", daemon=True)
         self.error: str | None = None
         self.assigned = threading.Event()
-        self.skipped = 0  # records decoded or applied in vain (the sink dead-letters the stored ones)
+        self._routes: dict[str, tuple[Topic, Callable[[list[Any]], None]]] = {}
+
+    @property
+    def skipped(self) -> int:
+        """Records decoded or applied in vain (the sink dead-letters the stored ones)."""
+        return self.stats.skipped
 
     def start(self) -> Feed:
         self.thread.start()
@@ -76,46 +90,37 @@ class Feed:
                 try:
                     apply([record])
                 except Exception as err:  # noqa: BLE001 - see above
-                    self.skipped += 1
+                    self.stats.skipped += 1
                     log.warning("the live state refused a record of %s: %s: %s", topic, type(err).__name__, err)
 
-    def _run(self) -> None:
-        from confluent_kafka import KafkaError, KafkaException
+    # -- the sink's own: a look-back assignment, decode by topic, the live state as delivery ------
+    def new_consumer(self) -> Consumer:
+        return new_consumer(self.conf, f"{self.prefix}web-{uuid.uuid4().hex[:8]}", offset_reset="latest",
+                            extra={"fetch.wait.max.ms": 200})
 
-        consumer = new_consumer(self.conf, f"{self.prefix}web-{uuid.uuid4().hex[:8]}", offset_reset="latest",
-                                extra={"fetch.wait.max.ms": 200})
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    routes = self._assign(consumer)
-                    break
-                except Exception as err:  # topics not created yet, broker starting: retry
-                    self.error = str(err)
-                    self.stop_event.wait(1.0)
-            else:
-                return
-            self.error = None
-            self.assigned.set()
-            while not self.stop_event.is_set():
-                try:
-                    messages = consumer.consume(2000, timeout=0.2)
-                except KafkaException as err:  # broker away: weather
-                    log.warning("kafka: %s (retrying)", err)
-                    self.stop_event.wait(1.0)
-                    continue
-                by_topic: dict[str, list[Any]] = {}
-                for msg in messages:
-                    if msg.error() is not None:
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("kafka: %s", msg.error())
-                        continue
-                    topic, _ = routes[msg.topic()]
-                    try:
-                        by_topic.setdefault(msg.topic(), []).extend(topic.codec.decode(msg.value()))
-                    except Exception as err:  # noqa: BLE001 - the sink, which stores this topic, dead-letters it
-                        self.skipped += 1
-                        log.warning("skipped a record of %s at offset %s: %s", msg.topic(), msg.offset(), err)
-                for name, records in by_topic.items():
-                    self._apply(name, routes[name][1], records)
-        finally:
-            consumer.close()
+    def take_partitions(self, consumer: Consumer, first: bool) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self._routes = self._assign(consumer)
+                break
+            except Exception as err:  # noqa: BLE001 - topics not created yet, broker starting: retry
+                self.error = str(err)
+                self.stop_event.wait(1.0)
+        else:
+            return
+        self.error = None
+        self.assigned.set()
+
+    def decode(self, msg: Message) -> list[Any]:
+        return self._routes[msg.topic()][0].codec.decode(msg.value())
+
+    def deliver(self, batch: Sequence[tuple[Message, list[Any]]]) -> None:
+        by_topic: dict[str, list[Any]] = {}
+        for msg, records in batch:
+            if records:
+                by_topic.setdefault(msg.topic(), []).extend(records)
+        for name, records in by_topic.items():
+            self._apply(name, self._routes[name][1], records)
+
+    def _run(self) -> None:
+        self.run_loop(self.stop_event)
