@@ -9,6 +9,7 @@ and sends them to the collector's topic from the catalog.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import ClassVar, Generic, TypeVar
 
 from hpcinsight.schemas.catalog import Topic
@@ -37,11 +38,12 @@ class Collector(abc.ABC, Generic[C]):
         self.config = config
 
     @abc.abstractmethod
-    def sample(self, now_ms: int) -> list[Event]:
+    def sample(self, now_ms: int) -> Sequence[Event]:
         """Read the source once; ``now_ms`` is the tick's timestamp (epoch ms, UTC).
 
         Each record carries a ``node`` field; a failure of one device must not stop the
         others (return what could be read).
+        A sequence, not a list, so a collector may say ``list[GpuSample]`` (lists are invariant).
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -19,6 +19,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hpcinsight.agents.base import Collector
 from hpcinsight.agents.registry import check, collector_kind

@@ -69,7 +69,7 @@ class CollectorKind(Generic[C]):
         if isinstance(table, self.config_type):
             return table
         if not isinstance(table, Mapping):
-            raise ValueError(f"{self.where} must be a table of settings, got {type(table).__name__}")
+            raise ValueError(f"{self.where} must be a table of settings, got {type(table).__name__}")  # noqa: TRY004 - a settings error, said as the others
         allowed = self.settings()
         extra = sorted(set(table) - set(allowed))
         if extra:

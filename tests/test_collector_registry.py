@@ -16,7 +16,14 @@ from hpcinsight.agents import registry
 from hpcinsight.agents.base import Collector
 from hpcinsight.agents.gpu_nvml import NvmlConfig
 from hpcinsight.agents.ib_sysfs import IbConfig
-from hpcinsight.agents.sim.gpu import IdleGpu, InjectedFault, SimConfig, SimGpuCollector, SimProcessCollector, SimXidCollector
+from hpcinsight.agents.sim.gpu import (
+    IdleGpu,
+    InjectedFault,
+    SimConfig,
+    SimGpuCollector,
+    SimProcessCollector,
+    SimXidCollector,
+)
 from hpcinsight.agents.sim.ib import IbFault, SimIbCollector, SimIbConfig
 from hpcinsight.agents.sim.scheduler import SimSchedulerCollector
 from hpcinsight.agents.sim.steps import SimStepCollector
