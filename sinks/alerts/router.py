@@ -339,7 +339,7 @@ class AlertRouter(TopicSink):
 
     def _end_history(self, now_ms: int) -> None:
         """A new router has read the anomalies topic up to where it ended at start: incidents
-        still firing are taken (and told), those already over are not (see README: Alerts)."""
+        still firing are taken (and told), those already over are not (see docs/alerts.md)."""
         history, self._history = list(self._history.values()), {}
         firing = sum(a.state == "firing" for a in history)
         log.info("history read: %d incidents, %d still firing (told), %d over before this router started (not told)",
