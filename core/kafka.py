@@ -150,3 +150,84 @@ def message_count(client_config: dict[str, Any], topics: list[str], timeout: flo
             t: sum(watermarks(consumer, TopicPartition(t, p), timeout)[1] for p in metadata.topics[t].partitions)
             for t in topics
         }
+
+
+# -- reading a topic to its end ----------------------------------------------------------------
+
+def read_range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int], timeout: float) -> list[Any]:
+    """The messages of one topic's partitions from ``starts`` (TopicPartitions with offsets) up to,
+    not including, ``stop_at[partition]``, in the order they came; ``TimeoutError`` if they are not
+    all read by ``timeout``. A partition also ends at its end of data (``enable.partition.eof``) or
+    when the consumer's position passes the stop: compaction or a transaction marker may leave the
+    offset before the stop unreadable, which would otherwise wait out the timeout."""
+    from confluent_kafka import KafkaError
+
+    out: list[Any] = []
+    pending = {tp.partition for tp in starts if tp.offset < stop_at[tp.partition]}
+    if not pending:
+        return out
+    assigned = [tp for tp in starts if tp.partition in pending]
+    topic = assigned[0].topic
+    consumer.assign(assigned)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        messages = consumer.consume(num_messages=1000, timeout=0.5)
+        for msg in messages:
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                continue
+            if msg.offset() >= stop_at[msg.partition()]:
+                pending.discard(msg.partition())
+                continue
+            out.append(msg)
+            if msg.offset() + 1 >= stop_at[msg.partition()]:
+                pending.discard(msg.partition())
+        if pending and not messages:
+            for tp in consumer.position([tp for tp in assigned if tp.partition in pending]):
+                if tp.offset >= stop_at[tp.partition]:
+                    pending.discard(tp.partition)
+    if pending:
+        raise TimeoutError(f"could not read {topic} partitions {sorted(pending)} within {timeout:g} s")
+    return out
+
+
+def read_to_end(kafka: KafkaClientSource, topic: str, group_id: str, partitions: set[int] | None = None,
+                timeout: float = 60.0) -> list[Any]:
+    """Every message of ``topic`` (or of its ``partitions``) written before the call, sorted by
+    partition and offset; none if the topic does not exist. The ends are the high watermarks when
+    asked, so a topic written meanwhile still ends. ``group_id`` only names the reader: it is
+    assigned its partitions and commits nothing."""
+    from confluent_kafka import TopicPartition
+
+    consumer = new_consumer(kafka, group_id, extra={"enable.partition.eof": True})
+    try:
+        metadata = broker_retry(lambda: consumer.list_topics(topic, timeout=timeout), timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return []
+        starts, stop_at = [], {}
+        for p in metadata.partitions:
+            if partitions is not None and p not in partitions:
+                continue
+            low, high = watermarks(consumer, TopicPartition(topic, p), timeout)
+            starts.append(TopicPartition(topic, p, low))
+            stop_at[p] = high
+        return sorted(read_range(consumer, starts, stop_at, timeout), key=lambda m: (m.partition(), m.offset()))
+    finally:
+        consumer.close()
+
+
+# -- producing through a full local queue ------------------------------------------------------
+
+def produce_queued(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
+                   wait_s: float = 0.5, **kwargs: Any) -> None:
+    """``producer.produce(...)``, waiting while the client's local queue is full (BufferError: the
+    broker away or slower than us) instead of dropping the message; ``kwargs`` (``partition``,
+    ``on_delivery``) go to ``produce``. (Dead letters: :class:`hpcinsight.core.consumer.DeadLetterOut`.)"""
+    while True:
+        try:
+            producer.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(wait_s)
+

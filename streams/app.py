@@ -29,7 +29,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
 from hpcinsight.core.durations import parse_ms
 from hpcinsight.core.settings import Settings
-from hpcinsight.core.kafka import broker_retry, new_consumer, new_producer
+from hpcinsight.core.consumer import DeadLetterOut
+from hpcinsight.core.kafka import broker_retry, new_consumer, new_producer, produce_queued, watermarks
 from hpcinsight.schemas.catalog import (
     ANOMALIES,
     DEAD_LETTERS,
@@ -137,8 +138,7 @@ class SchedulerFeed:
         """Block until everything in the topics now has been read (at start, before any sample)."""
         high = {}
         for tp in self._tps:
-            high[(tp.topic, tp.partition)] = broker_retry(
-                lambda tp=tp: self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout), timeout)[1]
+            high[(tp.topic, tp.partition)] = watermarks(self._consumer, TopicPartition(tp.topic, tp.partition), timeout)[1]
         deadline, out = time.monotonic() + timeout, []
         while time.monotonic() < deadline:
             positions = self._consumer.position([TopicPartition(t, p) for t, p in high])
@@ -166,12 +166,13 @@ class OutputProducer:
 
     def __init__(self, settings: Settings) -> None:
         self._names = {t.name: settings.topic(t.name) for t in TOPICS}
-        self._dead_letters = settings.topic(DEAD_LETTERS.name)
         self._producer = new_producer(settings.kafka, extra={
             "compression.type": "zstd", "linger.ms": 10, "queue.buffering.max.messages": 1_000_000,
             "partitioner": "murmur2_random",  # as Faust and the agents: job-keyed topics stay co-partitioned
             "message.timeout.ms": 0,  # retry until delivered: the commit waits, nothing is dropped
+            "on_delivery": self._on_delivery,  # every message's, dead letters' too (a refused one is only logged: see flush)
         })
+        self._dead = DeadLetterOut(self._producer, DEAD_LETTERS.full_name(settings.kafka.topic_prefix))
         self._refused: list[tuple[str, bytes | None, bytes | None, str]] = []
         self.refused = 0
 
@@ -182,16 +183,8 @@ class OutputProducer:
     def send(self, outputs: list[Output]) -> None:
         for out in outputs:
             kwargs = {} if out.partition is None else {"partition": out.partition}
-            self._produce(self._names[out.topic.name], out.value, out.key, **kwargs)
+            produce_queued(self._producer, self._names[out.topic.name], out.value, out.key, wait_s=0.1, **kwargs)
         self._producer.poll(0)
-
-    def _produce(self, topic: str, value: bytes | None, key: bytes | None, **kwargs: Any) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value, key, on_delivery=self._on_delivery, **kwargs)
-                return
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                self._producer.poll(0.1)
 
     def flush(self, report_every_s: float = 30.0) -> None:
         """Wait until every output so far is acknowledged; refused ones become dead letters."""
@@ -201,14 +194,14 @@ class OutputProducer:
             refused, self._refused = self._refused, []
             for topic, key, value, reason in refused:
                 self.refused += 1
-                if topic == self._dead_letters:
+                if topic == self._dead.topic:
                     log.error("a dead letter was refused by the broker (%s); it is logged here instead: key=%r size=%d",
                               reason, key, len(value or b""))
                     continue
                 log.error("output to %s refused by the broker (%s); dead-lettered", topic, reason)
                 letter = DeadLetter.of(ts=int(time.time() * 1000), source_topic=topic, source_partition=0, source_offset=0,
                                        stage="worker.output", reason=f"refused by the broker: {reason}", raw=value, key=key)
-                self._produce(self._dead_letters, DEAD_LETTERS.codec.encode([letter]), topic.encode())
+                self._dead.send(topic.encode(), DEAD_LETTERS.codec.encode([letter]))
             if not left and not refused:
                 return
             if left:

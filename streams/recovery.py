@@ -18,13 +18,12 @@ changelog is: compacted, co-partitioned with the input.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from hpcinsight.core.kafka import broker_retry, new_consumer
+from hpcinsight.core.kafka import broker_retry, new_consumer, read_range, read_to_end, watermarks
 from hpcinsight.schemas.catalog import ANOMALIES, STREAM_STATE
 from hpcinsight.schemas.codec import DecodeError
 from hpcinsight.schemas.events import Anomaly, StateCheckpoint
@@ -35,48 +34,6 @@ log = logging.getLogger(__name__)
 
 def _consumer(client_config: dict[str, Any], group_id: str) -> Consumer:
     return new_consumer(client_config, group_id, offset_reset="latest", extra={"enable.partition.eof": True})
-
-
-def _read_range(consumer: Consumer, tps: list[TopicPartition], stop_at: dict[int, int], timeout: float) -> list[Any]:
-    """Messages of ``tps`` from their offsets up to (not including) ``stop_at[partition]``."""
-    out: list[Any] = []
-    pending = {tp.partition for tp in tps if tp.offset < stop_at[tp.partition]}
-    if not pending:
-        return out
-    consumer.assign([tp for tp in tps if tp.partition in pending])
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for msg in consumer.consume(num_messages=1000, timeout=0.5):
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                continue
-            if msg.offset() >= stop_at[msg.partition()]:
-                pending.discard(msg.partition())
-                continue
-            out.append(msg)
-            if msg.offset() + 1 >= stop_at[msg.partition()]:
-                pending.discard(msg.partition())
-    if pending:
-        raise TimeoutError(f"could not re-read partitions {sorted(pending)} within {timeout:g} s")
-    return out
-
-
-def read_all(client_config: dict[str, Any], topic: str, partitions: set[int] | None = None, timeout: float = 60.0) -> list[Any]:
-    """Every message of ``topic`` (or of its ``partitions``) that is there now, in offset order per partition."""
-    consumer = _consumer(client_config, "hpcinsight-recovery-read")
-    try:
-        metadata = broker_retry(lambda: consumer.list_topics(topic, timeout=timeout), timeout).topics[topic]
-        tps, stop_at = [], {}
-        for p in metadata.partitions:
-            if partitions is not None and p not in partitions:
-                continue
-            low, high = broker_retry(lambda p=p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout), timeout)
-            tps.append(TopicPartition(topic, p, low))
-            stop_at[p] = high
-        return sorted(_read_range(consumer, tps, stop_at, timeout), key=lambda m: (m.partition(), m.offset()))
-    finally:
-        consumer.close()
 
 
 def replay_committed(
@@ -97,14 +54,14 @@ def replay_committed(
         if not stop_at:
             return 0
         # the Kafka timestamp of the last handled message of each partition
-        last = _read_range(consumer, [TopicPartition(topic, p, o - 1) for p, o in stop_at.items()], stop_at, timeout)
+        last = read_range(consumer, [TopicPartition(topic, p, o - 1) for p, o in stop_at.items()], stop_at, timeout)
         since = {m.partition(): m.timestamp()[1] - horizon_ms for m in last}
         for p, ts in (not_after_ms or {}).items():
             if p in since:
                 since[p] = min(since[p], ts)
         starts = broker_retry(lambda: consumer.offsets_for_times([TopicPartition(topic, p, ts) for p, ts in since.items()], timeout=timeout), timeout)
         tps = [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else stop_at[tp.partition]) for tp in starts]
-        messages = _read_range(consumer, tps, stop_at, timeout)
+        messages = read_range(consumer, tps, stop_at, timeout)
         for msg in sorted(messages, key=lambda m: (m.partition(), m.offset())):
             handle(msg.partition(), msg.value())
         log.warning("rebuilt state of %s partitions %s from %d messages", topic, sorted(stop_at), len(messages))
@@ -122,7 +79,7 @@ def rebuild_gpu_stage(
     processor.forget(partitions)
     oldest: dict[int, int] = {}
     restored: dict[str, tuple[int, StateCheckpoint]] = {}
-    for msg in read_all(client_config, state_topic, partitions, timeout):
+    for msg in read_to_end(client_config, state_topic, "hpcinsight-recovery-read", partitions, timeout):
         try:
             for record in STREAM_STATE.codec.decode(msg.value()):
                 restored[record.series] = (msg.partition(), record)  # compaction keeps the latest; so do we
@@ -160,12 +117,12 @@ def last_message(client_config: dict[str, Any], topic: str, catalog_topic: Any, 
         metadata = broker_retry(lambda: consumer.list_topics(topic, timeout=timeout), timeout).topics[topic]
         tps, stop_at = [], {}
         for p in metadata.partitions:
-            _low, high = broker_retry(lambda p=p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout), timeout)
+            _low, high = watermarks(consumer, TopicPartition(topic, p), timeout)
             if high > 0:
                 tps.append(TopicPartition(topic, p, high - 1))
                 stop_at[p] = high
         records: list[Any] = []
-        for msg in _read_range(consumer, tps, stop_at, timeout):
+        for msg in read_range(consumer, tps, stop_at, timeout):
             try:
                 records.extend(catalog_topic.codec.decode(msg.value()))
             except DecodeError:
@@ -178,7 +135,7 @@ def last_message(client_config: dict[str, Any], topic: str, catalog_topic: Any, 
 def open_incidents(client_config: dict[str, Any], topic: str, timeout: float = 60.0) -> list[Anomaly]:
     """The anomalies whose latest message in ``topic`` is 'firing'."""
     latest: dict[str, Anomaly] = {}
-    for msg in read_all(client_config, topic, timeout=timeout):
+    for msg in read_to_end(client_config, topic, "hpcinsight-recovery-read", timeout=timeout):
         try:
             for anomaly in ANOMALIES.codec.decode(msg.value()):
                 latest[anomaly.id] = anomaly

@@ -44,7 +44,7 @@ from hpcinsight.harness.replay.files import (
     time_slices,
     iso_utc,
 )
-from hpcinsight.core.kafka import lag
+from hpcinsight.core.kafka import lag, produce_queued
 from hpcinsight.schemas.catalog import (
     DEAD_LETTERS,
     GPU_SAMPLES,
@@ -99,12 +99,8 @@ class Sender:
     def send(self, topic: Topic, key: str, records: list[Event], partition: int | None = None) -> None:
         value = topic.codec.encode(records)
         kwargs = {} if partition is None else {"partition": partition}
-        while True:
-            try:
-                self._producer.produce(topic.full_name(self._prefix), value, key.encode(), on_delivery=self._on_delivery, **kwargs)
-                break
-            except BufferError:
-                self._producer.poll(0.1)
+        produce_queued(self._producer, topic.full_name(self._prefix), value, key.encode(), wait_s=0.1,
+                       on_delivery=self._on_delivery, **kwargs)
         self.sent[topic.name] += 1
         self._producer.poll(0)
 
@@ -342,8 +338,9 @@ class Handled:
     def _high(self, topic: str, partition: int) -> int:
         from confluent_kafka import TopicPartition
 
-        from hpcinsight.core.kafka import watermarks# retries while a new partition's leader is still being elected
+        from hpcinsight.core.kafka import watermarks
 
+        # retried while a new partition's leader is still being elected
         return watermarks(self._consumer, TopicPartition(topic, partition), 10.0)[1]
 
     def reached(self, wanted: dict[int, int]) -> bool:

@@ -11,11 +11,9 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
-from hpcinsight.core.kafka import new_consumer, new_producer
-
-from hpcinsight.core.kafka import broker_retry
+from hpcinsight.core.kafka import new_producer, read_to_end
 from hpcinsight.schemas.catalog import ALERT_SILENCES
 from hpcinsight.schemas.events import Silence
 from hpcinsight.sinks.alerts.matchers import Matcher
@@ -64,40 +62,16 @@ def add(client_config: dict[str, Any], prefix: str, matchers: list[str], duratio
 
 def read_all(client_config: dict[str, Any], prefix: str, timeout: float = 30.0) -> dict[str, Silence]:
     """The current state of every silence: the topic read from its start to its end."""
-    topic = ALERT_SILENCES.full_name(prefix)
-    consumer = new_consumer(client_config, f"{prefix}silence-cli", offset_reset="latest")
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout)
-        if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            return {}
-        ends = {}
-        for p in metadata.topics[topic].partitions:
-            low, high = broker_retry(lambda p=p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout), timeout)
-            if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        current: dict[str, Silence] = {}
-        deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=500, timeout=0.5):
-                if msg.error():
-                    continue
-                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                    ends.pop(msg.partition(), None)
-                try:
-                    records = ALERT_SILENCES.codec.decode(msg.value())
-                except ValueError:
-                    continue  # the router dead-letters it; a listing skips it
-                for s in records:
-                    if s.id not in current or current[s.id].ts <= s.ts:
-                        current[s.id] = s
-            if ends:  # compaction may leave the end offset unreachable: stop at the position
-                for tp in consumer.position([TopicPartition(topic, p) for p in list(ends)]):
-                    if tp.offset >= ends[tp.partition]:
-                        ends.pop(tp.partition)
-        return current
-    finally:
-        consumer.close()
+    current: dict[str, Silence] = {}
+    for msg in read_to_end(client_config, ALERT_SILENCES.full_name(prefix), f"{prefix}silence-cli", timeout=timeout):
+        try:
+            records = ALERT_SILENCES.codec.decode(msg.value())
+        except ValueError:
+            continue  # the router dead-letters it; a listing skips it
+        for s in records:
+            if s.id not in current or current[s.id].ts <= s.ts:
+                current[s.id] = s
+    return current
 
 
 def expire(client_config: dict[str, Any], prefix: str, silence_id: str, now_ms: int | None = None) -> Silence:
