@@ -15,11 +15,14 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from hpcinsight.agents.base import Collector
 from hpcinsight.agents.delivery import Delivery
+from hpcinsight.core import metrics
+from hpcinsight.core.metrics import MetricsServer
 from hpcinsight.schemas.catalog import AGENT_HEALTH, Topic
 from hpcinsight.schemas.events import AgentHealth
 
@@ -37,35 +40,26 @@ class AgentStats:
     by_topic: dict[str, list[int]] = field(default_factory=dict)
 
 
-class Metrics:
+class Metrics(MetricsServer):
     """The agent's counters on a Prometheus endpoint (prometheus-client)."""
 
     def __init__(self, port: int, stats: AgentStats, delivery: Delivery, host: str = "127.0.0.1") -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        super().__init__(host, port, lambda: agent_metric_families(stats, delivery))
 
-        class _Collector:
-            def collect(self) -> Any:
-                d = delivery.stats
-                for name, value, doc in (
-                    ("hpcinsight_agent_ticks", stats.ticks, "ticks sampled"),
-                    ("hpcinsight_agent_tick_overruns", stats.skipped_ticks, "ticks skipped because sampling overran"),
-                    ("hpcinsight_agent_records", stats.records, "records taken"),
-                    ("hpcinsight_agent_collector_errors", stats.errors, "collector failures"),
-                    ("hpcinsight_agent_messages_appended", d.appended, "messages written to the spool"),
-                    ("hpcinsight_agent_messages_delivered", d.delivered, "messages acknowledged by Kafka"),
-                    ("hpcinsight_agent_messages_spilled", d.spilled, "messages that waited on disk"),
-                    ("hpcinsight_agent_messages_dropped", d.dropped + delivery.spool.dropped, "messages lost (spool bound, refusal)"),
-                ):
-                    yield CounterMetricFamily(name, doc, value=value)
-                yield GaugeMetricFamily("hpcinsight_agent_spool_bytes", "bytes waiting in the spool", value=delivery.spool.backlog_bytes())
 
-        self.registry = CollectorRegistry()
-        self.registry.register(_Collector())
-        self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
-
-    def close(self) -> None:
-        self.server.shutdown()
+def agent_metric_families(stats: AgentStats, delivery: Delivery) -> Iterator[Any]:
+    d = delivery.stats
+    yield from metrics.counters([
+        ("hpcinsight_agent_ticks", stats.ticks, "ticks sampled"),
+        ("hpcinsight_agent_tick_overruns", stats.skipped_ticks, "ticks skipped because sampling overran"),
+        ("hpcinsight_agent_records", stats.records, "records taken"),
+        ("hpcinsight_agent_collector_errors", stats.errors, "collector failures"),
+        ("hpcinsight_agent_messages_appended", d.appended, "messages written to the spool"),
+        ("hpcinsight_agent_messages_delivered", d.delivered, "messages acknowledged by Kafka"),
+        ("hpcinsight_agent_messages_spilled", d.spilled, "messages that waited on disk"),
+        ("hpcinsight_agent_messages_dropped", d.dropped + delivery.spool.dropped, "messages lost (spool bound, refusal)"),
+    ])
+    yield metrics.gauge("hpcinsight_agent_spool_bytes", "bytes waiting in the spool", delivery.spool.backlog_bytes())
 
 
 def health_event(node: str, agent: str, stats: AgentStats, delivery: Delivery, now_ms: int) -> AgentHealth:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,35 @@ class MetricsServer:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+# -- families from the counters a component keeps --------------------------------------------
+# Every component's ``metric_families()`` had the same loops: flat counters from (name, value,
+# help) rows, one family with a series per table / stage / detector, a gauge or two. Written once.
+
+def counters(series: Iterable[tuple[str, float, str]]) -> Iterator[Any]:
+    """A counter family for each ``(name, value, help)`` (prometheus-client adds ``_total``)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    for name, value, doc in series:
+        yield CounterMetricFamily(name, doc, value=value)
+
+
+def labelled(name: str, doc: str, label: str, values: Mapping[str, float], gauge: bool = False) -> Any:
+    """One family (a counter, or a gauge) with a series for each ``label`` value, in sorted order."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    family = (GaugeMetricFamily if gauge else CounterMetricFamily)(name, doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
+def gauge(name: str, doc: str, value: float) -> Any:
+    """A gauge family of one value."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    return GaugeMetricFamily(name, doc, value=value)
 
 
 def lag_family(group: str, lag: dict[tuple[str, int], int]) -> Any:

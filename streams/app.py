@@ -28,6 +28,7 @@ import faust
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
 from hpcinsight.core.durations import parse_ms
+from hpcinsight.core import metrics
 from hpcinsight.core.settings import Settings
 from hpcinsight.core.consumer import DeadLetterOut
 from hpcinsight.core.kafka import broker_retry, new_consumer, new_producer, produce_queued, watermarks
@@ -382,14 +383,9 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
 
 def worker_metric_families(processor: SampleProcessor, outputs: OutputProducer) -> Iterator[Any]:
     """The worker's series for Prometheus (served by the CLI with the lag, see hpcinsight.core.metrics)."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
     st = processor.stats
-    stages = CounterMetricFamily("hpcinsight_worker_messages", "messages handled, per stage", labels=["stage"])
-    for stage, n in sorted(st.by_stage.items()):
-        stages.add_metric([stage], n)
-    yield stages
-    for name, value, doc in (
+    yield metrics.labelled("hpcinsight_worker_messages", "messages handled, per stage", "stage", st.by_stage)
+    yield from metrics.counters([
         ("hpcinsight_worker_samples", st.samples, "GPU samples processed"),
         ("hpcinsight_worker_ib_samples", st.ib_samples, "IB samples processed"),
         ("hpcinsight_worker_windows", st.windows, "per-GPU windows closed"),
@@ -400,14 +396,10 @@ def worker_metric_families(processor: SampleProcessor, outputs: OutputProducer) 
         ("hpcinsight_worker_late_samples", st.late_samples, "samples later than the lateness, dropped"),
         ("hpcinsight_worker_outputs_refused", outputs.refused, "outputs the broker refused for good (dead-lettered)"),
         ("hpcinsight_worker_state_restores", st.restores, "state rebuilds (start, rebalance)"),
-    ):
-        yield CounterMetricFamily(name, doc, value=value)
-    yield GaugeMetricFamily("hpcinsight_worker_state_restore_seconds", "duration of the last state rebuild",
-                            value=st.restore_seconds)
-    incidents = GaugeMetricFamily("hpcinsight_worker_open_incidents", "incidents firing, per detector", labels=["detector"])
-    for kind, ids in sorted(st.open_incidents.items()):
-        incidents.add_metric([kind], len(ids))
-    yield incidents
+    ])
+    yield metrics.gauge("hpcinsight_worker_state_restore_seconds", "duration of the last state rebuild", st.restore_seconds)
+    yield metrics.labelled("hpcinsight_worker_open_incidents", "incidents firing, per detector", "detector",
+                           {kind: len(ids) for kind, ids in st.open_incidents.items()}, gauge=True)
 
 
 #: Container allocations between two young-generation collections (CPython's default is 700).
