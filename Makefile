@@ -1,8 +1,9 @@
 # The two commands of hpcinsight (see README):
 #   make demo   set up, then run a simulated cluster through the whole real pipeline
 #   make test   set up, then run the test suite against a broker the tests start themselves
-# Set-up is idempotent: a virtual environment in .venv with the pinned packages, and the
-# Apache Kafka jars resolved from Maven Central into ~/.cache/hpcinsight.
+# Set-up is idempotent: a virtual environment in .venv with every extra and the test tools at the
+# exact versions of constraints.txt (pyproject.toml holds ranges), and the Apache Kafka jars
+# resolved from Maven Central into ~/.cache/hpcinsight.
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -15,11 +16,11 @@ TEST_WORKERS ?= 3
 
 .PHONY: setup demo test bench clean browser replay-genai tools image image-base chaos chaos-short fuzz
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[all,test]'
 	$(VENV)/bin/python -m hpcinsight.deploy.local.kafka fetch >/dev/null
 	touch $(STAMP)
 

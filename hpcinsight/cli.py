@@ -542,6 +542,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The extras (pyproject.toml) a command needs beyond the base install, which has the agent and the
+# step client only; and the extra that brings each optional module, for a command whose options
+# need one more (diagnose --plots). A command started without them says so in one line.
+_COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "worker": ("pipeline",), "sink": ("store",), "db": ("store",), "query": ("store",), "diagnose": ("store",),
+    "topics": ("store",), "serve": ("web",), "alerts": ("alerts",),
+    "demo": ("all",), "eval": ("all",), "replay": ("all",), "whatif": ("all",),
+}
+_MODULE_EXTRA = {
+    "faust": "pipeline", "mode": "pipeline", "aiokafka": "pipeline", "datasketches": "pipeline", "numpy": "pipeline",
+    "clickhouse_connect": "store", "chdb": "store", "pyarrow": "store", "rich": "store",
+    "fastapi": "web", "uvicorn": "web", "fastapi_offline": "web", "apprise": "alerts", "requests": "alerts",
+    "matplotlib": "plots", "kubernetes": "k8s",
+}
+
+
+def missing_extra(command: str, err: ModuleNotFoundError) -> str | None:
+    """The line that tells which extra to install, when ``err`` is a third-party module that an
+    extra brings; None for anything else (a missing module of the project itself is a bug)."""
+    module = (err.name or "").split(".")[0]
+    extras = list(_COMMAND_EXTRAS.get(command, ()))
+    if module in _MODULE_EXTRA and _MODULE_EXTRA[module] not in extras and "all" not in extras:
+        extras.append(_MODULE_EXTRA[module])
+    if not module or module == "hpcinsight" or not extras:
+        return None
+    names = " and ".join(f"'{e}'" for e in extras)
+    return (f"hpcinsight {command} needs the {names} extra{'s' if len(extras) > 1 else ''} "
+            f"(no module named {module!r} here): pip install 'hpcinsight[{','.join(extras)}]'")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -557,19 +587,36 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # bad arguments or parameters, said in words
         print(f"hpcinsight: {err}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:  # a command run where its extra is not installed
+        if (line := missing_extra(args.command, err)) is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
     except Exception as err:  # noqa: BLE001 - turn known service errors into one clear line
-        from clickhouse_connect.driver.exceptions import ClickHouseError
         from confluent_kafka import KafkaException
 
-        from hpcinsight.sinks.alerts.store import StateError
-        from hpcinsight.sinks.clickhouse import StoreBusyError
-        from hpcinsight.sinks.migrations import SchemaDriftError
+        refused: tuple[type[BaseException], ...] = ()
+        said: tuple[type[BaseException], ...] = (KafkaException, ConnectionError)
+        try:  # the store's errors, where its extra is installed (a base install has no store)
+            from clickhouse_connect.driver.exceptions import ClickHouseError
 
-        if isinstance(err, ClickHouseError):
+            from hpcinsight.sinks.clickhouse import StoreBusyError
+            from hpcinsight.sinks.migrations import SchemaDriftError
+
+            refused, said = (ClickHouseError,), (*said, StoreBusyError, SchemaDriftError)
+        except ModuleNotFoundError:
+            pass
+        try:  # the alert router's, likewise
+            from hpcinsight.sinks.alerts.store import StateError
+
+            said = (*said, StateError)
+        except ModuleNotFoundError:
+            pass
+        if isinstance(err, refused):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             print(f"hpcinsight: ClickHouse refused: {first}", file=sys.stderr)
             return 1
-        if isinstance(err, (StoreBusyError, SchemaDriftError, StateError, KafkaException, ConnectionError)):
+        if isinstance(err, said):
             print(f"hpcinsight: {err}", file=sys.stderr)
             return 1
         raise

@@ -73,10 +73,24 @@ if [ "${1:-}" = "--base-only" ]; then base_image; exit 0; fi
 
 CONTEXT="$(mktemp -d)"
 trap 'rm -rf "$CONTEXT"' EXIT
-# the project's wheel and every dependency, pinned by pyproject.toml, with the Kubernetes extra
-# (the scheduler watcher in the Helm chart runs from this image too)
-"$HOST_PYTHON" -m pip wheel --quiet --wheel-dir "$CONTEXT/wheels" "$ROOT[k8s]" \
+# the project's wheel and every dependency at the versions of constraints.txt (the ones `make setup`
+# installs and the suite tests), with every extra: one image runs every component, the Kubernetes
+# scheduler watcher of the Helm chart included. Built from a copy of what the wheel ships: setuptools
+# builds in the tree's build/, and a module removed from the tree since an earlier build stays there
+# and would be in the wheel.
+"$HOST_PYTHON" - "$ROOT" "$CONTEXT/src" <<'EOF' || die "could not copy the sources"
+import shutil, sys, tomllib
+from pathlib import Path
+root, src = Path(sys.argv[1]), Path(sys.argv[2])
+src.mkdir()
+for name in ("pyproject.toml", "README.md", "LICENSE"):
+    shutil.copy2(root / name, src / name)
+for folder in set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()):
+    shutil.copytree(root / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+EOF
+"$HOST_PYTHON" -m pip wheel --quiet --wheel-dir "$CONTEXT/wheels" --constraint "$ROOT/constraints.txt" "$CONTEXT/src[all]" \
   || die "pip could not build the wheelhouse"
+rm -rf "$CONTEXT/src"
 # the project's own wheel apart: it changes with every commit, its dependencies seldom, so podman
 # reuses the dependency layer
 mkdir "$CONTEXT/app" && mv "$CONTEXT"/wheels/hpcinsight-*.whl "$CONTEXT/app/"
@@ -87,6 +101,8 @@ REVISION="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
 SOURCE="${SOURCE:-$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null || echo "hpcinsight $VERSION (no origin)")}"
 "${PODMAN[@]}" build --network host --layers \
   --build-arg BASE="$BASE_REF" --build-arg PYTHON="${PYTHON:-python3.11}" \
+  --build-arg DEPS_WHEELS="$(ls "$CONTEXT/wheels" | sha256sum | cut -c1-16)" \
+  --build-arg APP_WHEEL="$(cat "$CONTEXT"/app/*.whl | sha256sum | cut -c1-16)" \
   --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" --build-arg SOURCE="$SOURCE" \
   --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   -t "$IMAGE" "$CONTEXT" >&2
