@@ -28,7 +28,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from hpcinsight.core.consumer import DeadLetterOut, TopicSink
-from hpcinsight.core.kafka import broker_retry, new_consumer, new_producer
+from hpcinsight.core.kafka import new_consumer, new_producer, watermarks
 from hpcinsight.schemas.catalog import ALERT_SILENCES, ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
 from hpcinsight.schemas.events import DeadLetter
 from hpcinsight.sinks.alerts import redact
@@ -147,11 +147,11 @@ class AlertRouter(TopicSink):
                 tp = TopicPartition(name, p, stored.get((name, p), OFFSET_BEGINNING))
                 assignment.append(tp)
                 if name != self.anomalies_topic:
-                    high = _high_watermark(consumer, TopicPartition(name, p))
+                    high = watermarks(consumer, TopicPartition(name, p), 30.0)[1]
                     if stored.get((name, p), 0) < high:
                         catch_up[(name, p)] = high
                 elif fresh:
-                    high = _high_watermark(consumer, TopicPartition(name, p))
+                    high = watermarks(consumer, TopicPartition(name, p), 30.0)[1]
                     if high > 0:
                         self._history_end[(name, p)] = high
         consumer.assign(assignment)
@@ -389,8 +389,3 @@ class AlertRouter(TopicSink):
             self._dead_letter_notification(row, reason)
             store.db.execute("UPDATE outbox SET state = 'failed', error = ?, done_at = ? WHERE seq = ?",
                              (reason, self._now_ms(), row.seq))
-
-
-def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> int:
-    """The partition's end (asked again while a new topic's leader is not ready)."""
-    return int(broker_retry(lambda: consumer.get_watermark_offsets(tp, timeout=timeout_s), timeout_s)[1])
