@@ -24,6 +24,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from hpcinsight.core.kafka import produce_queued
+
 log = logging.getLogger(__name__)
 
 #: (topic, partition) -> the next offset to read (what a commit records)
@@ -70,12 +72,7 @@ class DeadLetterOut:
         self.stop = threading.Event()
 
     def send(self, key: bytes | None, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(self.topic, key=key, value=value)
-                break
-            except BufferError:  # the local queue is full (the broker away): let it drain
-                self.producer.poll(0.5)
+        produce_queued(self.producer, self.topic, value, key)  # waits while the local queue is full
         self.producer.poll(0)
 
     def flush(self, deadline_s: float | None = None) -> bool:
