@@ -14,7 +14,7 @@ ARGS   ?=
 # (measured here: 6.6 min against 13-16 min one at a time). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 
-.PHONY: setup demo test bench clean browser replay-genai tools image image-base chaos chaos-short fuzz
+.PHONY: setup constraints demo test bench clean browser replay-genai tools image image-base chaos chaos-short fuzz
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -25,6 +25,13 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP) browser tools image-base
+
+# constraints.txt anew from the set-up's environment, after a dependency was added to pyproject.toml
+# (set-up installs it at the newest version its range allows) or a version moved: its header stays.
+constraints: $(STAMP)
+	{ grep '^#' constraints.txt; $(VENV)/bin/pip freeze --exclude hpcinsight | grep -v -e '^#' -e '^-e ' \
+	  | sed -E 's|^([A-Za-z0-9_.-]+) @ file://.*/[A-Za-z0-9_.]+-([0-9][^-]*)-.*|\1==\2|' | LC_ALL=C sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && touch -r $(STAMP) constraints.txt
 
 # Helm and Alertmanager, built once from the Go module proxy into ~/.cache/hpcinsight/tools for the
 # chart's and the Alertmanager receiver's tests (deploy/tools/go.py). Without Go it says so: those
