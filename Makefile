@@ -104,7 +104,7 @@ fuzz: setup
 	HYPOTHESIS_PROFILE=long FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest tests/fuzz -n 0 $(ARGS)
 
 # The real GPU utilisation of the Alibaba GenAI trace (143 serving pods, a sample a minute for a day)
-# through the pipeline: per-pod quantiles and under-use flags (README: Replay your own data).
+# through the pipeline: per-pod quantiles and under-use flags (docs/evaluation.md: Replay your own data).
 GENAI ?= ../shared/data/alibaba-genai-2026/pod_gpu_duty_cycle_anon.tar.gz
 replay-genai: setup
 	tar -xzOf $(GENAI) | awk -F, 'NR == 1 { print "gpu,ts,util"; next } { print $$3 "," $$2 "," $$1 }' \

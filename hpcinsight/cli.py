@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hpcinsight",
         description="Telemetry for GPU clusters: agents -> Kafka -> Faust -> ClickHouse. "
-        "Configured by environment variables (KAFKA_BOOTSTRAP, CLICKHOUSE_URL, ...; see README).",
+        "Configured by environment variables (KAFKA_BOOTSTRAP, CLICKHOUSE_URL, ...; see docs/configuration.md).",
     )
     parser.add_argument("--version", action="version", version=f"hpcinsight {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_metrics_arguments(p, "sink")
 
     p = add("alerts", cmd_alerts, "route anomalies to chat and webhooks: grouping, dedup, silences, inhibition, retries")
-    p.add_argument("--config", required=True, metavar="FILE", help="alert routing YAML (README: Alerts); validated at start")
+    p.add_argument("--config", required=True, metavar="FILE", help="alert routing YAML (docs/alerts.md); validated at start")
     p.add_argument("--check", action="store_true", help="validate the configuration, print the routing and exit")
     p.add_argument("--state-dir", default=None, help="router state (default: $HPCINSIGHT_DATA_DIR/alerts)")
     p.add_argument("--reset-state", action="store_true", help="forget the state (what was sent, open groups) and start over")
