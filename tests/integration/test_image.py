@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("HPCINSIGHT_CACHE", Path.home() / ".cache" / "hpcinsight")) / "image"
-SOURCES = ("hpcinsight", "schemas", "agents", "streams", "sinks", "deploy")
+#: every folder the wheel installs (the package-dir mapping), so a change in any of them rebuilds the image
+SOURCES = tuple(sorted(set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())))
 NODES, GPUS, TICKS = 2, 4, 30
 
 
@@ -66,7 +68,7 @@ def source_hash() -> str:
             return False
         return rel.parts[0] != "deploy" or rel.parts[1] == "image" or (ROOT / rel.parts[0] / rel.parts[1] / "__init__.py").exists() \
             or len(rel.parts) == 2
-    files = [ROOT / "pyproject.toml"] + sorted(p for top in SOURCES for p in (ROOT / top).rglob("*") if shipped(p))
+    files = [ROOT / "pyproject.toml", ROOT / "constraints.txt"] + sorted(p for top in SOURCES for p in (ROOT / top).rglob("*") if shipped(p))
     for path in files:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
