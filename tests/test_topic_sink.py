@@ -39,8 +39,10 @@ class IntSink(TopicSink):
     delivery; with ``deliver_at_most`` it stops after delivering that many (the rest of that poll
     is left undelivered, as a sink killed in the middle of a batch)."""
 
-    def __init__(self, conf: dict[str, Any], prefix: str, deliver_at_most: int | None = None) -> None:
+    def __init__(self, conf: dict[str, Any], prefix: str, deliver_at_most: int | None = None,
+                 instance_id: str | None = None) -> None:
         super().__init__()
+        self.instance_id = instance_id
         self.conf, self.topic, self.group = conf, f"{prefix}numbers", f"{prefix}int-sink"
         self.dead_letter_out = DeadLetterOut(new_producer(conf, until_delivered=True), f"{prefix}dead")
         self.delivered: list[tuple[int, int, int]] = []  # (partition, offset, value)
@@ -49,7 +51,7 @@ class IntSink(TopicSink):
         self._done: Offsets = {}
 
     def new_consumer(self) -> Consumer:
-        return new_consumer(self.conf, self.group)
+        return new_consumer(self.conf, self.group, instance_id=self.instance_id, extra={"session.timeout.ms": 10_000})
 
     def take_partitions(self, consumer: Consumer, first: bool) -> None:
         consumer.subscribe([self.topic])
@@ -162,3 +164,33 @@ def test_offsets_are_committed_only_after_delivery_and_a_restart_reads_only_the_
     got_second = {(p, o) for p, o, _ in second.delivered}
     assert not got_first & got_second, "a delivered message was read again after the restart"
     assert sorted(v for *_, v in first.delivered + second.delivered) == values
+
+
+def test_a_fenced_consumer_is_replaced_and_nothing_is_lost(topics: tuple[dict[str, Any], str]) -> None:
+    """A member with the sink's static id fences it (a fatal error): the base replaces the consumer
+    and the sink goes on; every message is delivered (again, where its commit was lost)."""
+    conf, prefix = topics
+    produce(conf, f"{prefix}numbers", [str(v).encode() for v in range(20)])
+    sink = IntSink(conf, prefix, instance_id=f"{prefix}int-sink-0")
+    stop = sink.stop_event = threading.Event()
+    thread = threading.Thread(target=sink.run_loop, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(sink.delivered) < 20:
+            assert time.monotonic() < deadline and thread.is_alive(), "the sink did not deliver the first messages"
+            time.sleep(0.1)
+        rogue = new_consumer(conf, sink.group, instance_id=f"{prefix}int-sink-0", extra={"session.timeout.ms": 10_000})
+        rogue.subscribe([sink.topic])
+        while sink.stats.consumer_restarts == 0:
+            assert time.monotonic() < deadline + 60 and thread.is_alive(), "the fenced consumer was not replaced"
+            rogue.poll(0.5)
+        rogue.close()
+        produce(conf, f"{prefix}numbers", [str(v).encode() for v in range(20, 40)])
+        while {v for *_, v in sink.delivered} != set(range(40)):
+            assert time.monotonic() < deadline + 180 and thread.is_alive(), "the new consumer did not deliver the rest"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive() and sink.stats.consumer_restarts >= 1
