@@ -111,7 +111,8 @@ def broker_retry(call: Callable[[], T], timeout: float = 30.0) -> T:
 
 def watermarks(consumer: Any, tp: Any, timeout: float) -> tuple[int, int]:
     """A partition's (low, high) offsets, asked again while a new partition's leader is elected."""
-    return broker_retry(lambda: consumer.get_watermark_offsets(tp, timeout=timeout), timeout)
+    low, high = broker_retry(lambda: consumer.get_watermark_offsets(tp, timeout=timeout), timeout)
+    return int(low), int(high)
 
 
 @contextmanager
@@ -173,16 +174,19 @@ def read_range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int]
     while pending and time.monotonic() < deadline:
         messages = consumer.consume(num_messages=1000, timeout=0.5)
         for msg in messages:
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
+            error, partition, offset = msg.error(), msg.partition(), msg.offset()
+            if partition is None or offset is None:  # an error of the client, not of a partition
                 continue
-            if msg.offset() >= stop_at[msg.partition()]:
-                pending.discard(msg.partition())
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(partition)
+                continue
+            if offset >= stop_at[partition]:
+                pending.discard(partition)
                 continue
             out.append(msg)
-            if msg.offset() + 1 >= stop_at[msg.partition()]:
-                pending.discard(msg.partition())
+            if offset + 1 >= stop_at[partition]:
+                pending.discard(partition)
         if pending and not messages:
             for tp in consumer.position([tp for tp in assigned if tp.partition in pending]):
                 if tp.offset >= stop_at[tp.partition]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from contextlib import closing
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -51,7 +52,7 @@ def test_read_to_end_reads_what_was_there_in_partition_and_offset_order(conf: di
     _produce(conf, topic, sent)
     got = read_to_end(conf, topic, "test-read", timeout=30)
     assert [(m.partition(), m.value()) for m in got] == sorted(sent, key=lambda pv: (pv[0], int(pv[1][1:])))
-    assert all(a.offset() < b.offset() for a, b in zip(got, got[1:]) if a.partition() == b.partition())
+    assert all(a.offset() < b.offset() for a, b in pairwise(got) if a.partition() == b.partition())
     assert [m.value() for m in read_to_end(conf, topic, "test-read", partitions={1}, timeout=30)] == \
         [v for p, v in sent if p == 1]
 
