@@ -252,7 +252,7 @@ class ClickHouseSink(TopicSink):
         self._topics: dict[str, Topic] = {f"{topic_prefix}{t.name}": t for t in STORED}
         self._consumer_config = consumer_config
         self.dead_letter_out = DeadLetterOut(new_producer(consumer_config, until_delivered=True),  # retried until delivered
-                                             f"{topic_prefix}{DEAD_LETTERS.name}")
+                                             DEAD_LETTERS.full_name(topic_prefix))
         self._writer = TableWriter(client, rows=self.stats.rows, stats=self.stats)
         # the raw table the rollups aggregate: the worker's replays must not reach it twice
         self._replays = SeriesWatermarks(GPU_SAMPLES.table.name)  # type: ignore[union-attr]
@@ -456,7 +456,7 @@ class ClickHouseSink(TopicSink):
             self._batch_started = time.monotonic()
 
     def refuse(self, msg: Message, reason: str) -> None:
-        if msg.topic() == f"{self.prefix}{DEAD_LETTERS.name}":
+        if msg.topic() == DEAD_LETTERS.full_name(self.prefix):
             log.error("undecodable dead letter at %s[%d]@%d dropped from storage: %s", msg.topic(), msg.partition(), msg.offset(), reason)
             return
         super().refuse(msg, reason)
