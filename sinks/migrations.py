@@ -6,7 +6,8 @@ ran, so running ``migrate`` again is a no-op; every statement is idempotent on i
 (``IF NOT EXISTS``), so a migration interrupted half-way simply runs again in full.
 
 After the versions, ``migrate`` reconciles what is configuration rather than history: the TTL
-of each table (``[clickhouse.ttl_days]``) is set to what the configuration says. Last, it
+of each table (``[clickhouse.ttl_days]``) is set to what the configuration says, and each view
+of the query library (:mod:`hpcinsight.sinks.views`) to this build's definition. Last, it
 checks that every table has the columns its event defines, with their types; a difference
 means an event changed without a migration, and is an error that names the columns (write a
 migration with :func:`add_columns`).
@@ -35,6 +36,7 @@ from hpcinsight.sinks.storage import (
     quote,
     table_ddl,
 )
+from hpcinsight.sinks.views import reconcile_views, views_ddl
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               lambda layout: [s for t in STORED for s in codecs_ddl(layout, t)]),
     Migration(5, "dead letters: the size and SHA-256 of the whole message (raw is capped at 64 KiB)",
               add_columns(DEAD_LETTERS, "raw_size", "raw_sha256")),
+    Migration(6, "the query library's views (job_window, job_gpu_buckets), which the job-scoped queries read",
+              views_ddl),
 )
 
 
@@ -84,6 +88,7 @@ class MigrationReport:
     applied: list[tuple[int, str]] = field(default_factory=list)
     already: list[tuple[int, str]] = field(default_factory=list)
     ttl_changed: list[tuple[str, int | None, int]] = field(default_factory=list)  # (table, was, now)
+    views_replaced: list[str] = field(default_factory=list)  # library views whose definition changed
 
     @property
     def version(self) -> int:
@@ -131,6 +136,7 @@ def migrate(client: Client, layout: Layout, migrations: tuple[Migration, ...] = 
         )
         report.applied.append((m.version, m.name))
     report.ttl_changed = apply_ttls(client, layout)
+    report.views_replaced = reconcile_views(client, layout)
     check_drift(client, layout)
     return report
 

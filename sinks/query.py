@@ -14,6 +14,10 @@ The body uses ClickHouse ``{name:Type}`` placeholders, so a file runs unchanged 
 ``--param k=v`` are checked against the header (unknown names are refused, numbers must parse
 and fit their type) and sent as typed parameters, never formatted into the SQL text: a hostile
 value is an error or a literal, never SQL. Everything runs with ``readonly=1``.
+
+SQL that several files share is a parameterized view in ``queries/views/`` (the job's window,
+the job's GPUs per bucket; :mod:`hpcinsight.sinks.views`), created in the store by
+``hpcinsight db migrate``, so the files call it and still run as they are.
 """
 
 from __future__ import annotations
@@ -129,8 +133,9 @@ class NamedQuery:
         return values
 
 
-def parse_query_file(path: Path) -> NamedQuery:
-    """One library file: its header and body, checked against each other."""
+def parse_query_file(path: Path, groups: tuple[str, ...] = GROUPS) -> NamedQuery:
+    """One library file: its header and body, checked against each other. (The library's views,
+    :mod:`hpcinsight.sinks.views`, are files of the same form in the group ``view``.)"""
     text = path.read_text()
     header: dict[str, str] = {}
     params: list[Param] = []
@@ -158,8 +163,8 @@ def parse_query_file(path: Path) -> NamedQuery:
             raise QueryFileError(f"{path.name}: the header has no '-- {key}:' line")
     if header["name"] != path.stem:
         raise QueryFileError(f"{path.name}: the header names it {header['name']!r}")
-    if header["group"] not in GROUPS:
-        raise QueryFileError(f"{path.name}: group {header['group']!r} is not one of {', '.join(GROUPS)}")
+    if header["group"] not in groups:
+        raise QueryFileError(f"{path.name}: group {header['group']!r} is not one of {', '.join(groups)}")
     sql = "\n".join(lines[body_start:]).strip().rstrip(";")
     if not sql:
         raise QueryFileError(f"{path.name}: no SQL after the header")

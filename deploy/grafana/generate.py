@@ -8,8 +8,11 @@ official ClickHouse plugin (``grafana-clickhouse-datasource``), by these rewrite
 * ``col >= now64(3) - toIntervalSecond({since_s})`` becomes ``$__timeFilter(col)`` (both bounds);
 * ``now64(3) - toIntervalSecond({since_s}) AS since`` becomes ``$__fromTime AS since``, and each
   ``x > since`` / ``x >= since`` (also ``toStartOfHour(since)``) gets ``AND x <= $__toTime``;
-* a job's span (``span.2 AS t1``) is cut to the range: ``least(span.2, $__toTime) AS t1``, and the
-  job-scoped ``since_s`` is the range's start seen from there;
+* the library's views (``job_window``, ``job_gpu_buckets``) are written out as subqueries first
+  (:func:`hpcinsight.sinks.views.inline_views`), so these rules reach into them;
+* a job's span (``span.2 AS t1``, in ``job_window``) is cut to the range: ``least(span.2, $__toTime)
+  AS t1``, and the job-scoped ``since_s`` is the range's start seen from there (in the queries that
+  take a ``since_s``);
 * every other ``now64(3)`` (the "now" of state tables) is ``$__toTime``: the state at the range's end;
 * ``step_s`` and, in time-series panels, ``bucket_s`` follow ``$__interval_s``;
 * a job comes from the ``job`` variable (``${job:singlequote}``); every other parameter takes its
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcinsight.sinks.query import PLACEHOLDER, NamedQuery, library
+from hpcinsight.sinks.views import inline_views
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 PLUGIN = "grafana-clickhouse-datasource"
@@ -118,15 +122,17 @@ def panel_sql(q: NamedQuery, overrides: dict[str, str], series: bool = False) ->
     """The library query's SQL, following the time picker, with Grafana's values in place of its
     parameters (the rewrites in the module's docstring)."""
     params = {p.name: p for p in q.params}
-    sql = re.sub(rf"([\w.`]+) >= {_anchor('since_s')}", r"$__timeFilter(\1)", q.sql)
+    sql = re.sub(rf"([\w.`]+) >= {_anchor('since_s')}", r"$__timeFilter(\1)", inline_views(q.sql))
     sql = re.sub(rf"([\w.`]+) >= {_anchor('within_s')}",
                  r"\1 >= $__toTime - toIntervalSecond({within_s:UInt32}) AND \1 <= $__toTime", sql)
     since = re.sub(rf"{_anchor('since_s')} AS since\b", "$__fromTime AS since", sql)
     since = re.sub(rf"{_anchor('within_s')} AS since\b", "$__toTime - toIntervalSecond({within_s:UInt32}) AS since", since)
     if since != sql:  # a window named `since`: each comparison with it gets the range's end too
         sql = re.sub(r"([\w.`]+) (>=?) (toStartOfHour\(since\)|since)(?![\w(])", r"\1 \2 \3 AND \1 <= $__toTime", since)
-    job_span = "span.2 AS t1" in sql
-    sql = sql.replace("span.2 AS t1", "least(span.2, $__toTime) AS t1").replace("now64(3)", "$__toTime")
+    job_span = "span.2 AS t1" in sql and "since_s" in params  # job_summary's span stays the job's
+    if job_span:
+        sql = sql.replace("span.2 AS t1", "least(span.2, $__toTime) AS t1")
+    sql = sql.replace("now64(3)", "$__toTime")
 
     def value(match: re.Match[str]) -> str:
         name, ch_type = match.group(1), match.group(2)

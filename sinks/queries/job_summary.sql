@@ -22,7 +22,7 @@ WITH
      WHERE job_id = {job:String} AND window = 'since_start' AND metric = 'power_w') AS power,
     (SELECT if(count() > 0, argMax(p50, window_end), NULL) FROM job_quantiles FINAL
      WHERE job_id = {job:String} AND window = 'since_start' AND metric = 'sm_clock_mhz') AS clock,
-    (SELECT (min(ts), max(ts) + toIntervalMinute(1)) FROM job_rollup_1m WHERE job_id = {job:String}) AS span,
+    (SELECT (t0, t1) FROM job_window(job = {job:String}, since_s = 0, bucket_s = 0)) AS span,
     (SELECT (uniqExact(node), uniqExact(node, gpu_index), groupUniqArray(gpu_uuid), min(ts), max(ts) + toIntervalMinute(1))
      FROM gpu_rollup_1m WHERE job_id = {job:String} AND ts >= span.1 AND ts < span.2) AS placed,
     if(sched.10 > 0, sched.6, if(util.11 > 0, util.3, placed.4)) AS began,

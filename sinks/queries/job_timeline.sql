@@ -8,12 +8,10 @@
 -- source: scheduler | anomaly | gpus | steps. An anomaly belongs to the job when it names the job,
 -- or one of the job's GPUs, or (for node and link findings) one of its nodes, while the job ran.
 WITH
-    -- the job's span to the minute, from the per-job rollup (ORDER BY job_id, ts): the big tables
-    -- are read only over it
-    (SELECT (min(ts), max(ts) + toIntervalMinute(1)) FROM job_rollup_1m WHERE job_id = {job:String}) AS span,
-    span.2 AS t1,
-    if({since_s:UInt32} > 0, greatest(span.1, t1 - toIntervalSecond({since_s:UInt32})), span.1) AS t0,
-    dateDiff('second', t0, t1) AS span_s,
+    -- the job's window [t0, t1) from the view job_window (sinks/queries/views/job_window.sql): the
+    -- big tables are read only over the job's span; a summary every b seconds, whole minutes
+    (SELECT (t0, t1, span_s) FROM job_window(job = {job:String}, since_s = {since_s:UInt32}, bucket_s = 0)) AS w,
+    w.1 AS t0, w.2 AS t1, w.3 AS span_s,
     toUInt32(if({bucket_s:UInt32} > 0, {bucket_s:UInt32}, 60 * greatest(1, ceil(span_s / 720)))) AS b,
     (SELECT (groupUniqArray(gpu_uuid), groupUniqArray(node)) FROM gpu_rollup_1m
      WHERE job_id = {job:String} AND ts >= t0 AND ts < t1) AS placed
@@ -40,19 +38,7 @@ FROM (
         SELECT bucket, count() AS gpus, quantilesExactInclusive(0.05, 0.5, 0.95)(u) AS q,
                quantileExactInclusive(0.5)(p) AS pw, quantileExactInclusive(0.5)(c) AS clock,
                argMin((u, concat(node, '/', toString(gpu_index))), u) AS lowest
-        FROM (
-    SELECT node, gpu_index, any(gpu_uuid) AS gpu_uuid, toStartOfInterval(ts, toIntervalSecond(b)) AS bucket,
-           avg(gpu_util) AS u, avg(power_w) AS p, avg(sm_clock_mhz) AS c, count() AS samples
-    FROM gpu_samples
-    WHERE b % 60 != 0 AND job_id = {job:String} AND ts >= t0 AND ts < t1
-    GROUP BY node, gpu_index, bucket
-    UNION ALL
-    SELECT node, gpu_index, anyLast(gpu_uuid), toStartOfInterval(ts, toIntervalSecond(b)) AS bucket,
-           avgMerge(gpu_util_avg), avgMerge(power_w_avg), avgMerge(sm_clock_mhz_avg), sum(samples)
-    FROM gpu_rollup_1m
-    WHERE b % 60 = 0 AND job_id = {job:String} AND ts >= t0 AND ts < t1
-    GROUP BY node, gpu_index, bucket
-        )
+        FROM job_gpu_buckets(job = {job:String}, t0 = t0, t1 = t1, b = b)
         GROUP BY bucket
     )
     UNION ALL

@@ -10,15 +10,10 @@
 -- it was the slowest rank. Steps fewer than two ranks reported are left out. step_metrics is
 -- ORDER BY (job_id, rank, step): the job's rows are read by key.
 WITH
-    -- the job's span to the minute, from the per-job rollup (ORDER BY job_id, ts): the big tables
-    -- are read only over it
-    (SELECT (min(ts), max(ts) + toIntervalMinute(1)) FROM job_rollup_1m WHERE job_id = {job:String}) AS span,
-    span.2 AS t1,
-    if({since_s:UInt32} > 0, greatest(span.1, t1 - toIntervalSecond({since_s:UInt32})), span.1) AS t0,
-    -- buckets as asked, or about 60 of at least 10 s up to an hour, about 120 whole minutes beyond
-    dateDiff('second', t0, t1) AS span_s,
-    toUInt32(if({bucket_s:UInt32} > 0, {bucket_s:UInt32},
-                if(span_s <= 3600, greatest(10, 10 * ceil(span_s / 600)), 60 * ceil(span_s / 7200)))) AS b
+    -- the job's window [t0, t1) and bucket b (seconds), from the view job_window
+    -- (sinks/queries/views/job_window.sql): the big tables are read only over the job's span
+    (SELECT (t0, t1, b) FROM job_window(job = {job:String}, since_s = {since_s:UInt32}, bucket_s = {bucket_s:UInt32})) AS w,
+    w.1 AS t0, w.2 AS t1, w.3 AS b
 
 SELECT
     toStartOfInterval(r.3, toIntervalSecond(b)) AS bucket,
