@@ -48,7 +48,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from hpcinsight.deploy.local.kafka import LocalKafka, LocalKafkaCluster, free_ports
 from hpcinsight.harness.supervisor import terminate
 from hpcinsight.schemas.catalog import ensure_topics
-from hpcinsight.core.kafka import lag
+from hpcinsight.core.kafka import lag, offsets_consumer, watermarks
 from hpcinsight.schemas.catalog import ANOMALIES, GPU_SAMPLES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED, Topic
 from tests.alerts_receiver import LocalReceiver
 
@@ -312,6 +312,7 @@ class Campaign:
         self.components: dict[str, Component] = {}
         self.outages: list[Outage] = []
         self._lock = threading.Lock()
+        self.behind_at_end: list[str] = []  # groups that did not catch up, where they stopped
         self._watching = threading.Event()
         self._t0 = time.monotonic()
         self._last_fault = ""
@@ -499,6 +500,21 @@ class Campaign:
     def _lag(self, group: str, topics: list[str]) -> int:
         return lag({"bootstrap.servers": self.env["KAFKA_BOOTSTRAP"]}, f"{PREFIX}{group}", [PREFIX + t for t in topics])
 
+    def behind(self, group: str, topics: list[str]) -> str:
+        """Which partitions ``group`` has not committed to their end: 'topic[p] committed/end', for a
+        failed catch-up to name the group and where it stopped (the component's log says why)."""
+        conf = {"bootstrap.servers": self.env["KAFKA_BOOTSTRAP"]}
+        with offsets_consumer(conf, f"{PREFIX}{group}") as consumer:
+            metadata = consumer.list_topics(timeout=10)
+            names = [PREFIX + t for t in topics]
+            partitions = [TopicPartition(t, p) for t in names for p in metadata.topics[t].partitions]
+            out = []
+            for tp in consumer.committed(partitions, timeout=10):
+                high = watermarks(consumer, tp, 10)[1]
+                if tp.offset < high:
+                    out.append(f"{tp.topic.removeprefix(PREFIX)}[{tp.partition}] {tp.offset}/{high}")
+            return ", ".join(out) or "none"
+
     def wait_lag(self, group: str, topics: list[str], what: str, deadline: float) -> bool:
         while True:
             try:
@@ -507,6 +523,12 @@ class Campaign:
             except Exception as err:  # noqa: BLE001 - a broker still electing: ask again
                 self.log(f"lag of {what}: {err}")
             if time.monotonic() > deadline:
+                try:
+                    where = self.behind(group, topics)
+                except Exception as err:  # noqa: BLE001 - the report, not the verdict
+                    where = f"not read ({err})"
+                self.behind_at_end.append(f"{what} ({PREFIX}{group}): {where}")
+                self.log(f"{what} did not catch up: committed/end {where}")
                 return False
             time.sleep(1.0)
 
@@ -550,7 +572,9 @@ class Campaign:
         time.sleep(5.0)  # the job stage's last windows (--job-wait 3s)
         caught = self.wait_lag("clickhouse-sink", [t.name for t in STORED], "sink", deadline) and caught
         caught = self.wait_lag("alert-router", [ANOMALIES.name], "router", deadline) and caught
-        checks["everything caught up after the faults"] = (caught, f"within {self.profile.catch_up_timeout_s:g} s")
+        checks["everything caught up after the faults"] = (
+            caught, f"within {self.profile.catch_up_timeout_s:g} s"
+            + ("" if caught else "; behind: " + "; ".join(self.behind_at_end)))
         time.sleep(8.0)  # group_wait + group_interval: the router tells what it read last
 
         self._watching.clear()
