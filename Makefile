@@ -14,7 +14,7 @@ ARGS   ?=
 # (measured here: 6.6 min against 13-16 min one at a time). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 
-.PHONY: setup constraints demo test bench clean browser replay-genai tools image image-base chaos chaos-short fuzz
+.PHONY: setup constraints demo lint test bench clean browser replay-genai tools image image-base chaos chaos-short fuzz
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -75,7 +75,14 @@ browser:
 demo: setup
 	$(VENV)/bin/hpcinsight demo $(ARGS)
 
-test: setup
+# The gates, first: ruff's lint and format check (ruff.toml) and mypy, strict on the ground, the
+# schemas and the plugin interfaces (.ci/typecheck). `ruff format . && ruff check --fix .` mends most.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/python .ci/typecheck
+
+test: setup lint
 	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 clean:

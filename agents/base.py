@@ -46,7 +46,7 @@ class Collector(abc.ABC, Generic[C]):
         A sequence, not a list, so a collector may say ``list[GpuSample]`` (lists are invariant).
         """
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release handles (NVML, files). Called once, also after an error."""
 
     def __enter__(self) -> Collector[C]:

@@ -39,9 +39,7 @@ class Attribution(TypedDict):
 _CONTAINER = re.compile(r"^(?:(?:docker|cri-containerd|crio|libpod|containerd)-)?([0-9a-f]{64})(?:\.scope)?$")
 # Pod UIDs are RFC 4122 UUIDs (dashes, or underscores under the systemd driver); static pods
 # have a 32-hex-digit hash instead.
-_POD = re.compile(
-    r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}|[0-9a-f]{32})(?:\.slice)?$"
-)
+_POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}|[0-9a-f]{32})(?:\.slice)?$")
 _SLURM_JOB = re.compile(r"^job_(\d+)$")
 
 

@@ -41,7 +41,9 @@ class DeliveryStats:
 
 
 class Delivery:
-    def __init__(self, client_config: dict[str, Any], spool_dir: Path, max_spool_bytes: int = 1 << 30, window: int = 10_000) -> None:
+    def __init__(
+        self, client_config: dict[str, Any], spool_dir: Path, max_spool_bytes: int = 1 << 30, window: int = 10_000
+    ) -> None:
         self.spool = Spool(spool_dir, max_bytes=max_spool_bytes)
         self.window = window
         self.stats = DeliveryStats()
@@ -55,7 +57,7 @@ class Delivery:
                 "linger.ms": 20,
                 "message.timeout.ms": 0,  # retry for as long as it takes; the spool bounds memory
                 "error_cb": self._on_error,
-            }
+            },
         )
         self._inflight: deque[list[Any]] = deque()  # [end position, done]
         self.broker_down = False
@@ -109,7 +111,9 @@ class Delivery:
                 self._inflight.append(entry)
                 while True:
                     try:
-                        self._producer.produce(record.topic, key=record.key, value=record.value, on_delivery=self._on_delivery(entry))
+                        self._producer.produce(
+                            record.topic, key=record.key, value=record.value, on_delivery=self._on_delivery(entry)
+                        )
                         break
                     except BufferError:
                         self._producer.poll(0.1)

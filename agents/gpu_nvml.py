@@ -65,8 +65,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from hpcinsight.agents.base import Collector
-from hpcinsight.agents.registry import check, collector_kind
 from hpcinsight.agents.cgroup import Attribution, read_attribution
+from hpcinsight.agents.registry import check, collector_kind
 from hpcinsight.schemas.catalog import GPU_PROCESSES, GPU_SAMPLES_RAW, GPU_XID
 from hpcinsight.schemas.events import GpuProcess, GpuSample, XidEvent
 
@@ -393,7 +393,7 @@ class _NvmlCollector(Collector[NvmlConfig]):
             return read()
         except _Lost:
             return fallback()
-        except Exception as err:  # a surprise from one GPU must not cost the others their sample
+        except Exception as err:  # noqa: BLE001 - a surprise from one GPU must not cost the others their sample
             self._failed(dev, "a sample", err, exc_info=True)
             return fallback()
 
@@ -444,8 +444,12 @@ class NvmlGpuCollector(_NvmlCollector):
         # NVML constants looked up once: a tick reads them ~30 times per GPU.
         self._k = _Constants(nv)
         self._gpm_ids = (
-            nv.NVML_GPM_METRIC_SM_UTIL, nv.NVML_GPM_METRIC_SM_OCCUPANCY, nv.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
-            nv.NVML_GPM_METRIC_DRAM_BW_UTIL, nv.NVML_GPM_METRIC_PCIE_TX_PER_SEC, nv.NVML_GPM_METRIC_PCIE_RX_PER_SEC,
+            nv.NVML_GPM_METRIC_SM_UTIL,
+            nv.NVML_GPM_METRIC_SM_OCCUPANCY,
+            nv.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+            nv.NVML_GPM_METRIC_DRAM_BW_UTIL,
+            nv.NVML_GPM_METRIC_PCIE_TX_PER_SEC,
+            nv.NVML_GPM_METRIC_PCIE_RX_PER_SEC,
         )
         self._link_fields = (
             (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, _UINT_MAX),
@@ -460,7 +464,7 @@ class NvmlGpuCollector(_NvmlCollector):
         out = []
         for dev in self._devices(now_ms):
             read = self._sample_mig if dev.parent is not None else self._sample_gpu
-            out.append(self._guarded(dev, lambda: read(dev, now_ms), lambda: self._identity(dev, now_ms)))
+            out.append(self._guarded(dev, lambda: read(dev, now_ms), lambda: self._identity(dev, now_ms)))  # noqa: B023 - called at once, within this iteration
         return out
 
     def _identity(self, dev: _Device, now_ms: int, **values: Any) -> GpuSample:
@@ -495,7 +499,8 @@ class NvmlGpuCollector(_NvmlCollector):
         pcie_tx, pcie_rx = self._pcie(d, gpm)
         link_tx, link_rx, link_errors = self._nvlink(d)
         return self._identity(
-            d, now_ms,
+            d,
+            now_ms,
             gpu_util=_pct(util.gpu) if util is not None else None,
             mem_used_bytes=_count(mem.used) if mem is not None else None,
             mem_total_bytes=_count(mem.total) if mem is not None else None,
@@ -529,7 +534,8 @@ class NvmlGpuCollector(_NvmlCollector):
         mem = r(d, "memory", lambda: nv.nvmlDeviceGetMemoryInfo(h))
         gpm = self._gpm_metrics(d)
         return self._identity(
-            d, now_ms,
+            d,
+            now_ms,
             gpu_util=_pct(util.gpu) if util is not None else None,
             mem_used_bytes=_count(mem.used) if mem is not None else None,
             mem_total_bytes=_count(mem.total) if mem is not None else None,
@@ -589,8 +595,9 @@ class NvmlGpuCollector(_NvmlCollector):
             if d.parent is None:
                 taken = self._read(d, "a GPM sample", lambda: nv.nvmlGpmSampleGet(d.handle, state.current))
             else:
-                taken = self._read(d, "a GPM sample", lambda: nv.nvmlGpmMigSampleGet(
-                    d.parent.handle, d.gpu_instance_id, state.current))  # type: ignore[union-attr]
+                taken = self._read(
+                    d, "a GPM sample", lambda: nv.nvmlGpmMigSampleGet(d.parent.handle, d.gpu_instance_id, state.current)
+                )  # type: ignore[union-attr]
             if taken is None:
                 state.ready = False
                 return None
@@ -725,7 +732,7 @@ class NvmlProcessCollector(_NvmlCollector):
         for dev in self._devices(now_ms):
             if dev.mig_enabled:
                 continue
-            out.extend(self._guarded(dev, lambda: self._processes(dev, now_ms, alive), list))
+            out.extend(self._guarded(dev, lambda: self._processes(dev, now_ms, alive), list))  # noqa: B023 - called at once, within this iteration
         for cache in (self._names, self._owners):  # a PID may be reused by another program later
             for pid in cache.keys() - alive:
                 del cache[pid]
@@ -734,9 +741,11 @@ class NvmlProcessCollector(_NvmlCollector):
     def _processes(self, d: _Device, now_ms: int, alive: set[int]) -> list[GpuProcess]:
         nv, h = self._nvml, d.handle
         found: dict[int, Any] = {}
-        for what, fn in (("compute processes", nv.nvmlDeviceGetComputeRunningProcesses),
-                         ("MPS client processes", nv.nvmlDeviceGetMPSComputeRunningProcesses)):
-            for p in self._read(d, what, lambda: fn(h)) or ():
+        for what, fn in (
+            ("compute processes", nv.nvmlDeviceGetComputeRunningProcesses),
+            ("MPS client processes", nv.nvmlDeviceGetMPSComputeRunningProcesses),
+        ):
+            for p in self._read(d, what, lambda: fn(h)) or ():  # noqa: B023 - called at once, within this iteration
                 seen = found.get(p.pid)
                 if seen is None or (seen.usedGpuMemory is None and p.usedGpuMemory is not None):
                     found[p.pid] = p
@@ -750,27 +759,30 @@ class NvmlProcessCollector(_NvmlCollector):
             if owner is None:
                 owner = self._owners[pid] = read_attribution(pid, self.config.proc_root)
             sm, mem = util.get(pid, (None, None))
-            out.append(GpuProcess(
-                node=self.config.node,
-                gpu_index=d.index,
-                gpu_uuid=d.uuid,
-                ts=now_ms,
-                pid=pid,
-                process_name=self._name(pid),
-                used_memory_bytes=_count(found[pid].usedGpuMemory),
-                sm_util_pct=sm,
-                mem_util_pct=mem,
-                container_id=_label(owner["container_id"]),
-                pod_uid=_label(owner["pod_uid"]),
-                slurm_job_id=_label(owner["slurm_job_id"]),
-            ))
+            out.append(
+                GpuProcess(
+                    node=self.config.node,
+                    gpu_index=d.index,
+                    gpu_uuid=d.uuid,
+                    ts=now_ms,
+                    pid=pid,
+                    process_name=self._name(pid),
+                    used_memory_bytes=_count(found[pid].usedGpuMemory),
+                    sm_util_pct=sm,
+                    mem_util_pct=mem,
+                    container_id=_label(owner["container_id"]),
+                    pod_uid=_label(owner["pod_uid"]),
+                    slurm_job_id=_label(owner["slurm_job_id"]),
+                )
+            )
         return out
 
     def _utilisation(self, d: _Device) -> dict[int, tuple[float | None, float | None]]:
         nv = self._nvml
         since = self._util_seen.get(d.uuid, 0)
-        samples = self._read(d, "process utilization", lambda: nv.nvmlDeviceGetProcessUtilization(d.handle, since),
-                             quiet=(nv.NVMLError_NotFound,))  # NotFound: no sample since `since`
+        samples = self._read(
+            d, "process utilization", lambda: nv.nvmlDeviceGetProcessUtilization(d.handle, since), quiet=(nv.NVMLError_NotFound,)
+        )  # NotFound: no sample since `since`
         if not samples:
             return {}
         sums: dict[int, list[float]] = {}
@@ -870,7 +882,7 @@ class NvmlXidCollector(_NvmlCollector):
                 data = nv.nvmlEventSetWait_v2(self._event_set, self.config.xid_wait_ms)
             except nv.NVMLError_Timeout:
                 continue
-            except Exception as err:  # keep listening, but never spin on a persistent error
+            except Exception as err:  # noqa: BLE001 - keep listening, but never spin on a persistent error
                 if str(err) != last_error:
                     last_error = str(err)
                     log.warning("waiting for XID events failed: %s", err)
@@ -885,8 +897,13 @@ class NvmlXidCollector(_NvmlCollector):
                 log.warning("XID %d on a GPU this agent does not know; dropped", data.eventData)
                 continue
             gi, ci = int(data.gpuInstanceId), int(data.computeInstanceId)
-            item = _Xid(int(self._clock() * 1000), gpu, int(data.eventData),
-                        None if gi == _UINT_MAX else gi, None if ci == _UINT_MAX else ci)
+            item = _Xid(
+                int(self._clock() * 1000),
+                gpu,
+                int(data.eventData),
+                None if gi == _UINT_MAX else gi,
+                None if ci == _UINT_MAX else ci,
+            )
             with self._lock:
                 if len(self._queue) >= self.config.xid_queue_max:
                     self._queue.popleft()
@@ -896,7 +913,7 @@ class NvmlXidCollector(_NvmlCollector):
     def _by_uuid(self, handle: Any) -> _Device | None:
         try:
             uuid = _text(self._nvml.nvmlDeviceGetUUID(handle))
-        except Exception:
+        except Exception:  # noqa: BLE001 - a GPU without a readable UUID is skipped, whatever NVML raised
             return None
         return next((g for g in self._gpus if g.uuid == uuid), None)
 
@@ -906,10 +923,18 @@ class NvmlXidCollector(_NvmlCollector):
             self._queue.clear()
         out = []
         for x in items:
-            out.append(XidEvent(
-                node=self.config.node, gpu_index=x.gpu.index, gpu_uuid=x.gpu.uuid, ts=x.ts_ms, xid=x.xid,
-                seq=self._seq, gpu_instance_id=x.gpu_instance_id, compute_instance_id=x.compute_instance_id,
-            ))
+            out.append(
+                XidEvent(
+                    node=self.config.node,
+                    gpu_index=x.gpu.index,
+                    gpu_uuid=x.gpu.uuid,
+                    ts=x.ts_ms,
+                    xid=x.xid,
+                    seq=self._seq,
+                    gpu_instance_id=x.gpu_instance_id,
+                    compute_instance_id=x.compute_instance_id,
+                )
+            )
             self._seq += 1
         return out
 

@@ -60,8 +60,11 @@ class CollectorKind(Generic[C]):
 
     def settings(self) -> list[str]:
         """The keys its config table may hold."""
-        return [f.name for f in dataclasses.fields(self.config_type)  # type: ignore[arg-type]  # a dataclass by contract
-                if f.init and f.metadata.get("table", True)]
+        return [
+            f.name
+            for f in dataclasses.fields(self.config_type)  # type: ignore[arg-type]  # a dataclass by contract
+            if f.init and f.metadata.get("table", True)
+        ]
 
     def config(self, table: Mapping[str, Any] | C) -> C:
         """The typed config from a config table (or the config itself); raises ``ValueError`` naming
@@ -69,7 +72,7 @@ class CollectorKind(Generic[C]):
         if isinstance(table, self.config_type):
             return table
         if not isinstance(table, Mapping):
-            raise ValueError(f"{self.where} must be a table of settings, got {type(table).__name__}")  # noqa: TRY004 - a settings error, said as the others
+            raise ValueError(f"{self.where} must be a table of settings, got {type(table).__name__}")
         allowed = self.settings()
         extra = sorted(set(table) - set(allowed))
         if extra:
@@ -96,7 +99,9 @@ class CollectorKind(Generic[C]):
 _KINDS: dict[str, CollectorKind[Any]] = {}
 
 
-def collector_kind(kind: str, config_type: type[C]) -> Callable[[Callable[[C], list[Collector[Any]]]], Callable[[C], list[Collector[Any]]]]:
+def collector_kind(
+    kind: str, config_type: type[C]
+) -> Callable[[Callable[[C], list[Collector[Any]]]], Callable[[C], list[Collector[Any]]]]:
     """Register the decorated factory as collector kind ``kind``, configured by ``config_type``
     (a frozen dataclass). The same factory registered again (a module imported twice) is kept
     once; a second factory for a kind already taken is an error."""

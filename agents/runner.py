@@ -49,25 +49,34 @@ class Metrics(MetricsServer):
 
 def agent_metric_families(stats: AgentStats, delivery: Delivery) -> Iterator[Any]:
     d = delivery.stats
-    yield from metrics.counters([
-        ("hpcinsight_agent_ticks", stats.ticks, "ticks sampled"),
-        ("hpcinsight_agent_tick_overruns", stats.skipped_ticks, "ticks skipped because sampling overran"),
-        ("hpcinsight_agent_records", stats.records, "records taken"),
-        ("hpcinsight_agent_collector_errors", stats.errors, "collector failures"),
-        ("hpcinsight_agent_messages_appended", d.appended, "messages written to the spool"),
-        ("hpcinsight_agent_messages_delivered", d.delivered, "messages acknowledged by Kafka"),
-        ("hpcinsight_agent_messages_spilled", d.spilled, "messages that waited on disk"),
-        ("hpcinsight_agent_messages_dropped", d.dropped + delivery.spool.dropped, "messages lost (spool bound, refusal)"),
-    ])
+    yield from metrics.counters(
+        [
+            ("hpcinsight_agent_ticks", stats.ticks, "ticks sampled"),
+            ("hpcinsight_agent_tick_overruns", stats.skipped_ticks, "ticks skipped because sampling overran"),
+            ("hpcinsight_agent_records", stats.records, "records taken"),
+            ("hpcinsight_agent_collector_errors", stats.errors, "collector failures"),
+            ("hpcinsight_agent_messages_appended", d.appended, "messages written to the spool"),
+            ("hpcinsight_agent_messages_delivered", d.delivered, "messages acknowledged by Kafka"),
+            ("hpcinsight_agent_messages_spilled", d.spilled, "messages that waited on disk"),
+            ("hpcinsight_agent_messages_dropped", d.dropped + delivery.spool.dropped, "messages lost (spool bound, refusal)"),
+        ]
+    )
     yield metrics.gauge("hpcinsight_agent_spool_bytes", "bytes waiting in the spool", delivery.spool.backlog_bytes())
 
 
 def health_event(node: str, agent: str, stats: AgentStats, delivery: Delivery, now_ms: int) -> AgentHealth:
     d = delivery.stats
     return AgentHealth(
-        ts=now_ms, node=node, agent=agent, samples_taken=stats.records, messages_sent=d.delivered,
-        messages_spilled=d.spilled, messages_dropped=d.dropped + delivery.spool.dropped,
-        spool_bytes=delivery.spool.backlog_bytes(), errors=stats.errors, tick_overruns=stats.skipped_ticks,
+        ts=now_ms,
+        node=node,
+        agent=agent,
+        samples_taken=stats.records,
+        messages_sent=d.delivered,
+        messages_spilled=d.spilled,
+        messages_dropped=d.dropped + delivery.spool.dropped,
+        spool_bytes=delivery.spool.backlog_bytes(),
+        errors=stats.errors,
+        tick_overruns=stats.skipped_ticks,
     )
 
 

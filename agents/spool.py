@@ -138,9 +138,9 @@ class Spool:
                     offset += _HEADER.size + length
                     tlen, klen = _LENGTHS.unpack_from(payload)
                     start = _LENGTHS.size
-                    topic = payload[start:start + tlen].decode()
-                    key = payload[start + tlen:start + tlen + klen]
-                    yield Record(topic, key, payload[start + tlen + klen:], Position(segment, offset))
+                    topic = payload[start : start + tlen].decode()
+                    key = payload[start + tlen : start + tlen + klen]
+                    yield Record(topic, key, payload[start + tlen + klen :], Position(segment, offset))
         except FileNotFoundError:
             return
 

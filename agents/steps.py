@@ -121,15 +121,23 @@ class StepRecorder:
     """
 
     def __init__(
-        self, job_id: str | None = None, rank: int | None = None, world_size: int | None = None,
-        local_rank: int | None = None, node: str | None = None, sink: Sink | None = None,
-        flush_interval_s: float = 1.0, max_queue: int = 100_000,
+        self,
+        job_id: str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        local_rank: int | None = None,
+        node: str | None = None,
+        sink: Sink | None = None,
+        flush_interval_s: float = 1.0,
+        max_queue: int = 100_000,
     ) -> None:
         given = {"job_id": job_id, "rank": rank, "world_size": world_size, "local_rank": local_rank, "node": node}
         ident = {**from_env(), **{k: v for k, v in given.items() if v is not None}}
         self.job_id, self.rank, self.world_size = ident["job_id"], ident["rank"], ident["world_size"]
         self.local_rank, self.node = ident["local_rank"], ident["node"]
-        probe = StepMetric(self.job_id, self.rank, self.world_size, 0, time_ns() // 1_000_000, 0.0, node=self.node, local_rank=self.local_rank)
+        probe = StepMetric(
+            self.job_id, self.rank, self.world_size, 0, time_ns() // 1_000_000, 0.0, node=self.node, local_rank=self.local_rank
+        )
         try:
             STEP_METRICS_RAW.codec.decode(STEP_METRICS_RAW.codec.encode([probe]))
             if not 0 <= self.rank < self.world_size:
@@ -139,7 +147,7 @@ class StepRecorder:
         if sink is None:
             try:
                 sink = kafka_sink()
-            except Exception as err:  # no broker configured: train anyway, count what is lost
+            except Exception as err:  # noqa: BLE001 - no broker configured: train anyway, count what is lost
                 log.warning("step metrics will be dropped: no Kafka sink (%s)", err)
         self._sink, self._interval = sink, flush_interval_s
         self._batch = max(1, min(BATCH, max_queue // 2))
@@ -191,7 +199,7 @@ class StepRecorder:
         try:
             if callable(close := getattr(self._sink, "close", None)):
                 close(timeout)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - training must never fail on its telemetry
             log.warning("closing the step metrics sink failed: %s", err)
 
     def _run(self) -> None:
@@ -219,8 +227,19 @@ class StepRecorder:
                     duration = float(duration)
                     if index(step) < 0 or not math.isfinite(duration) or not all(map(math.isfinite, phases.values())):
                         raise ValueError("negative step or non-finite time")
-                    batch.append(StepMetric(self.job_id, self.rank, self.world_size, step, ts_ns // 1_000_000, duration,
-                                            node=self.node, local_rank=self.local_rank, phases=phases))
+                    batch.append(
+                        StepMetric(
+                            self.job_id,
+                            self.rank,
+                            self.world_size,
+                            step,
+                            ts_ns // 1_000_000,
+                            duration,
+                            node=self.node,
+                            local_rank=self.local_rank,
+                            phases=phases,
+                        )
+                    )
                 except (TypeError, ValueError) as err:
                     self._failed += 1
                     log.warning("dropping step %r of rank %d: %s", step, self.rank, err)
@@ -250,8 +269,11 @@ class _KafkaSink:
     def __init__(self, client_config: dict[str, Any], topic: str) -> None:
         from hpcinsight.core.kafka import new_producer  # only when shipping to Kafka
 
-        extra = {"compression.type": "zstd", "linger.ms": 50,
-                 "partitioner": "murmur2_random"}  # as Faust partitions: see hpcinsight.agents.delivery
+        extra = {
+            "compression.type": "zstd",
+            "linger.ms": 50,
+            "partitioner": "murmur2_random",
+        }  # as Faust partitions: see hpcinsight.agents.delivery
         self._producer, self._topic = new_producer(client_config, extra=extra), topic
         self.in_flight = 0  # records produced, neither acknowledged nor refused yet
         self.undelivered = 0  # records the broker never acknowledged

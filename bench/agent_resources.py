@@ -61,8 +61,9 @@ def _watch(proc: subprocess.Popen[bytes], metrics_port: int | None = None) -> tu
         try:
             fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             cpu = (int(fields[11]) + int(fields[12])) / TICK
-            if warm is None and (_ticks_done(metrics_port) >= WARMUP_TICKS if metrics_port is not None
-                                 else time.monotonic() - started >= WARMUP_S):
+            if warm is None and (
+                _ticks_done(metrics_port) >= WARMUP_TICKS if metrics_port is not None else time.monotonic() - started >= WARMUP_S
+            ):
                 warm = (cpu, time.monotonic())
             for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -83,22 +84,52 @@ def bench_agent_resources(seconds: int = 40) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as tmp, LocalKafka() as kafka:
         FakeSysfs(Path(tmp) / "ib", devices=8)
-        env = {**os.environ, "KAFKA_BOOTSTRAP": kafka.bootstrap, "HPCINSIGHT_TOPIC_PREFIX": "bench.",
-               "HPCINSIGHT_DATA_DIR": str(Path(tmp) / "data")}
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": kafka.bootstrap,
+            "HPCINSIGHT_TOPIC_PREFIX": "bench.",
+            "HPCINSIGHT_DATA_DIR": str(Path(tmp) / "data"),
+        }
         port = free_ports(1)[0]
         agent = subprocess.Popen(
-            [sys.executable, "-m", "hpcinsight.cli", "agent", "--backend", "sim", "--nodes", "1", "--gpus", "8",
-             "--ib", "--ib-root", str(Path(tmp) / "ib"), "--node", "sim-node-00", "--ticks", str(seconds),
-             "--metrics-port", str(port)],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "hpcinsight.cli",
+                "agent",
+                "--backend",
+                "sim",
+                "--nodes",
+                "1",
+                "--gpus",
+                "8",
+                "--ib",
+                "--ib-root",
+                str(Path(tmp) / "ib"),
+                "--node",
+                "sim-node-00",
+                "--ticks",
+                str(seconds),
+                "--metrics-port",
+                str(port),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         cpu, span, rss = _watch(agent, metrics_port=port)
-        base = subprocess.Popen([sys.executable, "-c", BASELINE, kafka.bootstrap, str(seconds), "bench.baseline"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = subprocess.Popen(
+            [sys.executable, "-c", BASELINE, kafka.bootstrap, str(seconds), "bench.baseline"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         base_cpu, base_span, base_rss = _watch(base)
     return {
-        "cpu_pct_of_core": 100 * cpu / span, "baseline_cpu_pct_of_core": 100 * base_cpu / base_span,
-        "rss_mb": rss / 2**20, "baseline_rss_mb": base_rss / 2**20,
+        "cpu_pct_of_core": 100 * cpu / span,
+        "baseline_cpu_pct_of_core": 100 * base_cpu / base_span,
+        "rss_mb": rss / 2**20,
+        "baseline_rss_mb": base_rss / 2**20,
         "ratio": (base_cpu / cpu) if cpu else float("inf"),
     }
 

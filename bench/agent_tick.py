@@ -19,10 +19,9 @@ baseline / ours: above 1 means a tick of ours costs less than starting that proc
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
-
-import tempfile
 from pathlib import Path
 
 from hpcinsight.agents.gpu_nvml import NvmlConfig, NvmlGpuCollector

@@ -64,18 +64,18 @@ def _serve() -> None:
             self.end_headers()
             self.wfile.write(body)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             found = _FINGERPRINT.findall(self.rfile.read(int(self.headers["Content-Length"])))
             with lock:
                 seen.update(found)
                 state.update(seen=len(seen), posts=state["posts"] + 1, last_at=time.time())
             self._answer()
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             with lock:
                 self._answer(json.dumps(state).encode())
 
-        def do_PUT(self) -> None:  # noqa: N802
+        def do_PUT(self) -> None:
             with lock:
                 seen.clear()
                 state.update(seen=0, posts=0, last_at=0.0)
@@ -99,9 +99,23 @@ def _anomalies(t0: int) -> list[tuple[bytes, bytes]]:
         node = f"node-{n:04d}"
         for g in range(GPUS):
             subject = f"GPU-{n:04d}-{g:02d}"
-            a = Anomaly(f"a-{n:04d}-{g:02d}", "gpu_health", "warning", "firing", "gpu", subject, t0, t0 - 60_000, t0 - 60_000,
-                        t0, f"GPU {g} of {node} is throttled for heat in 80% of a busy minute",
-                        {"throttled_share": 0.8, "gpu_index": float(g)}, node=node, gpu_uuid=subject, job_id=f"job-{n // 8}")
+            a = Anomaly(
+                f"a-{n:04d}-{g:02d}",
+                "gpu_health",
+                "warning",
+                "firing",
+                "gpu",
+                subject,
+                t0,
+                t0 - 60_000,
+                t0 - 60_000,
+                t0,
+                f"GPU {g} of {node} is throttled for heat in 80% of a busy minute",
+                {"throttled_share": 0.8, "gpu_index": float(g)},
+                node=node,
+                gpu_uuid=subject,
+                job_id=f"job-{n // 8}",
+            )
             out.append((subject.encode(), ANOMALIES.codec.encode([a])))
     return out
 
@@ -111,8 +125,14 @@ def _bare_consume(bootstrap: str, topic: str, records: int) -> float:
 
     from hpcinsight.schemas.catalog import ANOMALIES
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     got, start = 0, time.perf_counter()
     while got < records:
@@ -128,10 +148,13 @@ def _route(bootstrap: str, prefix: str, sink: _Sink, group_by: list[str], state:
     from hpcinsight.sinks.alerts import config as alerts_config
     from hpcinsight.sinks.alerts.router import AlertRouter, RouterOptions
 
-    config = alerts_config.parse({
-        "route": {"receiver": "hook", "group_by": group_by, "group_wait": "1s", "group_interval": "1s"},
-        "receivers": [{"name": "hook", "webhook_configs": [{"url": sink.url}]}],
-    }, "bench")
+    config = alerts_config.parse(
+        {
+            "route": {"receiver": "hook", "group_by": group_by, "group_wait": "1s", "group_interval": "1s"},
+            "receivers": [{"name": "hook", "webhook_configs": [{"url": sink.url}]}],
+        },
+        "bench",
+    )
     sink.reset()
     stop = threading.Event()
     router = AlertRouter(config, {"bootstrap.servers": bootstrap}, prefix, RouterOptions(state))
@@ -151,8 +174,7 @@ def bench_alerts(repeats: int) -> dict[str, float]:
     from confluent_kafka import Producer
 
     from hpcinsight.deploy.local.kafka import LocalKafka
-    from hpcinsight.schemas.catalog import ensure_topics
-    from hpcinsight.schemas.catalog import ANOMALIES
+    from hpcinsight.schemas.catalog import ANOMALIES, ensure_topics
 
     data = _anomalies(int(time.time() * 1000) - 60_000)
     records = len(data)
@@ -176,9 +198,14 @@ def bench_alerts(repeats: int) -> dict[str, float]:
         posts_single = sink.state()["posts"]
     sink.close()
     ours = min(grouped)
-    return {"anomalies_per_s": records / ours, "baseline_anomalies_per_s": records / base, "ratio": base / ours,
-            "notifications_grouped": posts_grouped, "anomalies_per_s_one_notification_each": records / single,
-            "notifications_one_each": posts_single}
+    return {
+        "anomalies_per_s": records / ours,
+        "baseline_anomalies_per_s": records / base,
+        "ratio": base / ours,
+        "notifications_grouped": posts_grouped,
+        "anomalies_per_s_one_notification_each": records / single,
+        "notifications_one_each": posts_single,
+    }
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:

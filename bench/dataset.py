@@ -53,7 +53,7 @@ def plan_jobs(gpus: int, seconds: int, rng: np.random.Generator) -> list[Job]:
     jobs: list[Job] = []
     for group_start in range(0, nodes, NODES_PER_GROUP):
         group = list(range(group_start, min(group_start + NODES_PER_GROUP, nodes)))
-        lanes = [group] if rng.random() < 0.4 else [group[: len(group) // 2], group[len(group) // 2:]]
+        lanes = [group] if rng.random() < 0.4 else [group[: len(group) // 2], group[len(group) // 2 :]]
         for lane in lanes:
             t = int(rng.integers(0, 1800))
             while t < seconds - 600:
@@ -62,12 +62,19 @@ def plan_jobs(gpus: int, seconds: int, rng: np.random.Generator) -> list[Job]:
                 k = len(jobs)
                 user = USERS[int(rng.integers(len(USERS)))]
                 gpu_ids = [n * GPUS_PER_NODE + g for n in lane for g in range(GPUS_PER_NODE)]
-                jobs.append(Job(
-                    job_id=f"job-{k:04d}", user=user, team=TEAMS[hash(user) % len(TEAMS)], nodes=tuple(lane),
-                    start_s=t, end_s=end, util=float(rng.choice([rng.uniform(15, 28), rng.uniform(55, 95)], p=[0.2, 0.8])),
-                    faulty_gpu=int(rng.choice(gpu_ids)) if rng.random() < 0.2 else None,
-                    straggler_rank=int(rng.integers(len(gpu_ids))) if rng.random() < 0.2 else None,
-                ))
+                jobs.append(
+                    Job(
+                        job_id=f"job-{k:04d}",
+                        user=user,
+                        team=TEAMS[hash(user) % len(TEAMS)],
+                        nodes=tuple(lane),
+                        start_s=t,
+                        end_s=end,
+                        util=float(rng.choice([rng.uniform(15, 28), rng.uniform(55, 95)], p=[0.2, 0.8])),
+                        faulty_gpu=int(rng.choice(gpu_ids)) if rng.random() < 0.2 else None,
+                        straggler_rank=int(rng.integers(len(gpu_ids))) if rng.random() < 0.2 else None,
+                    )
+                )
                 t = end + int(rng.integers(60, 1800))
     return jobs
 
@@ -75,8 +82,9 @@ def plan_jobs(gpus: int, seconds: int, rng: np.random.Generator) -> list[Job]:
 def _table(topic: Topic, n: int, columns: dict[str, object], partition: int = 0, offset0: int = 0) -> pa.Table:
     """An Arrow table of ``topic``'s schema: given columns, nulls or empty defaults elsewhere."""
     event = topic.event
-    defaults = dict(zip(event.__struct_fields__[len(event.__struct_fields__) - len(event.__struct_defaults__):],
-                        event.__struct_defaults__))
+    defaults = dict(
+        zip(event.__struct_fields__[len(event.__struct_fields__) - len(event.__struct_defaults__) :], event.__struct_defaults__)
+    )
     arrays = []
     for f in fields_of(event):
         arrow_type = f.column.arrow
@@ -88,12 +96,17 @@ def _table(topic: Topic, n: int, columns: dict[str, object], partition: int = 0,
         elif pa.types.is_list(arrow_type):
             arrays.append(pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], arrow_type.value_type)))
         elif pa.types.is_map(arrow_type):
-            arrays.append(pa.MapArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], arrow_type.key_type),
-                                                  pa.array([], arrow_type.item_type)))
+            arrays.append(
+                pa.MapArray.from_arrays(
+                    pa.array(np.zeros(n + 1, np.int32)), pa.array([], arrow_type.key_type), pa.array([], arrow_type.item_type)
+                )
+            )
         else:
             arrays.append(pa.array(np.full(n, defaults[f.name]), type=arrow_type))
     arrays += [pa.array(np.full(n, partition, np.uint32)), pa.array(np.arange(offset0, offset0 + n, dtype=np.uint64))]
-    schema = arrow_schema(event).append(pa.field("_partition", pa.uint32(), False)).append(pa.field("_offset", pa.uint64(), False))
+    schema = (
+        arrow_schema(event).append(pa.field("_partition", pa.uint32(), False)).append(pa.field("_offset", pa.uint64(), False))
+    )
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -139,10 +152,10 @@ def load_day(client, gpus: int = 1024, hours: float = 24, seed: int = 0, progres
     for h0 in range(0, seconds, chunk):
         secs = np.arange(h0, min(seconds, h0 + chunk))
         owner = np.full((len(secs), gpus), -1, dtype=np.int64)
-        for k, j in enumerate(jobs):
+        for j in jobs:
             lo, hi = max(j.start_s, secs[0]), min(j.end_s, secs[-1] + 1)
             if lo < hi:
-                owner[lo - secs[0]:hi - secs[0], j.gpus] = k
+                owner[lo - secs[0] : hi - secs[0], j.gpus] = k
         busy = owner >= 0
         level = np.where(busy, job_util[np.maximum(owner, 0)], 0.0)
         util = level + rng.normal(0, 4.0, owner.shape)
@@ -167,8 +180,10 @@ def load_day(client, gpus: int = 1024, hours: float = 24, seed: int = 0, progres
             "gpu_index": pa.array((g % GPUS_PER_NODE).astype(np.uint8)),
             "gpu_uuid": _labels(g, [f"GPU-{i:05d}" for i in range(gpus)]),
             "ts": pa.array(ts, pa.timestamp("ms", tz="UTC")),
-            "gpu_util": pa.array(util.ravel()), "power_w": pa.array(power.ravel()),
-            "temperature_c": pa.array(temp.ravel()), "sm_clock_mhz": pa.array(clock.ravel()),
+            "gpu_util": pa.array(util.ravel()),
+            "power_w": pa.array(power.ravel()),
+            "temperature_c": pa.array(temp.ravel()),
+            "sm_clock_mhz": pa.array(clock.ravel()),
             "sm_clock_max_mhz": pa.array(np.full(n, 1980.0, np.float32)),
             "power_limit_w": pa.array(np.full(n, 700.0, np.float32)),
             "mem_util_pct": pa.array(np.round(util.ravel() * 0.45, 1).astype(np.float32)),
@@ -193,7 +208,8 @@ def load_day(client, gpus: int = 1024, hours: float = 24, seed: int = 0, progres
             "device": pa.array(np.full(m, "mlx5_0", object), pa.string()),
             "port": pa.array(np.ones(m, np.uint8)),
             "ts": pa.array((t0_ms + secs[:, None] * 1000 + np.zeros((1, nodes), np.int64)).ravel(), pa.timestamp("ms", tz="UTC")),
-            "interval_s": pa.array(np.ones(m)), "state": pa.array(np.full(m, "ACTIVE", object), pa.string()),
+            "interval_s": pa.array(np.ones(m)),
+            "state": pa.array(np.full(m, "ACTIVE", object), pa.string()),
             "rate_gbps": pa.array(np.full(m, 400.0)),
             "xmit_bytes_per_s": pa.array(np.round(node_util.ravel() * 4.0e8 * rng.uniform(0.9, 1.1, m))),
             "rcv_bytes_per_s": pa.array(np.round(node_util.ravel() * 4.0e8 * rng.uniform(0.9, 1.1, m))),
@@ -204,7 +220,7 @@ def load_day(client, gpus: int = 1024, hours: float = 24, seed: int = 0, progres
         offset += m
 
         # per-rank steps, one per 10 s of each running job
-        for k, j in enumerate(jobs):
+        for j in jobs:
             lo, hi = max(j.start_s, int(secs[0])), min(j.end_s, int(secs[-1]) + 1)
             step_s = np.arange(lo + (-(lo - j.start_s)) % 10, hi, 10)
             if len(step_s) == 0:
@@ -241,26 +257,81 @@ def _insert_job_records(client, day: Day) -> None:
         start, end = day.t0_ms + j.start_s * 1000, day.t0_ms + j.end_s * 1000
         gpu_ids = [f"GPU-{g:05d}" for g in j.gpus]
         for kind, ts in (("submitted", start - 120_000), ("scheduled", start - 5_000), ("started", start)):
-            events.append(SchedulerEvent(ts, "sim", j.job_id, kind, user=j.user, team=j.team, requested_gpus=float(len(j.gpus)),
-                                         gpu_model="H100", gpu_ids=gpu_ids if kind != "submitted" else []))
+            events.append(
+                SchedulerEvent(
+                    ts,
+                    "sim",
+                    j.job_id,
+                    kind,
+                    user=j.user,
+                    team=j.team,
+                    requested_gpus=float(len(j.gpus)),
+                    gpu_model="H100",
+                    gpu_ids=gpu_ids if kind != "submitted" else [],
+                )
+            )
         if j.end_s < day.seconds:
             events.append(SchedulerEvent(end, "sim", j.job_id, "finished", user=j.user, team=j.team, status="succeeded"))
         for minute in range(j.start_s + 60, j.end_s, 60):
             count = (minute - j.start_s) * len(j.gpus)
-            quantiles.append(JobQuantiles(j.job_id, "gpu_util", "since_start", start, day.t0_ms + minute * 1000, len(j.gpus), count,
-                                          j.util - 6, j.util, min(100.0, j.util + 7), j.util, user=j.user, team=j.team))
+            quantiles.append(
+                JobQuantiles(
+                    j.job_id,
+                    "gpu_util",
+                    "since_start",
+                    start,
+                    day.t0_ms + minute * 1000,
+                    len(j.gpus),
+                    count,
+                    j.util - 6,
+                    j.util,
+                    min(100.0, j.util + 7),
+                    j.util,
+                    user=j.user,
+                    team=j.team,
+                )
+            )
         if j.faulty_gpu is not None:
             node = f"node{j.faulty_gpu // GPUS_PER_NODE:04d}"
             uuid = f"GPU-{j.faulty_gpu:05d}"
             for state, ts in (("firing", start + 120_000), ("resolved", end)):
-                anomalies.append(Anomaly(f"gpu_health:{uuid}:{j.start_s}", "gpu_health", "warning", state, "gpu", uuid, ts, start + 120_000,
-                                         start, ts, f"{uuid} on {node}: SM clock 1100 MHz, 56% of its maximum", {"sm_clock_mhz": 1100.0},
-                                         node=node, gpu_uuid=uuid, job_id=j.job_id))
+                anomalies.append(
+                    Anomaly(
+                        f"gpu_health:{uuid}:{j.start_s}",
+                        "gpu_health",
+                        "warning",
+                        state,
+                        "gpu",
+                        uuid,
+                        ts,
+                        start + 120_000,
+                        start,
+                        ts,
+                        f"{uuid} on {node}: SM clock 1100 MHz, 56% of its maximum",
+                        {"sm_clock_mhz": 1100.0},
+                        node=node,
+                        gpu_uuid=uuid,
+                        job_id=j.job_id,
+                    )
+                )
         if j.straggler_rank is not None:
-            anomalies.append(Anomaly(f"straggler:{j.job_id}:{j.straggler_rank}", "straggler", "warning", "firing", "rank",
-                                     f"{j.job_id}/{j.straggler_rank}", start + 300_000, start + 300_000, start, start + 300_000,
-                                     f"rank {j.straggler_rank} of {j.job_id} is slowest in most steps", {"slowdown": 1.25},
-                                     job_id=j.job_id))
+            anomalies.append(
+                Anomaly(
+                    f"straggler:{j.job_id}:{j.straggler_rank}",
+                    "straggler",
+                    "warning",
+                    "firing",
+                    "rank",
+                    f"{j.job_id}/{j.straggler_rank}",
+                    start + 300_000,
+                    start + 300_000,
+                    start,
+                    start + 300_000,
+                    f"rank {j.straggler_rank} of {j.job_id} is slowest in most steps",
+                    {"slowdown": 1.25},
+                    job_id=j.job_id,
+                )
+            )
     for topic, records in ((SCHEDULER_EVENTS, events), (JOB_QUANTILES, quantiles), (ANOMALIES, anomalies)):
         if records:
             n = len(records)

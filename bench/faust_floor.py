@@ -17,8 +17,13 @@ import faust
 BOOTSTRAP, TOPIC, EXPECTED = os.environ["FLOOR_BOOTSTRAP"], os.environ["FLOOR_TOPIC"], int(os.environ["FLOOR_MESSAGES"])
 
 app = faust.App(
-    f"floor-{uuid.uuid4().hex[:8]}", broker=f"kafka://{BOOTSTRAP}", value_serializer="raw", key_serializer="raw",
-    store="memory://", web_enabled=False, consumer_auto_offset_reset="earliest",
+    f"floor-{uuid.uuid4().hex[:8]}",
+    broker=f"kafka://{BOOTSTRAP}",
+    value_serializer="raw",
+    key_serializer="raw",
+    store="memory://",
+    web_enabled=False,
+    consumer_auto_offset_reset="earliest",
     datadir=os.environ.get("FLOOR_DATADIR", "/tmp/hpcinsight-faust-floor"),
 )
 topic = app.topic(TOPIC, key_serializer="raw", value_serializer="raw")

@@ -47,7 +47,7 @@ def _open_day(gpus: int, hours: float, seed: int):
     directory = _store_dir(gpus, hours, seed)
     directory.parent.mkdir(parents=True, exist_ok=True)
     # one run at a time builds (or deletes) a cached day: a second run waits for the first
-    lock = open(directory.parent / f"{directory.name}.lock", "w")  # noqa: SIM115 - held while the client is used
+    lock = open(directory.parent / f"{directory.name}.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     done = directory / "complete"
     if done.exists() and time.time() - done.stat().st_mtime > 7 * 86400:  # well inside the tables' TTL
@@ -59,6 +59,7 @@ def _open_day(gpus: int, hours: float, seed: int):
         ensure_tables(client)
         started = time.perf_counter()
         print(f"  query: generating {hours:g} h of {gpus} GPUs into {directory} (kept for later runs)", flush=True)
+
         def progress(fraction: float) -> None:
             stored = client.query("SELECT count() FROM gpu_samples").result_rows[0][0]
             print(f"  query: {fraction:4.0%} of the day, {stored:,} GPU samples stored", flush=True)
@@ -84,10 +85,14 @@ def bench_query(repeats: int) -> dict[str, float]:
     client = _open_day(gpus, hours, seed=0)
     try:
         gpu_rows = client.query("SELECT count() FROM gpu_samples").result_rows[0][0]
-        jobs = [r[0] for r in client.query(
-            "SELECT job_id FROM scheduler_events WHERE kind = 'started' "
-            "ORDER BY toUInt32(ifNull(requested_gpus, 0)) DESC, ts, job_id LIMIT {n:UInt32}", parameters={"n": JOBS},
-        ).result_rows]
+        jobs = [
+            r[0]
+            for r in client.query(
+                "SELECT job_id FROM scheduler_events WHERE kind = 'started' "
+                "ORDER BY toUInt32(ifNull(requested_gpus, 0)) DESC, ts, job_id LIMIT {n:UInt32}",
+                parameters={"n": JOBS},
+            ).result_rows
+        ]
         scoped = [q for q in library().values() if q.param("job") is not None]
         timings: dict[str, list[float]] = {q.name: [] for q in scoped}
         timings["baseline"] = []

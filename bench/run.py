@@ -50,7 +50,7 @@ def messages(nodes: int, ticks: int) -> list[bytes]:
     for k in range(ticks):
         samples = sim.sample(T0 + k * 1000)
         for n in range(nodes):
-            out.append(GPU_SAMPLES.codec.encode(samples[n * 8:(n + 1) * 8]))
+            out.append(GPU_SAMPLES.codec.encode(samples[n * 8 : (n + 1) * 8]))
     return out
 
 
@@ -108,9 +108,17 @@ def _stream(name: str) -> Callable[[int], dict[str, float]]:
 
 
 BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
-    "codec": bench_codec, "sink": _sink, "steps": _steps, "gpu_tick": _gpu_tick, "sketch": _sketch, "agent": _agent,
-    "stream_chain": _stream("stream_chain"), "stream_worker": _stream("stream_worker"),
-    "latency_1k": _stream("latency_1k"), "latency_10k": _stream("latency_10k"), "windows": _windows,
+    "codec": bench_codec,
+    "sink": _sink,
+    "steps": _steps,
+    "gpu_tick": _gpu_tick,
+    "sketch": _sketch,
+    "agent": _agent,
+    "stream_chain": _stream("stream_chain"),
+    "stream_worker": _stream("stream_worker"),
+    "latency_1k": _stream("latency_1k"),
+    "latency_10k": _stream("latency_10k"),
+    "windows": _windows,
     "storage": lambda repeats: __import__("bench.storage", fromlist=["bench_storage"]).bench_storage(repeats),
     "query": lambda repeats: __import__("bench.query", fromlist=["bench_query"]).bench_query(repeats),
     "ui": lambda repeats: __import__("bench.ui", fromlist=["bench_ui"]).bench_ui(repeats),
@@ -120,13 +128,22 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
-    "codec": ("samples_per_s", "samples/s"), "sink": ("rows_per_s", "rows/s"), "steps": ("us_per_step", "us/step"),
-    "agent": ("cpu_pct_of_core", "% of a core"), "gpu_tick": ("ms_per_tick", "ms/tick"),
-    "sketch": ("sketch_bytes", "bytes"), "stream_chain": ("samples_per_s", "samples/s"),
-    "stream_worker": ("samples_per_s", "samples/s"), "latency_1k": ("p99_s", "s p99"), "latency_10k": ("p99_s", "s p99"),
-    "windows": ("sketch_bytes", "bytes (1h)"), "storage": ("bytes_per_sample", "bytes/sample"), "query": ("p95_s", "s p95 (worst query)"),
+    "codec": ("samples_per_s", "samples/s"),
+    "sink": ("rows_per_s", "rows/s"),
+    "steps": ("us_per_step", "us/step"),
+    "agent": ("cpu_pct_of_core", "% of a core"),
+    "gpu_tick": ("ms_per_tick", "ms/tick"),
+    "sketch": ("sketch_bytes", "bytes"),
+    "stream_chain": ("samples_per_s", "samples/s"),
+    "stream_worker": ("samples_per_s", "samples/s"),
+    "latency_1k": ("p99_s", "s p99"),
+    "latency_10k": ("p99_s", "s p99"),
+    "windows": ("sketch_bytes", "bytes (1h)"),
+    "storage": ("bytes_per_sample", "bytes/sample"),
+    "query": ("p95_s", "s p95 (worst query)"),
     "ui": ("ms_per_update_p95", "ms/update p95"),
-    "alerts": ("anomalies_per_s", "anomalies/s"), "scaleout": ("samples_per_s", "samples/s (2 workers)"),
+    "alerts": ("anomalies_per_s", "anomalies/s"),
+    "scaleout": ("samples_per_s", "samples/s (2 workers)"),
     "whatif": ("fgd_one_seed_s", "s (FGD, one seed)"),
 }
 
@@ -135,10 +152,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"subset of {', '.join(BENCHMARKS)}")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--results", type=Path, default=None,
-                        help="results file to merge into (default bench/results.json, which feeds the table in docs/benchmarks.md)")
-    parser.add_argument("--no-table", "--no-readme", dest="no_table", action="store_true",
-                        help="do not regenerate the results table in docs/benchmarks.md")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results file to merge into (default bench/results.json, which feeds the table in docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--no-table",
+        "--no-readme",
+        dest="no_table",
+        action="store_true",
+        help="do not regenerate the results table in docs/benchmarks.md",
+    )
     args = parser.parse_args()
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
@@ -156,8 +182,11 @@ def main() -> None:
         r = BENCHMARKS[name](args.repeats)
         key, unit = HEADLINE[name]
         extra = "  ".join(f"{k}={v:,.3g}" for k, v in r.items() if k not in (key, "baseline_" + key, "ratio"))
-        print(f"{name:8s} {r[key]:>14,.3f} {unit:12s} baseline {r['baseline_' + key]:>14,.3f}   ratio {r['ratio']:.2f}   "
-              f"{extra}   (load {load:.1f} at start)", flush=True)
+        print(
+            f"{name:8s} {r[key]:>14,.3f} {unit:12s} baseline {r['baseline_' + key]:>14,.3f}   ratio {r['ratio']:.2f}   "
+            f"{extra}   (load {load:.1f} at start)",
+            flush=True,
+        )
         report.record(name, r, HEADLINE[name], load, results_path)  # each as it completes: a long suite keeps what it measured
     if not args.no_table and results_path == report.RESULTS:
         report.update_page()

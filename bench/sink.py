@@ -37,9 +37,9 @@ def bench_sink(repeats: int) -> dict[str, float]:
     import clickhouse_connect
 
     from bench.run import messages
+    from hpcinsight.schemas.derive import to_arrow
     from hpcinsight.sinks.clickhouse import ensure_tables
     from hpcinsight.sinks.clickhouse_sink import TableWriter, insert_settings
-    from hpcinsight.schemas.derive import to_arrow
 
     data = messages(nodes=NODES, ticks=BATCH_MESSAGES * BATCHES // NODES)
     partitions = [k % NODES % PARTITIONS for k in range(len(data))]  # keyed by node, as in Kafka
@@ -57,16 +57,25 @@ def bench_sink(repeats: int) -> dict[str, float]:
             records.extend(got)
             parts.extend([partitions[k]] * len(got))
             offs.extend([offsets[k]] * len(got))
-        ready.append(to_arrow(GPU_SAMPLES.event, records, {
-            "_partition": pa.array(parts, pa.uint32()), "_offset": pa.array(offs, pa.uint64()),
-        }))
+        ready.append(
+            to_arrow(
+                GPU_SAMPLES.event,
+                records,
+                {
+                    "_partition": pa.array(parts, pa.uint32()),
+                    "_offset": pa.array(offs, pa.uint64()),
+                },
+            )
+        )
         rows += len(records)
 
     def feed(writer: TableWriter) -> None:
         for batch in batches:
             for start in range(batch.start, batch.stop, CONSUME):
                 block = range(start, min(start + CONSUME, batch.stop))
-                rejected = writer.add(GPU_SAMPLES, [data[k] for k in block], [partitions[k] for k in block], [offsets[k] for k in block])
+                rejected = writer.add(
+                    GPU_SAMPLES, [data[k] for k in block], [partitions[k] for k in block], [offsets[k] for k in block]
+                )
                 assert not rejected, rejected[:3]
             writer.submit()
         writer.wait()
@@ -83,9 +92,12 @@ def bench_sink(repeats: int) -> dict[str, float]:
             ensure_tables(client)
             assert GPU_SAMPLES.table is not None
             table = GPU_SAMPLES.table.name
-            tables = [name for (name,) in client.query(
-                "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree'"
-            ).result_rows]
+            tables = [
+                name
+                for (name,) in client.query(
+                    "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree'"
+                ).result_rows
+            ]
 
             def empty() -> None:
                 for name in tables:
@@ -116,7 +128,7 @@ def bench_sink(repeats: int) -> dict[str, float]:
                 table_alone = min(table_alone, timed(lambda: baseline(alone), into=alone))
                 writer = TableWriter(client)
                 try:
-                    ours_round = timed(lambda: feed(writer))
+                    ours_round = timed(lambda: feed(writer))  # noqa: B023 - timed at once, within this iteration
                 finally:
                     writer.close()
                 base, ours = min(base, base_round), min(ours, ours_round)
@@ -128,8 +140,12 @@ def bench_sink(repeats: int) -> dict[str, float]:
         finally:
             client.close()
     return {
-        "rows_per_s": rows / ours, "baseline_rows_per_s": rows / base, "ratio": base / ours,
+        "rows_per_s": rows / ours,
+        "baseline_rows_per_s": rows / base,
+        "ratio": base / ours,
         "paired_ratio": sorted(paired)[len(paired) // 2],
-        "serial_rows_per_s": rows / serial, "decode_rows_per_s": rows / decode,
-        "table_alone_rows_per_s": rows / table_alone, "rows": rows,
+        "serial_rows_per_s": rows / serial,
+        "decode_rows_per_s": rows / decode,
+        "table_alone_rows_per_s": rows / table_alone,
+        "rows": rows,
     }

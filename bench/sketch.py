@@ -24,7 +24,7 @@ def bench_sketch(repeats: int) -> dict[str, float]:
     start = time.perf_counter()
     for i in range(0, N, BATCH * 100):  # updates in minute batches, answering each time
         for j in range(i, min(N, i + BATCH * 100), BATCH):
-            sketch.update(values[j:j + BATCH])
+            sketch.update(values[j : j + BATCH])
         sketch.quantiles(RANKS)
     ours = time.perf_counter() - start
     answers = N // (BATCH * 100)
@@ -38,8 +38,12 @@ def bench_sketch(repeats: int) -> dict[str, float]:
         lo, hi = np.searchsorted(exact, q, side="left") / N, np.searchsorted(exact, q, side="right") / N
         errors.append(0.0 if lo <= r <= hi else min(abs(lo - r), abs(hi - r)))
     return {
-        "sketch_bytes": float(len(sketch.to_bytes())), "baseline_sketch_bytes": float(values.nbytes),
-        "max_rank_error": float(max(errors)), "seconds": ours, "baseline_seconds": base, "time_ratio": base / ours,
+        "sketch_bytes": float(len(sketch.to_bytes())),
+        "baseline_sketch_bytes": float(values.nbytes),
+        "max_rank_error": float(max(errors)),
+        "seconds": ours,
+        "baseline_seconds": base,
+        "time_ratio": base / ours,
         "ratio": values.nbytes / len(sketch.to_bytes()),
     }
 
@@ -75,6 +79,11 @@ def bench_windows(repeats: int) -> dict[str, float]:
             for label, size in series.window_memory_bytes().items():
                 held[label] = max(held.get(label, 0), size)
     exact_hour = 3600 * 4
-    return {"sketch_bytes": float(held["1h"]), "baseline_sketch_bytes": float(exact_hour),
-            "ratio": exact_hour / held["1h"], "bytes_1m": float(held["1m"]), "bytes_5m": float(held["5m"]),
-            "max_rank_error": worst}
+    return {
+        "sketch_bytes": float(held["1h"]),
+        "baseline_sketch_bytes": float(exact_hour),
+        "ratio": exact_hour / held["1h"],
+        "bytes_1m": float(held["1m"]),
+        "bytes_5m": float(held["5m"]),
+        "max_rank_error": worst,
+    }

@@ -37,9 +37,14 @@ def _rows(gpus_per_node: int = 8, nodes: int = 8, seconds: int = 3600) -> pa.Tab
     t0 = (int(time.time()) // 3600 - 2) * 3_600_000
     records = [s for k in range(seconds) for s in sim.sample(t0 + k * 1000)]
     n = len(records)
-    return to_arrow(GPU_SAMPLES.event, records, {
-        "_partition": pa.array([0] * n, pa.uint32()), "_offset": pa.array(range(n), pa.uint64()),
-    })
+    return to_arrow(
+        GPU_SAMPLES.event,
+        records,
+        {
+            "_partition": pa.array([0] * n, pa.uint32()),
+            "_offset": pa.array(range(n), pa.uint64()),
+        },
+    )
 
 
 def _column_bytes(client, table: str) -> dict[str, int]:
@@ -92,8 +97,10 @@ def bench_storage(repeats: int) -> dict[str, float]:
                 for i, codec in enumerate(CANDIDATES[kind]):
                     columns.append(f"`{f.name}__{i}` {f.clickhouse_type} CODEC({codec})")
                     selects.append(f"`{f.name}` AS `{f.name}__{i}`")
-            client.command(f"CREATE TABLE candidates (node LowCardinality(String), gpu_index UInt8, ts_key DateTime64(3), "
-                           f"{', '.join(columns)}) ENGINE = MergeTree ORDER BY (node, gpu_index, ts_key)")
+            client.command(
+                f"CREATE TABLE candidates (node LowCardinality(String), gpu_index UInt8, ts_key DateTime64(3), "
+                f"{', '.join(columns)}) ENGINE = MergeTree ORDER BY (node, gpu_index, ts_key)"
+            )
             client.command(f"INSERT INTO candidates SELECT node, gpu_index, ts AS ts_key, {', '.join(selects)} FROM gpu_samples")
             client.command("OPTIMIZE TABLE candidates FINAL")
             sizes = _column_bytes(client, "candidates")

@@ -46,7 +46,7 @@ def _messages(nodes: int, ticks: int, t0: int) -> list[tuple[bytes, bytes]]:
     for k in range(ticks):
         samples = sim.sample(t0 + k * 1000)
         for n in range(nodes):
-            batch = samples[n * GPUS_PER_NODE:(n + 1) * GPUS_PER_NODE]
+            batch = samples[n * GPUS_PER_NODE : (n + 1) * GPUS_PER_NODE]
             out.append((batch[0].node.encode(), GPU_SAMPLES_RAW.codec.encode(batch)))
     return out
 
@@ -71,20 +71,36 @@ def bench_stream_chain(repeats: int) -> dict[str, float]:
 
     ours = best_of(chain, max(1, repeats // 2))
     base = best_of(decode, repeats)
-    return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base, "ratio": base / ours,
-            "us_per_sample": ours / samples * 1e6}
+    return {
+        "samples_per_s": samples / ours,
+        "baseline_samples_per_s": samples / base,
+        "ratio": base / ours,
+        "us_per_sample": ours / samples * 1e6,
+    }
 
 
 def _env(bootstrap: str, prefix: str, data_dir: str) -> dict[str, str]:
-    return {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "HPCINSIGHT_TOPIC_PREFIX": prefix,
-            "HPCINSIGHT_DATA_DIR": data_dir, "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "HPCINSIGHT_TOPIC_PREFIX": prefix,
+        "HPCINSIGHT_DATA_DIR": data_dir,
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def _produce(bootstrap: str, topic: str, data: list[tuple[bytes, bytes]]) -> None:
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": "zstd", "linger.ms": 20,
-                         "partitioner": "murmur2_random", "queue.buffering.max.messages": 1_000_000})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "compression.type": "zstd",
+            "linger.ms": 20,
+            "partitioner": "murmur2_random",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     for key, value in data:
         producer.produce(topic, value, key)
         producer.poll(0)
@@ -94,8 +110,14 @@ def _produce(bootstrap: str, topic: str, data: list[tuple[bytes, bytes]]) -> Non
 def _bare_consume(bootstrap: str, topic: str, expected: int) -> float:
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-bare-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-bare-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     seen, started = 0, None
     deadline = time.monotonic() + 300
@@ -127,15 +149,28 @@ def bench_stream_worker(repeats: int) -> dict[str, float]:
         _produce(bootstrap, raw, data)
         base = _bare_consume(bootstrap, raw, samples)
         floor = subprocess.run(
-            [sys.executable, "-m", "bench.faust_floor", "worker", "-l", "warn"], cwd=ROOT, capture_output=True, text=True,
-            timeout=300, env={**os.environ, "FLOOR_BOOTSTRAP": bootstrap, "FLOOR_TOPIC": raw, "FLOOR_MESSAGES": str(len(data)),
-                              "FLOOR_DATADIR": str(Path(tmp) / "floor")},
+            [sys.executable, "-m", "bench.faust_floor", "worker", "-l", "warn"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={
+                **os.environ,
+                "FLOOR_BOOTSTRAP": bootstrap,
+                "FLOOR_TOPIC": raw,
+                "FLOOR_MESSAGES": str(len(data)),
+                "FLOOR_DATADIR": str(Path(tmp) / "floor"),
+            },
         )
         floor_msgs = float(next((line.split("FLOOR ")[1] for line in floor.stderr.splitlines() if "FLOOR " in line), "nan"))
         ours = _worker_seconds(bootstrap, prefix, tmp, workers=1, expected=len(data))
-    return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base,
-            "ratio": (samples / ours) / (samples / base), "messages": float(len(data)),
-            "faust_floor_samples_per_s": floor_msgs * GPUS_PER_NODE}
+    return {
+        "samples_per_s": samples / ours,
+        "baseline_samples_per_s": samples / base,
+        "ratio": (samples / ours) / (samples / base),
+        "messages": float(len(data)),
+        "faust_floor_samples_per_s": floor_msgs * GPUS_PER_NODE,
+    }
 
 
 def _worker_seconds(bootstrap: str, prefix: str, tmp: str, workers: int, expected: int) -> float:
@@ -150,9 +185,13 @@ def _worker_seconds(bootstrap: str, prefix: str, tmp: str, workers: int, expecte
     out = prefix + GPU_SAMPLES.name
     extra = os.environ.get("BENCH_WORKER_ARGS", "").split()  # e.g. "--checkpoint-every 5m" to compare settings
     procs = [
-        subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "worker", "--instance", str(i), *extra],
-                         env=_env(bootstrap, prefix, str(Path(tmp) / f"w{workers}-{i}")), cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, "-m", "hpcinsight.cli", "worker", "--instance", str(i), *extra],
+            env=_env(bootstrap, prefix, str(Path(tmp) / f"w{workers}-{i}")),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for i in range(workers)
     ]
     try:
@@ -221,12 +260,34 @@ def _latency(gpus: int, seconds: int, workers: int = 1) -> dict[str, float]:
         conf = {"bootstrap.servers": bootstrap}
         ensure_topics(conf, prefix)
         env = _env(bootstrap, prefix, tmp)
-        logs = [open(Path(tmp) / f"worker{i}.log", "wb") for i in range(workers)]  # noqa: SIM115 (closed with them)
-        procs = [subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "worker", "--windows", "10s/5s", "--instance", str(i)],
-                                  env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT) for i, log in enumerate(logs)]
+        logs = [open(Path(tmp) / f"worker{i}.log", "wb") for i in range(workers)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "hpcinsight.cli", "worker", "--windows", "10s/5s", "--instance", str(i)],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            for i, log in enumerate(logs)
+        ]
         time.sleep(8 + 4 * (workers - 1))  # let the workers join their group before the data flows
-        args = [sys.executable, "-m", "hpcinsight.cli", "agent", "--backend", "sim", "--nodes", str(nodes), "--gpus",
-                str(GPUS_PER_NODE), "--ticks", str(seconds), "--interval", "1"]
+        args = [
+            sys.executable,
+            "-m",
+            "hpcinsight.cli",
+            "agent",
+            "--backend",
+            "sim",
+            "--nodes",
+            str(nodes),
+            "--gpus",
+            str(GPUS_PER_NODE),
+            "--ticks",
+            str(seconds),
+            "--interval",
+            "1",
+        ]
         for spec in idle:
             args += ["--idle", spec]
         agent = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300)
@@ -269,8 +330,11 @@ def _latency(gpus: int, seconds: int, workers: int = 1) -> dict[str, float]:
             series.sort()
         # how long each raw message waited before its worker processed it (the worker forwards every
         # raw message to the validated topic as it processes it: that copy's timestamp is then)
-        queued = [m.timestamp()[1] - arrived[k] for m in read(prefix + GPU_SAMPLES.name)
-                  if (k := (m.key(), GPU_SAMPLES.codec.decode(m.value())[-1].ts)) in arrived]
+        queued = [
+            m.timestamp()[1] - arrived[k]
+            for m in read(prefix + GPU_SAMPLES.name)
+            if (k := (m.key(), GPU_SAMPLES.codec.decode(m.value())[-1].ts)) in arrived
+        ]
         lateness_ms = 2000
         latencies = []
         for msg in read(prefix + ANOMALIES.name):
@@ -284,8 +348,12 @@ def _latency(gpus: int, seconds: int, workers: int = 1) -> dict[str, float]:
         if not latencies:  # say why, rather than report nothing
             quantiles = read(prefix + GPU_QUANTILES.name)
             tails = "\n".join((Path(tmp) / f"worker{i}.log").read_text(errors="replace")[-3000:] for i in range(workers))
-            print(f"latency_{gpus}: no gpu_underused anomaly read; {len(quantiles)} quantile messages, agent {summary}, "
-                  f"worker exits {[w.returncode for w in procs]}; worker log tails:\n{tails}", file=sys.stderr, flush=True)
+            print(
+                f"latency_{gpus}: no gpu_underused anomaly read; {len(quantiles)} quantile messages, agent {summary}, "
+                f"worker exits {[w.returncode for w in procs]}; worker log tails:\n{tails}",
+                file=sys.stderr,
+                flush=True,
+            )
     lat = np.array(latencies, dtype=np.float64) / 1000
     base = np.array(delivery, dtype=np.float64) / 1000
     return {
@@ -293,8 +361,11 @@ def _latency(gpus: int, seconds: int, workers: int = 1) -> dict[str, float]:
         "baseline_p99_s": float(np.percentile(base, 99)),
         "ratio": float(np.percentile(base, 99) / np.percentile(lat, 99)) if lat.size else float("nan"),
         "p50_s": float(np.percentile(lat, 50)) if lat.size else float("nan"),
-        "anomalies": float(lat.size), "gpus": float(gpus), "ticks": float(summary["ticks"]),
-        "dropped": float(summary["dropped"]), "workers": float(workers),
+        "anomalies": float(lat.size),
+        "gpus": float(gpus),
+        "ticks": float(summary["ticks"]),
+        "dropped": float(summary["dropped"]),
+        "workers": float(workers),
         "queued_p50_s": float(np.percentile(queued, 50)) / 1000 if queued else float("nan"),
         "queued_p99_s": float(np.percentile(queued, 99)) / 1000 if queued else float("nan"),
     }

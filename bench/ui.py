@@ -67,8 +67,11 @@ def bench_ui(repeats: int = 1) -> dict[str, float]:
             cluster.tick()
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(state, frame_interval_s=1.0), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(state, frame_interval_s=1.0), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        )
+    )
     threads = [threading.Thread(target=server.run, daemon=True), threading.Thread(target=feed, daemon=True)]
     for t in threads:
         t.start()
@@ -97,10 +100,15 @@ def bench_ui(repeats: int = 1) -> dict[str, float]:
             t.join(10)
     assert best is not None and base is not None
     return {
-        "ms_per_update_p95": best["ms_per_update_p95"], "baseline_ms_per_update_p95": base["ms_per_update_p95"],
+        "ms_per_update_p95": best["ms_per_update_p95"],
+        "baseline_ms_per_update_p95": base["ms_per_update_p95"],
         "ratio": base["ms_per_update_p95"] / best["ms_per_update_p95"],
-        "ms_per_update_p50": best["ms_per_update_p50"], "ms_per_update_max": best["ms_per_update_max"],
-        "fps": best["fps"], "baseline_fps": base["fps"], "updates_per_s": best["updates_per_s"], "gpus": NODES * GPUS,
+        "ms_per_update_p50": best["ms_per_update_p50"],
+        "ms_per_update_max": best["ms_per_update_max"],
+        "fps": best["fps"],
+        "baseline_fps": base["fps"],
+        "updates_per_s": best["updates_per_s"],
+        "gpus": NODES * GPUS,
     }
 
 

@@ -57,20 +57,31 @@ def bench_whatif(repeats: int) -> dict[str, float]:
     for policy in ANCHOR_POLICIES:
         c100 = next(c for c in rows if c.policy == policy and c.level == 100)
         c130 = next(c for c in rows if c.policy == policy and c.level == 130)
-        print(f"{policy:14s} {c100.ours:9.2f} {c100.theirs:10.2f} {c100.diff:+6.2f}   {c130.ours:9.2f} {c130.theirs:10.2f} {c130.diff:+6.2f}")
+        print(
+            f"{policy:14s} {c100.ours:9.2f} {c100.theirs:10.2f} {c100.diff:+6.2f}   {c130.ours:9.2f} {c130.theirs:10.2f} {c130.diff:+6.2f}"
+        )
         for c in (c100, c130):
             out[f"{policy}_{c.level}_ours"] = c.ours
             out[f"{policy}_{c.level}_theirs"] = c.theirs or float("nan")
             worst = max(worst, abs(c.diff or 0.0))
-    print(f"FGD one seed {fgd:.2f} s (target <= 10 s; their Go simulator ~{THEIR_ONE_RUN_S:.0f} s per run, "
-          f"ratio {THEIR_ONE_RUN_S / fgd:.0f}x); first fit {base:.2f} s; "
-          f"6 policies x 10 seeds {all_runs:.1f} s on 2 processes (target <= 300 s); worst |diff| {worst:.2f} pp (bound 0.3)")
+    print(
+        f"FGD one seed {fgd:.2f} s (target <= 10 s; their Go simulator ~{THEIR_ONE_RUN_S:.0f} s per run, "
+        f"ratio {THEIR_ONE_RUN_S / fgd:.0f}x); first fit {base:.2f} s; "
+        f"6 policies x 10 seeds {all_runs:.1f} s on 2 processes (target <= 300 s); worst |diff| {worst:.2f} pp (bound 0.3)"
+    )
     out.update(bench_week())
-    out.update({
-        "fgd_one_seed_s": fgd, "baseline_fgd_one_seed_s": base, "ratio": base / fgd, "fgd_one_seed_cpu_s": fgd_cpu,
-        "six_policies_ten_seeds_s": all_runs, "their_one_run_s_reported": THEIR_ONE_RUN_S,
-        "speedup_vs_their_reported": THEIR_ONE_RUN_S / fgd, "worst_abs_diff_pp": worst,
-    })
+    out.update(
+        {
+            "fgd_one_seed_s": fgd,
+            "baseline_fgd_one_seed_s": base,
+            "ratio": base / fgd,
+            "fgd_one_seed_cpu_s": fgd_cpu,
+            "six_policies_ten_seeds_s": all_runs,
+            "their_one_run_s_reported": THEIR_ONE_RUN_S,
+            "speedup_vs_their_reported": THEIR_ONE_RUN_S / fgd,
+            "worst_abs_diff_pp": worst,
+        }
+    )
     return out
 
 
@@ -99,8 +110,20 @@ def week_workload(jobs_src, seed: int = 7, nodes: int = 1280, target_util: float
     for i in range(n):
         src = jobs_src[int(picks[i])]
         t = float(arrivals[i])
-        out.append(Job(f"w{i}", src.cpu_milli, src.memory_mib, src.num_gpu, src.gpu_milli, "", src.qos,
-                       submit=t, start=t, end=t + float(runs[i])))
+        out.append(
+            Job(
+                f"w{i}",
+                src.cpu_milli,
+                src.memory_mib,
+                src.num_gpu,
+                src.gpu_milli,
+                "",
+                src.qos,
+                submit=t,
+                start=t,
+                end=t + float(runs[i]),
+            )
+        )
     return cluster, out
 
 
@@ -118,7 +141,9 @@ def bench_week(policies=("bestfit", "fgd")) -> dict[str, float]:
         out[f"week_{policy}_s"] = took
         out[f"week_{policy}_cpu_s"] = cpu  # this process's CPU time: the machines are shared
         out[f"week_{policy}_alloc_pct"] = rep["gpu_alloc_pct"]
-        print(f"week of events, {len(jobs):,} jobs on {out['week_gpus']:,.0f} GPUs, {policy}: {took:.1f} s wall, "
-              f"{cpu:.1f} s CPU (target <= 120 s), allocation {rep['gpu_alloc_pct']:.1f}%, wait p95 {rep['wait_s']['p95']} s",
-              flush=True)
+        print(
+            f"week of events, {len(jobs):,} jobs on {out['week_gpus']:,.0f} GPUs, {policy}: {took:.1f} s wall, "
+            f"{cpu:.1f} s CPU (target <= 120 s), allocation {rep['gpu_alloc_pct']:.1f}%, wait p95 {rep['wait_s']['p95']} s",
+            flush=True,
+        )
     return out

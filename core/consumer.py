@@ -103,6 +103,8 @@ class TopicSink:
     WEATHER_WAIT_S = 0.0
     #: a weather report (not fatal) is logged at most this often
     WEATHER_LOG_EVERY_S = 10.0
+    #: how often offsets whose commit failed are committed again (see :meth:`owe`)
+    OWED_RETRY_S = 5.0
 
     def __init__(self, stats: ConsumerStats | None = None) -> None:
         self.stats = stats if stats is not None else ConsumerStats()
@@ -113,6 +115,11 @@ class TopicSink:
         self.replace_requested = False
         self.paused = False
         self._last_weather_log = 0.0
+        #: offsets delivered whose commit has not landed yet, and the newest ones that did
+        self._owed: Offsets = {}
+        self._landed: Offsets = {}
+        self._owed_tried = 0.0
+        self._commit_lock = threading.RLock()  # a sink may commit from its writer thread
 
     # -- what a subclass says ------------------------------------------------------------------
     def new_consumer(self) -> Consumer:
@@ -176,6 +183,7 @@ class TopicSink:
                     self.replace_consumer()
                     continue
                 self.tick()
+                self.settle_owed()
                 if idle_exit_s is not None and self.idle(last_data, idle_exit_s):
                     break
             self.finish()
@@ -242,20 +250,56 @@ class TopicSink:
             return True
         target = consumer if consumer is not None else self.consumer
         assert target is not None
-        try:
-            tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-            if asynchronous:
-                target.commit(offsets=tps, asynchronous=True)
-            else:
+        with self._commit_lock:
+            try:
+                tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                if asynchronous:
+                    target.commit(offsets=tps, asynchronous=True)
+                    return True
                 target.commit(offsets=tps, asynchronous=False)
+            except Exception as err:  # noqa: BLE001 - counted, never fatal
+                self.stats.commit_failures += 1
+                log.warning(
+                    "offset commit failed (%s); the sink's own state covers it, tried again in %.0f s", err, self.OWED_RETRY_S
+                )
+                self.owe(offsets)
+                error = err.args[0] if isinstance(err, KafkaException) and err.args else None
+                if is_fatal(error):
+                    self.replace_requested = True
+                return False
+            for key, offset in offsets.items():
+                self._landed[key] = max(offset, self._landed.get(key, offset))
+                if self._owed.get(key, offset) <= offset:
+                    self._owed.pop(key, None)
             return True
-        except Exception as err:  # noqa: BLE001 - counted, never fatal
-            self.stats.commit_failures += 1
-            log.warning("offset commit failed (%s); the sink's own state covers it", err)
-            error = err.args[0] if isinstance(err, KafkaException) and err.args else None
-            if is_fatal(error):
-                self.replace_requested = True
-            return False
+
+    def owe(self, offsets: Offsets) -> None:
+        """Offsets delivered but not recorded in the group (a commit that failed, a position the
+        sink's own state is ahead of Kafka with): :meth:`settle_owed` commits them until one lands.
+        Without this the group's offsets, which lag monitoring reads, stay behind for good on a
+        partition that gets no new message to carry a later commit (the chaos campaign's catch-up
+        check: a failed commit of the last anomaly kept the sink's lag at 1)."""
+        with self._commit_lock:
+            for key, offset in offsets.items():
+                if offset > max(self._owed.get(key, -1), self._landed.get(key, -1)):
+                    self._owed[key] = offset
+
+    def settle_owed(self) -> None:
+        """Every ``OWED_RETRY_S`` while some are owed: commit the owed offsets of the partitions
+        this consumer still holds (a partition gone to another member is its to commit)."""
+        if not self._owed or time.monotonic() - self._owed_tried < self.OWED_RETRY_S or self.consumer is None:
+            return
+        self._owed_tried = time.monotonic()
+        try:
+            held = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        except KafkaException:
+            return  # the consumer is being replaced or closed: the next try asks again
+        with self._commit_lock:
+            for key in [k for k in self._owed if k not in held]:
+                del self._owed[key]
+            owed = dict(self._owed)
+        if owed:
+            self.commit(owed)
 
     def hold(self, behind: bool) -> None:
         """Pause every assigned partition while delivery is ``behind`` (heartbeats go on, memory

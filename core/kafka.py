@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hpcinsight.core.settings import KafkaSettings
 
@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 #: where a client's connection settings come from: the settings themselves, or the dictionary
 #: their ``client_config()`` made (what components that were handed one still pass on)
-KafkaClientSource = Union[KafkaSettings, Mapping[str, Any]]
+KafkaClientSource = KafkaSettings | Mapping[str, Any]
 
 
 # -- client factory ---------------------------------------------------------------------------
@@ -25,34 +25,53 @@ KafkaClientSource = Union[KafkaSettings, Mapping[str, Any]]
 # committed by the component, never automatically; only committed transactions read; a dead
 # letter or a sample retried until the broker takes it) are written once.
 
+
 def connection_config(kafka: KafkaClientSource) -> dict[str, Any]:
     """The broker address, security and logging options of ``kafka`` (a fresh dictionary)."""
     return kafka.client_config() if isinstance(kafka, KafkaSettings) else dict(kafka)
 
 
-def consumer_config(kafka: KafkaClientSource, group_id: str, *, offset_reset: str = "earliest",
-                    instance_id: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def consumer_config(
+    kafka: KafkaClientSource,
+    group_id: str,
+    *,
+    offset_reset: str = "earliest",
+    instance_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """A consumer's configuration: auto-commit off (each component commits what it has handled),
     read_committed, ``offset_reset`` where the group has no offset, static membership with
     ``instance_id``; ``extra`` last, for what is one component's own."""
-    conf = {**connection_config(kafka), "group.id": group_id, "enable.auto.commit": False,
-            "auto.offset.reset": offset_reset, "isolation.level": "read_committed"}
+    conf = {
+        **connection_config(kafka),
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": offset_reset,
+        "isolation.level": "read_committed",
+    }
     if instance_id:
         conf["group.instance.id"] = instance_id
     conf.update(extra or {})
     return conf
 
 
-def new_consumer(kafka: KafkaClientSource, group_id: str, *, offset_reset: str = "earliest",
-                 instance_id: str | None = None, extra: Mapping[str, Any] | None = None) -> Consumer:
+def new_consumer(
+    kafka: KafkaClientSource,
+    group_id: str,
+    *,
+    offset_reset: str = "earliest",
+    instance_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Consumer:
     """A confluent-kafka consumer built by :func:`consumer_config`."""
     from confluent_kafka import Consumer
 
     return Consumer(consumer_config(kafka, group_id, offset_reset=offset_reset, instance_id=instance_id, extra=extra))
 
 
-def producer_config(kafka: KafkaClientSource, *, until_delivered: bool = False,
-                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def producer_config(
+    kafka: KafkaClientSource, *, until_delivered: bool = False, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """A producer's configuration: idempotent, ``acks=all`` (no acknowledged message lost to a
     leader's change); with ``until_delivered`` a message is retried for as long as it takes
     (``message.timeout.ms`` 0: the caller bounds its backlog and waits before committing)."""
@@ -63,8 +82,9 @@ def producer_config(kafka: KafkaClientSource, *, until_delivered: bool = False,
     return conf
 
 
-def new_producer(kafka: KafkaClientSource, *, until_delivered: bool = False, extra: Mapping[str, Any] | None = None,
-                 **kwargs: Any) -> Producer:
+def new_producer(
+    kafka: KafkaClientSource, *, until_delivered: bool = False, extra: Mapping[str, Any] | None = None, **kwargs: Any
+) -> Producer:
     """A confluent-kafka producer built by :func:`producer_config` (``kwargs``, e.g. ``logger``, go
     to the client as they are)."""
     from confluent_kafka import Producer
@@ -91,20 +111,35 @@ def broker_retry(call: Callable[[], T], timeout: float = 30.0) -> T:
     other error is raised at once."""
     from confluent_kafka import KafkaError, KafkaException
 
-    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
-                 KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
-                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
-                 KafkaError._TIMED_OUT, KafkaError._DESTROY_BROKER, KafkaError._WAIT_COORD, KafkaError.REQUEST_TIMED_OUT,
-                 # a leader just moved (a node of a cluster restarted): the client's metadata is a step behind
-                 KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.OFFSET_NOT_AVAILABLE}
+    transient = {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._DESTROY_BROKER,
+        KafkaError._WAIT_COORD,
+        KafkaError.REQUEST_TIMED_OUT,
+        # a leader just moved (a node of a cluster restarted): the client's metadata is a step behind
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+    }
     deadline = time.monotonic() + timeout
     while True:
         try:
             return call()
         except KafkaException as err:
             error = err.args[0]
-            if not isinstance(error, KafkaError) or not (error.retriable() or error.code() in transient) \
-                    or time.monotonic() > deadline:
+            if (
+                not isinstance(error, KafkaError)
+                or not (error.retriable() or error.code() in transient)
+                or time.monotonic() > deadline
+            ):
                 raise
             time.sleep(0.2)
 
@@ -148,12 +183,12 @@ def message_count(client_config: dict[str, Any], topics: list[str], timeout: flo
     with offsets_consumer(client_config, "hpcinsight-watermarks") as consumer:
         metadata = consumer.list_topics(timeout=timeout)
         return {
-            t: sum(watermarks(consumer, TopicPartition(t, p), timeout)[1] for p in metadata.topics[t].partitions)
-            for t in topics
+            t: sum(watermarks(consumer, TopicPartition(t, p), timeout)[1] for p in metadata.topics[t].partitions) for t in topics
         }
 
 
 # -- reading a topic to its end ----------------------------------------------------------------
+
 
 def read_range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int], timeout: float) -> list[Any]:
     """The messages of one topic's partitions from ``starts`` (TopicPartitions with offsets) up to,
@@ -196,8 +231,9 @@ def read_range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int]
     return out
 
 
-def read_to_end(kafka: KafkaClientSource, topic: str, group_id: str, partitions: set[int] | None = None,
-                timeout: float = 60.0) -> list[Any]:
+def read_to_end(
+    kafka: KafkaClientSource, topic: str, group_id: str, partitions: set[int] | None = None, timeout: float = 60.0
+) -> list[Any]:
     """Every message of ``topic`` (or of its ``partitions``) written before the call, sorted by
     partition and offset; none if the topic does not exist. The ends are the high watermarks when
     asked, so a topic written meanwhile still ends. ``group_id`` only names the reader: it is
@@ -223,8 +259,10 @@ def read_to_end(kafka: KafkaClientSource, topic: str, group_id: str, partitions:
 
 # -- producing through a full local queue ------------------------------------------------------
 
-def produce_queued(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
-                   wait_s: float = 0.5, **kwargs: Any) -> None:
+
+def produce_queued(
+    producer: Producer, topic: str, value: bytes | None, key: bytes | None = None, wait_s: float = 0.5, **kwargs: Any
+) -> None:
     """``producer.produce(...)``, waiting while the client's local queue is full (BufferError: the
     broker away or slower than us) instead of dropping the message; ``kwargs`` (``partition``,
     ``on_delivery``) go to ``produce``. (Dead letters: :class:`hpcinsight.core.consumer.DeadLetterOut`.)"""
@@ -234,4 +272,3 @@ def produce_queued(producer: Producer, topic: str, value: bytes | None, key: byt
             return
         except BufferError:
             producer.poll(wait_s)
-

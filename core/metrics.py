@@ -19,10 +19,10 @@ Families = Callable[[], Iterable[Any]]
 
 
 def add_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--metrics-port", type=int, default=0,
-                        help=f"serve Prometheus /metrics of the {what} on this port (0: off)")
-    parser.add_argument("--metrics-host", default="127.0.0.1",
-                        help="address of /metrics (default 127.0.0.1; 0.0.0.0 in a pod)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=0, help=f"serve Prometheus /metrics of the {what} on this port (0: off)"
+    )
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (default 127.0.0.1; 0.0.0.0 in a pod)")
 
 
 class MetricsServer:
@@ -36,7 +36,7 @@ class MetricsServer:
                 for source in sources:
                     try:
                         yield from source()
-                    except Exception:  # noqa: BLE001 - a scrape must never take a component down
+                    except Exception:
                         log.exception("collecting metrics failed")
 
         self.registry = CollectorRegistry()
@@ -51,6 +51,7 @@ class MetricsServer:
 # -- families from the counters a component keeps --------------------------------------------
 # Every component's ``metric_families()`` had the same loops: flat counters from (name, value,
 # help) rows, one family with a series per table / stage / detector, a gauge or two. Written once.
+
 
 def counters(series: Iterable[tuple[str, float, str]]) -> Iterator[Any]:
     """A counter family for each ``(name, value, help)`` (prometheus-client adds ``_total``)."""
@@ -81,8 +82,9 @@ def lag_family(group: str, lag: dict[tuple[str, int], int]) -> Any:
     """``hpcinsight_consumer_lag{group,topic,partition}``: the one lag series of every consumer."""
     from prometheus_client.core import GaugeMetricFamily
 
-    family = GaugeMetricFamily("hpcinsight_consumer_lag", "messages not yet consumed, per partition",
-                               labels=["group", "topic", "partition"])
+    family = GaugeMetricFamily(
+        "hpcinsight_consumer_lag", "messages not yet consumed, per partition", labels=["group", "topic", "partition"]
+    )
     for (topic, partition), n in sorted(lag.items()):
         family.add_metric([group, topic, str(partition)], n)
     return family

@@ -31,9 +31,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hpcinsight.core.logs import kafka_logger
@@ -97,14 +98,23 @@ class KafkaSettings:
                 if not re.fullmatch(r"\[?[A-Za-z0-9_.:-]+\]?:\d{1,5}", hostport.strip()):
                     raise ConfigError(f"KAFKA_BOOTSTRAP: {hostport!r} is not host:port")
         if self.security_protocol not in SECURITY_PROTOCOLS:
-            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, got {self.security_protocol!r}")
+            raise ConfigError(
+                f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, got {self.security_protocol!r}"
+            )
         if self.security_protocol.startswith("SASL"):
             if self.sasl_mechanism not in SASL_MECHANISMS:
-                raise ConfigError(f"KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)} with {self.security_protocol}")
+                raise ConfigError(
+                    f"KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)} with {self.security_protocol}"
+                )
             if not self.sasl_username or self.sasl_password is None:
-                raise ConfigError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE) are required with SASL")
-        for name, path in (("KAFKA_SSL_CAFILE", self.ssl_cafile), ("KAFKA_SSL_CERTFILE", self.ssl_certfile),
-                           ("KAFKA_SSL_KEYFILE", self.ssl_keyfile)):
+                raise ConfigError(
+                    "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE) are required with SASL"
+                )
+        for name, path in (
+            ("KAFKA_SSL_CAFILE", self.ssl_cafile),
+            ("KAFKA_SSL_CERTFILE", self.ssl_certfile),
+            ("KAFKA_SSL_KEYFILE", self.ssl_keyfile),
+        ):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{name}: no such file {str(path)!r}")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
@@ -112,11 +122,15 @@ class KafkaSettings:
         if self.ssl_certfile is not None and self.security_protocol not in ("SSL", "SASL_SSL"):
             raise ConfigError(f"KAFKA_SSL_CERTFILE needs KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL, not {self.security_protocol}")
         if not re.fullmatch(r"[A-Za-z0-9._-]*", self.topic_prefix):
-            raise ConfigError(f"HPCINSIGHT_TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-', got {self.topic_prefix!r}")
+            raise ConfigError(
+                f"HPCINSIGHT_TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-', got {self.topic_prefix!r}"
+            )
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap:
-            raise ConfigError("KAFKA_BOOTSTRAP is not set: point it at a broker, or use `hpcinsight demo`/`hpcinsight kafka run` to start one")
+            raise ConfigError(
+                "KAFKA_BOOTSTRAP is not set: point it at a broker, or use `hpcinsight demo`/`hpcinsight kafka run` to start one"
+            )
         return self.bootstrap
 
     def client_config(self) -> dict[str, Any]:
@@ -125,8 +139,11 @@ class KafkaSettings:
         Their logs go through Python logging (``hpcinsight.kafka``), where a message repeated
         within a minute is held back: a broker that is down makes librdkafka report every
         reconnection attempt, many a second, which buried everything else a component said."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.require_bootstrap(), "security.protocol": self.security_protocol.lower(),
-                                "logger": kafka_logger()}
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.require_bootstrap(),
+            "security.protocol": self.security_protocol.lower(),
+            "logger": kafka_logger(),
+        }
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
             conf["sasl.username"] = self.sasl_username
@@ -154,7 +171,9 @@ class KafkaSettings:
         if self.security_protocol.startswith("SASL"):
             password = self.sasl_password.reveal() if self.sasl_password else ""
             if self.sasl_mechanism == "PLAIN":
-                options["broker_credentials"] = faust.SASLCredentials(username=self.sasl_username, password=password, ssl_context=context)
+                options["broker_credentials"] = faust.SASLCredentials(
+                    username=self.sasl_username, password=password, ssl_context=context
+                )
             else:
                 options["broker_credentials"] = faust.SASLCredentials(
                     username=self.sasl_username, password=password, ssl_context=context, mechanism=self.sasl_mechanism
@@ -254,7 +273,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             value = file_conf.get(name.lower())
         return default if value in (None, "") else str(value)
 
-    data_dir = Path(get("HPCINSIGHT_DATA_DIR", ".hpcinsight")).resolve()
+    data_dir = Path(get("HPCINSIGHT_DATA_DIR") or ".hpcinsight").resolve()
     kafka = KafkaSettings(
         bootstrap=get("KAFKA_BOOTSTRAP"),
         security_protocol=(get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") or "").upper(),
@@ -281,8 +300,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("[clickhouse] in HPCINSIGHT_CONFIG must be a table")
     unknown = set(ch_conf) - {"cluster", "replica_path", "replica_name", "ttl_days"}
     if unknown:
-        raise ConfigError(f"[clickhouse] in HPCINSIGHT_CONFIG: unknown key(s) {', '.join(sorted(unknown))}; "
-                          "known: cluster, replica_path, replica_name, ttl_days")
+        raise ConfigError(
+            f"[clickhouse] in HPCINSIGHT_CONFIG: unknown key(s) {', '.join(sorted(unknown))}; "
+            "known: cluster, replica_path, replica_name, ttl_days"
+        )
     ttl_days = ch_conf.get("ttl_days", {})
     if not isinstance(ttl_days, dict) or not all(
         isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 36_500 for v in ttl_days.values()
@@ -292,7 +313,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if cluster is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", str(cluster)):
         raise ConfigError(f"CLICKHOUSE_CLUSTER: {cluster!r} is not a cluster name (letters, digits, _ . -)")
     clickhouse = ClickHouseSettings(
-        url=url, username=username, password=password, cluster=cluster, ttl_days=ttl_days,
+        url=url,
+        username=username,
+        password=password,
+        cluster=cluster,
+        ttl_days=ttl_days,
         replica_path=str(ch_conf.get("replica_path", ClickHouseSettings.replica_path)),
         replica_name=str(ch_conf.get("replica_name", ClickHouseSettings.replica_name)),
     )
@@ -306,5 +331,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("[agent] in HPCINSIGHT_CONFIG may hold only [agent.collectors.<kind>] tables")
     collectors = agent.get("collectors", {})
     if not isinstance(collectors, dict) or not all(isinstance(v, dict) for v in collectors.values()):
-        raise ConfigError("[agent.collectors] in HPCINSIGHT_CONFIG must hold one table per collector kind, e.g. [agent.collectors.gpu_nvml]")
+        raise ConfigError(
+            "[agent.collectors] in HPCINSIGHT_CONFIG must hold one table per collector kind, e.g. [agent.collectors.gpu_nvml]"
+        )
     return Settings(kafka=kafka, clickhouse=clickhouse, data_dir=data_dir, detectors=detectors, collectors=collectors)

@@ -8,24 +8,27 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # the stubs import NewTopic without re-exporting it
 
 from hpcinsight.core.kafka import new_admin
-
 
 
 class TopicSpec(Protocol):
     """What the admin needs of a topic's definition (``schemas.catalog.Topic`` is one)."""
 
-    partitions: int
-    retention_ms: int
-    compacted: bool
+    @property
+    def partitions(self) -> int: ...
+    @property
+    def retention_ms(self) -> int: ...
+    @property
+    def compacted(self) -> bool: ...
 
     def full_name(self, prefix: str) -> str: ...
 
 
-def create_topics(client_config: dict[str, Any], topics: Iterable[TopicSpec], prefix: str, replication: int | None = None,
-                  timeout: float = 30.0) -> list[str]:
+def create_topics(
+    client_config: dict[str, Any], topics: Iterable[TopicSpec], prefix: str, replication: int | None = None, timeout: float = 30.0
+) -> list[str]:
     """Create missing topics (existing ones are left as they are). Returns all full names.
 
     ``replication`` None leaves the replication factor (and ``min.insync.replicas``) to the
@@ -40,15 +43,20 @@ def create_topics(client_config: dict[str, Any], topics: Iterable[TopicSpec], pr
             num_partitions=t.partitions,
             replication_factor=-1 if replication is None else replication,  # -1: the broker's default
             config={
-                "retention.ms": str(t.retention_ms), "compression.type": "producer",
-                **({"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": str(3_600_000)} if t.compacted else {}),
+                "retention.ms": str(t.retention_ms),
+                "compression.type": "producer",
+                **(
+                    {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": str(3_600_000)}
+                    if t.compacted
+                    else {}
+                ),
             },
         )
         for t in topics
         if t.full_name(prefix) not in existing
     ]
     if wanted:
-        for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
+        for future in admin.create_topics(wanted, operation_timeout=timeout).values():
             try:
                 future.result()
             except KafkaException as err:
@@ -65,9 +73,12 @@ def wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> No
     while True:
         topics = admin.list_topics(timeout=timeout).topics
         pending = [
-            n for n in names
-            if n not in topics or topics[n].error is not None
-            or not topics[n].partitions or any(p.leader < 0 or p.error is not None for p in topics[n].partitions.values())
+            n
+            for n in names
+            if n not in topics
+            or topics[n].error is not None
+            or not topics[n].partitions
+            or any(p.leader < 0 or p.error is not None for p in topics[n].partitions.values())
         ]
         if not pending:
             return

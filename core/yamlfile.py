@@ -22,5 +22,8 @@ def load_yaml(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise YamlSyntaxError(mark.line + 1 if mark else None, mark.column + 1 if mark else None,
-                              getattr(err, "problem", None) or type(err).__name__) from None
+        raise YamlSyntaxError(
+            mark.line + 1 if mark else None,
+            mark.column + 1 if mark else None,
+            getattr(err, "problem", None) or type(err).__name__,
+        ) from None

@@ -19,8 +19,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from hpcinsight.core.settings import Settings
 from hpcinsight.core.kafka import lag
+from hpcinsight.core.settings import Settings
 from hpcinsight.harness.supervisor import Processes
 from hpcinsight.schemas.catalog import ANOMALIES
 
@@ -34,8 +34,13 @@ def demo_config(webhook: str) -> dict[str, object]:
 
     kind = next((m.KIND for m in (slack, discord, msteams) if m.convert(webhook)), "webhook")
     return {
-        "route": {"receiver": "demo", "group_by": ["job", "node"], "group_wait": f"{GROUP_WAIT_S}s",
-                  "group_interval": f"{GROUP_INTERVAL_S}s", "repeat_interval": "1h"},
+        "route": {
+            "receiver": "demo",
+            "group_by": ["job", "node"],
+            "group_wait": f"{GROUP_WAIT_S}s",
+            "group_interval": f"{GROUP_INTERVAL_S}s",
+            "repeat_interval": "1h",
+        },
         "receivers": [{"name": "demo", f"{kind}_configs": [{"url": "${" + WEBHOOK_ENV + "}"}]}],
     }
 
@@ -104,8 +109,12 @@ class DemoAlerts:
             table.add_column(col)
         for r in rows:
             at = time.strftime("%H:%M:%S", time.gmtime(int(r["done_at"] or r["created_at"]) / 1000))  # type: ignore[arg-type]
-            table.add_row(at, str(r["integration"]), str(r["state"]) + (f" ({r['error']})" if r["state"] != "sent" and r["error"] else ""),
-                          str(r["title"]))
+            table.add_row(
+                at,
+                str(r["integration"]),
+                str(r["state"]) + (f" ({r['error']})" if r["state"] != "sent" and r["error"] else ""),
+                str(r["title"]),
+            )
         console.print(table)
         sent = sum(1 for r in rows if r["state"] == "sent")
         console.print(f"alerts: {sent} notification(s) posted, {len(rows) - sent} not (router log: alerts.log)")

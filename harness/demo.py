@@ -138,23 +138,53 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         stack.callback(procs.stop_all)
 
         ticks = max(1, int(options.duration_s / options.interval_s))
-        procs.start("worker", "worker", "--windows", options.windows, "--since-start-every", "10s", "--checkpoint-every", "10s",
-                    "--job-wait", f"{JOB_WAIT_S:g}s", env=worker_env(settings))
+        procs.start(
+            "worker",
+            "worker",
+            "--windows",
+            options.windows,
+            "--since-start-every",
+            "10s",
+            "--checkpoint-every",
+            "10s",
+            "--job-wait",
+            f"{JOB_WAIT_S:g}s",
+            env=worker_env(settings),
+        )
         procs.start("sink", "sink")
         ui_url = start_ui(procs, options.ui_port)
         if ui_url:
             needs_token = os.environ.get("HPCINSIGHT_API_TOKEN") or os.environ.get("HPCINSIGHT_API_TOKEN_FILE")
-            console.print(f"[bold]unit view, live while the demo runs: {ui_url}[/]"
-                          + (" (bearer token: HPCINSIGHT_API_TOKEN)" if needs_token else ""))
+            console.print(
+                f"[bold]unit view, live while the demo runs: {ui_url}[/]"
+                + (" (bearer token: HPCINSIGHT_API_TOKEN)" if needs_token else "")
+            )
         from hpcinsight.harness.alerts_demo import DemoAlerts
 
         alerts = DemoAlerts.prepare(settings, options.webhook, options.alerts_config, procs.env)
         if alerts is not None:
             procs.start("alerts", *alerts.args())
         # --scheduler sim: the job, its user, team and zones, so the tables group by them
-        agent_args = ["agent", "--backend", "sim", "--ib", "--scheduler", "sim", "--nodes", str(options.nodes),
-                      "--gpus", str(options.gpus), "--seed", str(options.seed), "--interval", str(options.interval_s),
-                      "--speed", str(options.speed), "--ticks", str(ticks)]
+        agent_args = [
+            "agent",
+            "--backend",
+            "sim",
+            "--ib",
+            "--scheduler",
+            "sim",
+            "--nodes",
+            str(options.nodes),
+            "--gpus",
+            str(options.gpus),
+            "--seed",
+            str(options.seed),
+            "--interval",
+            str(options.interval_s),
+            "--speed",
+            str(options.speed),
+            "--ticks",
+            str(ticks),
+        ]
         for spec in options.idle_specs():
             agent_args += ["--idle", spec]
         for flag, specs in (("--xid", options.xid), ("--fault", options.faults), ("--ib-fault", options.ib_faults)):
@@ -163,15 +193,27 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         agent = procs.start("agent", *agent_args)
         console.print(f"simulating {options.nodes} nodes x {options.gpus} GPUs, idle GPU(s): {', '.join(options.idle_specs())}")
         if not options.idle and not default_idle_end_s(options)[1]:
-            console.print(f"[yellow]--duration {options.duration_s:g} is short for windows {options.windows}: the run may end "
-                          "before the idle GPU's anomalies resolve (the last windows close only on later samples)[/]")
+            console.print(
+                f"[yellow]--duration {options.duration_s:g} is short for windows {options.windows}: the run may end "
+                "before the idle GPU's anomalies resolve (the last windows close only on later samples)[/]"
+            )
 
         watched = {
             label: t.full_name(settings.kafka.topic_prefix)
-            for label, t in (("samples", GPU_SAMPLES_RAW), ("quantiles", GPU_QUANTILES), ("anomalies", ANOMALIES), ("dead", DEAD_LETTERS))
+            for label, t in (
+                ("samples", GPU_SAMPLES_RAW),
+                ("quantiles", GPU_QUANTILES),
+                ("anomalies", ANOMALIES),
+                ("dead", DEAD_LETTERS),
+            )
         }
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[counts]}"),
-                      TimeRemainingColumn(), console=console) as progress:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
             task = progress.add_task("sampling", total=options.duration_s / options.speed, counts="")
             while agent.poll() is None:
                 procs.check()
@@ -192,8 +234,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
                 alerts.wait(settings, procs)
                 procs.stop("alerts")
 
-        from hpcinsight.sinks.query import execute, make_console, render
         from hpcinsight.sinks.clickhouse import connect
+        from hpcinsight.sinks.query import execute, make_console, render
 
         client = connect(settings.clickhouse)
         try:

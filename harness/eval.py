@@ -113,8 +113,14 @@ def eval_settings(data_dir: Path, prefix: str) -> Settings:
     from hpcinsight.core.settings import load
 
     data_dir = data_dir.resolve()
-    return load({**os.environ, "HPCINSIGHT_DATA_DIR": str(data_dir), "HPCINSIGHT_TOPIC_PREFIX": prefix,
-                 "CLICKHOUSE_URL": f"chdb://{data_dir / 'clickhouse'}"})
+    return load(
+        {
+            **os.environ,
+            "HPCINSIGHT_DATA_DIR": str(data_dir),
+            "HPCINSIGHT_TOPIC_PREFIX": prefix,
+            "CLICKHOUSE_URL": f"chdb://{data_dir / 'clickhouse'}",
+        }
+    )
 
 
 def describe_library() -> list[str]:
@@ -128,11 +134,15 @@ def describe_library() -> list[str]:
             lines.append(f"{name:22} (its recorded data is not here: {err})")
             continue
         if not sc.simulated:
-            lines.append(f"{name:22} {sc.duration_s:5g} s  recorded trace: {len(sc.trace.series)} GPUs, "
-                         f"{sum(lab.required for lab in sc.labels)} required labels from the data")
+            lines.append(
+                f"{name:22} {sc.duration_s:5g} s  recorded trace: {len(sc.trace.series)} GPUs, "
+                f"{sum(lab.required for lab in sc.labels)} required labels from the data"
+            )
             continue
-        lines.append(f"{name:22} {sc.duration_s:5g} s  {sc.nodes:2} nodes  {len(sc.jobs)} jobs  "
-                     f"{'; '.join(f.describe() for f in sc.faults) or 'no fault (false-positive trap)'}")
+        lines.append(
+            f"{name:22} {sc.duration_s:5g} s  {sc.nodes:2} nodes  {len(sc.jobs)} jobs  "
+            f"{'; '.join(f.describe() for f in sc.faults) or 'no fault (false-positive trap)'}"
+        )
     return lines
 
 
@@ -165,8 +175,18 @@ def run_eval(options: EvalOptions) -> int:
     window_s = sampling_window_s(options.windows)
     if options.rescore:  # score the stored run again (labels changed): no pipeline
         settings = eval_settings(data_dir, "unused.")
-        run = _scored(scenarios, saved["t0_ms"], window_s, settings, saved["wall_s"], saved["speed"], saved["max_backlog_s"],
-                      saved["job_wait_s"], saved.get("paused_s", 0.0), saved.get("trace_starts", {}))
+        run = _scored(
+            scenarios,
+            saved["t0_ms"],
+            window_s,
+            settings,
+            saved["wall_s"],
+            saved["speed"],
+            saved["max_backlog_s"],
+            saved["job_wait_s"],
+            saved.get("paused_s", 0.0),
+            saved.get("trace_starts", {}),
+        )
     else:
         if data_dir.exists():
             shutil.rmtree(data_dir)  # a fresh store: the results are this run's alone
@@ -174,44 +194,99 @@ def run_eval(options: EvalOptions) -> int:
         duration = max((s.duration_s for s in scenarios if s.simulated), default=60.0)
         started = time.monotonic()
         console.print(f"evaluating {len(scenarios)} scenario(s): {', '.join(s.name for s in scenarios)}")
-        console.print(f"  {sum(s.nodes for s in scenarios)} nodes, {sum(s.nodes * s.gpus_per_node for s in scenarios)} GPUs, "
-                      f"{duration:g} s of sim time at {options.speed:g}x")
+        console.print(
+            f"  {sum(s.nodes for s in scenarios)} nodes, {sum(s.nodes * s.gpus_per_node for s in scenarios)} GPUs, "
+            f"{duration:g} s of sim time at {options.speed:g}x"
+        )
         with ExitStack() as stack:
             backlog: list[float] = []
             pauses: list[float] = []
             starts: dict[str, int] = {}
             t0_ms = run_pipeline(stack, settings, scenarios, options, console, backlog, pauses, starts)
-        run = _scored(scenarios, t0_ms, window_s, settings, time.monotonic() - started, options.speed,
-                      max(backlog, default=0.0), options.job_wait_s, sum(pauses), starts)
-        (out / "run.json").write_text(json.dumps({
-            "t0_ms": run.t0_ms, "scenarios": [s.path for s in scenarios], "wall_s": run.wall_s, "speed": run.speed,
-            "max_backlog_s": run.max_backlog_s, "job_wait_s": run.job_wait_s, "paused_s": run.paused_s,
-            "windows": options.windows, "trace_starts": starts}, indent=1))
+        run = _scored(
+            scenarios,
+            t0_ms,
+            window_s,
+            settings,
+            time.monotonic() - started,
+            options.speed,
+            max(backlog, default=0.0),
+            options.job_wait_s,
+            sum(pauses),
+            starts,
+        )
+        (out / "run.json").write_text(
+            json.dumps(
+                {
+                    "t0_ms": run.t0_ms,
+                    "scenarios": [s.path for s in scenarios],
+                    "wall_s": run.wall_s,
+                    "speed": run.speed,
+                    "max_backlog_s": run.max_backlog_s,
+                    "job_wait_s": run.job_wait_s,
+                    "paused_s": run.paused_s,
+                    "windows": options.windows,
+                    "trace_starts": starts,
+                },
+                indent=1,
+            )
+        )
     write_results(run, out)
     if options.plots:
         with console.status("plotting ..."):
             plot_all(run, settings, out)
     print_table(console, run)
-    console.print(f"wall time {run.wall_s:.0f} s; results in {out}/results.md, results.csv, flags.csv, labels.csv"
-                  + (", and one PNG per scenario" if options.plots else ""))
+    console.print(
+        f"wall time {run.wall_s:.0f} s; results in {out}/results.md, results.csv, flags.csv, labels.csv"
+        + (", and one PNG per scenario" if options.plots else "")
+    )
     return 0
 
 
-def _scored(scenarios: list[Scenario], t0_ms: int, window_s: float, settings: Settings, wall_s: float, speed: float,
-            max_backlog_s: float, job_wait_s: float, paused_s: float, starts: dict[str, int] | None = None) -> Run:
+def _scored(
+    scenarios: list[Scenario],
+    t0_ms: int,
+    window_s: float,
+    settings: Settings,
+    wall_s: float,
+    speed: float,
+    max_backlog_s: float,
+    job_wait_s: float,
+    paused_s: float,
+    starts: dict[str, int] | None = None,
+) -> Run:
     flags = read_flags(settings, scenarios, t0_ms, starts)
     result = score([label for s in scenarios for label in s.labels], flags, window_s)
-    return Run(scenarios, t0_ms, window_s, flags, result, wall_s, speed,
-               {k: dict(v) for k, v in (settings.detectors or {}).items()}, max_backlog_s, job_wait_s, paused_s)
+    return Run(
+        scenarios,
+        t0_ms,
+        window_s,
+        flags,
+        result,
+        wall_s,
+        speed,
+        {k: dict(v) for k, v in (settings.detectors or {}).items()},
+        max_backlog_s,
+        job_wait_s,
+        paused_s,
+    )
 
 
-def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario], options: EvalOptions,
-                 console: Console, backlog: list[float], pauses: list[float], starts: dict[str, int] | None = None) -> int:
+def run_pipeline(
+    stack: ExitStack,
+    settings: Settings,
+    scenarios: list[Scenario],
+    options: EvalOptions,
+    console: Console,
+    backlog: list[float],
+    pauses: list[float],
+    starts: dict[str, int] | None = None,
+) -> int:
     """Run the scenarios through broker, worker, sink and one sim agent; return the sim clock's start (epoch ms).
     ``backlog`` gets how far behind the agent the worker was, in seconds of sim time, every second, and
     ``pauses`` how long the agent was held each time the worker fell too far behind."""
-    from hpcinsight.harness.supervisor import Processes, child_env, start_broker, wait_drained
     from hpcinsight.core.kafka import lag
+    from hpcinsight.harness.supervisor import Processes, child_env, start_broker, wait_drained
 
     settings = start_broker(stack, settings, console)
     procs = Processes(child_env(settings), settings.data_dir / "logs")
@@ -224,8 +299,20 @@ def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario]
     t0_ms = (int(time.time() * 1000) - int((duration + 120) * 1000)) // 3_600_000 * 3_600_000
     procs.start("worker", "worker", "--windows", options.windows, "--job-wait", f"{options.job_wait_s:g}s")
     procs.start("sink", "sink")
-    agent_args = ["agent", "--backend", "sim", "--speed", f"{options.speed:g}", "--catch-up", "--start-ms", str(t0_ms),
-                  "--ticks", str(int(math.ceil(duration)) + 1), "--name", "eval"]
+    agent_args = [
+        "agent",
+        "--backend",
+        "sim",
+        "--speed",
+        f"{options.speed:g}",
+        "--catch-up",
+        "--start-ms",
+        str(t0_ms),
+        "--ticks",
+        str(int(math.ceil(duration)) + 1),
+        "--name",
+        "eval",
+    ]
     for s in sims:
         agent_args += ["--scenario", s.path]
     traces = [s for s in scenarios if not s.simulated]
@@ -264,16 +351,24 @@ def run_pipeline(stack: ExitStack, settings: Settings, scenarios: list[Scenario]
             elif paused and behind < RESUME_BEHIND_S:
                 agent.send_signal(signal.SIGCONT)
                 pauses.append(time.monotonic() - paused.pop())
-            status.update(f"simulating: {time.monotonic() - began:.0f} s of at least {duration / options.speed:.0f} s; the "
-                          f"worker is {behind:.0f} s of sim time behind{' (agent paused)' if paused else ''} (logs: {procs.log_dir})")
+            status.update(
+                f"simulating: {time.monotonic() - began:.0f} s of at least {duration / options.speed:.0f} s; the "
+                f"worker is {behind:.0f} s of sim time behind{' (agent paused)' if paused else ''} (logs: {procs.log_dir})"
+            )
             time.sleep(1.0)
     procs.check()
     if feeder is not None:
         with console.status("sending the rest of the recorded traces ..."):
             feeder.join()
     with console.status("waiting for the worker and the sink to catch up ..."):
-        wait_drained(procs, settings, [GPU_SAMPLES_RAW, IB_SAMPLES_RAW, STEP_METRICS_RAW, GPU_XID, GPU_SKETCHES], options.job_wait_s,
-                     timeout_s=options.drain_timeout_s, settled=lambda: job_windows_settled(settings))
+        wait_drained(
+            procs,
+            settings,
+            [GPU_SAMPLES_RAW, IB_SAMPLES_RAW, STEP_METRICS_RAW, GPU_XID, GPU_SKETCHES],
+            options.job_wait_s,
+            timeout_s=options.drain_timeout_s,
+            settled=lambda: job_windows_settled(settings),
+        )
         procs.stop("sink")
         procs.stop("worker")
     return t0_ms
@@ -292,9 +387,13 @@ def trace_samples(sc: Scenario, start_ms: int) -> list[Any]:
     out = []
     for pod, series in sc.trace.series.items():
         node, index, uuid, job = trace_place(sc, pod)
-        out += [GpuSample(node=node, gpu_index=index, gpu_uuid=uuid, ts=start_ms + m * 60_000, gpu_util=round(v, 2), job_id=job)
-                for m, v in enumerate(series)]
-        out.append(GpuSample(node=node, gpu_index=index, gpu_uuid=uuid, ts=start_ms + len(series) * 60_000 + 5_400_000, job_id=job))
+        out += [
+            GpuSample(node=node, gpu_index=index, gpu_uuid=uuid, ts=start_ms + m * 60_000, gpu_util=round(v, 2), job_id=job)
+            for m, v in enumerate(series)
+        ]
+        out.append(
+            GpuSample(node=node, gpu_index=index, gpu_uuid=uuid, ts=start_ms + len(series) * 60_000 + 5_400_000, job_id=job)
+        )
     return sorted(out, key=lambda s: (s.ts, s.node, s.gpu_index))
 
 
@@ -325,8 +424,10 @@ def _connect(settings: Settings) -> Any:
 
 def job_windows_settled(settings: Settings) -> bool:
     """Whether every job window the stored GPU windows call for is stored too (read through the sink)."""
-    query = ("SELECT job_id, window, max(window_end) FROM {} WHERE metric = 'gpu_util' AND window != 'since_start' "
-             "AND job_id IS NOT NULL GROUP BY job_id, window")
+    query = (
+        "SELECT job_id, window, max(window_end) FROM {} WHERE metric = 'gpu_util' AND window != 'since_start' "
+        "AND job_id IS NOT NULL GROUP BY job_id, window"
+    )
     try:
         client = _connect(settings)
     except Exception:  # noqa: BLE001 - the store is not shared yet: not settled
@@ -343,15 +444,16 @@ def read_flags(settings: Settings, scenarios: list[Scenario], t0_ms: int, starts
     client = _connect(settings)
     try:
         rows = client.query(
-            "SELECT id, kind, subject, node, job_id, state, toUnixTimestamp64Milli(ts) AS ts FROM anomalies FINAL "
-            "ORDER BY ts").result_rows
+            "SELECT id, kind, subject, node, job_id, state, toUnixTimestamp64Milli(ts) AS ts FROM anomalies FINAL ORDER BY ts"
+        ).result_rows
     finally:
         client.close()
     return flags_from_rows(rows, scenarios, t0_ms, starts)
 
 
-def flags_from_rows(rows: list[tuple[Any, ...]], scenarios: list[Scenario], t0_ms: int,
-                    starts: dict[str, int] | None = None) -> list[Flag]:
+def flags_from_rows(
+    rows: list[tuple[Any, ...]], scenarios: list[Scenario], t0_ms: int, starts: dict[str, int] | None = None
+) -> list[Flag]:
     """Incidents from anomaly rows ``(id, kind, subject, node, job_id, state, ts_ms)``: fired at their first
     firing row, resolved at their first resolved row."""
     fired: dict[str, tuple[str, str, str | None, str | None, int]] = {}
@@ -381,42 +483,87 @@ def meets_target(s: DetectorScore, window_s: float, settings: dict[str, Any] | N
         return None
     delay = s.median_delay_s
     chatter = s.chatter
-    return (s.precision is not None and s.precision >= TARGET_PR and s.recall is not None and s.recall >= TARGET_PR
-            and delay is not None and delay - delay_allowance_s(s.detector, settings) <= TARGET_DELAY_WINDOWS * window_s
-            and chatter is not None and chatter <= TARGET_CHATTER)
+    return (
+        s.precision is not None
+        and s.precision >= TARGET_PR
+        and s.recall is not None
+        and s.recall >= TARGET_PR
+        and delay is not None
+        and delay - delay_allowance_s(s.detector, settings) <= TARGET_DELAY_WINDOWS * window_s
+        and chatter is not None
+        and chatter <= TARGET_CHATTER
+    )
 
 
-def detector_rows(result: Score, window_s: float, scenario: str | None = None,
-                  settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def detector_rows(
+    result: Score, window_s: float, scenario: str | None = None, settings: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """One row per detector (of every label and flag, or of one scenario's)."""
     if scenario is None:
         sub = result
     else:
-        sub = Score([f for f in result.flags if f.flag.scenario == scenario],
-                    [r for r in result.labels if r.label.scenario == scenario], window_s)
+        sub = Score(
+            [f for f in result.flags if f.flag.scenario == scenario],
+            [r for r in result.labels if r.label.scenario == scenario],
+            window_s,
+        )
     rows = []
     for d, s in sub.by_detector(DETECTORS if scenario is None else ()).items():
         delay = s.median_delay_s
         beyond = None if delay is None else max(0.0, delay - delay_allowance_s(d, settings))
-        rows.append({
-            "scenario": scenario or "ALL", "detector": d, "labels": s.labels, "detected": s.detected,
-            "flags": s.true_flags + s.false_flags, "true_flags": s.true_flags, "false_flags": s.false_flags,
-            "refires": s.refires, "allowed_flags": s.allowed_flags, "precision": s.precision, "recall": s.recall,
-            "f1": s.f1, "median_delay_s": delay, "median_delay_windows": None if beyond is None else beyond / window_s,
-            "max_delay_s": max(s.delays_s) if s.delays_s else None, "chatter": s.chatter,
-            "median_resolve_s": s.median_resolve_s, "unresolved": s.unresolved,
-            "meets_target": meets_target(s, window_s, settings) if scenario is None else None,
-        })
+        rows.append(
+            {
+                "scenario": scenario or "ALL",
+                "detector": d,
+                "labels": s.labels,
+                "detected": s.detected,
+                "flags": s.true_flags + s.false_flags,
+                "true_flags": s.true_flags,
+                "false_flags": s.false_flags,
+                "refires": s.refires,
+                "allowed_flags": s.allowed_flags,
+                "precision": s.precision,
+                "recall": s.recall,
+                "f1": s.f1,
+                "median_delay_s": delay,
+                "median_delay_windows": None if beyond is None else beyond / window_s,
+                "max_delay_s": max(s.delays_s) if s.delays_s else None,
+                "chatter": s.chatter,
+                "median_resolve_s": s.median_resolve_s,
+                "unresolved": s.unresolved,
+                "meets_target": meets_target(s, window_s, settings) if scenario is None else None,
+            }
+        )
     return rows
 
 
-COLUMNS = ("detector", "labels", "detected", "flags", "false_flags", "refires", "precision", "recall", "f1", "chatter",
-           "median_delay_s", "median_delay_windows", "median_resolve_s", "meets_target")
+COLUMNS = (
+    "detector",
+    "labels",
+    "detected",
+    "flags",
+    "false_flags",
+    "refires",
+    "precision",
+    "recall",
+    "f1",
+    "chatter",
+    "median_delay_s",
+    "median_delay_windows",
+    "median_resolve_s",
+    "meets_target",
+)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
-    heads = {"false_flags": "false flags", "median_delay_s": "median delay (s)", "median_delay_windows": "(windows)", "median_resolve_s": "resolved after end (s)",
-             "meets_target": "target met", "f1": "F1"}
+    heads = {
+        "false_flags": "false flags",
+        "median_delay_s": "median delay (s)",
+        "median_delay_windows": "(windows)",
+        "median_resolve_s": "resolved after end (s)",
+        "meets_target": "target met",
+        "f1": "F1",
+    }
 
     def cell(row: dict[str, Any], col: str) -> str:
         v = row[col]
@@ -463,9 +610,27 @@ def shortfalls(run: Run) -> list[str]:
 def write_results(run: Run, out: Path) -> None:
     rows = detector_rows(run.result, run.window_s, settings=run.detector_settings)
     per_scenario = [r for s in run.scenarios for r in detector_rows(run.result, run.window_s, s.name)]
-    fields = ["scenario", "detector", "labels", "detected", "flags", "true_flags", "false_flags", "refires",
-              "allowed_flags", "precision", "recall", "f1", "median_delay_s", "median_delay_windows", "max_delay_s",
-              "chatter", "median_resolve_s", "unresolved", "meets_target"]
+    fields = [
+        "scenario",
+        "detector",
+        "labels",
+        "detected",
+        "flags",
+        "true_flags",
+        "false_flags",
+        "refires",
+        "allowed_flags",
+        "precision",
+        "recall",
+        "f1",
+        "median_delay_s",
+        "median_delay_windows",
+        "max_delay_s",
+        "chatter",
+        "median_resolve_s",
+        "unresolved",
+        "meets_target",
+    ]
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
@@ -475,30 +640,70 @@ def write_results(run: Run, out: Path) -> None:
         w = csv.writer(fh)
         w.writerow(["scenario", "detector", "subject", "fired_s", "resolved_s", "verdict", "refire", "matches", "id"])
         for f in run.result.flags:
-            w.writerow([f.flag.scenario or "", f.flag.detector, f.flag.subject, f"{f.flag.fired_s:g}",
-                        "" if f.flag.resolved_s is None else f"{f.flag.resolved_s:g}", f.verdict, int(f.refire),
-                        "; ".join(label.fault for label in f.labels), f.flag.id])
+            w.writerow(
+                [
+                    f.flag.scenario or "",
+                    f.flag.detector,
+                    f.flag.subject,
+                    f"{f.flag.fired_s:g}",
+                    "" if f.flag.resolved_s is None else f"{f.flag.resolved_s:g}",
+                    f.verdict,
+                    int(f.refire),
+                    "; ".join(label.fault for label in f.labels),
+                    f.flag.id,
+                ]
+            )
     with open(out / "labels.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["scenario", "detector", "subject", "fault", "onset_s", "end_s", "grace_s", "detected", "delay_s",
-                    "delay_windows", "covered"])
+        w.writerow(
+            [
+                "scenario",
+                "detector",
+                "subject",
+                "fault",
+                "onset_s",
+                "end_s",
+                "grace_s",
+                "detected",
+                "delay_s",
+                "delay_windows",
+                "covered",
+            ]
+        )
         for r in run.result.labels:
             lab = r.label
-            w.writerow([lab.scenario, lab.detector, lab.subject, lab.fault, f"{lab.onset_s:g}", f"{lab.end_s:g}",
-                        f"{lab.grace_s:g}", int(r.detected), "" if r.delay_s is None else f"{r.delay_s:g}",
-                        "" if r.delay_s is None else f"{r.delay_s / run.window_s:.2f}", int(r.covered)])
+            w.writerow(
+                [
+                    lab.scenario,
+                    lab.detector,
+                    lab.subject,
+                    lab.fault,
+                    f"{lab.onset_s:g}",
+                    f"{lab.end_s:g}",
+                    f"{lab.grace_s:g}",
+                    int(r.detected),
+                    "" if r.delay_s is None else f"{r.delay_s:g}",
+                    "" if r.delay_s is None else f"{r.delay_s / run.window_s:.2f}",
+                    int(r.covered),
+                ]
+            )
     lines = [
-        "# hpcinsight eval", "",
+        "# hpcinsight eval",
+        "",
         f"{len(run.scenarios)} scenarios, {sum(s.nodes * s.gpus_per_node for s in run.scenarios)} GPUs, run together "
         f"through Kafka, the Faust worker and the ClickHouse sink at {run.speed:g}x; sampling window "
         f"{run.window_s:g} s; wall time {run.wall_s:.0f} s, of which the agent was held {run.paused_s:.0f} s for the worker "
         f"to catch up (it fell at most {run.max_backlog_s:.0f} s of sim time behind); the job stage waited {run.job_wait_s:g} s "
         "of processing time for late GPUs.",
         "Detector settings: " + (", ".join(f"{k} {v}" for k, v in run.detector_settings.items()) or "the defaults") + ".",
-        "", "## Per detector", "", markdown_table(rows), "",
+        "",
+        "## Per detector",
+        "",
+        markdown_table(rows),
+        "",
         f"Targets: precision and recall >= {TARGET_PR}, chatter (true incidents per detected condition) <= {TARGET_CHATTER:g}, "
         f"median detection delay <= {TARGET_DELAY_WINDOWS:g} sampling windows (`job_underused`: after its configured "
-        f"warm-up and `for_s`, {delay_allowance_s('job_underused', run.detector_settings):g} s). \"resolved after end\": "
+        f'warm-up and `for_s`, {delay_allowance_s("job_underused", run.detector_settings):g} s). "resolved after end": '
         "median time from a fault's end to its incident's resolution (quiet times included).",
     ]
     short = shortfalls(run)
@@ -510,9 +715,18 @@ def write_results(run: Run, out: Path) -> None:
         lines += ["", "## Missed labels", "", "| scenario | detector | subject | fault |", "|---|---|---|---|"]
         lines += [f"| {r.label.scenario} | {r.label.detector} | `{r.label.subject}` | {r.label.fault} |" for r in missed]
     if false:
-        lines += ["", "## False flags", "", "| scenario | detector | subject | fired (s) | resolved (s) |", "|---|---|---|---|---|"]
-        lines += [f"| {f.flag.scenario or '-'} | {f.flag.detector} | `{f.flag.subject}` | {f.flag.fired_s:g} | "
-                  f"{'-' if f.flag.resolved_s is None else f'{f.flag.resolved_s:g}'} |" for f in false]
+        lines += [
+            "",
+            "## False flags",
+            "",
+            "| scenario | detector | subject | fired (s) | resolved (s) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {f.flag.scenario or '-'} | {f.flag.detector} | `{f.flag.subject}` | {f.flag.fired_s:g} | "
+            f"{'-' if f.flag.resolved_s is None else f'{f.flag.resolved_s:g}'} |"
+            for f in false
+        ]
     lines += ["", "## Per scenario", ""]
     for s in run.scenarios:
         lines += [f"### {s.name}", "", s.description, "", "Faults: " + ("; ".join(f.describe() for f in s.faults) or "none"), ""]
@@ -523,23 +737,57 @@ def write_results(run: Run, out: Path) -> None:
 
 def print_table(console: Console, run: Run) -> None:
     table = Table(title=f"Detectors on {len(run.scenarios)} labelled scenarios (sampling window {run.window_s:g} s)")
-    heads = ("detector", "labels", "detected", "flags", "false", "refires", "precision", "recall", "F1", "chatter",
-             "median delay s", "windows", "resolve s", "target")
+    heads = (
+        "detector",
+        "labels",
+        "detected",
+        "flags",
+        "false",
+        "refires",
+        "precision",
+        "recall",
+        "F1",
+        "chatter",
+        "median delay s",
+        "windows",
+        "resolve s",
+        "target",
+    )
     for h in heads:
         table.add_column(h, justify="left" if h == "detector" else "right")
     for r in detector_rows(run.result, run.window_s, settings=run.detector_settings):
-        table.add_row(r["detector"], str(r["labels"]), str(r["detected"]), str(r["flags"]), str(r["false_flags"]),
-                      str(r["refires"]), _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), _fmt(r["chatter"]),
-                      _fmt(r["median_delay_s"], 0), _fmt(r["median_delay_windows"], 1), _fmt(r["median_resolve_s"], 0),
-                      "-" if r["meets_target"] is None else "[green]met[/]" if r["meets_target"] else "[red]no[/]")
+        table.add_row(
+            r["detector"],
+            str(r["labels"]),
+            str(r["detected"]),
+            str(r["flags"]),
+            str(r["false_flags"]),
+            str(r["refires"]),
+            _fmt(r["precision"]),
+            _fmt(r["recall"]),
+            _fmt(r["f1"]),
+            _fmt(r["chatter"]),
+            _fmt(r["median_delay_s"], 0),
+            _fmt(r["median_delay_windows"], 1),
+            _fmt(r["median_resolve_s"], 0),
+            "-" if r["meets_target"] is None else "[green]met[/]" if r["meets_target"] else "[red]no[/]",
+        )
     console.print(table)
     for line in shortfalls(run):
         console.print(f"  short: {line.replace('`', '')}")
 
 
 # --- plots --------------------------------------------------------------------------------------
-_GPU_METRIC = {"thermal": "temperature_c", "power": "power_w", "clock": "sm_clock_mhz", "ecc": "ecc_uncorrected_volatile",
-               "remap": "toUInt8(remapped_rows_pending)", "slow": "gpu_util", "idle": "gpu_util", "xid": "gpu_util"}
+_GPU_METRIC = {
+    "thermal": "temperature_c",
+    "power": "power_w",
+    "clock": "sm_clock_mhz",
+    "ecc": "ecc_uncorrected_volatile",
+    "remap": "toUInt8(remapped_rows_pending)",
+    "slow": "gpu_util",
+    "idle": "gpu_util",
+    "xid": "gpu_util",
+}
 _BUCKET_MS = 5000
 
 
@@ -554,42 +802,91 @@ def _fault_series(client: Any, sc: Scenario, fault: Any, t0: int) -> tuple[str, 
     if fault.kind in _GPU_METRIC:
         metric = _GPU_METRIC[fault.kind]
         uuid = sc.gpu_uuid(fault.node, fault.gpu)
-        own = _series(client, f"SELECT {bucket} AS t, avg({metric}) FROM gpu_samples WHERE gpu_uuid = {{u:String}} "
-                      "GROUP BY t ORDER BY t", {"u": uuid}, t0)
-        peers = _series(client, f"SELECT {bucket} AS t, median({metric}) FROM gpu_samples WHERE startsWith(node, {{p:String}}) "
-                        "AND gpu_uuid != {u:String} AND job_id = (SELECT any(job_id) FROM gpu_samples WHERE gpu_uuid = {u:String} "
-                        "AND job_id IS NOT NULL) GROUP BY t ORDER BY t", {"u": uuid, "p": sc.node_prefix}, t0)
-        return metric.replace("toUInt8(", "").rstrip(")"), [(f"node {fault.node} GPU {fault.gpu}", *own), ("job's other GPUs (median)", *peers)]
+        own = _series(
+            client,
+            f"SELECT {bucket} AS t, avg({metric}) FROM gpu_samples WHERE gpu_uuid = {{u:String}} GROUP BY t ORDER BY t",
+            {"u": uuid},
+            t0,
+        )
+        peers = _series(
+            client,
+            f"SELECT {bucket} AS t, median({metric}) FROM gpu_samples WHERE startsWith(node, {{p:String}}) "
+            "AND gpu_uuid != {u:String} AND job_id = (SELECT any(job_id) FROM gpu_samples WHERE gpu_uuid = {u:String} "
+            "AND job_id IS NOT NULL) GROUP BY t ORDER BY t",
+            {"u": uuid, "p": sc.node_prefix},
+            t0,
+        )
+        return metric.replace("toUInt8(", "").rstrip(")"), [
+            (f"node {fault.node} GPU {fault.gpu}", *own),
+            ("job's other GPUs (median)", *peers),
+        ]
     if fault.kind in ("ib_degrade", "ib_slow", "ib_flap"):
         node = sc.node_name(fault.node)
         job = next((j for j in sc.jobs if fault.node in j.nodes and j.runs(fault.onset_s)), None)
         peers_of = [sc.node_name(n) for n in (job.nodes if job else range(sc.nodes)) if n != fault.node]
-        per_node = (f"SELECT t, n, sum(b) AS v FROM (SELECT {bucket} AS t, node AS n, avg(xmit_bytes_per_s + rcv_bytes_per_s) AS b "
-                    "FROM ib_samples WHERE startsWith(node, {p:String}) GROUP BY t, n, device, port) GROUP BY t, n")
-        own = _series(client, f"SELECT t, v / 1e9 FROM ({per_node}) WHERE n = {{n:String}} ORDER BY t", {"n": node, "p": sc.node_prefix}, t0)
-        peers = _series(client, f"SELECT t, median(v) / 1e9 FROM ({per_node}) WHERE has({{peers:Array(String)}}, n) GROUP BY t ORDER BY t",
-                        {"peers": peers_of, "p": sc.node_prefix}, t0)
+        per_node = (
+            f"SELECT t, n, sum(b) AS v FROM (SELECT {bucket} AS t, node AS n, avg(xmit_bytes_per_s + rcv_bytes_per_s) AS b "
+            "FROM ib_samples WHERE startsWith(node, {p:String}) GROUP BY t, n, device, port) GROUP BY t, n"
+        )
+        own = _series(
+            client, f"SELECT t, v / 1e9 FROM ({per_node}) WHERE n = {{n:String}} ORDER BY t", {"n": node, "p": sc.node_prefix}, t0
+        )
+        peers = _series(
+            client,
+            f"SELECT t, median(v) / 1e9 FROM ({per_node}) WHERE has({{peers:Array(String)}}, n) GROUP BY t ORDER BY t",
+            {"peers": peers_of, "p": sc.node_prefix},
+            t0,
+        )
         return "IB GB/s (node)", [(node, *own), ("the job's other nodes (median)", *peers)]
     job = fault.job
     if fault.kind in ("straggler", "slow_node") and fault.rank is None:  # a slow node: its ranks' median against the job's
         nodes = [sc.node_name(fault.node)] if fault.node is not None else []
-        own = _series(client, "SELECT max(toUnixTimestamp64Milli(ts)) AS t, median(duration_s) FROM step_metrics FINAL "
-                      "WHERE job_id = {j:String} AND has({n:Array(String)}, node) GROUP BY step ORDER BY t", {"j": job, "n": nodes}, t0)
-        med = _series(client, "SELECT max(toUnixTimestamp64Milli(ts)) AS t, median(duration_s) FROM step_metrics FINAL "
-                      "WHERE job_id = {j:String} GROUP BY step ORDER BY t", {"j": job}, t0)
+        own = _series(
+            client,
+            "SELECT max(toUnixTimestamp64Milli(ts)) AS t, median(duration_s) FROM step_metrics FINAL "
+            "WHERE job_id = {j:String} AND has({n:Array(String)}, node) GROUP BY step ORDER BY t",
+            {"j": job, "n": nodes},
+            t0,
+        )
+        med = _series(
+            client,
+            "SELECT max(toUnixTimestamp64Milli(ts)) AS t, median(duration_s) FROM step_metrics FINAL "
+            "WHERE job_id = {j:String} GROUP BY step ORDER BY t",
+            {"j": job},
+            t0,
+        )
         return "step time (s)", [(f"ranks on {', '.join(nodes)}", *own), ("median rank", *med)]
     if fault.kind == "straggler":
-        own = _series(client, "SELECT toUnixTimestamp64Milli(ts), duration_s FROM step_metrics FINAL WHERE job_id = {j:String} "
-                      "AND rank = {r:UInt32} ORDER BY ts", {"j": job, "r": fault.rank}, t0)
-        med = _series(client, "SELECT max(toUnixTimestamp64Milli(ts)) AS t, median(duration_s) FROM step_metrics FINAL "
-                      "WHERE job_id = {j:String} GROUP BY step ORDER BY t", {"j": job}, t0)
+        own = _series(
+            client,
+            "SELECT toUnixTimestamp64Milli(ts), duration_s FROM step_metrics FINAL WHERE job_id = {j:String} "
+            "AND rank = {r:UInt32} ORDER BY ts",
+            {"j": job, "r": fault.rank},
+            t0,
+        )
+        med = _series(
+            client,
+            "SELECT max(toUnixTimestamp64Milli(ts)) AS t, median(duration_s) FROM step_metrics FINAL "
+            "WHERE job_id = {j:String} GROUP BY step ORDER BY t",
+            {"j": job},
+            t0,
+        )
         return "step time (s)", [(f"rank {fault.rank}", *own), ("median rank", *med)]
     if fault.kind == "imbalance":
-        cov = _series(client, "SELECT max(toUnixTimestamp64Milli(ts)) AS t, stddevPop(duration_s) / avg(duration_s) FROM "
-                      "step_metrics FINAL WHERE job_id = {j:String} GROUP BY step ORDER BY t", {"j": job}, t0)
+        cov = _series(
+            client,
+            "SELECT max(toUnixTimestamp64Milli(ts)) AS t, stddevPop(duration_s) / avg(duration_s) FROM "
+            "step_metrics FINAL WHERE job_id = {j:String} GROUP BY step ORDER BY t",
+            {"j": job},
+            t0,
+        )
         return "step-time CoV across ranks", [(job, *cov)]
-    util = _series(client, f"SELECT {bucket} AS t, avg(gpu_util) FROM gpu_samples WHERE job_id = {{j:String}} GROUP BY t ORDER BY t",
-                   {"j": job}, t0)
+    util = _series(
+        client,
+        f"SELECT {bucket} AS t, avg(gpu_util) FROM gpu_samples WHERE job_id = {{j:String}} GROUP BY t ORDER BY t",
+        {"j": job},
+        t0,
+    )
     return "GPU utilisation % (job mean)", [(job, *util)]
 
 
@@ -612,11 +909,20 @@ def plot_all(run: Run, settings: Settings, out: Path) -> None:
                 bucket = f"intDiv(toUnixTimestamp64Milli(ts), {_BUCKET_MS}) * {_BUCKET_MS}"
                 series = []
                 for job in sc.jobs:
-                    x, y = _series(client, f"SELECT {bucket} AS t, avg(gpu_util) FROM gpu_samples WHERE job_id = {{j:String}} "
-                                   "GROUP BY t ORDER BY t", {"j": job.job_id}, run.t0_ms)
+                    x, y = _series(
+                        client,
+                        f"SELECT {bucket} AS t, avg(gpu_util) FROM gpu_samples WHERE job_id = {{j:String}} GROUP BY t ORDER BY t",
+                        {"j": job.job_id},
+                        run.t0_ms,
+                    )
                     series.append(("GPU utilisation % (job mean)", job.job_id, x, y))
-                x, y = _series(client, f"SELECT {bucket} AS t, avg(gpu_util) FROM gpu_samples WHERE startsWith(node, {{p:String}}) "
-                               "AND job_id IS NULL GROUP BY t ORDER BY t", {"p": sc.node_prefix}, run.t0_ms)
+                x, y = _series(
+                    client,
+                    f"SELECT {bucket} AS t, avg(gpu_util) FROM gpu_samples WHERE startsWith(node, {{p:String}}) "
+                    "AND job_id IS NULL GROUP BY t ORDER BY t",
+                    {"p": sc.node_prefix},
+                    run.t0_ms,
+                )
                 if x:
                     series.append(("GPU utilisation % (job mean)", "GPUs no job holds", x, y))
                 panels.append(("jobs (no fault: every flag is false)", None, series))
@@ -638,8 +944,16 @@ def _plot_scenario(plt: Any, run: Run, sc: Scenario, panels: list[tuple[str, Any
             mine = [f for f in flags if any(label.fault == fault.describe() for label in f.labels)]
             for f in mine:
                 ax.axvline(f.flag.fired_s, color=colours[f.verdict], ls="--", lw=1)
-                ax.annotate(f.flag.detector, (f.flag.fired_s, 1), xycoords=("data", "axes fraction"), fontsize=7,
-                            rotation=90, va="top", ha="right", color=colours[f.verdict])
+                ax.annotate(
+                    f.flag.detector,
+                    (f.flag.fired_s, 1),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=7,
+                    rotation=90,
+                    va="top",
+                    ha="right",
+                    color=colours[f.verdict],
+                )
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
     ax = axes[-1, 0]

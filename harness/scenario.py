@@ -25,9 +25,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hpcinsight.agents.sim.gpu import FAULT_KINDS as GPU_FAULT_KINDS
 from hpcinsight.agents.registry import build as build_collectors
 from hpcinsight.agents.registry import check, collector_kind
+from hpcinsight.agents.sim.gpu import FAULT_KINDS as GPU_FAULT_KINDS
 from hpcinsight.agents.sim.gpu import GpuSimConfig, IdleGpu, InjectedFault, InjectedXid, SimClusterConfig, SimConfig, gpu_uuid
 from hpcinsight.agents.sim.ib import IbFault, SimIbConfig
 from hpcinsight.agents.sim.workload import JobFault, Profile, SimJob, Workload
@@ -40,20 +40,35 @@ PROFILES: dict[str, Profile] = {
     "training": Profile(util=88, noise=4, dip_rate=0.03, warmup_s=90, warmup_util=40, step_s=1.0),
     # the same with everything a real run does besides computing: evaluation phases, checkpoint pauses,
     # more frequent stalls and more noise
-    "training-noisy": Profile(util=85, noise=6, dip_rate=0.06, warmup_s=120, warmup_util=35, eval_every_s=300,
-                              eval_s=45, eval_util=50, checkpoint_every_s=420, checkpoint_s=30, step_s=1.2),
+    "training-noisy": Profile(
+        util=85,
+        noise=6,
+        dip_rate=0.06,
+        warmup_s=120,
+        warmup_util=35,
+        eval_every_s=300,
+        eval_s=45,
+        eval_util=50,
+        checkpoint_every_s=420,
+        checkpoint_s=30,
+        step_s=1.2,
+    ),
     # an inference service: moderate, bursty load, no training steps, little fabric traffic
     "inference": Profile(util=45, noise=12, dip_rate=0.0, step_s=None, ib_load=0.05),
 }
-GPU_HEALTH_CONDITION = {"thermal": "thermal_throttle", "power": "power_throttle", "clock": "clock_stuck_low",
-                        "ecc": "ecc_uncorrectable", "remap": "row_remap_pending"}
+GPU_HEALTH_CONDITION = {
+    "thermal": "thermal_throttle",
+    "power": "power_throttle",
+    "clock": "clock_stuck_low",
+    "ecc": "ecc_uncorrectable",
+    "remap": "row_remap_pending",
+}
 IB_FAULT_KINDS = ("ib_degrade", "ib_slow", "ib_flap")
 JOB_FAULT_KINDS = ("straggler", "imbalance", "hang", "underuse", "slow_node", "restart", "scale")
 FAULT_KINDS = (*GPU_FAULT_KINDS, "idle", "xid", *IB_FAULT_KINDS, *JOB_FAULT_KINDS)
 #: faults that happen at one instant: their labels' span is [onset, onset] (plus the grace)
 POINT_FAULTS = ("ecc", "xid", "ib_flap")
-DETECTORS = ("gpu_health", "gpu_outlier", "gpu_underused", "gpu_xid", "hang", "job_underused", "slow_interconnect",
-             "straggler")
+DETECTORS = ("gpu_health", "gpu_outlier", "gpu_underused", "gpu_xid", "hang", "job_underused", "slow_interconnect", "straggler")
 DEFAULT_GRACE_S = 180.0
 
 
@@ -95,9 +110,13 @@ class FaultSpec:
     ranks: int | None = None  # scale: the new world size
 
     def describe(self) -> str:
-        where = [f"job {self.job}" if self.job else "", f"rank {self.rank}" if self.rank is not None else "",
-                 f"node {self.node}" if self.node is not None else "", f"GPU {self.gpu}" if self.gpu is not None else "",
-                 f"port {self.port}" if self.port is not None else ""]
+        where = [
+            f"job {self.job}" if self.job else "",
+            f"rank {self.rank}" if self.rank is not None else "",
+            f"node {self.node}" if self.node is not None else "",
+            f"GPU {self.gpu}" if self.gpu is not None else "",
+            f"port {self.port}" if self.port is not None else "",
+        ]
         span = f"@{self.onset_s:g}" + ("" if self.kind in POINT_FAULTS else f"-{self.end_s:g}")
         return f"{self.kind} {' '.join(w for w in where if w)} {span}"
 
@@ -145,23 +164,54 @@ class Scenario:
         return Workload(self.jobs, self.job_faults, self.duration_s, degraded, self.node_models, self.gpus_per_node)
 
     def sim_config(self) -> SimConfig:
-        return SimConfig(nodes=self.nodes, gpus_per_node=self.gpus_per_node, seed=self.seed, idle=self.idle,
-                         node_prefix=self.node_prefix, job_id=None, faults=self.gpu_faults, workload=self.workload())
+        return SimConfig(
+            nodes=self.nodes,
+            gpus_per_node=self.gpus_per_node,
+            seed=self.seed,
+            idle=self.idle,
+            node_prefix=self.node_prefix,
+            job_id=None,
+            faults=self.gpu_faults,
+            workload=self.workload(),
+        )
 
     def ib_config(self) -> SimIbConfig:
-        return SimIbConfig(nodes=self.nodes, ports=self.ib_ports, seed=self.seed, node_prefix=self.node_prefix,
-                           faults=self.ib_faults, workload=self.workload())
+        return SimIbConfig(
+            nodes=self.nodes,
+            ports=self.ib_ports,
+            seed=self.seed,
+            node_prefix=self.node_prefix,
+            faults=self.ib_faults,
+            workload=self.workload(),
+        )
 
     def collector_configs(self) -> dict[str, Any]:
         """The sim agent's collector kinds for this scenario and their typed configs: GPUs (samples,
         processes, XIDs), IB ports, the scheduler's view of its jobs and the jobs' training steps."""
         workload = self.workload()
-        cluster = SimClusterConfig(nodes=self.nodes, gpus=self.gpus_per_node, seed=self.seed,
-                                   node_prefix=self.node_prefix, job_id=None, workload=workload)
+        cluster = SimClusterConfig(
+            nodes=self.nodes,
+            gpus=self.gpus_per_node,
+            seed=self.seed,
+            node_prefix=self.node_prefix,
+            job_id=None,
+            workload=workload,
+        )
         return {
-            "gpu_sim": GpuSimConfig(nodes=self.nodes, gpus=self.gpus_per_node, seed=self.seed, node_prefix=self.node_prefix,
-                                    job_id=None, idle=self.idle, faults=self.gpu_faults, xids=self.xids, workload=workload),
-            "ib_sim": self.ib_config(), "scheduler_sim": cluster, "step_sim": cluster,
+            "gpu_sim": GpuSimConfig(
+                nodes=self.nodes,
+                gpus=self.gpus_per_node,
+                seed=self.seed,
+                node_prefix=self.node_prefix,
+                job_id=None,
+                idle=self.idle,
+                faults=self.gpu_faults,
+                xids=self.xids,
+                workload=workload,
+            ),
+            "ib_sim": self.ib_config(),
+            "scheduler_sim": cluster,
+            "step_sim": cluster,
         }
 
     def collectors(self) -> list[Any]:
@@ -249,7 +299,9 @@ class _Builder:
     def fail(self, at: str, message: str) -> ScenarioError:
         return ScenarioError(f"{self.where}: {at}: {message}" if at else f"{self.where}: {message}")
 
-    def mapping(self, value: Any, at: str, allowed: set[str], required: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    def mapping(
+        self, value: Any, at: str, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
+    ) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(at, f"expected a mapping, got {type(value).__name__}")
         unknown = sorted(set(map(str, value)) - allowed)
@@ -280,7 +332,7 @@ class _Builder:
                     raise self.fail(at, f"range {item!r} runs backwards")
                 out.extend(range(lo, hi + 1))
             else:
-                raise self.fail(at, f"expected node numbers (3, [0, 2] or \"0-3\"), got {item!r}")
+                raise self.fail(at, f'expected node numbers (3, [0, 2] or "0-3"), got {item!r}')
         for n in out:
             if n >= count:
                 raise self.fail(at, f"node {n} is outside the {count}-node cluster")
@@ -289,8 +341,12 @@ class _Builder:
     def scenario(self, doc: Any, default_name: str | None) -> Scenario:
         if isinstance(doc, dict) and "trace" in doc:
             return self.trace_scenario(doc, default_name)
-        top = self.mapping(doc, "", {"name", "description", "seed", "duration_s", "cluster", "jobs", "faults", "expect",
-                                     "allow", "grace_s"}, {"duration_s", "cluster"})
+        top = self.mapping(
+            doc,
+            "",
+            {"name", "description", "seed", "duration_s", "cluster", "jobs", "faults", "expect", "allow", "grace_s"},
+            {"duration_s", "cluster"},
+        )
         name = top.get("name", default_name)
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise self.fail("name", f"expected lower-case letters, digits and '-' (at most 41), got {name!r}")
@@ -313,8 +369,20 @@ class _Builder:
             if set(named) != set(range(nodes)):
                 raise self.fail("cluster.gpu_models", f"name the model of every node 0..{nodes - 1}")
             models = tuple(named[n] for n in range(nodes))
-        base = Scenario(name, str(top.get("description", "")).strip(), seed, duration, nodes, gpus, ports, (), (), (),
-                        path=self.where, node_models=models)
+        base = Scenario(
+            name,
+            str(top.get("description", "")).strip(),
+            seed,
+            duration,
+            nodes,
+            gpus,
+            ports,
+            (),
+            (),
+            (),
+            path=self.where,
+            node_models=models,
+        )
         jobs = tuple(self.job(j, f"jobs[{i}]", base) for i, j in enumerate(self.listing(top.get("jobs", []), "jobs")))
         base = replace(base, jobs=jobs)
         gpu_faults: list[InjectedFault] = []
@@ -334,8 +402,16 @@ class _Builder:
         for key, required in (("expect", True), ("allow", False)):
             for i, raw in enumerate(self.listing(top.get(key, []), key)):
                 labels.append(self.label(raw, f"{key}[{i}]", base, grace, required, "stated in the scenario"))
-        scenario = replace(base, faults=tuple(specs), labels=tuple(labels), gpu_faults=tuple(gpu_faults), idle=tuple(idle),
-                           xids=tuple(xids), ib_faults=tuple(ib_faults), job_faults=tuple(job_faults))
+        scenario = replace(
+            base,
+            faults=tuple(specs),
+            labels=tuple(labels),
+            gpu_faults=tuple(gpu_faults),
+            idle=tuple(idle),
+            xids=tuple(xids),
+            ib_faults=tuple(ib_faults),
+            job_faults=tuple(job_faults),
+        )
         scenario.sim_config()  # the sim's own checks: jobs sharing a GPU, faults outside the cluster
         scenario.ib_config()
         return scenario
@@ -349,8 +425,15 @@ class _Builder:
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise self.fail("name", f"expected lower-case letters, digits and '-' (at most 41), got {name!r}")
         t = self.mapping(top["trace"], "trace", {f.name for f in fields(traces.TraceSpec)}, {"file"})
-        numbers = {k: (int(self.number(v, f"trace.{k}", 1, integer=True)) if k in ("pods", "per_job", "min_idle_min", "merge_min")
-                       else self.number(v, f"trace.{k}")) for k, v in t.items() if k != "file"}
+        numbers = {
+            k: (
+                int(self.number(v, f"trace.{k}", 1, integer=True))
+                if k in ("pods", "per_job", "min_idle_min", "merge_min")
+                else self.number(v, f"trace.{k}")
+            )
+            for k, v in t.items()
+            if k != "file"
+        }
         spec = traces.TraceSpec(file=str(t["file"]), **numbers)  # type: ignore[arg-type]
         try:
             trace = traces.read(spec, Path(self.where).parent)
@@ -360,8 +443,20 @@ class _Builder:
             raise self.fail("trace.file", str(err)) from None
         grace = self.number(top.get("grace_s", DEFAULT_GRACE_S), "grace_s")
         jobs = max(trace.job_of.values()) + 1
-        base = Scenario(name, str(top.get("description", "")).strip(), 0, trace.minutes * 60.0, jobs, spec.per_job, 1, (), (), (),
-                        path=self.where, trace=trace)
+        base = Scenario(
+            name,
+            str(top.get("description", "")).strip(),
+            0,
+            trace.minutes * 60.0,
+            jobs,
+            spec.per_job,
+            1,
+            (),
+            (),
+            (),
+            path=self.where,
+            trace=trace,
+        )
         return replace(base, labels=tuple(trace_labels(base, grace)))
 
     def listing(self, value: Any, at: str) -> list[Any]:
@@ -372,8 +467,9 @@ class _Builder:
         return value
 
     def job(self, raw: Any, at: str, sc: Scenario) -> SimJob:
-        j = self.mapping(raw, at, {"id", "nodes", "gpus", "start_s", "end_s", "user", "team", "priority", "profile"},
-                         {"id", "nodes"})
+        j = self.mapping(
+            raw, at, {"id", "nodes", "gpus", "start_s", "end_s", "user", "team", "priority", "profile"}, {"id", "nodes"}
+        )
         if not isinstance(j["id"], str) or not NAME.fullmatch(j["id"]):
             raise self.fail(f"{at}.id", f"expected lower-case letters, digits and '-', got {j['id']!r}")
         nodes = self.nodes(j["nodes"], f"{at}.nodes", sc.nodes)
@@ -391,8 +487,15 @@ class _Builder:
                 raise self.fail(f"{at}.{key}", f"expected a name, got {value!r}")
             texts[key] = value
         try:
-            return SimJob(sc.job_id(j["id"]), nodes, gpus, start, end, profile=self.profile(j.get("profile", "training"),
-                                                                                             f"{at}.profile"), **texts)
+            return SimJob(
+                sc.job_id(j["id"]),
+                nodes,
+                gpus,
+                start,
+                end,
+                profile=self.profile(j.get("profile", "training"), f"{at}.profile"),
+                **texts,
+            )
         except ValueError as err:
             raise self.fail(at, str(err)) from None
 
@@ -416,8 +519,26 @@ class _Builder:
             raise self.fail(at, str(err)) from None
 
     def fault(self, raw: Any, at: str, sc: Scenario, grace: float) -> tuple[FaultSpec, Any, list[Label]]:
-        keys = {"kind", "node", "gpu", "port", "job", "rank", "onset_s", "end_s", "xid", "count", "factor", "cov", "util",
-                "expect", "allow", "spin", "factor_hi", "ranks"}
+        keys = {
+            "kind",
+            "node",
+            "gpu",
+            "port",
+            "job",
+            "rank",
+            "onset_s",
+            "end_s",
+            "xid",
+            "count",
+            "factor",
+            "cov",
+            "util",
+            "expect",
+            "allow",
+            "spin",
+            "factor_hi",
+            "ranks",
+        }
         f = self.mapping(raw, at, keys, {"kind", "onset_s"})
         kind = f["kind"]
         if kind not in FAULT_KINDS:
@@ -426,8 +547,17 @@ class _Builder:
         end = self.number(f["end_s"], f"{at}.end_s") if f.get("end_s") is not None else math.inf
         if end <= onset and kind not in POINT_FAULTS:
             raise self.fail(f"{at}.end_s", "must be after onset_s")
-        need = ("job", "node") if kind == "slow_node" else ("job",) if kind in JOB_FAULT_KINDS else ("node",) \
-            if kind in ("ib_degrade", "ib_slow") else ("node", "port") if kind == "ib_flap" else ("node", "gpu")
+        need = (
+            ("job", "node")
+            if kind == "slow_node"
+            else ("job",)
+            if kind in JOB_FAULT_KINDS
+            else ("node",)
+            if kind in ("ib_degrade", "ib_slow")
+            else ("node", "port")
+            if kind == "ib_flap"
+            else ("node", "gpu")
+        )
         for key in need:
             if key not in f:
                 raise self.fail(at, f"a {kind} fault needs {' and '.join(need)}")
@@ -453,23 +583,39 @@ class _Builder:
         if "rank" in f:
             rank = int(self.number(f["rank"], f"{at}.rank", 0, integer=True))
         point_end = onset if kind in POINT_FAULTS else min(end, sc.duration_s)
-        spec = FaultSpec(kind, onset, point_end, node, gpu, port, job_id, rank,
-                         int(f["ranks"]) if isinstance(f.get("ranks"), int) else None)
+        spec = FaultSpec(
+            kind, onset, point_end, node, gpu, port, job_id, rank, int(f["ranks"]) if isinstance(f.get("ranks"), int) else None
+        )
         try:
             injected = self.inject(kind, f, at, onset, end, node, gpu, port, job_id, rank)
         except ValueError as err:
             raise self.fail(at, str(err)) from None
         if "expect" in f:
-            labels = [self.label(x, f"{at}.expect[{i}]", sc, grace, True, spec.describe(), spec)
-                      for i, x in enumerate(self.listing(f["expect"], f"{at}.expect"))]
+            labels = [
+                self.label(x, f"{at}.expect[{i}]", sc, grace, True, spec.describe(), spec)
+                for i, x in enumerate(self.listing(f["expect"], f"{at}.expect"))
+            ]
         else:
             labels = self.derived(spec, sc, grace)
-        labels += [self.label(x, f"{at}.allow[{i}]", sc, grace, False, spec.describe(), spec)
-                   for i, x in enumerate(self.listing(f.get("allow", []), f"{at}.allow"))]
+        labels += [
+            self.label(x, f"{at}.allow[{i}]", sc, grace, False, spec.describe(), spec)
+            for i, x in enumerate(self.listing(f.get("allow", []), f"{at}.allow"))
+        ]
         return spec, injected, labels
 
-    def inject(self, kind: str, f: dict[str, Any], at: str, onset: float, end: float, node: int | None, gpu: int | None,
-               port: int | None, job_id: str | None, rank: int | None) -> Any:
+    def inject(
+        self,
+        kind: str,
+        f: dict[str, Any],
+        at: str,
+        onset: float,
+        end: float,
+        node: int | None,
+        gpu: int | None,
+        port: int | None,
+        job_id: str | None,
+        rank: int | None,
+    ) -> Any:
         if kind in GPU_FAULT_KINDS:
             return InjectedFault(kind, node, gpu, onset, end)  # type: ignore[arg-type]
         if kind == "idle":
@@ -498,8 +644,9 @@ class _Builder:
         """The labels a fault implies (see docs/evaluation.md): what must fire, and what may."""
 
         def lab(detector: str, subject: str, required: bool = True) -> Label:
-            return Label(sc.name, detector, subject, spec.onset_s, spec.end_s, grace, spec.describe(), required,
-                         spec.end_s < sc.duration_s)
+            return Label(
+                sc.name, detector, subject, spec.onset_s, spec.end_s, grace, spec.describe(), required, spec.end_s < sc.duration_s
+            )
 
         kind = spec.kind
         if spec.node is not None and spec.gpu is not None:
@@ -518,7 +665,8 @@ class _Builder:
         if kind in ("ib_degrade", "ib_slow"):
             node = sc.node_name(spec.node)  # type: ignore[arg-type]
             return [lab("slow_interconnect", node)] + [
-                lab("slow_interconnect", f"{node}/mlx5_{p}/1", required=False) for p in range(sc.ib_ports)]
+                lab("slow_interconnect", f"{node}/mlx5_{p}/1", required=False) for p in range(sc.ib_ports)
+            ]
         if kind == "ib_flap":
             return [lab("slow_interconnect", f"{sc.node_name(spec.node)}/mlx5_{spec.port}/1")]  # type: ignore[arg-type]
         if kind == "straggler":
@@ -529,8 +677,11 @@ class _Builder:
             job = next(j for j in sc.jobs if j.job_id == spec.job)
             placed = Workload.placement(job, sc.gpus_per_node)
             return [lab("straggler", f"{spec.job}/imbalance"), lab("gpu_outlier", sc.node_name(spec.node), required=False)] + [  # type: ignore[arg-type]
-                lab(d, s, required=False) for r, (n, g) in enumerate(placed) if n == spec.node
-                for d, s in (("gpu_outlier", sc.gpu_uuid(n, g)), ("straggler", f"{spec.job}/rank-{r}"))]
+                lab(d, s, required=False)
+                for r, (n, g) in enumerate(placed)
+                if n == spec.node
+                for d, s in (("gpu_outlier", sc.gpu_uuid(n, g)), ("straggler", f"{spec.job}/rank-{r}"))
+            ]
         if kind == "scale":  # the ranks it scaled away leave their GPUs allocated and idle: under-used
             job = next(j for j in sc.jobs if j.job_id == spec.job)
             placed = Workload.placement(job, sc.gpus_per_node)
@@ -540,22 +691,42 @@ class _Builder:
         if kind == "hang":  # every GPU of a hung job idles: gpu_underused is right to say so
             job = next(j for j in sc.jobs if j.job_id == spec.job)
             return [lab("hang", spec.job)] + [  # type: ignore[list-item]
-                lab("gpu_underused", sc.gpu_uuid(n, g), required=False) for n, g in Workload.placement(job, sc.gpus_per_node)]
+                lab("gpu_underused", sc.gpu_uuid(n, g), required=False) for n, g in Workload.placement(job, sc.gpus_per_node)
+            ]
         if kind == "underuse":  # a job at ~15% dips below gpu_underused's 10% in its slower phases: true too
             job = next(j for j in sc.jobs if j.job_id == spec.job)
             return [lab("job_underused", spec.job)] + [  # type: ignore[list-item]
-                lab("gpu_underused", sc.gpu_uuid(n, g), required=False) for n, g in Workload.placement(job, sc.gpus_per_node)]
+                lab("gpu_underused", sc.gpu_uuid(n, g), required=False) for n, g in Workload.placement(job, sc.gpus_per_node)
+            ]
         raise AssertionError(kind)
 
-    def label(self, raw: Any, at: str, sc: Scenario, grace: float, required: bool, why: str,
-              spec: FaultSpec | None = None) -> Label:
+    def label(
+        self, raw: Any, at: str, sc: Scenario, grace: float, required: bool, why: str, spec: FaultSpec | None = None
+    ) -> Label:
         """``{detector, node, gpu, port, job, rank, condition, subject, onset_s, end_s, grace_s}``: one label.
 
         The subject is built as the detector names it (GPU UUID, ``UUID/condition``, node, ``node/mlx5_P/1``,
         job, ``job/rank-R``, ``job/imbalance``) from the other keys, or given whole as ``subject``. Times
         default to the fault's."""
-        x = self.mapping(raw, at, {"detector", "node", "gpu", "port", "job", "rank", "condition", "subject", "onset_s",
-                                   "end_s", "grace_s", "imbalance"}, {"detector"})
+        x = self.mapping(
+            raw,
+            at,
+            {
+                "detector",
+                "node",
+                "gpu",
+                "port",
+                "job",
+                "rank",
+                "condition",
+                "subject",
+                "onset_s",
+                "end_s",
+                "grace_s",
+                "imbalance",
+            },
+            {"detector"},
+        )
         detector = x["detector"]
         if detector not in DETECTORS:
             raise self.fail(f"{at}.detector", f"unknown detector {detector!r}; known: {', '.join(DETECTORS)}")
@@ -625,9 +796,19 @@ def trace_labels(sc: Scenario, grace: float) -> list[Label]:
                 runs.append([m, m + 1])
         for a, b in runs:
             if (b - a) * 60 >= cfg.for_s:
-                out.append(Label(sc.name, "job_underused", job_id, a * 60.0, b * 60.0, grace,
-                                 f"{job_id}: under 5% of its GPU-minutes since start at {spec.busy_pct:g}% or more", True,
-                                 b * 60.0 < end_s))
+                out.append(
+                    Label(
+                        sc.name,
+                        "job_underused",
+                        job_id,
+                        a * 60.0,
+                        b * 60.0,
+                        grace,
+                        f"{job_id}: under 5% of its GPU-minutes since start at {spec.busy_pct:g}% or more",
+                        True,
+                        b * 60.0 < end_s,
+                    )
+                )
     return out
 
 
@@ -643,5 +824,3 @@ def check_library() -> list[Scenario]:
             raise ScenarioError(f"{scenario.path}: name {scenario.name!r} differs from its file name")
         out.append(scenario)
     return out
-
-

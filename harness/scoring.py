@@ -146,8 +146,12 @@ class Score:
 
 
 def _matches(flag: Flag, label: Label) -> bool:
-    return (flag.scenario == label.scenario and flag.detector == label.detector and flag.subject == label.subject
-            and label.onset_s <= flag.fired_s <= label.end_s + label.grace_s)
+    return (
+        flag.scenario == label.scenario
+        and flag.detector == label.detector
+        and flag.subject == label.subject
+        and label.onset_s <= flag.fired_s <= label.end_s + label.grace_s
+    )
 
 
 def score(labels: list[Label] | tuple[Label, ...], flags: list[Flag], window_s: float) -> Score:
@@ -175,9 +179,18 @@ def score(labels: list[Label] | tuple[Label, ...], flags: list[Flag], window_s: 
         if flag is not None:
             label_results.append(LabelResult(label, True, flag.fired_s - label.onset_s, flag))
             continue
-        cover = next((f for f in true_flags if f.scenario == label.scenario and f.detector == label.detector
-                      and f.subject == label.subject and f.fired_s < label.onset_s
-                      and (f.resolved_s is None or f.resolved_s > label.onset_s)), None)
+        cover = next(
+            (
+                f
+                for f in true_flags
+                if f.scenario == label.scenario
+                and f.detector == label.detector
+                and f.subject == label.subject
+                and f.fired_s < label.onset_s
+                and (f.resolved_s is None or f.resolved_s > label.onset_s)
+            ),
+            None,
+        )
         if cover is not None:
             label_results.append(LabelResult(label, True, 0.0, cover, covered=True))
         else:

@@ -15,9 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from rich.console import Console
 
@@ -48,8 +48,9 @@ class Processes:
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", *args], env={**self.env, **(env or {})}, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpcinsight.cli", *args], env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+        )
         self.children[name] = proc
         return proc
 
@@ -84,15 +85,26 @@ def start_broker(stack: ExitStack, settings: Settings, console: Console) -> Sett
 
 def child_env(settings: Settings) -> dict[str, str]:
     """The environment of the pipeline's processes: the same broker, prefix, data dir and store as ``settings``."""
-    env = {**os.environ, "KAFKA_BOOTSTRAP": settings.kafka.bootstrap or "", "PYTHONUNBUFFERED": "1",
-           "HPCINSIGHT_DATA_DIR": str(settings.data_dir), "HPCINSIGHT_TOPIC_PREFIX": settings.kafka.topic_prefix}
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": settings.kafka.bootstrap or "",
+        "PYTHONUNBUFFERED": "1",
+        "HPCINSIGHT_DATA_DIR": str(settings.data_dir),
+        "HPCINSIGHT_TOPIC_PREFIX": settings.kafka.topic_prefix,
+    }
     if settings.clickhouse.embedded:
         env["CLICKHOUSE_URL"] = settings.clickhouse.url
     return env
 
 
-def wait_drained(procs: Processes, settings: Settings, worker_inputs: list[Topic], job_wait_s: float,
-                 timeout_s: float = 120.0, settled: Callable[[], bool] | None = None) -> None:
+def wait_drained(
+    procs: Processes,
+    settings: Settings,
+    worker_inputs: list[Topic],
+    job_wait_s: float,
+    timeout_s: float = 120.0,
+    settled: Callable[[], bool] | None = None,
+) -> None:
     """Wait until the worker has read ``worker_inputs``, its job stage has let its last windows go and
     the sink has stored every stored topic; a child that dies meanwhile raises with its log. The job
     stage's last windows wait ``job_wait_s`` for GPUs that stopped, unless ``settled()`` (asked while

@@ -63,7 +63,7 @@ def _rows(path: Path) -> io.TextIOBase:
         handle = tar.extractfile(member)
         assert handle is not None
         return io.TextIOWrapper(handle, encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115 - closed by the caller
+    return open(path, encoding="utf-8")
 
 
 def read(spec: TraceSpec, base: Path) -> Trace:

@@ -13,12 +13,13 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from hpcinsight import __version__
-from hpcinsight.core.settings import ConfigError, load
 from hpcinsight.core.metrics import add_arguments as add_metrics_arguments
+from hpcinsight.core.settings import ConfigError, load
 
 
 def _stop_on_signals() -> threading.Event:
@@ -53,8 +54,15 @@ def cmd_topics(args: argparse.Namespace) -> int:
         table.add_column(col)
     for r in rows:
         hours = r["retention_hours"]
-        table.add_row(r["topic"], f"{r['schema']} v{r['version']}", r["key"], str(r["partitions"]),
-                      f"{hours / 24:g} d" if hours >= 24 else f"{hours:g} h", r["table"] or "-", r["doc"])
+        table.add_row(
+            r["topic"],
+            f"{r['schema']} v{r['version']}",
+            r["key"],
+            str(r["partitions"]),
+            f"{hours / 24:g} d" if hours >= 24 else f"{hours:g} h",
+            r["table"] or "-",
+            r["doc"],
+        )
     make_console().print(table)
     return 0
 
@@ -100,14 +108,28 @@ def cmd_agent(args: argparse.Namespace) -> int:
     collectors = build_collectors(tables)
     ensure_topics(conf, settings.kafka.topic_prefix)
     name = args.name or backend
-    delivery = Delivery(conf, Path(args.spool_dir) if args.spool_dir else settings.data_dir / "spool" / name,
-                        max_spool_bytes=int(args.spool_mb * 2**20))
+    delivery = Delivery(
+        conf,
+        Path(args.spool_dir) if args.spool_dir else settings.data_dir / "spool" / name,
+        max_spool_bytes=int(args.spool_mb * 2**20),
+    )
     stats = AgentStats()
     metrics = Metrics(args.metrics_port, stats, delivery, host=args.metrics_host) if args.metrics_port else None
     try:
-        run_agent(collectors, delivery, settings.kafka.topic_prefix, interval_s=args.interval, ticks=args.ticks,
-                  speed=args.speed, stop=stop, agent_name=name, node=args.node, stats=stats, start_ms=args.start_ms,
-                  catch_up=args.catch_up)
+        run_agent(
+            collectors,
+            delivery,
+            settings.kafka.topic_prefix,
+            interval_s=args.interval,
+            ticks=args.ticks,
+            speed=args.speed,
+            stop=stop,
+            agent_name=name,
+            node=args.node,
+            stats=stats,
+            start_ms=args.start_ms,
+            catch_up=args.catch_up,
+        )
     finally:
         for collector in collectors:
             collector.close()
@@ -115,10 +137,18 @@ def cmd_agent(args: argparse.Namespace) -> int:
         if metrics is not None:
             metrics.close()
     d = delivery.stats
-    summary = {"ticks": stats.ticks, "skipped_ticks": stats.skipped_ticks, "messages": stats.messages, "records": stats.records,
-               "delivered": d.delivered, "spilled": d.spilled, "dropped": d.dropped + delivery.spool.dropped,
-               "failed": d.failed, "drained": drained,
-               "topics": {name: {"messages": m, "records": r} for name, (m, r) in stats.by_topic.items()}}
+    summary = {
+        "ticks": stats.ticks,
+        "skipped_ticks": stats.skipped_ticks,
+        "messages": stats.messages,
+        "records": stats.records,
+        "delivered": d.delivered,
+        "spilled": d.spilled,
+        "dropped": d.dropped + delivery.spool.dropped,
+        "failed": d.failed,
+        "drained": drained,
+        "topics": {name: {"messages": m, "records": r} for name, (m, r) in stats.by_topic.items()},
+    }
     print(json.dumps(summary), flush=True)
     return 0 if drained and summary["dropped"] == 0 else 1
 
@@ -141,11 +171,18 @@ AGENT_FLAG_SETTINGS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 #: what --backend and --scheduler choose (none: no such collector)
 AGENT_BACKENDS = {"sim": "gpu_sim", "nvml": "gpu_nvml", "none": None}
-AGENT_SCHEDULERS = {"trace": "scheduler_trace", "kubernetes": "scheduler_kubernetes", "slurm": "scheduler_slurm",
-                    "sim": "scheduler_sim", "none": None}
+AGENT_SCHEDULERS = {
+    "trace": "scheduler_trace",
+    "kubernetes": "scheduler_kubernetes",
+    "slurm": "scheduler_slurm",
+    "sim": "scheduler_sim",
+    "none": None,
+}
 
 
-def agent_collector_tables(args: argparse.Namespace, file_tables: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict[str, dict[str, Any]]]:
+def agent_collector_tables(
+    args: argparse.Namespace, file_tables: Mapping[str, Mapping[str, Any]]
+) -> tuple[str, dict[str, dict[str, Any]]]:
     """The agent's backend name and its ``{kind: settings}``: the config file's ``[agent.collectors]``
     tables with the flags given on the command line over them (the agent's parser leaves a flag that
     was not given at None). ``--backend`` and ``--scheduler`` choose the GPU and scheduler kinds,
@@ -155,10 +192,19 @@ def agent_collector_tables(args: argparse.Namespace, file_tables: Mapping[str, M
     file_gpu = next((b for b, kind in AGENT_BACKENDS.items() if kind and kind in tables), "none" if tables else "sim")
     backend = args.backend or file_gpu
     if args.scenario:
-        if (args.backend not in (None, "sim") or args.ib or args.scheduler not in (None, "none") or args.fault or args.ib_fault
-                or args.xid or args.idle):
-            raise ValueError("--scenario brings its own sim GPUs, IB ports, scheduler, steps and faults: "
-                             "give it without --backend other than sim, --ib, --scheduler, --fault, --ib-fault, --xid, --idle")
+        if (
+            args.backend not in (None, "sim")
+            or args.ib
+            or args.scheduler not in (None, "none")
+            or args.fault
+            or args.ib_fault
+            or args.xid
+            or args.idle
+        ):
+            raise ValueError(
+                "--scenario brings its own sim GPUs, IB ports, scheduler, steps and faults: "
+                "give it without --backend other than sim, --ib, --scheduler, --fault, --ib-fault, --xid, --idle"
+            )
         tables["scenario"] = {"names": list(args.scenario)}
         return args.backend or "sim", tables
     if args.backend is not None:
@@ -188,8 +234,8 @@ def agent_collector_tables(args: argparse.Namespace, file_tables: Mapping[str, M
 
 # --- worker ---------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
-    from hpcinsight.schemas.catalog import ensure_topics
     from hpcinsight.core.durations import parse_ms
+    from hpcinsight.schemas.catalog import ensure_topics
     from hpcinsight.streams.app import WorkerOptions, parse_windows, run_worker
     from hpcinsight.streams.detectors import build as build_detectors
 
@@ -199,10 +245,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = load()
     try:  # options first: a typo is said at once, not after the broker answered
         options = WorkerOptions(
-            windows=parse_windows(args.windows, "--windows"), lateness_s=seconds("--lateness"),
-            since_start_every_s=seconds("--since-start-every"), checkpoint_every_s=seconds("--checkpoint-every"),
-            replay_margin_s=seconds("--replay-margin"), kpi_interval_s=seconds("--kpi-interval"),
-            kpi_lateness_s=seconds("--kpi-lateness"), job_wait_s=seconds("--job-wait"), instance=args.instance,
+            windows=parse_windows(args.windows, "--windows"),
+            lateness_s=seconds("--lateness"),
+            since_start_every_s=seconds("--since-start-every"),
+            checkpoint_every_s=seconds("--checkpoint-every"),
+            replay_margin_s=seconds("--replay-margin"),
+            kpi_interval_s=seconds("--kpi-interval"),
+            kpi_lateness_s=seconds("--kpi-lateness"),
+            job_wait_s=seconds("--job-wait"),
+            instance=args.instance,
         )
         options.processor_config()
         build_detectors(settings.detectors)
@@ -214,8 +265,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     def serve_metrics(app: Any) -> None:
         from hpcinsight.core import metrics
 
-        metrics.serve(args, app.hpcinsight_metrics,
-                      metrics.lag_source(f"{settings.kafka.topic_prefix}worker", lambda: app.hpcinsight_lag))
+        metrics.serve(
+            args, app.hpcinsight_metrics, metrics.lag_source(f"{settings.kafka.topic_prefix}worker", lambda: app.hpcinsight_lag)
+        )
 
     run_worker(settings, options, loglevel=args.loglevel, on_app=serve_metrics)
     return 0
@@ -247,8 +299,17 @@ def cmd_sink(args: argparse.Namespace) -> int:
         if server is not None:
             server.close()
     client.close()
-    print(json.dumps({"rows": dict(stats.rows), "batches": stats.batches, "dead_letters": stats.dead_letters,
-                      "resumed_from_store": stats.resumed_from_store}), flush=True)
+    print(
+        json.dumps(
+            {
+                "rows": dict(stats.rows),
+                "batches": stats.batches,
+                "dead_letters": stats.dead_letters,
+                "resumed_from_store": stats.resumed_from_store,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 
@@ -268,8 +329,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     conf = settings.kafka.client_config()
     ensure_topics(conf, settings.kafka.topic_prefix)
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(settings.data_dir)
-    router = AlertRouter(config, conf, settings.kafka.topic_prefix,
-                         RouterOptions(state_dir, reset_state=args.reset_state, config_path=Path(args.config)))
+    router = AlertRouter(
+        config,
+        conf,
+        settings.kafka.topic_prefix,
+        RouterOptions(state_dir, reset_state=args.reset_state, config_path=Path(args.config)),
+    )
     signal.signal(signal.SIGHUP, lambda *_: router.request_reload())  # read the file again; a bad one is refused
     from hpcinsight.core import metrics
 
@@ -339,9 +404,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(
         load(),
         DemoOptions(
-            duration_s=args.duration, nodes=args.nodes, gpus=args.gpus, idle=args.idle, interval_s=args.interval,
-            speed=args.speed, windows=args.windows, seed=args.seed, xid=args.xid, faults=args.fault,
-            ib_faults=args.ib_fault, webhook=args.webhook, alerts_config=args.alerts_config,
+            duration_s=args.duration,
+            nodes=args.nodes,
+            gpus=args.gpus,
+            idle=args.idle,
+            interval_s=args.interval,
+            speed=args.speed,
+            windows=args.windows,
+            seed=args.seed,
+            xid=args.xid,
+            faults=args.fault,
+            ib_faults=args.ib_fault,
+            webhook=args.webhook,
+            alerts_config=args.alerts_config,
         ),
     )
 
@@ -355,23 +430,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(line)
         return 0
 
-    return run_eval(EvalOptions(scenarios=args.scenario, out_dir=Path(args.out), speed=args.speed, plots=not args.no_plots,
-                                job_wait_s=args.job_wait, rescore=args.rescore))
+    return run_eval(
+        EvalOptions(
+            scenarios=args.scenario,
+            out_dir=Path(args.out),
+            speed=args.speed,
+            plots=not args.no_plots,
+            job_wait_s=args.job_wait,
+            rescore=args.rescore,
+        )
+    )
 
 
 def _add_sim_args(p: argparse.ArgumentParser, idle_default: list[str]) -> None:
     p.add_argument("--nodes", type=int, default=4, help="simulated nodes (default 4)")
     p.add_argument("--gpus", type=int, default=8, help="GPUs per simulated node (default 8)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed")
-    p.add_argument("--idle", action="append", default=idle_default, metavar="NODE:GPU[@START-END]",
-                   help="make a GPU idle (seconds since start), e.g. 1:3@0-40; repeatable")
-    p.add_argument("--xid", action="append", default=[], metavar="NODE:GPU@SECONDS:XID[xN]",
-                   help="inject an XID error into the simulated cluster, e.g. 0:5@30:79; repeatable")
-    p.add_argument("--fault", action="append", default=[], metavar="KIND:NODE:GPU[@START[-END]]",
-                   help="inject a GPU fault (thermal, power, ecc, remap, clock, slow), e.g. thermal:0:3@30-90 or ecc:1:0@45; "
-                   "repeatable")
-    p.add_argument("--ib-fault", action="append", default=[], metavar="degrade:NODE@START-END|flap:NODE:PORT@SECONDS",
-                   help="inject an InfiniBand fault (with --ib), e.g. degrade:2@60-120 or flap:1:3@45; repeatable")
+    p.add_argument(
+        "--idle",
+        action="append",
+        default=idle_default,
+        metavar="NODE:GPU[@START-END]",
+        help="make a GPU idle (seconds since start), e.g. 1:3@0-40; repeatable",
+    )
+    p.add_argument(
+        "--xid",
+        action="append",
+        default=[],
+        metavar="NODE:GPU@SECONDS:XID[xN]",
+        help="inject an XID error into the simulated cluster, e.g. 0:5@30:79; repeatable",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND:NODE:GPU[@START[-END]]",
+        help="inject a GPU fault (thermal, power, ecc, remap, clock, slow), e.g. thermal:0:3@30-90 or ecc:1:0@45; repeatable",
+    )
+    p.add_argument(
+        "--ib-fault",
+        action="append",
+        default=[],
+        metavar="degrade:NODE@START-END|flap:NODE:PORT@SECONDS",
+        help="inject an InfiniBand fault (with --ib), e.g. degrade:2@60-120 or flap:1:3@45; repeatable",
+    )
     p.add_argument("--interval", type=float, default=1.0, help="sampling interval in seconds (default 1)")
     p.add_argument("--speed", type=float, default=1.0, help="run the sample clock this many times faster than real time")
 
@@ -395,22 +497,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=90.0, help="seconds of sampling (default 90)")
     _add_sim_args(p, idle_default=[])
     p.add_argument("--windows", default="20s/10s,1m/10s", help="sliding quantile windows as SIZE/HOP (default 20s/10s,1m/10s)")
-    p.add_argument("--webhook", default=None, metavar="URL",
-                   help="also run the alert router and post the alerts here (Slack, Discord, Teams Workflows, "
-                   "or any URL: Alertmanager-format JSON)")
+    p.add_argument(
+        "--webhook",
+        default=None,
+        metavar="URL",
+        help="also run the alert router and post the alerts here (Slack, Discord, Teams Workflows, "
+        "or any URL: Alertmanager-format JSON)",
+    )
     p.add_argument("--alerts-config", default=None, metavar="FILE", help="also run the alert router with this configuration")
 
     p = add("eval", cmd_eval, "score every detector on the labelled fault scenarios, through the real pipeline")
-    p.add_argument("--scenario", action="append", default=[], metavar="NAME|FILE",
-                   help="a scenario of the library or a YAML file (default: the whole library); repeatable")
+    p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="NAME|FILE",
+        help="a scenario of the library or a YAML file (default: the whole library); repeatable",
+    )
     p.add_argument("--out", default="eval-results", help="folder for results.md, results.csv, plots and the store")
     p.add_argument("--speed", type=float, default=5.0, help="sim seconds per wall second (default 5)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG per scenario")
-    p.add_argument("--job-wait", type=float, default=60.0,
-                   help="seconds the job stage waits for a job's late GPUs (default 60: at 5x on a busy machine partitions "
-                   "fall tens of seconds of sim time apart)")
-    p.add_argument("--rescore", action="store_true",
-                   help="score the run stored in --out again (after editing labels) instead of running the pipeline")
+    p.add_argument(
+        "--job-wait",
+        type=float,
+        default=60.0,
+        help="seconds the job stage waits for a job's late GPUs (default 60: at 5x on a busy machine partitions "
+        "fall tens of seconds of sim time apart)",
+    )
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the run stored in --out again (after editing labels) instead of running the pipeline",
+    )
     p.add_argument("--list", action="store_true", help="list the library's scenarios and exit")
 
     p = add("topics", cmd_topics, "print the topic catalog (topics, schemas, keys, partitions, retention, tables)")
@@ -419,13 +537,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
 
     p = add("agent", cmd_agent, "sample GPUs and send one message per node per tick to Kafka")
-    p.add_argument("--backend", choices=("sim", "nvml", "none"), default="sim",
-                   help="GPUs: sim (simulated cluster), nvml (this node's GPUs) or none")
+    p.add_argument(
+        "--backend",
+        choices=("sim", "nvml", "none"),
+        default="sim",
+        help="GPUs: sim (simulated cluster), nvml (this node's GPUs) or none",
+    )
     p.add_argument("--ib", action="store_true", help="also sample InfiniBand ports: from sysfs, or simulated with --backend sim")
     p.add_argument("--ib-root", default="/sys/class/infiniband", help="sysfs root of the InfiniBand devices")
-    p.add_argument("--scheduler", choices=("none", "trace", "kubernetes", "slurm", "sim"), default="none",
-                   help="also report job events: replay the openb trace, watch Kubernetes pods, poll Slurm, "
-                   "or the sim cluster's nodes and job")
+    p.add_argument(
+        "--scheduler",
+        choices=("none", "trace", "kubernetes", "slurm", "sim"),
+        default="none",
+        help="also report job events: replay the openb trace, watch Kubernetes pods, poll Slurm, "
+        "or the sim cluster's nodes and job",
+    )
     p.add_argument("--trace-dir", default="../shared/data/alibaba-openb-2023", help="openb trace folder (--scheduler trace)")
     p.add_argument("--trace-speedup", type=float, default=60.0, help="trace seconds per wall second (--scheduler trace)")
     p.add_argument("--trace-limit", type=int, default=None, help="replay only the first N pods (--scheduler trace)")
@@ -438,34 +564,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=300, help="on exit, wait this long for Kafka to take the backlog")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (default 127.0.0.1; 0.0.0.0 in a pod)")
-    p.add_argument("--scenario", action="append", default=[], metavar="NAME|FILE",
-                   help="simulate a scenario (a YAML file, or a name from the library: see `hpcinsight eval --list`): "
-                   "its cluster, jobs, IB ports, scheduler events, training steps and faults; repeatable")
-    p.add_argument("--start-ms", type=int, default=None,
-                   help="stamp the first tick with this epoch-ms time and advance the sim clock from it")
-    p.add_argument("--catch-up", action="store_true",
-                   help="never skip a tick that overran (fall behind real time instead): the same samples on any machine")
+    p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="NAME|FILE",
+        help="simulate a scenario (a YAML file, or a name from the library: see `hpcinsight eval --list`): "
+        "its cluster, jobs, IB ports, scheduler events, training steps and faults; repeatable",
+    )
+    p.add_argument(
+        "--start-ms",
+        type=int,
+        default=None,
+        help="stamp the first tick with this epoch-ms time and advance the sim clock from it",
+    )
+    p.add_argument(
+        "--catch-up",
+        action="store_true",
+        help="never skip a tick that overran (fall behind real time instead): the same samples on any machine",
+    )
     _add_sim_args(p, idle_default=[])
     # A collector flag left out stays None, so the config file's [agent.collectors] settings show through
     # (agent_collector_tables); the defaults the help states are the collector configs' own.
-    p.set_defaults(backend=None, scheduler=None, ib_root=None, trace_dir=None, trace_speedup=None, nodes=None, gpus=None,
-                   seed=None, idle=None, xid=None, fault=None, ib_fault=None)
+    p.set_defaults(
+        backend=None,
+        scheduler=None,
+        ib_root=None,
+        trace_dir=None,
+        trace_speedup=None,
+        nodes=None,
+        gpus=None,
+        seed=None,
+        idle=None,
+        xid=None,
+        fault=None,
+        ib_fault=None,
+    )
 
     p = add("worker", cmd_worker, "run the Faust stream worker (validation, quantiles, detectors)")
-    p.add_argument("--windows", default="1m/10s,5m/1m,1h/20m",
-                   help="sliding quantile windows as SIZE/HOP, comma-separated (default 1m/10s,5m/1m,1h/20m)")
+    p.add_argument(
+        "--windows",
+        default="1m/10s,5m/1m,1h/20m",
+        help="sliding quantile windows as SIZE/HOP, comma-separated (default 1m/10s,5m/1m,1h/20m)",
+    )
     p.add_argument("--since-start-every", default="60s", help="emit the since-job-start quantiles this often (default 60s)")
     p.add_argument("--lateness", default="2s", help="use samples up to this late, count and drop later ones (default 2s)")
-    p.add_argument("--checkpoint-every", default="60s",
-                   help="checkpoint each series' sketches this often; a restart replays about this much (default 60s)")
-    p.add_argument("--job-wait", default="10s",
-                   help="a job window missing some GPUs' sketches waits this long (processing time) for them (default 10s)")
+    p.add_argument(
+        "--checkpoint-every",
+        default="60s",
+        help="checkpoint each series' sketches this often; a restart replays about this much (default 60s)",
+    )
+    p.add_argument(
+        "--job-wait",
+        default="10s",
+        help="a job window missing some GPUs' sketches waits this long (processing time) for them (default 10s)",
+    )
     p.add_argument("--kpi-interval", default="60s", help="scheduling KPIs per interval of this length (default 60s)")
-    p.add_argument("--kpi-lateness", default="10s",
-                   help="a KPI interval waits this long after its end for late scheduler events, then closes; "
-                   "later ones count in the next interval (default 10s; raise it for a scheduler that reports late)")
-    p.add_argument("--replay-margin", default="30s",
-                   help="on restart, replay this much before the oldest checkpoint (agent-to-broker delay, clock skew)")
+    p.add_argument(
+        "--kpi-lateness",
+        default="10s",
+        help="a KPI interval waits this long after its end for late scheduler events, then closes; "
+        "later ones count in the next interval (default 10s; raise it for a scheduler that reports late)",
+    )
+    p.add_argument(
+        "--replay-margin",
+        default="30s",
+        help="on restart, replay this much before the oldest checkpoint (agent-to-broker delay, clock skew)",
+    )
     p.add_argument("--loglevel", default="WARNING")
     p.add_argument("--instance", default="0", help="static group member id; give each worker of a group its own")
     add_metrics_arguments(p, "worker")
@@ -482,8 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate the configuration, print the routing and exit")
     p.add_argument("--state-dir", default=None, help="router state (default: $HPCINSIGHT_DATA_DIR/alerts)")
     p.add_argument("--reset-state", action="store_true", help="forget the state (what was sent, open groups) and start over")
-    p.add_argument("--idle-exit", type=float, default=None,
-                   help="exit after this many seconds without data and with nothing left to send")
+    p.add_argument(
+        "--idle-exit", type=float, default=None, help="exit after this many seconds without data and with nothing left to send"
+    )
     add_metrics_arguments(p, "alert router")
 
     p = add("silence", cmd_silence, "add, list or expire silences of the alert router (through Kafka)")
@@ -494,33 +660,62 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("query", cmd_query, "run a query of the library (sinks/queries/*.sql) or SQL against ClickHouse, read-only")
     p.add_argument("query", nargs="?", help="a library query (see --list) or a SQL SELECT")
     p.add_argument("--list", action="store_true", help="describe the library's queries and their parameters")
-    p.add_argument("--param", action="append", default=[], metavar="K=V",
-                   help="query parameter, checked against the query's header and bound server-side; repeatable")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="query parameter, checked against the query's header and bound server-side; repeatable",
+    )
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
-    p = add("diagnose", cmd_diagnose, "why is a job slow or stuck: suspects with evidence and next steps, correlated "
-            "metrics, timeline (from the query library)")
+    p = add(
+        "diagnose",
+        cmd_diagnose,
+        "why is a job slow or stuck: suspects with evidence and next steps, correlated "
+        "metrics, timeline (from the query library)",
+    )
     p.add_argument("job", help="the job id")
-    p.add_argument("--since", default=None, metavar="DURATION", help="only the job's last DURATION (90s, 15m, 2h, 1d); "
-                   "default: since it started")
-    p.add_argument("--plots", default=None, metavar="DIR", help="also write PNG figures there: per-GPU utilisation, "
-                   "step time per rank, IB throughput per node")
+    p.add_argument(
+        "--since",
+        default=None,
+        metavar="DURATION",
+        help="only the job's last DURATION (90s, 15m, 2h, 1d); default: since it started",
+    )
+    p.add_argument(
+        "--plots",
+        default=None,
+        metavar="DIR",
+        help="also write PNG figures there: per-GPU utilisation, step time per rank, IB throughput per node",
+    )
     p.add_argument("--format", choices=("text", "json"), default="text")
 
-    p = add("replay", cmd_replay, "feed recorded data (step times, GPU utilisation, a scheduler trace) from CSV files "
-            "through the real pipeline and print what it found")
+    p = add(
+        "replay",
+        cmd_replay,
+        "feed recorded data (step times, GPU utilisation, a scheduler trace) from CSV files "
+        "through the real pipeline and print what it found",
+    )
     from hpcinsight.harness.replay import add_arguments as add_replay_arguments
 
     add_replay_arguments(p)
 
-    p = add("whatif", cmd_whatif, "what a placement or queueing policy would have given on the cluster's jobs: "
-            "replay a trace (fill, or with times) or the stored scheduler events under several policies")
+    p = add(
+        "whatif",
+        cmd_whatif,
+        "what a placement or queueing policy would have given on the cluster's jobs: "
+        "replay a trace (fill, or with times) or the stored scheduler events under several policies",
+    )
     from hpcinsight.whatif_cli import add_arguments as add_whatif_arguments
 
     add_whatif_arguments(p)
 
-    p = add("serve", cmd_serve, "the Insight API (REST + OpenAPI), live Server-Sent Events per view, and the unit view "
-            "page, fed from the topics; read-only (HPCINSIGHT_API_TOKEN: bearer token)")
+    p = add(
+        "serve",
+        cmd_serve,
+        "the Insight API (REST + OpenAPI), live Server-Sent Events per view, and the unit view "
+        "page, fed from the topics; read-only (HPCINSIGHT_API_TOKEN: bearer token)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument("--frame-interval", type=float, default=1.0, help="seconds between live updates of a view (default 1)")
@@ -532,13 +727,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("kafka", cmd_kafka, "run a local Kafka broker, or a KRaft cluster of several, from Maven Central jars")
     p.add_argument("action", choices=("run", "fetch"), help="run: start and wait for Ctrl-C; fetch: download the jars only")
-    p.add_argument("--port", type=int, default=None, help="the broker's port (default: a free one, or the one its data dir last used)")
-    p.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="log dirs here, kept on stop; a later run on DIR starts with its data (default: a temporary dir, deleted)")
-    p.add_argument("--keep-data", action="store_true",
-                   help="keep the data on stop (without --data-dir: in $HPCINSIGHT_DATA_DIR/kafka)")
-    p.add_argument("--brokers", type=int, default=1,
-                   help="KRaft nodes (broker+controller each); 3: replication 3, min.insync.replicas 2 (default 1)")
+    p.add_argument(
+        "--port", type=int, default=None, help="the broker's port (default: a free one, or the one its data dir last used)"
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="log dirs here, kept on stop; a later run on DIR starts with its data (default: a temporary dir, deleted)",
+    )
+    p.add_argument(
+        "--keep-data", action="store_true", help="keep the data on stop (without --data-dir: in $HPCINSIGHT_DATA_DIR/kafka)"
+    )
+    p.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="KRaft nodes (broker+controller each); 3: replication 3, min.insync.replicas 2 (default 1)",
+    )
     return parser
 
 
@@ -546,15 +752,36 @@ def build_parser() -> argparse.ArgumentParser:
 # step client only; and the extra that brings each optional module, for a command whose options
 # need one more (diagnose --plots). A command started without them says so in one line.
 _COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
-    "worker": ("pipeline",), "sink": ("store",), "db": ("store",), "query": ("store",), "diagnose": ("store",),
-    "topics": ("store",), "serve": ("web",), "alerts": ("alerts",),
-    "demo": ("all",), "eval": ("all",), "replay": ("all",), "whatif": ("all",),
+    "worker": ("pipeline",),
+    "sink": ("store",),
+    "db": ("store",),
+    "query": ("store",),
+    "diagnose": ("store",),
+    "topics": ("store",),
+    "serve": ("web",),
+    "alerts": ("alerts",),
+    "demo": ("all",),
+    "eval": ("all",),
+    "replay": ("all",),
+    "whatif": ("all",),
 }
 _MODULE_EXTRA = {
-    "faust": "pipeline", "mode": "pipeline", "aiokafka": "pipeline", "datasketches": "pipeline", "numpy": "pipeline",
-    "clickhouse_connect": "store", "chdb": "store", "pyarrow": "store", "rich": "store",
-    "fastapi": "web", "uvicorn": "web", "fastapi_offline": "web", "apprise": "alerts", "requests": "alerts",
-    "matplotlib": "plots", "kubernetes": "k8s",
+    "faust": "pipeline",
+    "mode": "pipeline",
+    "aiokafka": "pipeline",
+    "datasketches": "pipeline",
+    "numpy": "pipeline",
+    "clickhouse_connect": "store",
+    "chdb": "store",
+    "pyarrow": "store",
+    "rich": "store",
+    "fastapi": "web",
+    "uvicorn": "web",
+    "fastapi_offline": "web",
+    "apprise": "alerts",
+    "requests": "alerts",
+    "matplotlib": "plots",
+    "kubernetes": "k8s",
 }
 
 
@@ -568,8 +795,10 @@ def missing_extra(command: str, err: ModuleNotFoundError) -> str | None:
     if not module or module == "hpcinsight" or not extras:
         return None
     names = " and ".join(f"'{e}'" for e in extras)
-    return (f"hpcinsight {command} needs the {names} extra{'s' if len(extras) > 1 else ''} "
-            f"(no module named {module!r} here): pip install 'hpcinsight[{','.join(extras)}]'")
+    return (
+        f"hpcinsight {command} needs the {names} extra{'s' if len(extras) > 1 else ''} "
+        f"(no module named {module!r} here): pip install 'hpcinsight[{','.join(extras)}]'"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(line, file=sys.stderr)
         return 2
-    except Exception as err:  # noqa: BLE001 - turn known service errors into one clear line
+    except Exception as err:
         from confluent_kafka import KafkaException
 
         refused: tuple[type[BaseException], ...] = ()

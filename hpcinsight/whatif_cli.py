@@ -41,17 +41,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="whatif_mode", required=True, metavar="MODE")
 
     def common(q: argparse.ArgumentParser, default_policy: str) -> None:
-        q.add_argument("--policy", default=default_policy,
-                       help="comma list of: random, firstfit, bestfit, mostallocated, leastallocated, dotprod, "
-                            "gpupacking, gpuclustering, fgd (NAME+profile: hosts typed by resource profile) "
-                            f"(default {default_policy})")
+        q.add_argument(
+            "--policy",
+            default=default_policy,
+            help="comma list of: random, firstfit, bestfit, mostallocated, leastallocated, dotprod, "
+            "gpupacking, gpuclustering, fgd (NAME+profile: hosts typed by resource profile) "
+            f"(default {default_policy})",
+        )
         q.add_argument("--format", choices=FORMATS, default="table")
         q.add_argument("--plots", default=None, metavar="DIR", help="also write PNG figures there")
         q.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
-    f = sub.add_parser("fill", help="the FGD authors' fill experiment: shuffled, inflated arrivals, no departures",
-                       description="Pods arrive in a shuffled order (per seed), inflated past the cluster's GPUs, and "
-                                   "never leave; allocation is recorded at each percent of arrived GPU demand.")
+    f = sub.add_parser(
+        "fill",
+        help="the FGD authors' fill experiment: shuffled, inflated arrivals, no departures",
+        description="Pods arrive in a shuffled order (per seed), inflated past the cluster's GPUs, and "
+        "never leave; allocation is recorded at each percent of arrived GPU demand.",
+    )
     f.add_argument("pods", help="pods CSV (openb: name, cpu_milli, memory_mib, num_gpu, gpu_milli[, gpu_spec])")
     f.add_argument("nodes", help="nodes CSV (openb: sn, cpu_milli, memory_mib, gpu, model)")
     common(f, "random,dotprod,gpuclustering,gpupacking,bestfit,fgd")
@@ -59,16 +65,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--inflate", type=float, default=1.3, help="inflate demand to this multiple of the GPUs (default 1.3)")
     f.add_argument("--procs", type=int, default=2, help="processes, at most 2 (default 2)")
 
-    t = sub.add_parser("trace", help="event-driven replay of a trace with submit and end times, with queueing",
-                       description="Jobs arrive at their creation time, run for their recorded duration, and wait "
-                                   "in a queue when nothing fits.")
+    t = sub.add_parser(
+        "trace",
+        help="event-driven replay of a trace with submit and end times, with queueing",
+        description="Jobs arrive at their creation time, run for their recorded duration, and wait in a queue when nothing fits.",
+    )
     t.add_argument("pods", help="pods CSV with creation_time, scheduled_time, deletion_time (openb)")
     t.add_argument("nodes", help="nodes CSV")
     common(t, "random,mostallocated,bestfit,fgd")
     _add_event_args(t)
 
-    s = sub.add_parser("store", help="replay the scheduler events and node inventory stored in ClickHouse",
-                       description="Reads scheduler_events and node_inventory for a time range and replays them.")
+    s = sub.add_parser(
+        "store",
+        help="replay the scheduler events and node inventory stored in ClickHouse",
+        description="Reads scheduler_events and node_inventory for a time range and replays them.",
+    )
     s.add_argument("--since", required=True, help="start: ISO time or a duration back from now (2h, 7d)")
     s.add_argument("--until", default=None, help="end: ISO time or a duration back from now (default now)")
     s.add_argument("--source", default=None, help="only events of this source (openb, kubernetes, slurm)")
@@ -78,16 +89,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_event_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--queue", default="fifo", help="comma list of: fifo, random (the waiting pool), priority (default fifo)")
-    q.add_argument("--weights", default=None, metavar="K=V,...",
-                   help="priority weights: size, wait, urgent, qos (see docs/whatif.md)")
-    q.add_argument("--gang", choices=("zone", "none"), default="zone",
-                   help="gang jobs all-or-nothing within one zone, or task by task (default zone)")
-    q.add_argument("--reserve-gpus", type=int, default=0, metavar="N",
-                   help="hold nodes for a waiting job asking at least N GPUs (0: no reservations)")
+    q.add_argument(
+        "--weights", default=None, metavar="K=V,...", help="priority weights: size, wait, urgent, qos (see docs/whatif.md)"
+    )
+    q.add_argument(
+        "--gang",
+        choices=("zone", "none"),
+        default="zone",
+        help="gang jobs all-or-nothing within one zone, or task by task (default zone)",
+    )
+    q.add_argument(
+        "--reserve-gpus",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold nodes for a waiting job asking at least N GPUs (0: no reservations)",
+    )
     q.add_argument("--seed", type=int, default=42)
     q.add_argument("--limit", type=int, default=None, help="replay only the first N jobs")
-    q.add_argument("--nodes-every", type=int, default=1, metavar="K",
-                   help="keep every K-th node only (a light trace on a smaller cluster, to see contention)")
+    q.add_argument(
+        "--nodes-every",
+        type=int,
+        default=1,
+        metavar="K",
+        help="keep every K-th node only (a light trace on a smaller cluster, to see contention)",
+    )
     q.add_argument("--as-recorded", action="store_true", help="also report the jobs as they actually ran (recorded start times)")
 
 
@@ -105,8 +131,14 @@ def _progress(total: int, enabled: bool):
         return None, None
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), transient=True, console=_stderr_console())
+    prog = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        transient=True,
+        console=_stderr_console(),
+    )
     task = prog.add_task("whatif", total=total)
     return prog, task
 
@@ -138,7 +170,7 @@ def _run_fill(args: argparse.Namespace) -> int:
     done = None
     if prog is not None:
         prog.start()
-        done = lambda r: prog.update(task, advance=1, description=f"{r.policy} seed {r.seed}")  # noqa: E731
+        done = lambda r: prog.update(task, advance=1, description=f"{r.policy} seed {r.seed}")
     try:
         results = run_many(jobs, nodes, policies, seeds, inflate=args.inflate, procs=args.procs, done=done)
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ def _instant(text: str, now: float, setting: str) -> float:
     except ValueError:
         raise WhatifError(f"expected an ISO time or a duration (2h, 7d), got {text!r}") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -88,15 +88,19 @@ def run_events(args: argparse.Namespace, settings_loader: Any) -> int:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True,
-                            console=Console(file=sys.stderr))
+        progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True, console=Console(file=sys.stderr)
+        )
         progress.start()
     try:
         for p, q in runs:
             task = progress.add_task(f"{p}/{q}", total=1.0) if progress else None
-            tick = (lambda frac, task=task: progress.update(task, completed=frac)) if progress else None  # noqa: E731
-            sim = EventSim(nodes, jobs, EventConfig(policy=p, queue=q, weights=weights, gang=args.gang,
-                                                    reserve_gpus=args.reserve_gpus, seed=args.seed))
+            tick = (lambda frac, task=task: progress.update(task, completed=frac)) if progress else None
+            sim = EventSim(
+                nodes,
+                jobs,
+                EventConfig(policy=p, queue=q, weights=weights, gang=args.gang, reserve_gpus=args.reserve_gpus, seed=args.seed),
+            )
             reports.append(sim.run(tick))
             series.append(sim.series)
             if progress:

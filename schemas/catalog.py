@@ -71,7 +71,7 @@ class Topic:
     doc: str
     table: Table | None = None
     compacted: bool = False  # keep the latest message of each key, not a time window
-    codec: Codec = field(init=False, repr=False, compare=False)
+    codec: Codec[Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "codec", Codec(self.event))
@@ -81,90 +81,167 @@ class Topic:
 
 
 GPU_SAMPLES_RAW = Topic(
-    "gpu.samples.raw", GpuSample, key="node", partitions=6, retention_ms=DAY_MS,
+    "gpu.samples.raw",
+    GpuSample,
+    key="node",
+    partitions=6,
+    retention_ms=DAY_MS,
     doc="What agents read from NVML, one message per node per tick; not yet validated.",
 )
 GPU_SAMPLES = Topic(
-    "gpu.samples", GpuSample, key="node", partitions=6, retention_ms=DAY_MS,
+    "gpu.samples",
+    GpuSample,
+    key="node",
+    partitions=6,
+    retention_ms=DAY_MS,
     doc="Validated GPU samples, attributed to the job (user, team, zone) holding each GPU, as stored.",
     table=Table("gpu_samples", order_by=("node", "gpu_index", "ts"), time_column="ts", bloom_filters=("job_id",)),
 )
 GPU_QUANTILES = Topic(
-    "gpu.quantiles", GpuQuantiles, key="node", partitions=6, retention_ms=7 * DAY_MS,
+    "gpu.quantiles",
+    GpuQuantiles,
+    key="node",
+    partitions=6,
+    retention_ms=7 * DAY_MS,
     doc="p25/p50/p95 of GPU metrics per sliding window (1m, 5m, 1h) and since the job started.",
-    table=Table("gpu_quantiles", order_by=("node", "gpu_index", "metric", "window", "window_end"), time_column="window_end",
-                ttl_days=365, bloom_filters=("job_id",)),
+    table=Table(
+        "gpu_quantiles",
+        order_by=("node", "gpu_index", "metric", "window", "window_end"),
+        time_column="window_end",
+        ttl_days=365,
+        bloom_filters=("job_id",),
+    ),
 )
 ANOMALIES = Topic(
-    "anomalies", Anomaly, key="subject", partitions=3, retention_ms=30 * DAY_MS,
+    "anomalies",
+    Anomaly,
+    key="subject",
+    partitions=3,
+    retention_ms=30 * DAY_MS,
     doc="Flags raised by detectors, firing then resolved, with a stable id.",
-    table=Table("anomalies", order_by=("kind", "subject", "id", "state"), time_column="ts", ttl_days=365, bloom_filters=("job_id",)),
+    table=Table(
+        "anomalies", order_by=("kind", "subject", "id", "state"), time_column="ts", ttl_days=365, bloom_filters=("job_id",)
+    ),
 )
 DEAD_LETTERS = Topic(
-    "dead.letters", DeadLetter, key="source topic", partitions=1, retention_ms=30 * DAY_MS,
+    "dead.letters",
+    DeadLetter,
+    key="source topic",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
     doc="Messages no stage could use, kept whole with the reason.",
-    table=Table("dead_letters", order_by=("source_topic", "source_partition", "source_offset", "stage"), time_column="ts", ttl_days=90),
+    table=Table(
+        "dead_letters", order_by=("source_topic", "source_partition", "source_offset", "stage"), time_column="ts", ttl_days=90
+    ),
 )
 
 IB_SAMPLES_RAW = Topic(
-    "ib.samples.raw", IbSample, key="node", partitions=6, retention_ms=DAY_MS,
+    "ib.samples.raw",
+    IbSample,
+    key="node",
+    partitions=6,
+    retention_ms=DAY_MS,
     doc="What agents read from InfiniBand sysfs, one message per node per tick; not yet validated.",
 )
 IB_SAMPLES = Topic(
-    "ib.samples", IbSample, key="node", partitions=6, retention_ms=DAY_MS,
+    "ib.samples",
+    IbSample,
+    key="node",
+    partitions=6,
+    retention_ms=DAY_MS,
     doc="InfiniBand port state, throughput and error counts per node per tick, attributed to jobs.",
     table=Table("ib_samples", order_by=("node", "device", "port", "ts"), time_column="ts", bloom_filters=("job_id",)),
 )
 # Six partitions keyed by job like gpu.sketches: the job stage sees a job's end where it merges its GPUs.
 SCHEDULER_EVENTS = Topic(
-    "scheduler.events", SchedulerEvent, key="job_id", partitions=6, retention_ms=30 * DAY_MS,
+    "scheduler.events",
+    SchedulerEvent,
+    key="job_id",
+    partitions=6,
+    retention_ms=30 * DAY_MS,
     doc="Job submitted, scheduled, started, finished, preempted, deleted (Kubernetes, Slurm, traces).",
     table=Table("scheduler_events", order_by=("job_id", "kind", "ts", "ifNull(name, '')"), time_column="ts", ttl_days=365),
 )
 NODE_INVENTORY = Topic(
-    "node.inventory", NodeInventory, key="node", partitions=1, retention_ms=30 * DAY_MS,
+    "node.inventory",
+    NodeInventory,
+    key="node",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
     doc="What each node has (GPUs, CPUs, memory) and its zone/pool labels.",
     table=Table("node_inventory", order_by=("node", "ts"), time_column="ts", ttl_days=365),
 )
 STEP_METRICS_RAW = Topic(
-    "step.metrics.raw", StepMetric, key="job_id", partitions=6, retention_ms=7 * DAY_MS,
+    "step.metrics.raw",
+    StepMetric,
+    key="job_id",
+    partitions=6,
+    retention_ms=7 * DAY_MS,
     doc="What training processes report, per rank and step; not yet validated.",
 )
 STEP_METRICS = Topic(
-    "step.metrics", StepMetric, key="job_id", partitions=6, retention_ms=7 * DAY_MS,
+    "step.metrics",
+    StepMetric,
+    key="job_id",
+    partitions=6,
+    retention_ms=7 * DAY_MS,
     doc="Per-rank training step durations and phases, validated and attributed (user, team).",
     table=Table("step_metrics", order_by=("job_id", "rank", "step"), time_column="ts", ttl_days=90),
 )
 AGENT_HEALTH = Topic(
-    "agent.health", AgentHealth, key="node", partitions=1, retention_ms=7 * DAY_MS,
+    "agent.health",
+    AgentHealth,
+    key="node",
+    partitions=1,
+    retention_ms=7 * DAY_MS,
     doc="Agents' own counters: samples taken, sent, spilled to disk, dropped; errors.",
     table=Table("agent_health", order_by=("node", "agent", "ts"), time_column="ts", ttl_days=90),
 )
 GPU_PROCESSES = Topic(
-    "gpu.processes", GpuProcess, key="node", partitions=6, retention_ms=DAY_MS,
+    "gpu.processes",
+    GpuProcess,
+    key="node",
+    partitions=6,
+    retention_ms=DAY_MS,
     doc="Processes on each GPU per tick: memory, SM share, and the container/pod/Slurm job they belong to.",
     table=Table("gpu_processes", order_by=("node", "gpu_uuid", "ts", "pid"), time_column="ts"),
 )
 # XIDs are rare and are the history a hardware claim (RMA) is argued from: kept a year.
 # ``seq`` is in the key so repeated identical XIDs are not collapsed (see XidEvent).
 GPU_XID = Topic(
-    "gpu.xid", XidEvent, key="node", partitions=6, retention_ms=30 * DAY_MS,
+    "gpu.xid",
+    XidEvent,
+    key="node",
+    partitions=6,
+    retention_ms=30 * DAY_MS,
     doc="Every XID error the driver reported, one record per occurrence.",
     table=Table("xid_events", order_by=("node", "gpu_uuid", "ts", "seq"), time_column="ts", ttl_days=365),
 )
 
 # Keyed by job: the per-GPU stage (partitioned by node) hands sketches to the job stage.
 GPU_SKETCHES = Topic(
-    "gpu.sketches", GpuSketch, key="job_id", partitions=6, retention_ms=DAY_MS,
+    "gpu.sketches",
+    GpuSketch,
+    key="job_id",
+    partitions=6,
+    retention_ms=DAY_MS,
     doc="Internal: per-GPU KLL sketches per window, keyed by job, merged by the job stage.",
 )
 JOB_QUANTILES = Topic(
-    "job.quantiles", JobQuantiles, key="job_id", partitions=6, retention_ms=7 * DAY_MS,
+    "job.quantiles",
+    JobQuantiles,
+    key="job_id",
+    partitions=6,
+    retention_ms=7 * DAY_MS,
     doc="p25/p50/p95 of GPU metrics over all GPUs of a job: merged sketches, per window and since start.",
     table=Table("job_quantiles", order_by=("job_id", "metric", "window", "window_end"), time_column="window_end", ttl_days=365),
 )
 SCHEDULING_KPIS = Topic(
-    "scheduling.kpis", SchedulingKpi, key="kpi", partitions=1, retention_ms=30 * DAY_MS,
+    "scheduling.kpis",
+    SchedulingKpi,
+    key="kpi",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
     doc="Allocation rate, queue wait, fragmentation and usage by team/user/model/zone, over time.",
     table=Table("scheduling_kpis", order_by=("kpi", "dimension", "group", "ts"), time_column="ts", ttl_days=365),
 )
@@ -172,21 +249,47 @@ SCHEDULING_KPIS = Topic(
 # Compacted, partitioned like the raw samples: a worker assigned raw partition p reads back the
 # checkpoints of partition p and replays the raw samples after them.
 STREAM_STATE = Topic(
-    "streams.state", StateCheckpoint, key="series", partitions=6, retention_ms=7 * DAY_MS, compacted=True,
+    "streams.state",
+    StateCheckpoint,
+    key="series",
+    partitions=6,
+    retention_ms=7 * DAY_MS,
+    compacted=True,
     doc="Internal: checkpoints of the stream processor's rolling sketches, one per series (compacted).",
 )
 
 # Compacted: the latest record of each silence is its state. The alert router follows it from the
 # start; `hpcinsight silence add|list|expire` write and read it. Not stored in ClickHouse.
 ALERT_SILENCES = Topic(
-    "alerts.silences", Silence, key="id", partitions=1, retention_ms=30 * DAY_MS, compacted=True,
+    "alerts.silences",
+    Silence,
+    key="id",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+    compacted=True,
     doc="Silences of the alert router (matchers, start, end, author, comment), one per id (compacted).",
 )
 
 TOPICS: tuple[Topic, ...] = (
-    GPU_SAMPLES_RAW, GPU_SAMPLES, GPU_QUANTILES, ANOMALIES, DEAD_LETTERS,
-    IB_SAMPLES_RAW, IB_SAMPLES, SCHEDULER_EVENTS, NODE_INVENTORY, STEP_METRICS_RAW, STEP_METRICS, AGENT_HEALTH,
-    GPU_PROCESSES, GPU_XID, GPU_SKETCHES, JOB_QUANTILES, SCHEDULING_KPIS, STREAM_STATE, ALERT_SILENCES,
+    GPU_SAMPLES_RAW,
+    GPU_SAMPLES,
+    GPU_QUANTILES,
+    ANOMALIES,
+    DEAD_LETTERS,
+    IB_SAMPLES_RAW,
+    IB_SAMPLES,
+    SCHEDULER_EVENTS,
+    NODE_INVENTORY,
+    STEP_METRICS_RAW,
+    STEP_METRICS,
+    AGENT_HEALTH,
+    GPU_PROCESSES,
+    GPU_XID,
+    GPU_SKETCHES,
+    JOB_QUANTILES,
+    SCHEDULING_KPIS,
+    STREAM_STATE,
+    ALERT_SILENCES,
 )
 STORED: tuple[Topic, ...] = tuple(t for t in TOPICS if t.table is not None)
 
@@ -213,9 +316,15 @@ def describe(prefix: str) -> list[dict[str, Any]]:
 
     return [
         {
-            "topic": t.full_name(prefix), "schema": t.event.__schema__, "version": t.event.__version__, "key": t.key,
-            "partitions": t.partitions, "retention_hours": t.retention_ms / 3_600_000,
-            "table": t.table.name if t.table else None, "fields": [f.name for f in fields_of(t.event)], "doc": t.doc,
+            "topic": t.full_name(prefix),
+            "schema": t.event.__schema__,
+            "version": t.event.__version__,
+            "key": t.key,
+            "partitions": t.partitions,
+            "retention_hours": t.retention_ms / 3_600_000,
+            "table": t.table.name if t.table else None,
+            "fields": [f.name for f in fields_of(t.event)],
+            "doc": t.doc,
         }
         for t in TOPICS
     ]

@@ -23,7 +23,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -69,9 +69,9 @@ class Codec(Generic[E]):
             [("schema", str), ("v", int), ("records", list[event])],  # type: ignore[valid-type]
             frozen=True,
         )
-        self._decoder = msgspec.json.Decoder(envelope)
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(envelope)  # a struct type built at run time
         self._envelope = envelope
-        self._bulk: _BulkDecoder | None | bool = False  # built on first use: agents never need it
+        self._bulk: _BulkDecoder | None | Literal[False] = False  # built on first use: agents never need it
 
     def encode(self, records: list[E]) -> bytes:
         return _encoder.encode(self._envelope(self.event.__schema__, self.event.__version__, records))
@@ -128,8 +128,10 @@ class Codec(Generic[E]):
         if self._bulk is not None and len(raws) >= _BULK_MIN:
             try:
                 got = self._bulk.decode(raws)
-            except Exception:  # noqa: BLE001 - a bug here must cost speed, not the sink
-                log.exception("bulk decoding of %d %s messages failed; decoding them one by one", len(raws), self.event.__schema__)
+            except Exception:
+                log.exception(
+                    "bulk decoding of %d %s messages failed; decoding them one by one", len(raws), self.event.__schema__
+                )
         rejected: list[tuple[int, str]] = []
         if got is not None:
             table, owner = got
@@ -194,9 +196,15 @@ class _BulkDecoder:
             only = msgspec.defstruct(
                 f"{event.__name__}Projection",
                 [(r.field.name, hints[r.field.name], _default_of(spec[r.field.name])) for r in projected],
-                bases=(Event,) if floats else (), kw_only=True, forbid_unknown_fields=False, frozen=True, gc=False,
+                bases=(Event,) if floats else (),
+                kw_only=True,
+                forbid_unknown_fields=False,
+                frozen=True,
+                gc=False,
             )
-            self._projection = msgspec.json.Decoder(msgspec.defstruct(f"{event.__name__}ProjectionBatch", [("records", list[only])]))
+            self._projection = msgspec.json.Decoder(
+                msgspec.defstruct(f"{event.__name__}ProjectionBatch", [("records", list[only])])  # type: ignore[valid-type]  # a struct type built at run time
+            )
         # pyarrow.json reads an absent field and an explicit null alike; for a field that may be
         # absent (it has a default) but must not be null, the null is looked for in the text.
         defaulted = [re.escape(r.field.name) for r in read if r.default is not msgspec.NODEFAULT]
@@ -286,7 +294,8 @@ class _BulkDecoder:
         rows = [r for batch in batches for r in batch]
         return {
             rule.field.name: arrow_values(rule.field, [getattr(r, rule.field.name) for r in rows])
-            for rule in self.rules if rule.value is None
+            for rule in self.rules
+            if rule.value is None
         }
 
 
@@ -305,7 +314,6 @@ def _all(mask: Any) -> bool:
 def _column(rule: WireRule, values: pa.ChunkedArray) -> pa.ChunkedArray | None:
     """``values`` as read, checked against ``rule`` and cast to the field's Arrow type; None if
     any value breaks the rule."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     if values.null_count:
@@ -315,6 +323,8 @@ def _column(rule: WireRule, values: pa.ChunkedArray) -> pa.ChunkedArray | None:
             values = _fill(values, rule.default)
         else:
             return None  # a required field absent, or null
+    if rule.value is None:  # no column-wise rule: such fields are decoded by msgspec, never here
+        return None
     if not _values_ok(rule.value, values):
         return None
     target = rule.field.column.arrow

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any, Iterable, Sequence, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import msgspec
 import msgspec.inspect as mi
@@ -35,7 +36,7 @@ class Field:
         if not self.nullable:
             return ch
         if ch.startswith("LowCardinality("):  # ClickHouse nests it the other way round
-            return f"LowCardinality(Nullable({ch[len('LowCardinality('):-1]}))"
+            return f"LowCardinality(Nullable({ch[len('LowCardinality(') : -1]}))"
         return f"Nullable({ch})"
 
     @property
@@ -143,20 +144,28 @@ class WireRule:
 
 
 def _value_rule(info: Any, target: pa.DataType) -> ValueRule | None:
-    bounds = {"ge": getattr(info, "ge", None), "gt": getattr(info, "gt", None),
-              "le": getattr(info, "le", None), "lt": getattr(info, "lt", None)}
+    bounds = {
+        "ge": getattr(info, "ge", None),
+        "gt": getattr(info, "gt", None),
+        "le": getattr(info, "le", None),
+        "lt": getattr(info, "lt", None),
+    }
+
+    def numbers(read_type: pa.DataType, finite: bool = False) -> ValueRule:
+        return ValueRule(read_type, ge=bounds["ge"], gt=bounds["gt"], le=bounds["le"], lt=bounds["lt"], finite=finite)
+
     if isinstance(info, mi.IntType) and info.multiple_of is None:
         if pa.types.is_integer(target) or pa.types.is_timestamp(target):
-            return ValueRule(pa.int64(), **bounds)
+            return numbers(pa.int64())
     elif isinstance(info, mi.FloatType) and info.multiple_of is None:
         if pa.types.is_floating(target):
-            return ValueRule(pa.float64(), finite=True, **bounds)
+            return numbers(pa.float64(), finite=True)
     elif isinstance(info, mi.StrType) and info.pattern is None:
         if pa.types.is_string(target):
             return ValueRule(pa.string(), min_length=info.min_length, max_length=info.max_length)
     elif isinstance(info, mi.LiteralType) and all(isinstance(v, str) for v in info.values):
         if pa.types.is_string(target):
-            return ValueRule(pa.string(), values=tuple(info.values))
+            return ValueRule(pa.string(), values=tuple(str(v) for v in info.values))
     elif isinstance(info, mi.BoolType):
         if pa.types.is_boolean(target):
             return ValueRule(pa.bool_())
@@ -181,8 +190,9 @@ def wire_rules(event: type[Event]) -> tuple[WireRule, ...] | None:
             return None
         kind, nullable = wire.type, False
         if isinstance(kind, mi.UnionType):
-            members = [t for t in kind.types if not isinstance(t, mi.NoneType)]
-            kind, nullable = (members[0] if len(members) == 1 else kind), len(members) < len(kind.types)
+            union = kind
+            members = [t for t in union.types if not isinstance(t, mi.NoneType)]
+            kind, nullable = (members[0] if len(members) == 1 else union), len(members) < len(union.types)
         value = _value_rule(kind, f.column.arrow)
         default = wire.default if wire.default_factory is msgspec.NODEFAULT else wire.default_factory()
         if nullable and default not in (None, msgspec.NODEFAULT):

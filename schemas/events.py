@@ -26,12 +26,12 @@ from hpcinsight.schemas.columns import (
     Mhz,
     Percent,
     Real,
+    StringMap,
     Text,
     TimestampMs,
     UInt8,
     UInt32,
     UInt64,
-    StringMap,
     Watts,
 )
 
@@ -341,8 +341,18 @@ class DeadLetter(Event, frozen=True):
     raw_sha256: Label | None = None
 
     @classmethod
-    def of(cls, *, ts: int, source_topic: str, source_partition: int, source_offset: int, stage: str, reason: str,
-           raw: bytes | None, key: bytes | None = None) -> DeadLetter:
+    def of(
+        cls,
+        *,
+        ts: int,
+        source_topic: str,
+        source_partition: int,
+        source_offset: int,
+        stage: str,
+        reason: str,
+        raw: bytes | None,
+        key: bytes | None = None,
+    ) -> DeadLetter:
         """A dead letter that always encodes and fits a Kafka message, whatever it is about."""
         import hashlib
 
@@ -351,10 +361,16 @@ class DeadLetter(Event, frozen=True):
         if len(reason) > DEAD_LETTER_REASON_MAX:
             reason = reason[: DEAD_LETTER_REASON_MAX - 1] + "\u2026"
         return cls(
-            ts=ts, source_topic=_label(source_topic), source_partition=max(0, source_partition),
-            source_offset=max(0, source_offset), stage=_label(stage), reason=reason or "unknown",
-            raw=raw[:DEAD_LETTER_RAW_MAX], key=None if key is None else bytes(key[:DEAD_LETTER_KEY_MAX]),
-            raw_size=len(raw), raw_sha256=hashlib.sha256(raw).hexdigest(),
+            ts=ts,
+            source_topic=_label(source_topic),
+            source_partition=max(0, source_partition),
+            source_offset=max(0, source_offset),
+            stage=_label(stage),
+            reason=reason or "unknown",
+            raw=raw[:DEAD_LETTER_RAW_MAX],
+            key=None if key is None else bytes(key[:DEAD_LETTER_KEY_MAX]),
+            raw_size=len(raw),
+            raw_sha256=hashlib.sha256(raw).hexdigest(),
         )
 
 
@@ -512,6 +528,20 @@ class Silence(Event, frozen=True):
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (
-    GpuSample, GpuQuantiles, Anomaly, DeadLetter, IbSample, SchedulerEvent, NodeInventory, StepMetric, AgentHealth,
-    GpuProcess, XidEvent, JobQuantiles, GpuSketch, SchedulingKpi, StateCheckpoint, Silence,
+    GpuSample,
+    GpuQuantiles,
+    Anomaly,
+    DeadLetter,
+    IbSample,
+    SchedulerEvent,
+    NodeInventory,
+    StepMetric,
+    AgentHealth,
+    GpuProcess,
+    XidEvent,
+    JobQuantiles,
+    GpuSketch,
+    SchedulingKpi,
+    StateCheckpoint,
+    Silence,
 )

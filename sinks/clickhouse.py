@@ -11,8 +11,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -96,7 +97,7 @@ def while_store_refuses(call: Callable[[], Any], stop: threading.Event) -> Any:
         except (ClickHouseError, ConnectionError, OSError) as err:
             if stop.is_set():
                 raise
-            delay = min(30.0, 2.0 ** attempt)
+            delay = min(30.0, 2.0**attempt)
             attempt += 1
             first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             logging.getLogger("hpcinsight.sink").warning("ClickHouse refused at start (%s); trying again in %.0f s", first, delay)

@@ -35,7 +35,6 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from hpcinsight.core.consumer import ConsumerStats, DeadLetterOut, TopicSink
 from hpcinsight.core.kafka import new_consumer, new_producer
-
 from hpcinsight.schemas.catalog import DEAD_LETTERS, GPU_SAMPLES, STORED, Topic
 from hpcinsight.schemas.events import DeadLetter
 from hpcinsight.sinks.replays import SeriesWatermarks
@@ -102,8 +101,13 @@ def insert_settings(topic: Topic, table: pa.Table) -> dict[str, Any]:
     spans = table.group_by("_partition").aggregate([("_offset", "min"), ("_offset", "max")])
     ranges = sorted(zip(*(spans.column(c).to_pylist() for c in ("_partition", "_offset_min", "_offset_max"))))
     token = topic.name + "/" + ",".join(f"{p}:{lo}-{hi}" for p, lo, hi in ranges)
-    return {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1,
-            "throw_on_max_partitions_per_insert_block": 0, "optimize_on_insert": 0, "parallel_view_processing": 1}
+    return {
+        "insert_deduplication_token": token,
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+        "throw_on_max_partitions_per_insert_block": 0,
+        "optimize_on_insert": 0,
+        "parallel_view_processing": 1,
+    }
 
 
 class TableWriter:
@@ -115,8 +119,9 @@ class TableWriter:
     insert in flight, raising its error if it failed, and then runs its ``on_done``.
     """
 
-    def __init__(self, client: Client, background: bool = True, rows: dict[str, int] | None = None,
-                 stats: SinkStats | None = None) -> None:
+    def __init__(
+        self, client: Client, background: bool = True, rows: dict[str, int] | None = None, stats: SinkStats | None = None
+    ) -> None:
         self.client = client
         self.rows: dict[str, int] = rows if rows is not None else defaultdict(int)  # rows inserted, per table
         self.stats = stats if stats is not None else SinkStats(rows=self.rows)
@@ -129,7 +134,9 @@ class TableWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sink-insert") if background else None
         self._inflight: tuple[Future[None], Callable[[], None] | None] | None = None
 
-    def add(self, topic: Topic, raws: Sequence[bytes | None], partitions: Sequence[int], offsets: Sequence[int]) -> list[tuple[int, str]]:
+    def add(
+        self, topic: Topic, raws: Sequence[bytes | None], partitions: Sequence[int], offsets: Sequence[int]
+    ) -> list[tuple[int, str]]:
         """Decode and hold one block of ``topic``'s messages; returns the (index, reason) of each
         message that could not be decoded."""
         decoded = topic.codec.decode_table(
@@ -202,15 +209,21 @@ class TableWriter:
                 if attempt:
                     log.warning("insert into %s succeeded after %d retries", name, attempt)
                 return
-            except Exception as err:  # noqa: BLE001 - any refusal: the rows stay ours until stored
+            except Exception as err:
                 if self.give_up.is_set():
                     raise
                 delay = backoff_s(attempt)
                 attempt += 1
                 self.stats.insert_retries += 1
                 first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-                log.warning("insert of %d rows into %s failed (try %d): %s; trying again in %.0f s",
-                            table.num_rows, name, attempt, first, delay)
+                log.warning(
+                    "insert of %d rows into %s failed (try %d): %s; trying again in %.0f s",
+                    table.num_rows,
+                    name,
+                    attempt,
+                    first,
+                    delay,
+                )
                 if self.give_up.wait(delay):
                     raise
 
@@ -251,8 +264,10 @@ class ClickHouseSink(TopicSink):
         self.prefix = topic_prefix
         self._topics: dict[str, Topic] = {f"{topic_prefix}{t.name}": t for t in STORED}
         self._consumer_config = consumer_config
-        self.dead_letter_out = DeadLetterOut(new_producer(consumer_config, until_delivered=True),  # retried until delivered
-                                             DEAD_LETTERS.full_name(topic_prefix))
+        self.dead_letter_out = DeadLetterOut(
+            new_producer(consumer_config, until_delivered=True),  # retried until delivered
+            DEAD_LETTERS.full_name(topic_prefix),
+        )
         self._writer = TableWriter(client, rows=self.stats.rows, stats=self.stats)
         # the raw table the rollups aggregate: the worker's replays must not reach it twice
         self._replays = SeriesWatermarks(GPU_SAMPLES.table.name)  # type: ignore[union-attr]
@@ -264,9 +279,12 @@ class ClickHouseSink(TopicSink):
 
     def new_consumer(self) -> Consumer:
         options = self.options
-        return new_consumer(self._consumer_config, f"{self.prefix}{options.group_id}",
-                            instance_id=f"{self.prefix}{options.group_id}-{options.instance_id}" if options.instance_id else None,
-                            extra={"session.timeout.ms": 15_000})
+        return new_consumer(
+            self._consumer_config,
+            f"{self.prefix}{options.group_id}",
+            instance_id=f"{self.prefix}{options.group_id}-{options.instance_id}" if options.instance_id else None,
+            extra={"session.timeout.ms": 15_000},
+        )
 
     def take_partitions(self, consumer: Consumer, first: bool) -> None:
         self._assigned_at = None
@@ -285,9 +303,13 @@ class ClickHouseSink(TopicSink):
                 for tp in committed:
                     stored = self._stored_max_offset(tp.topic, tp.partition, max(tp.offset, 0))
                     if stored is not None and stored + 1 > tp.offset:
-                        log.warning("resuming %s[%d] at %d from ClickHouse (Kafka had %d)", tp.topic, tp.partition, stored + 1, tp.offset)
+                        log.warning(
+                            "resuming %s[%d] at %d from ClickHouse (Kafka had %d)", tp.topic, tp.partition, stored + 1, tp.offset
+                        )
                         tp.offset = stored + 1
                         self.stats.resumed_from_store += 1
+                        # the group learns it too, even if no new message comes to carry a commit
+                        self.owe({(tp.topic, tp.partition): tp.offset})
                 consumer.assign(committed)
                 self._assigned_at = time.monotonic()
                 self.paused = False
@@ -415,17 +437,26 @@ class ClickHouseSink(TopicSink):
             ("hpcinsight_sink_commit_failures", st.commit_failures, "offset commits that failed"),
             ("hpcinsight_sink_consumer_restarts", st.consumer_restarts, "consumers replaced after a fatal error"),
             ("hpcinsight_sink_resumed_from_store", st.resumed_from_store, "partitions resumed from ClickHouse's offsets"),
-            ("hpcinsight_sink_replays_dropped", self._replays.dropped,
-             "GPU samples the worker forwarded again after a restart, kept out of the rollups"),
+            (
+                "hpcinsight_sink_replays_dropped",
+                self._replays.dropped,
+                "GPU samples the worker forwarded again after a restart, kept out of the rollups",
+            ),
         ):
             yield CounterMetricFamily(name, doc, value=value)
-        yield GaugeMetricFamily("hpcinsight_sink_pending_rows", "rows decoded and waiting for an insert",
-                                value=self._writer.pending_rows)
-        yield GaugeMetricFamily("hpcinsight_sink_paused", "1 while consumption is paused for a slow store",
-                                value=int(self.paused))
+        yield GaugeMetricFamily(
+            "hpcinsight_sink_pending_rows", "rows decoded and waiting for an insert", value=self._writer.pending_rows
+        )
+        yield GaugeMetricFamily(
+            "hpcinsight_sink_paused", "1 while consumption is paused for a slow store", value=int(self.paused)
+        )
         buckets = [(("+Inf" if b == float("inf") else repr(b)), n) for b, n in st.insert_buckets.items()]
-        yield HistogramMetricFamily("hpcinsight_sink_insert_seconds", "time to insert one batch (all its tables)",
-                                    buckets=buckets, sum_value=st.insert_seconds)
+        yield HistogramMetricFamily(
+            "hpcinsight_sink_insert_seconds",
+            "time to insert one batch (all its tables)",
+            buckets=buckets,
+            sum_value=st.insert_seconds,
+        )
 
     # -- decode and deliver: a block of each topic at a time, straight into Arrow ------------
     def take(self, messages: Sequence[Message]) -> None:
@@ -440,12 +471,15 @@ class ClickHouseSink(TopicSink):
                 rejected = self._writer.add(
                     self._topics[name], [m.value() for m in block], [m.partition() for m in block], [m.offset() for m in block]
                 )
-            except Exception:  # noqa: BLE001 - a decoder fault: find the message by trying them one by one
+            except Exception:
                 log.exception("decoding a block of %d %s messages failed; trying them one at a time", len(block), name)
                 rejected = []
                 for i, m in enumerate(block):
                     try:
-                        rejected.extend((i, reason) for _, reason in self._writer.add(self._topics[name], [m.value()], [m.partition()], [m.offset()]))
+                        rejected.extend(
+                            (i, reason)
+                            for _, reason in self._writer.add(self._topics[name], [m.value()], [m.partition()], [m.offset()])
+                        )
                     except Exception as err:  # noqa: BLE001 - this one message is the culprit
                         rejected.append((i, f"undecodable: {type(err).__name__}: {err}"))
             for index, reason in rejected:
@@ -457,20 +491,39 @@ class ClickHouseSink(TopicSink):
 
     def refuse(self, msg: Message, reason: str) -> None:
         if msg.topic() == DEAD_LETTERS.full_name(self.prefix):
-            log.error("undecodable dead letter at %s[%d]@%d dropped from storage: %s", msg.topic(), msg.partition(), msg.offset(), reason)
+            log.error(
+                "undecodable dead letter at %s[%d]@%d dropped from storage: %s",
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                reason,
+            )
             return
         super().refuse(msg, reason)
 
     def letter(self, msg: Message, reason: str) -> bytes:
-        return DEAD_LETTERS.codec.encode([DeadLetter.of(
-            ts=int(time.time() * 1000), source_topic=msg.topic(), source_partition=msg.partition(),
-            source_offset=msg.offset(), stage="sink", reason=reason, raw=msg.value(), key=msg.key(),
-        )])
+        return DEAD_LETTERS.codec.encode(
+            [
+                DeadLetter.of(
+                    ts=int(time.time() * 1000),
+                    source_topic=msg.topic(),
+                    source_partition=msg.partition(),
+                    source_offset=msg.offset(),
+                    stage="sink",
+                    reason=reason,
+                    raw=msg.value(),
+                    key=msg.key(),
+                )
+            ]
+        )
 
     def _due(self) -> bool:
         if self._batch_started is None:
             return False
-        return self._writer.pending_rows >= self.options.batch_rows or time.monotonic() - self._batch_started >= self.options.batch_age_s
+        return (
+            self._writer.pending_rows >= self.options.batch_rows
+            or time.monotonic() - self._batch_started >= self.options.batch_age_s
+        )
 
     def flush(self, wait: bool = True) -> None:
         """Insert every pending batch, then commit the offsets of everything consumed.

@@ -26,11 +26,14 @@ def schema_status(client: Any) -> list[tuple[int, str, bool]]:
 def report_lines(report: MigrationReport) -> list[str]:
     """What a migration run changed, one line each, ending with the schema's version."""
     lines = [f"migration {version}: {name}: applied" for version, name in report.applied]
-    lines += [f"table {table}: TTL {f'{was} days' if was else 'none'} -> {f'{now} days' if now else 'none (kept forever)'}"
-              for table, was, now in report.ttl_changed]
+    lines += [
+        f"table {table}: TTL {f'{was} days' if was else 'none'} -> {f'{now} days' if now else 'none (kept forever)'}"
+        for table, was, now in report.ttl_changed
+    ]
     lines += [f"view {name}: set to this build's definition" for name in report.views_replaced]
-    lines.append(f"schema at version {report.version}: nothing to do" if not report.applied
-                 else f"schema at version {report.version}")
+    lines.append(
+        f"schema at version {report.version}: nothing to do" if not report.applied else f"schema at version {report.version}"
+    )
     return lines
 
 

@@ -41,26 +41,25 @@ HARDWARE_SCORE = 1000.0
 
 NEXT_STEP = {
     "drain": "drain node {node} (the GPU needs a reset or replacement), e.g. `scontrol update nodename={node} state=drain "
-             "reason=\"{why}\"`, then run `dcgmi diag -r 3` before returning it",
+    'reason="{why}"`, then run `dcgmi diag -r 3` before returning it',
     "ecc": "drain node {node}: uncorrectable ECC errors on {gpu}; reset the GPU to apply row remapping, replace it if "
-           "remapping failed",
+    "remapping failed",
     "remap": "schedule a GPU reset on node {node} (rows are waiting to be remapped); drain it if remapping failed",
     "thermal": "check the cooling of node {node} (fans, inlet temperature, airflow around {gpu}); the GPU slows itself down",
     "power": "check the power cap and supply of node {node} (`nvidia-smi -q -d POWER`): {gpu} runs at its limit",
     "clock": "reset the application clocks of {gpu} on node {node} (`nvidia-smi -rgc`): they are locked low",
     "health": "inspect {gpu} on node {node} (`nvidia-smi -q`, `dcgmi diag -r 2`): the health detector flagged it",
     "outlier": "compare {gpu} on node {node} with its peers (`nvidia-smi -q`, `dcgmi diag -r 2`); if it lags in other "
-               "jobs too, drain the node",
+    "jobs too, drain the node",
     "node": "check node {node} as a whole (CPU load, memory, NUMA binding, a noisy neighbour); drain it if it stays behind",
     "straggler": "the GPU of rank {rank} looks healthy: check the data loader, CPU and input pipeline of rank {rank} on "
-                 "node {node} (workers, storage reads, CPU pinning)",
+    "node {node} (workers, storage reads, CPU pinning)",
     "straggler_gpu": "rank {rank} runs on {gpu}, which the findings above name: fix those first",
-    "ib": "check the InfiniBand link of node {node}: cable, switch port and counters (`ibstat`, `perfquery -x`, "
-          "`ibdiagnet`)",
+    "ib": "check the InfiniBand link of node {node}: cable, switch port and counters (`ibstat`, `perfquery -x`, `ibdiagnet`)",
     "hang": "the job looks stuck: dump the ranks' stacks (`py-spy dump`), rerun with NCCL_DEBUG=INFO to find the "
-            "collective that waits",
+    "collective that waits",
     "underused": "right-size the request: p95 utilisation {p95:.0f} % on {gpus} GPUs; ask for fewer GPUs, or raise the "
-                 "batch size / data-loader workers",
+    "batch size / data-loader workers",
 }
 
 
@@ -112,8 +111,17 @@ def _anomalies(timeline: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
         if not m:
             continue
         kind, state, severity = m.groups()
-        entry = out.setdefault((kind, row["subject"]), {"kind": kind, "subject": row["subject"], "since": row["ts"],
-                                                         "severity": severity, "message": row["detail"], "state": state})
+        entry = out.setdefault(
+            (kind, row["subject"]),
+            {
+                "kind": kind,
+                "subject": row["subject"],
+                "since": row["ts"],
+                "severity": severity,
+                "message": row["detail"],
+                "state": state,
+            },
+        )
         entry["state"] = state
         if state == "firing":
             entry["message"] = row["detail"]
@@ -132,21 +140,42 @@ def _from_anomalies(incidents: dict, gpus: dict[str, dict[str, Any]]) -> list[Fi
         if kind == "gpu_xid":
             step = NEXT_STEP["drain" if inc["severity"] == "critical" else "outlier"]
         elif kind == "gpu_health":
-            known = {"ecc_uncorrectable": "ecc", "row_remap_pending": "remap", "row_remap_failure": "ecc",
-                     "thermal_throttle": "thermal", "power_throttle": "power", "clock_stuck_low": "clock"}
+            known = {
+                "ecc_uncorrectable": "ecc",
+                "row_remap_pending": "remap",
+                "row_remap_failure": "ecc",
+                "thermal_throttle": "thermal",
+                "power_throttle": "power",
+                "clock_stuck_low": "clock",
+            }
             step = NEXT_STEP[known.get(condition, "clock" if "sm clock" in inc["message"].lower() else "health")]
         elif kind == "hang":
-            found.append(Finding(inc["severity"], "job", subject, "the job looks hung", [when], NEXT_STEP["hang"],
-                                 HARDWARE_SCORE))
+            found.append(
+                Finding(inc["severity"], "job", subject, "the job looks hung", [when], NEXT_STEP["hang"], HARDWARE_SCORE)
+            )
             continue
         if step is None:
             continue  # outliers, stragglers, IB and under-use are judged from the data below, with these as evidence
         xid = re.match(r"XID (\d+)", inc["message"])
-        what = f"GPU {name}: " + (f"XID {xid.group(1)}" if kind == "gpu_xid" and xid else
-                                  condition.replace("_", " ") if condition else kind.replace("_", " "))
-        found.append(Finding(inc["severity"], "gpu", name, what, [when],
-                             step.format(node=node or "?", gpu=name, why=inc["message"][:60].replace('"', "'")),
-                             HARDWARE_SCORE, node))
+        what = f"GPU {name}: " + (
+            f"XID {xid.group(1)}"
+            if kind == "gpu_xid" and xid
+            else condition.replace("_", " ")
+            if condition
+            else kind.replace("_", " ")
+        )
+        found.append(
+            Finding(
+                inc["severity"],
+                "gpu",
+                name,
+                what,
+                [when],
+                step.format(node=node or "?", gpu=name, why=inc["message"][:60].replace('"', "'")),
+                HARDWARE_SCORE,
+                node,
+            )
+        )
     return found
 
 
@@ -159,9 +188,18 @@ def _outliers(rows: list[dict[str, Any]], incidents: dict, gpu_findings: set[str
     nodes_out = {n for n, rs in per_node.items() if len(rs) >= 2 and sum(r["outlying_buckets"] > 0 for r in rs) > len(rs) / 2}
     for node in sorted(nodes_out):
         rs = [r for r in per_node[node] if r["outlying_buckets"] > 0]
-        found.append(Finding("warning", "node", node, f"node {node}: {len(rs)} of {len(per_node[node])} GPUs out of line",
-                             [f"{_gpu_name(r)} util {r['util']} % vs peers {r['peers_util']} %" for r in rs[:4]],
-                             NEXT_STEP["node"].format(node=node), max(r["max_abs_z"] for r in rs), node))
+        found.append(
+            Finding(
+                "warning",
+                "node",
+                node,
+                f"node {node}: {len(rs)} of {len(per_node[node])} GPUs out of line",
+                [f"{_gpu_name(r)} util {r['util']} % vs peers {r['peers_util']} %" for r in rs[:4]],
+                NEXT_STEP["node"].format(node=node),
+                max(r["max_abs_z"] for r in rs),
+                node,
+            )
+        )
     for r in out:
         if r["node"] in nodes_out:
             continue
@@ -179,8 +217,18 @@ def _outliers(rows: list[dict[str, Any]], incidents: dict, gpu_findings: set[str
         step = NEXT_STEP["outlier"].format(node=r["node"], gpu=name)
         if r["gpu_uuid"] in gpu_findings:
             step = "see the hardware finding above for this GPU; " + step
-        found.append(Finding("warning", "gpu", name, f"GPU {name} lags its peers", evidence, step,
-                             r["max_abs_z"] * r["outlying_share"] + r["max_abs_z"] / 100, r["node"]))
+        found.append(
+            Finding(
+                "warning",
+                "gpu",
+                name,
+                f"GPU {name} lags its peers",
+                evidence,
+                step,
+                r["max_abs_z"] * r["outlying_share"] + r["max_abs_z"] / 100,
+                r["node"],
+            )
+        )
     return found
 
 
@@ -190,8 +238,9 @@ def _stragglers(rows: list[dict[str, Any]], suspects: set[str]) -> list[Finding]
     on its input pipeline."""
     per_rank: dict[int, dict[str, Any]] = {}
     for r in rows:
-        acc = per_rank.setdefault(r["rank"], {"node": r["node"], "local_rank": r["local_rank"], "steps": 0, "ratio": 0.0,
-                                              "slowest": 0.0})
+        acc = per_rank.setdefault(
+            r["rank"], {"node": r["node"], "local_rank": r["local_rank"], "steps": 0, "ratio": 0.0, "slowest": 0.0}
+        )
         acc["steps"] += r["steps"]
         acc["ratio"] += r["vs_median"] * r["steps"]
         acc["slowest"] += r["slowest_share"] * r["steps"]
@@ -202,11 +251,21 @@ def _stragglers(rows: list[dict[str, Any]], suspects: set[str]) -> list[Finding]
             continue
         own = f"{acc['node']}/gpu{acc['local_rank']}" if acc["local_rank"] is not None else acc["node"]
         key = "straggler_gpu" if own in suspects else "straggler"
-        found.append(Finding(
-            "warning", "rank", f"rank {rank}", f"rank {rank} on {acc['node']} is the straggler",
-            [f"{(ratio - 1) * 100:.0f} % slower than the median rank over {acc['steps']} steps, the slowest in "
-             f"{share * 100:.0f} % of them"],
-            NEXT_STEP[key].format(rank=rank, node=acc["node"], gpu=own), 5 * (ratio - 1) + share, acc["node"]))
+        found.append(
+            Finding(
+                "warning",
+                "rank",
+                f"rank {rank}",
+                f"rank {rank} on {acc['node']} is the straggler",
+                [
+                    f"{(ratio - 1) * 100:.0f} % slower than the median rank over {acc['steps']} steps, the slowest in "
+                    f"{share * 100:.0f} % of them"
+                ],
+                NEXT_STEP[key].format(rank=rank, node=acc["node"], gpu=own),
+                5 * (ratio - 1) + share,
+                acc["node"],
+            )
+        )
     return found
 
 
@@ -234,16 +293,28 @@ def _interconnect(rows: list[dict[str, Any]], incidents: dict) -> list[Finding]:
         if spans:
             mine = sum(s[1] for s in spans) / len(spans)
             peers = sum(s[2] for s in spans) / len(spans)
-            evidence.append(f"IB throughput {mine:.2f} GB/s vs peers' {peers:.2f} GB/s in {len(spans)} of "
-                            f"{len(by_bucket)} buckets ({_when(min(s[0] for s in spans))} to {_when(max(s[0] for s in spans))})")
+            evidence.append(
+                f"IB throughput {mine:.2f} GB/s vs peers' {peers:.2f} GB/s in {len(spans)} of "
+                f"{len(by_bucket)} buckets ({_when(min(s[0] for s in spans))} to {_when(max(s[0] for s in spans))})"
+            )
         e, d = errors.get(node, (0, 0))
         if e or d:
             evidence.append(f"{e} port errors, {d} link downs")
         flagged = [inc for (kind, subject), inc in incidents.items() if kind == "slow_interconnect" and subject.startswith(node)]
         evidence += [f"slow_interconnect {inc['state']} (since {_when(inc['since'])}): {inc['message']}" for inc in flagged]
         severity = "critical" if d else "warning"
-        found.append(Finding(severity, "node", node, f"node {node}: slow interconnect", evidence,
-                             NEXT_STEP["ib"].format(node=node), len(spans) + e + 10 * d, node))
+        found.append(
+            Finding(
+                severity,
+                "node",
+                node,
+                f"node {node}: slow interconnect",
+                evidence,
+                NEXT_STEP["ib"].format(node=node),
+                len(spans) + e + 10 * d,
+                node,
+            )
+        )
     return found
 
 
@@ -270,9 +341,17 @@ def build_report(client: Any, job: str, since_s: int = 0) -> Report:
     findings += _stragglers(steps, suspects)
     p95 = summary.get("util_p95")
     if p95 is not None and p95 < UNDERUSED_P95:
-        findings.append(Finding("info", "job", job, f"job {job} is under-used",
-                                [f"p95 utilisation {p95} % since start on {summary['gpus']} GPUs"],
-                                NEXT_STEP["underused"].format(p95=p95, gpus=summary["gpus"]), 0))
+        findings.append(
+            Finding(
+                "info",
+                "job",
+                job,
+                f"job {job} is under-used",
+                [f"p95 utilisation {p95} % since start on {summary['gpus']} GPUs"],
+                NEXT_STEP["underused"].format(p95=p95, gpus=summary["gpus"]),
+                0,
+            )
+        )
     findings.sort(key=Finding.key, reverse=True)
     bucket = outliers[0]["bucket_s"] if outliers else 0
     return Report(job, summary, findings, correlations, timeline, bucket)
@@ -288,15 +367,22 @@ def render_text(report: Report) -> str:
     s = report.summary
     lines = []
     duration = s.get("duration_s") or 0
-    lines.append(f"Job {report.job}: {s.get('user') or '?'} (team {s.get('team') or '?'}), {s['state']}, {s['gpus']} GPUs on "
-                 f"{s['nodes']} nodes, {duration / 60:.1f} min"
-                 + (f", queued {s['queue_wait_s']:.0f} s" if s.get("queue_wait_s") is not None else ""))
+    lines.append(
+        f"Job {report.job}: {s.get('user') or '?'} (team {s.get('team') or '?'}), {s['state']}, {s['gpus']} GPUs on "
+        f"{s['nodes']} nodes, {duration / 60:.1f} min"
+        + (f", queued {s['queue_wait_s']:.0f} s" if s.get("queue_wait_s") is not None else "")
+    )
     if s.get("util_p50") is not None:
-        extra = "".join(f"; {label} p50 {s[key]:g} {unit}" for key, label, unit in (
-            ("power_p50_w", "power", "W"), ("sm_clock_p50_mhz", "SM clock", "MHz")) if s.get(key) is not None)
+        extra = "".join(
+            f"; {label} p50 {s[key]:g} {unit}"
+            for key, label, unit in (("power_p50_w", "power", "W"), ("sm_clock_p50_mhz", "SM clock", "MHz"))
+            if s.get(key) is not None
+        )
         lines.append(f"  GPU utilisation since start: p25 {s['util_p25']} %, p50 {s['util_p50']} %, p95 {s['util_p95']} %{extra}")
-    lines.append(f"  anomalies: {s['anomalies']} ({s['open_anomalies']} open, {s['critical_anomalies']} critical)"
-                 + (f": {s['anomaly_kinds']}" if s["anomaly_kinds"] else ""))
+    lines.append(
+        f"  anomalies: {s['anomalies']} ({s['open_anomalies']} open, {s['critical_anomalies']} critical)"
+        + (f": {s['anomaly_kinds']}" if s["anomaly_kinds"] else "")
+    )
     lines.append("")
     if report.findings:
         top = report.findings[0]
@@ -351,8 +437,9 @@ def write_plots(client: Any, report: Report, directory: Path, since_s: int = 0) 
         for c in cells:
             grid[row[(c["node"], c["gpu"])], col[c["bucket"]]] = c["util"] if c["util"] is not None else np.nan
         x0, x1 = mdates.date2num(buckets[0]), mdates.date2num(buckets[-1]) + (report.bucket_s or 60) / 86400
-        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=100, interpolation="nearest",
-                          extent=(x0, x1, len(gpus) - 0.5, -0.5))
+        image = ax.imshow(
+            grid, aspect="auto", cmap="viridis", vmin=0, vmax=100, interpolation="nearest", extent=(x0, x1, len(gpus) - 0.5, -0.5)
+        )
         ax.set_yticks(range(len(gpus)), [f"{n}/{g}" for n, g in gpus], fontsize=7)
         ax.xaxis_date()
         fig.colorbar(image, ax=ax, label="GPU utilisation %")
@@ -368,16 +455,27 @@ def write_plots(client: Any, report: Report, directory: Path, since_s: int = 0) 
     for rank in ranks:
         mine = [s for s in steps if s["rank"] == rank]
         flagged = f"rank {rank}" in suspect_ranks
-        ax.plot([s["bucket"] for s in mine], [s["step_s"] for s in mine], lw=2.2 if flagged else 0.8,
-                color="tab:red" if flagged else None, alpha=1 if flagged else 0.6,
-                label=f"rank {rank} ({mine[0]['node']})" if flagged or len(ranks) <= 8 else None)
+        ax.plot(
+            [s["bucket"] for s in mine],
+            [s["step_s"] for s in mine],
+            lw=2.2 if flagged else 0.8,
+            color="tab:red" if flagged else None,
+            alpha=1 if flagged else 0.6,
+            label=f"rank {rank} ({mine[0]['node']})" if flagged or len(ranks) <= 8 else None,
+        )
     if ranks:
         ax.set_ylabel("median step time (s)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left")
     else:
-        ax.text(0.5, 0.5, "no step metrics reported for this job\n(record them with hpcinsight.agents.steps.StepRecorder)",
-                ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no step metrics reported for this job\n(record them with hpcinsight.agents.steps.StepRecorder)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_title(f"{job}: step time per rank")
     paths.append(_save(fig, directory / f"{_safe(job)}_step_time.png"))
 
@@ -387,8 +485,13 @@ def write_plots(client: Any, report: Report, directory: Path, since_s: int = 0) 
     for node in sorted({r["node"] for r in ib}):
         mine = [r for r in ib if r["node"] == node]
         flagged = node in suspect_nodes
-        ax.plot([r["bucket"] for r in mine], [r["gb_per_s"] for r in mine], lw=2.2 if flagged else 1.0,
-                color="tab:red" if flagged else None, label=node)
+        ax.plot(
+            [r["bucket"] for r in mine],
+            [r["gb_per_s"] for r in mine],
+            lw=2.2 if flagged else 1.0,
+            color="tab:red" if flagged else None,
+            label=node,
+        )
     if ib:
         ax.set_ylabel("IB throughput, transmit + receive (GB/s)")
         ax.legend(fontsize=7, loc="lower left", ncol=4)

@@ -57,8 +57,10 @@ def add_columns(topic: Topic, *names: str) -> Callable[[Layout], list[str]]:
             f = fields[name]
             codec = f" CODEC({f.column.codec})" if f.column.codec else ""
             for target in dict.fromkeys([layout.local(table), table]):  # the Distributed table too
-                out.append(f"ALTER TABLE {quote(target)}{layout.on_cluster} ADD COLUMN IF NOT EXISTS "
-                           f"{quote(name)} {f.clickhouse_type}{'' if target != layout.local(table) else codec}")
+                out.append(
+                    f"ALTER TABLE {quote(target)}{layout.on_cluster} ADD COLUMN IF NOT EXISTS "
+                    f"{quote(name)} {f.clickhouse_type}{'' if target != layout.local(table) else codec}"
+                )
         return out
 
     return render
@@ -66,16 +68,27 @@ def add_columns(topic: Topic, *names: str) -> Callable[[Layout], list[str]]:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables of the topic catalog", lambda layout: [s for t in STORED for s in table_ddl(layout, t)]),
-    Migration(2, "bloom-filter indexes on job_id, for job-scoped reads of stores created before them",
-              lambda layout: [s for t in STORED for s in add_bloom_filters_ddl(layout, t)]),
-    Migration(3, "rollups: quantile/avg/max states per GPU and per job, per minute and per hour",
-              lambda layout: [s for r in ROLLUPS for s in r.ddl(layout)]),
-    Migration(4, "column codecs as measured by bench/storage.py (ZSTD for quantised gauges)",
-              lambda layout: [s for t in STORED for s in codecs_ddl(layout, t)]),
-    Migration(5, "dead letters: the size and SHA-256 of the whole message (raw is capped at 64 KiB)",
-              add_columns(DEAD_LETTERS, "raw_size", "raw_sha256")),
-    Migration(6, "the query library's views (job_window, job_gpu_buckets), which the job-scoped queries read",
-              views_ddl),
+    Migration(
+        2,
+        "bloom-filter indexes on job_id, for job-scoped reads of stores created before them",
+        lambda layout: [s for t in STORED for s in add_bloom_filters_ddl(layout, t)],
+    ),
+    Migration(
+        3,
+        "rollups: quantile/avg/max states per GPU and per job, per minute and per hour",
+        lambda layout: [s for r in ROLLUPS for s in r.ddl(layout)],
+    ),
+    Migration(
+        4,
+        "column codecs as measured by bench/storage.py (ZSTD for quantised gauges)",
+        lambda layout: [s for t in STORED for s in codecs_ddl(layout, t)],
+    ),
+    Migration(
+        5,
+        "dead letters: the size and SHA-256 of the whole message (raw is capped at 64 KiB)",
+        add_columns(DEAD_LETTERS, "raw_size", "raw_sha256"),
+    ),
+    Migration(6, "the query library's views (job_window, job_gpu_buckets), which the job-scoped queries read", views_ddl),
 )
 
 
@@ -98,9 +111,11 @@ class MigrationReport:
 def _version_table_ddl(layout: Layout) -> str:
     # Every replica of every shard keeps the whole (tiny) history: shared replication path.
     engine = layout.engine("ReplacingMergeTree", shared_by_all_shards=True)
-    return (f"CREATE TABLE IF NOT EXISTS {quote(MIGRATIONS_TABLE)}{layout.on_cluster} (\n"
-            "  version UInt32, name String, applied_at DateTime64(3, 'UTC'), statements UInt32\n"
-            f") ENGINE = {engine} ORDER BY version")
+    return (
+        f"CREATE TABLE IF NOT EXISTS {quote(MIGRATIONS_TABLE)}{layout.on_cluster} (\n"
+        "  version UInt32, name String, applied_at DateTime64(3, 'UTC'), statements UInt32\n"
+        f") ENGINE = {engine} ORDER BY version"
+    )
 
 
 def applied_versions(client: Client) -> dict[int, str]:

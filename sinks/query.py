@@ -33,8 +33,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from hpcinsight.sinks.sql_guard import NotReadingError, reading_statement
 from hpcinsight.core.settings import Settings
+from hpcinsight.sinks.sql_guard import NotReadingError, reading_statement
 
 #: where the library lives: package data of ``sinks``, beside the schema it reads
 LIBRARY_DIR = Path(__file__).resolve().parent / "queries"
@@ -47,8 +47,9 @@ _PARAM = re.compile(
 )
 #: ``{name:Type}`` placeholders of the SQL body
 PLACEHOLDER = re.compile(r"\{\s*([A-Za-z_]\w*)\s*:\s*([^{}]+?)\s*\}")
-_INT_RANGES = {f"{s}Int{b}": ((0, 2**b - 1) if s else (-(2 ** (b - 1)), 2 ** (b - 1) - 1))
-               for s in ("", "U") for b in (8, 16, 32, 64)}
+_INT_RANGES = {
+    f"{s}Int{b}": ((0, 2**b - 1) if s else (-(2 ** (b - 1)), 2 ** (b - 1) - 1)) for s in ("", "U") for b in (8, 16, 32, 64)
+}
 
 
 class QueryFileError(ValueError):
@@ -220,8 +221,9 @@ def execute(client: Any, query: str, params: dict[str, str]) -> tuple[list[str],
         try:
             statement = reading_statement(query)
         except NotReadingError as err:
-            raise ValueError(f"{query!r} is neither a named query (`hpcinsight query --list`) nor one reading "
-                             f"statement: {err}") from None
+            raise ValueError(
+                f"{query!r} is neither a named query (`hpcinsight query --list`) nor one reading statement: {err}"
+            ) from None
         result = client.query(statement, parameters=params or None, settings=READONLY)
     return list(result.column_names), list(result.result_rows)
 
@@ -288,16 +290,29 @@ def render(columns: list[str], rows: list[tuple[Any, ...]], fmt: str, title: str
 def list_queries(fmt: str) -> None:
     queries = library().values()
     if fmt == "table":
-        render(["name", "group", "parameters", "what"],
-               [(q.name, q.group, " ".join(p.describe() for p in q.params), q.doc) for q in queries], fmt,
-               title=f"query library ({LIBRARY_DIR})")
+        render(
+            ["name", "group", "parameters", "what"],
+            [(q.name, q.group, " ".join(p.describe() for p in q.params), q.doc) for q in queries],
+            fmt,
+            title=f"query library ({LIBRARY_DIR})",
+        )
         return
     columns = ["name", "group", "parameters", "what", "file"]
-    rows = [(q.name, q.group, [{"name": p.name, "type": p.type, "default": p.default, "what": p.doc} for p in q.params],
-             q.doc, str(q.path)) for q in queries]
+    rows = [
+        (
+            q.name,
+            q.group,
+            [{"name": p.name, "type": p.type, "default": p.default, "what": p.doc} for p in q.params],
+            q.doc,
+            str(q.path),
+        )
+        for q in queries
+    ]
     if fmt == "csv":
-        rows = [(n, g, " ".join(f"{p['name']}:{p['type']}={'' if p['default'] is None else p['default']}" for p in ps), w, f)
-                for n, g, ps, w, f in rows]
+        rows = [
+            (n, g, " ".join(f"{p['name']}:{p['type']}={'' if p['default'] is None else p['default']}" for p in ps), w, f)
+            for n, g, ps, w, f in rows
+        ]
     render(columns, rows, fmt)
 
 

@@ -49,8 +49,11 @@ class SeriesWatermarks:
         if table.num_rows == 0:
             return table
         ts = pc.cast(table.column(self.ts), pa.int64())
-        spans = pa.table({**{k: table.column(k) for k in self.keys}, "_ts": ts}).group_by(list(self.keys)).aggregate(
-            [("_ts", "min"), ("_ts", "max")])
+        spans = (
+            pa.table({**{k: table.column(k) for k in self.keys}, "_ts": ts})
+            .group_by(list(self.keys))
+            .aggregate([("_ts", "min"), ("_ts", "max")])
+        )
         keys = [spans.column(k).to_pylist() for k in self.keys]
         lows, highs = spans.column("_ts_min").to_pylist(), spans.column("_ts_max").to_pylist()
         affected: dict[str, list[Any]] = {k: [] for k in self.keys}
@@ -67,9 +70,18 @@ class SeriesWatermarks:
         if not marks:
             return table
         # rows of the affected series, with their mark, by a join: no per-row Python
-        rows = pa.table({**{k: table.column(k) for k in self.keys}, "_ts": ts, "_row": pa.array(range(table.num_rows), pa.int64())})
-        joined = rows.join(pa.table({**{k: pa.array(v, table.schema.field(k).type) for k, v in affected.items()},
-                                     "_mark": pa.array(marks, pa.int64())}), list(self.keys))
+        rows = pa.table(
+            {**{k: table.column(k) for k in self.keys}, "_ts": ts, "_row": pa.array(range(table.num_rows), pa.int64())}
+        )
+        joined = rows.join(
+            pa.table(
+                {
+                    **{k: pa.array(v, table.schema.field(k).type) for k, v in affected.items()},
+                    "_mark": pa.array(marks, pa.int64()),
+                }
+            ),
+            list(self.keys),
+        )
         stale = joined.filter(pc.less_equal(joined.column("_ts"), joined.column("_mark"))).column("_row")
         if len(stale) == 0:
             return table

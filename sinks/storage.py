@@ -20,8 +20,8 @@ so a month of a job or of the cluster is read from thousands of rows, not billio
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from hpcinsight.core.settings import ClickHouseSettings, ConfigError
 from hpcinsight.schemas.catalog import GPU_SAMPLES, SINK_COLUMNS, STORED, Table, Topic
@@ -49,8 +49,13 @@ class Layout:
 
     @classmethod
     def of(cls, settings: ClickHouseSettings, database: str = "default") -> Layout:
-        layout = cls(database=database, cluster=settings.cluster, replica_path=settings.replica_path,
-                     replica_name=settings.replica_name, ttl_days=dict(settings.ttl_days))
+        layout = cls(
+            database=database,
+            cluster=settings.cluster,
+            replica_path=settings.replica_path,
+            replica_name=settings.replica_name,
+            ttl_days=dict(settings.ttl_days),
+        )
         known = set(table_names())
         unknown = set(layout.ttl_days) - known
         if unknown:
@@ -140,7 +145,8 @@ def codecs_ddl(layout: Layout, topic: Topic) -> list[str]:
     target = quote(layout.local(topic.table.name))  # type: ignore[union-attr]
     return [
         f"ALTER TABLE {target}{layout.on_cluster} MODIFY COLUMN {quote(f.name)} CODEC({f.column.codec})"
-        for f in fields_of(topic.event) if f.column.codec
+        for f in fields_of(topic.event)
+        if f.column.codec
     ]
 
 
@@ -194,8 +200,7 @@ class Rollup:
                 parts += [f"quantilesTDigestMergeState({quantiles})({m}_q) AS {m}_q", f"avgMergeState({m}_avg) AS {m}_avg"]
             parts.append(f"maxSimpleState({m}{'' if self.from_raw else '_max'}) AS {m}_max")
         where = f"\nWHERE {quote(source_table)}.job_id IS NOT NULL" if by_job else ""
-        return (f"SELECT {', '.join(parts)}\nFROM {quote(source_table)}{where}\n"
-                f"GROUP BY {', '.join([*self.keys, 'ts'])}")
+        return f"SELECT {', '.join(parts)}\nFROM {quote(source_table)}{where}\nGROUP BY {', '.join([*self.keys, 'ts'])}"
 
     def ddl(self, layout: Layout) -> list[str]:
         local = layout.local(self.name)
@@ -216,10 +221,12 @@ _GPU_LABELS = ("gpu_uuid", "job_id", "user", "team")
 ROLLUPS: tuple[Rollup, ...] = (
     Rollup("gpu_rollup_1m", ("node", "gpu_index"), "toStartOfMinute", _GPU_LABELS, ttl_days=90),
     Rollup("gpu_rollup_1h", ("node", "gpu_index"), "toStartOfHour", _GPU_LABELS, ttl_days=730, source="gpu_rollup_1m"),
-    Rollup("job_rollup_1m", ("job_id",), "toStartOfMinute", ("user", "team"), ttl_days=90, source="gpu_rollup_1m",
-           count_gpus=True),
-    Rollup("job_rollup_1h", ("job_id",), "toStartOfHour", ("user", "team"), ttl_days=730, source="job_rollup_1m",
-           count_gpus=True),
+    Rollup(
+        "job_rollup_1m", ("job_id",), "toStartOfMinute", ("user", "team"), ttl_days=90, source="gpu_rollup_1m", count_gpus=True
+    ),
+    Rollup(
+        "job_rollup_1h", ("job_id",), "toStartOfHour", ("user", "team"), ttl_days=730, source="job_rollup_1m", count_gpus=True
+    ),
 )
 
 

@@ -39,11 +39,38 @@ OWNER_FILE = "hpcinsight-owner.json"
 _FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 # HTTP parameters that belong to the transport, not to ClickHouse settings
 _TRANSPORT = {
-    "query", "query_id", "session_id", "session_timeout", "database", "default_format", "compress", "decompress",
-    "enable_http_compression", "wait_end_of_query", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
-    "cancel_http_readonly_queries_on_client_close", "client_protocol_version", "user", "password",
+    "query",
+    "query_id",
+    "session_id",
+    "session_timeout",
+    "database",
+    "default_format",
+    "compress",
+    "decompress",
+    "enable_http_compression",
+    "wait_end_of_query",
+    "send_progress_in_http_headers",
+    "http_headers_progress_interval_ms",
+    "cancel_http_readonly_queries_on_client_close",
+    "client_protocol_version",
+    "user",
+    "password",
 }
-_SUMMARY = json.dumps({k: "0" for k in ("read_rows", "read_bytes", "written_rows", "written_bytes", "total_rows_to_read", "result_rows", "result_bytes", "elapsed_ns")})
+_SUMMARY = json.dumps(
+    {
+        k: "0"
+        for k in (
+            "read_rows",
+            "read_bytes",
+            "written_rows",
+            "written_bytes",
+            "total_rows_to_read",
+            "result_rows",
+            "result_bytes",
+            "elapsed_ns",
+        )
+    }
+)
 
 
 _ESCAPES = {"b": "\b", "f": "\f", "r": "\r", "n": "\n", "t": "\t", "0": "\0", "a": "\a", "v": "\v"}
@@ -153,8 +180,11 @@ class StoreShare:
 
             def _handle(self) -> None:
                 if not self._authorised():
-                    self._reply(401, b"Code: 516. DB::Exception: wrong store-share token. (AUTHENTICATION_FAILED)\n",
-                                {"X-ClickHouse-Exception-Code": "516"})
+                    self._reply(
+                        401,
+                        b"Code: 516. DB::Exception: wrong store-share token. (AUTHENTICATION_FAILED)\n",
+                        {"X-ClickHouse-Exception-Code": "516"},
+                    )
                     return
                 query = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query, keep_blank_values=True).items()}
                 length = int(self.headers.get("Content-Length") or 0)
@@ -172,8 +202,11 @@ class StoreShare:
                 try:
                     sql = reading_statement(sql)
                 except NotReadingError as err:
-                    self._reply(403, f"Code: 164. DB::Exception: the shared embedded store is read-only: {err}. (READONLY)\n".encode(),
-                                {"X-ClickHouse-Exception-Code": "164"})
+                    self._reply(
+                        403,
+                        f"Code: 164. DB::Exception: the shared embedded store is read-only: {err}. (READONLY)\n".encode(),
+                        {"X-ClickHouse-Exception-Code": "164"},
+                    )
                     return
                 try:
                     data = share.client.raw_query(sql, parameters=params or None, settings=settings, fmt=fmt)
@@ -181,8 +214,16 @@ class StoreShare:
                     code = re.search(r"Code: (\d+)", str(err))
                     self._reply(500, f"{err}\n".encode(), {"X-ClickHouse-Exception-Code": code.group(1) if code else "1"})
                     return
-                self._reply(200, data, {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": "UTC",
-                                        "X-ClickHouse-Summary": _SUMMARY, "Content-Type": "application/octet-stream"})
+                self._reply(
+                    200,
+                    data,
+                    {
+                        "X-ClickHouse-Format": fmt,
+                        "X-ClickHouse-Timezone": "UTC",
+                        "X-ClickHouse-Summary": _SUMMARY,
+                        "Content-Type": "application/octet-stream",
+                    },
+                )
 
             do_GET = do_POST = _handle
 

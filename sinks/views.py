@@ -43,8 +43,7 @@ def comment(view: NamedQuery) -> str:
 def view_ddl(layout: Layout, view: NamedQuery) -> str:
     """``CREATE OR REPLACE VIEW`` of one view, on the cluster when there is one. The view reads the
     plain table names, which are the Distributed tables on a cluster, like the query files do."""
-    return (f"CREATE OR REPLACE VIEW {quote(view.name)}{layout.on_cluster} AS\n{view.sql}\n"
-            f"COMMENT '{comment(view)}'")
+    return f"CREATE OR REPLACE VIEW {quote(view.name)}{layout.on_cluster} AS\n{view.sql}\nCOMMENT '{comment(view)}'"
 
 
 def views_ddl(layout: Layout) -> list[str]:
@@ -86,7 +85,7 @@ def _closing(sql: str, opening: int) -> int:
             if depth == 0:
                 return i
         i += 1
-    raise QueryFileError(f"no closing parenthesis for {sql[opening:opening + 60]!r}")
+    raise QueryFileError(f"no closing parenthesis for {sql[opening : opening + 60]!r}")
 
 
 def _arguments(text: str) -> dict[str, str]:
@@ -120,18 +119,18 @@ def inline_views(sql: str) -> str:
     out, pos = [], 0
     while (found := call.search(sql, pos)) is not None:
         line_start = sql.rfind("\n", 0, found.start()) + 1
-        if "--" in sql[line_start:found.start()]:  # a mention in a comment
-            out.append(sql[pos:found.end()])
+        if "--" in sql[line_start : found.start()]:  # a mention in a comment
+            out.append(sql[pos : found.end()])
             pos = found.end()
             continue
         view = known[found.group(1)]
         close = _closing(sql, found.end() - 1)
-        args = _arguments(sql[found.end():close])
+        args = _arguments(sql[found.end() : close])
         wanted = {p.name for p in view.params}
         if set(args) != wanted:
             raise QueryFileError(f"{view.name} takes {', '.join(sorted(wanted))}; the call gives {', '.join(sorted(args))}")
         body = PLACEHOLDER.sub(lambda m, given=args: f"({given[m.group(1)]})", view.sql)
-        out.append(sql[pos:found.start()] + "(\n" + inline_views(body) + "\n)")
+        out.append(sql[pos : found.start()] + "(\n" + inline_views(body) + "\n)")
         pos = close + 1
     out.append(sql[pos:])
     return "".join(out)

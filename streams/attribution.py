@@ -110,7 +110,10 @@ class Attribution:
             job = self._jobs[ev.job_id] = _Job(JobInfo(ev.job_id))
         old = job.info
         job.info = JobInfo(
-            ev.job_id, ev.user or old.user, ev.team or old.team, ev.priority or old.priority,
+            ev.job_id,
+            ev.user or old.user,
+            ev.team or old.team,
+            ev.priority or old.priority,
             ev.requested_gpus if ev.requested_gpus is not None else old.requested_gpus,
         )
         if ev.kind in _PLACE and ev.node:
@@ -213,9 +216,12 @@ class Attribution:
         if job_id == s.job_id and info is None and zone is None:
             return s
         return msgspec.structs.replace(
-            s, job_id=job_id,
-            user=info.user if info else s.user, team=info.team if info else s.team,
-            priority=info.priority if info else s.priority, zone=zone or s.zone,
+            s,
+            job_id=job_id,
+            user=info.user if info else s.user,
+            team=info.team if info else s.team,
+            priority=info.priority if info else s.priority,
+            zone=zone or s.zone,
         )
 
     def enrich_ib(self, s: IbSample) -> IbSample:

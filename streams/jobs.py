@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-
 from typing import ClassVar
 
 from hpcinsight.schemas.events import Event, GpuSketch, JobQuantiles
@@ -133,14 +132,33 @@ class JobMerger:
             medians = {p.gpu_uuid: (q or [0.0])[0] for p, q in zip(parts, (s.quantiles([0.5]) for s in sketches))}
             means = {p.gpu_uuid: p.sum / p.count for p in parts if p.count}
             first = parts[0]
-            self.gpu_windows.append(JobGpuWindow(job_id=first.job_id, metric=first.metric, window=first.window,
-                                                 window_start=start, window_end=end, statistic="p50", value=medians, node=nodes,
-                                                 mean=means if len(means) == len(medians) else None))
+            self.gpu_windows.append(
+                JobGpuWindow(
+                    job_id=first.job_id,
+                    metric=first.metric,
+                    window=first.window,
+                    window_start=start,
+                    window_end=end,
+                    statistic="p50",
+                    value=medians,
+                    node=nodes,
+                    mean=means if len(means) == len(medians) else None,
+                )
+            )
             for name in sorted({m for p in parts for m in p.means}):
                 values = {p.gpu_uuid: p.means[name] for p in parts if name in p.means}
-                self.gpu_windows.append(JobGpuWindow(job_id=first.job_id, metric=name, window=first.window,
-                                                     window_start=start, window_end=end, statistic="mean", value=values,
-                                                     node=nodes))
+                self.gpu_windows.append(
+                    JobGpuWindow(
+                        job_id=first.job_id,
+                        metric=name,
+                        window=first.window,
+                        window_start=start,
+                        window_end=end,
+                        statistic="mean",
+                        value=values,
+                        node=nodes,
+                    )
+                )
         q = merged.quantiles()
         assert q is not None
         count, total = sum(p.count for p in parts), sum(p.sum for p in parts)
@@ -148,10 +166,20 @@ class JobMerger:
         first = parts[0]
         self._gpus_of[(first.job_id, first.metric)] = series.expected
         return JobQuantiles(
-            job_id=first.job_id, metric=first.metric, window=first.window,
-            window_start=min(p.window_start for p in parts), window_end=end,
-            gpus=len(parts), count=count, p25=q[0], p50=q[1], p95=q[2], mean=total / count if count else 0.0,
-            user=first.user, team=first.team, priority=first.priority,
+            job_id=first.job_id,
+            metric=first.metric,
+            window=first.window,
+            window_start=min(p.window_start for p in parts),
+            window_end=end,
+            gpus=len(parts),
+            count=count,
+            p25=q[0],
+            p50=q[1],
+            p95=q[2],
+            mean=total / count if count else 0.0,
+            user=first.user,
+            team=first.team,
+            priority=first.priority,
         )
 
     def _forget_idle(self) -> list[JobQuantiles]:

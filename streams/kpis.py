@@ -181,7 +181,7 @@ class _Node:
         for i, used in enumerate(named):
             row[i] = MILLI - min(MILLI, used)
         anon = min(self.anon, cap - len(named))
-        row[len(named):len(named) + anon] = 0
+        row[len(named) : len(named) + anon] = 0
         return row, NO_CPU_LIMIT if self.cpu_milli is None else self.cpu_milli - self.cpu_used
 
     def groups(self) -> tuple[Group, Group]:
@@ -272,7 +272,9 @@ class SchedulingKpis:
         self._capacities: Counter[int] = Counter()  # node GPU count -> nodes
         self._fragments = [0, 0, 0, 0]
         self._shapes = ShapeWindow(self.config.shape_window)
-        self._fgd_layout: tuple[list[str], dict[str, int], np.ndarray, np.ndarray, list[str | None]] | None = None  # GPU nodes, rows
+        self._fgd_layout: tuple[list[str], dict[str, int], np.ndarray, np.ndarray, list[str | None]] | None = (
+            None  # GPU nodes, rows
+        )
         self._fgd_dirty: set[str | None] = set()
         self._fgd_access: dict[str, np.ndarray] = {}
         self._fgd_groups: list[tuple[Group, np.ndarray]] = []  # zone and model groups: their rows of the layout
@@ -455,9 +457,16 @@ class SchedulingKpis:
             cpus = round((job.cpus or 0.0) * MILLI / len(nodes))
             parts = tuple(_Part(n, share, math.ceil(share) if share > 0 and not busy else 0, cpus) for n in nodes)
         groups = (
-            CLUSTER, ("team", job.team or "unknown"), ("user", job.user or "unknown"),
-            ("job_class", job_class(float(gpus))), ("priority", job.priority or "unknown"),
-        ) if gpus > 0 else ()
+            (
+                CLUSTER,
+                ("team", job.team or "unknown"),
+                ("user", job.user or "unknown"),
+                ("job_class", job_class(float(gpus))),
+                ("priority", job.priority or "unknown"),
+            )
+            if gpus > 0
+            else ()
+        )
         job.hold = _Hold(gpus, parts, busy, groups, round(float(gpus) * MILLI / len(busy)) if busy else 0)
         if job.queued_since is not None:
             self._wait(job, job.scheduled_at)
@@ -529,8 +538,11 @@ class SchedulingKpis:
         node = self._nodes.get(hold.parts[0].node if hold else None)
         model = node.groups()[0][1] if node is not None else "unplaced"
         groups = (
-            CLUSTER, ("gpu_bucket", gpu_bucket(job.gpus)), ("gpu_model", model),
-            ("qos", job.qos or "unknown"), ("priority", job.priority or "unknown"),
+            CLUSTER,
+            ("gpu_bucket", gpu_bucket(job.gpus)),
+            ("gpu_model", model),
+            ("qos", job.qos or "unknown"),
+            ("priority", job.priority or "unknown"),
         )
         largest = max((c for c, n in self._capacities.items() if n > 0), default=None)
         spans = len(hold.nodes) > 1 if hold else False
@@ -545,8 +557,17 @@ class SchedulingKpis:
         interval_s = self.config.interval_s
 
         def row(kpi: str, group: Group, value: float | Fraction, count: int, interval: float = 0.0) -> None:
-            rows.append(SchedulingKpi(ts=b, kpi=kpi, dimension=group[0], group=group[1], value=float(value),
-                                      count=max(0, count), interval_s=interval))
+            rows.append(
+                SchedulingKpi(
+                    ts=b,
+                    kpi=kpi,
+                    dimension=group[0],
+                    group=group[1],
+                    value=float(value),
+                    count=max(0, count),
+                    interval_s=interval,
+                )
+            )
 
         for acc in self._accs.values():
             acc.area += acc.alloc * (b - acc.last)
@@ -637,8 +658,13 @@ class SchedulingKpis:
         if self._fgd_layout is None:
             names = [n for n, node in self._nodes.items() if n is not None and node.known and node.capacity > 0]
             width = max((self._nodes[n].capacity for n in names), default=1)
-            self._fgd_layout = (names, {n: i for i, n in enumerate(names)}, np.zeros((len(names), width), dtype=np.int64),
-                                np.zeros(len(names), dtype=np.int64), [self._nodes[n].model for n in names])
+            self._fgd_layout = (
+                names,
+                {n: i for i, n in enumerate(names)},
+                np.zeros((len(names), width), dtype=np.int64),
+                np.zeros(len(names), dtype=np.int64),
+                [self._nodes[n].model for n in names],
+            )
             members: dict[Group, list[int]] = {}
             for i, n in enumerate(names):
                 for g in self._nodes[n].groups():
@@ -647,8 +673,13 @@ class SchedulingKpis:
             self._fgd_access = {}
             # an idle node is in the state of every idle node of its capacity, model and CPUs: measured once
             idle: dict[tuple[int, str | None, int | None], int] = {}
-            self._fgd_idle = np.array([idle.setdefault((node.capacity, node.model, node.cpu_milli), len(idle))
-                                       for node in (self._nodes[n] for n in names)], dtype=np.int64)
+            self._fgd_idle = np.array(
+                [
+                    idle.setdefault((node.capacity, node.model, node.cpu_milli), len(idle))
+                    for node in (self._nodes[n] for n in names)
+                ],
+                dtype=np.int64,
+            )
             first: dict[int, int] = {}
             for i, kind in enumerate(self._fgd_idle.tolist()):
                 first.setdefault(kind, i)
@@ -676,7 +707,9 @@ class SchedulingKpis:
                 reps = self._fgd_idle_first  # one node of each idle kind, by kind id; idle left and CPU rebuilt from it
                 caps = np.array([self._nodes[names[i]].capacity for i in reps])
                 idle_left = ((np.arange(left.shape[1])[None, :] < caps[:, None]) * MILLI).astype(np.int64)
-                idle_cpu = np.array([NO_CPU_LIMIT if (c := self._nodes[names[i]].cpu_milli) is None else c for i in reps], dtype=np.int64)
+                idle_cpu = np.array(
+                    [NO_CPU_LIMIT if (c := self._nodes[names[i]].cpu_milli) is None else c for i in reps], dtype=np.int64
+                )
                 self._fgd_idle_frag = (typical, fragmentation(idle_left, idle_cpu, access[reps], typical))
             frag = self._fgd_idle_frag[1][self._fgd_idle]
             if len(held):

@@ -29,8 +29,8 @@ from hpcinsight.schemas.catalog import (
     GPU_SKETCHES,
     IB_SAMPLES,
     JOB_QUANTILES,
-    STEP_METRICS,
     SCHEDULING_KPIS,
+    STEP_METRICS,
     STREAM_STATE,
     TOPICS,
     Topic,
@@ -73,8 +73,14 @@ def _sum(a: float | None, b: float | None) -> float | None:
 
 
 def mean_metric_values(s: GpuSample) -> tuple[float | None, ...]:
-    return (s.mem_util_pct, s.sm_active_pct, _sum(s.pcie_tx_bytes_per_s, s.pcie_rx_bytes_per_s),
-            _sum(s.nvlink_tx_bytes_per_s, s.nvlink_rx_bytes_per_s))
+    return (
+        s.mem_util_pct,
+        s.sm_active_pct,
+        _sum(s.pcie_tx_bytes_per_s, s.pcie_rx_bytes_per_s),
+        _sum(s.nvlink_tx_bytes_per_s, s.nvlink_rx_bytes_per_s),
+    )
+
+
 #: a sample stamped further ahead of the worker's clock than this is clock skew, not data
 MAX_FUTURE_MS = 15 * 60 * 1000
 
@@ -166,10 +172,12 @@ class SampleProcessor:
             self.stats.by_stage[stage] = self.stats.by_stage.get(stage, 0) + 1
             try:
                 return handle(source, partition, offset, key, value)
-            except Exception as err:  # noqa: BLE001 - one message must never stop a stage
+            except Exception as err:
                 self.stats.failed += 1
                 log.exception("%s failed on %s[%d]@%d; dead-lettered", stage, source, partition, offset)
-                return [self.dead_letter(source, partition, offset, key, value, stage, f"{stage} failed: {type(err).__name__}: {err}")]
+                return [
+                    self.dead_letter(source, partition, offset, key, value, stage, f"{stage} failed: {type(err).__name__}: {err}")
+                ]
 
         return run
 
@@ -200,7 +208,11 @@ class SampleProcessor:
                 quantiles.append(q)
                 anomalies.extend(self._detect(q))
                 if closed.job_id is not None:
-                    extra = means.mean(closed.start_ms, closed.end_ms) if metric == "gpu_util" and closed.window == self._shortest else {}
+                    extra = (
+                        means.mean(closed.start_ms, closed.end_ms)
+                        if metric == "gpu_util" and closed.window == self._shortest
+                        else {}
+                    )
                     sketches.setdefault(closed.job_id, []).append(self._sketch(sample, metric, closed, extra))
         if quantiles:
             out.append(Output(GPU_QUANTILES, node_key, GPU_QUANTILES.codec.encode(quantiles)))
@@ -262,7 +274,11 @@ class SampleProcessor:
             if closed:
                 out.extend((metric, c) for c in closed)
             closed_to = series.closed_to
-            if closed_to != closed_before and closed_to is not None and closed_to // every > self._checkpointed.get(key, 0) // every:
+            if (
+                closed_to != closed_before
+                and closed_to is not None
+                and closed_to // every > self._checkpointed.get(key, 0) // every
+            ):
                 self._checkpointed[key] = closed_to
                 if not replay and checkpoints is not None:
                     record = StateCheckpoint(series=key, ts=closed_to, data=series.checkpoint())
@@ -278,10 +294,21 @@ class SampleProcessor:
     def _quantiles(sample: GpuSample, metric: str, c: Closed) -> GpuQuantiles:
         same_job = c.job_id == sample.job_id
         return GpuQuantiles(
-            node=sample.node, gpu_index=sample.gpu_index, gpu_uuid=sample.gpu_uuid, metric=metric,
-            window=c.window, window_start=c.start_ms, window_end=c.end_ms, count=c.count,
-            p25=c.p25, p50=c.p50, p95=c.p95, mean=c.mean, job_id=c.job_id,
-            user=sample.user if same_job else None, team=sample.team if same_job else None,
+            node=sample.node,
+            gpu_index=sample.gpu_index,
+            gpu_uuid=sample.gpu_uuid,
+            metric=metric,
+            window=c.window,
+            window_start=c.start_ms,
+            window_end=c.end_ms,
+            count=c.count,
+            p25=c.p25,
+            p50=c.p50,
+            p95=c.p95,
+            mean=c.mean,
+            job_id=c.job_id,
+            user=sample.user if same_job else None,
+            team=sample.team if same_job else None,
         )
 
     @staticmethod
@@ -289,9 +316,19 @@ class SampleProcessor:
         assert c.job_id is not None
         same_job = c.job_id == sample.job_id
         return GpuSketch(
-            job_id=c.job_id, node=sample.node, gpu_uuid=sample.gpu_uuid, metric=metric, window=c.window,
-            window_start=c.start_ms, window_end=c.end_ms, count=c.count, sum=c.total, sketch=c.sketch, means=means or {},
-            user=sample.user if same_job else None, team=sample.team if same_job else None,
+            job_id=c.job_id,
+            node=sample.node,
+            gpu_uuid=sample.gpu_uuid,
+            metric=metric,
+            window=c.window,
+            window_start=c.start_ms,
+            window_end=c.end_ms,
+            count=c.count,
+            sum=c.total,
+            sketch=c.sketch,
+            means=means or {},
+            user=sample.user if same_job else None,
+            team=sample.team if same_job else None,
             priority=sample.priority if same_job else None,
         )
 
@@ -396,7 +433,7 @@ class SampleProcessor:
             return []
         try:
             return self._observe_scheduler(records)
-        except Exception:  # noqa: BLE001 - the attribution feed must go on; the owning stage dead-letters
+        except Exception:
             log.exception("scheduler record not applied to the attribution table and KPIs")
             return []
 
@@ -440,8 +477,14 @@ class SampleProcessor:
         self.stats.reasons[short] = self.stats.reasons.get(short, 0) + 1
         log.warning("dead letter %s[%d]@%d: %s", source, partition, offset, reason)
         letter = DeadLetter.of(
-            ts=int(time.time() * 1000), source_topic=source, source_partition=partition, source_offset=offset,
-            stage=stage, reason=reason, raw=value, key=key,
+            ts=int(time.time() * 1000),
+            source_topic=source,
+            source_partition=partition,
+            source_offset=offset,
+            stage=stage,
+            reason=reason,
+            raw=value,
+            key=key,
         )
         return Output(DEAD_LETTERS, source.encode(), DEAD_LETTERS.codec.encode([letter]))
 
@@ -491,10 +534,10 @@ class SampleProcessor:
             for sample in samples:
                 sample = self.attribution.enrich_gpu(sample)
                 self._detect(sample, replay=True)
-                means = self._means_of(sample)
+                self._means_of(sample)  # the window means take the sample too
                 for metric, closed in self._roll(sample, partition, replay=True):
                     self._detect(self._quantiles(sample, metric, closed), replay=True)
-        except Exception:  # noqa: BLE001 - it failed (and was dead-lettered) when first handled too
+        except Exception:
             log.warning("replay of a message that fails again skipped", exc_info=True)
 
     def replay_sketches(self, value: bytes | None) -> None:
@@ -507,7 +550,7 @@ class SampleProcessor:
                 for q in self.jobs.add(sketch):
                     self._detect(q, replay=True)
             self._detect_gpu_windows(replay=True)  # as handle_sketches: once per message
-        except Exception:  # noqa: BLE001 - it failed (and was dead-lettered) when first handled too
+        except Exception:
             log.warning("replay of a sketch message that fails again skipped", exc_info=True)
 
     def _track_open(self, anomaly: Anomaly) -> None:

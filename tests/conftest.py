@@ -84,12 +84,20 @@ class Pipeline:
         log = open(self.logs / f"{name}.log", "ab")
         return subprocess.Popen(
             [sys.executable, "-m", "hpcinsight.cli", *args],
-            env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
 
     def run(self, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "hpcinsight.cli", *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+            [sys.executable, "-m", "hpcinsight.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"hpcinsight {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
@@ -168,10 +176,13 @@ def check_windows_against_numpy(
     import numpy as np
 
     by_gpu = samples_by_gpu(pipeline, metric)
-    label = window or pipeline.sql(
-        f"SELECT window FROM gpu_quantiles WHERE metric = '{metric}' AND window != 'since_start' "
-        "ORDER BY window_end - window_start LIMIT 1"
-    )[0]["window"]
+    label = (
+        window
+        or pipeline.sql(
+            f"SELECT window FROM gpu_quantiles WHERE metric = '{metric}' AND window != 'since_start' "
+            "ORDER BY window_end - window_start LIMIT 1"
+        )[0]["window"]
+    )
     windows = pipeline.sql(
         "SELECT gpu_uuid, toUnixTimestamp64Milli(window_start) AS s, toUnixTimestamp64Milli(window_end) AS e, "
         f"count, p25, p50, p95, mean FROM gpu_quantiles FINAL WHERE metric = '{metric}' AND window = '{label}' "

@@ -26,8 +26,10 @@ import pynvml
 
 _ALL_LINKS = 0xFFFFFFFF
 _NVLINK_THROUGHPUT = {
-    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
-    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX,
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX,
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX,
 }
 
 
@@ -197,8 +199,10 @@ class FakeNvml:
 
     def nvmlDeviceGetTotalEccErrors(self, h: FakeGpu, error_type: int, counter_type: int) -> int:
         assert counter_type == pynvml.NVML_VOLATILE_ECC
-        value = {pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED: h.ecc_corrected,
-                 pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED: h.ecc_uncorrected}[error_type]
+        value = {
+            pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED: h.ecc_corrected,
+            pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED: h.ecc_uncorrected,
+        }[error_type]
         return self._check(h, value, "nvmlDeviceGetTotalEccErrors")
 
     def nvmlDeviceGetRetiredPagesPendingStatus(self, h: FakeGpu) -> int:
@@ -311,8 +315,11 @@ class FakeNvml:
 
     # -- processes ---------------------------------------------------------------------------
     def _process_infos(self, h: FakeGpu, mps: bool) -> list[Any]:
-        return [SimpleNamespace(pid=p.pid, usedGpuMemory=p.used_memory, gpuInstanceId=h.gpu_instance_id or 0,
-                                computeInstanceId=0) for p in h.processes if p.mps == mps]
+        return [
+            SimpleNamespace(pid=p.pid, usedGpuMemory=p.used_memory, gpuInstanceId=h.gpu_instance_id or 0, computeInstanceId=0)
+            for p in h.processes
+            if p.mps == mps
+        ]
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: FakeGpu) -> list[Any]:
         self._check(h, True, "nvmlDeviceGetComputeRunningProcesses")
@@ -376,10 +383,15 @@ class FakeNvml:
         for event_set in self.event_sets:
             for device, types in event_set.registered:
                 if device is gpu and types & pynvml.nvmlEventTypeXidCriticalError:
-                    event_set.events.put(SimpleNamespace(
-                        device=gpu, eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=xid,
-                        gpuInstanceId=gpu_instance_id, computeInstanceId=0xFFFFFFFF,
-                    ))
+                    event_set.events.put(
+                        SimpleNamespace(
+                            device=gpu,
+                            eventType=pynvml.nvmlEventTypeXidCriticalError,
+                            eventData=xid,
+                            gpuInstanceId=gpu_instance_id,
+                            computeInstanceId=0xFFFFFFFF,
+                        )
+                    )
 
 
 # A healthy H100 board: GPM, NVLink counters and error counters all present.
@@ -401,6 +413,9 @@ NVLINK_ERRORS_H100: dict[int, int] = {
 
 def h100(uuid: str, **kw: Any) -> FakeGpu:
     """A fake H100 with every reading supported (cumulative NVLink counters in KiB)."""
-    fields = {pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: 1_000_000,
-              pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: 2_000_000, **NVLINK_ERRORS_H100}
+    fields = {
+        pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: 1_000_000,
+        pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: 2_000_000,
+        **NVLINK_ERRORS_H100,
+    }
     return FakeGpu(uuid, gpm=dict(GPM_H100), fields=fields, **kw)

@@ -12,9 +12,19 @@ import shutil
 from pathlib import Path
 
 COUNTERS = (
-    "port_xmit_data", "port_rcv_data", "port_xmit_packets", "port_rcv_packets", "port_xmit_wait",
-    "symbol_error", "link_downed", "link_error_recovery", "port_rcv_errors", "port_rcv_remote_physical_errors",
-    "port_xmit_discards", "local_link_integrity_errors", "excessive_buffer_overrun_errors",
+    "port_xmit_data",
+    "port_rcv_data",
+    "port_xmit_packets",
+    "port_rcv_packets",
+    "port_xmit_wait",
+    "symbol_error",
+    "link_downed",
+    "link_error_recovery",
+    "port_rcv_errors",
+    "port_rcv_remote_physical_errors",
+    "port_xmit_discards",
+    "local_link_integrity_errors",
+    "excessive_buffer_overrun_errors",
 )
 HW_COUNTERS = ("out_of_buffer", "rx_write_requests", "np_cnp_sent")
 

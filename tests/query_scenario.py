@@ -75,8 +75,18 @@ class Scenario:
     waits: dict[str, list[float]] = field(default_factory=dict)  # gpu bucket -> queue waits (s)
 
 
-def _job_samples(sc: Scenario, rng: np.random.Generator, job: str, user: str, team: str, priority: str,
-                 gpus: list[tuple[str, int]], start: int, seconds: int, level: tuple[float, float]) -> None:
+def _job_samples(
+    sc: Scenario,
+    rng: np.random.Generator,
+    job: str,
+    user: str,
+    team: str,
+    priority: str,
+    gpus: list[tuple[str, int]],
+    start: int,
+    seconds: int,
+    level: tuple[float, float],
+) -> None:
     for node, gpu in gpus:
         base = rng.uniform(*level)
         for s in range(seconds):
@@ -84,12 +94,27 @@ def _job_samples(sc: Scenario, rng: np.random.Generator, job: str, user: str, te
             if job == "job-a" and (node, gpu) == SLOW and SLOW_SPAN[0] <= s < SLOW_SPAN[1]:
                 util = float(rng.uniform(40, 50))
             power = float(min(700.0, max(60.0, 90 + 5.6 * util + rng.normal(0, 8))))
-            sc.samples.append(GpuSample(
-                node=node, gpu_index=gpu, gpu_uuid=uuid(node, gpu), ts=start + s * S, gpu_util=round(util, 1),
-                power_w=round(power, 1), sm_clock_mhz=float(round(1980 - abs(rng.normal(0, 10)))),
-                temperature_c=round(35 + 0.4 * util, 1), mem_used_bytes=60 * 2**30, mem_util_pct=round(util * 0.4, 1),
-                ecc_uncorrected_volatile=0, throttle=[], job_id=job, user=user, team=team, priority=priority, zone=ZONE[node],
-            ))
+            sc.samples.append(
+                GpuSample(
+                    node=node,
+                    gpu_index=gpu,
+                    gpu_uuid=uuid(node, gpu),
+                    ts=start + s * S,
+                    gpu_util=round(util, 1),
+                    power_w=round(power, 1),
+                    sm_clock_mhz=float(round(1980 - abs(rng.normal(0, 10)))),
+                    temperature_c=round(35 + 0.4 * util, 1),
+                    mem_used_bytes=60 * 2**30,
+                    mem_util_pct=round(util * 0.4, 1),
+                    ecc_uncorrected_volatile=0,
+                    throttle=[],
+                    job_id=job,
+                    user=user,
+                    team=team,
+                    priority=priority,
+                    zone=ZONE[node],
+                )
+            )
 
 
 def _quantile_rows(sc: Scenario, job: str, user: str, team: str, start: int, seconds: int) -> None:
@@ -100,27 +125,69 @@ def _quantile_rows(sc: Scenario, job: str, user: str, team: str, start: int, sec
         for metric in ("gpu_util", "power_w", "sm_clock_mhz"):
             values = np.array([getattr(s, metric) for s in upto], dtype=np.float64)
             p25, p50, p95 = np.quantile(values, [0.25, 0.5, 0.95])
-            sc.job_quantiles.append(JobQuantiles(
-                job_id=job, metric=metric, window="since_start", window_start=start, window_end=end,
-                gpus=len({s.gpu_uuid for s in upto}), count=len(values), p25=float(p25), p50=float(p50), p95=float(p95),
-                mean=float(values.mean()), user=user, team=team))
+            sc.job_quantiles.append(
+                JobQuantiles(
+                    job_id=job,
+                    metric=metric,
+                    window="since_start",
+                    window_start=start,
+                    window_end=end,
+                    gpus=len({s.gpu_uuid for s in upto}),
+                    count=len(values),
+                    p25=float(p25),
+                    p50=float(p50),
+                    p95=float(p95),
+                    mean=float(values.mean()),
+                    user=user,
+                    team=team,
+                )
+            )
         for g in sorted({(s.node, s.gpu_index) for s in upto}):
             values = np.array([s.gpu_util for s in upto if (s.node, s.gpu_index) == g], dtype=np.float64)
             p25, p50, p95 = np.quantile(values, [0.25, 0.5, 0.95])
-            sc.gpu_quantiles.append(GpuQuantiles(
-                node=g[0], gpu_index=g[1], gpu_uuid=uuid(*g), metric="gpu_util", window="since_start", window_start=start,
-                window_end=end, count=len(values), p25=float(p25), p50=float(p50), p95=float(p95), mean=float(values.mean()),
-                job_id=job, user=user, team=team))
+            sc.gpu_quantiles.append(
+                GpuQuantiles(
+                    node=g[0],
+                    gpu_index=g[1],
+                    gpu_uuid=uuid(*g),
+                    metric="gpu_util",
+                    window="since_start",
+                    window_start=start,
+                    window_end=end,
+                    count=len(values),
+                    p25=float(p25),
+                    p50=float(p50),
+                    p95=float(p95),
+                    mean=float(values.mean()),
+                    job_id=job,
+                    user=user,
+                    team=team,
+                )
+            )
 
 
-def _anomaly(kind: str, severity: str, subject_type: str, subject: str, fired: int, resolved: int | None, message: str,
-             **kw: Any) -> list[Anomaly]:
+def _anomaly(
+    kind: str, severity: str, subject_type: str, subject: str, fired: int, resolved: int | None, message: str, **kw: Any
+) -> list[Anomaly]:
     out = []
     for state, ts in (("firing", fired), ("resolved", resolved)):
         if ts is not None:
-            out.append(Anomaly(id=f"{kind}-{subject}", kind=kind, severity=severity, state=state,  # type: ignore[arg-type]
-                               subject_type=subject_type, subject=subject, ts=ts, started_at=fired,  # type: ignore[arg-type]
-                               window_start=fired, window_end=ts, message=message, **kw))
+            out.append(
+                Anomaly(
+                    id=f"{kind}-{subject}",
+                    kind=kind,
+                    severity=severity,
+                    state=state,  # type: ignore[arg-type]
+                    subject_type=subject_type,
+                    subject=subject,
+                    ts=ts,
+                    started_at=fired,  # type: ignore[arg-type]
+                    window_start=fired,
+                    window_end=ts,
+                    message=message,
+                    **kw,
+                )
+            )
     return out
 
 
@@ -134,10 +201,20 @@ def build(seed: int = 11) -> Scenario:
     sc.inventory = [NodeInventory(ts=t0, node=n, gpu_count=8, gpu_model="H100", zone=ZONE[n]) for n in NODES]
 
     # jobs and their scheduler events
-    def job_events(job: str, user: str, team: str, priority: str, gpus: float, submitted: int, scheduled: int,
-                   finished: int | None, node: str | None) -> None:
-        common = dict(source="test", job_id=job, user=user, team=team, priority=priority, requested_gpus=gpus, name=job,
-                      gpu_model="H100")
+    def job_events(
+        job: str,
+        user: str,
+        team: str,
+        priority: str,
+        gpus: float,
+        submitted: int,
+        scheduled: int,
+        finished: int | None,
+        node: str | None,
+    ) -> None:
+        common = dict(
+            source="test", job_id=job, user=user, team=team, priority=priority, requested_gpus=gpus, name=job, gpu_model="H100"
+        )
         sc.events.append(SchedulerEvent(ts=submitted, kind="submitted", **common))  # type: ignore[arg-type]
         sc.events.append(SchedulerEvent(ts=scheduled, kind="scheduled", node=node, **common))  # type: ignore[arg-type]
         if finished is not None:
@@ -152,8 +229,7 @@ def build(seed: int = 11) -> Scenario:
         sc.waits[bucket] = waits
         for i, w in enumerate(waits):
             sched = t0 + (base + i) * S
-            job_events(f"w{bucket}-{i}", f"user-{i % 3}", "batch", "normal", gpus, sched - int(w * S), sched,
-                       t0 + 2700 * S, None)
+            job_events(f"w{bucket}-{i}", f"user-{i % 3}", "batch", "normal", gpus, sched - int(w * S), sched, t0 + 2700 * S, None)
     sc.events.sort(key=lambda e: e.ts)
 
     # GPU samples
@@ -162,8 +238,19 @@ def build(seed: int = 11) -> Scenario:
     _job_samples(sc, rng, "job-c", "carl", "vision", "low", [("node-03", g) for g in range(4)], c_start, C_SECONDS, (55, 65))
     for g in range(4, 8):  # idle GPUs, no job
         for s in range(0, A_SECONDS, 10):
-            sc.samples.append(GpuSample(node="node-03", gpu_index=g, gpu_uuid=uuid("node-03", g), ts=a + s * S, gpu_util=0.0,
-                                        power_w=60.0, sm_clock_mhz=345.0, throttle=["idle"], zone="zone-b"))
+            sc.samples.append(
+                GpuSample(
+                    node="node-03",
+                    gpu_index=g,
+                    gpu_uuid=uuid("node-03", g),
+                    ts=a + s * S,
+                    gpu_util=0.0,
+                    power_w=60.0,
+                    sm_clock_mhz=345.0,
+                    throttle=["idle"],
+                    zone="zone-b",
+                )
+            )
 
     # IB: two ports a node, attributed to the node's job
     for node in NODES[:2]:
@@ -171,43 +258,131 @@ def build(seed: int = 11) -> Scenario:
             degraded = node == "node-01" and IB_SPAN[0] <= s < IB_SPAN[1]
             for port in range(2):
                 rate = rng.normal(3e9 if degraded else 10e9, 0.3e9)
-                sc.ib.append(IbSample(node=node, device=f"mlx5_{port}", port=1, ts=a + s * S, interval_s=1.0, state="ACTIVE",
-                                      xmit_bytes_per_s=float(rate / 2), rcv_bytes_per_s=float(rate / 2),
-                                      xmit_wait_per_s=float(5e6 if degraded else 1e5), symbol_errors=0, link_downed=0,
-                                      job_id="job-a", user="ann", team="llm"))
+                sc.ib.append(
+                    IbSample(
+                        node=node,
+                        device=f"mlx5_{port}",
+                        port=1,
+                        ts=a + s * S,
+                        interval_s=1.0,
+                        state="ACTIVE",
+                        xmit_bytes_per_s=float(rate / 2),
+                        rcv_bytes_per_s=float(rate / 2),
+                        xmit_wait_per_s=float(5e6 if degraded else 1e5),
+                        symbol_errors=0,
+                        link_downed=0,
+                        job_id="job-a",
+                        user="ann",
+                        team="llm",
+                    )
+                )
 
     # steps of job-a's 16 ranks, one a second
     for step in range(A_SECONDS):
         slow_ib = IB_SPAN[0] <= step < IB_SPAN[1]
         for rank in range(16):
             d = rng.normal(1.0, 0.02) * (1.4 if slow_ib else 1.0) * (1.35 if rank == STRAGGLER_RANK else 1.0)
-            sc.steps.append(StepMetric(job_id="job-a", rank=rank, world_size=16, step=step, ts=a + step * S + rank,
-                                       duration_s=float(d), node=NODES[rank // 8], local_rank=rank % 8, user="ann", team="llm"))
+            sc.steps.append(
+                StepMetric(
+                    job_id="job-a",
+                    rank=rank,
+                    world_size=16,
+                    step=step,
+                    ts=a + step * S + rank,
+                    duration_s=float(d),
+                    node=NODES[rank // 8],
+                    local_rank=rank % 8,
+                    user="ann",
+                    team="llm",
+                )
+            )
 
     _quantile_rows(sc, "job-a", "ann", "llm", a, A_SECONDS)
     _quantile_rows(sc, "job-b", "bob", "vision", b_start, B_SECONDS)
 
     # what the detectors raised
-    sc.anomalies += _anomaly("gpu_outlier", "warning", "gpu", uuid(*SLOW), a + 360 * S, a + 960 * S, "GPU out of line",
-                             node=SLOW[0], gpu_uuid=uuid(*SLOW), job_id="job-a", evidence={"robust_z": -12.0})
-    sc.anomalies += _anomaly("gpu_xid", "critical", "gpu", uuid(*XID_GPU), a + 960 * S, None, "XID 79: GPU fallen off the bus",
-                             node=XID_GPU[0], gpu_uuid=uuid(*XID_GPU), evidence={"xid": 79.0, "count": 1.0, "drain": 1.0})
-    sc.anomalies += _anomaly("straggler", "warning", "rank", f"job-a/rank-{STRAGGLER_RANK}", a + 200 * S, None,
-                             "rank 3 is the slowest", node="node-00", job_id="job-a", evidence={"rank": float(STRAGGLER_RANK)})
-    sc.anomalies += _anomaly("slow_interconnect", "warning", "node", "node-01", a + 640 * S, a + 930 * S, "IB throughput low",
-                             node="node-01", job_id="job-a", evidence={"ratio": 0.3})
-    sc.anomalies += _anomaly("job_underused", "warning", "job", "job-b", b_start + 400 * S, None, "job-b under-used",
-                             job_id="job-b", evidence={"p95_pct": 13.0})
-    sc.anomalies += _anomaly("gpu_outlier", "warning", "gpu", uuid("node-03", 1), t0 + 10 * S, t0 + 40 * S,
-                             "another job's GPU, before job-a", node="node-03", gpu_uuid=uuid("node-03", 1), job_id="job-c",
-                             evidence={})
+    sc.anomalies += _anomaly(
+        "gpu_outlier",
+        "warning",
+        "gpu",
+        uuid(*SLOW),
+        a + 360 * S,
+        a + 960 * S,
+        "GPU out of line",
+        node=SLOW[0],
+        gpu_uuid=uuid(*SLOW),
+        job_id="job-a",
+        evidence={"robust_z": -12.0},
+    )
+    sc.anomalies += _anomaly(
+        "gpu_xid",
+        "critical",
+        "gpu",
+        uuid(*XID_GPU),
+        a + 960 * S,
+        None,
+        "XID 79: GPU fallen off the bus",
+        node=XID_GPU[0],
+        gpu_uuid=uuid(*XID_GPU),
+        evidence={"xid": 79.0, "count": 1.0, "drain": 1.0},
+    )
+    sc.anomalies += _anomaly(
+        "straggler",
+        "warning",
+        "rank",
+        f"job-a/rank-{STRAGGLER_RANK}",
+        a + 200 * S,
+        None,
+        "rank 3 is the slowest",
+        node="node-00",
+        job_id="job-a",
+        evidence={"rank": float(STRAGGLER_RANK)},
+    )
+    sc.anomalies += _anomaly(
+        "slow_interconnect",
+        "warning",
+        "node",
+        "node-01",
+        a + 640 * S,
+        a + 930 * S,
+        "IB throughput low",
+        node="node-01",
+        job_id="job-a",
+        evidence={"ratio": 0.3},
+    )
+    sc.anomalies += _anomaly(
+        "job_underused",
+        "warning",
+        "job",
+        "job-b",
+        b_start + 400 * S,
+        None,
+        "job-b under-used",
+        job_id="job-b",
+        evidence={"p95_pct": 13.0},
+    )
+    sc.anomalies += _anomaly(
+        "gpu_outlier",
+        "warning",
+        "gpu",
+        uuid("node-03", 1),
+        t0 + 10 * S,
+        t0 + 40 * S,
+        "another job's GPU, before job-a",
+        node="node-03",
+        gpu_uuid=uuid("node-03", 1),
+        job_id="job-c",
+        evidence={},
+    )
     sc.xids.append(XidEvent(node=XID_GPU[0], gpu_index=XID_GPU[1], gpu_uuid=uuid(*XID_GPU), ts=a + 960 * S, xid=79, seq=1))
 
     # scheduling KPIs, by the worker's own logic
     kpis = SchedulingKpis(KpiConfig(interval_s=60, lateness_s=0))
     usage = [(q.window_end, q) for q in sc.job_quantiles if q.metric == "gpu_util"]  # the job stage's view, as it comes
-    for ts, e in sorted([(e.ts, e) for e in (*sc.inventory, *sc.events)] + usage,
-                        key=lambda te: (te[0], not isinstance(te[1], NodeInventory), isinstance(te[1], JobQuantiles))):
+    for _ts, e in sorted(
+        [(e.ts, e) for e in (*sc.inventory, *sc.events)] + usage,
+        key=lambda te: (te[0], not isinstance(te[1], NodeInventory), isinstance(te[1], JobQuantiles)),
+    ):
         if isinstance(e, JobQuantiles):
             kpis.observe_usage(e.job_id, e.mean)
         else:
@@ -218,11 +393,18 @@ def build(seed: int = 11) -> Scenario:
 
 def insert(client: Any, sc: Scenario) -> None:
     """Store every record as the sink would: Arrow batches with their Kafka coordinates."""
-    tables = (("gpu_samples", GpuSample, sc.samples), ("ib_samples", IbSample, sc.ib), ("step_metrics", StepMetric, sc.steps),
-              ("scheduler_events", SchedulerEvent, sc.events), ("node_inventory", NodeInventory, sc.inventory),
-              ("scheduling_kpis", SchedulingKpi, sc.kpis), ("anomalies", Anomaly, sc.anomalies),
-              ("job_quantiles", JobQuantiles, sc.job_quantiles), ("gpu_quantiles", GpuQuantiles, sc.gpu_quantiles),
-              ("xid_events", XidEvent, sc.xids))
+    tables = (
+        ("gpu_samples", GpuSample, sc.samples),
+        ("ib_samples", IbSample, sc.ib),
+        ("step_metrics", StepMetric, sc.steps),
+        ("scheduler_events", SchedulerEvent, sc.events),
+        ("node_inventory", NodeInventory, sc.inventory),
+        ("scheduling_kpis", SchedulingKpi, sc.kpis),
+        ("anomalies", Anomaly, sc.anomalies),
+        ("job_quantiles", JobQuantiles, sc.job_quantiles),
+        ("gpu_quantiles", GpuQuantiles, sc.gpu_quantiles),
+        ("xid_events", XidEvent, sc.xids),
+    )
     for table, event, records in tables:
         n = len(records)
         extra = {"_partition": pa.array([0] * n, pa.uint32()), "_offset": pa.array(range(n), pa.uint64())}

@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 
 from hpcinsight.agents.delivery import Delivery
-from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
 from hpcinsight.agents.runner import AgentStats, Metrics, run_agent
+from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
 from hpcinsight.schemas.catalog import AGENT_HEALTH, GPU_SAMPLES_RAW
 
 
@@ -31,8 +31,17 @@ def test_sampling_goes_on_without_a_broker_and_everything_waits_in_the_spool(tmp
         while not delivery.broker_down:  # librdkafka has found the broker unreachable
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        run_agent([SimGpuCollector(SimConfig(nodes=2, gpus_per_node=4))], delivery, "t.", interval_s=1.0, ticks=30,
-                  speed=1000.0, stop=threading.Event(), stats=stats, node="n")
+        run_agent(
+            [SimGpuCollector(SimConfig(nodes=2, gpus_per_node=4))],
+            delivery,
+            "t.",
+            interval_s=1.0,
+            ticks=30,
+            speed=1000.0,
+            stop=threading.Event(),
+            stats=stats,
+            node="n",
+        )
         assert stats.ticks == 30 and stats.records == 30 * 8 and stats.messages == 60
         assert delivery.stats.delivered == 0 and delivery.stats.spilled > 0
         records = delivery.spool.read(1000)  # nothing lost: every message is on disk, in order

@@ -37,13 +37,31 @@ def receiver():
 
 def notifications(count: int, group_by: str = "...") -> list[Notification]:
     """``count`` real notifications from the engine: one GPU fault each, grouped by every label."""
-    config = alerts_config.parse({"route": {"receiver": "r", "group_by": [group_by], "group_wait": "0s"},
-                                  "receivers": [{"name": "r"}]})
+    config = alerts_config.parse(
+        {"route": {"receiver": "r", "group_by": [group_by], "group_wait": "0s"}, "receivers": [{"name": "r"}]}
+    )
     e = Engine(config)
     for k in range(count):
-        e.observe_anomaly(Anomaly(f"a{k}", "gpu_health", "critical", "firing", "gpu", f"GPU-{k}", T0, T0 - 60_000,
-                                  T0 - 60_000, T0, f"GPU {k} of n1 throttles for heat", {"throttled_share": 0.8, "gpu_index": float(k)},
-                                  node="n1", gpu_uuid=f"GPU-{k}", job_id="j1"), T0)
+        e.observe_anomaly(
+            Anomaly(
+                f"a{k}",
+                "gpu_health",
+                "critical",
+                "firing",
+                "gpu",
+                f"GPU-{k}",
+                T0,
+                T0 - 60_000,
+                T0 - 60_000,
+                T0,
+                f"GPU {k} of n1 throttles for heat",
+                {"throttled_share": 0.8, "gpu_index": float(k)},
+                node="n1",
+                gpu_uuid=f"GPU-{k}",
+                job_id="j1",
+            ),
+            T0,
+        )
     return e.tick(T0)
 
 
@@ -57,8 +75,9 @@ class Setup:
         self.failed: list[tuple[OutboxRow, str]] = []
         built = build_integrations(self.config, Renderer())
         self.integrations = {i[0].id: (i, limit) for items in built.values() for i, limit in items}
-        self.dispatcher = Dispatcher(self.integrations, self.store.path, self.config.retry,
-                                     lambda row, reason: self.failed.append((row, reason)))
+        self.dispatcher = Dispatcher(
+            self.integrations, self.store.path, self.config.retry, lambda row, reason: self.failed.append((row, reason))
+        )
 
     def send(self, ns: list[Notification], integration: str) -> list[OutboxRow]:
         rows = self.store.commit(Engine(self.config).take_changes(), {}, [(n, integration, "t") for n in ns])
@@ -85,14 +104,28 @@ def test_the_webhook_speaks_alertmanagers_format_with_an_idempotency_key(tmp_pat
     s.close()
     assert got.path == "/am" and got.headers["Idempotency-Key"] == n.id
     body = got.body
-    assert {k: body[k] for k in ("version", "status", "receiver", "truncatedAlerts", "notificationId")} == \
-        {"version": "4", "status": "firing", "receiver": "r", "truncatedAlerts": 0, "notificationId": n.id}
+    assert {k: body[k] for k in ("version", "status", "receiver", "truncatedAlerts", "notificationId")} == {
+        "version": "4",
+        "status": "firing",
+        "receiver": "r",
+        "truncatedAlerts": 0,
+        "notificationId": n.id,
+    }
     assert body["groupKey"] == n.group_key and body["groupLabels"] == n.group_labels
     [alert] = body["alerts"]
     assert alert["status"] == "firing" and alert["fingerprint"] == "a0" and alert["endsAt"] == "0001-01-01T00:00:00Z"
     assert alert["startsAt"].endswith("Z") and alert["startsAt"].startswith(time.strftime("%Y-%m-%dT", time.gmtime(T0 / 1000)))
-    assert alert["labels"] == {"alertname": "gpu_health", "kind": "gpu_health", "severity": "critical", "subject_type": "gpu",
-                               "subject": "GPU-0", "node": "n1", "gpu_uuid": "GPU-0", "gpu": "0", "job": "j1"}
+    assert alert["labels"] == {
+        "alertname": "gpu_health",
+        "kind": "gpu_health",
+        "severity": "critical",
+        "subject_type": "gpu",
+        "subject": "GPU-0",
+        "node": "n1",
+        "gpu_uuid": "GPU-0",
+        "gpu": "0",
+        "job": "j1",
+    }
     assert alert["annotations"]["summary"] == "GPU 0 of n1 throttles for heat"
     assert alert["annotations"]["diagnose"] == "hpcinsight diagnose j1"
     assert body["commonLabels"]["node"] == "n1"
@@ -125,16 +158,25 @@ def test_a_receiver_down_then_up_gets_each_notification_exactly_once(tmp_path: P
 
 def test_a_groups_notifications_keep_their_order_across_parallel_senders(tmp_path: Path, receiver: LocalReceiver) -> None:
     """Firing then resolved, for many groups at once, through a receiver that was down: per group in order."""
-    config = alerts_config.parse({"route": {"receiver": "r", "group_by": ["..."], "group_wait": "0s", "group_interval": "1s"},
-                                  "receivers": [{"name": "r"}]})
+    config = alerts_config.parse(
+        {
+            "route": {"receiver": "r", "group_by": ["..."], "group_wait": "0s", "group_interval": "1s"},
+            "receivers": [{"name": "r"}],
+        }
+    )
     e = Engine(config)
     for k in range(12):
-        e.observe_anomaly(Anomaly(f"a{k}", "hang", "critical", "firing", "job", f"j{k}", T0, T0, T0, T0, "stuck", {},
-                                  job_id=f"j{k}"), T0)
+        e.observe_anomaly(
+            Anomaly(f"a{k}", "hang", "critical", "firing", "job", f"j{k}", T0, T0, T0, T0, "stuck", {}, job_id=f"j{k}"), T0
+        )
     firing = e.tick(T0)
     for k in range(12):
-        e.observe_anomaly(Anomaly(f"a{k}", "hang", "critical", "resolved", "job", f"j{k}", T0 + 5, T0, T0, T0 + 5, "moving", {},
-                                  job_id=f"j{k}"), T0 + 5)
+        e.observe_anomaly(
+            Anomaly(
+                f"a{k}", "hang", "critical", "resolved", "job", f"j{k}", T0 + 5, T0, T0, T0 + 5, "moving", {}, job_id=f"j{k}"
+            ),
+            T0 + 5,
+        )
     resolved = e.tick(T0 + 1000)
     s = Setup(tmp_path, [{**webhook("r", receiver.url()), "max_in_flight": 4}])
     receiver.status = 503
@@ -246,8 +288,17 @@ def test_mattermost_through_apprise_posts_the_message_to_the_webhook(tmp_path: P
     s.close()
     assert got.path == "/mm/hooks/mmtoken123" and got.body["username"] == "hpcinsight"
     text = got.body["text"]
-    for part in ("[FIRING:1]", "CRITICAL gpu_health", "GPU 0 (GPU-0)", "node n1", "job j1", "GPU 0 of n1 throttles for heat",
-                 "since", "evidence: gpu_index=0, throttled_share=0.8", "hpcinsight diagnose j1"):
+    for part in (
+        "[FIRING:1]",
+        "CRITICAL gpu_health",
+        "GPU 0 (GPU-0)",
+        "node n1",
+        "job j1",
+        "GPU 0 of n1 throttles for heat",
+        "since",
+        "evidence: gpu_index=0, throttled_share=0.8",
+        "hpcinsight diagnose j1",
+    ):
         assert part in text, (part, text)
     assert s.outbox()[0]["state"] == "sent"
 
@@ -268,10 +319,17 @@ def test_no_secret_in_logs_errors_or_the_outbox(tmp_path: Path, caplog: pytest.L
     """Receivers that fail (refused connections), with every library logging at DEBUG."""
     caplog.set_level(logging.DEBUG)
     redact.install()
-    s = Setup(tmp_path, [
-        {"name": "hook", "webhook_configs": [{"url": "http://127.0.0.1:9/hook/Hook5Secret?sig=Sig5Secret", "bearer_token": "Tok5Secret"}]},
-        {"name": "chat", "mattermost_configs": [{"url": "http://127.0.0.1:9/hooks/mm5secret5token"}]},
-    ], retry={**FAST_RETRY, "give_up_after": "1s"})
+    s = Setup(
+        tmp_path,
+        [
+            {
+                "name": "hook",
+                "webhook_configs": [{"url": "http://127.0.0.1:9/hook/Hook5Secret?sig=Sig5Secret", "bearer_token": "Tok5Secret"}],
+            },
+            {"name": "chat", "mattermost_configs": [{"url": "http://127.0.0.1:9/hooks/mm5secret5token"}]},
+        ],
+        retry={**FAST_RETRY, "give_up_after": "1s"},
+    )
     ns = notifications(1)
     s.send(ns, "hook/webhook[0]")
     s.send(ns, "chat/mattermost[0]")

@@ -20,22 +20,55 @@ S = 1000  # ms
 
 def make_config(route: dict | None = None, **extra) -> alerts_config.AlertsConfig:
     receivers = [{"name": n, "webhook_configs": [{"url": f"http://127.0.0.1:9/{n}"}]} for n in ("ops", "oncall", "llm", "alice")]
-    data = {"route": route or {"receiver": "ops", "group_by": ["kind", "node"], "group_wait": "30s",
-                               "group_interval": "5m", "repeat_interval": "4h"},
-            "receivers": receivers, **extra}
+    data = {
+        "route": route
+        or {
+            "receiver": "ops",
+            "group_by": ["kind", "node"],
+            "group_wait": "30s",
+            "group_interval": "5m",
+            "repeat_interval": "4h",
+        },
+        "receivers": receivers,
+        **extra,
+    }
     return alerts_config.parse(data, "test.yaml")
 
 
-def anomaly(aid: str, state: str = "firing", kind: str = "gpu_health", node: str = "n1", gpu: int | None = 3,
-            ts: int = T0, severity: str = "warning", subject_type: str = "gpu", job: str | None = None,
-            evidence: dict | None = None, started_at: int | None = None) -> Anomaly:
+def anomaly(
+    aid: str,
+    state: str = "firing",
+    kind: str = "gpu_health",
+    node: str = "n1",
+    gpu: int | None = 3,
+    ts: int = T0,
+    severity: str = "warning",
+    subject_type: str = "gpu",
+    job: str | None = None,
+    evidence: dict | None = None,
+    started_at: int | None = None,
+) -> Anomaly:
     subject = f"GPU-{node}-{gpu}" if subject_type == "gpu" else node if subject_type == "node" else job or "?"
     ev = {"p95_pct": 2.0} if evidence is None else evidence
     if gpu is not None:
         ev = {**ev, "gpu_index": float(gpu)}
-    return Anomaly(aid, kind, severity, state, subject_type, subject, ts, started_at or T0, T0, ts,  # type: ignore[arg-type]
-                   f"{kind} on {subject} ({state})", ev, node=node,
-                   gpu_uuid=f"GPU-{node}-{gpu}" if subject_type == "gpu" else None, job_id=job)
+    return Anomaly(
+        aid,
+        kind,
+        severity,
+        state,
+        subject_type,
+        subject,
+        ts,
+        started_at or T0,
+        T0,
+        ts,  # type: ignore[arg-type]
+        f"{kind} on {subject} ({state})",
+        ev,
+        node=node,
+        gpu_uuid=f"GPU-{node}-{gpu}" if subject_type == "gpu" else None,
+        job_id=job,
+    )
 
 
 def ids(n: Notification) -> tuple[list[str], list[str]]:
@@ -134,8 +167,9 @@ def test_an_incident_read_late_is_not_told_where_a_live_router_would_have_muted_
     e.observe_anomaly(anomaly("node-down", kind="slow_interconnect", subject_type="node", gpu=None), T0 + 500 * S)
     e.observe_anomaly(anomaly("gpu-n1", gpu=1), T0 + 500 * S)
     e.observe_anomaly(anomaly("gpu-n1", "resolved", gpu=1, ts=T0 + 60 * S), T0 + 500 * S)
-    e.observe_anomaly(anomaly("node-down", "resolved", kind="slow_interconnect", subject_type="node", gpu=None,
-                              ts=T0 + 90 * S), T0 + 500 * S)
+    e.observe_anomaly(
+        anomaly("node-down", "resolved", kind="slow_interconnect", subject_type="node", gpu=None, ts=T0 + 90 * S), T0 + 500 * S
+    )
     assert [ids(n) for n in e.tick(T0 + 530 * S)] == [([], ["node-down"])]
     # silenced at the flush that saw it firing: its resolution is not told either
     e.observe_silence(silence("s1", ["node=n2"], T0, T0 + 600 * S))
@@ -144,8 +178,15 @@ def test_an_incident_read_late_is_not_told_where_a_live_router_would_have_muted_
     e.observe_anomaly(anomaly("quiet", "resolved", node="n2", ts=T0 + 610 * S), T0 + 610 * S)
     assert e.tick(T0 + 700 * S) == []
     # a receiver that does not take resolutions hears nothing of an incident it never heard fire
-    e = Engine(alerts_config.parse({"route": {"receiver": "ops", "group_wait": "30s"}, "receivers": [
-        {"name": "ops", "webhook_configs": [{"url": "http://127.0.0.1:9/ops", "send_resolved": False}]}]}, "test.yaml"))
+    e = Engine(
+        alerts_config.parse(
+            {
+                "route": {"receiver": "ops", "group_wait": "30s"},
+                "receivers": [{"name": "ops", "webhook_configs": [{"url": "http://127.0.0.1:9/ops", "send_resolved": False}]}],
+            },
+            "test.yaml",
+        )
+    )
     e.observe_anomaly(anomaly("long"), T0 + 500 * S)
     e.observe_anomaly(anomaly("long", "resolved", ts=T0 + 45 * S), T0 + 500 * S)
     assert e.tick(T0 + 530 * S) == []
@@ -153,12 +194,17 @@ def test_an_incident_read_late_is_not_told_where_a_live_router_would_have_muted_
 
 def test_routing_by_kind_severity_team_user_job_and_node_with_continue_and_default() -> None:
     route = {
-        "receiver": "ops", "group_by": ["..."], "group_wait": "0s",
+        "receiver": "ops",
+        "group_by": ["..."],
+        "group_wait": "0s",
         "routes": [
             {"matchers": ["severity=critical"], "receiver": "oncall", "continue": True},
-            {"matchers": ["team=llm", 'kind=~"job_.*|gpu_underused"'], "receiver": "llm",
-             "routes": [{"matchers": ["user=alice"], "receiver": "alice"}]},
-            {"matchers": ['node=~"n9[0-9]"', "job!=\"\""], "receiver": "oncall"},
+            {
+                "matchers": ["team=llm", 'kind=~"job_.*|gpu_underused"'],
+                "receiver": "llm",
+                "routes": [{"matchers": ["user=alice"], "receiver": "alice"}],
+            },
+            {"matchers": ['node=~"n9[0-9]"', 'job!=""'], "receiver": "oncall"},
         ],
     }
     e = Engine(make_config(route))
@@ -187,9 +233,20 @@ def test_alerts_carry_the_job_owner_from_the_scheduler_and_what_the_anomaly_says
     e.observe_scheduler(SchedulerEvent(T0, "sim", "j1", "submitted", user="alice", team="llm"))
     e.observe_anomaly(anomaly("x", kind="gpu_xid", job="j1", evidence={"xid": 79.0, "drain": 1.0}), T0)
     labels = e.alerts["x"].labels
-    assert labels == {"alertname": "gpu_xid", "kind": "gpu_xid", "severity": "warning", "subject_type": "gpu",
-                      "subject": "GPU-n1-3", "node": "n1", "gpu_uuid": "GPU-n1-3", "gpu": "3", "job": "j1",
-                      "user": "alice", "team": "llm", "drain": "true"}
+    assert labels == {
+        "alertname": "gpu_xid",
+        "kind": "gpu_xid",
+        "severity": "warning",
+        "subject_type": "gpu",
+        "subject": "GPU-n1-3",
+        "node": "n1",
+        "gpu_uuid": "GPU-n1-3",
+        "gpu": "3",
+        "job": "j1",
+        "user": "alice",
+        "team": "llm",
+        "drain": "true",
+    }
 
 
 def test_a_node_fault_mutes_that_nodes_gpu_alerts_and_only_while_it_fires() -> None:
@@ -199,8 +256,9 @@ def test_a_node_fault_mutes_that_nodes_gpu_alerts_and_only_while_it_fires() -> N
     e.observe_anomaly(anomaly("gpu-n2", node="n2", gpu=1), T0)
     sent = {n.group_labels["node"]: ids(n) for n in e.tick(T0 + 30 * S)}
     assert sent == {"n1": (["node-down"], []), "n2": (["gpu-n2"], [])}
-    e.observe_anomaly(anomaly("node-down", "resolved", kind="slow_interconnect", subject_type="node", gpu=None,
-                              ts=T0 + 60 * S), T0 + 60 * S)
+    e.observe_anomaly(
+        anomaly("node-down", "resolved", kind="slow_interconnect", subject_type="node", gpu=None, ts=T0 + 60 * S), T0 + 60 * S
+    )
     [n] = e.tick(T0 + 90 * S)
     assert ids(n) == (["gpu-n1"], ["node-down"])  # the GPU alert shows once its node's fault is gone
 
@@ -287,10 +345,19 @@ def test_the_message_says_what_where_since_when_evidence_and_how_to_dig_in() -> 
     [n] = e.tick(T0 + 90 * S)
     r = Renderer("https://grafana.example.com/d/x?var-job={job}&var-node={node}&from={from_ms}")
     text = r.title(n) + "\n" + r.body(n)
-    for part in ("[FIRING:1]", "gpu_underused", "GPU 3 (GPU-n1-3)", "node n1", "job j1 (user alice, team llm)",
-                 "gpu_underused on GPU-n1-3 (firing)", "since 2026-01-01 00:00:00 UTC (1 min 30 s ago)",
-                 "p95_pct=1.5", "threshold_pct=10", "`hpcinsight diagnose j1`",
-                 f"https://grafana.example.com/d/x?var-job=j1&var-node=n1&from={T0 - 900 * S}"):
+    for part in (
+        "[FIRING:1]",
+        "gpu_underused",
+        "GPU 3 (GPU-n1-3)",
+        "node n1",
+        "job j1 (user alice, team llm)",
+        "gpu_underused on GPU-n1-3 (firing)",
+        "since 2026-01-01 00:00:00 UTC (1 min 30 s ago)",
+        "p95_pct=1.5",
+        "threshold_pct=10",
+        "`hpcinsight diagnose j1`",
+        f"https://grafana.example.com/d/x?var-job=j1&var-node=n1&from={T0 - 900 * S}",
+    ):
         assert part in text, (part, text)
     assert "dashboard" not in Renderer().body(n)  # no link unless configured
 

@@ -57,9 +57,12 @@ def python_files(folder: str) -> list[Path]:
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_each_floor_imports_only_the_floors_below_it(folder: str) -> None:
     allowed = {folder, *ALLOWED[folder]}
-    wrong = [f"{path.relative_to(ROOT)} imports {module}" for path in python_files(folder)
-             for module in imported_modules(path)
-             if (where := project_folder(module)) is not None and where not in allowed]
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in python_files(folder)
+        for module in imported_modules(path)
+        if (where := project_folder(module)) is not None and where not in allowed
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -68,8 +71,12 @@ def test_nothing_imports_a_room_by_its_folder_name(folder: str) -> None:
     """``import agents`` would work from the repository's root and load a second copy of the
     module; installed, it would find some other distribution's ``agents``."""
     tops = {*FOLDERS, "whatif"}
-    wrong = [f"{path.relative_to(ROOT)} imports {module}" for path in python_files(folder)
-             for module in imported_modules(path) if module.split(".")[0] in tops]
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in python_files(folder)
+        for module in imported_modules(path)
+        if module.split(".")[0] in tops
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -80,8 +87,11 @@ def test_no_module_imports_another_modules_private_names() -> None:
             tree = ast.parse(path.read_text(), filename=str(path))
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hpcinsight"):
-                    wrong += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
-                              if a.name.startswith("_") and not a.name.startswith("__")]
+                    wrong += [
+                        f"{path.relative_to(ROOT)}: {node.module}.{a.name}"
+                        for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")
+                    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -91,7 +101,9 @@ def test_the_package_list_installs_every_folder_with_code_under_the_namespace() 
     assert mapping == {"hpcinsight": "hpcinsight", **{f"hpcinsight.{f}": f for f in FOLDERS}}
     expected = sorted(
         "hpcinsight." + ".".join(init.parent.relative_to(ROOT).parts) if init.parent.name != CLI else CLI
-        for folder in (*FOLDERS, CLI) for init in (ROOT / folder).rglob("__init__.py") if "__pycache__" not in init.parts
+        for folder in (*FOLDERS, CLI)
+        for init in (ROOT / folder).rglob("__init__.py")
+        if "__pycache__" not in init.parts
     )
     assert sorted(tool["packages"]) == expected
 
@@ -102,9 +114,17 @@ def test_the_agent_never_loads_pyarrow_or_numpy() -> None:
     import subprocess
     import sys
 
-    modules = ["hpcinsight.schemas.catalog", "hpcinsight.agents.runner", "hpcinsight.agents.delivery",
-               "hpcinsight.agents.gpu_nvml", "hpcinsight.agents.ib_sysfs", "hpcinsight.agents.cgroup",
-               "hpcinsight.agents.steps", "hpcinsight.agents.scheduler.slurm", "hpcinsight.agents.scheduler.kubernetes"]
+    modules = [
+        "hpcinsight.schemas.catalog",
+        "hpcinsight.agents.runner",
+        "hpcinsight.agents.delivery",
+        "hpcinsight.agents.gpu_nvml",
+        "hpcinsight.agents.ib_sysfs",
+        "hpcinsight.agents.cgroup",
+        "hpcinsight.agents.steps",
+        "hpcinsight.agents.scheduler.slurm",
+        "hpcinsight.agents.scheduler.kubernetes",
+    ]
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in ('pyarrow', 'numpy', 'pandas') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -15,11 +15,17 @@ def test_every_benchmark_is_described_and_has_a_headline() -> None:
 def test_record_merges_and_the_table_says_what_the_file_says(tmp_path: Path) -> None:
     results, page = tmp_path / "results.json", tmp_path / "benchmarks.md"
     page.write_text(f"# x\n\n{report.START}\nstale\n{report.END}\n\nafter\n")
-    report.record("codec", {"samples_per_s": 190_000.0, "baseline_samples_per_s": 170_000.0, "ratio": 1.12, "x": 3.0},
-                  HEADLINE["codec"], 1.5, results)
+    report.record(
+        "codec",
+        {"samples_per_s": 190_000.0, "baseline_samples_per_s": 170_000.0, "ratio": 1.12, "x": 3.0},
+        HEADLINE["codec"],
+        1.5,
+        results,
+    )
     report.record("query", {"p95_s": 0.27, "baseline_p95_s": 0.07, "ratio": 0.26}, HEADLINE["query"], 4.0, results)
-    report.record("codec", {"samples_per_s": 200_000.0, "baseline_samples_per_s": 170_000.0, "ratio": 1.18}, HEADLINE["codec"],
-                  2.0, results)  # a rerun replaces its own entry only
+    report.record(
+        "codec", {"samples_per_s": 200_000.0, "baseline_samples_per_s": 170_000.0, "ratio": 1.18}, HEADLINE["codec"], 2.0, results
+    )  # a rerun replaces its own entry only
     report.update_page(results, page)
     text = page.read_text()
     assert "stale" not in text and text.endswith("\n\nafter\n")

@@ -25,11 +25,16 @@ from hpcinsight.schemas.derive import ValueRule, WireRule, to_arrow, wire_rules
 from tests.test_schemas import EXAMPLES, T0
 
 BULK = [t for t in STORED if wire_rules(t.event) is not None]
-NUMERIC = [t for t in BULK if any(r.value is not None and not pa.types.is_string(r.value.read_type) for r in wire_rules(t.event) or ())]
+NUMERIC = [
+    t for t in BULK if any(r.value is not None and not pa.types.is_string(r.value.read_type) for r in wire_rules(t.event) or ())
+]
 
 
 def extra_for(n: int) -> dict[str, pa.Array]:
-    return {"_partition": pa.array([k % 3 for k in range(n)], pa.uint32()), "_offset": pa.array([1000 + k for k in range(n)], pa.uint64())}
+    return {
+        "_partition": pa.array([k % 3 for k in range(n)], pa.uint32()),
+        "_offset": pa.array([1000 + k for k in range(n)], pa.uint64()),
+    }
 
 
 def reference(topic: Topic, raws: list[Any]) -> tuple[pa.Table, list[tuple[int, str]]]:
@@ -94,7 +99,13 @@ def minimal(event: Any) -> Any:
 def test_valid_blocks_give_the_codec_s_table(topic: Topic) -> None:
     full, small = EXAMPLES[topic.event], minimal(topic.event)
     codec = topic.codec
-    raws = [codec.encode([full, small]), codec.encode([]), codec.encode([small] * 3), codec.encode([full]), codec.encode([small, full])]
+    raws = [
+        codec.encode([full, small]),
+        codec.encode([]),
+        codec.encode([small] * 3),
+        codec.encode([full]),
+        codec.encode([small, full]),
+    ]
     table = check(topic, raws)
     assert table.num_rows == 8
     # the bulk path really ran, where the event's rules allow it
@@ -102,14 +113,24 @@ def test_valid_blocks_give_the_codec_s_table(topic: Topic) -> None:
 
 
 def test_the_volume_topics_take_the_bulk_path() -> None:
-    assert {t.name for t in BULK} >= {"gpu.samples", "ib.samples", "gpu.processes", "gpu.xid", "gpu.quantiles", "scheduler.events"}
+    assert {t.name for t in BULK} >= {
+        "gpu.samples",
+        "ib.samples",
+        "gpu.processes",
+        "gpu.xid",
+        "gpu.quantiles",
+        "scheduler.events",
+    }
 
 
 def test_simulated_cluster_decodes_in_bulk() -> None:
     gpus = SimGpuCollector(SimConfig(nodes=6, gpus_per_node=8, seed=3))
-    views = [(GPU_SAMPLES, gpus), (GPU_PROCESSES, SimProcessCollector(gpus)),
-             (GPU_XID, SimXidCollector(gpus, tuple(InjectedXid(n, 1, 2.0, 79, 3) for n in range(6)))),
-             (IB_SAMPLES, SimIbCollector(SimIbConfig(nodes=6, ports=4, seed=3)))]
+    views = [
+        (GPU_SAMPLES, gpus),
+        (GPU_PROCESSES, SimProcessCollector(gpus)),
+        (GPU_XID, SimXidCollector(gpus, tuple(InjectedXid(n, 1, 2.0, 79, 3) for n in range(6)))),
+        (IB_SAMPLES, SimIbCollector(SimIbConfig(nodes=6, ports=4, seed=3))),
+    ]
     raws: dict[str, list[bytes]] = {topic.name: [] for topic, _ in views}
     for k in range(20):
         for topic, collector in views:  # the GPUs first: the other views read their last tick
@@ -181,9 +202,23 @@ def test_random_valid_records_give_the_codec_s_table(topic: Topic) -> None:
 
 NUMBER_SPELLINGS = {
     "int": [b"0", b"-0", b"7", b"1" + b"0" * 18],
-    "float": [b"0", b"-0", b"-0.0", b"1E2", b"1e+2", b"1.5e-3", b"0.30000000000000004", b"0.1000000000000000055511151231257827",
-              b"2.2250738585072011e-308", b"4.9e-324", b"1e-400", b"1.7976931348623157e308", b"99999999999999999999999",
-              b"12.000000000000000000000000000000001", b"7"],
+    "float": [
+        b"0",
+        b"-0",
+        b"-0.0",
+        b"1E2",
+        b"1e+2",
+        b"1.5e-3",
+        b"0.30000000000000004",
+        b"0.1000000000000000055511151231257827",
+        b"2.2250738585072011e-308",
+        b"4.9e-324",
+        b"1e-400",
+        b"1.7976931348623157e308",
+        b"99999999999999999999999",
+        b"12.000000000000000000000000000000001",
+        b"7",
+    ],
 }
 
 
@@ -216,7 +251,19 @@ def _wrong_values(rule: WireRule) -> list[bytes]:
     value = rule.value
     out = [b"{}", b'{"a":1}']
     if value is None:  # left to msgspec (a map, bytes): a few of each wrong kind
-        out = [b'"x"', b'"@@"', b"1", b"[]", b'{"a":null}', b'{"a":"x"}', b'{"a":1e999}', b'{"a":NaN}', b'{"a":{}}', b'{"a":[1]}', b'{"a":1,"a":2}']
+        out = [
+            b'"x"',
+            b'"@@"',
+            b"1",
+            b"[]",
+            b'{"a":null}',
+            b'{"a":"x"}',
+            b'{"a":1e999}',
+            b'{"a":NaN}',
+            b'{"a":{}}',
+            b'{"a":[1]}',
+            b'{"a":1,"a":2}',
+        ]
         return out + ([] if rule.nullable else [b"null"])
     t = value.read_type
     if value.item is not None:

@@ -31,7 +31,10 @@ def envelope(records: list, v: int = 1, schema: str = "gpu_sample") -> bytes:
         (envelope([{**GOOD, "ts": 1_764_000_000}]), "Expected `int` >= "),  # seconds, not ms
         (envelope([{**GOOD, "surprise": 1}]), "unknown field `surprise`"),
         (envelope([{k: v for k, v in GOOD.items() if k != "gpu_uuid"}]), "missing required field `gpu_uuid`"),
-        (b'{"schema":"gpu_sample","v":1,"records":[{"node":"n0","gpu_index":1,"gpu_uuid":"u","ts":1764000000000,"power_w":NaN}]}', "malformed JSON"),
+        (
+            b'{"schema":"gpu_sample","v":1,"records":[{"node":"n0","gpu_index":1,"gpu_uuid":"u","ts":1764000000000,"power_w":NaN}]}',
+            "malformed JSON",
+        ),
         (envelope([{**GOOD, "power_w": 1e999}]), "malformed JSON"),  # json.dumps writes Infinity
         (envelope([GOOD]).replace(b'"n0"', b'"n\xc3\x28"'), "utf-8"),  # not UTF-8: a DecodeError, not a crash
         (b'\xff{"schema": "gpu_sample"}', "malformed JSON"),

@@ -57,8 +57,10 @@ class TinyCollector(Collector[TinyConfig]):
         self.closed = False
 
     def sample(self, now_ms: int) -> list[Event]:
-        return [GpuSample(node=self.config.node, gpu_index=i, gpu_uuid=f"GPU-tiny-{i}", ts=now_ms, gpu_util=self.config.util)
-                for i in range(self.config.gpus)]
+        return [
+            GpuSample(node=self.config.node, gpu_index=i, gpu_uuid=f"GPU-tiny-{i}", ts=now_ms, gpu_util=self.config.util)
+            for i in range(self.config.gpus)
+        ]
 
     def close(self) -> None:
         self.closed = True
@@ -99,11 +101,15 @@ def test_errors_name_the_table_and_the_setting(tiny: None) -> None:
         "[agent.collectors] no collector kind tinny; known: ": {"tinny": {}},
         "[agent.collectors.gpu_sim] gpus: must be between 1 and 16": {"gpu_sim": {"gpus": 17}},
         "[agent.collectors.gpu_sim] idle: --idle expects NODE:GPU[@START-END], got 'x'": {"gpu_sim": {"idle": ["x"]}},
-        "[agent.collectors.gpu_sim] faults: thermal fault on GPU 5:0 is outside the 4x8 cluster": {"gpu_sim": {"faults": ["thermal:5:0@1-2"]}},
+        "[agent.collectors.gpu_sim] faults: thermal fault on GPU 5:0 is outside the 4x8 cluster": {
+            "gpu_sim": {"faults": ["thermal:5:0@1-2"]}
+        },
         "[agent.collectors.gpu_sim] has no setting workload": {"gpu_sim": {"workload": {}}},  # Python callers only
         "[agent.collectors.ib_sysfs] root: expected a path (a string), got int": {"ib_sysfs": {"root": 3}},
         "[agent.collectors.scheduler_trace] speedup: must be a positive number": {"scheduler_trace": {"speedup": 0}},
-        "[agent.collectors.scheduler_kubernetes] labels: no setting usr_label": {"scheduler_kubernetes": {"labels": {"usr_label": "x"}}},
+        "[agent.collectors.scheduler_kubernetes] labels: no setting usr_label": {
+            "scheduler_kubernetes": {"labels": {"usr_label": "x"}}
+        },
         "[agent.collectors.step_sim] workload: simulated training steps need a workload": {"step_sim": {}},
     }
     for message, tables in cases.items():
@@ -143,8 +149,17 @@ def test_a_kind_is_taken_once(tiny: None) -> None:
 
 def test_the_built_in_kinds_are_discovered_with_their_settings() -> None:
     kinds = registry.discover()
-    assert {"gpu_sim", "gpu_nvml", "ib_sim", "ib_sysfs", "step_sim", "scheduler_sim", "scheduler_trace",
-            "scheduler_kubernetes", "scheduler_slurm"} <= set(kinds)
+    assert {
+        "gpu_sim",
+        "gpu_nvml",
+        "ib_sim",
+        "ib_sysfs",
+        "step_sim",
+        "scheduler_sim",
+        "scheduler_trace",
+        "scheduler_kubernetes",
+        "scheduler_slurm",
+    } <= set(kinds)
     assert kinds["gpu_sim"].settings() == ["nodes", "gpus", "seed", "node_prefix", "job_id", "idle", "faults", "xids"]
     assert "workload" not in kinds["ib_sim"].settings()
 
@@ -157,33 +172,62 @@ def tables(*argv: str, file: dict[str, dict[str, Any]] | None = None) -> tuple[s
 def test_the_flags_without_a_file_choose_what_they_always_did() -> None:
     assert tables() == ("sim", {"gpu_sim": {}})
     assert tables("--backend", "nvml", "--ib", "--node", "n1", "--ib-root", "/x") == (
-        "nvml", {"gpu_nvml": {"node": "n1"}, "ib_sysfs": {"node": "n1", "root": "/x"}})
+        "nvml",
+        {"gpu_nvml": {"node": "n1"}, "ib_sysfs": {"node": "n1", "root": "/x"}},
+    )
     assert tables("--backend", "none", "--scheduler", "trace", "--trace-dir", "d", "--trace-limit", "5") == (
-        "none", {"scheduler_trace": {"data_dir": "d", "limit": 5}})
+        "none",
+        {"scheduler_trace": {"data_dir": "d", "limit": 5}},
+    )
     assert tables("--ib", "--scheduler", "sim", "--nodes", "2", "--gpus", "3", "--seed", "4", "--ib-fault", "degrade:1@5-9") == (
-        "sim", {"gpu_sim": {"nodes": 2, "gpus": 3, "seed": 4}, "ib_sim": {"nodes": 2, "seed": 4, "faults": ["degrade:1@5-9"]},
-                "scheduler_sim": {"nodes": 2, "gpus": 3, "seed": 4}})
+        "sim",
+        {
+            "gpu_sim": {"nodes": 2, "gpus": 3, "seed": 4},
+            "ib_sim": {"nodes": 2, "seed": 4, "faults": ["degrade:1@5-9"]},
+            "scheduler_sim": {"nodes": 2, "gpus": 3, "seed": 4},
+        },
+    )
     assert tables("--scenario", "a", "--scenario", "b.yaml") == ("sim", {"scenario": {"names": ["a", "b.yaml"]}})
     assert tables("--backend", "none", "--scheduler", "kubernetes", "--k8s-namespace", "ml") == (
-        "none", {"scheduler_kubernetes": {"namespace": "ml"}})
+        "none",
+        {"scheduler_kubernetes": {"namespace": "ml"}},
+    )
 
 
 def test_flags_that_cannot_apply_are_refused_as_before() -> None:
-    for argv, message in ((("--backend", "nvml", "--fault", "thermal:0:0"), "--fault needs --backend sim"),
-                          (("--ib-fault", "flap:0:1@3",), "--ib-fault --backend sim --ib"),
-                          (("--scenario", "x", "--ib"), "--scenario brings its own"),
-                          (("--scenario", "x", "--scheduler", "sim"), "--scenario brings its own"),
-                          (("--backend", "none",), "nothing to sample")):
+    for argv, message in (
+        (("--backend", "nvml", "--fault", "thermal:0:0"), "--fault needs --backend sim"),
+        (
+            (
+                "--ib-fault",
+                "flap:0:1@3",
+            ),
+            "--ib-fault --backend sim --ib",
+        ),
+        (("--scenario", "x", "--ib"), "--scenario brings its own"),
+        (("--scenario", "x", "--scheduler", "sim"), "--scenario brings its own"),
+        (
+            (
+                "--backend",
+                "none",
+            ),
+            "nothing to sample",
+        ),
+    ):
         with pytest.raises(ValueError, match=message):
             tables(*argv)
 
 
 def test_flags_win_over_the_file_and_the_file_fills_in_the_rest() -> None:
     file = {"gpu_sim": {"nodes": 16, "seed": 3, "node_prefix": "rack1-"}, "scheduler_slurm": {"poll_s": 10}}
-    assert tables(file=file) == ("sim", {"gpu_sim": {"nodes": 16, "seed": 3, "node_prefix": "rack1-"},
-                                         "scheduler_slurm": {"poll_s": 10}})
-    assert tables("--nodes", "2", file=file) == ("sim", {"gpu_sim": {"nodes": 2, "seed": 3, "node_prefix": "rack1-"},
-                                                         "scheduler_slurm": {"poll_s": 10}})
+    assert tables(file=file) == (
+        "sim",
+        {"gpu_sim": {"nodes": 16, "seed": 3, "node_prefix": "rack1-"}, "scheduler_slurm": {"poll_s": 10}},
+    )
+    assert tables("--nodes", "2", file=file) == (
+        "sim",
+        {"gpu_sim": {"nodes": 2, "seed": 3, "node_prefix": "rack1-"}, "scheduler_slurm": {"poll_s": 10}},
+    )
     # --backend and --scheduler choose: the file's GPU and scheduler kinds give way
     assert tables("--backend", "nvml", "--scheduler", "none", file=file) == ("nvml", {"gpu_nvml": {}})
     # a file of real collectors alone runs just those (the sim default is for the flags alone)
@@ -194,13 +238,38 @@ def test_flags_win_over_the_file_and_the_file_fills_in_the_rest() -> None:
 
 def test_the_flags_build_the_collectors_the_agent_always_ran() -> None:
     """What the if/elif wiring made: the same classes in the same order, and the same samples."""
-    argv = ("--ib", "--scheduler", "sim", "--nodes", "2", "--gpus", "2", "--seed", "7", "--idle", "1:1@0-3",
-            "--fault", "thermal:0:1@1-4", "--xid", "0:0@2:79", "--ib-fault", "flap:1:2@2")
+    argv = (
+        "--ib",
+        "--scheduler",
+        "sim",
+        "--nodes",
+        "2",
+        "--gpus",
+        "2",
+        "--seed",
+        "7",
+        "--idle",
+        "1:1@0-3",
+        "--fault",
+        "thermal:0:1@1-4",
+        "--xid",
+        "0:0@2:79",
+        "--ib-fault",
+        "flap:1:2@2",
+    )
     built = registry.build(tables(*argv)[1])
-    assert [type(c) for c in built] == [SimGpuCollector, SimProcessCollector, SimXidCollector, SimIbCollector,
-                                        SimSchedulerCollector]
-    before = SimGpuCollector(SimConfig(nodes=2, gpus_per_node=2, seed=7, idle=(IdleGpu.parse("1:1@0-3"),),
-                                       faults=(InjectedFault.parse("thermal:0:1@1-4"),)))
+    assert [type(c) for c in built] == [
+        SimGpuCollector,
+        SimProcessCollector,
+        SimXidCollector,
+        SimIbCollector,
+        SimSchedulerCollector,
+    ]
+    before = SimGpuCollector(
+        SimConfig(
+            nodes=2, gpus_per_node=2, seed=7, idle=(IdleGpu.parse("1:1@0-3"),), faults=(InjectedFault.parse("thermal:0:1@1-4"),)
+        )
+    )
     ib_before = SimIbCollector(SimIbConfig(nodes=2, seed=7, faults=(IbFault.parse("flap:1:2@2"),)))
     for tick in range(5):
         now = T0 + tick * 1000
@@ -218,8 +287,14 @@ def test_a_scenario_is_built_through_the_registry() -> None:
 
     scenario = load_scenario("step-straggler")
     built = scenario.collectors()
-    assert [type(c) for c in built] == [SimGpuCollector, SimProcessCollector, SimXidCollector, SimIbCollector,
-                                        SimSchedulerCollector, SimStepCollector]
+    assert [type(c) for c in built] == [
+        SimGpuCollector,
+        SimProcessCollector,
+        SimXidCollector,
+        SimIbCollector,
+        SimSchedulerCollector,
+        SimStepCollector,
+    ]
     assert built[0].config == scenario.sim_config() and built[3].config == scenario.ib_config()
     # and the agent's --scenario, or a config file's [agent.collectors.scenario], names it
     via_kind = registry.build({"scenario": {"names": [scenario.path]}})
@@ -229,8 +304,10 @@ def test_a_scenario_is_built_through_the_registry() -> None:
 
 def test_the_config_file_must_hold_tables_of_collectors(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    for text, message in (("[agent]\nname = 'x'\n", r"\[agent\] in HPCINSIGHT_CONFIG may hold only"),
-                          ("[agent.collectors]\ngpu_sim = 3\n", r"\[agent.collectors\] in HPCINSIGHT_CONFIG must hold one table")):
+    for text, message in (
+        ("[agent]\nname = 'x'\n", r"\[agent\] in HPCINSIGHT_CONFIG may hold only"),
+        ("[agent.collectors]\ngpu_sim = 3\n", r"\[agent.collectors\] in HPCINSIGHT_CONFIG must hold one table"),
+    ):
         config.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load({"HPCINSIGHT_CONFIG": str(config)})
@@ -240,7 +317,9 @@ def test_the_config_file_must_hold_tables_of_collectors(tmp_path: Path) -> None:
 
 def test_discovering_every_kind_never_loads_pyarrow_or_numpy() -> None:
     """The registry imports every agent module (to find their kinds): the agent must stay light."""
-    code = ("import sys\nfrom hpcinsight.agents import registry\nregistry.discover()\n"
-            "print(sorted(m for m in ('pyarrow', 'numpy', 'pandas') if m in sys.modules))")
+    code = (
+        "import sys\nfrom hpcinsight.agents import registry\nregistry.discover()\n"
+        "print(sorted(m for m in ('pyarrow', 'numpy', 'pandas') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr

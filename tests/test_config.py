@@ -28,8 +28,15 @@ def test_credentials_in_the_url_move_to_a_secret() -> None:
 def test_secret_from_file(tmp_path) -> None:
     path = tmp_path / "pw"
     path.write_text(SECRET + "\n")
-    s = load({"KAFKA_BOOTSTRAP": "b:9092", "KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "KAFKA_SASL_MECHANISM": "scram-sha-512",
-              "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD_FILE": str(path)})
+    s = load(
+        {
+            "KAFKA_BOOTSTRAP": "b:9092",
+            "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "KAFKA_SASL_MECHANISM": "scram-sha-512",
+            "KAFKA_SASL_USERNAME": "svc",
+            "KAFKA_SASL_PASSWORD_FILE": str(path),
+        }
+    )
     assert s.kafka.client_config()["sasl.password"] == SECRET
     assert s.kafka.client_config()["security.protocol"] == "sasl_ssl"
     assert SECRET not in repr(s)
@@ -90,7 +97,7 @@ def test_clickhouse_cluster_and_ttl_from_the_config_file(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[clickhouse.ttl_days]\ngpu_samples = -1\n', "whole days"),
+        ("[clickhouse.ttl_days]\ngpu_samples = -1\n", "whole days"),
         ('[clickhouse.ttl_days]\ngpu_samples = "30"\n', "whole days"),
         ('[clickhouse]\nclusterr = "x"\n', "unknown key"),
         ('[clickhouse]\ncluster = "x; DROP TABLE y"\n', "not a cluster name"),
@@ -108,8 +115,11 @@ def test_broker_retry_waits_out_not_yet_and_raises_anything_else_at_once() -> No
 
     from hpcinsight.core.kafka import broker_retry
 
-    answers: list[object] = [KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)),
-                             KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)), (0, 42)]
+    answers: list[object] = [
+        KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)),
+        KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)),
+        (0, 42),
+    ]
 
     def offsets() -> object:
         answer = answers.pop(0)

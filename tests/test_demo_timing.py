@@ -13,9 +13,9 @@ import pytest
 
 from hpcinsight.agents.sim.gpu import IdleGpu, SimConfig, SimGpuCollector
 from hpcinsight.harness.demo import DemoOptions, default_idle_end_s, demo_detectors
-from hpcinsight.streams.detectors import build as build_detectors
 from hpcinsight.schemas.catalog import ANOMALIES, GPU_SAMPLES_RAW, GPU_SKETCHES
 from hpcinsight.streams.app import WorkerOptions, parse_windows
+from hpcinsight.streams.detectors import build as build_detectors
 from hpcinsight.streams.jobs import JobStageConfig
 from hpcinsight.streams.processor import SampleProcessor
 
@@ -29,13 +29,14 @@ def told(options: DemoOptions, start_ms: int) -> dict[str, list[str]]:
     # once a sketch 20 s newer came): the demo's processing-time wait does not pass in this fast loop
     config = dataclasses.replace(worker.processor_config(), jobs=JobStageConfig(wait_s=0.0, stale_s=3600.0))
     processor = SampleProcessor(config, detectors=build_detectors(demo_detectors()))  # as the demo's worker
-    sim = SimGpuCollector(SimConfig(nodes=options.nodes, gpus_per_node=options.gpus,
-                                    idle=tuple(IdleGpu.parse(s) for s in options.idle_specs())))
+    sim = SimGpuCollector(
+        SimConfig(nodes=options.nodes, gpus_per_node=options.gpus, idle=tuple(IdleGpu.parse(s) for s in options.idle_specs()))
+    )
     states: dict[str, list[str]] = {}
     for tick in range(int(options.duration_s / options.interval_s)):
         samples = sim.sample(start_ms + int(tick * options.interval_s * 1000))
         for n in range(options.nodes):
-            batch = samples[n * options.gpus:(n + 1) * options.gpus]
+            batch = samples[n * options.gpus : (n + 1) * options.gpus]
             outputs = processor.handle("raw", 0, tick, batch[0].node.encode(), GPU_SAMPLES_RAW.codec.encode(batch))
             while outputs:
                 out = outputs.pop(0)

@@ -16,8 +16,9 @@ REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 def test_settings_from_the_config_file_reach_the_detectors(tmp_path: Path) -> None:
     conf = tmp_path / "hpcinsight.toml"
-    conf.write_text('[detectors.job_underused]\nthreshold_pct = 20\noverrides = {"team:nlp" = 10.0}\n'
-                    '[detectors.gpu_outlier]\nk = 4\n')
+    conf.write_text(
+        '[detectors.job_underused]\nthreshold_pct = 20\noverrides = {"team:nlp" = 10.0}\n[detectors.gpu_outlier]\nk = 4\n'
+    )
     settings = load({"HPCINSIGHT_CONFIG": str(conf)})
     by_kind = {d.kind: d for d in build(settings.detectors)}
     assert by_kind["job_underused"].config.threshold_pct == 20.0

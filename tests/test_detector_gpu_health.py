@@ -11,16 +11,32 @@ from hpcinsight.streams.detectors.gpu_health import GpuHealthConfig, GpuHealthDe
 
 T0 = 1_764_000_000_000
 MAX_MHZ = 1980.0
-BITS = {"sw_power_cap": 0x4, "hw_slowdown": 0x8, "sw_thermal": 0x20, "hw_thermal": 0x40, "hw_power_brake": 0x80,
-        "applications_clocks": 0x2, "idle": 0x1}
+BITS = {
+    "sw_power_cap": 0x4,
+    "hw_slowdown": 0x8,
+    "sw_thermal": 0x20,
+    "hw_thermal": 0x40,
+    "hw_power_brake": 0x80,
+    "applications_clocks": 0x2,
+    "idle": 0x1,
+}
 
 
 def sample(t: float, gpu: str = "GPU-a", reasons: tuple[str, ...] = (), **kw: Any) -> GpuSample:
     """A healthy busy H100-like sample at second ``t``, with ``kw`` overriding any field."""
     fields: dict[str, Any] = dict(
-        gpu_util=90.0, sm_clock_mhz=1900.0, sm_clock_max_mhz=MAX_MHZ, temperature_c=65.0, power_w=600.0,
-        power_limit_w=700.0, throttle_reasons=sum(BITS[r] for r in reasons), throttle=list(reasons),
-        ecc_uncorrected_volatile=0, ecc_corrected_volatile=3, remapped_rows_pending=False, remapped_rows_failure=False,
+        gpu_util=90.0,
+        sm_clock_mhz=1900.0,
+        sm_clock_max_mhz=MAX_MHZ,
+        temperature_c=65.0,
+        power_w=600.0,
+        power_limit_w=700.0,
+        throttle_reasons=sum(BITS[r] for r in reasons),
+        throttle=list(reasons),
+        ecc_uncorrected_volatile=0,
+        ecc_corrected_volatile=3,
+        remapped_rows_pending=False,
+        remapped_rows_failure=False,
         job_id="job-1",
     )
     fields.update(kw)
@@ -67,12 +83,21 @@ def test_late_or_duplicate_sample_does_not_invent_an_increase() -> None:
 
 def test_row_remap_pending_and_failure_are_separate_incidents() -> None:
     det = GpuHealthDetector()
-    seq = [sample(0), sample(1, remapped_rows_pending=True), sample(2, remapped_rows_pending=True),
-           sample(3, remapped_rows_pending=True, remapped_rows_failure=True), sample(4, remapped_rows_failure=True),
-           sample(5)]
+    seq = [
+        sample(0),
+        sample(1, remapped_rows_pending=True),
+        sample(2, remapped_rows_pending=True),
+        sample(3, remapped_rows_pending=True, remapped_rows_failure=True),
+        sample(4, remapped_rows_failure=True),
+        sample(5),
+    ]
     raised = run(det, seq)
-    assert states(raised) == [("firing", "row_remap_pending"), ("firing", "row_remap_failure"),
-                              ("resolved", "row_remap_pending"), ("resolved", "row_remap_failure")]
+    assert states(raised) == [
+        ("firing", "row_remap_pending"),
+        ("firing", "row_remap_failure"),
+        ("resolved", "row_remap_pending"),
+        ("resolved", "row_remap_failure"),
+    ]
     pending, failure = raised[0], raised[1]
     assert pending.severity == "warning" and "reset" in pending.message and pending.evidence["remapped_rows_pending"] == 1
     assert failure.severity == "critical" and "replace the GPU" in failure.message
@@ -91,8 +116,10 @@ def test_thermal_throttle_fires_once_per_episode_and_resolves_with_hysteresis() 
     det = GpuHealthDetector(GpuHealthConfig(throttle_window_s=60, throttle_share=0.5, throttle_quiet_s=0))
     rng = random.Random(5)
     seq = [sample(t) for t in range(0, 60)]
-    seq += [sample(t, reasons=("hw_thermal",) if rng.random() < 0.8 else (), temperature_c=92.0, sm_clock_mhz=1300.0)
-            for t in range(60, 240)]
+    seq += [
+        sample(t, reasons=("hw_thermal",) if rng.random() < 0.8 else (), temperature_c=92.0, sm_clock_mhz=1300.0)
+        for t in range(60, 240)
+    ]
     seq += [sample(t) for t in range(240, 400)]
     raised = run(det, seq)
     assert states(raised) == [("firing", "thermal_throttle"), ("resolved", "thermal_throttle")]
@@ -109,13 +136,17 @@ def test_throttling_that_cycles_with_the_cooling_is_one_incident() -> None:
     """A room whose cooling cycles (2 min hot, 3 min cool, three times): one incident counting its episodes,
     resolved once the cycle stops for the quiet time, not a page per cycle."""
     det = GpuHealthDetector(GpuHealthConfig(throttle_quiet_s=300))
-    hot = lambda t: (t % 300) < 120 and t < 900  # noqa: E731
-    raised = run(det, [sample(t, reasons=("hw_thermal",) if hot(t) else (), temperature_c=91.0 if hot(t) else 70.0)
-                       for t in range(0, 1500)])
+    hot = lambda t: (t % 300) < 120 and t < 900
+    raised = run(
+        det,
+        [sample(t, reasons=("hw_thermal",) if hot(t) else (), temperature_c=91.0 if hot(t) else 70.0) for t in range(0, 1500)],
+    )
     assert states(raised) == [("firing", "thermal_throttle"), ("resolved", "thermal_throttle")]
     assert raised[1].evidence["episodes"] == 3 and raised[1].ts >= T0 + (720 + 300) * 1000
-    eager = run(GpuHealthDetector(GpuHealthConfig(throttle_quiet_s=0)),
-                [sample(t, reasons=("hw_thermal",) if hot(t) else ()) for t in range(0, 1500)])
+    eager = run(
+        GpuHealthDetector(GpuHealthConfig(throttle_quiet_s=0)),
+        [sample(t, reasons=("hw_thermal",) if hot(t) else ()) for t in range(0, 1500)],
+    )
     assert len([a for a in eager if a.state == "firing"]) == 3  # without the quiet time: one page per cycle
 
 
@@ -154,8 +185,16 @@ def test_healthy_noisy_gpus_raise_nothing() -> None:
         brief_throttle = t % 240 < 12  # 12 s of thermal throttling every 4 minutes
         if busy:
             reasons: tuple[str, ...] = ("sw_thermal",) if brief_throttle else ("sw_power_cap",) if rng.random() < 0.2 else ()
-            seq.append(sample(t, gpu_util=rng.uniform(55, 100), sm_clock_mhz=rng.uniform(0.85, 1.0) * MAX_MHZ,
-                              temperature_c=rng.gauss(70, 3), reasons=reasons, ecc_corrected_volatile=t // 100))
+            seq.append(
+                sample(
+                    t,
+                    gpu_util=rng.uniform(55, 100),
+                    sm_clock_mhz=rng.uniform(0.85, 1.0) * MAX_MHZ,
+                    temperature_c=rng.gauss(70, 3),
+                    reasons=reasons,
+                    ecc_corrected_volatile=t // 100,
+                )
+            )
         else:  # an idle GPU sits at low clocks with the idle and sw_power_cap bits: meaningless
             seq.append(sample(t, gpu_util=rng.uniform(0, 3), sm_clock_mhz=345.0, reasons=("idle", "sw_power_cap"), job_id=None))
     # a momentary clock dip with no reason, far shorter than clock_low_s
@@ -165,18 +204,33 @@ def test_healthy_noisy_gpus_raise_nothing() -> None:
 
 def test_null_and_missing_fields_skip_their_condition_without_raising() -> None:
     nothing = [GpuSample("n0", 0, "GPU-n", T0 + t * 1000) for t in range(300)]
-    mig = [GpuSample("n0", 64, "MIG-x", T0 + t * 1000, gpu_util=90.0, mem_used_bytes=1, parent_gpu_uuid="GPU-n")
-           for t in range(300)]
-    partial = [sample(t, throttle_reasons=None, throttle=[], sm_clock_max_mhz=None, ecc_uncorrected_volatile=None,
-                      remapped_rows_pending=None, remapped_rows_failure=None, sm_clock_mhz=100.0) for t in range(300)]
+    mig = [
+        GpuSample("n0", 64, "MIG-x", T0 + t * 1000, gpu_util=90.0, mem_used_bytes=1, parent_gpu_uuid="GPU-n") for t in range(300)
+    ]
+    partial = [
+        sample(
+            t,
+            throttle_reasons=None,
+            throttle=[],
+            sm_clock_max_mhz=None,
+            ecc_uncorrected_volatile=None,
+            remapped_rows_pending=None,
+            remapped_rows_failure=None,
+            sm_clock_mhz=100.0,
+        )
+        for t in range(300)
+    ]
     zero_max = [sample(t, sm_clock_max_mhz=0.0, sm_clock_mhz=100.0, gpu="GPU-z") for t in range(300)]
     assert run(GpuHealthDetector(), nothing + mig + partial + zero_max) == []
 
 
 def test_restore_takes_back_open_incidents_so_they_never_fire_twice() -> None:
     first = GpuHealthDetector(GpuHealthConfig(ecc_quiet_s=600))
-    fired = run(first, [sample(0, ecc_uncorrected_volatile=0), sample(1, ecc_uncorrected_volatile=4)]
-                + [sample(t, reasons=("hw_thermal",)) for t in range(2, 100)])
+    fired = run(
+        first,
+        [sample(0, ecc_uncorrected_volatile=0), sample(1, ecc_uncorrected_volatile=4)]
+        + [sample(t, reasons=("hw_thermal",)) for t in range(2, 100)],
+    )
     assert states(fired) == [("firing", "ecc_uncorrectable"), ("firing", "thermal_throttle")]
     second = GpuHealthDetector(GpuHealthConfig(ecc_quiet_s=600))
     second.restore(fired)
@@ -191,8 +245,9 @@ def test_restore_takes_back_open_incidents_so_they_never_fire_twice() -> None:
 
 def test_restore_ignores_incidents_it_does_not_own() -> None:
     det = GpuHealthDetector()
-    foreign = Anomaly("x", "gpu_health", "warning", "firing", "gpu", "GPU-a/something_else", T0, T0, T0, T0, "m", {},
-                      gpu_uuid="GPU-a")
+    foreign = Anomaly(
+        "x", "gpu_health", "warning", "firing", "gpu", "GPU-a/something_else", T0, T0, T0, T0, "m", {}, gpu_uuid="GPU-a"
+    )
     no_gpu = Anomaly("y", "gpu_health", "warning", "firing", "node", "n0", T0, T0, T0, T0, "m", {})
     det.restore([foreign, no_gpu])
     assert run(det, [sample(t) for t in range(10)]) == []
@@ -202,8 +257,9 @@ def test_memory_is_bounded() -> None:
     det = GpuHealthDetector(GpuHealthConfig(forget_after_s=60, max_window_samples=50))
     for t in range(0, 30):
         det.observe(sample(t, gpu=f"MIG-{t}"))
-    burst = [GpuSample("n0", 3, "GPU-burst", T0 + 40_000 + i, gpu_util=90.0, throttle_reasons=0, throttle=[])
-             for i in range(500)]  # 500 samples within one second
+    burst = [
+        GpuSample("n0", 3, "GPU-burst", T0 + 40_000 + i, gpu_util=90.0, throttle_reasons=0, throttle=[]) for i in range(500)
+    ]  # 500 samples within one second
     run(det, burst)
     assert len(det._gpus["GPU-burst"].window) == 50
     det.observe(sample(200, gpu="GPU-late"))

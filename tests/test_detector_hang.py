@@ -38,7 +38,9 @@ def test_idle_gpus_and_silent_ranks_fire_then_a_step_resolves() -> None:
 def test_one_signal_alone_is_not_a_hang() -> None:
     busy_but_silent = run(HangDetector(), [step(0, 1)] + [q(t, 90.0, g) for t in range(60, 600, 30) for g in range(2)])
     idle_but_stepping = run(HangDetector(), [e for t in range(60, 600, 30) for e in (step(t, t), q(t, 1.0, 0), q(t, 1.0, 1))])
-    one_gpu_busy = run(HangDetector(), [step(0, 1)] + [q(t, 1.0 if g == 0 else 80.0, g) for t in range(60, 600, 30) for g in range(2)])
+    one_gpu_busy = run(
+        HangDetector(), [step(0, 1)] + [q(t, 1.0 if g == 0 else 80.0, g) for t in range(60, 600, 30) for g in range(2)]
+    )
     no_step_client = run(HangDetector(), [q(t, 0.0, g, job="batch-job") for t in range(60, 600, 30) for g in range(2)])
     assert busy_but_silent == idle_but_stepping == one_gpu_busy == no_step_client == []
 
@@ -49,8 +51,16 @@ def test_discovered() -> None:
 
 def jw(end_s: int, metric: str, value: float, gpus: int = 2) -> JobGpuWindow:
     end = T0 + end_s * 1000
-    return JobGpuWindow("job-1", metric, "60s", end - 60_000, end, "mean", {f"GPU-{g}": value for g in range(gpus)},
-                        {f"GPU-{g}": "n0" for g in range(gpus)})
+    return JobGpuWindow(
+        "job-1",
+        metric,
+        "60s",
+        end - 60_000,
+        end,
+        "mean",
+        {f"GPU-{g}": value for g in range(gpus)},
+        {f"GPU-{g}": "n0" for g in range(gpus)},
+    )
 
 
 def spinning_job(hang_at: int, until: int, sm: float, power: float, nvlink: float) -> list:  # type: ignore[type-arg]
@@ -62,8 +72,11 @@ def spinning_job(hang_at: int, until: int, sm: float, power: float, nvlink: floa
         hung = t >= hang_at + 20
         if t >= 60 and t % 30 == 0:
             events += [q(t, 100.0, g) for g in range(2)]
-            events += [jw(t, "sm_active_pct", sm if hung else 80.0), jw(t, "power_w", power if hung else 620.0),
-                       jw(t, "nvlink_bytes_per_s", nvlink if hung else 3e11)]
+            events += [
+                jw(t, "sm_active_pct", sm if hung else 80.0),
+                jw(t, "power_w", power if hung else 620.0),
+                jw(t, "nvlink_bytes_per_s", nvlink if hung else 3e11),
+            ]
     return events
 
 

@@ -13,7 +13,9 @@ def at(s: float) -> int:
     return T0 + int(s * 1000)
 
 
-def run(table: Incidents[str], judgments: list[tuple[float, bool, bool | None]], key: str = "gpu-a") -> list[tuple[float, State, Incident]]:
+def run(
+    table: Incidents[str], judgments: list[tuple[float, bool, bool | None]], key: str = "gpu-a"
+) -> list[tuple[float, State, Incident]]:
     """Judge ``key`` at each (second, fire, clear); the transitions, with the second each happened."""
     out = []
     for s, fire, clear in judgments:
@@ -25,9 +27,20 @@ def run(table: Incidents[str], judgments: list[tuple[float, bool, bool | None]],
 
 def fired_record(incident: Incident, kind: str, ts: int) -> Anomaly:
     """What the anomalies topic holds for an incident that fired (the worker reads it back after a restart)."""
-    return Anomaly(id=incident.id, kind=kind, severity=incident.severity, state="firing", subject_type="gpu",
-                   subject=incident.subject, ts=ts, started_at=incident.started_at, window_start=incident.started_at,
-                   window_end=ts, message="", evidence={})
+    return Anomaly(
+        id=incident.id,
+        kind=kind,
+        severity=incident.severity,
+        state="firing",
+        subject_type="gpu",
+        subject=incident.subject,
+        ts=ts,
+        started_at=incident.started_at,
+        window_start=incident.started_at,
+        window_end=ts,
+        message="",
+        evidence={},
+    )
 
 
 def test_fires_after_n_judgments_and_the_time_both_and_starts_at_the_first() -> None:
@@ -70,8 +83,9 @@ def test_between_the_thresholds_holds_neither_firing_nor_resolving() -> None:
 
 def test_quiet_time_folds_a_re_fire_into_the_open_incident_as_an_episode() -> None:
     table: Incidents[str] = Incidents("k", Hygiene.of(quiet_s=60))
-    got = run(table, [(0, True, None), (10, False, None), (30, True, None), (40, False, None), (90, False, None),
-                      (100, False, None)])
+    got = run(
+        table, [(0, True, None), (10, False, None), (30, True, None), (40, False, None), (90, False, None), (100, False, None)]
+    )
     # one incident; its second episode at 30 s; it resolves once 60 s passed since the condition last held
     assert [(s, state) for s, state, _ in got] == [(0, "firing"), (90, "resolved")]
     assert got[1][2].episodes == 2 and got[1][2].last_bad == at(30)
@@ -110,8 +124,7 @@ def test_an_incident_taken_back_after_a_restart_resolves_once_under_its_own_id()
     (firing,) = run(before, [(0, True, None), (30, True, None)])
     after: Incidents[str] = Incidents("k", hygiene)  # the restarted worker's table, from the record alone
     restored = after.restore("gpu-a", fired_record(firing[2], "k", at(30)))
-    assert (restored.id, restored.subject, restored.started_at, restored.severity) == (
-        firing[2].id, "gpu-a", at(0), "warning")
+    assert (restored.id, restored.subject, restored.started_at, restored.severity) == (firing[2].id, "gpu-a", at(0), "warning")
     assert run(after, [(40, True, None)]) == []  # still the same incident: no second page
     got = run(after, [(50, False, None), (90, False, None), (100, False, None), (110, False, None)])
     assert [(s, state) for s, state, _ in got] == [(100, "resolved")]  # quiet counted from the last bad (40 s)

@@ -10,8 +10,21 @@ MIN = 60_000
 
 
 def q(minute: int, p95: float, job: str = "j1", team: str | None = "nlp", user: str | None = "alice") -> JobQuantiles:
-    return JobQuantiles(job, "gpu_util", "since_start", T0, T0 + minute * MIN, 16, 16 * 60 * minute, p95 / 4, p95 / 2, p95,
-                        p95 / 2, user=user, team=team)
+    return JobQuantiles(
+        job,
+        "gpu_util",
+        "since_start",
+        T0,
+        T0 + minute * MIN,
+        16,
+        16 * 60 * minute,
+        p95 / 4,
+        p95 / 2,
+        p95,
+        p95 / 2,
+        user=user,
+        team=team,
+    )
 
 
 def run(detector: JobUnderusedDetector, p95s: list[float], **kw: object) -> list[Anomaly]:

@@ -26,17 +26,33 @@ PortValue = Callable[[int, str, str], Any]
 
 def ib(t: int, node: str, device: str, *, job: str | None = "job-1", frac: float = 1.0, **kw: Any) -> IbSample:
     fields: dict[str, Any] = dict(
-        interval_s=1.0, state="ACTIVE", rate_gbps=400.0, xmit_bytes_per_s=LINE * frac, rcv_bytes_per_s=LINE * frac,
-        xmit_wait_per_s=1e4, symbol_errors=0, link_downed=0, link_error_recovery=0, rcv_errors=0,
-        local_link_integrity_errors=0, job_id=job,
+        interval_s=1.0,
+        state="ACTIVE",
+        rate_gbps=400.0,
+        xmit_bytes_per_s=LINE * frac,
+        rcv_bytes_per_s=LINE * frac,
+        xmit_wait_per_s=1e4,
+        symbol_errors=0,
+        link_downed=0,
+        link_error_recovery=0,
+        rcv_errors=0,
+        local_link_integrity_errors=0,
+        job_id=job,
     )
     fields.update(kw)
     return IbSample(node, device, 1, T0 + t * 1000, **fields)
 
 
-def scenario(seconds: int, *, traffic: Traffic = lambda t, n, d: 1.0, step: Callable[[int], float] | None = lambda t: 1.0,
-             port: Callable[[int, str, str], dict[str, Any]] = lambda t, n, d: {}, job: str = "job-1",
-             seed: int = 0, start: int = 0) -> Iterator[Event]:
+def scenario(
+    seconds: int,
+    *,
+    traffic: Traffic = lambda t, n, d: 1.0,
+    step: Callable[[int], float] | None = lambda t: 1.0,
+    port: Callable[[int, str, str], dict[str, Any]] = lambda t, n, d: {},
+    job: str = "job-1",
+    seed: int = 0,
+    start: int = 0,
+) -> Iterator[Event]:
     """Per second: every port of every node, then one step of each of the 8 ranks."""
     rng = random.Random(seed)
     for t in range(start, start + seconds):
@@ -64,8 +80,9 @@ def during(a: int, b: int, inside: Any, outside: Any) -> Callable[[int], Any]:
 
 def test_a_node_whose_traffic_collapses_while_steps_slow_fires_then_resolves() -> None:
     slow = during(300, 420, 1.5, 1.0)
-    raised = run(SlowInterconnectDetector(), scenario(
-        600, traffic=lambda t, n, d: 0.3 if n == "n2" and 300 <= t < 420 else 1.0, step=slow))
+    raised = run(
+        SlowInterconnectDetector(), scenario(600, traffic=lambda t, n, d: 0.3 if n == "n2" and 300 <= t < 420 else 1.0, step=slow)
+    )
     assert summary(raised) == [("firing", "node", "n2"), ("resolved", "node", "n2")]
     firing, resolved = raised
     e = firing.evidence
@@ -93,7 +110,7 @@ def test_an_erring_port_is_named_as_the_link() -> None:
 
 
 def test_a_port_waiting_far_more_than_its_peers_is_named() -> None:
-    wait = lambda t, n, d: {"xmit_wait_per_s": 5e7} if (n, d) == ("n0", "mlx5_0") and t >= 300 else {}  # noqa: E731
+    wait = lambda t, n, d: {"xmit_wait_per_s": 5e7} if (n, d) == ("n0", "mlx5_0") and t >= 300 else {}
     raised = run(SlowInterconnectDetector(), scenario(400, port=wait, step=during(300, 999, 1.4, 1.0)))
     assert summary(raised) == [("firing", "link", "n0/mlx5_0/1")]
     e = raised[0].evidence
@@ -101,7 +118,7 @@ def test_a_port_waiting_far_more_than_its_peers_is_named() -> None:
 
 
 def test_a_flapping_link_is_critical_even_when_steps_do_not_slow() -> None:
-    flap = lambda t, n, d: {"link_downed": 1} if (n, d) == ("n3", "mlx5_0") and t in (300, 340) else {}  # noqa: E731
+    flap = lambda t, n, d: {"link_downed": 1} if (n, d) == ("n3", "mlx5_0") and t in (300, 340) else {}
     raised = run(SlowInterconnectDetector(SlowInterconnectConfig(flap_window_s=300)), scenario(800, port=flap))
     assert summary(raised) == [("firing", "link", "n3/mlx5_0/1"), ("resolved", "link", "n3/mlx5_0/1")]
     firing, resolved = raised
@@ -111,14 +128,15 @@ def test_a_flapping_link_is_critical_even_when_steps_do_not_slow() -> None:
 
 
 def test_ib_findings_that_do_not_slow_the_steps_are_not_raised() -> None:
-    drop = lambda t, n, d: 0.3 if n == "n2" and t >= 300 else 1.0  # noqa: E731
-    errs = lambda t, n, d: {"symbol_errors": 5} if n == "n1" and t >= 300 else {}  # noqa: E731
+    drop = lambda t, n, d: 0.3 if n == "n2" and t >= 300 else 1.0
+    errs = lambda t, n, d: {"symbol_errors": 5} if n == "n1" and t >= 300 else {}
     assert run(SlowInterconnectDetector(), scenario(600, traffic=drop, port=errs)) == []
 
 
 def test_a_job_without_step_metrics_is_judged_on_ib_alone_and_says_so() -> None:
-    raised = run(SlowInterconnectDetector(), scenario(
-        400, traffic=lambda t, n, d: 0.2 if n == "n0" and t >= 300 else 1.0, step=None))
+    raised = run(
+        SlowInterconnectDetector(), scenario(400, traffic=lambda t, n, d: 0.2 if n == "n0" and t >= 300 else 1.0, step=None)
+    )
     assert summary(raised) == [("firing", "node", "n0")]
     assert raised[0].evidence["steps_reported"] == 0 and "step_time_ratio" not in raised[0].evidence
     assert "judged on InfiniBand evidence alone" in raised[0].message
@@ -144,7 +162,7 @@ def test_healthy_noisy_jobs_with_dips_phases_and_stray_errors_raise_nothing() ->
 
 
 def test_restore_takes_back_open_incidents_so_they_never_fire_twice() -> None:
-    drop = lambda t, n, d: 0.3 if n == "n2" and 300 <= t < 700 else 1.0  # noqa: E731
+    drop = lambda t, n, d: 0.3 if n == "n2" and 300 <= t < 700 else 1.0
     slow = during(300, 700, 1.5, 1.0)
     first = SlowInterconnectDetector()
     (firing,) = run(first, scenario(500, traffic=drop, step=slow))
@@ -165,8 +183,20 @@ def test_a_node_that_moves_to_another_job_closes_its_incidents() -> None:
 def test_null_malformed_and_late_samples_do_not_raise() -> None:
     det = SlowInterconnectDetector()
     bare = [IbSample(n, "mlx5_0", 1, T0 + t * 1000, job_id="job-1") for t in range(400) for n in NODES]
-    reset = [ib(t, "n0", "mlx5_1", counters_reset=True, xmit_bytes_per_s=None, rcv_bytes_per_s=None,
-                symbol_errors=None, link_downed=None, xmit_wait_per_s=None) for t in range(400)]
+    reset = [
+        ib(
+            t,
+            "n0",
+            "mlx5_1",
+            counters_reset=True,
+            xmit_bytes_per_s=None,
+            rcv_bytes_per_s=None,
+            symbol_errors=None,
+            link_downed=None,
+            xmit_wait_per_s=None,
+        )
+        for t in range(400)
+    ]
     steps = [StepMetric("job-1", 0, 1, t, T0 + t * 1000, 0.0) for t in range(400)]
     late = [ib(t, "n0", "mlx5_0", symbol_errors=50) for t in range(10)]  # older than what was seen
     assert run(det, bare + reset + steps + late) == []
@@ -174,21 +204,27 @@ def test_null_malformed_and_late_samples_do_not_raise() -> None:
 
 def test_missing_samples_are_not_a_drop_and_an_outage_restarts_the_count() -> None:
     # mlx5_1 carries three quarters of n0's traffic; its sample is lost two ticks out of three
-    uneven = lambda t, n, d: (1.5 if d == "mlx5_1" else 0.5) if n == "n0" else 1.0  # noqa: E731
+    uneven = lambda t, n, d: (1.5 if d == "mlx5_1" else 0.5) if n == "n0" else 1.0
+
     def lost(e: Event) -> bool:
-        return isinstance(e, IbSample) and (e.node, e.device) == ("n0", "mlx5_1") and e.ts > T0 + 300_000 and e.ts // 1000 % 3 != 0
+        return (
+            isinstance(e, IbSample) and (e.node, e.device) == ("n0", "mlx5_1") and e.ts > T0 + 300_000 and e.ts // 1000 % 3 != 0
+        )
 
     lossy = [e for e in scenario(500, traffic=uneven, step=during(300, 999, 1.5, 1.0)) if not lost(e)]
     assert run(SlowInterconnectDetector(), lossy) == []
     # a real drop of n0: 25 s, then 60 s without any sample from n0, then 25 s more: never 30 s in a row
-    drop = lambda t, n, d: 0.2 if n == "n0" and t >= 300 else 1.0  # noqa: E731
-    gap = [e for e in scenario(410, traffic=drop, step=during(300, 999, 1.5, 1.0))
-           if not (isinstance(e, IbSample) and e.node == "n0" and T0 + 325_000 <= e.ts < T0 + 385_000)]
+    drop = lambda t, n, d: 0.2 if n == "n0" and t >= 300 else 1.0
+    gap = [
+        e
+        for e in scenario(410, traffic=drop, step=during(300, 999, 1.5, 1.0))
+        if not (isinstance(e, IbSample) and e.node == "n0" and T0 + 325_000 <= e.ts < T0 + 385_000)
+    ]
     assert run(SlowInterconnectDetector(), gap) == []
 
 
 def test_redelivered_samples_are_counted_once() -> None:
-    every_other = lambda t, n, d: {"symbol_errors": 1} if (n, d) == ("n2", "mlx5_0") and t % 2 == 0 else {}  # noqa: E731
+    every_other = lambda t, n, d: {"symbol_errors": 1} if (n, d) == ("n2", "mlx5_0") and t % 2 == 0 else {}
     events = [e for e in scenario(400, port=every_other, step=None) for _ in range(2)]  # at-least-once delivery
     assert run(SlowInterconnectDetector(SlowInterconnectConfig(errors_per_s=1.0)), events) == []  # 0.5/s, not 1/s
 

@@ -32,10 +32,11 @@ def test_healthy_noisy_ranks_raise_nothing() -> None:
 
 def test_a_slow_rank_is_named_then_resolves() -> None:
     rng = random.Random(2)
-    slow = lambda s, r: rng.gauss(1.0, 0.02) * (1.3 if r == 3 and 30 <= s < 90 else 1.0)  # noqa: E731
+    slow = lambda s, r: rng.gauss(1.0, 0.02) * (1.3 if r == 3 and 30 <= s < 90 else 1.0)
     raised = run(StragglerDetector(StragglerConfig(window=20)), steps(160, slow, shuffle=True))
     assert [(a.state, a.subject, a.subject_type) for a in raised] == [
-        ("firing", "job-1/rank-3", "rank"), ("resolved", "job-1/rank-3", "rank")
+        ("firing", "job-1/rank-3", "rank"),
+        ("resolved", "job-1/rank-3", "rank"),
     ]
     firing = raised[0]
     assert firing.evidence["rank"] == 3 and firing.evidence["slowest_share"] >= 0.6 and firing.node == "n0"
@@ -62,13 +63,15 @@ def test_discovered() -> None:
 
 
 def job_steps(n: int, ranks: int, duration, node_of) -> list[StepMetric]:  # type: ignore[no-untyped-def]
-    return [StepMetric("job-1", r, ranks, s, T0 + s * 2000, duration(s, r), node=node_of(r)) for s in range(n) for r in range(ranks)]
+    return [
+        StepMetric("job-1", r, ranks, s, T0 + s * 2000, duration(s, r), node=node_of(r)) for s in range(n) for r in range(ranks)
+    ]
 
 
 def test_one_slow_rank_is_one_straggler_incident_and_no_imbalance() -> None:
     """Shape 1 of issue 18: one rank at 1.2-2.3x for ~130 steps: one straggler incident, no imbalance."""
     rng = random.Random(11)
-    slow = lambda s, r: rng.gauss(1.0, 0.02) * (rng.uniform(1.2, 2.3) if r == 5 and 200 <= s < 330 else 1.0)  # noqa: E731
+    slow = lambda s, r: rng.gauss(1.0, 0.02) * (rng.uniform(1.2, 2.3) if r == 5 and 200 <= s < 330 else 1.0)
     raised = run(StragglerDetector(), job_steps(500, 16, slow, lambda r: f"n{r // 8}"))
     assert [(a.state, a.subject) for a in raised] == [("firing", "job-1/rank-5"), ("resolved", "job-1/rank-5")]
     assert 185 <= raised[0].evidence["first_step"] and raised[0].evidence["last_step"] <= 225  # found in the span
@@ -94,8 +97,10 @@ def test_two_speed_groups_are_one_imbalance_incident_and_the_late_extremes_are_s
     assert {k for k in imbalance[0].evidence if k.startswith("slow_rank_")} == {f"slow_rank_{r}" for r in range(5, 10)}
     assert "ranks 5-9" in imbalance[0].message and "all on node node-1" in imbalance[0].message
     stragglers = [(a.state, a.subject) for a in raised if a.subject != "job-1/imbalance"]
-    assert stragglers == [("firing", "job-1/rank-8"), ("firing", "job-1/rank-9")] or \
-        stragglers == [("firing", "job-1/rank-9"), ("firing", "job-1/rank-8")]
+    assert stragglers == [("firing", "job-1/rank-8"), ("firing", "job-1/rank-9")] or stragglers == [
+        ("firing", "job-1/rank-9"),
+        ("firing", "job-1/rank-8"),
+    ]
     assert all(a.evidence["first_step"] >= 690 for a in raised if a.subject != "job-1/imbalance")
 
 
@@ -114,8 +119,11 @@ def test_speed_groups_need_a_real_gap() -> None:
 def test_a_job_that_scales_its_world_size_starts_afresh() -> None:
     rng = random.Random(14)
     before = [StepMetric("job-1", r, 16, s, T0 + s * 1000, rng.gauss(1.0, 0.02)) for s in range(100) for r in range(16)]
-    after = [StepMetric("job-1", r, 8, s, T0 + s * 1000, rng.gauss(1.0, 0.02) * (1.4 if r == 2 else 1.0))
-             for s in range(100, 200) for r in range(8)]
+    after = [
+        StepMetric("job-1", r, 8, s, T0 + s * 1000, rng.gauss(1.0, 0.02) * (1.4 if r == 2 else 1.0))
+        for s in range(100, 200)
+        for r in range(8)
+    ]
     raised = run(StragglerDetector(), before + after)
     assert [(a.state, a.subject) for a in raised] == [("firing", "job-1/rank-2")]
     assert raised[0].evidence["world_size"] == 8
@@ -128,19 +136,21 @@ def test_a_node_whose_ranks_stall_together_is_one_slow_group_not_four_stragglers
         rng = random.Random(15 + ranks)
 
         def duration(s: int, r: int, slow_node: int = slow_node, per_node: int = per_node) -> float:
-            d = rng.gauss(1.0, 0.02)
-            return d * rng.uniform(1.4, 2.6) if r // per_node == slow_node and 100 <= s < 300 else d
+            d = rng.gauss(1.0, 0.02)  # noqa: B023 - the durations are drawn within this run
+            return d * rng.uniform(1.4, 2.6) if r // per_node == slow_node and 100 <= s < 300 else d  # noqa: B023 - the durations are drawn within this run
 
         raised = run(StragglerDetector(), job_steps(400, ranks, duration, lambda r, per_node=per_node: f"n{r // per_node}"))
         assert [(a.state, a.subject) for a in raised] == [("firing", "job-1/imbalance"), ("resolved", "job-1/imbalance")], ranks
         first, last = slow_node * per_node, slow_node * per_node + per_node - 1
         assert f"ranks {first}-{last}" in raised[0].message and f"all on node n{slow_node}" in raised[0].message
-        assert 100 - 20 <= raised[0].evidence["first_step"] and raised[0].evidence["last_step"] <= 130  # its window holds the onset
+        assert (
+            100 - 20 <= raised[0].evidence["first_step"] and raised[0].evidence["last_step"] <= 130
+        )  # its window holds the onset
 
 
 def test_a_straggler_open_before_a_restart_is_taken_back_and_resolves_once() -> None:
     rng = random.Random(2)
-    slow = lambda s, r: rng.gauss(1.0, 0.02) * (1.3 if r == 3 and 30 <= s < 90 else 1.0)  # noqa: E731
+    slow = lambda s, r: rng.gauss(1.0, 0.02) * (1.3 if r == 3 and 30 <= s < 90 else 1.0)
     events = list(steps(160, slow))
     cut = next(i for i, e in enumerate(events) if e.step == 70)
     first = StragglerDetector(StragglerConfig(window=20))
@@ -149,4 +159,5 @@ def test_a_straggler_open_before_a_restart_is_taken_back_and_resolves_once() -> 
     second.restore([firing])
     raised = run(second, events[cut:])
     assert [(a.state, a.id, a.subject, a.started_at) for a in raised] == [
-        ("resolved", firing.id, "job-1/rank-3", firing.started_at)]
+        ("resolved", firing.id, "job-1/rank-3", firing.started_at)
+    ]

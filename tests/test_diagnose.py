@@ -24,8 +24,12 @@ def test_the_report_ranks_each_injected_fault_with_its_next_step(store) -> None:
     report = build_report(client, "job-a")
     found = [(f.severity, f.subject_type, f.subject) for f in report.findings]
     xid_gpu, slow_gpu = "{}/gpu{}".format(*scenario.XID_GPU), "{}/gpu{}".format(*scenario.SLOW)
-    assert found == [("critical", "gpu", xid_gpu), ("warning", "node", "node-01"), ("warning", "gpu", slow_gpu),
-                     ("warning", "rank", f"rank {scenario.STRAGGLER_RANK}")]
+    assert found == [
+        ("critical", "gpu", xid_gpu),
+        ("warning", "node", "node-01"),
+        ("warning", "gpu", slow_gpu),
+        ("warning", "rank", f"rank {scenario.STRAGGLER_RANK}"),
+    ]
     xid, ib, slow, straggler = report.findings
     assert "XID 79" in xid.what and xid.next_step.startswith("drain node node-00")
     assert "InfiniBand link of node node-01" in ib.next_step and "vs peers'" in ib.evidence[0]
@@ -35,7 +39,7 @@ def test_the_report_ranks_each_injected_fault_with_its_next_step(store) -> None:
     text = render_text(report)
     assert text.splitlines()[4] == f"Suspect: GPU {xid_gpu}: XID 79"
     assert "gpu_util ~ power_w" in text and "ib_bytes_per_s ~ step_s" in text
-    timeline = text[text.index("\nTimeline\n"):]
+    timeline = text[text.index("\nTimeline\n") :]
     assert timeline.index("submitted") < timeline.index("straggler firing") < timeline.index("gpu_xid firing")
 
 

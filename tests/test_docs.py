@@ -55,10 +55,15 @@ def broken_links(page: Path) -> list[str]:
 def test_the_link_check_finds_anchors_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "there.md").write_text("# there\n")
     page = tmp_path / "page.md"
-    page.write_text("[ok](there.md) [gone](gone.md) [anchored](there.md#x) [web](https://example.org/a#b)\n"
-                    "`[in code](nowhere.md)`\n\n```\n[in a block](nowhere.md)\n```\n\n[ref]: also-gone.md\n")
-    assert broken_links(page) == ["gone.md: no such file", "there.md#x: link to the file, without an anchor",
-                                  "also-gone.md: no such file"]
+    page.write_text(
+        "[ok](there.md) [gone](gone.md) [anchored](there.md#x) [web](https://example.org/a#b)\n"
+        "`[in code](nowhere.md)`\n\n```\n[in a block](nowhere.md)\n```\n\n[ref]: also-gone.md\n"
+    )
+    assert broken_links(page) == [
+        "gone.md: no such file",
+        "there.md#x: link to the file, without an anchor",
+        "also-gone.md: no such file",
+    ]
 
 
 @pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))

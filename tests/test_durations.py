@@ -9,11 +9,26 @@ from hpcinsight.core.durations import describe_ms, format_ms, parse_ms, parse_se
 from hpcinsight.core.settings import ConfigError
 
 
-@pytest.mark.parametrize(("text", "ms"), [
-    ("500ms", 500), ("90s", 90_000), ("5m", 300_000), ("1h30m", 5_400_000), ("2d", 172_800_000),
-    ("0s", 0), ("250ms", 250), ("1.5s", 1500), ("0.1s", 100), ("1.5d", 129_600_000), ("1h1m1s1ms", 3_661_001),
-    (" 10s ", 10_000), ("5ms", 5), ("1m30s", 90_000), ("1.5ms", 2),
-])
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("500ms", 500),
+        ("90s", 90_000),
+        ("5m", 300_000),
+        ("1h30m", 5_400_000),
+        ("2d", 172_800_000),
+        ("0s", 0),
+        ("250ms", 250),
+        ("1.5s", 1500),
+        ("0.1s", 100),
+        ("1.5d", 129_600_000),
+        ("1h1m1s1ms", 3_661_001),
+        (" 10s ", 10_000),
+        ("5ms", 5),
+        ("1m30s", 90_000),
+        ("1.5ms", 2),
+    ],
+)
 def test_the_grammar(text: str, ms: int) -> None:
     assert parse_ms(text, "--x") == ms
     assert parse_seconds(text, "--x") == (0.0015 if text == "1.5ms" else ms / 1000)  # seconds are not rounded
@@ -47,10 +62,19 @@ def test_the_message_of_the_issue() -> None:
         parse_ms("5x", "--windows")
 
 
-@pytest.mark.parametrize(("ms", "text"), [
-    (0, "0s"), (1, "1ms"), (500, "500ms"), (90_000, "1m30s"), (5_400_000, "1h30m"), (86_400_000, "1d"),
-    (172_800_000 + 1000, "2d1s"), (3_661_001, "1h1m1s1ms"),
-])
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        (0, "0s"),
+        (1, "1ms"),
+        (500, "500ms"),
+        (90_000, "1m30s"),
+        (5_400_000, "1h30m"),
+        (86_400_000, "1d"),
+        (172_800_000 + 1000, "2d1s"),
+        (3_661_001, "1h1m1s1ms"),
+    ],
+)
 def test_format(ms: int, text: str) -> None:
     assert format_ms(ms) == text
     assert parse_ms(text, "--x") == ms
@@ -66,5 +90,11 @@ def test_round_trip() -> None:
 
 
 def test_describe_is_for_people() -> None:
-    assert [describe_ms(ms) for ms in (45_000, 720_000, 5_400_000, 3 * 86_400_000, 1.5 * 86_400_000, 0)] == \
-        ["45 s", "12 min", "1.5 h", "3 d", "1.5 d", "0 s"]
+    assert [describe_ms(ms) for ms in (45_000, 720_000, 5_400_000, 3 * 86_400_000, 1.5 * 86_400_000, 0)] == [
+        "45 s",
+        "12 min",
+        "1.5 h",
+        "3 d",
+        "1.5 d",
+        "0 s",
+    ]

@@ -35,8 +35,17 @@ def _cluster(rng: random.Random) -> list[Node]:
 
 
 def _jobs(rng: random.Random, n: int) -> list[Job]:
-    shapes = [(0, 0, 4000, ""), (1, 500, 8000, ""), (1, 250, 4000, ""), (1, 1000, 6000, ""), (2, 1000, 16_000, ""),
-              (4, 1000, 32_000, "A100"), (8, 1000, 64_000, ""), (1, 1000, 12_000, "V100M32|A100"), (0, 0, 0, "")]
+    shapes = [
+        (0, 0, 4000, ""),
+        (1, 500, 8000, ""),
+        (1, 250, 4000, ""),
+        (1, 1000, 6000, ""),
+        (2, 1000, 16_000, ""),
+        (4, 1000, 32_000, "A100"),
+        (8, 1000, 64_000, ""),
+        (1, 1000, 12_000, "V100M32|A100"),
+        (0, 0, 0, ""),
+    ]
     weights = [8, 10, 6, 20, 6, 3, 2, 4, 1]
     jobs = []
     for i in range(n):
@@ -71,15 +80,23 @@ def test_live_fragmentation_equals_the_simulators_on_the_same_state(seed: int) -
     kpis = SchedulingKpis(KpiConfig(interval_s=60.0, lateness_s=0.0))
     records: list[NodeInventory | SchedulerEvent] = [
         NodeInventory(ts=T0, node=n.name, gpu_count=n.gpus, gpu_model=n.model or None, cpus=n.cpu_milli / 1000, zone=n.zone)
-        for n in nodes]
+        for n in nodes
+    ]
     for k, job in enumerate(jobs):
-        common = {"source": "test", "job_id": job.name, "name": job.name, "requested_gpus": _requested(job),
-                  "requested_cpus": job.cpu_milli / 1000, "gpu_model": job.gpu_spec or None}
+        common = {
+            "source": "test",
+            "job_id": job.name,
+            "name": job.name,
+            "requested_gpus": _requested(job),
+            "requested_cpus": job.cpu_milli / 1000,
+            "gpu_model": job.gpu_spec or None,
+        }
         records.append(SchedulerEvent(ts=T0 + 1 + k, kind="submitted", **common))
         if job.name in placed:
             node, gpus = placed[job.name]
-            records.append(SchedulerEvent(ts=T0 + 1 + k, kind="scheduled", node=node,
-                                          gpu_ids=[f"{node}/gpu{g}" for g in gpus], **common))
+            records.append(
+                SchedulerEvent(ts=T0 + 1 + k, kind="scheduled", node=node, gpu_ids=[f"{node}/gpu{g}" for g in gpus], **common)
+            )
     rows = [row for r in records for row in kpis.observe(r)] + kpis.advance(T0 + 60_000)
     frag = {(r.dimension, r.group): r.value for r in rows if r.kpi == "fgd_fragmentation_gpus"}
     held = {name for name, _ in placed.values()}

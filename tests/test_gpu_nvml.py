@@ -30,11 +30,22 @@ MIB = 2**20
 
 TX, RX = pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX
 EVERY_READING = {
-    "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetPowerUsage",
-    "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetTemperature", "nvmlDeviceGetClockInfo",
-    "nvmlDeviceGetMaxClockInfo", "nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons",
-    "nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetRetiredPagesPendingStatus", "nvmlDeviceGetRemappedRows",
-    "nvmlDeviceGetPcieThroughput", "nvmlDeviceGetFieldValues", "nvmlGpmQueryDeviceSupport", "nvmlDeviceGetMigMode",
+    "nvmlDeviceGetUtilizationRates",
+    "nvmlDeviceGetMemoryInfo",
+    "nvmlDeviceGetPowerUsage",
+    "nvmlDeviceGetEnforcedPowerLimit",
+    "nvmlDeviceGetTemperature",
+    "nvmlDeviceGetClockInfo",
+    "nvmlDeviceGetMaxClockInfo",
+    "nvmlDeviceGetCurrentClocksEventReasons",
+    "nvmlDeviceGetCurrentClocksThrottleReasons",
+    "nvmlDeviceGetTotalEccErrors",
+    "nvmlDeviceGetRetiredPagesPendingStatus",
+    "nvmlDeviceGetRemappedRows",
+    "nvmlDeviceGetPcieThroughput",
+    "nvmlDeviceGetFieldValues",
+    "nvmlGpmQueryDeviceSupport",
+    "nvmlDeviceGetMigMode",
 }
 
 
@@ -124,9 +135,22 @@ def test_each_unsupported_reading_is_null_on_its_own(caplog: pytest.LogCaptureFi
     readings = [f for f in b.__struct_fields__ if f not in {"node", "gpu_index", "gpu_uuid", "ts", "throttle"}]
     assert {f: getattr(b, f) for f in readings if getattr(b, f) is not None} == {}
     assert b.throttle == []
-    assert all(getattr(full, f) is not None for f in readings if f not in {
-        "job_id", "retired_pages_pending", "mig_index", "mig_profile", "parent_gpu_uuid",
-        "user", "team", "priority", "zone"})  # attribution: the stream processor fills those
+    assert all(
+        getattr(full, f) is not None
+        for f in readings
+        if f
+        not in {
+            "job_id",
+            "retired_pages_pending",
+            "mig_index",
+            "mig_profile",
+            "parent_gpu_uuid",
+            "user",
+            "team",
+            "priority",
+            "zone",
+        }
+    )  # attribution: the stream processor fills those
     assert not caplog.records  # NotSupported is not a failure worth a log line
 
 
@@ -186,8 +210,17 @@ def test_other_nvml_errors_are_null_and_logged_once(caplog: pytest.LogCaptureFix
 def test_throttle_bitmask_decoding() -> None:
     assert decode_throttle(0) == []
     assert decode_throttle(0x4 | 0x40) == ["sw_power_cap", "hw_thermal"]
-    assert decode_throttle(0x1FF) == ["idle", "applications_clocks", "sw_power_cap", "hw_slowdown", "sync_boost",
-                                      "sw_thermal", "hw_thermal", "hw_power_brake", "display_clocks"]
+    assert decode_throttle(0x1FF) == [
+        "idle",
+        "applications_clocks",
+        "sw_power_cap",
+        "hw_slowdown",
+        "sync_boost",
+        "sw_thermal",
+        "hw_thermal",
+        "hw_power_brake",
+        "display_clocks",
+    ]
     assert decode_throttle(0x800 | 0x8) == ["hw_slowdown", "bit_11"]  # a newer driver's bit is named, not dropped
     # the names follow pynvml's own constants
     assert dict(THROTTLE_BITS)[pynvml.nvmlClocksEventReasonSwPowerCap] == "sw_power_cap"
@@ -267,8 +300,16 @@ def test_pcie_throughput_can_be_switched_off_where_it_would_block() -> None:
 
 # --- MIG ---------------------------------------------------------------------------------------
 def mig_child(uuid: str, gi: int, profile: str = "1g.10gb", **kw: object) -> FakeGpu:
-    return FakeGpu(uuid, name=f"NVIDIA H100 80GB HBM3 MIG {profile}", gpu_instance_id=gi, util=None,
-                   mem_total=10 * GIB, mem_used=3 * GIB, gpm=dict(GPM_H100), **kw)  # type: ignore[arg-type]
+    return FakeGpu(
+        uuid,
+        name=f"NVIDIA H100 80GB HBM3 MIG {profile}",
+        gpu_instance_id=gi,
+        util=None,
+        mem_total=10 * GIB,
+        mem_used=3 * GIB,
+        gpm=dict(GPM_H100),
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def test_mig_instances_are_reported_as_their_own_samples() -> None:
@@ -280,7 +321,11 @@ def test_mig_instances_are_reported_as_their_own_samples() -> None:
         collector.sample(NOW)
         samples = collector.sample(NOW + 1000)
     assert [(s.gpu_uuid, s.gpu_index, s.mig_index) for s in samples] == [
-        ("GPU-plain", 0, None), ("GPU-board", 1, None), ("MIG-0", 72, 0), ("MIG-2", 74, 2)]
+        ("GPU-plain", 0, None),
+        ("GPU-board", 1, None),
+        ("MIG-0", 72, 0),
+        ("MIG-2", 74, 2),
+    ]
     assert len({(s.node, s.gpu_index) for s in samples}) == len(samples)  # the tables' key stays unique
     b, m0, m2 = samples[1:]
     assert b.power_w == 450.0 and b.temperature_c == 61.0 and b.gpu_util is None and b.parent_gpu_uuid is None
@@ -330,21 +375,31 @@ def fake_proc(root: Path, pid: int, cgroup: str | None = None, comm: str | None 
 
 
 def test_processes_with_cgroup_attribution(tmp_path: Path) -> None:
-    fake_proc(tmp_path, 100, f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD.replace('-', '_')}"
-                             f".slice/cri-containerd-{CID}.scope\n")
+    fake_proc(
+        tmp_path,
+        100,
+        f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD.replace('-', '_')}"
+        f".slice/cri-containerd-{CID}.scope\n",
+    )
     fake_proc(tmp_path, 200, "0::/system.slice/slurmstepd.scope/job_4242/step_0/user/task_0\n")
     fake_proc(tmp_path, 300, comm="mps-client")  # no cgroup file: exited/not visible
-    gpu = FakeGpu("GPU-shared", processes=[
-        FakeProcess(100, used_memory=20 * GIB, sm_util=[30, 50], mem_util=10),
-        FakeProcess(200, used_memory=None, name="/opt/app/bin/solver", sm_util=15),
-        FakeProcess(300, name=None, mps=True),  # MPS client, name only in /proc/<pid>/comm
-    ])
+    gpu = FakeGpu(
+        "GPU-shared",
+        processes=[
+            FakeProcess(100, used_memory=20 * GIB, sm_util=[30, 50], mem_util=10),
+            FakeProcess(200, used_memory=None, name="/opt/app/bin/solver", sm_util=15),
+            FakeProcess(300, name=None, mps=True),  # MPS client, name only in /proc/<pid>/comm
+        ],
+    )
     nvml = FakeNvml([FakeGpu("GPU-idle"), gpu])
     with NvmlProcessCollector(NvmlConfig(node="n", proc_root=tmp_path), nvml=nvml) as collector:
         assert collector.topic is GPU_PROCESSES
         procs = collector.sample(NOW)
-    assert [(p.gpu_index, p.gpu_uuid, p.pid) for p in procs] == [(1, "GPU-shared", 100), (1, "GPU-shared", 200),
-                                                                  (1, "GPU-shared", 300)]
+    assert [(p.gpu_index, p.gpu_uuid, p.pid) for p in procs] == [
+        (1, "GPU-shared", 100),
+        (1, "GPU-shared", 200),
+        (1, "GPU-shared", 300),
+    ]
     k8s, slurm, mps = procs
     assert (k8s.container_id, k8s.pod_uid, k8s.slurm_job_id) == (CID, POD, None)
     assert k8s.used_memory_bytes == 20 * GIB and k8s.sm_util_pct == 40.0 and k8s.mem_util_pct == 10.0  # mean of samples
@@ -396,7 +451,7 @@ def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untype
 def test_every_xid_is_a_record_even_identical_repeats() -> None:
     a, b = FakeGpu("GPU-a"), FakeGpu("GPU-b")
     nvml = FakeNvml([a, b])
-    frozen = lambda: NOW / 1000  # noqa: E731 - every event in the same millisecond
+    frozen = lambda: NOW / 1000
     with NvmlXidCollector(NvmlConfig(node="n", xid_wait_ms=50), nvml=nvml, clock=frozen) as xids:
         assert xids.topic is GPU_XID and xids.listening
         assert xids.sample(NOW) == []
@@ -408,7 +463,11 @@ def test_every_xid_is_a_record_even_identical_repeats() -> None:
         nvml.inject_xid(b, 79)
         wait_for(lambda: bool(got.extend(xids.sample(NOW + 1000)) or len(got) >= 4))
     assert [(e.gpu_index, e.gpu_uuid, e.xid, e.seq) for e in got] == [
-        (1, "GPU-b", 79, 0), (1, "GPU-b", 79, 1), (0, "GPU-a", 48, 2), (1, "GPU-b", 79, 3)]
+        (1, "GPU-b", 79, 0),
+        (1, "GPU-b", 79, 1),
+        (0, "GPU-a", 48, 2),
+        (1, "GPU-b", 79, 3),
+    ]
     assert got[0].ts == got[1].ts == NOW  # same ms, still two records (seq tells them apart)
     assert got[2].gpu_instance_id == 3 and got[0].gpu_instance_id is None
     assert round_trip(GPU_XID, got) == got
@@ -473,9 +532,11 @@ def test_a_full_xid_queue_drops_the_oldest_and_counts_it() -> None:
 # --- all together ------------------------------------------------------------------------------
 def test_the_three_collectors_share_one_library(tmp_path: Path) -> None:
     nvml = FakeNvml([h100("GPU-a", processes=[FakeProcess(9)])])
-    collectors = [NvmlGpuCollector(NvmlConfig(node="n"), nvml=nvml),
-                  NvmlProcessCollector(NvmlConfig(node="n", proc_root=tmp_path), nvml=nvml),
-                  NvmlXidCollector(NvmlConfig(node="n", xid_wait_ms=50), nvml=nvml)]
+    collectors = [
+        NvmlGpuCollector(NvmlConfig(node="n"), nvml=nvml),
+        NvmlProcessCollector(NvmlConfig(node="n", proc_root=tmp_path), nvml=nvml),
+        NvmlXidCollector(NvmlConfig(node="n", xid_wait_ms=50), nvml=nvml),
+    ]
     assert nvml.init_count == 3
     for c in collectors:
         c.sample(NOW)

@@ -49,8 +49,11 @@ def test_every_panel_is_a_library_query() -> None:
         assert "{" not in re.sub(r"\$\{[^}]*\}", "", sql), f"{query}: a ClickHouse parameter was left unbound"
         # the library's SQL, rewritten by the documented rules only: nothing written by hand
         spec = by_title[panel["title"]]
-        expected = series_sql(queries[query], spec.overrides, spec.series) if spec.series else \
-            panel_sql(queries[query], spec.overrides, series=spec.kind == "timeseries")
+        expected = (
+            series_sql(queries[query], spec.overrides, spec.series)
+            if spec.series
+            else panel_sql(queries[query], spec.overrides, series=spec.kind == "timeseries")
+        )
         assert sql == expected
         covered.add(query)
     assert {"cluster_now", "allocation_rate", "job_quantiles", "gpu_quantiles", "anomalies", "fragmentation"} <= covered
@@ -71,7 +74,7 @@ def test_panels_follow_the_time_picker() -> None:
 
 def test_per_gpu_and_per_rank_panels_are_time_series() -> None:
     series = {}
-    for name, panel in panels():
+    for _name, panel in panels():
         target = panel["targets"][0]
         if panel["type"] == "timeseries":
             assert target["format"] == 0 and target["queryType"] == "timeseries"
@@ -111,10 +114,17 @@ def store(tmp_path_factory):
 def expand(sql: str, start_ms: int, end_ms: int, interval_s: int, job: str) -> str:
     """Grafana's and the ClickHouse plugin's macros, as the plugin documents their expansion."""
     s, e = start_ms // 1000, end_ms // 1000
-    sql = re.sub(r"\$__timeFilter_ms\(([^)]+)\)",
-                 lambda m: f"{m.group(1)} >= fromUnixTimestamp64Milli({start_ms}) AND {m.group(1)} <= fromUnixTimestamp64Milli({end_ms})", sql)
-    sql = re.sub(r"\$__timeFilter\(([^)]+)\)", lambda m: f"{m.group(1)} >= toDateTime({s}) AND {m.group(1)} <= toDateTime({e})", sql)
-    sql = sql.replace("$__fromTime_ms", f"fromUnixTimestamp64Milli({start_ms})").replace("$__toTime_ms", f"fromUnixTimestamp64Milli({end_ms})")
+    sql = re.sub(
+        r"\$__timeFilter_ms\(([^)]+)\)",
+        lambda m: f"{m.group(1)} >= fromUnixTimestamp64Milli({start_ms}) AND {m.group(1)} <= fromUnixTimestamp64Milli({end_ms})",
+        sql,
+    )
+    sql = re.sub(
+        r"\$__timeFilter\(([^)]+)\)", lambda m: f"{m.group(1)} >= toDateTime({s}) AND {m.group(1)} <= toDateTime({e})", sql
+    )
+    sql = sql.replace("$__fromTime_ms", f"fromUnixTimestamp64Milli({start_ms})").replace(
+        "$__toTime_ms", f"fromUnixTimestamp64Milli({end_ms})"
+    )
     sql = sql.replace("$__fromTime", f"toDateTime({s})").replace("$__toTime", f"toDateTime({e})")
     sql = sql.replace("$__interval_s", str(interval_s)).replace("${job:singlequote}", f"'{job}'")
     assert "$" not in sql, sql
@@ -126,7 +136,9 @@ def run_panel(store, sql: str, start_ms: int, end_ms: int, interval_s: int = 60,
 
 
 def story_span(store) -> tuple[int, int]:
-    first, last = store.query("SELECT toUnixTimestamp64Milli(min(ts)), toUnixTimestamp64Milli(max(ts)) FROM gpu_samples").result_rows[0]
+    first, last = store.query(
+        "SELECT toUnixTimestamp64Milli(min(ts)), toUnixTimestamp64Milli(max(ts)) FROM gpu_samples"
+    ).result_rows[0]
     return first, last
 
 
@@ -135,7 +147,7 @@ def test_every_panel_runs_on_clickhouse_with_grafanas_values(store) -> None:
     assert store.query("SELECT count() FROM job_quantiles WHERE job_id = 'job-a'").result_rows[0][0]
     start, end = first - 3_600_000, last + 10_000  # "now" panels show the state at the range's end
     empty = []
-    for name, panel in panels():
+    for _name, panel in panels():
         result = run_panel(store, panel["targets"][0]["rawSql"], start, end)  # raises on any error
         if not result.result_rows:
             empty.append(panel["title"])
@@ -162,8 +174,11 @@ def test_a_range_before_the_story_shows_nothing_of_it(store) -> None:
             status = result.column_names.index("status")
             assert rows and {row[status] for row in rows} == {"silent"}, rows
             continue
-        assert rows == [] or all(v in (0, None, "") for row in rows for v in row[1:] if not isinstance(v, str)), \
-            (name, panel["title"], rows[:3])
+        assert rows == [] or all(v in (0, None, "") for row in rows for v in row[1:] if not isinstance(v, str)), (
+            name,
+            panel["title"],
+            rows[:3],
+        )
 
 
 def test_time_series_stay_inside_the_range(store) -> None:
@@ -172,7 +187,7 @@ def test_time_series_stay_inside_the_range(store) -> None:
     first, last = story_span(store)
     start, end = first + 10 * 60_000, first + 20 * 60_000
     interval = 30
-    for name, panel in panels():
+    for _name, panel in panels():
         if panel["type"] != "timeseries":
             continue
         result = run_panel(store, panel["targets"][0]["rawSql"], start, end, interval)

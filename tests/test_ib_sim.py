@@ -48,7 +48,8 @@ def test_a_degraded_node_carries_a_fifth_waits_and_errs() -> None:
             assert f == h
             continue
         assert f.xmit_bytes_per_s == pytest.approx(0.2 * h.xmit_bytes_per_s, abs=1) and f.rcv_bytes_per_s == pytest.approx(
-            0.2 * h.rcv_bytes_per_s, abs=1)
+            0.2 * h.rcv_bytes_per_s, abs=1
+        )
         assert f.xmit_wait_per_s >= 1e6 and 1 <= f.symbol_errors <= 4
         assert f.state == "ACTIVE" and f.link_downed == 0
     healthy_waits = sorted(s.xmit_wait_per_s for s in healthy if s.xmit_wait_per_s is not None)

@@ -16,8 +16,14 @@ from tests.fake_sysfs import FakeSysfs
 NOW = 1_764_000_000_000
 RATES = ("xmit_bytes_per_s", "rcv_bytes_per_s", "xmit_packets_per_s", "rcv_packets_per_s", "xmit_wait_per_s")
 ERRORS = (
-    "symbol_errors", "link_downed", "link_error_recovery", "rcv_errors", "rcv_remote_physical_errors",
-    "xmit_discards", "local_link_integrity_errors", "excessive_buffer_overrun_errors",
+    "symbol_errors",
+    "link_downed",
+    "link_error_recovery",
+    "rcv_errors",
+    "rcv_remote_physical_errors",
+    "xmit_discards",
+    "local_link_integrity_errors",
+    "excessive_buffer_overrun_errors",
 )
 
 

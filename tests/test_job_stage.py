@@ -14,8 +14,20 @@ T0 = 1_750_000_000_000
 def gpu_sketch(gpu: str, end: int, values: np.ndarray, job: str = "j1", window: str = "1m") -> GpuSketch:
     s = QuantileSketch()
     s.update(values)
-    return GpuSketch(job, "n0", gpu, "gpu_util", window, T0 + end - 60_000, T0 + end, int(values.size),
-                     float(values.astype(np.float64).sum()), s.to_bytes(), user="alice", team="nlp")
+    return GpuSketch(
+        job,
+        "n0",
+        gpu,
+        "gpu_util",
+        window,
+        T0 + end - 60_000,
+        T0 + end,
+        int(values.size),
+        float(values.astype(np.float64).sum()),
+        s.to_bytes(),
+        user="alice",
+        team="nlp",
+    )
 
 
 def test_job_quantiles_are_the_merge_of_all_gpus() -> None:
@@ -142,8 +154,7 @@ def test_peer_detectors_see_a_released_backlog_in_window_order_across_metrics() 
             return []
 
     seen = Seen()
-    processor = SampleProcessor(ProcessorConfig(jobs=JobStageConfig(grace_ms=10**9, wait_s=0.3, stale_s=0.3)),
-                                detectors=[seen])  # type: ignore[list-item]
+    processor = SampleProcessor(ProcessorConfig(jobs=JobStageConfig(grace_ms=10**9, wait_s=0.3, stale_s=0.3)), detectors=[seen])  # type: ignore[list-item]
     v = np.full(10, 50.0, dtype=np.float32)
 
     def message(gpu: str, end: int) -> bytes:  # as the worker writes them: the GPU's metrics in turn

@@ -13,21 +13,37 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_consumer_commits_by_hand_and_reads_committed_transactions() -> None:
-    conf = consumer_config({"bootstrap.servers": "b:9092"}, "p.sink", instance_id="p.sink-0",
-                           extra={"session.timeout.ms": 15_000})
-    assert conf == {"bootstrap.servers": "b:9092", "group.id": "p.sink", "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                    "group.instance.id": "p.sink-0", "session.timeout.ms": 15_000}
+    conf = consumer_config(
+        {"bootstrap.servers": "b:9092"}, "p.sink", instance_id="p.sink-0", extra={"session.timeout.ms": 15_000}
+    )
+    assert conf == {
+        "bootstrap.servers": "b:9092",
+        "group.id": "p.sink",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "group.instance.id": "p.sink-0",
+        "session.timeout.ms": 15_000,
+    }
     assert "group.instance.id" not in consumer_config({"bootstrap.servers": "b:9092"}, "g")
     assert consumer_config({"bootstrap.servers": "b:9092"}, "g", offset_reset="latest")["auto.offset.reset"] == "latest"
 
 
 def test_clients_take_the_settings_security() -> None:
-    kafka = KafkaSettings(bootstrap="b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-                          sasl_username="u", sasl_password=Secret("pw"))
+    kafka = KafkaSettings(
+        bootstrap="b:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="u",
+        sasl_password=Secret("pw"),
+    )
     conf = consumer_config(kafka, "g")
-    assert (conf["bootstrap.servers"], conf["security.protocol"], conf["sasl.mechanism"], conf["sasl.password"]) == \
-        ("b:9093", "sasl_ssl", "SCRAM-SHA-512", "pw")
+    assert (conf["bootstrap.servers"], conf["security.protocol"], conf["sasl.mechanism"], conf["sasl.password"]) == (
+        "b:9093",
+        "sasl_ssl",
+        "SCRAM-SHA-512",
+        "pw",
+    )
     assert producer_config(kafka)["sasl.username"] == "u"
 
 

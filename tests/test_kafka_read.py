@@ -53,8 +53,9 @@ def test_read_to_end_reads_what_was_there_in_partition_and_offset_order(conf: di
     got = read_to_end(conf, topic, "test-read", timeout=30)
     assert [(m.partition(), m.value()) for m in got] == sorted(sent, key=lambda pv: (pv[0], int(pv[1][1:])))
     assert all(a.offset() < b.offset() for a, b in pairwise(got) if a.partition() == b.partition())
-    assert [m.value() for m in read_to_end(conf, topic, "test-read", partitions={1}, timeout=30)] == \
-        [v for p, v in sent if p == 1]
+    assert [m.value() for m in read_to_end(conf, topic, "test-read", partitions={1}, timeout=30)] == [
+        v for p, v in sent if p == 1
+    ]
 
 
 def test_an_empty_or_missing_topic_is_nothing(conf: dict[str, Any]) -> None:
@@ -104,9 +105,14 @@ def test_a_full_local_queue_waits_instead_of_dropping(conf: dict[str, Any]) -> N
     producer = new_producer(conf, extra={"queue.buffering.max.messages": 5, "linger.ms": 50})
     delivered: list[bytes] = []
     for i in range(200):
-        produce_queued(producer, topic, b"%d" % i, None, wait_s=0.05,
-                       on_delivery=lambda err, msg: delivered.append(msg.value()) if err is None else None)
+        produce_queued(
+            producer,
+            topic,
+            b"%d" % i,
+            None,
+            wait_s=0.05,
+            on_delivery=lambda err, msg: delivered.append(msg.value()) if err is None else None,
+        )
     assert producer.flush(30) == 0
     assert delivered == [b"%d" % i for i in range(200)]
     assert [m.value() for m in read_to_end(conf, topic, "test-read", timeout=30)] == delivered
-

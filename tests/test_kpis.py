@@ -20,14 +20,31 @@ def inv(node: str, gpus: int, model: str | None = None, zone: str | None = None)
     return NodeInventory(ts=T0, node=node, gpu_count=gpus, gpu_model=model, zone=zone)
 
 
-def ev(job: str, kind: str, at_s: float, gpus: float | None = None, node: str | None = None,
-       gpu_ids: tuple[str, ...] = (), **extra: str) -> SchedulerEvent:
-    return SchedulerEvent(ts=T0 + round(at_s * S), source="test", job_id=job, kind=kind, requested_gpus=gpus,  # type: ignore[arg-type]
-                          node=node, gpu_ids=list(gpu_ids), name=job, **extra)
+def ev(
+    job: str,
+    kind: str,
+    at_s: float,
+    gpus: float | None = None,
+    node: str | None = None,
+    gpu_ids: tuple[str, ...] = (),
+    **extra: str,
+) -> SchedulerEvent:
+    return SchedulerEvent(
+        ts=T0 + round(at_s * S),
+        source="test",
+        job_id=job,
+        kind=kind,
+        requested_gpus=gpus,  # type: ignore[arg-type]
+        node=node,
+        gpu_ids=list(gpu_ids),
+        name=job,
+        **extra,
+    )
 
 
-def run(events: list[SchedulerEvent | NodeInventory], config: KpiConfig | None = None,
-        until: int | None = None) -> tuple[SchedulingKpis, dict[Key, SchedulingKpi]]:
+def run(
+    events: list[SchedulerEvent | NodeInventory], config: KpiConfig | None = None, until: int | None = None
+) -> tuple[SchedulingKpis, dict[Key, SchedulingKpi]]:
     kpis = SchedulingKpis(config or KpiConfig(lateness_s=0))
     rows: list[SchedulingKpi] = []
     for e in events:
@@ -60,7 +77,7 @@ STORY = [
 
 def test_allocation_fragmentation_and_waits_of_a_small_story() -> None:
     _, rows = run(STORY)
-    at = lambda kpi, dim="cluster", group="all", ts=B1: value(rows, kpi, dim, group, ts)  # noqa: E731
+    at = lambda kpi, dim="cluster", group="all", ts=B1: value(rows, kpi, dim, group, ts)
     # boundary 1: j1 holds 4 GPUs of n1 (model A, zone z1), j2 half of n3/gpu0 (model B, no zone); 18 GPUs in all
     assert (at("allocated_gpus"), at("total_gpus"), at("allocation_rate")) == (4.5, 18, 0.25)
     assert rows["allocated_gpus", "cluster", "all", B1].count == 2 and rows["total_gpus", "cluster", "all", B1].count == 3
@@ -73,7 +90,10 @@ def test_allocation_fragmentation_and_waits_of_a_small_story() -> None:
     assert at("queued_jobs") == 1  # j3
     # waits 2 s (j1) and 10 s (j2): linear p50 = 6, p95 = 2 + 0.95 * 8
     assert at("queue_wait_p50_s") == 6 and at("queue_wait_p95_s") == pytest.approx(9.6, rel=1e-12)
-    assert rows["queue_wait_p50_s", "cluster", "all", B1].count == 2 and rows["queue_wait_p50_s", "cluster", "all", B1].interval_s == 60
+    assert (
+        rows["queue_wait_p50_s", "cluster", "all", B1].count == 2
+        and rows["queue_wait_p50_s", "cluster", "all", B1].interval_s == 60
+    )
     assert (at("queue_wait_p95_s", "gpu_bucket", "2-4"), at("queue_wait_p95_s", "gpu_bucket", "frac")) == (2, 10)
     assert [at("queue_wait_p50_s", d, g) for d, g in (("gpu_model", "A"), ("qos", "LS"), ("priority", "low"))] == [2, 10, 2]
     # GPU-hours: 4 GPUs x 57 s + 0.5 x 48 s = 252 GPU-s
@@ -82,10 +102,18 @@ def test_allocation_fragmentation_and_waits_of_a_small_story() -> None:
     assert [at("allocated_gpus", "job_class", c) for c in ("small", "medium", "large")] == [0.5, 4, 0]
     assert (at("allocated_gpus", "priority", "low"), at("allocation_share", "priority", "low")) == (4, 4 / 4.5)
     # boundary 2: j1 finished at 90 s; only j2 holds; nothing was scheduled in the interval
-    at2 = lambda kpi, dim="cluster", group="all": value(rows, kpi, dim, group, B2)  # noqa: E731
-    assert (at2("allocated_gpus"), at2("free_gpus"), at2("stranded_gpus"), at2("allocation_share", "priority", "low")) == (0.5, 17, 1, 0)
+    at2 = lambda kpi, dim="cluster", group="all": value(rows, kpi, dim, group, B2)
+    assert (at2("allocated_gpus"), at2("free_gpus"), at2("stranded_gpus"), at2("allocation_share", "priority", "low")) == (
+        0.5,
+        17,
+        1,
+        0,
+    )
     assert at2("gpu_hours") == pytest.approx((4 * 30 + 0.5 * 60) / 3600, rel=1e-12)
-    assert at2("gpu_hours", "team", "t1") == pytest.approx(4 * 30 / 3600, rel=1e-12) and rows["gpu_hours", "team", "t1", B2].count == 1
+    assert (
+        at2("gpu_hours", "team", "t1") == pytest.approx(4 * 30 / 3600, rel=1e-12)
+        and rows["gpu_hours", "team", "t1", B2].count == 1
+    )
     assert ("allocated_gpus", "team", "t1", B2) not in rows  # holds nothing at the boundary
     assert not any(k[0].startswith("queue_wait") and k[3] == B2 for k in rows) and not any(k[0].startswith("gang") for k in rows)
     assert {k[3] for k in rows} == {B1, B2}  # the event at 120 s closes B2; nothing later
@@ -105,8 +133,13 @@ def test_duplicates_and_disorder_within_the_lateness_change_nothing() -> None:
 
 
 def test_a_finish_that_comes_late_is_applied_at_the_next_boundary() -> None:
-    events = [*NODES, ev("j", "scheduled", 0, 1, "n2", ("n2/gpu0",)), ev("x", "submitted", 60),
-              ev("j", "finished", 30), ev("y", "submitted", 120)]
+    events = [
+        *NODES,
+        ev("j", "scheduled", 0, 1, "n2", ("n2/gpu0",)),
+        ev("x", "submitted", 60),
+        ev("j", "finished", 30),
+        ev("y", "submitted", 120),
+    ]
     kpis, rows = run(events)  # lateness 0: B1 closes at the event of 60 s, before the finish (30 s) arrives
     assert kpis.late == 1 and [value(rows, "allocated_gpus", "cluster", "all", b) for b in (B1, B2)] == [1, 0]
     assert value(rows, "gpu_hours", "cluster", "all", B1) == pytest.approx(60 / 3600)
@@ -168,26 +201,36 @@ def test_a_requeued_job_runs_again_and_waits_from_its_preemption() -> None:
 def test_gang_jobs_span_nodes_or_outgrow_the_largest_node() -> None:
     events = [
         *NODES,
-        ev("g1", "submitted", 0, 16), ev("g1", "scheduled", 4, 16, "n1", tuple(f"n{n}/gpu{i}" for n in (1, 2) for i in range(8))),
-        ev("g2", "submitted", 0, 12), ev("g2", "scheduled", 10, 12, "n3"),  # no ids, but 12 > 8 GPUs of the largest node
-        ev("s", "submitted", 0, 1), ev("s", "scheduled", 1, 1, "n3", ("n3/gpu0",)),
+        ev("g1", "submitted", 0, 16),
+        ev("g1", "scheduled", 4, 16, "n1", tuple(f"n{n}/gpu{i}" for n in (1, 2) for i in range(8))),
+        ev("g2", "submitted", 0, 12),
+        ev("g2", "scheduled", 10, 12, "n3"),  # no ids, but 12 > 8 GPUs of the largest node
+        ev("s", "submitted", 0, 1),
+        ev("s", "scheduled", 1, 1, "n3", ("n3/gpu0",)),
         ev("z", "submitted", 61),
     ]
     _, rows = run(events)
     assert value(rows, "gang_wait_p50_s", "cluster", "all", B1) == 7 and rows["gang_wait_p95_s", "cluster", "all", B1].count == 2
     assert value(rows, "free_gpus", "cluster", "all", B1) == 0  # n1, n2 by ids; n3: 12 anonymous GPUs cap at its 2
-    assert value(rows, "allocated_gpus", "job_class", "large", B1) == 28 and value(rows, "queue_wait_p50_s", "gpu_bucket", ">8", B1) == 7
+    assert (
+        value(rows, "allocated_gpus", "job_class", "large", B1) == 28
+        and value(rows, "queue_wait_p50_s", "gpu_bucket", ">8", B1) == 7
+    )
 
 
 def test_a_slurm_job_on_a_host_list_holds_its_gpus_on_each_of_its_nodes() -> None:
     events = [
-        inv("gpu01", 8, "H100", "z1"), inv("gpu02", 8, "H100", "z2"), inv("gpu03", 8, "H100", "z2"),
-        ev("mn", "submitted", 0, 16), ev("mn", "scheduled", 5, 16, "gpu[01-02]"),  # no GPU ids: Slurm names nodes
-        ev("one", "submitted", 0, 2), ev("one", "scheduled", 1, 2, "gpu03"),
+        inv("gpu01", 8, "H100", "z1"),
+        inv("gpu02", 8, "H100", "z2"),
+        inv("gpu03", 8, "H100", "z2"),
+        ev("mn", "submitted", 0, 16),
+        ev("mn", "scheduled", 5, 16, "gpu[01-02]"),  # no GPU ids: Slurm names nodes
+        ev("one", "submitted", 0, 2),
+        ev("one", "scheduled", 1, 2, "gpu03"),
         ev("z", "submitted", 61),
     ]
     _, rows = run(events)
-    at = lambda kpi, dim="cluster", group="all": value(rows, kpi, dim, group, B1)  # noqa: E731
+    at = lambda kpi, dim="cluster", group="all": value(rows, kpi, dim, group, B1)
     assert (at("allocated_gpus"), at("allocation_rate", "zone", "z1"), at("allocation_rate", "zone", "z2")) == (18, 1, 10 / 16)
     assert rows["allocated_gpus", "zone", "z2", B1].count == 2 and rows["allocated_gpus", "cluster", "all", B1].count == 2
     # both of its nodes are full: only gpu03's 6 free GPUs remain, stranded beside the 2-GPU job
@@ -196,8 +239,12 @@ def test_a_slurm_job_on_a_host_list_holds_its_gpus_on_each_of_its_nodes() -> Non
 
 
 def test_a_node_of_a_gang_job_moved_to_another_zone_takes_its_own_share_along() -> None:
-    events = [inv("g1", 8, "H100", "z1"), inv("g2", 8, "H100", "z1"), ev("mn", "scheduled", 5, 16, "g[1-2]"),
-              ev("z", "submitted", 61)]
+    events = [
+        inv("g1", 8, "H100", "z1"),
+        inv("g2", 8, "H100", "z1"),
+        ev("mn", "scheduled", 5, 16, "g[1-2]"),
+        ev("z", "submitted", 61),
+    ]
     kpis, rows = run(events)
     assert value(rows, "allocated_gpus", "zone", "z1", B1) == 16 and rows["allocated_gpus", "zone", "z1", B1].count == 2
     rows2 = kpis.observe(NodeInventory(ts=B1 + 1000, node="g2", gpu_count=8, gpu_model="H100", zone="z2"))
@@ -212,7 +259,10 @@ def test_a_node_of_a_gang_job_moved_to_another_zone_takes_its_own_share_along() 
 def test_inventory_after_the_jobs_moves_their_allocation_to_the_node_model() -> None:
     events = [ev("a", "scheduled", 1, 2, "late-node", ("late-node/gpu0", "late-node/gpu1")), ev("x", "submitted", 60)]
     kpis, rows = run(events)
-    assert value(rows, "allocated_gpus", "gpu_model", "unplaced", B1) == 2 and ("allocation_rate", "gpu_model", "unplaced", B1) not in rows
+    assert (
+        value(rows, "allocated_gpus", "gpu_model", "unplaced", B1) == 2
+        and ("allocation_rate", "gpu_model", "unplaced", B1) not in rows
+    )
     rows2 = kpis.observe(NodeInventory(ts=B1 + 1, node="late-node", gpu_count=4, gpu_model="H100", zone="z9")) + kpis.advance(B2)
     got = {(r.kpi, r.dimension, r.group): r.value for r in rows2}
     assert got["allocation_rate", "gpu_model", "H100"] == 0.5 and got["allocation_rate", "zone", "z9"] == 0.5
@@ -220,8 +270,10 @@ def test_inventory_after_the_jobs_moves_their_allocation_to_the_node_model() -> 
 
 
 def test_a_long_gap_is_crossed_without_emitting_every_empty_interval() -> None:
-    kpis, rows = run([*NODES, ev("a", "scheduled", 1, 1, "n1", ("n1/gpu0",)), ev("b", "submitted", 1000 * 60 + 5)],
-                     KpiConfig(lateness_s=0, max_catchup_intervals=3))
+    kpis, rows = run(
+        [*NODES, ev("a", "scheduled", 1, 1, "n1", ("n1/gpu0",)), ev("b", "submitted", 1000 * 60 + 5)],
+        KpiConfig(lateness_s=0, max_catchup_intervals=3),
+    )
     assert sorted({k[3] for k in rows}) == [T0 + k * 60 * S for k in (998, 999, 1000)] and kpis.skipped_intervals == 997
     assert value(rows, "allocated_gpus", "cluster", "all", T0 + 998 * 60 * S) == 1
     assert value(rows, "gpu_hours", "cluster", "all", T0 + 998 * 60 * S) == pytest.approx(60 / 3600)
@@ -259,9 +311,12 @@ def test_utilisation_of_what_is_held_by_job_class_team_and_user() -> None:
     rows += kpis.advance(T0 + 60_000)
     util = {(r.dimension, r.group): (round(r.value, 6), r.count) for r in rows if r.kpi == "gpu_util_mean_pct"}
     assert util == {
-        ("cluster", "all"): (round((8 * 90 + 10) / 9, 6), 2), ("job_class", "medium"): (90.0, 1),
-        ("job_class", "small"): (10.0, 1), ("team", "llm"): (round((8 * 90 + 10) / 9, 6), 2),
-        ("user", "alice"): (90.0, 1), ("user", "bob"): (10.0, 1),
+        ("cluster", "all"): (round((8 * 90 + 10) / 9, 6), 2),
+        ("job_class", "medium"): (90.0, 1),
+        ("job_class", "small"): (10.0, 1),
+        ("team", "llm"): (round((8 * 90 + 10) / 9, 6), 2),
+        ("user", "alice"): (90.0, 1),
+        ("user", "bob"): (10.0, 1),
     }
 
 
@@ -270,8 +325,13 @@ def test_the_worker_kpi_lateness_option_decides_when_an_interval_closes() -> Non
     close its interval, is counted in order with 45 s and a boundary late with the default 10 s."""
     from hpcinsight.streams.app import WorkerOptions
 
-    events = [*NODES, ev("j", "scheduled", 0, 1, "n2", ("n2/gpu0",)), ev("x", "submitted", 60 + 12),
-              ev("j", "finished", 30), ev("y", "submitted", 200)]
+    events = [
+        *NODES,
+        ev("j", "scheduled", 0, 1, "n2", ("n2/gpu0",)),
+        ev("x", "submitted", 60 + 12),
+        ev("j", "finished", 30),
+        ev("y", "submitted", 200),
+    ]
     default = WorkerOptions().processor_config().kpis
     assert default.lateness_s == 10
     kpis, rows = run(events, default)
@@ -281,8 +341,9 @@ def test_the_worker_kpi_lateness_option_decides_when_an_interval_closes() -> Non
     assert kpis.late == 0 and value(rows, "allocated_gpus", "cluster", "all", B1) == 0
 
 
-def test_the_worker_refuses_a_kpi_lateness_it_cannot_read(monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_worker_refuses_a_kpi_lateness_it_cannot_read(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from hpcinsight.cli import main
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP", "127.0.0.1:9")  # never reached: the option is refused first

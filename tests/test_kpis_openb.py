@@ -45,16 +45,28 @@ def replay() -> dict[str, object]:
     kpis = SchedulingKpis(CONFIG)
     rows = [row for record in records for row in kpis.observe(record)]
     done = time.perf_counter()
-    return {"collector": collector, "records": records, "rows": rows, "kpis": kpis,
-            "replay_s": replayed - started, "kpi_s": done - replayed}
+    return {
+        "collector": collector,
+        "records": records,
+        "rows": rows,
+        "kpis": kpis,
+        "replay_s": replayed - started,
+        "kpi_s": done - replayed,
+    }
 
 
 def frame(rows: list[SchedulingKpi]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "kpi": [r.kpi for r in rows], "dimension": [r.dimension for r in rows], "group": [r.group for r in rows],
-        "ts": np.array([r.ts for r in rows], dtype=np.int64), "value": [r.value for r in rows],
-        "count": np.array([r.count for r in rows], dtype=np.int64), "interval_s": [r.interval_s for r in rows],
-    })
+    return pd.DataFrame(
+        {
+            "kpi": [r.kpi for r in rows],
+            "dimension": [r.dimension for r in rows],
+            "group": [r.group for r in rows],
+            "ts": np.array([r.ts for r in rows], dtype=np.int64),
+            "value": [r.value for r in rows],
+            "count": np.array([r.count for r in rows], dtype=np.int64),
+            "interval_s": [r.interval_s for r in rows],
+        }
+    )
 
 
 class Expected:
@@ -64,12 +76,28 @@ class Expected:
         self.b = boundaries
         self.parts: list[pd.DataFrame] = []
 
-    def add(self, kpi: str, dim: str, group: str, value: np.ndarray, count: np.ndarray,
-            interval_s: float = 0.0, mask: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        kpi: str,
+        dim: str,
+        group: str,
+        value: np.ndarray,
+        count: np.ndarray,
+        interval_s: float = 0.0,
+        mask: np.ndarray | None = None,
+    ) -> None:
         n = len(self.b)
-        part = pd.DataFrame({"kpi": kpi, "dimension": dim, "group": group, "ts": self.b,
-                             "value": np.broadcast_to(np.asarray(value, dtype=np.float64), n),
-                             "count": np.broadcast_to(np.asarray(count, dtype=np.int64), n), "interval_s": interval_s})
+        part = pd.DataFrame(
+            {
+                "kpi": kpi,
+                "dimension": dim,
+                "group": group,
+                "ts": self.b,
+                "value": np.broadcast_to(np.asarray(value, dtype=np.float64), n),
+                "count": np.broadcast_to(np.asarray(count, dtype=np.int64), n),
+                "interval_s": interval_s,
+            }
+        )
         self.parts.append(part if mask is None else part[np.broadcast_to(mask, n)])
 
     def frame(self) -> pd.DataFrame:
@@ -100,13 +128,40 @@ def integral(start: np.ndarray, end: np.ndarray, weight: np.ndarray, at: np.ndar
 
 
 def expected_rows(records: list[object]) -> pd.DataFrame:
-    nodes = pd.DataFrame([{"node": r.node, "cap": r.gpu_count, "model": r.gpu_model or "unknown", "zone": r.zone or "unknown",
-                           "raw_model": r.gpu_model, "cpu": round(r.cpus * 1000) if r.cpus is not None else -1}
-                          for r in records if isinstance(r, NodeInventory)])
-    ev = pd.DataFrame([{"ts": e.ts, "job": e.job_id, "kind": e.kind, "gpus": e.requested_gpus or 0.0, "node": e.node,
-                        "gpu_ids": tuple(e.gpu_ids), "qos": e.qos, "priority": e.priority, "user": e.user, "team": e.team,
-                        "cpus": e.requested_cpus or 0.0, "spec": e.gpu_model or ""}
-                       for e in records if isinstance(e, SchedulerEvent)])
+    nodes = pd.DataFrame(
+        [
+            {
+                "node": r.node,
+                "cap": r.gpu_count,
+                "model": r.gpu_model or "unknown",
+                "zone": r.zone or "unknown",
+                "raw_model": r.gpu_model,
+                "cpu": round(r.cpus * 1000) if r.cpus is not None else -1,
+            }
+            for r in records
+            if isinstance(r, NodeInventory)
+        ]
+    )
+    ev = pd.DataFrame(
+        [
+            {
+                "ts": e.ts,
+                "job": e.job_id,
+                "kind": e.kind,
+                "gpus": e.requested_gpus or 0.0,
+                "node": e.node,
+                "gpu_ids": tuple(e.gpu_ids),
+                "qos": e.qos,
+                "priority": e.priority,
+                "user": e.user,
+                "team": e.team,
+                "cpus": e.requested_cpus or 0.0,
+                "spec": e.gpu_model or "",
+            }
+            for e in records
+            if isinstance(e, SchedulerEvent)
+        ]
+    )
     assert not ev.duplicated(["job", "kind"]).any() and nodes.node.is_unique
     all_ts = np.array([r.ts for r in records], dtype=np.int64)
     first = (all_ts.min() // I_MS + 1) * I_MS
@@ -142,12 +197,30 @@ def expected_rows(records: list[object]) -> pd.DataFrame:
     ones = np.ones(len(run), dtype=np.int64)
     run["all"] = "all"
     run["job_class"] = np.select([run.gpus <= 1, run.gpus <= 8], ["small", "medium"], "large")
-    alloc = {dim: per_boundary(run[col], g, lo, hi, n) for dim, col in
-             (("cluster", "all"), ("gpu_model", "model"), ("zone", "zone"), ("team", "team"), ("user", "user"),
-              ("job_class", "job_class"), ("priority", "priority"))}
-    holders = {dim: per_boundary(run[col], ones, lo, hi, n) for dim, col in
-               (("cluster", "all"), ("gpu_model", "model"), ("zone", "zone"), ("team", "team"), ("user", "user"),
-                ("job_class", "job_class"), ("priority", "priority"))}
+    alloc = {
+        dim: per_boundary(run[col], g, lo, hi, n)
+        for dim, col in (
+            ("cluster", "all"),
+            ("gpu_model", "model"),
+            ("zone", "zone"),
+            ("team", "team"),
+            ("user", "user"),
+            ("job_class", "job_class"),
+            ("priority", "priority"),
+        )
+    }
+    holders = {
+        dim: per_boundary(run[col], ones, lo, hi, n)
+        for dim, col in (
+            ("cluster", "all"),
+            ("gpu_model", "model"),
+            ("zone", "zone"),
+            ("team", "team"),
+            ("user", "user"),
+            ("job_class", "job_class"),
+            ("priority", "priority"),
+        )
+    }
     zero = np.zeros(n, dtype=np.int64)
     cluster_alloc, cluster_holders = alloc["cluster"]["all"], holders["cluster"]["all"]
     total = int(nodes.cap.sum())
@@ -165,7 +238,9 @@ def expected_rows(records: list[object]) -> pd.DataFrame:
             if cap_sum > 0:
                 out.add("allocation_rate", dim, name, a / 1000 / cap_sum, h)
     for name in ("small", "medium", "large"):
-        out.add("allocated_gpus", "job_class", name, alloc["job_class"].get(name, zero) / 1000, holders["job_class"].get(name, zero))
+        out.add(
+            "allocated_gpus", "job_class", name, alloc["job_class"].get(name, zero) / 1000, holders["job_class"].get(name, zero)
+        )
     for name in sorted(set(alloc["priority"]) | {"low"}):
         a, h = alloc["priority"].get(name, zero), holders["priority"].get(name, zero)
         shown = (h > 0) | (name == "low")
@@ -176,11 +251,20 @@ def expected_rows(records: list[object]) -> pd.DataFrame:
     rel_s, rel_e = s - base, np.where(e < INF, e - base, INF)
     for dim, col in (("cluster", "all"), ("team", "team"), ("user", "user")):
         for name, rows in run.groupby(col).indices.items():
-            area = integral(rel_s[rows], rel_e[rows], g[rows], b - base) - integral(rel_s[rows], rel_e[rows], g[rows], b - I_MS - base)
+            area = integral(rel_s[rows], rel_e[rows], g[rows], b - base) - integral(
+                rel_s[rows], rel_e[rows], g[rows], b - I_MS - base
+            )
             touched = np.searchsorted(np.sort(s[rows]), b, side="left") - np.searchsorted(np.sort(e[rows]), b - I_MS, side="left")
             h = holders[dim][name]
-            out.add("gpu_hours", dim, name, area / 1000 / 3_600_000, touched, CONFIG.interval_s,
-                    mask=None if dim == "cluster" else touched > 0)
+            out.add(
+                "gpu_hours",
+                dim,
+                name,
+                area / 1000 / 3_600_000,
+                touched,
+                CONFIG.interval_s,
+                mask=None if dim == "cluster" else touched > 0,
+            )
             if dim != "cluster":
                 out.add("allocated_gpus", dim, name, alloc[dim][name] / 1000, h, mask=h > 0)
     # --- fragmentation: busy GPUs are the union of their holders' ranges -----------------------
@@ -215,15 +299,32 @@ def expected_rows(records: list[object]) -> pd.DataFrame:
     waits["gpu_bucket"] = np.select([gp <= 0, gp < 1, gp < 2, gp <= 4, gp <= 8], ["cpu", "frac", "1", "2-4", "5-8"], ">8")
     waits["cluster"] = "all"
     parts = []
-    dims = (("cluster", "cluster"), ("gpu_bucket", "gpu_bucket"), ("gpu_model", "model"), ("qos", "qos"), ("priority", "priority"))
+    dims = (
+        ("cluster", "cluster"),
+        ("gpu_bucket", "gpu_bucket"),
+        ("gpu_model", "model"),
+        ("qos", "qos"),
+        ("priority", "priority"),
+    )
     for dim, col in dims:
         grouped = waits.groupby(["ts", col]).wait
         q = grouped.quantile([0.5, 0.95]).unstack()
         q["count"] = grouped.size()
         q = q.reset_index().rename(columns={col: "group"})
         for name, p in (("queue_wait_p50_s", 0.5), ("queue_wait_p95_s", 0.95)):
-            parts.append(pd.DataFrame({"kpi": name, "dimension": dim, "group": q.group, "ts": q.ts.astype(np.int64),
-                                       "value": q[p], "count": q["count"].astype(np.int64), "interval_s": CONFIG.interval_s}))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "kpi": name,
+                        "dimension": dim,
+                        "group": q.group,
+                        "ts": q.ts.astype(np.int64),
+                        "value": q[p],
+                        "count": q["count"].astype(np.int64),
+                        "interval_s": CONFIG.interval_s,
+                    }
+                )
+            )
     return pd.concat([out.frame(), *parts], ignore_index=True)
 
 
@@ -280,7 +381,7 @@ def fgd_expected(out: Expected, b: np.ndarray, nodes: pd.DataFrame, ev: pd.DataF
         k = int(upto[i0])
         if k == 0:
             continue
-        counts = np.bincount(code[max(0, k - window):k], minlength=len(uniq))
+        counts = np.bincount(code[max(0, k - window) : k], minlength=len(uniq))
         seen = np.flatnonzero(counts)
         order = sorted(seen, key=lambda c: (counts[c], uniq[c]), reverse=True)
         cum = np.cumsum(counts[order])
@@ -299,8 +400,14 @@ def fgd_expected(out: Expected, b: np.ndarray, nodes: pd.DataFrame, ev: pd.DataF
     some = upto > 0
     free = total.sum(axis=0)
     out.add("fgd_fragmentation_gpus", "cluster", "all", frag.sum(axis=0) / 1000, len(gnodes), mask=some)
-    out.add("fgd_fragmentation_rate", "cluster", "all", np.divide(frag.sum(axis=0), free, out=np.zeros(n), where=free > 0),
-            len(gnodes), mask=some)
+    out.add(
+        "fgd_fragmentation_rate",
+        "cluster",
+        "all",
+        np.divide(frag.sum(axis=0), free, out=np.zeros(n), where=free > 0),
+        len(gnodes),
+        mask=some,
+    )
     for dim, col in (("gpu_model", "model"), ("zone", "zone")):
         for name, rows in gnodes.groupby(col).indices.items():
             out.add("fgd_fragmentation_gpus", dim, name, frag[rows].sum(axis=0) / 1000, len(rows), mask=some)
@@ -322,23 +429,41 @@ def test_every_kpi_of_the_openb_replay_matches_an_independent_computation(replay
     assert only.empty, f"rows on one side only:\n{only[[*KEY, '_merge']].head(20)}"
     close = np.isclose(both.value, both.value_want, rtol=1e-9, atol=0)
     assert close.all(), f"values differ:\n{both.loc[~close, [*KEY, 'value', 'value_want']].head(20)}"
-    assert (both["count"] == both.count_want).all(), both.loc[both["count"] != both.count_want, [*KEY, "count", "count_want"]].head(20)
+    assert (both["count"] == both.count_want).all(), both.loc[
+        both["count"] != both.count_want, [*KEY, "count", "count_want"]
+    ].head(20)
     assert (both.interval_s == both.interval_s_want).all()
     # the comparison covers the whole trace and every kind of KPI, on a busy, fragmented cluster
     assert set(got.kpi) == {
-        "allocated_gpus", "total_gpus", "allocation_rate", "gpu_hours", "allocation_share", "free_gpus", "stranded_gpus",
-        "stranded_share", "fragmented_nodes", "queued_jobs", "queue_wait_p50_s", "queue_wait_p95_s",
-        "fgd_fragmentation_gpus", "fgd_fragmentation_rate",
+        "allocated_gpus",
+        "total_gpus",
+        "allocation_rate",
+        "gpu_hours",
+        "allocation_share",
+        "free_gpus",
+        "stranded_gpus",
+        "stranded_share",
+        "fragmented_nodes",
+        "queued_jobs",
+        "queue_wait_p50_s",
+        "queue_wait_p95_s",
+        "fgd_fragmentation_gpus",
+        "fgd_fragmentation_rate",
     }
     by = got.set_index(["kpi", "dimension", "group"]).sort_index()
     # openb replayed in time is a light load (at most ~66 of 6,212 GPUs held at once), yet partly used nodes strand GPUs
     assert got.ts.nunique() > 3500 and by.loc[("allocated_gpus", "cluster", "all"), "value"].max() > 30
-    assert by.loc[("stranded_gpus", "cluster", "all"), "value"].max() > 0 and by.loc[("queued_jobs", "cluster", "all"), "value"].max() > 0
+    assert (
+        by.loc[("stranded_gpus", "cluster", "all"), "value"].max() > 0
+        and by.loc[("queued_jobs", "cluster", "all"), "value"].max() > 0
+    )
     waited = by.loc[("queue_wait_p50_s", "cluster", "all"), "count"].sum()
     scheduled = sum(1 for e in records if isinstance(e, SchedulerEvent) and e.kind == "scheduled")
     assert 0.99 * scheduled < waited <= scheduled  # all but the jobs scheduled after the last closed boundary
-    print(f"openb: {len(rows)} KPI rows over {got.ts.nunique()} intervals; placed {len(collector.placements)}, "
-          f"unplaced {collector.unplaced}; replay {replay['replay_s']:.2f} s, KPIs {replay['kpi_s']:.2f} s, pandas {pandas_s:.2f} s")
+    print(
+        f"openb: {len(rows)} KPI rows over {got.ts.nunique()} intervals; placed {len(collector.placements)}, "
+        f"unplaced {collector.unplaced}; replay {replay['replay_s']:.2f} s, KPIs {replay['kpi_s']:.2f} s, pandas {pandas_s:.2f} s"
+    )
 
 
 def test_the_replay_keeps_kpi_memory_bounded(replay: dict[str, object]) -> None:

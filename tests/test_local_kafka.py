@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from hpcinsight.deploy.local.kafka import KafkaLaunchError, LocalKafka, LocalKafkaCluster, ensure_jars, free_ports
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.kafka
@@ -59,8 +60,14 @@ def test_round_trip_and_clean_stop() -> None:
             producer.produce(topic, value=p)
         assert producer.flush(30) == 0
 
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}",
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"g-{topic}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         consumer.subscribe([topic])
         received: list[bytes] = []
         deadline = time.monotonic() + 60
@@ -96,9 +103,7 @@ def test_stop_is_idempotent(tmp_path: Path) -> None:
     assert (tmp_path / "kafka" / "kafka.log").is_file()  # caller-owned workdir is kept
 
 
-def test_ensure_jars_without_tools_fails_clearly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ensure_jars_without_tools_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("JAVA_HOME", raising=False)
     with pytest.raises(KafkaLaunchError, match="java not found"):
@@ -107,8 +112,14 @@ def test_ensure_jars_without_tools_fails_clearly(
 
 
 def _consume(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     received: list[bytes] = []
     deadline = time.monotonic() + timeout
@@ -124,8 +135,13 @@ def _consume(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[by
 
 def _kafka_run(*args: str) -> tuple[subprocess.Popen[str], str]:
     """``hpcinsight kafka run ARGS`` as a user starts it; returns it and its bootstrap line."""
-    proc = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "kafka", "run", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcinsight.cli", "kafka", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("KAFKA_BOOTSTRAP="):
@@ -213,8 +229,9 @@ def test_three_node_cluster_rides_out_one_node_killed_paused_and_restarted(tmp_p
         topic = f"r3-{uuid.uuid4().hex[:8]}"
         admin.create_topics([NewTopic(topic, num_partitions=3)])[topic].result(30)
         # short request timeouts: a request to a paused node is given up after 10 s (default 30 s)
-        producer = Producer({**conf, "acks": "all", "enable.idempotence": True, "request.timeout.ms": 10_000,
-                             "socket.timeout.ms": 10_000})
+        producer = Producer(
+            {**conf, "acks": "all", "enable.idempotence": True, "request.timeout.ms": 10_000, "socket.timeout.ms": 10_000}
+        )
         sent: list[bytes] = []
 
         def produce(n: int) -> None:

@@ -21,20 +21,28 @@ def _scrape(families: Iterable[Any]) -> list[str]:
 
 
 def test_counters_labelled_and_gauges_read_as_before() -> None:
-    lines = _scrape([
-        *metrics.counters([("x_rows", 3, "rows"), ("x_batches", 0, "batches")]),
-        metrics.labelled("x_messages", "per stage", "stage", {"job": 2, "gpu": 5}),
-        metrics.labelled("x_open", "per detector", "detector", {"hang": 1}, gauge=True),
-        metrics.labelled("x_none", "nothing yet", "table", {}),
-        metrics.gauge("x_pending", "pending", 7.5),
-    ])
+    lines = _scrape(
+        [
+            *metrics.counters([("x_rows", 3, "rows"), ("x_batches", 0, "batches")]),
+            metrics.labelled("x_messages", "per stage", "stage", {"job": 2, "gpu": 5}),
+            metrics.labelled("x_open", "per detector", "detector", {"hang": 1}, gauge=True),
+            metrics.labelled("x_none", "nothing yet", "table", {}),
+            metrics.gauge("x_pending", "pending", 7.5),
+        ]
+    )
     assert lines == [
-        "# TYPE x_rows_total counter", "x_rows_total 3.0",
-        "# TYPE x_batches_total counter", "x_batches_total 0.0",
-        "# TYPE x_messages_total counter", 'x_messages_total{stage="gpu"} 5.0', 'x_messages_total{stage="job"} 2.0',
-        "# TYPE x_open gauge", 'x_open{detector="hang"} 1.0',
+        "# TYPE x_rows_total counter",
+        "x_rows_total 3.0",
+        "# TYPE x_batches_total counter",
+        "x_batches_total 0.0",
+        "# TYPE x_messages_total counter",
+        'x_messages_total{stage="gpu"} 5.0',
+        'x_messages_total{stage="job"} 2.0',
+        "# TYPE x_open gauge",
+        'x_open{detector="hang"} 1.0',
         "# TYPE x_none_total counter",
-        "# TYPE x_pending gauge", "x_pending 7.5",
+        "# TYPE x_pending gauge",
+        "x_pending 7.5",
     ]
 
 

@@ -34,8 +34,22 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 CACHE = Path(os.environ.get("HPCINSIGHT_CACHE", Path.home() / ".cache" / "hpcinsight")) / "wheelhouse"
 STEPS = 20
 # what the issue names, and the rest of what the extras bring: none may be importable in a base install
-HEAVY = ("faust", "chdb", "fastapi", "pyarrow", "matplotlib", "numpy", "aiokafka", "datasketches",
-         "clickhouse_connect", "uvicorn", "apprise", "requests", "rich", "kubernetes")
+HEAVY = (
+    "faust",
+    "chdb",
+    "fastapi",
+    "pyarrow",
+    "matplotlib",
+    "numpy",
+    "aiokafka",
+    "datasketches",
+    "clickhouse_connect",
+    "uvicorn",
+    "apprise",
+    "requests",
+    "rich",
+    "kubernetes",
+)
 
 
 def _name(requirement: str) -> str:
@@ -57,9 +71,24 @@ def wheelhouse() -> Path:
     for old in CACHE.glob("base-*"):  # of earlier versions
         shutil.rmtree(old, ignore_errors=True)
     partial = CACHE / f".{house.name}-{uuid.uuid4().hex[:6]}"
-    got = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(partial),
-                          "--constraint", str(ROOT / "constraints.txt"), *PROJECT["dependencies"], *build_requires],
-                         capture_output=True, text=True, timeout=300)
+    got = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--dest",
+            str(partial),
+            "--constraint",
+            str(ROOT / "constraints.txt"),
+            *PROJECT["dependencies"],
+            *build_requires,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert got.returncode == 0, f"pip could not download the base dependencies:\n{got.stderr[-3000:]}"
     (partial / ".complete").touch()
     try:
@@ -78,8 +107,25 @@ def build_wheel(house: Path, out: Path) -> Path:
         shutil.copy2(ROOT / name, src / name)
     for folder in set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index", "--find-links", str(house),
-                            "--wheel-dir", str(out), str(src)], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--find-links",
+            str(house),
+            "--wheel-dir",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     [wheel] = out.glob("hpcinsight-*.whl")
     return wheel
@@ -128,26 +174,55 @@ def test_base_install_records_steps_and_runs_the_agent_without_the_extras(pipeli
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     python = venv / "bin" / "python"
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-index",
-                              "--find-links", str(house), str(wheel)], capture_output=True, text=True, timeout=300)
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-index",
+            "--find-links",
+            str(house),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
 
-    listed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "list", "--format", "json"],
-                            capture_output=True, text=True, timeout=60, check=True)
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     installed = {_name(d["name"]): d["version"] for d in json.loads(listed.stdout)}
     declared = {_name(r) for r in PROJECT["dependencies"]}
     assert declared <= installed.keys(), declared - installed.keys()
     extras_only = {_name(r) for extra in PROJECT["optional-dependencies"].values() for r in extra} - declared - {"hpcinsight"}
     assert not extras_only & installed.keys(), f"an extra's package is in the base install: {extras_only & installed.keys()}"
     size = sum(f.stat().st_size for f in (venv / "lib").rglob("*") if f.is_file())
-    print(f"base install: {len(installed)} distributions, {size / 1e6:.0f} MB: "
-          + ", ".join(f"{n}=={v}" for n, v in sorted(installed.items())))
+    print(
+        f"base install: {len(installed)} distributions, {size / 1e6:.0f} MB: "
+        + ", ".join(f"{n}=={v}" for n, v in sorted(installed.items()))
+    )
 
     env = {k: v for k, v in pipeline.env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     job = f"job-{uuid.uuid4().hex[:8]}"
-    steps = subprocess.run([str(python), "-c", STEP_SCRIPT, job, str(STEPS), *HEAVY], env=env, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120)
+    steps = subprocess.run(
+        [str(python), "-c", STEP_SCRIPT, job, str(STEPS), *HEAVY],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert steps.returncode == 0, steps.stderr[-3000:]
     report = json.loads(steps.stdout.strip().splitlines()[-1])
     assert Path(report["package"]).is_relative_to(venv), report["package"]  # the wheel's, not this checkout's
@@ -155,15 +230,43 @@ def test_base_install_records_steps_and_runs_the_agent_without_the_extras(pipeli
     assert report["dropped"] == 0
 
     hpcinsight = str(venv / "bin" / "hpcinsight")
-    agent = subprocess.run([hpcinsight, "agent", "--backend", "sim", "--nodes", "1", "--gpus", "2", "--ticks", "1",
-                            "--interval", "0.1", "--name", "base", "--spool-dir", str(tmp_path / "spool"),
-                            "--drain-timeout", "60"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    agent = subprocess.run(
+        [
+            hpcinsight,
+            "agent",
+            "--backend",
+            "sim",
+            "--nodes",
+            "1",
+            "--gpus",
+            "2",
+            "--ticks",
+            "1",
+            "--interval",
+            "0.1",
+            "--name",
+            "base",
+            "--spool-dir",
+            str(tmp_path / "spool"),
+            "--drain-timeout",
+            "60",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert agent.returncode == 0, agent.stderr[-3000:]
     summary = json.loads(agent.stdout.strip().splitlines()[-1])
     assert summary["ticks"] == 1 and summary["dropped"] == 0 and summary["drained"]
 
-    records = [r for key, batch in read_topic(pipeline.bootstrap, STEP_METRICS_RAW, pipeline.prefix) for r in batch
-               if key == job.encode()]
+    records = [
+        r
+        for key, batch in read_topic(pipeline.bootstrap, STEP_METRICS_RAW, pipeline.prefix)
+        for r in batch
+        if key == job.encode()
+    ]
     assert sorted(r.step for r in records) == list(range(STEPS))
     assert {(r.job_id, r.rank, r.world_size, r.node) for r in records} == {(job, 1, 2, "train-n01")}
     assert all(set(r.phases) == {"forward"} for r in records)

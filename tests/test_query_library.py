@@ -32,17 +32,35 @@ def store(tmp_path_factory):
 
 
 def ms(value: dt.datetime) -> int:
-    return int(value.replace(tzinfo=dt.timezone.utc).timestamp() * 1000) if value.tzinfo is None else int(value.timestamp() * 1000)
+    return int(value.replace(tzinfo=dt.UTC).timestamp() * 1000) if value.tzinfo is None else int(value.timestamp() * 1000)
 
 
 # -- the files --------------------------------------------------------------------------------
 def test_every_file_has_a_header_that_matches_its_sql() -> None:
     files = sorted(LIBRARY_DIR.glob("*.sql"))
     assert {f.stem for f in files} == set(library())
-    issue_names = {"cluster_now", "node_status", "job_summary", "underused_jobs", "team_usage", "user_gpu_hours",
-                   "gpu_outliers", "straggler_timeline", "metric_correlation", "job_timeline", "allocation_rate",
-                   "wait_time_by_resource_type", "fragmentation", "zone_utilization", "low_priority_usage",
-                   "gpu_quantiles", "job_quantiles", "anomalies", "dead_letters", "counts"}
+    issue_names = {
+        "cluster_now",
+        "node_status",
+        "job_summary",
+        "underused_jobs",
+        "team_usage",
+        "user_gpu_hours",
+        "gpu_outliers",
+        "straggler_timeline",
+        "metric_correlation",
+        "job_timeline",
+        "allocation_rate",
+        "wait_time_by_resource_type",
+        "fragmentation",
+        "zone_utilization",
+        "low_priority_usage",
+        "gpu_quantiles",
+        "job_quantiles",
+        "anomalies",
+        "dead_letters",
+        "counts",
+    }
     assert issue_names <= set(library())
     for f in files:
         text = f.read_text()
@@ -53,13 +71,16 @@ def test_every_file_has_a_header_that_matches_its_sql() -> None:
             assert f"{{{p.name}:{p.type}}}" in text  # a clickhouse-client --param_NAME fills it as it stands
 
 
-@pytest.mark.parametrize("header, error", [
-    ("-- name: other\n-- group: store\n-- what: x\nSELECT 1", "names it"),
-    ("-- name: q\n-- group: store\nSELECT 1", "what"),
-    ("-- name: q\n-- group: store\n-- what: x\nSELECT {a:UInt32}", "declares"),
-    ("-- name: q\n-- group: store\n-- what: x\n-- param: a String\nSELECT {a:UInt32}", "declares"),
-    ("-- name: q\n-- group: nowhere\n-- what: x\nSELECT 1", "group"),
-])
+@pytest.mark.parametrize(
+    "header, error",
+    [
+        ("-- name: other\n-- group: store\n-- what: x\nSELECT 1", "names it"),
+        ("-- name: q\n-- group: store\nSELECT 1", "what"),
+        ("-- name: q\n-- group: store\n-- what: x\nSELECT {a:UInt32}", "declares"),
+        ("-- name: q\n-- group: store\n-- what: x\n-- param: a String\nSELECT {a:UInt32}", "declares"),
+        ("-- name: q\n-- group: nowhere\n-- what: x\nSELECT 1", "group"),
+    ],
+)
 def test_a_file_whose_header_does_not_match_is_refused(tmp_path: Path, header: str, error: str) -> None:
     path = tmp_path / "q.sql"
     path.write_text(header)
@@ -77,8 +98,12 @@ def test_list_describes_every_query() -> None:
         listed = json.loads(out.getvalue())
         assert [q["name"] for q in listed] == list(library())
         by_name = {q["name"]: q for q in listed}
-        assert by_name["gpu_outliers"]["parameters"][0] == {"name": "job", "type": "String", "default": None,
-                                                              "what": "the job id"}
+        assert by_name["gpu_outliers"]["parameters"][0] == {
+            "name": "job",
+            "type": "String",
+            "default": None,
+            "what": "the job id",
+        }
         assert Path(by_name["counts"]["file"]).read_text().startswith("-- name: counts")
 
 
@@ -90,7 +115,13 @@ def test_every_query_runs_with_its_defaults(store) -> None:
 
 
 # -- parameters are data, never SQL ----------------------------------------------------------
-HOSTILE = ["x' OR 1=1 --", "job-a'; DROP TABLE gpu_samples; --", "job-a\\' OR '1'='1", "{job:String}", "job-a\n) UNION ALL SELECT 1"]
+HOSTILE = [
+    "x' OR 1=1 --",
+    "job-a'; DROP TABLE gpu_samples; --",
+    "job-a\\' OR '1'='1",
+    "{job:String}",
+    "job-a\n) UNION ALL SELECT 1",
+]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -104,15 +135,18 @@ def test_a_hostile_string_is_a_literal(store, value: str) -> None:
     assert client.query("SELECT count() FROM gpu_samples").result_rows[0][0] == before
 
 
-@pytest.mark.parametrize("params, error", [
-    ({"since_s": "1; DROP TABLE gpu_samples"}, "since_s.*not a UInt32"),
-    ({"since_s": "-1"}, "not a UInt32"),
-    ({"since_s": "99999999999"}, "out of range"),
-    ({"since_s": "86400 OR 1=1"}, "not a UInt32"),
-    ({"threshold_pct": "nan"}, "not a Float64"),
-    ({"threshold_pct": "30) OR (1=1"}, "not a Float64"),
-    ({"table": "gpu_samples"}, "unknown: table"),
-])
+@pytest.mark.parametrize(
+    "params, error",
+    [
+        ({"since_s": "1; DROP TABLE gpu_samples"}, "since_s.*not a UInt32"),
+        ({"since_s": "-1"}, "not a UInt32"),
+        ({"since_s": "99999999999"}, "out of range"),
+        ({"since_s": "86400 OR 1=1"}, "not a UInt32"),
+        ({"threshold_pct": "nan"}, "not a Float64"),
+        ({"threshold_pct": "30) OR (1=1"}, "not a Float64"),
+        ({"table": "gpu_samples"}, "unknown: table"),
+    ],
+)
 def test_a_hostile_number_or_unknown_name_is_a_clear_error(store, params: dict[str, str], error: str) -> None:
     client, _ = store
     with pytest.raises(ValueError, match=error):
@@ -153,15 +187,20 @@ def test_a_job_is_required_and_sql_runs_read_only(store, tmp_path: Path) -> None
 def test_job_summary(store) -> None:
     client, sc = store
     [s] = records(client, "job_summary", {"job": "job-a"})
-    latest = {q.metric: q for q in sc.job_quantiles if q.job_id == "job-a"
-              and q.window_end == max(x.window_end for x in sc.job_quantiles if x.job_id == "job-a")}
+    latest = {
+        q.metric: q
+        for q in sc.job_quantiles
+        if q.job_id == "job-a" and q.window_end == max(x.window_end for x in sc.job_quantiles if x.job_id == "job-a")
+    }
     samples = [x for x in sc.samples if x.job_id == "job-a"]
     assert (s["user"], s["team"], s["priority"], s["state"]) == ("ann", "llm", "high", "running")
     assert s["queue_wait_s"] == (sc.a_start - sc.t0) / 1000
     assert s["gpus"] == len({x.gpu_uuid for x in samples}) == 16 and s["nodes"] == 2
     assert ms(s["started"]) == sc.a_start and s["ended"] is None
     assert s["duration_s"] == pytest.approx((max(x.ts for x in samples) - sc.a_start) / 1000, abs=60)
-    assert (s["util_p25"], s["util_p50"], s["util_p95"]) == tuple(round(getattr(latest["gpu_util"], p), 1) for p in ("p25", "p50", "p95"))
+    assert (s["util_p25"], s["util_p50"], s["util_p95"]) == tuple(
+        round(getattr(latest["gpu_util"], p), 1) for p in ("p25", "p50", "p95")
+    )
     assert s["samples"] == len(samples)
     assert s["power_p50_w"] == round(latest["power_w"].p50, 1)
     # its own anomalies, and the XID on one of its GPUs (XID incidents carry no job); not job-c's
@@ -235,7 +274,8 @@ def _bucket_means(sc, job: str, bucket_ms: int) -> dict[tuple[str, int, int], tu
     for x in sc.samples:
         if x.job_id == job:
             acc.setdefault((x.node, x.gpu_index, x.ts // bucket_ms * bucket_ms), []).append(
-                (x.gpu_util, x.power_w, x.sm_clock_mhz))
+                (x.gpu_util, x.power_w, x.sm_clock_mhz)
+            )
     return {k: tuple(np.mean(np.array(v, dtype=np.float32), axis=0, dtype=np.float64)) for k, v in acc.items()}
 
 
@@ -291,8 +331,11 @@ def test_metric_correlation_equals_numpy(store) -> None:
     step = {k: float(np.median(v)) for k, v in step_acc.items()}
     keys = sorted(gpu)
     columns = {
-        "gpu_util": [gpu[k][0] for k in keys], "power_w": [gpu[k][1] for k in keys], "sm_clock_mhz": [gpu[k][2] for k in keys],
-        "ib_bytes_per_s": [ib[(k[0], k[2])] for k in keys], "step_s": [step[(k[0], k[2])] for k in keys],
+        "gpu_util": [gpu[k][0] for k in keys],
+        "power_w": [gpu[k][1] for k in keys],
+        "sm_clock_mhz": [gpu[k][2] for k in keys],
+        "ib_bytes_per_s": [ib[(k[0], k[2])] for k in keys],
+        "step_s": [step[(k[0], k[2])] for k in keys],
     }
     got = records(client, "metric_correlation", {"job": "job-a", "bucket_s": 60})
     assert len(got) == 10
@@ -348,7 +391,8 @@ def test_job_timeline_tells_the_story_in_order(store) -> None:
     assert [r["ts"] for r in got] == sorted(r["ts"] for r in got)
     events = [(r["source"], r["event"], r["subject"]) for r in got if r["source"] != "gpus" and r["source"] != "steps"]
     assert events == [
-        ("scheduler", "submitted", ""), ("scheduler", "scheduled", "node-[00-01]"),
+        ("scheduler", "submitted", ""),
+        ("scheduler", "scheduled", "node-[00-01]"),
         ("anomaly", "straggler firing (warning)", "job-a/rank-3"),
         ("anomaly", "gpu_outlier firing (warning)", scenario.uuid(*scenario.SLOW)),
         ("anomaly", "slow_interconnect firing (warning)", "node-01"),
@@ -377,8 +421,14 @@ def test_allocation_rate_is_rebucketed_by_step(store) -> None:
         expected = _by_step(_kpi_rows(sc, "allocation_rate", "cluster"), step * S)
         assert {ms(r["t"]): r["allocation_rate"] for r in got} == {t: round(v, 4) for t, v in expected.items()}
         counts = _by_step(_kpi_rows(sc, "allocation_rate", "cluster"), step * S, value=lambda k: 1.0)
-        assert all(r["snapshots"] == len([k for k in _kpi_rows(sc, "allocation_rate", "cluster")
-                                          if k.ts // (step * S) * step * S == ms(r["t"])]) for r in got) and counts
+        assert (
+            all(
+                r["snapshots"]
+                == len([k for k in _kpi_rows(sc, "allocation_rate", "cluster") if k.ts // (step * S) * step * S == ms(r["t"])])
+                for r in got
+            )
+            and counts
+        )
     zones = records(client, "allocation_rate", {"step_s": 3600, "dimension": "zone"})
     assert {r["group"] for r in zones} == {k.group for k in _kpi_rows(sc, "allocation_rate", "zone")}
 

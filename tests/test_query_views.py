@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from hpcinsight.sinks.migrations import MIGRATIONS, migrate
-from hpcinsight.sinks.query import LIBRARY_DIR, READONLY, PLACEHOLDER, library, parse_query_file
+from hpcinsight.sinks.query import LIBRARY_DIR, PLACEHOLDER, READONLY, library, parse_query_file
 from hpcinsight.sinks.storage import Layout
 from hpcinsight.sinks.views import COMMENT_PREFIX, comment, inline_views, view_ddl, views
 from tests import query_scenario as scenario
@@ -30,8 +30,15 @@ from tests import query_scenario as scenario
 S = 1000
 #: the commit before the views: the library's job-scoped queries as they were typed out
 BEFORE_VIEWS = "eb63c15"
-JOB_QUERIES = ("gpu_outliers", "job_gpu_timeline", "job_ib_timeline", "job_summary", "job_timeline",
-               "metric_correlation", "straggler_timeline")
+JOB_QUERIES = (
+    "gpu_outliers",
+    "job_gpu_timeline",
+    "job_ib_timeline",
+    "job_summary",
+    "job_timeline",
+    "metric_correlation",
+    "straggler_timeline",
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +80,12 @@ def test_no_query_file_types_a_view_again() -> None:
     # the job's span, its default buckets and the rollup's means are read nowhere but in the views
     for q in library().values():
         flat = re.sub(r"\s", "", q.sql)
-        for signature in ("FROMjob_rollup_1mWHERE", "ceil(span_s/7200)", "%60!=0",
-                          "avgMerge(gpu_util_avg),avgMerge(power_w_avg),avgMerge(sm_clock_mhz_avg)"):
+        for signature in (
+            "FROMjob_rollup_1mWHERE",
+            "ceil(span_s/7200)",
+            "%60!=0",
+            "avgMerge(gpu_util_avg),avgMerge(power_w_avg),avgMerge(sm_clock_mhz_avg)",
+        ):
             assert signature not in flat, (q.name, signature)
 
 
@@ -88,7 +99,11 @@ def test_the_guard_finds_a_view_written_out() -> None:
         if "job_gpu_buckets(" in q.sql:
             assert any(f.startswith("job_gpu_buckets: ") for f in found), name
     assert {n for n in JOB_QUERIES if "job_gpu_buckets(" in library()[n].sql} == {
-        "gpu_outliers", "job_gpu_timeline", "job_timeline", "metric_correlation"}
+        "gpu_outliers",
+        "job_gpu_timeline",
+        "job_timeline",
+        "metric_correlation",
+    }
 
 
 def test_view_files_are_library_files_outside_the_list() -> None:
@@ -120,8 +135,11 @@ def test_migrate_puts_back_a_view_that_differs_from_the_build(tmp_path: Path) ->
     try:
         first = migrate(client, Layout())
         assert (6, MIGRATIONS[5].name) in first.applied and first.views_replaced == []
-        stored = dict(client.query("SELECT name, comment FROM system.tables WHERE database = currentDatabase() "
-                                   "AND engine = 'View'").result_rows)
+        stored = dict(
+            client.query(
+                "SELECT name, comment FROM system.tables WHERE database = currentDatabase() AND engine = 'View'"
+            ).result_rows
+        )
         assert stored == {name: comment(v) for name, v in views().items()}
         assert all(c.startswith(COMMENT_PREFIX) for c in stored.values())
         # an edited view (an older build's, or by hand) and a dropped one come back as the files say
@@ -150,30 +168,50 @@ def ms(value: dt.datetime) -> int:
     return round((value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp() * 1000)
 
 
-@pytest.mark.parametrize("job, since_s, bucket_s", [
-    ("job-a", 0, 0), ("job-a", 300, 0), ("job-a", 0, 25), ("job-b", 90, 0), ("job-c", 100_000, 120),
-])
+@pytest.mark.parametrize(
+    "job, since_s, bucket_s",
+    [
+        ("job-a", 0, 0),
+        ("job-a", 300, 0),
+        ("job-a", 0, 25),
+        ("job-b", 90, 0),
+        ("job-c", 100_000, 120),
+    ],
+)
 def test_job_window_is_the_jobs_minutes_cut_to_since_s(store, job: str, since_s: int, bucket_s: int) -> None:
     client, sc = store
-    [(t0, t1, span_s, b)] = rows(client, "SELECT t0, t1, span_s, b FROM job_window(job = {job:String}, "
-                                 "since_s = {since_s:UInt32}, bucket_s = {bucket_s:UInt32})",
-                                 {"job": job, "since_s": since_s, "bucket_s": bucket_s})
+    [(t0, t1, span_s, b)] = rows(
+        client,
+        "SELECT t0, t1, span_s, b FROM job_window(job = {job:String}, since_s = {since_s:UInt32}, bucket_s = {bucket_s:UInt32})",
+        {"job": job, "since_s": since_s, "bucket_s": bucket_s},
+    )
     assert (ms(t0), ms(t1), span_s, b) == expected_window(sc, job, since_s, bucket_s)
 
 
-@pytest.mark.parametrize("job, since_s, bucket_s", [
-    ("job-a", 0, 0), ("job-a", 0, 120), ("job-a", 450, 30), ("job-c", 0, 7), ("job-b", 125, 60),
-])
+@pytest.mark.parametrize(
+    "job, since_s, bucket_s",
+    [
+        ("job-a", 0, 0),
+        ("job-a", 0, 120),
+        ("job-a", 450, 30),
+        ("job-c", 0, 7),
+        ("job-b", 125, 60),
+    ],
+)
 def test_job_gpu_buckets_are_the_means_of_the_samples(store, job: str, since_s: int, bucket_s: int) -> None:
     """Whole-minute buckets (from gpu_rollup_1m: minutes that start in the window) and other buckets
     (from gpu_samples: samples in the window) hold the mean of the samples behind them."""
     client, sc = store
     t0, t1, _span, b = expected_window(sc, job, since_s, bucket_s)
-    got = rows(client, """
+    got = rows(
+        client,
+        """
         WITH (SELECT (t0, t1, b) FROM job_window(job = {job:String}, since_s = {since_s:UInt32}, bucket_s = {bucket_s:UInt32})) AS w
         SELECT node, gpu_index, gpu_uuid, toUnixTimestamp(bucket), u, p, c, samples
         FROM job_gpu_buckets(job = {job:String}, t0 = w.1, t1 = w.2, b = w.3)
-        ORDER BY node, gpu_index, bucket""", {"job": job, "since_s": since_s, "bucket_s": bucket_s})
+        ORDER BY node, gpu_index, bucket""",
+        {"job": job, "since_s": since_s, "bucket_s": bucket_s},
+    )
     groups: dict[tuple, list] = defaultdict(list)
     for s in sc.samples:
         at = s.ts // 60_000 * 60_000 if b % 60 == 0 else s.ts  # the rollup keeps minutes
@@ -197,9 +235,11 @@ def test_a_job_with_no_data_has_an_empty_window(store) -> None:
 
 
 #: parameters over both bucket paths, cut and whole windows, and a job with no data
-GRID = [{"job": job, "bucket_s": bucket, "since_s": since}
-        for job in ("job-a", "job-b", "job-c", "no-such-job")
-        for bucket, since in (("0", "0"), ("60", "0"), ("30", "600"), ("120", "120"), ("0", "100000"))]
+GRID = [
+    {"job": job, "bucket_s": bucket, "since_s": since}
+    for job in ("job-a", "job-b", "job-c", "no-such-job")
+    for bucket, since in (("0", "0"), ("60", "0"), ("30", "600"), ("120", "120"), ("0", "100000"))
+]
 
 
 def _cases(name: str) -> list[dict[str, str]]:
@@ -223,8 +263,14 @@ def test_each_job_query_gives_the_rows_of_its_views_written_out(store, name: str
 def _before_views(name: str) -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
-        return subprocess.run(["git", "show", f"{BEFORE_VIEWS}:sinks/queries/{name}.sql"], cwd=root,
-                              capture_output=True, text=True, check=True, timeout=30).stdout
+        return subprocess.run(
+            ["git", "show", f"{BEFORE_VIEWS}:sinks/queries/{name}.sql"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
 

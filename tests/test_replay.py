@@ -13,6 +13,7 @@ import pytest
 
 from hpcinsight.harness.replay.files import (
     DAY_MS,
+    ReplayInputError,
     WindowPlan,
     auto_windows,
     clock_event,
@@ -26,7 +27,6 @@ from hpcinsight.harness.replay.files import (
     read_pods,
     read_steps,
     read_table,
-    ReplayInputError,
     time_slices,
 )
 
@@ -41,21 +41,28 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 
 # -- bad input -----------------------------------------------------------------------------------
 def test_a_malformed_row_is_reported_with_its_line_and_skipped(tmp_path: Path) -> None:
-    path = write(tmp_path, "steps.csv", "\n".join([
-        "job,rank,step,duration_s",
-        "j,0,0,1.0",
-        "j,1,0",               # 3: a missing column
-        "j,1,0,fast",          # 4: not a number
-        "j,1,0,NaN",           # 5
-        "j,1,0,-0.5",          # 6: negative duration
-        "",                    # blank lines are nothing
-        "j,x,1,1.0",           # 8: rank not a whole number
-        "j,1,0,1.1",           # 9: good
-        "j,1,0,1.2",           # 10: the same rank and step again
-        "j,1,1,inf",           # 11
-        ",0,2,1.0",            # 12: no job
-        "j,0,1,1.0,extra",     # 13: one field too many
-    ]) + "\n")
+    path = write(
+        tmp_path,
+        "steps.csv",
+        "\n".join(
+            [
+                "job,rank,step,duration_s",
+                "j,0,0,1.0",
+                "j,1,0",  # 3: a missing column
+                "j,1,0,fast",  # 4: not a number
+                "j,1,0,NaN",  # 5
+                "j,1,0,-0.5",  # 6: negative duration
+                "",  # blank lines are nothing
+                "j,x,1,1.0",  # 8: rank not a whole number
+                "j,1,0,1.1",  # 9: good
+                "j,1,0,1.2",  # 10: the same rank and step again
+                "j,1,1,inf",  # 11
+                ",0,2,1.0",  # 12: no job
+                "j,0,1,1.0,extra",  # 13: one field too many
+            ]
+        )
+        + "\n",
+    )
     rows, bad, has_ts = read_steps(path)
     assert not has_ts
     assert [(r.job, r.rank, r.step, r.duration_s) for r in rows] == [("j", 0, 0, 1.0), ("j", 1, 0, 1.1)]
@@ -66,17 +73,23 @@ def test_a_malformed_row_is_reported_with_its_line_and_skipped(tmp_path: Path) -
 
 
 def test_gpu_util_rows_are_checked(tmp_path: Path) -> None:
-    path = write(tmp_path, "util.csv", "GPU, ts ,Util,job\n"  # header names are trimmed, case-insensitive
-                 "g0,1662858720,12.5,\n"
-                 "g0,1662858720,13,\n"                 # 3: the same GPU and instant again
-                 "g1,1662858720000,100,train\n"        # milliseconds
-                 "g1,2022-09-11T01:13:00Z,101,\n"      # 5: over 100 %
-                 "g1,2022-09-11T01:14:00,-1,\n"        # 6: negative
-                 "g2,yesterday,5,\n"                   # 7: not a time
-                 "g2,2022-09-11T01:15:00+02:00,nan,\n")  # 8
+    path = write(
+        tmp_path,
+        "util.csv",
+        "GPU, ts ,Util,job\n"  # header names are trimmed, case-insensitive
+        "g0,1662858720,12.5,\n"
+        "g0,1662858720,13,\n"  # 3: the same GPU and instant again
+        "g1,1662858720000,100,train\n"  # milliseconds
+        "g1,2022-09-11T01:13:00Z,101,\n"  # 5: over 100 %
+        "g1,2022-09-11T01:14:00,-1,\n"  # 6: negative
+        "g2,yesterday,5,\n"  # 7: not a time
+        "g2,2022-09-11T01:15:00+02:00,nan,\n",
+    )  # 8
     rows, bad = read_gpu_util(path)
-    assert [(r.gpu, r.ts_ms, r.util, r.job) for r in rows] == [("g0", 1_662_858_720_000, 12.5, None),
-                                                           ("g1", 1_662_858_720_000, 100.0, "train")]
+    assert [(r.gpu, r.ts_ms, r.util, r.job) for r in rows] == [
+        ("g0", 1_662_858_720_000, 12.5, None),
+        ("g1", 1_662_858_720_000, 100.0, "train"),
+    ]
     assert [b.line for b in bad] == [3, 5, 6, 7, 8]
 
 
@@ -98,11 +111,17 @@ def test_strict_refuses_before_anything_starts(tmp_path: Path) -> None:
     assert "line 3: duration_s -2 is negative" in err.getvalue() and "line 4: 3 fields" in err.getvalue()
 
 
-@pytest.mark.parametrize("text, ms", [
-    ("1662858720", 1_662_858_720_000), ("1662858720.5", 1_662_858_720_500), ("1662858720123", 1_662_858_720_123),
-    ("2022-09-11T01:12:00Z", 1_662_858_720_000), ("2022-09-11 01:12:00", 1_662_858_720_000),
-    ("2022-09-11T03:12:00+02:00", 1_662_858_720_000),
-])
+@pytest.mark.parametrize(
+    "text, ms",
+    [
+        ("1662858720", 1_662_858_720_000),
+        ("1662858720.5", 1_662_858_720_500),
+        ("1662858720123", 1_662_858_720_123),
+        ("2022-09-11T01:12:00Z", 1_662_858_720_000),
+        ("2022-09-11 01:12:00", 1_662_858_720_000),
+        ("2022-09-11T03:12:00+02:00", 1_662_858_720_000),
+    ],
+)
 def test_times(text: str, ms: int) -> None:
     assert parse_time_ms(text) == ms
 
@@ -115,8 +134,17 @@ def test_gpu_ids_get_a_deterministic_place() -> None:
     assert places["n7/gpu3"] == ("n7", 3) and places["replay-000/gpu1"] == ("replay-000", 1)
     assert places["n7/gpu03"] == ("replay-000", 0)  # not NODE/gpuN as written: a place in order, like the others
     assert [places[f"pod-{i:02d}"] for i in range(10)] == [
-        ("replay-000", 2), ("replay-000", 3), ("replay-000", 4), ("replay-000", 5), ("replay-000", 6), ("replay-000", 7),
-        ("replay-001", 0), ("replay-001", 1), ("replay-001", 2), ("replay-001", 3)]  # replay-000 GPU 1 was taken
+        ("replay-000", 2),
+        ("replay-000", 3),
+        ("replay-000", 4),
+        ("replay-000", 5),
+        ("replay-000", 6),
+        ("replay-000", 7),
+        ("replay-001", 0),
+        ("replay-001", 1),
+        ("replay-001", 2),
+        ("replay-001", 3),
+    ]  # replay-000 GPU 1 was taken
     assert len(set(places.values())) == len(ids)
 
 
@@ -159,8 +187,13 @@ def test_gpu_util_plan(tmp_path: Path) -> None:
 
 # -- steps ---------------------------------------------------------------------------------------
 def test_step_times_are_accumulated_per_rank(tmp_path: Path) -> None:
-    path = write(tmp_path, "s.csv", "job,rank,step,duration_s\n" + "".join(
-        f"j,{r},{s},{1.0 + 0.5 * r}\n" for s in range(3) for r in range(3)) + "k,0,0,2\nk,3,0,2\n")
+    path = write(
+        tmp_path,
+        "s.csv",
+        "job,rank,step,duration_s\n"
+        + "".join(f"j,{r},{s},{1.0 + 0.5 * r}\n" for s in range(3) for r in range(3))
+        + "k,0,0,2\nk,3,0,2\n",
+    )
     rows, bad, has_ts = read_steps(path)
     s = plan_steps(rows, has_ts, NOW)
     assert s.world == {"j": 3, "k": 4} and s.generated_ts
@@ -172,7 +205,9 @@ def test_step_times_are_accumulated_per_rank(tmp_path: Path) -> None:
 
 
 def test_step_times_given_are_shifted_by_whole_days(tmp_path: Path) -> None:
-    path = write(tmp_path, "s.csv", "job,rank,step,duration_s,ts,node\nj,0,0,1,2022-09-11T01:00:00Z,n1\nj,1,0,1,2022-09-11T01:00:01Z,\n")
+    path = write(
+        tmp_path, "s.csv", "job,rank,step,duration_s,ts,node\nj,0,0,1,2022-09-11T01:00:00Z,n1\nj,1,0,1,2022-09-11T01:00:01Z,\n"
+    )
     rows, bad, has_ts = read_steps(path)
     s = plan_steps(rows, has_ts, NOW)
     assert has_ts and not bad and s.shift_ms % DAY_MS == 0 and NOW - DAY_MS < s.last_ms <= NOW
@@ -221,8 +256,12 @@ def test_clock_events_move_the_kpis_on_and_change_nothing() -> None:
 
 
 def test_sched_user_and_team_columns(tmp_path: Path) -> None:
-    pods = write(tmp_path, "pods.csv", "name,creation_time,scheduled_time,deletion_time,num_gpu,gpu_milli,user,team\n"
-                 "p1,0,10,100,1,1000,ann,llm\np2,5,,50,2,1000,,\np1,6,7,8,1,1000,x,y\np3,9,8,7,1,1000,,\n")
+    pods = write(
+        tmp_path,
+        "pods.csv",
+        "name,creation_time,scheduled_time,deletion_time,num_gpu,gpu_milli,user,team\n"
+        "p1,0,10,100,1,1000,ann,llm\np2,5,,50,2,1000,,\np1,6,7,8,1,1000,x,y\np3,9,8,7,1,1000,,\n",
+    )
     nodes = write(tmp_path, "nodes.csv", "sn,gpu,model\nn1,8,A100\nn2,x,A100\nn1,8,A100\n")
     got, people, bad = read_pods(pods)
     assert [p.name for p in got] == ["p1", "p2"] and people == {"p1": ("ann", "llm")}
@@ -230,7 +269,10 @@ def test_sched_user_and_team_columns(tmp_path: Path) -> None:
     inventory, bad_nodes = read_nodes(nodes)
     assert [n.node for n in inventory] == ["n1"] and [b.line for b in bad_nodes] == [3, 4]
     sc = plan_sched(got, people, inventory, NOW)
-    assert {(e.job_id, e.kind, e.user, e.team) for e in sc.events} >= {("p1", "scheduled", "ann", "llm"), ("p2", "submitted", None, None)}
+    assert {(e.job_id, e.kind, e.user, e.team) for e in sc.events} >= {
+        ("p1", "scheduled", "ann", "llm"),
+        ("p2", "submitted", None, None),
+    }
     assert sc.t0_ms >= NOW + 3_600_000 and sc.t0_ms % sc.step_ms == 0 and sc.people
 
 
@@ -238,9 +280,9 @@ def test_sched_user_and_team_columns(tmp_path: Path) -> None:
 def test_step_flags_spans_and_ranks(tmp_path: Path) -> None:
     import clickhouse_connect
 
-    from hpcinsight.sinks.query import records
     from hpcinsight.schemas.events import StepMetric
     from hpcinsight.sinks.clickhouse import ensure_tables
+    from hpcinsight.sinks.query import records
     from hpcinsight.streams.detectors.straggler import StragglerDetector
     from tests.query_scenario import Scenario, insert
 
@@ -251,11 +293,21 @@ def test_step_flags_spans_and_ranks(tmp_path: Path) -> None:
     for step in range(300):  # rank 5 of 8 is 35 % slower from step 50 to 149
         for rank in range(8):
             d = float(rng.normal(1.0, 0.02) * (1.35 if rank == 5 and 50 <= step < 150 else 1.0))
-            sc.steps.append(StepMetric(job_id="ja", rank=rank, world_size=8, step=step, ts=sc.t0 + step * 1000 + rank, duration_s=d))
+            sc.steps.append(
+                StepMetric(job_id="ja", rank=rank, world_size=8, step=step, ts=sc.t0 + step * 1000 + rank, duration_s=d)
+            )
     for step in range(60):  # uneven, no culprit
         for rank in range(4):
-            sc.steps.append(StepMetric(job_id="jb", rank=rank, world_size=4, step=step, ts=sc.t0 + step * 1000,
-                                       duration_s=float(rng.lognormal(0, 0.25))))
+            sc.steps.append(
+                StepMetric(
+                    job_id="jb",
+                    rank=rank,
+                    world_size=4,
+                    step=step,
+                    ts=sc.t0 + step * 1000,
+                    duration_s=float(rng.lognormal(0, 0.25)),
+                )
+            )
     for m in sc.steps:
         sc.anomalies += detector.observe(m)
     assert {a.state for a in sc.anomalies if a.job_id == "ja"} == {"firing", "resolved"}
@@ -266,8 +318,10 @@ def test_step_flags_spans_and_ranks(tmp_path: Path) -> None:
         rows = records(client, "step_flags", {})
     finally:
         client.close()
-    assert [(r["job"], r["flag"], r["rank"], r["state"]) for r in rows] == [("ja", "straggler", 5, "resolved"),
-                                                                            ("jb", "imbalance", None, "open")]
+    assert [(r["job"], r["flag"], r["rank"], r["state"]) for r in rows] == [
+        ("ja", "straggler", 5, "resolved"),
+        ("jb", "imbalance", None, "open"),
+    ]
     ja, jb = rows
     # it resolves a window after the episode and the detector's quiet time (60 s, a step a second) later
     assert ja["first_step"] <= 50 < ja["first_step"] + 20 and 149 <= ja["last_step"] < 149 + 20 + 60
@@ -295,8 +349,11 @@ def test_replay_steps_prints_the_speed_groups(tmp_path: Path) -> None:
     for step in range(150):
         for rank in range(8):
             d = float(rng.normal(1.0, 0.02) * (1.7 if rank >= 4 else 1.0))
-            sc.steps.append(StepMetric(job_id="jg", rank=rank, world_size=8, step=step, ts=sc.t0 + step * 2000, duration_s=d,
-                                       node=f"n{rank // 4}"))
+            sc.steps.append(
+                StepMetric(
+                    job_id="jg", rank=rank, world_size=8, step=step, ts=sc.t0 + step * 2000, duration_s=d, node=f"n{rank // 4}"
+                )
+            )
     for m in sc.steps:
         sc.anomalies += detector.observe(m)
     client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")

@@ -56,7 +56,9 @@ def test_every_window_matches_exact_quantiles_within_one_percent_rank() -> None:
         ends = [c.end_ms for c in closed]
         assert ends == sorted(ends) and len(set(ends)) == len(ends)
         assert all(b - a == spec.hop_ms for a, b in zip(ends, ends[1:]))
-        first_end = ((int(ts[0]) + spec.size_ms) // spec.hop_ms + (1 if (int(ts[0]) + spec.size_ms) % spec.hop_ms else 0)) * spec.hop_ms
+        first_end = (
+            (int(ts[0]) + spec.size_ms) // spec.hop_ms + (1 if (int(ts[0]) + spec.size_ms) % spec.hop_ms else 0)
+        ) * spec.hop_ms
         assert ends[0] == first_end
         assert ends[-1] <= last < ends[-1] + spec.hop_ms
     since = by_window[SINCE_START]
@@ -124,7 +126,7 @@ def test_checkpoint_then_replay_continues_exactly() -> None:
     tail = feed(restored, ts[resume], vals[resume])
     # KLL compaction flips random coins, so the sketches differ bit-wise after a restore; what must
     # hold is that the same windows come out with the same counts and sums, and within the bound
-    key = lambda c: (c.window, c.start_ms, c.end_ms, c.count, round(c.total, 6))  # noqa: E731
+    key = lambda c: (c.window, c.start_ms, c.end_ms, c.count, round(c.total, 6))
     assert [key(c) for c in head + tail] == [key(c) for c in whole]
     for c in head + tail:
         exact = vals[(ts >= c.start_ms) & (ts < c.end_ms)]

@@ -59,11 +59,22 @@ def test_quantities() -> None:
 def test_pod_lifecycle_pending_scheduled_running_succeeded() -> None:
     events = replay("pod_lifecycle_succeeded.json")
     assert [e.kind for e in events] == ["submitted", "scheduled", "started", "finished"]
-    assert [e.ts for e in events] == [ms("2025-03-11T14:02:07Z"), ms("2025-03-11T14:02:31Z"), ms("2025-03-11T14:02:31Z"), ms("2025-03-11T16:47:52Z")]
+    assert [e.ts for e in events] == [
+        ms("2025-03-11T14:02:07Z"),
+        ms("2025-03-11T14:02:31Z"),
+        ms("2025-03-11T14:02:31Z"),
+        ms("2025-03-11T16:47:52Z"),
+    ]
     assert [e.node for e in events] == [None, "gpu-h100-017", "gpu-h100-017", "gpu-h100-017"]
     first, last = events[0], events[-1]
     assert (first.source, first.job_id, first.name) == ("kubernetes", "llama-8b-ft", "llama-8b-ft-0-7kq9d")
-    assert (first.user, first.team, first.queue, first.priority, first.qos) == ("alice", "llm-pretrain", "team-llm", "training-high", "Guaranteed")
+    assert (first.user, first.team, first.queue, first.priority, first.qos) == (
+        "alice",
+        "llm-pretrain",
+        "team-llm",
+        "training-high",
+        "Guaranteed",
+    )
     # the init container (2 CPUs, 4Gi) runs before the trainer (96 CPUs, 960Gi): the pod needs the larger
     assert (first.requested_gpus, first.requested_cpus, first.requested_memory_bytes) == (8.0, 96.0, 960 * GIB)
     assert first.gpu_model == "NVIDIA-H100-80GB-HBM3" and first.gpu_ids == []
@@ -122,7 +133,9 @@ def test_pods_that_vanished_while_the_watch_was_down_are_deleted() -> None:
 
 
 def test_label_config_is_honoured() -> None:
-    labels = LabelConfig(user_label="kueue.x-k8s.io/podset", team_label="missing", priority_label="batch.kubernetes.io/job-completion-index")
+    labels = LabelConfig(
+        user_label="kueue.x-k8s.io/podset", team_label="missing", priority_label="batch.kubernetes.io/job-completion-index"
+    )
     first = replay("pod_lifecycle_succeeded.json", labels)[0]
     assert (first.user, first.team, first.priority) == ("main", None, "0")
 
@@ -137,9 +150,14 @@ def test_node_inventory() -> None:
     assert inv is not None
     assert (inv.node, inv.gpu_count, inv.gpu_model) == ("gpu-h100-017", 8, "NVIDIA-H100-80GB-HBM3")
     assert inv.cpus == pytest.approx(191.45) and inv.memory_bytes == 2065398572 * 1024
-    assert (inv.zone, inv.pool) == ("us-east-1b", "h100-train") and inv.labels["node.kubernetes.io/instance-type"] == "p5.48xlarge"
+    assert (inv.zone, inv.pool) == ("us-east-1b", "h100-train") and inv.labels[
+        "node.kubernetes.io/instance-type"
+    ] == "p5.48xlarge"
     assert NODE_INVENTORY.codec.decode(NODE_INVENTORY.codec.encode([inv])) == [inv]
-    assert node_to_inventory(load("node_gpu.json"), NOW, LabelConfig(pool_label="node.kubernetes.io/instance-type")).pool == "p5.48xlarge"  # type: ignore[union-attr]
+    assert (
+        node_to_inventory(load("node_gpu.json"), NOW, LabelConfig(pool_label="node.kubernetes.io/instance-type")).pool
+        == "p5.48xlarge"
+    )  # type: ignore[union-attr]
 
 
 def test_collector_without_the_client_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,7 +179,9 @@ def fake_client(pod_events: list[dict[str, Any]], node: dict[str, Any]) -> types
             return Response({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "48812300"}, "items": []})
 
         def list_node(self, _preload_content: bool = True, **_: Any) -> Response:
-            return Response({"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "48812300"}, "items": [node]})
+            return Response(
+                {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "48812300"}, "items": [node]}
+            )
 
     class Watch:
         def stream(self, fn: Any, **_: Any) -> Any:
@@ -172,7 +192,8 @@ def fake_client(pod_events: list[dict[str, Any]], node: dict[str, Any]) -> types
 
     module = types.ModuleType("kubernetes")
     module.config = types.SimpleNamespace(  # type: ignore[attr-defined]
-        load_incluster_config=lambda: None, load_kube_config=lambda **_: None, ConfigException=Exception)
+        load_incluster_config=lambda: None, load_kube_config=lambda **_: None, ConfigException=Exception
+    )
     module.client = types.SimpleNamespace(CoreV1Api=CoreV1Api)  # type: ignore[attr-defined]
     module.watch = types.SimpleNamespace(Watch=Watch)  # type: ignore[attr-defined]
     return module

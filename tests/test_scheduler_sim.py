@@ -21,12 +21,21 @@ def test_first_tick_reports_inventory_and_the_job_start_then_nothing() -> None:
     events = [r for r in first if isinstance(r, SchedulerEvent)]
     assert len(first) == len(inventory) + len(events)
     assert [(n.node, n.gpu_count, n.gpu_model, n.zone) for n in inventory] == [
-        ("sim-node-00", 8, "H100-SXM", "sim-zone-a"), ("sim-node-01", 8, "H100-SXM", "sim-zone-a"),
-        ("sim-node-02", 8, "H100-SXM", "sim-zone-b"), ("sim-node-03", 8, "H100-SXM", "sim-zone-b"),
+        ("sim-node-00", 8, "H100-SXM", "sim-zone-a"),
+        ("sim-node-01", 8, "H100-SXM", "sim-zone-a"),
+        ("sim-node-02", 8, "H100-SXM", "sim-zone-b"),
+        ("sim-node-03", 8, "H100-SXM", "sim-zone-b"),
     ]
     assert [e.kind for e in events] == ["submitted", "scheduled", "started"]
     for e in events:
-        assert (e.job_id, e.user, e.team, e.priority, e.requested_gpus, e.source) == ("sim-job-0", "alice", "llm", "high", 32.0, "sim")
+        assert (e.job_id, e.user, e.team, e.priority, e.requested_gpus, e.source) == (
+            "sim-job-0",
+            "alice",
+            "llm",
+            "high",
+            32.0,
+            "sim",
+        )
         assert e.ts == T0 and e.node == (None if e.kind == "submitted" else "sim-node-[00-03]")
     for record in first:  # each record goes to its own topic and survives its codec
         topic = sched.topic_for(record)
@@ -37,7 +46,10 @@ def test_first_tick_reports_inventory_and_the_job_start_then_nothing() -> None:
 def test_zones_split_an_odd_cluster_and_a_jobless_one_reports_only_nodes() -> None:
     records = SimSchedulerCollector(SimConfig(nodes=3, job_id=None)).sample(T0)
     assert [(r.node, r.zone) for r in records if isinstance(r, NodeInventory)] == [
-        ("sim-node-00", "sim-zone-a"), ("sim-node-01", "sim-zone-a"), ("sim-node-02", "sim-zone-b")]
+        ("sim-node-00", "sim-zone-a"),
+        ("sim-node-01", "sim-zone-a"),
+        ("sim-node-02", "sim-zone-b"),
+    ]
     assert all(isinstance(r, NodeInventory) for r in records)
 
 
@@ -60,8 +72,12 @@ def test_attribution_charges_every_sim_gpu_to_alice_of_llm_in_its_zone() -> None
     gpus = SimGpuCollector(config)
     samples = [table.enrich_gpu(s) for k in range(3) for s in gpus.sample(T0 + k * 1000)]
     assert {(s.job_id, s.user, s.team, s.priority) for s in samples} == {("sim-job-7", "alice", "llm", "high")}
-    assert {(s.node, s.zone) for s in samples} == {("sim-node-00", "sim-zone-a"), ("sim-node-01", "sim-zone-a"),
-                                                   ("sim-node-02", "sim-zone-b"), ("sim-node-03", "sim-zone-b")}
+    assert {(s.node, s.zone) for s in samples} == {
+        ("sim-node-00", "sim-zone-a"),
+        ("sim-node-01", "sim-zone-a"),
+        ("sim-node-02", "sim-zone-b"),
+        ("sim-node-03", "sim-zone-b"),
+    }
     assert table.node_holder("sim-node-03", T0 + 1000) == "sim-job-7"  # IB samples of every node are the job's too
 
 

@@ -55,16 +55,37 @@ def test_numbers_in_both_formats() -> None:
 def test_squeue_2405_first_poll() -> None:
     events = checked(squeue_to_events(load("squeue_v0041_t0.json"), {}, NOW))
     assert kinds(events) == [
-        ("812300", "submitted"), ("812300", "scheduled"), ("812300", "started"),
-        ("812305", "submitted"), ("812305", "scheduled"), ("812305", "started"),
-        ("812310", "submitted"), ("812310", "scheduled"), ("812310", "started"),
-        ("812345", "submitted"), ("812346", "submitted"),
-        ("812347", "submitted"), ("812347", "scheduled"),  # CONFIGURING: nodes still booting, not started
+        ("812300", "submitted"),
+        ("812300", "scheduled"),
+        ("812300", "started"),
+        ("812305", "submitted"),
+        ("812305", "scheduled"),
+        ("812305", "started"),
+        ("812310", "submitted"),
+        ("812310", "scheduled"),
+        ("812310", "started"),
+        ("812345", "submitted"),
+        ("812346", "submitted"),
+        ("812347", "submitted"),
+        ("812347", "scheduled"),  # CONFIGURING: nodes still booting, not started
     ]
     big = events[1]
     assert (big.source, big.ts, big.node, big.user, big.team, big.queue, big.qos, big.priority) == (
-        "slurm", 1741695642000, "gpu[017-018]", "alice", "llm-pretrain", "gpu", "high", "28731")
-    assert (big.requested_gpus, big.requested_cpus, big.requested_memory_bytes, big.gpu_model) == (16.0, 192.0, 2000 * GIB, "h100")
+        "slurm",
+        1741695642000,
+        "gpu[017-018]",
+        "alice",
+        "llm-pretrain",
+        "gpu",
+        "high",
+        "28731",
+    )
+    assert (big.requested_gpus, big.requested_cpus, big.requested_memory_bytes, big.gpu_model) == (
+        16.0,
+        192.0,
+        2000 * GIB,
+        "h100",
+    )
     assert big.name == "llama-70b-pt" and events[0].node is None
     pending = events[9]
     assert pending.ts == 1741700400000 and pending.requested_gpus == 8.0 and pending.gpu_model is None
@@ -77,9 +98,14 @@ def test_second_poll_gives_only_the_transitions() -> None:
     assert squeue_to_events(load("squeue_v0041_t0.json"), state, NOW + 1000) == []
     events = checked(squeue_to_events(load("squeue_v0041_t1.json"), state, NOW + 60_000))
     assert kinds(events) == [
-        ("812290", "submitted"), ("812290", "scheduled"), ("812290", "started"), ("812290", "finished"),  # ended between polls
+        ("812290", "submitted"),
+        ("812290", "scheduled"),
+        ("812290", "started"),
+        ("812290", "finished"),  # ended between polls
         ("812305", "preempted"),  # requeued: restart_cnt went 0 -> 1
-        ("812310", "preempted"), ("812345", "scheduled"), ("812345", "started"),
+        ("812310", "preempted"),
+        ("812345", "scheduled"),
+        ("812345", "started"),
         ("812346", "deleted"),  # cancelled before it ever got a node
         ("812347", "started"),  # booted; Slurm moved the start to when it really began
         ("812350", "submitted"),
@@ -113,8 +139,14 @@ def test_sacct_2405_and_squeue_share_one_state() -> None:
 def test_squeue_2302_plain_integers_and_string_states() -> None:
     events = checked(squeue_to_events(load("squeue_v0039.json"), {}, NOW))
     assert kinds(events) == [
-        ("700099", "submitted"), ("700099", "scheduled"), ("700099", "started"), ("700099", "finished"),
-        ("700101", "submitted"), ("700101", "scheduled"), ("700101", "started"), ("700102", "submitted"),
+        ("700099", "submitted"),
+        ("700099", "scheduled"),
+        ("700099", "started"),
+        ("700099", "finished"),
+        ("700101", "submitted"),
+        ("700101", "scheduled"),
+        ("700101", "started"),
+        ("700102", "submitted"),
     ]
     assert events[3].status == "FAILED" and events[3].ts == 1741611345000 and events[3].node == "a100-[05-06]"
     assert (events[5].requested_gpus, events[5].requested_cpus, events[5].priority) == (32.0, 512.0, "4294901600")
@@ -123,7 +155,8 @@ def test_squeue_2302_plain_integers_and_string_states() -> None:
 def test_sacct_2205_string_state() -> None:
     events = checked(sacct_to_events(load("sacct_v0038.json"), {}, NOW))
     assert kinds(events) == [("700098", k) for k in ("submitted", "scheduled", "started", "finished")] + [
-        ("700097", k) for k in ("submitted", "scheduled", "started", "finished")]
+        ("700097", k) for k in ("submitted", "scheduled", "started", "finished")
+    ]
     assert events[3].status == "CANCELLED"  # it ran before it was cancelled: finished, not deleted
     assert events[0].requested_gpus == 8.0 and events[4].requested_gpus == 0.0
     assert events[0].requested_memory_bytes == 512_000 * 2**20 and events[0].user == "gina"
@@ -142,7 +175,10 @@ def test_a_malformed_record_is_skipped_and_the_rest_kept() -> None:
 def test_node_inventory_from_scontrol() -> None:
     inv = nodes_to_inventory(load("scontrol_nodes_v0041.json"), NOW)
     assert [(i.node, i.gpu_count, i.gpu_model, i.pool) for i in inv] == [
-        ("gpu017", 8, "h100", "gpu"), ("gpu021", 4, "a100", "gpu-spot"), ("cpu-cloud-003", 0, None, "cpu-cloud")]
+        ("gpu017", 8, "h100", "gpu"),
+        ("gpu021", 4, "a100", "gpu-spot"),
+        ("cpu-cloud-003", 0, None, "cpu-cloud"),
+    ]
     assert inv[0].cpus == 192.0 and inv[0].memory_bytes == 2_000_000 * 2**20 and inv[0].labels["features"] == "h100,ib,nvlink"
     assert NODE_INVENTORY.codec.decode(NODE_INVENTORY.codec.encode(inv)) == inv
     doc = load("scontrol_nodes_v0041.json")
@@ -157,7 +193,9 @@ def test_collector_says_when_slurm_is_missing() -> None:
 
 def script(tmp_path: Path, name: str, fixture: str | None) -> str:
     path = tmp_path / name
-    body = f"cat '{DATA / fixture}'" if fixture else "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1"
+    body = (
+        f"cat '{DATA / fixture}'" if fixture else "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1"
+    )
     path.write_text(f"#!/bin/sh\n{body}\n")
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return str(path)
@@ -165,8 +203,12 @@ def script(tmp_path: Path, name: str, fixture: str | None) -> str:
 
 @pytest.mark.skipif(os.name != "posix", reason="fake Slurm commands are shell scripts")
 def test_collector_polls_on_its_own_schedule(tmp_path: Path) -> None:
-    cfg = SlurmConfig(poll_s=30, squeue=script(tmp_path, "squeue", "squeue_v0041_t0.json"),
-                      sacct=script(tmp_path, "sacct", "sacct_v0041.json"), scontrol=script(tmp_path, "scontrol", "scontrol_nodes_v0041.json"))
+    cfg = SlurmConfig(
+        poll_s=30,
+        squeue=script(tmp_path, "squeue", "squeue_v0041_t0.json"),
+        sacct=script(tmp_path, "sacct", "sacct_v0041.json"),
+        scontrol=script(tmp_path, "scontrol", "scontrol_nodes_v0041.json"),
+    )
     with SlurmCollector(cfg) as collector:
         first = collector.sample(NOW)
         assert collector.sample(NOW + 1000) == []  # not due yet
@@ -178,8 +220,11 @@ def test_collector_polls_on_its_own_schedule(tmp_path: Path) -> None:
 
 
 def test_collector_survives_a_failing_command(tmp_path: Path) -> None:
-    cfg = SlurmConfig(squeue=script(tmp_path, "squeue", None), sacct=script(tmp_path, "sacct", "sacct_v0038.json"),
-                      scontrol=script(tmp_path, "scontrol", None))
+    cfg = SlurmConfig(
+        squeue=script(tmp_path, "squeue", None),
+        sacct=script(tmp_path, "sacct", "sacct_v0038.json"),
+        scontrol=script(tmp_path, "scontrol", None),
+    )
     with SlurmCollector(cfg) as collector:
         events = collector.sample(NOW)
     assert collector.errors == 2 and {e.job_id for e in events} == {"700097", "700098"}  # type: ignore[union-attr]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 from pathlib import Path
 
-import pytest
-
-import time
-
 import numpy as np
+import pytest
 
 from hpcinsight.agents.scheduler.trace import (
     MILLI,
@@ -47,7 +45,11 @@ def test_the_whole_trace_once_in_order() -> None:
     events = [r for r in records if isinstance(r, SchedulerEvent)]
     assert len(inventory) == 1213 and sum(i.gpu_count for i in inventory) == 6212
     assert collections.Counter(e.kind for e in events) == {"submitted": 8152, "scheduled": 7255, "finished": 7255, "deleted": 897}
-    assert collections.Counter(e.status for e in events if e.kind == "finished") == {"Running": 5193, "Failed": 1870, "Succeeded": 192}
+    assert collections.Counter(e.status for e in events if e.kind == "finished") == {
+        "Running": 5193,
+        "Failed": 1870,
+        "Succeeded": 192,
+    }
     assert len({(e.job_id, e.kind) for e in events}) == len(events)
     assert [e.ts for e in events] == sorted(e.ts for e in events)
     assert SCHEDULER_EVENTS.codec.decode(SCHEDULER_EVENTS.codec.encode(events)) == events
@@ -77,7 +79,12 @@ def test_mapping_of_known_pods() -> None:
     by = {(e.job_id, e.kind): e for e in events}
     first = by["openb-pod-0000", "submitted"]  # 12000 mCPU, 16384 MiB, 1 GPU, LS, created at 0
     assert (first.ts, first.source, first.qos, first.priority) == (T0, "openb", "LS", "high")
-    assert (first.requested_cpus, first.requested_memory_bytes, first.requested_gpus, first.gpu_model) == (12.0, 16384 * 2**20, 1.0, None)
+    assert (first.requested_cpus, first.requested_memory_bytes, first.requested_gpus, first.gpu_model) == (
+        12.0,
+        16384 * 2**20,
+        1.0,
+        None,
+    )
     shared = by["openb-pod-0001", "scheduled"]  # gpu_milli 460 of one GPU, scheduled at 427061 s
     assert shared.requested_gpus == 0.46 and shared.ts == T0 + round(427061 * 1000 / 60)
     # placement model: pod-0000 (1 GPU, empty cluster) best-fits the first 1-GPU node of the file
@@ -98,8 +105,11 @@ def test_events_between_is_a_pure_window() -> None:
     windows = [events_between(steps, a, b, T0, 60.0) for a, b in itertools.pairwise([0, 1e6, 5e6, 1e7, 2e7])]
     assert sum(windows, []) == events_between(steps, 0, float("inf"), T0, 60.0)
     assert all(T0 + 1e6 * 1000 / 60 <= e.ts < T0 + 5e6 * 1000 / 60 for e in windows[1])
-    replayed = [e for e in OpenbTraceCollector(TraceConfig(data_dir=DATA, limit=50, start_ms=T0)).sample(T0 + 10**12)
-                if isinstance(e, SchedulerEvent)]
+    replayed = [
+        e
+        for e in OpenbTraceCollector(TraceConfig(data_dir=DATA, limit=50, start_ms=T0)).sample(T0 + 10**12)
+        if isinstance(e, SchedulerEvent)
+    ]
     assert events_between(steps, 0, float("inf"), T0, 60.0, collector.placements) == replayed  # placed as the collector places
     assert any(e.node for e in replayed)
 
@@ -215,7 +225,9 @@ def test_placement_over_the_whole_trace_is_feasible_best_fit_and_deterministic()
                     assert rows[0] == best
                 else:
                     fits = free_whole >= 1
-                    assert used[rows[0]] == 0 and index[e.node] == int(np.flatnonzero(fits & (free_whole == free_whole[fits].min()))[0])
+                    assert used[rows[0]] == 0 and index[e.node] == int(
+                        np.flatnonzero(fits & (free_whole == free_whole[fits].min()))[0]
+                    )
             used[rows] += milli
             assert used.max() <= MILLI
             held[e.job_id] = (e.node, e.gpu_ids, rows, milli)
@@ -240,4 +252,6 @@ def test_placement_can_be_switched_off() -> None:
     collector = OpenbTraceCollector(TraceConfig(data_dir=DATA, start_ms=T0, limit=300, place=False))
     events = [e for e in collector.sample(T0 + 10**12) if isinstance(e, SchedulerEvent)]
     assert collector.placements == {} and collector.unplaced == 0
-    assert any(e.kind == "scheduled" and e.requested_gpus for e in events) and all(e.node is None and not e.gpu_ids for e in events)
+    assert any(e.kind == "scheduled" and e.requested_gpus for e in events) and all(
+        e.node is None and not e.gpu_ids for e in events
+    )

@@ -11,13 +11,26 @@ from hpcinsight.harness.scoring import Flag, score
 W = 60.0  # sampling window, s
 
 
-def label(detector: str = "gpu_health", subject: str = "GPU-a/thermal_throttle", onset: float = 100, end: float = 200,
-          grace: float = 60, required: bool = True, scenario: str = "s") -> Label:
+def label(
+    detector: str = "gpu_health",
+    subject: str = "GPU-a/thermal_throttle",
+    onset: float = 100,
+    end: float = 200,
+    grace: float = 60,
+    required: bool = True,
+    scenario: str = "s",
+) -> Label:
     return Label(scenario, detector, subject, onset, end, grace, "test fault", required)
 
 
-def flag(fired: float, detector: str = "gpu_health", subject: str = "GPU-a/thermal_throttle", resolved: float | None = None,
-         id: str | None = None, scenario: str | None = "s") -> Flag:
+def flag(
+    fired: float,
+    detector: str = "gpu_health",
+    subject: str = "GPU-a/thermal_throttle",
+    resolved: float | None = None,
+    id: str | None = None,
+    scenario: str | None = "s",
+) -> Flag:
     return Flag(id or f"{detector}-{subject}-{fired}", detector, subject, fired, resolved, scenario)
 
 
@@ -45,8 +58,12 @@ def test_grace_after_the_end_counts_and_later_is_false() -> None:
 
 
 def test_wrong_subject_detector_or_scenario_is_false() -> None:
-    flags = [flag(120, subject="GPU-b/thermal_throttle"), flag(120, detector="gpu_outlier", subject="GPU-a/thermal_throttle"),
-             flag(120, scenario="other"), flag(120, scenario=None)]
+    flags = [
+        flag(120, subject="GPU-b/thermal_throttle"),
+        flag(120, detector="gpu_outlier", subject="GPU-a/thermal_throttle"),
+        flag(120, scenario="other"),
+        flag(120, scenario=None),
+    ]
     result = score([label()], flags, W)
     assert [f.verdict for f in result.flags] == ["false"] * 4
     assert not result.labels[0].detected
@@ -64,8 +81,10 @@ def test_resolved_then_refired_is_one_detection_and_a_refire_not_a_false_positiv
 def test_overlapping_labels_on_one_subject_one_incident_covers_both() -> None:
     # two faults on one GPU, the second starting while the first's incident is open: the detector raises
     # one incident per subject by design, so the second label is detected by the open incident (delay 0)
-    labels = [label(detector="gpu_outlier", subject="GPU-a", onset=100, end=300),
-              label(detector="gpu_outlier", subject="GPU-a", onset=200, end=400)]
+    labels = [
+        label(detector="gpu_outlier", subject="GPU-a", onset=100, end=300),
+        label(detector="gpu_outlier", subject="GPU-a", onset=200, end=400),
+    ]
     result = score(labels, [flag(130, detector="gpu_outlier", subject="GPU-a", resolved=420)], W)
     assert [r.detected for r in result.labels] == [True, True]
     assert [r.delay_s for r in result.labels] == [30, 0]
@@ -111,11 +130,14 @@ def test_every_detector_gets_a_row_and_no_flags_means_no_precision() -> None:
 
 
 def test_incidents_from_anomaly_rows_are_assigned_to_their_scenario() -> None:
-    sc = parse("""
+    sc = parse(
+        """
 duration_s: 100
 cluster: {nodes: 2}
 jobs: [{id: train, nodes: 0-1}]
-""", default_name="demo-a")
+""",
+        default_name="demo-a",
+    )
     t0 = 1_000_000
     rows = [
         ("i1", "gpu_xid", "GPU-x", "demo-a-node-01", None, "firing", t0 + 5000),
@@ -126,13 +148,19 @@ jobs: [{id: train, nodes: 0-1}]
     ]
     flags = flags_from_rows(rows, [sc], t0)
     assert [(f.id, f.fired_s, f.resolved_s, f.scenario) for f in flags] == [
-        ("i1", 5.0, 9.0, "demo-a"), ("i2", 7.0, None, "demo-a"), ("i3", 8.0, None, None)]
+        ("i1", 5.0, 9.0, "demo-a"),
+        ("i2", 7.0, None, "demo-a"),
+        ("i3", 8.0, None, None),
+    ]
 
 
 def test_chatter_is_incidents_per_detected_condition_and_time_to_resolve_counts_from_the_fault_end() -> None:
     labels = [label(onset=100, end=200), label(subject="GPU-b/thermal_throttle", onset=100, end=200)]
-    flags = [flag(130, resolved=150, id="a"), flag(170, resolved=260, id="b"),  # one fault, two pages
-             flag(120, subject="GPU-b/thermal_throttle", id="c")]  # the other never resolved
+    flags = [
+        flag(130, resolved=150, id="a"),
+        flag(170, resolved=260, id="b"),  # one fault, two pages
+        flag(120, subject="GPU-b/thermal_throttle", id="c"),
+    ]  # the other never resolved
     s = score(labels, flags, W).by_detector()["gpu_health"]
     assert s.detected == 2 and s.true_flags == 3 and s.chatter == 1.5
     assert s.resolve_s == [0.0, 60.0] and s.unresolved == 1 and s.median_resolve_s == 30.0

@@ -122,14 +122,25 @@ def _faulted(ticks: int = 25) -> tuple[list[GpuSample], list[GpuSample]]:
 
 
 def _at(samples: list[GpuSample], node: int, gpu: int, inside: bool) -> list[GpuSample]:
-    return [s for s in samples if (s.node, s.gpu_index) == (f"sim-node-{node:02d}", gpu) and (T0 + 5000 <= s.ts < T0 + 15000) == inside]
+    return [
+        s
+        for s in samples
+        if (s.node, s.gpu_index) == (f"sim-node-{node:02d}", gpu) and (T0 + 5000 <= s.ts < T0 + 15000) == inside
+    ]
 
 
 def test_faults_change_only_their_gpu_in_their_window() -> None:
     # the seeded stream the other tests and the detectors' baselines rely on goes on unchanged
     healthy, faulty = _faulted()
     changed = {(h.node, h.gpu_index, (h.ts - T0) // 1000) for h, f in zip(healthy, faulty, strict=True) if h != f}
-    faulted = {("sim-node-00", 1), ("sim-node-00", 2), ("sim-node-01", 0), ("sim-node-01", 1), ("sim-node-01", 2), ("sim-node-01", 3)}
+    faulted = {
+        ("sim-node-00", 1),
+        ("sim-node-00", 2),
+        ("sim-node-01", 0),
+        ("sim-node-01", 1),
+        ("sim-node-01", 2),
+        ("sim-node-01", 3),
+    }
     assert {(n, g) for n, g, _ in changed} == faulted
     # only the ECC count outlives its window: a volatile counter never goes down
     assert {t for n, g, t in changed if (n, g) != ("sim-node-01", 0)} == set(range(5, 15))
@@ -151,9 +162,13 @@ def test_each_fault_looks_like_its_nvml_reading() -> None:
         assert 0.98 * s.power_limit_w <= s.power_w <= s.power_limit_w and 0.8 <= s.sm_clock_mhz / s.sm_clock_max_mhz <= 0.9
     ecc = [(s.ts - T0, s.ecc_uncorrected_volatile) for s in _at(faulty, 1, 0, True) + _at(faulty, 1, 0, False)]
     assert all(count == (1 if t >= 8000 else 0) for t, count in ecc)
-    assert all(s.remapped_rows_pending == (T0 + 5000 <= s.ts < T0 + 15000) for s in _at(faulty, 1, 1, True) + _at(faulty, 1, 1, False))
+    assert all(
+        s.remapped_rows_pending == (T0 + 5000 <= s.ts < T0 + 15000) for s in _at(faulty, 1, 1, True) + _at(faulty, 1, 1, False)
+    )
     for s in _at(faulty, 1, 2, inside=True):  # clock: ~45% with no reason at all
-        assert s.throttle == [] and s.throttle_reasons == 0 and s.sm_clock_mhz / s.sm_clock_max_mhz == pytest.approx(0.45, abs=0.01)
+        assert (
+            s.throttle == [] and s.throttle_reasons == 0 and s.sm_clock_mhz / s.sm_clock_max_mhz == pytest.approx(0.45, abs=0.01)
+        )
     slow = [s.gpu_util for s in _at(faulty, 1, 3, inside=True)]
     assert all(40 <= u <= 50 for u in slow)
     peers = [s.gpu_util for s in faulty if s.node == "sim-node-00" and s.gpu_index in (0, 3)]

@@ -51,10 +51,19 @@ def test_same_scenario_same_records() -> None:
 
 def test_a_gpu_fault_changes_only_its_gpu_during_its_window() -> None:
     healthy = run(parse(BASE, default_name="wl"), 200)["SimGpuCollector"]
-    faulty = run(with_faults("  - {kind: slow, node: 1, gpu: 2, onset_s: 60, end_s: 120}\n"
-                             "  - {kind: idle, node: 3, gpu: 0, onset_s: 80, end_s: 100}\n"), 200)["SimGpuCollector"]
-    changed = {(s.node, s.gpu_index, (s.ts - T0) // 1000) for tick_h, tick_f in zip(healthy, faulty)
-               for s, h in zip(tick_f, tick_h) if s != h}
+    faulty = run(
+        with_faults(
+            "  - {kind: slow, node: 1, gpu: 2, onset_s: 60, end_s: 120}\n"
+            "  - {kind: idle, node: 3, gpu: 0, onset_s: 80, end_s: 100}\n"
+        ),
+        200,
+    )["SimGpuCollector"]
+    changed = {
+        (s.node, s.gpu_index, (s.ts - T0) // 1000)
+        for tick_h, tick_f in zip(healthy, faulty)
+        for s, h in zip(tick_f, tick_h)
+        if s != h
+    }
     assert changed and all((n, g) in {("wl-node-01", 2), ("wl-node-03", 0)} for n, g, _ in changed)
     assert {t for n, g, t in changed if n == "wl-node-01"} <= set(range(60, 120))
     assert {t for n, g, t in changed if n == "wl-node-03"} == set(range(80, 100))
@@ -62,8 +71,13 @@ def test_a_gpu_fault_changes_only_its_gpu_during_its_window() -> None:
 
 def test_job_faults_change_only_their_job() -> None:
     healthy = run(parse(BASE, default_name="wl"), 260)
-    faulty = run(with_faults("  - {kind: hang, job: b, onset_s: 150, end_s: 210}\n"
-                             "  - {kind: straggler, job: a, rank: 3, factor: 1.5, onset_s: 100, end_s: 200}\n"), 260)
+    faulty = run(
+        with_faults(
+            "  - {kind: hang, job: b, onset_s: 150, end_s: 210}\n"
+            "  - {kind: straggler, job: a, rank: 3, factor: 1.5, onset_s: 100, end_s: 200}\n"
+        ),
+        260,
+    )
     for tick_h, tick_f in zip(healthy["SimGpuCollector"], faulty["SimGpuCollector"]):
         for h, f in zip(tick_h, tick_f):
             t = (f.ts - T0) / 1000
@@ -71,8 +85,9 @@ def test_job_faults_change_only_their_job() -> None:
                 assert f.job_id == "wl.b" and 150 <= t < 210 and f.gpu_util <= 2.0
     steps_h = [m for tick in healthy["SimStepCollector"] for m in tick]
     steps_f = [m for tick in faulty["SimStepCollector"] for m in tick]
-    assert [m for m in steps_h if m.job_id == "wl.a" and (m.ts - T0) / 1000 < 100] == \
-        [m for m in steps_f if m.job_id == "wl.a" and (m.ts - T0) / 1000 < 100]
+    assert [m for m in steps_h if m.job_id == "wl.a" and (m.ts - T0) / 1000 < 100] == [
+        m for m in steps_f if m.job_id == "wl.a" and (m.ts - T0) / 1000 < 100
+    ]
     hung = [m for m in steps_f if m.job_id == "wl.b" and 151 <= (m.ts - T0) / 1000 < 210]
     assert hung == []  # nothing completes while the job hangs ...
     assert any(m.job_id == "wl.b" and (m.ts - T0) / 1000 >= 211 for m in steps_f)  # ... and it moves on after
@@ -85,8 +100,8 @@ def test_phases_move_a_job_as_one_and_its_steps_and_fabric_pause() -> None:
     records = run(parse(BASE, default_name="wl"), 300)
     # job a: warm-up 30 s, then checkpoints in the last 30 s of every 200 s: [200, 230) after its warm-up
     at = {k: {s.gpu_uuid: s for s in tick} for k, tick in enumerate(records["SimGpuCollector"])}
-    a_util = lambda k: [s.gpu_util for s in at[k].values() if s.job_id == "wl.a"]  # noqa: E731
-    b_util = lambda k: [s.gpu_util for s in at[k].values() if s.job_id == "wl.b"]  # noqa: E731
+    a_util = lambda k: [s.gpu_util for s in at[k].values() if s.job_id == "wl.a"]
+    b_util = lambda k: [s.gpu_util for s in at[k].values() if s.job_id == "wl.b"]
     assert statistics.mean(a_util(10)) < 50 and statistics.mean(a_util(100)) > 75
     assert max(a_util(215)) <= 2.0 and statistics.mean(b_util(215)) > 75  # a checkpoints, b does not
     steps = [m for tick in records["SimStepCollector"] for m in tick if m.job_id == "wl.a"]
@@ -94,7 +109,7 @@ def test_phases_move_a_job_as_one_and_its_steps_and_fabric_pause() -> None:
     assert {m.world_size for m in steps} == {16} and {m.rank for m in steps} == set(range(16))
     assert {(m.rank, m.node, m.local_rank) for m in steps if m.rank in (0, 9)} == {(0, "wl-node-00", 0), (9, "wl-node-01", 1)}
     ib = {k: tick for k, tick in enumerate(records["SimIbCollector"])}
-    node0 = lambda k: sum(s.xmit_bytes_per_s for s in ib[k] if s.node == "wl-node-00")  # noqa: E731
+    node0 = lambda k: sum(s.xmit_bytes_per_s for s in ib[k] if s.node == "wl-node-00")
     assert node0(215) < 0.1 * node0(150)
 
 
@@ -107,23 +122,34 @@ def test_ib_degrade_slows_the_job_steps() -> None:
 
 
 def test_free_gpus_idle_and_the_scheduler_reports_jobs_as_they_come_and_go() -> None:
-    sc = parse("""
+    sc = parse(
+        """
 seed: 1
 duration_s: 100
 cluster: {nodes: 3, gpus_per_node: 4, ib_ports: 1}
 jobs:
   - {id: one, nodes: [0, 2], end_s: 50}
   - {id: part, nodes: 1, gpus: [1, 3], start_s: 20}
-""", default_name="sched")
+""",
+        default_name="sched",
+    )
     records = run(sc, 101)
     events = [(k, e) for k, tick in enumerate(records["SimSchedulerCollector"]) for e in tick if isinstance(e, SchedulerEvent)]
     assert [(k, e.kind, e.job_id) for k, e in events] == [
-        (0, "submitted", "sched.one"), (0, "scheduled", "sched.one"), (0, "started", "sched.one"),
-        (20, "submitted", "sched.part"), (20, "scheduled", "sched.part"), (20, "started", "sched.part"),
-        (50, "finished", "sched.one"), (100, "finished", "sched.part")]
+        (0, "submitted", "sched.one"),
+        (0, "scheduled", "sched.one"),
+        (0, "started", "sched.one"),
+        (20, "submitted", "sched.part"),
+        (20, "scheduled", "sched.part"),
+        (20, "started", "sched.part"),
+        (50, "finished", "sched.one"),
+        (100, "finished", "sched.part"),
+    ]
     placed = {e.job_id: (e.node, e.gpu_ids) for _, e in events if e.kind == "scheduled"}
-    assert placed == {"sched.one": ("sched-node-[00,02]", []),
-                      "sched.part": ("sched-node-01", [sc.gpu_uuid(1, 1), sc.gpu_uuid(1, 3)])}
+    assert placed == {
+        "sched.one": ("sched-node-[00,02]", []),
+        "sched.part": ("sched-node-01", [sc.gpu_uuid(1, 1), sc.gpu_uuid(1, 3)]),
+    }
     tick30: list[GpuSample] = records["SimGpuCollector"][30]
     jobs = {(s.node, s.gpu_index): s.job_id for s in tick30}
     assert jobs[("sched-node-01", 1)] == "sched.part" and jobs[("sched-node-01", 0)] is None

@@ -16,8 +16,16 @@ from hpcinsight.schemas.catalog import STEP_METRICS_RAW
 from hpcinsight.schemas.events import StepMetric
 
 IDENTITY = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
-    "HPCINSIGHT_JOB_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "JOB_ID",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "HPCINSIGHT_JOB_ID",
+    "SLURM_JOB_ID",
+    "TORCHELASTIC_RUN_ID",
+    "JOB_ID",
 )
 
 
@@ -80,8 +88,14 @@ def test_slurm_identity(monkeypatch: pytest.MonkeyPatch, sink: Collect) -> None:
 
 def test_torchrun_under_srun_uses_torchrun_ranks_and_explicit_job_id_wins() -> None:
     env = {
-        "SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_JOB_ID": "9001",
-        "RANK": "12", "WORLD_SIZE": "16", "LOCAL_RANK": "4", "HPCINSIGHT_JOB_ID": "llm-pretrain",
+        "SLURM_PROCID": "1",
+        "SLURM_NTASKS": "2",
+        "SLURM_LOCALID": "0",
+        "SLURM_JOB_ID": "9001",
+        "RANK": "12",
+        "WORLD_SIZE": "16",
+        "LOCAL_RANK": "4",
+        "HPCINSIGHT_JOB_ID": "llm-pretrain",
     }
     ident = from_env(env)
     assert (ident["job_id"], ident["rank"], ident["world_size"], ident["local_rank"]) == ("llm-pretrain", 12, 16, 4)
@@ -267,7 +281,12 @@ def test_record_copies_the_callers_phases(rec: StepRecorder, sink: Collect) -> N
 
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
-    [({"job_id": ""}, "job_id"), ({"rank": 4, "world_size": 4}, "outside a world of 4"), ({"rank": -1}, "rank"), ({"node": "n" * 300}, "node")],
+    [
+        ({"job_id": ""}, "job_id"),
+        ({"rank": 4, "world_size": 4}, "outside a world of 4"),
+        ({"rank": -1}, "rank"),
+        ({"node": "n" * 300}, "node"),
+    ],
 )
 def test_an_identity_the_pipeline_would_refuse_fails_at_start(kwargs: dict, reason: str, sink: Collect) -> None:
     with pytest.raises(ValueError, match=reason):

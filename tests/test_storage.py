@@ -129,21 +129,32 @@ def _samples(gpus: int, seconds: int, rng: np.random.Generator) -> list[GpuSampl
     out = []
     for s in range(seconds):
         for g in range(gpus):
-            out.append(GpuSample(
-                node=f"n{g // 8}", gpu_index=g % 8, gpu_uuid=f"GPU-{g}", ts=T0 + s * 1000,
-                gpu_util=float(rng.uniform(0, 100)), power_w=float(rng.uniform(100, 700)),
-                sm_clock_mhz=float(rng.uniform(1000, 1980)), mem_util_pct=float(rng.uniform(0, 100)),
-                temperature_c=float(rng.uniform(30, 80)),
-                job_id="job-a" if g < 8 else ("job-b" if g < 12 else None), user="ann" if g < 8 else "bob",
-            ))
+            out.append(
+                GpuSample(
+                    node=f"n{g // 8}",
+                    gpu_index=g % 8,
+                    gpu_uuid=f"GPU-{g}",
+                    ts=T0 + s * 1000,
+                    gpu_util=float(rng.uniform(0, 100)),
+                    power_w=float(rng.uniform(100, 700)),
+                    sm_clock_mhz=float(rng.uniform(1000, 1980)),
+                    mem_util_pct=float(rng.uniform(0, 100)),
+                    temperature_c=float(rng.uniform(30, 80)),
+                    job_id="job-a" if g < 8 else ("job-b" if g < 12 else None),
+                    user="ann" if g < 8 else "bob",
+                )
+            )
     return out
 
 
 def _insert(client, records: list[GpuSample], token: str) -> None:
     n = len(records)
     extra = {"_partition": pa.array([0] * n, pa.uint32()), "_offset": pa.array(range(n), pa.uint64())}
-    client.insert_arrow("gpu_samples", to_arrow(GpuSample, records, extra),
-                        settings={"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1})
+    client.insert_arrow(
+        "gpu_samples",
+        to_arrow(GpuSample, records, extra),
+        settings={"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1},
+    )
 
 
 def test_rollups_summarise_the_raw_samples(client) -> None:
@@ -194,7 +205,8 @@ def test_job_scoped_reads_use_the_skip_index(client) -> None:
     migrate(client, Layout())
     _insert(client, _samples(gpus=16, seconds=30, rng=np.random.default_rng(1)), "b")
     got = client.query(
-        "SELECT count() FROM gpu_samples WHERE job_id = {job:String}", parameters={"job": "job-b"},
+        "SELECT count() FROM gpu_samples WHERE job_id = {job:String}",
+        parameters={"job": "job-b"},
         settings={"force_data_skipping_indices": "job_id_bloom"},
     ).result_rows
     assert got == [(4 * 30,)]
@@ -212,7 +224,8 @@ def test_cluster_layout_replicates_distributes_and_runs_on_cluster() -> None:
         assert "non_replicated_deduplication_window" not in local
         # sharded by the sorting key's first column: rows that may collapse live on one shard
         assert distributed.endswith(
-            f"ENGINE = Distributed('gpu-prod', `telemetry`, `{name}_local`, cityHash64({topic.table.order_by[0]}))")
+            f"ENGINE = Distributed('gpu-prod', `telemetry`, `{name}_local`, cityHash64({topic.table.order_by[0]}))"
+        )
     for rollup in ROLLUPS:
         target, view, distributed = rollup.ddl(layout)
         assert "ReplicatedAggregatingMergeTree" in target

@@ -53,7 +53,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(UNITS / "kafka-mtls.conf", dropin)
     cli = root / "opt" / "hpcinsight" / "bin" / "hpcinsight"
     cli.parent.mkdir(parents=True)
-    cli.write_text(f"#!/bin/sh\nexec {shlex.quote(str(Path(sys.executable).parent / 'hpcinsight'))} \"$@\"\n")
+    cli.write_text(f'#!/bin/sh\nexec {shlex.quote(str(Path(sys.executable).parent / "hpcinsight"))} "$@"\n')
     cli.chmod(0o755)
     (root / "bin").mkdir()
     shutil.copy(shutil.which("kill") or "/bin/kill", root / "bin" / "kill")  # ExecReload of the alert router
@@ -65,8 +65,14 @@ def verify(root: Path, *units: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_units_cover_every_host_role() -> None:
-    assert set(SERVICES) == {"hpcinsight-agent.service", "hpcinsight-slurm.service", "hpcinsight-worker@.service",
-                             "hpcinsight-sink@.service", "hpcinsight-serve.service", "hpcinsight-alerts.service"}
+    assert set(SERVICES) == {
+        "hpcinsight-agent.service",
+        "hpcinsight-slurm.service",
+        "hpcinsight-worker@.service",
+        "hpcinsight-sink@.service",
+        "hpcinsight-serve.service",
+        "hpcinsight-alerts.service",
+    }
 
 
 def test_systemd_analyze_verify_is_clean(root: Path) -> None:
@@ -78,8 +84,11 @@ def test_verify_does_catch_a_broken_unit(root: Path) -> None:
     """The check above can fail: a misspelt directive and a missing program are reported."""
     broken = root / "etc" / "systemd" / "system" / "hpcinsight-broken.service"
     text = (UNITS / "hpcinsight-serve.service").read_text()
-    broken.write_text(text.replace("ProtectSystem=strict", "ProtectSystem=strict\nProtectSystm=yes")
-                      .replace("/opt/hpcinsight/bin/hpcinsight serve", "/opt/hpcinsight/bin/hpcinsight-missing serve"))
+    broken.write_text(
+        text.replace("ProtectSystem=strict", "ProtectSystem=strict\nProtectSystm=yes").replace(
+            "/opt/hpcinsight/bin/hpcinsight serve", "/opt/hpcinsight/bin/hpcinsight-missing serve"
+        )
+    )
     try:
         result = verify(root, "hpcinsight-broken.service")
     finally:
@@ -93,16 +102,27 @@ def test_the_units_are_hardened(root: Path, service: str) -> None:
     """systemd's own exposure score (0 = locked down, 10 = unprotected); the agent keeps the GPU
     device nodes and every process's /proc visible (NVML, per-process attribution)."""
     text = (UNITS / service).read_text()
-    for setting in ("DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
-                    "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "RestrictNamespaces=yes"):
+    for setting in (
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service",
+        "RestrictNamespaces=yes",
+    ):
         assert setting in text, (service, setting)
     if service == "hpcinsight-agent.service":
         assert "PrivateDevices" not in text and "DevicePolicy=closed" in text and "DeviceAllow=char-nvidia-frontend rw" in text
         assert "ProtectProc" not in text
     else:
         assert "PrivateDevices=yes" in text
-    result = subprocess.run([systemd_analyze(), "security", "--offline=true", f"--root={root}", unit_name(service)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [systemd_analyze(), "security", "--offline=true", f"--root={root}", unit_name(service)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout[-2000:] + result.stderr
     assert float(match.group(1)) <= (2.0 if service == "hpcinsight-agent.service" else 1.8), result.stdout
@@ -149,16 +169,22 @@ def test_the_mutual_tls_drop_in_gives_the_agent_its_key(root: Path, tmp_path: Pa
     file, the agent's settings carry the client certificate and key to librdkafka."""
     from hpcinsight.core.settings import load
 
-    shown = subprocess.run([systemd_analyze(), "cat-config", f"--root={root}", "systemd/system/hpcinsight-agent.service.d/kafka-mtls.conf"],
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [systemd_analyze(), "cat-config", f"--root={root}", "systemd/system/hpcinsight-agent.service.d/kafka-mtls.conf"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "LoadCredential=kafka-client-key:" in shown.stdout, shown.stderr
     (credentials / "kafka-client-key").write_text("-----BEGIN PRIVATE KEY-----\n")
     cert, ca = tmp_path / "client.crt", tmp_path / "ca.pem"
     cert.write_text("-----BEGIN CERTIFICATE-----\n")
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     env_path = tmp_path / "hpcinsight.env"
-    env_path.write_text((UNITS / "hpcinsight.env.example").read_text().replace("KAFKA_SECURITY_PROTOCOL=PLAINTEXT", "KAFKA_SECURITY_PROTOCOL=SSL")
-                        + f"KAFKA_SSL_CAFILE={ca}\nKAFKA_SSL_CERTFILE={cert}\n")
+    env_path.write_text(
+        (UNITS / "hpcinsight.env.example").read_text().replace("KAFKA_SECURITY_PROTOCOL=PLAINTEXT", "KAFKA_SECURITY_PROTOCOL=SSL")
+        + f"KAFKA_SSL_CAFILE={ca}\nKAFKA_SSL_CERTFILE={cert}\n"
+    )
     env = service_env("hpcinsight-agent.service", env_path, credentials)
     for line in (UNITS / "kafka-mtls.conf").read_text().splitlines():
         if line.startswith("Environment="):
@@ -207,13 +233,22 @@ def test_a_wrong_setting_stops_the_component_naming_it(tmp_path: Path, credentia
     """The worker's own command line and environment, from an env file with a typo: it exits at
     once, the journal gets one line naming the setting, and no traceback."""
     bad = tmp_path / "hpcinsight.env"
-    bad.write_text((UNITS / "hpcinsight.env.example").read_text().replace("KAFKA_SECURITY_PROTOCOL=PLAINTEXT",
-                                                                          "KAFKA_SECURITY_PROTOCOL=SASL_SSLL"))
+    bad.write_text(
+        (UNITS / "hpcinsight.env.example")
+        .read_text()
+        .replace("KAFKA_SECURITY_PROTOCOL=PLAINTEXT", "KAFKA_SECURITY_PROTOCOL=SASL_SSLL")
+    )
     env = service_env("hpcinsight-worker@.service", bad, credentials)
     env["HPCINSIGHT_DATA_DIR"] = str(tmp_path / "data")
     args = exec_start("hpcinsight-worker@.service", env)
-    result = subprocess.run([sys.executable, "-m", "hpcinsight.cli", *args], env={**env, "PATH": os.environ["PATH"]},
-                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "hpcinsight.cli", *args],
+        env={**env, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert result.returncode != 0
     assert "KAFKA_SECURITY_PROTOCOL" in result.stderr and "SASL_SSLL" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr

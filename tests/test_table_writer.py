@@ -30,7 +30,9 @@ def client(tmp_path: Any) -> Iterator[Any]:
 
 
 def gpu_message(k: int, gpus: int = 8) -> bytes:
-    return GPU_SAMPLES.codec.encode([GpuSample(f"n{k % 4}", g, f"GPU-{k % 4}-{g}", T0 + k * 1000, gpu_util=float(g)) for g in range(gpus)])
+    return GPU_SAMPLES.codec.encode(
+        [GpuSample(f"n{k % 4}", g, f"GPU-{k % 4}-{g}", T0 + k * 1000, gpu_util=float(g)) for g in range(gpus)]
+    )
 
 
 def count(client: Any, table: str) -> int:
@@ -62,8 +64,12 @@ def test_inserts_run_one_at_a_time_in_order(client: Any) -> None:
     order = []
     for batch in range(3):
         writer.add(GPU_SAMPLES, [gpu_message(batch * 10 + k) for k in range(10)], [0] * 10, [batch * 10 + k for k in range(10)])
-        writer.add(IB_SAMPLES, [IB_SAMPLES.codec.encode([IbSample(f"n{k}", "mlx5_0", 1, T0 + batch * 1000)]) for k in range(5)],
-                   [0] * 5, [batch * 5 + k for k in range(5)])
+        writer.add(
+            IB_SAMPLES,
+            [IB_SAMPLES.codec.encode([IbSample(f"n{k}", "mlx5_0", 1, T0 + batch * 1000)]) for k in range(5)],
+            [0] * 5,
+            [batch * 5 + k for k in range(5)],
+        )
         writer.submit(on_done=lambda b=batch: order.append((b, count(client, "gpu_samples"))))
     writer.close()
     assert order == [(0, 80), (1, 160), (2, 240)]
@@ -175,8 +181,9 @@ def test_the_workers_replayed_samples_reach_the_table_but_never_the_rollups_twic
     assert int(client.command("SELECT count() FROM gpu_samples FINAL")) == 12 * 8
     assert int(client.command("SELECT sum(samples) FROM gpu_rollup_1m")) == 12 * 8  # each sample once
     # a GPU never seen, and a later sample of a known one, pass untouched
-    late = GPU_SAMPLES.codec.encode([GpuSample("n9", 0, "GPU-9-0", T0, gpu_util=1.0),
-                                     GpuSample("n0", 0, "GPU-0-0", T0 + 100 * 1000, gpu_util=1.0)])
+    late = GPU_SAMPLES.codec.encode(
+        [GpuSample("n9", 0, "GPU-9-0", T0, gpu_util=1.0), GpuSample("n0", 0, "GPU-0-0", T0 + 100 * 1000, gpu_util=1.0)]
+    )
     writer.add(GPU_SAMPLES, [late], [0], [16])
     writer.submit()
     assert int(client.command("SELECT sum(samples) FROM gpu_rollup_1m")) == 12 * 8 + 2 and marks.dropped == 32

@@ -39,8 +39,9 @@ class IntSink(TopicSink):
     delivery; with ``deliver_at_most`` it stops after delivering that many (the rest of that poll
     is left undelivered, as a sink killed in the middle of a batch)."""
 
-    def __init__(self, conf: dict[str, Any], prefix: str, deliver_at_most: int | None = None,
-                 instance_id: str | None = None) -> None:
+    def __init__(
+        self, conf: dict[str, Any], prefix: str, deliver_at_most: int | None = None, instance_id: str | None = None
+    ) -> None:
         super().__init__()
         self.instance_id = instance_id
         self.conf, self.topic, self.group = conf, f"{prefix}numbers", f"{prefix}int-sink"

@@ -31,16 +31,22 @@ def test_a_trace_scenario_is_labelled_from_its_data(tmp_path: Path) -> None:
     doc = f"description: test\ntrace: {{file: {tmp_path / 'trace.csv'}, pods: 3, hours: 2, per_job: 1}}\n"
     sc = parse(doc, str(tmp_path / "t.yaml"), default_name="tr")
     assert not sc.simulated and sc.duration_s == 7200 and len(sc.trace.series) == 3
-    spells = sorted((trace_place(sc, p)[2], lab.onset_s, lab.end_s) for p in sc.trace.series for lab in sc.labels
-                    if lab.detector == "gpu_underused" and lab.subject == trace_place(sc, p)[2])
+    spells = sorted(
+        (trace_place(sc, p)[2], lab.onset_s, lab.end_s)
+        for p in sc.trace.series
+        for lab in sc.labels
+        if lab.detector == "gpu_underused" and lab.subject == trace_place(sc, p)[2]
+    )
     a, b = trace_place(sc, "a-pod")[2], trace_place(sc, "b-pod")[2]
     assert [s[1:] for s in spells if s[0] == a] == [(0.0, 7200.0)]
     assert [s[1:] for s in spells if s[0] == b] == [(0.0, 1800.0), (3000.0, 4800.0), (6000.0, 7200.0)]
     under = [lab for lab in sc.labels if lab.detector == "job_underused"]
     # after the warm-up, under 5% of the GPU-minutes since start busy: all along for the idle pod, until its first
     # burst for the bursty one; never for the busy one
-    assert [(lab.subject, lab.onset_s, lab.end_s) for lab in under] == [(trace_place(sc, "a-pod")[3], 600.0, 7200.0),
-                                                                        (trace_place(sc, "b-pod")[3], 600.0, 1860.0)]
+    assert [(lab.subject, lab.onset_s, lab.end_s) for lab in under] == [
+        (trace_place(sc, "a-pod")[3], 600.0, 7200.0),
+        (trace_place(sc, "b-pod")[3], 600.0, 1860.0),
+    ]
     assert trace_place(sc, "c-pod")[0] == "tr-node-02"  # one pod a job, one job a node
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from hpcinsight.cli import main
-from hpcinsight.whatif_cli import parse_seeds
 from hpcinsight.whatif.model import WhatifError
+from hpcinsight.whatif_cli import parse_seeds
 
 POD_HEADER = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
 NODE_HEADER = "sn,cpu_milli,memory_mib,gpu,model\n"
@@ -23,8 +23,10 @@ def write(tmp_path: Path, pods: list[str], nodes: list[str]) -> tuple[str, str]:
 
 
 def small(tmp_path: Path) -> tuple[str, str]:
-    pods = [f"pod-{i:03d},{2000 + 1000 * (i % 5)},4096,{2 if i % 4 == 3 else 1},{(250, 500, 1000, 1000)[i % 4]},,LS,Running,{i * 10},{i * 10 + 500},{i * 10}"
-            for i in range(60)]
+    pods = [
+        f"pod-{i:03d},{2000 + 1000 * (i % 5)},4096,{2 if i % 4 == 3 else 1},{(250, 500, 1000, 1000)[i % 4]},,LS,Running,{i * 10},{i * 10 + 500},{i * 10}"
+        for i in range(60)
+    ]
     nodes = [f"node-{i},64000,262144,{(8, 4, 2)[i % 3]},{('G2', 'V100M16', 'T4')[i % 3]}" for i in range(6)]
     return write(tmp_path, pods, nodes)
 
@@ -37,8 +39,9 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_fill_json_interface(tmp_path: Path, capsys) -> None:
     pods, nodes = small(tmp_path)
-    rc, out, err = run(capsys, "fill", pods, nodes, "--policy", "fgd,bestfit,random", "--seeds", "42-44",
-                       "--format", "json", "--procs", "1")
+    rc, out, err = run(
+        capsys, "fill", pods, nodes, "--policy", "fgd,bestfit,random", "--seeds", "42-44", "--format", "json", "--procs", "1"
+    )
     assert rc == 0, err
     rows = json.loads(out)
     assert {r["policy"] for r in rows} == {"fgd", "bestfit", "random"}
@@ -51,22 +54,30 @@ def test_fill_json_interface(tmp_path: Path, capsys) -> None:
 
 def test_fill_csv_table_and_plot(tmp_path: Path, capsys) -> None:
     pods, nodes = small(tmp_path)
-    rc, out, _ = run(capsys, "fill", pods, nodes, "--policy", "mostallocated", "--format", "csv", "--plots", str(tmp_path / "png"))
+    rc, out, _ = run(
+        capsys, "fill", pods, nodes, "--policy", "mostallocated", "--format", "csv", "--plots", str(tmp_path / "png")
+    )
     assert rc == 0 and out.startswith("policy,arrived_pct,gpu_alloc_pct")
     assert (tmp_path / "png" / "fill_allocation.png").stat().st_size > 1000
     rc, out, _ = run(capsys, "fill", pods, nodes, "--policy", "leastallocated,firstfit")
     assert rc == 0 and "leastallocated" in out and "130%" in out
 
 
-@pytest.mark.parametrize("pods,nodes,expect", [
-    (["a,1000,1024,1,500,,LS,Running,0,10,0", "b,lots,1024,1,500,,LS,Running,0,10,0"], ["n,64000,262144,8,G2"],
-     "pods.csv line 3: field 'cpu_milli' is not a number: 'lots'"),
-    (["a,1000,1024,1,500,,LS,Running,0,10,0"], ["n,64000,262144,eight,G2"], "nodes.csv line 2: field 'gpu' is not a number"),
-    (["a,1000,1024,16,1000,,LS,Running,0,10,0"], ["n,64000,262144,8,G2"], "num_gpu 16 is more than any node has (8)"),
-    (["a,100000,1024,1,1000,,LS,Running,0,10,0"], ["n,64000,262144,8,G2"], "cpu_milli 100000 is larger than any node"),
-    (["a,1000,1024,1,1000,,LS,Running,0,10,0"], [], "the cluster is empty"),
-    (["a,1000,1024,1,-5,,LS,Running,0,10,0"], ["n,64000,262144,8,G2"], "line 2: field 'gpu_milli' is negative"),
-])
+@pytest.mark.parametrize(
+    "pods,nodes,expect",
+    [
+        (
+            ["a,1000,1024,1,500,,LS,Running,0,10,0", "b,lots,1024,1,500,,LS,Running,0,10,0"],
+            ["n,64000,262144,8,G2"],
+            "pods.csv line 3: field 'cpu_milli' is not a number: 'lots'",
+        ),
+        (["a,1000,1024,1,500,,LS,Running,0,10,0"], ["n,64000,262144,eight,G2"], "nodes.csv line 2: field 'gpu' is not a number"),
+        (["a,1000,1024,16,1000,,LS,Running,0,10,0"], ["n,64000,262144,8,G2"], "num_gpu 16 is more than any node has (8)"),
+        (["a,100000,1024,1,1000,,LS,Running,0,10,0"], ["n,64000,262144,8,G2"], "cpu_milli 100000 is larger than any node"),
+        (["a,1000,1024,1,1000,,LS,Running,0,10,0"], [], "the cluster is empty"),
+        (["a,1000,1024,1,-5,,LS,Running,0,10,0"], ["n,64000,262144,8,G2"], "line 2: field 'gpu_milli' is negative"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, pods, nodes, expect) -> None:
     p, n = write(tmp_path, pods, nodes)
     rc, out, err = run(capsys, "fill", p, n, "--policy", "fgd")
@@ -87,8 +98,9 @@ def test_unknown_policy_and_seeds(tmp_path: Path, capsys) -> None:
 
 
 def test_a_job_no_node_accepts_is_reported_not_retried(tmp_path: Path, capsys) -> None:
-    p, n = write(tmp_path, ["a,1000,1024,1,1000,A100,LS,Running,0,10,0", "b,1000,1024,1,1000,,LS,Running,0,10,0"],
-                 ["n,64000,262144,8,G2"])
+    p, n = write(
+        tmp_path, ["a,1000,1024,1,1000,A100,LS,Running,0,10,0", "b,1000,1024,1,1000,,LS,Running,0,10,0"], ["n,64000,262144,8,G2"]
+    )
     rc, out, err = run(capsys, "fill", p, n, "--policy", "bestfit", "--inflate", "0")
     assert rc == 0, err
     assert "1 pods / 1 GPUs" in out  # the A100 pod: never placed
@@ -96,12 +108,32 @@ def test_a_job_no_node_accepts_is_reported_not_retried(tmp_path: Path, capsys) -
 
 def test_trace_mode_json_csv_and_plots(tmp_path: Path, capsys) -> None:
     pods, nodes = small(tmp_path)
-    rc, out, err = run(capsys, "trace", pods, nodes, "--policy", "fgd,random", "--queue", "fifo,priority",
-                       "--reserve-gpus", "2", "--as-recorded", "--format", "json", "--plots", str(tmp_path / "ev"))
+    rc, out, err = run(
+        capsys,
+        "trace",
+        pods,
+        nodes,
+        "--policy",
+        "fgd,random",
+        "--queue",
+        "fifo,priority",
+        "--reserve-gpus",
+        "2",
+        "--as-recorded",
+        "--format",
+        "json",
+        "--plots",
+        str(tmp_path / "ev"),
+    )
     assert rc == 0, err
     rows = json.loads(out)
-    assert [(r["policy"], r["queue"]) for r in rows] == [("fgd", "fifo"), ("fgd", "priority"), ("random", "fifo"),
-                                                        ("random", "priority"), ("as recorded", "-")]
+    assert [(r["policy"], r["queue"]) for r in rows] == [
+        ("fgd", "fifo"),
+        ("fgd", "priority"),
+        ("random", "fifo"),
+        ("random", "priority"),
+        ("as recorded", "-"),
+    ]
     for r in rows:
         assert r["requests"] == 60 and 0 <= r["gpu_alloc_pct"] <= 100 and "wait_by" in r and "_waits" not in r
     assert (tmp_path / "ev" / "allocation_over_time.png").exists() and (tmp_path / "ev" / "wait_cdf_by_gpu_request.png").exists()

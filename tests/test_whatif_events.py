@@ -5,18 +5,44 @@ from __future__ import annotations
 import pytest
 
 from hpcinsight.whatif.events import EventConfig, EventSim, requests_from
-from hpcinsight.whatif.model import Job, Node
+from hpcinsight.whatif.model import Job, Node, WhatifError
 from hpcinsight.whatif.queueing import parse_weights, priority
 from hpcinsight.whatif.recorded import as_recorded
-from hpcinsight.whatif.model import WhatifError
 
 
-def job(name: str, submit: float, run: float | None, gpus: int = 1, *, milli: int = 1000, gang: str = "", qos: str = "",
-        prio: str = "", spec: str = "", team: str = "", cpu: int = 1000, never_ran_until: float | None = None) -> Job:
+def job(
+    name: str,
+    submit: float,
+    run: float | None,
+    gpus: int = 1,
+    *,
+    milli: int = 1000,
+    gang: str = "",
+    qos: str = "",
+    prio: str = "",
+    spec: str = "",
+    team: str = "",
+    cpu: int = 1000,
+    never_ran_until: float | None = None,
+) -> Job:
     if never_ran_until is not None:
         return Job(name, cpu, 1024, gpus, milli, spec, qos, submit=submit, start=None, end=never_ran_until, priority=prio)
-    return Job(name, cpu, 1024, gpus, milli, spec, qos, submit=submit, start=submit, end=None if run is None else submit + run,
-               team=team, priority=prio, gang=gang, gang_size=1)
+    return Job(
+        name,
+        cpu,
+        1024,
+        gpus,
+        milli,
+        spec,
+        qos,
+        submit=submit,
+        start=submit,
+        end=None if run is None else submit + run,
+        team=team,
+        priority=prio,
+        gang=gang,
+        gang_size=1,
+    )
 
 
 def sim(nodes, jobs, **kw) -> tuple[EventSim, dict]:
@@ -73,8 +99,11 @@ def test_random_pool_is_seeded() -> None:
 
 
 def test_gang_all_or_nothing_within_a_zone() -> None:
-    nodes = [Node("n1", 64_000, 262_144, 4, "G2", zone="z1"), Node("n2", 64_000, 262_144, 2, "G2", zone="z2"),
-             Node("n3", 64_000, 262_144, 2, "G2", zone="z2")]
+    nodes = [
+        Node("n1", 64_000, 262_144, 4, "G2", zone="z1"),
+        Node("n2", 64_000, 262_144, 2, "G2", zone="z2"),
+        Node("n3", 64_000, 262_144, 2, "G2", zone="z2"),
+    ]
     jobs = [job("x", 0, 1000, gpus=3), job("g-0", 1, 100, gpus=2, gang="g"), job("g-1", 1, 100, gpus=2, gang="g")]
     s, rep = sim(nodes, jobs)
     g = next(r for r in s.requests if r.name == "g")
@@ -109,8 +138,12 @@ def test_two_gangs_interleaved_deadlock_without_gang_scheduling() -> None:
 
 def test_withdrawn_unschedulable_and_indicators() -> None:
     nodes = [Node("n", 64_000, 262_144, 1, "G2", zone="z")]
-    jobs = [job("r", 0, 3600, team="t1", qos="BE", prio="low"), job("w", 10, None, never_ran_until=100),
-            job("t4", 20, 10, spec="T4"), job("s", 30, 3600, milli=500, team="t2")]
+    jobs = [
+        job("r", 0, 3600, team="t1", qos="BE", prio="low"),
+        job("w", 10, None, never_ran_until=100),
+        job("t4", 20, 10, spec="T4"),
+        job("s", 30, 3600, milli=500, team="t2"),
+    ]
     s, rep = sim(nodes, jobs)
     assert rep["withdrawn_waiting"] == 1 and rep["unschedulable"] == 1 and rep["never_placed"] == 2
     assert rep["gpu_hours_by_team"] == {"t1": 1.0, "t2": 0.5}
@@ -122,8 +155,11 @@ def test_withdrawn_unschedulable_and_indicators() -> None:
 
 def test_as_recorded_waits_and_allocation() -> None:
     nodes = [Node("n", 64_000, 262_144, 4, "G2")]
-    jobs = [Job("a", 1000, 1024, 2, 1000, submit=0, start=10, end=110), Job("b", 1000, 1024, 1, 500, submit=50, start=50, end=110),
-            Job("c", 1000, 1024, 1, 1000, submit=60, start=None, end=80)]
+    jobs = [
+        Job("a", 1000, 1024, 2, 1000, submit=0, start=10, end=110),
+        Job("b", 1000, 1024, 1, 500, submit=50, start=50, end=110),
+        Job("c", 1000, 1024, 1, 1000, submit=60, start=None, end=80),
+    ]
     rep, series = as_recorded(nodes, jobs)
     assert rep["wait_s"]["count"] == 2 and rep["wait_by"]["gpu_bucket"]["2-4"]["p50"] == 10
     assert rep["never_placed"] == 1

@@ -22,8 +22,11 @@ def job(name: str, cpu: int = 4000, num: int = 1, milli: int = 1000) -> Job:
 
 
 def test_typical_shapes_popularity_cut() -> None:
-    jobs = [job(f"a{i}") for i in range(5)] + [job(f"b{i}", milli=500) for i in range(3)] + \
-        [job("c", num=0, milli=0), job("d", num=2)]
+    jobs = (
+        [job(f"a{i}") for i in range(5)]
+        + [job(f"b{i}", milli=500) for i in range(3)]
+        + [job("c", num=0, milli=0), job("d", num=2)]
+    )
     all_kept = typical_shapes(jobs)  # 95% of 10 pods needs all four shapes
     assert len(all_kept) == 4 and all_kept.freq.sum() == pytest.approx(1.0)
     assert all_kept.num.tolist()[:2] == [1, 1] and all_kept.milli.tolist()[:2] == [1000, 500]
@@ -56,8 +59,9 @@ def slice_cluster() -> tuple[list[Job], list[Node]]:
             jobs.append(job(f"p{i:04d}", cpu=32000, num=int(rng.choice([2, 4, 8]))))
         else:
             jobs.append(job(f"p{i:04d}", cpu=int(rng.integers(1, 32)) * 1000, num=0, milli=0))
-    nodes = [Node(f"n{i:03d}", 96_000, 393_216, 8, "G2") for i in range(30)] + \
-        [Node(f"t{i:03d}", 104_000, 393_216, 2, "T4") for i in range(20)]
+    nodes = [Node(f"n{i:03d}", 96_000, 393_216, 8, "G2") for i in range(30)] + [
+        Node(f"t{i:03d}", 104_000, 393_216, 2, "T4") for i in range(20)
+    ]
     return jobs, nodes
 
 

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 from hpcinsight.whatif.engine import Placer
-from hpcinsight.whatif.model import Job, Node
+from hpcinsight.whatif.model import Job, Node, WhatifError
 from hpcinsight.whatif.policies import POLICIES, make_policy, parse_policies
 from hpcinsight.whatif.policies.base import normalize_scores
 from hpcinsight.whatif.policies.fgd import FgdPolicy, fragmentation
 from hpcinsight.whatif.policies.fit import BestFitPolicy, LeastAllocatedPolicy, MostAllocatedPolicy
 from hpcinsight.whatif.policies.gpu import DotProductPolicy, GpuClusteringPolicy, GpuPackingPolicy
-from hpcinsight.whatif.model import WhatifError
 from hpcinsight.whatif.state import ClusterState, Shape
 from hpcinsight.whatif.typical import typical_shapes
 
@@ -121,8 +120,12 @@ def test_filter_gpu_spec_memory_and_never_fits() -> None:
 def test_scores_stay_right_after_placements() -> None:
     """The per-shape cache rescoring only changed nodes gives what scoring everything gives."""
     rng = np.random.default_rng(3)
-    jobs = [job(cpu=int(c), milli=int(m), mem=int(mem), name=str(i)) for i, (c, m, mem) in
-            enumerate(zip(rng.integers(1000, 8000, 60), rng.choice([250, 500, 1000], 60), rng.choice([4096, 30_000], 60)))]
+    jobs = [
+        job(cpu=int(c), milli=int(m), mem=int(mem), name=str(i))
+        for i, (c, m, mem) in enumerate(
+            zip(rng.integers(1000, 8000, 60), rng.choice([250, 500, 1000], 60), rng.choice([4096, 30_000], 60))
+        )
+    ]
     nodes = [Node(f"n{i}", 64_000, 262_144, int(g), "G2") for i, g in enumerate(rng.choice([2, 4, 8], 12))]
     for name in ("bestfit", "fgd", "gpupacking", "mostallocated"):
         st = ClusterState(nodes)
@@ -141,8 +144,17 @@ def test_scores_stay_right_after_placements() -> None:
 
 
 def test_policy_names() -> None:
-    assert set(POLICIES) == {"random", "firstfit", "bestfit", "mostallocated", "leastallocated", "dotprod",
-                             "gpupacking", "gpuclustering", "fgd"}
+    assert set(POLICIES) == {
+        "random",
+        "firstfit",
+        "bestfit",
+        "mostallocated",
+        "leastallocated",
+        "dotprod",
+        "gpupacking",
+        "gpuclustering",
+        "fgd",
+    }
     assert parse_policies("fgd, BestFit,mostallocated+profile") == ["fgd", "bestfit", "mostallocated+profile"]
     with pytest.raises(WhatifError, match="unknown policy 'tetris'"):
         parse_policies("fgd,tetris")
@@ -155,7 +167,9 @@ def test_profiles_keep_cpu_jobs_off_gpu_hosts() -> None:
     from hpcinsight.whatif.profiles import profile_filter
 
     plain = Placer(st, make_policy("mostallocated", [], rng), np.arange(2), rng)
-    typed = Placer(st, make_policy("mostallocated", [], rng), np.arange(2), rng, allowed=profile_filter("mostallocated+profile", st))
+    typed = Placer(
+        st, make_policy("mostallocated", [], rng), np.arange(2), rng, allowed=profile_filter("mostallocated+profile", st)
+    )
     cpu_job = shape(num=0, milli=0, cpu=16_000, mem=8192)
     assert plain.pick(cpu_job).node == 0  # the GPU host is the busier fit (its small CPU)
     assert typed.pick(cpu_job).node == 1
@@ -164,8 +178,12 @@ def test_profiles_keep_cpu_jobs_off_gpu_hosts() -> None:
 
 def test_fgd_share_scores_equal_recomputing_every_candidate_state() -> None:
     rng = np.random.default_rng(11)
-    jobs = [job(cpu=int(c), milli=int(m), num=int(n), name=str(i)) for i, (c, m, n) in
-            enumerate(zip(rng.integers(1000, 16000, 200), rng.choice([200, 460, 500, 1000, 1000], 200), rng.choice([1, 1, 1, 2], 200)))]
+    jobs = [
+        job(cpu=int(c), milli=int(m), num=int(n), name=str(i))
+        for i, (c, m, n) in enumerate(
+            zip(rng.integers(1000, 16000, 200), rng.choice([200, 460, 500, 1000, 1000], 200), rng.choice([1, 1, 1, 2], 200))
+        )
+    ]
     jobs = [j if j.gpu_milli == 1000 or j.num_gpu == 1 else Job(j.name, j.cpu_milli, j.memory_mib, 1, j.gpu_milli) for j in jobs]
     typical = typical_shapes(jobs)
     nodes = [Node(f"n{i}", 64_000, 262_144, 8, "G2") for i in range(80)]
@@ -194,8 +212,12 @@ def test_fgd_fragmentation_over_all_shapes_at_once_is_bit_equal_to_one_shape_at_
     from hpcinsight.whatif.policies.fgd import _fragmentation_by_shape
 
     rng = np.random.default_rng(5)
-    jobs = [job(cpu=int(c), milli=int(m), num=int(n), name=str(i)) for i, (c, m, n) in
-            enumerate(zip(rng.integers(0, 16000, 300), rng.choice([0, 250, 500, 1000], 300), rng.choice([0, 1, 2, 4, 8], 300)))]
+    jobs = [
+        job(cpu=int(c), milli=int(m), num=int(n), name=str(i))
+        for i, (c, m, n) in enumerate(
+            zip(rng.integers(0, 16000, 300), rng.choice([0, 250, 500, 1000], 300), rng.choice([0, 1, 2, 4, 8], 300))
+        )
+    ]
     typical = typical_shapes(jobs)
     assert len(typical) > 5
     for lead in ((1,), (7,), (40,), (6, 8)):

@@ -26,14 +26,24 @@ ZONE = {"node-00": "zone-a", "node-01": "zone-a", "node-02": "zone-b", "node-03"
 def story() -> tuple[list[NodeInventory], list[SchedulerEvent], dict[str, list[float]]]:
     rng = np.random.default_rng(5)
     t0 = (int(time.time()) // 3600 - 1) * 3600 * S
-    inventory = [NodeInventory(ts=t0, node=n, gpu_count=8, gpu_model="H100", cpus=96.0, memory_bytes=2**40, zone=ZONE[n])
-                 for n in NODES]
+    inventory = [
+        NodeInventory(ts=t0, node=n, gpu_count=8, gpu_model="H100", cpus=96.0, memory_bytes=2**40, zone=ZONE[n]) for n in NODES
+    ]
     events: list[SchedulerEvent] = []
 
-    def job(name: str, team: str, prio: str, gpus: float, submitted: int, scheduled: int, finished: int | None,
-            node: str | None) -> None:
-        common = dict(source="test", job_id=name, name=name, user=f"u-{team}", team=team, priority=prio,
-                      requested_gpus=gpus, requested_cpus=8.0)
+    def job(
+        name: str, team: str, prio: str, gpus: float, submitted: int, scheduled: int, finished: int | None, node: str | None
+    ) -> None:
+        common = dict(
+            source="test",
+            job_id=name,
+            name=name,
+            user=f"u-{team}",
+            team=team,
+            priority=prio,
+            requested_gpus=gpus,
+            requested_cpus=8.0,
+        )
         events.append(SchedulerEvent(ts=submitted, kind="submitted", **common))
         events.append(SchedulerEvent(ts=scheduled, kind="scheduled", node=node, **common))
         if finished is not None:
@@ -87,8 +97,22 @@ def test_store_replay_from_the_cli(store, monkeypatch, capsys) -> None:
     monkeypatch.setattr(hpcinsight.sinks.clickhouse, "connect", lambda _settings, writer=False: _Unclosed(client))
     from hpcinsight.cli import main
 
-    rc = main(["whatif", "store", "--since", "3h", "--policy", "bestfit,fgd", "--queue", "fifo", "--as-recorded",
-               "--format", "json", "--no-progress"])
+    rc = main(
+        [
+            "whatif",
+            "store",
+            "--since",
+            "3h",
+            "--policy",
+            "bestfit,fgd",
+            "--queue",
+            "fifo",
+            "--as-recorded",
+            "--format",
+            "json",
+            "--no-progress",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     rows = json.loads(out)

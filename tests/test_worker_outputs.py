@@ -22,13 +22,15 @@ pytestmark = pytest.mark.kafka
 
 def test_a_refused_output_becomes_a_dead_letter(kafka_bootstrap: str, tmp_path: Path) -> None:
     prefix = f"t{uuid.uuid4().hex[:10]}."
-    settings = load({"KAFKA_BOOTSTRAP": kafka_bootstrap, "HPCINSIGHT_TOPIC_PREFIX": prefix,
-                     "HPCINSIGHT_DATA_DIR": str(tmp_path)})
+    settings = load({"KAFKA_BOOTSTRAP": kafka_bootstrap, "HPCINSIGHT_TOPIC_PREFIX": prefix, "HPCINSIGHT_DATA_DIR": str(tmp_path)})
     conf = settings.kafka.client_config()
     ensure_topics(conf, prefix)
     admin = new_admin(conf)  # the anomalies topic takes no message over 2 kB; the dead letters' does
-    resource = ConfigResource(ConfigResource.Type.TOPIC, ANOMALIES.full_name(prefix), incremental_configs=[
-        ConfigEntry("max.message.bytes", "2000", incremental_operation=AlterConfigOpType.SET)])
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        ANOMALIES.full_name(prefix),
+        incremental_configs=[ConfigEntry("max.message.bytes", "2000", incremental_operation=AlterConfigOpType.SET)],
+    )
     for future in admin.incremental_alter_configs([resource]).values():
         future.result()
     described = ConfigResource(ConfigResource.Type.TOPIC, ANOMALIES.full_name(prefix))
@@ -41,8 +43,13 @@ def test_a_refused_output_becomes_a_dead_letter(kafka_bootstrap: str, tmp_path: 
     outputs.flush(report_every_s=10)
     assert outputs.refused == 1
 
-    letters = [r for m in read_to_end(conf, DEAD_LETTERS.full_name(prefix), "test-read", timeout=30)
-               for r in DEAD_LETTERS.codec.decode(m.value())]
-    assert [(d.source_topic, d.stage, d.raw, d.key) for d in letters] == [(ANOMALIES.full_name(prefix), "worker.output", big, b"n2")]
+    letters = [
+        r
+        for m in read_to_end(conf, DEAD_LETTERS.full_name(prefix), "test-read", timeout=30)
+        for r in DEAD_LETTERS.codec.decode(m.value())
+    ]
+    assert [(d.source_topic, d.stage, d.raw, d.key) for d in letters] == [
+        (ANOMALIES.full_name(prefix), "worker.output", big, b"n2")
+    ]
     assert "refused by the broker" in letters[0].reason
     assert [m.value() for m in read_to_end(conf, ANOMALIES.full_name(prefix), "test-read", timeout=30)] == [b"small"]

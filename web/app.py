@@ -15,7 +15,8 @@ only puts them together.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -29,20 +30,36 @@ from hpcinsight.web.state import ClusterState
 DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's files, served with the docs pages
 
 
-def create_app(state: ClusterState, token: Secret | None = None, store_connect: Callable[[], Any] | None = None,
-               feed_status: Callable[[], dict[str, Any]] | None = None, job_threshold: Callable[[str | None, str | None], float] | None = None,
-               frame_interval_s: float = 1.0) -> FastAPI:
+def create_app(
+    state: ClusterState,
+    token: Secret | None = None,
+    store_connect: Callable[[], Any] | None = None,
+    feed_status: Callable[[], dict[str, Any]] | None = None,
+    job_threshold: Callable[[str | None, str | None], float] | None = None,
+    frame_interval_s: float = 1.0,
+) -> FastAPI:
     """The app over ``state`` (and the store ``store_connect`` opens, if any); ``app.state.traffic``
     holds its request counts for /metrics."""
     # The docs pages (/docs, /redoc) load Swagger UI and ReDoc from the service itself, not from a
     # CDN: GPU clusters are often air-gapped, and FastAPI's defaults would show a blank page there.
-    app = FastAPIOffline(title="hpcinsight Insight API", version="1", static_url=DOCS_ASSETS,
-                         description="Live cluster state from the topics and the query library's results; read-only. "
-                                     "Send `Authorization: Bearer TOKEN` when the service has a token.")
+    app = FastAPIOffline(
+        title="hpcinsight Insight API",
+        version="1",
+        static_url=DOCS_ASSETS,
+        description="Live cluster state from the topics and the query library's results; read-only. "
+        "Send `Authorization: Bearer TOKEN` when the service has a token.",
+    )
     traffic = health.ServeStats()
     app.state.traffic = traffic
-    app.state.services = Services(state, Store(store_connect), traffic, feed_status, job_threshold, frame_interval_s,
-                                  token.reveal().encode() if token is not None else None)
+    app.state.services = Services(
+        state,
+        Store(store_connect),
+        traffic,
+        feed_status,
+        job_threshold,
+        frame_interval_s,
+        token.reveal().encode() if token is not None else None,
+    )
     app.middleware("http")(health.counting(traffic))
 
     @app.exception_handler(ValueError)

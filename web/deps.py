@@ -11,8 +11,9 @@ import hmac
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException, Request
 
@@ -43,11 +44,11 @@ class Store:
                 return fn(self.client)
             except ValueError:
                 raise
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - any failure to open the store is reported, the half-open client closed
                 if self.client is not None:
                     try:
                         self.client.close()
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - closing a client that failed to open: nothing more to say
                         pass
                 self.client = None
                 log.warning("store: %s", type(err).__name__)
@@ -84,8 +85,9 @@ def authorised(request: Request) -> None:
     given = request.headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
-        raise HTTPException(401, "a bearer token is required (Authorization: Bearer TOKEN)",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, "a bearer token is required (Authorization: Bearer TOKEN)", headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 def json_safe(value: Any) -> Any:

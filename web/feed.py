@@ -13,15 +13,23 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from confluent_kafka import Consumer, Message
 
 from hpcinsight.core.consumer import TopicSink
 from hpcinsight.core.kafka import broker_retry, new_consumer
+from hpcinsight.schemas.catalog import (
+    ANOMALIES,
+    GPU_QUANTILES,
+    GPU_SAMPLES,
+    JOB_QUANTILES,
+    NODE_INVENTORY,
+    SCHEDULING_KPIS,
+    Topic,
+)
 from hpcinsight.web.state import ClusterState
-from hpcinsight.schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, JOB_QUANTILES, NODE_INVENTORY, SCHEDULING_KPIS, Topic
 
 log = logging.getLogger("hpcinsight.web.feed")
 
@@ -95,8 +103,9 @@ class Feed(TopicSink):
 
     # -- the sink's own: a look-back assignment, decode by topic, the live state as delivery ------
     def new_consumer(self) -> Consumer:
-        return new_consumer(self.conf, f"{self.prefix}web-{uuid.uuid4().hex[:8]}", offset_reset="latest",
-                            extra={"fetch.wait.max.ms": 200})
+        return new_consumer(
+            self.conf, f"{self.prefix}web-{uuid.uuid4().hex[:8]}", offset_reset="latest", extra={"fetch.wait.max.ms": 200}
+        )
 
     def take_partitions(self, consumer: Consumer, first: bool) -> None:
         while not self.stop_event.is_set():

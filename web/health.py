@@ -6,9 +6,9 @@ labels stay few and a URL's contents never reach the metrics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -25,8 +25,9 @@ class ServeStats:
     def metric_families(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        family = CounterMetricFamily("hpcinsight_serve_requests", "HTTP requests, by route template and status",
-                                     labels=["method", "route", "status"])
+        family = CounterMetricFamily(
+            "hpcinsight_serve_requests", "HTTP requests, by route template and status", labels=["method", "route", "status"]
+        )
         for (method, route, status), n in sorted(self.requests.items()):
             family.add_metric([method, route, str(status)], n)
         yield family

@@ -17,9 +17,11 @@ from hpcinsight.web.deps import LABEL, Services, authorised, json_safe, services
 router = APIRouter(dependencies=[Depends(authorised)])
 
 
-@router.get("/api/jobs/{job}",
-            summary="a job: GPUs, quantiles since start with its threshold, open anomalies (live); heat strip, "
-                    "step time per rank, timeline and diagnose findings (store)")
+@router.get(
+    "/api/jobs/{job}",
+    summary="a job: GPUs, quantiles since start with its threshold, open anomalies (live); heat strip, "
+    "step time per rank, timeline and diagnose findings (store)",
+)
 def job_detail(job: str, store_data: bool = Query(True, alias="store"), svc: Services = Depends(services)) -> dict[str, Any]:
     if re.fullmatch(LABEL, job) is None:
         raise HTTPException(400, "job: not a job id (1-128 letters, digits or ._:@/+=-)")
@@ -35,7 +37,9 @@ def job_detail(job: str, store_data: bool = Query(True, alias="store"), svc: Ser
         except ValueError as err:
             live["store_error"] = str(err)
     if not live["gpus"] and not live["quantiles"] and not live.get("store"):
-        raise HTTPException(404, f"nothing is known about this job{': ' + live['store_error'] if live.get('store_error') else ''}")
+        raise HTTPException(
+            404, f"nothing is known about this job{': ' + live['store_error'] if live.get('store_error') else ''}"
+        )
     safe: dict[str, Any] = json_safe(live)
     return safe
 
@@ -56,6 +60,7 @@ def job_from_store(client: Any, job: str) -> dict[str, Any]:
     except ValueError as err:
         out["diagnose_error"] = str(err)
         return out
-    out.update(summary=report.summary, findings=[asdict(f) for f in report.findings], timeline=report.timeline,
-               bucket_s=report.bucket_s)
+    out.update(
+        summary=report.summary, findings=[asdict(f) for f in report.findings], timeline=report.timeline, bucket_s=report.bucket_s
+    )
     return out

@@ -25,10 +25,16 @@ def cluster(svc: Services = Depends(services)) -> dict[str, Any]:
 
 
 @router.get("/api/gpus", summary="every GPU's current values, filtered")
-def gpus(team: str | None = Query(None, pattern=LABEL), user: str | None = Query(None, pattern=LABEL),
-         job: str | None = Query(None, pattern=LABEL), model: str | None = Query(None, pattern=LABEL),
-         kind: str | None = Query(None, pattern=LABEL), node: str | None = Query(None, pattern=LABEL),
-         zone: str | None = Query(None, pattern=LABEL), svc: Services = Depends(services)) -> list[dict[str, Any]]:
+def gpus(
+    team: str | None = Query(None, pattern=LABEL),
+    user: str | None = Query(None, pattern=LABEL),
+    job: str | None = Query(None, pattern=LABEL),
+    model: str | None = Query(None, pattern=LABEL),
+    kind: str | None = Query(None, pattern=LABEL),
+    node: str | None = Query(None, pattern=LABEL),
+    zone: str | None = Query(None, pattern=LABEL),
+    svc: Services = Depends(services),
+) -> list[dict[str, Any]]:
     f = Filter(team=team, user=user, job=job, model=model, kind=kind, node=node, zone=zone)
     state = svc.state
     idx = state.select(f)
@@ -52,8 +58,11 @@ def anomalies(kind: str | None = Query(None, pattern=LABEL), svc: Services = Dep
 
 
 @router.get("/api/kpis", summary="latest scheduling KPIs (allocation rate, fragmentation, queue, usage)")
-def kpis(kpi: str | None = Query(None, pattern=LABEL), dimension: str | None = Query(None, pattern=LABEL),
-         svc: Services = Depends(services)) -> list[dict[str, Any]]:
+def kpis(
+    kpi: str | None = Query(None, pattern=LABEL),
+    dimension: str | None = Query(None, pattern=LABEL),
+    svc: Services = Depends(services),
+) -> list[dict[str, Any]]:
     return svc.state.kpis_view(kpi, dimension)
 
 

@@ -23,16 +23,27 @@ MAX_ROWS = 20_000
 
 def openapi_param(p: Param) -> dict[str, Any]:
     """A library query parameter as an OpenAPI query parameter."""
-    return {"name": p.name, "in": "query", "required": p.default is None, "schema": p.json_schema(),
-            "description": f"{p.doc} (ClickHouse {p.type})".strip()}
+    return {
+        "name": p.name,
+        "in": "query",
+        "required": p.default is None,
+        "schema": p.json_schema(),
+        "description": f"{p.doc} (ClickHouse {p.type})".strip(),
+    }
 
 
 def queries() -> list[dict[str, Any]]:
     from hpcinsight.sinks.query import library
 
-    return [{"name": q.name, "group": q.group, "what": q.doc,
-             "params": [{"name": p.name, "type": p.type, "default": p.default, "what": p.doc} for p in q.params]}
-            for q in library().values()]
+    return [
+        {
+            "name": q.name,
+            "group": q.group,
+            "what": q.doc,
+            "params": [{"name": p.name, "type": p.type, "default": p.default, "what": p.doc} for p in q.params],
+        }
+        for q in library().values()
+    ]
 
 
 def run_query(name: str, request: Request) -> dict[str, Any]:
@@ -48,8 +59,12 @@ def run_query(name: str, request: Request) -> dict[str, Any]:
         raise HTTPException(400, "a parameter value is longer than 1024 characters")
     found.bind(params)  # ValueError -> 400 naming the parameter, before touching the store
     rows = services(request).store.run(lambda client: records(client, name, params))
-    return {"query": name, "columns": list(rows[0]) if rows else [], "rows": json_safe(rows[:MAX_ROWS]),
-            "truncated": len(rows) > MAX_ROWS}
+    return {
+        "query": name,
+        "columns": list(rows[0]) if rows else [],
+        "rows": json_safe(rows[:MAX_ROWS]),
+        "truncated": len(rows) > MAX_ROWS,
+    }
 
 
 def build_router() -> APIRouter:
@@ -60,12 +75,20 @@ def build_router() -> APIRouter:
     router = APIRouter(dependencies=[Depends(authorised)])
     router.get("/api/queries", summary="the query library: every query, its parameters")(queries)
     for query in library().values():
+
         def run_named(request: Request, name: str = query.name) -> dict[str, Any]:
             return run_query(name, request)
 
-        router.get(f"/api/queries/{query.name}", name=f"query_{query.name}", tags=[f"queries: {query.group}"],
-                   summary=query.doc.split(". ")[0][:120] or query.name, description=query.doc,
-                   openapi_extra={"parameters": [openapi_param(p) for p in query.params]})(run_named)
-    router.get("/api/queries/{name}",  # after the named routes: it would match them all
-               summary="run a library query by name; its parameters as query parameters, bound server-side by ClickHouse")(run_query)
+        router.get(
+            f"/api/queries/{query.name}",
+            name=f"query_{query.name}",
+            tags=[f"queries: {query.group}"],
+            summary=query.doc.split(". ")[0][:120] or query.name,
+            description=query.doc,
+            openapi_extra={"parameters": [openapi_param(p) for p in query.params]},
+        )(run_named)
+    router.get(
+        "/api/queries/{name}",  # after the named routes: it would match them all
+        summary="run a library query by name; its parameters as query parameters, bound server-side by ClickHouse",
+    )(run_query)
     return router

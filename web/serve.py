@@ -39,8 +39,11 @@ def build(settings: Settings, token: Secret | None, frame_interval_s: float = 1.
     from hpcinsight.web.state import ClusterState
 
     state = ClusterState()
-    feed = Feed(state, {**settings.kafka.client_config(), "bootstrap.servers": settings.kafka.require_bootstrap()},
-                settings.kafka.topic_prefix)
+    feed = Feed(
+        state,
+        {**settings.kafka.client_config(), "bootstrap.servers": settings.kafka.require_bootstrap()},
+        settings.kafka.topic_prefix,
+    )
 
     def connect() -> Any:
         from hpcinsight.sinks.clickhouse import connect as ch_connect
@@ -69,14 +72,19 @@ def feed_metric_families(feed: Any) -> Callable[[], Iterator[Any]]:
     def families() -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily
 
-        yield CounterMetricFamily("hpcinsight_serve_feed_skipped", "records the live state could not take",
-                                  value=feed.skipped)
+        yield CounterMetricFamily("hpcinsight_serve_feed_skipped", "records the live state could not take", value=feed.skipped)
 
     return families
 
 
-def run_serve(settings: Settings, host: str, port: int, frame_interval_s: float = 1.0, store: bool = True,
-              on_app: Callable[[Any, Any], object] | None = None) -> int:
+def run_serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    frame_interval_s: float = 1.0,
+    store: bool = True,
+    on_app: Callable[[Any, Any], object] | None = None,
+) -> int:
     """Serve until stopped; ``on_app(app, feed)`` sees the app first (the CLI serves its metrics)."""
     import uvicorn
 
@@ -85,10 +93,13 @@ def run_serve(settings: Settings, host: str, port: int, frame_interval_s: float 
     if on_app is not None:
         on_app(app, feed)
     feed.start()
-    logging.getLogger("hpcinsight").info("serving the unit view at http://%s:%d/ (token %s)", host, port,
-                                         "required" if token else "not configured")
-    print(f"hpcinsight serve: unit view at http://{host}:{port}/ (bearer token {'required' if token else 'not configured'})",
-          flush=True)
+    logging.getLogger("hpcinsight").info(
+        "serving the unit view at http://%s:%d/ (token %s)", host, port, "required" if token else "not configured"
+    )
+    print(
+        f"hpcinsight serve: unit view at http://{host}:{port}/ (bearer token {'required' if token else 'not configured'})",
+        flush=True,
+    )
     try:
         # access_log off: request lines are not needed and a careless client may put secrets in a URL
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=2)

@@ -123,8 +123,9 @@ class ClusterState:
                 v["util"][i] = _num(s.gpu_util)
                 v["power"][i] = _num(s.power_w)
                 v["temp"][i] = _num(s.temperature_c)
-                v["mem"][i] = (_num(s.mem_used_bytes * 100 / s.mem_total_bytes)
-                               if s.mem_used_bytes is not None and s.mem_total_bytes else -1)
+                v["mem"][i] = (
+                    _num(s.mem_used_bytes * 100 / s.mem_total_bytes) if s.mem_used_bytes is not None and s.mem_total_bytes else -1
+                )
                 self.updated_ms = max(self.updated_ms, s.ts)
             self.received += len(samples)
 
@@ -245,7 +246,9 @@ class ClusterState:
                     k = jobs[j] = len(job_rows)
                     job_rows.append([j, self.user[i], self.team[i]])
                 job_col.append(k)
-            kinds = sorted({k for s in (*self.gpu_kinds.values(), *self.node_kinds.values(), *self.job_kinds.values()) for k in s})
+            kinds = sorted(
+                {k for s in (*self.gpu_kinds.values(), *self.node_kinds.values(), *self.job_kinds.values()) for k in s}
+            )
             bit = {k: 1 << n for n, k in enumerate(kinds)}
             anom = []
             for i in idx:
@@ -261,9 +264,17 @@ class ClusterState:
     # -- REST views ------------------------------------------------------------------------
     def gpu_row(self, i: int) -> dict[str, Any]:
         return {
-            "node": self.node[i], "gpu": self.gpu[i], "uuid": self.uuid[i], "zone": self._zone(i), "pool": self._pool(i),
-            "model": self._model(i), "job": self.job[i], "user": self.user[i], "team": self.team[i],
-            "last_sample_ms": self.ts[i], **{m: (None if self.values[m][i] < 0 else self.values[m][i]) for m in METRICS},
+            "node": self.node[i],
+            "gpu": self.gpu[i],
+            "uuid": self.uuid[i],
+            "zone": self._zone(i),
+            "pool": self._pool(i),
+            "model": self._model(i),
+            "job": self.job[i],
+            "user": self.user[i],
+            "team": self.team[i],
+            "last_sample_ms": self.ts[i],
+            **{m: (None if self.values[m][i] < 0 else self.values[m][i]) for m in METRICS},
             "open_anomalies": sorted(self._open_kinds(i)),
         }
 
@@ -274,12 +285,16 @@ class ClusterState:
             busy = sum(1 for j in self.job if j)
             util = [u for u in self.values["util"] if u >= 0]
             return {
-                "gpus": n, "nodes": len(set(self.node)), "gpus_allocated": busy,
+                "gpus": n,
+                "nodes": len(set(self.node)),
+                "gpus_allocated": busy,
                 "allocation_rate": round(busy / n, 4) if n else None,
                 "mean_util": round(sum(util) / len(util), 1) if util else None,
-                "jobs": len({j for j in self.job if j}), "open_anomalies": len(self.open),
+                "jobs": len({j for j in self.job if j}),
+                "open_anomalies": len(self.open),
                 "open_by_kind": _count(a.kind for a in self.open.values()),
-                "last_sample_ms": self.updated_ms, "age_s": round((now_ms - self.updated_ms) / 1000, 1) if self.updated_ms else None,
+                "last_sample_ms": self.updated_ms,
+                "age_s": round((now_ms - self.updated_ms) / 1000, 1) if self.updated_ms else None,
                 "kpis": self._kpis(dimension="cluster"),
                 "fragmentation": self._fragmentation(),
                 "messages": self.received,
@@ -290,18 +305,28 @@ class ClusterState:
         nodes) and FGD's expected fragmentation (free GPU capacity the recent jobs' typical shapes
         could not use), in GPUs and as a share of the free capacity; None where the worker has not
         said it yet (no KPI stream, or no job has said its shape)."""
+
         def value(kpi: str) -> float | None:
             k = self.kpis.get((kpi, "cluster", "all"))
             return k.value if k is not None else None
 
-        return {"free_gpus": value("free_gpus"), "stranded_gpus": value("stranded_gpus"), "stranded_share": value("stranded_share"),
-                "fgd_gpus": value("fgd_fragmentation_gpus"), "fgd_rate": value("fgd_fragmentation_rate")}
+        return {
+            "free_gpus": value("free_gpus"),
+            "stranded_gpus": value("stranded_gpus"),
+            "stranded_share": value("stranded_share"),
+            "fgd_gpus": value("fgd_fragmentation_gpus"),
+            "fgd_rate": value("fgd_fragmentation_rate"),
+        }
 
     def _kpis(self, kpi: str | None = None, dimension: str | None = None) -> list[dict[str, Any]]:
-        rows = [k for k in self.kpis.values() if (kpi is None or k.kpi == kpi) and (dimension is None or k.dimension == dimension)]
+        rows = [
+            k for k in self.kpis.values() if (kpi is None or k.kpi == kpi) and (dimension is None or k.dimension == dimension)
+        ]
         rows.sort(key=lambda k: (k.kpi, k.dimension, k.group))
-        return [{"kpi": k.kpi, "dimension": k.dimension, "group": k.group, "value": k.value, "count": k.count, "ts": k.ts}
-                for k in rows]
+        return [
+            {"kpi": k.kpi, "dimension": k.dimension, "group": k.group, "value": k.value, "count": k.count, "ts": k.ts}
+            for k in rows
+        ]
 
     def kpis_view(self, kpi: str | None, dimension: str | None) -> list[dict[str, Any]]:
         with self.lock:
@@ -313,25 +338,49 @@ class ClusterState:
             inv = self.nodes.get(node)
             if not idx and inv is None:
                 return None
-            return {"node": node, "inventory": _inventory(inv), "gpus": [self.gpu_row(i) for i in sorted(idx, key=self.gpu.__getitem__)],
-                    "open_anomalies": [_anomaly(a) for a in self.open.values() if a.node == node]}
+            return {
+                "node": node,
+                "inventory": _inventory(inv),
+                "gpus": [self.gpu_row(i) for i in sorted(idx, key=self.gpu.__getitem__)],
+                "open_anomalies": [_anomaly(a) for a in self.open.values() if a.node == node],
+            }
 
     def gpu_view(self, uuid: str) -> dict[str, Any] | None:
         with self.lock:
             i = self.index.get(uuid)
             if i is None:
                 return None
-            q = [{"metric": m, "window": w, "p25": v.p25, "p50": v.p50, "p95": v.p95, "mean": v.mean, "window_end": v.window_end}
-                 for (u, m, w), v in sorted(self.gpu_quantiles.items()) if u == uuid]
-            return {**self.gpu_row(i), "quantiles": q,
-                    "anomalies": [_anomaly(a) for a in self.open.values() if a.gpu_uuid == uuid]}
+            q = [
+                {"metric": m, "window": w, "p25": v.p25, "p50": v.p50, "p95": v.p95, "mean": v.mean, "window_end": v.window_end}
+                for (u, m, w), v in sorted(self.gpu_quantiles.items())
+                if u == uuid
+            ]
+            return {
+                **self.gpu_row(i),
+                "quantiles": q,
+                "anomalies": [_anomaly(a) for a in self.open.values() if a.gpu_uuid == uuid],
+            }
 
     def job_view(self, job: str) -> dict[str, Any] | None:
         with self.lock:
             idx = [i for i, j in enumerate(self.job) if j == job]
-            q = [{"metric": m, "window": w, "gpus": v.gpus, "p25": v.p25, "p50": v.p50, "p95": v.p95, "mean": v.mean,
-                  "window_start": v.window_start, "window_end": v.window_end, "user": v.user, "team": v.team}
-                 for (j, m, w), v in sorted(self.job_quantiles.items()) if j == job]
+            q = [
+                {
+                    "metric": m,
+                    "window": w,
+                    "gpus": v.gpus,
+                    "p25": v.p25,
+                    "p50": v.p50,
+                    "p95": v.p95,
+                    "mean": v.mean,
+                    "window_start": v.window_start,
+                    "window_end": v.window_end,
+                    "user": v.user,
+                    "team": v.team,
+                }
+                for (j, m, w), v in sorted(self.job_quantiles.items())
+                if j == job
+            ]
             anomalies = [_anomaly(a) for a in self.open.values() if a.job_id == job]
             if not idx and not q and not anomalies:
                 return None
@@ -360,13 +409,31 @@ def _keep_newest(table: dict[Any, Any], key: Any, row: Any, time_field: str) -> 
 
 
 def _anomaly(a: Anomaly) -> dict[str, Any]:
-    return {"id": a.id, "kind": a.kind, "severity": a.severity, "state": a.state, "subject_type": a.subject_type,
-            "subject": a.subject, "started_at": a.started_at, "ts": a.ts, "message": a.message, "node": a.node,
-            "gpu_uuid": a.gpu_uuid, "job_id": a.job_id}
+    return {
+        "id": a.id,
+        "kind": a.kind,
+        "severity": a.severity,
+        "state": a.state,
+        "subject_type": a.subject_type,
+        "subject": a.subject,
+        "started_at": a.started_at,
+        "ts": a.ts,
+        "message": a.message,
+        "node": a.node,
+        "gpu_uuid": a.gpu_uuid,
+        "job_id": a.job_id,
+    }
 
 
 def _inventory(n: NodeInventory | None) -> dict[str, Any] | None:
     if n is None:
         return None
-    return {"gpu_count": n.gpu_count, "gpu_model": n.gpu_model, "cpus": n.cpus, "memory_bytes": n.memory_bytes,
-            "zone": n.zone, "pool": n.pool, "ts": n.ts}
+    return {
+        "gpu_count": n.gpu_count,
+        "gpu_model": n.gpu_model,
+        "cpus": n.cpus,
+        "memory_bytes": n.memory_bytes,
+        "zone": n.zone,
+        "pool": n.pool,
+        "ts": n.ts,
+    }

@@ -21,15 +21,23 @@ from hpcinsight.web.state import METRICS, Filter, FilterError
 router = APIRouter(dependencies=[Depends(authorised)])
 
 
-@router.get("/api/stream",
-            summary="Server-Sent Events: `layout` (the GPUs of the view, when they change) then a `frame` a second "
-                    "(per metric an array of integers in layout order)")
-async def stream(request: Request, view: str = Query("operator", pattern="^(operator|user)$"),
-                 team: str | None = Query(None, pattern=LABEL), user: str | None = Query(None, pattern=LABEL),
-                 job: str | None = Query(None, pattern=LABEL), model: str | None = Query(None, pattern=LABEL),
-                 kind: str | None = Query(None, pattern=LABEL), zone: str | None = Query(None, pattern=LABEL),
-                 metrics: str = Query(",".join(METRICS), max_length=64),
-                 svc: Services = Depends(services)) -> StreamingResponse:
+@router.get(
+    "/api/stream",
+    summary="Server-Sent Events: `layout` (the GPUs of the view, when they change) then a `frame` a second "
+    "(per metric an array of integers in layout order)",
+)
+async def stream(
+    request: Request,
+    view: str = Query("operator", pattern="^(operator|user)$"),
+    team: str | None = Query(None, pattern=LABEL),
+    user: str | None = Query(None, pattern=LABEL),
+    job: str | None = Query(None, pattern=LABEL),
+    model: str | None = Query(None, pattern=LABEL),
+    kind: str | None = Query(None, pattern=LABEL),
+    zone: str | None = Query(None, pattern=LABEL),
+    metrics: str = Query(",".join(METRICS), max_length=64),
+    svc: Services = Depends(services),
+) -> StreamingResponse:
     chosen = tuple(m for m in metrics.split(",") if m)
     bad = [m for m in chosen if m not in METRICS]
     if bad or not chosen:
@@ -66,5 +74,6 @@ async def stream(request: Request, view: str = Query("operator", pattern="^(oper
             yield f"event: frame\ndata: {json.dumps(frame, separators=(',', ':'))}\n\n"
             await asyncio.sleep(max(0.05, interval_s - (time.perf_counter() - started)))
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

@@ -84,7 +84,7 @@ def requests_from(jobs: Sequence[Job]) -> list[Request]:
     for job in jobs:
         groups.setdefault(job.gang or f"\0{job.name}", []).append(job)
     out = []
-    for seq, (key, tasks) in enumerate(groups.items()):
+    for seq, tasks in enumerate(groups.values()):
         submit = min((t.submit or 0.0) for t in tasks)
         starts = [t.start for t in tasks if t.start is not None]
         ends = [t.end for t in tasks if t.end is not None]
@@ -95,11 +95,24 @@ def requests_from(jobs: Sequence[Job]) -> list[Request]:
             withdraw = max(ends)
         first = tasks[0]
         gpus = sum(t.total_gpu_milli for t in tasks) / MILLI
-        out.append(Request(seq=seq, name=first.gang or first.name, tasks=tasks, shapes=[Shape.of(t) for t in tasks],
-                           submit=submit, duration=duration, withdraw_at=withdraw, qos=first.qos,
-                           priority=first.priority or PRIORITY_BY_QOS.get(first.qos, ""), team=first.team or "unknown",
-                           user=first.user or "unknown", gang=bool(first.gang) and len(tasks) > 1, gpus=gpus,
-                           urgent=first.priority == "urgent"))
+        out.append(
+            Request(
+                seq=seq,
+                name=first.gang or first.name,
+                tasks=tasks,
+                shapes=[Shape.of(t) for t in tasks],
+                submit=submit,
+                duration=duration,
+                withdraw_at=withdraw,
+                qos=first.qos,
+                priority=first.priority or PRIORITY_BY_QOS.get(first.qos, ""),
+                team=first.team or "unknown",
+                user=first.user or "unknown",
+                gang=bool(first.gang) and len(tasks) > 1,
+                gpus=gpus,
+                urgent=first.priority == "urgent",
+            )
+        )
     return out
 
 
@@ -127,8 +140,13 @@ class EventSim:
         self.state = ClusterState(nodes)
         self.rng = np.random.default_rng(config.seed)
         ranks = self.rng.permutation(len(nodes))
-        self.placer = Placer(self.state, make_policy(config.policy, jobs, self.rng), ranks, self.rng,
-                             allowed=profile_filter(config.policy, self.state))
+        self.placer = Placer(
+            self.state,
+            make_policy(config.policy, jobs, self.rng),
+            ranks,
+            self.rng,
+            allowed=profile_filter(config.policy, self.state),
+        )
         self.requests = requests_from(jobs)
         zones = [n.zone or n.model or "all" for n in nodes]
         self.zone_of = np.array(zones)
@@ -347,8 +365,16 @@ class EventSim:
         if cfg.gang == "none":
             self._deadlock(t, heap)
 
-    def _offer(self, ordered: list[Request], t: float, heap: list, res_start: np.ndarray, res_owner: np.ndarray,
-               failed: set[tuple], n_res: int) -> tuple[list[Request], int]:
+    def _offer(
+        self,
+        ordered: list[Request],
+        t: float,
+        heap: list,
+        res_start: np.ndarray,
+        res_owner: np.ndarray,
+        failed: set[tuple],
+        n_res: int,
+    ) -> tuple[list[Request], int]:
         cfg = self.cfg
         for req in ordered:
             mask = None
@@ -371,8 +397,7 @@ class EventSim:
             else:
                 if req.placed and req.held_since is None:
                     req.held_since = t
-                if (cfg.reserve_gpus > 0 and req.gpus >= cfg.reserve_gpus and n_res < cfg.max_reservations
-                        and not req.placed):
+                if cfg.reserve_gpus > 0 and req.gpus >= cfg.reserve_gpus and n_res < cfg.max_reservations and not req.placed:
                     if self._reserve(req, t, res_start, res_owner):
                         n_res += 1
         return ordered, n_res
@@ -404,8 +429,12 @@ class EventSim:
             heapq.heappush(heap, (start, _WEIGHTS, -1))
         # without a horizon the run goes on until the queue drains; a job with no recorded end
         # runs until the trace's last instant (or the last event, if later)
-        trace_end = max([r.submit for r in self.requests] + [r.withdraw_at or 0 for r in self.requests]
-                        + [r.submit + (r.duration or 0) for r in self.requests] + [0.0])
+        trace_end = max(
+            [r.submit for r in self.requests]
+            + [r.withdraw_at or 0 for r in self.requests]
+            + [r.submit + (r.duration or 0) for r in self.requests]
+            + [0.0]
+        )
         horizon = self.cfg.horizon if self.cfg.horizon is not None else math.inf
         metric_step = (min(trace_end, horizon) - min((r.submit for r in self.requests), default=0.0)) / METRIC_SAMPLES
         self._metric_due = -math.inf
@@ -483,9 +512,15 @@ class EventSim:
         low_small = all_h = 0.0
         for r in placed:
             models = sorted({st.models[node] or "cpu" for _, node, _ in r.ran_on})
-            groups = {"cluster": "all", "gpu_bucket": gpu_bucket(r.gpus), "job_class": job_class(r.gpus),
-                      "gpu_model": models[0] if len(models) == 1 else "mixed", "qos": r.qos or "unknown",
-                      "priority": r.priority or "unknown", "gang": "gang" if r.gang else "single"}
+            groups = {
+                "cluster": "all",
+                "gpu_bucket": gpu_bucket(r.gpus),
+                "job_class": job_class(r.gpus),
+                "gpu_model": models[0] if len(models) == 1 else "mixed",
+                "qos": r.qos or "unknown",
+                "priority": r.priority or "unknown",
+                "gang": "gang" if r.gang else "single",
+            }
             waits.append((groups, r.start - r.submit))
             hours = r.gpus * ((r.end if r.end is not None else horizon) - r.start) / 3600
             team_h[r.team] += hours
@@ -504,11 +539,17 @@ class EventSim:
         never = [r for r in self.requests if r.start is None]
         free_mean = self.integral["free"] / span
         return {
-            "policy": self.cfg.policy, "queue": self.cfg.queue, "gang": self.cfg.gang,
-            "reserve_gpus": self.cfg.reserve_gpus, "seed": self.cfg.seed,
-            "requests": len(self.requests), "placed": len(placed),
-            "never_placed": len(never), "unschedulable": status["unschedulable"],
-            "withdrawn_waiting": status["withdrawn"], "still_waiting": status["waiting"],
+            "policy": self.cfg.policy,
+            "queue": self.cfg.queue,
+            "gang": self.cfg.gang,
+            "reserve_gpus": self.cfg.reserve_gpus,
+            "seed": self.cfg.seed,
+            "requests": len(self.requests),
+            "placed": len(placed),
+            "never_placed": len(never),
+            "unschedulable": status["unschedulable"],
+            "withdrawn_waiting": status["withdrawn"],
+            "still_waiting": status["waiting"],
             "horizon_s": horizon,
             "gpu_alloc_pct": round(100 * self.integral["alloc"] / span / total_milli, 2),
             "unallocated_gpus": round(free_mean / MILLI, 1),
@@ -517,20 +558,26 @@ class EventSim:
             "wait_s": quantiles(w for _, w in waits),
             "wait_by": waits_by(waits),
             "gpu_hours": round(all_h, 1),
-            "gpu_hours_by_team": shares(team_h, 1), "gpu_hours_by_user": shares(user_h, 1),
+            "gpu_hours_by_team": shares(team_h, 1),
+            "gpu_hours_by_user": shares(user_h, 1),
             "zone_util_pct": zone_util,
-            "zone_use_by_class_pct": {z: {c: round(100 * v / sum(by.values()), 1) for c, v in sorted(by.items())}
-                                      for z, by in sorted(self.zone_class_s.items()) if sum(by.values()) > 0},
+            "zone_use_by_class_pct": {
+                z: {c: round(100 * v / sum(by.values()), 1) for c, v in sorted(by.items())}
+                for z, by in sorted(self.zone_class_s.items())
+                if sum(by.values()) > 0
+            },
             "low_priority_small_share_pct": round(100 * low_small / all_h, 2) if all_h else 0.0,
-            "gang_deadlocks": self.deadlocks, "gang_evictions": self.evictions,
+            "gang_deadlocks": self.deadlocks,
+            "gang_evictions": self.evictions,
             "gang_held_idle_gpu_hours": round(self.held_idle_gpu_s / 3600, 1),
             "reservations": self.reservations_made,
             "_waits": [(g["gpu_bucket"], w) for g, w in waits],
         }
 
 
-def run_events(nodes: Sequence[Node], jobs: Sequence[Job], config: EventConfig,
-               tick: Callable[[float], None] | None = None) -> tuple[dict, list[tuple[float, float]]]:
+def run_events(
+    nodes: Sequence[Node], jobs: Sequence[Job], config: EventConfig, tick: Callable[[float], None] | None = None
+) -> tuple[dict, list[tuple[float, float]]]:
     sim = EventSim(nodes, jobs, config)
     rep = sim.run(tick)
     return rep, sim.series

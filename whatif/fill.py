@@ -43,7 +43,9 @@ class FillRun:
         return curve(self.arrived_milli, self.allocated_milli, self.total_gpus, top)
 
 
-def workload(jobs: Sequence[Job], nodes: Sequence[Node], seed: int, inflate: float = DEFAULT_INFLATE) -> tuple[list[Job], np.ndarray]:
+def workload(
+    jobs: Sequence[Job], nodes: Sequence[Node], seed: int, inflate: float = DEFAULT_INFLATE
+) -> tuple[list[Job], np.ndarray]:
     """The seed's arrival order (shuffled, inflated) and node tie-break ranks."""
     rng = np.random.default_rng(seed)
     by_name = sorted(jobs, key=lambda j: j.name)
@@ -73,8 +75,14 @@ def _fields(job: Job) -> dict:
     return {f: getattr(job, f) for f in job.__slots__}
 
 
-def run_fill(jobs: Sequence[Job], nodes: Sequence[Node], policy: str, seed: int,
-             inflate: float = DEFAULT_INFLATE, tick: Callable[[], None] | None = None) -> FillRun:
+def run_fill(
+    jobs: Sequence[Job],
+    nodes: Sequence[Node],
+    policy: str,
+    seed: int,
+    inflate: float = DEFAULT_INFLATE,
+    tick: Callable[[], None] | None = None,
+) -> FillRun:
     order, ranks = workload(jobs, nodes, seed, inflate)
     state = ClusterState(nodes)
     rng = np.random.default_rng([seed, 1])

@@ -90,9 +90,16 @@ def read_nodes(path: Path | str) -> list[Node]:
         seen.add(name)
         gpus = _int(path, line, row, "gpu")
         model = (row.get("model") or "").strip()
-        nodes.append(Node(name=name, cpu_milli=_int(path, line, row, "cpu_milli"),
-                          memory_mib=_int(path, line, row, "memory_mib"), gpus=gpus,
-                          model=model if gpus else "", zone=(row.get("zone") or "").strip()))
+        nodes.append(
+            Node(
+                name=name,
+                cpu_milli=_int(path, line, row, "cpu_milli"),
+                memory_mib=_int(path, line, row, "memory_mib"),
+                gpus=gpus,
+                model=model if gpus else "",
+                zone=(row.get("zone") or "").strip(),
+            )
+        )
     if not nodes:
         raise WhatifError(f"{path}: the cluster is empty (no node rows)")
     return nodes
@@ -119,12 +126,23 @@ def read_pods(path: Path | str, *, times: bool = False) -> list[Job]:
             end = _time(path, line, row, "deletion_time")
             if end is not None and end < submit:
                 raise WhatifError(f"{path} line {line}: field 'deletion_time' is before 'creation_time'")
-        jobs.append(Job(name=name, cpu_milli=_int(path, line, row, "cpu_milli"),
-                        memory_mib=_int(path, line, row, "memory_mib"), num_gpu=num_gpu, gpu_milli=milli,
-                        gpu_spec=(row.get("gpu_spec") or "").strip(), qos=(row.get("qos") or "").strip(),
-                        submit=submit, start=start, end=end,
-                        team=(row.get("team") or "").strip(), user=(row.get("user") or "").strip(),
-                        priority=(row.get("priority") or "").strip()))
+        jobs.append(
+            Job(
+                name=name,
+                cpu_milli=_int(path, line, row, "cpu_milli"),
+                memory_mib=_int(path, line, row, "memory_mib"),
+                num_gpu=num_gpu,
+                gpu_milli=milli,
+                gpu_spec=(row.get("gpu_spec") or "").strip(),
+                qos=(row.get("qos") or "").strip(),
+                submit=submit,
+                start=start,
+                end=end,
+                team=(row.get("team") or "").strip(),
+                user=(row.get("user") or "").strip(),
+                priority=(row.get("priority") or "").strip(),
+            )
+        )
     return jobs
 
 

@@ -19,8 +19,9 @@ from hpcinsight.whatif.model import Job, Node
 def as_recorded(nodes: Sequence[Node], jobs: Sequence[Job]) -> tuple[dict, list[tuple[float, float]]]:
     reqs = requests_from(jobs)
     total_gpus = sum(n.gpus for n in nodes) or 1
-    horizon = max([r.submit for r in reqs] + [r.withdraw_at or 0 for r in reqs]
-                  + [max((t.end or 0) for t in r.tasks) for r in reqs] + [0.0])
+    horizon = max(
+        [r.submit for r in reqs] + [r.withdraw_at or 0 for r in reqs] + [max((t.end or 0) for t in r.tasks) for r in reqs] + [0.0]
+    )
     t0 = min((r.submit for r in reqs), default=0.0)
     deltas: list[tuple[float, float]] = []
     waits = []
@@ -37,8 +38,14 @@ def as_recorded(nodes: Sequence[Node], jobs: Sequence[Job]) -> tuple[dict, list[
         start = max(starts) if r.gang else starts[0]
         end = max((t.end for t in r.tasks if t.end is not None), default=horizon)
         deltas += [(start, r.gpus), (end, -r.gpus)]
-        groups = {"cluster": "all", "gpu_bucket": gpu_bucket(r.gpus), "job_class": job_class(r.gpus),
-                  "qos": r.qos or "unknown", "priority": r.priority or "unknown", "gang": "gang" if r.gang else "single"}
+        groups = {
+            "cluster": "all",
+            "gpu_bucket": gpu_bucket(r.gpus),
+            "job_class": job_class(r.gpus),
+            "qos": r.qos or "unknown",
+            "priority": r.priority or "unknown",
+            "gang": "gang" if r.gang else "single",
+        }
         waits.append((groups, start - r.submit))
         hours = r.gpus * (end - start) / 3600
         team_h[r.team] += hours
@@ -56,14 +63,32 @@ def as_recorded(nodes: Sequence[Node], jobs: Sequence[Job]) -> tuple[dict, list[
     area += level * (horizon - last)
     span = (horizon - t0) or 1.0
     return {
-        "policy": "as recorded", "queue": "-", "gang": "-", "reserve_gpus": 0, "seed": None,
-        "requests": len(reqs), "placed": placed, "never_placed": never, "unschedulable": 0,
-        "withdrawn_waiting": never, "still_waiting": 0, "horizon_s": horizon,
-        "gpu_alloc_pct": round(100 * area / span / total_gpus, 2), "unallocated_gpus": round(total_gpus - area / span, 1),
-        "stranded_gpus": None, "frag_rate_pct": None,
-        "wait_s": quantiles(w for _, w in waits), "wait_by": waits_by(waits),
-        "gpu_hours": round(all_h, 1), "gpu_hours_by_team": shares(team_h, 1), "gpu_hours_by_user": shares(user_h, 1),
-        "zone_util_pct": {}, "low_priority_small_share_pct": round(100 * low_small / all_h, 2) if all_h else 0.0,
-        "gang_deadlocks": 0, "gang_evictions": 0, "gang_held_idle_gpu_hours": 0.0, "reservations": 0,
+        "policy": "as recorded",
+        "queue": "-",
+        "gang": "-",
+        "reserve_gpus": 0,
+        "seed": None,
+        "requests": len(reqs),
+        "placed": placed,
+        "never_placed": never,
+        "unschedulable": 0,
+        "withdrawn_waiting": never,
+        "still_waiting": 0,
+        "horizon_s": horizon,
+        "gpu_alloc_pct": round(100 * area / span / total_gpus, 2),
+        "unallocated_gpus": round(total_gpus - area / span, 1),
+        "stranded_gpus": None,
+        "frag_rate_pct": None,
+        "wait_s": quantiles(w for _, w in waits),
+        "wait_by": waits_by(waits),
+        "gpu_hours": round(all_h, 1),
+        "gpu_hours_by_team": shares(team_h, 1),
+        "gpu_hours_by_user": shares(user_h, 1),
+        "zone_util_pct": {},
+        "low_priority_small_share_pct": round(100 * low_small / all_h, 2) if all_h else 0.0,
+        "gang_deadlocks": 0,
+        "gang_evictions": 0,
+        "gang_held_idle_gpu_hours": 0.0,
+        "reservations": 0,
         "_waits": [(g["gpu_bucket"], w) for g, w in waits],
     }, series

@@ -33,8 +33,14 @@ def fill_rows(results: Sequence[FillSummary], anchor: bool = False) -> list[dict
         for level in levels:
             vals = [r.curve[level] for r in runs if level in r.curve]
             theirs = [published_value(policy, r.seed, level) for r in runs if level in r.curve]
-            row = {"policy": policy, "arrived_pct": level, "gpu_alloc_pct": round(mean(vals), 2),
-                   "min_pct": min(vals), "max_pct": max(vals), "seeds": len(vals)}
+            row = {
+                "policy": policy,
+                "arrived_pct": level,
+                "gpu_alloc_pct": round(mean(vals), 2),
+                "min_pct": min(vals),
+                "max_pct": max(vals),
+                "seeds": len(vals),
+            }
             if anchor and theirs and all(t is not None for t in theirs):
                 row["published_pct"] = round(mean(theirs), 2)
             rows.append(row)
@@ -104,16 +110,21 @@ def fill_table(results: Sequence[FillSummary], anchor: bool = False) -> str:
     console.print(table)
     cmp = [c for c in compare(_curves(results)) if c.theirs is not None] if anchor else []
     if cmp:
-        console.print("in brackets: the FGD authors' published mean for the same seeds "
-                      "(hkust-adsl/kubernetes-scheduler-simulator); differences: "
-                      + ", ".join(f"{c.policy}@{c.level}% {c.diff:+.2f}" for c in cmp))
+        console.print(
+            "in brackets: the FGD authors' published mean for the same seeds "
+            "(hkust-adsl/kubernetes-scheduler-simulator); differences: "
+            + ", ".join(f"{c.policy}@{c.level}% {c.diff:+.2f}" for c in cmp)
+        )
     return buf.getvalue()
 
 
 def is_anchor_run(pods_path: str | Path, total_gpus: int, inflate: float) -> bool:
     """Whether a fill run is the FGD authors' default-trace experiment (so their figures apply)."""
-    return (Path(pods_path).name == "openb_pod_list_default.csv" and total_gpus == published()["total_gpus"]
-            and abs(inflate - 1.3) < 1e-9)
+    return (
+        Path(pods_path).name == "openb_pod_list_default.csv"
+        and total_gpus == published()["total_gpus"]
+        and abs(inflate - 1.3) < 1e-9
+    )
 
 
 def _curves(results: Sequence[FillSummary]) -> dict[str, dict[int, dict[int, float]]]:
@@ -153,10 +164,17 @@ def fill_plot(results: Sequence[FillSummary], out_dir: Path | str) -> list[Path]
 
 # -- event-driven runs -----------------------------------------------------------------------
 EVENT_COLUMNS = (
-    ("gpu_alloc_pct", "GPU alloc %"), ("unallocated_gpus", "free GPUs"), ("stranded_gpus", "stranded GPUs"),
-    ("frag_rate_pct", "FGD frag %"), ("wait_p50_s", "wait p50 s"), ("wait_p95_s", "wait p95 s"),
-    ("gang_wait_p95_s", "gang wait p95 s"), ("gang_deadlocks", "deadlocks"), ("never_placed", "never placed"),
-    ("unschedulable", "can never fit"), ("low_priority_small_share_pct", "low-prio small %"),
+    ("gpu_alloc_pct", "GPU alloc %"),
+    ("unallocated_gpus", "free GPUs"),
+    ("stranded_gpus", "stranded GPUs"),
+    ("frag_rate_pct", "FGD frag %"),
+    ("wait_p50_s", "wait p50 s"),
+    ("wait_p95_s", "wait p95 s"),
+    ("gang_wait_p95_s", "gang wait p95 s"),
+    ("gang_deadlocks", "deadlocks"),
+    ("never_placed", "never placed"),
+    ("unschedulable", "can never fit"),
+    ("low_priority_small_share_pct", "low-prio small %"),
 )
 
 
@@ -223,8 +241,11 @@ def event_table(reports: Sequence[dict]) -> str:
             w.add_column(b, justify="right")
         for rep in reports:
             by = rep["wait_by"].get("gpu_bucket", {})
-            w.add_row(rep["policy"], rep["queue"],
-                      *[f"{_cell(by[b]['p50'])} / {_cell(by[b]['p95'])}" if b in by else "–" for b in buckets])
+            w.add_row(
+                rep["policy"],
+                rep["queue"],
+                *[f"{_cell(by[b]['p50'])} / {_cell(by[b]['p95'])}" if b in by else "–" for b in buckets],
+            )
         console.print(w)
     return buf.getvalue()
 
@@ -272,8 +293,13 @@ def event_plots(reports: Sequence[dict], series: Sequence[list[tuple[float, floa
             for rep in reports:
                 w = np.sort([x for bb, x in rep.get("_waits", []) if bb == b])
                 if len(w):
-                    ax.step(np.maximum(w, 1), np.arange(1, len(w) + 1) / len(w), where="post",
-                            label=f"{rep['policy']}/{rep['queue']}", linewidth=0.8)
+                    ax.step(
+                        np.maximum(w, 1),
+                        np.arange(1, len(w) + 1) / len(w),
+                        where="post",
+                        label=f"{rep['policy']}/{rep['queue']}",
+                        linewidth=0.8,
+                    )
             ax.set_xscale("log")
             ax.set_title(f"GPU request {b}", fontsize=9)
             ax.set_xlabel("wait (s, log)")

@@ -35,12 +35,28 @@ def _one(args: tuple) -> FillSummary:
     jobs, nodes, policy, seed, inflate = args
     start = time.perf_counter()
     run = run_fill(jobs, nodes, policy, seed, inflate)
-    return FillSummary(policy, seed, run.curve(), run.pods, run.failed, run.failed_gpu_milli, run.total_gpus,
-                       round(time.perf_counter() - start, 3))
+    return FillSummary(
+        policy,
+        seed,
+        run.curve(),
+        run.pods,
+        run.failed,
+        run.failed_gpu_milli,
+        run.total_gpus,
+        round(time.perf_counter() - start, 3),
+    )
 
 
-def run_many(jobs: Sequence[Job], nodes: Sequence[Node], policies: Sequence[str], seeds: Sequence[int], *,
-             inflate: float = DEFAULT_INFLATE, procs: int = 1, done: Callable[[FillSummary], None] | None = None) -> list[FillSummary]:
+def run_many(
+    jobs: Sequence[Job],
+    nodes: Sequence[Node],
+    policies: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    inflate: float = DEFAULT_INFLATE,
+    procs: int = 1,
+    done: Callable[[FillSummary], None] | None = None,
+) -> list[FillSummary]:
     """Every (policy, seed) run, in that order; ``done`` is told as each finishes."""
     tasks = [(list(jobs), list(nodes), p, s, inflate) for p in policies for s in seeds]
     procs = max(1, min(procs, MAX_PROCS, len(tasks)))

@@ -29,7 +29,7 @@ class Shape:
     affinity: str
 
     @classmethod
-    def of(cls, job: Job) -> "Shape":
+    def of(cls, job: Job) -> Shape:
         return cls(job.cpu_milli, job.memory_mib, job.num_gpu, job.gpu_milli, job.gpu_spec, job.affinity())
 
     @property

@@ -33,8 +33,16 @@ def nodes_from_inventory(rows: Iterable[NodeInventory]) -> list[Node]:
     for name, inv in sorted(latest.items()):
         cpus = inv.cpus if inv.cpus is not None else 0.0
         mem = inv.memory_bytes if inv.memory_bytes is not None else 0
-        nodes.append(Node(name=name, cpu_milli=int(round(cpus * 1000)), memory_mib=int(mem // MIB),
-                          gpus=int(inv.gpu_count), model=(inv.gpu_model or "") if inv.gpu_count else "", zone=inv.zone or ""))
+        nodes.append(
+            Node(
+                name=name,
+                cpu_milli=int(round(cpus * 1000)),
+                memory_mib=int(mem // MIB),
+                gpus=int(inv.gpu_count),
+                model=(inv.gpu_model or "") if inv.gpu_count else "",
+                zone=inv.zone or "",
+            )
+        )
     if not nodes:
         raise WhatifError("the store has no node inventory in that range: the cluster is empty")
     # a node whose inventory leaves CPU or memory out is not limited by it
@@ -63,8 +71,17 @@ def jobs_from_events(events: Iterable[SchedulerEvent], max_node_gpus: int | None
         end = next((e.ts / 1000 for e in evs if e.kind in _END), None)
         attrs = {}
         for e in evs:  # the latest non-empty value of each attribute wins
-            for f in ("requested_gpus", "requested_cpus", "requested_memory_bytes", "gpu_model", "team", "user",
-                      "priority", "qos", "node"):
+            for f in (
+                "requested_gpus",
+                "requested_cpus",
+                "requested_memory_bytes",
+                "gpu_model",
+                "team",
+                "user",
+                "priority",
+                "qos",
+                "node",
+            ):
                 v = getattr(e, f)
                 if v is not None:
                     attrs[f] = v
@@ -85,9 +102,25 @@ def jobs_from_events(events: Iterable[SchedulerEvent], max_node_gpus: int | None
         mem = int((attrs.get("requested_memory_bytes") or 0) // MIB) // tasks
         base = f"{job_id}/{name}" if name else job_id
         for k in range(tasks):
-            jobs.append(Job(name=base if tasks == 1 else f"{base}#{k}", cpu_milli=cpu, memory_mib=mem, num_gpu=num,
-                            gpu_milli=milli, gpu_spec="", qos=attrs.get("qos", ""), submit=submit, start=start, end=end,
-                            team=attrs.get("team", ""), user=attrs.get("user", ""), priority=attrs.get("priority", ""),
-                            gang=gang, gang_size=max(tasks, len(names_per_job[job_id])), node=attrs.get("node", "")))
+            jobs.append(
+                Job(
+                    name=base if tasks == 1 else f"{base}#{k}",
+                    cpu_milli=cpu,
+                    memory_mib=mem,
+                    num_gpu=num,
+                    gpu_milli=milli,
+                    gpu_spec="",
+                    qos=attrs.get("qos", ""),
+                    submit=submit,
+                    start=start,
+                    end=end,
+                    team=attrs.get("team", ""),
+                    user=attrs.get("user", ""),
+                    priority=attrs.get("priority", ""),
+                    gang=gang,
+                    gang_size=max(tasks, len(names_per_job[job_id])),
+                    node=attrs.get("node", ""),
+                )
+            )
     jobs.sort(key=lambda j: (j.submit or 0.0, j.name))
     return jobs

@@ -53,7 +53,10 @@ def typical_shapes(jobs: Sequence[Job], threshold: int = POPULARITY_THRESHOLD) -
     freq = np.array([c / total for _, c in kept], dtype=np.float64)
     if len(kept) < len(ranked):
         freq = freq / (covered / total)
-    return Typical(cpu=np.array([s[0] for s, _ in kept], dtype=np.int64),
-                   milli=np.array([s[1] for s, _ in kept], dtype=np.int64),
-                   num=np.array([s[2] for s, _ in kept], dtype=np.int64),
-                   spec=tuple(s[3] for s, _ in kept), freq=freq)
+    return Typical(
+        cpu=np.array([s[0] for s, _ in kept], dtype=np.int64),
+        milli=np.array([s[1] for s, _ in kept], dtype=np.int64),
+        num=np.array([s[2] for s, _ in kept], dtype=np.int64),
+        spec=tuple(s[3] for s, _ in kept),
+        freq=freq,
+    )

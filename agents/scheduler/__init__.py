@@ -17,6 +17,17 @@ from hpcinsight.agents.scheduler.slurm import SlurmCollector, SlurmConfig, nodes
 from hpcinsight.agents.scheduler.trace import OpenbTraceCollector, TraceConfig, events_between
 
 __all__ = [
-    "K8sConfig", "KubernetesCollector", "LabelConfig", "OpenbTraceCollector", "SlurmCollector", "SlurmConfig", "TraceConfig",
-    "events_between", "node_to_inventory", "nodes_to_inventory", "pod_to_events", "sacct_to_events", "squeue_to_events",
+    "K8sConfig",
+    "KubernetesCollector",
+    "LabelConfig",
+    "OpenbTraceCollector",
+    "SlurmCollector",
+    "SlurmConfig",
+    "TraceConfig",
+    "events_between",
+    "node_to_inventory",
+    "nodes_to_inventory",
+    "pod_to_events",
+    "sacct_to_events",
+    "squeue_to_events",
 ]

@@ -41,8 +41,24 @@ log = logging.getLogger(__name__)
 
 SOURCE = "kubernetes"
 TERMINAL = frozenset({"finished", "preempted", "deleted"})
-_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "n": 1e-9, "u": 1e-6,
-           "m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+_SUFFIX = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "n": 1e-9,
+    "u": 1e-6,
+    "m": 1e-3,
+    "": 1,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+}
 _QUANTITY = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?")
 
 
@@ -92,6 +108,7 @@ def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 def _requested(spec: dict[str, Any], name: str, gpu: bool) -> float | None:
     """Effective pod request: sum over containers, at least the largest init container (GPUs: limits first)."""
+
     def one(c: dict[str, Any]) -> float | None:
         res = c.get("resources") or {}
         first, second = ("limits", "requests") if gpu else ("requests", "limits")
@@ -106,7 +123,9 @@ def _gpu_model(spec: dict[str, Any], label: str) -> str | None:
     """From a nodeSelector, or a required node affinity ``In`` list ('|'-joined, as in the openb trace)."""
     if model := (spec.get("nodeSelector") or {}).get(label):
         return _label(model)
-    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
     for term in required.get("nodeSelectorTerms") or []:
         for expr in term.get("matchExpressions") or []:
             if expr.get("key") == label and expr.get("operator") == "In" and expr.get("values"):
@@ -125,23 +144,35 @@ def _pod_fields(pod: dict[str, Any], cfg: LabelConfig) -> dict[str, Any]:
     labels = meta.get("labels") or {}
     memory = _requested(spec, "memory", False)
     return {
-        "source": SOURCE, "job_id": job_id_of(meta)[:256], "name": _label(meta.get("name")),
-        "user": _label(labels.get(cfg.user_label)), "team": _label(labels.get(cfg.team_label)),
+        "source": SOURCE,
+        "job_id": job_id_of(meta)[:256],
+        "name": _label(meta.get("name")),
+        "user": _label(labels.get(cfg.user_label)),
+        "team": _label(labels.get(cfg.team_label)),
         "priority": _label(labels.get(cfg.priority_label) if cfg.priority_label else spec.get("priorityClassName")),
-        "qos": _label((pod.get("status") or {}).get("qosClass")), "queue": _label(labels.get(cfg.queue_label)),
-        "requested_gpus": _requested(spec, cfg.gpu_resource, True) or 0.0, "requested_cpus": _requested(spec, "cpu", False),
-        "requested_memory_bytes": None if memory is None else int(memory), "gpu_model": _gpu_model(spec, cfg.gpu_model_label),
+        "qos": _label((pod.get("status") or {}).get("qosClass")),
+        "queue": _label(labels.get(cfg.queue_label)),
+        "requested_gpus": _requested(spec, cfg.gpu_resource, True) or 0.0,
+        "requested_cpus": _requested(spec, "cpu", False),
+        "requested_memory_bytes": None if memory is None else int(memory),
+        "gpu_model": _gpu_model(spec, cfg.gpu_model_label),
     }
 
 
 def _finished_ms(status: dict[str, Any]) -> int | None:
-    ends = [epoch_ms(((s.get("state") or {}).get("terminated") or {}).get("finishedAt")) for s in status.get("containerStatuses") or []]
+    ends = [
+        epoch_ms(((s.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+        for s in status.get("containerStatuses") or []
+    ]
     return max((e for e in ends if e is not None), default=None)
 
 
 def pod_to_events(
-    event_type: str, pod: dict[str, Any], labels: LabelConfig | None = None,
-    state: dict[str, PodSeen] | None = None, now_ms: int | None = None,
+    event_type: str,
+    pod: dict[str, Any],
+    labels: LabelConfig | None = None,
+    state: dict[str, PodSeen] | None = None,
+    now_ms: int | None = None,
 ) -> list[SchedulerEvent]:
     """The transitions that ``pod`` shows and ``state`` (per pod uid, kept by the caller) has not seen.
 
@@ -206,10 +237,15 @@ def node_to_inventory(node: dict[str, Any], now_ms: int, labels: LabelConfig | N
     node_labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
     memory = quantity(alloc.get("memory"))
     return NodeInventory(
-        ts=now_ms, node=str(meta["name"])[:256], gpu_count=int(quantity(alloc.get(cfg.gpu_resource)) or 0),
-        gpu_model=_label(node_labels.get(cfg.gpu_model_label)), cpus=quantity(alloc.get("cpu")),
-        memory_bytes=None if memory is None else int(memory), zone=_label(node_labels.get(cfg.zone_label)),
-        pool=_label(node_labels.get(cfg.pool_label)), labels=node_labels,
+        ts=now_ms,
+        node=str(meta["name"])[:256],
+        gpu_count=int(quantity(alloc.get(cfg.gpu_resource)) or 0),
+        gpu_model=_label(node_labels.get(cfg.gpu_model_label)),
+        cpus=quantity(alloc.get("cpu")),
+        memory_bytes=None if memory is None else int(memory),
+        zone=_label(node_labels.get(cfg.zone_label)),
+        pool=_label(node_labels.get(cfg.pool_label)),
+        labels=node_labels,
     )
 
 
@@ -230,7 +266,9 @@ def _load_client(config: K8sConfig) -> Any:
     try:
         import kubernetes  # type: ignore[import-not-found]
     except ImportError as err:
-        raise RuntimeError("KubernetesCollector needs the official client: pip install 'hpcinsight[k8s]' (or: pip install kubernetes)") from err
+        raise RuntimeError(
+            "KubernetesCollector needs the official client: pip install 'hpcinsight[k8s]' (or: pip install kubernetes)"
+        ) from err
     try:
         if config.kubeconfig:
             raise kubernetes.config.ConfigException("a kubeconfig was given")
@@ -304,7 +342,12 @@ class KubernetesCollector(Collector[K8sConfig]):
                         present = {str(i["metadata"].get("uid")) for i in doc.get("items") or []}
                         self._queue.extend(forget_missing(self._pods, present, int(time.time() * 1000)))
                 stream = self._k8s.watch.Watch().stream(
-                    fn, resource_version=version, timeout_seconds=self.config.watch_timeout_s, allow_watch_bookmarks=True, **kwargs)
+                    fn,
+                    resource_version=version,
+                    timeout_seconds=self.config.watch_timeout_s,
+                    allow_watch_bookmarks=True,
+                    **kwargs,
+                )
                 for event in stream:
                     raw = event.get("raw_object") or {}
                     if event.get("type") == "ERROR":
@@ -315,7 +358,7 @@ class KubernetesCollector(Collector[K8sConfig]):
                     if self._stop.is_set():
                         break
                 backoff = 1.0
-            except Exception as err:  # the API server went away, or the version expired: retry, never die
+            except Exception as err:  # noqa: BLE001 - the API server went away, or the version expired: retry, never die
                 self.errors += 1
                 version = None if getattr(err, "status", None) == 410 else version
                 log.warning("kubernetes %s watch failed (%s); retrying in %.0f s", kind, err, backoff)
@@ -329,7 +372,6 @@ class KubernetesCollector(Collector[K8sConfig]):
         self._stop.set()
         for t in self._threads:
             t.join(timeout=1.0)
-
 
 
 @collector_kind("scheduler_kubernetes", K8sConfig)

@@ -21,8 +21,8 @@ account, ``queue`` the partition, ``node`` the job's host list as Slurm prints i
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import re
 import shutil
 import subprocess
@@ -42,8 +42,20 @@ log = logging.getLogger(__name__)
 SOURCE = "slurm"
 MIB = 2**20
 TERMINAL = frozenset({"finished", "preempted", "deleted"})
-_BASE = ("PENDING", "RUNNING", "SUSPENDED", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL",
-         "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY")
+_BASE = (
+    "PENDING",
+    "RUNNING",
+    "SUSPENDED",
+    "COMPLETED",
+    "CANCELLED",
+    "FAILED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "OUT_OF_MEMORY",
+)
 _MEM_UNIT = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}  # Slurm memory is in MiB
 _GRES = re.compile(r"gpu(?::([^:(,]+))?:(\d+)")
 
@@ -85,8 +97,11 @@ def _tres(job: dict[str, Any]) -> dict[str, float]:
     """Requested TRES as ``{"cpu": 96, "mem": MiB, "gres/gpu": 8, "gres/gpu:h100": 8}``."""
     listed = (job.get("tres") or {}).get("requested") if isinstance(job.get("tres"), dict) else None
     if listed:
-        return {f"{t['type']}/{t['name']}" if t.get("name") else str(t.get("type")): float(t.get("count") or 0)
-                for t in listed if isinstance(t, dict)}
+        return {
+            f"{t['type']}/{t['name']}" if t.get("name") else str(t.get("type")): float(t.get("count") or 0)
+            for t in listed
+            if isinstance(t, dict)
+        }
     out: dict[str, float] = {}
     for part in str(job.get("tres_req_str") or "").split(","):
         key, _, value = part.partition("=")
@@ -114,18 +129,28 @@ def _fields(job: dict[str, Any]) -> dict[str, Any]:
     memory = tres.get("mem")
     priority = number(job.get("priority"))
     return {
-        "source": SOURCE, "job_id": str(job["job_id"]), "name": _label(job.get("name")),
-        "user": _label(job.get("user_name") or job.get("user")), "team": _label(job.get("account")),
-        "priority": None if priority is None else str(int(priority)), "qos": _label(job.get("qos")),
-        "queue": _label(job.get("partition")), "requested_gpus": gpus, "requested_cpus": cpus,
-        "requested_memory_bytes": None if memory is None else int(memory * MIB), "gpu_model": model,
+        "source": SOURCE,
+        "job_id": str(job["job_id"]),
+        "name": _label(job.get("name")),
+        "user": _label(job.get("user_name") or job.get("user")),
+        "team": _label(job.get("account")),
+        "priority": None if priority is None else str(int(priority)),
+        "qos": _label(job.get("qos")),
+        "queue": _label(job.get("partition")),
+        "requested_gpus": gpus,
+        "requested_cpus": cpus,
+        "requested_memory_bytes": None if memory is None else int(memory * MIB),
+        "gpu_model": model,
     }
 
 
 def _times(job: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
     t = job.get("time") if isinstance(job.get("time"), dict) else {}
-    return (_epoch_ms(job.get("submit_time", t.get("submission"))), _epoch_ms(job.get("start_time", t.get("start"))),
-            _epoch_ms(job.get("end_time", t.get("end"))))
+    return (
+        _epoch_ms(job.get("submit_time", t.get("submission"))),
+        _epoch_ms(job.get("start_time", t.get("start"))),
+        _epoch_ms(job.get("end_time", t.get("end"))),
+    )
 
 
 def job_to_events(job: dict[str, Any], state: dict[str, JobSeen], now_ms: int) -> list[SchedulerEvent]:
@@ -192,9 +217,13 @@ def node_inventory(n: dict[str, Any], now_ms: int) -> NodeInventory:
     if name is None:
         raise ValueError("a node without a name")
     return NodeInventory(
-        ts=now_ms, node=name, gpu_count=sum(int(m.group(2)) for m in gpus),
-        gpu_model="|".join(sorted({m.group(1) for m in gpus if m.group(1)})) or None, cpus=number(n.get("cpus")),
-        memory_bytes=None if memory is None else int(memory * MIB), pool=_label(parts[0] if parts else None),
+        ts=now_ms,
+        node=name,
+        gpu_count=sum(int(m.group(2)) for m in gpus),
+        gpu_model="|".join(sorted({m.group(1) for m in gpus if m.group(1)})) or None,
+        cpus=number(n.get("cpus")),
+        memory_bytes=None if memory is None else int(memory * MIB),
+        pool=_label(parts[0] if parts else None),
         labels={"partitions": ",".join(parts), "features": ",".join(features)},
     )
 
@@ -276,7 +305,9 @@ class SlurmCollector(Collector[SlurmConfig]):
         self._last_poll = now_ms
         if cfg.use_sacct:
             since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since_s))  # sacct reads local time
-            out.extend(sacct_to_events(self._json(cfg.sacct, "--json", "-X", "-a", "-S", since, "-E", "now") or {}, self.state, now_ms))
+            out.extend(
+                sacct_to_events(self._json(cfg.sacct, "--json", "-X", "-a", "-S", since, "-E", "now") or {}, self.state, now_ms)
+            )
         out.extend(squeue_to_events(self._json(cfg.squeue, "--json") or {}, self.state, now_ms))
         horizon = now_ms - cfg.retention_s * 1000
         for job_id in [j for j, s in self.state.items() if s.seen_ms < horizon]:  # neither queued nor recently ended

@@ -141,11 +141,16 @@ def parse_pod(row: dict[str, str]) -> TracePod:
     if num_gpu == 1 and gpu_milli is not None and 0 < gpu_milli < 1000:  # a share of one GPU
         gpus = gpu_milli / 1000
     return TracePod(
-        name=name, created_s=created, scheduled_s=scheduled, deleted_s=deleted,
-        phase=_label(row.get("pod_phase")), qos=_label(row.get("qos")),
+        name=name,
+        created_s=created,
+        scheduled_s=scheduled,
+        deleted_s=deleted,
+        phase=_label(row.get("pod_phase")),
+        qos=_label(row.get("qos")),
         cpus=None if cpu_milli is None else cpu_milli / 1000,
         memory_bytes=None if memory_mib is None else int(memory_mib * MIB),
-        gpus=gpus, gpu_model=_label(row.get("gpu_spec")),
+        gpus=gpus,
+        gpu_model=_label(row.get("gpu_spec")),
     )
 
 
@@ -158,7 +163,10 @@ def parse_node(row: dict[str, str], ts: int) -> NodeInventory:
     cpu_milli = _num(row.get("cpu_milli"), "cpu_milli")
     memory_mib = _num(row.get("memory_mib"), "memory_mib")
     return NodeInventory(
-        ts=ts, node=name, gpu_count=int(gpus), gpu_model=_label(row.get("model")),
+        ts=ts,
+        node=name,
+        gpu_count=int(gpus),
+        gpu_model=_label(row.get("model")),
         cpus=None if cpu_milli is None else cpu_milli / 1000,
         memory_bytes=None if memory_mib is None else int(memory_mib * MIB),
     )
@@ -326,11 +334,19 @@ def to_event(step: TraceStep, ts: int, placement: Placement | None = None) -> Sc
     pod = step.pod
     where = {} if placement is None or step.kind == "submitted" else {"node": placement.node, "gpu_ids": list(placement.gpu_ids)}
     return SchedulerEvent(
-        ts=ts, source=SOURCE, job_id=pod.name, kind=step.kind,  # type: ignore[arg-type]
-        priority=PRIORITY_BY_QOS.get(pod.qos or ""), qos=pod.qos,
-        requested_gpus=pod.gpus, requested_cpus=pod.cpus, requested_memory_bytes=pod.memory_bytes,
-        gpu_model=pod.gpu_model, name=pod.name,
-        status=pod.phase if step.kind in ("finished", "deleted") else None, **where,
+        ts=ts,
+        source=SOURCE,
+        job_id=pod.name,
+        kind=step.kind,  # type: ignore[arg-type]
+        priority=PRIORITY_BY_QOS.get(pod.qos or ""),
+        qos=pod.qos,
+        requested_gpus=pod.gpus,
+        requested_cpus=pod.cpus,
+        requested_memory_bytes=pod.memory_bytes,
+        gpu_model=pod.gpu_model,
+        name=pod.name,
+        status=pod.phase if step.kind in ("finished", "deleted") else None,
+        **where,
     )
 
 
@@ -339,7 +355,11 @@ def wall_ms(t_s: float, start_ms: int, speedup: float) -> int:
 
 
 def events_between(
-    steps: list[TraceStep], t0_s: float, t1_s: float, start_ms: int, speedup: float,
+    steps: list[TraceStep],
+    t0_s: float,
+    t1_s: float,
+    start_ms: int,
+    speedup: float,
     placements: dict[int, Placement] | None = None,
 ) -> list[SchedulerEvent]:
     """Pure helper: the events of ``steps`` with ``t0_s <= t < t1_s`` (trace seconds), in order."""

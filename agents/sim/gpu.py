@@ -148,7 +148,9 @@ class SimConfig:
                 raise ValueError(f"idle GPU {b.node}:{b.gpu} is outside the {self.nodes}x{self.gpus_per_node} cluster")
         for f in self.faults:
             if f.node >= self.nodes or f.gpu >= self.gpus_per_node:
-                raise ValueError(f"{f.kind} fault on GPU {f.node}:{f.gpu} is outside the {self.nodes}x{self.gpus_per_node} cluster")
+                raise ValueError(
+                    f"{f.kind} fault on GPU {f.node}:{f.gpu} is outside the {self.nodes}x{self.gpus_per_node} cluster"
+                )
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,21 @@ class SimClusterConfig:
     def __post_init__(self) -> None:
         check(self.nodes >= 1, "nodes", "must be >= 1")
         check(1 <= self.gpus <= 16, "gpus", "must be between 1 and 16")
-        check(bool(self.node_prefix) and not any(c in self.node_prefix for c in "[], "), "node_prefix",
-              "must be a non-empty name without '[', ']', ',' or spaces (it appears in host lists)")
+        check(
+            bool(self.node_prefix) and not any(c in self.node_prefix for c in "[], "),
+            "node_prefix",
+            "must be a non-empty name without '[', ']', ',' or spaces (it appears in host lists)",
+        )
 
     def sim(self) -> SimConfig:
-        return SimConfig(nodes=self.nodes, gpus_per_node=self.gpus, seed=self.seed, node_prefix=self.node_prefix,
-                         job_id=self.job_id, workload=self.workload)
+        return SimConfig(
+            nodes=self.nodes,
+            gpus_per_node=self.gpus,
+            seed=self.seed,
+            node_prefix=self.node_prefix,
+            job_id=self.job_id,
+            workload=self.workload,
+        )
 
 
 @dataclass(frozen=True)
@@ -189,17 +200,35 @@ class GpuSimConfig(SimClusterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for b in self.idle:
-            check(b.node < self.nodes and b.gpu < self.gpus, "idle", f"GPU {b.node}:{b.gpu} is outside the {self.nodes}x{self.gpus} cluster")
+            check(
+                b.node < self.nodes and b.gpu < self.gpus,
+                "idle",
+                f"GPU {b.node}:{b.gpu} is outside the {self.nodes}x{self.gpus} cluster",
+            )
         for f in self.faults:
-            check(f.node < self.nodes and f.gpu < self.gpus, "faults",
-                  f"{f.kind} fault on GPU {f.node}:{f.gpu} is outside the {self.nodes}x{self.gpus} cluster")
+            check(
+                f.node < self.nodes and f.gpu < self.gpus,
+                "faults",
+                f"{f.kind} fault on GPU {f.node}:{f.gpu} is outside the {self.nodes}x{self.gpus} cluster",
+            )
         for x in self.xids:
-            check(x.node < self.nodes and x.gpu < self.gpus, "xids",
-                  f"XID on GPU {x.node}:{x.gpu} is outside the {self.nodes}x{self.gpus} cluster")
+            check(
+                x.node < self.nodes and x.gpu < self.gpus,
+                "xids",
+                f"XID on GPU {x.node}:{x.gpu} is outside the {self.nodes}x{self.gpus} cluster",
+            )
 
     def sim(self) -> SimConfig:
-        return SimConfig(nodes=self.nodes, gpus_per_node=self.gpus, seed=self.seed, idle=self.idle,
-                         node_prefix=self.node_prefix, job_id=self.job_id, faults=self.faults, workload=self.workload)
+        return SimConfig(
+            nodes=self.nodes,
+            gpus_per_node=self.gpus,
+            seed=self.seed,
+            idle=self.idle,
+            node_prefix=self.node_prefix,
+            job_id=self.job_id,
+            faults=self.faults,
+            workload=self.workload,
+        )
 
 
 @dataclass
@@ -248,7 +277,9 @@ class SimGpuCollector(Collector[SimConfig]):
         if workload is None:
             self.last = [self._read(n, gpu, now_ms, t_s) for n, gpu in self._gpus]
         else:
-            self.last = [] if workload.over(t_s) else [self._read_workload(workload, n, gpu, now_ms, t_s) for n, gpu in self._gpus]
+            self.last = (
+                [] if workload.over(t_s) else [self._read_workload(workload, n, gpu, now_ms, t_s) for n, gpu in self._gpus]
+            )
         return self.last
 
     def _read(self, n: int, gpu: _GpuState, now_ms: int, t_s: float) -> GpuSample:
@@ -277,11 +308,16 @@ class SimGpuCollector(Collector[SimConfig]):
         # `computing` while keeping util high.)
         computing = x.uniform(0.72, 0.9)
         mem_ratio = x.uniform(0.35, 0.55)
-        links = (x.uniform(1.0e9, 3.0e9) if busy else x.uniform(0.0, 2.0e6), x.uniform(1.5e9, 4.0e9) if busy else x.uniform(0.0, 2.0e6),
-                 x.uniform(1.2e11, 1.8e11) if busy else x.uniform(0.0, 1.0e6), x.uniform(1.2e11, 1.8e11) if busy else x.uniform(0.0, 1.0e6))
+        links = (
+            x.uniform(1.0e9, 3.0e9) if busy else x.uniform(0.0, 2.0e6),
+            x.uniform(1.5e9, 4.0e9) if busy else x.uniform(0.0, 2.0e6),
+            x.uniform(1.2e11, 1.8e11) if busy else x.uniform(0.0, 1.0e6),
+            x.uniform(1.2e11, 1.8e11) if busy else x.uniform(0.0, 1.0e6),
+        )
         gpm = (x.uniform(0.35, 0.5), x.uniform(0.5, 0.65), x.uniform(0.9, 1.1))
-        return self._sample(n, gpu, now_ms, t_s, faults, cfg.job_id, util, mem_used, power, temperature,
-                            computing, mem_ratio, links, gpm)
+        return self._sample(
+            n, gpu, now_ms, t_s, faults, cfg.job_id, util, mem_used, power, temperature, computing, mem_ratio, links, gpm
+        )
 
     def _read_workload(self, workload: Workload, n: int, gpu: _GpuState, now_ms: int, t_s: float) -> GpuSample:
         """One sample of a GPU of a cluster running ``workload``: its job's phase, or idle if none holds it.
@@ -292,7 +328,12 @@ class SimGpuCollector(Collector[SimConfig]):
         """
         rng, x, cfg = gpu.rng, gpu.extra, self.config
         noise, dip_roll, dip_len, dip_depth = rng.gauss(0.0, 1.0), rng.random(), rng.randint(1, 3), rng.uniform(0.4, 0.68)
-        idle_util, mem_share, power_noise, temp_noise = rng.uniform(0.0, 2.0), rng.uniform(0.70, 0.78), rng.gauss(0, 8.0), rng.gauss(0, 0.8)
+        idle_util, mem_share, power_noise, temp_noise = (
+            rng.uniform(0.0, 2.0),
+            rng.uniform(0.70, 0.78),
+            rng.gauss(0, 8.0),
+            rng.gauss(0, 0.8),
+        )
         computing, mem_ratio = x.uniform(0.72, 0.9), x.uniform(0.35, 0.55)
         link_draws = [x.random() for _ in range(4)]
         gpm = (x.uniform(0.35, 0.5), x.uniform(0.5, 0.65), x.uniform(0.9, 1.1))
@@ -337,20 +378,51 @@ class SimGpuCollector(Collector[SimConfig]):
         mem_used = int(cfg.memory_total_bytes * (mem_share if busy else 0.05))
         power = round(min(cfg.power_limit_w, 90.0 + 5.6 * util + power_noise), 1)
         temperature = round(32.0 + 0.38 * util + temp_noise, 1)
-        spans = ((1.0e9, 3.0e9), (1.5e9, 4.0e9), (1.2e11, 1.8e11), (1.2e11, 1.8e11)) if busy else \
-            ((0.0, 2.0e6), (0.0, 2.0e6), (0.0, 1.0e6), (0.0, 1.0e6))
+        spans = (
+            ((1.0e9, 3.0e9), (1.5e9, 4.0e9), (1.2e11, 1.8e11), (1.2e11, 1.8e11))
+            if busy
+            else ((0.0, 2.0e6), (0.0, 2.0e6), (0.0, 1.0e6), (0.0, 1.0e6))
+        )
         if spin:  # a few SMs spin on a flag: no data moves, no tensor work, power near idle, memory still held
             spans = ((0.0, 2.0e6), (0.0, 2.0e6), (0.0, 1.0e6), (0.0, 1.0e6))
             computing, mem_ratio, gpm = gpu.fault.uniform(0.04, 0.12), 0.02, (gpm[0], 0.0, gpm[2])
             power = round(gpu.fault.uniform(110.0, 150.0) + power_noise / 4, 1)
             temperature = round(32.0 + 0.38 * 20 + temp_noise, 1)
         links = tuple(lo + u * (hi - lo) for u, (lo, hi) in zip(link_draws, spans))
-        return self._sample(n, gpu, now_ms, t_s, faults, job.job_id if job else None, util, mem_used, power, temperature,
-                            computing, mem_ratio, links, gpm)  # type: ignore[arg-type]
+        return self._sample(
+            n,
+            gpu,
+            now_ms,
+            t_s,
+            faults,
+            job.job_id if job else None,
+            util,
+            mem_used,
+            power,
+            temperature,
+            computing,
+            mem_ratio,
+            links,
+            gpm,
+        )  # type: ignore[arg-type]
 
-    def _sample(self, n: int, gpu: _GpuState, now_ms: int, t_s: float, faults: list[str], job_id: str | None, util: float,
-                mem_used: int, power: float, temperature: float, computing: float, mem_ratio: float,
-                links: tuple[float, float, float, float], gpm: tuple[float, float, float]) -> GpuSample:
+    def _sample(
+        self,
+        n: int,
+        gpu: _GpuState,
+        now_ms: int,
+        t_s: float,
+        faults: list[str],
+        job_id: str | None,
+        util: float,
+        mem_used: int,
+        power: float,
+        temperature: float,
+        computing: float,
+        mem_ratio: float,
+        links: tuple[float, float, float, float],
+        gpm: tuple[float, float, float],
+    ) -> GpuSample:
         """The sample of a GPU at ``util`` with its faults' clocks, reasons and counters."""
         cfg = self.config
         busy = util >= 5
@@ -359,9 +431,7 @@ class SimGpuCollector(Collector[SimConfig]):
         sm_clock, fault_reasons = (SM_CLOCK_MAX_MHZ if busy else 345.0), 0
         if busy and faults:
             sm_clock, power, temperature, fault_reasons = self._throttle_faults(gpu, faults, sm_clock, power, temperature)
-        reasons = (
-            (0 if busy else IDLE_REASON) | (SW_POWER_CAP_REASON if power >= 0.98 * cfg.power_limit_w else 0) | fault_reasons
-        )
+        reasons = (0 if busy else IDLE_REASON) | (SW_POWER_CAP_REASON if power >= 0.98 * cfg.power_limit_w else 0) | fault_reasons
         occupancy, tensor, dram = gpm
         return GpuSample(
             node=gpu.node,
@@ -458,11 +528,19 @@ class SimProcessCollector(Collector[SimConfig]):
             if s.gpu_util is None or s.gpu_util < 5:
                 continue
             node_no = int(s.node.rsplit("-", 1)[1]) if s.node.rsplit("-", 1)[-1].isdigit() else 0
-            out.append(GpuProcess(
-                node=s.node, gpu_index=s.gpu_index, gpu_uuid=s.gpu_uuid, ts=now_ms, pid=10_000 + node_no * 16 + s.gpu_index,
-                process_name="python", used_memory_bytes=s.mem_used_bytes, sm_util_pct=s.gpu_util,
-                slurm_job_id=s.job_id,
-            ))
+            out.append(
+                GpuProcess(
+                    node=s.node,
+                    gpu_index=s.gpu_index,
+                    gpu_uuid=s.gpu_uuid,
+                    ts=now_ms,
+                    pid=10_000 + node_no * 16 + s.gpu_index,
+                    process_name="python",
+                    used_memory_bytes=s.mem_used_bytes,
+                    sm_util_pct=s.gpu_util,
+                    slurm_job_id=s.job_id,
+                )
+            )
         return out
 
 

@@ -125,8 +125,15 @@ class SimIbCollector(Collector[SimIbConfig]):
         for n in range(cfg.nodes):
             scale = 1.0 if cfg.workload is None else self._load(cfg.workload, n, t_s) / cfg.load
             for p in range(cfg.ports):
-                common = {"node": f"{cfg.node_prefix}{n:02d}", "device": f"mlx5_{p}", "port": 1, "ts": now_ms,
-                          "state": "ACTIVE", "phys_state": "LinkUp", "rate_gbps": cfg.rate_gbps}
+                common = {
+                    "node": f"{cfg.node_prefix}{n:02d}",
+                    "device": f"mlx5_{p}",
+                    "port": 1,
+                    "ts": now_ms,
+                    "state": "ACTIVE",
+                    "phys_state": "LinkUp",
+                    "rate_gbps": cfg.rate_gbps,
+                }
                 if interval is None or interval <= 0:
                     out.append(IbSample(**common))
                     continue
@@ -147,13 +154,25 @@ class SimIbCollector(Collector[SimIbConfig]):
                     wait = round(self._fault_rng.uniform(2e6, 8e6))
                 if (n, p) in flapped:
                     downed, recoveries = 1, 1
-                out.append(IbSample(
-                    **common, interval_s=interval, xmit_bytes_per_s=round(tx), rcv_bytes_per_s=round(rx),
-                    xmit_packets_per_s=round(tx / 4096), rcv_packets_per_s=round(rx / 4096),
-                    xmit_wait_per_s=wait, symbol_errors=symbol_errors, link_downed=downed,
-                    link_error_recovery=recoveries, rcv_errors=0, rcv_remote_physical_errors=0, xmit_discards=0,
-                    local_link_integrity_errors=0, excessive_buffer_overrun_errors=0,
-                ))
+                out.append(
+                    IbSample(
+                        **common,
+                        interval_s=interval,
+                        xmit_bytes_per_s=round(tx),
+                        rcv_bytes_per_s=round(rx),
+                        xmit_packets_per_s=round(tx / 4096),
+                        rcv_packets_per_s=round(rx / 4096),
+                        xmit_wait_per_s=wait,
+                        symbol_errors=symbol_errors,
+                        link_downed=downed,
+                        link_error_recovery=recoveries,
+                        rcv_errors=0,
+                        rcv_remote_physical_errors=0,
+                        xmit_discards=0,
+                        local_link_integrity_errors=0,
+                        excessive_buffer_overrun_errors=0,
+                    )
+                )
         return out
 
     @staticmethod

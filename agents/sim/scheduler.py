@@ -89,8 +89,17 @@ class SimSchedulerCollector(Collector[SimConfig]):
         out = self._inventory(now_ms)
         if cfg.job_id is None:
             return out  # a cluster with nothing scheduled on it
-        job = {"ts": now_ms, "source": SOURCE, "job_id": cfg.job_id, "user": USER, "team": TEAM, "priority": PRIORITY,
-               "requested_gpus": float(cfg.nodes * cfg.gpus_per_node), "gpu_model": GPU_MODEL, "name": cfg.job_id}
+        job = {
+            "ts": now_ms,
+            "source": SOURCE,
+            "job_id": cfg.job_id,
+            "user": USER,
+            "team": TEAM,
+            "priority": PRIORITY,
+            "requested_gpus": float(cfg.nodes * cfg.gpus_per_node),
+            "gpu_model": GPU_MODEL,
+            "name": cfg.job_id,
+        }
         out.append(SchedulerEvent(kind="submitted", **job))  # type: ignore[arg-type]
         out += [SchedulerEvent(kind=kind, node=hostlist(cfg), **job) for kind in ("scheduled", "started")]  # type: ignore[arg-type]
         return out
@@ -99,9 +108,17 @@ class SimSchedulerCollector(Collector[SimConfig]):
         cfg = self.config
         half = (cfg.nodes + 1) // 2  # an odd node out goes to the first zone
         models = cfg.workload.node_models if cfg.workload is not None else ()
-        return [NodeInventory(ts=now_ms, node=name, gpu_count=cfg.gpus_per_node, gpu_model=models[n] if models else GPU_MODEL,
-                              zone=ZONES[n >= half], labels={"ib_switch": f"leaf-{n // LEAF_NODES}"})
-                for n, name in enumerate(node_names(cfg))]
+        return [
+            NodeInventory(
+                ts=now_ms,
+                node=name,
+                gpu_count=cfg.gpus_per_node,
+                gpu_model=models[n] if models else GPU_MODEL,
+                zone=ZONES[n >= half],
+                labels={"ib_switch": f"leaf-{n // LEAF_NODES}"},
+            )
+            for n, name in enumerate(node_names(cfg))
+        ]
 
     def _workload_events(self, workload: Workload, now_ms: int) -> list[Event]:
         out: list[Event] = []
@@ -120,9 +137,17 @@ class SimSchedulerCollector(Collector[SimConfig]):
 
     def _job_events(self, job: SimJob, kinds: tuple[str, ...], now_ms: int) -> list[Event]:
         cfg = self.config
-        common = {"ts": now_ms, "source": SOURCE, "job_id": job.job_id, "user": job.user, "team": job.team,
-                  "priority": job.priority, "requested_gpus": float(Workload.world_size(job, cfg.gpus_per_node)),
-                  "gpu_model": GPU_MODEL, "name": job.job_id}
+        common = {
+            "ts": now_ms,
+            "source": SOURCE,
+            "job_id": job.job_id,
+            "user": job.user,
+            "team": job.team,
+            "priority": job.priority,
+            "requested_gpus": float(Workload.world_size(job, cfg.gpus_per_node)),
+            "gpu_model": GPU_MODEL,
+            "name": job.job_id,
+        }
         where = {"node": hostlist(cfg, list(job.nodes))}
         if job.gpus:
             where["gpu_ids"] = [gpu_uuid(cfg.seed, node_names(cfg)[job.nodes[0]], g) for g in job.gpus]  # type: ignore[assignment]

@@ -74,8 +74,11 @@ class SimStepCollector(Collector[SimConfig]):
         for job in self._workload.jobs:
             if job.profile.step_s is None:
                 continue
-            state = _JobSteps(random.Random(f"{config.seed}/steps/{job.job_id}"),
-                              random.Random(f"{config.seed}/steps/{job.job_id}/fault"), job.start_s)
+            state = _JobSteps(
+                random.Random(f"{config.seed}/steps/{job.job_id}"),
+                random.Random(f"{config.seed}/steps/{job.job_id}/fault"),
+                job.start_s,
+            )
             placed = Workload.placement(job, config.gpus_per_node)
             state.ranks = [(names[n], g) for n, g in placed]
             state.rank_nodes = [n for n, _ in placed]
@@ -105,8 +108,10 @@ class SimStepCollector(Collector[SimConfig]):
                 return out
             ts = self._start_ms + round(pending.end_s * 1000)  # type: ignore[operator]
             world = len(pending.durations)
-            out += [StepMetric(job.job_id, rank, world, pending.step, ts, round(d, 6), node=node, local_rank=gpu)
-                    for rank, ((node, gpu), d) in enumerate(zip(state.ranks, pending.durations))]
+            out += [
+                StepMetric(job.job_id, rank, world, pending.step, ts, round(d, 6), node=node, local_rank=gpu)
+                for rank, ((node, gpu), d) in enumerate(zip(state.ranks, pending.durations))
+            ]
             state.pending, state.next_start_s, state.step = None, pending.end_s, pending.step + 1
 
     def _start_step(self, job: SimJob, state: _JobSteps, until_s: float) -> _Pending | None:
@@ -136,18 +141,21 @@ class SimStepCollector(Collector[SimConfig]):
         base = profile.step_s * (WARMUP_STEP_FACTOR if warm else 1.0)
         if wl.ib_slowed(job, start):
             base *= IB_DEGRADED_STEP_FACTOR
-        durations = [base * max(0.5, 1.0 + state.rng.gauss(0.0, profile.step_noise)) * wl.step_factor(n)
-                     for n in state.rank_nodes]
+        durations = [
+            base * max(0.5, 1.0 + state.rng.gauss(0.0, profile.step_noise)) * wl.step_factor(n) for n in state.rank_nodes
+        ]
         for f in wl.faults_of(job, start):
             if f.kind == "straggler" and f.rank is not None:  # with factor_hi: a fresh draw each step (a noisy neighbour)
                 durations[f.rank] *= state.fault.uniform(f.factor, f.factor_hi) if f.factor_hi else f.factor
             elif f.kind == "imbalance":
                 durations = [d * max(0.3, 1.0 + state.fault.gauss(0.0, f.cov)) for d in durations]
             elif f.kind == "slow_node":
-                durations = [d * state.fault.uniform(f.factor, f.factor_hi or f.factor) if n == f.node else d
-                             for d, n in zip(durations, state.rank_nodes)]
+                durations = [
+                    d * state.fault.uniform(f.factor, f.factor_hi or f.factor) if n == f.node else d
+                    for d, n in zip(durations, state.rank_nodes)
+                ]
             elif f.kind == "scale" and f.ranks is not None:
-                durations = durations[:f.ranks]
+                durations = durations[: f.ranks]
         return _Pending(state.step, start + max(durations), durations)
 
 

@@ -62,8 +62,17 @@ class Profile:
         for name in ("util", "warmup_util", "eval_util", "checkpoint_util"):
             if not 0 <= getattr(self, name) <= 100:
                 raise ValueError(f"profile {name} must be a utilisation in 0..100, got {getattr(self, name)}")
-        for name in ("noise", "dip_rate", "warmup_s", "eval_every_s", "eval_s", "checkpoint_every_s", "checkpoint_s",
-                     "step_noise", "ib_load"):
+        for name in (
+            "noise",
+            "dip_rate",
+            "warmup_s",
+            "eval_every_s",
+            "eval_s",
+            "checkpoint_every_s",
+            "checkpoint_s",
+            "step_noise",
+            "ib_load",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"profile {name} must not be negative")
         if self.eval_every_s and self.eval_s >= self.eval_every_s:
@@ -85,8 +94,9 @@ class Profile:
         return "steady"
 
     def level(self, phase: Phase) -> float:
-        return {"warmup": self.warmup_util, "steady": self.util, "eval": self.eval_util,
-                "checkpoint": self.checkpoint_util}[phase]
+        return {"warmup": self.warmup_util, "steady": self.util, "eval": self.eval_util, "checkpoint": self.checkpoint_util}[
+            phase
+        ]
 
     def phase_end(self, age_s: float) -> float:
         """The job age at which the phase holding at ``age_s`` ends (a step waits for it)."""
@@ -136,13 +146,13 @@ class SimJob:
 class JobFault:
     """A fault of job ``job_id`` from ``start_s`` to ``end_s`` (seconds since the scenario started).
 
-    ``straggler``: rank ``rank``'s steps take ``factor`` x as long (a slow host, a throttled data
-    loader) and the job waits for it at every collective. ``imbalance``: every rank's step time is
-    multiplied by its own draw around 1 with standard deviation ``cov`` at every step (uneven data,
-    noisy neighbours on several nodes): the job is imbalanced with no single culprit. ``hang``: no
-    rank completes a step and every GPU of the job sits near 0% (with ``spin``: at 100% utilisation while its
-SMs, tensor cores, power and links show no work, NCCL kernels polling for a peer that never answers). ``underuse``: the job's GPUs run at
-    ``util``% of what they would (scaled from its profile's level), a job holding GPUs it barely uses.
+        ``straggler``: rank ``rank``'s steps take ``factor`` x as long (a slow host, a throttled data
+        loader) and the job waits for it at every collective. ``imbalance``: every rank's step time is
+        multiplied by its own draw around 1 with standard deviation ``cov`` at every step (uneven data,
+        noisy neighbours on several nodes): the job is imbalanced with no single culprit. ``hang``: no
+        rank completes a step and every GPU of the job sits near 0% (with ``spin``: at 100% utilisation while its
+    SMs, tensor cores, power and links show no work, NCCL kernels polling for a peer that never answers). ``underuse``: the job's GPUs run at
+        ``util``% of what they would (scaled from its profile's level), a job holding GPUs it barely uses.
     """
 
     kind: str
@@ -173,7 +183,9 @@ SMs, tensor cores, power and links show no work, NCCL kernels polling for a peer
         if self.kind == "underuse" and not 0 <= self.util <= 100:
             raise ValueError(f"underuse fault of job {self.job_id} needs util in 0..100")
         if self.kind == "slow_node" and (self.node is None or self.factor <= 1 or (self.factor_hi or self.factor) < self.factor):
-            raise ValueError(f"slow_node fault of job {self.job_id} needs a node and a factor above 1 (factor_hi at least factor)")
+            raise ValueError(
+                f"slow_node fault of job {self.job_id} needs a node and a factor above 1 (factor_hi at least factor)"
+            )
         if self.kind == "scale" and (self.ranks is None or self.ranks < 1):
             raise ValueError(f"scale fault of job {self.job_id} needs the new world size (ranks)")
 
@@ -222,7 +234,9 @@ class Workload:
         for f in self.faults:
             job = next(j for j in self.jobs if j.job_id == f.job_id)
             if f.rank is not None and f.rank >= self.world_size(job, gpus_per_node):
-                raise ValueError(f"{f.kind} fault: job {f.job_id} has {self.world_size(job, gpus_per_node)} ranks, no rank {f.rank}")
+                raise ValueError(
+                    f"{f.kind} fault: job {f.job_id} has {self.world_size(job, gpus_per_node)} ranks, no rank {f.rank}"
+                )
 
     @staticmethod
     def placement(job: SimJob, gpus_per_node: int) -> list[tuple[int, int]]:

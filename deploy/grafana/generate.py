@@ -72,45 +72,93 @@ class Panel:
 
 
 DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
-    "cluster-utilisation": ("hpcinsight · cluster utilisation", [
-        Panel("allocation_rate", "Allocation rate (cluster)", "timeseries", 12, series=("t", "`group`", "allocation_rate")),
-        Panel("fragmentation", "Fragmentation: free and stranded GPUs", "timeseries", 12),
-        Panel("zone_utilization", "Per zone: allocated share and utilisation", "table", 12),
-        Panel("team_usage", "Per team: GPU-hours and utilisation", "table", 12),
-        Panel("node_status", "Nodes now", "table", 24),
-        Panel("cluster_now", "Every GPU now: job, utilisation, power, temperature, open anomalies", "table", 24, 12),
-    ]),
-    "job-quantiles": ("hpcinsight · job quantiles", [
-        Panel("job_summary", "Job ${job} at a glance", "table", 24, 5),
-        Panel("job_quantiles", "Jobs: p25/p50/p95 GPU utilisation since start (merged sketches)", "table", 12, 10),
-        Panel("gpu_quantiles", "GPUs: p25/p50/p95 since their job started", "table", 12, 10),
-        Panel("job_gpu_timeline", "Job ${job}: utilisation per GPU", "timeseries", 12, 10,
-              series=("bucket", "concat(node, ' gpu ', toString(gpu))", "util")),
-        Panel("job_gpu_timeline", "Job ${job}: power per GPU (W)", "timeseries", 12, 10,
-              series=("bucket", "concat(node, ' gpu ', toString(gpu))", "power_w")),
-        Panel("straggler_timeline", "Job ${job}: median step time per rank (s)", "timeseries", 12, 10,
-              series=("bucket", "concat('rank ', toString(rank))", "step_s")),
-        Panel("straggler_timeline", "Job ${job}: step time against the median rank", "timeseries", 12, 10,
-              series=("bucket", "concat('rank ', toString(rank))", "vs_median")),
-        Panel("underused_jobs", "Under-used jobs", "table", 24),
-    ]),
-    "anomalies": ("hpcinsight · anomalies", [
-        Panel("anomalies", "Anomalies raised (firing and resolved)", "table", 24, 12),
-        Panel("gpu_outliers", "Job ${job}: GPUs out of line with their peers", "table", 12, 10),
-        Panel("step_flags", "Training-step incidents", "table", 12, 10),
-        Panel("job_timeline", "Job ${job}: timeline", "table", 24, 10),
-        Panel("dead_letters", "Dead letters", "table", 24),
-    ]),
-    "scheduling-kpis": ("hpcinsight · scheduling KPIs", [
-        Panel("allocation_rate", "Allocation rate per GPU model", "timeseries", 12, overrides={"dimension": "gpu_model"},
-              series=("t", "`group`", "allocation_rate")),
-        Panel("allocation_rate", "Allocation rate per zone", "timeseries", 12, overrides={"dimension": "zone"},
-              series=("t", "`group`", "allocation_rate")),
-        Panel("wait_time_by_resource_type", "Queue wait by resource type", "table", 12),
-        Panel("low_priority_usage", "Low-priority usage", "timeseries", 12),
-        Panel("user_gpu_hours", "GPU-hours per user", "table", 12),
-        Panel("fragmentation", "Fragmentation", "timeseries", 12),
-    ]),
+    "cluster-utilisation": (
+        "hpcinsight · cluster utilisation",
+        [
+            Panel("allocation_rate", "Allocation rate (cluster)", "timeseries", 12, series=("t", "`group`", "allocation_rate")),
+            Panel("fragmentation", "Fragmentation: free and stranded GPUs", "timeseries", 12),
+            Panel("zone_utilization", "Per zone: allocated share and utilisation", "table", 12),
+            Panel("team_usage", "Per team: GPU-hours and utilisation", "table", 12),
+            Panel("node_status", "Nodes now", "table", 24),
+            Panel("cluster_now", "Every GPU now: job, utilisation, power, temperature, open anomalies", "table", 24, 12),
+        ],
+    ),
+    "job-quantiles": (
+        "hpcinsight · job quantiles",
+        [
+            Panel("job_summary", "Job ${job} at a glance", "table", 24, 5),
+            Panel("job_quantiles", "Jobs: p25/p50/p95 GPU utilisation since start (merged sketches)", "table", 12, 10),
+            Panel("gpu_quantiles", "GPUs: p25/p50/p95 since their job started", "table", 12, 10),
+            Panel(
+                "job_gpu_timeline",
+                "Job ${job}: utilisation per GPU",
+                "timeseries",
+                12,
+                10,
+                series=("bucket", "concat(node, ' gpu ', toString(gpu))", "util"),
+            ),
+            Panel(
+                "job_gpu_timeline",
+                "Job ${job}: power per GPU (W)",
+                "timeseries",
+                12,
+                10,
+                series=("bucket", "concat(node, ' gpu ', toString(gpu))", "power_w"),
+            ),
+            Panel(
+                "straggler_timeline",
+                "Job ${job}: median step time per rank (s)",
+                "timeseries",
+                12,
+                10,
+                series=("bucket", "concat('rank ', toString(rank))", "step_s"),
+            ),
+            Panel(
+                "straggler_timeline",
+                "Job ${job}: step time against the median rank",
+                "timeseries",
+                12,
+                10,
+                series=("bucket", "concat('rank ', toString(rank))", "vs_median"),
+            ),
+            Panel("underused_jobs", "Under-used jobs", "table", 24),
+        ],
+    ),
+    "anomalies": (
+        "hpcinsight · anomalies",
+        [
+            Panel("anomalies", "Anomalies raised (firing and resolved)", "table", 24, 12),
+            Panel("gpu_outliers", "Job ${job}: GPUs out of line with their peers", "table", 12, 10),
+            Panel("step_flags", "Training-step incidents", "table", 12, 10),
+            Panel("job_timeline", "Job ${job}: timeline", "table", 24, 10),
+            Panel("dead_letters", "Dead letters", "table", 24),
+        ],
+    ),
+    "scheduling-kpis": (
+        "hpcinsight · scheduling KPIs",
+        [
+            Panel(
+                "allocation_rate",
+                "Allocation rate per GPU model",
+                "timeseries",
+                12,
+                overrides={"dimension": "gpu_model"},
+                series=("t", "`group`", "allocation_rate"),
+            ),
+            Panel(
+                "allocation_rate",
+                "Allocation rate per zone",
+                "timeseries",
+                12,
+                overrides={"dimension": "zone"},
+                series=("t", "`group`", "allocation_rate"),
+            ),
+            Panel("wait_time_by_resource_type", "Queue wait by resource type", "table", 12),
+            Panel("low_priority_usage", "Low-priority usage", "timeseries", 12),
+            Panel("user_gpu_hours", "GPU-hours per user", "table", 12),
+            Panel("fragmentation", "Fragmentation", "timeseries", 12),
+        ],
+    ),
 }
 
 
@@ -123,8 +171,9 @@ def panel_sql(q: NamedQuery, overrides: dict[str, str], series: bool = False) ->
     parameters (the rewrites in the module's docstring)."""
     params = {p.name: p for p in q.params}
     sql = re.sub(rf"([\w.`]+) >= {_anchor('since_s')}", r"$__timeFilter(\1)", inline_views(q.sql))
-    sql = re.sub(rf"([\w.`]+) >= {_anchor('within_s')}",
-                 r"\1 >= $__toTime - toIntervalSecond({within_s:UInt32}) AND \1 <= $__toTime", sql)
+    sql = re.sub(
+        rf"([\w.`]+) >= {_anchor('within_s')}", r"\1 >= $__toTime - toIntervalSecond({within_s:UInt32}) AND \1 <= $__toTime", sql
+    )
     since = re.sub(rf"{_anchor('since_s')} AS since\b", "$__fromTime AS since", sql)
     since = re.sub(rf"{_anchor('within_s')} AS since\b", "$__toTime - toIntervalSecond({within_s:UInt32}) AS since", since)
     if since != sql:  # a window named `since`: each comparison with it gets the range's end too
@@ -160,7 +209,7 @@ def series_sql(q: NamedQuery, overrides: dict[str, str], series: tuple[str, str,
     time, label, value = series
     body = panel_sql(q, overrides, series=True)
     marker, sql = body.split("\n", 1)
-    return (f"{marker}\nSELECT {time} AS time, {label} AS series, {value}\nFROM (\n{sql}\n)\nORDER BY time, series")
+    return f"{marker}\nSELECT {time} AS time, {label} AS series, {value}\nFROM (\n{sql}\n)\nORDER BY time, series"
 
 
 def dashboard(uid: str, title: str, panels: list[Panel]) -> dict[str, Any]:
@@ -172,43 +221,90 @@ def dashboard(uid: str, title: str, panels: list[Panel]) -> dict[str, Any]:
             x, y, row_h = 0, y + row_h, 0
         timeseries = p.kind == "timeseries"
         sql = series_sql(q, p.overrides, p.series) if p.series else panel_sql(q, p.overrides, series=timeseries)
-        out.append({
-            "id": n, "type": p.kind, "title": p.title, "description": f"{q.doc} (library query {q.name})",
-            "datasource": DATASOURCE, "gridPos": {"x": x, "y": y, "w": p.width, "h": p.height},
-            "targets": [{"refId": "A", "datasource": DATASOURCE, "editorType": "sql", "rawSql": sql,
-                         "queryType": "timeseries" if timeseries else "table", "format": 0 if timeseries else 1}],
-            "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}} if timeseries
-            else {"showHeader": True},
-            "fieldConfig": {"defaults": {}, "overrides": []},
-        })
+        out.append(
+            {
+                "id": n,
+                "type": p.kind,
+                "title": p.title,
+                "description": f"{q.doc} (library query {q.name})",
+                "datasource": DATASOURCE,
+                "gridPos": {"x": x, "y": y, "w": p.width, "h": p.height},
+                "targets": [
+                    {
+                        "refId": "A",
+                        "datasource": DATASOURCE,
+                        "editorType": "sql",
+                        "rawSql": sql,
+                        "queryType": "timeseries" if timeseries else "table",
+                        "format": 0 if timeseries else 1,
+                    }
+                ],
+                "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}
+                if timeseries
+                else {"showHeader": True},
+                "fieldConfig": {"defaults": {}, "overrides": []},
+            }
+        )
         x, row_h = x + p.width, max(row_h, p.height)
     uses_job = any("job" in {par.name for par in queries[p.query].params} for p in panels)
-    variables: list[dict[str, Any]] = [{
-        "name": "datasource", "label": "ClickHouse", "type": "datasource", "query": PLUGIN, "refresh": 1,
-        "current": {"text": "${DS_CLICKHOUSE}", "value": "${DS_CLICKHOUSE}"}, "hide": 0,
-    }]
+    variables: list[dict[str, Any]] = [
+        {
+            "name": "datasource",
+            "label": "ClickHouse",
+            "type": "datasource",
+            "query": PLUGIN,
+            "refresh": 1,
+            "current": {"text": "${DS_CLICKHOUSE}", "value": "${DS_CLICKHOUSE}"},
+            "hide": 0,
+        }
+    ]
     if uses_job:
-        variables.append({
-            "name": "job", "label": "job", "type": "query", "datasource": DATASOURCE, "refresh": 2,
-            "query": "SELECT DISTINCT job_id FROM job_quantiles WHERE $__timeFilter(window_end) ORDER BY job_id",
-            "definition": "jobs with quantiles in the time range",
-        })
+        variables.append(
+            {
+                "name": "job",
+                "label": "job",
+                "type": "query",
+                "datasource": DATASOURCE,
+                "refresh": 2,
+                "query": "SELECT DISTINCT job_id FROM job_quantiles WHERE $__timeFilter(window_end) ORDER BY job_id",
+                "definition": "jobs with quantiles in the time range",
+            }
+        )
     kinds = sorted({p.kind for p in panels})
     return {
-        "__inputs": [{"name": "DS_CLICKHOUSE", "label": "ClickHouse", "description": "the hpcinsight store",
-                      "type": "datasource", "pluginId": PLUGIN, "pluginName": "ClickHouse"}],
-        "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
-                       {"type": "datasource", "id": PLUGIN, "name": "ClickHouse", "version": "4.3.0"},
-                       *({"type": "panel", "id": k, "name": k} for k in kinds)],
-        "uid": f"hpcinsight-{uid}", "title": title, "tags": ["hpcinsight"], "timezone": "browser", "schemaVersion": 39,
-        "editable": True, "refresh": "30s", "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": variables}, "panels": out,
+        "__inputs": [
+            {
+                "name": "DS_CLICKHOUSE",
+                "label": "ClickHouse",
+                "description": "the hpcinsight store",
+                "type": "datasource",
+                "pluginId": PLUGIN,
+                "pluginName": "ClickHouse",
+            }
+        ],
+        "__requires": [
+            {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
+            {"type": "datasource", "id": PLUGIN, "name": "ClickHouse", "version": "4.3.0"},
+            *({"type": "panel", "id": k, "name": k} for k in kinds),
+        ],
+        "uid": f"hpcinsight-{uid}",
+        "title": title,
+        "tags": ["hpcinsight"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "editable": True,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {"list": variables},
+        "panels": out,
     }
 
 
 def render() -> dict[str, str]:
     """File name -> JSON text of every dashboard."""
-    return {f"{uid}.json": json.dumps(dashboard(uid, title, panels), indent=2) + "\n" for uid, (title, panels) in DASHBOARDS.items()}
+    return {
+        f"{uid}.json": json.dumps(dashboard(uid, title, panels), indent=2) + "\n" for uid, (title, panels) in DASHBOARDS.items()
+    }
 
 
 def main() -> None:

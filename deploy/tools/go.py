@@ -53,14 +53,32 @@ class GoTool:
 
 
 TOOLS: dict[str, GoTool] = {
-    "helm": GoTool("helm", "helm.sh/helm/v4", "v4.3.2", "cmd/helm", version_args=("version", "--short"),
-                   ldflags="-X helm.sh/helm/v4/internal/version.version=v4.3.2"),
+    "helm": GoTool(
+        "helm",
+        "helm.sh/helm/v4",
+        "v4.3.2",
+        "cmd/helm",
+        version_args=("version", "--short"),
+        ldflags="-X helm.sh/helm/v4/internal/version.version=v4.3.2",
+    ),
     # the chart's PrometheusRule: its PromQL checked by Prometheus' own rule checker
-    "promtool": GoTool("promtool", "github.com/prometheus/prometheus", "v0.316.0", "cmd/promtool",
-                       ldflags="-X github.com/prometheus/common/version.Version=3.16.0", reports="3.16.0"),
+    "promtool": GoTool(
+        "promtool",
+        "github.com/prometheus/prometheus",
+        "v0.316.0",
+        "cmd/promtool",
+        ldflags="-X github.com/prometheus/common/version.Version=3.16.0",
+        reports="3.16.0",
+    ),
     "alertmanager": GoTool(
-        "alertmanager", "github.com/prometheus/alertmanager", "v0.35.0", "cmd/alertmanager", recipe="source",
-        extra_files={"ui/app/dist/index.html": "<!doctype html><title>Alertmanager</title><p>UI not built; the API is at /api/v2/.\n"},
+        "alertmanager",
+        "github.com/prometheus/alertmanager",
+        "v0.35.0",
+        "cmd/alertmanager",
+        recipe="source",
+        extra_files={
+            "ui/app/dist/index.html": "<!doctype html><title>Alertmanager</title><p>UI not built; the API is at /api/v2/.\n"
+        },
         ldflags="-X github.com/prometheus/common/version.Version=0.35.0 -X github.com/prometheus/common/version.Revision=v0.35.0",
     ),
 }
@@ -101,17 +119,29 @@ def _build(tool: GoTool, out: Path, quiet: bool) -> Path:
         print(f"tools: building {tool.name} {tool.version} from the Go module proxy (once; cached in {out})", file=sys.stderr)
     log = out / "build.log"
     with open(log, "w") as log_file:
-        def run(args: list[str], cwd: Path | None = None, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-            result = subprocess.run(args, cwd=cwd, env={**env, **(extra or {})}, stdout=subprocess.PIPE,
-                                    stderr=log_file, text=True)
+
+        def run(
+            args: list[str], cwd: Path | None = None, extra: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+            result = subprocess.run(
+                args, cwd=cwd, env={**env, **(extra or {})}, stdout=subprocess.PIPE, stderr=log_file, text=True
+            )
             if result.returncode != 0:
-                raise ToolMissing(f"building {tool.name} {tool.version} failed: `{' '.join(args)}` exited "
-                                  f"{result.returncode}; see {log}")
+                raise ToolMissing(
+                    f"building {tool.name} {tool.version} failed: `{' '.join(args)}` exited {result.returncode}; see {log}"
+                )
             return result
 
         if tool.recipe == "install":
-            run([go, "install", *(["-ldflags", tool.ldflags] if tool.ldflags else []), f"{tool.module}/{tool.package}@{tool.version}"],
-                extra={"GOBIN": str(out)})
+            run(
+                [
+                    go,
+                    "install",
+                    *(["-ldflags", tool.ldflags] if tool.ldflags else []),
+                    f"{tool.module}/{tool.package}@{tool.version}",
+                ],
+                extra={"GOBIN": str(out)},
+            )
         else:
             info = json.loads(run([go, "mod", "download", "-json", f"{tool.module}@{tool.version}"]).stdout)
             with tempfile.TemporaryDirectory(prefix=f"{tool.name}-src-") as tmp:
@@ -123,7 +153,10 @@ def _build(tool: GoTool, out: Path, quiet: bool) -> Path:
                     (src / rel).parent.mkdir(parents=True, exist_ok=True)
                     (src / rel).write_text(content)
                 partial = out / f".{tool.name}.partial"
-                run([go, "build", *(["-ldflags", tool.ldflags] if tool.ldflags else []), "-o", str(partial), f"./{tool.package}"], cwd=src)
+                run(
+                    [go, "build", *(["-ldflags", tool.ldflags] if tool.ldflags else []), "-o", str(partial), f"./{tool.package}"],
+                    cwd=src,
+                )
                 partial.rename(tool.binary)
     if not tool.binary.exists():
         raise ToolMissing(f"building {tool.name} {tool.version} left no binary at {tool.binary}; see {log}")

@@ -74,17 +74,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     def common(p: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
-        p.add_argument("--format", choices=FORMATS, default="table",
-                       help="table (every section), or csv / json (one section, see --section; notes go to stderr)")
-        p.add_argument("--section", choices=sections, default=None,
-                       help=f"print only this section (csv/json default: {sections[0]})")
+        p.add_argument(
+            "--format",
+            choices=FORMATS,
+            default="table",
+            help="table (every section), or csv / json (one section, see --section; notes go to stderr)",
+        )
+        p.add_argument(
+            "--section", choices=sections, default=None, help=f"print only this section (csv/json default: {sections[0]})"
+        )
         p.add_argument("--strict", action="store_true", help="refuse a file with any malformed row instead of skipping it")
-        p.add_argument("--store", default=None, metavar="DIR|URL",
-                       help="ClickHouse store to fill (chdb:// folder or http(s) URL); default: a fresh embedded store "
-                            "in $HPCINSIGHT_DATA_DIR/replay/clickhouse, emptied at each replay")
+        p.add_argument(
+            "--store",
+            default=None,
+            metavar="DIR|URL",
+            help="ClickHouse store to fill (chdb:// folder or http(s) URL); default: a fresh embedded store "
+            "in $HPCINSIGHT_DATA_DIR/replay/clickhouse, emptied at each replay",
+        )
         p.add_argument("--timeout", type=float, default=900.0, help="give up when the pipeline has not finished by then (s)")
 
-    p = kinds.add_parser("steps", help="per-rank step times (job,rank,step,duration_s[,ts][,node]): straggler and imbalance flags")
+    p = kinds.add_parser(
+        "steps", help="per-rank step times (job,rank,step,duration_s[,ts][,node]): straggler and imbalance flags"
+    )
     p.add_argument("file", help="CSV file, or - for stdin")
     common(p, SECTIONS["steps"])
 
@@ -93,20 +104,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--job", default=None, help="the job every GPU is charged to (default: the file's name); a job column wins")
     who.add_argument("--job-per-gpu", action="store_true", help="charge each GPU to a job of its own, named after the GPU")
-    p.add_argument("--windows", default=None, metavar="SIZE/HOP,...",
-                   help="sliding windows (default: from the sampling interval; the worker's 1m/10s,5m/1m,1h/20m up to 5 s)")
+    p.add_argument(
+        "--windows",
+        default=None,
+        metavar="SIZE/HOP,...",
+        help="sliding windows (default: from the sampling interval; the worker's 1m/10s,5m/1m,1h/20m up to 5 s)",
+    )
     common(p, SECTIONS["gpu-util"])
 
     p = kinds.add_parser("sched", help="an openb-style trace (pods and nodes CSV): scheduling KPIs")
-    p.add_argument("pods", help="pods CSV (openb columns: name, creation_time, scheduled_time, deletion_time, num_gpu, "
-                                "gpu_milli, gpu_spec, qos, pod_phase, cpu_milli, memory_mib; optional user, team)")
+    p.add_argument(
+        "pods",
+        help="pods CSV (openb columns: name, creation_time, scheduled_time, deletion_time, num_gpu, "
+        "gpu_milli, gpu_spec, qos, pod_phase, cpu_milli, memory_mib; optional user, team)",
+    )
     p.add_argument("nodes", help="nodes CSV (openb columns: sn, gpu, model, cpu_milli, memory_mib)")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N pods")
-    p.add_argument("--kpi-interval", default=None, metavar="DURATION",
-                   help="KPI interval (default: 1m, 5m, ... 1d, the first that cuts the trace into at most 4,000)")
+    p.add_argument(
+        "--kpi-interval",
+        default=None,
+        metavar="DURATION",
+        help="KPI interval (default: 1m, 5m, ... 1d, the first that cuts the trace into at most 4,000)",
+    )
     p.add_argument("--step", default=None, metavar="DURATION", help="one printed row per step (default: about 24 rows)")
-    p.add_argument("--start", default=None, metavar="TIME",
-                   help="stamp trace second 0 at this time (ISO 8601 or epoch; at least 10 minutes ahead)")
+    p.add_argument(
+        "--start",
+        default=None,
+        metavar="TIME",
+        help="stamp trace second 0 at this time (ISO 8601 or epoch; at least 10 minutes ahead)",
+    )
     common(p, SECTIONS["sched"])
 
 
@@ -115,8 +141,18 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
         raise ValueError("--limit must be at least 1")
     files = [args.pods, args.nodes] if args.kind == "sched" else [args.file]
     return ReplayOptions(
-        kind=args.kind, files=files, fmt=args.format, section=args.section, strict=args.strict, store=args.store,
-        timeout_s=args.timeout, job=getattr(args, "job", None), job_per_gpu=getattr(args, "job_per_gpu", False),
-        windows=getattr(args, "windows", None), limit=getattr(args, "limit", None),
-        kpi_interval=getattr(args, "kpi_interval", None), step=getattr(args, "step", None), start=getattr(args, "start", None),
+        kind=args.kind,
+        files=files,
+        fmt=args.format,
+        section=args.section,
+        strict=args.strict,
+        store=args.store,
+        timeout_s=args.timeout,
+        job=getattr(args, "job", None),
+        job_per_gpu=getattr(args, "job_per_gpu", False),
+        windows=getattr(args, "windows", None),
+        limit=getattr(args, "limit", None),
+        kpi_interval=getattr(args, "kpi_interval", None),
+        step=getattr(args, "step", None),
+        start=getattr(args, "start", None),
     )

@@ -52,7 +52,9 @@ def _open(path: str) -> TextIO:
     return open(path, encoding="utf-8", errors="replace", newline="")
 
 
-def read_table(path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> tuple[list[tuple[int, dict[str, str]]], list[BadRow]]:
+def read_table(
+    path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> tuple[list[tuple[int, dict[str, str]]], list[BadRow]]:
     """The rows of a CSV file with a header, as (line number, {column: text}) for the columns named in
     ``required`` and ``optional`` (case-insensitive; others ignored), and the rows that have the wrong
     number of fields. Blank lines are skipped. A header without a required column refuses the file."""
@@ -69,8 +71,10 @@ def read_table(path: str, required: tuple[str, ...], optional: tuple[str, ...] =
         names = [h.strip().lstrip("\ufeff").strip().lower() for h in header]
         missing = [c for c in required if c not in names]
         if missing:
-            raise ReplayInputError(f"{path}: the header has no column {', '.join(missing)} "
-                                   f"(it has: {', '.join(names) or 'nothing'}; needed: {', '.join(required)})")
+            raise ReplayInputError(
+                f"{path}: the header has no column {', '.join(missing)} "
+                f"(it has: {', '.join(names) or 'nothing'}; needed: {', '.join(required)})"
+            )
         wanted = {c: names.index(c) for c in (*required, *optional) if c in names}
         while True:
             try:
@@ -133,7 +137,7 @@ def parse_time_ms(text: str) -> int:
         except ValueError:
             raise ValueError(f"ts {text!r} is neither epoch seconds/milliseconds nor an ISO 8601 time") from None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
+            when = when.replace(tzinfo=dt.UTC)
         return round(when.timestamp() * 1000)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"ts {text!r} is not a time")
@@ -141,7 +145,7 @@ def parse_time_ms(text: str) -> int:
 
 
 def iso_utc(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _window_text(seconds: int) -> str:
@@ -155,8 +159,14 @@ def day_shift(newest_ms: int, now_ms: int) -> int:
     return (now_ms - newest_ms) // DAY_MS * DAY_MS
 
 
-def _parse_rows(rows: list[tuple[int, dict[str, str]]], parse: Callable[[int, dict[str, str]], Any], key: Callable[[Any], Any],
-                what: Callable[[Any], str], bad: list[BadRow], limit: int | None = None) -> list[Any]:
+def _parse_rows(
+    rows: list[tuple[int, dict[str, str]]],
+    parse: Callable[[int, dict[str, str]], Any],
+    key: Callable[[Any], Any],
+    what: Callable[[Any], str],
+    bad: list[BadRow],
+    limit: int | None = None,
+) -> list[Any]:
     """Each row parsed (one that raises ``ValueError`` or ``TypeError`` is a bad row), a second row of
     the same ``key`` a bad row too (the tables keep one row per key: the stream must see the same);
     with ``limit``, only the first ``limit`` good ones."""
@@ -197,7 +207,9 @@ def read_gpu_util(path: str) -> tuple[list[GpuRow], list[BadRow]]:
         if not 0 <= util <= 100:
             raise ValueError(f"util {row['util']} is outside 0..100 (percent)")
         job = row.get("job") or None
-        return GpuRow(line, _label(row["gpu"], "gpu"), parse_time_ms(row["ts"]), util, None if job is None else _label(job, "job"))
+        return GpuRow(
+            line, _label(row["gpu"], "gpu"), parse_time_ms(row["ts"]), util, None if job is None else _label(job, "job")
+        )
 
     out = _parse_rows(rows, parse, lambda r: (r.gpu, r.ts_ms), lambda r: f"a sample of GPU {r.gpu} at {iso_utc(r.ts_ms)}", bad)
     return out, bad
@@ -272,8 +284,14 @@ class WindowPlan:
         return cls(windows, since, checkpoint, base, max(w.size_ms for w in specs))
 
     def worker_args(self) -> list[str]:
-        return ["--windows", self.windows, "--since-start-every", f"{self.since_start_every_ms}ms",
-                "--checkpoint-every", f"{self.checkpoint_every_ms}ms"]
+        return [
+            "--windows",
+            self.windows,
+            "--since-start-every",
+            f"{self.since_start_every_ms}ms",
+            "--checkpoint-every",
+            f"{self.checkpoint_every_ms}ms",
+        ]
 
     def closing_ms(self, last_ms: int) -> int:
         """When a GPU whose last sample is at ``last_ms`` gets its closing sample: a lateness past the
@@ -316,8 +334,16 @@ def plan_gpu_util(rows: list[GpuRow], job: str, job_per_gpu: bool, windows: str 
     samples = []
     for r in rows:
         node, index = places[r.gpu]
-        samples.append(GpuSample(node=node, gpu_index=index, gpu_uuid=r.gpu, ts=r.ts_ms + shift, gpu_util=r.util,
-                                 job_id=r.job or (r.gpu if job_per_gpu else job)))
+        samples.append(
+            GpuSample(
+                node=node,
+                gpu_index=index,
+                gpu_uuid=r.gpu,
+                ts=r.ts_ms + shift,
+                gpu_util=r.util,
+                job_id=r.job or (r.gpu if job_per_gpu else job),
+            )
+        )
     for gpu, last in sorted(last_of.items()):  # one sample without a reading closes the GPU's windows
         node, index = places[gpu]
         samples.append(GpuSample(node=node, gpu_index=index, gpu_uuid=gpu, ts=plan.closing_ms(last) + shift, job_id=jobs[gpu]))
@@ -342,7 +368,7 @@ def keyed_messages(records: list[Any], key: str, size: int = MESSAGE_RECORDS) ->
     by_key: dict[str, list[Any]] = defaultdict(list)
     for r in records:
         by_key[getattr(r, key)].append(r)
-    return [(k, group[i:i + size]) for k, group in sorted(by_key.items()) for i in range(0, len(group), size)]
+    return [(k, group[i : i + size]) for k, group in sorted(by_key.items()) for i in range(0, len(group), size)]
 
 
 # --- steps ---------------------------------------------------------------------------------------
@@ -368,8 +394,15 @@ def read_steps(path: str) -> tuple[list[StepRow], list[BadRow], bool]:
             raise ValueError(f"duration_s {row['duration_s']} is negative")
         ts = parse_time_ms(row["ts"]) if has_ts else None
         node = row.get("node") or None
-        return StepRow(line, _label(row["job"], "job"), _whole(row["rank"], "rank", 2**32 - 2),
-                       _whole(row["step"], "step", 2**63 - 1), duration, ts, None if node is None else _label(node, "node"))
+        return StepRow(
+            line,
+            _label(row["job"], "job"),
+            _whole(row["rank"], "rank", 2**32 - 2),
+            _whole(row["step"], "step", 2**63 - 1),
+            duration,
+            ts,
+            None if node is None else _label(node, "node"),
+        )
 
     out = _parse_rows(rows, parse, lambda r: (r.job, r.rank, r.step), lambda r: f"job {r.job} rank {r.rank} step {r.step}", bad)
     return out, bad, has_ts
@@ -407,8 +440,15 @@ def plan_steps(rows: list[StepRow], has_ts: bool, now_ms: int) -> StepReplay:
     newest = max(ends.values())
     shift = day_shift(newest, now_ms) if has_ts else now_ms - newest
     metrics = [
-        StepMetric(job_id=r.job, rank=r.rank, world_size=world[r.job], step=r.step, ts=ends[(r.job, r.rank, r.step)] + shift,
-                   duration_s=r.duration_s, node=r.node)
+        StepMetric(
+            job_id=r.job,
+            rank=r.rank,
+            world_size=world[r.job],
+            step=r.step,
+            ts=ends[(r.job, r.rank, r.step)] + shift,
+            duration_s=r.duration_s,
+            node=r.node,
+        )
         for r in sorted(rows, key=lambda r: (r.job, r.step, r.rank))  # a step is judged once its ranks are in
     ]
     return StepReplay(metrics, world, shift, not has_ts, min(m.ts for m in metrics), max(m.ts for m in metrics))
@@ -444,8 +484,14 @@ def read_pods(path: str, limit: int | None = None) -> tuple[list[Any], dict[str,
     from hpcinsight.agents.scheduler.trace import parse_pod
 
     rows, bad = read_table(path, POD_COLUMNS, POD_OPTIONAL)
-    parsed = _parse_rows(rows, lambda _line, row: (parse_pod(row), row.get("user") or None, row.get("team") or None),
-                         lambda p: p[0].name, lambda p: f"pod {p[0].name}", bad, limit)
+    parsed = _parse_rows(
+        rows,
+        lambda _line, row: (parse_pod(row), row.get("user") or None, row.get("team") or None),
+        lambda p: p[0].name,
+        lambda p: f"pod {p[0].name}",
+        bad,
+        limit,
+    )
     people = {pod.name: (user and user[:256], team and team[:256]) for pod, user, team in parsed if user or team}
     return [pod for pod, _, _ in parsed], people, bad
 
@@ -461,14 +507,21 @@ KPI_INTERVALS_S = (60, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 STEPS_S = (3600, 7200, 10800, 21600, 43200, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400)
 
 
-def plan_sched(pods: list[Any], people: dict[str, tuple[str | None, str | None]], nodes: list[NodeInventory], now_ms: int,
-               interval_s: float | None = None, step_s: float | None = None, start_ms: int | None = None) -> SchedReplay:
+def plan_sched(
+    pods: list[Any],
+    people: dict[str, tuple[str | None, str | None]],
+    nodes: list[NodeInventory],
+    now_ms: int,
+    interval_s: float | None = None,
+    step_s: float | None = None,
+    start_ms: int | None = None,
+) -> SchedReplay:
     """Scheduler events and inventory from the openb adapter (its lifecycle mapping and placement
     model), trace second ``t`` stamped ``t0 + t``. The KPI interval (default: the shortest of a few
     round lengths that cuts the trace into at most 4,000) and the step of the printed time series
     (about 24 rows) are chosen from the span; ``t0`` is the first multiple of the step at least an
     hour ahead (see the module doc), unless given."""
-    from hpcinsight.agents.scheduler.trace import pod_steps, place_pods, to_event, wall_ms
+    from hpcinsight.agents.scheduler.trace import place_pods, pod_steps, to_event, wall_ms
 
     if not pods:
         raise ReplayInputError("no usable pod")
@@ -480,14 +533,18 @@ def plan_sched(pods: list[Any], people: dict[str, tuple[str | None, str | None]]
         interval_s = next((i for i in KPI_INTERVALS_S if i >= span_s / 4000), KPI_INTERVALS_S[-1])
     interval_ms = round(interval_s * 1000)
     if step_s is None:
-        step_s = next((s for s in STEPS_S if s >= span_s / 24 and s * 1000 % interval_ms == 0),
-                      max(interval_s, math.ceil(span_s / 24 / interval_s) * interval_s))
+        step_s = next(
+            (s for s in STEPS_S if s >= span_s / 24 and s * 1000 % interval_ms == 0),
+            max(interval_s, math.ceil(span_s / 24 / interval_s) * interval_s),
+        )
     step_ms = max(interval_ms, round(step_s * 1000) // interval_ms * interval_ms)
     if start_ms is None:
         start_ms = -(-(now_ms + HOUR_MS) // step_ms) * step_ms
     elif start_ms < now_ms + 10 * 60_000:
-        raise ReplayInputError(f"--start {iso_utc(start_ms)} is not ahead of now: the worker closes KPI intervals "
-                               "by its clock too, so a trace must be stamped at least 10 minutes ahead")
+        raise ReplayInputError(
+            f"--start {iso_utc(start_ms)} is not ahead of now: the worker closes KPI intervals "
+            "by its clock too, so a trace must be stamped at least 10 minutes ahead"
+        )
     placements, unplaced = place_pods(steps, nodes)
     events = []
     for step in steps:

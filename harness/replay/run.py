@@ -19,8 +19,8 @@ from typing import Any
 from rich.console import Console
 
 from hpcinsight.core.durations import describe_ms, parse_ms
+from hpcinsight.core.kafka import lag, produce_queued
 from hpcinsight.core.settings import Settings
-from hpcinsight.harness.supervisor import Processes, child_env, start_broker, wait_drained
 from hpcinsight.harness.replay import FORMATS, SECTIONS, ReplayOptions
 from hpcinsight.harness.replay.files import (
     CLOCK_JOB,
@@ -32,6 +32,7 @@ from hpcinsight.harness.replay.files import (
     SchedReplay,
     StepReplay,
     clock_event,
+    iso_utc,
     keyed_messages,
     parse_time_ms,
     plan_gpu_util,
@@ -42,9 +43,8 @@ from hpcinsight.harness.replay.files import (
     read_pods,
     read_steps,
     time_slices,
-    iso_utc,
 )
-from hpcinsight.core.kafka import lag, produce_queued
+from hpcinsight.harness.supervisor import Processes, child_env, start_broker, wait_drained
 from hpcinsight.schemas.catalog import (
     DEAD_LETTERS,
     GPU_SAMPLES,
@@ -84,8 +84,9 @@ class Sender:
         kafka_log = logging.getLogger("hpcinsight.harness.replay.kafka")
         if not kafka_log.isEnabledFor(logging.INFO):  # librdkafka's transient warnings (a broker starting) only with -v
             kafka_log.setLevel(logging.ERROR)
-        self._producer = new_producer(settings.kafka, extra={"partitioner": "murmur2_random", "compression.type": "zstd",
-                                                             "linger.ms": 20}, logger=kafka_log)
+        self._producer = new_producer(
+            settings.kafka, extra={"partitioner": "murmur2_random", "compression.type": "zstd", "linger.ms": 20}, logger=kafka_log
+        )
         self.failed: list[str] = []
         self.sent: dict[str, int] = defaultdict(int)  # messages per topic
         self.delivered: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))  # per topic, per partition
@@ -99,8 +100,15 @@ class Sender:
     def send(self, topic: Topic, key: str, records: list[Event], partition: int | None = None) -> None:
         value = topic.codec.encode(records)
         kwargs = {} if partition is None else {"partition": partition}
-        produce_queued(self._producer, topic.full_name(self._prefix), value, key.encode(), wait_s=0.1,
-                       on_delivery=self._on_delivery, **kwargs)
+        produce_queued(
+            self._producer,
+            topic.full_name(self._prefix),
+            value,
+            key.encode(),
+            wait_s=0.1,
+            on_delivery=self._on_delivery,
+            **kwargs,
+        )
         self.sent[topic.name] += 1
         self._producer.poll(0)
 
@@ -182,7 +190,9 @@ def run_replay(settings: Settings, options: ReplayOptions) -> int:
     console = Console(stderr=True)
     with ExitStack() as stack:
         own_broker = not settings.kafka.bootstrap
-        settings = start_broker(stack, replay_settings(settings, options, run_id), Console(stderr=True, quiet=options.fmt != "table"))
+        settings = start_broker(
+            stack, replay_settings(settings, options, run_id), Console(stderr=True, quiet=options.fmt != "table")
+        )
         if not own_broker:
             stack.callback(_delete_topics, settings)
         env = {**child_env(settings), "CLICKHOUSE_URL": settings.clickhouse.url}
@@ -207,8 +217,10 @@ def run_replay(settings: Settings, options: ReplayOptions) -> int:
             _print(plan, client, options, report)
         finally:
             client.close()
-    report(f"replayed in {time.monotonic() - started:.0f} s; store: {settings.clickhouse.display_url} "
-           f"(query it: CLICKHOUSE_URL={settings.clickhouse.display_url} hpcinsight query --list)")
+    report(
+        f"replayed in {time.monotonic() - started:.0f} s; store: {settings.clickhouse.display_url} "
+        f"(query it: CLICKHOUSE_URL={settings.clickhouse.display_url} hpcinsight query --list)"
+    )
     return 0
 
 
@@ -222,16 +234,22 @@ def _plan(options: ReplayOptions, report: Report, now_ms: int) -> GpuReplay | St
         report.bad_rows(path, bad)
         job = options.job or ("stdin" if path == "-" else Path(path).stem)
         g = plan_gpu_util(rows, job, options.job_per_gpu, options.windows, now_ms)
-        report(f"{path}: {len(rows)} samples of {len(g.places)} GPUs, {len(set(g.jobs.values()))} job(s), recorded "
-               f"{iso_utc(g.first_ms)} .. {iso_utc(g.last_ms)} ({describe_ms(g.last_ms - g.first_ms)}), a sample every "
-               f"{g.interval_ms / 1000:g} s (median)")
-        report(f"times shifted by {g.shift_ms // DAY_MS:+d} days so that the data ends within the last day "
-               f"(time of day kept); windows {g.plan.windows}, since-start view every {g.plan.since_start_every_ms // 1000} s; "
-               f"each GPU gets one closing sample without a reading")
+        report(
+            f"{path}: {len(rows)} samples of {len(g.places)} GPUs, {len(set(g.jobs.values()))} job(s), recorded "
+            f"{iso_utc(g.first_ms)} .. {iso_utc(g.last_ms)} ({describe_ms(g.last_ms - g.first_ms)}), a sample every "
+            f"{g.interval_ms / 1000:g} s (median)"
+        )
+        report(
+            f"times shifted by {g.shift_ms // DAY_MS:+d} days so that the data ends within the last day "
+            f"(time of day kept); windows {g.plan.windows}, since-start view every {g.plan.since_start_every_ms // 1000} s; "
+            f"each GPU gets one closing sample without a reading"
+        )
         ttl_days = GPU_SAMPLES.table.ttl_days if GPU_SAMPLES.table else 0
         if ttl_days and g.last_ms - g.first_ms > ttl_days * DAY_MS:
-            report(f"note: the recording spans more than {ttl_days} days, the raw samples' default TTL: the store drops the "
-                   "older raw samples (quantiles and flags, computed in the stream, are kept a year)")
+            report(
+                f"note: the recording spans more than {ttl_days} days, the raw samples' default TTL: the store drops the "
+                "older raw samples (quantiles and flags, computed in the stream, are kept a year)"
+            )
         return g
     if options.kind == "steps":
         path = options.files[0]
@@ -243,10 +261,14 @@ def _plan(options: ReplayOptions, report: Report, now_ms: int) -> GpuReplay | St
         jobs = ", ".join(f"{job} ({n} ranks)" for job, n in sorted(s.world.items()))
         report(f"{path}: {len(rows)} steps of {len(s.world)} job(s): {jobs}")
         if s.generated_ts:
-            report(f"no ts column: each rank's steps end at the sum of its durations so far, every job starting at "
-                   f"{iso_utc(s.shift_ms)}, so that the last step ends now")
+            report(
+                f"no ts column: each rank's steps end at the sum of its durations so far, every job starting at "
+                f"{iso_utc(s.shift_ms)}, so that the last step ends now"
+            )
         else:
-            report(f"times shifted by {s.shift_ms // DAY_MS:+d} days so that the data ends within the last day (time of day kept)")
+            report(
+                f"times shifted by {s.shift_ms // DAY_MS:+d} days so that the data ends within the last day (time of day kept)"
+            )
         return s
     pods_path, nodes_path = options.files
     pods, people, bad_pods = read_pods(pods_path, options.limit)
@@ -256,17 +278,24 @@ def _plan(options: ReplayOptions, report: Report, now_ms: int) -> GpuReplay | St
             _refuse_bad(path, bad)
         report.bad_rows(path, bad)
     sc = plan_sched(
-        pods, people, nodes, now_ms,
+        pods,
+        people,
+        nodes,
+        now_ms,
         interval_s=None if options.kpi_interval is None else parse_ms(options.kpi_interval, "--kpi-interval", plain="s") / 1000,
         step_s=None if options.step is None else parse_ms(options.step, "--step", plain="s") / 1000,
         start_ms=None if options.start is None else parse_time_ms(options.start),
     )
     gpus = sum(n.gpu_count for n in sc.inventory)
-    report(f"{pods_path}: {sc.pods} pods ({len(sc.events)} scheduler events); {nodes_path}: {len(sc.inventory)} nodes, "
-           f"{gpus} GPUs; placement model: {sc.placed} GPU pods placed, {sc.unplaced} found no room")
-    report(f"trace second 0 stamped {iso_utc(sc.t0_ms)} (ahead of now: the worker also closes KPI intervals by its "
-           f"clock), the trace spans {describe_ms(sc.last_ms - sc.t0_ms)}; KPI interval {sc.interval_ms // 1000} s, "
-           f"rows every {describe_ms(sc.step_ms)}; trace_time = time since trace second 0")
+    report(
+        f"{pods_path}: {sc.pods} pods ({len(sc.events)} scheduler events); {nodes_path}: {len(sc.inventory)} nodes, "
+        f"{gpus} GPUs; placement model: {sc.placed} GPU pods placed, {sc.unplaced} found no room"
+    )
+    report(
+        f"trace second 0 stamped {iso_utc(sc.t0_ms)} (ahead of now: the worker also closes KPI intervals by its "
+        f"clock), the trace spans {describe_ms(sc.last_ms - sc.t0_ms)}; KPI interval {sc.interval_ms // 1000} s, "
+        f"rows every {describe_ms(sc.step_ms)}; trace_time = time since trace second 0"
+    )
     return sc
 
 
@@ -276,7 +305,9 @@ def _delete_topics(settings: Settings) -> None:
 
     try:
         admin = new_admin(settings.kafka)
-        for future in admin.delete_topics([t.full_name(settings.kafka.topic_prefix) for t in TOPICS], operation_timeout=30).values():
+        for future in admin.delete_topics(
+            [t.full_name(settings.kafka.topic_prefix) for t in TOPICS], operation_timeout=30
+        ).values():
             try:
                 future.result()
             except Exception:  # noqa: BLE001 - a topic already gone is fine
@@ -306,11 +337,13 @@ def _start_pipeline(procs: Processes, worker_args: list[str]) -> None:
 def _job_stage_settled(settings: Settings) -> Callable[[], bool]:
     """Whether, for every job, every job window its GPUs' stored windows call for is stored too (read
     through the sink, which owns the store)."""
-    from hpcinsight.sinks.query import execute
     from hpcinsight.sinks.clickhouse import connect
+    from hpcinsight.sinks.query import execute
 
-    ends = ("SELECT job_id, window, max(window_end) FROM {} FINAL WHERE metric = 'gpu_util' AND job_id IS NOT NULL "
-            "GROUP BY job_id, window ORDER BY job_id, window")
+    ends = (
+        "SELECT job_id, window, max(window_end) FROM {} FINAL WHERE metric = 'gpu_util' AND job_id IS NOT NULL "
+        "GROUP BY job_id, window ORDER BY job_id, window"
+    )
 
     def settled() -> bool:
         client = connect(settings.clickhouse)
@@ -354,8 +387,17 @@ class Handled:
         self._consumer.close()
 
 
-def _send_paced(stretches: list[list[Any]], topic: Topic, output: Topic, key: str, procs: Processes, settings: Settings,
-                sender: Sender, deadline: float, event_ms_per_s: float | None = None) -> None:
+def _send_paced(
+    stretches: list[list[Any]],
+    topic: Topic,
+    output: Topic,
+    key: str,
+    procs: Processes,
+    settings: Settings,
+    sender: Sender,
+    deadline: float,
+    event_ms_per_s: float | None = None,
+) -> None:
     """Stretch by stretch, at most two in the worker's hands: its partitions stay within two stretches
     of each other, and what the sink gets at once spans a few at most. With ``event_ms_per_s``, event
     time moves on no faster than that per second."""
@@ -366,10 +408,10 @@ def _send_paced(stretches: list[list[Any]], topic: Topic, output: Topic, key: st
         for stretch in stretches:
             if event_ms_per_s:
                 due = started + (stretch[0].ts - first_ts) / event_ms_per_s
-                _wait("the replay's pace", lambda: time.monotonic() >= due, procs, deadline, every_s=0.05)
+                _wait("the replay's pace", lambda: time.monotonic() >= due, procs, deadline, every_s=0.05)  # noqa: B023 - waited on at once, within this iteration
             if len(marks) >= 2:
                 wanted = marks[-2]
-                _wait("the worker", lambda: handled.reached(wanted), procs, deadline, every_s=0.05)
+                _wait("the worker", lambda: handled.reached(wanted), procs, deadline, every_s=0.05)  # noqa: B023 - waited on at once, within this iteration
             for k, records in keyed_messages(stretch, key):
                 sender.send(topic, k, records)
             sender.flush()
@@ -383,10 +425,25 @@ def _run_gpu_util(g: GpuReplay, procs: Processes, settings: Settings, sender: Se
     # all stopped) and forgets a job silent for 2 h of event time: event time must not run 2 h in that
     # long, or a job's first windows (and a short job's only ones) are forgotten before they go out.
     _start_pipeline(procs, [*g.plan.worker_args(), "--job-wait", f"{JOB_WAIT_S:g}s"])
-    _send_paced(time_slices(g.samples, max_span_ms=GPU_STRETCH_MS), GPU_SAMPLES_RAW, GPU_SAMPLES, "node", procs, settings,
-                sender, deadline, event_ms_per_s=EVENT_MS_PER_S)
-    wait_drained(procs, settings, [GPU_SAMPLES_RAW, GPU_SKETCHES], JOB_WAIT_S, timeout_s=max(60.0, deadline - time.monotonic()),
-                 settled=_job_stage_settled(settings))
+    _send_paced(
+        time_slices(g.samples, max_span_ms=GPU_STRETCH_MS),
+        GPU_SAMPLES_RAW,
+        GPU_SAMPLES,
+        "node",
+        procs,
+        settings,
+        sender,
+        deadline,
+        event_ms_per_s=EVENT_MS_PER_S,
+    )
+    wait_drained(
+        procs,
+        settings,
+        [GPU_SAMPLES_RAW, GPU_SKETCHES],
+        JOB_WAIT_S,
+        timeout_s=max(60.0, deadline - time.monotonic()),
+        settled=_job_stage_settled(settings),
+    )
 
 
 def _run_steps(s: StepReplay, procs: Processes, settings: Settings, sender: Sender, deadline: float) -> None:
@@ -405,8 +462,12 @@ class KpiWatch:
         from hpcinsight.core.kafka import new_consumer
 
         self._consumer = new_consumer(settings.kafka, f"{settings.kafka.topic_prefix}replay-watch", offset_reset="latest")
-        self._consumer.assign([TopicPartition(SCHEDULING_KPIS.full_name(settings.kafka.topic_prefix), p, OFFSET_BEGINNING)
-                               for p in range(SCHEDULING_KPIS.partitions)])
+        self._consumer.assign(
+            [
+                TopicPartition(SCHEDULING_KPIS.full_name(settings.kafka.topic_prefix), p, OFFSET_BEGINNING)
+                for p in range(SCHEDULING_KPIS.partitions)
+            ]
+        )
         self.latest = 0
 
     def reached(self, boundary_ms: int) -> bool:
@@ -451,7 +512,7 @@ def _run_sched(sc: SchedReplay, procs: Processes, settings: Settings, sender: Se
             sender.flush()
             closes = (cut - KPI_LATENESS_MS) // interval * interval
             if closes >= first_boundary:
-                _wait("the worker's KPIs", lambda: watch.reached(closes), procs, deadline, every_s=0)
+                _wait("the worker's KPIs", lambda: watch.reached(closes), procs, deadline, every_s=0)  # noqa: B023 - waited on at once, within this iteration
         assert i == len(sc.events)
     finally:
         watch.close()
@@ -493,8 +554,14 @@ def _print_gpu_util(g: GpuReplay, client: Any, options: ReplayOptions, report: R
     _show("GPU utilisation per GPU since its job started (%), and its flags", "gpus", ["gpu_id", *columns], mine, options, "gpus")
     jobs = set(g.jobs.values())
     columns, rows = execute(client, "job_quantiles", {"since_s": since})
-    _show("GPU utilisation per job since it started (%), merged GPU sketches", "jobs", columns,
-          [r for r in rows if r[0] in jobs], options, "gpus")
+    _show(
+        "GPU utilisation per job since it started (%), merged GPU sketches",
+        "jobs",
+        columns,
+        [r for r in rows if r[0] in jobs],
+        options,
+        "gpus",
+    )
     columns, rows = execute(client, "anomalies", {"since_s": since})
     kind = columns.index("kind")
     flags = [r for r in rows if r[kind] in ("gpu_underused", "job_underused")]
@@ -504,15 +571,22 @@ def _print_gpu_util(g: GpuReplay, client: Any, options: ReplayOptions, report: R
         _show("Under-use flags", "flags", columns, flags, options, "gpus")
     summarised = {r[0] for r in execute(client, "SELECT DISTINCT job_id FROM job_quantiles WHERE metric = 'gpu_util'", {})[1]}
     if jobs - summarised:
-        report(f"warning: {len(jobs - summarised)} job(s) have no job quantiles (the job stage let them go): "
-               f"{', '.join(sorted(jobs - summarised)[:5])}{' ...' if len(jobs - summarised) > 5 else ''}")
+        report(
+            f"warning: {len(jobs - summarised)} job(s) have no job quantiles (the job stage let them go): "
+            f"{', '.join(sorted(jobs - summarised)[:5])}{' ...' if len(jobs - summarised) > 5 else ''}"
+        )
     flagged = {r[0] for r in mine if r[-1] and "underused" in r[-1]}
-    incidents = execute(client, "SELECT job_id, countIf(state = 'resolved') = 0 FROM anomalies FINAL "
-                                "WHERE kind = 'job_underused' GROUP BY job_id, id", {})[1]
+    incidents = execute(
+        client,
+        "SELECT job_id, countIf(state = 'resolved') = 0 FROM anomalies FINAL WHERE kind = 'job_underused' GROUP BY job_id, id",
+        {},
+    )[1]
     flagged_jobs = {job for job, _ in incidents} & jobs
     still = {job for job, open_ in incidents if open_} & jobs
-    report(f"GPUs with an under-use flag (gpu_underused): {len(flagged)} of {len(g.places)}; jobs flagged under-used "
-           f"(job_underused): {len(flagged_jobs)} of {len(jobs)}, {len(still)} of them still at the end")
+    report(
+        f"GPUs with an under-use flag (gpu_underused): {len(flagged)} of {len(g.places)}; jobs flagged under-used "
+        f"(job_underused): {len(flagged_jobs)} of {len(jobs)}, {len(still)} of them still at the end"
+    )
 
 
 def _ranks_text(ranks: list[int]) -> str:
@@ -531,23 +605,38 @@ def speed_groups(client: Any, jobs: set[str]) -> tuple[list[str], list[tuple[Any
     resolved it, or the job's last step while open) and what the slow ranks share (from the message)."""
     from hpcinsight.sinks.query import execute
 
-    rows = execute(client, (
-        "SELECT any(job_id), anyIf(evidence, state = 'firing'), anyIf(evidence, state = 'resolved'), countIf(state = 'resolved') > 0, "
-        "anyIf(message, state = 'firing') FROM anomalies FINAL WHERE kind = 'straggler' AND endsWith(subject, '/imbalance') "
-        "GROUP BY id"), {})[1]
+    rows = execute(
+        client,
+        (
+            "SELECT any(job_id), anyIf(evidence, state = 'firing'), anyIf(evidence, state = 'resolved'), countIf(state = 'resolved') > 0, "
+            "anyIf(message, state = 'firing') FROM anomalies FINAL WHERE kind = 'straggler' AND endsWith(subject, '/imbalance') "
+            "GROUP BY id"
+        ),
+        {},
+    )[1]
     last = dict(execute(client, "SELECT job_id, max(step) FROM step_metrics GROUP BY job_id", {})[1])
     out = []
     for job, fired, cleared, resolved, message in rows:
         if job not in jobs or not fired.get("split"):
             continue
-        slow = sorted(int(k[len("slow_rank_"):]) for k in fired if k.startswith("slow_rank_"))
+        slow = sorted(int(k[len("slow_rank_") :]) for k in fired if k.startswith("slow_rank_"))
         world = int(fired.get("world_size", 0))
         fast = [r for r in range(world) if r not in slow]
         first = int(fired.get("first_step", 0))
         end = int(cleared.get("first_step", first + 1)) - 1 if resolved else int(last.get(job, first))
-        shared = message[message.rfind("(") + 1:message.rfind(")")] if "(" in message and "on node" in message else ""
-        out.append((job, _ranks_text(slow), _ranks_text(fast), round(float(fired.get("factor", 1.0)), 2), first, end,
-                    "resolved" if resolved else "open", shared))
+        shared = message[message.rfind("(") + 1 : message.rfind(")")] if "(" in message and "on node" in message else ""
+        out.append(
+            (
+                job,
+                _ranks_text(slow),
+                _ranks_text(fast),
+                round(float(fired.get("factor", 1.0)), 2),
+                first,
+                end,
+                "resolved" if resolved else "open",
+                shared,
+            )
+        )
     return ["job", "slow_ranks", "other_ranks", "factor", "first_step", "last_step", "state", "slow_ranks_share"], sorted(out)
 
 
@@ -558,11 +647,19 @@ def _print_steps(s: StepReplay, client: Any, options: ReplayOptions, report: Rep
     rows = [r for r in rows if r[0] in s.world]
     _show("Straggler and imbalance flags (steps: the windows in which each held)", "flags", columns, rows, options, "flags")
     group_columns, group_rows = speed_groups(client, set(s.world))
-    _show("Speed groups (the imbalance incidents that found a split: the slow group, its factor, the steps it held)",
-          "groups", group_columns, group_rows, options, "flags")
+    _show(
+        "Speed groups (the imbalance incidents that found a split: the slow group, its factor, the steps it held)",
+        "groups",
+        group_columns,
+        group_rows,
+        options,
+        "flags",
+    )
     stored = execute(client, "SELECT count() FROM step_metrics", {})[1][0][0]
-    report(f"stored {stored} step rows; flags: {len(rows)} ({sum(1 for r in rows if r[1] == 'straggler')} straggler, "
-           f"{sum(1 for r in rows if r[1] == 'imbalance')} imbalance)")
+    report(
+        f"stored {stored} step rows; flags: {len(rows)} ({sum(1 for r in rows if r[1] == 'straggler')} straggler, "
+        f"{sum(1 for r in rows if r[1] == 'imbalance')} imbalance)"
+    )
 
 
 def _trace_time(columns: list[str], rows: list[tuple[Any, ...]], t0_ms: int) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -572,10 +669,10 @@ def _trace_time(columns: list[str], rows: list[tuple[Any, ...]], t0_ms: int) -> 
     i = columns.index("t")
     out = []
     for r in rows:
-        t = r[i] if r[i].tzinfo else r[i].replace(tzinfo=dt.timezone.utc)
+        t = r[i] if r[i].tzinfo else r[i].replace(tzinfo=dt.UTC)
         off = round(t.timestamp() - t0_ms / 1000)
-        out.append((*r[:i + 1], f"{off // 86400}d {off % 86400 // 3600:02d}:{off % 3600 // 60:02d}", *r[i + 1:]))
-    return [*columns[:i + 1], "trace_time", *columns[i + 1:]], out
+        out.append((*r[: i + 1], f"{off // 86400}d {off % 86400 // 3600:02d}:{off % 3600 // 60:02d}", *r[i + 1 :]))
+    return [*columns[: i + 1], "trace_time", *columns[i + 1 :]], out
 
 
 def _print_sched(sc: SchedReplay, client: Any, options: ReplayOptions, report: Report) -> None:
@@ -583,8 +680,12 @@ def _print_sched(sc: SchedReplay, client: Any, options: ReplayOptions, report: R
 
     step = {"step_s": str(sc.step_ms // 1000)}
     for title, name, query, params in (
-        ("Allocation rate of the cluster (allocated / total GPUs, mean of the KPI snapshots per row)", "allocation",
-         "allocation_rate", step),
+        (
+            "Allocation rate of the cluster (allocated / total GPUs, mean of the KPI snapshots per row)",
+            "allocation",
+            "allocation_rate",
+            step,
+        ),
         ("Queue wait by resource type (s)", "waits", "wait_time_by_resource_type", {}),
         ("Fragmentation (free GPUs stranded on partly used nodes)", "fragmentation", "fragmentation", step),
         ("Low-priority (best-effort) share of the allocated GPUs", "low_priority", "low_priority_usage", step),
@@ -592,7 +693,10 @@ def _print_sched(sc: SchedReplay, client: Any, options: ReplayOptions, report: R
         columns, rows = _trace_time(*execute(client, query, params), sc.t0_ms)
         _show(title, name, columns, rows, options, "allocation")
     if sc.people:
-        for title, name, query in (("GPU-hours by team", "teams", "team_usage"), ("GPU-hours by user", "users", "user_gpu_hours")):
+        for title, name, query in (
+            ("GPU-hours by team", "teams", "team_usage"),
+            ("GPU-hours by user", "users", "user_gpu_hours"),
+        ):
             columns, rows = execute(client, query, {})
             _show(title, name, columns, rows, options, "allocation")
     else:

@@ -100,9 +100,11 @@ class AlertsConfig:
         def route(r: RouteConfig, depth: int) -> None:
             pad = "  " * depth
             what = ", ".join(str(m) for m in r.matchers) or "everything (default route)"
-            lines.append(f"{pad}- {what} -> {r.receiver}{' (continue)' if r.continue_ else ''}; group_by "
-                         f"{list(r.group_by)}, wait {r.group_wait_s:g}s, interval {r.group_interval_s:g}s, "
-                         f"repeat {r.repeat_interval_s:g}s")
+            lines.append(
+                f"{pad}- {what} -> {r.receiver}{' (continue)' if r.continue_ else ''}; group_by "
+                f"{list(r.group_by)}, wait {r.group_wait_s:g}s, interval {r.group_interval_s:g}s, "
+                f"repeat {r.repeat_interval_s:g}s"
+            )
             for child in r.routes:
                 route(child, depth + 1)
 
@@ -114,8 +116,10 @@ class AlertsConfig:
             lines += [f"    - {i.describe()}" for i in rc.integrations]
         lines.append("inhibit rules:")
         for rule in self.inhibit_rules:
-            lines.append(f"  - [{', '.join(map(str, rule.source))}] mutes [{', '.join(map(str, rule.target))}] "
-                         f"with equal {list(rule.equal)}")
+            lines.append(
+                f"  - [{', '.join(map(str, rule.source))}] mutes [{', '.join(map(str, rule.target))}] "
+                f"with equal {list(rule.equal)}"
+            )
         return "\n".join(lines)
 
 
@@ -171,12 +175,16 @@ def _route(node: Node, parent: RouteConfig | None, route_id: str, receivers: set
     inherit = parent or RouteConfig("", receiver, (), DEFAULT_GROUP_WAIT_S, DEFAULT_GROUP_INTERVAL_S, DEFAULT_REPEAT_INTERVAL_S)
     own_id = route_id if parent is None else f"{route_id}/{{{','.join(map(str, matchers))}}}"
     this = RouteConfig(
-        id=own_id, receiver=receiver,
+        id=own_id,
+        receiver=receiver,
         group_by=_group_by(f["group_by"]) if "group_by" in f else inherit.group_by,
         group_wait_s=f["group_wait"].duration() if "group_wait" in f else inherit.group_wait_s,
         group_interval_s=f["group_interval"].duration(allow_zero=False) if "group_interval" in f else inherit.group_interval_s,
-        repeat_interval_s=f["repeat_interval"].duration(allow_zero=False) if "repeat_interval" in f else inherit.repeat_interval_s,
-        matchers=matchers, continue_=f["continue"].boolean() if "continue" in f else False,
+        repeat_interval_s=f["repeat_interval"].duration(allow_zero=False)
+        if "repeat_interval" in f
+        else inherit.repeat_interval_s,
+        matchers=matchers,
+        continue_=f["continue"].boolean() if "continue" in f else False,
     )
     if "routes" in f:
         children = tuple(_route(child, this, f"{own_id}/{i}", receivers) for i, child in enumerate(f["routes"].items()))

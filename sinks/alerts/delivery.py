@@ -74,8 +74,14 @@ class SenderStats:
 
 
 class Sender(threading.Thread):
-    def __init__(self, integration: Integration, state_path: Path, retry: RetryConfig, bucket: TokenBucket | None,
-                 on_failed: Callable[[OutboxRow, str], None]) -> None:
+    def __init__(
+        self,
+        integration: Integration,
+        state_path: Path,
+        retry: RetryConfig,
+        bucket: TokenBucket | None,
+        on_failed: Callable[[OutboxRow, str], None],
+    ) -> None:
         super().__init__(name=f"alerts-{integration.id}", daemon=True)
         self.integration = integration
         self.state_path = state_path
@@ -161,8 +167,14 @@ class Sender(threading.Thread):
                 writer.attempt_failed(row.seq, attempts, reason)
                 self.stats.retries += 1
                 delay = backoff_s(attempts, self.retry, getattr(err, "retry_after_s", None))
-                log.warning("%s: notification %s not delivered (attempt %d: %s); next try in %.1f s",
-                            ident, row.nid[:12], attempts, reason, delay)
+                log.warning(
+                    "%s: notification %s not delivered (attempt %d: %s); next try in %.1f s",
+                    ident,
+                    row.nid[:12],
+                    attempts,
+                    reason,
+                    delay,
+                )
                 if self._halted.wait(delay):
                     return
                 continue
@@ -183,8 +195,13 @@ class Sender(threading.Thread):
 class Dispatcher:
     """The senders of every integration, fed from the outbox."""
 
-    def __init__(self, integrations: dict[str, tuple[list[Integration], RateLimit | None]], state_path: Path,
-                 retry: RetryConfig, on_failed: Callable[[OutboxRow, str], None]) -> None:
+    def __init__(
+        self,
+        integrations: dict[str, tuple[list[Integration], RateLimit | None]],
+        state_path: Path,
+        retry: RetryConfig,
+        on_failed: Callable[[OutboxRow, str], None],
+    ) -> None:
         """``integrations``: id -> (one instance per sender, the receiver's rate limit)."""
         self.senders: dict[str, list[Sender]] = {}
         for ident, (instances, limit) in integrations.items():

@@ -158,8 +158,16 @@ class Engine:
         changes, self._changes = self._changes, Changes()
         return changes
 
-    def load(self, alerts: list[Alert], groups: list[Group], sent: dict[str, SentEntry], tombstones: dict[str, int],
-             silences: list[Silence], jobs: dict[str, JobInfo], now_ms: int) -> None:
+    def load(
+        self,
+        alerts: list[Alert],
+        groups: list[Group],
+        sent: dict[str, SentEntry],
+        tombstones: dict[str, int],
+        silences: list[Silence],
+        jobs: dict[str, JobInfo],
+        now_ms: int,
+    ) -> None:
         """Take back persisted state. Groups of routes the configuration no longer has are closed
         and their firing alerts routed afresh."""
         self.tombstones = dict(tombstones)
@@ -356,8 +364,11 @@ class Engine:
         route = self.routes[g.route_id]
         prev = self.sent.get(g.key)
         g.next_flush_at = now_ms + int(route.group_interval_s * 1000)
-        if (g.key not in self._dirty and self._seen_epoch.get(g.key) == self._mute_epoch
-                and (prev is None or now_ms - prev.at < route.repeat_interval_s * 1000)):
+        if (
+            g.key not in self._dirty
+            and self._seen_epoch.get(g.key) == self._mute_epoch
+            and (prev is None or now_ms - prev.at < route.repeat_interval_s * 1000)
+        ):
             # nothing new, nothing muted or unmuted, no repeat due: the answer would be "send nothing".
             # The new flush time is not persisted: after a restart the group is simply looked at early.
             heapq.heappush(self._schedule, (g.next_flush_at, g.key))
@@ -369,7 +380,9 @@ class Engine:
         told = set(prev.firing) if prev else set()
         wants_resolved = any(i.common.send_resolved for i in self.config.receivers[g.receiver].integrations)
         wait_ms = int(route.group_wait_s * 1000)
-        resolved = [a for a in members if not a.firing and (a.id in told or (wants_resolved and self._told_late(a, wait_ms, now_ms)))]
+        resolved = [
+            a for a in members if not a.firing and (a.id in told or (wants_resolved and self._told_late(a, wait_ms, now_ms)))
+        ]
         shown = {a.id for a in firing}
         for a in members:
             if a.firing and not a.passed_over and a.id not in shown:
@@ -394,8 +407,12 @@ class Engine:
             if firing or resolved:
                 g.seq += 1
                 notification = Notification(
-                    id=notification_id(g.key, g.seq, entry.firing, entry.resolved), group_key=g.key, receiver=g.receiver,
-                    seq=g.seq, created_at=now_ms, group_labels=dict(g.labels),
+                    id=notification_id(g.key, g.seq, entry.firing, entry.resolved),
+                    group_key=g.key,
+                    receiver=g.receiver,
+                    seq=g.seq,
+                    created_at=now_ms,
+                    group_labels=dict(g.labels),
                     firing=[msgspec.structs.replace(a, groups=[]) for a in firing],
                     resolved=[msgspec.structs.replace(a, groups=[]) for a in resolved],
                 )
@@ -434,9 +451,14 @@ class Engine:
         for n, key, two_sided in self._rules_targeting(alert):
             rule = self.config.inhibit_rules[n]
             for other in self.alerts.values():
-                if (other.id != alert.id and matches_all(rule.source, other.labels) and _equal_key(rule, other.labels) == key
-                        and not (two_sided and matches_all(rule.target, other.labels))
-                        and other.starts_at < alert.ends_at and (other.ends_at is None or other.ends_at > alert.starts_at)):
+                if (
+                    other.id != alert.id
+                    and matches_all(rule.source, other.labels)
+                    and _equal_key(rule, other.labels) == key
+                    and not (two_sided and matches_all(rule.target, other.labels))
+                    and other.starts_at < alert.ends_at
+                    and (other.ends_at is None or other.ends_at > alert.starts_at)
+                ):
                     self.stats.muted_inhibited += 1
                     return False
         return True
@@ -447,8 +469,9 @@ class Engine:
             key = group_key(route, labels)
             g = self.groups.get(key)
             if g is None:
-                g = self.groups[key] = Group(key, route.id, route.receiver, labels, [], now_ms,
-                                             now_ms + int(route.group_wait_s * 1000))
+                g = self.groups[key] = Group(
+                    key, route.id, route.receiver, labels, [], now_ms, now_ms + int(route.group_wait_s * 1000)
+                )
                 heapq.heappush(self._schedule, (g.next_flush_at, key))
             if alert.id not in g.alert_ids:
                 g.alert_ids.append(alert.id)

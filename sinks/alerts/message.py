@@ -25,8 +25,10 @@ def check_template(template: str) -> None:
         raise ValueError(f"malformed template: {err}") from None
     unknown = sorted({n for n in names if n not in DASHBOARD_FIELDS})
     if unknown:
-        raise ValueError(f"unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; "
-                         f"known: {', '.join('{' + n + '}' for n in DASHBOARD_FIELDS)}")
+        raise ValueError(
+            f"unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; "
+            f"known: {', '.join('{' + n + '}' for n in DASHBOARD_FIELDS)}"
+        )
 
 
 def utc(ms: int) -> str:
@@ -92,8 +94,13 @@ class Renderer:
         return self.dashboard_url.format(**fields)
 
     def annotations(self, a: Alert) -> dict[str, str]:
-        out = {"summary": a.message, "description": f"{a.message} ({self.where(a)})", "evidence": self.evidence(a),
-               "diagnose": self.dig_in(a), "anomaly_id": a.id}
+        out = {
+            "summary": a.message,
+            "description": f"{a.message} ({self.where(a)})",
+            "evidence": self.evidence(a),
+            "diagnose": self.dig_in(a),
+            "anomaly_id": a.id,
+        }
         if a.resolved_message:
             out["resolution"] = a.resolved_message
         link = self.dashboard(a)
@@ -125,8 +132,10 @@ class Renderer:
                 if a.ends_at is None:
                     lines.append(f"since {utc(a.starts_at)} ({span((now_ms - a.starts_at) / 1000)} ago)")
                 else:
-                    lines.append(f"resolved {utc(a.ends_at)} after {span((a.ends_at - a.starts_at) / 1000)}"
-                                 + (f": {a.resolved_message}" if a.resolved_message else ""))
+                    lines.append(
+                        f"resolved {utc(a.ends_at)} after {span((a.ends_at - a.starts_at) / 1000)}"
+                        + (f": {a.resolved_message}" if a.resolved_message else "")
+                    )
                 if a.evidence:
                     lines.append(f"evidence: {self.evidence(a)}")
                 link = self.dashboard(a)

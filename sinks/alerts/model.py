@@ -16,8 +16,7 @@ import msgspec
 from hpcinsight.schemas.events import Anomaly
 
 #: every label an alert can carry; configuration naming another label is a typo and refused
-LABELS = ("alertname", "kind", "severity", "subject_type", "subject", "node", "gpu", "gpu_uuid", "job", "user", "team",
-          "drain")
+LABELS = ("alertname", "kind", "severity", "subject_type", "subject", "node", "gpu", "gpu_uuid", "job", "user", "team", "drain")
 
 
 class JobInfo(msgspec.Struct):
@@ -49,8 +48,7 @@ class Alert(msgspec.Struct):
 
 
 def alert_labels(a: Anomaly, jobs: Mapping[str, JobInfo]) -> dict[str, str]:
-    labels = {"alertname": a.kind, "kind": a.kind, "severity": a.severity, "subject_type": a.subject_type,
-              "subject": a.subject}
+    labels = {"alertname": a.kind, "kind": a.kind, "severity": a.severity, "subject_type": a.subject_type, "subject": a.subject}
     if a.node:
         labels["node"] = a.node
     if a.gpu_uuid:
@@ -72,8 +70,14 @@ def alert_labels(a: Anomaly, jobs: Mapping[str, JobInfo]) -> dict[str, str]:
 
 
 def alert_of(a: Anomaly, jobs: Mapping[str, JobInfo]) -> Alert:
-    return Alert(id=a.id, labels=alert_labels(a, jobs), message=a.message, evidence=dict(a.evidence),
-                 starts_at=a.started_at, updated_at=a.ts)
+    return Alert(
+        id=a.id,
+        labels=alert_labels(a, jobs),
+        message=a.message,
+        evidence=dict(a.evidence),
+        starts_at=a.started_at,
+        updated_at=a.ts,
+    )
 
 
 class Notification(msgspec.Struct):

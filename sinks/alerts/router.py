@@ -20,9 +20,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
@@ -77,8 +77,9 @@ class AlertRouter(TopicSink):
     #: the broker away: wait this long before asking again (its offsets come from our state)
     WEATHER_WAIT_S = 1.0
 
-    def __init__(self, config: AlertsConfig, client_config: dict[str, Any], prefix: str, options: RouterOptions,
-                 clock: Any = time.time) -> None:
+    def __init__(
+        self, config: AlertsConfig, client_config: dict[str, Any], prefix: str, options: RouterOptions, clock: Any = time.time
+    ) -> None:
         super().__init__()
         self.config = config
         self.client_config = client_config
@@ -113,8 +114,10 @@ class AlertRouter(TopicSink):
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> dict[str, Any]:
         redact.install()
         self._store = StateStore(self.options.state_dir)
-        self.dead_letter_out = DeadLetterOut(new_producer(self.client_config, until_delivered=True),  # retried until delivered
-                                             DEAD_LETTERS.full_name(self.prefix))
+        self.dead_letter_out = DeadLetterOut(
+            new_producer(self.client_config, until_delivered=True),  # retried until delivered
+            DEAD_LETTERS.full_name(self.prefix),
+        )
         self._dispatcher = None
         try:
             self.run_loop(stop, idle_exit_s)
@@ -211,8 +214,12 @@ class AlertRouter(TopicSink):
         self.engine.load(**store.load(), now_ms=self._now_ms())  # type: ignore[arg-type]
         integrations = build_integrations(self.config, self.renderer)
         self._by_receiver = {name: [i[0].id for i, _ in items] for name, items in integrations.items()}
-        self._dispatcher = Dispatcher({i[0].id: (i, limit) for items in integrations.values() for i, limit in items},
-                                      store.path, self.config.retry, self._dead_letter_notification)
+        self._dispatcher = Dispatcher(
+            {i[0].id: (i, limit) for items in integrations.values() for i, limit in items},
+            store.path,
+            self.config.retry,
+            self._dead_letter_notification,
+        )
         self._fail_unknown(store, self._dispatcher.submit(store.pending()))
 
     def request_reload(self) -> None:
@@ -247,9 +254,15 @@ class AlertRouter(TopicSink):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         dispatcher = self._dispatcher
-        per = {k: CounterMetricFamily(f"hpcinsight_alerts_notifications_{k}", doc, labels=["receiver", "integration"])
-               for k, doc in (("sent", "notifications a receiver took"), ("failed", "notifications given up (dead-lettered)"),
-                              ("retried", "tries again after a failure"), ("skipped", "resolved notifications not sent"))}
+        per = {
+            k: CounterMetricFamily(f"hpcinsight_alerts_notifications_{k}", doc, labels=["receiver", "integration"])
+            for k, doc in (
+                ("sent", "notifications a receiver took"),
+                ("failed", "notifications given up (dead-lettered)"),
+                ("retried", "tries again after a failure"),
+                ("skipped", "resolved notifications not sent"),
+            )
+        }
         if dispatcher is not None:
             for ident, senders in sorted(dispatcher.senders.items()):
                 receiver = ident.split("/", 1)[0]
@@ -257,8 +270,11 @@ class AlertRouter(TopicSink):
                 for k, family in per.items():
                     family.add_metric([receiver, ident], totals[k])
         yield from per.values()
-        yield GaugeMetricFamily("hpcinsight_alerts_outbox_depth", "notifications decided and not yet sent",
-                                value=dispatcher.backlog() if dispatcher is not None else 0)
+        yield GaugeMetricFamily(
+            "hpcinsight_alerts_outbox_depth",
+            "notifications decided and not yet sent",
+            value=dispatcher.backlog() if dispatcher is not None else 0,
+        )
         engine = getattr(self, "engine", None)
         for name, value, doc in (
             ("hpcinsight_alerts_anomalies", engine.stats.anomalies if engine else 0, "anomaly messages read"),
@@ -267,7 +283,9 @@ class AlertRouter(TopicSink):
             ("hpcinsight_alerts_config_reload_failures", self.reload_failures, "reloads refused (bad file; old one kept)"),
         ):
             yield CounterMetricFamily(name, doc, value=value)
-        yield GaugeMetricFamily("hpcinsight_alerts_firing", "alerts firing", value=sum(a.firing for a in engine.alerts.values()) if engine else 0)
+        yield GaugeMetricFamily(
+            "hpcinsight_alerts_firing", "alerts firing", value=sum(a.firing for a in engine.alerts.values()) if engine else 0
+        )
 
     def decode(self, msg: Message) -> list[Any]:
         return self.topics[msg.topic()].codec.decode(msg.value())
@@ -292,7 +310,7 @@ class AlertRouter(TopicSink):
         for msg, a in anomalies:  # after the batch's job owners and silences
             try:
                 engine.observe_anomaly(a, now)
-            except Exception as err:  # noqa: BLE001 - one message must never stop the router
+            except Exception as err:
                 log.exception("routing anomaly %s failed", a.id)
                 self._malformed(msg, f"router failed on anomaly {a.id}: {type(err).__name__}: {err}")
 
@@ -318,7 +336,7 @@ class AlertRouter(TopicSink):
                         self._malformed(msg, f"silence {silence.id}: {err}")
                         continue
                     engine.observe_silence(silence)
-        except Exception as err:  # noqa: BLE001 - one message must never stop the router
+        except Exception as err:
             log.exception("applying %s[%d]@%d failed", msg.topic(), msg.partition(), msg.offset())
             self._malformed(msg, f"router failed on it: {type(err).__name__}: {err}")
 
@@ -342,8 +360,12 @@ class AlertRouter(TopicSink):
         still firing are taken (and told), those already over are not (see docs/alerts.md)."""
         history, self._history = list(self._history.values()), {}
         firing = sum(a.state == "firing" for a in history)
-        log.info("history read: %d incidents, %d still firing (told), %d over before this router started (not told)",
-                 len(history), firing, len(history) - firing)
+        log.info(
+            "history read: %d incidents, %d still firing (told), %d over before this router started (not told)",
+            len(history),
+            firing,
+            len(history) - firing,
+        )
         self.engine.observe_history(history, now_ms)
 
     def _commit(self, store: StateStore, consumer: Consumer, dispatcher: Dispatcher, engine: Engine) -> None:
@@ -366,15 +388,33 @@ class AlertRouter(TopicSink):
     def _malformed(self, msg: Message, reason: str) -> None:
         self.malformed += 1
         log.warning("malformed message at %s[%d]@%d dead-lettered: %s", msg.topic(), msg.partition(), msg.offset(), reason)
-        self._produce_dead_letter(DeadLetter.of(
-            ts=self._now_ms(), source_topic=msg.topic(), source_partition=msg.partition(), source_offset=msg.offset(),
-            stage="alerts", reason=reason, raw=msg.value(), key=msg.key()))
+        self._produce_dead_letter(
+            DeadLetter.of(
+                ts=self._now_ms(),
+                source_topic=msg.topic(),
+                source_partition=msg.partition(),
+                source_offset=msg.offset(),
+                stage="alerts",
+                reason=reason,
+                raw=msg.value(),
+                key=msg.key(),
+            )
+        )
 
     def _dead_letter_notification(self, row: OutboxRow, reason: str) -> None:
         """A notification no retry will deliver: kept in dead.letters with its body."""
-        self._produce_dead_letter(DeadLetter.of(
-            ts=self._now_ms(), source_topic=f"{self.prefix}alerts.outbox", source_partition=0, source_offset=row.seq,
-            stage=f"alerts.send:{row.integration}", reason=redact.redact(reason), raw=row.body, key=row.nid.encode()))
+        self._produce_dead_letter(
+            DeadLetter.of(
+                ts=self._now_ms(),
+                source_topic=f"{self.prefix}alerts.outbox",
+                source_partition=0,
+                source_offset=row.seq,
+                stage=f"alerts.send:{row.integration}",
+                reason=redact.redact(reason),
+                raw=row.body,
+                key=row.nid.encode(),
+            )
+        )
         if self.dead_letter_out is not None:
             self.dead_letter_out.producer.flush(30)
 
@@ -387,5 +427,6 @@ class AlertRouter(TopicSink):
         for row in rows:
             reason = f"integration {row.integration} is no longer configured"
             self._dead_letter_notification(row, reason)
-            store.db.execute("UPDATE outbox SET state = 'failed', error = ?, done_at = ? WHERE seq = ?",
-                             (reason, self._now_ms(), row.seq))
+            store.db.execute(
+                "UPDATE outbox SET state = 'failed', error = ?, done_at = ? WHERE seq = ?", (reason, self._now_ms(), row.seq)
+            )

@@ -10,10 +10,18 @@ from typing import Any
 
 def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    a = actions.add_parser("add", help="mute alerts matching every --match for --duration",
-                           description="Mute alerts matching every --match for --duration; prints the silence id.")
-    a.add_argument("--match", action="append", default=[], metavar="LABEL=VALUE",
-                   help="matcher (=, !=, =~ regex, !~), e.g. kind=gpu_xid or node=~'n1[0-9]'; repeatable")
+    a = actions.add_parser(
+        "add",
+        help="mute alerts matching every --match for --duration",
+        description="Mute alerts matching every --match for --duration; prints the silence id.",
+    )
+    a.add_argument(
+        "--match",
+        action="append",
+        default=[],
+        metavar="LABEL=VALUE",
+        help="matcher (=, !=, =~ regex, !~), e.g. kind=gpu_xid or node=~'n1[0-9]'; repeatable",
+    )
     a.add_argument("--duration", required=True, help="how long, e.g. 2h, 30m, 1d")
     a.add_argument("--comment", required=True, help="why (shown by silence list)")
     a.add_argument("--author", default=None, help="who (default: the login name)")
@@ -28,13 +36,20 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str) -> int:
     import getpass
 
-    from hpcinsight.sinks.alerts import silences
     from hpcinsight.core.durations import parse_seconds
+    from hpcinsight.sinks.alerts import silences
     from hpcinsight.sinks.alerts.message import utc
 
     if args.action == "add":
-        s = silences.add(client_config, prefix, args.match, parse_seconds(args.duration, "--duration"), args.comment,
-                         args.author or getpass.getuser(), starts_in_s=parse_seconds(args.starts_in, "--starts-in"))
+        s = silences.add(
+            client_config,
+            prefix,
+            args.match,
+            parse_seconds(args.duration, "--duration"),
+            args.comment,
+            args.author or getpass.getuser(),
+            starts_in_s=parse_seconds(args.starts_in, "--starts-in"),
+        )
         print(f"silence {s.id}: {', '.join(s.matchers)} from {utc(s.starts_at)} until {utc(s.ends_at)}")
         return 0
     if args.action == "expire":
@@ -45,12 +60,29 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
     rows = sorted(silences.read_all(client_config, prefix).values(), key=lambda s: s.starts_at)
     rows = [s for s in rows if args.all or silences.state(s, now) != "expired"]
     if args.format == "json":
-        print(json.dumps([{"id": s.id, "state": silences.state(s, now), "matchers": s.matchers, "starts_at": s.starts_at,
-                           "ends_at": s.ends_at, "created_by": s.created_by, "comment": s.comment} for s in rows], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": s.id,
+                        "state": silences.state(s, now),
+                        "matchers": s.matchers,
+                        "starts_at": s.starts_at,
+                        "ends_at": s.ends_at,
+                        "created_by": s.created_by,
+                        "comment": s.comment,
+                    }
+                    for s in rows
+                ],
+                indent=2,
+            )
+        )
         return 0
     for s in rows:
-        print(f"{s.id}  {silences.state(s, now):8} {utc(s.starts_at)} -> {utc(s.ends_at)}  {s.created_by}: "
-              f"{', '.join(s.matchers)}  ({s.comment})")
+        print(
+            f"{s.id}  {silences.state(s, now):8} {utc(s.starts_at)} -> {utc(s.ends_at)}  {s.created_by}: "
+            f"{', '.join(s.matchers)}  ({s.comment})"
+        )
     if not rows:
         print("no silences" if args.all else "no active or pending silences (--all shows expired ones)")
     return 0

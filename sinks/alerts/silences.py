@@ -42,20 +42,39 @@ def state(s: Silence, now_ms: int) -> str:
 def _produce(client_config: dict[str, Any], prefix: str, silence: Silence) -> None:
     producer = new_producer(client_config)
     errors: list[str] = []
-    producer.produce(ALERT_SILENCES.full_name(prefix), key=silence.id.encode(), value=ALERT_SILENCES.codec.encode([silence]),
-                     on_delivery=lambda err, _msg: errors.append(str(err)) if err else None)
+    producer.produce(
+        ALERT_SILENCES.full_name(prefix),
+        key=silence.id.encode(),
+        value=ALERT_SILENCES.codec.encode([silence]),
+        on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
+    )
     if producer.flush(30) or errors:
         raise KafkaException(f"the silence was not written to Kafka: {'; '.join(errors) or 'timed out'}")
 
 
-def add(client_config: dict[str, Any], prefix: str, matchers: list[str], duration_s: float, comment: str, author: str,
-        starts_in_s: float = 0.0, now_ms: int | None = None) -> Silence:
+def add(
+    client_config: dict[str, Any],
+    prefix: str,
+    matchers: list[str],
+    duration_s: float,
+    comment: str,
+    author: str,
+    starts_in_s: float = 0.0,
+    now_ms: int | None = None,
+) -> Silence:
     if duration_s <= 0:
         raise ValueError("--duration must be longer than 0")
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     starts = now_ms + int(starts_in_s * 1000)
-    silence = Silence(id=uuid.uuid4().hex[:12], ts=now_ms, matchers=parse_matchers(matchers), starts_at=starts,
-                      ends_at=starts + int(duration_s * 1000), created_by=author or "unknown", comment=comment)
+    silence = Silence(
+        id=uuid.uuid4().hex[:12],
+        ts=now_ms,
+        matchers=parse_matchers(matchers),
+        starts_at=starts,
+        ends_at=starts + int(duration_s * 1000),
+        created_by=author or "unknown",
+        comment=comment,
+    )
     _produce(client_config, prefix, silence)
     return silence
 
@@ -83,7 +102,14 @@ def expire(client_config: dict[str, Any], prefix: str, silence_id: str, now_ms: 
     s = matches[0]
     if state(s, now_ms) == "expired":
         raise ValueError(f"silence {s.id} has already expired")
-    expired = Silence(id=s.id, ts=max(now_ms, s.ts + 1), matchers=s.matchers, starts_at=min(s.starts_at, now_ms),
-                      ends_at=now_ms, created_by=s.created_by, comment=s.comment)
+    expired = Silence(
+        id=s.id,
+        ts=max(now_ms, s.ts + 1),
+        matchers=s.matchers,
+        starts_at=min(s.starts_at, now_ms),
+        ends_at=now_ms,
+        created_by=s.created_by,
+        comment=s.comment,
+    )
     _produce(client_config, prefix, expired)
     return expired

@@ -131,7 +131,8 @@ class StateStore:
                 raise StateError(
                     f"the state in {self.dir} belongs to Kafka cluster {meta.get('cluster_id')!r} with topic prefix "
                     f"{meta.get('prefix')!r}, not {cluster_id!r} / {prefix!r}: use another --state-dir, or --reset-state "
-                    "to forget it (what was sent, open groups)")
+                    "to forget it (what was sent, open groups)"
+                )
         if reset or not meta:
             with self.transaction() as db:
                 for table in ("meta", "offsets", "alerts", "groups", "sent", "tombstones", "silences", "jobs", "outbox"):
@@ -154,13 +155,16 @@ class StateStore:
         }
 
     def pending(self) -> list[OutboxRow]:
-        rows = self.db.execute("SELECT seq, nid, integration, group_key, title, body, created_at, attempts FROM outbox "
-                               "WHERE state = 'pending' ORDER BY seq")
+        rows = self.db.execute(
+            "SELECT seq, nid, integration, group_key, title, body, created_at, attempts FROM outbox "
+            "WHERE state = 'pending' ORDER BY seq"
+        )
         return [OutboxRow(*r) for r in rows]
 
     # -- save ----------------------------------------------------------------------------
-    def commit(self, changes: Changes, offsets: dict[tuple[str, int], int],
-               outbox: list[tuple[Notification, str, str]]) -> list[OutboxRow]:
+    def commit(
+        self, changes: Changes, offsets: dict[tuple[str, int], int], outbox: list[tuple[Notification, str, str]]
+    ) -> list[OutboxRow]:
         """Write ``changes``, the ``offsets`` reached and the ``outbox`` entries
         (notification, integration id, title) in one transaction; returns the new outbox rows."""
         new: list[OutboxRow] = []
@@ -172,13 +176,18 @@ class StateStore:
             _upsert(db, "jobs", "job_id", changes.jobs)
             gone = [(k,) for k, v in changes.tombstones.items() if v is None]
             db.executemany("DELETE FROM tombstones WHERE id = ?", gone)
-            db.executemany("INSERT OR REPLACE INTO tombstones VALUES (?, ?)",
-                           [(k, v) for k, v in changes.tombstones.items() if v is not None])
+            db.executemany(
+                "INSERT OR REPLACE INTO tombstones VALUES (?, ?)",
+                [(k, v) for k, v in changes.tombstones.items() if v is not None],
+            )
             db.executemany("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)", [(t, p, o) for (t, p), o in offsets.items()])
             for n, integration, title in outbox:
                 body = encode(n)
-                cur = db.execute("INSERT OR IGNORE INTO outbox (nid, integration, group_key, title, body, created_at) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", (n.id, integration, n.group_key, title, body, n.created_at))
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO outbox (nid, integration, group_key, title, body, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (n.id, integration, n.group_key, title, body, n.created_at),
+                )
                 if cur.rowcount:
                     new.append(OutboxRow(cur.lastrowid, n.id, integration, n.group_key, title, body, n.created_at, 0))  # type: ignore[arg-type]
         return new
@@ -189,8 +198,9 @@ class StateStore:
 
 def _upsert(db: sqlite3.Connection, table: str, key: str, items: dict[str, object]) -> None:
     db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k, v in items.items() if v is None])
-    db.executemany(f"INSERT OR REPLACE INTO {table} ({key}, body) VALUES (?, ?)",
-                   [(k, encode(v)) for k, v in items.items() if v is not None])
+    db.executemany(
+        f"INSERT OR REPLACE INTO {table} ({key}, body) VALUES (?, ?)", [(k, encode(v)) for k, v in items.items() if v is not None]
+    )
 
 
 class OutboxWriter:
@@ -200,8 +210,10 @@ class OutboxWriter:
         self.db = connect(path)
 
     def done(self, seq: int, state: str, attempts: int, error: str | None = None) -> None:
-        self.db.execute("UPDATE outbox SET state = ?, attempts = ?, done_at = ?, error = ? WHERE seq = ?",
-                        (state, attempts, int(time.time() * 1000), error, seq))
+        self.db.execute(
+            "UPDATE outbox SET state = ?, attempts = ?, done_at = ?, error = ? WHERE seq = ?",
+            (state, attempts, int(time.time() * 1000), error, seq),
+        )
 
     def attempt_failed(self, seq: int, attempts: int, error: str) -> None:
         self.db.execute("UPDATE outbox SET attempts = ?, error = ? WHERE seq = ?", (attempts, error, seq))
@@ -218,8 +230,11 @@ def read_outbox(state_dir: Path, states: tuple[str, ...] = ("sent",)) -> list[di
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
         marks = ",".join("?" * len(states))
-        rows = db.execute(f"SELECT seq, nid, integration, group_key, title, created_at, state, attempts, done_at, error "
-                          f"FROM outbox WHERE state IN ({marks}) ORDER BY seq", states).fetchall()
+        rows = db.execute(
+            f"SELECT seq, nid, integration, group_key, title, created_at, state, attempts, done_at, error "
+            f"FROM outbox WHERE state IN ({marks}) ORDER BY seq",
+            states,
+        ).fetchall()
     finally:
         db.close()
     keys = ("seq", "nid", "integration", "group_key", "title", "created_at", "state", "attempts", "done_at", "error")

@@ -54,7 +54,7 @@ class Detector(abc.ABC, Generic[C]):
             if isinstance(value, WindowChoice):
                 value.default = context.shortest_window
 
-    def restore(self, open_incidents: list[Any]) -> None:  # noqa: B027 - optional hook
+    def restore(self, open_incidents: list[Any]) -> None:
         """Take back incidents this detector had fired and not resolved before a restart
         (read from the anomalies topic), so they resolve under their own id, never twice.
 

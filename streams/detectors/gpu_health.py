@@ -154,10 +154,13 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         throttle = Hygiene.of(quiet_s=cfg.throttle_quiet_s)
         self._incidents: dict[str, Incidents[str]] = {  # condition -> its incidents, keyed by GPU
             ECC: Incidents(self.kind, Hygiene.of(quiet_s=cfg.ecc_quiet_s)),
-            REMAP_PENDING: Incidents(self.kind), REMAP_FAILURE: Incidents(self.kind),
-            THERMAL: Incidents(self.kind, throttle), POWER: Incidents(self.kind, throttle),
-            CLOCK: Incidents(self.kind, Hygiene.of(fire_after_s=cfg.clock_low_s, resolve_after_s=cfg.clock_low_s,
-                                                   max_gap_s=cfg.max_gap_s)),
+            REMAP_PENDING: Incidents(self.kind),
+            REMAP_FAILURE: Incidents(self.kind),
+            THERMAL: Incidents(self.kind, throttle),
+            POWER: Incidents(self.kind, throttle),
+            CLOCK: Incidents(
+                self.kind, Hygiene.of(fire_after_s=cfg.clock_low_s, resolve_after_s=cfg.clock_low_s, max_gap_s=cfg.max_gap_s)
+            ),
         }
         self._now = 0
         self._last_sweep = 0
@@ -193,17 +196,37 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
                 got = self._judge(s, gpu, ECC, True, severity="critical")
                 if got is not None:
                     evidence = self._ecc_evidence(s, gpu, prev)
-                    out.append(self._anomaly(s, ECC, got, "firing", evidence, (
-                        f"{count - prev} new uncorrectable ECC error(s) on GPU {s.gpu_index} of {s.node} "
-                        f"({count} since the driver loaded): memory contents were lost and the job on it has "
-                        "likely failed or computed garbage; drain the GPU and reset it, replace it if it recurs")))
+                    out.append(
+                        self._anomaly(
+                            s,
+                            ECC,
+                            got,
+                            "firing",
+                            evidence,
+                            (
+                                f"{count - prev} new uncorrectable ECC error(s) on GPU {s.gpu_index} of {s.node} "
+                                f"({count} since the driver loaded): memory contents were lost and the job on it has "
+                                "likely failed or computed garbage; drain the GPU and reset it, replace it if it recurs"
+                            ),
+                        )
+                    )
                 return out
         got = self._judge(s, gpu, ECC, False) if ECC in gpu.open else None
         if got is not None:
             evidence = self._ecc_evidence(s, gpu, gpu.ecc_prev)
-            out.append(self._anomaly(s, ECC, got, "resolved", evidence, (
-                f"no new uncorrectable ECC error on GPU {s.gpu_index} of {s.node} for {self.config.ecc_quiet_s:g} s "
-                f"({gpu.ecc_new} in this incident)")))
+            out.append(
+                self._anomaly(
+                    s,
+                    ECC,
+                    got,
+                    "resolved",
+                    evidence,
+                    (
+                        f"no new uncorrectable ECC error on GPU {s.gpu_index} of {s.node} for {self.config.ecc_quiet_s:g} s "
+                        f"({gpu.ecc_new} in this incident)"
+                    ),
+                )
+            )
         return out
 
     @staticmethod
@@ -220,31 +243,65 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
     def _remap(self, s: GpuSample, gpu: _Gpu) -> list[Event]:
         if (
             not (s.remapped_rows_pending or s.retired_pages_pending or s.remapped_rows_failure)
-            and REMAP_PENDING not in gpu.open and REMAP_FAILURE not in gpu.open
+            and REMAP_PENDING not in gpu.open
+            and REMAP_FAILURE not in gpu.open
         ):
             return []  # the common case, healthy memory: nothing to fire or resolve
-        flags = {"remapped_rows_pending": s.remapped_rows_pending, "retired_pages_pending": s.retired_pages_pending,
-                 "remapped_rows_failure": s.remapped_rows_failure}
+        flags = {
+            "remapped_rows_pending": s.remapped_rows_pending,
+            "retired_pages_pending": s.retired_pages_pending,
+            "remapped_rows_failure": s.remapped_rows_failure,
+        }
         evidence = {name: float(value) for name, value in flags.items() if value is not None}
         evidence["gpu_index"] = float(s.gpu_index)
         if s.ecc_uncorrected_volatile is not None:
             evidence["ecc_uncorrected_total"] = float(s.ecc_uncorrected_volatile)
         out: list[Event] = []
-        pending = None if s.remapped_rows_pending is None and s.retired_pages_pending is None else bool(
-            s.remapped_rows_pending or s.retired_pages_pending)
+        pending = (
+            None
+            if s.remapped_rows_pending is None and s.retired_pages_pending is None
+            else bool(s.remapped_rows_pending or s.retired_pages_pending)
+        )
         what = "rows remapped" if s.remapped_rows_pending else "pages retired"
-        out += self._flag(s, gpu, REMAP_PENDING, pending, "warning", evidence, (
-            f"GPU {s.gpu_index} of {s.node} has {what} pending: faulty memory was fenced off but the repair only "
-            "takes effect after a GPU reset; drain the GPU and reset it when its job ends"),
-            f"no repair pending any more on GPU {s.gpu_index} of {s.node} (it was reset)")
-        out += self._flag(s, gpu, REMAP_FAILURE, s.remapped_rows_failure, "critical", evidence, (
-            f"row remapping failed on GPU {s.gpu_index} of {s.node}: no spare memory rows are left to fence off "
-            "faulty memory; drain the node and replace the GPU"),
-            f"row remapping failure no longer reported on GPU {s.gpu_index} of {s.node}")
+        out += self._flag(
+            s,
+            gpu,
+            REMAP_PENDING,
+            pending,
+            "warning",
+            evidence,
+            (
+                f"GPU {s.gpu_index} of {s.node} has {what} pending: faulty memory was fenced off but the repair only "
+                "takes effect after a GPU reset; drain the GPU and reset it when its job ends"
+            ),
+            f"no repair pending any more on GPU {s.gpu_index} of {s.node} (it was reset)",
+        )
+        out += self._flag(
+            s,
+            gpu,
+            REMAP_FAILURE,
+            s.remapped_rows_failure,
+            "critical",
+            evidence,
+            (
+                f"row remapping failed on GPU {s.gpu_index} of {s.node}: no spare memory rows are left to fence off "
+                "faulty memory; drain the node and replace the GPU"
+            ),
+            f"row remapping failure no longer reported on GPU {s.gpu_index} of {s.node}",
+        )
         return out
 
-    def _flag(self, s: GpuSample, gpu: _Gpu, condition: str, value: bool | None, severity: Severity,
-              evidence: dict[str, float], firing: str, resolved: str) -> list[Event]:
+    def _flag(
+        self,
+        s: GpuSample,
+        gpu: _Gpu,
+        condition: str,
+        value: bool | None,
+        severity: Severity,
+        evidence: dict[str, float],
+        firing: str,
+        resolved: str,
+    ) -> list[Event]:
         if value is None or (not value and condition not in gpu.open):  # not reported, or nothing to resolve
             return []
         got = self._judge(s, gpu, condition, value, severity=severity)
@@ -291,17 +348,35 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
                 severity: Severity = "warning" if condition == THERMAL or braked else "info"
                 got = self._judge(s, gpu, condition, True, since=throttled[0].ts, severity=severity)
                 if got is not None:
-                    out.append(self._anomaly(s, condition, got, "firing", self._throttle_evidence(s, gpu, reasons, share),
-                                             self._throttle_message(s, condition, share, braked)))
+                    out.append(
+                        self._anomaly(
+                            s,
+                            condition,
+                            got,
+                            "firing",
+                            self._throttle_evidence(s, gpu, reasons, share),
+                            self._throttle_message(s, condition, share, braked),
+                        )
+                    )
                 continue
             got = self._judge(s, gpu, condition, over, clear=share < cfg.throttle_share / 2)
             if got is not None:
                 evidence = self._throttle_evidence(s, gpu, reasons, share)
                 evidence["episodes"] = float(got.episodes)
-                out.append(self._anomaly(s, condition, got, "resolved", evidence, (
-                    f"GPU {s.gpu_index} of {s.node}: {'thermal' if condition == THERMAL else 'power'} throttling down "
-                    f"to {share:.0%} of its busy samples over the last {cfg.throttle_window_s:g} s, "
-                    f"after {got.episodes} episode(s)")))
+                out.append(
+                    self._anomaly(
+                        s,
+                        condition,
+                        got,
+                        "resolved",
+                        evidence,
+                        (
+                            f"GPU {s.gpu_index} of {s.node}: {'thermal' if condition == THERMAL else 'power'} throttling down "
+                            f"to {share:.0%} of its busy samples over the last {cfg.throttle_window_s:g} s, "
+                            f"after {got.episodes} episode(s)"
+                        ),
+                    )
+                )
         return out
 
     @staticmethod
@@ -314,8 +389,13 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
 
     def _throttle_evidence(self, s: GpuSample, gpu: _Gpu, reasons: frozenset[str], share: float) -> dict[str, float]:
         n = len(gpu.window)
-        evidence = {"share": share, "threshold": self.config.throttle_share, "busy_samples": float(n),
-                    "window_s": self.config.throttle_window_s, "gpu_index": float(s.gpu_index)}
+        evidence = {
+            "share": share,
+            "threshold": self.config.throttle_share,
+            "busy_samples": float(n),
+            "window_s": self.config.throttle_window_s,
+            "gpu_index": float(s.gpu_index),
+        }
         for reason in sorted(reasons):
             evidence[f"{reason}_share"] = sum(reason in o.reasons for o in gpu.window) / n
         for name in ("temperature_c", "power_w", "power_limit_w", "sm_clock_mhz", "sm_clock_max_mhz", "gpu_util"):
@@ -331,21 +411,32 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         span = f"in {share:.0%} of its busy samples over the last {self.config.throttle_window_s:g} s"
         if condition == THERMAL:
             temp = f", {s.temperature_c:.0f} °C" if s.temperature_c is not None else ""
-            return (f"{head} thermally throttled {span}{temp}: it runs below its clocks and slows its job; "
-                    "check the node's cooling (fans, airflow, inlet temperature) and drain it if this persists")
+            return (
+                f"{head} thermally throttled {span}{temp}: it runs below its clocks and slows its job; "
+                "check the node's cooling (fans, airflow, inlet temperature) and drain it if this persists"
+            )
         power = ""
         if s.power_w is not None and s.power_limit_w is not None:
             power = f" ({s.power_w:.0f} W of a {s.power_limit_w:.0f} W limit)"
         if braked:
-            return (f"{head} held down by an external power brake {span}{power}: the node's power supply or "
-                    "chassis asked the GPU to slow down; check the node's power delivery and drain it if it persists")
-        return (f"{head} power-capped {span}{power}: at the default limit this is a GPU working at its power budget; "
-                "check that the limit was not lowered (nvidia-smi -q -d POWER) if the job is slower than expected")
+            return (
+                f"{head} held down by an external power brake {span}{power}: the node's power supply or "
+                "chassis asked the GPU to slow down; check the node's power delivery and drain it if it persists"
+            )
+        return (
+            f"{head} power-capped {span}{power}: at the default limit this is a GPU working at its power budget; "
+            "check that the limit was not lowered (nvidia-smi -q -d POWER) if the job is slower than expected"
+        )
 
     def _clock(self, s: GpuSample, gpu: _Gpu) -> list[Event]:
         cfg = self.config
-        if (s.gpu_util is None or s.gpu_util < cfg.clock_busy_pct or s.sm_clock_mhz is None
-                or not s.sm_clock_max_mhz or (s.throttle_reasons is None and not s.throttle)):
+        if (
+            s.gpu_util is None
+            or s.gpu_util < cfg.clock_busy_pct
+            or s.sm_clock_mhz is None
+            or not s.sm_clock_max_mhz
+            or (s.throttle_reasons is None and not s.throttle)
+        ):
             return []  # idle, or a reading missing: no verdict
         ratio = s.sm_clock_mhz / s.sm_clock_max_mhz
         low = ratio < cfg.clock_low_ratio
@@ -360,31 +451,65 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         if CLOCK in gpu.open:  # it just fired
             evidence["low_for_s"] = (s.ts - got.started_at) / 1000
             reasons = f" (reported reasons: {', '.join(s.throttle)})" if s.throttle else ""
-            return [self._anomaly(s, CLOCK, got, "firing", evidence, (
-                f"GPU {s.gpu_index} of {s.node} runs at {s.sm_clock_mhz:.0f} MHz, {ratio:.0%} of its "
-                f"{s.sm_clock_max_mhz:.0f} MHz maximum, while {s.gpu_util:.0f}% busy for {evidence['low_for_s']:.0f} s "
-                f"with no thermal or power reason{reasons}: clocks are probably locked low (nvidia-smi -lgc/-ac) "
-                "or the GPU is degraded; reset its clocks (nvidia-smi -rgc -rac) or drain and reset it"))]
-        return [self._anomaly(s, CLOCK, got, "resolved", evidence, (
-            f"GPU {s.gpu_index} of {s.node} is back at {s.sm_clock_mhz:.0f} MHz ({ratio:.0%} of its maximum) "
-            f"for {cfg.clock_low_s:g} s"))]
+            return [
+                self._anomaly(
+                    s,
+                    CLOCK,
+                    got,
+                    "firing",
+                    evidence,
+                    (
+                        f"GPU {s.gpu_index} of {s.node} runs at {s.sm_clock_mhz:.0f} MHz, {ratio:.0%} of its "
+                        f"{s.sm_clock_max_mhz:.0f} MHz maximum, while {s.gpu_util:.0f}% busy for {evidence['low_for_s']:.0f} s "
+                        f"with no thermal or power reason{reasons}: clocks are probably locked low (nvidia-smi -lgc/-ac) "
+                        "or the GPU is degraded; reset its clocks (nvidia-smi -rgc -rac) or drain and reset it"
+                    ),
+                )
+            ]
+        return [
+            self._anomaly(
+                s,
+                CLOCK,
+                got,
+                "resolved",
+                evidence,
+                (
+                    f"GPU {s.gpu_index} of {s.node} is back at {s.sm_clock_mhz:.0f} MHz ({ratio:.0%} of its maximum) "
+                    f"for {cfg.clock_low_s:g} s"
+                ),
+            )
+        ]
 
     def _clock_evidence(self, s: GpuSample, ratio: float) -> dict[str, float]:
         """Built only when the verdict changes (the clock check runs on every busy sample)."""
         assert s.sm_clock_mhz is not None and s.sm_clock_max_mhz is not None and s.gpu_util is not None
-        evidence = {"sm_clock_mhz": float(s.sm_clock_mhz), "sm_clock_max_mhz": float(s.sm_clock_max_mhz),
-                    "clock_ratio": ratio, "threshold_ratio": self.config.clock_low_ratio, "gpu_util": float(s.gpu_util),
-                    "gpu_index": float(s.gpu_index)}
+        evidence = {
+            "sm_clock_mhz": float(s.sm_clock_mhz),
+            "sm_clock_max_mhz": float(s.sm_clock_max_mhz),
+            "clock_ratio": ratio,
+            "threshold_ratio": self.config.clock_low_ratio,
+            "gpu_util": float(s.gpu_util),
+            "gpu_index": float(s.gpu_index),
+        }
         if s.throttle_reasons is not None:
             evidence["throttle_reasons"] = float(s.throttle_reasons)
         return evidence
 
     # --- incidents --------------------------------------------------------------------------
-    def _judge(self, s: GpuSample, gpu: _Gpu, condition: str, bad: bool, clear: bool | None = None, since: int | None = None,
-               severity: Severity = "warning") -> Incident | None:
+    def _judge(
+        self,
+        s: GpuSample,
+        gpu: _Gpu,
+        condition: str,
+        bad: bool,
+        clear: bool | None = None,
+        since: int | None = None,
+        severity: Severity = "warning",
+    ) -> Incident | None:
         """One judgment of a condition on this GPU; the incident when it fires or resolves now."""
-        got = self._incidents[condition].judge(s.gpu_uuid, f"{s.gpu_uuid}/{condition}", s.ts, fire=bad, clear=clear,
-                                               since=since, severity=severity)
+        got = self._incidents[condition].judge(
+            s.gpu_uuid, f"{s.gpu_uuid}/{condition}", s.ts, fire=bad, clear=clear, since=since, severity=severity
+        )
         if got is None:
             return None
         if got[0] == "firing":
@@ -393,20 +518,32 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
             gpu.open.discard(condition)
         return got[1]
 
-    def _anomaly(self, s: GpuSample, condition: str, incident: Incident, state: State,
-                 evidence: dict[str, float], message: str) -> Anomaly:
+    def _anomaly(
+        self, s: GpuSample, condition: str, incident: Incident, state: State, evidence: dict[str, float], message: str
+    ) -> Anomaly:
         return Anomaly(
-            id=incident.id, kind=self.kind, severity=incident.severity, state=state,
-            subject_type="gpu", subject=f"{s.gpu_uuid}/{condition}", ts=s.ts, started_at=incident.started_at,
-            window_start=min(incident.started_at, s.ts), window_end=s.ts, message=message, evidence=evidence,
-            node=s.node, gpu_uuid=s.gpu_uuid, job_id=s.job_id,
+            id=incident.id,
+            kind=self.kind,
+            severity=incident.severity,
+            state=state,
+            subject_type="gpu",
+            subject=f"{s.gpu_uuid}/{condition}",
+            ts=s.ts,
+            started_at=incident.started_at,
+            window_start=min(incident.started_at, s.ts),
+            window_end=s.ts,
+            message=message,
+            evidence=evidence,
+            node=s.node,
+            gpu_uuid=s.gpu_uuid,
+            job_id=s.job_id,
         )
 
     def restore(self, open_incidents: list[Anomaly]) -> None:
         for a in open_incidents:
             if a.gpu_uuid is None or not a.subject.startswith(f"{a.gpu_uuid}/"):
                 continue
-            condition = a.subject[len(a.gpu_uuid) + 1:]
+            condition = a.subject[len(a.gpu_uuid) + 1 :]
             if condition not in CONDITIONS:
                 continue
             gpu = self._gpus.setdefault(a.gpu_uuid, _Gpu(a.node or "", int(a.evidence.get("gpu_index", 0))))

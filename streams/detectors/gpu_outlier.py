@@ -40,7 +40,7 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from hpcinsight.schemas.events import Anomaly, Event
+from hpcinsight.schemas.events import Anomaly, Event, SubjectType
 from hpcinsight.streams.detectors import Detector, WindowChoice
 from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents, State, anomaly_id
 from hpcinsight.streams.jobs import JobGpuWindow
@@ -73,10 +73,17 @@ class GpuOutlierConfig:
     lockstep_busy_pct: float = 20.0
     lockstep_spread: float = 0.15
     #: metric -> smallest robust deviation used (its units)
-    floors: dict[str, float] = field(default_factory=lambda: {
-        "gpu_util": 3.0, "power_w": 15.0, "sm_clock_mhz": 50.0, "mem_util_pct": 3.0, "sm_active_pct": 3.0,
-        "pcie_bytes_per_s": 2e8, "nvlink_bytes_per_s": 2e9,
-    })
+    floors: dict[str, float] = field(
+        default_factory=lambda: {
+            "gpu_util": 3.0,
+            "power_w": 15.0,
+            "sm_clock_mhz": 50.0,
+            "mem_util_pct": 3.0,
+            "sm_active_pct": 3.0,
+            "pcie_bytes_per_s": 2e8,
+            "nvlink_bytes_per_s": 2e9,
+        }
+    )
 
 
 def robust(values: list[float], floor: float, rel_floor: float = 0.0) -> tuple[float, float]:
@@ -85,19 +92,33 @@ def robust(values: list[float], floor: float, rel_floor: float = 0.0) -> tuple[f
     return median, max(MAD_SCALE * statistics.median(abs(v - median) for v in values), floor, rel_floor * abs(median))
 
 
-def _compare(values: dict[str, float], means: dict[str, float] | None, floor: float,
-             rel_floor: float = 0.0) -> dict[str, dict[str, float]]:
+def _compare(
+    values: dict[str, float], means: dict[str, float] | None, floor: float, rel_floor: float = 0.0
+) -> dict[str, dict[str, float]]:
     """Each subject's evidence against its peers: robust z of its value and, where the window's
     means came too, of its mean; ``robust_z`` is the one nearer zero (zero when they disagree in sign)."""
     median, scale = robust(list(values.values()), floor, rel_floor)
-    out = {subject: {"value": value, "peer_median": median, "robust_dev": scale, "robust_z": (value - median) / scale,
-                     "peers": float(len(values))} for subject, value in values.items()}
+    out = {
+        subject: {
+            "value": value,
+            "peer_median": median,
+            "robust_dev": scale,
+            "robust_z": (value - median) / scale,
+            "peers": float(len(values)),
+        }
+        for subject, value in values.items()
+    }
     if means is not None and means.keys() == values.keys():
         mean_median, mean_scale = robust(list(means.values()), floor, rel_floor)
         for subject, evidence in out.items():
             z_value, z_mean = evidence["robust_z"], (means[subject] - mean_median) / mean_scale
-            evidence.update(mean=means[subject], peer_mean_median=mean_median, robust_z_median=z_value, robust_z_mean=z_mean,
-                            robust_z=min(z_value, z_mean, key=abs) if z_value * z_mean > 0 else 0.0)
+            evidence.update(
+                mean=means[subject],
+                peer_mean_median=mean_median,
+                robust_z_median=z_value,
+                robust_z_mean=z_mean,
+                robust_z=min(z_value, z_mean, key=abs) if z_value * z_mean > 0 else 0.0,
+            )
     return out
 
 
@@ -118,8 +139,9 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
         super().__init__(config)
         cfg = self.config
         # a metric's spells out of line (never paged by themselves) and the one incident of each GPU or node
-        self._metrics: Incidents[tuple[str, str]] = Incidents(f"{self.kind}/metric", Hygiene.of(cfg.fire_after,
-                                                                                               resolve_after=cfg.resolve_after))
+        self._metrics: Incidents[tuple[str, str]] = Incidents(
+            f"{self.kind}/metric", Hygiene.of(cfg.fire_after, resolve_after=cfg.resolve_after)
+        )
         self._incidents: Incidents[str] = Incidents(self.kind, Hygiene.of(quiet_s=cfg.quiet_s))
         self._out: dict[str, set[str]] = {}  # subject -> its metrics out of line now
         self._worst: dict[str, dict[str, float]] = {}  # subject -> metric -> its robust z when it went out (evidence)
@@ -156,12 +178,14 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
             return True
         return len(history) >= 3 and sum(history) >= cfg.lockstep_share * len(history)
 
-    def _judge(self, w: JobGpuWindow, level: str, subject: str, node: str | None, uuid: str | None,
-               evidence: dict[str, float]) -> list[Event]:
+    def _judge(
+        self, w: JobGpuWindow, level: SubjectType, subject: str, node: str | None, uuid: str | None, evidence: dict[str, float]
+    ) -> list[Event]:
         cfg = self.config
         z = abs(evidence["robust_z"])
-        spell = self._metrics.judge((subject, w.metric), subject, w.window_end, fire=z > cfg.k,
-                                    clear=z < min(cfg.k_resolve, cfg.k), since=w.window_start)
+        spell = self._metrics.judge(
+            (subject, w.metric), subject, w.window_end, fire=z > cfg.k, clear=z < min(cfg.k_resolve, cfg.k), since=w.window_start
+        )
         out = self._out.get(subject)
         if spell is not None and spell[0] == "firing":
             out = self._out.setdefault(subject, set())
@@ -196,23 +220,48 @@ class GpuOutlierDetector(Detector[GpuOutlierConfig]):
             for m in metrics:  # each must come back in line before the incident can resolve
                 self._metrics.restore((a.subject, m), a)
 
-    def _anomaly(self, w: JobGpuWindow, level: str, subject: str, node: str | None, uuid: str | None,
-                 incident: Incident, state: State, evidence: dict[str, float]) -> Anomaly:
+    def _anomaly(
+        self,
+        w: JobGpuWindow,
+        level: SubjectType,
+        subject: str,
+        node: str | None,
+        uuid: str | None,
+        incident: Incident,
+        state: State,
+        evidence: dict[str, float],
+    ) -> Anomaly:
         what = f"GPU {uuid} on {node}" if level == "gpu" else f"node {node} ({int(evidence['gpus_on_node'])} GPUs)"
         peers = f"{int(evidence['peers'])} {'GPUs' if level == 'gpu' else 'nodes'}"
         statistic = "median" if w.statistic == "p50" else "mean"
         if state == "firing":
             mean = f" (mean {evidence['mean']:.4g})" if "mean" in evidence else ""
-            message = (f"{what}: {statistic} {w.metric} {evidence['value']:.4g}{mean} over {w.window} is out of line with "
-                       f"job {w.job_id}'s {peers} (median {evidence['peer_median']:.4g}, robust z {evidence['robust_z']:+.1f})")
+            message = (
+                f"{what}: {statistic} {w.metric} {evidence['value']:.4g}{mean} over {w.window} is out of line with "
+                f"job {w.job_id}'s {peers} (median {evidence['peer_median']:.4g}, robust z {evidence['robust_z']:+.1f})"
+            )
         else:
             message = f"{what} is back in line with job {w.job_id}'s {peers} on every metric"
-        full = {**evidence, **{f"z_{m}": z for m, z in self._worst.get(subject, {}).items()},
-                "metrics_out": float(len(self._out.get(subject, ()))),
-                "episodes": float(incident.episodes)}
+        full = {
+            **evidence,
+            **{f"z_{m}": z for m, z in self._worst.get(subject, {}).items()},
+            "metrics_out": float(len(self._out.get(subject, ()))),
+            "episodes": float(incident.episodes),
+        }
         return Anomaly(
-            id=incident.id, kind=self.kind, severity="warning", state=state,
-            subject_type=level, subject=subject, ts=w.window_end, started_at=incident.started_at,  # type: ignore[arg-type]
-            window_start=w.window_start, window_end=w.window_end,
-            message=message, evidence=full, node=node, gpu_uuid=uuid, job_id=w.job_id,
+            id=incident.id,
+            kind=self.kind,
+            severity="warning",
+            state=state,
+            subject_type=level,
+            subject=subject,
+            ts=w.window_end,
+            started_at=incident.started_at,
+            window_start=w.window_start,
+            window_end=w.window_end,
+            message=message,
+            evidence=full,
+            node=node,
+            gpu_uuid=uuid,
+            job_id=w.job_id,
         )

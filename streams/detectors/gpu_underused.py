@@ -41,21 +41,33 @@ class GpuUnderusedDetector(Detector[GpuUnderusedConfig]):
     def __init__(self, config: GpuUnderusedConfig | None = None) -> None:
         super().__init__(config)
         cfg = self.config
-        self._incidents: Incidents[str] = Incidents(self.kind, Hygiene.of(cfg.fire_after, resolve_after=cfg.resolve_after,
-                                                                          quiet_s=cfg.quiet_s))
+        self._incidents: Incidents[str] = Incidents(
+            self.kind, Hygiene.of(cfg.fire_after, resolve_after=cfg.resolve_after, quiet_s=cfg.quiet_s)
+        )
         self._window = WindowChoice(self.config.window)
 
     def observe(self, event: Event) -> list[Event]:
         if not isinstance(event, GpuQuantiles) or event.metric != self.config.metric or not self._window.accepts(event):
             return []
         cfg = self.config
-        evidence = {"p95_pct": event.p95, "p50_pct": event.p50, "threshold_pct": cfg.threshold_pct, "samples": float(event.count),
-                    "gpu_index": float(event.gpu_index)}  # the alert's `gpu` label
+        evidence = {
+            "p95_pct": event.p95,
+            "p50_pct": event.p50,
+            "threshold_pct": cfg.threshold_pct,
+            "samples": float(event.count),
+            "gpu_index": float(event.gpu_index),
+        }  # the alert's `gpu` label
         if event.job_id is None:  # free: idle is what a free GPU should be
             incident = self._incidents.close(event.gpu_uuid)
             return [self._anomaly(event, incident, "resolved", evidence)] if incident is not None else []
-        got = self._incidents.judge(event.gpu_uuid, event.gpu_uuid, event.window_end, fire=event.p95 < cfg.threshold_pct,
-                                    clear=event.p95 >= max(cfg.resolve_pct, cfg.threshold_pct), since=event.window_start)
+        got = self._incidents.judge(
+            event.gpu_uuid,
+            event.gpu_uuid,
+            event.window_end,
+            fire=event.p95 < cfg.threshold_pct,
+            clear=event.p95 >= max(cfg.resolve_pct, cfg.threshold_pct),
+            since=event.window_start,
+        )
         if got is None:
             return []
         state, incident = got

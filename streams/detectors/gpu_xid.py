@@ -46,22 +46,30 @@ XIDS: dict[int, XidMeaning] = {
     32: XidMeaning("invalid or corrupted push buffer stream", False),
     38: XidMeaning("driver firmware error", True),
     43: XidMeaning("GPU stopped processing (usually the application)", False),
-    45: XidMeaning("preemptive cleanup after earlier errors", False,
-                   "usually follows another XID or a killed process; look at what preceded it"),
+    45: XidMeaning(
+        "preemptive cleanup after earlier errors",
+        False,
+        "usually follows another XID or a killed process; look at what preceded it",
+    ),
     48: XidMeaning("double-bit ECC error", True),
     # NVIDIA's debug guidelines: reset the GPU that reported 61 (and report it if it recurs)
     61: XidMeaning("internal micro-controller breakpoint/warning", True),
     62: XidMeaning("internal micro-controller halt", True),
-    63: XidMeaning("ECC page retirement or row remapping recorded", False,
-                   "reset the GPU when its job ends for the repair to take effect"),
+    63: XidMeaning(
+        "ECC page retirement or row remapping recorded", False, "reset the GPU when its job ends for the repair to take effect"
+    ),
     64: XidMeaning("ECC page retirement or row remapping failed", True),
     69: XidMeaning("graphics engine class error", False),
     74: XidMeaning("NVLink error", True),
     79: XidMeaning("GPU has fallen off the bus", True),
-    92: XidMeaning("high single-bit ECC error rate", False,
-                   "watch the GPU's ECC counts and plan its replacement if the rate persists"),
-    94: XidMeaning("contained ECC error (the application was affected)", False,
-                   "restart the affected job (other jobs are unharmed) and reset the GPU when convenient"),
+    92: XidMeaning(
+        "high single-bit ECC error rate", False, "watch the GPU's ECC counts and plan its replacement if the rate persists"
+    ),
+    94: XidMeaning(
+        "contained ECC error (the application was affected)",
+        False,
+        "restart the affected job (other jobs are unharmed) and reset the GPU when convenient",
+    ),
     95: XidMeaning("uncontained ECC error", True),
     109: XidMeaning("context switch timeout", False),
     119: XidMeaning("GSP RPC timeout", True),
@@ -132,7 +140,9 @@ class GpuXidDetector(Detector[GpuXidConfig]):
                 continue
             xid = int(a.evidence["xid"])
             self._incidents.restore((a.gpu_uuid, xid), a)
-            self._where[(a.gpu_uuid, xid)] = _Where(a.node or "", int(a.evidence.get("gpu_index", 0)), int(a.evidence.get("count", 1)))
+            self._where[(a.gpu_uuid, xid)] = _Where(
+                a.node or "", int(a.evidence.get("gpu_index", 0)), int(a.evidence.get("count", 1))
+            )
             self._gpus.setdefault(a.gpu_uuid, set()).add(xid)
 
     def _anomaly(self, gpu_uuid: str, xid: int, incident: Incident, state: State, ts: int) -> Anomaly:
@@ -143,10 +153,23 @@ class GpuXidDetector(Detector[GpuXidConfig]):
         else:
             message = f"XID {xid} on GPU {where.gpu_index} of {where.node}: quiet for {self.config.quiet_s:g} s after {where.count} occurrence(s)"
         return Anomaly(
-            id=incident.id, kind=self.kind, severity=meaning.severity, state=state,
-            subject_type="gpu", subject=gpu_uuid, ts=ts, started_at=incident.started_at,
-            window_start=incident.started_at, window_end=max(ts, incident.last_bad), message=message,
-            evidence={"xid": float(xid), "count": float(where.count), "drain": float(meaning.drain),
-                      "gpu_index": float(where.gpu_index)},
-            node=where.node, gpu_uuid=gpu_uuid,
+            id=incident.id,
+            kind=self.kind,
+            severity=meaning.severity,
+            state=state,
+            subject_type="gpu",
+            subject=gpu_uuid,
+            ts=ts,
+            started_at=incident.started_at,
+            window_start=incident.started_at,
+            window_end=max(ts, incident.last_bad),
+            message=message,
+            evidence={
+                "xid": float(xid),
+                "count": float(where.count),
+                "drain": float(meaning.drain),
+                "gpu_index": float(where.gpu_index),
+            },
+            node=where.node,
+            gpu_uuid=gpu_uuid,
         )

@@ -73,11 +73,17 @@ class HangDetector(Detector[HangConfig]):
             stepping.last_step_ms = max(stepping.last_step_ms, event.ts)
             stepping.last_step = max(stepping.last_step, event.step)
             got = self._incidents.judge(event.job_id, event.job_id, event.ts, fire=False, clear=True)
-            return [self._anomaly(event.job_id, stepping, got[1], "resolved", event.ts, f"step {event.step} completed")] if got else []
+            return (
+                [self._anomaly(event.job_id, stepping, got[1], "resolved", event.ts, f"step {event.step} completed")]
+                if got
+                else []
+            )
         if isinstance(event, JobGpuWindow):
             return self._on_job_window(event)
         if (
-            not isinstance(event, GpuQuantiles) or event.metric != "gpu_util" or event.job_id is None
+            not isinstance(event, GpuQuantiles)
+            or event.metric != "gpu_util"
+            or event.job_id is None
             or not self._window.accepts(event)
         ):
             return []
@@ -128,10 +134,14 @@ class HangDetector(Detector[HangConfig]):
             return []
         state, incident = got
         if state == "firing":
-            how = (f"all {len(job.gpu_p95)} GPUs below {cfg.idle_pct:g}%" if idle else
-                   "its GPUs spin without working (" + ", ".join(f"{m} {100 * r:.0f}%" for m, r in sorted(ratios.items()))
-                   + " of their level while stepping; utilisation "
-                   + f"p95 {max(job.gpu_p95.values(), default=0.0):.0f}%: collective kernels polling)")
+            how = (
+                f"all {len(job.gpu_p95)} GPUs below {cfg.idle_pct:g}%"
+                if idle
+                else "its GPUs spin without working ("
+                + ", ".join(f"{m} {100 * r:.0f}%" for m, r in sorted(ratios.items()))
+                + " of their level while stepping; utilisation "
+                + f"p95 {max(job.gpu_p95.values(), default=0.0):.0f}%: collective kernels polling)"
+            )
             why = f"{how} and no step for {silent_ms / 1000:.0f} s"
         else:
             why = "GPUs working again"
@@ -144,16 +154,38 @@ class HangDetector(Detector[HangConfig]):
                 job = self._jobs.setdefault(a.job_id, _Job())
                 job.last_step_ms = max(job.last_step_ms, a.started_at)
 
-    def _anomaly(self, job_id: str, job: _Job, incident: Incident, state: State, ts: int, why: str, idle: bool | None = None,
-                 ratios: dict[str, float] | None = None) -> Anomaly:
-        evidence = {"last_step": float(job.last_step), "silent_s": (ts - job.last_step_ms) / 1000,
-                    "gpus": float(len(job.gpu_p95)), "max_gpu_p95": max(job.gpu_p95.values(), default=0.0)}
+    def _anomaly(
+        self,
+        job_id: str,
+        job: _Job,
+        incident: Incident,
+        state: State,
+        ts: int,
+        why: str,
+        idle: bool | None = None,
+        ratios: dict[str, float] | None = None,
+    ) -> Anomaly:
+        evidence = {
+            "last_step": float(job.last_step),
+            "silent_s": (ts - job.last_step_ms) / 1000,
+            "gpus": float(len(job.gpu_p95)),
+            "max_gpu_p95": max(job.gpu_p95.values(), default=0.0),
+        }
         if idle is not None:
             evidence["spinning"] = float(not idle)
         evidence |= {f"{m}_ratio": r for m, r in (ratios or {}).items()}
         return Anomaly(
-            id=incident.id, kind=self.kind, severity="critical" if state == "firing" else "info", state=state,
-            subject_type="job", subject=job_id, ts=ts, started_at=incident.started_at, window_start=job.last_step_ms,
-            window_end=ts, message=f"job {job_id} {'looks hung' if state == 'firing' else 'is moving again'}: {why}",
-            evidence=evidence, job_id=job_id,
+            id=incident.id,
+            kind=self.kind,
+            severity="critical" if state == "firing" else "info",
+            state=state,
+            subject_type="job",
+            subject=job_id,
+            ts=ts,
+            started_at=incident.started_at,
+            window_start=job.last_step_ms,
+            window_end=ts,
+            message=f"job {job_id} {'looks hung' if state == 'firing' else 'is moving again'}: {why}",
+            evidence=evidence,
+            job_id=job_id,
         )

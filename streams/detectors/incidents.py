@@ -66,11 +66,24 @@ class Hygiene:
     max_gap_ms: int | None = None
 
     @classmethod
-    def of(cls, fire_after: int = 1, fire_after_s: float = 0.0, resolve_after: int = 1, resolve_after_s: float = 0.0,
-           quiet_s: float = 0.0, max_gap_s: float | None = None) -> Hygiene:
+    def of(
+        cls,
+        fire_after: int = 1,
+        fire_after_s: float = 0.0,
+        resolve_after: int = 1,
+        resolve_after_s: float = 0.0,
+        quiet_s: float = 0.0,
+        max_gap_s: float | None = None,
+    ) -> Hygiene:
         """The same in seconds, as detector configs state it."""
-        return cls(max(1, fire_after), round(fire_after_s * 1000), max(1, resolve_after), round(resolve_after_s * 1000),
-                   round(quiet_s * 1000), None if max_gap_s is None else round(max_gap_s * 1000))
+        return cls(
+            max(1, fire_after),
+            round(fire_after_s * 1000),
+            max(1, resolve_after),
+            round(resolve_after_s * 1000),
+            round(quiet_s * 1000),
+            None if max_gap_s is None else round(max_gap_s * 1000),
+        )
 
 
 @dataclass
@@ -105,8 +118,17 @@ class Incidents(Generic[K]):
     hygiene: Hygiene = field(default_factory=Hygiene)
     _runs: dict[K, _Run] = field(default_factory=dict)
 
-    def judge(self, key: K, subject: str, ts: int, *, fire: bool, clear: bool | None = None, since: int | None = None,
-              severity: Severity = "warning") -> tuple[State, Incident] | None:
+    def judge(
+        self,
+        key: K,
+        subject: str,
+        ts: int,
+        *,
+        fire: bool,
+        clear: bool | None = None,
+        since: int | None = None,
+        severity: Severity = "warning",
+    ) -> tuple[State, Incident] | None:
         """One judgment of ``key`` at event time ``ts``: ``fire`` when over the fire threshold, ``clear`` when
         under the resolve threshold (default: ``not fire``, no hysteresis band). ``since``: when the evidence
         of a firing judgment began (default ``ts``). Returns the transition, if this judgment makes one."""
@@ -149,7 +171,11 @@ class Incidents(Generic[K]):
         run.good += 1
         if run.good_since is None:
             run.good_since = ts
-        if run.good >= h.resolve_after and ts - run.good_since >= h.resolve_after_ms and (h.quiet_ms <= 0 or ts - incident.last_bad >= h.quiet_ms):
+        if (
+            run.good >= h.resolve_after
+            and ts - run.good_since >= h.resolve_after_ms
+            and (h.quiet_ms <= 0 or ts - incident.last_bad >= h.quiet_ms)
+        ):
             del self._runs[key]
             return "resolved", incident
         return None
@@ -178,8 +204,9 @@ class Incidents(Generic[K]):
         worker restart: ``key`` has it open again under its own id, start and severity, so it resolves once
         (the quiet time counted from the record's ``ts``) and never fires twice. ``subject``: the subject its
         id was made from, where that is not the record's (the default)."""
-        incident = Incident(fired.id, fired.subject if subject is None else subject, fired.started_at, fired.severity,
-                            last_bad=fired.ts)
+        incident = Incident(
+            fired.id, fired.subject if subject is None else subject, fired.started_at, fired.severity, last_bad=fired.ts
+        )
         run = self._runs.setdefault(key, _Run())
         run.open = incident
         return incident
@@ -189,4 +216,3 @@ class Incidents(Generic[K]):
         for key, run in list(self._runs.items()):
             if run.open is not None:
                 yield key, run.open
-

@@ -48,8 +48,9 @@ class JobUnderusedDetector(Detector[JobUnderusedConfig]):
 
     def __init__(self, config: JobUnderusedConfig | None = None) -> None:
         super().__init__(config)
-        self._incidents: Incidents[str] = Incidents(self.kind, Hygiene.of(fire_after_s=self.config.for_s,
-                                                                          quiet_s=self.config.quiet_s))
+        self._incidents: Incidents[str] = Incidents(
+            self.kind, Hygiene.of(fire_after_s=self.config.for_s, quiet_s=self.config.quiet_s)
+        )
         self._last: dict[str, JobQuantiles] = {}
 
     def observe(self, event: Event) -> list[Event]:
@@ -64,8 +65,9 @@ class JobUnderusedDetector(Detector[JobUnderusedConfig]):
         low = event.p95 < threshold
         if low and age_s < cfg.warmup_s:
             return []  # warming up: not judged
-        got = self._incidents.judge(event.job_id, event.job_id, event.window_end, fire=low,
-                                    clear=event.p95 >= threshold + cfg.resolve_margin_pct)
+        got = self._incidents.judge(
+            event.job_id, event.job_id, event.window_end, fire=low, clear=event.p95 >= threshold + cfg.resolve_margin_pct
+        )
         if got is None:
             return []
         state, incident = got
@@ -87,7 +89,9 @@ class JobUnderusedDetector(Detector[JobUnderusedConfig]):
             if a.job_id:
                 self._incidents.restore(a.job_id, a)
 
-    def _anomaly(self, q: JobQuantiles, incident: Incident, state: State, threshold: float, verb: str, ts: int | None = None) -> Anomaly:
+    def _anomaly(
+        self, q: JobQuantiles, incident: Incident, state: State, threshold: float, verb: str, ts: int | None = None
+    ) -> Anomaly:
         return Anomaly(
             id=incident.id,
             kind=self.kind,
@@ -104,8 +108,13 @@ class JobUnderusedDetector(Detector[JobUnderusedConfig]):
                 f"p95 GPU utilisation since start {q.p95:.1f}% over {q.gpus} GPUs (threshold {threshold:g}%)"
             ),
             evidence={
-                "p95_pct": q.p95, "p50_pct": q.p50, "p25_pct": q.p25, "mean_pct": q.mean,
-                "threshold_pct": threshold, "gpus": float(q.gpus), "age_s": (q.window_end - q.window_start) / 1000,
+                "p95_pct": q.p95,
+                "p50_pct": q.p50,
+                "p25_pct": q.p25,
+                "mean_pct": q.mean,
+                "threshold_pct": threshold,
+                "gpus": float(q.gpus),
+                "age_s": (q.window_end - q.window_start) / 1000,
             },
             job_id=q.job_id,
         )

@@ -57,8 +57,14 @@ from hpcinsight.streams.detectors import Detector
 from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents, Severity, State
 
 #: per-interval error counters that mean a sick link
-ERROR_FIELDS = ("symbol_errors", "link_error_recovery", "rcv_errors", "rcv_remote_physical_errors",
-                "local_link_integrity_errors", "excessive_buffer_overrun_errors")
+ERROR_FIELDS = (
+    "symbol_errors",
+    "link_error_recovery",
+    "rcv_errors",
+    "rcv_remote_physical_errors",
+    "local_link_integrity_errors",
+    "excessive_buffer_overrun_errors",
+)
 #: shown in the evidence, not judged
 SHOWN_FIELDS = ("xmit_discards",)
 
@@ -192,8 +198,12 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
         self._job_of: dict[str, str] = {}  # node -> the job it is judged in
         cfg = self.config
         # keyed (job, node) for a node's throughput, (job, node, device, port) for a port
-        self._incidents: Incidents[tuple[str, ...]] = Incidents(self.kind, Hygiene.of(
-            fire_after_s=cfg.fire_after_s, resolve_after_s=cfg.resolve_after_s, quiet_s=cfg.quiet_s, max_gap_s=cfg.max_gap_s))
+        self._incidents: Incidents[tuple[str, ...]] = Incidents(
+            self.kind,
+            Hygiene.of(
+                fire_after_s=cfg.fire_after_s, resolve_after_s=cfg.resolve_after_s, quiet_s=cfg.quiet_s, max_gap_s=cfg.max_gap_s
+            ),
+        )
         self._now = 0
         self._last_sweep = 0
 
@@ -330,8 +340,7 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
             return
         job.snapshot_at = ts
         fresh = ts - (cfg.smooth_s + cfg.max_gap_s) * 1000
-        job.tput_of = {n: node.current for n, node in job.nodes.items()
-                       if node.current is not None and node.current_ts >= fresh}
+        job.tput_of = {n: node.current for n, node in job.nodes.items() if node.current is not None and node.current_ts >= fresh}
         job.tput_snapshot = sorted(job.tput_of.values())
         job.wait_of = {}
         for n, node in job.nodes.items():
@@ -342,23 +351,32 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
         job.wait_snapshot = sorted(job.wait_of.values())
         job.step_ratio = self._step_ratio(job)
 
-    def _judge_node(self, job_id: str, job: _Job, name: str, node: _Node, ts: int, gate: bool | None,
-                    steps: dict[str, float]) -> list[Event]:
+    def _judge_node(
+        self, job_id: str, job: _Job, name: str, node: _Node, ts: int, gate: bool | None, steps: dict[str, float]
+    ) -> list[Event]:
         cfg = self.config
         peers = len(job.tput_snapshot) - (1 if name in job.tput_of else 0)
         peer_median = _median_without(job.tput_snapshot, job.tput_of.get(name)) if peers > 0 else None
         key = (job_id, name)
         finding: bool | None
         back = True
-        if (node.baseline is None or node.baseline < cfg.min_baseline_bytes_per_s or node.current is None
-                or peers < cfg.min_peers or peer_median is None):
+        if (
+            node.baseline is None
+            or node.baseline < cfg.min_baseline_bytes_per_s
+            or node.current is None
+            or peers < cfg.min_peers
+            or peer_median is None
+        ):
             finding = None if self._incidents.get(key) is not None and node.baseline is None else False
         else:
             finding = node.current < cfg.drop_ratio * node.baseline and node.current < cfg.drop_ratio * peer_median
             back = node.current >= cfg.resolve_ratio * node.baseline or node.current >= cfg.resolve_ratio * peer_median
         evidence = {
             "current_bytes_per_s": node.current if node.current is not None else 0.0,
-            "peers": float(peers), "drop_ratio": cfg.drop_ratio, "ports": float(len(node.ports)), **steps,
+            "peers": float(peers),
+            "drop_ratio": cfg.drop_ratio,
+            "ports": float(len(node.ports)),
+            **steps,
         }
         if node.baseline is not None:
             evidence["baseline_bytes_per_s"] = node.baseline
@@ -379,18 +397,31 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
         state, incident = got
         subject = name
         if state == "firing":
-            message = (f"InfiniBand traffic of node {name} in job {job_id} is {_gb(node.current)}, "
-                       f"{evidence.get('ratio_to_baseline', 0):.0%} of its own baseline {_gb(node.baseline)} and "
-                       f"{evidence.get('ratio_to_peers', 0):.0%} of its {peers} peers' median {_gb(peer_median)}"
-                       f"{self._step_phrase(steps)}: a degraded HCA, cable or switch port on this node is holding the "
-                       "job back; check its ports (ibstat, error counters) and drain the node if it persists")
+            message = (
+                f"InfiniBand traffic of node {name} in job {job_id} is {_gb(node.current)}, "
+                f"{evidence.get('ratio_to_baseline', 0):.0%} of its own baseline {_gb(node.baseline)} and "
+                f"{evidence.get('ratio_to_peers', 0):.0%} of its {peers} peers' median {_gb(peer_median)}"
+                f"{self._step_phrase(steps)}: a degraded HCA, cable or switch port on this node is holding the "
+                "job back; check its ports (ibstat, error counters) and drain the node if it persists"
+            )
         else:
-            message = (f"InfiniBand traffic of node {name} in job {job_id} is back in line ({_gb(node.current)}) "
-                       f"for {cfg.resolve_after_s:g} s")
+            message = (
+                f"InfiniBand traffic of node {name} in job {job_id} is back in line ({_gb(node.current)}) "
+                f"for {cfg.resolve_after_s:g} s"
+            )
         return [self._anomaly(incident, state, "node", subject, ts, message, evidence, name, job_id)]
 
-    def _judge_port(self, job_id: str, job: _Job, name: str, node: _Node, key: tuple[str, int], ts: int,
-                    gate: bool | None, steps: dict[str, float]) -> list[Event]:
+    def _judge_port(
+        self,
+        job_id: str,
+        job: _Job,
+        name: str,
+        node: _Node,
+        key: tuple[str, int],
+        ts: int,
+        gate: bool | None,
+        steps: dict[str, float],
+    ) -> list[Event]:
         cfg = self.config
         port = node.ports[key]
         device, number = key
@@ -403,8 +434,12 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
         peer_wait = _median_without(job.wait_snapshot, own_wait) if len(job.wait_snapshot) > (own_wait is not None) else None
         erring = error_rate >= cfg.errors_per_s
         flapping = downed > 0
-        waiting = (wait is not None and peer_wait is not None and wait >= cfg.xmit_wait_min_per_s
-                   and wait >= cfg.xmit_wait_ratio * peer_wait)
+        waiting = (
+            wait is not None
+            and peer_wait is not None
+            and wait >= cfg.xmit_wait_min_per_s
+            and wait >= cfg.xmit_wait_ratio * peer_wait
+        )
         finding = erring or flapping or waiting
         evidence = {name_: float(v) for name_, v in zip(ERROR_FIELDS + SHOWN_FIELDS, sums)}
         evidence |= {"error_rate_per_s": error_rate, "link_downed": float(downed), **steps}
@@ -423,8 +458,14 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
             evidence["node_current_bytes_per_s"] = node.current
         # a flap is its own evidence: it needs no slowdown of the steps to count
         subject = f"{name}/{device}/{number}"
-        got = self._step_run((job_id, name, device, str(number)), f"{job_id}/{subject}",
-                             True if flapping else self._gated(finding, gate), ts, True, "critical" if flapping else "warning")
+        got = self._step_run(
+            (job_id, name, device, str(number)),
+            f"{job_id}/{subject}",
+            True if flapping else self._gated(finding, gate),
+            ts,
+            True,
+            "critical" if flapping else "warning",
+        )
         if got is None:
             return []
         state, incident = got
@@ -459,8 +500,9 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
             return False
         return gate  # None: the steps cannot tell yet, hold
 
-    def _step_run(self, key: tuple[str, ...], id_subject: str, bad: bool | None, ts: int, back: bool,
-                  severity: Severity) -> tuple[State, Incident] | None:
+    def _step_run(
+        self, key: tuple[str, ...], id_subject: str, bad: bool | None, ts: int, back: bool, severity: Severity
+    ) -> tuple[State, Incident] | None:
         """Judge a subject once (``bad`` None: cannot tell, hold); the transition it makes, if any."""
         if bad is None:
             return None
@@ -484,12 +526,33 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
             return f"; its steps take {steps['step_time_ratio']:.2f}x their baseline"
         return ""
 
-    def _anomaly(self, incident: Incident, state: State, subject_type: Literal["node", "link"],
-                 subject: str, ts: int, message: str, evidence: dict[str, float], node: str, job_id: str) -> Anomaly:
+    def _anomaly(
+        self,
+        incident: Incident,
+        state: State,
+        subject_type: Literal["node", "link"],
+        subject: str,
+        ts: int,
+        message: str,
+        evidence: dict[str, float],
+        node: str,
+        job_id: str,
+    ) -> Anomaly:
         return Anomaly(
-            id=incident.id, kind=self.kind, severity=incident.severity, state=state, subject_type=subject_type,
-            subject=subject, ts=ts, started_at=incident.started_at, window_start=min(incident.started_at, ts), window_end=ts,
-            message=message, evidence={**evidence, "episodes": float(incident.episodes)}, node=node, job_id=job_id,
+            id=incident.id,
+            kind=self.kind,
+            severity=incident.severity,
+            state=state,
+            subject_type=subject_type,
+            subject=subject,
+            ts=ts,
+            started_at=incident.started_at,
+            window_start=min(incident.started_at, ts),
+            window_end=ts,
+            message=message,
+            evidence={**evidence, "episodes": float(incident.episodes)},
+            node=node,
+            job_id=job_id,
         )
 
     def _close_node(self, job_id: str, name: str, ts: int, why: str) -> list[Event]:
@@ -506,8 +569,19 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
         for key, subject_type, subject in keys:
             incident = self._incidents.close(key)
             if incident is not None:
-                out.append(self._anomaly(incident, "resolved", subject_type, subject, ts,
-                                         f"{subject} is no longer judged in job {job_id}: {why}", {}, name, job_id))
+                out.append(
+                    self._anomaly(
+                        incident,
+                        "resolved",
+                        subject_type,
+                        subject,
+                        ts,
+                        f"{subject} is no longer judged in job {job_id}: {why}",
+                        {},
+                        name,
+                        job_id,
+                    )
+                )
         return out
 
     def _sweep(self, ts: int) -> list[Event]:
@@ -545,7 +619,7 @@ class SlowInterconnectDetector(Detector[SlowInterconnectConfig]):
             if a.subject_type == "node" and a.subject == a.node:
                 key = (a.job_id, a.node)
             elif a.subject_type == "link" and a.subject.startswith(f"{a.node}/"):
-                device, _, number = a.subject[len(a.node) + 1:].rpartition("/")
+                device, _, number = a.subject[len(a.node) + 1 :].rpartition("/")
                 if not device or not number.isdigit():
                     continue
                 node.ports.setdefault((device, int(number)), _Port())

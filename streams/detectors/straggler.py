@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hpcinsight.schemas.events import Anomaly, Event, NodeInventory, StepMetric
+from hpcinsight.schemas.events import Anomaly, Event, NodeInventory, StepMetric, SubjectType
 from hpcinsight.streams.detectors import Detector
 from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents, State
 
@@ -122,7 +122,7 @@ def speed_groups(speeds: dict[int, float], effect: float, gap_ratio: float, min_
                 changed = True
     out, start = [], 0
     for c in sorted(cuts):
-        out.append(ranks[start:c + 1])
+        out.append(ranks[start : c + 1])
         start = c + 1
     out.append(ranks[start:])
     return out
@@ -150,7 +150,9 @@ class StragglerDetector(Detector[StragglerConfig]):
         if job is None or job.world_size != event.world_size:  # new, or scaled: its ranks are new
             job = self._jobs[event.job_id] = _Job(event.world_size)
             prefix = f"{event.job_id}/rank-"
-            job.open_ranks = {int(i.subject[len(prefix):]) for _, i in self._incidents.open_items() if i.subject.startswith(prefix)}
+            job.open_ranks = {
+                int(i.subject[len(prefix) :]) for _, i in self._incidents.open_items() if i.subject.startswith(prefix)
+            }
         if event.node:
             job.node_of[event.rank] = event.node
         ranks = job.steps.setdefault(event.step, {})
@@ -216,8 +218,14 @@ class StragglerDetector(Detector[StragglerConfig]):
         factor: float | None = None
         if len(departing) >= cfg.min_group and self._is_group(job, departing):
             nodes = {job.node_of.get(r) for r in departing} - {None}  # their node-mates on the way there too
-            departing = sorted(set(departing) | {r for r, sh in shares.items() if sh >= cfg.share / 2 and job.node_of.get(r) in nodes
-                                                 and r not in job.open_ranks})
+            departing = sorted(
+                set(departing)
+                | {
+                    r
+                    for r, sh in shares.items()
+                    if sh >= cfg.share / 2 and job.node_of.get(r) in nodes and r not in job.open_ranks
+                }
+            )
             gone = job.departed = set(departing)
             real = [[r for r in job.speeds if r not in gone], departing]
             for r in departing:
@@ -229,8 +237,9 @@ class StragglerDetector(Detector[StragglerConfig]):
         for r in sorted((set(r for r, sh in shares.items() if sh >= cfg.share) | job.open_ranks) - gone):
             share = shares.get(r, 0.0)
             subject = f"{job_id}/rank-{r}"
-            got = self._incidents.judge(subject, subject, ts, fire=share >= cfg.share, clear=share < cfg.share / 2,
-                                        since=recent[0].ts)
+            got = self._incidents.judge(
+                subject, subject, ts, fire=share >= cfg.share, clear=share < cfg.share / 2, since=recent[0].ts
+            )
             if got is None:
                 continue
             if got[0] == "firing":
@@ -238,8 +247,13 @@ class StragglerDetector(Detector[StragglerConfig]):
             else:
                 job.open_ranks.discard(r)
             slow = [jj.slow[r] for jj in recent if jj.slow.get(r, 0.0) > cfg.margin]
-            evidence = {"rank": float(r), "slowest_share": share, "slower_than_median": statistics.fmean(slow) if slow else 0.0,
-                        "group": float(job.home.get(r, -1)), "groups": float(len(real))}
+            evidence = {
+                "rank": float(r),
+                "slowest_share": share,
+                "slower_than_median": statistics.fmean(slow) if slow else 0.0,
+                "group": float(job.home.get(r, -1)),
+                "groups": float(len(real)),
+            }
             out.append(self._anomaly(job_id, job, got, ts, recent, evidence, rank=r))
         # a split into speed groups, or jitter with no culprit
         evidence = self._split_evidence(job, real, factor)
@@ -256,8 +270,14 @@ class StragglerDetector(Detector[StragglerConfig]):
         elif not split_left:
             job.split_since = None
         subject = f"{job_id}/imbalance"
-        got = self._incidents.judge(subject, subject, ts, fire=split or jitter,
-                                    clear=not split_left and median_cov < cfg.cov_threshold * 0.7, since=recent[0].ts)
+        got = self._incidents.judge(
+            subject,
+            subject,
+            ts,
+            fire=split or jitter,
+            clear=not split_left and median_cov < cfg.cov_threshold * 0.7,
+            since=recent[0].ts,
+        )
         if got is not None:
             if got[0] == "firing" and split and factor is None:  # the message names the factor seen in these steps
                 evidence["factor"] = self._recent_factor(recent, real)
@@ -344,7 +364,7 @@ class StragglerDetector(Detector[StragglerConfig]):
         """The job's speed groups over the group window (fastest first)."""
         cfg = self.config
         ratios: dict[int, list[float]] = {}
-        for j in list(job.judged)[-cfg.group_window:]:
+        for j in list(job.judged)[-cfg.group_window :]:
             for r, d in j.durations.items():
                 ratios.setdefault(r, []).append(d / j.median if j.median > 0 else 1.0)
         speeds = {r: statistics.median(v) for r, v in ratios.items() if len(v) >= cfg.window // 2}
@@ -365,7 +385,12 @@ class StragglerDetector(Detector[StragglerConfig]):
         if factor is None:
             fast = statistics.median(job.speeds[r] for r in real[0])
             factor = statistics.median(job.speeds[r] for r in real[-1]) / fast if fast > 0 else 1.0
-        return {"factor": factor, "groups": float(len(real)), "slow_ranks": float(len(real[-1])), "fast_ranks": float(len(real[0]))}
+        return {
+            "factor": factor,
+            "groups": float(len(real)),
+            "slow_ranks": float(len(real[-1])),
+            "fast_ranks": float(len(real[0])),
+        }
 
     def _shared(self, job: _Job, ranks: list[int]) -> list[str]:
         """What the ranks of a group have in common by placement: one node, a GPU model, a zone, a switch."""
@@ -379,7 +404,10 @@ class StragglerDetector(Detector[StragglerConfig]):
         known = [i for i in inventories if i is not None]
         if inventories and len(known) == len(inventories):
             readers: tuple[tuple[str, Callable[[NodeInventory], str | None]], ...] = (
-                ("GPU model", lambda i: i.gpu_model), ("zone", lambda i: i.zone), ("switch", lambda i: i.labels.get("ib_switch")))
+                ("GPU model", lambda i: i.gpu_model),
+                ("zone", lambda i: i.zone),
+                ("switch", lambda i: i.labels.get("ib_switch")),
+            )
             for what, read in readers:
                 values = {read(i) for i in known}
                 if len(values) == 1 and None not in values:
@@ -391,24 +419,41 @@ class StragglerDetector(Detector[StragglerConfig]):
             if a.job_id is not None:
                 self._incidents.restore(a.subject, a)
 
-    def _anomaly(self, job_id: str, job: _Job, got: tuple[State, Incident], ts: int, recent: list[_Judged],
-                 evidence: dict[str, float], rank: int | None = None, real: list[list[int]] | None = None) -> Anomaly:
+    def _anomaly(
+        self,
+        job_id: str,
+        job: _Job,
+        got: tuple[State, Incident],
+        ts: int,
+        recent: list[_Judged],
+        evidence: dict[str, float],
+        rank: int | None = None,
+        real: list[list[int]] | None = None,
+    ) -> Anomaly:
         state, incident = got
         steps = f"steps {recent[0].step}-{recent[-1].step}"
-        evidence = {**evidence, "world_size": float(job.world_size), "steps": float(len(recent)),
-                    "first_step": float(recent[0].step), "last_step": float(recent[-1].step),
-                    "median_step_s": statistics.median(j.median for j in recent), "episodes": float(incident.episodes)}
+        evidence = {
+            **evidence,
+            "world_size": float(job.world_size),
+            "steps": float(len(recent)),
+            "first_step": float(recent[0].step),
+            "last_step": float(recent[-1].step),
+            "median_step_s": statistics.median(j.median for j in recent),
+            "episodes": float(incident.episodes),
+        }
         node = None
         if rank is not None:
             where = f"rank {rank} of job {job_id}"
             node = job.node_of.get(rank)
             group = "its group" if evidence.get("groups", 0) >= 2 else "the median rank"
-            what = (f"is the straggler: slower than {group} by more than {100 * self.config.margin:.0f}% in "
-                    f"{evidence['slowest_share']:.0%} of the last {len(recent)} steps, "
-                    f"{100 * evidence['slower_than_median']:.0f}% slower on those ({steps})")
+            what = (
+                f"is the straggler: slower than {group} by more than {100 * self.config.margin:.0f}% in "
+                f"{evidence['slowest_share']:.0%} of the last {len(recent)} steps, "
+                f"{100 * evidence['slower_than_median']:.0f}% slower on those ({steps})"
+            )
             if state == "resolved":
                 what = f"is back in step with its peers ({steps})"
-            subject_type = "rank"
+            subject_type: SubjectType = "rank"
         else:
             where, subject_type = f"job {job_id}", "job"
             if state == "resolved":
@@ -419,15 +464,29 @@ class StragglerDetector(Detector[StragglerConfig]):
                 for r in slow:
                     evidence[f"slow_rank_{r}"] = 1.0
                 since = f"since step {job.split_since}" if job.split_since is not None else steps
-                what = (f"runs in {len(real)} speed groups {since}: ranks {_ranks(slow)} take {evidence['factor']:.2f}x the "
-                        f"step time of ranks {_ranks(sorted(real[0]))}" + (f" ({'; '.join(shared)})" if shared else "")
-                        + "; the job runs at the slow group's pace")
+                what = (
+                    f"runs in {len(real)} speed groups {since}: ranks {_ranks(slow)} take {evidence['factor']:.2f}x the "
+                    f"step time of ranks {_ranks(sorted(real[0]))}"
+                    + (f" ({'; '.join(shared)})" if shared else "")
+                    + "; the job runs at the slow group's pace"
+                )
             else:
                 what = f"is persistently imbalanced: step-time CoV {evidence['mean_cov']:.2f} across ranks, no group or single culprit ({steps})"
         return Anomaly(
-            id=incident.id, kind=self.kind, severity="warning", state=state,
-            subject_type=subject_type, subject=incident.subject, ts=ts, started_at=incident.started_at,  # type: ignore[arg-type]
-            window_start=recent[0].ts, window_end=ts, message=f"{where} {what}", evidence=evidence, node=node, job_id=job_id,
+            id=incident.id,
+            kind=self.kind,
+            severity="warning",
+            state=state,
+            subject_type=subject_type,
+            subject=incident.subject,
+            ts=ts,
+            started_at=incident.started_at,
+            window_start=recent[0].ts,
+            window_end=ts,
+            message=f"{where} {what}",
+            evidence=evidence,
+            node=node,
+            job_id=job_id,
         )
 
 

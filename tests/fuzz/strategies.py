@@ -26,8 +26,23 @@ class Raw:
     text: bytes
 
 
-RAW_TOKENS = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e999", b"nan", b"\xff\xfe", b'"\xc3\x28"',
-              b'"\\ud800"', b"[" * 3000 + b"]" * 3000, b"{" * 2000, b"01", b"-", b'"unterminated', b"1" * 400]
+RAW_TOKENS = [
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b"1e999",
+    b"-1e999",
+    b"nan",
+    b"\xff\xfe",
+    b'"\xc3\x28"',
+    b'"\\ud800"',
+    b"[" * 3000 + b"]" * 3000,
+    b"{" * 2000,
+    b"01",
+    b"-",
+    b'"unterminated',
+    b"1" * 400,
+]
 
 
 def dumps(value: Any) -> bytes:
@@ -62,8 +77,15 @@ def valid_value(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrate
     if kind == "number":
         lo = schema.get("minimum", schema.get("exclusiveMinimum"))
         hi = schema.get("maximum", schema.get("exclusiveMaximum"))
-        return st.floats(min_value=lo, max_value=hi, allow_nan=False, allow_infinity=False,
-                         exclude_min="exclusiveMinimum" in schema, exclude_max="exclusiveMaximum" in schema, width=32)
+        return st.floats(
+            min_value=lo,
+            max_value=hi,
+            allow_nan=False,
+            allow_infinity=False,
+            exclude_min="exclusiveMinimum" in schema,
+            exclude_max="exclusiveMaximum" in schema,
+            width=32,
+        )
     if kind == "string":
         if schema.get("contentEncoding") == "base64":
             return st.binary(max_size=64).map(lambda b: __import__("base64").b64encode(b).decode())
@@ -73,8 +95,11 @@ def valid_value(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrate
     if kind == "null":
         return st.none()
     if kind == "array":
-        return st.lists(valid_value(schema.get("items", {}), defs), min_size=schema.get("minItems", 0),
-                        max_size=min(schema.get("maxItems", 4), 4))
+        return st.lists(
+            valid_value(schema.get("items", {}), defs),
+            min_size=schema.get("minItems", 0),
+            max_size=min(schema.get("maxItems", 4), 4),
+        )
     if kind == "object":
         extra = schema.get("additionalProperties")
         if isinstance(extra, dict):
@@ -134,16 +159,20 @@ def messages(topic: Topic, valid_only: bool = False) -> st.SearchStrategy[bytes]
     top = msgspec.json.schema(event)
     defs = top.get("$defs", {})
     good = st.lists(record(top, defs, 0), min_size=1, max_size=4).map(
-        lambda recs: dumps({"schema": event.__schema__, "v": event.__version__, "records": recs}))
+        lambda recs: dumps({"schema": event.__schema__, "v": event.__version__, "records": recs})
+    )
     if valid_only:
         return good
-    broken_records = st.lists(st.one_of(record(top, defs, 0), record(top, defs, 1), record(top, defs, 3)),
-                              min_size=0, max_size=4)
-    envelope = st.fixed_dictionaries({
-        "schema": st.one_of(st.just(event.__schema__), st.sampled_from(["gpu_sample", "anomaly", "", "x" * 300]), st.integers()),
-        "v": st.one_of(st.just(event.__version__), st.integers(-5, 99), st.just("1"), st.just(Raw(b"1e999"))),
-        "records": st.one_of(broken_records, st.just(Raw(b"null")), st.just({}), st.just(Raw(b"[" * 5000 + b"]" * 5000))),
-    })
+    broken_records = st.lists(st.one_of(record(top, defs, 0), record(top, defs, 1), record(top, defs, 3)), min_size=0, max_size=4)
+    envelope = st.fixed_dictionaries(
+        {
+            "schema": st.one_of(
+                st.just(event.__schema__), st.sampled_from(["gpu_sample", "anomaly", "", "x" * 300]), st.integers()
+            ),
+            "v": st.one_of(st.just(event.__version__), st.integers(-5, 99), st.just("1"), st.just(Raw(b"1e999"))),
+            "records": st.one_of(broken_records, st.just(Raw(b"null")), st.just({}), st.just(Raw(b"[" * 5000 + b"]" * 5000))),
+        }
+    )
     return st.one_of(
         good,
         envelope.map(dumps),
@@ -151,5 +180,7 @@ def messages(topic: Topic, valid_only: bool = False) -> st.SearchStrategy[bytes]
         good.map(lambda m: m.replace(b'"records"', b'"records","extra":1,"records"', 1)),
         st.binary(max_size=200),
         st.just(b'{"schema":"' + event.__schema__.encode() + b'","v":1,"records":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
-        st.just(b"{}"), st.just(b"null"), st.just(b""),
+        st.just(b"{}"),
+        st.just(b"null"),
+        st.just(b""),
     )

@@ -23,7 +23,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hpcinsight.web.feed import FEEDS
 from hpcinsight.schemas.catalog import (
     ALERT_SILENCES,
     ANOMALIES,
@@ -39,12 +38,23 @@ from hpcinsight.schemas.catalog import (
 )
 from hpcinsight.schemas.codec import DecodeError
 from hpcinsight.schemas.events import DEAD_LETTER_RAW_MAX
+from hpcinsight.web.feed import FEEDS
 from tests.fuzz.strategies import messages
 
-settings.register_profile("suite", max_examples=60, deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("long", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "5000")), deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "suite",
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "long",
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "5000")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 KAFKA_MESSAGE_MAX = 1_000_000  # librdkafka's default message.max.bytes
@@ -68,6 +78,7 @@ def check_dead_letter(value: bytes, raw: bytes, stage: str | None = None) -> Non
 
 
 # -- decoders ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("topic", TOPICS, ids=lambda t: t.name)
 def test_a_decoder_returns_records_or_says_why(topic: Any) -> None:
@@ -111,6 +122,7 @@ def test_a_good_message_is_never_refused(raw: bytes) -> None:
 
 # -- the worker's stages ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def processor() -> Any:
     from hpcinsight.streams.app import WorkerOptions
@@ -120,15 +132,21 @@ def processor() -> Any:
     return SampleProcessor(WorkerOptions().processor_config(), detectors=build(None))
 
 
-STAGES = [(GPU_SAMPLES_RAW, "handle"), (IB_SAMPLES_RAW, "handle_ib"), (STEP_METRICS_RAW, "handle_steps"),
-          (GPU_SKETCHES, "handle_sketches"), (GPU_XID, "events"), (SCHEDULER_EVENTS, "events")]
+STAGES = [
+    (GPU_SAMPLES_RAW, "handle"),
+    (IB_SAMPLES_RAW, "handle_ib"),
+    (STEP_METRICS_RAW, "handle_steps"),
+    (GPU_SKETCHES, "handle_sketches"),
+    (GPU_XID, "events"),
+    (SCHEDULER_EVENTS, "events"),
+]
 
 
 @pytest.mark.parametrize(("topic", "method"), STAGES, ids=lambda x: getattr(x, "name", x))
 def test_a_worker_stage_takes_any_message(processor: Any, topic: Any, method: str) -> None:
     import functools
 
-    handle = (functools.partial(processor.handle_events, topic) if method == "events" else getattr(processor, method))
+    handle = functools.partial(processor.handle_events, topic) if method == "events" else getattr(processor, method)
     stage = processor.guarded(handle, f"fuzz-{topic.name}")
 
     @given(messages(topic))
@@ -158,6 +176,7 @@ def test_a_stage_that_fails_dead_letters_the_message_and_goes_on(processor: Any)
 
 # -- the sink's decode ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("topic", STORED, ids=lambda t: t.name)
 def test_the_sink_writer_takes_any_block(topic: Any) -> None:
     from hpcinsight.sinks.clickhouse_sink import TableWriter
@@ -173,6 +192,7 @@ def test_the_sink_writer_takes_any_block(topic: Any) -> None:
 
 
 # -- the alert router -------------------------------------------------------------------------
+
 
 class KafkaMessage:
     """The part of confluent_kafka.Message the router reads (a message that was never on a broker)."""
@@ -205,8 +225,13 @@ def router(tmp_path: Path) -> Any:
     from hpcinsight.sinks.alerts.engine import Engine
     from hpcinsight.sinks.alerts.router import AlertRouter, RouterOptions
 
-    config = alerts_config.parse({"route": {"receiver": "ops", "group_by": ["kind", "node"]},
-                                  "receivers": [{"name": "ops", "webhook_configs": [{"url": "http://127.0.0.1:9/x"}]}]}, "t.yaml")
+    config = alerts_config.parse(
+        {
+            "route": {"receiver": "ops", "group_by": ["kind", "node"]},
+            "receivers": [{"name": "ops", "webhook_configs": [{"url": "http://127.0.0.1:9/x"}]}],
+        },
+        "t.yaml",
+    )
     r = AlertRouter(config, {"bootstrap.servers": "127.0.0.1:9"}, "fz.", RouterOptions(state_dir=tmp_path))
     r.engine = Engine(config)
     r._stop = threading.Event()
@@ -235,6 +260,7 @@ def test_the_router_takes_any_message(router: Any, topic: Any) -> None:
 
 
 # -- the live view ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("topic", list(FEEDS), ids=lambda t: t.name)
 def test_the_live_view_takes_any_message(topic: Any) -> None:

@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW, NODE_INVENTORY
-
 from tests.conftest import ROOT, Pipeline
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -19,16 +18,27 @@ TICKS = 3
 
 
 def agent(pipeline: Pipeline, config: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hpcinsight.cli", "agent", *args], env={**pipeline.env, "HPCINSIGHT_CONFIG": config},
-                          capture_output=True, text=True, timeout=180, cwd=ROOT, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "hpcinsight.cli", "agent", *args],
+        env={**pipeline.env, "HPCINSIGHT_CONFIG": config},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        check=False,
+    )
 
 
 def test_the_agent_runs_the_collectors_of_the_config_file(pipeline: Pipeline) -> None:
     config = pipeline.logs / "hpcinsight.toml"
-    config.write_text('[agent.collectors.gpu_sim]\nnodes = 3\ngpus = 2\nseed = 5\nnode_prefix = "rack7-"\n\n'
-                      '[agent.collectors.scheduler_sim]\nnodes = 3\ngpus = 2\nseed = 5\nnode_prefix = "rack7-"\n')
+    config.write_text(
+        '[agent.collectors.gpu_sim]\nnodes = 3\ngpus = 2\nseed = 5\nnode_prefix = "rack7-"\n\n'
+        '[agent.collectors.scheduler_sim]\nnodes = 3\ngpus = 2\nseed = 5\nnode_prefix = "rack7-"\n'
+    )
     # --gpus on the command line wins over both tables' gpus = 2
-    result = agent(pipeline, str(config), "--gpus", "4", "--ticks", str(TICKS), "--speed", "20", "--catch-up", "--drain-timeout", "60")
+    result = agent(
+        pipeline, str(config), "--gpus", "4", "--ticks", str(TICKS), "--speed", "20", "--catch-up", "--drain-timeout", "60"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["dropped"] == 0 and summary["drained"]
@@ -44,8 +54,10 @@ def test_the_agent_runs_the_collectors_of_the_config_file(pipeline: Pipeline) ->
 def test_a_scenario_named_by_the_flag_or_the_file_runs_as_the_scenario_kind(pipeline: Pipeline) -> None:
     config = pipeline.logs / "scenario.toml"
     config.write_text('[agent.collectors.scenario]\nnames = ["step-straggler"]\n')
-    runs = {"file": agent(pipeline, str(config), "--ticks", "2", "--speed", "20", "--catch-up"),
-            "flag": agent(pipeline, "", "--scenario", "step-straggler", "--ticks", "2", "--speed", "20", "--catch-up")}
+    runs = {
+        "file": agent(pipeline, str(config), "--ticks", "2", "--speed", "20", "--catch-up"),
+        "flag": agent(pipeline, "", "--scenario", "step-straggler", "--ticks", "2", "--speed", "20", "--catch-up"),
+    }
     for how, result in runs.items():
         assert result.returncode == 0, (how, result.stderr[-3000:])
         topics = json.loads(result.stdout.strip().splitlines()[-1])["topics"]

@@ -14,8 +14,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from hpcinsight.deploy.local.kafka import LocalKafka
-from hpcinsight.schemas.catalog import ensure_topics
-from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW
+from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW, ensure_topics
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -25,8 +24,15 @@ OUTAGE_FROM_S, OUTAGE_S = 10, 30
 
 
 def consume_all(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, bytes]]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "outage-check", "enable.partition.eof": True,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "outage-check",
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     out, eof = [], set()
@@ -52,13 +58,36 @@ def test_broker_outage_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     agent = None
     try:
         ensure_topics({"bootstrap.servers": bootstrap}, prefix)
-        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "HPCINSIGHT_TOPIC_PREFIX": prefix,
-               "HPCINSIGHT_DATA_DIR": str(tmp_path / "data")}
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": bootstrap,
+            "HPCINSIGHT_TOPIC_PREFIX": prefix,
+            "HPCINSIGHT_DATA_DIR": str(tmp_path / "data"),
+        }
         log = open(tmp_path / "agent.log", "wb")
         agent = subprocess.Popen(
-            [sys.executable, "-m", "hpcinsight.cli", "agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS),
-             "--ticks", str(TICKS), "--speed", str(SPEED), "--metrics-port", "0"],
-            env=env, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "hpcinsight.cli",
+                "agent",
+                "--backend",
+                "sim",
+                "--nodes",
+                str(NODES),
+                "--gpus",
+                str(GPUS),
+                "--ticks",
+                str(TICKS),
+                "--speed",
+                str(SPEED),
+                "--metrics-port",
+                "0",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=ROOT,
         )
         time.sleep(OUTAGE_FROM_S)
         kafka.stop()
@@ -113,7 +142,9 @@ def test_a_delivery_closed_and_started_again_on_its_spool_sends_each_message_onc
     assert values == list(range(600))  # each once
 
 
-def test_a_delivery_closed_while_the_broker_is_away_sends_everything_once_after_a_restart(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_a_delivery_closed_while_the_broker_is_away_sends_everything_once_after_a_restart(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
     """close() with the broker unreachable gives up after its drain timeout and ends its sender:
     every message waits in the spool, and the next start on it sends each exactly once."""
     from hpcinsight.agents.delivery import Delivery

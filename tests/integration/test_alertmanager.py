@@ -30,9 +30,16 @@ class Alertmanager:
     def start(self) -> None:
         self.log = open(self.tmp / "alertmanager.log", "ab")
         self.proc = subprocess.Popen(
-            [str(require("alertmanager")), f"--config.file={self.tmp / 'am.yml'}", f"--storage.path={self.tmp / 'am-data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                str(require("alertmanager")),
+                f"--config.file={self.tmp / 'am.yml'}",
+                f"--storage.path={self.tmp / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -57,11 +64,18 @@ def test_alerts_reach_the_operators_alertmanager_and_survive_it_being_down(pipel
     am_port = free_ports(1)[0]
     am = Alertmanager(tmp_path, am_port)
     config = tmp_path / "alerts.yaml"
-    config.write_text(yaml.safe_dump({
-        "global": {"dashboard_url": "https://grafana.example/d/gpu?var-node={node}&from={from_ms}&to={to_ms}",
-                   "retry": {"initial_backoff": "200ms", "max_backoff": "1s"}},
-        "route": {"receiver": "am", "group_by": ["kind", "node"], "group_wait": "1s", "group_interval": "2s"},
-        "receivers": [{"name": "am", "alertmanager_configs": [{"url": f"http://127.0.0.1:{am_port}"}]}]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {
+                    "dashboard_url": "https://grafana.example/d/gpu?var-node={node}&from={from_ms}&to={to_ms}",
+                    "retry": {"initial_backoff": "200ms", "max_backoff": "1s"},
+                },
+                "route": {"receiver": "am", "group_by": ["kind", "node"], "group_wait": "1s", "group_interval": "2s"},
+                "receivers": [{"name": "am", "alertmanager_configs": [{"url": f"http://127.0.0.1:{am_port}"}]}],
+            }
+        )
+    )
     router = start_router(pipeline, str(config))
     try:
         produce(pipeline, anomaly("a0", node="n1"))  # Alertmanager is not up yet: retried

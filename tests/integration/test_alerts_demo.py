@@ -13,13 +13,29 @@ pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 def test_the_demo_posts_the_fault_firing_then_resolved(pipeline: Pipeline) -> None:
     receiver = LocalReceiver()
     try:
-        result = pipeline.run("demo", "--duration", "60", "--speed", "3", "--windows", "10s/5s", "--nodes", "2", "--gpus", "4",
-                              "--webhook", receiver.url("/demo/Demo7Token"), timeout=300)
+        result = pipeline.run(
+            "demo",
+            "--duration",
+            "60",
+            "--speed",
+            "3",
+            "--windows",
+            "10s/5s",
+            "--nodes",
+            "2",
+            "--gpus",
+            "4",
+            "--webhook",
+            receiver.url("/demo/Demo7Token"),
+            timeout=300,
+        )
     finally:
         receiver.stop()
     bodies = receiver.bodies()
     # on failure: what was posted, in order, and the demo's own account (its anomalies table, logs)
-    story = "\n".join(f"{b['status']}: " + ", ".join(f"{a['labels'].get('kind')}/{a['status']}" for a in b["alerts"]) for b in bodies)
+    story = "\n".join(
+        f"{b['status']}: " + ", ".join(f"{a['labels'].get('kind')}/{a['status']}" for a in b["alerts"]) for b in bodies
+    )
     story += "\n--- demo output ---\n" + result.stdout[-6000:]
     # what goes wrong on the idle GPU's node (its under-use, and any detector that joins it) is grouped
     # under one key; every alert is told firing, then resolved, once each

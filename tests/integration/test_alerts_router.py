@@ -35,20 +35,43 @@ def receiver():
 
 
 def write_config(path: Path, url: str, **route: object) -> str:
-    doc = {"global": {"retry": {"initial_backoff": "200ms", "max_backoff": "1s"}},
-           "route": {"receiver": "hook", "group_by": ["kind", "node"], "group_wait": "1s", "group_interval": "2s",
-                     "repeat_interval": "1h", **route},
-           "receivers": [{"name": "hook", "webhook_configs": [{"url": url}]}]}
+    doc = {
+        "global": {"retry": {"initial_backoff": "200ms", "max_backoff": "1s"}},
+        "route": {
+            "receiver": "hook",
+            "group_by": ["kind", "node"],
+            "group_wait": "1s",
+            "group_interval": "2s",
+            "repeat_interval": "1h",
+            **route,
+        },
+        "receivers": [{"name": "hook", "webhook_configs": [{"url": url}]}],
+    }
     path.write_text(yaml.safe_dump(doc))
     return str(path)
 
 
-def anomaly(aid: str, state: str = "firing", node: str = "n1", gpu: int = 0, kind: str = "gpu_health",
-            job: str | None = "job-7") -> Anomaly:
+def anomaly(
+    aid: str, state: str = "firing", node: str = "n1", gpu: int = 0, kind: str = "gpu_health", job: str | None = "job-7"
+) -> Anomaly:
     ts = T0 if state == "firing" else T0 + 60_000
-    return Anomaly(aid, kind, "critical", state, "gpu", f"GPU-{node}-{gpu}", ts, T0, T0, ts,  # type: ignore[arg-type]
-                   f"GPU {gpu} of {node} throttles ({state})", {"throttled_share": 0.9, "gpu_index": float(gpu)},
-                   node=node, gpu_uuid=f"GPU-{node}-{gpu}", job_id=job)
+    return Anomaly(
+        aid,
+        kind,
+        "critical",
+        state,
+        "gpu",
+        f"GPU-{node}-{gpu}",
+        ts,
+        T0,
+        T0,
+        ts,  # type: ignore[arg-type]
+        f"GPU {gpu} of {node} throttles ({state})",
+        {"throttled_share": 0.9, "gpu_index": float(gpu)},
+        node=node,
+        gpu_uuid=f"GPU-{node}-{gpu}",
+        job_id=job,
+    )
 
 
 def produce(pipeline: Pipeline, *anomalies: Anomaly, raw: list[bytes] = ()) -> None:
@@ -61,8 +84,9 @@ def produce(pipeline: Pipeline, *anomalies: Anomaly, raw: list[bytes] = ()) -> N
 
 
 def start_router(pipeline: Pipeline, config: str, name: str = "alerts", crash: str | None = None) -> subprocess.Popen[bytes]:
-    return pipeline.start(name, "-v", "alerts", "--config", config,
-                          extra_env={"HPCINSIGHT_ALERTS_CRASH": crash} if crash else None)
+    return pipeline.start(
+        name, "-v", "alerts", "--config", config, extra_env={"HPCINSIGHT_ALERTS_CRASH": crash} if crash else None
+    )
 
 
 def settle(receiver: LocalReceiver, expected: int, quiet_s: float = 5.0) -> list[dict]:
@@ -76,19 +100,29 @@ def alert_ids(body: dict, status: str) -> list[str]:
     return sorted(a["fingerprint"] for a in body["alerts"] if a["status"] == status)
 
 
-def test_grouped_alerts_their_resolution_and_silences_from_the_cli(pipeline: Pipeline, receiver: LocalReceiver,
-                                                                    tmp_path: Path) -> None:
+def test_grouped_alerts_their_resolution_and_silences_from_the_cli(
+    pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path
+) -> None:
     producer = Producer({"bootstrap.servers": pipeline.bootstrap})
-    producer.produce(pipeline.topic(SCHEDULER_EVENTS.name), key=b"job-7", value=SCHEDULER_EVENTS.codec.encode(
-        [SchedulerEvent(T0, "sim", "job-7", "scheduled", user="alice", team="llm")]))
+    producer.produce(
+        pipeline.topic(SCHEDULER_EVENTS.name),
+        key=b"job-7",
+        value=SCHEDULER_EVENTS.codec.encode([SchedulerEvent(T0, "sim", "job-7", "scheduled", user="alice", team="llm")]),
+    )
     assert producer.flush(30) == 0
     added = pipeline.run("silence", "add", "--match", "node=n3", "--duration", "1h", "--comment", "rack work", "--author", "ops")
     silence_id = added.stdout.split()[1].rstrip(":")
     router = start_router(pipeline, write_config(tmp_path / "alerts.yaml", receiver.url()))
     try:
         # the same anomaly twice (an upstream replay) is one alert
-        produce(pipeline, anomaly("a0", gpu=0), anomaly("a1", gpu=1), anomaly("a1", gpu=1), anomaly("b0", node="n2"),
-                anomaly("s0", node="n3"))
+        produce(
+            pipeline,
+            anomaly("a0", gpu=0),
+            anomaly("a1", gpu=1),
+            anomaly("a1", gpu=1),
+            anomaly("b0", node="n2"),
+            anomaly("s0", node="n3"),
+        )
         bodies = settle(receiver, 2)
         assert len(bodies) == 2, bodies
         by_node = {b["groupLabels"]["node"]: b for b in bodies}
@@ -102,7 +136,9 @@ def test_grouped_alerts_their_resolution_and_silences_from_the_cli(pipeline: Pip
         bodies = settle(receiver, 3)
         assert alert_ids(bodies[2], "firing") == ["s0"]  # told once its silence ended
 
-        produce(pipeline, anomaly("a0", "resolved", gpu=0), anomaly("a1", "resolved", gpu=1), anomaly("b0", "resolved", node="n2"))
+        produce(
+            pipeline, anomaly("a0", "resolved", gpu=0), anomaly("a1", "resolved", gpu=1), anomaly("b0", "resolved", node="n2")
+        )
         bodies = settle(receiver, 5)
         assert len(bodies) == 5, bodies
         resolved = {b["groupLabels"]["node"]: b for b in bodies[3:]}
@@ -113,8 +149,9 @@ def test_grouped_alerts_their_resolution_and_silences_from_the_cli(pipeline: Pip
         assert stop(router) == 0, pipeline.log("alerts")
 
 
-def test_a_receiver_down_then_up_gets_each_notification_exactly_once(pipeline: Pipeline, receiver: LocalReceiver,
-                                                                     tmp_path: Path) -> None:
+def test_a_receiver_down_then_up_gets_each_notification_exactly_once(
+    pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path
+) -> None:
     receiver.status = 503
     router = start_router(pipeline, write_config(tmp_path / "alerts.yaml", receiver.url()))
     try:
@@ -134,7 +171,8 @@ def test_a_receiver_down_then_up_gets_each_notification_exactly_once(pipeline: P
 
 
 def test_a_router_killed_after_deciding_and_before_sending_sends_exactly_once_after_restart(
-        pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path) -> None:
+    pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path
+) -> None:
     config = write_config(tmp_path / "alerts.yaml", receiver.url())
     produce(pipeline, anomaly("a0"), anomaly("b0", node="n2"))
     crashed = start_router(pipeline, config, "alerts-1", crash="after_commit")
@@ -149,7 +187,8 @@ def test_a_router_killed_after_deciding_and_before_sending_sends_exactly_once_af
 
 
 def test_a_router_killed_after_a_post_and_before_recording_it_resends_with_the_same_idempotency_key(
-        pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path) -> None:
+    pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path
+) -> None:
     """The one window left (docs/alerts.md): the receiver has it, the router had not yet written so."""
     config = write_config(tmp_path / "alerts.yaml", receiver.url())
     produce(pipeline, anomaly("a0"))
@@ -167,7 +206,8 @@ def test_a_router_killed_after_a_post_and_before_recording_it_resends_with_the_s
 
 
 def test_a_router_sigkilled_at_random_mid_send_and_restarted_delivers_every_notification_once_by_key(
-        pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path) -> None:
+    pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path
+) -> None:
     receiver.delay_s = 0.3  # a slow receiver: kills land while a POST is under way
     config = write_config(tmp_path / "alerts.yaml", receiver.url(), group_by=["node"])
     nodes = [f"n{k:02d}" for k in range(24)]
@@ -175,7 +215,7 @@ def test_a_router_sigkilled_at_random_mid_send_and_restarted_delivers_every_noti
     rng = random.Random(11)
     for round_ in range(3):
         router = start_router(pipeline, config, f"alerts-{round_}")
-        pipeline.poll(lambda: receiver.requests > 2 + 6 * round_, router)
+        pipeline.poll(lambda: receiver.requests > 2 + 6 * round_, router)  # noqa: B023 - polled at once, within this round
         time.sleep(rng.uniform(0.0, 0.3))
         router.send_signal(signal.SIGKILL)
         router.wait(30)
@@ -191,12 +231,16 @@ def test_a_router_sigkilled_at_random_mid_send_and_restarted_delivers_every_noti
     assert copies <= 3 * 4, keys  # at most those under way at each kill (4 senders) came twice, with the same key
 
 
-def test_a_malformed_anomaly_is_dead_lettered_and_the_router_goes_on(pipeline: Pipeline, receiver: LocalReceiver,
-                                                                     tmp_path: Path) -> None:
+def test_a_malformed_anomaly_is_dead_lettered_and_the_router_goes_on(
+    pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path
+) -> None:
     router = start_router(pipeline, write_config(tmp_path / "alerts.yaml", receiver.url()))
     try:
-        bad = [b"{not json", json.dumps({"schema": "anomaly", "v": 99, "records": []}).encode(),
-               json.dumps({"schema": "anomaly", "v": 1, "records": [{"id": "x"}]}).encode()]
+        bad = [
+            b"{not json",
+            json.dumps({"schema": "anomaly", "v": 99, "records": []}).encode(),
+            json.dumps({"schema": "anomaly", "v": 1, "records": [{"id": "x"}]}).encode(),
+        ]
         produce(pipeline, anomaly("a0"), raw=bad)
         produce(pipeline, anomaly("b0", node="n2"))
         bodies = settle(receiver, 2)
@@ -220,7 +264,8 @@ def test_a_malformed_anomaly_is_dead_lettered_and_the_router_goes_on(pipeline: P
 
 
 def test_a_new_router_tells_what_still_fires_and_a_restarted_one_what_it_missed(
-        pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path) -> None:
+    pipeline: Pipeline, receiver: LocalReceiver, tmp_path: Path
+) -> None:
     """Issue 14, item 6: a router started on a topic with history tells no incident that was already
     over (a new deployment does not page about last week), and tells those still firing; a router
     restarted on its state tells, once, an incident that fired and resolved while it was down."""

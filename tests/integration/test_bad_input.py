@@ -29,9 +29,13 @@ def envelope(record: dict, v: int = 1) -> bytes:
 BAD = {
     b"{not json at all": "malformed JSON",
     envelope({"node": "n0", "gpu_index": "zero", "gpu_uuid": "GPU-0", "ts": T0}): "Expected `int`, got `str`",
-    envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0}).replace(b'"ts"', b'"gpu_util":NaN,"ts"'): "malformed JSON",
+    envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0}).replace(
+        b'"ts"', b'"gpu_util":NaN,"ts"'
+    ): "malformed JSON",
     envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0}, v=99): "unknown schema version 99",
-    envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0, "temperature_c": -500.0}): "Expected `float` >= -100.0",
+    envelope(
+        {"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0, "temperature_c": -500.0}
+    ): "Expected `float` >= -100.0",
     envelope({"node": "n0", "gpu_index": 0, "gpu_uuid": "GPU-0", "ts": T0 + 2 * 86_400_000}): "clock skew",
     # issue 14: msgspec raised RecursionError (the worker's agent died, no dead letter)
     b'{"schema":"gpu_sample","v":1,"records":' + b"[" * 100_000 + b"]" * 100_000 + b"}": "nested too deeply",
@@ -82,8 +86,11 @@ def test_a_stored_topic_written_by_a_foreign_producer_cannot_stop_the_sink(pipel
     died again on the same offset: storage stopped for every table. Now it is a dead letter."""
     producer = Producer({"bootstrap.servers": pipeline.bootstrap, "enable.idempotence": True})
     topic = pipeline.topic("gpu.samples")
-    hostile = [b'{"schema":"gpu_sample","v":1,"records":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-               b"[" * 200_000, b'{"schema":"gpu_sample","v":1,"records":[{"node":"n0","x":' + b"{\"a\":" * 50_000 + b"1" + b"}" * 50_000 + b"}]}"]
+    hostile = [
+        b'{"schema":"gpu_sample","v":1,"records":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b"[" * 200_000,
+        b'{"schema":"gpu_sample","v":1,"records":[{"node":"n0","x":' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"}]}",
+    ]
     for k, bad in enumerate(hostile):
         producer.produce(topic, key=b"n0", value=good(2 * k))
         producer.produce(topic, key=b"n0", value=bad)

@@ -36,8 +36,15 @@ def test_the_sink_rides_out_a_broker_outage_longer_than_its_session(tmp_path: Pa
     logs.mkdir()
     pipeline = Pipeline(broker.bootstrap, f"o{uuid.uuid4().hex[:8]}.", tmp_path / "data" / "clickhouse", logs)
     ensure_topics(pipeline.client_config(), pipeline.prefix)
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True, "acks": "all",
-                         "message.timeout.ms": 300_000, "linger.ms": 5})
+    producer = Producer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "message.timeout.ms": 300_000,
+            "linger.ms": 5,
+        }
+    )
     sent = 0
     writing = threading.Event()
     writing.set()

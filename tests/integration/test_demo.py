@@ -10,8 +10,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
 
 def test_demo_prints_table_with_idle_gpu_flagged(pipeline: Pipeline) -> None:
-    result = pipeline.run("demo", "--duration", "40", "--speed", "4", "--windows", "10s/5s",
-                          "--nodes", "2", "--gpus", "4", timeout=240)
+    result = pipeline.run(
+        "demo", "--duration", "40", "--speed", "4", "--windows", "10s/5s", "--nodes", "2", "--gpus", "4", timeout=240
+    )
     out = result.stdout
     assert "GPU utilisation per GPU" in out and "Anomalies" in out
     assert "GPUs flagged: sim-node-01 GPU 3" in out, out
@@ -31,8 +32,14 @@ def test_sigterm_stops_the_demo_and_everything_it_started(pipeline: Pipeline) ->
     from tests.conftest import ROOT
 
     log = open(pipeline.logs / "demo-sigterm.log", "wb")
-    demo = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "demo", "--duration", "600", "--nodes", "1", "--gpus", "2"],
-                            env=pipeline.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "hpcinsight.cli", "demo", "--duration", "600", "--nodes", "1", "--gpus", "2"],
+        env=pipeline.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
         agent_log = pipeline.store.parent / "logs" / "agent.log"
         while not agent_log.exists() and demo.poll() is None:  # bounded by the suite's per-test timeout

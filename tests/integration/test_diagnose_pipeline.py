@@ -20,14 +20,32 @@ def test_diagnose_names_the_slow_gpu_and_draws_three_figures(pipeline: Pipeline,
     worker = pipeline.start("worker", "worker", "--windows", "20s/10s", "--since-start-every", "20s", "--job-wait", "2s")
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     try:
-        agent = pipeline.run("agent", "--backend", "sim", "--ib", "--scheduler", "sim", "--nodes", str(NODES), "--gpus", str(GPUS),
-                             "--ticks", str(TICKS), "--speed", str(SPEED), "--fault", f"slow:{SLOW_NODE}:{SLOW_GPU}@20-100",
-                             timeout=300)
+        agent = pipeline.run(
+            "agent",
+            "--backend",
+            "sim",
+            "--ib",
+            "--scheduler",
+            "sim",
+            "--nodes",
+            str(NODES),
+            "--gpus",
+            str(GPUS),
+            "--ticks",
+            str(TICKS),
+            "--speed",
+            str(SPEED),
+            "--fault",
+            f"slow:{SLOW_NODE}:{SLOW_GPU}@20-100",
+            timeout=300,
+        )
         summary = json.loads(agent.stdout.strip().splitlines()[-1])
         assert summary["failed"] == summary["dropped"] == 0, summary
         pipeline.wait_caught_up("worker", ["gpu.samples.raw", "ib.samples.raw", "gpu.sketches"])
-        pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "ib.samples", "gpu.quantiles", "job.quantiles", "anomalies",
-                                                    "scheduler.events", "node.inventory"])
+        pipeline.wait_caught_up(
+            "clickhouse-sink",
+            ["gpu.samples", "ib.samples", "gpu.quantiles", "job.quantiles", "anomalies", "scheduler.events", "node.inventory"],
+        )
     finally:
         assert stop(sink) == 0, pipeline.log("sink")
         stop(worker)

@@ -18,9 +18,25 @@ SCENARIO = ROOT / "tests" / "data" / "scenarios" / "eval-smoke.yaml"
 def test_eval_scores_a_small_scenario_through_the_pipeline(pipeline: Pipeline, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = subprocess.run(
-        [sys.executable, "-m", "hpcinsight.cli", "eval", "--scenario", str(SCENARIO), "--out", str(out), "--speed", "10",
-         "--job-wait", "5"],  # 16 GPUs, one partition each node: nothing lags far
-        env=pipeline.env, capture_output=True, text=True, timeout=400, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "hpcinsight.cli",
+            "eval",
+            "--scenario",
+            str(SCENARIO),
+            "--out",
+            str(out),
+            "--speed",
+            "10",
+            "--job-wait",
+            "5",
+        ],  # 16 GPUs, one partition each node: nothing lags far
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "gpu_health" in result.stdout and "precision" in result.stdout
@@ -38,7 +54,13 @@ def test_eval_scores_a_small_scenario_through_the_pipeline(pipeline: Pipeline, t
     assert "| gpu_health | 1 | 1 |" in (out / "results.md").read_text()
     # scoring again from the stored run (as after editing labels) gives the same table, without a pipeline
     before = (out / "results.csv").read_text()
-    again = subprocess.run([sys.executable, "-m", "hpcinsight.cli", "eval", "--rescore", "--out", str(out), "--no-plots"],
-                           env=pipeline.env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    again = subprocess.run(
+        [sys.executable, "-m", "hpcinsight.cli", "eval", "--rescore", "--out", str(out), "--no-plots"],
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "results.csv").read_text() == before

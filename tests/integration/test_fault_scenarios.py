@@ -30,8 +30,16 @@ NODES, GPUS, SPEED = 4, 8, 5
 # down for two windows in a row (gpu_outlier's fire_after); in 20 s ones it did not (checked offline: 30 seeds, every
 # window phase, with the worker's sketches and the real detector)
 WORKER_ARGS = ("--windows", "20s/10s", "--since-start-every", "20s", "--job-wait", "2s")
-STORED = ["gpu.samples", "ib.samples", "gpu.quantiles", "job.quantiles", "anomalies", "gpu.xid", "scheduler.events",
-          "node.inventory"]
+STORED = [
+    "gpu.samples",
+    "ib.samples",
+    "gpu.quantiles",
+    "job.quantiles",
+    "anomalies",
+    "gpu.xid",
+    "scheduler.events",
+    "node.inventory",
+]
 SPANS = """
 [detectors.gpu_health]
 ecc_quiet_s = 20
@@ -87,24 +95,69 @@ class Fault:
 
 OUTLIER = frozenset({"gpu_outlier"})
 FAULTS = (
-    Fault("thermal", ("--fault", "thermal:0:1@20-60"), "gpu_health", f"{uuid_of(0, 1)}/thermal_throttle", "warning", 20, 60,
-          uuid_of(0, 1), OUTLIER),
-    Fault("power", ("--fault", "power:0:3@20-60"), "gpu_health", f"{uuid_of(0, 3)}/power_throttle", "info", 20, 60,
-          uuid_of(0, 3), OUTLIER),
-    Fault("ecc", ("--fault", "ecc:1:0@30"), "gpu_health", f"{uuid_of(1, 0)}/ecc_uncorrectable", "critical", 30, 30,
-          uuid_of(1, 0)),
-    Fault("remap", ("--fault", "remap:1:2@30-60"), "gpu_health", f"{uuid_of(1, 2)}/row_remap_pending", "warning", 30, 60,
-          uuid_of(1, 2)),
-    Fault("clock", ("--fault", "clock:1:5@20-60"), "gpu_health", f"{uuid_of(1, 5)}/clock_stuck_low", "warning", 20, 60,
-          uuid_of(1, 5), OUTLIER),
+    Fault(
+        "thermal",
+        ("--fault", "thermal:0:1@20-60"),
+        "gpu_health",
+        f"{uuid_of(0, 1)}/thermal_throttle",
+        "warning",
+        20,
+        60,
+        uuid_of(0, 1),
+        OUTLIER,
+    ),
+    Fault(
+        "power",
+        ("--fault", "power:0:3@20-60"),
+        "gpu_health",
+        f"{uuid_of(0, 3)}/power_throttle",
+        "info",
+        20,
+        60,
+        uuid_of(0, 3),
+        OUTLIER,
+    ),
+    Fault(
+        "ecc", ("--fault", "ecc:1:0@30"), "gpu_health", f"{uuid_of(1, 0)}/ecc_uncorrectable", "critical", 30, 30, uuid_of(1, 0)
+    ),
+    Fault(
+        "remap",
+        ("--fault", "remap:1:2@30-60"),
+        "gpu_health",
+        f"{uuid_of(1, 2)}/row_remap_pending",
+        "warning",
+        30,
+        60,
+        uuid_of(1, 2),
+    ),
+    Fault(
+        "clock",
+        ("--fault", "clock:1:5@20-60"),
+        "gpu_health",
+        f"{uuid_of(1, 5)}/clock_stuck_low",
+        "warning",
+        20,
+        60,
+        uuid_of(1, 5),
+        OUTLIER,
+    ),
     # one incident for the GPU, though its power and SM activity follow its utilisation out of line
     Fault("slow", ("--fault", "slow:2:1@20-60"), "gpu_outlier", uuid_of(2, 1), "warning", 20, 60, uuid_of(2, 1)),
     Fault("idle", ("--idle", "2:6@20-60"), "gpu_underused", uuid_of(2, 6), "warning", 20, 60, uuid_of(2, 6), OUTLIER),
     Fault("xid", ("--xid", "3:4@30:13x2"), "gpu_xid", uuid_of(3, 4), "warning", 30, 30, uuid_of(3, 4)),
-    Fault("ib degrade", ("--ib-fault", "degrade:3@60-100"), "slow_interconnect", "sim-node-03", "warning", 60, 100,
-          "sim-node-03"),
-    Fault("ib flap", ("--ib-fault", "flap:2:3@80"), "slow_interconnect", "sim-node-02/mlx5_3/1", "critical", 80, 80,
-          "sim-node-02/mlx5_3/1"),
+    Fault(
+        "ib degrade", ("--ib-fault", "degrade:3@60-100"), "slow_interconnect", "sim-node-03", "warning", 60, 100, "sim-node-03"
+    ),
+    Fault(
+        "ib flap",
+        ("--ib-fault", "flap:2:3@80"),
+        "slow_interconnect",
+        "sim-node-02/mlx5_3/1",
+        "critical",
+        80,
+        80,
+        "sim-node-02/mlx5_3/1",
+    ),
 )
 #: a degraded node's ports each err and wait too: one link incident per port besides the node's
 DEGRADED_LINKS = [f"sim-node-03/mlx5_{p}/1" for p in range(8)]
@@ -118,8 +171,26 @@ def run_cluster(pipeline: Pipeline, ticks: int, *options: str, seed: int = 0) ->
     worker = pipeline.start("worker", "worker", *WORKER_ARGS, extra_env={"HPCINSIGHT_CONFIG": str(config)})
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     try:
-        agent = pipeline.run("agent", "--backend", "sim", "--ib", "--scheduler", "sim", "--nodes", str(NODES), "--gpus", str(GPUS),
-                             "--seed", str(seed), "--ticks", str(ticks), "--speed", str(SPEED), *options, timeout=300)
+        agent = pipeline.run(
+            "agent",
+            "--backend",
+            "sim",
+            "--ib",
+            "--scheduler",
+            "sim",
+            "--nodes",
+            str(NODES),
+            "--gpus",
+            str(GPUS),
+            "--seed",
+            str(seed),
+            "--ticks",
+            str(ticks),
+            "--speed",
+            str(SPEED),
+            *options,
+            timeout=300,
+        )
         summary: dict[str, Any] = json.loads(agent.stdout.strip().splitlines()[-1])
         assert summary["failed"] == summary["dropped"] == 0, summary
         pipeline.wait_caught_up("worker", ["gpu.samples.raw", "ib.samples.raw", "gpu.xid", "gpu.sketches"])
@@ -153,14 +224,17 @@ def check_attribution(pipeline: Pipeline, t0: int) -> None:
     )
     attributed = [r for r in rows if r["user"] is not None]
     assert {(r["node"], r["job_id"], r["user"], r["team"], r["priority"], r["zone"]) for r in attributed} == {
-        (node, "sim-job-0", "alice", "llm", "high", zone) for node, zone in ZONES.items()}
+        (node, "sim-job-0", "alice", "llm", "high", zone) for node, zone in ZONES.items()
+    }
     early = [r for r in rows if r["user"] is None]
     assert all(r["job_id"] == "sim-job-0" and r["zone"] is None and r["last"] < t0 + 20_000 for r in early), early
     assert sum(r["n"] for r in early) <= 0.15 * sum(r["n"] for r in rows), rows
     ib = pipeline.sql("SELECT DISTINCT node, job_id, user, team FROM ib_samples WHERE job_id IS NOT NULL ORDER BY node")
     assert ib == [{"node": node, "job_id": "sim-job-0", "user": "alice", "team": "llm"} for node in ZONES]
-    jobs = pipeline.sql("SELECT job_id, max(gpus) AS gpus, groupUniqArray(user) AS users FROM job_quantiles "
-                        "WHERE window != 'since_start' GROUP BY job_id")
+    jobs = pipeline.sql(
+        "SELECT job_id, max(gpus) AS gpus, groupUniqArray(user) AS users FROM job_quantiles "
+        "WHERE window != 'since_start' GROUP BY job_id"
+    )
     assert jobs == [{"job_id": "sim-job-0", "gpus": NODES * GPUS, "users": ["alice"]}]
 
 
@@ -181,8 +255,13 @@ def test_each_injected_fault_raises_its_anomaly_and_only_there(pipeline: Pipelin
 
     report = []
     for fault in FAULTS:
-        mine = [a for a in flags if a["kind"] == fault.kind and a["subject"] == fault.subject
-                and (fault.key is None or a["id"] == anomaly_id(fault.kind, fault.key, a["started_at"]))]
+        mine = [
+            a
+            for a in flags
+            if a["kind"] == fault.kind
+            and a["subject"] == fault.subject
+            and (fault.key is None or a["id"] == anomaly_id(fault.kind, fault.key, a["started_at"]))
+        ]
         assert mine, f"{fault.name}: no {fault.kind} anomaly on {fault.subject}; raised: {flags}"
         assert len({a["id"] for a in mine}) == 1, (fault.name, mine)  # one incident per fault, not a chatter
         fired, resolved = mine
@@ -190,9 +269,11 @@ def test_each_injected_fault_raises_its_anomaly_and_only_there(pipeline: Pipelin
         # ground truth: it fires once the fault has begun, and resolves once the fault is over
         assert t0 + fault.start_s * 1000 <= fired["ts"] <= t0 + (fault.start_s + 40) * 1000, (fault.name, fired["ts"] - t0)
         assert resolved["ts"] >= t0 + fault.end_s * 1000, (fault.name, resolved["ts"] - t0)
-        report.append(f"{fault.name:11} {fault.kind:17} {fault.subject:58} fired {(fired['ts'] - t0) / 1000:5.0f} s "
-                      f"(+{(fired['ts'] - t0) / 1000 - fault.start_s:.0f}), resolved {(resolved['ts'] - t0) / 1000:5.0f} s "
-                      f"(+{(resolved['ts'] - t0) / 1000 - fault.end_s:.0f})")
+        report.append(
+            f"{fault.name:11} {fault.kind:17} {fault.subject:58} fired {(fired['ts'] - t0) / 1000:5.0f} s "
+            f"(+{(fired['ts'] - t0) / 1000 - fault.start_s:.0f}), resolved {(resolved['ts'] - t0) / 1000:5.0f} s "
+            f"(+{(resolved['ts'] - t0) / 1000 - fault.end_s:.0f})"
+        )
     degraded = {a["subject"] for a in flags if a["kind"] == "slow_interconnect" and a["subject"] in DEGRADED_LINKS}
     assert degraded == set(DEGRADED_LINKS)
 

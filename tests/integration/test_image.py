@@ -50,8 +50,13 @@ def podman_env() -> dict[str, str]:
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["podman", "--runtime", os.environ.get("PODMAN_RUNTIME", "runc"), *args],
-                            capture_output=True, text=True, timeout=timeout, env=podman_env())
+    result = subprocess.run(
+        ["podman", "--runtime", os.environ.get("PODMAN_RUNTIME", "runc"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=podman_env(),
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"podman {' '.join(args[:3])} exited {result.returncode}: {result.stderr[-3000:]}")
     return result
@@ -66,9 +71,16 @@ def source_hash() -> str:
         rel = path.relative_to(ROOT)
         if not path.is_file() or "__pycache__" in rel.parts or path.suffix == ".pyc":
             return False
-        return rel.parts[0] != "deploy" or rel.parts[1] == "image" or (ROOT / rel.parts[0] / rel.parts[1] / "__init__.py").exists() \
+        return (
+            rel.parts[0] != "deploy"
+            or rel.parts[1] == "image"
+            or (ROOT / rel.parts[0] / rel.parts[1] / "__init__.py").exists()
             or len(rel.parts) == 2
-    files = [ROOT / "pyproject.toml", ROOT / "constraints.txt"] + sorted(p for top in SOURCES for p in (ROOT / top).rglob("*") if shipped(p))
+        )
+
+    files = [ROOT / "pyproject.toml", ROOT / "constraints.txt"] + sorted(
+        p for top in SOURCES for p in (ROOT / top).rglob("*") if shipped(p)
+    )
     for path in files:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
@@ -88,8 +100,13 @@ def image() -> str:
 
 
 def _build(tag: str) -> None:
-    build = subprocess.run(["bash", str(ROOT / "deploy" / "image" / "build.sh")], capture_output=True, text=True,
-                           timeout=1500, env={**podman_env(), "IMAGE": tag, "HOST_PYTHON": str(ROOT / ".venv" / "bin" / "python")})
+    build = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "image" / "build.sh")],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**podman_env(), "IMAGE": tag, "HOST_PYTHON": str(ROOT / ".venv" / "bin" / "python")},
+    )
     assert build.returncode == 0, build.stderr[-5000:]
     print(build.stderr.strip().splitlines()[-1])  # image: <tag> <size> MB
     for line in podman("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/hpcinsight").stdout.split():
@@ -121,9 +138,22 @@ def test_the_image_answers_as_a_non_root_cli_with_its_labels(image: str) -> None
 def _container(pipeline: Pipeline, image: str, name: str, *args: str) -> list[str]:
     env = pipeline.env
     data = pipeline.store.parent
-    passed = [f"--env={k}={env[k]}" for k in ("KAFKA_BOOTSTRAP", "HPCINSIGHT_TOPIC_PREFIX", "CLICKHOUSE_URL", "HPCINSIGHT_DATA_DIR")]
-    return ["podman", "--runtime", os.environ.get("PODMAN_RUNTIME", "runc"), "run", "--rm", f"--name={name}", "--network=host",
-            f"--volume={data}:{data}", *passed, image, *args]
+    passed = [
+        f"--env={k}={env[k]}" for k in ("KAFKA_BOOTSTRAP", "HPCINSIGHT_TOPIC_PREFIX", "CLICKHOUSE_URL", "HPCINSIGHT_DATA_DIR")
+    ]
+    return [
+        "podman",
+        "--runtime",
+        os.environ.get("PODMAN_RUNTIME", "runc"),
+        "run",
+        "--rm",
+        f"--name={name}",
+        "--network=host",
+        f"--volume={data}:{data}",
+        *passed,
+        image,
+        *args,
+    ]
 
 
 def test_agent_worker_and_sink_from_the_image(pipeline: Pipeline, image: str) -> None:
@@ -135,13 +165,42 @@ def test_agent_worker_and_sink_from_the_image(pipeline: Pipeline, image: str) ->
     logs = {c: open(pipeline.logs / f"image-{c}.log", "wb") for c in names}
     procs = {}
     try:
-        procs["worker"] = subprocess.Popen(_container(pipeline, image, names["worker"], "worker", "--windows", "10s/5s",
-                                                      "--job-wait", "2s"), stdout=logs["worker"], stderr=subprocess.STDOUT, env=podman_env())
-        procs["sink"] = subprocess.Popen(_container(pipeline, image, names["sink"], "sink", "--batch-age", "0.5"),
-                                         stdout=logs["sink"], stderr=subprocess.STDOUT, env=podman_env())
-        agent = subprocess.run(_container(pipeline, image, names["agent"], "agent", "--backend", "sim", "--nodes", str(NODES),
-                                          "--gpus", str(GPUS), "--ticks", str(TICKS), "--interval", "1", "--speed", "10"),
-                               capture_output=True, text=True, timeout=300, env=podman_env())
+        procs["worker"] = subprocess.Popen(
+            _container(pipeline, image, names["worker"], "worker", "--windows", "10s/5s", "--job-wait", "2s"),
+            stdout=logs["worker"],
+            stderr=subprocess.STDOUT,
+            env=podman_env(),
+        )
+        procs["sink"] = subprocess.Popen(
+            _container(pipeline, image, names["sink"], "sink", "--batch-age", "0.5"),
+            stdout=logs["sink"],
+            stderr=subprocess.STDOUT,
+            env=podman_env(),
+        )
+        agent = subprocess.run(
+            _container(
+                pipeline,
+                image,
+                names["agent"],
+                "agent",
+                "--backend",
+                "sim",
+                "--nodes",
+                str(NODES),
+                "--gpus",
+                str(GPUS),
+                "--ticks",
+                str(TICKS),
+                "--interval",
+                "1",
+                "--speed",
+                "10",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=podman_env(),
+        )
         assert agent.returncode == 0, agent.stderr[-3000:]
         summary = json.loads(agent.stdout.strip().splitlines()[-1])
         produced = summary["topics"]["gpu.samples.raw"]["records"]
@@ -150,14 +209,20 @@ def test_agent_worker_and_sink_from_the_image(pipeline: Pipeline, image: str) ->
             pipeline.wait_caught_up("worker", ["gpu.samples.raw"], timeout=300)
             pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles"], timeout=300)
         except AssertionError as err:
-            raise AssertionError(f"{err}\nworker:\n{pipeline.log('image-worker')[-3000:]}\nsink:\n{pipeline.log('image-sink')[-3000:]}") from None
+            raise AssertionError(
+                f"{err}\nworker:\n{pipeline.log('image-worker')[-3000:]}\nsink:\n{pipeline.log('image-sink')[-3000:]}"
+            ) from None
         for proc in procs.values():
             assert proc.poll() is None, (proc.args, pipeline.log("image-worker"), pipeline.log("image-sink"))
     finally:
         for component in ("sink", "worker"):
             if component in procs:
-                subprocess.run(["podman", "--runtime", os.environ.get("PODMAN_RUNTIME", "runc"), "stop", "-t", "30", names[component]],
-                               capture_output=True, timeout=60, env=podman_env())
+                subprocess.run(
+                    ["podman", "--runtime", os.environ.get("PODMAN_RUNTIME", "runc"), "stop", "-t", "30", names[component]],
+                    capture_output=True,
+                    timeout=60,
+                    env=podman_env(),
+                )
         deadline = time.monotonic() + 60
         for proc in procs.values():
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))

@@ -17,7 +17,8 @@ from tests.conftest import Pipeline, stop
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "alibaba-openb-2023"
 pytestmark = [
-    pytest.mark.kafka, pytest.mark.integration,
+    pytest.mark.kafka,
+    pytest.mark.integration,
     pytest.mark.skipif(not (DATA / POD_FILE).is_file(), reason=f"the openb trace is not at {DATA}"),
 ]
 
@@ -34,17 +35,35 @@ def test_openb_kpis_through_kafka_faust_and_clickhouse(pipeline: Pipeline) -> No
     worker = pipeline.start("worker", "worker", "--windows", "10s/5s", "--kpi-interval", "1s")
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     try:
-        agent = pipeline.run("agent", "--backend", "none", "--scheduler", "trace", "--trace-dir", str(DATA),
-                             "--trace-limit", str(PODS), "--trace-speedup", f"{speedup:.3f}",
-                             "--interval", "0.25", "--ticks", str(int(REPLAY_WALL_S / 0.25) + 8), timeout=120)
+        agent = pipeline.run(
+            "agent",
+            "--backend",
+            "none",
+            "--scheduler",
+            "trace",
+            "--trace-dir",
+            str(DATA),
+            "--trace-limit",
+            str(PODS),
+            "--trace-speedup",
+            f"{speedup:.3f}",
+            "--interval",
+            "0.25",
+            "--ticks",
+            str(int(REPLAY_WALL_S / 0.25) + 8),
+            timeout=120,
+        )
         summary = json.loads(agent.stdout.strip().splitlines()[-1])
         assert summary["failed"] == summary["dropped"] == 0
         pipeline.wait_caught_up("clickhouse-sink", ["scheduler.events", "node.inventory"])
         last = pipeline.sql("SELECT toUnixTimestamp64Milli(max(ts)) AS ms FROM scheduler_events")[0]["ms"]
         cut = last - last % 1000 + 1000  # the first boundary after the last event
         # the worker closes the last intervals by its clock, a lateness after them
-        pipeline.poll(lambda: (pipeline.sql(
-            "SELECT toUnixTimestamp64Milli(max(ts)) AS ms FROM scheduling_kpis")[0]["ms"] or 0) >= cut, worker, sink)
+        pipeline.poll(
+            lambda: (pipeline.sql("SELECT toUnixTimestamp64Milli(max(ts)) AS ms FROM scheduling_kpis")[0]["ms"] or 0) >= cut,
+            worker,
+            sink,
+        )
         pipeline.wait_caught_up("clickhouse-sink", ["scheduling.kpis"])
     finally:
         assert stop(sink) == 0, pipeline.log("sink")
@@ -53,15 +72,32 @@ def test_openb_kpis_through_kafka_faust_and_clickhouse(pipeline: Pipeline) -> No
     stored = pipeline.sql("SELECT * FROM scheduler_events FINAL ORDER BY ts")
     assert len({r["job_id"] for r in stored}) == PODS
     # everything the KPIs read, FGD's fragmentation included (CPUs of nodes and of requests)
-    inventory = pipeline.sql("SELECT node, toUnixTimestamp64Milli(ts) AS ts, gpu_count, gpu_model, cpus, memory_bytes "
-                             "FROM node_inventory FINAL")
+    inventory = pipeline.sql(
+        "SELECT node, toUnixTimestamp64Milli(ts) AS ts, gpu_count, gpu_model, cpus, memory_bytes FROM node_inventory FINAL"
+    )
     events: list[NodeInventory | SchedulerEvent] = [
-        NodeInventory(ts=r["ts"], node=r["node"], gpu_count=r["gpu_count"],
-                      **{k: r[k] for k in ("gpu_model", "cpus", "memory_bytes") if r[k] is not None})
+        NodeInventory(
+            ts=r["ts"],
+            node=r["node"],
+            gpu_count=r["gpu_count"],
+            **{k: r[k] for k in ("gpu_model", "cpus", "memory_bytes") if r[k] is not None},
+        )
         for r in inventory
     ]
-    fields = ("source", "job_id", "kind", "priority", "qos", "requested_gpus", "requested_cpus", "requested_memory_bytes",
-              "gpu_model", "node", "gpu_ids", "name")
+    fields = (
+        "source",
+        "job_id",
+        "kind",
+        "priority",
+        "qos",
+        "requested_gpus",
+        "requested_cpus",
+        "requested_memory_bytes",
+        "gpu_model",
+        "node",
+        "gpu_ids",
+        "name",
+    )
     for r in pipeline.sql("SELECT *, toUnixTimestamp64Milli(ts) AS ms FROM scheduler_events FINAL"):
         events.append(SchedulerEvent(ts=r["ms"], **{k: r[k] for k in fields if r[k] is not None}))
     events.sort(key=lambda e: e.ts)

@@ -20,13 +20,35 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline, tmp_path: Pa
     # a run of a minute: the detectors' spans of the demo's short runs (production quiet times are minutes)
     config = tmp_path / "detectors.toml"
     config.write_text(DEMO_DETECTORS)
-    worker = pipeline.start("worker", "worker", "--windows", "10s/5s", "--since-start-every", "20s", "--job-wait", "2s",
-                            extra_env={"HPCINSIGHT_CONFIG": str(config)})
+    worker = pipeline.start(
+        "worker",
+        "worker",
+        "--windows",
+        "10s/5s",
+        "--since-start-every",
+        "20s",
+        "--job-wait",
+        "2s",
+        extra_env={"HPCINSIGHT_CONFIG": str(config)},
+    )
     sink = pipeline.start("sink", "sink", "--batch-age", "0.5")
     try:
         agent = pipeline.run(
-            "agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS), "--ticks", str(TICKS),
-            "--interval", "1", "--speed", "10", "--idle", f"{IDLE_NODE}:{IDLE_GPU}@0-25",
+            "agent",
+            "--backend",
+            "sim",
+            "--nodes",
+            str(NODES),
+            "--gpus",
+            str(GPUS),
+            "--ticks",
+            str(TICKS),
+            "--interval",
+            "1",
+            "--speed",
+            "10",
+            "--idle",
+            f"{IDLE_NODE}:{IDLE_GPU}@0-25",
         )
         summary = json.loads(agent.stdout.strip().splitlines()[-1])
         produced = summary["topics"]["gpu.samples.raw"]

@@ -43,8 +43,14 @@ def test_the_pipeline_runs_over_a_secure_listener(protocol: str, tmp_path: Path)
     pki = make_pki(tmp_path / "pki")
     listener = SecureListener.sasl_ssl(pki) if protocol == "SASL_SSL" else SecureListener.mutual_tls(pki)
     plain, controller = free_ports(2)
-    broker = LocalKafka(tmp_path / "kafka", port=plain, controller_port=controller, heap="384m",
-                        overrides=listener.broker_overrides(plain, controller), format_args=listener.format_args())
+    broker = LocalKafka(
+        tmp_path / "kafka",
+        port=plain,
+        controller_port=controller,
+        heap="384m",
+        overrides=listener.broker_overrides(plain, controller),
+        format_args=listener.format_args(),
+    )
     broker.start()
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -55,18 +61,38 @@ def test_the_pipeline_runs_over_a_secure_listener(protocol: str, tmp_path: Path)
     try:
         ensure_topics(pipeline.client_config(), pipeline.prefix)
         config = tmp_path / "alerts.yaml"
-        config.write_text(yaml.safe_dump({
-            "route": {"receiver": "hook", "group_by": ["kind"], "group_wait": "1s", "group_interval": "2s"},
-            "receivers": [{"name": "hook", "webhook_configs": [{"url": receiver.url()}]}]}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "route": {"receiver": "hook", "group_by": ["kind"], "group_wait": "1s", "group_interval": "2s"},
+                    "receivers": [{"name": "hook", "webhook_configs": [{"url": receiver.url()}]}],
+                }
+            )
+        )
         api = free_ports(1)[0]
         procs = {
-            "worker": pipeline.start("worker", "worker", "--windows", "10s/5s", "--since-start-every", "10s",
-                                     "--checkpoint-every", "10s"),
+            "worker": pipeline.start(
+                "worker", "worker", "--windows", "10s/5s", "--since-start-every", "10s", "--checkpoint-every", "10s"
+            ),
             "sink": pipeline.start("sink", "sink", "--batch-age", "0.5"),
             "alerts": pipeline.start("alerts", "alerts", "--config", str(config)),
             "serve": pipeline.start("serve", "serve", "--port", str(api), "--no-store"),
-            "agent": pipeline.start("agent", "agent", "--backend", "sim", "--nodes", "2", "--gpus", "2", "--scheduler", "sim",
-                                    "--idle", "0:1", "--speed", "3"),
+            "agent": pipeline.start(
+                "agent",
+                "agent",
+                "--backend",
+                "sim",
+                "--nodes",
+                "2",
+                "--gpus",
+                "2",
+                "--scheduler",
+                "sim",
+                "--idle",
+                "0:1",
+                "--speed",
+                "3",
+            ),
         }
         receiver.wait_for(1, timeout=150)  # the idle GPU's anomaly went worker -> topic -> router -> webhook
 
@@ -102,13 +128,24 @@ def test_a_client_without_its_certificate_is_refused_by_the_mutual_tls_listener(
     pki = make_pki(tmp_path / "pki")
     listener = SecureListener.mutual_tls(pki)
     plain, controller = free_ports(2)
-    with LocalKafka(tmp_path / "kafka", port=plain, controller_port=controller, heap="384m",
-                    overrides=listener.broker_overrides(plain, controller)) as _:
-        admin = AdminClient({"bootstrap.servers": listener.bootstrap, "security.protocol": "ssl",
-                             "ssl.ca.location": str(pki.ca)})
-        with pytest.raises(Exception):  # noqa: B017 - librdkafka's error for a refused handshake
+    with LocalKafka(
+        tmp_path / "kafka",
+        port=plain,
+        controller_port=controller,
+        heap="384m",
+        overrides=listener.broker_overrides(plain, controller),
+    ) as _:
+        admin = AdminClient({"bootstrap.servers": listener.bootstrap, "security.protocol": "ssl", "ssl.ca.location": str(pki.ca)})
+        with pytest.raises(Exception):
             admin.list_topics(timeout=8)
-        good = AdminClient({"bootstrap.servers": listener.bootstrap, "security.protocol": "ssl", "ssl.ca.location": str(pki.ca),
-                            "ssl.certificate.location": str(pki.client_cert), "ssl.key.location": str(pki.client_key)})
+        good = AdminClient(
+            {
+                "bootstrap.servers": listener.bootstrap,
+                "security.protocol": "ssl",
+                "ssl.ca.location": str(pki.ca),
+                "ssl.certificate.location": str(pki.client_cert),
+                "ssl.key.location": str(pki.client_key),
+            }
+        )
         assert good.list_topics(timeout=30).brokers
         time.sleep(0)

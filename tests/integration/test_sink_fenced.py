@@ -21,8 +21,11 @@ T0 = (int(time.time()) - 3600) * 1000
 def produce(pipeline: Pipeline, start: int, n: int) -> None:
     producer = Producer({"bootstrap.servers": pipeline.bootstrap, "enable.idempotence": True})
     for k in range(start, start + n):
-        producer.produce(pipeline.topic(GPU_SAMPLES.name), key=b"n0",
-                         value=GPU_SAMPLES.codec.encode([GpuSample("n0", 0, "GPU-0", T0 + k * 1000, gpu_util=1.0)]))
+        producer.produce(
+            pipeline.topic(GPU_SAMPLES.name),
+            key=b"n0",
+            value=GPU_SAMPLES.codec.encode([GpuSample("n0", 0, "GPU-0", T0 + k * 1000, gpu_util=1.0)]),
+        )
     assert producer.flush(30) == 0
 
 
@@ -31,9 +34,15 @@ def test_a_fenced_sink_takes_a_new_consumer_and_loses_nothing(pipeline: Pipeline
     try:
         produce(pipeline, 0, 50)
         pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples"])
-        rogue = Consumer({"bootstrap.servers": pipeline.bootstrap, "group.id": f"{pipeline.prefix}clickhouse-sink",
-                          "group.instance.id": f"{pipeline.prefix}clickhouse-sink-0", "enable.auto.commit": False,
-                          "session.timeout.ms": 10_000})
+        rogue = Consumer(
+            {
+                "bootstrap.servers": pipeline.bootstrap,
+                "group.id": f"{pipeline.prefix}clickhouse-sink",
+                "group.instance.id": f"{pipeline.prefix}clickhouse-sink-0",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 10_000,
+            }
+        )
         rogue.subscribe([pipeline.topic(GPU_SAMPLES.name)])
         deadline = time.monotonic() + 60
         while "starting a new one" not in pipeline.log("sink"):

@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 
 from hpcinsight.schemas.catalog import GPU_SAMPLES
 from hpcinsight.schemas.events import GpuSample
-from tests.conftest import Pipeline, stop
+from tests.conftest import Pipeline
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 

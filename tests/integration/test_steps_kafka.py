@@ -22,10 +22,14 @@ RANKS, STEPS = 2, 50
 def consume_all(pipeline: Pipeline, expected: int, timeout: float = 60) -> list[tuple[bytes | None, StepMetric]]:
     """Everything on the topic: read until ``expected`` records came and then a quiet spell, so a
     duplicate arriving late would still be seen."""
-    consumer = Consumer({
-        "bootstrap.servers": pipeline.bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": pipeline.bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([pipeline.topic(STEP_METRICS_RAW.name)])
     out: list[tuple[bytes | None, StepMetric]] = []
     deadline, quiet_since = time.monotonic() + timeout, None
@@ -53,7 +57,9 @@ def test_two_ranks_reach_kafka_exactly_once(pipeline: Pipeline) -> None:
     job = f"job-{uuid.uuid4().hex[:8]}"
     start_ms = time.time_ns() // 1_000_000
     recorders = [
-        StepRecorder(job_id=job, rank=r, world_size=RANKS, local_rank=r, node="gpu-n01", sink=kafka_sink(settings), flush_interval_s=0.2)
+        StepRecorder(
+            job_id=job, rank=r, world_size=RANKS, local_rank=r, node="gpu-n01", sink=kafka_sink(settings), flush_interval_s=0.2
+        )
         for r in range(RANKS)
     ]
     for _ in range(STEPS):

@@ -26,9 +26,15 @@ def test_readers_go_through_the_owner_and_cannot_write(pipeline: Pipeline) -> No
         settings = load(pipeline.env).clickhouse
 
         reader = connect(settings)  # the one query code path: a clickhouse-connect Client
-        assert reader.query("SELECT count() FROM gpu_samples WHERE node = {n:String}", parameters={"n": "x' OR 1=1"}).result_rows == [(0,)]
+        assert reader.query(
+            "SELECT count() FROM gpu_samples WHERE node = {n:String}", parameters={"n": "x' OR 1=1"}
+        ).result_rows == [(0,)]
         assert {r[0] for r in reader.query("SHOW TABLES").result_rows} >= {"gpu_samples", "anomalies", "dead_letters"}
-        for statement in ("DROP TABLE gpu_samples", "INSERT INTO gpu_samples (node) VALUES ('x')", "SELECT 1; DROP TABLE anomalies"):
+        for statement in (
+            "DROP TABLE gpu_samples",
+            "INSERT INTO gpu_samples (node) VALUES ('x')",
+            "SELECT 1; DROP TABLE anomalies",
+        ):
             with pytest.raises(ClickHouseError):
                 reader.command(statement)
         assert reader.query("SELECT count() FROM system.tables WHERE name = 'gpu_samples'").result_rows == [(1,)]
@@ -39,8 +45,13 @@ def test_readers_go_through_the_owner_and_cannot_write(pipeline: Pipeline) -> No
             assert got == [(value, len(value.encode()))], (value, got)
         # the port itself refuses what readonly=1 lets through in the embedded engine
         outfile = pipeline.store.parent / "written-through-share.tsv"
-        for statement in (f"SELECT 1 INTO OUTFILE '{outfile}'", f"SELECT 1 INTO /* c */ OUTFILE '{outfile}' FORMAT TSV",
-                          "SELECT 1; SELECT 2", "SELECT 1; DROP TABLE anomalies", "/* x */ DROP TABLE gpu_samples"):
+        for statement in (
+            f"SELECT 1 INTO OUTFILE '{outfile}'",
+            f"SELECT 1 INTO /* c */ OUTFILE '{outfile}' FORMAT TSV",
+            "SELECT 1; SELECT 2",
+            "SELECT 1; DROP TABLE anomalies",
+            "/* x */ DROP TABLE gpu_samples",
+        ):
             with pytest.raises(ClickHouseError, match="read-only"):
                 reader.raw_query(statement)
         assert not outfile.exists()

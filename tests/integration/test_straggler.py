@@ -19,7 +19,9 @@ def test_slow_rank_is_flagged(pipeline: Pipeline) -> None:
     try:
         settings = load(pipeline.env)
         rng = random.Random(5)
-        recorders = [StepRecorder(job_id="llm-7b", rank=r, world_size=4, node=f"n{r}", sink=kafka_sink(settings)) for r in range(4)]
+        recorders = [
+            StepRecorder(job_id="llm-7b", rank=r, world_size=4, node=f"n{r}", sink=kafka_sink(settings)) for r in range(4)
+        ]
         for step in range(60):
             for r, rec in enumerate(recorders):
                 rec.record(step, rng.gauss(0.5, 0.01) * (1.4 if r == 2 else 1.0))

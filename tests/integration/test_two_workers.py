@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from hpcinsight.schemas.catalog import ensure_topics
-from hpcinsight.schemas.catalog import ANOMALIES
+from hpcinsight.schemas.catalog import ANOMALIES, ensure_topics
 from tests.conftest import Pipeline, rank_error_ok, samples_by_gpu, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -108,8 +107,23 @@ def test_two_workers_give_the_results_of_one(pipeline: Pipeline, kafka_bootstrap
     try:
         two.poll(lambda: assigned(two, ["worker-a", "worker-b"]), procs["two-worker-a"][1], procs["two-worker-b"][1])
         one.poll(lambda: assigned(one, ["worker"]), procs["one-worker"][1])
-        one.run("agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS), "--ticks", str(TICKS),
-                "--interval", "1", "--speed", "10", "--idle", "2:1@0-25")
+        one.run(
+            "agent",
+            "--backend",
+            "sim",
+            "--nodes",
+            str(NODES),
+            "--gpus",
+            str(GPUS),
+            "--ticks",
+            str(TICKS),
+            "--interval",
+            "1",
+            "--speed",
+            "10",
+            "--idle",
+            "2:1@0-25",
+        )
         copy_raw(one, two, NODES * TICKS)
         for p in (one, two):
             p.wait_caught_up("worker", ["gpu.samples.raw", "gpu.sketches"])
@@ -143,6 +157,7 @@ def test_two_workers_give_the_results_of_one(pipeline: Pipeline, kafka_bootstrap
     assert a["anomalies"], "no anomaly: the test shows nothing"
     said = f"stored one: {a['anomalies']}\nstored two: {b['anomalies']}\ntopic one: {on_topic(one)}\ntopic two: {on_topic(two)}"
     assert [(x["kind"], x["subject"], x["state"]) for x in a["anomalies"]] == [
-        (y["kind"], y["subject"], y["state"]) for y in b["anomalies"]], said
+        (y["kind"], y["subject"], y["state"]) for y in b["anomalies"]
+    ], said
     for x, y in zip(a["anomalies"], b["anomalies"]):
         assert abs(x["onset"] - y["onset"]) <= 5_000 and abs(x["at"] - y["at"]) <= 5_000, (x, y, said)

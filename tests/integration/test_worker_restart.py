@@ -39,8 +39,19 @@ def committed(pipeline: Pipeline, group: str, topic: str) -> int:
 
 
 def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline, tmp_path: Path) -> None:
-    worker_args = ("worker", "--windows", f"{WINDOW_S}s/{HOP_S}s,20s/10s", "--since-start-every", "10s",
-                   "--checkpoint-every", "10s", "--replay-margin", "1s", "--lateness", f"{LATENESS_S}s")
+    worker_args = (
+        "worker",
+        "--windows",
+        f"{WINDOW_S}s/{HOP_S}s,20s/10s",
+        "--since-start-every",
+        "10s",
+        "--checkpoint-every",
+        "10s",
+        "--replay-margin",
+        "1s",
+        "--lateness",
+        f"{LATENESS_S}s",
+    )
     # the idle GPU is busy again for the last 24 s of sample time: its incident's quiet time (10 min by default,
     # for windows of a minute) is shortened to the test's 4 s windows, as every span of this test is
     config = tmp_path / "detectors.toml"
@@ -48,15 +59,32 @@ def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline, tmp_p
     env = {"HPCINSIGHT_CONFIG": str(config)}
     worker = pipeline.start("worker-1", *worker_args, extra_env=env)
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
-    agent = pipeline.start("agent", "agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS),
-                           "--ticks", str(TICKS), "--speed", str(SPEED), "--idle", IDLE)
+    agent = pipeline.start(
+        "agent",
+        "agent",
+        "--backend",
+        "sim",
+        "--nodes",
+        str(NODES),
+        "--gpus",
+        str(GPUS),
+        "--ticks",
+        str(TICKS),
+        "--speed",
+        str(SPEED),
+        "--idle",
+        IDLE,
+    )
     started = time.monotonic()
     try:
         # kill the worker once it has fired the incident (the GPU is still idle) and committed
         # some progress, so the restart has state to rebuild
         deadline = time.monotonic() + 90
-        while (message_count(pipeline.client_config(), [pipeline.topic("anomalies")])[pipeline.topic("anomalies")] == 0
-               or committed(pipeline, "worker", "gpu.samples.raw") == 0 or time.monotonic() - started < KILL_AFTER_S):
+        while (
+            message_count(pipeline.client_config(), [pipeline.topic("anomalies")])[pipeline.topic("anomalies")] == 0
+            or committed(pipeline, "worker", "gpu.samples.raw") == 0
+            or time.monotonic() - started < KILL_AFTER_S
+        ):
             assert time.monotonic() < deadline and worker.poll() is None, pipeline.log("worker-1")
             time.sleep(0.2)
         worker.send_signal(signal.SIGKILL)

@@ -13,8 +13,25 @@ def test_injected_xid_raises_a_decoded_gpu_fault(pipeline: Pipeline) -> None:
     worker = pipeline.start("worker", "worker", "--windows", "10s/5s")
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     try:
-        pipeline.run("agent", "--backend", "sim", "--nodes", "2", "--gpus", "4", "--ticks", "40", "--speed", "10",
-                     "--xid", "1:2@10:79", "--xid", "1:2@12:79x2", "--xid", "0:0@20:13")
+        pipeline.run(
+            "agent",
+            "--backend",
+            "sim",
+            "--nodes",
+            "2",
+            "--gpus",
+            "4",
+            "--ticks",
+            "40",
+            "--speed",
+            "10",
+            "--xid",
+            "1:2@10:79",
+            "--xid",
+            "1:2@12:79x2",
+            "--xid",
+            "0:0@20:13",
+        )
         pipeline.wait_caught_up("worker", ["gpu.samples.raw", "gpu.xid"])
         pipeline.wait_caught_up("clickhouse-sink", ["gpu.samples", "gpu.quantiles", "anomalies", "gpu.xid"])
     finally:
@@ -26,6 +43,7 @@ def test_injected_xid_raises_a_decoded_gpu_fault(pipeline: Pipeline) -> None:
         "SELECT node, severity, state, evidence['xid'] AS xid, message FROM anomalies FINAL WHERE kind = 'gpu_xid' ORDER BY xid"
     )
     assert [(f["node"], f["severity"], f["state"], f["xid"]) for f in faults] == [
-        ("sim-node-00", "warning", "firing", 13), ("sim-node-01", "critical", "firing", 79)
+        ("sim-node-00", "warning", "firing", 13),
+        ("sim-node-01", "critical", "firing", 79),
     ]
     assert "fallen off the bus" in faults[1]["message"] and "drain" in faults[1]["message"]

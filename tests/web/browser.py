@@ -6,16 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts" / "web"
 
 
 def why_not() -> str | None:
     """None when the browser tests can run, else why not."""
     if not CHROMIUM.exists():
-        return (f"{CHROMIUM} is missing and could not be installed (`make setup` installs Debian's chromium as root "
-                "or with sudo)")
+        return f"{CHROMIUM} is missing and could not be installed (`make setup` installs Debian's chromium as root or with sudo)"
     try:
         import playwright  # noqa: F401
     except ImportError:
@@ -30,5 +35,3 @@ def launch(playwright: object) -> object:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
-
-

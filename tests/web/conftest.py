@@ -55,8 +55,9 @@ class StubClient:
 def serve(state: ClusterState, token: str | None, store: Any = None, interval: float = 0.3) -> Iterator[str]:
     import uvicorn
 
-    app = create_app(state, Secret(token) if token else None, store, job_threshold=lambda team, user: 30.0,
-                     frame_interval_s=interval)
+    app = create_app(
+        state, Secret(token) if token else None, store, job_threshold=lambda team, user: 30.0, frame_interval_s=interval
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)

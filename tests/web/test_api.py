@@ -39,15 +39,24 @@ def api_paths(s: Served) -> list[str]:
             if required:
                 path += "?" + "&".join(
                     f"{p['name']}={SAMPLE_QUERY_VALUES.get(p['name'], 1 if p['schema']['type'] == 'integer' else 'x')}"
-                    for p in required)
+                    for p in required
+                )
             paths.append(path)
     return paths
 
 
 def test_every_endpoint_of_the_spec_answers_json(served: Served) -> None:
     paths = api_paths(served)
-    assert {"/api/cluster", "/api/kpis", "/api/anomalies", "/api/queries", "/api/jobs/job-0000", "/api/nodes/node-0002",
-            "/api/gpus/GPU-node-0002-5", "/api/queries/cluster_now"} <= set(paths)
+    assert {
+        "/api/cluster",
+        "/api/kpis",
+        "/api/anomalies",
+        "/api/queries",
+        "/api/jobs/job-0000",
+        "/api/nodes/node-0002",
+        "/api/gpus/GPU-node-0002-5",
+        "/api/queries/cluster_now",
+    } <= set(paths)
     for path in paths:
         r = get(served, path)
         assert r.status_code == 200, (path, r.status_code, r.text[:300])
@@ -76,8 +85,12 @@ def test_each_library_query_is_documented_with_its_typed_parameters(served: Serv
     params = {p["name"]: p for p in summary["parameters"]}
     assert params["job"]["required"] is True and params["job"]["schema"]["type"] == "string"
     within = {p["name"]: p for p in spec["paths"]["/api/queries/cluster_now"]["get"]["parameters"]}["within_s"]
-    assert within["required"] is False and within["schema"] == {"type": "integer", "minimum": 0, "maximum": 2**32 - 1,
-                                                                 "default": 300}
+    assert within["required"] is False and within["schema"] == {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 2**32 - 1,
+        "default": 300,
+    }
     listed = {q["name"] for q in get(served, "/api/queries").json()}
     assert {f"/api/queries/{n}" for n in listed} <= set(spec["paths"])
 
@@ -89,26 +102,30 @@ def test_library_queries_bind_parameters_server_side(served: Served, stub_client
     assert params == {"within_s": 60} and settings == {"readonly": 1} and "{within_s:UInt32}" in sql
 
 
-@pytest.mark.parametrize("path, params, status, says", [
-    ("/api/queries/cluster_now", {"within_s": "1; DROP TABLE gpu_samples"}, 400, "within_s"),
-    ("/api/queries/cluster_now", {"within_s": "99999999999999"}, 400, "out of range"),
-    ("/api/queries/cluster_now", {"evil": "1"}, 400, "unknown: evil"),
-    ("/api/queries/job_summary", {}, 400, "needs --param job"),
-    ("/api/queries/job_summary", {"job": "x" * 5000}, 400, "longer than 1024"),
-    ("/api/queries/SELECT%201", {}, 404, "no such query"),
-    ("/api/queries/..%2f..%2fetc%2fpasswd", {}, 404, ""),
-    ("/api/gpus", {"team": "a' OR 1=1 --"}, 422, "pattern"),
-    ("/api/gpus", {"user": "x" * 200}, 422, ""),
-    ("/api/stream", {"metrics": "util,secret"}, 400, "metrics"),
-    ("/api/stream", {"view": "admin"}, 422, ""),
-    ("/api/stream", {"view": "user"}, 400, "user=NAME"),
-    ("/api/stream", {"job": "<script>alert(1)</script>"}, 422, ""),
-    ("/api/kpis", {"kpi": "\x00\n"}, 422, ""),
-    ("/api/jobs/%27%3B%20DROP", {}, 400, "not a job id"),
-    ("/static/..%2fapp.py", {}, 404, ""),
-])
-def test_hostile_parameters_are_refused_with_a_clear_message(served: Served, stub_client: Any, path: str,
-                                                              params: dict[str, str], status: int, says: str) -> None:
+@pytest.mark.parametrize(
+    "path, params, status, says",
+    [
+        ("/api/queries/cluster_now", {"within_s": "1; DROP TABLE gpu_samples"}, 400, "within_s"),
+        ("/api/queries/cluster_now", {"within_s": "99999999999999"}, 400, "out of range"),
+        ("/api/queries/cluster_now", {"evil": "1"}, 400, "unknown: evil"),
+        ("/api/queries/job_summary", {}, 400, "needs --param job"),
+        ("/api/queries/job_summary", {"job": "x" * 5000}, 400, "longer than 1024"),
+        ("/api/queries/SELECT%201", {}, 404, "no such query"),
+        ("/api/queries/..%2f..%2fetc%2fpasswd", {}, 404, ""),
+        ("/api/gpus", {"team": "a' OR 1=1 --"}, 422, "pattern"),
+        ("/api/gpus", {"user": "x" * 200}, 422, ""),
+        ("/api/stream", {"metrics": "util,secret"}, 400, "metrics"),
+        ("/api/stream", {"view": "admin"}, 422, ""),
+        ("/api/stream", {"view": "user"}, 400, "user=NAME"),
+        ("/api/stream", {"job": "<script>alert(1)</script>"}, 422, ""),
+        ("/api/kpis", {"kpi": "\x00\n"}, 422, ""),
+        ("/api/jobs/%27%3B%20DROP", {}, 400, "not a job id"),
+        ("/static/..%2fapp.py", {}, 404, ""),
+    ],
+)
+def test_hostile_parameters_are_refused_with_a_clear_message(
+    served: Served, stub_client: Any, path: str, params: dict[str, str], status: int, says: str
+) -> None:
     r = get(served, path, params=params)
     assert r.status_code == status, r.text[:300]
     assert says in r.text

@@ -17,8 +17,7 @@ from tests.conftest import Pipeline, stop
 from tests.web.browser import artifacts, launch, why_not
 from tests.web.conftest import TOKEN, free_port
 
-pytestmark = [pytest.mark.kafka, pytest.mark.integration,
-              pytest.mark.skipif(why_not() is not None, reason=why_not() or "")]
+pytestmark = [pytest.mark.kafka, pytest.mark.integration, pytest.mark.skipif(why_not() is not None, reason=why_not() or "")]
 
 SCENARIO = Path(__file__).resolve().parent / "unit-view.yaml"
 NODES, GPUS, SPEED = 4, 8, 4
@@ -37,11 +36,16 @@ def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.25) 
 
 @pytest.fixture
 def live(pipeline: Pipeline) -> Iterator[tuple[Pipeline, str]]:
-    procs = [pipeline.start("worker", "worker", "--windows", "20s/10s", "--since-start-every", "10s", "--job-wait", "2s"),
-             pipeline.start("sink", "sink", "--batch-age", "0.3")]
+    procs = [
+        pipeline.start("worker", "worker", "--windows", "20s/10s", "--since-start-every", "10s", "--job-wait", "2s"),
+        pipeline.start("sink", "sink", "--batch-age", "0.3"),
+    ]
     port = free_port()
-    procs.append(pipeline.start("serve", "serve", "--port", str(port), "--frame-interval", "0.5",
-                                extra_env={"HPCINSIGHT_API_TOKEN": TOKEN}))
+    procs.append(
+        pipeline.start(
+            "serve", "serve", "--port", str(port), "--frame-interval", "0.5", extra_env={"HPCINSIGHT_API_TOKEN": TOKEN}
+        )
+    )
     procs.append(pipeline.start("agent", "agent", "--scenario", str(SCENARIO), "--speed", str(SPEED), "--ticks", "400"))
     url = f"http://127.0.0.1:{port}"
     try:
@@ -93,15 +97,19 @@ def test_unit_view_live_outlier_drilldown_and_token(live: tuple[Pipeline, str]) 
             page.screenshot(path=str(out / "unit-view.png"))
 
             # the outlier: highlighted within a few seconds of the service knowing it is open
-            flagged = wait_for(lambda: [a for a in api(url, "/api/anomalies") if a["node"] == SLOW and a["gpu_uuid"]],
-                               240, "an open anomaly on the slow GPU")
+            flagged = wait_for(
+                lambda: [a for a in api(url, "/api/anomalies") if a["node"] == SLOW and a["gpu_uuid"]],
+                240,
+                "an open anomaly on the slow GPU",
+            )
             uuid = flagged[0]["gpu_uuid"]
             page.wait_for_function(f"__hpci.highlighted.includes({json.dumps(uuid)})", timeout=5_000)
             cell = page.evaluate(f"__hpci.cellOf({json.dumps(uuid)})")
             # the square's edge is drawn in the anomaly red, on the canvas itself
             pixel = page.evaluate(
                 "([x, y]) => Array.from(document.getElementById('grid').getContext('2d').getImageData(x, y, 1, 1).data)",
-                [cell["x"], cell["y"]])
+                [cell["x"], cell["y"]],
+            )
             assert pixel[:3] == [255, 30, 60], pixel
             page.screenshot(path=str(out / "outlier-highlighted.png"))
 

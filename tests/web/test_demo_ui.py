@@ -17,9 +17,29 @@ pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
 
 def test_demo_serves_the_unit_view_live(pipeline: Pipeline) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", "demo", "--duration", "40", "--speed", "4", "--windows",
-                             "10s/5s", "--nodes", "2", "--gpus", "4"], env={**pipeline.env, "COLUMNS": "200"}, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hpcinsight.cli",
+            "demo",
+            "--duration",
+            "40",
+            "--speed",
+            "4",
+            "--windows",
+            "10s/5s",
+            "--nodes",
+            "2",
+            "--gpus",
+            "4",
+        ],
+        env={**pipeline.env, "COLUMNS": "200"},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         url = None

@@ -8,19 +8,33 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from hpcinsight.web.feed import Feed
-from hpcinsight.web.state import ClusterState, Filter
 from hpcinsight.schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, NODE_INVENTORY, SCHEDULING_KPIS
 from hpcinsight.schemas.events import Anomaly, GpuQuantiles, GpuSample, NodeInventory, SchedulingKpi
+from hpcinsight.web.feed import Feed
+from hpcinsight.web.state import ClusterState, Filter
 from tests.conftest import Pipeline
 
 pytestmark = pytest.mark.kafka
 
 
 def anomaly(state: str, ts: int) -> Anomaly:
-    return Anomaly(id="a1", kind="gpu_xid", severity="critical", state=state, subject_type="gpu", subject="GPU-x", ts=ts,
-                   started_at=ts, window_start=ts, window_end=ts, message="XID 79", evidence={}, node="n1",
-                   gpu_uuid="GPU-x", job_id="j1")
+    return Anomaly(
+        id="a1",
+        kind="gpu_xid",
+        severity="critical",
+        state=state,
+        subject_type="gpu",
+        subject="GPU-x",
+        ts=ts,
+        started_at=ts,
+        window_start=ts,
+        window_end=ts,
+        message="XID 79",
+        evidence={},
+        node="n1",
+        gpu_uuid="GPU-x",
+        job_id="j1",
+    )
 
 
 def wait(condition, timeout: float = 30) -> None:
@@ -44,18 +58,50 @@ def test_feed_looks_back_then_follows(pipeline: Pipeline) -> None:
     feed = Feed(state, pipeline.client_config(), pipeline.prefix).start()
     try:
         wait(lambda: "a1" in state.open and "n1" in state.nodes)
-        sample = dict(node="n1", ts=now, gpu_util=93.0, power_w=400.0, temperature_c=60.0, mem_used_bytes=40, mem_total_bytes=80,
-                      job_id="j1", user="alice", team="llm", zone="z1")
-        send(GPU_SAMPLES, [GpuSample(gpu_index=0, gpu_uuid="GPU-x", **sample), GpuSample(gpu_index=1, gpu_uuid="GPU-y", **sample)])
-        send(GPU_QUANTILES, [GpuQuantiles(node="n1", gpu_index=0, gpu_uuid="GPU-x", metric="gpu_util", window="since_start",
-                                          window_start=now - 60_000, window_end=now, count=60, p25=80, p50=90, p95=97.4, mean=88,
-                                          job_id="j1")])
+        sample = dict(
+            node="n1",
+            ts=now,
+            gpu_util=93.0,
+            power_w=400.0,
+            temperature_c=60.0,
+            mem_used_bytes=40,
+            mem_total_bytes=80,
+            job_id="j1",
+            user="alice",
+            team="llm",
+            zone="z1",
+        )
+        send(
+            GPU_SAMPLES, [GpuSample(gpu_index=0, gpu_uuid="GPU-x", **sample), GpuSample(gpu_index=1, gpu_uuid="GPU-y", **sample)]
+        )
+        send(
+            GPU_QUANTILES,
+            [
+                GpuQuantiles(
+                    node="n1",
+                    gpu_index=0,
+                    gpu_uuid="GPU-x",
+                    metric="gpu_util",
+                    window="since_start",
+                    window_start=now - 60_000,
+                    window_end=now,
+                    count=60,
+                    p25=80,
+                    p50=90,
+                    p95=97.4,
+                    mean=88,
+                    job_id="j1",
+                )
+            ],
+        )
         send(SCHEDULING_KPIS, [SchedulingKpi(ts=now, kpi="allocation_rate", dimension="cluster", group="all", value=0.5)])
         wait(lambda: state.summary()["gpus"] == 2 and state.kpis and state.values["p95"][0] == 97)
         idx, layout = state.layout(Filter())
         assert [g[:6] for g in layout["gpus"]] == [["n1", 0, "GPU-x", "z1", "p1", "H100"], ["n1", 1, "GPU-y", "z1", "p1", "H100"]]
         frame = state.frame(idx)
-        assert frame["util"] == [93, 93] and frame["mem"] == [50, 50] and frame["anom"] == [1, 0] and frame["kinds"] == ["gpu_xid"]
+        assert (
+            frame["util"] == [93, 93] and frame["mem"] == [50, 50] and frame["anom"] == [1, 0] and frame["kinds"] == ["gpu_xid"]
+        )
         send(ANOMALIES, [anomaly("resolved", now)])
         wait(lambda: not state.open)
         assert state.frame(idx)["anom"] == [0, 0]

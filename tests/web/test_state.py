@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from hpcinsight.schemas.events import Anomaly
 from hpcinsight.web.state import ClusterState, Filter, FilterError
 from hpcinsight.web.synthetic import SyntheticCluster
-from hpcinsight.schemas.events import Anomaly
 
 NOW = 1_780_000_000_000  # any instant: the live state keys anomalies by id, not by when
 
@@ -16,8 +16,20 @@ def test_a_node_anomaly_marks_every_gpu_of_the_node_until_resolved() -> None:
     state = ClusterState()
     SyntheticCluster(state, nodes=3, gpus=4).tick()
     now = NOW
-    a = dict(id="ib1", kind="slow_interconnect", severity="warning", subject_type="node", subject="node-0001", ts=now,
-             started_at=now, window_start=now, window_end=now, message="IB slow", evidence={}, node="node-0001")
+    a = dict(
+        id="ib1",
+        kind="slow_interconnect",
+        severity="warning",
+        subject_type="node",
+        subject="node-0001",
+        ts=now,
+        started_at=now,
+        window_start=now,
+        window_end=now,
+        message="IB slow",
+        evidence={},
+        node="node-0001",
+    )
     state.add_anomalies([Anomaly(state="firing", **a)])
     idx, layout = state.layout(Filter(kind="slow_interconnect"))
     assert [g[0] for g in layout["gpus"]] == ["node-0001"] * 4
@@ -35,8 +47,20 @@ def test_a_job_anomaly_marks_the_gpus_its_job_holds() -> None:
     assert job is not None
     held = [i for i in state.select(Filter()) if state.job[i] == job]
     now = NOW
-    a = dict(id="h1", kind="hang", severity="critical", subject_type="job", subject=job, ts=now, started_at=now,
-             window_start=now, window_end=now, message="hung", evidence={}, job_id=job)
+    a = dict(
+        id="h1",
+        kind="hang",
+        severity="critical",
+        subject_type="job",
+        subject=job,
+        ts=now,
+        started_at=now,
+        window_start=now,
+        window_end=now,
+        message="hung",
+        evidence={},
+        job_id=job,
+    )
     state.add_anomalies([Anomaly(state="firing", **a)])
     assert sorted(state.select(Filter(kind="hang"))) == sorted(held) and len(held) == 2 * 15  # 15 of each 16 nodes run a job
     order = state.select(Filter())
@@ -69,7 +93,9 @@ def test_the_summary_reads_stranded_gpus_and_fgd_fragmentation_from_the_kpi_stre
     assert state.summary()["fragmentation"]["fgd_gpus"] is None  # no KPI stream yet: the view shows "–"
     kpis = SchedulingKpis(KpiConfig(interval_s=60.0, lateness_s=0.0))
     t0 = NOW // 60_000 * 60_000
-    events: list[NodeInventory | SchedulerEvent] = [NodeInventory(ts=t0, node=n, gpu_count=8, gpu_model="H100") for n in ("a", "b")]
+    events: list[NodeInventory | SchedulerEvent] = [
+        NodeInventory(ts=t0, node=n, gpu_count=8, gpu_model="H100") for n in ("a", "b")
+    ]
     for i, (gpus, gid) in enumerate([(1.0, "a/gpu0"), (0.5, "a/gpu1"), (1.0, None), (1.0, None), (1.0, None)]):
         common = {"source": "test", "job_id": f"j{i}", "requested_gpus": gpus}
         events.append(SchedulerEvent(ts=t0 + 1 + i, kind="submitted", **common))

@@ -18,9 +18,20 @@ from hpcinsight.whatif.policies.gpu import DotProductPolicy, GpuClusteringPolicy
 from hpcinsight.whatif.policies.simple import FirstFitPolicy, RandomPolicy
 from hpcinsight.whatif.typical import typical_shapes
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (
-    RandomPolicy, FirstFitPolicy, BestFitPolicy, MostAllocatedPolicy, LeastAllocatedPolicy,
-    DotProductPolicy, GpuPackingPolicy, GpuClusteringPolicy, FgdPolicy)}
+POLICIES: dict[str, type[Policy]] = {
+    p.name: p
+    for p in (
+        RandomPolicy,
+        FirstFitPolicy,
+        BestFitPolicy,
+        MostAllocatedPolicy,
+        LeastAllocatedPolicy,
+        DotProductPolicy,
+        GpuPackingPolicy,
+        GpuClusteringPolicy,
+        FgdPolicy,
+    )
+}
 ANCHOR_POLICIES = ("random", "dotprod", "gpuclustering", "gpupacking", "bestfit", "fgd")
 PROFILE_SUFFIX = "+profile"
 

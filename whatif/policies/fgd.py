@@ -36,7 +36,7 @@ def fragmentation(cpu_left: np.ndarray, gpu_left: np.ndarray, access: np.ndarray
     milli = typical.milli
     left = gpu_left[..., None, :]  # [..., 1, g]
     fits = left >= milli[:, None]  # [..., t, g]
-    ok = ((fits.sum(axis=-1) >= typical.num) & (cpu_left[..., None] >= typical.cpu) & access)
+    ok = (fits.sum(axis=-1) >= typical.num) & (cpu_left[..., None] >= typical.cpu) & access
     small = np.where(fits, 0, left).sum(axis=-1)  # [..., t]: free share the shape cannot use
     whole = total[..., None]
     frag = np.where(milli == 0, whole, np.where(ok, small, whole))

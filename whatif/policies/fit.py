@@ -42,9 +42,11 @@ class _Allocated(Policy):
 
     def score(self, state: ClusterState, shape: Shape, idx: np.ndarray) -> np.ndarray:
         parts = []
-        for cap, free, req in ((state.cpu_cap[idx], state.cpu_left[idx], shape.cpu),
-                               (state.mem_cap[idx], state.mem_left[idx], shape.mem),
-                               (state.gpu_cap_milli[idx], state.gpu_left[idx].sum(axis=1), shape.total_milli)):
+        for cap, free, req in (
+            (state.cpu_cap[idx], state.cpu_left[idx], shape.cpu),
+            (state.mem_cap[idx], state.mem_left[idx], shape.mem),
+            (state.gpu_cap_milli[idx], state.gpu_left[idx].sum(axis=1), shape.total_milli),
+        ):
             requested = cap - free + req
             safe = np.maximum(cap, 1)
             if self.most:

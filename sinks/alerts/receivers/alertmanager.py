@@ -58,8 +58,10 @@ class AlertmanagerConfig:
         return AlertmanagerIntegration(receiver, index, self, renderer)
 
     def describe(self) -> str:
-        return (f"alertmanager (/api/v2/alerts), url ********, firing alerts expire {self.resend_ttl_s / 3600:g} h "
-                f"after their last post{', bearer token' if self.bearer_token else ''}")
+        return (
+            f"alertmanager (/api/v2/alerts), url ********, firing alerts expire {self.resend_ttl_s / 3600:g} h "
+            f"after their last post{', bearer token' if self.bearer_token else ''}"
+        )
 
 
 def parse(node: Node) -> AlertmanagerConfig:
@@ -69,8 +71,9 @@ def parse(node: Node) -> AlertmanagerConfig:
     return AlertmanagerConfig(url, parse_common(f), parse_bearer_token(f), ttl)
 
 
-def postable_alerts(n: Notification, renderer: Renderer, send_resolved: bool, resend_ttl_s: float,
-                    now_ms: int) -> list[dict[str, Any]]:
+def postable_alerts(
+    n: Notification, renderer: Renderer, send_resolved: bool, resend_ttl_s: float, now_ms: int
+) -> list[dict[str, Any]]:
     """The body of ``POST /api/v2/alerts`` for ``n`` (Alertmanager's ``postableAlerts``)."""
     out = []
     for a in n.alerts:
@@ -78,8 +81,12 @@ def postable_alerts(n: Notification, renderer: Renderer, send_resolved: bool, re
             continue
         annotations = renderer.annotations(a)
         ends = a.ends_at if not a.firing else now_ms + int(resend_ttl_s * 1000)
-        alert: dict[str, Any] = {"labels": dict(a.labels), "annotations": annotations,
-                                 "startsAt": rfc3339(a.starts_at), "endsAt": rfc3339(ends)}
+        alert: dict[str, Any] = {
+            "labels": dict(a.labels),
+            "annotations": annotations,
+            "startsAt": rfc3339(a.starts_at),
+            "endsAt": rfc3339(ends),
+        }
         if annotations.get("dashboard"):
             alert["generatorURL"] = annotations["dashboard"]
         out.append(alert)

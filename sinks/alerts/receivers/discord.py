@@ -22,5 +22,10 @@ def convert(url: str) -> str | None:
 
 
 def parse(node: Node) -> ChatConfig:
-    return parse_chat(node, KIND, "NotifyDiscord", convert,
-                      "a Discord webhook URL (https://discord.com/api/webhooks/ID/TOKEN) or discord:// URL")
+    return parse_chat(
+        node,
+        KIND,
+        "NotifyDiscord",
+        convert,
+        "a Discord webhook URL (https://discord.com/api/webhooks/ID/TOKEN) or discord:// URL",
+    )

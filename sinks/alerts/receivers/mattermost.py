@@ -33,5 +33,6 @@ def convert(url: str) -> str | None:
 
 
 def parse(node: Node) -> ChatConfig:
-    return parse_chat(node, KIND, "NotifyMattermost", convert,
-                      "a Mattermost incoming-webhook URL (https://HOST/hooks/TOKEN) or mmost:// URL")
+    return parse_chat(
+        node, KIND, "NotifyMattermost", convert, "a Mattermost incoming-webhook URL (https://HOST/hooks/TOKEN) or mmost:// URL"
+    )

@@ -27,6 +27,11 @@ def convert(url: str) -> str | None:
 
 
 def parse(node: Node) -> ChatConfig:
-    return parse_chat(node, KIND, "NotifyWorkflows", convert,
-                      "a Teams Workflows webhook URL (https://.../workflows/ID/triggers/manual/paths/invoke?...) "
-                      "or workflows:// URL; Office 365 connector URLs are retired")
+    return parse_chat(
+        node,
+        KIND,
+        "NotifyWorkflows",
+        convert,
+        "a Teams Workflows webhook URL (https://.../workflows/ID/triggers/manual/paths/invoke?...) "
+        "or workflows:// URL; Office 365 connector URLs are retired",
+    )

@@ -66,8 +66,9 @@ class WebhookConfig:
 
 def parse(node: Node) -> WebhookConfig:
     f = node.mapping(("url", "url_file", "bearer_token", "bearer_token_file", "max_alerts", *COMMON_KEYS))
-    return WebhookConfig(parse_http_url(node, f), parse_common(f), parse_bearer_token(f),
-                         f["max_alerts"].integer() if "max_alerts" in f else 0)
+    return WebhookConfig(
+        parse_http_url(node, f), parse_common(f), parse_bearer_token(f), f["max_alerts"].integer() if "max_alerts" in f else 0
+    )
 
 
 def _common(dicts: list[dict[str, str]]) -> dict[str, str]:
@@ -96,9 +97,15 @@ def payload(n: Notification, renderer: Renderer, max_alerts: int = 0, send_resol
         "externalURL": _origin(renderer.dashboard_url) if renderer.dashboard_url else "",
         "notificationId": n.id,
         "alerts": [
-            {"status": "firing" if a.firing else "resolved", "labels": dict(a.labels), "annotations": ann,
-             "startsAt": rfc3339(a.starts_at), "endsAt": rfc3339(a.ends_at), "generatorURL": ann.get("dashboard", ""),
-             "fingerprint": a.id}
+            {
+                "status": "firing" if a.firing else "resolved",
+                "labels": dict(a.labels),
+                "annotations": ann,
+                "startsAt": rfc3339(a.starts_at),
+                "endsAt": rfc3339(a.ends_at),
+                "generatorURL": ann.get("dashboard", ""),
+                "fingerprint": a.id,
+            }
             for a, ann in zip(shown, annotations)
         ],
     }
@@ -118,8 +125,9 @@ class WebhookIntegration(Integration):
             headers["Authorization"] = f"Bearer {self.config.bearer_token.reveal()}"
         body = payload(n, self.renderer, self.config.max_alerts, self.send_resolved)
         try:
-            response = self._session.post(self.config.url.reveal(), json=body, headers=headers, timeout=self.timeout_s,
-                                          allow_redirects=False)
+            response = self._session.post(
+                self.config.url.reveal(), json=body, headers=headers, timeout=self.timeout_s, allow_redirects=False
+            )
         except requests.RequestException as err:
             raise RetryableError(exception_text(err)) from None
         status = response.status_code
