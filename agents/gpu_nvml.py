@@ -597,7 +597,7 @@ class NvmlGpuCollector(_NvmlCollector):
             else:
                 taken = self._read(
                     d, "a GPM sample", lambda: nv.nvmlGpmMigSampleGet(d.parent.handle, d.gpu_instance_id, state.current)
-                )  # type: ignore[union-attr]
+                )
             if taken is None:
                 state.ready = False
                 return None

@@ -189,7 +189,7 @@ class IbSysfsCollector(Collector[IbConfig]):
             rate_gbps=rate_gbps,
             hw_counters=hw,
             counters_reset=reset,
-            **values,  # type: ignore[arg-type]
+            **values,
         )
 
     def close(self) -> None:

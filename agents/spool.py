@@ -123,7 +123,7 @@ class Spool:
             self.acked = max(self.acked, first)
 
     # -- reading -----------------------------------------------------------------------
-    def _scan(self, segment: int, offset: int):  # type: ignore[no-untyped-def]
+    def _scan(self, segment: int, offset: int):
         try:
             with open(self._path(segment), "rb") as f:
                 f.seek(offset)

@@ -35,12 +35,12 @@ class _Sink:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.alerts", "serve"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        self.port = int(self.proc.stdout.readline())  # type: ignore[union-attr]
+        self.port = int(self.proc.stdout.readline())
         self.url = f"http://127.0.0.1:{self.port}/hook"
 
     def state(self) -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/state", timeout=10) as r:
-            return json.loads(r.read())  # type: ignore[no-any-return]
+            return json.loads(r.read())
 
     def reset(self) -> None:
         urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{self.port}/reset", method="PUT"), timeout=10).close()

@@ -195,7 +195,7 @@ def load_day(client, gpus: int = 1024, hours: float = 24, seed: int = 0, progres
             "user": _labels(np.where(o >= 0, job_user[np.maximum(o, 0)], -1), user_names),
             "team": _labels(np.where(o >= 0, job_team[np.maximum(o, 0)], -1), team_names),
         }
-        client.insert_arrow(GPU_SAMPLES.table.name, _table(GPU_SAMPLES, n, columns, offset0=offset))  # type: ignore[union-attr]
+        client.insert_arrow(GPU_SAMPLES.table.name, _table(GPU_SAMPLES, n, columns, offset0=offset))
         offset += n
         day.gpu_rows += n
 
@@ -216,7 +216,7 @@ def load_day(client, gpus: int = 1024, hours: float = 24, seed: int = 0, progres
             "xmit_wait_per_s": pa.array(np.round(rng.exponential(100.0, m))),
             "job_id": _labels(node_owner, job_names),
         }
-        client.insert_arrow(IB_SAMPLES.table.name, _table(IB_SAMPLES, m, ib, offset0=offset))  # type: ignore[union-attr]
+        client.insert_arrow(IB_SAMPLES.table.name, _table(IB_SAMPLES, m, ib, offset0=offset))
         offset += m
 
         # per-rank steps, one per 10 s of each running job
@@ -241,7 +241,7 @@ def load_day(client, gpus: int = 1024, hours: float = 24, seed: int = 0, progres
                 "user": pa.array(np.full(sr, j.user, object), pa.string()),
                 "team": pa.array(np.full(sr, j.team, object), pa.string()),
             }
-            client.insert_arrow(STEP_METRICS.table.name, _table(STEP_METRICS, sr, steps, offset0=offset))  # type: ignore[union-attr]
+            client.insert_arrow(STEP_METRICS.table.name, _table(STEP_METRICS, sr, steps, offset0=offset))
             offset += sr
         if progress:
             progress(min(seconds, h0 + chunk) / seconds)
@@ -336,4 +336,4 @@ def _insert_job_records(client, day: Day) -> None:
         if records:
             n = len(records)
             extra = {"_partition": pa.array(np.zeros(n, np.uint32)), "_offset": pa.array(np.arange(n, dtype=np.uint64))}
-            client.insert_arrow(topic.table.name, to_arrow(topic.event, records, extra))  # type: ignore[union-attr]
+            client.insert_arrow(topic.table.name, to_arrow(topic.event, records, extra))

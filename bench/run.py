@@ -102,7 +102,7 @@ def _stream(name: str) -> Callable[[int], dict[str, float]]:
     def run(repeats: int) -> dict[str, float]:
         from bench import stream
 
-        return getattr(stream, f"bench_{name}")(repeats)  # type: ignore[no-any-return]
+        return getattr(stream, f"bench_{name}")(repeats)
 
     return run
 

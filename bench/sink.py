@@ -103,12 +103,12 @@ def bench_sink(repeats: int) -> dict[str, float]:
                 for name in tables:
                     client.command(f"TRUNCATE TABLE `{name}`")
 
-            def timed(fn, into: str = table) -> float:  # type: ignore[no-untyped-def]
+            def timed(fn, into: str = table) -> float:
                 empty()
                 start = time.perf_counter()
                 fn()
                 elapsed = time.perf_counter() - start
-                stored = int(client.command(f"SELECT count() FROM `{into}`"))  # type: ignore[arg-type]
+                stored = int(client.command(f"SELECT count() FROM `{into}`"))
                 assert stored == rows, "rows lost or deduplicated away: the figure would be wrong"
                 return elapsed
 

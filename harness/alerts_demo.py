@@ -108,7 +108,7 @@ class DemoAlerts:
         for col in ("at (UTC)", "receiver", "delivery", "notification"):
             table.add_column(col)
         for r in rows:
-            at = time.strftime("%H:%M:%S", time.gmtime(int(r["done_at"] or r["created_at"]) / 1000))  # type: ignore[arg-type]
+            at = time.strftime("%H:%M:%S", time.gmtime(int(r["done_at"] or r["created_at"]) / 1000))
             table.add_row(
                 at,
                 str(r["integration"]),

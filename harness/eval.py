@@ -904,7 +904,7 @@ def plot_all(run: Run, settings: Settings, out: Path) -> None:
             panels: list[tuple[str, Any, list[tuple[str, list[float], list[float]]]]] = []
             for fault in sc.faults:
                 ylabel, series = _fault_series(client, sc, fault, run.t0_ms)
-                panels.append((fault.describe(), fault, [(ylabel, *s) for s in series]))  # type: ignore[misc]
+                panels.append((fault.describe(), fault, [(ylabel, *s) for s in series]))
             if not sc.faults:  # a trap: every job's utilisation
                 bucket = f"intDiv(toUnixTimestamp64Milli(ts), {_BUCKET_MS}) * {_BUCKET_MS}"
                 series = []

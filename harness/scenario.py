@@ -398,7 +398,7 @@ class _Builder:
             specs.append(spec)
             labels += fault_labels
             target = {InjectedFault: gpu_faults, IdleGpu: idle, InjectedXid: xids, IbFault: ib_faults, JobFault: job_faults}
-            target[type(injected)].append(injected)  # type: ignore[attr-defined]
+            target[type(injected)].append(injected)
         for key, required in (("expect", True), ("allow", False)):
             for i, raw in enumerate(self.listing(top.get(key, []), key)):
                 labels.append(self.label(raw, f"{key}[{i}]", base, grace, required, "stated in the scenario"))
@@ -434,7 +434,7 @@ class _Builder:
             for k, v in t.items()
             if k != "file"
         }
-        spec = traces.TraceSpec(file=str(t["file"]), **numbers)  # type: ignore[arg-type]
+        spec = traces.TraceSpec(file=str(t["file"]), **numbers)
         try:
             trace = traces.read(spec, Path(self.where).parent)
         except FileNotFoundError as err:
@@ -617,17 +617,17 @@ class _Builder:
         rank: int | None,
     ) -> Any:
         if kind in GPU_FAULT_KINDS:
-            return InjectedFault(kind, node, gpu, onset, end)  # type: ignore[arg-type]
+            return InjectedFault(kind, node, gpu, onset, end)
         if kind == "idle":
-            return IdleGpu(node, gpu, onset, end)  # type: ignore[arg-type]
+            return IdleGpu(node, gpu, onset, end)
         if kind == "xid":
             code = int(self.number(f.get("xid", 79), f"{at}.xid", 1, integer=True))
             count = int(self.number(f.get("count", 1), f"{at}.count", 1, integer=True))
-            return InjectedXid(node, gpu, onset, code, count)  # type: ignore[arg-type]
+            return InjectedXid(node, gpu, onset, code, count)
         if kind in ("ib_degrade", "ib_slow"):
-            return IbFault(kind[3:], node, onset, end)  # type: ignore[arg-type]
+            return IbFault(kind[3:], node, onset, end)
         if kind == "ib_flap":
-            return IbFault("flap", node, onset, port=port)  # type: ignore[arg-type]
+            return IbFault("flap", node, onset, port=port)
         extra: dict[str, Any] = {}
         for key in ("factor", "cov", "util", "factor_hi"):
             if key in f:
@@ -638,7 +638,7 @@ class _Builder:
             if not isinstance(f["spin"], bool) or kind != "hang":
                 raise self.fail(f"{at}.spin", "true or false, on a hang")
             extra["spin"] = f["spin"]
-        return JobFault(kind, job_id, onset, end, rank=rank, node=node, **extra)  # type: ignore[arg-type]
+        return JobFault(kind, job_id, onset, end, rank=rank, node=node, **extra)
 
     def derived(self, spec: FaultSpec, sc: Scenario, grace: float) -> list[Label]:
         """The labels a fault implies (see docs/evaluation.md): what must fire, and what may."""
@@ -663,12 +663,12 @@ class _Builder:
         if kind == "xid":
             return [lab("gpu_xid", uuid)]
         if kind in ("ib_degrade", "ib_slow"):
-            node = sc.node_name(spec.node)  # type: ignore[arg-type]
+            node = sc.node_name(spec.node)
             return [lab("slow_interconnect", node)] + [
                 lab("slow_interconnect", f"{node}/mlx5_{p}/1", required=False) for p in range(sc.ib_ports)
             ]
         if kind == "ib_flap":
-            return [lab("slow_interconnect", f"{sc.node_name(spec.node)}/mlx5_{spec.port}/1")]  # type: ignore[arg-type]
+            return [lab("slow_interconnect", f"{sc.node_name(spec.node)}/mlx5_{spec.port}/1")]
         if kind == "straggler":
             return [lab("straggler", f"{spec.job}/rank-{spec.rank}")]
         if kind == "imbalance":
@@ -676,7 +676,7 @@ class _Builder:
         if kind == "slow_node":  # the node's ranks are a slow group; its GPUs wait, out of line with their peers
             job = next(j for j in sc.jobs if j.job_id == spec.job)
             placed = Workload.placement(job, sc.gpus_per_node)
-            return [lab("straggler", f"{spec.job}/imbalance"), lab("gpu_outlier", sc.node_name(spec.node), required=False)] + [  # type: ignore[arg-type]
+            return [lab("straggler", f"{spec.job}/imbalance"), lab("gpu_outlier", sc.node_name(spec.node), required=False)] + [
                 lab(d, s, required=False)
                 for r, (n, g) in enumerate(placed)
                 if n == spec.node
@@ -690,12 +690,12 @@ class _Builder:
             return []
         if kind == "hang":  # every GPU of a hung job idles: gpu_underused is right to say so
             job = next(j for j in sc.jobs if j.job_id == spec.job)
-            return [lab("hang", spec.job)] + [  # type: ignore[list-item]
+            return [lab("hang", spec.job)] + [
                 lab("gpu_underused", sc.gpu_uuid(n, g), required=False) for n, g in Workload.placement(job, sc.gpus_per_node)
             ]
         if kind == "underuse":  # a job at ~15% dips below gpu_underused's 10% in its slower phases: true too
             job = next(j for j in sc.jobs if j.job_id == spec.job)
-            return [lab("job_underused", spec.job)] + [  # type: ignore[list-item]
+            return [lab("job_underused", spec.job)] + [
                 lab("gpu_underused", sc.gpu_uuid(n, g), required=False) for n, g in Workload.placement(job, sc.gpus_per_node)
             ]
         raise AssertionError(kind)

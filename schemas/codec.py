@@ -66,7 +66,7 @@ class Codec(Generic[E]):
         self.event = event
         envelope = msgspec.defstruct(
             f"{event.__name__}Batch",
-            [("schema", str), ("v", int), ("records", list[event])],  # type: ignore[valid-type]
+            [("schema", str), ("v", int), ("records", list[event])],  # type: ignore[valid-type]  # the event type is a run-time value
             frozen=True,
         )
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(envelope)  # a struct type built at run time
@@ -232,7 +232,7 @@ class _BulkDecoder:
         for raw in raws:
             if not raw or raw[0] != 0x7B or raw[-1] != 0x7D or b"\n" in raw or b"\r" in raw:
                 return None
-        buf = b"\n".join(raws)  # type: ignore[arg-type]
+        buf = b"\n".join(raws)  # type: ignore[arg-type]  # every raw was checked above: bytes, one JSON object each
         if self._null_for_default is not None:
             if self._null_for_default.search(buf) or (b"\\" in buf and b"\\u" in buf):
                 return None  # (a \u escape could spell a field name the pattern would miss)
@@ -286,7 +286,7 @@ class _BulkDecoder:
 
         assert self._projection is not None
         try:
-            batches = [self._projection.decode(raw).records for raw in raws]  # type: ignore[arg-type]
+            batches = [self._projection.decode(raw).records for raw in raws]  # type: ignore[arg-type]  # raws checked non-empty bytes by the caller
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             return None
         if [len(b) for b in batches] != pc.list_value_length(records).to_pylist():

@@ -270,7 +270,7 @@ class ClickHouseSink(TopicSink):
         )
         self._writer = TableWriter(client, rows=self.stats.rows, stats=self.stats)
         # the raw table the rollups aggregate: the worker's replays must not reach it twice
-        self._replays = SeriesWatermarks(GPU_SAMPLES.table.name)  # type: ignore[union-attr]
+        self._replays = SeriesWatermarks(GPU_SAMPLES.table.name)
         self._writer.replay_filters[self._replays.table] = self._replays
         self._positions: dict[tuple[str, int], int] = {}
         self._batch_started: float | None = None

@@ -51,7 +51,7 @@ def add_columns(topic: Topic, *names: str) -> Callable[[Layout], list[str]]:
 
     def render(layout: Layout) -> list[str]:
         fields = {f.name: f for f in fields_of(topic.event)}
-        table = topic.table.name  # type: ignore[union-attr]
+        table = topic.table.name
         out = []
         for name in names:
             f = fields[name]
@@ -174,14 +174,14 @@ def current_ttl_days(client: Client, table: str) -> int | None:
 
 def _time_expr(name: str) -> str:
     for topic in STORED:
-        if topic.table.name == name:  # type: ignore[union-attr]
-            return f"toDateTime({topic.table.time_column})"  # type: ignore[union-attr]
+        if topic.table.name == name:
+            return f"toDateTime({topic.table.time_column})"
     return "ts"  # rollups
 
 
 def apply_ttls(client: Client, layout: Layout) -> list[tuple[str, int | None, int]]:
     changed = []
-    names = [t.table.name for t in STORED] + [r.name for r in ROLLUPS]  # type: ignore[union-attr]
+    names = [t.table.name for t in STORED] + [r.name for r in ROLLUPS]
     for name in names:
         want = layout.ttl_days.get(name, default_ttl_days(name))
         local = layout.local(name)
@@ -203,7 +203,7 @@ def check_drift(client: Client, layout: Layout) -> None:
     """Raise :class:`SchemaDriftError` if a catalog table's columns differ from its event."""
     problems = []
     for topic in STORED:
-        name = topic.table.name  # type: ignore[union-attr]
+        name = topic.table.name
         rows = client.query(
             "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {t:String} ORDER BY position",
             parameters={"t": layout.local(name)},

@@ -112,7 +112,7 @@ def bloom_filter_index(column: str) -> tuple[str, str]:
 
 
 def table_ddl(layout: Layout, topic: Topic) -> list[str]:
-    table: Table = topic.table  # type: ignore[assignment]
+    table: Table = topic.table
     indexes = ["INDEX _offset_minmax _offset TYPE minmax GRANULARITY 1"]
     indexes += [f"INDEX {name} {definition}" for name, definition in map(bloom_filter_index, table.bloom_filters)]
     columns = ",\n  ".join([*clickhouse_columns(topic.event), *SINK_COLUMNS, *indexes])
@@ -130,7 +130,7 @@ def table_ddl(layout: Layout, topic: Topic) -> list[str]:
 
 def add_bloom_filters_ddl(layout: Layout, topic: Topic) -> list[str]:
     """For stores created before a table had its skip indexes: add and build them."""
-    table: Table = topic.table  # type: ignore[assignment]
+    table: Table = topic.table
     out = []
     for name, definition in map(bloom_filter_index, table.bloom_filters):
         target = quote(layout.local(table.name))
@@ -142,7 +142,7 @@ def add_bloom_filters_ddl(layout: Layout, topic: Topic) -> list[str]:
 def codecs_ddl(layout: Layout, topic: Topic) -> list[str]:
     """Set every column's codec to the catalog's: for stores created before a codec changed.
     (New parts use it; existing parts are recompressed as they merge.)"""
-    target = quote(layout.local(topic.table.name))  # type: ignore[union-attr]
+    target = quote(layout.local(topic.table.name))
     return [
         f"ALTER TABLE {target}{layout.on_cluster} MODIFY COLUMN {quote(f.name)} CODEC({f.column.codec})"
         for f in fields_of(topic.event)
@@ -179,7 +179,7 @@ class Rollup:
 
     @property
     def from_raw(self) -> bool:
-        return self.source == GPU_SAMPLES.table.name  # type: ignore[union-attr]
+        return self.source == GPU_SAMPLES.table.name
 
     def select(self, source_table: str) -> str:
         quantiles = ", ".join(str(q) for q in ROLLUP_QUANTILES)
@@ -232,13 +232,13 @@ ROLLUPS: tuple[Rollup, ...] = (
 
 def table_names() -> list[str]:
     """Every table whose retention can be configured."""
-    return [t.table.name for t in STORED] + [r.name for r in ROLLUPS]  # type: ignore[union-attr]
+    return [t.table.name for t in STORED] + [r.name for r in ROLLUPS]
 
 
 def default_ttl_days(name: str) -> int:
     for topic in STORED:
-        if topic.table.name == name:  # type: ignore[union-attr]
-            return topic.table.ttl_days  # type: ignore[union-attr]
+        if topic.table.name == name:
+            return topic.table.ttl_days
     for rollup in ROLLUPS:
         if rollup.name == name:
             return rollup.ttl_days

@@ -689,7 +689,7 @@ class SchedulingKpis:
             self._fgd_dirty = set(names)
         names, index, left, cpu, models = self._fgd_layout
         for name in self._fgd_dirty:
-            if (i := index.get(name)) is not None:  # type: ignore[arg-type]
+            if (i := index.get(name)) is not None:
                 node = self._nodes[name]
                 left[i], cpu[i] = node.left(left.shape[1])
                 if node.held():

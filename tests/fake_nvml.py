@@ -308,7 +308,7 @@ class FakeNvml:
         slots = h.mig or []
         if index >= len(slots) or slots[index] is None:
             raise _error(pynvml.NVML_ERROR_NOT_FOUND)
-        return slots[index]  # type: ignore[return-value]
+        return slots[index]
 
     def nvmlDeviceGetGpuInstanceId(self, h: FakeGpu) -> int:
         return self._check(h, h.gpu_instance_id, "nvmlDeviceGetGpuInstanceId")

@@ -177,11 +177,11 @@ def _anomaly(
                     id=f"{kind}-{subject}",
                     kind=kind,
                     severity=severity,
-                    state=state,  # type: ignore[arg-type]
+                    state=state,
                     subject_type=subject_type,
                     subject=subject,
                     ts=ts,
-                    started_at=fired,  # type: ignore[arg-type]
+                    started_at=fired,
                     window_start=fired,
                     window_end=ts,
                     message=message,
@@ -215,10 +215,10 @@ def build(seed: int = 11) -> Scenario:
         common = dict(
             source="test", job_id=job, user=user, team=team, priority=priority, requested_gpus=gpus, name=job, gpu_model="H100"
         )
-        sc.events.append(SchedulerEvent(ts=submitted, kind="submitted", **common))  # type: ignore[arg-type]
-        sc.events.append(SchedulerEvent(ts=scheduled, kind="scheduled", node=node, **common))  # type: ignore[arg-type]
+        sc.events.append(SchedulerEvent(ts=submitted, kind="submitted", **common))
+        sc.events.append(SchedulerEvent(ts=scheduled, kind="scheduled", node=node, **common))
         if finished is not None:
-            sc.events.append(SchedulerEvent(ts=finished, kind="finished", node=node, status="Succeeded", **common))  # type: ignore[arg-type]
+            sc.events.append(SchedulerEvent(ts=finished, kind="finished", node=node, status="Succeeded", **common))
 
     job_events("job-a", "ann", "llm", "high", 16.0, t0, a, None, "node-[00-01]")
     job_events("job-b", "bob", "vision", "low", 8.0, t0 + 200 * S, b_start, b_start + B_SECONDS * S, "node-02")

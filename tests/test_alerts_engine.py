@@ -62,7 +62,7 @@ def anomaly(
         ts,
         started_at or T0,
         T0,
-        ts,  # type: ignore[arg-type]
+        ts,
         f"{kind} on {subject} ({state})",
         ev,
         node=node,
@@ -383,7 +383,7 @@ def test_state_survives_a_restart_through_the_store(tmp_path: Path) -> None:
 
     store = StateStore(tmp_path)
     e2 = Engine(config)
-    e2.load(**store.load(), now_ms=T0 + 50 * S)  # type: ignore[arg-type]
+    e2.load(**store.load(), now_ms=T0 + 50 * S)
     assert e2.next_due_ms() == T0 + 90 * S
     assert e2.observe_anomaly(anomaly("gone"), T0 + 50 * S) == "duplicate"
     [n] = e2.tick(T0 + 90 * S)
@@ -394,7 +394,7 @@ def test_state_survives_a_restart_through_the_store(tmp_path: Path) -> None:
 
     store = StateStore(tmp_path)
     e3 = Engine(config)
-    e3.load(**store.load(), now_ms=T0 + 120 * S)  # type: ignore[arg-type]
+    e3.load(**store.load(), now_ms=T0 + 120 * S)
     [n] = e3.tick(T0 + 150 * S)
     assert ids(n) == (["a3"], ["a1"])
     store.close()
@@ -422,6 +422,6 @@ def test_groups_of_a_route_removed_from_the_config_are_routed_afresh(tmp_path: P
     store.commit(e.take_changes(), {}, [])
     after = make_config({"receiver": "ops", "group_wait": "0s"})
     e2 = Engine(after)
-    e2.load(**store.load(), now_ms=T0 + S)  # type: ignore[arg-type]
+    e2.load(**store.load(), now_ms=T0 + S)
     assert [(n.receiver, ids(n)) for n in e2.tick(T0 + S)] == [("ops", (["a1"], []))]
     store.close()

@@ -9,7 +9,7 @@ T0 = 1_750_000_000_000
 
 
 def ev(kind: str, job: str, ts: int, **kw: object) -> SchedulerEvent:
-    return SchedulerEvent(ts=T0 + ts, source="test", job_id=job, kind=kind, **kw)  # type: ignore[arg-type]
+    return SchedulerEvent(ts=T0 + ts, source="test", job_id=job, kind=kind, **kw)
 
 
 def sample(node: str, index: int, ts: int, job: str | None = None) -> GpuSample:

@@ -43,8 +43,8 @@ def sample(t: float, gpu: str = "GPU-a", reasons: tuple[str, ...] = (), **kw: An
     return GpuSample("n0", 3, gpu, T0 + int(t * 1000), **fields)
 
 
-def run(det: GpuHealthDetector, samples) -> list[Anomaly]:  # type: ignore[no-untyped-def]
-    return [a for s in samples for a in det.observe(s)]  # type: ignore[misc]
+def run(det: GpuHealthDetector, samples) -> list[Anomaly]:
+    return [a for s in samples for a in det.observe(s)]
 
 
 def states(raised: list[Anomaly]) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ T0 = 1_764_000_000_000
 GPUS = 32  # 4 nodes x 8
 
 
-def windows(n: int, value_of, metric: str = "gpu_util", job: str = "job-1", gpus: int = GPUS, first: int = 0):  # type: ignore[no-untyped-def]
+def windows(n: int, value_of, metric: str = "gpu_util", job: str = "job-1", gpus: int = GPUS, first: int = 0):
     for w in range(first, first + n):
         end = T0 + (w + 1) * 10_000
         p50 = {f"GPU-{g}": value_of(w, g) for g in range(gpus)}
@@ -31,7 +31,7 @@ def windows(n: int, value_of, metric: str = "gpu_util", job: str = "job-1", gpus
         )
 
 
-def run(det: GpuOutlierDetector, events) -> list:  # type: ignore[no-untyped-def]
+def run(det: GpuOutlierDetector, events) -> list:
     return [a for e in events for a in det.observe(e)]
 
 

@@ -19,7 +19,7 @@ def step(ts_s: int, n: int, rank: int = 0) -> StepMetric:
     return StepMetric("job-1", rank, 2, n, T0 + ts_s * 1000, 0.5)
 
 
-def run(det: HangDetector, events) -> list:  # type: ignore[no-untyped-def]
+def run(det: HangDetector, events) -> list:
     return [a for e in events for a in det.observe(e)]
 
 
@@ -63,9 +63,9 @@ def jw(end_s: int, metric: str, value: float, gpus: int = 2) -> JobGpuWindow:
     )
 
 
-def spinning_job(hang_at: int, until: int, sm: float, power: float, nvlink: float) -> list:  # type: ignore[type-arg]
+def spinning_job(hang_at: int, until: int, sm: float, power: float, nvlink: float) -> list:
     """Steps every 10 s until ``hang_at``; GPUs at 100% utilisation throughout; work metrics healthy, then as given."""
-    events: list = []  # type: ignore[type-arg]
+    events: list = []
     for t in range(0, until, 10):
         if t < hang_at:
             events.append(step(t, t // 10))

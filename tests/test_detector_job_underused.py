@@ -30,7 +30,7 @@ def q(minute: int, p95: float, job: str = "j1", team: str | None = "nlp", user: 
 def run(detector: JobUnderusedDetector, p95s: list[float], **kw: object) -> list[Anomaly]:
     out: list[Anomaly] = []
     for minute, p in enumerate(p95s, start=1):
-        out += detector.observe(q(minute, p, **kw))  # type: ignore[arg-type]
+        out += detector.observe(q(minute, p, **kw))
     return out
 
 
@@ -62,7 +62,7 @@ def test_job_end_resolves_and_restore_prevents_refiring() -> None:
     fired = run(d, [5.0] * 3)
     assert [a.state for a in fired] == ["firing"]
     end = d.observe(SchedulerEvent(T0 + 4 * MIN, "k8s", "j1", "finished"))
-    assert [(a.state, a.id) for a in end] == [("resolved", fired[0].id)]  # type: ignore[union-attr]
+    assert [(a.state, a.id) for a in end] == [("resolved", fired[0].id)]
     again = JobUnderusedDetector(JobUnderusedConfig(warmup_s=0, for_s=60))
     again.restore(fired)
     assert run(again, [5.0] * 5) == []

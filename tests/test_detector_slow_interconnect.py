@@ -66,8 +66,8 @@ def scenario(
                 yield StepMetric(job, rank, 8, t, T0 + t * 1000, step(t) * rng.uniform(0.95, 1.05), node=NODES[rank // 2])
 
 
-def run(det: SlowInterconnectDetector, events) -> list[Anomaly]:  # type: ignore[no-untyped-def]
-    return [a for e in events for a in det.observe(e)]  # type: ignore[misc]
+def run(det: SlowInterconnectDetector, events) -> list[Anomaly]:
+    return [a for e in events for a in det.observe(e)]
 
 
 def summary(raised: list[Anomaly]) -> list[tuple[str, str, str]]:

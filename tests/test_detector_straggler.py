@@ -12,7 +12,7 @@ T0 = 1_764_000_000_000
 RANKS = 8
 
 
-def steps(n: int, duration, shuffle: bool = False):  # type: ignore[no-untyped-def]
+def steps(n: int, duration, shuffle: bool = False):
     rng = random.Random(9)
     for s in range(n):
         batch = [StepMetric("job-1", r, RANKS, s, T0 + s * 1000, duration(s, r), node=f"n{r // 4}") for r in range(RANKS)]
@@ -21,7 +21,7 @@ def steps(n: int, duration, shuffle: bool = False):  # type: ignore[no-untyped-d
         yield from batch
 
 
-def run(det: StragglerDetector, events) -> list:  # type: ignore[no-untyped-def]
+def run(det: StragglerDetector, events) -> list:
     return [a for e in events for a in det.observe(e)]
 
 
@@ -62,7 +62,7 @@ def test_discovered() -> None:
     assert StragglerDetector in discover()
 
 
-def job_steps(n: int, ranks: int, duration, node_of) -> list[StepMetric]:  # type: ignore[no-untyped-def]
+def job_steps(n: int, ranks: int, duration, node_of) -> list[StepMetric]:
     return [
         StepMetric("job-1", r, ranks, s, T0 + s * 2000, duration(s, r), node=node_of(r)) for s in range(n) for r in range(ranks)
     ]

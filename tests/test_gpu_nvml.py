@@ -49,7 +49,7 @@ EVERY_READING = {
 }
 
 
-def round_trip(topic, records):  # type: ignore[no-untyped-def]
+def round_trip(topic, records):
     """What the stream decodes from the agent's message: ranges are checked only here."""
     return topic.codec.decode(topic.codec.encode(records))
 
@@ -267,9 +267,9 @@ def test_gpm_unsupported_or_failing_gives_nulls() -> None:
 
 def test_gpm_values_out_of_range_are_clamped_and_a_missing_metric_is_null() -> None:
     gpu = h100("GPU-a")
-    gpu.gpm[pynvml.NVML_GPM_METRIC_SM_UTIL] = 100.000001  # type: ignore[index]
-    del gpu.gpm[pynvml.NVML_GPM_METRIC_SM_OCCUPANCY]  # type: ignore[union-attr]
-    gpu.gpm[pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL] = float("nan")  # type: ignore[index]
+    gpu.gpm[pynvml.NVML_GPM_METRIC_SM_UTIL] = 100.000001
+    del gpu.gpm[pynvml.NVML_GPM_METRIC_SM_OCCUPANCY]
+    gpu.gpm[pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL] = float("nan")
     collector = NvmlGpuCollector(NvmlConfig(node="n"), nvml=FakeNvml([gpu]))
     collector.sample(NOW)
     (s,) = collector.sample(NOW + 1000)
@@ -309,7 +309,7 @@ def mig_child(uuid: str, gi: int, profile: str = "1g.10gb", **kw: object) -> Fak
         mem_used=3 * GIB,
         gpm=dict(GPM_H100),
         **kw,
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_mig_instances_are_reported_as_their_own_samples() -> None:
@@ -441,7 +441,7 @@ def test_a_lost_gpu_does_not_stop_the_process_list(tmp_path: Path) -> None:
 
 
 # --- XID ---------------------------------------------------------------------------------------
-def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"

@@ -33,7 +33,7 @@ def fake(tmp_path: Path) -> FakeSysfs:
 
 
 def collector(fake: FakeSysfs, **kw: object) -> IbSysfsCollector:
-    return IbSysfsCollector(IbConfig(node="node-1", root=fake.root, **kw))  # type: ignore[arg-type]
+    return IbSysfsCollector(IbConfig(node="node-1", root=fake.root, **kw))
 
 
 def by_device(samples: list[IbSample]) -> dict[str, IbSample]:

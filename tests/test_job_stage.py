@@ -154,7 +154,7 @@ def test_peer_detectors_see_a_released_backlog_in_window_order_across_metrics() 
             return []
 
     seen = Seen()
-    processor = SampleProcessor(ProcessorConfig(jobs=JobStageConfig(grace_ms=10**9, wait_s=0.3, stale_s=0.3)), detectors=[seen])  # type: ignore[list-item]
+    processor = SampleProcessor(ProcessorConfig(jobs=JobStageConfig(grace_ms=10**9, wait_s=0.3, stale_s=0.3)), detectors=[seen])
     v = np.full(10, 50.0, dtype=np.float32)
 
     def message(gpu: str, end: int) -> bytes:  # as the worker writes them: the GPU's metrics in turn

@@ -34,7 +34,7 @@ def ev(
         source="test",
         job_id=job,
         kind=kind,
-        requested_gpus=gpus,  # type: ignore[arg-type]
+        requested_gpus=gpus,
         node=node,
         gpu_ids=list(gpu_ids),
         name=job,
@@ -167,7 +167,7 @@ def test_an_end_before_the_start_and_unknown_jobs_are_harmless() -> None:
     assert value(rows, "queued_jobs", "cluster", "all", B1) == 0 and value(rows, "queued_jobs", "cluster", "all", B2) == 1  # z
     assert (kpis.ignored, kpis.late, kpis.tracked_jobs) == (2, 2, 3)  # bare, neg, z
     assert not any(k[0].startswith("queue_wait") for k in rows)
-    assert kpis.observe("not an event") == [] and kpis.ignored == 3  # type: ignore[arg-type]
+    assert kpis.observe("not an event") == [] and kpis.ignored == 3
 
 
 def test_finished_jobs_are_forgotten_and_memory_stays_bounded() -> None:
@@ -285,7 +285,7 @@ def test_buckets_classes_and_config() -> None:
     assert [job_class(g) for g in (0.5, 1, 2, 8, 8.5)] == ["small", "small", "medium", "medium", "large"]
     for bad in (dict(interval_s=0), dict(interval_s=0.0005), dict(lateness_s=-1), dict(max_ended=-1)):
         with pytest.raises(ValueError):
-            KpiConfig(**bad)  # type: ignore[arg-type]
+            KpiConfig(**bad)
 
 
 def test_the_first_boundary_comes_from_the_earliest_event_not_the_first_to_arrive() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from hpcinsight.deploy.local.kafka import KafkaLaunchError, LocalKafka, LocalKafkaCluster, ensure_jars, free_ports
 
@@ -221,7 +221,7 @@ def test_three_node_cluster_rides_out_one_node_killed_paused_and_restarted(tmp_p
             time.sleep(0.5)
         assert len(meta.brokers) == 3
         assert all(len(p.replicas) == 3 for n in names for p in meta.topics[n].partitions.values())
-        from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
+        from confluent_kafka.admin import ConfigResource
 
         resource = ConfigResource(ConfigResource.Type.TOPIC, names[0])
         assert admin.describe_configs([resource])[resource].result(30)["min.insync.replicas"].value == "2"

@@ -157,7 +157,7 @@ def test_node_inventory() -> None:
     assert (
         node_to_inventory(load("node_gpu.json"), NOW, LabelConfig(pool_label="node.kubernetes.io/instance-type")).pool
         == "p5.48xlarge"
-    )  # type: ignore[union-attr]
+    )
 
 
 def test_collector_without_the_client_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,11 +191,11 @@ def fake_client(pod_events: list[dict[str, Any]], node: dict[str, Any]) -> types
             time.sleep(0.02)
 
     module = types.ModuleType("kubernetes")
-    module.config = types.SimpleNamespace(  # type: ignore[attr-defined]
+    module.config = types.SimpleNamespace(
         load_incluster_config=lambda: None, load_kube_config=lambda **_: None, ConfigException=Exception
     )
-    module.client = types.SimpleNamespace(CoreV1Api=CoreV1Api)  # type: ignore[attr-defined]
-    module.watch = types.SimpleNamespace(Watch=Watch)  # type: ignore[attr-defined]
+    module.client = types.SimpleNamespace(CoreV1Api=CoreV1Api)
+    module.watch = types.SimpleNamespace(Watch=Watch)
     return module
 
 

@@ -227,4 +227,4 @@ def test_collector_survives_a_failing_command(tmp_path: Path) -> None:
     )
     with SlurmCollector(cfg) as collector:
         events = collector.sample(NOW)
-    assert collector.errors == 2 and {e.job_id for e in events} == {"700097", "700098"}  # type: ignore[union-attr]
+    assert collector.errors == 2 and {e.job_id for e in events} == {"700097", "700098"}

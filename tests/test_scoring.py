@@ -74,7 +74,7 @@ def test_resolved_then_refired_is_one_detection_and_a_refire_not_a_false_positiv
     result = score([label()], flags, W)
     s = result.by_detector()["gpu_health"]
     assert (s.detected, s.true_flags, s.false_flags, s.refires) == (1, 2, 0, 1)
-    assert s.precision == 1.0 and result.labels[0].delay_s == 30 and result.labels[0].flag.id == "a"  # type: ignore[union-attr]
+    assert s.precision == 1.0 and result.labels[0].delay_s == 30 and result.labels[0].flag.id == "a"
     assert [f.refire for f in result.flags] == [False, True]
 
 

@@ -12,7 +12,7 @@ def fill(spool: Spool, n: int, start: int = 0, size: int = 100) -> None:
         spool.append("topic", f"k{i % 3}".encode(), f"{i:08d}".encode() + b"x" * size)
 
 
-def values(records) -> list[int]:  # type: ignore[no-untyped-def]
+def values(records) -> list[int]:
     return [int(r.value[:8]) for r in records]
 
 

@@ -195,7 +195,7 @@ def pod_to_events(
         if kind in seen.kinds or (kind in TERMINAL and seen.kinds & TERMINAL):
             return
         seen.kinds.add(kind)
-        out.append(SchedulerEvent(ts=ts or now, kind=kind, **seen.fields, **extra))  # type: ignore[arg-type]
+        out.append(SchedulerEvent(ts=ts or now, kind=kind, **seen.fields, **extra))
 
     emit("submitted", epoch_ms(meta.get("creationTimestamp")))
     scheduled = _condition(status, "PodScheduled")
@@ -264,7 +264,7 @@ class K8sConfig:
 
 def _load_client(config: K8sConfig) -> Any:
     try:
-        import kubernetes  # type: ignore[import-not-found]
+        import kubernetes
     except ImportError as err:
         raise RuntimeError(
             "KubernetesCollector needs the official client: pip install 'hpcinsight[k8s]' (or: pip install kubernetes)"

@@ -169,7 +169,7 @@ def job_to_events(job: dict[str, Any], state: dict[str, JobSeen], now_ms: int) -
         if kind in seen.kinds or (kind in TERMINAL and seen.kinds & TERMINAL):
             return
         seen.kinds.add(kind)
-        out.append(SchedulerEvent(ts=ts or now_ms, kind=kind, **fields, **extra))  # type: ignore[arg-type]
+        out.append(SchedulerEvent(ts=ts or now_ms, kind=kind, **fields, **extra))
 
     restarts = int(number(job.get("restart_cnt")) or 0)
     if restarts < seen.restarts:  # an older record (slurmdbd lags the controller): nothing new in it

@@ -404,7 +404,7 @@ class SimGpuCollector(Collector[SimConfig]):
             mem_ratio,
             links,
             gpm,
-        )  # type: ignore[arg-type]
+        )
 
     def _sample(
         self,

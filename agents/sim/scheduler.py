@@ -100,8 +100,8 @@ class SimSchedulerCollector(Collector[SimConfig]):
             "gpu_model": GPU_MODEL,
             "name": cfg.job_id,
         }
-        out.append(SchedulerEvent(kind="submitted", **job))  # type: ignore[arg-type]
-        out += [SchedulerEvent(kind=kind, node=hostlist(cfg), **job) for kind in ("scheduled", "started")]  # type: ignore[arg-type]
+        out.append(SchedulerEvent(kind="submitted", **job))
+        out += [SchedulerEvent(kind=kind, node=hostlist(cfg), **job) for kind in ("scheduled", "started")]
         return out
 
     def _inventory(self, now_ms: int) -> list[Event]:
@@ -150,8 +150,8 @@ class SimSchedulerCollector(Collector[SimConfig]):
         }
         where = {"node": hostlist(cfg, list(job.nodes))}
         if job.gpus:
-            where["gpu_ids"] = [gpu_uuid(cfg.seed, node_names(cfg)[job.nodes[0]], g) for g in job.gpus]  # type: ignore[assignment]
-        return [SchedulerEvent(kind=kind, **common, **({} if kind == "submitted" else where)) for kind in kinds]  # type: ignore[arg-type]
+            where["gpu_ids"] = [gpu_uuid(cfg.seed, node_names(cfg)[job.nodes[0]], g) for g in job.gpus]
+        return [SchedulerEvent(kind=kind, **common, **({} if kind == "submitted" else where)) for kind in kinds]
 
 
 @collector_kind("scheduler_sim", SimClusterConfig)

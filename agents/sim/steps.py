@@ -106,7 +106,7 @@ class SimStepCollector(Collector[SimConfig]):
             pending = state.pending
             if pending.end_s > until_s:
                 return out
-            ts = self._start_ms + round(pending.end_s * 1000)  # type: ignore[operator]
+            ts = self._start_ms + round(pending.end_s * 1000)
             world = len(pending.durations)
             out += [
                 StepMetric(job.job_id, rank, world, pending.step, ts, round(d, 6), node=node, local_rank=gpu)

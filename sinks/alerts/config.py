@@ -166,7 +166,7 @@ def _route(node: Node, parent: RouteConfig | None, route_id: str, receivers: set
     f = node.mapping(_ROUTE_KEYS, required=("receiver",) if parent is None else ())
     if parent is None and ("matchers" in f or "continue" in f):
         raise node.error("the root route matches everything: it takes no matchers and no continue")
-    receiver = f["receiver"].string() if "receiver" in f else parent.receiver  # type: ignore[union-attr]
+    receiver = f["receiver"].string() if "receiver" in f else parent.receiver
     if receiver not in receivers:
         raise (f.get("receiver") or node).error(f"receiver {receiver!r} is not defined under receivers")
     matchers = _matchers(f["matchers"]) if "matchers" in f else ()

@@ -49,7 +49,7 @@ class Matcher:
             return value == self.value
         if self.op == "!=":
             return value != self.value
-        hit = self._regex.match(value) is not None  # type: ignore[union-attr]
+        hit = self._regex.match(value) is not None
         return hit if self.op == "=~" else not hit
 
     def __str__(self) -> str:

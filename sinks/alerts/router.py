@@ -211,7 +211,7 @@ class AlertRouter(TopicSink):
     def _start_engine(self, store: StateStore) -> None:
         """Engine, integrations and senders for ``self.config``, from the state in ``store``."""
         self.engine = Engine(self.config)
-        self.engine.load(**store.load(), now_ms=self._now_ms())  # type: ignore[arg-type]
+        self.engine.load(**store.load(), now_ms=self._now_ms())
         integrations = build_integrations(self.config, self.renderer)
         self._by_receiver = {name: [i[0].id for i, _ in items] for name, items in integrations.items()}
         self._dispatcher = Dispatcher(

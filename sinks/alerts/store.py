@@ -189,7 +189,7 @@ class StateStore:
                     (n.id, integration, n.group_key, title, body, n.created_at),
                 )
                 if cur.rowcount:
-                    new.append(OutboxRow(cur.lastrowid, n.id, integration, n.group_key, title, body, n.created_at, 0))  # type: ignore[arg-type]
+                    new.append(OutboxRow(cur.lastrowid, n.id, integration, n.group_key, title, body, n.created_at, 0))
         return new
 
     def prune_outbox(self, now_ms: int) -> None:

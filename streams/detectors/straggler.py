@@ -399,7 +399,7 @@ class StragglerDetector(Detector[StragglerConfig]):
         if len(nodes) == 1 and None not in nodes:
             out.append(f"all on node {next(iter(nodes))}")
         elif None not in nodes:
-            out.append(f"on node{'s' if len(nodes) > 1 else ''} {', '.join(sorted(nodes))}")  # type: ignore[arg-type]
+            out.append(f"on node{'s' if len(nodes) > 1 else ''} {', '.join(sorted(nodes))}")  # type: ignore[arg-type]  # None not in nodes (tested just above)
         inventories = [self._nodes.get(n) for n in nodes if n is not None]
         known = [i for i in inventories if i is not None]
         if inventories and len(known) == len(inventories):
@@ -495,7 +495,7 @@ def _ranks(ranks: list[int]) -> str:
     out: list[str] = []
     start = prev = None
     for r in ranks + [None]:
-        if start is not None and (r is None or r != prev + 1):  # type: ignore[operator]
+        if start is not None and (r is None or r != prev + 1):  # type: ignore[operator]  # prev is set whenever start is
             out.append(f"{start}" if start == prev else f"{start}-{prev}")
             start = None
         if r is not None and start is None:

@@ -236,8 +236,8 @@ def router(tmp_path: Path) -> Any:
     r.engine = Engine(config)
     r._stop = threading.Event()
     letters: list[Any] = []
-    r._produce_dead_letter = lambda letter: letters.append(letter)  # type: ignore[method-assign]
-    r.letters = letters  # type: ignore[attr-defined]
+    r._produce_dead_letter = lambda letter: letters.append(letter)
+    r.letters = letters
     return r
 
 

@@ -65,7 +65,7 @@ def anomaly(
         ts,
         T0,
         T0,
-        ts,  # type: ignore[arg-type]
+        ts,
         f"GPU {gpu} of {node} throttles ({state})",
         {"throttled_share": 0.9, "gpu_index": float(gpu)},
         node=node,

@@ -22,14 +22,14 @@ def why_not() -> str | None:
     if not CHROMIUM.exists():
         return f"{CHROMIUM} is missing and could not be installed (`make setup` installs Debian's chromium as root or with sudo)"
     try:
-        import playwright  # noqa: F401
+        import playwright  # noqa: F401 - imported only to learn whether it is installed
     except ImportError:
         return "the playwright package is not installed (pip install -e '.[test]')"
     return None
 
 
 def launch(playwright: object) -> object:
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)  # type: ignore[attr-defined]
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
 
 
 def artifacts() -> Path:

@@ -32,7 +32,7 @@ def test_swagger_ui_renders_the_spec_with_no_network(served: Served) -> None:
     service = urlsplit(served.url).netloc
     refused: list[str] = []
 
-    def only_the_service(route, request) -> None:  # type: ignore[no-untyped-def]
+    def only_the_service(route, request) -> None:
         if urlsplit(request.url).netloc == service:
             route.continue_()
         else:
@@ -42,12 +42,12 @@ def test_swagger_ui_renders_the_spec_with_no_network(served: Served) -> None:
     with sync_playwright() as p:
         browser = launch(p)
         try:
-            page = browser.new_page()  # type: ignore[attr-defined]
+            page = browser.new_page()
             page.route("**/*", only_the_service)
             page.goto(served.url + "/docs")
             page.wait_for_selector(".opblock-summary-path", timeout=30_000)
             paths = page.locator(".opblock-summary-path").all_inner_texts()
         finally:
-            browser.close()  # type: ignore[attr-defined]
+            browser.close()
     assert any("/api/cluster" in p for p in paths), paths
     assert not refused, refused

@@ -36,7 +36,7 @@ class ChatConfig:
         return f"{self.kind} via apprise ({self.service}), url ********"
 
 
-def instantiate(url: str):  # type: ignore[no-untyped-def]
+def instantiate(url: str):
     import apprise
 
     asset = apprise.AppriseAsset(app_id=APP_ID, app_desc="hpcinsight alert router")
