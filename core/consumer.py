@@ -277,8 +277,8 @@ class TopicSink:
         """Offsets delivered but not recorded in the group (a commit that failed, a position the
         sink's own state is ahead of Kafka with): :meth:`settle_owed` commits them until one lands.
         Without this the group's offsets, which lag monitoring reads, stay behind for good on a
-        partition that gets no new message to carry a later commit (the chaos campaign's catch-up
-        check: a failed commit of the last anomaly kept the sink's lag at 1)."""
+        partition that gets no new message to carry a later commit (the inventory, the last
+        anomaly): a lag that never clears, though everything was delivered."""
         with self._commit_lock:
             for key, offset in offsets.items():
                 if offset > max(self._owed.get(key, -1), self._landed.get(key, -1)):

@@ -101,6 +101,8 @@ class WorkerOptions:
 
 
 JOB_QUANTILES_LOOKBACK_MS = 5 * 60_000
+#: how often the worker's consumer refreshes its metadata, whatever happens (see create_app)
+METADATA_MAX_AGE_MS = 10_000
 
 
 class SchedulerFeed:
@@ -244,6 +246,12 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         # waiting out the dead member's session
         consumer_group_instance_id=f"{settings.kafka.topic_prefix}worker-{options.instance}",
         broker_session_timeout=30.0,
+        # A group assignment made while a restarted broker does not yet list the topics leaves them
+        # out ("Ignoring missing topic") until the leader's next metadata refresh shows them and it
+        # rejoins: with aiokafka's default (5 min) the worker sat idle that long (chaos campaign,
+        # seed 3: assigned nothing at 05:37:08, partitions back at 05:42:08). Refreshed every
+        # METADATA_MAX_AGE_MS, such an assignment mends within that (one small request each time).
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
         # Faust keeps a folder per app id; under the data dir, not wherever the worker was started
         datadir=str(settings.data_dir / "faust" / f"{settings.kafka.topic_prefix}worker"),
     )
