@@ -510,8 +510,8 @@ class Campaign:
             partitions = [TopicPartition(t, p) for t in names for p in metadata.topics[t].partitions]
             out = []
             for tp in consumer.committed(partitions, timeout=10):
-                high = watermarks(consumer, tp, 10)[1]
-                if tp.offset < high:
+                low, high = watermarks(consumer, tp, 10)
+                if (tp.offset if tp.offset >= 0 else low) < high:  # as core.kafka.lag counts it
                     out.append(f"{tp.topic.removeprefix(PREFIX)}[{tp.partition}] {tp.offset}/{high}")
             return ", ".join(out) or "none"
 
