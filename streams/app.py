@@ -20,18 +20,18 @@ import gc
 import logging
 import math
 import time
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
-from hpcinsight.core.durations import parse_ms
 from hpcinsight.core import metrics
-from hpcinsight.core.settings import Settings
 from hpcinsight.core.consumer import DeadLetterOut
+from hpcinsight.core.durations import parse_ms
 from hpcinsight.core.kafka import broker_retry, new_consumer, new_producer, produce_queued, watermarks
+from hpcinsight.core.settings import Settings
 from hpcinsight.schemas.catalog import (
     ANOMALIES,
     DEAD_LETTERS,
@@ -90,11 +90,15 @@ class WorkerOptions:
         # the base pane: the largest duration every hop and period is a multiple of
         base = math.gcd(since_ms, checkpoint_ms, *(w.hop_ms for w in self.windows))
         rolling = RollingConfig(
-            windows=self.windows, base_ms=base, lateness_ms=int(self.lateness_s * 1000),
+            windows=self.windows,
+            base_ms=base,
+            lateness_ms=int(self.lateness_s * 1000),
             since_start_every_ms=since_ms,
         )
         return ProcessorConfig(
-            rolling=rolling, checkpoint_every_ms=checkpoint_ms, replay_margin_ms=int(self.replay_margin_s * 1000),
+            rolling=rolling,
+            checkpoint_every_ms=checkpoint_ms,
+            replay_margin_ms=int(self.replay_margin_s * 1000),
             kpis=KpiConfig(interval_s=self.kpi_interval_s, lateness_s=self.kpi_lateness_s),
             jobs=JobStageConfig(wait_s=self.job_wait_s, stale_s=3 * self.job_wait_s),
         )
@@ -122,8 +126,11 @@ class SchedulerFeed:
         # comes every minute: start a few minutes back, not at a week of every window of every job.
         recent = int(time.time() * 1000) - JOB_QUANTILES_LOOKBACK_MS
         jq = settings.topic(JOB_QUANTILES.name)
-        found = broker_retry(lambda: self._consumer.offsets_for_times(
-            [TopicPartition(jq, p, recent) for p in range(JOB_QUANTILES.partitions)], timeout=30))
+        found = broker_retry(
+            lambda: self._consumer.offsets_for_times(
+                [TopicPartition(jq, p, recent) for p in range(JOB_QUANTILES.partitions)], timeout=30
+            )
+        )
         tps = [tp for tp in tps if tp.topic != jq] + [
             TopicPartition(jq, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found
         ]
@@ -145,7 +152,10 @@ class SchedulerFeed:
         deadline, out = time.monotonic() + timeout, []
         while time.monotonic() < deadline:
             positions = self._consumer.position([TopicPartition(t, p) for t, p in high])
-            if all(tp.offset >= high[(tp.topic, tp.partition)] or (tp.offset < 0 and high[(tp.topic, tp.partition)] == 0) for tp in positions):
+            if all(
+                tp.offset >= high[(tp.topic, tp.partition)] or (tp.offset < 0 and high[(tp.topic, tp.partition)] == 0)
+                for tp in positions
+            ):
                 return out
             for msg in self._consumer.consume(num_messages=5000, timeout=0.2):
                 if not msg.error():
@@ -169,12 +179,17 @@ class OutputProducer:
 
     def __init__(self, settings: Settings) -> None:
         self._names = {t.name: settings.topic(t.name) for t in TOPICS}
-        self._producer = new_producer(settings.kafka, extra={
-            "compression.type": "zstd", "linger.ms": 10, "queue.buffering.max.messages": 1_000_000,
-            "partitioner": "murmur2_random",  # as Faust and the agents: job-keyed topics stay co-partitioned
-            "message.timeout.ms": 0,  # retry until delivered: the commit waits, nothing is dropped
-            "on_delivery": self._on_delivery,  # every message's, dead letters' too (a refused one is only logged: see flush)
-        })
+        self._producer = new_producer(
+            settings.kafka,
+            extra={
+                "compression.type": "zstd",
+                "linger.ms": 10,
+                "queue.buffering.max.messages": 1_000_000,
+                "partitioner": "murmur2_random",  # as Faust and the agents: job-keyed topics stay co-partitioned
+                "message.timeout.ms": 0,  # retry until delivered: the commit waits, nothing is dropped
+                "on_delivery": self._on_delivery,  # every message's, dead letters' too (a refused one is only logged: see flush)
+            },
+        )
         self._dead = DeadLetterOut(self._producer, DEAD_LETTERS.full_name(settings.kafka.topic_prefix))
         self._refused: list[tuple[str, bytes | None, bytes | None, str]] = []
         self.refused = 0
@@ -198,18 +213,33 @@ class OutputProducer:
             for topic, key, value, reason in refused:
                 self.refused += 1
                 if topic == self._dead.topic:
-                    log.error("a dead letter was refused by the broker (%s); it is logged here instead: key=%r size=%d",
-                              reason, key, len(value or b""))
+                    log.error(
+                        "a dead letter was refused by the broker (%s); it is logged here instead: key=%r size=%d",
+                        reason,
+                        key,
+                        len(value or b""),
+                    )
                     continue
                 log.error("output to %s refused by the broker (%s); dead-lettered", topic, reason)
-                letter = DeadLetter.of(ts=int(time.time() * 1000), source_topic=topic, source_partition=0, source_offset=0,
-                                       stage="worker.output", reason=f"refused by the broker: {reason}", raw=value, key=key)
+                letter = DeadLetter.of(
+                    ts=int(time.time() * 1000),
+                    source_topic=topic,
+                    source_partition=0,
+                    source_offset=0,
+                    stage="worker.output",
+                    reason=f"refused by the broker: {reason}",
+                    raw=value,
+                    key=key,
+                )
                 self._dead.send(topic.encode(), DEAD_LETTERS.codec.encode([letter]))
             if not left and not refused:
                 return
             if left:
-                log.warning("%d outputs not yet acknowledged after %.0f s (broker away?); the commit waits",
-                            left, time.monotonic() - started)
+                log.warning(
+                    "%d outputs not yet acknowledged after %.0f s (broker away?); the commit waits",
+                    left,
+                    time.monotonic() - started,
+                )
 
     def attach(self, app: faust.App) -> None:
         """Make Faust's pre-commit producer flush also flush (and check) our outputs."""
@@ -279,7 +309,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
                 await _rebuild_state(assigned)
                 break
             except Exception as err:  # noqa: BLE001 - see above; every step of the rebuild is idempotent
-                delay = min(30.0, 2.0 ** attempt)
+                delay = min(30.0, 2.0**attempt)
                 attempt += 1
                 log.warning("rebuilding state failed (%s: %s); trying again in %.0f s", type(err).__name__, err, delay)
                 await asyncio.sleep(delay)
@@ -353,7 +383,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
             outputs = feed.poll()
             # a quiet scheduler still closes its intervals: event time is wall time for live sources
             outputs += processor.advance_kpis(int(time.time() * 1000) - int(processor.config.kpis.lateness_s * 1000))
-        except Exception:  # noqa: BLE001 - a broker hiccup or a bad record: the next tick tries again
+        except Exception:  # a broker hiccup or a bad record: the next tick tries again
             log.exception("following the scheduler topics failed; trying again in 1 s")
             return
         await send_kpis(outputs)
@@ -362,7 +392,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     async def release_job_windows() -> None:
         try:
             outputs = processor.tick_jobs()
-        except Exception:  # noqa: BLE001 - one bad window must not stop the job stage's clock
+        except Exception:  # one bad window must not stop the job stage's clock
             log.exception("releasing job windows failed; trying again in 1 s")
             return
         await send(outputs)
@@ -393,21 +423,28 @@ def worker_metric_families(processor: SampleProcessor, outputs: OutputProducer) 
     """The worker's series for Prometheus (served by the CLI with the lag, see hpcinsight.core.metrics)."""
     st = processor.stats
     yield metrics.labelled("hpcinsight_worker_messages", "messages handled, per stage", "stage", st.by_stage)
-    yield from metrics.counters([
-        ("hpcinsight_worker_samples", st.samples, "GPU samples processed"),
-        ("hpcinsight_worker_ib_samples", st.ib_samples, "IB samples processed"),
-        ("hpcinsight_worker_windows", st.windows, "per-GPU windows closed"),
-        ("hpcinsight_worker_job_windows", st.job_windows, "job windows completed"),
-        ("hpcinsight_worker_anomalies", st.anomalies, "anomaly messages raised (firing and resolved)"),
-        ("hpcinsight_worker_dead_letters", st.dead_letters, "messages dead-lettered"),
-        ("hpcinsight_worker_failed", st.failed, "messages whose handling raised (each dead-lettered)"),
-        ("hpcinsight_worker_late_samples", st.late_samples, "samples later than the lateness, dropped"),
-        ("hpcinsight_worker_outputs_refused", outputs.refused, "outputs the broker refused for good (dead-lettered)"),
-        ("hpcinsight_worker_state_restores", st.restores, "state rebuilds (start, rebalance)"),
-    ])
+    yield from metrics.counters(
+        [
+            ("hpcinsight_worker_samples", st.samples, "GPU samples processed"),
+            ("hpcinsight_worker_ib_samples", st.ib_samples, "IB samples processed"),
+            ("hpcinsight_worker_windows", st.windows, "per-GPU windows closed"),
+            ("hpcinsight_worker_job_windows", st.job_windows, "job windows completed"),
+            ("hpcinsight_worker_anomalies", st.anomalies, "anomaly messages raised (firing and resolved)"),
+            ("hpcinsight_worker_dead_letters", st.dead_letters, "messages dead-lettered"),
+            ("hpcinsight_worker_failed", st.failed, "messages whose handling raised (each dead-lettered)"),
+            ("hpcinsight_worker_late_samples", st.late_samples, "samples later than the lateness, dropped"),
+            ("hpcinsight_worker_outputs_refused", outputs.refused, "outputs the broker refused for good (dead-lettered)"),
+            ("hpcinsight_worker_state_restores", st.restores, "state rebuilds (start, rebalance)"),
+        ]
+    )
     yield metrics.gauge("hpcinsight_worker_state_restore_seconds", "duration of the last state rebuild", st.restore_seconds)
-    yield metrics.labelled("hpcinsight_worker_open_incidents", "incidents firing, per detector", "detector",
-                           {kind: len(ids) for kind, ids in st.open_incidents.items()}, gauge=True)
+    yield metrics.labelled(
+        "hpcinsight_worker_open_incidents",
+        "incidents firing, per detector",
+        "detector",
+        {kind: len(ids) for kind, ids in st.open_incidents.items()},
+        gauge=True,
+    )
 
 
 #: Container allocations between two young-generation collections (CPython's default is 700).
@@ -418,8 +455,9 @@ def worker_metric_families(processor: SampleProcessor, outputs: OutputProducer) 
 GC_YOUNG_THRESHOLD = 50_000
 
 
-def run_worker(settings: Settings, options: WorkerOptions, loglevel: str = "WARNING",
-               on_app: Callable[[faust.App], object] | None = None) -> None:
+def run_worker(
+    settings: Settings, options: WorkerOptions, loglevel: str = "WARNING", on_app: Callable[[faust.App], object] | None = None
+) -> None:
     """Run until SIGINT/SIGTERM; Faust then commits what was processed and leaves the group.
     ``on_app`` sees the app before it starts (the CLI serves its metrics)."""
     app, _ = create_app(settings, options)

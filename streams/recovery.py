@@ -37,8 +37,14 @@ def _consumer(client_config: dict[str, Any], group_id: str) -> Consumer:
 
 
 def replay_committed(
-    client_config: dict[str, Any], group_id: str, topic: str, partitions: set[int], horizon_ms: int,
-    handle: Callable[[int, bytes | None], None], not_after_ms: dict[int, int] | None = None, timeout: float = 60.0,
+    client_config: dict[str, Any],
+    group_id: str,
+    topic: str,
+    partitions: set[int],
+    horizon_ms: int,
+    handle: Callable[[int, bytes | None], None],
+    not_after_ms: dict[int, int] | None = None,
+    timeout: float = 60.0,
 ) -> int:
     """Hand ``handle`` the messages of ``partitions`` from ``horizon_ms`` (Kafka time) before the last
     committed one up to it, so state can be rebuilt without outputs. ``not_after_ms`` moves the start of
@@ -59,7 +65,10 @@ def replay_committed(
         for p, ts in (not_after_ms or {}).items():
             if p in since:
                 since[p] = min(since[p], ts)
-        starts = broker_retry(lambda: consumer.offsets_for_times([TopicPartition(topic, p, ts) for p, ts in since.items()], timeout=timeout), timeout)
+        starts = broker_retry(
+            lambda: consumer.offsets_for_times([TopicPartition(topic, p, ts) for p, ts in since.items()], timeout=timeout),
+            timeout,
+        )
         tps = [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else stop_at[tp.partition]) for tp in starts]
         messages = read_range(consumer, tps, stop_at, timeout)
         for msg in sorted(messages, key=lambda m: (m.partition(), m.offset())):
@@ -71,8 +80,13 @@ def replay_committed(
 
 
 def rebuild_gpu_stage(
-    processor: SampleProcessor, client_config: dict[str, Any], group_id: str, raw_topic: str, state_topic: str,
-    partitions: set[int], timeout: float = 60.0,
+    processor: SampleProcessor,
+    client_config: dict[str, Any],
+    group_id: str,
+    raw_topic: str,
+    state_topic: str,
+    partitions: set[int],
+    timeout: float = 60.0,
 ) -> tuple[int, int]:
     """Take back the series of ``partitions`` from their checkpoints, then replay the raw samples
     after them. Returns (series restored, messages replayed)."""
@@ -93,13 +107,21 @@ def rebuild_gpu_stage(
     horizon = processor.config.checkpoint_every_ms + margin
     not_after = {p: ts - margin for p, ts in oldest.items()}
     replayed = replay_committed(client_config, group_id, raw_topic, partitions, horizon, processor.replay, not_after, timeout)
-    log.warning("restored %d series of partitions %s from checkpoints, then replayed %d messages",
-                len(restored), sorted(partitions), replayed)
+    log.warning(
+        "restored %d series of partitions %s from checkpoints, then replayed %d messages",
+        len(restored),
+        sorted(partitions),
+        replayed,
+    )
     return len(restored), replayed
 
 
 def rebuild_job_stage(
-    processor: SampleProcessor, client_config: dict[str, Any], group_id: str, topic: str, partitions: set[int],
+    processor: SampleProcessor,
+    client_config: dict[str, Any],
+    group_id: str,
+    topic: str,
+    partitions: set[int],
     timeout: float = 60.0,
 ) -> int:
     """Rebuild the pending job merges (and job detectors' recent view) from the sketches topic."""
@@ -142,4 +164,3 @@ def open_incidents(client_config: dict[str, Any], topic: str, timeout: float = 6
         except DecodeError:
             continue
     return [a for a in latest.values() if a.state == "firing"]
-

@@ -46,8 +46,7 @@ POM = Path(__file__).with_name("pom.xml")
 
 def _pom_kafka_version() -> str:
     """Read ``<kafka.version>`` from the pom so the version is pinned in one place only."""
-    node = ET.parse(POM).find("{http://maven.apache.org/POM/4.0.0}properties/"
-                              "{http://maven.apache.org/POM/4.0.0}kafka.version")
+    node = ET.parse(POM).find("{http://maven.apache.org/POM/4.0.0}properties/{http://maven.apache.org/POM/4.0.0}kafka.version")
     version = (node.text or "").strip() if node is not None else ""
     if not version:
         raise RuntimeError(f"{POM} has no <kafka.version> property")
@@ -98,28 +97,41 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
     so an interrupted or failed resolve never leaves a half-filled cache behind, and two
     concurrent resolves simply let the first rename win.
     """
-    root = cache_dir or Path(os.environ.get("HPCINSIGHT_CACHE_DIR")
-                             or Path.home() / ".cache" / "hpcinsight")
+    root = cache_dir or Path(os.environ.get("HPCINSIGHT_CACHE_DIR") or Path.home() / ".cache" / "hpcinsight")
     lib = Path(root).expanduser() / f"kafka-{KAFKA_VERSION}" / "lib"
     if (lib / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file():
         return lib
     _java()  # a cache is useless without java: fail before the slow download
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise KafkaLaunchError("mvn not found on PATH; install Apache Maven to fetch the "
-                               f"Kafka {KAFKA_VERSION} jars (needed once, then cached in {lib})")
+        raise KafkaLaunchError(
+            "mvn not found on PATH; install Apache Maven to fetch the "
+            f"Kafka {KAFKA_VERSION} jars (needed once, then cached in {lib})"
+        )
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="lib.partial-", dir=lib.parent))
     try:
         # cwd=tmp: Maven must not write anything (target/, logs) into the source tree.
         proc = subprocess.run(
-            [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM),
-             "dependency:copy-dependencies", f"-DoutputDirectory={tmp}", f"-Dkafka.version={KAFKA_VERSION}",
-             "-DincludeScope=runtime"],
-            cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-Dstyle.color=never",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={tmp}",
+                f"-Dkafka.version={KAFKA_VERSION}",
+                "-DincludeScope=runtime",
+            ],
+            cwd=tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         if proc.returncode != 0 or not (tmp / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file():
-            raise KafkaLaunchError(f"mvn failed to resolve Kafka {KAFKA_VERSION} "
-                                   f"(exit {proc.returncode}):\n{_tail(proc.stdout)}")
+            raise KafkaLaunchError(f"mvn failed to resolve Kafka {KAFKA_VERSION} (exit {proc.returncode}):\n{_tail(proc.stdout)}")
         try:
             tmp.rename(lib)
         except OSError:
@@ -189,11 +201,21 @@ class LocalKafka:
     a kill brings the node back with its log.
     """
 
-    def __init__(self, workdir: Path | None = None, port: int | None = None,
-                 cache_dir: Path | None = None, heap: str = "512m", *, keep_data: bool = False,
-                 node_id: int = 1, controller_port: int | None = None,
-                 voters: str | None = None, cluster_id: str | None = None,
-                 overrides: dict[str, str] | None = None, format_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        port: int | None = None,
+        cache_dir: Path | None = None,
+        heap: str = "512m",
+        *,
+        keep_data: bool = False,
+        node_id: int = 1,
+        controller_port: int | None = None,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        overrides: dict[str, str] | None = None,
+        format_args: tuple[str, ...] = (),
+    ) -> None:
         self._workdir = Path(workdir) if workdir is not None else None
         self._port = port
         self._cport = controller_port
@@ -293,23 +315,46 @@ class LocalKafka:
         self._workdir.mkdir(parents=True, exist_ok=True)
         self._choose_ports()
         server, log4j = self._write_config()
-        jvm = [java, f"-Xms{self._heap}", f"-Xmx{self._heap}", "-XX:+UseSerialGC",
-               "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-               f"-Dlog4j.configuration=file:{log4j}",
-               f"-Dlog4j2.configurationFile={log4j.with_name('log4j2.properties')}", "-cp", str(lib / "*")]
+        jvm = [
+            java,
+            f"-Xms{self._heap}",
+            f"-Xmx{self._heap}",
+            "-XX:+UseSerialGC",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{log4j}",
+            f"-Dlog4j2.configurationFile={log4j.with_name('log4j2.properties')}",
+            "-cp",
+            str(lib / "*"),
+        ]
         if not (self._workdir / "data" / "meta.properties").exists():
             fmt = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", self._cluster_id or _cluster_id(),
-                 "-c", str(server), *self._format_args],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                timeout=max(deadline - time.monotonic(), 1.0))
+                [
+                    *jvm,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    self._cluster_id or _cluster_id(),
+                    "-c",
+                    str(server),
+                    *self._format_args,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=max(deadline - time.monotonic(), 1.0),
+            )
             if fmt.returncode != 0:
                 self.stop()  # drops the tempdir we created
                 raise KafkaLaunchError(f"kafka-storage format failed:\n{_tail(fmt.stdout)}")
         with open(self._workdir / "kafka.log", "ab") as log:
             self._proc = subprocess.Popen(
-                [*jvm, "kafka.Kafka", str(server)], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                [*jvm, "kafka.Kafka", str(server)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         atexit.register(self.stop)
 
     def start(self, timeout: float = 90.0, brokers: int = 1) -> str:
@@ -343,24 +388,27 @@ class LocalKafka:
         A cheap TCP probe runs first so librdkafka does not spam connection-refused
         errors while the JVM is still booting.
         """
-        from confluent_kafka.admin import AdminClient  # only needed here; `fetch` works without
+        from confluent_kafka import KafkaException  # only needed here; `fetch` works without
+        from confluent_kafka.admin import AdminClient
 
         assert self._proc is not None
         admin: AdminClient | None = None
         while True:
             if self._proc.poll() is not None:
-                raise KafkaLaunchError(f"Kafka exited with code {self._proc.returncode} "
-                                       f"during startup; kafka.log tail:\n{self._log_tail()}")
+                raise KafkaLaunchError(
+                    f"Kafka exited with code {self._proc.returncode} during startup; kafka.log tail:\n{self._log_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise KafkaLaunchError(f"Kafka did not serve metadata on {self.bootstrap} in "
-                                       f"time; kafka.log tail:\n{self._log_tail()}")
+                raise KafkaLaunchError(
+                    f"Kafka did not serve metadata on {self.bootstrap} in time; kafka.log tail:\n{self._log_tail()}"
+                )
             try:
                 if admin is None:
                     socket.create_connection(("127.0.0.1", self._port), timeout=1).close()
                     admin = AdminClient({"bootstrap.servers": self.bootstrap})
                 if len(admin.list_topics(timeout=2).brokers) >= brokers:
                     return
-            except Exception:  # refused socket or KafkaException: not ready yet
+            except (OSError, KafkaException):  # refused socket or the broker not answering: not ready yet
                 pass
             time.sleep(0.2)
 
@@ -414,8 +462,7 @@ class LocalKafka:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
 
@@ -431,8 +478,15 @@ class LocalKafkaCluster:
     :class:`LocalKafka`'s: a given ``workdir`` is kept.
     """
 
-    def __init__(self, size: int = 3, workdir: Path | None = None, cache_dir: Path | None = None,
-                 heap: str = "256m", *, keep_data: bool = False) -> None:
+    def __init__(
+        self,
+        size: int = 3,
+        workdir: Path | None = None,
+        cache_dir: Path | None = None,
+        heap: str = "256m",
+        *,
+        keep_data: bool = False,
+    ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self.size = size
@@ -458,8 +512,12 @@ class LocalKafkaCluster:
             plan = json.loads(saved.read_text())
         else:
             ports = free_ports(2 * self.size)
-            plan = {"cluster_id": _cluster_id(), "size": self.size,
-                    "ports": ports[:self.size], "controller_ports": ports[self.size:]}
+            plan = {
+                "cluster_id": _cluster_id(),
+                "size": self.size,
+                "ports": ports[: self.size],
+                "controller_ports": ports[self.size :],
+            }
             saved.write_text(json.dumps(plan))
         if plan["size"] != self.size:
             raise KafkaLaunchError(f"{self._workdir} holds a {plan['size']}-node cluster, not {self.size}")
@@ -479,9 +537,17 @@ class LocalKafkaCluster:
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
         }
         self.nodes = [
-            LocalKafka(self._workdir / f"node-{i}", plan["ports"][i], self._cache_dir, self._heap,
-                       node_id=i + 1, controller_port=plan["controller_ports"][i], voters=voters,
-                       cluster_id=plan["cluster_id"], overrides=overrides)
+            LocalKafka(
+                self._workdir / f"node-{i}",
+                plan["ports"][i],
+                self._cache_dir,
+                self._heap,
+                node_id=i + 1,
+                controller_port=plan["controller_ports"][i],
+                voters=voters,
+                cluster_id=plan["cluster_id"],
+                overrides=overrides,
+            )
             for i in range(self.size)
         ]
 
@@ -534,14 +600,20 @@ class LocalKafkaCluster:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
 
-def serve(brokers: int = 1, port: int | None = None, data_dir: Path | None = None,
-          keep_data: bool = False, cache_dir: Path | None = None, heap: str | None = None,
-          timeout: float = 180.0, stop: threading.Event | None = None) -> int:
+def serve(
+    brokers: int = 1,
+    port: int | None = None,
+    data_dir: Path | None = None,
+    keep_data: bool = False,
+    cache_dir: Path | None = None,
+    heap: str | None = None,
+    timeout: float = 180.0,
+    stop: threading.Event | None = None,
+) -> int:
     """Run a broker (or a ``brokers``-node cluster) until ``stop`` is set or SIGINT/SIGTERM.
 
     Prints ``KAFKA_BOOTSTRAP=...`` (and, when data is kept, ``KAFKA_DATA_DIR=...``). With
@@ -581,8 +653,9 @@ def serve(brokers: int = 1, port: int | None = None, data_dir: Path | None = Non
 
 def main(argv: list[str] | None = None) -> int:
     """``run``: serve a broker until SIGINT/SIGTERM; ``fetch``: only resolve the jars."""
-    parser = argparse.ArgumentParser(prog="python -m hpcinsight.deploy.local.kafka", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m hpcinsight.deploy.local.kafka", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["run", "fetch"])
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--data-dir", "--workdir", dest="data_dir", type=Path, default=None)
@@ -596,8 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             print(ensure_jars(args.cache_dir))
             return 0
-        return serve(args.brokers, args.port, args.data_dir, args.keep_data, args.cache_dir, args.heap,
-                     args.timeout)
+        return serve(args.brokers, args.port, args.data_dir, args.keep_data, args.cache_dir, args.heap, args.timeout)
     except KafkaLaunchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -38,18 +38,63 @@ def _openssl(*args: str, cwd: Path) -> None:
 def make_pki(folder: Path, days: int = 2) -> Pki:
     """A new CA in ``folder`` and the certificates it signs (RSA 2048, valid ``days``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", str(days),
-             "-subj", "/CN=hpcinsight test CA", cwd=folder)
-    for name, cn, ext in (("broker", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth"),
-                          ("client", "hpcinsight-client", "extendedKeyUsage=clientAuth")):
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        str(days),
+        "-subj",
+        "/CN=hpcinsight test CA",
+        cwd=folder,
+    )
+    for name, cn, ext in (
+        ("broker", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth"),
+        ("client", "hpcinsight-client", "extendedKeyUsage=clientAuth"),
+    ):
         (folder / f"{name}.ext").write_text(ext + "\n")
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
-                 cwd=folder)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", str(days), "-extfile", f"{name}.ext", cwd=folder)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={cn}",
+            cwd=folder,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            str(days),
+            "-extfile",
+            f"{name}.ext",
+            cwd=folder,
+        )
         _openssl("pkcs8", "-topk8", "-nocrypt", "-in", f"{name}.key", "-out", f"{name}.pk8", cwd=folder)
     keystore = folder / "broker-keystore.pem"
-    keystore.write_text((folder / "broker.pk8").read_text() + (folder / "broker.pem").read_text() + (folder / "ca.pem").read_text())
+    keystore.write_text(
+        (folder / "broker.pk8").read_text() + (folder / "broker.pem").read_text() + (folder / "ca.pem").read_text()
+    )
     for path in folder.iterdir():
         path.chmod(0o600)
     return Pki(folder / "ca.pem", keystore, folder / "client.pem", folder / "client.pk8")
@@ -92,8 +137,9 @@ class SecureListener:
             props["listener.name.secure.ssl.client.auth"] = "required"
         else:
             props["listener.name.secure.sasl.enabled.mechanisms"] = "SCRAM-SHA-512"
-            props["listener.name.secure.scram-sha-512.sasl.jaas.config"] = \
+            props["listener.name.secure.scram-sha-512.sasl.jaas.config"] = (
                 "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
         return props
 
     def format_args(self) -> tuple[str, ...]:

@@ -22,17 +22,25 @@ from tests.chaos.harness import Profile, markdown, run
 
 def machine() -> str:
     load = os.getloadavg()
-    return (f"{platform.node() or 'host'}: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
-            f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min) at the end")
+    return (
+        f"{platform.node() or 'host'}: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
+        f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min) at the end"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=None, help="minutes of faults per campaign (long profile)")
     parser.add_argument("--short", action="store_true", help="the suite's short profile (75 s of faults)")
-    parser.add_argument("--brokers", type=int, action="append", choices=(1, 3),
-                        help="1 (a single broker) or 3 (a KRaft cluster); repeat for both (default 1)")
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        action="append",
+        choices=(1, 3),
+        help="1 (a single broker) or 3 (a KRaft cluster); repeat for both (default 1)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, default=None, help="write the Markdown result table here")
     parser.add_argument("--run-dir", type=Path, default=None, help="logs, broker data and store (default: a temp dir)")
@@ -42,18 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     base = args.run_dir or Path(tempfile.mkdtemp(prefix="hpcinsight-chaos-"))
     results = []
     for brokers in args.brokers or [1]:
-        profile = (Profile.short(brokers, args.seed) if args.short
-                   else Profile.long(args.minutes, brokers, args.seed))
-        print(f"chaos: {brokers} broker(s), {profile.seconds:g} s of faults, seed {args.seed}, run dir {base / f'b{brokers}'}",
-              flush=True)
+        profile = Profile.short(brokers, args.seed) if args.short else Profile.long(args.minutes, brokers, args.seed)
+        print(
+            f"chaos: {brokers} broker(s), {profile.seconds:g} s of faults, seed {args.seed}, run dir {base / f'b{brokers}'}",
+            flush=True,
+        )
         results.append(run(profile, base / f"b{brokers}"))
         print(markdown(results[-1:]), flush=True)
     text = markdown(results, machine())
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         command = "python -m tests.chaos " + " ".join(argv if argv is not None else sys.argv[1:])
-        args.report.write_text(f"<!-- written by `{command}` at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} -->\n\n"
-                               + text)
+        args.report.write_text(
+            f"<!-- written by `{command}` at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} -->\n\n" + text
+        )
     return 0 if all(r.passed for r in results) else 1
 
 

@@ -45,11 +45,10 @@ from typing import Any
 import yaml
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from hpcinsight.core.kafka import lag, offsets_consumer, watermarks
 from hpcinsight.deploy.local.kafka import LocalKafka, LocalKafkaCluster, free_ports
 from hpcinsight.harness.supervisor import terminate
-from hpcinsight.schemas.catalog import ensure_topics
-from hpcinsight.core.kafka import lag, offsets_consumer, watermarks
-from hpcinsight.schemas.catalog import ANOMALIES, GPU_SAMPLES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED, Topic
+from hpcinsight.schemas.catalog import ANOMALIES, GPU_SAMPLES, GPU_SAMPLES_RAW, GPU_SKETCHES, STORED, Topic, ensure_topics
 from tests.alerts_receiver import LocalReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,8 +128,9 @@ class Component:
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== chaos: start #{self.starts + 1} at {time.strftime('%H:%M:%S')} =====\n".encode())
             log.flush()
-            self.proc = subprocess.Popen([sys.executable, "-m", "hpcinsight.cli", *self.args], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hpcinsight.cli", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            )
         self.starts += 1
         self.down_on_purpose = False
 
@@ -273,10 +273,11 @@ def idle_specs(profile: Profile) -> list[str]:
 
 def alerts_config(path: Path, url: str) -> Path:
     """Every alert its own group (``['...']``), told fast, never repeated within the run."""
-    doc = {"global": {"retry": {"initial_backoff": "200ms", "max_backoff": "2s"}},
-           "route": {"receiver": "hook", "group_by": ["..."], "group_wait": "2s", "group_interval": "2s",
-                     "repeat_interval": "24h"},
-           "receivers": [{"name": "hook", "webhook_configs": [{"url": url}]}]}
+    doc = {
+        "global": {"retry": {"initial_backoff": "200ms", "max_backoff": "2s"}},
+        "route": {"receiver": "hook", "group_by": ["..."], "group_wait": "2s", "group_interval": "2s", "repeat_interval": "24h"},
+        "receivers": [{"name": "hook", "webhook_configs": [{"url": url}]}],
+    }
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -336,16 +337,19 @@ class Campaign:
         path = os.environ.get("CHAOS_FINDINGS")
         if path:  # appended as found, so a campaign cut short still leaves them
             with open(path, "a") as out:
-                out.write(f"\n### {what} ({component}, at {f.at_s} s, {self.profile.brokers} broker(s), seed "
-                          f"{self.profile.seed})\n\nlast fault: {f.last_fault or '-'}; run dir {self.run_dir}\n\n"
-                          f"```\n{detail[-3000:]}\n```\n")
+                out.write(
+                    f"\n### {what} ({component}, at {f.at_s} s, {self.profile.brokers} broker(s), seed "
+                    f"{self.profile.seed})\n\nlast fault: {f.last_fault or '-'}; run dir {self.run_dir}\n\n"
+                    f"```\n{detail[-3000:]}\n```\n"
+                )
 
     # --- set-up --------------------------------------------------------------------------
     def start(self) -> None:
         self.result.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         load = os.getloadavg()
-        self.result.notes.append(f"load average at the start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min) "
-                                 f"on {os.cpu_count()} cores")
+        self.result.notes.append(
+            f"load average at the start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min) on {os.cpu_count()} cores"
+        )
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.disk.mount()
@@ -361,19 +365,51 @@ class Campaign:
         self.receiver = LocalReceiver()
         config = alerts_config(self.run_dir / "alerts.yaml", self.receiver.url())
         self.serve_port = free_ports(1)[0]
-        self.env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "HPCINSIGHT_TOPIC_PREFIX": PREFIX,
-                    "HPCINSIGHT_DATA_DIR": str(self.run_dir / "data"), "CLICKHOUSE_URL": f"chdb://{store}",
-                    "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": bootstrap,
+            "HPCINSIGHT_TOPIC_PREFIX": PREFIX,
+            "HPCINSIGHT_DATA_DIR": str(self.run_dir / "data"),
+            "CLICKHOUSE_URL": f"chdb://{store}",
+            "PYTHONUNBUFFERED": "1",
+        }
         p = self.profile
         args = {
             # the sink first: it creates the store's tables, which serve reads
             "sink": ["sink", "--batch-age", "0.5"],
-            "worker": ["worker", "--windows", "20s/10s,1m/10s", "--checkpoint-every", "10s", "--replay-margin", "5s",
-                       "--job-wait", "3s", "--since-start-every", "20s"],
+            "worker": [
+                "worker",
+                "--windows",
+                "20s/10s,1m/10s",
+                "--checkpoint-every",
+                "10s",
+                "--replay-margin",
+                "5s",
+                "--job-wait",
+                "3s",
+                "--since-start-every",
+                "20s",
+            ],
             "alerts": ["-v", "alerts", "--config", str(config)],
             "serve": ["serve", "--port", str(self.serve_port)],
-            "agent": ["agent", "--backend", "sim", "--scheduler", "sim", "--nodes", str(p.nodes), "--gpus", str(p.gpus),
-                      "--seed", str(p.seed), *idle_specs(p), "--metrics-port", "0", "--drain-timeout", "240"],
+            "agent": [
+                "agent",
+                "--backend",
+                "sim",
+                "--scheduler",
+                "sim",
+                "--nodes",
+                str(p.nodes),
+                "--gpus",
+                str(p.gpus),
+                "--seed",
+                str(p.seed),
+                *idle_specs(p),
+                "--metrics-port",
+                "0",
+                "--drain-timeout",
+                "240",
+            ],
         }
         for name, a in args.items():
             self.components[name] = Component(name, a, self.env, logs)
@@ -549,8 +585,10 @@ class Campaign:
         except OSError as err:
             serve_ok = False
             self.finding("serve does not answer /healthz at the end", "serve", str(err))
-        checks["every component up at the end"] = (not down and serve_ok, f"down: {', '.join(down) or 'none'}; "
-                                                   f"serve /healthz {'200' if serve_ok else 'failed'}")
+        checks["every component up at the end"] = (
+            not down and serve_ok,
+            f"down: {', '.join(down) or 'none'}; serve /healthz {'200' if serve_ok else 'failed'}",
+        )
 
         with self._lock:
             agent = self.components["agent"]
@@ -564,8 +602,10 @@ class Campaign:
             rc = agent.proc.wait()
         summary = _last_json(agent.log_path)
         figures["agent last run"] = summary
-        checks["agent drained its spool at the end"] = (rc == 0 and bool(summary) and summary.get("drained") is True,
-                                                        f"exit {rc}, summary {summary}")
+        checks["agent drained its spool at the end"] = (
+            rc == 0 and bool(summary) and summary.get("drained") is True,
+            f"exit {rc}, summary {summary}",
+        )
 
         deadline = time.monotonic() + self.profile.catch_up_timeout_s
         caught = self.wait_lag("worker", [GPU_SAMPLES_RAW.name, GPU_SKETCHES.name], "worker", deadline)
@@ -573,8 +613,9 @@ class Campaign:
         caught = self.wait_lag("clickhouse-sink", [t.name for t in STORED], "sink", deadline) and caught
         caught = self.wait_lag("alert-router", [ANOMALIES.name], "router", deadline) and caught
         checks["everything caught up after the faults"] = (
-            caught, f"within {self.profile.catch_up_timeout_s:g} s"
-            + ("" if caught else "; behind: " + "; ".join(self.behind_at_end)))
+            caught,
+            f"within {self.profile.catch_up_timeout_s:g} s" + ("" if caught else "; behind: " + "; ".join(self.behind_at_end)),
+        )
         time.sleep(8.0)  # group_wait + group_interval: the router tells what it read last
 
         self._watching.clear()
@@ -589,10 +630,14 @@ class Campaign:
         sent, nodes = read_raw(self.env["KAFKA_BOOTSTRAP"], PREFIX + GPU_SAMPLES_RAW.name)
         out, _ = read_raw(self.env["KAFKA_BOOTSTRAP"], PREFIX + GPU_SAMPLES.name, GPU_SAMPLES)
         self.result.figures["worker's validated samples (gpu.samples), with replays"] = sum(out.values())
-        self.result.figures["worker's replayed samples (gpu.samples records beyond one per sample)"] = \
-            sum(out.values()) - len(out)
-        for name, check in (("agent gaps", lambda: self.check_agent_gaps(sent, nodes)),
-                            ("store", lambda: self.check_store(sent)), ("notifications", self.check_notifications)):
+        self.result.figures["worker's replayed samples (gpu.samples records beyond one per sample)"] = sum(out.values()) - len(
+            out
+        )
+        for name, check in (
+            ("agent gaps", lambda: self.check_agent_gaps(sent, nodes)),
+            ("store", lambda: self.check_store(sent)),
+            ("notifications", self.check_notifications),
+        ):
             try:
                 check()
             except Exception as err:  # noqa: BLE001 - a check that cannot run fails, saying why
@@ -604,7 +649,7 @@ class Campaign:
     def check_agent_gaps(self, sent: dict[tuple[str, int], int], nodes: dict[str, str]) -> None:
         """Gaps of 3 s or more in a node's samples must fall where the agent was down."""
         by_node: dict[str, list[int]] = {}
-        for (uuid, ts) in sent:
+        for uuid, ts in sent:
             by_node.setdefault(nodes[uuid], []).append(ts)
         unexplained = []
         for node, stamps in by_node.items():
@@ -614,7 +659,9 @@ class Campaign:
                     unexplained.append(f"{node}: {a} -> {b} ({(b - a) / 1000:.1f} s)")
         self.result.figures["agent outages"] = len(self.outages)
         self.result.checks["agent: no gap in what it sent outside its own outages"] = (
-            not unexplained, f"{len(unexplained)} unexplained gaps" + (f": {unexplained[:5]}" if unexplained else ""))
+            not unexplained,
+            f"{len(unexplained)} unexplained gaps" + (f": {unexplained[:5]}" if unexplained else ""),
+        )
 
     def check_store(self, sent: dict[tuple[str, int], int]) -> None:
         from hpcinsight.core.settings import load
@@ -623,37 +670,55 @@ class Campaign:
         checks, figures = self.result.checks, self.result.figures
         client = connect(load(self.env).clickhouse, writer=True)
         try:
+
             def rows(sql: str) -> list[tuple]:
                 return list(client.query(sql).result_rows)
 
             stored = {(u, int(t)) for u, t in rows("SELECT gpu_uuid, toUnixTimestamp64Milli(ts) FROM gpu_samples FINAL")}
-            n_raw, n_final, n_distinct = rows("SELECT (SELECT count() FROM gpu_samples), (SELECT count() FROM gpu_samples FINAL), "
-                                              "(SELECT uniqExact(gpu_uuid, ts) FROM gpu_samples)")[0]
+            n_raw, n_final, n_distinct = rows(
+                "SELECT (SELECT count() FROM gpu_samples), (SELECT count() FROM gpu_samples FINAL), "
+                "(SELECT uniqExact(gpu_uuid, ts) FROM gpu_samples)"
+            )[0]
             client.command("OPTIMIZE TABLE gpu_samples FINAL")
             n_merged = rows("SELECT count() FROM gpu_samples")[0][0]
             expected = set(sent)
             lost, extra = expected - stored, stored - expected
-            figures.update({
-                "samples the agent delivered (distinct GPU, ts)": len(expected),
-                "raw messages' records, with resends": sum(sent.values()),
-                "gpu_samples rows before merge": n_raw, "gpu_samples rows FINAL": n_final,
-                "gpu_samples rows after OPTIMIZE FINAL": n_merged, "distinct (gpu, ts) stored": n_distinct,
-            })
-            checks["nothing lost: every sample the agent delivered is stored"] = (not lost, f"{len(lost)} missing"
-                                                                                  + (f", e.g. {sorted(lost)[:3]}" if lost else ""))
+            figures.update(
+                {
+                    "samples the agent delivered (distinct GPU, ts)": len(expected),
+                    "raw messages' records, with resends": sum(sent.values()),
+                    "gpu_samples rows before merge": n_raw,
+                    "gpu_samples rows FINAL": n_final,
+                    "gpu_samples rows after OPTIMIZE FINAL": n_merged,
+                    "distinct (gpu, ts) stored": n_distinct,
+                }
+            )
+            checks["nothing lost: every sample the agent delivered is stored"] = (
+                not lost,
+                f"{len(lost)} missing" + (f", e.g. {sorted(lost)[:3]}" if lost else ""),
+            )
             checks["nothing invented: no stored sample the agent did not send"] = (not extra, f"{len(extra)} extra")
-            checks["nothing stored twice after merge"] = (n_final == n_distinct == n_merged,
-                                                          f"FINAL {n_final}, uniqExact {n_distinct}, after OPTIMIZE {n_merged}")
+            checks["nothing stored twice after merge"] = (
+                n_final == n_distinct == n_merged,
+                f"FINAL {n_final}, uniqExact {n_distinct}, after OPTIMIZE {n_merged}",
+            )
             attributed = rows("SELECT countIf(job_id != '') / count() FROM gpu_samples FINAL")[0][0]
             figures["share of samples attributed to a job"] = round(float(attributed or 0), 3)
             figures["anomalies stored (distinct ids)"] = rows("SELECT uniqExact(id) FROM anomalies")[0][0]
-            n_anom, n_anom_distinct = rows("SELECT (SELECT count() FROM anomalies FINAL), (SELECT uniqExact(id, state) FROM anomalies)")[0]
-            checks["anomalies stored once each after merge"] = (n_anom == n_anom_distinct, f"FINAL {n_anom}, distinct {n_anom_distinct}")
+            n_anom, n_anom_distinct = rows(
+                "SELECT (SELECT count() FROM anomalies FINAL), (SELECT uniqExact(id, state) FROM anomalies)"
+            )[0]
+            checks["anomalies stored once each after merge"] = (
+                n_anom == n_anom_distinct,
+                f"FINAL {n_anom}, distinct {n_anom_distinct}",
+            )
             figures["dead letters stored"] = rows("SELECT count() FROM dead_letters")[0][0]
             figures["dead letters by stage"] = dict(rows("SELECT stage, count() FROM dead_letters GROUP BY stage"))
             rollup = rows("SELECT sum(samples) FROM gpu_rollup_1m")[0][0]
-            checks["the 1-minute rollup counts each sample once"] = (rollup == len(expected),
-                                                                     f"sum(samples) {rollup}, samples {len(expected)}")
+            checks["the 1-minute rollup counts each sample once"] = (
+                rollup == len(expected),
+                f"sum(samples) {rollup}, samples {len(expected)}",
+            )
             figures["gpu_quantiles windows FINAL"] = rows("SELECT count() FROM gpu_quantiles FINAL")[0][0]
         finally:
             client.close()
@@ -681,8 +746,10 @@ class Campaign:
         figures["resent copies with the same key"] = copies
         figures["alerts told firing"] = sum(1 for _, s in told if s == "firing")
         figures["alerts told resolved"] = sum(1 for _, s in told if s == "resolved")
-        self.result.checks["no anomaly told twice"] = (retold == 0, f"{retold} notifications told nothing new"
-                                                      + (f": {bad[:3]}" if bad else ""))
+        self.result.checks["no anomaly told twice"] = (
+            retold == 0,
+            f"{retold} notifications told nothing new" + (f": {bad[:3]}" if bad else ""),
+        )
 
     def close(self) -> None:
         self._watching.clear()
@@ -713,8 +780,15 @@ def _last_json(path: Path) -> dict[str, Any]:
 def read_raw(bootstrap: str, topic: str, catalog: Topic = GPU_SAMPLES_RAW) -> tuple[dict[tuple[str, int], int], dict[str, str]]:
     """Every (GPU uuid, ts) in the raw topic, with how often it was sent (resends count), and
     each GPU's node."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-check", "enable.partition.eof": True,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "chaos-check",
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
@@ -757,10 +831,12 @@ def markdown(results: list[Result], machine: str = "") -> str:
     for res in results:
         p = res.profile
         out.append(f"### {p.brokers} broker{'s' if p.brokers > 1 else ''}, seed {p.seed}, {p.seconds / 60:g} min of faults\n")
-        out.append(f"Started {res.started}; wall time {res.wall_s:g} s{'; ' + machine if machine else ''}. "
-                   f"Pipeline: sim agent {p.nodes} nodes x {p.gpus} GPUs ({p.nodes * p.gpus} GPUs, 1 Hz, sim scheduler), "
-                   "worker, sink (embedded store), alert router (webhook), serve. Verdict: "
-                   f"**{'PASS' if res.passed else 'FAIL'}**.\n")
+        out.append(
+            f"Started {res.started}; wall time {res.wall_s:g} s{'; ' + machine if machine else ''}. "
+            f"Pipeline: sim agent {p.nodes} nodes x {p.gpus} GPUs ({p.nodes * p.gpus} GPUs, 1 Hz, sim scheduler), "
+            "worker, sink (embedded store), alert router (webhook), serve. Verdict: "
+            f"**{'PASS' if res.passed else 'FAIL'}**.\n"
+        )
         table = res.fault_table()
         targets = sorted({t for t, _ in table}, key=lambda t: (t.startswith("broker"), t == "store", t))
         kinds = [k for k in (*KINDS, "disk") if any(k == kk for _, kk in table)]
@@ -768,7 +844,7 @@ def markdown(results: list[Result], machine: str = "") -> str:
         out.append("|---|" + "---|" * len(kinds))
         for t in targets:
             out.append(f"| {t} | " + " | ".join(str(table.get((t, k), "")) for k in kinds) + " |")
-        out.append(f"| **total** | " + " | ".join(str(sum(v for (_, kk), v in table.items() if kk == k)) for k in kinds) + " |\n")
+        out.append("| **total** | " + " | ".join(str(sum(v for (_, kk), v in table.items() if kk == k)) for k in kinds) + " |\n")
         out.append("| check | result | detail |\n|---|---|---|")
         for name, (ok, detail) in res.checks.items():
             out.append(f"| {name} | {'pass' if ok else '**FAIL**'} | {detail.replace('|', '/')} |")
