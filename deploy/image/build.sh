@@ -34,7 +34,10 @@ die() { echo "image: $*" >&2; exit 1; }
 # its cgroup mode). Both are harmless elsewhere; an operator's own CONTAINERS_CONF is kept.
 if [ -z "${CONTAINERS_CONF:-}" ]; then
   export CONTAINERS_CONF="$CACHE/containers.conf"
-  printf '[containers]\ndefault_ulimits = []\n' > "$CONTAINERS_CONF"
+  # replaced atomically, and only when it differs: a podman starting meanwhile must never read it half-written
+  if [ "$(cat "$CONTAINERS_CONF" 2>/dev/null)" != "$(printf '[containers]\ndefault_ulimits = []')" ]; then
+    printf '[containers]\ndefault_ulimits = []\n' > "$CONTAINERS_CONF.$$" && mv -f "$CONTAINERS_CONF.$$" "$CONTAINERS_CONF"
+  fi
 fi
 PODMAN=(podman --runtime "${PODMAN_RUNTIME:-runc}")
 command -v podman >/dev/null || die "podman is not installed (Debian: apt-get install podman runc)"

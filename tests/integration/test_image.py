@@ -43,8 +43,13 @@ def podman_env() -> dict[str, str]:
     env = dict(os.environ)
     if not env.get("CONTAINERS_CONF"):
         CACHE.mkdir(parents=True, exist_ok=True)
-        conf = CACHE / "containers.conf"
-        conf.write_text("[containers]\ndefault_ulimits = []\n")
+        conf, text = CACHE / "containers.conf", "[containers]\ndefault_ulimits = []\n"
+        # written once and atomically: rewriting it in place while the container started just before
+        # reads it gave that container the default ulimits, which this VM refuses (rlimit type 7)
+        if not conf.exists() or conf.read_text() != text:
+            tmp = conf.with_name(f"containers.conf.{os.getpid()}")
+            tmp.write_text(text)
+            tmp.replace(conf)
         env["CONTAINERS_CONF"] = str(conf)
     return env
 
