@@ -33,6 +33,7 @@ class LocalReceiver:
         self.received: list[Received] = []
         self.refused = 0  # requests answered with a non-2xx status
         self.requests = 0
+        self.aborted = 0  # requests whose body never arrived whole (the sender died mid-send)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.start()
@@ -47,7 +48,15 @@ class LocalReceiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                if len(raw) < length:
+                    # the sender died mid-body (a router killed mid-send): as a real server would, no
+                    # notification was received; its resend after the restart is what counts
+                    with receiver._lock:
+                        receiver.aborted += 1
+                    self.close_connection = True
+                    return
                 with receiver._lock:
                     receiver.requests += 1
                     status, delay, gate = receiver.status, receiver.delay_s, receiver.gate

@@ -158,6 +158,9 @@ class AlertRouter(TopicSink):
                     if high > 0:
                         self._history_end[(name, p)] = high
         consumer.assign(assignment)
+        # the state may be ahead of the group (a kill -9 between the state's commit and the group's):
+        # the group learns it even if no new message comes to carry a commit
+        self.owe({key: offset for key, offset in stored.items() if offset >= 0})
         self._held_anomalies = [tp for tp in assignment if tp.topic == self.anomalies_topic]
         if catch_up:
             consumer.pause(self._held_anomalies)  # silences and job owners first
@@ -382,7 +385,9 @@ class AlertRouter(TopicSink):
             os.kill(os.getpid(), signal.SIGKILL)  # fault injection: decided and recorded, not yet sent
         self._fail_unknown(store, dispatcher.submit(rows))
         if offsets:
-            self.commit(offsets, consumer, asynchronous=True)  # the group's offsets are for monitoring only
+            # the group's offsets are for monitoring only, but a lag that never clears is a false alarm:
+            # committed synchronously, so a failure is seen and owed (tried again until one lands)
+            self.commit(offsets, consumer)
 
     # -- dead letters ----------------------------------------------------------------------
     def _malformed(self, msg: Message, reason: str) -> None:
