@@ -128,8 +128,17 @@ class Component:
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== chaos: start #{self.starts + 1} at {time.strftime('%H:%M:%S')} =====\n".encode())
             log.flush()
+            # each component in a session of its own, as a service manager runs it: in the
+            # campaign's process group, the exit of any other child while this one was stopped
+            # (SIGSTOP) made the kernel send the group SIGHUP (an orphaned group with a stopped
+            # member), and the stopped worker died of it, a death no real deployment would see
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hpcinsight.cli", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+                [sys.executable, "-m", "hpcinsight.cli", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
             )
         self.starts += 1
         self.down_on_purpose = False
