@@ -250,7 +250,7 @@ class OutputProducer:
             await faust_flush()
             await asyncio.get_running_loop().run_in_executor(None, self.flush)
 
-        producer.flush = flush_both  # type: ignore[method-assign]
+        producer.flush = flush_both  # type: ignore[method-assign]  # Faust flushes through this one name
 
 
 def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, SampleProcessor]:
@@ -414,8 +414,8 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
             log.debug("lag not measured: %s", err)
 
     lag: dict[tuple[str, int], int] = {}
-    app.hpcinsight_lag = lag  # type: ignore[attr-defined]
-    app.hpcinsight_metrics = functools.partial(worker_metric_families, processor, outputs_producer)  # type: ignore[attr-defined]
+    app.hpcinsight_lag = lag  # type: ignore[attr-defined]  # read by the CLI's metrics server
+    app.hpcinsight_metrics = functools.partial(worker_metric_families, processor, outputs_producer)  # type: ignore[attr-defined]  # read by the CLI's metrics server
     return app, processor
 
 

@@ -177,7 +177,7 @@ class Brokers:
         return self.cluster.start()
 
     def node(self, i: int) -> LocalKafka:
-        return self.single if self.single is not None else self.cluster.nodes[i]  # type: ignore[union-attr]
+        return self.single if self.single is not None else self.cluster.nodes[i]  # type: ignore[union-attr]  # one of the two is set
 
     def kill(self, i: int) -> None:
         self.node(i).kill()
