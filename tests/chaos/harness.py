@@ -264,11 +264,14 @@ class FullDisk:
     def free(self) -> None:
         self.ballast.unlink(missing_ok=True)
 
-    def unmount(self) -> None:
+    def unmount(self, keep: bool = False) -> None:
+        """Unmount the store's file system; its image is deleted unless ``keep`` (a failed run keeps
+        it, so the parts ClickHouse left can be examined: ``mount -o loop <image> <dir>``)."""
         if self.mounted:
             subprocess.run(["umount", "-l", str(self.mount_point)], capture_output=True)
             self.mounted = False
-        self.image.unlink(missing_ok=True)
+        if not keep:
+            self.image.unlink(missing_ok=True)
 
 
 def idle_specs(profile: Profile) -> list[str]:
@@ -773,7 +776,7 @@ class Campaign:
         finally:
             if self.receiver is not None:
                 self.receiver.stop()
-            self.disk.unmount()
+            self.disk.unmount(keep=any(not ok for ok, _ in self.result.checks.values()))
 
 
 def _last_json(path: Path) -> dict[str, Any]:
