@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import json
-from contextlib import redirect_stdout
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from hpcinsight.sinks.diagnose import build_report, parse_since, render_text, write_plots
 from tests import query_scenario as scenario
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -62,32 +66,26 @@ def test_json_and_plots(store, tmp_path, monkeypatch) -> None:
     assert loaded["summary"]["gpus"] == 16 and loaded["findings"][0]["severity"] == "critical"
 
 
-def test_the_cli_runs_it_and_refuses_an_unknown_job(store, tmp_path, monkeypatch) -> None:
-    client, _ = store
-    import hpcinsight.sinks.clickhouse
+def test_the_cli_runs_it_and_refuses_an_unknown_job(tmp_path) -> None:
+    """The command in a process of its own on a store filled by another (an embedded store is
+    opened by one process at a time)."""
+    store_dir = tmp_path / "ch"
+    fill = (
+        "import sys; from pathlib import Path; from tests import query_scenario as s; s.open_store(Path(sys.argv[1]))[0].close()"
+    )
+    subprocess.run([sys.executable, "-c", fill, str(store_dir)], check=True, cwd=ROOT, timeout=300)
+    env = {**os.environ, "CLICKHOUSE_URL": f"chdb://{store_dir}"}
 
-    monkeypatch.setattr(hpcinsight.sinks.clickhouse, "connect", lambda _settings: _Unclosed(client))
-    from hpcinsight.cli import main
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hpcinsight.cli", *args], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+        )
 
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert main(["diagnose", "job-a", "--format", "json", "--since", "10m", "--plots", str(tmp_path)]) == 0
-    got = json.loads(out.getvalue())
+    result = cli("diagnose", "job-a", "--format", "json", "--since", "10m", "--plots", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
     assert len(got["plots"]) == 3 and got["findings"]
-    assert main(["diagnose", "no-such-job"]) == 2
-
-
-class _Unclosed:
-    """The test's client, which the command must not close (the module's other tests use it)."""
-
-    def __init__(self, client) -> None:
-        self._client = client
-
-    def __getattr__(self, name):
-        return getattr(self._client, name)
-
-    def close(self) -> None:
-        pass
+    assert cli("diagnose", "no-such-job").returncode == 2
 
 
 def test_since() -> None:

@@ -8,7 +8,11 @@ drawn here; the expected waits are those draws, quantiles by numpy.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +23,7 @@ from hpcinsight.schemas.events import NodeInventory, SchedulerEvent
 from hpcinsight.whatif.store import jobs_from_events, nodes_from_inventory
 
 S = 1000
+ROOT = Path(__file__).resolve().parent.parent
 NODES = [f"node-{n:02d}" for n in range(4)]
 ZONE = {"node-00": "zone-a", "node-01": "zone-a", "node-02": "zone-b", "node-03": "zone-b"}
 
@@ -60,62 +65,63 @@ def story() -> tuple[list[NodeInventory], list[SchedulerEvent], dict[str, list[f
     return inventory, sorted(events, key=lambda e: e.ts), waits
 
 
-class _Unclosed:
-    """The module's open client, handed to the CLI without letting it close the shared session."""
-
-    def __init__(self, client) -> None:
-        self._client = client
-
-    def __getattr__(self, name):
-        return getattr(self._client, name)
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    import clickhouse_connect
-
+def fill_store(client) -> tuple[list[NodeInventory], list[SchedulerEvent], dict[str, list[float]]]:
+    """The story's scheduler events and inventory written to a store (tables made first)."""
     from hpcinsight.sinks.clickhouse import ensure_tables
 
-    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path_factory.mktemp('whatif') / 'ch'}")
     ensure_tables(client)
     inventory, events, waits = story()
     for table, event, records in (("scheduler_events", SchedulerEvent, events), ("node_inventory", NodeInventory, inventory)):
         n = len(records)
         extra = {"_partition": pa.array([0] * n, pa.uint32()), "_offset": pa.array(range(n), pa.uint64())}
         client.insert_arrow(table, to_arrow(event, records, extra))
+    return inventory, events, waits
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path_factory.mktemp('whatif') / 'ch'}")
+    inventory, events, waits = fill_store(client)
     yield client, inventory, events, waits
     client.close()
 
 
-def test_store_replay_from_the_cli(store, monkeypatch, capsys) -> None:
-    client, _, _, waits = store
-    import hpcinsight.sinks.clickhouse
-
-    monkeypatch.setattr(hpcinsight.sinks.clickhouse, "connect", lambda _settings, writer=False: _Unclosed(client))
-    from hpcinsight.cli import main
-
-    rc = main(
-        [
-            "whatif",
-            "store",
-            "--since",
-            "3h",
-            "--policy",
-            "bestfit,fgd",
-            "--queue",
-            "fifo",
-            "--as-recorded",
-            "--format",
-            "json",
-            "--no-progress",
-        ]
+def cli(store_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``hpcinsight`` in a process of its own on the store at ``store_dir`` (an embedded store is
+    opened by one process at a time, so the store is filled by another process first)."""
+    env = {**os.environ, "CLICKHOUSE_URL": f"chdb://{store_dir}"}
+    return subprocess.run(
+        [sys.executable, "-m", "hpcinsight.cli", *args], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
     )
-    out, err = capsys.readouterr()
-    assert rc == 0, err
-    rows = json.loads(out)
+
+
+def test_store_replay_from_the_cli(tmp_path) -> None:
+    store_dir = tmp_path / "ch"
+    fill = (
+        "import clickhouse_connect, sys; from tests.test_whatif_store import fill_store; "
+        "c = clickhouse_connect.get_client(dsn='chdb://' + sys.argv[1]); fill_store(c); c.close()"
+    )
+    subprocess.run([sys.executable, "-c", fill, str(store_dir)], check=True, cwd=ROOT, timeout=300)
+    _, _, waits = story()
+    result = cli(
+        store_dir,
+        "whatif",
+        "store",
+        "--since",
+        "3h",
+        "--policy",
+        "bestfit,fgd",
+        "--queue",
+        "fifo",
+        "--as-recorded",
+        "--format",
+        "json",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
     assert [r["policy"] for r in rows] == ["bestfit", "fgd", "as recorded"]
     recorded = rows[-1]
     assert recorded["requests"] == 42  # job-a (one gang of two 8-GPU tasks), job-b, 40 small jobs
@@ -129,8 +135,8 @@ def test_store_replay_from_the_cli(store, monkeypatch, capsys) -> None:
     for r in rows[:2]:
         assert r["unschedulable"] == 0 and r["placed"] == 42  # 32 GPUs: everything fits at some point
         assert set(r["zone_util_pct"]) == {"zone-a", "zone-b"}
-    rc = main(["whatif", "store", "--since", "1h", "--until", "2h"])
-    assert rc == 2 and "--until is not after --since" in capsys.readouterr().err
+    result = cli(store_dir, "whatif", "store", "--since", "1h", "--until", "2h")
+    assert result.returncode == 2 and "--until is not after --since" in result.stderr
 
 
 def test_events_to_jobs_and_nodes(store) -> None:
