@@ -791,6 +791,17 @@ _GPU_METRIC = {
 _BUCKET_MS = 5000
 
 
+def _median_step_series(client: Any, job: str, t0: int) -> tuple[list[float], list[float]]:
+    """The job's median step time, step by step (what a slow rank is compared with)."""
+    return _series(
+        client,
+        "SELECT max(toUnixTimestamp64Milli(ts)) AS t, median(duration_s) FROM step_metrics FINAL "
+        "WHERE job_id = {j:String} GROUP BY step ORDER BY t",
+        {"j": job},
+        t0,
+    )
+
+
 def _series(client: Any, sql: str, params: dict[str, Any], t0_ms: int) -> tuple[list[float], list[float]]:
     rows = client.query(sql, parameters=params).result_rows
     return [(r[0] - t0_ms) / 1000 for r in rows], [float(r[1]) if r[1] is not None else math.nan for r in rows]
@@ -848,13 +859,7 @@ def _fault_series(client: Any, sc: Scenario, fault: Any, t0: int) -> tuple[str, 
             {"j": job, "n": nodes},
             t0,
         )
-        med = _series(
-            client,
-            "SELECT max(toUnixTimestamp64Milli(ts)) AS t, median(duration_s) FROM step_metrics FINAL "
-            "WHERE job_id = {j:String} GROUP BY step ORDER BY t",
-            {"j": job},
-            t0,
-        )
+        med = _median_step_series(client, job, t0)
         return "step time (s)", [(f"ranks on {', '.join(nodes)}", *own), ("median rank", *med)]
     if fault.kind == "straggler":
         own = _series(
@@ -864,13 +869,7 @@ def _fault_series(client: Any, sc: Scenario, fault: Any, t0: int) -> tuple[str, 
             {"j": job, "r": fault.rank},
             t0,
         )
-        med = _series(
-            client,
-            "SELECT max(toUnixTimestamp64Milli(ts)) AS t, median(duration_s) FROM step_metrics FINAL "
-            "WHERE job_id = {j:String} GROUP BY step ORDER BY t",
-            {"j": job},
-            t0,
-        )
+        med = _median_step_series(client, job, t0)
         return "step time (s)", [(f"rank {fault.rank}", *own), ("median rank", *med)]
     if fault.kind == "imbalance":
         cov = _series(
