@@ -20,7 +20,7 @@ from typing import ClassVar
 
 from hpcinsight.schemas.events import Event, GpuSketch, JobQuantiles
 from hpcinsight.streams.rolling import SINCE_START
-from hpcinsight.streams.sketches import QuantileSketch
+from hpcinsight.streams.sketches import load_sketch, merge_sketches
 
 
 class JobGpuWindow(Event, frozen=True):
@@ -125,8 +125,8 @@ class JobMerger:
     def _emit(self, series: _Series, end: int) -> JobQuantiles:
         pending = series.pending.pop(end)
         parts = list(pending.sketches.values())
-        sketches = [QuantileSketch.from_bytes(p.sketch) for p in parts]
-        merged = QuantileSketch.merged(sketches)
+        sketches = [load_sketch(p.sketch) for p in parts]
+        merged = merge_sketches(sketches)
         if parts[0].window != SINCE_START:
             start, nodes = min(p.window_start for p in parts), {p.gpu_uuid: p.node for p in parts}
             medians = {p.gpu_uuid: (q or [0.0])[0] for p, q in zip(parts, (s.quantiles([0.5]) for s in sketches))}

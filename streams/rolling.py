@@ -1,4 +1,9 @@
-"""Rolling quantiles of one GPU metric: sliding windows and since-job-start, on KLL sketches.
+"""Rolling quantiles of one GPU metric: sliding windows and since-job-start, exact where the metric allows.
+
+A metric whose values are whole percentages (NVML's utilisation) keeps exact counts per pane
+(:class:`~hpcinsight.streams.sketches.IntHistogram`: exact quantiles, merged by addition); any
+other keeps KLL sketches. A series starts exact and turns to sketches at its first value that
+does not fit, for good.
 
 Every series (one GPU, one metric) keeps the raw values of its open *base panes* (``base_ms``
 long, 10 s by default) and nothing else raw. When event time passes a base pane's end (plus the
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
-from hpcinsight.streams.sketches import QuantileSketch
+from hpcinsight.streams.sketches import IntHistogram, QuantileSketch, Sketch, load_sketch, widen
 from hpcinsight.streams.windows import WindowSpec
 
 DEFAULT_WINDOWS: tuple[WindowSpec, ...] = (
@@ -62,30 +67,69 @@ class RollingConfig:
 
 @dataclass
 class Summary:
-    """A sketch with the exact count and sum beside it (the mean is exact, the quantiles KLL)."""
+    """A window's values: exact counts while they are whole percentages (:class:`IntHistogram`,
+    e.g. NVML's utilisation), else a KLL sketch; the exact count and sum beside either (the mean is
+    exact; the quantiles are exact for the histogram, KLL's otherwise)."""
 
-    sketch: QuantileSketch = field(default_factory=QuantileSketch)
+    sketch: Sketch = field(default_factory=IntHistogram)
     count: int = 0
     total: float = 0.0
 
-    def add(self, values: np.ndarray, total: float | None = None) -> None:
-        """Add ``values`` (float32); ``total``, their float64 sum, when the caller already has it
-        (a closing pane goes into several summaries: summing it once is cheaper)."""
-        self.sketch.update(values)
+    @classmethod
+    def new(cls, exact: bool) -> Summary:
+        return cls(IntHistogram() if exact else QuantileSketch())
+
+    def add(self, values: np.ndarray) -> None:
+        """Add ``values`` (float32)."""
+        fits = isinstance(self.sketch, IntHistogram) and IntHistogram.fits(values)
+        self.add_pane(values, float(values.sum(dtype=np.float64)), IntHistogram.count_of(values) if fits else None)
+
+    def add_pane(self, values: np.ndarray, total: float, counts: np.ndarray | None) -> None:
+        """Add a closing pane's ``values`` with their float64 ``total`` and their histogram
+        ``counts`` (None when they do not fit one): a pane goes into several summaries, and is
+        summed and counted once."""
+        sketch = self.sketch
+        if isinstance(sketch, IntHistogram):
+            if counts is not None:
+                sketch.counts += counts
+            else:  # a value counts cannot hold: from now on a sketch
+                sketch = self.sketch = widen(sketch)
+                sketch.update(values)
+        else:
+            sketch.update(values)
         self.count += int(values.size)
-        self.total += float(values.sum(dtype=np.float64)) if total is None else total
+        self.total += total
 
     def merge(self, other: Summary) -> None:
-        self.sketch.merge(other.sketch)
+        mine, theirs = self.sketch, other.sketch
+        if isinstance(mine, IntHistogram) and isinstance(theirs, IntHistogram):
+            mine.merge(theirs)
+        else:
+            self.sketch = widen(mine).merge(widen(theirs))
         self.count += other.count
         self.total += other.total
+
+    @classmethod
+    def merged(cls, parts: list[Summary], exact: bool) -> Summary:
+        """One summary of ``parts``: the counts added in one call while every part is exact."""
+        if exact and all(isinstance(p.sketch, IntHistogram) for p in parts):
+            counts = np.add.reduce([p.sketch.counts for p in parts])  # type: ignore[union-attr]  # all IntHistogram, checked above
+            return cls(IntHistogram(counts), sum(p.count for p in parts), sum(p.total for p in parts))
+        out = cls.new(exact)
+        for part in parts:
+            out.merge(part)
+        return out
+
+    @property
+    def exact(self) -> bool:
+        return isinstance(self.sketch, IntHistogram)
 
     def to_state(self) -> tuple[bytes, int, float]:
         return self.sketch.to_bytes(), self.count, self.total
 
     @classmethod
     def from_state(cls, state: tuple[bytes, int, float]) -> Summary:
-        return cls(QuantileSketch.from_bytes(state[0]), state[1], state[2])
+        return cls(load_sketch(state[0]), state[1], state[2])
 
 
 @dataclass(frozen=True)
@@ -101,7 +145,7 @@ class Closed:
     p25: float
     p50: float
     p95: float
-    sketch: bytes  # serialised KLL, for the job stage to merge
+    sketch: bytes  # serialised histogram or KLL (hpcinsight.streams.sketches.load_sketch), for the job stage to merge
 
     @classmethod
     def of(cls, window: str, start_ms: int, end_ms: int, job_id: str | None, summary: Summary) -> Closed:
@@ -157,6 +201,8 @@ class RollingSeries:
         self._job: str | None = None
         self._job_start = 0
         self._since: Summary | None = None
+        #: every value so far a whole percentage: windows keep exact counts (see Summary)
+        self._exact = True
         self._since_sent_to = 0  # end of the last since-start view emitted
         self.late = 0
 
@@ -222,20 +268,25 @@ class RollingSeries:
         end = start + self.config.base_ms
         out: list[Closed] = []
         total = float(values.sum(dtype=np.float64)) if values.size else 0.0
+        counts = None
         if values.size:
+            if self._exact:
+                counts = IntHistogram.counts_if_fit(values)
+                if counts is None:
+                    self._exact = False  # a fractional metric (or not a percentage): sketches from now on
             if self._since is None or job != self._job:
                 if self._since is not None and self._since.count and self._since_sent_to < start:
                     out.append(Closed.of(SINCE_START, self._job_start, start, self._job, self._since))
-                self._job, self._job_start, self._since = job, start, Summary()
-            self._since.add(values, total)
+                self._job, self._job_start, self._since = job, start, Summary.new(self._exact)
+            self._since.add_pane(values, total, counts)
         first_ms = self._first_ms
         assert first_ms is not None
         for w in self._windows:
             hop, size = w.hop_ms, w.size_ms
             if values.size:
                 if w.filling is None:
-                    w.filling, w.filling_start = Summary(), start - start % hop
-                w.filling.add(values, total)
+                    w.filling, w.filling_start = Summary.new(self._exact), start - start % hop
+                w.filling.add_pane(values, total, counts)
             if end % hop == 0:
                 panes = w.panes
                 if w.filling is not None:
@@ -247,9 +298,7 @@ class RollingSeries:
                     if len(panes) == 1:
                         merged = panes[0][1]  # Closed.of snapshots it: nothing later changes the copy it emits
                     else:
-                        merged = Summary()
-                        for _, summary in panes:
-                            merged.merge(summary)
+                        merged = Summary.merged([summary for _, summary in panes], self._exact)
                     if merged.count:
                         out.append(Closed.of(w.label, end - size, end, self._job, merged))
                 # the oldest pane is in no later window: free it now, not at the next close
@@ -293,6 +342,8 @@ class RollingSeries:
             w.panes = deque((s, Summary.from_state(p)) for s, p in panes)
             w.filling_start = filling_start
             w.filling = Summary.from_state(filling) if filling else None
+        held = [series._since] + [p for w in series._windows for _, p in w.panes] + [w.filling for w in series._windows]
+        series._exact = all(s.exact for s in held if s is not None)
         return series
 
     @property

@@ -88,7 +88,7 @@ def test_extra_fields_do_not_change_the_seeded_utilisation() -> None:
     rng = random.Random("3/0/0")
     base = rng.uniform(82.0, 94.0)
     rng.random()  # the stall draw
-    assert s.gpu_util == round(min(100.0, max(0.0, rng.gauss(base, 4.0))), 1)
+    assert s.gpu_util == round(min(100.0, max(0.0, rng.gauss(base, 4.0))))  # a whole percentage, as NVML reports it
 
 
 def test_sim_processes_and_injected_xids() -> None:

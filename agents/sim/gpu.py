@@ -295,9 +295,9 @@ class SimGpuCollector(Collector[SimConfig]):
                 util = rng.uniform(35.0, 60.0)
             else:
                 util = min(100.0, max(0.0, rng.gauss(gpu.base_util, 4.0)))
-        util = round(util, 1)
+        util = float(round(util))  # NVML reports utilisation as a whole percentage
         if "slow" in faults and util >= 5:  # drawn after the healthy value: the seeded stream goes on unchanged
-            util = round(gpu.fault.uniform(40.0, 50.0), 1)
+            util = float(round(gpu.fault.uniform(40.0, 50.0)))
         mem_used = int(cfg.memory_total_bytes * (0.05 if util < 5 else rng.uniform(0.70, 0.78)))
         power = round(min(cfg.power_limit_w, 90.0 + 5.6 * util + rng.gauss(0, 8.0)), 1)
         temperature = round(32.0 + 0.38 * util + rng.gauss(0, 0.8), 1)
@@ -373,7 +373,7 @@ class SimGpuCollector(Collector[SimConfig]):
             util = gpu.fault.uniform(0.0, 2.0)
         if "slow" in faults and util >= 5:
             util *= gpu.fault.uniform(0.45, 0.57)  # 40-50% where its peers run at 88%
-        util = round(min(100.0, max(0.0, util)), 1)
+        util = float(round(min(100.0, max(0.0, util))))  # a whole percentage, as NVML reports it
         busy = util >= 5
         mem_used = int(cfg.memory_total_bytes * (mem_share if busy else 0.05))
         power = round(min(cfg.power_limit_w, 90.0 + 5.6 * util + power_noise), 1)
