@@ -90,6 +90,11 @@ DESCRIPTIONS: dict[str, tuple[str, str, str | None]] = {
         "first fit on the same arrivals",
         "<= 10 s; 6 x 10 runs <= 5 min",
     ),
+    "faust_floor": (
+        "a do-nothing Faust agent draining today's 8-GPU messages (larger messages and Faust's settings in extras)",
+        "a bare confluent-kafka loop counting the same messages",
+        None,
+    ),
 }
 
 

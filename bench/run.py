@@ -125,6 +125,7 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "alerts": lambda repeats: __import__("bench.alerts", fromlist=["bench_alerts"]).bench_alerts(repeats),
     "scaleout": _stream("scaleout"),
     "whatif": lambda repeats: __import__("bench.whatif", fromlist=["bench_whatif"]).bench_whatif(repeats),
+    "faust_floor": lambda repeats: __import__("bench.faust_floor", fromlist=["bench_faust_floor"]).bench_faust_floor(repeats),
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
@@ -145,6 +146,7 @@ HEADLINE = {
     "alerts": ("anomalies_per_s", "anomalies/s"),
     "scaleout": ("samples_per_s", "samples/s (2 workers)"),
     "whatif": ("fgd_one_seed_s", "s (FGD, one seed)"),
+    "faust_floor": ("samples_per_s", "samples/s (today's messages)"),
 }
 
 

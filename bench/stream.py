@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,12 @@ def _produce(bootstrap: str, topic: str, data: list[tuple[bytes, bytes]]) -> Non
     assert producer.flush(60) == 0
 
 
-def _bare_consume(bootstrap: str, topic: str, expected: int) -> float:
+def _bare_consume(bootstrap: str, topic: str, expected: int, per_message: Callable[[bytes], int] | None = None) -> float:
+    """Seconds a bare confluent-kafka loop takes from its first message until ``per_message``
+    (default: decoding it, its GPU samples) has counted ``expected``."""
     from confluent_kafka import Consumer
+
+    count = per_message or (lambda value: len(GPU_SAMPLES_RAW.codec.decode(value)))
 
     consumer = Consumer(
         {
@@ -127,13 +132,14 @@ def _bare_consume(bootstrap: str, topic: str, expected: int) -> float:
                 continue
             if started is None:
                 started = time.perf_counter()
-            seen += len(GPU_SAMPLES_RAW.codec.decode(msg.value()))
+            seen += count(msg.value())
     elapsed = time.perf_counter() - (started or time.perf_counter())
     consumer.close()
     return elapsed
 
 
 def bench_stream_worker(repeats: int) -> dict[str, float]:
+    from bench.faust_floor import run_floor
     from hpcinsight.deploy.local.kafka import LocalKafka
     from hpcinsight.schemas.catalog import ensure_topics
 
@@ -148,21 +154,7 @@ def bench_stream_worker(repeats: int) -> dict[str, float]:
         raw = prefix + GPU_SAMPLES_RAW.name
         _produce(bootstrap, raw, data)
         base = _bare_consume(bootstrap, raw, samples)
-        floor = subprocess.run(
-            [sys.executable, "-m", "bench.faust_floor", "worker", "-l", "warn"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={
-                **os.environ,
-                "FLOOR_BOOTSTRAP": bootstrap,
-                "FLOOR_TOPIC": raw,
-                "FLOOR_MESSAGES": str(len(data)),
-                "FLOOR_DATADIR": str(Path(tmp) / "floor"),
-            },
-        )
-        floor_msgs = float(next((line.split("FLOOR ")[1] for line in floor.stderr.splitlines() if "FLOOR " in line), "nan"))
+        floor_msgs = run_floor(bootstrap, raw, len(data), tmp)
         ours = _worker_seconds(bootstrap, prefix, tmp, workers=1, expected=len(data))
     return {
         "samples_per_s": samples / ours,
