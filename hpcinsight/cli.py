@@ -254,6 +254,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             kpi_lateness_s=seconds("--kpi-lateness"),
             job_wait_s=seconds("--job-wait"),
             instance=args.instance,
+            batch_max=args.batch_max,
+            batch_wait_s=parse_ms(args.batch_wait, "--batch-wait") / 1000,
         )
         options.processor_config()
         build_detectors(settings.detectors)
@@ -630,6 +632,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay-margin",
         default="30s",
         help="on restart, replay this much before the oldest checkpoint (agent-to-broker delay, clock skew)",
+    )
+    p.add_argument(
+        "--batch-max",
+        type=int,
+        default=500,
+        help="the per-GPU stage handles up to this many raw messages at a time (default 500)",
+    )
+    p.add_argument(
+        "--batch-wait",
+        default="50ms",
+        help="... or those that came within this long, whichever is first: the most a batch adds to latency (default 50ms)",
     )
     p.add_argument("--loglevel", default="WARNING")
     p.add_argument("--instance", default="0", help="static group member id; give each worker of a group its own")

@@ -51,7 +51,7 @@ from hpcinsight.schemas.events import DeadLetter
 from hpcinsight.streams.detectors import build as build_detectors
 from hpcinsight.streams.jobs import JobStageConfig
 from hpcinsight.streams.kpis import KpiConfig
-from hpcinsight.streams.processor import Handler, Output, ProcessorConfig, SampleProcessor
+from hpcinsight.streams.processor import Handler, Message, Output, ProcessorConfig, SampleProcessor
 from hpcinsight.streams.recovery import last_message, open_incidents, rebuild_gpu_stage, rebuild_job_stage
 from hpcinsight.streams.rolling import DEFAULT_WINDOWS, RollingConfig
 from hpcinsight.streams.windows import WindowSpec
@@ -84,6 +84,16 @@ class WorkerOptions:
     kpi_lateness_s: float = 10.0
     job_wait_s: float = 10.0
     instance: str = "0"
+    #: the per-GPU stage takes up to this many raw messages at a time (see create_app) ...
+    batch_max: int = 500
+    #: ... or what came within this long, whichever is first (the latency a batch can add)
+    batch_wait_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.batch_max < 1:
+            raise ValueError(f"--batch-max: at least 1 message, got {self.batch_max}")
+        if self.batch_wait_s <= 0:  # Faust's take waits forever for a full batch without one
+            raise ValueError(f"--batch-wait: more than 0, got {self.batch_wait_s * 1000:g} ms")
 
     def processor_config(self) -> ProcessorConfig:
         since_ms, checkpoint_ms = int(self.since_start_every_s * 1000), int(self.checkpoint_every_s * 1000)
@@ -357,10 +367,31 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
             pass
 
     # One agent per input topic; each hands the processor raw bytes and sends what comes back. A
-    # message whose handling fails in any way becomes a dead letter (processor.guarded): no input
-    # stops an agent, and none is skipped without a record.
+    # message whose handling fails in any way becomes a dead letter (processor.guarded, and per
+    # message in handle_batch): no input stops an agent, and none is skipped without a record.
+    #
+    # The per-GPU stage takes batches: Faust's per-message cost is most of a worker's, and a batch's
+    # outputs go as one message per topic and key. take_events acks a batch's events only when the
+    # loop body has returned for it (after send has queued every output), so the commit, which
+    # first flushes those outputs (OutputProducer.attach), still covers only what was handled.
+    # A batch can hold events fetched before a rebalance, and Faust then fetches again from the
+    # committed offsets: those events are left to that second fetch, as Faust's own iterator
+    # skips a message of an older generation, and are marked acked so that no commit counts them.
+    gpu_stage = "gpu-samples"
+
+    async def process_gpu(stream: faust.Stream) -> None:
+        async for events in stream.take_events(options.batch_max, options.batch_wait_s):
+            generation, batch = app.consumer_generation_id, list[Message]()
+            for event in events:
+                msg = event.message
+                if msg.generation_id != generation:
+                    msg.acked = True  # the consumer's ack bookkeeping skips it; its copy from the new fetch is acked
+                    continue
+                batch.append((msg.topic, msg.partition, msg.offset, event.key, event.value))
+            await send(processor.handle_batch(batch, gpu_stage))
+
+    app.agent(topics[GPU_SAMPLES_RAW.name], name=gpu_stage)(process_gpu)
     stages: list[tuple[Topic, str, Handler]] = [
-        (GPU_SAMPLES_RAW, "gpu-samples", processor.handle),
         (IB_SAMPLES_RAW, "ib-samples", processor.handle_ib),
         (STEP_METRICS_RAW, "step-metrics", processor.handle_steps),
         (GPU_SKETCHES, "job-stage", processor.handle_sketches),

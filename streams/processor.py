@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: a stage's handler: (source topic, partition, offset, key, value) -> outputs, in send order
 Handler = Callable[[str, int, int, "bytes | None", "bytes | None"], "list[Output]"]
+#: one raw message as a stage reads it: (source topic, partition, offset, key, value)
+Message = tuple[str, int, int, "bytes | None", "bytes | None"]
 
 #: GpuSample fields whose quantiles are computed
 METRICS = ("gpu_util", "power_w", "sm_clock_mhz")
@@ -130,6 +132,32 @@ class ProcessorStats:
     restore_seconds: float = 0.0  # the last one's duration
 
 
+#: an output over this is split in two, and again: a batch combines up to hundreds of a node's
+#: messages, and a broker refuses a message over 1 MB by default (librdkafka too, before sending)
+MAX_OUTPUT_BYTES = 512 * 1024
+
+
+def _split(topic: Topic, key: bytes, records: list[Any], limit: int = MAX_OUTPUT_BYTES) -> list[Output]:
+    """``records`` as one message of ``topic``, or as several in order when one would pass ``limit``."""
+    value = topic.codec.encode(records)
+    if len(value) <= limit or len(records) < 2:
+        return [Output(topic, key, value)]
+    half = len(records) // 2
+    return _split(topic, key, records[:half], limit) + _split(topic, key, records[half:], limit)
+
+
+@dataclass
+class _GpuPart:
+    """What one raw GPU message caused, not yet encoded: a batch combines the parts of its messages."""
+
+    node_key: bytes
+    samples: list[GpuSample]
+    quantiles: list[GpuQuantiles] = field(default_factory=list)
+    anomalies: list[Event] = field(default_factory=list)
+    sketches: dict[str, list[GpuSketch]] = field(default_factory=dict)
+    checkpoints: list[Output] = field(default_factory=list)
+
+
 def _series_key(gpu_uuid: str, metric: str) -> str:
     return f"{gpu_uuid}|{metric}"
 
@@ -172,14 +200,17 @@ class SampleProcessor:
             self.stats.by_stage[stage] = self.stats.by_stage.get(stage, 0) + 1
             try:
                 return handle(source, partition, offset, key, value)
-            except Exception as err:
-                self.stats.failed += 1
-                log.exception("%s failed on %s[%d]@%d; dead-lettered", stage, source, partition, offset)
-                return [
-                    self.dead_letter(source, partition, offset, key, value, stage, f"{stage} failed: {type(err).__name__}: {err}")
-                ]
+            except Exception as err:  # noqa: BLE001 - logged and dead-lettered by _failed
+                return [self._failed(stage, (source, partition, offset, key, value), err)]
 
         return run
+
+    def _failed(self, stage: str, message: Message, err: Exception) -> Output:
+        """The dead letter of a message whose handling raised ``err`` (see :meth:`guarded`)."""
+        source, partition, offset, key, value = message
+        self.stats.failed += 1
+        log.exception("%s failed on %s[%d]@%d; dead-lettered", stage, source, partition, offset)
+        return self.dead_letter(source, partition, offset, key, value, stage, f"{stage} failed: {type(err).__name__}: {err}")
 
     # -- per-GPU stage --------------------------------------------------------------------------
 
@@ -193,34 +224,84 @@ class SampleProcessor:
         node_key = key if key else (enriched[0].node.encode() if enriched else b"")
         unchanged = all(a is b for a, b in zip(enriched, samples))  # nothing to attribute: forward the bytes
         out = [Output(GPU_SAMPLES, node_key, value if unchanged and value else GPU_SAMPLES.codec.encode(enriched))]
-        samples = enriched
+        return out + self._gpu_outputs([self._gpu_part(node_key, enriched, partition)])
+
+    def handle_batch(self, messages: Sequence[Message], stage: str = "gpu-samples") -> list[Output]:
+        """All outputs caused by a batch of raw GPU messages: the state changes, records and
+        anomalies of :meth:`handle` on each in turn, in fewer, larger messages (one per topic and
+        key per batch: the worker pays per message sent, not per record).
+
+        Each message is decoded, validated and processed alone, under the rule of :meth:`guarded`
+        (counted under ``stage``): a bad one, or one whose processing raises, is one dead letter
+        and takes none of its outputs into the batch's. Validated samples are always encoded
+        again, never forwarded as the bytes they came in."""
+        parts: list[tuple[Message, _GpuPart]] = []
+        letters: list[Output] = []
+        for message in messages:
+            self.stats.by_stage[stage] = self.stats.by_stage.get(stage, 0) + 1
+            source, partition, offset, key, value = message
+            try:
+                self.stats.messages += 1
+                samples, rejected = self._decode(GPU_SAMPLES, source, partition, offset, key, value)
+                if rejected is not None:
+                    letters.append(rejected)
+                    continue
+                enriched = [self.attribution.enrich_gpu(s) for s in samples]
+                node_key = key if key else (enriched[0].node.encode() if enriched else b"")
+                parts.append((message, self._gpu_part(node_key, enriched, partition)))
+            except Exception as err:  # noqa: BLE001 - the rule of guarded, per message: see _failed
+                letters.append(self._failed(stage, message, err))
+        try:
+            out = self._gpu_outputs([part for _, part in parts], forward=True)
+        except Exception:  # some message's records do not encode: find it, message by message
+            log.exception("%s: a batch's outputs failed; encoding them message by message", stage)
+            out = []
+            for message, part in parts:
+                try:
+                    out.extend(self._gpu_outputs([part], forward=True))
+                except Exception as err:  # noqa: BLE001 - the rule of guarded, per message: see _failed
+                    out.append(self._failed(stage, message, err))
+        return out + letters
+
+    def _gpu_part(self, node_key: bytes, samples: list[GpuSample], partition: int) -> _GpuPart:
+        """Run one message's validated, attributed samples through the windows and detectors."""
         self.stats.samples += len(samples)
-        # One message per (topic, key) per input message: Faust pays per message sent, not per record.
-        quantiles: list[GpuQuantiles] = []
-        anomalies: list[Event] = []
-        sketches: dict[str, list[GpuSketch]] = {}
-        checkpoints: list[Output] = []
+        part = _GpuPart(node_key, samples)
         for sample in samples:
-            anomalies.extend(self._detect(sample))
+            part.anomalies.extend(self._detect(sample))
             means = self._means_of(sample)
-            for metric, closed in self._roll(sample, partition, checkpoints=checkpoints):
+            for metric, closed in self._roll(sample, partition, checkpoints=part.checkpoints):
                 q = self._quantiles(sample, metric, closed)
-                quantiles.append(q)
-                anomalies.extend(self._detect(q))
+                part.quantiles.append(q)
+                part.anomalies.extend(self._detect(q))
                 if closed.job_id is not None:
                     extra = (
                         means.mean(closed.start_ms, closed.end_ms)
                         if metric == "gpu_util" and closed.window == self._shortest
                         else {}
                     )
-                    sketches.setdefault(closed.job_id, []).append(self._sketch(sample, metric, closed, extra))
-        if quantiles:
-            out.append(Output(GPU_QUANTILES, node_key, GPU_QUANTILES.codec.encode(quantiles)))
-        out.extend(self._anomaly_outputs(anomalies))
-        for job_id, records in sketches.items():
-            out.append(Output(GPU_SKETCHES, job_id.encode(), GPU_SKETCHES.codec.encode(records)))
-        out.extend(checkpoints)
-        return out
+                    part.sketches.setdefault(closed.job_id, []).append(self._sketch(sample, metric, closed, extra))
+        return part
+
+    def _gpu_outputs(self, parts: list[_GpuPart], forward: bool = False) -> list[Output]:
+        """The messages of ``parts`` combined: per node key the samples (when ``forward``) and the
+        quantiles, anomalies per subject, sketches per job (each in the parts' order), and the
+        checkpoints as they are (each names its partition)."""
+        samples: dict[bytes, list[GpuSample]] = {}
+        quantiles: dict[bytes, list[GpuQuantiles]] = {}
+        sketches: dict[bytes, list[GpuSketch]] = {}
+        for part in parts:
+            if forward and part.samples:
+                samples.setdefault(part.node_key, []).extend(part.samples)
+            if part.quantiles:
+                quantiles.setdefault(part.node_key, []).extend(part.quantiles)
+            for job_id, records in part.sketches.items():
+                sketches.setdefault(job_id.encode(), []).extend(records)
+        out = [o for key, records in samples.items() for o in _split(GPU_SAMPLES, key, records)]
+        out += [o for key, records in quantiles.items() for o in _split(GPU_QUANTILES, key, records)]
+        merged = [o for key, records in sketches.items() for o in _split(GPU_SKETCHES, key, records)]
+        out += self._anomaly_outputs([a for part in parts for a in part.anomalies])  # after the encodes: it notes open incidents
+        return out + merged + [c for part in parts for c in part.checkpoints]
 
     def _decode(
         self, topic: Topic, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None
