@@ -4,13 +4,18 @@ Like a Vector topology, the flow of data is something you can print
 (``hpcinsight topics``): which schema each topic carries, how it is keyed and
 partitioned, how long Kafka keeps it, and which table the sink stores it in.
 Agents, streams and sinks never import one another; they meet here.
+
+Each topic also names its wire: JSON envelopes (:mod:`hpcinsight.schemas.codec`) for what agents
+write and subscribers read, Arrow IPC (:mod:`hpcinsight.schemas.arrow_wire`) for the stored sample
+topics, which the worker writes in bulk and the ClickHouse sink stores as columns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from hpcinsight.schemas.arrow_wire import ArrowCodec
 from hpcinsight.schemas.codec import Codec
 from hpcinsight.schemas.events import (
     AgentHealth,
@@ -71,10 +76,13 @@ class Topic:
     doc: str
     table: Table | None = None
     compacted: bool = False  # keep the latest message of each key, not a time window
+    #: how messages are written: "json" envelopes, or "arrow" IPC streams (read by column stores;
+    #: their codec still reads a JSON envelope, e.g. from a worker of before the change)
+    wire: Literal["json", "arrow"] = "json"
     codec: Codec[Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "codec", Codec(self.event))
+        object.__setattr__(self, "codec", ArrowCodec(self.event) if self.wire == "arrow" else Codec(self.event))
 
     def full_name(self, prefix: str) -> str:
         return f"{prefix}{self.name}"
@@ -96,6 +104,7 @@ GPU_SAMPLES = Topic(
     retention_ms=DAY_MS,
     doc="Validated GPU samples, attributed to the job (user, team, zone) holding each GPU, as stored.",
     table=Table("gpu_samples", order_by=("node", "gpu_index", "ts"), time_column="ts", bloom_filters=("job_id",)),
+    wire="arrow",  # the sink's bulk: stored as columns, so sent as columns
 )
 GPU_QUANTILES = Topic(
     "gpu.quantiles",
@@ -151,6 +160,7 @@ IB_SAMPLES = Topic(
     retention_ms=DAY_MS,
     doc="InfiniBand port state, throughput and error counts per node per tick, attributed to jobs.",
     table=Table("ib_samples", order_by=("node", "device", "port", "ts"), time_column="ts", bloom_filters=("job_id",)),
+    wire="arrow",
 )
 # Six partitions keyed by job like gpu.sketches: the job stage sees a job's end where it merges its GPUs.
 SCHEDULER_EVENTS = Topic(
@@ -311,7 +321,7 @@ def ensure_topics(client_config: dict[str, Any], prefix: str, replication: int |
 
 def describe(prefix: str) -> list[dict[str, Any]]:
     """The catalog as plain rows (what ``hpcinsight topics`` prints): each topic's full name, schema
-    and version, key, partitions, retention, ClickHouse table, fields and what it carries."""
+    and version, wire (json or arrow), key, partitions, retention, ClickHouse table, fields and what it carries."""
     from hpcinsight.schemas.derive import fields_of  # pyarrow: only where the catalog is described
 
     return [
@@ -319,6 +329,7 @@ def describe(prefix: str) -> list[dict[str, Any]]:
             "topic": t.full_name(prefix),
             "schema": t.event.__schema__,
             "version": t.event.__version__,
+            "wire": t.wire,
             "key": t.key,
             "partitions": t.partitions,
             "retention_hours": t.retention_ms / 3_600_000,

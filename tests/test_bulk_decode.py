@@ -20,7 +20,7 @@ import pytest
 from hpcinsight.agents.sim.gpu import InjectedXid, SimConfig, SimGpuCollector, SimProcessCollector, SimXidCollector
 from hpcinsight.agents.sim.ib import SimIbCollector, SimIbConfig
 from hpcinsight.schemas.catalog import GPU_PROCESSES, GPU_SAMPLES, GPU_XID, IB_SAMPLES, STORED, Topic
-from hpcinsight.schemas.codec import DecodeError, _BulkDecoder
+from hpcinsight.schemas.codec import Codec, DecodeError, _BulkDecoder
 from hpcinsight.schemas.derive import ValueRule, WireRule, to_arrow, wire_rules
 from tests.test_schemas import EXAMPLES, T0
 
@@ -98,7 +98,7 @@ def minimal(event: Any) -> Any:
 @pytest.mark.parametrize("topic", STORED, ids=lambda t: t.name)
 def test_valid_blocks_give_the_codec_s_table(topic: Topic) -> None:
     full, small = EXAMPLES[topic.event], minimal(topic.event)
-    codec = topic.codec
+    codec = Codec(topic.event)  # the JSON wire (a stored topic's codec reads it on any wire)
     raws = [
         codec.encode([full, small]),
         codec.encode([]),
@@ -136,7 +136,7 @@ def test_simulated_cluster_decodes_in_bulk() -> None:
         for topic, collector in views:  # the GPUs first: the other views read their last tick
             samples = collector.sample(T0 + k * 1000)
             for node in sorted({s.node for s in samples}):
-                raws[topic.name].append(topic.codec.encode([s for s in samples if s.node == node]))
+                raws[topic.name].append(Codec(topic.event).encode([s for s in samples if s.node == node]))
     for topic, _ in views:
         assert len(raws[topic.name]) >= 6, topic.name
         check(topic, raws[topic.name])
@@ -409,6 +409,6 @@ def test_a_failing_bulk_path_costs_speed_not_rows(monkeypatch: pytest.MonkeyPatc
         raise RuntimeError("a bug in the bulk path")
 
     monkeypatch.setattr(_BulkDecoder, "decode", broken)
-    raws = [GPU_SAMPLES.codec.encode([EXAMPLES[GPU_SAMPLES.event]])] * 5 + [b"{"]
+    raws = [Codec(GPU_SAMPLES.event).encode([EXAMPLES[GPU_SAMPLES.event]])] * 5 + [b"{"]
     table = check(GPU_SAMPLES, raws)
     assert table.num_rows == 5
