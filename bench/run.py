@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
-from hpcinsight.schemas.catalog import GPU_SAMPLES
+from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW
 
 T0 = (int(time.time()) - 3600) * 1000
 
@@ -50,14 +50,14 @@ def messages(nodes: int, ticks: int) -> list[bytes]:
     for k in range(ticks):
         samples = sim.sample(T0 + k * 1000)
         for n in range(nodes):
-            out.append(GPU_SAMPLES.codec.encode(samples[n * 8 : (n + 1) * 8]))
+            out.append(GPU_SAMPLES_RAW.codec.encode(samples[n * 8 : (n + 1) * 8]))
     return out
 
 
 def bench_codec(repeats: int) -> dict[str, float]:
     data = messages(nodes=128, ticks=40)  # 5,120 messages, 40,960 samples
     samples = len(data) * 8
-    ours = best_of(lambda: [GPU_SAMPLES.codec.decode(m) for m in data], repeats)
+    ours = best_of(lambda: [GPU_SAMPLES_RAW.codec.decode(m) for m in data], repeats)
     base = best_of(lambda: [json.loads(m) for m in data], repeats)
     return {"samples_per_s": samples / ours, "baseline_samples_per_s": samples / base, "ratio": base / ours}  # rate ratio
 

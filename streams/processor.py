@@ -26,6 +26,7 @@ from hpcinsight.schemas.catalog import (
     DEAD_LETTERS,
     GPU_QUANTILES,
     GPU_SAMPLES,
+    GPU_SAMPLES_RAW,
     GPU_SKETCHES,
     IB_SAMPLES,
     JOB_QUANTILES,
@@ -222,7 +223,8 @@ class SampleProcessor:
             return [rejected]
         enriched = [self.attribution.enrich_gpu(s) for s in samples]
         node_key = key if key else (enriched[0].node.encode() if enriched else b"")
-        unchanged = all(a is b for a, b in zip(enriched, samples))  # nothing to attribute: forward the bytes
+        # nothing to attribute: forward the bytes, where they are on the stored topic's wire (JSON onto Arrow is not)
+        unchanged = GPU_SAMPLES_RAW.wire == GPU_SAMPLES.wire and all(a is b for a, b in zip(enriched, samples))
         out = [Output(GPU_SAMPLES, node_key, value if unchanged and value else GPU_SAMPLES.codec.encode(enriched))]
         return out + self._gpu_outputs([self._gpu_part(node_key, enriched, partition)])
 
