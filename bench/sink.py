@@ -1,91 +1,146 @@
-"""Sink ingest: raw Kafka message bytes to rows in ClickHouse, against ``insert_arrow`` of ready tables.
+"""Sink ingest: the worker's gpu.samples messages to rows in ClickHouse, against ``insert_arrow`` of ready tables.
 
-``sink``: GPU-sample messages as the agents and the worker produce them (the ``gpu.samples``
-codec, one message per node per tick, 8 GPUs each; 128 nodes) go through what the sink does
-with them: :class:`hpcinsight.sinks.clickhouse_sink.TableWriter` decodes each block of messages (as one
-``consume`` returns them) straight to Arrow, with the codec's validation, and inserts each batch
-(51,200 rows, the sink's default batch size) with its deduplication token into the real
-``gpu_samples`` table of an embedded chDB store created by ``hpcinsight.sinks.clickhouse.ensure_tables``
-(rollup views included), one insert in the background while the next batch is decoded. The
-baseline inserts the same batches, already as Arrow tables, with the same settings, one after
-the other. The store is emptied before every round; rounds of ours and the baseline alternate,
-and the best of each counts. ``paired_ratio`` is the median over rounds of ours against the
-baseline's round just before it (steadier on a busy machine), ``serial_rows_per_s`` ours
-without the background insert, and ``decode_rows_per_s`` the decoding alone.
-``table_alone_rows_per_s`` is the baseline's insert into a table of ``gpu_samples``' columns, key
-and codecs without its rollup views: the ceiling ClickHouse itself sets here, views aside.
+``sink``: 200 ticks of 128 simulated nodes of 8 GPUs (204,800 samples) as the worker writes them
+to ``gpu.samples`` while it drains a backlog: Arrow IPC streams (the topic's wire), one message
+per node per batch of up to 500 raw messages of a partition (the worker's ``--batch-max``), so
+some 190 rows a message. They go through what the sink does with them:
+:class:`hpcinsight.sinks.clickhouse_sink.TableWriter` decodes each block of messages (about
+12,800 rows, as one ``consume`` returns them) to Arrow with the codec's validation, and inserts
+each batch (50,000 rows or more: the sink's default batch size) with its deduplication token
+into the real ``gpu_samples`` table of an embedded chDB store created by
+``hpcinsight.sinks.clickhouse.ensure_tables`` (rollup views included), one insert in the
+background while the next batch is decoded. The baseline inserts the same batches, already as
+Arrow tables, with the same settings, one after the other. The store is emptied before every
+round; rounds of ours and the baseline alternate, and the best of each counts.
+``paired_ratio`` is the median over rounds of ours against the baseline's round just before it
+(steadier on a busy machine), ``serial_rows_per_s`` ours without the background insert, and
+``decode_rows_per_s`` the decoding alone. ``table_alone_rows_per_s`` is the baseline's insert
+into a table of ``gpu_samples``' columns, key and codecs without its rollup views.
+
+``tick_*``: the same with one message per node and tick (8 rows, what the worker writes when
+it is not behind and a batch holds one message per node), against its own baseline rounds; and
+``json_tick_*``: those messages as JSON envelopes, the wire before Arrow, for comparison.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from hpcinsight.schemas.catalog import GPU_SAMPLES
+from hpcinsight.schemas.codec import Codec
+from hpcinsight.schemas.events import GpuSample
 
-NODES, GPUS = 128, 8
-BATCH_MESSAGES = 6_400  # 51,200 rows: the sink closes a batch at 50,000
-CONSUME = 1_600  # messages per block, as one consume() returns them
-BATCHES = 4
+NODES, GPUS, TICKS = 128, 8, 200
 PARTITIONS = 6
+WORKER_BATCH = 500  # raw messages the worker takes at a time (``hpcinsight worker --batch-max``)
+BLOCK_ROWS = 12_800  # rows one consume() returns: 1,600 messages of one node's tick
+BATCH_ROWS = 50_000  # the sink closes a batch at this many rows (SinkOptions.batch_rows)
+
+
+@dataclass
+class Feed:
+    """Messages of gpu.samples in the order the sink consumes them, cut into its blocks and batches."""
+
+    values: list[bytes]
+    partitions: list[int]
+    offsets: list[int]
+    batches: list[list[range]]  # each batch: its blocks, each a range of message indices
+    ready: list[pa.Table]  # each batch as the baseline inserts it
+    rows: int
+
+
+def worker_output(ticks: list[list[GpuSample]], per_batch: int, encode: Callable[[list[GpuSample]], bytes]) -> Feed:
+    """What the worker writes to gpu.samples from a backlog of ``ticks`` (raw messages keyed by node,
+    so node k in partition k % 6): per partition, batches of ``per_batch`` raw messages in offset
+    order, one message per node per batch; read back by the sink partition by partition in turn."""
+    from hpcinsight.schemas.derive import to_arrow
+
+    raw: list[list[list[GpuSample]]] = [[] for _ in range(PARTITIONS)]  # partition -> raw messages in offset order
+    for samples in ticks:
+        for n in range(NODES):
+            raw[n % PARTITIONS].append(samples[n * GPUS : (n + 1) * GPUS])
+    out: list[list[list[GpuSample]]] = [[] for _ in range(PARTITIONS)]
+    for p, messages in enumerate(raw):
+        for start in range(0, len(messages), per_batch):
+            by_node: dict[str, list[GpuSample]] = {}
+            for message in messages[start : start + per_batch]:
+                by_node.setdefault(message[0].node, []).extend(message)
+            out[p].extend(by_node.values())
+    records: list[list[GpuSample]] = []
+    partitions, offsets = [], []
+    for k in range(max(len(o) for o in out)):  # as consume() interleaves the partitions
+        for p in range(PARTITIONS):
+            if k < len(out[p]):
+                records.append(out[p][k])
+                partitions.append(p)
+                offsets.append(k)
+    batches: list[list[range]] = [[]]
+    rows_in_block = rows_in_batch = start = 0
+    for i, message in enumerate(records):
+        rows_in_block += len(message)
+        if rows_in_block >= BLOCK_ROWS or i == len(records) - 1:
+            batches[-1].append(range(start, i + 1))
+            rows_in_batch, rows_in_block, start = rows_in_batch + rows_in_block, 0, i + 1
+            if rows_in_batch >= BATCH_ROWS and i < len(records) - 1:
+                batches.append([])
+                rows_in_batch = 0
+    ready = []
+    for batch in batches:
+        indices = [i for block in batch for i in block]
+        ready.append(
+            to_arrow(
+                GpuSample,
+                [s for i in indices for s in records[i]],
+                {
+                    "_partition": pa.array([partitions[i] for i in indices for _ in records[i]], pa.uint32()),
+                    "_offset": pa.array([offsets[i] for i in indices for _ in records[i]], pa.uint64()),
+                },
+            )
+        )
+    return Feed([encode(m) for m in records], partitions, offsets, batches, ready, sum(len(m) for m in records))
 
 
 def bench_sink(repeats: int) -> dict[str, float]:
     import clickhouse_connect
 
-    from bench.run import messages
-    from hpcinsight.schemas.derive import to_arrow
+    from bench.run import T0
+    from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
     from hpcinsight.sinks.clickhouse import ensure_tables
     from hpcinsight.sinks.clickhouse_sink import TableWriter, insert_settings
 
-    data = messages(nodes=NODES, ticks=BATCH_MESSAGES * BATCHES // NODES)
-    partitions = [k % NODES % PARTITIONS for k in range(len(data))]  # keyed by node, as in Kafka
-    offsets, next_offset = [], [0] * PARTITIONS
-    for p in partitions:
-        offsets.append(next_offset[p])
-        next_offset[p] += 1
-    batches = [range(b * BATCH_MESSAGES, (b + 1) * BATCH_MESSAGES) for b in range(BATCHES)]
-    rows = 0
-    ready = []
-    for batch in batches:
-        records, parts, offs = [], [], []
-        for k in batch:
-            got = GPU_SAMPLES.codec.decode(data[k])
-            records.extend(got)
-            parts.extend([partitions[k]] * len(got))
-            offs.extend([offsets[k]] * len(got))
-        ready.append(
-            to_arrow(
-                GPU_SAMPLES.event,
-                records,
-                {
-                    "_partition": pa.array(parts, pa.uint32()),
-                    "_offset": pa.array(offs, pa.uint64()),
-                },
-            )
-        )
-        rows += len(records)
+    sim = SimGpuCollector(SimConfig(nodes=NODES, gpus_per_node=GPUS))
+    ticks = [sim.sample(T0 + k * 1000) for k in range(TICKS)]
+    feeds = {
+        "": worker_output(ticks, WORKER_BATCH, GPU_SAMPLES.codec.encode),
+        "tick_": worker_output(ticks, 1, GPU_SAMPLES.codec.encode),
+        "json_tick_": worker_output(ticks, 1, Codec(GpuSample).encode),
+    }
+    assert all(v.startswith(b"\xff\xff\xff\xff") for v in feeds[""].values)  # the topic's wire is Arrow IPC
 
-    def feed(writer: TableWriter) -> None:
-        for batch in batches:
-            for start in range(batch.start, batch.stop, CONSUME):
-                block = range(start, min(start + CONSUME, batch.stop))
+    def feed(writer: TableWriter, f: Feed) -> None:
+        for batch in f.batches:
+            for block in batch:
                 rejected = writer.add(
-                    GPU_SAMPLES, [data[k] for k in block], [partitions[k] for k in block], [offsets[k] for k in block]
+                    GPU_SAMPLES, [f.values[k] for k in block], [f.partitions[k] for k in block], [f.offsets[k] for k in block]
                 )
                 assert not rejected, rejected[:3]
             writer.submit()
         writer.wait()
 
-    def decode_only() -> None:
-        for batch in batches:
-            for start in range(batch.start, batch.stop, CONSUME):
-                block = range(start, min(start + CONSUME, batch.stop))
-                GPU_SAMPLES.codec.decode_table([data[k] for k in block])
+    def decode_only(f: Feed) -> None:
+        for batch in f.batches:
+            for block in batch:
+                GPU_SAMPLES.codec.decode_table([f.values[k] for k in block])
 
+    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         client = clickhouse_connect.get_client(dsn=f"chdb://{Path(tmp) / 'ch'}")
         try:
@@ -103,7 +158,7 @@ def bench_sink(repeats: int) -> dict[str, float]:
                 for name in tables:
                     client.command(f"TRUNCATE TABLE `{name}`")
 
-            def timed(fn, into: str = table) -> float:
+            def timed(fn: Callable[[], None], rows: int, into: str = table) -> float:
                 empty()
                 start = time.perf_counter()
                 fn()
@@ -112,8 +167,8 @@ def bench_sink(repeats: int) -> dict[str, float]:
                 assert stored == rows, "rows lost or deduplicated away: the figure would be wrong"
                 return elapsed
 
-            def baseline(into: str = table) -> None:
-                for t in ready:
+            def baseline(f: Feed, into: str = table) -> None:
+                for t in f.ready:
                     client.insert_arrow(into, t, settings=insert_settings(GPU_SAMPLES, t))
 
             # the same table without the views: what the rollups cost is the difference
@@ -121,31 +176,34 @@ def bench_sink(repeats: int) -> dict[str, float]:
             client.command(f"CREATE TABLE `{alone}` AS `{table}`")
             tables.append(alone)
 
-            ours = serial = base = decode = table_alone = float("inf")
-            paired = []
-            for _ in range(repeats):
-                base_round = timed(baseline)
-                table_alone = min(table_alone, timed(lambda: baseline(alone), into=alone))
-                writer = TableWriter(client)
-                try:
-                    ours_round = timed(lambda: feed(writer))  # noqa: B023 - timed at once, within this iteration
-                finally:
-                    writer.close()
-                base, ours = min(base, base_round), min(ours, ours_round)
-                paired.append(base_round / ours_round)
-                serial = min(serial, timed(lambda: feed(TableWriter(client, background=False))))
-                start = time.perf_counter()
-                decode_only()
-                decode = min(decode, time.perf_counter() - start)
+            for name, f in feeds.items():
+                ours = serial = base = decode = table_alone = float("inf")
+                paired = []
+                for _ in range(repeats if not name else max(2, repeats // 2)):
+                    base_round = timed(partial(baseline, f), f.rows)
+                    writer = TableWriter(client)
+                    try:
+                        ours_round = timed(partial(feed, writer, f), f.rows)
+                    finally:
+                        writer.close()
+                    base, ours = min(base, base_round), min(ours, ours_round)
+                    paired.append(base_round / ours_round)
+                    start = time.perf_counter()
+                    decode_only(f)
+                    decode = min(decode, time.perf_counter() - start)
+                    if not name:
+                        table_alone = min(table_alone, timed(partial(baseline, f, alone), f.rows, into=alone))
+                        serial = min(serial, timed(partial(feed, TableWriter(client, background=False), f), f.rows))
+                out[f"{name}rows_per_s"] = f.rows / ours
+                out[f"{name or ''}baseline_rows_per_s"] = f.rows / base
+                out[f"{name}ratio"] = base / ours
+                out[f"{name}paired_ratio"] = sorted(paired)[len(paired) // 2]
+                out[f"{name}decode_rows_per_s"] = f.rows / decode
+                out[f"{name}rows_per_message"] = f.rows / len(f.values)
+                if not name:
+                    out["serial_rows_per_s"] = f.rows / serial
+                    out["table_alone_rows_per_s"] = f.rows / table_alone
+                    out["rows"] = f.rows
         finally:
             client.close()
-    return {
-        "rows_per_s": rows / ours,
-        "baseline_rows_per_s": rows / base,
-        "ratio": base / ours,
-        "paired_ratio": sorted(paired)[len(paired) // 2],
-        "serial_rows_per_s": rows / serial,
-        "decode_rows_per_s": rows / decode,
-        "table_alone_rows_per_s": rows / table_alone,
-        "rows": rows,
-    }
+    return out

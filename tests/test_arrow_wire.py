@@ -264,3 +264,42 @@ def test_every_stored_topic_s_codec_reads_what_it_writes() -> None:
         record = EXAMPLES[topic.event]
         assert topic.codec.decode(topic.codec.encode([record])) == [record], topic.name
         assert msgspec.structs.asdict(topic.codec.decode(topic.codec.encode([record]))[0]) == msgspec.structs.asdict(record)
+
+
+# -- the sink's writer ------------------------------------------------------------------------
+def test_the_sink_stores_many_rows_a_message_each_with_its_kafka_position(tmp_path: Any) -> None:
+    """Rows per message vary (the worker's batches): each row keeps its message's partition and
+    offset, so the insert's deduplication token and the resume after a restart (the highest
+    offset stored per partition) are what they were with one message per node and tick."""
+    import clickhouse_connect
+
+    from hpcinsight.sinks.clickhouse import ensure_tables
+    from hpcinsight.sinks.clickhouse_sink import TableWriter, insert_settings
+
+    sizes = [24, 0, 8, 200, 1]
+    messages, start = [], 0
+    for n in sizes:
+        messages.append(
+            [GpuSample(f"n{k % 5}", k % 8, f"GPU-{k % 40}", T0 + k * 1000, gpu_util=1.0) for k in range(start, start + n)]
+        )
+        start += n
+    raws = [GPU_SAMPLES.codec.encode(m) for m in messages]
+    raws.insert(2, ipc(gpu_table(gpu_util=[101.0, None]), META))  # a bad one among them
+    partitions, offsets = [0, 1, 0, 1, 0, 1], [10, 20, 11, 21, 12, 22]
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
+    try:
+        ensure_tables(client)
+        writer = TableWriter(client, background=False)
+        rejected = writer.add(GPU_SAMPLES, raws, partitions, offsets)
+        assert rejected == [(2, "invalid gpu_sample: `gpu_util` is 101.0, above its maximum 100.0")]
+        [(topic, tables)] = writer._pending.values()
+        assert (
+            insert_settings(topic, tables[0])["insert_deduplication_token"] == "gpu.samples/0:10-12,1:21-22"
+        )  # (offset 20 held no row)
+        writer.submit()
+        stored = client.query("SELECT _partition, _offset, count() FROM gpu_samples GROUP BY 1, 2 ORDER BY 1, 2").result_rows
+        assert stored == [(0, 10, 24), (0, 12, 200), (1, 21, 8), (1, 22, 1)]
+        resume = client.query("SELECT _partition, max(_offset) FROM gpu_samples GROUP BY 1 ORDER BY 1").result_rows
+        assert resume == [(0, 12), (1, 22)]
+    finally:
+        client.close()

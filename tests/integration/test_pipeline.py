@@ -68,6 +68,14 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline, tmp_path: Pa
     # every sample stored exactly once
     counts = pipeline.sql("SELECT count() AS n, uniqExact(gpu_uuid, ts) AS distinct_n FROM gpu_samples")[0]
     assert counts == {"n": produced["records"], "distinct_n": produced["records"]}
+    # ... from what the worker wrote to gpu.samples on the topic's wire, Arrow IPC (issue 19)
+    from hpcinsight.core.kafka import read_to_end
+    from hpcinsight.schemas.arrow_wire import IPC_MARKER
+    from hpcinsight.schemas.catalog import GPU_SAMPLES
+
+    values = [m.value() for m in read_to_end(pipeline.client_config(), pipeline.topic("gpu.samples"), "test-read", timeout=30)]
+    assert values and all(v.startswith(IPC_MARKER) for v in values)
+    assert sum(len(GPU_SAMPLES.codec.decode(v)) for v in values) == produced["records"]
 
     # every quantile row equals numpy's over the stored samples of the same window
     ends = check_windows_against_numpy(pipeline, samples_per_window=10)
