@@ -50,13 +50,14 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from hpcinsight.sinks.query import make_console
 
     table = Table(title="hpcinsight topic catalog", show_lines=False)
-    for col in ("topic", "schema", "key", "partitions", "retention", "ClickHouse table", "what"):
+    for col in ("topic", "schema", "wire", "key", "partitions", "retention", "ClickHouse table", "what"):
         table.add_column(col)
     for r in rows:
         hours = r["retention_hours"]
         table.add_row(
             r["topic"],
             f"{r['schema']} v{r['version']}",
+            r["wire"],
             r["key"],
             str(r["partitions"]),
             f"{hours / 24:g} d" if hours >= 24 else f"{hours:g} h",
