@@ -16,6 +16,7 @@ the JSON codec: a worker from before this wire, during a rolling upgrade.
 
 from __future__ import annotations
 
+import struct
 import typing
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -146,34 +147,45 @@ class ArrowCodec(Codec[E]):
         return Decoded(table, sorted(rejected))
 
     def _batches(self, raw: bytes) -> list[pa.RecordBatch]:
-        """The record batches of one IPC stream of this event's schema, not yet validated."""
+        """The record batches of one IPC stream of this event's schema, validated by Arrow (not yet
+        against the event's rules)."""
         import pyarrow as pa
         import pyarrow.ipc
 
         source = pa.BufferReader(raw)
-        ours = raw.startswith(self._prefix)
+        ours = raw.startswith(self._prefix)  # the schema this codec writes, byte for byte: read the rest only
         batches = []
         try:
-            if ours:  # the schema this codec writes, byte for byte: read only the batches after it
+            if ours:
                 source.seek(len(self._prefix))
-                reader = pa.ipc.MessageReader.open_stream(source)
-                while True:
-                    try:
-                        message = reader.read_next_message()
-                    except StopIteration:
-                        break
-                    if message.type != "record batch":
-                        raise DecodeError(_cut(f"malformed Arrow IPC: a {message.type} message after the schema"))
-                    batches.append(pa.ipc.read_record_batch(message, self._schema))
-            else:
-                stream = pa.ipc.open_stream(source)
-                reason = self._foreign_schema(stream.schema)
+            reader = pa.ipc.MessageReader.open_stream(source)
+            schema = self._schema
+            if not ours:
+                first = reader.read_next_message()
+                if first.type != "schema":
+                    raise DecodeError(f"malformed Arrow IPC: a {first.type} message where the schema should be")
+                schema = pa.ipc.read_schema(first)
+                reason = self._foreign_schema(schema)
                 if reason is not None:
                     raise DecodeError(reason)
-                batches = [pa.RecordBatch.from_arrays(b.columns, schema=self._schema) for b in stream]
+            while True:
+                try:
+                    message = reader.read_next_message()
+                except StopIteration:
+                    break
+                if message.type != "record batch":
+                    raise DecodeError(_cut(f"malformed Arrow IPC: a {message.type} message after the schema"))
+                if _compressed(message.metadata.to_pybytes()):
+                    # Kafka compresses whole messages already; a compressed buffer says its size
+                    # after decompression itself, and a few hostile bytes could ask for gigabytes
+                    raise DecodeError("compressed Arrow IPC buffers are not accepted (Kafka compresses the messages)")
+                batch = pa.ipc.read_record_batch(message, schema)
+                batches.append(batch if ours else pa.RecordBatch.from_arrays(batch.columns, schema=self._schema))
         except DecodeError:
             raise
-        except (pa.ArrowException, OSError, ValueError) as err:
+        except StopIteration:
+            raise DecodeError("malformed Arrow IPC: no schema") from None
+        except (pa.ArrowException, OSError, ValueError, struct.error) as err:
             raise DecodeError(_cut(f"malformed Arrow IPC: {err}")) from None
         if not raw.endswith(EOS) or source.tell() != len(raw):
             raise DecodeError("malformed Arrow IPC: not one whole stream (no end-of-stream marker, or bytes after it)")
@@ -390,6 +402,25 @@ def _out_of_bounds(values: Any, ge: Any, gt: Any, le: Any, lt: Any) -> str | Non
     if lt is not None and hi >= lt:
         return f"{hi!r}, not below {lt!r}"
     return None
+
+
+def _compressed(metadata: bytes) -> bool:
+    """Whether a record batch message's metadata (a flatbuffer ``Message`` whose header is a
+    ``RecordBatch``, as Arrow's format/Message.fbs lays it out) names a body compression: field 3
+    of the header table. Arrow has verified the flatbuffer; struct.error on anything out of place."""
+
+    def field_offset(table: int, index: int) -> int:
+        vtable = table - struct.unpack_from("<i", metadata, table)[0]
+        if 4 + 2 * index + 2 > struct.unpack_from("<H", metadata, vtable)[0]:
+            return 0  # a field past the vtable's end is absent
+        return int(struct.unpack_from("<H", metadata, vtable + 4 + 2 * index)[0])
+
+    root = struct.unpack_from("<I", metadata, 0)[0]
+    at = field_offset(root, 2)  # Message.header
+    if not at:
+        return False
+    header = root + at + struct.unpack_from("<I", metadata, root + at)[0]
+    return field_offset(header, 3) != 0  # RecordBatch.compression
 
 
 def _all_true(mask: Any) -> bool:

@@ -38,13 +38,13 @@ from tests.test_schemas import EXAMPLES, T0
 ARROW = [t for t in TOPICS if t.wire == "arrow"]
 
 
-def ipc(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
+def ipc(table: pa.Table, metadata: dict[str, str] | None = None, compression: str | None = None) -> bytes:
     """An IPC stream of ``table`` as any producer would write it, with the given schema metadata."""
     from pyarrow import ipc as arrow_ipc
 
     table = table.replace_schema_metadata(metadata)
     sink = pa.BufferOutputStream()
-    with arrow_ipc.new_stream(sink, table.schema) as writer:
+    with arrow_ipc.new_stream(sink, table.schema, options=arrow_ipc.IpcWriteOptions(compression=compression)) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())
 
@@ -210,6 +210,14 @@ REFUSED = [
     ),
     ("a null list", ipc(gpu_table(throttle=[None, []]), META), "invalid gpu_sample: `throttle` is null, and may not be"),
     ("invalid UTF-8", ipc(_invalid_utf8_labels(), META), "malformed Arrow IPC: "),
+    # a few bytes of zstd could ask for gigabytes once decompressed
+    ("compressed buffers", ipc(gpu_table(), META, "zstd"), "compressed Arrow IPC buffers are not accepted"),
+    ("compressed, foreign", ipc(gpu_table(), {**META, "x": "y"}, "lz4"), "compressed Arrow IPC buffers are not accepted"),
+    (
+        "a batch where the schema should be",
+        GOOD[len(GPU_SAMPLES.codec.encode([])) - len(EOS) :],
+        "malformed Arrow IPC: a record batch message",
+    ),
 ]
 
 

@@ -2,7 +2,7 @@
 
 Hostile Arrow messages for every columnar topic: valid streams of generated records, then cut,
 overwritten, padded or spliced byte-wise; tables with one value out of its rule (NaN, a bound
-passed, an empty or over-long label, a null where none may be); streams of another schema
+passed, an empty or over-long label, a null where none may be), compressed or not; streams of another schema
 (columns dropped, retyped, reordered, deeply nested); plain bytes after the IPC marker.
 Properties: ``decode`` returns records or raises DecodeError and nothing else; the block decode
 (the sink's) refuses exactly what ``decode`` refuses, with its reason, and its table is the
@@ -64,7 +64,8 @@ def bad_value_tables(draw: st.DrawFn, topic: Topic) -> bytes:
         values = [None if v is None else list(v) for v in values]
     values[row] = draw(_hostile_value(field.type))
     table = table.set_column(k, field.with_nullable(True), pa.array(values, field.type))
-    return ipc(table, {"schema": topic.event.__schema__, "v": str(topic.event.__version__)})
+    compression = draw(st.sampled_from([None, None, "zstd", "lz4"]))  # compressed: refused whole
+    return ipc(table, {"schema": topic.event.__schema__, "v": str(topic.event.__version__)}, compression)
 
 
 @st.composite
