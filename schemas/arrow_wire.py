@@ -105,7 +105,7 @@ class ArrowCodec(Codec[E]):
                 good.append((i, self._batches(raw)))  # type: ignore[arg-type]  # _is_ipc saw bytes
             except Exception as err:  # noqa: BLE001 - whatever the reader raised: decode gives the same reason
                 rejected.append((i, _reason(err)))
-        table = self._table([b for _, batches in good for b in batches]).combine_chunks()  # (the kernels' cost is per chunk)
+        table = self._table([b for _, batches in good for b in batches])
         if self._invalid(table) is not None:
             kept = []
             for i, batches in good:
@@ -226,7 +226,9 @@ class ArrowCodec(Codec[E]):
 
         from hpcinsight.schemas.derive import arrow_schema
 
-        return pa.Table.from_batches(batches, schema=arrow_schema(self.event))
+        # one chunk: the kernels' cost is per chunk, and the sink inserts one record batch anyway
+        combined = [pa.concat_batches(batches)] if len(batches) > 1 else batches
+        return pa.Table.from_batches(combined, schema=arrow_schema(self.event))
 
     def _bad_one(self, batches: list[pa.RecordBatch]) -> str | None:
         """Why one message's batches are unusable, or None; what :meth:`decode` says of it."""
