@@ -9,8 +9,10 @@ also carry a deterministic deduplication token, which covers a retried insert (a
 ``deduplicate_blocks_in_dependent_materialized_views``, the rollups fed from it).
 
 Messages are decoded a block at a time, straight from the raw bytes to Arrow columns
-(:meth:`hpcinsight.schemas.codec.Codec.decode_table`); a message the codec refuses goes to the
-dead-letter topic with its reason. One insert runs in the background while the sink goes on
+(:meth:`hpcinsight.schemas.codec.Codec.decode_table`; on the topics of the Arrow wire, the sample
+topics, that is reading the worker's IPC batches: :mod:`hpcinsight.schemas.arrow_wire`); every
+row carries its own message's partition and offset, however many rows a message holds. A message
+the codec refuses goes to the dead-letter topic with its reason. One insert runs in the background while the sink goes on
 consuming and decoding; the next flush (or a rebalance, or the stop) waits for it, and its
 offsets are committed only once it has succeeded. Inserts run one at a time, in order, so the
 rows stored for a partition are always a prefix of what was consumed.
