@@ -14,7 +14,7 @@ ARGS   ?=
 # (measured here: 6.6 min against 13-16 min one at a time). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 
-.PHONY: setup constraints demo lint test bench clean browser replay-genai tools image image-base chaos chaos-short fuzz
+.PHONY: setup constraints demo lint test bench clean browser replay-genai tools image image-base chaos chaos-short chaos-store fuzz
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -95,6 +95,7 @@ bench: setup
 # brokers killed -9, stopped and restarted at random, the store's disk filled; then checked.
 # chaos: CHAOS_MINUTES of faults on one broker, then on a three-node KRaft cluster; writes the
 # result table to docs/chaos-results.md. chaos-short: the suite's profile, one broker.
+# chaos-store: the embedded store alone, its writer killed and its disk filled (tests/chaos/store.py).
 CHAOS_MINUTES ?= 30
 CHAOS_SEED ?= 0
 chaos: setup
@@ -103,6 +104,9 @@ chaos: setup
 
 chaos-short: setup
 	$(VENV)/bin/python -m tests.chaos --short --brokers 1 --seed $(CHAOS_SEED) $(ARGS)
+
+chaos-store: setup
+	$(VENV)/bin/python -m tests.chaos.store --minutes $(or $(STORE_CHAOS_MINUTES),10) --seed $(CHAOS_SEED) $(ARGS)
 
 # Property-based fuzzing of every decoder and consumer (tests/fuzz): the suite runs 60 examples a
 # property; this runs FUZZ_EXAMPLES (default 5,000) each.

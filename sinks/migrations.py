@@ -33,6 +33,7 @@ from hpcinsight.sinks.storage import (
     add_bloom_filters_ddl,
     codecs_ddl,
     default_ttl_days,
+    durability_ddl,
     quote,
     table_ddl,
 )
@@ -89,6 +90,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         add_columns(DEAD_LETTERS, "raw_size", "raw_sha256"),
     ),
     Migration(6, "the query library's views (job_window, job_gpu_buckets), which the job-scoped queries read", views_ddl),
+    Migration(7, "durable parts: fsync on insert and merge, merged-away parts kept 480 s (chaos finding F5)", durability_ddl),
 )
 
 

@@ -37,6 +37,20 @@ def quote(name: str) -> str:
     return f"`{name}`"
 
 
+#: Every table's parts reach the disk before they count, and merged-away parts are kept a while.
+#: Found by the chaos campaign (F5, docs/chaos-results.md): with the store's disk full, a merge
+#: committed a part whose files were empty while the parts it replaced were already deleted
+#: (chDB's old_parts_lifetime is 0, a server's 480 s): reopened, the store detached the broken
+#: part and its rows were gone. With fsync the write error fails the merge (its sources stay);
+#: with the lifetime a part found broken at start has the parts it covered to fall back on.
+DURABILITY: dict[str, int] = {
+    "fsync_after_insert": 1,
+    "fsync_part_directory": 1,
+    "min_rows_to_fsync_after_merge": 1,
+    "old_parts_lifetime": 480,
+}
+
+
 @dataclass(frozen=True)
 class Layout:
     """How tables are created on the configured target (one server or a cluster)."""
@@ -82,7 +96,8 @@ class Layout:
     def settings(self) -> str:
         # Insert deduplication by token: replicated tables keep a window by default; a plain
         # MergeTree needs one (the sink's retried inserts and the rollups' views rely on it).
-        return "" if self.cluster else "\nSETTINGS non_replicated_deduplication_window = 1000"
+        dedup = {} if self.cluster else {"non_replicated_deduplication_window": 1000}
+        return "\nSETTINGS " + ", ".join(f"{k} = {v}" for k, v in {**dedup, **DURABILITY}.items())
 
     def ttl(self, name: str, default_days: int, time_expr: str) -> str:
         days = self.ttl_days.get(name, default_days)
@@ -233,6 +248,12 @@ ROLLUPS: tuple[Rollup, ...] = (
 def table_names() -> list[str]:
     """Every table whose retention can be configured."""
     return [t.table.name for t in STORED] + [r.name for r in ROLLUPS]
+
+
+def durability_ddl(layout: Layout) -> list[str]:
+    """For stores created before :data:`DURABILITY`: the same settings on every table."""
+    assignments = ", ".join(f"{k} = {v}" for k, v in DURABILITY.items())
+    return [f"ALTER TABLE {quote(layout.local(name))}{layout.on_cluster} MODIFY SETTING {assignments}" for name in table_names()]
 
 
 def default_ttl_days(name: str) -> int:

@@ -27,7 +27,7 @@ from hpcinsight.sinks.migrations import (
     current_ttl_days,
     migrate,
 )
-from hpcinsight.sinks.storage import ROLLUPS, Layout, table_ddl, table_names
+from hpcinsight.sinks.storage import DURABILITY, ROLLUPS, Layout, table_ddl, table_names
 
 T0 = (int(time.time()) // 3600 - 2) * 3_600_000  # an hour boundary, recent (tables drop rows past their TTL)
 
@@ -91,6 +91,26 @@ def test_a_store_from_an_older_build_gets_the_skip_indexes(client) -> None:
         "SELECT name FROM system.data_skipping_indices WHERE database = currentDatabase() AND table = 'gpu_samples'"
     ).result_rows
     assert ("job_id_bloom",) in indexes
+
+
+def test_every_table_keeps_its_parts_durable_old_stores_too(client) -> None:
+    """Chaos finding F5: a full disk left a merged part of empty files, and the parts it replaced
+    were gone (chDB deletes them at once). Every table fsyncs its parts and keeps merged-away
+    ones for 480 s, whether created now or by a build from before (a store at migration 6)."""
+
+    def durable(table: str) -> bool:
+        create = client.command(f"SHOW CREATE TABLE {table}")
+        return all(f"{k} = {v}" in create for k, v in DURABILITY.items())
+
+    class BeforeDurability(Layout):
+        def settings(self) -> str:
+            return "\nSETTINGS non_replicated_deduplication_window = 1000"
+
+    migrate(client, BeforeDurability(), tuple(m for m in MIGRATIONS if m.version < 7))
+    assert not any(durable(name) for name in table_names())
+    report = migrate(client, Layout())
+    assert [v for v, _ in report.applied] == [7]
+    assert all(durable(name) for name in table_names())
 
 
 def test_ttl_follows_the_configuration(client) -> None:
