@@ -31,7 +31,8 @@ START, END = (
 DESCRIPTIONS: dict[str, tuple[str, str, str | None]] = {
     "codec": ("decode + validate node-batched GPU sample messages (all NVML fields)", "bare `json.loads`", None),
     "sink": (
-        "raw Kafka message bytes -> the sink's decode and background insert -> `gpu_samples` with its rollup views, embedded chDB",
+        "the worker's `gpu.samples` messages (Arrow IPC, one per node and batch) -> the sink's decode and background insert "
+        "-> `gpu_samples` with its rollup views, embedded chDB",
         "`insert_arrow` of the same batches, ready as Arrow",
         ">= 500,000 rows/s and ratio >= 0.7",
     ),
