@@ -10,6 +10,7 @@ Arrow to gpu.samples even where it used to forward the raw JSON bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgspec
@@ -35,7 +36,9 @@ from hpcinsight.schemas.events import GpuSample, IbSample
 from tests.test_bulk_decode import extra_for, minimal
 from tests.test_schemas import EXAMPLES, T0
 
+#: the topics on the Arrow wire, and IB samples on it too (not chosen for now, see the catalog): maps
 ARROW = [t for t in TOPICS if t.wire == "arrow"]
+IB_ARROW = dataclasses.replace(IB_SAMPLES, wire="arrow")
 
 
 def ipc(table: pa.Table, metadata: dict[str, str] | None = None, compression: str | None = None) -> bytes:
@@ -63,18 +66,18 @@ META = {"schema": "gpu_sample", "v": "1"}
 
 # -- the catalog ------------------------------------------------------------------------------
 def test_the_stored_sample_topics_are_columnar_and_the_rest_json() -> None:
-    assert {t.name for t in ARROW} == {"gpu.samples", "ib.samples"}
+    assert {t.name for t in ARROW} == {"gpu.samples"}
     for topic in TOPICS:
         assert isinstance(topic.codec, ArrowCodec) == (topic.wire == "arrow"), topic.name
     # what agents write and what subscribers read stays JSON
-    for topic in (GPU_SAMPLES_RAW, IB_SAMPLES_RAW, ANOMALIES, GPU_QUANTILES):
+    for topic in (GPU_SAMPLES_RAW, IB_SAMPLES_RAW, IB_SAMPLES, ANOMALIES, GPU_QUANTILES):
         assert topic.wire == "json" and not isinstance(topic.codec, ArrowCodec)
     rows = {r["topic"]: r for r in describe("p.")}
     assert rows["p.gpu.samples"]["wire"] == "arrow" and rows["p.anomalies"]["wire"] == "json"
 
 
 # -- valid messages ---------------------------------------------------------------------------
-@pytest.mark.parametrize("topic", ARROW, ids=lambda t: t.name)
+@pytest.mark.parametrize("topic", [*ARROW, IB_ARROW], ids=lambda t: f"{t.name}-{t.wire}")
 def test_a_message_round_trips_and_decodes_to_the_json_codec_s_table(topic: Topic) -> None:
     full, small = EXAMPLES[topic.event], minimal(topic.event)
     blocks = [[full, small], [], [small] * 3, [full], [small, full]]
@@ -239,8 +242,8 @@ def test_a_map_of_infinities_is_refused() -> None:
     table = table.set_column(k, table.schema.field(k), pa.array([[("rx", float("inf"))]], table.schema.field(k).type))
     raw = ipc(table, {"schema": "ib_sample", "v": "1"})
     with pytest.raises(DecodeError, match="`hw_counters` holds a value that is not a finite number"):
-        IB_SAMPLES.codec.decode(raw)
-    got = IB_SAMPLES.codec.decode_table([IB_SAMPLES.codec.encode([sample]), raw])
+        IB_ARROW.codec.decode(raw)
+    got = IB_ARROW.codec.decode_table([IB_ARROW.codec.encode([sample]), raw])
     assert [i for i, _ in got.rejected] == [1] and got.table.num_rows == 1
 
 

@@ -11,6 +11,7 @@ table of the records ``decode`` accepts; and what decodes, round-trips.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pyarrow as pa
@@ -19,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpcinsight.schemas.arrow_wire import IPC_MARKER
-from hpcinsight.schemas.catalog import TOPICS, Topic
+from hpcinsight.schemas.catalog import IB_SAMPLES, TOPICS, Topic
 from hpcinsight.schemas.codec import Codec, DecodeError
 from hpcinsight.schemas.derive import to_arrow
 from tests.fuzz.strategies import messages
@@ -27,7 +28,8 @@ from tests.fuzz.test_fuzz import decodes  # noqa: F401 - also loads the suite's 
 from tests.test_arrow_wire import ipc
 from tests.test_bulk_decode import extra_for, reference
 
-ARROW = [t for t in TOPICS if t.wire == "arrow"]
+#: the topics on the Arrow wire, and IB samples as if they were (maps, a float map's infinities)
+ARROW = [*(t for t in TOPICS if t.wire == "arrow"), dataclasses.replace(IB_SAMPLES, wire="arrow")]
 
 
 def records(topic: Topic) -> st.SearchStrategy[list[Any]]:
@@ -131,7 +133,7 @@ def arrow_messages(topic: Topic) -> st.SearchStrategy[bytes]:
     )
 
 
-@pytest.mark.parametrize("topic", ARROW, ids=lambda t: t.name)
+@pytest.mark.parametrize("topic", ARROW, ids=lambda t: f"{t.name}-{t.wire}")
 def test_the_arrow_decoder_returns_records_or_says_why(topic: Topic) -> None:
     @given(arrow_messages(topic))
     def prop(raw: bytes) -> None:
@@ -146,7 +148,7 @@ def test_the_arrow_decoder_returns_records_or_says_why(topic: Topic) -> None:
     prop()
 
 
-@pytest.mark.parametrize("topic", ARROW, ids=lambda t: t.name)
+@pytest.mark.parametrize("topic", ARROW, ids=lambda t: f"{t.name}-{t.wire}")
 def test_the_arrow_block_decode_refuses_exactly_what_decode_refuses(topic: Topic) -> None:
     @given(st.lists(st.one_of(arrow_messages(topic), messages(topic)), min_size=1, max_size=8))
     def prop(block: list[bytes]) -> None:
