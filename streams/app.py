@@ -303,6 +303,8 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     feed = SchedulerFeed(settings, processor)
     raw_topic, sketch_topic = settings.topic(GPU_SAMPLES_RAW.name), settings.topic(GPU_SKETCHES.name)
     owned: dict[str, set[int]] = {raw_topic: set(), sketch_topic: set()}
+    #: raw partition -> the last offset the per-GPU stage handled there (see process_gpu)
+    handled: dict[int, int] = {}
     started = False
     # One worker publishes the scheduling KPIs: the one that owns the (single) inventory partition.
     # Every worker computes them from the whole scheduler stream, so a new leader goes straight on.
@@ -342,6 +344,8 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         mine = {tp.partition for tp in assigned if tp.topic == raw_topic}
         processor.forget(owned[raw_topic] - mine)
         new = mine - owned[raw_topic]
+        for partition in set(handled) - (mine & owned[raw_topic]):  # a rebuilt partition goes on from its commit
+            del handled[partition]
         if new:
             processor.forget(new)  # a rebuild tried again starts these series afresh
             rebuild_gpu_stage(processor, conf, app.conf.id, raw_topic, settings.topic(STREAM_STATE.name), new)
@@ -374,20 +378,30 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     # outputs go as one message per topic and key. take_events acks a batch's events only when the
     # loop body has returned for it (after send has queued every output), so the commit, which
     # first flushes those outputs (OutputProducer.attach), still covers only what was handled.
-    # A batch can hold events fetched before a rebalance, and Faust then fetches again from the
-    # committed offsets: those events are left to that second fetch, as Faust's own iterator
-    # skips a message of an older generation, and are marked acked so that no commit counts them.
+    # After a rebalance Faust fetches every partition again from its committed offset (it does
+    # not commit at a revocation here). A batch can hold events fetched before it: they are left to
+    # that second fetch, as Faust's own iterator skips a message of an older generation, and marked
+    # acked so that no commit counts them. And in a partition this worker kept, the second fetch
+    # brings again what was handled after the last commit: skipped by offset (handled), or its
+    # samples would count twice in the panes still open (a partition that moved is rebuilt from
+    # its checkpoints and the raw messages up to the commit instead).
     gpu_stage = "gpu-samples"
 
     async def process_gpu(stream: faust.Stream) -> None:
         async for events in stream.take_events(options.batch_max, options.batch_wait_s):
-            generation, batch = app.consumer_generation_id, list[Message]()
+            generation, batch, stale = app.consumer_generation_id, list[Message](), 0
             for event in events:
                 msg = event.message
                 if msg.generation_id != generation:
                     msg.acked = True  # the consumer's ack bookkeeping skips it; its copy from the new fetch is acked
-                    continue
-                batch.append((msg.topic, msg.partition, msg.offset, event.key, event.value))
+                    stale += 1
+                elif msg.offset > handled.get(msg.partition, -1):
+                    batch.append((msg.topic, msg.partition, msg.offset, event.key, event.value))
+                    handled[msg.partition] = msg.offset
+            if len(batch) < len(events):
+                log.info(
+                    "%d messages handled before the rebalance, %d fetched before it", len(events) - len(batch) - stale, stale
+                )
             await send(processor.handle_batch(batch, gpu_stage))
 
     app.agent(topics[GPU_SAMPLES_RAW.name], name=gpu_stage)(process_gpu)
