@@ -340,17 +340,16 @@ def _latency(gpus: int, seconds: int, workers: int = 1) -> dict[str, float]:
             for s in GPU_SAMPLES_RAW.codec.decode(msg.value()):
                 produced.setdefault(s.gpu_uuid, []).append((s.ts, kafka_ts))
             delivery.append(kafka_ts - s.ts)
-            arrived[(msg.key(), s.ts)] = kafka_ts
+            arrived[(s.node.encode(), s.ts)] = kafka_ts
         for series in produced.values():
             series.sort()
         # how long raw messages waited before their worker processed them (the worker forwards a
-        # node's samples of a batch in one message once the batch is handled: its timestamp is then,
-        # matched to the raw message of its last sample)
-        queued = [
-            m.timestamp()[1] - arrived[k]
-            for m in read(prefix + GPU_SAMPLES.name)
-            if (k := (m.key(), GPU_SAMPLES.codec.decode(m.value())[-1].ts)) in arrived
-        ]
+        # partition's samples of a batch in one message once the batch is handled: its timestamp is
+        # then, matched to the raw message of each node's last sample in it)
+        queued = []
+        for m in read(prefix + GPU_SAMPLES.name):
+            last = {s.node: s.ts for s in GPU_SAMPLES.codec.decode(m.value())}
+            queued += [m.timestamp()[1] - arrived[k] for k in ((n.encode(), ts) for n, ts in last.items()) if k in arrived]
         lateness_ms = 2000
         latencies = []
         for msg in read(prefix + ANOMALIES.name):

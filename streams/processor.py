@@ -138,13 +138,15 @@ class ProcessorStats:
 MAX_OUTPUT_BYTES = 512 * 1024
 
 
-def _split(topic: Topic, key: bytes, records: list[Any], limit: int = MAX_OUTPUT_BYTES) -> list[Output]:
+def _split(
+    topic: Topic, key: bytes, records: list[Any], limit: int = MAX_OUTPUT_BYTES, partition: int | None = None
+) -> list[Output]:
     """``records`` as one message of ``topic``, or as several in order when one would pass ``limit``."""
     value = topic.codec.encode(records)
     if len(value) <= limit or len(records) < 2:
-        return [Output(topic, key, value)]
+        return [Output(topic, key, value, partition)]
     half = len(records) // 2
-    return _split(topic, key, records[:half], limit) + _split(topic, key, records[half:], limit)
+    return _split(topic, key, records[:half], limit, partition) + _split(topic, key, records[half:], limit, partition)
 
 
 @dataclass
@@ -153,6 +155,7 @@ class _GpuPart:
 
     node_key: bytes
     samples: list[GpuSample]
+    partition: int = 0  # of the raw topic
     quantiles: list[GpuQuantiles] = field(default_factory=list)
     anomalies: list[Event] = field(default_factory=list)
     sketches: dict[str, list[GpuSketch]] = field(default_factory=dict)
@@ -268,7 +271,7 @@ class SampleProcessor:
     def _gpu_part(self, node_key: bytes, samples: list[GpuSample], partition: int) -> _GpuPart:
         """Run one message's validated, attributed samples through the windows and detectors."""
         self.stats.samples += len(samples)
-        part = _GpuPart(node_key, samples)
+        part = _GpuPart(node_key, samples, partition)
         for sample in samples:
             part.anomalies.extend(self._detect(sample))
             means = self._means_of(sample)
@@ -286,20 +289,28 @@ class SampleProcessor:
         return part
 
     def _gpu_outputs(self, parts: list[_GpuPart], forward: bool = False) -> list[Output]:
-        """The messages of ``parts`` combined: per node key the samples (when ``forward``) and the
-        quantiles, anomalies per subject, sketches per job (each in the parts' order), and the
-        checkpoints as they are (each names its partition)."""
-        samples: dict[bytes, list[GpuSample]] = {}
+        """The messages of ``parts`` combined: the samples (when ``forward``) per partition, per node
+        key the quantiles, anomalies per subject, sketches per job (each in the parts' order), and
+        the checkpoints as they are (each names its partition).
+
+        The samples of one raw partition go out as one message to the same partition of the
+        stored topic (they are co-partitioned by node, so each node's rows keep their order): a
+        columnar message is worth its decode only with many rows (docs/storage.md), and at 1 Hz a
+        node's part of a batch is one tick of 8 GPUs. Where the two topics' partition counts
+        differ, per node key as the other outputs."""
+        by_partition = GPU_SAMPLES.partitions == GPU_SAMPLES_RAW.partitions
+        samples: dict[tuple[bytes, int | None], list[GpuSample]] = {}
         quantiles: dict[bytes, list[GpuQuantiles]] = {}
         sketches: dict[bytes, list[GpuSketch]] = {}
         for part in parts:
             if forward and part.samples:
-                samples.setdefault(part.node_key, []).extend(part.samples)
+                where = (b"", part.partition) if by_partition else (part.node_key, None)
+                samples.setdefault(where, []).extend(part.samples)
             if part.quantiles:
                 quantiles.setdefault(part.node_key, []).extend(part.quantiles)
             for job_id, records in part.sketches.items():
                 sketches.setdefault(job_id.encode(), []).extend(records)
-        out = [o for key, records in samples.items() for o in _split(GPU_SAMPLES, key, records)]
+        out = [o for (key, p), records in samples.items() for o in _split(GPU_SAMPLES, key, records, partition=p)]
         out += [o for key, records in quantiles.items() for o in _split(GPU_QUANTILES, key, records)]
         merged = [o for key, records in sketches.items() for o in _split(GPU_SKETCHES, key, records)]
         out += self._anomaly_outputs([a for part in parts for a in part.anomalies])  # after the encodes: it notes open incidents

@@ -78,6 +78,11 @@ def _bad_messages(tick: int) -> list[tuple[bytes | None, bytes | None]]:
     }.get(tick, [])
 
 
+def _partition_of(key: bytes | None, offset: int) -> int:
+    """A node's messages all in one partition, as the agents' keyed producer puts them."""
+    return int(key.rsplit(b"-", 1)[1]) % 3 if key and key.startswith(b"sim-node-") else offset % 3
+
+
 def _input() -> list[Message]:
     """The cluster's raw messages in Kafka's order: a node's messages in one partition, in order."""
     idle = (IdleGpu(1, 2, 20, 70), IdleGpu(3, 5, 40, 100), IdleGpu(5, 0, 10, 130))
@@ -92,7 +97,7 @@ def _input() -> list[Message]:
         if k == 30:  # a good message without samples, keyed and not
             raw += [(b"sim-node-05", GPU_SAMPLES_RAW.codec.encode([])), (None, GPU_SAMPLES_RAW.codec.encode([]))]
         for key, value in raw + _bad_messages(k):
-            out.append((SOURCE, len(out) % 3, len(out), key, value))
+            out.append((SOURCE, _partition_of(key, len(out)), len(out), key, value))
     return out
 
 
@@ -116,7 +121,12 @@ def _records(outputs: list[Output]) -> dict[tuple[str, bytes, int | None], list[
                 )
                 for d in records
             ]
-        if records:  # a message without samples: forwarded as it is one by one, nothing to send in a batch
+        if not records:  # a message without samples: forwarded as it is one by one, nothing to send in a batch
+            continue
+        if o.topic is GPU_SAMPLES:  # one by one a message per node; in a batch one per partition: compared per node
+            for r in records:
+                out.setdefault((o.topic.name, r.node.encode(), None), []).append(r)
+        else:
             out.setdefault((o.topic.name, o.key, o.partition), []).extend(records)
     return out
 
@@ -158,8 +168,13 @@ def test_a_batch_gives_what_its_messages_give_one_by_one(
     outputs: list[Output] = []
     for start in range(0, len(data), size):
         batch = processor.handle_batch(data[start : start + size], STAGE)
-        samples = Counter(o.key for o in batch if o.topic is GPU_SAMPLES)
-        assert all(n == 1 for n in samples.values()), samples  # one samples message per node key and batch
+        samples = Counter(o.partition for o in batch if o.topic is GPU_SAMPLES)
+        for o in batch:  # one samples message per partition and batch, unless it had to be split
+            if o.topic is GPU_SAMPLES and samples[o.partition] > 1:
+                assert len(o.value) > MAX_OUTPUT_BYTES // 4, (o.partition, len(o.value))
+        for o in batch:  # each in the partition of its nodes' raw messages: a node's rows stay in order
+            if o.topic is GPU_SAMPLES:
+                assert {_partition_of(r.node.encode(), 0) for r in GPU_SAMPLES.codec.decode(o.value)} == {o.partition}
         quantiles = Counter(o.key for o in batch if o.topic is GPU_QUANTILES)
         assert all(n == 1 for n in quantiles.values()), quantiles
         outputs += batch
