@@ -258,8 +258,9 @@ def bench_scaleout(repeats: int) -> dict[str, float]:
     return {"samples_per_s": two, "baseline_samples_per_s": one, "ratio": two / one, "cores": float(os.cpu_count() or 0)}
 
 
-def _latency(gpus: int, seconds: int, workers: int = 1) -> dict[str, float]:
-    """Run agent + ``workers`` workers (one group) on one broker for ``seconds``; latency of every anomaly."""
+def _latency(gpus: int, seconds: int, workers: int = 1, agent_nice: int = 0) -> dict[str, float]:
+    """Run agent + ``workers`` workers (one group) on one broker for ``seconds``; latency of every anomaly.
+    ``agent_nice``: the simulated agents' CPU priority (19: the lowest, as if on hosts of their own)."""
     from confluent_kafka import Consumer, TopicPartition
 
     from hpcinsight.deploy.local.kafka import LocalKafka
@@ -305,7 +306,15 @@ def _latency(gpus: int, seconds: int, workers: int = 1) -> dict[str, float]:
         ]
         for spec in idle:
             args += ["--idle", spec]
-        agent = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300)
+        agent = subprocess.run(
+            args,
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 300,
+            preexec_fn=(lambda: os.nice(agent_nice)) if agent_nice else None,
+        )
         summary = json.loads(agent.stdout.strip().splitlines()[-1])
         time.sleep(5)
         for worker in procs:
@@ -381,6 +390,7 @@ def _latency(gpus: int, seconds: int, workers: int = 1) -> dict[str, float]:
         "ticks": float(summary["ticks"]),
         "dropped": float(summary["dropped"]),
         "workers": float(workers),
+        "agent_nice": float(agent_nice),
         "queued_p50_s": float(np.percentile(queued, 50)) / 1000 if queued else float("nan"),
         "queued_p99_s": float(np.percentile(queued, 99)) / 1000 if queued else float("nan"),
     }
@@ -391,7 +401,7 @@ def bench_latency_1k(repeats: int) -> dict[str, float]:
 
 
 def bench_latency_10k(repeats: int) -> dict[str, float]:
-    # One worker here sustains 10-14k samples/s: too little headroom for 10,240 GPUs at 1 Hz with the
-    # agent and the broker on the same two cores (it fell a minute behind). Two workers in one group,
-    # as such a cluster would run.
-    return _latency(10240, 90, workers=2)
+    # One worker, as issue 19 asks. The simulated agents of 1,280 nodes run in one process on the
+    # same two cores as the worker and the broker; on a cluster each agent has a host of its own,
+    # so here they run at the lowest CPU priority (nice 19) and take only what the worker leaves.
+    return _latency(10240, 90, workers=1, agent_nice=19)
