@@ -114,6 +114,34 @@ class WorkerOptions:
         )
 
 
+class HandledOffsets:
+    """The last offset each stage handled per partition, to skip what Faust fetches again.
+
+    After a rebalance Faust seeks every partition back to its committed offset (this worker does
+    not commit at a revocation), so in a partition it kept, what it handled since the last commit
+    comes again: counted twice in open windows and detector state (found on the per-GPU stage:
+    16 of 39,936 windows with a sample too many). A partition that moved away and back is rebuilt
+    (or starts afresh) from its commit, so its record is dropped at the rebalance."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, int], int] = {}
+        self._assigned: set[tuple[str, int]] = set()
+
+    def fresh(self, topic: str, partition: int, offset: int) -> bool:
+        """True, and noted, unless this offset of the partition was handled already."""
+        key = (topic, partition)
+        if offset <= self._last.get(key, -1):
+            return False
+        self._last[key] = offset
+        return True
+
+    def rebalanced(self, assigned: set[tuple[str, int]]) -> None:
+        """Keep the record of the partitions kept through the rebalance only."""
+        kept = assigned & self._assigned
+        self._last = {k: v for k, v in self._last.items() if k in kept}
+        self._assigned = set(assigned)
+
+
 JOB_QUANTILES_LOOKBACK_MS = 5 * 60_000
 #: how often the worker's consumer refreshes its metadata, whatever happens (see create_app)
 METADATA_MAX_AGE_MS = 10_000
@@ -303,8 +331,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     feed = SchedulerFeed(settings, processor)
     raw_topic, sketch_topic = settings.topic(GPU_SAMPLES_RAW.name), settings.topic(GPU_SKETCHES.name)
     owned: dict[str, set[int]] = {raw_topic: set(), sketch_topic: set()}
-    #: raw partition -> the last offset the per-GPU stage handled there (see process_gpu)
-    handled: dict[int, int] = {}
+    handled = HandledOffsets()  # every stage's: see HandledOffsets
     started = False
     # One worker publishes the scheduling KPIs: the one that owns the (single) inventory partition.
     # Every worker computes them from the whole scheduler stream, so a new leader goes straight on.
@@ -333,6 +360,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         # Blocking the loop for the replay is deliberate (seconds, far below the session timeout).
         nonlocal started
         log.info("partitions assigned: %s", sorted(assigned))
+        handled.rebalanced({(tp.topic, tp.partition) for tp in assigned})
         conf = settings.kafka.client_config()
         kpi["leader"] = any(tp.topic == inventory_topic for tp in assigned)
         if not started:
@@ -344,8 +372,6 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         mine = {tp.partition for tp in assigned if tp.topic == raw_topic}
         processor.forget(owned[raw_topic] - mine)
         new = mine - owned[raw_topic]
-        for partition in set(handled) - (mine & owned[raw_topic]):  # a rebuilt partition goes on from its commit
-            del handled[partition]
         if new:
             processor.forget(new)  # a rebuild tried again starts these series afresh
             rebuild_gpu_stage(processor, conf, app.conf.id, raw_topic, settings.topic(STREAM_STATE.name), new)
@@ -395,9 +421,8 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
                 if msg.generation_id != generation:
                     msg.acked = True  # the consumer's ack bookkeeping skips it; its copy from the new fetch is acked
                     stale += 1
-                elif msg.offset > handled.get(msg.partition, -1):
+                elif handled.fresh(msg.topic, msg.partition, msg.offset):
                     batch.append((msg.topic, msg.partition, msg.offset, event.key, event.value))
-                    handled[msg.partition] = msg.offset
             if len(batch) < len(events):
                 log.info(
                     "%d messages handled before the rebalance, %d fetched before it", len(events) - len(batch) - stale, stale
@@ -418,7 +443,8 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         async def process(stream: faust.Stream, handle: Handler = handle) -> None:
             async for event in stream.events():
                 msg = event.message
-                await send(handle(msg.topic, msg.partition, msg.offset, event.key, event.value))
+                if handled.fresh(msg.topic, msg.partition, msg.offset):  # not again after a rebalance
+                    await send(handle(msg.topic, msg.partition, msg.offset, event.key, event.value))
 
         app.agent(topics[topic.name], name=name)(process)
 
