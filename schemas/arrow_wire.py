@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from hpcinsight.schemas.codec import Codec, Decoded, DecodeError, E
+from hpcinsight.schemas.codec import Codec, Decoded, DecodeError, E, all_true, cut_reason, rule_violation
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 IPC_MARKER = b"\xff\xff\xff\xff"
 #: the stream format's end: the marker and a zero length
 EOS = IPC_MARKER + b"\x00\x00\x00\x00"
-_REASON_MAX = 300
 
 
 class ArrowCodec(Codec[E]):
@@ -83,7 +82,7 @@ class ArrowCodec(Codec[E]):
         except DecodeError:
             raise
         except Exception as err:  # noqa: BLE001 - e.g. MemoryError on an absurd length: still one bad message
-            raise DecodeError(_cut(f"undecodable: {type(err).__name__}: {err}")) from None
+            raise DecodeError(cut_reason(f"undecodable: {type(err).__name__}: {err}")) from None
 
     def decode_table(self, raws: Sequence[bytes | None], extra: Mapping[str, pa.Array] | None = None) -> Decoded:
         """As :meth:`Codec.decode_table`: the good messages' rows in message order, ``extra``
@@ -178,7 +177,7 @@ class ArrowCodec(Codec[E]):
                 except StopIteration:
                     break
                 if message.type != "record batch":
-                    raise DecodeError(_cut(f"malformed Arrow IPC: a {message.type} message after the schema"))
+                    raise DecodeError(cut_reason(f"malformed Arrow IPC: a {message.type} message after the schema"))
                 if _compressed(message.metadata.to_pybytes()):
                     # Kafka compresses whole messages already; a compressed buffer says its size
                     # after decompression itself, and a few hostile bytes could ask for gigabytes
@@ -190,14 +189,14 @@ class ArrowCodec(Codec[E]):
         except StopIteration:
             raise DecodeError("malformed Arrow IPC: no schema") from None
         except (pa.ArrowException, OSError, ValueError, struct.error) as err:
-            raise DecodeError(_cut(f"malformed Arrow IPC: {err}")) from None
+            raise DecodeError(cut_reason(f"malformed Arrow IPC: {err}")) from None
         if not raw.endswith(EOS) or source.tell() != len(raw):
             raise DecodeError("malformed Arrow IPC: not one whole stream (no end-of-stream marker, or bytes after it)")
         for batch in batches:
             try:
                 batch.validate(full=True)  # before any kernel reads a buffer: offsets, lengths, UTF-8
             except pa.ArrowException as err:
-                raise DecodeError(_cut(f"malformed Arrow IPC: {err}")) from None
+                raise DecodeError(cut_reason(f"malformed Arrow IPC: {err}")) from None
         return batches
 
     def _foreign_schema(self, schema: pa.Schema) -> str | None:
@@ -220,7 +219,7 @@ class ArrowCodec(Codec[E]):
             return f"Arrow schema of {expected!r} with {len(schema)} columns; expected {len(want)}"
         for k, (got, field) in enumerate(zip(schema, want, strict=True)):
             if got.name != field.name or not got.type.equals(field.type):
-                return _cut(
+                return cut_reason(
                     f"Arrow column {k} of {expected!r} is `{got.name}: {got.type}`; expected `{field.name}: {field.type}`"
                 )
         return None
@@ -239,7 +238,7 @@ class ArrowCodec(Codec[E]):
         try:
             return self._invalid(self._table(batches))
         except Exception as err:  # noqa: BLE001 - as decode
-            return _cut(f"undecodable: {type(err).__name__}: {err}")
+            return cut_reason(f"undecodable: {type(err).__name__}: {err}")
 
     def _invalid(self, table: pa.Table, only: tuple[int, ...] | None = None) -> str | None:
         """Why the rows of ``table`` (validated batches) break the event's rules, first column first; or
@@ -250,7 +249,7 @@ class ArrowCodec(Codec[E]):
             check, values = self._checks[k], table.column(k)
             why = check.why(values)
             if why is not None:
-                return _cut(f"invalid {self.event.__schema__}: `{check.field.name}` {why}")
+                return cut_reason(f"invalid {self.event.__schema__}: `{check.field.name}` {why}")
         return None
 
     def _records(self, table: pa.Table) -> list[E]:
@@ -268,7 +267,7 @@ class ArrowCodec(Codec[E]):
         try:
             return msgspec.convert([dict(zip(names, row)) for row in zip(*columns)], list[self.event])  # type: ignore[name-defined]  # a run-time type
         except (msgspec.ValidationError, ValueError) as err:
-            raise DecodeError(_cut(f"invalid {self.event.__schema__}: {err}")) from None
+            raise DecodeError(cut_reason(f"invalid {self.event.__schema__}: {err}")) from None
 
     # -- what is built once, on first use (an agent that only encodes JSON never loads pyarrow) --
 
@@ -334,7 +333,7 @@ class _ColumnCheck:
                 return None
         if self.rule is None:
             return self._by_msgspec(values)
-        return _why_not(self.rule, values)
+        return rule_violation(self.rule, values)
 
     def _by_msgspec(self, values: pa.ChunkedArray) -> str | None:
         """A field with no column-wise rule (a map, bytes): msgspec checks its values one by one."""
@@ -346,68 +345,13 @@ class _ColumnCheck:
             column = [None if v is None else dict(v) for v in column]
             if pa.types.is_floating(values.type.item_type):
                 items = [c.items.slice(c.offsets[0].as_py(), c.offsets[-1].as_py() - c.offsets[0].as_py()) for c in values.chunks]
-                if not all(_all_true(pc.is_finite(pc.fill_null(i, 0.0))) for i in items):
+                if not all(all_true(pc.is_finite(pc.fill_null(i, 0.0))) for i in items):
                     return "holds a value that is not a finite number"
         try:
             msgspec.convert(column, list[self.hint])  # type: ignore[name-defined]  # a run-time type
         except msgspec.ValidationError as err:
             return f"is invalid: {err}"
         return None
-
-
-def _why_not(rule: ValueRule, values: Any) -> str | None:
-    """Why some of ``values`` (nulls aside) break ``rule``, naming the offending value; or None."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if pa.types.is_timestamp(values.type):
-        values = values.cast(pa.int64())
-    if rule.finite and not _all_true(pc.is_finite(values)):
-        return "holds a value that is not a finite number"
-    bounds = _out_of_bounds(values, rule.ge, rule.gt, rule.le, rule.lt)
-    if bounds is not None:
-        return f"is {bounds}"
-    if rule.min_length is not None or rule.max_length is not None:
-        lengths = pc.list_value_length(values) if rule.item is not None else pc.utf8_length(values)
-        what = "items" if rule.item is not None else "characters"
-        short = _out_of_bounds(lengths, rule.min_length, None, rule.max_length, None)
-        if short is not None:
-            return f"has a length ({what}) of {short}"
-    if rule.values is not None:
-        allowed = pc.is_in(values, value_set=pa.array(rule.values, values.type), skip_nulls=True)
-        if not _all_true(allowed):
-            odd = pc.filter(values, pc.invert(allowed))[0].as_py()
-            return _cut(f"is {odd!r}, not one of {', '.join(rule.values)}")
-    if rule.item is not None:
-        items = pc.list_flatten(values)
-        if items.null_count:
-            return "holds a null item"
-        if len(items):
-            why = _why_not(rule.item, items)
-            if why is not None:
-                return f"holds an item that {why}"
-    return None
-
-
-def _out_of_bounds(values: Any, ge: Any, gt: Any, le: Any, lt: Any) -> str | None:
-    """The smallest or largest of ``values`` where it breaks a bound, said in words; or None."""
-    import pyarrow.compute as pc
-
-    if ge is None and gt is None and le is None and lt is None:
-        return None
-    extremes = pc.min_max(values)
-    lo, hi = extremes["min"].as_py(), extremes["max"].as_py()
-    if lo is None:
-        return None
-    if ge is not None and lo < ge:
-        return f"{lo!r}, below its minimum {ge!r}"
-    if gt is not None and lo <= gt:
-        return f"{lo!r}, not above {gt!r}"
-    if le is not None and hi > le:
-        return f"{hi!r}, above its maximum {le!r}"
-    if lt is not None and hi >= lt:
-        return f"{hi!r}, not below {lt!r}"
-    return None
 
 
 def _compressed(metadata: bytes) -> bool:
@@ -429,12 +373,6 @@ def _compressed(metadata: bytes) -> bool:
     return field_offset(header, 3) != 0  # RecordBatch.compression
 
 
-def _all_true(mask: Any) -> bool:
-    import pyarrow.compute as pc
-
-    return pc.all(mask).as_py() is not False
-
-
 def _is_ipc(raw: Any) -> bool:
     return isinstance(raw, (bytes, bytearray, memoryview)) and bytes(raw[:4]) == IPC_MARKER
 
@@ -442,8 +380,4 @@ def _is_ipc(raw: Any) -> bool:
 def _reason(err: Exception) -> str:
     if isinstance(err, DecodeError):
         return str(err)
-    return _cut(f"undecodable: {type(err).__name__}: {err}")
-
-
-def _cut(reason: str) -> str:
-    return reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 3] + "..."
+    return cut_reason(f"undecodable: {type(err).__name__}: {err}")

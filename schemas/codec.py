@@ -250,7 +250,9 @@ class _BulkDecoder:
         schema_col, version_col, records = table.column("schema"), table.column("v"), table.column("records")
         if schema_col.null_count or version_col.null_count or records.null_count:
             return None
-        if not (_all(pc.equal(schema_col, self.event.__schema__)) and _all(pc.equal(version_col, self.event.__version__))):
+        if not (
+            all_true(pc.equal(schema_col, self.event.__schema__)) and all_true(pc.equal(version_col, self.event.__version__))
+        ):
             return None
         columns: dict[str, list[pa.Array]] = {name: [] for name in names}
         owners = []
@@ -305,7 +307,7 @@ def _default_of(spec: Any) -> Any:
     return spec.default
 
 
-def _all(mask: Any) -> bool:
+def all_true(mask: Any) -> bool:
     import pyarrow.compute as pc
 
     return pc.all(mask).as_py() is not False
@@ -330,7 +332,7 @@ def _column(rule: WireRule, values: pa.ChunkedArray) -> pa.ChunkedArray | None:
     target = rule.field.column.arrow
     if values.type != target:
         values = values.cast(target)
-        if rule.value.finite and not _all(pc.is_finite(values)):
+        if rule.value.finite and not all_true(pc.is_finite(values)):
             return None  # a finite float64 too large for float32
     return values
 
@@ -353,29 +355,52 @@ def _fill(values: pa.ChunkedArray, default: Any) -> pa.ChunkedArray:
 
 
 def _values_ok(rule: ValueRule, values: Any) -> bool:
+    return values.null_count == len(values) or rule_violation(rule, values, check_utf8=True) is None
+
+
+#: the longest reason a rejected message's dead letter carries
+REASON_MAX = 300
+
+
+def cut_reason(reason: str) -> str:
+    return reason if len(reason) <= REASON_MAX else reason[: REASON_MAX - 3] + "..."
+
+
+def rule_violation(rule: ValueRule, values: Any, check_utf8: bool = False) -> str | None:
+    """Why some of ``values`` (nulls aside) break ``rule``, naming the offending value; or None.
+    ``check_utf8``: strings too (pyarrow.json does not check that they are UTF-8; msgspec does)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if values.null_count == len(values):
-        return True
-    if pa.types.is_string(values.type) and not _utf8(values):
-        return False
-    if rule.finite and not _all(pc.is_finite(values)):
-        return False
-    if not _within(values, rule.ge, rule.gt, rule.le, rule.lt):
-        return False
+    if check_utf8 and pa.types.is_string(values.type) and not _utf8(values):
+        return "holds a string that is not UTF-8"
+    if pa.types.is_timestamp(values.type):
+        values = values.cast(pa.int64())
+    if rule.finite and not all_true(pc.is_finite(values)):
+        return "holds a value that is not a finite number"
+    bounds = bounds_violation(values, rule.ge, rule.gt, rule.le, rule.lt)
+    if bounds is not None:
+        return f"is {bounds}"
     if rule.min_length is not None or rule.max_length is not None:
         lengths = pc.list_value_length(values) if rule.item is not None else pc.utf8_length(values)
-        if not _within(lengths, rule.min_length, None, rule.max_length, None):
-            return False
-    if rule.values is not None and not _all(pc.is_in(values, value_set=pa.array(rule.values), skip_nulls=True)):
-        return False
+        what = "items" if rule.item is not None else "characters"
+        short = bounds_violation(lengths, rule.min_length, None, rule.max_length, None)
+        if short is not None:
+            return f"has a length ({what}) of {short}"
+    if rule.values is not None:
+        allowed = pc.is_in(values, value_set=pa.array(rule.values, values.type), skip_nulls=True)
+        if not all_true(allowed):
+            odd = pc.filter(values, pc.invert(allowed))[0].as_py()
+            return cut_reason(f"is {odd!r}, not one of {', '.join(rule.values)}")
     if rule.item is not None:
         items = pc.list_flatten(values)
         if items.null_count:
-            return False
-        return _values_ok(rule.item, items)
-    return True
+            return "holds a null item"
+        if len(items):
+            why = rule_violation(rule.item, items, check_utf8)
+            if why is not None:
+                return f"holds an item that {why}"
+    return None
 
 
 def _utf8(values: Any) -> bool:
@@ -390,13 +415,22 @@ def _utf8(values: Any) -> bool:
     return True
 
 
-def _within(values: Any, ge: Any, gt: Any, le: Any, lt: Any) -> bool:
+def bounds_violation(values: Any, ge: Any, gt: Any, le: Any, lt: Any) -> str | None:
+    """The smallest or largest of ``values`` where it breaks a bound, said in words; or None."""
     import pyarrow.compute as pc
 
     if ge is None and gt is None and le is None and lt is None:
-        return True
+        return None
     extremes = pc.min_max(values)
     lo, hi = extremes["min"].as_py(), extremes["max"].as_py()
     if lo is None:
-        return True  # nothing but nulls
-    return (ge is None or lo >= ge) and (gt is None or lo > gt) and (le is None or hi <= le) and (lt is None or hi < lt)
+        return None  # nothing but nulls
+    if ge is not None and lo < ge:
+        return f"{lo!r}, below its minimum {ge!r}"
+    if gt is not None and lo <= gt:
+        return f"{lo!r}, not above {gt!r}"
+    if le is not None and hi > le:
+        return f"{hi!r}, above its maximum {le!r}"
+    if lt is not None and hi >= lt:
+        return f"{hi!r}, not below {lt!r}"
+    return None
