@@ -97,7 +97,7 @@ class Layout:
         # Insert deduplication by token: replicated tables keep a window by default; a plain
         # MergeTree needs one (the sink's retried inserts and the rollups' views rely on it).
         dedup = {} if self.cluster else {"non_replicated_deduplication_window": 1000}
-        return "\nSETTINGS " + ", ".join(f"{k} = {v}" for k, v in {**dedup, **DURABILITY}.items())
+        return "\nSETTINGS " + _assignments({**dedup, **DURABILITY})
 
     def ttl(self, name: str, default_days: int, time_expr: str) -> str:
         days = self.ttl_days.get(name, default_days)
@@ -252,8 +252,14 @@ def table_names() -> list[str]:
 
 def durability_ddl(layout: Layout) -> list[str]:
     """For stores created before :data:`DURABILITY`: the same settings on every table."""
-    assignments = ", ".join(f"{k} = {v}" for k, v in DURABILITY.items())
-    return [f"ALTER TABLE {quote(layout.local(name))}{layout.on_cluster} MODIFY SETTING {assignments}" for name in table_names()]
+    return [
+        f"ALTER TABLE {quote(layout.local(name))}{layout.on_cluster} MODIFY SETTING {_assignments(DURABILITY)}"
+        for name in table_names()
+    ]
+
+
+def _assignments(settings: dict[str, int]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in settings.items())
 
 
 def default_ttl_days(name: str) -> int:

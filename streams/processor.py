@@ -149,6 +149,10 @@ def _split(
     return _split(topic, key, records[:half], limit, partition) + _split(topic, key, records[half:], limit, partition)
 
 
+#: the raw and stored GPU sample topics are co-partitioned (see SampleProcessor._gpu_outputs)
+SAMPLES_BY_PARTITION = GPU_SAMPLES.partitions == GPU_SAMPLES_RAW.partitions
+
+
 @dataclass
 class _GpuPart:
     """What one raw GPU message caused, not yet encoded: a batch combines the parts of its messages."""
@@ -298,13 +302,12 @@ class SampleProcessor:
         columnar message is worth its decode only with many rows (docs/storage.md), and at 1 Hz a
         node's part of a batch is one tick of 8 GPUs. Where the two topics' partition counts
         differ, per node key as the other outputs."""
-        by_partition = GPU_SAMPLES.partitions == GPU_SAMPLES_RAW.partitions
         samples: dict[tuple[bytes, int | None], list[GpuSample]] = {}
         quantiles: dict[bytes, list[GpuQuantiles]] = {}
         sketches: dict[bytes, list[GpuSketch]] = {}
         for part in parts:
             if forward and part.samples:
-                where = (b"", part.partition) if by_partition else (part.node_key, None)
+                where = (b"", part.partition) if SAMPLES_BY_PARTITION else (part.node_key, None)
                 samples.setdefault(where, []).extend(part.samples)
             if part.quantiles:
                 quantiles.setdefault(part.node_key, []).extend(part.quantiles)

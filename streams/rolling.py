@@ -79,11 +79,6 @@ class Summary:
     def new(cls, exact: bool) -> Summary:
         return cls(IntHistogram() if exact else QuantileSketch())
 
-    def add(self, values: np.ndarray) -> None:
-        """Add ``values`` (float32)."""
-        fits = isinstance(self.sketch, IntHistogram) and IntHistogram.fits(values)
-        self.add_pane(values, float(values.sum(dtype=np.float64)), IntHistogram.count_of(values) if fits else None)
-
     def add_pane(self, values: np.ndarray, total: float, counts: np.ndarray | None) -> None:
         """Add a closing pane's ``values`` with their float64 ``total`` and their histogram
         ``counts`` (None when they do not fit one): a pane goes into several summaries, and is

@@ -90,16 +90,13 @@ class IntHistogram:
 
     @classmethod
     def fits(cls, values: np.ndarray) -> bool:
-        """True when every value is a whole number within 0..100 (NaN fails both tests)."""
-        if not values.size:
-            return True
-        low, high = values.min(), values.max()
-        return bool(low >= 0 and high <= cls.BINS - 1 and np.array_equal(values, np.floor(values)))
+        """True when every value is a whole number within 0..100."""
+        return cls.counts_if_fit(values) is not None
 
     @classmethod
     def counts_if_fit(cls, values: np.ndarray) -> np.ndarray | None:
-        """The histogram of ``values``, or None when one does not :meth:`fit` (one pass fewer
-        than asking first: a pane closes for every series every few seconds)."""
+        """The histogram of ``values``, or None when they do not :meth:`fit` (one pass, not a
+        test and then a count: a pane closes for every series every few seconds)."""
         with np.errstate(invalid="ignore"):  # NaN and infinity: caught by the comparison below
             whole = values.astype(np.int64)
         if (whole != values).any():  # a fraction, NaN or infinity
@@ -110,15 +107,10 @@ class IntHistogram:
             return None
         return counts if counts.size == cls.BINS else None
 
-    @classmethod
-    def count_of(cls, values: np.ndarray) -> np.ndarray:
-        """The histogram of ``values``, which must :meth:`fit`."""
-        return np.bincount(values.astype(np.int64), minlength=cls.BINS)
-
     def update(self, values: np.ndarray) -> None:
         """Count ``values``, which must :meth:`fit`."""
         if values.size:
-            self.counts += self.count_of(values)
+            self.counts += np.bincount(values.astype(np.int64), minlength=self.BINS)
 
     def merge(self, other: IntHistogram) -> IntHistogram:
         self.counts += other.counts
