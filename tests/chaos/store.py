@@ -29,7 +29,6 @@ from typing import Any
 
 from tests.chaos.harness import FullDisk
 
-T0 = 1_796_539_000_000  # event time of block 0 (recent enough for the tables' TTLs for years)
 GPUS = 64
 
 
@@ -37,8 +36,10 @@ def store_url(mount: Path) -> str:
     return f"chdb://{mount / 'clickhouse'}"
 
 
-def writer(mount: Path, progress: Path) -> None:
-    """The child: insert blocks until SIGTERM, recording each one after its insert returned."""
+def writer(mount: Path, progress: Path, t0: int) -> None:
+    """The child: insert blocks until SIGTERM, recording each one after its insert returned.
+    Block ``k`` is stamped ``t0 + k`` seconds (``t0``: the campaign's start, the same for every
+    writer it starts, and recent, or the tables' TTL would drop the rows)."""
     from hpcinsight.core.settings import ClickHouseSettings
     from hpcinsight.schemas.catalog import by_name
     from hpcinsight.schemas.events import GpuSample
@@ -61,7 +62,7 @@ def writer(mount: Path, progress: Path) -> None:
                     node=f"n{g // 8}",
                     gpu_index=g % 8,
                     gpu_uuid=f"GPU-{g}",
-                    ts=T0 + block * 1000,
+                    ts=t0 + block * 1000,
                     gpu_util=float((block + g) % 100),
                 )
                 for g in range(GPUS)
@@ -108,8 +109,11 @@ def campaign(run_dir: Path, minutes: float, seed: int) -> int:
     progress, log = run_dir / "progress.txt", open(run_dir / "writer.log", "a")
     progress.unlink(missing_ok=True)
     rng = random.Random(seed)
+    t0 = int(time.time()) * 1000
     start = lambda: subprocess.Popen(
-        [sys.executable, "-m", "tests.chaos.store", "--writer", str(disk.mount_point), str(progress)], stdout=log, stderr=log
+        [sys.executable, "-m", "tests.chaos.store", "--writer", str(disk.mount_point), str(progress), str(t0)],
+        stdout=log,
+        stderr=log,
     )
     child, faults, ok = start(), {"kill": 0, "term": 0, "disk": 0}, False
     try:
@@ -144,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--run-dir", type=Path, default=None, help="kept; a failed run keeps the store image in it")
-    parser.add_argument("--writer", nargs=2, metavar=("MOUNT", "PROGRESS"), help=argparse.SUPPRESS)
+    parser.add_argument("--writer", nargs=3, metavar=("MOUNT", "PROGRESS", "T0"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.writer:
-        writer(Path(args.writer[0]), Path(args.writer[1]))
+        writer(Path(args.writer[0]), Path(args.writer[1]), int(args.writer[2]))
         return 0
     run_dir = args.run_dir or Path(f"/tmp/hpcinsight-store-chaos-{os.getpid()}")
     run_dir.mkdir(parents=True, exist_ok=True)
