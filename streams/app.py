@@ -401,16 +401,13 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     # message in handle_batch): no input stops an agent, and none is skipped without a record.
     #
     # The per-GPU stage takes batches: Faust's per-message cost is most of a worker's, and a batch's
-    # outputs go as one message per topic and key. take_events acks a batch's events only when the
-    # loop body has returned for it (after send has queued every output), so the commit, which
-    # first flushes those outputs (OutputProducer.attach), still covers only what was handled.
-    # After a rebalance Faust fetches every partition again from its committed offset (it does
-    # not commit at a revocation here). A batch can hold events fetched before it: they are left to
-    # that second fetch, as Faust's own iterator skips a message of an older generation, and marked
-    # acked so that no commit counts them. And in a partition this worker kept, the second fetch
-    # brings again what was handled after the last commit: skipped by offset (handled), or its
-    # samples would count twice in the panes still open (a partition that moved is rebuilt from
-    # its checkpoints and the raw messages up to the commit instead).
+    # outputs go out combined (SampleProcessor.handle_batch). take_events acks a batch's events
+    # only when the loop body has returned for it (after send has queued every output), so the
+    # commit, which first flushes those outputs (OutputProducer.attach), still covers only what was
+    # handled. A batch can hold events fetched before a rebalance: they are left to Faust's fetch
+    # from the committed offsets that follows it, as Faust's own iterator skips a message of an
+    # older generation, and marked acked so that no commit counts them. What that fetch brings
+    # again in a partition the worker kept is skipped by every stage (HandledOffsets).
     gpu_stage = "gpu-samples"
 
     async def process_gpu(stream: faust.Stream) -> None:
