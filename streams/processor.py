@@ -237,8 +237,8 @@ class SampleProcessor:
 
     def handle_batch(self, messages: Sequence[Message], stage: str = "gpu-samples") -> list[Output]:
         """All outputs caused by a batch of raw GPU messages: the state changes, records and
-        anomalies of :meth:`handle` on each in turn, in fewer, larger messages (one per topic and
-        key per batch: the worker pays per message sent, not per record).
+        anomalies of :meth:`handle` on each in turn, in fewer, larger messages (see :meth:`_gpu_outputs`:
+        the worker pays per message sent, not per record).
 
         Each message is decoded, validated and processed alone, under the rule of :meth:`guarded`
         (counted under ``stage``): a bad one, or one whose processing raises, is one dead letter
