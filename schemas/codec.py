@@ -76,6 +76,15 @@ class Codec(Generic[E]):
     def encode(self, records: list[E]) -> bytes:
         return _encoder.encode(self._envelope(self.event.__schema__, self.event.__version__, records))
 
+    def encode_parts(self, records: list[E], limit: int) -> list[bytes]:
+        """``records`` as one message, or as several in order where one would pass ``limit`` bytes
+        (a broker refuses a message over its limit); a single record is one message whatever its size."""
+        whole = self.encode(records)
+        if len(whole) <= limit or len(records) < 2:
+            return [whole]
+        half = len(records) // 2
+        return self.encode_parts(records[:half], limit) + self.encode_parts(records[half:], limit)
+
     def decode(self, raw: bytes | None) -> list[E]:
         """The records of one message; any message that is not a valid batch of this event type
         raises :class:`DecodeError` (and nothing else: a decoder that can be made to raise

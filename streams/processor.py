@@ -142,11 +142,7 @@ def _split(
     topic: Topic, key: bytes, records: list[Any], limit: int = MAX_OUTPUT_BYTES, partition: int | None = None
 ) -> list[Output]:
     """``records`` as one message of ``topic``, or as several in order when one would pass ``limit``."""
-    value = topic.codec.encode(records)
-    if len(value) <= limit or len(records) < 2:
-        return [Output(topic, key, value, partition)]
-    half = len(records) // 2
-    return _split(topic, key, records[:half], limit, partition) + _split(topic, key, records[half:], limit, partition)
+    return [Output(topic, key, value, partition) for value in topic.codec.encode_parts(records, limit)]
 
 
 #: the raw and stored GPU sample topics are co-partitioned (see SampleProcessor._gpu_outputs)

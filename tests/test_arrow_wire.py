@@ -314,3 +314,17 @@ def test_the_sink_stores_many_rows_a_message_each_with_its_kafka_position(tmp_pa
         assert resume == [(0, 12), (1, 22)]
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("codec", [GPU_SAMPLES.codec, GPU_SAMPLES_RAW.codec], ids=["arrow", "json"])
+def test_records_over_the_limit_go_in_parts_each_a_message_of_its_own(codec: Codec[GpuSample]) -> None:
+    """A batch over the broker's limit is cut in parts below it (one record alone as it is), in
+    order; each part is a whole message a reader takes alone, and together they are the batch."""
+    records = [msgspec.structs.replace(EXAMPLES[GpuSample], gpu_index=i % 8, ts=T0 + i) for i in range(300)]
+    whole = codec.encode(records)
+    limit = len(whole) // 5
+    parts = codec.encode_parts(records, limit)
+    assert len(parts) >= 5 and all(len(p) <= limit for p in parts)
+    assert [r for p in parts for r in codec.decode(p)] == codec.decode(whole)
+    assert codec.encode_parts(records, len(whole)) == [whole]
+    assert codec.encode_parts(records[:1], 10) == [codec.encode(records[:1])]
