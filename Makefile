@@ -94,7 +94,8 @@ bench: setup
 # Chaos campaigns (tests/chaos, docs/guarantees.md): the pipeline as processes, components and
 # brokers killed -9, stopped and restarted at random, the store's disk filled; then checked.
 # chaos: CHAOS_MINUTES of faults on one broker, then on a three-node KRaft cluster; writes the
-# result table to docs/chaos-results.md. chaos-short: the suite's profile, one broker.
+# result tables into docs/chaos-results.md (between its chaos:latest markers; the rest is kept).
+# chaos-short: the suite's profile, one broker.
 # chaos-store: the embedded store alone, its writer killed and its disk filled (tests/chaos/store.py).
 CHAOS_MINUTES ?= 30
 CHAOS_SEED ?= 0

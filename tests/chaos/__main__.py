@@ -63,12 +63,27 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(results[-1:]), flush=True)
     text = markdown(results, machine())
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
         command = "python -m tests.chaos " + " ".join(argv if argv is not None else sys.argv[1:])
-        args.report.write_text(
-            f"<!-- written by `{command}` at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} -->\n\n" + text
-        )
+        write_report(args.report, text, command)
     return 0 if all(r.passed for r in results) else 1
+
+
+BEGIN, END = "<!-- chaos:latest:begin -->", "<!-- chaos:latest:end -->"
+
+
+def write_report(path: Path, tables: str, command: str) -> None:
+    """Put ``tables`` between the page's latest-run markers; everything else on the page (its
+    findings, the history of earlier runs) stays. A page without the markers gets them at its end;
+    a missing page is made of them alone."""
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    block = f"{BEGIN}\n<!-- written by `{command}` at {stamp} -->\n\n{tables.strip()}\n{END}"
+    page = path.read_text() if path.exists() else ""
+    if BEGIN in page and END in page and page.index(BEGIN) < page.index(END):
+        page = page[: page.index(BEGIN)] + block + page[page.index(END) + len(END) :]
+    else:
+        page = (page.rstrip() + "\n\n" if page.strip() else "") + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
 
 
 if __name__ == "__main__":
