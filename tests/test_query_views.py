@@ -275,6 +275,11 @@ def _before_views(name: str) -> str | None:
         return None
 
 
+#: queries whose ORDER BY has since broken ties (equal strengths, rows of one instant), which the
+#: engine used to order as it found them
+TIES_BROKEN_SINCE = {"metric_correlation", "job_timeline"}
+
+
 @pytest.mark.parametrize("name", JOB_QUERIES)
 def test_each_job_query_gives_the_rows_it_gave_before_the_views(store, name: str, tmp_path: Path) -> None:
     """The library as it was typed out (commit eb63c15) and as it is now answer alike."""
@@ -287,4 +292,7 @@ def test_each_job_query_gives_the_rows_it_gave_before_the_views(store, name: str
     old, new = parse_query_file(path), library()[name]
     assert "job_window(" not in old.sql and "job_window(" in new.sql
     for case in _cases(name):
-        assert rows(client, new.sql, new.bind(dict(case))) == rows(client, old.sql, old.bind(dict(case))), (name, case)
+        got, want = rows(client, new.sql, new.bind(dict(case))), rows(client, old.sql, old.bind(dict(case)))
+        if name in TIES_BROKEN_SINCE:  # the old order left rows of equal keys to the engine: the same rows
+            got, want = sorted(got, key=repr), sorted(want, key=repr)
+        assert got == want, (name, case)

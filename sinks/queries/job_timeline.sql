@@ -37,7 +37,7 @@ FROM (
     FROM (
         SELECT bucket, count() AS gpus, quantilesExactInclusive(0.05, 0.5, 0.95)(u) AS q,
                quantileExactInclusive(0.5)(p) AS pw, quantileExactInclusive(0.5)(c) AS clock,
-               argMin((u, concat(node, '/', toString(gpu_index))), u) AS lowest
+               argMin((u, concat(node, '/', toString(gpu_index))), (u, node, gpu_index)) AS lowest
         FROM job_gpu_buckets(job = {job:String}, t0 = t0, t1 = t1, b = b)
         GROUP BY bucket
     )
@@ -47,7 +47,7 @@ FROM (
                   ' s, slowest rank ', toString(slow.1), ' (', toString(round(slow.2, 3)), ' s median)')
     FROM (
         SELECT bucket, sum(n) AS steps, count() AS ranks, quantilesExactInclusive(0.5, 0.95)(med) AS q,
-               argMax((rank, med), med) AS slow
+               argMax((rank, med), (med, -toInt64(rank))) AS slow
         FROM (
             SELECT toStartOfInterval(ts, toIntervalSecond(b)) AS bucket, rank, count() AS n,
                    quantileExactInclusive(0.5)(duration_s) AS med
@@ -58,4 +58,4 @@ FROM (
         GROUP BY bucket
     )
 )
-ORDER BY ts, o
+ORDER BY ts, o, event, subject, detail  -- rows of one instant and source in one order every time

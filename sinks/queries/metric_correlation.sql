@@ -50,4 +50,4 @@ FROM (
     ) AS s ON s.node = g.node AND s.bucket = g.bucket
 )
 ARRAY JOIN pairs AS pair
-ORDER BY isNaN(r), abs(r) DESC
+ORDER BY isNaN(r), abs(r) DESC, metric_a, metric_b  -- equal strengths in one order every time
