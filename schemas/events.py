@@ -9,9 +9,12 @@ Bump ``__version__`` when a field changes meaning or a required field is added.
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar, Literal
+import operator
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
+import msgspec.inspect
 
 from hpcinsight.schemas.columns import (
     Bytes,
@@ -49,14 +52,37 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     def __post_init__(self) -> None:
         # JSON has no NaN, but Python producers can still build one; reject it at the
         # edge so no NaN or infinity ever reaches a quantile sketch or ClickHouse.
-        # Fast path (this runs for every decoded record): one C-level tuple and one sum; the sum
-        # is finite unless a value is NaN/inf (or, harmlessly, the finite values overflow).
+        # Fast path (this runs for every record decoded or built): the fields typed as floats
+        # picked in C, and one sum; it is finite unless a value is NaN/inf (or, harmlessly, the
+        # finite values overflow). Other fields cannot hold a float: the decoders check types,
+        # and mypy checks the code that builds events.
         values = msgspec.structs.astuple(self)
-        if math.isfinite(sum([v for v in values if v.__class__ is float])):
+        pick = _FLOATS_OF.get(self.__class__)
+        if pick is None:
+            pick = _FLOATS_OF[self.__class__] = _float_picker(self.__class__)
+        if math.isfinite(sum(filter(None, pick(values)))):  # None and 0.0 left out: both finite
             return
         for name, value in zip(self.__struct_fields__, values):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"field {name!r} is {value!r}; only finite numbers are accepted")
+
+
+#: per event type, what picks its float-typed fields out of its values (see Event.__post_init__)
+_FLOATS_OF: dict[type, Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {}
+
+
+def _float_picker(event: type[Event]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    def floats(t: msgspec.inspect.Type) -> bool:
+        if isinstance(t, msgspec.inspect.UnionType):
+            return any(floats(member) for member in t.types)
+        return isinstance(t, (msgspec.inspect.FloatType, msgspec.inspect.AnyType))
+
+    info = msgspec.inspect.type_info(event)
+    assert isinstance(info, msgspec.inspect.StructType)
+    at = [i for i, f in enumerate(info.fields) if floats(f.type)]
+    if len(at) > 1:
+        return operator.itemgetter(*at)
+    return (lambda values: (values[at[0]],)) if at else (lambda values: ())
 
 
 class GpuSample(Event, frozen=True):

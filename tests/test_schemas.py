@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 
+import msgspec
+import msgspec.inspect
 import pyarrow as pa
 import pytest
 
@@ -227,6 +230,28 @@ EXAMPLES = {
 
 def test_every_event_has_an_example() -> None:
     assert set(EXAMPLES) == set(ALL_EVENTS)
+
+
+@pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)
+def test_every_float_field_refuses_nan_and_infinity(event: type) -> None:
+    """Built in Python, an event with a non-finite number in any float field (a float, or a float
+    or null) is refused by name; the same with a large finite number is not. (Numbers inside maps
+    are checked where they are decoded: tests/test_arrow_wire.py.)"""
+
+    def is_float(t: msgspec.inspect.Type) -> bool:
+        members = t.types if isinstance(t, msgspec.inspect.UnionType) else (t,)
+        return any(isinstance(m, msgspec.inspect.FloatType) for m in members)
+
+    info = msgspec.inspect.type_info(event)
+    assert isinstance(info, msgspec.inspect.StructType)
+    floats = [f.name for f in info.fields if is_float(f.type)]
+    example = EXAMPLES[event]
+    assert {n for n in example.__struct_fields__ if isinstance(getattr(example, n), float)} <= set(floats)
+    for name in floats:
+        for bad in (math.nan, math.inf, -math.inf):
+            with pytest.raises(ValueError, match=f"field {name!r} is"):
+                msgspec.structs.replace(EXAMPLES[event], **{name: bad})
+        msgspec.structs.replace(EXAMPLES[event], **{name: 1e300})
 
 
 @pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)
