@@ -54,7 +54,7 @@ DESCRIPTIONS: dict[str, tuple[str, str, str | None]] = {
         "<= 8 KB per GPU-window, rank error <= 1%",
     ),
     "stream_chain": (
-        "the whole per-GPU stream chain in-process, in batches of 500 messages",
+        "the whole per-GPU stream chain in-process, in batches of the worker's --batch-max (100) messages",
         "decoding the same messages",
         ">= 150,000 samples/s",
     ),

@@ -2,8 +2,8 @@
 
 ``sink``: 200 ticks of 128 simulated nodes of 8 GPUs (204,800 samples) as the worker writes them
 to ``gpu.samples`` while it drains a backlog: Arrow IPC streams (the topic's wire), one message
-per node per batch of up to 500 raw messages of a partition (the worker's ``--batch-max``), so
-some 190 rows a message. They go through what the sink does with them:
+per raw partition and batch of the worker's ``--batch-max`` raw messages (100, the partitions
+interleaved as a consumer hands them over), so some 130 rows a message. They go through what the sink does with them:
 :class:`hpcinsight.sinks.clickhouse_sink.TableWriter` decodes each block of messages (about
 12,800 rows, as one ``consume`` returns them) to Arrow with the codec's validation, and inserts
 each batch (50,000 rows or more: the sink's default batch size) with its deduplication token
@@ -40,7 +40,7 @@ from hpcinsight.schemas.events import GpuSample
 
 NODES, GPUS, TICKS = 128, 8, 200
 PARTITIONS = 6
-WORKER_BATCH = 500  # raw messages the worker takes at a time (``hpcinsight worker --batch-max``)
+WORKER_BATCH = 100  # raw messages the worker takes at a time (``hpcinsight worker --batch-max``; a test holds them equal)
 BLOCK_ROWS = 12_800  # rows one consume() returns: 1,600 messages of one node's tick
 BATCH_ROWS = 50_000  # the sink closes a batch at this many rows (SinkOptions.batch_rows)
 
@@ -59,21 +59,23 @@ class Feed:
 
 def worker_output(ticks: list[list[GpuSample]], per_batch: int, encode: Callable[[list[GpuSample]], bytes]) -> Feed:
     """What the worker writes to gpu.samples from a backlog of ``ticks`` (raw messages keyed by node,
-    so node k in partition k % 6): per partition, batches of ``per_batch`` raw messages in offset
-    order, one message per node per batch; read back by the sink partition by partition in turn."""
+    so node k in partition k % 6): batches of ``per_batch`` raw messages as a consumer hands them
+    over (the partitions interleaved), one message per partition and batch with its rows in offset
+    order (``SampleProcessor._gpu_outputs``); read back by the sink partition by partition in turn."""
     from hpcinsight.schemas.derive import to_arrow
 
     raw: list[list[list[GpuSample]]] = [[] for _ in range(PARTITIONS)]  # partition -> raw messages in offset order
     for samples in ticks:
         for n in range(NODES):
             raw[n % PARTITIONS].append(samples[n * GPUS : (n + 1) * GPUS])
+    taken = [(p, m) for k in range(max(map(len, raw))) for p in range(PARTITIONS) if k < len(raw[p]) for m in (raw[p][k],)]
     out: list[list[list[GpuSample]]] = [[] for _ in range(PARTITIONS)]
-    for p, messages in enumerate(raw):
-        for start in range(0, len(messages), per_batch):
-            by_node: dict[str, list[GpuSample]] = {}
-            for message in messages[start : start + per_batch]:
-                by_node.setdefault(message[0].node, []).extend(message)
-            out[p].extend(by_node.values())
+    for start in range(0, len(taken), per_batch):
+        by_partition: dict[int, list[GpuSample]] = {}
+        for p, message in taken[start : start + per_batch]:
+            by_partition.setdefault(p, []).extend(message)
+        for p, rows in by_partition.items():
+            out[p].append(rows)
     records: list[list[GpuSample]] = []
     partitions, offsets = [], []
     for k in range(max(len(o) for o in out)):  # as consume() interleaves the partitions

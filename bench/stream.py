@@ -3,7 +3,7 @@
 ``stream_chain``: the whole per-GPU chain in-process (decode, validate, attribute, three sliding
 windows and since-start on KLL panes, every detector, encode every output) over node-batched
 messages, against decoding the same messages with the catalog codec (what any consumer pays).
-The chain runs as the worker runs it, in batches of 500 messages (``handle_batch``;
+The chain runs as the worker runs it, in batches of its ``--batch-max`` messages (``handle_batch``;
 ``BENCH_CHAIN_BATCH`` sets another size, 0 the message-by-message ``handle``); the one-by-one
 figure is reported beside it (``one_by_one_samples_per_s``).
 
@@ -11,7 +11,8 @@ figure is reported beside it (``one_by_one_samples_per_s``).
 draining a backlog of node-batched raw samples on a real broker (its rate from the Kafka
 timestamps of its first and last output), against a bare confluent-kafka consume-and-decode loop
 over the same topic. Also reported: the floor of any Faust worker here, a do-nothing Faust agent
-on the same topic (:mod:`bench.faust_floor`). Target: 50,000 GPU samples/s.
+on the same topic (:mod:`bench.faust_floor`). Target: 50,000 GPU samples/s. ``BENCH_WORKER_ARGS``
+adds options to the workers of this bench and the latency ones (e.g. ``--batch-max 100``).
 
 ``latency``: a sim agent at 1 Hz (1,024 or 10,240 GPUs) with idle GPUs injected in waves, the
 worker (two workers in one group for 10,240 GPUs) and the broker running together; for every
@@ -43,6 +44,8 @@ from hpcinsight.schemas.catalog import ANOMALIES, GPU_QUANTILES, GPU_SAMPLES, GP
 
 ROOT = Path(__file__).resolve().parent.parent
 GPUS_PER_NODE = 8
+#: more options for the benches' workers, to compare settings (e.g. ``--batch-max 100``)
+WORKER_ARGS = os.environ.get("BENCH_WORKER_ARGS", "").split()
 
 
 def _messages(nodes: int, ticks: int, t0: int) -> list[tuple[bytes, bytes]]:
@@ -57,13 +60,14 @@ def _messages(nodes: int, ticks: int, t0: int) -> list[tuple[bytes, bytes]]:
 
 
 def bench_stream_chain(repeats: int) -> dict[str, float]:
+    from hpcinsight.streams.app import WorkerOptions
     from hpcinsight.streams.processor import SampleProcessor
 
     t0 = (int(time.time()) // 3600 - 2) * 3_600_000
     data = _messages(nodes=64, ticks=180, t0=t0)  # 11,520 messages, 92,160 samples, 3 minutes of a 512-GPU cluster
     samples = len(data) * GPUS_PER_NODE
 
-    batch = int(os.environ.get("BENCH_CHAIN_BATCH", "500"))  # the worker's --batch-max
+    batch = int(os.environ.get("BENCH_CHAIN_BATCH", str(WorkerOptions().batch_max)))  # the worker's --batch-max
     messages = [("raw", 0, i, key, value) for i, (key, value) in enumerate(data)]
 
     def one_by_one() -> None:
@@ -192,10 +196,9 @@ def _worker_seconds(bootstrap: str, prefix: str, tmp: str, workers: int, expecte
 
     conf = {"bootstrap.servers": bootstrap}
     out = prefix + GPU_SAMPLES.name
-    extra = os.environ.get("BENCH_WORKER_ARGS", "").split()  # e.g. "--checkpoint-every 5m" to compare settings
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "hpcinsight.cli", "worker", "--instance", str(i), *extra],
+            [sys.executable, "-m", "hpcinsight.cli", "worker", "--instance", str(i), *WORKER_ARGS],
             env=_env(bootstrap, prefix, str(Path(tmp) / f"w{workers}-{i}")),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -279,7 +282,7 @@ def _latency(gpus: int, seconds: int, workers: int = 1, agent_nice: int = 0) -> 
         logs = [open(Path(tmp) / f"worker{i}.log", "wb") for i in range(workers)]
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "hpcinsight.cli", "worker", "--windows", "10s/5s", "--instance", str(i)],
+                [sys.executable, "-m", "hpcinsight.cli", "worker", "--windows", "10s/5s", "--instance", str(i), *WORKER_ARGS],
                 env=env,
                 cwd=ROOT,
                 stdout=log,

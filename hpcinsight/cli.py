@@ -637,8 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-max",
         type=int,
-        default=500,
-        help="the per-GPU stage handles up to this many raw messages at a time (default 500)",
+        default=100,
+        help="the per-GPU stage handles up to this many raw messages at a time (default 100)",
     )
     p.add_argument(
         "--batch-wait",

@@ -39,3 +39,19 @@ def test_the_benchmarks_page_has_the_markers() -> None:
     assert report.PAGE == Path(report.ROOT) / "docs" / "benchmarks.md"
     text = report.PAGE.read_text()
     assert report.START in text and report.END in text
+
+
+def test_the_sink_bench_feeds_the_messages_of_the_worker_s_batch() -> None:
+    """bench/sink.py models what the worker writes to gpu.samples; its batch is the worker's."""
+    from bench import sink
+    from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
+    from hpcinsight.schemas.catalog import GPU_SAMPLES
+    from hpcinsight.streams.app import WorkerOptions
+
+    assert sink.WORKER_BATCH == WorkerOptions().batch_max
+    sim = SimGpuCollector(SimConfig(nodes=sink.NODES, gpus_per_node=sink.GPUS))
+    ticks = [sim.sample(1_700_000_000_000 + k * 1000) for k in range(4)]
+    feed = sink.worker_output(ticks, 100, GPU_SAMPLES.codec.encode)
+    rows = [len(GPU_SAMPLES.codec.decode(v)) for v in feed.values]
+    assert sum(rows) == 4 * sink.NODES * sink.GPUS and max(rows) <= 17 * sink.GPUS  # 100 raw messages over 6 partitions
+    assert sorted(set(feed.partitions)) == list(range(sink.PARTITIONS))

@@ -239,5 +239,5 @@ def test_the_batch_flags_reach_the_worker_options() -> None:
     args = build_parser().parse_args(["worker", "--batch-max", "64", "--batch-wait", "20ms"])
     assert (args.batch_max, args.batch_wait) == (64, "20ms")
     defaults = build_parser().parse_args(["worker"])
-    assert WorkerOptions().batch_max == defaults.batch_max == 500
+    assert WorkerOptions().batch_max == defaults.batch_max == 100
     assert WorkerOptions().batch_wait_s == 0.05 and defaults.batch_wait == "50ms"
