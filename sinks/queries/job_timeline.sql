@@ -58,4 +58,5 @@ FROM (
         GROUP BY bucket
     )
 )
-ORDER BY ts, o, event, subject, detail  -- rows of one instant and source in one order every time
+-- rows of one instant and source in one order every time
+ORDER BY ts, o, event, subject, detail

@@ -50,4 +50,5 @@ FROM (
     ) AS s ON s.node = g.node AND s.bucket = g.bucket
 )
 ARRAY JOIN pairs AS pair
-ORDER BY isNaN(r), abs(r) DESC, metric_a, metric_b  -- equal strengths in one order every time
+-- equal strengths in one order every time
+ORDER BY isNaN(r), abs(r) DESC, metric_a, metric_b
