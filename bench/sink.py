@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -43,6 +43,7 @@ PARTITIONS = 6
 WORKER_BATCH = 100  # raw messages the worker takes at a time (``hpcinsight worker --batch-max``; a test holds them equal)
 BLOCK_ROWS = 12_800  # rows one consume() returns: 1,600 messages of one node's tick
 BATCH_ROWS = 50_000  # the sink closes a batch at this many rows (SinkOptions.batch_rows)
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,6 +58,12 @@ class Feed:
     rows: int
 
 
+def _interleaved(per_partition: list[list[T]]) -> list[tuple[int, int, T]]:
+    """(partition, offset, item) of every item, the partitions taken in turn, as a consumer does."""
+    longest = max(map(len, per_partition))
+    return [(p, k, items[k]) for k in range(longest) for p, items in enumerate(per_partition) if k < len(items)]
+
+
 def worker_output(ticks: list[list[GpuSample]], per_batch: int, encode: Callable[[list[GpuSample]], bytes]) -> Feed:
     """What the worker writes to gpu.samples from a backlog of ``ticks`` (raw messages keyed by node,
     so node k in partition k % 6): batches of ``per_batch`` raw messages as a consumer hands them
@@ -68,22 +75,17 @@ def worker_output(ticks: list[list[GpuSample]], per_batch: int, encode: Callable
     for samples in ticks:
         for n in range(NODES):
             raw[n % PARTITIONS].append(samples[n * GPUS : (n + 1) * GPUS])
-    taken = [(p, m) for k in range(max(map(len, raw))) for p in range(PARTITIONS) if k < len(raw[p]) for m in (raw[p][k],)]
+    taken = _interleaved(raw)
     out: list[list[list[GpuSample]]] = [[] for _ in range(PARTITIONS)]
     for start in range(0, len(taken), per_batch):
         by_partition: dict[int, list[GpuSample]] = {}
-        for p, message in taken[start : start + per_batch]:
+        for p, _, message in taken[start : start + per_batch]:
             by_partition.setdefault(p, []).extend(message)
         for p, rows in by_partition.items():
             out[p].append(rows)
-    records: list[list[GpuSample]] = []
-    partitions, offsets = [], []
-    for k in range(max(len(o) for o in out)):  # as consume() interleaves the partitions
-        for p in range(PARTITIONS):
-            if k < len(out[p]):
-                records.append(out[p][k])
-                partitions.append(p)
-                offsets.append(k)
+    read = _interleaved(out)  # as consume() interleaves the partitions
+    records = [message for _, _, message in read]
+    partitions, offsets = [p for p, _, _ in read], [k for _, k, _ in read]
     batches: list[list[range]] = [[]]
     rows_in_block = rows_in_batch = start = 0
     for i, message in enumerate(records):

@@ -11,11 +11,11 @@ figure is reported beside it (``one_by_one_samples_per_s``).
 draining a backlog of node-batched raw samples on a real broker (its rate from the Kafka
 timestamps of its first and last output), against a bare confluent-kafka consume-and-decode loop
 over the same topic. Also reported: the floor of any Faust worker here, a do-nothing Faust agent
-on the same topic (:mod:`bench.faust_floor`). Target: 50,000 GPU samples/s. ``BENCH_WORKER_ARGS``
+on the same topic (:mod:`bench.faust_floor`). Target: 0.6 of that floor. ``BENCH_WORKER_ARGS``
 adds options to the workers of this bench and the latency ones (e.g. ``--batch-max 100``).
 
 ``latency``: a sim agent at 1 Hz (1,024 or 10,240 GPUs) with idle GPUs injected in waves, the
-worker (two workers in one group for 10,240 GPUs) and the broker running together; for every
+worker and the broker running together (at 10,240 GPUs the agents at nice 19); for every
 anomaly, the time from the production of the raw sample that closed its window (its Kafka
 timestamp, stamped by the agent's producer) to the anomaly's own Kafka timestamp (stamped by the
 worker's producer), same clock. Target p99 <= 2 s. The baseline is the same agent's raw message

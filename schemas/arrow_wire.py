@@ -41,33 +41,21 @@ class ArrowCodec(Codec[E]):
     """Encoder and validating decoder of Arrow IPC batches of one event type (JSON still read)."""
 
     def encode(self, records: list[E]) -> bytes:
-        if not records:
-            return self._prefix + EOS
-        return self._message(self._batch(records))
+        return self._encode_prepared(self._prepared(records))
 
-    def encode_parts(self, records: list[E], limit: int) -> list[bytes]:
-        """As :meth:`Codec.encode_parts`, the values converted once: a part is a slice of the
-        batch (converting them is nine tenths of an encode; a slice costs nothing)."""
-        if not records:
-            return [self._prefix + EOS]
-        return self._parts(self._batch(records), limit)
-
-    def _parts(self, batch: pa.RecordBatch, limit: int) -> list[bytes]:
-        whole = self._message(batch)
-        if len(whole) <= limit or batch.num_rows < 2:
-            return [whole]
-        half = batch.num_rows // 2
-        return self._parts(batch.slice(0, half), limit) + self._parts(batch.slice(half), limit)
-
-    def _batch(self, records: list[E]) -> pa.RecordBatch:
+    def _prepared(self, records: list[E]) -> pa.RecordBatch:
+        """The records as one record batch: :meth:`Codec.encode_parts` cuts slices of it, so the
+        values (nine tenths of an encode) are converted once."""
         import pyarrow as pa
 
         # one conversion of all values into a struct array, then its columns: no Python loop per field
         columns = pa.array(list(map(msgspec.structs.astuple, records)), type=self._struct)
         return pa.RecordBatch.from_struct_array(columns)
 
-    def _message(self, batch: pa.RecordBatch) -> bytes:
-        body: bytes = batch.serialize().to_pybytes()
+    def _encode_prepared(self, prepared: pa.RecordBatch) -> bytes:
+        if not prepared.num_rows:
+            return self._prefix + EOS
+        body: bytes = prepared.serialize().to_pybytes()
         return self._prefix + body + EOS
 
     def encode_table(self, table: pa.Table | pa.RecordBatch) -> bytes:

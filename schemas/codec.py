@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
@@ -78,12 +78,17 @@ class Codec(Generic[E]):
 
     def encode_parts(self, records: list[E], limit: int) -> list[bytes]:
         """``records`` as one message, or as several in order where one would pass ``limit`` bytes
-        (a broker refuses a message over its limit); a single record is one message whatever its size."""
-        whole = self.encode(records)
-        if len(whole) <= limit or len(records) < 2:
-            return [whole]
-        half = len(records) // 2
-        return self.encode_parts(records[:half], limit) + self.encode_parts(records[half:], limit)
+        (a broker refuses a message over its limit); a single record is one message whatever its size.
+        Halves are cut from what :meth:`_prepared` made of the records, so a wire that converts
+        them first (Arrow) converts them once."""
+        return _halves(self._prepared(records), self._encode_prepared, limit)
+
+    def _prepared(self, records: list[E]) -> Any:
+        """The records as this wire encodes them: anything with a length that slices in order."""
+        return records
+
+    def _encode_prepared(self, prepared: Any) -> bytes:
+        return self.encode(prepared)
 
     def decode(self, raw: bytes | None) -> list[E]:
         """The records of one message; any message that is not a valid batch of this event type
@@ -365,6 +370,15 @@ def _fill(values: pa.ChunkedArray, default: Any) -> pa.ChunkedArray:
 
 def _values_ok(rule: ValueRule, values: Any) -> bool:
     return values.null_count == len(values) or rule_violation(rule, values, check_utf8=True) is None
+
+
+def _halves(items: Any, encode: Callable[[Any], bytes], limit: int) -> list[bytes]:
+    """``encode(items)``, or the messages of its two halves, and so on, until each is within ``limit``."""
+    whole = encode(items)
+    if len(whole) <= limit or len(items) < 2:
+        return [whole]
+    half = len(items) // 2
+    return _halves(items[:half], encode, limit) + _halves(items[half:], encode, limit)
 
 
 #: the longest reason a rejected message's dead letter carries

@@ -7,37 +7,22 @@ rest of the stream handled. The integration tests kill real workers; this pins t
 
 from __future__ import annotations
 
-import time
-
-from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
-from hpcinsight.schemas.catalog import GPU_QUANTILES, GPU_SAMPLES_RAW, STREAM_STATE
+from bench.stream import GPUS_PER_NODE, _messages
+from hpcinsight.schemas.catalog import GPU_QUANTILES, STREAM_STATE
 from hpcinsight.schemas.events import StateCheckpoint
 from hpcinsight.streams.processor import Output, SampleProcessor
 
-NODES, GPUS, MINUTES = 4, 8, 6
-T0 = (int(time.time()) // 3600 - 3) * 3_600_000
+NODES, MINUTES = 4, 6
+T0 = 1_699_999_200_000  # an hour's start; nothing here reads the wall clock but the check for samples from the future
 
 
 def _ticks() -> list[tuple[int, list[tuple[bytes, bytes]]]]:
     """Each second's raw messages, one a node, with the second's timestamp."""
-    sim = SimGpuCollector(SimConfig(nodes=NODES, gpus_per_node=GPUS))
-    out = []
-    for k in range(MINUTES * 60):
-        ts = T0 + k * 1000
-        samples = sim.sample(ts)
-        out.append(
-            (
-                ts,
-                [
-                    (samples[n * GPUS].node.encode(), GPU_SAMPLES_RAW.codec.encode(samples[n * GPUS : (n + 1) * GPUS]))
-                    for n in range(NODES)
-                ],
-            )
-        )
-    return out
+    data = _messages(NODES, MINUTES * 60, T0)
+    return [(T0 + k * 1000, data[k * NODES : (k + 1) * NODES]) for k in range(MINUTES * 60)]
 
 
-def _handle(processor: SampleProcessor, ts: int, messages: list[tuple[bytes, bytes]]) -> list[Output]:
+def _handle(processor: SampleProcessor, messages: list[tuple[bytes, bytes]]) -> list[Output]:
     return [o for key, value in messages for o in processor.handle("raw", 0, 0, key, value)]
 
 
@@ -46,16 +31,16 @@ def test_restored_from_checkpoints_the_stage_emits_what_it_would_have() -> None:
     cut = len(ticks) * 2 // 3 + 7  # mid-period for every series
 
     whole = SampleProcessor()
-    expected = [_quantiles(_handle(whole, ts, m)) for ts, m in ticks]
+    expected = [_quantiles(_handle(whole, m)) for _, m in ticks]
 
     before = SampleProcessor()
     latest: dict[str, StateCheckpoint] = {}
-    for ts, m in ticks[:cut]:
-        for o in _handle(before, ts, m):
+    for _, m in ticks[:cut]:
+        for o in _handle(before, m):
             if o.topic is STREAM_STATE:
                 for record in STREAM_STATE.codec.decode(o.value):
                     latest[record.series] = record
-    assert len(latest) == NODES * GPUS * 3
+    assert len(latest) == NODES * GPUS_PER_NODE * 3
 
     after = SampleProcessor()
     for record in latest.values():
@@ -66,7 +51,7 @@ def test_restored_from_checkpoints_the_stage_emits_what_it_would_have() -> None:
         if ts >= start:
             for _key, value in m:
                 after.replay(0, value)
-    got = [_quantiles(_handle(after, ts, m)) for ts, m in ticks[cut:]]
+    got = [_quantiles(_handle(after, m)) for _, m in ticks[cut:]]
     assert got == expected[cut:] and any(got)
 
 
