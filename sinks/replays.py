@@ -9,9 +9,9 @@ after one worker kill).
 
 A GPU's samples reach the sink in time order (one agent per node, one partition per node, the
 worker forwards in partition order), so a sample stamped at or before the newest one already
-stored for its GPU is a replay. :class:`SeriesWatermarks` keeps that newest timestamp per GPU
-(loaded from the store when partitions are assigned) and drops such rows from each batch before
-it is inserted. The price: a node whose clock steps back by more than a sampling interval loses
+stored for its GPU, or earlier in the same batch, is a replay. :class:`SeriesWatermarks` keeps
+that newest timestamp per GPU (loaded from the store when partitions are assigned) and drops such
+rows from each batch before it is inserted. The price: a node whose clock steps back by more than a sampling interval loses
 samples until its clock passes the last stored one (counted in the sink's metrics).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -31,60 +32,66 @@ class SeriesWatermarks:
         self.newest: dict[tuple[Any, ...], int] = {}
         self.dropped = 0
 
-    def load(self, client: Any, partition: int, lookback_hours: int = 24) -> None:
-        """Take the newest stored timestamp of every series read from Kafka ``partition``."""
+    def load(self, client: Any, partition: int, lookback_hours: int = 24, before_offset: int | None = None) -> None:
+        """Take the newest stored timestamp of every series read from Kafka ``partition`` (of the
+        rows stored from offsets before ``before_offset``, if given: what was stored before an insert)."""
         keys = ", ".join(self.keys)
+        before = "" if before_offset is None else " AND _offset < {o:UInt64}"
         result = client.query(
             f"SELECT {keys}, toUnixTimestamp64Milli(max({self.ts})) FROM `{self.table}` "
-            f"WHERE _partition = {{p:UInt32}} AND {self.ts} >= now() - toIntervalHour({{h:UInt32}}) GROUP BY {keys}",
-            parameters={"p": partition, "h": lookback_hours},
+            f"WHERE _partition = {{p:UInt32}} AND {self.ts} >= now() - toIntervalHour({{h:UInt32}}){before} GROUP BY {keys}",
+            parameters={"p": partition, "h": lookback_hours, "o": before_offset or 0},
         )
         for *key, newest in result.result_rows:
             k = tuple(key)
             self.newest[k] = max(self.newest.get(k, newest), int(newest))
 
     def drop_replays(self, table: pa.Table) -> pa.Table:
-        """``table`` without the rows at or before their series' newest stored time; the newest
-        times then include what ``table`` adds (call it for rows about to be inserted)."""
-        if table.num_rows == 0:
+        """``table`` without its replays: a row is dropped when its series already has a row at or
+        after its time, stored or earlier in ``table`` (rows are in Kafka order). The newest times
+        then include what ``table`` adds (call it for rows about to be inserted). Whether a row is
+        dropped depends only on the stored marks and the rows before it, not on how the rows are cut
+        into tables, so the same messages read again give the same rows (see insert_journal)."""
+        n = table.num_rows
+        if n == 0:
             return table
-        ts = pc.cast(table.column(self.ts), pa.int64())
-        spans = (
-            pa.table({**{k: table.column(k) for k in self.keys}, "_ts": ts})
-            .group_by(list(self.keys))
-            .aggregate([("_ts", "min"), ("_ts", "max")])
-        )
-        keys = [spans.column(k).to_pylist() for k in self.keys]
-        lows, highs = spans.column("_ts_min").to_pylist(), spans.column("_ts_max").to_pylist()
-        affected: dict[str, list[Any]] = {k: [] for k in self.keys}
-        marks: list[int] = []
-        for i, (low, high) in enumerate(zip(lows, highs, strict=True)):
-            key = tuple(column[i] for column in keys)
-            newest = self.newest.get(key)
-            if newest is not None and low <= newest:
-                for k, column in zip(self.keys, keys, strict=True):
-                    affected[k].append(column[i])
-                marks.append(newest)
-            if newest is None or high > newest:
-                self.newest[key] = high
-        if not marks:
+        ts = pc.cast(table.column(self.ts), pa.int64()).to_numpy(zero_copy_only=False)
+        # one integer per series, from each key column's dictionary codes
+        series = np.zeros(n, np.int64)
+        for k in self.keys:
+            encoded = pc.dictionary_encode(table.column(k).combine_chunks(), null_encoding="encode")
+            series = series * len(encoded.dictionary) + encoded.indices.to_numpy(zero_copy_only=False)
+        # by series, Kafka order within each (a radix sort when the codes fit 16 bits: 3x faster)
+        order = np.argsort(series.astype(np.uint16) if series.max() < 2**16 else series, kind="stable")
+        sorted_series, sorted_ts = series[order], ts[order]
+        first = np.empty(n, bool)  # each series' first row
+        first[0] = True
+        np.not_equal(sorted_series[1:], sorted_series[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        group = np.cumsum(first) - 1
+        # each series' mark: its newest stored time, or below every row
+        base = int(sorted_ts.min()) - 1
+        first_rows = table.select(list(self.keys)).take(pa.array(order[starts]))
+        keys = list(zip(*(first_rows.column(k).to_pylist() for k in self.keys), strict=True))
+        marks = np.array([max(self.newest.get(key, base), base) for key in keys], np.int64) - base
+        # the newest time before each row in its series, or its mark: a running max restarted per
+        # series (series are shifted apart, so one maximum.accumulate serves them all)
+        spread = group * (int(sorted_ts.max()) - base + 1)
+        running = np.maximum.accumulate(sorted_ts - base + spread)
+        threshold = np.empty(n, np.int64)
+        threshold[1:] = running[:-1]
+        threshold -= spread
+        threshold[starts] = 0
+        np.maximum(threshold, marks[group], out=threshold)
+        stale_sorted = sorted_ts - base <= threshold
+        ends = np.append(starts[1:], n) - 1
+        for key, newest in zip(keys, (running[ends] - spread[ends] + base).tolist(), strict=True):
+            if newest > self.newest.get(key, base):
+                self.newest[key] = newest
+        dropped = int(stale_sorted.sum())
+        if not dropped:
             return table
-        # rows of the affected series, with their mark, by a join: no per-row Python
-        rows = pa.table(
-            {**{k: table.column(k) for k in self.keys}, "_ts": ts, "_row": pa.array(range(table.num_rows), pa.int64())}
-        )
-        joined = rows.join(
-            pa.table(
-                {
-                    **{k: pa.array(v, table.schema.field(k).type) for k, v in affected.items()},
-                    "_mark": pa.array(marks, pa.int64()),
-                }
-            ),
-            list(self.keys),
-        )
-        stale = joined.filter(pc.less_equal(joined.column("_ts"), joined.column("_mark"))).column("_row")
-        if len(stale) == 0:
-            return table
-        keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=stale.combine_chunks()))
-        self.dropped += len(stale)
-        return table.filter(keep)
+        stale = np.zeros(n, bool)
+        stale[order] = stale_sorted
+        self.dropped += dropped
+        return table.filter(pa.array(~stale))
