@@ -5,8 +5,9 @@ to ``gpu.samples`` while it drains a backlog: Arrow IPC streams (the topic's wir
 per raw partition and batch of the worker's ``--batch-max`` raw messages (100, the partitions
 interleaved as a consumer hands them over), so some 130 rows a message. They go through what the sink does with them:
 :class:`hpcinsight.sinks.clickhouse_sink.TableWriter` decodes each block of messages (about
-12,800 rows, as one ``consume`` returns them) to Arrow with the codec's validation, and inserts
-each batch (50,000 rows or more: the sink's default batch size) with its deduplication token
+12,800 rows, as one ``consume`` returns them) to Arrow with the codec's validation and the
+replay filter, and inserts each batch (50,000 rows or more: the sink's default batch size),
+noted in the insert journal first, with its deduplication token
 into the real ``gpu_samples`` table of an embedded chDB store created by
 ``hpcinsight.sinks.clickhouse.ensure_tables`` (rollup views included), one insert in the
 background while the next batch is decoded. The baseline inserts the same batches, already as
@@ -186,6 +187,7 @@ def bench_sink(repeats: int) -> dict[str, float]:
                 for _ in range(repeats if not name else max(2, repeats // 2)):
                     base_round = timed(partial(baseline, f), f.rows)
                     writer = TableWriter(client)
+                    writer.guard_rollups()  # as the sink does
                     try:
                         ours_round = timed(partial(feed, writer, f), f.rows)
                     finally:
@@ -197,7 +199,9 @@ def bench_sink(repeats: int) -> dict[str, float]:
                     decode = min(decode, time.perf_counter() - start)
                     if not name:
                         table_alone = min(table_alone, timed(partial(baseline, f, alone), f.rows, into=alone))
-                        serial = min(serial, timed(partial(feed, TableWriter(client, background=False), f), f.rows))
+                        alone_writer = TableWriter(client, background=False)
+                        alone_writer.guard_rollups()
+                        serial = min(serial, timed(partial(feed, alone_writer, f), f.rows))
                 out[f"{name}rows_per_s"] = f.rows / ours
                 out[f"{name or ''}baseline_rows_per_s"] = f.rows / base
                 out[f"{name}ratio"] = base / ours

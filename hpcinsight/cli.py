@@ -309,6 +309,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
                 "batches": stats.batches,
                 "dead_letters": stats.dead_letters,
                 "resumed_from_store": stats.resumed_from_store,
+                "inserts_redone": stats.inserts_redone,
             }
         ),
         flush=True,

@@ -20,6 +20,7 @@ rows stored for a partition are always a prefix of what was consumed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -36,9 +37,10 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from hpcinsight.core.consumer import ConsumerStats, DeadLetterOut, TopicSink
-from hpcinsight.core.kafka import new_consumer, new_producer
+from hpcinsight.core.kafka import new_consumer, new_producer, read_range
 from hpcinsight.schemas.catalog import DEAD_LETTERS, GPU_SAMPLES, STORED, Topic
 from hpcinsight.schemas.events import DeadLetter
+from hpcinsight.sinks.insert_journal import NotedInsert, note, unfinished
 from hpcinsight.sinks.replays import SeriesWatermarks
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class SinkStats(ConsumerStats):
     rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     batches: int = 0
     resumed_from_store: int = 0
+    inserts_redone: int = 0  # noted inserts done again on taking partitions (see insert_journal)
     insert_retries: int = 0  # inserts tried again after ClickHouse refused or was away
     #: insert durations (s): upper bounds and the count at or below each (cumulative), and their sum
     insert_buckets: dict[float, int] = field(default_factory=lambda: dict.fromkeys(INSERT_BUCKETS_S, 0))
@@ -85,10 +88,17 @@ def backoff_s(attempt: int, cap_s: float = 30.0) -> float:
     return float(min(cap_s, 2 ** min(attempt, 10)))
 
 
-def insert_settings(topic: Topic, table: pa.Table) -> dict[str, Any]:
+def dedup_token(topic: Topic, table: pa.Table) -> str:
+    """The Kafka span of every partition ``table`` (rows with ``_partition``/``_offset``) covers."""
+    spans = table.group_by("_partition").aggregate([("_offset", "min"), ("_offset", "max")])
+    ranges = sorted(zip(*(spans.column(c).to_pylist() for c in ("_partition", "_offset_min", "_offset_max"))))
+    return topic.name + "/" + ",".join(f"{p}:{lo}-{hi}" for p, lo, hi in ranges)
+
+
+def insert_settings(topic: Topic, table: pa.Table, token: str | None = None) -> dict[str, Any]:
     """Settings of the insert of ``table`` (rows of ``topic`` with ``_partition``/``_offset``):
-    a deduplication token made of the Kafka span of every partition it covers, so the same rows
-    inserted again (a retry) are recognised, in the table and in the views fed from it.
+    a deduplication token (``token``, or :func:`dedup_token`'s), so the same rows inserted again
+    (a retry, a redo after a crash) are recognised, in the table and in the views fed from it.
 
     Tables are partitioned by day, and ClickHouse refuses an insert touching more than 100
     partitions by default: a batch of a backfill or of a catch-up after a long outage (months of
@@ -100,11 +110,8 @@ def insert_settings(topic: Topic, table: pa.Table) -> dict[str, Any]:
     only from a replay (a restarted worker forwards again), as likely in the next block as in the
     same one, so readers already rely on merges and ``FINAL``; ``optimize_on_insert=0`` leaves it
     to them. ``parallel_view_processing`` feeds the rollup views side by side, not one by one."""
-    spans = table.group_by("_partition").aggregate([("_offset", "min"), ("_offset", "max")])
-    ranges = sorted(zip(*(spans.column(c).to_pylist() for c in ("_partition", "_offset_min", "_offset_max"))))
-    token = topic.name + "/" + ",".join(f"{p}:{lo}-{hi}" for p, lo, hi in ranges)
     return {
-        "insert_deduplication_token": token,
+        "insert_deduplication_token": token if token is not None else dedup_token(topic, table),
         "deduplicate_blocks_in_dependent_materialized_views": 1,
         "throw_on_max_partitions_per_insert_block": 0,
         "optimize_on_insert": 0,
@@ -122,7 +129,12 @@ class TableWriter:
     """
 
     def __init__(
-        self, client: Client, background: bool = True, rows: dict[str, int] | None = None, stats: SinkStats | None = None
+        self,
+        client: Client,
+        background: bool = True,
+        rows: dict[str, int] | None = None,
+        stats: SinkStats | None = None,
+        topic_prefix: str = "",
     ) -> None:
         self.client = client
         self.rows: dict[str, int] = rows if rows is not None else defaultdict(int)  # rows inserted, per table
@@ -132,7 +144,12 @@ class TableWriter:
         self.give_up = threading.Event()
         #: table -> the filter of the worker's replayed rows (tables that feed rollups; see hpcinsight.sinks.replays)
         self.replay_filters: dict[str, SeriesWatermarks] = {}
+        #: tables whose inserts are noted in the journal first (those feeding views; see
+        #: hpcinsight.sinks.insert_journal), and the prefix of the Kafka topics they are read from
+        self.noted_tables: set[str] = set()
+        self.topic_prefix = topic_prefix
         self._pending: dict[str, tuple[Topic, list[pa.Table]]] = {}
+        self._read: dict[str, dict[int, list[int]]] = {}  # topic -> partition -> [first, last] offset read
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sink-insert") if background else None
         self._inflight: tuple[Future[None], Callable[[], None] | None] | None = None
 
@@ -145,6 +162,11 @@ class TableWriter:
             raws, {"_partition": pa.array(partitions, pa.uint32()), "_offset": pa.array(offsets, pa.uint64())}
         )
         table = decoded.table
+        if topic.table is not None and topic.table.name in self.noted_tables:
+            read = self._read.setdefault(topic.name, {})
+            for partition, offset in zip(partitions, offsets, strict=True):
+                span = read.setdefault(partition, [offset, offset])
+                span[0], span[1] = min(span[0], offset), max(span[1], offset)
         replays = self.replay_filters.get(topic.table.name) if topic.table is not None else None
         if replays is not None:
             table = replays.drop_replays(table)
@@ -153,16 +175,27 @@ class TableWriter:
             self.pending_rows += table.num_rows
         return decoded.rejected
 
+    def guard_rollups(self) -> SeriesWatermarks:
+        """Keep the worker's replays out of the table the rollups aggregate, and note its inserts
+        so one cut short before its views is done again (replays, insert_journal)."""
+        assert GPU_SAMPLES.table is not None
+        replays = SeriesWatermarks(GPU_SAMPLES.table.name)
+        self.replay_filters[replays.table] = replays
+        self.noted_tables.add(replays.table)
+        return replays
+
     def discard_pending(self) -> None:
         """Forget the rows held and not yet submitted (their offsets are not committed either)."""
         self._pending = {}
+        self._read = {}
         self.pending_rows = 0
 
     def submit(self, on_done: Callable[[], None] | None = None) -> None:
         """Insert everything held, then call ``on_done`` (from :meth:`wait`, in the caller's thread)."""
         self.wait()
-        batches = [(topic, pa.concat_tables(tables)) for topic, tables in self._pending.values()]
+        batches = [(topic, pa.concat_tables(tables), self._read.get(topic.name, {})) for topic, tables in self._pending.values()]
         self._pending = {}
+        self._read = {}
         self.pending_rows = 0
         if self._executor is None:
             self._insert(batches)
@@ -200,16 +233,21 @@ class TableWriter:
             if self._executor is not None:
                 self._executor.shutdown()
 
-    def _insert_retrying(self, name: str, table: pa.Table, settings: dict[str, Any]) -> None:
+    def insert_retrying(self, name: str, table: pa.Table, settings: dict[str, Any]) -> None:
         """Insert, trying again with backoff while ClickHouse refuses (away, disk full, read-only):
         a store outage is weather. The same deduplication token goes with every try, so a try that
         did land before its answer was lost is not stored twice. Raises only once :attr:`give_up`."""
+        self._retrying(
+            f"insert of {table.num_rows} rows into {name}", lambda: self.client.insert_arrow(name, table, settings=settings)
+        )
+
+    def _retrying(self, what: str, call: Callable[[], Any]) -> None:
         attempt = 0
         while True:
             try:
-                self.client.insert_arrow(name, table, settings=settings)
+                call()
                 if attempt:
-                    log.warning("insert into %s succeeded after %d retries", name, attempt)
+                    log.warning("%s succeeded after %d retries", what, attempt)
                 return
             except Exception as err:
                 if self.give_up.is_set():
@@ -218,25 +256,26 @@ class TableWriter:
                 attempt += 1
                 self.stats.insert_retries += 1
                 first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-                log.warning(
-                    "insert of %d rows into %s failed (try %d): %s; trying again in %.0f s",
-                    table.num_rows,
-                    name,
-                    attempt,
-                    first,
-                    delay,
-                )
+                log.warning("%s failed (try %d): %s; trying again in %.0f s", what, attempt, first, delay)
                 if self.give_up.wait(delay):
                     raise
 
-    def _insert(self, batches: list[tuple[Topic, pa.Table]]) -> None:
+    def _insert(self, batches: list[tuple[Topic, pa.Table, dict[int, list[int]]]]) -> None:
         started = time.perf_counter()
-        for topic, table in batches:
+        for topic, table, read in batches:
             assert topic.table is not None
             # one record batch: the decoded blocks arrive in many small chunks, and ClickHouse
             # converts each chunk on its own (measured: fewer CPU seconds, copy included)
             table = table.combine_chunks()
-            self._insert_retrying(topic.table.name, table, insert_settings(topic, table))
+            settings = insert_settings(topic, table)
+            if topic.table.name in self.noted_tables:
+                noted = NotedInsert(
+                    self.topic_prefix + topic.name,
+                    settings["insert_deduplication_token"],
+                    tuple((p, first, last) for p, (first, last) in sorted(read.items())),
+                )
+                self._retrying(f"noting an insert into {topic.table.name}", functools.partial(note, self.client, noted))
+            self.insert_retrying(topic.table.name, table, settings)
             self.rows[topic.table.name] += table.num_rows
         if batches:
             self.stats.observe_insert(time.perf_counter() - started)
@@ -270,10 +309,8 @@ class ClickHouseSink(TopicSink):
             new_producer(consumer_config, until_delivered=True),  # retried until delivered
             DEAD_LETTERS.full_name(topic_prefix),
         )
-        self._writer = TableWriter(client, rows=self.stats.rows, stats=self.stats)
-        # the raw table the rollups aggregate: the worker's replays must not reach it twice
-        self._replays = SeriesWatermarks(GPU_SAMPLES.table.name)
-        self._writer.replay_filters[self._replays.table] = self._replays
+        self._writer = TableWriter(client, rows=self.stats.rows, stats=self.stats, topic_prefix=topic_prefix)
+        self._replays = self._writer.guard_rollups()
         self._positions: dict[tuple[str, int], int] = {}
         self._batch_started: float | None = None
         self._assigned_at: float | None = None
@@ -301,6 +338,7 @@ class ClickHouseSink(TopicSink):
             try:
                 self._writer.wait()  # what ClickHouse holds must include our own insert in flight
                 committed = consumer.committed(partitions, timeout=30)
+                self._finish_cut_short(committed)
                 self._load_watermarks(partitions)
                 for tp in committed:
                     stored = self._stored_max_offset(tp.topic, tp.partition, max(tp.offset, 0))
@@ -324,6 +362,54 @@ class ClickHouseSink(TopicSink):
                 attempt += 1
                 log.warning("taking partitions failed (%s); trying again in %.0f s", err, delay)
                 self.stop_event.wait(delay)
+
+    def _finish_cut_short(self, committed: list[TopicPartition]) -> None:
+        """Do again the last noted insert of each partition taken whose offsets Kafka has not
+        committed: one that finished is skipped whole by its deduplication token, one cut short
+        between the table and its views is completed (see hpcinsight.sinks.insert_journal)."""
+        for name, topic in self._topics.items():
+            if topic.table is None or topic.table.name not in self._writer.noted_tables:
+                continue
+            offsets = {tp.partition: tp.offset for tp in committed if tp.topic == name}
+            for noted in unfinished(self.client, name, offsets):
+                self._redo(topic, noted)
+
+    def _redo(self, topic: Topic, noted: NotedInsert) -> None:
+        """Read ``noted``'s messages again, keep the rows its insert kept (the replay filter from
+        what was stored before them), and insert them with its token."""
+        assert topic.table is not None
+        reader = new_consumer(self._consumer_config, f"{self.group}-redo")  # assigned, commits nothing
+        try:
+            messages = read_range(
+                reader,
+                [TopicPartition(noted.topic, p, first) for p, first, _ in noted.spans],
+                {p: last + 1 for p, _, last in noted.spans},
+                timeout=60,
+            )
+        finally:
+            reader.close()
+        messages.sort(key=lambda m: (m.partition(), m.offset()))
+        decoded = topic.codec.decode_table(
+            [m.value() for m in messages],
+            {
+                "_partition": pa.array([m.partition() for m in messages], pa.uint32()),
+                "_offset": pa.array([m.offset() for m in messages], pa.uint64()),
+            },
+        )
+        for index, reason in decoded.rejected:
+            self.refuse(messages[index], reason)  # the dead letters' table keeps one per message
+        marks = SeriesWatermarks(topic.table.name)
+        for p, first, _ in noted.spans:
+            marks.load(self.client, p, before_offset=first)
+        table = marks.drop_replays(decoded.table).combine_chunks()
+        if table.num_rows and dedup_token(topic, table) != noted.token:
+            log.warning("insert %s read again as %s: its views may count some rows twice", noted.token, dedup_token(topic, table))
+        if table.num_rows:
+            self._writer.insert_retrying(topic.table.name, table, insert_settings(topic, table, noted.token))
+        self.stats.inserts_redone += 1
+        log.warning(
+            "insert %s done again (%d messages, %d rows): it had not been committed", noted.token, len(messages), table.num_rows
+        )
 
     def _load_watermarks(self, partitions: list[TopicPartition]) -> None:
         """The newest stored sample of every GPU read from these partitions, afresh: rows consumed
@@ -439,6 +525,7 @@ class ClickHouseSink(TopicSink):
             ("hpcinsight_sink_commit_failures", st.commit_failures, "offset commits that failed"),
             ("hpcinsight_sink_consumer_restarts", st.consumer_restarts, "consumers replaced after a fatal error"),
             ("hpcinsight_sink_resumed_from_store", st.resumed_from_store, "partitions resumed from ClickHouse's offsets"),
+            ("hpcinsight_sink_inserts_redone", st.inserts_redone, "inserts not committed, done again on taking partitions"),
             (
                 "hpcinsight_sink_replays_dropped",
                 self._replays.dropped,

@@ -26,6 +26,7 @@ from clickhouse_connect.driver.client import Client
 
 from hpcinsight.schemas.catalog import DEAD_LETTERS, SINK_COLUMNS, STORED, Topic
 from hpcinsight.schemas.derive import fields_of
+from hpcinsight.sinks.insert_journal import journal_ddl
 from hpcinsight.sinks.storage import (
     MIGRATIONS_TABLE,
     ROLLUPS,
@@ -91,6 +92,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(6, "the query library's views (job_window, job_gpu_buckets), which the job-scoped queries read", views_ddl),
     Migration(7, "durable parts: fsync on insert and merge, merged-away parts kept 480 s (chaos finding F5)", durability_ddl),
+    Migration(8, "the sink's insert journal: an insert cut short between a table and its views is done again", journal_ddl),
 )
 
 
