@@ -14,7 +14,7 @@ ARGS   ?=
 # (measured here: 6.6 min against 13-16 min one at a time). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 
-.PHONY: setup constraints demo lint test bench clean browser replay-genai tools image image-base chaos chaos-short chaos-store fuzz
+.PHONY: setup constraints demo lint test bench clean browser replay-genai tools image image-base chaos chaos-short chaos-store chaos-sink fuzz
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -97,6 +97,7 @@ bench: setup
 # result tables into docs/chaos-results.md (between its chaos:latest markers; the rest is kept).
 # chaos-short: the suite's profile, one broker.
 # chaos-store: the embedded store alone, its writer killed and its disk filled (tests/chaos/store.py).
+# chaos-sink: the sink alone on a real broker, killed -9 again and again while it inserts (tests/chaos/sink.py).
 CHAOS_MINUTES ?= 30
 CHAOS_SEED ?= 0
 chaos: setup
@@ -108,6 +109,9 @@ chaos-short: setup
 
 chaos-store: setup
 	$(VENV)/bin/python -m tests.chaos.store --minutes $(or $(STORE_CHAOS_MINUTES),10) --seed $(CHAOS_SEED) $(ARGS)
+
+chaos-sink: setup
+	$(VENV)/bin/python -m tests.chaos.sink --kills $(or $(SINK_CHAOS_KILLS),30) --seed $(CHAOS_SEED) $(ARGS)
 
 # Property-based fuzzing of every decoder and consumer (tests/fuzz): the suite runs 60 examples a
 # property; this runs FUZZ_EXAMPLES (default 5,000) each.
