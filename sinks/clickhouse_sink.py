@@ -109,13 +109,19 @@ def insert_settings(topic: Topic, table: pa.Table, token: str | None = None) -> 
     and merge pass that cost ~1.3 us a row, 40% of the bare insert. Rows of one key arrive twice
     only from a replay (a restarted worker forwards again), as likely in the next block as in the
     same one, so readers already rely on merges and ``FINAL``; ``optimize_on_insert=0`` leaves it
-    to them. ``parallel_view_processing`` feeds the rollup views side by side, not one by one."""
+    to them. ``parallel_view_processing`` feeds the rollup views side by side, not one by one.
+
+    On a cluster the sink writes to Distributed tables, which by default answer once the rows are
+    queued on the server that took them and send them to the shards later. The sink commits its
+    offsets after the insert and resumes from what the shards hold, so it waits for the shards
+    (``distributed_foreground_insert``); on one server the setting does nothing."""
     return {
         "insert_deduplication_token": token if token is not None else dedup_token(topic, table),
         "deduplicate_blocks_in_dependent_materialized_views": 1,
         "throw_on_max_partitions_per_insert_block": 0,
         "optimize_on_insert": 0,
         "parallel_view_processing": 1,
+        "distributed_foreground_insert": 1,
     }
 
 
