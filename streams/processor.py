@@ -133,7 +133,7 @@ class ProcessorStats:
     restore_seconds: float = 0.0  # the last one's duration
 
 
-#: an output over this is split in two, and again: a batch combines up to hundreds of a node's
+#: an output over this is cut in parts: a batch combines up to hundreds of a node's
 #: messages, and a broker refuses a message over 1 MB by default (librdkafka too, before sending)
 MAX_OUTPUT_BYTES = 512 * 1024
 
