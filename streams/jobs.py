@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+
 from hpcinsight.schemas.events import Event, GpuSketch, JobQuantiles
 from hpcinsight.streams.rolling import SINCE_START
-from hpcinsight.streams.sketches import load_sketch, merge_sketches
+from hpcinsight.streams.sketches import IntHistogram, histogram_rows, load_sketch, merge_sketches, row_quantiles
 
 
 class JobGpuWindow(Event, frozen=True):
@@ -68,6 +70,10 @@ class _Series:
     expected: frozenset[str] = frozenset()  # GPUs of the last emitted window
     emitted_to: int = 0
     newest: int = 0
+
+
+#: from this many GPUs a job's window is merged as one array of histograms (see JobMerger._emit)
+ROWS_FROM_GPUS = 12
 
 
 class JobMerger:
@@ -125,11 +131,18 @@ class JobMerger:
     def _emit(self, series: _Series, end: int) -> JobQuantiles:
         pending = series.pending.pop(end)
         parts = list(pending.sketches.values())
-        sketches = [load_sketch(p.sketch) for p in parts]
-        merged = merge_sketches(sketches)
+        # every GPU exact: the job's arrays at once (measured: 1.7-1.9 times faster from 32 GPUs,
+        # slower below about 12, where a few calls a GPU cost less than the arrays' setup)
+        rows = histogram_rows([p.sketch for p in parts]) if len(parts) >= ROWS_FROM_GPUS else None
+        sketches = [load_sketch(p.sketch) for p in parts] if rows is None else []
+        merged = merge_sketches(sketches) if rows is None else IntHistogram(rows.sum(axis=0))
         if parts[0].window != SINCE_START:
             start, nodes = min(p.window_start for p in parts), {p.gpu_uuid: p.node for p in parts}
-            medians = {p.gpu_uuid: (q or [0.0])[0] for p, q in zip(parts, (s.quantiles([0.5]) for s in sketches))}
+            if rows is None:
+                gpu_medians = [(q or [0.0])[0] for q in (s.quantiles([0.5]) for s in sketches)]
+            else:
+                gpu_medians = np.nan_to_num(row_quantiles(rows, 0.5), nan=0.0).tolist()
+            medians = {p.gpu_uuid: m for p, m in zip(parts, gpu_medians, strict=True)}
             means = {p.gpu_uuid: p.sum / p.count for p in parts if p.count}
             first = parts[0]
             self.gpu_windows.append(

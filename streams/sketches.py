@@ -171,6 +171,28 @@ def widen(sketch: Sketch) -> QuantileSketch:
     return kll
 
 
+def histogram_rows(data: Sequence[bytes]) -> np.ndarray | None:
+    """Serialised histograms as one array of counts, a row each; None if one is a KLL sketch. A
+    job's window merges one a GPU and takes each GPU's median: as rows, that is a few array calls
+    for the job, not a few for each GPU."""
+    if not data or not all(IntHistogram.is_serialised(d) for d in data):
+        return None
+    head, body = len(IntHistogram._MAGIC) + 1, IntHistogram.BINS * 4
+    if all(len(d) == head + body and d[head - 1 : head] == b"4" for d in data):
+        joined = b"".join(memoryview(d)[head:] for d in data)
+        return np.frombuffer(joined, dtype="<u4").reshape(len(data), IntHistogram.BINS).astype(np.int64)
+    return np.stack([IntHistogram.from_bytes(d).counts for d in data])
+
+
+def row_quantiles(counts: np.ndarray, rank: float) -> np.ndarray:
+    """Each row's value at ``rank`` by :meth:`IntHistogram.quantiles`' rule; NaN for an empty row."""
+    cumulative = counts.cumsum(axis=1)
+    n = cumulative[:, -1:]
+    at = np.minimum((cumulative <= rank * n).sum(axis=1), (cumulative < n).sum(axis=1)).astype(np.float64)
+    at[n[:, 0] == 0] = np.nan
+    return at
+
+
 def merge_sketches(sketches: Iterable[Sketch]) -> Sketch:
     """The merge of any mix: exact while every part is a histogram, KLL as soon as one is not."""
     parts = list(sketches)

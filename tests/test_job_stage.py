@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 
 from hpcinsight.schemas.events import GpuSketch
@@ -168,3 +169,23 @@ def test_peer_detectors_see_a_released_backlog_in_window_order_across_metrics() 
     time.sleep(0.4)
     processor.handle_sketches("sketches", 0, 0, b"j1", message("A", 75_000))  # window 1 is overdue: 1-3 go out
     assert seen.order == [(e, m) for e in (60_000, 65_000, 70_000) for m in ("gpu_util", "power_w")]
+
+
+def test_a_large_jobs_exact_windows_give_each_gpus_median_and_the_exact_merge() -> None:
+    """From ROWS_FROM_GPUS GPUs a window's histograms are merged as one array: each GPU's median
+    (the outlier detector's input) and the job's quantiles are those of one histogram at a time."""
+    from hpcinsight.streams.jobs import ROWS_FROM_GPUS
+    from hpcinsight.streams.sketches import IntHistogram
+
+    rng = np.random.default_rng(4)
+    for gpus in (ROWS_FROM_GPUS - 1, ROWS_FROM_GPUS, 40):
+        merger = JobMerger()
+        hists = {f"GPU-{i:02d}": IntHistogram(np.bincount(rng.integers(0, 101, 12), minlength=101)) for i in range(gpus)}
+        for gpu, h in reversed(hists.items()):  # arrival order is not the GPUs' order
+            base = gpu_sketch(gpu, 60_000, np.array([0.0]))
+            merger.add(msgspec.structs.replace(base, count=h.count, sum=float(h.values().sum()), sketch=h.to_bytes()))
+        (q,) = merger.tick(now=1e9)
+        merged = IntHistogram(np.sum([h.counts for h in hists.values()], axis=0))
+        assert [q.p25, q.p50, q.p95] == merged.quantiles() and q.gpus == gpus
+        (medians,) = [w for w in merger.gpu_windows if w.statistic == "p50"]
+        assert medians.value == {gpu: h.quantiles([0.5])[0] for gpu, h in hists.items()}  # type: ignore[index]

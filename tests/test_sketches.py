@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcinsight.streams.sketches import QuantileSketch
+from hpcinsight.streams.sketches import IntHistogram, QuantileSketch, merge_sketches
 
 RANKS = (0.25, 0.5, 0.95)
 GENAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "alibaba-genai-2026" / "pod_gpu_duty_cycle_anon.tar.gz"
@@ -83,3 +83,27 @@ def test_empty_sketch_has_no_quantiles() -> None:
     sketch = QuantileSketch()
     sketch.update([])
     assert sketch.quantiles() is None and sketch.count == 0
+
+
+def test_histograms_as_rows_give_each_ones_quantiles_and_their_merge() -> None:
+    """The job stage reads a window's GPU histograms as one array: the same medians and merge
+    as one histogram at a time, empty and 8-byte ones included; a KLL among them, no rows."""
+    from hpcinsight.streams.sketches import histogram_rows, row_quantiles
+
+    rng = np.random.default_rng(3)
+    hists = [IntHistogram(np.bincount(rng.integers(0, 101, int(n)), minlength=101)) for n in rng.integers(1, 60, 200)]
+    hists += [IntHistogram(), IntHistogram(np.eye(101, dtype=np.int64)[7] * 5), IntHistogram(np.full(101, 1 << 33))]
+    data = [h.to_bytes() for h in hists]
+    for subset in (data[:200], data):  # all 4-byte counts (one join), then with an 8-byte one
+        rows = histogram_rows(subset)
+        assert rows is not None
+        expected = [IntHistogram.from_bytes(d) for d in subset]
+        assert (rows == np.stack([h.counts for h in expected])).all()
+        for rank in (0.0, 0.25, 0.5, 0.95, 1.0):
+            got = row_quantiles(rows, rank).tolist()
+            want = [(h.quantiles([rank]) or [float("nan")])[0] for h in expected]
+            assert np.allclose(got, want, equal_nan=True), rank
+        assert (rows.sum(axis=0) == merge_sketches(expected).counts).all()  # type: ignore[union-attr]
+    kll = QuantileSketch()
+    kll.update([0.5, 1.5])
+    assert histogram_rows([data[0], kll.to_bytes()]) is None and histogram_rows([]) is None
