@@ -125,6 +125,21 @@ def insert_settings(topic: Topic, table: pa.Table, token: str | None = None) -> 
     }
 
 
+def decode_rows(
+    topic: Topic,
+    raws: Sequence[bytes | None],
+    partitions: Sequence[int],
+    offsets: Sequence[int],
+    replays: SeriesWatermarks | None = None,
+) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """A block of ``topic``'s messages as rows, each with its message's Kafka position, less what
+    ``replays`` drops; and the (index, reason) of each message that could not be decoded."""
+    decoded = topic.codec.decode_table(
+        raws, {"_partition": pa.array(partitions, pa.uint32()), "_offset": pa.array(offsets, pa.uint64())}
+    )
+    return (decoded.table if replays is None else replays.drop_replays(decoded.table)), decoded.rejected
+
+
 class TableWriter:
     """The sink's path from raw message bytes to ClickHouse rows, without Kafka.
 
@@ -164,22 +179,17 @@ class TableWriter:
     ) -> list[tuple[int, str]]:
         """Decode and hold one block of ``topic``'s messages; returns the (index, reason) of each
         message that could not be decoded."""
-        decoded = topic.codec.decode_table(
-            raws, {"_partition": pa.array(partitions, pa.uint32()), "_offset": pa.array(offsets, pa.uint64())}
-        )
-        table = decoded.table
+        replays = self.replay_filters.get(topic.table.name) if topic.table is not None else None
+        table, rejected = decode_rows(topic, raws, partitions, offsets, replays)
         if topic.table is not None and topic.table.name in self.noted_tables:
             read = self._read.setdefault(topic.name, {})
             for partition, offset in zip(partitions, offsets, strict=True):
                 span = read.setdefault(partition, [offset, offset])
                 span[0], span[1] = min(span[0], offset), max(span[1], offset)
-        replays = self.replay_filters.get(topic.table.name) if topic.table is not None else None
-        if replays is not None:
-            table = replays.drop_replays(table)
         if table.num_rows:
             self._pending.setdefault(topic.name, (topic, []))[1].append(table)
             self.pending_rows += table.num_rows
-        return decoded.rejected
+        return rejected
 
     def guard_rollups(self) -> SeriesWatermarks:
         """Keep the worker's replays out of the table the rollups aggregate, and note its inserts
@@ -395,22 +405,18 @@ class ClickHouseSink(TopicSink):
         finally:
             reader.close()
         messages.sort(key=lambda m: (m.partition(), m.offset()))
-        decoded = topic.codec.decode_table(
-            [m.value() for m in messages],
-            {
-                "_partition": pa.array([m.partition() for m in messages], pa.uint32()),
-                "_offset": pa.array([m.offset() for m in messages], pa.uint64()),
-            },
-        )
-        for index, reason in decoded.rejected:
-            self.refuse(messages[index], reason)  # the dead letters' table keeps one per message
         marks = SeriesWatermarks(topic.table.name)
         for p, first, _ in noted.spans:
             marks.load(self.client, p, before_offset=first)
-        table = marks.drop_replays(decoded.table).combine_chunks()
-        if table.num_rows and dedup_token(topic, table) != noted.token:
-            log.warning("insert %s read again as %s: its views may count some rows twice", noted.token, dedup_token(topic, table))
+        table, rejected = decode_rows(
+            topic, [m.value() for m in messages], [m.partition() for m in messages], [m.offset() for m in messages], marks
+        )
+        for index, reason in rejected:
+            self.refuse(messages[index], reason)  # the dead letters' table keeps one per message
+        table = table.combine_chunks()
         if table.num_rows:
+            if (read_as := dedup_token(topic, table)) != noted.token:
+                log.warning("insert %s read again as %s: its views may count some rows twice", noted.token, read_as)
             self._writer.insert_retrying(topic.table.name, table, insert_settings(topic, table, noted.token))
         self.stats.inserts_redone += 1
         log.warning(

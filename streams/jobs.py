@@ -22,7 +22,7 @@ import numpy as np
 
 from hpcinsight.schemas.events import Event, GpuSketch, JobQuantiles
 from hpcinsight.streams.rolling import SINCE_START
-from hpcinsight.streams.sketches import IntHistogram, histogram_rows, load_sketch, merge_sketches, row_quantiles
+from hpcinsight.streams.sketches import IntHistogram, Sketch, histogram_rows, load_sketch, merge_sketches, row_quantiles
 
 
 class JobGpuWindow(Event, frozen=True):
@@ -72,8 +72,19 @@ class _Series:
     newest: int = 0
 
 
-#: from this many GPUs a job's window is merged as one array of histograms (see JobMerger._emit)
+#: from this many GPUs a job's window is merged as one array of histograms (see _merge)
 ROWS_FROM_GPUS = 12
+
+
+def _merge(data: list[bytes], medians: bool) -> tuple[Sketch, list[float]]:
+    """The merge of a window's GPU sketches and, if asked, each one's median (0 for an empty one).
+    From ROWS_FROM_GPUS exact ones, as one array (measured: 1.7-1.9 times faster from 32 GPUs,
+    slower below about 12, where a few calls a GPU cost less than the array's setup)."""
+    rows = histogram_rows(data) if len(data) >= ROWS_FROM_GPUS else None
+    if rows is not None:
+        return IntHistogram(rows.sum(axis=0)), np.nan_to_num(row_quantiles(rows, 0.5), nan=0.0).tolist() if medians else []
+    sketches = [load_sketch(d) for d in data]
+    return merge_sketches(sketches), [(s.quantiles([0.5]) or [0.0])[0] for s in sketches] if medians else []
 
 
 class JobMerger:
@@ -131,17 +142,9 @@ class JobMerger:
     def _emit(self, series: _Series, end: int) -> JobQuantiles:
         pending = series.pending.pop(end)
         parts = list(pending.sketches.values())
-        # every GPU exact: the job's arrays at once (measured: 1.7-1.9 times faster from 32 GPUs,
-        # slower below about 12, where a few calls a GPU cost less than the arrays' setup)
-        rows = histogram_rows([p.sketch for p in parts]) if len(parts) >= ROWS_FROM_GPUS else None
-        sketches = [load_sketch(p.sketch) for p in parts] if rows is None else []
-        merged = merge_sketches(sketches) if rows is None else IntHistogram(rows.sum(axis=0))
+        merged, gpu_medians = _merge([p.sketch for p in parts], medians=parts[0].window != SINCE_START)
         if parts[0].window != SINCE_START:
             start, nodes = min(p.window_start for p in parts), {p.gpu_uuid: p.node for p in parts}
-            if rows is None:
-                gpu_medians = [(q or [0.0])[0] for q in (s.quantiles([0.5]) for s in sketches)]
-            else:
-                gpu_medians = np.nan_to_num(row_quantiles(rows, 0.5), nan=0.0).tolist()
             medians = {p.gpu_uuid: m for p, m in zip(parts, gpu_medians, strict=True)}
             means = {p.gpu_uuid: p.sum / p.count for p in parts if p.count}
             first = parts[0]

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,8 +32,8 @@ from confluent_kafka import Producer
 
 from hpcinsight.schemas.catalog import GPU_SAMPLES, ensure_topics
 from hpcinsight.schemas.events import GpuSample
+from tests.conftest import Pipeline
 
-ROOT = Path(__file__).resolve().parents[2]
 GPUS_PER_NODE = 8
 
 
@@ -67,19 +66,6 @@ def produce(bootstrap: str, topic: str, nodes: int, ticks: int, rate: float, rep
     assert producer.flush(60) == 0
 
 
-def sql(env: dict[str, str], query: str) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [sys.executable, "-m", "hpcinsight.cli", "query", query, "--format", "json"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    return list(json.loads(done.stdout))
-
-
 def campaign(bootstrap: str, run_dir: Path, kills: int, seed: int, nodes: int, ticks: int, rate: float) -> dict[str, Any]:
     rng = random.Random(seed)
     prefix = f"sinkchaos{uuid.uuid4().hex[:6]}."
@@ -91,32 +77,22 @@ def campaign(bootstrap: str, run_dir: Path, kills: int, seed: int, nodes: int, t
         daemon=True,
     )
     feed.start()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP": bootstrap,
-        "HPCINSIGHT_TOPIC_PREFIX": prefix,
-        "CLICKHOUSE_URL": f"chdb://{run_dir / 'clickhouse'}",
-        "HPCINSIGHT_DATA_DIR": str(run_dir),
-        "PYTHONUNBUFFERED": "1",
-    }
-    sink = [sys.executable, "-m", "hpcinsight.cli", "sink", "--batch-rows", "2000", "--batch-age", "0.05"]
-    log_path = run_dir / "sink.log"
-    with open(log_path, "ab") as log:
-        for _ in range(kills):
-            proc = subprocess.Popen(sink, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-            # past the start (imports, the store, the group: about 3 s here), then at random
-            time.sleep(rng.uniform(3.0, 6.0))
-            proc.kill()
-            proc.wait(30)
+    pipeline = Pipeline(bootstrap, prefix, run_dir / "clickhouse", run_dir)
+    sink = ["sink", "--batch-rows", "2000", "--batch-age", "0.05"]
+    for _ in range(kills):
+        proc = pipeline.start("sink", *sink)
+        # past the start (imports, the store, the group: about 3 s here), then at random
+        time.sleep(rng.uniform(3.0, 6.0))
+        proc.kill()
+        proc.wait(30)
     feed.join()
-    final = subprocess.run([*sink, "--idle-exit", "5"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    final = pipeline.run(*sink, "--idle-exit", "5", timeout=600, check=False)
     lines = final.stdout.strip().splitlines()
     last = (
         json.loads(lines[-1]) if final.returncode == 0 and lines else {"exit": final.returncode, "stderr": final.stderr[-2000:]}
     )
-    log_text = log_path.read_text(errors="replace") + final.stderr
-    counts = sql(
-        env,
+    log_text = pipeline.log("sink") + final.stderr
+    counts = pipeline.sql(
         "SELECT (SELECT count() FROM gpu_samples FINAL) AS final, (SELECT uniqExact(gpu_uuid, ts) FROM gpu_samples) AS distinct_n, "
         "(SELECT sum(samples) FROM gpu_rollup_1m) AS rollup_1m, (SELECT sum(samples) FROM gpu_rollup_1h) AS rollup_1h, "
         "(SELECT sum(samples) FROM job_rollup_1m) AS job_rollup_1m",
