@@ -153,13 +153,82 @@ class IntHistogram:
         return data[: len(cls._MAGIC)] == cls._MAGIC
 
 
-#: what a window carries: exact counts where the values allow, a KLL sketch otherwise
-Sketch = QuantileSketch | IntHistogram
+class RawValues:
+    """The values themselves, while there are at most :data:`K` of them (a window of a minute or
+    five at 1 Hz), for a metric a histogram cannot hold (power, clocks).
+
+    Why: KLL keeps every value until it holds ``k`` and compacts only beyond, so up to ``k``
+    values its quantiles are these values' by the same rank rule, and so are these. Raw, a pane
+    close costs no sketch calls (a new sketch, an update, a merge, a query and a serialisation,
+    a microsecond or two each) and many windows' quantiles are one sort (:func:`raw_rows`). The
+    caller turns it into a KLL sketch (:func:`widen`) before it would pass ``k``.
+    """
+
+    __slots__ = ("parts", "n")
+    LIMIT = K
+    _MAGIC = b"HPR"  # see IntHistogram._MAGIC
+
+    def __init__(self, parts: list[np.ndarray] | None = None) -> None:
+        self.parts = parts if parts is not None else []  # float32 arrays, never changed once here
+        self.n = sum(p.size for p in self.parts)
+
+    def update(self, values: np.ndarray) -> None:
+        """Keep a copy of ``values`` (float32, as KLL's)."""
+        if values.size:
+            self.parts.append(np.array(values, dtype=np.float32))
+            self.n += values.size
+
+    def merge(self, other: RawValues) -> RawValues:
+        self.parts += other.parts
+        self.n += other.n
+        return self
+
+    @property
+    def count(self) -> int:
+        return self.n
+
+    def values(self) -> np.ndarray:
+        parts = self.parts
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def quantiles(self, ranks: Sequence[float] = (0.25, 0.5, 0.95)) -> list[float] | None:
+        """KLL's exclusive rule on the values themselves: the smallest with more than ``rank * n``
+        values at or below it (the ``floor(rank * n)``-th in order), the largest for rank 1."""
+        n = self.n
+        if not n:
+            return None
+        ordered = np.sort(self.values())
+        return [float(ordered[min(int(rank * n), n - 1)]) for rank in ranks]
+
+    def to_bytes(self) -> bytes:
+        """The values in order (the same values give the same bytes), 4 bytes each."""
+        return self._MAGIC + b"f" + np.sort(self.values()).astype("<f4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RawValues:
+        body = memoryview(data)[len(cls._MAGIC) + 1 :]
+        if data[len(cls._MAGIC) : len(cls._MAGIC) + 1] != b"f" or len(body) % 4 or len(body) // 4 > cls.LIMIT:
+            raise ValueError(f"raw values' bytes are at most {cls.LIMIT} float32 values")
+        return cls([np.frombuffer(body, dtype="<f4").astype(np.float32)] if len(body) else None)
+
+    @classmethod
+    def is_serialised(cls, data: bytes) -> bool:
+        return data[: len(cls._MAGIC)] == cls._MAGIC
+
+
+#: what a window carries: exact counts where the values allow, the values while few, a KLL sketch otherwise
+Sketch = QuantileSketch | IntHistogram | RawValues
 
 
 def load_sketch(data: bytes) -> Sketch:
-    """Either kind from its bytes (a GPU window's ``sketch`` field, a checkpoint)."""
-    return IntHistogram.from_bytes(data) if IntHistogram.is_serialised(data) else QuantileSketch.from_bytes(data)
+    """Any kind from its bytes (a GPU window's ``sketch`` field, a checkpoint)."""
+    if IntHistogram.is_serialised(data):
+        return IntHistogram.from_bytes(data)
+    if RawValues.is_serialised(data):
+        return RawValues.from_bytes(data)
+    return QuantileSketch.from_bytes(data)
 
 
 def widen(sketch: Sketch) -> QuantileSketch:
@@ -169,6 +238,14 @@ def widen(sketch: Sketch) -> QuantileSketch:
     kll = QuantileSketch()
     kll.update(sketch.values())
     return kll
+
+
+def loosen(sketch: IntHistogram | RawValues, more: int) -> RawValues | QuantileSketch:
+    """The same values in a kind that takes fractions and ``more`` values: raw while they stay
+    within :data:`K`, else a KLL sketch."""
+    if sketch.count + more <= RawValues.LIMIT:
+        return sketch if isinstance(sketch, RawValues) else RawValues([sketch.values()] if sketch.count else None)
+    return widen(sketch)
 
 
 def histogram_rows(data: Sequence[bytes]) -> np.ndarray | None:
@@ -193,12 +270,45 @@ def row_quantiles(counts: np.ndarray, rank: float) -> np.ndarray:
     return at
 
 
+def quantile_rows(counts: np.ndarray, ranks: Sequence[float]) -> list[list[float]]:
+    """For each rank, each row's value by :meth:`IntHistogram.quantiles`' rule (rows not empty):
+    the quantiles of many windows in a few array calls."""
+    cumulative = counts.cumsum(axis=1)
+    n = cumulative[:, -1:]
+    top = (cumulative < n).sum(axis=1)
+    return [np.minimum((cumulative <= rank * n).sum(axis=1), top).astype(np.float64).tolist() for rank in ranks]
+
+
+def histogram_bytes(counts: np.ndarray) -> list[bytes]:
+    """Each row's :meth:`IntHistogram.to_bytes`, the rows converted in one call."""
+    head, size = IntHistogram._MAGIC + b"4", IntHistogram.BINS * 4
+    narrow = counts.max(axis=1) < 1 << 32
+    blob = counts.astype("<u4").tobytes()
+    return [
+        head + blob[r * size : (r + 1) * size] if narrow[r] else IntHistogram(counts[r]).to_bytes() for r in range(len(counts))
+    ]
+
+
 def merge_sketches(sketches: Iterable[Sketch]) -> Sketch:
-    """The merge of any mix: exact while every part is a histogram, KLL as soon as one is not."""
+    """The merge of any mix: exact while every part is a histogram, raw while every part is
+    raw or exact and they hold at most :data:`K` values, KLL otherwise."""
     parts = list(sketches)
     if all(isinstance(s, IntHistogram) for s in parts):
         return IntHistogram(np.sum([s.counts for s in parts], axis=0) if parts else None)  # type: ignore[union-attr]
+    if not any(isinstance(s, QuantileSketch) for s in parts) and sum(s.count for s in parts) <= RawValues.LIMIT:
+        return RawValues([s.values() for s in parts if s.count])  # type: ignore[union-attr]  # no KLL: checked above
     out = QuantileSketch()
     for s in parts:
         out.merge(widen(s))
     return out
+
+
+def raw_rows(values: np.ndarray, ranks: Sequence[float]) -> tuple[list[list[float]], list[bytes]]:
+    """For rows of as many values each (one window a row), each row's :meth:`RawValues.quantiles`
+    (a list per rank) and :meth:`RawValues.to_bytes`, from one sort."""
+    ordered = np.sort(values, axis=1)
+    n = ordered.shape[1]
+    columns = [ordered[:, min(int(rank * n), n - 1)].astype(np.float64).tolist() for rank in ranks]
+    head, size = RawValues._MAGIC + b"f", 4 * n
+    blob = ordered.astype("<f4").tobytes()
+    return columns, [head + blob[r * size : (r + 1) * size] for r in range(len(ordered))]

@@ -10,7 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcinsight.streams.sketches import IntHistogram, QuantileSketch, merge_sketches
+from hpcinsight.streams.sketches import (
+    IntHistogram,
+    QuantileSketch,
+    RawValues,
+    histogram_bytes,
+    load_sketch,
+    merge_sketches,
+    quantile_rows,
+    raw_rows,
+)
 
 RANKS = (0.25, 0.5, 0.95)
 GENAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "alibaba-genai-2026" / "pod_gpu_duty_cycle_anon.tar.gz"
@@ -107,3 +116,60 @@ def test_histograms_as_rows_give_each_ones_quantiles_and_their_merge() -> None:
     kll = QuantileSketch()
     kll.update([0.5, 1.5])
     assert histogram_rows([data[0], kll.to_bytes()]) is None and histogram_rows([]) is None
+
+
+def test_histogram_rows_give_each_histograms_quantiles_and_bytes() -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 5, size=(40, IntHistogram.BINS))
+    rows[3] = 0
+    rows[3, 17] = 9  # one value only
+    rows[7, :] = 0
+    rows[7, 100] = 1  # the top value
+    rows[11, 2] = 1 << 33  # a count beyond 4 bytes
+    ranks = (0.0, 0.25, 0.5, 0.95, 1.0)
+    columns = quantile_rows(rows, ranks)
+    blobs = histogram_bytes(rows)
+    for r, row in enumerate(rows):
+        histogram = IntHistogram(row.copy())
+        assert [c[r] for c in columns] == histogram.quantiles(ranks), r
+        assert blobs[r] == histogram.to_bytes(), r
+
+
+ALL_RANKS = [i / 40 for i in range(41)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 60, 299, 300, 400])
+def test_raw_values_answer_as_kll_does_up_to_its_k(n: int) -> None:
+    """Up to k values KLL keeps them all, so the values themselves give its very answers."""
+    rng = np.random.default_rng(n)
+    for values in (rng.uniform(0, 700, n), rng.integers(900, 2000, n).astype(np.float64), np.repeat(rng.uniform(0, 1, 3), n)[:n]):
+        raw, kll = RawValues(), QuantileSketch()
+        for part in np.array_split(values, 4):  # pane by pane
+            raw.update(part)
+            kll.update(part)
+        assert raw.count == kll.count == n
+        assert raw.quantiles(ALL_RANKS) == kll.quantiles(ALL_RANKS)
+        again = load_sketch(raw.to_bytes())
+        assert isinstance(again, RawValues) and again.quantiles(ALL_RANKS) == kll.quantiles(ALL_RANKS)
+
+
+def test_raw_values_merge_raw_within_k_and_as_kll_beyond() -> None:
+    rng = np.random.default_rng(5)
+    parts = [RawValues([rng.uniform(0, 300, 60).astype(np.float32)]) for _ in range(6)]
+    counts = IntHistogram()
+    counts.update(np.array([3.0, 50.0, 50.0]))
+    small = merge_sketches([*parts, counts])
+    assert isinstance(small, RawValues) and small.count == 363
+    big = merge_sketches([*parts, RawValues([rng.uniform(0, 300, 60).astype(np.float32)])])
+    assert isinstance(big, QuantileSketch) and big.count == 420
+    with pytest.raises(ValueError):
+        RawValues.from_bytes(RawValues._MAGIC + b"f" + bytes(4 * 401))
+
+
+def test_raw_rows_give_each_rows_quantiles_and_bytes() -> None:
+    rows = np.random.default_rng(9).uniform(0, 500, size=(30, 10)).astype(np.float32)
+    columns, blobs = raw_rows(rows, ALL_RANKS)
+    for r, row in enumerate(rows):
+        raw = RawValues([row])
+        assert [c[r] for c in columns] == raw.quantiles(ALL_RANKS)
+        assert blobs[r] == raw.to_bytes()
