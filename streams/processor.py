@@ -56,7 +56,7 @@ from hpcinsight.streams.attribution import Attribution
 from hpcinsight.streams.detectors import Detector, StreamContext, discover
 from hpcinsight.streams.jobs import JobGpuWindow, JobMerger, JobStageConfig
 from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
-from hpcinsight.streams.rolling import SINCE_START, Closed, RollingConfig, RollingSeries, WindowMeans
+from hpcinsight.streams.rolling import SINCE_START, Closed, RollingConfig, RollingSeries, WindowMeans, close_queued
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,36 @@ class _GpuPart:
     samples: list[GpuSample]
     partition: int = 0  # of the raw topic
     quantiles: list[GpuQuantiles] = field(default_factory=list)
-    anomalies: list[Event] = field(default_factory=list)
+    #: in the order the one-by-one path raised them: each sample's own, then its windows'
+    anomaly_slots: list[list[Event] | _Trigger] = field(default_factory=list)
     sketches: dict[str, list[GpuSketch]] = field(default_factory=dict)
     checkpoints: list[Output] = field(default_factory=list)
+
+    @property
+    def anomalies(self) -> list[Event]:
+        return [a for slot in self.anomaly_slots for a in (slot if isinstance(slot, list) else slot.anomalies)]
+
+
+@dataclass(slots=True)
+class _Trigger:
+    """A sample that moved one of its series on (closed panes, or began it): its windows are
+    made into records once the batch's closes have run (:func:`close_queued`)."""
+
+    checkpoints: list[Output]  # its message's (the part holds the trigger: no reference back, no cycle)
+    partition: int
+    sample: GpuSample
+    metric: str
+    key: str
+    series: RollingSeries
+    #: the GPU's window means as the sample left them, by the end of each shortest window it may close
+    means: dict[int, dict[str, float]]
+    group: int = 0  # its group in close_queued's answer for the series
+    windows: list[Closed] = field(default_factory=list)
+    anomalies: list[Event] = field(default_factory=list)
+
+
+#: the window means of a trigger that needs none (never changed)
+_NO_MEANS: dict[int, dict[str, float]] = {}
 
 
 def _series_key(gpu_uuid: str, metric: str) -> str:
@@ -184,7 +211,8 @@ class SampleProcessor:
         self._by_gpu: dict[str, list[tuple[str, str, RollingSeries]]] = {}  # the same series, by GPU (hot path)
         self._means: dict[str, WindowMeans] = {}
         rolling = self.config.rolling
-        self._shortest = min(rolling.windows, key=lambda w: (w.size_ms, w.hop_ms)).label
+        self._shortest_spec = min(rolling.windows, key=lambda w: (w.size_ms, w.hop_ms))
+        self._shortest = self._shortest_spec.label
         for detector in self.detectors:
             detector.bind(StreamContext(shortest_window=self._shortest))
         self._means_keep_ms = min(w.size_ms for w in rolling.windows) + rolling.base_ms + rolling.lateness_ms
@@ -229,7 +257,7 @@ class SampleProcessor:
         # nothing to attribute: forward the bytes, where they are on the stored topic's wire (JSON onto Arrow is not)
         unchanged = GPU_SAMPLES_RAW.wire == GPU_SAMPLES.wire and all(a is b for a, b in zip(enriched, samples))
         out = [Output(GPU_SAMPLES, node_key, value if unchanged and value else GPU_SAMPLES.codec.encode(enriched))]
-        return out + self._gpu_outputs([self._gpu_part(node_key, enriched, partition)])
+        return out + self._gpu_outputs(self._gpu_parts([(node_key, enriched, partition)]))
 
     def handle_batch(self, messages: Sequence[Message], stage: str = "gpu-samples") -> list[Output]:
         """All outputs caused by a batch of raw GPU messages: the state changes, records and
@@ -242,6 +270,7 @@ class SampleProcessor:
         again, never forwarded as the bytes they came in."""
         parts: list[tuple[Message, _GpuPart]] = []
         letters: list[Output] = []
+        triggers: list[_Trigger] = []
         for message in messages:
             self.stats.by_stage[stage] = self.stats.by_stage.get(stage, 0) + 1
             source, partition, offset, key, value = message
@@ -253,40 +282,106 @@ class SampleProcessor:
                     continue
                 enriched = [self.attribution.enrich_gpu(s) for s in samples]
                 node_key = key if key else (enriched[0].node.encode() if enriched else b"")
-                parts.append((message, self._gpu_part(node_key, enriched, partition)))
+                part = _GpuPart(node_key, enriched, partition)
+                self._take(part, triggers)
+                parts.append((message, part))
             except Exception as err:  # noqa: BLE001 - the rule of guarded, per message: see _failed
                 letters.append(self._failed(stage, message, err))
+        failed: dict[int, Output] = {}  # id(part) -> the dead letter of its message
         try:
-            out = self._gpu_outputs([part for _, part in parts], forward=True)
+            self._close(triggers)
+        except Exception as err:
+            log.exception("%s: a batch's pane closes failed", stage)
+            hit = {id(t.checkpoints) for t in triggers}
+            failed = {id(part): self._failed(stage, message, err) for message, part in parts if id(part.checkpoints) in hit}
+        for message, part in parts:  # a message whose records fail is dead-lettered alone (the rule of guarded)
+            if id(part) not in failed:
+                try:
+                    self._records(part)
+                except Exception as err:  # noqa: BLE001 - see _failed
+                    failed[id(part)] = self._failed(stage, message, err)
+        kept = [(message, part) for message, part in parts if id(part) not in failed]
+        letters += failed.values()
+        try:
+            out = self._gpu_outputs([part for _, part in kept], forward=True)
         except Exception:  # some message's records do not encode: find it, message by message
             log.exception("%s: a batch's outputs failed; encoding them message by message", stage)
             out = []
-            for message, part in parts:
+            for message, part in kept:
                 try:
                     out.extend(self._gpu_outputs([part], forward=True))
                 except Exception as err:  # noqa: BLE001 - the rule of guarded, per message: see _failed
                     out.append(self._failed(stage, message, err))
         return out + letters
 
-    def _gpu_part(self, node_key: bytes, samples: list[GpuSample], partition: int) -> _GpuPart:
-        """Run one message's validated, attributed samples through the windows and detectors."""
-        self.stats.samples += len(samples)
-        part = _GpuPart(node_key, samples, partition)
-        for sample in samples:
-            part.anomalies.extend(self._detect(sample))
+    def _gpu_parts(self, messages: list[tuple[bytes, list[GpuSample], int]]) -> list[_GpuPart]:
+        """Run messages' validated, attributed samples through the windows and detectors."""
+        parts = [_GpuPart(node_key, samples, partition) for node_key, samples, partition in messages]
+        triggers: list[_Trigger] = []
+        for part in parts:
+            self._take(part, triggers)
+        self._close(triggers)
+        for part in parts:
+            self._records(part)
+        return parts
+
+    def _take(self, part: _GpuPart, triggers: list[_Trigger]) -> None:
+        """Each sample of ``part`` through the GPU detectors, its window means and its series;
+        the samples that moved a series on join ``triggers`` (their closes wait for :meth:`_close`)."""
+        self.stats.samples += len(part.samples)
+        shortest = self._shortest_spec
+        for sample in part.samples:
+            found = self._detect(sample)
+            if found:
+                part.anomaly_slots.append(found)
             means = self._means_of(sample)
-            for metric, closed in self._roll(sample, partition, checkpoints=part.checkpoints):
+            for metric, key, series in self._series_of(sample, part.partition):
+                late = series.late
+                ends = series.queue(sample.ts, getattr(sample, metric), sample.job_id)
+                if series.late != late:
+                    self.stats.late_samples += series.late - late
+                if ends is None:
+                    continue
+                trigger = _Trigger(part.checkpoints, part.partition, sample, metric, key, series, _NO_MEANS)
+                trigger.group = series.tag(trigger)
+                if metric == "gpu_util":  # the job stage's peer comparisons read these beside its shortest window:
+                    # taken now, as later samples of the batch would change them
+                    trigger.means = {end: means.mean(end - shortest.size_ms, end) for end in ends if end % shortest.hop_ms == 0}
+                triggers.append(trigger)
+                part.anomaly_slots.append(trigger)
+
+    def _close(self, triggers: list[_Trigger]) -> None:
+        """Run the closes ``triggers`` queued, all series at once; each trigger gets the windows it
+        completed, and its message's part the checkpoints they made due."""
+        if not triggers:
+            return
+        every = self.config.checkpoint_every_ms
+
+        def checkpoint(series: RollingSeries, t: Any, closed_to: int, first_ms: int) -> None:
+            if closed_to // every > self._checkpointed.get(t.key, 0) // every:
+                self._checkpointed[t.key] = closed_to
+                record = StateCheckpoint(series=t.key, ts=closed_to, data=series.checkpoint(closed_to, first_ms))
+                t.checkpoints.append(Output(STREAM_STATE, t.key.encode(), STREAM_STATE.codec.encode([record]), t.partition))
+                self.stats.checkpoints += 1
+
+        closed = close_queued([t.series for t in triggers], checkpoint)
+        for t in triggers:
+            t.windows = closed[t.series][t.group]
+
+    def _records(self, part: _GpuPart) -> None:
+        """The quantile records, anomalies and job-stage sketches of the windows ``part``'s samples completed."""
+        for slot in part.anomaly_slots:
+            if isinstance(slot, list):
+                continue
+            sample, metric = slot.sample, slot.metric
+            self.stats.windows += len(slot.windows)
+            for closed in slot.windows:
                 q = self._quantiles(sample, metric, closed)
                 part.quantiles.append(q)
-                part.anomalies.extend(self._detect(q))
+                slot.anomalies.extend(self._detect(q))
                 if closed.job_id is not None:
-                    extra = (
-                        means.mean(closed.start_ms, closed.end_ms)
-                        if metric == "gpu_util" and closed.window == self._shortest
-                        else {}
-                    )
+                    extra = slot.means.get(closed.end_ms, {}) if closed.window == self._shortest else {}
                     part.sketches.setdefault(closed.job_id, []).append(self._sketch(sample, metric, closed, extra))
-        return part
 
     def _gpu_outputs(self, parts: list[_GpuPart], forward: bool = False) -> list[Output]:
         """The messages of ``parts`` combined: the samples (when ``forward``) per partition, per node
@@ -343,14 +438,8 @@ class SampleProcessor:
         means.add(sample.ts, mean_metric_values(sample))
         return means
 
-    def _roll(
-        self, sample: GpuSample, partition: int, replay: bool = False, checkpoints: list[Output] | None = None
-    ) -> list[tuple[str, Closed]]:
-        """Add the sample to its series; the windows it closes. A series that crossed a checkpoint
-        boundary appends its checkpoint to ``checkpoints`` (during a replay it only notes it: it was
-        written before the restart, or will be at the next boundary)."""
-        out: list[tuple[str, Closed]] = []
-        every = self.config.checkpoint_every_ms
+    def _series_of(self, sample: GpuSample, partition: int) -> list[tuple[str, str, RollingSeries]]:
+        """The sample's GPU's series, one a metric (made at its first sample)."""
         series_of_gpu = self._by_gpu.get(sample.gpu_uuid)
         if series_of_gpu is None:
             series_of_gpu = self._by_gpu[sample.gpu_uuid] = []
@@ -361,11 +450,17 @@ class SampleProcessor:
                     series = self._series[key] = RollingSeries(self.config.rolling)
                     self._partition_of[key] = partition
                 series_of_gpu.append((metric, key, series))
-        for metric, key, series in series_of_gpu:
-            late_before, closed_before = series.late, series.closed_to
-            closed = series.add(sample.ts, getattr(sample, metric), sample.job_id)
-            if closed:
-                out.extend((metric, c) for c in closed)
+        return series_of_gpu
+
+    def _replay_roll(self, sample: GpuSample, partition: int) -> list[tuple[str, Closed]]:
+        """Add a replayed sample to its series; the windows it closes. A series that crossed a
+        checkpoint boundary only notes it: that checkpoint was written before the restart, or will
+        be at the next boundary."""
+        out: list[tuple[str, Closed]] = []
+        every = self.config.checkpoint_every_ms
+        for metric, key, series in self._series_of(sample, partition):
+            closed_before = series.closed_to
+            out.extend((metric, c) for c in series.add(sample.ts, getattr(sample, metric), sample.job_id))
             closed_to = series.closed_to
             if (
                 closed_to != closed_before
@@ -373,14 +468,6 @@ class SampleProcessor:
                 and closed_to // every > self._checkpointed.get(key, 0) // every
             ):
                 self._checkpointed[key] = closed_to
-                if not replay and checkpoints is not None:
-                    record = StateCheckpoint(series=key, ts=closed_to, data=series.checkpoint())
-                    checkpoints.append(Output(STREAM_STATE, key.encode(), STREAM_STATE.codec.encode([record]), partition))
-                    self.stats.checkpoints += 1
-            if not replay and series.late != late_before:
-                self.stats.late_samples += series.late - late_before
-        if not replay:
-            self.stats.windows += len(out)
         return out
 
     @staticmethod
@@ -628,7 +715,7 @@ class SampleProcessor:
                 sample = self.attribution.enrich_gpu(sample)
                 self._detect(sample, replay=True)
                 self._means_of(sample)  # the window means take the sample too
-                for metric, closed in self._roll(sample, partition, replay=True):
+                for metric, closed in self._replay_roll(sample, partition):
                     self._detect(self._quantiles(sample, metric, closed), replay=True)
         except Exception:
             log.warning("replay of a message that fails again skipped", exc_info=True)

@@ -28,13 +28,25 @@ Memory per series is bounded by the panes: with the default windows (1 min by 10
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
 
-from hpcinsight.streams.sketches import IntHistogram, QuantileSketch, Sketch, load_sketch, widen
+from hpcinsight.streams.sketches import (
+    IntHistogram,
+    RawValues,
+    Sketch,
+    histogram_bytes,
+    load_sketch,
+    loosen,
+    merge_sketches,
+    quantile_rows,
+    raw_rows,
+)
 from hpcinsight.streams.windows import WindowSpec
 
 DEFAULT_WINDOWS: tuple[WindowSpec, ...] = (
@@ -43,6 +55,7 @@ DEFAULT_WINDOWS: tuple[WindowSpec, ...] = (
     WindowSpec(3_600_000, 1_200_000),
 )
 SINCE_START = "since_start"
+RANKS = (0.25, 0.5, 0.95)  # the quantiles a window carries
 _NOTHING: list[Closed] = []  # returned when nothing closes; never mutated by callers
 
 
@@ -68,8 +81,9 @@ class RollingConfig:
 @dataclass
 class Summary:
     """A window's values: exact counts while they are whole percentages (:class:`IntHistogram`,
-    e.g. NVML's utilisation), else a KLL sketch; the exact count and sum beside either (the mean is
-    exact; the quantiles are exact for the histogram, KLL's otherwise)."""
+    e.g. NVML's utilisation), else the values themselves while at most KLL's ``k``
+    (:class:`RawValues`), else a KLL sketch; the exact count and sum beside any (the mean is
+    exact; the quantiles are exact but for KLL's)."""
 
     sketch: Sketch = field(default_factory=IntHistogram)
     count: int = 0
@@ -77,7 +91,7 @@ class Summary:
 
     @classmethod
     def new(cls, exact: bool) -> Summary:
-        return cls(IntHistogram() if exact else QuantileSketch())
+        return cls(IntHistogram() if exact else RawValues())
 
     def add_pane(self, values: np.ndarray, total: float, counts: np.ndarray | None) -> None:
         """Add a closing pane's ``values`` with their float64 ``total`` and their histogram
@@ -87,9 +101,13 @@ class Summary:
         if isinstance(sketch, IntHistogram):
             if counts is not None:
                 sketch.counts += counts
-            else:  # a value counts cannot hold: from now on a sketch
-                sketch = self.sketch = widen(sketch)
+            else:  # a value counts cannot hold: from now on raw values or a sketch
+                sketch = self.sketch = loosen(sketch, values.size)
                 sketch.update(values)
+        elif isinstance(sketch, RawValues):
+            if sketch.n + values.size > RawValues.LIMIT:
+                sketch = self.sketch = loosen(sketch, values.size)
+            sketch.update(values)
         else:
             sketch.update(values)
         self.count += int(values.size)
@@ -100,20 +118,19 @@ class Summary:
         if isinstance(mine, IntHistogram) and isinstance(theirs, IntHistogram):
             mine.merge(theirs)
         else:
-            self.sketch = widen(mine).merge(widen(theirs))
+            self.sketch = merge_sketches([mine, theirs])
         self.count += other.count
         self.total += other.total
 
     @classmethod
     def merged(cls, parts: list[Summary], exact: bool) -> Summary:
-        """One summary of ``parts``: the counts added in one call while every part is exact."""
+        """One summary of ``parts``: the counts added in one call while every part is exact, the
+        values joined while they are raw and few."""
+        count, total = sum(p.count for p in parts), sum(p.total for p in parts)
         if exact and all(isinstance(p.sketch, IntHistogram) for p in parts):
             counts = np.add.reduce([p.sketch.counts for p in parts])  # type: ignore[union-attr]  # all IntHistogram, checked above
-            return cls(IntHistogram(counts), sum(p.count for p in parts), sum(p.total for p in parts))
-        out = cls.new(exact)
-        for part in parts:
-            out.merge(part)
-        return out
+            return cls(IntHistogram(counts), count, total)
+        return cls(merge_sketches([p.sketch for p in parts]), count, total)
 
     @property
     def exact(self) -> bool:
@@ -181,8 +198,25 @@ class SeriesState(msgspec.Struct, array_like=True):
     windows: list[tuple[list[tuple[int, tuple[bytes, int, float]]], int, tuple[bytes, int, float] | None]]
 
 
+#: a pane to close: (start, its values, the job of its newest value, the series' first sample
+#: time then); None: a long silence, the windows start over (see RollingSeries.queue)
+_Op = tuple[int, list[float], "str | None", int] | None
+#: one ``queue`` call that moved the series on: (ops queued up to its end, closed_to and first
+#: sample time after it, the caller's token: see RollingSeries.tag)
+_Group = tuple[int, int, int, object]
+#: a window to emit: (series, window label, start, end, job, its summary)
+_Emit = tuple["RollingSeries", str, int, int, "str | None", "Summary"]
+#: called after each group's closes: (series, the group's token, closed_to, first_ms) -> None
+OnGroup = Callable[["RollingSeries", object, int, int], None]
+
+
 class RollingSeries:
-    """Rolling quantiles of one metric of one GPU."""
+    """Rolling quantiles of one metric of one GPU.
+
+    Taking a sample (:meth:`queue`) only files it in its open pane and notes the panes it
+    closes; :func:`close_queued` runs those closes, for many series at once. A worker's series
+    all close on the same samples (its GPUs are sampled at the same instants), so the array work
+    of a batch's closes is done once for all its series (issue 19)."""
 
     def __init__(self, config: RollingConfig) -> None:
         self.config = config
@@ -190,9 +224,11 @@ class RollingSeries:
         self._max_size = max(w.size_ms for w in config.windows)
         self._windows = [_Window(w) for w in config.windows]
         self._open: dict[int, tuple[list[float], str | None]] = {}  # base pane start -> values, job
-        self._closed_to: int | None = None  # every base pane ending at or before this is closed
+        self._closed_to: int | None = None  # every base pane ending at or before this is closed (or queued to)
         self._first_ms: int | None = None
         self._max_ts = -1
+        self._ops: list[_Op] = []  # closes queued, not yet run (close_queued)
+        self._groups: list[_Group] = []
         self._job: str | None = None
         self._job_start = 0
         self._since: Summary | None = None
@@ -204,24 +240,35 @@ class RollingSeries:
     # -- input ------------------------------------------------------------------------------
 
     def add(self, ts_ms: int, value: float | None, job_id: str | None) -> list[Closed]:
-        """Take one sample; return the windows and since-start views it completes.
+        """Take one sample; return the windows and since-start views it completes (its closes
+        run now: :meth:`queue` and :func:`close_queued` for one series)."""
+        if self.queue(ts_ms, value, job_id) is None:
+            return _NOTHING
+        return close_queued([self])[self][-1]
 
-        The hot path of the stream processor (three calls per GPU sample): nothing but a list
-        append unless a base pane closes."""
+    def queue(self, ts_ms: int, value: float | None, job_id: str | None) -> list[int] | None:
+        """Take one sample; note the base panes it closes without closing them.
+
+        Returns None when the series did not move on (most samples: a list append), else the
+        ends of the panes it queued, maybe none (the series' first sample). Each such call is
+        one group of :func:`close_queued`'s answer, in order (see :meth:`tag`)."""
         base = self._base
         pane = ts_ms - ts_ms % base
         closed_to = self._closed_to
+        moved: list[int] | None = None
         if closed_to is None:
             closed_to = self._closed_to = pane
             self._first_ms = ts_ms
+            moved = []
         elif pane < closed_to:
             self.late += 1
-            return _NOTHING
-        out: list[Closed] | None = None
+            return None
         max_ts = self._max_ts
         if max_ts >= 0 and ts_ms - max_ts > self._max_size:
-            out = self._close_until(max_ts + self._lateness + base)
-            self._restart(pane, ts_ms)  # a long silence: start over, emit no empty windows
+            moved = self._queue_until(max_ts + self._lateness + base, [])
+            self._ops.append(None)  # a long silence: start over, emit no empty windows
+            self._open.clear()
+            self._closed_to, self._first_ms = pane, ts_ms
             closed_to = pane
         if ts_ms > max_ts:
             self._max_ts = max_ts = ts_ms
@@ -234,48 +281,47 @@ class RollingSeries:
                 if entry[1] != job_id:  # the GPU changed hands inside a pane: the newest job wins
                     self._open[pane] = (entry[0], job_id)
         if closed_to + base <= max_ts - self._lateness:
-            closed = self._close_until(max_ts - self._lateness)
-            out = closed if out is None else out + closed
-        return out if out is not None else _NOTHING
+            moved = self._queue_until(max_ts - self._lateness, moved if moved is not None else [])
+        if moved is not None:
+            assert self._closed_to is not None and self._first_ms is not None
+            self._groups.append((len(self._ops), self._closed_to, self._first_ms, None))
+        return moved
 
-    def _restart(self, pane: int, ts_ms: int) -> None:
-        self._windows = [_Window(w) for w in self.config.windows]
-        self._open.clear()
-        self._closed_to, self._first_ms = pane, ts_ms
+    def tag(self, token: object) -> int:
+        """Give the group the last :meth:`queue` call began a token for ``on_group``; its index."""
+        n, closed_to, first_ms, _ = self._groups[-1]
+        self._groups[-1] = (n, closed_to, first_ms, token)
+        return len(self._groups) - 1
 
-    # -- closing ----------------------------------------------------------------------------
+    def _queue_until(self, watermark: int, ends: list[int]) -> list[int]:
+        base, closed_to, first_ms = self._base, self._closed_to, self._first_ms
+        assert closed_to is not None and first_ms is not None
+        while closed_to + base <= watermark:
+            values, job = self._open.pop(closed_to, ([], None))
+            self._ops.append((closed_to, values, job, first_ms))
+            closed_to += base
+            ends.append(closed_to)
+        self._closed_to = closed_to
+        return ends
 
-    def _close_until(self, watermark: int) -> list[Closed]:
-        out: list[Closed] = []
-        base = self.config.base_ms
-        assert self._closed_to is not None
-        while self._closed_to + base <= watermark:
-            start = self._closed_to
-            values, job = self._open.pop(start, ([], None))
-            out.extend(self._close_pane(start, np.asarray(values, dtype=np.float32), job))
-            self._closed_to = start + base
-        return out
+    # -- closing (run by close_queued) ------------------------------------------------------
 
-    def _close_pane(self, start: int, values: np.ndarray, job: str | None) -> list[Closed]:
-        # Runs for every series at every base pane: with thousands of GPUs sampled at the same
-        # instants, all of a worker's series close together, and that burst is what an anomaly
-        # waits behind. Hence the pane is summed once, and a window of one pane is not copied.
+    def _close(self, op: _Op, values: np.ndarray, total: float, counts: np.ndarray | None, out: list[_Emit]) -> None:
+        """Close one queued pane: its ``values`` with their sum and, for an exact series whose
+        values fit, their histogram (None otherwise). Windows to emit go to ``out``."""
+        if op is None:
+            self._windows = [_Window(w) for w in self.config.windows]
+            return
+        start, _, job, first_ms = op
         end = start + self.config.base_ms
-        out: list[Closed] = []
-        total = float(values.sum(dtype=np.float64)) if values.size else 0.0
-        counts = None
         if values.size:
-            if self._exact:
-                counts = IntHistogram.counts_if_fit(values)
-                if counts is None:
-                    self._exact = False  # a fractional metric (or not a percentage): sketches from now on
+            if self._exact and counts is None:
+                self._exact = False  # a fractional metric (or not a percentage): sketches from now on
             if self._since is None or job != self._job:
                 if self._since is not None and self._since.count and self._since_sent_to < start:
-                    out.append(Closed.of(SINCE_START, self._job_start, start, self._job, self._since))
+                    out.append((self, SINCE_START, self._job_start, start, self._job, self._since))
                 self._job, self._job_start, self._since = job, start, Summary.new(self._exact)
             self._since.add_pane(values, total, counts)
-        first_ms = self._first_ms
-        assert first_ms is not None
         for w in self._windows:
             hop, size = w.hop_ms, w.size_ms
             if values.size:
@@ -291,27 +337,30 @@ class RollingSeries:
                     panes.popleft()
                 if panes and end - size >= first_ms:
                     if len(panes) == 1:
-                        merged = panes[0][1]  # Closed.of snapshots it: nothing later changes the copy it emits
+                        merged = panes[0][1]  # closed hop panes never change: the snapshot is safe to take later
                     else:
                         merged = Summary.merged([summary for _, summary in panes], self._exact)
                     if merged.count:
-                        out.append(Closed.of(w.label, end - size, end, self._job, merged))
+                        out.append((self, w.label, end - size, end, self._job, merged))
                 # the oldest pane is in no later window: free it now, not at the next close
                 while panes and panes[0][0] < end - size + hop:
                     panes.popleft()
         if self._since is not None and self._since.count and end % self.config.since_start_every_ms == 0:
-            out.append(Closed.of(SINCE_START, self._job_start, end, self._job, self._since))
+            out.append((self, SINCE_START, self._job_start, end, self._job, self._since))
             self._since_sent_to = end
-        return out
 
     # -- restart ----------------------------------------------------------------------------
 
-    def checkpoint(self) -> bytes:
-        """Everything closed so far (open base panes excluded: replay restores those)."""
-        assert self._closed_to is not None and self._first_ms is not None
+    def checkpoint(self, closed_to: int | None = None, first_ms: int | None = None) -> bytes:
+        """Everything closed so far (open base panes excluded: replay restores those). Inside
+        :func:`close_queued` (its ``on_group``) the series is closed to where that group left
+        it, not to where :meth:`queue` has moved on: pass the group's ``closed_to`` and ``first_ms``."""
+        closed_to = self._closed_to if closed_to is None else closed_to
+        first_ms = self._first_ms if first_ms is None else first_ms
+        assert closed_to is not None and first_ms is not None
         state = SeriesState(
-            first_ms=self._first_ms,
-            closed_to=self._closed_to,
+            first_ms=first_ms,
+            closed_to=closed_to,
             job_id=self._job,
             job_start=self._job_start,
             since_sent_to=self._since_sent_to,
@@ -342,6 +391,11 @@ class RollingSeries:
         return series
 
     @property
+    def groups_queued(self) -> int:
+        """Groups :meth:`queue` noted that :func:`close_queued` has not run yet."""
+        return len(self._groups)
+
+    @property
     def closed_to(self) -> int | None:
         return self._closed_to
 
@@ -352,6 +406,132 @@ class RollingSeries:
             + (len(w.filling.sketch.to_bytes()) if w.filling else 0)
             for w in self._windows
         }
+
+
+def close_queued(series: Sequence[RollingSeries], on_group: OnGroup | None = None) -> dict[RollingSeries, list[list[Closed]]]:
+    """Run the closes :meth:`RollingSeries.queue` noted, each series' in order; the windows each
+    group (each ``queue`` call that moved a series on) completed, per series and group.
+
+    The work goes in rounds, the k-th queued close of every series in round k: a round's values
+    are one array, summed, tested for whole percentages and counted into histograms in a few
+    calls for all, and the quantiles and bytes of the exact windows it completes are taken the
+    same way. Only the sketch updates and the windows' bookkeeping remain a series' own. A
+    pane's sum is taken in its values' order (numpy's own sum pairs 8 or more: the same number
+    unless the values span more than about 2**25 in size).
+
+    ``on_group`` is called after each group's closes with its token (e.g. to checkpoint the
+    series as it then was)."""
+    out: dict[RollingSeries, list[list[Closed]]] = {}
+    todo: list[tuple[RollingSeries, list[_Op], list[_Group]]] = []
+    for s in series:
+        if s in out or not s._groups:
+            continue
+        out[s] = [[] for _ in s._groups]
+        todo.append((s, s._ops, s._groups))
+        s._ops, s._groups = [], []
+    done = [0] * len(todo)  # groups finished, per series
+    for i in range(len(todo)):  # a series' first sample: a group before any close
+        _finish(todo[i], done, i, 0, on_group)
+    rank = 0
+    while True:
+        live = [i for i, (_, ops, _) in enumerate(todo) if rank < len(ops)]
+        if not live:
+            return out
+        closes = [todo[i] for i in live if todo[i][1][rank] is not None]
+        values, offsets, sums, counts = _pane_arrays([ops[rank][1] for _, ops, _ in closes], [s._exact for s, _, _ in closes])  # type: ignore[index]  # not None: filtered above
+        emits: list[_Emit] = []
+        owners: list[list[Closed]] = []  # where each emitted window goes: its series' group
+        k = 0
+        for i in live:
+            s, ops, groups = todo[i]
+            op = ops[rank]
+            before = len(emits)
+            if op is None:
+                s._close(None, values[:0], 0.0, None, emits)
+            else:
+                s._close(op, values[offsets[k] : offsets[k + 1]], float(sums[k]), counts[k], emits)
+                k += 1
+            owners += [out[s][done[i]]] * (len(emits) - before)
+            _finish(todo[i], done, i, rank + 1, on_group)
+        for owner, closed in zip(owners, _snapshots(emits)):
+            owner.append(closed)
+        rank += 1
+
+
+def _finish(
+    entry: tuple[RollingSeries, list[_Op], list[_Group]], done: list[int], i: int, ran: int, on_group: OnGroup | None
+) -> None:
+    """Mark the groups of ``entry`` whose closes are all run (the first ``ran``) finished."""
+    s, _, groups = entry
+    while done[i] < len(groups) and groups[done[i]][0] == ran:
+        _, closed_to, first_ms, token = groups[done[i]]
+        if on_group is not None:
+            on_group(s, token, closed_to, first_ms)
+        done[i] += 1
+
+
+def _pane_arrays(
+    panes: list[list[float]], exact: list[bool]
+) -> tuple[np.ndarray, list[int], np.ndarray, list[np.ndarray | None]]:
+    """The values of ``panes`` as one float32 array, where each pane's begin, each pane's
+    float64 sum, and, where ``exact`` and its values are whole percentages, its histogram."""
+    sizes = [len(p) for p in panes]
+    offsets = [0, *itertools.accumulate(sizes)]
+    values = np.array(list(itertools.chain.from_iterable(panes)), dtype=np.float32)
+    n = len(panes)
+    pane_of = np.repeat(np.arange(n), sizes)
+    sums = np.bincount(pane_of, weights=values.astype(np.float64), minlength=n)
+    counts: list[np.ndarray | None] = [None] * n
+    want = [j for j in range(n) if exact[j] and sizes[j]]
+    if want:
+        with np.errstate(invalid="ignore"):  # NaN and infinity: caught by the comparison below
+            whole = values.astype(np.int64)
+        bad = (whole != values) | (whole < 0) | (whole > IntHistogram.BINS - 1)  # a fraction, NaN, infinity, or out of 0..100
+        unfit = np.bincount(pane_of, weights=bad, minlength=n) > 0
+        fit = [j for j in want if not unfit[j]]
+        if fit:
+            use = np.zeros(n, dtype=bool)
+            use[fit] = True
+            keep = use[pane_of]
+            table = np.bincount(pane_of[keep] * IntHistogram.BINS + whole[keep], minlength=n * IntHistogram.BINS)
+            table = table.reshape(n, IntHistogram.BINS)
+            for j in fit:
+                counts[j] = table[j]
+    return values, offsets, sums, counts
+
+
+def _snapshots(emits: list[_Emit]) -> list[Closed]:
+    """The windows of ``emits`` as :class:`Closed`, the quantiles and bytes of the exact ones
+    taken for all at once (:func:`quantile_rows`, the rule of :meth:`IntHistogram.quantiles`),
+    of the raw ones for all of a length at once (:func:`raw_rows`), of the sketches one by one."""
+    out: list[Closed | None] = [None] * len(emits)
+    exact: list[int] = []
+    raw: dict[int, list[tuple[int, np.ndarray]]] = {}  # windows by their number of values
+    for j, e in enumerate(emits):
+        sketch = e[5].sketch
+        if isinstance(sketch, IntHistogram):
+            exact.append(j)
+        elif isinstance(sketch, RawValues):
+            raw.setdefault(sketch.n, []).append((j, sketch.values()))
+    if exact:
+        rows = np.stack([emits[j][5].sketch.counts for j in exact])  # type: ignore[union-attr]  # IntHistogram: filtered above
+        (p25, p50, p95), blobs = quantile_rows(rows, RANKS), histogram_bytes(rows)
+        for r, j in enumerate(exact):
+            out[j] = _closed(emits[j], p25[r], p50[r], p95[r], blobs[r])
+    for windows in raw.values():
+        (p25, p50, p95), blobs = raw_rows(np.stack([values for _, values in windows]), RANKS)
+        for r, (j, _) in enumerate(windows):
+            out[j] = _closed(emits[j], p25[r], p50[r], p95[r], blobs[r])
+    for j, (_, label, start, end, job, summary) in enumerate(emits):
+        if out[j] is None:
+            out[j] = Closed.of(label, start, end, job, summary)
+    return out  # type: ignore[return-value]  # every slot filled above
+
+
+def _closed(emit: _Emit, p25: float, p50: float, p95: float, sketch: bytes) -> Closed:
+    _, label, start, end, job, summary = emit
+    assert summary.count, "an empty window is never emitted"
+    return Closed(label, start, end, job, summary.count, summary.total, p25, p50, p95, sketch)
 
 
 class WindowMeans:

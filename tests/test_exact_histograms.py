@@ -9,7 +9,7 @@ import pytest
 from hpcinsight.schemas.events import GpuSketch
 from hpcinsight.streams.jobs import JobMerger, JobStageConfig
 from hpcinsight.streams.rolling import SINCE_START, Closed, RollingConfig, RollingSeries
-from hpcinsight.streams.sketches import IntHistogram, QuantileSketch, load_sketch, merge_sketches
+from hpcinsight.streams.sketches import IntHistogram, QuantileSketch, RawValues, load_sketch, merge_sketches
 
 T0 = 1_700_000_000_000
 RANKS = (0.0, 0.01, 0.25, 0.5, 0.95, 0.999, 1.0)
@@ -102,7 +102,7 @@ def test_every_window_of_a_utilisation_series_is_exact() -> None:
     assert seen == {"1m", "5m", "1h", SINCE_START}
 
 
-def test_a_fractional_value_hands_the_series_to_kll_for_good() -> None:
+def test_a_fractional_value_hands_the_series_to_raw_values_and_kll_for_good() -> None:
     ts = T0 + np.arange(600) * 1000
     vals = util_series(600, 2)
     vals[300] = 42.5  # one value counts cannot hold
@@ -111,7 +111,9 @@ def test_a_fractional_value_hands_the_series_to_kll_for_good() -> None:
     before = [c for c in closed if c.end_ms <= ts[300] and c.window == "1m"]
     after = [c for c in closed if c.end_ms > ts[300] + 10_000]
     assert before and all(isinstance(load_sketch(c.sketch), IntHistogram) for c in before)
-    assert after and all(isinstance(load_sketch(c.sketch), QuantileSketch) for c in after)
+    kinds = {c.window: type(load_sketch(c.sketch)) for c in after}  # the values themselves up to KLL's k, KLL beyond
+    assert kinds == {"1m": RawValues, "5m": RawValues, SINCE_START: QuantileSketch}, kinds
+    assert all(isinstance(load_sketch(c.sketch), RawValues) == (c.count <= RawValues.LIMIT) for c in after)
     for c in after:  # still right: KLL is exact at these sizes
         exact = vals[(ts >= c.start_ms) & (ts < c.end_ms)] if c.window != SINCE_START else vals[ts < c.end_ms]
         assert c.count == exact.size and c.p50 == exact_quantile(exact, 0.5)

@@ -37,6 +37,7 @@ from hpcinsight.streams.app import WorkerOptions, parse_windows
 from hpcinsight.streams.attribution import Attribution
 from hpcinsight.streams.detectors import build
 from hpcinsight.streams.processor import MAX_OUTPUT_BYTES, Message, Output, SampleProcessor
+from hpcinsight.streams.rolling import RollingSeries
 from tests.fuzz.strategies import messages as fuzz_messages
 from tests.fuzz.test_fuzz import check_dead_letter, decodes
 
@@ -241,3 +242,42 @@ def test_the_batch_flags_reach_the_worker_options() -> None:
     defaults = build_parser().parse_args(["worker"])
     assert WorkerOptions().batch_max == defaults.batch_max == 100
     assert WorkerOptions().batch_wait_s == 0.05 and defaults.batch_wait == "50ms"
+
+
+class BrokenSeries(RollingSeries):
+    """A series whose pane close raises for one GPU's utilisation at one pane (as a bug would)."""
+
+    def _close(self, op: Any, values: Any, total: float, counts: Any, out: list[Any]) -> None:
+        if op is not None and op[0] == T0 + 20_000 and values.size and float(values[0]) == BROKEN_VALUE:
+            raise RuntimeError("the close failed")
+        super()._close(op, values, total, counts, out)
+
+
+BROKEN_VALUE = 12.0
+
+
+def test_a_failed_close_dead_letters_the_messages_that_closed_panes_and_the_stream_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch's closes run together (close_queued): if they raise, every message whose samples
+    closed a pane in that batch is one dead letter with the reason, the others' outputs go out,
+    and later batches run as before."""
+    monkeypatch.setattr("hpcinsight.streams.processor.RollingSeries", BrokenSeries)
+    processor = SampleProcessor(WorkerOptions(windows=parse_windows("10s/5s")).processor_config(), detectors=build(None))
+    data: list[Message] = []
+    for tick in range(40):
+        for node in range(3):
+            util = BROKEN_VALUE if (node, tick) == (1, 20) else 50.0
+            sample = GpuSample(node=f"n{node}", gpu_index=0, gpu_uuid=f"GPU-{node}", ts=T0 + tick * 1000, gpu_util=util)
+            data.append((SOURCE, node, len(data), f"n{node}".encode(), GPU_SAMPLES_RAW.codec.encode([sample])))
+    outputs = [o for start in range(0, len(data), 6) for o in processor.handle_batch(data[start : start + 6], STAGE)]
+    letters = [d for o in outputs if o.topic is DEAD_LETTERS for d in DEAD_LETTERS.codec.decode(o.value)]
+    # pane [20 s, 25 s) of GPU-1 closes at its 27 s sample, in the batch of ticks 26-27; in it,
+    # each node's 27 s message closed its panes
+    assert sorted(d.source_offset for d in letters) == [27 * 3 + n for n in range(3)], letters
+    assert all(d.reason == "gpu-samples failed: RuntimeError: the close failed" for d in letters)
+    assert processor.stats.failed == 3
+    windows = [q for o in outputs if o.topic is GPU_QUANTILES for q in GPU_QUANTILES.codec.decode(o.value)]
+    assert {q.window_end for q in windows if q.gpu_uuid == "GPU-0"} >= {T0 + 30_000, T0 + 35_000}  # the stream went on
+    stored = [s for o in outputs if o.topic is GPU_SAMPLES for s in GPU_SAMPLES.codec.decode(o.value)]
+    assert len(stored) == len(data) - 3  # the dead-lettered messages' samples are in their letters, not stored
