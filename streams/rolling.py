@@ -391,11 +391,6 @@ class RollingSeries:
         return series
 
     @property
-    def groups_queued(self) -> int:
-        """Groups :meth:`queue` noted that :func:`close_queued` has not run yet."""
-        return len(self._groups)
-
-    @property
     def closed_to(self) -> int | None:
         return self._closed_to
 

@@ -1,4 +1,5 @@
-"""Mergeable quantile sketches: Apache DataSketches KLL, for rolling and since-start quantiles.
+"""Mergeable quantile summaries for rolling and since-start quantiles: Apache DataSketches KLL,
+and two exact kinds it yields to while they suffice (whole-percentage counts, the values themselves).
 
 Why KLL (``datasketches.kll_floats_sketch``): it is mergeable (a job's quantiles are the merge
 of its GPUs' sketches, never a re-scan), its rank error is proven and known in advance
