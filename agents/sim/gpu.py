@@ -135,8 +135,18 @@ class SimConfig:
     faults: tuple[InjectedFault, ...] = ()
     #: jobs with phases on node sets (``hpcinsight.agents.sim.workload``); None: one job on every GPU, ``job_id``
     workload: Workload | None = None
+    #: the idle spells by GPU: read for every GPU at every tick, where a scan of a spell a node costs 1,280 checks a GPU at 10,240 GPUs
+    _idle_by_gpu: dict[tuple[int, int], tuple[IdleGpu, ...]] = field(init=False, repr=False, compare=False)
+
+    def idle_now(self, node: int, gpu: int, t_s: float) -> bool:
+        """GPU ``gpu`` of node ``node`` is in one of its idle spells at ``t_s``."""
+        return any(b.start_s <= t_s < b.end_s for b in self._idle_by_gpu.get((node, gpu), ()))
 
     def __post_init__(self) -> None:
+        by_gpu: dict[tuple[int, int], tuple[IdleGpu, ...]] = {}
+        for b in self.idle:
+            by_gpu[(b.node, b.gpu)] = (*by_gpu.get((b.node, b.gpu), ()), b)
+        object.__setattr__(self, "_idle_by_gpu", by_gpu)
         if self.workload is not None:
             self.workload.check(self.nodes, self.gpus_per_node)
         if not 1 <= self.gpus_per_node <= 16:
@@ -285,7 +295,7 @@ class SimGpuCollector(Collector[SimConfig]):
     def _read(self, n: int, gpu: _GpuState, now_ms: int, t_s: float) -> GpuSample:
         rng, cfg = gpu.rng, self.config
         faults = [f.kind for f in cfg.faults if f.active(n, gpu.index, t_s)] if cfg.faults else []
-        if any(b.active(n, gpu.index, t_s) for b in cfg.idle):
+        if cfg.idle_now(n, gpu.index, t_s):
             util = rng.uniform(0.0, 2.0)
         else:
             if gpu.dip_left == 0 and rng.random() < 0.03:  # a data-loading stall now and then
@@ -369,7 +379,7 @@ class SimGpuCollector(Collector[SimConfig]):
         else:
             gpu.dip_left = 0
         faults = [f.kind for f in cfg.faults if f.active(n, gpu.index, t_s)] if cfg.faults else []
-        if any(b.active(n, gpu.index, t_s) for b in cfg.idle):
+        if cfg.idle_now(n, gpu.index, t_s):
             util = gpu.fault.uniform(0.0, 2.0)
         if "slow" in faults and util >= 5:
             util *= gpu.fault.uniform(0.45, 0.57)  # 40-50% where its peers run at 88%
