@@ -355,11 +355,9 @@ class SampleProcessor:
         completed, and its message's part the checkpoints they made due."""
         if not triggers:
             return
-        every = self.config.checkpoint_every_ms
 
         def checkpoint(series: RollingSeries, t: Any, closed_to: int, first_ms: int) -> None:
-            if closed_to // every > self._checkpointed.get(t.key, 0) // every:
-                self._checkpointed[t.key] = closed_to
+            if self._checkpoint_due(t.key, closed_to):
                 record = StateCheckpoint(series=t.key, ts=closed_to, data=series.checkpoint(closed_to, first_ms))
                 t.checkpoints.append(Output(STREAM_STATE, t.key.encode(), STREAM_STATE.codec.encode([record]), t.partition))
                 self.stats.checkpoints += 1
@@ -457,18 +455,21 @@ class SampleProcessor:
         checkpoint boundary only notes it: that checkpoint was written before the restart, or will
         be at the next boundary."""
         out: list[tuple[str, Closed]] = []
-        every = self.config.checkpoint_every_ms
         for metric, key, series in self._series_of(sample, partition):
             closed_before = series.closed_to
             out.extend((metric, c) for c in series.add(sample.ts, getattr(sample, metric), sample.job_id))
-            closed_to = series.closed_to
-            if (
-                closed_to != closed_before
-                and closed_to is not None
-                and closed_to // every > self._checkpointed.get(key, 0) // every
-            ):
-                self._checkpointed[key] = closed_to
+            if series.closed_to != closed_before and series.closed_to is not None:
+                self._checkpoint_due(key, series.closed_to)
         return out
+
+    def _checkpoint_due(self, key: str, closed_to: int) -> bool:
+        """Whether series ``key``, closed to ``closed_to``, crossed a checkpoint boundary since its
+        last checkpoint; if so, that boundary is now its last."""
+        every = self.config.checkpoint_every_ms
+        if closed_to // every <= self._checkpointed.get(key, 0) // every:
+            return False
+        self._checkpointed[key] = closed_to
+        return True
 
     @staticmethod
     def _quantiles(sample: GpuSample, metric: str, c: Closed) -> GpuQuantiles:

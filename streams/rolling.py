@@ -46,6 +46,7 @@ from hpcinsight.streams.sketches import (
     merge_sketches,
     quantile_rows,
     raw_rows,
+    widen,
 )
 from hpcinsight.streams.windows import WindowSpec
 
@@ -106,7 +107,7 @@ class Summary:
                 sketch.update(values)
         elif isinstance(sketch, RawValues):
             if sketch.n + values.size > RawValues.LIMIT:
-                sketch = self.sketch = loosen(sketch, values.size)
+                sketch = self.sketch = widen(sketch)
             sketch.update(values)
         else:
             sketch.update(values)

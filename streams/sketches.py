@@ -201,11 +201,11 @@ class RawValues:
         if not n:
             return None
         ordered = np.sort(self.values())
-        return [float(ordered[min(int(rank * n), n - 1)]) for rank in ranks]
+        return [float(ordered[_raw_index(rank, n)]) for rank in ranks]
 
     def to_bytes(self) -> bytes:
         """The values in order (the same values give the same bytes), 4 bytes each."""
-        return self._MAGIC + b"f" + np.sort(self.values()).astype("<f4").tobytes()
+        return raw_rows(self.values()[np.newaxis], ())[1][0]
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RawValues:
@@ -262,22 +262,25 @@ def histogram_rows(data: Sequence[bytes]) -> np.ndarray | None:
     return np.stack([IntHistogram.from_bytes(d).counts for d in data])
 
 
-def row_quantiles(counts: np.ndarray, rank: float) -> np.ndarray:
-    """Each row's value at ``rank`` by :meth:`IntHistogram.quantiles`' rule; NaN for an empty row."""
+def _row_positions(counts: np.ndarray, ranks: Sequence[float]) -> list[np.ndarray]:
+    """For each rank, each row's value by :meth:`IntHistogram.quantiles`' rule (0 for an empty row)."""
     cumulative = counts.cumsum(axis=1)
     n = cumulative[:, -1:]
-    at = np.minimum((cumulative <= rank * n).sum(axis=1), (cumulative < n).sum(axis=1)).astype(np.float64)
-    at[n[:, 0] == 0] = np.nan
+    top = (cumulative < n).sum(axis=1)
+    return [np.minimum((cumulative <= rank * n).sum(axis=1), top).astype(np.float64) for rank in ranks]
+
+
+def row_quantiles(counts: np.ndarray, rank: float) -> np.ndarray:
+    """Each row's value at ``rank`` by :meth:`IntHistogram.quantiles`' rule; NaN for an empty row."""
+    [at] = _row_positions(counts, [rank])
+    at[counts.sum(axis=1) == 0] = np.nan
     return at
 
 
 def quantile_rows(counts: np.ndarray, ranks: Sequence[float]) -> list[list[float]]:
     """For each rank, each row's value by :meth:`IntHistogram.quantiles`' rule (rows not empty):
     the quantiles of many windows in a few array calls."""
-    cumulative = counts.cumsum(axis=1)
-    n = cumulative[:, -1:]
-    top = (cumulative < n).sum(axis=1)
-    return [np.minimum((cumulative <= rank * n).sum(axis=1), top).astype(np.float64).tolist() for rank in ranks]
+    return [at.tolist() for at in _row_positions(counts, ranks)]
 
 
 def histogram_bytes(counts: np.ndarray) -> list[bytes]:
@@ -309,7 +312,13 @@ def raw_rows(values: np.ndarray, ranks: Sequence[float]) -> tuple[list[list[floa
     (a list per rank) and :meth:`RawValues.to_bytes`, from one sort."""
     ordered = np.sort(values, axis=1)
     n = ordered.shape[1]
-    columns = [ordered[:, min(int(rank * n), n - 1)].astype(np.float64).tolist() for rank in ranks]
+    columns = [ordered[:, _raw_index(rank, n)].astype(np.float64).tolist() for rank in ranks]
     head, size = RawValues._MAGIC + b"f", 4 * n
     blob = ordered.astype("<f4").tobytes()
     return columns, [head + blob[r * size : (r + 1) * size] for r in range(len(ordered))]
+
+
+def _raw_index(rank: float, n: int) -> int:
+    """Where KLL's exclusive rule finds ``rank`` among ``n`` values in order: the smallest with
+    more than ``rank * n`` at or below it, the last for rank 1."""
+    return min(int(rank * n), n - 1)
