@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,6 +220,7 @@ class SampleProcessor:
         self._detectors_of: dict[type, list[Detector[Any]]] = {}
         self._partition_of: dict[str, int] = {}
         self._checkpointed: dict[str, int] = {}
+        self._checkpoint_phase: dict[str, int] = {}  # see _checkpoint_due
         self.stats = ProcessorStats()
 
     # -- the one rule for every message ---------------------------------------------------------
@@ -463,10 +465,18 @@ class SampleProcessor:
         return out
 
     def _checkpoint_due(self, key: str, closed_to: int) -> bool:
-        """Whether series ``key``, closed to ``closed_to``, crossed a checkpoint boundary since its
-        last checkpoint; if so, that boundary is now its last."""
+        """Whether series ``key``, closed to ``closed_to``, crossed one of its checkpoint
+        boundaries since its last checkpoint; if so, that boundary is now its last.
+
+        Each series has its own phase (a base pane multiple from a hash of its key): were every
+        series' boundaries the same, every series of a worker would checkpoint at the same close,
+        on top of the windows they emit there (docs/streams.md, "Restart and scale-out")."""
         every = self.config.checkpoint_every_ms
-        if closed_to // every <= self._checkpointed.get(key, 0) // every:
+        phase = self._checkpoint_phase.get(key)
+        if phase is None:
+            base = self.config.rolling.base_ms
+            phase = self._checkpoint_phase[key] = zlib.crc32(key.encode()) % (every // base) * base
+        if (closed_to - phase) // every <= (self._checkpointed.get(key, 0) - phase) // every:
             return False
         self._checkpointed[key] = closed_to
         return True
@@ -690,6 +700,7 @@ class SampleProcessor:
         for key in [k for k, p in self._partition_of.items() if p in partitions]:
             del self._series[key], self._partition_of[key]
             self._checkpointed.pop(key, None)
+            self._checkpoint_phase.pop(key, None)
             self._by_gpu.pop(key.rpartition("|")[0], None)
             self._means.pop(key.rpartition("|")[0], None)  # rebuilt by the replay, never counted twice
 

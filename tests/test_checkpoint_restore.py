@@ -63,3 +63,22 @@ def _quantiles(outputs: list[Output]) -> list[tuple[object, ...]]:
         if o.topic is GPU_QUANTILES
         for q in GPU_QUANTILES.codec.decode(o.value)
     ]
+
+
+def test_each_series_checkpoints_once_a_period_and_not_all_at_the_same_close() -> None:
+    processor = SampleProcessor()
+    every = processor.config.checkpoint_every_ms
+    taken: dict[str, list[int]] = {}
+    for _, m in _ticks():
+        for o in _handle(processor, m):
+            if o.topic is STREAM_STATE:
+                for record in STREAM_STATE.codec.decode(o.value):
+                    taken.setdefault(record.series, []).append(record.ts)
+    assert len(taken) == NODES * GPUS_PER_NODE * 3
+    for series, times in taken.items():
+        later = times[1:]  # the first is at the series' first close
+        assert len(later) >= MINUTES - 1, series
+        assert all(b - a == every for a, b in zip(later, later[1:])), (series, times)
+    phases = {times[1] % every for times in taken.values()}
+    base = processor.config.rolling.base_ms
+    assert len(phases) == every // base  # 96 series over the 6 closes of a minute: each close takes some
