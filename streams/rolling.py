@@ -38,6 +38,7 @@ import numpy as np
 
 from hpcinsight.streams.sketches import (
     IntHistogram,
+    QuantileSketch,
     RawValues,
     Sketch,
     histogram_bytes,
@@ -114,25 +115,6 @@ class Summary:
         self.count += int(values.size)
         self.total += total
 
-    def merge(self, other: Summary) -> None:
-        mine, theirs = self.sketch, other.sketch
-        if isinstance(mine, IntHistogram) and isinstance(theirs, IntHistogram):
-            mine.merge(theirs)
-        else:
-            self.sketch = merge_sketches([mine, theirs])
-        self.count += other.count
-        self.total += other.total
-
-    @classmethod
-    def merged(cls, parts: list[Summary], exact: bool) -> Summary:
-        """One summary of ``parts``: the counts added in one call while every part is exact, the
-        values joined while they are raw and few."""
-        count, total = sum(p.count for p in parts), sum(p.total for p in parts)
-        if exact and all(isinstance(p.sketch, IntHistogram) for p in parts):
-            counts = np.add.reduce([p.sketch.counts for p in parts])  # type: ignore[union-attr]  # all IntHistogram, checked above
-            return cls(IntHistogram(counts), count, total)
-        return cls(merge_sketches([p.sketch for p in parts]), count, total)
-
     @property
     def exact(self) -> bool:
         return isinstance(self.sketch, IntHistogram)
@@ -159,12 +141,6 @@ class Closed:
     p50: float
     p95: float
     sketch: bytes  # serialised histogram or KLL (hpcinsight.streams.sketches.load_sketch), for the job stage to merge
-
-    @classmethod
-    def of(cls, window: str, start_ms: int, end_ms: int, job_id: str | None, summary: Summary) -> Closed:
-        q = summary.sketch.quantiles()
-        assert q is not None and summary.count, "an empty window is never emitted"
-        return cls(window, start_ms, end_ms, job_id, summary.count, summary.total, q[0], q[1], q[2], summary.sketch.to_bytes())
 
     @property
     def mean(self) -> float:
@@ -205,8 +181,9 @@ _Op = tuple[int, list[float], "str | None", int] | None
 #: one ``queue`` call that moved the series on: (ops queued up to its end, closed_to and first
 #: sample time after it, the caller's token: see RollingSeries.tag)
 _Group = tuple[int, int, int, object]
-#: a window to emit: (series, window label, start, end, job, its summary)
-_Emit = tuple["RollingSeries", str, int, int, "str | None", "Summary"]
+#: a window to emit: (series, window label, start, end, job, the summaries it merges: its hop
+#: panes, or the since-start summary; merged by _snapshots, for all windows of a round at once)
+_Emit = tuple["RollingSeries", str, int, int, "str | None", "list[Summary]"]
 #: called after each group's closes: (series, the group's token, closed_to, first_ms) -> None
 OnGroup = Callable[["RollingSeries", object, int, int], None]
 
@@ -320,7 +297,7 @@ class RollingSeries:
                 self._exact = False  # a fractional metric (or not a percentage): sketches from now on
             if self._since is None or job != self._job:
                 if self._since is not None and self._since.count and self._since_sent_to < start:
-                    out.append((self, SINCE_START, self._job_start, start, self._job, self._since))
+                    out.append((self, SINCE_START, self._job_start, start, self._job, [self._since]))
                 self._job, self._job_start, self._since = job, start, Summary.new(self._exact)
             self._since.add_pane(values, total, counts)
         for w in self._windows:
@@ -337,17 +314,14 @@ class RollingSeries:
                 while panes and panes[0][0] < end - size:
                     panes.popleft()
                 if panes and end - size >= first_ms:
-                    if len(panes) == 1:
-                        merged = panes[0][1]  # closed hop panes never change: the snapshot is safe to take later
-                    else:
-                        merged = Summary.merged([summary for _, summary in panes], self._exact)
-                    if merged.count:
-                        out.append((self, w.label, end - size, end, self._job, merged))
+                    parts = [summary for _, summary in panes]  # closed hop panes never change: merged later
+                    if any(p.count for p in parts):
+                        out.append((self, w.label, end - size, end, self._job, parts))
                 # the oldest pane is in no later window: free it now, not at the next close
                 while panes and panes[0][0] < end - size + hop:
                     panes.popleft()
         if self._since is not None and self._since.count and end % self.config.since_start_every_ms == 0:
-            out.append((self, SINCE_START, self._job_start, end, self._job, self._since))
+            out.append((self, SINCE_START, self._job_start, end, self._job, [self._since]))
             self._since_sent_to = end
 
     # -- restart ----------------------------------------------------------------------------
@@ -497,37 +471,58 @@ def _pane_arrays(
 
 
 def _snapshots(emits: list[_Emit]) -> list[Closed]:
-    """The windows of ``emits`` as :class:`Closed`, the quantiles and bytes of the exact ones
-    taken for all at once (:func:`quantile_rows`, the rule of :meth:`IntHistogram.quantiles`),
-    of the raw ones for all of a length at once (:func:`raw_rows`), of the sketches one by one."""
+    """The windows of ``emits`` as :class:`Closed`: each merges its parts by
+    :func:`merge_sketches`' rule, done here for all at once. The exact ones' counts are added in
+    one call and their quantiles and bytes taken together (:func:`quantile_rows`, the rule of
+    :meth:`IntHistogram.quantiles`); the raw ones' values are joined in one call for all of a
+    length and sorted together (:func:`raw_rows`); KLL's are merged one by one."""
     out: list[Closed | None] = [None] * len(emits)
     exact: list[int] = []
-    raw: dict[int, list[tuple[int, np.ndarray]]] = {}  # windows by their number of values
+    raw: dict[int, list[int]] = {}  # raw windows by their number of values
+    kll: list[int] = []
     for j, e in enumerate(emits):
-        sketch = e[5].sketch
-        if isinstance(sketch, IntHistogram):
+        parts = e[5]
+        if all(isinstance(p.sketch, IntHistogram) for p in parts):
             exact.append(j)
-        elif isinstance(sketch, RawValues):
-            raw.setdefault(sketch.n, []).append((j, sketch.values()))
+        elif (
+            not any(isinstance(p.sketch, QuantileSketch) for p in parts) and (n := sum(p.count for p in parts)) <= RawValues.LIMIT
+        ):
+            raw.setdefault(n, []).append(j)
+        else:
+            kll.append(j)
     if exact:
-        rows = np.stack([emits[j][5].sketch.counts for j in exact])  # type: ignore[union-attr]  # IntHistogram: filtered above
+        ends = list(itertools.accumulate(len(emits[j][5]) for j in exact))
+        stacked = np.stack([p.sketch.counts for j in exact for p in emits[j][5]])  # type: ignore[union-attr]  # IntHistogram: sorted above
+        rows = np.add.reduceat(stacked, [0, *ends[:-1]], axis=0) if len(stacked) > len(exact) else stacked
         (p25, p50, p95), blobs = quantile_rows(rows, RANKS), histogram_bytes(rows)
         for r, j in enumerate(exact):
             out[j] = _closed(emits[j], p25[r], p50[r], p95[r], blobs[r])
-    for windows in raw.values():
-        (p25, p50, p95), blobs = raw_rows(np.stack([values for _, values in windows]), RANKS)
-        for r, (j, _) in enumerate(windows):
+    for n, windows in raw.items():
+        pieces = [piece for j in windows for p in emits[j][5] if p.count for piece in _pieces(p.sketch)]
+        values = np.concatenate(pieces).reshape(len(windows), n)
+        (p25, p50, p95), blobs = raw_rows(values, RANKS)
+        for r, j in enumerate(windows):
             out[j] = _closed(emits[j], p25[r], p50[r], p95[r], blobs[r])
-    for j, (_, label, start, end, job, summary) in enumerate(emits):
-        if out[j] is None:
-            out[j] = Closed.of(label, start, end, job, summary)
+    for j in kll:
+        _, label, start, end, job, parts = emits[j]
+        sketch = merge_sketches([p.sketch for p in parts]) if len(parts) > 1 else parts[0].sketch
+        q = sketch.quantiles(RANKS)
+        assert q is not None, "an empty window is never emitted"
+        out[j] = _closed(emits[j], q[0], q[1], q[2], sketch.to_bytes())
     return out  # type: ignore[return-value]  # every slot filled above
 
 
+def _pieces(sketch: Sketch) -> list[np.ndarray]:
+    """A raw or exact summary's values, as the arrays it holds them in (not joined)."""
+    return sketch.parts if isinstance(sketch, RawValues) else [sketch.values()]  # type: ignore[union-attr]  # no KLL here
+
+
 def _closed(emit: _Emit, p25: float, p50: float, p95: float, sketch: bytes) -> Closed:
-    _, label, start, end, job, summary = emit
-    assert summary.count, "an empty window is never emitted"
-    return Closed(label, start, end, job, summary.count, summary.total, p25, p50, p95, sketch)
+    _, label, start, end, job, parts = emit
+    count = parts[0].count if len(parts) == 1 else sum(p.count for p in parts)
+    assert count, "an empty window is never emitted"
+    total = parts[0].total if len(parts) == 1 else sum(p.total for p in parts)
+    return Closed(label, start, end, job, count, total, p25, p50, p95, sketch)
 
 
 class WindowMeans:
