@@ -257,6 +257,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             instance=args.instance,
             batch_max=args.batch_max,
             batch_wait_s=parse_ms(args.batch_wait, "--batch-wait") / 1000,
+            fetch_wait_s=parse_ms(args.fetch_wait, "--fetch-wait") / 1000,
         )
         options.processor_config()
         build_detectors(settings.detectors)
@@ -645,6 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-wait",
         default="50ms",
         help="... or those that came within this long, whichever is first: the most a batch adds to latency (default 50ms)",
+    )
+    p.add_argument(
+        "--fetch-wait",
+        default="50ms",
+        help="the longest the broker may hold a fetch of the worker's consumer before answering empty "
+        "(default 50ms; Faust's own 1.5s left partitions unasked for while data waited)",
     )
     p.add_argument("--loglevel", default="WARNING")
     p.add_argument("--instance", default="0", help="static group member id; give each worker of a group its own")

@@ -50,6 +50,7 @@ from hpcinsight.schemas.catalog import (
 )
 from hpcinsight.schemas.events import DeadLetter
 from hpcinsight.streams.detectors import build as build_detectors
+from hpcinsight.streams.fetching import prompt_fetches
 from hpcinsight.streams.jobs import JobStageConfig
 from hpcinsight.streams.kpis import KpiConfig
 from hpcinsight.streams.processor import Handler, Message, Output, ProcessorConfig, SampleProcessor
@@ -91,12 +92,17 @@ class WorkerOptions:
     batch_max: int = 100
     #: ... or what came within this long, whichever is first (the latency a batch can add)
     batch_wait_s: float = 0.05
+    #: the longest the broker may hold the consumer's fetch (streams.fetching: Faust's 1.5 s
+    #: left a live worker idle with messages waiting)
+    fetch_wait_s: float = 0.05
 
     def __post_init__(self) -> None:
         if self.batch_max < 1:
             raise ValueError(f"--batch-max: at least 1 message, got {self.batch_max}")
         if self.batch_wait_s <= 0:  # Faust's take waits forever for a full batch without one
             raise ValueError(f"--batch-wait: more than 0, got {self.batch_wait_s * 1000:g} ms")
+        if self.fetch_wait_s < 0.001:
+            raise ValueError(f"--fetch-wait: at least 1 ms, got {self.fetch_wait_s * 1000:g} ms")
 
     def processor_config(self) -> ProcessorConfig:
         since_ms, checkpoint_ms = int(self.since_start_every_s * 1000), int(self.checkpoint_every_s * 1000)
@@ -326,6 +332,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         # Faust keeps a folder per app id; under the data dir, not wherever the worker was started
         datadir=str(settings.data_dir / "faust" / f"{settings.kafka.topic_prefix}worker"),
     )
+    prompt_fetches(app, round(options.fetch_wait_s * 1000))
     topics = {
         t.name: app.topic(settings.topic(t.name), key_serializer="raw", value_serializer="raw", partitions=t.partitions)
         for t in TOPICS
