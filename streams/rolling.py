@@ -520,7 +520,7 @@ def _snapshots(emits: list[_Emit]) -> list[Closed]:
         for r, j in enumerate(windows):
             out[j] = _closed(emits[j], p25[r], p50[r], p95[r], blobs[r])
     for j in kll:
-        _, label, start, end, job, parts = emits[j]
+        parts = emits[j][5]
         sketch = merge_sketches([p.sketch for p in parts]) if len(parts) > 1 else parts[0].sketch
         q = sketch.quantiles(RANKS)
         assert q is not None, "an empty window is never emitted"
