@@ -219,8 +219,7 @@ class SampleProcessor:
         self._means_keep_ms = min(w.size_ms for w in rolling.windows) + rolling.base_ms + rolling.lateness_ms
         self._detectors_of: dict[type, list[Detector[Any]]] = {}
         self._partition_of: dict[str, int] = {}
-        self._checkpointed: dict[str, int] = {}
-        self._checkpoint_phase: dict[str, int] = {}  # see _checkpoint_due
+        self._checkpoint_next: dict[str, int] = {}  # series -> the closed_to at which its next checkpoint is due
         self.stats = ProcessorStats()
 
     # -- the one rule for every message ---------------------------------------------------------
@@ -466,20 +465,22 @@ class SampleProcessor:
 
     def _checkpoint_due(self, key: str, closed_to: int) -> bool:
         """Whether series ``key``, closed to ``closed_to``, crossed one of its checkpoint
-        boundaries since its last checkpoint; if so, that boundary is now its last.
+        boundaries since its last checkpoint (a series never checkpointed: at once); if so, that
+        boundary is now its last."""
+        if closed_to < self._checkpoint_next.get(key, 0):
+            return False
+        self._checkpoint_next[key] = self._next_checkpoint(key, closed_to)
+        return True
+
+    def _next_checkpoint(self, key: str, closed_to: int) -> int:
+        """The first of series ``key``'s checkpoint boundaries after the period ``closed_to`` is in.
 
         Each series has its own phase (a base pane multiple from a hash of its key): were every
         series' boundaries the same, every series of a worker would checkpoint at the same close,
         on top of the windows they emit there (docs/streams.md, "Restart and scale-out")."""
-        every = self.config.checkpoint_every_ms
-        phase = self._checkpoint_phase.get(key)
-        if phase is None:
-            base = self.config.rolling.base_ms
-            phase = self._checkpoint_phase[key] = zlib.crc32(key.encode()) % (every // base) * base
-        if (closed_to - phase) // every <= (self._checkpointed.get(key, 0) - phase) // every:
-            return False
-        self._checkpointed[key] = closed_to
-        return True
+        every, base = self.config.checkpoint_every_ms, self.config.rolling.base_ms
+        phase = zlib.crc32(key.encode()) % (every // base) * base
+        return ((closed_to - phase) // every + 1) * every + phase
 
     @staticmethod
     def _quantiles(sample: GpuSample, metric: str, c: Closed) -> GpuQuantiles:
@@ -699,8 +700,7 @@ class SampleProcessor:
         """Drop the state of series read from ``partitions`` (they moved, or are being rebuilt)."""
         for key in [k for k, p in self._partition_of.items() if p in partitions]:
             del self._series[key], self._partition_of[key]
-            self._checkpointed.pop(key, None)
-            self._checkpoint_phase.pop(key, None)
+            self._checkpoint_next.pop(key, None)
             self._by_gpu.pop(key.rpartition("|")[0], None)
             self._means.pop(key.rpartition("|")[0], None)  # rebuilt by the replay, never counted twice
 
@@ -714,7 +714,7 @@ class SampleProcessor:
         self._series[checkpoint.series] = series
         self._partition_of[checkpoint.series] = partition
         self._by_gpu.pop(checkpoint.series.rpartition("|")[0], None)
-        self._checkpointed[checkpoint.series] = checkpoint.ts
+        self._checkpoint_next[checkpoint.series] = self._next_checkpoint(checkpoint.series, checkpoint.ts)
 
     def replay(self, partition: int, value: bytes | None) -> None:
         """Re-handle a raw GPU message seen before a restart: same state changes, no outputs."""
