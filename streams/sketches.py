@@ -201,7 +201,7 @@ class RawValues:
         if not n:
             return None
         ordered = np.sort(self.values())
-        return [float(ordered[_raw_index(rank, n)]) for rank in ranks]
+        return [float(ordered[raw_index(rank, n)]) for rank in ranks]
 
     def to_bytes(self) -> bytes:
         """The values in order (the same values give the same bytes), 4 bytes each."""
@@ -262,6 +262,20 @@ def histogram_rows(data: Sequence[bytes]) -> np.ndarray | None:
     return np.stack([IntHistogram.from_bytes(d).counts for d in data])
 
 
+def raw_value_rows(data: Sequence[bytes]) -> np.ndarray | None:
+    """Serialised raw values, as many in each, as one array, a row each (in order); None unless
+    every one is raw and they hold as many values, at least one. As :func:`histogram_rows`, for
+    power and clocks: a job's window of raw values is a few array calls, not a few a GPU."""
+    head = len(RawValues._MAGIC) + 1
+    if not data or not all(RawValues.is_serialised(d) and d[head - 1 : head] == b"f" for d in data):
+        return None
+    size = len(data[0]) - head
+    if size <= 0 or size % 4 or size // 4 > RawValues.LIMIT or any(len(d) - head != size for d in data):
+        return None
+    joined = b"".join(memoryview(d)[head:] for d in data)
+    return np.frombuffer(joined, dtype="<f4").reshape(len(data), size // 4).astype(np.float32)
+
+
 def _row_positions(counts: np.ndarray, ranks: Sequence[float]) -> list[np.ndarray]:
     """For each rank, each row's value by :meth:`IntHistogram.quantiles`' rule (0 for an empty row)."""
     cumulative = counts.cumsum(axis=1)
@@ -312,13 +326,13 @@ def raw_rows(values: np.ndarray, ranks: Sequence[float]) -> tuple[list[list[floa
     (a list per rank) and :meth:`RawValues.to_bytes`, from one sort."""
     ordered = np.sort(values, axis=1)
     n = ordered.shape[1]
-    columns = [ordered[:, _raw_index(rank, n)].astype(np.float64).tolist() for rank in ranks]
+    columns = [ordered[:, raw_index(rank, n)].astype(np.float64).tolist() for rank in ranks]
     head, size = RawValues._MAGIC + b"f", 4 * n
     blob = ordered.astype("<f4").tobytes()
     return columns, [head + blob[r * size : (r + 1) * size] for r in range(len(ordered))]
 
 
-def _raw_index(rank: float, n: int) -> int:
+def raw_index(rank: float, n: int) -> int:
     """Where KLL's exclusive rule finds ``rank`` among ``n`` values in order: the smallest with
     more than ``rank * n`` at or below it, the last for rank 1."""
     return min(int(rank * n), n - 1)

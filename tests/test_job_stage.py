@@ -189,3 +189,49 @@ def test_a_large_jobs_exact_windows_give_each_gpus_median_and_the_exact_merge() 
         assert [q.p25, q.p50, q.p95] == merged.quantiles() and q.gpus == gpus
         (medians,) = [w for w in merger.gpu_windows if w.statistic == "p50"]
         assert medians.value == {gpu: h.quantiles([0.5])[0] for gpu, h in hists.items()}  # type: ignore[index]
+
+
+def _raw(values: np.ndarray) -> bytes:
+    from hpcinsight.streams.sketches import RawValues
+
+    return RawValues([values.astype(np.float32)]).to_bytes()
+
+
+def test_a_window_of_raw_values_merges_as_one_array_with_the_answers_of_one_sketch_a_gpu() -> None:
+    from hpcinsight.streams.jobs import ROWS_FROM_GPUS, _merge
+    from hpcinsight.streams.sketches import RawValues, load_sketch, merge_sketches, raw_value_rows
+
+    rng = np.random.default_rng(3)
+    for gpus, per_gpu in ((ROWS_FROM_GPUS, 10), (30, 10), (64, 10), (ROWS_FROM_GPUS, 7)):
+        values = [np.round(rng.uniform(50, 700, per_gpu), 1) for _ in range(gpus)]
+        data = [_raw(v) for v in values]
+        assert raw_value_rows(data) is not None  # the array path, not one sketch a GPU
+        merged, medians = _merge(data, medians=True)
+        sketches = [load_sketch(d) for d in data]
+        assert medians == [s.quantiles([0.5])[0] for s in sketches]  # type: ignore[index]  # not empty
+        everything = np.concatenate(values).astype(np.float32)
+        assert merged.count == everything.size
+        if everything.size <= RawValues.LIMIT:  # exact: the same values, the same bytes as the merge a GPU at a time
+            assert merged.to_bytes() == merge_sketches(sketches).to_bytes()
+        else:  # KLL of every value, within its rank error
+            for rank, v in zip((0.25, 0.5, 0.95), merged.quantiles([0.25, 0.5, 0.95]) or []):
+                lo, hi = np.mean(everything < v), np.mean(everything <= v)
+                assert lo - 0.01 <= rank <= hi + 0.01
+
+
+def test_raw_values_of_unequal_counts_or_another_kind_are_merged_one_sketch_a_gpu() -> None:
+    from hpcinsight.streams.jobs import ROWS_FROM_GPUS, _merge
+    from hpcinsight.streams.sketches import load_sketch, merge_sketches, raw_value_rows
+
+    rng = np.random.default_rng(4)
+    values = [rng.uniform(50, 700, 10 if i else 9) for i in range(ROWS_FROM_GPUS)]  # one GPU missed a sample
+    data = [_raw(v) for v in values]
+    assert raw_value_rows(data) is None
+    merged, medians = _merge(data, medians=True)
+    sketches = [load_sketch(d) for d in data]
+    assert merged.to_bytes() == merge_sketches(sketches).to_bytes()
+    assert medians == [s.quantiles([0.5])[0] for s in sketches]  # type: ignore[index]  # not empty
+    kll = QuantileSketch()
+    kll.update(values[0])
+    assert raw_value_rows([*data[1:], kll.to_bytes()]) is None and raw_value_rows([]) is None
+    assert raw_value_rows([_raw(np.zeros(0))] * ROWS_FROM_GPUS) is None  # empty ones: nothing to gain
