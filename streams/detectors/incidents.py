@@ -118,6 +118,11 @@ class Incidents(Generic[K]):
     hygiene: Hygiene = field(default_factory=Hygiene)
     _runs: dict[K, _Run] = field(default_factory=dict)
 
+    def tracks(self, key: K) -> bool:
+        """Whether ``key`` has anything building or open (a judgment that does not fire leaves
+        an untracked key as it is: see :meth:`judge`)."""
+        return key in self._runs
+
     def judge(
         self,
         key: K,
