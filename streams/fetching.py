@@ -20,13 +20,21 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 
 class _PromptConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    fetch_max_wait_ms = 1_500  # Faust's; set per app by prompt_fetches
-
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # the constructor's fetch_max_wait_ms, which Faust fixes: read when start() builds the fetcher
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms
         return consumer
+
+
+class _PromptConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _PromptTransport(faust_aiokafka.Transport):
+    Consumer = _PromptConsumer
+    fetch_max_wait_ms = 1_500  # Faust's; set per app by prompt_fetches
 
 
 def prompt_fetches(app: faust.App, max_wait_ms: int) -> None:
@@ -35,15 +43,8 @@ def prompt_fetches(app: faust.App, max_wait_ms: int) -> None:
     if max_wait_ms <= 0:
         raise ValueError(f"fetch wait: more than 0 ms, got {max_wait_ms}")
     base = faust_transport.by_url(app.conf.broker_consumer[0])
-    if not issubclass(base, faust_aiokafka.Transport):
+    if not issubclass(_PromptTransport, base):
         raise ValueError(f"prompt fetches need Faust's aiokafka transport, not {base.__name__}")
-    thread = type("PromptConsumerThread", (_PromptConsumerThread,), {"fetch_max_wait_ms": max_wait_ms})
-
-    class PromptConsumer(faust_aiokafka.Consumer):
-        def _new_consumer_thread(self) -> Any:
-            return thread(self, loop=self.loop, beacon=self.beacon)
-
-    class PromptTransport(base):  # type: ignore[valid-type,misc]  # a class found by URL
-        Consumer = PromptConsumer
-
-    app.transport = PromptTransport(app.conf.broker_consumer, app)
+    transport = _PromptTransport(app.conf.broker_consumer, app)
+    transport.fetch_max_wait_ms = max_wait_ms
+    app.transport = transport

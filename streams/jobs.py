@@ -24,11 +24,11 @@ from hpcinsight.schemas.events import Event, GpuSketch, JobQuantiles
 from hpcinsight.streams.rolling import SINCE_START
 from hpcinsight.streams.sketches import (
     IntHistogram,
-    QuantileSketch,
     RawValues,
     Sketch,
     histogram_rows,
     load_sketch,
+    loosen,
     merge_sketches,
     raw_index,
     raw_value_rows,
@@ -100,9 +100,7 @@ def _merge(data: list[bytes], medians: bool) -> tuple[Sketch, list[float]]:
     if raw is not None:
         ordered = np.sort(raw, axis=1)
         values = ordered.ravel()
-        merged: Sketch = RawValues([values]) if values.size <= RawValues.LIMIT else QuantileSketch()
-        if isinstance(merged, QuantileSketch):
-            merged.update(values)  # KLL of every value: what merging a KLL of each GPU's would give
+        merged = loosen(RawValues([values]), 0)  # raw within k, else a KLL of every value (as merging each GPU's would give)
         return merged, ordered[:, raw_index(0.5, ordered.shape[1])].astype(np.float64).tolist() if medians else []
     sketches = [load_sketch(d) for d in data]
     return merge_sketches(sketches), [(s.quantiles([0.5]) or [0.0])[0] for s in sketches] if medians else []
@@ -139,7 +137,7 @@ class JobMerger:
         """False when :meth:`_release` would release nothing: its first window is neither complete
         nor has it waited long enough to be overdue. (This runs at every sketch added, a
         10,240-GPU job's window is 10,240 of them, and the answer is nearly always False.)"""
-        first = series.pending[min(series.pending)] if len(series.pending) > 1 else next(iter(series.pending.values()))
+        first = series.pending[min(series.pending)]
         expected = series.expected or self._gpus_of.get(key[:2], frozenset())
         waited = now - first.since
         return waited >= min(self.config.wait_s, self.config.stale_s) or (bool(expected) and len(first.sketches) >= len(expected))

@@ -92,6 +92,11 @@ def robust(values: list[float], floor: float, rel_floor: float = 0.0) -> tuple[f
     return median, max(MAD_SCALE * statistics.median(abs(v - median) for v in values), floor, rel_floor * abs(median))
 
 
+def _nearer_zero(z_value: float, z_mean: float) -> float:
+    """Of a subject's two robust z, the one nearer zero; zero when they disagree in sign."""
+    return min(z_value, z_mean, key=abs) if z_value * z_mean > 0 else 0.0
+
+
 class _Peers:
     """The peer statistics of one window's subjects (median and robust deviation of their values
     and, where the window's means came too, of their means): a subject's evidence and robust z
@@ -110,10 +115,11 @@ class _Peers:
         """The subject's robust z: of its value and, with means, the one of value and mean nearer
         zero (zero when they disagree in sign)."""
         z_value = (self.values[subject] - self.median) / self.scale
-        if self.means is None:
-            return z_value
-        z_mean = (self.means[subject] - self.mean_median) / self.mean_scale
-        return min(z_value, z_mean, key=abs) if z_value * z_mean > 0 else 0.0
+        return z_value if self.means is None else _nearer_zero(z_value, self._z_mean(subject))
+
+    def _z_mean(self, subject: str) -> float:
+        assert self.means is not None
+        return (self.means[subject] - self.mean_median) / self.mean_scale
 
     def evidence(self, subject: str) -> dict[str, float]:
         """The subject's evidence against its peers (``robust_z`` is :meth:`z`)."""
@@ -126,23 +132,15 @@ class _Peers:
             "peers": float(len(self.values)),
         }
         if self.means is not None:
-            z_value, z_mean = evidence["robust_z"], (self.means[subject] - self.mean_median) / self.mean_scale
+            z_value, z_mean = evidence["robust_z"], self._z_mean(subject)
             evidence.update(
                 mean=self.means[subject],
                 peer_mean_median=self.mean_median,
                 robust_z_median=z_value,
                 robust_z_mean=z_mean,
-                robust_z=min(z_value, z_mean, key=abs) if z_value * z_mean > 0 else 0.0,
+                robust_z=_nearer_zero(z_value, z_mean),
             )
         return evidence
-
-
-def _compare(
-    values: dict[str, float], means: dict[str, float] | None, floor: float, rel_floor: float = 0.0
-) -> dict[str, dict[str, float]]:
-    """Each subject's evidence against its peers (see :class:`_Peers`)."""
-    peers = _Peers(values, means, floor, rel_floor)
-    return {subject: peers.evidence(subject) for subject in values}
 
 
 def _by_node(values: dict[str, float], node_of: dict[str, str]) -> tuple[dict[str, float], dict[str, int]]:
