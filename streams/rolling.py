@@ -80,7 +80,7 @@ class RollingConfig:
             raise ValueError("two windows with the same label")
 
 
-@dataclass
+@dataclass(slots=True)
 class Summary:
     """A window's values: exact counts while they are whole percentages (:class:`IntHistogram`,
     e.g. NVML's utilisation), else the values themselves while at most KLL's ``k``
@@ -94,6 +94,18 @@ class Summary:
     @classmethod
     def new(cls, exact: bool) -> Summary:
         return cls(IntHistogram() if exact else RawValues())
+
+    @classmethod
+    def of_pane(cls, values: np.ndarray, total: float, counts: np.ndarray | None, exact: bool) -> Summary:
+        """A summary of one pane, as :meth:`new` then :meth:`add_pane` make it: every series
+        starts one a window at every hop, so the common kinds are built from the pane at once."""
+        if exact and counts is not None:
+            return cls(IntHistogram(counts.copy()), int(values.size), total)  # a copy: a filling is added to
+        if not exact and values.size <= RawValues.LIMIT:
+            return cls(RawValues.of(values), int(values.size), total)
+        summary = cls.new(exact)
+        summary.add_pane(values, total, counts)
+        return summary
 
     def add_pane(self, values: np.ndarray, total: float, counts: np.ndarray | None) -> None:
         """Add a closing pane's ``values`` with their float64 ``total`` and their histogram
@@ -299,14 +311,16 @@ class RollingSeries:
             if self._since is None or job != self._job:
                 if self._since is not None and self._since.count and self._since_sent_to < start:
                     out.append((self, SINCE_START, self._job_start, start, self._job, [self._since]))
-                self._job, self._job_start, self._since = job, start, Summary.new(self._exact)
-            self._since.add_pane(values, total, counts)
+                self._job, self._job_start, self._since = job, start, Summary.of_pane(values, total, counts, self._exact)
+            else:
+                self._since.add_pane(values, total, counts)
         for w in self._windows:
             hop, size = w.hop_ms, w.size_ms
             if values.size:
                 if w.filling is None:
-                    w.filling, w.filling_start = Summary.new(self._exact), start - start % hop
-                w.filling.add_pane(values, total, counts)
+                    w.filling, w.filling_start = Summary.of_pane(values, total, counts, self._exact), start - start % hop
+                else:
+                    w.filling.add_pane(values, total, counts)
             if end % hop == 0:
                 panes = w.panes
                 if w.filling is not None:
@@ -316,7 +330,7 @@ class RollingSeries:
                     panes.popleft()
                 if panes and end - size >= first_ms:
                     parts = [summary for _, summary in panes]  # closed hop panes never change: merged later
-                    if any(p.count for p in parts):
+                    if parts[-1].count or any(p.count for p in parts):  # the newest: most often not empty
                         out.append((self, w.label, end - size, end, self._job, parts))
                 # the oldest pane is in no later window: free it now, not at the next close
                 while panes and panes[0][0] < end - size + hop:
@@ -401,8 +415,9 @@ def close_queued(series: Sequence[RollingSeries], on_group: OnGroup | None = Non
         todo.append((s, s._ops, s._groups))
         s._ops, s._groups = [], []
     done = [0] * len(todo)  # groups finished, per series
-    for i in range(len(todo)):  # a series' first sample: a group before any close
-        _finish(todo[i], done, i, 0, on_group)
+    for i, entry in enumerate(todo):
+        if entry[2][0][0] == 0:  # a series' first sample: a group before any close
+            _finish(entry, done, i, 0, on_group)
     rank = 0
     while True:
         live = [i for i, (_, ops, _) in enumerate(todo) if rank < len(ops)]
@@ -478,24 +493,32 @@ def _snapshots(emits: list[_Emit]) -> list[Closed]:
     :meth:`IntHistogram.quantiles`); the raw ones' values are joined in one call for all of a
     length and sorted together (:func:`raw_rows`); KLL's are merged one by one."""
     out: list[Closed | None] = [None] * len(emits)
+    sizes: list[tuple[int, float]] = [(0, 0.0)] * len(emits)  # each window's count and sum
     exact: list[int] = []
     raw: dict[int, list[int]] = {}  # raw windows by their number of values
     kll: list[int] = []
     for j, e in enumerate(emits):
         parts = e[5]
         if len(parts) == 1:  # most: a window of one hop pane, a since-start view
-            kind = type(parts[0].sketch)
+            part = parts[0]
+            n, kind = part.count, type(part.sketch)
+            sizes[j] = (n, part.total)
             if kind is IntHistogram:
                 exact.append(j)
             elif kind is RawValues:  # never past its LIMIT: Summary.add_pane widens first
-                raw.setdefault(parts[0].count, []).append(j)
+                raw.setdefault(n, []).append(j)
             else:
                 kll.append(j)
-        elif all(isinstance(p.sketch, IntHistogram) for p in parts):
+            continue
+        n, total, kinds = 0, 0.0, set()
+        for part in parts:
+            n += part.count
+            total += part.total
+            kinds.add(type(part.sketch))
+        sizes[j] = (n, total)
+        if len(kinds) == 1 and IntHistogram in kinds:
             exact.append(j)
-        elif (
-            not any(isinstance(p.sketch, QuantileSketch) for p in parts) and (n := sum(p.count for p in parts)) <= RawValues.LIMIT
-        ):
+        elif QuantileSketch not in kinds and n <= RawValues.LIMIT:
             raw.setdefault(n, []).append(j)
         else:
             kll.append(j)
@@ -505,7 +528,7 @@ def _snapshots(emits: list[_Emit]) -> list[Closed]:
         rows = np.add.reduceat(stacked, [0, *ends[:-1]], axis=0) if len(stacked) > len(exact) else stacked
         (p25, p50, p95), blobs = quantile_rows(rows, RANKS), histogram_bytes(rows)
         for r, j in enumerate(exact):
-            out[j] = _closed(emits[j], p25[r], p50[r], p95[r], blobs[r])
+            out[j] = _closed(emits[j], sizes[j], p25[r], p50[r], p95[r], blobs[r])
     for n, windows in raw.items():
         pieces: list[np.ndarray] = []
         for j in windows:
@@ -518,21 +541,20 @@ def _snapshots(emits: list[_Emit]) -> list[Closed]:
         values = np.concatenate(pieces).reshape(len(windows), n)
         (p25, p50, p95), blobs = raw_rows(values, RANKS)
         for r, j in enumerate(windows):
-            out[j] = _closed(emits[j], p25[r], p50[r], p95[r], blobs[r])
+            out[j] = _closed(emits[j], sizes[j], p25[r], p50[r], p95[r], blobs[r])
     for j in kll:
         parts = emits[j][5]
         sketch = merge_sketches([p.sketch for p in parts]) if len(parts) > 1 else parts[0].sketch
         q = sketch.quantiles(RANKS)
         assert q is not None, "an empty window is never emitted"
-        out[j] = _closed(emits[j], q[0], q[1], q[2], sketch.to_bytes())
+        out[j] = _closed(emits[j], sizes[j], q[0], q[1], q[2], sketch.to_bytes())
     return out  # type: ignore[return-value]  # every slot filled above
 
 
-def _closed(emit: _Emit, p25: float, p50: float, p95: float, sketch: bytes) -> Closed:
-    _, label, start, end, job, parts = emit
-    count = parts[0].count if len(parts) == 1 else sum(p.count for p in parts)
+def _closed(emit: _Emit, size: tuple[int, float], p25: float, p50: float, p95: float, sketch: bytes) -> Closed:
+    _, label, start, end, job, _ = emit
+    count, total = size
     assert count, "an empty window is never emitted"
-    total = parts[0].total if len(parts) == 1 else sum(p.total for p in parts)
     return Closed(label, start, end, job, count, total, p25, p50, p95, sketch)
 
 
@@ -566,9 +588,6 @@ class WindowMeans:
                 acc[2 * i + 1] += 1
 
     def mean(self, start_ms: int, end_ms: int) -> dict[str, float]:
-        totals = [0.0] * (2 * len(self.names))
-        for pane, acc in self._panes.items():
-            if start_ms <= pane < end_ms:
-                for i, v in enumerate(acc):
-                    totals[i] += v
-        return {name: totals[2 * i] / totals[2 * i + 1] for i, name in enumerate(self.names) if totals[2 * i + 1]}
+        inside = [acc for pane, acc in self._panes.items() if start_ms <= pane < end_ms]
+        totals = [sum(column) for column in zip(*inside)]  # pane by pane, in order: a column's sum
+        return {name: totals[2 * i] / totals[2 * i + 1] for i, name in enumerate(self.names) if inside and totals[2 * i + 1]}

@@ -173,6 +173,13 @@ class RawValues:
         self.parts = parts if parts is not None else []  # float32 arrays, never changed once here
         self.n = sum(p.size for p in self.parts)
 
+    @classmethod
+    def of(cls, values: np.ndarray) -> RawValues:
+        """A copy of ``values`` (as :meth:`update` keeps it), at most :data:`LIMIT` of them."""
+        raw = cls()
+        raw.update(values)
+        return raw
+
     def update(self, values: np.ndarray) -> None:
         """Keep a copy of ``values`` (float32, as KLL's)."""
         if values.size:
