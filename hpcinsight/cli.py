@@ -258,6 +258,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             batch_max=args.batch_max,
             batch_wait_s=parse_ms(args.batch_wait, "--batch-wait") / 1000,
             fetch_wait_s=parse_ms(args.fetch_wait, "--fetch-wait") / 1000,
+            gpu_first_s=None if args.gpu_first is None else parse_ms(args.gpu_first, "--gpu-first") / 1000,
         )
         options.processor_config()
         build_detectors(settings.detectors)
@@ -652,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="50ms",
         help="the longest the broker may hold a fetch of the worker's consumer before answering empty "
         "(default 50ms; Faust's own 1.5s left partitions unasked for while data waited)",
+    )
+    p.add_argument(
+        "--gpu-first",
+        default=None,
+        help="while the per-GPU stage has raw messages waiting, the job stage holds off this long at most "
+        "(default: a fifth of --job-wait, at most 2s; 0: never), so a job window's merge does not delay anomalies",
     )
     p.add_argument("--loglevel", default="WARNING")
     p.add_argument("--instance", default="0", help="static group member id; give each worker of a group its own")

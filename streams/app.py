@@ -53,6 +53,7 @@ from hpcinsight.streams.detectors import build as build_detectors
 from hpcinsight.streams.fetching import prompt_fetches
 from hpcinsight.streams.jobs import JobStageConfig
 from hpcinsight.streams.kpis import KpiConfig
+from hpcinsight.streams.priority import GpuStageFirst
 from hpcinsight.streams.processor import Handler, Message, Output, ProcessorConfig, SampleProcessor
 from hpcinsight.streams.recovery import last_message, open_incidents, rebuild_gpu_stage, rebuild_job_stage
 from hpcinsight.streams.rolling import DEFAULT_WINDOWS, RollingConfig
@@ -95,6 +96,9 @@ class WorkerOptions:
     #: the longest the broker may hold the consumer's fetch (streams.fetching: Faust's 1.5 s
     #: left a live worker idle with messages waiting)
     fetch_wait_s: float = 0.05
+    #: the longest the job stage holds off while the per-GPU stage has a backlog (streams.priority);
+    #: None: a fifth of the job wait, at most 2 s
+    gpu_first_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_max < 1:
@@ -103,6 +107,16 @@ class WorkerOptions:
             raise ValueError(f"--batch-wait: more than 0, got {self.batch_wait_s * 1000:g} ms")
         if self.fetch_wait_s < 0.001:
             raise ValueError(f"--fetch-wait: at least 1 ms, got {self.fetch_wait_s * 1000:g} ms")
+        if self.gpu_first_s is not None and not 0 <= self.gpu_first_s <= self.job_wait_s / 2:
+            raise ValueError(
+                f"--gpu-first: from 0 to half of --job-wait ({self.job_wait_s / 2:g} s), got {self.gpu_first_s:g} s: "
+                "the job stage waits for its GPUs that long, a hold must stay well within it"
+            )
+
+    @property
+    def job_hold_s(self) -> float:
+        """The longest the job stage holds off for the per-GPU stage (see :attr:`gpu_first_s`)."""
+        return min(2.0, self.job_wait_s / 5) if self.gpu_first_s is None else self.gpu_first_s
 
     def processor_config(self) -> ProcessorConfig:
         since_ms, checkpoint_ms = int(self.since_start_every_s * 1000), int(self.checkpoint_every_s * 1000)
@@ -419,6 +433,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     # older generation, and marked acked so that no commit counts them. What that fetch brings
     # again in a partition the worker kept is skipped by every stage (HandledOffsets).
     gpu_stage = "gpu-samples"
+    gpu_first = GpuStageFirst(options.job_hold_s, idle_s=2 * options.batch_wait_s)
 
     async def process_gpu(stream: faust.Stream) -> None:
         async for events in stream.take_events(options.batch_max, options.batch_wait_s):
@@ -437,6 +452,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
             with collections_paused():
                 outputs = processor.handle_batch(batch, gpu_stage)
             await send(outputs)
+            gpu_first.took(len(events), options.batch_max)
 
     app.agent(topics[GPU_SAMPLES_RAW.name], name=gpu_stage)(process_gpu)
     stages: list[tuple[Topic, str, Handler]] = [
@@ -449,8 +465,10 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     for topic, name, handle in stages:
         handle = processor.guarded(handle, name)
 
-        async def process(stream: faust.Stream, handle: Handler = handle) -> None:
+        async def process(stream: faust.Stream, handle: Handler = handle, yields: bool = topic is GPU_SKETCHES) -> None:
             async for event in stream.events():
+                while yields and (hold := gpu_first.hold_s()):  # the job stage: the per-GPU stage's backlog first
+                    await asyncio.sleep(hold)
                 msg = event.message
                 if handled.fresh(msg.topic, msg.partition, msg.offset):  # not again after a rebalance
                     await send(handle(msg.topic, msg.partition, msg.offset, event.key, event.value))
@@ -470,6 +488,8 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
 
     @app.timer(interval=1.0)
     async def release_job_windows() -> None:
+        if gpu_first.hold_s():  # as the job stage's messages: the next tick, a second on
+            return
         try:
             outputs = processor.tick_jobs()
         except Exception:  # one bad window must not stop the job stage's clock
@@ -495,11 +515,11 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
 
     lag: dict[tuple[str, int], int] = {}
     app.hpcinsight_lag = lag  # type: ignore[attr-defined]  # read by the CLI's metrics server
-    app.hpcinsight_metrics = functools.partial(worker_metric_families, processor, outputs_producer)  # type: ignore[attr-defined]  # read by the CLI's metrics server
+    app.hpcinsight_metrics = functools.partial(worker_metric_families, processor, outputs_producer, gpu_first)  # type: ignore[attr-defined]  # read by the CLI's metrics server
     return app, processor
 
 
-def worker_metric_families(processor: SampleProcessor, outputs: OutputProducer) -> Iterator[Any]:
+def worker_metric_families(processor: SampleProcessor, outputs: OutputProducer, gpu_first: GpuStageFirst) -> Iterator[Any]:
     """The worker's series for Prometheus (served by the CLI with the lag, see hpcinsight.core.metrics)."""
     st = processor.stats
     yield metrics.labelled("hpcinsight_worker_messages", "messages handled, per stage", "stage", st.by_stage)
@@ -518,6 +538,9 @@ def worker_metric_families(processor: SampleProcessor, outputs: OutputProducer) 
         ]
     )
     yield metrics.gauge("hpcinsight_worker_state_restore_seconds", "duration of the last state rebuild", st.restore_seconds)
+    yield from metrics.counters(
+        [("hpcinsight_worker_job_stage_held_seconds", gpu_first.held_s, "time the job stage held off for the per-GPU stage")]
+    )
     yield metrics.labelled(
         "hpcinsight_worker_open_incidents",
         "incidents firing, per detector",
