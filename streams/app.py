@@ -433,7 +433,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     # older generation, and marked acked so that no commit counts them. What that fetch brings
     # again in a partition the worker kept is skipped by every stage (HandledOffsets).
     gpu_stage = "gpu-samples"
-    gpu_first = GpuStageFirst(options.job_hold_s, idle_s=2 * options.batch_wait_s)
+    gpu_first = GpuStageFirst(options.job_hold_s, options.batch_max, idle_s=2 * options.batch_wait_s)
 
     async def process_gpu(stream: faust.Stream) -> None:
         async for events in stream.take_events(options.batch_max, options.batch_wait_s):
@@ -452,7 +452,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
             with collections_paused():
                 outputs = processor.handle_batch(batch, gpu_stage)
             await send(outputs)
-            gpu_first.took(len(events), options.batch_max)
+            gpu_first.took(len(events))
 
     app.agent(topics[GPU_SAMPLES_RAW.name], name=gpu_stage)(process_gpu)
     stages: list[tuple[Topic, str, Handler]] = [

@@ -138,16 +138,20 @@ class JobMerger:
         nor has it waited long enough to be overdue. (This runs at every sketch added, a
         10,240-GPU job's window is 10,240 of them, and the answer is nearly always False.)"""
         first = series.pending[min(series.pending)]
-        expected = series.expected or self._gpus_of.get(key[:2], frozenset())
+        expected = self._expected(key, series)
         waited = now - first.since
         return waited >= min(self.config.wait_s, self.config.stale_s) or (bool(expected) and len(first.sketches) >= len(expected))
+
+    def _expected(self, key: tuple[str, str, str], series: _Series) -> frozenset[str]:
+        """The GPUs a window of ``series`` waits for: those of its previous window, else the job's known ones."""
+        return series.expected or self._gpus_of.get(key[:2], frozenset())
 
     def _release(self, key: tuple[str, str, str], series: _Series, now: float) -> list[JobQuantiles]:
         out: list[JobQuantiles] = []
         cfg = self.config
         for e in sorted(series.pending):
             pending = series.pending[e]
-            expected = series.expected or self._gpus_of.get(key[:2], frozenset())
+            expected = self._expected(key, series)
             # the length first: the subset test walks the expected GPUs, and this runs at every sketch
             # added, so without it a job of n GPUs would cost n^2 / 2 lookups a window
             complete = bool(expected) and len(pending.sketches) >= len(expected) and expected <= pending.sketches.keys()

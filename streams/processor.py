@@ -357,11 +357,8 @@ class SampleProcessor:
         if not triggers:
             return
 
-        due = self._checkpoint_next
-
         def checkpoint(series: RollingSeries, t: Any, closed_to: int, first_ms: int) -> None:
-            # the first test answers for most series at most closes, without a call
-            if closed_to >= due.get(t.key, 0) and self._checkpoint_due(t.key, closed_to):
+            if self._checkpoint_due(t.key, closed_to):
                 record = StateCheckpoint(series=t.key, ts=closed_to, data=series.checkpoint(closed_to, first_ms))
                 t.checkpoints.append(Output(STREAM_STATE, t.key.encode(), STREAM_STATE.codec.encode([record]), t.partition))
                 self.stats.checkpoints += 1

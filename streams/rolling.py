@@ -330,7 +330,7 @@ class RollingSeries:
                     panes.popleft()
                 if panes and end - size >= first_ms:
                     parts = [summary for _, summary in panes]  # closed hop panes never change: merged later
-                    if parts[-1].count or any(p.count for p in parts):  # the newest: most often not empty
+                    if any(p.count for p in parts):
                         out.append((self, w.label, end - size, end, self._job, parts))
                 # the oldest pane is in no later window: free it now, not at the next close
                 while panes and panes[0][0] < end - size + hop:
@@ -415,9 +415,8 @@ def close_queued(series: Sequence[RollingSeries], on_group: OnGroup | None = Non
         todo.append((s, s._ops, s._groups))
         s._ops, s._groups = [], []
     done = [0] * len(todo)  # groups finished, per series
-    for i, entry in enumerate(todo):
-        if entry[2][0][0] == 0:  # a series' first sample: a group before any close
-            _finish(entry, done, i, 0, on_group)
+    for i in range(len(todo)):  # a series' first sample: a group before any close
+        _finish(todo[i], done, i, 0, on_group)
     rank = 0
     while True:
         live = [i for i, (_, ops, _) in enumerate(todo) if rank < len(ops)]

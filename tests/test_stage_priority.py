@@ -19,57 +19,57 @@ class Clock:
 
 def policy(max_wait_s: float = 2.0, idle_s: float = 0.1) -> tuple[GpuStageFirst, Clock]:
     clock = Clock()
-    return GpuStageFirst(max_wait_s, idle_s=idle_s, step_s=0.01, clock=clock), clock
+    return GpuStageFirst(max_wait_s, 100, idle_s=idle_s, step_s=0.01, clock=clock), clock
 
 
 def test_the_job_stage_goes_on_when_the_gpu_stage_has_no_backlog() -> None:
     first, _ = policy()
     assert first.hold_s() == 0  # nothing taken yet
-    first.took(40, 100)
+    first.took(40)
     assert first.hold_s() == 0  # a batch short of full: the per-GPU stage had drained
 
 
 def test_a_full_batch_holds_the_job_stage_a_step_at_a_time() -> None:
     first, clock = policy()
-    first.took(100, 100)
+    first.took(100)
     assert first.hold_s() == pytest.approx(0.01)
     clock.now += 0.05
-    first.took(100, 100)  # the burst goes on
+    first.took(100)  # the burst goes on
     assert first.hold_s() == pytest.approx(0.01)
-    first.took(7, 100)  # drained
+    first.took(7)  # drained
     assert first.hold_s() == 0
     assert first.held_s == pytest.approx(0.02)
 
 
 def test_the_hold_is_bounded_even_if_the_backlog_lasts() -> None:
     first, clock = policy(max_wait_s=2.0)
-    first.took(100, 100)
+    first.took(100)
     assert first.hold_s() > 0
     for _ in range(30):  # a worker catching up: full batches for longer than the longest hold
         clock.now += 0.09
-        first.took(100, 100)
+        first.took(100)
         clock.now += 0.01
     assert first.hold_s() == 0  # 3 s after the first hold: the job stage goes on
     clock.now += 0.05
-    first.took(100, 100)
+    first.took(100)
     assert first.hold_s() == 0  # ... for the rest of this backlog
-    first.took(3, 100)
-    first.took(100, 100)  # a new backlog after the stage drained: holds again
+    first.took(3)
+    first.took(100)  # a new backlog after the stage drained: holds again
     assert first.hold_s() > 0
 
 
 def test_the_last_step_ends_at_the_longest_hold() -> None:
     first, clock = policy(max_wait_s=0.5)
-    first.took(100, 100)
+    first.took(100)
     first.hold_s()
     clock.now += 0.495
-    first.took(100, 100)
+    first.took(100)
     assert first.hold_s() == pytest.approx(0.005)
 
 
 def test_a_gpu_stage_idle_after_a_full_batch_has_drained() -> None:
     first, clock = policy(idle_s=0.1)
-    first.took(100, 100)  # the last batch of a tick happened to be full
+    first.took(100)  # the last batch of a tick happened to be full
     clock.now += 0.2  # and nothing came after it
     assert first.hold_s() == 0
     clock.now += 0.05
@@ -78,7 +78,7 @@ def test_a_gpu_stage_idle_after_a_full_batch_has_drained() -> None:
 
 def test_no_hold_when_turned_off() -> None:
     first, _ = policy(max_wait_s=0)
-    first.took(100, 100)
+    first.took(100)
     assert first.hold_s() == 0
 
 
