@@ -54,6 +54,7 @@ from hpcinsight.schemas.events import (
     StepMetric,
 )
 from hpcinsight.streams.attribution import Attribution
+from hpcinsight.streams.bank import ExactBank
 from hpcinsight.streams.detectors import Detector, StreamContext, discover
 from hpcinsight.streams.jobs import JobGpuWindow, JobMerger, JobStageConfig
 from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
@@ -209,6 +210,7 @@ class SampleProcessor:
         #: KPI rows up to this time were published before a restart: recomputed, not sent again
         self.kpis_published_to = 0
         self._series: dict[str, RollingSeries] = {}
+        self._bank = ExactBank(self.config.rolling)  # the exact series' closed state (utilisation's)
         self._by_gpu: dict[str, list[tuple[str, str, RollingSeries]]] = {}  # the same series, by GPU (hot path)
         self._means: dict[str, WindowMeans] = {}
         rolling = self.config.rolling
@@ -446,7 +448,7 @@ class SampleProcessor:
                 key = _series_key(sample.gpu_uuid, metric)
                 series = self._series.get(key)
                 if series is None:
-                    series = self._series[key] = RollingSeries(self.config.rolling)
+                    series = self._series[key] = RollingSeries(self.config.rolling, self._bank)
                     self._partition_of[key] = partition
                 series_of_gpu.append((metric, key, series))
         return series_of_gpu
@@ -699,6 +701,7 @@ class SampleProcessor:
     def forget(self, partitions: set[int]) -> None:
         """Drop the state of series read from ``partitions`` (they moved, or are being rebuilt)."""
         for key in [k for k, p in self._partition_of.items() if p in partitions]:
+            self._series[key].release()
             del self._series[key], self._partition_of[key]
             self._checkpoint_next.pop(key, None)
             self._by_gpu.pop(key.rpartition("|")[0], None)
@@ -707,10 +710,13 @@ class SampleProcessor:
     def restore_series(self, partition: int, checkpoint: StateCheckpoint) -> None:
         """Take back one series from its latest checkpoint (replay then adds what came after)."""
         try:
-            series = RollingSeries.from_checkpoint(self.config.rolling, checkpoint.data)
+            series = RollingSeries.from_checkpoint(self.config.rolling, checkpoint.data, self._bank)
         except (ValueError, TypeError) as err:  # e.g. taken with other windows: start that series over
             log.warning("checkpoint of %s not usable (%s); the series restarts", checkpoint.series, err)
             return
+        replaced = self._series.get(checkpoint.series)
+        if replaced is not None:
+            replaced.release()
         self._series[checkpoint.series] = series
         self._partition_of[checkpoint.series] = partition
         self._by_gpu.pop(checkpoint.series.rpartition("|")[0], None)

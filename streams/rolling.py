@@ -32,6 +32,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
@@ -50,6 +51,9 @@ from hpcinsight.streams.sketches import (
     widen,
 )
 from hpcinsight.streams.windows import WindowSpec
+
+if TYPE_CHECKING:
+    from hpcinsight.streams.bank import ExactBank
 
 DEFAULT_WINDOWS: tuple[WindowSpec, ...] = (
     WindowSpec(60_000, 10_000),
@@ -163,7 +167,7 @@ class Closed(msgspec.Struct, frozen=True):
         return self.p25, self.p50, self.p95, self.mean
 
 
-class _Window:
+class WindowState:
     """The closed hop panes of one sliding window, and the one being filled."""
 
     __slots__ = ("spec", "size_ms", "hop_ms", "label", "panes", "filling", "filling_start")
@@ -207,13 +211,19 @@ class RollingSeries:
     Taking a sample (:meth:`queue`) only files it in its open pane and notes the panes it
     closes; :func:`close_queued` runs those closes, for many series at once. A worker's series
     all close on the same samples (its GPUs are sampled at the same instants), so the array work
-    of a batch's closes is done once for all its series (issue 19)."""
+    of a batch's closes is done once for all its series (issue 19).
 
-    def __init__(self, config: RollingConfig) -> None:
+    Given a ``bank``, the series keeps its closed state there while its values are whole
+    percentages (:class:`~hpcinsight.streams.bank.ExactBank`: the closes of all its series in a
+    few array operations), and as the objects here after."""
+
+    def __init__(self, config: RollingConfig, bank: ExactBank | None = None) -> None:
         self.config = config
+        self._bank = bank
+        self._row = bank.allocate() if bank is not None else None  # its row in the bank, while there
         self._base, self._lateness = config.base_ms, config.lateness_ms
         self._max_size = max(w.size_ms for w in config.windows)
-        self._windows = [_Window(w) for w in config.windows]
+        self._windows = [WindowState(w) for w in config.windows]
         self._open: dict[int, tuple[list[float], str | None]] = {}  # base pane start -> values, job
         self._closed_to: int | None = None  # every base pane ending at or before this is closed (or queued to)
         self._first_ms: int | None = None
@@ -301,7 +311,7 @@ class RollingSeries:
         """Close one queued pane: its ``values`` with their sum and, for an exact series whose
         values fit, their histogram (None otherwise). Windows to emit go to ``out``."""
         if op is None:
-            self._windows = [_Window(w) for w in self.config.windows]
+            self._windows = [WindowState(w) for w in self.config.windows]
             return
         start, _, job, first_ms = op
         end = start + self.config.base_ms
@@ -339,6 +349,19 @@ class RollingSeries:
             out.append((self, SINCE_START, self._job_start, end, self._job, [self._since]))
             self._since_sent_to = end
 
+    def _unbank(self) -> None:
+        """Leave the bank for good (a value that is not a whole percentage): its state as objects."""
+        assert self._bank is not None and self._row is not None
+        self._windows, self._since, self._job, self._job_start, self._since_sent_to = self._bank.summaries(self._row)
+        self._bank.release(self._row)
+        self._row = None
+
+    def release(self) -> None:
+        """Give the series' row back to its bank (the series is dropped)."""
+        if self._bank is not None and self._row is not None:
+            self._bank.release(self._row)
+            self._row = None
+
     # -- restart ----------------------------------------------------------------------------
 
     def checkpoint(self, closed_to: int | None = None, first_ms: int | None = None) -> bytes:
@@ -348,22 +371,30 @@ class RollingSeries:
         closed_to = self._closed_to if closed_to is None else closed_to
         first_ms = self._first_ms if first_ms is None else first_ms
         assert closed_to is not None and first_ms is not None
+        windows, since, job, job_start, since_sent_to = self._held()
         state = SeriesState(
             first_ms=first_ms,
             closed_to=closed_to,
-            job_id=self._job,
-            job_start=self._job_start,
-            since_sent_to=self._since_sent_to,
-            since=self._since.to_state() if self._since is not None else None,
+            job_id=job,
+            job_start=job_start,
+            since_sent_to=since_sent_to,
+            since=since.to_state() if since is not None else None,
             windows=[
                 ([(s, p.to_state()) for s, p in w.panes], w.filling_start, w.filling.to_state() if w.filling else None)
-                for w in self._windows
+                for w in windows
             ],
         )
         return msgspec.msgpack.encode(state)
 
+    def _held(self) -> tuple[list[WindowState], Summary | None, str | None, int, int]:
+        """The closed state: windows, since-start view, job, its start, the last view's end."""
+        if self._bank is not None and self._row is not None:
+            return self._bank.summaries(self._row)
+        return self._windows, self._since, self._job, self._job_start, self._since_sent_to
+
     @classmethod
-    def from_checkpoint(cls, config: RollingConfig, data: bytes) -> RollingSeries:
+    def from_checkpoint(cls, config: RollingConfig, data: bytes, bank: ExactBank | None = None) -> RollingSeries:
+        """The series a checkpoint holds; in ``bank`` if given and the series is exact."""
         state = msgspec.msgpack.decode(data, type=SeriesState)
         series = cls(config)
         if len(state.windows) != len(series._windows):
@@ -378,6 +409,10 @@ class RollingSeries:
             w.filling = Summary.from_state(filling) if filling else None
         held = [series._since] + [p for w in series._windows for _, p in w.panes] + [w.filling for w in series._windows]
         series._exact = all(s.exact for s in held if s is not None)
+        if bank is not None and series._exact:
+            series._bank, series._row = bank, bank.allocate()
+            bank.load(series._row, series._windows, series._since, series._job, series._job_start, series._since_sent_to)
+            series._windows, series._since = [WindowState(w) for w in config.windows], None  # held by the bank
         return series
 
     @property
@@ -389,7 +424,7 @@ class RollingSeries:
         return {
             w.spec.label: sum(len(p.sketch.to_bytes()) for _, p in w.panes)
             + (len(w.filling.sketch.to_bytes()) if w.filling else 0)
-            for w in self._windows
+            for w in self._held()[0]
         }
 
 
@@ -423,24 +458,71 @@ def close_queued(series: Sequence[RollingSeries], on_group: OnGroup | None = Non
         if not live:
             return out
         closes = [todo[i] for i in live if todo[i][1][rank] is not None]
-        values, offsets, sums, counts = _pane_arrays([ops[rank][1] for _, ops, _ in closes], [s._exact for s, _, _ in closes])  # type: ignore[index]  # not None: filtered above
+        values, offsets, sums, counts, table = _pane_arrays(
+            [ops[rank][1] for _, ops, _ in closes], [s._exact for s, _, _ in closes]
+        )  # type: ignore[index]  # not None: filtered above
         emits: list[_Emit] = []
         owners: list[list[Closed]] = []  # where each emitted window goes: its series' group
+        banked: list[tuple[int, int]] = []  # (series, its pane among the closes) for the banks
         k = 0
         for i in live:
             s, ops, groups = todo[i]
             op = ops[rank]
             before = len(emits)
             if op is None:
-                s._close(None, values[:0], 0.0, None, emits)
+                if s._row is not None:
+                    s._bank.reset(s._row)  # type: ignore[union-attr]  # a row is in a bank
+                else:
+                    s._close(None, values[:0], 0.0, None, emits)
             else:
+                if s._row is not None:
+                    if counts[k] is not None or offsets[k] == offsets[k + 1]:
+                        banked.append((i, k))  # closed below, with every series of its bank and pane
+                        k += 1
+                        continue
+                    s._unbank()  # a value that is not a whole percentage: objects from now on
                 s._close(op, values[offsets[k] : offsets[k + 1]], float(sums[k]), counts[k], emits)
                 k += 1
             owners += [out[s][done[i]]] * (len(emits) - before)
             _finish(todo[i], done, i, rank + 1, on_group)
+        if banked:
+            _close_banked([(todo[i][0], todo[i][1][rank], k, out[todo[i][0]][done[i]]) for i, k in banked], offsets, sums, table)  # type: ignore[misc]  # ops are not None here
+            for i, _ in banked:
+                _finish(todo[i], done, i, rank + 1, on_group)
         for owner, closed in zip(owners, _snapshots(emits)):
             owner.append(closed)
         rank += 1
+
+
+def _close_banked(
+    closes: list[tuple[RollingSeries, tuple[int, list[float], str | None, int], int, list[Closed]]],
+    offsets: list[int],
+    sums: np.ndarray,
+    table: np.ndarray | None,
+) -> None:
+    """Run a round's closes of banked series, a bank call for each bank and pane: each close is
+    (series, its op, its pane among the round's, where its windows go)."""
+    by_pane: dict[tuple[int, int], list[tuple[RollingSeries, tuple[int, list[float], str | None, int], int, list[Closed]]]] = {}
+    for close in closes:
+        by_pane.setdefault((id(close[0]._bank), close[1][0]), []).append(close)
+    sizes = np.diff(np.asarray(offsets, dtype=np.int64))
+    for members in by_pane.values():
+        bank = members[0][0]._bank
+        assert bank is not None
+        panes = np.array([k for _, _, k, _ in members], dtype=np.int64)
+        counts = table[panes] if table is not None else np.zeros((len(members), IntHistogram.BINS), dtype=np.int64)
+        ended, windows, periodic = bank.close(
+            np.array([s._row for s, _, _, _ in members], dtype=np.int64),
+            members[0][1][0],
+            counts,
+            sizes[panes],
+            sums[panes],
+            [op[2] for _, op, _, _ in members],
+            np.array([op[3] for _, op, _, _ in members], dtype=np.int64),
+        )
+        for emitted in (ended, *windows, periodic):  # each series' in the order RollingSeries._close emits them
+            for j, closed in emitted:
+                members[j][3].append(closed)
 
 
 def _finish(
@@ -457,9 +539,10 @@ def _finish(
 
 def _pane_arrays(
     panes: list[list[float]], exact: list[bool]
-) -> tuple[np.ndarray, list[int], np.ndarray, list[np.ndarray | None]]:
+) -> tuple[np.ndarray, list[int], np.ndarray, list[np.ndarray | None], np.ndarray | None]:
     """The values of ``panes`` as one float32 array, where each pane's begin, each pane's
-    float64 sum, and, where ``exact`` and its values are whole percentages, its histogram."""
+    float64 sum, and, where ``exact`` and its values are whole percentages, its histogram; the
+    histograms as the rows of one array too (zeros for the others; None when none)."""
     sizes = [len(p) for p in panes]
     offsets = [0, *itertools.accumulate(sizes)]
     values = np.array(list(itertools.chain.from_iterable(panes)), dtype=np.float32)
@@ -467,6 +550,7 @@ def _pane_arrays(
     pane_of = np.repeat(np.arange(n), sizes)
     sums = np.bincount(pane_of, weights=values.astype(np.float64), minlength=n)
     counts: list[np.ndarray | None] = [None] * n
+    table: np.ndarray | None = None
     want = [j for j in range(n) if exact[j] and sizes[j]]
     if want:
         with np.errstate(invalid="ignore"):  # NaN and infinity: caught by the comparison below
@@ -482,7 +566,7 @@ def _pane_arrays(
             table = table.reshape(n, IntHistogram.BINS)
             for j in fit:
                 counts[j] = table[j]
-    return values, offsets, sums, counts
+    return values, offsets, sums, counts, table
 
 
 def _snapshots(emits: list[_Emit]) -> list[Closed]:

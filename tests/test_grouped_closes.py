@@ -87,15 +87,11 @@ def _alone(config: RollingConfig, samples: list[Sample]) -> tuple[list[list[Clos
     return windows, checkpoints
 
 
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("config", sorted(CONFIGS))
-def test_closes_of_many_series_at_once_are_each_series_alone(seed: int, config: str) -> None:
-    rng = random.Random(seed)
-    cfg = CONFIGS[config]
-    inputs = [_series(rng, rng.randrange(50, 350)) for _ in range(8)]
-    expected = [_alone(cfg, samples) for samples in inputs]
-
-    series = [RollingSeries(cfg) for _ in inputs]
+def interleaved(
+    series: list[RollingSeries], inputs: list[list[Sample]], rng: random.Random
+) -> tuple[list[list[list[Closed]]], list[list[object]]]:
+    """``inputs`` fed to ``series`` interleaved, in random batches each closed by ``close_queued``:
+    per series, the windows of each group and the checkpoint after it."""
     windows: list[list[list[Closed]]] = [[] for _ in inputs]  # per series, per group
     checkpoints: list[list[object]] = [[] for _ in inputs]
     moved: list[list[int]] = [[] for _ in inputs]  # group indices, in the order queue made them
@@ -119,6 +115,17 @@ def test_closes_of_many_series_at_once_are_each_series_alone(seed: int, config: 
             assert len(groups) == len(moved[i])
             windows[i] += groups
             moved[i] = []
+    return windows, checkpoints
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_closes_of_many_series_at_once_are_each_series_alone(seed: int, config: str) -> None:
+    rng = random.Random(seed)
+    cfg = CONFIGS[config]
+    inputs = [_series(rng, rng.randrange(50, 350)) for _ in range(8)]
+    expected = [_alone(cfg, samples) for samples in inputs]
+    windows, checkpoints = interleaved([RollingSeries(cfg) for _ in inputs], inputs, rng)
     for i, (want_windows, want_checkpoints) in enumerate(expected):
         assert windows[i] == want_windows, i
         assert checkpoints[i] == want_checkpoints, i

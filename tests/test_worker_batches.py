@@ -245,7 +245,8 @@ def test_the_batch_flags_reach_the_worker_options() -> None:
 
 
 class BrokenSeries(RollingSeries):
-    """A series whose pane close raises for one GPU's utilisation at one pane (as a bug would)."""
+    """A series whose pane close raises for one GPU's utilisation at one pane (as a bug would):
+    the pane with a value that is not a whole percentage, which the series closes as objects."""
 
     def _close(self, op: Any, values: Any, total: float, counts: Any, out: list[Any]) -> None:
         if op is not None and op[0] == T0 + 20_000 and values.size and float(values[0]) == BROKEN_VALUE:
@@ -253,7 +254,7 @@ class BrokenSeries(RollingSeries):
         super()._close(op, values, total, counts, out)
 
 
-BROKEN_VALUE = 12.0
+BROKEN_VALUE = 12.5
 
 
 def test_a_failed_close_dead_letters_the_messages_that_closed_panes_and_the_stream_goes_on(
