@@ -54,7 +54,7 @@ from hpcinsight.schemas.events import (
     StepMetric,
 )
 from hpcinsight.streams.attribution import Attribution
-from hpcinsight.streams.bank import ExactBank
+from hpcinsight.streams.bank import Banks
 from hpcinsight.streams.detectors import Detector, StreamContext, discover
 from hpcinsight.streams.jobs import JobGpuWindow, JobMerger, JobStageConfig
 from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
@@ -210,7 +210,7 @@ class SampleProcessor:
         #: KPI rows up to this time were published before a restart: recomputed, not sent again
         self.kpis_published_to = 0
         self._series: dict[str, RollingSeries] = {}
-        self._bank = ExactBank(self.config.rolling)  # the exact series' closed state (utilisation's)
+        self._banks = Banks(self.config.rolling)  # the series' closed state, as arrays across series
         self._by_gpu: dict[str, list[tuple[str, str, RollingSeries]]] = {}  # the same series, by GPU (hot path)
         self._means: dict[str, WindowMeans] = {}
         rolling = self.config.rolling
@@ -448,22 +448,10 @@ class SampleProcessor:
                 key = _series_key(sample.gpu_uuid, metric)
                 series = self._series.get(key)
                 if series is None:
-                    series = self._series[key] = RollingSeries(self.config.rolling, self._bank)
+                    series = self._series[key] = RollingSeries(self.config.rolling, self._banks)
                     self._partition_of[key] = partition
                 series_of_gpu.append((metric, key, series))
         return series_of_gpu
-
-    def _replay_roll(self, sample: GpuSample, partition: int) -> list[tuple[str, Closed]]:
-        """Add a replayed sample to its series; the windows it closes. A series that crossed a
-        checkpoint boundary only notes it: that checkpoint was written before the restart, or will
-        be at the next boundary."""
-        out: list[tuple[str, Closed]] = []
-        for metric, key, series in self._series_of(sample, partition):
-            closed_before = series.closed_to
-            out.extend((metric, c) for c in series.add(sample.ts, getattr(sample, metric), sample.job_id))
-            if series.closed_to != closed_before and series.closed_to is not None:
-                self._checkpoint_due(key, series.closed_to)
-        return out
 
     def _checkpoint_due(self, key: str, closed_to: int) -> bool:
         """Whether series ``key``, closed to ``closed_to``, crossed one of its checkpoint
@@ -710,7 +698,7 @@ class SampleProcessor:
     def restore_series(self, partition: int, checkpoint: StateCheckpoint) -> None:
         """Take back one series from its latest checkpoint (replay then adds what came after)."""
         try:
-            series = RollingSeries.from_checkpoint(self.config.rolling, checkpoint.data, self._bank)
+            series = RollingSeries.from_checkpoint(self.config.rolling, checkpoint.data, self._banks)
         except (ValueError, TypeError) as err:  # e.g. taken with other windows: start that series over
             log.warning("checkpoint of %s not usable (%s); the series restarts", checkpoint.series, err)
             return
@@ -729,14 +717,27 @@ class SampleProcessor:
         except DecodeError:
             return
         try:
-            for sample in samples:
-                sample = self.attribution.enrich_gpu(sample)
-                self._detect(sample, replay=True)
-                self._means_of(sample)  # the window means take the sample too
-                for metric, closed in self._replay_roll(sample, partition):
-                    self._detect(self._quantiles(sample, metric, closed), replay=True)
+            moved: list[tuple[GpuSample, str, RollingSeries, int]] = []  # what moved a series on: its group
+            try:
+                for sample in samples:
+                    sample = self.attribution.enrich_gpu(sample)
+                    self._detect(sample, replay=True)
+                    self._means_of(sample)  # the window means take the sample too
+                    for metric, key, series in self._series_of(sample, partition):
+                        if series.queue(sample.ts, getattr(sample, metric), sample.job_id) is not None:
+                            moved.append((sample, metric, series, series.tag(key)))
+            finally:  # what was queued is closed, as the message's live batch closed it (close_queued)
+                # a series that crossed a checkpoint boundary only notes it: that checkpoint was
+                # written before the restart, or will be at the next boundary
+                closed = close_queued([series for _, _, series, _ in moved], self._replayed_group)
+            for sample, metric, series, group in moved:
+                for window in closed[series][group]:
+                    self._detect(self._quantiles(sample, metric, window), replay=True)
         except Exception:
             log.warning("replay of a message that fails again skipped", exc_info=True)
+
+    def _replayed_group(self, series: RollingSeries, key: Any, closed_to: int, first_ms: int) -> None:
+        self._checkpoint_due(key, closed_to)
 
     def replay_sketches(self, value: bytes | None) -> None:
         try:

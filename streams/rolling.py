@@ -53,7 +53,7 @@ from hpcinsight.streams.sketches import (
 from hpcinsight.streams.windows import WindowSpec
 
 if TYPE_CHECKING:
-    from hpcinsight.streams.bank import ExactBank
+    from hpcinsight.streams.bank import Banks, ExactBank, RawBank
 
 DEFAULT_WINDOWS: tuple[WindowSpec, ...] = (
     WindowSpec(60_000, 10_000),
@@ -143,6 +143,40 @@ class Summary:
         return cls(load_sketch(state[0]), state[1], state[2])
 
 
+@dataclass(frozen=True)
+class Pane:
+    """One base pane of the series a bank closes together (:mod:`hpcinsight.streams.bank`):
+    each one's values (``values`` from ``begins[k]`` to ``begins[k] + sizes[k]``), their float64
+    sums, and for an exact bank their histograms (``counts``, a row each)."""
+
+    values: np.ndarray
+    begins: np.ndarray
+    sizes: np.ndarray
+    totals: np.ndarray
+    counts: np.ndarray | None
+
+    def part(self, picked: np.ndarray) -> Pane:
+        return Pane(
+            self.values,
+            self.begins[picked],
+            self.sizes[picked],
+            self.totals[picked],
+            None if self.counts is None else self.counts[picked],
+        )
+
+    def flat(self) -> np.ndarray:
+        """The values of every series of the pane, in order."""
+        if not self.sizes.size:
+            return self.values[:0]
+        ends = np.cumsum(self.sizes)
+        at = np.arange(int(ends[-1])) - np.repeat(ends - self.sizes, self.sizes) + np.repeat(self.begins, self.sizes)
+        return self.values[at]
+
+    def of(self, k: int) -> np.ndarray:
+        begin = int(self.begins[k])
+        return self.values[begin : begin + int(self.sizes[k])]
+
+
 class Closed(msgspec.Struct, frozen=True):
     """One window (or since-start view) ready to be emitted: a snapshot, later samples don't change it.
     (A struct, not a dataclass: a close burst makes one per series, and a frozen dataclass costs a
@@ -213,14 +247,16 @@ class RollingSeries:
     all close on the same samples (its GPUs are sampled at the same instants), so the array work
     of a batch's closes is done once for all its series (issue 19).
 
-    Given a ``bank``, the series keeps its closed state there while its values are whole
-    percentages (:class:`~hpcinsight.streams.bank.ExactBank`: the closes of all its series in a
-    few array operations), and as the objects here after."""
+    Given ``banks``, the series keeps its closed state in one (:mod:`~hpcinsight.streams.bank`:
+    the closes of all its series in a few array operations): the exact bank while its values
+    are whole percentages, the raw bank if its first value is not one; as the objects here if it
+    turns from one to the other with history."""
 
-    def __init__(self, config: RollingConfig, bank: ExactBank | None = None) -> None:
+    def __init__(self, config: RollingConfig, banks: Banks | None = None) -> None:
         self.config = config
-        self._bank = bank
-        self._row = bank.allocate() if bank is not None else None  # its row in the bank, while there
+        self._banks = banks
+        self._bank: ExactBank | RawBank | None = banks.exact if banks is not None else None
+        self._row = self._bank.allocate() if self._bank is not None else None  # its row in the bank, while there
         self._base, self._lateness = config.base_ms, config.lateness_ms
         self._max_size = max(w.size_ms for w in config.windows)
         self._windows = [WindowState(w) for w in config.windows]
@@ -350,17 +386,22 @@ class RollingSeries:
             self._since_sent_to = end
 
     def _unbank(self) -> None:
-        """Leave the bank for good (a value that is not a whole percentage): its state as objects."""
-        assert self._bank is not None and self._row is not None
+        """Leave the exact bank for good (a value that is not a whole percentage): to the raw
+        bank if nothing is held yet, else its state as objects."""
+        assert self._banks is not None and self._bank is self._banks.exact and self._row is not None
+        if self._bank.is_empty(self._row):
+            self._bank.release(self._row)
+            self._bank, self._row, self._exact = self._banks.raw, self._banks.raw.allocate(), False
+            return
         self._windows, self._since, self._job, self._job_start, self._since_sent_to = self._bank.summaries(self._row)
         self._bank.release(self._row)
-        self._row = None
+        self._bank, self._row = None, None
 
     def release(self) -> None:
         """Give the series' row back to its bank (the series is dropped)."""
         if self._bank is not None and self._row is not None:
             self._bank.release(self._row)
-            self._row = None
+            self._bank, self._row = None, None
 
     # -- restart ----------------------------------------------------------------------------
 
@@ -393,8 +434,8 @@ class RollingSeries:
         return self._windows, self._since, self._job, self._job_start, self._since_sent_to
 
     @classmethod
-    def from_checkpoint(cls, config: RollingConfig, data: bytes, bank: ExactBank | None = None) -> RollingSeries:
-        """The series a checkpoint holds; in ``bank`` if given and the series is exact."""
+    def from_checkpoint(cls, config: RollingConfig, data: bytes, banks: Banks | None = None) -> RollingSeries:
+        """The series a checkpoint holds; in the bank of its kind if ``banks`` are given."""
         state = msgspec.msgpack.decode(data, type=SeriesState)
         series = cls(config)
         if len(state.windows) != len(series._windows):
@@ -409,10 +450,12 @@ class RollingSeries:
             w.filling = Summary.from_state(filling) if filling else None
         held = [series._since] + [p for w in series._windows for _, p in w.panes] + [w.filling for w in series._windows]
         series._exact = all(s.exact for s in held if s is not None)
-        if bank is not None and series._exact:
-            series._bank, series._row = bank, bank.allocate()
-            bank.load(series._row, series._windows, series._since, series._job, series._job_start, series._since_sent_to)
-            series._windows, series._since = [WindowState(w) for w in config.windows], None  # held by the bank
+        if banks is not None:
+            bank = banks.exact if series._exact else banks.raw if not any(s.exact for s in held if s is not None) else None
+            if bank is not None:  # else a series that turned with history: objects
+                series._banks, series._bank, series._row = banks, bank, bank.allocate()
+                bank.load(series._row, series._windows, series._since, series._job, series._job_start, series._since_sent_to)
+                series._windows, series._since = [WindowState(w) for w in config.windows], None  # held by the bank
         return series
 
     @property
@@ -475,18 +518,20 @@ def close_queued(series: Sequence[RollingSeries], on_group: OnGroup | None = Non
                 else:
                     s._close(None, values[:0], 0.0, None, emits)
             else:
+                if s._row is not None and s._exact and counts[k] is None and offsets[k] != offsets[k + 1]:
+                    s._unbank()  # not a whole percentage: to the raw bank if nothing is held yet, else objects
                 if s._row is not None:
-                    if counts[k] is not None or offsets[k] == offsets[k + 1]:
-                        banked.append((i, k))  # closed below, with every series of its bank and pane
-                        k += 1
-                        continue
-                    s._unbank()  # a value that is not a whole percentage: objects from now on
+                    banked.append((i, k))  # closed below, with every series of its bank and pane
+                    k += 1
+                    continue
                 s._close(op, values[offsets[k] : offsets[k + 1]], float(sums[k]), counts[k], emits)
                 k += 1
             owners += [out[s][done[i]]] * (len(emits) - before)
             _finish(todo[i], done, i, rank + 1, on_group)
         if banked:
-            _close_banked([(todo[i][0], todo[i][1][rank], k, out[todo[i][0]][done[i]]) for i, k in banked], offsets, sums, table)  # type: ignore[misc]  # ops are not None here
+            _close_banked(
+                [(todo[i][0], todo[i][1][rank], k, out[todo[i][0]][done[i]]) for i, k in banked], values, offsets, sums, table
+            )  # type: ignore[misc]  # ops are not None here
             for i, _ in banked:
                 _finish(todo[i], done, i, rank + 1, on_group)
         for owner, closed in zip(owners, _snapshots(emits)):
@@ -496,6 +541,7 @@ def close_queued(series: Sequence[RollingSeries], on_group: OnGroup | None = Non
 
 def _close_banked(
     closes: list[tuple[RollingSeries, tuple[int, list[float], str | None, int], int, list[Closed]]],
+    values: np.ndarray,
     offsets: list[int],
     sums: np.ndarray,
     table: np.ndarray | None,
@@ -505,18 +551,17 @@ def _close_banked(
     by_pane: dict[tuple[int, int], list[tuple[RollingSeries, tuple[int, list[float], str | None, int], int, list[Closed]]]] = {}
     for close in closes:
         by_pane.setdefault((id(close[0]._bank), close[1][0]), []).append(close)
-    sizes = np.diff(np.asarray(offsets, dtype=np.int64))
+    begins = np.asarray(offsets, dtype=np.int64)
+    sizes = np.diff(begins)
     for members in by_pane.values():
         bank = members[0][0]._bank
         assert bank is not None
         panes = np.array([k for _, _, k, _ in members], dtype=np.int64)
-        counts = table[panes] if table is not None else np.zeros((len(members), IntHistogram.BINS), dtype=np.int64)
+        counts = table[panes] if table is not None else None
         ended, windows, periodic = bank.close(
             np.array([s._row for s, _, _, _ in members], dtype=np.int64),
             members[0][1][0],
-            counts,
-            sizes[panes],
-            sums[panes],
+            Pane(values, begins[panes], sizes[panes], sums[panes], counts),
             [op[2] for _, op, _, _ in members],
             np.array([op[3] for _, op, _, _ in members], dtype=np.int64),
         )

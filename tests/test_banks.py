@@ -1,12 +1,14 @@
-"""Series kept in an exact bank give, to the bit, what series kept as objects give (issue 19).
+"""Series kept in banks give what series kept as objects give (issue 19).
 
-The per-GPU stage keeps its exact series' closed state as arrays across series
-(``streams.bank.ExactBank``) and closes them a pane at a time for all. Here the same random
-series as tests/test_grouped_closes.py (whole percentages, fractions that turn a banked series
-into objects, late samples, long silences, job changes, missing values) run in one shared bank,
-fed interleaved and closed at random points, and must give the windows and checkpoints of the
-series kept as objects sample by sample; a checkpoint of either restores into the other; rows
-given back are clean when taken again.
+The per-GPU stage keeps its series' closed state as arrays across series (``streams.bank``: an
+exact bank of counts, a raw bank of values) and closes them a pane at a time for all. Here the
+same random series as tests/test_grouped_closes.py (whole percentages in the exact bank,
+fractions and clocks in the raw one, a mix that turns a banked series into objects, late
+samples, long silences, job changes, missing values) run in shared banks, fed interleaved and
+closed at random points, and must give, to the bit, the windows and checkpoints of the series
+kept as objects sample by sample; a checkpoint of either restores into the other; rows given
+back are clean when taken again. Past KLL's k values, where KLL compacts at random, the windows
+must agree in all but the sketch's draw: counts, totals, kinds, and quantiles within its error.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import random
 import numpy as np
 import pytest
 
-from hpcinsight.streams.bank import ExactBank
+from hpcinsight.streams.bank import Banks
 from hpcinsight.streams.rolling import Closed, RollingConfig, RollingSeries, close_queued
-from hpcinsight.streams.sketches import IntHistogram
+from hpcinsight.streams.sketches import IntHistogram, QuantileSketch, RawValues, load_sketch
 from tests.test_grouped_closes import CONFIGS, Sample, _alone, _series, interleaved
 
 
@@ -43,8 +45,10 @@ def test_banked_series_give_what_series_as_objects_give(seed: int, config: str) 
     cfg = CONFIGS[config]
     inputs = [_series(rng, rng.randrange(50, 350)) for _ in range(8)] + _aligned(rng, 400, 6)
     expected = [_alone(cfg, samples) for samples in inputs]
-    bank = ExactBank(cfg, capacity=4)  # grows while the series come
-    windows, checkpoints = interleaved([RollingSeries(cfg, bank) for _ in inputs], inputs, rng)
+    banks = Banks(cfg, capacity=4)  # grows while the series come
+    series = [RollingSeries(cfg, banks) for _ in inputs]
+    windows, checkpoints = interleaved(series, inputs, rng)
+    assert {s._bank for s in series} >= {banks.exact, banks.raw}  # both banks held series
     for i, (want_windows, want_checkpoints) in enumerate(expected):
         assert windows[i] == want_windows, i
         assert checkpoints[i] == want_checkpoints, i
@@ -73,13 +77,13 @@ def test_a_checkpoint_restores_into_the_bank_and_out_of_it(seed: int, config: st
     cfg = CONFIGS[config]
     samples = [(t, float(rng.randrange(0, 101)) if rng.random() > 0.03 else None, job) for t, _, job in _series(rng, 500)]
     cut = len(samples) // 2
-    bank = ExactBank(cfg)
+    banks = Banks(cfg)
     whole = RollingSeries(cfg)
-    banked = RollingSeries(cfg, bank)
+    banked = RollingSeries(cfg, banks)
     _feed(whole, samples[:cut])
     _feed(banked, samples[:cut])
     assert whole.checkpoint() == banked.checkpoint()
-    into = RollingSeries.from_checkpoint(cfg, whole.checkpoint(), bank)
+    into = RollingSeries.from_checkpoint(cfg, whole.checkpoint(), banks)
     out_of = RollingSeries.from_checkpoint(cfg, banked.checkpoint())
     assert into._row is not None and out_of._row is None
     want = _feed(out_of, samples[cut:])
@@ -91,32 +95,33 @@ def test_a_row_given_back_is_clean_when_taken_again() -> None:
     cfg = CONFIGS["short"]
     rng = random.Random(7)
     samples = [(t, float(rng.randrange(0, 101)), "a") for t, _, _ in _series(rng, 200)]
-    bank = ExactBank(cfg, capacity=1)
-    first = RollingSeries(cfg, bank)
+    banks = Banks(cfg, capacity=1)
+    first = RollingSeries(cfg, banks)
     _feed(first, samples)
     row = first._row
     first.release()
-    again = RollingSeries(cfg, bank)
+    again = RollingSeries(cfg, banks)
     assert again._row == row
     assert _feed(again, samples) == _feed(RollingSeries(cfg), samples)
 
 
 def test_a_banked_series_turned_fractional_goes_on_as_objects() -> None:
     cfg = RollingConfig()
-    bank = ExactBank(cfg)
+    banks = Banks(cfg)
     t0 = 3_600_000
     samples: list[Sample] = [(t0 + k * 1000, float(k % 100), "a") for k in range(120)]
     samples += [(t0 + k * 1000, 250.5 + k, "a") for k in range(120, 195)]  # under KLL's k in all: no random compaction
-    banked = RollingSeries(cfg, bank)
+    banked = RollingSeries(cfg, banks)
     got = _feed(banked, samples)
-    assert banked._row is None and bank._free == [0]  # left the bank, its row given back
+    assert banked._row is None and banks.exact._free == [0]  # left the bank, its row given back
     assert got == _feed(RollingSeries(cfg), samples)
 
 
 def test_one_bank_call_closes_a_pane_for_every_series() -> None:
     """The point of the bank: series closing the same pane are one call, whatever their number."""
     cfg = CONFIGS["short"]
-    bank = ExactBank(cfg)
+    banks = Banks(cfg)
+    bank = banks.exact
     calls = []
     close = bank.close
 
@@ -125,9 +130,42 @@ def test_one_bank_call_closes_a_pane_for_every_series() -> None:
         return close(rows, *args)  # type: ignore[arg-type]
 
     bank.close = counted  # type: ignore[method-assign]
-    series = [RollingSeries(cfg, bank) for _ in range(50)]
+    series = [RollingSeries(cfg, banks) for _ in range(50)]
     for k in range(12):
         for s in series:
             s.queue(3_600_000 + k * 1000, 50.0, "a")
     close_queued(series)
     assert calls and set(calls) == {50}
+
+
+def _kinds(closed: list[list[Closed]]) -> list[tuple[object, ...]]:
+    """The windows but for KLL's draw: where, whose, how many, their sum, of what kind."""
+    return [
+        (c.window, c.start_ms, c.end_ms, c.job_id, c.count, c.total, type(load_sketch(c.sketch)))
+        for group in closed
+        for c in group
+    ]
+
+
+def test_past_kll_k_the_raw_bank_merges_as_the_objects_do() -> None:
+    """Power for 40 minutes at 1 Hz: hour panes and since-start views past KLL's k turn to KLL
+    sketches in the raw bank as in the objects, windows of both kinds merge alike."""
+    cfg = RollingConfig()
+    rng = random.Random(11)
+    t0 = 7_200_000
+    samples: list[Sample] = [(t0 + k * 1000, rng.uniform(100.0, 400.0), "a" if k < 1800 else "b") for k in range(2400)]
+    banks = Banks(cfg)
+    banked = RollingSeries(cfg, banks)
+    got = _feed(banked, samples)
+    want = _feed(RollingSeries(cfg), samples)
+    assert banked._bank is banks.raw
+    assert _kinds(got[0]) == _kinds(want[0])
+    sketched = [
+        (a, b) for ga, gb in zip(got[0], want[0]) for a, b in zip(ga, gb) if isinstance(load_sketch(b.sketch), QuantileSketch)
+    ]
+    assert len(sketched) > 20  # hour windows and since-start views past k
+    for a, b in sketched:
+        assert abs(a.p50 - b.p50) < 0.03 * 300 and abs(a.p95 - b.p95) < 0.03 * 300, (a, b)
+    raw = [(a, b) for ga, gb in zip(got[0], want[0]) for a, b in zip(ga, gb) if RawValues.is_serialised(b.sketch)]
+    assert raw and all(a == b for a, b in raw)  # the 1 and 5 minute windows: to the bit
+    assert len(got[1]) == len(want[1])
