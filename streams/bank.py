@@ -22,7 +22,17 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from hpcinsight.streams.rolling import RANKS, SINCE_START, Closed, Pane, RollingConfig, Summary, WindowState
+from hpcinsight.streams.rolling import (
+    RANKS,
+    SINCE_START,
+    Closed,
+    Pane,
+    RollingConfig,
+    Summary,
+    SummaryState,
+    WindowCheckpoint,
+    WindowState,
+)
 from hpcinsight.streams.sketches import (
     IntHistogram,
     QuantileSketch,
@@ -43,6 +53,7 @@ EMPTY = -1
 Emitted = list[tuple[int, Closed]]
 #: a summary's figures for a window: (p25, p50, p95, bytes), one per row
 Views = list[tuple[float, float, float, bytes]]
+_RAW_HEAD = RawValues._MAGIC + b"f"  # see RawValues.to_bytes
 
 
 class _Bank:
@@ -283,6 +294,26 @@ class _Bank:
             since = Summary(self._since_sketch(row), int(self._since_n[row]), float(self._since_total[row]))
         return windows, since, self._job[row], int(self._job_start[row]), int(self._since_sent_to[row])
 
+    def state(self, row: int) -> tuple[list[WindowCheckpoint], SummaryState | None, str | None, int, int]:
+        """The row's state as a checkpoint holds it (:class:`SeriesState`'s windows and since-start
+        view, each summary as its bytes, count and total), the job, its start and the last view's
+        end: what :meth:`summaries` gives, serialised without building the objects."""
+        windows: list[WindowCheckpoint] = []
+        for i in range(len(self._specs)):
+            starts = self._ring_start[i][row]
+            slots = [s for s in np.argsort(starts, kind="stable").tolist() if starts[s] != EMPTY]
+            n, total = self._ring_n[i][row], self._ring_total[i][row]
+            blobs = self._ring_bytes(i, row, slots)
+            panes = [(int(starts[s]), (blob, int(n[s]), float(total[s]))) for s, blob in zip(slots, blobs)]
+            filling = None
+            if self._fill_n[i][row]:
+                filling = (self._fill_bytes(i, row), int(self._fill_n[i][row]), float(self._fill_total[i][row]))
+            windows.append((panes, int(self._fill_start[i][row]), filling))
+        since = None
+        if self._since_n[row]:
+            since = (self._since_bytes(row), int(self._since_n[row]), float(self._since_total[row]))
+        return windows, since, self._job[row], int(self._job_start[row]), int(self._since_sent_to[row])
+
     def load(
         self, row: int, windows: Sequence[WindowState], since: Summary | None, job: str | None, job_start: int, sent_to: int
     ) -> None:
@@ -341,6 +372,15 @@ class _Bank:
         raise NotImplementedError
 
     def _ring_sketch(self, i: int, row: int, slot: int) -> Sketch:
+        raise NotImplementedError
+
+    def _ring_bytes(self, i: int, row: int, slots: list[int]) -> list[bytes]:
+        raise NotImplementedError
+
+    def _fill_bytes(self, i: int, row: int) -> bytes:
+        raise NotImplementedError
+
+    def _since_bytes(self, row: int) -> bytes:
         raise NotImplementedError
 
     def _fill_sketch(self, i: int, row: int) -> Sketch:
@@ -416,6 +456,15 @@ class ExactBank(_Bank):
     def _ring_sketch(self, i: int, row: int, slot: int) -> Sketch:
         return IntHistogram(self._ring_counts[i][row, slot].astype(np.int64))
 
+    def _ring_bytes(self, i: int, row: int, slots: list[int]) -> list[bytes]:
+        return histogram_bytes(self._ring_counts[i][row, slots].astype(np.int64)) if slots else []
+
+    def _fill_bytes(self, i: int, row: int) -> bytes:
+        return histogram_bytes(self._fill_counts[i][row][np.newaxis].astype(np.int64))[0]
+
+    def _since_bytes(self, row: int) -> bytes:
+        return histogram_bytes(self._since_counts[row][np.newaxis])[0]
+
     def _fill_sketch(self, i: int, row: int) -> Sketch:
         return IntHistogram(self._fill_counts[i][row].astype(np.int64))
 
@@ -484,6 +533,13 @@ class _Values:
             return got
         return RawValues([self.buf[key][:n].copy()] if n else None)
 
+    def to_bytes(self, key: tuple[int, ...], n: int) -> bytes:
+        """:meth:`sketch`'s bytes: a KLL sketch's, or the values in order (:meth:`RawValues.to_bytes`)."""
+        got = self.kll.get(key)
+        if got is not None:
+            return got.to_bytes()
+        return _RAW_HEAD + np.sort(self.buf[key][:n]).astype("<f4").tobytes()
+
     def load(self, key: tuple[int, ...], sketch: Sketch) -> None:
         self.kll.pop(key, None)
         if isinstance(sketch, QuantileSketch):
@@ -501,9 +557,8 @@ def _sorted_figures(values: np.ndarray, n: np.ndarray) -> Views:
     at = [np.minimum((rank * n).astype(np.int64), n - 1) for rank in RANKS]
     rows = np.arange(len(values))
     p25, p50, p95 = (ordered[rows, a].astype(np.float64).tolist() for a in at)
-    head = RawValues._MAGIC + b"f"
     blob = ordered.astype("<f4")
-    return [(p25[j], p50[j], p95[j], head + blob[j, : int(n[j])].tobytes()) for j in range(len(values))]
+    return [(p25[j], p50[j], p95[j], _RAW_HEAD + blob[j, : int(n[j])].tobytes()) for j in range(len(values))]
 
 
 def _mixed_figures(
@@ -620,6 +675,16 @@ class RawBank(_Bank):
 
     def _ring_sketch(self, i: int, row: int, slot: int) -> Sketch:
         return self._ring_values[i].sketch((row, slot), int(self._ring_n[i][row, slot]))
+
+    def _ring_bytes(self, i: int, row: int, slots: list[int]) -> list[bytes]:
+        n = self._ring_n[i][row]
+        return [self._ring_values[i].to_bytes((row, s), int(n[s])) for s in slots]
+
+    def _fill_bytes(self, i: int, row: int) -> bytes:
+        return self._fill_values[i].to_bytes((row,), int(self._fill_n[i][row]))
+
+    def _since_bytes(self, row: int) -> bytes:
+        return self._since_values.to_bytes((row,), int(self._since_n[row]))
 
     def _fill_sketch(self, i: int, row: int) -> Sketch:
         return self._fill_values[i].sketch((row,), int(self._fill_n[i][row]))

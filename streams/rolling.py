@@ -214,6 +214,12 @@ class WindowState:
         self.filling_start = 0
 
 
+#: a summary in a checkpoint: its sketch's bytes, its count and total (Summary.to_state)
+SummaryState = tuple[bytes, int, float]
+#: a window in a checkpoint: its hop panes (start, summary), its filling's start and summary
+WindowCheckpoint = tuple[list[tuple[int, SummaryState]], int, SummaryState | None]
+
+
 class SeriesState(msgspec.Struct, array_like=True):
     """What a series needs to continue after a restart (see :meth:`RollingSeries.checkpoint`)."""
 
@@ -222,8 +228,8 @@ class SeriesState(msgspec.Struct, array_like=True):
     job_id: str | None
     job_start: int
     since_sent_to: int
-    since: tuple[bytes, int, float] | None
-    windows: list[tuple[list[tuple[int, tuple[bytes, int, float]]], int, tuple[bytes, int, float] | None]]
+    since: SummaryState | None
+    windows: list[WindowCheckpoint]
 
 
 #: a pane to close: (start, its values, the job of its newest value, the series' first sample
@@ -412,19 +418,16 @@ class RollingSeries:
         closed_to = self._closed_to if closed_to is None else closed_to
         first_ms = self._first_ms if first_ms is None else first_ms
         assert closed_to is not None and first_ms is not None
-        windows, since, job, job_start, since_sent_to = self._held()
-        state = SeriesState(
-            first_ms=first_ms,
-            closed_to=closed_to,
-            job_id=job,
-            job_start=job_start,
-            since_sent_to=since_sent_to,
-            since=since.to_state() if since is not None else None,
-            windows=[
+        if self._bank is not None and self._row is not None:
+            windows, since, job, job_start, since_sent_to = self._bank.state(self._row)
+        else:
+            windows = [
                 ([(s, p.to_state()) for s, p in w.panes], w.filling_start, w.filling.to_state() if w.filling else None)
-                for w in windows
-            ],
-        )
+                for w in self._windows
+            ]
+            since = self._since.to_state() if self._since is not None else None
+            job, job_start, since_sent_to = self._job, self._job_start, self._since_sent_to
+        state = SeriesState(first_ms, closed_to, job, job_start, since_sent_to, since, windows)
         return msgspec.msgpack.encode(state)
 
     def _held(self) -> tuple[list[WindowState], Summary | None, str | None, int, int]:
@@ -493,8 +496,9 @@ def close_queued(series: Sequence[RollingSeries], on_group: OnGroup | None = Non
         todo.append((s, s._ops, s._groups))
         s._ops, s._groups = [], []
     done = [0] * len(todo)  # groups finished, per series
-    for i in range(len(todo)):  # a series' first sample: a group before any close
-        _finish(todo[i], done, i, 0, on_group)
+    for i, (_, _, groups) in enumerate(todo):  # a series' first sample: a group before any close
+        if not groups[0][0]:
+            _finish(todo[i], done, i, 0, on_group)
     rank = 0
     while True:
         live = [i for i, (_, ops, _) in enumerate(todo) if rank < len(ops)]

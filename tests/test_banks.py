@@ -169,3 +169,17 @@ def test_past_kll_k_the_raw_bank_merges_as_the_objects_do() -> None:
     raw = [(a, b) for ga, gb in zip(got[0], want[0]) for a, b in zip(ga, gb) if RawValues.is_serialised(b.sketch)]
     assert raw and all(a == b for a, b in raw)  # the 1 and 5 minute windows: to the bit
     assert len(got[1]) == len(want[1])
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_raw_banked_series_checkpoint_byte_for_byte(config: str) -> None:
+    """Power under KLL's k: the raw bank's windows and checkpoints are the objects' bytes."""
+    cfg = CONFIGS[config]
+    rng = random.Random(5)
+    samples = [(t, rng.uniform(50.0, 400.0) if rng.random() > 0.03 else None, job) for t, _, job in _series(rng, 380)]
+    banks = Banks(cfg)
+    banked = RollingSeries(cfg, banks)
+    got = _feed(banked, samples)
+    assert banked._bank is banks.raw
+    assert got == _feed(RollingSeries(cfg), samples)
+    assert got[1]
