@@ -10,9 +10,9 @@ quantiles and bytes taken together (docs/streams.md, "The banks").
 Two banks, by what a series' values are: :class:`ExactBank` keeps counts (whole percentages:
 NVML's utilisation), :class:`RawBank` the values themselves, up to KLL's ``k`` a summary, and a
 KLL sketch beyond (power, clocks). The rules are
-:meth:`hpcinsight.streams.rolling.RollingSeries._close`'s, and the answers the same to the bit
-(tests/test_exact_bank.py, tests/test_raw_bank.py): the same windows, counts, totals (summed in
-the same order), quantiles, bytes and checkpoints.
+:meth:`hpcinsight.streams.rolling.RollingSeries._close`'s, and the answers the same
+(tests/test_banks.py): the same windows, counts, totals (summed in the same order), quantiles,
+bytes and checkpoints, to the bit but where a KLL sketch compacts (it draws at random).
 """
 
 from __future__ import annotations
@@ -188,8 +188,6 @@ class _Bank:
             gone = moved[(self._since_n[r] > 0) & (self._since_sent_to[r] < start)]
             if gone.size:
                 ended = self._since_views(rows, gone, start)
-            self._since_n[r] = 0
-            self._since_total[r] = 0.0
             self._since_restart(r, pane.part(moved))
             self._since_n[r] = pane.sizes[moved]
             self._since_total[r] = pane.totals[moved]
@@ -317,7 +315,7 @@ class _Bank:
     def load(
         self, row: int, windows: Sequence[WindowState], since: Summary | None, job: str | None, job_start: int, sent_to: int
     ) -> None:
-        """Put a series' state (every summary of the bank's kind: see :meth:`takes`) into ``row``."""
+        """Put a series' state (every summary of the bank's kind) into ``row``."""
         self.reset(row)
         for i, (w, (_, _, hop, slots)) in enumerate(zip(windows, self._specs)):
             for start, summary in w.panes:
@@ -338,11 +336,6 @@ class _Bank:
         self._job[row], self._job_start[row], self._since_sent_to[row] = job, job_start, sent_to
 
     # -- the payload: each bank's own ---------------------------------------------------------
-
-    @staticmethod
-    def takes(sketch: Sketch) -> bool:
-        """Whether a summary of this kind can live in the bank."""
-        raise NotImplementedError
 
     def _fill_add(self, i: int, rows: np.ndarray, pane: Pane) -> None:
         raise NotImplementedError
@@ -423,10 +416,6 @@ class ExactBank(_Bank):
         self._declare("since_counts", np.zeros((0, BINS), dtype=np.int64), 0)
         self._grow(capacity)
 
-    @staticmethod
-    def takes(sketch: Sketch) -> bool:
-        return isinstance(sketch, IntHistogram)
-
     def _fill_add(self, i: int, rows: np.ndarray, pane: Pane) -> None:
         self._fill_counts[i][rows] += _counts(pane).astype(np.int32)
 
@@ -472,7 +461,7 @@ class ExactBank(_Bank):
         return IntHistogram(self._since_counts[row].copy())
 
     def _load_ring(self, i: int, row: int, slot: int, sketch: Sketch) -> None:
-        self._ring_counts[i][row, slot] = sketch.counts  # type: ignore[union-attr]  # takes(): a histogram
+        self._ring_counts[i][row, slot] = sketch.counts  # type: ignore[union-attr]  # the exact bank's: a histogram
 
     def _load_fill(self, i: int, row: int, sketch: Sketch) -> None:
         self._fill_counts[i][row] = sketch.counts  # type: ignore[union-attr]
@@ -597,10 +586,6 @@ class RawBank(_Bank):
         super()._grow(capacity)
         for v in (*self._ring_values, *self._fill_values, self._since_values):
             v.grow_rows(capacity)
-
-    @staticmethod
-    def takes(sketch: Sketch) -> bool:
-        return not isinstance(sketch, IntHistogram)
 
     def _fill_add(self, i: int, rows: np.ndarray, pane: Pane) -> None:
         self._fill_values[i].add((rows,), self._fill_n[i][rows], pane)
