@@ -183,3 +183,19 @@ def test_raw_banked_series_checkpoint_byte_for_byte(config: str) -> None:
     assert banked._bank is banks.raw
     assert got == _feed(RollingSeries(cfg), samples)
     assert got[1]
+
+
+def test_a_summary_of_exactly_k_values_stays_raw() -> None:
+    """KLL's k values (400) in the since-start view and the hour's hop pane: still raw, as the
+    objects keep them; a KLL sketch only past k."""
+    cfg = RollingConfig()
+    rng = random.Random(3)
+    t0 = 1_200_000 * 10
+    samples: list[Sample] = [(t0 + k * 1000, rng.uniform(100.0, 400.0), "a") for k in range(400)]
+    samples.append((t0 + 402_000, None, "a"))  # closes the last pane without a value
+    banks = Banks(cfg)
+    banked = RollingSeries(cfg, banks)
+    got = _feed(banked, samples)
+    assert got == _feed(RollingSeries(cfg), samples)
+    windows, since, *_ = banks.raw.state(banked._row)  # type: ignore[arg-type]
+    assert since is not None and since[1] == 400 and RawValues.is_serialised(since[0])
