@@ -17,7 +17,6 @@ bytes and checkpoints, to the bit but where a KLL sketch compacts (it draws at r
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -32,6 +31,7 @@ from hpcinsight.streams.rolling import (
     SummaryState,
     WindowCheckpoint,
     WindowState,
+    loaded_windows,
 )
 from hpcinsight.streams.sketches import (
     IntHistogram,
@@ -41,6 +41,7 @@ from hpcinsight.streams.sketches import (
     histogram_bytes,
     merge_sketches,
     quantile_rows,
+    raw_rows,
     widen,
 )
 
@@ -53,7 +54,6 @@ EMPTY = -1
 Emitted = list[tuple[int, Closed]]
 #: a summary's figures for a window: (p25, p50, p95, bytes), one per row
 Views = list[tuple[float, float, float, bytes]]
-_RAW_HEAD = RawValues._MAGIC + b"f"  # see RawValues.to_bytes
 
 
 class _Bank:
@@ -269,33 +269,15 @@ class _Bank:
     # -- state as objects (checkpoints, restore, leaving the bank) ---------------------------
 
     def summaries(self, row: int) -> tuple[list[WindowState], Summary | None, str | None, int, int]:
-        """The row's state as :class:`RollingSeries` holds it: its windows, since-start view, job,
-        the job's start and the end of the last since-start view emitted."""
-        windows = []
-        for i, w in enumerate(self.config.windows):
-            window = WindowState(w)
-            starts = self._ring_start[i][row]
-            window.panes = deque(
-                (
-                    int(starts[s]),
-                    Summary(self._ring_sketch(i, row, int(s)), int(self._ring_n[i][row, s]), float(self._ring_total[i][row, s])),
-                )
-                for s in np.argsort(starts, kind="stable")
-                if starts[s] != EMPTY
-            )
-            window.filling_start = int(self._fill_start[i][row])
-            if self._fill_n[i][row]:
-                window.filling = Summary(self._fill_sketch(i, row), int(self._fill_n[i][row]), float(self._fill_total[i][row]))
-            windows.append(window)
-        since = None
-        if self._since_n[row]:
-            since = Summary(self._since_sketch(row), int(self._since_n[row]), float(self._since_total[row]))
-        return windows, since, self._job[row], int(self._job_start[row]), int(self._since_sent_to[row])
+        """The row's state as :class:`RollingSeries` holds it (a series leaving the bank): its
+        windows, since-start view, job, the job's start and the last view's end."""
+        windows, since, job, job_start, sent_to = self.state(row)
+        return loaded_windows(self.config, windows), Summary.from_state(since) if since else None, job, job_start, sent_to
 
     def state(self, row: int) -> tuple[list[WindowCheckpoint], SummaryState | None, str | None, int, int]:
         """The row's state as a checkpoint holds it (:class:`SeriesState`'s windows and since-start
         view, each summary as its bytes, count and total), the job, its start and the last view's
-        end: what :meth:`summaries` gives, serialised without building the objects."""
+        end, serialised straight from the arrays."""
         windows: list[WindowCheckpoint] = []
         for i in range(len(self._specs)):
             starts = self._ring_start[i][row]
@@ -364,9 +346,6 @@ class _Bank:
     def _window_figures(self, i: int, rows: np.ndarray, slots: np.ndarray, take: np.ndarray, n: np.ndarray) -> Views:
         raise NotImplementedError
 
-    def _ring_sketch(self, i: int, row: int, slot: int) -> Sketch:
-        raise NotImplementedError
-
     def _ring_bytes(self, i: int, row: int, slots: list[int]) -> list[bytes]:
         raise NotImplementedError
 
@@ -374,12 +353,6 @@ class _Bank:
         raise NotImplementedError
 
     def _since_bytes(self, row: int) -> bytes:
-        raise NotImplementedError
-
-    def _fill_sketch(self, i: int, row: int) -> Sketch:
-        raise NotImplementedError
-
-    def _since_sketch(self, row: int) -> Sketch:
         raise NotImplementedError
 
     def _load_ring(self, i: int, row: int, slot: int, sketch: Sketch) -> None:
@@ -442,9 +415,6 @@ class ExactBank(_Bank):
         held = self._ring_counts[i][rows][:, slots]  # (rows, panes in order, bins)
         return _count_figures((held * take[:, :, np.newaxis]).sum(axis=1, dtype=np.int64))
 
-    def _ring_sketch(self, i: int, row: int, slot: int) -> Sketch:
-        return IntHistogram(self._ring_counts[i][row, slot].astype(np.int64))
-
     def _ring_bytes(self, i: int, row: int, slots: list[int]) -> list[bytes]:
         return histogram_bytes(self._ring_counts[i][row, slots].astype(np.int64)) if slots else []
 
@@ -453,12 +423,6 @@ class ExactBank(_Bank):
 
     def _since_bytes(self, row: int) -> bytes:
         return histogram_bytes(self._since_counts[row][np.newaxis])[0]
-
-    def _fill_sketch(self, i: int, row: int) -> Sketch:
-        return IntHistogram(self._fill_counts[i][row].astype(np.int64))
-
-    def _since_sketch(self, row: int) -> Sketch:
-        return IntHistogram(self._since_counts[row].copy())
 
     def _load_ring(self, i: int, row: int, slot: int, sketch: Sketch) -> None:
         self._ring_counts[i][row, slot] = sketch.counts  # type: ignore[union-attr]  # the exact bank's: a histogram
@@ -511,10 +475,7 @@ class _Values:
             width = self.buf.shape[-1]
             flat_rows = np.ravel_multi_index(tuple(a[raw] for a in at), self.buf.shape[:-1])
             part = pane.part(raw)
-            positions = np.repeat(flat_rows * width + n[raw], part.sizes) + (
-                np.arange(int(part.sizes.sum())) - np.repeat(np.cumsum(part.sizes) - part.sizes, part.sizes)
-            )
-            self.buf.reshape(-1)[positions] = part.flat()
+            self.buf.reshape(-1)[np.repeat(flat_rows * width + n[raw], part.sizes) + part.within()] = part.flat()
 
     def sketch(self, key: tuple[int, ...], n: int) -> Sketch:
         got = self.kll.get(key)
@@ -523,11 +484,11 @@ class _Values:
         return RawValues([self.buf[key][:n].copy()] if n else None)
 
     def to_bytes(self, key: tuple[int, ...], n: int) -> bytes:
-        """:meth:`sketch`'s bytes: a KLL sketch's, or the values in order (:meth:`RawValues.to_bytes`)."""
+        """:meth:`sketch`'s bytes, without the object: a KLL sketch's, or the values in order."""
         got = self.kll.get(key)
         if got is not None:
             return got.to_bytes()
-        return _RAW_HEAD + np.sort(self.buf[key][:n]).astype("<f4").tobytes()
+        return raw_rows(self.buf[key][np.newaxis, :n], ())[1][0]
 
     def load(self, key: tuple[int, ...], sketch: Sketch) -> None:
         self.kll.pop(key, None)
@@ -537,17 +498,6 @@ class _Values:
             values = sketch.values()
             self.widen_to(values.size)
             self.buf[key][: values.size] = values
-
-
-def _sorted_figures(values: np.ndarray, n: np.ndarray) -> Views:
-    """Rows of values (``n`` each, the rest +inf) as :func:`raw_rows` gives them: each row's
-    quantiles by KLL's rule and its values' bytes, in order."""
-    ordered = np.sort(values, axis=1)
-    at = [np.minimum((rank * n).astype(np.int64), n - 1) for rank in RANKS]
-    rows = np.arange(len(values))
-    p25, p50, p95 = (ordered[rows, a].astype(np.float64).tolist() for a in at)
-    blob = ordered.astype("<f4")
-    return [(p25[j], p50[j], p95[j], _RAW_HEAD + blob[j, : int(n[j])].tobytes()) for j in range(len(values))]
 
 
 def _mixed_figures(
@@ -566,8 +516,10 @@ def _mixed_figures(
         out[j] = (q[0], q[1], q[2], sketch.to_bytes())
     raw = np.setdiff1d(np.arange(size), np.array(sketched, dtype=np.int64), assume_unique=True) if sketched else np.arange(size)
     if raw.size:
-        for j, figures in zip(raw.tolist(), _sorted_figures(*gather(raw))):
-            out[j] = figures
+        values, sizes = gather(raw)
+        (p25, p50, p95), blobs = raw_rows(values, RANKS, sizes)
+        for r, j in enumerate(raw.tolist()):
+            out[j] = (p25[r], p50[r], p95[r], blobs[r])
     return out
 
 
@@ -658,9 +610,6 @@ class RawBank(_Bank):
 
         return _mixed_figures(len(rows), merged, sketch_of, gather)
 
-    def _ring_sketch(self, i: int, row: int, slot: int) -> Sketch:
-        return self._ring_values[i].sketch((row, slot), int(self._ring_n[i][row, slot]))
-
     def _ring_bytes(self, i: int, row: int, slots: list[int]) -> list[bytes]:
         n = self._ring_n[i][row]
         return [self._ring_values[i].to_bytes((row, s), int(n[s])) for s in slots]
@@ -670,12 +619,6 @@ class RawBank(_Bank):
 
     def _since_bytes(self, row: int) -> bytes:
         return self._since_values.to_bytes((row,), int(self._since_n[row]))
-
-    def _fill_sketch(self, i: int, row: int) -> Sketch:
-        return self._fill_values[i].sketch((row,), int(self._fill_n[i][row]))
-
-    def _since_sketch(self, row: int) -> Sketch:
-        return self._since_values.sketch((row,), int(self._since_n[row]))
 
     def _load_ring(self, i: int, row: int, slot: int, sketch: Sketch) -> None:
         self._ring_values[i].load((row, slot), sketch)

@@ -164,13 +164,14 @@ class Pane:
             None if self.counts is None else self.counts[picked],
         )
 
+    def within(self) -> np.ndarray:
+        """Each value's place among its series' pane values, for the values of :meth:`flat`."""
+        ends = np.cumsum(self.sizes)
+        return np.arange(int(ends[-1]) if ends.size else 0) - np.repeat(ends - self.sizes, self.sizes)
+
     def flat(self) -> np.ndarray:
         """The values of every series of the pane, in order."""
-        if not self.sizes.size:
-            return self.values[:0]
-        ends = np.cumsum(self.sizes)
-        at = np.arange(int(ends[-1])) - np.repeat(ends - self.sizes, self.sizes) + np.repeat(self.begins, self.sizes)
-        return self.values[at]
+        return self.values[np.repeat(self.begins, self.sizes) + self.within()]
 
     def of(self, k: int) -> np.ndarray:
         begin = int(self.begins[k])
@@ -218,6 +219,18 @@ class WindowState:
 SummaryState = tuple[bytes, int, float]
 #: a window in a checkpoint: its hop panes (start, summary), its filling's start and summary
 WindowCheckpoint = tuple[list[tuple[int, SummaryState]], int, SummaryState | None]
+
+
+def loaded_windows(config: RollingConfig, states: Sequence[WindowCheckpoint]) -> list[WindowState]:
+    """The sliding windows a checkpoint holds, as objects."""
+    windows = []
+    for spec, (panes, filling_start, filling) in zip(config.windows, states):
+        w = WindowState(spec)
+        w.panes = deque((s, Summary.from_state(p)) for s, p in panes)
+        w.filling_start = filling_start
+        w.filling = Summary.from_state(filling) if filling else None
+        windows.append(w)
+    return windows
 
 
 class SeriesState(msgspec.Struct, array_like=True):
@@ -447,15 +460,17 @@ class RollingSeries:
         series._max_ts = state.closed_to - 1
         series._job, series._job_start, series._since_sent_to = state.job_id, state.job_start, state.since_sent_to
         series._since = Summary.from_state(state.since) if state.since else None
-        for w, (panes, filling_start, filling) in zip(series._windows, state.windows):
-            w.panes = deque((s, Summary.from_state(p)) for s, p in panes)
-            w.filling_start = filling_start
-            w.filling = Summary.from_state(filling) if filling else None
-        held = [series._since] + [p for w in series._windows for _, p in w.panes] + [w.filling for w in series._windows]
-        series._exact = all(s.exact for s in held if s is not None)
+        series._windows = loaded_windows(config, state.windows)
+        held = [series._since, *(p for w in series._windows for _, p in w.panes), *(w.filling for w in series._windows)]
+        held = [s for s in held if s is not None]
+        series._exact = all(s.exact for s in held)
         if banks is not None:
-            bank = banks.exact if series._exact else banks.raw if not any(s.exact for s in held if s is not None) else None
-            if bank is not None:  # else a series that turned with history: objects
+            bank: ExactBank | RawBank | None = None  # a series that turned with history stays as objects
+            if series._exact:
+                bank = banks.exact
+            elif not any(s.exact for s in held):
+                bank = banks.raw
+            if bank is not None:
                 series._banks, series._bank, series._row = banks, bank, bank.allocate()
                 bank.load(series._row, series._windows, series._since, series._job, series._job_start, series._since_sent_to)
                 series._windows, series._since = [WindowState(w) for w in config.windows], None  # held by the bank
@@ -552,19 +567,20 @@ def _close_banked(
 ) -> None:
     """Run a round's closes of banked series, a bank call for each bank and pane: each close is
     (series, its op, its pane among the round's, where its windows go)."""
-    by_pane: dict[tuple[int, int], list[tuple[RollingSeries, tuple[int, list[float], str | None, int], int, list[Closed]]]] = {}
+    by_pane: dict[
+        tuple[ExactBank | RawBank, int], list[tuple[RollingSeries, tuple[int, list[float], str | None, int], int, list[Closed]]]
+    ] = {}
     for close in closes:
-        by_pane.setdefault((id(close[0]._bank), close[1][0]), []).append(close)
+        assert close[0]._bank is not None
+        by_pane.setdefault((close[0]._bank, close[1][0]), []).append(close)
     begins = np.asarray(offsets, dtype=np.int64)
     sizes = np.diff(begins)
-    for members in by_pane.values():
-        bank = members[0][0]._bank
-        assert bank is not None
+    for (bank, start), members in by_pane.items():
         panes = np.array([k for _, _, k, _ in members], dtype=np.int64)
         counts = table[panes] if table is not None else None
         ended, windows, periodic = bank.close(
             np.array([s._row for s, _, _, _ in members], dtype=np.int64),
-            members[0][1][0],
+            start,
             Pane(values, begins[panes], sizes[panes], sums[panes], counts),
             [op[2] for _, op, _, _ in members],
             np.array([op[3] for _, op, _, _ in members], dtype=np.int64),

@@ -328,15 +328,25 @@ def merge_sketches(sketches: Iterable[Sketch]) -> Sketch:
     return out
 
 
-def raw_rows(values: np.ndarray, ranks: Sequence[float]) -> tuple[list[list[float]], list[bytes]]:
-    """For rows of as many values each (one window a row), each row's :meth:`RawValues.quantiles`
-    (a list per rank) and :meth:`RawValues.to_bytes`, from one sort."""
+def raw_rows(
+    values: np.ndarray, ranks: Sequence[float], sizes: np.ndarray | None = None
+) -> tuple[list[list[float]], list[bytes]]:
+    """For rows of values (one window a row), each row's :meth:`RawValues.quantiles` (a list per
+    rank) and :meth:`RawValues.to_bytes`, from one sort. A row holds ``sizes[r]`` values and +inf
+    after them when ``sizes`` is given (rows of different lengths in one array), else it is full."""
     ordered = np.sort(values, axis=1)
-    n = ordered.shape[1]
-    columns = [ordered[:, raw_index(rank, n)].astype(np.float64).tolist() for rank in ranks]
-    head, size = RawValues._MAGIC + b"f", 4 * n
-    blob = ordered.astype("<f4").tobytes()
-    return columns, [head + blob[r * size : (r + 1) * size] for r in range(len(ordered))]
+    head = RawValues._MAGIC + b"f"
+    blob = ordered.astype("<f4")
+    if sizes is None:
+        n = ordered.shape[1]
+        columns = [ordered[:, raw_index(rank, n)].astype(np.float64).tolist() for rank in ranks]
+        data, size = blob.tobytes(), 4 * n
+        return columns, [head + data[r * size : (r + 1) * size] for r in range(len(ordered))]
+    rows = np.arange(len(ordered))
+    columns = [
+        ordered[rows, np.minimum((rank * sizes).astype(np.int64), sizes - 1)].astype(np.float64).tolist() for rank in ranks
+    ]
+    return columns, [head + blob[r, :size].tobytes() for r, size in enumerate(sizes.tolist())]
 
 
 def raw_index(rank: float, n: int) -> int:
