@@ -278,21 +278,43 @@ class _Bank:
         """The row's state as a checkpoint holds it (:class:`SeriesState`'s windows and since-start
         view, each summary as its bytes, count and total), the job, its start and the last view's
         end, serialised straight from the arrays."""
-        windows: list[WindowCheckpoint] = []
+        return self.states([row])[0]
+
+    def states(self, rows: Sequence[int]) -> list[tuple[list[WindowCheckpoint], SummaryState | None, str | None, int, int]]:
+        """:meth:`state` of each of ``rows``, the summaries' bytes made in one call per window and
+        kind: at a checkpoint boundary many series are due in the same close."""
+        at = np.asarray(rows, dtype=np.int64)
+        windows: list[list[WindowCheckpoint]] = [[] for _ in rows]
         for i in range(len(self._specs)):
-            starts = self._ring_start[i][row]
-            slots = [s for s in np.argsort(starts, kind="stable").tolist() if starts[s] != EMPTY]
-            n, total = self._ring_n[i][row], self._ring_total[i][row]
-            blobs = self._ring_bytes(i, row, slots)
-            panes = [(int(starts[s]), (blob, int(n[s]), float(total[s]))) for s, blob in zip(slots, blobs)]
-            filling = None
-            if self._fill_n[i][row]:
-                filling = (self._fill_bytes(i, row), int(self._fill_n[i][row]), float(self._fill_total[i][row]))
-            windows.append((panes, int(self._fill_start[i][row]), filling))
-        since = None
-        if self._since_n[row]:
-            since = (self._since_bytes(row), int(self._since_n[row]), float(self._since_total[row]))
-        return windows, since, self._job[row], int(self._job_start[row]), int(self._since_sent_to[row])
+            starts = self._ring_start[i][at]
+            order = np.argsort(starts, axis=1, kind="stable")
+            ordered = np.take_along_axis(starts, order, axis=1)
+            held_row, held_at = np.nonzero(ordered != EMPTY)  # row by row, each row's panes in start order
+            slots = order[held_row, held_at]
+            where = at[held_row]
+            blobs = self._ring_bytes(i, where, slots)
+            n, total = self._ring_n[i][where, slots].tolist(), self._ring_total[i][where, slots].tolist()
+            panes: list[list[tuple[int, SummaryState]]] = [[] for _ in rows]
+            for j, start, blob, count, sum_ in zip(held_row.tolist(), ordered[held_row, held_at].tolist(), blobs, n, total):
+                panes[j].append((start, (blob, count, sum_)))
+            fill_n = self._fill_n[i][at]
+            filling = np.flatnonzero(fill_n)
+            fills: list[SummaryState | None] = [None] * len(rows)
+            fill_total = self._fill_total[i][at[filling]].tolist()
+            for j, blob, count, sum_ in zip(
+                filling.tolist(), self._fill_bytes(i, at[filling]), fill_n[filling].tolist(), fill_total
+            ):
+                fills[j] = (blob, count, sum_)
+            for j, start in enumerate(self._fill_start[i][at].tolist()):
+                windows[j].append((panes[j], start, fills[j]))
+        since_n = self._since_n[at]
+        viewed = np.flatnonzero(since_n)
+        since: list[SummaryState | None] = [None] * len(rows)
+        since_total = self._since_total[at[viewed]].tolist()
+        for j, blob, count, sum_ in zip(viewed.tolist(), self._since_bytes(at[viewed]), since_n[viewed].tolist(), since_total):
+            since[j] = (blob, count, sum_)
+        job_start, sent_to = self._job_start[at].tolist(), self._since_sent_to[at].tolist()
+        return [(windows[j], since[j], self._job[row], job_start[j], sent_to[j]) for j, row in enumerate(at.tolist())]
 
     def load(
         self, row: int, windows: Sequence[WindowState], since: Summary | None, job: str | None, job_start: int, sent_to: int
@@ -346,13 +368,14 @@ class _Bank:
     def _window_figures(self, i: int, rows: np.ndarray, slots: np.ndarray, take: np.ndarray, n: np.ndarray) -> Views:
         raise NotImplementedError
 
-    def _ring_bytes(self, i: int, row: int, slots: list[int]) -> list[bytes]:
+    def _ring_bytes(self, i: int, rows: np.ndarray, slots: np.ndarray) -> list[bytes]:
+        """The bytes of window ``i``'s ring slot ``slots[j]`` of row ``rows[j]``, for each ``j``."""
         raise NotImplementedError
 
-    def _fill_bytes(self, i: int, row: int) -> bytes:
+    def _fill_bytes(self, i: int, rows: np.ndarray) -> list[bytes]:
         raise NotImplementedError
 
-    def _since_bytes(self, row: int) -> bytes:
+    def _since_bytes(self, rows: np.ndarray) -> list[bytes]:
         raise NotImplementedError
 
     def _load_ring(self, i: int, row: int, slot: int, sketch: Sketch) -> None:
@@ -415,14 +438,14 @@ class ExactBank(_Bank):
         held = self._ring_counts[i][rows][:, slots]  # (rows, panes in order, bins)
         return _count_figures((held * take[:, :, np.newaxis]).sum(axis=1, dtype=np.int64))
 
-    def _ring_bytes(self, i: int, row: int, slots: list[int]) -> list[bytes]:
-        return histogram_bytes(self._ring_counts[i][row, slots].astype(np.int64)) if slots else []
+    def _ring_bytes(self, i: int, rows: np.ndarray, slots: np.ndarray) -> list[bytes]:
+        return histogram_bytes(self._ring_counts[i][rows, slots].astype(np.int64))
 
-    def _fill_bytes(self, i: int, row: int) -> bytes:
-        return histogram_bytes(self._fill_counts[i][row][np.newaxis].astype(np.int64))[0]
+    def _fill_bytes(self, i: int, rows: np.ndarray) -> list[bytes]:
+        return histogram_bytes(self._fill_counts[i][rows].astype(np.int64))
 
-    def _since_bytes(self, row: int) -> bytes:
-        return histogram_bytes(self._since_counts[row][np.newaxis])[0]
+    def _since_bytes(self, rows: np.ndarray) -> list[bytes]:
+        return histogram_bytes(self._since_counts[rows])
 
     def _load_ring(self, i: int, row: int, slot: int, sketch: Sketch) -> None:
         self._ring_counts[i][row, slot] = sketch.counts  # type: ignore[union-attr]  # the exact bank's: a histogram
@@ -483,12 +506,25 @@ class _Values:
             return got
         return RawValues([self.buf[key][:n].copy()] if n else None)
 
-    def to_bytes(self, key: tuple[int, ...], n: int) -> bytes:
-        """:meth:`sketch`'s bytes, without the object: a KLL sketch's, or the values in order."""
-        got = self.kll.get(key)
-        if got is not None:
-            return got.to_bytes()
-        return raw_rows(self.buf[key][np.newaxis, :n], ())[1][0]
+    def to_bytes(self, at: tuple[np.ndarray, ...], n: np.ndarray) -> list[bytes]:
+        """:meth:`sketch`'s bytes of the summaries at ``at`` (index arrays) holding ``n`` values
+        each, without the objects: a KLL sketch's, or the values in order (sorted in one call)."""
+        keys = list(zip(*(a.tolist() for a in at))) if self.kll else []
+        out: list[bytes] = [b""] * len(n)
+        sketched = [j for j, key in enumerate(keys) if key in self.kll]
+        for j in sketched:
+            out[j] = self.kll[keys[j]].to_bytes()
+        raw = (
+            np.setdiff1d(np.arange(len(n)), np.array(sketched, dtype=np.int64), assume_unique=True)
+            if sketched
+            else np.arange(len(n))
+        )
+        if raw.size:
+            got = self.buf[tuple(a[raw] for a in at)]  # a copy: fancy indexing
+            got[np.arange(got.shape[-1]) >= n[raw][:, np.newaxis]] = np.inf
+            for j, blob in zip(raw.tolist(), raw_rows(got, (), n[raw])[1]):
+                out[j] = blob
+        return out
 
     def load(self, key: tuple[int, ...], sketch: Sketch) -> None:
         self.kll.pop(key, None)
@@ -610,15 +646,14 @@ class RawBank(_Bank):
 
         return _mixed_figures(len(rows), merged, sketch_of, gather)
 
-    def _ring_bytes(self, i: int, row: int, slots: list[int]) -> list[bytes]:
-        n = self._ring_n[i][row]
-        return [self._ring_values[i].to_bytes((row, s), int(n[s])) for s in slots]
+    def _ring_bytes(self, i: int, rows: np.ndarray, slots: np.ndarray) -> list[bytes]:
+        return self._ring_values[i].to_bytes((rows, slots), self._ring_n[i][rows, slots])
 
-    def _fill_bytes(self, i: int, row: int) -> bytes:
-        return self._fill_values[i].to_bytes((row,), int(self._fill_n[i][row]))
+    def _fill_bytes(self, i: int, rows: np.ndarray) -> list[bytes]:
+        return self._fill_values[i].to_bytes((rows,), self._fill_n[i][rows])
 
-    def _since_bytes(self, row: int) -> bytes:
-        return self._since_values.to_bytes((row,), int(self._since_n[row]))
+    def _since_bytes(self, rows: np.ndarray) -> list[bytes]:
+        return self._since_values.to_bytes((rows,), self._since_n[rows])
 
     def _load_ring(self, i: int, row: int, slot: int, sketch: Sketch) -> None:
         self._ring_values[i].load((row, slot), sketch)

@@ -58,7 +58,16 @@ from hpcinsight.streams.bank import Banks
 from hpcinsight.streams.detectors import Detector, StreamContext, discover
 from hpcinsight.streams.jobs import JobGpuWindow, JobMerger, JobStageConfig
 from hpcinsight.streams.kpis import KpiConfig, SchedulingKpis
-from hpcinsight.streams.rolling import SINCE_START, Closed, RollingConfig, RollingSeries, WindowMeans, close_queued
+from hpcinsight.streams.rolling import (
+    SINCE_START,
+    Closed,
+    Finished,
+    RollingConfig,
+    RollingSeries,
+    WindowMeans,
+    checkpoints,
+    close_queued,
+)
 
 log = logging.getLogger(__name__)
 
@@ -359,9 +368,14 @@ class SampleProcessor:
         if not triggers:
             return
 
-        def checkpoint(series: RollingSeries, t: Any, closed_to: int, first_ms: int) -> None:
-            if self._checkpoint_due(t.key, closed_to):
-                record = StateCheckpoint(series=t.key, ts=closed_to, data=series.checkpoint(closed_to, first_ms))
+        def checkpoint(finished: list[Finished]) -> None:
+            due = [
+                (series, t, closed_to, first_ms)
+                for series, t, closed_to, first_ms in finished
+                if self._checkpoint_due(t.key, closed_to)
+            ]
+            for (_, t, closed_to, _), data in zip(due, checkpoints([(s, c, f) for s, _, c, f in due])):
+                record = StateCheckpoint(series=t.key, ts=closed_to, data=data)
                 t.checkpoints.append(Output(STREAM_STATE, t.key.encode(), STREAM_STATE.codec.encode([record]), t.partition))
                 self.stats.checkpoints += 1
 
@@ -736,8 +750,9 @@ class SampleProcessor:
         except Exception:
             log.warning("replay of a message that fails again skipped", exc_info=True)
 
-    def _replayed_group(self, series: RollingSeries, key: Any, closed_to: int, first_ms: int) -> None:
-        self._checkpoint_due(key, closed_to)
+    def _replayed_group(self, finished: list[Finished]) -> None:
+        for _, key, closed_to, _ in finished:
+            self._checkpoint_due(key, closed_to)  # type: ignore[arg-type]  # replay's tokens are the series' keys
 
     def replay_sketches(self, value: bytes | None) -> None:
         try:

@@ -254,8 +254,12 @@ _Group = tuple[int, int, int, object]
 #: a window to emit: (series, window label, start, end, job, the summaries it merges: its hop
 #: panes, or the since-start summary; merged by _snapshots, for all windows of a round at once)
 _Emit = tuple["RollingSeries", str, int, int, "str | None", "list[Summary]"]
-#: called after each group's closes: (series, the group's token, closed_to, first_ms) -> None
-OnGroup = Callable[["RollingSeries", object, int, int], None]
+#: a group whose closes have all run: (series, the group's token, closed_to, first_ms)
+Finished = tuple["RollingSeries", object, int, int]
+#: called after each round of closes with the groups it finished, in order
+OnGroups = Callable[[list[Finished]], None]
+#: a banked series' closed state as a checkpoint holds it (ExactBank.state)
+BankState = tuple[list["WindowCheckpoint"], "SummaryState | None", "str | None", int, int]
 
 
 class RollingSeries:
@@ -344,7 +348,7 @@ class RollingSeries:
         return moved
 
     def tag(self, token: object) -> int:
-        """Give the group the last :meth:`queue` call began a token for ``on_group``; its index."""
+        """Give the group the last :meth:`queue` call began a token for ``on_groups``; its index."""
         n, closed_to, first_ms, _ = self._groups[-1]
         self._groups[-1] = (n, closed_to, first_ms, token)
         return len(self._groups) - 1
@@ -426,13 +430,17 @@ class RollingSeries:
 
     def checkpoint(self, closed_to: int | None = None, first_ms: int | None = None) -> bytes:
         """Everything closed so far (open base panes excluded: replay restores those). Inside
-        :func:`close_queued` (its ``on_group``) the series is closed to where that group left
+        :func:`close_queued` (its ``on_groups``) the series is closed to where that group left
         it, not to where :meth:`queue` has moved on: pass the group's ``closed_to`` and ``first_ms``."""
         closed_to = self._closed_to if closed_to is None else closed_to
         first_ms = self._first_ms if first_ms is None else first_ms
         assert closed_to is not None and first_ms is not None
-        if self._bank is not None and self._row is not None:
-            windows, since, job, job_start, since_sent_to = self._bank.state(self._row)
+        return checkpoints([(self, closed_to, first_ms)])[0]
+
+    def _encoded(self, closed_to: int, first_ms: int, banked: BankState | None) -> bytes:
+        """The checkpoint's bytes, given the bank's state of the series' row (``None``: objects)."""
+        if banked is not None:
+            windows, since, job, job_start, since_sent_to = banked
         else:
             windows = [
                 ([(s, p.to_state()) for s, p in w.panes], w.filling_start, w.filling.to_state() if w.filling else None)
@@ -489,7 +497,22 @@ class RollingSeries:
         }
 
 
-def close_queued(series: Sequence[RollingSeries], on_group: OnGroup | None = None) -> dict[RollingSeries, list[list[Closed]]]:
+def checkpoints(due: Sequence[tuple[RollingSeries, int, int]]) -> list[bytes]:
+    """Each series' :meth:`RollingSeries.checkpoint`, closed to the ``closed_to`` and from the
+    ``first_ms`` beside it; the banked series' state taken one bank call for all of a bank's
+    (at a checkpoint boundary, many series are due in the same close)."""
+    of_bank: dict[ExactBank | RawBank, list[int]] = {}
+    for j, (s, _, _) in enumerate(due):
+        if s._bank is not None and s._row is not None:
+            of_bank.setdefault(s._bank, []).append(j)
+    banked: list[BankState | None] = [None] * len(due)
+    for bank, members in of_bank.items():
+        for j, state in zip(members, bank.states([due[j][0]._row for j in members])):  # type: ignore[misc]  # rows: above
+            banked[j] = state
+    return [s._encoded(closed_to, first_ms, banked[j]) for j, (s, closed_to, first_ms) in enumerate(due)]
+
+
+def close_queued(series: Sequence[RollingSeries], on_groups: OnGroups | None = None) -> dict[RollingSeries, list[list[Closed]]]:
     """Run the closes :meth:`RollingSeries.queue` noted, each series' in order; the windows each
     group (each ``queue`` call that moved a series on) completed, per series and group.
 
@@ -500,8 +523,9 @@ def close_queued(series: Sequence[RollingSeries], on_group: OnGroup | None = Non
     pane's sum is taken in its values' order (numpy's own sum pairs 8 or more: the same number
     unless the values span more than about 2**25 in size).
 
-    ``on_group`` is called after each group's closes with its token (e.g. to checkpoint the
-    series as it then was)."""
+    ``on_groups`` is called after each round with the groups it finished (each with its token),
+    in order: a series changes once a round, so each is still as its group left it (e.g. to
+    checkpoint them, all in a few calls)."""
     out: dict[RollingSeries, list[list[Closed]]] = {}
     todo: list[tuple[RollingSeries, list[_Op], list[_Group]]] = []
     for s in series:
@@ -511,11 +535,15 @@ def close_queued(series: Sequence[RollingSeries], on_group: OnGroup | None = Non
         todo.append((s, s._ops, s._groups))
         s._ops, s._groups = [], []
     done = [0] * len(todo)  # groups finished, per series
+    finished: list[Finished] = []  # this round's, for on_groups
     for i, (_, _, groups) in enumerate(todo):  # a series' first sample: a group before any close
         if not groups[0][0]:
-            _finish(todo[i], done, i, 0, on_group)
+            _finish(todo[i], done, i, 0, finished)
     rank = 0
     while True:
+        if finished and on_groups is not None:
+            on_groups(finished)
+        finished = []
         live = [i for i, (_, ops, _) in enumerate(todo) if rank < len(ops)]
         if not live:
             return out
@@ -546,13 +574,13 @@ def close_queued(series: Sequence[RollingSeries], on_group: OnGroup | None = Non
                 s._close(op, values[offsets[k] : offsets[k + 1]], float(sums[k]), counts[k], emits)
                 k += 1
             owners += [out[s][done[i]]] * (len(emits) - before)
-            _finish(todo[i], done, i, rank + 1, on_group)
+            _finish(todo[i], done, i, rank + 1, finished)
         if banked:
             _close_banked(
                 [(todo[i][0], todo[i][1][rank], k, out[todo[i][0]][done[i]]) for i, k in banked], values, offsets, sums, table
             )  # type: ignore[misc]  # ops are not None here
             for i, _ in banked:
-                _finish(todo[i], done, i, rank + 1, on_group)
+                _finish(todo[i], done, i, rank + 1, finished)
         for owner, closed in zip(owners, _snapshots(emits)):
             owner.append(closed)
         rank += 1
@@ -591,14 +619,13 @@ def _close_banked(
 
 
 def _finish(
-    entry: tuple[RollingSeries, list[_Op], list[_Group]], done: list[int], i: int, ran: int, on_group: OnGroup | None
+    entry: tuple[RollingSeries, list[_Op], list[_Group]], done: list[int], i: int, ran: int, finished: list[Finished]
 ) -> None:
     """Mark the groups of ``entry`` whose closes are all run (the first ``ran``) finished."""
     s, _, groups = entry
     while done[i] < len(groups) and groups[done[i]][0] == ran:
         _, closed_to, first_ms, token = groups[done[i]]
-        if on_group is not None:
-            on_group(s, token, closed_to, first_ms)
+        finished.append((s, token, closed_to, first_ms))
         done[i] += 1
 
 

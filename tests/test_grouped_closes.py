@@ -17,7 +17,8 @@ import random
 import msgspec
 import pytest
 
-from hpcinsight.streams.rolling import Closed, RollingConfig, RollingSeries, close_queued
+from hpcinsight.streams.rolling import Closed, Finished, RollingConfig, RollingSeries, close_queued
+from hpcinsight.streams.rolling import checkpoints as checkpoint_all
 from hpcinsight.streams.sketches import IntHistogram, load_sketch
 from hpcinsight.streams.windows import WindowSpec
 
@@ -97,10 +98,11 @@ def interleaved(
     moved: list[list[int]] = [[] for _ in inputs]  # group indices, in the order queue made them
     fed = [0] * len(inputs)
 
-    def on_group(s: RollingSeries, token: object, closed_to: int, first_ms: int) -> None:
-        i, group = token  # type: ignore[misc]
-        assert group == len(checkpoints[i])
-        checkpoints[i].append(_state(s.checkpoint(closed_to, first_ms)))
+    def on_groups(finished: list[Finished]) -> None:  # a round's checkpoints together, as the worker takes them
+        for (_, token, _, _), data in zip(finished, checkpoint_all([(s, c, f) for s, _, c, f in finished])):
+            i, group = token  # type: ignore[misc]
+            assert group == len(checkpoints[i])
+            checkpoints[i].append(_state(data))
 
     while any(f < len(samples) for f, samples in zip(fed, inputs)):
         for _ in range(rng.randrange(1, 400)):  # a batch: samples of the series interleaved
@@ -109,7 +111,7 @@ def interleaved(
                 if series[i].queue(*inputs[i][fed[i]]) is not None:
                     moved[i].append(series[i].tag((i, len(checkpoints[i]) + len(moved[i]))))
                 fed[i] += 1
-        closed = close_queued(series, on_group)
+        closed = close_queued(series, on_groups)
         for i, s in enumerate(series):
             groups = closed.get(s, [])
             assert len(groups) == len(moved[i])
