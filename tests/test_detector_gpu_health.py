@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
+
 from hpcinsight.schemas.events import Anomaly, GpuSample
 from hpcinsight.streams.detectors import discover
 from hpcinsight.streams.detectors.gpu_health import GpuHealthConfig, GpuHealthDetector
@@ -102,6 +104,22 @@ def test_row_remap_pending_and_failure_are_separate_incidents() -> None:
     assert pending.severity == "warning" and "reset" in pending.message and pending.evidence["remapped_rows_pending"] == 1
     assert failure.severity == "critical" and "replace the GPU" in failure.message
     assert pending.id != failure.id and raised[2].id == pending.id and raised[3].id == failure.id
+
+
+@pytest.mark.parametrize(
+    ("fault", "condition"),
+    [
+        ({"remapped_rows_failure": True}, "row_remap_failure"),
+        ({"remapped_rows_pending": True}, "row_remap_pending"),
+        ({"retired_pages_pending": True}, "row_remap_pending"),
+        ({"ecc_uncorrected_volatile": 2}, "ecc_uncorrectable"),
+    ],
+)
+def test_each_memory_fault_alone_on_a_healthy_gpu_fires(fault: dict[str, Any], condition: str) -> None:
+    """Healthy memory is the detector's fast path: a sample with only this fault must leave it."""
+    det = GpuHealthDetector()
+    raised = run(det, [sample(t) for t in range(30)] + [sample(30, **fault)])
+    assert states(raised) == [("firing", condition)]
 
 
 def test_retired_pages_pending_counts_on_older_gpus() -> None:

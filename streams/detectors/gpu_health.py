@@ -58,7 +58,6 @@ from hpcinsight.schemas.events import Anomaly, Event, GpuSample
 from hpcinsight.streams.detectors import Detector
 from hpcinsight.streams.detectors.incidents import Hygiene, Incident, Incidents, Severity, State
 
-_NO_REASONS: frozenset[str] = frozenset()
 THERMAL_REASONS = frozenset({"sw_thermal", "hw_thermal"})
 POWER_REASONS = frozenset({"sw_power_cap", "hw_power_brake"})
 #: reasons that account for a low SM clock: those are reported as throttling, not as stuck clocks
@@ -101,28 +100,33 @@ class GpuHealthConfig:
     forget_after_s: float = 3600.0
 
 
-class _Obs(NamedTuple):
-    """One busy sample in the throttle window: when, which reasons it carried, and whether they
-    count as thermal or power throttling (decided once per distinct set, see :func:`_reasons`)."""
+class _Reasons(NamedTuple):
+    """A distinct set of throttle reasons, and whether they count as thermal or power throttling:
+    worked out once per combination (see :func:`_reasons`) and shared by the samples that carry it."""
 
-    ts: int
     reasons: frozenset[str]
     thermal: bool
     power: bool
 
 
-_REASON_SETS: dict[tuple[str, ...], tuple[frozenset[str], bool, bool]] = {}
+#: one busy sample in the throttle window: when, and its reasons
+_Obs = tuple[int, _Reasons]
+
+_NONE = _Reasons(frozenset(), False, False)
+_REASON_SETS: dict[tuple[str, ...], _Reasons] = {}
 _REASON_SETS_MAX = 256  # a GPU reports a handful of combinations; hostile input must not grow this
 
 
-def _reasons(throttle: list[str]) -> tuple[frozenset[str], bool, bool]:
-    """The reasons of a sample as a set, and whether they are thermal or power: per sample this ran
-    on every busy sample of every GPU, so each distinct combination is worked out once."""
+def _reasons(throttle: list[str]) -> _Reasons:
+    """The reasons of a sample: this runs on every busy sample of every GPU, so each distinct
+    combination is worked out once (none at all, the usual case, without a lookup)."""
+    if not throttle:
+        return _NONE
     key = tuple(throttle)
     got = _REASON_SETS.get(key)
     if got is None:
-        reasons = frozenset(throttle) if throttle else _NO_REASONS
-        got = (reasons, bool(reasons & THERMAL_REASONS), bool(reasons & POWER_REASONS))
+        reasons = frozenset(throttle)
+        got = _Reasons(reasons, bool(reasons & THERMAL_REASONS), bool(reasons & POWER_REASONS))
         if len(_REASON_SETS) < _REASON_SETS_MAX:
             _REASON_SETS[key] = got
     return got
@@ -164,6 +168,7 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         }
         self._now = 0
         self._last_sweep = 0
+        self._throttle_window_ms = cfg.throttle_window_s * 1000
 
     def observe(self, event: Event) -> list[Event]:
         if not isinstance(event, GpuSample):
@@ -175,11 +180,22 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
             return []
         gpu.node, gpu.gpu_index, gpu.last_ts, gpu.job_id = event.node, event.gpu_index, event.ts, event.job_id
         out: list[Event] = []
-        out += self._ecc(event, gpu)
-        out += self._remap(event, gpu)
+        count = event.ecc_uncorrected_volatile
+        if (
+            gpu.open
+            or (count is not None and gpu.ecc_prev is not None and count > gpu.ecc_prev)
+            or event.remapped_rows_pending
+            or event.retired_pages_pending
+            or event.remapped_rows_failure
+        ):
+            out += self._ecc(event, gpu)
+            out += self._remap(event, gpu)
+        elif count is not None:  # the usual case, healthy memory: what _ecc and _remap do then
+            gpu.ecc_prev = count
         out += self._throttle(event, gpu)
         out += self._clock(event, gpu)
-        self._sweep(event.ts)
+        if event.ts > self._now:
+            self._sweep(event.ts)
         return out
 
     # --- conditions -----------------------------------------------------------------------
@@ -315,17 +331,17 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         # threshold) does a few comparisons and returns.
         cfg = self.config
         window, hits = gpu.window, gpu.hits
-        window_ms = cfg.throttle_window_s * 1000
+        window_ms = self._throttle_window_ms
         oldest = s.ts - window_ms
         while window and window[0][0] <= oldest:
             self._drop_oldest(gpu)
         if (s.throttle_reasons is not None or s.throttle) and s.gpu_util is not None and s.gpu_util >= cfg.throttle_busy_pct:
-            obs = _Obs(s.ts, *_reasons(s.throttle))
-            window.append(obs)
+            seen = _reasons(s.throttle)
+            window.append((s.ts, seen))
             # running counts: the verdict below costs O(1) per sample, not a scan of the window
-            if obs.thermal:
+            if seen.thermal:
                 hits[THERMAL] += 1
-            if obs.power:
+            if seen.power:
                 hits[POWER] += 1
             while len(window) > cfg.max_window_samples:
                 self._drop_oldest(gpu)
@@ -343,10 +359,10 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
                 continue  # the usual case: nothing building, nothing open
             share = hits_now / n
             if condition not in gpu.open:
-                throttled = [o for o in gpu.window if o.reasons & reasons]
-                braked = any("hw_power_brake" in o.reasons for o in throttled)
+                throttled = [o for o in gpu.window if o[1].reasons & reasons]
+                braked = any("hw_power_brake" in o[1].reasons for o in throttled)
                 severity: Severity = "warning" if condition == THERMAL or braked else "info"
-                got = self._judge(s, gpu, condition, True, since=throttled[0].ts, severity=severity)
+                got = self._judge(s, gpu, condition, True, since=throttled[0][0], severity=severity)
                 if got is not None:
                     out.append(
                         self._anomaly(
@@ -381,10 +397,10 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
 
     @staticmethod
     def _drop_oldest(gpu: _Gpu) -> None:
-        obs = gpu.window.popleft()
-        if obs.thermal:
+        _, reasons = gpu.window.popleft()
+        if reasons.thermal:
             gpu.hits[THERMAL] -= 1
-        if obs.power:
+        if reasons.power:
             gpu.hits[POWER] -= 1
 
     def _throttle_evidence(self, s: GpuSample, gpu: _Gpu, reasons: frozenset[str], share: float) -> dict[str, float]:
@@ -397,7 +413,7 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
             "gpu_index": float(s.gpu_index),
         }
         for reason in sorted(reasons):
-            evidence[f"{reason}_share"] = sum(reason in o.reasons for o in gpu.window) / n
+            evidence[f"{reason}_share"] = sum(reason in o[1].reasons for o in gpu.window) / n
         for name in ("temperature_c", "power_w", "power_limit_w", "sm_clock_mhz", "sm_clock_max_mhz", "gpu_util"):
             value = getattr(s, name)
             if value is not None:
