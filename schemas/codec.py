@@ -48,6 +48,18 @@ class _Header(msgspec.Struct):
 
 
 _header_decoder = msgspec.json.Decoder(_Header)
+
+
+def _read_header(raw: bytes | bytearray | memoryview) -> _Header:
+    """A message's envelope header, or the :class:`DecodeError` that says why there is none."""
+    try:
+        return _header_decoder.decode(raw)
+    except msgspec.ValidationError as err:
+        raise DecodeError(f"bad envelope: {err}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
+        raise DecodeError(f"malformed JSON: {err}") from None
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -108,22 +120,21 @@ class Codec(Generic[E]):
             raise DecodeError("empty message")
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise DecodeError(f"not bytes: {type(raw).__name__}")
-        try:
-            header = _header_decoder.decode(raw)
-        except msgspec.ValidationError as err:
-            raise DecodeError(f"bad envelope: {err}") from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as err:
-            raise DecodeError(f"malformed JSON: {err}") from None
+        try:  # one parse for a good message: its envelope's header is checked on what it gave
+            batch = self._decoder.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as err:
+            self._check_header(_read_header(raw))  # the header's fault first, as its reason
+            raise DecodeError(f"invalid {self.event.__schema__}: {err}") from None
+        self._check_header(batch)
+        return list(batch.records)
+
+    def _check_header(self, header: Any) -> None:  # a _Header, or the envelope (built at run time)
         if header.schema != self.event.__schema__:
             raise DecodeError(f"schema {header.schema!r} does not belong here; expected {self.event.__schema__!r}")
         if header.v != self.event.__version__:
             raise DecodeError(
                 f"unknown schema version {header.v} of {header.schema!r}; this build reads version {self.event.__version__}"
             )
-        try:
-            return list(self._decoder.decode(raw).records)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as err:
-            raise DecodeError(f"invalid {self.event.__schema__}: {err}") from None
 
     def decode_table(self, raws: Sequence[bytes | None], extra: Mapping[str, pa.Array] | None = None) -> Decoded:
         """Decode a block of messages into one table with the columns of :func:`to_arrow`.
