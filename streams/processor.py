@@ -82,16 +82,18 @@ METRICS = ("gpu_util", "power_w", "sm_clock_mhz")
 MEAN_METRICS = ("mem_util_pct", "sm_active_pct", "pcie_bytes_per_s", "nvlink_bytes_per_s")
 
 
-def _sum(a: float | None, b: float | None) -> float | None:
-    return None if a is None and b is None else (a or 0.0) + (b or 0.0)
-
-
 def mean_metric_values(s: GpuSample) -> tuple[float | None, ...]:
+    pcie_tx, pcie_rx, nvlink_tx, nvlink_rx = (
+        s.pcie_tx_bytes_per_s,
+        s.pcie_rx_bytes_per_s,
+        s.nvlink_tx_bytes_per_s,
+        s.nvlink_rx_bytes_per_s,
+    )
     return (
         s.mem_util_pct,
         s.sm_active_pct,
-        _sum(s.pcie_tx_bytes_per_s, s.pcie_rx_bytes_per_s),
-        _sum(s.nvlink_tx_bytes_per_s, s.nvlink_rx_bytes_per_s),
+        None if pcie_tx is None and pcie_rx is None else (pcie_tx or 0.0) + (pcie_rx or 0.0),
+        None if nvlink_tx is None and nvlink_rx is None else (nvlink_tx or 0.0) + (nvlink_rx or 0.0),
     )
 
 
@@ -342,16 +344,19 @@ class SampleProcessor:
         the samples that moved a series on join ``triggers`` (their closes wait for :meth:`_close`)."""
         self.stats.samples += len(part.samples)
         shortest = self._shortest_spec
+        means_of, series_of = self._means, self._by_gpu
+        late_before = late_after = 0
         for sample in part.samples:
             found = self._detect(sample)
             if found:
                 part.anomaly_slots.append(found)
-            means = self._means_of(sample)
-            for metric, key, series in self._series_of(sample, part.partition):
-                late = series.late
-                ends = series.queue(sample.ts, getattr(sample, metric), sample.job_id)
-                if series.late != late:
-                    self.stats.late_samples += series.late - late
+            uuid, ts, job_id = sample.gpu_uuid, sample.ts, sample.job_id
+            means = means_of.get(uuid) or self._new_means(uuid)
+            means.add(ts, mean_metric_values(sample))
+            for metric, key, series in series_of.get(uuid) or self._series_of(sample, part.partition):
+                late_before += series.late
+                ends = series.queue(ts, getattr(sample, metric), job_id)
+                late_after += series.late
                 if ends is None:
                     continue
                 trigger = _Trigger(part.checkpoints, part.partition, sample, metric, key, series, _NO_MEANS)
@@ -361,6 +366,7 @@ class SampleProcessor:
                     trigger.means = {end: means.mean(end - shortest.size_ms, end) for end in ends if end % shortest.hop_ms == 0}
                 triggers.append(trigger)
                 part.anomaly_slots.append(trigger)
+        self.stats.late_samples += late_after - late_before
 
     def _close(self, triggers: list[_Trigger]) -> None:
         """Run the closes ``triggers`` queued, all series at once; each trigger gets the windows it
@@ -447,10 +453,12 @@ class SampleProcessor:
 
     def _means_of(self, sample: GpuSample) -> WindowMeans:
         """The GPU's window means, with ``sample`` added."""
-        means = self._means.get(sample.gpu_uuid)
-        if means is None:
-            means = self._means[sample.gpu_uuid] = WindowMeans(MEAN_METRICS, self.config.rolling.base_ms, self._means_keep_ms)
+        means = self._means.get(sample.gpu_uuid) or self._new_means(sample.gpu_uuid)
         means.add(sample.ts, mean_metric_values(sample))
+        return means
+
+    def _new_means(self, gpu_uuid: str) -> WindowMeans:
+        means = self._means[gpu_uuid] = WindowMeans(MEAN_METRICS, self.config.rolling.base_ms, self._means_keep_ms)
         return means
 
     def _series_of(self, sample: GpuSample, partition: int) -> list[tuple[str, str, RollingSeries]]:

@@ -757,10 +757,12 @@ class WindowMeans:
             horizon = pane - self._keep
             for old in [p for p in self._panes if p < horizon]:
                 del self._panes[old]
-        for i, v in enumerate(values):
+        i = 0
+        for v in values:
             if v is not None:
-                acc[2 * i] += v
-                acc[2 * i + 1] += 1
+                acc[i] += v
+                acc[i + 1] += 1
+            i += 2
 
     def mean(self, start_ms: int, end_ms: int) -> dict[str, float]:
         inside = [acc for pane, acc in self._panes.items() if start_ms <= pane < end_ms]

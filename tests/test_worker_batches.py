@@ -45,6 +45,7 @@ NODES, GPUS, TICKS = 6, 8, 150
 SOURCE, STAGE = "gpu.samples.raw", "gpu-samples"
 BROKEN_NODE = "sim-node-04"  # its samples at BROKEN_TICK make processing raise (see FailingAttribution)
 BROKEN_TICK = 61
+LATE_TICK = 100  # a message of 50 ticks before comes again (see _input)
 T0 = (int(time.time()) // 3600 - 2) * 3_600_000
 
 
@@ -89,14 +90,17 @@ def _input() -> list[Message]:
     idle = (IdleGpu(1, 2, 20, 70), IdleGpu(3, 5, 40, 100), IdleGpu(5, 0, 10, 130))
     sim = SimGpuCollector(SimConfig(nodes=NODES, gpus_per_node=GPUS, idle=idle))
     out: list[Message] = []
+    sent: dict[int, list[tuple[bytes, bytes]]] = {}
     for k in range(TICKS):
         samples = sim.sample(T0 + k * 1000)
-        raw = [
+        raw = sent[k] = [
             (samples[n * GPUS].node.encode(), GPU_SAMPLES_RAW.codec.encode(samples[n * GPUS : (n + 1) * GPUS]))
             for n in range(NODES)
         ]
         if k == 30:  # a good message without samples, keyed and not
-            raw += [(b"sim-node-05", GPU_SAMPLES_RAW.codec.encode([])), (None, GPU_SAMPLES_RAW.codec.encode([]))]
+            raw = raw + [(b"sim-node-05", GPU_SAMPLES_RAW.codec.encode([])), (None, GPU_SAMPLES_RAW.codec.encode([]))]
+        if k == LATE_TICK:  # a node's message of long ago again: every sample of it late for every series
+            raw = raw + [sent[LATE_TICK - 50][2]]
         for key, value in raw + _bad_messages(k):
             out.append((SOURCE, _partition_of(key, len(out)), len(out), key, value))
     return out
@@ -158,6 +162,7 @@ def test_the_input_makes_every_kind_of_output(one_by_one: tuple[list[Message], l
     assert sum("clock skew" in r for r in reasons) == 1 and sum("RuntimeError: no attribution" in r for r in reasons) == 1
     zoned = [s for o in outputs if o.topic is GPU_SAMPLES and o.key == b"sim-node-01" for s in GPU_SAMPLES.codec.decode(o.value)]
     assert zoned and all(s.zone == "rack-a" for s in zoned)
+    assert processor.stats.late_samples == GPUS * 3  # the message sent again: its 8 samples, late for 3 series each
 
 
 @pytest.mark.parametrize("size", [1, 5, 64, 500, 10_000])
