@@ -398,8 +398,20 @@ def _count_figures(counts: np.ndarray) -> Views:
     return list(zip(p25, p50, p95, blobs))
 
 
+#: the most samples of one value a hop pane or filling holds in the exact bank (its counts are
+#: int32: at 1 Hz a pane holds thousands; only a hand-made checkpoint holds more)
+PANE_COUNT_MAX = np.iinfo(np.int32).max
+
+
 class ExactBank(_Bank):
     """Whole percentages: per pane, window filling and since-start view, 101 counts."""
+
+    @staticmethod
+    def fits(windows: Sequence[WindowState]) -> bool:
+        """Whether the hop panes and fillings of ``windows`` fit the bank's counts (a restored
+        series that does not fit stays as objects, which count in int64)."""
+        summaries = [p for w in windows for _, p in w.panes] + [w.filling for w in windows if w.filling is not None]
+        return all(int(s.sketch.counts.max()) <= PANE_COUNT_MAX for s in summaries)  # type: ignore[union-attr]  # exact: histograms
 
     _ring_counts: list[np.ndarray]
     _fill_counts: list[np.ndarray]

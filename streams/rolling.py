@@ -474,7 +474,7 @@ class RollingSeries:
         series._exact = all(s.exact for s in held)
         if banks is not None:
             bank: ExactBank | RawBank | None = None  # a series that turned with history stays as objects
-            if series._exact:
+            if series._exact and banks.exact.fits(series._windows):
                 bank = banks.exact
             elif not any(s.exact for s in held):
                 bank = banks.raw

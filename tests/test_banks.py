@@ -199,3 +199,34 @@ def test_a_summary_of_exactly_k_values_stays_raw() -> None:
     assert got == _feed(RollingSeries(cfg), samples)
     windows, since, *_ = banks.raw.state(banked._row)  # type: ignore[arg-type]
     assert since is not None and since[1] == 400 and RawValues.is_serialised(since[0])
+
+
+def test_a_checkpoint_past_the_banks_counts_restores_as_objects() -> None:
+    """The exact bank counts a hop pane in int32: a checkpoint whose pane holds more (none made at
+    1 Hz would; a hand-made one can) restores as objects and counts on without wrapping."""
+    import msgspec
+
+    from hpcinsight.streams.rolling import SeriesState
+
+    cfg = CONFIGS["short"]
+    t0 = 3_600_000
+    samples: list[Sample] = [(t0 + k * 1000, float(k % 7), "a") for k in range(60)]
+    whole = RollingSeries(cfg)
+    _feed(whole, samples[:40])
+    state = msgspec.msgpack.decode(whole.checkpoint(), type=SeriesState)
+    panes, filling_start, filling = state.windows[0]
+    assert panes, "a hop pane to swell"
+    start, _ = panes[-1]  # the newest: in the next window
+    counts = np.zeros(IntHistogram.BINS, dtype=np.int64)
+    counts[3] = 3_000_000_000  # past int32
+    swollen = (IntHistogram(counts).to_bytes(), 3_000_000_000, 9_000_000_000.0)
+    state.windows[0] = ([*panes[:-1], (start, swollen)], filling_start, filling)
+    data = msgspec.msgpack.encode(state)
+
+    banks = Banks(cfg)
+    restored = RollingSeries.from_checkpoint(cfg, data, banks)
+    assert restored._row is None and banks.exact._used == 0  # stayed as objects
+    want = _feed(RollingSeries.from_checkpoint(cfg, data), samples[40:])
+    got = _feed(restored, samples[40:])
+    assert got == want
+    assert any(c.count >= 3_000_000_000 for group in got[0] for c in group)  # counted, not wrapped
