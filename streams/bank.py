@@ -406,16 +406,16 @@ PANE_COUNT_MAX = np.iinfo(np.int32).max
 class ExactBank(_Bank):
     """Whole percentages: per pane, window filling and since-start view, 101 counts."""
 
+    _ring_counts: list[np.ndarray]
+    _fill_counts: list[np.ndarray]
+    _since_counts: np.ndarray
+
     @staticmethod
     def fits(windows: Sequence[WindowState]) -> bool:
         """Whether the hop panes and fillings of ``windows`` fit the bank's counts (a restored
         series that does not fit stays as objects, which count in int64)."""
         summaries = [p for w in windows for _, p in w.panes] + [w.filling for w in windows if w.filling is not None]
         return all(int(s.sketch.counts.max()) <= PANE_COUNT_MAX for s in summaries)  # type: ignore[union-attr]  # exact: histograms
-
-    _ring_counts: list[np.ndarray]
-    _fill_counts: list[np.ndarray]
-    _since_counts: np.ndarray
 
     def __init__(self, config: RollingConfig, capacity: int = 64) -> None:
         super().__init__(config)
@@ -532,8 +532,7 @@ class _Values:
             else np.arange(len(n))
         )
         if raw.size:
-            got = self.buf[tuple(a[raw] for a in at)]  # a copy: fancy indexing
-            got[np.arange(got.shape[-1]) >= n[raw][:, np.newaxis]] = np.inf
+            got = _padded(self.buf[tuple(a[raw] for a in at)], n[raw])  # a copy: fancy indexing
             for j, blob in zip(raw.tolist(), raw_rows(got, (), n[raw])[1]):
                 out[j] = blob
         return out
@@ -546,6 +545,13 @@ class _Values:
             values = sketch.values()
             self.widen_to(values.size)
             self.buf[key][: values.size] = values
+
+
+def _padded(values: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """``values`` (a copy: fancy indexing made it) with each row past its ``n`` values set to
+    +inf, which sorts after every value: rows of different lengths sorted in one call."""
+    values[np.arange(values.shape[-1]) >= n[..., np.newaxis]] = np.inf
+    return values
 
 
 def _mixed_figures(
@@ -629,9 +635,7 @@ class RawBank(_Bank):
         sketched = [j for j, row in enumerate(rows.tolist()) if (row,) in values.kll] if values.kll else []
 
         def gather(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            got = values.buf[rows[raw]].copy()
-            got[np.arange(got.shape[1]) >= n[raw][:, np.newaxis]] = np.inf
-            return got, n[raw]
+            return _padded(values.buf[rows[raw]], n[raw]), n[raw]
 
         return _mixed_figures(len(rows), sketched, lambda j: values.kll[(int(rows[j]),)], gather)
 
@@ -652,8 +656,7 @@ class RawBank(_Bank):
             return merge_sketches(parts) if len(parts) > 1 else parts[0]
 
         def gather(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            got = ring.buf[rows[raw]][:, slots].copy()  # (raw, panes, width)
-            got[np.arange(ring.buf.shape[-1]) >= counts[raw][:, :, np.newaxis]] = np.inf
+            got = _padded(ring.buf[rows[raw]][:, slots], counts[raw])  # (raw, panes, width)
             return got.reshape(len(raw), -1), n[raw]
 
         return _mixed_figures(len(rows), merged, sketch_of, gather)
