@@ -333,8 +333,12 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         window, hits = gpu.window, gpu.hits
         window_ms = self._throttle_window_ms
         oldest = s.ts - window_ms
-        while window and window[0][0] <= oldest:
-            self._drop_oldest(gpu)
+        while window and window[0][0] <= oldest:  # _drop_oldest, written out: once a sample
+            _, gone = window.popleft()
+            if gone.thermal:
+                hits[THERMAL] -= 1
+            if gone.power:
+                hits[POWER] -= 1
         if (s.throttle_reasons is not None or s.throttle) and s.gpu_util is not None and s.gpu_util >= cfg.throttle_busy_pct:
             seen = _reasons(s.throttle)
             window.append((s.ts, seen))
@@ -345,6 +349,8 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
                 hits[POWER] += 1
             while len(window) > cfg.max_window_samples:
                 self._drop_oldest(gpu)
+        if not hits[THERMAL] and not hits[POWER] and not gpu.open and cfg.throttle_share >= 0:
+            return []  # the usual case, at once: no throttled sample in the window, nothing to resolve
         n = len(window)
         if n < cfg.throttle_min_samples or s.ts - window[0][0] < window_ms / 2:
             return []  # too little of the window seen busy for a verdict
