@@ -24,6 +24,7 @@ import numpy as np
 from hpcinsight.streams.rolling import (
     RANKS,
     SINCE_START,
+    BankState,
     Closed,
     Pane,
     RollingConfig,
@@ -274,13 +275,13 @@ class _Bank:
         windows, since, job, job_start, sent_to = self.state(row)
         return loaded_windows(self.config, windows), Summary.from_state(since) if since else None, job, job_start, sent_to
 
-    def state(self, row: int) -> tuple[list[WindowCheckpoint], SummaryState | None, str | None, int, int]:
+    def state(self, row: int) -> BankState:
         """The row's state as a checkpoint holds it (:class:`SeriesState`'s windows and since-start
         view, each summary as its bytes, count and total), the job, its start and the last view's
         end, serialised straight from the arrays."""
         return self.states([row])[0]
 
-    def states(self, rows: Sequence[int]) -> list[tuple[list[WindowCheckpoint], SummaryState | None, str | None, int, int]]:
+    def states(self, rows: Sequence[int]) -> list[BankState]:
         """:meth:`state` of each of ``rows``, the summaries' bytes made in one call per window and
         kind: at a checkpoint boundary many series are due in the same close."""
         at = np.asarray(rows, dtype=np.int64)
@@ -526,11 +527,7 @@ class _Values:
         sketched = [j for j, key in enumerate(keys) if key in self.kll]
         for j in sketched:
             out[j] = self.kll[keys[j]].to_bytes()
-        raw = (
-            np.setdiff1d(np.arange(len(n)), np.array(sketched, dtype=np.int64), assume_unique=True)
-            if sketched
-            else np.arange(len(n))
-        )
+        raw = _others(len(n), sketched)
         if raw.size:
             got = _padded(self.buf[tuple(a[raw] for a in at)], n[raw])  # a copy: fancy indexing
             for j, blob in zip(raw.tolist(), raw_rows(got, (), n[raw])[1]):
@@ -545,6 +542,11 @@ class _Values:
             values = sketch.values()
             self.widen_to(values.size)
             self.buf[key][: values.size] = values
+
+
+def _others(size: int, sketched: list[int]) -> np.ndarray:
+    """The indices below ``size`` not in ``sketched`` (the summaries still raw), in order."""
+    return np.setdiff1d(np.arange(size), np.array(sketched, dtype=np.int64), assume_unique=True) if sketched else np.arange(size)
 
 
 def _padded(values: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -568,7 +570,7 @@ def _mixed_figures(
         q = sketch.quantiles(RANKS)
         assert q is not None
         out[j] = (q[0], q[1], q[2], sketch.to_bytes())
-    raw = np.setdiff1d(np.arange(size), np.array(sketched, dtype=np.int64), assume_unique=True) if sketched else np.arange(size)
+    raw = _others(size, sketched)
     if raw.size:
         values, sizes = gather(raw)
         (p25, p50, p95), blobs = raw_rows(values, RANKS, sizes)

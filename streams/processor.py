@@ -344,16 +344,15 @@ class SampleProcessor:
         the samples that moved a series on join ``triggers`` (their closes wait for :meth:`_close`)."""
         self.stats.samples += len(part.samples)
         shortest = self._shortest_spec
-        means_of, series_of = self._means, self._by_gpu
+        series_of = self._by_gpu
         late_before = late_after = 0
         for sample in part.samples:
             found = self._detect(sample)
             if found:
                 part.anomaly_slots.append(found)
-            uuid, ts, job_id = sample.gpu_uuid, sample.ts, sample.job_id
-            means = means_of.get(uuid) or self._new_means(uuid)
-            means.add(ts, mean_metric_values(sample))
-            for metric, key, series in series_of.get(uuid) or self._series_of(sample, part.partition):
+            ts, job_id = sample.ts, sample.job_id
+            means = self._means_of(sample)
+            for metric, key, series in series_of.get(sample.gpu_uuid) or self._series_of(sample, part.partition):
                 late_before += series.late
                 ends = series.queue(ts, getattr(sample, metric), job_id)
                 late_after += series.late

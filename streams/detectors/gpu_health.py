@@ -333,12 +333,6 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
         window, hits = gpu.window, gpu.hits
         window_ms = self._throttle_window_ms
         oldest = s.ts - window_ms
-        while window and window[0][0] <= oldest:  # _drop_oldest, written out: once a sample
-            _, gone = window.popleft()
-            if gone.thermal:
-                hits[THERMAL] -= 1
-            if gone.power:
-                hits[POWER] -= 1
         if (s.throttle_reasons is not None or s.throttle) and s.gpu_util is not None and s.gpu_util >= cfg.throttle_busy_pct:
             seen = _reasons(s.throttle)
             window.append((s.ts, seen))
@@ -347,8 +341,13 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
                 hits[THERMAL] += 1
             if seen.power:
                 hits[POWER] += 1
-            while len(window) > cfg.max_window_samples:
-                self._drop_oldest(gpu)
+        # the oldest out: past the window (never the sample just taken), or past the cap
+        while window and (window[0][0] <= oldest or len(window) > cfg.max_window_samples):
+            _, gone = window.popleft()
+            if gone.thermal:
+                hits[THERMAL] -= 1
+            if gone.power:
+                hits[POWER] -= 1
         if not hits[THERMAL] and not hits[POWER] and not gpu.open and cfg.throttle_share >= 0:
             return []  # the usual case, at once: no throttled sample in the window, nothing to resolve
         n = len(window)
@@ -400,14 +399,6 @@ class GpuHealthDetector(Detector[GpuHealthConfig]):
                     )
                 )
         return out
-
-    @staticmethod
-    def _drop_oldest(gpu: _Gpu) -> None:
-        _, reasons = gpu.window.popleft()
-        if reasons.thermal:
-            gpu.hits[THERMAL] -= 1
-        if reasons.power:
-            gpu.hits[POWER] -= 1
 
     def _throttle_evidence(self, s: GpuSample, gpu: _Gpu, reasons: frozenset[str], share: float) -> dict[str, float]:
         n = len(gpu.window)
