@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import msgspec
 
-from hpcinsight.schemas.events import Event
+from hpcinsight.schemas.events import JSON_DECODING, Event
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -120,11 +120,14 @@ class Codec(Generic[E]):
             raise DecodeError("empty message")
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise DecodeError(f"not bytes: {type(raw).__name__}")
+        JSON_DECODING.active = True  # its numbers are finite: the events' own check is skipped
         try:  # one parse for a good message: its envelope's header is checked on what it gave
             batch = self._decoder.decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as err:
             self._check_header(_read_header(raw))  # the header's fault first, as its reason
             raise DecodeError(f"invalid {self.event.__schema__}: {err}") from None
+        finally:
+            JSON_DECODING.active = False
         self._check_header(batch)
         return list(batch.records)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import threading
 import time
 
 import msgspec
@@ -11,9 +13,11 @@ import pyarrow as pa
 import pytest
 
 from hpcinsight.schemas.catalog import SINK_COLUMNS, STORED, TOPICS
+from hpcinsight.schemas.codec import DecodeError
 from hpcinsight.schemas.derive import arrow_schema, fields_of, to_arrow
 from hpcinsight.schemas.events import (
     ALL_EVENTS,
+    JSON_DECODING,
     AgentHealth,
     Anomaly,
     DeadLetter,
@@ -252,6 +256,50 @@ def test_every_float_field_refuses_nan_and_infinity(event: type) -> None:
             with pytest.raises(ValueError, match=f"field {name!r} is"):
                 msgspec.structs.replace(EXAMPLES[event], **{name: bad})
         msgspec.structs.replace(EXAMPLES[event], **{name: 1e300})
+
+
+@pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)
+def test_json_cannot_carry_a_number_past_a_float(event: type) -> None:
+    """What lets the JSON decode skip the events' own finiteness check (JSON_DECODING): a number
+    past a float's range in any float field of a message is refused by the decode, not built;
+    and in this thread and any other, an event built afterwards is checked again."""
+    topic = next(t for t in TOPICS if t.event is event)
+    info = msgspec.inspect.type_info(event)
+    assert isinstance(info, msgspec.inspect.StructType)
+    floats = [
+        f.name for f in info.fields if any(isinstance(m, msgspec.inspect.FloatType) for m in getattr(f.type, "types", (f.type,)))
+    ]
+    for name in floats:
+        for big in ("1e400", "-1e400", "1" + "0" * 400):
+            message = json.loads(topic.codec.encode([EXAMPLES[event]]))
+            message["records"][0][name] = "@"
+            raw = json.dumps(message).replace('"@"', big).encode()
+            with pytest.raises(DecodeError, match="out of range"):
+                topic.codec.decode(raw)
+            assert not JSON_DECODING.active
+    if floats:
+        with pytest.raises(ValueError, match="only finite numbers"):
+            msgspec.structs.replace(EXAMPLES[event], **{floats[0]: math.inf})
+
+
+def test_the_json_decode_trusts_its_own_thread_only() -> None:
+    """The skip is per thread: an event built elsewhere while a decode runs is still checked."""
+    failed: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            GpuSample("n0", 0, "GPU-1", T0, gpu_util=math.nan)
+        except ValueError as err:
+            failed.append(err)
+
+    JSON_DECODING.active = True
+    try:
+        other = threading.Thread(target=build)
+        other.start()
+        other.join()
+    finally:
+        JSON_DECODING.active = False
+    assert len(failed) == 1 and "only finite numbers" in str(failed[0])
 
 
 @pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)
