@@ -582,5 +582,13 @@ def run_worker(
     if on_app is not None:
         on_app(app)
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    new_worker(app, loglevel).execute_from_commandline()
+
+
+def new_worker(app: faust.App, loglevel: str) -> faust.Worker:
+    """Faust's worker without its terminal spinner. To spin at every log record, the spinner sets
+    the root logger to DEBUG for good (its handler stays after start-up), so every library's debug
+    call on the hot path built a record that no handler printed."""
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    worker.spinner = None
+    return worker
