@@ -75,7 +75,7 @@ class _JsonDecoding(threading.local):
 
     That decoder refuses NaN and Infinity (not JSON) and any number past a float's range
     ("Number out of range"), whatever the field's type, so every number it yields is finite:
-    :meth:`Event.__post_init__` skips the check it would repeat, a tenth of a sample's decode."""
+    :meth:`Event.__post_init__` skips the check it would repeat (a quarter of a sample's decode)."""
 
     active = False
 
