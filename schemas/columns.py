@@ -76,7 +76,12 @@ Percent = Annotated[float, msgspec.Meta(ge=0.0, le=100.0), Column("Float32", "fl
 Watts = Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0), Column("Float32", "float32", "ZSTD(1)")]
 Celsius = Annotated[float, msgspec.Meta(ge=-100.0, le=300.0), Column("Float32", "float32", "ZSTD(1)")]
 Mhz = Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0), Column("Float32", "float32", "ZSTD(1)")]
-Real = Annotated[float, Column("Float64", "float64", "Gorilla, ZSTD(1)")]
+# Any other number: no reading or figure here comes near 1e15 in its unit (a petabyte a second, 30
+# million years), and the bound keeps every sum a window, a job or a KPI takes over them finite.
+# Unbounded, two schema-valid rates of 1e308 made a window mean of infinity, which JSON writes as
+# null, and the job stage refused the whole message of sketches it was in.
+REAL_LIMIT = 1e15
+Real = Annotated[float, msgspec.Meta(ge=-REAL_LIMIT, le=REAL_LIMIT), Column("Float64", "float64", "Gorilla, ZSTD(1)")]
 
 Flag = Annotated[bool, Column("Bool", "bool")]
 LabelList = Annotated[list[str], Column("Array(LowCardinality(String))", "list<string>")]

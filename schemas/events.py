@@ -55,19 +55,27 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
         # edge so no NaN or infinity ever reaches a quantile sketch or ClickHouse.
         if JSON_DECODING.active:  # built by msgspec's JSON decoder, which yields finite numbers only
             return
-        # Fast path (this runs for every record decoded or built): the fields typed as floats
-        # picked in C, and one sum; it is finite unless a value is NaN/inf (or, harmlessly, the
-        # finite values overflow). Other fields cannot hold a float: the decoders check types,
-        # and mypy checks the code that builds events.
+        # Fast path (this runs for every record built): the fields typed as floats picked in C,
+        # and one sum; it is finite unless a value is NaN/inf (or, harmlessly, the finite values
+        # overflow). The same for the values of each map of numbers (evidence, window means),
+        # which JSON would write as null for a consumer to refuse. Other fields cannot hold a
+        # float: the decoders check types, and mypy checks the code that builds events.
         values = msgspec.structs.astuple(self)
-        pick = _FLOATS_OF.get(self.__class__)
-        if pick is None:
-            pick = _FLOATS_OF[self.__class__] = _float_picker(self.__class__)
-        if math.isfinite(sum(filter(None, pick(values)))):  # None and 0.0 left out: both finite
+        checks = _CHECKS_OF.get(self.__class__)
+        if checks is None:
+            checks = _CHECKS_OF[self.__class__] = _checks(self.__class__)
+        pick, maps = checks
+        if math.isfinite(sum(filter(None, pick(values)))) and (  # None and 0.0 left out: both finite
+            not maps or all(math.isfinite(sum(values[i].values())) for i in maps)
+        ):
             return
         for name, value in zip(self.__struct_fields__, values):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"field {name!r} is {value!r}; only finite numbers are accepted")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if isinstance(item, float) and not math.isfinite(item):
+                        raise ValueError(f"field {name!r} holds {item!r} at {key!r}; only finite numbers are accepted")
 
 
 class _JsonDecoding(threading.local):
@@ -83,11 +91,12 @@ class _JsonDecoding(threading.local):
 JSON_DECODING = _JsonDecoding()
 
 
-#: per event type, what picks its float-typed fields out of its values (see Event.__post_init__)
-_FLOATS_OF: dict[type, Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {}
+#: per event type, what picks its float-typed fields out of its values, and where its maps of
+#: numbers are (see Event.__post_init__)
+_CHECKS_OF: dict[type, tuple[Callable[[tuple[Any, ...]], tuple[Any, ...]], tuple[int, ...]]] = {}
 
 
-def _float_picker(event: type[Event]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+def _checks(event: type[Event]) -> tuple[Callable[[tuple[Any, ...]], tuple[Any, ...]], tuple[int, ...]]:
     def floats(t: msgspec.inspect.Type) -> bool:
         if isinstance(t, msgspec.inspect.UnionType):
             return any(floats(member) for member in t.types)
@@ -96,9 +105,12 @@ def _float_picker(event: type[Event]) -> Callable[[tuple[Any, ...]], tuple[Any, 
     info = msgspec.inspect.type_info(event)
     assert isinstance(info, msgspec.inspect.StructType)
     at = [i for i, f in enumerate(info.fields) if floats(f.type)]
+    maps = tuple(
+        i for i, f in enumerate(info.fields) if isinstance(f.type, msgspec.inspect.DictType) and floats(f.type.value_type)
+    )
     if len(at) > 1:
-        return operator.itemgetter(*at)
-    return (lambda values: (values[at[0]],)) if at else (lambda values: ())
+        return operator.itemgetter(*at), maps
+    return ((lambda values: (values[at[0]],)) if at else (lambda values: ())), maps
 
 
 class GpuSample(Event, frozen=True):

@@ -14,6 +14,7 @@ import pytest
 
 from hpcinsight.schemas.catalog import SINK_COLUMNS, STORED, TOPICS
 from hpcinsight.schemas.codec import DecodeError
+from hpcinsight.schemas.columns import REAL_LIMIT
 from hpcinsight.schemas.derive import arrow_schema, fields_of, to_arrow
 from hpcinsight.schemas.events import (
     ALL_EVENTS,
@@ -256,6 +257,59 @@ def test_every_float_field_refuses_nan_and_infinity(event: type) -> None:
             with pytest.raises(ValueError, match=f"field {name!r} is"):
                 msgspec.structs.replace(EXAMPLES[event], **{name: bad})
         msgspec.structs.replace(EXAMPLES[event], **{name: 1e300})
+
+
+def _number_maps(event: type) -> list[str]:
+    info = msgspec.inspect.type_info(event)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return [
+        f.name
+        for f in info.fields
+        if any(
+            isinstance(m, msgspec.inspect.DictType) and isinstance(m.value_type, msgspec.inspect.FloatType)
+            for m in getattr(f.type, "types", (f.type,))
+        )
+    ]
+
+
+@pytest.mark.parametrize("event", [e for e in ALL_EVENTS if _number_maps(e)], ids=lambda e: e.__name__)
+def test_every_map_of_numbers_refuses_nan_and_infinity(event: type) -> None:
+    """Built in Python, an event with a non-finite number in a map (an anomaly's evidence, a
+    sketch's window means) is refused by field and key: JSON would write it as null, and the
+    consumer refuse the whole message it is in. A large finite number is not refused."""
+    for name in _number_maps(event):
+        for bad in (math.nan, math.inf, -math.inf):
+            with pytest.raises(ValueError, match=f"field {name!r} holds {bad!r} at 'b'"):
+                msgspec.structs.replace(EXAMPLES[event], **{name: {"a": 1.0, "b": bad}})
+        msgspec.structs.replace(EXAMPLES[event], **{name: {"a": 1e300, "b": 1e300}})  # its sum overflows: still finite values
+
+
+@pytest.mark.parametrize(
+    "event", [e for e in ALL_EVENTS if e in (GpuSample, IbSample, StepMetric, SchedulerEvent, NodeInventory)]
+)
+def test_an_unbounded_number_is_refused_past_the_limit(event: type) -> None:
+    """The plain numbers of what agents, schedulers and training jobs send stop at REAL_LIMIT (either
+    sign), so no sum over them overflows; the limit itself is accepted."""
+    topic = next(t for t in TOPICS if t.event is event)
+    info = msgspec.inspect.type_info(event)
+    assert isinstance(info, msgspec.inspect.StructType)
+    unbounded = [
+        f.name
+        for f in info.fields
+        for m in getattr(f.type, "types", (f.type,))
+        if isinstance(m, msgspec.inspect.FloatType) and m.le == REAL_LIMIT
+    ]
+    assert unbounded, "no number of this event is a Real"
+    for name in unbounded:
+        for value, refused in ((REAL_LIMIT, False), (-REAL_LIMIT, False), (REAL_LIMIT * 1.5, True), (-REAL_LIMIT * 1.5, True)):
+            message = json.loads(topic.codec.encode([EXAMPLES[event]]))
+            message["records"][0][name] = value
+            raw = json.dumps(message).encode()
+            if refused:
+                with pytest.raises(DecodeError, match=name):
+                    topic.codec.decode(raw)
+            else:
+                assert getattr(topic.codec.decode(raw)[0], name) == value
 
 
 @pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)

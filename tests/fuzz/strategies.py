@@ -62,6 +62,17 @@ def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _float32_inside(bound: float, up: bool) -> float:
+    """The float32 nearest ``bound`` on the side of the range (``up``: at or above it), so that
+    32-bit floats (what a Float32 column round-trips) can be drawn up to a bound such as 1e15."""
+    import numpy as np
+
+    near = np.float32(bound)
+    if (up and float(near) < bound) or (not up and float(near) > bound):
+        near = np.nextafter(near, np.float32(np.inf if up else -np.inf))
+    return float(near)
+
+
 def valid_value(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrategy[Any]:
     """A value the schema accepts (within its bounds)."""
     schema = _resolve(schema, defs)
@@ -78,8 +89,8 @@ def valid_value(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrate
         lo = schema.get("minimum", schema.get("exclusiveMinimum"))
         hi = schema.get("maximum", schema.get("exclusiveMaximum"))
         return st.floats(
-            min_value=lo,
-            max_value=hi,
+            min_value=None if lo is None else _float32_inside(lo, up=True),
+            max_value=None if hi is None else _float32_inside(hi, up=False),
             allow_nan=False,
             allow_infinity=False,
             exclude_min="exclusiveMinimum" in schema,

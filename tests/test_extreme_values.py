@@ -1,0 +1,54 @@
+"""The largest numbers the schemas accept go through the worker into outputs every consumer reads.
+
+Found 2026-12-07: with the byte rates unbounded, a sample of two schema-valid rates of 1e308 made
+its GPU's window mean infinite; JSON writes infinity as null, and the job stage refused the whole
+message of sketches it was in (every GPU of the job, for that window). Now every plain number stops
+at REAL_LIMIT, so no sum over them overflows, and a number past it is one dead letter at the edge.
+"""
+
+from __future__ import annotations
+
+import time
+
+from hpcinsight.schemas.catalog import DEAD_LETTERS, GPU_SAMPLES_RAW, GPU_SKETCHES
+from hpcinsight.schemas.columns import REAL_LIMIT
+from hpcinsight.schemas.events import GpuSample
+from hpcinsight.streams.processor import Output, SampleProcessor
+
+T0 = (int(time.time()) // 3600 - 1) * 3_600_000
+RATES = ("pcie_tx_bytes_per_s", "pcie_rx_bytes_per_s", "nvlink_tx_bytes_per_s", "nvlink_rx_bytes_per_s")
+
+
+def _run(rate_at: dict[int, float], ticks: int = 200) -> list[Output]:
+    """A node of two GPUs of one job at 1 Hz, every byte rate at ``rate_at[tick]`` (else 1e9)."""
+    processor = SampleProcessor()
+    out: list[Output] = []
+    for k in range(ticks):
+        rate = rate_at.get(k, 1e9)
+        samples = [
+            GpuSample("n0", g, f"GPU-{g}", T0 + k * 1000, gpu_util=50.0, job_id="j1", **dict.fromkeys(RATES, rate))
+            for g in range(2)
+        ]
+        out += processor.handle("gpu.samples.raw", 0, k, b"n0", GPU_SAMPLES_RAW.codec.encode(samples))
+    return out
+
+
+def test_the_largest_rates_accepted_give_outputs_every_consumer_reads() -> None:
+    out = _run(dict.fromkeys(range(200), REAL_LIMIT))
+    sketches = [record for o in out if o.topic is GPU_SKETCHES for record in o.topic.codec.decode(o.value)]
+    assert sketches, "no window closed"
+    for o in out:
+        o.topic.codec.decode(o.value)  # each message, as its consumer decodes it
+    means = [s.means["pcie_bytes_per_s"] for s in sketches if s.means]
+    assert means and all(m == 2 * REAL_LIMIT for m in means)  # tx + rx, exact
+    assert not [o for o in out if o.topic is DEAD_LETTERS]
+
+
+def test_a_rate_past_the_limit_is_one_dead_letter_and_the_windows_go_on() -> None:
+    out = _run({3: REAL_LIMIT * 10})
+    letters = [record for o in out if o.topic is DEAD_LETTERS for record in o.topic.codec.decode(o.value)]
+    assert [(letter.stage, letter.source_offset) for letter in letters] == [("validate", 3)]
+    assert "pcie_tx_bytes_per_s" in letters[0].reason
+    for o in out:
+        o.topic.codec.decode(o.value)
+    assert [o for o in out if o.topic is GPU_SKETCHES]
