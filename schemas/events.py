@@ -18,6 +18,7 @@ import msgspec
 import msgspec.inspect
 
 from hpcinsight.schemas.columns import (
+    Amount,
     Bytes,
     Bytes64,
     Celsius,
@@ -495,8 +496,8 @@ class SchedulerEvent(Event, frozen=True):
     priority: Label | None = None
     qos: Label | None = None
     queue: Label | None = None
-    requested_gpus: Real | None = None
-    requested_cpus: Real | None = None
+    requested_gpus: Amount | None = None
+    requested_cpus: Amount | None = None
     requested_memory_bytes: Bytes64 | None = None
     gpu_model: Label | None = None
     node: Label | None = None
@@ -515,7 +516,7 @@ class NodeInventory(Event, frozen=True):
     node: Label
     gpu_count: UInt32
     gpu_model: Label | None = None
-    cpus: Real | None = None
+    cpus: Amount | None = None
     memory_bytes: Bytes64 | None = None
     zone: Label | None = None
     pool: Label | None = None

@@ -3,16 +3,17 @@
 Found 2026-12-07: with the byte rates unbounded, a sample of two schema-valid rates of 1e308 made
 its GPU's window mean infinite; JSON writes infinity as null, and the job stage refused the whole
 message of sketches it was in (every GPU of the job, for that window). Now every plain number stops
-at REAL_LIMIT, so no sum over them overflows, and a number past it is one dead letter at the edge.
+at REAL_LIMIT (a scheduler's GPU and CPU counts at AMOUNT_LIMIT, as the KPIs sum them over every
+job), so no sum over them overflows, and a number past it is one dead letter at the edge.
 """
 
 from __future__ import annotations
 
 import time
 
-from hpcinsight.schemas.catalog import DEAD_LETTERS, GPU_SAMPLES_RAW, GPU_SKETCHES
-from hpcinsight.schemas.columns import REAL_LIMIT
-from hpcinsight.schemas.events import GpuSample
+from hpcinsight.schemas.catalog import DEAD_LETTERS, GPU_SAMPLES_RAW, GPU_SKETCHES, NODE_INVENTORY, SCHEDULER_EVENTS
+from hpcinsight.schemas.columns import AMOUNT_LIMIT, REAL_LIMIT
+from hpcinsight.schemas.events import GpuSample, NodeInventory, SchedulerEvent
 from hpcinsight.streams.processor import Output, SampleProcessor
 
 T0 = (int(time.time()) // 3600 - 1) * 3_600_000
@@ -52,3 +53,28 @@ def test_a_rate_past_the_limit_is_one_dead_letter_and_the_windows_go_on() -> Non
     for o in out:
         o.topic.codec.decode(o.value)
     assert [o for o in out if o.topic is GPU_SKETCHES]
+
+
+def test_the_largest_scheduler_counts_give_kpi_rows_every_consumer_reads() -> None:
+    """A thousand jobs each asking for the most GPUs and CPUs a scheduler event may state, on
+    nodes of the most CPUs an inventory may state: the KPI rows (sums over every job) decode."""
+    processor = SampleProcessor()
+    nodes = [NodeInventory(T0, f"n{i}", 8, cpus=AMOUNT_LIMIT) for i in range(4)]
+    out = processor.observe_scheduler(NODE_INVENTORY.codec.encode(nodes), NODE_INVENTORY)
+    jobs = [
+        SchedulerEvent(
+            T0 + 1000 + k,
+            "k8s",
+            f"job-{k}",
+            "started",
+            requested_gpus=AMOUNT_LIMIT,
+            requested_cpus=AMOUNT_LIMIT,
+            node=f"n{k % 4}",
+        )
+        for k in range(1000)
+    ]
+    out += processor.observe_scheduler(SCHEDULER_EVENTS.codec.encode(jobs), SCHEDULER_EVENTS)
+    out += processor.advance_kpis(T0 + 3_600_000)
+    rows = [record for o in out for record in o.topic.codec.decode(o.value)]
+    allocated = [r.value for r in rows if r.kpi == "allocated_gpus" and r.dimension == "cluster"]
+    assert allocated and max(allocated) == 1000 * AMOUNT_LIMIT

@@ -14,7 +14,7 @@ import pytest
 
 from hpcinsight.schemas.catalog import SINK_COLUMNS, STORED, TOPICS
 from hpcinsight.schemas.codec import DecodeError
-from hpcinsight.schemas.columns import REAL_LIMIT
+from hpcinsight.schemas.columns import AMOUNT_LIMIT, REAL_LIMIT
 from hpcinsight.schemas.derive import arrow_schema, fields_of, to_arrow
 from hpcinsight.schemas.events import (
     ALL_EVENTS,
@@ -284,24 +284,23 @@ def test_every_map_of_numbers_refuses_nan_and_infinity(event: type) -> None:
         msgspec.structs.replace(EXAMPLES[event], **{name: {"a": 1e300, "b": 1e300}})  # its sum overflows: still finite values
 
 
-@pytest.mark.parametrize(
-    "event", [e for e in ALL_EVENTS if e in (GpuSample, IbSample, StepMetric, SchedulerEvent, NodeInventory)]
-)
-def test_an_unbounded_number_is_refused_past_the_limit(event: type) -> None:
-    """The plain numbers of what agents, schedulers and training jobs send stop at REAL_LIMIT (either
-    sign), so no sum over them overflows; the limit itself is accepted."""
+@pytest.mark.parametrize("event", [GpuSample, IbSample, StepMetric, SchedulerEvent, NodeInventory], ids=lambda e: e.__name__)
+def test_an_unbounded_number_is_refused_past_its_limit(event: type) -> None:
+    """The plain numbers of what agents, schedulers and training jobs send stop at a limit either
+    way (REAL_LIMIT; AMOUNT_LIMIT for a scheduler's GPU and CPU counts, which KPIs sum over every
+    job), so no sum over them overflows; the limit itself is accepted."""
     topic = next(t for t in TOPICS if t.event is event)
     info = msgspec.inspect.type_info(event)
     assert isinstance(info, msgspec.inspect.StructType)
-    unbounded = [
-        f.name
+    bounded = [
+        (f.name, m.le)
         for f in info.fields
         for m in getattr(f.type, "types", (f.type,))
-        if isinstance(m, msgspec.inspect.FloatType) and m.le == REAL_LIMIT
+        if isinstance(m, msgspec.inspect.FloatType) and m.le in (REAL_LIMIT, AMOUNT_LIMIT) and m.ge == -m.le
     ]
-    assert unbounded, "no number of this event is a Real"
-    for name in unbounded:
-        for value, refused in ((REAL_LIMIT, False), (-REAL_LIMIT, False), (REAL_LIMIT * 1.5, True), (-REAL_LIMIT * 1.5, True)):
+    assert bounded, "no plain number in this event"
+    for name, limit in bounded:
+        for value, refused in ((limit, False), (-limit, False), (limit * 1.5, True), (-limit * 1.5, True)):
             message = json.loads(topic.codec.encode([EXAMPLES[event]]))
             message["records"][0][name] = value
             raw = json.dumps(message).encode()
@@ -310,6 +309,17 @@ def test_an_unbounded_number_is_refused_past_the_limit(event: type) -> None:
                     topic.codec.decode(raw)
             else:
                 assert getattr(topic.codec.decode(raw)[0], name) == value
+
+
+def test_a_scheduler_count_has_the_amount_limit() -> None:
+    """What the KPIs sum over every job is held far below Real's limit."""
+    assert AMOUNT_LIMIT * 1e6 < REAL_LIMIT  # a million jobs at the limit still sum inside Real's
+    for event, name in ((SchedulerEvent, "requested_gpus"), (SchedulerEvent, "requested_cpus"), (NodeInventory, "cpus")):
+        info = msgspec.inspect.type_info(event)
+        assert isinstance(info, msgspec.inspect.StructType)
+        field = next(f for f in info.fields if f.name == name)
+        members = getattr(field.type, "types", (field.type,))
+        assert any(isinstance(m, msgspec.inspect.FloatType) and m.le == AMOUNT_LIMIT for m in members), name
 
 
 @pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)
