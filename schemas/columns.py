@@ -80,13 +80,14 @@ Mhz = Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0), Column("Float32", "fl
 # million years), and the bound keeps every sum a window, a job or a KPI takes over them finite.
 # Unbounded, two schema-valid rates of 1e308 made a window mean of infinity, which JSON writes as
 # null, and the job stage refused the whole message of sketches it was in.
+_WIDE = Column("Float64", "float64", "Gorilla, ZSTD(1)")
 REAL_LIMIT = 1e15
-Real = Annotated[float, msgspec.Meta(ge=-REAL_LIMIT, le=REAL_LIMIT), Column("Float64", "float64", "Gorilla, ZSTD(1)")]
+Real = Annotated[float, msgspec.Meta(ge=-REAL_LIMIT, le=REAL_LIMIT), _WIDE]
 # A number of GPUs or CPUs as a scheduler states it (a fraction for a shared GPU): at most ten
 # million either way, so that the KPIs' sums of them over every job of a cluster stay far inside
 # Real's limit (a KPI row past it would be refused by its consumers, with its whole message).
 AMOUNT_LIMIT = 1e7
-Amount = Annotated[float, msgspec.Meta(ge=-AMOUNT_LIMIT, le=AMOUNT_LIMIT), Column("Float64", "float64", "Gorilla, ZSTD(1)")]
+Amount = Annotated[float, msgspec.Meta(ge=-AMOUNT_LIMIT, le=AMOUNT_LIMIT), _WIDE]
 
 Flag = Annotated[bool, Column("Bool", "bool")]
 LabelList = Annotated[list[str], Column("Array(LowCardinality(String))", "list<string>")]

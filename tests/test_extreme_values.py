@@ -9,14 +9,12 @@ job), so no sum over them overflows, and a number past it is one dead letter at 
 
 from __future__ import annotations
 
-import time
-
 from hpcinsight.schemas.catalog import DEAD_LETTERS, GPU_SAMPLES_RAW, GPU_SKETCHES, NODE_INVENTORY, SCHEDULER_EVENTS
 from hpcinsight.schemas.columns import AMOUNT_LIMIT, REAL_LIMIT
 from hpcinsight.schemas.events import GpuSample, NodeInventory, SchedulerEvent
 from hpcinsight.streams.processor import Output, SampleProcessor
 
-T0 = (int(time.time()) // 3600 - 1) * 3_600_000
+T0 = 1_764_000_000_000  # an hour's start in the past: the worker refuses only samples from the future
 RATES = ("pcie_tx_bytes_per_s", "pcie_rx_bytes_per_s", "nvlink_tx_bytes_per_s", "nvlink_rx_bytes_per_s")
 
 

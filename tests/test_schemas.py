@@ -6,6 +6,7 @@ import json
 import math
 import threading
 import time
+from typing import Any
 
 import msgspec
 import msgspec.inspect
@@ -237,19 +238,27 @@ def test_every_event_has_an_example() -> None:
     assert set(EXAMPLES) == set(ALL_EVENTS)
 
 
+def _fields(event: type, kind: type[msgspec.inspect.Type]) -> list[tuple[str, Any]]:
+    """(name, type) of each field of ``event`` whose type, or a member of its union, is a ``kind``."""
+    info = msgspec.inspect.type_info(event)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return [(f.name, m) for f in info.fields for m in getattr(f.type, "types", (f.type,)) if isinstance(m, kind)]
+
+
+def _message_with(event: type, name: str, value: str) -> bytes:
+    """A message of ``event``'s example with field ``name`` written as the JSON text ``value``."""
+    topic = next(t for t in TOPICS if t.event is event)
+    message = json.loads(topic.codec.encode([EXAMPLES[event]]))
+    message["records"][0][name] = "@"
+    return json.dumps(message).replace('"@"', value).encode()
+
+
 @pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)
 def test_every_float_field_refuses_nan_and_infinity(event: type) -> None:
     """Built in Python, an event with a non-finite number in any float field (a float, or a float
-    or null) is refused by name; the same with a large finite number is not. (Numbers inside maps
-    are checked where they are decoded: tests/test_arrow_wire.py.)"""
-
-    def is_float(t: msgspec.inspect.Type) -> bool:
-        members = t.types if isinstance(t, msgspec.inspect.UnionType) else (t,)
-        return any(isinstance(m, msgspec.inspect.FloatType) for m in members)
-
-    info = msgspec.inspect.type_info(event)
-    assert isinstance(info, msgspec.inspect.StructType)
-    floats = [f.name for f in info.fields if is_float(f.type)]
+    or null) is refused by name; the same with a large finite number is not. (Numbers inside maps:
+    the next test.)"""
+    floats = [name for name, _ in _fields(event, msgspec.inspect.FloatType)]
     example = EXAMPLES[event]
     assert {n for n in example.__struct_fields__ if isinstance(getattr(example, n), float)} <= set(floats)
     for name in floats:
@@ -260,16 +269,7 @@ def test_every_float_field_refuses_nan_and_infinity(event: type) -> None:
 
 
 def _number_maps(event: type) -> list[str]:
-    info = msgspec.inspect.type_info(event)
-    assert isinstance(info, msgspec.inspect.StructType)
-    return [
-        f.name
-        for f in info.fields
-        if any(
-            isinstance(m, msgspec.inspect.DictType) and isinstance(m.value_type, msgspec.inspect.FloatType)
-            for m in getattr(f.type, "types", (f.type,))
-        )
-    ]
+    return [name for name, m in _fields(event, msgspec.inspect.DictType) if isinstance(m.value_type, msgspec.inspect.FloatType)]
 
 
 @pytest.mark.parametrize("event", [e for e in ALL_EVENTS if _number_maps(e)], ids=lambda e: e.__name__)
@@ -290,20 +290,15 @@ def test_an_unbounded_number_is_refused_past_its_limit(event: type) -> None:
     way (REAL_LIMIT; AMOUNT_LIMIT for a scheduler's GPU and CPU counts, which KPIs sum over every
     job), so no sum over them overflows; the limit itself is accepted."""
     topic = next(t for t in TOPICS if t.event is event)
-    info = msgspec.inspect.type_info(event)
-    assert isinstance(info, msgspec.inspect.StructType)
     bounded = [
-        (f.name, m.le)
-        for f in info.fields
-        for m in getattr(f.type, "types", (f.type,))
-        if isinstance(m, msgspec.inspect.FloatType) and m.le in (REAL_LIMIT, AMOUNT_LIMIT) and m.ge == -m.le
+        (name, m.le)
+        for name, m in _fields(event, msgspec.inspect.FloatType)
+        if m.le in (REAL_LIMIT, AMOUNT_LIMIT) and m.ge == -m.le
     ]
     assert bounded, "no plain number in this event"
     for name, limit in bounded:
         for value, refused in ((limit, False), (-limit, False), (limit * 1.5, True), (-limit * 1.5, True)):
-            message = json.loads(topic.codec.encode([EXAMPLES[event]]))
-            message["records"][0][name] = value
-            raw = json.dumps(message).encode()
+            raw = _message_with(event, name, json.dumps(value))
             if refused:
                 with pytest.raises(DecodeError, match=name):
                     topic.codec.decode(raw)
@@ -315,11 +310,7 @@ def test_a_scheduler_count_has_the_amount_limit() -> None:
     """What the KPIs sum over every job is held far below Real's limit."""
     assert AMOUNT_LIMIT * 1e6 < REAL_LIMIT  # a million jobs at the limit still sum inside Real's
     for event, name in ((SchedulerEvent, "requested_gpus"), (SchedulerEvent, "requested_cpus"), (NodeInventory, "cpus")):
-        info = msgspec.inspect.type_info(event)
-        assert isinstance(info, msgspec.inspect.StructType)
-        field = next(f for f in info.fields if f.name == name)
-        members = getattr(field.type, "types", (field.type,))
-        assert any(isinstance(m, msgspec.inspect.FloatType) and m.le == AMOUNT_LIMIT for m in members), name
+        assert any(m.le == AMOUNT_LIMIT for field, m in _fields(event, msgspec.inspect.FloatType) if field == name), name
 
 
 @pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)
@@ -328,18 +319,11 @@ def test_json_cannot_carry_a_number_past_a_float(event: type) -> None:
     past a float's range in any float field of a message is refused by the decode, not built;
     and in this thread and any other, an event built afterwards is checked again."""
     topic = next(t for t in TOPICS if t.event is event)
-    info = msgspec.inspect.type_info(event)
-    assert isinstance(info, msgspec.inspect.StructType)
-    floats = [
-        f.name for f in info.fields if any(isinstance(m, msgspec.inspect.FloatType) for m in getattr(f.type, "types", (f.type,)))
-    ]
+    floats = [name for name, _ in _fields(event, msgspec.inspect.FloatType)]
     for name in floats:
         for big in ("1e400", "-1e400", "1" + "0" * 400):
-            message = json.loads(topic.codec.encode([EXAMPLES[event]]))
-            message["records"][0][name] = "@"
-            raw = json.dumps(message).replace('"@"', big).encode()
             with pytest.raises(DecodeError, match="out of range"):
-                topic.codec.decode(raw)
+                topic.codec.decode(_message_with(event, name, big))
             assert not JSON_DECODING.active
     if floats:
         with pytest.raises(ValueError, match="only finite numbers"):
