@@ -2,8 +2,9 @@
 
 The kernel exposes cumulative counters; a sample is the delta since the previous tick of the
 same port, so the first tick of a port carries only its state and link rate. A counter that
-went backwards (reset, driver reload, wrap) or jumped beyond what the link can carry gives a
-null for that interval and ``counters_reset``, and its new value becomes the baseline: a
+went backwards (reset, driver reload, wrap) or jumped beyond what the link can carry (or, for any
+rate, past the schema's limit for a number, which the worker would refuse with the whole message)
+gives a null for that interval and ``counters_reset``, and its new value becomes the baseline: a
 negative or absurd rate would poison every aggregate downstream.
 
 Each tick reads a few dozen tiny files per port, so reads are bare ``os.open``/``os.read``
@@ -24,6 +25,7 @@ from typing import Any
 from hpcinsight.agents.base import Collector
 from hpcinsight.agents.registry import check, collector_kind
 from hpcinsight.schemas.catalog import IB_SAMPLES_RAW
+from hpcinsight.schemas.columns import REAL_LIMIT
 from hpcinsight.schemas.events import IbSample
 
 log = logging.getLogger(__name__)
@@ -166,7 +168,10 @@ class IbSysfsCollector(Collector[IbConfig]):
             elif not is_rate:
                 values[field_name] = delta
             elif interval is not None:
-                values[field_name] = delta / interval
+                if delta / interval > REAL_LIMIT:
+                    reset = True
+                else:
+                    values[field_name] = delta / interval
         hw: dict[str, float] = {}
         for name in p.hw_names:
             value = self._read_int(f"{base}/hw_counters/{name}")
@@ -174,7 +179,7 @@ class IbSysfsCollector(Collector[IbConfig]):
             p.prev_hw[name] = value
             if value is None or old is None or interval is None:
                 continue
-            if value < old:
+            if value < old or (value - old) / interval > REAL_LIMIT:
                 reset = True
             else:
                 hw[name] = (value - old) / interval

@@ -98,6 +98,12 @@ Evidence = Annotated[
     dict[str, float],
     Column("Map(LowCardinality(String), Float64)", "map<string, float64>"),
 ]
+# Numbers read outside, by name (an IB port's counter rates, a training step's phase times):
+# each bounded as a Real is, so that no sum or mean over them can overflow.
+Readings = Annotated[
+    dict[str, Real],
+    Column("Map(LowCardinality(String), Float64)", "map<string, float64>"),
+]
 # Free-form string labels (e.g. node labels): name -> value.
 StringMap = Annotated[
     dict[str, str],

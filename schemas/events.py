@@ -30,6 +30,7 @@ from hpcinsight.schemas.columns import (
     LabelList,
     Mhz,
     Percent,
+    Readings,
     Real,
     StringMap,
     Text,
@@ -467,7 +468,7 @@ class IbSample(Event, frozen=True):
     xmit_discards: Count | None = None
     local_link_integrity_errors: Count | None = None
     excessive_buffer_overrun_errors: Count | None = None
-    hw_counters: Evidence = {}  # rate per second of each hw_counters file, where present
+    hw_counters: Readings = {}  # rate per second of each hw_counters file, where present
     counters_reset: Flag = False
     # Attribution (see GpuSample): the job holding most of the node's GPUs at ``ts``.
     job_id: Label | None = None
@@ -537,7 +538,7 @@ class StepMetric(Event, frozen=True):
     duration_s: Real
     node: Label | None = None
     local_rank: UInt32 | None = None
-    phases: Evidence = {}
+    phases: Readings = {}
     # Attribution, filled by the stream processor from the scheduler's view of the job
     user: Label | None = None
     team: Label | None = None

@@ -31,6 +31,7 @@ from hpcinsight.schemas.catalog import (
     describe,
 )
 from hpcinsight.schemas.codec import Codec, DecodeError
+from hpcinsight.schemas.columns import REAL_LIMIT
 from hpcinsight.schemas.derive import arrow_schema, to_arrow
 from hpcinsight.schemas.events import GpuSample, IbSample
 from tests.test_bulk_decode import extra_for, minimal
@@ -243,6 +244,20 @@ def test_a_map_of_infinities_is_refused() -> None:
     raw = ipc(table, {"schema": "ib_sample", "v": "1"})
     with pytest.raises(DecodeError, match="`hw_counters` holds a value that is not a finite number"):
         IB_ARROW.codec.decode(raw)
+    got = IB_ARROW.codec.decode_table([IB_ARROW.codec.encode([sample]), raw])
+    assert [i for i, _ in got.rejected] == [1] and got.table.num_rows == 1
+
+
+def test_a_reading_past_the_limit_is_refused() -> None:
+    """The Arrow wire bounds a map of readings as the JSON wire does (REAL_LIMIT), message by message."""
+    sample = IbSample("n0", "mlx5_0", 1, T0, hw_counters={"rx": REAL_LIMIT})
+    table = to_arrow(IbSample, [sample])
+    k = table.schema.get_field_index("hw_counters")
+    table = table.set_column(k, table.schema.field(k), pa.array([[("rx", REAL_LIMIT * 1.5)]], table.schema.field(k).type))
+    raw = ipc(table, {"schema": "ib_sample", "v": "1"})
+    with pytest.raises(DecodeError, match=rf"`hw_counters` is invalid: Expected `float` <= {REAL_LIMIT}"):
+        IB_ARROW.codec.decode(raw)
+    assert IB_ARROW.codec.decode(IB_ARROW.codec.encode([sample])) == [sample]
     got = IB_ARROW.codec.decode_table([IB_ARROW.codec.encode([sample]), raw])
     assert [i for i, _ in got.rejected] == [1] and got.table.num_rows == 1
 

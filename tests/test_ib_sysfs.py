@@ -10,6 +10,7 @@ import pytest
 from hpcinsight.agents.base import Collector
 from hpcinsight.agents.ib_sysfs import IbConfig, IbSysfsCollector
 from hpcinsight.schemas.catalog import IB_SAMPLES_RAW
+from hpcinsight.schemas.columns import REAL_LIMIT
 from hpcinsight.schemas.events import IbSample
 from tests.fake_sysfs import FakeSysfs
 
@@ -115,6 +116,26 @@ def test_an_absurd_jump_is_treated_as_a_reset(fake: FakeSysfs) -> None:
     fake.add("mlx5_0", "port_xmit_data", 1_000)
     s = by_device(c.sample(NOW + 2_000))["mlx5_0"]
     assert not s.counters_reset and s.xmit_bytes_per_s == 4_000.0  # the jumped value became the baseline
+
+
+def test_a_rate_past_the_schema_s_limit_is_a_reset_and_the_message_is_accepted(fake: FakeSysfs) -> None:
+    """A packet or hw counter that jumps by more than any link could count (a reset to a higher
+    value, a driver bug) would give a rate past REAL_LIMIT, and the worker would refuse the whole
+    message; the collector takes it as a reset, and what it sends decodes."""
+    c = collector(fake)
+    fake.set("mlx5_0", "port_xmit_packets", 5)
+    fake.set_hw("mlx5_0", "out_of_buffer", 5)
+    fake.set_hw("mlx5_0", "rx_write_requests", 5)
+    c.sample(NOW)
+    fake.add("mlx5_0", "port_xmit_packets", 2 * int(REAL_LIMIT))  # 2e15 in one second
+    fake.add("mlx5_0", "port_rcv_packets", 1_000)
+    fake.set_hw("mlx5_0", "out_of_buffer", 5 + 2 * int(REAL_LIMIT))
+    fake.set_hw("mlx5_0", "rx_write_requests", 5 + int(REAL_LIMIT))  # exactly at the limit: still believed
+    samples = c.sample(NOW + 1_000)
+    s = by_device(samples)["mlx5_0"]
+    assert s.counters_reset and s.xmit_packets_per_s is None and s.rcv_packets_per_s == 1_000.0
+    assert "out_of_buffer" not in s.hw_counters and s.hw_counters["rx_write_requests"] == REAL_LIMIT
+    assert IB_SAMPLES_RAW.codec.decode(IB_SAMPLES_RAW.codec.encode(samples)) == samples
 
 
 def test_a_missing_counter_file_is_null_and_the_rest_is_read(fake: FakeSysfs, caplog: pytest.LogCaptureFixture) -> None:

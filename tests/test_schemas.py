@@ -306,6 +306,38 @@ def test_an_unbounded_number_is_refused_past_its_limit(event: type) -> None:
                 assert getattr(topic.codec.decode(raw)[0], name) == value
 
 
+def _bounded_maps(event: type) -> list[str]:
+    return [
+        name
+        for name, m in _fields(event, msgspec.inspect.DictType)
+        if isinstance(m.value_type, msgspec.inspect.FloatType) and m.value_type.le == REAL_LIMIT == -m.value_type.ge
+    ]
+
+
+def test_readings_from_outside_are_bounded() -> None:
+    """The maps of numbers that come from outside (an IB port's counter rates, a step's phase
+    times) are bounded by name; those the worker builds (evidence, window means) need not be."""
+    assert _bounded_maps(IbSample) == ["hw_counters"] and _bounded_maps(StepMetric) == ["phases"]
+    assert not [e for e in ALL_EVENTS if e not in (IbSample, StepMetric) and _bounded_maps(e)]
+
+
+@pytest.mark.parametrize("event", [IbSample, StepMetric], ids=lambda e: e.__name__)
+def test_a_reading_is_refused_past_the_limit(event: type) -> None:
+    """A number in a map of readings stops at REAL_LIMIT either way, as a plain number does: a
+    message with one past it is refused naming the field and the limit; the limit is accepted."""
+    topic = next(t for t in TOPICS if t.event is event)
+    names = _bounded_maps(event)
+    assert names, "no map of readings in this event"
+    for name in names:
+        for value, refused in ((REAL_LIMIT, False), (-REAL_LIMIT, False), (REAL_LIMIT * 1.5, True), (-REAL_LIMIT * 1.5, True)):
+            raw = _message_with(event, name, json.dumps({"a": 1.0, "b": value}))
+            if refused:
+                with pytest.raises(DecodeError, match=rf"[<>]= -?{REAL_LIMIT} - at `\$\.records\[0\]\.{name}"):
+                    topic.codec.decode(raw)
+            else:
+                assert getattr(topic.codec.decode(raw)[0], name) == {"a": 1.0, "b": value}
+
+
 def test_a_scheduler_count_has_the_amount_limit() -> None:
     """What the KPIs sum over every job is held far below Real's limit."""
     assert AMOUNT_LIMIT * 1e6 < REAL_LIMIT  # a million jobs at the limit still sum inside Real's
