@@ -2,8 +2,9 @@
 
 Ticks are scheduled on the monotonic clock at ``start + k * interval`` so the period never
 drifts; a tick that overruns is skipped (and counted), never bunched. Records are grouped by
-their topic's key (node for samples, job for scheduler events) into one message each, and
-handed to :class:`hpcinsight.agents.delivery.Delivery`, which never blocks on the network. Every
+their topic's key (node for samples, job for scheduler events) into one message each, checked
+as the worker will decode it (:mod:`hpcinsight.agents.fit`), and handed to
+:class:`hpcinsight.agents.delivery.Delivery`, which never blocks on the network. Every
 ``health_interval_s`` the agent reports its own counters as an ``AgentHealth`` event, and
 optionally on a Prometheus ``/metrics`` endpoint.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from hpcinsight.agents.base import Collector
 from hpcinsight.agents.delivery import Delivery
+from hpcinsight.agents.fit import FitStats, fitted
 from hpcinsight.core import metrics
 from hpcinsight.core.metrics import MetricsServer
 from hpcinsight.schemas.catalog import AGENT_HEALTH, Topic
@@ -38,6 +40,8 @@ class AgentStats:
     errors: int = 0
     #: logical topic name -> [messages, records]
     by_topic: dict[str, list[int]] = field(default_factory=dict)
+    #: readings outside their schema's range, sent as unknown, and records left out (agents.fit)
+    fit: FitStats = field(default_factory=FitStats)
 
 
 class Metrics(MetricsServer):
@@ -55,6 +59,12 @@ def agent_metric_families(stats: AgentStats, delivery: Delivery) -> Iterator[Any
             ("hpcinsight_agent_tick_overruns", stats.skipped_ticks, "ticks skipped because sampling overran"),
             ("hpcinsight_agent_records", stats.records, "records taken"),
             ("hpcinsight_agent_collector_errors", stats.errors, "collector failures"),
+            (
+                "hpcinsight_agent_values_out_of_range",
+                stats.fit.values_nulled,
+                "readings outside their schema's range, sent as unknown",
+            ),
+            ("hpcinsight_agent_records_left_out", stats.fit.records_left_out, "records the worker would refuse, not sent"),
             ("hpcinsight_agent_messages_appended", d.appended, "messages written to the spool"),
             ("hpcinsight_agent_messages_delivered", d.delivered, "messages acknowledged by Kafka"),
             ("hpcinsight_agent_messages_spilled", d.spilled, "messages that waited on disk"),
@@ -132,11 +142,14 @@ def run_agent(
                 log.exception("collector %s failed", type(collector).__name__)
                 continue
             for (topic, key), group in grouped.items():
-                delivery.send(topic.full_name(topic_prefix), key, topic.codec.encode(group))
+                value, sent = fitted(topic, group, stats.fit)  # as the worker will decode it: no glitch costs the message
+                if value is None:
+                    continue
+                delivery.send(topic.full_name(topic_prefix), key, value)
                 stats.messages += 1
                 counts = stats.by_topic.setdefault(topic.name, [0, 0])
                 counts[0] += 1
-                counts[1] += len(group)
+                counts[1] += sent
             stats.records += len(records)
         stats.ticks += 1
         if now_ms >= next_health:
