@@ -36,6 +36,7 @@ from hpcinsight.core.settings import Settings
 from hpcinsight.schemas.catalog import (
     ANOMALIES,
     DEAD_LETTERS,
+    GPU_SAMPLES,
     GPU_SAMPLES_RAW,
     GPU_SKETCHES,
     IB_SAMPLES_RAW,
@@ -352,6 +353,9 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         for t in TOPICS
     }
     processor = SampleProcessor(options.processor_config(), detectors=build_detectors(settings.detectors))
+    # pyarrow, and the pandas its first conversion of Python values imports, loaded now (0.5 s
+    # here): not in the first batch after a start or restart, where it delays every output
+    GPU_SAMPLES.codec.encode([])
     feed = SchedulerFeed(settings, processor)
     raw_topic, sketch_topic = settings.topic(GPU_SAMPLES_RAW.name), settings.topic(GPU_SKETCHES.name)
     owned: dict[str, set[int]] = {raw_topic: set(), sketch_topic: set()}
