@@ -125,3 +125,25 @@ def test_a_map_drops_only_its_entry_past_the_limit_and_a_label_too_long_is_unkno
     [got] = IB_SAMPLES_RAW.codec.decode(value)
     assert got.hw_counters == {"ok": 1.0} and got.state is None and got.device == "mlx5_0"
     assert stats.values_nulled == 2
+
+
+def test_the_nvml_collector_s_glitch_reaches_the_worker_as_unknown(tmp_path: Path) -> None:
+    """The real NVML collector (over the fake library: no GPU here) reading a power of 0xFFFFFFFF
+    mW and 511 °C on one GPU: the node's message decodes, and the GPU's other readings arrive."""
+    from hpcinsight.agents.gpu_nvml import NvmlConfig, NvmlGpuCollector
+    from tests.fake_nvml import FakeGpu, FakeNvml
+
+    nvml = FakeNvml([FakeGpu("GPU-a"), FakeGpu("GPU-b", power_mw=0xFFFFFFFF, temp_c=511), FakeGpu("GPU-c")])
+    delivery = _Recorded(tmp_path / "spool")
+    stats = AgentStats()
+    try:
+        with NvmlGpuCollector(NvmlConfig(node="n0"), nvml=nvml) as collector:
+            run_agent([collector], delivery, "t.", ticks=1, speed=1000.0, stop=threading.Event(), stats=stats, node="n0")
+    finally:
+        delivery.close(drain_timeout=0.1)
+    [raw] = [value for topic, value in delivery.handed if topic == GPU_SAMPLES_RAW.full_name("t.")]
+    a, b, c = GPU_SAMPLES_RAW.codec.decode(raw)
+    assert (b.gpu_uuid, b.power_w, b.temperature_c) == ("GPU-b", None, None)
+    assert b.gpu_util == 80.0 and b.power_limit_w == 700.0 and b.sm_clock_mhz == 1980.0
+    assert a.power_w == c.power_w == 450.0 and a.temperature_c == 61.0
+    assert stats.fit.values_nulled == 2
