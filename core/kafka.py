@@ -150,6 +150,18 @@ def watermarks(consumer: Any, tp: Any, timeout: float) -> tuple[int, int]:
     return int(low), int(high)
 
 
+def partition_counts(consumer: Any, topics: list[str], timeout: float = 30.0) -> dict[str, int]:
+    """How many partitions the broker lists for each of ``topics`` that it has (those it does not
+    list are left out): what the topics were created with, whatever the catalog's default."""
+    metadata = broker_retry(lambda: consumer.list_topics(timeout=timeout), timeout)
+    counts = {}
+    for name in topics:
+        topic = metadata.topics.get(name)
+        if topic is not None and topic.error is None and topic.partitions:
+            counts[name] = len(topic.partitions)
+    return counts
+
+
 @contextmanager
 def offsets_consumer(client_config: dict[str, Any], group_id: str) -> Iterator[Any]:
     """A consumer used only for metadata and offsets: it never joins the group."""

@@ -31,7 +31,15 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 from hpcinsight.core import metrics
 from hpcinsight.core.consumer import DeadLetterOut
 from hpcinsight.core.durations import parse_ms
-from hpcinsight.core.kafka import broker_retry, new_consumer, new_producer, produce_queued, watermarks
+from hpcinsight.core.kafka import (
+    broker_retry,
+    new_consumer,
+    new_producer,
+    offsets_consumer,
+    partition_counts,
+    produce_queued,
+    watermarks,
+)
 from hpcinsight.core.settings import Settings
 from hpcinsight.schemas.catalog import (
     ANOMALIES,
@@ -171,6 +179,40 @@ JOB_QUANTILES_LOOKBACK_MS = 5 * 60_000
 METADATA_MAX_AGE_MS = 10_000
 
 
+def _listed(settings: Settings, *topics: Topic) -> list[int]:
+    """Each topic's partitions as the broker lists them (the catalog's count for one it lacks)."""
+    names = [settings.topic(t.name) for t in topics]
+    with offsets_consumer(settings.kafka.client_config(), f"{settings.kafka.topic_prefix}worker-metadata") as consumer:
+        counts = partition_counts(consumer, names)
+    return [counts.get(name, t.partitions) for name, t in zip(names, topics, strict=True)]
+
+
+def samples_co_partitioned(settings: Settings) -> bool:
+    """Whether the broker lists as many partitions for the stored GPU samples as for the raw ones,
+    so that the worker can forward a raw partition's samples to the same partition (see
+    ``SampleProcessor._gpu_outputs``). Topics an operator created with other counts: by node key
+    instead (librdkafka refuses a message for a partition the topic lacks when it is produced,
+    and the stage would fail on every batch)."""
+    raw, stored = _listed(settings, GPU_SAMPLES_RAW, GPU_SAMPLES)
+    if raw != stored:
+        log.warning("%d raw GPU sample partitions and %d stored ones: samples forwarded by node key", raw, stored)
+    return raw == stored
+
+
+def check_state_partitions(settings: Settings) -> None:
+    """Refuse, in words, a state topic with fewer partitions than the raw GPU samples: a raw
+    partition's checkpoints go to the state partition of the same number (its rebuild reads
+    them there), and librdkafka refuses a message for a partition the topic lacks when it is
+    produced: the stage would fail on every batch that closes a pane."""
+    raw, state = _listed(settings, GPU_SAMPLES_RAW, STREAM_STATE)
+    if state < raw:
+        raise ValueError(
+            f"{settings.topic(STREAM_STATE.name)} has {state} partitions, fewer than the {raw} of "
+            f"{settings.topic(GPU_SAMPLES_RAW.name)}: each raw partition checkpoints to the state partition of its "
+            f"number; give the state topic at least {raw} (kafka-topics --alter --partitions {raw})"
+        )
+
+
 class SchedulerFeed:
     """Follows every partition of the scheduler and inventory topics into the attribution table."""
 
@@ -181,17 +223,19 @@ class SchedulerFeed:
         self._topics = {settings.topic(t.name): t for t in (SCHEDULER_EVENTS, NODE_INVENTORY, JOB_QUANTILES)}
         conf = settings.kafka.client_config()
         self._consumer = new_consumer(conf, f"{settings.kafka.topic_prefix}attribution", offset_reset="latest")
+        # every partition the broker lists, not the catalog's count: topics an operator created
+        # with more partitions would otherwise leave the jobs placed in the others unattributed
+        listed = partition_counts(self._consumer, list(self._topics))
+        partitions = {name: listed.get(name, topic.partitions) for name, topic in self._topics.items()}
         tps = []
-        for name, topic in self._topics.items():
-            tps.extend(TopicPartition(name, p, OFFSET_BEGINNING) for p in range(topic.partitions))
+        for name in self._topics:
+            tps.extend(TopicPartition(name, p, OFFSET_BEGINNING) for p in range(partitions[name]))
         # Of the job quantiles only the latest since-start view of each running job matters, and one
         # comes every minute: start a few minutes back, not at a week of every window of every job.
         recent = int(time.time() * 1000) - JOB_QUANTILES_LOOKBACK_MS
         jq = settings.topic(JOB_QUANTILES.name)
         found = broker_retry(
-            lambda: self._consumer.offsets_for_times(
-                [TopicPartition(jq, p, recent) for p in range(JOB_QUANTILES.partitions)], timeout=30
-            )
+            lambda: self._consumer.offsets_for_times([TopicPartition(jq, p, recent) for p in range(partitions[jq])], timeout=30)
         )
         tps = [tp for tp in tps if tp.topic != jq] + [
             TopicPartition(jq, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found
@@ -353,6 +397,8 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         for t in TOPICS
     }
     processor = SampleProcessor(options.processor_config(), detectors=build_detectors(settings.detectors))
+    check_state_partitions(settings)
+    processor.samples_by_partition = samples_co_partitioned(settings)
     # pyarrow, and the pandas its first conversion of Python values imports, loaded now (0.5 s
     # here): not in the first batch after a start or restart, where it delays every output
     GPU_SAMPLES.codec.encode([])

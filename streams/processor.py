@@ -158,10 +158,6 @@ def _split(
     return [Output(topic, key, value, partition) for value in topic.codec.encode_parts(records, limit)]
 
 
-#: the raw and stored GPU sample topics are co-partitioned (see SampleProcessor._gpu_outputs)
-SAMPLES_BY_PARTITION = GPU_SAMPLES.partitions == GPU_SAMPLES_RAW.partitions
-
-
 @dataclass
 class _GpuPart:
     """What one raw GPU message caused, not yet encoded: a batch combines the parts of its messages."""
@@ -233,6 +229,9 @@ class SampleProcessor:
         self._detectors_of: dict[type, list[Detector[Any]]] = {}
         self._partition_of: dict[str, int] = {}
         self._checkpoint_next: dict[str, int] = {}  # series -> the closed_to at which its next checkpoint is due
+        #: the raw and stored GPU sample topics have as many partitions as each other (see
+        #: _gpu_outputs): the catalog's counts here, the broker's in a worker (create_app)
+        self.samples_by_partition = GPU_SAMPLES.partitions == GPU_SAMPLES_RAW.partitions
         self.stats = ProcessorStats()
 
     # -- the one rule for every message ---------------------------------------------------------
@@ -418,7 +417,7 @@ class SampleProcessor:
         sketches: dict[bytes, list[GpuSketch]] = {}
         for part in parts:
             if forward and part.samples:
-                where = (b"", part.partition) if SAMPLES_BY_PARTITION else (part.node_key, None)
+                where = (b"", part.partition) if self.samples_by_partition else (part.node_key, None)
                 samples.setdefault(where, []).extend(part.samples)
             if part.quantiles:
                 quantiles.setdefault(part.node_key, []).extend(part.quantiles)
