@@ -15,6 +15,7 @@ Environment variables::
     KAFKA_SASL_PASSWORD[_FILE]
     KAFKA_SSL_CAFILE               CA bundle to verify the brokers
     HPCINSIGHT_TOPIC_PREFIX        prefix of every topic (default "hpcinsight.")
+    HPCINSIGHT_TOPIC_PARTITIONS    partitions of the keyed topics hpcinsight creates (default: the catalog's, 6)
     CLICKHOUSE_URL                 chdb:///dir (embedded, default) or http(s)://[user@]host:port/db
     CLICKHOUSE_USER
     CLICKHOUSE_PASSWORD[_FILE]
@@ -91,6 +92,9 @@ class KafkaSettings:
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     topic_prefix: str = "hpcinsight."
+    #: partitions of the keyed topics created (those the catalog gives more than one); None: the
+    #: catalog's. More partitions let more workers and sinks share a cluster's topics.
+    topic_partitions: int | None = None
 
     def validate(self) -> None:
         if self.bootstrap is not None:
@@ -254,6 +258,22 @@ def read_secret(env: Mapping[str, str], file_conf: Mapping[str, Any], name: str)
     return None
 
 
+#: the most partitions a topic is created with here (Kafka's own limits are per broker, not this)
+MAX_TOPIC_PARTITIONS = 1000
+
+
+def _partitions(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_TOPIC_PARTITIONS:
+        raise ConfigError(f"HPCINSIGHT_TOPIC_PARTITIONS must be a whole number from 1 to {MAX_TOPIC_PARTITIONS}, got {text!r}")
+    return n
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the settings; raises :class:`ConfigError`."""
     env = os.environ if env is None else env
@@ -284,6 +304,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ssl_certfile=Path(p) if (p := get("KAFKA_SSL_CERTFILE")) else None,
         ssl_keyfile=Path(p) if (p := get("KAFKA_SSL_KEYFILE")) else None,
         topic_prefix=get("HPCINSIGHT_TOPIC_PREFIX", "hpcinsight.") or "",
+        topic_partitions=_partitions(get("HPCINSIGHT_TOPIC_PARTITIONS")),
     )
     url = get("CLICKHOUSE_URL", f"chdb://{data_dir / 'clickhouse'}") or ""
     username, password = get("CLICKHOUSE_USER"), read_secret(env, file_conf, "CLICKHOUSE_PASSWORD")

@@ -79,7 +79,7 @@ def start_broker(stack: ExitStack, settings: Settings, console: Console) -> Sett
             kafka = stack.enter_context(LocalKafka())
         settings = settings.with_bootstrap(kafka.bootstrap)
         console.print(f"[green]Kafka {KAFKA_VERSION}[/] serving at {kafka.bootstrap}")
-    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
+    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
     return settings
 
 

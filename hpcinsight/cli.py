@@ -34,14 +34,24 @@ def _stop_on_signals() -> threading.Event:
 
 
 # --- topics ---------------------------------------------------------------------------
+def partitions_arg(text: str) -> int:
+    """``--partitions``: a whole number within what hpcinsight creates (HPCINSIGHT_TOPIC_PARTITIONS' rule)."""
+    from hpcinsight.core.settings import MAX_TOPIC_PARTITIONS
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_TOPIC_PARTITIONS:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_TOPIC_PARTITIONS}, got {text!r}")
+    return int(text)
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from hpcinsight.schemas.catalog import describe, ensure_topics
 
     settings = load()
     prefix = settings.kafka.topic_prefix if args.create or args.prefix is None else args.prefix
+    partitions = settings.kafka.topic_partitions if args.partitions is None else args.partitions
     if args.create:
-        ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
-    rows = describe(prefix)
+        ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix, partitions=partitions)
+    rows = describe(prefix, partitions)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
@@ -107,7 +117,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if "scenario" in tables:
         import hpcinsight.harness.scenario  # noqa: F401 - registers the "scenario" collector kind
     collectors = build_collectors(tables)
-    ensure_topics(conf, settings.kafka.topic_prefix)
+    ensure_topics(conf, settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
     name = args.name or backend
     delivery = Delivery(
         conf,
@@ -265,7 +275,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"hpcinsight worker: {err}", file=sys.stderr)
         return 2
-    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
+    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
 
     def serve_metrics(app: Any) -> None:
         from hpcinsight.core import metrics
@@ -287,7 +297,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()  # first: a stop during start-up is still a clean stop
     settings = load()
     conf = settings.kafka.client_config()
-    ensure_topics(conf, settings.kafka.topic_prefix)
+    ensure_topics(conf, settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
     client = connect(settings.clickhouse, writer=True)
     while_store_refuses(lambda: ensure_tables(client, settings.clickhouse), stop)
     share = while_store_refuses(lambda: share_if_embedded(client, settings.clickhouse), stop)  # readers go through us
@@ -333,7 +343,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         return 0
     settings = load()
     conf = settings.kafka.client_config()
-    ensure_topics(conf, settings.kafka.topic_prefix)
+    ensure_topics(conf, settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(settings.data_dir)
     router = AlertRouter(
         config,
@@ -359,7 +369,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
     from hpcinsight.sinks.alerts.silence_cli import run_cli
 
     settings = load()
-    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix)
+    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
     return run_cli(args, settings.kafka.client_config(), settings.kafka.topic_prefix)
 
 
@@ -539,6 +549,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("topics", cmd_topics, "print the topic catalog (topics, schemas, keys, partitions, retention, tables)")
     p.add_argument("--create", action="store_true", help="create missing topics on the configured broker")
+    p.add_argument(
+        "--partitions",
+        type=partitions_arg,
+        default=None,
+        help="partitions of the keyed topics (those the catalog gives more than one; default HPCINSIGHT_TOPIC_PARTITIONS, "
+        "else the catalog's 6): as many workers and sinks as this can share the work. Choose it before the first start: "
+        "existing topics are left as they are",
+    )
     p.add_argument("--prefix", default=None, help="topic prefix to show (default: HPCINSIGHT_TOPIC_PREFIX)")
     p.add_argument("--format", choices=("table", "json"), default="table")
 

@@ -12,6 +12,7 @@ samples, which the worker writes in batches and the ClickHouse sink stores as co
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -312,15 +313,31 @@ def by_name(name: str) -> Topic:
     raise KeyError(f"no topic {name!r} in the catalog; known: {', '.join(t.name for t in TOPICS)}")
 
 
-def ensure_topics(client_config: dict[str, Any], prefix: str, replication: int | None = None, timeout: float = 30.0) -> list[str]:
+def with_partitions(partitions: int | None) -> list[Topic]:
+    """The catalog with ``partitions`` for every keyed topic it gives more than one (None: as it
+    is). Those with one stay at one: a single reader by design (the KPI leader's inventory, the
+    KPIs, dead letters, agent health, silences). Topics read side by side keep equal counts."""
+    if partitions is None:
+        return list(TOPICS)
+    return [dataclasses.replace(t, partitions=partitions) if t.partitions > 1 else t for t in TOPICS]
+
+
+def ensure_topics(
+    client_config: dict[str, Any],
+    prefix: str,
+    replication: int | None = None,
+    timeout: float = 30.0,
+    partitions: int | None = None,
+) -> list[str]:
     """Create the catalog's missing topics (existing ones are left as they are); returns every full
-    name. ``replication`` None leaves the factor to the cluster's ``default.replication.factor``."""
+    name. ``replication`` None leaves the factor to the cluster's ``default.replication.factor``;
+    ``partitions``: see :func:`with_partitions`."""
     from hpcinsight.core.topics import create_topics
 
-    return create_topics(client_config, TOPICS, prefix, replication, timeout)
+    return create_topics(client_config, with_partitions(partitions), prefix, replication, timeout)
 
 
-def describe(prefix: str) -> list[dict[str, Any]]:
+def describe(prefix: str, partitions: int | None = None) -> list[dict[str, Any]]:
     """The catalog as plain rows (what ``hpcinsight topics`` prints): each topic's full name, schema
     and version, wire (json or arrow), key, partitions, retention, ClickHouse table, fields and what it carries."""
     from hpcinsight.schemas.derive import fields_of  # pyarrow: only where the catalog is described
@@ -338,5 +355,5 @@ def describe(prefix: str) -> list[dict[str, Any]]:
             "fields": [f.name for f in fields_of(t.event)],
             "doc": t.doc,
         }
-        for t in TOPICS
+        for t in with_partitions(partitions)
     ]

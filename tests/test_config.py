@@ -58,6 +58,8 @@ def test_config_file_with_env_override(tmp_path) -> None:
         ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE"),
         ({"CLICKHOUSE_URL": f"ftp://bob:{SECRET}@h/x"}, "CLICKHOUSE_URL must start with"),
         ({"HPCINSIGHT_TOPIC_PREFIX": "a b"}, "HPCINSIGHT_TOPIC_PREFIX"),
+        ({"HPCINSIGHT_TOPIC_PARTITIONS": "0"}, "HPCINSIGHT_TOPIC_PARTITIONS must be a whole number from 1 to 1000, got '0'"),
+        ({"HPCINSIGHT_TOPIC_PARTITIONS": "six"}, "HPCINSIGHT_TOPIC_PARTITIONS must be a whole number"),
         ({"KAFKA_SASL_PASSWORD_FILE": "/nonexistent/pw"}, "cannot read"),
         ({"HPCINSIGHT_CONFIG": "/nonexistent/c.toml"}, "HPCINSIGHT_CONFIG"),
     ],
@@ -162,3 +164,14 @@ def test_a_repeated_kafka_log_line_goes_through_once_a_minute_with_a_count() -> 
     r = record(refused.format(1))
     assert f.filter(r) and r.getMessage().endswith("(1199 like it in the last 60 s)")
     assert f.filter(record("another message"))  # other messages are not held back
+
+
+def test_topic_partitions_scale_the_keyed_topics_only() -> None:
+    from hpcinsight.schemas.catalog import TOPICS, with_partitions
+
+    assert load({}).kafka.topic_partitions is None and with_partitions(None) == list(TOPICS)
+    assert load({"HPCINSIGHT_TOPIC_PARTITIONS": "24"}).kafka.topic_partitions == 24
+    scaled = {t.name: t.partitions for t in with_partitions(24)}
+    assert scaled == {t.name: 24 if t.partitions > 1 else 1 for t in TOPICS}
+    assert scaled["gpu.samples.raw"] == scaled["gpu.samples"] == scaled["streams.state"] == 24  # read side by side
+    assert scaled["node.inventory"] == scaled["scheduling.kpis"] == 1  # one reader by design

@@ -142,7 +142,9 @@ def test_worker_replicas_are_bounded_by_the_partitions() -> None:
     from hpcinsight.schemas.catalog import by_name
 
     schema = json.loads((CHART / "values.schema.json").read_text())
-    assert schema["properties"]["worker"]["properties"]["replicas"]["maximum"] == by_name("gpu.samples.raw").partitions
+    [default] = [c["then"]["properties"] for c in schema["allOf"] if "topicPartitions" in json.dumps(c["if"])]
+    assert default["worker"]["properties"]["replicas"]["maximum"] == by_name("gpu.samples.raw").partitions
+    assert default["sink"]["properties"]["replicas"]["maximum"] == by_name("gpu.samples").partitions
 
 
 def _pod_env(container: dict[str, Any], volumes: dict[str, dict[str, Any]], config_toml: str, tmp: Path) -> dict[str, str]:
@@ -194,6 +196,7 @@ def test_the_settings_reach_the_components(helm: Path, values: str, tmp_path: Pa
                 settings.kafka.bootstrap == v["kafka"]["bootstrap"] and settings.kafka.topic_prefix == v["kafka"]["topicPrefix"]
             )
             assert settings.kafka.security_protocol == v["kafka"]["securityProtocol"]
+            assert settings.kafka.topic_partitions == v["kafka"]["topicPartitions"]
             if v["kafka"]["securityProtocol"].startswith("SASL"):
                 assert settings.kafka.sasl_username == v["kafka"]["sasl"]["username"]
                 assert settings.kafka.sasl_password.reveal() == "s3cr3t-value-0123456789"
@@ -394,6 +397,8 @@ def test_the_prometheus_rule_alerts_on_the_pipeline(helm: Path) -> None:
 
 WRONG_VALUES = [
     (("worker.replicas=7",), "/worker/replicas"),
+    (("sink.replicas=7",), "/sink/replicas"),
+    (("kafka.topicPartitions=0",), "/kafka/topicPartitions"),
     (("kafka.securityProtocol=SASL",), "/kafka/securityProtocol"),
     (("clickhouse.url=chdb:///var/lib/store",), "/clickhouse/url"),
     (("kafka.bootstrap=kafka",), "/kafka/bootstrap"),

@@ -5,6 +5,9 @@ config.toml: |
   kafka_bootstrap = {{ .Values.kafka.bootstrap | quote }}
   kafka_security_protocol = {{ .Values.kafka.securityProtocol | quote }}
   hpcinsight_topic_prefix = {{ .Values.kafka.topicPrefix | quote }}
+  {{- with .Values.kafka.topicPartitions }}
+  hpcinsight_topic_partitions = {{ . }}
+  {{- end }}
   {{- if hasPrefix "SASL" .Values.kafka.securityProtocol }}
   kafka_sasl_mechanism = {{ .Values.kafka.sasl.mechanism | quote }}
   kafka_sasl_username = {{ .Values.kafka.sasl.username | quote }}
