@@ -21,7 +21,7 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +177,13 @@ class HandledOffsets:
 JOB_QUANTILES_LOOKBACK_MS = 5 * 60_000
 #: how often the worker's consumer refreshes its metadata, whatever happens (see create_app)
 METADATA_MAX_AGE_MS = 10_000
+
+
+def leads_kpis(assigned: Iterable[Any], inventory_topic: str) -> bool:
+    """Whether a worker assigned ``assigned`` publishes the scheduling KPIs: it owns partition 0 of
+    the inventory topic, which the catalog makes single. Owning any of its partitions made every
+    owner a publisher where the topic was created with more (each KPI row published twice or more)."""
+    return any(tp.topic == inventory_topic and tp.partition == 0 for tp in assigned)
 
 
 def _listed(settings: Settings, *topics: Topic) -> list[int]:
@@ -407,8 +414,8 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     owned: dict[str, set[int]] = {raw_topic: set(), sketch_topic: set()}
     handled = HandledOffsets()  # every stage's: see HandledOffsets
     started = False
-    # One worker publishes the scheduling KPIs: the one that owns the (single) inventory partition.
-    # Every worker computes them from the whole scheduler stream, so a new leader goes straight on.
+    # One worker publishes the scheduling KPIs: the one that owns the inventory's partition 0 (see
+    # leads_kpis). Every worker computes them from the whole scheduler stream, so a new leader goes straight on.
     inventory_topic = settings.topic(NODE_INVENTORY.name)
     kpi = {"leader": False}
 
@@ -436,7 +443,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         log.info("partitions assigned: %s", sorted(assigned))
         handled.rebalanced({(tp.topic, tp.partition) for tp in assigned})
         conf = settings.kafka.client_config()
-        kpi["leader"] = any(tp.topic == inventory_topic for tp in assigned)
+        kpi["leader"] = leads_kpis(assigned, inventory_topic)
         if not started:
             last = last_message(conf, settings.topic(SCHEDULING_KPIS.name), SCHEDULING_KPIS)
             processor.kpis_published_to = max((r.ts for r in last), default=0)

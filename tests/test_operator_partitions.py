@@ -5,7 +5,8 @@ The scheduler feed reads every partition (with the catalog's count, the jobs pla
 went unattributed, without a word), and the samples are forwarded to the raw partition's twin
 only where the stored topic has as many (librdkafka refuses a message for a partition the topic
 lacks, and the stage would fail on every batch).
-A state topic with fewer partitions than the raw samples cannot work: the worker says so."""
+A state topic with fewer partitions than the raw samples cannot work: the worker says so. One
+worker publishes the KPIs however many partitions the inventory topic has."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 
 from hpcinsight.core.settings import load
 from hpcinsight.core.topics import create_topics
 from hpcinsight.schemas.catalog import GPU_SAMPLES, GPU_SAMPLES_RAW, SCHEDULER_EVENTS, STREAM_STATE, ensure_topics
 from hpcinsight.schemas.events import GpuSample, SchedulerEvent
-from hpcinsight.streams.app import SchedulerFeed, check_state_partitions, samples_co_partitioned
+from hpcinsight.streams.app import SchedulerFeed, check_state_partitions, leads_kpis, samples_co_partitioned
 from hpcinsight.streams.processor import SampleProcessor
 
 T0 = 1_764_000_000_000
@@ -81,3 +82,13 @@ def test_a_state_topic_with_fewer_partitions_than_the_raw_samples_is_refused_in_
     with pytest.raises(ValueError, match=rf"streams.state has {GPU_SAMPLES_RAW.partitions - 1} partitions, fewer than"):
         check_state_partitions(load(env))
     check_state_partitions(load({**env, "HPCINSIGHT_TOPIC_PREFIX": f"other{uuid.uuid4().hex[:6]}."}))  # none yet: the catalog's
+
+
+def test_one_worker_leads_the_kpis_however_many_inventory_partitions_there_are() -> None:
+    """With the inventory created with three partitions and two workers sharing them, exactly one
+    publishes the KPIs (owning any of them made both publishers, each row sent twice)."""
+    inventory = "p.node.inventory"
+    first = {TopicPartition(inventory, 0), TopicPartition(inventory, 2), TopicPartition("p.gpu.samples.raw", 0)}
+    second = {TopicPartition(inventory, 1), TopicPartition("p.gpu.samples.raw", 1)}
+    assert [leads_kpis(first, inventory), leads_kpis(second, inventory)] == [True, False]
+    assert leads_kpis({TopicPartition(inventory, 0)}, inventory) and not leads_kpis(set(), inventory)
