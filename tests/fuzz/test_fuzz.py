@@ -6,7 +6,8 @@ Properties, for hostile messages generated from the schemas (tests/fuzz/strategi
 - every worker stage, the sink's decode, the alert router and the live view take any message
   without raising; a bad one becomes exactly one dead letter (worker, sink, router) that decodes,
   names a reason and the whole message's size and digest, and fits a Kafka message;
-- a good message is processed, never dead-lettered.
+- a good message is processed, never dead-lettered;
+- what an agent sends, whatever its collectors read, decodes with the worker's codec.
 
 The suite runs a bounded profile; ``make fuzz`` runs the long one (HYPOTHESIS_PROFILE=long).
 """
@@ -276,5 +277,87 @@ def test_the_live_view_takes_any_message(topic: Any) -> None:
         records = [r for raw in block if decodes(topic, raw) for r in topic.codec.decode(raw)]
         feed._apply(topic.name, getattr(state, method), records)
         state.summary()
+
+    prop()
+
+
+# -- agents: what leaves a node ---------------------------------------------------------------
+
+#: the topics agents (and the scheduler watchers) write, their records built in Python
+AGENT_TOPICS = [t for t in TOPICS if t.name in ("gpu.samples.raw", "ib.samples.raw", "gpu.processes", "gpu.xid")] + [
+    SCHEDULER_EVENTS,
+    STEP_METRICS_RAW,
+]
+_ANY_FLOAT = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),  # any magnitude, as a glitching sensor gives
+    st.floats(min_value=-200, max_value=200),  # and ordinary ones, inside most ranges
+)
+
+
+def _value_of(t: Any) -> st.SearchStrategy[Any]:
+    """Values of ``t``'s Python type at any size or length: the ranges are what is fuzzed."""
+    import msgspec
+
+    i = msgspec.inspect
+    if isinstance(t, i.NoneType):
+        return st.none()
+    if isinstance(t, i.BoolType):
+        return st.booleans()
+    if isinstance(t, i.IntType):
+        return st.one_of(st.integers(-(2**70), 2**70), st.integers(0, 300), st.integers(1_700_000_000_000, 1_800_000_000_000))
+    if isinstance(t, i.FloatType):
+        return _ANY_FLOAT
+    if isinstance(t, i.StrType):
+        return st.text(max_size=300)
+    if isinstance(t, i.LiteralType):
+        return st.sampled_from(t.values)
+    if isinstance(t, i.ListType):
+        return st.lists(_value_of(t.item_type), max_size=3)
+    if isinstance(t, i.DictType):
+        return st.dictionaries(st.text(min_size=1, max_size=12), _value_of(t.value_type), max_size=3)
+    raise AssertionError(f"no strategy for {t!r}")
+
+
+def _records_of(event: type) -> st.SearchStrategy[Any]:
+    import msgspec
+
+    info = msgspec.inspect.type_info(event)
+    assert isinstance(info, msgspec.inspect.StructType)
+    fields = {f.name: st.one_of(*(_value_of(m) for m in getattr(f.type, "types", (f.type,)))) for f in info.fields}
+    return st.fixed_dictionaries(fields).map(lambda kwargs: event(**kwargs))
+
+
+@pytest.mark.parametrize("topic", AGENT_TOPICS, ids=lambda t: t.name)
+def test_what_an_agent_sends_decodes_and_keeps_every_value_in_range(topic: Any) -> None:
+    """Whatever a collector reads (finite, of its field's type, of any size), the agent's message
+    decodes with the worker's codec; a record inside every range goes as it was, and any other
+    that goes differs only in values made unknown (agents/fit.py)."""
+    import msgspec
+
+    from hpcinsight.agents.fit import FitStats, fitted
+
+    @given(st.lists(_records_of(topic.event), min_size=1, max_size=4))
+    def prop(records: list[Any]) -> None:
+        value, sent = fitted(topic, records, FitStats())
+        if value is None:
+            assert sent == 0
+            return
+        got = topic.codec.decode(value)
+        assert len(got) == sent
+        valid = [r for r in records if decodes(topic, topic.codec.encode([r]))]
+        assert [r for r in got if r in valid] == valid  # a record inside every range goes as it was, in order
+        originals = {id(r): r for r in records}
+        for record in got:  # each kept record: the same as one sent, but for values set to unknown
+            matches = [
+                r
+                for r in originals.values()
+                if all(
+                    getattr(record, n) == getattr(r, n)
+                    or getattr(record, n) in (None, {})
+                    or (isinstance(getattr(r, n), dict) and getattr(record, n).items() <= getattr(r, n).items())
+                    for n in record.__struct_fields__
+                )
+            ]
+            assert matches, msgspec.structs.asdict(record)
 
     prop()
