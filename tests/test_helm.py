@@ -483,6 +483,15 @@ def test_the_pipeline_alerts_fire_on_what_they_describe(helm: Path, promtool: Pa
                         "series": f'hpcinsight_agent_messages_dropped_total{{{agents}, pod="agent-a", node="gpu-01"}}',
                         "values": "0+0x40",
                     },
+                    # one agent's GPU reporting an impossible reading every tick, the other's none
+                    {
+                        "series": f'hpcinsight_agent_values_out_of_range_total{{{agents}, pod="agent-a", node="gpu-01"}}',
+                        "values": "0+60x40",
+                    },
+                    {
+                        "series": f'hpcinsight_agent_values_out_of_range_total{{{agents}, pod="agent-b", node="gpu-02"}}',
+                        "values": "0+0x40",
+                    },
                     # dead letters from the worker
                     {"series": f'hpcinsight_worker_dead_letters_total{{{ns}, pod="worker-0"}}', "values": "0x10 5+1x30"},
                 ],
@@ -544,6 +553,27 @@ def test_the_pipeline_alerts_fire_on_what_they_describe(helm: Path, promtool: Pa
                         ],
                     },
                     {"eval_time": "40m", "alertname": "HpcinsightAgentDroppingMessages", "exp_alerts": []},
+                    {"eval_time": "10m", "alertname": "HpcinsightAgentReadingsOutOfRange", "exp_alerts": []},
+                    {
+                        "eval_time": "40m",
+                        "alertname": "HpcinsightAgentReadingsOutOfRange",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "namespace": "gpu-telemetry",
+                                    "pod": "agent-a",
+                                    "node": "gpu-01",
+                                },
+                                "exp_annotations": {
+                                    "summary": "hpcinsight: a GPU or port on gpu-01 keeps reporting values no hardware can have "
+                                    "(sent as unknown)",
+                                    "description": "The agent's log names the device and the field once; a sensor or driver "
+                                    "fault on that node (nvidia-smi -q).",
+                                },
+                            }
+                        ],
+                    },
                     {"eval_time": "5m", "alertname": "HpcinsightDeadLettersRising", "exp_alerts": []},
                     {
                         "eval_time": "40m",
