@@ -44,13 +44,16 @@ def partitions_arg(text: str) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from hpcinsight.schemas.catalog import describe, ensure_topics
+    from hpcinsight.schemas.catalog import describe, ensure_topics, partitions_unlike
 
     settings = load()
     prefix = settings.kafka.topic_prefix if args.create or args.prefix is None else args.prefix
     partitions = settings.kafka.topic_partitions if args.partitions is None else args.partitions
     if args.create:
-        ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix, partitions=partitions)
+        conf = settings.kafka.client_config()
+        ensure_topics(conf, settings.kafka.topic_prefix, partitions=partitions)
+        for name, listed, asked in partitions_unlike(conf, settings.kafka.topic_prefix, partitions):
+            print(f"hpcinsight topics: {name} exists with {listed} partitions, not {asked}: left as it is", file=sys.stderr)
     rows = describe(prefix, partitions)
     if args.format == "json":
         print(json.dumps(rows, indent=2))

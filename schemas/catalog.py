@@ -337,6 +337,19 @@ def ensure_topics(
     return create_topics(client_config, with_partitions(partitions), prefix, replication, timeout)
 
 
+def partitions_unlike(
+    client_config: dict[str, Any], prefix: str, partitions: int | None = None, timeout: float = 30.0
+) -> list[tuple[str, int, int]]:
+    """(full name, partitions on the broker, partitions asked) of each existing topic whose count
+    differs from :func:`with_partitions`' (topics are created, never resized: keys would move)."""
+    from hpcinsight.core.kafka import offsets_consumer, partition_counts
+
+    wanted = {t.full_name(prefix): t.partitions for t in with_partitions(partitions)}
+    with offsets_consumer(client_config, f"{prefix}topics") as consumer:
+        listed = partition_counts(consumer, list(wanted), timeout)
+    return [(name, listed[name], n) for name, n in wanted.items() if name in listed and listed[name] != n]
+
+
 def describe(prefix: str, partitions: int | None = None) -> list[dict[str, Any]]:
     """The catalog as plain rows (what ``hpcinsight topics`` prints): each topic's full name, schema
     and version, wire (json or arrow), key, partitions, retention, ClickHouse table, fields and what it carries."""

@@ -11,6 +11,9 @@ worker publishes the KPIs however many partitions the inventory topic has."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -92,3 +95,23 @@ def test_one_worker_leads_the_kpis_however_many_inventory_partitions_there_are()
     second = {TopicPartition(inventory, 1), TopicPartition("p.gpu.samples.raw", 1)}
     assert [leads_kpis(first, inventory), leads_kpis(second, inventory)] == [True, False]
     assert leads_kpis({TopicPartition(inventory, 0)}, inventory) and not leads_kpis(set(), inventory)
+
+
+@pytest.mark.kafka
+def test_topics_create_says_which_existing_topics_keep_another_count(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """Topics are created, never resized (keys would move): asking for 9 partitions where the
+    topics exist with 6 leaves them, and says so by name."""
+    prefix = f"resize{uuid.uuid4().hex[:6]}."
+    ensure_topics({"bootstrap.servers": kafka_bootstrap}, prefix)
+    env = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "HPCINSIGHT_TOPIC_PREFIX": prefix, "HPCINSIGHT_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcinsight.cli", "topics", "--create", "--partitions", "9", "--format", "json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = [line for line in done.stderr.splitlines() if "left as it is" in line]
+    assert f"hpcinsight topics: {prefix}gpu.samples.raw exists with 6 partitions, not 9: left as it is" in said
+    assert not [line for line in said if "node.inventory" in line]  # single by design: asked 1, has 1
