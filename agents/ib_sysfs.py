@@ -168,10 +168,11 @@ class IbSysfsCollector(Collector[IbConfig]):
             elif not is_rate:
                 values[field_name] = delta
             elif interval is not None:
-                if delta / interval > REAL_LIMIT:
+                rate = delta / interval
+                if rate > REAL_LIMIT:
                     reset = True
                 else:
-                    values[field_name] = delta / interval
+                    values[field_name] = rate
         hw: dict[str, float] = {}
         for name in p.hw_names:
             value = self._read_int(f"{base}/hw_counters/{name}")
@@ -179,10 +180,11 @@ class IbSysfsCollector(Collector[IbConfig]):
             p.prev_hw[name] = value
             if value is None or old is None or interval is None:
                 continue
-            if value < old or (value - old) / interval > REAL_LIMIT:
+            rate = (value - old) / interval
+            if rate < 0 or rate > REAL_LIMIT:
                 reset = True
             else:
-                hw[name] = (value - old) / interval
+                hw[name] = rate
         return IbSample(
             node=self.config.node,
             device=p.device,

@@ -262,7 +262,8 @@ def read_secret(env: Mapping[str, str], file_conf: Mapping[str, Any], name: str)
 MAX_TOPIC_PARTITIONS = 1000
 
 
-def _partitions(text: str | None) -> int | None:
+def topic_partitions(text: str | None, setting: str = "HPCINSIGHT_TOPIC_PARTITIONS") -> int | None:
+    """A partition count as ``setting`` states it (None: not set); :class:`ConfigError` naming it."""
     if text is None:
         return None
     try:
@@ -270,7 +271,7 @@ def _partitions(text: str | None) -> int | None:
     except ValueError:
         n = 0
     if not 1 <= n <= MAX_TOPIC_PARTITIONS:
-        raise ConfigError(f"HPCINSIGHT_TOPIC_PARTITIONS must be a whole number from 1 to {MAX_TOPIC_PARTITIONS}, got {text!r}")
+        raise ConfigError(f"{setting} must be a whole number from 1 to {MAX_TOPIC_PARTITIONS}, got {text!r}")
     return n
 
 
@@ -304,7 +305,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ssl_certfile=Path(p) if (p := get("KAFKA_SSL_CERTFILE")) else None,
         ssl_keyfile=Path(p) if (p := get("KAFKA_SSL_KEYFILE")) else None,
         topic_prefix=get("HPCINSIGHT_TOPIC_PREFIX", "hpcinsight.") or "",
-        topic_partitions=_partitions(get("HPCINSIGHT_TOPIC_PARTITIONS")),
+        topic_partitions=topic_partitions(get("HPCINSIGHT_TOPIC_PARTITIONS")),
     )
     url = get("CLICKHOUSE_URL", f"chdb://{data_dir / 'clickhouse'}") or ""
     username, password = get("CLICKHOUSE_USER"), read_secret(env, file_conf, "CLICKHOUSE_PASSWORD")

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from hpcinsight.core.kafka import lag
 from hpcinsight.core.settings import Settings
-from hpcinsight.schemas.catalog import STORED, Topic, ensure_topics
+from hpcinsight.schemas.catalog import STORED, Topic, ensure_configured_topics
 
 
 def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
@@ -79,7 +79,7 @@ def start_broker(stack: ExitStack, settings: Settings, console: Console) -> Sett
             kafka = stack.enter_context(LocalKafka())
         settings = settings.with_bootstrap(kafka.bootstrap)
         console.print(f"[green]Kafka {KAFKA_VERSION}[/] serving at {kafka.bootstrap}")
-    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
+    ensure_configured_topics(settings.kafka)
     return settings
 
 

@@ -35,12 +35,15 @@ def _stop_on_signals() -> threading.Event:
 
 # --- topics ---------------------------------------------------------------------------
 def partitions_arg(text: str) -> int:
-    """``--partitions``: a whole number within what hpcinsight creates (HPCINSIGHT_TOPIC_PARTITIONS' rule)."""
-    from hpcinsight.core.settings import MAX_TOPIC_PARTITIONS
+    """``--partitions``: HPCINSIGHT_TOPIC_PARTITIONS' rule (core.settings.topic_partitions)."""
+    from hpcinsight.core.settings import topic_partitions
 
-    if not text.isdigit() or not 1 <= int(text) <= MAX_TOPIC_PARTITIONS:
-        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_TOPIC_PARTITIONS}, got {text!r}")
-    return int(text)
+    try:
+        n = topic_partitions(text, "--partitions")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    assert n is not None
+    return n
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -111,7 +114,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from hpcinsight.agents.delivery import Delivery
     from hpcinsight.agents.registry import build as build_collectors
     from hpcinsight.agents.runner import AgentStats, Metrics, run_agent
-    from hpcinsight.schemas.catalog import ensure_topics
+    from hpcinsight.schemas.catalog import ensure_configured_topics
 
     stop = _stop_on_signals()
     settings = load()
@@ -120,7 +123,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if "scenario" in tables:
         import hpcinsight.harness.scenario  # noqa: F401 - registers the "scenario" collector kind
     collectors = build_collectors(tables)
-    ensure_topics(conf, settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
+    ensure_configured_topics(settings.kafka)
     name = args.name or backend
     delivery = Delivery(
         conf,
@@ -249,7 +252,7 @@ def agent_collector_tables(
 # --- worker ---------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
     from hpcinsight.core.durations import parse_ms
-    from hpcinsight.schemas.catalog import ensure_topics
+    from hpcinsight.schemas.catalog import ensure_configured_topics
     from hpcinsight.streams.app import WorkerOptions, parse_windows, run_worker
     from hpcinsight.streams.detectors import build as build_detectors
 
@@ -278,7 +281,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"hpcinsight worker: {err}", file=sys.stderr)
         return 2
-    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
+    ensure_configured_topics(settings.kafka)
 
     def serve_metrics(app: Any) -> None:
         from hpcinsight.core import metrics
@@ -293,14 +296,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 # --- sink -----------------------------------------------------------------------------
 def cmd_sink(args: argparse.Namespace) -> int:
-    from hpcinsight.schemas.catalog import ensure_topics
+    from hpcinsight.schemas.catalog import ensure_configured_topics
     from hpcinsight.sinks.clickhouse import connect, ensure_tables, share_if_embedded, while_store_refuses
     from hpcinsight.sinks.clickhouse_sink import ClickHouseSink, SinkOptions
 
     stop = _stop_on_signals()  # first: a stop during start-up is still a clean stop
     settings = load()
     conf = settings.kafka.client_config()
-    ensure_topics(conf, settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
+    ensure_configured_topics(settings.kafka)
     client = connect(settings.clickhouse, writer=True)
     while_store_refuses(lambda: ensure_tables(client, settings.clickhouse), stop)
     share = while_store_refuses(lambda: share_if_embedded(client, settings.clickhouse), stop)  # readers go through us
@@ -334,7 +337,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 # --- alerts ---------------------------------------------------------------------------
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from hpcinsight.schemas.catalog import ensure_topics
+    from hpcinsight.schemas.catalog import ensure_configured_topics
     from hpcinsight.sinks.alerts import config as alerts_config
     from hpcinsight.sinks.alerts.router import AlertRouter, RouterOptions
     from hpcinsight.sinks.alerts.store import default_state_dir
@@ -346,7 +349,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         return 0
     settings = load()
     conf = settings.kafka.client_config()
-    ensure_topics(conf, settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
+    ensure_configured_topics(settings.kafka)
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(settings.data_dir)
     router = AlertRouter(
         config,
@@ -368,11 +371,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_silence(args: argparse.Namespace) -> int:
-    from hpcinsight.schemas.catalog import ensure_topics
+    from hpcinsight.schemas.catalog import ensure_configured_topics
     from hpcinsight.sinks.alerts.silence_cli import run_cli
 
     settings = load()
-    ensure_topics(settings.kafka.client_config(), settings.kafka.topic_prefix, partitions=settings.kafka.topic_partitions)
+    ensure_configured_topics(settings.kafka)
     return run_cli(args, settings.kafka.client_config(), settings.kafka.topic_prefix)
 
 

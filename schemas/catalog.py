@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hpcinsight.schemas.arrow_wire import ArrowCodec
 from hpcinsight.schemas.codec import Codec
@@ -37,6 +37,9 @@ from hpcinsight.schemas.events import (
     StepMetric,
     XidEvent,
 )
+
+if TYPE_CHECKING:
+    from hpcinsight.core.settings import KafkaSettings
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -335,6 +338,12 @@ def ensure_topics(
     from hpcinsight.core.topics import create_topics
 
     return create_topics(client_config, with_partitions(partitions), prefix, replication, timeout)
+
+
+def ensure_configured_topics(kafka: KafkaSettings) -> list[str]:
+    """:func:`ensure_topics` with the settings' prefix and partition count (what every component
+    does at start, so that none of them creates a topic at another count)."""
+    return ensure_topics(kafka.client_config(), kafka.topic_prefix, partitions=kafka.topic_partitions)
 
 
 def partitions_unlike(

@@ -93,17 +93,12 @@ Flag = Annotated[bool, Column("Bool", "bool")]
 LabelList = Annotated[list[str], Column("Array(LowCardinality(String))", "list<string>")]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1), Column("UInt64", "uint64", "T64, ZSTD(1)")]
 
+_NUMBER_MAP = Column("Map(LowCardinality(String), Float64)", "map<string, float64>")
 # Numeric evidence of an anomaly: name -> value, queryable as a ClickHouse Map.
-Evidence = Annotated[
-    dict[str, float],
-    Column("Map(LowCardinality(String), Float64)", "map<string, float64>"),
-]
+Evidence = Annotated[dict[str, float], _NUMBER_MAP]
 # Numbers read outside, by name (an IB port's counter rates, a training step's phase times):
 # each bounded as a Real is, so that no sum or mean over them can overflow.
-Readings = Annotated[
-    dict[str, Real],
-    Column("Map(LowCardinality(String), Float64)", "map<string, float64>"),
-]
+Readings = Annotated[dict[str, Real], _NUMBER_MAP]
 # Free-form string labels (e.g. node labels): name -> value.
 StringMap = Annotated[
     dict[str, str],

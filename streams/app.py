@@ -186,38 +186,28 @@ def leads_kpis(assigned: Iterable[Any], inventory_topic: str) -> bool:
     return any(tp.topic == inventory_topic and tp.partition == 0 for tp in assigned)
 
 
-def _listed(settings: Settings, *topics: Topic) -> list[int]:
-    """Each topic's partitions as the broker lists them (the catalog's count for one it lacks)."""
-    names = [settings.topic(t.name) for t in topics]
-    with offsets_consumer(settings.kafka.client_config(), f"{settings.kafka.topic_prefix}worker-metadata") as consumer:
-        counts = partition_counts(consumer, names)
-    return [counts.get(name, t.partitions) for name, t in zip(names, topics, strict=True)]
-
-
 def samples_co_partitioned(settings: Settings) -> bool:
     """Whether the broker lists as many partitions for the stored GPU samples as for the raw ones,
     so that the worker can forward a raw partition's samples to the same partition (see
-    ``SampleProcessor._gpu_outputs``). Topics an operator created with other counts: by node key
-    instead (librdkafka refuses a message for a partition the topic lacks when it is produced,
-    and the stage would fail on every batch)."""
-    raw, stored = _listed(settings, GPU_SAMPLES_RAW, GPU_SAMPLES)
-    if raw != stored:
-        log.warning("%d raw GPU sample partitions and %d stored ones: samples forwarded by node key", raw, stored)
-    return raw == stored
-
-
-def check_state_partitions(settings: Settings) -> None:
-    """Refuse, in words, a state topic with fewer partitions than the raw GPU samples: a raw
-    partition's checkpoints go to the state partition of the same number (its rebuild reads
-    them there), and librdkafka refuses a message for a partition the topic lacks when it is
-    produced: the stage would fail on every batch that closes a pane."""
-    raw, state = _listed(settings, GPU_SAMPLES_RAW, STREAM_STATE)
+    ``SampleProcessor._gpu_outputs``); topics an operator created with other counts: by node key.
+    A state topic with fewer partitions than the raw samples is refused in words (ValueError): a
+    raw partition's checkpoints go to the state partition of its number, where its rebuild reads
+    them. librdkafka refuses a message for a partition the topic lacks when it is produced, so
+    either would fail the stage on every batch. The catalog's count stands for a topic not there."""
+    topics = (GPU_SAMPLES_RAW, GPU_SAMPLES, STREAM_STATE)
+    names = [settings.topic(t.name) for t in topics]
+    with offsets_consumer(settings.kafka.client_config(), f"{settings.kafka.topic_prefix}worker-metadata") as consumer:
+        listed = partition_counts(consumer, names)
+    raw, stored, state = (listed.get(name, t.partitions) for name, t in zip(names, topics, strict=True))
     if state < raw:
         raise ValueError(
             f"{settings.topic(STREAM_STATE.name)} has {state} partitions, fewer than the {raw} of "
             f"{settings.topic(GPU_SAMPLES_RAW.name)}: each raw partition checkpoints to the state partition of its "
             f"number; give the state topic at least {raw} (kafka-topics --alter --partitions {raw})"
         )
+    if raw != stored:
+        log.warning("%d raw GPU sample partitions and %d stored ones: samples forwarded by node key", raw, stored)
+    return raw == stored
 
 
 class SchedulerFeed:
@@ -404,8 +394,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         for t in TOPICS
     }
     processor = SampleProcessor(options.processor_config(), detectors=build_detectors(settings.detectors))
-    check_state_partitions(settings)
-    processor.samples_by_partition = samples_co_partitioned(settings)
+    processor.samples_by_partition = samples_co_partitioned(settings)  # the state topic checked too
     # pyarrow, and the pandas its first conversion of Python values imports, loaded now (0.5 s
     # here): not in the first batch after a start or restart, where it delays every output
     GPU_SAMPLES.codec.encode([])

@@ -4,7 +4,6 @@ unknown, and costs neither the node's other GPUs nor the rest of its own sample.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from hpcinsight.agents.base import Collector
 from hpcinsight.agents.delivery import Delivery
 from hpcinsight.agents.fit import FitStats, fitted
 from hpcinsight.agents.runner import AgentStats, agent_metric_families, run_agent
+from hpcinsight.deploy.local.kafka import free_ports
 from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW, IB_SAMPLES_RAW
 from hpcinsight.schemas.columns import REAL_LIMIT
 from hpcinsight.schemas.events import Event, GpuSample, IbSample
@@ -49,18 +49,12 @@ class _Recorded(Delivery):
     """The real delivery (no broker: everything waits in its spool), noting what it was handed."""
 
     def __init__(self, spool: Path) -> None:
-        super().__init__({"bootstrap.servers": f"127.0.0.1:{_closed_port()}", "log_level": 0}, spool, window=5)
+        super().__init__({"bootstrap.servers": f"127.0.0.1:{free_ports(1)[0]}", "log_level": 0}, spool, window=5)
         self.handed: list[tuple[str, bytes]] = []
 
     def send(self, topic: str, key: str | bytes, value: bytes) -> None:
         self.handed.append((topic, value))
         super().send(topic, key, value)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_glitching_reading_is_sent_as_unknown_and_the_node_s_message_is_accepted(

@@ -24,7 +24,7 @@ from hpcinsight.core.settings import load
 from hpcinsight.core.topics import create_topics
 from hpcinsight.schemas.catalog import GPU_SAMPLES, GPU_SAMPLES_RAW, SCHEDULER_EVENTS, STREAM_STATE, ensure_topics
 from hpcinsight.schemas.events import GpuSample, SchedulerEvent
-from hpcinsight.streams.app import SchedulerFeed, check_state_partitions, leads_kpis, samples_co_partitioned
+from hpcinsight.streams.app import SchedulerFeed, leads_kpis, samples_co_partitioned
 from hpcinsight.streams.processor import SampleProcessor
 
 T0 = 1_764_000_000_000
@@ -83,8 +83,8 @@ def test_a_state_topic_with_fewer_partitions_than_the_raw_samples_is_refused_in_
     ensure_topics(conf, prefix)
     env = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "HPCINSIGHT_TOPIC_PREFIX": prefix, "HPCINSIGHT_DATA_DIR": str(tmp_path)}
     with pytest.raises(ValueError, match=rf"streams.state has {GPU_SAMPLES_RAW.partitions - 1} partitions, fewer than"):
-        check_state_partitions(load(env))
-    check_state_partitions(load({**env, "HPCINSIGHT_TOPIC_PREFIX": f"other{uuid.uuid4().hex[:6]}."}))  # none yet: the catalog's
+        samples_co_partitioned(load(env))
+    samples_co_partitioned(load({**env, "HPCINSIGHT_TOPIC_PREFIX": f"other{uuid.uuid4().hex[:6]}."}))  # none yet: the catalog's
 
 
 def test_one_worker_leads_the_kpis_however_many_inventory_partitions_there_are() -> None:
