@@ -1,8 +1,8 @@
 """A node's message checked as the worker will decode it, before it leaves the node.
 
-The worker refuses a whole message for one value its schema does not allow (one dead letter,
-with the reason), so one glitching reading (a power of 4 MW, a temperature of 511 °C, a counter
-that jumped) would cost every GPU of the node that tick. Each message is decoded here with the
+The worker refuses a record for one value its schema does not allow (a dead letter, with the
+reason), so one glitching reading (a power of 4 MW, a temperature of 511 °C, a counter that
+jumped) would cost every other reading of its GPU or port that tick. Each message is decoded here with the
 topic's codec, as the worker does; where that fails, a number outside its field's range becomes
 null (unknown, as a failed read is), a map drops such an entry, and a record that still does not
 decode is left out. A message that decodes, every one but for such a glitch, goes out as encoded.

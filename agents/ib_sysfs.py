@@ -3,7 +3,7 @@
 The kernel exposes cumulative counters; a sample is the delta since the previous tick of the
 same port, so the first tick of a port carries only its state and link rate. A counter that
 went backwards (reset, driver reload, wrap) or jumped beyond what the link can carry (or, for any
-rate, past the schema's limit for a number, which the worker would refuse with the whole message)
+rate, past the schema's limit for a number, which the worker would refuse with the whole record)
 gives a null for that interval and ``counters_reset``, and its new value becomes the baseline: a
 negative or absurd rate would poison every aggregate downstream.
 

@@ -61,6 +61,24 @@ def _read_header(raw: bytes | bytearray | memoryview) -> _Header:
 
 
 _encoder = msgspec.json.Encoder()
+_fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])  # a message's fields, each as its text
+_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+
+#: a refused message of more records than this is dead-lettered whole, not record by record
+#: (salvage decodes each record alone: about 10 us a JSON record, 150 us an Arrow row)
+SALVAGE_MAX_RECORDS = 4096
+
+#: one-record messages of a refused one, and a function making a message of some of its records
+RecordSplit = tuple[list[bytes], Callable[[list[int]], bytes]]
+
+
+@dataclass
+class Salvaged(Generic[E]):
+    """What of a refused message is still usable (see :meth:`Codec.salvage`)."""
+
+    records: list[E]  # the records that decode alone, in the message's order
+    left_out: bytes  # one message of the same wire holding the others, in order: what a dead letter keeps
+    reason: str  # which records were left out, and why each
 
 
 @dataclass
@@ -130,6 +148,51 @@ class Codec(Generic[E]):
             JSON_DECODING.active = False
         self._check_header(batch)
         return list(batch.records)
+
+    def salvage(self, raw: bytes | None) -> Salvaged[E] | None:
+        """The records of a message :meth:`decode` refused that decode alone, under the same rules,
+        so that one bad record (from a producer that is not one of our agents) does not cost the
+        message's others; and the rest as one message, for the dead letter.
+
+        None where nothing can be salvaged: the message is not this wire's envelope, holds a single
+        record or more than :data:`SALVAGE_MAX_RECORDS`, or none of its records decodes alone (or
+        all do: then the fault is the message's, not a record's)."""
+        split = self._split_records(raw)
+        if split is None:
+            return None
+        ones, message = split
+        good: list[E] = []
+        bad: list[tuple[int, str]] = []
+        for i, one in enumerate(ones):
+            try:
+                good.extend(self.decode(one))
+            except DecodeError as err:
+                bad.append((i, str(err).replace("$.records[0]", f"$.records[{i}]")))
+        if not good or not bad:
+            return None
+        said = "; ".join(f"record {i}: {why}" for i, why in bad)
+        reason = f"{len(bad)} of {len(ones)} records left out, the other {len(good)} used: {said}"
+        return Salvaged(good, message([i for i, _ in bad]), cut_reason(reason))
+
+    def _split_records(self, raw: bytes | None) -> RecordSplit | None:
+        """``raw``'s records as one-record messages with its envelope, each record's text as it came
+        (a value parsed and written again could change: a number's form, an escape); or None where
+        it has no list of records to split (or one record only, or too many)."""
+        if not raw or not isinstance(raw, (bytes, bytearray, memoryview)):
+            return None
+        try:
+            top = _fields_decoder.decode(raw)
+            records = _list_decoder.decode(top.pop("records"))
+        except Exception:  # noqa: BLE001 - not a JSON object with a list of records (or nested too deeply)
+            return None
+        if not 1 < len(records) <= SALVAGE_MAX_RECORDS:
+            return None
+        head = b"".join(_encoder.encode(name) + b":" + bytes(value) + b"," for name, value in top.items())
+
+        def message(indices: list[int]) -> bytes:
+            return b"{" + head + b'"records":[' + b",".join(bytes(records[i]) for i in indices) + b"]}"
+
+        return [message([i]) for i in range(len(records))], message
 
     def _check_header(self, header: Any) -> None:  # a _Header, or the envelope (built at run time)
         if header.schema != self.event.__schema__:

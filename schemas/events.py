@@ -378,8 +378,9 @@ class DeadLetter(Event, frozen=True):
     """A message that could not be used, with the reason, so nothing is lost silently.
 
     ``raw`` is the message, or its first :data:`DEAD_LETTER_RAW_MAX` bytes when it is larger
-    (``raw_size`` and ``raw_sha256`` are always those of the whole message). Build one with
-    :meth:`of`, which applies the caps.
+    (``raw_size`` and ``raw_sha256`` are always those of the whole message). Where the worker
+    used the rest of a message, ``raw`` is the records it left out, as one message of the same
+    wire (``Codec.salvage``). Build one with :meth:`of`, which applies the caps.
     """
 
     __schema__ = "dead_letter"

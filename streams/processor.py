@@ -139,6 +139,7 @@ class ProcessorStats:
     late_samples: int = 0
     late_sketches: int = 0
     failed: int = 0  # messages whose handling raised (each dead-lettered)
+    messages_salvaged: int = 0  # refused messages whose good records were used, the rest dead-lettered
     reasons: dict[str, int] = field(default_factory=dict)
     by_stage: dict[str, int] = field(default_factory=dict)  # messages handled, per stage
     open_incidents: dict[str, set[str]] = field(default_factory=dict)  # detector kind -> ids firing
@@ -262,15 +263,15 @@ class SampleProcessor:
     def handle(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
         """All outputs caused by one message of the raw GPU samples topic, in send order."""
         self.stats.messages += 1
-        samples, rejected = self._decode(GPU_SAMPLES, source, partition, offset, key, value)
-        if rejected is not None:
-            return [rejected]
+        samples, letters = self._decode(GPU_SAMPLES, source, partition, offset, key, value)
+        if letters and not samples:
+            return letters
         enriched = [self.attribution.enrich_gpu(s) for s in samples]
         node_key = key if key else (enriched[0].node.encode() if enriched else b"")
         # nothing to attribute: forward the bytes, where they are on the stored topic's wire (JSON onto Arrow is not)
-        unchanged = GPU_SAMPLES_RAW.wire == GPU_SAMPLES.wire and all(a is b for a, b in zip(enriched, samples))
+        unchanged = not letters and GPU_SAMPLES_RAW.wire == GPU_SAMPLES.wire and all(a is b for a, b in zip(enriched, samples))
         out = [Output(GPU_SAMPLES, node_key, value if unchanged and value else GPU_SAMPLES.codec.encode(enriched))]
-        return out + self._gpu_outputs(self._gpu_parts([(node_key, enriched, partition)]))
+        return out + self._gpu_outputs(self._gpu_parts([(node_key, enriched, partition)])) + letters
 
     def handle_batch(self, messages: Sequence[Message], stage: str = "gpu-samples") -> list[Output]:
         """All outputs caused by a batch of raw GPU messages: the state changes, records and
@@ -279,8 +280,9 @@ class SampleProcessor:
 
         Each message is decoded, validated and processed alone, under the rule of :meth:`guarded`
         (counted under ``stage``): a bad one, or one whose processing raises, is one dead letter
-        and takes none of its outputs into the batch's. Validated samples are always encoded
-        again, never forwarded as the bytes they came in."""
+        and takes none of its outputs into the batch's (one with some bad records gives the
+        outputs of its good ones and a letter of the rest: :meth:`_records_of`). Validated samples
+        are always encoded again, never forwarded as the bytes they came in."""
         parts: list[tuple[Message, _GpuPart]] = []
         letters: list[Output] = []
         triggers: list[_Trigger] = []
@@ -290,8 +292,8 @@ class SampleProcessor:
             try:
                 self.stats.messages += 1
                 samples, rejected = self._decode(GPU_SAMPLES, source, partition, offset, key, value)
-                if rejected is not None:
-                    letters.append(rejected)
+                letters += rejected
+                if rejected and not samples:
                     continue
                 enriched = [self.attribution.enrich_gpu(s) for s in samples]
                 node_key = key if key else (enriched[0].node.encode() if enriched else b"")
@@ -431,16 +433,30 @@ class SampleProcessor:
 
     def _decode(
         self, topic: Topic, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-    ) -> tuple[list[Any], Output | None]:
-        """The records of a raw message, or the dead letter that says why there are none."""
-        try:
-            records = topic.codec.decode(value)
-        except DecodeError as err:
-            return [], self.dead_letter(source, partition, offset, key, value, "validate", str(err))
+    ) -> tuple[list[Any], list[Output]]:
+        """The usable records of a raw message, and the dead letter of the rest (see :meth:`_records_of`);
+        a message with a sample stamped in the future is dead-lettered whole (its node's clock is wrong)."""
+        records, letters = self._records_of(topic, source, partition, offset, key, value)
         skew = self._skew(records)
         if skew:
-            return [], self.dead_letter(source, partition, offset, key, value, "validate", skew)
-        return records, None
+            return [], [self.dead_letter(source, partition, offset, key, value, "validate", skew)]
+        return records, letters
+
+    def _records_of(
+        self, topic: Topic, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> tuple[list[Any], list[Output]]:
+        """The records of a message that decode, and one dead letter with the rest and why: the
+        whole message where nothing of it is usable, else the records left out (a producer's one bad
+        record does not cost the others; see :meth:`hpcinsight.schemas.codec.Codec.salvage`)."""
+        try:
+            return topic.codec.decode(value), []
+        except DecodeError as err:
+            salvaged = topic.codec.salvage(value)
+            if salvaged is None:
+                return [], [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
+        self.stats.messages_salvaged += 1
+        letter = self.dead_letter(source, partition, offset, key, salvaged.left_out, "validate", salvaged.reason)
+        return salvaged.records, [letter]
 
     def _skew(self, samples: Iterable[GpuSample | IbSample | StepMetric]) -> str | None:
         horizon = int(time.time() * 1000) + self.config.max_future_ms
@@ -539,40 +555,38 @@ class SampleProcessor:
     def handle_ib(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
         """Validate and attribute one message of raw IB samples; run the detectors that read them."""
         self.stats.messages += 1
-        samples, rejected = self._decode(IB_SAMPLES, source, partition, offset, key, value)
-        if rejected is not None:
-            return [rejected]
+        samples, letters = self._decode(IB_SAMPLES, source, partition, offset, key, value)
+        if letters and not samples:
+            return letters
         samples = [self.attribution.enrich_ib(s) for s in samples]
         self.stats.ib_samples += len(samples)
         out = [Output(IB_SAMPLES, key or (samples[0].node.encode() if samples else b""), IB_SAMPLES.codec.encode(samples))]
         for sample in samples:
             out.extend(self._anomaly_outputs(self._detect(sample)))
-        return out
+        return out + letters
 
     def handle_steps(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
         """Validate and attribute one message of raw step metrics; run the detectors that read them."""
         self.stats.messages += 1
-        steps, rejected = self._decode(STEP_METRICS, source, partition, offset, key, value)
-        if rejected is not None:
-            return [rejected]
+        steps, letters = self._decode(STEP_METRICS, source, partition, offset, key, value)
+        if letters and not steps:
+            return letters
         steps = [self.attribution.enrich_step(s) for s in steps]
         out = [Output(STEP_METRICS, key or (steps[0].job_id.encode() if steps else b""), STEP_METRICS.codec.encode(steps))]
         anomalies: list[Event] = []
         for step in steps:
             anomalies.extend(self._detect(step))
         out.extend(self._anomaly_outputs(anomalies))
-        return out
+        return out + letters
 
     # -- job stage ------------------------------------------------------------------------------
 
     def handle_sketches(self, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> list[Output]:
         """Job quantiles (and job-level anomalies) completed by one message of GPU sketches."""
         self.stats.messages += 1
-        try:
-            sketches = GPU_SKETCHES.codec.decode(value)
-        except DecodeError as err:
-            return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
-        out: list[Output] = []
+        sketches, out = self._records_of(GPU_SKETCHES, source, partition, offset, key, value)
+        if out and not sketches:
+            return out
         late = self.jobs.late
         for sketch in sketches:
             for q in self.jobs.add(sketch):
@@ -617,11 +631,8 @@ class SampleProcessor:
     ) -> list[Output]:
         """Anomalies caused by one message of a detector input topic (see :meth:`event_topics`)."""
         self.stats.messages += 1
-        try:
-            records = topic.codec.decode(value)
-        except DecodeError as err:
-            return [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
-        return self._anomaly_outputs([anomaly for record in records for anomaly in self._detect(record)])
+        records, letters = self._records_of(topic, source, partition, offset, key, value)
+        return self._anomaly_outputs([anomaly for record in records for anomaly in self._detect(record)]) + letters
 
     def observe_scheduler(self, value: bytes | None, topic: Topic) -> list[Output]:
         """Feed the attribution table and the scheduling KPIs (every worker reads all of the

@@ -195,3 +195,15 @@ def messages(topic: Topic, valid_only: bool = False) -> st.SearchStrategy[bytes]
         st.just(b"null"),
         st.just(b""),
     )
+
+
+def record_lists(topic: Topic) -> st.SearchStrategy[list[dict[str, Any]]]:
+    """Two to five records of the topic's event, each valid or with one field hostile."""
+    top = msgspec.json.schema(topic.event)
+    defs = top.get("$defs", {})
+    return st.lists(st.one_of(record(top, defs, 0), record(top, defs, 1)), min_size=2, max_size=5)
+
+
+def envelope(topic: Topic, records: list[dict[str, Any]]) -> bytes:
+    """A message of ``records`` under the topic's own header."""
+    return dumps({"schema": topic.event.__schema__, "v": topic.event.__version__, "records": records})

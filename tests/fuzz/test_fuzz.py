@@ -7,6 +7,8 @@ Properties, for hostile messages generated from the schemas (tests/fuzz/strategi
   without raising; a bad one becomes exactly one dead letter (worker, sink, router) that decodes,
   names a reason and the whole message's size and digest, and fits a Kafka message;
 - a good message is processed, never dead-lettered;
+- of a refused message, the worker uses exactly the records that decode alone and dead-letters the
+  others, each as it came;
 - what an agent sends, whatever its collectors read, decodes with the worker's codec.
 
 The suite runs a bounded profile; ``make fuzz`` runs the long one (HYPOTHESIS_PROFILE=long).
@@ -20,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -40,7 +43,7 @@ from hpcinsight.schemas.catalog import (
 from hpcinsight.schemas.codec import DecodeError
 from hpcinsight.schemas.events import DEAD_LETTER_RAW_MAX
 from hpcinsight.web.feed import FEEDS
-from tests.fuzz.strategies import messages
+from tests.fuzz.strategies import dumps, envelope, messages, record_lists
 
 settings.register_profile(
     "suite",
@@ -66,6 +69,15 @@ def decodes(topic: Any, raw: bytes) -> bool:
         topic.codec.decode(raw)
         return True
     except DecodeError:
+        return False
+
+
+def is_json_text(text: bytes) -> bool:
+    """Whether ``text`` is JSON as a parser reads it past its values (NaN is not; 1e999 is)."""
+    try:
+        msgspec.json.decode(text, type=msgspec.Raw)
+        return True
+    except (msgspec.DecodeError, RecursionError):
         return False
 
 
@@ -156,10 +168,43 @@ def test_a_worker_stage_takes_any_message(processor: Any, topic: Any, method: st
         letters = [o for o in outputs if o.topic is DEAD_LETTERS]
         if decodes(topic, raw) and not letters:
             return
-        if not decodes(topic, raw):
-            assert len(letters) == 1 and len(outputs) == 1, outputs
-        for letter in letters:
-            check_dead_letter(letter.value, raw)
+        assert len(letters) == 1, outputs
+        salvaged = topic.codec.salvage(raw) if not decodes(topic, raw) else None
+        if salvaged is None:  # refused whole
+            assert len(outputs) == 1, outputs
+            check_dead_letter(letters[0].value, raw)
+        else:  # its good records used, the rest in the letter
+            check_dead_letter(letters[0].value, salvaged.left_out)
+
+    prop()
+
+
+@pytest.mark.parametrize("topic", [topic for topic, _ in STAGES], ids=lambda t: t.name)
+def test_a_refused_message_keeps_exactly_the_records_that_decode_alone(topic: Any) -> None:
+    @given(record_lists(topic))
+    def prop(records: list[dict[str, Any]]) -> None:
+        raw = envelope(topic, records)
+        if decodes(topic, raw):
+            return
+        alone = [decodes(topic, envelope(topic, [r])) for r in records]
+        got = topic.codec.salvage(raw)
+        if not all(is_json_text(dumps(r)) for r in records) or all(alone) or not any(alone):
+            assert got is None
+            return
+        assert got is not None
+        assert got.records == [topic.codec.decode(envelope(topic, [r]))[0] for r, ok in zip(records, alone) if ok]
+        left = msgspec.json.decode(got.left_out, type=dict[str, msgspec.Raw])  # each record as it came
+        assert [bytes(r) for r in msgspec.json.decode(left.pop("records"), type=list[msgspec.Raw])] == [
+            dumps(r) for r, ok in zip(records, alone) if not ok
+        ]
+        assert {k: msgspec.json.decode(v) for k, v in left.items()} == {
+            "schema": topic.event.__schema__,
+            "v": topic.event.__version__,
+        }
+        if not got.reason.endswith("..."):  # not cut: it names each record left out, and only those
+            assert [i for i in range(len(records)) if f"record {i}: " in got.reason] == [
+                i for i, ok in enumerate(alone) if not ok
+            ]
 
     prop()
 

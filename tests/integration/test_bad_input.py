@@ -55,6 +55,11 @@ def test_bad_messages_land_in_dead_letters_and_good_ones_are_stored(pipeline: Pi
     producer.produce(topic, key=b"n0", value=good(k))
     producer.produce(topic, key=b"n0", value=b"")  # an empty message too
     k += 1
+    # one bad record among good ones (a producer other than our agents): only it is left out
+    mixed = [{"node": "n1", "gpu_index": g, "gpu_uuid": f"GPU-1-{g}", "ts": T0, "gpu_util": 40.0 + g} for g in range(3)]
+    mixed[1]["power_w"] = -5.0
+    mixed_raw = json.dumps({"schema": "gpu_sample", "v": 1, "records": mixed}).encode()
+    producer.produce(topic, key=b"n0", value=mixed_raw)  # the same partition: the letters keep this order
     assert producer.flush(30) == 0
 
     worker = pipeline.start("worker", "worker", "--windows", "10s/5s")
@@ -68,11 +73,20 @@ def test_bad_messages_land_in_dead_letters_and_good_ones_are_stored(pipeline: Pi
         stop(worker)
 
     stored = pipeline.sql("SELECT count() AS n FROM gpu_samples")[0]["n"]
-    assert stored == 2 * k
+    assert stored == 2 * k + 2
+    assert pipeline.sql("SELECT gpu_index FROM gpu_samples WHERE node = 'n1' ORDER BY gpu_index") == [
+        {"gpu_index": 0},
+        {"gpu_index": 2},
+    ]
     letters = pipeline.sql(
         "SELECT source_topic, stage, reason, raw, raw_size, raw_sha256 FROM dead_letters ORDER BY source_offset"
     )
-    assert len(letters) == len(BAD) + 1
+    assert len(letters) == len(BAD) + 2
+    salvaged = letters.pop()
+    assert salvaged["stage"] == "validate" and salvaged["reason"].startswith(
+        "1 of 3 records left out, the other 2 used: record 1: "
+    )
+    assert json.loads(salvaged["raw"])["records"] == [mixed[1]]
     for letter, (raw, reason) in zip(letters, BAD.items()):
         assert letter["source_topic"] == topic and letter["stage"] == "validate"
         assert reason in letter["reason"], {k: str(v)[:300] for k, v in letter.items()}

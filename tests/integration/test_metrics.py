@@ -116,6 +116,7 @@ def test_every_component_serves_metrics_that_move(pipeline: Pipeline, tmp_path: 
     assert total(worker, "hpcinsight_worker_samples_total") > 0
     assert {
         "hpcinsight_worker_dead_letters_total",
+        "hpcinsight_worker_messages_salvaged_total",
         "hpcinsight_worker_state_restore_seconds",
         "hpcinsight_worker_open_incidents",
         "hpcinsight_worker_job_stage_held_seconds_total",
