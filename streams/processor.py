@@ -638,12 +638,16 @@ class SampleProcessor:
         """Feed the attribution table and the scheduling KPIs (every worker reads all of the
         scheduler topics; see :mod:`hpcinsight.streams.attribution`). Returns the KPI rows it completed.
 
-        Undecodable messages are skipped here: the group member that owns their partition
-        dead-letters them (see :meth:`handle_events`), so each is reported once."""
+        A message's records that do not decode are skipped here, and the others used, as the
+        group member that owns its partition uses them and dead-letters the rest (see
+        :meth:`handle_events`), so each is reported once."""
         try:
             records = topic.codec.decode(value)
         except DecodeError:
-            return []
+            salvaged = topic.codec.salvage(value)
+            if salvaged is None:
+                return []
+            records = salvaged.records
         try:
             return self._observe_scheduler(records)
         except Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,6 +18,7 @@ from hpcinsight.schemas.catalog import (
     GPU_SAMPLES_RAW,
     IB_SAMPLES,
     IB_SAMPLES_RAW,
+    SCHEDULER_EVENTS,
     STEP_METRICS,
     STEP_METRICS_RAW,
 )
@@ -160,3 +162,41 @@ def test_the_other_raw_stages_do_the_same(topic: Any, stored: Any, method: str, 
     assert kept == topic.codec.decode(message([r for i, r in enumerate(records) if i != bad], schema=topic.event.__schema__))
     [letter] = letters_of(outputs)
     assert msgspec.json.decode(letter.raw)["records"] == [records[bad]] and f"record {bad}: " in letter.reason
+
+
+def test_the_scheduler_feed_applies_the_records_the_owner_uses() -> None:
+    """Every worker reads the scheduler topics for attribution; the owner of the partition
+    dead-letters the bad record and uses the rest, so the feed must apply the same rest."""
+    placed = {"ts": T0 - 60_000, "source": "test", "job_id": "j1", "kind": "scheduled", "node": "n0", "gpu_ids": ["0"]}
+    bad = {**placed, "job_id": "j2", "kind": "teleported"}
+    raw = message([bad, placed], schema="scheduler_event")
+    processor = SampleProcessor()
+    processor.observe_scheduler(raw, SCHEDULER_EVENTS)
+    outputs = processor.handle(SOURCE, 0, 1, b"n0", message([gpu(0)]))
+    [stored] = [s for o in outputs if o.topic is GPU_SAMPLES for s in GPU_SAMPLES.codec.decode(o.value)]
+    assert stored.job_id == "j1"  # before: the whole message skipped, the GPU unattributed
+
+
+def test_the_alert_router_learns_the_owners_of_the_good_events(tmp_path: Path) -> None:
+    """The router reads the scheduler's events for the owners it routes by: a bad event among
+    them is dead-lettered alone, and the others' owners are known."""
+    from hpcinsight.sinks.alerts import config as alerts_config
+    from hpcinsight.sinks.alerts.engine import Engine
+    from hpcinsight.sinks.alerts.router import AlertRouter, RouterOptions
+    from tests.fuzz.test_fuzz import KafkaMessage
+
+    config = alerts_config.parse(
+        {"route": {"receiver": "ops"}, "receivers": [{"name": "ops", "webhook_configs": [{"url": "http://127.0.0.1:9/x"}]}]},
+        "t.yaml",
+    )
+    router = AlertRouter(config, {"bootstrap.servers": "127.0.0.1:9"}, "t.", RouterOptions(state_dir=tmp_path))
+    router.engine = Engine(config)
+    letters: list[DeadLetter] = []
+    router._produce_dead_letter = letters.append  # type: ignore[method-assign]  # no broker here
+    owned = {"ts": T0, "source": "test", "job_id": "j1", "kind": "submitted", "user": "alice", "team": "llm"}
+    bad = {**owned, "job_id": "j2", "user": "x" * 1000}
+    router.take([KafkaMessage(SCHEDULER_EVENTS.full_name("t."), 0, 4, message([bad, owned], schema="scheduler_event"))])
+    assert router.engine.jobs["j1"].user == "alice" and "j2" not in router.engine.jobs
+    [letter] = letters
+    assert letter.stage == "alerts" and letter.source_offset == 4 and "record 0: " in letter.reason
+    assert msgspec.json.decode(letter.raw)["records"] == [bad]

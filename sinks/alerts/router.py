@@ -30,6 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from hpcinsight.core.consumer import DeadLetterOut, TopicSink
 from hpcinsight.core.kafka import new_consumer, new_producer, watermarks
 from hpcinsight.schemas.catalog import ALERT_SILENCES, ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
+from hpcinsight.schemas.codec import DecodeError
 from hpcinsight.schemas.events import DeadLetter
 from hpcinsight.sinks.alerts import redact
 from hpcinsight.sinks.alerts.config import AlertsConfig
@@ -291,7 +292,17 @@ class AlertRouter(TopicSink):
         )
 
     def decode(self, msg: Message) -> list[Any]:
-        return self.topics[msg.topic()].codec.decode(msg.value())
+        """The message's records; of a refused one, those that decode alone (a scheduler adapter's
+        one bad event must not cost its others' owners), the rest dead-lettered as the worker does."""
+        codec = self.topics[msg.topic()].codec
+        try:
+            return codec.decode(msg.value())
+        except DecodeError:
+            salvaged = codec.salvage(msg.value())
+            if salvaged is None:
+                raise
+        self._malformed(msg, salvaged.reason, raw=salvaged.left_out)
+        return salvaged.records
 
     def refuse(self, msg: Message, reason: str) -> None:
         self._malformed(msg, reason)
@@ -390,7 +401,8 @@ class AlertRouter(TopicSink):
             self.commit(offsets, consumer)
 
     # -- dead letters ----------------------------------------------------------------------
-    def _malformed(self, msg: Message, reason: str) -> None:
+    def _malformed(self, msg: Message, reason: str, raw: bytes | None = None) -> None:
+        """Dead-letter ``msg`` (or ``raw``: the part of it left out) with ``reason``."""
         self.malformed += 1
         log.warning("malformed message at %s[%d]@%d dead-lettered: %s", msg.topic(), msg.partition(), msg.offset(), reason)
         self._produce_dead_letter(
@@ -401,7 +413,7 @@ class AlertRouter(TopicSink):
                 source_offset=msg.offset(),
                 stage="alerts",
                 reason=reason,
-                raw=msg.value(),
+                raw=msg.value() if raw is None else raw,
                 key=msg.key(),
             )
         )
