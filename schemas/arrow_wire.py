@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from hpcinsight.schemas.codec import (
-    SALVAGE_MAX_RECORDS,
     Codec,
     Decoded,
     DecodeError,
@@ -103,20 +102,20 @@ class ArrowCodec(Codec[E]):
             raise DecodeError(cut_reason(f"undecodable: {type(err).__name__}: {err}")) from None
 
     def _split_records(self, raw: bytes | None) -> RecordSplit | None:
-        """As :meth:`Codec._split_records`, for an IPC message: its rows as one-row messages."""
+        """As :meth:`Codec._split_records`, for an IPC message: its rows, and messages of some of them."""
         if not _is_ipc(raw):
             return super()._split_records(raw)
         try:
             table = self._table(self._batches(raw))  # type: ignore[arg-type]  # _is_ipc saw bytes
         except Exception:  # noqa: BLE001 - not readable as this event's columns: nothing to split
             return None
-        if not 1 < table.num_rows <= SALVAGE_MAX_RECORDS:
+        if table.num_rows < 2:
             return None
 
         def message(indices: list[int]) -> bytes:
             return self.encode_table(table.take(indices))
 
-        return [self.encode_table(table.slice(i, 1)) for i in range(table.num_rows)], message
+        return table.num_rows, message
 
     def decode_table(self, raws: Sequence[bytes | None], extra: Mapping[str, pa.Array] | None = None) -> Decoded:
         """As :meth:`Codec.decode_table`: the good messages' rows in message order, ``extra``

@@ -22,7 +22,7 @@ from hpcinsight.schemas.catalog import (
     STEP_METRICS,
     STEP_METRICS_RAW,
 )
-from hpcinsight.schemas.codec import SALVAGE_MAX_RECORDS, DecodeError
+from hpcinsight.schemas.codec import SALVAGE_DECODES, DecodeError
 from hpcinsight.schemas.events import DeadLetter, GpuSample
 from hpcinsight.streams.processor import Output, SampleProcessor
 
@@ -90,13 +90,40 @@ def test_an_arrow_message_keeps_the_rows_that_decode_alone() -> None:
         pytest.param(message([gpu(1, gpu_util=250)]), id="a single record"),
         pytest.param(message([gpu(0, gpu_util=250), gpu(1, ts=-1)]), id="no record decodes"),
         pytest.param(message([gpu(0), gpu(1)]).replace(b'"v": 1', b'"v": "1"'), id="a bad header"),
-        pytest.param(message([gpu(0)] * SALVAGE_MAX_RECORDS + [gpu(1, gpu_util=250)]), id="too many records"),
+        pytest.param(
+            message([gpu(g, gpu_util=250 if g % 2 else 50) for g in range(SALVAGE_DECODES)]),
+            id="more bad records than it can find",
+        ),
     ],
 )
 def test_a_message_with_nothing_to_salvage_is_refused_whole(raw: bytes) -> None:
     with pytest.raises(DecodeError):
         GPU_SAMPLES_RAW.codec.decode(raw)
     assert GPU_SAMPLES_RAW.codec.salvage(raw) is None
+
+
+def test_a_large_message_is_bisected_to_its_bad_records() -> None:
+    """5,000 records with two bad ones: each found in about twice log2(5,000) decodes, not 5,000."""
+    records = [gpu(g % 256, gpu_util=50.0) for g in range(5_000)]
+    records[1_234] = gpu(1, ts="yesterday")
+    records[4_321] = gpu(2, gpu_util=-1)
+    calls = 0
+    codec = GPU_SAMPLES_RAW.codec
+    decode = codec.decode
+
+    def counted(raw: bytes | None) -> list[Any]:
+        nonlocal calls
+        calls += 1
+        return decode(raw)
+
+    codec.decode = counted  # type: ignore[method-assign]  # counting the codec's own decodes
+    try:
+        got = codec.salvage(message(records))
+    finally:
+        del codec.decode
+    assert got is not None and len(got.records) == 4_998 and calls <= SALVAGE_DECODES
+    assert [r["ts"] for r in msgspec.json.decode(got.left_out)["records"]] == ["yesterday", T0]
+    assert "record 1234: " in got.reason and "`$.records[4321].gpu_util`" in got.reason
 
 
 # -- the worker's stages ------------------------------------------------------------------------
