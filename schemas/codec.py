@@ -181,7 +181,8 @@ class Codec(Generic[E]):
         if todo or not good or not bad:
             return None
         said = "; ".join(f"record {i}: {why}" for i, why in bad)
-        reason = f"{len(bad)} of {n} records left out, the other {n - len(bad)} used: {said}"
+        # "records left out" first: the worker counts reasons by what comes before the first colon
+        reason = f"records left out: {len(bad)} of {n}, the other {n - len(bad)} used; {said}"
         return Salvaged(good, message([i for i, _ in bad]), cut_reason(reason))
 
     def _split_records(self, raw: bytes | None) -> RecordSplit | None:

@@ -63,7 +63,7 @@ def test_a_json_message_keeps_the_records_that_decode_alone() -> None:
     assert got is not None
     assert got.records == GPU_SAMPLES_RAW.codec.decode(message([records[0], records[1], records[3]]))
     assert msgspec.json.decode(got.left_out) == {"schema": "gpu_sample", "v": 1, "records": [records[2]]}
-    assert got.reason.startswith("1 of 4 records left out, the other 3 used: record 2: ")
+    assert got.reason.startswith("records left out: 1 of 4, the other 3 used; record 2: ")
     assert "`$.records[2].gpu_util`" in got.reason  # the path in the message it came in, not in the one-record one
 
 
@@ -79,7 +79,7 @@ def test_an_arrow_message_keeps_the_rows_that_decode_alone() -> None:
         GPU_SAMPLES.codec.decode(got.left_out)
     left = GPU_SAMPLES.codec._table(GPU_SAMPLES.codec._batches(got.left_out))
     assert left.column("gpu_index").to_pylist() == [1, 3] and left.column("gpu_util").to_pylist() == [250.0, -4.0]
-    assert "2 of 4 records left out" in got.reason and "record 1: " in got.reason and "record 3: " in got.reason
+    assert "records left out: 2 of 4, " in got.reason and "record 1: " in got.reason and "record 3: " in got.reason
 
 
 @pytest.mark.parametrize(
@@ -146,6 +146,7 @@ def test_the_per_gpu_stage_uses_the_good_records_and_dead_letters_the_bad_one() 
     assert msgspec.json.decode(letter.raw)["records"] == [{**mixed[5], "node": "n1"}]
     assert "record 5: " in letter.reason and "temperature_c" in letter.reason
     assert processor.stats.messages_salvaged == 1 and processor.stats.dead_letters == 1
+    assert processor.stats.reasons == {"records left out": 1}  # one key however many records (the stats log line)
     assert processor.stats.samples == 15
 
 

@@ -84,7 +84,7 @@ def test_bad_messages_land_in_dead_letters_and_good_ones_are_stored(pipeline: Pi
     assert len(letters) == len(BAD) + 2
     salvaged = letters.pop()
     assert salvaged["stage"] == "validate" and salvaged["reason"].startswith(
-        "1 of 3 records left out, the other 2 used: record 1: "
+        "records left out: 1 of 3, the other 2 used; record 1: "
     )
     assert json.loads(salvaged["raw"])["records"] == [mixed[1]]
     for letter, (raw, reason) in zip(letters, BAD.items()):
