@@ -142,7 +142,7 @@ DEAD_LETTERS = Topic(
     key="source topic",
     partitions=1,
     retention_ms=30 * DAY_MS,
-    doc="Messages no stage could use, with the reason: whole, or the records of one that the rest of it was used without.",
+    doc="Messages, or the records of a message, that no stage could use, with the reason.",
     table=Table(
         "dead_letters", order_by=("source_topic", "source_partition", "source_offset", "stage"), time_column="ts", ttl_days=90
     ),
