@@ -150,6 +150,17 @@ class Codec(Generic[E]):
         self._check_header(batch)
         return list(batch.records)
 
+    def decode_salvaging(self, raw: bytes | None) -> tuple[list[E], Salvaged[E] | None]:
+        """:meth:`decode`'s records, or those :meth:`salvage` finds (with what it left out) where
+        decode refused the message; :class:`DecodeError`, decode's own, where nothing is usable."""
+        try:
+            return self.decode(raw), None
+        except DecodeError:
+            salvaged = self.salvage(raw)
+            if salvaged is None:
+                raise
+        return salvaged.records, salvaged
+
     def salvage(self, raw: bytes | None) -> Salvaged[E] | None:
         """The records of a message :meth:`decode` refused that decode alone, under the same rules,
         so that one bad record (from a producer that is not one of our agents) does not cost the

@@ -436,27 +436,34 @@ class SampleProcessor:
     ) -> tuple[list[Any], list[Output]]:
         """The usable records of a raw message, and the dead letter of the rest (see :meth:`_records_of`);
         a message with a sample stamped in the future is dead-lettered whole (its node's clock is wrong)."""
-        records, letters = self._records_of(topic, source, partition, offset, key, value)
-        skew = self._skew(records)
-        if skew:
-            return [], [self.dead_letter(source, partition, offset, key, value, "validate", skew)]
-        return records, letters
+        return self._records_of(topic, source, partition, offset, key, value, whole_unless=self._skew)
 
     def _records_of(
-        self, topic: Topic, source: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+        self,
+        topic: Topic,
+        source: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        whole_unless: Callable[[list[Any]], str | None] | None = None,
     ) -> tuple[list[Any], list[Output]]:
         """The records of a message that decode, and one dead letter with the rest and why: the
         whole message where nothing of it is usable, else the records left out (a producer's one bad
-        record does not cost the others; see :meth:`hpcinsight.schemas.codec.Codec.salvage`)."""
+        record does not cost the others; see :meth:`hpcinsight.schemas.codec.Codec.salvage`).
+        ``whole_unless``: a rule over the usable records that, where it gives a reason, refuses the
+        whole message with it instead."""
         try:
-            return topic.codec.decode(value), []
+            records, salvaged = topic.codec.decode_salvaging(value)
         except DecodeError as err:
-            salvaged = topic.codec.salvage(value)
-            if salvaged is None:
-                return [], [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
+            return [], [self.dead_letter(source, partition, offset, key, value, "validate", str(err))]
+        why = whole_unless(records) if whole_unless is not None else None
+        if why:
+            return [], [self.dead_letter(source, partition, offset, key, value, "validate", why)]
+        if salvaged is None:
+            return records, []
         self.stats.messages_salvaged += 1
-        letter = self.dead_letter(source, partition, offset, key, salvaged.left_out, "validate", salvaged.reason)
-        return salvaged.records, [letter]
+        return records, [self.dead_letter(source, partition, offset, key, salvaged.left_out, "validate", salvaged.reason)]
 
     def _skew(self, samples: Iterable[GpuSample | IbSample | StepMetric]) -> str | None:
         horizon = int(time.time() * 1000) + self.config.max_future_ms
@@ -642,12 +649,9 @@ class SampleProcessor:
         group member that owns its partition uses them and dead-letters the rest (see
         :meth:`handle_events`), so each is reported once."""
         try:
-            records = topic.codec.decode(value)
+            records, _ = topic.codec.decode_salvaging(value)
         except DecodeError:
-            salvaged = topic.codec.salvage(value)
-            if salvaged is None:
-                return []
-            records = salvaged.records
+            return []
         try:
             return self._observe_scheduler(records)
         except Exception:

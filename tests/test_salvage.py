@@ -162,9 +162,11 @@ def test_one_by_one_the_same() -> None:
 def test_a_sample_stamped_in_the_future_still_refuses_its_whole_message() -> None:
     """A node whose clock is wrong stamps every record wrong: the message goes whole, as before."""
     raw = message([gpu(0, ts=int(time.time() * 1000) + 86_400_000), gpu(1), gpu(2, gpu_util=250)])
-    outputs = SampleProcessor().handle(SOURCE, 0, 3, b"n0", raw)
+    processor = SampleProcessor()
+    outputs = processor.handle(SOURCE, 0, 3, b"n0", raw)
     [letter] = letters_of(outputs)
     assert len(outputs) == 1 and letter.raw == raw and letter.reason.startswith("clock skew")
+    assert processor.stats.dead_letters == 1 and processor.stats.messages_salvaged == 0  # no letter made and dropped
 
 
 def ib(k: int, **fields: Any) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from hpcinsight.streams.detectors import build
 from hpcinsight.streams.processor import MAX_OUTPUT_BYTES, Message, Output, SampleProcessor
 from hpcinsight.streams.rolling import RollingSeries
 from tests.fuzz.strategies import messages as fuzz_messages
-from tests.fuzz.test_fuzz import check_dead_letter, decodes
+from tests.fuzz.test_fuzz import as_dead_lettered, check_dead_letter, decodes
 
 NODES, GPUS, TICKS = 6, 8, 150
 SOURCE, STAGE = "gpu.samples.raw", "gpu-samples"
@@ -221,7 +221,7 @@ def test_a_batch_of_any_messages_dead_letters_exactly_the_bad_ones(raws: list[by
     assert {i for i, raw in enumerate(raws) if not decodes(GPU_SAMPLES_RAW, raw)} <= set(offsets)
     for letter in letters:
         [d] = DEAD_LETTERS.codec.decode(letter.value)
-        check_dead_letter(letter.value, raws[d.source_offset])
+        check_dead_letter(letter.value, as_dead_lettered(GPU_SAMPLES_RAW, raws[d.source_offset], d))
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from hpcinsight.core.consumer import DeadLetterOut, TopicSink
 from hpcinsight.core.kafka import new_consumer, new_producer, watermarks
 from hpcinsight.schemas.catalog import ALERT_SILENCES, ANOMALIES, DEAD_LETTERS, SCHEDULER_EVENTS
-from hpcinsight.schemas.codec import DecodeError
 from hpcinsight.schemas.events import DeadLetter
 from hpcinsight.sinks.alerts import redact
 from hpcinsight.sinks.alerts.config import AlertsConfig
@@ -294,15 +293,10 @@ class AlertRouter(TopicSink):
     def decode(self, msg: Message) -> list[Any]:
         """The message's records; of a refused one, those that decode alone (a scheduler adapter's
         one bad event must not cost its others' owners), the rest dead-lettered as the worker does."""
-        codec = self.topics[msg.topic()].codec
-        try:
-            return codec.decode(msg.value())
-        except DecodeError:
-            salvaged = codec.salvage(msg.value())
-            if salvaged is None:
-                raise
-        self._malformed(msg, salvaged.reason, raw=salvaged.left_out)
-        return salvaged.records
+        records, salvaged = self.topics[msg.topic()].codec.decode_salvaging(msg.value())
+        if salvaged is not None:
+            self._malformed(msg, salvaged.reason, raw=salvaged.left_out)
+        return records
 
     def refuse(self, msg: Message, reason: str) -> None:
         self._malformed(msg, reason)
