@@ -177,7 +177,7 @@ class Codec(Generic[E]):
         n, message = split
         good: list[E] = []
         bad: list[tuple[int, str]] = []
-        todo = [list(range(n // 2, n)), list(range(n // 2))]  # a stack: the first half on top
+        todo = _halves(list(range(n)))  # a stack, the first half on top: the whole was refused
         for _ in range(SALVAGE_DECODES):
             if not todo:
                 break
@@ -188,7 +188,7 @@ class Codec(Generic[E]):
                 if len(part) == 1:
                     bad.append((part[0], str(err).replace("$.records[0]", f"$.records[{part[0]}]")))
                 else:
-                    todo += [part[len(part) // 2 :], part[: len(part) // 2]]
+                    todo += _halves(part)
         if todo or not good or not bad:
             return None
         said = "; ".join(f"record {i}: {why}" for i, why in bad)
@@ -469,6 +469,11 @@ def _fill(values: pa.ChunkedArray, default: Any) -> pa.ChunkedArray:
 
 def _values_ok(rule: ValueRule, values: Any) -> bool:
     return values.null_count == len(values) or rule_violation(rule, values, check_utf8=True) is None
+
+
+def _halves(part: list[int]) -> list[list[int]]:
+    """``part`` cut in two, the second half first (pushed on a stack, the first comes off first)."""
+    return [part[len(part) // 2 :], part[: len(part) // 2]]
 
 
 def _runs(items: Any, encode: Callable[[Any], bytes], limit: int) -> list[bytes]:

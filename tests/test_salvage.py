@@ -210,23 +210,13 @@ def test_the_scheduler_feed_applies_the_records_the_owner_uses() -> None:
 def test_the_alert_router_learns_the_owners_of_the_good_events(tmp_path: Path) -> None:
     """The router reads the scheduler's events for the owners it routes by: a bad event among
     them is dead-lettered alone, and the others' owners are known."""
-    from hpcinsight.sinks.alerts import config as alerts_config
-    from hpcinsight.sinks.alerts.engine import Engine
-    from hpcinsight.sinks.alerts.router import AlertRouter, RouterOptions
-    from tests.fuzz.test_fuzz import KafkaMessage
+    from tests.fuzz.test_fuzz import KafkaMessage, offline_router
 
-    config = alerts_config.parse(
-        {"route": {"receiver": "ops"}, "receivers": [{"name": "ops", "webhook_configs": [{"url": "http://127.0.0.1:9/x"}]}]},
-        "t.yaml",
-    )
-    router = AlertRouter(config, {"bootstrap.servers": "127.0.0.1:9"}, "t.", RouterOptions(state_dir=tmp_path))
-    router.engine = Engine(config)
-    letters: list[DeadLetter] = []
-    router._produce_dead_letter = letters.append  # type: ignore[method-assign]  # no broker here
+    router = offline_router(tmp_path, "t.")
     owned = {"ts": T0, "source": "test", "job_id": "j1", "kind": "submitted", "user": "alice", "team": "llm"}
     bad = {**owned, "job_id": "j2", "user": "x" * 1000}
     router.take([KafkaMessage(SCHEDULER_EVENTS.full_name("t."), 0, 4, message([bad, owned], schema="scheduler_event"))])
     assert router.engine.jobs["j1"].user == "alice" and "j2" not in router.engine.jobs
-    [letter] = letters
+    [letter] = router.letters
     assert letter.stage == "alerts" and letter.source_offset == 4 and "record 0: " in letter.reason
     assert msgspec.json.decode(letter.raw)["records"] == [bad]

@@ -273,8 +273,8 @@ class KafkaMessage:
         return None
 
 
-@pytest.fixture
-def router(tmp_path: Path) -> Any:
+def offline_router(tmp_path: Path, prefix: str) -> Any:
+    """An alert router with no broker: its engine set up, its dead letters kept in ``.letters``."""
     from hpcinsight.sinks.alerts import config as alerts_config
     from hpcinsight.sinks.alerts.engine import Engine
     from hpcinsight.sinks.alerts.router import AlertRouter, RouterOptions
@@ -286,13 +286,18 @@ def router(tmp_path: Path) -> Any:
         },
         "t.yaml",
     )
-    r = AlertRouter(config, {"bootstrap.servers": "127.0.0.1:9"}, "fz.", RouterOptions(state_dir=tmp_path))
+    r = AlertRouter(config, {"bootstrap.servers": "127.0.0.1:9"}, prefix, RouterOptions(state_dir=tmp_path))
     r.engine = Engine(config)
     r._stop = threading.Event()
     letters: list[Any] = []
     r._produce_dead_letter = lambda letter: letters.append(letter)
     r.letters = letters
     return r
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Any:
+    return offline_router(tmp_path, "fz.")
 
 
 @pytest.mark.parametrize("topic", [ANOMALIES, SCHEDULER_EVENTS, ALERT_SILENCES], ids=lambda t: t.name)
