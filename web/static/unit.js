@@ -14,7 +14,13 @@
 
   // what the tests and the benchmark read
   const stats = (window.__hpci = { updates: 0, rafFrames: 0, updateMs: [], layouts: 0, squares: 0, highlighted: [], lastFrameT: 0,
-    cellOf: (uuid) => { const i = layout ? layout.byUuid.get(uuid) : undefined; return i === undefined ? null : { x: layout.x[i], y: layout.y[i], size: layout.pitch }; } });
+    // where a GPU's square is, and the job a click on it opens now (null: none in the current frame)
+    cellOf: (uuid) => {
+      const i = layout ? layout.byUuid.get(uuid) : undefined;
+      if (i === undefined) return null;
+      const j = frame && frame.n === layout.gpus.length && frame.job[i] >= 0 ? frame.jobs[frame.job[i]][0] : null;
+      return { x: layout.x[i], y: layout.y[i], size: layout.pitch, job: j };
+    } });
 
   let token = sessionStorage.getItem("hpcinsight-token") || "";
   if (location.hash.startsWith("#token=")) { // a fragment never reaches the server or its logs
