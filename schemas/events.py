@@ -12,7 +12,7 @@ import math
 import operator
 import threading
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 import msgspec.inspect
@@ -81,7 +81,8 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
 
 
 class _JsonDecoding(threading.local):
-    """True in a thread while msgspec's JSON decoder builds its events (the JSON codec's decode).
+    """True in a thread while it builds events whose numbers are known to be finite: msgspec's JSON
+    decoder's (the JSON codec's decode), and a checked event relabelled (:func:`relabelled`).
 
     That decoder refuses NaN and Infinity (not JSON) and any number past a float's range
     ("Number out of range"), whatever the field's type, so every number it yields is finite:
@@ -91,6 +92,49 @@ class _JsonDecoding(threading.local):
 
 
 JSON_DECODING = _JsonDecoding()
+E = TypeVar("E", bound=Event)
+#: per event type, the fields that hold only strings, integers, booleans or null (see relabelled)
+_LABELS_OF: dict[type, frozenset[str]] = {}
+
+
+def relabelled(event: E, **labels: Any) -> E:
+    """``event`` with some of its label fields (strings, integers: a job, a user, a zone) replaced.
+
+    The event's numbers were checked when it was built and do not change, so the copy skips the
+    finiteness check (half the cost of relabelling a GPU sample, which the worker does for every
+    sample on a job). A field that can hold a float or a map of them is refused: that copy would
+    go unchecked."""
+    cls = type(event)
+    names = _LABELS_OF.get(cls)
+    if names is None:
+        names = _LABELS_OF[cls] = _label_fields(cls)
+    if not names.issuperset(labels):
+        raise TypeError(f"{cls.__name__}: not label fields: {sorted(set(labels) - names)}; use msgspec.structs.replace")
+    before = JSON_DECODING.active
+    JSON_DECODING.active = True
+    try:
+        return msgspec.structs.replace(event, **labels)
+    finally:
+        JSON_DECODING.active = before
+
+
+def _label_fields(event: type[Event]) -> frozenset[str]:
+    plain = (
+        msgspec.inspect.StrType,
+        msgspec.inspect.IntType,
+        msgspec.inspect.BoolType,
+        msgspec.inspect.NoneType,
+        msgspec.inspect.LiteralType,
+    )
+
+    def label(t: msgspec.inspect.Type) -> bool:
+        if isinstance(t, msgspec.inspect.UnionType):
+            return all(label(member) for member in t.types)
+        return isinstance(t, plain)
+
+    info = msgspec.inspect.type_info(event)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return frozenset(f.name for f in info.fields if label(f.type))
 
 
 #: per event type, what picks its float-typed fields out of its values, and where its maps of

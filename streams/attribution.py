@@ -20,9 +20,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
-import msgspec
-
-from hpcinsight.schemas.events import Event, GpuSample, IbSample, NodeInventory, SchedulerEvent, StepMetric
+from hpcinsight.schemas.events import Event, GpuSample, IbSample, NodeInventory, SchedulerEvent, StepMetric, relabelled
 
 #: how many past holders of each GPU/node are kept for lookups by event time
 HISTORY = 4
@@ -215,7 +213,7 @@ class Attribution:
         zone = self._zone.get(s.node)
         if job_id == s.job_id and info is None and zone is None:
             return s
-        return msgspec.structs.replace(
+        return relabelled(
             s,
             job_id=job_id,
             user=info.user if info else s.user,
@@ -229,11 +227,11 @@ class Attribution:
         info = self.job(job_id)
         if job_id == s.job_id and info is None:
             return s
-        return msgspec.structs.replace(s, job_id=job_id, user=info.user if info else s.user, team=info.team if info else s.team)
+        return relabelled(s, job_id=job_id, user=info.user if info else s.user, team=info.team if info else s.team)
 
     def enrich_step(self, s: StepMetric) -> StepMetric:
         """The step with its job's user and team, where the scheduler told them."""
         info = self.job(s.job_id)
         if info is None or (info.user is None and info.team is None):
             return s
-        return msgspec.structs.replace(s, user=info.user or s.user, team=info.team or s.team)
+        return relabelled(s, user=info.user or s.user, team=info.team or s.team)

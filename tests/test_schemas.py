@@ -36,6 +36,7 @@ from hpcinsight.schemas.events import (
     StateCheckpoint,
     StepMetric,
     XidEvent,
+    relabelled,
 )
 from hpcinsight.sinks.storage import Layout, table_ddl
 
@@ -380,6 +381,44 @@ def test_the_json_decode_trusts_its_own_thread_only() -> None:
     finally:
         JSON_DECODING.active = False
     assert len(failed) == 1 and "only finite numbers" in str(failed[0])
+
+
+def test_relabelled_changes_labels_only_and_skips_the_check_it_would_repeat() -> None:
+    """The attribution's copy of every sample on a job: the labels replaced, the numbers as they
+    were, and no second finiteness check (an event that somehow escaped it stays as it is, where
+    msgspec's replace refuses it); the skip ends with the copy."""
+    sample = GpuSample("n0", 0, "GPU-1", T0, gpu_util=42.0, power_w=300.5, job_id="agent-said")
+    got = relabelled(sample, job_id="j1", user="u", team="t", priority=5, zone="z")
+    assert got == msgspec.structs.replace(sample, job_id="j1", user="u", team="t", priority=5, zone="z")
+    assert (got.gpu_util, got.power_w, sample.job_id) == (42.0, 300.5, "agent-said")
+    JSON_DECODING.active = True
+    try:
+        unchecked = GpuSample("n0", 0, "GPU-1", T0, gpu_util=math.nan)
+    finally:
+        JSON_DECODING.active = False
+    assert math.isnan(relabelled(unchecked, job_id="j1").gpu_util)  # not checked again
+    with pytest.raises(ValueError, match="only finite numbers"):
+        msgspec.structs.replace(unchecked, job_id="j1")
+    assert not JSON_DECODING.active
+    with pytest.raises(ValueError, match="only finite numbers"):
+        GpuSample("n0", 0, "GPU-1", T0, gpu_util=math.nan)
+
+
+@pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)
+def test_relabelled_refuses_a_field_that_holds_numbers(event: type) -> None:
+    """A float, or a map of floats, would go unchecked through relabelled: it refuses them, and
+    takes every field of strings, integers or null."""
+    example = EXAMPLES[event]
+    floats = {name for name, _ in _fields(event, msgspec.inspect.FloatType)}
+    info = msgspec.inspect.type_info(event)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for f in info.fields:
+        value = getattr(example, f.name)
+        if f.name in floats or isinstance(value, (dict, list)):
+            with pytest.raises(TypeError, match="not label fields"):
+                relabelled(example, **{f.name: value})
+        elif isinstance(value, (str, int)) or value is None:
+            assert relabelled(example, **{f.name: value}) == example
 
 
 @pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.__name__)
