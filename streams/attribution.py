@@ -175,12 +175,13 @@ class Attribution:
         """The job holding this GPU at ``ts`` by the scheduler's placement, if it says."""
         if not self._by_gpu and not self._by_node:
             return None  # no placement known at all (no scheduler adapter runs): the fast path
-        for gid in (gpu_uuid, str(gpu_index), f"{node}/gpu{gpu_index}"):
-            holders = self._by_gpu.get((node, gid))
-            if holders:
-                for h in reversed(holders):
-                    if h.covers(ts):
-                        return h.job_id
+        if node in self._gpu_keys_of:  # some GPU of this node was placed by id (not only whole nodes)
+            for gid in (gpu_uuid, str(gpu_index), f"{node}/gpu{gpu_index}"):
+                holders = self._by_gpu.get((node, gid))
+                if holders:
+                    for h in reversed(holders):
+                        if h.covers(ts):
+                            return h.job_id
         return self._node_level(node, ts)
 
     def _node_level(self, node: str, ts: int) -> str | None:

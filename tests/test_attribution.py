@@ -69,3 +69,17 @@ def test_steps_get_their_jobs_user_and_team() -> None:
     assert (a.enrich_step(step).user, a.enrich_step(step).team) == ("alice", "nlp")
     other = StepMetric("j2", 0, 8, 100, T0 + 1_000, 0.5)
     assert a.enrich_step(other) is other  # unknown job: unchanged
+
+
+def test_a_gpu_placed_by_id_wins_over_its_nodes_placement() -> None:
+    """Whole-node and per-GPU placements side by side: a GPU placed by id goes to that job while
+    it holds it, the node's other GPUs (and every GPU of a node placed whole) to the node's job."""
+    a = Attribution()
+    a.observe(ev("started", "whole", 0, node="n[0-1]"))
+    a.observe(ev("started", "slice", 1_000, node="n1", gpu_ids=["GPU-n1-3"]))
+    assert a.enrich_gpu(sample("n1", 3, 2_000)).job_id == "slice"
+    assert a.enrich_gpu(sample("n1", 3, 500)).job_id == "whole"  # before the slice was placed
+    assert a.enrich_gpu(sample("n1", 2, 2_000)).job_id == "whole"
+    assert a.enrich_gpu(sample("n0", 3, 2_000)).job_id == "whole"
+    a.observe(ev("finished", "slice", 3_000))
+    assert a.enrich_gpu(sample("n1", 3, 3_500)).job_id == "whole"
