@@ -138,9 +138,10 @@ class TopicSink:
         """Hand on one poll's messages, in order, each with its records (none for a refused one)."""
         raise NotImplementedError
 
-    def letter(self, msg: Message, reason: str) -> bytes | None:
-        """The dead letter for ``msg`` (encoded), or None: this reader does not own the topic and
-        skips it (counted in ``stats.skipped``)."""
+    def letter(self, msg: Message, reason: str, raw: bytes | None = None) -> bytes | None:
+        """The dead letter for ``msg`` (encoded; ``raw``: what it keeps of the message where not the
+        whole, e.g. the records left out), or None: this reader does not own the topic and skips it
+        (counted in ``stats.skipped``)."""
         return None
 
     def tick(self) -> None:
@@ -228,10 +229,11 @@ class TopicSink:
             batch.append((msg, records))
         self.deliver(batch)
 
-    def refuse(self, msg: Message, reason: str) -> None:
-        """A message that cannot be delivered: dead-lettered with ``reason`` (key: its topic), or
-        skipped and counted by a reader that does not own the topic."""
-        value = self.letter(msg, reason)
+    def refuse(self, msg: Message, reason: str, raw: bytes | None = None) -> None:
+        """A message (or, with ``raw``, those of its records) that cannot be delivered:
+        dead-lettered with ``reason`` (key: its topic), or skipped and counted by a reader that
+        does not own the topic."""
+        value = self.letter(msg, reason, raw)
         if value is None or self.dead_letter_out is None:
             self.stats.skipped += 1
             log.warning("skipped a message of %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), reason)

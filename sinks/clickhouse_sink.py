@@ -12,7 +12,8 @@ Messages are decoded a block at a time, straight from the raw bytes to Arrow col
 (:meth:`hpcinsight.schemas.codec.Codec.decode_table`; on the topics of the Arrow wire, the sample
 topics, that is reading the worker's IPC batches: :mod:`hpcinsight.schemas.arrow_wire`); every
 row carries its own message's partition and offset, however many rows a message holds. A message
-the codec refuses goes to the dead-letter topic with its reason. One insert runs in the background while the sink goes on
+the codec refuses goes to the dead-letter topic with its reason; one whose other records decode
+alone (a foreign producer's bad record) gives those and dead-letters the rest, as the worker does. One insert runs in the background while the sink goes on
 consuming and decoding; the next flush (or a rebalance, or the stop) waits for it, and its
 offsets are committed only once it has succeeded. Inserts run one at a time, in order, so the
 rows stored for a partition are always a prefix of what was consumed.
@@ -30,7 +31,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
@@ -39,6 +40,8 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from hpcinsight.core.consumer import ConsumerStats, DeadLetterOut, TopicSink
 from hpcinsight.core.kafka import new_consumer, new_producer, read_range
 from hpcinsight.schemas.catalog import DEAD_LETTERS, GPU_SAMPLES, STORED, Topic
+from hpcinsight.schemas.codec import Salvaged
+from hpcinsight.schemas.derive import to_arrow
 from hpcinsight.schemas.events import DeadLetter
 from hpcinsight.sinks.insert_journal import NotedInsert, note, unfinished
 from hpcinsight.sinks.replays import SeriesWatermarks
@@ -65,6 +68,7 @@ class SinkStats(ConsumerStats):
     resumed_from_store: int = 0
     inserts_redone: int = 0  # noted inserts done again on taking partitions (see insert_journal)
     insert_retries: int = 0  # inserts tried again after ClickHouse refused or was away
+    salvaged: int = 0  # messages stored but for the records dead-lettered (see decode_rows)
     #: insert durations (s): upper bounds and the count at or below each (cumulative), and their sum
     insert_buckets: dict[float, int] = field(default_factory=lambda: dict.fromkeys(INSERT_BUCKETS_S, 0))
     insert_seconds: float = 0.0
@@ -125,19 +129,59 @@ def insert_settings(topic: Topic, table: pa.Table, token: str | None = None) -> 
     }
 
 
+class Refused(NamedTuple):
+    """A message of a block that was not stored whole: ``reason`` says why. ``left_out``: where its
+    other records were stored (a message of several records from a producer that is not one of
+    ours, one of them bad), the records left out, as one message of the same wire; its dead letter
+    holds them instead of the whole message."""
+
+    index: int
+    reason: str
+    left_out: bytes | None = None
+
+
 def decode_rows(
     topic: Topic,
     raws: Sequence[bytes | None],
     partitions: Sequence[int],
     offsets: Sequence[int],
     replays: SeriesWatermarks | None = None,
-) -> tuple[pa.Table, list[tuple[int, str]]]:
+) -> tuple[pa.Table, list[Refused]]:
     """A block of ``topic``'s messages as rows, each with its message's Kafka position, less what
-    ``replays`` drops; and the (index, reason) of each message that could not be decoded."""
-    decoded = topic.codec.decode_table(
-        raws, {"_partition": pa.array(partitions, pa.uint32()), "_offset": pa.array(offsets, pa.uint64())}
-    )
-    return (decoded.table if replays is None else replays.drop_replays(decoded.table)), decoded.rejected
+    ``replays`` drops; and what of each message could not be decoded. A refused message's records
+    that decode alone are stored (``Codec.salvage``, as the worker uses them), in message order."""
+    positions = {"_partition": pa.array(partitions, pa.uint32()), "_offset": pa.array(offsets, pa.uint64())}
+    decoded = topic.codec.decode_table(raws, positions)
+    table, refused = decoded.table, [Refused(i, reason) for i, reason in decoded.rejected]
+    salvaged = {r.index: topic.codec.salvage(raws[r.index]) for r in refused}
+    if any(salvaged.values()):
+        table, refused = (
+            _with_salvaged(topic, raws, positions, salvaged),
+            [r if (got := salvaged[r.index]) is None else Refused(r.index, got.reason, got.left_out) for r in refused],
+        )
+    return (table if replays is None else replays.drop_replays(table)), refused
+
+
+def _with_salvaged(
+    topic: Topic, raws: Sequence[bytes | None], positions: dict[str, pa.Array], salvaged: dict[int, Salvaged[Any] | None]
+) -> pa.Table:
+    """The block's rows with the salvaged messages' good records in their messages' places (the
+    replay filter reads a GPU's rows in order). Rare: decoded again, with each row's message."""
+    import pyarrow.compute as pc
+
+    where = pa.array(range(len(raws)), pa.int64())
+    parts = [topic.codec.decode_table(raws, {**positions, _AT: where}).table]
+    for i, got in salvaged.items():
+        if got is not None:
+            n = len(got.records)
+            extra = {name: pa.array([values[i].as_py()] * n, values.type) for name, values in positions.items()}
+            parts.append(to_arrow(topic.event, got.records, {**extra, _AT: pa.array([i] * n, pa.int64())}).cast(parts[0].schema))
+    table = pa.concat_tables(parts)
+    return table.take(pc.sort_indices(table.column(_AT))).drop_columns([_AT])
+
+
+#: the column that holds each row's message while salvaged rows are put in place
+_AT = "__message"
 
 
 class TableWriter:
@@ -174,11 +218,9 @@ class TableWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sink-insert") if background else None
         self._inflight: tuple[Future[None], Callable[[], None] | None] | None = None
 
-    def add(
-        self, topic: Topic, raws: Sequence[bytes | None], partitions: Sequence[int], offsets: Sequence[int]
-    ) -> list[tuple[int, str]]:
-        """Decode and hold one block of ``topic``'s messages; returns the (index, reason) of each
-        message that could not be decoded."""
+    def add(self, topic: Topic, raws: Sequence[bytes | None], partitions: Sequence[int], offsets: Sequence[int]) -> list[Refused]:
+        """Decode and hold one block of ``topic``'s messages; returns what of each message could
+        not be decoded (see :func:`decode_rows`)."""
         replays = self.replay_filters.get(topic.table.name) if topic.table is not None else None
         table, rejected = decode_rows(topic, raws, partitions, offsets, replays)
         if topic.table is not None and topic.table.name in self.noted_tables:
@@ -411,8 +453,8 @@ class ClickHouseSink(TopicSink):
         table, rejected = decode_rows(
             topic, [m.value() for m in messages], [m.partition() for m in messages], [m.offset() for m in messages], marks
         )
-        for index, reason in rejected:
-            self.refuse(messages[index], reason)  # the dead letters' table keeps one per message
+        for index, reason, left_out in rejected:
+            self.refuse(messages[index], reason, left_out)  # the dead letters' table keeps one per message
         table = table.combine_chunks()
         if table.num_rows:
             if (read_as := dedup_token(topic, table)) != noted.token:
@@ -532,7 +574,8 @@ class ClickHouseSink(TopicSink):
         yield rows
         for name, value, doc in (
             ("hpcinsight_sink_batches", st.batches, "batches inserted"),
-            ("hpcinsight_sink_dead_letters", st.dead_letters, "messages dead-lettered by the sink"),
+            ("hpcinsight_sink_dead_letters", st.dead_letters, "messages (or records of one) dead-lettered by the sink"),
+            ("hpcinsight_sink_messages_salvaged", st.salvaged, "messages stored but for their bad records, dead-lettered"),
             ("hpcinsight_sink_insert_retries", st.insert_retries, "inserts tried again (ClickHouse away or refusing)"),
             ("hpcinsight_sink_commit_failures", st.commit_failures, "offset commits that failed"),
             ("hpcinsight_sink_consumer_restarts", st.consumer_restarts, "consumers replaced after a fatal error"),
@@ -578,19 +621,20 @@ class ClickHouseSink(TopicSink):
                 for i, m in enumerate(block):
                     try:
                         rejected.extend(
-                            (i, reason)
-                            for _, reason in self._writer.add(self._topics[name], [m.value()], [m.partition()], [m.offset()])
+                            r._replace(index=i)
+                            for r in self._writer.add(self._topics[name], [m.value()], [m.partition()], [m.offset()])
                         )
                     except Exception as err:  # noqa: BLE001 - this one message is the culprit
-                        rejected.append((i, f"undecodable: {type(err).__name__}: {err}"))
-            for index, reason in rejected:
+                        rejected.append(Refused(i, f"undecodable: {type(err).__name__}: {err}"))
+            for index, reason, left_out in rejected:
                 # Upstream stages validate; this guards against a foreign producer. The bad message
-                # goes to the dead-letter topic and its offset still advances.
-                self.refuse(block[index], reason)
+                # (or its bad records) goes to the dead-letter topic and its offset still advances.
+                self.stats.salvaged += left_out is not None
+                self.refuse(block[index], reason, left_out)
         if by_topic and self._batch_started is None:
             self._batch_started = time.monotonic()
 
-    def refuse(self, msg: Message, reason: str) -> None:
+    def refuse(self, msg: Message, reason: str, raw: bytes | None = None) -> None:
         if msg.topic() == DEAD_LETTERS.full_name(self.prefix):
             log.error(
                 "undecodable dead letter at %s[%d]@%d dropped from storage: %s",
@@ -600,9 +644,9 @@ class ClickHouseSink(TopicSink):
                 reason,
             )
             return
-        super().refuse(msg, reason)
+        super().refuse(msg, reason, raw)
 
-    def letter(self, msg: Message, reason: str) -> bytes:
+    def letter(self, msg: Message, reason: str, raw: bytes | None = None) -> bytes:
         return DEAD_LETTERS.codec.encode(
             [
                 DeadLetter.of(
@@ -612,7 +656,7 @@ class ClickHouseSink(TopicSink):
                     source_offset=msg.offset(),
                     stage="sink",
                     reason=reason,
-                    raw=msg.value(),
+                    raw=msg.value() if raw is None else raw,
                     key=msg.key(),
                 )
             ]

@@ -293,6 +293,9 @@ def test_every_stored_topic_s_codec_reads_what_it_writes() -> None:
 
 
 # -- the sink's writer ------------------------------------------------------------------------
+BAD_UTIL = "invalid gpu_sample: `gpu_util` is 101.0, above its maximum 100.0"
+
+
 def test_the_sink_stores_many_rows_a_message_each_with_its_kafka_position(tmp_path: Any) -> None:
     """Rows per message vary (the worker's batches): each row keeps its message's partition and
     offset, so the insert's deduplication token and the resume after a restart (the highest
@@ -310,21 +313,23 @@ def test_the_sink_stores_many_rows_a_message_each_with_its_kafka_position(tmp_pa
         )
         start += n
     raws = [GPU_SAMPLES.codec.encode(m) for m in messages]
-    raws.insert(2, ipc(gpu_table(gpu_util=[101.0, None]), META))  # a bad one among them
+    raws.insert(2, ipc(gpu_table(gpu_util=[101.0, None]), META))  # a bad row among them: its message gives the other
     partitions, offsets = [0, 1, 0, 1, 0, 1], [10, 20, 11, 21, 12, 22]
     client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'ch'}")
     try:
         ensure_tables(client)
         writer = TableWriter(client, background=False)
         rejected = writer.add(GPU_SAMPLES, raws, partitions, offsets)
-        assert rejected == [(2, "invalid gpu_sample: `gpu_util` is 101.0, above its maximum 100.0")]
+        [(index, reason, left_out)] = rejected
+        assert (index, reason) == (2, "records left out: 1 of 2, the other 1 used; record 0: " + BAD_UTIL)
+        assert GPU_SAMPLES.codec.salvage(left_out) is None
         [(topic, tables)] = writer._pending.values()
         assert (
             insert_settings(topic, tables[0])["insert_deduplication_token"] == "gpu.samples/0:10-12,1:21-22"
         )  # (offset 20 held no row)
         writer.submit()
         stored = client.query("SELECT _partition, _offset, count() FROM gpu_samples GROUP BY 1, 2 ORDER BY 1, 2").result_rows
-        assert stored == [(0, 10, 24), (0, 12, 200), (1, 21, 8), (1, 22, 1)]
+        assert stored == [(0, 10, 24), (0, 11, 1), (0, 12, 200), (1, 21, 8), (1, 22, 1)]
         resume = client.query("SELECT _partition, max(_offset) FROM gpu_samples GROUP BY 1 ORDER BY 1").result_rows
         assert resume == [(0, 12), (1, 22)]
     finally:

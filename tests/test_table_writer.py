@@ -6,10 +6,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
-from hpcinsight.schemas.catalog import GPU_SAMPLES, IB_SAMPLES
-from hpcinsight.schemas.events import GpuSample, IbSample
+from hpcinsight.schemas.catalog import GPU_SAMPLES, IB_SAMPLES, SCHEDULER_EVENTS
+from hpcinsight.schemas.codec import DecodeError
+from hpcinsight.schemas.events import GpuSample, IbSample, SchedulerEvent
 from hpcinsight.sinks.clickhouse_sink import TableWriter, insert_settings
 
 T0 = (int(time.time()) - 3600) * 1000  # recent: older rows fall to the tables' TTL
@@ -45,8 +47,8 @@ def test_good_rows_are_stored_with_their_kafka_position_and_bad_messages_reporte
     raws[3] = b'{"schema":"gpu_sample","v":1,"records":[{"node":"n0"}]}'
     raws[7] = b""
     rejected = writer.add(GPU_SAMPLES, raws, [k % 2 for k in range(10)], [100 + k for k in range(10)])
-    assert [i for i, _ in rejected] == [3, 7]
-    assert "missing required field" in rejected[0][1] and rejected[1][1] == "empty message"
+    assert [r.index for r in rejected] == [3, 7]
+    assert "missing required field" in rejected[0].reason and rejected[1].reason == "empty message"
     assert writer.pending_rows == 8 * 8
     done = []
     writer.submit(on_done=lambda: done.append(count(client, "gpu_samples")))
@@ -57,6 +59,39 @@ def test_good_rows_are_stored_with_their_kafka_position_and_bad_messages_reporte
     assert rows == [(k % 2, 100 + k, 8) for k in range(10) if k not in (3, 7)]
     assert writer.rows == {"gpu_samples": 64}
     writer.close()
+
+
+def test_a_message_with_some_bad_records_stores_the_others_as_the_worker_uses_them(client: Any) -> None:
+    """A foreign producer's message on a stored topic with one bad record: its other records are
+    stored with the message's Kafka position, in its place among the block's rows (the replay
+    filter reads a GPU's rows in order, so out of place they would be dropped as replays), and
+    only the bad one is refused, as the message it was sent in, for the dead letter."""
+    writer = TableWriter(client, background=False)
+    writer.guard_rollups()
+    samples = [[GpuSample("n0", g, f"GPU-{g}", T0 + k * 1000, gpu_util=50.0) for g in range(3)] for k in range(3)]
+    bad = msgspec.structs.replace(samples[1][1], temperature_c=-500.0)  # below the schema's -100
+    raws = [GPU_SAMPLES.codec.encode(m) for m in (samples[0], [samples[1][0], bad, samples[1][2]], samples[2])]
+    [refused] = writer.add(GPU_SAMPLES, raws, [0, 0, 0], [10, 11, 12])
+    assert refused.index == 1 and refused.reason.startswith("records left out: 1 of 3, the other 2 used; record 1: ")
+    assert "temperature_c" in refused.reason
+    assert GPU_SAMPLES.codec.salvage(refused.left_out) is None  # the bad record alone
+    with pytest.raises(DecodeError):
+        GPU_SAMPLES.codec.decode(refused.left_out)
+    writer.submit()
+    writer.close()
+    stored = client.query("SELECT _offset, gpu_index FROM gpu_samples ORDER BY _offset, gpu_index").result_rows
+    assert stored == [(10, 0), (10, 1), (10, 2), (11, 0), (11, 2), (12, 0), (12, 1), (12, 2)]
+    assert int(client.command("SELECT sum(samples) FROM gpu_rollup_1m")) == 8
+
+    events = [SchedulerEvent(T0, "foreign", f"j{k}", "started", node=f"n{k}") for k in range(3)]
+    raw = SCHEDULER_EVENTS.codec.encode(events).replace(b'"j1","kind":"started"', b'"j1","kind":"exploded"')
+    writer = TableWriter(client, background=False)
+    [refused] = writer.add(SCHEDULER_EVENTS, [raw], [2], [7])
+    assert refused.reason.startswith("records left out: 1 of 3, the other 2 used; record 1: ") and b"j1" in refused.left_out
+    writer.submit()
+    writer.close()
+    rows = client.query("SELECT job_id, _partition, _offset FROM scheduler_events ORDER BY job_id").result_rows
+    assert rows == [("j0", 2, 7), ("j2", 2, 7)]
 
 
 def test_inserts_run_one_at_a_time_in_order(client: Any) -> None:

@@ -60,7 +60,7 @@ class IntSink(TopicSink):
     def decode(self, msg: Message) -> list[Any]:
         return [int(msg.value())]
 
-    def letter(self, msg: Message, reason: str) -> bytes:
+    def letter(self, msg: Message, reason: str, raw: bytes | None = None) -> bytes:
         return json.dumps({"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "reason": reason}).encode()
 
     def deliver(self, batch: Sequence[tuple[Message, list[Any]]]) -> None:

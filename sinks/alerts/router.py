@@ -298,8 +298,8 @@ class AlertRouter(TopicSink):
             self._malformed(msg, salvaged.reason, raw=salvaged.left_out)
         return records
 
-    def refuse(self, msg: Message, reason: str) -> None:
-        self._malformed(msg, reason)
+    def refuse(self, msg: Message, reason: str, raw: bytes | None = None) -> None:
+        self._malformed(msg, reason, raw=raw)
 
     def deliver(self, batch: Sequence[tuple[Message, list[Any]]]) -> None:
         engine, now = self.engine, self._now_ms()

@@ -72,6 +72,14 @@ def decodes(topic: Any, raw: bytes) -> bool:
         return False
 
 
+def as_salvaged(topic: Any, raw: bytes) -> tuple[list[Any], Any]:
+    """A message's records, or those salvage keeps of a refused one and what it left out (none: nothing usable)."""
+    try:
+        return topic.codec.decode_salvaging(raw)
+    except DecodeError:
+        return [], None
+
+
 def is_json_text(text: bytes) -> bool:
     """Whether ``text`` is JSON as a parser reads it past its values (NaN is not; 1e999 is)."""
     try:
@@ -240,7 +248,15 @@ def test_the_sink_writer_takes_any_block(topic: Any) -> None:
         writer = TableWriter(None, background=False)  # type: ignore[arg-type] - decoding only, no insert
         n = len(block)
         rejected = writer.add(topic, block, [0] * n, list(range(n)))
-        assert [i for i, _ in rejected] == [i for i, raw in enumerate(block) if not decodes(topic, raw)]
+        assert [r.index for r in rejected] == [i for i, raw in enumerate(block) if not decodes(topic, raw)]
+        rows = 0  # each message's records, or those salvage keeps of a refused one (as the worker does)
+        for i, raw in enumerate(block):
+            records, salvaged = as_salvaged(topic, raw)
+            rows += len(records)
+            if i in {r.index for r in rejected}:
+                [r] = [r for r in rejected if r.index == i]
+                assert (r.reason, r.left_out) == ((salvaged.reason, salvaged.left_out) if salvaged else (r.reason, None))
+        assert writer.pending_rows == rows
 
     prop()
 

@@ -120,3 +120,25 @@ def test_a_stored_topic_written_by_a_foreign_producer_cannot_stop_the_sink(pipel
     letters = pipeline.sql("SELECT stage, reason, raw_size FROM dead_letters ORDER BY source_offset")
     assert [(d["stage"], d["raw_size"]) for d in letters] == [("sink", len(b)) for b in hostile]
     assert all(d["reason"] for d in letters)
+
+
+def test_the_sink_stores_the_good_records_of_a_foreign_scheduler_message(pipeline: Pipeline) -> None:
+    """A scheduler adapter that is not ours sends one bad event among good ones straight to a
+    stored topic: the sink stores the good ones (as every worker's attribution uses them) and
+    dead-letters the bad one alone, so the store and the stream agree on the cluster's jobs."""
+    producer = Producer({"bootstrap.servers": pipeline.bootstrap, "enable.idempotence": True})
+    topic = pipeline.topic("scheduler.events")
+    events = [{"ts": T0, "source": "foreign", "job_id": f"j{k}", "kind": "started", "node": f"n{k}"} for k in range(3)]
+    events[1]["kind"] = "exploded"
+    producer.produce(topic, key=b"foreign", value=json.dumps({"schema": "scheduler_event", "v": 1, "records": events}).encode())
+    assert producer.flush(30) == 0
+    sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
+    try:
+        pipeline.wait_caught_up("clickhouse-sink", ["scheduler.events", "dead.letters"])
+    finally:
+        assert stop(sink) == 0, pipeline.log("sink")
+    assert pipeline.sql("SELECT job_id FROM scheduler_events ORDER BY job_id") == [{"job_id": "j0"}, {"job_id": "j2"}]
+    [letter] = pipeline.sql("SELECT source_topic, stage, reason, raw FROM dead_letters")
+    assert (letter["source_topic"], letter["stage"]) == (topic, "sink")
+    assert letter["reason"].startswith("records left out: 1 of 3, the other 2 used; record 1: "), letter["reason"]
+    assert json.loads(letter["raw"])["records"] == [events[1]]

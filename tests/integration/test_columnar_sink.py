@@ -30,22 +30,26 @@ def samples(start: int, n: int) -> list[GpuSample]:
 
 
 def test_columnar_messages_are_stored_row_by_row_and_bad_ones_dead_lettered(pipeline: Pipeline) -> None:
-    out_of_range = to_arrow(GpuSample, samples(0, 2))
+    # two GPUs between the first message's last second and the third's first (else the row kept
+    # would be a replay of a stored one, and the sink would rightly drop it)
+    out_of_range = to_arrow(GpuSample, [GpuSample("n0", g, f"GPU-{g}", T0 + 19_500, gpu_util=1.0) for g in range(2)])
     out_of_range = out_of_range.set_column(4, out_of_range.schema.field(4), pa.array([1.0, 250.0], pa.float32()))
     good = GPU_SAMPLES.codec.encode(samples(0, 160))
-    sent = [
-        (good, 160),
+    bad_row = "invalid gpu_sample: `gpu_util` is 250.0, above its maximum 100.0"
+    sent: list[tuple[bytes, int, str | None]] = [  # the message, the rows stored of it, its dead letter's reason
+        (good, 160, None),
         (
             ipc(out_of_range, {"schema": "gpu_sample", "v": "1"}),
-            "invalid gpu_sample: `gpu_util` is 250.0, above its maximum 100.0",
+            1,
+            "records left out: 1 of 2, the other 1 used; record 1: " + bad_row,
         ),
-        (GPU_SAMPLES.codec.encode(samples(160, 8)), 8),
-        (good[:-100], "malformed Arrow IPC: "),
-        (Codec(GpuSample).encode(samples(168, 16)), 16),  # JSON: a worker from before the change
-        (GPU_SAMPLES.codec.encode_table(to_arrow(GpuSample, samples(184, 40))), 40),
+        (GPU_SAMPLES.codec.encode(samples(160, 8)), 8, None),
+        (good[:-100], 0, "malformed Arrow IPC: "),
+        (Codec(GpuSample).encode(samples(168, 16)), 16, None),  # JSON: a worker from before the change
+        (GPU_SAMPLES.codec.encode_table(to_arrow(GpuSample, samples(184, 40))), 40, None),
     ]
     producer = Producer({"bootstrap.servers": pipeline.bootstrap, "enable.idempotence": True})
-    for value, _ in sent:
+    for value, _, _ in sent:
         producer.produce(pipeline.topic("gpu.samples"), key=b"n0", value=value)
     assert producer.flush(30) == 0
     assert sent[0][0].startswith(IPC_MARKER)
@@ -60,10 +64,11 @@ def test_columnar_messages_are_stored_row_by_row_and_bad_ones_dead_lettered(pipe
     stored = pipeline.sql(
         "SELECT _offset AS o, count() AS n, uniqExact(gpu_index, ts) AS d FROM gpu_samples GROUP BY o ORDER BY o"
     )
-    assert [(r["o"], r["n"], r["d"]) for r in stored] == [(k, n, n) for k, (_, n) in enumerate(sent) if isinstance(n, int)]
-    letters = pipeline.sql("SELECT source_offset, stage, reason, raw_size FROM dead_letters ORDER BY source_offset")
+    assert [(r["o"], r["n"], r["d"]) for r in stored] == [(k, n, n) for k, (_, n, _) in enumerate(sent) if n]
+    letters = pipeline.sql("SELECT source_offset, stage, reason, raw, raw_size FROM dead_letters ORDER BY source_offset")
     assert [(d["source_offset"], d["stage"]) for d in letters] == [(1, "sink"), (3, "sink")]
     for letter, k in zip(letters, (1, 3), strict=True):
-        reason = sent[k][1]
-        assert isinstance(reason, str) and letter["reason"].startswith(reason), letter
-        assert letter["raw_size"] == len(sent[k][0])
+        reason = sent[k][2]
+        assert reason is not None and letter["reason"].startswith(reason), letter
+    assert letters[1]["raw_size"] == len(sent[3][0])  # a message refused whole: all of it
+    assert letters[0]["raw_size"] < len(sent[1][0])  # of the salvaged one, the row left out

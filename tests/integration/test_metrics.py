@@ -131,9 +131,12 @@ def test_every_component_serves_metrics_that_move(pipeline: Pipeline, tmp_path: 
         first["sink"], "hpcinsight_sink_rows_total", table="gpu_samples"
     )
     assert total(sink, "hpcinsight_sink_insert_seconds_count") > 0
-    assert {"hpcinsight_sink_dead_letters_total", "hpcinsight_sink_insert_retries_total", "hpcinsight_consumer_lag"} <= names(
-        sink
-    )
+    assert {
+        "hpcinsight_sink_dead_letters_total",
+        "hpcinsight_sink_messages_salvaged_total",
+        "hpcinsight_sink_insert_retries_total",
+        "hpcinsight_consumer_lag",
+    } <= names(sink)
 
     alerts = then["alerts"]
     assert total(alerts, "hpcinsight_alerts_anomalies_total") >= 1
