@@ -243,7 +243,9 @@ def test_a_stage_that_fails_dead_letters_the_message_and_goes_on(processor: Any)
 def test_the_sink_writer_takes_any_block(topic: Any) -> None:
     from hpcinsight.sinks.clickhouse_sink import TableWriter
 
-    @given(st.lists(messages(topic), min_size=1, max_size=10))
+    some_bad_records = record_lists(topic).map(lambda records: envelope(topic, records))
+
+    @given(st.lists(st.one_of(messages(topic), some_bad_records), min_size=1, max_size=10))
     def prop(block: list[bytes]) -> None:
         writer = TableWriter(None, background=False)  # type: ignore[arg-type] - decoding only, no insert
         n = len(block)
