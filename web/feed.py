@@ -4,7 +4,8 @@ A sink (:class:`~hpcinsight.core.consumer.TopicSink`) with partitions assigned b
 membership, nothing committed): each topic starts a look-back before now, found with
 ``offsets_for_times``, so a service started mid-run shows the last samples, the anomalies still
 open, and the latest quantiles and KPIs at once, then follows the topics live. It owns no topic:
-what it cannot decode or apply is skipped and counted (the topic's owner dead-letters it).
+what it cannot decode or apply is skipped and counted (the topic's owner dead-letters it); of a
+message with some bad records, the others are used, as the worker and the sink use them.
 """
 
 from __future__ import annotations
@@ -121,7 +122,14 @@ class Feed(TopicSink):
         self.assigned.set()
 
     def decode(self, msg: Message) -> list[Any]:
-        return self._routes[msg.topic()][0].codec.decode(msg.value())
+        """The message's records; of a refused one, those that decode alone, as the worker and the
+        sink use them (a scheduler adapter's one bad inventory must not hide its other nodes). The
+        rest is counted as skipped: the topic's owner dead-letters it."""
+        records, salvaged = self._routes[msg.topic()][0].codec.decode_salvaging(msg.value())
+        if salvaged is not None:
+            self.stats.skipped += 1
+            log.warning("skipped some records of %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), salvaged.reason)
+        return records
 
     def deliver(self, batch: Sequence[tuple[Message, list[Any]]]) -> None:
         by_topic: dict[str, list[Any]] = {}

@@ -108,3 +108,22 @@ def test_feed_looks_back_then_follows(pipeline: Pipeline) -> None:
     finally:
         feed.stop()
     assert not feed.thread.is_alive()
+
+
+def test_one_bad_inventory_record_does_not_hide_the_other_nodes(pipeline: Pipeline) -> None:
+    """A scheduler adapter's message of inventories with one bad record: the view shows the other
+    nodes, as the worker and the sink use them, and counts the message as skipped (the sink
+    dead-letters the bad record)."""
+    now = int(time.time() * 1000)
+    nodes = [NodeInventory(ts=now, node=f"n{k}", gpu_count=8, zone="z1") for k in range(3)]
+    raw = NODE_INVENTORY.codec.encode(nodes).replace(b'"node":"n1"', b'"node":"n1","memory_bytes":"lots"')
+    producer = Producer(pipeline.client_config())
+    producer.produce(NODE_INVENTORY.full_name(pipeline.prefix), raw)
+    producer.flush(10)
+    state = ClusterState()
+    feed = Feed(state, pipeline.client_config(), pipeline.prefix).start()
+    try:
+        wait(lambda: len(state.nodes) == 2)
+        assert sorted(state.nodes) == ["n0", "n2"] and feed.skipped == 1
+    finally:
+        feed.stop()
