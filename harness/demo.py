@@ -184,6 +184,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             str(options.speed),
             "--ticks",
             str(ticks),
+            # an overrun tick is not skipped: on a loaded machine the run falls behind instead, and
+            # its samples (the idle GPU's window, the faults' seconds) are those of any other run
+            "--catch-up",
         ]
         for spec in options.idle_specs():
             agent_args += ["--idle", spec]
