@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
+from hpcinsight.agents.sim.scheduler import hostlist, node_names
 from hpcinsight.schemas.catalog import (
     ANOMALIES,
     GPU_QUANTILES,
@@ -129,7 +130,7 @@ def bench_stream_chain(repeats: int) -> dict[str, float]:
 def _jobs(nodes: int, t0: int) -> list[SchedulerEvent]:
     """Jobs of 8 nodes each on the sim cluster, started a minute before its first sample: every
     sample is attributed (its job, user, team, priority), as on a busy cluster."""
-    names = [f"sim-node-{n:02d}" for n in range(nodes)]
+    cluster = SimConfig(nodes=nodes, gpus_per_node=GPUS_PER_NODE)
     return [
         SchedulerEvent(
             ts=t0 - 60_000,
@@ -140,7 +141,7 @@ def _jobs(nodes: int, t0: int) -> list[SchedulerEvent]:
             team=f"team-{k % 2}",
             priority="high",
             requested_gpus=float(8 * GPUS_PER_NODE),
-            node=",".join(names[k * 8 : (k + 1) * 8]),
+            node=hostlist(cluster, list(range(k * 8, (k + 1) * 8))),
         )
         for k in range(nodes // 8)
     ]
@@ -148,8 +149,8 @@ def _jobs(nodes: int, t0: int) -> list[SchedulerEvent]:
 
 def _inventory(nodes: int, t0: int) -> list[NodeInventory]:
     return [
-        NodeInventory(ts=t0 - 60_000, node=f"sim-node-{n:02d}", gpu_count=GPUS_PER_NODE, zone=f"zone-{n // 32}")
-        for n in range(nodes)
+        NodeInventory(ts=t0 - 60_000, node=name, gpu_count=GPUS_PER_NODE, zone=f"zone-{n // 32}")
+        for n, name in enumerate(node_names(SimConfig(nodes=nodes, gpus_per_node=GPUS_PER_NODE)))
     ]
 
 

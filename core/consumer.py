@@ -20,11 +20,19 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from hpcinsight.core.kafka import produce_queued
+
+
+class Salvaging(Protocol):
+    """What :meth:`TopicSink.decode_salvaging` needs of a codec (``hpcinsight.schemas.codec.Codec``):
+    the records, and what salvage left out of a refused message (``reason``, ``left_out``) or None."""
+
+    def decode_salvaging(self, raw: bytes | None) -> tuple[list[Any], Any]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +141,15 @@ class TopicSink:
     def decode(self, msg: Message) -> list[Any]:
         """The records of one message; any exception refuses the message (:meth:`refuse`)."""
         raise NotImplementedError
+
+    def decode_salvaging(self, msg: Message, codec: Salvaging) -> list[Any]:
+        """A :meth:`decode` with ``codec``: the message's records, or of a refused one those that
+        decode alone, the others refused (:meth:`refuse` with the records left out) as the worker
+        dead-letters them; the codec's error where nothing is usable."""
+        records, salvaged = codec.decode_salvaging(msg.value())
+        if salvaged is not None:
+            self.refuse(msg, salvaged.reason, salvaged.left_out)
+        return records
 
     def deliver(self, batch: Sequence[tuple[Message, list[Any]]]) -> None:
         """Hand on one poll's messages, in order, each with its records (none for a refused one)."""

@@ -125,11 +125,7 @@ class Feed(TopicSink):
         """The message's records; of a refused one, those that decode alone, as the worker and the
         sink use them (a scheduler adapter's one bad inventory must not hide its other nodes). The
         rest is counted as skipped: the topic's owner dead-letters it."""
-        records, salvaged = self._routes[msg.topic()][0].codec.decode_salvaging(msg.value())
-        if salvaged is not None:
-            self.stats.skipped += 1
-            log.warning("skipped some records of %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), salvaged.reason)
-        return records
+        return self.decode_salvaging(msg, self._routes[msg.topic()][0].codec)
 
     def deliver(self, batch: Sequence[tuple[Message, list[Any]]]) -> None:
         by_topic: dict[str, list[Any]] = {}

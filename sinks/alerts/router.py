@@ -293,10 +293,7 @@ class AlertRouter(TopicSink):
     def decode(self, msg: Message) -> list[Any]:
         """The message's records; of a refused one, those that decode alone (a scheduler adapter's
         one bad event must not cost its others' owners), the rest dead-lettered as the worker does."""
-        records, salvaged = self.topics[msg.topic()].codec.decode_salvaging(msg.value())
-        if salvaged is not None:
-            self._malformed(msg, salvaged.reason, raw=salvaged.left_out)
-        return records
+        return self.decode_salvaging(msg, self.topics[msg.topic()].codec)
 
     def refuse(self, msg: Message, reason: str, raw: bytes | None = None) -> None:
         self._malformed(msg, reason, raw=raw)

@@ -130,14 +130,12 @@ def test_unit_view_live_outlier_drilldown_and_token(live: tuple[Pipeline, str]) 
             # the job drill-down: its ranks (from the stored step metrics) and the anomaly
             wait_for(lambda: api(url, f"/api/jobs/{JOB}").get("store", {}).get("ranks"), 120, "step metrics of the job stored")
             # a click opens the job the page's current frame gives the square (none: the click does nothing)
-            held = f"(__hpci.cellOf({json.dumps(uuid)}) || {{}}).job === {json.dumps(JOB)}"
+            cell_of = f"__hpci.cellOf({json.dumps(uuid)})"
             try:
-                page.wait_for_function(held, timeout=30_000)
+                page.wait_for_function(f"({cell_of} || {{}}).job === {json.dumps(JOB)}", timeout=30_000)
             except PlaywrightTimeout:
-                raise AssertionError(
-                    f"the page's frame does not give the GPU its job: {page.evaluate(f'__hpci.cellOf({json.dumps(uuid)})')}"
-                ) from None
-            cell = page.evaluate(f"__hpci.cellOf({json.dumps(uuid)})")
+                raise AssertionError(f"the page's frame does not give the GPU its job: {page.evaluate(cell_of)}") from None
+            cell = page.evaluate(cell_of)
             page.mouse.click(box["x"] + cell["x"] + cell["size"] / 2 - 1, box["y"] + cell["y"] + cell["size"] / 2 - 1)
             page.wait_for_selector("#job-panel:not([hidden])", timeout=10_000)
             assert page.locator("#job-title").inner_text() == f"job {JOB}"
