@@ -30,6 +30,7 @@ from hpcinsight.schemas.events import (
     IbSample,
     JobQuantiles,
     NodeInventory,
+    Redrive,
     SchedulerEvent,
     SchedulingKpi,
     Silence,
@@ -285,12 +286,25 @@ ALERT_SILENCES = Topic(
     doc="Silences of the alert router (matchers, start, end, author, comment), one per id (compacted).",
 )
 
+# Compacted by batch: `hpcinsight dead-letters redrive` records each batch of letters it sends back
+# before and after sending it, and skips the letters recorded as sent. Not stored in ClickHouse.
+DEAD_LETTERS_REDRIVEN = Topic(
+    "dead.letters.redriven",
+    Redrive,
+    key="batch",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+    compacted=True,
+    doc="Batches of dead letters sent back to their topics (compacted by batch): none is sent back twice.",
+)
+
 TOPICS: tuple[Topic, ...] = (
     GPU_SAMPLES_RAW,
     GPU_SAMPLES,
     GPU_QUANTILES,
     ANOMALIES,
     DEAD_LETTERS,
+    DEAD_LETTERS_REDRIVEN,
     IB_SAMPLES_RAW,
     IB_SAMPLES,
     SCHEDULER_EVENTS,

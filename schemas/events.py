@@ -628,6 +628,33 @@ class Silence(Event, frozen=True):
     comment: Text = ""
 
 
+class Redrive(Event, frozen=True):
+    """A batch of dead letters sent back to their topics (``hpcinsight dead-letters redrive``).
+
+    Written twice, keyed by ``batch`` on a compacted topic: ``sending`` before its messages go,
+    with where each topic they go to ended then (``starts``), and ``sent`` once they are
+    delivered, with where each went. A run that finds a batch still ``sending`` (its writer was
+    killed) looks for its messages from ``starts`` on, by their header, and records what it
+    finds as sent: no letter is sent twice, and no Kafka transaction holds readers back.
+    The lists run in parallel: a letter's place in ``dead.letters``, its topic, the SHA-256 of
+    its bytes (a letter of the same bytes written later came back refused again) and, when
+    sent, ``<topic>:<partition>:<offset>`` of the message.
+    """
+
+    __schema__ = "redrive"
+    __version__ = 1
+
+    batch: Label
+    ts: TimestampMs
+    by: Label
+    state: Label  # "sending" or "sent"
+    letters: LabelList  # "<partition>:<offset>" in dead.letters
+    topics: LabelList
+    sha256: LabelList
+    starts: LabelList = []  # "<topic>:<partition>:<offset>": every partition's end before the batch
+    sent: LabelList = []
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     GpuSample,
     GpuQuantiles,
@@ -645,4 +672,5 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SchedulingKpi,
     StateCheckpoint,
     Silence,
+    Redrive,
 )

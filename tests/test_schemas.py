@@ -30,6 +30,7 @@ from hpcinsight.schemas.events import (
     IbSample,
     JobQuantiles,
     NodeInventory,
+    Redrive,
     SchedulerEvent,
     SchedulingKpi,
     Silence,
@@ -232,6 +233,17 @@ EXAMPLES = {
     ),
     XidEvent: XidEvent("n0", 3, "GPU-abc", T0, 79, 12, gpu_instance_id=1, compute_instance_id=0),
     Silence: Silence("5f0c", T0, ["kind=gpu_xid", 'node=~"n[0-9]+"'], T0, T0 + 7_200_000, "alice", comment="RMA open"),
+    Redrive: Redrive(
+        "9c1f",
+        T0,
+        "alice",
+        "sent",
+        ["0:412"],
+        ["hpcinsight.scheduler.events"],
+        ["ab" * 32],
+        ["hpcinsight.scheduler.events:3:90210"],
+        ["hpcinsight.scheduler.events:3:90211"],
+    ),
 }
 
 
