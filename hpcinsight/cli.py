@@ -370,6 +370,15 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from hpcinsight.schemas.catalog import ensure_configured_topics
+    from hpcinsight.sinks.redrive_cli import run_cli
+
+    settings = load()
+    ensure_configured_topics(settings.kafka)
+    return run_cli(args, settings.kafka.client_config(), settings.kafka.topic_prefix)
+
+
 def cmd_silence(args: argparse.Namespace) -> int:
     from hpcinsight.schemas.catalog import ensure_configured_topics
     from hpcinsight.sinks.alerts.silence_cli import run_cli
@@ -709,6 +718,11 @@ def build_parser() -> argparse.ArgumentParser:
     from hpcinsight.sinks.alerts.silence_cli import add_cli_arguments
 
     add_cli_arguments(p)
+
+    p = add("dead-letters", cmd_dead_letters, "list the dead letters, or send them back to their topics once fixed")
+    from hpcinsight.sinks.redrive_cli import add_cli_arguments as add_dead_letter_arguments
+
+    add_dead_letter_arguments(p)
 
     p = add("query", cmd_query, "run a query of the library (sinks/queries/*.sql) or SQL against ClickHouse, read-only")
     p.add_argument("query", nargs="?", help="a library query (see --list) or a SQL SELECT")

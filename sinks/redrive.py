@@ -1,0 +1,317 @@
+"""Dead letters sent back to their topics, once their cause is fixed (``hpcinsight dead-letters``).
+
+A letter is refused input kept with its reason: a producer that wrote a schema version before the
+consumers knew it, a foreign adapter's bad record, a worker bug fixed since. Sending one back means
+producing its ``raw`` bytes, with its key, to the topic it came from. Each letter goes back at most
+once: every batch is recorded on the compacted ``dead.letters.redriven`` before and after it is
+sent (:class:`~hpcinsight.schemas.events.Redrive`), and a batch left half sent by a killed run is
+found again by its messages' header. No transaction: a Kafka transaction left open by a killed
+run would hold every reader of committed messages back, and the Faust worker, which reads
+uncommitted ones, would see an aborted batch's messages and then their second sending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from hpcinsight.core.kafka import new_producer, offsets_consumer, partition_counts, read_range, read_to_end, watermarks
+from hpcinsight.schemas.catalog import DEAD_LETTERS, DEAD_LETTERS_REDRIVEN, TOPICS
+from hpcinsight.schemas.codec import DecodeError
+from hpcinsight.schemas.events import DeadLetter, Redrive
+
+#: the header naming the letter a message was sent back from: ``<dead-letter topic>:<partition>:<offset>``
+REDRIVE_HEADER = "hpcinsight-redrive-of"
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A dead letter where Kafka holds it."""
+
+    partition: int
+    offset: int
+    letter: DeadLetter
+
+    @property
+    def key(self) -> str:
+        """Its place in the dead-letter topic, as the redrive records name it."""
+        return f"{self.partition}:{self.offset}"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.letter.raw).hexdigest()
+
+    @property
+    def input(self) -> tuple[str, int, int, str]:
+        """The refused input: several readers of a topic (the sink, the worker, the alert router)
+        each write a letter of the same message, which is sent back once, for all of them."""
+        d = self.letter
+        return d.source_topic, d.source_partition, d.source_offset, self.sha256
+
+    @property
+    def whole(self) -> bool:
+        """Whether ``raw`` is the whole message (a large one keeps only its first bytes)."""
+        size = self.letter.raw_size
+        return size is None or size == len(self.letter.raw)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which letters to send back: every given condition holds (None: any)."""
+
+    topics: frozenset[str] | None = None  # catalog names, without the prefix
+    stages: frozenset[str] | None = None
+    reason: str | None = None  # a part of the reason, any case
+    since_ms: int | None = None  # letters written at or after
+
+    def matches(self, letter: Letter, prefix: str) -> bool:
+        d = letter.letter
+        if self.topics is not None and d.source_topic not in {f"{prefix}{t}" for t in self.topics}:
+            return False
+        if self.stages is not None and d.stage not in self.stages:
+            return False
+        if self.reason is not None and self.reason.lower() not in d.reason.lower():
+            return False
+        return self.since_ms is None or d.ts >= self.since_ms
+
+
+@dataclass
+class Report:
+    """What a run did, or would do (``dry_run``), with the letters it left and why."""
+
+    sent: list[Letter] = field(default_factory=list)
+    to_send: list[Letter] = field(default_factory=list)  # a dry run's
+    #: sent back by an earlier run, or with another reader's letter of the same message
+    already: list[Letter] = field(default_factory=list)
+    #: refused again after an earlier run sent the same bytes back: its cause is not fixed
+    came_back: list[Letter] = field(default_factory=list)
+    cut: list[Letter] = field(default_factory=list)  # only the first bytes kept: cannot be sent back
+    foreign: list[Letter] = field(default_factory=list)  # about a topic not of this prefix's catalog
+    recovered: int = 0  # letters a killed run had sent without recording them, found by their header
+    unreadable: int = 0  # messages of dead.letters that are not letters (never written by hpcinsight)
+
+
+def read_letters(client_config: dict[str, Any], prefix: str, timeout: float = 60.0) -> tuple[list[Letter], int]:
+    """Every letter Kafka still holds, in order, and how many of its messages were not letters."""
+    letters, unreadable = [], 0
+    for msg in read_to_end(client_config, DEAD_LETTERS.full_name(prefix), f"{prefix}dead-letters-cli", timeout=timeout):
+        try:
+            records = DEAD_LETTERS.codec.decode(msg.value())
+        except DecodeError:
+            unreadable += 1
+            continue
+        letters += [Letter(msg.partition(), msg.offset(), d) for d in records]
+    return letters, unreadable
+
+
+def read_batches(client_config: dict[str, Any], prefix: str, timeout: float = 60.0) -> dict[str, Redrive]:
+    """Every batch's latest record, by batch."""
+    out: dict[str, Redrive] = {}
+    topic = DEAD_LETTERS_REDRIVEN.full_name(prefix)
+    for msg in read_to_end(client_config, topic, f"{prefix}dead-letters-cli", timeout=timeout):
+        try:
+            records = DEAD_LETTERS_REDRIVEN.codec.decode(msg.value())
+        except DecodeError:
+            continue  # not ours: it names no letter
+        for r in records:
+            out[r.batch] = r
+    return out
+
+
+def sent_letters(batches: Iterable[Redrive]) -> dict[str, tuple[str, str]]:
+    """The letters recorded as sent: letter -> (topic, sha256 of its bytes)."""
+    return {
+        letter: (topic, sha)
+        for b in batches
+        if b.state == "sent"
+        for letter, topic, sha in zip(b.letters, b.topics, b.sha256, strict=True)
+    }
+
+
+def redrive(
+    client_config: dict[str, Any],
+    prefix: str,
+    selection: Selection,
+    by: str,
+    *,
+    batch: int = 500,
+    dry_run: bool = False,
+    timeout: float = 60.0,
+    on_batch: Callable[[int], None] | None = None,
+) -> Report:
+    """Send the selected letters back to their topics, each at most once, ``batch`` letters at a
+    time; ``on_batch`` is told the count sent so far after each batch. One run at a time."""
+    report = Report()
+    batches = read_batches(client_config, prefix, timeout)
+    for b in [b for b in batches.values() if b.state == "sending"]:
+        batches[b.batch] = finished = _recover(client_config, prefix, b, timeout, write=not dry_run)
+        report.recovered += len(finished.letters)
+    letters, report.unreadable = read_letters(client_config, prefix, timeout)
+    sent = sent_letters(batches.values())
+    ours = {t.full_name(prefix) for t in TOPICS if t not in (DEAD_LETTERS, DEAD_LETTERS_REDRIVEN)}
+    first_sent: dict[tuple[str, str], tuple[int, int]] = {}  # (topic, sha256) -> the first letter of them sent
+    for key, topic_sha in sent.items():
+        partition, offset = (int(x) for x in key.split(":"))
+        first_sent[topic_sha] = min(first_sent.get(topic_sha, (partition, offset)), (partition, offset))
+    sent_inputs = {letter.input for letter in letters if letter.key in sent}
+    todo: list[Letter] = []
+    for letter in letters:
+        if not selection.matches(letter, prefix):
+            continue
+        if letter.key in sent or letter.input in sent_inputs:
+            report.already.append(letter)
+        elif _after(letter, first_sent.get((letter.letter.source_topic, letter.sha256))):
+            report.came_back.append(letter)
+        elif letter.letter.source_topic not in ours:
+            report.foreign.append(letter)
+        elif not letter.whole:
+            report.cut.append(letter)
+        else:
+            todo.append(letter)
+            sent_inputs.add(letter.input)  # another reader's letter of the same message goes with this one
+    if dry_run or not todo:
+        report.to_send = todo
+        return report
+    producer = new_producer(client_config)
+    for start in range(0, len(todo), batch):
+        chunk = todo[start : start + batch]
+        _send(client_config, producer, prefix, chunk, by, timeout)
+        report.sent += chunk
+        if on_batch is not None:
+            on_batch(len(report.sent))
+    return report
+
+
+def _after(letter: Letter, sent: tuple[int, int] | None) -> bool:
+    """Whether ``letter`` was written after the letter at ``sent`` (a place in dead.letters): by
+    offsets, not clocks (the component that refused it again may run on another host)."""
+    return sent is not None and letter.partition == sent[0] and letter.offset > sent[1]
+
+
+def _send(client_config: dict[str, Any], producer: Any, prefix: str, letters: list[Letter], by: str, timeout: float) -> None:
+    """One batch: recorded as sending (with where its topics end), its messages, recorded as sent."""
+    topics = sorted({x.letter.source_topic for x in letters})
+    sending = Redrive(
+        batch=uuid.uuid4().hex,
+        ts=int(time.time() * 1000),
+        by=by,
+        state="sending",
+        letters=[x.key for x in letters],
+        topics=[x.letter.source_topic for x in letters],
+        sha256=[x.sha256 for x in letters],
+        starts=[f"{t}:{p}:{end}" for t, ends in _ends(client_config, topics, timeout).items() for p, end in ends.items()],
+    )
+    _record(producer, prefix, sending, timeout)
+    placed: dict[int, str] = {}
+    errors: list[str] = []
+
+    def delivered(i: int) -> Callable[[Any, Any], None]:
+        def report(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                placed[i] = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
+
+        return report
+
+    dlq = DEAD_LETTERS.full_name(prefix)
+    for i, letter in enumerate(letters):
+        d = letter.letter
+        headers = [(REDRIVE_HEADER, f"{dlq}:{letter.key}".encode())]
+        producer.produce(d.source_topic, value=d.raw, key=d.key, headers=headers, on_delivery=delivered(i))
+        producer.poll(0)
+    if producer.flush(timeout) or errors or len(placed) != len(letters):
+        # recorded as sending: the next run finds what of it was delivered
+        raise KafkaException(f"letters not all sent back: {'; '.join(errors[:3]) or 'timed out'}; run again to finish")
+    sent = Redrive(**{**_fields(sending), "state": "sent", "sent": [placed[i] for i in range(len(letters))]})
+    _record(producer, prefix, sent, timeout)
+
+
+def _recover(client_config: dict[str, Any], prefix: str, b: Redrive, timeout: float, write: bool = True) -> Redrive:
+    """A batch a killed run left as sending: its messages found from where their topics ended before
+    it, by their header, and the batch recorded as sent with the letters found (``write``)."""
+    dlq = DEAD_LETTERS.full_name(prefix)
+    wanted = {f"{dlq}:{key}".encode(): i for i, key in enumerate(b.letters)}
+    starts: dict[str, dict[int, int]] = {}
+    for entry in b.starts:
+        topic, partition, offset = entry.rsplit(":", 2)
+        starts.setdefault(topic, {})[int(partition)] = int(offset)
+    found: dict[int, str] = {}
+    for topic, ends in _ends(client_config, sorted(starts), timeout).items():
+        with offsets_consumer(client_config, f"{prefix}dead-letters-cli") as consumer:
+            begin = [TopicPartition(topic, p, starts[topic].get(p, 0)) for p in ends]
+            for msg in read_range(consumer, begin, ends, timeout):
+                i = wanted.get(dict(msg.headers() or []).get(REDRIVE_HEADER, b""))
+                if i is not None:
+                    found.setdefault(i, f"{topic}:{msg.partition()}:{msg.offset()}")
+    keep = sorted(found)
+    finished = Redrive(
+        **{
+            **_fields(b),
+            "ts": int(time.time() * 1000),
+            "state": "sent",
+            "letters": [b.letters[i] for i in keep],
+            "topics": [b.topics[i] for i in keep],
+            "sha256": [b.sha256[i] for i in keep],
+            "sent": [found[i] for i in keep],
+        }
+    )
+    if write:
+        _record(new_producer(client_config), prefix, finished, timeout)
+    return finished
+
+
+def _ends(client_config: dict[str, Any], topics: list[str], timeout: float) -> dict[str, dict[int, int]]:
+    """Each partition's end (high watermark) of each of ``topics``."""
+    out: dict[str, dict[int, int]] = {}
+    with offsets_consumer(client_config, "hpcinsight-watermarks") as consumer:
+        counts = partition_counts(consumer, topics, timeout)
+        for topic in topics:
+            out[topic] = {p: watermarks(consumer, TopicPartition(topic, p), timeout)[1] for p in range(counts.get(topic, 0))}
+    return out
+
+
+def _record(producer: Any, prefix: str, record: Redrive, timeout: float) -> None:
+    errors: list[str] = []
+    producer.produce(
+        DEAD_LETTERS_REDRIVEN.full_name(prefix),
+        value=DEAD_LETTERS_REDRIVEN.codec.encode([record]),
+        key=record.batch.encode(),
+        on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
+    )
+    if producer.flush(timeout) or errors:
+        raise KafkaException(f"a redrive record was not written: {'; '.join(errors) or 'timed out'}")
+
+
+def _fields(record: Redrive) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in record.__struct_fields__}
+
+
+def summary(letters: Iterable[Letter], sent: dict[str, tuple[str, str]], prefix: str) -> list[dict[str, Any]]:
+    """Letters counted by source topic, stage and the reason's first words, newest first, with how
+    many of them were sent back already: what an operator reads before choosing what to send."""
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for letter in letters:
+        d = letter.letter
+        topic = d.source_topic.removeprefix(prefix)
+        gist = _gist(d.reason)
+        row = groups.setdefault(
+            (topic, d.stage, gist),
+            {"topic": topic, "stage": d.stage, "reason": gist, "letters": 0, "sent_back": 0, "cut": 0, "last_ts": 0},
+        )
+        row["letters"] += 1
+        row["sent_back"] += letter.key in sent
+        row["cut"] += not letter.whole
+        row["last_ts"] = max(row["last_ts"], d.ts)
+    return sorted(groups.values(), key=lambda r: -r["last_ts"])
+
+
+def _gist(reason: str) -> str:
+    """A reason without what differs from letter to letter (values, record numbers): up to its first colon."""
+    return reason.split(":", 1)[0].strip()[:80]

@@ -1,0 +1,111 @@
+"""``hpcinsight dead-letters list|redrive``: arguments and output (the Kafka side is :mod:`hpcinsight.sinks.redrive`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+#: topics whose messages sent back late are mostly dropped downstream (docs/guarantees.md)
+_TIME_SERIES = ("gpu.samples.raw", "ib.samples.raw", "step.metrics.raw")
+
+
+def add_cli_arguments(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser(
+        "list",
+        help="the letters Kafka holds, counted by topic, stage and reason",
+        description="The letters Kafka holds, counted by source topic, stage and reason, newest first.",
+    )
+    _selection_arguments(a)
+    a.add_argument("--format", choices=("table", "json"), default="table")
+    a = actions.add_parser(
+        "redrive",
+        help="send letters back to their topics, each at most once",
+        description=(
+            "Send the selected letters back to the topics they came from (their bytes and key), once their "
+            "cause is fixed; each letter at most once, however often this runs."
+        ),
+    )
+    _selection_arguments(a)
+    a.add_argument("--dry-run", action="store_true", help="say what would be sent back, send nothing")
+    a.add_argument("--batch", type=int, default=500, help="letters recorded together (default 500)")
+    a.add_argument("--by", default=None, help="who sends them back (default: the login name)")
+
+
+def _selection_arguments(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--topic", action="append", default=None, help="source topic, e.g. scheduler.events; repeatable")
+    a.add_argument("--stage", action="append", default=None, help="stage that refused it, e.g. validate or sink; repeatable")
+    a.add_argument("--reason", default=None, help="a part of the reason (any case), e.g. 'schema version'")
+    a.add_argument("--since", default=None, help="letters of the last ..., e.g. 2h or 3d (default: all Kafka holds)")
+
+
+def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str) -> int:
+    import getpass
+
+    from hpcinsight.core.durations import parse_seconds
+    from hpcinsight.sinks import redrive
+
+    since_ms = None if args.since is None else int((time.time() - parse_seconds(args.since, "--since")) * 1000)
+    selection = redrive.Selection(
+        topics=None if args.topic is None else frozenset(args.topic),
+        stages=None if args.stage is None else frozenset(args.stage),
+        reason=args.reason,
+        since_ms=since_ms,
+    )
+    if args.action == "list":
+        letters, unreadable = redrive.read_letters(client_config, prefix)
+        sent = redrive.sent_letters(redrive.read_batches(client_config, prefix).values())
+        rows = redrive.summary([x for x in letters if selection.matches(x, prefix)], sent, prefix)
+        if args.format == "json":
+            print(json.dumps(rows, indent=2))
+            return 0
+        for r in rows:
+            print(
+                f"{_utc(r['last_ts'])}  {r['letters']:6d} letters  {r['sent_back']:6d} sent back  "
+                f"{r['topic']}  [{r['stage']}]  {r['reason']}" + (f"  ({r['cut']} cut short)" if r["cut"] else "")
+            )
+        if not rows:
+            print("no dead letters" + (" match" if any(vars(selection).values()) else ""))
+        if unreadable:
+            print(f"{unreadable} message(s) of the dead-letter topic are not letters and were skipped")
+        return 0
+    if args.batch < 1:
+        raise ValueError("--batch must be at least 1")
+    report = redrive.redrive(
+        client_config,
+        prefix,
+        selection,
+        args.by or getpass.getuser(),
+        batch=args.batch,
+        dry_run=args.dry_run,
+        on_batch=lambda n: print(f"sent back {n}", flush=True),
+    )
+    chosen = report.to_send if args.dry_run else report.sent
+    if report.recovered:
+        print(f"{report.recovered} letter(s) sent by a run that was stopped before recording them, found by their header")
+    verb = "would send back" if args.dry_run else "sent back"
+    print(f"{verb} {len(chosen)} letter(s)", flush=True)
+    for name, letters in (
+        ("sent back already (by an earlier run, or with another letter of the same message)", report.already),
+        ("refused again after an earlier run sent the same bytes back (fix the cause first): not sent", report.came_back),
+        ("kept only their first bytes (too large): not sent", report.cut),
+        (
+            "name no topic of this catalog and prefix (e.g. alerts.outbox: notifications no receiver took): not sent",
+            report.foreign,
+        ),
+    ):
+        if letters:
+            print(f"{len(letters)} {name}")
+    late = sorted({x.letter.source_topic for x in chosen if x.letter.source_topic.endswith(_TIME_SERIES)})
+    if late:
+        print(
+            f"note: {', '.join(late)} carry time series; samples sent back after their windows closed, or older "
+            "than what is stored for their GPU, are dropped downstream (docs/guarantees.md)"
+        )
+    return 0
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
