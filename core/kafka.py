@@ -208,18 +208,29 @@ def read_range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int]
     all read by ``timeout``. A partition also ends at its end of data (``enable.partition.eof``) or
     when the consumer's position passes the stop: compaction or a transaction marker may leave the
     offset before the stop unreadable, which would otherwise wait out the timeout."""
+    return list(_range(consumer, starts, stop_at, timeout, idle=False))
+
+
+def iter_range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int], idle_timeout: float) -> Iterator[Any]:
+    """:func:`read_range` a message at a time, for a range too large to hold in memory: the
+    ``TimeoutError`` comes when no message came for ``idle_timeout``, however long the whole takes."""
+    return _range(consumer, starts, stop_at, idle_timeout, idle=True)
+
+
+def _range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int], timeout: float, idle: bool) -> Iterator[Any]:
     from confluent_kafka import KafkaError
 
-    out: list[Any] = []
     pending = {tp.partition for tp in starts if tp.offset < stop_at[tp.partition]}
     if not pending:
-        return out
+        return
     assigned = [tp for tp in starts if tp.partition in pending]
     topic = assigned[0].topic
     consumer.assign(assigned)
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         messages = consumer.consume(num_messages=1000, timeout=0.5)
+        if messages and idle:
+            deadline = time.monotonic() + timeout
         for msg in messages:
             error, partition, offset = msg.error(), msg.partition(), msg.offset()
             if partition is None or offset is None:  # an error of the client, not of a partition
@@ -231,7 +242,7 @@ def read_range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int]
             if offset >= stop_at[partition]:
                 pending.discard(partition)
                 continue
-            out.append(msg)
+            yield msg
             if offset + 1 >= stop_at[partition]:
                 pending.discard(partition)
         if pending and not messages:
@@ -240,7 +251,6 @@ def read_range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int]
                     pending.discard(tp.partition)
     if pending:
         raise TimeoutError(f"could not read {topic} partitions {sorted(pending)} within {timeout:g} s")
-    return out
 
 
 def read_to_end(
@@ -250,23 +260,48 @@ def read_to_end(
     partition and offset; none if the topic does not exist. The ends are the high watermarks when
     asked, so a topic written meanwhile still ends. ``group_id`` only names the reader: it is
     assigned its partitions and commits nothing."""
-    from confluent_kafka import TopicPartition
-
     consumer = new_consumer(kafka, group_id, extra={"enable.partition.eof": True})
     try:
-        metadata = broker_retry(lambda: consumer.list_topics(topic, timeout=timeout), timeout).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            return []
-        starts, stop_at = [], {}
-        for p in metadata.partitions:
-            if partitions is not None and p not in partitions:
-                continue
-            low, high = watermarks(consumer, TopicPartition(topic, p), timeout)
-            starts.append(TopicPartition(topic, p, low))
-            stop_at[p] = high
+        starts, stop_at = _bounds(consumer, topic, partitions, timeout)
         return sorted(read_range(consumer, starts, stop_at, timeout), key=lambda m: (m.partition(), m.offset()))
     finally:
         consumer.close()
+
+
+def iter_to_end(
+    kafka: KafkaClientSource, topic: str, group_id: str, idle_timeout: float = 60.0, after: Mapping[int, int] | None = None
+) -> Iterator[Any]:
+    """:func:`read_to_end` a message at a time, a partition after another (each in order), for a
+    topic too large to hold in memory; ``after``: a partition's first offset, where it is not its start."""
+    consumer = new_consumer(kafka, group_id, extra={"enable.partition.eof": True})
+    try:
+        from confluent_kafka import TopicPartition
+
+        starts, stop_at = _bounds(consumer, topic, None, idle_timeout)
+        for tp in starts:
+            first = TopicPartition(topic, tp.partition, max(tp.offset, (after or {}).get(tp.partition, 0)))
+            yield from iter_range(consumer, [first], stop_at, idle_timeout)
+    finally:
+        consumer.close()
+
+
+def _bounds(consumer: Consumer, topic: str, partitions: set[int] | None, timeout: float) -> tuple[list[Any], dict[int, int]]:
+    """Each partition's start (its low watermark, as a TopicPartition) and end (high watermark) of
+    ``topic``; none if the topic does not exist."""
+    from confluent_kafka import TopicPartition
+
+    metadata = broker_retry(lambda: consumer.list_topics(topic, timeout=timeout), timeout).topics.get(topic)
+    starts: list[Any] = []
+    stop_at: dict[int, int] = {}
+    if metadata is None or metadata.error is not None:
+        return starts, stop_at
+    for p in sorted(metadata.partitions):
+        if partitions is not None and p not in partitions:
+            continue
+        low, high = watermarks(consumer, TopicPartition(topic, p), timeout)
+        starts.append(TopicPartition(topic, p, low))
+        stop_at[p] = high
+    return starts, stop_at
 
 
 # -- producing through a full local queue ------------------------------------------------------

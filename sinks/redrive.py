@@ -15,13 +15,21 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from hpcinsight.core.kafka import new_producer, offsets_consumer, partition_counts, read_range, read_to_end, watermarks
+from hpcinsight.core.kafka import (
+    iter_range,
+    iter_to_end,
+    new_producer,
+    offsets_consumer,
+    partition_counts,
+    read_to_end,
+    watermarks,
+)
 from hpcinsight.schemas.catalog import DEAD_LETTERS, DEAD_LETTERS_REDRIVEN, TOPICS
 from hpcinsight.schemas.codec import DecodeError
 from hpcinsight.schemas.events import DeadLetter, Redrive
@@ -37,11 +45,12 @@ class Letter:
     partition: int
     offset: int
     letter: DeadLetter
+    index: int = 0  # in its message (every component writes one letter a message)
 
     @property
     def key(self) -> str:
         """Its place in the dead-letter topic, as the redrive records name it."""
-        return f"{self.partition}:{self.offset}"
+        return f"{self.partition}:{self.offset}" + (f"/{self.index}" if self.index else "")
 
     @property
     def sha256(self) -> str:
@@ -83,31 +92,50 @@ class Selection:
 
 @dataclass
 class Report:
-    """What a run did, or would do (``dry_run``), with the letters it left and why."""
+    """What a run did, or would do (``dry_run``), and how many letters it left and why (counts:
+    a flood of letters is streamed, never held)."""
 
-    sent: list[Letter] = field(default_factory=list)
-    to_send: list[Letter] = field(default_factory=list)  # a dry run's
-    #: sent back by an earlier run, or with another reader's letter of the same message
-    already: list[Letter] = field(default_factory=list)
-    #: refused again after an earlier run sent the same bytes back: its cause is not fixed
-    came_back: list[Letter] = field(default_factory=list)
-    cut: list[Letter] = field(default_factory=list)  # only the first bytes kept: cannot be sent back
-    foreign: list[Letter] = field(default_factory=list)  # about a topic not of this prefix's catalog
+    sent: int = 0
+    to_send: int = 0  # a dry run's
+    already: int = 0  # sent back by an earlier run, or with another reader's letter of the same message
+    came_back: int = 0  # refused again after an earlier run sent the same bytes back: its cause is not fixed
+    cut: int = 0  # only the first bytes kept: cannot be sent back
+    foreign: int = 0  # about a topic not of this prefix's catalog
     recovered: int = 0  # letters a killed run had sent without recording them, found by their header
     unreadable: int = 0  # messages of dead.letters that are not letters (never written by hpcinsight)
+    topics: set[str] = field(default_factory=set)  # of the letters sent (or to send)
 
 
-def read_letters(client_config: dict[str, Any], prefix: str, timeout: float = 60.0) -> tuple[list[Letter], int]:
-    """Every letter Kafka still holds, in order, and how many of its messages were not letters."""
-    letters, unreadable = [], 0
-    for msg in read_to_end(client_config, DEAD_LETTERS.full_name(prefix), f"{prefix}dead-letters-cli", timeout=timeout):
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A selected letter, without its bytes, until the run decides whether it goes back."""
+
+    key: str
+    partition: int
+    offset: int
+    topic: str
+    input: tuple[str, int, int, str]
+    whole: bool
+
+
+def read_letters(
+    client_config: dict[str, Any],
+    prefix: str,
+    report: Report | None = None,
+    timeout: float = 60.0,
+    after: dict[int, int] | None = None,
+) -> Iterator[Letter]:
+    """Every letter Kafka holds (from ``after``, a partition's first offset), in order, one message
+    at a time; ``report`` counts the messages that are not letters."""
+    for msg in iter_to_end(client_config, DEAD_LETTERS.full_name(prefix), f"{prefix}dead-letters-cli", timeout, after):
         try:
             records = DEAD_LETTERS.codec.decode(msg.value())
         except DecodeError:
-            unreadable += 1
+            if report is not None:
+                report.unreadable += 1
             continue
-        letters += [Letter(msg.partition(), msg.offset(), d) for d in records]
-    return letters, unreadable
+        for i, d in enumerate(records):
+            yield Letter(msg.partition(), msg.offset(), d, i)
 
 
 def read_batches(client_config: dict[str, Any], prefix: str, timeout: float = 60.0) -> dict[str, Redrive]:
@@ -146,56 +174,81 @@ def redrive(
     on_batch: Callable[[int], None] | None = None,
 ) -> Report:
     """Send the selected letters back to their topics, each at most once, ``batch`` letters at a
-    time; ``on_batch`` is told the count sent so far after each batch. One run at a time."""
+    time; ``on_batch`` is told the count sent so far after each batch. One run at a time.
+
+    Two passes over the letters: one to choose (keeping no letter's bytes), one to send those chosen."""
     report = Report()
     batches = read_batches(client_config, prefix, timeout)
     for b in [b for b in batches.values() if b.state == "sending"]:
         batches[b.batch] = finished = _recover(client_config, prefix, b, timeout, write=not dry_run)
         report.recovered += len(finished.letters)
-    letters, report.unreadable = read_letters(client_config, prefix, timeout)
     sent = sent_letters(batches.values())
-    ours = {t.full_name(prefix) for t in TOPICS if t not in (DEAD_LETTERS, DEAD_LETTERS_REDRIVEN)}
     first_sent: dict[tuple[str, str], tuple[int, int]] = {}  # (topic, sha256) -> the first letter of them sent
     for key, topic_sha in sent.items():
-        partition, offset = (int(x) for x in key.split(":"))
-        first_sent[topic_sha] = min(first_sent.get(topic_sha, (partition, offset)), (partition, offset))
-    sent_inputs = {letter.input for letter in letters if letter.key in sent}
-    todo: list[Letter] = []
-    for letter in letters:
-        if not selection.matches(letter, prefix):
-            continue
-        if letter.key in sent or letter.input in sent_inputs:
-            report.already.append(letter)
-        elif _after(letter, first_sent.get((letter.letter.source_topic, letter.sha256))):
-            report.came_back.append(letter)
-        elif letter.letter.source_topic not in ours:
-            report.foreign.append(letter)
-        elif not letter.whole:
-            report.cut.append(letter)
+        first_sent[topic_sha] = min(first_sent.get(topic_sha, _place(key)), _place(key))
+    sent_inputs: set[tuple[str, int, int, str]] = set()
+    candidates: list[_Candidate] = []
+    for letter in read_letters(client_config, prefix, report, timeout):
+        chosen = selection.matches(letter, prefix)
+        if letter.key in sent:
+            sent_inputs.add(letter.input)
+            report.already += chosen
+        elif chosen:
+            d = letter.letter
+            candidates.append(_Candidate(letter.key, letter.partition, letter.offset, d.source_topic, letter.input, letter.whole))
+    ours = {t.full_name(prefix) for t in TOPICS if t not in (DEAD_LETTERS, DEAD_LETTERS_REDRIVEN)}
+    todo: dict[str, _Candidate] = {}
+    for c in candidates:
+        if c.input in sent_inputs:
+            report.already += 1  # another reader's letter of the same message went back
+        elif _after(c, first_sent.get((c.topic, c.input[3]))):
+            report.came_back += 1
+        elif c.topic not in ours:
+            report.foreign += 1
+        elif not c.whole:
+            report.cut += 1
         else:
-            todo.append(letter)
-            sent_inputs.add(letter.input)  # another reader's letter of the same message goes with this one
+            todo[c.key] = c
+            sent_inputs.add(c.input)  # another reader's letter of the same message goes with this one
+            report.topics.add(c.topic)
     if dry_run or not todo:
-        report.to_send = todo
+        report.to_send = len(todo)
         return report
     producer = new_producer(client_config)
-    for start in range(0, len(todo), batch):
-        chunk = todo[start : start + batch]
-        _send(client_config, producer, prefix, chunk, by, timeout)
-        report.sent += chunk
+    after: dict[int, int] = {}
+    for c in todo.values():
+        after[c.partition] = min(after.get(c.partition, c.offset), c.offset)
+    chunk: list[Letter] = []
+    for letter in read_letters(client_config, prefix, None, timeout, after):
+        if letter.key not in todo:
+            continue
+        chunk.append(letter)
+        if len(chunk) == batch:
+            report.sent += _send(client_config, producer, prefix, chunk, by, timeout)
+            chunk = []
+            if on_batch is not None:
+                on_batch(report.sent)
+    if chunk:
+        report.sent += _send(client_config, producer, prefix, chunk, by, timeout)
         if on_batch is not None:
-            on_batch(len(report.sent))
+            on_batch(report.sent)
     return report
 
 
-def _after(letter: Letter, sent: tuple[int, int] | None) -> bool:
+def _place(key: str) -> tuple[int, int]:
+    """A letter's (partition, offset) from its key."""
+    partition, offset = key.split("/")[0].split(":")
+    return int(partition), int(offset)
+
+
+def _after(letter: _Candidate, sent: tuple[int, int] | None) -> bool:
     """Whether ``letter`` was written after the letter at ``sent`` (a place in dead.letters): by
     offsets, not clocks (the component that refused it again may run on another host)."""
     return sent is not None and letter.partition == sent[0] and letter.offset > sent[1]
 
 
-def _send(client_config: dict[str, Any], producer: Any, prefix: str, letters: list[Letter], by: str, timeout: float) -> None:
-    """One batch: recorded as sending (with where its topics end), its messages, recorded as sent."""
+def _send(client_config: dict[str, Any], producer: Any, prefix: str, letters: list[Letter], by: str, timeout: float) -> int:
+    """One batch: recorded as sending (with where its topics end), its messages, recorded as sent; its size."""
     topics = sorted({x.letter.source_topic for x in letters})
     sending = Redrive(
         batch=uuid.uuid4().hex,
@@ -231,6 +284,7 @@ def _send(client_config: dict[str, Any], producer: Any, prefix: str, letters: li
         raise KafkaException(f"letters not all sent back: {'; '.join(errors[:3]) or 'timed out'}; run again to finish")
     sent = Redrive(**{**_fields(sending), "state": "sent", "sent": [placed[i] for i in range(len(letters))]})
     _record(producer, prefix, sent, timeout)
+    return len(letters)
 
 
 def _recover(client_config: dict[str, Any], prefix: str, b: Redrive, timeout: float, write: bool = True) -> Redrive:
@@ -246,7 +300,7 @@ def _recover(client_config: dict[str, Any], prefix: str, b: Redrive, timeout: fl
     for topic, ends in _ends(client_config, sorted(starts), timeout).items():
         with offsets_consumer(client_config, f"{prefix}dead-letters-cli") as consumer:
             begin = [TopicPartition(topic, p, starts[topic].get(p, 0)) for p in ends]
-            for msg in read_range(consumer, begin, ends, timeout):
+            for msg in iter_range(consumer, begin, ends, timeout):
                 i = wanted.get(dict(msg.headers() or []).get(REDRIVE_HEADER, b""))
                 if i is not None:
                     found.setdefault(i, f"{topic}:{msg.partition()}:{msg.offset()}")

@@ -55,9 +55,11 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
         since_ms=since_ms,
     )
     if args.action == "list":
-        letters, unreadable = redrive.read_letters(client_config, prefix)
+        counted = redrive.Report()
         sent = redrive.sent_letters(redrive.read_batches(client_config, prefix).values())
-        rows = redrive.summary([x for x in letters if selection.matches(x, prefix)], sent, prefix)
+        letters = redrive.read_letters(client_config, prefix, counted)
+        rows = redrive.summary((x for x in letters if selection.matches(x, prefix)), sent, prefix)
+        unreadable = counted.unreadable
         if args.format == "json":
             print(json.dumps(rows, indent=2))
             return 0
@@ -82,12 +84,11 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
         dry_run=args.dry_run,
         on_batch=lambda n: print(f"sent back {n}", flush=True),
     )
-    chosen = report.to_send if args.dry_run else report.sent
     if report.recovered:
         print(f"{report.recovered} letter(s) sent by a run that was stopped before recording them, found by their header")
     verb = "would send back" if args.dry_run else "sent back"
-    print(f"{verb} {len(chosen)} letter(s)", flush=True)
-    for name, letters in (
+    print(f"{verb} {report.to_send if args.dry_run else report.sent} letter(s)", flush=True)
+    for name, count in (
         ("sent back already (by an earlier run, or with another letter of the same message)", report.already),
         ("refused again after an earlier run sent the same bytes back (fix the cause first): not sent", report.came_back),
         ("kept only their first bytes (too large): not sent", report.cut),
@@ -96,9 +97,9 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
             report.foreign,
         ),
     ):
-        if letters:
-            print(f"{len(letters)} {name}")
-    late = sorted({x.letter.source_topic for x in chosen if x.letter.source_topic.endswith(_TIME_SERIES)})
+        if count:
+            print(f"{count} {name}")
+    late = sorted(t for t in report.topics if t.endswith(_TIME_SERIES))
     if late:
         print(
             f"note: {', '.join(late)} carry time series; samples sent back after their windows closed, or older "

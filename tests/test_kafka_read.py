@@ -14,6 +14,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from hpcinsight.core.kafka import (
+    iter_to_end,
     new_admin,
     new_consumer,
     new_producer,
@@ -44,6 +45,17 @@ def _produce(conf: dict[str, Any], topic: str, messages: list[tuple[int, bytes]]
 @pytest.fixture
 def conf(kafka_bootstrap: str) -> dict[str, Any]:
     return {"bootstrap.servers": kafka_bootstrap}
+
+
+def test_iter_to_end_streams_what_read_to_end_holds_from_a_partitions_offset_on(conf: dict[str, Any]) -> None:
+    topic = _topic(conf)
+    sent = [(i % 3, b"m%d" % i) for i in range(3_000)]
+    _produce(conf, topic, sent)
+    streamed = iter_to_end(conf, topic, "test-read", idle_timeout=30)
+    assert [m.value() for m in streamed] == [m.value() for m in read_to_end(conf, topic, "test-read", timeout=30)]
+    got = [(m.partition(), m.offset()) for m in iter_to_end(conf, topic, "test-read", idle_timeout=30, after={1: 990})]
+    assert got == [(p, o) for p in range(3) for o in range(1_000) if p != 1 or o >= 990]
+    assert list(iter_to_end(conf, f"{topic}-absent", "test-read", idle_timeout=5)) == []
 
 
 def test_read_to_end_reads_what_was_there_in_partition_and_offset_order(conf: dict[str, Any]) -> None:

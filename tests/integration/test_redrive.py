@@ -192,3 +192,15 @@ def _with_header(pipeline: Pipeline, topic: str, letters: tuple[int, ...]) -> li
         for m in read_to_end(pipeline.client_config(), topic, f"{pipeline.prefix}test-read")
     }
     return [by_header[f"{dlq}:0:{k}".encode()] for k in letters]
+
+
+def test_each_letter_of_a_message_of_several_goes_back(pipeline: Pipeline) -> None:
+    """Every component writes a letter a message; a message of two (a foreign writer's) is two letters."""
+    raws = [started("job-x", 1), started("job-y", 2)]
+    letters = [DEAD_LETTERS.codec.decode(letter(pipeline, "scheduler.events", k, raw))[0] for k, raw in enumerate(raws)]
+    produce(pipeline, "dead.letters", [DEAD_LETTERS.codec.encode(letters)], key=b"scheduler.events")
+    assert "sent back 2 letter(s)" in pipeline.run("dead-letters", "redrive").stdout
+    got = sent_back(pipeline, "scheduler.events")
+    assert sorted(v for _, v, _ in got) == sorted(raws)
+    assert sorted(of.rsplit(":", 1)[1] for _, _, of in got) == ["0", "0/1"]
+    assert "sent back 0 letter(s)" in pipeline.run("dead-letters", "redrive").stdout
