@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -52,7 +53,7 @@ class Letter:
         """Its place in the dead-letter topic, as the redrive records name it."""
         return f"{self.partition}:{self.offset}" + (f"/{self.index}" if self.index else "")
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.letter.raw).hexdigest()
 
