@@ -101,6 +101,14 @@ def test_unit_view_live_outlier_drilldown_and_token(live: tuple[Pipeline, str]) 
             # every GPU of the sim cluster is one square
             page.wait_for_function(f"__hpci.squares === {NODES * GPUS} && __hpci.updates > 2", timeout=90_000)
             page.screenshot(path=str(out / "unit-view.png"))
+            # the summary stays one line whatever its figures: a wrapped line moved the grid under the pointer
+            moved = page.evaluate(
+                "() => { const grid = document.getElementById('grid'), top = grid.getBoundingClientRect().top;"
+                " const more = document.createElement('span'); more.textContent = 'a long figure '.repeat(40);"
+                " document.getElementById('summary').appendChild(more);"
+                " const now = grid.getBoundingClientRect().top; more.remove(); return now - top; }"
+            )
+            assert moved == 0, f"a longer summary moved the grid by {moved} px"
 
             # the outlier: highlighted within a few seconds of the service knowing it is open
             flagged = wait_for(
@@ -120,8 +128,15 @@ def test_unit_view_live_outlier_drilldown_and_token(live: tuple[Pipeline, str]) 
             page.screenshot(path=str(out / "outlier-highlighted.png"))
 
             # hover names the GPU, its node, job and user
-            box = page.locator("#grid").bounding_box()
-            page.mouse.move(box["x"] + cell["x"] + cell["size"] / 2 - 1, box["y"] + cell["y"] + cell["size"] / 2 - 1)
+            cell_of = f"__hpci.cellOf({json.dumps(uuid)})"
+            # where the square is on the page now: the summary line above the grid can wrap as its
+            # figures change, moving the grid, so never from an earlier bounding box
+            point_of = (
+                f"(() => {{ const c = {cell_of}, r = document.getElementById('grid').getBoundingClientRect(); "
+                "return c && {x: r.left + c.x + c.size / 2 - 1, y: r.top + c.y + c.size / 2 - 1, job: c.job}; })()"
+            )
+            point = page.evaluate(point_of)
+            page.mouse.move(point["x"], point["y"])
             tip = page.locator("#tip")
             tip.wait_for(state="visible", timeout=5_000)
             text = tip.inner_text()
@@ -130,14 +145,17 @@ def test_unit_view_live_outlier_drilldown_and_token(live: tuple[Pipeline, str]) 
             # the job drill-down: its ranks (from the stored step metrics) and the anomaly
             wait_for(lambda: api(url, f"/api/jobs/{JOB}").get("store", {}).get("ranks"), 120, "step metrics of the job stored")
             # a click opens the job the page's current frame gives the square (none: the click does nothing)
-            cell_of = f"__hpci.cellOf({json.dumps(uuid)})"
             try:
                 page.wait_for_function(f"({cell_of} || {{}}).job === {json.dumps(JOB)}", timeout=30_000)
             except PlaywrightTimeout:
                 raise AssertionError(f"the page's frame does not give the GPU its job: {page.evaluate(cell_of)}") from None
-            cell = page.evaluate(cell_of)
-            page.mouse.click(box["x"] + cell["x"] + cell["size"] / 2 - 1, box["y"] + cell["y"] + cell["size"] / 2 - 1)
-            page.wait_for_selector("#job-panel:not([hidden])", timeout=10_000)
+            point = page.evaluate(point_of)
+            page.mouse.click(point["x"], point["y"])
+            try:
+                page.wait_for_selector("#job-panel:not([hidden])", timeout=10_000)
+            except PlaywrightTimeout:
+                page.screenshot(path=str(out / "click-missed.png"))
+                raise AssertionError(f"the click at {point} opened no job; the square now: {page.evaluate(point_of)}") from None
             assert page.locator("#job-title").inner_text() == f"job {JOB}"
             page.wait_for_function("document.querySelectorAll('#job-ranks polyline').length > 0", timeout=60_000)
             ranks = page.locator("#job-ranks polyline").count()
