@@ -122,6 +122,7 @@ class TopicSink:
         #: set when the consumer failed for good: the loop replaces it before going on
         self.replace_requested = False
         self.paused = False
+        self._active_at = 0.0  # when consumption last stood paused (see idle)
         self._last_weather_log = 0.0
         #: offsets delivered whose commit has not landed yet, and the newest ones that did
         self._owed: Offsets = {}
@@ -179,8 +180,15 @@ class TopicSink:
         return self.POLL_TIMEOUT_S
 
     def idle(self, last_data: float, idle_exit_s: float) -> bool:
-        """True when the loop may end for ``idle_exit_s`` (no message since ``last_data``)."""
-        return time.monotonic() - last_data > idle_exit_s
+        """True when the loop may end for ``idle_exit_s``: no message since ``last_data``, nor since
+        consumption last stood paused. A reader paused for its own slow delivery gets no message
+        while the topic still holds some: it is behind, not idle (the sink left a backlog unread
+        when a slow store paused it past ``--idle-exit``)."""
+        now = time.monotonic()
+        if self.paused:
+            self._active_at = now
+            return False
+        return now - max(last_data, self._active_at) > idle_exit_s
 
     # -- the loop --------------------------------------------------------------------------------
     def run_loop(self, stop: threading.Event, idle_exit_s: float | None = None) -> None:

@@ -700,7 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sink", cmd_sink, "store the topics in ClickHouse (exactly once)")
     p.add_argument("--batch-rows", type=int, default=50_000, help="insert when this many rows are pending")
     p.add_argument("--batch-age", type=float, default=1.0, help="insert when the oldest pending row is this old (s)")
-    p.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds without data")
+    p.add_argument(
+        "--idle-exit",
+        type=float,
+        default=None,
+        help="exit after this many seconds without data (a pause for a slow store is not idle)",
+    )
     p.add_argument("--instance", default="0", help="static group member id; give each sink of a group its own ('' for dynamic)")
     add_metrics_arguments(p, "sink")
 

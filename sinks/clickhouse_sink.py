@@ -509,7 +509,7 @@ class ClickHouseSink(TopicSink):
         return self.stats
 
     def idle(self, last_data: float, idle_exit_s: float) -> bool:
-        return self._assigned_at is not None and time.monotonic() - max(last_data, self._assigned_at) > idle_exit_s
+        return self._assigned_at is not None and super().idle(max(last_data, self._assigned_at), idle_exit_s)
 
     def tick(self) -> None:
         if self._writer.done():
