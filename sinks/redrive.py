@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import msgspec
 from confluent_kafka import KafkaException, TopicPartition
 
 from hpcinsight.core.kafka import (
@@ -178,10 +179,27 @@ def redrive(
     time; ``on_batch`` is told the count sent so far after each batch. One run at a time.
 
     Two passes over the letters: one to choose (keeping no letter's bytes), one to send those chosen."""
+    producer = None if dry_run else new_producer(client_config)
+    with offsets_consumer(client_config, f"{prefix}dead-letters-cli") as offsets:  # ends and scans, for the whole run
+        return _redrive(client_config, offsets, producer, prefix, selection, by, batch, timeout, on_batch)
+
+
+def _redrive(
+    client_config: dict[str, Any],
+    offsets: Any,
+    producer: Any | None,
+    prefix: str,
+    selection: Selection,
+    by: str,
+    batch: int,
+    timeout: float,
+    on_batch: Callable[[int], None] | None,
+) -> Report:
+    """:func:`redrive` with its clients (no ``producer``: a dry run)."""
     report = Report()
     batches = read_batches(client_config, prefix, timeout)
     for b in [b for b in batches.values() if b.state == "sending"]:
-        batches[b.batch] = finished = _recover(client_config, prefix, b, timeout, write=not dry_run)
+        batches[b.batch] = finished = _recover(offsets, producer, prefix, b, timeout)
         report.recovered += len(finished.letters)
     sent = sent_letters(batches.values())
     first_sent: dict[tuple[str, str], tuple[int, int]] = {}  # (topic, sha256) -> the first letter of them sent
@@ -212,10 +230,9 @@ def redrive(
             todo[c.key] = c
             sent_inputs.add(c.input)  # another reader's letter of the same message goes with this one
             report.topics.add(c.topic)
-    if dry_run or not todo:
+    if producer is None or not todo:
         report.to_send = len(todo)
         return report
-    producer = new_producer(client_config)
     after: dict[int, int] = {}
     for c in todo.values():
         after[c.partition] = min(after.get(c.partition, c.offset), c.offset)
@@ -225,12 +242,12 @@ def redrive(
             continue
         chunk.append(letter)
         if len(chunk) == batch:
-            report.sent += _send(client_config, producer, prefix, chunk, by, timeout)
+            report.sent += _send(offsets, producer, prefix, chunk, by, timeout)
             chunk = []
             if on_batch is not None:
                 on_batch(report.sent)
     if chunk:
-        report.sent += _send(client_config, producer, prefix, chunk, by, timeout)
+        report.sent += _send(offsets, producer, prefix, chunk, by, timeout)
         if on_batch is not None:
             on_batch(report.sent)
     return report
@@ -248,7 +265,7 @@ def _after(letter: _Candidate, sent: tuple[int, int] | None) -> bool:
     return sent is not None and letter.partition == sent[0] and letter.offset > sent[1]
 
 
-def _send(client_config: dict[str, Any], producer: Any, prefix: str, letters: list[Letter], by: str, timeout: float) -> int:
+def _send(offsets: Any, producer: Any, prefix: str, letters: list[Letter], by: str, timeout: float) -> int:
     """One batch: recorded as sending (with where its topics end), its messages, recorded as sent; its size."""
     topics = sorted({x.letter.source_topic for x in letters})
     sending = Redrive(
@@ -259,7 +276,7 @@ def _send(client_config: dict[str, Any], producer: Any, prefix: str, letters: li
         letters=[x.key for x in letters],
         topics=[x.letter.source_topic for x in letters],
         sha256=[x.sha256 for x in letters],
-        starts=[f"{t}:{p}:{end}" for t, ends in _ends(client_config, topics, timeout).items() for p, end in ends.items()],
+        starts=[f"{t}:{p}:{end}" for t, ends in _ends(offsets, topics, timeout).items() for p, end in ends.items()],
     )
     _record(producer, prefix, sending, timeout)
     placed: dict[int, str] = {}
@@ -283,14 +300,15 @@ def _send(client_config: dict[str, Any], producer: Any, prefix: str, letters: li
     if producer.flush(timeout) or errors or len(placed) != len(letters):
         # recorded as sending: the next run finds what of it was delivered
         raise KafkaException(f"letters not all sent back: {'; '.join(errors[:3]) or 'timed out'}; run again to finish")
-    sent = Redrive(**{**_fields(sending), "state": "sent", "sent": [placed[i] for i in range(len(letters))]})
+    sent = msgspec.structs.replace(sending, state="sent", sent=[placed[i] for i in range(len(letters))])
     _record(producer, prefix, sent, timeout)
     return len(letters)
 
 
-def _recover(client_config: dict[str, Any], prefix: str, b: Redrive, timeout: float, write: bool = True) -> Redrive:
+def _recover(offsets: Any, producer: Any | None, prefix: str, b: Redrive, timeout: float) -> Redrive:
     """A batch a killed run left as sending: its messages found from where their topics ended before
-    it, by their header, and the batch recorded as sent with the letters found (``write``)."""
+    it, by their header, and the batch recorded as sent with the letters found (not by a dry run,
+    which has no ``producer``)."""
     dlq = DEAD_LETTERS.full_name(prefix)
     wanted = {f"{dlq}:{key}".encode(): i for i, key in enumerate(b.letters)}
     starts: dict[str, dict[int, int]] = {}
@@ -298,38 +316,31 @@ def _recover(client_config: dict[str, Any], prefix: str, b: Redrive, timeout: fl
         topic, partition, offset = entry.rsplit(":", 2)
         starts.setdefault(topic, {})[int(partition)] = int(offset)
     found: dict[int, str] = {}
-    for topic, ends in _ends(client_config, sorted(starts), timeout).items():
-        with offsets_consumer(client_config, f"{prefix}dead-letters-cli") as consumer:
-            begin = [TopicPartition(topic, p, starts[topic].get(p, 0)) for p in ends]
-            for msg in iter_range(consumer, begin, ends, timeout):
-                i = wanted.get(dict(msg.headers() or []).get(REDRIVE_HEADER, b""))
-                if i is not None:
-                    found.setdefault(i, f"{topic}:{msg.partition()}:{msg.offset()}")
+    for topic, ends in _ends(offsets, sorted(starts), timeout).items():
+        begin = [TopicPartition(topic, p, starts[topic].get(p, 0)) for p in ends]
+        for msg in iter_range(offsets, begin, ends, timeout):
+            i = wanted.get(dict(msg.headers() or []).get(REDRIVE_HEADER, b""))
+            if i is not None:
+                found.setdefault(i, f"{topic}:{msg.partition()}:{msg.offset()}")
     keep = sorted(found)
-    finished = Redrive(
-        **{
-            **_fields(b),
-            "ts": int(time.time() * 1000),
-            "state": "sent",
-            "letters": [b.letters[i] for i in keep],
-            "topics": [b.topics[i] for i in keep],
-            "sha256": [b.sha256[i] for i in keep],
-            "sent": [found[i] for i in keep],
-        }
+    finished = msgspec.structs.replace(
+        b,
+        ts=int(time.time() * 1000),
+        state="sent",
+        letters=[b.letters[i] for i in keep],
+        topics=[b.topics[i] for i in keep],
+        sha256=[b.sha256[i] for i in keep],
+        sent=[found[i] for i in keep],
     )
-    if write:
-        _record(new_producer(client_config), prefix, finished, timeout)
+    if producer is not None:
+        _record(producer, prefix, finished, timeout)
     return finished
 
 
-def _ends(client_config: dict[str, Any], topics: list[str], timeout: float) -> dict[str, dict[int, int]]:
+def _ends(offsets: Any, topics: list[str], timeout: float) -> dict[str, dict[int, int]]:
     """Each partition's end (high watermark) of each of ``topics``."""
-    out: dict[str, dict[int, int]] = {}
-    with offsets_consumer(client_config, "hpcinsight-watermarks") as consumer:
-        counts = partition_counts(consumer, topics, timeout)
-        for topic in topics:
-            out[topic] = {p: watermarks(consumer, TopicPartition(topic, p), timeout)[1] for p in range(counts.get(topic, 0))}
-    return out
+    counts = partition_counts(offsets, topics, timeout)
+    return {t: {p: watermarks(offsets, TopicPartition(t, p), timeout)[1] for p in range(counts.get(t, 0))} for t in topics}
 
 
 def _record(producer: Any, prefix: str, record: Redrive, timeout: float) -> None:
@@ -342,10 +353,6 @@ def _record(producer: Any, prefix: str, record: Redrive, timeout: float) -> None
     )
     if producer.flush(timeout) or errors:
         raise KafkaException(f"a redrive record was not written: {'; '.join(errors) or 'timed out'}")
-
-
-def _fields(record: Redrive) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in record.__struct_fields__}
 
 
 def summary(letters: Iterable[Letter], sent: dict[str, tuple[str, str]], prefix: str) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
 
     from hpcinsight.core.durations import parse_seconds
     from hpcinsight.sinks import redrive
+    from hpcinsight.sinks.alerts.message import utc
 
     since_ms = None if args.since is None else int((time.time() - parse_seconds(args.since, "--since")) * 1000)
     selection = redrive.Selection(
@@ -65,7 +66,7 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
             return 0
         for r in rows:
             print(
-                f"{_utc(r['last_ts'])}  {r['letters']:6d} letters  {r['sent_back']:6d} sent back  "
+                f"{utc(r['last_ts'])}  {r['letters']:6d} letters  {r['sent_back']:6d} sent back  "
                 f"{r['topic']}  [{r['stage']}]  {r['reason']}" + (f"  ({r['cut']} cut short)" if r["cut"] else "")
             )
         if not rows:
@@ -106,7 +107,3 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
             "than what is stored for their GPU, are dropped downstream (docs/guarantees.md)"
         )
     return 0
-
-
-def _utc(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))

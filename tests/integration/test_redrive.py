@@ -10,6 +10,7 @@ import signal
 import time
 from typing import Any
 
+import msgspec
 import pytest
 from confluent_kafka import Producer, TopicPartition
 
@@ -40,7 +41,7 @@ def letter(pipeline: Pipeline, topic: str, offset: int, raw: bytes, stage: str =
         key=b"job",
     )
     if cut:  # as DeadLetter.of keeps a large message: its first bytes, the size of the whole
-        d = DeadLetter(**{**{f: getattr(d, f) for f in d.__struct_fields__}, "raw": raw[:20], "raw_size": len(raw)})
+        d = msgspec.structs.replace(d, raw=raw[:20], raw_size=len(raw))
     return DEAD_LETTERS.codec.encode([d])
 
 
