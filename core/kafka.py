@@ -269,15 +269,21 @@ def read_to_end(
 
 
 def iter_to_end(
-    kafka: KafkaClientSource, topic: str, group_id: str, idle_timeout: float = 60.0, after: Mapping[int, int] | None = None
+    kafka: KafkaClientSource,
+    topic: str,
+    group_id: str,
+    idle_timeout: float = 60.0,
+    after: Mapping[int, int] | None = None,
+    partitions: set[int] | None = None,
 ) -> Iterator[Any]:
     """:func:`read_to_end` a message at a time, a partition after another (each in order), for a
-    topic too large to hold in memory; ``after``: a partition's first offset, where it is not its start."""
+    topic too large to hold in memory; ``after``: a partition's first offset, where it is not its
+    start; ``partitions``: only these."""
     consumer = new_consumer(kafka, group_id, extra={"enable.partition.eof": True})
     try:
         from confluent_kafka import TopicPartition
 
-        starts, stop_at = _bounds(consumer, topic, None, idle_timeout)
+        starts, stop_at = _bounds(consumer, topic, partitions, idle_timeout)
         for tp in starts:
             first = TopicPartition(topic, tp.partition, max(tp.offset, (after or {}).get(tp.partition, 0)))
             yield from iter_range(consumer, [first], stop_at, idle_timeout)

@@ -7,15 +7,20 @@ once: every batch is recorded on the compacted ``dead.letters.redriven`` before 
 sent (:class:`~hpcinsight.schemas.events.Redrive`), and a batch left half sent by a killed run is
 found again by its messages' header. No transaction: a Kafka transaction left open by a killed
 run would hold every reader of committed messages back, and the Faust worker, which reads
-uncommitted ones, would see an aborted batch's messages and then their second sending.
+uncommitted ones, would see an aborted batch's messages and then their second sending. One run
+at a time: a run holds a group lock (:class:`~hpcinsight.core.group_lock.GroupLock`) from its first
+read to its last record, and a second is refused, told who holds it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -23,6 +28,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaException, TopicPartition
 
+from hpcinsight.core.group_lock import GroupLock
 from hpcinsight.core.kafka import (
     iter_range,
     iter_to_end,
@@ -127,9 +133,12 @@ def read_letters(
     timeout: float = 60.0,
     after: dict[int, int] | None = None,
 ) -> Iterator[Letter]:
-    """Every letter Kafka holds (from ``after``, a partition's first offset), in order, one message
-    at a time; ``report`` counts the messages that are not letters."""
-    for msg in iter_to_end(client_config, DEAD_LETTERS.full_name(prefix), f"{prefix}dead-letters-cli", timeout, after):
+    """Every letter Kafka holds, in order, one message at a time; given ``after`` (a partition's
+    first offset), only those partitions', from there. ``report`` counts the messages that are not
+    letters."""
+    topic, group = DEAD_LETTERS.full_name(prefix), f"{prefix}dead-letters-cli"
+    partitions = None if after is None else set(after)
+    for msg in iter_to_end(client_config, topic, group, timeout, after, partitions):
         try:
             records = DEAD_LETTERS.codec.decode(msg.value())
         except DecodeError:
@@ -176,12 +185,38 @@ def redrive(
     on_batch: Callable[[int], None] | None = None,
 ) -> Report:
     """Send the selected letters back to their topics, each at most once, ``batch`` letters at a
-    time; ``on_batch`` is told the count sent so far after each batch. One run at a time.
+    time; ``on_batch`` is told the count sent so far after each batch. One run at a time: another
+    run's lock raises :class:`~hpcinsight.core.group_lock.LockHeld` before anything is read.
 
     Two passes over the letters: one to choose (keeping no letter's bytes), one to send those chosen."""
     producer = None if dry_run else new_producer(client_config)
-    with offsets_consumer(client_config, f"{prefix}dead-letters-cli") as offsets:  # ends and scans, for the whole run
-        return _redrive(client_config, offsets, producer, prefix, selection, by, batch, timeout, on_batch)
+    lock = None if dry_run else redrive_lock(client_config, prefix, by, timeout)
+    with lock or nullcontext(), offsets_consumer(client_config, f"{prefix}dead-letters-cli") as offsets:
+        keep = _Keeper(lock)
+        return _redrive(client_config, offsets, producer, prefix, selection, by, batch, timeout, on_batch, keep)
+
+
+def redrive_lock(client_config: dict[str, Any], prefix: str, by: str, timeout: float = 60.0) -> GroupLock:
+    """The lock every sending run holds: its group's member that is given the batch records' topic.
+    The holder is named by who runs it, where, and its process id."""
+    holder = f"hpcinsight-redrive:{by}@{socket.gethostname()}:{os.getpid()}"
+    topic = DEAD_LETTERS_REDRIVEN.full_name(prefix)
+    return GroupLock(client_config, topic, f"{prefix}dead-letters-redrive", holder=holder, timeout=timeout)
+
+
+class _Keeper:
+    """The run's side of its lock from inside its loops: the group is answered at most once a
+    second, and before each batch the lock is checked (:class:`~hpcinsight.core.group_lock.LockLost`
+    stops the run before it sends another)."""
+
+    def __init__(self, lock: GroupLock | None) -> None:
+        self.lock = lock
+        self._at = time.monotonic()
+
+    def __call__(self, now: bool = False) -> None:
+        if self.lock is not None and (now or time.monotonic() - self._at >= 1.0):
+            self.lock.check()
+            self._at = time.monotonic()
 
 
 def _redrive(
@@ -194,11 +229,13 @@ def _redrive(
     batch: int,
     timeout: float,
     on_batch: Callable[[int], None] | None,
+    keep: Callable[..., None],
 ) -> Report:
-    """:func:`redrive` with its clients (no ``producer``: a dry run)."""
+    """:func:`redrive` with its clients (no ``producer``: a dry run) and its lock's ``keep``."""
     report = Report()
     batches = read_batches(client_config, prefix, timeout)
     for b in [b for b in batches.values() if b.state == "sending"]:
+        keep(now=True)
         batches[b.batch] = finished = _recover(offsets, producer, prefix, b, timeout)
         report.recovered += len(finished.letters)
     sent = sent_letters(batches.values())
@@ -208,6 +245,7 @@ def _redrive(
     sent_inputs: set[tuple[str, int, int, str]] = set()
     candidates: list[_Candidate] = []
     for letter in read_letters(client_config, prefix, report, timeout):
+        keep()
         chosen = selection.matches(letter, prefix)
         if letter.key in sent:
             sent_inputs.add(letter.input)
@@ -238,15 +276,18 @@ def _redrive(
         after[c.partition] = min(after.get(c.partition, c.offset), c.offset)
     chunk: list[Letter] = []
     for letter in read_letters(client_config, prefix, None, timeout, after):
+        keep()
         if letter.key not in todo:
             continue
         chunk.append(letter)
         if len(chunk) == batch:
+            keep(now=True)
             report.sent += _send(offsets, producer, prefix, chunk, by, timeout)
             chunk = []
             if on_batch is not None:
                 on_batch(report.sent)
     if chunk:
+        keep(now=True)
         report.sent += _send(offsets, producer, prefix, chunk, by, timeout)
         if on_batch is not None:
             on_batch(report.sent)

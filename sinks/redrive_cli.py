@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
+
+from hpcinsight.core.group_lock import LockHeld, LockLost
 
 #: topics whose messages sent back late are mostly dropped downstream (docs/guarantees.md)
 _TIME_SERIES = ("gpu.samples.raw", "ib.samples.raw", "step.metrics.raw")
@@ -76,15 +79,30 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
         return 0
     if args.batch < 1:
         raise ValueError("--batch must be at least 1")
-    report = redrive.redrive(
-        client_config,
-        prefix,
-        selection,
-        args.by or getpass.getuser(),
-        batch=args.batch,
-        dry_run=args.dry_run,
-        on_batch=lambda n: print(f"sent back {n}", flush=True),
-    )
+    try:
+        report = redrive.redrive(
+            client_config,
+            prefix,
+            selection,
+            args.by or getpass.getuser(),
+            batch=args.batch,
+            dry_run=args.dry_run,
+            on_batch=lambda n: print(f"sent back {n}", flush=True),
+        )
+    except LockHeld as err:
+        print(
+            f"hpcinsight: another redrive run is under way, {err}; run this again once it has finished "
+            "(a run killed outright holds it for some 10 s more). --dry-run needs no lock.",
+            file=sys.stderr,
+        )
+        return 1
+    except LockLost as err:
+        print(
+            f"hpcinsight: stopped: {err}, so another run may have started. What was sent is recorded; "
+            "run this again to send the rest.",
+            file=sys.stderr,
+        )
+        return 1
     if report.recovered:
         print(f"{report.recovered} letter(s) sent by a run that was stopped before recording them, found by their header")
     verb = "would send back" if args.dry_run else "sent back"

@@ -55,6 +55,8 @@ def test_iter_to_end_streams_what_read_to_end_holds_from_a_partitions_offset_on(
     assert [m.value() for m in streamed] == [m.value() for m in read_to_end(conf, topic, "test-read", timeout=30)]
     got = [(m.partition(), m.offset()) for m in iter_to_end(conf, topic, "test-read", idle_timeout=30, after={1: 990})]
     assert got == [(p, o) for p in range(3) for o in range(1_000) if p != 1 or o >= 990]
+    only = iter_to_end(conf, topic, "test-read", idle_timeout=30, after={2: 995}, partitions={2})
+    assert [(m.partition(), m.offset()) for m in only] == [(2, o) for o in range(995, 1_000)]
     assert list(iter_to_end(conf, f"{topic}-absent", "test-read", idle_timeout=5)) == []
 
 

@@ -17,7 +17,7 @@ from confluent_kafka import Producer, TopicPartition
 from hpcinsight.core.kafka import offsets_consumer, read_to_end, watermarks
 from hpcinsight.schemas.catalog import DEAD_LETTERS, DEAD_LETTERS_REDRIVEN, GPU_SAMPLES_RAW, SCHEDULER_EVENTS
 from hpcinsight.schemas.events import DeadLetter, GpuSample, Redrive, SchedulerEvent
-from hpcinsight.sinks.redrive import REDRIVE_HEADER, read_batches, sent_letters
+from hpcinsight.sinks.redrive import REDRIVE_HEADER, read_batches, redrive_lock, sent_letters
 from tests.conftest import Pipeline, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -118,15 +118,17 @@ def test_letters_go_back_once_each_and_a_message_refused_again_stays(pipeline: P
     assert jobs == [{"job_id": "job-a"}, {"job_id": "job-b"}]
 
 
+def letters_of_jobs(pipeline: Pipeline, n: int) -> list[bytes]:
+    """``n`` letters of scheduler events (a job started each) on the dead-letter topic; their raw bytes."""
+    raws = [started(f"job-{k}", k) for k in range(n)]
+    letters = [letter(pipeline, "scheduler.events", k, raw) for k, raw in enumerate(raws)]
+    produce(pipeline, "dead.letters", letters, key=b"scheduler.events")
+    return raws
+
+
 def test_a_run_killed_between_batches_sends_each_letter_once_when_run_again(pipeline: Pipeline) -> None:
     n = 2_000
-    raws = [started(f"job-{k}", k) for k in range(n)]
-    produce(
-        pipeline,
-        "dead.letters",
-        [letter(pipeline, "scheduler.events", k, raw) for k, raw in enumerate(raws)],
-        key=b"scheduler.events",
-    )
+    raws = letters_of_jobs(pipeline, n)
     run = pipeline.start("redrive", "dead-letters", "redrive", "--batch", "10")
     pipeline.poll(lambda: "sent back 100\n" in pipeline.log("redrive"), run)
     run.send_signal(signal.SIGKILL)  # somewhere in a later batch (recorded as sending), or between two
@@ -138,6 +140,33 @@ def test_a_run_killed_between_batches_sends_each_letter_once_when_run_again(pipe
     got = sent_back(pipeline, "scheduler.events")
     assert sorted(v for _, v, _ in got) == sorted(raws)  # each once: what the killed run's last batch sent was found
     assert len({of for _, _, of in got}) == n
+
+
+def test_a_second_run_is_refused_while_one_is_sending_and_each_letter_goes_once(pipeline: Pipeline) -> None:
+    n = 2_000
+    raws = letters_of_jobs(pipeline, n)
+    first = pipeline.start("redrive", "dead-letters", "redrive", "--batch", "1", "--by", "first")
+    try:
+        pipeline.poll(lambda: "sent back 100\n" in pipeline.log("redrive"), first)
+        second = pipeline.run("dead-letters", "redrive", "--by", "second", check=False)
+        assert first.poll() is None, "the first run ended before the second asked: the test proves nothing"
+        assert first.wait(300) == 0, pipeline.log("redrive")
+    finally:
+        stop(first)
+    assert second.returncode == 1, (second.stdout, second.stderr)
+    assert "another redrive run is under way, held by hpcinsight-redrive:first@" in second.stderr, second.stderr
+    assert "sent back" not in second.stdout, second.stdout
+    got = sent_back(pipeline, "scheduler.events")
+    assert sorted(v for _, v, _ in got) == sorted(raws)  # each once, all by the first run
+    assert {b.by for b in read_batches(pipeline.client_config(), pipeline.prefix).values()} == {"first"}
+
+    produce(pipeline, "dead.letters", [letter(pipeline, "scheduler.events", n, started("job-late", n))], key=b"scheduler.events")
+    with redrive_lock(pipeline.client_config(), pipeline.prefix, "ops"):  # held here, as by a run
+        dry = pipeline.run("dead-letters", "redrive", "--dry-run")  # reads only: needs no lock
+        assert "would send back 1 letter(s)" in dry.stdout, dry.stdout
+        refused = pipeline.run("dead-letters", "redrive", check=False)
+        assert refused.returncode == 1 and "held by hpcinsight-redrive:ops@" in refused.stderr, refused.stderr
+    assert "sent back 1 letter(s)" in pipeline.run("dead-letters", "redrive").stdout  # let go: the next run sends
 
 
 def test_a_batch_left_half_sent_is_found_by_its_header_and_not_sent_again(pipeline: Pipeline) -> None:
