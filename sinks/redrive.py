@@ -106,7 +106,7 @@ class Report:
     sent: int = 0
     to_send: int = 0  # a dry run's
     already: int = 0  # sent back by an earlier run, or with another reader's letter of the same message
-    came_back: int = 0  # refused again after an earlier run sent the same bytes back: its cause is not fixed
+    came_back: int = 0  # refused again after an earlier run sent it back (or the same bytes): its cause is not fixed
     cut: int = 0  # only the first bytes kept: cannot be sent back
     foreign: int = 0  # about a topic not of this prefix's catalog
     recovered: int = 0  # letters a killed run had sent without recording them, found by their header
@@ -239,6 +239,7 @@ def _redrive(
         batches[b.batch] = finished = _recover(offsets, producer, prefix, b, timeout)
         report.recovered += len(finished.letters)
     sent = sent_letters(batches.values())
+    went_to = sent_to(batches.values())
     first_sent: dict[tuple[str, str], tuple[int, int]] = {}  # (topic, sha256) -> the first letter of them sent
     for key, topic_sha in sent.items():
         first_sent[topic_sha] = min(first_sent.get(topic_sha, _place(key)), _place(key))
@@ -258,7 +259,9 @@ def _redrive(
     for c in candidates:
         if c.input in sent_inputs:
             report.already += 1  # another reader's letter of the same message went back
-        elif _after(c, first_sent.get((c.topic, c.input[3]))):
+        elif c.input[:3] in went_to or _after(c, first_sent.get((c.topic, c.input[3]))):
+            # a letter of a message this command sent back (its bytes may differ: a salvaged
+            # message's letter holds its bad records re-encoded), or of the same bytes again
             report.came_back += 1
         elif c.topic not in ours:
             report.foreign += 1
@@ -292,6 +295,17 @@ def _redrive(
         if on_batch is not None:
             on_batch(report.sent)
     return report
+
+
+def sent_to(batches: Iterable[Redrive]) -> set[tuple[str, int, int]]:
+    """Where the letters recorded as sent went: (topic, partition, offset) of each message."""
+    out: set[tuple[str, int, int]] = set()
+    for b in batches:
+        if b.state == "sent":
+            for place in b.sent:
+                topic, partition, offset = place.rsplit(":", 2)
+                out.add((topic, int(partition), int(offset)))
+    return out
 
 
 def _place(key: str) -> tuple[int, int]:

@@ -109,7 +109,7 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
     print(f"{verb} {report.to_send if args.dry_run else report.sent} letter(s)", flush=True)
     for name, count in (
         ("sent back already (by an earlier run, or with another letter of the same message)", report.already),
-        ("refused again after an earlier run sent the same bytes back (fix the cause first): not sent", report.came_back),
+        ("refused again after an earlier run sent them back (fix the cause first): not sent", report.came_back),
         ("kept only their first bytes (too large): not sent", report.cut),
         (
             "name no topic of this catalog and prefix (e.g. alerts.outbox: notifications no receiver took): not sent",
