@@ -81,6 +81,7 @@ def test_broker_outage_loses_and_duplicates_nothing(tmp_path: Path) -> None:
                 str(TICKS),
                 "--speed",
                 str(SPEED),
+                "--catch-up",  # the same sim timeline however loaded the machine is
                 "--metrics-port",
                 "0",
             ],

@@ -35,6 +35,7 @@ def test_diagnose_names_the_slow_gpu_and_draws_three_figures(pipeline: Pipeline,
             str(TICKS),
             "--speed",
             str(SPEED),
+            "--catch-up",  # the same sim timeline however loaded the machine is
             "--fault",
             f"slow:{SLOW_NODE}:{SLOW_GPU}@20-100",
             timeout=300,

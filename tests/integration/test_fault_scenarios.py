@@ -188,6 +188,7 @@ def run_cluster(pipeline: Pipeline, ticks: int, *options: str, seed: int = 0) ->
             str(ticks),
             "--speed",
             str(SPEED),
+            "--catch-up",  # the same sim timeline however loaded the machine is
             *options,
             timeout=300,
         )

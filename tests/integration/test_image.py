@@ -200,6 +200,7 @@ def test_agent_worker_and_sink_from_the_image(pipeline: Pipeline, image: str) ->
                 "1",
                 "--speed",
                 "10",
+                "--catch-up",  # the same sim timeline however loaded the machine is
             ),
             capture_output=True,
             text=True,

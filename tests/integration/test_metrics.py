@@ -82,6 +82,7 @@ def test_every_component_serves_metrics_that_move(pipeline: Pipeline, tmp_path: 
             "0:1",
             "--speed",
             "2",
+            "--catch-up",  # the same sim timeline however loaded the machine is
             "--metrics-port",
             str(ports["agent"]),
         ),

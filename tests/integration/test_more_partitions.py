@@ -36,7 +36,18 @@ def test_a_pipeline_on_nine_partitions(kafka_bootstrap: str, tmp_path: Path) -> 
     sink = pipeline.start("sink", "sink", "--batch-age", "0.5")
     try:
         agent = pipeline.run(
-            "agent", "--backend", "sim", "--nodes", str(NODES), "--gpus", str(GPUS), "--ticks", str(TICKS), "--speed", "10"
+            "agent",
+            "--backend",
+            "sim",
+            "--nodes",
+            str(NODES),
+            "--gpus",
+            str(GPUS),
+            "--ticks",
+            str(TICKS),
+            "--speed",
+            "10",
+            "--catch-up",
         )
         summary = json.loads(agent.stdout.strip().splitlines()[-1])
         produced = summary["topics"]["gpu.samples.raw"]["records"]

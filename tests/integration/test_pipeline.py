@@ -47,6 +47,7 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline, tmp_path: Pa
             "1",
             "--speed",
             "10",
+            "--catch-up",  # the same sim timeline however loaded the machine is
             "--idle",
             f"{IDLE_NODE}:{IDLE_GPU}@0-25",
         )

@@ -92,6 +92,7 @@ def test_the_pipeline_runs_over_a_secure_listener(protocol: str, tmp_path: Path)
                 "0:1",
                 "--speed",
                 "3",
+                "--catch-up",  # the same sim timeline however loaded the machine is
             ),
         }
         receiver.wait_for(1, timeout=150)  # the idle GPU's anomaly went worker -> topic -> router -> webhook

@@ -121,6 +121,7 @@ def test_two_workers_give_the_results_of_one(pipeline: Pipeline, kafka_bootstrap
             "1",
             "--speed",
             "10",
+            "--catch-up",  # the same sim timeline however loaded the machine is
             "--idle",
             "2:1@0-25",
         )

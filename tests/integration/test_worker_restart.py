@@ -72,6 +72,7 @@ def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline, tmp_p
         str(TICKS),
         "--speed",
         str(SPEED),
+        "--catch-up",  # the same sim timeline however loaded the machine is
         "--idle",
         IDLE,
     )

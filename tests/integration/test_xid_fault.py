@@ -25,6 +25,7 @@ def test_injected_xid_raises_a_decoded_gpu_fault(pipeline: Pipeline) -> None:
             "40",
             "--speed",
             "10",
+            "--catch-up",  # the same sim timeline however loaded the machine is
             "--xid",
             "1:2@10:79",
             "--xid",
