@@ -207,6 +207,15 @@ def check_windows_against_numpy(
     return ends
 
 
+def sim_agent(nodes: int, gpus: int, *, ticks: int | None = None, speed: float = 10) -> list[str]:
+    """``hpcinsight agent`` on the sim backend as the tests run it: ``speed`` times real time, and
+    catching up on an overrun tick rather than skipping it. Skipping keeps the ticks sampled but
+    moves the sim clock, so a scenario's fault or job end landed elsewhere under load (b44fc51);
+    caught up, the timeline a test asserts on is the same however loaded the machine is."""
+    ticked = [] if ticks is None else ["--ticks", str(ticks)]
+    return ["agent", "--backend", "sim", "--nodes", str(nodes), "--gpus", str(gpus), *ticked, "--speed", str(speed), "--catch-up"]
+
+
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
     from hpcinsight.harness.supervisor import terminate
 

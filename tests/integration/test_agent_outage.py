@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from hpcinsight.deploy.local.kafka import LocalKafka
 from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW, ensure_topics
-from tests.conftest import ROOT
+from tests.conftest import ROOT, sim_agent
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -70,18 +70,7 @@ def test_broker_outage_loses_and_duplicates_nothing(tmp_path: Path) -> None:
                 sys.executable,
                 "-m",
                 "hpcinsight.cli",
-                "agent",
-                "--backend",
-                "sim",
-                "--nodes",
-                str(NODES),
-                "--gpus",
-                str(GPUS),
-                "--ticks",
-                str(TICKS),
-                "--speed",
-                str(SPEED),
-                "--catch-up",  # the same sim timeline however loaded the machine is
+                *sim_agent(NODES, GPUS, ticks=TICKS, speed=SPEED),
                 "--metrics-port",
                 "0",
             ],

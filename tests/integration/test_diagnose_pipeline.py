@@ -8,7 +8,7 @@ import json
 import pytest
 
 from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
-from tests.conftest import Pipeline, stop
+from tests.conftest import Pipeline, sim_agent, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -21,21 +21,10 @@ def test_diagnose_names_the_slow_gpu_and_draws_three_figures(pipeline: Pipeline,
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     try:
         agent = pipeline.run(
-            "agent",
-            "--backend",
-            "sim",
+            *sim_agent(NODES, GPUS, ticks=TICKS, speed=SPEED),
             "--ib",
             "--scheduler",
             "sim",
-            "--nodes",
-            str(NODES),
-            "--gpus",
-            str(GPUS),
-            "--ticks",
-            str(TICKS),
-            "--speed",
-            str(SPEED),
-            "--catch-up",  # the same sim timeline however loaded the machine is
             "--fault",
             f"slow:{SLOW_NODE}:{SLOW_GPU}@20-100",
             timeout=300,

@@ -21,7 +21,7 @@ import pytest
 
 from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
 from hpcinsight.streams.detectors import anomaly_id
-from tests.conftest import Pipeline, stop
+from tests.conftest import Pipeline, sim_agent, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -172,23 +172,12 @@ def run_cluster(pipeline: Pipeline, ticks: int, *options: str, seed: int = 0) ->
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     try:
         agent = pipeline.run(
-            "agent",
-            "--backend",
-            "sim",
+            *sim_agent(NODES, GPUS, ticks=ticks, speed=SPEED),
             "--ib",
             "--scheduler",
             "sim",
-            "--nodes",
-            str(NODES),
-            "--gpus",
-            str(GPUS),
             "--seed",
             str(seed),
-            "--ticks",
-            str(ticks),
-            "--speed",
-            str(SPEED),
-            "--catch-up",  # the same sim timeline however loaded the machine is
             *options,
             timeout=300,
         )

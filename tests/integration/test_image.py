@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, sim_agent
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -187,20 +187,7 @@ def test_agent_worker_and_sink_from_the_image(pipeline: Pipeline, image: str) ->
                 pipeline,
                 image,
                 names["agent"],
-                "agent",
-                "--backend",
-                "sim",
-                "--nodes",
-                str(NODES),
-                "--gpus",
-                str(GPUS),
-                "--ticks",
-                str(TICKS),
-                "--interval",
-                "1",
-                "--speed",
-                "10",
-                "--catch-up",  # the same sim timeline however loaded the machine is
+                *sim_agent(NODES, GPUS, ticks=TICKS, speed=10),
             ),
             capture_output=True,
             text=True,

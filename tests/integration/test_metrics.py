@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hpcinsight.deploy.local.kafka import free_ports
 from tests.alerts_receiver import LocalReceiver
-from tests.conftest import Pipeline, stop
+from tests.conftest import Pipeline, sim_agent, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -69,20 +69,11 @@ def test_every_component_serves_metrics_that_move(pipeline: Pipeline, tmp_path: 
         "serve": pipeline.start("serve", "serve", "--port", str(ports["api"]), "--metrics-port", str(ports["serve"])),
         "agent": pipeline.start(
             "agent",
-            "agent",
-            "--backend",
-            "sim",
-            "--nodes",
-            "2",
-            "--gpus",
-            "2",
+            *sim_agent(2, 2, speed=2),
             "--scheduler",
             "sim",
             "--idle",
             "0:1",
-            "--speed",
-            "2",
-            "--catch-up",  # the same sim timeline however loaded the machine is
             "--metrics-port",
             str(ports["agent"]),
         ),

@@ -14,7 +14,7 @@ from confluent_kafka import TopicPartition
 
 from hpcinsight.core.kafka import offsets_consumer, partition_counts
 from hpcinsight.schemas.catalog import TOPICS
-from tests.conftest import Pipeline, stop
+from tests.conftest import Pipeline, sim_agent, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -36,18 +36,7 @@ def test_a_pipeline_on_nine_partitions(kafka_bootstrap: str, tmp_path: Path) -> 
     sink = pipeline.start("sink", "sink", "--batch-age", "0.5")
     try:
         agent = pipeline.run(
-            "agent",
-            "--backend",
-            "sim",
-            "--nodes",
-            str(NODES),
-            "--gpus",
-            str(GPUS),
-            "--ticks",
-            str(TICKS),
-            "--speed",
-            "10",
-            "--catch-up",
+            *sim_agent(NODES, GPUS, ticks=TICKS, speed=10),
         )
         summary = json.loads(agent.stdout.strip().splitlines()[-1])
         produced = summary["topics"]["gpu.samples.raw"]["records"]

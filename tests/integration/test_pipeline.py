@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hpcinsight.harness.demo import DEMO_DETECTORS
-from tests.conftest import Pipeline, check_windows_against_numpy, stop
+from tests.conftest import Pipeline, check_windows_against_numpy, sim_agent, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -34,20 +34,7 @@ def test_samples_quantiles_and_idle_gpu_anomaly(pipeline: Pipeline, tmp_path: Pa
     sink = pipeline.start("sink", "sink", "--batch-age", "0.5")
     try:
         agent = pipeline.run(
-            "agent",
-            "--backend",
-            "sim",
-            "--nodes",
-            str(NODES),
-            "--gpus",
-            str(GPUS),
-            "--ticks",
-            str(TICKS),
-            "--interval",
-            "1",
-            "--speed",
-            "10",
-            "--catch-up",  # the same sim timeline however loaded the machine is
+            *sim_agent(NODES, GPUS, ticks=TICKS, speed=10),
             "--idle",
             f"{IDLE_NODE}:{IDLE_GPU}@0-25",
         )

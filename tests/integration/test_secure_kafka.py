@@ -18,7 +18,7 @@ import yaml
 from hpcinsight.deploy.local.kafka import LocalKafka, free_ports
 from hpcinsight.deploy.local.security import SecureListener, make_pki
 from tests.alerts_receiver import LocalReceiver
-from tests.conftest import Pipeline, stop
+from tests.conftest import Pipeline, sim_agent, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -79,20 +79,11 @@ def test_the_pipeline_runs_over_a_secure_listener(protocol: str, tmp_path: Path)
             "serve": pipeline.start("serve", "serve", "--port", str(api), "--no-store"),
             "agent": pipeline.start(
                 "agent",
-                "agent",
-                "--backend",
-                "sim",
-                "--nodes",
-                "2",
-                "--gpus",
-                "2",
+                *sim_agent(2, 2, speed=3),
                 "--scheduler",
                 "sim",
                 "--idle",
                 "0:1",
-                "--speed",
-                "3",
-                "--catch-up",  # the same sim timeline however loaded the machine is
             ),
         }
         receiver.wait_for(1, timeout=150)  # the idle GPU's anomaly went worker -> topic -> router -> webhook

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from hpcinsight.schemas.catalog import ANOMALIES, ensure_topics
-from tests.conftest import Pipeline, rank_error_ok, samples_by_gpu, stop
+from tests.conftest import Pipeline, rank_error_ok, samples_by_gpu, sim_agent, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -108,20 +108,7 @@ def test_two_workers_give_the_results_of_one(pipeline: Pipeline, kafka_bootstrap
         two.poll(lambda: assigned(two, ["worker-a", "worker-b"]), procs["two-worker-a"][1], procs["two-worker-b"][1])
         one.poll(lambda: assigned(one, ["worker"]), procs["one-worker"][1])
         one.run(
-            "agent",
-            "--backend",
-            "sim",
-            "--nodes",
-            str(NODES),
-            "--gpus",
-            str(GPUS),
-            "--ticks",
-            str(TICKS),
-            "--interval",
-            "1",
-            "--speed",
-            "10",
-            "--catch-up",  # the same sim timeline however loaded the machine is
+            *sim_agent(NODES, GPUS, ticks=TICKS, speed=10),
             "--idle",
             "2:1@0-25",
         )

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from hpcinsight.core.kafka import message_count
-from tests.conftest import Pipeline, check_windows_against_numpy, rank_error_ok, samples_by_gpu, stop
+from tests.conftest import Pipeline, check_windows_against_numpy, rank_error_ok, samples_by_gpu, sim_agent, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -61,18 +61,7 @@ def test_worker_killed_and_restarted_continues_exactly(pipeline: Pipeline, tmp_p
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     agent = pipeline.start(
         "agent",
-        "agent",
-        "--backend",
-        "sim",
-        "--nodes",
-        str(NODES),
-        "--gpus",
-        str(GPUS),
-        "--ticks",
-        str(TICKS),
-        "--speed",
-        str(SPEED),
-        "--catch-up",  # the same sim timeline however loaded the machine is
+        *sim_agent(NODES, GPUS, ticks=TICKS, speed=SPEED),
         "--idle",
         IDLE,
     )

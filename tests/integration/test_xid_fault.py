@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Pipeline, stop
+from tests.conftest import Pipeline, sim_agent, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -14,18 +14,7 @@ def test_injected_xid_raises_a_decoded_gpu_fault(pipeline: Pipeline) -> None:
     sink = pipeline.start("sink", "sink", "--batch-age", "0.3")
     try:
         pipeline.run(
-            "agent",
-            "--backend",
-            "sim",
-            "--nodes",
-            "2",
-            "--gpus",
-            "4",
-            "--ticks",
-            "40",
-            "--speed",
-            "10",
-            "--catch-up",  # the same sim timeline however loaded the machine is
+            *sim_agent(2, 4, ticks=40, speed=10),
             "--xid",
             "1:2@10:79",
             "--xid",
