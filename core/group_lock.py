@@ -28,6 +28,10 @@ class LockLost(RuntimeError):
     """The lock was taken from this member (its session ended while it did not answer)."""
 
 
+class LockUnanswered(RuntimeError):
+    """The group never told this member its assignment: no broker, or no coordinator, answered."""
+
+
 class GroupLock:
     """``with GroupLock(kafka, topic, group, holder="ops@host pid 7"):`` the run holds ``group``'s
     lock on ``topic`` (one partition), or :class:`LockHeld` says who does."""
@@ -49,7 +53,8 @@ class GroupLock:
         self._held = False
 
     def acquire(self) -> None:
-        """Join the group and wait to be told the assignment; :class:`LockHeld` if it is not ours."""
+        """Join the group and wait to be told the assignment; :class:`LockHeld` if it is not ours,
+        :class:`LockUnanswered` if none comes."""
         self._consumer = new_consumer(
             self.kafka,
             self.group_id,
@@ -66,11 +71,13 @@ class GroupLock:
         deadline = time.monotonic() + self.timeout + self.session_ms / 1000
         while not self._told and time.monotonic() < deadline:
             self._consumer.poll(0.2)
-        if not self._held:
-            who = self._holder() if self._told else None
+        if not self._told:
             self.release()
-            if who is None and not self._told:
-                raise LockHeld(f"no answer from the group {self.group_id} in {self.timeout:.0f} s: is another run holding it?")
+            waited = self.timeout + self.session_ms / 1000
+            raise LockUnanswered(f"the group {self.group_id} gave no assignment in {waited:.0f} s: is Kafka reachable?")
+        if not self._held:
+            who = self._holder()
+            self.release()
             raise LockHeld(f"held by {who or 'another member'} (group {self.group_id})")
 
     def check(self) -> None:

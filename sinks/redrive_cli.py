@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from hpcinsight.core.group_lock import LockHeld, LockLost
+from hpcinsight.core.group_lock import LockHeld, LockLost, LockUnanswered
 
 #: topics whose messages sent back late are mostly dropped downstream (docs/guarantees.md)
 _TIME_SERIES = ("gpu.samples.raw", "ib.samples.raw", "step.metrics.raw")
@@ -95,6 +95,9 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
             "(a run killed outright holds it for some 10 s more). --dry-run needs no lock.",
             file=sys.stderr,
         )
+        return 1
+    except LockUnanswered as err:
+        print(f"hpcinsight: no lock taken, nothing sent: {err}", file=sys.stderr)
         return 1
     except LockLost as err:
         print(
