@@ -189,9 +189,9 @@ def redrive(
     run's lock raises :class:`~hpcinsight.core.group_lock.LockHeld` before anything is read.
 
     Two passes over the letters: one to choose (keeping no letter's bytes), one to send those chosen."""
-    producer = None if dry_run else new_producer(client_config)
     lock = None if dry_run else redrive_lock(client_config, prefix, by, timeout)
     with lock or nullcontext(), offsets_consumer(client_config, f"{prefix}dead-letters-cli") as offsets:
+        producer = None if dry_run else new_producer(client_config)
         keep = _Keeper(lock)
         return _redrive(client_config, offsets, producer, prefix, selection, by, batch, timeout, on_batch, keep)
 
