@@ -76,9 +76,10 @@ class GroupLock:
             waited = self.timeout + self.session_ms / 1000
             raise LockUnanswered(f"the group {self.group_id} gave no assignment in {waited:.0f} s: is Kafka reachable?")
         if not self._held:
-            who = self._holder()
+            who = holder_of(self.kafka, self.topic, self.group_id, self.timeout)
             self.release()
             raise LockHeld(f"held by {who or 'another member'} (group {self.group_id})")
+        self._consumer.pause(self._consumer.assignment())  # held, not read: nothing piles up in memory
 
     def check(self) -> None:
         """Answer the group (a rebalance waits for every member), then :class:`LockLost` if the
@@ -102,22 +103,24 @@ class GroupLock:
         if any(p.topic == self.topic for p in partitions):
             self._held = False
 
-    def _holder(self) -> str | None:
-        """The client id and host of the member that holds the partition, as the broker tells it."""
-        admin = new_admin(self.kafka)
-        try:
-            group = admin.describe_consumer_groups([self.group_id])[self.group_id].result(timeout=self.timeout)
-        except (KafkaException, TimeoutError):  # only for the message: the answer does not depend on it
-            return None
-        for member in group.members:
-            assigned = member.assignment.topic_partitions if member.assignment else []
-            if any(tp.topic == self.topic for tp in assigned):
-                return f"{member.client_id} on {member.host.lstrip('/')}"
-        return None
-
     def __enter__(self) -> GroupLock:
         self.acquire()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+def holder_of(kafka: KafkaClientSource, topic: str, group_id: str, timeout: float = 10.0) -> str | None:
+    """Who holds ``group_id``'s lock on ``topic``, as the broker tells it (client id and host);
+    None if no one does, or the broker does not say (this only ever names, it decides nothing)."""
+    admin = new_admin(kafka)
+    try:
+        group = admin.describe_consumer_groups([group_id])[group_id].result(timeout=timeout)
+    except (KafkaException, TimeoutError):
+        return None
+    for member in group.members:
+        assigned = member.assignment.topic_partitions if member.assignment else []
+        if any(tp.topic == topic for tp in assigned):
+            return f"{member.client_id} on {member.host.lstrip('/')}"
+    return None

@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaException, TopicPartition
 
-from hpcinsight.core.group_lock import GroupLock
+from hpcinsight.core.group_lock import GroupLock, holder_of
 from hpcinsight.core.kafka import (
     iter_range,
     iter_to_end,
@@ -194,6 +194,11 @@ def redrive(
         producer = None if dry_run else new_producer(client_config)
         keep = _Keeper(lock)
         return _redrive(client_config, offsets, producer, prefix, selection, by, batch, timeout, on_batch, keep)
+
+
+def run_under_way(client_config: dict[str, Any], prefix: str, timeout: float = 10.0) -> str | None:
+    """The holder of the sending runs' lock while a run is under way (for ``list``; it decides nothing)."""
+    return holder_of(client_config, DEAD_LETTERS_REDRIVEN.full_name(prefix), f"{prefix}dead-letters-redrive", timeout)
 
 
 def redrive_lock(client_config: dict[str, Any], prefix: str, by: str, timeout: float = 60.0) -> GroupLock:

@@ -64,9 +64,15 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
         letters = redrive.read_letters(client_config, prefix, counted)
         rows = redrive.summary((x for x in letters if selection.matches(x, prefix)), sent, prefix)
         unreadable = counted.unreadable
+        under_way = redrive.run_under_way(client_config, prefix)
+        said = f"a redrive run is under way: {under_way}" if under_way else None
         if args.format == "json":
             print(json.dumps(rows, indent=2))
+            if said:
+                print(said, file=sys.stderr)
             return 0
+        if said:
+            print(said)
         for r in rows:
             print(
                 f"{utc(r['last_ts'])}  {r['letters']:6d} letters  {r['sent_back']:6d} sent back  "

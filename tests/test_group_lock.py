@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka.admin import NewTopic
 
 from hpcinsight.core.group_lock import GroupLock, LockHeld, LockUnanswered
-from hpcinsight.core.kafka import new_admin
+from hpcinsight.core.kafka import new_admin, new_producer
 from hpcinsight.deploy.local.kafka import free_ports
 from tests.conftest import ROOT
 
@@ -45,6 +45,20 @@ def test_a_second_member_is_refused_and_told_the_holder_then_takes_it_when_let_g
         first.release()
     with GroupLock(conf, topic, group, holder="second@host-b", session_ms=6_000) as second:
         second.check()
+
+
+def test_the_holder_reads_nothing_of_the_topic_it_holds(held: tuple[dict[str, Any], str, str]) -> None:
+    """The topic is only the thing held: what is written to it (the redrive's batch records) must
+    not pile up in the holder's fetch queue for the length of a run."""
+    conf, topic, group = held
+    with GroupLock(conf, topic, group, holder="reader", session_ms=6_000) as lock:
+        producer = new_producer(conf)
+        for _ in range(50):
+            producer.produce(topic, b"a batch record")
+        assert producer.flush(30) == 0
+        for _ in range(10):
+            lock.check()
+            assert lock._consumer.poll(0.2) is None  # paused: nothing fetched
 
 
 def test_no_broker_is_said_as_such_not_as_a_holder() -> None:

@@ -197,7 +197,10 @@ def test_a_second_run_is_refused_while_one_is_sending_and_each_letter_goes_once(
         assert "would send back 1 letter(s)" in dry.stdout, dry.stdout
         refused = pipeline.run("dead-letters", "redrive", check=False)
         assert refused.returncode == 1 and "held by hpcinsight-redrive:ops@" in refused.stderr, refused.stderr
+        listed = pipeline.run("dead-letters", "list").stdout
+        assert "a redrive run is under way: hpcinsight-redrive:ops@" in listed, listed
     assert "sent back 1 letter(s)" in pipeline.run("dead-letters", "redrive").stdout  # let go: the next run sends
+    assert "under way" not in pipeline.run("dead-letters", "list").stdout
 
 
 def test_a_batch_left_half_sent_is_found_by_its_header_and_not_sent_again(pipeline: Pipeline) -> None:
