@@ -28,7 +28,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
         help="send letters back to their topics, each at most once",
         description=(
             "Send the selected letters back to the topics they came from (their bytes and key), once their "
-            "cause is fixed; each letter at most once, however often this runs."
+            "cause is fixed; each letter at most once, however often this runs. One sending run at a time: "
+            "a second is refused and told who holds the lock (dead-letters list says when a run is under way)."
         ),
     )
     _selection_arguments(a)
