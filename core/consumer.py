@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -122,6 +122,8 @@ class TopicSink:
         #: set when the consumer failed for good: the loop replaces it before going on
         self.replace_requested = False
         self.paused = False
+        #: the clock of the idle rule (``--idle-exit``): a test drives it by loop turns, not seconds
+        self.idle_clock: Callable[[], float] = time.monotonic
         self._active_at = 0.0  # when consumption last stood paused (see idle)
         self._last_weather_log = 0.0
         #: offsets delivered whose commit has not landed yet, and the newest ones that did
@@ -184,7 +186,7 @@ class TopicSink:
         consumption last stood paused. A reader paused for its own slow delivery gets no message
         while the topic still holds some: it is behind, not idle (the sink left a backlog unread
         when a slow store paused it past ``--idle-exit``)."""
-        now = time.monotonic()
+        now = self.idle_clock()
         if self.paused:
             self._active_at = now
             return False
@@ -199,11 +201,11 @@ class TopicSink:
         self.consumer = self.new_consumer()
         try:
             self.take_partitions(self.consumer, True)
-            last_data = time.monotonic()
+            last_data = self.idle_clock()
             while not stop.is_set():
                 messages = self.poll()
                 if messages:
-                    last_data = time.monotonic()
+                    last_data = self.idle_clock()
                     self.take(messages)
                 if self.replace_requested:
                     self.replace_consumer()

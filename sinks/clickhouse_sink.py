@@ -409,7 +409,7 @@ class ClickHouseSink(TopicSink):
                         # the group learns it too, even if no new message comes to carry a commit
                         self.owe({(tp.topic, tp.partition): tp.offset})
                 consumer.assign(committed)
-                self._assigned_at = time.monotonic()
+                self._assigned_at = self.idle_clock()
                 self.paused = False
                 return
             except Exception as err:  # noqa: BLE001 - broker or store away: weather

@@ -198,24 +198,29 @@ def test_a_fenced_consumer_is_replaced_and_nothing_is_lost(topics: tuple[dict[st
 
 
 class SlowStoreSink(IntSink):
-    """Its store takes ``hold_s`` over its first delivery, and consumption stays paused meanwhile,
-    as the ClickHouse sink pauses while its inserts are behind."""
+    """Its store stays busy over its first delivery for ``hold_turns`` turns of the loop, and
+    consumption stays paused meanwhile, as the ClickHouse sink pauses while its inserts are behind.
+    The idle rule's clock is the loop's turns (``TURN_S`` each), not the machine's seconds."""
 
     POLL_MESSAGES = 25
+    TURN_S = 0.1
 
-    def __init__(self, conf: dict[str, Any], prefix: str, hold_s: float) -> None:
+    def __init__(self, conf: dict[str, Any], prefix: str, hold_turns: int) -> None:
         super().__init__(conf, prefix)
-        self.hold_s = hold_s
-        self.busy_until: float | None = None
+        self.hold_turns = hold_turns
+        self.turns = 0
+        self.idle_clock = lambda: self.turns * self.TURN_S
+        self.busy_until: int | None = None
         self.was_paused = False
 
     def deliver(self, batch: Sequence[tuple[Message, list[Any]]]) -> None:
         super().deliver(batch)
         if self.busy_until is None:
-            self.busy_until = time.monotonic() + self.hold_s
+            self.busy_until = self.turns + self.hold_turns
 
     def tick(self) -> None:
-        self.hold(self.busy_until is not None and time.monotonic() < self.busy_until)
+        self.turns += 1
+        self.hold(self.busy_until is not None and self.turns < self.busy_until)
         self.was_paused |= self.paused
         super().tick()
 
@@ -228,7 +233,7 @@ def test_a_reader_paused_by_its_slow_store_is_behind_not_idle(topics: tuple[dict
     because it asked for nothing, with the topic still full (the sink exited 0 with a backlog unread)."""
     conf, prefix = topics
     produce(conf, f"{prefix}numbers", [str(i).encode() for i in range(50)])
-    sink = SlowStoreSink(conf, prefix, hold_s=4.0)
+    sink = SlowStoreSink(conf, prefix, hold_turns=40)  # 4 s of the idle rule's clock, paused
     stop = sink.stop_event = threading.Event()
     thread = threading.Thread(target=sink.run_loop, args=(stop, 2.0), daemon=True)  # idle for 2 s: exit
     thread.start()
