@@ -307,10 +307,14 @@ def sent_to(batches: Iterable[Redrive]) -> set[tuple[str, int, int]]:
     out: set[tuple[str, int, int]] = set()
     for b in batches:
         if b.state == "sent":
-            for place in b.sent:
-                topic, partition, offset = place.rsplit(":", 2)
-                out.add((topic, int(partition), int(offset)))
+            out.update(_position(place) for place in b.sent)
     return out
+
+
+def _position(entry: str) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a batch record's ``<topic>:<partition>:<offset>``."""
+    topic, partition, offset = entry.rsplit(":", 2)
+    return topic, int(partition), int(offset)
 
 
 def _place(key: str) -> tuple[int, int]:
@@ -372,9 +376,8 @@ def _recover(offsets: Any, producer: Any | None, prefix: str, b: Redrive, timeou
     dlq = DEAD_LETTERS.full_name(prefix)
     wanted = {f"{dlq}:{key}".encode(): i for i, key in enumerate(b.letters)}
     starts: dict[str, dict[int, int]] = {}
-    for entry in b.starts:
-        topic, partition, offset = entry.rsplit(":", 2)
-        starts.setdefault(topic, {})[int(partition)] = int(offset)
+    for topic, partition, offset in map(_position, b.starts):
+        starts.setdefault(topic, {})[partition] = offset
     found: dict[int, str] = {}
     for topic, ends in _ends(offsets, sorted(starts), timeout).items():
         begin = [TopicPartition(topic, p, starts[topic].get(p, 0)) for p in ends]
