@@ -213,7 +213,8 @@ def read_range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int]
 
 def iter_range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int], idle_timeout: float) -> Iterator[Any]:
     """:func:`read_range` a message at a time, for a range too large to hold in memory: the
-    ``TimeoutError`` comes when no message came for ``idle_timeout``, however long the whole takes."""
+    ``TimeoutError`` comes when the broker gave no message for ``idle_timeout`` of asking, however
+    long the whole takes and the caller spends on each."""
     return _range(consumer, starts, stop_at, idle_timeout, idle=True)
 
 
@@ -229,8 +230,6 @@ def _range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int], ti
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         messages = consumer.consume(num_messages=1000, timeout=0.5)
-        if messages and idle:
-            deadline = time.monotonic() + timeout
         for msg in messages:
             error, partition, offset = msg.error(), msg.partition(), msg.offset()
             if partition is None or offset is None:  # an error of the client, not of a partition
@@ -245,6 +244,8 @@ def _range(consumer: Consumer, starts: list[Any], stop_at: Mapping[int, int], ti
             yield msg
             if offset + 1 >= stop_at[partition]:
                 pending.discard(partition)
+        if messages and idle:  # from here: the time the caller spent on them is not the broker's silence
+            deadline = time.monotonic() + timeout
         if pending and not messages:
             for tp in consumer.position([tp for tp in assigned if tp.partition in pending]):
                 if tp.offset >= stop_at[tp.partition]:

@@ -60,6 +60,19 @@ def test_iter_to_end_streams_what_read_to_end_holds_from_a_partitions_offset_on(
     assert list(iter_to_end(conf, f"{topic}-absent", "test-read", idle_timeout=5)) == []
 
 
+def test_iter_to_end_times_the_brokers_silence_not_its_callers_work(conf: dict[str, Any]) -> None:
+    """A caller may spend longer on one message than the idle timeout (a redrive sends a batch of
+    letters as it reads them): that is not the broker falling silent, and the read goes on."""
+    topic = _topic(conf, partitions=1)
+    _produce(conf, topic, [(0, b"m%d" % i) for i in range(3_000)])  # a consume returns 1,000 at most
+    got = 0
+    for _ in iter_to_end(conf, topic, "test-read", idle_timeout=10):
+        if got == 0:
+            time.sleep(11)  # the caller's work, longer than the timeout
+        got += 1
+    assert got == 3_000
+
+
 def test_read_to_end_reads_what_was_there_in_partition_and_offset_order(conf: dict[str, Any]) -> None:
     topic = _topic(conf)
     sent = [(i % 3, b"m%d" % i) for i in range(30)]
