@@ -104,6 +104,12 @@ DESCRIPTIONS: dict[str, tuple[str, str, str | None]] = {
         "a bare confluent-kafka loop counting the same messages",
         None,
     ),
+    "redrive": (
+        "Python memory a `dead-letters redrive` dry run holds a letter, 20,000 letters on a real broker "
+        "(the run after they were all sent in extras)",
+        "reading and decoding the same letters, keeping nothing (its peak a letter)",
+        None,
+    ),
 }
 
 

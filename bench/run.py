@@ -126,6 +126,7 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "scaleout": _stream("scaleout"),
     "whatif": lambda repeats: __import__("bench.whatif", fromlist=["bench_whatif"]).bench_whatif(repeats),
     "faust_floor": lambda repeats: __import__("bench.faust_floor", fromlist=["bench_faust_floor"]).bench_faust_floor(repeats),
+    "redrive": lambda repeats: __import__("bench.redrive", fromlist=["bench_redrive"]).bench_redrive(repeats),
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
@@ -147,6 +148,7 @@ HEADLINE = {
     "scaleout": ("samples_per_s", "samples/s (2 workers)"),
     "whatif": ("fgd_one_seed_s", "s (FGD, one seed)"),
     "faust_floor": ("samples_per_s", "samples/s (today's messages)"),
+    "redrive": ("bytes_per_letter", "bytes/letter"),
 }
 
 

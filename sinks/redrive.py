@@ -35,7 +35,6 @@ from hpcinsight.core.kafka import (
     new_producer,
     offsets_consumer,
     partition_counts,
-    read_to_end,
     watermarks,
 )
 from hpcinsight.schemas.catalog import DEAD_LETTERS, DEAD_LETTERS_REDRIVEN, TOPICS
@@ -114,18 +113,6 @@ class Report:
     topics: set[str] = field(default_factory=set)  # of the letters sent (or to send)
 
 
-@dataclass(frozen=True, slots=True)
-class _Candidate:
-    """A selected letter, without its bytes, until the run decides whether it goes back."""
-
-    key: str
-    partition: int
-    offset: int
-    topic: str
-    input: tuple[str, int, int, str]
-    whole: bool
-
-
 def read_letters(
     client_config: dict[str, Any],
     prefix: str,
@@ -149,28 +136,76 @@ def read_letters(
             yield Letter(msg.partition(), msg.offset(), d, i)
 
 
-def read_batches(client_config: dict[str, Any], prefix: str, timeout: float = 60.0) -> dict[str, Redrive]:
-    """Every batch's latest record, by batch."""
-    out: dict[str, Redrive] = {}
+class History:
+    """What earlier runs sent back, folded from their batch records as they are read: a run that
+    sent millions of letters leaves millions of entries, so each is a digest, not the record's strings
+    (bench ``redrive``)."""
+
+    def __init__(self) -> None:
+        self._letters: set[bytes] = set()  # the letters sent, by their place in dead.letters
+        self._went_to: set[bytes] = set()  # where their messages went: (topic, partition, offset)
+        self._first: dict[bytes, int] = {}  # (topic, SHA-256 of the bytes) -> the first such letter's place (_code)
+        #: each dead.letters partition's first letter sent: where a search for them starts
+        self.starts: dict[int, int] = {}
+
+    def add(self, b: Redrive) -> None:
+        """Fold in a batch recorded as sent."""
+        for key, topic, sha in zip(b.letters, b.topics, b.sha256, strict=True):
+            self._letters.add(_digest(key))
+            partition, offset = _place(key)
+            first = _digest(topic, sha)
+            self._first[first] = min(self._first.get(first, _code(partition, offset)), _code(partition, offset))
+            self.starts[partition] = min(self.starts.get(partition, offset), offset)
+        self._went_to.update(_digest(*_position(place)) for place in b.sent)
+
+    def __bool__(self) -> bool:
+        return bool(self._letters)
+
+    def sent(self, letter: Letter) -> bool:
+        """Whether ``letter`` itself was sent back."""
+        return bool(self._letters) and _digest(letter.key) in self._letters
+
+    def came_back(self, letter: Letter) -> bool:
+        """Whether ``letter`` is of a message sent back (its bytes may differ: a salvaged message's
+        letter holds its bad records re-encoded), or of the same bytes as a letter sent back before
+        it: either way its cause is not fixed."""
+        d = letter.letter
+        if _digest(d.source_topic, d.source_partition, d.source_offset) in self._went_to:
+            return True
+        first = self._first.get(_digest(d.source_topic, letter.sha256))
+        # written after that letter: by offsets, not clocks (the refusing component may run on another host)
+        return first is not None and first >> 48 == letter.partition and letter.offset > first & _OFFSET_MASK
+
+
+def read_history(client_config: dict[str, Any], prefix: str, timeout: float = 60.0) -> tuple[History, list[Redrive]]:
+    """What earlier runs sent, and the batches a killed run left recorded as sending (in order)."""
+    history, sending = History(), dict[str, Redrive]()
     topic = DEAD_LETTERS_REDRIVEN.full_name(prefix)
-    for msg in read_to_end(client_config, topic, f"{prefix}dead-letters-cli", timeout=timeout):
+    for msg in iter_to_end(client_config, topic, f"{prefix}dead-letters-cli", timeout):
         try:
             records = DEAD_LETTERS_REDRIVEN.codec.decode(msg.value())
         except DecodeError:
             continue  # not ours: it names no letter
         for r in records:
-            out[r.batch] = r
-    return out
+            if r.state == "sent":
+                sending.pop(r.batch, None)
+                history.add(r)
+            else:
+                sending[r.batch] = r
+    return history, list(sending.values())
 
 
-def sent_letters(batches: Iterable[Redrive]) -> dict[str, tuple[str, str]]:
-    """The letters recorded as sent: letter -> (topic, sha256 of its bytes)."""
-    return {
-        letter: (topic, sha)
-        for b in batches
-        if b.state == "sent"
-        for letter, topic, sha in zip(b.letters, b.topics, b.sha256, strict=True)
-    }
+def _digest(*parts: object) -> bytes:
+    """16 bytes for what ``parts`` name, in a run's sets."""
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).digest()
+
+
+_OFFSET_MASK = (1 << 48) - 1
+
+
+def _code(partition: int, offset: int) -> int:
+    """A letter's place in dead.letters as one integer (a tuple weighs three)."""
+    return partition << 48 | offset
 
 
 def redrive(
@@ -188,7 +223,9 @@ def redrive(
     time; ``on_batch`` is told the count sent so far after each batch. One run at a time: another
     run's lock raises :class:`~hpcinsight.core.group_lock.LockHeld` before anything is read.
 
-    Two passes over the letters: one to choose (keeping no letter's bytes), one to send those chosen."""
+    The letters are weighed and sent as they are read, a batch held at a time; what the run keeps
+    a letter is a digest (bench ``redrive``). Where earlier runs sent letters, a first pass over the
+    partitions holding those finds the messages they were letters of."""
     lock = None if dry_run else redrive_lock(client_config, prefix, by, timeout)
     with lock or nullcontext(), offsets_consumer(client_config, f"{prefix}dead-letters-cli") as offsets:
         producer = None if dry_run else new_producer(client_config)
@@ -238,77 +275,70 @@ def _redrive(
 ) -> Report:
     """:func:`redrive` with its clients (no ``producer``: a dry run) and its lock's ``keep``."""
     report = Report()
-    batches = read_batches(client_config, prefix, timeout)
-    for b in [b for b in batches.values() if b.state == "sending"]:
+    history, sending = read_history(client_config, prefix, timeout)
+    for b in sending:
         keep(now=True)
-        batches[b.batch] = finished = _recover(offsets, producer, prefix, b, timeout)
+        finished = _recover(offsets, producer, prefix, b, timeout)
+        history.add(finished)
         report.recovered += len(finished.letters)
-    sent = sent_letters(batches.values())
-    went_to = sent_to(batches.values())
-    first_sent: dict[tuple[str, str], tuple[int, int]] = {}  # (topic, sha256) -> the first letter of them sent
-    for key, topic_sha in sent.items():
-        first_sent[topic_sha] = min(first_sent.get(topic_sha, _place(key)), _place(key))
-    sent_inputs: set[tuple[str, int, int, str]] = set()
-    candidates: list[_Candidate] = []
+    # the messages whose letters went back: another reader's letter of one goes back with it
+    gone: set[bytes] = set()
+    if history:
+        for letter in read_letters(client_config, prefix, None, timeout, after=history.starts):
+            keep()
+            if history.sent(letter):
+                gone.add(_digest(*letter.input))
+    ours = {t.full_name(prefix) for t in TOPICS if t not in (DEAD_LETTERS, DEAD_LETTERS_REDRIVEN)}
+    chunk: list[Letter] = []
     for letter in read_letters(client_config, prefix, report, timeout):
         keep()
         chosen = selection.matches(letter, prefix)
-        if letter.key in sent:
-            sent_inputs.add(letter.input)
+        if history.sent(letter):
             report.already += chosen
-        elif chosen:
-            d = letter.letter
-            candidates.append(_Candidate(letter.key, letter.partition, letter.offset, d.source_topic, letter.input, letter.whole))
-    ours = {t.full_name(prefix) for t in TOPICS if t not in (DEAD_LETTERS, DEAD_LETTERS_REDRIVEN)}
-    todo: dict[str, _Candidate] = {}
-    for c in candidates:
-        if c.input in sent_inputs:
+            continue
+        if not chosen:
+            continue
+        given = _digest(*letter.input)
+        if given in gone:
             report.already += 1  # another reader's letter of the same message went back
-        elif c.input[:3] in went_to or _after(c, first_sent.get((c.topic, c.input[3]))):
-            # a letter of a message this command sent back (its bytes may differ: a salvaged
-            # message's letter holds its bad records re-encoded), or of the same bytes again
+        elif history.came_back(letter):
             report.came_back += 1
-        elif c.topic not in ours:
+        elif letter.letter.source_topic not in ours:
             report.foreign += 1
-        elif not c.whole:
+        elif not letter.whole:
             report.cut += 1
         else:
-            todo[c.key] = c
-            sent_inputs.add(c.input)  # another reader's letter of the same message goes with this one
-            report.topics.add(c.topic)
-    if producer is None or not todo:
-        report.to_send = len(todo)
-        return report
-    after: dict[int, int] = {}
-    for c in todo.values():
-        after[c.partition] = min(after.get(c.partition, c.offset), c.offset)
-    chunk: list[Letter] = []
-    for letter in read_letters(client_config, prefix, None, timeout, after):
-        keep()
-        if letter.key not in todo:
-            continue
-        chunk.append(letter)
-        if len(chunk) == batch:
-            keep(now=True)
-            report.sent += _send(offsets, producer, prefix, chunk, by, timeout)
-            chunk = []
-            if on_batch is not None:
-                on_batch(report.sent)
+            gone.add(given)  # another reader's letter of the same message goes with this one
+            report.topics.add(letter.letter.source_topic)
+            if producer is None:
+                report.to_send += 1
+                continue
+            chunk.append(letter)
+            if len(chunk) == batch:
+                report.sent += _flush(offsets, producer, prefix, chunk, by, timeout, keep, on_batch, report.sent)
+                chunk = []
     if chunk:
-        keep(now=True)
-        report.sent += _send(offsets, producer, prefix, chunk, by, timeout)
-        if on_batch is not None:
-            on_batch(report.sent)
+        report.sent += _flush(offsets, producer, prefix, chunk, by, timeout, keep, on_batch, report.sent)
     return report
 
 
-def sent_to(batches: Iterable[Redrive]) -> set[tuple[str, int, int]]:
-    """Where the letters recorded as sent went: (topic, partition, offset) of each message."""
-    out: set[tuple[str, int, int]] = set()
-    for b in batches:
-        if b.state == "sent":
-            out.update(_position(place) for place in b.sent)
-    return out
+def _flush(
+    offsets: Any,
+    producer: Any,
+    prefix: str,
+    chunk: list[Letter],
+    by: str,
+    timeout: float,
+    keep: Callable[..., None],
+    on_batch: Callable[[int], None] | None,
+    sent_before: int,
+) -> int:
+    """One batch sent, the lock checked first; ``on_batch`` told the run's count after it."""
+    keep(now=True)
+    sent = _send(offsets, producer, prefix, chunk, by, timeout)
+    if on_batch is not None:
+        on_batch(sent_before + sent)
+    return sent
 
 
 def _position(entry: str) -> tuple[str, int, int]:
@@ -321,12 +351,6 @@ def _place(key: str) -> tuple[int, int]:
     """A letter's (partition, offset) from its key."""
     partition, offset = key.split("/")[0].split(":")
     return int(partition), int(offset)
-
-
-def _after(letter: _Candidate, sent: tuple[int, int] | None) -> bool:
-    """Whether ``letter`` was written after the letter at ``sent`` (a place in dead.letters): by
-    offsets, not clocks (the component that refused it again may run on another host)."""
-    return sent is not None and letter.partition == sent[0] and letter.offset > sent[1]
 
 
 def _send(offsets: Any, producer: Any, prefix: str, letters: list[Letter], by: str, timeout: float) -> int:
@@ -418,7 +442,7 @@ def _record(producer: Any, prefix: str, record: Redrive, timeout: float) -> None
         raise KafkaException(f"a redrive record was not written: {'; '.join(errors) or 'timed out'}")
 
 
-def summary(letters: Iterable[Letter], sent: dict[str, tuple[str, str]], prefix: str) -> list[dict[str, Any]]:
+def summary(letters: Iterable[Letter], history: History, prefix: str) -> list[dict[str, Any]]:
     """Letters counted by source topic, stage and the reason's first words, newest first, with how
     many of them were sent back already: what an operator reads before choosing what to send."""
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -431,7 +455,7 @@ def summary(letters: Iterable[Letter], sent: dict[str, tuple[str, str]], prefix:
             {"topic": topic, "stage": d.stage, "reason": gist, "letters": 0, "sent_back": 0, "cut": 0, "last_ts": 0},
         )
         row["letters"] += 1
-        row["sent_back"] += letter.key in sent
+        row["sent_back"] += history.sent(letter)
         row["cut"] += not letter.whole
         row["last_ts"] = max(row["last_ts"], d.ts)
     return sorted(groups.values(), key=lambda r: -r["last_ts"])

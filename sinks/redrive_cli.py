@@ -61,9 +61,9 @@ def run_cli(args: argparse.Namespace, client_config: dict[str, Any], prefix: str
     )
     if args.action == "list":
         counted = redrive.Report()
-        sent = redrive.sent_letters(redrive.read_batches(client_config, prefix).values())
+        history, _ = redrive.read_history(client_config, prefix)
         letters = redrive.read_letters(client_config, prefix, counted)
-        rows = redrive.summary((x for x in letters if selection.matches(x, prefix)), sent, prefix)
+        rows = redrive.summary((x for x in letters if selection.matches(x, prefix)), history, prefix)
         unreadable = counted.unreadable
         under_way = redrive.run_under_way(client_config, prefix)
         said = f"a redrive run is under way: {under_way}" if under_way else None

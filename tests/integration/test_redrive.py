@@ -17,7 +17,7 @@ from confluent_kafka import Producer, TopicPartition
 from hpcinsight.core.kafka import offsets_consumer, read_to_end, watermarks
 from hpcinsight.schemas.catalog import DEAD_LETTERS, DEAD_LETTERS_REDRIVEN, GPU_SAMPLES_RAW, SCHEDULER_EVENTS
 from hpcinsight.schemas.events import DeadLetter, GpuSample, Redrive, SchedulerEvent
-from hpcinsight.sinks.redrive import REDRIVE_HEADER, read_batches, redrive_lock, sent_letters
+from hpcinsight.sinks.redrive import REDRIVE_HEADER, redrive_lock
 from tests.conftest import Pipeline, stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -55,6 +55,15 @@ def produce(pipeline: Pipeline, topic: str, values: list[bytes], key: bytes | No
     for value in values:
         producer.produce(pipeline.topic(topic), key=key, value=value)
     assert producer.flush(30) == 0
+
+
+def read_batches(pipeline: Pipeline) -> dict[str, Redrive]:
+    """Every batch's latest record on dead.letters.redriven, by batch."""
+    out: dict[str, Redrive] = {}
+    for m in read_to_end(pipeline.client_config(), pipeline.topic("dead.letters.redriven"), f"{pipeline.prefix}test-read"):
+        for r in DEAD_LETTERS_REDRIVEN.codec.decode(m.value()):
+            out[r.batch] = r
+    return out
 
 
 def sent_back(pipeline: Pipeline, topic: str) -> list[tuple[bytes | None, bytes, str]]:
@@ -106,9 +115,9 @@ def test_letters_go_back_once_each_and_a_message_refused_again_stays(pipeline: P
         got = sent_back(pipeline, "scheduler.events")
         assert sorted(v for _, v, _ in got) == sorted([a, b, refused])
         assert {k for k, _, _ in got} == {b"job", b"job-v99"}
-        batches = read_batches(pipeline.client_config(), pipeline.prefix)
+        batches = read_batches(pipeline)
         assert [(b.state, b.by) for b in batches.values()] == [("sent", "ops")]
-        assert len(sent_letters(batches.values())) == 3
+        assert sum(len(b.letters) for b in batches.values()) == 3
 
         # the sink stores a and b; it refuses the v99 message again, which a second run leaves alone
         pipeline.wait_caught_up("clickhouse-sink", ["scheduler.events"])
@@ -189,7 +198,7 @@ def test_a_second_run_is_refused_while_one_is_sending_and_each_letter_goes_once(
     assert "sent back" not in second.stdout, second.stdout
     got = sent_back(pipeline, "scheduler.events")
     assert sorted(v for _, v, _ in got) == sorted(raws)  # each once, all by the first run
-    assert {b.by for b in read_batches(pipeline.client_config(), pipeline.prefix).values()} == {"first"}
+    assert {b.by for b in read_batches(pipeline).values()} == {"first"}
 
     produce(pipeline, "dead.letters", [letter(pipeline, "scheduler.events", n, started("job-late", n))], key=b"scheduler.events")
     with redrive_lock(pipeline.client_config(), pipeline.prefix, "ops"):  # held here, as by a run
@@ -238,7 +247,7 @@ def test_a_batch_left_half_sent_is_found_by_its_header_and_not_sent_again(pipeli
     assert "sent back 2 letter(s)" in done.stdout, done.stdout
     got = sent_back(pipeline, "scheduler.events")
     assert sorted(v for _, v, _ in got) == sorted(raws)
-    batches = read_batches(pipeline.client_config(), pipeline.prefix)
+    batches = read_batches(pipeline)
     assert batches["killed"].state == "sent" and batches["killed"].letters == ["0:0", "0:2"]
     assert batches["killed"].sent == [f"{topic}:{m.partition()}:{m.offset()}" for m in _with_header(pipeline, topic, (0, 2))]
     assert "sent back 0 letter(s)" in pipeline.run("dead-letters", "redrive").stdout
@@ -268,3 +277,25 @@ def test_each_letter_of_a_message_of_several_goes_back(pipeline: Pipeline) -> No
     assert sorted(v for _, v, _ in got) == sorted(raws)
     assert sorted(of.rsplit(":", 1)[1] for _, _, of in got) == ["0", "0/1"]
     assert "sent back 0 letter(s)" in pipeline.run("dead-letters", "redrive").stdout
+
+
+def test_a_readers_letter_of_a_message_an_earlier_run_sent_back_stays(pipeline: Pipeline) -> None:
+    """The sink's and the worker's letters of one message: a run chosen by stage sends the sink's;
+    the next run, choosing both, finds that the worker's is of a message sent back already."""
+    raw = started("job-x", 1)
+    produce(
+        pipeline,
+        "dead.letters",
+        [  # the worker's first: a letter of the same bytes written after one sent back counts as come back
+            letter(pipeline, "scheduler.events", 5, raw, stage="validate"),
+            letter(pipeline, "scheduler.events", 5, raw, stage="sink"),
+        ],
+        key=b"scheduler.events",
+    )
+    first = pipeline.run("dead-letters", "redrive", "--stage", "sink")
+    assert "sent back 1 letter(s)" in first.stdout, first.stdout
+    second = pipeline.run("dead-letters", "redrive")
+    assert "sent back 0 letter(s)" in second.stdout and "2 sent back already" in second.stdout, second.stdout
+    assert [v for _, v, _ in sent_back(pipeline, "scheduler.events")] == [raw]
+    listed = json.loads(pipeline.run("dead-letters", "list", "--format", "json").stdout)
+    assert sorted((r["stage"], r["letters"], r["sent_back"]) for r in listed) == [("sink", 1, 1), ("validate", 1, 0)]
