@@ -20,29 +20,16 @@ The ratio is the baseline's peak over the dry run's. ``sent_letters_per_s``: the
 from __future__ import annotations
 
 import time
-import tracemalloc
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 LETTERS = 20_000
 
 
-def _peak(fn: Callable[[], Any]) -> tuple[int, Any]:
-    """The peak of Python's allocations while ``fn`` runs, above what was held when it began."""
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        before = tracemalloc.get_traced_memory()[0]
-        got = fn()
-        return tracemalloc.get_traced_memory()[1] - before, got
-    finally:
-        tracemalloc.stop()
-
-
 def bench_redrive(repeats: int) -> dict[str, float]:
     from confluent_kafka import Producer
 
+    from bench.run import traced_peak
     from hpcinsight.deploy.local.kafka import LocalKafka
     from hpcinsight.schemas.catalog import DEAD_LETTERS, SCHEDULER_EVENTS, ensure_topics
     from hpcinsight.schemas.events import DeadLetter, SchedulerEvent
@@ -78,15 +65,15 @@ def bench_redrive(repeats: int) -> dict[str, float]:
         def dry() -> Any:
             return redrive(conf, prefix, Selection(), "bench", dry_run=True)
 
-        base, seen = min((_peak(bare) for _ in range(max(1, repeats // 2))), key=lambda r: r[0])
+        base, seen = min((traced_peak(bare) for _ in range(max(1, repeats // 2))), key=lambda r: r[0])
         assert seen == LETTERS
-        first, report = min((_peak(dry) for _ in range(max(1, repeats // 2))), key=lambda r: r[0])
+        first, report = min((traced_peak(dry) for _ in range(max(1, repeats // 2))), key=lambda r: r[0])
         assert report.to_send == LETTERS, report
         start = time.perf_counter()
         sent = redrive(conf, prefix, Selection(), "bench", batch=500)
         elapsed = time.perf_counter() - start
         assert sent.sent == LETTERS, sent
-        after, again = _peak(dry)
+        after, again = traced_peak(dry)
         assert again.to_send == 0 and again.already == LETTERS, again
     return {
         "bytes_per_letter": (first - base) / LETTERS,

@@ -28,11 +28,13 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from hpcinsight.agents.sim.gpu import SimConfig, SimGpuCollector
 from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW
 
 T0 = (int(time.time()) - 3600) * 1000
+T = TypeVar("T")
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:
@@ -42,6 +44,21 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def traced_peak(fn: Callable[[], T]) -> tuple[int, T]:
+    """The peak of Python's allocations (tracemalloc) while ``fn`` runs, above what was held when it
+    began, and what it returned: for memory figures, which the machine's load does not move."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        got = fn()
+        return tracemalloc.get_traced_memory()[1] - before, got
+    finally:
+        tracemalloc.stop()
 
 
 def messages(nodes: int, ticks: int) -> list[bytes]:
@@ -127,6 +144,7 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "whatif": lambda repeats: __import__("bench.whatif", fromlist=["bench_whatif"]).bench_whatif(repeats),
     "faust_floor": lambda repeats: __import__("bench.faust_floor", fromlist=["bench_faust_floor"]).bench_faust_floor(repeats),
     "redrive": lambda repeats: __import__("bench.redrive", fromlist=["bench_redrive"]).bench_redrive(repeats),
+    "restore": lambda repeats: __import__("bench.restore", fromlist=["bench_restore"]).bench_restore(repeats),
 }
 # the figure each benchmark reports first, and its unit (the ratio is always baseline-relative)
 HEADLINE = {
@@ -149,6 +167,7 @@ HEADLINE = {
     "whatif": ("fgd_one_seed_s", "s (FGD, one seed)"),
     "faust_floor": ("samples_per_s", "samples/s (today's messages)"),
     "redrive": ("bytes_per_letter", "bytes/letter"),
+    "restore": ("mb_held", "MB held"),
 }
 
 

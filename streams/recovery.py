@@ -23,7 +23,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from hpcinsight.core.kafka import broker_retry, new_consumer, read_range, read_to_end, watermarks
+from hpcinsight.core.kafka import broker_retry, iter_range, iter_to_end, new_consumer, read_range, watermarks
 from hpcinsight.schemas.catalog import ANOMALIES, STREAM_STATE
 from hpcinsight.schemas.codec import DecodeError
 from hpcinsight.schemas.events import Anomaly, StateCheckpoint
@@ -70,11 +70,13 @@ def replay_committed(
             timeout,
         )
         tps = [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else stop_at[tp.partition]) for tp in starts]
-        messages = read_range(consumer, tps, stop_at, timeout)
-        for msg in sorted(messages, key=lambda m: (m.partition(), m.offset())):
-            handle(msg.partition(), msg.value())
-        log.warning("rebuilt state of %s partitions %s from %d messages", topic, sorted(stop_at), len(messages))
-        return len(messages)
+        replayed = 0
+        for tp in sorted(tps, key=lambda tp: tp.partition):  # a partition at a time, each in order, none held
+            for msg in iter_range(consumer, [tp], stop_at, timeout):
+                handle(msg.partition(), msg.value())
+                replayed += 1
+        log.warning("rebuilt state of %s partitions %s from %d messages", topic, sorted(stop_at), replayed)
+        return replayed
     finally:
         consumer.close()
 
@@ -93,7 +95,9 @@ def rebuild_gpu_stage(
     processor.forget(partitions)
     oldest: dict[int, int] = {}
     restored: dict[str, tuple[int, StateCheckpoint]] = {}
-    for msg in read_to_end(client_config, state_topic, "hpcinsight-recovery-read", partitions, timeout):
+    # streamed, the latest of each series kept: until the cleaner runs, the topic holds a checkpoint
+    # a series a minute (13 KB each; 1.8 million an hour at 10,240 GPUs)
+    for msg in iter_to_end(client_config, state_topic, "hpcinsight-recovery-read", timeout, partitions=partitions):
         try:
             for record in STREAM_STATE.codec.decode(msg.value()):
                 restored[record.series] = (msg.partition(), record)  # compaction keeps the latest; so do we
@@ -155,12 +159,16 @@ def last_message(client_config: dict[str, Any], topic: str, catalog_topic: Any, 
 
 
 def open_incidents(client_config: dict[str, Any], topic: str, timeout: float = 60.0) -> list[Anomaly]:
-    """The anomalies whose latest message in ``topic`` is 'firing'."""
-    latest: dict[str, Anomaly] = {}
-    for msg in read_to_end(client_config, topic, "hpcinsight-recovery-read", timeout=timeout):
+    """The anomalies whose latest message in ``topic`` is 'firing': the topic streamed (it keeps
+    30 days), only the incidents open so far held."""
+    firing: dict[str, Anomaly] = {}
+    for msg in iter_to_end(client_config, topic, "hpcinsight-recovery-read", timeout):
         try:
             for anomaly in ANOMALIES.codec.decode(msg.value()):
-                latest[anomaly.id] = anomaly
+                if anomaly.state == "firing":
+                    firing[anomaly.id] = anomaly
+                else:
+                    firing.pop(anomaly.id, None)
         except DecodeError:
             continue
-    return [a for a in latest.values() if a.state == "firing"]
+    return list(firing.values())
