@@ -267,6 +267,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             since_start_every_s=seconds("--since-start-every"),
             checkpoint_every_s=seconds("--checkpoint-every"),
             replay_margin_s=seconds("--replay-margin"),
+            replay_reach_s=seconds("--replay-reach"),
             kpi_interval_s=seconds("--kpi-interval"),
             kpi_lateness_s=seconds("--kpi-lateness"),
             job_wait_s=seconds("--job-wait"),
@@ -669,6 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay-margin",
         default="30s",
         help="on restart, replay this much before the oldest checkpoint (agent-to-broker delay, clock skew)",
+    )
+    p.add_argument(
+        "--replay-reach",
+        default="5m",
+        help="on restart, replay at most this much before the last message handled: a GPU silent for longer "
+        "is taken back from its checkpoint without its last samples before the silence (default 5m)",
     )
     p.add_argument(
         "--batch-max",

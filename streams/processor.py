@@ -112,10 +112,20 @@ class ProcessorConfig:
     #: a restart replays from this much before the oldest checkpoint: covers the delay from sample
     #: to broker (Kafka time is when the broker got it) and clock differences between agents and broker
     replay_margin_ms: int = 30_000
+    #: a restart replays at most this much before the last message handled. A series whose
+    #: checkpoint is older (its GPU has been silent since: a node down, MIG instances made anew) is
+    #: taken back from it without its last samples before the silence; without the bound, one such
+    #: series made every restart replay back to it, up to the raw topic's day of retention
+    replay_reach_ms: int = 5 * 60_000
 
     def __post_init__(self) -> None:
         if self.checkpoint_every_ms % self.rolling.base_ms:
             raise ValueError("the checkpoint period must be a multiple of the base pane")
+        rolling = self.rolling
+        if self.replay_reach_ms < self.checkpoint_every_ms + rolling.lateness_ms + 2 * rolling.base_ms + self.replay_margin_ms:
+            raise ValueError(
+                "the replay's reach must cover a checkpoint period, the lateness, two base panes and the replay margin"
+            )
 
 
 @dataclass(frozen=True)

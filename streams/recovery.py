@@ -45,10 +45,12 @@ def replay_committed(
     handle: Callable[[int, bytes | None], None],
     not_after_ms: dict[int, int] | None = None,
     timeout: float = 60.0,
+    reach_ms: int | None = None,
 ) -> int:
     """Hand ``handle`` the messages of ``partitions`` from ``horizon_ms`` (Kafka time) before the last
     committed one up to it, so state can be rebuilt without outputs. ``not_after_ms`` moves the start of
-    a partition earlier (e.g. to its oldest checkpoint). Returns messages replayed."""
+    a partition earlier (e.g. to its oldest checkpoint), never more than ``reach_ms`` before the last
+    committed one. Returns messages replayed."""
     consumer = _consumer(client_config, f"{group_id}-recovery")
     try:
         committed = new_consumer(client_config, group_id, offset_reset="latest")
@@ -61,10 +63,20 @@ def replay_committed(
             return 0
         # the Kafka timestamp of the last handled message of each partition
         last = read_range(consumer, [TopicPartition(topic, p, o - 1) for p, o in stop_at.items()], stop_at, timeout)
-        since = {m.partition(): m.timestamp()[1] - horizon_ms for m in last}
+        last_ts = {m.partition(): m.timestamp()[1] for m in last}
+        since = {p: ts - horizon_ms for p, ts in last_ts.items()}
         for p, ts in (not_after_ms or {}).items():
             if p in since:
                 since[p] = min(since[p], ts)
+                if reach_ms is not None and since[p] < last_ts[p] - reach_ms:
+                    log.warning(
+                        "%s[%d]: a checkpoint is %.0f s older than the last message handled; replaying the last %.0f s only",
+                        topic,
+                        p,
+                        (last_ts[p] - ts) / 1000,
+                        reach_ms / 1000,
+                    )
+                    since[p] = last_ts[p] - reach_ms
         starts = broker_retry(
             lambda: consumer.offsets_for_times([TopicPartition(topic, p, ts) for p, ts in since.items()], timeout=timeout),
             timeout,
@@ -110,7 +122,10 @@ def rebuild_gpu_stage(
     margin = rolling.lateness_ms + 2 * rolling.base_ms + processor.config.replay_margin_ms
     horizon = processor.config.checkpoint_every_ms + margin
     not_after = {p: ts - margin for p, ts in oldest.items()}
-    replayed = replay_committed(client_config, group_id, raw_topic, partitions, horizon, processor.replay, not_after, timeout)
+    reach = processor.config.replay_reach_ms
+    replayed = replay_committed(
+        client_config, group_id, raw_topic, partitions, horizon, processor.replay, not_after, timeout, reach_ms=reach
+    )
     log.warning(
         "restored %d series of partitions %s from checkpoints, then replayed %d messages",
         len(restored),
