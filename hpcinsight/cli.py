@@ -267,7 +267,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             since_start_every_s=seconds("--since-start-every"),
             checkpoint_every_s=seconds("--checkpoint-every"),
             replay_margin_s=seconds("--replay-margin"),
-            replay_reach_s=seconds("--replay-reach"),
+            replay_reach_s=None if args.replay_reach is None else seconds("--replay-reach"),
             kpi_interval_s=seconds("--kpi-interval"),
             kpi_lateness_s=seconds("--kpi-lateness"),
             job_wait_s=seconds("--job-wait"),
@@ -673,9 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--replay-reach",
-        default="5m",
+        default=None,
         help="on restart, replay at most this much before the last message handled: a GPU silent for longer "
-        "is taken back from its checkpoint without its last samples before the silence (default 5m)",
+        "is taken back from its checkpoint without its last samples before the silence "
+        "(default 5m, or what a restart needs where --checkpoint-every and the margins make that more)",
     )
     p.add_argument(
         "--batch-max",

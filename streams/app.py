@@ -91,7 +91,7 @@ class WorkerOptions:
     since_start_every_s: float = 60.0
     checkpoint_every_s: float = 60.0
     replay_margin_s: float = 30.0
-    replay_reach_s: float = 300.0
+    replay_reach_s: float | None = None  # 5 minutes, or what a restart needs where that is more
     kpi_interval_s: float = 60.0
     #: a KPI interval closes this long after its end (event time, or wall time for a quiet scheduler)
     kpi_lateness_s: float = 10.0
@@ -142,7 +142,7 @@ class WorkerOptions:
             rolling=rolling,
             checkpoint_every_ms=checkpoint_ms,
             replay_margin_ms=int(self.replay_margin_s * 1000),
-            replay_reach_ms=int(self.replay_reach_s * 1000),
+            replay_reach_ms=None if self.replay_reach_s is None else int(self.replay_reach_s * 1000),
             kpis=KpiConfig(interval_s=self.kpi_interval_s, lateness_s=self.kpi_lateness_s),
             jobs=JobStageConfig(wait_s=self.job_wait_s, stale_s=3 * self.job_wait_s),
         )

@@ -101,6 +101,10 @@ def mean_metric_values(s: GpuSample) -> tuple[float | None, ...]:
 MAX_FUTURE_MS = 15 * 60 * 1000
 
 
+#: a restart's replay reaches back at most this far by default (ProcessorConfig.replay_reach)
+DEFAULT_REPLAY_REACH_MS = 5 * 60_000
+
+
 @dataclass(frozen=True)
 class ProcessorConfig:
     rolling: RollingConfig = field(default_factory=RollingConfig)
@@ -112,20 +116,32 @@ class ProcessorConfig:
     #: a restart replays from this much before the oldest checkpoint: covers the delay from sample
     #: to broker (Kafka time is when the broker got it) and clock differences between agents and broker
     replay_margin_ms: int = 30_000
-    #: a restart replays at most this much before the last message handled. A series whose
-    #: checkpoint is older (its GPU has been silent since: a node down, MIG instances made anew) is
-    #: taken back from it without its last samples before the silence; without the bound, one such
-    #: series made every restart replay back to it, up to the raw topic's day of retention
-    replay_reach_ms: int = 5 * 60_000
+    #: a restart replays at most this much before the last message handled (None: 5 minutes, or
+    #: what a restart needs where that is more; see :attr:`replay_reach`)
+    replay_reach_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint_every_ms % self.rolling.base_ms:
             raise ValueError("the checkpoint period must be a multiple of the base pane")
-        rolling = self.rolling
-        if self.replay_reach_ms < self.checkpoint_every_ms + rolling.lateness_ms + 2 * rolling.base_ms + self.replay_margin_ms:
+        if self.replay_reach_ms is not None and self.replay_reach_ms < self.replay_needs_ms:
             raise ValueError(
                 "the replay's reach must cover a checkpoint period, the lateness, two base panes and the replay margin"
             )
+
+    @property
+    def replay_needs_ms(self) -> int:
+        """How far back a restart replays when every series checkpointed on time."""
+        return self.checkpoint_every_ms + self.rolling.lateness_ms + 2 * self.rolling.base_ms + self.replay_margin_ms
+
+    @property
+    def replay_reach(self) -> int:
+        """How far back a restart replays at most. A series whose checkpoint is older (its GPU has
+        been silent since: a node down, MIG instances made anew) is taken back from it without its
+        last samples before the silence; without the bound, one such series made every restart
+        replay back to it, up to the raw topic's day of retention."""
+        if self.replay_reach_ms is not None:
+            return self.replay_reach_ms
+        return max(DEFAULT_REPLAY_REACH_MS, self.replay_needs_ms)
 
 
 @dataclass(frozen=True)

@@ -118,13 +118,20 @@ def rebuild_gpu_stage(
     for partition, record in restored.values():
         processor.restore_series(partition, record)
         oldest[partition] = min(oldest.get(partition, record.ts), record.ts)
-    rolling = processor.config.rolling
-    margin = rolling.lateness_ms + 2 * rolling.base_ms + processor.config.replay_margin_ms
-    horizon = processor.config.checkpoint_every_ms + margin
+    config = processor.config
+    horizon = config.replay_needs_ms
+    margin = horizon - config.checkpoint_every_ms
     not_after = {p: ts - margin for p, ts in oldest.items()}
-    reach = processor.config.replay_reach_ms
     replayed = replay_committed(
-        client_config, group_id, raw_topic, partitions, horizon, processor.replay, not_after, timeout, reach_ms=reach
+        client_config,
+        group_id,
+        raw_topic,
+        partitions,
+        horizon,
+        processor.replay,
+        not_after,
+        timeout,
+        reach_ms=config.replay_reach,
     )
     log.warning(
         "restored %d series of partitions %s from checkpoints, then replayed %d messages",

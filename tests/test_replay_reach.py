@@ -44,7 +44,7 @@ def test_a_gpu_silent_for_long_does_not_make_the_restart_replay_back_to_it(kafka
     commit_for(conf, group, TopicPartition(raw, 0, len(times)))  # as if the worker had handled every raw message
 
     processor = SampleProcessor()
-    reach = processor.config.replay_reach_ms
+    reach = processor.config.replay_reach
     restored, replayed = rebuild_gpu_stage(processor, conf, group, raw, state, {0})
     assert restored == 16 * 3  # the silent node's series too, from their last checkpoints
     # from the reach before the last message on, not from the silent node's checkpoints (minute 3)
@@ -67,5 +67,12 @@ def commit_for(conf: dict[str, str], group: str, position: TopicPartition) -> No
 
 
 def test_the_reach_covers_what_a_restart_needs() -> None:
+    """5 minutes by default; longer where the checkpoint period asks it (``hpcinsight replay`` of
+    one sample a minute checkpoints every 5 minutes); never shorter than that, when given."""
+    assert ProcessorConfig().replay_reach == 5 * 60_000
+    slow = ProcessorConfig(checkpoint_every_ms=300_000)
+    assert slow.replay_reach == slow.replay_needs_ms > 300_000
     with pytest.raises(ValueError, match="reach"):
         ProcessorConfig(replay_reach_ms=60_000)
+    with pytest.raises(ValueError, match="reach"):
+        ProcessorConfig(checkpoint_every_ms=300_000, replay_reach_ms=300_000)
