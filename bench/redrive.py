@@ -27,9 +27,8 @@ LETTERS = 20_000
 
 
 def bench_redrive(repeats: int) -> dict[str, float]:
-    from confluent_kafka import Producer
-
     from bench.run import traced_peak
+    from bench.stream import _produce
     from hpcinsight.deploy.local.kafka import LocalKafka
     from hpcinsight.schemas.catalog import DEAD_LETTERS, SCHEDULER_EVENTS, ensure_topics
     from hpcinsight.schemas.events import DeadLetter, SchedulerEvent
@@ -40,8 +39,8 @@ def bench_redrive(repeats: int) -> dict[str, float]:
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         conf = {"bootstrap.servers": kafka.bootstrap}
         ensure_topics(conf, prefix)
-        producer = Producer({**conf, "linger.ms": 50, "enable.idempotence": True})
         source = SCHEDULER_EVENTS.full_name(prefix)
+        letters = []
         for k in range(LETTERS):
             raw = SCHEDULER_EVENTS.codec.encode([SchedulerEvent(t0 + k, "slurm", f"job-{k}", "started", node=f"n{k % 1280}")])
             d = DeadLetter.of(
@@ -54,10 +53,9 @@ def bench_redrive(repeats: int) -> dict[str, float]:
                 raw=raw,
                 key=f"job-{k}".encode(),
             )
-            producer.produce(DEAD_LETTERS.full_name(prefix), key=source.encode(), value=DEAD_LETTERS.codec.encode([d]))
-            if k % 1000 == 0:
-                producer.poll(0)
-        assert producer.flush(60) == 0
+            letters.append((source.encode(), DEAD_LETTERS.codec.encode([d])))
+        _produce(kafka.bootstrap, DEAD_LETTERS.full_name(prefix), letters)
+        del letters
 
         def bare() -> int:
             return sum(1 for _ in read_letters(conf, prefix))

@@ -43,9 +43,8 @@ def _checkpoints() -> list[tuple[bytes, bytes]]:
 
 
 def bench_restore(repeats: int) -> dict[str, float]:
-    from confluent_kafka import Producer
-
     from bench.run import traced_peak
+    from bench.stream import _produce
     from hpcinsight.core.kafka import iter_to_end
     from hpcinsight.deploy.local.kafka import LocalKafka
     from hpcinsight.schemas.catalog import GPU_SAMPLES_RAW, STREAM_STATE, ensure_topics
@@ -59,12 +58,7 @@ def bench_restore(repeats: int) -> dict[str, float]:
         conf = {"bootstrap.servers": kafka.bootstrap}
         ensure_topics(conf, prefix)
         state = STREAM_STATE.full_name(prefix)
-        producer = Producer({**conf, "linger.ms": 50, "enable.idempotence": True})
-        for _ in range(COPIES):
-            for key, value in checkpoints:
-                producer.produce(state, key=key, value=value, partition=0)
-                producer.poll(0)
-        assert producer.flush(120) == 0
+        _produce(kafka.bootstrap, state, checkpoints * COPIES, partition=0)
         messages = len(checkpoints) * COPIES
 
         def bare() -> int:

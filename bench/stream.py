@@ -164,7 +164,8 @@ def _env(bootstrap: str, prefix: str, data_dir: str) -> dict[str, str]:
     }
 
 
-def _produce(bootstrap: str, topic: str, data: list[tuple[bytes, bytes]]) -> None:
+def _produce(bootstrap: str, topic: str, data: list[tuple[bytes, bytes]], partition: int | None = None) -> None:
+    """``data`` (key, value) onto ``topic``, by key or all to ``partition``."""
     from confluent_kafka import Producer
 
     producer = Producer(
@@ -176,10 +177,11 @@ def _produce(bootstrap: str, topic: str, data: list[tuple[bytes, bytes]]) -> Non
             "queue.buffering.max.messages": 1_000_000,
         }
     )
+    where = {} if partition is None else {"partition": partition}
     for key, value in data:
-        producer.produce(topic, value, key)
+        producer.produce(topic, value, key, **where)
         producer.poll(0)
-    assert producer.flush(60) == 0
+    assert producer.flush(120) == 0
 
 
 def _bare_consume(bootstrap: str, topic: str, expected: int, per_message: Callable[[bytes], int] | None = None) -> float:

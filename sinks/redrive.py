@@ -153,8 +153,8 @@ class History:
         for key, topic, sha in zip(b.letters, b.topics, b.sha256, strict=True):
             self._letters.add(_digest(key))
             partition, offset = _place(key)
-            first = _digest(topic, sha)
-            self._first[first] = min(self._first.get(first, _code(partition, offset)), _code(partition, offset))
+            first, place = _digest(topic, sha), _code(partition, offset)
+            self._first[first] = min(self._first.get(first, place), place)
             self.starts[partition] = min(self.starts.get(partition, offset), offset)
         self._went_to.update(_digest(*_position(place)) for place in b.sent)
 
@@ -163,7 +163,7 @@ class History:
 
     def sent(self, letter: Letter) -> bool:
         """Whether ``letter`` itself was sent back."""
-        return bool(self._letters) and _digest(letter.key) in self._letters
+        return bool(self) and _digest(letter.key) in self._letters  # a first run hashes nothing
 
     def came_back(self, letter: Letter) -> bool:
         """Whether ``letter`` is of a message sent back (its bytes may differ: a salvaged message's
