@@ -73,9 +73,22 @@ def producer_config(
     kafka: KafkaClientSource, *, until_delivered: bool = False, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """A producer's configuration: idempotent, ``acks=all`` (no acknowledged message lost to a
-    leader's change); with ``until_delivered`` a message is retried for as long as it takes
-    (``message.timeout.ms`` 0: the caller bounds its backlog and waits before committing)."""
-    conf = {**connection_config(kafka), "enable.idempotence": True, "acks": "all"}
+    leader's change), one request in flight per broker; with ``until_delivered`` a message is
+    retried for as long as it takes (``message.timeout.ms`` 0: the caller bounds its backlog and
+    waits before committing).
+
+    One request in flight: with more, a batch refused as not persisted (NOT_LEADER while a
+    partition's leader is not yet serving, after a topic is made or a broker restarts) was
+    reported delivered when a later batch of the partition succeeded, as librdkafka takes a later
+    success to imply the earlier batch's; the broker had accepted that later batch's sequence from
+    a producer id it had no state for. A test's producer lost 6 acknowledged messages that way
+    (docs/guarantees.md, "Brokers")."""
+    conf = {
+        **connection_config(kafka),
+        "enable.idempotence": True,
+        "acks": "all",
+        "max.in.flight.requests.per.connection": 1,
+    }
     if until_delivered:
         conf["message.timeout.ms"] = 0
     conf.update(extra or {})

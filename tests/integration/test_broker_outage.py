@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from hpcinsight.core.kafka import producer_config
 from hpcinsight.deploy.local.kafka import LocalKafka
 from hpcinsight.schemas.catalog import GPU_SAMPLES
 from hpcinsight.schemas.events import GpuSample
@@ -45,15 +46,13 @@ def test_the_sink_rides_out_a_broker_outage_longer_than_its_session(tmp_path: Pa
     handler = logging.FileHandler(logs / "producer.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     client_log.addHandler(handler)
+    # the agents' producer settings (idempotent, acks=all, one request in flight: with five, this
+    # producer once lost 6 acknowledged messages while the new topics' leaders were not yet serving)
     producer = Producer(
-        {
-            "bootstrap.servers": broker.bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "message.timeout.ms": 300_000,
-            "linger.ms": 5,
-            "debug": "eos,broker,topic,metadata,msg",
-        },
+        producer_config(
+            {"bootstrap.servers": broker.bootstrap},
+            extra={"message.timeout.ms": 300_000, "linger.ms": 5, "debug": "eos,broker,topic,metadata,msg"},
+        ),
         logger=client_log,
     )
     sent = 0
