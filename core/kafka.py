@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -183,6 +183,20 @@ def offsets_consumer(client_config: dict[str, Any], group_id: str) -> Iterator[A
         yield consumer
     finally:
         consumer.close()
+
+
+def committed_offsets(
+    client_config: dict[str, Any], group_id: str, partitions: Iterable[tuple[str, int]], timeout: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """Group ``group_id``'s committed offset (the next to handle) of each of ``partitions`` that has one."""
+    from confluent_kafka import TopicPartition
+
+    tps = [TopicPartition(topic, partition) for topic, partition in partitions]
+    if not tps:
+        return {}
+    with offsets_consumer(client_config, group_id) as consumer:
+        committed = broker_retry(lambda: consumer.committed(tps, timeout=timeout), timeout)
+    return {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}
 
 
 def lag(client_config: dict[str, Any], group_id: str, topics: list[str], timeout: float = 10.0) -> int:

@@ -27,12 +27,14 @@ from typing import Any
 
 import faust
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+from faust.types import TP
 
 from hpcinsight.core import metrics
 from hpcinsight.core.consumer import DeadLetterOut
 from hpcinsight.core.durations import parse_ms
 from hpcinsight.core.kafka import (
     broker_retry,
+    committed_offsets,
     new_consumer,
     new_producer,
     offsets_consumer,
@@ -62,6 +64,7 @@ from hpcinsight.streams.detectors import build as build_detectors
 from hpcinsight.streams.fetching import prompt_fetches
 from hpcinsight.streams.jobs import JobStageConfig
 from hpcinsight.streams.kpis import KpiConfig
+from hpcinsight.streams.offsets import Check, OffsetGuard
 from hpcinsight.streams.priority import GpuStageFirst
 from hpcinsight.streams.processor import Handler, Message, Output, ProcessorConfig, SampleProcessor
 from hpcinsight.streams.recovery import last_message, open_incidents, rebuild_gpu_stage, rebuild_job_stage
@@ -148,32 +151,24 @@ class WorkerOptions:
         )
 
 
-class HandledOffsets:
-    """The last offset each stage handled per partition, to skip what Faust fetches again.
+class GuardedGaps:
+    """Faust counts a jump in a partition's offsets as handled (meant for compaction and
+    transaction markers) and may commit past it, so a message its fetch skipped was committed
+    unhandled. In the topics the stages guard (streams.offsets), only a gap the guard confirmed
+    with the broker counts."""
 
-    After a rebalance Faust seeks every partition back to its committed offset (this worker does
-    not commit at a revocation), so in a partition it kept, what it handled since the last commit
-    comes again: counted twice in open windows and detector state (found on the per-GPU stage:
-    16 of 39,936 windows with a sample too many). A partition that moved away and back is rebuilt
-    (or starts afresh) from its commit, so its record is dropped at the rebalance."""
+    def __init__(self, consumer: Any, topics: set[str]) -> None:
+        self.topics = frozenset(topics)
+        self._add = consumer._add_gap
+        consumer._add_gap = self._unless_guarded  # Faust's fetch loop calls it by this name
 
-    def __init__(self) -> None:
-        self._last: dict[tuple[str, int], int] = {}
-        self._assigned: set[tuple[str, int]] = set()
+    async def _unless_guarded(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic not in self.topics:
+            await self._add(tp, offset_from, offset_to)
 
-    def fresh(self, topic: str, partition: int, offset: int) -> bool:
-        """True, and noted, unless this offset of the partition was handled already."""
-        key = (topic, partition)
-        if offset <= self._last.get(key, -1):
-            return False
-        self._last[key] = offset
-        return True
-
-    def rebalanced(self, assigned: set[tuple[str, int]]) -> None:
-        """Keep the record of the partitions kept through the rebalance only."""
-        kept = assigned & self._assigned
-        self._last = {k: v for k, v in self._last.items() if k in kept}
-        self._assigned = set(assigned)
+    async def confirm_gap(self, tp: TP, first: int, last: int) -> None:
+        """Offsets ``first`` to ``last`` are not in the partition: a commit may pass them."""
+        await self._add(tp, first, last)
 
 
 JOB_QUANTILES_LOOKBACK_MS = 5 * 60_000
@@ -403,7 +398,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     feed = SchedulerFeed(settings, processor)
     raw_topic, sketch_topic = settings.topic(GPU_SAMPLES_RAW.name), settings.topic(GPU_SKETCHES.name)
     owned: dict[str, set[int]] = {raw_topic: set(), sketch_topic: set()}
-    handled = HandledOffsets()  # every stage's: see HandledOffsets
+    guard = OffsetGuard()  # every stage's account of its offsets: see streams.offsets
     started = False
     # One worker publishes the scheduling KPIs: the one that owns the inventory's partition 0 (see
     # leads_kpis). Every worker computes them from the whole scheduler stream, so a new leader goes straight on.
@@ -432,8 +427,9 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         # Blocking the loop for the replay is deliberate (seconds, far below the session timeout).
         nonlocal started
         log.info("partitions assigned: %s", sorted(assigned))
-        handled.rebalanced({(tp.topic, tp.partition) for tp in assigned})
         conf = settings.kafka.client_config()
+        mine = {(tp.topic, tp.partition) for tp in assigned}
+        guard.rebalanced(mine, committed_offsets(conf, app.conf.id, sorted(k for k in mine if k[0] in guarded.topics)))
         kpi["leader"] = leads_kpis(assigned, inventory_topic)
         if not started:
             last = last_message(conf, settings.topic(SCHEDULING_KPIS.name), SCHEDULING_KPIS)
@@ -468,6 +464,57 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
         async for _ in stream.events():  # owning this partition is what makes a worker the KPI leader
             pass
 
+    async def follow(msg: Any) -> bool:
+        """Whether a stage handles ``msg`` now; a hole in its partition's offsets is sought back
+        (streams.offsets). A message that comes again later is marked acked, so no commit counts it."""
+        check: Check = guard.check(msg.topic, msg.partition, msg.offset)
+        if check.later:
+            msg.acked = True
+        if check.seek is not None:
+            log.warning(
+                "%s[%d]: offset %d came after %d; seeking back to %d (the fetch skipped the messages between)",
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                check.seek - 1,
+                check.seek,
+            )
+            await seek(TP(msg.topic, msg.partition), check.seek)
+        if check.gap is not None:
+            log.warning(
+                "%s[%d]: offsets %d-%d are not in the partition; going on from %d",
+                msg.topic,
+                msg.partition,
+                *check.gap,
+                msg.offset,
+            )
+            await guarded.confirm_gap(TP(msg.topic, msg.partition), *check.gap)
+        return check.handle
+
+    @app.timer(interval=1.0)
+    async def seek_again() -> None:
+        """A seek back whose messages have not come within a few seconds is made again; where
+        retention deleted them meanwhile, the guard goes on from the partition's first offset."""
+        for topic, partition, offset in guard.overdue():
+            tp = TP(topic, partition)
+            try:
+                earliest = (await app.consumer.earliest_offsets(tp)).get(tp)
+                gone = guard.gone_before(topic, partition, earliest) if earliest is not None else None
+                if gone is not None:
+                    log.warning("%s[%d]: offsets %d-%d were deleted before they were handled", topic, partition, *gone)
+                    await guarded.confirm_gap(tp, *gone)
+                    offset = gone[1] + 1
+            except Exception as err:  # noqa: BLE001 - asked again on the next tick (the probe stays)
+                log.warning("%s[%d]: the partition's first offset not known (%s)", topic, partition, err)
+            log.warning("%s[%d]: seeking back to %d again", topic, partition, offset)
+            await seek(tp, offset)
+
+    async def seek(tp: TP, offset: int) -> None:
+        try:  # on the consumer's thread, as Faust's own seeks at a rebalance (its plain seek is not)
+            await app.consumer.seek_wait({tp: offset})
+        except Exception as err:  # noqa: BLE001 - the probe stays: seek_again tries again (or a rebalance drops it)
+            log.warning("%s[%d]: seeking to %d failed (%s)", tp.topic, tp.partition, offset, err)
+
     # One agent per input topic; each hands the processor raw bytes and sends what comes back. A
     # message whose handling fails in any way becomes a dead letter (processor.guarded, and per
     # message in handle_batch): no input stops an agent, and none is skipped without a record.
@@ -479,7 +526,8 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     # handled. A batch can hold events fetched before a rebalance: they are left to Faust's fetch
     # from the committed offsets that follows it, as Faust's own iterator skips a message of an
     # older generation, and marked acked so that no commit counts them. What that fetch brings
-    # again in a partition the worker kept is skipped by every stage (HandledOffsets).
+    # again in a partition the worker kept is skipped by every stage, and should that fetch miss any, the
+    # next message shows the hole and the stage seeks back for it (see follow).
     gpu_stage = "gpu-samples"
     gpu_first = GpuStageFirst(options.job_hold_s, options.batch_max, idle_s=2 * options.batch_wait_s)
 
@@ -491,11 +539,13 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
                 if msg.generation_id != generation:
                     msg.acked = True  # the consumer's ack bookkeeping skips it; its copy from the new fetch is acked
                     stale += 1
-                elif handled.fresh(msg.topic, msg.partition, msg.offset):
+                elif await follow(msg):
                     batch.append((msg.topic, msg.partition, msg.offset, event.key, event.value))
             if len(batch) < len(events):
                 log.info(
-                    "%d messages handled before the rebalance, %d fetched before it", len(events) - len(batch) - stale, stale
+                    "%d messages handled already or past a hole, %d fetched before the rebalance",
+                    len(events) - len(batch) - stale,
+                    stale,
                 )
             with collections_paused():
                 outputs = processor.handle_batch(batch, gpu_stage)
@@ -510,6 +560,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     ]
     for source in processor.event_topics():  # e.g. XID events, scheduler events
         stages.append((source, f"events-{source.name}", functools.partial(processor.handle_events, source)))
+    guarded = GuardedGaps(app.consumer, {settings.topic(t.name) for t in [GPU_SAMPLES_RAW, *(t for t, _, _ in stages)]})
     for topic, name, handle in stages:
         handle = processor.guarded(handle, name)
 
@@ -518,7 +569,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
                 while yields and (hold := gpu_first.hold_s()):  # the job stage: the per-GPU stage's backlog first
                     await asyncio.sleep(hold)
                 msg = event.message
-                if handled.fresh(msg.topic, msg.partition, msg.offset):  # not again after a rebalance
+                if await follow(msg):  # in order, once (streams.offsets)
                     await send(handle(msg.topic, msg.partition, msg.offset, event.key, event.value))
 
         app.agent(topics[topic.name], name=name)(process)
