@@ -1,9 +1,8 @@
 """Which offsets a stage hands on, so that every message of a partition is handled in order, once.
 
 Faust's fetch can skip messages (records fetched at an old position reach the stream after a seek,
-and its read position then drops the messages fetched again) and may commit past them: a chaos
-campaign lost one message that way with no process killed. So each stage keeps its own account, the
-last offset it handled per partition, and seeks back at a hole. docs/guarantees.md ("Ordered and
+and its read position then drops the messages fetched again) and may commit past them. So each
+stage keeps its own account, the last offset it handled per partition, and seeks back at a hole. docs/guarantees.md ("Ordered and
 complete") has the rules and the finding.
 """
 
