@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -14,6 +16,7 @@ if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: where a client's connection settings come from: the settings themselves, or the dictionary
 #: their ``client_config()`` made (what components that were handed one still pass on)
@@ -122,9 +125,30 @@ def broker_retry(call: Callable[[], T], timeout: float = 30.0) -> T:
     (the connection torn down, every broker briefly unreachable, a request timed out) is the same
     weather (the chaos campaign killed workers with _TRANSPORT and _DESTROY_BROKER here). Any
     other error is raised at once."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaException as err:
+            if not transient(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def transient(err: Exception) -> bool:
+    """Whether ``err`` is broker weather (see :func:`broker_retry`): asked again, it may pass."""
     from confluent_kafka import KafkaError, KafkaException
 
-    transient = {
+    error = err.args[0] if isinstance(err, KafkaException) and err.args else None
+    return isinstance(error, KafkaError) and (error.retriable() or error.code() in _transient_codes())
+
+
+def _transient_codes() -> set[int]:
+    from confluent_kafka import KafkaError
+
+    return {
         KafkaError.NOT_LEADER_FOR_PARTITION,
         KafkaError.LEADER_NOT_AVAILABLE,
         KafkaError.NOT_COORDINATOR,
@@ -142,19 +166,28 @@ def broker_retry(call: Callable[[], T], timeout: float = 30.0) -> T:
         KafkaError.UNKNOWN_LEADER_EPOCH,
         KafkaError.OFFSET_NOT_AVAILABLE,
     }
-    deadline = time.monotonic() + timeout
+
+
+def while_broker_away(call: Callable[[], T], stop: threading.Event, what: str) -> T | None:
+    """``call()``, tried again with backoff (1 s doubling to 30 s) for as long as the broker is away
+    (:func:`transient`), until ``stop`` is set (then None). A component starting while the broker
+    restarts waits for it instead of exiting: the chaos campaign found a sink restarted during a
+    broker's restart exit after 30 s of it, under load. Any other error is raised."""
+    from confluent_kafka import KafkaException
+
+    delay = 1.0
     while True:
         try:
             return call()
         except KafkaException as err:
-            error = err.args[0]
-            if (
-                not isinstance(error, KafkaError)
-                or not (error.retriable() or error.code() in transient)
-                or time.monotonic() > deadline
-            ):
+            if not transient(err):
                 raise
-            time.sleep(0.2)
+            if stop.is_set():
+                return None
+            log.warning("%s: the broker does not answer (%s); trying again in %.0f s", what, err.args[0], delay)
+            if stop.wait(delay):
+                return None
+            delay = min(30.0, delay * 2)
 
 
 def watermarks(consumer: Any, tp: Any, timeout: float) -> tuple[int, int]:

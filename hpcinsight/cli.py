@@ -123,7 +123,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if "scenario" in tables:
         import hpcinsight.harness.scenario  # noqa: F401 - registers the "scenario" collector kind
     collectors = build_collectors(tables)
-    ensure_configured_topics(settings.kafka)
+    ensure_configured_topics(settings.kafka, stop)  # a broker away is waited for (logged), not a reason to exit
+    if stop.is_set():
+        return 0
     name = args.name or backend
     delivery = Delivery(
         conf,
@@ -282,7 +284,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"hpcinsight worker: {err}", file=sys.stderr)
         return 2
-    ensure_configured_topics(settings.kafka)
+    stop = _stop_on_signals()  # while the broker is awaited (Faust installs its own handlers when it starts)
+    ensure_configured_topics(settings.kafka, stop)
+    if stop.is_set():
+        return 0
 
     def serve_metrics(app: Any) -> None:
         from hpcinsight.core import metrics
@@ -304,7 +309,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()  # first: a stop during start-up is still a clean stop
     settings = load()
     conf = settings.kafka.client_config()
-    ensure_configured_topics(settings.kafka)
+    ensure_configured_topics(settings.kafka, stop)
     client = connect(settings.clickhouse, writer=True)
     while_store_refuses(lambda: ensure_tables(client, settings.clickhouse), stop)
     share = while_store_refuses(lambda: share_if_embedded(client, settings.clickhouse), stop)  # readers go through us
@@ -350,7 +355,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         return 0
     settings = load()
     conf = settings.kafka.client_config()
-    ensure_configured_topics(settings.kafka)
+    ensure_configured_topics(settings.kafka, stop)
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(settings.data_dir)
     router = AlertRouter(
         config,

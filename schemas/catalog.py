@@ -40,6 +40,8 @@ from hpcinsight.schemas.events import (
 )
 
 if TYPE_CHECKING:
+    import threading
+
     from hpcinsight.core.settings import KafkaSettings
 
 HOUR_MS = 3_600_000
@@ -354,10 +356,20 @@ def ensure_topics(
     return create_topics(client_config, with_partitions(partitions), prefix, replication, timeout)
 
 
-def ensure_configured_topics(kafka: KafkaSettings) -> list[str]:
+def ensure_configured_topics(kafka: KafkaSettings, stop: threading.Event | None = None) -> list[str]:
     """:func:`ensure_topics` with the settings' prefix and partition count (what every component
-    does at start, so that none of them creates a topic at another count)."""
-    return ensure_topics(kafka.client_config(), kafka.topic_prefix, partitions=kafka.topic_partitions)
+    does at start, so that none of them creates a topic at another count). With ``stop`` (a
+    long-running component) a broker away is waited for until ``stop`` is set (then []); without,
+    the call fails after 30 s."""
+
+    def ensure() -> list[str]:
+        return ensure_topics(kafka.client_config(), kafka.topic_prefix, partitions=kafka.topic_partitions)
+
+    if stop is None:
+        return ensure()
+    from hpcinsight.core.kafka import while_broker_away
+
+    return while_broker_away(ensure, stop, "creating the topics") or []
 
 
 def partitions_unlike(
