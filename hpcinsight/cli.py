@@ -296,7 +296,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             args, app.hpcinsight_metrics, metrics.lag_source(f"{settings.kafka.topic_prefix}worker", lambda: app.hpcinsight_lag)
         )
 
-    run_worker(settings, options, loglevel=args.loglevel, on_app=serve_metrics)
+    run_worker(settings, options, loglevel=args.loglevel, on_app=serve_metrics, stop=stop)
     return 0
 
 

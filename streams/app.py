@@ -20,6 +20,7 @@ import functools
 import gc
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -33,7 +34,6 @@ from hpcinsight.core import metrics
 from hpcinsight.core.consumer import DeadLetterOut
 from hpcinsight.core.durations import parse_ms
 from hpcinsight.core.kafka import (
-    broker_retry,
     committed_offsets,
     new_consumer,
     new_producer,
@@ -41,6 +41,7 @@ from hpcinsight.core.kafka import (
     partition_counts,
     produce_queued,
     watermarks,
+    while_broker_away,
 )
 from hpcinsight.core.settings import Settings
 from hpcinsight.schemas.catalog import (
@@ -210,7 +211,7 @@ def samples_co_partitioned(settings: Settings) -> bool:
 class SchedulerFeed:
     """Follows every partition of the scheduler and inventory topics into the attribution table."""
 
-    def __init__(self, settings: Settings, processor: SampleProcessor) -> None:
+    def __init__(self, settings: Settings, processor: SampleProcessor, stop: threading.Event | None = None) -> None:
         self._processor = processor
         # job quantiles too: the KPIs' utilisation by job class, team and user (the job stage is
         # partitioned by job, the KPIs need every job)
@@ -228,9 +229,15 @@ class SchedulerFeed:
         # comes every minute: start a few minutes back, not at a week of every window of every job.
         recent = int(time.time() * 1000) - JOB_QUANTILES_LOOKBACK_MS
         jq = settings.topic(JOB_QUANTILES.name)
-        found = broker_retry(
-            lambda: self._consumer.offsets_for_times([TopicPartition(jq, p, recent) for p in range(partitions[jq])], timeout=30)
+        # a broker away (one node of a cluster killed while the worker starts) is waited for, not
+        # a reason to exit: the chaos campaign had the worker exit here after 30 s of _TIMED_OUT
+        found = while_broker_away(
+            lambda: self._consumer.offsets_for_times([TopicPartition(jq, p, recent) for p in range(partitions[jq])], timeout=30),
+            stop or threading.Event(),
+            "finding the recent job quantiles",
         )
+        if found is None:  # stopped while waiting: a clean exit
+            raise SystemExit(0)
         tps = [tp for tp in tps if tp.topic != jq] + [
             TopicPartition(jq, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found
         ]
@@ -353,7 +360,9 @@ class OutputProducer:
         producer.flush = flush_both  # type: ignore[method-assign]  # Faust flushes through this one name
 
 
-def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, SampleProcessor]:
+def create_app(
+    settings: Settings, options: WorkerOptions, stop: threading.Event | None = None
+) -> tuple[faust.App, SampleProcessor]:
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         f"{settings.kafka.topic_prefix}worker",
@@ -395,7 +404,7 @@ def create_app(settings: Settings, options: WorkerOptions) -> tuple[faust.App, S
     # pyarrow, and the pandas its first conversion of Python values imports, loaded now (0.5 s
     # here): not in the first batch after a start or restart, where it delays every output
     GPU_SAMPLES.codec.encode([])
-    feed = SchedulerFeed(settings, processor)
+    feed = SchedulerFeed(settings, processor, stop)
     raw_topic, sketch_topic = settings.topic(GPU_SAMPLES_RAW.name), settings.topic(GPU_SKETCHES.name)
     owned: dict[str, set[int]] = {raw_topic: set(), sketch_topic: set()}
     guard = OffsetGuard()  # every stage's account of its offsets: see streams.offsets
@@ -678,11 +687,16 @@ def collections_paused() -> Iterator[None]:
 
 
 def run_worker(
-    settings: Settings, options: WorkerOptions, loglevel: str = "WARNING", on_app: Callable[[faust.App], object] | None = None
+    settings: Settings,
+    options: WorkerOptions,
+    loglevel: str = "WARNING",
+    on_app: Callable[[faust.App], object] | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM; Faust then commits what was processed and leaves the group.
-    ``on_app`` sees the app before it starts (the CLI serves its metrics)."""
-    app, _ = create_app(settings, options)
+    ``on_app`` sees the app before it starts (the CLI serves its metrics); ``stop``, set by a signal
+    while the app is built, ends a wait for the broker."""
+    app, _ = create_app(settings, options, stop)
     if on_app is not None:
         on_app(app)
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
